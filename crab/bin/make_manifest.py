@@ -1,0 +1,89 @@
+"""Turn a Kaldi-style data directory into a checked JSON manifest.
+
+A data directory holds ``wav.scp`` (utt path), ``text`` (utt transcript),
+``utt2emo`` and ``utt2spk``; any other ``utt2<field>`` file (utt2gender,
+utt2session, ...) becomes a manifest field too. Every utterance is checked
+(``crab.dataprep``) and the per-class counts are printed.
+
+    python -m crab.bin.make_manifest --data_dir data/train --data_root DB \\
+        --classes angry,happy,neutral,sad --out data/train.json [--policy skip]
+"""
+
+import argparse
+import glob
+import logging
+import os
+import sys
+
+from crab.dataprep import POLICIES, DataPrepError, count_table, validate, write_manifest
+
+
+def read_table(path, required=True):
+    """``utt value`` lines to a dict; the value is the rest of the line."""
+    table = {}
+    if not os.path.isfile(path):
+        if required:
+            raise DataPrepError(f"missing {path}")
+        return table
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            utt, _, value = line.partition(" ")
+            if utt in table:
+                raise DataPrepError(f"{path}:{lineno}: duplicate utterance id '{utt}'")
+            table[utt] = value.strip()
+    return table
+
+
+def read_data_dir(data_dir):
+    """Entries keyed by the utterances of ``wav.scp``; every table must cover them."""
+    wavs = read_table(os.path.join(data_dir, "wav.scp"))
+    tables = {"text": read_table(os.path.join(data_dir, "text"), required=False)}
+    for path in sorted(glob.glob(os.path.join(data_dir, "utt2*"))):
+        tables[os.path.basename(path)[len("utt2"):]] = read_table(path)
+    for field in ("emo", "spk"):
+        if field not in tables:
+            raise DataPrepError(f"{data_dir}: missing utt2{field}")
+    entries = {}
+    for utt, wav in wavs.items():
+        entry = {"wav": wav}
+        for field, table in tables.items():
+            if field != "text" and utt not in table:
+                raise DataPrepError(f"{data_dir}/utt2{field}: no entry for utterance '{utt}'")
+            entry[field] = table.get(utt, "")
+        entries[utt] = entry
+    extra = sorted(set().union(*tables.values()) - set(wavs))
+    if extra:
+        raise DataPrepError(f"{data_dir}: utterances not in wav.scp, e.g. '{extra[0]}' ({len(extra)} in all)")
+    return entries
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--data_root", required=True, help="written as {data_root} in the manifest")
+    parser.add_argument("--classes", required=True, help="comma-separated labels, in order")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--policy", choices=POLICIES, default="error",
+                        help="what a bad utterance does: stop (error) or is left out and counted (skip)")
+    parser.add_argument("--min_samples", type=int, default=400,
+                        help="shortest usable audio, in 16 kHz samples (the encoder's receptive field)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    classes = args.classes.split(",")
+    name = os.path.basename(os.path.normpath(args.data_dir))
+    try:
+        entries = read_data_dir(args.data_dir)
+        kept = validate(entries, classes, args.policy, name, args.min_samples)
+    except DataPrepError as err:
+        sys.exit(f"ERROR: {err}")
+    if not kept:
+        sys.exit(f"ERROR: {name}: no usable utterances")
+    write_manifest(kept, args.out, args.data_root)
+    print(count_table({name: kept}, classes))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""CrabBrain: training and evaluation of Crab with SpeechBrain."""
+
+import csv
+import json
+import logging
+import os
+
+import speechbrain as sb
+import torch
+
+from crab.losses import total_loss
+from crab.metrics import METRICS, compute_scores
+
+logger = logging.getLogger(__name__)
+
+
+def _unwrap(module):
+    """The module inside a DistributedDataParallel wrapper, if any."""
+    return module.module if hasattr(module, "module") else module
+
+
+class CrabBrain(sb.Brain):
+    """Trains Crab with weighted CE plus alpha * mean of the leg losses.
+
+    Expected hparams: ``classes``, ``alpha``, ``lr``, ``encoder_lr``,
+    ``opt_class`` (partial taking params and lr), ``scheduler_class`` (partial
+    taking an optimizer), ``leg_loss``, ``ckpt_metric``, ``train_logger``;
+    modules ``model`` (``crab.model.Crab``), ``legs`` (``crab.legs.SupervisionLegs``)
+    and ``wce`` (``crab.losses.WeightedCrossEntropy``).
+    """
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        logits, taps = self.modules.model(wavs, wav_lens, batch.text)
+        legs = self.modules.legs
+        use_legs = stage == sb.Stage.TRAIN and len(_unwrap(legs).legs) > 0
+        return logits, legs(taps) if use_legs else {}
+
+    def compute_objectives(self, predictions, batch, stage):
+        logits, leg_outputs = predictions
+        targets = batch.emo_encoded.data.squeeze(1)
+        ce = self.modules.wce(logits, targets)
+        leg_losses = {
+            name: self.hparams.leg_loss(out, targets) for name, out in leg_outputs.items()
+        }
+        loss = total_loss(ce, list(leg_losses.values()), self.hparams.alpha)
+        if stage == sb.Stage.TRAIN:
+            self._add_parts({"wce": ce, **{f"leg_{n}": v for n, v in leg_losses.items()}})
+        else:
+            self._predictions.append(
+                (batch.id, targets.cpu(), torch.softmax(logits.float(), dim=-1).detach().cpu())
+            )
+        return loss
+
+    def _add_parts(self, parts):
+        for name, value in parts.items():
+            self._loss_parts[name] = self._loss_parts.get(name, 0.0) + value.item()
+        self._loss_parts_count += 1
+
+    def on_stage_start(self, stage, epoch=None):
+        self._predictions = []
+        self._loss_parts, self._loss_parts_count = {}, 0
+
+    def init_optimizers(self):
+        """AdamW per parameter group: speech encoder, text encoder (at
+        ``encoder_lr``), and the head with the legs (at ``lr``); a cosine
+        schedule per epoch for each."""
+        model = _unwrap(self.modules.model)
+        head = model.head_parameters() + list(self.modules.legs.parameters())
+        groups = {
+            "speech_encoder": (model.encoder_parameters("speech"), self.hparams.encoder_lr),
+            "text_encoder": (model.encoder_parameters("text"), self.hparams.encoder_lr),
+            "head": (head, self.hparams.lr),
+        }
+        self.optimizers_dict, self.schedulers = {}, {}
+        for name, (params, lr) in groups.items():
+            if not params:  # a frozen or absent encoder
+                continue
+            optimizer = self.hparams.opt_class(params, lr=lr)
+            scheduler = self.hparams.scheduler_class(optimizer)
+            self.optimizers_dict[name], self.schedulers[name] = optimizer, scheduler
+            if self.checkpointer is not None:
+                self.checkpointer.add_recoverable(f"optimizer_{name}", optimizer)
+                self.checkpointer.add_recoverable(f"scheduler_{name}", scheduler)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            count = max(self._loss_parts_count, 1)
+            self.train_stats = {"loss": stage_loss}
+            self.train_stats.update({k: v / count for k, v in self._loss_parts.items()})
+            return
+        ids, targets, probs = self._gather_predictions()
+        stats = {"loss": stage_loss}
+        stats.update(compute_scores(targets, probs.argmax(dim=1).tolist(), len(self.hparams.classes)))
+        if stage == sb.Stage.VALID:
+            lrs = {f"lr_{n}": opt.param_groups[0]["lr"] for n, opt in self.optimizers_dict.items()}
+            for scheduler in self.schedulers.values():
+                scheduler.step()
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, **lrs},
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={k: stats[k] for k in METRICS},
+                max_keys=[self.hparams.ckpt_metric],
+            )
+        else:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch loaded": self.hparams.epoch_counter.current},
+                test_stats=stats,
+            )
+            self._write_eval(ids, targets, probs, stats)
+
+    def _gather_predictions(self):
+        ids = [utt for batch_ids, _, _ in self._predictions for utt in batch_ids]
+        targets = torch.cat([t for _, t, _ in self._predictions]).tolist()
+        probs = torch.cat([p for _, _, p in self._predictions])
+        return ids, targets, probs
+
+    def _write_eval(self, ids, targets, probs, stats):
+        """Write ``predictions.csv`` and ``scores.json`` to ``self.eval_dir``."""
+        classes = list(self.hparams.classes)
+        os.makedirs(self.eval_dir, exist_ok=True)
+        with open(os.path.join(self.eval_dir, "predictions.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "true", "predicted"] + [f"prob_{c}" for c in classes])
+            for utt, target, p in zip(ids, targets, probs.tolist()):
+                predicted = max(range(len(p)), key=p.__getitem__)
+                writer.writerow([utt, classes[target], classes[predicted]] + [f"{x:.6f}" for x in p])
+        with open(os.path.join(self.eval_dir, "scores.json"), "w") as f:
+            json.dump({"num_utterances": len(ids), **{k: stats[k] for k in METRICS}}, f, indent=2)
+        logger.info("Wrote predictions and scores to %s", self.eval_dir)

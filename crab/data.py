@@ -1,0 +1,106 @@
+"""Manifests, audio reading and the SpeechBrain data pipelines.
+
+A manifest is a JSON object keyed by utterance id, each entry with at least
+``wav`` (may start with ``{data_root}``), ``duration`` (s), ``text``, ``emo`` and
+``spk``. Labels are encoded in the fixed order of the recipe's ``classes`` list.
+"""
+
+import json
+import logging
+import math
+from collections import Counter
+
+import soundfile as sf
+import speechbrain as sb
+import torch
+import torchaudio
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+REQUIRED_FIELDS = ("wav", "duration", "text", "emo", "spk")
+
+
+def read_audio(path, max_duration=None):
+    """Mono float32 16 kHz waveform, cut to the first ``max_duration`` seconds."""
+    info = sf.info(path)
+    frames = -1 if max_duration is None else math.ceil(max_duration * info.samplerate)
+    data, rate = sf.read(path, frames=frames, dtype="float32", always_2d=True)
+    wav = torch.from_numpy(data.mean(axis=1))
+    if rate != SAMPLE_RATE:
+        wav = torchaudio.functional.resample(wav, rate, SAMPLE_RATE)
+    if max_duration is not None:
+        wav = wav[: int(max_duration * SAMPLE_RATE)]
+    return wav
+
+
+def load_manifest(path, data_root=None):
+    """Read a manifest, check its fields, and substitute ``{data_root}``."""
+    with open(path, encoding="utf-8") as f:
+        entries = json.load(f)
+    for utt, entry in entries.items():
+        missing = [k for k in REQUIRED_FIELDS if k not in entry]
+        if missing:
+            raise ValueError(f"{path}: utterance '{utt}' lacks field(s) {missing}")
+        if data_root is not None:
+            entry["wav"] = entry["wav"].replace("{data_root}", data_root)
+    return entries
+
+
+def class_counts(manifest_path, classes):
+    """Per-class utterance counts of a manifest, in the order of ``classes``."""
+    entries = load_manifest(manifest_path)
+    counts = Counter(entry["emo"] for entry in entries.values())
+    unknown = sorted(set(counts) - set(classes))
+    if unknown:
+        raise ValueError(f"{manifest_path}: labels {unknown} are not in classes {classes}")
+    return [counts[c] for c in classes]
+
+
+def label_encoder(classes, path=None):
+    """A CategoricalEncoder with ``classes`` in their given order, saved to ``path``.
+
+    A saved encoder whose labels differ from ``classes`` is an error: the label
+    order is part of the trained model.
+    """
+    encoder = sb.dataio.encoder.CategoricalEncoder()
+    if path is not None and encoder.load_if_possible(path):
+        saved = [encoder.ind2lab[i] for i in range(len(encoder))]
+        if saved != list(classes):
+            raise ValueError(f"{path} holds labels {saved}, but the config says {list(classes)}")
+        return encoder
+    encoder.update_from_iterable(classes)
+    encoder.expect_len(len(classes))
+    if path is not None:
+        encoder.save(path)
+    return encoder
+
+
+def make_dataset(manifest_path, encoder, data_root, max_duration=None, sort=False):
+    """A DynamicItemDataset providing ``sig``, ``text`` and ``emo_encoded``."""
+    entries = load_manifest(manifest_path, data_root)
+    for utt, entry in entries.items():
+        if entry["emo"] not in encoder.lab2ind:
+            raise ValueError(
+                f"{manifest_path}: utterance '{utt}' has label '{entry['emo']}', "
+                f"not one of {list(encoder.lab2ind)}"
+            )
+    dataset = sb.dataio.dataset.DynamicItemDataset(entries)
+    if sort:
+        dataset = dataset.filtered_sorted(sort_key="duration")
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        return read_audio(wav, max_duration)
+
+    @sb.utils.data_pipeline.takes("emo")
+    @sb.utils.data_pipeline.provides("emo_encoded")
+    def label_pipeline(emo):
+        return torch.LongTensor([encoder.lab2ind[emo]])
+
+    sb.dataio.dataset.add_dynamic_item([dataset], audio_pipeline)
+    sb.dataio.dataset.add_dynamic_item([dataset], label_pipeline)
+    sb.dataio.dataset.set_output_keys([dataset], ["id", "sig", "text", "emo_encoded"])
+    return dataset
+

@@ -1,0 +1,103 @@
+"""Checks and writing shared by every recipe's data preparation.
+
+Each candidate utterance is checked (audio readable, long enough for the speech
+encoder, transcript non-empty, label known). The policy decides what a bad one
+does: ``error`` stops with every problem listed by utterance and file; ``skip``
+leaves it out, logs it, and prints how many were skipped and why.
+"""
+
+import json
+import logging
+import os
+from collections import Counter
+
+import soundfile as sf
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("error", "skip")
+# WavLM / HuBERT / wav2vec 2.0 need 400 samples (25 ms) for one output frame.
+MIN_SAMPLES = 400
+
+
+class DataPrepError(RuntimeError):
+    """Data preparation found utterances it cannot use."""
+
+
+def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES):
+    """Return ``(kind, message)`` saying why ``entry`` is unusable, or None.
+
+    Fills in ``duration`` (s) of a usable entry.
+    """
+    wav = entry["wav"]
+    if not os.path.isfile(wav):
+        return "missing audio", f"missing audio file {wav}"
+    try:
+        info = sf.info(wav)
+    except (RuntimeError, sf.LibsndfileError) as err:
+        return "unreadable audio", f"unreadable audio file {wav} ({err})"
+    if info.frames * 16000 < min_samples * info.samplerate:
+        return "audio too short", (
+            f"audio too short for the speech encoder ({info.frames} samples at "
+            f"{info.samplerate} Hz, need {min_samples} at 16 kHz): {wav}"
+        )
+    if not str(entry.get("text", "")).strip():
+        return "empty transcript", "empty transcript"
+    if entry.get("emo") not in classes:
+        return "unknown label", f"label '{entry.get('emo')}' not in {list(classes)}"
+    entry["duration"] = round(info.frames / info.samplerate, 3)
+    return None
+
+
+def validate(entries, classes, policy="error", name="data", min_samples=MIN_SAMPLES):
+    """Keep the usable entries of ``entries`` (utt -> dict) according to ``policy``."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got '{policy}'")
+    kept, problems = {}, []
+    for utt, entry in entries.items():
+        reason = check_utterance(utt, entry, classes, min_samples)
+        if reason is None:
+            kept[utt] = entry
+        else:
+            problems.append((utt, reason))
+    if problems and policy == "error":
+        listing = "\n".join(f"  {utt}: {message}" for utt, (_, message) in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise DataPrepError(
+            f"{name}: {len(problems)} bad utterance(s):\n{listing}{more}\n"
+            "Fix them, or re-run with the skip policy to leave them out."
+        )
+    for utt, (_, message) in problems:
+        logger.warning("%s: skipping %s: %s", name, utt, message)
+    if problems:
+        kinds = Counter(kind for _, (kind, _) in problems)
+        print(f"{name}: skipped {len(problems)} of {len(entries)} utterances: {dict(kinds)}")
+    return kept
+
+
+def write_manifest(entries, path, data_root):
+    """Write a JSON manifest with ``data_root`` replaced by ``{data_root}``."""
+    root = os.path.abspath(data_root).rstrip("/") + "/"
+    portable = {}
+    for utt, entry in entries.items():
+        entry = dict(entry)
+        wav = os.path.abspath(entry["wav"])
+        if wav.startswith(root):
+            entry["wav"] = "{data_root}/" + wav[len(root):]
+        portable[utt] = entry
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(portable, f, indent=2, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def count_table(splits, classes):
+    """Per-split, per-class counts as printable text (``splits``: name -> entries)."""
+    width = max(len(c) for c in list(classes) + ["total"]) + 2
+    lines = ["split".ljust(12) + "".join(c.rjust(width) for c in classes) + "total".rjust(width)]
+    for name, entries in splits.items():
+        counts = Counter(e["emo"] for e in entries.values())
+        row = [counts[c] for c in classes]
+        lines.append(name.ljust(12) + "".join(str(n).rjust(width) for n in row) + str(sum(row)).rjust(width))
+    return "\n".join(lines)

@@ -1,0 +1,308 @@
+"""Hugging Face speech and text encoders behind one small interface.
+
+Both wrappers return ``(hidden, mask)``: ``hidden`` is ``(batch, time, dim)`` and
+``mask`` is a boolean ``(batch, time)`` tensor, True on real frames/tokens. Every
+model is loaded from a hub id or a local directory; ``pretrained=False`` builds it
+from its config alone (random weights), which is how tests and the mini recipe run
+offline.
+"""
+
+import logging
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoTokenizer,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperModel,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def lengths_to_mask(lengths, max_len=None):
+    """Boolean ``(batch, max_len)`` mask, True where ``position < length``."""
+    max_len = int(lengths.max()) if max_len is None else max_len
+    positions = torch.arange(max_len, device=lengths.device)
+    return positions.unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def relative_to_absolute(rel_lens, max_len):
+    """SpeechBrain relative lengths (fraction of the padded length) to integers."""
+    return torch.round(rel_lens * max_len).long().clamp(1, max_len)
+
+
+class LayerWeights(nn.Module):
+    """Learned softmax-weighted sum over the hidden states of every layer."""
+
+    def __init__(self, num_layers):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(num_layers))
+
+    def forward(self, hidden_states):
+        stacked = torch.stack(hidden_states, dim=0)
+        weights = torch.softmax(self.logits, dim=0).view(-1, 1, 1, 1)
+        return (weights * stacked).sum(dim=0)
+
+
+class _Encoder(nn.Module):
+    """Freezing and layer selection shared by the speech and text wrappers."""
+
+    def __init__(self, freeze, layer_weighting):
+        super().__init__()
+        self.freeze = freeze
+        self.layer_weighting = layer_weighting
+
+    def _setup_output(self, num_hidden_states):
+        if self.layer_weighting not in ("last", "weighted_sum"):
+            raise ValueError(
+                f"layer_weighting must be 'last' or 'weighted_sum', got "
+                f"'{self.layer_weighting}'"
+            )
+        self.layer_weights = (
+            LayerWeights(num_hidden_states)
+            if self.layer_weighting == "weighted_sum"
+            else None
+        )
+        if self.freeze:
+            for param in self.model.parameters():
+                param.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.freeze:
+            self.model.eval()  # a frozen encoder keeps its dropout off
+        return self
+
+    def _select(self, outputs):
+        if self.layer_weights is None:
+            return outputs.last_hidden_state
+        return self.layer_weights(outputs.hidden_states)
+
+    def _run(self, fn):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            return fn()
+
+
+def _load(model_cls, source, pretrained, **config_overrides):
+    config = AutoConfig.from_pretrained(source, **config_overrides)
+    if pretrained:
+        return model_cls.from_pretrained(source, config=config)
+    return model_cls.from_config(config)
+
+
+class SpeechEncoder(_Encoder):
+    """A Hugging Face speech encoder on 16 kHz waveforms.
+
+    WavLM, HuBERT, wav2vec 2.0 (any ``AutoModel`` with a convolutional feature
+    encoder) and the Whisper encoder are supported. Whisper is run on log-mel
+    features of the batch's own length, not padded to 30 s.
+
+    Arguments
+    ---------
+    source : str
+        Hub id or local directory.
+    pretrained : bool
+        Load weights (True) or build from the config with random weights.
+    freeze : bool
+        Freeze the whole encoder.
+    freeze_feature_extractor : bool
+        Freeze the convolutional feature encoder (the paper's setting).
+    layer_weighting : str
+        ``last`` (paper) or ``weighted_sum`` (learned softmax weights over layers).
+    normalize_waveform : bool or None
+        Zero-mean unit-variance per utterance (over its real samples). None takes
+        the model's feature-extractor setting when it has one, else False.
+    layerdrop : float or None
+        Overrides the config's layerdrop; forced to 0 with ``weighted_sum`` since
+        layerdrop makes the number of hidden states vary.
+    """
+
+    def __init__(
+        self,
+        source,
+        pretrained=True,
+        freeze=False,
+        freeze_feature_extractor=True,
+        layer_weighting="last",
+        normalize_waveform=None,
+        layerdrop=None,
+    ):
+        super().__init__(freeze, layer_weighting)
+        config = AutoConfig.from_pretrained(source)
+        self.is_whisper = isinstance(config, WhisperConfig)
+        overrides = {}
+        if layer_weighting == "weighted_sum":
+            layerdrop = 0.0
+        if layerdrop is not None:
+            key = "encoder_layerdrop" if self.is_whisper else "layerdrop"
+            overrides[key] = layerdrop
+        if self.is_whisper:
+            self.model = _load(WhisperModel, source, pretrained, **overrides).encoder
+            self.features = _whisper_features(source, config)
+            num_layers = config.encoder_layers
+        else:
+            self.model = _load(AutoModel, source, pretrained, **overrides)
+            self.features = None
+            num_layers = config.num_hidden_layers
+            if freeze_feature_extractor:
+                for param in self.model.feature_extractor.parameters():
+                    param.requires_grad = False
+        self.use_attention_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
+        self.normalize_waveform = (
+            _default_normalize(source) if normalize_waveform is None else normalize_waveform
+        )
+        self.output_dim = config.d_model if self.is_whisper else config.hidden_size
+        self._setup_output(num_layers + 1)
+
+    @property
+    def min_samples(self):
+        """Shortest input (samples) that yields at least one output frame."""
+        if self.is_whisper:
+            return 2 * 160
+        n = 1
+        while int(self.model._get_feat_extract_output_lengths(n)) < 1:
+            n += 1
+        return n
+
+    def forward(self, wavs, wav_lens):
+        """Encode ``wavs`` (batch, samples) with SpeechBrain relative ``wav_lens``."""
+        lengths = relative_to_absolute(wav_lens, wavs.shape[1])
+        return self._run(lambda: self._encode(wavs, lengths))
+
+    def _encode(self, wavs, lengths):
+        sample_mask = lengths_to_mask(lengths, wavs.shape[1])
+        if self.normalize_waveform:
+            wavs = _masked_standardize(wavs, sample_mask)
+        wavs = wavs.masked_fill(~sample_mask, 0.0)
+        if self.is_whisper:
+            return self._encode_whisper(wavs, lengths)
+        want_all = self.layer_weights is not None
+        outputs = self.model(
+            wavs,
+            attention_mask=sample_mask.long() if self.use_attention_mask else None,
+            output_hidden_states=want_all,
+        )
+        frame_lens = self.model._get_feat_extract_output_lengths(lengths)
+        hidden = self._select(outputs)
+        return hidden, lengths_to_mask(frame_lens, hidden.shape[1])
+
+    def _encode_whisper(self, wavs, lengths):
+        # Log-mel of each utterance over its own samples, padded to the batch max.
+        feats = self.features(
+            [w[:n].cpu().numpy() for w, n in zip(wavs, lengths.tolist())],
+            sampling_rate=16000,
+            padding="longest",
+            return_tensors="pt",
+        ).input_features.to(wavs.device)
+        enc = self.model
+        x = nn.functional.gelu(enc.conv1(feats))
+        x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
+        frames = x.shape[1]
+        if frames > enc.embed_positions.num_embeddings:
+            raise ValueError(
+                f"Whisper takes at most 30 s of audio; got {frames} frames "
+                f"({frames * 0.02:.1f} s). Lower max_duration."
+            )
+        x = x + enc.embed_positions.weight[:frames]
+        x = nn.functional.dropout(x, p=enc.dropout, training=enc.training)
+        frame_lens = torch.clamp((lengths // 160 + 1) // 2, 1, frames)
+        mask = lengths_to_mask(frame_lens, frames)
+        additive = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
+        additive = additive.masked_fill(~mask, torch.finfo(x.dtype).min)
+        additive = additive[:, None, None, :].expand(-1, 1, frames, frames)
+        states = [x]
+        for layer in enc.layers:
+            x = layer(x, additive)
+            x = x[0] if isinstance(x, tuple) else x
+            states.append(x)
+        x = enc.layer_norm(x)
+        if self.layer_weights is None:
+            return x, mask
+        states[-1] = x
+        return self.layer_weights(states), mask
+
+
+def _whisper_features(source, config):
+    try:
+        return WhisperFeatureExtractor.from_pretrained(source)
+    except OSError:  # a config-only directory (tests, tiny recipes)
+        return WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+
+
+def _default_normalize(source):
+    try:
+        return bool(getattr(AutoFeatureExtractor.from_pretrained(source), "do_normalize", False))
+    except (OSError, ValueError):
+        return False
+
+
+def _masked_standardize(wavs, mask):
+    mask = mask.to(wavs.dtype)
+    count = mask.sum(dim=1, keepdim=True)
+    mean = (wavs * mask).sum(dim=1, keepdim=True) / count
+    var = (((wavs - mean) * mask) ** 2).sum(dim=1, keepdim=True) / count
+    return (wavs - mean) / torch.sqrt(var + 1e-7)
+
+
+class TextEncoder(_Encoder):
+    """A Hugging Face text encoder and its tokenizer (RoBERTa by default).
+
+    Tokenizes inside ``forward`` so that each batch is padded only to its longest
+    transcript (dynamic padding), truncated at ``max_length`` tokens.
+
+    Arguments
+    ---------
+    source : str
+        Hub id or local directory of the model.
+    tokenizer : str or None
+        Hub id or directory of the tokenizer; defaults to ``source``.
+    pretrained, freeze, layer_weighting : see ``SpeechEncoder``.
+    max_length : int
+        Truncation length in tokens (128 in the paper).
+    """
+
+    def __init__(
+        self,
+        source,
+        tokenizer=None,
+        pretrained=True,
+        freeze=False,
+        layer_weighting="last",
+        max_length=128,
+    ):
+        super().__init__(freeze, layer_weighting)
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or source)
+        self.model = _load(AutoModel, source, pretrained)
+        vocab = self.model.config.vocab_size
+        if len(self.tokenizer) > vocab:
+            raise ValueError(
+                f"Tokenizer '{tokenizer or source}' has {len(self.tokenizer)} tokens "
+                f"but the model '{source}' has a vocabulary of {vocab}."
+            )
+        self.max_length = max_length
+        self.output_dim = self.model.config.hidden_size
+        self._setup_output(self.model.config.num_hidden_layers + 1)
+
+    def forward(self, texts):
+        """Encode a list of strings."""
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(device)
+        outputs = self._run(
+            lambda: self.model(
+                input_ids=tokens["input_ids"],
+                attention_mask=tokens["attention_mask"],
+                output_hidden_states=self.layer_weights is not None,
+            )
+        )
+        return self._select(outputs), tokens["attention_mask"].bool()

@@ -1,0 +1,78 @@
+"""What the train and evaluate entry points share: command line, hparams, data."""
+
+import json
+import logging
+import os
+import re
+import sys
+
+import speechbrain as sb
+import yaml
+from hyperpyyaml import load_hyperpyyaml
+
+from crab.data import class_counts, label_encoder, make_dataset
+
+logger = logging.getLogger(__name__)
+
+TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_][\w.]*)\s*:", re.MULTILINE)
+
+
+class ConfigError(ValueError):
+    """A yaml file or a command-line override is not usable."""
+
+
+def check_overrides(hparams_file, overrides):
+    """Check that every override is valid YAML for a key the file declares.
+
+    ``overrides`` is the YAML text SpeechBrain builds from ``--key=value``
+    arguments. Errors name the offending key.
+    """
+    if not overrides:
+        return {}
+    with open(hparams_file, encoding="utf-8") as f:
+        known = set(TOP_LEVEL_KEY.findall(f.read()))
+    parsed = {}
+    for line in overrides.splitlines():
+        if not line.strip():
+            continue
+        key, _, value = line.partition(":")
+        key = key.strip()
+        try:
+            parsed[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as err:
+            first = str(err).splitlines()[0]
+            raise ConfigError(
+                f"override --{key}: value '{value.strip()}' is not valid YAML ({first})"
+            ) from None
+        if key not in known:
+            raise ConfigError(f"override --{key}: no top-level key '{key}' in {hparams_file}")
+    return parsed
+
+
+def parse_and_load(argv=None):
+    """Parse ``hparams.yaml [--run_opt ...] [--key=value ...]`` and load the hparams."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
+    check_overrides(hparams_file, overrides)
+    with open(hparams_file, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, overrides)
+    return hparams_file, run_opts, overrides, hparams
+
+
+def prepare_labels_and_weights(hparams):
+    """Label encoder (saved) and class weights from the training manifest (set on
+    the WCE module, which the checkpoint saves, and written to class_weights.json)."""
+    classes = list(hparams["classes"])
+    encoder = label_encoder(classes, os.path.join(hparams["save_folder"], "label_encoder.txt"))
+    counts = class_counts(hparams["train_manifest"], classes)
+    hparams["wce"].set_counts(counts)
+    weights = hparams["wce"].weight.tolist()
+    with open(os.path.join(hparams["save_folder"], "class_weights.json"), "w") as f:
+        json.dump({c: {"count": n, "weight": w} for c, n, w in zip(classes, counts, weights)}, f, indent=2)
+    logger.info("Class counts %s, weights N/N_c %s", counts, [round(w, 3) for w in weights])
+    return encoder
+
+
+def dataset(hparams, manifest, encoder, sort=False):
+    return make_dataset(
+        manifest, encoder, hparams["data_root"], hparams["max_duration"], sort=sort
+    )

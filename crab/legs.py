@@ -1,0 +1,59 @@
+"""Multi Layer Contrastive Supervision: small legs on named model representations.
+
+Legs are used in training only. They are a separate module from ``crab.model.Crab``
+so the inference model has exactly the parameters of a model trained without them.
+"""
+
+import logging
+
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+LEG_NAMES = ("speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion")
+
+
+class SupervisionLegs(nn.Module):
+    """One FC-ReLU-FC leg per named representation.
+
+    Arguments
+    ---------
+    tap_dims : dict
+        Input size of every representation the model exposes (``Crab.tap_dims``).
+    names : list of str
+        Which legs to attach (any subset of ``LEG_NAMES``). Legs the model's
+        modality lacks (text legs on a speech-only model) are left out and logged,
+        so one leg list serves every variant.
+    output_dim : int
+        Leg output size: 512 for contrastive embeddings (reference), or the number
+        of classes for CE heads ("MLS + CE" ablation).
+    hidden_dim : int or None
+        Hidden size; None takes half the input size (reference: 256 for 512-d
+        inputs, 512 for 1024-d inputs).
+    """
+
+    def __init__(self, tap_dims, names=LEG_NAMES, output_dim=512, hidden_dim=None):
+        super().__init__()
+        unknown = [n for n in names if n not in LEG_NAMES]
+        if unknown:
+            raise ValueError(f"unknown leg name(s) {unknown}; choose from {LEG_NAMES}")
+        missing = [n for n in names if n not in tap_dims]
+        if missing:
+            logger.info("Legs %s do not apply to this model; left out", missing)
+        self.legs = nn.ModuleDict()
+        for name in names:
+            if name not in tap_dims:
+                continue
+            in_dim = tap_dims[name]
+            hidden = hidden_dim or in_dim // 2
+            self.legs[name] = nn.Sequential(
+                nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, output_dim)
+            )
+
+    @property
+    def names(self):
+        return list(self.legs.keys())
+
+    def forward(self, taps):
+        """Map each attached leg's representation to its output."""
+        return {name: leg(taps[name]) for name, leg in self.legs.items()}

@@ -1,0 +1,98 @@
+"""Losses: multi-positive contrastive (MPCL), supervised contrastive (SupCon),
+class-weighted cross-entropy, and the Crab total loss."""
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def _similarities(embeddings, labels, temperature):
+    """Cosine similarities / tau with the self pair removed, and the positive mask."""
+    z = F.normalize(embeddings, dim=-1)
+    logits = z @ z.T / temperature
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(eye, float("-inf"))
+    positives = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~eye
+    log_q = torch.log_softmax(logits, dim=1).masked_fill(eye, 0.0)
+    return log_q, positives.to(log_q.dtype)
+
+
+def mpcl(embeddings, labels, temperature=0.1):
+    """Multi-positive contrastive loss (StableRep form), as in the Crab paper.
+
+    q_i = softmax_{j != i}(z_i . z_j / tau) over unit-length z, target
+    p_ij = 1[y_j = y_i] / #{j != i : y_j = y_i}, L = -(1/B) sum_i sum_j p_ij log q_ij.
+    An anchor with no positive in the batch contributes 0 and still counts in B.
+    """
+    if len(embeddings) < 2:
+        return embeddings.sum() * 0.0
+    log_q, positives = _similarities(embeddings, labels, temperature)
+    target = positives / positives.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return -(target * log_q).sum(dim=1).mean()
+
+
+def supcon(embeddings, labels, temperature=0.07, base_temperature=0.07):
+    """Supervised contrastive loss of Khosla et al. (2020), the L_out form, one view.
+
+    L_i = -(tau / tau_base) / |P(i)| sum_{p in P(i)} log softmax_{a != i}(s_ia)[p],
+    averaged over the anchors that have at least one positive (L_i is undefined
+    otherwise), with the tau / tau_base factor of the authors' implementation.
+    """
+    log_q, positives = _similarities(embeddings, labels, temperature)
+    counts = positives.sum(dim=1)
+    has_positive = counts > 0
+    if not has_positive.any():
+        return embeddings.sum() * 0.0
+    per_anchor = (positives * log_q).sum(dim=1)[has_positive] / counts[has_positive]
+    return -(temperature / base_temperature) * per_anchor.mean()
+
+
+class ContrastiveLoss(nn.Module):
+    """A contrastive criterion as a module (for hyperpyyaml): ``mpcl`` or ``supcon``."""
+
+    KINDS = {"mpcl": mpcl, "supcon": supcon}
+
+    def __init__(self, kind="mpcl", temperature=0.1, **kwargs):
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"contrastive loss must be one of {list(self.KINDS)}, got '{kind}'")
+        self.kind, self.temperature, self.kwargs = kind, temperature, kwargs
+
+    def forward(self, embeddings, labels):
+        return self.KINDS[self.kind](embeddings, labels, self.temperature, **self.kwargs)
+
+
+def class_weights(counts):
+    """w_c = N / N_c from per-class training counts (a list ordered like the labels)."""
+    counts = torch.as_tensor(counts, dtype=torch.float)
+    if (counts <= 0).any():
+        raise ValueError(f"every class needs training examples; counts are {counts.tolist()}")
+    return counts.sum() / counts
+
+
+class WeightedCrossEntropy(nn.Module):
+    """Cross-entropy with per-class weights held as a buffer, so they are saved
+    in the checkpoint with the model. Reduction is the weighted mean, under
+    which w_c = N / N_c and the reference's N / (C N_c) give the same loss."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.register_buffer("weight", torch.ones(num_classes))
+
+    def set_counts(self, counts):
+        weights = class_weights(counts)
+        if weights.shape != self.weight.shape:
+            raise ValueError(
+                f"{len(weights)} class counts for a {len(self.weight)}-class loss"
+            )
+        self.weight.copy_(weights)
+
+    def forward(self, logits, targets):
+        return F.cross_entropy(logits, targets, weight=self.weight)
+
+
+def total_loss(ce, leg_losses, alpha):
+    """Paper eq. 8: L = WCE + alpha * mean of the leg losses (WCE alone without legs)."""
+    if not leg_losses:
+        return ce
+    return ce + alpha * torch.stack(list(leg_losses)).mean()

@@ -1,0 +1,135 @@
+"""The Crab model: encoders, unimodal blocks, cross-modal block, pooling, classifier.
+
+The model is exactly what runs at inference. The contrastive supervision legs
+(``crab.legs``) live outside it and read the named representations ("taps") that
+``forward`` returns, so dropping them leaves this model untouched.
+"""
+
+from torch import nn
+import torch
+
+from crab.modules import (
+    AttentionPooling,
+    ClassifierBlock,
+    CrossModalBlock,
+    UnimodalBlock,
+    masked_mean,
+)
+
+MODALITIES = ("bimodal", "speech", "text")
+UNIMODAL_LEG_INPUTS = ("gru", "projection")
+
+
+class Crab(nn.Module):
+    """Bimodal cross-modal transformer for emotion recognition.
+
+    Arguments
+    ---------
+    num_classes : int
+    speech_encoder, text_encoder : callable
+        Factories (hyperpyyaml ``!name:``) building the encoders; only the ones the
+        modality needs are called, so a speech-only model never loads RoBERTa.
+    modality : str
+        ``bimodal`` (paper), ``speech`` or ``text`` (Table III: the cross-modal
+        block is removed, the legs that apply stay).
+    hidden_dim : int
+        Unimodal projection size h (GRU output is 2h).
+    num_heads, attention_dropout : cross-modal attention settings.
+    scaled_pooling : bool
+        Paper's sqrt(D)-scaled pooling score (True) or the reference's unscaled one.
+    bottleneck_dim, dropout : classifier settings.
+    unimodal_leg_input : str
+        What the unimodal legs average over time: ``gru`` (paper) or
+        ``projection`` (reference code).
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        speech_encoder=None,
+        text_encoder=None,
+        modality="bimodal",
+        hidden_dim=512,
+        num_heads=1,
+        attention_dropout=0.5,
+        scaled_pooling=True,
+        bottleneck_dim=512,
+        dropout=0.5,
+        unimodal_leg_input="gru",
+    ):
+        super().__init__()
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got '{modality}'")
+        if unimodal_leg_input not in UNIMODAL_LEG_INPUTS:
+            raise ValueError(
+                f"unimodal_leg_input must be one of {UNIMODAL_LEG_INPUTS}, "
+                f"got '{unimodal_leg_input}'"
+            )
+        self.modality = modality
+        self.unimodal_leg_input = unimodal_leg_input
+        self.branches = [m for m in ("speech", "text") if modality in ("bimodal", m)]
+        factories = {"speech": speech_encoder, "text": text_encoder}
+        self.encoders = nn.ModuleDict()
+        self.unimodal = nn.ModuleDict()
+        self.pooling = nn.ModuleDict()
+        for branch in self.branches:
+            if factories[branch] is None:
+                raise ValueError(f"modality '{modality}' needs a {branch}_encoder")
+            encoder = factories[branch]()
+            self.encoders[branch] = encoder
+            self.unimodal[branch] = UnimodalBlock(encoder.output_dim, hidden_dim)
+            self.pooling[branch] = AttentionPooling(2 * hidden_dim, scaled_pooling)
+        self.cross_modal = (
+            CrossModalBlock(2 * hidden_dim, num_heads, attention_dropout)
+            if modality == "bimodal"
+            else None
+        )
+        self.classifier = ClassifierBlock(
+            2 * hidden_dim * len(self.branches), num_classes, bottleneck_dim, dropout
+        )
+        unimodal_dim = 2 * hidden_dim if unimodal_leg_input == "gru" else hidden_dim
+        self.tap_dims = {f"{b}_unimodal": unimodal_dim for b in self.branches}
+        self.tap_dims.update({f"{b}_pooled": 2 * hidden_dim for b in self.branches})
+        self.tap_dims["fusion"] = bottleneck_dim
+
+    @property
+    def speech_encoder(self):
+        return self.encoders["speech"] if "speech" in self.encoders else None
+
+    @property
+    def text_encoder(self):
+        return self.encoders["text"] if "text" in self.encoders else None
+
+    def forward(self, wavs=None, wav_lens=None, texts=None):
+        """Return ``(logits, taps)``; ``taps`` maps leg names to (batch, dim) tensors."""
+        inputs = {"speech": (wavs, wav_lens), "text": (texts,)}
+        seqs, masks, taps = {}, {}, {}
+        for branch in self.branches:
+            hidden, mask = self.encoders[branch](*inputs[branch])
+            projected, seq = self.unimodal[branch](hidden, mask)
+            leg_input = seq if self.unimodal_leg_input == "gru" else projected
+            taps[f"{branch}_unimodal"] = masked_mean(leg_input, mask)
+            seqs[branch], masks[branch] = seq, mask
+        if self.cross_modal is not None:
+            seqs["speech"], seqs["text"] = self.cross_modal(
+                seqs["speech"], masks["speech"], seqs["text"], masks["text"]
+            )
+        pooled = []
+        for branch in self.branches:
+            taps[f"{branch}_pooled"] = self.pooling[branch](seqs[branch], masks[branch])
+            pooled.append(taps[f"{branch}_pooled"])
+        logits, taps["fusion"] = self.classifier(torch.cat(pooled, dim=-1))
+        return logits, taps
+
+    def encoder_parameters(self, branch):
+        """Trainable parameters of one encoder (empty when absent or frozen)."""
+        if branch not in self.encoders:
+            return []
+        return [p for p in self.encoders[branch].parameters() if p.requires_grad]
+
+    def head_parameters(self):
+        """Trainable parameters outside the encoders."""
+        encoder_ids = {id(p) for p in self.encoders.parameters()}
+        return [
+            p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids
+        ]

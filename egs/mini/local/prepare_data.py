@@ -1,0 +1,71 @@
+"""Kaldi-style data directories for the generated mini corpus.
+
+Speaker-independent split: each speaker is in exactly one of train / valid / test.
+
+    python local/prepare_data.py --corpus_dir data/corpus --out_dir data \\
+        --valid_speakers spk05 --test_speakers spk06
+"""
+
+import argparse
+import csv
+import os
+import sys
+
+FIELDS = ("utt_id", "speaker", "gender", "emotion", "text", "wav")
+
+
+def read_metadata(corpus_dir):
+    path = os.path.join(corpus_dir, "metadata.csv")
+    if not os.path.isfile(path):
+        sys.exit(f"ERROR: {path} not found: run stage 0 (corpus generation) first")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in FIELDS if c not in (reader.fieldnames or [])]
+        if missing:
+            sys.exit(f"ERROR: {path}: missing column(s) {missing}")
+        return list(reader)
+
+
+def write_data_dir(rows, corpus_dir, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    tables = {
+        "wav.scp": lambda r: os.path.abspath(os.path.join(corpus_dir, r["wav"])),
+        "text": lambda r: r["text"],
+        "utt2emo": lambda r: r["emotion"],
+        "utt2spk": lambda r: r["speaker"],
+        "utt2gender": lambda r: r["gender"],
+    }
+    for name, value in tables.items():
+        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+            for row in sorted(rows, key=lambda r: r["utt_id"]):
+                f.write(f"{row['utt_id']} {value(row)}\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus_dir", required=True)
+    parser.add_argument("--out_dir", required=True)
+    parser.add_argument("--valid_speakers", default="spk05", help="comma-separated")
+    parser.add_argument("--test_speakers", default="spk06", help="comma-separated")
+    args = parser.parse_args()
+    rows = read_metadata(args.corpus_dir)
+    valid, test = set(args.valid_speakers.split(",")), set(args.test_speakers.split(","))
+    speakers = {r["speaker"] for r in rows}
+    for name, chosen in (("valid", valid), ("test", test)):
+        if not chosen <= speakers:
+            sys.exit(f"ERROR: --{name}_speakers {sorted(chosen - speakers)} not in the corpus {sorted(speakers)}")
+    if valid & test:
+        sys.exit(f"ERROR: speakers {sorted(valid & test)} are in both valid and test")
+    splits = {
+        "train": [r for r in rows if r["speaker"] not in valid | test],
+        "valid": [r for r in rows if r["speaker"] in valid],
+        "test": [r for r in rows if r["speaker"] in test],
+    }
+    for name, split_rows in splits.items():
+        write_data_dir(split_rows, args.corpus_dir, os.path.join(args.out_dir, name))
+        spk = sorted({r["speaker"] for r in split_rows})
+        print(f"{name}: {len(split_rows)} utterances, speakers {','.join(spk)}")
+
+
+if __name__ == "__main__":
+    main()

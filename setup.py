@@ -1,0 +1,20 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="crab",
+    version="0.1.0",
+    description="Crab: bimodal speech emotion recognition with Multi Layer Contrastive Supervision",
+    packages=find_packages(include=["crab", "crab.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "torchaudio",
+        "speechbrain>=1.1",
+        "hyperpyyaml>=1.2",
+        "transformers>=4.45",
+        "sentencepiece",
+        "pandas",
+        "numpy",
+        "soundfile",
+    ],
+)
