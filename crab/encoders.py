@@ -92,7 +92,9 @@ def _load(model_cls, source, pretrained, **config_overrides):
     config = AutoConfig.from_pretrained(source, **config_overrides)
     if pretrained:
         return model_cls.from_pretrained(source, config=config)
-    return model_cls.from_config(config)
+    if hasattr(model_cls, "from_config"):  # the Auto classes
+        return model_cls.from_config(config)
+    return model_cls(config)
 
 
 class SpeechEncoder(_Encoder):

@@ -1,0 +1,103 @@
+"""Speech and text encoder wrappers, built from configs with random weights."""
+
+import os
+
+import pytest
+import torch
+from transformers import HubertConfig, Wav2Vec2Config, WhisperConfig
+
+from crab.encoders import SpeechEncoder, TextEncoder
+from tests.conftest import MINI_CONF
+
+WAVLM = os.path.join(MINI_CONF, "wavlm_tiny")
+SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+             conv_dim=[16] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+             feat_extract_norm="layer", do_stable_layer_norm=True, vocab_size=32)
+
+
+@pytest.fixture(scope="module")
+def config_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("configs")
+    configs = {
+        "hubert": HubertConfig(**SMALL),
+        "wav2vec2": Wav2Vec2Config(**SMALL),
+        "whisper": WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+                                 decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                 num_mel_bins=80, vocab_size=100, pad_token_id=0, bos_token_id=1,
+                                 eos_token_id=2, decoder_start_token_id=1),
+    }
+    for name, config in configs.items():
+        config.save_pretrained(root / name)
+    return {name: str(root / name) for name in configs}
+
+
+@pytest.mark.parametrize("kind", ["wavlm", "hubert", "wav2vec2"])
+def test_ssl_encoders_shapes_and_frame_mask(config_dirs, kind):
+    source = WAVLM if kind == "wavlm" else config_dirs[kind]
+    encoder = SpeechEncoder(source, pretrained=False).eval()
+    wavs = torch.randn(2, 16000)
+    hidden, mask = encoder(wavs, torch.tensor([1.0, 0.5]))
+    assert hidden.shape[:2] == mask.shape and hidden.shape[-1] == encoder.output_dim
+    assert mask.sum(1).tolist() == [49, 24]  # 20 ms frames of 1 s and 0.5 s
+    assert encoder.min_samples == 400
+
+
+def test_whisper_encoder_runs_on_short_audio_without_30s_padding(config_dirs):
+    encoder = SpeechEncoder(config_dirs["whisper"], pretrained=False).eval()
+    wavs = torch.randn(2, 32000) * 0.1
+    with torch.no_grad():
+        hidden, mask = encoder(wavs, torch.tensor([1.0, 0.5]))
+        alone, _ = encoder(wavs[1:, :16000], torch.tensor([1.0]))
+    assert hidden.shape == (2, 100, 32)  # 2 s at 50 frames/s, not 1500 frames
+    assert mask.sum(1).tolist() == [100, 50]
+    # the padded utterance's real frames match the utterance encoded alone
+    assert torch.allclose(hidden[1, :48], alone[0, :48], atol=1e-4)
+
+
+def test_weighted_sum_of_layers_is_learned_and_disables_layerdrop():
+    encoder = SpeechEncoder(WAVLM, pretrained=False, layer_weighting="weighted_sum", layerdrop=0.5)
+    assert encoder.model.config.layerdrop == 0.0
+    assert encoder.layer_weights.logits.shape == (3,)  # embeddings + 2 layers
+    hidden, _ = encoder(torch.randn(1, 8000), torch.tensor([1.0]))
+    hidden.sum().backward()
+    assert encoder.layer_weights.logits.grad is not None
+    with pytest.raises(ValueError, match="layer_weighting"):
+        SpeechEncoder(WAVLM, pretrained=False, layer_weighting="first")
+
+
+def test_frozen_encoder_has_no_trainable_parameters_and_stays_in_eval():
+    encoder = SpeechEncoder(WAVLM, pretrained=False, freeze=True)
+    assert not any(p.requires_grad for p in encoder.parameters())
+    encoder.train()
+    assert not encoder.model.training
+    hidden, _ = encoder(torch.randn(1, 8000), torch.tensor([1.0]))
+    assert not hidden.requires_grad
+    unfrozen = SpeechEncoder(WAVLM, pretrained=False, freeze_feature_extractor=False)
+    assert all(p.requires_grad for p in unfrozen.model.feature_extractor.parameters())
+
+
+def test_waveform_normalisation_uses_only_real_samples():
+    encoder = SpeechEncoder(WAVLM, pretrained=False, normalize_waveform=True).eval()
+    wav = torch.randn(8000) * 3 + 1
+    with torch.no_grad():
+        alone, _ = encoder(wav.unsqueeze(0), torch.tensor([1.0]))
+        padded, _ = encoder(torch.cat([wav, torch.full((8000,), 5.0)]).unsqueeze(0), torch.tensor([0.5]))
+    assert torch.allclose(alone[0], padded[0, : alone.shape[1]], atol=1e-5)
+
+
+def test_text_encoder_pads_dynamically_and_truncates(tokenizer_dir):
+    encoder = TextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir,
+                          pretrained=False, max_length=12).eval()
+    hidden, mask = encoder(["hi", "thank you"])
+    assert hidden.shape[1] == mask.shape[1] == max(mask.sum(1)).item() < 12
+    hidden, mask = encoder(["a very long sentence that goes well past twelve tokens, and then goes on some more"])
+    assert mask.shape[1] == 12
+
+
+def test_tokenizer_larger_than_model_vocabulary_is_an_error(tmp_path, tokenizer_dir):
+    from transformers import RobertaConfig
+
+    RobertaConfig(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=32).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="vocabulary of 10"):
+        TextEncoder(str(tmp_path), tokenizer=tokenizer_dir, pretrained=False)

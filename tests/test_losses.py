@@ -1,0 +1,128 @@
+"""MPCL, SupCon and weighted CE against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from crab.losses import ContrastiveLoss, WeightedCrossEntropy, class_weights, mpcl, supcon, total_loss
+
+
+def reference_mpcl(z, y, tau):
+    """The spec's formula written as loops over anchors and candidates."""
+    z = [[c / math.sqrt(sum(c * c for c in v)) for c in v] for v in z.tolist()]
+    y = y.tolist()
+    n = len(z)
+    total = 0.0
+    for i in range(n):
+        sims = {j: sum(a * b for a, b in zip(z[i], z[j])) / tau for j in range(n) if j != i}
+        norm = sum(math.exp(s) for s in sims.values())
+        positives = [j for j in sims if y[j] == y[i]]
+        for j in positives:
+            total -= (1.0 / len(positives)) * math.log(math.exp(sims[j]) / norm)
+    return total / n
+
+
+# Three unit vectors: two equal ones of class 0, an orthogonal one of class 1.
+Z = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+Y = torch.tensor([0, 0, 1])
+
+
+def test_mpcl_hand_computed_with_single_member_class():
+    # tau = 1: s_12 = 1, s_13 = s_23 = 0. Anchors 1 and 2 each have one positive
+    # with q = e / (e + 1); anchor 3 (the only class-1 member) has no positive,
+    # contributes 0 but counts in B = 3.
+    expected = 2 * math.log(1 + math.exp(-1)) / 3
+    assert mpcl(Z, Y, temperature=1.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mpcl_two_positives_split_the_target():
+    # Anchor 0 has two positives (1, 2) and one negative (3); tau = 0.5.
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    y = torch.tensor([0, 0, 0, 1])
+    # anchor 0: s = {1: 2, 2: 0, 3: -2}; log-norm = log(e^2 + 1 + e^-2)
+    lnorm0 = math.log(math.exp(2) + 1 + math.exp(-2))
+    a0 = -0.5 * ((2 - lnorm0) + (0 - lnorm0))
+    a1 = a0  # symmetric to anchor 0
+    # anchor 2: s = {0: 0, 1: 0, 3: 0}: q = 1/3 for each, two positives
+    a2 = -math.log(1 / 3)
+    # anchor 3: no positive
+    expected = (a0 + a1 + a2 + 0.0) / 4
+    assert mpcl(z, y, temperature=0.5).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mpcl_matches_loop_reference_on_random_batch():
+    torch.manual_seed(0)
+    z = torch.randn(9, 5)
+    y = torch.tensor([0, 1, 2, 0, 1, 0, 3, 2, 0])
+    assert mpcl(z, y, 0.1).item() == pytest.approx(reference_mpcl(z, y, 0.1), rel=1e-5)
+
+
+def test_mpcl_is_scale_invariant_and_zero_without_positives():
+    torch.manual_seed(1)
+    z = torch.randn(6, 4)
+    y = torch.tensor([0, 1, 0, 2, 1, 2])
+    assert mpcl(z, y).item() == pytest.approx(mpcl(5 * z, y).item(), rel=1e-5)
+    assert mpcl(z, torch.arange(6)).item() == 0.0
+    assert mpcl(z[:1], y[:1]).item() == 0.0
+
+
+def test_supcon_hand_computed():
+    # tau = base tau = 1: anchors 1 and 2 as in MPCL; anchor 3 has no positive
+    # and is left out of the mean (B' = 2).
+    expected = math.log(1 + math.exp(-1))
+    assert supcon(Z, Y, temperature=1.0, base_temperature=1.0).item() == pytest.approx(expected, rel=1e-6)
+    # the tau / base_tau factor of Khosla et al.'s implementation
+    scaled = supcon(Z, Y, temperature=1.0, base_temperature=0.5).item()
+    assert scaled == pytest.approx(2 * expected, rel=1e-6)
+
+
+def test_supcon_equals_scaled_mpcl_when_every_anchor_has_a_positive():
+    torch.manual_seed(2)
+    z = torch.randn(8, 3)
+    y = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0])
+    assert supcon(z, y, 0.1, 0.07).item() == pytest.approx((0.1 / 0.07) * mpcl(z, y, 0.1).item(), rel=1e-5)
+
+
+def test_losses_have_gradients_and_no_nan_with_duplicates():
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]], requires_grad=True)
+    y = torch.tensor([0, 0, 1])
+    for loss in (mpcl(z, y), supcon(z, y)):
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+
+
+def test_contrastive_loss_module_selects_kind():
+    assert ContrastiveLoss("mpcl", 1.0)(Z, Y).item() == pytest.approx(mpcl(Z, Y, 1.0).item())
+    assert ContrastiveLoss("supcon", 1.0, base_temperature=1.0)(Z, Y).item() == pytest.approx(
+        supcon(Z, Y, 1.0, 1.0).item()
+    )
+    with pytest.raises(ValueError, match="ntxent"):
+        ContrastiveLoss("ntxent")
+
+
+def test_class_weights_are_n_over_nc():
+    assert class_weights([1, 3, 4]).tolist() == pytest.approx([8.0, 8 / 3, 2.0])
+    with pytest.raises(ValueError, match="every class"):
+        class_weights([3, 0, 2])
+
+
+def test_weighted_ce_hand_computed_and_constant_free():
+    wce = WeightedCrossEntropy(2)
+    wce.set_counts([3, 1])  # weights 4/3 and 4
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    targets = torch.tensor([0, 1])
+    # nll: sample 0 -> log 2; sample 1 -> -log(1/4) = log 4
+    expected = (4 / 3 * math.log(2) + 4 * math.log(4)) / (4 / 3 + 4)
+    assert wce(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+    # the reference's N / (C N_c) weights give the same weighted mean
+    reference = torch.nn.functional.cross_entropy(logits, targets, weight=wce.weight / 2)
+    assert wce(logits, targets).item() == pytest.approx(reference.item(), rel=1e-6)
+    assert "weight" in wce.state_dict()
+
+
+def test_total_loss_is_wce_plus_alpha_mean_of_legs():
+    ce = torch.tensor(1.0)
+    legs = [torch.tensor(2.0), torch.tensor(4.0)]
+    assert total_loss(ce, legs, alpha=2.0).item() == pytest.approx(1.0 + 2.0 * 3.0)
+    assert total_loss(ce, [], alpha=2.0).item() == 1.0

@@ -1,0 +1,126 @@
+"""Masks, batch independence, and the legs' absence from the inference model."""
+
+import math
+
+import pytest
+import torch
+
+from crab.legs import LEG_NAMES, SupervisionLegs
+from crab.modules import AttentionPooling, CrossModalBlock, UnimodalBlock, masked_mean
+
+
+def test_attention_pooling_hand_computed_with_mask():
+    pool = AttentionPooling(2, scaled=True)
+    with torch.no_grad():
+        pool.query.copy_(torch.tensor([1.0, 0.0]))
+    x = torch.tensor([[[2.0, 1.0], [0.0, 3.0], [100.0, 100.0]]])
+    mask = torch.tensor([[True, True, False]])
+    # scores 2/sqrt(2), 0/sqrt(2); the padded frame gets no weight
+    w = torch.softmax(torch.tensor([2 / math.sqrt(2), 0.0]), 0)
+    expected = w[0] * x[0, 0] + w[1] * x[0, 1]
+    assert torch.allclose(pool(x, mask)[0], expected, atol=1e-6)
+    pool_unscaled = AttentionPooling(2, scaled=False)
+    with torch.no_grad():
+        pool_unscaled.query.copy_(torch.tensor([1.0, 0.0]))
+    w = torch.softmax(torch.tensor([2.0, 0.0]), 0)
+    assert torch.allclose(pool_unscaled(x, mask)[0], w[0] * x[0, 0] + w[1] * x[0, 1], atol=1e-6)
+
+
+def test_masked_mean_ignores_padding():
+    x = torch.tensor([[[1.0], [3.0], [50.0]], [[2.0], [4.0], [6.0]]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    assert masked_mean(x, mask).squeeze(1).tolist() == [2.0, 4.0]
+
+
+def test_unimodal_block_padding_does_not_leak():
+    torch.manual_seed(0)
+    block = UnimodalBlock(5, 4)
+    x = torch.randn(1, 3, 5)
+    padded = torch.cat([x, torch.randn(1, 4, 5) * 100], dim=1)
+    _, alone = block(x, torch.ones(1, 3, dtype=torch.bool))
+    mask = torch.tensor([[True] * 3 + [False] * 4])
+    _, batched = block(padded, mask)
+    assert torch.allclose(alone, batched[:, :3], atol=1e-6)
+    assert (batched[:, 3:] == 0).all()
+
+
+def test_cross_modal_block_ignores_padded_keys():
+    torch.manual_seed(0)
+    block = CrossModalBlock(4, num_heads=1, dropout=0.5).eval()
+    s, t = torch.randn(1, 3, 4), torch.randn(1, 2, 4)
+    ones = lambda n: torch.ones(1, n, dtype=torch.bool)  # noqa: E731
+    s_out, t_out = block(s, ones(3), t, ones(2))
+    t_pad = torch.cat([t, torch.randn(1, 5, 4) * 100], dim=1)
+    t_mask = torch.tensor([[True, True] + [False] * 5])
+    s_out2, t_out2 = block(s, ones(3), t_pad, t_mask)
+    assert torch.allclose(s_out, s_out2, atol=1e-5)
+    assert torch.allclose(t_out, t_out2[:, :2], atol=1e-5)
+
+
+@pytest.mark.parametrize("modality", ["bimodal", "speech", "text"])
+def test_prediction_does_not_depend_on_batch(make_crab, modality):
+    model = make_crab(modality=modality).eval()
+    torch.manual_seed(1)
+    short, long_ = torch.randn(8000) * 0.1, torch.randn(24000) * 0.1
+    texts = ["I am fine.", "This is a much longer transcript that pads the short one a lot."]
+    with torch.no_grad():
+        alone, taps_alone = model(short.unsqueeze(0), torch.tensor([1.0]), texts[:1])
+        batch = torch.stack([torch.cat([short, torch.zeros(16000)]), long_])
+        batched, taps_batched = model(batch, torch.tensor([8000 / 24000, 1.0]), texts)
+    assert torch.allclose(alone[0], batched[0], atol=1e-5), (alone[0], batched[0])
+    for name in taps_alone:
+        assert torch.allclose(taps_alone[name][0], taps_batched[name][0], atol=1e-5), name
+
+
+def test_legs_leave_the_inference_model_unchanged(make_crab):
+    with_legs = make_crab(seed=3)
+    legs = SupervisionLegs(with_legs.tap_dims, LEG_NAMES, output_dim=8)
+    without_legs = make_crab(seed=3)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(with_legs) == count(without_legs)
+    assert count(legs) > 0
+    assert with_legs.state_dict().keys() == without_legs.state_dict().keys()
+
+    # a training step through the legs, then the trained weights in a model built without legs
+    optimizer = torch.optim.AdamW(list(with_legs.parameters()) + list(legs.parameters()), lr=1e-3)
+    wavs, lens, texts = torch.randn(2, 16000) * 0.1, torch.tensor([1.0, 0.7]), ["so happy", "so sad"]
+    logits, taps = with_legs(wavs, lens, texts)
+    outputs = legs(taps)
+    assert set(outputs) == set(LEG_NAMES)
+    (logits.sum() + sum(o.pow(2).mean() for o in outputs.values())).backward()
+    optimizer.step()
+    without_legs.load_state_dict(with_legs.state_dict())
+    with_legs.eval(), without_legs.eval()
+    with torch.no_grad():
+        assert torch.equal(with_legs(wavs, lens, texts)[0], without_legs(wavs, lens, texts)[0])
+
+
+def test_legs_follow_the_modality_and_input_choice(make_crab):
+    speech_only = make_crab(modality="speech")
+    assert speech_only.text_encoder is None and speech_only.cross_modal is None
+    legs = SupervisionLegs(speech_only.tap_dims, LEG_NAMES)
+    assert legs.names == ["speech_unimodal", "speech_pooled", "fusion"]
+    # reference-code variant: unimodal legs read the projection (h), not the GRU (2h)
+    projection = make_crab(unimodal_leg_input="projection")
+    assert projection.tap_dims["speech_unimodal"] == 16
+    assert make_crab().tap_dims["speech_unimodal"] == 32
+    legs = SupervisionLegs(projection.tap_dims, ["fusion", "text_unimodal"])
+    assert legs.names == ["fusion", "text_unimodal"]
+    assert legs.legs["text_unimodal"][0].out_features == 8  # hidden = input / 2
+    with pytest.raises(ValueError, match="unknown leg"):
+        SupervisionLegs(projection.tap_dims, ["speech_pooled", "audio"])
+
+
+def test_parameter_groups_split_encoders_from_head(make_crab):
+    model = make_crab()
+    speech, text, head = (
+        model.encoder_parameters("speech"),
+        model.encoder_parameters("text"),
+        model.head_parameters(),
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(speech) + len(text) + len(head) == len(trainable)
+    # the CNN feature encoder is frozen by default
+    frozen = list(model.speech_encoder.model.feature_extractor.parameters())
+    assert all(not p.requires_grad for p in frozen)
+    assert make_crab(modality="text").encoder_parameters("speech") == []
