@@ -42,9 +42,9 @@ def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES):
             f"{info.samplerate} Hz, need {min_samples} at 16 kHz): {wav}"
         )
     if not str(entry.get("text", "")).strip():
-        return "empty transcript", "empty transcript"
+        return "empty transcript", f"empty transcript for {wav}"
     if entry.get("emo") not in classes:
-        return "unknown label", f"label '{entry.get('emo')}' not in {list(classes)}"
+        return "unknown label", f"label '{entry.get('emo')}' of {wav} not in {list(classes)}"
     entry["duration"] = round(info.frames / info.samplerate, 3)
     return None
 
@@ -82,8 +82,7 @@ def write_manifest(entries, path, data_root):
     for utt, entry in entries.items():
         entry = dict(entry)
         wav = os.path.abspath(entry["wav"])
-        if wav.startswith(root):
-            entry["wav"] = "{data_root}/" + wav[len(root):]
+        entry["wav"] = "{data_root}/" + wav[len(root):] if wav.startswith(root) else wav
         portable[utt] = entry
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"

@@ -17,6 +17,13 @@ logger = logging.getLogger(__name__)
 TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_][\w.]*)\s*:", re.MULTILINE)
 
 
+class _TagTolerantLoader(yaml.SafeLoader):
+    """Checks YAML syntax only: hyperpyyaml tags (!ref, !new:, ...) are accepted."""
+
+
+_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
 class ConfigError(ValueError):
     """A yaml file or a command-line override is not usable."""
 
@@ -38,7 +45,7 @@ def check_overrides(hparams_file, overrides):
         key, _, value = line.partition(":")
         key = key.strip()
         try:
-            parsed[key] = yaml.safe_load(value) if value.strip() else None
+            parsed[key] = yaml.load(value, Loader=_TagTolerantLoader) if value.strip() else None
         except yaml.YAMLError as err:
             first = str(err).splitlines()[0]
             raise ConfigError(

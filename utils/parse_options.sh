@@ -18,11 +18,17 @@ while [ $# -gt 0 ]; do
       _crab_args+=("$1"); shift; continue ;;
   esac
   _crab_name=${_crab_name#--}; _crab_name=${_crab_name//-/_}
-  if [[ ! ${_crab_name} =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || [ -z "${!_crab_name+x}" ]; then
+  _crab_flags=
+  if [[ ${_crab_name} =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] && [ -n "${!_crab_name+x}" ]; then
+    _crab_flags=$(declare -p "${_crab_name}"); _crab_flags=${_crab_flags#declare -}
+    _crab_flags=${_crab_flags%% *}
+  fi
+  # Options are the script's own variables: not unset names, not exported ones (PATH).
+  if [ -z "${_crab_flags}" ] || [[ ${_crab_flags} == *x* ]]; then
     echo "$0: unknown option --${_crab_name}" >&2
     exit 1
   fi
   printf -v "${_crab_name}" '%s' "${_crab_value}"
 done
 set -- "${_crab_args[@]+"${_crab_args[@]}"}"
-unset _crab_args _crab_name _crab_value
+unset _crab_args _crab_name _crab_value _crab_flags

@@ -27,10 +27,9 @@ def read_table(path, required=True):
         return table
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
             if not line.strip():
                 continue
-            utt, _, value = line.partition(" ")
+            utt, value = (line.split(maxsplit=1) + [""])[:2]
             if utt in table:
                 raise DataPrepError(f"{path}:{lineno}: duplicate utterance id '{utt}'")
             table[utt] = value.strip()

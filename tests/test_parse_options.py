@@ -1,0 +1,158 @@
+"""utils/parse_options.sh: --name value / --name=value into declared variables."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARSE_OPTIONS = os.path.join(REPO, "utils", "parse_options.sh")
+BASH = shutil.which("bash")
+
+pytestmark = pytest.mark.skipif(BASH is None, reason="needs bash")
+
+# Declares options like egs/*/run.sh, sources the parser with the script's own
+# arguments, then prints every variable and positional argument.
+SCRIPT = """\
+set -euo pipefail
+stage=0
+stop_stage=100
+train_opts=
+seeds=42
+config=conf/crab_tiny.yaml
+help_message="Usage: $0 [--stage N] [--train_opts '--alpha=1.5']"
+. "{parse_options}"
+echo "reached=yes"
+for name in stage stop_stage train_opts seeds config; do
+  printf '%s=%s\\n' "$name" "${{!name}}"
+done
+echo "nargs=$#"
+for arg in "$@"; do printf 'arg=%s\\n' "$arg"; done
+for name in _crab_args _crab_name _crab_value; do
+  if [ -n "${{!name+x}}" ]; then echo "leaked=$name"; fi
+done
+"""
+
+
+@pytest.fixture
+def run(tmp_path):
+    script = tmp_path / "script.sh"
+    script.write_text(SCRIPT.format(parse_options=PARSE_OPTIONS))
+
+    def _run(*args, env=None):
+        proc = subprocess.run(
+            [BASH, str(script), *args],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env={**os.environ, **(env or {})},
+        )
+        values, positional = {}, []
+        for line in proc.stdout.splitlines():
+            key, _, value = line.partition("=")
+            if key == "arg":
+                positional.append(value)
+            elif key:
+                values[key] = value
+        return proc, values, positional
+
+    return _run
+
+
+def test_defaults_without_arguments(run):
+    proc, values, positional = run()
+    assert proc.returncode == 0, proc.stderr
+    assert values["stage"] == "0" and values["stop_stage"] == "100"
+    assert values["train_opts"] == "" and values["seeds"] == "42"
+    assert values["nargs"] == "0" and positional == []
+    assert "leaked" not in values
+
+
+def test_space_form(run):
+    proc, values, _ = run("--stage", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert values["stage"] == "3"
+    assert values["stop_stage"] == "100"
+    assert values["nargs"] == "0"
+
+
+@pytest.mark.parametrize("args", [["--stop-stage=5"], ["--stop-stage", "5"], ["--stop_stage=5"]])
+def test_dash_and_equals_forms(run, args):
+    proc, values, _ = run(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert values["stop_stage"] == "5"
+    assert values["stage"] == "0"
+
+
+def test_value_with_spaces_and_equals(run):
+    proc, values, positional = run("--train_opts", "--alpha=1.5 --lr=1e-4", "--stage", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert values["train_opts"] == "--alpha=1.5 --lr=1e-4"
+    assert values["stage"] == "2"
+    assert positional == []
+
+
+def test_equals_form_keeps_later_equals(run):
+    proc, values, _ = run("--train_opts=--alpha=1.5 --lr=1e-4", "--seeds=42 43 44")
+    assert proc.returncode == 0, proc.stderr
+    assert values["train_opts"] == "--alpha=1.5 --lr=1e-4"
+    assert values["seeds"] == "42 43 44"
+
+
+def test_empty_values(run):
+    proc, values, _ = run("--config", "", "--seeds=")
+    assert proc.returncode == 0, proc.stderr
+    assert values["config"] == "" and values["seeds"] == ""
+
+
+def test_last_occurrence_wins(run):
+    proc, values, _ = run("--stage", "1", "--stage=4")
+    assert proc.returncode == 0, proc.stderr
+    assert values["stage"] == "4"
+
+
+def test_positional_arguments_preserved(run):
+    proc, values, positional = run(
+        "first", "--stage", "3", "second arg", "-x", "--stop-stage=4", "last"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert values["stage"] == "3" and values["stop_stage"] == "4"
+    assert values["nargs"] == "4"
+    assert positional == ["first", "second arg", "-x", "last"]
+    assert "leaked" not in values
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--stge", "3"], "--stge"),
+        (["--no-such-option=1"], "--no_such_option"),
+        (["--stage", "1", "--bogus", "2"], "--bogus"),
+        (["--bad.name=1"], "--bad.name"),
+    ],
+)
+def test_unknown_option_is_an_error(run, args, named):
+    proc, values, _ = run(*args)
+    assert proc.returncode != 0
+    assert "unknown option" in proc.stderr and named in proc.stderr
+    assert "reached" not in values  # the calling script stops
+
+
+def test_missing_value_is_an_error(run):
+    proc, values, _ = run("--stage", "3", "--stop_stage")
+    assert proc.returncode != 0
+    assert "--stop_stage" in proc.stderr and "needs a value" in proc.stderr
+    assert "reached" not in values
+
+
+def test_help_prints_usage(run):
+    proc, values, _ = run("--help")
+    assert proc.returncode == 0
+    assert "Usage:" in proc.stdout and "--train_opts" in proc.stdout
+    assert "reached" not in values
+
+
+def test_environment_variable_is_not_an_option(run):
+    proc, _, _ = run("--CRAB_TEST_UNDECLARED", "x", env={"CRAB_TEST_UNDECLARED": "1"})
+    assert proc.returncode != 0
