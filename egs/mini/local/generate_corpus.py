@@ -32,8 +32,9 @@ from sentences import SENTENCES
 
 EMOTIONS = ("angry", "happy", "neutral", "sad")
 # espeak-ng voice+variant per speaker (spk01, spk02, ...); gender from the variant.
+# "en-gb+<variant>" silently drops the variant: British English is "en+<variant>".
 VOICES = (
-    "en-us+m3", "en-us+f2", "en-gb+m1", "en-gb-x-rp+f4",
+    "en-us+m3", "en-us+f2", "en+m1", "en-gb-x-rp+f4",
     "en-gb-scotland+m4", "en-029+f3", "en-gb-x-gbclan+m6", "en-us-nyc+f1",
 )
 PARAMS = ("pitch", "range", "rate", "amplitude")
