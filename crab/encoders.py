@@ -113,7 +113,8 @@ class SpeechEncoder(_Encoder):
     freeze : bool
         Freeze the whole encoder.
     freeze_feature_extractor : bool
-        Freeze the convolutional feature encoder (the paper's setting).
+        Freeze the convolutional feature encoder (the paper's setting; for
+        Whisper, its two input convolutions).
     layer_weighting : str
         ``last`` (paper) or ``weighted_sum`` (learned softmax weights over layers).
     normalize_waveform : bool or None
@@ -147,13 +148,15 @@ class SpeechEncoder(_Encoder):
             self.model = _load(WhisperModel, source, pretrained, **overrides).encoder
             self.features = _whisper_features(source, config)
             num_layers = config.encoder_layers
+            frontend = [self.model.conv1, self.model.conv2]
         else:
             self.model = _load(AutoModel, source, pretrained, **overrides)
             self.features = None
             num_layers = config.num_hidden_layers
-            if freeze_feature_extractor:
-                for param in self.model.feature_extractor.parameters():
-                    param.requires_grad = False
+            frontend = [self.model.feature_extractor]
+        if freeze_feature_extractor:
+            for module in frontend:
+                module.requires_grad_(False)
         self.use_attention_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
         self.normalize_waveform = (
             _default_normalize(source) if normalize_waveform is None else normalize_waveform

@@ -101,3 +101,11 @@ def test_tokenizer_larger_than_model_vocabulary_is_an_error(tmp_path, tokenizer_
                   intermediate_size=32).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="vocabulary of 10"):
         TextEncoder(str(tmp_path), tokenizer=tokenizer_dir, pretrained=False)
+
+
+def test_whisper_frontend_freezes_with_the_feature_extractor_flag(config_dirs):
+    encoder = SpeechEncoder(config_dirs["whisper"], pretrained=False)
+    assert not any(p.requires_grad for p in encoder.model.conv1.parameters())
+    assert all(p.requires_grad for p in encoder.model.layers.parameters())
+    encoder = SpeechEncoder(config_dirs["whisper"], pretrained=False, freeze_feature_extractor=False)
+    assert all(p.requires_grad for p in encoder.model.conv2.parameters())

@@ -10,6 +10,7 @@ corpus_dir=data/corpus        # where stage 0 writes the generated corpus
 data_dir=data                 # Kaldi-style data dirs, manifests, tokenizer
 exp_dir=exp                   # experiments
 config=conf/crab_tiny.yaml    # hyperparameters
+tag=                          # experiment name under exp_dir (default: config name)
 seeds=42                      # space-separated list of seeds, e.g. "42 43 44"
 train_opts=                   # extra --key=value overrides for the yaml
 ngpu=0                        # 0: CPU; 1: cuda:0
@@ -30,7 +31,7 @@ cd "$(dirname "$0")"
 
 log "$0 $*"
 start=${SECONDS}
-tag=$(basename "${config}" .yaml)
+[ -n "${tag}" ] || tag=$(basename "${config}" .yaml)
 device=cpu
 [ "${ngpu}" -gt 0 ] && device=cuda:0
 read -r -a extra_opts <<< "${train_opts}"

@@ -1,0 +1,40 @@
+"""Train Crab: ``python -m crab.bin.train hparams.yaml [--key=value ...]``.
+
+Re-running the same command resumes from the latest checkpoint in
+``<output_folder>/save``; a finished run does nothing more.
+"""
+
+import os
+
+import speechbrain as sb
+
+from crab.brain import CrabBrain
+from crab.experiment import dataset, parse_and_load, prepare_labels_and_weights
+
+
+def main(argv=None):
+    hparams_file, run_opts, overrides, hparams = parse_and_load(argv)
+    sb.create_experiment_directory(
+        hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
+    )
+    os.makedirs(hparams["save_folder"], exist_ok=True)
+    encoder = prepare_labels_and_weights(hparams)
+    train_set = dataset(hparams, hparams["train_manifest"], encoder)
+    valid_set = dataset(hparams, hparams["valid_manifest"], encoder, sort=True)
+    brain = CrabBrain(
+        modules=hparams["modules"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        hparams["epoch_counter"],
+        train_set,
+        valid_set,
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["eval_dataloader_opts"],
+    )
+
+
+if __name__ == "__main__":
+    main()
