@@ -10,6 +10,7 @@ import speechbrain as sb
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
+from crab.brain import CrabBrain
 from crab.data import class_counts, label_encoder, make_dataset
 
 logger = logging.getLogger(__name__)
@@ -82,4 +83,14 @@ def prepare_labels_and_weights(hparams):
 def dataset(hparams, manifest, encoder, sort=False):
     return make_dataset(
         manifest, encoder, hparams["data_root"], hparams["max_duration"], sort=sort
+    )
+
+
+def make_brain(hparams, run_opts):
+    """A CrabBrain over the modules and checkpointer the hparams declare."""
+    return CrabBrain(
+        modules=hparams["modules"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
     )

@@ -2,6 +2,8 @@
 
 import os
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+
 import pytest
 import torch
 

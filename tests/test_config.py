@@ -58,12 +58,24 @@ def tokenizer_dir(tmp_path_factory):
     return str(out)
 
 
+TINY_CONF = os.path.join(REPO, "egs", "TEMPLATE", "conf")
+CLASSES = ["anger", "joy", "neutral", "sadness", "fear"]
+
+
 def base_overrides(path, tmp_path, tokenizer_dir):
-    """Tmp paths for every !PLACEHOLDER key, the test tokenizer, and an output folder
-    outside the repository (loading builds the checkpointer, which creates it)."""
+    """Tmp paths for every !PLACEHOLDER key (a label list for ``classes``), tiny
+    random-init encoders in place of hub models (tests never download), the test
+    tokenizer, and an output folder outside the repository (loading builds the
+    checkpointer, which creates it)."""
     text = read(path)
     overrides = {key: str(tmp_path / key) for key in PLACEHOLDER_KEY.findall(text)}
+    if "classes" in overrides:
+        overrides["classes"] = CLASSES
     keys = set(TOP_LEVEL_KEY.findall(text))
+    if "speech_encoder_source" in keys:
+        overrides["speech_encoder_source"] = os.path.join(TINY_CONF, "wavlm_tiny")
+        overrides["text_encoder_source"] = os.path.join(TINY_CONF, "roberta_tiny")
+        overrides["pretrained_encoders"] = False
     if "tokenizer_source" in keys:
         overrides["tokenizer_source"] = tokenizer_dir
     if "output_folder" in keys:
@@ -90,7 +102,7 @@ def test_config_loads(path, tmp_path, tokenizer_dir, monkeypatch):
     placeholders = PLACEHOLDER_KEY.findall(read(path))
     hparams = load(path, tmp_path, tokenizer_dir, monkeypatch)
     for key in placeholders:
-        assert hparams[key] == str(tmp_path / key)
+        assert hparams[key] == (CLASSES if key == "classes" else str(tmp_path / key))
     if "model" in hparams:
         model = hparams["model"]
         assert isinstance(model, torch.nn.Module)
@@ -231,7 +243,24 @@ def test_bimodal_default(tmp_path, tokenizer_dir, monkeypatch):
         "speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"
     ]
     assert hparams["leg_loss"].kind == "mpcl"
-    assert hparams["encoder_lr"] == pytest.approx(hparams["lr"] / 10)
+
+
+PAPER_CONFIG = os.path.join(TINY_CONF, "crab.yaml")
+
+
+def test_paper_config_has_the_paper_settings(tmp_path, tokenizer_dir, monkeypatch):
+    text = read(PAPER_CONFIG)
+    values = dict(re.findall(r"^(\w+):\s*([^#\n]*?)\s*(?:#.*)?$", text, re.MULTILINE))
+    assert values["speech_encoder_source"] == "microsoft/wavlm-large"
+    assert values["text_encoder_source"] == "roberta-large"
+    assert float(values["lr"]) == 1e-5 and values["encoder_lr"] == "!ref <lr> / 10"
+    assert (values["number_of_epochs"], values["batch_size"], values["grad_accumulation_factor"]) == ("20", "8", "4")
+    assert (values["alpha"], values["temperature"], values["max_duration"]) == ("2.0", "0.1", "12.0")
+    assert (values["hidden_dim"], values["bottleneck_dim"], values["leg_output_dim"]) == ("512", "512", "512")
+    assert values["ckpt_metric"] == "UAR" and values["contrastive_loss"] == "mpcl"
+    hparams = load(PAPER_CONFIG, tmp_path, tokenizer_dir, monkeypatch)
+    assert hparams["encoder_lr"] == pytest.approx(1e-6)
+    assert hparams["model"].speech_encoder.model.feature_extractor.conv_layers[0].conv.weight.requires_grad is False
 
 
 # Raised inside transformers' WavLM attention, not by crab.

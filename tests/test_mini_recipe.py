@@ -19,9 +19,9 @@ EPOCHS = 4
 def run_recipe(tmp, *options):
     command = [
         "bash", os.path.join(RECIPE, "run.sh"),
-        "--corpus_dir", str(tmp / "corpus"), "--data_dir", str(tmp / "data"),
-        "--exp_dir", str(tmp / "exp"), "--speakers", "4", "--sentences_per_emotion", "8",
-        "--valid_speakers", "spk03", "--test_speakers", "spk04", *options,
+        "--data_root", str(tmp / "corpus"), "--data_dir", str(tmp / "data"),
+        "--exp_dir", str(tmp / "exp"), "--corpus_opts", "--speakers 4 --sentences_per_emotion 8",
+        "--data_opts", "--valid_speakers spk03 --test_speakers spk04", *options,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -42,27 +42,27 @@ def recipe(tmp_path_factory):
         pytest.fail("espeak-ng is needed for the mini recipe: run tools/install.sh (or apt-get install espeak-ng)")
     tmp = tmp_path_factory.mktemp("mini")
     # Train for EPOCHS - 1 epochs, then ask for EPOCHS: the second run must resume.
-    first = run_recipe(tmp, "--stop_stage", "3", "--train_opts", f"--number_of_epochs={EPOCHS - 1}")
-    second = run_recipe(tmp, "--stage", "3", "--train_opts", f"--number_of_epochs={EPOCHS}")
+    first = run_recipe(tmp, "--stop_stage", "4", "--train_opts", f"--number_of_epochs={EPOCHS - 1}")
+    second = run_recipe(tmp, "--stage", "4", "--train_opts", f"--number_of_epochs={EPOCHS}")
     return tmp, first, second
 
 
 def test_stages_write_manifests_and_tokenizer(recipe):
     tmp, _, _ = recipe
     for split, speaker in (("train", "spk01"), ("valid", "spk03"), ("test", "spk04")):
-        with open(tmp / "data" / f"{split}.json") as f:
+        with open(tmp / "data" / "main" / f"{split}.json") as f:
             manifest = json.load(f)
         assert len(manifest) == (64 if split == "train" else 32)
         entry = next(iter(manifest.values()))
         assert entry["wav"].startswith("{data_root}/") and entry["duration"] > 0.3
         assert set(entry) >= {"wav", "duration", "text", "emo", "spk", "gender"}
         assert {e["spk"] for e in manifest.values()} == ({"spk01", "spk02"} if split == "train" else {speaker})
-    assert (tmp / "data" / "tokenizer" / "tokenizer.json").is_file()
+    assert (tmp / "data" / "main" / "tokenizer" / "tokenizer.json").is_file()
 
 
 def test_training_loss_goes_down_and_resume_continues(recipe):
     tmp, first, second = recipe
-    run_dir = tmp / "exp" / "crab_tiny" / "seed42"
+    run_dir = tmp / "exp" / "crab_tiny" / "main" / "seed42"
     losses = epoch_losses(run_dir / "train_log.txt")
     assert sorted(losses) == list(range(1, EPOCHS + 1)), losses  # each epoch trained once
     assert all(loss == loss and loss < 1e3 for loss in losses.values())  # finite
@@ -77,7 +77,7 @@ def test_training_loss_goes_down_and_resume_continues(recipe):
 
 def test_evaluation_writes_predictions_and_scores(recipe):
     tmp, _, second = recipe
-    eval_dir = tmp / "exp" / "crab_tiny" / "seed42" / "eval_test"
+    eval_dir = tmp / "exp" / "crab_tiny" / "main" / "seed42" / "eval_test"
     with open(eval_dir / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     classes = ["angry", "happy", "neutral", "sad"]
@@ -100,8 +100,8 @@ def test_evaluation_writes_predictions_and_scores(recipe):
 
 def test_rerunning_finished_training_changes_nothing(recipe):
     tmp, _, _ = recipe
-    log = tmp / "exp" / "crab_tiny" / "seed42" / "train_log.txt"
+    log = tmp / "exp" / "crab_tiny" / "main" / "seed42" / "train_log.txt"
     before = log.read_text()
-    output = run_recipe(tmp, "--stage", "3", "--stop_stage", "3", "--train_opts", f"--number_of_epochs={EPOCHS}")
+    output = run_recipe(tmp, "--stage", "4", "--stop_stage", "4", "--train_opts", f"--number_of_epochs={EPOCHS}")
     assert "Going into epoch" not in output
     assert log.read_text() == before

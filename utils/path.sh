@@ -1,5 +1,5 @@
 # Source me: activates the repository's virtual environment (tools/install.sh).
-CRAB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CRAB_ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 if [ ! -f "${CRAB_ROOT}/tools/venv/bin/activate" ]; then
   echo "No environment at ${CRAB_ROOT}/tools/venv: run ${CRAB_ROOT}/tools/install.sh first" >&2
   return 1 2>/dev/null || exit 1

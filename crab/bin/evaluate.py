@@ -11,8 +11,7 @@ import sys
 
 import speechbrain as sb
 
-from crab.brain import CrabBrain
-from crab.experiment import dataset, parse_and_load
+from crab.experiment import dataset, make_brain, parse_and_load
 from crab.data import label_encoder
 
 
@@ -24,12 +23,7 @@ def main(argv=None):
         hparams["classes"], os.path.join(hparams["save_folder"], "label_encoder.txt")
     )
     test_set = dataset(hparams, hparams["test_manifest"], encoder, sort=True)
-    brain = CrabBrain(
-        modules=hparams["modules"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
+    brain = make_brain(hparams, run_opts)
     if not brain.checkpointer.find_checkpoints(max_key=hparams["ckpt_metric"]):
         sys.exit(f"No checkpoint with {hparams['ckpt_metric']} in {hparams['save_folder']}: train first.")
     brain.eval_dir = os.path.join(hparams["output_folder"], f"eval_{hparams['eval_name']}")

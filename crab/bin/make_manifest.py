@@ -36,10 +36,19 @@ def read_table(path, required=True):
     return table
 
 
-def read_data_dir(data_dir):
-    """Entries keyed by the utterances of ``wav.scp``; every table must cover them."""
+TEXT_FILES = {"gold": "text", "asr": "text.asr"}
+
+
+def read_data_dir(data_dir, text_source="gold"):
+    """Entries keyed by the utterances of ``wav.scp``; every table must cover them.
+
+    ``text_source`` picks the transcripts: ``text`` (gold) or ``text.asr``.
+    """
     wavs = read_table(os.path.join(data_dir, "wav.scp"))
-    tables = {"text": read_table(os.path.join(data_dir, "text"), required=False)}
+    text_file = os.path.join(data_dir, TEXT_FILES[text_source])
+    if text_source == "asr" and not os.path.isfile(text_file):
+        raise DataPrepError(f"missing {text_file}: run the transcription stage (--asr_model) first")
+    tables = {"text": read_table(text_file, required=False)}
     for path in sorted(glob.glob(os.path.join(data_dir, "utt2*"))):
         tables[os.path.basename(path)[len("utt2"):]] = read_table(path)
     for field in ("emo", "spk"):
@@ -67,6 +76,8 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     parser.add_argument("--policy", choices=POLICIES, default="error",
                         help="what a bad utterance does: stop (error) or is left out and counted (skip)")
+    parser.add_argument("--text_source", choices=sorted(TEXT_FILES), default="gold",
+                        help="transcripts from the data dir's text (gold) or text.asr (asr)")
     parser.add_argument("--min_samples", type=int, default=400,
                         help="shortest usable audio, in 16 kHz samples (the encoder's receptive field)")
     args = parser.parse_args(argv)
@@ -74,7 +85,7 @@ def main(argv=None):
     classes = args.classes.split(",")
     name = os.path.basename(os.path.normpath(args.data_dir))
     try:
-        entries = read_data_dir(args.data_dir)
+        entries = read_data_dir(args.data_dir, args.text_source)
         kept = validate(entries, classes, args.policy, name, args.min_samples)
     except DataPrepError as err:
         sys.exit(f"ERROR: {err}")

@@ -8,8 +8,7 @@ import os
 
 import speechbrain as sb
 
-from crab.brain import CrabBrain
-from crab.experiment import dataset, parse_and_load, prepare_labels_and_weights
+from crab.experiment import dataset, make_brain, parse_and_load, prepare_labels_and_weights
 
 
 def main(argv=None):
@@ -21,12 +20,7 @@ def main(argv=None):
     encoder = prepare_labels_and_weights(hparams)
     train_set = dataset(hparams, hparams["train_manifest"], encoder)
     valid_set = dataset(hparams, hparams["valid_manifest"], encoder, sort=True)
-    brain = CrabBrain(
-        modules=hparams["modules"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
+    brain = make_brain(hparams, run_opts)
     brain.fit(
         hparams["epoch_counter"],
         train_set,

@@ -1,0 +1,3 @@
+# Where the corpus is: the one place a user edits (or exports the variable).
+# Rename CORPUS_ROOT after your corpus, e.g. EMODB_ROOT.
+CORPUS_ROOT=${CORPUS_ROOT:-}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Stage 1: write Kaldi-style data dirs <data_dir>/<fold>/<split>/ for your corpus.
+#
+# Each split dir needs wav.scp ("utt /path/to.wav"), text ("utt transcript"),
+# utt2emo ("utt label", labels as in run.sh --classes) and utt2spk; any other
+# utt2<field> (utt2gender, utt2session) becomes a manifest field. Paths should sit
+# under --data_root so manifests are portable. Check what you found against what
+# the corpus must contain and stop with a clear message when it differs.
+set -euo pipefail
+data_dir=data
+data_root=
+. utils/parse_options.sh
+
+echo "$0: write the data preparation for your corpus here (see egs/TEMPLATE/README.md)" >&2
+exit 1
