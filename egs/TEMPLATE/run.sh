@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 . ./db.sh
+if [ -z "${CORPUS_ROOT}" ] || [ ! -d "${CORPUS_ROOT}" ]; then
+  echo "$0: set CORPUS_ROOT in db.sh (or export it) to the corpus directory; now '${CORPUS_ROOT}'" >&2
+  exit 1
+fi
 
 ./ser.sh \
   --config conf/crab.yaml \
