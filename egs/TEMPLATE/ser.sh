@@ -41,9 +41,9 @@ help_message="Usage: $0 --config CONF --classes a,b,c --data_root DIR [--stage N
 
 . ./path.sh
 . utils/log.sh
+log "$0 $*"
 . utils/parse_options.sh
 
-log "$0 $*"
 start=${SECONDS}
 for required in config classes data_root; do
   if [ -z "${!required}" ]; then
