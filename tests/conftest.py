@@ -3,6 +3,8 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+# Tiny models: one thread is as fast and keeps timings steady on a shared machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch

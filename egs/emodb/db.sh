@@ -1,0 +1,2 @@
+# Where EmoDB is: the folder holding wav/ (the one place a user edits, or export EMODB).
+EMODB=${EMODB:-}

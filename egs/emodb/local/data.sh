@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Stage 1 of the EmoDB recipe: speaker-independent folds as Kaldi-style data dirs
+# <data_dir>/<fold>/{train,valid,test}/ (see local/prepare_data.py and README.md).
+set -euo pipefail
+data_dir=data
+data_root=                  # EmoDB folder holding wav/
+num_folds=5                 # 5: a male + female speaker pair per fold; 10: one speaker per fold
+check_counts=true           # false: accept a partial copy (test fixtures); the 535 / per-class check is skipped
+. utils/parse_options.sh
+
+python local/prepare_data.py --corpus_dir "${data_root}" --out_dir "${data_dir}" \
+  --num_folds "${num_folds}" --check_counts "${check_counts}"

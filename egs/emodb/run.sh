@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Crab on EmoDB (Berlin Database of Emotional Speech): 7 classes, 5 speaker-independent
+# folds of a male + female pair (README.md). Stages and options: ser.sh (./run.sh --help).
+# The text carries no emotion (every sentence is read in every emotion): the main
+# result is speech-only; the bimodal default is a control.
+#   ./run.sh --tag crab_speech --train_opts "--modality=speech"     # main row
+#   ./run.sh                                                         # bimodal control
+#   ./run.sh --data_opts "--num_folds 10" --folds "fold03 fold08 fold09 fold10 fold11 fold12 fold13 fold14 fold15 fold16"
+set -euo pipefail
+cd "$(dirname "$0")"
+. ./db.sh
+if [ -z "${EMODB}" ] || [ ! -d "${EMODB}" ]; then
+  echo "$0: set EMODB in db.sh (or export it) to the EmoDB folder holding wav/; now '${EMODB}'" >&2
+  exit 1
+fi
+
+./ser.sh \
+  --config conf/crab.yaml \
+  --classes anger,boredom,disgust,fear,happiness,sadness,neutral \
+  --data_root "${EMODB}" \
+  --folds "fold03_13 fold10_16 fold09_11 fold12_14 fold08_15" \
+  --test_sets test \
+  "$@"
