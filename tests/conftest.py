@@ -3,7 +3,7 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
-# Tiny models: one thread is as fast and keeps timings steady on a shared machine.
+# One thread per process keeps the tiny-model timings steady when the cores are shared.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
