@@ -11,7 +11,7 @@ setup(
         "torchaudio",
         "speechbrain>=1.1",
         "hyperpyyaml>=1.2",
-        "transformers>=4.45",
+        "transformers>=5",
         "sentencepiece",
         "pandas",
         "numpy",

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Stage 1 of the MSP-Podcast recipe: Kaldi-style data dirs <data_dir>/official/{train,valid,test1,test2}
+# from the official partitions, eight classes (local/prepare_data.py says how).
+set -euo pipefail
+data_dir=data
+data_root=              # the MSP-Podcast directory, holding Audios/ and Labels/
+labels=                 # labels CSV; default: <data_root>/Labels/labels_consensus.csv
+partitions=             # Partitions.txt-style file ("Train; <FileName>" lines) to use instead of
+                        # the labels' Split_Set column (read from <data_root> when the column is absent)
+expected_counts=none    # file of "<split> <class|total> <count>" lines to check; none: only print counts
+missing_audio=error     # error: stop on a labelled file missing from Audios/ | skip: leave it out, counted
+. utils/parse_options.sh
+
+python local/prepare_data.py --corpus_dir "${data_root}" --out_dir "${data_dir}/official" \
+  --labels "${labels}" --partitions "${partitions}" --expected_counts "${expected_counts}" \
+  --missing_audio "${missing_audio}"

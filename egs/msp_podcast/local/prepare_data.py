@@ -1,0 +1,277 @@
+"""Kaldi-style data dirs for MSP-Podcast: eight classes, the official partitions.
+
+Reads <corpus_dir>/Labels/labels_consensus.csv (columns FileName, EmoClass, SpkrID,
+Gender and, in releases 1.11 and 2.0, Split_Set; the other columns are not used), the
+audio <corpus_dir>/Audios/<FileName> and the gold transcripts
+<corpus_dir>/Transcripts/<name>.txt where they exist. Writes
+<out_dir>/{train,valid,test1,test2}/ with wav.scp, text (gold, empty where there is
+none), utt2emo, utt2spk, utt2gender, utt2partition.
+
+    python local/prepare_data.py --corpus_dir MSP-PODCAST-Publish-2.0 --out_dir data/official
+
+Partitions come from the Split_Set column; releases without it ship Partitions.txt
+(``Train; MSP-PODCAST_0023_0048.wav`` lines), read when the column is absent or
+given with --partitions. Train -> train, Development (older: Validation) -> valid,
+Test1 -> test1, Test2 -> test2; Test3 has no public labels and is left out.
+EmoClass A C D F H N S U -> anger contempt disgust fear happiness neutral sadness
+surprise; O (other) and X (no agreement) are left out and counted.
+"""
+
+import argparse
+import csv
+import os
+import sys
+from collections import Counter, defaultdict
+
+from crab.dataprep import count_table
+
+CLASS_OF = {
+    "A": "anger", "C": "contempt", "D": "disgust", "F": "fear",
+    "H": "happiness", "N": "neutral", "S": "sadness", "U": "surprise",
+}
+CLASSES = tuple(CLASS_OF.values())
+DROPPED = {"O": "other", "X": "no agreement"}
+SPLIT_OF = {"train": "train", "development": "valid", "validation": "valid", "test1": "test1", "test2": "test2"}
+HIDDEN_SPLITS = {"test3"}  # labels not public: scored online
+SPLITS = ("train", "valid", "test1", "test2")
+LABEL_FILES = ("labels_consensus.csv", "labels_concensus.csv")  # early releases spell it so
+PARTITION_FILES = ("Partitions.txt", "Partition.txt")
+UNKNOWN = "Unknown"
+TABLES = {  # Kaldi table -> row field
+    "wav.scp": "wav", "text": "text", "utt2emo": "emo", "utt2spk": "spk",
+    "utt2gender": "gender", "utt2partition": "partition",
+}
+
+
+def fail(message):
+    sys.exit(f"ERROR: {message}")
+
+
+def read_text(path):
+    """A text file's content: UTF-8 (BOM allowed), else Windows-1252 with a warning."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        print(f"WARNING: {path} is not UTF-8 ({err}); read as Windows-1252", file=sys.stderr)
+        return data.decode("cp1252", errors="replace")
+
+
+def find_labels(corpus_dir, labels):
+    if labels:
+        if not os.path.isfile(labels):
+            fail(f"--labels {labels}: no such file")
+        return labels
+    for name in LABEL_FILES:
+        path = os.path.join(corpus_dir, "Labels", name)
+        if os.path.isfile(path):
+            return path
+    fail(f"no {os.path.join(corpus_dir, 'Labels', LABEL_FILES[0])}: is {corpus_dir} the MSP-Podcast "
+         "directory (with Audios/ and Labels/)? Another labels file can be given with --labels")
+
+
+def read_labels(path):
+    """Column names and rows of the consensus labels CSV (each row with its file:line)."""
+    required = ["FileName", "EmoClass", "SpkrID", "Gender"]
+    reader = csv.DictReader(read_text(path).splitlines())
+    found = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in required if c not in found]
+    if missing:
+        fail(f"{path}: missing column(s) {missing}; found {found}. Label files differ between releases")
+    rows, lines = [], {}
+    for lineno, row in enumerate(reader, 2):
+        row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        name = row["FileName"]
+        if not name:
+            fail(f"{path}:{lineno}: empty FileName")
+        if name in lines:
+            fail(f"{path}:{lineno}: {name} already on line {lines[name]}")
+        lines[name] = lineno
+        row["line"] = f"{path}:{lineno}"
+        rows.append(row)
+    if not rows:
+        fail(f"{path}: no rows")
+    return found, rows
+
+
+def wav_name(name):
+    return name if name.endswith(".wav") else name + ".wav"
+
+
+def read_partitions(path):
+    """FileName -> partition from a Partitions.txt (``Train; MSP-PODCAST_0023_0048.wav`` lines)."""
+    partition_of = {}
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split(";")]
+        if len(fields) != 2 or not all(fields):
+            fail(f"{path}:{lineno}: expected '<Partition>; <FileName>', got '{line.strip()}'")
+        partition, name = fields[0], wav_name(fields[1])
+        if name in partition_of:
+            fail(f"{path}:{lineno}: {name} is in the file twice")
+        partition_of[name] = partition
+    return partition_of
+
+
+def find_partitions(corpus_dir, partitions, labels, columns):
+    """The Partitions.txt to use, or None for the labels' Split_Set column."""
+    if partitions:
+        if not os.path.isfile(partitions):
+            fail(f"--partitions {partitions}: no such file")
+        return partitions
+    if "Split_Set" in columns:
+        return None
+    for name in PARTITION_FILES:
+        path = os.path.join(corpus_dir, name)
+        if os.path.isfile(path):
+            return path
+    fail(f"{labels} has no Split_Set column and there is no {corpus_dir}/{PARTITION_FILES[0]}: "
+         "label files differ between releases; give the partition file with --partitions")
+
+
+def select(rows, partition_of, audio_dir, transcript_dir, missing_audio):
+    """Utterances per split, and what was left out, by reason."""
+    splits, left_out, missing = defaultdict(list), Counter(), []
+    for row in rows:
+        name = wav_name(row["FileName"])
+        partition = partition_of(row, name)
+        if partition is None:
+            left_out["in no partition"] += 1
+            continue
+        if partition.lower() in HIDDEN_SPLITS:
+            left_out[f"{partition} (labels not public)"] += 1
+            continue
+        if partition.lower() not in SPLIT_OF:
+            fail(f"{row['line']}: unknown partition '{partition}' (expected one of Train, Development, "
+                 "Validation, Test1, Test2, Test3)")
+        split = SPLIT_OF[partition.lower()]
+        code = row["EmoClass"]
+        if code in DROPPED:
+            left_out[f"{DROPPED[code]} ({code})"] += 1
+            continue
+        if code not in CLASS_OF:
+            fail(f"{row['line']}: unknown EmoClass '{code}' (expected one of {sorted(CLASS_OF) + sorted(DROPPED)})")
+        wav = os.path.join(audio_dir, name)
+        if not os.path.isfile(wav):
+            missing.append(wav)
+            continue
+        utt = name[:-len(".wav")]
+        transcript = os.path.join(transcript_dir, utt + ".txt")
+        splits[split].append({
+            "utt": utt, "wav": os.path.abspath(wav), "emo": CLASS_OF[code], "partition": partition,
+            "spk": "_".join(row["SpkrID"].split()) or UNKNOWN, "gender": "_".join(row["Gender"].split()) or UNKNOWN,
+            "text": " ".join(read_text(transcript).split()) if os.path.isfile(transcript) else "",
+        })
+    if missing and missing_audio == "error":
+        listing = "\n  ".join(missing[:10])
+        fail(f"{len(missing)} audio file(s) missing, e.g.\n  {listing}\n"
+             "Fix the copy, or pass --missing_audio skip to leave them out")
+    if missing:
+        left_out["missing audio"] = len(missing)
+    return splits, left_out
+
+
+def partition_lookup(partitions_file):
+    """How to find a row's partition: the Split_Set column, or the Partitions.txt entry."""
+    if partitions_file is None:
+        return lambda row, name: row["Split_Set"] or None
+    partition_of = read_partitions(partitions_file)
+    return lambda row, name: partition_of.get(name)
+
+
+def write_data_dir(utterances, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    rows = sorted(utterances, key=lambda r: r["utt"])
+    for table, field in TABLES.items():
+        with open(os.path.join(out_dir, table), "w", encoding="utf-8") as f:
+            f.writelines(f"{r['utt']} {r[field]}".rstrip() + "\n" for r in rows)
+
+
+def read_expected_counts(path):
+    """(split, class or 'total') -> count from ``split class count`` lines (# comments)."""
+    expected = {}
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        fields = line.split("#")[0].split()
+        if not fields:
+            continue
+        known = len(fields) == 3 and fields[0] in SPLITS and fields[1] in CLASSES + ("total",)
+        if not (known and fields[2].isdigit()):
+            fail(f"{path}:{lineno}: expected '<split> <class|total> <count>' with split in {SPLITS}, "
+                 f"got '{line.strip()}'")
+        expected[fields[0], fields[1]] = int(fields[2])
+    return expected
+
+
+def check_counts(splits, expected, path):
+    differences = []
+    for (split, name), count in sorted(expected.items()):
+        entries = splits.get(split, [])
+        found = len(entries) if name == "total" else sum(r["emo"] == name for r in entries)
+        if found != count:
+            differences.append(f"  {split} {name}: found {found}, expected {count}")
+    if differences:
+        fail(f"counts differ from {path} (another release, or an incomplete copy?):\n" + "\n".join(differences))
+
+
+def check_splits(splits):
+    for split in SPLITS:
+        if not splits.get(split):
+            fail(f"no usable utterances in {split}: is the labels file complete (and the partition file, if any)?")
+    absent = [c for c in CLASSES if not any(r["emo"] == c for r in splits["train"])]
+    if absent:
+        fail(f"no training utterances of class(es) {absent}")
+
+
+def report(splits, left_out):
+    print(count_table({s: {r["utt"]: r for r in splits[s]} for s in SPLITS}, CLASSES))
+    for split in SPLITS:
+        rows = splits[split]
+        unknown = sum(r["spk"] == UNKNOWN for r in rows)
+        gold = sum(bool(r["text"]) for r in rows)
+        speakers = len({r["spk"] for r in rows} - {UNKNOWN})
+        print(f"{split}: {speakers} known speakers, {unknown} utterances of unknown speaker (kept), "
+              f"{gold} of {len(rows)} with a gold transcript")
+    if left_out:
+        print("left out: " + ", ".join(f"{reason} {n}" for reason, n in sorted(left_out.items())))
+    train = {r["spk"] for r in splits["train"]} - {UNKNOWN}
+    for split in SPLITS[1:]:
+        shared = train & {r["spk"] for r in splits[split]}
+        if shared:
+            print(f"note: {len(shared)} known speaker(s) in both train and {split}, e.g. {sorted(shared)[:5]}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus_dir", required=True, help="the MSP-Podcast directory, holding Audios/ and Labels/")
+    parser.add_argument("--out_dir", required=True, help="written as <out_dir>/{train,valid,test1,test2}")
+    parser.add_argument("--labels", default="", help="labels CSV (default: <corpus_dir>/Labels/labels_consensus.csv)")
+    parser.add_argument("--partitions", default="",
+                        help="Partitions.txt-style file to use instead of the labels' Split_Set column")
+    parser.add_argument("--expected_counts", default="none",
+                        help="file of '<split> <class|total> <count>' lines to check; none: only print the counts")
+    parser.add_argument("--missing_audio", choices=("error", "skip"), default="error")
+    args = parser.parse_args()
+    if not os.path.isdir(args.corpus_dir):
+        fail(f"{args.corpus_dir} is not a directory: set MSP_PODCAST in db.sh")
+    labels = find_labels(args.corpus_dir, args.labels)
+    columns, rows = read_labels(labels)
+    partitions = find_partitions(args.corpus_dir, args.partitions, labels, columns)
+    print(f"labels: {labels}; partitions: {partitions or 'Split_Set column'}")
+    splits, left_out = select(
+        rows, partition_lookup(partitions), os.path.join(args.corpus_dir, "Audios"),
+        os.path.join(args.corpus_dir, "Transcripts"), args.missing_audio,
+    )
+    check_splits(splits)
+    if args.expected_counts != "none":
+        if not os.path.isfile(args.expected_counts):
+            fail(f"--expected_counts {args.expected_counts}: no such file")
+        check_counts(splits, read_expected_counts(args.expected_counts), args.expected_counts)
+    for split in SPLITS:
+        write_data_dir(splits[split], os.path.join(args.out_dir, split))
+    report(splits, left_out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""The MSP-Podcast recipe on a fixture in the release layout: labels, partitions, checks, stages 1-6."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from crab.bin import make_manifest
+from tests.conftest import ROOT
+from tests.test_transcribe import build_tiny_whisper
+
+RECIPE = os.path.join(ROOT, "egs", "msp_podcast")
+PREPARE = os.path.join(RECIPE, "local", "prepare_data.py")
+CLASSES = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+CODES = "ACDFHNSU"
+HEADER = "FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set\n"
+# Split_Set -> (speakers, utterances per class): every class in every split.
+PLAN = {"Train": (("11", "12", "Unknown"), 2), "Development": (("21",), 1), "Test1": (("31",), 1),
+        "Test2": (("41", "Unknown"), 1)}
+SPLIT_OF = {"Train": "train", "Development": "valid", "Test1": "test1", "Test2": "test2"}
+GENDER = {"11": "Male", "12": "Female", "21": "Female", "31": "Male", "41": "Female", "Unknown": "Unknown"}
+
+
+def write_audio(path, k, rng):
+    tone = np.sin(2 * np.pi * (110 + 25 * k) * np.arange(8000) / 16000)
+    sf.write(path, (0.3 * tone + 0.01 * rng.standard_normal(8000)).astype("float32"), 16000)
+
+
+def corpus_rows():
+    """(FileName, EmoClass, SpkrID, Split_Set) of the fixture, plus O, X and Test3 rows."""
+    rows, podcast = [], 1
+    for split, (speakers, per_class) in PLAN.items():
+        for n in range(per_class * len(CODES)):
+            rows.append((f"MSP-PODCAST_{podcast:04d}_{n:04d}.wav", CODES[n % 8], speakers[n % len(speakers)], split))
+        podcast += 1
+    rows += [(f"MSP-PODCAST_0009_{n:04d}.wav", code, "11", "Train") for n, code in enumerate("OX")]
+    rows.append(("MSP-PODCAST_0010_0000.wav", "N", "51", "Test3"))
+    return rows
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """An MSP-Podcast release: Audios/, Labels/labels_consensus.csv, Transcripts/ for the training files."""
+    root = tmp_path / "MSP-PODCAST-Publish-2.0"
+    for folder in ("Audios", "Labels", "Transcripts"):
+        (root / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = [HEADER]
+    for k, (name, code, spk, split) in enumerate(corpus_rows()):
+        write_audio(root / "Audios" / name, k % 8, rng)
+        lines.append(f"{name},{code},4.2,3.8,4.0,{spk},{GENDER.get(spk, 'Male')},{split}\n")
+        if split == "Train":
+            (root / "Transcripts" / name.replace(".wav", ".txt")).write_text(f"Training sentence {k}.\n")
+    (root / "Labels" / "labels_consensus.csv").write_text("".join(lines))
+    # Odd encodings: UTF-8 with BOM, curly quotes and a line break; Windows-1252.
+    (root / "Transcripts" / "MSP-PODCAST_0001_0000.txt").write_bytes("\ufeff“Don’t” go,\r\nplease.\r\n".encode())
+    (root / "Transcripts" / "MSP-PODCAST_0001_0001.txt").write_bytes("caf\xe9 au lait".encode("cp1252"))
+    return root
+
+
+def prepare(corpus_dir, out_dir, *options):
+    return subprocess.run(
+        [sys.executable, PREPARE, "--corpus_dir", str(corpus_dir), "--out_dir", str(out_dir), *options],
+        capture_output=True, text=True,
+    )
+
+
+def table(path):
+    with open(path, encoding="utf-8") as f:
+        return dict((line.rstrip("\n").split(" ", 1) + [""])[:2] for line in f)
+
+
+def test_labels_speakers_and_transcripts(corpus, tmp_path):
+    result = prepare(corpus, tmp_path / "data")
+    assert result.returncode == 0, result.stderr
+    data = tmp_path / "data"
+    assert sorted(os.listdir(data)) == ["test1", "test2", "train", "valid"]
+    expected = {split: {} for split in SPLIT_OF.values()}
+    for name, code, spk, split in corpus_rows():
+        if code in CODES and split in SPLIT_OF:
+            expected[SPLIT_OF[split]][name[:-4]] = (CLASSES[CODES.index(code)], spk, split)
+    for split, utts in expected.items():
+        emo, spk = table(data / split / "utt2emo"), table(data / split / "utt2spk")
+        gender, partition = table(data / split / "utt2gender"), table(data / split / "utt2partition")
+        assert {u: (emo[u], spk[u], partition[u]) for u in emo} == utts
+        assert all(gender[u] == GENDER[spk[u]] for u in utts)
+        wavs = table(data / split / "wav.scp")
+        assert all(wavs[u] == str(corpus / "Audios" / f"{u}.wav") for u in utts)
+    text = table(data / "train" / "text")
+    assert text["MSP-PODCAST_0001_0000"] == "“Don’t” go, please."
+    assert text["MSP-PODCAST_0001_0001"] == "café au lait"
+    assert text["MSP-PODCAST_0001_0002"] == "Training sentence 2."
+    assert set(table(data / "test1" / "text").values()) == {""}  # no gold transcript: empty
+    assert "not UTF-8" in result.stderr
+    out = result.stdout
+    assert "left out: Test3 (labels not public) 1, no agreement (X) 1, other (O) 1" in out
+    assert re.search(r"\ntrain" + r"\s+2" * 8 + r"\s+16\n", out)  # the count table
+    assert "train: 2 known speakers, 5 utterances of unknown speaker (kept), 16 of 16 with a gold transcript" in out
+
+
+def test_official_partitions_share_no_known_speaker(corpus, tmp_path):
+    assert prepare(corpus, tmp_path / "data").returncode == 0
+    speakers = {s: set(table(tmp_path / "data" / s / "utt2spk").values()) - {"Unknown"}
+                for s in ("train", "valid", "test1", "test2")}
+    for test in ("valid", "test1", "test2"):
+        assert not speakers["train"] & speakers[test]
+
+
+def test_partitions_txt_of_releases_without_split_set(corpus, tmp_path):
+    assert prepare(corpus, tmp_path / "column").returncode == 0
+    labels = corpus / "Labels" / "labels_consensus.csv"
+    rows = [line.rsplit(",", 1) for line in labels.read_text().splitlines()]
+    old_names = {"Development": "Validation"}  # the name in older releases
+    labels.write_text(without_last_column(labels.read_text()))
+    (corpus / "Partitions.txt").write_text(
+        "".join(f"{old_names.get(split, split)}; {fields.split(',')[0]}\n" for fields, split in rows[1:])
+    )
+    result = prepare(corpus, tmp_path / "file")
+    assert result.returncode == 0, result.stderr
+    assert f"partitions: {corpus / 'Partitions.txt'}" in result.stdout
+    for split in ("train", "valid", "test1", "test2"):
+        for name in ("wav.scp", "utt2emo", "utt2spk", "text"):
+            assert (tmp_path / "file" / split / name).read_text() == (tmp_path / "column" / split / name).read_text()
+    assert set(table(tmp_path / "file" / "valid" / "utt2partition").values()) == {"Validation"}
+    # --partitions takes another file; labels in no partition are left out and counted.
+    moved = tmp_path / "Partitions_moved.txt"
+    moved.write_text("\n".join((corpus / "Partitions.txt").read_text().splitlines()[1:]))
+    result = prepare(corpus, tmp_path / "moved", "--partitions", str(moved))
+    assert result.returncode == 0, result.stderr
+    assert "in no partition 1" in result.stdout
+
+
+def test_partitions_file_overrides_the_column_and_is_checked(corpus, tmp_path):
+    names = [line.split(",")[0] for line in (corpus / "Labels" / "labels_consensus.csv").read_text().splitlines()[1:]]
+    everything_train = tmp_path / "Partitions.txt"
+    everything_train.write_text("".join(f"Train; {name}\n" for name in names))
+    result = prepare(corpus, tmp_path / "data", "--partitions", str(everything_train))
+    assert result.returncode != 0 and "no usable utterances in valid" in result.stderr
+    everything_train.write_text(f"Train; {names[0]}\n\nTrain {names[1]}\n")
+    result = prepare(corpus, tmp_path / "data", "--partitions", str(everything_train))
+    assert f"Partitions.txt:3: expected '<Partition>; <FileName>', got 'Train {names[1]}'" in result.stderr
+
+
+def edit_labels(edit):
+    """A damage that rewrites labels_consensus.csv through ``edit`` (text -> text)."""
+
+    def damage(root):
+        path = root / "Labels" / "labels_consensus.csv"
+        path.write_text(edit(path.read_text()))
+
+    return damage
+
+
+def without_last_column(text):
+    return "".join(line.rsplit(",", 1)[0] + "\n" for line in text.splitlines())
+
+
+@pytest.mark.parametrize("damage, message", [
+    (edit_labels(lambda t: t.replace(",SpkrID,", ",Speaker,")),
+     r"missing column\(s\) \['SpkrID'\].*Label files differ between releases"),
+    (edit_labels(without_last_column), "has no Split_Set column and there is no .*Partitions.txt.*--partitions"),
+    (edit_labels(lambda t: t.replace("MSP-PODCAST_0002_0003.wav,F,", "MSP-PODCAST_0002_0003.wav,Fear,")),
+     r"labels_consensus.csv:21: unknown EmoClass 'Fear'"),
+    (edit_labels(lambda t: t.replace("Test2\n", "Test4\n", 1)), "unknown partition 'Test4'"),
+    (lambda root: os.remove(root / "Audios" / "MSP-PODCAST_0003_0002.wav"),
+     r"1 audio file\(s\) missing, e.g.\n  .*MSP-PODCAST_0003_0002.wav\n.*--missing_audio skip"),
+    (lambda root: os.remove(root / "Labels" / "labels_consensus.csv"),
+     "no .*Labels/labels_consensus.csv: is .* the MSP-Podcast directory"),
+])
+def test_bad_input_stops_with_a_clear_message(corpus, tmp_path, damage, message):
+    damage(corpus)
+    result = prepare(corpus, tmp_path / "data")
+    assert result.returncode != 0
+    assert re.search(message, result.stderr), result.stderr
+
+
+def test_missing_audio_can_be_skipped(corpus, tmp_path):
+    os.remove(corpus / "Audios" / "MSP-PODCAST_0003_0002.wav")
+    result = prepare(corpus, tmp_path / "data", "--missing_audio", "skip")
+    assert result.returncode == 0, result.stderr
+    assert "missing audio 1" in result.stdout
+    assert "MSP-PODCAST_0003_0002" not in table(tmp_path / "data" / "test1" / "utt2emo")
+
+
+def test_expected_counts_file(corpus, tmp_path):
+    counts = tmp_path / "counts.txt"
+    counts.write_text("# MSP-Podcast fixture\ntrain total 16\ntrain anger 2\ntest2 surprise 1  # one\n")
+    assert prepare(corpus, tmp_path / "data", "--expected_counts", str(counts)).returncode == 0
+    counts.write_text("train total 17\nvalid fear 2\ntest1 anger 1\n")
+    result = prepare(corpus, tmp_path / "data", "--expected_counts", str(counts))
+    assert result.returncode != 0
+    assert "counts differ from" in result.stderr
+    assert "train total: found 16, expected 17" in result.stderr and "valid fear: found 1, expected 2" in result.stderr
+    assert "test1 anger" not in result.stderr
+    counts.write_text("train joy 3\n")
+    result = prepare(corpus, tmp_path / "data", "--expected_counts", str(counts))
+    assert "counts.txt:1: expected '<split> <class|total> <count>'" in result.stderr
+
+
+def test_rerun_rewrites_the_same_dirs_and_keeps_asr_transcripts(corpus, tmp_path):
+    assert prepare(corpus, tmp_path / "data").returncode == 0
+    first = {p: p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    (tmp_path / "data" / "train" / "text.asr").write_text("kept\n")
+    assert prepare(corpus, tmp_path / "data").returncode == 0
+    assert all(p.read_bytes() == content for p, content in first.items())
+    assert (tmp_path / "data" / "train" / "text.asr").read_text() == "kept\n"
+
+
+def test_gold_text_leaves_untranscribed_utterances_to_the_manifest_checks(corpus, tmp_path):
+    assert prepare(corpus, tmp_path / "data").returncode == 0
+    split = tmp_path / "data" / "test1"
+    options = ["--data_dir", str(split), "--data_root", str(corpus), "--classes", ",".join(CLASSES),
+               "--out", str(tmp_path / "test1.json")]
+    with pytest.raises(SystemExit, match="(?s)8 bad utterance.*empty transcript"):
+        make_manifest.main(options)
+    with pytest.raises(SystemExit, match="no usable utterances"):
+        make_manifest.main(options + ["--policy", "skip"])
+
+
+def test_run_sh_needs_the_corpus_root(tmp_path):
+    result = subprocess.run(["bash", os.path.join(RECIPE, "run.sh")], capture_output=True, text=True,
+                            env={**os.environ, "MSP_PODCAST": str(tmp_path / "nowhere")})
+    assert result.returncode == 1
+    assert "set MSP_PODCAST in db.sh" in result.stderr
+
+
+def test_stages_1_to_6_with_asr_transcripts(corpus, tmp_path):
+    asr_model = build_tiny_whisper(tmp_path / "tiny_whisper")
+    result = subprocess.run(
+        ["bash", os.path.join(RECIPE, "run.sh"), "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300",
+         "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp"),
+         "--asr_model", asr_model, "--asr_opts", "--language english --max_new_tokens 8 --batch_size 8",
+         "--train_opts", "--number_of_epochs=1 --batch_size=4"],
+        capture_output=True, text=True, env={**os.environ, "MSP_PODCAST": str(corpus)},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    data = tmp_path / "data" / "official"
+    for split, n in (("train", 16), ("valid", 8), ("test1", 8), ("test2", 8)):
+        asr = table(data / split / "text.asr")
+        assert list(asr) == list(table(data / split / "wav.scp")) and all(asr.values())
+        manifest = json.loads((data / f"{split}.json").read_text())
+        assert len(manifest) == n and all(e["text"] == asr[u] for u, e in manifest.items())
+        assert all(e["wav"].startswith("{data_root}/Audios/") for e in manifest.values())
+    for test in ("test1", "test2"):
+        run_dir = tmp_path / "exp" / "crab_tiny" / "official" / "seed42"
+        assert (run_dir / f"eval_{test}" / "predictions.csv").is_file()
+        assert set(json.loads((run_dir / f"eval_{test}" / "scores.json").read_text())) >= {"WAR", "UAR"}
+        assert "| run | N | WAR | UAR |" in (tmp_path / "exp" / "crab_tiny" / f"results_{test}.md").read_text()

@@ -1,0 +1,242 @@
+"""Stage 2 transcription (crab.bin.transcribe): offline, with tiny random-init ASR models.
+
+The tiny Whisper's tokenizer is built here (printable ASCII, no merges) and its
+generation config suppresses the special tokens and the space, so that every
+transcript is non-empty; the CTC model is a tiny wav2vec 2.0 with a letter vocabulary.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from crab.bin import transcribe
+from crab.bin.make_manifest import read_data_dir
+from crab.dataprep import validate
+
+SPECIAL = [
+    "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|fr|>", "<|translate|>", "<|transcribe|>",
+    "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>",
+]
+
+
+def build_tiny_whisper(out_dir):
+    """A random-init Whisper (d_model 16, one layer each side) with its processor, saved to ``out_dir``."""
+    from transformers import (
+        GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
+        WhisperProcessor, WhisperTokenizer,
+    )
+
+    vocab = {chr(b): i for i, b in enumerate(range(33, 127))}  # byte-level BPE: these bytes map to themselves
+    vocab["Ġ"] = len(vocab)  # the space
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=[], pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL})
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL}
+    eos, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    config = WhisperConfig(
+        vocab_size=len(tokenizer), num_mel_bins=80, d_model=16, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_target_positions=64, pad_token_id=eos, bos_token_id=eos, eos_token_id=eos, decoder_start_token_id=sot,
+    )
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot, eos_token_id=eos, pad_token_id=eos, bos_token_id=eos, max_length=64,
+        is_multilingual=True, lang_to_id={"<|en|>": ids["<|en|>"], "<|fr|>": ids["<|fr|>"]},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+        suppress_tokens=list(ids.values()) + [vocab["Ġ"]], begin_suppress_tokens=[],
+    )
+    model.save_pretrained(out_dir)
+    WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def build_tiny_ctc(out_dir):
+    """A random-init wav2vec 2.0 CTC model with a letter vocabulary, saved to ``out_dir``."""
+    from transformers import (
+        Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor,
+    )
+
+    os.makedirs(out_dir, exist_ok=True)
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4}
+    vocab.update({c: i + 5 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz'")})
+    vocab_file = os.path.join(out_dir, "vocab.json")
+    with open(vocab_file, "w") as f:
+        json.dump(vocab, f)
+    tokenizer = Wav2Vec2CTCTokenizer(vocab_file)
+    config = Wav2Vec2Config(
+        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    Wav2Vec2ForCTC(config).save_pretrained(out_dir)
+    Wav2Vec2Processor(Wav2Vec2FeatureExtractor(return_attention_mask=True), tokenizer).save_pretrained(out_dir)
+    return str(out_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory):
+    return build_tiny_whisper(tmp_path_factory.mktemp("tiny_whisper"))
+
+
+def make_data_dir(root, n=5, seconds=0.5):
+    """A data dir with ``n`` noise wavs in wav.scp (deliberately not in sorted order)."""
+    data_dir = root / "data"
+    data_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    utts = [f"utt{i}" for i in reversed(range(n))]
+    lines = []
+    for utt in utts:
+        wav = root / "wav" / f"{utt}.wav"
+        wav.parent.mkdir(exist_ok=True)
+        sf.write(str(wav), (0.1 * rng.standard_normal(int(seconds * 16000))).astype("float32"), 16000)
+        lines.append(f"{utt} {wav}\n")
+    (data_dir / "wav.scp").write_text("".join(lines))
+    return data_dir, utts
+
+
+def read_lines(path):
+    return [line.split(maxsplit=1) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def run(data_dir, model, *options):
+    transcribe.main(["--data_dir", str(data_dir), "--model", str(model), *options])
+
+
+class FakeModel:
+    """Stands in for ``load_transcriber``: the n-th utterance it hears gets ``texts[n]``
+    (default ``words <n>``); batch sizes are recorded; call ``fail_on_call`` is cut off."""
+
+    def __init__(self, texts=None, fail_on_call=None):
+        self.texts, self.fail_on_call, self.batches = texts or {}, fail_on_call, []
+
+    def load(self, args):
+        def transcriber(audios):
+            first = sum(self.batches)
+            self.batches.append(len(audios))
+            if len(self.batches) == self.fail_on_call:
+                raise KeyboardInterrupt
+            return [self.texts.get(n, f"words {n}") for n in range(first, first + len(audios))]
+
+        return transcriber
+
+
+# ---------------------------------------------------------------- real (tiny) models
+
+
+def test_whisper_writes_one_line_per_utterance_in_wav_scp_order(tmp_path, tiny_whisper, capsys):
+    data_dir, utts = make_data_dir(tmp_path)
+    run(data_dir, tiny_whisper, "--language", "english", "--batch_size", "2", "--max_new_tokens", "6")
+    lines = read_lines(data_dir / "text.asr")
+    assert [line[0] for line in lines] == utts
+    assert all(len(line) == 2 and line[1].strip() for line in lines)  # suppressed specials: never empty
+    assert (data_dir / "text.asr.model").read_text().strip() == tiny_whisper
+    assert "5 utterances, 0 empty transcripts" in capsys.readouterr().out
+
+
+def test_pipeline_backend_gives_the_same_greedy_transcripts(tmp_path, tiny_whisper):
+    seq2seq, _ = make_data_dir(tmp_path / "seq2seq")
+    pipe, _ = make_data_dir(tmp_path / "pipeline")
+    run(seq2seq, tiny_whisper, "--language", "english", "--max_new_tokens", "6", "--backend", "seq2seq")
+    run(pipe, tiny_whisper, "--language", "english", "--max_new_tokens", "6", "--backend", "pipeline")
+    assert (pipe / "text.asr").read_text() == (seq2seq / "text.asr").read_text()
+
+
+def test_ctc_model_is_detected_and_transcribes(tmp_path):
+    model = build_tiny_ctc(tmp_path / "ctc")
+    assert transcribe.detect_backend(model) == "ctc"
+    data_dir, utts = make_data_dir(tmp_path, n=3)
+    run(data_dir, model, "--batch_size", "2")
+    assert [line[0] for line in read_lines(data_dir / "text.asr")] == utts
+
+
+def test_language_goes_only_to_multilingual_whisper(tiny_whisper):
+    from transformers import GenerationConfig
+
+    whisper = GenerationConfig.from_pretrained(tiny_whisper)
+    assert transcribe.language_kwargs(whisper, "english", None) == {"language": "english"}
+    assert transcribe.language_kwargs(whisper, None, None) == {}
+    assert transcribe.language_kwargs(GenerationConfig(), "english", "transcribe") == {}
+
+
+# ---------------------------------------------------------------- resume and bookkeeping (fake model)
+
+
+def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    data_dir, utts = make_data_dir(tmp_path, n=5)
+    first = FakeModel(fail_on_call=2)
+    monkeypatch.setattr(transcribe, "load_transcriber", first.load)
+    with pytest.raises(KeyboardInterrupt):
+        run(data_dir, "fake", "--batch_size", "2")
+    assert [line[0] for line in read_lines(data_dir / "text.asr")] == utts[:2]  # the first batch was kept
+    with open(data_dir / "text.asr", "a", encoding="utf-8") as f:
+        f.write(f"{utts[2]} cut off mid-li")  # a write cut off by the interruption
+    second = FakeModel(texts={0: "third", 1: "fourth", 2: "fifth"})
+    monkeypatch.setattr(transcribe, "load_transcriber", second.load)
+    run(data_dir, "fake", "--batch_size", "2")
+    assert second.batches == [2, 1]  # only the 3 missing utterances, the cut-off one included
+    assert read_lines(data_dir / "text.asr") == [
+        [utts[0], "words 0"], [utts[1], "words 1"], [utts[2], "third"], [utts[3], "fourth"], [utts[4], "fifth"],
+    ]
+
+
+def test_finished_dir_does_not_load_the_model(tmp_path, monkeypatch):
+    data_dir, _ = make_data_dir(tmp_path, n=2)
+    monkeypatch.setattr(transcribe, "load_transcriber", FakeModel().load)
+    run(data_dir, "fake")
+    before = (data_dir / "text.asr").read_text()
+    monkeypatch.setattr(transcribe, "load_transcriber", lambda args: pytest.fail("model loaded"))
+    run(data_dir, "fake")
+    assert (data_dir / "text.asr").read_text() == before
+
+
+def test_other_model_stops_unless_overwrite(tmp_path, monkeypatch):
+    data_dir, _ = make_data_dir(tmp_path, n=2)
+    monkeypatch.setattr(transcribe, "load_transcriber", FakeModel().load)
+    run(data_dir, "model-a")
+    with pytest.raises(SystemExit, match="made with 'model-a', not 'model-b'.*--overwrite true"):
+        run(data_dir, "model-b")
+    fake = FakeModel(texts={0: "new", 1: "new"})
+    monkeypatch.setattr(transcribe, "load_transcriber", fake.load)
+    run(data_dir, "model-b", "--overwrite", "true")
+    assert fake.batches == [2]
+    assert [line[1] for line in read_lines(data_dir / "text.asr")] == ["new", "new"]
+    assert (data_dir / "text.asr.model").read_text().strip() == "model-b"
+
+
+def test_empty_outputs_and_bad_audio_give_empty_transcripts(tmp_path, monkeypatch, capsys):
+    data_dir, utts = make_data_dir(tmp_path, n=4)
+    wavs = dict(line.split() for line in (data_dir / "wav.scp").read_text().splitlines())
+    os.remove(wavs[utts[1]])  # missing
+    sf.write(wavs[utts[2]], np.zeros(100, dtype="float32"), 16000)  # shorter than the speech encoder's window
+    fake = FakeModel(texts={1: "  "})  # utts[0] and utts[3] reach the model; the second comes back blank
+    monkeypatch.setattr(transcribe, "load_transcriber", fake.load)
+    run(data_dir, "fake")
+    assert fake.batches == [2]
+    assert (data_dir / "text.asr").read_text() == f"{utts[0]} words 0\n{utts[1]}\n{utts[2]}\n{utts[3]}\n"
+    assert "4 utterances, 3 empty transcripts" in capsys.readouterr().out
+    # Stage 3 decides: here the skip policy leaves out all but the first.
+    (data_dir / "utt2emo").write_text("".join(f"{u} happy\n" for u in utts))
+    (data_dir / "utt2spk").write_text("".join(f"{u} spk1\n" for u in utts))
+    kept = validate(read_data_dir(str(data_dir), "asr"), ["happy"], policy="skip")
+    assert list(kept) == [utts[0]]
+
+
+def test_transcripts_are_one_utf8_line_and_stale_utterances_go(tmp_path, monkeypatch):
+    data_dir, utts = make_data_dir(tmp_path, n=2)
+    (data_dir / "text.asr").write_text("gone already there\n", encoding="utf-8")
+    fake = FakeModel(texts={0: "“Curly” — quotes\nand\ttabs ", 1: "é"})
+    monkeypatch.setattr(transcribe, "load_transcriber", fake.load)
+    run(data_dir, "fake")
+    expected = f"{utts[0]} “Curly” — quotes and tabs\n{utts[1]} é\n"
+    assert (data_dir / "text.asr").read_text(encoding="utf-8") == expected
+
+
+def test_missing_wav_scp_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="missing .*wav.scp"):
+        run(tmp_path, "fake")
