@@ -16,5 +16,7 @@ setup(
         "pandas",
         "numpy",
         "soundfile",
+        "matplotlib",
+        "scikit-learn",
     ],
 )
