@@ -1,0 +1,89 @@
+"""Check the MELD data preparation on the official CSVs, without the audio.
+
+Writes a tiny silent wav for every CSV row into a temporary dir, runs stage 1
+(local/data.sh, with the official count check on) and the stage-3 manifest checks
+(crab.bin.make_manifest) on it, then compares each split's per-class counts with
+the official ones less the exclusion list. Exits 1 on any difference.
+
+    python local/check_real_csvs.py /path/to/MELD.Raw     # a dir with the three CSVs
+"""
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+
+import numpy as np
+import soundfile as sf
+
+from crab.bin.make_manifest import main as make_manifest
+from meld import CLASSES, EXPECTED_COUNTS, SPLITS, read_exclusions, read_split
+from prepare_data import DATA_SPLIT
+
+RECIPE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def silent_wav_bytes(seconds=0.1):
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(int(16000 * seconds), dtype="int16"), 16000, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def write_placeholders(csv_dir, wav_dir):
+    """A silent wav for every CSV row, where stage 0 would put the real one."""
+    audio = silent_wav_bytes()
+    for split in SPLITS:
+        os.makedirs(os.path.join(wav_dir, split))
+        for row in read_split(csv_dir, split, repair=False):
+            with open(os.path.join(wav_dir, split, row.clip + ".wav"), "wb") as f:
+                f.write(audio)
+
+
+def expected_after_exclusion(csv_dir, excluded):
+    """Official per-class counts less the excluded clips' labels."""
+    expected = {}
+    for split in SPLITS:
+        counts = Counter(EXPECTED_COUNTS[split])
+        counts.subtract(r.emotion for r in read_split(csv_dir, split, repair=False) if (split, r.clip) in excluded)
+        expected[DATA_SPLIT[split]] = counts
+    return expected
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("csv_dir", help="directory holding train/dev/test_sent_emo.csv (e.g. MELD.Raw)")
+    parser.add_argument("--exclude", default="local/exclude.txt", help="as in stage 1 (none: no list)")
+    args = parser.parse_args()
+    csv_dir, exclude = os.path.abspath(args.csv_dir), args.exclude
+    os.chdir(RECIPE)
+    with tempfile.TemporaryDirectory() as tmp:
+        wav_dir, data_dir = os.path.join(tmp, "wav"), os.path.join(tmp, "data")
+        write_placeholders(csv_dir, wav_dir)
+        subprocess.run(["bash", "local/data.sh", "--meld_root", csv_dir, "--data_root", wav_dir,
+                        "--data_dir", data_dir, "--exclude", exclude], check=True)
+        found = {}
+        for split in DATA_SPLIT.values():
+            manifest = os.path.join(data_dir, "official", f"{split}.json")
+            make_manifest(["--data_dir", os.path.join(data_dir, "official", split), "--data_root", wav_dir,
+                           "--classes", ",".join(CLASSES), "--out", manifest])
+            with open(manifest, encoding="utf-8") as f:
+                found[split] = Counter(entry["emo"] for entry in json.load(f).values())
+    expected = expected_after_exclusion(csv_dir, read_exclusions(exclude))
+    print("Manifests (stage 3) against the official counts less the exclusion list:")
+    wrong = False
+    for split, counts in found.items():
+        for c in CLASSES:
+            mark = "" if counts[c] == expected[split][c] else "  <- differs"
+            wrong |= bool(mark)
+            print(f"  {split:6s} {c:9s} expected {expected[split][c]:5d}, found {counts[c]:5d}{mark}")
+        print(f"  {split:6s} {'total':9s} expected {sum(expected[split].values()):5d}, found {sum(counts.values()):5d}")
+    print("FAILED: counts differ" if wrong else "OK: every split and class has the expected count")
+    sys.exit(1 if wrong else 0)
+
+
+if __name__ == "__main__":
+    main()

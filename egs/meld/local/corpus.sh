@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Stage 0 of the MELD recipe: the audio of every labelled clip, from MELD.Raw's mp4
+# files to <data_root>/{train,dev,test}/dia<D>_utt<U>.wav (16 kHz mono 16-bit) with
+# ffmpeg. Resumable: existing wavs are kept. Failures are listed in
+# <data_root>/log/failed_<split>.txt (local/extract_audio.py).
+set -euo pipefail
+. ./db.sh
+data_root=${MELD_WAV}      # output wav dir
+meld_root=${MELD}          # MELD.Raw
+nj=4                       # parallel ffmpeg processes
+exclude=local/exclude.txt  # clips known to be broken: their failures are expected; none: no list
+. utils/parse_options.sh
+
+python local/extract_audio.py --meld_root "${meld_root}" --out_dir "${data_root}" --nj "${nj}" \
+  --exclude "${exclude}"

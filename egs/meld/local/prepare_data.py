@@ -1,0 +1,130 @@
+"""Kaldi-style data dirs for MELD's official split, from the release's CSVs.
+
+<out_dir>/{train,valid,test} from train / dev / test_sent_emo.csv (dev is the
+validation set). One utterance per CSV row, id <split>_dia<D>_utt<U>:
+text = Utterance (whitespace collapsed; mojibake repaired unless --fix_mojibake
+false), emo = Emotion, spk = Speaker (spaces -> _), plus sentiment, dialogue and
+episode (S<season>E<episode>). Audio: <wav_dir>/<split>/dia<D>_utt<U>.wav (stage 0).
+
+Every row is written, except the clips on the exclusion list; a missing wav is
+counted here and left to stage 3 (an error, or with --policy skip a counted skip).
+
+    python local/prepare_data.py --meld_root MELD.Raw --wav_dir data/wav16k --out_dir data/official
+"""
+
+import argparse
+import os
+from collections import Counter
+
+from crab.dataprep import count_table
+from meld import CLASSES, EXPECTED_COUNTS, SPLITS, MeldError, fail, locate, read_exclusions, read_split
+
+DATA_SPLIT = {"train": "train", "dev": "valid", "test": "test"}  # MELD split -> data dir
+TABLES = {  # Kaldi table -> value of a row (wav.scp is written by write_data_dir)
+    "text": lambda r: r.text,
+    "utt2emo": lambda r: r.emotion,
+    "utt2spk": lambda r: r.speaker,
+    "utt2sentiment": lambda r: r.sentiment,
+    "utt2dialogue": lambda r: r.dialogue,
+    "utt2episode": lambda r: f"S{r.season:02d}E{r.episode:02d}",
+}
+
+
+def by_utt(rows):
+    return {r.utt: {"emo": r.emotion} for r in rows}
+
+
+def check_counts(rows, meld_root):
+    """Stop, naming expected and found counts, unless every split has the official ones."""
+    problems = []
+    for split, split_rows in rows.items():
+        found = Counter(r.emotion for r in split_rows)
+        if dict(found) == EXPECTED_COUNTS[split]:
+            continue
+        expected = EXPECTED_COUNTS[split]
+        lines = [f"  {c:9s} expected {expected[c]:5d}, found {found[c]:5d}" for c in CLASSES]
+        lines.append(f"  {'total':9s} expected {sum(expected.values()):5d}, found {len(split_rows):5d}")
+        problems.append(f"{locate(meld_root, SPLITS[split][0])}:\n" + "\n".join(lines))
+    if problems:
+        fail(
+            "per-class counts differ from the official MELD CSVs':\n" + "\n".join(problems) + "\n"
+            "Is this the official MELD.Raw release? For a partial copy, run stage 1 with "
+            "--data_opts '--check_counts false'."
+        )
+
+
+def apply_exclusions(rows, excluded, source):
+    """Drop the excluded clips, saying which and why; warn about entries matching no row."""
+    kept, dropped = {}, []
+    for split, split_rows in rows.items():
+        kept[split] = [r for r in split_rows if (split, r.clip) not in excluded]
+        dropped += [r for r in split_rows if (split, r.clip) in excluded]
+    print(f"Exclusion list {source}: {len(dropped)} clip(s) left out")
+    for r in dropped:
+        print(f"  {r.split} {r.clip} ({r.emotion}): {excluded[(r.split, r.clip)]}")
+    unmatched = sorted(set(excluded) - {(r.split, r.clip) for r in dropped})
+    for split, clip in unmatched:
+        print(f"WARNING: {source}: {split} {clip} is not in {SPLITS[split][0]}")
+    return kept
+
+
+def wav_path(wav_dir, row):
+    return os.path.join(os.path.abspath(wav_dir), row.split, row.clip + ".wav")
+
+
+def write_data_dir(rows, wav_dir, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    tables = {"wav.scp": lambda r: wav_path(wav_dir, r), **TABLES}
+    for name, value in tables.items():
+        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+            for r in sorted(rows, key=lambda r: r.utt):
+                f.write(f"{r.utt} {value(r)}\n")
+
+
+def str2bool(value):
+    if value not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
+    return value == "true"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--meld_root", required=True, help="MELD.Raw, holding the *_sent_emo.csv files")
+    parser.add_argument("--wav_dir", required=True, help="stage 0's <wav_dir>/{train,dev,test}/*.wav")
+    parser.add_argument("--out_dir", required=True)
+    parser.add_argument("--exclude", default="none", help="clips to leave out (none: no list)")
+    parser.add_argument("--check_counts", type=str2bool, default=True,
+                        help="stop unless the CSVs have the official per-class counts (true|false)")
+    parser.add_argument("--fix_mojibake", type=str2bool, default=True,
+                        help="repair UTF-8 text that was read as Windows-1252 (true|false)")
+    args = parser.parse_args()
+    try:
+        excluded = read_exclusions(args.exclude)
+        rows = {split: read_split(args.meld_root, split, args.fix_mojibake) for split in SPLITS}
+    except MeldError as err:
+        fail(str(err))
+
+    print("Rows of the CSVs:")
+    print(count_table({split: by_utt(r) for split, r in rows.items()}, CLASSES))
+    if args.check_counts:
+        check_counts(rows, args.meld_root)
+    repaired = sum(r.repaired for split_rows in rows.values() for r in split_rows)
+    print(f"Repaired mojibake in {repaired} row(s)" if args.fix_mojibake else "Mojibake repair off")
+    rows = apply_exclusions(rows, excluded, args.exclude)
+
+    for split, split_rows in rows.items():
+        write_data_dir(split_rows, args.wav_dir, os.path.join(args.out_dir, DATA_SPLIT[split]))
+        missing = sum(not os.path.isfile(wav_path(args.wav_dir, r)) for r in split_rows)
+        if missing:
+            print(f"WARNING: {split}: {missing} of {len(split_rows)} clip(s) have no wav in "
+                  f"{os.path.join(args.wav_dir, split)}: stage 3 stops on them (--policy skip leaves them out)")
+    speakers = {split: {r.speaker for r in split_rows} for split, split_rows in rows.items()}
+    shared = speakers["train"] & speakers["test"]
+    print(f"Speakers: train {len(speakers['train'])}, dev {len(speakers['dev'])}, test {len(speakers['test'])}; "
+          f"{len(shared)} speak in both train and test (TV characters recur: not speaker-independent)")
+    print(f"Data dirs in {args.out_dir} (valid = dev):")
+    print(count_table({DATA_SPLIT[split]: by_utt(r) for split, r in rows.items()}, CLASSES))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Crab on MELD: 7 classes, the official train / dev (validation) / test split, the
+# CSV's Utterance as text (README.md). Stage 0 extracts the audio of the mp4 clips
+# with ffmpeg. Stages and options: ser.sh (./run.sh --help).
+#   ./run.sh                                                   # everything
+#   ./run.sh --corpus_opts "--nj 8"                            # stage 0 with 8 ffmpeg processes
+#   ./run.sh --stage 4 --tag ce --train_opts "--leg_names=[]"  # an ablation (README.md lists them)
+#   ./run.sh --data_opts "--exclude none"                      # keep the clips of local/exclude.txt
+set -euo pipefail
+cd "$(dirname "$0")"
+. ./db.sh
+if [ -z "${MELD}" ] || [ ! -d "${MELD}" ]; then
+  echo "$0: set MELD in db.sh (or export it) to the MELD.Raw directory (the *_sent_emo.csv files and mp4 folders); now '${MELD}'" >&2
+  exit 1
+fi
+
+./ser.sh \
+  --config conf/crab.yaml \
+  --classes anger,disgust,fear,joy,neutral,sadness,surprise \
+  --data_root "${MELD_WAV}" \
+  --folds official \
+  --test_sets test \
+  "$@"

@@ -1,0 +1,322 @@
+"""The MELD recipe on a fixture in the release's layout: audio extraction, exclusions,
+text and labels from the CSVs, checks, and stages 0-6."""
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import soundfile as sf
+
+from crab.experiment import parse_and_load
+from tests.conftest import ROOT
+
+RECIPE = os.path.join(ROOT, "egs", "meld")
+RUN = os.path.join(RECIPE, "run.sh")
+CLASSES = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
+HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
+          "Season", "Episode", "StartTime", "EndTime"]
+SENTIMENT = {"anger": "negative", "disgust": "negative", "fear": "negative", "joy": "positive",
+             "neutral": "neutral", "sadness": "negative", "surprise": "positive"}
+# Two lines per class: curly quotes, ellipses, dashes, commas (quoted fields), one
+# line broken inside its quotes, and one mojibake line (UTF-8 read as Windows-1252).
+TEXTS = {
+    "anger": ["You had no right\u2014none!\u2014to read my journal.", "Get out, Joey. Now."],
+    "disgust": ["Ew\u2026 that\u2019s the milk from last week?", "That is so gross, I can\u2019t look at it."],
+    "fear": ["\u201cDid you hear that?\u201d Something\u2019s in the closet\u2026", "Oh God, what do we do?"],
+    "joy": ["We\u2019re having a baby!", "Youâ€™re gonna love it, I promise."],
+    "neutral": ["So let\u2019s talk a little bit about your duties.", "It\u2019s on the counter,\nby the keys."],
+    "sadness": ["I just\u2026 I miss her, you know?", "He\u2019s gone. He\u2019s really gone."],
+    "surprise": ["What?! You\u2019re kidding me!", "Wait \u2013 you two are married?"],
+}
+SPEAKERS = ("Ross", "The Interviewer", "Rachel", "Monica")
+# Clips local/exclude.txt lists, as the release has them: a corrupt mp4, a missing one.
+BROKEN = {"train": ("dia125_utt3", "neutral"), "dev": ("dia110_utt7", "neutral")}
+CLIP_FOLDERS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+
+
+def load_meld_module():
+    spec = importlib.util.spec_from_file_location("meld_local", os.path.join(RECIPE, "local", "meld.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def split_rows(split):
+    """(dialogue, utterance, speaker, emotion, text): train 2 per class, dev and test 1."""
+    per_class = 2 if split == "train" else 1
+    rows = [
+        (k, u, SPEAKERS[(k + u) % len(SPEAKERS)], emotion, TEXTS[emotion][u])
+        for k, emotion in enumerate(CLASSES) for u in range(per_class)
+    ]
+    if split in BROKEN:
+        clip, emotion = BROKEN[split]
+        dialogue, utterance = (int(x) for x in clip[3:].split("_utt"))
+        rows.append((dialogue, utterance, "Ross", emotion, "Oh, no-no-no, see, that-that clock\u2019s fast."))
+    return rows
+
+
+def write_csv(path, rows):
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)  # quotes fields with commas, CRLF line ends: as released
+        writer.writerow(HEADER)
+        for n, (dialogue, utterance, speaker, emotion, text) in enumerate(rows, 1):
+            writer.writerow([n, text, speaker, emotion, SENTIMENT[emotion], dialogue, utterance, 4, 7,
+                             f"00:20:{n:02d},256", f"00:20:{n + 1:02d},049"])
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    """One tiny real-style mp4 per class (16x16 H.264 video, 48 kHz stereo AAC sine)."""
+    out = tmp_path_factory.mktemp("tones")
+    for k, emotion in enumerate(CLASSES):
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+             f"sine=frequency={150 + 60 * k}:sample_rate=48000:duration=0.6", "-f", "lavfi", "-i",
+             "color=c=black:s=16x16:r=5:d=0.6", "-shortest", "-c:v", "libx264", "-c:a", "aac", "-ac", "2",
+             "-b:a", "32k", str(out / f"{emotion}.mp4")],
+            check=True,
+        )
+    return out
+
+
+@pytest.fixture
+def corpus(tmp_path, tones):
+    """MELD.Raw: the three CSVs and mp4 folders; train dia125_utt3.mp4 is truncated
+    (no moov atom), dev dia110_utt7.mp4 is absent."""
+    root = tmp_path / "MELD.Raw"
+    for split, folder in CLIP_FOLDERS.items():
+        (root / folder).mkdir(parents=True)
+        rows = split_rows(split)
+        write_csv(root / f"{split}_sent_emo.csv", rows)
+        for dialogue, utterance, _, emotion, _ in rows:
+            clip = f"dia{dialogue}_utt{utterance}"
+            if BROKEN.get(split, ("",))[0] != clip:
+                shutil.copy(tones / f"{emotion}.mp4", root / folder / f"{clip}.mp4")
+    (root / "train_splits" / "dia125_utt3.mp4").write_bytes((tones / "joy.mp4").read_bytes()[:1500])
+    return root
+
+
+def run_recipe(corpus_dir, tmp_path, *options, check=True, env=None):
+    result = subprocess.run(
+        ["bash", RUN, "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp"),
+         "--data_root", str(tmp_path / "wav"), *options],
+        capture_output=True, text=True, env={**os.environ, "MELD": str(corpus_dir), **(env or {})},
+    )
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def extract(corpus_dir, tmp_path, **kwargs):
+    return run_recipe(corpus_dir, tmp_path, "--stage", "0", "--stop_stage", "0", "--corpus_opts", "--nj 2",
+                      **kwargs)
+
+
+def prepare(corpus_dir, tmp_path, data_opts="--check_counts false", check=True):
+    (tmp_path / "wav").mkdir(exist_ok=True)  # stage 1 reads no audio, ser.sh wants data_root
+    return run_recipe(corpus_dir, tmp_path, "--stage", "1", "--stop_stage", "1", "--data_opts", data_opts,
+                      check=check)
+
+
+def table(path):
+    with open(path, encoding="utf-8") as f:
+        return dict(line.rstrip("\n").split(" ", 1) for line in f)
+
+
+def test_extraction_is_16k_mono_logs_failures_and_resumes(corpus, tmp_path):
+    output = extract(corpus, tmp_path).stdout
+    assert "train: 15 clips: 0 already had a wav, 14 extracted, 1 failed (1 on the exclusion list)" in output
+    assert "dev: 8 clips: 0 already had a wav, 7 extracted, 1 failed (1 on the exclusion list)" in output
+    assert "test: 7 clips: 0 already had a wav, 7 extracted, 0 failed" in output
+    assert "WARNING" not in output
+    info = sf.info(str(tmp_path / "wav" / "train" / "dia0_utt0.wav"))
+    assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+    assert info.duration == pytest.approx(0.6, abs=0.05)
+    log = tmp_path / "wav" / "log"
+    assert (log / "failed_train.txt").read_text().startswith("dia125_utt3\tffmpeg failed on ")
+    assert "expected: on the exclusion list" in (log / "failed_train.txt").read_text()
+    assert (log / "failed_dev.txt").read_text().startswith("dia110_utt7\tno mp4")
+    assert not list((tmp_path / "wav").rglob("*.tmp"))
+
+    # Resume: a second run extracts nothing.
+    output = extract(corpus, tmp_path).stdout
+    assert "train: 15 clips: 14 already had a wav, 0 extracted, 1 failed" in output
+    assert "dev: 8 clips: 7 already had a wav, 0 extracted, 1 failed" in output
+    assert "test: 7 clips: 7 already had a wav, 0 extracted, 0 failed" in output
+    # An empty wav is extracted again; an excluded clip that turns out sound is pointed out.
+    (tmp_path / "wav" / "test" / "dia3_utt0.wav").write_bytes(b"")
+    shutil.copy(corpus / "train_splits" / "dia4_utt0.mp4", corpus / "train_splits" / "dia125_utt3.mp4")
+    output = extract(corpus, tmp_path).stdout
+    assert "test: 7 clips: 6 already had a wav, 1 extracted, 0 failed" in output
+    assert sf.info(str(tmp_path / "wav" / "test" / "dia3_utt0.wav")).frames > 9000
+    assert "NOTE: train dia125_utt3 is on the exclusion list but has a wav on this copy" in output
+
+
+def test_failure_off_the_exclusion_list_is_counted_then_stops_stage_3(corpus, tmp_path):
+    (corpus / "output_repeated_splits_test" / "dia2_utt0.mp4").unlink()
+    output = extract(corpus, tmp_path).stdout
+    assert "test: 7 clips: 0 already had a wav, 6 extracted, 1 failed (0 on the exclusion list)" in output
+    assert "WARNING: test: 1 clip(s) not on the exclusion list failed: dia2_utt0." in output
+    assert "dia2_utt0\tno mp4" in (tmp_path / "wav" / "log" / "failed_test.txt").read_text()
+    assert "test: 1 of 7 clip(s) have no wav" in prepare(corpus, tmp_path).stdout
+    manifests = ("--stage", "3", "--stop_stage", "3", "--config", "conf/crab_tiny.yaml")
+    result = run_recipe(corpus, tmp_path, *manifests, check=False)
+    assert result.returncode != 0
+    assert "test_dia2_utt0: missing audio file" in result.stderr and "dia2_utt0.wav" in result.stderr
+    result = run_recipe(corpus, tmp_path, *manifests, "--policy", "skip")
+    assert "test: skipped 1 of 7 utterances: {'missing audio': 1}" in result.stdout
+
+
+def test_missing_ffmpeg_is_named(corpus, tmp_path):
+    bin_dir = tmp_path / "bin"  # every command on PATH but ffmpeg
+    bin_dir.mkdir()
+    for folder in reversed(os.environ["PATH"].split(os.pathsep)):  # earlier folders win
+        for tool in os.listdir(folder) if os.path.isdir(folder) else ():
+            if tool != "ffmpeg" and os.access(os.path.join(folder, tool), os.X_OK):
+                (bin_dir / tool).unlink(missing_ok=True)
+                (bin_dir / tool).symlink_to(os.path.join(folder, tool))
+    result = extract(corpus, tmp_path, check=False, env={"PATH": str(bin_dir)})
+    assert result.returncode != 0
+    assert "ERROR: ffmpeg not found on PATH. Stage 0 needs it" in result.stderr
+    assert "start at --stage 1" in result.stderr
+
+
+def test_text_labels_and_fields(corpus, tmp_path):
+    output = prepare(corpus, tmp_path).stdout
+    data = tmp_path / "data" / "official"
+    assert sorted(os.listdir(data)) == ["test", "train", "valid"]
+    train = data / "train"
+    assert table(train / "utt2emo")["train_dia2_utt0"] == "fear"
+    text = table(train / "text")
+    assert text["train_dia2_utt0"] == "\u201cDid you hear that?\u201d Something\u2019s in the closet\u2026"
+    assert text["train_dia0_utt0"] == "You had no right\u2014none!\u2014to read my journal."
+    assert text["train_dia3_utt1"] == "You\u2019re gonna love it, I promise."  # mojibake repaired
+    assert text["train_dia4_utt1"] == "It\u2019s on the counter, by the keys."  # line break collapsed
+    assert "Repaired mojibake in 1 row(s)" in output
+    assert table(train / "utt2spk")["train_dia0_utt1"] == "The_Interviewer"
+    assert table(train / "utt2sentiment")["train_dia3_utt0"] == "positive"
+    assert table(train / "utt2dialogue")["train_dia3_utt1"] == "train_dia3"
+    assert table(train / "utt2episode")["train_dia3_utt1"] == "S04E07"
+    assert table(data / "valid" / "wav.scp")["dev_dia6_utt0"] == str(tmp_path / "wav" / "dev" / "dia6_utt0.wav")
+    assert set(table(data / "test" / "utt2emo").values()) == set(CLASSES)
+    # Speakers recur across the official splits (TV characters): said, not hidden.
+    assert "speak in both train and test (TV characters recur" in output
+
+    prepare(corpus, tmp_path, data_opts="--check_counts false --fix_mojibake false")
+    assert table(train / "text")["train_dia3_utt1"] == "Youâ€™re gonna love it, I promise."
+
+
+def test_exclusion_list_is_applied_and_counted(corpus, tmp_path):
+    output = prepare(corpus, tmp_path).stdout
+    assert "Exclusion list local/exclude.txt: 2 clip(s) left out" in output
+    assert "train dia125_utt3 (neutral): train_splits/dia125_utt3.mp4 is corrupt" in output
+    data = tmp_path / "data" / "official"
+    assert "train_dia125_utt3" not in table(data / "train" / "utt2emo")
+    assert "dev_dia110_utt7" not in table(data / "valid" / "utt2emo")
+    assert len(table(data / "train" / "wav.scp")) == 14 and len(table(data / "valid" / "wav.scp")) == 7
+
+    output = prepare(corpus, tmp_path, data_opts="--check_counts false --exclude none").stdout
+    assert "Exclusion list none: 0 clip(s) left out" in output
+    assert "train_dia125_utt3" in table(data / "train" / "utt2emo")
+
+    bad_list = tmp_path / "exclude.txt"
+    bad_list.write_text("# comment\ntrain dia1_utt0  # fine\nvalid dia3_utt1\n")
+    result = prepare(corpus, tmp_path, data_opts=f"--check_counts false --exclude {bad_list}", check=False)
+    assert result.returncode != 0
+    assert f"{bad_list}:3: expected '<train|dev|test> dia<D>_utt<U>  # reason'" in result.stderr
+
+
+def test_count_check_names_expected_and_found(corpus, tmp_path):
+    result = prepare(corpus, tmp_path, data_opts="", check=False)
+    assert result.returncode != 0
+    assert f"{corpus / 'train_sent_emo.csv'}:" in result.stderr
+    assert "anger     expected  1109, found     2" in result.stderr
+    assert "neutral   expected  4710, found     3" in result.stderr
+    assert "total     expected  9989, found    15" in result.stderr
+    assert "total     expected  1109, found     8" in result.stderr  # dev
+    assert "total     expected  2610, found     7" in result.stderr  # test
+    assert "--check_counts false" in result.stderr
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda root: (root / "dev_sent_emo.csv").unlink(), "dev_sent_emo.csv not found"),
+    (lambda root: (root / "test_sent_emo.csv").write_text("Utterance,Speaker\n"), "test_sent_emo.csv:1: header is"),
+    (lambda root: (root / "train_sent_emo.csv").write_bytes(
+        (root / "train_sent_emo.csv").read_bytes().replace(b",sadness,", b",sad,", 1)),
+     "train_sent_emo.csv:13: Emotion 'sad' is not one of anger"),  # line 13: row 11 + one quoted line break
+    (lambda root: (root / "test_sent_emo.csv").write_bytes(
+        (root / "test_sent_emo.csv").read_bytes() + b"9,Hi,Ross,joy,positive,x,0,1,1,a,b\r\n"),
+     "test_sent_emo.csv:9: Dialogue_ID 'x' is not a non-negative integer"),
+    (lambda root: (root / "dev_sent_emo.csv").write_bytes(
+        (root / "dev_sent_emo.csv").read_bytes() + b"9,Hi,Ross,joy,positive,0,0,1,1,a,b\r\n"),
+     "dev_sent_emo.csv:10: dia0_utt0 is already on line 2"),
+])
+def test_malformed_input_is_named(corpus, tmp_path, damage, message):
+    damage(corpus)
+    result = prepare(corpus, tmp_path, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_nested_release_layout_is_found(corpus, tmp_path):
+    (corpus / "train").mkdir()
+    shutil.move(corpus / "train_sent_emo.csv", corpus / "train" / "train_sent_emo.csv")
+    prepare(corpus, tmp_path)
+    assert len(table(tmp_path / "data" / "official" / "train" / "text")) == 14
+
+
+def test_mojibake_repair_keeps_correct_text():
+    fix = load_meld_module().fix_mojibake
+    assert fix("itâ€™s â€œfineâ€\x9d, Ã©tÃ©, waitâ€¦") == "it\u2019s \u201cfine\u201d, \u00e9t\u00e9, wait\u2026"
+    for text in ("it\u2019s", "caf\u00e9", "\u20ac100", "plain", "mixed it\u2019s and don\u2019t \u2014 ok"):
+        assert fix(text) == text
+    assert fix("it\u2019s and donâ€™t") == "it\u2019s and don\u2019t"
+
+
+ABLATIONS = {  # README's Table III / IV rows: yaml overrides of conf/crab*.yaml
+    "ce": ["--leg_names=[]"],
+    "ce_mpcl_fusion": ["--leg_names=[fusion]"],
+    "mls_ce": ["--leg_output_dim=7", "--leg_loss=!ref <wce>"],
+    "supcon": ["--contrastive_loss=supcon"],
+    "no_hier_lr": ["--encoder_lr=1.0e-5"],
+    "speech_only": ["--modality=speech"],
+    "text_only": ["--modality=text"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_readme_ablation_overrides_load(name, tmp_path, tokenizer_dir):
+    _, _, _, hparams = parse_and_load([
+        os.path.join(RECIPE, "conf", "crab_tiny.yaml"), f"--data_root={tmp_path}", f"--data_folder={tmp_path}",
+        f"--classes=[{','.join(CLASSES)}]", f"--tokenizer_source={tokenizer_dir}",
+        f"--speech_encoder_source={RECIPE}/conf/wavlm_tiny", f"--text_encoder_source={RECIPE}/conf/roberta_tiny",
+        *ABLATIONS[name],
+    ])
+    legs = hparams["legs"].names
+    expected = {"ce": [], "ce_mpcl_fusion": ["fusion"], "speech_only": ["speech_unimodal", "speech_pooled", "fusion"],
+                "text_only": ["text_unimodal", "text_pooled", "fusion"]}
+    assert legs == expected.get(name, ["speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"])
+    if name == "mls_ce":
+        assert hparams["leg_loss"] is hparams["wce"]
+        assert hparams["legs"].legs["fusion"][-1].out_features == 7
+
+
+def test_smoke_stages_0_to_6(corpus, tmp_path):
+    result = run_recipe(
+        corpus, tmp_path, "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300",
+        "--corpus_opts", "--nj 2", "--data_opts", "--check_counts false",
+        "--train_opts", "--number_of_epochs=1 --batch_size=4",
+    )
+    run_dir = tmp_path / "exp" / "crab_tiny" / "official" / "seed42"
+    with open(run_dir / "eval_test" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7 and {r["true"] for r in rows} == set(CLASSES)
+    scores = json.loads((run_dir / "eval_test" / "scores.json").read_text())
+    assert 0 <= scores["UAR"] <= 1
+    assert "| run | N | WAR | UAR |" in (tmp_path / "exp" / "crab_tiny" / "results_test.md").read_text()
+    manifest = json.loads((tmp_path / "data" / "official" / "train.json").read_text())
+    assert len(manifest) == 14 and manifest["train_dia0_utt0"]["wav"] == "{data_root}/train/dia0_utt0.wav"
+    assert "Stage 0" in result.stdout
