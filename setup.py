@@ -19,4 +19,5 @@ setup(
         "matplotlib",
         "scikit-learn",
     ],
+    entry_points={"console_scripts": ["crab-infer=crab.bin.infer:main"]},
 )

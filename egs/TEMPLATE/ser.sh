@@ -10,9 +10,19 @@
 #   3  manifests     data/<fold>/<split>.json, checked, with per-class counts;
 #                    with --bpe_vocab_size, a BPE tokenizer data/<fold>/tokenizer
 #                    from the training transcripts (for tiny random-init text encoders)
-#   4  train         one run per fold and seed
-#   5  evaluate      best checkpoint on each test set
-#   6  score         results table per test set, mean ± std over folds and seeds
+#   4  train         one run per fold and seed (train_info.json: wall time, commit, machine, command)
+#   5  evaluate      best checkpoint on each test set (with --embeddings true, also the
+#                    fused test embeddings and their cluster scores)
+#   6  score         per run: scores.json, per_class.md, confusion.png; per experiment and
+#                    test set: results_<test>.{md,json}, mean ± std over folds and seeds
+# With --ablations "ce_only mlcs ...", stages 4-6 run once per ablation named in
+# conf/ablations.txt (tag = its name) and stage 6 writes one comparison table
+# exp/ablations_<test>.md (paper Tables III/IV).
+#   7  package       best checkpoint of each experiment of stages 4-6, fold and seed as a
+#                    self-contained inference model ${exp_dir}/<tag>/<fold>/seed<seed>/model
+#                    (crab.bin.package; load it with crab.inference.CrabClassifier, or crab-infer)
+#   8  alpha sweep   with --alphas "0.25 0.5 ...": stages 4-6 for alpha<a> and ce_only,
+#                    then exp/alpha_<test>.{md,png} (paper Fig. 3)
 set -euo pipefail
 
 # ---- options (each can be given as --name value) ----
@@ -36,12 +46,20 @@ text_source=gold        # manifests' text: gold (data dir's text) | asr (text.as
 bpe_vocab_size=0        # > 0: build data/<fold>/tokenizer at stage 3 (tiny configs)
 train_opts=             # extra --key=value overrides for the yaml
 ngpu=0                  # 0: CPU; 1: cuda:0
+ablations=              # stages 4-6 once per ablation name (e.g. "ce_only mlcs"), tag = name; empty: one run (--tag)
+ablation_table=         # ablation name -> yaml overrides (default: conf/ablations.txt, else the TEMPLATE's)
+alphas=                 # stage 8: alpha sweep over these values (paper: 0.25 ... 3.00); empty: skip
+embeddings=false        # stage 5: also dump and score the fused (fc1) test embeddings (true | false)
 
 help_message="Usage: $0 --config CONF --classes a,b,c --data_root DIR [--stage N] [--stop_stage M] [--folds 'f1 f2'] [--seeds '42 43'] [--train_opts '--key=value ...']"
 
 . ./path.sh
 . utils/log.sh
 log "$0 $*"
+cmdline=$0  # this command, shell-quoted, recorded with each training run
+for arg in "$@"; do
+  if [[ ${arg} =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then cmdline+=" ${arg}"; else cmdline+=" '${arg//\'/\'\\\'\'}'"; fi
+done
 . utils/parse_options.sh
 
 start=${SECONDS}
@@ -56,6 +74,13 @@ device=cpu
 read -r -a extra_opts <<< "${train_opts}"
 read -r -a asr_extra <<< "${asr_opts}"
 splits="train valid ${test_sets}"
+if [ -z "${ablation_table}" ]; then
+  ablation_table=conf/ablations.txt
+  [ -f "${ablation_table}" ] || ablation_table=$(dirname "$(readlink -f "$0")")/conf/ablations.txt
+fi
+for name in ${ablations}; do  # unknown names stop here, before anything trains
+  python -m crab.report overrides --table "${ablation_table}" --ablation "${name}" > /dev/null
+done
 
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ] && [ -x local/corpus.sh ]; then
   log "Stage 0: corpus preparation (local/corpus.sh)"
@@ -104,41 +129,150 @@ run_opts() {  # overrides every training and evaluation run shares: fold $1, see
     --output_folder="${exp_dir}/${tag}/$1/seed$2" --device="${device}"
 }
 
-if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
+# The experiments of stages 4-6: one named by --tag, or with --ablations one per name.
+# A run spec is tag:NAME, ablation:NAME (its overrides from ${ablation_table}, then
+# --train_opts) or alpha:VALUE (--train_opts, then --alpha=VALUE; tag alpha<VALUE>).
+if [ -n "${ablations}" ]; then
+  runs=(); for name in ${ablations}; do runs+=("ablation:${name}"); done
+else
+  runs=("tag:${tag}")
+fi
+main_tag=${tag}
+
+set_run() {  # run spec $1 -> ${tag} and ${overrides[@]}
+  local args=(-- "${extra_opts[@]+"${extra_opts[@]}"}") text
+  case "$1" in
+    ablation:*) tag=${1#ablation:}; args=(--table "${ablation_table}" --ablation "${tag}" "${args[@]}") ;;
+    alpha:*) tag=alpha${1#alpha:}; args+=("--alpha=${1#alpha:}") ;;
+    *) tag=${1#tag:} ;;
+  esac
+  text=$(python -m crab.report overrides "${args[@]}")
+  overrides=()
+  if [ -n "${text}" ]; then mapfile -t overrides <<< "${text}"; fi
+}
+
+train_runs() {  # stage 4 of run spec $1: every fold and seed
+  set_run "$1"
+  local fold seed out before t0
   for fold in ${folds}; do
     for seed in ${seeds}; do
       log "Stage 4: train ${tag}, fold ${fold}, seed ${seed} (re-running resumes)"
+      out=${exp_dir}/${tag}/${fold}/seed${seed}
+      before=0
+      if [ -f "${out}/train_log.txt" ]; then before=$(wc -l < "${out}/train_log.txt"); fi
+      t0=${SECONDS}
       # shellcheck disable=SC2046
       python -m crab.bin.train "${config}" $(run_opts "${fold}" "${seed}") \
-        "${extra_opts[@]+"${extra_opts[@]}"}"
+        "${overrides[@]+"${overrides[@]}"}"
+      if [ "$(wc -l < "${out}/train_log.txt")" != "${before}" ]; then  # epochs were trained
+        python -m crab.report record_training --run_dir "${out}" --wall_s $((SECONDS - t0)) \
+          --command "${cmdline}" --device "${device}"
+      fi
     done
   done
-fi
+}
 
-if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+evaluate_runs() {  # stage 5 of run spec $1: every fold, seed and test set
+  set_run "$1"
+  local fold seed test_set tool
+  local tools=(crab.bin.evaluate)
+  if [ "${embeddings}" = true ]; then tools+=(crab.bin.embeddings); fi
   for fold in ${folds}; do
     for seed in ${seeds}; do
       for test_set in ${test_sets}; do
-        log "Stage 5: evaluate ${tag}, fold ${fold}, seed ${seed} on ${test_set}"
-        # shellcheck disable=SC2046
-        python -m crab.bin.evaluate "${config}" $(run_opts "${fold}" "${seed}") \
-          --test_manifest="${data_dir}/${fold}/${test_set}.json" --eval_name="${test_set}" \
-          "${extra_opts[@]+"${extra_opts[@]}"}"
+        log "Stage 5: evaluate ${tag}, fold ${fold}, seed ${seed} on ${test_set} (${tools[*]})"
+        for tool in "${tools[@]}"; do
+          # shellcheck disable=SC2046
+          python -m "${tool}" "${config}" $(run_opts "${fold}" "${seed}") \
+            --test_manifest="${data_dir}/${fold}/${test_set}.json" --eval_name="${test_set}" \
+            "${overrides[@]+"${overrides[@]}"}"
+        done
       done
     done
   done
-fi
+}
 
-if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
+score_runs() {  # stage 6 of run spec $1: per-run reports, results over folds and seeds
+  set_run "$1"
+  local fold seed test_set preds
   for test_set in ${test_sets}; do
-    log "Stage 6: results on ${test_set} over folds (${folds}) and seeds (${seeds})"
+    log "Stage 6: results of ${tag} on ${test_set} over folds (${folds}) and seeds (${seeds})"
     preds=()
     for fold in ${folds}; do
       for seed in ${seeds}; do
         preds+=("${exp_dir}/${tag}/${fold}/seed${seed}/eval_${test_set}/predictions.csv")
       done
     done
-    python -m crab.bin.score --out "${exp_dir}/${tag}/results_${test_set}.md" "${preds[@]}"
+    python -m crab.bin.score --per_run --tag "${tag}" --test_set "${test_set}" \
+      --title "${tag} on ${test_set}" --out "${exp_dir}/${tag}/results_${test_set}.md" \
+      --summary "${exp_dir}/${tag}/results_${test_set}.json" "${preds[@]}"
+  done
+}
+
+first_run_dump() {  # name=path of the embeddings of ablation $1, first fold and seed, on test set $2
+  local fold seed
+  read -r fold _ <<< "${folds}"; read -r seed _ <<< "${seeds}"
+  echo "$1=${exp_dir}/$1/${fold}/seed${seed}/eval_$2/embeddings.npz"
+}
+
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
+  for run in "${runs[@]}"; do train_runs "${run}"; done
+fi
+
+if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+  for run in "${runs[@]}"; do evaluate_runs "${run}"; done
+fi
+
+if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
+  for run in "${runs[@]}"; do score_runs "${run}"; done
+  for test_set in ${test_sets}; do
+    if [ -z "${ablations}" ]; then break; fi
+    log "Stage 6: ablation table on ${test_set}: ${exp_dir}/ablations_${test_set}.md"
+    summaries=(); dumps=()
+    for name in ${ablations}; do
+      summaries+=("${exp_dir}/${name}/results_${test_set}.json")
+      dumps+=("$(first_run_dump "${name}" "${test_set}")")
+    done
+    python -m crab.bin.compare table --ablation_table "${ablation_table}" \
+      --title "Ablations on ${test_set} (${config}; folds: ${folds}; seeds: ${seeds})" \
+      --out "${exp_dir}/ablations_${test_set}.md" "${summaries[@]}"
+    if [ "${embeddings}" = true ]; then  # first fold and seed of each ablation
+      python -m crab.bin.compare embeddings --plot "${exp_dir}/ablations_${test_set}_embeddings.png" \
+        --out "${exp_dir}/ablations_${test_set}_embeddings.md" "${dumps[@]}"
+    fi
+  done
+fi
+tag=${main_tag}
+
+if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
+  for run in "${runs[@]}"; do
+    set_run "${run}"
+    for fold in ${folds}; do
+      for seed in ${seeds}; do
+        log "Stage 7: package ${tag}, fold ${fold}, seed ${seed} into ${exp_dir}/${tag}/${fold}/seed${seed}/model"
+        # shellcheck disable=SC2046
+        python -m crab.bin.package "${config}" $(run_opts "${fold}" "${seed}") \
+          "${overrides[@]+"${overrides[@]}"}" --text_source "${text_source}" --asr_model "${asr_model}" \
+          --out "${exp_dir}/${tag}/${fold}/seed${seed}/model"
+      done
+    done
+  done
+  tag=${main_tag}
+fi
+
+if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ] && [ -n "${alphas}" ]; then
+  log "Stage 8: alpha sweep over ${alphas} (stages 4-6 for each, and for ce_only)"
+  sweep=("ablation:ce_only"); for a in ${alphas}; do sweep+=("alpha:${a}"); done
+  for run in "${sweep[@]}"; do
+    train_runs "${run}"; evaluate_runs "${run}"; score_runs "${run}"
+  done
+  tag=${main_tag}
+  for test_set in ${test_sets}; do
+    log "Stage 8: ${exp_dir}/alpha_${test_set}.png and .md"
+    summaries=(); for a in ${alphas}; do summaries+=("${exp_dir}/alpha${a}/results_${test_set}.json"); done
+    python -m crab.bin.compare alpha --baseline "${exp_dir}/ce_only/results_${test_set}.json" \
+      --title "UAR and WAR against alpha on ${test_set} (${config}; folds: ${folds}; seeds: ${seeds})" \
+      --plot "${exp_dir}/alpha_${test_set}.png" --out "${exp_dir}/alpha_${test_set}.md" "${summaries[@]}"
   done
 fi
 

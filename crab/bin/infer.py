@@ -1,0 +1,525 @@
+"""Classify the utterances of a Kaldi-style wav.scp with a packaged Crab (``crab-infer``).
+
+    crab-infer --model exp/crab/main/seed42/model --wav_scp data/test/wav.scp \\
+        --text data/test/text --text_mode gold --out results.tsv
+
+``--model`` is a directory written by ``crab.bin.package`` (recipe stage 7).
+``wav.scp`` holds ``<utt-id> <audio path>`` lines (any sample rate, any channel
+count: the audio is read at 16 kHz mono). Where the transcripts come from is
+always said with ``--text_mode``, never guessed:
+
+    gold  from ``--text`` (``<utt-id> <transcript>`` lines, Kaldi's data/*/text)
+    asr   transcribed here with ``--asr_model`` (Whisper large-v3 by default, as the
+          MSP-Podcast recipe; any model ``crab.bin.transcribe`` can run)
+    none  no transcripts: only for a speech-only model
+
+The output has one line per utterance: the predicted label, its probability and
+every class probability, the transcript source and the transcript used.
+``--format tsv`` (a header line, then ``id predicted score prob_<class>...
+text_source text``) or ``jsonl`` (one JSON object a line); ``auto`` picks jsonl
+for an ``--out`` ending in .jsonl or .json, else tsv. Utterances are batched by
+length (longest first) and the output is finally sorted in wav.scp order.
+
+Bad input never stops the run: a line of wav.scp that does not parse, a missing
+or unreadable file, empty or silent audio, audio shorter than the speech
+encoder's receptive field, or a missing or empty transcript fails that
+utterance only. Failures go to ``<out>.errors`` (``id line reason``, the line
+of wav.scp) and to the log; the exit status is 1 when any utterance failed,
+unless ``--skip_errors``.
+
+Resumable: each batch is appended to ``<out>`` and flushed, so an interrupted
+run leaves valid results, and a re-run classifies only the utterances not
+there yet (a cut-off last line is dropped). ``<out>.model`` records the model
+and settings; a re-run with others stops instead of mixing results
+(``--overwrite`` starts over).
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections import namedtuple
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+TEXT_MODES = ("gold", "asr", "none")
+FORMATS = ("auto", "tsv", "jsonl")
+ASR_BACKENDS = ("auto", "seq2seq", "ctc", "pipeline")
+ASR_DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEFAULT_ASR_MODEL = "openai/whisper-large-v3"  # crab.inference.DEFAULT_ASR_MODEL, without importing it
+
+Utterance = namedtuple("Utterance", ["utt", "path", "line"])
+Failure = namedtuple("Failure", ["utt", "line", "reason"])
+
+
+class UsageError(ValueError):
+    """Options or inputs that make the whole run impossible."""
+
+
+class _TagTolerantLoader(yaml.SafeLoader):
+    """Reads the plain keys of a hyperpyyaml file; tagged values load as None."""
+
+
+_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def read_model_info(model_dir):
+    """``classes``, ``modality``, ``max_duration`` and ``train_text_source`` of a package."""
+    path = os.path.join(model_dir, "hyperparams.yaml")
+    if not os.path.isfile(path):
+        raise UsageError(f"{model_dir} is not a packaged Crab model (no hyperparams.yaml): see crab.bin.package")
+    with open(path, encoding="utf-8") as f:
+        info = yaml.load(f, Loader=_TagTolerantLoader)
+    if not isinstance(info, dict) or "classes" not in info or "modality" not in info:
+        raise UsageError(f"{path} lacks classes or modality: not written by crab.bin.package")
+    return info
+
+
+def parse_wav_scp(path):
+    """Utterances of ``path`` and the lines that cannot be used (with their line number)."""
+    utterances, failures, seen = [], [], {}
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                failures.append(Failure("-", lineno, "line is not UTF-8 text"))
+                continue
+            if not line:
+                continue
+            fields = line.split(maxsplit=1)
+            if len(fields) < 2:
+                failures.append(Failure(fields[0], lineno, "line does not parse: expected '<utt-id> <audio path>'"))
+                continue
+            utt, target = fields[0], fields[1].strip()
+            if target.endswith("|"):
+                failures.append(Failure(utt, lineno, "piped commands (Kaldi extended filenames) are not "
+                                                     "supported: write the audio to files"))
+            elif utt in seen:
+                failures.append(Failure(utt, lineno, f"duplicate utterance id (first on line {seen[utt]})"))
+            else:
+                seen[utt] = lineno
+                utterances.append(Utterance(utt, target, lineno))
+    return utterances, failures
+
+
+def read_text(path):
+    """``utt -> transcript`` of a Kaldi text file; ids given twice map to None."""
+    texts = {}
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UsageError(f"{path}:{lineno}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            utt, text = (line.split(maxsplit=1) + [""])[:2]
+            texts[utt] = None if utt in texts else " ".join(text.split())
+    return texts
+
+
+def output_format(fmt, out):
+    if fmt != "auto":
+        return fmt
+    return "jsonl" if out.lower().endswith((".jsonl", ".json", ".ndjson")) else "tsv"
+
+
+class Results:
+    """The output file: formatting, reading back what is there, atomic rewrites."""
+
+    def __init__(self, path, fmt, classes, text_mode, asr_model=None):
+        self.path, self.fmt, self.classes = path, fmt, list(classes)
+        self.text_mode, self.asr_model = text_mode, asr_model
+        columns = ["id", "predicted", "score"] + [f"prob_{c}" for c in self.classes] + ["text_source", "text"]
+        self.header = "\t".join(columns) + "\n" if fmt == "tsv" else ""
+
+    def line(self, utt, probs, text):
+        best = max(range(len(probs)), key=probs.__getitem__)
+        text = " ".join((text or "").split())
+        if self.fmt == "tsv":
+            values = [utt, self.classes[best], f"{probs[best]:.6f}"] + [f"{p:.6f}" for p in probs]
+            return "\t".join(values + [self.text_mode, text]) + "\n"
+        record = {
+            "id": utt, "predicted": self.classes[best], "score": round(probs[best], 6),
+            "probs": {c: round(p, 6) for c, p in zip(self.classes, probs)},
+            "text_source": self.text_mode, "text": text,
+        }
+        if self.asr_model:
+            record["asr_model"] = self.asr_model
+        return json.dumps(record, ensure_ascii=False) + "\n"
+
+    def read(self):
+        """``utt -> line`` of the complete, well-formed lines already in the file."""
+        if not os.path.isfile(self.path):
+            return {}
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        complete = [line + "\n" for line in lines[:-1]]  # after the last newline: nothing or a cut-off line
+        if self.fmt == "tsv":
+            if not complete:
+                return {}
+            if complete[0] != self.header:
+                raise UsageError(f"{self.path} has another header (other classes?): use --overwrite or another --out")
+            complete = complete[1:]
+        done = {}
+        for line in complete:
+            utt = self._utt(line)
+            if utt is not None:
+                done[utt] = line
+        return done
+
+    def _utt(self, line):
+        if self.fmt == "tsv":
+            fields = line.rstrip("\n").split("\t")
+            return fields[0] if len(fields) == len(self.header.split("\t")) else None
+        try:
+            return json.loads(line)["id"]
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def rewrite(self, done, order):
+        """Atomically write the lines of ``done`` for the utterances of ``order``, in that order."""
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(self.header)
+            f.writelines(done[utt] for utt in order if utt in done)
+        os.replace(tmp, self.path)
+
+
+def check_settings(marker, settings, out, overwrite):
+    """Stop when ``out`` holds results of another model or other settings; record ours."""
+    if overwrite:
+        for path in (out, marker):
+            if os.path.exists(path):
+                os.remove(path)
+    elif os.path.exists(out):
+        previous = None
+        if os.path.isfile(marker):
+            with open(marker, encoding="utf-8") as f:
+                try:
+                    previous = json.load(f)
+                except ValueError:
+                    previous = None
+        if previous != settings:
+            raise UsageError(
+                f"{out} holds results of another model or other settings ({marker}: {previous}, now {settings}): "
+                "use --overwrite to start over, or another --out"
+            )
+    with open(marker, "w", encoding="utf-8") as f:
+        json.dump(settings, f, indent=2)
+        f.write("\n")
+
+
+def resolve_device(device):
+    import torch
+
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = "cuda:0"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is available (use --device cpu or auto)")
+    return device
+
+
+def check_text_mode(args, info):
+    """The transcripts the model needs and the ones the options give must agree."""
+    modality = info["modality"]
+    if args.text_mode == "none" and modality != "speech":
+        raise UsageError(
+            f"the model is {modality}: it needs transcripts (--text_mode gold --text FILE, or --text_mode asr); "
+            "--text_mode none is for speech-only models"
+        )
+    if args.text_mode != "none" and modality == "speech":
+        raise UsageError("the model is speech-only: it takes no transcripts, use --text_mode none")
+    if args.text_mode == "gold" and not args.text:
+        raise UsageError("--text_mode gold needs --text (a Kaldi text file: '<utt-id> <transcript>' lines)")
+    if args.text_mode != "gold" and args.text:
+        raise UsageError(f"--text is for --text_mode gold; with --text_mode {args.text_mode} leave it out")
+    if args.text and not os.path.isfile(args.text):
+        raise UsageError(f"--text {args.text}: no such file")
+    trained = info.get("train_text_source")
+    if args.text_mode in ("gold", "asr") and trained in ("gold", "asr") and trained != args.text_mode:
+        logger.warning("The model was trained on %s transcripts and is given %s ones", trained, args.text_mode)
+
+
+def make_batches(items, batch_size, max_batch_seconds):
+    """Group ``(utterance, seconds)`` pairs, longest first, into batches of at most
+    ``batch_size`` utterances and (when > 0) ``max_batch_seconds`` of padded audio."""
+    items = sorted(items, key=lambda item: -item[1])
+    batches, current = [], []
+    for utterance, seconds in items:
+        longest = current[0][1] if current else seconds
+        too_long = max_batch_seconds > 0 and longest * (len(current) + 1) > max_batch_seconds
+        if current and (len(current) >= batch_size or too_long):
+            batches.append(current)
+            current = []
+        current.append((utterance, seconds))
+    if current:
+        batches.append(current)
+    return [[utterance for utterance, _ in batch] for batch in batches]
+
+
+class Runner:
+    """Classifies batches, writes results and failures as they come."""
+
+    def __init__(self, args, classifier, results, out_file, errors_file, texts):
+        self.args, self.classifier, self.results = args, classifier, results
+        self.out_file, self.errors_file, self.texts = out_file, errors_file, texts
+        self.done, self.failed = {}, []
+
+    def fail(self, utterance, reason):
+        self.failed.append(Failure(utterance.utt, utterance.line, reason))
+        write_failure(self.errors_file, self.args.wav_scp, self.failed[-1])
+
+    def run_batch(self, batch):
+        from crab.inference import AudioError, check_audio, load_audio_file
+
+        clf = self.classifier
+        cut = clf.max_samples
+        audios = {}
+        for utterance in batch:
+            try:  # ASR hears the whole file, the model its first max_duration seconds (as in training)
+                asr = self.args.text_mode == "asr"
+                wav = load_audio_file(utterance.path) if asr else clf.load_audio(utterance.path)
+            except AudioError as err:
+                self.fail(utterance, str(err))
+                continue
+            problem = check_audio(wav[:cut] if cut else wav, clf.min_samples)
+            if problem:
+                self.fail(utterance, f"{problem}: {utterance.path}")
+                continue
+            audios[utterance.utt] = wav
+        usable = [u for u in batch if u.utt in audios]
+        texts = {}
+        if self.args.text_mode == "gold":  # checked before: every one has a transcript
+            texts = {u.utt: self.texts[u.utt] for u in usable}
+        elif self.args.text_mode == "asr" and usable:
+            def transcribe(group):
+                transcripts = self.classifier.transcribe_batch([audios[u.utt] for u in group])
+                return dict(zip([u.utt for u in group], transcripts))
+
+            for utt, text in self.isolated(transcribe, usable, "transcription").items():
+                if text:
+                    texts[utt] = text
+                else:
+                    self.fail(next(u for u in usable if u.utt == utt),
+                              f"the ASR model ({self.args.asr_model}) gave an empty transcript")
+        if self.args.text_mode != "none":
+            usable = [u for u in usable if u.utt in texts]
+        if usable:
+            self.isolated(lambda group: self.classify(group, audios, texts), usable, "classification")
+
+    def isolated(self, fn, usable, what):
+        """``fn(usable)`` (a dict); when it raises, ``fn`` on each utterance alone, so that
+        only the utterances that break it fail."""
+        try:
+            return fn(usable)
+        except Exception as err:  # noqa: BLE001 - bad input must not stop the run
+            if len(usable) > 1:
+                logger.warning("%s of a batch of %d failed (%s): one utterance at a time", what, len(usable), err)
+            else:
+                self.fail(usable[0], f"{what} failed: {type(err).__name__}: {err}")
+                return {}
+        results = {}
+        for utterance in usable:
+            try:
+                results.update(fn([utterance]))
+            except Exception as err:  # noqa: BLE001
+                self.fail(utterance, f"{what} failed: {type(err).__name__}: {err}")
+        return results
+
+    def classify(self, usable, audios, texts):
+        import torch
+
+        cut = self.classifier.max_samples
+        wavs = [audios[u.utt][:cut] if cut else audios[u.utt] for u in usable]
+        lengths = torch.tensor([len(w) for w in wavs], dtype=torch.float32)
+        padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+        batch_texts = [texts[u.utt] for u in usable] if self.args.text_mode != "none" else None
+        out_prob = self.classifier.classify_batch(padded, batch_texts, lengths / padded.shape[1])[0]
+        lines = [
+            self.results.line(u.utt, probs, texts.get(u.utt, ""))
+            for u, probs in zip(usable, out_prob.cpu().tolist())
+        ]
+        self.out_file.writelines(lines)
+        self.out_file.flush()
+        os.fsync(self.out_file.fileno())
+        self.done.update((u.utt, line) for u, line in zip(usable, lines))
+        return dict(zip([u.utt for u in usable], lines))
+
+
+def write_failure(errors_file, wav_scp, failure):
+    logger.warning("%s:%d: %s: %s", wav_scp, failure.line, failure.utt, failure.reason)
+    errors_file.write(f"{failure.utt}\t{failure.line}\t{failure.reason}\n")
+    errors_file.flush()
+
+
+def transcript_problem(utt, texts, path):
+    """Why the gold transcript of ``utt`` cannot be used, or None."""
+    if utt not in texts:
+        return f"no transcript in {path}"
+    if texts[utt] is None:
+        return f"two transcripts in {path}"
+    if not texts[utt]:
+        return f"empty transcript in {path}"
+    return None
+
+
+def audio_seconds(utterance, max_duration):
+    """Duration from the file header (for batching), or the reason it cannot be read."""
+    import soundfile as sf
+
+    if not os.path.isfile(utterance.path):
+        return None, f"missing audio file {utterance.path}"
+    try:
+        info = sf.info(utterance.path)
+    except (RuntimeError, sf.LibsndfileError) as err:
+        return None, f"unreadable audio file {utterance.path} ({err})"
+    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    return (min(seconds, max_duration) if max_duration else seconds), None
+
+
+def str2bool(value):
+    if value.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
+    return value.lower() == "true"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="crab-infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--model", required=True, help="packaged model directory (crab.bin.package)")
+    parser.add_argument("--wav_scp", required=True, help="Kaldi-style '<utt-id> <audio path>' lines")
+    parser.add_argument("--out", required=True, help="results file (resumed when it exists)")
+    parser.add_argument("--text_mode", required=True, choices=TEXT_MODES,
+                        help="gold: --text file; asr: transcribe with --asr_model; none: speech-only model")
+    parser.add_argument("--text", default=None,
+                        help="with --text_mode gold: Kaldi text file '<utt-id> <transcript>'")
+    parser.add_argument("--format", choices=FORMATS, default="auto",
+                        help="tsv or jsonl (auto: from --out's extension)")
+    parser.add_argument("--device", default="auto", help="auto (cuda:0 when there is a GPU), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch_size", type=int, default=8, help="utterances per batch (sorted by length)")
+    parser.add_argument("--max_batch_seconds", type=float, default=0.0,
+                        help="> 0: at most this much padded audio per batch (seconds)")
+    parser.add_argument("--asr_model", default=DEFAULT_ASR_MODEL, help="--text_mode asr: hub id or local directory")
+    parser.add_argument("--asr_backend", choices=ASR_BACKENDS, default="auto", help="see crab.bin.transcribe")
+    parser.add_argument("--language", default=None, help="Whisper: spoken language, e.g. english (default: detected)")
+    parser.add_argument("--num_beams", type=int, default=1, help="ASR beam size")
+    parser.add_argument("--max_new_tokens", type=int, default=128, help="longest ASR transcript, in tokens")
+    parser.add_argument("--asr_dtype", choices=ASR_DTYPES, default="auto", help="auto: float16 on CUDA, else float32")
+    parser.add_argument("--skip_errors", type=str2bool, nargs="?", const=True, default=False,
+                        help="exit 0 even when some utterances failed (they are still listed in <out>.errors)")
+    parser.add_argument("--overwrite", type=str2bool, nargs="?", const=True, default=False,
+                        help="start over instead of resuming")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch_size must be at least 1")
+    return args
+
+
+def run(args):
+    """Classify; returns ``(number of utterances, done before, done now, failures)``."""
+    info = read_model_info(args.model)
+    check_text_mode(args, info)
+    if not os.path.isfile(args.wav_scp):
+        raise UsageError(f"--wav_scp {args.wav_scp}: no such file")
+    device = resolve_device(args.device)
+    fmt = output_format(args.format, args.out)
+    asr_model = args.asr_model if args.text_mode == "asr" else None
+    results = Results(args.out, fmt, info["classes"], args.text_mode, asr_model)
+    settings = {"model": os.path.abspath(args.model), "classes": list(info["classes"]), "format": fmt,
+                "text_mode": args.text_mode, "asr_model": asr_model}
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)
+    check_settings(args.out + ".model", settings, args.out, args.overwrite)
+
+    utterances, failures = parse_wav_scp(args.wav_scp)
+    order = [u.utt for u in utterances]
+    known = set(order)
+    previous = {utt: line for utt, line in results.read().items() if utt in known}
+    results.rewrite(previous, order)  # drops a cut-off line and utterances no longer in wav.scp
+    texts = read_text(args.text) if args.text else {}
+    if texts:
+        unknown = len(set(texts) - known)
+        if unknown:
+            logger.info("%s: %d transcripts of utterances not in %s (ignored)", args.text, unknown, args.wav_scp)
+
+    with open(args.out + ".errors", "w", encoding="utf-8") as errors_file:
+        errors_file.write("id\tline\treason\n")
+        for failure in failures:
+            write_failure(errors_file, args.wav_scp, failure)
+        todo, failed = [], list(failures)
+        for utterance in utterances:
+            if utterance.utt in previous:
+                continue
+            seconds, problem = audio_seconds(utterance, info.get("max_duration"))
+            if not problem and args.text_mode == "gold":
+                problem = transcript_problem(utterance.utt, texts, args.text)
+            if problem:
+                failed.append(Failure(utterance.utt, utterance.line, problem))
+                write_failure(errors_file, args.wav_scp, failed[-1])
+            else:
+                todo.append((utterance, seconds))
+        logger.info("%s: %d utterances, %d classified before, %d to classify, %d unusable",
+                    args.wav_scp, len(utterances) + len(failures), len(previous), len(todo), len(failed))
+        done = {}
+        if todo:
+            done, more = classify_all(args, device, results, todo, errors_file, texts)
+            failed += more
+    previous.update(done)
+    results.rewrite(previous, order)
+    return len(utterances) + len(failures), len(previous) - len(done), len(done), failed
+
+
+def classify_all(args, device, results, todo, errors_file, texts):
+    from tqdm import tqdm
+
+    from crab.inference import CrabClassifier
+
+    logger.info("Loading %s on %s", args.model, device)
+    classifier = CrabClassifier.from_hparams(source=args.model, run_opts={"device": device})
+    if args.text_mode == "asr":
+        classifier.load_asr(args.asr_model, device=device, backend=args.asr_backend, language=args.language,
+                            num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, dtype=args.asr_dtype)
+    batches = make_batches(todo, args.batch_size, args.max_batch_seconds)
+    with open(args.out, "a", encoding="utf-8") as out_file:
+        runner = Runner(args, classifier, results, out_file, errors_file, texts)
+        last_log, processed = time.monotonic(), 0
+        with tqdm(total=len(todo), unit="utt", disable=not sys.stderr.isatty(), file=sys.stderr) as progress:
+            for k, batch in enumerate(batches):
+                runner.run_batch(batch)
+                progress.update(len(batch))
+                processed += len(batch)
+                if progress.disable and (time.monotonic() - last_log > 30 or k == len(batches) - 1):
+                    logger.info("%d of %d utterances processed (%d failed)", processed, len(todo), len(runner.failed))
+                    last_log = time.monotonic()
+    return runner.done, runner.failed
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        total, before, now, failed = run(args)
+    except UsageError as err:
+        sys.exit(f"ERROR: {err}")
+    summary = f"{args.out}: {before + now} of {total} utterances classified ({now} now, {before} before)"
+    if failed:
+        summary += f"; {len(failed)} failed, listed in {args.out}.errors"
+    print(summary)
+    if failed and not args.skip_errors:
+        print(f"ERROR: {len(failed)} utterance(s) failed (e.g. {failed[0].utt}, line {failed[0].line}: "
+              f"{failed[0].reason}); --skip_errors to exit 0", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

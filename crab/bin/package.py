@@ -1,0 +1,359 @@
+"""Package a trained Crab as a self-contained inference model directory (stage 7).
+
+    python -m crab.bin.package hparams.yaml [--key=value ...] --out DIR \\
+        [--text_source gold|asr] [--asr_model ID]
+
+Takes the training yaml and overrides of the run (as ``crab.bin.evaluate``),
+loads the best checkpoint on ``ckpt_metric`` and writes DIR:
+
+    hyperparams.yaml        inference hparams: CrabClassifier.from_hparams(source=DIR)
+    model.ckpt              the Crab state_dict (encoders and head; no contrastive legs)
+    label_encoder.ckpt      the label encoder, in the recipe's fixed class order
+    class_weights.json      per-class training counts and WCE weights (from wce.ckpt)
+    metadata.json           the run, checkpoint and its validation scores, encoder
+                            sources (hub ids or paths), transcripts used, versions
+    train_hyperparams.yaml  the run's resolved training hyperparameters
+    speech_encoder/         config (and feature extractor) of the speech encoder
+    text_encoder/           config and tokenizer of the text encoder
+    custom_interface.py     for SpeechBrain's foreign_class
+
+The encoders are rebuilt from their configs (``pretrained: false``) and get their
+weights from model.ckpt, so DIR needs neither the training data nor the hub.
+The package is checked before it replaces DIR: loaded back with CrabClassifier,
+it must give the trained model's outputs. Re-running rewrites DIR the same way.
+"""
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+import torch
+
+import crab
+from crab.data import label_encoder
+from crab.experiment import TOP_LEVEL_KEY, parse_and_load
+from crab.inference import ENCODER_DIRS, CrabClassifier
+
+logger = logging.getLogger(__name__)
+
+TEXT_SOURCES = ("gold", "asr", "unknown")
+METADATA = "metadata.json"
+
+CUSTOM_INTERFACE = '''"""SpeechBrain foreign_class entry point of a packaged Crab model (needs the crab package).
+
+    foreign_class(source=THIS_DIR, pymodule_file="custom_interface.py", classname="CrabClassifier")
+"""
+
+from crab.inference import CrabClassifier  # noqa: F401
+'''
+
+HPARAMS_TEMPLATE = """# Crab inference hyperparameters, written by crab.bin.package.
+# Load with crab.inference.CrabClassifier.from_hparams(source=<this directory>) or
+# speechbrain.inference.interfaces.foreign_class(source=<this directory>,
+#     pymodule_file="custom_interface.py", classname="CrabClassifier").
+# The encoders are built from the configs in speech_encoder/ and text_encoder/
+# (random init) and get their weights from model.ckpt; metadata.json says where
+# they came from and how the model was trained.
+
+sample_rate: 16000
+classes: {classes}
+max_duration: {max_duration}  # seconds of audio kept per utterance, as in training
+train_text_source: {text_source}  # transcripts the model was trained on
+
+# ---- model ----
+num_classes: {num_classes}
+modality: {modality}  # bimodal | speech | text
+hidden_dim: {hidden_dim}
+num_heads: {num_heads}
+attention_dropout: {attention_dropout}
+scaled_pooling: {scaled_pooling}
+bottleneck_dim: {bottleneck_dim}
+dropout: {dropout}
+unimodal_leg_input: {unimodal_leg_input}
+
+model: !new:crab.inference.PackagedCrab
+    speech_encoder: {speech_encoder}
+    text_encoder: {text_encoder}
+    num_classes: !ref <num_classes>
+    modality: !ref <modality>
+    hidden_dim: !ref <hidden_dim>
+    num_heads: !ref <num_heads>
+    attention_dropout: !ref <attention_dropout>
+    scaled_pooling: !ref <scaled_pooling>
+    bottleneck_dim: !ref <bottleneck_dim>
+    dropout: !ref <dropout>
+    unimodal_leg_input: !ref <unimodal_leg_input>
+
+label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
+
+modules:
+    model: !ref <model>
+
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        model: !ref <model>
+        label_encoder: !ref <label_encoder>
+"""
+
+
+class PackageError(RuntimeError):
+    """The run cannot be packaged."""
+
+
+def crab_options(model):
+    """The ``crab.model.Crab`` arguments of a built model (the strict load of the
+    package check proves them right)."""
+    branch = model.branches[0]
+    options = {
+        "num_classes": model.classifier.out.out_features,
+        "modality": model.modality,
+        "hidden_dim": model.unimodal[branch].projection[0].out_features,
+        "num_heads": 1,
+        "attention_dropout": 0.0,
+        "scaled_pooling": model.pooling[branch].scale != 1.0,
+        "bottleneck_dim": model.classifier.bottleneck_dim,
+        "dropout": model.classifier.dropout.p,
+        "unimodal_leg_input": model.unimodal_leg_input,
+    }
+    if model.cross_modal is not None:
+        attention = model.cross_modal.speech_to_text
+        options.update(num_heads=attention.num_heads, attention_dropout=attention.dropout)
+    return options
+
+
+def _source_record(source):
+    """Where an encoder came from: the hub id or path as given, and the absolute path of a local one."""
+    record = {"source": source}
+    if source and os.path.isdir(source):
+        record["path"] = os.path.abspath(source)
+    return record
+
+
+def save_speech_encoder(encoder, out_dir):
+    """Config (and feature extractor) of a ``SpeechEncoder``; returns its yaml options and record."""
+    from transformers import AutoFeatureExtractor
+
+    os.makedirs(out_dir)
+    config = encoder.model.config
+    source = config.name_or_path
+    config.save_pretrained(out_dir)
+    if encoder.is_whisper:
+        encoder.features.save_pretrained(out_dir)
+    else:
+        try:
+            AutoFeatureExtractor.from_pretrained(source).save_pretrained(out_dir)
+        except (OSError, ValueError):  # config-only directories (tiny encoders)
+            pass
+    options = {
+        "source": ENCODER_DIRS["speech"],
+        "layer_weighting": encoder.layer_weighting,
+        "normalize_waveform": bool(encoder.normalize_waveform),
+    }
+    return options, {**_source_record(source), "model_type": config.model_type}
+
+
+def save_text_encoder(encoder, out_dir):
+    """Config and tokenizer of a ``TextEncoder``; returns its yaml options and record."""
+    os.makedirs(out_dir)
+    config = encoder.model.config
+    config.save_pretrained(out_dir)
+    encoder.tokenizer.save_pretrained(out_dir)
+    options = {
+        "source": ENCODER_DIRS["text"],
+        "tokenizer": ENCODER_DIRS["text"],
+        "layer_weighting": encoder.layer_weighting,
+        "max_length": encoder.max_length,
+    }
+    record = {
+        **_source_record(config.name_or_path),
+        "model_type": config.model_type,
+        "tokenizer": _source_record(encoder.tokenizer.name_or_path),
+    }
+    return options, record
+
+
+def _flow(value):
+    """A value as one-line YAML (JSON is YAML)."""
+    return json.dumps(value)
+
+
+def write_hparams(path, options, speech, text, classes, max_duration, text_source):
+    values = {k: _flow(v) for k, v in options.items()}
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(HPARAMS_TEMPLATE.format(
+            classes=_flow(list(classes)), max_duration=_flow(max_duration), text_source=text_source,
+            speech_encoder=_flow(speech), text_encoder=_flow(text), **values,
+        ))
+
+
+def class_weights(hparams, checkpoint, classes):
+    """``{class: {"count", "weight"}}``: weights from the checkpoint's wce.ckpt,
+    counts from the run's class_weights.json when there is one."""
+    weights = None
+    if "wce" in checkpoint.paramfiles:
+        weights = torch.load(checkpoint.paramfiles["wce"], map_location="cpu")["weight"].tolist()
+    saved = {}
+    saved_path = os.path.join(hparams["save_folder"], "class_weights.json")
+    if os.path.isfile(saved_path):
+        with open(saved_path, encoding="utf-8") as f:
+            saved = json.load(f)
+    table = {}
+    for k, c in enumerate(classes):
+        entry = {}
+        if c in saved and "count" in saved[c]:
+            entry["count"] = saved[c]["count"]
+        entry["weight"] = weights[k] if weights is not None else saved.get(c, {}).get("weight")
+        table[c] = entry
+    return table
+
+
+def git_commit():
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(crab.__file__)),
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def versions():
+    import speechbrain
+    import transformers
+
+    return {
+        "crab": crab.__version__, "speechbrain": speechbrain.__version__,
+        "transformers": transformers.__version__, "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def check_package(model_dir, model, needs, max_duration=None):
+    """Load ``model_dir`` back and compare its outputs with ``model``'s on a probe input
+    (one second of noise, or ``max_duration`` if shorter, and a short sentence)."""
+    classifier = CrabClassifier.from_hparams(source=model_dir, run_opts={"device": "cpu"})
+    generator = torch.Generator().manual_seed(0)
+    samples = 16000 if max_duration is None else min(16000, int(max_duration * 16000))
+    wavs = 0.1 * torch.randn(2, samples, generator=generator)
+    wav_lens = torch.tensor([1.0, 0.75])
+    texts = ["a probe sentence to check the package", "another one"] if needs["text"] else None
+    model.eval()
+    with torch.no_grad():
+        logits, _ = model(wavs if needs["speech"] else None, wav_lens if needs["speech"] else None, texts)
+    expected = torch.softmax(logits.float(), dim=-1)
+    got = classifier.classify_batch(wavs, texts, wav_lens)[0]
+    if not torch.allclose(got, expected, atol=1e-5):
+        raise PackageError(
+            f"the packaged model in {model_dir} does not reproduce the trained one "
+            f"(max difference {float((got - expected).abs().max()):.3g})"
+        )
+
+
+def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=None, arguments=None):
+    """Write the package of the run ``hparams`` describes to ``out``; returns metadata."""
+    metric = hparams["ckpt_metric"]
+    checkpoint = hparams["checkpointer"].find_checkpoint(max_key=metric)
+    if checkpoint is None:
+        raise PackageError(f"no checkpoint with {metric} in {hparams['save_folder']}: train first")
+    model = hparams["model"]
+    state = torch.load(checkpoint.paramfiles["model"], map_location="cpu")
+    model.load_state_dict(state, strict=True)
+    classes = list(hparams["classes"])
+    encoder_path = os.path.join(hparams["save_folder"], "label_encoder.txt")
+    labels = label_encoder(classes, encoder_path if os.path.isfile(encoder_path) else None)
+
+    if os.path.exists(out) and not os.path.isfile(os.path.join(out, METADATA)):
+        raise PackageError(f"{out} exists and is not a Crab package: remove it or choose another --out")
+    tmp = out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+
+    shutil.copyfile(checkpoint.paramfiles["model"], os.path.join(tmp, "model.ckpt"))
+    labels.save(os.path.join(tmp, "label_encoder.ckpt"))
+    with open(os.path.join(tmp, "class_weights.json"), "w", encoding="utf-8") as f:
+        json.dump(class_weights(hparams, checkpoint, classes), f, indent=2)
+    encoders, speech, text = {}, None, None
+    if model.speech_encoder is not None:
+        folder = os.path.join(tmp, ENCODER_DIRS["speech"])
+        speech, encoders["speech"] = save_speech_encoder(model.speech_encoder, folder)
+    if model.text_encoder is not None:
+        text, encoders["text"] = save_text_encoder(model.text_encoder, os.path.join(tmp, ENCODER_DIRS["text"]))
+    write_hparams(os.path.join(tmp, "hyperparams.yaml"), crab_options(model), speech, text, classes,
+                  hparams.get("max_duration"), text_source)
+    with open(os.path.join(tmp, "custom_interface.py"), "w", encoding="utf-8") as f:
+        f.write(CUSTOM_INTERFACE)
+    resolved = os.path.join(hparams["output_folder"], "hyperparams.yaml")
+    if os.path.isfile(resolved):
+        shutil.copyfile(resolved, os.path.join(tmp, "train_hyperparams.yaml"))
+    epoch = None
+    if "counter" in checkpoint.paramfiles:
+        with open(checkpoint.paramfiles["counter"], encoding="utf-8") as f:
+            epoch = int(f.read().strip())
+    metadata = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "classes": classes,
+        "modality": model.modality,
+        "training": {
+            "output_folder": os.path.abspath(hparams["output_folder"]),
+            "hparams_file": hparams_file,
+            "arguments": list(arguments or []),
+            "checkpoint": os.path.abspath(checkpoint.path),
+            "epoch": epoch,
+            "ckpt_metric": metric,
+            "valid_scores": {k: v for k, v in checkpoint.meta.items() if k not in ("unixtime", "end-of-epoch")},
+            "text_source": text_source,
+            "asr_model": asr_model if text_source == "asr" else None,
+        },
+        "encoders": encoders,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "git_commit": git_commit(),
+        "versions": versions(),
+    }
+    with open(os.path.join(tmp, METADATA), "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=2)
+
+    needs = {"speech": model.speech_encoder is not None, "text": model.text_encoder is not None}
+    check_package(tmp, model, needs, hparams.get("max_duration"))
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return metadata
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--out", required=True, help="the model directory to write")
+    parser.add_argument("--text_source", choices=TEXT_SOURCES, default="unknown",
+                        help="transcripts the model was trained on (recorded in the package)")
+    parser.add_argument("--asr_model", default="", help="with --text_source asr: the ASR model of those transcripts")
+    args, rest = parser.parse_known_args(argv)
+    if not rest or rest[0].startswith("-"):
+        parser.error("the first argument must be the training hyperparameters (yaml)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with open(rest[0], encoding="utf-8") as f:
+        declared = set(TOP_LEVEL_KEY.findall(f.read()))
+    arguments = list(rest[1:])
+    if "pretrained_encoders" in declared and not any(a.startswith("--pretrained_encoders") for a in rest):
+        rest.append("--pretrained_encoders=false")  # the weights come from the checkpoint
+    hparams_file, _, _, hparams = parse_and_load(rest)
+    try:
+        metadata = package(hparams, args.out, args.text_source, args.asr_model or None,
+                           os.path.abspath(hparams_file), arguments)
+    except PackageError as err:
+        sys.exit(f"ERROR: {err}")
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in metadata["training"]["valid_scores"].items()
+                       if isinstance(v, (int, float)))
+    print(f"{args.out}: {metadata['modality']} Crab, classes {metadata['classes']}, "
+          f"epoch {metadata['training']['epoch']} (valid {scores})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+"""Inference with a packaged Crab: ``CrabClassifier``, a SpeechBrain ``Pretrained``.
+
+A model directory written by ``crab.bin.package`` (recipe stage 7) loads with
+
+    from crab.inference import CrabClassifier
+    classifier = CrabClassifier.from_hparams(source="exp/crab/main/seed42/model")
+    out_prob, score, index, text_lab = classifier.classify_file("a.wav", text="I told you so")
+
+or, without importing crab first, with SpeechBrain's ``foreign_class(source=DIR,
+pymodule_file="custom_interface.py", classname="CrabClassifier")``. The model is
+loaded in place: nothing (no symlink, no copy) is written next to it, unless a
+``savedir`` is asked for.
+
+The packaged ``hyperparams.yaml`` builds the encoders from the configs and
+tokenizer stored in the directory (``pretrained: false``): no hub access, no
+training data. Because hyperpyyaml cannot tell a yaml file where it lives,
+``PackagedCrab`` builds the model when the ``Pretrainer`` hands it ``model.ckpt``,
+from the directory that file is in.
+"""
+
+import argparse
+import logging
+import os
+import shutil
+
+import soundfile as sf
+import torch
+from torch import nn
+from speechbrain.inference.interfaces import Pretrained
+from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_hooks
+from speechbrain.utils.fetching import LocalStrategy
+
+from crab.data import SAMPLE_RATE, read_audio
+from crab.encoders import SpeechEncoder, TextEncoder
+from crab.model import Crab
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ASR_MODEL = "openai/whisper-large-v3"  # as the MSP-Podcast recipe
+# Peak amplitude at or below which audio counts as silent (about -80 dBFS, 3 LSB at 16 bit).
+SILENCE_PEAK = 1e-4
+ENCODER_DIRS = {"speech": "speech_encoder", "text": "text_encoder"}
+
+
+class AudioError(ValueError):
+    """Audio that the model cannot classify: missing, unreadable, empty, silent or too short."""
+
+
+def check_audio(wav, min_samples):
+    """Why the 16 kHz waveform ``wav`` (1-D) cannot be classified, or None."""
+    if wav.numel() == 0:
+        return "empty audio (no samples)"
+    if wav.numel() < min_samples:
+        return (
+            f"audio too short for the speech encoder ({wav.numel()} samples at 16 kHz, "
+            f"need at least {min_samples})"
+        )
+    peak = float(wav.abs().max())
+    if peak <= SILENCE_PEAK:
+        return f"silent audio (peak amplitude {peak:.2g})"
+    return None
+
+
+def load_audio_file(path, max_duration=None):
+    """Mono 16 kHz float32 waveform of ``path`` (any rate, any channel count).
+
+    Raises ``AudioError`` naming the file when it is missing or unreadable.
+    """
+    if not os.path.isfile(path):
+        raise AudioError(f"missing audio file {path}")
+    try:
+        return read_audio(path, max_duration)
+    except (OSError, RuntimeError, sf.LibsndfileError) as err:
+        raise AudioError(f"unreadable audio file {path} ({err})") from None
+
+
+def _resolve(model_dir, source):
+    """An encoder source of the yaml: a folder of the package, else a hub id or path."""
+    local = os.path.join(model_dir, source)
+    return local if os.path.isdir(local) else source
+
+
+@register_checkpoint_hooks
+class PackagedCrab(nn.Module):
+    """A ``crab.model.Crab`` built from a package directory when its weights are loaded.
+
+    Arguments
+    ---------
+    speech_encoder, text_encoder : dict or None
+        ``crab.encoders.SpeechEncoder`` / ``TextEncoder`` options; ``source`` (and
+        ``tokenizer``) are folders of the package directory (or hub ids). Built
+        with ``pretrained=False``: the weights come from ``model.ckpt``.
+    **crab_options
+        ``crab.model.Crab`` arguments (num_classes, modality, hidden_dim, ...).
+    """
+
+    def __init__(self, speech_encoder=None, text_encoder=None, **crab_options):
+        super().__init__()
+        self.encoder_options = {"speech": speech_encoder, "text": text_encoder}
+        self.crab_options = crab_options
+        self.crab = None
+        self.model_dir = None
+
+    def build(self, model_dir):
+        """Build the (randomly initialised) Crab from the configs in ``model_dir``."""
+        speech, text = (dict(self.encoder_options[b] or {}) for b in ("speech", "text"))
+        if speech:
+            speech["source"] = _resolve(model_dir, speech["source"])
+        if text:
+            text["source"] = _resolve(model_dir, text["source"])
+            text["tokenizer"] = _resolve(model_dir, text.get("tokenizer") or text["source"])
+        self.crab = Crab(
+            speech_encoder=(lambda: SpeechEncoder(pretrained=False, **speech)) if speech else None,
+            text_encoder=(lambda: TextEncoder(pretrained=False, **text)) if text else None,
+            **self.crab_options,
+        )
+        self.model_dir = model_dir
+        return self.crab
+
+    @mark_as_transfer
+    def load_package(self, path):
+        """Build the model from the directory of ``path`` (model.ckpt) and load it (strict)."""
+        model_dir = self._find_model_dir(path)
+        self.build(model_dir)
+        state = torch.load(path, map_location="cpu")
+        try:
+            self.crab.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise RuntimeError(f"{path} does not fit the model of {model_dir}/hyperparams.yaml: {err}") from None
+
+    def _find_model_dir(self, path):
+        """The package directory: where ``path`` is, or where a link to it points."""
+        needed = [o["source"] for o in self.encoder_options.values() if o]
+        candidates = [os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))]
+        for candidate in candidates:
+            if all(os.path.isdir(os.path.join(candidate, s)) or not _is_local_name(s) for s in needed):
+                return candidate
+        raise FileNotFoundError(
+            f"the encoder folders {needed} are not next to {path}: load the model from its "
+            "package directory (no savedir), or copy the whole directory"
+        )
+
+    @property
+    def min_samples(self):
+        """Shortest waveform (16 kHz samples) the speech encoder can take; 0 without one."""
+        encoder = self._model().speech_encoder
+        return encoder.min_samples if encoder is not None else 0
+
+    @property
+    def needs_text(self):
+        return self._model().text_encoder is not None
+
+    @property
+    def needs_speech(self):
+        return self._model().speech_encoder is not None
+
+    def _model(self):
+        if self.crab is None:
+            raise RuntimeError("PackagedCrab is built when its model.ckpt is loaded (by the Pretrainer)")
+        return self.crab
+
+    def forward(self, wavs=None, wav_lens=None, texts=None):
+        return self._model()(wavs, wav_lens, texts)
+
+
+def _is_local_name(source):
+    """A package folder name (``speech_encoder``), as opposed to a hub id or absolute path."""
+    return not os.path.isabs(source) and "/" not in source
+
+
+class CrabClassifier(Pretrained):
+    """Speech emotion recognition with a packaged Crab.
+
+    ``classify_batch`` and ``classify_file`` return ``(out_prob, score, index,
+    text_lab)`` as SpeechBrain's classifiers do: ``out_prob`` holds the class
+    probabilities (softmax, batch x classes, in the label encoder's order),
+    ``score`` the highest probability, ``index`` its class index and
+    ``text_lab`` the label names.
+
+    A bimodal or text model needs a transcript per utterance. Without one,
+    transcribe explicitly: ``load_asr()`` then ``transcribe_file()`` /
+    ``transcribe_batch()`` (what ``crab-infer --text_mode asr`` does).
+
+    Example
+    -------
+    >>> classifier = CrabClassifier.from_hparams(source="exp/crab/main/seed42/model")  # doctest: +SKIP
+    >>> classifier.classify_file("angry.wav", text="I told you so")[3]                  # doctest: +SKIP
+    ['angry']
+    """
+
+    HPARAMS_NEEDED = ["classes", "label_encoder", "modality"]
+    MODULES_NEEDED = ["model"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        encoder = self.hparams.label_encoder
+        labels = [encoder.ind2lab[i] for i in range(len(encoder))] if len(encoder) else []
+        if labels != list(self.hparams.classes):
+            raise ValueError(
+                f"label_encoder.ckpt holds {labels}, but hyperparams.yaml says {list(self.hparams.classes)}"
+            )
+        encoder.expect_len(len(labels))
+        self.asr = None
+        self.asr_model = None
+
+    @classmethod
+    def from_hparams(cls, source, hparams_file="hyperparams.yaml", local_strategy=LocalStrategy.NO_LINK, **kwargs):
+        """Load from a package directory; by default in place (``LocalStrategy.NO_LINK``).
+
+        With a ``savedir`` and a copying strategy, the encoder folders are copied
+        there too, so that the copy is complete.
+        """
+        savedir = kwargs.get("savedir")
+        copying = local_strategy in (LocalStrategy.COPY, LocalStrategy.COPY_SKIP_CACHE)
+        if savedir is not None and copying and os.path.isdir(str(source)):
+            for folder in ENCODER_DIRS.values():
+                if os.path.isdir(os.path.join(source, folder)):
+                    shutil.copytree(os.path.join(source, folder), os.path.join(savedir, folder), dirs_exist_ok=True)
+        return super().from_hparams(source, hparams_file=hparams_file, local_strategy=local_strategy, **kwargs)
+
+    @property
+    def classes(self):
+        return list(self.hparams.classes)
+
+    @property
+    def needs_text(self):
+        return self.mods.model.needs_text
+
+    @property
+    def min_samples(self):
+        return self.mods.model.min_samples
+
+    @property
+    def max_samples(self):
+        """Audio kept per utterance (as in training), in 16 kHz samples; None keeps all."""
+        max_duration = getattr(self.hparams, "max_duration", None)
+        return None if max_duration is None else int(max_duration * SAMPLE_RATE)
+
+    def load_audio(self, path, savedir=None):
+        """Mono 16 kHz waveform of ``path`` (any rate or channel count), cut to the
+        training ``max_duration``; ``AudioError`` when missing or unreadable."""
+        return load_audio_file(path, getattr(self.hparams, "max_duration", None))
+
+    def classify_file(self, path, text=None):
+        """Classify one audio file (any sample rate, any channel count)."""
+        wav = self.load_audio(path) if self.mods.model.needs_speech else torch.zeros(0)
+        if self.mods.model.needs_speech:
+            problem = check_audio(wav, self.min_samples)
+            if problem:
+                raise AudioError(f"{path}: {problem}")
+        texts = None if text is None else [text]
+        return self.classify_batch(wav.unsqueeze(0), texts)
+
+    def classify_batch(self, wavs, texts=None, wav_lens=None, sample_rate=SAMPLE_RATE):
+        """Classify a batch.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``(batch, time)`` mono waveforms, or ``(batch, time, channels)``
+            (averaged to mono), or one ``(time,)`` waveform; padded at the end.
+        texts : list of str or None
+            One transcript per utterance (ignored by a speech-only model).
+        wav_lens : torch.Tensor or None
+            SpeechBrain relative lengths (1.0 = the padded length); None: all full.
+        sample_rate : int
+            Rate of ``wavs``; resampled to 16 kHz when different.
+
+        Returns
+        -------
+        out_prob, score, index, text_lab
+        """
+        wavs, wav_lens = self._prepare_audio(wavs, wav_lens, sample_rate)
+        batch = wavs.shape[0] if wavs is not None else len(texts or [])
+        texts = self._prepare_texts(texts, batch)
+        with torch.no_grad(), self.inference_ctx:
+            logits, _ = self.mods.model(wavs, wav_lens, texts)
+        out_prob = torch.softmax(logits.float(), dim=-1)
+        score, index = torch.max(out_prob, dim=-1)
+        text_lab = self.hparams.label_encoder.decode_torch(index)
+        return out_prob, score, index, text_lab
+
+    def forward(self, wavs, texts=None, wav_lens=None):
+        return self.classify_batch(wavs, texts, wav_lens)
+
+    def _prepare_audio(self, wavs, wav_lens, sample_rate):
+        if not self.mods.model.needs_speech:
+            return None, None
+        wavs = torch.as_tensor(wavs, dtype=torch.float32)
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        elif wavs.dim() == 3:
+            wavs = wavs.mean(dim=-1)
+        elif wavs.dim() != 2:
+            raise ValueError(f"wavs must be (batch, time) or (batch, time, channels), got shape {tuple(wavs.shape)}")
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0])
+        wav_lens = torch.as_tensor(wav_lens, dtype=torch.float32).cpu()
+        if sample_rate != SAMPLE_RATE:
+            import torchaudio
+
+            wavs = torchaudio.functional.resample(wavs, sample_rate, SAMPLE_RATE)
+        lengths = torch.round(wav_lens * wavs.shape[1]).long().clamp(0, wavs.shape[1])
+        if self.max_samples is not None and wavs.shape[1] > self.max_samples:
+            wavs = wavs[:, : self.max_samples]
+            lengths = lengths.clamp(max=self.max_samples)
+        for i, (wav, n) in enumerate(zip(wavs, lengths.tolist())):
+            problem = check_audio(wav[:n], self.min_samples)
+            if problem:
+                raise AudioError(f"utterance {i} of the batch: {problem}")
+        wav_lens = lengths.float() / wavs.shape[1]
+        return wavs.to(self.device), wav_lens.to(self.device)
+
+    def _prepare_texts(self, texts, batch):
+        if not self.needs_text:
+            return None
+        if texts is None:
+            raise ValueError(
+                f"this {self.hparams.modality} model needs a transcript per utterance: pass texts "
+                "(or transcribe with load_asr() and transcribe_batch())"
+            )
+        texts = [str(t) for t in texts]
+        if len(texts) != batch:
+            raise ValueError(f"{len(texts)} transcripts for {batch} utterances")
+        empty = [i for i, t in enumerate(texts) if not t.strip()]
+        if empty:
+            raise ValueError(f"empty transcript for utterance(s) {empty} of the batch")
+        return texts
+
+    def load_asr(self, model=DEFAULT_ASR_MODEL, device=None, backend="auto", language=None, task=None,
+                 num_beams=1, max_new_tokens=128, dtype="auto"):
+        """Load an ASR model for ``transcribe_batch`` / ``transcribe_file``.
+
+        Any Hugging Face ASR model, through ``crab.bin.transcribe``'s loaders
+        (Whisper by default, as the MSP-Podcast recipe uses for its transcripts).
+        """
+        from crab.bin.transcribe import load_transcriber
+
+        args = argparse.Namespace(
+            model=model, device=device or self.device, backend=backend, language=language, task=task,
+            num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype,
+        )
+        self.asr = load_transcriber(args)
+        self.asr_model = model
+        return self
+
+    def transcribe_batch(self, wavs, wav_lens=None):
+        """Transcripts (one line each, single spaces) of 16 kHz mono audio: a padded
+        ``(batch, time)`` tensor with relative ``wav_lens``, or a list of 1-D waveforms."""
+        if self.asr is None:
+            raise RuntimeError("no ASR model: call load_asr() first")
+        if isinstance(wavs, (list, tuple)):
+            audios = [torch.as_tensor(w, dtype=torch.float32).cpu().numpy() for w in wavs]
+        else:
+            wavs = torch.as_tensor(wavs, dtype=torch.float32)
+            if wavs.dim() == 1:
+                wavs = wavs.unsqueeze(0)
+            if wav_lens is None:
+                wav_lens = torch.ones(wavs.shape[0])
+            lengths = torch.round(torch.as_tensor(wav_lens) * wavs.shape[1]).long().tolist()
+            audios = [wav[:n].cpu().numpy() for wav, n in zip(wavs, lengths)]
+        outputs = self.asr(audios) if audios else []
+        if len(outputs) != len(audios):
+            raise RuntimeError(f"the ASR model gave {len(outputs)} transcripts for {len(audios)} utterances")
+        return [" ".join(text.split()) for text in outputs]
+
+    def transcribe_file(self, path):
+        """Transcript of one audio file (any rate or channel count; not cut to max_duration)."""
+        return self.transcribe_batch(load_audio_file(path).unsqueeze(0))[0]

@@ -1,0 +1,370 @@
+"""Reports: per-run provenance, results tables (mean and std over folds and seeds),
+the ablation table, embedding cluster scores, and the training logger.
+
+Light on imports (numpy; scikit-learn and SpeechBrain only where needed), because
+the recipe calls the small command-line part for every run:
+
+    python -m crab.report overrides [--table conf/ablations.txt --ablation NAME] -- [--key=value ...]
+        print the yaml overrides of one run, one per line: the ablation's, then the
+        given ones; a later value of a key replaces an earlier one
+    python -m crab.report record_training --run_dir DIR --wall_s S --command CMD [--device D]
+        add S seconds to DIR/train_info.json and note the commit, machine and command
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from crab.metrics import METRICS
+
+TRAIN_INFO = "train_info.json"
+EMBEDDING_SCORES = ("silhouette", "calinski_harabasz", "davies_bouldin")
+
+
+# ---------------------------------------------------------------- provenance
+
+
+def git_commit(path=None):
+    """Short commit hash of the checkout holding ``path`` (``+dirty`` when files
+    differ from it), or ``unknown``."""
+    path = path or os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=path, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def machine(device="cpu"):
+    """One line: architecture, CPU model and cores, GPU, and the device used."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    gpus = "none"
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20, check=True).stdout
+            gpus = ", ".join(line.strip() for line in out.splitlines() if line.strip()) or "none"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return f"{platform.machine()}, {cpu} ({os.cpu_count()} cores), GPU: {gpus}; ran on {device}"
+
+
+def record_training(run_dir, wall_s, command, device="cpu"):
+    """Add ``wall_s`` seconds of training to ``run_dir/train_info.json`` (a resumed
+    run adds up), with the commit, machine and command of this invocation."""
+    path = os.path.join(run_dir, TRAIN_INFO)
+    info = read_train_info(run_dir) or {"wall_s": 0.0, "invocations": 0}
+    info["wall_s"] = float(info["wall_s"]) + float(wall_s)
+    info["invocations"] = int(info.get("invocations", 0)) + 1
+    info.update(
+        command=command,
+        commit=git_commit(),
+        machine=machine(device),
+        finished=datetime.datetime.now().isoformat(timespec="seconds"),
+    )
+    os.makedirs(run_dir, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+    return info
+
+
+def read_train_info(run_dir):
+    path = os.path.join(run_dir, TRAIN_INFO)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def format_duration(seconds):
+    if seconds is None:
+        return "n/a"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else (f"{minutes}m {secs:02d}s" if minutes else f"{secs}s")
+
+
+# ---------------------------------------------------------------- ablations and overrides
+
+
+def read_ablations(path):
+    """The ablation table: ``name | method | paper | overrides`` lines, ``#`` comments.
+
+    Returns ``{name: {"method", "paper", "overrides": [--key=value, ...]}}`` in file
+    order; ``overrides`` are shell words (quote values with spaces, e.g.
+    ``--encoder_lr='!ref <lr>'``).
+    """
+    table = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            fields = [field.strip() for field in line.split("|")]
+            if len(fields) != 4 or not fields[0]:
+                raise ValueError(f"{path}:{number}: expected 'name | method | paper | overrides', got '{line}'")
+            name, method, paper, overrides = fields
+            if name in table:
+                raise ValueError(f"{path}:{number}: ablation '{name}' defined twice")
+            words = shlex.split(overrides)
+            bad = [w for w in words if not (w.startswith("--") and "=" in w)]
+            if bad:
+                raise ValueError(f"{path}:{number}: overrides must be --key=value, got {bad}")
+            table[name] = {"method": method, "paper": paper, "overrides": words}
+    return table
+
+
+def merge_overrides(*groups):
+    """Concatenate ``--key=value`` lists; a later value of a key replaces an earlier
+    one in its place (hyperpyyaml rejects a key given twice)."""
+    merged = {}
+    for group in groups:
+        for word in group:
+            key = word.split("=", 1)[0] if word.startswith("--") else word
+            merged.pop(key, None)
+            merged[key] = word
+    return list(merged.values())
+
+
+def ablation_overrides(table_path, name, extra=()):
+    table = read_ablations(table_path)
+    if name not in table:
+        raise KeyError(f"no ablation '{name}' in {table_path}; known: {' '.join(table)}")
+    return merge_overrides(table[name]["overrides"], extra)
+
+
+# ---------------------------------------------------------------- results tables
+
+
+def _cell(mean, std=None, digits=4):
+    if mean is None or (isinstance(mean, float) and np.isnan(mean)):
+        return "n/a"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def mean_std(values):
+    """Mean and sample standard deviation (ddof 1; None for fewer than 2 values),
+    ignoring missing values; (None, None) when there is none."""
+    values = np.array([v for v in values if v is not None], dtype=float)
+    if len(values) == 0:
+        return None, None
+    return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else None)
+
+
+def summarise(rows, **meta):
+    """Summary of scored runs: ``meta``, the rows, mean and std per metric (and per
+    embedding score, where the runs have them)."""
+    summary = {**meta, "num_runs": len(rows), "runs": rows, "mean": {}, "std": {}}
+    for key in METRICS + EMBEDDING_SCORES + ("wall_s",):
+        values = [row.get(key) for row in rows]
+        if any(v is not None for v in values):
+            summary["mean"][key], summary["std"][key] = mean_std(values)
+    return summary
+
+
+def results_markdown(summary, title=None):
+    """Markdown results of one experiment on one test set: a row per run with its
+    training wall time and commit, mean ± std over the runs, then each run's
+    machine and command, and notes on classes absent from the test data."""
+    rows = summary["runs"]
+    lines = [f"## {title}", ""] if title else []
+    lines += [
+        "| run | N | " + " | ".join(METRICS) + " | train wall time | commit |",
+        "|" + "---|" * (len(METRICS) + 4),
+    ]
+    for row in rows:
+        cells = [_cell(row[m]) for m in METRICS]
+        lines.append(f"| {row['run']} | {row['num_utterances']} | " + " | ".join(cells)
+                     + f" | {format_duration(row.get('wall_s'))} | {row.get('commit') or 'n/a'} |")
+    if len(rows) > 1:
+        cells = [_cell(summary["mean"][m], summary["std"][m]) for m in METRICS]
+        wall = summary["mean"].get("wall_s")
+        lines.append(f"| mean ± std ({len(rows)} runs) | | " + " | ".join(cells)
+                     + f" | {format_duration(wall)} mean | |")
+    if any(k in summary["mean"] for k in EMBEDDING_SCORES):
+        lines += ["", "Fused (fc1) embeddings of the test set: "
+                  + ", ".join(f"{k} {_cell(summary['mean'].get(k), summary['std'].get(k), 3)}"
+                              for k in EMBEDDING_SCORES)
+                  + " (silhouette and Calinski-Harabasz: higher is better; Davies-Bouldin: lower)."]
+    notes = [f"- {row['run']}: no test utterance of {', '.join(row['absent_from_references'])} "
+             f"(UAR over the other classes)" for row in rows if row.get("absent_from_references")]
+    notes += [f"- {row['run']}: never predicted {', '.join(row['never_predicted'])} (recall 0)"
+              for row in rows if row.get("never_predicted")]
+    if notes:
+        lines += ["", "Classes:", *notes]
+    lines += ["", "Runs (machine and command of the last training invocation; wall time summed over resumes):"]
+    for row in rows:
+        if row.get("command"):
+            lines.append(f"- {row['run']}: {row.get('machine')}; `{row['command']}`")
+        else:
+            lines.append(f"- {row['run']}: no {TRAIN_INFO} (trained outside the recipe's stage 4)")
+    return "\n".join(lines) + "\n"
+
+
+def per_class_markdown(report, title=None):
+    """Per-class precision, recall and F1 with the counts, n/a where undefined."""
+    lines = [f"## {title}", ""] if title else []
+    lines += ["| class | support | predicted | precision | recall | F1 |", "|---|---|---|---|---|---|"]
+    for name in report["classes"]:
+        c = report["per_class"][name]
+        lines.append(f"| {name} | {c['support']} | {c['predicted']} | {_cell(c['precision'])} "
+                     f"| {_cell(c['recall'])} | {_cell(c['F1'])} |")
+    lines.append("| **all** | " + f"{report['num_utterances']} | | | UAR {report['UAR']:.4f} "
+                 f"| macro-F1 {report['macro_F1']:.4f} |")
+    if report["absent_from_references"]:
+        lines.append(f"\nNo test utterance of: {', '.join(report['absent_from_references'])}: "
+                     "recall undefined, left out of UAR.")
+    if report["never_predicted"]:
+        lines.append(f"\nNever predicted: {', '.join(report['never_predicted'])}: precision undefined, "
+                     "recall and F1 0.")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_markdown(entries, ablation_table=None, title=None):
+    """One table over experiments in the layout of the paper's Tables III/IV.
+
+    ``entries`` is a list of ``(name, summary)``; the method name and the paper's
+    number come from the ablation table when it knows the name. With a ``ce_only``
+    entry, a column gives each UAR minus the CE-only UAR.
+    """
+    table = read_ablations(ablation_table) if ablation_table else {}
+    base = dict(entries).get("ce_only")
+    has_embeddings = any(any(k in s["mean"] for k in EMBEDDING_SCORES) for _, s in entries)
+    header = ["method", "tag", "runs"] + list(METRICS)
+    header += ["ΔUAR vs CE"] if base else []
+    header += ["silhouette ↑", "CH ↑", "DB ↓"] if has_embeddings else []
+    header += ["paper UAR (MELD)"] if table else []
+    lines = [f"## {title}", ""] if title else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, summary in entries:
+        mean, std = summary["mean"], summary["std"]
+        cells = [table.get(name, {}).get("method", name), name, str(summary["num_runs"])]
+        cells += [_cell(mean.get(m), std.get(m)) for m in METRICS]
+        if base:
+            cells.append(f"{mean['UAR'] - base['mean']['UAR']:+.4f}")
+        if has_embeddings:
+            cells += [_cell(mean.get(k), std.get(k), 3) for k in EMBEDDING_SCORES]
+        if table:
+            cells.append(table.get(name, {}).get("paper") or "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+def embedding_scores(embeddings, labels):
+    """Silhouette (euclidean), Calinski-Harabasz and Davies-Bouldin scores of
+    embeddings grouped by their true label (None when fewer than 2 labels, or as
+    many labels as points)."""
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
+    embeddings, labels = np.asarray(embeddings, dtype=np.float64), np.asarray(labels)
+    groups = len(np.unique(labels))
+    if groups < 2 or groups >= len(labels):
+        return dict.fromkeys(EMBEDDING_SCORES)
+    return {
+        "silhouette": float(silhouette_score(embeddings, labels)),
+        "calinski_harabasz": float(calinski_harabasz_score(embeddings, labels)),
+        "davies_bouldin": float(davies_bouldin_score(embeddings, labels)),
+    }
+
+
+def project_2d(embeddings, method="pca", seed=0):
+    """2-D projection: ``pca`` (deterministic) or ``tsne``."""
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(embeddings)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30, max(2, (len(embeddings) - 1) // 3)))
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(embeddings)
+    raise ValueError(f"projection must be pca or tsne, got '{method}'")
+
+
+# ---------------------------------------------------------------- training logger
+
+
+class TrainLogger:
+    """SpeechBrain's ``FileTrainLogger`` (per-epoch stats in ``save_file``), and the
+    same stats in TensorBoard when ``use_tensorboard`` is true.
+
+    TensorBoard is optional: ``use_tensorboard: true`` without the ``tensorboard``
+    package is an error that says how to install it.
+    """
+
+    def __init__(self, save_file, tensorboard_dir=None, use_tensorboard=False, precision=2):
+        from speechbrain.utils.train_logger import FileTrainLogger
+
+        self.file_logger = FileTrainLogger(save_file, precision=precision)
+        self.tensorboard = None
+        if use_tensorboard:
+            try:
+                import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+            except ImportError:
+                raise ImportError(
+                    "use_tensorboard: true needs the tensorboard package: "
+                    "tools/venv/bin/pip install tensorboard (or set use_tensorboard: false)"
+                ) from None
+            from speechbrain.utils.train_logger import TensorboardLogger
+
+            self.tensorboard = TensorboardLogger(tensorboard_dir)
+
+    def log_stats(self, stats_meta, train_stats=None, valid_stats=None, test_stats=None, verbose=True):
+        self.file_logger.log_stats(stats_meta, train_stats, valid_stats, test_stats, verbose=verbose)
+        if self.tensorboard is not None:
+            self.tensorboard.log_stats(stats_meta, train_stats, valid_stats, test_stats)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    over = commands.add_parser("overrides", help="print the yaml overrides of one run")
+    over.add_argument("--table", help="ablation table (conf/ablations.txt)")
+    over.add_argument("--ablation", help="ablation name in the table")
+    over.add_argument("extra", nargs="*", help="further --key=value overrides (after --)")
+    rec = commands.add_parser("record_training", help="note a training invocation in train_info.json")
+    rec.add_argument("--run_dir", required=True)
+    rec.add_argument("--wall_s", type=float, required=True)
+    rec.add_argument("--command", required=True)
+    rec.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if args.command == "overrides":
+        if args.ablation and not args.table:
+            parser.error("--ablation needs --table")
+        try:
+            words = ablation_overrides(args.table, args.ablation, args.extra) if args.ablation else merge_overrides(args.extra)
+        except (KeyError, ValueError, OSError) as err:
+            sys.exit(f"ERROR: {err.args[0] if isinstance(err, KeyError) else err}")
+        for word in words:
+            print(word)
+    else:
+        record_training(args.run_dir, args.wall_s, args.command, args.device)
+
+
+if __name__ == "__main__":
+    main()

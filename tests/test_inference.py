@@ -1,0 +1,349 @@
+"""Packaging (stage 7), CrabClassifier and the crab-infer CLI, on a tiny model trained here.
+
+The round trip: train the tiny config for two epochs, package the best checkpoint,
+load the package with ``from_hparams`` and with ``foreign_class``, and get the
+probabilities of the trained model (and of stage 5's evaluation) on the same inputs.
+"""
+
+import csv
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from speechbrain.inference.interfaces import foreign_class
+
+from crab.bin import infer
+from crab.bin import package as package_cli
+from crab.data import read_audio
+from crab.experiment import dataset, make_brain, parse_and_load, prepare_labels_and_weights
+from crab.inference import AudioError, CrabClassifier
+from crab.tokenizer import build_bpe_tokenizer
+from tests.conftest import ROOT
+from tests.test_transcribe import build_tiny_whisper
+
+TEMPLATE = os.path.join(ROOT, "egs", "TEMPLATE")
+CONFIG = os.path.join(TEMPLATE, "conf", "crab_tiny.yaml")
+CLASSES = ["angry", "happy", "neutral", "sad"]
+
+
+def tone(seconds, freq, rate=16000, amplitude=0.3, seed=0):
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(seed).normal(0, 0.01, t.shape)
+    return (amplitude * np.sin(2 * np.pi * freq * t) + noise).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Train 8 (2 per class), valid 4, test 4 utterances; manifests, a Kaldi data dir of test, tokenizer."""
+    root = tmp_path_factory.mktemp("inference_data")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 2), ("valid", 1), ("test", 1)):
+        manifest = {}
+        for k, emo in enumerate(CLASSES):
+            for n in range(per_class):
+                utt = f"{split}_{emo}_{n}"
+                seconds = rng.uniform(0.4, 0.9)
+                sf.write(root / f"{utt}.wav", tone(seconds, 100 + 80 * k, seed=n), 16000)
+                manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": seconds,
+                                 "text": f"I feel {emo} today", "emo": emo, "spk": f"{split}{n}"}
+        (root / f"{split}.json").write_text(json.dumps(manifest))
+    build_bpe_tokenizer([f"I feel {e} today" for e in CLASSES] * 3, str(root / "tokenizer"), 300)
+    return root
+
+
+def overrides(data, out, *extra):
+    return [f"--data_root={data}", f"--data_folder={data}", f"--output_folder={out}",
+            f"--classes=[{','.join(CLASSES)}]", "--batch_size=4", "--number_of_epochs=2", *extra]
+
+
+def in_template(fn, *args):
+    """Run ``fn`` in egs/TEMPLATE (the config's conf/ paths are relative to the recipe)."""
+    cwd = os.getcwd()
+    os.chdir(TEMPLATE)
+    try:
+        return fn(*args)
+    finally:
+        os.chdir(cwd)
+
+
+def train(data, out, *extra):
+    def fit():
+        _, run_opts, _, hparams = parse_and_load([CONFIG, *overrides(data, out, *extra)])
+        os.makedirs(hparams["save_folder"], exist_ok=True)
+        encoder = prepare_labels_and_weights(hparams)
+        brain = make_brain(hparams, run_opts)
+        brain.fit(hparams["epoch_counter"], dataset(hparams, hparams["train_manifest"], encoder),
+                  dataset(hparams, hparams["valid_manifest"], encoder, sort=True),
+                  train_loader_kwargs=hparams["train_dataloader_opts"],
+                  valid_loader_kwargs=hparams["eval_dataloader_opts"])
+        brain.eval_dir = str(out / "eval_test")
+        brain.evaluate(dataset(hparams, hparams["test_manifest"], encoder, sort=True), max_key="UAR",
+                       test_loader_kwargs=hparams["eval_dataloader_opts"])  # loads the best checkpoint
+        return brain, hparams
+
+    return in_template(fit)
+
+
+def package(data, out, model_dir, *extra):
+    in_template(package_cli.main, [CONFIG, *overrides(data, out, *extra), "--text_source", "gold",
+                                   "--out", str(model_dir)])
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("inference_exp")
+    brain, hparams = train(data, tmp / "run")
+    package(data, tmp / "run", tmp / "model")
+    return brain, hparams, tmp / "model", tmp / "run"
+
+
+def tree(path):
+    """Every entry under ``path`` (relative), and whether any is a symlink."""
+    entries, links = set(), False
+    for base, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(base, name)
+            entries.add(os.path.relpath(full, path))
+            links = links or os.path.islink(full)
+    return entries, links
+
+
+def test_package_is_self_contained_and_has_no_legs(trained, data):
+    brain, hparams, model_dir, _ = trained
+    files = set(os.listdir(model_dir))
+    assert files >= {"hyperparams.yaml", "model.ckpt", "label_encoder.ckpt", "class_weights.json", "metadata.json",
+                     "custom_interface.py", "speech_encoder", "text_encoder"}
+    assert "legs.ckpt" not in files
+    state = torch.load(model_dir / "model.ckpt")
+    assert set(state) == set(hparams["model"].state_dict())  # the Crab alone
+    assert len(hparams["legs"].legs) == 5 and not any("leg" in key for key in state)
+    legs = {id(p) for p in hparams["legs"].parameters()}
+    assert not legs & {id(p) for p in hparams["model"].parameters()}
+    assert (model_dir / "label_encoder.ckpt").read_text().splitlines()[:4] == [
+        f"'{c}' => {i}" for i, c in enumerate(CLASSES)]
+    weights = json.loads((model_dir / "class_weights.json").read_text())
+    assert weights == {c: {"count": 2, "weight": 4.0} for c in CLASSES}  # N / N_c = 8 / 2
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert meta["encoders"]["speech"]["source"] == "conf/wavlm_tiny"
+    assert meta["encoders"]["text"]["tokenizer"]["path"] == str(data / "tokenizer")
+    assert meta["training"]["ckpt_metric"] == "UAR" and "UAR" in meta["training"]["valid_scores"]
+    assert meta["training"]["text_source"] == "gold"
+    assert (model_dir / "text_encoder" / "tokenizer.json").is_file()
+    assert (model_dir / "speech_encoder" / "config.json").is_file()
+    hparams_text = (model_dir / "hyperparams.yaml").read_text()
+    assert str(data) not in hparams_text and "PLACEHOLDER" not in hparams_text  # needs no training data
+
+
+def test_packaging_again_gives_the_same_package(trained, data, tmp_path):
+    _, _, model_dir, run_dir = trained
+    names = ("model.ckpt", "hyperparams.yaml", "label_encoder.ckpt")
+    before = {name: (model_dir / name).read_bytes() for name in names}
+    package(data, run_dir, model_dir)
+    assert {name: (model_dir / name).read_bytes() for name in before} == before
+    assert not os.path.exists(f"{model_dir}.tmp")
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(SystemExit, match="not a Crab package"):
+        package(data, run_dir, tmp_path / "notes")
+
+
+def test_round_trip_from_hparams_and_foreign_class(trained, data, tmp_path, monkeypatch):
+    brain, hparams, model_dir, run_dir = trained
+    monkeypatch.chdir(tmp_path)  # loading depends on no working directory
+    before, _ = tree(model_dir)
+    audio_before, _ = tree(data)
+    by_hparams = CrabClassifier.from_hparams(source=str(model_dir))
+    by_foreign = foreign_class(source=str(model_dir), pymodule_file="custom_interface.py",
+                               classname="CrabClassifier")
+    assert type(by_foreign).__name__ == "CrabClassifier" and by_foreign.classes == CLASSES
+
+    # the trained model at its best checkpoint (brain.evaluate loaded it) on a padded batch
+    utts = [f"test_{emo}_0" for emo in CLASSES]
+    wavs = [read_audio(str(data / f"{u}.wav")) for u in utts]
+    padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    lens = torch.tensor([len(w) for w in wavs]) / padded.shape[1]
+    texts = [f"I feel {emo} today" for emo in CLASSES]
+    model = brain.modules.model.eval()
+    with torch.no_grad():
+        expected = torch.softmax(model(padded, lens, texts)[0], dim=-1)
+    for classifier in (by_hparams, by_foreign):
+        out_prob, score, index, text_lab = classifier.classify_batch(padded, texts, lens)
+        assert torch.allclose(out_prob, expected, atol=1e-5)
+        assert torch.equal(index, expected.argmax(dim=1)) and torch.allclose(score, expected.max(dim=1).values)
+        assert text_lab == [CLASSES[i] for i in expected.argmax(dim=1).tolist()]
+
+    # one file at a time gives stage 5's probabilities
+    with open(run_dir / "eval_test" / "predictions.csv", newline="") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    for utt, text in zip(utts, texts):
+        out_prob, _, _, text_lab = by_hparams.classify_file(str(data / f"{utt}.wav"), text=text)
+        assert out_prob.shape == (1, 4)
+        stage5 = torch.tensor([float(rows[utt][f"prob_{c}"]) for c in CLASSES])
+        assert torch.allclose(out_prob[0], stage5, atol=1e-5)
+        assert text_lab == [rows[utt]["predicted"]]
+
+    after, links = tree(model_dir)
+    assert not links and after == before
+    assert tree(data) == (audio_before, False) and os.listdir(tmp_path) == []
+
+
+def test_any_rate_and_channels_and_bad_audio(trained, data, tmp_path):
+    _, _, model_dir, _ = trained
+    classifier = CrabClassifier.from_hparams(source=str(model_dir))
+    mono = tone(0.7, 180, rate=44100)
+    sf.write(tmp_path / "stereo.wav", np.stack([mono, mono], axis=1), 44100)
+    sf.write(tmp_path / "mono.wav", mono, 44100)
+    text = "I feel happy today"
+    stereo_prob = classifier.classify_file(str(tmp_path / "stereo.wav"), text)[0]
+    assert torch.allclose(stereo_prob, classifier.classify_file(str(tmp_path / "mono.wav"), text)[0], atol=1e-6)
+    # a batch at 44.1 kHz, with channels last, is converted the same way
+    batch = torch.from_numpy(np.stack([mono, mono], axis=1))[None]
+    assert torch.allclose(classifier.classify_batch(batch, [text], sample_rate=44100)[0], stereo_prob, atol=1e-3)
+
+    sf.write(tmp_path / "silent.wav", np.zeros(16000, dtype="float32"), 16000)
+    sf.write(tmp_path / "short.wav", tone(0.01, 200), 16000)
+    sf.write(tmp_path / "empty.wav", np.zeros(0, dtype="float32"), 16000)
+    for name, message in (("missing.wav", "missing audio file"), ("silent.wav", "silent audio"),
+                          ("short.wav", "too short"), ("empty.wav", "empty audio")):
+        with pytest.raises(AudioError, match=message) as err:
+            classifier.classify_file(str(tmp_path / name), text)
+        assert name in str(err.value)
+    with pytest.raises(ValueError, match="needs a transcript"):
+        classifier.classify_file(str(tmp_path / "mono.wav"))
+
+
+def write_inputs(tmp_path, data):
+    """wav.scp: two good lines, a broken line, a missing file, stereo 44.1 kHz, a silent and an empty file,
+    and one utterance with no transcript in text."""
+    sf.write(tmp_path / "stereo.wav", np.stack([tone(0.6, 260, 44100), tone(0.6, 260, 44100, seed=1)], 1), 44100)
+    sf.write(tmp_path / "silent.wav", np.zeros(8000, dtype="float32"), 16000)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    lines = [f"good_a {data}/test_angry_0.wav", f"good_s {data}/test_sad_0.wav", "broken_line_without_path",
+             f"gone {tmp_path}/nowhere.wav", f"stereo {tmp_path}/stereo.wav", f"silent {tmp_path}/silent.wav",
+             f"empty {tmp_path}/empty.wav", f"notext {data}/test_happy_0.wav"]
+    (tmp_path / "wav.scp").write_text("\n".join(lines) + "\n")
+    texts = {"good_a": "I feel angry today", "good_s": "I feel sad today", "stereo": "I feel happy today",
+             "silent": "hello", "empty": "hello", "gone": "hello"}
+    (tmp_path / "text").write_text("".join(f"{u} {t}\n" for u, t in texts.items()))
+    return texts
+
+
+def cli(*args):
+    try:
+        infer.main([str(a) for a in args])
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+def test_cli_writes_results_and_reports_bad_input(trained, data, tmp_path, capsys):
+    _, _, model_dir, _ = trained
+    texts = write_inputs(tmp_path, data)
+    out = tmp_path / "out" / "results.tsv"
+    args = ["--model", model_dir, "--wav_scp", tmp_path / "wav.scp", "--text", tmp_path / "text",
+            "--text_mode", "gold", "--out", out, "--batch_size", 2]
+    assert cli(*args) == 1  # failures without --skip_errors
+    assert "5 failed" in capsys.readouterr().out
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [r["id"] for r in rows] == ["good_a", "good_s", "stereo"]  # wav.scp order
+    assert list(rows[0]) == ["id", "predicted", "score"] + [f"prob_{c}" for c in CLASSES] + ["text_source", "text"]
+    classifier = CrabClassifier.from_hparams(source=str(model_dir))
+    paths = {"good_a": data / "test_angry_0.wav", "good_s": data / "test_sad_0.wav", "stereo": tmp_path / "stereo.wav"}
+    for row in rows:
+        probs = torch.tensor([float(row[f"prob_{c}"]) for c in CLASSES])
+        path = paths[row["id"]]
+        expected = classifier.classify_file(str(path), texts[row["id"]])[0][0]
+        assert torch.allclose(probs, expected, atol=1e-5)
+        assert row["predicted"] == CLASSES[int(probs.argmax())] and row["text_source"] == "gold"
+        assert row["text"] == texts[row["id"]]
+    errors = {r["id"]: r for r in csv.DictReader(open(f"{out}.errors"), delimiter="\t")}
+    assert set(errors) == {"broken_line_without_path", "gone", "silent", "empty", "notext"}
+    broken = errors["broken_line_without_path"]
+    assert broken["line"] == "3" and "does not parse" in broken["reason"]
+    assert errors["gone"]["line"] == "4" and "missing audio file" in errors["gone"]["reason"]
+    assert errors["silent"]["line"] == "6" and "silent" in errors["silent"]["reason"]
+    assert errors["empty"]["line"] == "7"
+    assert errors["notext"]["line"] == "8" and "no transcript in" in errors["notext"]["reason"]
+    # the same run with --skip_errors resumes (nothing left to classify) and exits 0
+    assert cli(*args, "--skip_errors") == 0
+    assert "0 now, 3 before" in capsys.readouterr().out
+
+
+def test_cli_resumes_after_an_interruption(trained, data, tmp_path, capsys):
+    _, _, model_dir, _ = trained
+    write_inputs(tmp_path, data)
+    out = tmp_path / "results.jsonl"
+    args = ["--model", model_dir, "--wav_scp", tmp_path / "wav.scp", "--text", tmp_path / "text",
+            "--text_mode", "gold", "--out", out, "--skip_errors"]
+    assert cli(*args) == 0
+    complete = out.read_text()
+    records = [json.loads(line) for line in complete.splitlines()]
+    assert [r["id"] for r in records] == ["good_a", "good_s", "stereo"]
+    assert set(records[0]["probs"]) == set(CLASSES) and records[0]["text_source"] == "gold"
+    # killed while writing the third line: a cut-off line is dropped and redone
+    lines = complete.splitlines(keepends=True)
+    out.write_text(lines[0] + lines[2][:25])
+    capsys.readouterr()
+    assert cli(*args) == 0
+    assert "2 now, 1 before" in capsys.readouterr().out
+    assert out.read_text() == complete
+    # another text mode into the same file stops instead of mixing results
+    assert "another model or other settings" in str(
+        cli("--model", model_dir, "--wav_scp", tmp_path / "wav.scp", "--text_mode", "asr", "--out", out))
+
+
+def test_cli_text_mode_is_explicit(trained, data, tmp_path):
+    _, _, model_dir, _ = trained
+    write_inputs(tmp_path, data)
+    base = ["--model", model_dir, "--wav_scp", tmp_path / "wav.scp", "--out", tmp_path / "r.tsv"]
+    assert cli(*base) == 2  # --text_mode is required
+    assert "needs transcripts" in cli(*base, "--text_mode", "none")
+    assert "needs --text" in cli(*base, "--text_mode", "gold")
+    assert "leave it out" in cli(*base, "--text_mode", "asr", "--text", tmp_path / "text")
+    assert not (tmp_path / "r.tsv").exists()
+
+
+def test_cli_transcribes_when_asked(trained, data, tmp_path):
+    _, _, model_dir, _ = trained
+    write_inputs(tmp_path, data)
+    whisper = build_tiny_whisper(tmp_path / "whisper")
+    out = tmp_path / "asr.jsonl"
+    assert cli("--model", model_dir, "--wav_scp", tmp_path / "wav.scp", "--text_mode", "asr",
+               "--asr_model", whisper, "--language", "english", "--max_new_tokens", 6, "--out", out,
+               "--skip_errors", "true") == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in records] == ["good_a", "good_s", "stereo", "notext"]
+    assert all(r["text_source"] == "asr" and r["text"] and r["asr_model"] == whisper for r in records)
+
+
+def test_speech_only_model_and_stage_7(data, tmp_path):
+    run = tmp_path / "exp" / "speech" / "main" / "seed42"
+    train(data, run, "--modality=speech")
+    # ser.sh stage 7 packages every fold and seed into <exp>/<tag>/<fold>/seed<seed>/model
+    (tmp_path / "data").mkdir()
+    os.symlink(data, tmp_path / "data" / "main")
+    result = subprocess.run(
+        ["bash", "ser.sh", "--stage", "7", "--stop_stage", "7", "--config", "conf/crab_tiny.yaml", "--tag", "speech",
+         "--classes", ",".join(CLASSES), "--data_root", str(data), "--data_dir", str(tmp_path / "data"),
+         "--exp_dir", str(tmp_path / "exp"), "--train_opts", "--modality=speech --batch_size=4 --number_of_epochs=2"],
+        cwd=os.path.join(ROOT, "egs", "mini"), capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Stage 7" in result.stdout + result.stderr
+    model_dir = run / "model"
+    assert not (model_dir / "text_encoder").exists()
+    assert json.loads((model_dir / "metadata.json").read_text())["modality"] == "speech"
+    write_inputs(tmp_path, data)
+    args = ["--model", model_dir, "--wav_scp", tmp_path / "wav.scp", "--out", tmp_path / "r.tsv", "--skip_errors"]
+    assert "speech-only" in cli(*args, "--text_mode", "gold", "--text", tmp_path / "text")
+    assert cli(*args, "--text_mode", "none") == 0
+    with open(tmp_path / "r.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [r["id"] for r in rows] == ["good_a", "good_s", "stereo", "notext"]
+    assert {r["text_source"] for r in rows} == {"none"}
+    classifier = CrabClassifier.from_hparams(source=str(model_dir))
+    assert classifier.classify_file(str(data / "test_sad_0.wav"))[0].shape == (1, 4)
