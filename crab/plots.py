@@ -78,6 +78,7 @@ def plot_alpha(alphas, means, path, stds=None, baseline=None, title=None):
         if baseline and metric in baseline:
             ax.axhline(baseline[metric], color="0.3", linestyle="--", linewidth=1.2,
                        label=f"CE only ({baseline[metric]:.3f})")
+        ax.margins(y=0.15)
         ax.set_xlabel("alpha")
         ax.set_ylabel(metric)
         ax.set_xticks(x)

@@ -39,7 +39,7 @@ classes=                # comma-separated labels in the config's order, required
 data_root=              # where the audio lives, written as {data_root} in manifests, required
 corpus_opts=            # options for local/corpus.sh
 data_opts=              # options for local/data.sh
-policy=error            # bad utterances at stage 2: error (stop) | skip (count, leave out)
+policy=error            # bad utterances at stage 3: error (stop) | skip (count, leave out)
 asr_model=              # stage 2: Hugging Face ASR model (hub id or directory); empty: skip
 asr_opts=               # extra options for crab.bin.transcribe
 text_source=gold        # manifests' text: gold (data dir's text) | asr (text.asr from stage 2)
@@ -234,7 +234,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
       dumps+=("$(first_run_dump "${name}" "${test_set}")")
     done
     python -m crab.bin.compare table --ablation_table "${ablation_table}" \
-      --title "Ablations on ${test_set} (${config}; folds: ${folds}; seeds: ${seeds})" \
+      --title "Ablations on ${test_set} (${config}; folds: ${folds}; seeds: ${seeds}${train_opts:+; ${train_opts}})" \
       --out "${exp_dir}/ablations_${test_set}.md" "${summaries[@]}"
     if [ "${embeddings}" = true ]; then  # first fold and seed of each ablation
       python -m crab.bin.compare embeddings --plot "${exp_dir}/ablations_${test_set}_embeddings.png" \
@@ -271,7 +271,7 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ] && [ -n "${alphas}" ]; then
     log "Stage 8: ${exp_dir}/alpha_${test_set}.png and .md"
     summaries=(); for a in ${alphas}; do summaries+=("${exp_dir}/alpha${a}/results_${test_set}.json"); done
     python -m crab.bin.compare alpha --baseline "${exp_dir}/ce_only/results_${test_set}.json" \
-      --title "UAR and WAR against alpha on ${test_set} (${config}; folds: ${folds}; seeds: ${seeds})" \
+      --title "UAR and WAR against alpha on ${test_set} (${config}; folds: ${folds}; seeds: ${seeds}${train_opts:+; ${train_opts}})" \
       --plot "${exp_dir}/alpha_${test_set}.png" --out "${exp_dir}/alpha_${test_set}.md" "${summaries[@]}"
   done
 fi
