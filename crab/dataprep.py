@@ -9,6 +9,7 @@ leaves it out, logs it, and prints how many were skipped and why.
 import json
 import logging
 import os
+import sys
 from collections import Counter
 
 import soundfile as sf
@@ -18,6 +19,20 @@ logger = logging.getLogger(__name__)
 POLICIES = ("error", "skip")
 # WavLM / HuBERT / wav2vec 2.0 need 400 samples (25 ms) for one output frame.
 MIN_SAMPLES = 400
+
+
+def read_text(path):
+    """A corpus text file's content: UTF-8 (BOM allowed), else Windows-1252 with a warning.
+
+    Corpus releases mix encodings; a wrong guess is printed, never silent.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        print(f"WARNING: {path} is not UTF-8 ({err}); read as Windows-1252", file=sys.stderr)
+        return data.decode("cp1252", errors="replace")
 
 
 class DataPrepError(RuntimeError):

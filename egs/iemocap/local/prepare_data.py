@@ -21,7 +21,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 
-from crab.dataprep import count_table
+from crab.dataprep import count_table, read_text
 
 CLASSES = ("angry", "happy", "neutral", "sad")
 CLASS_OF = {"ang": "angry", "hap": "happy", "exc": "happy", "neu": "neutral", "sad": "sad"}
@@ -60,14 +60,7 @@ def read_lines(path):
     """Lines of a text file: UTF-8 (BOM allowed), else Windows-1252 with a warning."""
     if not os.path.isfile(path):
         fail(f"missing file {path}")
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        print(f"WARNING: {path} is not UTF-8 ({err}); read as Windows-1252", file=sys.stderr)
-        text = data.decode("cp1252", errors="replace")
-    return text.splitlines()
+    return read_text(path).splitlines()
 
 
 def dialogs(corpus_dir, session):

@@ -14,6 +14,8 @@ import re
 import sys
 from dataclasses import dataclass
 
+from crab.dataprep import read_text
+
 CLASSES = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 # MELD split -> (label CSV, clip folder), as published.
 SPLITS = {
@@ -105,17 +107,6 @@ def fix_mojibake(text):
     return NON_ASCII.sub(lambda m: _unmangle(m.group(0)), text)
 
 
-def read_csv_text(path):
-    """A CSV's text: UTF-8 (BOM allowed), else Windows-1252 with a warning."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        print(f"WARNING: {path} is not UTF-8 ({err}); read as Windows-1252", file=sys.stderr)
-        return data.decode("cp1252", errors="replace")
-
-
 def _integer(value, column, where):
     if not re.fullmatch(r"[0-9]+", value.strip()):
         raise MeldError(f"{where}: {column} '{value}' is not a non-negative integer")
@@ -148,7 +139,7 @@ def parse_row(record, split, where, repair):
 def read_split(meld_root, split, repair=True):
     """The checked rows of one split's CSV, in file order."""
     path = locate(meld_root, SPLITS[split][0])
-    reader = csv.reader(io.StringIO(read_csv_text(path), newline=""))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
     header = next(reader, None)
     if header is None or tuple(h.strip() for h in header) != COLUMNS:
         raise MeldError(f"{path}:1: header is {header}, expected {list(COLUMNS)}")

@@ -23,7 +23,7 @@ import os
 import sys
 from collections import Counter, defaultdict
 
-from crab.dataprep import count_table
+from crab.dataprep import count_table, read_text
 
 CLASS_OF = {
     "A": "anger", "C": "contempt", "D": "disgust", "F": "fear",
@@ -45,17 +45,6 @@ TABLES = {  # Kaldi table -> row field
 
 def fail(message):
     sys.exit(f"ERROR: {message}")
-
-
-def read_text(path):
-    """A text file's content: UTF-8 (BOM allowed), else Windows-1252 with a warning."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        print(f"WARNING: {path} is not UTF-8 ({err}); read as Windows-1252", file=sys.stderr)
-        return data.decode("cp1252", errors="replace")
 
 
 def find_labels(corpus_dir, labels):
