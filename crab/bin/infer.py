@@ -44,6 +44,8 @@ from collections import namedtuple
 
 import yaml
 
+from crab.cli import str2bool
+
 logger = logging.getLogger(__name__)
 
 TEXT_MODES = ("gold", "asr", "none")
@@ -383,12 +385,6 @@ def audio_seconds(utterance, max_duration):
         return None, f"unreadable audio file {utterance.path} ({err})"
     seconds = info.frames / info.samplerate if info.samplerate else 0.0
     return (min(seconds, max_duration) if max_duration else seconds), None
-
-
-def str2bool(value):
-    if value.lower() not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
-    return value.lower() == "true"
 
 
 def parse_args(argv=None):

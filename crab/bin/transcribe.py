@@ -33,6 +33,7 @@ import time
 import soundfile as sf
 
 from crab.bin.make_manifest import read_table
+from crab.cli import str2bool
 from crab.dataprep import MIN_SAMPLES, DataPrepError
 
 logger = logging.getLogger(__name__)
@@ -215,12 +216,6 @@ def transcribe_batches(todo, wavs, transcriber, out, batch_size):
                 logger.info("%d of %d utterances transcribed", min(start + batch_size, len(todo)), len(todo))
                 last_log = time.monotonic()
     return results
-
-
-def str2bool(value):
-    if value.lower() not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
-    return value.lower() == "true"
 
 
 def parse_args(argv=None):

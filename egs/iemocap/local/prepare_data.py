@@ -21,6 +21,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 
+from crab.cli import str2bool
 from crab.dataprep import count_table, read_text
 
 CLASSES = ("angry", "happy", "neutral", "sad")
@@ -179,12 +180,6 @@ def write_data_dir(utts, out_dir):
 
 def by_utt(utts):
     return {u.utt: {"emo": u.emo} for u in utts}
-
-
-def str2bool(value):
-    if value not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
-    return value == "true"
 
 
 def main():

@@ -16,6 +16,7 @@ import argparse
 import os
 from collections import Counter
 
+from crab.cli import str2bool
 from crab.dataprep import count_table
 from meld import CLASSES, EXPECTED_COUNTS, SPLITS, MeldError, fail, locate, read_exclusions, read_split
 
@@ -79,12 +80,6 @@ def write_data_dir(rows, wav_dir, out_dir):
         with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
             for r in sorted(rows, key=lambda r: r.utt):
                 f.write(f"{r.utt} {value(r)}\n")
-
-
-def str2bool(value):
-    if value not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
-    return value == "true"
 
 
 def main():
