@@ -8,6 +8,7 @@ import os
 import speechbrain as sb
 import torch
 
+from crab.features import cached_states
 from crab.losses import total_loss
 from crab.metrics import METRICS, compute_scores
 
@@ -29,10 +30,14 @@ class CrabBrain(sb.Brain):
     and ``wce`` (``crab.losses.WeightedCrossEntropy``).
     """
 
-    def compute_forward(self, batch, stage):
+    def forward_model(self, batch):
+        """Crab's ``(logits, taps)`` on a batch of waveforms or cached encoder states."""
         batch = batch.to(self.device)
-        wavs, wav_lens = batch.sig
-        logits, taps = self.modules.model(wavs, wav_lens, batch.text)
+        wavs, wav_lens = batch.sig if hasattr(batch, "sig") else (None, None)
+        return self.modules.model(wavs, wav_lens, batch.text, states=cached_states(batch))
+
+    def compute_forward(self, batch, stage):
+        logits, taps = self.forward_model(batch)
         legs = self.modules.legs
         use_legs = stage == sb.Stage.TRAIN and len(_unwrap(legs).legs) > 0
         return logits, legs(taps) if use_legs else {}

@@ -76,8 +76,11 @@ def label_encoder(classes, path=None):
     return encoder
 
 
-def make_dataset(manifest_path, encoder, data_root, max_duration=None, sort=False):
-    """A DynamicItemDataset providing ``sig``, ``text`` and ``emo_encoded``."""
+def make_dataset(manifest_path, encoder, data_root, max_duration=None, sort=False,
+                 audio=True, cache=None, cached_branches=()):
+    """A DynamicItemDataset providing ``id``, ``text``, ``emo_encoded``, ``sig``
+    (the waveform, when ``audio``) and ``<branch>_states`` for each of
+    ``cached_branches`` read from ``cache`` (a ``crab.features.FeatureCache``)."""
     entries = load_manifest(manifest_path, data_root)
     for utt, entry in entries.items():
         if entry["emo"] not in encoder.lab2ind:
@@ -99,8 +102,16 @@ def make_dataset(manifest_path, encoder, data_root, max_duration=None, sort=Fals
     def label_pipeline(emo):
         return torch.LongTensor([encoder.lab2ind[emo]])
 
-    sb.dataio.dataset.add_dynamic_item([dataset], audio_pipeline)
+    keys = ["id", "text", "emo_encoded"]
     sb.dataio.dataset.add_dynamic_item([dataset], label_pipeline)
-    sb.dataio.dataset.set_output_keys([dataset], ["id", "sig", "text", "emo_encoded"])
+    if audio:
+        sb.dataio.dataset.add_dynamic_item([dataset], audio_pipeline)
+        keys.append("sig")
+    for branch in cached_branches:
+        sb.dataio.dataset.add_dynamic_item(
+            [dataset], lambda utt, b=branch: cache.get(utt, b), takes="id", provides=f"{branch}_states"
+        )
+        keys.append(f"{branch}_states")
+    sb.dataio.dataset.set_output_keys([dataset], keys)
     return dataset
 

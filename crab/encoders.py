@@ -43,10 +43,10 @@ class LayerWeights(nn.Module):
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(num_layers))
 
-    def forward(self, hidden_states):
-        stacked = torch.stack(hidden_states, dim=0)
-        weights = torch.softmax(self.logits, dim=0).view(-1, 1, 1, 1)
-        return (weights * stacked).sum(dim=0)
+    def forward(self, states):
+        """``states`` is ``(batch, time, layers, dim)``."""
+        weights = torch.softmax(self.logits, dim=0).view(1, 1, -1, 1)
+        return (weights * states).sum(dim=2)
 
 
 class _Encoder(nn.Module):
@@ -78,14 +78,39 @@ class _Encoder(nn.Module):
             self.model.eval()  # a frozen encoder keeps its dropout off
         return self
 
-    def _select(self, outputs):
-        if self.layer_weights is None:
-            return outputs.last_hidden_state
-        return self.layer_weights(outputs.hidden_states)
+    @property
+    def num_states(self):
+        """How many layers ``states`` stacks: every hidden state for
+        ``weighted_sum``, only the last for ``last``."""
+        return 1 if self.layer_weights is None else self.layer_weights.logits.numel()
 
-    def _run(self, fn):
+    def _stack(self, outputs):
+        if self.layer_weights is None:
+            return outputs.last_hidden_state.unsqueeze(2)
+        return torch.stack(outputs.hidden_states, dim=2)
+
+    def select(self, states):
+        """The encoder output from ``states`` ``(batch, time, num_states, dim)``:
+        the last layer, or the learned weighted sum (trainable even when the
+        encoder is frozen, and on cached states)."""
+        if self.layer_weights is None:
+            return states[:, :, -1]
+        return self.layer_weights(states)
+
+    def forward(self, *inputs):
+        states, mask = self.states(*inputs)
+        return self.select(states), mask
+
+    def states(self, *inputs):
+        """``(states, mask)``: the hidden states ``select`` reads, ``(batch, time,
+        num_states, dim)``, computed without gradients when the encoder is frozen.
+        This is what the frozen-feature cache (``crab.features``) stores."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            return fn()
+            return self._states(*inputs)
+
+    def encoder_parameters(self):
+        """Trainable parameters of the pretrained network (not the layer weights)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
 
 
 def _load(model_cls, source, pretrained, **config_overrides):
@@ -174,12 +199,9 @@ class SpeechEncoder(_Encoder):
             n += 1
         return n
 
-    def forward(self, wavs, wav_lens):
+    def _states(self, wavs, wav_lens):
         """Encode ``wavs`` (batch, samples) with SpeechBrain relative ``wav_lens``."""
         lengths = relative_to_absolute(wav_lens, wavs.shape[1])
-        return self._run(lambda: self._encode(wavs, lengths))
-
-    def _encode(self, wavs, lengths):
         sample_mask = lengths_to_mask(lengths, wavs.shape[1])
         if self.normalize_waveform:
             wavs = _masked_standardize(wavs, sample_mask)
@@ -193,8 +215,8 @@ class SpeechEncoder(_Encoder):
             output_hidden_states=want_all,
         )
         frame_lens = self.model._get_feat_extract_output_lengths(lengths)
-        hidden = self._select(outputs)
-        return hidden, lengths_to_mask(frame_lens, hidden.shape[1])
+        states = self._stack(outputs)
+        return states, lengths_to_mask(frame_lens, states.shape[1])
 
     def _encode_whisper(self, wavs, lengths):
         # Log-mel of each utterance over its own samples, padded to the batch max.
@@ -225,11 +247,10 @@ class SpeechEncoder(_Encoder):
             x = layer(x, additive)
             x = x[0] if isinstance(x, tuple) else x
             states.append(x)
-        x = enc.layer_norm(x)
+        states[-1] = enc.layer_norm(x)
         if self.layer_weights is None:
-            return x, mask
-        states[-1] = x
-        return self.layer_weights(states), mask
+            return states[-1].unsqueeze(2), mask
+        return torch.stack(states, dim=2), mask
 
 
 def _whisper_features(source, config):
@@ -293,7 +314,7 @@ class TextEncoder(_Encoder):
         self.output_dim = self.model.config.hidden_size
         self._setup_output(self.model.config.num_hidden_layers + 1)
 
-    def forward(self, texts):
+    def _states(self, texts):
         """Encode a list of strings."""
         device = next(self.model.parameters()).device
         tokens = self.tokenizer(
@@ -303,11 +324,9 @@ class TextEncoder(_Encoder):
             max_length=self.max_length,
             return_tensors="pt",
         ).to(device)
-        outputs = self._run(
-            lambda: self.model(
-                input_ids=tokens["input_ids"],
-                attention_mask=tokens["attention_mask"],
-                output_hidden_states=self.layer_weights is not None,
-            )
+        outputs = self.model(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            output_hidden_states=self.layer_weights is not None,
         )
-        return self._select(outputs), tokens["attention_mask"].bool()
+        return self._stack(outputs), tokens["attention_mask"].bool()

@@ -12,6 +12,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from crab.brain import CrabBrain
 from crab.data import class_counts, label_encoder, make_dataset
+from crab.features import FeatureCache
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +81,23 @@ def prepare_labels_and_weights(hparams):
     return encoder
 
 
-def dataset(hparams, manifest, encoder, sort=False):
+def feature_cache(hparams, manifests):
+    """``(cache, branches)`` to read from the ``feature_cache`` directory, checked
+    against the model and ``manifests``; ``(None, [])`` without one."""
+    if not hparams.get("feature_cache"):
+        return None, []
+    cache = FeatureCache(hparams["feature_cache"])
+    return cache, cache.check(hparams["model"], hparams["max_duration"], manifests)
+
+
+def dataset(hparams, manifest, encoder, sort=False, cache=(None, [])):
+    """The dataset of a manifest with the inputs the model reads: audio for an
+    uncached speech branch, ``<branch>_states`` for the cached ones."""
+    cache, cached = cache
+    audio = "speech" in hparams["model"].branches and "speech" not in cached
     return make_dataset(
-        manifest, encoder, hparams["data_root"], hparams["max_duration"], sort=sort
+        manifest, encoder, hparams["data_root"], hparams["max_duration"], sort=sort,
+        audio=audio, cache=cache, cached_branches=cached,
     )
 
 

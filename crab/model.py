@@ -100,12 +100,21 @@ class Crab(nn.Module):
     def text_encoder(self):
         return self.encoders["text"] if "text" in self.encoders else None
 
-    def forward(self, wavs=None, wav_lens=None, texts=None):
-        """Return ``(logits, taps)``; ``taps`` maps leg names to (batch, dim) tensors."""
+    def forward(self, wavs=None, wav_lens=None, texts=None, states=None):
+        """Return ``(logits, taps)``; ``taps`` maps leg names to (batch, dim) tensors.
+
+        ``states`` optionally maps a branch to its encoder's precomputed
+        ``(states, mask)`` (the frozen-feature cache); that encoder is not run.
+        """
         inputs = {"speech": (wavs, wav_lens), "text": (texts,)}
+        states = states or {}
         seqs, masks, taps = {}, {}, {}
         for branch in self.branches:
-            hidden, mask = self.encoders[branch](*inputs[branch])
+            encoder = self.encoders[branch]
+            if branch in states:
+                hidden, mask = encoder.select(states[branch][0]), states[branch][1]
+            else:
+                hidden, mask = encoder(*inputs[branch])
             projected, seq = self.unimodal[branch](hidden, mask)
             leg_input = seq if self.unimodal_leg_input == "gru" else projected
             taps[f"{branch}_unimodal"] = masked_mean(leg_input, mask)
@@ -122,14 +131,14 @@ class Crab(nn.Module):
         return logits, taps
 
     def encoder_parameters(self, branch):
-        """Trainable parameters of one encoder (empty when absent or frozen)."""
+        """Trainable parameters of one pretrained encoder (empty when absent or frozen)."""
         if branch not in self.encoders:
             return []
-        return [p for p in self.encoders[branch].parameters() if p.requires_grad]
+        return self.encoders[branch].encoder_parameters()
 
     def head_parameters(self):
-        """Trainable parameters outside the encoders."""
-        encoder_ids = {id(p) for p in self.encoders.parameters()}
+        """Trainable parameters outside the pretrained encoders (layer weights included)."""
+        encoder_ids = {id(p) for b in self.branches for p in self.encoder_parameters(b)}
         return [
             p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids
         ]

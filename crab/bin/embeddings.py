@@ -30,7 +30,7 @@ import speechbrain as sb
 import torch
 
 from crab.data import label_encoder
-from crab.experiment import dataset, make_brain, parse_and_load
+from crab.experiment import dataset, feature_cache, make_brain, parse_and_load
 from crab.report import embedding_scores, project_2d
 
 logger = logging.getLogger(__name__)
@@ -43,9 +43,7 @@ def extract(brain, test_set, loader_kwargs):
     ids, embeddings, labels = [], [], []
     with torch.no_grad():
         for batch in loader:
-            batch = batch.to(brain.device)
-            wavs, wav_lens = batch.sig
-            _, taps = brain.modules.model(wavs, wav_lens, batch.text)
+            _, taps = brain.forward_model(batch)
             ids.extend(batch.id)
             embeddings.append(taps["fusion"].float().cpu())
             labels.append(batch.emo_encoded.data.squeeze(1).cpu())
@@ -77,7 +75,8 @@ def main(argv=None):
     sb.create_experiment_directory(hparams["output_folder"], save_env_desc=False)
     classes = list(hparams["classes"])
     encoder = label_encoder(classes, os.path.join(hparams["save_folder"], "label_encoder.txt"))
-    test_set = dataset(hparams, hparams["test_manifest"], encoder, sort=True)
+    cache = feature_cache(hparams, [hparams["test_manifest"]])
+    test_set = dataset(hparams, hparams["test_manifest"], encoder, sort=True, cache=cache)
     brain = make_brain(hparams, run_opts)
     if not brain.checkpointer.find_checkpoints(max_key=hparams["ckpt_metric"]):
         sys.exit(f"No checkpoint with {hparams['ckpt_metric']} in {hparams['save_folder']}: train first.")

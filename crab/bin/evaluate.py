@@ -11,7 +11,7 @@ import sys
 
 import speechbrain as sb
 
-from crab.experiment import dataset, make_brain, parse_and_load
+from crab.experiment import dataset, feature_cache, make_brain, parse_and_load
 from crab.data import label_encoder
 
 
@@ -22,7 +22,8 @@ def main(argv=None):
     encoder = label_encoder(
         hparams["classes"], os.path.join(hparams["save_folder"], "label_encoder.txt")
     )
-    test_set = dataset(hparams, hparams["test_manifest"], encoder, sort=True)
+    cache = feature_cache(hparams, [hparams["test_manifest"]])
+    test_set = dataset(hparams, hparams["test_manifest"], encoder, sort=True, cache=cache)
     brain = make_brain(hparams, run_opts)
     if not brain.checkpointer.find_checkpoints(max_key=hparams["ckpt_metric"]):
         sys.exit(f"No checkpoint with {hparams['ckpt_metric']} in {hparams['save_folder']}: train first.")

@@ -8,7 +8,13 @@ import os
 
 import speechbrain as sb
 
-from crab.experiment import dataset, make_brain, parse_and_load, prepare_labels_and_weights
+from crab.experiment import (
+    dataset,
+    feature_cache,
+    make_brain,
+    parse_and_load,
+    prepare_labels_and_weights,
+)
 
 
 def main(argv=None):
@@ -18,8 +24,9 @@ def main(argv=None):
     )
     os.makedirs(hparams["save_folder"], exist_ok=True)
     encoder = prepare_labels_and_weights(hparams)
-    train_set = dataset(hparams, hparams["train_manifest"], encoder)
-    valid_set = dataset(hparams, hparams["valid_manifest"], encoder, sort=True)
+    cache = feature_cache(hparams, [hparams["train_manifest"], hparams["valid_manifest"]])
+    train_set = dataset(hparams, hparams["train_manifest"], encoder, cache=cache)
+    valid_set = dataset(hparams, hparams["valid_manifest"], encoder, sort=True, cache=cache)
     brain = make_brain(hparams, run_opts)
     brain.fit(
         hparams["epoch_counter"],

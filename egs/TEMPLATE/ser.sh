@@ -9,7 +9,10 @@
 #   2  transcription ASR transcripts (text.asr) into each data dir (only with --asr_model)
 #   3  manifests     data/<fold>/<split>.json, checked, with per-class counts;
 #                    with --bpe_vocab_size, a BPE tokenizer data/<fold>/tokenizer
-#                    from the training transcripts (for tiny random-init text encoders)
+#                    from the training transcripts (for tiny random-init text encoders);
+#                    with --feature_cache DIR, the frozen encoders' states of every split
+#                    into DIR (crab.bin.extract_features: sharded, resumable, shared by
+#                    folds, ablations and sweeps; training and evaluation then read it)
 #   4  train         one run per fold and seed (train_info.json: wall time, commit, machine, command)
 #   5  evaluate      best checkpoint on each test set (with --embeddings true, also the
 #                    fused test embeddings and their cluster scores)
@@ -50,6 +53,8 @@ ablations=              # stages 4-6 once per ablation name (e.g. "ce_only mlcs"
 ablation_table=         # ablation name -> yaml overrides (default: conf/ablations.txt, else the TEMPLATE's)
 alphas=                 # stage 8: alpha sweep over these values (paper: 0.25 ... 3.00); empty: skip
 embeddings=false        # stage 5: also dump and score the fused (fc1) test embeddings (true | false)
+feature_cache=          # directory for frozen-encoder states (stage 3 extracts, stages 4-8 read); empty: none.
+                        # Needs frozen encoders: --train_opts "--freeze_speech_encoder=true ..."
 
 help_message="Usage: $0 --config CONF --classes a,b,c --data_root DIR [--stage N] [--stop_stage M] [--folds 'f1 f2'] [--seeds '42 43'] [--train_opts '--key=value ...']"
 
@@ -81,6 +86,12 @@ fi
 for name in ${ablations}; do  # unknown names stop here, before anything trains
   python -m crab.report overrides --table "${ablation_table}" --ablation "${name}" > /dev/null
 done
+
+run_opts() {  # overrides every training and evaluation run shares: fold $1, seed $2
+  echo --data_root="${data_root}" --data_folder="${data_dir}/$1" --seed="$2" --classes="[${classes}]" \
+    --output_folder="${exp_dir}/${tag}/$1/seed$2" --device="${device}" \
+    ${feature_cache:+--feature_cache="${feature_cache}"}
+}
 
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ] && [ -x local/corpus.sh ]; then
   log "Stage 0: corpus preparation (local/corpus.sh)"
@@ -121,13 +132,16 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
       python -m crab.tokenizer --manifest "${data_dir}/${fold}/train.json" \
         --out_dir "${data_dir}/${fold}/tokenizer" --vocab_size "${bpe_vocab_size}"
     fi
+    if [ -n "${feature_cache}" ]; then
+      log "Stage 3: frozen-encoder states of fold ${fold} into ${feature_cache} (re-running extracts only what is missing)"
+      manifests=(); for split in ${splits}; do manifests+=("${data_dir}/${fold}/${split}.json"); done
+      read -r first_seed _ <<< "${seeds}"
+      # shellcheck disable=SC2046
+      python -m crab.bin.extract_features "${config}" $(run_opts "${fold}" "${first_seed}") \
+        "${extra_opts[@]+"${extra_opts[@]}"}" --manifests "${manifests[@]}"
+    fi
   done
 fi
-
-run_opts() {  # overrides every training and evaluation run shares: fold $1, seed $2
-  echo --data_root="${data_root}" --data_folder="${data_dir}/$1" --seed="$2" --classes="[${classes}]" \
-    --output_folder="${exp_dir}/${tag}/$1/seed$2" --device="${device}"
-}
 
 # The experiments of stages 4-6: one named by --tag, or with --ablations one per name.
 # A run spec is tag:NAME, ablation:NAME (its overrides from ${ablation_table}, then

@@ -1,0 +1,48 @@
+"""Extract frozen-encoder states into the feature cache (``crab.features``).
+
+    python -m crab.bin.extract_features hparams.yaml --feature_cache=DIR \\
+        [--manifests a.json b.json ...] [--batch_size 8] [--shard_size 256] \\
+        [--dtype float32] [--device cpu] [--key=value ...]
+
+Takes the same yaml and overrides as training (the encoders must be frozen:
+``freeze_speech_encoder`` / ``freeze_text_encoder``); manifests default to the
+yaml's train, valid and test manifests. Re-running extracts only what is
+missing; training with ``--feature_cache=DIR`` then reads the cache.
+"""
+
+import argparse
+import logging
+import sys
+
+from crab.experiment import parse_and_load
+from crab.features import DTYPES, extract
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--manifests", nargs="+", default=None)
+    own.add_argument("--batch_size", type=int, default=8)
+    own.add_argument("--shard_size", type=int, default=256)
+    own.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                     help="storage type; float32 keeps cached training identical to uncached")
+    args, rest = own.parse_known_args(argv)
+    _, run_opts, _, hparams = parse_and_load(rest)
+    if not hparams.get("feature_cache"):
+        sys.exit("Set --feature_cache=DIR: where to write the cache.")
+    manifests = args.manifests or [
+        hparams[k] for k in ("train_manifest", "valid_manifest", "test_manifest")
+    ]
+    count = extract(
+        hparams["model"], manifests, hparams["feature_cache"], hparams["data_root"],
+        hparams["max_duration"], args.batch_size, args.shard_size, args.dtype,
+        run_opts.get("device", "cpu"),
+    )
+    logger.info("Extracted %d utterance(s) into %s", count, hparams["feature_cache"])
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    main()

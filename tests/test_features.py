@@ -1,0 +1,112 @@
+"""Frozen-encoder feature cache: same training as without it, resumable, checked."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import crab.features
+from crab.bin import evaluate, extract_features, train
+from crab.features import FeatureCache, FeatureCacheError
+from tests.conftest import ROOT
+from tests.test_brain import CLASSES, CONFIG, data  # noqa: F401  (the tiny corpus fixture)
+
+FROZEN = ["--freeze_speech_encoder=true", "--freeze_text_encoder=true", "--layer_weighting=weighted_sum"]
+
+
+def argv(data, out, *extra):
+    """Training options (frozen encoders, unless ``extra`` says otherwise)."""
+    given = {arg.split("=")[0] for arg in extra}
+    frozen = [arg for arg in FROZEN if arg.split("=")[0] not in given]
+    return [CONFIG, f"--data_root={data}", f"--data_folder={data}", f"--output_folder={out}",
+            f"--classes=[{','.join(CLASSES)}]", "--batch_size=4", "--number_of_epochs=2", *frozen, *extra]
+
+
+def run(main, args):
+    cwd = os.getcwd()
+    os.chdir(os.path.join(ROOT, "egs", "TEMPLATE"))  # conf/ paths are relative to the recipe
+    try:
+        main(args)
+    finally:
+        os.chdir(cwd)
+
+
+def final_state(out):
+    save = os.path.join(out, "save")
+    latest = sorted(d for d in os.listdir(save) if d.startswith("CKPT"))[-1]
+    return torch.load(os.path.join(save, latest, "model.ckpt"))
+
+
+def test_cached_training_equals_end_to_end(data, tmp_path):  # noqa: F811
+    cache = tmp_path / "cache"
+    plain, cached = tmp_path / "plain", tmp_path / "cached"
+    run(train.main, argv(data, plain))
+    run(extract_features.main, argv(data, plain, f"--feature_cache={cache}", "--shard_size=7"))
+    run(train.main, argv(data, cached, f"--feature_cache={cache}"))
+    run(evaluate.main, argv(data, plain))
+    run(evaluate.main, argv(data, cached, f"--feature_cache={cache}"))
+
+    index = json.loads((cache / "index.json").read_text())
+    assert sorted(index["branches"]) == ["speech", "text"] and len(index["shards"]) == 3  # 20 utts / 7
+    def epochs(out):  # each epoch's losses and validation scores (without the lr)
+        lines = (out / "train_log.txt").read_text().splitlines()
+        return [line.split("train loss")[1] for line in lines if "train loss" in line]
+
+    assert len(epochs(plain)) == 2 and epochs(plain) == epochs(cached)
+    a, b = final_state(plain), final_state(cached)
+    assert a.keys() == b.keys()
+    for key in a:
+        # equal up to float rounding: the encoders saw other batch paddings (~1e-5 after 6 Adam steps)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=2e-4, msg=key)
+    # the learned layer weights moved, so the cached path trains them
+    assert not torch.equal(b["encoders.speech.layer_weights.logits"], torch.zeros_like(b["encoders.speech.layer_weights.logits"]))
+    scores = [json.loads((out / "eval_test" / "scores.json").read_text()) for out in (plain, cached)]
+    assert scores[0] == pytest.approx(scores[1])
+
+
+def test_interrupted_extraction_resumes_and_matches(data, tmp_path, monkeypatch):  # noqa: F811
+    once, resumed = tmp_path / "once", tmp_path / "resumed"
+    run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={once}", "--shard_size=5"))
+
+    real_save, calls = crab.features.save_file, []
+
+    def dies_on_third_shard(tensors, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_save(tensors, path)
+
+    monkeypatch.setattr(crab.features, "save_file", dies_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={resumed}", "--shard_size=5"))
+    assert len(json.loads((resumed / "index.json").read_text())["shards"]) == 2
+    monkeypatch.setattr(crab.features, "save_file", real_save)
+    run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={resumed}", "--shard_size=5"))
+
+    index = json.loads((resumed / "index.json").read_text())
+    utts = [u for shard in index["shards"].values() for u in shard]
+    assert len(utts) == len(set(utts)) == 20
+    tensors = lambda d: {k: v for s in sorted(os.listdir(d)) if s.endswith(".safetensors")  # noqa: E731
+                         for k, v in load_file(d / s).items()}
+    first, second = tensors(once), tensors(resumed)
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+
+
+def test_cache_is_checked_against_the_model_and_manifests(data, tmp_path):  # noqa: F811
+    cache = tmp_path / "cache"
+    run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={cache}",
+                                    "--manifests", str(data / "train.json")))
+    # other random weights (another seed): the weights digest differs
+    with pytest.raises(FeatureCacheError, match="weights_sha256"):
+        run(train.main, argv(data, tmp_path / "a", f"--feature_cache={cache}", "--seed=7"))
+    # an encoder that is fine-tuned cannot read cached states
+    with pytest.raises(FeatureCacheError, match="speech encoder is not frozen"):
+        run(train.main, argv(data, tmp_path / "b", f"--feature_cache={cache}", "--freeze_speech_encoder=false"))
+    # utterances of a manifest that was not extracted
+    with pytest.raises(FeatureCacheError, match="lacks 4 utterance.*valid.json"):
+        run(train.main, argv(data, tmp_path / "c", f"--feature_cache={cache}"))
+    assert "train_0" not in FeatureCache(str(cache)) and "train_angry_0" in FeatureCache(str(cache))
