@@ -20,6 +20,12 @@ def _unwrap(module):
     return module.module if hasattr(module, "module") else module
 
 
+def _model_inputs(batch):
+    """Crab's inputs from a batch: waveforms (None without audio), texts, cached states."""
+    wavs, wav_lens = batch.sig if hasattr(batch, "sig") else (None, None)
+    return wavs, wav_lens, batch.text, cached_states(batch)
+
+
 class CrabBrain(sb.Brain):
     """Trains Crab with weighted CE plus alpha * mean of the leg losses.
 
@@ -32,9 +38,32 @@ class CrabBrain(sb.Brain):
 
     def forward_model(self, batch):
         """Crab's ``(logits, taps)`` on a batch of waveforms or cached encoder states."""
-        batch = batch.to(self.device)
-        wavs, wav_lens = batch.sig if hasattr(batch, "sig") else (None, None)
-        return self.modules.model(wavs, wav_lens, batch.text, states=cached_states(batch))
+        return self.modules.model(*_model_inputs(batch.to(self.device)))
+
+    @torch.no_grad()
+    def fit_state_normalization(self, dataset, loader_kwargs, max_utterances=None):
+        """Statistics of every encoder's ``state_norm`` (``normalize_states``) from
+        ``dataset`` (its first ``max_utterances``, in order), once before training."""
+        model = _unwrap(self.modules.model)
+        norms = {b: model.encoders[b].state_norm for b in model.branches}
+        norms = {b: n for b, n in norms.items() if n is not None}
+        if not norms:
+            return
+        kwargs = {k: v for k, v in loader_kwargs.items() if k not in ("shuffle", "batch_sampler")}
+        loader = sb.dataio.dataloader.make_dataloader(dataset, **kwargs)
+        was_training, seen = model.training, 0
+        model.eval()
+        for batch in loader:
+            states = model.encoder_states(*_model_inputs(batch.to(self.device)))
+            for branch, norm in norms.items():
+                norm.accumulate(*states[branch])
+            seen += len(batch.id)
+            if max_utterances and seen >= max_utterances:
+                break
+        for norm in norms.values():
+            norm.finish()
+        model.train(was_training)
+        logger.info("Encoder state statistics (%s) from %d training utterances", ", ".join(norms), seen)
 
     def compute_forward(self, batch, stage):
         logits, taps = self.forward_model(batch)

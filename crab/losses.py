@@ -73,10 +73,12 @@ def class_weights(counts):
 class WeightedCrossEntropy(nn.Module):
     """Cross-entropy with per-class weights held as a buffer, so they are saved
     in the checkpoint with the model. Reduction is the weighted mean, under
-    which w_c = N / N_c and the reference's N / (C N_c) give the same loss."""
+    which w_c = N / N_c and the reference's N / (C N_c) give the same loss.
+    With ``class_weighting=False`` every weight stays 1 (plain cross-entropy)."""
 
-    def __init__(self, num_classes):
+    def __init__(self, num_classes, class_weighting=True):
         super().__init__()
+        self.class_weighting = class_weighting
         self.register_buffer("weight", torch.ones(num_classes))
 
     def set_counts(self, counts):
@@ -85,7 +87,8 @@ class WeightedCrossEntropy(nn.Module):
             raise ValueError(
                 f"{len(weights)} class counts for a {len(self.weight)}-class loss"
             )
-        self.weight.copy_(weights)
+        if self.class_weighting:
+            self.weight.copy_(weights)
 
     def forward(self, logits, targets):
         return F.cross_entropy(logits, targets, weight=self.weight)

@@ -106,15 +106,10 @@ class Crab(nn.Module):
         ``states`` optionally maps a branch to its encoder's precomputed
         ``(states, mask)`` (the frozen-feature cache); that encoder is not run.
         """
-        inputs = {"speech": (wavs, wav_lens), "text": (texts,)}
-        states = states or {}
+        states = self.encoder_states(wavs, wav_lens, texts, states)
         seqs, masks, taps = {}, {}, {}
         for branch in self.branches:
-            encoder = self.encoders[branch]
-            if branch in states:
-                hidden, mask = encoder.select(states[branch][0]), states[branch][1]
-            else:
-                hidden, mask = encoder(*inputs[branch])
+            hidden, mask = self.encoders[branch].select(states[branch][0]), states[branch][1]
             projected, seq = self.unimodal[branch](hidden, mask)
             leg_input = seq if self.unimodal_leg_input == "gru" else projected
             taps[f"{branch}_unimodal"] = masked_mean(leg_input, mask)
@@ -129,6 +124,15 @@ class Crab(nn.Module):
             pooled.append(taps[f"{branch}_pooled"])
         logits, taps["fusion"] = self.classifier(torch.cat(pooled, dim=-1))
         return logits, taps
+
+    def encoder_states(self, wavs=None, wav_lens=None, texts=None, states=None):
+        """``{branch: (states, mask)}``: ``states`` where given, else the encoder's."""
+        inputs = {"speech": (wavs, wav_lens), "text": (texts,)}
+        states = dict(states or {})
+        for branch in self.branches:
+            if branch not in states:
+                states[branch] = self.encoders[branch].states(*inputs[branch])
+        return states
 
     def encoder_parameters(self, branch):
         """Trainable parameters of one pretrained encoder (empty when absent or frozen)."""

@@ -109,3 +109,22 @@ def test_whisper_frontend_freezes_with_the_feature_extractor_flag(config_dirs):
     assert all(p.requires_grad for p in encoder.model.layers.parameters())
     encoder = SpeechEncoder(config_dirs["whisper"], pretrained=False, freeze_feature_extractor=False)
     assert all(p.requires_grad for p in encoder.model.conv2.parameters())
+
+
+def test_state_normalization_uses_real_frames_only_and_is_saved():
+    from crab.encoders import StateNormalization
+
+    norm = StateNormalization(num_states=2, dim=1)
+    states = torch.tensor([[[[1.0], [10.0]], [[3.0], [30.0]], [[99.0], [99.0]]],
+                           [[[5.0], [50.0]], [[0.0], [0.0]], [[0.0], [0.0]]]])  # (2, 3, 2, 1)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    norm.accumulate(states[:1], mask[:1])
+    norm.accumulate(states[1:], mask[1:])
+    norm.finish()
+    # real frames of layer 0: 1, 3, 5 -> mean 3, population std sqrt(8/3); layer 1: ten times that
+    assert norm.mean.squeeze(1).tolist() == pytest.approx([3.0, 30.0])
+    assert norm.std.squeeze(1).tolist() == pytest.approx([(8 / 3) ** 0.5, 10 * (8 / 3) ** 0.5])
+    assert norm(states)[0, 0, :, 0].tolist() == pytest.approx([-2 / (8 / 3) ** 0.5] * 2)
+    restored = StateNormalization(2, 1)
+    restored.load_state_dict(norm.state_dict())
+    assert bool(restored.ready) and torch.equal(restored.std, norm.std)

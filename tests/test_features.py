@@ -13,7 +13,8 @@ from crab.features import FeatureCache, FeatureCacheError
 from tests.conftest import ROOT
 from tests.test_brain import CLASSES, CONFIG, data  # noqa: F401  (the tiny corpus fixture)
 
-FROZEN = ["--freeze_speech_encoder=true", "--freeze_text_encoder=true", "--layer_weighting=weighted_sum"]
+FROZEN = ["--freeze_speech_encoder=true", "--freeze_text_encoder=true", "--layer_weighting=weighted_sum",
+          "--normalize_encoder_states=true"]
 
 
 def argv(data, out, *extra):
@@ -60,6 +61,7 @@ def test_cached_training_equals_end_to_end(data, tmp_path):  # noqa: F811
     for key in a:
         # equal up to float rounding: the encoders saw other batch paddings (~1e-5 after 6 Adam steps)
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=2e-4, msg=key)
+    assert bool(b["encoders.speech.state_norm.ready"]) and bool(b["encoders.text.state_norm.ready"])
     # the learned layer weights moved, so the cached path trains them
     assert not torch.equal(b["encoders.speech.layer_weights.logits"], torch.zeros_like(b["encoders.speech.layer_weights.logits"]))
     scores = [json.loads((out / "eval_test" / "scores.json").read_text()) for out in (plain, cached)]

@@ -126,3 +126,11 @@ def test_total_loss_is_wce_plus_alpha_mean_of_legs():
     legs = [torch.tensor(2.0), torch.tensor(4.0)]
     assert total_loss(ce, legs, alpha=2.0).item() == pytest.approx(1.0 + 2.0 * 3.0)
     assert total_loss(ce, [], alpha=2.0).item() == 1.0
+
+
+def test_class_weighting_off_keeps_plain_cross_entropy():
+    plain = WeightedCrossEntropy(2, class_weighting=False)
+    plain.set_counts([3, 1])
+    logits, targets = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+    assert plain.weight.tolist() == [1.0, 1.0]
+    assert plain(logits, targets).item() == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item())

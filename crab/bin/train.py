@@ -28,6 +28,10 @@ def main(argv=None):
     train_set = dataset(hparams, hparams["train_manifest"], encoder, cache=cache)
     valid_set = dataset(hparams, hparams["valid_manifest"], encoder, sort=True, cache=cache)
     brain = make_brain(hparams, run_opts)
+    if not brain.checkpointer.find_checkpoints():  # a resumed run restores them
+        brain.fit_state_normalization(
+            train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"]
+        )
     brain.fit(
         hparams["epoch_counter"],
         train_set,
