@@ -71,3 +71,16 @@ def test_template_copy_runs_end_to_end(tmp_path):
     scores = json.loads((recipe / "exp" / "crab_tiny" / "main" / "seed42" / "eval_test" / "scores.json").read_text())
     assert scores["num_utterances"] == 8 and 0.0 <= scores["UAR"] <= 1.0
     assert "| run | N | WAR | UAR |" in (recipe / "exp" / "crab_tiny" / "results_test.md").read_text()
+
+    # Frozen encoders: stage 3 extracts their states once, stages 4-6 read them.
+    cache = tmp_path / "cache"
+    frozen = "--number_of_epochs=1 --batch_size=4 --freeze_speech_encoder=true --freeze_text_encoder=true"
+    result = subprocess.run(
+        ["bash", str(recipe / "run.sh"), "--config", "conf/crab_tiny.yaml", "--stage", "3", "--stop_stage", "6",
+         "--bpe_vocab_size", "300", "--tag", "cached", "--feature_cache", str(cache), "--train_opts", frozen],
+        capture_output=True, text=True, env={**os.environ, "CORPUS_ROOT": str(tmp_path / "toy_corpus")},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    index = json.loads((cache / "index.json").read_text())
+    assert sum(len(utts) for utts in index["shards"].values()) == 32
+    assert "cached" in (recipe / "exp" / "cached" / "results_test.md").read_text()
