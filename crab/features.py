@@ -7,7 +7,8 @@ dim)``: the last layer, or every layer for ``layer_weighting: weighted_sum``) to
 cache directory:
 
     index.json             what was extracted (encoder identity, weights digest,
-                           dtype) and which shard holds each utterance
+                           dtype), which shard holds each utterance, and a digest
+                           of each utterance's input (text, audio path, duration)
     shard_00000.safetensors ...  tensors named ``<utt>/<branch>``
 
 Each shard is written to a temporary name and renamed, then the index is
@@ -15,7 +16,8 @@ rewritten the same way, so an interrupted extraction loses at most the shard in
 progress and re-running it extracts only what is missing. Utterances of new
 manifests (another fold) are added to the same cache. The index records a digest
 of the encoder weights: reading a cache with other weights (another checkpoint,
-another random seed) is an error, never a silent mismatch.
+another random seed) or with changed inputs (an edited transcript) is an
+error, never a silent mismatch.
 """
 
 import fcntl
@@ -65,6 +67,15 @@ def encoder_identity(encoder, max_duration=None):
     return identity
 
 
+def input_digest(entry, branches):
+    """What an utterance's cached states were computed from: its manifest text
+    and/or audio path (as written, ``{data_root}`` unsubstituted) and duration."""
+    parts = [entry["text"]] if "text" in branches else []
+    if "speech" in branches:
+        parts += [str(entry["wav"]), str(entry["duration"])]
+    return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
 def cache_branches(model, max_duration=None):
     """Identity of each of the model's frozen encoders (the ones a cache may hold)."""
     return {
@@ -87,6 +98,7 @@ class FeatureCache:
         self.branches = index["branches"]
         self.dtype = index["dtype"]
         self.shard_of = {utt: shard for shard, utts in index["shards"].items() for utt in utts}
+        self.inputs = index["inputs"]
         self._open = {}
 
     def __contains__(self, utt):
@@ -125,11 +137,18 @@ class FeatureCache:
                     f"setting ({', '.join(differ)} differ): extract into a new directory"
                 )
         for manifest in manifests:
-            missing = [utt for utt in load_manifest(manifest) if utt not in self]
+            entries = load_manifest(manifest)
+            missing = [utt for utt in entries if utt not in self]
             if missing:
                 raise FeatureCacheError(
                     f"feature cache {self.cache_dir} lacks {len(missing)} utterance(s) of "
                     f"{manifest} (first: {missing[0]}): run the extraction on it"
+                )
+            changed = [u for u, e in entries.items() if input_digest(e, self.branches) != self.inputs[u]]
+            if changed:
+                raise FeatureCacheError(
+                    f"{len(changed)} utterance(s) of {manifest} have another text or audio than when "
+                    f"{self.cache_dir} was extracted (first: {changed[0]}): extract into a new directory"
                 )
         return sorted(current)
 
@@ -159,7 +178,7 @@ def _dump_json(obj, path):
 def _read_index(cache_dir, branches, dtype):
     path = os.path.join(cache_dir, INDEX)
     if not os.path.isfile(path):
-        return {"branches": branches, "dtype": dtype, "shards": {}}
+        return {"branches": branches, "dtype": dtype, "shards": {}, "inputs": {}}
     with open(path, encoding="utf-8") as f:
         index = json.load(f)
     if index["branches"] != branches or index["dtype"] != dtype:
@@ -208,10 +227,18 @@ def extract(model, manifests, cache_dir, data_root=None, max_duration=None, batc
         fcntl.flock(lock, fcntl.LOCK_EX)  # one extraction per cache at a time
         index = _read_index(cache_dir, branches, dtype)
         done = {utt for utts in index["shards"].values() for utt in utts}
-        entries = {}
+        entries, digests = {}, {}
         for manifest in manifests:
-            for utt, entry in load_manifest(manifest, data_root).items():
+            for utt, entry in load_manifest(manifest).items():
+                digests[utt] = input_digest(entry, branches)
+                if utt in done and digests[utt] != index["inputs"][utt]:
+                    raise FeatureCacheError(
+                        f"{manifest}: utterance '{utt}' has another text or audio than when {cache_dir} "
+                        "was extracted: extract into a new directory"
+                    )
                 if utt not in done:
+                    if data_root is not None and entry["wav"]:
+                        entry["wav"] = entry["wav"].replace("{data_root}", data_root)
                     entries[utt] = entry
         todo = sorted(entries)
         logger.info("Feature cache %s: %d utterance(s) cached, %d to extract (%s)",
@@ -227,6 +254,7 @@ def extract(model, manifests, cache_dir, data_root=None, max_duration=None, batc
                         tensors[f"{utt}/{branch}"] = value.to(DTYPES[dtype]).contiguous()
             _write_atomic(os.path.join(cache_dir, shard), lambda p: save_file(tensors, p))
             index["shards"][shard] = sorted(todo[start:start + shard_size])
+            index["inputs"].update({utt: digests[utt] for utt in index["shards"][shard]})
             _write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
             logger.info("Feature cache %s: %s written (%d/%d)", cache_dir, shard,
                         min(start + shard_size, len(todo)), len(todo))

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 import crab.features
 from crab.bin import evaluate, extract_features, train
+from crab.experiment import parse_and_load
 from crab.features import FeatureCache, FeatureCacheError
 from tests.conftest import ROOT
 from tests.test_brain import CLASSES, CONFIG, data  # noqa: F401  (the tiny corpus fixture)
@@ -32,6 +33,16 @@ def run(main, args):
         main(args)
     finally:
         os.chdir(cwd)
+
+
+def model_and_duration(data, out):
+    cwd = os.getcwd()
+    os.chdir(os.path.join(ROOT, "egs", "TEMPLATE"))
+    try:
+        _, _, _, hparams = parse_and_load(argv(data, out))
+    finally:
+        os.chdir(cwd)
+    return hparams["model"], hparams["max_duration"]
 
 
 def final_state(out):
@@ -112,3 +123,10 @@ def test_cache_is_checked_against_the_model_and_manifests(data, tmp_path):  # no
     with pytest.raises(FeatureCacheError, match="lacks 4 utterance.*valid.json"):
         run(train.main, argv(data, tmp_path / "c", f"--feature_cache={cache}"))
     assert "train_0" not in FeatureCache(str(cache)) and "train_angry_0" in FeatureCache(str(cache))
+    # an edited transcript: its cached text states are stale
+    edited = json.loads((data / "train.json").read_text())
+    edited["train_sad_2"]["text"] = "I feel very sad today"
+    (tmp_path / "edited").mkdir()
+    (tmp_path / "edited" / "train.json").write_text(json.dumps(edited))
+    with pytest.raises(FeatureCacheError, match="1 utterance.*another text or audio.*train_sad_2"):
+        FeatureCache(str(cache)).check(*model_and_duration(data, tmp_path), [str(tmp_path / "edited" / "train.json")])
