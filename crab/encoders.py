@@ -96,11 +96,14 @@ class _Encoder(nn.Module):
         self.normalize_states = normalize_states
 
     def _setup_output(self, num_hidden_states):
-        if self.layer_weighting not in ("last", "weighted_sum"):
+        choice = self.layer_weighting
+        is_index = isinstance(choice, int) and not isinstance(choice, bool)
+        if choice not in ("last", "weighted_sum") and not (is_index and 0 <= choice < num_hidden_states):
             raise ValueError(
-                f"layer_weighting must be 'last' or 'weighted_sum', got "
-                f"'{self.layer_weighting}'"
+                f"layer_weighting must be 'last', 'weighted_sum' or a hidden-state index "
+                f"0..{num_hidden_states - 1} (0: the input embeddings), got '{choice}'"
             )
+        self.layer_index = choice if is_index else None
         self.layer_weights = (
             LayerWeights(num_hidden_states)
             if self.layer_weighting == "weighted_sum"
@@ -122,17 +125,24 @@ class _Encoder(nn.Module):
     @property
     def num_states(self):
         """How many layers ``states`` stacks: every hidden state for
-        ``weighted_sum``, only the last for ``last``."""
+        ``weighted_sum``, one (the last, or the chosen index) otherwise."""
         return 1 if self.layer_weights is None else self.layer_weights.logits.numel()
 
-    def _stack(self, outputs):
-        if self.layer_weights is None:
-            return outputs.last_hidden_state.unsqueeze(2)
-        return torch.stack(outputs.hidden_states, dim=2)
+    @property
+    def wants_all_states(self):
+        return self.layer_weighting != "last"
+
+    def _stack(self, hidden_states, last):
+        """``(batch, time, num_states, dim)`` from all hidden states and the output."""
+        if self.layer_weights is not None:
+            return torch.stack(hidden_states, dim=2)
+        if self.layer_index is not None:
+            return hidden_states[self.layer_index].unsqueeze(2)
+        return last.unsqueeze(2)
 
     def select(self, states):
         """The encoder output from ``states`` ``(batch, time, num_states, dim)``:
-        the last layer, or the learned weighted sum (trainable even when the
+        the one layer kept, or the learned weighted sum (trainable even when the
         encoder is frozen, and on cached states), after ``state_norm`` if any."""
         if self.state_norm is not None:
             states = self.state_norm(states)
@@ -183,8 +193,9 @@ class SpeechEncoder(_Encoder):
     freeze_feature_extractor : bool
         Freeze the convolutional feature encoder (the paper's setting; for
         Whisper, its two input convolutions).
-    layer_weighting : str
-        ``last`` (paper) or ``weighted_sum`` (learned softmax weights over layers).
+    layer_weighting : str or int
+        ``last`` (paper), ``weighted_sum`` (learned softmax weights over layers),
+        or the index of one hidden state (0: the input embeddings, N: the last).
     normalize_waveform : bool or None
         Zero-mean unit-variance per utterance (over its real samples). None takes
         the model's feature-extractor setting when it has one, else False.
@@ -211,7 +222,7 @@ class SpeechEncoder(_Encoder):
         config = AutoConfig.from_pretrained(source)
         self.is_whisper = isinstance(config, WhisperConfig)
         overrides = {}
-        if layer_weighting == "weighted_sum":
+        if layer_weighting != "last":  # layerdrop would shift the hidden-state indices
             layerdrop = 0.0
         if layerdrop is not None:
             key = "encoder_layerdrop" if self.is_whisper else "layerdrop"
@@ -255,14 +266,13 @@ class SpeechEncoder(_Encoder):
         wavs = wavs.masked_fill(~sample_mask, 0.0)
         if self.is_whisper:
             return self._encode_whisper(wavs, lengths)
-        want_all = self.layer_weights is not None
         outputs = self.model(
             wavs,
             attention_mask=sample_mask.long() if self.use_attention_mask else None,
-            output_hidden_states=want_all,
+            output_hidden_states=self.wants_all_states,
         )
         frame_lens = self.model._get_feat_extract_output_lengths(lengths)
-        states = self._stack(outputs)
+        states = self._stack(outputs.hidden_states, outputs.last_hidden_state)
         return states, lengths_to_mask(frame_lens, states.shape[1])
 
     def _encode_whisper(self, wavs, lengths):
@@ -295,9 +305,7 @@ class SpeechEncoder(_Encoder):
             x = x[0] if isinstance(x, tuple) else x
             states.append(x)
         states[-1] = enc.layer_norm(x)
-        if self.layer_weights is None:
-            return states[-1].unsqueeze(2), mask
-        return torch.stack(states, dim=2), mask
+        return self._stack(states, states[-1]), mask
 
 
 def _whisper_features(source, config):
@@ -377,6 +385,6 @@ class TextEncoder(_Encoder):
         outputs = self.model(
             input_ids=tokens["input_ids"],
             attention_mask=tokens["attention_mask"],
-            output_hidden_states=self.layer_weights is not None,
+            output_hidden_states=self.wants_all_states,
         )
-        return self._stack(outputs), tokens["attention_mask"].bool()
+        return self._stack(outputs.hidden_states, outputs.last_hidden_state), tokens["attention_mask"].bool()

@@ -56,6 +56,7 @@ def encoder_identity(encoder, max_duration=None):
     """What determines an encoder's cached states (compared on every read)."""
     identity = {
         "class": type(encoder).__name__,
+        "layer_weighting": encoder.layer_weighting,
         "num_states": encoder.num_states,
         "dim": encoder.output_dim,
         "weights_sha256": weights_digest(encoder.model),

@@ -128,3 +128,24 @@ def test_state_normalization_uses_real_frames_only_and_is_saved():
     restored = StateNormalization(2, 1)
     restored.load_state_dict(norm.state_dict())
     assert bool(restored.ready) and torch.equal(restored.std, norm.std)
+
+
+def test_one_chosen_hidden_state_is_read(tokenizer_dir):
+    torch.manual_seed(0)
+    every = SpeechEncoder(WAVLM, pretrained=False, layer_weighting="weighted_sum").eval()
+    chosen = SpeechEncoder(WAVLM, pretrained=False, layer_weighting=1).eval()
+    chosen.model.load_state_dict(every.model.state_dict())
+    wavs, lens = torch.randn(2, 8000), torch.tensor([1.0, 0.6])
+    with torch.no_grad():
+        states, mask = every.states(wavs, lens)
+        hidden, chosen_mask = chosen(wavs, lens)
+    assert chosen.num_states == 1 and chosen.layer_weights is None
+    torch.testing.assert_close(hidden, states[:, :, 1])
+    assert torch.equal(mask, chosen_mask)
+    text = TextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir, pretrained=False,
+                       layer_weighting=0)
+    embeddings, _ = text(["a short one", "and a longer sentence here"])
+    assert embeddings.shape[-1] == text.output_dim
+    for bad in (3, -1, True):  # the tiny WavLM has hidden states 0..2
+        with pytest.raises(ValueError, match="hidden-state index 0..2"):
+            SpeechEncoder(WAVLM, pretrained=False, layer_weighting=bad)
