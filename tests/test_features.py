@@ -130,3 +130,16 @@ def test_cache_is_checked_against_the_model_and_manifests(data, tmp_path):  # no
     (tmp_path / "edited" / "train.json").write_text(json.dumps(edited))
     with pytest.raises(FeatureCacheError, match="1 utterance.*another text or audio.*train_sad_2"):
         FeatureCache(str(cache)).check(*model_and_duration(data, tmp_path), [str(tmp_path / "edited" / "train.json")])
+
+
+def test_layer_probe_scores_every_layer_on_validation(data, tmp_path, capsys):  # noqa: F811
+    from crab.bin import layer_probe
+
+    cache = tmp_path / "cache"
+    run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={cache}"))
+    layer_probe.main(["--cache", str(cache), "--fold", str(data), "--branch", "speech"])
+    out = capsys.readouterr().out
+    assert "| layer 0 | layer 1 | layer 2 |" in out  # tiny WavLM: embeddings + 2 layers
+    best = int(out.split("best layer on validation: ")[1].split()[0])
+    means = [float(v) for v in out.split("| mean | ")[1].split(" |\n")[0].split(" | ")]
+    assert len(means) == 3 and means[best] == max(means)

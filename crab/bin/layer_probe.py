@@ -1,0 +1,70 @@
+"""Which encoder layer to read: a linear probe per layer on cached states.
+
+    python -m crab.bin.layer_probe --cache DIR --branch speech \\
+        --fold data/fold1 [--fold data/fold2 ...] [--classes a,b,c]
+
+For every fold (a directory with ``train.json`` and ``valid.json``), fits a
+class-balanced logistic regression on each layer's mean-pooled, standardized
+states of the training utterances and prints each layer's validation UAR, then
+the mean over folds. Only training and validation data are read, so the layer
+it picks (``layer_weighting: <index>``) is chosen without the test sets. The
+cache must hold every layer (extracted with ``layer_weighting: weighted_sum``).
+"""
+
+import argparse
+import os
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from crab.data import load_manifest
+from crab.features import FeatureCache
+from crab.metrics import compute_scores
+
+
+def pooled(cache, manifest, branch):
+    """``(utterances, layers, dim)`` mean-pooled states and the labels."""
+    entries = load_manifest(manifest)
+    states = np.stack([cache.get(utt, branch).mean(dim=0).numpy() for utt in entries])
+    return states, [entry["emo"] for entry in entries.values()]
+
+
+def probe_fold(cache, fold_dir, branch, seed=0):
+    """Validation UAR of each layer's probe on one fold."""
+    x_train, y_train = pooled(cache, os.path.join(fold_dir, "train.json"), branch)
+    x_valid, y_valid = pooled(cache, os.path.join(fold_dir, "valid.json"), branch)
+    classes = sorted(set(y_train))
+    index = {c: i for i, c in enumerate(classes)}
+    scores = []
+    for layer in range(x_train.shape[1]):
+        scaler = StandardScaler().fit(x_train[:, layer])
+        model = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed)
+        model.fit(scaler.transform(x_train[:, layer]), y_train)
+        predicted = model.predict(scaler.transform(x_valid[:, layer]))
+        result = compute_scores([index[y] for y in y_valid], [index[p] for p in predicted], len(classes))
+        scores.append(result["UAR"])
+    return scores
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--branch", choices=("speech", "text"), default="speech")
+    parser.add_argument("--fold", action="append", required=True, help="directory with train.json and valid.json")
+    args = parser.parse_args(argv)
+    cache = FeatureCache(args.cache)
+    if args.branch not in cache.branches or cache.branches[args.branch]["layer_weighting"] != "weighted_sum":
+        raise SystemExit(f"{args.cache} must hold every {args.branch} layer (extract with layer_weighting: weighted_sum)")
+    table = np.array([probe_fold(cache, fold, args.branch) for fold in args.fold])
+    print("| fold | " + " | ".join(f"layer {i}" for i in range(table.shape[1])) + " |")
+    print("|---" * (table.shape[1] + 1) + "|")
+    for fold, row in zip(args.fold, table):
+        print(f"| {os.path.basename(fold.rstrip('/'))} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    mean = table.mean(axis=0)
+    print("| mean | " + " | ".join(f"{v:.3f}" for v in mean) + " |")
+    print(f"best layer on validation: {int(mean.argmax())} (mean UAR {mean.max():.3f})")
+
+
+if __name__ == "__main__":
+    main()
