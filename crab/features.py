@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from crab.data import load_manifest, read_audio
+from crab.data import load_manifest, read_utterance_audio
 from crab.encoders import lengths_to_mask, relative_to_absolute
 
 logger = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def _encode_batch(model, branches, utts, entries, max_duration, device):
     for branch in branches:
         encoder = model.encoders[branch]
         if branch == "speech":
-            wavs = [read_audio(entries[u]["wav"], max_duration) for u in utts]
+            wavs = [read_utterance_audio(u, entries[u]["wav"], max_duration) for u in utts]
             batch = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
             lens = torch.tensor([len(w) / batch.shape[1] for w in wavs], device=device)
             states, mask = encoder.states(batch, lens)

@@ -197,6 +197,7 @@ def test_embedding_dump_scores_and_comparison_figure(tmp_path):
 
 
 EXPECTED = {  # name: (legs, leg output size, leg loss, encoders, cross-modal block, hierarchical lr)
+    "plain_ce": ([], None, "mpcl", {"speech", "text"}, True, True),
     "ce_only": ([], None, "mpcl", {"speech", "text"}, True, True),
     "ce_mpcl_fusion": (["fusion"], 32, "mpcl", {"speech", "text"}, True, True),
     "mls_ce": (["speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"], 4, "wce",
@@ -286,6 +287,7 @@ def test_ablation_builds_the_intended_model_and_trains_a_step(name, tiny_data, t
     assert set(model.encoders) == branches
     assert (model.text_encoder is None) == ("text" not in branches)
     assert (model.cross_modal is not None) == cross_modal
+    assert hparams["wce"].class_weighting == (name != "plain_ce")
     for leg in legs.legs.values():
         assert leg[-1].out_features == leg_dim
     if loss_kind == "wce":
