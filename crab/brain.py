@@ -3,11 +3,14 @@
 import csv
 import json
 import logging
+import math
 import os
 
 import speechbrain as sb
 import torch
+import yaml
 
+from crab.checkpointing import RandomState
 from crab.features import cached_states
 from crab.losses import total_loss
 from crab.metrics import METRICS, compute_scores
@@ -26,6 +29,24 @@ def _model_inputs(batch):
     return wavs, wav_lens, batch.text, cached_states(batch)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A training loss is NaN or infinite."""
+
+
+def check_finite_losses(values, ids, epoch, step):
+    """Raise ``NonFiniteLossError`` if a loss part in ``values`` (name -> float) is
+    not finite, naming the parts, the epoch, the step and the batch's utterances."""
+    bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+    if bad:
+        parts = ", ".join(f"{name}={value}" for name, value in bad.items())
+        raise NonFiniteLossError(
+            f"non-finite training loss ({parts}) at epoch {epoch}, step {step}, in the batch of "
+            f"utterances {', '.join(ids)}; stopped before the optimizer step, so the saved "
+            "checkpoints hold only finite updates"
+        )
+
+
+@sb.utils.checkpoints.register_checkpoint_hooks
 class CrabBrain(sb.Brain):
     """Trains Crab with weighted CE plus alpha * mean of the leg losses.
 
@@ -35,6 +56,14 @@ class CrabBrain(sb.Brain):
     modules ``model`` (``crab.model.Crab``), ``legs`` (``crab.legs.SupervisionLegs``)
     and ``wce`` (``crab.losses.WeightedCrossEntropy``).
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loss_parts, self._loss_parts_count = {}, 0
+        self.random_state = RandomState()
+        if self.checkpointer is not None:
+            # optional: checkpoints written before it existed still load
+            self.checkpointer.add_recoverable("random_state", self.random_state, optional_load=True)
 
     def forward_model(self, batch):
         """Crab's ``(logits, taps)`` on a batch of waveforms or cached encoder states."""
@@ -80,21 +109,45 @@ class CrabBrain(sb.Brain):
         }
         loss = total_loss(ce, list(leg_losses.values()), self.hparams.alpha)
         if stage == sb.Stage.TRAIN:
-            self._add_parts({"wce": ce, **{f"leg_{n}": v for n, v in leg_losses.items()}})
+            self._add_parts(batch, {"wce": ce, **{f"leg_{n}": v for n, v in leg_losses.items()}})
         else:
             self._predictions.append(
                 (batch.id, targets.cpu(), torch.softmax(logits.float(), dim=-1).detach().cpu())
             )
         return loss
 
-    def _add_parts(self, parts):
-        for name, value in parts.items():
-            self._loss_parts[name] = self._loss_parts.get(name, 0.0) + value.item()
+    def _add_parts(self, batch, parts):
+        """Add the batch's loss parts to the epoch's sums; a non-finite one stops
+        training here, before ``backward()`` and the optimizer step."""
+        values = {name: value.item() for name, value in parts.items()}
+        check_finite_losses(values, batch.id, self.hparams.epoch_counter.current, self.step)
+        for name, value in values.items():
+            self._loss_parts[name] = self._loss_parts.get(name, 0.0) + value
         self._loss_parts_count += 1
 
     def on_stage_start(self, stage, epoch=None):
         self._predictions = []
-        self._loss_parts, self._loss_parts_count = {}, 0
+        if stage != sb.Stage.TRAIN or self.step == 0:  # step > 0: resumed mid-epoch, sums restored
+            self._loss_parts, self._loss_parts_count = {}, 0
+
+    def on_fit_batch_start(self, batch, should_step):
+        self.random_state.restore_pending()  # after resuming from an intra-epoch checkpoint
+
+    @sb.utils.checkpoints.mark_as_saver
+    def _save(self, path):
+        """Brain's counters, then the epoch's loss-part sums (for the log of a resumed epoch)."""
+        super()._save(path)
+        with open(path, "a", encoding="utf-8") as f:
+            sums = {"loss_parts": self._loss_parts, "loss_parts_count": self._loss_parts_count}
+            yaml.dump(sums, f, sort_keys=False)
+
+    @sb.utils.checkpoints.mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        super()._recover(path, end_of_epoch)
+        with open(path, encoding="utf-8") as f:
+            saved = yaml.safe_load(f)
+        self._loss_parts = saved.get("loss_parts", {})
+        self._loss_parts_count = saved.get("loss_parts_count", 0)
 
     def init_optimizers(self):
         """AdamW per parameter group: speech encoder, text encoder (at

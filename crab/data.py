@@ -15,6 +15,8 @@ import speechbrain as sb
 import torch
 import torchaudio
 
+from crab.dataprep import clean_transcript, probe_audio
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -34,16 +36,47 @@ def read_audio(path, max_duration=None):
     return wav
 
 
+class AudioReadError(RuntimeError):
+    """An utterance's audio file cannot be used."""
+
+
+def read_utterance_audio(utt, path, max_duration=None):
+    """``read_audio`` for a dataset item: a missing, empty, unreadable, sample-less
+    or non-finite file is an ``AudioReadError`` naming the utterance and the file."""
+    _, problem = probe_audio(path)
+    if problem is None:
+        try:
+            wav = read_audio(path, max_duration)
+        except (RuntimeError, sf.LibsndfileError) as err:
+            problem = ("unreadable audio", f"unreadable audio file {path} ({err})")
+        else:
+            if wav.numel() == 0:
+                problem = ("no samples", f"no audio samples in {path}")
+            elif not torch.isfinite(wav).all():
+                problem = ("non-finite samples", f"NaN or infinite samples in {path}")
+    if problem is not None:
+        raise AudioReadError(f"utterance '{utt}': {problem[1]}")
+    return wav
+
+
 def load_manifest(path, data_root=None):
-    """Read a manifest, check its fields, and substitute ``{data_root}``."""
+    """Read a manifest, check its fields, substitute ``{data_root}``, and clean
+    control characters out of the transcripts as data prep does."""
     with open(path, encoding="utf-8") as f:
         entries = json.load(f)
+    cleaned = Counter()
     for utt, entry in entries.items():
         missing = [k for k in REQUIRED_FIELDS if k not in entry]
         if missing:
             raise ValueError(f"{path}: utterance '{utt}' lacks field(s) {missing}")
-        if data_root is not None:
+        if isinstance(entry["text"], str):
+            entry["text"], removed = clean_transcript(entry["text"])
+            cleaned.update({"transcripts": bool(removed), "characters": removed})
+        if data_root is not None and entry["wav"] is not None:  # None: a text-only manifest
             entry["wav"] = entry["wav"].replace("{data_root}", data_root)
+    if cleaned["characters"]:
+        logger.warning("%s: cleaned %d control character(s) out of %d transcript(s)",
+                       path, cleaned["characters"], cleaned["transcripts"])
     return entries
 
 
@@ -88,14 +121,19 @@ def make_dataset(manifest_path, encoder, data_root, max_duration=None, sort=Fals
                 f"{manifest_path}: utterance '{utt}' has label '{entry['emo']}', "
                 f"not one of {list(encoder.lab2ind)}"
             )
+        if audio and entry["wav"] is None:
+            raise ValueError(
+                f"{manifest_path}: the manifest has no audio (utterance '{utt}' has \"wav\": null: "
+                "text-only data prep); a speech or bimodal model needs audio: train with --modality=text"
+            )
     dataset = sb.dataio.dataset.DynamicItemDataset(entries)
     if sort:
         dataset = dataset.filtered_sorted(sort_key="duration")
 
-    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.takes("id", "wav")
     @sb.utils.data_pipeline.provides("sig")
-    def audio_pipeline(wav):
-        return read_audio(wav, max_duration)
+    def audio_pipeline(utt, wav):
+        return read_utterance_audio(utt, wav, max_duration)
 
     @sb.utils.data_pipeline.takes("emo")
     @sb.utils.data_pipeline.provides("emo_encoded")

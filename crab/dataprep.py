@@ -3,13 +3,17 @@
 Each candidate utterance is checked (audio readable, long enough for the speech
 encoder, transcript non-empty, label known). The policy decides what a bad one
 does: ``error`` stops with every problem listed by utterance and file; ``skip``
-leaves it out, logs it, and prints how many were skipped and why.
+leaves it out, logs it, and prints how many were skipped and why. What reading a
+usable one converts (channels, sample rate, control characters) is counted and
+printed (README, "Bad input").
 """
 
 import json
 import logging
 import os
+import re
 import sys
+import unicodedata
 from collections import Counter
 
 import soundfile as sf
@@ -39,28 +43,62 @@ class DataPrepError(RuntimeError):
     """Data preparation found utterances it cannot use."""
 
 
-def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES):
+def probe_audio(path):
+    """``(info, None)`` for an audio file soundfile can open, else ``(None, (kind, message))``."""
+    if not os.path.isfile(path):
+        return None, ("missing audio", f"missing audio file {path}")
+    if os.path.getsize(path) == 0:
+        return None, ("empty audio file", f"empty audio file (0 bytes) {path}")
+    try:
+        return sf.info(path), None
+    except (RuntimeError, sf.LibsndfileError) as err:
+        return None, ("unreadable audio", f"unreadable audio file {path} ({err})")
+
+
+def clean_transcript(text):
+    """``(text, n)``: ``text`` without its ``n`` control characters (Unicode Cc).
+
+    Tab, CR, LF and the other whitespace controls become a space, the rest
+    (NUL, ESC, DEL, ...) are dropped; then, if there were any, runs of spaces
+    are collapsed and the ends stripped. A text without control characters is
+    returned as it is. Data prep and the manifest reader both apply it.
+    """
+    count = sum(unicodedata.category(ch) == "Cc" for ch in text)
+    if not count:
+        return text, 0
+    text = "".join((" " if ch.isspace() else "") if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    return re.sub(" {2,}", " ", text).strip(), count
+
+
+def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES, conversions=None):
     """Return ``(kind, message)`` saying why ``entry`` is unusable, or None.
 
-    Fills in ``duration`` (s) of a usable entry.
+    Cleans the transcript (``clean_transcript``) and fills in ``duration`` (s).
+    For a usable entry, counts in ``conversions`` (a Counter) what reading it
+    will convert: several channels (averaged), another sample rate (resampled
+    to 16 kHz), control characters in the transcript (cleaned here).
     """
-    wav = entry["wav"]
-    if not os.path.isfile(wav):
-        return "missing audio", f"missing audio file {wav}"
-    try:
-        info = sf.info(wav)
-    except (RuntimeError, sf.LibsndfileError) as err:
-        return "unreadable audio", f"unreadable audio file {wav} ({err})"
-    if info.frames * 16000 < min_samples * info.samplerate:
+    wav = entry["wav"]  # None: a text-only entry, no audio to check (its duration is None)
+    info, problem = probe_audio(wav) if wav is not None else (None, None)
+    if problem:
+        return problem
+    if info is not None and info.frames * 16000 < min_samples * info.samplerate:
         return "audio too short", (
             f"audio too short for the speech encoder ({info.frames} samples at "
             f"{info.samplerate} Hz, need {min_samples} at 16 kHz): {wav}"
         )
-    if not str(entry.get("text", "")).strip():
-        return "empty transcript", f"empty transcript for {wav}"
+    entry["text"], removed = clean_transcript(str(entry.get("text", "")))
+    if not entry["text"].strip():
+        return "empty transcript", f"empty transcript for {wav or utt}"
     if entry.get("emo") not in classes:
-        return "unknown label", f"label '{entry.get('emo')}' of {wav} not in {list(classes)}"
-    entry["duration"] = round(info.frames / info.samplerate, 3)
+        return "unknown label", f"label '{entry.get('emo')}' of {wav or utt} not in {list(classes)}"
+    entry["duration"] = None if info is None else round(info.frames / info.samplerate, 3)
+    if conversions is not None:
+        conversions.update(
+            ([f"{info.channels} channels (averaged to mono)"] if info and info.channels > 1 else [])
+            + ([f"{info.samplerate} Hz (resampled to 16 kHz)"] if info and info.samplerate != 16000 else [])
+            + (["control characters in transcript (cleaned)"] if removed else [])
+        )
     return None
 
 
@@ -68,9 +106,9 @@ def validate(entries, classes, policy="error", name="data", min_samples=MIN_SAMP
     """Keep the usable entries of ``entries`` (utt -> dict) according to ``policy``."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got '{policy}'")
-    kept, problems = {}, []
+    kept, problems, conversions = {}, [], Counter()
     for utt, entry in entries.items():
-        reason = check_utterance(utt, entry, classes, min_samples)
+        reason = check_utterance(utt, entry, classes, min_samples, conversions)
         if reason is None:
             kept[utt] = entry
         else:
@@ -87,6 +125,8 @@ def validate(entries, classes, policy="error", name="data", min_samples=MIN_SAMP
     if problems:
         kinds = Counter(kind for _, (kind, _) in problems)
         print(f"{name}: skipped {len(problems)} of {len(entries)} utterances: {dict(kinds)}")
+    if conversions:
+        print(f"{name}: converted, of {len(kept)} kept utterances: {dict(conversions)}")
     return kept
 
 
@@ -96,8 +136,9 @@ def write_manifest(entries, path, data_root):
     portable = {}
     for utt, entry in entries.items():
         entry = dict(entry)
-        wav = os.path.abspath(entry["wav"])
-        entry["wav"] = "{data_root}/" + wav[len(root):] if wav.startswith(root) else wav
+        if entry["wav"] is not None:  # None: text-only
+            wav = os.path.abspath(entry["wav"])
+            entry["wav"] = "{data_root}/" + wav[len(root):] if wav.startswith(root) else wav
         portable[utt] = entry
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"

@@ -9,6 +9,8 @@ import sys
 import speechbrain as sb
 import yaml
 from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.sampler import DynamicBatchSampler
+from speechbrain.utils.distributed import run_on_main
 
 from crab.brain import CrabBrain
 from crab.data import class_counts, label_encoder, make_dataset
@@ -69,16 +71,28 @@ def parse_and_load(argv=None):
 
 def prepare_labels_and_weights(hparams):
     """Label encoder (saved) and class weights from the training manifest (set on
-    the WCE module, which the checkpoint saves, and written to class_weights.json)."""
+    the WCE module, which the checkpoint saves, and written to class_weights.json).
+    In a DDP run the main process writes both files and the others read them."""
     classes = list(hparams["classes"])
-    encoder = label_encoder(classes, os.path.join(hparams["save_folder"], "label_encoder.txt"))
+    encoder_path = os.path.join(hparams["save_folder"], "label_encoder.txt")
+    weights_path = os.path.join(hparams["save_folder"], "class_weights.json")
+    run_on_main(_write_labels_and_weights, args=[hparams, encoder_path, weights_path])
+    encoder = label_encoder(classes, encoder_path)
+    with open(weights_path, encoding="utf-8") as f:
+        saved = json.load(f)
+    hparams["wce"].set_counts([saved[c]["count"] for c in classes])
+    return encoder
+
+
+def _write_labels_and_weights(hparams, encoder_path, weights_path):
+    classes = list(hparams["classes"])
+    label_encoder(classes, encoder_path)
     counts = class_counts(hparams["train_manifest"], classes)
     hparams["wce"].set_counts(counts)
     weights = hparams["wce"].weight.tolist()
-    with open(os.path.join(hparams["save_folder"], "class_weights.json"), "w") as f:
+    with open(weights_path, "w", encoding="utf-8") as f:
         json.dump({c: {"count": n, "weight": w} for c, n, w in zip(classes, counts, weights)}, f, indent=2)
     logger.info("Class counts %s, weights N/N_c %s", counts, [round(w, 3) for w in weights])
-    return encoder
 
 
 def feature_cache(hparams, manifests):
@@ -99,6 +113,43 @@ def dataset(hparams, manifest, encoder, sort=False, cache=(None, [])):
         manifest, encoder, hparams["data_root"], hparams["max_duration"], sort=sort,
         audio=audio, cache=cache, cached_branches=cached,
     )
+
+
+def item_lengths(data, max_duration=None):
+    """Each item's length for dynamic batching, in ``data``'s order: its duration in
+    seconds (cut at ``max_duration``, as its audio is), or in a text-only manifest
+    (every ``duration`` null) the number of characters of its text."""
+    entries = [data.data[utt] for utt in data.data_ids]
+    missing = [utt for utt, entry in zip(data.data_ids, entries) if entry["duration"] is None]
+    if not missing:
+        return [min(e["duration"], max_duration) if max_duration else e["duration"] for e in entries]
+    if len(missing) < len(entries):
+        raise ValueError(
+            f"dynamic batching: utterance '{missing[0]}' has no duration but others have one; "
+            "a manifest gives every duration, or none (text-only: lengths in characters)"
+        )
+    return [len(entry["text"]) for entry in entries]
+
+
+def loader_options(hparams, data, train):
+    """DataLoader options for ``data``: ``train_dataloader_opts`` (``train``) or
+    ``eval_dataloader_opts``. With ``dynamic_batching``, a DynamicBatchSampler over
+    ``num_buckets`` length buckets replaces ``batch_size``: a batch holds at most
+    ``max_batch_length`` seconds (characters) once padded to its longest item, and
+    only an item longer than that is alone. Shuffled batches when the options
+    shuffle (new ones each epoch: SpeechBrain calls ``set_epoch`` on the Brain's
+    ``train_sampler``), in ascending length otherwise."""
+    opts = dict(hparams["train_dataloader_opts" if train else "eval_dataloader_opts"])
+    if not hparams["dynamic_batching"]:
+        return opts
+    shuffle = opts.pop("shuffle", False)
+    opts.pop("batch_size", None)
+    opts["batch_sampler"] = DynamicBatchSampler(
+        data, hparams["max_batch_length"], hparams["num_buckets"],
+        lengths_list=item_lengths(data, hparams["max_duration"]), shuffle=shuffle,
+        batch_ordering="random" if shuffle else "ascending", seed=hparams["seed"],
+    )
+    return opts
 
 
 def make_brain(hparams, run_opts):

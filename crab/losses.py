@@ -5,6 +5,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from crab.distributed import gather_batch
+
 
 def _similarities(embeddings, labels, temperature):
     """Cosine similarities / tau with the self pair removed, and the positive mask."""
@@ -48,17 +50,23 @@ def supcon(embeddings, labels, temperature=0.07, base_temperature=0.07):
 
 
 class ContrastiveLoss(nn.Module):
-    """A contrastive criterion as a module (for hyperpyyaml): ``mpcl`` or ``supcon``."""
+    """A contrastive criterion as a module (for hyperpyyaml): ``mpcl`` or ``supcon``.
+
+    With ``gather=True``, in a DDP run the loss is over the global batch: every
+    process's embeddings and labels (``crab.distributed.gather_batch``).
+    """
 
     KINDS = {"mpcl": mpcl, "supcon": supcon}
 
-    def __init__(self, kind="mpcl", temperature=0.1, **kwargs):
+    def __init__(self, kind="mpcl", temperature=0.1, gather=False, **kwargs):
         super().__init__()
         if kind not in self.KINDS:
             raise ValueError(f"contrastive loss must be one of {list(self.KINDS)}, got '{kind}'")
-        self.kind, self.temperature, self.kwargs = kind, temperature, kwargs
+        self.kind, self.temperature, self.gather, self.kwargs = kind, temperature, gather, kwargs
 
     def forward(self, embeddings, labels):
+        if self.gather:
+            embeddings, labels = gather_batch(embeddings, labels)
         return self.KINDS[self.kind](embeddings, labels, self.temperature, **self.kwargs)
 
 

@@ -142,6 +142,34 @@ def test_run_sh_runs_every_fold():
     assert folds == [name for name, *_ in prep.make_folds(5)]
 
 
+def test_sorted_pairing_is_issue_7s_folds():
+    folds = prep.make_folds(5, "sorted")
+    assert [(name, test, valid) for name, test, valid, _ in folds] == [
+        ("fold03_08", ["03", "08"], ["09", "10"]),
+        ("fold09_10", ["09", "10"], ["11", "12"]),
+        ("fold11_12", ["11", "12"], ["13", "14"]),
+        ("fold13_14", ["13", "14"], ["15", "16"]),
+        ("fold15_16", ["15", "16"], ["03", "08"]),  # validation wraps around
+    ]
+    assert folds[2][3] == ["03", "08", "09", "10", "15", "16"]
+    assert prep.make_folds(5) == prep.make_folds(5, "balanced")  # the default is unchanged
+    # ten sorted folds would reuse the names fold03 ... with other validation speakers
+    with pytest.raises(DataPrepError, match="--pairing sorted is for the 5 folds"):
+        prep.make_folds(10, "sorted")
+
+
+def test_prep_writes_sorted_pairing_folds(fixture_corpus, tmp_path):
+    result = run_prep(fixture_corpus, tmp_path / "data", "--check_counts", "false", "--pairing", "sorted")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(os.listdir(tmp_path / "data")) == ["fold03_08", "fold09_10", "fold11_12", "fold13_14", "fold15_16"]
+    assert "fold15_16: test 15 16 | valid 03 08 | train 09 10 11 12 13 14" in result.stdout
+    for split, speakers in (("test", {"15", "16"}), ("valid", {"03", "08"}), ("train", {"09", "10", "11", "12", "13", "14"})):
+        assert set(read_table(tmp_path / "data" / "fold15_16" / split / "utt2spk").values()) == speakers
+    result = run_prep(fixture_corpus, tmp_path / "other", "--check_counts", "false", "--pairing", "by_gender")
+    assert result.returncode != 0 and "--pairing: invalid choice: 'by_gender'" in result.stderr
+    assert not (tmp_path / "other").exists()
+
+
 @pytest.mark.parametrize("num_folds", [1, 2, 3, 4])
 def test_num_folds_must_leave_training_speakers(num_folds):
     with pytest.raises(DataPrepError, match="5 or 10"):
@@ -256,3 +284,11 @@ def test_real_corpus_counts():
                             capture_output=True, text=True, env={**os.environ, **NO_BYTECODE})
     assert result.returncode == 0, result.stderr
     assert "127         81         46         69         71         62         79        535" in result.stdout
+    sorted_pairs = subprocess.run(
+        ["bash", os.path.join(LOCAL, "check_real_corpus.sh"), os.environ["EMODB"], "--pairing", "sorted"],
+        capture_output=True, text=True, env={**os.environ, **NO_BYTECODE})
+    assert sorted_pairs.returncode == 0, sorted_pairs.stderr
+    totals = re.findall(r"^(fold\S+):.*\n.*\ntrain .* (\d+)\nvalid .* (\d+)\ntest .* (\d+)$", sorted_pairs.stdout, re.MULTILINE)
+    assert totals == [("fold03_08", "347", "81", "107"), ("fold09_10", "364", "90", "81"),
+                      ("fold11_12", "315", "130", "90"), ("fold13_14", "278", "127", "130"),
+                      ("fold15_16", "301", "107", "127")]  # README, Protocol

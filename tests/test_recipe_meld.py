@@ -320,3 +320,62 @@ def test_smoke_stages_0_to_6(corpus, tmp_path):
     manifest = json.loads((tmp_path / "data" / "official" / "train.json").read_text())
     assert len(manifest) == 14 and manifest["train_dia0_utt0"]["wav"] == "{data_root}/train/dia0_utt0.wav"
     assert "Stage 0" in result.stdout
+
+
+# ---------------------------------------------------------------- text only (no audio)
+
+def test_text_only_data_prep_writes_no_wav_scp_and_null_audio(corpus, tmp_path):
+    prepare(corpus, tmp_path)  # an earlier run with audio leaves a wav.scp behind
+    data = tmp_path / "data" / "official"
+    assert (data / "train" / "wav.scp").exists()
+    result = run_recipe(corpus, tmp_path, "--text_only", "true", "--stage", "1", "--stop_stage", "3",
+                        "--config", "conf/crab_tiny.yaml", "--data_opts", "--check_counts false")
+    assert "Text only: no audio, no wav.scp; the exclusion list local/exclude.txt" in result.stdout
+    assert "Exclusion list" not in result.stdout
+    for split, count in (("train", 15), ("valid", 8), ("test", 7)):  # every CSV row: exclusions are audio faults
+        assert not (data / split / "wav.scp").exists()
+        manifest = json.loads((data / f"{split}.json").read_text(encoding="utf-8"))
+        assert len(manifest) == count
+        assert all(e["wav"] is None and e["duration"] is None for e in manifest.values())
+    train = json.loads((data / "train.json").read_text(encoding="utf-8"))
+    assert train["train_dia125_utt3"]["text"] == "Oh, no-no-no, see, that-that clock\u2019s fast."
+    assert train["train_dia3_utt1"]["emo"] == "joy" and train["train_dia3_utt1"]["episode"] == "S04E07"
+    assert "train 2 2 2 2 3 2 2 15".split() in [line.split() for line in result.stdout.splitlines()]  # stage 3
+
+    # stage 3's checks still apply: an empty transcript stops it, naming the utterance
+    text = (data / "test" / "text").read_text(encoding="utf-8").splitlines()
+    (data / "test" / "text").write_text("\n".join(text[1:]) + "\n", encoding="utf-8")
+    result = run_recipe(corpus, tmp_path, "--text_only", "true", "--stage", "3", "--stop_stage", "3",
+                        "--config", "conf/crab_tiny.yaml", check=False)
+    assert result.returncode != 0
+    assert f"{text[0].split()[0]}: empty transcript for {text[0].split()[0]}" in result.stderr
+
+
+def test_text_only_stages_0_to_6_without_audio(corpus, tmp_path):
+    """No wav dir at all (run_recipe's --data_root does not exist): a text model
+    trains and is scored; a bimodal one stops, saying the manifest has no audio."""
+    common = ("--text_only", "true", "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300")
+    result = run_recipe(corpus, tmp_path, *common, "--stop_stage", "6", "--data_opts", "--check_counts false",
+                        "--train_opts", "--modality=text --number_of_epochs=1 --batch_size=4")
+    assert "Stage 0: skipped (--text_only true: no audio)" in result.stdout
+    assert not (tmp_path / "wav").exists()
+    run_dir = tmp_path / "exp" / "crab_tiny" / "official" / "seed42"
+    with open(run_dir / "eval_test" / "predictions.csv", newline="") as f:
+        assert {r["true"] for r in csv.DictReader(f)} == set(CLASSES)
+    scores = json.loads((run_dir / "eval_test" / "scores.json").read_text())
+    assert scores["num_utterances"] == 7 and 0 <= scores["UAR"] <= 1
+    assert "modality: text" in (run_dir / "hyperparams.yaml").read_text()
+
+    result = run_recipe(corpus, tmp_path, *common, "--stage", "4", "--stop_stage", "4", "--tag", "bimodal",
+                        "--train_opts", "--number_of_epochs=1", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "train.json: the manifest has no audio (utterance 'train_dia0_utt0' has \"wav\": null" in output
+    assert "train with --modality=text" in output
+
+
+def test_text_only_option_is_checked(corpus, tmp_path):
+    result = run_recipe(corpus, tmp_path, "--text_only", "yes", "--stage", "1", check=False)
+    assert result.returncode != 0 and "--text_only must be true or false, got 'yes'" in result.stdout
+    result = run_recipe(corpus, tmp_path, "--text_only", "true", "--asr_model", "openai/whisper-tiny", check=False)
+    assert result.returncode != 0 and "--asr_model transcribes audio" in result.stdout

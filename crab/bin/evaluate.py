@@ -11,7 +11,7 @@ import sys
 
 import speechbrain as sb
 
-from crab.experiment import dataset, feature_cache, make_brain, parse_and_load
+from crab.experiment import dataset, feature_cache, loader_options, make_brain, parse_and_load
 from crab.data import label_encoder
 
 
@@ -31,7 +31,7 @@ def main(argv=None):
     brain.evaluate(
         test_set,
         max_key=hparams["ckpt_metric"],
-        test_loader_kwargs=hparams["eval_dataloader_opts"],
+        test_loader_kwargs=loader_options(hparams, test_set, train=False),
     )
 
 

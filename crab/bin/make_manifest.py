@@ -3,7 +3,9 @@
 A data directory holds ``wav.scp`` (utt path), ``text`` (utt transcript),
 ``utt2emo`` and ``utt2spk``; any other ``utt2<field>`` file (utt2gender,
 utt2session, ...) becomes a manifest field too. Every utterance is checked
-(``crab.dataprep``) and the per-class counts are printed.
+(``crab.dataprep``) and the per-class counts are printed. With ``--text_only
+true`` the utterances are those of ``utt2emo``, ``wav.scp`` is not read, and
+every entry has ``"wav": null`` and ``"duration": null`` (text models only).
 
     python -m crab.bin.make_manifest --data_dir data/train --data_root DB \\
         --classes angry,happy,neutral,sad --out data/train.json [--policy skip]
@@ -15,6 +17,7 @@ import logging
 import os
 import sys
 
+from crab.cli import str2bool
 from crab.dataprep import POLICIES, DataPrepError, count_table, validate, write_manifest
 
 
@@ -25,8 +28,9 @@ def read_table(path, required=True):
         if required:
             raise DataPrepError(f"missing {path}")
         return table
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, encoding="utf-8", newline="") as f:
+        # lines end at LF only: a stray CR inside a transcript is a control character, not a line break
+        for lineno, line in enumerate(f.read().split("\n"), 1):
             if not line.strip():
                 continue
             utt, value = (line.split(maxsplit=1) + [""])[:2]
@@ -39,12 +43,16 @@ def read_table(path, required=True):
 TEXT_FILES = {"gold": "text", "asr": "text.asr"}
 
 
-def read_data_dir(data_dir, text_source="gold"):
+def read_data_dir(data_dir, text_source="gold", text_only=False):
     """Entries keyed by the utterances of ``wav.scp``; every table must cover them.
 
     ``text_source`` picks the transcripts: ``text`` (gold) or ``text.asr``.
+    ``text_only``: keyed by the utterances of ``utt2emo`` instead, each ``wav`` None.
     """
-    wavs = read_table(os.path.join(data_dir, "wav.scp"))
+    if text_only:
+        wavs = dict.fromkeys(read_table(os.path.join(data_dir, "utt2emo")))
+    else:
+        wavs = read_table(os.path.join(data_dir, "wav.scp"))
     text_file = os.path.join(data_dir, TEXT_FILES[text_source])
     if text_source == "asr" and not os.path.isfile(text_file):
         raise DataPrepError(f"missing {text_file}: run the transcription stage (--asr_model) first")
@@ -64,7 +72,8 @@ def read_data_dir(data_dir, text_source="gold"):
         entries[utt] = entry
     extra = sorted(set().union(*tables.values()) - set(wavs))
     if extra:
-        raise DataPrepError(f"{data_dir}: utterances not in wav.scp, e.g. '{extra[0]}' ({len(extra)} in all)")
+        listing = "utt2emo" if text_only else "wav.scp"
+        raise DataPrepError(f"{data_dir}: utterances not in {listing}, e.g. '{extra[0]}' ({len(extra)} in all)")
     return entries
 
 
@@ -80,12 +89,14 @@ def main(argv=None):
                         help="transcripts from the data dir's text (gold) or text.asr (asr)")
     parser.add_argument("--min_samples", type=int, default=400,
                         help="shortest usable audio, in 16 kHz samples (the encoder's receptive field)")
+    parser.add_argument("--text_only", type=str2bool, default=False,
+                        help="true: no audio (wav.scp not read; wav and duration null): for text models")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     classes = args.classes.split(",")
     name = os.path.basename(os.path.normpath(args.data_dir))
     try:
-        entries = read_data_dir(args.data_dir, args.text_source)
+        entries = read_data_dir(args.data_dir, args.text_source, args.text_only)
         kept = validate(entries, classes, args.policy, name, args.min_samples)
     except DataPrepError as err:
         sys.exit(f"ERROR: {err}")

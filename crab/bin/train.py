@@ -2,6 +2,11 @@
 
 Re-running the same command resumes from the latest checkpoint in
 ``<output_folder>/save``; a finished run does nothing more.
+
+Distributed (DDP): ``torchrun --nproc_per_node N -m crab.bin.train hparams.yaml
+--distributed_backend=nccl|gloo [...]`` (SpeechBrain detects torchrun by its
+``RANK`` and ``LOCAL_RANK``); the main process writes the label encoder and
+class weights, checkpoints and logs.
 """
 
 import os
@@ -11,6 +16,7 @@ import speechbrain as sb
 from crab.experiment import (
     dataset,
     feature_cache,
+    loader_options,
     make_brain,
     parse_and_load,
     prepare_labels_and_weights,
@@ -19,6 +25,7 @@ from crab.experiment import (
 
 def main(argv=None):
     hparams_file, run_opts, overrides, hparams = parse_and_load(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)  # nothing without torchrun
     sb.create_experiment_directory(
         hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )
@@ -32,12 +39,15 @@ def main(argv=None):
         brain.fit_state_normalization(
             train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"]
         )
+    train_options = loader_options(hparams, train_set, train=True)
+    if "batch_sampler" in train_options:  # dynamic batches: set_epoch() reshuffles them each epoch
+        brain.train_sampler = train_options["batch_sampler"]  # (under DDP, SpeechBrain's wrapper of it)
     brain.fit(
         hparams["epoch_counter"],
         train_set,
         valid_set,
-        train_loader_kwargs=hparams["train_dataloader_opts"],
-        valid_loader_kwargs=hparams["eval_dataloader_opts"],
+        train_loader_kwargs=train_options,
+        valid_loader_kwargs=loader_options(hparams, valid_set, train=False),
     )
 
 

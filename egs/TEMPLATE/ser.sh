@@ -13,7 +13,9 @@
 #                    with --feature_cache DIR, the frozen encoders' states of every split
 #                    into DIR (crab.bin.extract_features: sharded, resumable, shared by
 #                    folds, ablations and sweeps; training and evaluation then read it)
-#   4  train         one run per fold and seed (train_info.json: wall time, commit, machine, command)
+#   4  train         one run per fold and seed (train_info.json: wall time, commit, machine, command);
+#                    with --ngpu N > 1 (or --nproc N > 1 on CPU) each run is N DDP processes
+#                    (torchrun; --torchrun_opts for several nodes); stages 5-8 use one process
 #   5  evaluate      best checkpoint on each test set (with --embeddings true, also the
 #                    fused test embeddings and their cluster scores)
 #   6  score         per run: scores.json, per_class.md, confusion.png; per experiment and
@@ -48,13 +50,19 @@ asr_opts=               # extra options for crab.bin.transcribe
 text_source=gold        # manifests' text: gold (data dir's text) | asr (text.asr from stage 2)
 bpe_vocab_size=0        # > 0: build data/<fold>/tokenizer at stage 3 (tiny configs)
 train_opts=             # extra --key=value overrides for the yaml
-ngpu=0                  # 0: CPU; 1: cuda:0
+ngpu=0                  # 0: CPU; 1: cuda:0; N > 1: stage 4 trains on N GPUs (DDP, nccl), later stages on cuda:0
+nproc=1                 # with --ngpu 0, N > 1: stage 4 trains with N CPU processes (DDP, gloo)
+torchrun_opts=          # torchrun options of a DDP stage 4 (empty: one node, --standalone), e.g. on each of 2 nodes
+                        # "--nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500" (node_rank 1 on the other)
 ablations=              # stages 4-6 once per ablation name (e.g. "ce_only mlcs"), tag = name; empty: one run (--tag)
 ablation_table=         # ablation name -> yaml overrides (default: conf/ablations.txt, else the TEMPLATE's)
 alphas=                 # stage 8: alpha sweep over these values (paper: 0.25 ... 3.00); empty: skip
 embeddings=false        # stage 5: also dump and score the fused (fc1) test embeddings (true | false)
 feature_cache=          # directory for frozen-encoder states (stage 3 extracts, stages 4-8 read); empty: none.
                         # Needs frozen encoders: --train_opts "--freeze_speech_encoder=true ..."
+text_only=false         # true: no audio (text-only baselines): stage 0 skipped, data_root need not exist,
+                        # local/data.sh gets --text_only true (writes no wav.scp; the recipe's must accept it),
+                        # manifests with "wav" and "duration" null; train text models: --train_opts "--modality=text"
 
 help_message="Usage: $0 --config CONF --classes a,b,c --data_root DIR [--stage N] [--stop_stage M] [--folds 'f1 f2'] [--seeds '42 43'] [--train_opts '--key=value ...']"
 
@@ -74,8 +82,35 @@ for required in config classes data_root; do
   fi
 done
 [ -n "${tag}" ] || tag=$(basename "${config}" .yaml)
+case "${text_only}" in
+  true) text_only_data_opts="--text_only true" ;;
+  false) text_only_data_opts= ;;
+  *) log "Error: --text_only must be true or false, got '${text_only}'"; exit 1 ;;
+esac
+if [ "${text_only}" = true ] && [ -n "${asr_model}" ]; then
+  log "Error: --asr_model transcribes audio, and a --text_only true run has none"; exit 1
+fi
 device=cpu
 [ "${ngpu}" -gt 0 ] && device=cuda:0
+train_launcher=(python)  # stage 4: one process, or torchrun with the DDP options below
+train_device=${device}
+train_desc=${device}     # how train_info.json records the device
+ddp_opts=()
+if [ "${ngpu}" -gt 1 ] || [ "${nproc}" -gt 1 ]; then
+  if [ "${ngpu}" -gt 0 ] && [ "${nproc}" -gt 1 ]; then
+    log "Error: --nproc is for CPU training (--ngpu 0); with GPUs, --ngpu N trains with N processes"; exit 1
+  fi
+  read -r -a launch_opts <<< "${torchrun_opts:---standalone}"
+  if [ "${ngpu}" -gt 1 ]; then
+    train_launcher=(python -m torch.distributed.run --nproc_per_node "${ngpu}" "${launch_opts[@]}")
+    train_device=  # each process takes cuda:LOCAL_RANK
+    train_desc="${ngpu} GPUs per node (DDP, nccl)"; ddp_opts=(--distributed_backend=nccl)
+  else  # the cores shared among the processes
+    threads=$(( ${OMP_NUM_THREADS:-$(nproc)} / nproc )); [ "${threads}" -ge 1 ] || threads=1
+    train_launcher=(env OMP_NUM_THREADS="${threads}" python -m torch.distributed.run --nproc_per_node "${nproc}" "${launch_opts[@]}")
+    train_desc="cpu, ${nproc} processes per node (DDP, gloo)"; ddp_opts=(--distributed_backend=gloo)
+  fi
+fi
 read -r -a extra_opts <<< "${train_opts}"
 read -r -a asr_extra <<< "${asr_opts}"
 splits="train valid ${test_sets}"
@@ -87,19 +122,24 @@ for name in ${ablations}; do  # unknown names stop here, before anything trains
   python -m crab.report overrides --table "${ablation_table}" --ablation "${name}" > /dev/null
 done
 
-run_opts() {  # overrides every training and evaluation run shares: fold $1, seed $2
+run_opts() {  # overrides every training and evaluation run shares: fold $1, seed $2 (device $3: default ${device}, empty: none)
+  local run_device=${3-${device}}
   echo --data_root="${data_root}" --data_folder="${data_dir}/$1" --seed="$2" --classes="[${classes}]" \
-    --output_folder="${exp_dir}/${tag}/$1/seed$2" --device="${device}" \
+    --output_folder="${exp_dir}/${tag}/$1/seed$2" ${run_device:+--device="${run_device}"} \
     ${feature_cache:+--feature_cache="${feature_cache}"}
 }
 
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ] && [ -x local/corpus.sh ]; then
-  log "Stage 0: corpus preparation (local/corpus.sh)"
-  # shellcheck disable=SC2086
-  local/corpus.sh --data_root "${data_root}" ${corpus_opts}
+  if [ "${text_only}" = true ]; then
+    log "Stage 0: skipped (--text_only true: no audio)"
+  else
+    log "Stage 0: corpus preparation (local/corpus.sh)"
+    # shellcheck disable=SC2086
+    local/corpus.sh --data_root "${data_root}" ${corpus_opts}
+  fi
 fi
 
-if [ ! -d "${data_root}" ]; then
+if [ "${text_only}" = false ] && [ ! -d "${data_root}" ]; then
   log "Error: data_root '${data_root}' is not a directory: set the corpus location in db.sh (or pass --data_root)"
   exit 1
 fi
@@ -107,7 +147,7 @@ fi
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
   log "Stage 1: data preparation (local/data.sh) into ${data_dir}"
   # shellcheck disable=SC2086
-  local/data.sh --data_dir "${data_dir}" --data_root "${data_root}" ${data_opts}
+  local/data.sh --data_dir "${data_dir}" --data_root "${data_root}" ${text_only_data_opts} ${data_opts}
 fi
 
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && [ -n "${asr_model}" ]; then
@@ -126,7 +166,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     for split in ${splits}; do
       python -m crab.bin.make_manifest --data_dir "${data_dir}/${fold}/${split}" \
         --data_root "${data_root}" --classes "${classes}" --policy "${policy}" \
-        --text_source "${text_source}" --out "${data_dir}/${fold}/${split}.json"
+        --text_source "${text_source}" --text_only "${text_only}" --out "${data_dir}/${fold}/${split}.json"
     done
     if [ "${bpe_vocab_size}" -gt 0 ]; then
       python -m crab.tokenizer --manifest "${data_dir}/${fold}/train.json" \
@@ -176,11 +216,12 @@ train_runs() {  # stage 4 of run spec $1: every fold and seed
       if [ -f "${out}/train_log.txt" ]; then before=$(wc -l < "${out}/train_log.txt"); fi
       t0=${SECONDS}
       # shellcheck disable=SC2046
-      python -m crab.bin.train "${config}" $(run_opts "${fold}" "${seed}") \
-        "${overrides[@]+"${overrides[@]}"}"
-      if [ "$(wc -l < "${out}/train_log.txt")" != "${before}" ]; then  # epochs were trained
+      "${train_launcher[@]}" -m crab.bin.train "${config}" $(run_opts "${fold}" "${seed}" "${train_device}") \
+        "${ddp_opts[@]+"${ddp_opts[@]}"}" "${overrides[@]+"${overrides[@]}"}"
+      # epochs were trained (the log is on the node of the main process)
+      if [ -f "${out}/train_log.txt" ] && [ "$(wc -l < "${out}/train_log.txt")" != "${before}" ]; then
         python -m crab.report record_training --run_dir "${out}" --wall_s $((SECONDS - t0)) \
-          --command "${cmdline}" --device "${device}"
+          --command "${cmdline}" --device "${train_desc}"
       fi
     done
   done

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Check a copy of EmoDB: run the recipe's data preparation on it (file names,
 # readable audio, all 10 speakers, 535 utterances with the published per-class
-# counts) into a temporary directory, print the counts, and remove the directory.
-#   local/check_real_corpus.sh /path/to/emodb        # the folder holding wav/
+# counts) into a temporary directory, print the per-fold counts, and remove the directory.
+# Options after the folder go to local/data.sh.
+#   local/check_real_corpus.sh /path/to/emodb                     # the folder holding wav/
+#   local/check_real_corpus.sh /path/to/emodb --pairing sorted    # issue 7's folds
 set -euo pipefail
-if [ $# -ne 1 ] || [ ! -d "$1" ]; then
-  echo "Usage: $0 EMODB_DIR (the EmoDB folder holding wav/)" >&2
+if [ $# -lt 1 ] || [ ! -d "$1" ]; then
+  echo "Usage: $0 EMODB_DIR [local/data.sh options] (EMODB_DIR: the EmoDB folder holding wav/)" >&2
   exit 1
 fi
 corpus=$(cd "$1" && pwd)
+shift
 cd "$(dirname "$0")/.."
 . ./path.sh
 tmp=$(mktemp -d)
 trap 'rm -rf "${tmp}"' EXIT
-local/data.sh --data_root "${corpus}" --data_dir "${tmp}" --check_counts true
+local/data.sh --data_root "${corpus}" --data_dir "${tmp}" --check_counts true "$@"
 echo "$0: OK: ${corpus} holds EmoDB's 535 utterances with the published per-class counts"

@@ -4,9 +4,10 @@
 set -euo pipefail
 data_dir=data
 data_root=                  # EmoDB folder holding wav/
-num_folds=5                 # 5: a male + female speaker pair per fold; 10: one speaker per fold
+num_folds=5                 # 5: a speaker pair per fold; 10: one speaker per fold
+pairing=balanced            # the 5 folds' pairs: balanced (male + female) | sorted (03 08, 09 10, ...: issue 7's)
 check_counts=true           # false: accept a partial copy (test fixtures); the 535 / per-class check is skipped
 . utils/parse_options.sh
 
 python local/prepare_data.py --corpus_dir "${data_root}" --out_dir "${data_dir}" \
-  --num_folds "${num_folds}" --check_counts "${check_counts}"
+  --num_folds "${num_folds}" --pairing "${pairing}" --check_counts "${check_counts}"

@@ -4,14 +4,15 @@ Reads <corpus_dir>/wav/*.wav (labels, speakers and text codes come from the
 file names), checks the per-class counts against the released corpus, and writes
 <out_dir>/<fold>/{train,valid,test}/ for every fold.
 
-Folds: the speakers in the order of SPEAKER_ORDER (five male + female pairs);
-with K folds, fold i tests the i-th block of 10/K speakers, validates on the
-next block (cyclically) and trains on the rest. A fold is named after its test
-speakers (fold03_13, or fold03 with K = 10), so runs with different K never
-share a directory.
+Folds: the speakers in the order of SPEAKER_ORDER (--pairing balanced: five
+male + female pairs) or of their ids (--pairing sorted: 03 08, 09 10, 11 12,
+13 14, 15 16, 5 folds only); with K folds, fold i tests the i-th block of 10/K
+speakers, validates on the next block (cyclically) and trains on the rest. A
+fold is named after its test speakers (fold03_13, fold03_08, or fold03 with
+K = 10), so runs with different K or pairings never share a directory.
 
     python local/prepare_data.py --corpus_dir /data/emodb --out_dir data \\
-        [--num_folds 5] [--check_counts false]
+        [--num_folds 5] [--pairing balanced|sorted] [--check_counts false]
 """
 
 import argparse
@@ -33,6 +34,10 @@ MAX_LISTED = 20
 # utterance); ties broken by the most even pair sizes (98 to 114 utterances),
 # then by the largest sum over pairs of each pair's smallest class count.
 SPEAKER_ORDER = ["03", "13", "10", "16", "11", "09", "12", "14", "15", "08"]
+# --pairing: the speaker order whose consecutive blocks are the folds. "sorted" is
+# the pairing of the issue-7 baselines (not gender-balanced: 11 12 are both male,
+# 13 14 both female; 03 08 has one disgust utterance).
+PAIRINGS = {"balanced": SPEAKER_ORDER, "sorted": sorted(SPEAKER_ORDER)}
 
 
 def parse_name(name):
@@ -102,19 +107,24 @@ def check_counts(rows, where):
         )
 
 
-def make_folds(num_folds):
+def make_folds(num_folds, pairing="balanced"):
     """``[(name, test, valid, train)]`` speaker lists; each speaker is tested in one fold."""
     if len(SPEAKER_ORDER) % num_folds or num_folds < 3:
         raise DataPrepError(
             f"--num_folds {num_folds}: it must divide the {len(SPEAKER_ORDER)} speakers and leave a training "
             "block besides the test and validation blocks, i.e. 5 or 10"
         )
-    size = len(SPEAKER_ORDER) // num_folds
-    blocks = [sorted(SPEAKER_ORDER[i * size:(i + 1) * size]) for i in range(num_folds)]
+    # 10 sorted folds would reuse the names fold03 ... of the balanced ones with other validation speakers
+    if pairing != "balanced" and num_folds != 5:
+        raise DataPrepError(f"--pairing {pairing} is for the 5 folds of speaker pairs; "
+                            "--num_folds 10 (one speaker per fold) takes the default pairing")
+    order = PAIRINGS[pairing]
+    size = len(order) // num_folds
+    blocks = [sorted(order[i * size:(i + 1) * size]) for i in range(num_folds)]
     folds = []
     for i, test in enumerate(blocks):
         valid = blocks[(i + 1) % num_folds]
-        train = sorted(set(SPEAKER_ORDER) - set(test) - set(valid))
+        train = sorted(set(order) - set(test) - set(valid))
         folds.append(("fold" + "_".join(test), test, valid, train))
     return folds
 
@@ -148,11 +158,13 @@ def main():
     parser.add_argument("--corpus_dir", required=True, help="EmoDB folder holding wav/")
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--num_folds", type=int, default=5, help="5 (speaker pairs) or 10 (single speakers)")
+    parser.add_argument("--pairing", choices=sorted(PAIRINGS), default="balanced",
+                        help="speaker pairs of the 5 folds: balanced (male + female, default) or sorted (by id)")
     parser.add_argument("--check_counts", choices=("true", "false"), default="true",
                         help="stop unless the per-class counts are the released corpus's")
     args = parser.parse_args()
     try:
-        folds = make_folds(args.num_folds)
+        folds = make_folds(args.num_folds, args.pairing)
         rows = scan_corpus(args.corpus_dir)
         if args.check_counts == "true":
             check_counts(rows, os.path.join(args.corpus_dir, "wav"))

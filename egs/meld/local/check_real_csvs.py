@@ -3,9 +3,11 @@
 Writes a tiny silent wav for every CSV row into a temporary dir, runs stage 1
 (local/data.sh, with the official count check on) and the stage-3 manifest checks
 (crab.bin.make_manifest) on it, then compares each split's per-class counts with
-the official ones less the exclusion list. Exits 1 on any difference.
+the official ones less the exclusion list. Exits 1 on any difference. With
+--text_only, stages 1 and 3 run text-only (no placeholder wavs; the exclusion
+list is not applied, so the counts are the official ones).
 
-    python local/check_real_csvs.py /path/to/MELD.Raw     # a dir with the three CSVs
+    python local/check_real_csvs.py /path/to/MELD.Raw [--text_only]    # a dir with the three CSVs
 """
 
 import argparse
@@ -57,23 +59,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("csv_dir", help="directory holding train/dev/test_sent_emo.csv (e.g. MELD.Raw)")
     parser.add_argument("--exclude", default="local/exclude.txt", help="as in stage 1 (none: no list)")
+    parser.add_argument("--text_only", action="store_true", help="check the text-only data prep (no audio)")
     args = parser.parse_args()
-    csv_dir, exclude = os.path.abspath(args.csv_dir), args.exclude
+    csv_dir, exclude, text_only = os.path.abspath(args.csv_dir), args.exclude, str(args.text_only).lower()
     os.chdir(RECIPE)
     with tempfile.TemporaryDirectory() as tmp:
         wav_dir, data_dir = os.path.join(tmp, "wav"), os.path.join(tmp, "data")
-        write_placeholders(csv_dir, wav_dir)
+        if not args.text_only:
+            write_placeholders(csv_dir, wav_dir)
         subprocess.run(["bash", "local/data.sh", "--meld_root", csv_dir, "--data_root", wav_dir,
-                        "--data_dir", data_dir, "--exclude", exclude], check=True)
+                        "--data_dir", data_dir, "--exclude", exclude, "--text_only", text_only], check=True)
         found = {}
         for split in DATA_SPLIT.values():
             manifest = os.path.join(data_dir, "official", f"{split}.json")
             make_manifest(["--data_dir", os.path.join(data_dir, "official", split), "--data_root", wav_dir,
-                           "--classes", ",".join(CLASSES), "--out", manifest])
+                           "--classes", ",".join(CLASSES), "--text_only", text_only, "--out", manifest])
             with open(manifest, encoding="utf-8") as f:
                 found[split] = Counter(entry["emo"] for entry in json.load(f).values())
-    expected = expected_after_exclusion(csv_dir, read_exclusions(exclude))
-    print("Manifests (stage 3) against the official counts less the exclusion list:")
+    expected = expected_after_exclusion(csv_dir, {} if args.text_only else read_exclusions(exclude))
+    print("Manifests (stage 3) against the official counts" + ("" if args.text_only else " less the exclusion list") + ":")
     wrong = False
     for split, counts in found.items():
         for c in CLASSES:

@@ -8,6 +8,8 @@ episode (S<season>E<episode>). Audio: <wav_dir>/<split>/dia<D>_utt<U>.wav (stage
 
 Every row is written, except the clips on the exclusion list; a missing wav is
 counted here and left to stage 3 (an error, or with --policy skip a counted skip).
+With --text_only true there is no audio: no wav.scp is written, and the exclusion
+list, which names clips with broken audio, is not applied (every row is kept).
 
     python local/prepare_data.py --meld_root MELD.Raw --wav_dir data/wav16k --out_dir data/official
 """
@@ -74,8 +76,14 @@ def wav_path(wav_dir, row):
 
 
 def write_data_dir(rows, wav_dir, out_dir):
+    """The Kaldi tables of ``rows``; ``wav_dir`` None: text only, no wav.scp (an old one is removed)."""
     os.makedirs(out_dir, exist_ok=True)
-    tables = {"wav.scp": lambda r: wav_path(wav_dir, r), **TABLES}
+    if wav_dir is None:
+        tables = TABLES
+        if os.path.exists(os.path.join(out_dir, "wav.scp")):
+            os.remove(os.path.join(out_dir, "wav.scp"))
+    else:
+        tables = {"wav.scp": lambda r: wav_path(wav_dir, r), **TABLES}
     for name, value in tables.items():
         with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
             for r in sorted(rows, key=lambda r: r.utt):
@@ -85,13 +93,16 @@ def write_data_dir(rows, wav_dir, out_dir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--meld_root", required=True, help="MELD.Raw, holding the *_sent_emo.csv files")
-    parser.add_argument("--wav_dir", required=True, help="stage 0's <wav_dir>/{train,dev,test}/*.wav")
+    parser.add_argument("--wav_dir", required=True,
+                        help="stage 0's <wav_dir>/{train,dev,test}/*.wav (not read with --text_only true)")
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--exclude", default="none", help="clips to leave out (none: no list)")
     parser.add_argument("--check_counts", type=str2bool, default=True,
                         help="stop unless the CSVs have the official per-class counts (true|false)")
     parser.add_argument("--fix_mojibake", type=str2bool, default=True,
                         help="repair UTF-8 text that was read as Windows-1252 (true|false)")
+    parser.add_argument("--text_only", type=str2bool, default=False,
+                        help="true: no audio: no wav.scp, exclusion list not applied (true|false)")
     args = parser.parse_args()
     try:
         excluded = read_exclusions(args.exclude)
@@ -105,11 +116,16 @@ def main():
         check_counts(rows, args.meld_root)
     repaired = sum(r.repaired for split_rows in rows.values() for r in split_rows)
     print(f"Repaired mojibake in {repaired} row(s)" if args.fix_mojibake else "Mojibake repair off")
-    rows = apply_exclusions(rows, excluded, args.exclude)
+    if args.text_only:
+        print(f"Text only: no audio, no wav.scp; the exclusion list {args.exclude} (clips with broken audio) "
+              "is not applied")
+    else:
+        rows = apply_exclusions(rows, excluded, args.exclude)
 
+    wav_dir = None if args.text_only else args.wav_dir
     for split, split_rows in rows.items():
-        write_data_dir(split_rows, args.wav_dir, os.path.join(args.out_dir, DATA_SPLIT[split]))
-        missing = sum(not os.path.isfile(wav_path(args.wav_dir, r)) for r in split_rows)
+        write_data_dir(split_rows, wav_dir, os.path.join(args.out_dir, DATA_SPLIT[split]))
+        missing = 0 if args.text_only else sum(not os.path.isfile(wav_path(wav_dir, r)) for r in split_rows)
         if missing:
             print(f"WARNING: {split}: {missing} of {len(split_rows)} clip(s) have no wav in "
                   f"{os.path.join(args.wav_dir, split)}: stage 3 stops on them (--policy skip leaves them out)")

@@ -1,0 +1,560 @@
+"""Speed and memory of Crab's training and inference, measured side by side.
+
+    python -m crab.bin.benchmark [--device cpu] [--batch_size 8] [--repeats 5]
+        [--threads N] [--epoch_utterances 32] [--epochs 3] [--quick]
+
+Base-size encoders with random weights built from configs (WavLM Base and RoBERTa
+Base: transformers' WavLMConfig and RobertaConfig defaults, no download), the head
+of ``--hparams`` (the base-size recipe config), MELD-like inputs: 2.5-3.5 s of audio
+and a short transcript per utterance. ``--quick`` uses the tiny test encoders and
+config instead, as a smoke check that runs in seconds.
+
+Measured, on the same inputs:
+
+a. a training step (forward, backward, optimizer step) with the five contrastive
+   legs against one with cross-entropy only;
+b. inference of the full model against the two encoders alone;
+c. our step (padding masked everywhere, text padded to the batch's longest
+   transcript) against the reference code's: every transcript padded to 128 tokens
+   and nothing masked after the encoders (``reference`` mode of the encoders below);
+d. a training epoch with frozen encoders read from the feature cache against one
+   that runs them (CrabBrain on a small corpus of wav files), and the extraction.
+
+Step times are interleaved (round-robin, order rotated every round) in one
+process, so load from other processes hits every configuration alike; the median
+of ``--repeats`` rounds after ``--warmup`` is reported. Peak memory is measured
+separately, each configuration in its own process forked before any model exists:
+on CPU the growth of its peak resident set (VmHWM, reset at the start through
+/proc/self/clear_refs) over its starting RSS; on CUDA torch.cuda.max_memory_allocated.
+"""
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+
+import numpy as np
+import soundfile as sf
+import torch
+import transformers
+import yaml
+from transformers import RobertaConfig, WavLMConfig
+
+from crab.encoders import SpeechEncoder, TextEncoder
+from crab.legs import SupervisionLegs
+from crab.losses import ContrastiveLoss, WeightedCrossEntropy, total_loss
+from crab.model import Crab
+from crab.tokenizer import build_bpe_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONF = os.path.join(ROOT, "egs", "TEMPLATE", "conf")
+MELD_CLASSES = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
+SAMPLE_RATE = 16000
+AUDIO_SECONDS = (2.5, 3.5)
+
+# Short conversational lines like MELD's (written for this benchmark).
+SENTENCES = [
+    "Oh my God, you guys, I got the job!",
+    "Wait, you did what with my sandwich?",
+    "I don't want to talk about it right now.",
+    "Could you please pass me the remote?",
+    "That is the worst idea I have ever heard.",
+    "Are you serious? She actually said yes?",
+    "I think I left my keys at the coffee house.",
+    "No, no, no, that is not what I meant at all.",
+    "Hey, how was your date last night?",
+    "Get away from me, I mean it!",
+    "I'm so sorry, I didn't know you were here.",
+    "Well, that was a surprise, wasn't it?",
+    "We should probably get going before it rains.",
+    "You ate the last piece of cheesecake again?",
+    "I just miss him so much, you know?",
+    "Okay, everybody, calm down for one second.",
+]
+
+STEP_ROWS = {
+    "train_legs": "train step, 5 MPCL legs (ours: masked, dynamic padding)",
+    "train_ce": "train step, CE only",
+    "train_reference": "train step, 5 MPCL legs, text padded to 128, nothing masked (reference)",
+    "infer_full": "inference, full model",
+    "infer_encoders": "inference, the two encoders only",
+}
+EPOCH_ROWS = {
+    "extract": "feature extraction (paid once per corpus)",
+    "epoch_end_to_end": "epoch, frozen encoders, end to end",
+    "epoch_cached": "epoch, frozen encoders, cached features",
+}
+# (label, numerator, denominator, target or None)
+RATIOS = [
+    ("a. train step, 5 legs / CE only", "train_legs", "train_ce", 1.05),
+    ("b. inference, full model / encoders only", "infer_full", "infer_encoders", 1.10),
+    ("c. train step, ours / reference padding", "train_legs", "train_reference", None),
+    ("d. epoch, cached / end to end", "epoch_cached", "epoch_end_to_end", None),
+]
+HEAD_KEYS = ("hidden_dim", "num_heads", "attention_dropout", "scaled_pooling", "bottleneck_dim",
+             "dropout", "unimodal_leg_input", "leg_names", "leg_output_dim", "contrastive_loss",
+             "temperature", "alpha", "lr", "weight_decay", "max_grad_norm", "text_max_length",
+             "freeze_feature_extractor")
+
+
+class BenchSpeechEncoder(SpeechEncoder):
+    """SpeechEncoder with a ``reference`` mode: an all-True mask goes downstream,
+    as in the reference code, which masks nothing after the encoders."""
+
+    reference = False
+
+    def _states(self, wavs, wav_lens):
+        states, mask = super()._states(wavs, wav_lens)
+        return states, torch.ones_like(mask) if self.reference else mask
+
+
+class BenchTextEncoder(TextEncoder):
+    """TextEncoder with a ``reference`` mode: every transcript is padded to
+    ``max_length`` tokens (tokenizer ``padding="max_length"``); the encoder sees
+    the attention mask, nothing downstream does (an all-True mask)."""
+
+    reference = False
+
+    def _states(self, texts):
+        if not self.reference:
+            return super()._states(texts)
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(list(texts), padding="max_length", truncation=True,
+                                max_length=self.max_length, return_tensors="pt").to(device)
+        outputs = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                             output_hidden_states=self.layer_weights is not None)
+        states = self._stack(outputs)
+        return states, torch.ones(states.shape[:2], dtype=torch.bool, device=device)
+
+
+class _TagTolerantLoader(yaml.SafeLoader):
+    """Reads a hyperpyyaml file's plain values; tagged ones (!ref, !new:) become None."""
+
+
+_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def head_settings(hparams_file):
+    """The head, legs, loss and optimizer settings of a recipe config."""
+    with open(hparams_file, encoding="utf-8") as f:
+        values = yaml.load(f, Loader=_TagTolerantLoader)
+    missing = [k for k in HEAD_KEYS if values.get(k) is None]
+    if missing:
+        raise ValueError(f"{hparams_file}: no plain value for {missing}")
+    return {k: values[k] for k in HEAD_KEYS}
+
+
+def write_encoder_configs(out_dir, quick):
+    """``(speech_dir, text_dir, tokenizer_dir)``: config-only model directories and a
+    BPE tokenizer trained on ``SENTENCES`` (its vocabulary fits the text model's)."""
+    if quick:
+        speech_dir, text_dir = os.path.join(CONF, "wavlm_tiny"), os.path.join(CONF, "roberta_tiny")
+    else:
+        speech_dir, text_dir = os.path.join(out_dir, "wavlm_base"), os.path.join(out_dir, "roberta_base")
+        # layerdrop 0: every step runs all 12 layers, so steps are comparable.
+        WavLMConfig(layerdrop=0.0).save_pretrained(speech_dir)
+        RobertaConfig(max_position_embeddings=514, type_vocab_size=1).save_pretrained(text_dir)
+    tokenizer_dir = os.path.join(out_dir, "tokenizer")
+    build_bpe_tokenizer(SENTENCES * 4, tokenizer_dir, vocab_size=1000)
+    return speech_dir, text_dir, tokenizer_dir
+
+
+def make_waveforms(count, rng):
+    """``count`` noise waveforms of 2.5-3.5 s (float32 numpy arrays)."""
+    lengths = rng.integers(int(AUDIO_SECONDS[0] * SAMPLE_RATE), int(AUDIO_SECONDS[1] * SAMPLE_RATE), count)
+    return [(0.1 * rng.standard_normal(n)).astype("float32") for n in lengths]
+
+
+class Bench:
+    """One Crab, its legs and losses, and one batch, on ``device``."""
+
+    def __init__(self, setup, with_legs=True, reference=False):
+        head = setup["head"]
+        torch.manual_seed(0)
+        self.model = Crab(
+            num_classes=len(MELD_CLASSES),
+            speech_encoder=lambda: BenchSpeechEncoder(
+                setup["speech_dir"], pretrained=False, freeze_feature_extractor=head["freeze_feature_extractor"],
+                layerdrop=0.0),
+            text_encoder=lambda: BenchTextEncoder(
+                setup["text_dir"], tokenizer=setup["tokenizer_dir"], pretrained=False,
+                max_length=head["text_max_length"]),
+            hidden_dim=head["hidden_dim"], num_heads=head["num_heads"],
+            attention_dropout=head["attention_dropout"], scaled_pooling=head["scaled_pooling"],
+            bottleneck_dim=head["bottleneck_dim"], dropout=head["dropout"],
+            unimodal_leg_input=head["unimodal_leg_input"],
+        )
+        names = head["leg_names"] if with_legs else []
+        self.legs = SupervisionLegs(self.model.tap_dims, names, head["leg_output_dim"])
+        self.leg_loss = ContrastiveLoss(head["contrastive_loss"], head["temperature"])
+        self.wce = WeightedCrossEntropy(len(MELD_CLASSES))
+        device = setup["device"]
+        for module in (self.model, self.legs, self.wce):
+            module.to(device)
+        self.alpha, self.max_grad_norm = head["alpha"], head["max_grad_norm"]
+        self.set_reference(reference)
+        wavs = [torch.from_numpy(w) for w in setup["wavs"]]
+        self.wavs = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
+        self.wav_lens = torch.tensor([len(w) / self.wavs.shape[1] for w in wavs], device=device)
+        self.texts = setup["texts"]
+        self.labels = torch.tensor(setup["labels"], device=device)
+        self.optimizers = None
+
+    def set_reference(self, reference):
+        for encoder in self.model.encoders.values():
+            encoder.reference = reference
+
+    def make_optimizers(self, lr, weight_decay):
+        """One AdamW per group as CrabBrain: each encoder at lr / 10, head and legs at lr."""
+        groups = [(self.model.encoder_parameters("speech"), lr / 10),
+                  (self.model.encoder_parameters("text"), lr / 10),
+                  (self.model.head_parameters() + list(self.legs.parameters()), lr)]
+        self.optimizers = [torch.optim.AdamW(p, lr=g_lr, weight_decay=weight_decay) for p, g_lr in groups if p]
+
+    def train_step(self, with_legs):
+        """CrabBrain's step: WCE + alpha * mean leg loss, backward, clip and step per optimizer."""
+        self.model.train()
+        self.legs.train()
+        logits, taps = self.model(self.wavs, self.wav_lens, self.texts)
+        ce = self.wce(logits, self.labels)
+        outputs = self.legs(taps) if with_legs else {}
+        loss = total_loss(ce, [self.leg_loss(out, self.labels) for out in outputs.values()], self.alpha)
+        loss.backward()
+        for optimizer in self.optimizers:
+            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], self.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def infer(self, encoders_only):
+        self.model.eval()
+        if encoders_only:
+            self.model.encoders["speech"](self.wavs, self.wav_lens)
+            self.model.encoders["text"](self.texts)
+        else:
+            self.model(self.wavs, self.wav_lens, self.texts)
+
+
+def _run_config(bench, name):
+    if name == "train_legs":
+        bench.set_reference(False)
+        bench.train_step(with_legs=True)
+    elif name == "train_ce":
+        bench.set_reference(False)
+        bench.train_step(with_legs=False)
+    elif name == "train_reference":
+        bench.set_reference(True)
+        bench.train_step(with_legs=True)
+    else:
+        bench.set_reference(False)
+        bench.infer(encoders_only=name == "infer_encoders")
+
+
+def _timed(fn, device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_steps(setup):
+    """Seconds per run of every step configuration, interleaved round-robin."""
+    bench = Bench(setup)
+    bench.make_optimizers(setup["head"]["lr"], setup["head"]["weight_decay"])
+    names = list(STEP_ROWS)
+    for _ in range(setup["warmup"]):
+        for name in names:
+            _run_config(bench, name)
+    times = {name: [] for name in names}
+    for round_ in range(setup["repeats"]):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(_timed(lambda: _run_config(bench, name), setup["device"]))
+    return {"times": times}
+
+
+def step_memory(setup, name):
+    """A fresh model for one configuration, run twice (the optimizer state exists
+    from the first step on, so the second holds everything a step holds)."""
+    bench = Bench(setup, with_legs=name != "train_ce", reference=name == "train_reference")
+    if name.startswith("train"):
+        bench.make_optimizers(setup["head"]["lr"], setup["head"]["weight_decay"])
+    for _ in range(2):
+        _run_config(bench, name)
+    return {}
+
+
+# ---- d: epochs through CrabBrain, with and without the feature cache ----
+
+def write_corpus(out_dir, count, rng):
+    """``count`` wav files and a manifest ``train.json``, labels cycling over the classes."""
+    manifest = {}
+    for i, wav in enumerate(make_waveforms(count, rng)):
+        utt = f"utt{i:04d}"
+        sf.write(os.path.join(out_dir, f"{utt}.wav"), wav, SAMPLE_RATE)
+        manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": len(wav) / SAMPLE_RATE,
+                         "text": SENTENCES[i % len(SENTENCES)], "emo": MELD_CLASSES[i % len(MELD_CLASSES)],
+                         "spk": f"spk{i % 4}"}
+    path = os.path.join(out_dir, "train.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+    return path
+
+
+def _epoch_hparams(setup, output_folder, cache_dir):
+    from crab.experiment import parse_and_load
+
+    argv = [setup["hparams_file"], f"--data_root={setup['corpus_dir']}", f"--data_folder={setup['corpus_dir']}",
+            f"--output_folder={output_folder}", f"--classes=[{','.join(MELD_CLASSES)}]",
+            f"--speech_encoder_source={setup['speech_dir']}", f"--text_encoder_source={setup['text_dir']}",
+            f"--tokenizer_source={setup['tokenizer_dir']}", "--pretrained_encoders=false",
+            "--freeze_speech_encoder=true", "--freeze_text_encoder=true",
+            f"--batch_size={setup['batch_size']}", f"--number_of_epochs={1 + setup['epochs']}",
+            f"--feature_cache={cache_dir or 'null'}", f"--device={setup['device']}", "--noprogressbar"]
+    _, run_opts, _, hparams = parse_and_load(argv)
+    return hparams, run_opts
+
+
+def extraction(setup):
+    from crab.features import extract
+
+    hparams, _ = _epoch_hparams(setup, os.path.join(setup["tmp"], "exp_extract"), setup["cache_dir"])
+    seconds = _timed(lambda: extract(hparams["model"], [setup["manifest"]], setup["cache_dir"],
+                                     setup["corpus_dir"], hparams["max_duration"], setup["batch_size"],
+                                     device=setup["device"]), setup["device"])
+    return {"times": {"extract": [seconds]}}
+
+
+def epochs(setup, cached):
+    """Seconds of every training epoch after the first (a warm-up)."""
+    from crab.brain import CrabBrain
+    from crab.experiment import dataset, feature_cache, prepare_labels_and_weights
+
+    class TimedBrain(CrabBrain):
+        def on_stage_start(self, stage, epoch=None):
+            super().on_stage_start(stage, epoch)
+            self._epoch_start = time.perf_counter()
+
+        def on_stage_end(self, stage, stage_loss, epoch=None):
+            super().on_stage_end(stage, stage_loss, epoch)
+            self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+
+    name = "epoch_cached" if cached else "epoch_end_to_end"
+    hparams, run_opts = _epoch_hparams(setup, os.path.join(setup["tmp"], f"exp_{name}"),
+                                       setup["cache_dir"] if cached else None)
+    os.makedirs(hparams["save_folder"], exist_ok=True)
+    encoder = prepare_labels_and_weights(hparams)
+    cache = feature_cache(hparams, [setup["manifest"]])
+    train_set = dataset(hparams, setup["manifest"], encoder, cache=cache)
+    brain = TimedBrain(modules=hparams["modules"], hparams=hparams, run_opts=run_opts,
+                       checkpointer=hparams["checkpointer"])
+    brain.epoch_seconds = []
+    brain.fit(hparams["epoch_counter"], train_set, train_loader_kwargs=hparams["train_dataloader_opts"])
+    return {"times": {name: brain.epoch_seconds[1:]}}
+
+
+# ---- processes and memory ----
+
+def _status_kib(field):
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _child(conn, fn, args, setup):
+    try:
+        torch.set_num_threads(setup["threads"])
+        cuda = setup["device"].startswith("cuda")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(setup["device"])
+        else:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            start_kib, start_file_kib = _status_kib("VmRSS"), _status_kib("RssFile")
+        result = fn(*args)
+        if cuda:
+            result["peak_mib"] = torch.cuda.max_memory_allocated(setup["device"]) / 2**20
+        else:
+            result["peak_mib"] = (_status_kib("VmHWM") - start_kib) / 1024
+            # library code first run here (not copied on fork) is file-backed RSS
+            result["file_mib"] = (_status_kib("RssFile") - start_file_kib) / 1024
+        conn.send(("ok", result))
+    except BaseException:  # noqa: BLE001  (reported by the parent)
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def in_child(name, fn, *args, setup):
+    """Run ``fn(*args)`` in a forked process; its result dict with ``peak_mib``."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(send, fn, args, setup))
+    process.start()
+    send.close()
+    try:
+        status, result = receive.recv()
+    except EOFError:
+        status, result = "error", "the process died without a result (out of memory?)"
+    process.join()
+    if status != "ok":
+        raise RuntimeError(f"benchmark '{name}' failed:\n{result}")
+    return result
+
+
+# ---- report ----
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def ratio_rows(medians):
+    """``[(label, value, target, met)]``; ``met`` is None without a target."""
+    rows = []
+    for label, num, den, target in RATIOS:
+        value = medians[num] / medians[den]
+        rows.append((label, value, target, None if target is None else value <= target))
+    return rows
+
+
+def report(args, setup, times, peaks, loads, token_counts, started):
+    cuda = args.device.startswith("cuda")
+    memory = "peak CUDA allocated MiB" if cuda else "peak RSS growth MiB | of which file pages MiB"
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    lines = [
+        f"# Crab benchmark, {started:%Y-%m-%d %H:%M} UTC: {'quick (tiny encoders)' if args.quick else 'base size'}",
+        "",
+        f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs ({len(os.sched_getaffinity(0))} usable), "
+        f"device {args.device}; torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{args.threads} torch thread(s)",
+        f"load average (1 min) before {loads[0]:.2f}, after {loads[1]:.2f}",
+        f"encoders: {'tiny test configs' if args.quick else 'WavLM Base + RoBERTa Base configs'}, random init; "
+        f"head from {os.path.relpath(setup['hparams_file'], ROOT)}",
+        f"batch {args.batch_size}: audio {AUDIO_SECONDS[0]}-{AUDIO_SECONDS[1]} s "
+        f"(max {max(len(w) for w in setup['wavs']) / SAMPLE_RATE:.2f} s), text "
+        f"{statistics.mean(token_counts):.1f} tokens on average (max {max(token_counts)}; reference: "
+        f"{setup['head']['text_max_length']})",
+        f"steps: median of {args.repeats} interleaved rounds after {args.warmup} warm-up; epochs: "
+        f"{args.epoch_utterances} utterances, median of {args.epochs} after 1 warm-up",
+        "memory: each configuration in its own process forked before any model exists; "
+        + ("torch.cuda.max_memory_allocated" if cuda else
+           "peak RSS growth = VmHWM (reset through /proc/self/clear_refs) minus the starting "
+           "VmRSS; file pages = growth of RssFile (mostly library code first run in that process)"),
+        "",
+        f"| measurement | median s | min s | max s | {memory} |",
+        "|---|---|---|---|---|" + ("" if cuda else "---|"),
+    ]
+    for name, label in {**STEP_ROWS, **EPOCH_ROWS}.items():
+        values, peak = times[name], peaks[name]
+        memory_cells = f"{peak['peak_mib']:.0f}" + ("" if cuda else f" | {peak['file_mib']:.0f}")
+        lines.append(f"| {label} | {medians[name]:.3f} | {min(values):.3f} | {max(values):.3f} | "
+                     f"{memory_cells} |")
+    lines += ["", "| ratio | value | target | met |", "|---|---|---|---|"]
+    for label, value, target, met in ratio_rows(medians):
+        lines.append(f"| {label} | {value:.3f} | {'-' if target is None else f'<= {target:.2f}'} | "
+                     f"{'-' if met is None else ('yes' if met else 'NO')} |")
+    saving = medians["epoch_end_to_end"] - medians["epoch_cached"]
+    if saving > 0:
+        lines += ["", f"the extraction pays for itself after {medians['extract'] / saving:.1f} epoch(s)"]
+    return "\n".join(lines)
+
+
+def token_counts(tokenizer_dir, texts):
+    """Tokens of each text (special tokens included) under the saved tokenizer."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    return [len(ids) for ids in tokenizer(texts)["input_ids"]]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu (the target) or cuda[:N]")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick 2)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
+    parser.add_argument("--epoch_utterances", type=int, default=None,
+                        help="utterances of the epoch corpus (default 32; --quick 8)")
+    parser.add_argument("--epochs", type=int, default=None, help="timed epochs (default 3; --quick 1)")
+    parser.add_argument("--hparams", default=None,
+                        help="recipe config for the head and the epochs (default crab_base.yaml; --quick crab_tiny.yaml)")
+    parser.add_argument("--quick", action="store_true", help="tiny encoders: a smoke check in seconds")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.repeats = args.repeats or (2 if quick else 5)
+    args.epochs = args.epochs or (1 if quick else 3)
+    args.epoch_utterances = args.epoch_utterances or (8 if quick else 32)
+    args.hparams = args.hparams or os.path.join(CONF, "crab_tiny.yaml" if quick else "crab_base.yaml")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    if min(args.batch_size, args.repeats, args.epochs, args.threads) < 1 or args.warmup < 0:
+        parser.error("--batch_size, --repeats, --epochs and --threads must be positive, --warmup >= 0")
+    if args.epoch_utterances < len(MELD_CLASSES):
+        parser.error(f"--epoch_utterances must be at least {len(MELD_CLASSES)} (one per class)")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    loads = [os.getloadavg()[0]]
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="crab_benchmark_") as tmp:
+        speech_dir, text_dir, tokenizer_dir = write_encoder_configs(tmp, args.quick)
+        texts = [SENTENCES[i % len(SENTENCES)] for i in range(args.batch_size)]
+        tokens = token_counts(tokenizer_dir, texts)
+        corpus_dir = os.path.join(tmp, "corpus")
+        os.makedirs(corpus_dir)
+        setup = {
+            "tmp": tmp, "device": args.device, "threads": args.threads,
+            "speech_dir": speech_dir, "text_dir": text_dir, "tokenizer_dir": tokenizer_dir,
+            "hparams_file": os.path.abspath(args.hparams), "head": head_settings(args.hparams),
+            "wavs": make_waveforms(args.batch_size, rng), "texts": texts,
+            "labels": rng.integers(0, len(MELD_CLASSES), args.batch_size).tolist(),
+            "batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup,
+            "epochs": args.epochs, "corpus_dir": corpus_dir,
+            "manifest": write_corpus(corpus_dir, args.epoch_utterances, rng),
+            "cache_dir": os.path.join(tmp, "feature_cache"),
+        }
+        times, peaks = {}, {}
+        print(f"timing {len(STEP_ROWS)} step configurations, interleaved ...", file=sys.stderr, flush=True)
+        times.update(in_child("step timing", time_steps, setup, setup=setup)["times"])
+        print("median s: " + ", ".join(f"{n} {statistics.median(times[n]):.3f}" for n in STEP_ROWS),
+              file=sys.stderr, flush=True)
+        for name in STEP_ROWS:
+            print(f"peak memory of {name} ...", file=sys.stderr, flush=True)
+            peaks[name] = in_child(name, step_memory, setup, name, setup=setup)
+            print(f"  {peaks[name]['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
+        for name, fn, fn_args in (("extract", extraction, (setup,)),
+                                  ("epoch_end_to_end", epochs, (setup, False)),
+                                  ("epoch_cached", epochs, (setup, True))):
+            print(f"{name} ...", file=sys.stderr, flush=True)
+            result = in_child(name, fn, *fn_args, setup=setup)
+            times.update(result.pop("times"))
+            peaks[name] = result
+            print(f"  median {statistics.median(times[name]):.3f} s, {result['peak_mib']:.0f} MiB",
+                  file=sys.stderr, flush=True)
+    loads.append(os.getloadavg()[0])
+    print(report(args, setup, times, peaks, loads, tokens, started))
+
+
+if __name__ == "__main__":
+    main()

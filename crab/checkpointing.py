@@ -1,0 +1,127 @@
+"""Checkpoint pieces that make an interrupted training run resume exactly.
+
+``Checkpointer`` is SpeechBrain's, with checkpoints that appear whole or not at
+all; ``RandomState`` saves and restores the random generators, which SpeechBrain
+checkpoints do not hold (dropout and the speech encoder's time masking draw from them).
+"""
+
+import functools
+import logging
+import os
+import pathlib
+import random
+import shutil
+
+import numpy as np
+import torch
+from speechbrain.utils import checkpoints
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
+
+logger = logging.getLogger(__name__)
+
+STAGING_PREFIX = ".partial-"
+
+
+class Checkpointer(checkpoints.Checkpointer):
+    """SpeechBrain's Checkpointer, whose checkpoints appear whole or not at all.
+
+    SpeechBrain writes a checkpoint's ``CKPT.yaml`` first and then each
+    recoverable's file into the checkpoint directory: a process killed while
+    saving leaves a directory that looks like the latest checkpoint and that
+    the resumed run cannot load. Here the directory is written under a hidden
+    name (``.partial-CKPT+...``, which SpeechBrain does not list) and renamed
+    into place once every file is written. The next save removes what an
+    interrupted one left.
+    """
+
+    def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):
+        if if_main_process():
+            for leftover in self.checkpoints_dir.glob(STAGING_PREFIX + "*"):
+                shutil.rmtree(leftover)
+        staged = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
+        ddp_barrier()  # every process has written its files
+        if staged is None:  # not the main process
+            return None
+        path = staged.path.with_name(staged.path.name[len(STAGING_PREFIX):])
+        os.rename(staged.path, path)
+        paramfiles = {key: path / file.name for key, file in staged.paramfiles.items()}
+        return checkpoints.Checkpoint(path, staged.meta, paramfiles)
+
+    def _new_checkpoint_dirpath(self):
+        path = super()._new_checkpoint_dirpath()
+        return path.with_name(STAGING_PREFIX + path.name)
+
+    def _custom_checkpoint_dirpath(self, name):
+        path = super()._custom_checkpoint_dirpath(name)
+        return path.with_name(STAGING_PREFIX + path.name)
+
+
+def _rank():
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_rank() if initialized else 0
+
+
+def _rank_path(path):
+    """Rank 0 uses the checkpointer's file; each other process of a DDP run its own sibling."""
+    path, rank = pathlib.Path(path), _rank()
+    return path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def _capture():
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if cuda else None,  # this process's device only
+    }
+
+
+def _apply(state):
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
+        else:
+            logger.warning("The checkpoint holds a CUDA random state, but CUDA is not available: not restored")
+
+
+@functools.partial(checkpoints.register_checkpoint_hooks, save_on_main_only=False)
+class RandomState:
+    """The Python, NumPy, torch CPU and CUDA random states, as a checkpoint recoverable.
+
+    Every process of a DDP run saves and restores its own. The state of an
+    end-of-epoch checkpoint is restored on loading. That of an intra-epoch one
+    is restored by ``restore_pending()`` at the first training batch after
+    loading: starting the resumed epoch's data loader draws a number from the
+    torch generator, which the uninterrupted run drew before the checkpoint.
+    """
+
+    def __init__(self):
+        self._pending = None
+
+    @checkpoints.mark_as_saver
+    def _save(self, path):
+        torch.save(_capture(), _rank_path(path))
+
+    @checkpoints.mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        path = _rank_path(path)
+        if not path.exists():  # resumed with more processes than were saved
+            logger.warning("No random state for this process in %s: not restored", path.parent)
+            return
+        state = torch.load(path, weights_only=True)
+        if end_of_epoch:
+            _apply(state)
+        else:
+            self._pending = state
+
+    def restore_pending(self):
+        """Restore the state loaded from an intra-epoch checkpoint, once."""
+        if self._pending is not None:
+            _apply(self._pending)
+            self._pending = None

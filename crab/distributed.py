@@ -1,0 +1,71 @@
+"""The global batch of a DDP run for the contrastive legs (``gather_contrastive``).
+
+Each process gathers every process's embeddings and labels, in rank order, and
+computes the contrastive loss over all of them: the same loss, on every process,
+as one process would compute over the concatenated batch. Local batches may
+differ in size (the last batch of an epoch, dynamic batching).
+
+Gradient scaling. Let L(Z) be the loss of the gathered batch Z = [Z_0; ...; Z_{W-1}]
+over W processes, and Z_r = f(X_r; theta) the local embeddings of process r. The
+single-process gradient is dL/dtheta = sum_r (dL/dZ_r) (dZ_r/dtheta). Process r
+back-propagates through its own part only, so it gets g_r = (dL/dZ_r) (dZ_r/dtheta),
+and DDP averages: (1/W) sum_r g_r = (1/W) dL/dtheta. Hence the gathered embeddings
+pass W * dL/dZ_r back to the local part: after DDP's average the update is the
+single-process one. (The exact adjoint of an all-gather sums every process's
+gradient of its local rows; each process computes the same L from the same Z, so
+that sum is W times the local one, and no communication is needed.) The loss value
+itself is not scaled.
+"""
+
+import torch
+import torch.distributed as dist
+
+
+def world_size():
+    """Number of processes of the DDP run (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather_rows(tensor):
+    """Every process's ``tensor``, concatenated along dim 0 in rank order, and the
+    offset of this process's rows. Sizes along dim 0 may differ between processes
+    (exchanged first; each tensor is padded to the largest, gathered, trimmed).
+    No gradient: see ``gather_batch``."""
+    world = world_size()
+    if world == 1:
+        return tensor, 0
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    rank = dist.get_rank()
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sum(sizes[:rank])
+
+
+class _GatherWithLocalGradient(torch.autograd.Function):
+    """All-gather along dim 0 whose backward returns ``world_size`` times the
+    gradient of the local rows (module docstring) and nothing to the others."""
+
+    @staticmethod
+    def forward(ctx, local):
+        gathered, offset = all_gather_rows(local.detach())
+        ctx.rows = slice(offset, offset + local.shape[0])
+        ctx.world = world_size()
+        return gathered
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad[ctx.rows] * ctx.world
+
+
+def gather_batch(embeddings, labels):
+    """``(embeddings, labels)`` of every process of a DDP run, in rank order, with
+    gradients flowing to this process's embeddings only, scaled for DDP's
+    averaging (module docstring). Unchanged without a DDP run."""
+    if world_size() == 1:
+        return embeddings, labels
+    return _GatherWithLocalGradient.apply(embeddings), all_gather_rows(labels)[0]

@@ -1,0 +1,162 @@
+"""Every row of the README's "Bad input" table, at data prep and in training."""
+
+import ast
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from crab.bin import make_manifest
+from crab.data import AudioReadError, label_encoder, load_manifest, make_dataset, read_utterance_audio
+from crab.dataprep import clean_transcript
+from crab.tokenizer import build_bpe_tokenizer
+from tests.test_brain import CLASSES, fit
+
+RAW_TEXT = "hello\x00 wor\x1bld\tand\rmore"  # NUL, ESC, tab and a stray CR
+CLEAN_TEXT = "hello world and more"
+
+
+def sine(frames, rate, freq=200.0):
+    return (0.3 * np.sin(2 * np.pi * freq * np.arange(frames) / rate)).astype("float32")
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A Kaldi-style data dir with one utterance per row of the table, and a good one."""
+    audio = tmp_path / "db"
+    audio.mkdir()
+    files = {
+        "good": lambda p: sf.write(p, sine(8000, 16000), 16000),
+        "corrupt": lambda p: p.write_bytes(b"\x13\x37 not a RIFF header" * 40),
+        "zero_bytes": lambda p: p.write_bytes(b""),
+        "no_samples": lambda p: sf.write(p, np.zeros(0, "float32"), 16000),
+        "too_short": lambda p: sf.write(p, sine(399, 16000), 16000),
+        "stereo": lambda p: sf.write(p, np.stack([sine(8000, 16000), np.full(8000, 0.1, "float32")], 1), 16000),
+        "rate8k": lambda p: sf.write(p, sine(4000, 8000), 8000),
+        "rate44k": lambda p: sf.write(p, sine(22050, 44100), 44100),
+        "nan_samples": lambda p: sf.write(p, np.full(8000, np.nan, "float32"), 16000, subtype="FLOAT"),
+        "control_chars": lambda p: sf.write(p, sine(8000, 16000), 16000),
+        "only_control_chars": lambda p: sf.write(p, sine(8000, 16000), 16000),
+    }
+    for utt, write in files.items():
+        write(audio / f"{utt}.wav")
+    wavs = {utt: audio / f"{utt}.wav" for utt in files} | {"missing": audio / "missing.wav"}
+    texts = {utt: "a fine sentence" for utt in wavs} | {"control_chars": RAW_TEXT, "only_control_chars": "\x00\x1b"}
+    data = tmp_path / "data" / "train"
+    data.mkdir(parents=True)
+    (data / "wav.scp").write_text("".join(f"{u} {p}\n" for u, p in wavs.items()))
+    with open(data / "text", "w", encoding="utf-8", newline="") as f:
+        f.write("".join(f"{u} {texts[u]}\n" for u in wavs))
+    (data / "utt2emo").write_text("".join(f"{u} happy\n" for u in wavs))
+    (data / "utt2spk").write_text("".join(f"{u} spk1\n" for u in wavs))
+    return tmp_path
+
+
+def prepare(root, policy):
+    make_manifest.main(["--data_dir", str(root / "data" / "train"), "--data_root", str(root / "db"),
+                        "--classes", ",".join(CLASSES), "--out", str(root / "train.json"), "--policy", policy])
+    return load_manifest(root / "train.json", str(root / "db"))
+
+
+def test_prep_skip_policy_skips_and_counts_converts_and_counts(data_dir, capsys):
+    entries = prepare(data_dir, "skip")
+    out = capsys.readouterr().out.splitlines()
+    assert sorted(entries) == ["control_chars", "good", "nan_samples", "rate44k", "rate8k", "stereo"]
+    counts = {line[:line.index(": {")]: ast.literal_eval(line[line.index("{"):]) for line in out if ": {" in line}
+    assert counts["train: skipped 6 of 12 utterances"] == {
+        "unreadable audio": 1, "empty audio file": 1, "audio too short": 2, "missing audio": 1, "empty transcript": 1}
+    assert counts["train: converted, of 6 kept utterances"] == {
+        "2 channels (averaged to mono)": 1, "8000 Hz (resampled to 16 kHz)": 1,
+        "44100 Hz (resampled to 16 kHz)": 1, "control characters in transcript (cleaned)": 1}
+    # the manifest holds the cleaned transcript; durations at each file's own rate
+    assert entries["control_chars"]["text"] == CLEAN_TEXT
+    assert entries["rate8k"]["duration"] == entries["rate44k"]["duration"] == 0.5
+
+
+def test_prep_error_policy_names_each_utterance_file_and_problem(data_dir):
+    with pytest.raises(SystemExit) as err:
+        prepare(data_dir, "error")
+    message = str(err.value)
+    db = data_dir / "db"
+    for utt, problem in [("corrupt", "unreadable audio file"), ("zero_bytes", "empty audio file (0 bytes)"),
+                         ("no_samples", "audio too short for the speech encoder (0 samples"),
+                         ("too_short", "audio too short for the speech encoder (399 samples"),
+                         ("missing", "missing audio file"), ("only_control_chars", "empty transcript")]:
+        line = next(line for line in message.splitlines() if line.strip().startswith(f"{utt}:"))
+        assert problem in line and str(db / f"{utt}.wav") in line, line
+    assert "6 bad utterance(s)" in message and not os.path.exists(data_dir / "train.json")
+
+
+def test_training_reads_converted_audio_and_the_cleaned_text(data_dir):
+    prepare(data_dir, "skip")
+    manifest = json.loads((data_dir / "train.json").read_text())
+    manifest["hand_written"] = dict(manifest["good"], text=RAW_TEXT)  # not through data prep
+    (data_dir / "train.json").write_text(json.dumps(manifest))
+    dataset = make_dataset(data_dir / "train.json", label_encoder(CLASSES), str(data_dir / "db"))
+    index = {utt: i for i, utt in enumerate(dataset.data_ids)}
+    # kept by data prep, which reads headers only; reading it is an error
+    with pytest.raises(AudioReadError, match="utterance 'nan_samples': NaN or infinite samples in"):
+        dataset[index.pop("nan_samples")]
+    items = {utt: dataset[i] for utt, i in index.items()}
+    # the model sees the same text whether data prep or the manifest reader cleaned it
+    assert items["control_chars"]["text"] == items["hand_written"]["text"] == CLEAN_TEXT
+    # stereo: the mean of the two channels
+    expected = torch.from_numpy((sine(8000, 16000) + 0.1) / 2)
+    assert torch.allclose(items["stereo"]["sig"], expected, atol=1e-4)
+    # other rates: resampled to 16 kHz, the same sine as one recorded at 16 kHz
+    for utt in ("rate8k", "rate44k"):
+        sig = items[utt]["sig"]
+        assert sig.shape == (8000,)
+        assert torch.allclose(sig[500:-500], torch.from_numpy(sine(8000, 16000))[500:-500], atol=2e-3), utt
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda p: p.write_bytes(b"garbage" * 50), "unreadable audio file"),
+    (lambda p: p.write_bytes(b""), "empty audio file (0 bytes)"),
+    (lambda p: sf.write(p, np.zeros(0, "float32"), 16000), "no audio samples in"),
+    (lambda p: os.remove(p), "missing audio file"),
+    (lambda p: sf.write(p, np.full(8000, np.inf, "float32"), 16000, subtype="FLOAT"), "NaN or infinite samples in"),
+])
+def test_audio_damaged_after_prep_is_an_error_naming_utterance_and_file(tmp_path, damage, problem):
+    path = tmp_path / "u.wav"
+    sf.write(path, sine(8000, 16000), 16000)
+    assert read_utterance_audio("utt7", str(path)).shape == (8000,)
+    damage(path)
+    with pytest.raises(AudioReadError) as err:
+        read_utterance_audio("utt7", str(path))
+    assert str(err.value).startswith(f"utterance 'utt7': {problem}") and str(path) in str(err.value)
+
+
+def test_training_run_over_a_file_corrupted_after_prep_stops_naming_it(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    for split in ("train", "valid"):
+        manifest = {}
+        for k, emo in enumerate(CLASSES):
+            utt = f"{split}_{emo}"
+            sf.write(root / f"{utt}.wav", sine(6000, 16000, 100 + 80 * k), 16000)
+            manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": 0.375,
+                             "text": f"I feel {emo}", "emo": emo, "spk": "s"}
+        (root / f"{split}.json").write_text(json.dumps(manifest))
+    build_bpe_tokenizer([f"I feel {e}" for e in CLASSES], str(root / "tokenizer"), 300)
+    shutil.copyfile(__file__, root / "train_sad.wav")  # a text file under the wav's name
+    expected = f"utterance 'train_sad': unreadable audio file {root}/train_sad.wav"
+    with pytest.raises(AudioReadError, match=re.escape(expected)):
+        fit(root, tmp_path / "exp", "--number_of_epochs=1")
+
+
+@pytest.mark.parametrize("raw, clean, count", [
+    (RAW_TEXT, CLEAN_TEXT, 4),
+    ("a\tb\r\nc", "a b c", 3),
+    ("  two  spaces ", "  two  spaces ", 0),  # no control character: untouched
+    ("zero\u200bwidth", "zero\u200bwidth", 0),  # a format character (Cf), not a control one
+    ("\x7fdel\x85nel ", "del nel", 2),  # DEL dropped, NEL (whitespace) a space
+    ("\x00\x1b", "", 2),
+])
+def test_clean_transcript(raw, clean, count):
+    assert clean_transcript(raw) == (clean, count)

@@ -1,0 +1,63 @@
+"""The benchmark script (crab/bin/benchmark.py): its reference emulation and a
+``--quick`` run. No timing is asserted: the numbers belong to the machine."""
+
+import math
+import os
+import re
+import subprocess
+import sys
+
+import torch
+
+from crab.bin.benchmark import EPOCH_ROWS, RATIOS, STEP_ROWS, BenchSpeechEncoder, BenchTextEncoder
+from tests.conftest import MINI_CONF, ROOT, TEXTS
+
+
+def test_reference_mode_pads_text_to_max_length_and_masks_nothing(tokenizer_dir):
+    text = BenchTextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir,
+                            pretrained=False, max_length=40).eval()
+    ours_states, ours_mask = text(TEXTS[:2])
+    counts = [len(ids) for ids in text.tokenizer(TEXTS[:2])["input_ids"]]
+    assert ours_mask.sum(dim=1).tolist() == counts and ours_states.shape[1] == max(counts) < 40
+    text.reference = True
+    ref_states, ref_mask = text(TEXTS[:2])
+    assert ref_states.shape[:2] == ref_mask.shape == (2, 40) and ref_mask.all()
+
+    speech = BenchSpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False).eval()
+    wavs, lens = torch.randn(2, 16000), torch.tensor([1.0, 0.5])
+    _, ours_mask = speech(wavs, lens)
+    assert not ours_mask[1].all() and ours_mask[0].all()
+    speech.reference = True
+    _, ref_mask = speech(wavs, lens)
+    assert ref_mask.shape == ours_mask.shape and ref_mask.all()
+
+
+def _cells(stdout, label):
+    """The cells after ``label`` of the table row that starts with it."""
+    rows = [line for line in stdout.splitlines() if line.startswith(f"| {label} |")]
+    assert len(rows) == 1, f"no single row '{label}' in:\n{stdout}"
+    return [cell.strip() for cell in rows[0].strip("|").split("|")[1:]]
+
+
+def test_quick_run_prints_every_row_and_finite_ratios():
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "crab.bin.benchmark", "--quick", "--threads", "1", "--repeats", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert re.search(r"^machine: .+, \d+ logical CPUs", out, re.MULTILINE), out
+    assert "load average (1 min) before" in out and "torch " + torch.__version__ in out
+    for label in {**STEP_ROWS, **EPOCH_ROWS}.values():
+        median, low, high, peak, file_pages = (float(c) for c in _cells(out, label))
+        assert 0 < low <= median <= high and math.isfinite(high)
+        assert peak > 0 and 0 <= file_pages <= peak
+    for label, _, _, target in RATIOS:
+        value, shown_target, met = _cells(out, label)
+        assert math.isfinite(float(value)) and float(value) > 0
+        if target is None:
+            assert (shown_target, met) == ("-", "-")
+        else:
+            assert shown_target == f"<= {target:.2f}"
+            assert met == ("yes" if float(value) <= target else "NO")

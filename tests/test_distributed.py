@@ -1,0 +1,192 @@
+"""DDP: the gathered contrastive loss equals the single-process one over the global
+batch (value and gradients), labels and class weights are written once, and a
+two-process gloo run of the tiny config trains through ser.sh."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+from torch import nn
+
+import crab.experiment
+from crab.distributed import gather_batch
+from crab.losses import ContrastiveLoss, WeightedCrossEntropy, mpcl, supcon
+from crab.tokenizer import build_bpe_tokenizer
+from tests.conftest import ROOT
+from tests.test_brain import CLASSES
+
+WORLD = 2
+LABELS = [0, 1, 0, 2, 1, 1, 0, 2, 3]  # class 3 has no positive: an anchor MPCL counts, SupCon skips
+# rows of the global batch held by each process: unequal sizes, and one process with a single row
+SPLITS = {"4+5": (4, 5), "1+8": (1, 8)}
+KINDS = {"mpcl": (mpcl, 0.1), "supcon": (supcon, 0.07)}
+
+
+def global_batch():
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(len(LABELS), 6, generator=generator)
+    layer = nn.Linear(6, 5)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(5, 6, generator=generator))
+        layer.bias.copy_(torch.randn(5, generator=generator))
+    return inputs, torch.tensor(LABELS), layer
+
+
+def init_group(rank, rendezvous):
+    os.environ["RANK"] = os.environ["LOCAL_RANK"] = str(rank)  # SpeechBrain's main-process test reads them
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
+
+
+def worker(rank, rendezvous, out_dir, manifest):
+    """On each process: the gathered loss and its gradients, w.r.t. the local
+    embeddings and, through DDP, w.r.t. the parameters of a layer producing them;
+    the labels and class weights of ``manifest``, noting who counted the classes."""
+    torch.set_num_threads(1)
+    init_group(rank, rendezvous)
+    save = os.path.join(out_dir, "save")
+    os.makedirs(save, exist_ok=True)
+    counted_by = os.path.join(out_dir, f"counted_by_rank{rank}")
+
+    def class_counts(*args):
+        open(counted_by, "w").close()
+        return count_classes(*args)
+
+    count_classes, crab.experiment.class_counts = crab.experiment.class_counts, class_counts
+    hparams = {"classes": CLASSES, "save_folder": save, "train_manifest": manifest,
+               "wce": WeightedCrossEntropy(len(CLASSES))}
+    encoder = crab.experiment.prepare_labels_and_weights(hparams)
+    results = {"labels": [encoder.ind2lab[i] for i in range(len(encoder))], "weights": hparams["wce"].weight}
+    inputs, labels, layer = global_batch()
+    for split, sizes in SPLITS.items():
+        start = sum(sizes[:rank])
+        rows = slice(start, start + sizes[rank])
+        for kind, (_, temperature) in KINDS.items():
+            loss_fn = ContrastiveLoss(kind, temperature, gather=True)
+            embeddings = layer(inputs[rows]).detach().requires_grad_()
+            loss = loss_fn(embeddings, labels[rows])
+            loss.backward()
+            ddp = nn.parallel.DistributedDataParallel(nn.Linear(6, 5))
+            ddp.module.load_state_dict(layer.state_dict())
+            loss_fn(ddp(inputs[rows]), labels[rows]).backward()  # DDP averages the gradients
+            results[split, kind] = {
+                "loss": loss.detach(), "embedding_grad": embeddings.grad,
+                "weight_grad": ddp.module.weight.grad, "bias_grad": ddp.module.bias.grad,
+            }
+        results[split, "labels"] = gather_batch(inputs[rows], labels[rows])[1]
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """What each process of a two-process gloo group computed (``worker``), and its directory."""
+    out = tmp_path_factory.mktemp("gloo")
+    counts = {"angry": 3, "happy": 1, "neutral": 2, "sad": 2}
+    manifest = {f"{emo}{n}": {"wav": None, "duration": None, "text": "t", "emo": emo, "spk": "s"}
+                for emo, count in counts.items() for n in range(count)}
+    (out / "train.json").write_text(json.dumps(manifest))
+    mp.spawn(worker, args=(str(out / "rendezvous"), str(out), str(out / "train.json")), nprocs=WORLD)
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)], out
+
+
+@pytest.fixture(scope="module")
+def gathered(ddp_run):
+    return ddp_run[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("split", SPLITS)
+def test_gathered_loss_and_gradients_equal_the_global_batch(gathered, split, kind):
+    inputs, labels, layer = global_batch()
+    loss_fn, temperature = KINDS[kind]
+    embeddings = layer(inputs).detach().requires_grad_()
+    reference = loss_fn(embeddings, labels, temperature)
+    reference.backward()
+    loss_fn(layer(inputs), labels, temperature).backward()
+    start = 0
+    for rank, size in enumerate(SPLITS[split]):
+        got = gathered[rank][split, kind]
+        rows = slice(start, start + size)
+        start += size
+        assert got["loss"].item() == pytest.approx(reference.item(), rel=1e-6)
+        # each process returns WORLD x dL/dz of its rows; DDP's average divides by WORLD
+        torch.testing.assert_close(got["embedding_grad"] / WORLD, embeddings.grad[rows])
+        torch.testing.assert_close(got["weight_grad"], layer.weight.grad)
+        torch.testing.assert_close(got["bias_grad"], layer.bias.grad)
+        assert got["embedding_grad"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_labels_are_gathered_in_rank_order(gathered, split):
+    for rank in range(WORLD):
+        assert gathered[rank][split, "labels"].tolist() == LABELS
+
+
+def test_without_a_process_group_gathering_changes_nothing():
+    inputs, labels, layer = global_batch()
+    embeddings = layer(inputs)
+    assert gather_batch(embeddings, labels) == (embeddings, labels)
+    gathered = ContrastiveLoss("mpcl", 0.1, gather=True)(embeddings, labels)
+    assert gathered.item() == pytest.approx(mpcl(embeddings, labels, 0.1).item(), rel=1e-6)
+
+
+def test_labels_and_class_weights_are_written_by_the_main_process_and_read_by_the_others(ddp_run):
+    results, out = ddp_run
+    assert (out / "counted_by_rank0").exists() and not (out / "counted_by_rank1").exists()
+    saved = json.loads((out / "save" / "class_weights.json").read_text())
+    assert [saved[c]["count"] for c in CLASSES] == [3, 1, 2, 2]
+    assert (out / "save" / "label_encoder.txt").exists()
+    for rank in range(WORLD):
+        assert results[rank]["labels"] == CLASSES
+        assert results[rank]["weights"].tolist() == pytest.approx([8 / 3, 8.0, 4.0, 4.0])  # N / N_c
+
+
+@pytest.fixture(scope="module")
+def recipe_data(tmp_path_factory):
+    """Stage-3 output for the mini recipe: 8 training utterances (2 per class), 4
+    validation, and a tokenizer; audio in ``corpus``."""
+    root = tmp_path_factory.mktemp("ddp_recipe")
+    corpus, data = root / "corpus", root / "data" / "main"
+    corpus.mkdir()
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, per_class in {"train": 2, "valid": 1}.items():
+        manifest = {}
+        for k, emo in enumerate(CLASSES):
+            for n in range(per_class):
+                utt = f"{split}_{emo}_{n}"
+                length = int(16000 * rng.uniform(0.3, 0.5))
+                wav = 0.3 * np.sin(2 * np.pi * (100 + 80 * k) * np.arange(length) / 16000)
+                sf.write(corpus / f"{utt}.wav", wav.astype("float32"), 16000)
+                manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": length / 16000,
+                                 "text": f"I feel {emo} today", "emo": emo, "spk": f"{split}{n}"}
+        (data / f"{split}.json").write_text(json.dumps(manifest))
+    build_bpe_tokenizer([f"I feel {e} today" for e in CLASSES] * 3, str(data / "tokenizer"), 300)
+    return root
+
+
+def test_two_gloo_processes_train_the_tiny_config_through_the_recipe(recipe_data):
+    exp = recipe_data / "exp"
+    command = [
+        "bash", os.path.join(ROOT, "egs", "mini", "run.sh"), "--stage", "4", "--stop_stage", "4",
+        "--nproc", "2", "--data_root", str(recipe_data / "corpus"), "--data_dir", str(recipe_data / "data"),
+        "--exp_dir", str(exp), "--train_opts", "--number_of_epochs=1 --batch_size=2 --gather_contrastive=true",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    run = exp / "crab_tiny" / "main" / "seed42"
+    checkpoints = list((run / "save").glob("CKPT+*"))
+    assert len(checkpoints) == 1 and (checkpoints[0] / "model.ckpt").exists()
+    # 8 utterances, batches of 2, split over 2 processes: 2 optimizer steps (4 on one process)
+    assert yaml.safe_load((checkpoints[0] / "brain.ckpt").read_text())["optimizer_step"] == 2
+    weights = json.loads((run / "save" / "class_weights.json").read_text())
+    assert [weights[c]["count"] for c in CLASSES] == [2, 2, 2, 2]
+    assert (run / "train_log.txt").read_text().startswith("epoch: 1")
+    assert "2 processes per node (DDP, gloo)" in json.loads((run / "train_info.json").read_text())["machine"]

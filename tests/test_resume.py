@@ -1,0 +1,224 @@
+"""Checkpoints survive failures: kill -9 mid-epoch resumes exactly, a non-finite loss
+stops training before it reaches a checkpoint, an interrupted save leaves no checkpoint."""
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from crab.brain import NonFiniteLossError, check_finite_losses
+from crab.checkpointing import Checkpointer, RandomState
+from crab.tokenizer import build_bpe_tokenizer
+from tests.conftest import ROOT
+from tests.test_brain import CLASSES, fit
+
+RECIPE = os.path.join(ROOT, "egs", "TEMPLATE")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """24 training utterances (6 per class), 4 validation; manifests and tokenizer."""
+    root = tmp_path_factory.mktemp("resume_data")
+    rng = np.random.default_rng(1)
+    texts = {emo: [f"I feel {emo} today", f"so {emo} right now", f"this makes me {emo}"] for emo in CLASSES}
+    for split, per_class in {"train": 6, "valid": 1}.items():
+        manifest = {}
+        for k, emo in enumerate(CLASSES):
+            for n in range(per_class):
+                utt = f"{split}_{emo}_{n}"
+                length = int(16000 * rng.uniform(0.3, 0.5))
+                wav = 0.3 * np.sin(2 * np.pi * (100 + 80 * k) * np.arange(length) / 16000)
+                wav += 0.01 * rng.standard_normal(length)
+                sf.write(root / f"{utt}.wav", wav.astype("float32"), 16000)
+                manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": length / 16000,
+                                 "text": texts[emo][n % 3], "emo": emo, "spk": f"{split}{n}"}
+        (root / f"{split}.json").write_text(json.dumps(manifest))
+    build_bpe_tokenizer([t for ts in texts.values() for t in ts], str(root / "tokenizer"), 300)
+    return root
+
+
+def train_command(data, out):
+    return [sys.executable, "-m", "crab.bin.train", "conf/crab_tiny.yaml", f"--data_root={data}",
+            f"--data_folder={data}", f"--output_folder={out}", f"--classes=[{','.join(CLASSES)}]",
+            "--batch_size=4", "--number_of_epochs=3", "--ckpt_interval_minutes=0",
+            "--ckpt_interval_steps=2", "--noprogressbar"]
+
+
+def start(data, out, log):
+    """The training command as a subprocess, its output to the file ``log``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
+    with open(log, "w") as f:
+        return subprocess.Popen(train_command(data, out), cwd=RECIPE, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def checkpoints(out):
+    """``(meta, path)`` of each checkpoint in ``out/save``, oldest first."""
+    found = []
+    for path in (out / "save").glob("CKPT+*"):
+        try:
+            found.append((yaml.safe_load((path / "CKPT.yaml").read_text()), path))
+        except FileNotFoundError:  # being deleted by the running training
+            continue
+    return sorted(found, key=lambda c: c[0]["unixtime"])
+
+
+def is_intra_epoch(path, epoch):
+    try:
+        meta = yaml.safe_load((path / "CKPT.yaml").read_text())
+        return meta.get("brain_intra_epoch_ckpt", False) and (path / "counter.ckpt").read_text() == str(epoch)
+    except FileNotFoundError:  # being deleted by the running training
+        return False
+
+
+def assert_same(a, b, where):
+    """Exact equality of loaded checkpoint contents (tensors bit for bit)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(data, tmp_path):
+    logs = {name: tmp_path / f"{name}.log" for name in ("reference", "killed", "resumed")}
+    reference = start(data, tmp_path / "reference", logs["reference"])
+    killed_out = tmp_path / "killed"
+    victim = start(data, killed_out, logs["killed"])
+    deadline = time.time() + 120
+    while not any(is_intra_epoch(path, 2) for _, path in checkpoints(killed_out)):
+        assert victim.poll() is None, "ended before a checkpoint inside epoch 2:\n" + logs["killed"].read_text()
+        assert time.time() < deadline, "no intra-epoch checkpoint of epoch 2 within 120 s"
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    # killed mid-epoch 2: the latest checkpoint is that intra-epoch one, epoch 2 was not logged
+    assert is_intra_epoch(checkpoints(killed_out)[-1][1], 2)
+    assert len((killed_out / "train_log.txt").read_text().splitlines()) == 1
+
+    resumed = start(data, killed_out, logs["resumed"])  # the same command again
+    for name, run in (("reference", reference), ("resumed", resumed)):
+        assert run.wait(timeout=300) == 0, logs[name].read_text()
+    assert "Loading a checkpoint" in logs["resumed"].read_text()
+
+    # the same per-epoch log: train loss and its parts, lr, validation scores (3 significant digits)
+    log = (tmp_path / "reference" / "train_log.txt").read_text()
+    assert log.count("epoch: ") == 3 and (killed_out / "train_log.txt").read_text() == log
+    # the same checkpoints kept, with the same validation scores at full precision
+    ref, res = checkpoints(tmp_path / "reference"), checkpoints(killed_out)
+    drop = lambda meta: {k: v for k, v in meta.items() if k != "unixtime"}  # noqa: E731
+    assert [drop(m) for m, _ in ref] == [drop(m) for m, _ in res]
+    assert ref[-1][0]["end-of-epoch"] and (ref[-1][1] / "counter.ckpt").read_text() == "3"
+    # and the final weights, optimizer and scheduler states and random state: bit for bit equal
+    for (_, ref_path), (_, res_path) in zip(ref, res):
+        files = sorted(p.name for p in ref_path.glob("*.ckpt"))
+        assert files == sorted(p.name for p in res_path.glob("*.ckpt"))
+        assert {"model.ckpt", "legs.ckpt", "optimizer_head.ckpt", "random_state.ckpt"} <= set(files)
+        for name in files:
+            if name in ("brain.ckpt", "counter.ckpt", "dataloader-TRAIN.ckpt"):
+                assert (ref_path / name).read_text() == (res_path / name).read_text(), name
+            else:
+                assert_same(torch.load(ref_path / name), torch.load(res_path / name), name)
+
+
+def test_nonfinite_loss_stops_before_the_step_and_keeps_the_checkpoint(data, tmp_path):
+    out = tmp_path / "exp"
+    fit(data, out, "--number_of_epochs=1")
+    [(meta, path)] = checkpoints(out)
+    saved = {name: torch.load(path / name) for name in ("model.ckpt", "legs.ckpt")}
+    # a float WAV with a finite but absurd scale overflows the speech encoder to inf / NaN
+    bad = data / "train_sad_2.wav"
+    original = bad.read_bytes()
+    sf.write(bad, np.full(6000, 3e38, dtype="float32"), 16000, subtype="FLOAT")
+    try:
+        with pytest.raises(NonFiniteLossError) as err:
+            fit(data, out, "--number_of_epochs=2")  # resumes at epoch 2
+    finally:
+        bad.write_bytes(original)
+    message = str(err.value)
+    assert "train_sad_2" in message and "epoch 2" in message and "wce=nan" in message
+    # no checkpoint was written or changed, and the one there loads with finite weights
+    [(meta_after, path_after)] = checkpoints(out)
+    assert path_after == path and meta_after == meta
+    for name, state in saved.items():
+        loaded = torch.load(path / name)
+        assert_same(loaded, state, name)
+        assert all(torch.isfinite(t).all() for t in loaded.values())
+
+
+def test_check_finite_losses_names_the_bad_parts():
+    check_finite_losses({"wce": 0.5, "leg_fusion": 2.0}, ["a", "b"], 1, 3)  # finite: no error
+    with pytest.raises(NonFiniteLossError) as err:
+        check_finite_losses({"wce": 0.5, "leg_fusion": math.inf, "leg_text_pooled": math.nan}, ["u1", "u2"], 4, 7)
+    message = str(err.value)
+    assert "leg_fusion=inf" in message and "leg_text_pooled=nan" in message and "wce" not in message
+    assert "epoch 4, step 7" in message and "u1, u2" in message
+
+
+def test_random_state_restores_every_generator(tmp_path):
+    state = RandomState()
+    path = tmp_path / "random_state.ckpt"
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    state._save(path)
+    draws = lambda: (torch.rand(3), torch.from_numpy(np.random.rand(3)), random.random())  # noqa: E731
+    first = draws()
+    state._recover(path, end_of_epoch=True)  # restored at once
+    assert_same(draws(), first, "end of epoch")
+    state._recover(path, end_of_epoch=False)  # kept until the first batch
+    assert not torch.equal(draws()[0], first[0])
+    state.restore_pending()
+    assert_same(draws(), first, "intra-epoch")
+    state.restore_pending()  # only once
+    assert not torch.equal(draws()[0], first[0])
+
+
+def test_rank_of_a_ddp_run_uses_its_own_file(tmp_path, monkeypatch):
+    monkeypatch.setattr("crab.checkpointing._rank", lambda: 1)
+    RandomState()._save(tmp_path / "random_state.ckpt")
+    assert [p.name for p in tmp_path.iterdir()] == ["random_state.rank1.ckpt"]
+
+
+class _Dies:
+    """A recoverable whose save fails, as a process killed in the middle of a save."""
+
+
+def test_interrupted_save_leaves_no_checkpoint(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    checkpointer = Checkpointer(tmp_path, {"model": model})
+    first = checkpointer.save_checkpoint(meta={"n": 1})
+    assert first.path.name.startswith("CKPT+") and (first.path / "model.ckpt").exists()
+    assert first.paramfiles["model"] == first.path / "model.ckpt"
+
+    def die(obj, path):
+        raise KeyboardInterrupt
+    checkpointer.add_recoverable("dies", _Dies(), custom_save_hook=die)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save_checkpoint(meta={"n": 2})
+    # CKPT.yaml and model.ckpt of the second one were written, under a name that is not listed
+    [partial] = list(tmp_path.glob(".partial-CKPT+*"))
+    assert (partial / "CKPT.yaml").exists() and (partial / "model.ckpt").exists()
+    assert [c.meta["n"] for c in checkpointer.list_checkpoints()] == [1]
+    del checkpointer.recoverables["dies"]
+    assert checkpointer.recover_if_possible().meta["n"] == 1
+
+    third = checkpointer.save_and_keep_only(meta={"n": 3})
+    assert third is None and not list(tmp_path.glob(".partial-*"))  # leftover removed
+    assert [c.meta["n"] for c in checkpointer.list_checkpoints()] == [3]
