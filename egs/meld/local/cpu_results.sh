@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# "CPU results with substitute encoders" (README.md): text-only Crab on the official MELD
+# split from the CSVs alone (no audio), with the frozen all-MiniLM-L6-v2 text encoder:
+# plain CE, weighted CE, weighted CE + MLCS (alpha 2), three seeds each, best epoch on dev.
+# Needs MELD (db.sh) pointing at the *_sent_emo.csv files and a local MiniLM directory
+# in Hugging Face format.
+#   local/cpu_results.sh [--minilm DIR] [--layer N|weighted_sum] [--seeds "1 2 3"] [--stage N] [--parallel true]
+# Stage 3 caches the encoder's states once (every layer) and prints crab.bin.layer_probe's
+# validation UAR per layer (dev only; the test set is not read to choose).
+# --parallel true trains the seeds at the same time (one process each), then scores all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minilm=$(cd ../../.. && pwd)/shared/models/all-MiniLM-L6-v2
+layer=weighted_sum
+seeds="1 2 3"
+stage=1
+parallel=false
+. ./path.sh
+. utils/parse_options.sh
+
+exp=exp_cpu_minilm
+cache=${exp}/features_all_layers
+encoder="--modality=text --text_encoder_source=${minilm} --tokenizer_source=${minilm} \
+  --pretrained_encoders=true --freeze_text_encoder=true --layer_weighting=weighted_sum"
+head="--normalize_encoder_states=true --hidden_dim=128 --bottleneck_dim=128 --leg_output_dim=128 \
+  --lr=1e-3 --batch_size=16 --grad_accumulation_factor=1 --number_of_epochs=6"
+if [ "${layer}" != weighted_sum ]; then  # one layer: its own cache
+  cache=${exp}/features_layer${layer}
+  encoder=${encoder/--layer_weighting=weighted_sum/--layer_weighting=${layer}}
+fi
+
+crab() {  # run.sh, text only, over the cached states: crab SEEDS STAGE STOP_STAGE
+  ./run.sh --text_only true --stage "$2" --stop_stage "$3" --config conf/crab_base.yaml --seeds "$1" \
+    --exp_dir "${exp}" --ablations "plain_ce ce_only mlcs" --feature_cache "${cache}" \
+    --train_opts "${encoder} ${head}"
+}
+if [ "${stage}" -le 3 ]; then
+  crab "${seeds}" "${stage}" 3
+  if [ "${layer}" = weighted_sum ]; then
+    python -m crab.bin.layer_probe --cache "${cache}" --branch text --fold data/official | tee "${exp}/layer_probe.md"
+  fi
+fi
+if [ "${parallel}" = true ]; then
+  for seed in ${seeds}; do crab "${seed}" 4 5 > "${exp}/seed${seed}.log" 2>&1 & done
+  wait
+else
+  crab "${seeds}" 4 5
+fi
+crab "${seeds}" 6 6
