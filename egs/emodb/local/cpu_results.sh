@@ -43,6 +43,8 @@ if [ "${stage}" -le 3 ]; then
   crab "${seeds}" 3 3
 fi
 if [ "${parallel}" = true ]; then
+  # One thread per training process: oversubscribed cores made each epoch ~10x slower here.
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
   for seed in ${seeds}; do crab "${seed}" 4 5 > "${exp}/seed${seed}.log" 2>&1 & done
   wait
 else
