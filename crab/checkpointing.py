@@ -40,12 +40,16 @@ class Checkpointer(checkpoints.Checkpointer):
                 shutil.rmtree(leftover)
         staged = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
         ddp_barrier()  # every process has written its files
-        if staged is None:  # not the main process
-            return None
-        path = staged.path.with_name(staged.path.name[len(STAGING_PREFIX):])
-        os.rename(staged.path, path)
-        paramfiles = {key: path / file.name for key, file in staged.paramfiles.items()}
-        return checkpoints.Checkpoint(path, staged.meta, paramfiles)
+        checkpoint = None
+        if staged is not None:  # the main process
+            path = staged.path.with_name(staged.path.name[len(STAGING_PREFIX):])
+            os.rename(staged.path, path)
+            paramfiles = {key: path / file.name for key, file in staged.paramfiles.items()}
+            checkpoint = checkpoints.Checkpoint(path, staged.meta, paramfiles)
+        # Every process must see the renamed checkpoint before deciding (collectively)
+        # which old ones to delete, or their lists differ and the deletions deadlock.
+        ddp_barrier()
+        return checkpoint
 
     def _new_checkpoint_dirpath(self):
         path = super()._new_checkpoint_dirpath()

@@ -15,6 +15,11 @@ single-process one. (The exact adjoint of an all-gather sums every process's
 gradient of its local rows; each process computes the same L from the same Z, so
 that sum is W times the local one, and no communication is needed.) The loss value
 itself is not scaled.
+
+The weighted cross-entropy is not gathered: it stays each process's local mean, and
+DDP's average of the gradients makes it the global batch's mean when the local
+batches are equal in size (for the class-weighted mean, when their weight sums are);
+otherwise it is the mean of the local means.
 """
 
 import torch

@@ -135,12 +135,12 @@ def loader_options(hparams, data, train):
     """DataLoader options for ``data``: ``train_dataloader_opts`` (``train``) or
     ``eval_dataloader_opts``. With ``dynamic_batching``, a DynamicBatchSampler over
     ``num_buckets`` length buckets replaces ``batch_size``: a batch holds at most
-    ``max_batch_length`` seconds (characters) once padded to its longest item, and
-    only an item longer than that is alone. Shuffled batches when the options
+    ``max_batch_length`` seconds (characters) once padded to its longest item (an
+    item longer than that makes a batch of its own). Shuffled batches when the options
     shuffle (new ones each epoch: SpeechBrain calls ``set_epoch`` on the Brain's
     ``train_sampler``), in ascending length otherwise."""
     opts = dict(hparams["train_dataloader_opts" if train else "eval_dataloader_opts"])
-    if not hparams["dynamic_batching"]:
+    if not hparams.get("dynamic_batching"):  # absent from the hyperparams.yaml of older runs
         return opts
     shuffle = opts.pop("shuffle", False)
     opts.pop("batch_size", None)

@@ -5,6 +5,7 @@ two-process gloo run of the tiny config trains through ser.sh."""
 import json
 import os
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -44,12 +45,8 @@ def init_group(rank, rendezvous):
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
 
 
-def worker(rank, rendezvous, out_dir, manifest):
-    """On each process: the gathered loss and its gradients, w.r.t. the local
-    embeddings and, through DDP, w.r.t. the parameters of a layer producing them;
-    the labels and class weights of ``manifest``, noting who counted the classes."""
-    torch.set_num_threads(1)
-    init_group(rank, rendezvous)
+def labels_and_weights(rank, out_dir, manifest):
+    """``prepare_labels_and_weights`` of ``manifest``, noting which process counted the classes."""
     save = os.path.join(out_dir, "save")
     os.makedirs(save, exist_ok=True)
     counted_by = os.path.join(out_dir, f"counted_by_rank{rank}")
@@ -62,8 +59,14 @@ def worker(rank, rendezvous, out_dir, manifest):
     hparams = {"classes": CLASSES, "save_folder": save, "train_manifest": manifest,
                "wce": WeightedCrossEntropy(len(CLASSES))}
     encoder = crab.experiment.prepare_labels_and_weights(hparams)
-    results = {"labels": [encoder.ind2lab[i] for i in range(len(encoder))], "weights": hparams["wce"].weight}
+    return {"labels": [encoder.ind2lab[i] for i in range(len(encoder))], "weights": hparams["wce"].weight}
+
+
+def gathered_losses(rank):
+    """The gathered loss and its gradients, w.r.t. the local embeddings and, through
+    DDP, w.r.t. the parameters of a layer producing them; the gathered labels."""
     inputs, labels, layer = global_batch()
+    results = {}
     for split, sizes in SPLITS.items():
         start = sum(sizes[:rank])
         rows = slice(start, start + sizes[rank])
@@ -80,7 +83,18 @@ def worker(rank, rendezvous, out_dir, manifest):
                 "weight_grad": ddp.module.weight.grad, "bias_grad": ddp.module.bias.grad,
             }
         results[split, "labels"] = gather_batch(inputs[rows], labels[rows])[1]
+    return results
+
+
+def worker(rank, rendezvous, out_dir, manifest):
+    """One process of the group: its results into ``out_dir/rank<rank>.pt``."""
+    torch.set_num_threads(1)
+    init_group(rank, rendezvous)
+    results = {**labels_and_weights(rank, out_dir, manifest), **gathered_losses(rank)}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    # the DDP wrappers are gone with gathered_losses' frame: a wrapper outliving the
+    # process group can hang in the group's destructor
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -92,7 +106,14 @@ def ddp_run(tmp_path_factory):
     manifest = {f"{emo}{n}": {"wav": None, "duration": None, "text": "t", "emo": emo, "spk": "s"}
                 for emo, count in counts.items() for n in range(count)}
     (out / "train.json").write_text(json.dumps(manifest))
-    mp.spawn(worker, args=(str(out / "rendezvous"), str(out), str(out / "train.json")), nprocs=WORLD)
+    group = mp.spawn(worker, args=(str(out / "rendezvous"), str(out), str(out / "train.json")),
+                     nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 180
+    while not group.join(timeout=5):  # raises if a process failed
+        if time.monotonic() > deadline:
+            for process in group.processes:
+                process.kill()
+            pytest.fail("the two-process gloo group did not finish within 180 s")
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)], out
 
 
@@ -177,16 +198,18 @@ def test_two_gloo_processes_train_the_tiny_config_through_the_recipe(recipe_data
     command = [
         "bash", os.path.join(ROOT, "egs", "mini", "run.sh"), "--stage", "4", "--stop_stage", "4",
         "--nproc", "2", "--data_root", str(recipe_data / "corpus"), "--data_dir", str(recipe_data / "data"),
-        "--exp_dir", str(exp), "--train_opts", "--number_of_epochs=1 --batch_size=2 --gather_contrastive=true",
+        "--exp_dir", str(exp), "--train_opts", "--number_of_epochs=2 --batch_size=2 --gather_contrastive=true",
     ]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)  # a collective mismatch hangs
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     run = exp / "crab_tiny" / "main" / "seed42"
-    checkpoints = list((run / "save").glob("CKPT+*"))
-    assert len(checkpoints) == 1 and (checkpoints[0] / "model.ckpt").exists()
-    # 8 utterances, batches of 2, split over 2 processes: 2 optimizer steps (4 on one process)
-    assert yaml.safe_load((checkpoints[0] / "brain.ckpt").read_text())["optimizer_step"] == 2
+    # epoch 2's save deleted epoch 1's checkpoint unless it is the best: the processes agreed
+    checkpoints = sorted((run / "save").glob("CKPT+*"))
+    assert 1 <= len(checkpoints) <= 2 and all((c / "model.ckpt").exists() for c in checkpoints)
+    assert not list((run / "save").glob(".partial-*"))
+    # 8 utterances, batches of 2, split over 2 processes: 2 optimizer steps per epoch
+    assert yaml.safe_load((checkpoints[-1] / "brain.ckpt").read_text())["optimizer_step"] == 4
     weights = json.loads((run / "save" / "class_weights.json").read_text())
     assert [weights[c]["count"] for c in CLASSES] == [2, 2, 2, 2]
-    assert (run / "train_log.txt").read_text().startswith("epoch: 1")
+    assert [line.split(",")[0] for line in (run / "train_log.txt").read_text().splitlines()] == ["epoch: 1", "epoch: 2"]
     assert "2 processes per node (DDP, gloo)" in json.loads((run / "train_info.json").read_text())["machine"]

@@ -33,6 +33,7 @@ import datetime
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,7 +47,10 @@ import transformers
 import yaml
 from transformers import RobertaConfig, WavLMConfig
 
+from crab.brain import CrabBrain
 from crab.encoders import SpeechEncoder, TextEncoder
+from crab.experiment import dataset, feature_cache, parse_and_load, prepare_labels_and_weights
+from crab.features import extract
 from crab.legs import SupervisionLegs
 from crab.losses import ContrastiveLoss, WeightedCrossEntropy, total_loss
 from crab.model import Crab
@@ -114,23 +118,36 @@ class BenchSpeechEncoder(SpeechEncoder):
         return states, torch.ones_like(mask) if self.reference else mask
 
 
+class _PadToMaxLength:
+    """Tokenizer proxy that pads every batch to ``max_length`` tokens, whatever
+    padding the caller asks for (the reference code's tokenization)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, texts, **kwargs):
+        return self.tokenizer(texts, **{**kwargs, "padding": "max_length"})
+
+    def __len__(self):
+        return len(self.tokenizer)
+
+
 class BenchTextEncoder(TextEncoder):
     """TextEncoder with a ``reference`` mode: every transcript is padded to
-    ``max_length`` tokens (tokenizer ``padding="max_length"``); the encoder sees
-    the attention mask, nothing downstream does (an all-True mask)."""
+    ``max_length`` tokens; the encoder sees the attention mask, nothing
+    downstream does (an all-True mask)."""
 
     reference = False
 
     def _states(self, texts):
         if not self.reference:
             return super()._states(texts)
-        device = next(self.model.parameters()).device
-        tokens = self.tokenizer(list(texts), padding="max_length", truncation=True,
-                                max_length=self.max_length, return_tensors="pt").to(device)
-        outputs = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                             output_hidden_states=self.layer_weights is not None)
-        states = self._stack(outputs)
-        return states, torch.ones(states.shape[:2], dtype=torch.bool, device=device)
+        tokenizer, self.tokenizer = self.tokenizer, _PadToMaxLength(self.tokenizer)
+        try:
+            states, _ = super()._states(texts)
+        finally:
+            self.tokenizer = tokenizer
+        return states, torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
 
 
 class _TagTolerantLoader(yaml.SafeLoader):
@@ -174,7 +191,7 @@ def make_waveforms(count, rng):
 class Bench:
     """One Crab, its legs and losses, and one batch, on ``device``."""
 
-    def __init__(self, setup, with_legs=True, reference=False):
+    def __init__(self, setup, with_legs=True):
         head = setup["head"]
         torch.manual_seed(0)
         self.model = Crab(
@@ -198,7 +215,6 @@ class Bench:
         for module in (self.model, self.legs, self.wce):
             module.to(device)
         self.alpha, self.max_grad_norm = head["alpha"], head["max_grad_norm"]
-        self.set_reference(reference)
         wavs = [torch.from_numpy(w) for w in setup["wavs"]]
         self.wavs = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
         self.wav_lens = torch.tensor([len(w) / self.wavs.shape[1] for w in wavs], device=device)
@@ -283,9 +299,10 @@ def time_steps(setup):
 
 
 def step_memory(setup, name):
-    """A fresh model for one configuration, run twice (the optimizer state exists
-    from the first step on, so the second holds everything a step holds)."""
-    bench = Bench(setup, with_legs=name != "train_ce", reference=name == "train_reference")
+    """A fresh model for one configuration (legs only where they are trained),
+    run twice: the optimizer state exists from the first step on, so the second
+    holds everything a step holds."""
+    bench = Bench(setup, with_legs=name in ("train_legs", "train_reference"))
     if name.startswith("train"):
         bench.make_optimizers(setup["head"]["lr"], setup["head"]["weight_decay"])
     for _ in range(2):
@@ -311,8 +328,6 @@ def write_corpus(out_dir, count, rng):
 
 
 def _epoch_hparams(setup, output_folder, cache_dir):
-    from crab.experiment import parse_and_load
-
     argv = [setup["hparams_file"], f"--data_root={setup['corpus_dir']}", f"--data_folder={setup['corpus_dir']}",
             f"--output_folder={output_folder}", f"--classes=[{','.join(MELD_CLASSES)}]",
             f"--speech_encoder_source={setup['speech_dir']}", f"--text_encoder_source={setup['text_dir']}",
@@ -325,8 +340,6 @@ def _epoch_hparams(setup, output_folder, cache_dir):
 
 
 def extraction(setup):
-    from crab.features import extract
-
     hparams, _ = _epoch_hparams(setup, os.path.join(setup["tmp"], "exp_extract"), setup["cache_dir"])
     seconds = _timed(lambda: extract(hparams["model"], [setup["manifest"]], setup["cache_dir"],
                                      setup["corpus_dir"], hparams["max_duration"], setup["batch_size"],
@@ -336,9 +349,6 @@ def extraction(setup):
 
 def epochs(setup, cached):
     """Seconds of every training epoch after the first (a warm-up)."""
-    from crab.brain import CrabBrain
-    from crab.experiment import dataset, feature_cache, prepare_labels_and_weights
-
     class TimedBrain(CrabBrain):
         def on_stage_start(self, stage, epoch=None):
             super().on_stage_start(stage, epoch)
@@ -447,7 +457,7 @@ def report(args, setup, times, peaks, loads, token_counts, started):
         f"{args.threads} torch thread(s)",
         f"load average (1 min) before {loads[0]:.2f}, after {loads[1]:.2f}",
         f"encoders: {'tiny test configs' if args.quick else 'WavLM Base + RoBERTa Base configs'}, random init; "
-        f"head from {os.path.relpath(setup['hparams_file'], ROOT)}",
+        f"head from {os.path.relpath(args.hparams, ROOT)}",
         f"batch {args.batch_size}: audio {AUDIO_SECONDS[0]}-{AUDIO_SECONDS[1]} s "
         f"(max {max(len(w) for w in setup['wavs']) / SAMPLE_RATE:.2f} s), text "
         f"{statistics.mean(token_counts):.1f} tokens on average (max {max(token_counts)}; reference: "
@@ -519,6 +529,8 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="crab_benchmark_") as tmp:
         speech_dir, text_dir, tokenizer_dir = write_encoder_configs(tmp, args.quick)
+        # a snapshot: the epoch runs read the yaml that goes with the code imported now
+        hparams_file = shutil.copy(args.hparams, os.path.join(tmp, os.path.basename(args.hparams)))
         texts = [SENTENCES[i % len(SENTENCES)] for i in range(args.batch_size)]
         tokens = token_counts(tokenizer_dir, texts)
         corpus_dir = os.path.join(tmp, "corpus")
@@ -526,7 +538,7 @@ def main(argv=None):
         setup = {
             "tmp": tmp, "device": args.device, "threads": args.threads,
             "speech_dir": speech_dir, "text_dir": text_dir, "tokenizer_dir": tokenizer_dir,
-            "hparams_file": os.path.abspath(args.hparams), "head": head_settings(args.hparams),
+            "hparams_file": hparams_file, "head": head_settings(hparams_file),
             "wavs": make_waveforms(args.batch_size, rng), "texts": texts,
             "labels": rng.integers(0, len(MELD_CLASSES), args.batch_size).tolist(),
             "batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup,

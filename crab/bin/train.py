@@ -40,8 +40,8 @@ def main(argv=None):
             train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"]
         )
     train_options = loader_options(hparams, train_set, train=True)
-    if "batch_sampler" in train_options:  # dynamic batches: set_epoch() reshuffles them each epoch
-        brain.train_sampler = train_options["batch_sampler"]  # (under DDP, SpeechBrain's wrapper of it)
+    if "batch_sampler" in train_options:  # dynamic batches: Brain calls its set_epoch() each epoch
+        brain.train_sampler = train_options["batch_sampler"]  # (DDP replaces it by its wrapper)
     brain.fit(
         hparams["epoch_counter"],
         train_set,

@@ -53,7 +53,8 @@ train_opts=             # extra --key=value overrides for the yaml
 ngpu=0                  # 0: CPU; 1: cuda:0; N > 1: stage 4 trains on N GPUs (DDP, nccl), later stages on cuda:0
 nproc=1                 # with --ngpu 0, N > 1: stage 4 trains with N CPU processes (DDP, gloo)
 torchrun_opts=          # torchrun options of a DDP stage 4 (empty: one node, --standalone), e.g. on each of 2 nodes
-                        # "--nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500" (node_rank 1 on the other)
+                        # "--nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500" (node_rank 1 on the other;
+                        # exp_dir on a filesystem the nodes share)
 ablations=              # stages 4-6 once per ablation name (e.g. "ce_only mlcs"), tag = name; empty: one run (--tag)
 ablation_table=         # ablation name -> yaml overrides (default: conf/ablations.txt, else the TEMPLATE's)
 alphas=                 # stage 8: alpha sweep over these values (paper: 0.25 ... 3.00); empty: skip
@@ -96,11 +97,13 @@ train_launcher=(python)  # stage 4: one process, or torchrun with the DDP option
 train_device=${device}
 train_desc=${device}     # how train_info.json records the device
 ddp_opts=()
+node_rank=0
 if [ "${ngpu}" -gt 1 ] || [ "${nproc}" -gt 1 ]; then
   if [ "${ngpu}" -gt 0 ] && [ "${nproc}" -gt 1 ]; then
     log "Error: --nproc is for CPU training (--ngpu 0); with GPUs, --ngpu N trains with N processes"; exit 1
   fi
   read -r -a launch_opts <<< "${torchrun_opts:---standalone}"
+  if [[ " ${torchrun_opts} " =~ [[:space:]]--node[_-]rank[=[:space:]]+([0-9]+) ]]; then node_rank=${BASH_REMATCH[1]}; fi
   if [ "${ngpu}" -gt 1 ]; then
     train_launcher=(python -m torch.distributed.run --nproc_per_node "${ngpu}" "${launch_opts[@]}")
     train_device=  # each process takes cuda:LOCAL_RANK
@@ -218,8 +221,8 @@ train_runs() {  # stage 4 of run spec $1: every fold and seed
       # shellcheck disable=SC2046
       "${train_launcher[@]}" -m crab.bin.train "${config}" $(run_opts "${fold}" "${seed}" "${train_device}") \
         "${ddp_opts[@]+"${ddp_opts[@]}"}" "${overrides[@]+"${overrides[@]}"}"
-      # epochs were trained (the log is on the node of the main process)
-      if [ -f "${out}/train_log.txt" ] && [ "$(wc -l < "${out}/train_log.txt")" != "${before}" ]; then
+      # epochs were trained; on several nodes, node 0 (the main process's) records them
+      if [ "${node_rank}" = 0 ] && [ "$(wc -l < "${out}/train_log.txt")" != "${before}" ]; then
         python -m crab.report record_training --run_dir "${out}" --wall_s $((SECONDS - t0)) \
           --command "${cmdline}" --device "${train_desc}"
       fi
