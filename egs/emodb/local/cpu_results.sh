@@ -3,8 +3,13 @@
 # the frozen Whisper-base encoder, on the speaker-pair folds 03+08, 09+10, 11+12,
 # 13+14, 15+16, CE only against MLCS (alpha 2), two seeds each. Needs EMODB (db.sh)
 # and a local Whisper-base directory in Hugging Face format.
-#   local/cpu_results.sh [--whisper DIR] [--layer N] [--seeds "1 2"] [--stage N] [--parallel true]
+#   local/cpu_results.sh [--whisper DIR] [--layer N] [--seeds "1 2"] [--stage N] [--parallel true] [--trainval true]
+# --trainval true trains on the 8 non-test speakers (train + valid, as the logistic-regression
+# baseline of the README does) for the fixed 10 epochs; the checkpoint is still picked on the
+# validation pair, which is then part of the training data (no held-out choice; the test pair
+# stays unseen). Its data and experiments go to data/pairs_trainval and exp_cpu_whisper_base_trainval.
 # --parallel true trains the seeds at the same time (one process each), then scores all.
+# Stages: 1-3 data, caches and layer probe; 4-5 training and evaluation; 6 the tables.
 # Stage 3 caches the encoder's states once; --layer picks the one hidden state Crab
 # reads (3: best mean validation UAR of crab.bin.layer_probe over the five folds,
 # printed by stage 3 below; test sets are not read to choose it).
@@ -15,6 +20,7 @@ layer=3
 seeds="1 2"
 stage=1
 parallel=false
+trainval=false
 . ./path.sh
 . utils/parse_options.sh
 . ./db.sh
@@ -34,18 +40,31 @@ if [ "${stage}" -le 3 ]; then
   python -m crab.bin.layer_probe --cache "${exp}/features_all_layers" --branch speech \
     $(for f in ${folds}; do echo --fold "${data}/${f}"; done) | tee "${exp}/layer_probe.md"
 fi
+cache=${exp}/features_layer${layer}
+run_dir=${exp} run_data=${data}
+if [ "${trainval}" = true ]; then
+  run_dir=${exp}_trainval run_data=${data}_trainval
+  mkdir -p "${run_dir}"
+  for f in ${folds}; do  # train = train + valid of the held-out protocol; valid and test as they are
+    mkdir -p "${run_data}/${f}"
+    python -c 'import json, sys; t, v, out = sys.argv[1:]; json.dump({**json.load(open(t)), **json.load(open(v))}, open(out, "w"), indent=1)' \
+      "${data}/${f}/train.json" "${data}/${f}/valid.json" "${run_data}/${f}/train.json"
+    cp "${data}/${f}/valid.json" "${data}/${f}/test.json" "${run_data}/${f}/"
+  done
+fi
 crab() {  # run.sh over every fold, with the chosen layer's cache: crab SEEDS STAGE STOP_STAGE
-  ./run.sh --stage "$2" --stop_stage "$3" --config conf/crab_base.yaml --data_dir "${data}" --folds "${folds}" \
-    --seeds "$1" --exp_dir "${exp}" --ablations "ce_only mlcs" \
-    --feature_cache "${exp}/features_layer${layer}" --train_opts "${encoder} --layer_weighting=${layer} ${head}"
+  ./run.sh --stage "$2" --stop_stage "$3" --config conf/crab_base.yaml --data_dir "${run_data}" --folds "${folds}" \
+    --seeds "$1" --exp_dir "${run_dir}" --ablations "ce_only mlcs" \
+    --feature_cache "${cache}" --train_opts "${encoder} --layer_weighting=${layer} ${head}"
 }
-if [ "${stage}" -le 3 ]; then
+if [ "${stage}" -le 3 ] && [ "${trainval}" = false ]; then
   crab "${seeds}" 3 3
 fi
-if [ "${parallel}" = true ]; then
+if [ "${stage}" -gt 5 ]; then :  # scoring only
+elif [ "${parallel}" = true ]; then
   # One thread per training process: oversubscribed cores made each epoch ~10x slower here.
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-  for seed in ${seeds}; do crab "${seed}" 4 5 > "${exp}/seed${seed}.log" 2>&1 & done
+  for seed in ${seeds}; do crab "${seed}" 4 5 > "${run_dir}/seed${seed}.log" 2>&1 & done
   wait
 else
   crab "${seeds}" 4 5
