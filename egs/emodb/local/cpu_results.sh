@@ -62,8 +62,10 @@ if [ "${stage}" -le 3 ] && [ "${trainval}" = false ]; then
 fi
 if [ "${stage}" -gt 5 ]; then :  # scoring only
 elif [ "${parallel}" = true ]; then
-  # One thread per training process: oversubscribed cores made each epoch ~10x slower here.
-  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+  # The cores shared among the processes (path.sh gives each all of them): oversubscribed
+  # cores made each epoch ~10x slower here.
+  jobs=$(wc -w <<< "${seeds}")
+  export OMP_NUM_THREADS=$(( $(nproc) > jobs ? $(nproc) / jobs : 1 ))
   for seed in ${seeds}; do crab "${seed}" 4 5 > "${run_dir}/seed${seed}.log" 2>&1 & done
   wait
 else
