@@ -379,3 +379,18 @@ def test_text_only_option_is_checked(corpus, tmp_path):
     assert result.returncode != 0 and "--text_only must be true or false, got 'yes'" in result.stdout
     result = run_recipe(corpus, tmp_path, "--text_only", "true", "--asr_model", "openai/whisper-tiny", check=False)
     assert result.returncode != 0 and "--asr_model transcribes audio" in result.stdout
+
+
+def test_confusion_table_sums_runs(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "confusion_table", os.path.join(ROOT, "egs", "meld", "local", "confusion_table.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    header = "id,true,predicted,prob_joy,prob_sadness\n"
+    (tmp_path / "a.csv").write_text(header + "u1,joy,joy,0.9,0.1\nu2,sadness,joy,0.6,0.4\n")
+    (tmp_path / "b.csv").write_text(header + "u1,joy,joy,0.8,0.2\nu2,sadness,sadness,0.3,0.7\n")
+    module.main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| joy | 2 | 0 | 1.000 |" and lines[3] == "| sadness | 1 | 1 | 0.500 |"

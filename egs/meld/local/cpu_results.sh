@@ -8,6 +8,7 @@
 # Stage 3 caches the encoder's states once (every layer) and prints crab.bin.layer_probe's
 # validation UAR per layer (dev only; the test set is not read to choose).
 # --parallel true trains the seeds at the same time (one process each), then scores all.
+# Stages: 1-3 data, cache and layer probe; 4-5 training and evaluation; 6 the tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minilm=$(cd ../../.. && pwd)/shared/models/all-MiniLM-L6-v2
@@ -40,9 +41,12 @@ if [ "${stage}" -le 3 ]; then
     python -m crab.bin.layer_probe --cache "${cache}" --branch text --fold data/official | tee "${exp}/layer_probe.md"
   fi
 fi
-if [ "${parallel}" = true ]; then
-  # One thread per training process: oversubscribed cores made each epoch ~10x slower here.
-  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+if [ "${stage}" -gt 5 ]; then :  # scoring only
+elif [ "${parallel}" = true ]; then
+  # The cores shared among the processes (path.sh gives each all of them): oversubscribed
+  # cores made each epoch ~10x slower here.
+  jobs=$(wc -w <<< "${seeds}")
+  export OMP_NUM_THREADS=$(( $(nproc) > jobs ? $(nproc) / jobs : 1 ))
   for seed in ${seeds}; do crab "${seed}" 4 5 > "${exp}/seed${seed}.log" 2>&1 & done
   wait
 else
