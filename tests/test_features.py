@@ -140,6 +140,6 @@ def test_layer_probe_scores_every_layer_on_validation(data, tmp_path, capsys):  
     layer_probe.main(["--cache", str(cache), "--fold", str(data), "--branch", "speech"])
     out = capsys.readouterr().out
     assert "| layer 0 | layer 1 | layer 2 |" in out  # tiny WavLM: embeddings + 2 layers
-    best = int(out.split("best layer on validation: ")[1].split()[0])
+    best = int(out.split("best layer on valid: ")[1].split()[0])
     means = [float(v) for v in out.split("| mean | ")[1].split(" |\n")[0].split(" | ")]
     assert len(means) == 3 and means[best] == max(means)
