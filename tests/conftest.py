@@ -47,3 +47,31 @@ def make_crab(tokenizer_dir):
         )
 
     return build
+
+
+def write_tone_corpus(audio_dir, manifest_dir, per_class, classes, lengths=(0.4, 0.9), seed=0,
+                      texts=None, noise=0.0):
+    """A tiny corpus of one tone per class: wavs in ``audio_dir``, ``<split>.json``
+    manifests (``per_class``: split -> utterances per class) and a BPE tokenizer in
+    ``manifest_dir``. ``texts`` maps a class to its transcripts (used in turn)."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    texts = texts or {emo: [f"I feel {emo} today"] for emo in classes}
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        manifest = {}
+        for k, emo in enumerate(classes):
+            for n in range(count):
+                utt = f"{split}_{emo}_{n}"
+                length = int(16000 * rng.uniform(*lengths))
+                wav = 0.3 * np.sin(2 * np.pi * (100 + 80 * k) * np.arange(length) / 16000)
+                if noise:
+                    wav += noise * rng.standard_normal(length)
+                sf.write(audio_dir / f"{utt}.wav", wav.astype("float32"), 16000)
+                manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": length / 16000,
+                                 "text": texts[emo][n % len(texts[emo])], "emo": emo, "spk": f"{split}{n}"}
+        (manifest_dir / f"{split}.json").write_text(json.dumps(manifest))
+    build_bpe_tokenizer([t for ts in texts.values() for t in ts] * 3, str(manifest_dir / "tokenizer"), 300)

@@ -4,14 +4,11 @@ import json
 import math
 import os
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from crab.experiment import dataset, make_brain, parse_and_load, prepare_labels_and_weights
-from crab.tokenizer import build_bpe_tokenizer
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_tone_corpus
 
 CONFIG = os.path.join(ROOT, "egs", "TEMPLATE", "conf", "crab_tiny.yaml")
 CLASSES = ["angry", "happy", "neutral", "sad"]
@@ -21,20 +18,7 @@ CLASSES = ["angry", "happy", "neutral", "sad"]
 def data(tmp_path_factory):
     """12 training utterances (3 per class), 4 validation, 4 test; manifests and tokenizer."""
     root = tmp_path_factory.mktemp("brain_data")
-    rng = np.random.default_rng(0)
-    splits = {"train": 3, "valid": 1, "test": 1}
-    for split, per_class in splits.items():
-        manifest = {}
-        for k, emo in enumerate(CLASSES):
-            for n in range(per_class):
-                utt = f"{split}_{emo}_{n}"
-                length = int(16000 * rng.uniform(0.4, 0.9))
-                wav = 0.3 * np.sin(2 * np.pi * (100 + 80 * k) * np.arange(length) / 16000)
-                sf.write(root / f"{utt}.wav", wav.astype("float32"), 16000)
-                manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": length / 16000,
-                                 "text": f"I feel {emo} today", "emo": emo, "spk": f"{split}{n}"}
-        (root / f"{split}.json").write_text(json.dumps(manifest))
-    build_bpe_tokenizer([f"I feel {e} today" for e in CLASSES] * 3, str(root / "tokenizer"), 300)
+    write_tone_corpus(root, root, {"train": 3, "valid": 1, "test": 1}, CLASSES)
     return root
 
 

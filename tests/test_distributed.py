@@ -7,9 +7,7 @@ import os
 import subprocess
 import time
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -19,8 +17,7 @@ from torch import nn
 import crab.experiment
 from crab.distributed import gather_batch
 from crab.losses import ContrastiveLoss, WeightedCrossEntropy, mpcl, supcon
-from crab.tokenizer import build_bpe_tokenizer
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_tone_corpus
 from tests.test_brain import CLASSES
 
 WORLD = 2
@@ -177,19 +174,7 @@ def recipe_data(tmp_path_factory):
     corpus, data = root / "corpus", root / "data" / "main"
     corpus.mkdir()
     data.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, per_class in {"train": 2, "valid": 1}.items():
-        manifest = {}
-        for k, emo in enumerate(CLASSES):
-            for n in range(per_class):
-                utt = f"{split}_{emo}_{n}"
-                length = int(16000 * rng.uniform(0.3, 0.5))
-                wav = 0.3 * np.sin(2 * np.pi * (100 + 80 * k) * np.arange(length) / 16000)
-                sf.write(corpus / f"{utt}.wav", wav.astype("float32"), 16000)
-                manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": length / 16000,
-                                 "text": f"I feel {emo} today", "emo": emo, "spk": f"{split}{n}"}
-        (data / f"{split}.json").write_text(json.dumps(manifest))
-    build_bpe_tokenizer([f"I feel {e} today" for e in CLASSES] * 3, str(data / "tokenizer"), 300)
+    write_tone_corpus(corpus, data, {"train": 2, "valid": 1}, CLASSES, lengths=(0.3, 0.5))
     return root
 
 

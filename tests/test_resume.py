@@ -1,7 +1,6 @@
 """Checkpoints survive failures: kill -9 mid-epoch resumes exactly, a non-finite loss
 stops training before it reaches a checkpoint, an interrupted save leaves no checkpoint."""
 
-import json
 import math
 import os
 import random
@@ -18,8 +17,7 @@ import yaml
 
 from crab.brain import NonFiniteLossError, check_finite_losses
 from crab.checkpointing import Checkpointer, RandomState
-from crab.tokenizer import build_bpe_tokenizer
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_tone_corpus
 from tests.test_brain import CLASSES, fit
 
 RECIPE = os.path.join(ROOT, "egs", "TEMPLATE")
@@ -29,21 +27,9 @@ RECIPE = os.path.join(ROOT, "egs", "TEMPLATE")
 def data(tmp_path_factory):
     """24 training utterances (6 per class), 4 validation; manifests and tokenizer."""
     root = tmp_path_factory.mktemp("resume_data")
-    rng = np.random.default_rng(1)
     texts = {emo: [f"I feel {emo} today", f"so {emo} right now", f"this makes me {emo}"] for emo in CLASSES}
-    for split, per_class in {"train": 6, "valid": 1}.items():
-        manifest = {}
-        for k, emo in enumerate(CLASSES):
-            for n in range(per_class):
-                utt = f"{split}_{emo}_{n}"
-                length = int(16000 * rng.uniform(0.3, 0.5))
-                wav = 0.3 * np.sin(2 * np.pi * (100 + 80 * k) * np.arange(length) / 16000)
-                wav += 0.01 * rng.standard_normal(length)
-                sf.write(root / f"{utt}.wav", wav.astype("float32"), 16000)
-                manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": length / 16000,
-                                 "text": texts[emo][n % 3], "emo": emo, "spk": f"{split}{n}"}
-        (root / f"{split}.json").write_text(json.dumps(manifest))
-    build_bpe_tokenizer([t for ts in texts.values() for t in ts], str(root / "tokenizer"), 300)
+    write_tone_corpus(root, root, {"train": 6, "valid": 1}, CLASSES, lengths=(0.3, 0.5), seed=1,
+                      texts=texts, noise=0.01)
     return root
 
 
