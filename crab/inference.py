@@ -31,6 +31,7 @@ from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_
 from speechbrain.utils.fetching import LocalStrategy
 
 from crab.data import SAMPLE_RATE, read_audio
+from crab.dataprep import clean_transcript
 from crab.encoders import SpeechEncoder, TextEncoder
 from crab.model import Crab
 
@@ -319,7 +320,7 @@ class CrabClassifier(Pretrained):
                 f"this {self.hparams.modality} model needs a transcript per utterance: pass texts "
                 "(or transcribe with load_asr() and transcribe_batch())"
             )
-        texts = [str(t) for t in texts]
+        texts = [clean_transcript(str(t))[0] for t in texts]  # as data prep and training do
         if len(texts) != batch:
             raise ValueError(f"{len(texts)} transcripts for {batch} utterances")
         empty = [i for i, t in enumerate(texts) if not t.strip()]

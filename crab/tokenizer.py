@@ -5,11 +5,12 @@ recipes use the pretrained encoder's own tokenizer.
 """
 
 import argparse
-import json
 import os
 
 from tokenizers import ByteLevelBPETokenizer
 from transformers import RobertaTokenizerFast
+
+from crab.data import load_manifest
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0-4
 
@@ -37,9 +38,8 @@ def main(argv=None):
     parser.add_argument("--vocab_size", type=int, default=1000)
     args = parser.parse_args(argv)
     texts = []
-    for path in args.manifest:
-        with open(path, encoding="utf-8") as f:
-            texts += [entry["text"] for entry in json.load(f).values()]
+    for path in args.manifest:  # read as training reads them (control characters cleaned)
+        texts += [entry["text"] for entry in load_manifest(path).values()]
     tokenizer = build_bpe_tokenizer(texts, args.out_dir, args.vocab_size)
     print(f"Tokenizer with {len(tokenizer)} tokens from {len(texts)} transcripts in {args.out_dir}")
 

@@ -213,6 +213,12 @@ def test_any_rate_and_channels_and_bad_audio(trained, data, tmp_path):
         assert name in str(err.value)
     with pytest.raises(ValueError, match="needs a transcript"):
         classifier.classify_file(str(tmp_path / "mono.wav"))
+    # control characters are cleaned as in data prep: same prediction, and a transcript of
+    # control characters only is empty
+    noisy = classifier.classify_file(str(tmp_path / "mono.wav"), "I feel\x00 happy\ttoday\r\n")[0]
+    assert torch.allclose(noisy, classifier.classify_file(str(tmp_path / "mono.wav"), text)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="empty transcript"):
+        classifier.classify_file(str(tmp_path / "mono.wav"), "\x00\x1b")
 
 
 def write_inputs(tmp_path, data):
