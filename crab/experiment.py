@@ -60,9 +60,25 @@ def check_overrides(hparams_file, overrides):
     return parsed
 
 
+def last_value_wins(overrides):
+    """The override YAML text with each key once, at its last value: ``--lr=1 --lr=2``
+    sets lr to 2, as repeated command-line options do (hyperpyyaml rejects a repeated key)."""
+    if not overrides:
+        return overrides
+    lines = {}
+    for line in overrides.splitlines():
+        if line.strip():
+            key = line.partition(":")[0].strip()
+            lines.pop(key, None)
+            lines[key] = line
+    return "\n".join(lines.values()) + "\n"
+
+
 def parse_and_load(argv=None):
-    """Parse ``hparams.yaml [--run_opt ...] [--key=value ...]`` and load the hparams."""
+    """Parse ``hparams.yaml [--run_opt ...] [--key=value ...]`` and load the hparams
+    (a key given twice takes its last value)."""
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
+    overrides = last_value_wins(overrides)
     check_overrides(hparams_file, overrides)
     with open(hparams_file, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, overrides)

@@ -10,7 +10,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.run_opts import RunOptions
 
-from crab.experiment import ConfigError, check_overrides
+from crab.experiment import ConfigError, check_overrides, last_value_wins
 from crab.tokenizer import build_bpe_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -224,6 +224,16 @@ def test_check_overrides_valid():
         "data_root": "/db/x",
         "seed": 7,
     }
+
+
+def test_a_repeated_override_takes_its_last_value():
+    _, _, overrides = sb.parse_arguments(
+        [MINI_CONFIG, "--lr=0.5", "--alpha=1.0", "--lr=!ref <alpha> / 4", "--leg_names=[fusion]", "--alpha=3.0"]
+    )
+    merged = last_value_wins(overrides)
+    assert sorted(merged.splitlines()) == ["alpha: 3.0", "leg_names: [fusion]", "lr: !ref <alpha> / 4"]
+    assert check_overrides(MINI_CONFIG, merged)["alpha"] == 3.0
+    assert last_value_wins("") == "" and last_value_wins(None) is None
 
 
 def test_check_overrides_accepts_hyperpyyaml_tags():

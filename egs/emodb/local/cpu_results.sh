@@ -4,6 +4,9 @@
 # 13+14, 15+16, CE only against MLCS (alpha 2), two seeds each. Needs EMODB (db.sh)
 # and a local Whisper-base directory in Hugging Face format.
 #   local/cpu_results.sh [--whisper DIR] [--layer N] [--seeds "1 2"] [--stage N] [--parallel true] [--trainval true]
+#                        [--folds "fold03_08 ..."] [--data_dir data/pairs] [--exp_dir exp_cpu_whisper_base]
+#                        [--extra_opts "--key=value ..."]   (appended to the training overrides)
+#                        [--data_opts "--pairing sorted"]   (local/data.sh options of stage 1)
 # --trainval true trains on the 8 non-test speakers (train + valid, as the logistic-regression
 # baseline of the README does) for the fixed 10 epochs; the checkpoint is still picked on the
 # validation pair, which is then part of the training data (no held-out choice; the test pair
@@ -21,35 +24,37 @@ seeds="1 2"
 stage=1
 parallel=false
 trainval=false
+folds="fold03_08 fold09_10 fold11_12 fold13_14 fold15_16"
+data_dir=data/pairs
+exp_dir=exp_cpu_whisper_base
+extra_opts=
+data_opts="--pairing sorted"
 . ./path.sh
 . utils/parse_options.sh
 . ./db.sh
 
-folds="fold03_08 fold09_10 fold11_12 fold13_14 fold15_16"
-data=data/pairs
-exp=exp_cpu_whisper_base
 encoder="--modality=speech --speech_encoder_source=${whisper} --pretrained_encoders=true --freeze_speech_encoder=true"
 head="--normalize_encoder_states=true --hidden_dim=128 --bottleneck_dim=128 --leg_output_dim=128 \
-  --lr=1e-3 --batch_size=16 --grad_accumulation_factor=1 --number_of_epochs=10"
+  --lr=1e-3 --batch_size=16 --grad_accumulation_factor=1 --number_of_epochs=10 ${extra_opts}"
 
 if [ "${stage}" -le 3 ]; then
   # Every layer once, for the probe that picks the layer (validation sets only).
-  ./run.sh --stage "${stage}" --stop_stage 3 --config conf/crab_base.yaml --data_dir "${data}" \
-    --data_opts "--pairing sorted" --folds "${folds}" --seeds "${seeds}" --exp_dir "${exp}" \
-    --feature_cache "${exp}/features_all_layers" --train_opts "${encoder} --layer_weighting=weighted_sum"
-  python -m crab.bin.layer_probe --cache "${exp}/features_all_layers" --branch speech \
-    $(for f in ${folds}; do echo --fold "${data}/${f}"; done) | tee "${exp}/layer_probe.md"
+  ./run.sh --stage "${stage}" --stop_stage 3 --config conf/crab_base.yaml --data_dir "${data_dir}" \
+    --data_opts "${data_opts}" --folds "${folds}" --seeds "${seeds}" --exp_dir "${exp_dir}" \
+    --feature_cache "${exp_dir}/features_all_layers" --train_opts "${encoder} --layer_weighting=weighted_sum"
+  python -m crab.bin.layer_probe --cache "${exp_dir}/features_all_layers" --branch speech \
+    $(for f in ${folds}; do echo --fold "${data_dir}/${f}"; done) | tee "${exp_dir}/layer_probe.md"
 fi
-cache=${exp}/features_layer${layer}
-run_dir=${exp} run_data=${data}
+cache=${exp_dir}/features_layer${layer}
+run_dir=${exp_dir} run_data=${data_dir}
 if [ "${trainval}" = true ]; then
-  run_dir=${exp}_trainval run_data=${data}_trainval
+  run_dir=${exp_dir}_trainval run_data=${data_dir}_trainval
   mkdir -p "${run_dir}"
   for f in ${folds}; do  # train = train + valid of the held-out protocol; valid and test as they are
     mkdir -p "${run_data}/${f}"
     python -c 'import json, sys; t, v, out = sys.argv[1:]; json.dump({**json.load(open(t)), **json.load(open(v))}, open(out, "w"), indent=1)' \
-      "${data}/${f}/train.json" "${data}/${f}/valid.json" "${run_data}/${f}/train.json"
-    cp "${data}/${f}/valid.json" "${data}/${f}/test.json" "${run_data}/${f}/"
+      "${data_dir}/${f}/train.json" "${data_dir}/${f}/valid.json" "${run_data}/${f}/train.json"
+    cp "${data_dir}/${f}/valid.json" "${data_dir}/${f}/test.json" "${run_data}/${f}/"
   done
 fi
 crab() {  # run.sh over every fold, with the chosen layer's cache: crab SEEDS STAGE STOP_STAGE

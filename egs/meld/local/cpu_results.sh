@@ -6,7 +6,11 @@
 # encoder lr = head lr / 10, as the paper's hierarchical lr), no cache; exp_cpu_minilm_ft.
 # Needs MELD (db.sh) pointing at the *_sent_emo.csv files and a local MiniLM directory
 # in Hugging Face format.
-#   local/cpu_results.sh [--minilm DIR] [--layer N|weighted_sum] [--seeds "1 2 3"] [--stage N] [--parallel true] [--finetune true] [--ablations "plain_ce ce_only mlcs"]
+#   local/cpu_results.sh [--minilm DIR] [--layer N|weighted_sum] [--seeds "1 2 3"] [--stage N] [--parallel true]
+#                        [--finetune true] [--ablations "plain_ce ce_only mlcs"] [--data_dir data]
+#                        [--exp_dir exp_cpu_minilm, with --finetune exp_cpu_minilm_ft]
+#                        [--extra_opts "--key=value ..."]   (appended to the training overrides)
+#                        [--data_opts "..."]                (local/data.sh options of stage 1)
 # Stage 3 caches the encoder's states once (every layer) and prints crab.bin.layer_probe's
 # validation UAR per layer (dev only; the test set is not read to choose).
 # --parallel true trains the seeds at the same time (one process each), then scores all.
@@ -20,36 +24,41 @@ stage=1
 parallel=false
 finetune=false
 ablations="plain_ce ce_only mlcs"
+data_dir=data
+exp_dir=
+extra_opts=
+data_opts=
 . ./path.sh
 . utils/parse_options.sh
 
-exp=exp_cpu_minilm
+exp=${exp_dir:-exp_cpu_minilm}
 cache=${exp}/features_all_layers
 encoder="--modality=text --text_encoder_source=${minilm} --tokenizer_source=${minilm} \
   --pretrained_encoders=true --freeze_text_encoder=true --layer_weighting=weighted_sum"
 head="--normalize_encoder_states=true --hidden_dim=128 --bottleneck_dim=128 --leg_output_dim=128 \
-  --lr=1e-3 --batch_size=16 --grad_accumulation_factor=1 --number_of_epochs=6"
+  --lr=1e-3 --batch_size=16 --grad_accumulation_factor=1 --number_of_epochs=6 ${extra_opts}"
 if [ "${layer}" != weighted_sum ]; then  # one layer: its own cache
   cache=${exp}/features_layer${layer}
   encoder=${encoder/--layer_weighting=weighted_sum/--layer_weighting=${layer}}
 fi
 if [ "${finetune}" = true ]; then  # 3 epochs of ~625 steps, ~3 min each with both cores free
-  exp=exp_cpu_minilm_ft cache=
+  exp=${exp_dir:-exp_cpu_minilm_ft} cache=
   encoder="--modality=text --text_encoder_source=${minilm} --tokenizer_source=${minilm} \
   --pretrained_encoders=true --freeze_text_encoder=false --layer_weighting=last"
   head="--hidden_dim=128 --bottleneck_dim=128 --leg_output_dim=128 --lr=5e-4 --encoder_lr=5e-5 \
-  --batch_size=16 --grad_accumulation_factor=1 --number_of_epochs=3 --text_max_length=64"
+  --batch_size=16 --grad_accumulation_factor=1 --number_of_epochs=3 --text_max_length=64 ${extra_opts}"
 fi
 
-crab() {  # run.sh, text only, over the cached states: crab SEEDS STAGE STOP_STAGE
+crab() {  # run.sh, text only (on the cached states unless --finetune): crab SEEDS STAGE STOP_STAGE
   ./run.sh --text_only true --stage "$2" --stop_stage "$3" --config conf/crab_base.yaml --seeds "$1" \
+    --data_dir "${data_dir}" --data_opts "${data_opts}" \
     --exp_dir "${exp}" --ablations "${ablations}" --feature_cache "${cache}" \
     --train_opts "${encoder} ${head}"
 }
 if [ "${stage}" -le 3 ]; then
   crab "${seeds}" "${stage}" 3
   if [ -n "${cache}" ] && [ "${layer}" = weighted_sum ]; then
-    python -m crab.bin.layer_probe --cache "${cache}" --branch text --fold data/official | tee "${exp}/layer_probe.md"
+    python -m crab.bin.layer_probe --cache "${cache}" --branch text --fold "${data_dir}/official" | tee "${exp}/layer_probe.md"
   fi
 fi
 if [ "${stage}" -gt 5 ]; then :  # scoring only
