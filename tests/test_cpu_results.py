@@ -62,6 +62,8 @@ def test_emodb_cpu_results(tmp_path):
     assert re.search(rf"^\| {FOLD} \| [01]\.\d{{3}} \| [01]\.\d{{3}} \|$", probe, re.MULTILINE)
     assert "best layer on valid:" in output
     assert (exp / "features_layer1" / "index.json").is_file()
+    assert sorted(os.listdir(exp)) == ["ablations_test.md", "ce_only", "extract_features", "features_all_layers",
+                                       "features_layer1", "layer_probe.md", "mlcs"]  # no empty run folders
     assert ablation_rows(exp / "ablations_test.md") == {"ce_only": 1, "mlcs": 1}
     run = exp / "mlcs" / FOLD / "seed1"
     settings = run_settings(run)

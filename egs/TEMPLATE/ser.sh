@@ -180,8 +180,10 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
       manifests=(); for split in ${splits}; do manifests+=("${data_dir}/${fold}/${split}.json"); done
       read -r first_seed _ <<< "${seeds}"
       # shellcheck disable=SC2046
+      # The yaml's checkpointer makes its folder on load: exp/extract_features/<fold>, not a run's.
       python -m crab.bin.extract_features "${config}" $(run_opts "${fold}" "${first_seed}") \
-        "${extra_opts[@]+"${extra_opts[@]}"}" --manifests "${manifests[@]}"
+        "${extra_opts[@]+"${extra_opts[@]}"}" --output_folder="${exp_dir}/extract_features/${fold}" \
+        --manifests "${manifests[@]}"
     fi
   done
 fi
