@@ -179,8 +179,8 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
       log "Stage 3: frozen-encoder states of fold ${fold} into ${feature_cache} (re-running extracts only what is missing)"
       manifests=(); for split in ${splits}; do manifests+=("${data_dir}/${fold}/${split}.json"); done
       read -r first_seed _ <<< "${seeds}"
-      # shellcheck disable=SC2046
       # The yaml's checkpointer makes its folder on load: exp/extract_features/<fold>, not a run's.
+      # shellcheck disable=SC2046
       python -m crab.bin.extract_features "${config}" $(run_opts "${fold}" "${first_seed}") \
         "${extra_opts[@]+"${extra_opts[@]}"}" --output_folder="${exp_dir}/extract_features/${fold}" \
         --manifests "${manifests[@]}"
