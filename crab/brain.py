@@ -85,7 +85,7 @@ class CrabBrain(sb.Brain):
         for batch in loader:
             states = model.encoder_states(*_model_inputs(batch.to(self.device)))
             for branch, norm in norms.items():
-                norm.accumulate(*states[branch])
+                norm.accumulate(model.encoders[branch].readout(*states[branch]), states[branch][1])
             seen += len(batch.id)
             if max_utterances and seen >= max_utterances:
                 break

@@ -89,11 +89,12 @@ class _Encoder(nn.Module):
     """Freezing, layer selection and state normalization shared by the speech
     and text wrappers."""
 
-    def __init__(self, freeze, layer_weighting, normalize_states=False):
+    def __init__(self, freeze, layer_weighting, normalize_states=False, finetune_top_layers=0):
         super().__init__()
         self.freeze = freeze
         self.layer_weighting = layer_weighting
         self.normalize_states = normalize_states
+        self.finetune_top_layers = finetune_top_layers
 
     def _setup_output(self, num_hidden_states):
         choice = self.layer_weighting
@@ -104,6 +105,8 @@ class _Encoder(nn.Module):
                 f"0..{num_hidden_states - 1} (0: the input embeddings), got '{choice}'"
             )
         self.layer_index = choice if is_index else None
+        self.num_layers = num_hidden_states - 1
+        self._setup_top_layers()
         self.layer_weights = (
             LayerWeights(num_hidden_states)
             if self.layer_weighting == "weighted_sum"
@@ -116,11 +119,52 @@ class _Encoder(nn.Module):
             for param in self.model.parameters():
                 param.requires_grad = False
 
+    def _setup_top_layers(self):
+        """With ``finetune_top_layers: k``, the k layers up to the one read are
+        trained and everything below them is frozen: ``states`` then returns the
+        hidden state below those layers (what a feature cache stores) and
+        ``select`` runs them."""
+        k = self.finetune_top_layers
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"finetune_top_layers must be a number of layers >= 0, got '{k}'")
+        self.top_range = None
+        if k == 0:
+            return
+        read = self.num_layers if self.layer_weighting == "last" else self.layer_index
+        if read is None or not 1 <= k <= read:
+            raise ValueError(
+                f"finetune_top_layers: {k} needs one layer read (layer_weighting 'last' or an "
+                f"index) with at least {k} layers below it, got layer_weighting '{self.layer_weighting}'"
+            )
+        if self.freeze:
+            raise ValueError("finetune_top_layers > 0 fine-tunes part of the encoder: it needs freeze: false")
+        self.top_range = range(read - k, read)
+        self.model.requires_grad_(False)
+        for module in self._top_modules():
+            module.requires_grad_(True)
+
+    def _top_modules(self):
+        """The fine-tuned layers, and the final layer norm when the last layer is read."""
+        blocks = self._blocks()
+        last = self.top_range.stop == self.num_layers
+        return [blocks[i] for i in self.top_range] + ([self._final_norm()] if last else [])
+
+    def _blocks(self):
+        raise ValueError(f"finetune_top_layers is implemented for Whisper encoders, not {type(self.model).__name__}")
+
     def train(self, mode=True):
         super().train(mode)
-        if self.freeze:
-            self.model.eval()  # a frozen encoder keeps its dropout off
+        if self.frozen_states:
+            self.model.eval()  # frozen layers keep their dropout off
+        if self.top_range is not None:
+            for module in self._top_modules():
+                module.train(mode)
         return self
+
+    @property
+    def frozen_states(self):
+        """``states`` is computed without gradients (and can be cached)."""
+        return self.freeze or self.top_range is not None
 
     @property
     def num_states(self):
@@ -130,20 +174,36 @@ class _Encoder(nn.Module):
 
     @property
     def wants_all_states(self):
-        return self.layer_weighting != "last"
+        return self.layer_weighting != "last" or self.top_range is not None
 
     def _stack(self, hidden_states, last):
         """``(batch, time, num_states, dim)`` from all hidden states and the output."""
+        if self.top_range is not None:
+            return hidden_states[self.top_range.start].unsqueeze(2)
         if self.layer_weights is not None:
             return torch.stack(hidden_states, dim=2)
         if self.layer_index is not None:
             return hidden_states[self.layer_index].unsqueeze(2)
         return last.unsqueeze(2)
 
-    def select(self, states):
-        """The encoder output from ``states`` ``(batch, time, num_states, dim)``:
-        the one layer kept, or the learned weighted sum (trainable even when the
-        encoder is frozen, and on cached states), after ``state_norm`` if any."""
+    def readout(self, states, mask):
+        """The hidden states ``select`` chooses from: ``states`` themselves, or
+        the output of the fine-tuned top layers run on them."""
+        if self.top_range is None:
+            return states
+        x = states[:, :, 0]
+        blocks = self._blocks()
+        x = self._run_blocks(x, mask, [blocks[i] for i in self.top_range])
+        if self.top_range.stop == self.num_layers:
+            x = self._final_norm()(x)
+        return x.unsqueeze(2)
+
+    def select(self, states, mask):
+        """The encoder output from ``states`` ``(batch, time, num_states, dim)``
+        and their frame ``mask``: the one layer kept, or the learned weighted sum
+        (trainable even when the encoder is frozen, and on cached states), after
+        the fine-tuned top layers and ``state_norm`` if any."""
+        states = self.readout(states, mask)
         if self.state_norm is not None:
             states = self.state_norm(states)
         if self.layer_weights is None:
@@ -152,18 +212,28 @@ class _Encoder(nn.Module):
 
     def forward(self, *inputs):
         states, mask = self.states(*inputs)
-        return self.select(states), mask
+        return self.select(states, mask), mask
 
     def states(self, *inputs):
         """``(states, mask)``: the hidden states ``select`` reads, ``(batch, time,
-        num_states, dim)``, computed without gradients when the encoder is frozen.
-        This is what the frozen-feature cache (``crab.features``) stores."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+        num_states, dim)``, computed without gradients when the encoder (or all
+        of it below the fine-tuned top layers) is frozen. This is what the
+        frozen-feature cache (``crab.features``) stores."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_states):
             return self._states(*inputs)
 
     def encoder_parameters(self):
         """Trainable parameters of the pretrained network (not the layer weights)."""
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def frozen_parameter_names(self):
+        """Names (``model.state_dict`` keys) of what ``states`` depends on: all of
+        the network, or what lies below the fine-tuned top layers."""
+        tensors = self.model.state_dict(keep_vars=True)
+        if self.top_range is None:
+            return list(tensors)
+        tuned = {id(t) for m in self._top_modules() for t in m.state_dict(keep_vars=True).values()}
+        return [name for name, t in tensors.items() if id(t) not in tuned]
 
 
 def _load(model_cls, source, pretrained, **config_overrides):
@@ -205,6 +275,11 @@ class SpeechEncoder(_Encoder):
     normalize_states : bool
         Standardize each layer's states with training-set statistics
         (``StateNormalization``) before the layer selection.
+    finetune_top_layers : int
+        0: the whole encoder follows ``freeze``. k > 0 (Whisper): train only the
+        k transformer layers up to the one read (and the final layer norm when
+        that is the last), the rest frozen; a feature cache then holds the
+        hidden state below them, so fine-tuning them runs on cached states.
     """
 
     def __init__(
@@ -217,8 +292,9 @@ class SpeechEncoder(_Encoder):
         normalize_waveform=None,
         layerdrop=None,
         normalize_states=False,
+        finetune_top_layers=0,
     ):
-        super().__init__(freeze, layer_weighting, normalize_states)
+        super().__init__(freeze, layer_weighting, normalize_states, finetune_top_layers)
         config = AutoConfig.from_pretrained(source)
         self.is_whisper = isinstance(config, WhisperConfig)
         overrides = {}
@@ -296,16 +372,39 @@ class SpeechEncoder(_Encoder):
         x = nn.functional.dropout(x, p=enc.dropout, training=enc.training)
         frame_lens = torch.clamp((lengths // 160 + 1) // 2, 1, frames)
         mask = lengths_to_mask(frame_lens, frames)
+        # Layers above the one kept are not run.
+        if self.top_range is not None:
+            stop = self.top_range.start
+        elif self.layer_index is not None and self.layer_weights is None:
+            stop = self.layer_index
+        else:
+            stop = self.num_layers
+        states = [x]
+        self._run_blocks(x, mask, enc.layers[:stop], states)
+        if stop == self.num_layers:
+            states[-1] = enc.layer_norm(states[-1])
+        return self._stack(states, states[-1]), mask
+
+    def _blocks(self):
+        return self.model.layers if self.is_whisper else super()._blocks()
+
+    def _final_norm(self):
+        return self.model.layer_norm
+
+    @staticmethod
+    def _run_blocks(x, mask, blocks, outputs=None):
+        """Whisper encoder layers on ``x`` (batch, frames, dim), padded frames
+        masked out of the attention; each layer's output is appended to ``outputs``."""
+        frames = x.shape[1]
         additive = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
         additive = additive.masked_fill(~mask, torch.finfo(x.dtype).min)
         additive = additive[:, None, None, :].expand(-1, 1, frames, frames)
-        states = [x]
-        for layer in enc.layers:
+        for layer in blocks:
             x = layer(x, additive)
             x = x[0] if isinstance(x, tuple) else x
-            states.append(x)
-        states[-1] = enc.layer_norm(x)
-        return self._stack(states, states[-1]), mask
+            if outputs is not None:
+                outputs.append(x)
+        return x
 
 
 def _whisper_features(source, config):

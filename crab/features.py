@@ -18,6 +18,10 @@ manifests (another fold) are added to the same cache. The index records a digest
 of the encoder weights: reading a cache with other weights (another checkpoint,
 another random seed) or with changed inputs (an edited transcript) is an
 error, never a silent mismatch.
+
+An encoder fine-tuned only in its top layers (``finetune_top_layers``) is cached
+below them: the cache holds the hidden state those layers read, its identity
+covers the frozen weights only, and training runs the tuned layers on it.
 """
 
 import fcntl
@@ -43,10 +47,13 @@ class FeatureCacheError(ValueError):
     """A cache that does not match the model or lacks utterances."""
 
 
-def weights_digest(module):
-    """SHA-256 over a module's parameters and buffers, in state-dict order."""
+def weights_digest(module, names=None):
+    """SHA-256 over a module's parameters and buffers (those in ``names`` if
+    given), in state-dict order."""
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
+        if names is not None and name not in names:
+            continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -59,8 +66,10 @@ def encoder_identity(encoder, max_duration=None):
         "layer_weighting": encoder.layer_weighting,
         "num_states": encoder.num_states,
         "dim": encoder.output_dim,
-        "weights_sha256": weights_digest(encoder.model),
+        "weights_sha256": weights_digest(encoder.model, set(encoder.frozen_parameter_names())),
     }
+    if encoder.finetune_top_layers:  # the cache holds the hidden state below the tuned layers
+        identity["finetune_top_layers"] = encoder.finetune_top_layers
     if hasattr(encoder, "normalize_waveform"):
         identity.update(normalize_waveform=encoder.normalize_waveform, max_duration=max_duration)
     else:
@@ -82,7 +91,7 @@ def cache_branches(model, max_duration=None):
     return {
         branch: encoder_identity(model.encoders[branch], max_duration)
         for branch in model.branches
-        if model.encoders[branch].freeze
+        if model.encoders[branch].frozen_states
     }
 
 
@@ -125,13 +134,16 @@ class FeatureCache:
                 f"the model has branches {model.branches}"
             )
         for branch, encoder in current.items():
-            if not encoder.freeze:
+            if not encoder.frozen_states:
                 raise FeatureCacheError(
                     f"feature cache {self.cache_dir} holds {branch} states, but the {branch} "
-                    f"encoder is not frozen (set freeze_{branch}_encoder: true)"
+                    f"encoder is not frozen (set freeze_{branch}_encoder: true"
+                    + (", or fine-tune only its top layers with finetune_top_speech_layers)"
+                       if branch == "speech" else ")")
                 )
             expected = encoder_identity(encoder, max_duration)
-            differ = sorted(k for k in expected if self.branches[branch].get(k) != expected[k])
+            cached = self.branches[branch]
+            differ = sorted(k for k in expected.keys() | cached.keys() if cached.get(k) != expected.get(k))
             if differ:
                 raise FeatureCacheError(
                     f"feature cache {self.cache_dir} was extracted with another {branch} encoder "

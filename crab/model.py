@@ -109,7 +109,8 @@ class Crab(nn.Module):
         states = self.encoder_states(wavs, wav_lens, texts, states)
         seqs, masks, taps = {}, {}, {}
         for branch in self.branches:
-            hidden, mask = self.encoders[branch].select(states[branch][0]), states[branch][1]
+            mask = states[branch][1]
+            hidden = self.encoders[branch].select(states[branch][0], mask)
             projected, seq = self.unimodal[branch](hidden, mask)
             leg_input = seq if self.unimodal_leg_input == "gru" else projected
             taps[f"{branch}_unimodal"] = masked_mean(leg_input, mask)

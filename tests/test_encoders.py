@@ -149,3 +149,49 @@ def test_one_chosen_hidden_state_is_read(tokenizer_dir):
     for bad in (3, -1, True):  # the tiny WavLM has hidden states 0..2
         with pytest.raises(ValueError, match="hidden-state index 0..2"):
             SpeechEncoder(WAVLM, pretrained=False, layer_weighting=bad)
+
+
+@pytest.mark.parametrize("read,k", [(1, 1), (2, 1), (2, 2)])
+def test_whisper_top_layer_finetuning_equals_the_full_encoder_and_trains_only_those_layers(config_dirs, read, k):
+    torch.manual_seed(0)
+    every = SpeechEncoder(config_dirs["whisper"], pretrained=False, layer_weighting="weighted_sum").eval()
+    top = SpeechEncoder(config_dirs["whisper"], pretrained=False, layer_weighting=read, finetune_top_layers=k)
+    top.model.load_state_dict(every.model.state_dict())
+    wavs, lens = torch.randn(2, 16000) * 0.1, torch.tensor([1.0, 0.55])
+    with torch.no_grad():
+        all_states, mask = every.states(wavs, lens)
+        below, below_mask = top.eval().states(wavs, lens)
+        output, _ = top(wavs, lens)
+    # states() stops below the tuned layers; select() runs them (and the final norm for the last layer)
+    assert torch.equal(below_mask, mask) and below.shape[2] == 1
+    torch.testing.assert_close(below[:, :, 0], all_states[:, :, read - k])
+    torch.testing.assert_close(output[mask], all_states[:, :, read][mask], atol=1e-5, rtol=1e-5)
+
+    tuned = {f"layers.{i}." for i in range(read - k, read)} | ({"layer_norm."} if read == 2 else set())
+    trainable = {n for n, p in top.model.named_parameters() if p.requires_grad}
+    assert trainable and all(any(n.startswith(t) for t in tuned) for n in trainable)
+    assert {id(p) for p in top.encoder_parameters()} == {id(p) for p in top.model.parameters() if p.requires_grad}
+    frozen = top.frozen_parameter_names()
+    assert not set(frozen) & trainable and "conv1.weight" in frozen and "embed_positions.weight" in frozen
+    # the frozen part stays in eval mode (no dropout), the tuned layers follow train()
+    top.train()
+    assert not top.model.conv1.training and top.model.layers[read - 1].training
+    assert top.model.layers[0].training == (read - k == 0)
+    hidden, _ = top(wavs, lens)
+    hidden.sum().backward()
+    assert all(p.grad is not None for n, p in top.model.named_parameters() if n in trainable)
+    assert all(p.grad is None for n, p in top.model.named_parameters() if n not in trainable)
+
+
+def test_top_layer_finetuning_is_checked(config_dirs):
+    whisper = config_dirs["whisper"]
+    with pytest.raises(ValueError, match="needs one layer read"):
+        SpeechEncoder(whisper, pretrained=False, layer_weighting="weighted_sum", finetune_top_layers=1)
+    with pytest.raises(ValueError, match="at least 2 layers below"):
+        SpeechEncoder(whisper, pretrained=False, layer_weighting=1, finetune_top_layers=2)
+    with pytest.raises(ValueError, match="needs freeze: false"):
+        SpeechEncoder(whisper, pretrained=False, freeze=True, finetune_top_layers=1)
+    with pytest.raises(ValueError, match=">= 0"):
+        SpeechEncoder(whisper, pretrained=False, finetune_top_layers=-1)
+    with pytest.raises(ValueError, match="implemented for Whisper encoders, not HubertModel"):
+        SpeechEncoder(config_dirs["hubert"], pretrained=False, finetune_top_layers=1)

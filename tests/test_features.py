@@ -143,3 +143,46 @@ def test_layer_probe_scores_every_layer_on_validation(data, tmp_path, capsys):  
     best = int(out.split("best layer on valid: ")[1].split()[0])
     means = [float(v) for v in out.split("| mean | ")[1].split(" |\n")[0].split(" | ")]
     assert len(means) == 3 and means[best] == max(means)
+
+
+def test_top_layer_finetuning_trains_on_the_cache_as_end_to_end(data, tmp_path):  # noqa: F811
+    from transformers import WhisperConfig
+
+    whisper = tmp_path / "whisper"
+    WhisperConfig(d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                  encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80, vocab_size=100, pad_token_id=0,
+                  bos_token_id=1, eos_token_id=2, decoder_start_token_id=1).save_pretrained(whisper)
+    # batches of one: Whisper's last frames depend on the batch padding, which would differ
+    top = [f"--speech_encoder_source={whisper}", "--modality=speech", "--freeze_speech_encoder=false",
+           "--finetune_top_speech_layers=1", "--layer_weighting=2", "--lr=0.01", "--batch_size=1"]
+    cache = tmp_path / "cache"
+    plain, cached = tmp_path / "plain", tmp_path / "cached"
+    run(train.main, argv(data, plain, *top))
+    run(extract_features.main, argv(data, plain, *top, f"--feature_cache={cache}"))
+    run(train.main, argv(data, cached, *top, f"--feature_cache={cache}"))
+    # the tuned layer changed, so the cache is checked against the frozen part only
+    run(evaluate.main, argv(data, cached, *top, f"--feature_cache={cache}"))
+    run(evaluate.main, argv(data, plain, *top))
+
+    index = json.loads((cache / "index.json").read_text())
+    assert index["branches"]["speech"]["finetune_top_layers"] == 1
+    assert list(load_file(cache / "shard_00000.safetensors").values())[0].shape[-2:] == (1, 16)
+    a, b = final_state(plain), final_state(cached)
+    cwd = os.getcwd()
+    os.chdir(os.path.join(ROOT, "egs", "TEMPLATE"))
+    try:  # the same seed builds the same initial weights
+        init = parse_and_load(argv(data, tmp_path / "init", *top))[3]["model"].state_dict()
+    finally:
+        os.chdir(cwd)
+    speech = "encoders.speech.model."
+    for key in (k for k in a if k.startswith(speech)):
+        tuned = key.startswith((speech + "layers.1.", speech + "layer_norm."))
+        assert torch.equal(a[key], init[key]) != tuned, key  # only the top layer (and final norm) trained
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=2e-4, msg=key)
+    scores = [json.loads((out / "eval_test" / "scores.json").read_text()) for out in (plain, cached)]
+    assert scores[0] == pytest.approx(scores[1])
+    # another layer setting reads other states: the cache says so
+    with pytest.raises(FeatureCacheError, match=r"\(finetune_top_layers, weights_sha256 differ\)"):
+        run(train.main, argv(data, tmp_path / "frozen", *top, "--finetune_top_speech_layers=0",
+                             "--freeze_speech_encoder=true", f"--feature_cache={cache}"))

@@ -7,10 +7,13 @@
 #                        [--folds "fold03_08 ..."] [--data_dir data/pairs] [--exp_dir exp_cpu_whisper_base]
 #                        [--extra_opts "--key=value ..."]   (appended to the training overrides)
 #                        [--data_opts "--pairing sorted"]   (local/data.sh options of stage 1)
+#                        [--finetune_top_layers N]
 # --trainval true trains on the 8 non-test speakers (train + valid, as the logistic-regression
 # baseline of the README does) for the fixed 10 epochs; the checkpoint is still picked on the
 # validation pair, which is then part of the training data (no held-out choice; the test pair
 # stays unseen). Its data and experiments go to data/pairs_trainval and exp_cpu_whisper_base_trainval.
+# --finetune_top_layers N fine-tunes Whisper's N layers up to the one read (the rest frozen), on a
+# cache of the hidden state below them (exp_dir/features_layer<L>_top<N>); runs go to <exp_dir>_top<N>.
 # --parallel true trains the seeds at the same time (one process each), then scores all.
 # Stages: 1-3 data, caches and layer probe; 4-5 training and evaluation; 6 the tables.
 # Stage 3 caches the encoder's states once; --layer picks the one hidden state Crab
@@ -24,6 +27,7 @@ seeds="1 2"
 stage=1
 parallel=false
 trainval=false
+finetune_top_layers=0
 folds="fold03_08 fold09_10 fold11_12 fold13_14 fold15_16"
 data_dir=data/pairs
 exp_dir=exp_cpu_whisper_base
@@ -47,8 +51,21 @@ if [ "${stage}" -le 3 ]; then
 fi
 cache=${exp_dir}/features_layer${layer}
 run_dir=${exp_dir} run_data=${data_dir}
+if [ "${finetune_top_layers}" -gt 0 ]; then
+  # Whisper's layers up to the one read are fine-tuned (encoder_lr) on the cached state below them.
+  encoder="${encoder} --freeze_speech_encoder=false --finetune_top_speech_layers=${finetune_top_layers}"
+  cache=${cache}_top${finetune_top_layers} run_dir=${exp_dir}_top${finetune_top_layers}
+fi
+crab() {  # run.sh over every fold, with the chosen layer's cache: crab SEEDS STAGE STOP_STAGE
+  ./run.sh --stage "$2" --stop_stage "$3" --config conf/crab_base.yaml --data_dir "${run_data}" --folds "${folds}" \
+    --seeds "$1" --exp_dir "${run_dir}" --ablations "ce_only mlcs" \
+    --feature_cache "${cache}" --train_opts "${encoder} --layer_weighting=${layer} ${head}"
+}
+if [ "${stage}" -le 3 ]; then
+  crab "${seeds}" 3 3  # on the held-out protocol's manifests: --trainval has the same utterances
+fi
 if [ "${trainval}" = true ]; then
-  run_dir=${exp_dir}_trainval run_data=${data_dir}_trainval
+  run_dir=${run_dir}_trainval run_data=${data_dir}_trainval
   mkdir -p "${run_dir}"
   for f in ${folds}; do  # train = train + valid of the held-out protocol; valid and test as they are
     mkdir -p "${run_data}/${f}"
@@ -56,14 +73,6 @@ if [ "${trainval}" = true ]; then
       "${data_dir}/${f}/train.json" "${data_dir}/${f}/valid.json" "${run_data}/${f}/train.json"
     cp "${data_dir}/${f}/valid.json" "${data_dir}/${f}/test.json" "${run_data}/${f}/"
   done
-fi
-crab() {  # run.sh over every fold, with the chosen layer's cache: crab SEEDS STAGE STOP_STAGE
-  ./run.sh --stage "$2" --stop_stage "$3" --config conf/crab_base.yaml --data_dir "${run_data}" --folds "${folds}" \
-    --seeds "$1" --exp_dir "${run_dir}" --ablations "ce_only mlcs" \
-    --feature_cache "${cache}" --train_opts "${encoder} --layer_weighting=${layer} ${head}"
-}
-if [ "${stage}" -le 3 ] && [ "${trainval}" = false ]; then
-  crab "${seeds}" 3 3
 fi
 if [ "${stage}" -gt 5 ]; then :  # scoring only
 elif [ "${parallel}" = true ]; then
