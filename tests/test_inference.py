@@ -76,7 +76,9 @@ def train(data, out, *extra):
         os.makedirs(hparams["save_folder"], exist_ok=True)
         encoder = prepare_labels_and_weights(hparams)
         brain = make_brain(hparams, run_opts)
-        brain.fit(hparams["epoch_counter"], dataset(hparams, hparams["train_manifest"], encoder),
+        train_set = dataset(hparams, hparams["train_manifest"], encoder)
+        brain.fit_state_normalization(train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"])
+        brain.fit(hparams["epoch_counter"], train_set,
                   dataset(hparams, hparams["valid_manifest"], encoder, sort=True),
                   train_loader_kwargs=hparams["train_dataloader_opts"],
                   valid_loader_kwargs=hparams["eval_dataloader_opts"])
@@ -353,3 +355,24 @@ def test_speech_only_model_and_stage_7(data, tmp_path):
     assert {r["text_source"] for r in rows} == {"none"}
     classifier = CrabClassifier.from_hparams(source=str(model_dir))
     assert classifier.classify_file(str(data / "test_sad_0.wav"))[0].shape == (1, 4)
+
+
+def test_package_keeps_state_normalization_and_the_layer_read(data, tmp_path):
+    from transformers import WhisperConfig
+
+    whisper = tmp_path / "whisper"
+    WhisperConfig(d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                  encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80, vocab_size=100, pad_token_id=0,
+                  bos_token_id=1, eos_token_id=2, decoder_start_token_id=1).save_pretrained(whisper)
+    opts = ["--modality=speech", f"--speech_encoder_source={whisper}", "--layer_weighting=2",
+            "--normalize_encoder_states=true", "--finetune_top_speech_layers=1"]
+    brain, _ = train(data, tmp_path / "run", *opts)
+    package(data, tmp_path / "run", tmp_path / "model", *opts)
+    classifier = CrabClassifier.from_hparams(source=str(tmp_path / "model"))
+    assert bool(classifier.mods.model.crab.speech_encoder.state_norm.ready)
+    wavs = [read_audio(str(data / f"test_{emo}_0.wav")) for emo in CLASSES]
+    padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    lens = torch.tensor([len(w) for w in wavs]) / padded.shape[1]
+    with torch.no_grad():
+        expected = torch.softmax(brain.modules.model.eval()(padded, lens)[0], dim=-1)
+    torch.testing.assert_close(classifier.classify_batch(padded, wav_lens=lens)[0], expected, atol=1e-5, rtol=1e-5)

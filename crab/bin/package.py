@@ -154,6 +154,7 @@ def save_speech_encoder(encoder, out_dir):
         "source": ENCODER_DIRS["speech"],
         "layer_weighting": encoder.layer_weighting,
         "normalize_waveform": bool(encoder.normalize_waveform),
+        "normalize_states": encoder.state_norm is not None,
     }
     return options, {**_source_record(source), "model_type": config.model_type}
 
@@ -169,6 +170,7 @@ def save_text_encoder(encoder, out_dir):
         "tokenizer": ENCODER_DIRS["text"],
         "layer_weighting": encoder.layer_weighting,
         "max_length": encoder.max_length,
+        "normalize_states": encoder.state_norm is not None,
     }
     record = {
         **_source_record(config.name_or_path),
