@@ -75,3 +75,13 @@ def write_tone_corpus(audio_dir, manifest_dir, per_class, classes, lengths=(0.4,
                                  "text": texts[emo][n % len(texts[emo])], "emo": emo, "spk": f"{split}{n}"}
         (manifest_dir / f"{split}.json").write_text(json.dumps(manifest))
     build_bpe_tokenizer([t for ts in texts.values() for t in ts] * 3, str(manifest_dir / "tokenizer"), 300)
+
+
+def write_tiny_whisper(path):
+    """A config-only Whisper directory (d_model 16, two encoder layers): random-init encoders."""
+    from transformers import WhisperConfig
+
+    WhisperConfig(d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                  encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80, vocab_size=100, pad_token_id=0,
+                  bos_token_id=1, eos_token_id=2, decoder_start_token_id=1).save_pretrained(path)
+    return path

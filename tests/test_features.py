@@ -11,7 +11,7 @@ import crab.features
 from crab.bin import evaluate, extract_features, train
 from crab.experiment import parse_and_load
 from crab.features import FeatureCache, FeatureCacheError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_tiny_whisper
 from tests.test_brain import CLASSES, CONFIG, data  # noqa: F401  (the tiny corpus fixture)
 
 FROZEN = ["--freeze_speech_encoder=true", "--freeze_text_encoder=true", "--layer_weighting=weighted_sum",
@@ -146,12 +146,7 @@ def test_layer_probe_scores_every_layer_on_validation(data, tmp_path, capsys):  
 
 
 def test_top_layer_finetuning_trains_on_the_cache_as_end_to_end(data, tmp_path):  # noqa: F811
-    from transformers import WhisperConfig
-
-    whisper = tmp_path / "whisper"
-    WhisperConfig(d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                  encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80, vocab_size=100, pad_token_id=0,
-                  bos_token_id=1, eos_token_id=2, decoder_start_token_id=1).save_pretrained(whisper)
+    whisper = write_tiny_whisper(tmp_path / "whisper")
     # batches of one: Whisper's last frames depend on the batch padding, which would differ
     top = [f"--speech_encoder_source={whisper}", "--modality=speech", "--freeze_speech_encoder=false",
            "--finetune_top_speech_layers=1", "--layer_weighting=2", "--lr=0.01", "--batch_size=1"]

@@ -22,7 +22,7 @@ from crab.data import read_audio
 from crab.experiment import dataset, make_brain, parse_and_load, prepare_labels_and_weights
 from crab.inference import AudioError, CrabClassifier
 from crab.tokenizer import build_bpe_tokenizer
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_tiny_whisper
 from tests.test_transcribe import build_tiny_whisper
 
 TEMPLATE = os.path.join(ROOT, "egs", "TEMPLATE")
@@ -358,12 +358,7 @@ def test_speech_only_model_and_stage_7(data, tmp_path):
 
 
 def test_package_keeps_state_normalization_and_the_layer_read(data, tmp_path):
-    from transformers import WhisperConfig
-
-    whisper = tmp_path / "whisper"
-    WhisperConfig(d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                  encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80, vocab_size=100, pad_token_id=0,
-                  bos_token_id=1, eos_token_id=2, decoder_start_token_id=1).save_pretrained(whisper)
+    whisper = write_tiny_whisper(tmp_path / "whisper")
     opts = ["--modality=speech", f"--speech_encoder_source={whisper}", "--layer_weighting=2",
             "--normalize_encoder_states=true", "--finetune_top_speech_layers=1"]
     brain, _ = train(data, tmp_path / "run", *opts)
