@@ -143,11 +143,14 @@ class _Encoder(nn.Module):
         for module in self._top_modules():
             module.requires_grad_(True)
 
+    def _top_blocks(self):
+        blocks = self._blocks()
+        return [blocks[i] for i in self.top_range]
+
     def _top_modules(self):
         """The fine-tuned layers, and the final layer norm when the last layer is read."""
-        blocks = self._blocks()
         last = self.top_range.stop == self.num_layers
-        return [blocks[i] for i in self.top_range] + ([self._final_norm()] if last else [])
+        return self._top_blocks() + ([self._final_norm()] if last else [])
 
     def _blocks(self):
         raise ValueError(f"finetune_top_layers is implemented for Whisper encoders, not {type(self.model).__name__}")
@@ -174,7 +177,7 @@ class _Encoder(nn.Module):
 
     @property
     def wants_all_states(self):
-        return self.layer_weighting != "last" or self.top_range is not None
+        return self.layer_weighting != "last"
 
     def _stack(self, hidden_states, last):
         """``(batch, time, num_states, dim)`` from all hidden states and the output."""
@@ -191,9 +194,7 @@ class _Encoder(nn.Module):
         the output of the fine-tuned top layers run on them."""
         if self.top_range is None:
             return states
-        x = states[:, :, 0]
-        blocks = self._blocks()
-        x = self._run_blocks(x, mask, [blocks[i] for i in self.top_range])
+        x = self._run_blocks(states[:, :, 0], mask, self._top_blocks())
         if self.top_range.stop == self.num_layers:
             x = self._final_norm()(x)
         return x.unsqueeze(2)
@@ -375,7 +376,7 @@ class SpeechEncoder(_Encoder):
         # Layers above the one kept are not run.
         if self.top_range is not None:
             stop = self.top_range.start
-        elif self.layer_index is not None and self.layer_weights is None:
+        elif self.layer_index is not None:
             stop = self.layer_index
         else:
             stop = self.num_layers
