@@ -42,7 +42,7 @@ def run_script(recipe, *options, env):
 
 
 def ablation_rows(table_path):
-    """tag -> number of runs, from a stage-6 ablations table."""
+    """tag -> number of runs, from a sweep.sh ablations table."""
     rows = re.findall(r"^\| [^|]+ \| (\w+) \| (\d+) \|", table_path.read_text(), re.MULTILINE)
     return {tag: int(runs) for tag, runs in rows}
 
@@ -72,7 +72,7 @@ def test_emodb_cpu_results(tmp_path):
     assert (run / "eval_test" / "predictions.csv").is_file()
 
     # --trainval: train = train + valid of the held-out protocol, valid and test unchanged.
-    run_script("emodb", *options, "--trainval", "true", "--stage", "4", env=env)
+    run_script("emodb", *options, "--trainval", "true", "--stage", "5", env=env)
     held_out, merged = data / FOLD, tmp_path / "data_trainval" / FOLD
     train = json.loads((merged / "train.json").read_text())
     assert set(train) == set(json.loads((held_out / "train.json").read_text())) | set(
@@ -116,7 +116,7 @@ def test_meld_cpu_results_frozen_then_fine_tuned(tmp_path):
     assert settings["feature_cache"] == str(frozen / "features_all_layers")
 
     # Fine-tuned, on the data of the first run: no cache, the encoder trains.
-    run_script("meld", *options, "--exp_dir", str(tuned), "--finetune", "true", "--stage", "4", env=env)
+    run_script("meld", *options, "--exp_dir", str(tuned), "--finetune", "true", "--stage", "5", env=env)
     assert ablation_rows(tuned / "ablations_test.md") == {"ce_only": 1, "mlcs": 1}
     settings = run_settings(tuned / "mlcs" / "official" / "seed1")
     assert (settings["freeze_text_encoder"], settings["feature_cache"]) == (False, None)

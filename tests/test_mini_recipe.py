@@ -8,24 +8,28 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
 from crab.metrics import compute_scores
 from tests.conftest import ROOT
 
 RECIPE = os.path.join(ROOT, "egs", "mini")
 EPOCHS = 4
+CUT = "--max_duration=1.0"
 
 
-def run_recipe(tmp, *options):
+def run_recipe(tmp, *options, script="run.sh", check=True):
     command = [
-        "bash", os.path.join(RECIPE, "run.sh"),
+        "bash", os.path.join(RECIPE, script),
         "--data_root", str(tmp / "corpus"), "--data_dir", str(tmp / "data"),
         "--exp_dir", str(tmp / "exp"), "--corpus_opts", "--speakers 4 --sentences_per_emotion 8",
         "--data_opts", "--valid_speakers spk03 --test_speakers spk04", *options,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result.stdout + result.stderr
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        return result.stdout + result.stderr
+    return result
 
 
 def epoch_losses(train_log):
@@ -42,8 +46,9 @@ def recipe(tmp_path_factory):
         pytest.fail("espeak-ng is needed for the mini recipe: run tools/install.sh (or apt-get install espeak-ng)")
     tmp = tmp_path_factory.mktemp("mini")
     # Train for EPOCHS - 1 epochs, then ask for EPOCHS: the second run must resume.
-    first = run_recipe(tmp, "--stop_stage", "4", "--train_opts", f"--number_of_epochs={EPOCHS - 1}")
-    second = run_recipe(tmp, "--stage", "4", "--train_opts", f"--number_of_epochs={EPOCHS}")
+    # max_duration shorter than most utterances: a later stage that forgot it would differ.
+    first = run_recipe(tmp, "--stop_stage", "5", "--train_opts", f"--number_of_epochs={EPOCHS - 1} {CUT}")
+    second = run_recipe(tmp, "--stage", "5", "--train_opts", f"--number_of_epochs={EPOCHS} {CUT}")
     return tmp, first, second
 
 
@@ -102,6 +107,50 @@ def test_rerunning_finished_training_changes_nothing(recipe):
     tmp, _, _ = recipe
     log = tmp / "exp" / "crab_tiny" / "main" / "seed42" / "train_log.txt"
     before = log.read_text()
-    output = run_recipe(tmp, "--stage", "4", "--stop_stage", "4", "--train_opts", f"--number_of_epochs={EPOCHS}")
+    output = run_recipe(tmp, "--stage", "5", "--stop_stage", "5", "--train_opts", f"--number_of_epochs={EPOCHS} {CUT}")
     assert "Going into epoch" not in output
     assert log.read_text() == before
+
+
+def test_later_stages_use_the_runs_own_configuration(recipe):
+    tmp, _, _ = recipe
+    run_dir = tmp / "exp" / "crab_tiny" / "main" / "seed42"
+    repeated = (run_dir / "eval_test" / "predictions.csv").read_text()  # options given again
+    run_recipe(tmp, "--stage", "6", "--stop_stage", "8")  # not given: the run's hyperparams.yaml
+    assert (run_dir / "eval_test" / "predictions.csv").read_text() == repeated
+    packaged = yaml.safe_load(
+        "\n".join(line for line in (run_dir / "model" / "hyperparams.yaml").read_text().splitlines() if "!" not in line))
+    assert packaged["max_duration"] == 1.0
+
+    refused = run_recipe(tmp, "--stage", "6", "--stop_stage", "6", "--train_opts", "--max_duration=12.0", check=False)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "Traceback" not in output
+    assert "max_duration" in output and "12.0" in output and "1.0" in output
+    assert (run_dir / "eval_test" / "predictions.csv").read_text() == repeated
+
+
+def test_results_record_the_command_as_typed(recipe):
+    tmp, _, _ = recipe
+    info = json.loads((tmp / "exp" / "crab_tiny" / "main" / "seed42" / "train_info.json").read_text())
+    assert info["command"].startswith(f"{RECIPE}/run.sh --data_root {tmp}/corpus ")
+    assert "--corpus_opts '--speakers 4 --sentences_per_emotion 8'" in info["command"]
+    assert info["command"].endswith(f"--stage 5 --train_opts '--number_of_epochs={EPOCHS} {CUT}'")
+    assert "ser.sh" not in info["command"]
+
+
+def test_sweep_trains_each_setting_and_reevaluates_from_the_runs(recipe):
+    tmp, _, _ = recipe
+    exp = tmp / "exp_sweep"
+    sweep = ("--exp_dir", str(exp), "--ablations", "ce_only mlcs")
+    run_recipe(tmp, *sweep, "--train_opts", f"--number_of_epochs=1 {CUT}", script="sweep.sh")
+    table = (exp / "ablations_test.md").read_text()
+    assert "ce_only" in table and "mlcs" in table
+    predictions = {name: (exp / name / "main" / "seed42" / "eval_test" / "predictions.csv").read_text()
+                   for name in ("ce_only", "mlcs")}
+    legs = {name: yaml.safe_load("\n".join(
+        line for line in (exp / name / "main" / "seed42" / "hyperparams.yaml").read_text().splitlines()
+        if line.startswith("leg_names:"))) for name in ("ce_only", "mlcs")}
+    assert legs["ce_only"]["leg_names"] == [] and len(legs["mlcs"]["leg_names"]) == 5
+    run_recipe(tmp, *sweep, "--stage", "6", script="sweep.sh")  # evaluation again, no options
+    for name, before in predictions.items():
+        assert (exp / name / "main" / "seed42" / "eval_test" / "predictions.csv").read_text() == before

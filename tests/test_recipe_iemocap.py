@@ -1,4 +1,4 @@
-"""The IEMOCAP recipe on a fixture in the corpus's layout: labels, folds, checks, stages 1-6."""
+"""The IEMOCAP recipe on a fixture in the corpus's layout: labels, folds, checks, stages 1-8."""
 
 import json
 import os
@@ -173,15 +173,15 @@ def test_run_sh_checks_root_and_protocol(corpus, tmp_path):
     assert unset.returncode != 0 and "set IEMOCAP in db.sh" in unset.stderr
     bad = run_recipe(corpus, tmp_path, "--protocol", "loso3", check=False)
     assert bad.returncode != 0 and "--protocol must be loso5 or loso10" in bad.stderr
-    # Stage 6 alone stops naming the predictions of every fold it was asked to score.
+    # Stage 7 (scoring) alone stops naming the predictions of every fold it was asked to score.
     for protocol, folds in (("loso5", [f"session{s}" for s in range(1, 6)]),
                             ("loso10", [f"Ses0{s}{g}" for s in range(1, 6) for g in "FM"])):
-        result = run_recipe(corpus, tmp_path, "--stage", "6", f"--protocol={protocol}", check=False)
+        result = run_recipe(corpus, tmp_path, "--stage", "7", f"--protocol={protocol}", check=False)
         missing = sorted(set(re.findall(r"crab/(\w+)/seed42/eval_test/predictions.csv", result.stderr)))
         assert result.returncode != 0 and missing == sorted(folds), result.stderr[-2000:]
 
 
-def test_stages_1_to_6_on_one_fold(corpus, tmp_path):
+def test_stages_1_to_8_on_one_fold(corpus, tmp_path):
     run_recipe(
         corpus, tmp_path, "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300", "--folds", "session1",
         "--data_opts", "--check_counts false", "--train_opts", "--number_of_epochs=1 --batch_size=4",

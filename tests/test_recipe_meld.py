@@ -1,5 +1,5 @@
 """The MELD recipe on a fixture in the release's layout: audio extraction, exclusions,
-text and labels from the CSVs, checks, and stages 0-6."""
+text and labels from the CSVs, checks, and stages 0-8."""
 
 import csv
 import importlib.util
@@ -304,7 +304,7 @@ def test_readme_ablation_overrides_load(name, tmp_path, tokenizer_dir):
         assert hparams["legs"].legs["fusion"][-1].out_features == 7
 
 
-def test_smoke_stages_0_to_6(corpus, tmp_path):
+def test_smoke_stages_0_to_8(corpus, tmp_path):
     result = run_recipe(
         corpus, tmp_path, "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300",
         "--corpus_opts", "--nj 2", "--data_opts", "--check_counts false",
@@ -351,11 +351,11 @@ def test_text_only_data_prep_writes_no_wav_scp_and_null_audio(corpus, tmp_path):
     assert f"{text[0].split()[0]}: empty transcript for {text[0].split()[0]}" in result.stderr
 
 
-def test_text_only_stages_0_to_6_without_audio(corpus, tmp_path):
+def test_text_only_stages_0_to_7_without_audio(corpus, tmp_path):
     """No wav dir at all (run_recipe's --data_root does not exist): a text model
     trains and is scored; a bimodal one stops, saying the manifest has no audio."""
     common = ("--text_only", "true", "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300")
-    result = run_recipe(corpus, tmp_path, *common, "--stop_stage", "6", "--data_opts", "--check_counts false",
+    result = run_recipe(corpus, tmp_path, *common, "--stop_stage", "7", "--data_opts", "--check_counts false",
                         "--train_opts", "--modality=text --number_of_epochs=1 --batch_size=4")
     assert "Stage 0: skipped (--text_only true: no audio)" in result.stdout
     assert not (tmp_path / "wav").exists()
@@ -366,7 +366,7 @@ def test_text_only_stages_0_to_6_without_audio(corpus, tmp_path):
     assert scores["num_utterances"] == 7 and 0 <= scores["UAR"] <= 1
     assert "modality: text" in (run_dir / "hyperparams.yaml").read_text()
 
-    result = run_recipe(corpus, tmp_path, *common, "--stage", "4", "--stop_stage", "4", "--tag", "bimodal",
+    result = run_recipe(corpus, tmp_path, *common, "--stage", "5", "--stop_stage", "5", "--tag", "bimodal",
                         "--train_opts", "--number_of_epochs=1", check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
@@ -376,9 +376,9 @@ def test_text_only_stages_0_to_6_without_audio(corpus, tmp_path):
 
 def test_text_only_option_is_checked(corpus, tmp_path):
     result = run_recipe(corpus, tmp_path, "--text_only", "yes", "--stage", "1", check=False)
-    assert result.returncode != 0 and "--text_only must be true or false, got 'yes'" in result.stdout
+    assert result.returncode != 0 and "--text_only must be true or false, got 'yes'" in result.stderr
     result = run_recipe(corpus, tmp_path, "--text_only", "true", "--asr_model", "openai/whisper-tiny", check=False)
-    assert result.returncode != 0 and "--asr_model transcribes audio" in result.stdout
+    assert result.returncode != 0 and "--asr_model transcribes audio" in result.stderr
 
 
 def test_confusion_table_sums_runs(tmp_path, capsys):

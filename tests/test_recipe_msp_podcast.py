@@ -1,4 +1,4 @@
-"""The MSP-Podcast recipe on a fixture in the release layout: labels, partitions, checks, stages 1-6."""
+"""The MSP-Podcast recipe on a fixture in the release layout: labels, partitions, checks, stages 1-8."""
 
 import json
 import os
@@ -229,7 +229,7 @@ def test_run_sh_needs_the_corpus_root(tmp_path):
     assert "set MSP_PODCAST in db.sh" in result.stderr
 
 
-def test_stages_1_to_6_with_asr_transcripts(corpus, tmp_path):
+def test_stages_1_to_8_with_asr_transcripts(corpus, tmp_path):
     asr_model = build_tiny_whisper(tmp_path / "tiny_whisper")
     result = subprocess.run(
         ["bash", os.path.join(RECIPE, "run.sh"), "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300",

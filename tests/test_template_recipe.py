@@ -1,4 +1,4 @@
-"""A new corpus from egs/TEMPLATE, as its README says: copy, fill in a toy prep, run."""
+"""A new corpus from egs/TEMPLATE, as its README says: setup.sh, fill in a toy prep, run."""
 
 import json
 import os
@@ -47,12 +47,7 @@ def test_template_copy_runs_end_to_end(tmp_path):
     (tmp_path / "egs").mkdir()
     os.symlink(os.path.join(ROOT, "egs", "TEMPLATE"), tmp_path / "egs" / "TEMPLATE")
     recipe = tmp_path / "egs" / "toy"
-    steps = f"""
-        cp -r {ROOT}/egs/TEMPLATE {recipe} && cd {recipe}
-        rm ser.sh && ln -s ../TEMPLATE/ser.sh ser.sh
-        rm -r conf && mkdir conf && for f in crab.yaml crab_base.yaml crab_tiny.yaml wavlm_tiny roberta_tiny; do ln -s ../../TEMPLATE/conf/$f conf/$f; done
-    """
-    subprocess.run(["bash", "-euc", steps], check=True)
+    subprocess.run(["bash", str(tmp_path / "egs" / "TEMPLATE" / "setup.sh"), str(recipe)], check=True)
     (recipe / "local" / "data.sh").write_text(TOY_PREP)
     make_toy_corpus(tmp_path / "toy_corpus")
 
@@ -60,10 +55,11 @@ def test_template_copy_runs_end_to_end(tmp_path):
                            env={**os.environ, "CORPUS_ROOT": ""})
     assert unset.returncode != 0 and "set CORPUS_ROOT in db.sh" in unset.stderr
 
+    # The corpus path relative to where the command runs (not to the recipe).
     result = subprocess.run(
-        ["bash", str(recipe / "run.sh"), "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300",
+        ["bash", "egs/toy/run.sh", "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300",
          "--train_opts", "--number_of_epochs=1 --batch_size=4"],
-        capture_output=True, text=True, env={**os.environ, "CORPUS_ROOT": str(tmp_path / "toy_corpus")},
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "CORPUS_ROOT": "toy_corpus"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     manifest = json.loads((recipe / "data" / "main" / "train.json").read_text())
@@ -72,11 +68,11 @@ def test_template_copy_runs_end_to_end(tmp_path):
     assert scores["num_utterances"] == 8 and 0.0 <= scores["UAR"] <= 1.0
     assert "| run | N | WAR | UAR |" in (recipe / "exp" / "crab_tiny" / "results_test.md").read_text()
 
-    # Frozen encoders: stage 3 extracts their states once, stages 4-6 read them.
+    # Frozen encoders: stage 4 extracts their states once, stages 5-7 read them.
     cache = tmp_path / "cache"
     frozen = "--number_of_epochs=1 --batch_size=4 --freeze_speech_encoder=true --freeze_text_encoder=true"
     result = subprocess.run(
-        ["bash", str(recipe / "run.sh"), "--config", "conf/crab_tiny.yaml", "--stage", "3", "--stop_stage", "6",
+        ["bash", str(recipe / "run.sh"), "--config", "conf/crab_tiny.yaml", "--stage", "3", "--stop_stage", "7",
          "--bpe_vocab_size", "300", "--tag", "cached", "--feature_cache", str(cache), "--train_opts", frozen],
         capture_output=True, text=True, env={**os.environ, "CORPUS_ROOT": str(tmp_path / "toy_corpus")},
     )

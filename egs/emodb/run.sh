@@ -8,17 +8,13 @@
 #   ./run.sh --data_opts "--num_folds 10" --folds "fold03 fold08 fold09 fold10 fold11 fold12 fold13 fold14 fold15 fold16"
 #   ./run.sh --data_opts "--pairing sorted" --folds "fold03_08 fold09_10 fold11_12 fold13_14 fold15_16"  # issue 7's pairs
 set -euo pipefail
-cd "$(dirname "$0")"
+. "$(dirname "$0")/utils/enter_recipe.sh"
 . ./db.sh
-if [ -z "${EMODB}" ] || [ ! -d "${EMODB}" ]; then
-  echo "$0: set EMODB in db.sh (or export it) to the EmoDB folder holding wav/; now '${EMODB}'" >&2
-  exit 1
-fi
-
 ./ser.sh \
   --config conf/crab.yaml \
   --classes anger,boredom,disgust,fear,happiness,sadness,neutral \
   --data_root "${EMODB}" \
+  --data_root_var EMODB \
   --folds "fold03_13 fold10_16 fold09_11 fold12_14 fold08_15" \
   --test_sets test \
   "$@"

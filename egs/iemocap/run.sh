@@ -9,7 +9,7 @@
 # Every other option goes to ser.sh (./run.sh --help), e.g.
 #   ./run.sh --stage 4 --seeds "42 43 44" --train_opts "--alpha=1.5"
 set -euo pipefail
-cd "$(dirname "$0")"
+. "$(dirname "$0")/utils/enter_recipe.sh"
 . ./db.sh
 
 protocol=loso5   # loso5 | loso10
@@ -18,7 +18,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --protocol) protocol=${2:?--protocol needs a value}; shift 2 ;;
     --protocol=*) protocol=${1#*=}; shift ;;
-    --*=*|--help|-h) args+=("$1"); shift ;;
+    --help|-h) echo "  --protocol loso5 | loso10: the folds to run (default: loso5; README.md)"; args+=("$1"); shift ;;
+    --*=*) args+=("$1"); shift ;;
     --*) args+=("${@:1:2}"); shift $(($# > 1 ? 2 : 1)) ;;
     *) args+=("$1"); shift ;;
   esac
@@ -29,15 +30,11 @@ case "${protocol}" in
   *) echo "$0: --protocol must be loso5 or loso10, not '${protocol}'" >&2; exit 1 ;;
 esac
 
-if [ -z "${IEMOCAP}" ] || [ ! -d "${IEMOCAP}" ]; then
-  echo "$0: set IEMOCAP in db.sh (or export it) to the IEMOCAP_full_release directory; now '${IEMOCAP}'" >&2
-  exit 1
-fi
-
 ./ser.sh \
   --config conf/crab.yaml \
   --classes angry,happy,neutral,sad \
   --data_root "${IEMOCAP}" \
+  --data_root_var IEMOCAP \
   --folds "${folds}" \
   --test_sets test \
   "${args[@]+"${args[@]}"}"

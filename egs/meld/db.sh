@@ -3,4 +3,4 @@
 MELD=${MELD:-}
 # MELD_WAV: where stage 0 writes the 16 kHz wavs, <MELD_WAV>/{train,dev,test}/dia<D>_utt<U>.wav
 # (the recipe's data_root). The default is inside data/: removing data/ removes them too.
-MELD_WAV=${MELD_WAV:-data/wav16k}
+MELD_WAV=${MELD_WAV:-${PWD}/data/wav16k}

@@ -9,17 +9,17 @@
 #   ./run.sh --text_only true --tag text --train_opts "--modality=text"   # text only, from the CSVs
 #                                                              # alone: no mp4, no MELD_WAV (README.md)
 set -euo pipefail
-cd "$(dirname "$0")"
+. "$(dirname "$0")/utils/enter_recipe.sh"
 . ./db.sh
-if [ -z "${MELD}" ] || [ ! -d "${MELD}" ]; then
-  echo "$0: set MELD in db.sh (or export it) to the MELD.Raw directory (the *_sent_emo.csv files and mp4 folders); now '${MELD}'" >&2
-  exit 1
-fi
+# Stages 0 and 1 read MELD.Raw (local/corpus.sh and local/data.sh check it).
+case "${MELD}" in ""|/*) ;; *) MELD=${CRAB_USER_CWD}/${MELD} ;; esac
+export MELD
 
 ./ser.sh \
   --config conf/crab.yaml \
   --classes anger,disgust,fear,joy,neutral,sadness,surprise \
   --data_root "${MELD_WAV}" \
+  --data_root_var MELD_WAV \
   --folds official \
   --test_sets test \
   "$@"

@@ -11,17 +11,13 @@
 #   ./run.sh --stage 4 --seeds "42 43 44" --train_opts "--alpha=1.5"
 # --asr_opts replaces the default "--language english --batch_size 16" as a whole.
 set -euo pipefail
-cd "$(dirname "$0")"
+. "$(dirname "$0")/utils/enter_recipe.sh"
 . ./db.sh
-if [ -z "${MSP_PODCAST}" ] || [ ! -d "${MSP_PODCAST}" ]; then
-  echo "$0: set MSP_PODCAST in db.sh (or export it) to the MSP-Podcast directory (holding Audios/ and Labels/); now '${MSP_PODCAST}'" >&2
-  exit 1
-fi
-
 ./ser.sh \
   --config conf/crab.yaml \
   --classes anger,contempt,disgust,fear,happiness,neutral,sadness,surprise \
   --data_root "${MSP_PODCAST}" \
+  --data_root_var MSP_PODCAST \
   --folds official \
   --test_sets "test1 test2" \
   --text_source asr \

@@ -15,10 +15,10 @@
 # --finetune_top_layers N fine-tunes Whisper's N layers up to the one read (the rest frozen), on a
 # cache of the hidden state below them (exp_dir/features_layer<L>_top<N>); runs go to <exp_dir>_top<N>.
 # --parallel true trains the seeds at the same time (one process each), then scores all.
-# Stages: 1-3 data, caches and layer probe; 4-5 training and evaluation; 6 the tables.
-# Stage 3 caches the encoder's states once; --layer picks the one hidden state Crab
+# Stages (as ser.sh's): 1-4 data, caches and layer probe; 5-6 training and evaluation; 7 the tables.
+# Stage 4 caches the encoder's states once; --layer picks the one hidden state Crab
 # reads (3: best mean validation UAR of crab.bin.layer_probe over the five folds,
-# printed by stage 3 below; test sets are not read to choose it).
+# printed by stage 4 below; test sets are not read to choose it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 whisper=$(cd ../../.. && pwd)/shared/models/whisper-base
@@ -41,9 +41,9 @@ encoder="--modality=speech --speech_encoder_source=${whisper} --pretrained_encod
 head="--normalize_encoder_states=true --hidden_dim=128 --bottleneck_dim=128 --leg_output_dim=128 \
   --lr=1e-3 --batch_size=16 --grad_accumulation_factor=1 --number_of_epochs=10 ${extra_opts}"
 
-if [ "${stage}" -le 3 ]; then
+if [ "${stage}" -le 4 ]; then
   # Every layer once, for the probe that picks the layer (validation sets only).
-  ./run.sh --stage "${stage}" --stop_stage 3 --config conf/crab_base.yaml --data_dir "${data_dir}" \
+  ./run.sh --stage "${stage}" --stop_stage 4 --config conf/crab_base.yaml --data_dir "${data_dir}" \
     --data_opts "${data_opts}" --folds "${folds}" --seeds "${seeds}" --exp_dir "${exp_dir}" \
     --feature_cache "${exp_dir}/features_all_layers" --train_opts "${encoder} --layer_weighting=weighted_sum"
   python -m crab.bin.layer_probe --cache "${exp_dir}/features_all_layers" --branch speech \
@@ -56,13 +56,15 @@ if [ "${finetune_top_layers}" -gt 0 ]; then
   encoder="${encoder} --freeze_speech_encoder=false --finetune_top_speech_layers=${finetune_top_layers}"
   cache=${cache}_top${finetune_top_layers} run_dir=${exp_dir}_top${finetune_top_layers}
 fi
-crab() {  # run.sh over every fold, with the chosen layer's cache: crab SEEDS STAGE STOP_STAGE
-  ./run.sh --stage "$2" --stop_stage "$3" --config conf/crab_base.yaml --data_dir "${run_data}" --folds "${folds}" \
-    --seeds "$1" --exp_dir "${run_dir}" --ablations "ce_only mlcs" \
+crab() {  # CE only and MLCS over every fold, with the chosen layer's cache: crab SEEDS STAGE STOP_STAGE
+  ./sweep.sh --ablations "ce_only mlcs" --stage "$2" --stop_stage "$3" --config conf/crab_base.yaml \
+    --data_dir "${run_data}" --folds "${folds}" --seeds "$1" --exp_dir "${run_dir}" \
     --feature_cache "${cache}" --train_opts "${encoder} --layer_weighting=${layer} ${head}"
 }
-if [ "${stage}" -le 3 ]; then
-  crab "${seeds}" 3 3  # on the held-out protocol's manifests: --trainval has the same utterances
+if [ "${stage}" -le 4 ]; then  # on the held-out protocol's manifests: --trainval has the same utterances
+  ./run.sh --stage 4 --stop_stage 4 --config conf/crab_base.yaml --data_dir "${data_dir}" --folds "${folds}" \
+    --seeds "${seeds}" --exp_dir "${run_dir}" --feature_cache "${cache}" \
+    --train_opts "${encoder} --layer_weighting=${layer} ${head}"
 fi
 if [ "${trainval}" = true ]; then
   run_dir=${run_dir}_trainval run_data=${data_dir}_trainval
@@ -74,15 +76,15 @@ if [ "${trainval}" = true ]; then
     cp "${data_dir}/${f}/valid.json" "${data_dir}/${f}/test.json" "${run_data}/${f}/"
   done
 fi
-if [ "${stage}" -gt 5 ]; then :  # scoring only
+if [ "${stage}" -gt 6 ]; then :  # scoring only
 elif [ "${parallel}" = true ]; then
   # The cores shared among the processes (path.sh gives each all of them): oversubscribed
   # cores made each epoch ~10x slower here.
   jobs=$(wc -w <<< "${seeds}")
   export OMP_NUM_THREADS=$(( $(nproc) > jobs ? $(nproc) / jobs : 1 ))
-  for seed in ${seeds}; do crab "${seed}" 4 5 > "${run_dir}/seed${seed}.log" 2>&1 & done
+  for seed in ${seeds}; do crab "${seed}" 5 6 > "${run_dir}/seed${seed}.log" 2>&1 & done
   wait
 else
-  crab "${seeds}" 4 5
+  crab "${seeds}" 5 6
 fi
-crab "${seeds}" 6 6
+crab "${seeds}" 7 7

@@ -10,6 +10,10 @@ meld_root=${MELD}          # MELD.Raw
 nj=4                       # parallel ffmpeg processes
 exclude=local/exclude.txt  # clips known to be broken: their failures are expected; none: no list
 . utils/parse_options.sh
+if [ -z "${meld_root}" ] || [ ! -d "${meld_root}" ]; then
+  echo "$0: set MELD in db.sh (or export it) to the MELD.Raw directory (the *_sent_emo.csv files and mp4 folders); now '${meld_root}'" >&2
+  exit 1
+fi
 
 python local/extract_audio.py --meld_root "${meld_root}" --out_dir "${data_root}" --nj "${nj}" \
   --exclude "${exclude}"

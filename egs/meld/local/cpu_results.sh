@@ -11,10 +11,10 @@
 #                        [--exp_dir exp_cpu_minilm, with --finetune exp_cpu_minilm_ft]
 #                        [--extra_opts "--key=value ..."]   (appended to the training overrides)
 #                        [--data_opts "..."]                (local/data.sh options of stage 1)
-# Stage 3 caches the encoder's states once (every layer) and prints crab.bin.layer_probe's
+# Stage 4 caches the encoder's states once (every layer) and prints crab.bin.layer_probe's
 # validation UAR per layer (dev only; the test set is not read to choose).
 # --parallel true trains the seeds at the same time (one process each), then scores all.
-# Stages: 1-3 data, cache and layer probe; 4-5 training and evaluation; 6 the tables.
+# Stages (as ser.sh's): 1-4 data, cache and layer probe; 5-6 training and evaluation; 7 the tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minilm=$(cd ../../.. && pwd)/shared/models/all-MiniLM-L6-v2
@@ -49,27 +49,27 @@ if [ "${finetune}" = true ]; then  # 3 epochs of ~625 steps, ~3 min each with bo
   --batch_size=16 --grad_accumulation_factor=1 --number_of_epochs=3 --text_max_length=64 ${extra_opts}"
 fi
 
-crab() {  # run.sh, text only (on the cached states unless --finetune): crab SEEDS STAGE STOP_STAGE
-  ./run.sh --text_only true --stage "$2" --stop_stage "$3" --config conf/crab_base.yaml --seeds "$1" \
-    --data_dir "${data_dir}" --data_opts "${data_opts}" \
-    --exp_dir "${exp}" --ablations "${ablations}" --feature_cache "${cache}" \
+# text only, on the cached states unless --finetune
+options=(--text_only true --config conf/crab_base.yaml --data_dir "${data_dir}" --exp_dir "${exp}" --feature_cache "${cache}")
+crab() {  # the ablations: crab SEEDS STAGE STOP_STAGE
+  ./sweep.sh --ablations "${ablations}" --stage "$2" --stop_stage "$3" --seeds "$1" "${options[@]}" \
     --train_opts "${encoder} ${head}"
 }
-if [ "${stage}" -le 3 ]; then
-  crab "${seeds}" "${stage}" 3
+if [ "${stage}" -le 4 ]; then
+  ./run.sh --stage "${stage}" --stop_stage 4 --seeds "${seeds}" "${options[@]}" --data_opts "${data_opts}" --train_opts "${encoder} ${head}"
   if [ -n "${cache}" ] && [ "${layer}" = weighted_sum ]; then
     python -m crab.bin.layer_probe --cache "${cache}" --branch text --fold "${data_dir}/official" | tee "${exp}/layer_probe.md"
   fi
 fi
-if [ "${stage}" -gt 5 ]; then :  # scoring only
+if [ "${stage}" -gt 6 ]; then :  # scoring only
 elif [ "${parallel}" = true ]; then
   # The cores shared among the processes (path.sh gives each all of them): oversubscribed
   # cores made each epoch ~10x slower here.
   jobs=$(wc -w <<< "${seeds}")
   export OMP_NUM_THREADS=$(( $(nproc) > jobs ? $(nproc) / jobs : 1 ))
-  for seed in ${seeds}; do crab "${seed}" 4 5 > "${exp}/seed${seed}.log" 2>&1 & done
+  for seed in ${seeds}; do crab "${seed}" 5 6 > "${exp}/seed${seed}.log" 2>&1 & done
   wait
 else
-  crab "${seeds}" 4 5
+  crab "${seeds}" 5 6
 fi
-crab "${seeds}" 6 6
+crab "${seeds}" 7 7

@@ -13,6 +13,10 @@ check_counts=true          # false: skip the check of the official per-class cou
 fix_mojibake=true          # false: keep the CSV text as it is (no repair of UTF-8 read as Windows-1252)
 text_only=false            # true: no audio (text-only runs): no wav.scp, every CSV row kept
 . utils/parse_options.sh
+if [ -z "${meld_root}" ] || [ ! -d "${meld_root}" ]; then
+  echo "$0: set MELD in db.sh (or export it) to the MELD.Raw directory (the *_sent_emo.csv files and mp4 folders); now '${meld_root}'" >&2
+  exit 1
+fi
 
 python local/prepare_data.py --meld_root "${meld_root}" --wav_dir "${data_root}" \
   --out_dir "${data_dir}/official" --exclude "${exclude}" --check_counts "${check_counts}" \

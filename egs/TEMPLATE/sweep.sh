@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Ablations and the alpha sweep (paper Tables III/IV and Fig. 3): the recipe's run.sh
+# once per setting (stages 5-7 by default: train, evaluate, score; run stages 0-4 once
+# before), then one comparison table per test set. Linked from egs/<corpus>/sweep.sh.
+#
+#   ./sweep.sh --ablations "ce_only mlcs speech_only"    # exp/<name>/, exp/ablations_<test>.md
+#   ./sweep.sh --ablations "ce_only mlcs" --embeddings true   # + fused-embedding scores and plots
+#   ./sweep.sh --alphas "0.25 0.5 1.0 2.0"               # exp/alpha<a>/ and exp/ce_only/ (the baseline),
+#                                                        # exp/alpha_<test>.{md,png}
+#
+# Options of its own (below); every other option goes to run.sh as it is, e.g.
+# --seeds "1 2 3", --folds, --feature_cache, --ngpu.
+set -euo pipefail
+
+# ---- options: name=default  # description ----
+ablations=          # ablation names of the table, each an experiment exp/<name>/
+alphas=             # alpha values, each an experiment exp/alpha<a>/ (with ce_only as the baseline)
+ablation_table=     # ablation name -> yaml overrides (default: conf/ablations.txt, else the TEMPLATE's)
+train_opts=         # overrides for every setting, after the ablation's (they win on a clash)
+exp_dir=exp         # experiments
+stage=5             # first stage of each run
+stop_stage=7        # last stage of each run (the tables need 7)
+# ---- end of options ----
+
+. "$(dirname "$0")/utils/enter_recipe.sh"
+own=" ablations alphas ablation_table train_opts exp_dir stage stop_stage "
+forward=()  # run.sh options: each takes a value
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --help|-h)
+      sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$(readlink -f "$0")"
+      sed -n '/^# ---- options/,/^# ---- end/{/^# ----/d;s/^/  --/;p}' "$(readlink -f "$0")"
+      echo "run.sh options: ./run.sh --help"; exit 0 ;;
+    --*=*) name=${1%%=*}; value=${1#*=}; shift ;;
+    --*) [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 1; }
+         name=$1; value=$2; shift 2 ;;
+    *) echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 1 ;;
+  esac
+  name=${name#--}; name=${name//-/_}
+  if [[ ${own} == *" ${name} "* ]]; then printf -v "${name}" '%s' "${value}"; else forward+=("--${name}" "${value}"); fi
+done
+. utils/check_options.sh
+check_int stage stop_stage
+if [ -z "${ablations}${alphas}" ]; then
+  echo "$0: give --ablations \"name ...\" and/or --alphas \"value ...\" (./sweep.sh --help)" >&2; exit 1
+fi
+. ./path.sh
+. utils/log.sh
+log "${CRAB_COMMAND}"
+if [ -z "${ablation_table}" ]; then
+  ablation_table=conf/ablations.txt
+  [ -f "${ablation_table}" ] || ablation_table=$(dirname "$(readlink -f "$0")")/conf/ablations.txt
+fi
+for name in ${ablations} ${alphas:+ce_only}; do  # unknown names stop here, before anything trains
+  python -m crab.report overrides --table "${ablation_table}" --ablation "${name}" > /dev/null
+done
+
+run() {  # run.sh for one setting: run.sh options in "$@"
+  ./run.sh --stage "${stage}" --stop_stage "${stop_stage}" --exp_dir "${exp_dir}" \
+    --ablation_table "${ablation_table}" "${forward[@]+"${forward[@]}"}" "$@"
+}
+runs=()
+for name in ${ablations}; do runs+=("${name}"); done
+if [ -n "${alphas}" ] && [[ " ${ablations} " != *" ce_only "* ]]; then runs+=(ce_only); fi
+for name in "${runs[@]}"; do
+  log "Setting ${name}"
+  run --ablation "${name}" --train_opts "${train_opts}"
+done
+for a in ${alphas}; do
+  log "Setting alpha${a}"
+  run --tag "alpha${a}" --train_opts "${train_opts} --alpha=${a}"
+done
+
+[ "${stop_stage}" -ge 7 ] || exit 0
+first=${runs[0]:-alpha${alphas%% *}}
+for summary in "${exp_dir}/${first}"/results_*.json; do
+  test_set=$(basename "${summary}" .json); test_set=${test_set#results_}
+  about="${train_opts:+; ${train_opts}}"
+  if [ -n "${ablations}" ]; then
+    log "Ablation table on ${test_set}: ${exp_dir}/ablations_${test_set}.md"
+    summaries=(); dumps=()
+    for name in ${ablations}; do
+      summaries+=("${exp_dir}/${name}/results_${test_set}.json")
+      dump=$(find "${exp_dir}/${name}" -path "*/eval_${test_set}/embeddings.npz" | sort | head -n 1)
+      [ -z "${dump}" ] || dumps+=("${name}=${dump}")
+    done
+    python -m crab.bin.compare table --ablation_table "${ablation_table}" \
+      --title "Ablations on ${test_set}${about}" --out "${exp_dir}/ablations_${test_set}.md" "${summaries[@]}"
+    if [ "${#dumps[@]}" -eq "$(wc -w <<< "${ablations}")" ]; then  # the first fold and seed of each
+      python -m crab.bin.compare embeddings --plot "${exp_dir}/ablations_${test_set}_embeddings.png" \
+        --out "${exp_dir}/ablations_${test_set}_embeddings.md" "${dumps[@]}"
+    fi
+  fi
+  if [ -n "${alphas}" ]; then
+    log "Alpha sweep on ${test_set}: ${exp_dir}/alpha_${test_set}.{md,png}"
+    summaries=(); for a in ${alphas}; do summaries+=("${exp_dir}/alpha${a}/results_${test_set}.json"); done
+    python -m crab.bin.compare alpha --baseline "${exp_dir}/ce_only/results_${test_set}.json" \
+      --title "UAR and WAR against alpha on ${test_set}${about}" \
+      --plot "${exp_dir}/alpha_${test_set}.png" --out "${exp_dir}/alpha_${test_set}.md" "${summaries[@]}"
+  fi
+done

@@ -1,0 +1,107 @@
+"""The recipe shell explains itself: --help before anything is installed, validated
+options, one-line errors, the user's relative paths, setup.sh and sweep.sh options."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+
+SER = os.path.join(ROOT, "egs", "TEMPLATE", "ser.sh")
+
+
+def ser_options():
+    """name -> default, from the options block of ser.sh."""
+    with open(SER, encoding="utf-8") as f:
+        block = f.read().split("# ---- options")[1].split("# ---- end of options")[0]
+    return dict(re.findall(r"^([a-z_]+)=(\S*)", block, re.MULTILINE))
+
+
+@pytest.fixture
+def bare_clone(tmp_path):
+    """The repository's shell parts copied without tools/venv: nothing installed."""
+    for part in ("utils", os.path.join("egs", "TEMPLATE"), os.path.join("egs", "mini")):
+        shutil.copytree(os.path.join(ROOT, part), tmp_path / part, symlinks=True,
+                        ignore=shutil.ignore_patterns("data", "exp"))
+    return tmp_path
+
+
+def run(*command, cwd=None, env=None):
+    return subprocess.run(["bash", *command], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_help_lists_every_option_without_a_venv(bare_clone):
+    result = run(str(bare_clone / "egs" / "mini" / "run.sh"), "--help")
+    assert result.returncode == 0, result.stderr
+    assert not (bare_clone / "tools").exists() and "No environment" not in result.stderr
+    options = ser_options()
+    assert len(options) >= 25
+    for name, default in options.items():
+        assert re.search(rf"^  --{name} +\[{re.escape(default)}\] +\S", result.stdout, re.MULTILINE), name
+    assert "5  train" in result.stdout and "8  package" in result.stdout  # the stages
+    assert result.stdout.startswith(f"Usage: {bare_clone}/egs/mini/run.sh ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stage", "three"], "--stage must be a non-negative integer, got 'three'"),
+    (["--stop_stage=-1"], "--stop_stage must be a non-negative integer, got '-1'"),
+    (["--ngpu", "1.5"], "--ngpu must be a non-negative integer, got '1.5'"),
+    (["--embeddings", "yes"], "--embeddings must be true or false, got 'yes'"),
+    (["--text_only", "1"], "--text_only must be true or false, got '1'"),
+    (["--policy", "ignore"], "--policy must be one of: error skip; got 'ignore'"),
+    (["--text_source", "whisper"], "--text_source must be one of: gold asr; got 'whisper'"),
+    (["--no_such_option", "1"], "unknown option --no_such_option"),
+])
+def test_bad_option_values_are_one_line_errors(bare_clone, args, message):
+    result = run(str(bare_clone / "egs" / "mini" / "run.sh"), *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_stage_5_before_stage_3_names_the_missing_manifest(tmp_path):
+    result = run(os.path.join(ROOT, "egs", "mini", "run.sh"), "--stage", "5", "--data_root", str(tmp_path),
+                 "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp"))
+    assert result.returncode != 0
+    assert f"{tmp_path}/data/main/train.json not found: stage 5 reads the manifests of stage 3 (run --stage 3 first)" \
+        in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_corpus_variable_relative_to_the_users_directory(tmp_path):
+    (tmp_path / "here").mkdir()
+    run_sh = os.path.join(ROOT, "egs", "emodb", "run.sh")
+    result = run(run_sh, "--stage", "7", cwd=tmp_path, env={"EMODB": "here/missing"})
+    assert result.returncode != 0
+    assert f"data_root {tmp_path}/here/missing is not a directory: set EMODB in db.sh" in result.stderr
+    empty = run(run_sh, cwd=tmp_path, env={"EMODB": ""})
+    assert empty.returncode != 0 and "EMODB is empty: set EMODB in db.sh (or export it)" in empty.stderr
+
+
+def test_sweep_needs_a_setting_and_checks_names(tmp_path):
+    sweep = os.path.join(ROOT, "egs", "mini", "sweep.sh")
+    result = run(sweep)
+    assert result.returncode != 0 and "give --ablations" in result.stderr
+    result = run(sweep, "--ablations", "ce_only no_such_ablation", "--exp_dir", str(tmp_path / "exp"))
+    assert result.returncode != 0 and "no ablation 'no_such_ablation'" in result.stdout + result.stderr
+    assert not (tmp_path / "exp").exists()  # nothing trained
+    result = run(sweep, "--help")
+    assert result.returncode == 0 and "--alphas" in result.stdout
+
+
+def test_setup_makes_a_recipe_of_links_and_copies(tmp_path):
+    target = tmp_path / "egs" / "mycorpus"
+    result = run(os.path.join(ROOT, "egs", "TEMPLATE", "setup.sh"), str(target))
+    assert result.returncode == 0, result.stderr
+    for shared in ("ser.sh", "sweep.sh", "utils", "conf/crab.yaml", "conf/ablations.txt", "conf/wavlm_tiny"):
+        assert os.path.islink(target / shared) and os.path.exists(target / shared), shared
+    assert os.path.realpath(target / "ser.sh") == os.path.realpath(SER)
+    for own in ("run.sh", "db.sh", "path.sh", "README.md", "local/data.sh"):
+        assert (target / own).is_file() and not os.path.islink(target / own), own
+    again = run(os.path.join(ROOT, "egs", "TEMPLATE", "setup.sh"), str(target))
+    assert again.returncode != 0 and "exists" in again.stderr

@@ -1,0 +1,20 @@
+# Source me first in a recipe's run.sh, from wherever the user ran it, with run.sh's
+# own arguments:   . "$(dirname "$0")/utils/enter_recipe.sh"
+# Exports, once (a run.sh called by another script keeps the outer values):
+#   CRAB_USER_CWD  the user's directory: relative corpus paths are resolved from it
+#   CRAB_COMMAND   the command as typed, shell-quoted: results record it
+# then changes into the recipe directory.
+if [ -z "${CRAB_COMMAND:-}" ]; then
+  CRAB_COMMAND=$0
+  for _crab_arg in "$@"; do
+    if [[ ${_crab_arg} =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then
+      CRAB_COMMAND+=" ${_crab_arg}"
+    else
+      CRAB_COMMAND+=" '${_crab_arg//\'/\'\\\'\'}'"
+    fi
+  done
+  unset _crab_arg
+  export CRAB_COMMAND
+fi
+export CRAB_USER_CWD=${CRAB_USER_CWD:-${PWD}}
+cd "$(dirname "$0")"
