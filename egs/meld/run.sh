@@ -4,7 +4,8 @@
 # with ffmpeg. Stages and options: ser.sh (./run.sh --help).
 #   ./run.sh                                                   # everything
 #   ./run.sh --corpus_opts "--nj 8"                            # stage 0 with 8 ffmpeg processes
-#   ./run.sh --stage 4 --tag ce --train_opts "--leg_names=[]"  # an ablation (README.md lists them)
+#   ./run.sh --stage 5 --tag ce --train_opts "--leg_names=[]"  # an ablation (README.md lists them)
+#   ./sweep.sh --ablations "ce_only mlcs"                      # several, and their comparison table
 #   ./run.sh --data_opts "--exclude none"                      # keep the clips of local/exclude.txt
 #   ./run.sh --text_only true --tag text --train_opts "--modality=text"   # text only, from the CSVs
 #                                                              # alone: no mp4, no MELD_WAV (README.md)
