@@ -7,7 +7,7 @@ setup(
     packages=find_packages(include=["crab", "crab.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.6",  # torch.load defaults to weights_only=True from 2.6 on
         "torchaudio",
         "speechbrain>=1.1",
         "hyperpyyaml>=1.2",

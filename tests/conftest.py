@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random-init encoders from the mini recipe's configs."""
 
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 # One thread per process keeps the tiny-model timings steady when the cores are shared.
@@ -21,6 +22,19 @@ TEXTS = [
     "The train leaves at half past nine.",
     "I miss the old days, everything feels empty now.",
 ]
+# System tools the recipes and tests call; tools/install.sh installs them.
+REQUIRED_TOOLS = ("ffmpeg", "espeak-ng")
+
+
+def pytest_configure(config):
+    """Stop at once, with one line, when a required system tool is missing (in
+    pytest_configure, before the terminal reporter starts, pytest prints the line once)."""
+    if config.option.help or config.option.version:
+        return
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.exit(f"Missing system tool(s) on PATH: {', '.join(missing)}. Run tools/install.sh to install them.",
+                    returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
