@@ -1,6 +1,30 @@
 """Small helpers shared by the command-line tools and the recipes' Python scripts."""
 
 import argparse
+import functools
+import sys
+
+
+class UserError(Exception):
+    """A problem with what the user gave (a file, an option, a configuration, a model
+    source) that its message explains: an ``entry_point`` prints it as one
+    ``ERROR: <message>`` on stderr, without a traceback, and exits with status 1."""
+
+
+def entry_point(main):
+    """Decorate a command's ``main(argv=None)``: a ``UserError`` raised anywhere below
+    it ends the command with ``ERROR: <message>`` and exit status 1 (``SystemExit``
+    with that message), instead of a traceback. Every ``python -m crab...`` command
+    has it, so none needs its own try/except."""
+
+    @functools.wraps(main)
+    def wrapped(argv=None):
+        try:
+            return main(argv)
+        except UserError as err:
+            sys.exit(f"ERROR: {err}")
+
+    return wrapped
 
 
 def str2bool(value):

@@ -8,6 +8,7 @@ A manifest is a JSON object keyed by utterance id, each entry with at least
 import json
 import logging
 import math
+import os
 from collections import Counter
 
 import soundfile as sf
@@ -15,6 +16,7 @@ import speechbrain as sb
 import torch
 import torchaudio
 
+from crab.cli import UserError
 from crab.dataprep import clean_transcript, probe_audio
 
 logger = logging.getLogger(__name__)
@@ -36,8 +38,12 @@ def read_audio(path, max_duration=None):
     return wav
 
 
-class AudioReadError(RuntimeError):
+class AudioReadError(UserError, RuntimeError):
     """An utterance's audio file cannot be used."""
+
+
+class DataError(UserError, ValueError):
+    """A manifest is missing or does not fit the configuration."""
 
 
 def read_utterance_audio(utt, path, max_duration=None):
@@ -59,16 +65,23 @@ def read_utterance_audio(utt, path, max_duration=None):
     return wav
 
 
+def require_manifest(path):
+    """A missing manifest is a ``DataError`` saying which stage writes it."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path} not found: run stage 3 (manifests) first")
+
+
 def load_manifest(path, data_root=None):
     """Read a manifest, check its fields, substitute ``{data_root}``, and clean
     control characters out of the transcripts as data prep does."""
+    require_manifest(path)
     with open(path, encoding="utf-8") as f:
         entries = json.load(f)
     cleaned = Counter()
     for utt, entry in entries.items():
         missing = [k for k in REQUIRED_FIELDS if k not in entry]
         if missing:
-            raise ValueError(f"{path}: utterance '{utt}' lacks field(s) {missing}")
+            raise DataError(f"{path}: utterance '{utt}' lacks field(s) {missing}")
         if isinstance(entry["text"], str):
             entry["text"], removed = clean_transcript(entry["text"])
             cleaned.update({"transcripts": bool(removed), "characters": removed})
@@ -86,7 +99,7 @@ def class_counts(manifest_path, classes):
     counts = Counter(entry["emo"] for entry in entries.values())
     unknown = sorted(set(counts) - set(classes))
     if unknown:
-        raise ValueError(f"{manifest_path}: labels {unknown} are not in classes {classes}")
+        raise DataError(f"{manifest_path}: labels {unknown} are not in classes {classes}")
     return [counts[c] for c in classes]
 
 
@@ -100,7 +113,7 @@ def label_encoder(classes, path=None):
     if path is not None and encoder.load_if_possible(path):
         saved = [encoder.ind2lab[i] for i in range(len(encoder))]
         if saved != list(classes):
-            raise ValueError(f"{path} holds labels {saved}, but the config says {list(classes)}")
+            raise DataError(f"{path} holds labels {saved}, but the config says {list(classes)}")
         return encoder
     encoder.update_from_iterable(classes)
     encoder.expect_len(len(classes))
@@ -117,12 +130,12 @@ def make_dataset(manifest_path, encoder, data_root, max_duration=None, sort=Fals
     entries = load_manifest(manifest_path, data_root)
     for utt, entry in entries.items():
         if entry["emo"] not in encoder.lab2ind:
-            raise ValueError(
+            raise DataError(
                 f"{manifest_path}: utterance '{utt}' has label '{entry['emo']}', "
                 f"not one of {list(encoder.lab2ind)}"
             )
         if audio and entry["wav"] is None:
-            raise ValueError(
+            raise DataError(
                 f"{manifest_path}: the manifest has no audio (utterance '{utt}' has \"wav\": null: "
                 "text-only data prep); a speech or bimodal model needs audio: train with --modality=text"
             )

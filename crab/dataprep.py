@@ -18,6 +18,8 @@ from collections import Counter
 
 import soundfile as sf
 
+from crab.cli import UserError
+
 logger = logging.getLogger(__name__)
 
 POLICIES = ("error", "skip")
@@ -39,7 +41,7 @@ def read_text(path):
         return data.decode("cp1252", errors="replace")
 
 
-class DataPrepError(RuntimeError):
+class DataPrepError(UserError, RuntimeError):
     """Data preparation found utterances it cannot use."""
 
 
@@ -70,8 +72,10 @@ def clean_transcript(text):
     return re.sub(" {2,}", " ", text).strip(), count
 
 
-def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES, conversions=None):
+def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES, conversions=None, require_text=True):
     """Return ``(kind, message)`` saying why ``entry`` is unusable, or None.
+
+    ``require_text=False`` (data for a speech-only model) keeps an empty transcript.
 
     Cleans the transcript (``clean_transcript``) and fills in ``duration`` (s).
     For a usable entry, counts in ``conversions`` (a Counter) what reading it
@@ -88,7 +92,7 @@ def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES, conversions=No
             f"{info.samplerate} Hz, need {min_samples} at 16 kHz): {wav}"
         )
     entry["text"], removed = clean_transcript(str(entry.get("text", "")))
-    if not entry["text"].strip():
+    if require_text and not entry["text"].strip():
         return "empty transcript", f"empty transcript for {wav or utt}"
     if entry.get("emo") not in classes:
         return "unknown label", f"label '{entry.get('emo')}' of {wav or utt} not in {list(classes)}"
@@ -102,13 +106,14 @@ def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES, conversions=No
     return None
 
 
-def validate(entries, classes, policy="error", name="data", min_samples=MIN_SAMPLES):
-    """Keep the usable entries of ``entries`` (utt -> dict) according to ``policy``."""
+def validate(entries, classes, policy="error", name="data", min_samples=MIN_SAMPLES, require_text=True):
+    """Keep the usable entries of ``entries`` (utt -> dict) according to ``policy``
+    (``require_text=False``: empty transcripts are usable, for speech-only models)."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got '{policy}'")
     kept, problems, conversions = {}, [], Counter()
     for utt, entry in entries.items():
-        reason = check_utterance(utt, entry, classes, min_samples, conversions)
+        reason = check_utterance(utt, entry, classes, min_samples, conversions, require_text)
         if reason is None:
             kept[utt] = entry
         else:

@@ -8,6 +8,7 @@ offline.
 """
 
 import logging
+import os
 
 import torch
 from torch import nn
@@ -21,7 +22,59 @@ from transformers import (
     WhisperModel,
 )
 
+from crab.cli import UserError
+
 logger = logging.getLogger(__name__)
+
+
+class ModelSourceError(UserError, OSError):
+    """A model or tokenizer source that is neither a usable local directory nor a
+    model that could be loaded from the hub. ``argument`` names what the source was
+    given as (``crab.experiment`` renames it to the yaml key), ``detail`` the rest."""
+
+    def __init__(self, argument, source, detail):
+        super().__init__(f"{argument}: {detail}")
+        self.argument, self.source, self.detail = argument, source, detail
+
+
+HINTS = {
+    "tokenizer": "build it with stage 3 --bpe_vocab_size N (crab.tokenizer), or give a hub id",
+}
+DEFAULT_HINT = "give a local directory in Hugging Face format, or a hub id"
+
+
+def _looks_like_path(source):
+    """A hub id is ``name`` or ``namespace/name``; anything else with a slash is a path."""
+    return source.startswith(("/", "./", "../", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def _one_line(err):
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    line = lines[0] if lines else type(err).__name__
+    return line if len(line) <= 240 else line[:237] + "..."
+
+
+def from_source(argument, source, load):
+    """``load(source)``, or a one-line ``ModelSourceError`` naming ``argument`` when
+    ``source`` is a path that does not exist, a local directory that cannot be loaded,
+    or a hub id that cannot be (a typo, or no network and not in the cache)."""
+    if not isinstance(source, str) or not source:
+        raise ModelSourceError(argument, source, f"expected a local directory or a hub id, got '{source}'")
+    local = os.path.isdir(source)
+    if not local and (_looks_like_path(source) or os.path.exists(source)):
+        hint = HINTS.get(argument, DEFAULT_HINT)
+        raise ModelSourceError(argument, source, f"no directory {source}; {hint}")
+    try:
+        return load(source)
+    except (OSError, ValueError) as err:  # transformers: OSError; an invalid repo id: HFValidationError
+        if isinstance(err, UserError):
+            raise
+        if local:
+            detail = f"the directory {source} cannot be loaded: {_one_line(err)}"
+        else:
+            detail = (f"'{source}' is neither a local directory nor a model on the hub that could be "
+                      f"loaded: {_one_line(err)}")
+        raise ModelSourceError(argument, source, detail) from None
 
 
 def lengths_to_mask(lengths, max_len=None):
@@ -296,7 +349,7 @@ class SpeechEncoder(_Encoder):
         finetune_top_layers=0,
     ):
         super().__init__(freeze, layer_weighting, normalize_states, finetune_top_layers)
-        config = AutoConfig.from_pretrained(source)
+        config = from_source("speech_encoder source", source, AutoConfig.from_pretrained)
         self.is_whisper = isinstance(config, WhisperConfig)
         overrides = {}
         if layer_weighting != "last":  # layerdrop would shift the hidden-state indices
@@ -305,12 +358,16 @@ class SpeechEncoder(_Encoder):
             key = "encoder_layerdrop" if self.is_whisper else "layerdrop"
             overrides[key] = layerdrop
         if self.is_whisper:
-            self.model = _load(WhisperModel, source, pretrained, **overrides).encoder
+            self.model = from_source(
+                "speech_encoder source", source, lambda s: _load(WhisperModel, s, pretrained, **overrides)
+            ).encoder
             self.features = _whisper_features(source, config)
             num_layers = config.encoder_layers
             frontend = [self.model.conv1, self.model.conv2]
         else:
-            self.model = _load(AutoModel, source, pretrained, **overrides)
+            self.model = from_source(
+                "speech_encoder source", source, lambda s: _load(AutoModel, s, pretrained, **overrides)
+            )
             self.features = None
             num_layers = config.num_hidden_layers
             frontend = [self.model.feature_extractor]
@@ -318,6 +375,7 @@ class SpeechEncoder(_Encoder):
             for module in frontend:
                 module.requires_grad_(False)
         self.use_attention_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
+        _float_padding_masks(self.model)
         self.normalize_waveform = (
             _default_normalize(source) if normalize_waveform is None else normalize_waveform
         )
@@ -408,6 +466,39 @@ class SpeechEncoder(_Encoder):
         return x
 
 
+def _float_padding_masks(model):
+    """Give WavLM's attention one float mask instead of two masks of different types.
+
+    ``WavLMAttention`` passes torch a boolean ``key_padding_mask`` (the padded frames)
+    with a float ``attn_mask`` (its gated relative position bias), which torch
+    deprecates ("Support for mismatched key_padding_mask and attn_mask"). Torch turns
+    the boolean mask into -inf and adds the two; done here, the padding is added to
+    the bias as -inf and no ``key_padding_mask`` is passed: the same attention, one
+    float mask. Other models are left as they are."""
+    from transformers.models.wavlm.modeling_wavlm import WavLMAttention
+
+    for module in model.modules():
+        if isinstance(module, WavLMAttention) and not getattr(module, "_crab_float_mask", False):
+            module.torch_multi_head_self_attention = _float_mask_attention(module)
+            module._crab_float_mask = True
+
+
+def _float_mask_attention(attention):
+    original = attention.torch_multi_head_self_attention  # the bound method of this instance
+
+    def forward(hidden_states, attention_mask, gated_position_bias):
+        if attention_mask is not None:
+            padding = torch.zeros(attention_mask.shape, dtype=gated_position_bias.dtype,
+                                  device=gated_position_bias.device)
+            padding = padding.masked_fill(attention_mask.ne(1), float("-inf"))
+            # (batch, keys) -> (batch * heads, 1, keys), in the bias's (batch, head) order
+            padding = padding.repeat_interleave(attention.num_heads, dim=0).unsqueeze(1)
+            gated_position_bias = gated_position_bias + padding
+        return original(hidden_states, None, gated_position_bias)
+
+    return forward
+
+
 def _whisper_features(source, config):
     try:
         return WhisperFeatureExtractor.from_pretrained(source)
@@ -460,8 +551,10 @@ class TextEncoder(_Encoder):
         normalize_states=False,
     ):
         super().__init__(freeze, layer_weighting, normalize_states)
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or source)
-        self.model = _load(AutoModel, source, pretrained)
+        self.tokenizer = from_source(
+            "tokenizer" if tokenizer else "text_encoder source", tokenizer or source, AutoTokenizer.from_pretrained
+        )
+        self.model = from_source("text_encoder source", source, lambda s: _load(AutoModel, s, pretrained))
         vocab = self.model.config.vocab_size
         if len(self.tokenizer) > vocab:
             raise ValueError(

@@ -3,75 +3,25 @@
 import json
 import logging
 import os
-import re
 import sys
 
 import speechbrain as sb
-import yaml
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import run_on_main
 
 from crab.brain import CrabBrain
 from crab.data import class_counts, label_encoder, make_dataset
 from crab.features import FeatureCache
+from crab.runconfig import (  # noqa: F401 (the configuration helpers, imported from here too)
+    TOP_LEVEL_KEY,
+    ConfigError,
+    check_overrides,
+    last_value_wins,
+    load_hparams,
+    load_run,
+)
 
 logger = logging.getLogger(__name__)
-
-TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_][\w.]*)\s*:", re.MULTILINE)
-
-
-class _TagTolerantLoader(yaml.SafeLoader):
-    """Checks YAML syntax only: hyperpyyaml tags (!ref, !new:, ...) are accepted."""
-
-
-_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
-
-
-class ConfigError(ValueError):
-    """A yaml file or a command-line override is not usable."""
-
-
-def check_overrides(hparams_file, overrides):
-    """Check that every override is valid YAML for a key the file declares.
-
-    ``overrides`` is the YAML text SpeechBrain builds from ``--key=value``
-    arguments. Errors name the offending key.
-    """
-    if not overrides:
-        return {}
-    with open(hparams_file, encoding="utf-8") as f:
-        known = set(TOP_LEVEL_KEY.findall(f.read()))
-    parsed = {}
-    for line in overrides.splitlines():
-        if not line.strip():
-            continue
-        key, _, value = line.partition(":")
-        key = key.strip()
-        try:
-            parsed[key] = yaml.load(value, Loader=_TagTolerantLoader) if value.strip() else None
-        except yaml.YAMLError as err:
-            first = str(err).splitlines()[0]
-            raise ConfigError(
-                f"override --{key}: value '{value.strip()}' is not valid YAML ({first})"
-            ) from None
-        if key not in known:
-            raise ConfigError(f"override --{key}: no top-level key '{key}' in {hparams_file}")
-    return parsed
-
-
-def last_value_wins(overrides):
-    """The override YAML text with each key once, at its last value: ``--lr=1 --lr=2``
-    sets lr to 2, as repeated command-line options do (hyperpyyaml rejects a repeated key)."""
-    if not overrides:
-        return overrides
-    lines = {}
-    for line in overrides.splitlines():
-        if line.strip():
-            key = line.partition(":")[0].strip()
-            lines.pop(key, None)
-            lines[key] = line
-    return "\n".join(lines.values()) + "\n"
 
 
 def parse_and_load(argv=None):
@@ -80,9 +30,7 @@ def parse_and_load(argv=None):
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
     overrides = last_value_wins(overrides)
     check_overrides(hparams_file, overrides)
-    with open(hparams_file, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f, overrides)
-    return hparams_file, run_opts, overrides, hparams
+    return hparams_file, run_opts, overrides, load_hparams(hparams_file, overrides)
 
 
 def prepare_labels_and_weights(hparams):

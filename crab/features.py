@@ -34,6 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from crab.cli import UserError
 from crab.data import load_manifest, read_utterance_audio
 from crab.encoders import lengths_to_mask, relative_to_absolute
 
@@ -43,7 +44,7 @@ INDEX = "index.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(UserError, ValueError):
     """A cache that does not match the model or lacks utterances."""
 
 

@@ -23,7 +23,9 @@ import sys
 
 import numpy as np
 
+from crab import cli
 from crab.metrics import METRICS
+from crab.provenance import UNKNOWN, describe, read_run_provenance
 
 TRAIN_INFO = "train_info.json"
 EMBEDDING_SCORES = ("silhouette", "calinski_harabasz", "davies_bouldin")
@@ -68,16 +70,21 @@ def machine(device="cpu"):
 
 def record_training(run_dir, wall_s, command, device="cpu"):
     """Add ``wall_s`` seconds of training to ``run_dir/train_info.json`` (a resumed
-    run adds up), with the commit, machine and command of this invocation."""
+    run adds up), with the commit, machine and command of this invocation and the
+    transcripts the run was trained on (``text_source``, ``asr_model``: the run's
+    ``text_source.json``, written by training)."""
     path = os.path.join(run_dir, TRAIN_INFO)
     info = read_train_info(run_dir) or {"wall_s": 0.0, "invocations": 0}
     info["wall_s"] = float(info["wall_s"]) + float(wall_s)
     info["invocations"] = int(info.get("invocations", 0)) + 1
+    transcripts = read_run_provenance(run_dir) or UNKNOWN
     info.update(
         command=command,
         commit=git_commit(),
         machine=machine(device),
         finished=datetime.datetime.now().isoformat(timespec="seconds"),
+        text_source=transcripts.get("text_source", "unknown"),  # from training's record (crab.provenance)
+        asr_model=transcripts.get("asr_model"),
     )
     os.makedirs(run_dir, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -213,7 +220,8 @@ def results_markdown(summary, title=None):
     lines += ["", "Runs (machine and command of the last training invocation; wall time summed over resumes):"]
     for row in rows:
         if row.get("command"):
-            lines.append(f"- {row['run']}: {row.get('machine')}; `{row['command']}`")
+            trained_on = f"; trained on {describe(row)}" if row.get("text_source") not in (None, "unknown") else ""
+            lines.append(f"- {row['run']}: {row.get('machine')}; `{row['command']}`{trained_on}")
         else:
             lines.append(f"- {row['run']}: no {TRAIN_INFO} (trained outside the recipe's stage 4)")
     return "\n".join(lines) + "\n"
@@ -306,6 +314,22 @@ def project_2d(embeddings, method="pca", seed=0):
 # ---------------------------------------------------------------- training logger
 
 
+def _no_torchvision_message(record):
+    return not record.getMessage().startswith("torchvision is not available")
+
+
+def _quiet_image_saver():
+    """Importing ``speechbrain.utils.train_logger`` logs "torchvision is not available -
+    cannot save figures" (its ProgressSampleLogger's image saver, which crab does not
+    use: the figures are matplotlib's, ``crab.plots``). Drop that one message, at its
+    logger, before the import."""
+    import logging
+
+    log = logging.getLogger("speechbrain.utils.train_logger")
+    if _no_torchvision_message not in log.filters:
+        log.addFilter(_no_torchvision_message)
+
+
 class TrainLogger:
     """SpeechBrain's ``FileTrainLogger`` (per-epoch stats in ``save_file``), and the
     same stats in TensorBoard when ``use_tensorboard`` is true.
@@ -315,6 +339,7 @@ class TrainLogger:
     """
 
     def __init__(self, save_file, tensorboard_dir=None, use_tensorboard=False, precision=2):
+        _quiet_image_saver()
         from speechbrain.utils.train_logger import FileTrainLogger
 
         self.file_logger = FileTrainLogger(save_file, precision=precision)
@@ -340,6 +365,7 @@ class TrainLogger:
 # ---------------------------------------------------------------- command line
 
 
+@cli.entry_point
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)

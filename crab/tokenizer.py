@@ -10,6 +10,7 @@ import os
 from tokenizers import ByteLevelBPETokenizer
 from transformers import RobertaTokenizerFast
 
+from crab import cli
 from crab.data import load_manifest
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0-4
@@ -31,6 +32,7 @@ def build_bpe_tokenizer(texts, out_dir, vocab_size=1000, model_max_length=128):
     return tokenizer
 
 
+@cli.entry_point
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Build a BPE tokenizer from manifest transcripts.")
     parser.add_argument("--manifest", required=True, action="append", help="repeatable")

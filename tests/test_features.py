@@ -110,17 +110,18 @@ def test_interrupted_extraction_resumes_and_matches(data, tmp_path, monkeypatch)
 
 
 def test_cache_is_checked_against_the_model_and_manifests(data, tmp_path):  # noqa: F811
+    # (a FeatureCacheError ends a command with its message: SystemExit "ERROR: ...")
     cache = tmp_path / "cache"
     run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={cache}",
                                     "--manifests", str(data / "train.json")))
     # other random weights (another seed): the weights digest differs
-    with pytest.raises(FeatureCacheError, match="weights_sha256"):
+    with pytest.raises(SystemExit, match="weights_sha256"):
         run(train.main, argv(data, tmp_path / "a", f"--feature_cache={cache}", "--seed=7"))
     # an encoder that is fine-tuned cannot read cached states
-    with pytest.raises(FeatureCacheError, match="speech encoder is not frozen"):
+    with pytest.raises(SystemExit, match="speech encoder is not frozen"):
         run(train.main, argv(data, tmp_path / "b", f"--feature_cache={cache}", "--freeze_speech_encoder=false"))
     # utterances of a manifest that was not extracted
-    with pytest.raises(FeatureCacheError, match="lacks 4 utterance.*valid.json"):
+    with pytest.raises(SystemExit, match="lacks 4 utterance.*valid.json"):
         run(train.main, argv(data, tmp_path / "c", f"--feature_cache={cache}"))
     assert "train_0" not in FeatureCache(str(cache)) and "train_angry_0" in FeatureCache(str(cache))
     # an edited transcript: its cached text states are stale
@@ -178,6 +179,6 @@ def test_top_layer_finetuning_trains_on_the_cache_as_end_to_end(data, tmp_path):
     scores = [json.loads((out / "eval_test" / "scores.json").read_text()) for out in (plain, cached)]
     assert scores[0] == pytest.approx(scores[1])
     # another layer setting reads other states: the cache says so
-    with pytest.raises(FeatureCacheError, match=r"\(finetune_top_layers, weights_sha256 differ\)"):
+    with pytest.raises(SystemExit, match=r"\(finetune_top_layers, weights_sha256 differ\)"):
         run(train.main, argv(data, tmp_path / "frozen", *top, "--finetune_top_speech_layers=0",
                              "--freeze_speech_encoder=true", f"--feature_cache={cache}"))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hyperpyyaml.core import resolve_references
 from speechbrain.inference.interfaces import foreign_class
 
 from crab.bin import infer
@@ -72,8 +73,9 @@ def in_template(fn, *args):
 
 def train(data, out, *extra):
     def fit():
-        _, run_opts, _, hparams = parse_and_load([CONFIG, *overrides(data, out, *extra)])
+        _, run_opts, applied, hparams = parse_and_load([CONFIG, *overrides(data, out, *extra)])
         os.makedirs(hparams["save_folder"], exist_ok=True)
+        save_run_config(CONFIG, applied, out)  # as stage 4 does: later stages load the run from it
         encoder = prepare_labels_and_weights(hparams)
         brain = make_brain(hparams, run_opts)
         train_set = dataset(hparams, hparams["train_manifest"], encoder)
@@ -88,6 +90,12 @@ def train(data, out, *extra):
         return brain, hparams
 
     return in_template(fit)
+
+
+def save_run_config(config, applied, out):
+    """The run's resolved hyperparams.yaml, as crab.bin.train saves it (sb.create_experiment_directory)."""
+    with open(config, encoding="utf-8") as f:
+        (out / "hyperparams.yaml").write_text(resolve_references(f, applied).getvalue())
 
 
 def package(data, out, model_dir, *extra):

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import speechbrain as sb
 import torch
+from hyperpyyaml.core import resolve_references
 
 from crab.bin import compare, embeddings, score
 from crab.experiment import make_brain, parse_and_load
@@ -255,13 +256,17 @@ def tiny_data(tmp_path_factory):
     return root
 
 
-def load_ablation(name, data, out):
+def ablation_argv(name, data, out):
     base = [f"--data_root={data}", f"--data_folder={data}", f"--output_folder={out}",
             f"--classes=[{','.join(CLASSES)}]", "--lr=1e-3", "--encoder_lr=!ref <lr> / 10"]
+    return merge_overrides(base, read_ablations(ABLATIONS)[name]["overrides"])
+
+
+def load_ablation(name, data, out):
     cwd = os.getcwd()
     os.chdir(TEMPLATE)  # conf/ paths are relative to the recipe
     try:
-        _, run_opts, _, hparams = parse_and_load([TINY, *merge_overrides(base, read_ablations(ABLATIONS)[name]["overrides"])])
+        _, run_opts, _, hparams = parse_and_load([TINY, *ablation_argv(name, data, out)])
     finally:
         os.chdir(cwd)
     return hparams, run_opts
@@ -315,6 +320,11 @@ def test_embeddings_command_dumps_the_fused_layer(tiny_data, tmp_path):
     hparams, run_opts = load_ablation("mlcs", tiny_data, tmp_path / "exp")
     os.makedirs(hparams["save_folder"], exist_ok=True)
     make_brain(hparams, run_opts).checkpointer.save_checkpoint(meta={"UAR": 0.5})
+    # the run's own configuration, as training saves it (crab.bin.embeddings loads the run from it)
+    applied = "".join(f"{w[2:].split('=', 1)[0]}: {w.split('=', 1)[1]}\n" for w in ablation_argv("mlcs", tiny_data,
+                                                                                                tmp_path / "exp"))
+    with open(TINY, encoding="utf-8") as f:
+        (tmp_path / "exp" / "hyperparams.yaml").write_text(resolve_references(f, applied).getvalue())
     cwd = os.getcwd()
     os.chdir(TEMPLATE)
     try:

@@ -47,6 +47,7 @@ import transformers
 import yaml
 from transformers import RobertaConfig, WavLMConfig
 
+from crab import cli
 from crab.brain import CrabBrain
 from crab.encoders import SpeechEncoder, TextEncoder
 from crab.experiment import dataset, feature_cache, parse_and_load, prepare_labels_and_weights
@@ -522,6 +523,7 @@ def parse_args(argv):
     return args
 
 
+@cli.entry_point
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     started = datetime.datetime.now(datetime.timezone.utc)

@@ -23,6 +23,7 @@ import sys
 
 import numpy as np
 
+from crab import cli
 from crab.metrics import METRICS
 from crab.report import EMBEDDING_SCORES, comparison_markdown, embedding_scores, project_2d
 
@@ -87,6 +88,7 @@ def embedding_panels(named_dumps, projection="pca"):
     return panels, classes, scores
 
 
+@cli.entry_point
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)

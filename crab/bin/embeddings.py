@@ -29,8 +29,9 @@ import numpy as np
 import speechbrain as sb
 import torch
 
+from crab import cli
 from crab.data import label_encoder
-from crab.experiment import dataset, feature_cache, make_brain, parse_and_load
+from crab.experiment import dataset, feature_cache, make_brain, load_run
 from crab.report import embedding_scores, project_2d
 
 logger = logging.getLogger(__name__)
@@ -66,12 +67,13 @@ def write_outputs(out_dir, ids, embeddings, labels, classes, projection="pca", t
     return scores
 
 
+@cli.entry_point
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--projection", choices=("pca", "tsne"), default="pca")
     args, rest = own.parse_known_args(argv)
-    hparams_file, run_opts, overrides, hparams = parse_and_load(rest)
+    _, run_opts, _, hparams = load_run(rest)  # the run's own configuration, as crab.bin.evaluate
     sb.create_experiment_directory(hparams["output_folder"], save_env_desc=False)
     classes = list(hparams["classes"])
     encoder = label_encoder(classes, os.path.join(hparams["save_folder"], "label_encoder.txt"))

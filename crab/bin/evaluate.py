@@ -1,9 +1,14 @@
 """Evaluate the best checkpoint of a trained Crab on one manifest.
 
-``python -m crab.bin.evaluate <output_folder>/hyperparams.yaml --test_manifest=M
---eval_name=NAME`` writes ``<output_folder>/eval_<NAME>/predictions.csv`` (id,
+``python -m crab.bin.evaluate hparams.yaml --output_folder=RUN --test_manifest=M
+--eval_name=NAME [--key=value ...]`` writes ``<output_folder>/eval_<NAME>/predictions.csv`` (id,
 true, predicted, per-class probabilities) and ``scores.json`` (WAR, UAR,
 macro-F1, weighted-F1). The best checkpoint is chosen on ``ckpt_metric``.
+
+The model is the run's own: its configuration is ``RUN/hyperparams.yaml``, saved by
+training (``crab.runconfig.load_run``); an option of training need not be given again,
+and one given again must have the trained value (``test_manifest``, ``eval_name``,
+``data_root``, ``feature_cache`` and the batching keys may differ).
 """
 
 import os
@@ -11,13 +16,15 @@ import sys
 
 import speechbrain as sb
 
-from crab.experiment import dataset, feature_cache, loader_options, make_brain, parse_and_load
+from crab import cli
+from crab.experiment import dataset, feature_cache, loader_options, make_brain, load_run
 from crab.data import label_encoder
 
 
+@cli.entry_point
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    hparams_file, run_opts, overrides, hparams = parse_and_load(argv)
+    _, run_opts, _, hparams = load_run(argv)
     sb.create_experiment_directory(hparams["output_folder"], save_env_desc=False)
     encoder = label_encoder(
         hparams["classes"], os.path.join(hparams["save_folder"], "label_encoder.txt")

@@ -14,12 +14,14 @@ import argparse
 import logging
 import sys
 
+from crab import cli
 from crab.experiment import parse_and_load
 from crab.features import DTYPES, extract
 
 logger = logging.getLogger(__name__)
 
 
+@cli.entry_point
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     own = argparse.ArgumentParser(add_help=False)

@@ -44,6 +44,7 @@ from collections import namedtuple
 
 import yaml
 
+from crab import cli
 from crab.cli import str2bool
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ Utterance = namedtuple("Utterance", ["utt", "path", "line"])
 Failure = namedtuple("Failure", ["utt", "line", "reason"])
 
 
-class UsageError(ValueError):
+class UsageError(cli.UserError, ValueError):
     """Options or inputs that make the whole run impossible."""
 
 
@@ -500,6 +501,7 @@ def classify_all(args, device, results, todo, errors_file, texts):
     return runner.done, runner.failed
 
 
+@cli.entry_point
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from crab import cli
 from crab.data import load_manifest
 from crab.features import FeatureCache
 from crab.metrics import compute_scores
@@ -49,6 +50,7 @@ def probe_fold(cache, fold_dir, branch, train_splits=("train",), eval_split="val
     return scores
 
 
+@cli.entry_point
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", required=True)

@@ -5,10 +5,18 @@ A data directory holds ``wav.scp`` (utt path), ``text`` (utt transcript),
 utt2session, ...) becomes a manifest field too. Every utterance is checked
 (``crab.dataprep``) and the per-class counts are printed. With ``--text_only
 true`` the utterances are those of ``utt2emo``, ``wav.scp`` is not read, and
-every entry has ``"wav": null`` and ``"duration": null`` (text models only).
+every entry has ``"wav": null`` and ``"duration": null`` (text models only). With
+``--modality speech`` (data for a speech-only model) transcripts are not required: a
+data directory without ``text``, or an empty transcript, gives ``"text": ""``
+(bimodal and text models reject empty transcripts).
+
+Beside the manifest ``M``, ``M.provenance`` (JSON) records the text source, the ASR
+model of ``text.asr`` (from ``text.asr.model``, written by ``crab.bin.transcribe``)
+and the data directory: training copies it into the run folder (``crab.provenance``).
 
     python -m crab.bin.make_manifest --data_dir data/train --data_root DB \\
-        --classes angry,happy,neutral,sad --out data/train.json [--policy skip]
+        --classes angry,happy,neutral,sad --out data/train.json [--policy skip] \\
+        [--text_source gold|asr] [--text_only true] [--modality bimodal|speech|text]
 """
 
 import argparse
@@ -17,8 +25,12 @@ import logging
 import os
 import sys
 
+from crab import cli
 from crab.cli import str2bool
 from crab.dataprep import POLICIES, DataPrepError, count_table, validate, write_manifest
+from crab.provenance import write_manifest_provenance
+
+MODALITIES = ("bimodal", "speech", "text")  # as crab.model.MODALITIES, whose import loads torch
 
 
 def read_table(path, required=True):
@@ -77,6 +89,7 @@ def read_data_dir(data_dir, text_source="gold", text_only=False):
     return entries
 
 
+@cli.entry_point
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", required=True)
@@ -91,18 +104,22 @@ def main(argv=None):
                         help="shortest usable audio, in 16 kHz samples (the encoder's receptive field)")
     parser.add_argument("--text_only", type=str2bool, default=False,
                         help="true: no audio (wav.scp not read; wav and duration null): for text models")
+    parser.add_argument("--modality", choices=MODALITIES, default="bimodal",
+                        help="the model the data is for: speech (transcripts not required: a missing text file "
+                             "or an empty transcript gives text \"\"), bimodal or text (transcripts required)")
     args = parser.parse_args(argv)
+    if args.modality == "speech" and args.text_only:
+        parser.error("--modality speech needs audio: it cannot go with --text_only true")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     classes = args.classes.split(",")
     name = os.path.basename(os.path.normpath(args.data_dir))
-    try:
-        entries = read_data_dir(args.data_dir, args.text_source, args.text_only)
-        kept = validate(entries, classes, args.policy, name, args.min_samples)
-    except DataPrepError as err:
-        sys.exit(f"ERROR: {err}")
+    require_text = args.modality != "speech"
+    entries = read_data_dir(args.data_dir, args.text_source, args.text_only)
+    kept = validate(entries, classes, args.policy, name, args.min_samples, require_text=require_text)
     if not kept:
         sys.exit(f"ERROR: {name}: no usable utterances")
     write_manifest(kept, args.out, args.data_root)
+    write_manifest_provenance(args.out, args.data_dir, args.text_source, require_text)
     print(count_table({name: kept}, classes))
 
 

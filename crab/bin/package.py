@@ -1,10 +1,12 @@
 """Package a trained Crab as a self-contained inference model directory (stage 7).
 
-    python -m crab.bin.package hparams.yaml [--key=value ...] --out DIR \\
+    python -m crab.bin.package hparams.yaml --output_folder=RUN [--key=value ...] --out DIR \\
         [--text_source gold|asr] [--asr_model ID]
 
-Takes the training yaml and overrides of the run (as ``crab.bin.evaluate``),
-loads the best checkpoint on ``ckpt_metric`` and writes DIR:
+Loads the run's own configuration, ``RUN/hyperparams.yaml`` saved by training (as
+``crab.bin.evaluate``: options of training need not be given again, and one given
+again must have the trained value), loads the best checkpoint on ``ckpt_metric`` and
+writes DIR:
 
     hyperparams.yaml        inference hparams: CrabClassifier.from_hparams(source=DIR)
     model.ckpt              the Crab state_dict (encoders and head; no contrastive legs)
@@ -16,6 +18,11 @@ loads the best checkpoint on ``ckpt_metric`` and writes DIR:
     speech_encoder/         config (and feature extractor) of the speech encoder
     text_encoder/           config and tokenizer of the text encoder
     custom_interface.py     for SpeechBrain's foreign_class
+
+The transcripts the model was trained on (gold, or ASR and the ASR model that made
+them) are the run's record, ``RUN/text_source.json`` (``crab.provenance``, written by
+training from the manifest's); ``--text_source`` and ``--asr_model`` are needed only
+for runs trained before it existed, and given, must agree with it.
 
 The encoders are rebuilt from their configs (``pretrained: false``) and get their
 weights from model.ckpt, so DIR needs neither the training data nor the hub.
@@ -35,9 +42,11 @@ import sys
 
 import torch
 
+from crab import cli
 import crab
 from crab.data import label_encoder
-from crab.experiment import TOP_LEVEL_KEY, parse_and_load
+from crab.provenance import package_text_source
+from crab.runconfig import load_run
 from crab.inference import ENCODER_DIRS, CrabClassifier
 
 logger = logging.getLogger(__name__)
@@ -102,7 +111,7 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 """
 
 
-class PackageError(RuntimeError):
+class PackageError(cli.UserError, RuntimeError):
     """The run cannot be packaged."""
 
 
@@ -329,28 +338,26 @@ def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=No
     return metadata
 
 
+@cli.entry_point
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--out", required=True, help="the model directory to write")
-    parser.add_argument("--text_source", choices=TEXT_SOURCES, default="unknown",
-                        help="transcripts the model was trained on (recorded in the package)")
-    parser.add_argument("--asr_model", default="", help="with --text_source asr: the ASR model of those transcripts")
+    parser.add_argument("--text_source", choices=TEXT_SOURCES, default=None,
+                        help="transcripts the model was trained on (default: the run's record, "
+                             "RUN/text_source.json; given, it must agree with it)")
+    parser.add_argument("--asr_model", default="",
+                        help="the ASR model of those transcripts (default: the run's record; given, "
+                             "it must agree with it; ignored for gold transcripts)")
     args, rest = parser.parse_known_args(argv)
     if not rest or rest[0].startswith("-"):
         parser.error("the first argument must be the training hyperparameters (yaml)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    with open(rest[0], encoding="utf-8") as f:
-        declared = set(TOP_LEVEL_KEY.findall(f.read()))
     arguments = list(rest[1:])
-    if "pretrained_encoders" in declared and not any(a.startswith("--pretrained_encoders") for a in rest):
-        rest.append("--pretrained_encoders=false")  # the weights come from the checkpoint
-    hparams_file, _, _, hparams = parse_and_load(rest)
-    try:
-        metadata = package(hparams, args.out, args.text_source, args.asr_model or None,
-                           os.path.abspath(hparams_file), arguments)
-    except PackageError as err:
-        sys.exit(f"ERROR: {err}")
+    # the encoders from their configs alone: the weights come from the checkpoint
+    run_file, _, _, hparams = load_run(rest, pretrained_encoders=False)
+    text_source, asr_model = package_text_source(hparams["output_folder"], args.text_source, args.asr_model)
+    metadata = package(hparams, args.out, text_source, asr_model, os.path.abspath(run_file), arguments)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in metadata["training"]["valid_scores"].items()
                        if isinstance(v, (int, float)))
     print(f"{args.out}: {metadata['modality']} Crab, classes {metadata['classes']}, "

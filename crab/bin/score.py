@@ -6,8 +6,8 @@
 Scores are recomputed from the predictions with ``crab.metrics``; the class list
 comes from the ``prob_<class>`` columns. A run is the directory two levels above
 its predictions file (``exp/<tag>/<fold>/seed<seed>``); its training wall time,
-commit, machine and command come from the ``train_info.json`` there (written by
-the recipe's stage 4), and its embedding cluster scores from
+commit, machine, command and transcripts (``text_source``, ``asr_model``) come from
+the ``train_info.json`` there (written by the recipe's stage 4), and its embedding cluster scores from
 ``embedding_scores.json`` next to the predictions (``crab.bin.embeddings``).
 
 With ``--per_run``, each predictions file's directory also gets ``scores.json``
@@ -22,7 +22,9 @@ import json
 import os
 import sys
 
+from crab import cli
 from crab.metrics import METRICS, classification_report
+from crab.provenance import read_run_provenance
 from crab.report import (
     EMBEDDING_SCORES,
     per_class_markdown,
@@ -64,6 +66,8 @@ def score_run(path, per_run=False):
            "absent_from_references": report["absent_from_references"],
            "never_predicted": report["never_predicted"],
            **{k: info.get(k) for k in ("wall_s", "commit", "machine", "command")}}
+    transcripts = read_run_provenance(run_dir) or {}  # the run's own record, when train_info.json lacks it
+    row.update({k: info.get(k, transcripts.get(k)) for k in ("text_source", "asr_model")})
     emb_path = os.path.join(os.path.dirname(path), "embedding_scores.json")
     if os.path.isfile(emb_path):
         with open(emb_path, encoding="utf-8") as f:
@@ -91,6 +95,7 @@ def results_table(paths, per_run=False, title=None, **meta):
     return results_markdown(summary, title), summary
 
 
+@cli.entry_point
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("predictions", nargs="+")

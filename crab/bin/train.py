@@ -3,6 +3,11 @@
 Re-running the same command resumes from the latest checkpoint in
 ``<output_folder>/save``; a finished run does nothing more.
 
+The resolved hyperparameters are saved in ``<output_folder>/hyperparams.yaml``: the
+later stages (evaluate, embeddings, package) load the run from it
+(``crab.runconfig``). The training manifest's transcript source (gold, or ASR and its
+model) is recorded in ``<output_folder>/text_source.json`` (``crab.provenance``).
+
 Distributed (DDP): ``torchrun --nproc_per_node N -m crab.bin.train hparams.yaml
 --distributed_backend=nccl|gloo [...]`` (SpeechBrain detects torchrun by its
 ``RANK`` and ``LOCAL_RANK``); the main process writes the label encoder and
@@ -13,6 +18,8 @@ import os
 
 import speechbrain as sb
 
+from crab import cli
+from crab.data import require_manifest
 from crab.experiment import (
     dataset,
     feature_cache,
@@ -21,11 +28,19 @@ from crab.experiment import (
     parse_and_load,
     prepare_labels_and_weights,
 )
+from crab.provenance import record_run_provenance
 
 
+@cli.entry_point
 def main(argv=None):
     hparams_file, run_opts, overrides, hparams = parse_and_load(argv)
+    for key in ("train_manifest", "valid_manifest"):  # before anything is written
+        require_manifest(hparams[key])
     sb.utils.distributed.ddp_init_group(run_opts)  # nothing without torchrun
+    # the transcripts' source, from the training manifest's record into the run folder
+    # (a resumed run on transcripts of another source stops here, before anything is written)
+    record_run_provenance(hparams["output_folder"], hparams["train_manifest"],
+                          write=sb.utils.distributed.if_main_process())
     sb.create_experiment_directory(
         hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )

@@ -32,9 +32,10 @@ import time
 
 import soundfile as sf
 
+from crab import cli
 from crab.bin.make_manifest import read_table
 from crab.cli import str2bool
-from crab.dataprep import MIN_SAMPLES, DataPrepError
+from crab.dataprep import MIN_SAMPLES
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def write_transcripts(path, transcripts, order):
 
 
 def check_model(marker, model, overwrite):
-    """Stop when the existing transcripts came from another model; record ``model``."""
+    """Stop when the existing transcripts came from another model."""
     if os.path.isfile(marker) and not overwrite:
         with open(marker, encoding="utf-8") as f:
             previous = f.read().strip()
@@ -79,6 +80,10 @@ def check_model(marker, model, overwrite):
                 f"ERROR: {os.path.dirname(marker)}/text.asr was made with '{previous}', not '{model}': "
                 "remove it, or pass --overwrite true to transcribe again"
             )
+
+
+def record_model(marker, model):
+    """Record ``model`` as the one that makes the transcripts (stage 3 reads it: ``crab.provenance``)."""
     with open(marker, "w", encoding="utf-8") as f:
         f.write(model + "\n")
 
@@ -174,6 +179,11 @@ TRANSCRIBERS = {"seq2seq": seq2seq_transcriber, "ctc": ctc_transcriber, "pipelin
 
 def load_transcriber(args):
     """A function from a list of 16 kHz float32 arrays to their transcripts."""
+    from transformers import AutoConfig
+
+    from crab.encoders import from_source
+
+    from_source("--model", args.model, AutoConfig.from_pretrained)  # a typo: one line naming it
     backend = detect_backend(args.model) if args.backend == "auto" else args.backend
     dtype = torch_dtype(args.dtype, args.device)
     logger.info("Loading %s (%s backend, %s on %s)", args.model, backend, str(dtype).split(".")[-1], args.device)
@@ -237,22 +247,23 @@ def parse_args(argv=None):
     return args
 
 
+@cli.entry_point
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out = os.path.join(args.data_dir, "text.asr")
-    try:
-        wavs = read_table(os.path.join(args.data_dir, "wav.scp"))
-    except DataPrepError as err:
-        sys.exit(f"ERROR: {err}")
+    wavs = read_table(os.path.join(args.data_dir, "wav.scp"))
     check_model(out + ".model", args.model, args.overwrite)
     done = {} if args.overwrite else read_transcripts(out)
     done = {utt: text for utt, text in done.items() if utt in wavs}
-    write_transcripts(out, done, wavs)  # drops a cut-off line and utterances no longer in wav.scp
     todo = [utt for utt in wavs if utt not in done]
+    # a model that cannot be loaded (a typo) stops here, before anything is written
+    transcriber = load_transcriber(args) if todo else None
+    record_model(out + ".model", args.model)
+    write_transcripts(out, done, wavs)  # drops a cut-off line and utterances no longer in wav.scp
     logger.info("%s: %d utterances, %d already transcribed", args.data_dir, len(wavs), len(done))
     if todo:
-        done.update(transcribe_batches(todo, wavs, load_transcriber(args), out, args.batch_size))
+        done.update(transcribe_batches(todo, wavs, transcriber, out, args.batch_size))
     write_transcripts(out, done, wavs)
     empty = [utt for utt in wavs if not done[utt]]
     if empty:

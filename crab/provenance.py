@@ -1,0 +1,126 @@
+"""Where a run's transcripts came from: gold, or ASR and which ASR model.
+
+Stage 2 (``crab.bin.transcribe``) writes ``text.asr`` and the model that made it,
+``text.asr.model``, into each data directory. Stage 3 (``crab.bin.make_manifest``)
+records, beside each manifest ``M``, ``M.provenance`` (JSON): the text source, the
+ASR model read from ``text.asr.model``, the data directory. Training copies the
+training manifest's record into the run folder (``text_source.json``), where
+``crab.report record_training`` (``train_info.json``), ``crab.bin.score`` (results
+files) and ``crab.bin.package`` read it: what the run was trained on, not what a
+later command line says.
+"""
+
+import json
+import os
+
+from crab.cli import UserError
+
+SIDECAR = ".provenance"
+RUN_FILE = "text_source.json"
+ASR_MARKER = "text.asr.model"
+UNKNOWN = {"text_source": "unknown", "asr_model": None}
+
+
+class ProvenanceError(UserError, ValueError):
+    """Recorded and given transcript sources disagree."""
+
+
+def sidecar(manifest):
+    return manifest + SIDECAR
+
+
+def asr_model_of(data_dir):
+    """The ASR model stage 2 recorded in ``data_dir/text.asr.model``, or None."""
+    path = os.path.join(data_dir, ASR_MARKER)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip() or None
+
+
+def write_manifest_provenance(manifest, data_dir, text_source, transcripts_required=True):
+    """Write ``manifest``'s sidecar; returns the record."""
+    record = {
+        "text_source": text_source,
+        "asr_model": asr_model_of(data_dir) if text_source == "asr" else None,
+        "transcripts_required": transcripts_required,
+        "data_dir": os.path.abspath(data_dir),
+    }
+    _write_json(sidecar(manifest), record)
+    return record
+
+
+def read_manifest_provenance(manifest):
+    """The sidecar of ``manifest``, or None (a manifest made another way)."""
+    return _read_json(sidecar(manifest))
+
+
+def read_run_provenance(run_dir):
+    """The run's ``text_source.json``, or None (trained before it was recorded)."""
+    return _read_json(os.path.join(run_dir, RUN_FILE))
+
+
+def record_run_provenance(output_folder, train_manifest, write=True):
+    """Copy the training manifest's transcript source into the run folder (every
+    invocation of a run, so a resumed one too). A run resumed on transcripts from
+    another source than it started with is an error. Returns the record."""
+    record = read_manifest_provenance(train_manifest) or dict(UNKNOWN)
+    record = {"text_source": record.get("text_source", "unknown"), "asr_model": record.get("asr_model"),
+              "train_manifest": os.path.abspath(train_manifest)}
+    before = read_run_provenance(output_folder)
+    if before and before.get("text_source") != "unknown" and (
+        (before.get("text_source"), before.get("asr_model")) != (record["text_source"], record["asr_model"])
+    ):
+        raise ProvenanceError(
+            f"{os.path.join(output_folder, RUN_FILE)}: the run was trained on {describe(before)}, but "
+            f"{train_manifest} now holds {describe(record)}: train a new run (another --tag or output_folder)"
+        )
+    if write:
+        _write_json(os.path.join(output_folder, RUN_FILE), record)
+    return record
+
+
+def describe(record):
+    """``gold transcripts``, ``ASR transcripts of 'M'``, ..."""
+    source = (record or {}).get("text_source", "unknown")
+    if source == "asr":
+        return f"ASR transcripts of '{record.get('asr_model') or 'an unrecorded model'}'"
+    return f"{source} transcripts"
+
+
+def package_text_source(run_dir, text_source=None, asr_model=None):
+    """``(text_source, asr_model)`` of the run in ``run_dir`` for its package: the
+    recorded ones; a given ``text_source`` or ``asr_model`` must agree with them
+    (without a record, the given ones, as before the record existed)."""
+    recorded = read_run_provenance(run_dir)
+    where = os.path.join(run_dir, RUN_FILE)
+    if not recorded or recorded.get("text_source", "unknown") == "unknown":
+        source = text_source or "unknown"
+        return source, (asr_model or None) if source == "asr" else None
+    source, model = recorded["text_source"], recorded.get("asr_model")
+    if text_source and text_source != source:
+        raise ProvenanceError(
+            f"--text_source {text_source} contradicts the run's text_source: {source} ({where}); "
+            f"leave it out or give --text_source {source}"
+        )
+    if source == "asr" and asr_model and model and asr_model != model:
+        raise ProvenanceError(
+            f"--asr_model {asr_model} contradicts the run's asr_model: {model} ({where}): "
+            "the run was trained on that model's transcripts; leave --asr_model out"
+        )
+    return source, (model or asr_model or None) if source == "asr" else None
+
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_json(path, record):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,281 @@
+"""Configuration: command-line overrides, and a trained run's own configuration.
+
+Stage 4 (``crab.bin.train``) saves the run's resolved hyperparameters, overrides
+applied, in ``<output_folder>/hyperparams.yaml``. Everything after training that
+rebuilds the run's model (``crab.bin.evaluate``, ``crab.bin.embeddings``,
+``crab.bin.package``) loads that file with ``load_run``, not the recipe's yaml: an
+option given at training need not be repeated, and the model is the one trained.
+Only the keys of ``STAGE_KEYS`` may take another value at those stages; any other
+override given again must equal the trained value, else a ``ConfigError`` names the
+key and both values.
+"""
+
+import io
+import logging
+import os
+import re
+import sys
+
+import speechbrain as sb
+import yaml
+from hyperpyyaml import load_hyperpyyaml
+from hyperpyyaml.core import resolve_references
+
+from crab.cli import UserError
+from crab.encoders import ModelSourceError
+
+logger = logging.getLogger(__name__)
+
+TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_][\w.]*)\s*:", re.MULTILINE)
+RUN_HPARAMS = "hyperparams.yaml"
+
+# Keys a stage after training may set to another value than the run was trained
+# with, and why that cannot change the trained model or its predictions.
+STAGE_KEYS = {
+    "test_manifest": "what to evaluate",
+    "eval_name": "where the evaluation is written (<output_folder>/eval_<name>)",
+    "data_root": "where the audio is now (manifests hold {data_root}); the audio itself is the manifest's",
+    "feature_cache": "where the frozen-encoder states are now; the cache is checked against the model",
+    # Evaluation batching: every padded position is masked, so a prediction does not
+    # depend on its batch (only on memory and speed; Whisper's last frames excepted,
+    # see the README). Training's batching is over by then.
+    "batch_size": "evaluation batch size",
+    "dynamic_batching": "evaluation batches by length",
+    "max_batch_length": "evaluation batch length (dynamic batching)",
+    "num_buckets": "evaluation length buckets (dynamic batching)",
+    "num_workers": "data-loading processes",
+}
+# Of those, the ones the saved file has already copied into the evaluation loader options.
+EVAL_LOADER_KEYS = ("batch_size", "num_workers")
+
+
+class ConfigError(UserError, ValueError):
+    """A yaml file or a command-line override is not usable."""
+
+
+class _TagTolerantLoader(yaml.SafeLoader):
+    """Checks YAML syntax only: hyperpyyaml tags (!ref, !new:, ...) are accepted."""
+
+
+_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+class _ComparableLoader(yaml.SafeLoader):
+    """Loads a resolved hyperpyyaml file into plain values; a tagged node becomes
+    ``(tag, value)``, so that two objects compare by their class and arguments."""
+
+
+def _tagged(loader, suffix, node):
+    if isinstance(node, yaml.MappingNode):
+        value = loader.construct_mapping(node, deep=True)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_scalar(node)
+    return ("!" + suffix, value)
+
+
+_ComparableLoader.add_multi_constructor("!", _tagged)
+
+
+def check_overrides(hparams_file, overrides):
+    """Check that every override is valid YAML for a key the file declares.
+
+    ``overrides`` is the YAML text SpeechBrain builds from ``--key=value``
+    arguments. Errors name the offending key.
+    """
+    if not overrides:
+        return {}
+    with open(hparams_file, encoding="utf-8") as f:
+        known = set(TOP_LEVEL_KEY.findall(f.read()))
+    parsed = {}
+    for key, value in override_items(overrides):
+        try:
+            parsed[key] = yaml.load(value, Loader=_TagTolerantLoader) if value else None
+        except yaml.YAMLError as err:
+            first = str(err).splitlines()[0]
+            raise ConfigError(f"override --{key}: value '{value}' is not valid YAML ({first})") from None
+        if key not in known:
+            raise ConfigError(f"override --{key}: no top-level key '{key}' in {hparams_file}")
+    return parsed
+
+
+def override_items(overrides):
+    """``(key, value text)`` of each line of SpeechBrain's override YAML text."""
+    items = []
+    for line in (overrides or "").splitlines():
+        if line.strip():
+            key, _, value = line.partition(":")
+            items.append((key.strip(), value.strip()))
+    return items
+
+
+def last_value_wins(overrides):
+    """The override YAML text with each key once, at its last value: ``--lr=1 --lr=2``
+    sets lr to 2, as repeated command-line options do (hyperpyyaml rejects a repeated key)."""
+    if not overrides:
+        return overrides
+    lines = {}
+    for line in overrides.splitlines():
+        if line.strip():
+            key = line.partition(":")[0].strip()
+            lines.pop(key, None)
+            lines[key] = line
+    return "\n".join(lines.values()) + "\n"
+
+
+def resolved_values(text, overrides=None):
+    """Top-level values of a hyperpyyaml text with ``overrides`` applied and every
+    ``!ref`` resolved, as plain values (``(tag, value)`` for objects); nothing is built."""
+    resolved = resolve_references(io.StringIO(text), overrides or None).getvalue()
+    return yaml.load(resolved, Loader=_ComparableLoader) or {}
+
+
+def load_hparams(hparams_file, overrides=None, text=None):
+    """``load_hyperpyyaml`` of a file (or of its ``text``) with ``overrides``; a model
+    or tokenizer source that cannot be loaded is named by its yaml key."""
+    if text is None:
+        with open(hparams_file, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        return load_hyperpyyaml(text, overrides)
+    except ModelSourceError as err:
+        raise ModelSourceError(_source_key(text, overrides, err), err.source, err.detail) from None
+
+
+def _source_key(text, overrides, err):
+    """The yaml key whose value is the source ``err`` names (``tokenizer_source``, ...)."""
+    try:
+        values = resolved_values(text, overrides)
+    except Exception:  # noqa: BLE001 - only a nicer name is at stake
+        return err.argument
+    keys = [k for k, v in values.items() if v == err.source and isinstance(v, str)]
+    prefix = err.argument.split()[0]  # speech_encoder / text_encoder / tokenizer
+    for choice in (f"{prefix}_source", prefix):
+        if choice in keys:
+            return choice
+    sources = [k for k in keys if k.endswith("_source")]
+    return sources[0] if sources else (keys[0] if keys else err.argument)
+
+
+# ---------------------------------------------------------------- a trained run's configuration
+
+
+def _number(value):
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value.strip()):
+        return float(value)
+    return None
+
+
+def same_value(a, b):
+    """Whether a value given again equals the trained one: numbers by value (1e-3 is
+    0.001), paths once normalized, lists, mappings and objects item by item."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if _number(a) is not None and _number(b) is not None:
+        return _number(a) == _number(b)
+    if isinstance(a, str) and isinstance(b, str):
+        return a == b or os.path.normpath(a) == os.path.normpath(b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    return a == b
+
+
+def show(value):
+    """A value as short YAML-like text, for messages."""
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and value[0].startswith("!"):
+        return f"{value[0]} {show(value[1])}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def run_folder(hparams_file, overrides):
+    """The run's output folder: ``--output_folder``, else the yaml's own value."""
+    given = dict(override_items(overrides))
+    if "output_folder" in given and not given["output_folder"].startswith("!"):
+        return str(yaml.safe_load(given["output_folder"]))
+    with open(hparams_file, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        return str(resolved_values(text, overrides)["output_folder"])
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"{hparams_file}: cannot tell the run's output folder ({err}): "
+                          "give --output_folder=<the run's folder>") from None
+
+
+def check_against_run(run_file, text, overrides, stage_keys):
+    """A ``ConfigError`` for the first override, outside ``stage_keys``, whose value
+    differs from the run's (``!ref`` values resolved against the run's file)."""
+    items = [(k, v) for k, v in override_items(overrides) if k not in stage_keys]
+    if not items:
+        return
+    saved = resolved_values(text)
+    given = resolved_values(text, "".join(f"{k}: {v}\n" for k, v in items))
+    for key, raw in items:
+        if key not in saved:
+            raise ConfigError(f"override --{key}: the run's {run_file} has no key '{key}'")
+        if key == "output_folder":
+            if os.path.abspath(str(given[key])) == os.path.abspath(str(saved[key])):
+                continue
+        elif same_value(given[key], saved[key]):
+            continue
+        raise ConfigError(f"--{key}={raw} contradicts the run's {key}: {show(saved[key])} ({run_file})")
+
+
+def _no_download(values):
+    """Overrides that build the encoders from their configs alone (their weights then
+    come from the checkpoint): ``pretrained: false`` wherever the run's file has it."""
+    extra = {}
+    for key, value in values.items():
+        if key == "pretrained_encoders":
+            extra[key] = False
+        elif isinstance(value, tuple) and isinstance(value[1], dict) and "pretrained" in value[1]:
+            extra[key] = {"pretrained": False}
+    return extra
+
+
+def load_run(argv=None, stage_keys=STAGE_KEYS, pretrained_encoders=True):
+    """Parse ``hparams.yaml [--run_opt ...] [--key=value ...]`` of a stage after training
+    and load the run's own ``<output_folder>/hyperparams.yaml``.
+
+    ``hparams.yaml`` is the recipe's yaml (or the run's file itself): it only tells the
+    run's folder (``--output_folder``) and which keys exist. Overrides of ``stage_keys``
+    apply; any other must equal the trained value. ``pretrained_encoders=False`` builds
+    the encoders from their configs alone (packaging: the weights are the checkpoint's).
+
+    Returns ``(run_file, run_opts, applied overrides, hparams)``.
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
+    overrides = last_value_wins(overrides)
+    check_overrides(hparams_file, overrides)
+    folder = run_folder(hparams_file, overrides)
+    run_file = os.path.join(folder, RUN_HPARAMS)
+    if not os.path.isfile(run_file):
+        raise ConfigError(f"{run_file} not found: no trained run in {folder}; train it first (crab.bin.train, the recipe's training stage)")
+    with open(run_file, encoding="utf-8") as f:
+        text = f.read()
+    check_against_run(run_file, text, overrides, stage_keys)
+    applied = [(k, v) for k, v in override_items(overrides) if k in stage_keys]
+    loaded = resolve_references(io.StringIO(text), "".join(f"{k}: {v}\n" for k, v in applied) or None)
+    extra = {} if pretrained_encoders else _no_download(resolved_values(text))
+    hparams = load_hparams(run_file, extra or None, text=loaded.getvalue())
+    given = dict(applied)
+    for key in EVAL_LOADER_KEYS:  # copied into eval_dataloader_opts when the run's file was written
+        if key in given and isinstance(hparams.get("eval_dataloader_opts"), dict):
+            hparams["eval_dataloader_opts"][key] = hparams[key]
+    logger.info("Run configuration: %s%s", run_file,
+                f" (with {', '.join(f'{k}={v}' for k, v in applied)})" if applied else "")
+    return run_file, run_opts, "".join(f"{k}: {v}\n" for k, v in applied), hparams

@@ -1,0 +1,64 @@
+"""User errors are one line naming the key or option, the path and the fix: no traceback."""
+
+import pytest
+
+from crab.encoders import ModelSourceError, from_source
+from tests.test_run_config import CLASSES, CONFIG, assert_one_line_error, command, write_tone_corpus
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("errors_data")
+    write_tone_corpus(root, root, {"train": 1, "valid": 1}, CLASSES)
+    return root
+
+
+def train(data, *opts, folder=None):
+    return command("crab.bin.train", CONFIG, f"--data_root={data}", f"--data_folder={folder or data}",
+                   f"--classes=[{','.join(CLASSES)}]", f"--output_folder={data}/exp", "--number_of_epochs=1", *opts)
+
+
+def test_missing_tokenizer_directory(data):
+    result = train(data, folder="data/main")
+    assert_one_line_error(result, "tokenizer_source: no directory data/main/tokenizer; "
+                                  "build it with stage 3 --bpe_vocab_size N")
+
+
+def test_hub_id_that_cannot_be_fetched(data):
+    result = train(data, "--speech_encoder_source=openai/whisper-bse")
+    line = assert_one_line_error(result, "speech_encoder_source: 'openai/whisper-bse' is neither a local directory "
+                                         "nor a model on the hub that could be loaded: ")
+    assert len(line) < 400
+
+
+def test_missing_local_model_directory(data):
+    result = train(data, "--speech_encoder_source=../models/wavlm-large")
+    assert_one_line_error(result, "speech_encoder_source: no directory ../models/wavlm-large; give a local directory")
+
+
+def test_missing_manifest_says_which_stage_writes_it(data, tmp_path):
+    (tmp_path / "tokenizer").symlink_to(data / "tokenizer")
+    result = train(data, folder=tmp_path)
+    assert_one_line_error(result, f"{tmp_path}/train.json not found: run stage 3 (manifests) first")
+
+
+def test_unknown_override(data):
+    result = train(data, "--hidden_dimm=16")
+    assert_one_line_error(result, "override --hidden_dimm: no top-level key 'hidden_dimm' in conf/crab_tiny.yaml")
+
+
+def test_transcribe_model_typo_writes_nothing(data, tmp_path):
+    (tmp_path / "wav.scp").write_text(f"u1 {data}/train_sad_0.wav\n")
+    result = command("crab.bin.transcribe", "--data_dir", tmp_path, "--model", "openai/whisper-tinyy")
+    assert_one_line_error(result, "--model: 'openai/whisper-tinyy' is neither a local directory nor a model on the hub")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wav.scp"]  # no text.asr.model naming the typo
+
+
+def test_from_source_names_the_argument(tmp_path):
+    with pytest.raises(ModelSourceError, match=r"^tokenizer: no directory /nowhere/tok; build it"):
+        from_source("tokenizer", "/nowhere/tok", lambda s: s)
+    (tmp_path / "empty").mkdir()
+    from transformers import AutoConfig
+
+    with pytest.raises(ModelSourceError, match=rf"^x: the directory {tmp_path / 'empty'} cannot be loaded: "):
+        from_source("x", str(tmp_path / "empty"), AutoConfig.from_pretrained)

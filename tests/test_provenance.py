@@ -1,0 +1,120 @@
+"""ASR provenance from stage 2 to the package and results, and manifests for speech-only models."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from crab.bin import make_manifest, score
+from crab.bin import package as package_cli
+from crab.report import record_training
+from crab.tokenizer import build_bpe_tokenizer
+from tests.test_run_config import (
+    CLASSES,
+    CONFIG,
+    assert_one_line_error,
+    command,
+    evaluate_run,
+    in_recipe,
+    run_options,
+    train_run,
+)
+
+ASR_MODEL = "tiny-asr-A"
+SPLITS = {"train": 2, "valid": 1, "test": 1}
+
+
+def write_data_dirs(root, text=True, asr=True):
+    """Kaldi-style data dirs root/<split>/ of tones (wav.scp, utt2emo, utt2spk; text and
+    text.asr with text.asr.model as stage 2 writes them)."""
+    for split, count in SPLITS.items():
+        d = root / split
+        d.mkdir(parents=True)
+        lines = {name: [] for name in ("wav.scp", "text", "text.asr", "utt2emo", "utt2spk")}
+        for k, emo in enumerate(CLASSES):
+            for n in range(count):
+                utt = f"{split}_{emo}_{n}"
+                wav = 0.3 * np.sin(2 * np.pi * (100 + 80 * k) * np.arange(9000 + 500 * n) / 16000)
+                sf.write(root / f"{utt}.wav", wav.astype("float32"), 16000)
+                lines["wav.scp"].append(f"{utt} {root}/{utt}.wav")
+                lines["text"].append(f"{utt} I feel {emo} today")
+                lines["text.asr"].append(f"{utt} i feel {emo} to day")
+                lines["utt2emo"].append(f"{utt} {emo}")
+                lines["utt2spk"].append(f"{utt} {split}{n}")
+        for name, content in lines.items():
+            if (name == "text" and not text) or (name == "text.asr" and not asr):
+                continue
+            (d / name).write_text("\n".join(content) + "\n")
+        if asr:
+            (d / "text.asr.model").write_text(ASR_MODEL + "\n")
+
+
+def manifests(root, out, *options):
+    for split in SPLITS:
+        make_manifest.main(["--data_dir", str(root / split), "--data_root", str(root), "--classes",
+                            ",".join(CLASSES), "--out", str(out / f"{split}.json"), *options])
+
+
+@pytest.fixture(scope="module")
+def asr_run(tmp_path_factory):
+    """A run trained on the ASR transcripts of ASR_MODEL (stages 3 and 4), evaluated."""
+    root = tmp_path_factory.mktemp("provenance")
+    write_data_dirs(root / "corpus")
+    folder = root / "data"
+    manifests(root / "corpus", folder, "--text_source", "asr")
+    build_bpe_tokenizer([f"i feel {e} to day" for e in CLASSES] * 3, str(folder / "tokenizer"), 300)
+    run = root / "exp" / "asr" / "main" / "seed42"
+    train_run(root / "corpus", run, "--number_of_epochs=1", "--batch_size=4", f"--data_folder={folder}")
+    evaluate_run(root / "corpus", run, "test", f"--data_folder={folder}", manifest=folder / "test.json")
+    return root, run
+
+
+def test_manifest_records_the_asr_model_of_its_transcripts(asr_run):
+    root, _ = asr_run
+    record = json.loads((root / "data" / "train.json.provenance").read_text())
+    assert record["text_source"] == "asr" and record["asr_model"] == ASR_MODEL
+    assert json.loads((root / "data" / "train.json").read_text())["train_angry_0"]["text"] == "i feel angry to day"
+
+
+def test_training_info_and_results_record_the_asr_model(asr_run):
+    _, run = asr_run
+    assert json.loads((run / "text_source.json").read_text())["asr_model"] == ASR_MODEL
+    info = record_training(str(run), 1.0, "run.sh --text_source asr")
+    assert info["text_source"] == "asr" and info["asr_model"] == ASR_MODEL
+    table, summary = score.results_table([str(run / "eval_test" / "predictions.csv")])
+    assert summary["runs"][0]["asr_model"] == ASR_MODEL
+    assert f"trained on ASR transcripts of '{ASR_MODEL}'" in table
+
+
+def test_package_records_the_asr_model_that_made_the_transcripts(asr_run, tmp_path):
+    root, run = asr_run
+    options = [CONFIG, *run_options(root / "corpus", run), f"--data_folder={root / 'data'}"]
+    # as ser.sh stage 7 passes them: --asr_model empty (its default) or the recorded one
+    in_recipe(package_cli.main, [*options, "--text_source", "asr", "--asr_model", "", "--out", str(tmp_path / "m")])
+    meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
+    assert meta["training"]["text_source"] == "asr" and meta["training"]["asr_model"] == ASR_MODEL
+    assert "train_text_source: asr" in (tmp_path / "m" / "hyperparams.yaml").read_text()
+    result = command("crab.bin.package", *options, "--text_source", "asr", "--asr_model", "openai/whisper-large-v3",
+                     "--out", tmp_path / "m2")
+    assert_one_line_error(result, f"--asr_model openai/whisper-large-v3 contradicts the run's asr_model: {ASR_MODEL}")
+    with pytest.raises(SystemExit, match="--text_source gold contradicts the run's text_source: asr"):
+        in_recipe(package_cli.main, [*options, "--text_source", "gold", "--out", str(tmp_path / "m3")])
+
+
+def test_speech_only_manifest_without_transcripts_trains(tmp_path):
+    write_data_dirs(tmp_path / "corpus", text=False, asr=False)
+    with pytest.raises(SystemExit, match="empty transcript"):  # a bimodal model needs them
+        manifests(tmp_path / "corpus", tmp_path / "bimodal")
+    (tmp_path / "corpus" / "train" / "text").write_text("train_angry_0 only one\n")  # partial: the rest empty
+    manifests(tmp_path / "corpus", tmp_path / "data", "--modality", "speech")
+    entries = json.loads((tmp_path / "data" / "train.json").read_text())
+    assert len(entries) == 8 and entries["train_angry_0"]["text"] == "only one"
+    assert entries["train_sad_1"]["text"] == "" and entries["train_sad_1"]["duration"] > 0
+    run = tmp_path / "exp"
+    train_run(tmp_path / "corpus", run, "--modality=speech", "--number_of_epochs=1", "--batch_size=4",
+              f"--data_folder={tmp_path / 'data'}")  # no tokenizer: a speech-only model builds no text encoder
+    assert "valid UAR" in (run / "train_log.txt").read_text()
+    evaluate_run(tmp_path / "corpus", run, "test", f"--data_folder={tmp_path / 'data'}",
+                 manifest=tmp_path / "data" / "test.json")
+    assert (run / "eval_test" / "predictions.csv").read_text().count("\n") == 5

@@ -1,0 +1,46 @@
+"""Quiet stages: no torchvision message, no mismatched-mask deprecation from the attention."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import torch
+from transformers import AutoModel
+
+from crab.encoders import SpeechEncoder, lengths_to_mask, relative_to_absolute
+from tests.conftest import MINI_CONF, ROOT
+
+
+def test_no_torchvision_message_and_the_figures_are_still_drawn(tmp_path):
+    code = (
+        "import logging, sys; logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)\n"
+        "from crab.report import TrainLogger\n"
+        f"TrainLogger({str(tmp_path / 'log.txt')!r}).log_stats({{'epoch': 1}}, train_stats={{'loss': 1.0}})\n"
+        "from crab.plots import plot_confusion\n"
+        f"plot_confusion([[2, 0], [1, 1]], ['a', 'b'], {str(tmp_path / 'c.png')!r})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr
+    assert "torchvision" not in result.stdout + result.stderr
+    assert "epoch: 1" in (tmp_path / "log.txt").read_text()
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_wavlm_attention_gets_one_float_mask_and_the_same_output():
+    torch.manual_seed(0)
+    encoder = SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False).eval()
+    wavs, lens = 0.1 * torch.randn(3, 16000), torch.tensor([1.0, 0.6, 0.3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Support for mismatched key_padding_mask and attn_mask" would raise
+        hidden, mask = encoder(wavs, lens)
+    # transformers' own WavLM, with the boolean padding mask, gives the same states
+    reference = AutoModel.from_config(encoder.model.config).eval()
+    reference.load_state_dict(encoder.model.state_dict())
+    samples = lengths_to_mask(relative_to_absolute(lens, 16000), 16000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = reference(wavs.masked_fill(~samples, 0.0), attention_mask=samples.long()).last_hidden_state
+    torch.testing.assert_close(hidden, expected, rtol=0, atol=1e-6)
+    assert mask.sum(1).tolist()[0] > mask.sum(1).tolist()[2]
