@@ -173,13 +173,15 @@ def _number(value):
 
 def same_value(a, b):
     """Whether a value given again equals the trained one: numbers by value (1e-3 is
-    0.001), paths once normalized, lists, mappings and objects item by item."""
+    0.001), paths once normalized or when they name the same file or directory, lists,
+    mappings and objects item by item."""
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     if _number(a) is not None and _number(b) is not None:
         return _number(a) == _number(b)
-    if isinstance(a, str) and isinstance(b, str):
-        return a == b or os.path.normpath(a) == os.path.normpath(b)
+    if isinstance(a, str) and isinstance(b, str):  # paths: the same file or directory (links resolved)
+        return a == b or os.path.normpath(a) == os.path.normpath(b) or (
+            os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):

@@ -339,17 +339,17 @@ def test_cli_transcribes_when_asked(trained, data, tmp_path):
 def test_speech_only_model_and_stage_7(data, tmp_path):
     run = tmp_path / "exp" / "speech" / "main" / "seed42"
     train(data, run, "--modality=speech")
-    # ser.sh stage 7 packages every fold and seed into <exp>/<tag>/<fold>/seed<seed>/model
+    # ser.sh stage 8 packages every fold and seed into <exp>/<tag>/<fold>/seed<seed>/model
     (tmp_path / "data").mkdir()
     os.symlink(data, tmp_path / "data" / "main")
     result = subprocess.run(
-        ["bash", "ser.sh", "--stage", "7", "--stop_stage", "7", "--config", "conf/crab_tiny.yaml", "--tag", "speech",
+        ["bash", "ser.sh", "--stage", "8", "--stop_stage", "8", "--config", "conf/crab_tiny.yaml", "--tag", "speech",
          "--classes", ",".join(CLASSES), "--data_root", str(data), "--data_dir", str(tmp_path / "data"),
          "--exp_dir", str(tmp_path / "exp"), "--train_opts", "--modality=speech --batch_size=4 --number_of_epochs=2"],
         cwd=os.path.join(ROOT, "egs", "mini"), capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "Stage 7" in result.stdout + result.stderr
+    assert "Stage 8" in result.stdout + result.stderr
     model_dir = run / "model"
     assert not (model_dir / "text_encoder").exists()
     assert json.loads((model_dir / "metadata.json").read_text())["modality"] == "speech"

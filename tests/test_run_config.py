@@ -136,3 +136,6 @@ def test_values_given_again_compare_by_meaning(tmp_path):
         check_against_run(run_file, text, "loss: !ref <other>\n", ())
     check_against_run(run_file, text, "max_duration: 3.0\n", ("max_duration",))  # a stage key may differ
     assert same_value(True, True) and not same_value(True, 1) and not same_value([1], [1, 2])
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")  # a data folder reached through a link is the same folder
+    assert same_value(str(tmp_path / "link"), str(tmp_path / "real")) and not same_value(str(tmp_path), "data/main")
