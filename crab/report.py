@@ -131,11 +131,8 @@ def read_ablations(path):
             name, method, paper, overrides = fields
             if name in table:
                 raise ValueError(f"{path}:{number}: ablation '{name}' defined twice")
-            words = shlex.split(overrides)
-            bad = [w for w in words if not (w.startswith("--") and "=" in w)]
-            if bad:
-                raise ValueError(f"{path}:{number}: overrides must be --key=value, got {bad}")
-            table[name] = {"method": method, "paper": paper, "overrides": words}
+            table[name] = {"method": method, "paper": paper,
+                           "overrides": split_overrides(overrides, origin=f"{path}:{number}")}
     return table
 
 
@@ -149,6 +146,19 @@ def merge_overrides(*groups):
             merged.pop(key, None)
             merged[key] = word
     return list(merged.values())
+
+
+def split_overrides(text, origin="--train_opts"):
+    """``--key=value`` words of a shell-quoted string (``--a=1 --b='!ref <lr>'``);
+    anything else is a ValueError naming ``origin``."""
+    try:
+        words = shlex.split(text)
+    except ValueError as err:
+        raise ValueError(f"{origin}: {err} in '{text}'") from None
+    bad = [w for w in words if not (w.startswith("--") and "=" in w)]
+    if bad:
+        raise ValueError(f"{origin}: overrides must be --key=value, got {bad}")
+    return words
 
 
 def ablation_overrides(table_path, name, extra=()):
@@ -372,6 +382,7 @@ def main(argv=None):
     over = commands.add_parser("overrides", help="print the yaml overrides of one run")
     over.add_argument("--table", help="ablation table (conf/ablations.txt)")
     over.add_argument("--ablation", help="ablation name in the table")
+    over.add_argument("--opts", default="", help="further --key=value overrides, as shell words in one string")
     over.add_argument("extra", nargs="*", help="further --key=value overrides (after --)")
     rec = commands.add_parser("record_training", help="note a training invocation in train_info.json")
     rec.add_argument("--run_dir", required=True)
@@ -383,7 +394,8 @@ def main(argv=None):
         if args.ablation and not args.table:
             parser.error("--ablation needs --table")
         try:
-            words = ablation_overrides(args.table, args.ablation, args.extra) if args.ablation else merge_overrides(args.extra)
+            extra = [*split_overrides(args.opts), *args.extra]
+            words = ablation_overrides(args.table, args.ablation, extra) if args.ablation else merge_overrides(extra)
         except (KeyError, ValueError, OSError) as err:
             sys.exit(f"ERROR: {err.args[0] if isinstance(err, KeyError) else err}")
         for word in words:

@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
+import yaml
 import torch
 
 from crab.encoders import SpeechEncoder, TextEncoder
@@ -99,3 +100,16 @@ def write_tiny_whisper(path):
                   encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80, vocab_size=100, pad_token_id=0,
                   bos_token_id=1, eos_token_id=2, decoder_start_token_id=1).save_pretrained(path)
     return path
+
+
+class _TagsAsNone(yaml.SafeLoader):
+    """Reads a saved hyperpyyaml file's plain values; tagged ones (!new:, !ref ...) are None."""
+
+
+_TagsAsNone.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def read_settings(path):
+    """The plain values of a hyperpyyaml file (a run's or a package's hyperparams.yaml)."""
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=_TagsAsNone)

@@ -8,12 +8,10 @@ import re
 import subprocess
 import sys
 
-import yaml
-
 from transformers import AutoConfig, AutoModel
 
 from crab.tokenizer import build_bpe_tokenizer
-from tests.conftest import MINI_CONF, ROOT
+from tests.conftest import MINI_CONF, ROOT, read_settings
 from tests.test_recipe_emodb import NO_BYTECODE
 from tests.test_recipe_emodb import make_fixture as make_emodb
 from tests.test_recipe_meld import TEXTS as MELD_TEXTS
@@ -21,13 +19,6 @@ from tests.test_recipe_meld import split_rows, write_csv
 from tests.test_transcribe import build_tiny_whisper
 
 FOLD = "fold03_08"  # sorted pairing: test 03 + 08, validation 09 + 10
-
-
-class TagsAsNone(yaml.SafeLoader):
-    """Reads a saved hyperpyyaml file's plain values; tagged ones (!new:, !ref ...) are None."""
-
-
-TagsAsNone.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
 def run_script(recipe, *options, env):
@@ -84,7 +75,7 @@ def test_emodb_cpu_results(tmp_path):
 
 def run_settings(run_dir):
     """A run's saved hyperparams.yaml (hyperpyyaml tags read as None)."""
-    return yaml.load((run_dir / "hyperparams.yaml").read_text(), Loader=TagsAsNone)
+    return read_settings(run_dir / "hyperparams.yaml")
 
 
 def build_tiny_text_encoder(out_dir):

@@ -8,10 +8,9 @@ import shutil
 import subprocess
 
 import pytest
-import yaml
 
 from crab.metrics import compute_scores
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_settings
 
 RECIPE = os.path.join(ROOT, "egs", "mini")
 EPOCHS = 4
@@ -118,9 +117,7 @@ def test_later_stages_use_the_runs_own_configuration(recipe):
     repeated = (run_dir / "eval_test" / "predictions.csv").read_text()  # options given again
     run_recipe(tmp, "--stage", "6", "--stop_stage", "8")  # not given: the run's hyperparams.yaml
     assert (run_dir / "eval_test" / "predictions.csv").read_text() == repeated
-    packaged = yaml.safe_load(
-        "\n".join(line for line in (run_dir / "model" / "hyperparams.yaml").read_text().splitlines() if "!" not in line))
-    assert packaged["max_duration"] == 1.0
+    assert read_settings(run_dir / "model" / "hyperparams.yaml")["max_duration"] == 1.0
 
     refused = run_recipe(tmp, "--stage", "6", "--stop_stage", "6", "--train_opts", "--max_duration=12.0", check=False)
     output = refused.stdout + refused.stderr
@@ -147,10 +144,9 @@ def test_sweep_trains_each_setting_and_reevaluates_from_the_runs(recipe):
     assert "ce_only" in table and "mlcs" in table
     predictions = {name: (exp / name / "main" / "seed42" / "eval_test" / "predictions.csv").read_text()
                    for name in ("ce_only", "mlcs")}
-    legs = {name: yaml.safe_load("\n".join(
-        line for line in (exp / name / "main" / "seed42" / "hyperparams.yaml").read_text().splitlines()
-        if line.startswith("leg_names:"))) for name in ("ce_only", "mlcs")}
-    assert legs["ce_only"]["leg_names"] == [] and len(legs["mlcs"]["leg_names"]) == 5
+    legs = {name: read_settings(exp / name / "main" / "seed42" / "hyperparams.yaml")["leg_names"]
+            for name in ("ce_only", "mlcs")}
+    assert legs["ce_only"] == [] and len(legs["mlcs"]) == 5
     run_recipe(tmp, *sweep, "--stage", "6", script="sweep.sh")  # evaluation again, no options
     for name, before in predictions.items():
         assert (exp / name / "main" / "seed42" / "eval_test" / "predictions.csv").read_text() == before
