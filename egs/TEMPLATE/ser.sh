@@ -97,6 +97,7 @@ fi
 case "${data_root}" in /*) ;; *) data_root=${CRAB_USER_CWD:-${PWD}}/${data_root} ;; esac
 if [ "${text_only}" = false ] && [ ! -d "${data_root}" ] && { [ "${stage}" -gt 0 ] || [ ! -x local/corpus.sh ]; }; then
   where=${data_root_var:+set ${data_root_var} in db.sh (or export it)}
+  [ ! -x local/corpus.sh ] || where="stage 0 (local/corpus.sh) builds it${where:+; or }${where}"
   echo "$0: data_root ${data_root} is not a directory: ${where:-pass --data_root DIR}" >&2
   exit 1
 fi
