@@ -17,7 +17,7 @@ def ser_options():
     """name -> default, from the options block of ser.sh."""
     with open(SER, encoding="utf-8") as f:
         block = f.read().split("# ---- options")[1].split("# ---- end of options")[0]
-    return dict(re.findall(r"^([a-z_]+)=(\S*)", block, re.MULTILINE))
+    return {name: value.strip('"') for name, value in re.findall(r"^([a-z_]+)=(\S*)", block, re.MULTILINE)}
 
 
 @pytest.fixture

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Source me after utils/parse_options.sh: validators for option values. Each stops
 # the calling script with a one-line error naming the option.
 #   check_int stage stop_stage ngpu      # non-negative integers

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Source me: log() with a timestamp and the caller's file:line, as in ESPnet recipes.
 log() {
   local fname=${BASH_SOURCE[1]##*/}

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Source me after declaring option variables with defaults; parses "--name value"
 # and "--name=value" into those variables ("-" and "_" are interchangeable in names).
 # An option without a declared variable is an error. "--help" prints the usage

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Source me: activates the repository's virtual environment (tools/install.sh).
 CRAB_ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 if [ ! -f "${CRAB_ROOT}/tools/venv/bin/activate" ]; then

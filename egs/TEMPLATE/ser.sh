@@ -32,7 +32,7 @@ config=                 # hyperparameters (yaml), required
 tag=                    # experiment name under exp_dir (default: the ablation's name, else the config's)
 folds=main              # space-separated fold names: data/<fold>/ for each
 seeds=42                # space-separated seeds
-test_sets=test          # space-separated test split names
+test_sets="test"        # space-separated test split names
 classes=                # comma-separated labels in the config's order, required
 data_root=              # the corpus audio, written as {data_root} in manifests, required; relative: from where you ran the command
 data_root_var=          # the db.sh variable that sets data_root, named in errors (set by run.sh)
@@ -67,7 +67,7 @@ usage() {  # the header above and every option of the block with its default
   echo "Options (default in brackets):"
   awk '/^# ---- end of options/{exit}
        f && /^[a-z_]+=/ {
-         name=$0; sub(/=.*/, "", name); value=$0; sub(/^[a-z_]+=/, "", value); sub(/ *#.*/, "", value)
+         name=$0; sub(/=.*/, "", name); value=$0; sub(/^[a-z_]+=/, "", value); sub(/ *#.*/, "", value); gsub(/"/, "", value)
          text=$0; sub(/^[^#]*# */, "", text)
          printf "  --%-15s %-7s %s\n", name, "[" value "]", text; next }
        f && /^ +#/ { text=$0; sub(/^ +# */, "", text); printf "  %-25s %s\n", "", text }
