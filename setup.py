@@ -16,6 +16,7 @@ setup(
         "pandas",
         "numpy",
         "soundfile",
+        "soxr",  # resampling whose memory does not grow with odd rates (crab.data.resample)
         "matplotlib",
         "scikit-learn",
     ],

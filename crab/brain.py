@@ -14,6 +14,7 @@ from crab.checkpointing import RandomState
 from crab.features import cached_states
 from crab.losses import total_loss
 from crab.metrics import METRICS, compute_scores
+from crab.model import NonFiniteOutputError, non_finite_rows
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,24 @@ def check_finite_losses(values, ids, epoch, step):
             f"non-finite training loss ({parts}) at epoch {epoch}, step {step}, in the batch of "
             f"utterances {', '.join(ids)}; stopped before the optimizer step, so the saved "
             "checkpoints hold only finite updates"
+        )
+
+
+STAGE_NAMES = {sb.Stage.TRAIN: "training", sb.Stage.VALID: "validation", sb.Stage.TEST: "evaluation"}
+
+
+def check_finite_outputs(logits, ids, stage, epoch, step):
+    """Raise ``NonFiniteOutputError`` naming the utterances whose scores in ``logits``
+    are NaN or infinite: in training before the loss, in validation and evaluation
+    instead of a prediction (``argmax`` of a NaN row is class 0, which may even
+    count as correct and would steer checkpoint selection)."""
+    bad = non_finite_rows(logits)
+    if bad:
+        names = ", ".join(f"'{ids[i]}'" for i in bad)
+        raise NonFiniteOutputError(
+            f"{STAGE_NAMES.get(stage, stage)}: non-finite model output (NaN or infinite scores) for "
+            f"utterance(s) {names} at epoch {epoch}, step {step}; no prediction was made. Check the "
+            "audio and transcript of these utterances, or the model (a diverged checkpoint)"
         )
 
 
@@ -102,6 +121,7 @@ class CrabBrain(sb.Brain):
 
     def compute_objectives(self, predictions, batch, stage):
         logits, leg_outputs = predictions
+        check_finite_outputs(logits, batch.id, stage, self.hparams.epoch_counter.current, self.step)
         targets = batch.emo_encoded.data.squeeze(1)
         ce = self.modules.wce(logits, targets)
         leg_losses = {

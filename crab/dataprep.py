@@ -8,14 +8,17 @@ usable one converts (channels, sample rate, control characters) is counted and
 printed (README, "Bad input").
 """
 
+import codecs
 import json
 import logging
+import math
 import os
 import re
 import sys
 import unicodedata
 from collections import Counter
 
+import numpy as np
 import soundfile as sf
 
 from crab.cli import UserError
@@ -25,24 +28,85 @@ logger = logging.getLogger(__name__)
 POLICIES = ("error", "skip")
 # WavLM / HuBERT / wav2vec 2.0 need 400 samples (25 ms) for one output frame.
 MIN_SAMPLES = 400
-
-
-def read_text(path):
-    """A corpus text file's content: UTF-8 (BOM allowed), else Windows-1252 with a warning.
-
-    Corpus releases mix encodings; a wrong guess is printed, never silent.
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        print(f"WARNING: {path} is not UTF-8 ({err}); read as Windows-1252", file=sys.stderr)
-        return data.decode("cp1252", errors="replace")
+# Sample rates outside this range are bad input, not audio to resample: below 4 kHz
+# the speech band is gone (telephone audio is 8 kHz), above 384 kHz no recording
+# format goes (DXD is 352.8 kHz); such a header is a corrupt or mislabelled file.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 384000
+# Float audio lies within [-1, 1] (integer PCM is read scaled into it); a little
+# overshoot is normal (inter-sample peaks, float mixes), 1000 (+60 dBFS) is not: such
+# a file is mis-scaled (integer values stored as float) or garbage, and its
+# features would be meaningless (or overflow to infinity in the encoder).
+MAX_PEAK = 1e3
+# Peak amplitude at or below which audio counts as silent (about -80 dBFS, 3 LSB at
+# 16 bit). Silence is bad input everywhere (data prep, training reading, inference):
+# it carries no speech, crab-infer refuses to classify it, so training or scoring on
+# it would teach and measure a case the deployed classifier never sees.
+SILENCE_PEAK = 1e-4
 
 
 class DataPrepError(UserError, RuntimeError):
     """Data preparation found utterances it cannot use."""
+
+
+def read_text(path, fallback="cp1252"):
+    """A text file's content, decoded as UTF-8 with a leading byte-order mark removed.
+
+    Bytes that are not UTF-8: with ``fallback`` (an encoding; corpus releases mix
+    encodings), the file is read in it with a warning naming the file and line;
+    with ``fallback=None`` (Kaldi tables, which data prep writes in UTF-8), a
+    ``DataPrepError`` naming the file, line and column of the first bad byte.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        where = f"{path}:{line}:{column}: byte 0x{data[err.start]:02x} is not UTF-8"
+        if fallback is None:
+            raise DataPrepError(f"{where}; convert the file to UTF-8 (e.g. iconv -f cp1252 -t utf-8)") from None
+        print(f"WARNING: {where}; the file is read as {fallback}", file=sys.stderr)
+        return data.decode(fallback, errors="replace")
+
+
+def rate_problem(rate, path):
+    """``(kind, message)`` when ``rate`` (Hz) is outside the usable range, else None."""
+    if MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        return None
+    return "bad sample rate", (
+        f"sample rate {rate} Hz outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz (corrupt or mislabelled header): {path}"
+    )
+
+
+def peak_problem(peak, path, silence=True):
+    """``(kind, message)`` when audio of peak amplitude ``peak`` (NaN when it holds a
+    NaN) is unusable: non-finite, beyond ``MAX_PEAK`` or (``silence``) silent; else None."""
+    if not math.isfinite(peak):
+        return "non-finite samples", f"NaN or infinite samples in {path}"
+    if peak > MAX_PEAK:
+        return "amplitude out of range", (
+            f"amplitude out of range (peak {peak:.3g} > {MAX_PEAK:g}; audio should lie within [-1, 1]) in {path}"
+        )
+    if silence and peak <= SILENCE_PEAK:
+        return "silent audio", f"silent audio (peak amplitude {peak:.2g} <= {SILENCE_PEAK:g}) in {path}"
+    return None
+
+
+def scan_samples(path, block_frames=1 << 18):
+    """Peak amplitude of ``path``'s mono mix (the mean of its channels, as training
+    reads it), read block by block; NaN as soon as a block holds a NaN or infinity."""
+    peak = 0.0
+    for block in sf.blocks(path, blocksize=block_frames, dtype="float32", always_2d=True):
+        mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+        if mono.size:
+            block_peak = float(np.max(np.abs(mono)))
+            if not math.isfinite(block_peak):
+                return float("nan")
+            peak = max(peak, block_peak)
+    return peak
 
 
 def probe_audio(path):
@@ -72,10 +136,17 @@ def clean_transcript(text):
     return re.sub(" {2,}", " ", text).strip(), count
 
 
-def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES, conversions=None, require_text=True):
+def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES, conversions=None, require_text=True,
+                    read_samples=True):
     """Return ``(kind, message)`` saying why ``entry`` is unusable, or None.
 
     ``require_text=False`` (data for a speech-only model) keeps an empty transcript.
+
+    The audio's header must give a rate within ``MIN_SAMPLE_RATE``-``MAX_SAMPLE_RATE``
+    and enough samples; then (``read_samples``, last, as the costliest check) its
+    samples are read to find NaN or infinite ones (float WAVs can hold them), an
+    amplitude beyond ``MAX_PEAK`` and digital silence (``SILENCE_PEAK``): what
+    training reading and inference reject too.
 
     Cleans the transcript (``clean_transcript``) and fills in ``duration`` (s).
     For a usable entry, counts in ``conversions`` (a Counter) what reading it
@@ -84,6 +155,9 @@ def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES, conversions=No
     """
     wav = entry["wav"]  # None: a text-only entry, no audio to check (its duration is None)
     info, problem = probe_audio(wav) if wav is not None else (None, None)
+    if problem:
+        return problem
+    problem = rate_problem(info.samplerate, wav) if info is not None else None
     if problem:
         return problem
     if info is not None and info.frames * 16000 < min_samples * info.samplerate:
@@ -96,6 +170,13 @@ def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES, conversions=No
         return "empty transcript", f"empty transcript for {wav or utt}"
     if entry.get("emo") not in classes:
         return "unknown label", f"label '{entry.get('emo')}' of {wav or utt} not in {list(classes)}"
+    if info is not None and read_samples:
+        try:
+            problem = peak_problem(scan_samples(wav), wav)
+        except (RuntimeError, sf.LibsndfileError) as err:  # a header fine, the data not
+            problem = ("unreadable audio", f"unreadable audio file {wav} ({err})")
+        if problem:
+            return problem
     entry["duration"] = None if info is None else round(info.frames / info.samplerate, 3)
     if conversions is not None:
         conversions.update(
@@ -106,14 +187,16 @@ def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES, conversions=No
     return None
 
 
-def validate(entries, classes, policy="error", name="data", min_samples=MIN_SAMPLES, require_text=True):
+def validate(entries, classes, policy="error", name="data", min_samples=MIN_SAMPLES, require_text=True,
+             read_samples=True):
     """Keep the usable entries of ``entries`` (utt -> dict) according to ``policy``
-    (``require_text=False``: empty transcripts are usable, for speech-only models)."""
+    (``require_text=False``: empty transcripts are usable, for speech-only models;
+    ``read_samples``: see ``check_utterance``)."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got '{policy}'")
     kept, problems, conversions = {}, [], Counter()
     for utt, entry in entries.items():
-        reason = check_utterance(utt, entry, classes, min_samples, conversions, require_text)
+        reason = check_utterance(utt, entry, classes, min_samples, conversions, require_text, read_samples)
         if reason is None:
             kept[utt] = entry
         else:

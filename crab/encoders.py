@@ -521,11 +521,29 @@ def _masked_standardize(wavs, mask):
     return (wavs - mean) / torch.sqrt(var + 1e-7)
 
 
+# Characters of a transcript kept per token of ``max_length`` before tokenizing. The
+# tokenizer's time and memory grow with the whole text (a 10 MB transcript: 2.2 GB)
+# although only ``max_length`` tokens are kept. Subword tokens of English text average
+# 4-5 characters (a token longer than 20 is a rare long word), so the first
+# ``max_length * 20`` characters hold the tokens that truncation keeps, with a 4x margin:
+# a transcript is cut differently only if its first ``max_length`` tokens average over
+# 20 characters each.
+CHARS_PER_TOKEN = 20
+
+
+def truncate_characters(texts, max_length):
+    """``texts`` cut to ``max_length * CHARS_PER_TOKEN`` characters each (see there)."""
+    limit = max_length * CHARS_PER_TOKEN
+    return [text[:limit] for text in texts]
+
+
 class TextEncoder(_Encoder):
     """A Hugging Face text encoder and its tokenizer (RoBERTa by default).
 
     Tokenizes inside ``forward`` so that each batch is padded only to its longest
-    transcript (dynamic padding), truncated at ``max_length`` tokens.
+    transcript (dynamic padding), truncated at ``max_length`` tokens (each transcript
+    first cut to ``max_length * CHARS_PER_TOKEN`` characters, so that a huge one costs
+    no more than a long one).
 
     Arguments
     ---------
@@ -569,7 +587,7 @@ class TextEncoder(_Encoder):
         """Encode a list of strings."""
         device = next(self.model.parameters()).device
         tokens = self.tokenizer(
-            list(texts),
+            truncate_characters(texts, self.max_length),
             padding="longest",
             truncation=True,
             max_length=self.max_length,

@@ -20,6 +20,7 @@ from the directory that file is in.
 
 import argparse
 import logging
+import math
 import os
 import shutil
 
@@ -30,25 +31,30 @@ from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_hooks
 from speechbrain.utils.fetching import LocalStrategy
 
-from crab.data import SAMPLE_RATE, read_audio
-from crab.dataprep import clean_transcript
+from crab.data import SAMPLE_RATE, BadAudioError, read_audio, resample
+from crab.dataprep import MAX_PEAK, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SILENCE_PEAK, clean_transcript
 from crab.encoders import SpeechEncoder, TextEncoder
-from crab.model import Crab
+from crab.model import Crab, NonFiniteOutputError, non_finite_rows
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ASR_MODEL = "openai/whisper-large-v3"  # as the MSP-Podcast recipe
-# Peak amplitude at or below which audio counts as silent (about -80 dBFS, 3 LSB at 16 bit).
-SILENCE_PEAK = 1e-4
 ENCODER_DIRS = {"speech": "speech_encoder", "text": "text_encoder"}
 
 
 class AudioError(ValueError):
-    """Audio that the model cannot classify: missing, unreadable, empty, silent or too short."""
+    """Audio that the model cannot classify: missing, unreadable, empty, silent, too short,
+    non-finite (NaN or infinite samples), out of range (amplitude beyond ``MAX_PEAK``, or a
+    sample rate outside ``MIN_SAMPLE_RATE``-``MAX_SAMPLE_RATE``)."""
 
 
 def check_audio(wav, min_samples):
-    """Why the 16 kHz waveform ``wav`` (1-D) cannot be classified, or None."""
+    """Why the 16 kHz waveform ``wav`` (1-D) cannot be classified, or None.
+
+    In order: no samples, fewer than ``min_samples``, NaN or infinite samples, a peak
+    beyond ``crab.dataprep.MAX_PEAK`` (float audio lies within [-1, 1]), silence (peak at
+    or below ``SILENCE_PEAK``): the limits data prep and training reading apply.
+    """
     if wav.numel() == 0:
         return "empty audio (no samples)"
     if wav.numel() < min_samples:
@@ -56,7 +62,11 @@ def check_audio(wav, min_samples):
             f"audio too short for the speech encoder ({wav.numel()} samples at 16 kHz, "
             f"need at least {min_samples})"
         )
-    peak = float(wav.abs().max())
+    peak = float(wav.abs().max())  # NaN when a sample is NaN
+    if not math.isfinite(peak):
+        return "NaN or infinite samples"
+    if peak > MAX_PEAK:
+        return f"amplitude out of range (peak {peak:.3g} > {MAX_PEAK:g}; audio should lie within [-1, 1])"
     if peak <= SILENCE_PEAK:
         return f"silent audio (peak amplitude {peak:.2g})"
     return None
@@ -65,12 +75,16 @@ def check_audio(wav, min_samples):
 def load_audio_file(path, max_duration=None):
     """Mono 16 kHz float32 waveform of ``path`` (any rate, any channel count).
 
-    Raises ``AudioError`` naming the file when it is missing or unreadable.
+    Raises ``AudioError`` naming the file when it is missing or unreadable, or holds
+    NaN or infinite samples, an amplitude beyond ``MAX_PEAK`` or a sample rate outside
+    ``MIN_SAMPLE_RATE``-``MAX_SAMPLE_RATE`` (``crab.data.read_audio``).
     """
     if not os.path.isfile(path):
         raise AudioError(f"missing audio file {path}")
     try:
         return read_audio(path, max_duration)
+    except BadAudioError as err:  # its message names the file
+        raise AudioError(str(err)) from None
     except (OSError, RuntimeError, sf.LibsndfileError) as err:
         raise AudioError(f"unreadable audio file {path} ({err})") from None
 
@@ -270,12 +284,28 @@ class CrabClassifier(Pretrained):
         Returns
         -------
         out_prob, score, index, text_lab
+
+        Raises
+        ------
+        AudioError
+            An utterance's audio cannot be classified (``check_audio``), or
+            ``sample_rate`` is outside ``MIN_SAMPLE_RATE``-``MAX_SAMPLE_RATE``;
+            the message starts with ``utterance <i> of the batch:``.
+        NonFiniteOutputError
+            The model gave NaN or infinite scores for an utterance: ``utterance(s)
+            [i, ...] of the batch: non-finite model output ...``. Never a prediction.
         """
         wavs, wav_lens = self._prepare_audio(wavs, wav_lens, sample_rate)
         batch = wavs.shape[0] if wavs is not None else len(texts or [])
         texts = self._prepare_texts(texts, batch)
         with torch.no_grad(), self.inference_ctx:
             logits, _ = self.mods.model(wavs, wav_lens, texts)
+        bad = non_finite_rows(logits)
+        if bad:
+            raise NonFiniteOutputError(
+                f"utterance(s) {bad} of the batch: non-finite model output (NaN or infinite scores); "
+                "no prediction"
+            )
         out_prob = torch.softmax(logits.float(), dim=-1)
         score, index = torch.max(out_prob, dim=-1)
         text_lab = self.hparams.label_encoder.decode_torch(index)
@@ -297,10 +327,11 @@ class CrabClassifier(Pretrained):
         if wav_lens is None:
             wav_lens = torch.ones(wavs.shape[0])
         wav_lens = torch.as_tensor(wav_lens, dtype=torch.float32).cpu()
-        if sample_rate != SAMPLE_RATE:
-            import torchaudio
-
-            wavs = torchaudio.functional.resample(wavs, sample_rate, SAMPLE_RATE)
+        if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+            raise AudioError(
+                f"sample rate {sample_rate} Hz outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz: not resampled"
+            )
+        wavs = resample(wavs, sample_rate, SAMPLE_RATE)  # soxr: memory does not grow with odd rates
         lengths = torch.round(wav_lens * wavs.shape[1]).long().clamp(0, wavs.shape[1])
         if self.max_samples is not None and wavs.shape[1] > self.max_samples:
             wavs = wavs[:, : self.max_samples]
@@ -347,7 +378,10 @@ class CrabClassifier(Pretrained):
 
     def transcribe_batch(self, wavs, wav_lens=None):
         """Transcripts (one line each, single spaces) of 16 kHz mono audio: a padded
-        ``(batch, time)`` tensor with relative ``wav_lens``, or a list of 1-D waveforms."""
+        ``(batch, time)`` tensor with relative ``wav_lens``, or a list of 1-D waveforms.
+
+        Audio that ``check_audio`` rejects (empty, NaN or infinite, out of range,
+        silent) is an ``AudioError`` starting ``utterance <i> of the batch:``."""
         if self.asr is None:
             raise RuntimeError("no ASR model: call load_asr() first")
         if isinstance(wavs, (list, tuple)):
@@ -360,6 +394,10 @@ class CrabClassifier(Pretrained):
                 wav_lens = torch.ones(wavs.shape[0])
             lengths = torch.round(torch.as_tensor(wav_lens) * wavs.shape[1]).long().tolist()
             audios = [wav[:n].cpu().numpy() for wav, n in zip(wavs, lengths)]
+        for i, audio in enumerate(audios):  # what the classifier refuses, the ASR model does not hear
+            problem = check_audio(torch.from_numpy(audio), 1)
+            if problem:
+                raise AudioError(f"utterance {i} of the batch: {problem}")
         outputs = self.asr(audios) if audios else []
         if len(outputs) != len(audios):
             raise RuntimeError(f"the ASR model gave {len(outputs)} transcripts for {len(audios)} utterances")

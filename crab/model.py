@@ -20,6 +20,16 @@ MODALITIES = ("bimodal", "speech", "text")
 UNIMODAL_LEG_INPUTS = ("gru", "projection")
 
 
+class NonFiniteOutputError(FloatingPointError):
+    """The model gave NaN or infinite scores for an utterance: an error naming it, never a
+    prediction (``argmax`` of a NaN row is class 0)."""
+
+
+def non_finite_rows(logits):
+    """Indices of the rows of ``logits`` (batch x classes) holding a NaN or an infinity."""
+    return (~torch.isfinite(logits.detach()).all(dim=-1)).nonzero().flatten().tolist()
+
+
 class Crab(nn.Module):
     """Bimodal cross-modal transformer for emotion recognition.
 

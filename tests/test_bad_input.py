@@ -40,6 +40,10 @@ def data_dir(tmp_path):
         "rate8k": lambda p: sf.write(p, sine(4000, 8000), 8000),
         "rate44k": lambda p: sf.write(p, sine(22050, 44100), 44100),
         "nan_samples": lambda p: sf.write(p, np.full(8000, np.nan, "float32"), 16000, subtype="FLOAT"),
+        "huge_samples": lambda p: sf.write(p, sine(8000, 16000) * 1e30, 16000, subtype="FLOAT"),
+        "silent": lambda p: sf.write(p, np.zeros(8000, "float32"), 16000),
+        "rate2k": lambda p: sf.write(p, sine(2000, 2000), 2000),
+        "rate4001": lambda p: sf.write(p, sine(4001, 4001), 4001),  # 1 s at an odd rate: 1 GB for torchaudio
         "control_chars": lambda p: sf.write(p, sine(8000, 16000), 16000),
         "only_control_chars": lambda p: sf.write(p, sine(8000, 16000), 16000),
     }
@@ -66,16 +70,18 @@ def prepare(root, policy):
 def test_prep_skip_policy_skips_and_counts_converts_and_counts(data_dir, capsys):
     entries = prepare(data_dir, "skip")
     out = capsys.readouterr().out.splitlines()
-    assert sorted(entries) == ["control_chars", "good", "nan_samples", "rate44k", "rate8k", "stereo"]
+    assert sorted(entries) == ["control_chars", "good", "rate4001", "rate44k", "rate8k", "stereo"]
     counts = {line[:line.index(": {")]: ast.literal_eval(line[line.index("{"):]) for line in out if ": {" in line}
-    assert counts["train: skipped 6 of 12 utterances"] == {
-        "unreadable audio": 1, "empty audio file": 1, "audio too short": 2, "missing audio": 1, "empty transcript": 1}
+    assert counts["train: skipped 10 of 16 utterances"] == {
+        "unreadable audio": 1, "empty audio file": 1, "audio too short": 2, "missing audio": 1, "empty transcript": 1,
+        "non-finite samples": 1, "amplitude out of range": 1, "silent audio": 1, "bad sample rate": 1}
     assert counts["train: converted, of 6 kept utterances"] == {
-        "2 channels (averaged to mono)": 1, "8000 Hz (resampled to 16 kHz)": 1,
+        "2 channels (averaged to mono)": 1, "8000 Hz (resampled to 16 kHz)": 1, "4001 Hz (resampled to 16 kHz)": 1,
         "44100 Hz (resampled to 16 kHz)": 1, "control characters in transcript (cleaned)": 1}
     # the manifest holds the cleaned transcript; durations at each file's own rate
     assert entries["control_chars"]["text"] == CLEAN_TEXT
     assert entries["rate8k"]["duration"] == entries["rate44k"]["duration"] == 0.5
+    assert entries["rate4001"]["duration"] == 1.0
 
 
 def test_prep_error_policy_names_each_utterance_file_and_problem(data_dir):
@@ -86,10 +92,14 @@ def test_prep_error_policy_names_each_utterance_file_and_problem(data_dir):
     for utt, problem in [("corrupt", "unreadable audio file"), ("zero_bytes", "empty audio file (0 bytes)"),
                          ("no_samples", "audio too short for the speech encoder (0 samples"),
                          ("too_short", "audio too short for the speech encoder (399 samples"),
-                         ("missing", "missing audio file"), ("only_control_chars", "empty transcript")]:
+                         ("missing", "missing audio file"), ("only_control_chars", "empty transcript"),
+                         ("nan_samples", "NaN or infinite samples"),
+                         ("huge_samples", "amplitude out of range (peak 3e+29 > 1000"),
+                         ("silent", "silent audio (peak amplitude 0"),
+                         ("rate2k", "sample rate 2000 Hz outside 4000-384000 Hz")]:
         line = next(line for line in message.splitlines() if line.strip().startswith(f"{utt}:"))
         assert problem in line and str(db / f"{utt}.wav") in line, line
-    assert "6 bad utterance(s)" in message and not os.path.exists(data_dir / "train.json")
+    assert "10 bad utterance(s)" in message and not os.path.exists(data_dir / "train.json")
 
 
 def test_training_reads_converted_audio_and_the_cleaned_text(data_dir):
@@ -99,9 +109,6 @@ def test_training_reads_converted_audio_and_the_cleaned_text(data_dir):
     (data_dir / "train.json").write_text(json.dumps(manifest))
     dataset = make_dataset(data_dir / "train.json", label_encoder(CLASSES), str(data_dir / "db"))
     index = {utt: i for i, utt in enumerate(dataset.data_ids)}
-    # kept by data prep, which reads headers only; reading it is an error
-    with pytest.raises(AudioReadError, match="utterance 'nan_samples': NaN or infinite samples in"):
-        dataset[index.pop("nan_samples")]
     items = {utt: dataset[i] for utt, i in index.items()}
     # the model sees the same text whether data prep or the manifest reader cleaned it
     assert items["control_chars"]["text"] == items["hand_written"]["text"] == CLEAN_TEXT
@@ -109,10 +116,10 @@ def test_training_reads_converted_audio_and_the_cleaned_text(data_dir):
     expected = torch.from_numpy((sine(8000, 16000) + 0.1) / 2)
     assert torch.allclose(items["stereo"]["sig"], expected, atol=1e-4)
     # other rates: resampled to 16 kHz, the same sine as one recorded at 16 kHz
-    for utt in ("rate8k", "rate44k"):
+    for utt, frames in (("rate8k", 8000), ("rate44k", 8000), ("rate4001", 16000)):
         sig = items[utt]["sig"]
-        assert sig.shape == (8000,)
-        assert torch.allclose(sig[500:-500], torch.from_numpy(sine(8000, 16000))[500:-500], atol=2e-3), utt
+        assert sig.shape == (frames,)
+        assert torch.allclose(sig[500:-500], torch.from_numpy(sine(frames, 16000))[500:-500], atol=2e-3), utt
 
 
 @pytest.mark.parametrize("damage, problem", [
@@ -121,6 +128,10 @@ def test_training_reads_converted_audio_and_the_cleaned_text(data_dir):
     (lambda p: sf.write(p, np.zeros(0, "float32"), 16000), "no audio samples in"),
     (lambda p: os.remove(p), "missing audio file"),
     (lambda p: sf.write(p, np.full(8000, np.inf, "float32"), 16000, subtype="FLOAT"), "NaN or infinite samples in"),
+    (lambda p: sf.write(p, np.full(8000, np.nan, "float32"), 44100, subtype="FLOAT"), "NaN or infinite samples in"),
+    (lambda p: sf.write(p, sine(8000, 16000) * 1e30, 16000, subtype="FLOAT"), "amplitude out of range (peak 3e+29"),
+    (lambda p: sf.write(p, np.zeros(8000, "float32"), 16000), "silent audio (peak amplitude 0"),
+    (lambda p: sf.write(p, sine(8000, 1000), 1000), "sample rate 1000 Hz outside 4000-384000 Hz"),
 ])
 def test_audio_damaged_after_prep_is_an_error_naming_utterance_and_file(tmp_path, damage, problem):
     path = tmp_path / "u.wav"

@@ -148,7 +148,7 @@ def test_text_and_label_messages_name_the_file(tmp_path, bad):
 
 def _mixed_entries(tmp_path):
     good1 = write_wav(tmp_path / "good1.wav", 4000)
-    good2 = write_wav(tmp_path / "good2.wav", 100, samplerate=2000)  # 0.05 s, enough
+    good2 = write_wav(tmp_path / "good2.wav", 200, samplerate=4000)  # 0.05 s at the lowest usable rate, enough
     short = write_wav(tmp_path / "short.wav", 100)
     garbage = tmp_path / "garbage.wav"
     garbage.write_bytes(os.urandom(200))

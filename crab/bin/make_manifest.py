@@ -27,28 +27,31 @@ import sys
 
 from crab import cli
 from crab.cli import str2bool
-from crab.dataprep import POLICIES, DataPrepError, count_table, validate, write_manifest
+from crab.dataprep import POLICIES, DataPrepError, count_table, read_text, validate, write_manifest
 from crab.provenance import write_manifest_provenance
 
 MODALITIES = ("bimodal", "speech", "text")  # as crab.model.MODALITIES, whose import loads torch
 
 
 def read_table(path, required=True):
-    """``utt value`` lines to a dict; the value is the rest of the line."""
+    """``utt value`` lines to a dict; the value is the rest of the line.
+
+    UTF-8 (a leading byte-order mark is dropped); other bytes are a ``DataPrepError``
+    naming the file, line and column (``crab.dataprep.read_text``).
+    """
     table = {}
     if not os.path.isfile(path):
         if required:
             raise DataPrepError(f"missing {path}")
         return table
-    with open(path, encoding="utf-8", newline="") as f:
-        # lines end at LF only: a stray CR inside a transcript is a control character, not a line break
-        for lineno, line in enumerate(f.read().split("\n"), 1):
-            if not line.strip():
-                continue
-            utt, value = (line.split(maxsplit=1) + [""])[:2]
-            if utt in table:
-                raise DataPrepError(f"{path}:{lineno}: duplicate utterance id '{utt}'")
-            table[utt] = value.strip()
+    # lines end at LF only: a stray CR inside a transcript is a control character, not a line break
+    for lineno, line in enumerate(read_text(path, fallback=None).split("\n"), 1):
+        if not line.strip():
+            continue
+        utt, value = (line.split(maxsplit=1) + [""])[:2]
+        if utt in table:
+            raise DataPrepError(f"{path}:{lineno}: duplicate utterance id '{utt}'")
+        table[utt] = value.strip()
     return table
 
 
