@@ -16,12 +16,22 @@ tokenizer stored in the directory (``pretrained: false``): no hub access, no
 training data. Because hyperpyyaml cannot tell a yaml file where it lives,
 ``PackagedCrab`` builds the model when the ``Pretrainer`` hands it ``model.ckpt``,
 from the directory that file is in.
+
+Loading runs no code of the model directory through ``CrabClassifier.from_hparams``
+(and so crab-infer): ``hyperparams.yaml`` is parsed, not constructed, and refused
+(``UnsafeModelError``, naming the file, line and tag) unless it holds only what
+``crab.bin.package`` writes (``check_package_hparams``); ``model.ckpt`` is read with
+``torch.load(weights_only=True)`` (``load_weights``), ``label_encoder.ckpt`` as text
+(``ast.literal_eval``). ``foreign_class`` imports ``custom_interface.py``, which is
+Python: a package from someone else runs their code that way.
 """
 
 import argparse
 import logging
 import math
 import os
+import pickle
+import re
 import shutil
 
 import soundfile as sf
@@ -31,6 +41,7 @@ from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_hooks
 from speechbrain.utils.fetching import LocalStrategy
 
+from crab.cli import UserError
 from crab.data import SAMPLE_RATE, BadAudioError, read_audio, resample
 from crab.dataprep import MAX_PEAK, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SILENCE_PEAK, clean_transcript
 from crab.encoders import SpeechEncoder, TextEncoder
@@ -40,6 +51,121 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ASR_MODEL = "openai/whisper-large-v3"  # as the MSP-Podcast recipe
 ENCODER_DIRS = {"speech": "speech_encoder", "text": "text_encoder"}
+
+# What crab.bin.package writes into hyperparams.yaml, and nothing else: the tags, and for
+# each object the arguments it may get. Any other tag (!apply:, !name:, !module:,
+# !include:, !!python/..., another class) is refused before hyperpyyaml sees the file.
+PACKAGE_OBJECTS = {
+    "!new:crab.inference.PackagedCrab": {
+        "speech_encoder", "text_encoder", "num_classes", "modality", "hidden_dim", "num_heads",
+        "attention_dropout", "scaled_pooling", "bottleneck_dim", "dropout", "unimodal_leg_input",
+    },
+    "!new:speechbrain.dataio.encoder.CategoricalEncoder": set(),
+    "!new:speechbrain.utils.parameter_transfer.Pretrainer": {"loadables"},
+}
+PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+REF = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
+
+
+class UnsafeModelError(UserError, ValueError):
+    """A packaged model whose files would run code, or that crab.bin.package did not write."""
+
+
+def check_package_hparams(path):
+    """Refuse a hyperparams.yaml that holds anything crab.bin.package does not write.
+
+    The file is parsed (not constructed) with PyYAML and every node checked: only plain
+    scalars, lists and mappings, the objects of ``PACKAGE_OBJECTS`` with their own
+    arguments, and ``!ref <key>`` to a top-level key. Nothing of the file is executed.
+    Raises ``UnsafeModelError`` naming the file, line and tag.
+    """
+    import yaml
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnsafeModelError(f"{path}: not UTF-8 text: refusing to load this model") from None
+    except OSError as err:
+        raise UnsafeModelError(f"{path}: cannot be read ({err})") from None
+
+    def refuse(node, what):
+        raise UnsafeModelError(
+            f"{path}:{node.start_mark.line + 1}: {what}: refusing to load this model (crab.bin.package writes "
+            "only plain values, !ref and the objects crab.inference.PACKAGE_OBJECTS lists; loading it "
+            "with hyperpyyaml could run code)"
+        )
+
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.DocumentStartEvent) and (event.tags or event.version):
+                raise UnsafeModelError(f"{path}:{event.start_mark.line + 1}: a %YAML or %TAG directive: "
+                                       "refusing to load this model")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        raise UnsafeModelError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(root, yaml.MappingNode):
+        raise UnsafeModelError(f"{path}: not a mapping of hyperparameters: not written by crab.bin.package")
+    keys = {k.value for k, _ in root.value if isinstance(k, yaml.ScalarNode)}
+
+    def walk(node, allowed_args=None):
+        tag = node.tag
+        if tag == "!ref":
+            if not isinstance(node, yaml.ScalarNode) or not REF.fullmatch(node.value.strip()):
+                refuse(node, f"'!ref {getattr(node, 'value', '')}' (only '!ref <key>' is allowed)")
+            if REF.fullmatch(node.value.strip()).group(1) not in keys:
+                refuse(node, f"'!ref {node.value}' names no top-level key")
+            return
+        if tag in PACKAGE_OBJECTS:
+            args = PACKAGE_OBJECTS[tag]
+            if isinstance(node, yaml.ScalarNode) and not node.value.strip() and not args:
+                return
+            if not isinstance(node, yaml.MappingNode):
+                refuse(node, f"tag {tag} with arguments that are not a mapping")
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag != "tag:yaml.org,2002:str" or key.value not in args:
+                    refuse(key, f"argument '{getattr(key, 'value', key)}' of {tag}")
+                walk(value)
+            return
+        if tag not in PLAIN_TAGS:
+            refuse(node, f"tag {tag}")
+        if isinstance(node, yaml.ScalarNode):
+            # hyperpyyaml reads a plain '(...)' scalar as a !tuple, with yaml's unsafe Loader
+            if node.style is None and node.value.lstrip().startswith("("):
+                refuse(node, f"plain value '{node.value[:40]}' (hyperpyyaml would load it as a !tuple)")
+            return
+        for item in node.value:
+            if isinstance(item, tuple):
+                walk(item[0])
+                walk(item[1])
+            else:
+                walk(item)
+
+    walk(root)
+    return text
+
+
+def _hparams_path(source, hparams_file, kwargs, local_strategy):
+    """The local path of ``hparams_file`` of ``source`` (fetched as SpeechBrain would)."""
+    if os.path.isdir(str(source)):
+        return os.path.join(str(source), hparams_file)
+    from speechbrain.utils.fetching import FetchConfig, fetch
+
+    return fetch(filename=hparams_file, source=source, savedir=kwargs.get("savedir"), save_filename=None,
+                 local_strategy=local_strategy, fetch_config=kwargs.get("fetch_config", FetchConfig()))
+
+
+def load_weights(path):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never a pickled
+    object that runs code; such a file is refused naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeModelError(
+            f"{path} holds more than weights (a pickled object that loading would run): refusing to load it "
+            f"({str(err).splitlines()[0][:200]})"
+        ) from None
 
 
 class AudioError(ValueError):
@@ -137,7 +263,7 @@ class PackagedCrab(nn.Module):
         """Build the model from the directory of ``path`` (model.ckpt) and load it (strict)."""
         model_dir = self._find_model_dir(path)
         self.build(model_dir)
-        state = torch.load(path, map_location="cpu")
+        state = load_weights(path)
         try:
             self.crab.load_state_dict(state, strict=True)
         except RuntimeError as err:
@@ -225,6 +351,9 @@ class CrabClassifier(Pretrained):
         With a ``savedir`` and a copying strategy, the encoder folders are copied
         there too, so that the copy is complete.
         """
+        # refuse a yaml that would run anything but the package's own classes (hyperpyyaml
+        # runs any !apply:, !new:, !name: it is given)
+        check_package_hparams(_hparams_path(source, hparams_file, kwargs, local_strategy))
         savedir = kwargs.get("savedir")
         copying = local_strategy in (LocalStrategy.COPY, LocalStrategy.COPY_SKIP_CACHE)
         if savedir is not None and copying and os.path.isdir(str(source)):

@@ -218,8 +218,10 @@ def test_empty_outputs_and_bad_audio_give_empty_transcripts(tmp_path, monkeypatc
     monkeypatch.setattr(transcribe, "load_transcriber", fake.load)
     run(data_dir, "fake")
     assert fake.batches == [2]
-    assert (data_dir / "text.asr").read_text() == f"{utts[0]} words 0\n{utts[1]}\n{utts[2]}\n{utts[3]}\n"
-    assert "4 utterances, 3 empty transcripts" in capsys.readouterr().out
+    # the missing file is a failure, not an empty transcript: no line, listed, tried again next run
+    assert (data_dir / "text.asr").read_text() == f"{utts[0]} words 0\n{utts[2]}\n{utts[3]}\n"
+    assert (data_dir / "text.asr.failed").read_text().startswith(f"{utts[1]}\tmissing audio file")
+    assert "4 utterances, 2 empty transcripts, 1 failed" in capsys.readouterr().out
     # Stage 3 decides: here the skip policy leaves out all but the first.
     (data_dir / "utt2emo").write_text("".join(f"{u} happy\n" for u in utts))
     (data_dir / "utt2spk").write_text("".join(f"{u} spk1\n" for u in utts))

@@ -18,7 +18,9 @@ every class probability, the transcript source and the transcript used.
 ``--format tsv`` (a header line, then ``id predicted score prob_<class>...
 text_source text``) or ``jsonl`` (one JSON object a line); ``auto`` picks jsonl
 for an ``--out`` ending in .jsonl or .json, else tsv. Utterances are batched by
-length (longest first) and the output is finally sorted in wav.scp order.
+length (longest first); the lines of a run are finally sorted in wav.scp order,
+after the lines already in ``--out``. The text column is the transcript cleaned
+as data prep cleans it (``crab.dataprep.clean_transcript``: no control characters).
 
 Bad input never stops the run: a line of wav.scp that does not parse, a missing
 or unreadable file, empty or silent audio, audio shorter than the speech
@@ -29,12 +31,24 @@ unless ``--skip_errors``.
 
 Resumable: each batch is appended to ``<out>`` and flushed, so an interrupted
 run leaves valid results, and a re-run classifies only the utterances not
-there yet (a cut-off last line is dropped). ``<out>.model`` records the model
-and settings; a re-run with others stops instead of mixing results
-(``--overwrite`` starts over).
+there yet (a cut-off last line, or one cut inside a UTF-8 character, is dropped
+with a warning and done again). Results already in ``<out>`` are kept in place,
+also those of utterances not in this wav.scp: one ``--out`` can collect the
+results of several wav.scp files. ``<out>.model`` records the model (its path and
+the SHA-256 of its files), the transcripts (the --text file and its SHA-256, or
+the ASR model and settings) and the output settings; a re-run with others stops,
+saying what differs, instead of mixing results (``--overwrite`` starts over: the
+new results replace the file, by a rename). ``--out`` may not be one of the
+inputs (wav.scp, --text, a file of the model) nor a directory.
+
+Loading the model runs nothing from its directory: its hyperparams.yaml is
+checked against what ``crab.bin.package`` writes before hyperpyyaml reads it
+(``crab.inference.check_package_hparams``), and checkpoints are read with
+``torch.load(weights_only=True)``.
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -75,8 +89,10 @@ def read_model_info(model_dir):
     path = os.path.join(model_dir, "hyperparams.yaml")
     if not os.path.isfile(path):
         raise UsageError(f"{model_dir} is not a packaged Crab model (no hyperparams.yaml): see crab.bin.package")
-    with open(path, encoding="utf-8") as f:
-        info = yaml.load(f, Loader=_TagTolerantLoader)
+    from crab.inference import check_package_hparams
+
+    # before anything else reads it: refuse a yaml that hyperpyyaml would run code from
+    info = yaml.load(check_package_hparams(path), Loader=_TagTolerantLoader)
     if not isinstance(info, dict) or "classes" not in info or "modality" not in info:
         raise UsageError(f"{path} lacks classes or modality: not written by crab.bin.package")
     return info
@@ -132,6 +148,90 @@ def output_format(fmt, out):
     return "jsonl" if out.lower().endswith((".jsonl", ".json", ".ndjson")) else "tsv"
 
 
+def write_atomic(path, text):
+    """Write ``text`` to ``path`` through a temporary file, fsync'ed, then renamed over it."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _hash_file(digest, path, limit=None):
+    """Add ``path``'s size and (all, or when under ``limit`` bytes) content to ``digest``."""
+    size = os.path.getsize(path)
+    digest.update(f"{size}\0".encode())
+    if limit is not None and size > limit:
+        return
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+
+
+def tree_digest(root, limit=None):
+    """SHA-256 of the names, sizes and contents of the files under ``root`` (a file or a
+    directory; files over ``limit`` bytes by name and size only)."""
+    digest = hashlib.sha256()
+    if os.path.isfile(root):
+        _hash_file(digest, root, limit)
+        return digest.hexdigest()
+    for base, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(base, name)
+            digest.update(os.path.relpath(path, root).encode("utf-8", "surrogateescape") + b"\0")
+            _hash_file(digest, path, limit)
+    return digest.hexdigest()
+
+
+MODEL_FILES = ("hyperparams.yaml", "model.ckpt", "label_encoder.ckpt", "speech_encoder", "text_encoder")
+
+
+def model_digest(model_dir):
+    """SHA-256 of what makes a package's predictions: model.ckpt, hyperparams.yaml,
+    label_encoder.ckpt and the encoders' configs and tokenizer."""
+    digest = hashlib.sha256()
+    for name in MODEL_FILES:
+        path = os.path.join(model_dir, name)
+        if os.path.exists(path):
+            digest.update(f"{name}\0{tree_digest(path)}\0".encode())
+    return digest.hexdigest()
+
+
+SETTING_NAMES = {
+    "model": "the --model path",
+    "model_sha256": "the model's content (model.ckpt, hyperparams.yaml, label_encoder.ckpt or encoder configs)",
+    "classes": "the model's classes",
+    "format": "the output format",
+    "text_mode": "--text_mode",
+    "text": "the --text file",
+    "text_sha256": "the --text file's content",
+    "asr": "the ASR model or its settings",
+}
+
+
+def run_settings(args, info, fmt):
+    """What the results of ``--out`` depend on: the model, the transcripts, the format."""
+    settings = {
+        "model": os.path.abspath(args.model), "model_sha256": model_digest(args.model),
+        "classes": list(info["classes"]), "format": fmt, "text_mode": args.text_mode,
+        "text": None, "text_sha256": None, "asr": None,
+    }
+    if args.text_mode == "gold":
+        settings.update(text=os.path.abspath(args.text), text_sha256=tree_digest(args.text))
+    elif args.text_mode == "asr":
+        local = os.path.exists(args.asr_model)
+        settings["asr"] = {
+            "model": os.path.abspath(args.asr_model) if local else args.asr_model,
+            # a local model: its configs and tokenizer by content, its weights by size
+            "files_sha256": tree_digest(args.asr_model, limit=16 << 20) if local else None,
+            "backend": args.asr_backend, "language": args.language, "num_beams": args.num_beams,
+            "max_new_tokens": args.max_new_tokens, "dtype": args.asr_dtype,
+        }
+    return settings
+
+
 class Results:
     """The output file: formatting, reading back what is there, atomic rewrites."""
 
@@ -142,8 +242,10 @@ class Results:
         self.header = "\t".join(columns) + "\n" if fmt == "tsv" else ""
 
     def line(self, utt, probs, text):
+        from crab.dataprep import clean_transcript
+
         best = max(range(len(probs)), key=probs.__getitem__)
-        text = " ".join((text or "").split())
+        text = " ".join(clean_transcript(text or "")[0].split())  # no control characters (ESC, NUL, ...)
         if self.fmt == "tsv":
             values = [utt, self.classes[best], f"{probs[best]:.6f}"] + [f"{p:.6f}" for p in probs]
             return "\t".join(values + [self.text_mode, text]) + "\n"
@@ -157,23 +259,43 @@ class Results:
         return json.dumps(record, ensure_ascii=False) + "\n"
 
     def read(self):
-        """``utt -> line`` of the complete, well-formed lines already in the file."""
+        """``utt -> line`` of the lines already in the file, in file order.
+
+        A torn last line (no newline, cut inside a UTF-8 character, or not a results
+        line: an interrupted write) is dropped with a warning; a damaged line before
+        it is an error naming the file and line."""
         if not os.path.isfile(self.path):
             return {}
-        with open(self.path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        complete = [line + "\n" for line in lines[:-1]]  # after the last newline: nothing or a cut-off line
-        if self.fmt == "tsv":
-            if not complete:
-                return {}
-            if complete[0] != self.header:
-                raise UsageError(f"{self.path} has another header (other classes?): use --overwrite or another --out")
-            complete = complete[1:]
+        with open(self.path, "rb") as f:
+            parts = f.read().split(b"\n")
+        complete, tail = parts[:-1], parts[-1]  # after the last newline: nothing or a cut-off line
+        if tail:
+            logger.warning("%s:%d: the last line is cut off (an interrupted write): dropped, its utterance is "
+                           "classified again", self.path, len(parts))
         done = {}
-        for line in complete:
-            utt = self._utt(line)
-            if utt is not None:
-                done[utt] = line
+        for lineno, raw in enumerate(complete, 1):
+            last = lineno == len(complete) and not tail
+            try:
+                line = raw.decode("utf-8") + "\n"
+            except UnicodeDecodeError:
+                line = None
+            if self.fmt == "tsv" and lineno == 1 and line is not None:
+                if line != self.header:
+                    raise UsageError(f"{self.path} has another header (other classes?): "
+                                     "use --overwrite or another --out")
+                continue
+            if line is not None and not line.strip():
+                continue  # a blank line: nothing to keep
+            utt = self._utt(line) if line is not None else None
+            if utt is None:
+                what = "not UTF-8 text" if line is None else "not a results line"
+                if last:
+                    logger.warning("%s:%d: the last line is %s (an interrupted write): dropped, its utterance "
+                                   "is classified again", self.path, lineno, what)
+                    continue
+                raise UsageError(f"{self.path}:{lineno}: {what} (a damaged results file): repair or delete that "
+                                 "line, or use another --out")
+            done.setdefault(utt, line)
         return done
 
     def _utt(self, line):
@@ -185,37 +307,66 @@ class Results:
         except (ValueError, KeyError, TypeError):
             return None
 
-    def rewrite(self, done, order):
-        """Atomically write the lines of ``done`` for the utterances of ``order``, in that order."""
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(self.header)
-            f.writelines(done[utt] for utt in order if utt in done)
-        os.replace(tmp, self.path)
+    def rewrite(self, lines):
+        """Atomically replace the file with the header and ``lines`` (temporary file, fsync, rename)."""
+        write_atomic(self.path, self.header + "".join(lines))
 
 
 def check_settings(marker, settings, out, overwrite):
-    """Stop when ``out`` holds results of another model or other settings; record ours."""
-    if overwrite:
-        for path in (out, marker):
-            if os.path.exists(path):
-                os.remove(path)
-    elif os.path.exists(out):
-        previous = None
-        if os.path.isfile(marker):
-            with open(marker, encoding="utf-8") as f:
-                try:
-                    previous = json.load(f)
-                except ValueError:
-                    previous = None
-        if previous != settings:
-            raise UsageError(
-                f"{out} holds results of another model or other settings ({marker}: {previous}, now {settings}): "
-                "use --overwrite to start over, or another --out"
-            )
-    with open(marker, "w", encoding="utf-8") as f:
-        json.dump(settings, f, indent=2)
-        f.write("\n")
+    """Stop when ``out`` holds results of another model, other transcripts or other
+    settings, saying what differs (nothing is written here)."""
+    if overwrite or not os.path.exists(out):
+        return
+    previous = None
+    if os.path.isfile(marker):
+        with open(marker, "rb") as f:
+            try:
+                previous = json.loads(f.read().decode("utf-8"))
+            except ValueError:
+                previous = None
+    if not isinstance(previous, dict):
+        raise UsageError(f"{out} holds results of another model or other settings: {marker} is missing or damaged, "
+                         "so they cannot be told apart: use --overwrite to start over, or another --out")
+    differ = [key for key in sorted(set(previous) | set(settings)) if previous.get(key) != settings.get(key)]
+    if differ:
+        what = "; ".join(f"{SETTING_NAMES.get(key, key)} ({_short(previous.get(key))} then, {_short(settings.get(key))} "
+                         "now)" for key in differ)
+        raise UsageError(f"{out} holds results of another model or other settings: {what}: "
+                         "use --overwrite to start over, or another --out")
+
+
+def _short(value):
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_outputs(args):
+    """``--out`` (and ``<out>.model``, ``.errors``, ``.tmp``) may be neither a directory nor
+    one of the inputs: wav.scp, --text, a file of the model (or the local ASR model)."""
+    out = args.out
+    if os.path.isdir(out):
+        raise UsageError(f"--out {out} is a directory: give the results file's name")
+    inputs = [("--wav_scp", args.wav_scp)] + ([("--text", args.text)] if args.text else [])
+    dirs = [("--model", args.model)]
+    if args.text_mode == "asr" and os.path.isdir(args.asr_model):
+        dirs.append(("--asr_model", args.asr_model))
+    for option, folder in dirs:
+        for base, _, files in os.walk(folder):
+            inputs += [(f"a file of {option}", os.path.join(base, name)) for name in files]
+    for path in (out, out + ".model", out + ".errors", out + ".tmp"):
+        if os.path.isdir(path):
+            raise UsageError(f"--out {out}: {path} is a directory")
+        real = os.path.realpath(path)
+        for option, folder in dirs:
+            top = os.path.realpath(folder)
+            if os.path.commonpath([real, top]) == top:
+                raise UsageError(f"--out {out}: {path} is inside {option} {folder}: write the results elsewhere")
+        if not os.path.exists(path):
+            continue
+        for option, source in inputs:
+            if os.path.exists(source) and os.path.samefile(path, source):
+                raise UsageError(f"--out {out}: {path} is {option} ({source}): the results would replace an "
+                                 "input; choose another --out")
 
 
 def resolve_device(device):
@@ -428,22 +579,29 @@ def run(args):
     check_text_mode(args, info)
     if not os.path.isfile(args.wav_scp):
         raise UsageError(f"--wav_scp {args.wav_scp}: no such file")
+    check_outputs(args)
+    utterances, failures = parse_wav_scp(args.wav_scp)
+    if not utterances and not failures:
+        raise UsageError(f"--wav_scp {args.wav_scp}: no utterances (the file is empty)")
+    texts = read_text(args.text) if args.text else {}
     device = resolve_device(args.device)
     fmt = output_format(args.format, args.out)
     asr_model = args.asr_model if args.text_mode == "asr" else None
     results = Results(args.out, fmt, info["classes"], args.text_mode, asr_model)
-    settings = {"model": os.path.abspath(args.model), "classes": list(info["classes"]), "format": fmt,
-                "text_mode": args.text_mode, "asr_model": asr_model}
+    settings = run_settings(args, info, fmt)
+    marker = args.out + ".model"
+    check_settings(marker, settings, args.out, args.overwrite)
+    kept = {} if args.overwrite else results.read()  # every line there, this wav.scp's or not
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
-    check_settings(args.out + ".model", settings, args.out, args.overwrite)
+    # the results first (a cut-off line dropped; with --overwrite a new file renamed over the old one),
+    # then the record of what made them
+    results.rewrite(kept.values())
+    write_atomic(marker, json.dumps(settings, indent=2) + "\n")
 
-    utterances, failures = parse_wav_scp(args.wav_scp)
     order = [u.utt for u in utterances]
     known = set(order)
-    previous = {utt: line for utt, line in results.read().items() if utt in known}
-    results.rewrite(previous, order)  # drops a cut-off line and utterances no longer in wav.scp
-    texts = read_text(args.text) if args.text else {}
+    previous = {utt: line for utt, line in kept.items() if utt in known}
     if texts:
         unknown = len(set(texts) - known)
         if unknown:
@@ -471,9 +629,9 @@ def run(args):
         if todo:
             done, more = classify_all(args, device, results, todo, errors_file, texts)
             failed += more
-    previous.update(done)
-    results.rewrite(previous, order)
-    return len(utterances) + len(failures), len(previous) - len(done), len(done), failed
+    # the lines there before stay in place; this run's follow, in wav.scp order
+    results.rewrite(list(kept.values()) + [done[utt] for utt in order if utt in done and utt not in kept])
+    return len(utterances) + len(failures), len(previous), len(done), failed
 
 
 def classify_all(args, device, results, todo, errors_file, texts):

@@ -47,7 +47,7 @@ import crab
 from crab.data import label_encoder
 from crab.provenance import package_text_source
 from crab.runconfig import load_run
-from crab.inference import ENCODER_DIRS, CrabClassifier
+from crab.inference import ENCODER_DIRS, CrabClassifier, load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,15 @@ CUSTOM_INTERFACE = '''"""SpeechBrain foreign_class entry point of a packaged Cra
     foreign_class(source=THIS_DIR, pymodule_file="custom_interface.py", classname="CrabClassifier")
 """
 
-from crab.inference import CrabClassifier  # noqa: F401
+import os
+
+from crab.inference import CrabClassifier, check_package_hparams  # noqa: F401
+
+# foreign_class imports this file before hyperpyyaml loads hyperparams.yaml: refuse a
+# yaml that would run code (checked where this file really is, when the yaml is there)
+_HPARAMS = os.path.join(os.path.dirname(os.path.realpath(__file__)), "hyperparams.yaml")
+if os.path.isfile(_HPARAMS):
+    check_package_hparams(_HPARAMS)
 '''
 
 HPARAMS_TEMPLATE = """# Crab inference hyperparameters, written by crab.bin.package.
@@ -208,7 +216,7 @@ def class_weights(hparams, checkpoint, classes):
     counts from the run's class_weights.json when there is one."""
     weights = None
     if "wce" in checkpoint.paramfiles:
-        weights = torch.load(checkpoint.paramfiles["wce"], map_location="cpu")["weight"].tolist()
+        weights = load_weights(checkpoint.paramfiles["wce"])["weight"].tolist()
     saved = {}
     saved_path = os.path.join(hparams["save_folder"], "class_weights.json")
     if os.path.isfile(saved_path):
@@ -274,7 +282,7 @@ def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=No
     if checkpoint is None:
         raise PackageError(f"no checkpoint with {metric} in {hparams['save_folder']}: train first")
     model = hparams["model"]
-    state = torch.load(checkpoint.paramfiles["model"], map_location="cpu")
+    state = load_weights(checkpoint.paramfiles["model"])
     model.load_state_dict(state, strict=True)
     classes = list(hparams["classes"])
     encoder_path = os.path.join(hparams["save_folder"], "label_encoder.txt")
@@ -332,10 +340,29 @@ def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=No
 
     needs = {"speech": model.speech_encoder is not None, "text": model.text_encoder is not None}
     check_package(tmp, model, needs, hparams.get("max_duration"))
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    replace_dir(tmp, out)
     return metadata
+
+
+def replace_dir(new, out):
+    """Put the directory ``new`` in the place of ``out``: the old one is renamed aside
+    (``out.old``), ``new`` renamed to ``out``, then the old one removed; when the second
+    rename fails, the old one is put back. At no point is there no package (bar a kill
+    between the two renames, which leaves it in ``out.old``)."""
+    old = out.rstrip("/") + ".old"
+    if os.path.exists(old):
+        if not os.path.isfile(os.path.join(old, METADATA)):
+            raise PackageError(f"{old} exists and is not a Crab package: remove it or choose another --out")
+        shutil.rmtree(old)
+    if os.path.exists(out):
+        os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        if os.path.exists(old) and not os.path.exists(out):
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @cli.entry_point

@@ -19,9 +19,15 @@ re-run transcribes only the utterances not there yet (a finished directory costs
 nothing, not even loading the model); at the end the file is rewritten atomically
 in ``wav.scp`` order. The model's name is kept in ``text.asr.model``: a re-run
 with another model stops instead of mixing transcripts (``--overwrite true``
-starts over). An empty ASR output, unreadable audio, or audio too short for the
-speech encoder gives an empty transcript, counted and logged: the manifest
-checks of stage 3 then stop on it or, with the skip policy, leave it out.
+starts over). An empty ASR output, or audio too short for the speech encoder,
+gives an empty transcript, counted and logged: the manifest checks of stage 3
+then stop on it or, with the skip policy, leave it out. A failure that may pass
+(missing or unreadable audio, the model raising on a batch: each of its
+utterances is then tried alone) is not recorded: the utterance gets no line, is
+listed in ``text.asr.failed`` (``utt reason``) and tried again by the next run;
+the exit status is 1 when the model failed on any. A line of ``text.asr`` cut
+inside a UTF-8 character by an interruption is dropped (the last line, with a
+warning) or reported with its line number (a damaged line before the last).
 """
 
 import argparse
@@ -45,13 +51,30 @@ SAMPLE_RATE = 16000  # as crab.data.SAMPLE_RATE, whose import loads speechbrain
 
 
 def read_transcripts(path):
-    """Transcripts already in ``path`` (utt -> text); a cut-off last line is dropped."""
+    """Transcripts already in ``path`` (utt -> text).
+
+    A cut-off last line (no newline, or cut inside a UTF-8 character) is dropped with
+    a warning, and so transcribed again; invalid UTF-8 before it is an error naming
+    the file and line."""
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    with open(path, "rb") as f:
+        parts = f.read().split(b"\n")
+    complete, tail = parts[:-1], parts[-1]  # the part after the last newline is empty or a cut-off line
+    if tail:
+        logger.warning("%s:%d: the last line is cut off (an interrupted write): dropped, transcribed again",
+                       path, len(parts))
     done = {}
-    for line in lines[:-1]:  # the part after the last newline is empty or a cut-off line
+    for lineno, raw in enumerate(complete, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if lineno == len(complete) and not tail:
+                logger.warning("%s:%d: the last line is not UTF-8 (an interrupted write): dropped, transcribed "
+                               "again", path, lineno)
+                continue
+            raise cli.UserError(f"{path}:{lineno}: not UTF-8 text (a damaged file): repair or delete that line, "
+                                "or pass --overwrite true") from None
         if line.strip():
             utt, text = (line.split(maxsplit=1) + [""])[:2]
             done[utt] = text.strip()
@@ -67,6 +90,8 @@ def write_transcripts(path, transcripts, order):
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(format_line(utt, transcripts[utt]) for utt in order if utt in transcripts)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -84,8 +109,12 @@ def check_model(marker, model, overwrite):
 
 def record_model(marker, model):
     """Record ``model`` as the one that makes the transcripts (stage 3 reads it: ``crab.provenance``)."""
-    with open(marker, "w", encoding="utf-8") as f:
+    tmp = marker + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(model + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, marker)
 
 
 def torch_dtype(name, device):
@@ -190,42 +219,74 @@ def load_transcriber(args):
     return TRANSCRIBERS[backend](args, args.device, dtype)
 
 
+class AudioFailure(Exception):
+    """Audio that could not be read this time (missing or unreadable file): retried next run."""
+
+
 def load_audio(utt, path):
-    """The 16 kHz waveform as a numpy array, or None (logged) when it cannot be used."""
+    """The 16 kHz waveform as a numpy array, or None (logged) when too short to transcribe;
+    ``AudioFailure`` when it cannot be read."""
     from crab.data import read_audio  # imports speechbrain: only when there is work
 
+    if not os.path.isfile(path):
+        raise AudioFailure(f"missing audio file {path}")
     try:
         audio = read_audio(path).numpy()
     except (OSError, RuntimeError, sf.LibsndfileError) as err:
-        logger.warning("%s: unreadable audio %s (%s): empty transcript", utt, path, err)
-        return None
+        raise AudioFailure(f"unreadable audio {path} ({err})") from None
     if len(audio) < MIN_SAMPLES:
         logger.warning("%s: audio too short (%d samples) %s: empty transcript", utt, len(audio), path)
         return None
     return audio
 
 
+def _transcribe(transcriber, utts, audios):
+    outputs = transcriber([audios[utt] for utt in utts])
+    if len(outputs) != len(utts):
+        raise RuntimeError(f"the model gave {len(outputs)} transcripts for {len(utts)} utterances")
+    return dict(zip(utts, outputs))
+
+
 def transcribe_batches(todo, wavs, transcriber, out, batch_size):
-    """Transcribe ``todo`` in batches, appending each batch to ``out``; returns utt -> text."""
-    results, last_log = {}, time.monotonic()
+    """Transcribe ``todo`` in batches, appending each batch to ``out``; returns
+    ``(utt -> text, utt -> (kind, reason))``: the failures (kind ``audio`` or ``model``)
+    are not written, so that the next run tries them again."""
+    results, failed, last_log = {}, {}, time.monotonic()
     with open(out, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            audios = {utt: load_audio(utt, wavs[utt]) for utt in batch}
-            usable = [utt for utt in batch if audios[utt] is not None]
-            outputs = transcriber([audios[utt] for utt in usable]) if usable else []
-            if len(outputs) != len(usable):
-                raise RuntimeError(f"the model gave {len(outputs)} transcripts for {len(usable)} utterances")
-            texts = dict(zip(usable, outputs))
+            audios = {}
             for utt in batch:
+                try:
+                    audios[utt] = load_audio(utt, wavs[utt])
+                except AudioFailure as err:
+                    logger.warning("%s: %s: not transcribed (tried again next run)", utt, err)
+                    failed[utt] = ("audio", str(err))
+            usable = [utt for utt in batch if audios.get(utt) is not None]
+            texts = {}
+            if usable:
+                try:
+                    texts = _transcribe(transcriber, usable, audios)
+                except Exception as err:  # noqa: BLE001 - one bad batch must not stop (or poison) the run
+                    logger.warning("the model failed on a batch of %d (%s: %s): one utterance at a time",
+                                   len(usable), type(err).__name__, err)
+                    for utt in usable:
+                        try:
+                            texts.update(_transcribe(transcriber, [utt], audios))
+                        except Exception as err:  # noqa: BLE001
+                            logger.warning("%s: the model failed (%s: %s): not transcribed (tried again next run)",
+                                           utt, type(err).__name__, err)
+                            failed[utt] = ("model", f"{type(err).__name__}: {err}")
+            written = [utt for utt in batch if utt not in failed]
+            for utt in written:
                 results[utt] = " ".join(texts.get(utt, "").split())  # one line, single spaces
-            f.writelines(format_line(utt, results[utt]) for utt in batch)
+            f.writelines(format_line(utt, results[utt]) for utt in written)
             f.flush()
             os.fsync(f.fileno())
             if time.monotonic() - last_log > 60 or start + batch_size >= len(todo):
                 logger.info("%d of %d utterances transcribed", min(start + batch_size, len(todo)), len(todo))
                 last_log = time.monotonic()
-    return results
+    return results, failed
 
 
 def parse_args(argv=None):
@@ -262,16 +323,31 @@ def main(argv=None):
     record_model(out + ".model", args.model)
     write_transcripts(out, done, wavs)  # drops a cut-off line and utterances no longer in wav.scp
     logger.info("%s: %d utterances, %d already transcribed", args.data_dir, len(wavs), len(done))
+    failed = {}
     if todo:
-        done.update(transcribe_batches(todo, wavs, transcriber, out, args.batch_size))
+        new, failed = transcribe_batches(todo, wavs, transcriber, out, args.batch_size)
+        done.update(new)
     write_transcripts(out, done, wavs)
-    empty = [utt for utt in wavs if not done[utt]]
+    failed_file = out + ".failed"
+    if failed:
+        with open(failed_file, "w", encoding="utf-8") as f:
+            f.writelines(f"{utt}\t{reason}\n" for utt, (_, reason) in failed.items())
+    elif os.path.exists(failed_file):
+        os.remove(failed_file)
+    empty = [utt for utt in wavs if utt in done and not done[utt]]
     if empty:
         logger.warning(
             "%s: %d of %d empty transcripts (e.g. %s): stage 3 rejects them, or leaves them out with the skip policy",
             out, len(empty), len(wavs), ", ".join(empty[:5]),
         )
-    print(f"{out}: {len(wavs)} utterances, {len(empty)} empty transcripts")
+    summary = f"{out}: {len(wavs)} utterances, {len(empty)} empty transcripts"
+    if failed:
+        summary += f", {len(failed)} failed (not recorded, tried again by the next run; listed in {failed_file})"
+    print(summary)
+    model_failures = [utt for utt, (kind, _) in failed.items() if kind == "model"]
+    if model_failures:
+        raise cli.UserError(f"the model failed on {len(model_failures)} utterance(s) (e.g. {model_failures[0]}: "
+                            f"{failed[model_failures[0]][1]}): run again to retry them")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,243 @@
+"""crab-infer, crab.bin.transcribe and crab.bin.package keep what they have written:
+results of other wav.scp files, resumes only into results of the same model and
+transcripts, never an input as --out, torn lines, transient failures, renames."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from crab.bin import transcribe
+from tests.test_inference import cli, data, package, trained, write_inputs  # noqa: F401 - fixtures
+from tests.test_transcribe import FakeModel, make_data_dir, read_lines
+from tests.test_transcribe import run as run_transcribe
+
+
+def gold(model_dir, tmp_path, out, *extra, wav_scp="wav.scp", text="text"):
+    return cli("--model", model_dir, "--wav_scp", tmp_path / wav_scp, "--text", tmp_path / text,
+               "--text_mode", "gold", "--out", out, "--skip_errors", *extra)
+
+
+def split_wav_scp(tmp_path):
+    lines = (tmp_path / "wav.scp").read_text().splitlines()
+    (tmp_path / "part1.scp").write_text("\n".join(lines[:2]) + "\n")  # good_a, good_s
+    (tmp_path / "part2.scp").write_text(lines[4] + "\n")  # stereo
+
+
+# ---------------------------------------------------------------- A: results of other wav.scp files
+
+
+def test_results_of_another_wav_scp_are_kept(trained, data, tmp_path, capsys):  # noqa: F811
+    model_dir = trained[2]
+    write_inputs(tmp_path, data)
+    split_wav_scp(tmp_path)
+    out = tmp_path / "r.jsonl"
+    assert gold(model_dir, tmp_path, out, wav_scp="part1.scp") == 0
+    part1 = out.read_text()
+    assert gold(model_dir, tmp_path, out, wav_scp="part2.scp") == 0
+    text = out.read_text()
+    assert text.startswith(part1)  # the old lines in place, the new ones after them
+    assert [json.loads(line)["id"] for line in text.splitlines()] == ["good_a", "good_s", "stereo"]
+    capsys.readouterr()
+    assert gold(model_dir, tmp_path, out, wav_scp="part1.scp") == 0  # nothing to do again
+    assert "0 now, 2 before" in capsys.readouterr().out
+    assert out.read_text() == text
+
+
+# ---------------------------------------------------------------- B: the resume identity
+
+
+def test_resume_identity_covers_model_and_text_content(trained, data, tmp_path):  # noqa: F811
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained[2], model_dir)
+    write_inputs(tmp_path, data)
+    out = tmp_path / "r.tsv"
+    assert gold(model_dir, tmp_path, out) == 0
+    results = out.read_text()
+    marker = json.loads((tmp_path / "r.tsv.model").read_text())
+    assert len(marker["model_sha256"]) == 64 and len(marker["text_sha256"]) == 64
+    assert not [name for name in os.listdir(tmp_path) if ".tmp" in name]  # written by temp + rename
+
+    # another --text with the same path
+    (tmp_path / "text").write_text((tmp_path / "text").read_text().replace("angry", "furious"))
+    message = gold(model_dir, tmp_path, out)
+    assert "--text file's content" in message and "another model or other settings" in message
+    assert "\n" not in message and "Traceback" not in message
+    (tmp_path / "text").write_text((tmp_path / "text").read_text().replace("furious", "angry"))
+    # the same content under another name
+    shutil.copy(tmp_path / "text", tmp_path / "text2")
+    message = gold(model_dir, tmp_path, out, text="text2")
+    assert "the --text file (" in message and "content" not in message
+
+    # the model re-packaged in place (here: a changed weight and a changed yaml)
+    state = torch.load(model_dir / "model.ckpt", weights_only=True)
+    key = next(iter(state))
+    state[key] = state[key] + 1
+    torch.save(state, model_dir / "model.ckpt")
+    assert "the model's content" in gold(model_dir, tmp_path, out)
+    shutil.copy(trained[2] / "model.ckpt", model_dir / "model.ckpt")
+    with open(model_dir / "hyperparams.yaml", "a") as f:
+        f.write("# repackaged\n")
+    assert "the model's content" in gold(model_dir, tmp_path, out)
+    shutil.copy(trained[2] / "hyperparams.yaml", model_dir / "hyperparams.yaml")
+
+    assert gold(model_dir, tmp_path, out) == 0  # the same again: resumes
+    assert out.read_text() == results
+    # a damaged marker: a clear error, not a crash
+    (tmp_path / "r.tsv.model").write_text('{"model": ')
+    assert "missing or damaged" in gold(model_dir, tmp_path, out)
+
+
+# ---------------------------------------------------------------- D: --out is never an input
+
+
+def test_out_may_not_be_an_input_or_a_directory(trained, data, tmp_path):  # noqa: F811
+    model_dir = trained[2]
+    write_inputs(tmp_path, data)
+    before = {name: (tmp_path / name).read_bytes() for name in ("wav.scp", "text")}
+    model_before = (model_dir / "hyperparams.yaml").read_bytes()
+    os.symlink(tmp_path / "text", tmp_path / "link.tsv")
+    for out in (tmp_path / "wav.scp", tmp_path / "text", tmp_path / "link.tsv", model_dir / "hyperparams.yaml",
+                model_dir / "new.tsv"):
+        message = gold(model_dir, tmp_path, out, "--overwrite")
+        assert isinstance(message, str) and ("input" in message or "inside --model" in message), message
+    assert "is a directory" in gold(model_dir, tmp_path, tmp_path, "--overwrite")
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert (model_dir / "hyperparams.yaml").read_bytes() == model_before
+    assert not (model_dir / "new.tsv").exists()
+
+    # --overwrite replaces the results by a rename: never a delete first
+    out = tmp_path / "r.tsv"
+    assert gold(model_dir, tmp_path, out) == 0
+    results = out.read_text()
+    removed = []
+    real_remove = os.remove
+    try:
+        os.remove = os.unlink = lambda path, *a, **k: (removed.append(str(path)), real_remove(path, *a, **k))
+        assert gold(model_dir, tmp_path, out, "--overwrite") == 0
+    finally:
+        os.remove = os.unlink = real_remove
+    assert out.read_text() == results and not [p for p in removed if p.startswith(str(out))]
+
+
+# ---------------------------------------------------------------- E: torn lines
+
+
+def test_a_line_cut_inside_a_utf8_character_is_redone(trained, data, tmp_path, capsys):  # noqa: F811
+    model_dir = trained[2]
+    write_inputs(tmp_path, data)
+    text = (tmp_path / "text").read_text().replace("today", "aujourd’hui é")
+    (tmp_path / "text").write_text(text, encoding="utf-8")
+    out = tmp_path / "r.jsonl"
+    assert gold(model_dir, tmp_path, out) == 0
+    complete = out.read_bytes()
+    lines = complete.splitlines(keepends=True)
+    cut = lines[2].index("é".encode()) + 1  # inside the two bytes of é
+    out.write_bytes(lines[0] + lines[1] + lines[2][:cut])
+    capsys.readouterr()
+    assert gold(model_dir, tmp_path, out) == 0
+    assert "1 now, 2 before" in capsys.readouterr().out
+    assert out.read_bytes() == complete
+    # cut inside a character and then a newline (the last line): dropped too
+    out.write_bytes(lines[0] + lines[1] + lines[2][:cut] + b"\n")
+    assert gold(model_dir, tmp_path, out) == 0
+    assert out.read_bytes() == complete
+    # a damaged line before the last: an error naming the file and line, nothing thrown away
+    damaged = lines[0] + lines[1][:lines[1].index("é".encode()) + 1] + b"\n" + lines[2]
+    out.write_bytes(damaged)
+    message = gold(model_dir, tmp_path, out)
+    assert f"{out}:2: not UTF-8" in message and "\n" not in message
+    assert out.read_bytes() == damaged
+
+
+def test_transcripts_cut_inside_a_utf8_character(tmp_path, monkeypatch):
+    data_dir, utts = make_data_dir(tmp_path, n=3)
+    monkeypatch.setattr(transcribe, "load_transcriber", FakeModel(texts={0: "é", 1: "é", 2: "é"}).load)
+    run_transcribe(data_dir, "fake")
+    complete = (data_dir / "text.asr").read_bytes()
+    lines = complete.splitlines(keepends=True)
+    (data_dir / "text.asr").write_bytes(lines[0] + lines[1][:-2])  # cut inside the é of the second
+    fake = FakeModel(texts={0: "é", 1: "é"})
+    monkeypatch.setattr(transcribe, "load_transcriber", fake.load)
+    run_transcribe(data_dir, "fake")
+    assert fake.batches == [2] and (data_dir / "text.asr").read_bytes() == complete
+    (data_dir / "text.asr").write_bytes(lines[0][:-2] + b"\n" + lines[1] + lines[2])
+    with pytest.raises(SystemExit, match=r"text.asr:1: not UTF-8"):
+        run_transcribe(data_dir, "fake")
+
+
+# ---------------------------------------------------------------- F: smaller ones
+
+
+def test_transient_transcription_failures_are_not_recorded(tmp_path, monkeypatch, capsys):
+    data_dir, utts = make_data_dir(tmp_path, n=4)
+    wavs = dict(line.split() for line in (data_dir / "wav.scp").read_text().splitlines())
+    good = open(wavs[utts[1]], "rb").read()
+    open(wavs[utts[1]], "wb").write(b"not audio at all")  # unreadable (e.g. still being copied)
+
+    def flaky(args):  # fails on any batch holding utts[2]'s audio (of 0.25 s), else transcribes
+        def transcriber(audios):
+            if any(len(a) == 4000 for a in audios):
+                raise RuntimeError("CUDA out of memory")
+            return ["words"] * len(audios)
+        return transcriber
+
+    sf.write(wavs[utts[2]], (0.1 * np.random.default_rng(1).standard_normal(4000)).astype("float32"), 16000)
+    monkeypatch.setattr(transcribe, "load_transcriber", flaky)
+    with pytest.raises(SystemExit, match="the model failed on 1 utterance"):
+        run_transcribe(data_dir, "fake", "--batch_size", "4")
+    assert [line[0] for line in read_lines(data_dir / "text.asr")] == [utts[0], utts[3]]  # the others one by one
+    failed = (data_dir / "text.asr.failed").read_text()
+    assert f"{utts[1]}\tunreadable audio" in failed and f"{utts[2]}\tRuntimeError: CUDA out of memory" in failed
+    assert "2 failed" in capsys.readouterr().out
+    # the next run tries exactly the failed ones again
+    open(wavs[utts[1]], "wb").write(good)
+    fake = FakeModel(texts={0: "second", 1: "third"})
+    monkeypatch.setattr(transcribe, "load_transcriber", fake.load)
+    run_transcribe(data_dir, "fake", "--batch_size", "4")
+    assert fake.batches == [2]
+    assert read_lines(data_dir / "text.asr") == [[utts[0], "words"], [utts[1], "second"], [utts[2], "third"],
+                                                 [utts[3], "words"]]
+    assert not (data_dir / "text.asr.failed").exists()
+
+
+def test_tsv_text_is_cleaned_and_empty_wav_scp_is_an_error(trained, data, tmp_path):  # noqa: F811
+    model_dir = trained[2]
+    write_inputs(tmp_path, data)
+    (tmp_path / "text").write_text("good_a I feel\x1b[31m angry\x00 today\n", encoding="utf-8")
+    (tmp_path / "one.scp").write_text((tmp_path / "wav.scp").read_text().splitlines()[0] + "\n")
+    out = tmp_path / "r.tsv"
+    assert gold(model_dir, tmp_path, out, wav_scp="one.scp") == 0
+    row = out.read_text().splitlines()[1].split("\t")
+    assert row[-1] == "I feel[31m angry today" and "\x1b" not in out.read_text() and "\x00" not in out.read_text()
+
+    (tmp_path / "empty.scp").write_text("")
+    message = gold(model_dir, tmp_path, tmp_path / "e.tsv", wav_scp="empty.scp")
+    assert isinstance(message, str) and "empty.scp" in message and "no utterances" in message
+    assert not (tmp_path / "e.tsv").exists()
+
+
+def test_package_is_renamed_over_the_old_one(trained, data, tmp_path, monkeypatch):  # noqa: F811
+    _, _, _, run_dir = trained
+    model_dir = tmp_path / "model"
+    package(data, run_dir, model_dir)
+    before = (model_dir / "model.ckpt").read_bytes()
+    real_replace = os.replace
+
+    def failing(src, dst):  # the new package cannot be put in place (disk full, ...)
+        if str(src).endswith("model.tmp"):
+            raise OSError("No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="No space left"):
+        package(data, run_dir, model_dir)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (model_dir / "model.ckpt").read_bytes() == before  # the old package is still there
+    assert (model_dir / "metadata.json").is_file() and not os.path.exists(f"{model_dir}.old")
+    package(data, run_dir, model_dir)  # and packaging again works
+    assert (model_dir / "model.ckpt").read_bytes() == before and not os.path.exists(f"{model_dir}.old")

@@ -1,0 +1,104 @@
+"""Loading a packaged model runs nothing from its directory (crab-infer, from_hparams,
+the crab-written custom_interface.py of foreign_class): hyperparams.yaml is checked
+against what crab.bin.package writes, checkpoints are read with weights_only=True."""
+
+import os
+import shutil
+
+import pytest
+import torch
+from speechbrain.inference.interfaces import foreign_class
+
+from crab.inference import CrabClassifier, UnsafeModelError, check_package_hparams, load_weights
+from tests.test_inference import cli, data, trained, write_inputs  # noqa: F401 - fixtures
+
+VARIANTS = {
+    "apply": 'evil: !apply:os.system ["touch {marker}"]',
+    "new": 'evil: !new:os.system ["touch {marker}"]',
+    "name": "evil: !name:subprocess.run",
+    "python_tag": 'evil: !!python/object/apply:os.system ["touch {marker}"]',
+    "python_object": "evil: !!python/object:argparse.Namespace {{a: 1}}",
+    "tuple": 'evil: (!!python/object/apply:os.system ["touch {marker}"])',  # hyperpyyaml's !tuple: yaml.Loader
+    "include": "evil: !include:other.yaml",
+    "ref_attribute": "evil: !ref <model.load_package>",
+    "pretrainer_paths": "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer\n"
+                        "    paths: {{model: /elsewhere/model.ckpt}}",
+}
+
+
+class Bomb:
+    """Unpickling it runs a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def copy_model(trained, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(trained[2], model)
+    return model
+
+
+def add_line(model, line):
+    path = model / "hyperparams.yaml"
+    text = path.read_text()
+    if line.startswith("pretrainer:"):  # replaces the package's own
+        text = text[:text.index("pretrainer:")]
+    path.write_text(text + line + "\n")
+    return text.count("\n") + line.count("\n") + 1  # the line number of the (last) added line
+
+
+def test_the_package_yaml_passes(trained):
+    assert "PackagedCrab" in check_package_hparams(os.path.join(trained[2], "hyperparams.yaml"))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_code_in_hyperparams_is_refused(variant, trained, data, tmp_path):  # noqa: F811
+    model = copy_model(trained, tmp_path)
+    marker = tmp_path / "MARKER"
+    lineno = add_line(model, VARIANTS[variant].format(marker=marker))
+    yaml_path = str(model / "hyperparams.yaml")
+
+    with pytest.raises(UnsafeModelError, match="refusing to load this model") as err:
+        CrabClassifier.from_hparams(source=str(model))
+    assert f"{yaml_path}:{lineno}:" in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()
+
+    write_inputs(tmp_path, data)
+    message = cli("--model", model, "--wav_scp", tmp_path / "wav.scp", "--text", tmp_path / "text",
+                  "--text_mode", "gold", "--out", tmp_path / "r.tsv")
+    assert isinstance(message, str) and message.startswith("ERROR: ") and f"{yaml_path}:{lineno}:" in message
+    assert "\n" not in message and not marker.exists()
+    assert not (tmp_path / "r.tsv").exists()  # refused before anything is written
+
+    if variant == "apply":  # the custom_interface.py crab.bin.package writes checks it too
+        with pytest.raises(UnsafeModelError, match="refusing"):
+            foreign_class(source=str(model), pymodule_file="custom_interface.py", classname="CrabClassifier")
+        assert not marker.exists()
+
+
+def test_pickle_bomb_checkpoint_is_refused(trained, data, tmp_path, monkeypatch):  # noqa: F811
+    # even where the environment turns torch.load's weights_only default off
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    model = copy_model(trained, tmp_path)
+    marker = tmp_path / "MARKER"
+    state = torch.load(model / "model.ckpt", weights_only=True)
+    state["bomb"] = Bomb(marker)
+    torch.save(state, model / "model.ckpt")
+
+    with pytest.raises(UnsafeModelError, match="model.ckpt holds more than weights") as err:
+        CrabClassifier.from_hparams(source=str(model))
+    assert "\n" not in str(err.value)
+    assert not marker.exists()
+    with pytest.raises(UnsafeModelError, match="holds more than weights"):
+        load_weights(str(model / "model.ckpt"))  # as crab.bin.package reads a run's checkpoints
+    assert not marker.exists()
+
+    write_inputs(tmp_path, data)
+    message = cli("--model", model, "--wav_scp", tmp_path / "wav.scp", "--text", tmp_path / "text",
+                  "--text_mode", "gold", "--out", tmp_path / "r.tsv")
+    assert "holds more than weights" in message and "\n" not in message
+    assert not marker.exists()
