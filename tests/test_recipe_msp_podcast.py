@@ -251,3 +251,61 @@ def test_stages_1_to_8_with_asr_transcripts(corpus, tmp_path):
         assert (run_dir / f"eval_{test}" / "predictions.csv").is_file()
         assert set(json.loads((run_dir / f"eval_{test}" / "scores.json").read_text())) >= {"WAR", "UAR"}
         assert "| run | N | WAR | UAR |" in (tmp_path / "exp" / "crab_tiny" / f"results_{test}.md").read_text()
+
+    # Test3: the packaged model's predictions as a submission file, every Test3 file once.
+    model = tmp_path / "exp" / "crab_tiny" / "official" / "seed42" / "model"
+    out = tmp_path / "test3.csv"
+    result = subprocess.run(
+        ["bash", os.path.join(RECIPE, "local", "test3.sh"), "--model", str(model), "--out", str(out),
+         "--data_dir", str(tmp_path / "data" / "test3"), "--asr_model", asr_model,
+         "--infer_opts", "--language english --max_new_tokens 8"],
+        capture_output=True, text=True, env={**os.environ, "MSP_PODCAST": str(corpus)},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = out.read_text().splitlines()
+    assert rows[0] == "FileName,EmoClass" and len(rows) == 2
+    name, letter = rows[1].split(",")
+    assert name == "MSP-PODCAST_0010_0000.wav" and letter in CODES
+
+
+TEST3 = os.path.join(RECIPE, "local", "test3.py")
+
+
+def run_test3(*args):
+    return subprocess.run([sys.executable, TEST3, *map(str, args)], capture_output=True, text=True)
+
+
+def test_test3_files_from_split_set_or_partitions(corpus, tmp_path):
+    result = run_test3("prepare", "--corpus_dir", corpus, "--out_dir", tmp_path / "t3")
+    assert result.returncode == 0, result.stderr
+    assert table(tmp_path / "t3" / "wav.scp") == {
+        "MSP-PODCAST_0010_0000": str(corpus / "Audios" / "MSP-PODCAST_0010_0000.wav")}
+    # a Partitions.txt lists Test3 files whose labels are withheld
+    sf.write(corpus / "Audios" / "MSP-PODCAST_0011_0000.wav", np.full(8000, 0.1, "float32"), 16000)
+    (tmp_path / "Partitions.txt").write_text("Test3; MSP-PODCAST_0010_0000.wav\nTest3; MSP-PODCAST_0011_0000\n"
+                                             "Train; MSP-PODCAST_0001_0000.wav\n")
+    result = run_test3("prepare", "--corpus_dir", corpus, "--out_dir", tmp_path / "t3",
+                   "--partitions", tmp_path / "Partitions.txt")
+    assert result.returncode == 0, result.stderr
+    assert list(table(tmp_path / "t3" / "wav.scp")) == ["MSP-PODCAST_0010_0000", "MSP-PODCAST_0011_0000"]
+    os.remove(corpus / "Audios" / "MSP-PODCAST_0011_0000.wav")
+    result = run_test3("prepare", "--corpus_dir", corpus, "--out_dir", tmp_path / "t3",
+                   "--partitions", tmp_path / "Partitions.txt")
+    assert result.returncode != 0 and "1 of 2 Test3 files missing" in result.stderr
+
+
+def test_test3_submission_is_complete_or_refused(tmp_path):
+    (tmp_path / "wav.scp").write_text("a /x/a.wav\nb /x/b.wav\n")
+    header = "id\tpredicted\tscore\n"
+    (tmp_path / "r.tsv").write_text(header + "b\tcontempt\t0.9\na\tanger\t0.8\n")
+    result = run_test3("submission", "--wav_scp", tmp_path / "wav.scp", "--results", tmp_path / "r.tsv",
+                   "--out", tmp_path / "s.csv")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "s.csv").read_text().splitlines() == ["FileName,EmoClass", "a.wav,A", "b.wav,C"]
+    for content, message in ((header + "a\tanger\t0.8\n", "1 Test3 file(s) without a prediction"),
+                             (header + "a\tanger\t1\nb\tanger\t1\nc\tanger\t1\n", "1 prediction(s) of files not in"),
+                             (header + "a\tangry\t1\nb\tsad\t1\n", "not MSP-Podcast's eight")):
+        (tmp_path / "r.tsv").write_text(content)
+        result = run_test3("submission", "--wav_scp", tmp_path / "wav.scp", "--results", tmp_path / "r.tsv",
+                       "--out", tmp_path / "bad.csv")
+        assert result.returncode != 0 and message in result.stderr and not (tmp_path / "bad.csv").exists()
