@@ -4,7 +4,7 @@
 # counts) into a temporary directory, print the per-fold counts, and remove the directory.
 # Options after the folder go to local/data.sh.
 #   local/check_real_corpus.sh /path/to/emodb                     # the folder holding wav/
-#   local/check_real_corpus.sh /path/to/emodb --pairing sorted    # issue 7's folds
+#   local/check_real_corpus.sh /path/to/emodb --pairing sorted    # the CPU results' folds
 set -euo pipefail
 if [ $# -lt 1 ] || [ ! -d "$1" ]; then
   echo "Usage: $0 EMODB_DIR [local/data.sh options] (EMODB_DIR: the EmoDB folder holding wav/)" >&2

@@ -2,7 +2,7 @@
 # "CPU results with substitute encoders" (README.md): Crab speech-only on EmoDB with
 # the frozen Whisper-base encoder, on the speaker-pair folds 03+08, 09+10, 11+12,
 # 13+14, 15+16, CE only against MLCS (alpha 2), two seeds each. Needs EMODB (db.sh)
-# and a local Whisper-base directory in Hugging Face format.
+# and openai/whisper-base (hub access, or --whisper DIR: a local copy in Hugging Face format).
 #   local/cpu_results.sh [--whisper DIR] [--layer N] [--seeds "1 2"] [--stage N] [--parallel true] [--trainval true]
 #                        [--folds "fold03_08 ..."] [--data_dir data/pairs] [--exp_dir exp_cpu_whisper_base]
 #                        [--extra_opts "--key=value ..."]   (appended to the training overrides)
@@ -21,7 +21,7 @@
 # printed by stage 4 below; test sets are not read to choose it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-whisper=$(cd ../../.. && pwd)/shared/models/whisper-base
+whisper=openai/whisper-base   # hub id, or a local directory in Hugging Face format
 layer=3
 seeds="1 2"
 stage=1

@@ -5,7 +5,7 @@ set -euo pipefail
 data_dir=data
 data_root=                  # EmoDB folder holding wav/
 num_folds=5                 # 5: a speaker pair per fold; 10: one speaker per fold
-pairing=balanced            # the 5 folds' pairs: balanced (male + female) | sorted (03 08, 09 10, ...: issue 7's)
+pairing=balanced            # the 5 folds' pairs: balanced (male + female) | sorted (03 08, 09 10, ...: the CPU results')
 check_counts=true           # false: accept a partial copy (test fixtures); the 535 / per-class check is skipped
 . utils/parse_options.sh
 

@@ -4,7 +4,7 @@
 # plain CE, weighted CE, weighted CE + MLCS (alpha 2), three seeds each, best epoch on dev.
 # --finetune true: the same three settings with MiniLM fine-tuned end to end (last layer,
 # encoder lr = head lr / 10, as the paper's hierarchical lr), no cache; exp_cpu_minilm_ft.
-# Needs MELD (db.sh) pointing at the *_sent_emo.csv files and a local MiniLM directory
+# Needs MELD (db.sh) pointing at the *_sent_emo.csv files and sentence-transformers/all-MiniLM-L6-v2
 # in Hugging Face format.
 #   local/cpu_results.sh [--minilm DIR] [--layer N|weighted_sum] [--seeds "1 2 3"] [--stage N] [--parallel true]
 #                        [--finetune true] [--ablations "plain_ce ce_only mlcs"] [--data_dir data]
@@ -17,7 +17,7 @@
 # Stages (as ser.sh's): 1-4 data, cache and layer probe; 5-6 training and evaluation; 7 the tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-minilm=$(cd ../../.. && pwd)/shared/models/all-MiniLM-L6-v2
+minilm=sentence-transformers/all-MiniLM-L6-v2   # hub id, or a local directory in Hugging Face format
 layer=weighted_sum
 seeds="1 2 3"
 stage=1
