@@ -30,8 +30,10 @@ class Checkpointer(checkpoints.Checkpointer):
     saving leaves a directory that looks like the latest checkpoint and that
     the resumed run cannot load. Here the directory is written under a hidden
     name (``.partial-CKPT+...``, which SpeechBrain does not list) and renamed
-    into place once every file is written. The next save removes what an
-    interrupted one left.
+    into place once every file is written and on disk (fsynced, files and
+    directory, before the rename; the rename itself after), so that neither a
+    kill nor a power cut leaves a listed checkpoint with missing or empty files.
+    The next save removes what an interrupted one left.
     """
 
     def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):
@@ -43,7 +45,11 @@ class Checkpointer(checkpoints.Checkpointer):
         checkpoint = None
         if staged is not None:  # the main process
             path = staged.path.with_name(staged.path.name[len(STAGING_PREFIX):])
+            for file in sorted(staged.path.iterdir()):  # every process's files
+                fsync(file)
+            fsync(staged.path)
             os.rename(staged.path, path)
+            fsync(path.parent)
             paramfiles = {key: path / file.name for key, file in staged.paramfiles.items()}
             checkpoint = checkpoints.Checkpoint(path, staged.meta, paramfiles)
         # Every process must see the renamed checkpoint before deciding (collectively)
@@ -58,6 +64,15 @@ class Checkpointer(checkpoints.Checkpointer):
     def _custom_checkpoint_dirpath(self, name):
         path = super()._custom_checkpoint_dirpath(name)
         return path.with_name(STAGING_PREFIX + path.name)
+
+
+def fsync(path):
+    """Flush a file's or a directory's data and metadata to disk."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _rank():

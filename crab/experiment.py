@@ -1,17 +1,20 @@
 """What the train and evaluate entry points share: command line, hparams, data."""
 
+import contextlib
 import json
 import logging
 import os
 import sys
 
 import speechbrain as sb
+import torch
 from speechbrain.dataio.sampler import DynamicBatchSampler
-from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.distributed import if_main_process, is_distributed_initialized, run_on_main
 
 from crab.brain import CrabBrain
 from crab.data import class_counts, label_encoder, make_dataset
 from crab.features import FeatureCache
+from crab.locking import FolderLockedError, folder_lock
 from crab.runconfig import (  # noqa: F401 (the configuration helpers, imported from here too)
     TOP_LEVEL_KEY,
     ConfigError,
@@ -19,6 +22,7 @@ from crab.runconfig import (  # noqa: F401 (the configuration helpers, imported 
     last_value_wins,
     load_hparams,
     load_run,
+    parse_arguments,
 )
 
 logger = logging.getLogger(__name__)
@@ -27,10 +31,38 @@ logger = logging.getLogger(__name__)
 def parse_and_load(argv=None):
     """Parse ``hparams.yaml [--run_opt ...] [--key=value ...]`` and load the hparams
     (a key given twice takes its last value)."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
+    hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:] if argv is None else argv)
     overrides = last_value_wins(overrides)
     check_overrides(hparams_file, overrides)
     return hparams_file, run_opts, overrides, load_hparams(hparams_file, overrides)
+
+
+@contextlib.contextmanager
+def run_lock(output_folder):
+    """Hold ``<output_folder>/.lock`` (``crab.locking``) for a whole training: a second
+    training of the same folder stops at once with a ``FolderLockedError`` naming the
+    holder (pid, host, start time, command), before it writes anything.
+
+    In a DDP run the main process takes the lock for the whole job and tells the
+    others (a broadcast, which every process reaches) whether it got it, so that all
+    of them stop together, with the same message, when another job holds it.
+    Evaluating a run while it trains takes no lock and is allowed: its checkpoints
+    appear whole (``crab.checkpointing``), and evaluation writes only ``eval_<name>/``.
+    """
+    with contextlib.ExitStack() as stack:
+        error = None
+        if if_main_process():
+            try:
+                stack.enter_context(folder_lock(output_folder, "training run"))
+            except FolderLockedError as err:
+                error = str(err)
+        if is_distributed_initialized():
+            shared = [error]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            error = shared[0]
+        if error is not None:
+            raise FolderLockedError(error)
+        yield
 
 
 def prepare_labels_and_weights(hparams):
@@ -65,7 +97,7 @@ def feature_cache(hparams, manifests):
     if not hparams.get("feature_cache"):
         return None, []
     cache = FeatureCache(hparams["feature_cache"])
-    return cache, cache.check(hparams["model"], hparams["max_duration"], manifests)
+    return cache, cache.check(hparams["model"], hparams["max_duration"], manifests, hparams["data_root"])
 
 
 def dataset(hparams, manifest, encoder, sort=False, cache=(None, [])):

@@ -7,41 +7,57 @@ dim)``: the last layer, or every layer for ``layer_weighting: weighted_sum``) to
 cache directory:
 
     index.json             what was extracted (encoder identity, weights digest,
-                           dtype), which shard holds each utterance, and a digest
-                           of each utterance's input (text, audio path, duration)
+                           dtype), which shard holds each utterance, a digest of
+                           each utterance's input (text, audio path, duration) and
+                           the fingerprint of its audio file (size, SHA-256 of its
+                           bytes, and the stat values they were taken at)
     shard_00000.safetensors ...  tensors named ``<utt>/<branch>``
 
-Each shard is written to a temporary name and renamed, then the index is
-rewritten the same way, so an interrupted extraction loses at most the shard in
-progress and re-running it extracts only what is missing. Utterances of new
+Each shard is written to a temporary name, fsynced and renamed, then the index is
+rewritten the same way, so an interrupted extraction (or a power cut) loses at most
+the shard in progress and re-running it extracts only what is missing. Re-running
+also checks every listed shard (it opens, and holds its utterances' tensors with
+the cache's dtype and trailing shape); a shard that does not is dropped from the
+index, with a warning, and its utterances extracted again. Utterances of new
 manifests (another fold) are added to the same cache. The index records a digest
 of the encoder weights: reading a cache with other weights (another checkpoint,
-another random seed) or with changed inputs (an edited transcript) is an
-error, never a silent mismatch.
+another random seed) or with changed inputs (an edited transcript, an audio file
+replaced in place) is an error, never a silent mismatch.
+
+Audio files are compared by content: a file whose size and stat times (mtime,
+ctime, inode) are those recorded is taken as unchanged; any other is hashed again
+(SHA-256, ~1 GB/s), so a moved or touched corpus costs one hashing pass per
+check, and only other bytes are an error. One extraction writes a cache at a time
+(``crab.locking``: a second one waits).
 
 An encoder fine-tuned only in its top layers (``finetune_top_layers``) is cached
 below them: the cache holds the hidden state those layers read, its identity
 covers the frozen weights only, and training runs the tuned layers on it.
 """
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from crab.checkpointing import fsync
 from crab.cli import UserError
 from crab.data import load_manifest, read_utterance_audio
 from crab.encoders import lengths_to_mask, relative_to_absolute
+from crab.locking import folder_lock
 
 logger = logging.getLogger(__name__)
 
 INDEX = "index.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+# 2: audio fingerprints ("audio"); a cache without them (1) holding speech states is
+# not trusted: its audio may have changed unseen.
+INDEX_VERSION = 2
 
 
 class FeatureCacheError(UserError, ValueError):
@@ -87,6 +103,76 @@ def input_digest(entry, branches):
     return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
+def audio_fingerprint(path):
+    """``{"size", "sha256", "stat"}`` of an audio file: its size and the SHA-256 of its
+    bytes, and the stat values (size, mtime, ctime, inode) they were taken at."""
+    before = os.stat(path)
+    with open(path, "rb") as f:
+        sha = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"size": before.st_size, "sha256": sha, "stat": _stat_key(before)}
+
+
+def _stat_key(st):
+    # ctime changes on any write or replacement of the file, and cannot be set back
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def audio_change(path, recorded):
+    """``(what changed or None, fingerprint now)`` of an audio file against its
+    ``recorded`` fingerprint; hashed only when its stat values differ."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        return f"cannot be read now ({err.strerror})", None
+    if _stat_key(st) == recorded["stat"]:
+        return None, recorded
+    now = audio_fingerprint(path)
+    if now["size"] != recorded["size"]:
+        return f"size {recorded['size']} -> {now['size']} bytes", now
+    if now["sha256"] != recorded["sha256"]:
+        return (f"same size, other bytes: sha256 {recorded['sha256'][:12]}... -> "
+                f"{now['sha256'][:12]}..."), now
+    return None, now
+
+
+def _audio_changed_error(utt, path, what, cache_dir):
+    return FeatureCacheError(
+        f"utterance '{utt}': its audio {path} changed since {cache_dir} was extracted ({what}): "
+        "its cached speech states are stale; extract into a new directory"
+    )
+
+
+def _old_index_error(cache_dir):
+    return FeatureCacheError(
+        f"feature cache {cache_dir} was extracted without audio fingerprints (an older crab), so a "
+        "changed audio file would go unseen: extract into a new directory (or delete this one and re-extract)"
+    )
+
+
+def _shard_problem(path, utts, branches, dtype):
+    """Why the shard at ``path`` cannot serve ``utts`` (``None`` if it can): it must
+    open and hold ``<utt>/<branch>`` of each, ``(time, layers, dim)`` of the
+    branch's identity in ``dtype``."""
+    if not os.path.isfile(path):
+        return "missing"
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = set(f.keys())
+            for utt in utts:
+                for branch, identity in branches.items():
+                    key = f"{utt}/{branch}"
+                    if key not in keys:
+                        return f"lacks {key}"
+                    tensor = f.get_slice(key)
+                    shape, stored = tensor.get_shape(), tensor.get_dtype()
+                    expected = [identity["num_states"], identity["dim"]]
+                    if len(shape) != 3 or shape[1:] != expected or stored != SAFETENSORS_DTYPES[dtype]:
+                        return f"{key} is {stored} {shape}, not {SAFETENSORS_DTYPES[dtype]} [time, {', '.join(map(str, expected))}]"
+    except (SafetensorError, OSError) as err:
+        return f"unreadable: {err}"
+    return None
+
+
 def cache_branches(model, max_duration=None):
     """Identity of each of the model's frozen encoders (the ones a cache may hold)."""
     return {
@@ -110,6 +196,7 @@ class FeatureCache:
         self.dtype = index["dtype"]
         self.shard_of = {utt: shard for shard, utts in index["shards"].items() for utt in utts}
         self.inputs = index["inputs"]
+        self.audio = index.get("audio")  # None: a cache written before audio fingerprints
         self._open = {}
 
     def __contains__(self, utt):
@@ -118,15 +205,28 @@ class FeatureCache:
     def get(self, utt, branch):
         """``(time, layers, dim)`` float32 states of one utterance."""
         shard = self.shard_of[utt]
-        if shard not in self._open:
-            self._open[shard] = safe_open(os.path.join(self.cache_dir, shard), framework="pt")
-        return self._open[shard].get_tensor(f"{utt}/{branch}").float()
+        path = os.path.join(self.cache_dir, shard)
+        try:
+            if shard not in self._open:
+                self._open[shard] = safe_open(path, framework="pt")
+            return self._open[shard].get_tensor(f"{utt}/{branch}").float()
+        except (SafetensorError, OSError) as err:
+            raise self._corrupt(path, f"utterance '{utt}'", err) from None
 
-    def check(self, model, max_duration, manifests=()):
+    def _corrupt(self, path, which, problem):
+        return FeatureCacheError(
+            f"feature cache shard {path} ({which}) is corrupt ({problem}): re-run the extraction "
+            f"(crab.bin.extract_features with --feature_cache={self.cache_dir}), which extracts a corrupt "
+            "shard's utterances again"
+        )
+
+    def check(self, model, max_duration, manifests=(), data_root=None):
         """Which branches to read from the cache for ``model``.
 
         Every branch the cache holds must match the model's encoder exactly and
-        be frozen; every utterance of ``manifests`` must be in the cache.
+        be frozen; every utterance of ``manifests`` must be in the cache, with the
+        same inputs (text, audio path and duration, audio file content: its
+        ``{data_root}`` is ``data_root``), in a shard that opens and holds it.
         """
         current = {b: model.encoders[b] for b in model.branches if b in self.branches}
         if not current:
@@ -164,7 +264,39 @@ class FeatureCache:
                     f"{len(changed)} utterance(s) of {manifest} have another text or audio than when "
                     f"{self.cache_dir} was extracted (first: {changed[0]}): extract into a new directory"
                 )
+            if "speech" in current:
+                self._check_audio(entries, data_root)
+            for shard in sorted({self.shard_of[u] for u in entries}):
+                utts = [u for u in entries if self.shard_of[u] == shard]
+                problem = _shard_problem(os.path.join(self.cache_dir, shard), utts, self.branches, self.dtype)
+                if problem is not None:
+                    raise self._corrupt(os.path.join(self.cache_dir, shard), f"{len(utts)} utterance(s) of {manifest}", problem)
         return sorted(current)
+
+    def _check_audio(self, entries, data_root):
+        """Each utterance's audio file has the bytes it had at extraction."""
+        if self.audio is None:
+            raise _old_index_error(self.cache_dir)
+        hashed = 0
+        for utt, entry in entries.items():
+            path = _audio_path(entry, data_root)
+            what, now = audio_change(path, self.audio[utt])
+            hashed += now is not self.audio[utt]
+            if what is not None:
+                raise _audio_changed_error(utt, path, what, self.cache_dir)
+        if hashed:
+            logger.info("Feature cache %s: hashed %d audio file(s) moved or touched since extraction "
+                        "(same bytes); re-running the extraction records their new stat values",
+                        self.cache_dir, hashed)
+
+
+def _audio_path(entry, data_root):
+    path = str(entry["wav"])
+    if "{data_root}" in path:
+        if data_root is None:
+            raise ValueError(f"audio path {path}: no data_root to substitute")
+        path = path.replace("{data_root}", data_root)
+    return path
 
 
 def cached_states(batch):
@@ -179,9 +311,13 @@ def cached_states(batch):
 
 
 def _write_atomic(path, write):
+    """``write(tmp)``, then on disk (fsync) before the rename, then the rename on disk:
+    after a crash or power cut ``path`` is the old file or the whole new one."""
     tmp = path + ".tmp"
     write(tmp)
+    fsync(tmp)
     os.replace(tmp, path)
+    fsync(os.path.dirname(os.path.abspath(path)))
 
 
 def _dump_json(obj, path):
@@ -192,7 +328,8 @@ def _dump_json(obj, path):
 def _read_index(cache_dir, branches, dtype):
     path = os.path.join(cache_dir, INDEX)
     if not os.path.isfile(path):
-        return {"branches": branches, "dtype": dtype, "shards": {}, "inputs": {}}
+        return {"version": INDEX_VERSION, "branches": branches, "dtype": dtype, "shards": {}, "inputs": {},
+                "audio": {}}
     with open(path, encoding="utf-8") as f:
         index = json.load(f)
     if index["branches"] != branches or index["dtype"] != dtype:
@@ -200,7 +337,33 @@ def _read_index(cache_dir, branches, dtype):
             f"{cache_dir} already holds features of other encoders or dtype "
             f"({index['dtype']}, {sorted(index['branches'])}): extract into a new directory"
         )
+    if "audio" not in index:
+        if "speech" in branches and index["shards"]:
+            raise _old_index_error(cache_dir)
+        index.update(version=INDEX_VERSION, audio={})
     return index
+
+
+def _drop_corrupt_shards(cache_dir, index):
+    """Drop from ``index`` (and delete) each listed shard that cannot serve its
+    utterances (``_shard_problem``), so that they are extracted again."""
+    for shard, utts in list(index["shards"].items()):
+        path = os.path.join(cache_dir, shard)
+        problem = _shard_problem(path, utts, index["branches"], index["dtype"])
+        if problem is not None:
+            logger.warning("Feature cache %s: %s is corrupt (%s): extracting its %d utterance(s) again",
+                           cache_dir, shard, problem, len(utts))
+            del index["shards"][shard]
+            for utt in utts:
+                index["inputs"].pop(utt, None)
+                index["audio"].pop(utt, None)
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def _next_shard(index):
+    numbers = [int(name[len("shard_"):-len(".safetensors")]) for name in index["shards"]]
+    return f"shard_{max(numbers, default=-1) + 1:05d}.safetensors"
 
 
 def _batches(utts, entries, batch_size):
@@ -236,12 +399,11 @@ def extract(model, manifests, cache_dir, data_root=None, max_duration=None, batc
     branches = cache_branches(model, max_duration)
     if not branches:
         raise FeatureCacheError("no encoder of this model is frozen: there is nothing to cache")
-    os.makedirs(cache_dir, exist_ok=True)
-    with open(os.path.join(cache_dir, ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one extraction per cache at a time
+    with folder_lock(cache_dir, "feature cache", wait=True):  # one extraction per cache at a time
         index = _read_index(cache_dir, branches, dtype)
+        _drop_corrupt_shards(cache_dir, index)
         done = {utt for utts in index["shards"].values() for utt in utts}
-        entries, digests = {}, {}
+        entries, digests, audio, restat = {}, {}, {}, False
         for manifest in manifests:
             for utt, entry in load_manifest(manifest).items():
                 digests[utt] = input_digest(entry, branches)
@@ -250,16 +412,28 @@ def extract(model, manifests, cache_dir, data_root=None, max_duration=None, batc
                         f"{manifest}: utterance '{utt}' has another text or audio than when {cache_dir} "
                         "was extracted: extract into a new directory"
                     )
+                if "speech" in branches:
+                    path = _audio_path(entry, data_root)
+                    if utt in done:
+                        what, now = audio_change(path, index["audio"][utt])
+                        if what is not None:
+                            raise _audio_changed_error(utt, path, what, cache_dir)
+                        restat |= now is not index["audio"][utt]
+                        index["audio"][utt] = now  # moved or touched, same bytes: its new stat values
+                    else:
+                        audio[utt] = audio_fingerprint(path)  # before reading it: a change after is seen
                 if utt not in done:
                     if data_root is not None and entry["wav"]:
                         entry["wav"] = entry["wav"].replace("{data_root}", data_root)
                     entries[utt] = entry
+        if restat:
+            _write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
         todo = sorted(entries)
         logger.info("Feature cache %s: %d utterance(s) cached, %d to extract (%s)",
                     cache_dir, len(done), len(todo), ", ".join(sorted(branches)))
         model.to(device).eval()
         for start in range(0, len(todo), shard_size):
-            shard = f"shard_{len(index['shards']):05d}.safetensors"
+            shard = _next_shard(index)
             tensors = {}
             for utts in _batches(todo[start:start + shard_size], entries, batch_size):
                 encoded = _encode_batch(model, sorted(branches), utts, entries, max_duration, device)
@@ -268,7 +442,11 @@ def extract(model, manifests, cache_dir, data_root=None, max_duration=None, batc
                         tensors[f"{utt}/{branch}"] = value.to(DTYPES[dtype]).contiguous()
             _write_atomic(os.path.join(cache_dir, shard), lambda p: save_file(tensors, p))
             index["shards"][shard] = sorted(todo[start:start + shard_size])
+            problem = _shard_problem(os.path.join(cache_dir, shard), index["shards"][shard], branches, dtype)
+            if problem is not None:  # as written: a bug or a failing disk, not to be indexed
+                raise FeatureCacheError(f"{os.path.join(cache_dir, shard)} does not read back: {problem}")
             index["inputs"].update({utt: digests[utt] for utt in index["shards"][shard]})
+            index["audio"].update({utt: audio[utt] for utt in index["shards"][shard] if utt in audio})
             _write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
             logger.info("Feature cache %s: %s written (%d/%d)", cache_dir, shard,
                         min(start + shard_size, len(todo)), len(todo))

@@ -11,6 +11,7 @@ key and both values.
 """
 
 import io
+import json
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import sys
 
 import speechbrain as sb
 import yaml
+from speechbrain.utils.run_opts import RunOptions
 from hyperpyyaml import load_hyperpyyaml
 from hyperpyyaml.core import resolve_references
 
@@ -76,6 +78,48 @@ def _tagged(loader, suffix, node):
 
 
 _ComparableLoader.add_multi_constructor("!", _tagged)
+
+
+def parse_arguments(argv):
+    """``sb.parse_arguments`` with the ``--key=value`` overrides turned into YAML text
+    that keeps each value as given.
+
+    SpeechBrain splits the joined arguments on every ``=``: ``--output_folder=exp=1``
+    became ``output_folder: exp 1``. Here an argument is split on its first ``=`` only
+    (``--key value``, the value in the next words, as before), and a value that YAML
+    would read as another string than the one given (``exp #1``: a comment; leading or
+    trailing spaces; a line break), or not read at all after ``key:`` (``a: b``), is
+    written quoted, so that it stays exact. Other values stay YAML (``1e-3``, ``true``,
+    ``[a, b]``, ``'quoted'``, ``!ref <x>``); one of those that is not valid YAML
+    (``[a, b``) is an error naming its option (``check_overrides``).
+    """
+    hparams_file, run_opts, _ = sb.parse_arguments(argv)
+    _, rest = RunOptions._create_parser().parse_known_args(argv)  # what SpeechBrain made overrides of
+    items = []
+    for arg in rest:
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            items.append([key, [value] if eq else []])
+        elif items:
+            items[-1][1].append(arg)
+        else:
+            raise ConfigError(f"unexpected argument '{arg}' (overrides are --key=value)")
+    return hparams_file, run_opts, "\n".join(f"{k}: {_yaml_value(' '.join(v))}" for k, v in items)
+
+
+def _yaml_value(text):
+    """``text`` as the YAML of an override value: as given, or quoted where YAML would
+    read it as another string (see ``parse_arguments``)."""
+    if not text or text[0] in "'\"!&*[{|>%@`":  # YAML syntax the user means (or nothing: null)
+        return text
+    try:
+        value = yaml.load(f"k: {text}", Loader=_TagTolerantLoader)
+    except yaml.YAMLError:  # "a: b" cannot follow "key: ": a string the user means
+        return json.dumps(text)
+    value = value.get("k") if isinstance(value, dict) else text
+    if (isinstance(value, str) and value != text) or (value is None and text not in ("null", "Null", "NULL", "~")):
+        return json.dumps(text)  # JSON strings are YAML double-quoted scalars
+    return text
 
 
 def check_overrides(hparams_file, overrides):
@@ -260,7 +304,7 @@ def load_run(argv=None, stage_keys=STAGE_KEYS, pretrained_encoders=True):
 
     Returns ``(run_file, run_opts, applied overrides, hparams)``.
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
+    hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:] if argv is None else argv)
     overrides = last_value_wins(overrides)
     check_overrides(hparams_file, overrides)
     folder = run_folder(hparams_file, overrides)

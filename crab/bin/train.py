@@ -12,6 +12,11 @@ Distributed (DDP): ``torchrun --nproc_per_node N -m crab.bin.train hparams.yaml
 --distributed_backend=nccl|gloo [...]`` (SpeechBrain detects torchrun by its
 ``RANK`` and ``LOCAL_RANK``); the main process writes the label encoder and
 class weights, checkpoints and logs.
+
+One training per output folder at a time: the run holds ``<output_folder>/.lock``
+from start to end (``crab.experiment.run_lock``); a second one stops at once with
+one line naming the holder. The operating system drops the lock when the process
+ends, even on ``kill -9``, so re-running an interrupted training needs no clean-up.
 """
 
 import os
@@ -27,6 +32,7 @@ from crab.experiment import (
     make_brain,
     parse_and_load,
     prepare_labels_and_weights,
+    run_lock,
 )
 from crab.provenance import record_run_provenance
 
@@ -37,6 +43,11 @@ def main(argv=None):
     for key in ("train_manifest", "valid_manifest"):  # before anything is written
         require_manifest(hparams[key])
     sb.utils.distributed.ddp_init_group(run_opts)  # nothing without torchrun
+    with run_lock(hparams["output_folder"]):  # one training per output folder at a time
+        _train(hparams_file, run_opts, overrides, hparams)
+
+
+def _train(hparams_file, run_opts, overrides, hparams):
     # the transcripts' source, from the training manifest's record into the run folder
     # (a resumed run on transcripts of another source stops here, before anything is written)
     record_run_provenance(hparams["output_folder"], hparams["train_manifest"],

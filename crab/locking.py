@@ -1,0 +1,73 @@
+"""One process at a time in a folder: a training run's output folder, a feature cache.
+
+``folder_lock(folder)`` holds ``fcntl.flock`` on ``<folder>/.lock`` for the duration
+of a ``with`` block and writes who holds it (pid, host, start time, command) into the
+file. The operating system releases the lock when the process ends, however it ends
+(``kill -9`` included), so no stale lock is ever left to remove by hand; the file
+itself stays, with the last holder's line, and means nothing once unlocked.
+
+flock is advisory and per open file: it excludes other processes on the same host,
+and on network file systems where the kernel maps it to a byte-range lock (NFS v4,
+Lustre with ``flock`` mounted) those on other hosts too.
+"""
+
+import contextlib
+import fcntl
+import logging
+import os
+import shlex
+import socket
+import sys
+import time
+
+from crab.cli import UserError
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = ".lock"
+
+
+class FolderLockedError(UserError, RuntimeError):
+    """Another process holds the folder's lock."""
+
+
+def holder(folder):
+    """The line the lock's current (or last) holder wrote, or a placeholder."""
+    try:
+        with open(os.path.join(folder, LOCK_FILE), encoding="utf-8") as f:
+            line = f.read().strip()
+    except OSError:
+        line = ""
+    return line or "a process that has not yet written its pid"
+
+
+@contextlib.contextmanager
+def folder_lock(folder, what, wait=False):
+    """Hold ``<folder>/.lock`` (created, with ``folder``) inside the block.
+
+    ``what`` says what the folder is, for messages ("training run", "feature cache").
+    Held by another process: ``wait`` blocks until it is released (logging who holds
+    it), otherwise a ``FolderLockedError`` says who holds it, at once.
+    """
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's line stays
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise FolderLockedError(
+                    f"{what} {folder} is in use by another process ({holder(folder)}): "
+                    f"wait for it to end, or use another folder (lock: {path})"
+                ) from None
+            logger.info("Waiting for the %s %s, in use by %s", what, folder, holder(folder))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        command = shlex.join([sys.executable, *sys.argv]).replace("\n", "\\n")  # one line
+        line = (f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}: {command}\n")
+        os.pwrite(fd, line.encode("utf-8", "replace"), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock

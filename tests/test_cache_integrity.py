@@ -1,0 +1,172 @@
+"""Feature cache integrity: audio replaced in place, corrupt shards, old caches, fsync."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+import crab.features
+from crab.bin import extract_features, train
+from crab.checkpointing import Checkpointer
+from crab.features import FeatureCache, FeatureCacheError
+from tests.test_brain import data  # noqa: F401  (the tiny corpus fixture)
+from tests.test_features import argv, model_and_duration, run
+
+
+@pytest.fixture
+def corpus(data, tmp_path):  # noqa: F811
+    """A copy of the tiny corpus, free to edit."""
+    return shutil.copytree(data, tmp_path / "data")
+
+
+def extract(corpus, cache, *extra):
+    run(extract_features.main, argv(corpus, cache.parent / "x", f"--feature_cache={cache}", *extra))
+
+
+def shards(cache):
+    return {k: v.clone() for s in sorted(os.listdir(cache)) if s.endswith(".safetensors")  # not memory-mapped
+            for k, v in load_file(cache / s).items()}
+
+
+def test_audio_replaced_in_place_with_the_same_length_is_an_error(corpus, tmp_path):
+    cache = tmp_path / "cache"
+    extract(corpus, cache)
+    wav = corpus / "train_angry_0.wav"
+    # touched (or moved back and forth): same bytes, new stat values -> hashed again, accepted
+    os.utime(wav, ns=(1, 1))
+    model, duration = model_and_duration(corpus, tmp_path)
+    FeatureCache(str(cache)).check(model, duration, [str(corpus / "train.json")], str(corpus))
+    # other samples, same length, same duration in the manifest: stale speech states
+    audio, rate = sf.read(wav, dtype="float32")
+    size, subtype = wav.stat().st_size, sf.info(str(wav)).subtype
+    sf.write(wav, np.flip(audio).copy(), rate, subtype=subtype)
+    assert wav.stat().st_size == size
+    with pytest.raises(FeatureCacheError, match=r"utterance 'train_angry_0': its audio .*train_angry_0\.wav "
+                                                r"changed since .* \(same size, other bytes: sha256"):
+        FeatureCache(str(cache)).check(model, duration, [str(corpus / "train.json")], str(corpus))
+    # training stops with it (one line), and so does extraction into the same cache
+    with pytest.raises(SystemExit, match="ERROR: utterance 'train_angry_0': its audio"):
+        run(train.main, argv(corpus, tmp_path / "run", f"--feature_cache={cache}"))
+    with pytest.raises(SystemExit, match="ERROR: utterance 'train_angry_0': its audio"):
+        extract(corpus, cache)
+    # another length: said so
+    sf.write(wav, audio[: len(audio) // 2], rate)
+    with pytest.raises(FeatureCacheError, match=r"train_angry_0.*\(size \d+ -> \d+ bytes\)"):
+        FeatureCache(str(cache)).check(model, duration, [str(corpus / "train.json")], str(corpus))
+
+
+def test_cache_without_audio_fingerprints_must_be_extracted_again(corpus, tmp_path):
+    cache = tmp_path / "cache"
+    extract(corpus, cache, "--manifests", str(corpus / "train.json"))
+    index = json.loads((cache / "index.json").read_text())
+    del index["audio"], index["version"]  # as an older crab wrote it
+    (cache / "index.json").write_text(json.dumps(index))
+    with pytest.raises(SystemExit, match="without audio fingerprints.*extract into a new directory"):
+        run(train.main, argv(corpus, tmp_path / "run", f"--feature_cache={cache}",
+                             f"--valid_manifest={corpus / 'train.json'}"))
+    with pytest.raises(SystemExit, match="without audio fingerprints.*extract into a new directory"):
+        extract(corpus, cache, "--manifests", str(corpus / "train.json"))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing tensor"])
+def test_corrupt_shard_is_named_on_reading_and_repaired_by_extraction(corpus, tmp_path, damage):
+    cache = tmp_path / "cache"
+    extract(corpus, cache, "--shard_size=7")
+    before = shards(cache)
+    index = json.loads((cache / "index.json").read_text())
+    shard, utts = sorted(index["shards"].items())[1]
+    path = cache / shard
+    if damage == "garbage":
+        path.write_bytes(b"\x00\xff" * 64 + path.read_bytes()[128:])
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:  # a valid file that lacks one listed utterance
+        tensors = load_file(path)
+        del tensors[f"{utts[0]}/speech"]
+        crab.features.save_file(tensors, str(path))
+
+    # reading: one line naming the shard (and the utterance) and the fix
+    model, duration = model_and_duration(corpus, tmp_path)
+    reader = FeatureCache(str(cache))
+    fix = r"re-run the extraction \(crab.bin.extract_features with --feature_cache="
+    if damage != "missing tensor":
+        with pytest.raises(FeatureCacheError, match=rf"shard {path} \(utterance '{utts[0]}'\) is corrupt .*{fix}"):
+            reader.get(utts[0], "speech")
+    with pytest.raises(SystemExit, match=rf"ERROR: feature cache shard {path} \(.*\) is corrupt .*{fix}"):
+        run(train.main, argv(corpus, tmp_path / "run", f"--feature_cache={cache}"))
+
+    # extraction: the shard is dropped, logged, and its utterances extracted again (only those)
+    calls, warnings = [], []
+    real = crab.features._encode_batch
+    crab_encode = lambda model, branches, batch, *a: calls.extend(batch) or real(model, branches, batch, *a)  # noqa: E731
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(crab.features, "_encode_batch", crab_encode)
+        patch.setattr(crab.features.logger, "warning", lambda msg, *a: warnings.append(msg % a))
+        extract(corpus, cache, "--shard_size=7")
+    assert sorted(calls) == sorted(utts)
+    [warning] = warnings
+    assert f"{shard} is corrupt" in warning and f"extracting its {len(utts)} utterance(s) again" in warning
+    index = json.loads((cache / "index.json").read_text())
+    assert shard not in index["shards"] and not path.exists() and len(index["shards"]) == 3
+    assert sorted(u for s in index["shards"].values() for u in s) == sorted(index["inputs"]) == sorted(index["audio"])
+    after = shards(cache)
+    assert after.keys() == before.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+    FeatureCache(str(cache)).check(model, duration, [str(corpus / "train.json")], str(corpus))
+
+
+def _fsync_log(monkeypatch, module):
+    """Record fsync and rename calls, by path, in order."""
+    events = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        real_replace(src, dst)
+
+    def rename(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", rename)
+    return events
+
+
+def _assert_synced_renames(events, expect):
+    renames = [i for i, e in enumerate(events) if e[0] == "rename"]
+    assert len(renames) >= expect, events
+    for i in renames:
+        _, src, dst = events[i]
+        synced_before = [e[1] for e in events[:i] if e[0] == "fsync"]
+        assert src in synced_before, f"{src} renamed before fsync"
+        if os.path.isdir(dst):  # a staged checkpoint: each of its files too
+            assert all(os.path.join(src, f) in synced_before for f in os.listdir(dst)), src
+        assert ("fsync", os.path.dirname(dst)) in events[i + 1:], f"{dst}'s directory not fsynced after"
+
+
+def test_shards_index_and_checkpoints_are_fsynced_before_their_rename(corpus, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    events = _fsync_log(monkeypatch, crab.features)
+    extract(corpus, cache, "--shard_size=7", "--manifests", str(corpus / "train.json"))
+    # 12 utterances: 2 shards, each followed by the index
+    assert [os.path.basename(e[2]) for e in events if e[0] == "rename"] == [
+        "shard_00000.safetensors", "index.json", "shard_00001.safetensors", "index.json"]
+    _assert_synced_renames(events, 4)
+
+    events.clear()
+    checkpointer = Checkpointer(tmp_path / "save", {"model": torch.nn.Linear(2, 2)})
+    checkpoint = checkpointer.save_checkpoint(meta={"n": 1})
+    assert [e[2] for e in events if e[0] == "rename"] == [str(checkpoint.path)]
+    _assert_synced_renames(events, 1)
