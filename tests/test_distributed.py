@@ -181,7 +181,7 @@ def recipe_data(tmp_path_factory):
 def test_two_gloo_processes_train_the_tiny_config_through_the_recipe(recipe_data):
     exp = recipe_data / "exp"
     command = [
-        "bash", os.path.join(ROOT, "egs", "mini", "run.sh"), "--stage", "4", "--stop_stage", "4",
+        "bash", os.path.join(ROOT, "egs", "mini", "run.sh"), "--stage", "5", "--stop_stage", "5",
         "--nproc", "2", "--data_root", str(recipe_data / "corpus"), "--data_dir", str(recipe_data / "data"),
         "--exp_dir", str(exp), "--train_opts", "--number_of_epochs=2 --batch_size=2 --gather_contrastive=true",
     ]

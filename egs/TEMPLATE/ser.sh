@@ -154,12 +154,13 @@ run_opts() {  # options of every run of fold $1, seed $2 (device $3: default ${d
     ${feature_cache:+--feature_cache="${feature_cache}"}
 }
 
-need_manifests() {  # stage $1 reads the manifests of stage 3
-  local fold split
+need_manifests() {  # stage $1 reads the manifests of stage 3 of the splits $2...
+  local fold split stage_=$1
+  shift
   for fold in ${folds}; do
-    for split in ${splits}; do
+    for split in "$@"; do
       if [ ! -f "${data_dir}/${fold}/${split}.json" ]; then
-        log "Error: ${data_dir}/${fold}/${split}.json not found: stage $1 reads the manifests of stage 3 (run --stage 3 first)"
+        log "Error: ${data_dir}/${fold}/${split}.json not found: stage ${stage_} reads the manifests of stage 3 (run --stage 3 first)"
         exit 1
       fi
     done
@@ -209,7 +210,8 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
 fi
 
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ -n "${feature_cache}" ]; then
-  need_manifests 4
+  # shellcheck disable=SC2086
+  need_manifests 4 ${splits}
   read -r first_seed _ <<< "${seeds}"
   for fold in ${folds}; do
     log "Stage 4: frozen-encoder states of fold ${fold} into ${feature_cache} (re-running extracts only what is missing)"
@@ -223,7 +225,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ -n "${feature_cache}" 
 fi
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
-  need_manifests 5
+  need_manifests 5 train valid
   for fold in ${folds}; do
     for seed in ${seeds}; do
       log "Stage 5: train ${tag}, fold ${fold}, seed ${seed} (re-running resumes)"
@@ -247,6 +249,8 @@ fi
 # overrides given again must agree with it.
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
   tools=(crab.bin.evaluate); [ "${embeddings}" = false ] || tools+=(crab.bin.embeddings)
+  # shellcheck disable=SC2086
+  need_manifests 6 ${test_sets}
   for fold in ${folds}; do
     for seed in ${seeds}; do
       for test_set in ${test_sets}; do
