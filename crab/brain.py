@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from crab.checkpointing import RandomState
+from crab.encoders import lengths_to_mask, relative_to_absolute
 from crab.features import cached_states
 from crab.losses import total_loss
 from crab.metrics import METRICS, compute_scores
@@ -22,6 +23,23 @@ logger = logging.getLogger(__name__)
 def _unwrap(module):
     """The module inside a DistributedDataParallel wrapper, if any."""
     return module.module if hasattr(module, "module") else module
+
+
+FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+
+
+def fast_optimizer_options(opt_class, device):
+    """``{"fused": True}`` for torch's Adam or AdamW (``opt_class``, or the callable a
+    yaml ``!name:`` makes of it) on a CUDA device, unless the yaml sets ``fused`` or
+    ``foreach`` itself: the update of many parameter tensors in one kernel launch
+    instead of the dozen launches of torch's CUDA default (the ``foreach`` form).
+    Elsewhere nothing: torch's default, so CPU runs are unchanged."""
+    keywords = getattr(opt_class, "keywords", {}) or {}
+    func = getattr(opt_class, "func", opt_class)
+    cuda = torch.device(device).type == "cuda"
+    if cuda and func in FUSED_OPTIMIZERS and not {"fused", "foreach"} & set(keywords):
+        return {"fused": True}
+    return {}
 
 
 def _model_inputs(batch):
@@ -78,6 +96,8 @@ class CrabBrain(sb.Brain):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.max_grad_norm is None or self.max_grad_norm <= 0:  # max_grad_norm: null, no clipping
+            self.max_grad_norm = float("inf")  # SpeechBrain clips every step: to an infinite norm, a no-op
         self._loss_parts, self._loss_parts_count = {}, 0
         self.random_state = RandomState()
         if self.checkpointer is not None:
@@ -85,19 +105,30 @@ class CrabBrain(sb.Brain):
             self.checkpointer.add_recoverable("random_state", self.random_state, optional_load=True)
 
     def forward_model(self, batch):
-        """Crab's ``(logits, taps)`` on a batch of waveforms or cached encoder states."""
-        return self.modules.model(*_model_inputs(batch.to(self.device)))
+        """Crab's ``(logits, taps)`` on a batch of waveforms or cached encoder states.
+        The relative lengths of the audio stay on the host: the encoders make their
+        masks from them without waiting for the device (``crab.masks``)."""
+        host_lens = batch.sig.lengths if hasattr(batch, "sig") else None
+        wavs, wav_lens, texts, states = _model_inputs(batch.to(self.device))
+        if host_lens is not None:
+            wav_lens = host_lens.cpu()  # the loader's own tensor: no copy, no wait
+        return self.modules.model(wavs, wav_lens, texts, states)
 
     @torch.no_grad()
     def fit_state_normalization(self, dataset, loader_kwargs, max_utterances=None):
-        """Statistics of every encoder's ``state_norm`` (``normalize_states``) from
-        ``dataset`` (its first ``max_utterances``, in order), once before training."""
+        """Statistics of the speech encoder's ``waveform_norm`` (``waveform_normalization:
+        global``), then of every encoder's ``state_norm`` (``normalize_states``, on the
+        normalised waveforms) from ``dataset`` (its first ``max_utterances``, in order),
+        once before training."""
         model = _unwrap(self.modules.model)
+        kwargs = {k: v for k, v in loader_kwargs.items() if k not in ("shuffle", "batch_sampler")}
+        speech = model.speech_encoder
+        if speech is not None and speech.waveform_norm is not None:
+            self._fit_waveform_normalization(speech.waveform_norm, dataset, kwargs, max_utterances)
         norms = {b: model.encoders[b].state_norm for b in model.branches}
         norms = {b: n for b, n in norms.items() if n is not None}
         if not norms:
             return
-        kwargs = {k: v for k, v in loader_kwargs.items() if k not in ("shuffle", "batch_sampler")}
         loader = sb.dataio.dataloader.make_dataloader(dataset, **kwargs)
         was_training, seen = model.training, 0
         model.eval()
@@ -112,6 +143,24 @@ class CrabBrain(sb.Brain):
             norm.finish()
         model.train(was_training)
         logger.info("Encoder state statistics (%s) from %d training utterances", ", ".join(norms), seen)
+
+    def _fit_waveform_normalization(self, norm, dataset, loader_kwargs, max_utterances):
+        """One mean and standard deviation over every real sample of the training
+        waveforms (as training reads them: cut at ``max_duration``)."""
+        seen = 0
+        for batch in sb.dataio.dataloader.make_dataloader(dataset, **loader_kwargs):
+            if not hasattr(batch, "sig"):
+                raise ValueError("waveform_normalization: global needs the training audio; "
+                                 "a feature cache holds encoder states only")
+            wavs, wav_lens = batch.sig
+            lengths = relative_to_absolute(wav_lens, wavs.shape[1])
+            norm.accumulate(wavs, lengths_to_mask(lengths, wavs.shape[1]))
+            seen += len(batch.id)
+            if max_utterances and seen >= max_utterances:
+                break
+        norm.finish()
+        logger.info("Waveform mean %.6g and std %.6g from %d training utterances",
+                    float(norm.mean), float(norm.std), seen)
 
     def compute_forward(self, batch, stage):
         logits, taps = self.forward_model(batch)
@@ -172,7 +221,8 @@ class CrabBrain(sb.Brain):
     def init_optimizers(self):
         """AdamW per parameter group: speech encoder, text encoder (at
         ``encoder_lr``), and the head with the legs (at ``lr``); a cosine
-        schedule per epoch for each."""
+        schedule per epoch for each, annealed to ``encoder_lr_floor`` and
+        ``lr_floor`` (their ``eta_min``; 0, the default, passes none)."""
         model = _unwrap(self.modules.model)
         head = model.head_parameters() + list(self.modules.legs.parameters())
         groups = {
@@ -180,12 +230,18 @@ class CrabBrain(sb.Brain):
             "text_encoder": (model.encoder_parameters("text"), self.hparams.encoder_lr),
             "head": (head, self.hparams.lr),
         }
+        hparams = vars(self.hparams)  # runs configured before the floors existed have neither key
+        encoder_floor = hparams.get("encoder_lr_floor") or 0.0
+        floors = {"speech_encoder": encoder_floor, "text_encoder": encoder_floor,
+                  "head": hparams.get("lr_floor") or 0.0}
         self.optimizers_dict, self.schedulers = {}, {}
         for name, (params, lr) in groups.items():
             if not params:  # a frozen or absent encoder
                 continue
-            optimizer = self.hparams.opt_class(params, lr=lr)
-            scheduler = self.hparams.scheduler_class(optimizer)
+            fast = fast_optimizer_options(self.hparams.opt_class, self.device)  # fused on CUDA
+            optimizer = self.hparams.opt_class(params, lr=lr, **fast)
+            floor = {"eta_min": floors[name]} if floors[name] else {}
+            scheduler = self.hparams.scheduler_class(optimizer, **floor)
             self.optimizers_dict[name], self.schedulers[name] = optimizer, scheduler
             if self.checkpointer is not None:
                 self.checkpointer.add_recoverable(f"optimizer_{name}", optimizer)

@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from crab.cli import UserError
+from crab.masks import device_mask
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,69 @@ class StateNormalization(nn.Module):
         self.std.copy_(var.sqrt().clamp(min=1e-5))
         self.ready.fill_(True)
         self._sums = None
+
+
+class WaveformNormalization(nn.Module):
+    """Z-normalises waveforms with one mean and standard deviation of the training
+    set's samples (the authors' code), fixed before training and saved with the model.
+
+    Statistics come from ``accumulate`` calls then ``finish``, once before training
+    (``crab.brain.CrabBrain.fit_state_normalization``); a model used before that
+    stops with an error rather than run on unnormalised audio.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("std", torch.ones(()))
+        self.register_buffer("ready", torch.tensor(False))
+        self.fitted = False  # mirrors ``ready`` without reading the device each batch
+        self._sums = None
+
+    def forward(self, wavs):
+        if not self.fitted:
+            raise RuntimeError(
+                "waveform_normalization: global has no statistics yet: they are computed from the "
+                "training set before training (crab.bin.train) and saved with the model; a frozen-"
+                "encoder feature cache cannot be extracted before them"
+            )
+        return (wavs - self.mean.to(wavs.dtype)) / self.std.to(wavs.dtype)
+
+    def accumulate(self, wavs, mask):
+        """Add the real samples of a ``(batch, samples)`` batch."""
+        x = wavs[mask].double()
+        sums = (x.numel(), x.sum(), (x * x).sum())
+        self._sums = sums if self._sums is None else tuple(a + b for a, b in zip(self._sums, sums))
+
+    def finish(self):
+        count, total, squares = self._sums
+        mean = total / count
+        var = (squares / count - mean * mean).clamp(min=0.0)
+        self.mean.copy_(mean)
+        self.std.copy_(var.sqrt().clamp(min=1e-7))
+        self.ready.fill_(True)
+        self.fitted, self._sums = True, None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.fitted = bool(self.ready)
+
+
+WAVEFORM_NORMALIZATIONS = ("auto", "none", "utterance", "global")
+
+
+def waveform_normalization_mode(value, source):
+    """``none``, ``utterance`` or ``global`` from a ``normalize_waveform`` setting: one
+    of those, ``auto`` or None (the model's feature-extractor ``do_normalize``:
+    ``utterance`` or ``none``; ``none`` for a directory without one), or a bool
+    (True: ``utterance``, as before the setting had names)."""
+    if isinstance(value, bool):
+        return "utterance" if value else "none"
+    if value is None or value == "auto":
+        return "utterance" if _default_normalize(source) else "none"
+    if value not in WAVEFORM_NORMALIZATIONS:
+        raise ValueError(f"waveform_normalization must be one of {WAVEFORM_NORMALIZATIONS}, got '{value}'")
+    return value
 
 
 class _Encoder(nn.Module):
@@ -320,9 +384,12 @@ class SpeechEncoder(_Encoder):
     layer_weighting : str or int
         ``last`` (paper), ``weighted_sum`` (learned softmax weights over layers),
         or the index of one hidden state (0: the input embeddings, N: the last).
-    normalize_waveform : bool or None
-        Zero-mean unit-variance per utterance (over its real samples). None takes
-        the model's feature-extractor setting when it has one, else False.
+    normalize_waveform : str, bool or None
+        ``utterance``: zero-mean unit-variance per utterance (over its real
+        samples); ``global``: the training set's one mean and standard deviation
+        (``WaveformNormalization``, the authors' code); ``none``: raw audio;
+        ``auto`` or None: the model's feature-extractor ``do_normalize`` when it
+        has a preprocessor config (``utterance`` or ``none``), else ``none``.
     layerdrop : float or None
         Overrides the config's layerdrop; forced to 0 with ``weighted_sum`` since
         layerdrop makes the number of hidden states vary.
@@ -334,6 +401,10 @@ class SpeechEncoder(_Encoder):
         k transformer layers up to the one read (and the final layer norm when
         that is the last), the rest frozen; a feature cache then holds the
         hidden state below them, so fine-tuning them runs on cached states.
+    gradient_checkpointing : bool
+        Recompute the encoder's layer activations in the backward pass instead of
+        keeping them (transformers' ``gradient_checkpointing_enable``): less memory
+        for about one more forward pass of the encoder; the same gradients.
     """
 
     def __init__(
@@ -347,6 +418,7 @@ class SpeechEncoder(_Encoder):
         layerdrop=None,
         normalize_states=False,
         finetune_top_layers=0,
+        gradient_checkpointing=False,
     ):
         super().__init__(freeze, layer_weighting, normalize_states, finetune_top_layers)
         config = from_source("speech_encoder source", source, AutoConfig.from_pretrained)
@@ -374,13 +446,23 @@ class SpeechEncoder(_Encoder):
         if freeze_feature_extractor:
             for module in frontend:
                 module.requires_grad_(False)
+                # transformers' CNN marks its input as requiring grad (for gradient
+                # checkpointing) unless frozen through _freeze_parameters: with it, the
+                # frozen CNN builds no autograd graph and its backward never runs
+                if hasattr(module, "_freeze_parameters"):
+                    module._freeze_parameters()
+        _enable_gradient_checkpointing(self.model, gradient_checkpointing)
         self.use_attention_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
         _float_padding_masks(self.model)
-        self.normalize_waveform = (
-            _default_normalize(source) if normalize_waveform is None else normalize_waveform
-        )
+        self.waveform_normalization = waveform_normalization_mode(normalize_waveform, source)
+        self.waveform_norm = WaveformNormalization() if self.waveform_normalization == "global" else None
         self.output_dim = config.d_model if self.is_whisper else config.hidden_size
         self._setup_output(num_layers + 1)
+
+    @property
+    def normalize_waveform(self):
+        """False (raw), True (per utterance) or ``"global"`` (the feature cache's record)."""
+        return {"none": False, "utterance": True}.get(self.waveform_normalization, self.waveform_normalization)
 
     @property
     def min_samples(self):
@@ -394,10 +476,13 @@ class SpeechEncoder(_Encoder):
 
     def _states(self, wavs, wav_lens):
         """Encode ``wavs`` (batch, samples) with SpeechBrain relative ``wav_lens``."""
-        lengths = relative_to_absolute(wav_lens, wavs.shape[1])
-        sample_mask = lengths_to_mask(lengths, wavs.shape[1])
-        if self.normalize_waveform:
+        # lengths on the host (no wait when wav_lens is a CPU tensor), masks on the device
+        lengths = relative_to_absolute(wav_lens.detach().cpu(), wavs.shape[1])
+        sample_mask = device_mask(lengths, wavs.shape[1], wavs.device)
+        if self.waveform_normalization == "utterance":
             wavs = _masked_standardize(wavs, sample_mask)
+        elif self.waveform_normalization == "global":
+            wavs = self.waveform_norm(wavs)
         wavs = wavs.masked_fill(~sample_mask, 0.0)
         if self.is_whisper:
             return self._encode_whisper(wavs, lengths)
@@ -408,7 +493,7 @@ class SpeechEncoder(_Encoder):
         )
         frame_lens = self.model._get_feat_extract_output_lengths(lengths)
         states = self._stack(outputs.hidden_states, outputs.last_hidden_state)
-        return states, lengths_to_mask(frame_lens, states.shape[1])
+        return states, device_mask(frame_lens, states.shape[1], states.device)
 
     def _encode_whisper(self, wavs, lengths):
         # Log-mel of each utterance over its own samples, padded to the batch max.
@@ -430,7 +515,7 @@ class SpeechEncoder(_Encoder):
         x = x + enc.embed_positions.weight[:frames]
         x = nn.functional.dropout(x, p=enc.dropout, training=enc.training)
         frame_lens = torch.clamp((lengths // 160 + 1) // 2, 1, frames)
-        mask = lengths_to_mask(frame_lens, frames)
+        mask = device_mask(frame_lens, frames, x.device)
         # Layers above the one kept are not run.
         if self.top_range is not None:
             stop = self.top_range.start
@@ -464,6 +549,19 @@ class SpeechEncoder(_Encoder):
             if outputs is not None:
                 outputs.append(x)
         return x
+
+
+def _enable_gradient_checkpointing(model, enabled):
+    """transformers' gradient checkpointing of ``model``'s layers (in training mode only),
+    non-reentrant: frozen parts and layers whose inputs need no gradient stay correct."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f"gradient_checkpointing must be true or false, got '{enabled}'")
+    if enabled:  # the newer name; transformers warns that the older one will go
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _float_padding_masks(model):
@@ -537,6 +635,9 @@ def truncate_characters(texts, max_length):
     return [text[:limit] for text in texts]
 
 
+TEXT_PADDINGS = {"dynamic": "longest", "max_length": "max_length"}
+
+
 class TextEncoder(_Encoder):
     """A Hugging Face text encoder and its tokenizer (RoBERTa by default).
 
@@ -554,8 +655,11 @@ class TextEncoder(_Encoder):
     pretrained, freeze, layer_weighting : see ``SpeechEncoder``.
     max_length : int
         Truncation length in tokens (128 in the paper).
-    normalize_states : bool
+    normalize_states, gradient_checkpointing : bool
         See ``SpeechEncoder``.
+    padding : str
+        ``dynamic``: each batch padded to its longest transcript; ``max_length``:
+        every transcript padded to ``max_length`` tokens (the authors' code).
     """
 
     def __init__(
@@ -567,8 +671,13 @@ class TextEncoder(_Encoder):
         layer_weighting="last",
         max_length=128,
         normalize_states=False,
+        padding="dynamic",
+        gradient_checkpointing=False,
     ):
         super().__init__(freeze, layer_weighting, normalize_states)
+        if padding not in TEXT_PADDINGS:
+            raise ValueError(f"text_padding must be one of {list(TEXT_PADDINGS)}, got '{padding}'")
+        self.padding = padding
         self.tokenizer = from_source(
             "tokenizer" if tokenizer else "text_encoder source", tokenizer or source, AutoTokenizer.from_pretrained
         )
@@ -581,6 +690,7 @@ class TextEncoder(_Encoder):
             )
         self.max_length = max_length
         self.output_dim = self.model.config.hidden_size
+        _enable_gradient_checkpointing(self.model, gradient_checkpointing)
         self._setup_output(self.model.config.num_hidden_layers + 1)
 
     def _states(self, texts):
@@ -588,14 +698,20 @@ class TextEncoder(_Encoder):
         device = next(self.model.parameters()).device
         tokens = self.tokenizer(
             truncate_characters(texts, self.max_length),
-            padding="longest",
+            padding=TEXT_PADDINGS[self.padding],
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
-        ).to(device)
+        )
+        # copied without waiting for the device (a blocking copy waits for the speech
+        # encoder queued before); the mask keeps its lengths on the host (crab.masks)
+        input_ids = tokens["input_ids"].to(device, non_blocking=True)
+        attention_mask = tokens["attention_mask"].to(device, non_blocking=True)
+        mask = attention_mask.bool()
+        mask.host_lengths = tokens["attention_mask"].sum(dim=1)
         outputs = self.model(
-            input_ids=tokens["input_ids"],
-            attention_mask=tokens["attention_mask"],
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             output_hidden_states=self.wants_all_states,
         )
-        return self._stack(outputs.hidden_states, outputs.last_hidden_state), tokens["attention_mask"].bool()
+        return self._stack(outputs.hidden_states, outputs.last_hidden_state), mask

@@ -59,6 +59,7 @@ PACKAGE_OBJECTS = {
     "!new:crab.inference.PackagedCrab": {
         "speech_encoder", "text_encoder", "num_classes", "modality", "hidden_dim", "num_heads",
         "attention_dropout", "scaled_pooling", "bottleneck_dim", "dropout", "unimodal_leg_input",
+        "padding_masks",
     },
     "!new:speechbrain.dataio.encoder.CategoricalEncoder": set(),
     "!new:speechbrain.utils.parameter_transfer.Pretrainer": {"loadables"},

@@ -30,9 +30,13 @@ class SupervisionLegs(nn.Module):
     hidden_dim : int or None
         Hidden size; None takes half the input size (reference: 256 for 512-d
         inputs, 512 for 1024-d inputs).
+    fusion_hidden_dim : int or None
+        Hidden size of the fusion leg alone; None follows ``hidden_dim``. The
+        authors' code uses h (512 -> 512 -> 512), not half its 512-d input.
     """
 
-    def __init__(self, tap_dims, names=LEG_NAMES, output_dim=512, hidden_dim=None):
+    def __init__(self, tap_dims, names=LEG_NAMES, output_dim=512, hidden_dim=None,
+                 fusion_hidden_dim=None):
         super().__init__()
         unknown = [n for n in names if n not in LEG_NAMES]
         if unknown:
@@ -46,6 +50,8 @@ class SupervisionLegs(nn.Module):
                 continue
             in_dim = tap_dims[name]
             hidden = hidden_dim or in_dim // 2
+            if name == "fusion" and fusion_hidden_dim:
+                hidden = fusion_hidden_dim
             self.legs[name] = nn.Sequential(
                 nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, output_dim)
             )

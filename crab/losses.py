@@ -9,13 +9,18 @@ from crab.distributed import gather_batch
 
 
 def _similarities(embeddings, labels, temperature):
-    """Cosine similarities / tau with the self pair removed, and the positive mask."""
-    z = F.normalize(embeddings, dim=-1)
-    logits = z @ z.T / temperature
-    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(eye, float("-inf"))
-    positives = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~eye
-    log_q = torch.log_softmax(logits, dim=1).masked_fill(eye, 0.0)
+    """Cosine similarities / tau with the self pair removed, and the positive mask.
+
+    Computed in fp32, also under autocast (``--precision bf16|fp16``): the cosines are
+    divided by tau (0.1) before the softmax, and in bf16 (8 significant bits) a cosine
+    near 1 is off by up to 0.002, a logit by up to 0.02."""
+    with torch.autocast(embeddings.device.type, enabled=False):
+        z = F.normalize(embeddings.float(), dim=-1)
+        logits = z @ z.T / temperature
+        eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+        logits = logits.masked_fill(eye, float("-inf"))
+        positives = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~eye
+        log_q = torch.log_softmax(logits, dim=1).masked_fill(eye, 0.0)
     return log_q, positives.to(log_q.dtype)
 
 
@@ -33,20 +38,35 @@ def mpcl(embeddings, labels, temperature=0.1):
     return -(target * log_q).sum(dim=1).mean()
 
 
-def supcon(embeddings, labels, temperature=0.07, base_temperature=0.07):
+SUPCON_ANCHORS = ("with_positive", "all")
+SUPCON_SCALES = ("tau_ratio", "none")
+
+
+def supcon(embeddings, labels, temperature=0.07, base_temperature=0.07, anchors="with_positive",
+           scale="tau_ratio"):
     """Supervised contrastive loss of Khosla et al. (2020), the L_out form, one view.
 
-    L_i = -(tau / tau_base) / |P(i)| sum_{p in P(i)} log softmax_{a != i}(s_ia)[p],
-    averaged over the anchors that have at least one positive (L_i is undefined
-    otherwise), with the tau / tau_base factor of the authors' implementation.
+    L_i = -c / |P(i)| sum_{p in P(i)} log softmax_{a != i}(s_ia)[p], with
+    c = tau / tau_base (``scale="tau_ratio"``, the factor of Khosla et al.'s code:
+    x1.43 at tau 0.1 and tau_base 0.07) or 1 (``scale="none"``, the paper's formula).
+    ``anchors="with_positive"`` averages over the anchors that have a positive in
+    the batch (L_i is undefined for the others); ``anchors="all"`` averages over
+    every anchor, one without a positive contributing 0 (Khosla et al.'s code,
+    and MPCL's convention).
     """
+    if anchors not in SUPCON_ANCHORS:
+        raise ValueError(f"supcon anchors must be one of {SUPCON_ANCHORS}, got '{anchors}'")
+    if scale not in SUPCON_SCALES:
+        raise ValueError(f"supcon scale must be one of {SUPCON_SCALES}, got '{scale}'")
     log_q, positives = _similarities(embeddings, labels, temperature)
     counts = positives.sum(dim=1)
     has_positive = counts > 0
     if not has_positive.any():
         return embeddings.sum() * 0.0
-    per_anchor = (positives * log_q).sum(dim=1)[has_positive] / counts[has_positive]
-    return -(temperature / base_temperature) * per_anchor.mean()
+    per_anchor = (positives * log_q).sum(dim=1) / counts.clamp(min=1.0)
+    mean = per_anchor[has_positive].mean() if anchors == "with_positive" else per_anchor.mean()
+    factor = temperature / base_temperature if scale == "tau_ratio" else 1.0
+    return -factor * mean
 
 
 class ContrastiveLoss(nn.Module):
@@ -58,10 +78,17 @@ class ContrastiveLoss(nn.Module):
 
     KINDS = {"mpcl": mpcl, "supcon": supcon}
 
-    def __init__(self, kind="mpcl", temperature=0.1, gather=False, **kwargs):
+    def __init__(self, kind="mpcl", temperature=0.1, gather=False, supcon_anchors="with_positive",
+                 supcon_scale="tau_ratio", **kwargs):
         super().__init__()
         if kind not in self.KINDS:
             raise ValueError(f"contrastive loss must be one of {list(self.KINDS)}, got '{kind}'")
+        if supcon_anchors not in SUPCON_ANCHORS:
+            raise ValueError(f"supcon_anchors must be one of {SUPCON_ANCHORS}, got '{supcon_anchors}'")
+        if supcon_scale not in SUPCON_SCALES:
+            raise ValueError(f"supcon_scale must be one of {SUPCON_SCALES}, got '{supcon_scale}'")
+        if kind == "supcon":  # MPCL has neither choice
+            kwargs = {"anchors": supcon_anchors, "scale": supcon_scale, **kwargs}
         self.kind, self.temperature, self.gather, self.kwargs = kind, temperature, gather, kwargs
 
     def forward(self, embeddings, labels):

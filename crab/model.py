@@ -51,6 +51,12 @@ class Crab(nn.Module):
     unimodal_leg_input : str
         What the unimodal legs average over time: ``gru`` (paper) or
         ``projection`` (reference code).
+    padding_masks : bool
+        True: every padded frame and token is masked after the encoders (GRU
+        packing, cross-modal attention, pooling, the legs' means), so a prediction
+        does not depend on its batch. False: the authors' code, where the encoders'
+        outputs on padded positions enter the GRU, the attention, the pooling and
+        the means like real ones.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class Crab(nn.Module):
         bottleneck_dim=512,
         dropout=0.5,
         unimodal_leg_input="gru",
+        padding_masks=True,
     ):
         super().__init__()
         if modality not in MODALITIES:
@@ -77,6 +84,7 @@ class Crab(nn.Module):
             )
         self.modality = modality
         self.unimodal_leg_input = unimodal_leg_input
+        self.padding_masks = bool(padding_masks)
         self.branches = [m for m in ("speech", "text") if modality in ("bimodal", m)]
         factories = {"speech": speech_encoder, "text": text_encoder}
         self.encoders = nn.ModuleDict()
@@ -116,11 +124,18 @@ class Crab(nn.Module):
         ``states`` optionally maps a branch to its encoder's precomputed
         ``(states, mask)`` (the frozen-feature cache); that encoder is not run.
         """
+        if states and not self.padding_masks:
+            raise ValueError(
+                "padding_masks: false reads the encoders' outputs on padded positions, which a "
+                "feature cache does not hold: train it without --feature_cache"
+            )
         states = self.encoder_states(wavs, wav_lens, texts, states)
         seqs, masks, taps = {}, {}, {}
         for branch in self.branches:
             mask = states[branch][1]
             hidden = self.encoders[branch].select(states[branch][0], mask)
+            if not self.padding_masks:  # the authors' code: no mask after the encoders
+                mask = torch.ones_like(mask)
             projected, seq = self.unimodal[branch](hidden, mask)
             leg_input = seq if self.unimodal_leg_input == "gru" else projected
             taps[f"{branch}_unimodal"] = masked_mean(leg_input, mask)

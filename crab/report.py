@@ -112,11 +112,32 @@ def format_duration(seconds):
 # ---------------------------------------------------------------- ablations and overrides
 
 
+CORPUS_NAMES = {"meld": "MELD", "iemocap": "IEMOCAP", "msp_podcast": "MSP-Podcast", "emodb": "EmoDB"}
+
+
+def parse_paper_numbers(text, origin="ablation table"):
+    """``corpus[/test_set]=value; ...`` (the paper column of the ablation table) as a dict."""
+    numbers = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{origin}: paper numbers are 'corpus[/test_set]=value; ...', got '{item}'")
+        numbers[key.strip().lower()] = value.strip()
+    return numbers
+
+
+def paper_number(numbers, corpus, test_set=None):
+    """The paper's number for ``corpus`` (its ``corpus/test_set`` entry first), else ``n/a``."""
+    corpus = corpus.lower()
+    return numbers.get(f"{corpus}/{test_set}") or numbers.get(corpus) or "n/a"
+
+
 def read_ablations(path):
     """The ablation table: ``name | method | paper | overrides`` lines, ``#`` comments.
 
     Returns ``{name: {"method", "paper", "overrides": [--key=value, ...]}}`` in file
-    order; ``overrides`` are shell words (quote values with spaces, e.g.
+    order; ``paper`` maps a corpus (``meld``, or ``corpus/test_set``) to the paper's
+    UAR for it; ``overrides`` are shell words (quote values with spaces, e.g.
     ``--encoder_lr='!ref <lr>'``).
     """
     table = {}
@@ -131,7 +152,7 @@ def read_ablations(path):
             name, method, paper, overrides = fields
             if name in table:
                 raise ValueError(f"{path}:{number}: ablation '{name}' defined twice")
-            table[name] = {"method": method, "paper": paper,
+            table[name] = {"method": method, "paper": parse_paper_numbers(paper, f"{path}:{number}"),
                            "overrides": split_overrides(overrides, origin=f"{path}:{number}")}
     return table
 
@@ -256,12 +277,14 @@ def per_class_markdown(report, title=None):
     return "\n".join(lines) + "\n"
 
 
-def comparison_markdown(entries, ablation_table=None, title=None):
+def comparison_markdown(entries, ablation_table=None, title=None, corpus=None, test_set=None):
     """One table over experiments in the layout of the paper's Tables III/IV.
 
-    ``entries`` is a list of ``(name, summary)``; the method name and the paper's
-    number come from the ablation table when it knows the name. With a ``ce_only``
-    entry, a column gives each UAR minus the CE-only UAR.
+    ``entries`` is a list of ``(name, summary)``; the method name comes from the
+    ablation table when it knows the name, and with a ``corpus`` (the recipe's
+    directory name) so does the paper's UAR on that corpus (and ``test_set``), n/a
+    where the paper has none. With a ``ce_only`` entry, a column gives each UAR
+    minus the CE-only UAR.
     """
     table = read_ablations(ablation_table) if ablation_table else {}
     base = dict(entries).get("ce_only")
@@ -269,7 +292,10 @@ def comparison_markdown(entries, ablation_table=None, title=None):
     header = ["method", "tag", "runs"] + list(METRICS)
     header += ["ΔUAR vs CE"] if base else []
     header += ["silhouette ↑", "CH ↑", "DB ↓"] if has_embeddings else []
-    header += ["paper UAR (MELD)"] if table else []
+    show_paper = bool(table) and bool(corpus)
+    if show_paper:
+        where = CORPUS_NAMES.get(corpus.lower(), corpus) + (f" {test_set}" if test_set else "")
+        header.append(f"paper UAR ({where})")
     lines = [f"## {title}", ""] if title else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, summary in entries:
@@ -280,8 +306,8 @@ def comparison_markdown(entries, ablation_table=None, title=None):
             cells.append(f"{mean['UAR'] - base['mean']['UAR']:+.4f}")
         if has_embeddings:
             cells += [_cell(mean.get(k), std.get(k), 3) for k in EMBEDDING_SCORES]
-        if table:
-            cells.append(table.get(name, {}).get("paper") or "")
+        if show_paper:
+            cells.append(paper_number(table.get(name, {}).get("paper", {}), corpus, test_set))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

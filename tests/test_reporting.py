@@ -128,7 +128,7 @@ def test_comparison_table_in_the_paper_layout(two_runs, tmp_path):
         return tag, summarise(rows, tag=tag)
 
     entries = [summary("ce_only", 0.50), summary("mlcs", 0.55), summary("speech_only", 0.30)]
-    table = comparison_markdown(entries, ABLATIONS, title="Ablations").splitlines()
+    table = comparison_markdown(entries, ABLATIONS, title="Ablations", corpus="meld").splitlines()
     assert table[2] == ("| method | tag | runs | WAR | UAR | macro_F1 | weighted_F1 | ΔUAR vs CE "
                         "| paper UAR (MELD) |")
     assert table[4] == ("| CE | ce_only | 2 | 0.6000 ± 0.0000 | 0.5000 ± 0.0141 | 0.5000 ± 0.0000 "
@@ -141,8 +141,24 @@ def test_comparison_table_in_the_paper_layout(two_runs, tmp_path):
         (tmp_path / tag / "results_test.json").write_text(json.dumps(s))
     out = tmp_path / "ablations_test.md"
     compare.main(["table", "--ablation_table", ABLATIONS, "--title", "Ablations", "--out", str(out),
-                  *[str(tmp_path / t / "results_test.json") for t, _ in entries]])
+                  "--corpus", "meld", *[str(tmp_path / t / "results_test.json") for t, _ in entries]])
     assert out.read_text().splitlines() == table
+
+
+def test_comparison_table_gives_the_papers_number_for_its_corpus():
+    def summary(tag):
+        rows = [{"run": tag, "num_utterances": 4, "WAR": 0.5, "UAR": 0.5, "macro_F1": 0.5, "weighted_F1": 0.5}]
+        return tag, summarise(rows, tag=tag)
+
+    entries = [summary("ce_only"), summary("mlcs")]
+    iemocap = comparison_markdown(entries, ABLATIONS, corpus="iemocap").splitlines()
+    assert iemocap[0].endswith("| paper UAR (IEMOCAP) |")
+    assert iemocap[2].endswith("| n/a |") and iemocap[3].endswith("| .7585 (II) |")  # Table IV is MELD only
+    msp = comparison_markdown(entries, ABLATIONS, corpus="msp_podcast", test_set="test2").splitlines()
+    assert msp[0].endswith("| paper UAR (MSP-Podcast test2) |") and msp[3].endswith("| .3382 (VII) |")
+    mini = comparison_markdown(entries, ABLATIONS, corpus="mini").splitlines()
+    assert mini[0].endswith("| paper UAR (mini) |") and mini[2].endswith("| n/a |") and mini[3].endswith("| n/a |")
+    assert "paper" not in comparison_markdown(entries, ABLATIONS).splitlines()[0]  # no corpus: no column
 
 
 def test_alpha_sweep_table_and_figure(tmp_path):

@@ -1,7 +1,7 @@
 """Compare experiments: the ablation table, the alpha sweep figure, embedding plots.
 
     python -m crab.bin.compare table --out exp/ablations_test.md [--ablation_table conf/ablations.txt] \\
-        exp/ce_only/results_test.json exp/mlcs/results_test.json ...
+        [--corpus meld --test_set test] exp/ce_only/results_test.json exp/mlcs/results_test.json ...
     python -m crab.bin.compare alpha --out exp/alpha_test.md --plot exp/alpha_test.png \\
         --baseline exp/ce_only/results_test.json exp/alpha0.25/results_test.json ...
     python -m crab.bin.compare embeddings --plot exp/embeddings_test.png [--projection pca|tsne] \\
@@ -95,6 +95,8 @@ def main(argv=None):
     table = commands.add_parser("table", help="one row per experiment (paper Tables III/IV)")
     table.add_argument("summaries", nargs="+")
     table.add_argument("--ablation_table", help="conf/ablations.txt: method names and the paper's numbers")
+    table.add_argument("--corpus", help="recipe name (meld, iemocap, ...): the paper's UAR column is this corpus's")
+    table.add_argument("--test_set", help="test set, for corpora with several (msp_podcast: test1, test2)")
     table.add_argument("--out")
     table.add_argument("--title")
     alpha = commands.add_parser("alpha", help="metrics against alpha (paper Fig. 3)")
@@ -111,7 +113,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.command == "table":
-        text = comparison_markdown([read_summary(p) for p in args.summaries], args.ablation_table, args.title)
+        text = comparison_markdown([read_summary(p) for p in args.summaries], args.ablation_table, args.title,
+                                   corpus=args.corpus, test_set=args.test_set)
     elif args.command == "alpha":
         baseline = read_summary(args.baseline)[1] if args.baseline else None
         text = alpha_sweep([read_summary(p) for p in args.summaries], baseline, args.plot, args.title)

@@ -93,6 +93,7 @@ scaled_pooling: {scaled_pooling}
 bottleneck_dim: {bottleneck_dim}
 dropout: {dropout}
 unimodal_leg_input: {unimodal_leg_input}
+padding_masks: {padding_masks}
 
 model: !new:crab.inference.PackagedCrab
     speech_encoder: {speech_encoder}
@@ -106,6 +107,7 @@ model: !new:crab.inference.PackagedCrab
     bottleneck_dim: !ref <bottleneck_dim>
     dropout: !ref <dropout>
     unimodal_leg_input: !ref <unimodal_leg_input>
+    padding_masks: !ref <padding_masks>
 
 label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
 
@@ -137,6 +139,7 @@ def crab_options(model):
         "bottleneck_dim": model.classifier.bottleneck_dim,
         "dropout": model.classifier.dropout.p,
         "unimodal_leg_input": model.unimodal_leg_input,
+        "padding_masks": model.padding_masks,
     }
     if model.cross_modal is not None:
         attention = model.cross_modal.speech_to_text
@@ -170,7 +173,7 @@ def save_speech_encoder(encoder, out_dir):
     options = {
         "source": ENCODER_DIRS["speech"],
         "layer_weighting": encoder.layer_weighting,
-        "normalize_waveform": bool(encoder.normalize_waveform),
+        "normalize_waveform": encoder.waveform_normalization,  # global: its statistics are in model.ckpt
         "normalize_states": encoder.state_norm is not None,
     }
     return options, {**_source_record(source), "model_type": config.model_type}
@@ -187,6 +190,7 @@ def save_text_encoder(encoder, out_dir):
         "tokenizer": ENCODER_DIRS["text"],
         "layer_weighting": encoder.layer_weighting,
         "max_length": encoder.max_length,
+        "padding": encoder.padding,
         "normalize_states": encoder.state_norm is not None,
     }
     record = {

@@ -85,7 +85,7 @@ for summary in "${exp_dir}/${first}"/results_*.json; do
       [ -z "${dump}" ] || dumps+=("${name}=${dump}")
     done
     python -m crab.bin.compare table --ablation_table "${ablation_table}" \
-      --title "Ablations on ${test_set}${about}" --out "${exp_dir}/ablations_${test_set}.md" "${summaries[@]}"
+      --corpus "$(basename "${PWD}")" --test_set "${test_set}" --title "Ablations on ${test_set}${about}" --out "${exp_dir}/ablations_${test_set}.md" "${summaries[@]}"
     if [ "${#dumps[@]}" -eq "$(wc -w <<< "${ablations}")" ]; then  # the first fold and seed of each
       python -m crab.bin.compare embeddings --plot "${exp_dir}/ablations_${test_set}_embeddings.png" \
         --out "${exp_dir}/ablations_${test_set}_embeddings.md" "${dumps[@]}"
