@@ -252,6 +252,18 @@ def test_stages_1_to_8_with_asr_transcripts(corpus, tmp_path):
         assert set(json.loads((run_dir / f"eval_{test}" / "scores.json").read_text())) >= {"WAR", "UAR"}
         assert "| run | N | WAR | UAR |" in (tmp_path / "exp" / "crab_tiny" / f"results_{test}.md").read_text()
 
+    # The package records the ASR model that made the transcripts, also when stage 8 runs
+    # later without --asr_model (run.sh's default names another model).
+    model_meta = tmp_path / "exp" / "crab_tiny" / "official" / "seed42" / "model" / "metadata.json"
+    repackaged = subprocess.run(
+        ["bash", os.path.join(RECIPE, "run.sh"), "--config", "conf/crab_tiny.yaml", "--stage", "8",
+         "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp")],
+        capture_output=True, text=True, env={**os.environ, "MSP_PODCAST": str(corpus)},
+    )
+    assert repackaged.returncode == 0, repackaged.stdout[-3000:] + repackaged.stderr[-3000:]
+    assert "openai/whisper-large-v3" not in model_meta.read_text()
+    assert json.loads(model_meta.read_text())["training"]["asr_model"] == asr_model
+
     # Test3: the packaged model's predictions as a submission file, every Test3 file once.
     model = tmp_path / "exp" / "crab_tiny" / "official" / "seed42" / "model"
     out = tmp_path / "test3.csv"

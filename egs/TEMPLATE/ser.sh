@@ -284,11 +284,11 @@ fi
 if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 8 ]; then
   for fold in ${folds}; do
     for seed in ${seeds}; do
+      # the transcripts' source and ASR model come from the run's own record
       log "Stage 8: package ${tag}, fold ${fold}, seed ${seed} into ${exp_dir}/${tag}/${fold}/seed${seed}/model"
       # shellcheck disable=SC2046
       python -m crab.bin.package "${config}" $(run_opts "${fold}" "${seed}") \
-        "${overrides[@]+"${overrides[@]}"}" --text_source "${text_source}" --asr_model "${asr_model}" \
-        --out "${exp_dir}/${tag}/${fold}/seed${seed}/model"
+        "${overrides[@]+"${overrides[@]}"}" --out "${exp_dir}/${tag}/${fold}/seed${seed}/model"
     done
   done
 fi
