@@ -74,3 +74,10 @@ def gather_batch(embeddings, labels):
     if world_size() == 1:
         return embeddings, labels
     return _GatherWithLocalGradient.apply(embeddings), all_gather_rows(labels)[0]
+
+
+def end_process_group():
+    """End the DDP process group at the end of a run started by torchrun (torch warns
+    at exit when a group is never destroyed); nothing without one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from crab.masks import host_lengths
+
 
 def masked_mean(x, mask):
     """Mean of ``x`` (batch, time, dim) over the True positions of ``mask``."""
@@ -33,7 +35,7 @@ class UnimodalBlock(nn.Module):
 
     def forward(self, x, mask):
         projected = self.projection(x)
-        lengths = mask.sum(dim=1).cpu()
+        lengths = host_lengths(mask)  # kept by the encoders' masks: no wait for the device
         packed = pack_padded_sequence(
             projected, lengths, batch_first=True, enforce_sorted=False
         )

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from crab.bin.benchmark import EPOCH_ROWS, RATIOS, STEP_ROWS, BenchSpeechEncoder, BenchTextEncoder
@@ -40,10 +41,13 @@ def _cells(stdout, label):
 
 
 def test_quick_run_prints_every_row_and_finite_ratios():
+    """``--size tiny`` (``--quick``) end to end, each measurement in a spawned process
+    (the start method CUDA needs), with the FLOP rate and the profile's top operators."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-m", "crab.bin.benchmark", "--quick", "--threads", "1", "--repeats", "2"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+        [sys.executable, "-m", "crab.bin.benchmark", "--quick", "--size", "tiny", "--start_method", "spawn",
+         "--threads", "1", "--repeats", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -61,3 +65,42 @@ def test_quick_run_prints_every_row_and_finite_ratios():
         else:
             assert shown_target == f"<= {target:.2f}"
             assert met == ("yes" if float(value) <= target else "NO")
+
+    assert "child processes: spawn" in out and "tiny size (quick), fp32" in out
+    flops = float(_cells(out, "counted FLOPs per step (matmul, conv, attention; GRU not counted)")[0].rstrip(" T"))
+    assert flops > 0 and float(_cells(out, "achieved TFLOP/s (counted FLOPs / median step)")[0]) > 0
+    assert _cells(out, "device dense peak TFLOP/s, fp32")[0] == "n/a"  # a CPU
+    assert re.search(r"top 15 operators of 3 steps by self_cpu_time_total", out)
+    assert "aten::" in out.split("torch.profiler):", 1)[1]
+
+
+def test_peak_table_and_options():
+    from crab.bin.benchmark import LARGE, parse_args, peak_tflops
+
+    assert peak_tflops("NVIDIA H200", "bf16", False) == 989.5
+    assert peak_tflops("NVIDIA H100 PCIe", "fp16", False) == 756.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "fp32", True) == 156.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "fp32", False) is None  # no TF32: no tensor-core peak
+    assert peak_tflops("AMD EPYC", "bf16", False) is None
+    assert LARGE["speech"]["hidden_size"] == LARGE["text"]["hidden_size"] == 1024
+    args = parse_args(["--size", "large", "--precision", "bf16", "--audio_seconds", "12"])
+    assert args.audio_seconds == (12.0, 12.0) and args.hparams.endswith("crab.yaml")
+    assert args.start_method == "spawn"
+    for bad in (["--precision", "fp16"], ["--audio_seconds", "x"], ["--quick", "--size", "large"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+def test_large_configs_have_the_papers_dimensions(tmp_path):
+    """WavLM Large and RoBERTa Large from the config classes: 24 layers of 1024, 16 heads."""
+    from transformers import AutoConfig
+
+    from crab.bin.benchmark import write_encoder_configs
+
+    speech_dir, text_dir, _ = write_encoder_configs(str(tmp_path), "large")
+    speech, text = AutoConfig.from_pretrained(speech_dir), AutoConfig.from_pretrained(text_dir)
+    for config in (speech, text):
+        assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
+                config.intermediate_size) == (1024, 24, 16, 4096)
+    assert speech.feat_extract_norm == "layer" and speech.do_stable_layer_norm and speech.layerdrop == 0.0
+    assert text.max_position_embeddings == 514 and text.type_vocab_size == 1

@@ -195,3 +195,73 @@ def test_top_layer_finetuning_is_checked(config_dirs):
         SpeechEncoder(whisper, pretrained=False, finetune_top_layers=-1)
     with pytest.raises(ValueError, match="implemented for Whisper encoders, not HubertModel"):
         SpeechEncoder(config_dirs["hubert"], pretrained=False, finetune_top_layers=1)
+
+
+def test_frozen_feature_extractor_builds_no_graph_and_gets_no_gradient():
+    """The frozen CNN runs without autograd (transformers' own ``_requires_grad`` flag
+    would otherwise make its output require grad and run its backward); the
+    transformer layers above it still train."""
+    encoder = SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False,
+                            freeze_feature_extractor=True).train()
+    outputs = []
+    encoder.model.feature_extractor.register_forward_hook(lambda m, i, out: outputs.append(out))
+    hidden, mask = encoder(torch.randn(2, 8000), torch.tensor([1.0, 0.6]))
+    hidden[mask].sum().backward()
+    assert outputs[0].grad_fn is None and not outputs[0].requires_grad
+    assert all(p.grad is None for p in encoder.model.feature_extractor.parameters())
+    layer_grads = [p.grad for p in encoder.model.encoder.layers.parameters()]
+    assert layer_grads and all(g is not None for g in layer_grads)
+    assert any(g.abs().sum() > 0 for g in layer_grads)
+
+
+def test_encoder_masks_keep_their_lengths_on_the_host(tokenizer_dir):
+    """The GRU's packing reads the lengths from the host copy (``crab.masks``), which
+    agrees with the mask, for CPU and device-side relative lengths alike."""
+    from crab.masks import host_lengths
+
+    speech = SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False).eval()
+    _, mask = speech(torch.randn(3, 8000), torch.tensor([1.0, 0.5, 0.25]))
+    assert mask.host_lengths.device.type == "cpu" and mask.host_lengths.dtype == torch.long
+    assert mask.host_lengths.tolist() == mask.sum(dim=1).tolist()
+    text = TextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir, pretrained=False).eval()
+    _, text_mask = text(["a b c d e f", "a"])
+    assert text_mask.host_lengths.tolist() == text_mask.sum(dim=1).tolist()
+    assert host_lengths(text_mask[:, :]).tolist() == text_mask.sum(dim=1).tolist()  # no copy kept: counted
+
+
+@pytest.mark.parametrize("which", ["speech", "text"])
+def test_gradient_checkpointing_gives_the_same_gradients(which, tokenizer_dir):
+    """``gradient_checkpointing: true`` recomputes the layers in the backward pass (each
+    layer runs twice) and changes neither the output nor the gradients."""
+    def build(checkpointing):
+        torch.manual_seed(0)
+        if which == "speech":
+            return SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False,
+                                 gradient_checkpointing=checkpointing).train()
+        return TextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir,
+                           pretrained=False, gradient_checkpointing=checkpointing).train()
+
+    inputs = (torch.randn(2, 8000, generator=torch.Generator().manual_seed(1)), torch.tensor([1.0, 0.7])) \
+        if which == "speech" else (["a b c d e f g", "a b"],)
+    results = []
+    for checkpointing in (False, True):
+        encoder = build(checkpointing)
+        layers = encoder.model.encoder.layers if which == "speech" else encoder.model.encoder.layer
+        calls = []
+        layers[0].attention.register_forward_hook(lambda *args: calls.append(1))  # inside the layer
+        torch.manual_seed(2)  # the same dropout masks (checkpointing replays the RNG state)
+        hidden, mask = encoder(*inputs)
+        (hidden[mask] ** 2).mean().backward()
+        assert len(calls) == (2 if checkpointing else 1)
+        grads = {n: p.grad for n, p in encoder.model.named_parameters() if p.grad is not None}
+        results.append((hidden.detach(), grads))
+    (plain, plain_grads), (checkpointed, checkpointed_grads) = results
+    torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-6)
+    assert plain_grads.keys() == checkpointed_grads.keys() and len(plain_grads) > 10
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_gradient_checkpointing_must_be_a_boolean():
+    with pytest.raises(ValueError, match="gradient_checkpointing must be true or false"):
+        SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False, gradient_checkpointing="yes")

@@ -134,3 +134,20 @@ def test_class_weighting_off_keeps_plain_cross_entropy():
     logits, targets = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
     assert plain.weight.tolist() == [1.0, 1.0]
     assert plain(logits, targets).item() == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item())
+
+
+@pytest.mark.parametrize("loss", [mpcl, supcon])
+def test_contrastive_similarities_are_fp32_under_bf16_autocast(loss):
+    """Under autocast (``--precision bf16``) the similarities and their softmax stay in
+    fp32: the loss of bf16 embeddings equals the fp32 loss of the same values (the
+    embeddings' own rounding to bf16 is the only difference)."""
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(12, 32, generator=generator).to(torch.bfloat16).requires_grad_()
+    labels = torch.tensor([0, 1, 2, 3] * 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss(embeddings, labels, 0.1)
+    assert mixed.dtype == torch.float32
+    exact = loss(embeddings.detach().float(), labels, 0.1)
+    assert mixed.item() == pytest.approx(exact.item(), rel=1e-6)
+    mixed.backward()
+    assert embeddings.grad.dtype == torch.bfloat16 and torch.isfinite(embeddings.grad.float()).all()

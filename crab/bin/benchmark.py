@@ -1,13 +1,18 @@
 """Speed and memory of Crab's training and inference, measured side by side.
 
-    python -m crab.bin.benchmark [--device cpu] [--batch_size 8] [--repeats 5]
-        [--threads N] [--epoch_utterances 32] [--epochs 3] [--quick]
+    python -m crab.bin.benchmark [--device cpu|cuda[:N]] [--size tiny|base|large]
+        [--precision fp32|bf16|fp16] [--audio_seconds 2.5-3.5] [--batch_size 8]
+        [--repeats 5] [--threads N] [--epoch_utterances 32] [--epochs 3] [--quick]
 
-Base-size encoders with random weights built from configs (WavLM Base and RoBERTa
-Base: transformers' WavLMConfig and RobertaConfig defaults, no download), the head
-of ``--hparams`` (the base-size recipe config), MELD-like inputs: 2.5-3.5 s of audio
-and a short transcript per utterance. ``--quick`` uses the tiny test encoders and
-config instead, as a smoke check that runs in seconds.
+Encoders with random weights built from configs, no download: ``--size base``
+(default) WavLM Base and RoBERTa Base (transformers' WavLMConfig and RobertaConfig
+defaults), ``--size large`` WavLM Large and RoBERTa Large (the paper's encoders: 24
+layers of 1024, written here from the same config classes), ``--size tiny`` the test
+encoders. The head comes from ``--hparams`` (the recipe config of that size), the
+inputs are MELD-like: ``--audio_seconds`` of audio (default 2.5-3.5 s) and a short
+transcript per utterance. ``--quick`` is ``--size tiny`` with fewer rounds, a smoke
+check that runs in seconds. ``--precision bf16|fp16`` runs the steps under autocast
+(fp16 with a gradient scaler; CUDA only), as SpeechBrain's ``--precision`` does.
 
 Measured, on the same inputs:
 
@@ -23,12 +28,22 @@ d. a training epoch with frozen encoders read from the feature cache against one
 Step times are interleaved (round-robin, order rotated every round) in one
 process, so load from other processes hits every configuration alike; the median
 of ``--repeats`` rounds after ``--warmup`` is reported. Peak memory is measured
-separately, each configuration in its own process forked before any model exists:
-on CPU the growth of its peak resident set (VmHWM, reset at the start through
-/proc/self/clear_refs) over its starting RSS; on CUDA torch.cuda.max_memory_allocated.
+separately, each configuration in its own process started before any model exists
+(spawned: a fresh interpreter, which CUDA needs; ``--start_method fork`` on CPU
+saves the imports): on CPU the growth of its peak resident set (VmHWM, reset at the
+start through /proc/self/clear_refs) over its starting RSS; on CUDA
+torch.cuda.max_memory_allocated.
+
+Where the time goes, for the 5-leg training step: its matmul, convolution and
+attention FLOPs (torch.utils.flop_counter; the GRU is not counted, so the rate is a
+lower bound) over its median time, next to the device's dense peak for the
+precision (``PEAK_TFLOPS``; n/a for an unknown device or a CPU), and the top
+operators of a short torch.profiler run. On CUDA also the number of operations
+that made the host wait for the device in one step (torch.cuda.set_sync_debug_mode).
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import multiprocessing
@@ -39,6 +54,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 import numpy as np
 import soundfile as sf
@@ -48,7 +64,7 @@ import yaml
 from transformers import RobertaConfig, WavLMConfig
 
 from crab import cli
-from crab.brain import CrabBrain
+from crab.brain import CrabBrain, fast_optimizer_options
 from crab.encoders import SpeechEncoder, TextEncoder
 from crab.experiment import dataset, feature_cache, parse_and_load, prepare_labels_and_weights
 from crab.features import extract
@@ -62,6 +78,18 @@ CONF = os.path.join(ROOT, "egs", "TEMPLATE", "conf")
 MELD_CLASSES = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
 SAMPLE_RATE = 16000
 AUDIO_SECONDS = (2.5, 3.5)
+SIZES = ("tiny", "base", "large")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendors' data sheets:
+# (bf16/fp16, tf32), matched in this order against torch.cuda.get_device_name.
+PEAK_TFLOPS = [
+    ("H200", (989.5, 494.7)),
+    ("H100 PCIe", (756.0, 378.0)),
+    ("H100", (989.5, 494.7)),  # SXM
+    ("A100", (312.0, 156.0)),
+    ("L40S", (362.1, 183.0)),
+    ("RTX 4090", (165.2, 82.6)),
+]
 
 # Short conversational lines like MELD's (written for this benchmark).
 SENTENCES = [
@@ -168,24 +196,38 @@ def head_settings(hparams_file):
     return {k: values[k] for k in HEAD_KEYS}
 
 
-def write_encoder_configs(out_dir, quick):
+# WavLM Large and RoBERTa Large (microsoft/wavlm-large, roberta-large): what differs
+# from the config classes' base-size defaults.
+LARGE = {
+    "speech": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                   feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+                   num_conv_pos_embedding_groups=16, layer_norm_eps=1e-5),
+    "text": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                 layer_norm_eps=1e-5),
+}
+
+
+def write_encoder_configs(out_dir, size):
     """``(speech_dir, text_dir, tokenizer_dir)``: config-only model directories and a
     BPE tokenizer trained on ``SENTENCES`` (its vocabulary fits the text model's)."""
-    if quick:
+    if size == "tiny":
         speech_dir, text_dir = os.path.join(CONF, "wavlm_tiny"), os.path.join(CONF, "roberta_tiny")
     else:
-        speech_dir, text_dir = os.path.join(out_dir, "wavlm_base"), os.path.join(out_dir, "roberta_base")
-        # layerdrop 0: every step runs all 12 layers, so steps are comparable.
-        WavLMConfig(layerdrop=0.0).save_pretrained(speech_dir)
-        RobertaConfig(max_position_embeddings=514, type_vocab_size=1).save_pretrained(text_dir)
+        speech_dir, text_dir = os.path.join(out_dir, f"wavlm_{size}"), os.path.join(out_dir, f"roberta_{size}")
+        large = size == "large"
+        # layerdrop 0: every step runs all layers, so steps are comparable.
+        WavLMConfig(layerdrop=0.0, **(LARGE["speech"] if large else {})).save_pretrained(speech_dir)
+        RobertaConfig(max_position_embeddings=514, type_vocab_size=1,
+                      **(LARGE["text"] if large else {})).save_pretrained(text_dir)
     tokenizer_dir = os.path.join(out_dir, "tokenizer")
     build_bpe_tokenizer(SENTENCES * 4, tokenizer_dir, vocab_size=1000)
     return speech_dir, text_dir, tokenizer_dir
 
 
-def make_waveforms(count, rng):
-    """``count`` noise waveforms of 2.5-3.5 s (float32 numpy arrays)."""
-    lengths = rng.integers(int(AUDIO_SECONDS[0] * SAMPLE_RATE), int(AUDIO_SECONDS[1] * SAMPLE_RATE), count)
+def make_waveforms(count, rng, seconds=AUDIO_SECONDS):
+    """``count`` noise waveforms of ``seconds`` (min, max) each (float32 numpy arrays)."""
+    low, high = int(seconds[0] * SAMPLE_RATE), int(seconds[1] * SAMPLE_RATE)
+    lengths = rng.integers(low, high, count) if high > low else np.full(count, low)
     return [(0.1 * rng.standard_normal(n)).astype("float32") for n in lengths]
 
 
@@ -199,10 +241,10 @@ class Bench:
             num_classes=len(MELD_CLASSES),
             speech_encoder=lambda: BenchSpeechEncoder(
                 setup["speech_dir"], pretrained=False, freeze_feature_extractor=head["freeze_feature_extractor"],
-                layerdrop=0.0),
+                layerdrop=0.0, gradient_checkpointing=setup["gradient_checkpointing"]),
             text_encoder=lambda: BenchTextEncoder(
                 setup["text_dir"], tokenizer=setup["tokenizer_dir"], pretrained=False,
-                max_length=head["text_max_length"]),
+                max_length=head["text_max_length"], gradient_checkpointing=setup["gradient_checkpointing"]),
             hidden_dim=head["hidden_dim"], num_heads=head["num_heads"],
             attention_dropout=head["attention_dropout"], scaled_pooling=head["scaled_pooling"],
             bottleneck_dim=head["bottleneck_dim"], dropout=head["dropout"],
@@ -222,6 +264,15 @@ class Bench:
         self.texts = setup["texts"]
         self.labels = torch.tensor(setup["labels"], device=device)
         self.optimizers = None
+        self.device_type = torch.device(device).type
+        self.dtype = PRECISIONS[setup["precision"]]
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=setup["precision"] == "fp16")
+
+    def autocast(self):
+        """SpeechBrain's ``--precision``: autocast to bf16 or fp16, nothing for fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
     def set_reference(self, reference):
         for encoder in self.model.encoders.values():
@@ -232,30 +283,36 @@ class Bench:
         groups = [(self.model.encoder_parameters("speech"), lr / 10),
                   (self.model.encoder_parameters("text"), lr / 10),
                   (self.model.head_parameters() + list(self.legs.parameters()), lr)]
-        self.optimizers = [torch.optim.AdamW(p, lr=g_lr, weight_decay=weight_decay) for p, g_lr in groups if p]
+        fast = fast_optimizer_options(torch.optim.AdamW, self.wavs.device)  # CrabBrain's: fused on CUDA
+        self.optimizers = [torch.optim.AdamW(p, lr=g_lr, weight_decay=weight_decay, **fast)
+                           for p, g_lr in groups if p]
 
     def train_step(self, with_legs):
         """CrabBrain's step: WCE + alpha * mean leg loss, backward, clip and step per optimizer."""
         self.model.train()
         self.legs.train()
-        logits, taps = self.model(self.wavs, self.wav_lens, self.texts)
-        ce = self.wce(logits, self.labels)
-        outputs = self.legs(taps) if with_legs else {}
-        loss = total_loss(ce, [self.leg_loss(out, self.labels) for out in outputs.values()], self.alpha)
-        loss.backward()
+        with self.autocast():
+            logits, taps = self.model(self.wavs, self.wav_lens, self.texts)
+            ce = self.wce(logits, self.labels)
+            outputs = self.legs(taps) if with_legs else {}
+            loss = total_loss(ce, [self.leg_loss(out, self.labels) for out in outputs.values()], self.alpha)
+        self.scaler.scale(loss).backward()
         for optimizer in self.optimizers:
+            self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], self.max_grad_norm)
-            optimizer.step()
+            self.scaler.step(optimizer)
             optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()
 
     @torch.no_grad()
     def infer(self, encoders_only):
         self.model.eval()
-        if encoders_only:
-            self.model.encoders["speech"](self.wavs, self.wav_lens)
-            self.model.encoders["text"](self.texts)
-        else:
-            self.model(self.wavs, self.wav_lens, self.texts)
+        with self.autocast():
+            if encoders_only:
+                self.model.encoders["speech"](self.wavs, self.wav_lens)
+                self.model.encoders["text"](self.texts)
+            else:
+                self.model(self.wavs, self.wav_lens, self.texts)
 
 
 def _run_config(bench, name):
@@ -296,7 +353,80 @@ def time_steps(setup):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             times[name].append(_timed(lambda: _run_config(bench, name), setup["device"]))
-    return {"times": times}
+    cuda = setup["device"].startswith("cuda")
+    return {"times": times, "flops": step_flops(bench), "profile": profile_table(bench, setup),
+            "syncs": count_syncs(bench, setup["device"]),
+            "device_name": torch.cuda.get_device_name(setup["device"]) if cuda else cpu_model()}
+
+
+def peak_tflops(device_name, precision, tf32):
+    """The device's dense peak for ``precision`` (``PEAK_TFLOPS``), or None: unknown
+    device, a CPU, or fp32 without TF32 (no tensor-core peak applies)."""
+    for name, (half, tf32_peak) in PEAK_TFLOPS:
+        if name in device_name:
+            if precision in ("bf16", "fp16"):
+                return half
+            return tf32_peak if tf32 else None
+    return None
+
+
+def step_flops(bench):
+    """FLOPs of one 5-leg training step that torch.utils.flop_counter counts (matmuls,
+    convolutions, attention; forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    bench.set_reference(False)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        bench.train_step(with_legs=True)
+    return counter.get_total_flops()
+
+
+PROFILE_STEPS = 3
+PROFILE_ROWS = 15
+
+
+def profile_table(bench, setup):
+    """The top operators (self time on the device, else on the CPU) of
+    ``PROFILE_STEPS`` 5-leg training steps under torch.profiler, and the number of
+    operator calls (and, on CUDA, kernels) per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = setup["device"].startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    bench.set_reference(False)
+    with profile(activities=activities) as prof:
+        for _ in range(PROFILE_STEPS):
+            bench.train_step(with_legs=True)
+        if cuda:
+            torch.cuda.synchronize(setup["device"])
+    averages = prof.key_averages()
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = averages.table(sort_by=sort_by, row_limit=PROFILE_ROWS, max_name_column_width=50)
+    events = prof.events()
+    ops = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CPU)
+    kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    return {"table": table, "sort_by": sort_by, "ops_per_step": ops / PROFILE_STEPS,
+            "kernels_per_step": kernels / PROFILE_STEPS if cuda else None}
+
+
+def count_syncs(bench, device):
+    """On CUDA, the operations of one 5-leg training step that make the host wait for
+    the device (torch.cuda.set_sync_debug_mode warns on each); None on CPU."""
+    if not device.startswith("cuda"):
+        return None
+    bench.set_reference(False)
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            bench.train_step(with_legs=True)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    found = [w for w in caught if "synchroniz" in str(w.message)]
+    return {"count": len(found),
+            "where": sorted({f"{os.path.relpath(w.filename, ROOT)}:{w.lineno}" for w in found})[:10]}
 
 
 def step_memory(setup, name):
@@ -313,10 +443,10 @@ def step_memory(setup, name):
 
 # ---- d: epochs through CrabBrain, with and without the feature cache ----
 
-def write_corpus(out_dir, count, rng):
+def write_corpus(out_dir, count, rng, seconds=AUDIO_SECONDS):
     """``count`` wav files and a manifest ``train.json``, labels cycling over the classes."""
     manifest = {}
-    for i, wav in enumerate(make_waveforms(count, rng)):
+    for i, wav in enumerate(make_waveforms(count, rng, seconds)):
         utt = f"utt{i:04d}"
         sf.write(os.path.join(out_dir, f"{utt}.wav"), wav, SAMPLE_RATE)
         manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": len(wav) / SAMPLE_RATE,
@@ -335,7 +465,8 @@ def _epoch_hparams(setup, output_folder, cache_dir):
             f"--tokenizer_source={setup['tokenizer_dir']}", "--pretrained_encoders=false",
             "--freeze_speech_encoder=true", "--freeze_text_encoder=true",
             f"--batch_size={setup['batch_size']}", f"--number_of_epochs={1 + setup['epochs']}",
-            f"--feature_cache={cache_dir or 'null'}", f"--device={setup['device']}", "--noprogressbar"]
+            f"--feature_cache={cache_dir or 'null'}", f"--device={setup['device']}", "--noprogressbar",
+            f"--precision={setup['precision']}"]
     _, run_opts, _, hparams = parse_and_load(argv)
     return hparams, run_opts
 
@@ -388,6 +519,7 @@ def _child(conn, fn, args, setup):
         torch.set_num_threads(setup["threads"])
         cuda = setup["device"].startswith("cuda")
         if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = setup["tf32"]
             torch.cuda.reset_peak_memory_stats(setup["device"])
         else:
             with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
@@ -408,8 +540,11 @@ def _child(conn, fn, args, setup):
 
 
 def in_child(name, fn, *args, setup):
-    """Run ``fn(*args)`` in a forked process; its result dict with ``peak_mib``."""
-    context = multiprocessing.get_context("fork")
+    """Run ``fn(*args)`` in a new process (``setup["start_method"]``: spawn, or fork
+    on CPU); its result dict with ``peak_mib``. Forking after CUDA is initialised
+    fails in the child ("Cannot re-initialize CUDA in forked subprocess"): CUDA runs
+    spawn, and this process never touches the device."""
+    context = multiprocessing.get_context(setup["start_method"])
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(send, fn, args, setup))
     process.start()
@@ -446,26 +581,38 @@ def ratio_rows(medians):
     return rows
 
 
-def report(args, setup, times, peaks, loads, token_counts, started):
+ENCODER_NAMES = {"tiny": "tiny test configs", "base": "WavLM Base + RoBERTa Base configs",
+                 "large": "WavLM Large + RoBERTa Large configs"}
+
+
+def report(args, setup, times, peaks, loads, token_counts, started, analysis):
     cuda = args.device.startswith("cuda")
     memory = "peak CUDA allocated MiB" if cuda else "peak RSS growth MiB | of which file pages MiB"
     medians = {name: statistics.median(values) for name, values in times.items()}
+    seconds = setup["audio_seconds"]
     lines = [
-        f"# Crab benchmark, {started:%Y-%m-%d %H:%M} UTC: {'quick (tiny encoders)' if args.quick else 'base size'}",
+        f"# Crab benchmark, {started:%Y-%m-%d %H:%M} UTC: {args.size} size"
+        + (" (quick)" if args.quick else "") + f", {args.precision}",
         "",
         f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs ({len(os.sched_getaffinity(0))} usable), "
-        f"device {args.device}; torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"{args.threads} torch thread(s)",
+        f"device {args.device} ({analysis['device_name']}); torch {torch.__version__}"
+        + (f" (CUDA {torch.version.cuda})" if cuda else "")
+        + f", transformers {transformers.__version__}, {args.threads} torch thread(s)",
+        f"precision {args.precision}" + (f" (autocast{', gradient scaler' if args.precision == 'fp16' else ''})"
+                                         if args.precision != "fp32" else "")
+        + (f"; TF32 {'on' if args.tf32 else 'off'}" if cuda else "")
+        + f"; child processes: {args.start_method}",
         f"load average (1 min) before {loads[0]:.2f}, after {loads[1]:.2f}",
-        f"encoders: {'tiny test configs' if args.quick else 'WavLM Base + RoBERTa Base configs'}, random init; "
+        f"encoders: {ENCODER_NAMES[args.size]}, random init"
+        + (", gradient checkpointing" if args.gradient_checkpointing else "") + "; "
         f"head from {os.path.relpath(args.hparams, ROOT)}",
-        f"batch {args.batch_size}: audio {AUDIO_SECONDS[0]}-{AUDIO_SECONDS[1]} s "
+        f"batch {args.batch_size}: audio {seconds[0]}-{seconds[1]} s "
         f"(max {max(len(w) for w in setup['wavs']) / SAMPLE_RATE:.2f} s), text "
         f"{statistics.mean(token_counts):.1f} tokens on average (max {max(token_counts)}; reference: "
         f"{setup['head']['text_max_length']})",
         f"steps: median of {args.repeats} interleaved rounds after {args.warmup} warm-up; epochs: "
         f"{args.epoch_utterances} utterances, median of {args.epochs} after 1 warm-up",
-        "memory: each configuration in its own process forked before any model exists; "
+        f"memory: each configuration in its own process ({args.start_method}) started before any model exists; "
         + ("torch.cuda.max_memory_allocated" if cuda else
            "peak RSS growth = VmHWM (reset through /proc/self/clear_refs) minus the starting "
            "VmRSS; file pages = growth of RssFile (mostly library code first run in that process)"),
@@ -485,7 +632,38 @@ def report(args, setup, times, peaks, loads, token_counts, started):
     saving = medians["epoch_end_to_end"] - medians["epoch_cached"]
     if saving > 0:
         lines += ["", f"the extraction pays for itself after {medians['extract'] / saving:.1f} epoch(s)"]
+    lines += ["", *analysis_lines(args, analysis, medians["train_legs"], medians["infer_full"])]
     return "\n".join(lines)
+
+
+def analysis_lines(args, analysis, step_seconds, infer_seconds):
+    """Achieved rate of the 5-leg step against the device's peak, throughput of
+    inference, host waits, and the profile's top operators."""
+    peak = peak_tflops(analysis["device_name"], args.precision, args.tf32)
+    achieved = analysis["flops"] / step_seconds / 1e12
+    profile = analysis["profile"]
+    lines = [
+        "## Where the time goes (train step, 5 legs)",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| counted FLOPs per step (matmul, conv, attention; GRU not counted) | {analysis['flops'] / 1e12:.3f} T |",
+        f"| achieved TFLOP/s (counted FLOPs / median step) | {achieved:.3f} |",
+        f"| device dense peak TFLOP/s, {args.precision}" + (" (TF32)" if args.precision == "fp32" and args.tf32 else "")
+        + f" | {'n/a' if peak is None else f'{peak:.1f}'} |",
+        f"| fraction of peak | {'n/a' if peak is None else f'{achieved / peak:.1%}'} |",
+        f"| inference, utterances/s (full model) | {args.batch_size / infer_seconds:.1f} |",
+        f"| operator calls per step (profiler) | {profile['ops_per_step']:.0f} |",
+    ]
+    if profile["kernels_per_step"] is not None:
+        lines.append(f"| device kernels per step (profiler) | {profile['kernels_per_step']:.0f} |")
+    syncs = analysis["syncs"]
+    if syncs is not None:
+        where = ", ".join(syncs["where"]) or "-"
+        lines.append(f"| host waits for the device in one step (set_sync_debug_mode) | {syncs['count']} ({where}) |")
+    lines += ["", f"top {PROFILE_ROWS} operators of {PROFILE_STEPS} steps by {profile['sort_by']} (torch.profiler):",
+              "", "```", profile["table"].rstrip(), "```"]
+    return lines
 
 
 def token_counts(tokenizer_dir, texts):
@@ -507,14 +685,45 @@ def parse_args(argv):
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs (default 3; --quick 1)")
     parser.add_argument("--hparams", default=None,
                         help="recipe config for the head and the epochs (default crab_base.yaml; --quick crab_tiny.yaml)")
-    parser.add_argument("--quick", action="store_true", help="tiny encoders: a smoke check in seconds")
+    parser.add_argument("--quick", action="store_true",
+                        help="--size tiny with 2 rounds, 1 epoch of 8 utterances: a smoke check in seconds")
+    parser.add_argument("--size", choices=SIZES, default=None,
+                        help="encoders: tiny (test configs), base (default), large (the paper's)")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                        help="fp32, or autocast to bf16 or fp16 (fp16 with a gradient scaler; CUDA only)")
+    parser.add_argument("--tf32", choices=("true", "false"), default="false",
+                        help="CUDA fp32: TF32 tensor cores for matmuls and convolutions (torch's default: false)")
+    parser.add_argument("--audio_seconds", default=None,
+                        help="audio per utterance: MIN-MAX or one length in seconds (default 2.5-3.5)")
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="the encoders recompute their activations in the backward pass (less memory)")
+    parser.add_argument("--start_method", choices=("spawn", "fork"), default=None,
+                        help="how the measuring processes start (default spawn; fork only on CPU)")
     args = parser.parse_args(argv)
     quick = args.quick
+    if quick and args.size not in (None, "tiny"):
+        parser.error("--quick is --size tiny")
+    args.size = "tiny" if quick else (args.size or "base")
+    args.tf32 = args.tf32 == "true"
     args.repeats = args.repeats or (2 if quick else 5)
     args.epochs = args.epochs or (1 if quick else 3)
     args.epoch_utterances = args.epoch_utterances or (8 if quick else 32)
-    args.hparams = args.hparams or os.path.join(CONF, "crab_tiny.yaml" if quick else "crab_base.yaml")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    default_hparams = {"tiny": "crab_tiny.yaml", "base": "crab_base.yaml", "large": "crab.yaml"}[args.size]
+    args.hparams = args.hparams or os.path.join(CONF, default_hparams)
+    try:
+        parts = [float(x) for x in (args.audio_seconds or "-".join(map(str, AUDIO_SECONDS))).split("-")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or not 0.1 <= parts[0] <= parts[-1] <= 60:
+        parser.error(f"--audio_seconds: MIN-MAX or one length, 0.1-60 s, got '{args.audio_seconds}'")
+    args.audio_seconds = (parts[0], parts[-1])
+    cuda = args.device.startswith("cuda")
+    args.start_method = args.start_method or "spawn"
+    if cuda and args.start_method == "fork":
+        parser.error("--start_method fork: CUDA cannot be used in a forked process; use spawn")
+    if args.precision == "fp16" and not cuda:
+        parser.error("--precision fp16 needs CUDA (SpeechBrain refuses it on CPU); use bf16")
+    if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
     if min(args.batch_size, args.repeats, args.epochs, args.threads) < 1 or args.warmup < 0:
         parser.error("--batch_size, --repeats, --epochs and --threads must be positive, --warmup >= 0")
@@ -530,7 +739,7 @@ def main(argv=None):
     loads = [os.getloadavg()[0]]
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="crab_benchmark_") as tmp:
-        speech_dir, text_dir, tokenizer_dir = write_encoder_configs(tmp, args.quick)
+        speech_dir, text_dir, tokenizer_dir = write_encoder_configs(tmp, args.size)
         # a snapshot: the epoch runs read the yaml that goes with the code imported now
         hparams_file = shutil.copy(args.hparams, os.path.join(tmp, os.path.basename(args.hparams)))
         texts = [SENTENCES[i % len(SENTENCES)] for i in range(args.batch_size)]
@@ -538,19 +747,21 @@ def main(argv=None):
         corpus_dir = os.path.join(tmp, "corpus")
         os.makedirs(corpus_dir)
         setup = {
-            "tmp": tmp, "device": args.device, "threads": args.threads,
+            "tmp": tmp, "device": args.device, "threads": args.threads, "precision": args.precision,
+            "tf32": args.tf32, "start_method": args.start_method, "gradient_checkpointing": args.gradient_checkpointing, "audio_seconds": args.audio_seconds,
             "speech_dir": speech_dir, "text_dir": text_dir, "tokenizer_dir": tokenizer_dir,
             "hparams_file": hparams_file, "head": head_settings(hparams_file),
-            "wavs": make_waveforms(args.batch_size, rng), "texts": texts,
+            "wavs": make_waveforms(args.batch_size, rng, args.audio_seconds), "texts": texts,
             "labels": rng.integers(0, len(MELD_CLASSES), args.batch_size).tolist(),
             "batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup,
             "epochs": args.epochs, "corpus_dir": corpus_dir,
-            "manifest": write_corpus(corpus_dir, args.epoch_utterances, rng),
+            "manifest": write_corpus(corpus_dir, args.epoch_utterances, rng, args.audio_seconds),
             "cache_dir": os.path.join(tmp, "feature_cache"),
         }
         times, peaks = {}, {}
         print(f"timing {len(STEP_ROWS)} step configurations, interleaved ...", file=sys.stderr, flush=True)
-        times.update(in_child("step timing", time_steps, setup, setup=setup)["times"])
+        analysis = in_child("step timing", time_steps, setup, setup=setup)
+        times.update(analysis.pop("times"))
         print("median s: " + ", ".join(f"{n} {statistics.median(times[n]):.3f}" for n in STEP_ROWS),
               file=sys.stderr, flush=True)
         for name in STEP_ROWS:
@@ -567,7 +778,7 @@ def main(argv=None):
             print(f"  median {statistics.median(times[name]):.3f} s, {result['peak_mib']:.0f} MiB",
                   file=sys.stderr, flush=True)
     loads.append(os.getloadavg()[0])
-    print(report(args, setup, times, peaks, loads, tokens, started))
+    print(report(args, setup, times, peaks, loads, tokens, started, analysis))
 
 
 if __name__ == "__main__":

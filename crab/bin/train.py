@@ -25,6 +25,7 @@ import speechbrain as sb
 
 from crab import cli
 from crab.data import require_manifest
+from crab.distributed import end_process_group
 from crab.experiment import (
     dataset,
     feature_cache,
@@ -45,6 +46,7 @@ def main(argv=None):
     sb.utils.distributed.ddp_init_group(run_opts)  # nothing without torchrun
     with run_lock(hparams["output_folder"]):  # one training per output folder at a time
         _train(hparams_file, run_opts, overrides, hparams)
+    end_process_group()  # DDP: every process got here; nothing without torchrun
 
 
 def _train(hparams_file, run_opts, overrides, hparams):

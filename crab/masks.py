@@ -1,0 +1,31 @@
+"""Frame masks that remember their lengths on the host.
+
+``pack_padded_sequence`` (the GRU of ``crab.modules.UnimodalBlock``) takes the
+lengths on the CPU. Counting a CUDA mask's True positions there (``mask.sum(1).cpu()``)
+makes the host wait, in the middle of the forward pass, for everything queued before
+it (the encoders). The encoders know the lengths on the host already (SpeechBrain's
+relative lengths, the tokenizer's attention mask), so their masks carry them:
+``device_mask`` builds a mask on the device from host lengths and keeps them, and
+``host_lengths`` returns them, or counts (one device-to-host copy) for a mask made
+elsewhere, e.g. read from the feature cache.
+"""
+
+import torch
+
+
+def device_mask(lengths, max_len, device):
+    """Boolean ``(batch, max_len)`` mask on ``device``, True where ``position < length``,
+    from host (CPU) ``lengths``, which it keeps as ``mask.host_lengths``. The lengths are
+    copied without waiting for the device."""
+    lengths = lengths.detach().to("cpu", torch.long)
+    on_device = lengths.to(device, non_blocking=True)
+    mask = torch.arange(max_len, device=device).unsqueeze(0) < on_device.unsqueeze(1)
+    mask.host_lengths = lengths
+    return mask
+
+
+def host_lengths(mask):
+    """The number of True positions of each row of ``mask``, on the CPU: the lengths it
+    was built from (``device_mask``), else counted."""
+    lengths = getattr(mask, "host_lengths", None)
+    return lengths if lengths is not None else mask.sum(dim=1).cpu()

@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# GPU check of Crab: one script, run on a machine with a GPU after tools/install.sh;
+# no network needed. Writes one summary (markdown) with each check's result, seconds
+# and peak GPU memory, followed by the benchmark reports.
+#
+#   tools/gpu_check.sh                      # cuda: every check (meant to take < 8 min on one GPU)
+#   tools/gpu_check.sh --device cpu --quick # the same steps on CPU, tiny: a dry run
+#
+# Checks (--checks a,b,...; default all):
+#   env         nvidia-smi, torch and CUDA versions, the GPUs torch sees
+#   data        the mini recipe's stages 0-3 on CPU, only when its manifests are missing
+#   train_fp32  mini recipe stages 5-8 (train, evaluate, score, package) on cuda:0
+#   train_bf16  stage 5 with SpeechBrain's --precision=bf16 (through --train_opts)
+#   train_fp16  stage 5 with --precision=fp16 (gradient scaler; CUDA only)
+#   ddp         stage 5 under torchrun, nccl: run.sh --ngpu N with N > 1 GPUs, one
+#               process through torch.distributed.run with one (gloo on CPU); fails if
+#               torch warns that destroy_process_group() was never called
+#   bench_base  crab.bin.benchmark --size base --precision bf16 (MELD-like 2.5-3.5 s)
+#   bench_large crab.bin.benchmark --size large --precision bf16, 8 x 12 s
+#   bench_large_fp32  the same in fp32 with TF32
+#   bench_large_32    --size large bf16, 32 x 12 s, --gradient_checkpointing
+# With --quick the benchmarks run --quick (tiny) and training runs 1 epoch.
+set -uo pipefail
+
+device=cuda
+quick=false
+checks=all
+work=
+ngpu=
+
+usage() { sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) device=$2; shift 2 ;;
+    --quick) quick=true; shift ;;
+    --checks) checks=$2; shift 2 ;;
+    --work) work=$2; shift 2 ;;  # where runs, logs and the summary go
+    --ngpu) ngpu=$2; shift 2 ;;  # GPUs for the ddp check (default: all that torch sees)
+    -h|--help) usage; exit 0 ;;
+    *) echo "$0: unknown option $1 (--help)" >&2; exit 1 ;;
+  esac
+done
+case "${device}" in cuda|cpu) ;; *) echo "$0: --device cuda|cpu, got ${device}" >&2; exit 1 ;; esac
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RECIPE=${ROOT}/egs/mini
+if [ -x "${ROOT}/tools/venv/bin/python" ]; then export PATH="${ROOT}/tools/venv/bin:${PATH}"; fi
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # everything is local: configs, tokenizer, data
+stamp=$(date -u +%Y%m%d_%H%M%S)
+work=${work:-${RECIPE}/exp_gpu_check/${stamp}}
+mkdir -p "${work}/logs"
+work=$(cd "${work}" && pwd)
+summary=${work}/gpu_check_${stamp}.md
+rows=()
+reports=()
+
+wanted() { [ "${checks}" = all ] || [[ ",${checks}," == *",$1,"* ]]; }
+
+gpus_seen() { python -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"; }
+
+# run_check NAME TIMEOUT_S COMMAND...: runs it (output in logs/NAME.log), records the
+# result, the seconds and, on CUDA, the peak memory used on the GPUs (nvidia-smi, 0.5 s samples)
+run_check() {
+  local name=$1 limit=$2; shift 2
+  local log=${work}/logs/${name}.log sampler= peak=- t0 rc status
+  echo "== ${name}: $(printf '%s ' "$@" | head -c 300 | head -1)" | tee "${log}"
+  if [ "${device}" = cuda ] && command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "${work}/logs/${name}.mem" 2>/dev/null &
+    sampler=$!
+  fi
+  t0=$(date +%s.%N)
+  timeout "${limit}" "$@" >> "${log}" 2>&1
+  rc=$?
+  local seconds
+  seconds=$(python -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "${t0}" "$(date +%s.%N)")
+  if [ -n "${sampler}" ]; then
+    kill "${sampler}" 2>/dev/null; wait "${sampler}" 2>/dev/null
+    peak=$(sort -n "${work}/logs/${name}.mem" | tail -1); peak=${peak:--}
+  fi
+  if [ "${rc}" = 0 ]; then status=pass; elif [ "${rc}" = 124 ]; then status="FAIL (timeout ${limit} s)"; else status="FAIL (exit ${rc})"; fi
+  if [ "${rc}" = 0 ] && grep -q "destroy_process_group() was never called" "${log}"; then
+    status="FAIL (destroy_process_group() was never called)"
+  fi
+  echo "   ${status}, ${seconds} s, peak GPU memory ${peak} MiB" | tee -a "${log}"
+  rows+=("| ${name} | ${status} | ${seconds} | ${peak} | logs/${name}.log |")
+  return 0
+}
+
+skip() { rows+=("| $1 | skipped ($2) | - | - | - |"); echo "== $1: skipped ($2)"; }
+
+env_report() {
+  echo "date (UTC): $(date -u '+%Y-%m-%d %H:%M')"
+  echo "host: $(uname -srm)"
+  if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv
+  else
+    echo "nvidia-smi: not found"
+  fi
+  python - "$1" <<'EOF'
+import sys
+import torch, transformers, speechbrain
+print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN "
+      f"{torch.backends.cudnn.version()}), transformers {transformers.__version__}, speechbrain {speechbrain.__version__}")
+print(f"cuda available: {torch.cuda.is_available()}, devices: "
+      + ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))
+if sys.argv[1] == "cuda" and not torch.cuda.is_available():
+    sys.exit("--device cuda: torch sees no GPU")
+EOF
+}
+
+cd "${RECIPE}" || exit 1
+classes=angry,happy,neutral,sad
+if [ "${quick}" = true ]; then epochs=1; else epochs=3; fi
+recipe_ngpu=1; [ "${device}" = cuda ] || recipe_ngpu=0
+recipe=(./run.sh --exp_dir "${work}/exp" --ngpu "${recipe_ngpu}")
+
+if wanted env; then run_check env 120 bash -c "$(declare -f env_report); env_report ${device}"; fi
+
+if wanted data; then
+  if [ -f data/main/train.json ] && [ -f data/main/valid.json ] && [ -f data/main/test.json ]; then
+    skip data "data/main manifests present"
+  else
+    run_check data 900 ./run.sh --stage 0 --stop_stage 3
+  fi
+fi
+
+if wanted train_fp32; then
+  run_check train_fp32 900 "${recipe[@]}" --stage 5 --stop_stage 8 --tag fp32 \
+    --train_opts "--number_of_epochs=${epochs}"
+fi
+if wanted train_bf16; then
+  run_check train_bf16 600 "${recipe[@]}" --stage 5 --stop_stage 5 --tag bf16 \
+    --train_opts "--number_of_epochs=${epochs} --precision=bf16"
+fi
+if wanted train_fp16; then
+  if [ "${device}" = cuda ]; then
+    run_check train_fp16 600 "${recipe[@]}" --stage 5 --stop_stage 5 --tag fp16 \
+      --train_opts "--number_of_epochs=${epochs} --precision=fp16"
+  else
+    skip train_fp16 "fp16 needs CUDA"
+  fi
+fi
+
+if wanted ddp; then
+  if [ "${device}" = cuda ]; then
+    n=${ngpu:-$(gpus_seen)}
+  else
+    n=1
+  fi
+  if [ "${device}" = cuda ] && [ "${n}" -gt 1 ]; then
+    run_check "ddp_nccl_${n}" 900 "${recipe[@]}" --stage 5 --stop_stage 5 --ngpu "${n}" --tag "ddp${n}" \
+      --train_opts "--number_of_epochs=${epochs}"
+  else
+    backend=nccl; device_opt=(); [ "${device}" = cuda ] || { backend=gloo; device_opt=(--device=cpu); }
+    run_check "ddp_${backend}_1" 600 python -m torch.distributed.run --standalone --nproc_per_node 1 \
+      -m crab.bin.train conf/crab_tiny.yaml --data_root="${RECIPE}/data/corpus" --data_folder=data/main \
+      --seed=42 "--classes=[${classes}]" --output_folder="${work}/exp/ddp1/main/seed42" \
+      --distributed_backend="${backend}" "${device_opt[@]}" --number_of_epochs="${epochs}"
+  fi
+fi
+
+bench() {  # bench NAME OPTIONS...: the benchmark on the device, its report kept for the summary
+  local name=$1; shift
+  run_check "${name}" 900 python -m crab.bin.benchmark --device "${device}" "$@"
+  reports+=("${name}")
+}
+if [ "${quick}" = true ]; then
+  if wanted bench_base; then bench bench_base --quick --precision bf16 --repeats 2; fi
+else
+  if wanted bench_base; then bench bench_base --size base --precision bf16 --epochs 1; fi
+  if wanted bench_large; then
+    bench bench_large --size large --precision bf16 --audio_seconds 12 --epochs 1 --epoch_utterances 16
+  fi
+  if wanted bench_large_fp32; then
+    bench bench_large_fp32 --size large --precision fp32 --tf32 true --audio_seconds 12 --epochs 1 --epoch_utterances 16
+  fi
+  if wanted bench_large_32; then
+    bench bench_large_32 --size large --precision bf16 --audio_seconds 12 --batch_size 32 \
+      --gradient_checkpointing --repeats 3 --epochs 1 --epoch_utterances 32
+  fi
+fi
+
+{
+  echo "# Crab GPU check, $(date -u '+%Y-%m-%d %H:%M') UTC"
+  echo
+  echo "command: tools/gpu_check.sh --device ${device}$([ "${quick}" = true ] && echo " --quick") --checks ${checks}"
+  echo "commit: $(git -C "${ROOT}" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "${ROOT}" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+  echo
+  echo '```'
+  sed -n '/^date (UTC)/,$p' "${work}/logs/env.log" 2>/dev/null | grep -v '^   \(pass\|FAIL\)'
+  echo '```'
+  echo
+  echo "peak GPU memory: the most nvidia-smi showed in use during the check (all processes, 0.5 s samples)"
+  echo
+  echo "| check | result | seconds | peak GPU memory MiB | log |"
+  echo "|---|---|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+  for name in "${reports[@]+"${reports[@]}"}"; do
+    echo
+    echo "## ${name}"
+    echo
+    sed -n '/^# Crab benchmark/,$p' "${work}/logs/${name}.log" | grep -v '^   \(pass\|FAIL\)' | sed 's/^\(#\+\) /\1## /'
+  done
+} > "${summary}"
+echo
+echo "summary: ${summary}"
+if printf '%s\n' "${rows[@]}" | grep -q "| FAIL"; then exit 1; fi
