@@ -5,7 +5,7 @@ encoder, transcript non-empty, label known). The policy decides what a bad one
 does: ``error`` stops with every problem listed by utterance and file; ``skip``
 leaves it out, logs it, and prints how many were skipped and why. What reading a
 usable one converts (channels, sample rate, control characters) is counted and
-printed (README, "Bad input").
+printed (docs/bad_input.md).
 """
 
 import codecs

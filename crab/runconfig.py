@@ -40,7 +40,7 @@ STAGE_KEYS = {
     "feature_cache": "where the frozen-encoder states are now; the cache is checked against the model",
     # Evaluation batching: every padded position is masked, so a prediction does not
     # depend on its batch (only on memory and speed; Whisper's last frames excepted,
-    # see the README). Training's batching is over by then.
+    # see docs/training.md). Training's batching is over by then.
     "batch_size": "evaluation batch size",
     "dynamic_batching": "evaluation batches by length",
     "max_batch_length": "evaluation batch length (dynamic batching)",

@@ -1,4 +1,4 @@
-"""Every row of the README's "Bad input" table, at data prep and in training."""
+"""Every row of docs/bad_input.md's table, at data prep and in training."""
 
 import ast
 import json
