@@ -23,8 +23,8 @@ TEXTS = [
     "The train leaves at half past nine.",
     "I miss the old days, everything feels empty now.",
 ]
-# System tools the recipes and tests call; tools/install.sh installs them.
-REQUIRED_TOOLS = ("ffmpeg", "espeak-ng")
+# System tools the recipes and tests call (shellcheck: tests/test_gates.py); tools/install.sh installs them.
+REQUIRED_TOOLS = ("ffmpeg", "espeak-ng", "shellcheck")
 
 
 def pytest_configure(config):

@@ -62,7 +62,7 @@ gpus_seen() { python -c "import torch; print(torch.cuda.device_count() if torch.
 # result, the seconds and, on CUDA, the peak memory used on the GPUs (nvidia-smi, 0.5 s samples)
 run_check() {
   local name=$1 limit=$2; shift 2
-  local log=${work}/logs/${name}.log sampler= peak=- t0 rc status
+  local log=${work}/logs/${name}.log sampler='' peak=- t0 rc status
   echo "== ${name}: $(printf '%s ' "$@" | head -c 300 | head -1)" | tee "${log}"
   if [ "${device}" = cuda ] && command -v nvidia-smi > /dev/null; then
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "${work}/logs/${name}.mem" 2>/dev/null &

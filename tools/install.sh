@@ -6,9 +6,10 @@
 #
 # A second run checks and changes nothing.
 #
-# System tools: ffmpeg (MELD recipe, mp4 -> wav) and espeak-ng (mini recipe corpus)
-# are installed with apt-get where we are root (apt-get update first if the install
-# fails); elsewhere the log says how to install them by hand.
+# System tools: ffmpeg (MELD recipe, mp4 -> wav), espeak-ng (mini recipe corpus), and
+# the shell gate of tools/gates.sh, shellcheck, are installed with apt-get where we are
+# root (apt-get update first if the install fails); elsewhere the log says how to install
+# them by hand.
 #
 # torch (--torch, or the environment variable CRAB_TORCH; default auto):
 #   auto  keep a working torch >= 2.6 (CPU or CUDA build) found in the venv, or in
@@ -39,7 +40,7 @@ tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "${tools_dir}")
 venv=${CRAB_VENV:-${tools_dir}/venv}
 python=${PYTHON:-python3}
-system_tools="ffmpeg espeak-ng"
+system_tools="ffmpeg espeak-ng shellcheck"
 min_torch=2.6  # torch.load defaults to weights_only=True from 2.6 on
 cpu_torch_version=2.13.0+cpu
 cpu_index=https://download.pytorch.org/whl/cpu

@@ -3,6 +3,8 @@
 CRAB_ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 if [ ! -f "${CRAB_ROOT}/tools/venv/bin/activate" ]; then
   echo "No environment at ${CRAB_ROOT}/tools/venv: run ${CRAB_ROOT}/tools/install.sh first" >&2
+  # Sourced (the normal use) it returns; run as a script, return fails and it exits.
+  # shellcheck disable=SC2317
   return 1 2>/dev/null || exit 1
 fi
 # shellcheck disable=SC1091

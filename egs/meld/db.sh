@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Where MELD is: the one place a user edits (or exports the variables).
 # MELD: the MELD.Raw directory (train/dev/test_sent_emo.csv and the mp4 folders).
 MELD=${MELD:-}

@@ -7,7 +7,10 @@
 # under --data_root so manifests are portable. Check what you found against what
 # the corpus must contain and stop with a clear message when it differs.
 set -euo pipefail
+# Options (parse_options.sh sets them from --data_dir, --data_root); the code you write here uses them.
+# shellcheck disable=SC2034
 data_dir=data
+# shellcheck disable=SC2034
 data_root=
 . utils/parse_options.sh
 

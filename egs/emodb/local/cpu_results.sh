@@ -46,8 +46,10 @@ if [ "${stage}" -le 4 ]; then
   ./run.sh --stage "${stage}" --stop_stage 4 --config conf/crab_base.yaml --data_dir "${data_dir}" \
     --data_opts "${data_opts}" --folds "${folds}" --seeds "${seeds}" --exp_dir "${exp_dir}" \
     --feature_cache "${exp_dir}/features_all_layers" --train_opts "${encoder} --layer_weighting=weighted_sum"
+  fold_opts=()
+  for f in ${folds}; do fold_opts+=(--fold "${data_dir}/${f}"); done
   python -m crab.bin.layer_probe --cache "${exp_dir}/features_all_layers" --branch speech \
-    $(for f in ${folds}; do echo --fold "${data_dir}/${f}"; done) | tee "${exp_dir}/layer_probe.md"
+    "${fold_opts[@]}" | tee "${exp_dir}/layer_probe.md"
 fi
 cache=${exp_dir}/features_layer${layer}
 run_dir=${exp_dir} run_data=${data_dir}
