@@ -57,13 +57,23 @@ def read_text(path, fallback="cp1252"):
     ``DataPrepError`` naming the file, line and column of the first bad byte.
     """
     with open(path, "rb") as f:
-        data = f.read()
-    if data.startswith(codecs.BOM_UTF8):
+        return decode(f.read(), path, fallback)
+
+
+def decode(data, path, fallback="cp1252", first_line=1):
+    """``data`` (bytes of ``path`` from line ``first_line`` on) as text: the one decoding
+    function of every reader (``read_text``, ``crab.datadir``'s Kaldi-table reader).
+
+    UTF-8, a leading byte-order mark dropped (at the start of the file only). Bytes
+    that are not UTF-8: decoded in ``fallback`` with a warning naming the file, line
+    and column, or (``fallback=None``) a ``DataPrepError`` naming them.
+    """
+    if first_line == 1 and data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
+        line = data.count(b"\n", 0, err.start) + first_line
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
         where = f"{path}:{line}:{column}: byte 0x{data[err.start]:02x} is not UTF-8"
         if fallback is None:

@@ -493,10 +493,10 @@ class CrabClassifier(Pretrained):
                  num_beams=1, max_new_tokens=128, dtype="auto"):
         """Load an ASR model for ``transcribe_batch`` / ``transcribe_file``.
 
-        Any Hugging Face ASR model, through ``crab.bin.transcribe``'s loaders
+        Any Hugging Face ASR model, through ``crab.asr``'s loaders
         (Whisper by default, as the MSP-Podcast recipe uses for its transcripts).
         """
-        from crab.bin.transcribe import load_transcriber
+        from crab.asr import load_transcriber
 
         args = argparse.Namespace(
             model=model, device=device or self.device, backend=backend, language=language, task=task,

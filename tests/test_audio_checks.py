@@ -14,6 +14,7 @@ import speechbrain as sb
 import torch
 from torch import nn
 
+from crab import datadir
 from crab.bin import make_manifest
 from crab.brain import CrabBrain
 from crab.data import BadAudioError, read_audio, resample
@@ -232,7 +233,7 @@ def write_data_dir(root, text_bytes):
 
 def test_a_leading_byte_order_mark_is_dropped(tmp_path):
     data = write_data_dir(tmp_path, "\ufeffa caf\u00e9 au lait\n".encode("utf-8"))
-    entries = make_manifest.read_data_dir(str(data))
+    entries = datadir.read_data_dir(str(data))
     assert list(entries) == ["a"] and entries["a"]["text"] == "caf\u00e9 au lait"
 
 
@@ -245,7 +246,7 @@ def test_a_non_utf8_table_is_one_line_naming_file_line_and_column(tmp_path):
     message = str(err.value)
     assert message.startswith(f"ERROR: {data}/text:2:6: byte 0xe9 is not UTF-8") and "\n" not in message
     with pytest.raises(DataPrepError, match="text:2:6: byte 0xe9"):
-        make_manifest.read_table(str(data / "text"))
+        datadir.read_table(str(data / "text"))
 
 
 def test_read_text_falls_back_with_a_warning_naming_the_line(tmp_path, capsys):

@@ -13,8 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from crab import asr
 from crab.bin import transcribe
-from crab.bin.make_manifest import read_data_dir
+from crab.datadir import read_data_dir
 from crab.dataprep import validate
 
 SPECIAL = [
@@ -149,7 +150,7 @@ def test_pipeline_backend_gives_the_same_greedy_transcripts(tmp_path, tiny_whisp
 
 def test_ctc_model_is_detected_and_transcribes(tmp_path):
     model = build_tiny_ctc(tmp_path / "ctc")
-    assert transcribe.detect_backend(model) == "ctc"
+    assert asr.detect_backend(model) == "ctc"
     data_dir, utts = make_data_dir(tmp_path, n=3)
     run(data_dir, model, "--batch_size", "2")
     assert [line[0] for line in read_lines(data_dir / "text.asr")] == utts
@@ -159,9 +160,9 @@ def test_language_goes_only_to_multilingual_whisper(tiny_whisper):
     from transformers import GenerationConfig
 
     whisper = GenerationConfig.from_pretrained(tiny_whisper)
-    assert transcribe.language_kwargs(whisper, "english", None) == {"language": "english"}
-    assert transcribe.language_kwargs(whisper, None, None) == {}
-    assert transcribe.language_kwargs(GenerationConfig(), "english", "transcribe") == {}
+    assert asr.language_kwargs(whisper, "english", None) == {"language": "english"}
+    assert asr.language_kwargs(whisper, None, None) == {}
+    assert asr.language_kwargs(GenerationConfig(), "english", "transcribe") == {}
 
 
 # ---------------------------------------------------------------- resume and bookkeeping (fake model)

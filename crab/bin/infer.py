@@ -54,12 +54,12 @@ import logging
 import os
 import sys
 import time
-from collections import namedtuple
 
 import yaml
 
 from crab import cli
 from crab.cli import str2bool
+from crab.datadir import Failure, parse_wav_scp, read_texts
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,6 @@ ASR_BACKENDS = ("auto", "seq2seq", "ctc", "pipeline")
 ASR_DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEFAULT_ASR_MODEL = "openai/whisper-large-v3"  # crab.inference.DEFAULT_ASR_MODEL, without importing it
 
-Utterance = namedtuple("Utterance", ["utt", "path", "line"])
-Failure = namedtuple("Failure", ["utt", "line", "reason"])
 
 
 class UsageError(cli.UserError, ValueError):
@@ -96,50 +94,6 @@ def read_model_info(model_dir):
     if not isinstance(info, dict) or "classes" not in info or "modality" not in info:
         raise UsageError(f"{path} lacks classes or modality: not written by crab.bin.package")
     return info
-
-
-def parse_wav_scp(path):
-    """Utterances of ``path`` and the lines that cannot be used (with their line number)."""
-    utterances, failures, seen = [], [], {}
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                failures.append(Failure("-", lineno, "line is not UTF-8 text"))
-                continue
-            if not line:
-                continue
-            fields = line.split(maxsplit=1)
-            if len(fields) < 2:
-                failures.append(Failure(fields[0], lineno, "line does not parse: expected '<utt-id> <audio path>'"))
-                continue
-            utt, target = fields[0], fields[1].strip()
-            if target.endswith("|"):
-                failures.append(Failure(utt, lineno, "piped commands (Kaldi extended filenames) are not "
-                                                     "supported: write the audio to files"))
-            elif utt in seen:
-                failures.append(Failure(utt, lineno, f"duplicate utterance id (first on line {seen[utt]})"))
-            else:
-                seen[utt] = lineno
-                utterances.append(Utterance(utt, target, lineno))
-    return utterances, failures
-
-
-def read_text(path):
-    """``utt -> transcript`` of a Kaldi text file; ids given twice map to None."""
-    texts = {}
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise UsageError(f"{path}:{lineno}: not UTF-8 text") from None
-            if not line.strip():
-                continue
-            utt, text = (line.split(maxsplit=1) + [""])[:2]
-            texts[utt] = None if utt in texts else " ".join(text.split())
-    return texts
 
 
 def output_format(fmt, out):
@@ -585,7 +539,7 @@ def run(args):
     utterances, failures = parse_wav_scp(args.wav_scp)
     if not utterances and not failures:
         raise UsageError(f"--wav_scp {args.wav_scp}: no utterances (the file is empty)")
-    texts = read_text(args.text) if args.text else {}
+    texts = read_texts(args.text) if args.text else {}
     device = resolve_device(args.device)
     fmt = output_format(args.format, args.out)
     asr_model = args.asr_model if args.text_mode == "asr" else None
@@ -667,7 +621,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         total, before, now, failed = run(args)
-    except UsageError as err:
+    except cli.UserError as err:  # UsageError, and a --text that is not UTF-8 (crab.datadir)
         sys.exit(f"ERROR: {err}")
     summary = f"{args.out}: {before + now} of {total} utterances classified ({now} now, {before} before)"
     if failed:

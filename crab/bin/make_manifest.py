@@ -20,76 +20,17 @@ and the data directory: training copies it into the run folder (``crab.provenanc
 """
 
 import argparse
-import glob
 import logging
 import os
 import sys
 
 from crab import cli
 from crab.cli import str2bool
-from crab.dataprep import POLICIES, DataPrepError, count_table, read_text, validate, write_manifest
+from crab.datadir import TEXT_FILES, read_data_dir
+from crab.dataprep import POLICIES, count_table, validate, write_manifest
 from crab.provenance import write_manifest_provenance
 
 MODALITIES = ("bimodal", "speech", "text")  # as crab.model.MODALITIES, whose import loads torch
-
-
-def read_table(path, required=True):
-    """``utt value`` lines to a dict; the value is the rest of the line.
-
-    UTF-8 (a leading byte-order mark is dropped); other bytes are a ``DataPrepError``
-    naming the file, line and column (``crab.dataprep.read_text``).
-    """
-    table = {}
-    if not os.path.isfile(path):
-        if required:
-            raise DataPrepError(f"missing {path}")
-        return table
-    # lines end at LF only: a stray CR inside a transcript is a control character, not a line break
-    for lineno, line in enumerate(read_text(path, fallback=None).split("\n"), 1):
-        if not line.strip():
-            continue
-        utt, value = (line.split(maxsplit=1) + [""])[:2]
-        if utt in table:
-            raise DataPrepError(f"{path}:{lineno}: duplicate utterance id '{utt}'")
-        table[utt] = value.strip()
-    return table
-
-
-TEXT_FILES = {"gold": "text", "asr": "text.asr"}
-
-
-def read_data_dir(data_dir, text_source="gold", text_only=False):
-    """Entries keyed by the utterances of ``wav.scp``; every table must cover them.
-
-    ``text_source`` picks the transcripts: ``text`` (gold) or ``text.asr``.
-    ``text_only``: keyed by the utterances of ``utt2emo`` instead, each ``wav`` None.
-    """
-    if text_only:
-        wavs = dict.fromkeys(read_table(os.path.join(data_dir, "utt2emo")))
-    else:
-        wavs = read_table(os.path.join(data_dir, "wav.scp"))
-    text_file = os.path.join(data_dir, TEXT_FILES[text_source])
-    if text_source == "asr" and not os.path.isfile(text_file):
-        raise DataPrepError(f"missing {text_file}: run the transcription stage (--asr_model) first")
-    tables = {"text": read_table(text_file, required=False)}
-    for path in sorted(glob.glob(os.path.join(data_dir, "utt2*"))):
-        tables[os.path.basename(path)[len("utt2"):]] = read_table(path)
-    for field in ("emo", "spk"):
-        if field not in tables:
-            raise DataPrepError(f"{data_dir}: missing utt2{field}")
-    entries = {}
-    for utt, wav in wavs.items():
-        entry = {"wav": wav}
-        for field, table in tables.items():
-            if field != "text" and utt not in table:
-                raise DataPrepError(f"{data_dir}/utt2{field}: no entry for utterance '{utt}'")
-            entry[field] = table.get(utt, "")
-        entries[utt] = entry
-    extra = sorted(set().union(*tables.values()) - set(wavs))
-    if extra:
-        listing = "utt2emo" if text_only else "wav.scp"
-        raise DataPrepError(f"{data_dir}: utterances not in {listing}, e.g. '{extra[0]}' ({len(extra)} in all)")
-    return entries
 
 
 @cli.entry_point

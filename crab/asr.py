@@ -1,0 +1,231 @@
+"""ASR for stage 2 and crab-infer: load a Hugging Face model as a transcriber, transcribe
+a data directory's audio in resumable batches, and keep ``text.asr`` and the model that made it.
+
+Backends (``auto`` picks from the model's config): ``seq2seq`` (``AutoModelForSpeechSeq2Seq``
++ ``AutoProcessor``: Whisper, Speech2Text, ...), ``ctc`` (``AutoModelForCTC``: wav2vec 2.0,
+HuBERT, ... with greedy decoding) and ``pipeline`` (``pipeline("automatic-speech-recognition")``).
+The command line is ``crab.bin.transcribe``.
+"""
+
+import logging
+import os
+import time
+
+import soundfile as sf
+
+from crab.cli import UserError
+from crab.dataprep import MIN_SAMPLES
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "seq2seq", "ctc", "pipeline")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+SAMPLE_RATE = 16000  # as crab.data.SAMPLE_RATE, whose import loads speechbrain
+
+
+def format_line(utt, text):
+    return f"{utt} {text}\n" if text else f"{utt}\n"
+
+
+def write_transcripts(path, transcripts, order):
+    """Atomically write the transcripts of the utterances in ``order`` that have one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(format_line(utt, transcripts[utt]) for utt in order if utt in transcripts)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def check_model(marker, model, overwrite):
+    """Stop when the existing transcripts came from another model."""
+    if os.path.isfile(marker) and not overwrite:
+        with open(marker, encoding="utf-8") as f:
+            previous = f.read().strip()
+        if previous != model:
+            raise UserError(
+                f"{os.path.dirname(marker)}/text.asr was made with '{previous}', not '{model}': "
+                "remove it, or pass --overwrite true to transcribe again"
+            )
+
+
+def record_model(marker, model):
+    """Record ``model`` as the one that makes the transcripts (stage 3 reads it: ``crab.provenance``)."""
+    tmp = marker + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(model + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, marker)
+
+
+def torch_dtype(name, device):
+    import torch
+
+    if name == "auto":
+        name = "float16" if str(device).startswith("cuda") else "float32"
+    return getattr(torch, name)
+
+
+def detect_backend(model):
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CTC_MAPPING_NAMES,
+        MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES,
+    )
+
+    model_type = AutoConfig.from_pretrained(model).model_type
+    if model_type in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES:
+        return "seq2seq"
+    if model_type in MODEL_FOR_CTC_MAPPING_NAMES:
+        return "ctc"
+    return "pipeline"
+
+
+def language_kwargs(generation_config, language, task):
+    """Whisper's ``language``/``task`` generate options, where the model takes them."""
+    if not (language or task):
+        return {}
+    if not getattr(generation_config, "lang_to_id", None):
+        logger.warning("--language/--task ignored: the model is not a multilingual Whisper")
+        return {}
+    return {k: v for k, v in (("language", language), ("task", task)) if v}
+
+
+def seq2seq_transcriber(args, device, dtype):
+    import torch
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(args.model)
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(args.model).to(device=device, dtype=dtype).eval()
+    generate = language_kwargs(model.generation_config, args.language, args.task)
+    generate.update(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+    # Whisper pads every input to a 30 s window (the mask tells generate where the
+    # audio ends); other models pad to the longest input of the batch.
+    padding = {"return_attention_mask": True} if model.config.model_type == "whisper" else {"padding": True}
+
+    def transcribe(audios):
+        inputs = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt", **padding)
+        inputs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+        with torch.inference_mode():
+            ids = model.generate(**inputs, **generate)
+        return processor.batch_decode(ids, skip_special_tokens=True)
+
+    return transcribe
+
+
+def ctc_transcriber(args, device, dtype):
+    import torch
+    from transformers import AutoModelForCTC, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(args.model)
+    model = AutoModelForCTC.from_pretrained(args.model).to(device=device, dtype=dtype).eval()
+
+    def transcribe(audios):
+        inputs = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
+        inputs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+        with torch.inference_mode():
+            ids = model(**inputs).logits.argmax(dim=-1)
+        return processor.batch_decode(ids)
+
+    return transcribe
+
+
+def pipeline_transcriber(args, device, dtype):
+    from transformers import pipeline
+
+    asr = pipeline("automatic-speech-recognition", model=args.model, device=device, dtype=dtype)
+    generate = language_kwargs(asr.model.generation_config, args.language, args.task)
+    generate.update(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+
+    def transcribe(audios):
+        inputs = [{"raw": audio, "sampling_rate": SAMPLE_RATE} for audio in audios]
+        return [out["text"] for out in asr(inputs, batch_size=len(inputs), generate_kwargs=generate)]
+
+    return transcribe
+
+
+TRANSCRIBERS = {"seq2seq": seq2seq_transcriber, "ctc": ctc_transcriber, "pipeline": pipeline_transcriber}
+
+
+def load_transcriber(args):
+    """A function from a list of 16 kHz float32 arrays to their transcripts."""
+    from transformers import AutoConfig
+
+    from crab.encoders import from_source
+
+    from_source("--model", args.model, AutoConfig.from_pretrained)  # a typo: one line naming it
+    backend = detect_backend(args.model) if args.backend == "auto" else args.backend
+    dtype = torch_dtype(args.dtype, args.device)
+    logger.info("Loading %s (%s backend, %s on %s)", args.model, backend, str(dtype).split(".")[-1], args.device)
+    return TRANSCRIBERS[backend](args, args.device, dtype)
+
+
+class AudioFailure(Exception):
+    """Audio that could not be read this time (missing or unreadable file): retried next run."""
+
+
+def load_audio(utt, path):
+    """The 16 kHz waveform as a numpy array, or None (logged) when too short to transcribe;
+    ``AudioFailure`` when it cannot be read."""
+    from crab.data import read_audio  # imports speechbrain: only when there is work
+
+    if not os.path.isfile(path):
+        raise AudioFailure(f"missing audio file {path}")
+    try:
+        audio = read_audio(path).numpy()
+    except (OSError, RuntimeError, sf.LibsndfileError) as err:
+        raise AudioFailure(f"unreadable audio {path} ({err})") from None
+    if len(audio) < MIN_SAMPLES:
+        logger.warning("%s: audio too short (%d samples) %s: empty transcript", utt, len(audio), path)
+        return None
+    return audio
+
+
+def _transcribe(transcriber, utts, audios):
+    outputs = transcriber([audios[utt] for utt in utts])
+    if len(outputs) != len(utts):
+        raise RuntimeError(f"the model gave {len(outputs)} transcripts for {len(utts)} utterances")
+    return dict(zip(utts, outputs))
+
+
+def transcribe_batches(todo, wavs, transcriber, out, batch_size):
+    """Transcribe ``todo`` in batches, appending each batch to ``out``; returns
+    ``(utt -> text, utt -> (kind, reason))``: the failures (kind ``audio`` or ``model``)
+    are not written, so that the next run tries them again."""
+    results, failed, last_log = {}, {}, time.monotonic()
+    with open(out, "a", encoding="utf-8") as f:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            audios = {}
+            for utt in batch:
+                try:
+                    audios[utt] = load_audio(utt, wavs[utt])
+                except AudioFailure as err:
+                    logger.warning("%s: %s: not transcribed (tried again next run)", utt, err)
+                    failed[utt] = ("audio", str(err))
+            usable = [utt for utt in batch if audios.get(utt) is not None]
+            texts = {}
+            if usable:
+                try:
+                    texts = _transcribe(transcriber, usable, audios)
+                except Exception as err:  # noqa: BLE001 - one bad batch must not stop (or poison) the run
+                    logger.warning("the model failed on a batch of %d (%s: %s): one utterance at a time",
+                                   len(usable), type(err).__name__, err)
+                    for utt in usable:
+                        try:
+                            texts.update(_transcribe(transcriber, [utt], audios))
+                        except Exception as err:  # noqa: BLE001
+                            logger.warning("%s: the model failed (%s: %s): not transcribed (tried again next run)",
+                                           utt, type(err).__name__, err)
+                            failed[utt] = ("model", f"{type(err).__name__}: {err}")
+            written = [utt for utt in batch if utt not in failed]
+            for utt in written:
+                results[utt] = " ".join(texts.get(utt, "").split())  # one line, single spaces
+            f.writelines(format_line(utt, results[utt]) for utt in written)
+            f.flush()
+            os.fsync(f.fileno())
+            if time.monotonic() - last_log > 60 or start + batch_size >= len(todo):
+                logger.info("%d of %d utterances transcribed", min(start + batch_size, len(todo)), len(todo))
+                last_log = time.monotonic()
+    return results, failed
