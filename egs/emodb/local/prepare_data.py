@@ -22,6 +22,7 @@ import sys
 from collections import Counter
 
 import soundfile as sf
+from crab.datadir import check_fold, write_data_dir
 from crab.dataprep import DataPrepError, count_table
 
 from emodb_facts import CLASSES, EMOTIONS, EXPECTED_COUNTS, SENTENCES, SPEAKER_GENDER
@@ -139,15 +140,6 @@ TABLES = {
 }
 
 
-def write_data_dir(rows, out_dir):
-    """The Kaldi-style tables of TABLES for ``rows`` (sorted by utterance id)."""
-    os.makedirs(out_dir, exist_ok=True)
-    for table, field in TABLES.items():
-        with open(os.path.join(out_dir, table), "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(f"{row['utt']} {row[field]}\n")
-
-
 def by_utt(rows):
     """Rows keyed by utterance id, as count_table wants them."""
     return {r["utt"]: r for r in rows}
@@ -179,8 +171,14 @@ def main():
             split: [r for r in rows if r["spk"] in speakers]
             for split, speakers in (("train", train), ("valid", valid), ("test", test))
         }
+        try:
+            check_fold({split: {r["utt"]: r["spk"] for r in split_rows} for split, split_rows in splits.items()},
+                       [r["utt"] for r in rows], name)
+        except DataPrepError as err:
+            sys.exit(f"ERROR: {err}")
         for split, split_rows in splits.items():
-            write_data_dir(split_rows, os.path.join(args.out_dir, name, split))
+            write_data_dir(os.path.join(args.out_dir, name, split),
+                           {table: {r["utt"]: r[field] for r in split_rows} for table, field in TABLES.items()})
         print(f"{name}: test {' '.join(test)} | valid {' '.join(valid)} | train {' '.join(train)}")
         print(count_table({split: by_utt(r) for split, r in splits.items()}, CLASSES))
 

@@ -22,7 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from crab.cli import str2bool
-from crab.dataprep import count_table, read_text
+from crab.datadir import check_fold, write_data_dir
+from crab.dataprep import DataPrepError, count_table, read_text
 
 CLASSES = ("angry", "happy", "neutral", "sad")
 CLASS_OF = {"ang": "angry", "hap": "happy", "exc": "happy", "neu": "neutral", "sad": "sad"}
@@ -170,14 +171,6 @@ def folds():
     return result
 
 
-def write_data_dir(utts, out_dir):
-    os.makedirs(out_dir, exist_ok=True)
-    for name, attribute in TABLES.items():
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-            for u in sorted(utts, key=lambda u: u.utt):
-                f.write(f"{u.utt} {getattr(u, attribute)}\n")
-
-
 def by_utt(utts):
     return {u.utt: {"emo": u.emo} for u in utts}
 
@@ -211,7 +204,14 @@ def main():
             splits[split] = [u for u in utts if u.speaker in chosen]
             if not splits[split]:
                 fail(f"fold {fold}: no utterances of speaker(s) {', '.join(sorted(chosen))} for {split}")
-            write_data_dir(splits[split], os.path.join(args.out_dir, fold, split))
+        try:
+            check_fold({split: {u.utt: u.speaker for u in us} for split, us in splits.items()}, [u.utt for u in utts],
+                       f"fold {fold}")
+        except DataPrepError as err:
+            fail(str(err))
+        for split, us in splits.items():
+            write_data_dir(os.path.join(args.out_dir, fold, split),
+                           {name: {u.utt: getattr(u, attribute) for u in us} for name, attribute in TABLES.items()})
         print(f"fold {fold}: valid {','.join(sorted(speakers[1]))}, test {','.join(sorted(speakers[2]))}")
         print(count_table({split: by_utt(us) for split, us in splits.items()}, CLASSES))
 

@@ -19,11 +19,12 @@ import os
 from collections import Counter
 
 from crab.cli import str2bool
-from crab.dataprep import count_table
+from crab.datadir import check_fold, write_data_dir
+from crab.dataprep import DataPrepError, count_table
 from meld import CLASSES, EXPECTED_COUNTS, SPLITS, MeldError, fail, locate, read_exclusions, read_split
 
 DATA_SPLIT = {"train": "train", "dev": "valid", "test": "test"}  # MELD split -> data dir
-TABLES = {  # Kaldi table -> value of a row (wav.scp is written by write_data_dir)
+TABLES = {  # Kaldi table -> value of a row (wav.scp is added by tables())
     "text": lambda r: r.text,
     "utt2emo": lambda r: r.emotion,
     "utt2spk": lambda r: r.speaker,
@@ -75,19 +76,10 @@ def wav_path(wav_dir, row):
     return os.path.join(os.path.abspath(wav_dir), row.split, row.clip + ".wav")
 
 
-def write_data_dir(rows, wav_dir, out_dir):
+def tables(rows, wav_dir):
     """The Kaldi tables of ``rows``; ``wav_dir`` None: text only, no wav.scp (an old one is removed)."""
-    os.makedirs(out_dir, exist_ok=True)
-    if wav_dir is None:
-        tables = TABLES
-        if os.path.exists(os.path.join(out_dir, "wav.scp")):
-            os.remove(os.path.join(out_dir, "wav.scp"))
-    else:
-        tables = {"wav.scp": lambda r: wav_path(wav_dir, r), **TABLES}
-    for name, value in tables.items():
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-            for r in sorted(rows, key=lambda r: r.utt):
-                f.write(f"{r.utt} {value(r)}\n")
+    values = {name: {r.utt: value(r) for r in rows} for name, value in TABLES.items()}
+    return {"wav.scp": None if wav_dir is None else {r.utt: wav_path(wav_dir, r) for r in rows}, **values}
 
 
 def main():
@@ -123,8 +115,13 @@ def main():
         rows = apply_exclusions(rows, excluded, args.exclude)
 
     wav_dir = None if args.text_only else args.wav_dir
+    try:  # TV characters recur across the official splits: not speaker-independent
+        check_fold({split: {r.utt: r.speaker for r in split_rows} for split, split_rows in rows.items()},
+                   name="MELD's official splits", speaker_independent=False)
+    except DataPrepError as err:
+        fail(str(err))
     for split, split_rows in rows.items():
-        write_data_dir(split_rows, wav_dir, os.path.join(args.out_dir, DATA_SPLIT[split]))
+        write_data_dir(os.path.join(args.out_dir, DATA_SPLIT[split]), tables(split_rows, wav_dir))
         missing = 0 if args.text_only else sum(not os.path.isfile(wav_path(wav_dir, r)) for r in split_rows)
         if missing:
             print(f"WARNING: {split}: {missing} of {len(split_rows)} clip(s) have no wav in "

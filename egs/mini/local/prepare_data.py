@@ -11,6 +11,9 @@ import csv
 import os
 import sys
 
+from crab.datadir import check_fold, write_data_dir
+from crab.dataprep import DataPrepError
+
 FIELDS = ("utt_id", "speaker", "gender", "emotion", "text", "wav")
 
 
@@ -26,19 +29,16 @@ def read_metadata(corpus_dir):
         return list(reader)
 
 
-def write_data_dir(rows, corpus_dir, out_dir):
-    os.makedirs(out_dir, exist_ok=True)
-    tables = {
+def tables(rows, corpus_dir):
+    """The Kaldi tables of ``rows`` (``crab.datadir.write_data_dir``)."""
+    values = {
         "wav.scp": lambda r: os.path.abspath(os.path.join(corpus_dir, r["wav"])),
         "text": lambda r: r["text"],
         "utt2emo": lambda r: r["emotion"],
         "utt2spk": lambda r: r["speaker"],
         "utt2gender": lambda r: r["gender"],
     }
-    for name, value in tables.items():
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-            for row in sorted(rows, key=lambda r: r["utt_id"]):
-                f.write(f"{row['utt_id']} {value(row)}\n")
+    return {name: {r["utt_id"]: value(r) for r in rows} for name, value in values.items()}
 
 
 def main():
@@ -61,8 +61,13 @@ def main():
         "valid": [r for r in rows if r["speaker"] in valid],
         "test": [r for r in rows if r["speaker"] in test],
     }
+    try:
+        check_fold({name: {r["utt_id"]: r["speaker"] for r in split_rows} for name, split_rows in splits.items()},
+                   [r["utt_id"] for r in rows], args.out_dir)
+    except DataPrepError as err:
+        sys.exit(f"ERROR: {err}")
     for name, split_rows in splits.items():
-        write_data_dir(split_rows, args.corpus_dir, os.path.join(args.out_dir, name))
+        write_data_dir(os.path.join(args.out_dir, name), tables(split_rows, args.corpus_dir))
         spk = sorted({r["speaker"] for r in split_rows})
         print(f"{name}: {len(split_rows)} utterances, speakers {','.join(spk)}")
 

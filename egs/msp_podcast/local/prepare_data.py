@@ -23,7 +23,8 @@ import os
 import sys
 from collections import Counter, defaultdict
 
-from crab.dataprep import count_table, read_text
+from crab.datadir import check_fold, write_data_dir
+from crab.dataprep import DataPrepError, count_table, read_text
 
 CLASS_OF = {
     "A": "anger", "C": "contempt", "D": "disgust", "F": "fear",
@@ -170,14 +171,6 @@ def partition_lookup(partitions_file):
     return lambda row, name: partition_of.get(name)
 
 
-def write_data_dir(utterances, out_dir):
-    os.makedirs(out_dir, exist_ok=True)
-    rows = sorted(utterances, key=lambda r: r["utt"])
-    for table, field in TABLES.items():
-        with open(os.path.join(out_dir, table), "w", encoding="utf-8") as f:
-            f.writelines(f"{r['utt']} {r[field]}".rstrip() + "\n" for r in rows)
-
-
 def read_expected_counts(path):
     """(split, class or 'total') -> count from ``split class count`` lines (# comments)."""
     expected = {}
@@ -257,8 +250,14 @@ def main():
         if not os.path.isfile(args.expected_counts):
             fail(f"--expected_counts {args.expected_counts}: no such file")
         check_counts(splits, read_expected_counts(args.expected_counts), args.expected_counts)
+    try:  # the official partitions: speakers shared with train are noted (report), not refused
+        check_fold({split: {r["utt"]: r["spk"] for r in splits[split]} for split in SPLITS},
+                   name="MSP-Podcast's partitions", speaker_independent=False)
+    except DataPrepError as err:
+        fail(str(err))
     for split in SPLITS:
-        write_data_dir(splits[split], os.path.join(args.out_dir, split))
+        write_data_dir(os.path.join(args.out_dir, split),
+                       {table: {r["utt"]: r[field] for r in splits[split]} for table, field in TABLES.items()})
     report(splits, left_out)
 
 

@@ -1,0 +1,47 @@
+"""crab.datadir: the one Kaldi-table reader, data-dir writer and fold validator."""
+
+import pytest
+
+from crab.datadir import check_fold, parse_wav_scp, read_table, read_texts, read_transcripts, write_data_dir
+from crab.dataprep import DataPrepError
+
+
+def test_writer_sorts_by_utterance_and_removes_an_absent_table(tmp_path):
+    (tmp_path / "wav.scp").write_text("old\n")
+    write_data_dir(tmp_path, {"text": {"b": "two words", "a": ""}, "utt2spk": {"b": "s2", "a": "s1"}, "wav.scp": None})
+    assert (tmp_path / "text").read_text(encoding="utf-8") == "a\nb two words\n"
+    assert (tmp_path / "utt2spk").read_text(encoding="utf-8") == "a s1\nb s2\n"
+    assert not (tmp_path / "wav.scp").exists()
+    assert read_table(str(tmp_path / "text")) == {"a": "", "b": "two words"}
+
+
+def test_one_reader_many_policies(tmp_path):
+    table = tmp_path / "t"
+    table.write_bytes(b"\xef\xbb\xbfu1 a.wav\n\nu2  b c \nu1 again\nu3 cmd |\nu4\n")
+    with pytest.raises(DataPrepError, match=r"t:4: duplicate utterance id 'u1'"):
+        read_table(str(table))
+    utterances, failures = parse_wav_scp(str(table))
+    assert [(u.utt, u.path, u.line) for u in utterances] == [("u1", "a.wav", 1), ("u2", "b c", 3)]
+    assert [(f.utt, f.line) for f in failures] == [("u1", 4), ("u3", 5), ("u4", 6)]
+    assert read_texts(str(table))["u1"] is None and read_texts(str(table))["u2"] == "b c"
+    table.write_bytes(b"u1 caf\xc3\xa9\nu2 caf\xe9\n")
+    with pytest.raises(DataPrepError, match=r"t:2:7: byte 0xe9 is not UTF-8"):
+        read_table(str(table))
+    assert read_transcripts(str(table)) == {"u1": "café"}  # the damaged last line: an interrupted write
+    table.write_bytes(b"u1 caf\xe9\nu2 ok\n")
+    with pytest.raises(DataPrepError, match=r"t:1: not UTF-8 text"):
+        read_transcripts(str(table))
+    table.write_bytes(b"u1 ok\nu2 cut")
+    assert read_transcripts(str(table)) == {"u1": "ok"}
+
+
+def test_fold_validator():
+    fold = {"train": {"a": "s1", "b": "s2"}, "valid": {"c": "s3"}, "test": {"d": "s4"}}
+    assert check_fold(fold, "abcd") == {}
+    with pytest.raises(DataPrepError, match=r"f: speaker\(s\) \['s1'\] in both train and test"):
+        check_fold({**fold, "test": {"d": "s1"}}, name="f")
+    assert check_fold({**fold, "test": {"d": "s1"}}, speaker_independent=False) == {("train", "test"): {"s1"}}
+    with pytest.raises(DataPrepError, match=r"1 utterance\(s\) in both train and valid, e.g. 'a'"):
+        check_fold({**fold, "valid": {"a": "s3"}})
+    with pytest.raises(DataPrepError, match=r"1 utterance\(s\) in no split, e.g. 'e'"):
+        check_fold(fold, "abcde")
