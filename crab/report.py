@@ -34,18 +34,20 @@ EMBEDDING_SCORES = ("silhouette", "calinski_harabasz", "davies_bouldin")
 # ---------------------------------------------------------------- provenance
 
 
-def git_commit(path=None):
-    """Short commit hash of the checkout holding ``path`` (``+dirty`` when files
-    differ from it), or ``unknown``."""
+def git_commit(path=None, short=True):
+    """The commit of the git checkout holding ``path`` (default: the crab package), short
+    or (``short=False``) full, with ``+dirty`` when tracked files differ from it; None
+    when there is no git or no checkout. The one place that asks git for the commit
+    (``train_info.json``, the results tables, a package's metadata.json)."""
     path = path or os.path.dirname(os.path.abspath(__file__))
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=path, capture_output=True,
-                                text=True, check=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], cwd=path,
+                                capture_output=True, text=True, check=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
 
 
 def machine(device="cpu"):
@@ -80,7 +82,7 @@ def record_training(run_dir, wall_s, command, device="cpu"):
     transcripts = read_run_provenance(run_dir) or UNKNOWN
     info.update(
         command=command,
-        commit=git_commit(),
+        commit=git_commit() or "unknown",
         machine=machine(device),
         finished=datetime.datetime.now().isoformat(timespec="seconds"),
         text_source=transcripts.get("text_source", "unknown"),  # from training's record (crab.provenance)

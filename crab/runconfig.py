@@ -55,11 +55,12 @@ class ConfigError(UserError, ValueError):
     """A yaml file or a command-line override is not usable."""
 
 
-class _TagTolerantLoader(yaml.SafeLoader):
-    """Checks YAML syntax only: hyperpyyaml tags (!ref, !new:, ...) are accepted."""
+class TagTolerantLoader(yaml.SafeLoader):
+    """Reads a hyperpyyaml file's plain values; tagged ones (!ref, !new:, ...) load as None
+    (for checking syntax and reading plain keys: the one such loader of the package)."""
 
 
-_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
 class _ComparableLoader(yaml.SafeLoader):
@@ -113,7 +114,7 @@ def _yaml_value(text):
     if not text or text[0] in "'\"!&*[{|>%@`":  # YAML syntax the user means (or nothing: null)
         return text
     try:
-        value = yaml.load(f"k: {text}", Loader=_TagTolerantLoader)
+        value = yaml.load(f"k: {text}", Loader=TagTolerantLoader)
     except yaml.YAMLError:  # "a: b" cannot follow "key: ": a string the user means
         return json.dumps(text)
     value = value.get("k") if isinstance(value, dict) else text
@@ -135,7 +136,7 @@ def check_overrides(hparams_file, overrides):
     parsed = {}
     for key, value in override_items(overrides):
         try:
-            parsed[key] = yaml.load(value, Loader=_TagTolerantLoader) if value else None
+            parsed[key] = yaml.load(value, Loader=TagTolerantLoader) if value else None
         except yaml.YAMLError as err:
             first = str(err).splitlines()[0]
             raise ConfigError(f"override --{key}: value '{value}' is not valid YAML ({first})") from None

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from crab.bin.benchmark import EPOCH_ROWS, RATIOS, STEP_ROWS, BenchSpeechEncoder, BenchTextEncoder
+from crab.benchmarking import EPOCH_ROWS, RATIOS, STEP_ROWS, BenchSpeechEncoder, BenchTextEncoder
 from tests.conftest import MINI_CONF, ROOT, TEXTS
 
 
@@ -75,7 +75,8 @@ def test_quick_run_prints_every_row_and_finite_ratios():
 
 
 def test_peak_table_and_options():
-    from crab.bin.benchmark import LARGE, parse_args, peak_tflops
+    from crab.benchmarking import LARGE, peak_tflops
+    from crab.bin.benchmark import parse_args
 
     assert peak_tflops("NVIDIA H200", "bf16", False) == 989.5
     assert peak_tflops("NVIDIA H100 PCIe", "fp16", False) == 756.0
@@ -95,7 +96,7 @@ def test_large_configs_have_the_papers_dimensions(tmp_path):
     """WavLM Large and RoBERTa Large from the config classes: 24 layers of 1024, 16 heads."""
     from transformers import AutoConfig
 
-    from crab.bin.benchmark import write_encoder_configs
+    from crab.benchmarking import write_encoder_configs
 
     speech_dir, text_dir, _ = write_encoder_configs(str(tmp_path), "large")
     speech, text = AutoConfig.from_pretrained(speech_dir), AutoConfig.from_pretrained(text_dir)

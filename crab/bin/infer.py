@@ -75,22 +75,16 @@ class UsageError(cli.UserError, ValueError):
     """Options or inputs that make the whole run impossible."""
 
 
-class _TagTolerantLoader(yaml.SafeLoader):
-    """Reads the plain keys of a hyperpyyaml file; tagged values load as None."""
-
-
-_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
-
-
 def read_model_info(model_dir):
     """``classes``, ``modality``, ``max_duration`` and ``train_text_source`` of a package."""
     path = os.path.join(model_dir, "hyperparams.yaml")
     if not os.path.isfile(path):
         raise UsageError(f"{model_dir} is not a packaged Crab model (no hyperparams.yaml): see crab.bin.package")
     from crab.inference import check_package_hparams
+    from crab.runconfig import TagTolerantLoader
 
     # before anything else reads it: refuse a yaml that hyperpyyaml would run code from
-    info = yaml.load(check_package_hparams(path), Loader=_TagTolerantLoader)
+    info = yaml.load(check_package_hparams(path), Loader=TagTolerantLoader)
     if not isinstance(info, dict) or "classes" not in info or "modality" not in info:
         raise UsageError(f"{path} lacks classes or modality: not written by crab.bin.package")
     return info

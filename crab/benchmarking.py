@@ -1,0 +1,676 @@
+"""The benchmark's machinery (``crab.bin.benchmark`` is its command line): speed and
+memory of Crab's training and inference, measured side by side on encoders with
+random weights built from configs; see ``crab.bin.benchmark`` for what is measured
+and how. ``run(args)`` measures and returns the report.
+"""
+
+import contextlib
+import datetime
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+
+import numpy as np
+import soundfile as sf
+import torch
+import transformers
+import yaml
+from transformers import RobertaConfig, WavLMConfig
+
+from crab.brain import CrabBrain, fast_optimizer_options
+from crab.encoders import SpeechEncoder, TextEncoder
+from crab.experiment import dataset, feature_cache, parse_and_load, prepare_labels_and_weights
+from crab.features import extract
+from crab.legs import SupervisionLegs
+from crab.losses import ContrastiveLoss, WeightedCrossEntropy, total_loss
+from crab.model import Crab
+from crab.runconfig import TagTolerantLoader
+from crab.tokenizer import build_bpe_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONF = os.path.join(ROOT, "egs", "TEMPLATE", "conf")
+MELD_CLASSES = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
+SAMPLE_RATE = 16000
+AUDIO_SECONDS = (2.5, 3.5)
+SIZES = ("tiny", "base", "large")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendors' data sheets:
+# (bf16/fp16, tf32), matched in this order against torch.cuda.get_device_name.
+PEAK_TFLOPS = [
+    ("H200", (989.5, 494.7)),
+    ("H100 PCIe", (756.0, 378.0)),
+    ("H100", (989.5, 494.7)),  # SXM
+    ("A100", (312.0, 156.0)),
+    ("L40S", (362.1, 183.0)),
+    ("RTX 4090", (165.2, 82.6)),
+]
+
+# Short conversational lines like MELD's (written for this benchmark).
+SENTENCES = [
+    "Oh my God, you guys, I got the job!",
+    "Wait, you did what with my sandwich?",
+    "I don't want to talk about it right now.",
+    "Could you please pass me the remote?",
+    "That is the worst idea I have ever heard.",
+    "Are you serious? She actually said yes?",
+    "I think I left my keys at the coffee house.",
+    "No, no, no, that is not what I meant at all.",
+    "Hey, how was your date last night?",
+    "Get away from me, I mean it!",
+    "I'm so sorry, I didn't know you were here.",
+    "Well, that was a surprise, wasn't it?",
+    "We should probably get going before it rains.",
+    "You ate the last piece of cheesecake again?",
+    "I just miss him so much, you know?",
+    "Okay, everybody, calm down for one second.",
+]
+
+STEP_ROWS = {
+    "train_legs": "train step, 5 MPCL legs (ours: masked, dynamic padding)",
+    "train_ce": "train step, CE only",
+    "train_reference": "train step, 5 MPCL legs, text padded to 128, nothing masked (reference)",
+    "infer_full": "inference, full model",
+    "infer_encoders": "inference, the two encoders only",
+}
+EPOCH_ROWS = {
+    "extract": "feature extraction (paid once per corpus)",
+    "epoch_end_to_end": "epoch, frozen encoders, end to end",
+    "epoch_cached": "epoch, frozen encoders, cached features",
+}
+# (label, numerator, denominator, target or None)
+RATIOS = [
+    ("a. train step, 5 legs / CE only", "train_legs", "train_ce", 1.05),
+    ("b. inference, full model / encoders only", "infer_full", "infer_encoders", 1.10),
+    ("c. train step, ours / reference padding", "train_legs", "train_reference", None),
+    ("d. epoch, cached / end to end", "epoch_cached", "epoch_end_to_end", None),
+]
+HEAD_KEYS = ("hidden_dim", "num_heads", "attention_dropout", "scaled_pooling", "bottleneck_dim",
+             "dropout", "unimodal_leg_input", "leg_names", "leg_output_dim", "contrastive_loss",
+             "temperature", "alpha", "lr", "weight_decay", "max_grad_norm", "text_max_length",
+             "freeze_feature_extractor")
+
+
+class BenchSpeechEncoder(SpeechEncoder):
+    """SpeechEncoder with a ``reference`` mode: an all-True mask goes downstream,
+    as in the reference code, which masks nothing after the encoders."""
+
+    reference = False
+
+    def _states(self, wavs, wav_lens):
+        states, mask = super()._states(wavs, wav_lens)
+        return states, torch.ones_like(mask) if self.reference else mask
+
+
+class _PadToMaxLength:
+    """Tokenizer proxy that pads every batch to ``max_length`` tokens, whatever
+    padding the caller asks for (the reference code's tokenization)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, texts, **kwargs):
+        return self.tokenizer(texts, **{**kwargs, "padding": "max_length"})
+
+    def __len__(self):
+        return len(self.tokenizer)
+
+
+class BenchTextEncoder(TextEncoder):
+    """TextEncoder with a ``reference`` mode: every transcript is padded to
+    ``max_length`` tokens; the encoder sees the attention mask, nothing
+    downstream does (an all-True mask)."""
+
+    reference = False
+
+    def _states(self, texts):
+        if not self.reference:
+            return super()._states(texts)
+        tokenizer, self.tokenizer = self.tokenizer, _PadToMaxLength(self.tokenizer)
+        try:
+            states, _ = super()._states(texts)
+        finally:
+            self.tokenizer = tokenizer
+        return states, torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+
+
+def head_settings(hparams_file):
+    """The head, legs, loss and optimizer settings of a recipe config."""
+    with open(hparams_file, encoding="utf-8") as f:
+        values = yaml.load(f, Loader=TagTolerantLoader)
+    missing = [k for k in HEAD_KEYS if values.get(k) is None]
+    if missing:
+        raise ValueError(f"{hparams_file}: no plain value for {missing}")
+    return {k: values[k] for k in HEAD_KEYS}
+
+
+# WavLM Large and RoBERTa Large (microsoft/wavlm-large, roberta-large): what differs
+# from the config classes' base-size defaults.
+LARGE = {
+    "speech": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                   feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+                   num_conv_pos_embedding_groups=16, layer_norm_eps=1e-5),
+    "text": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                 layer_norm_eps=1e-5),
+}
+
+
+def write_encoder_configs(out_dir, size):
+    """``(speech_dir, text_dir, tokenizer_dir)``: config-only model directories and a
+    BPE tokenizer trained on ``SENTENCES`` (its vocabulary fits the text model's)."""
+    if size == "tiny":
+        speech_dir, text_dir = os.path.join(CONF, "wavlm_tiny"), os.path.join(CONF, "roberta_tiny")
+    else:
+        speech_dir, text_dir = os.path.join(out_dir, f"wavlm_{size}"), os.path.join(out_dir, f"roberta_{size}")
+        large = size == "large"
+        # layerdrop 0: every step runs all layers, so steps are comparable.
+        WavLMConfig(layerdrop=0.0, **(LARGE["speech"] if large else {})).save_pretrained(speech_dir)
+        RobertaConfig(max_position_embeddings=514, type_vocab_size=1,
+                      **(LARGE["text"] if large else {})).save_pretrained(text_dir)
+    tokenizer_dir = os.path.join(out_dir, "tokenizer")
+    build_bpe_tokenizer(SENTENCES * 4, tokenizer_dir, vocab_size=1000)
+    return speech_dir, text_dir, tokenizer_dir
+
+
+def make_waveforms(count, rng, seconds=AUDIO_SECONDS):
+    """``count`` noise waveforms of ``seconds`` (min, max) each (float32 numpy arrays)."""
+    low, high = int(seconds[0] * SAMPLE_RATE), int(seconds[1] * SAMPLE_RATE)
+    lengths = rng.integers(low, high, count) if high > low else np.full(count, low)
+    return [(0.1 * rng.standard_normal(n)).astype("float32") for n in lengths]
+
+
+class Bench:
+    """One Crab, its legs and losses, and one batch, on ``device``."""
+
+    def __init__(self, setup, with_legs=True):
+        head = setup["head"]
+        torch.manual_seed(0)
+        self.model = Crab(
+            num_classes=len(MELD_CLASSES),
+            speech_encoder=lambda: BenchSpeechEncoder(
+                setup["speech_dir"], pretrained=False, freeze_feature_extractor=head["freeze_feature_extractor"],
+                layerdrop=0.0, gradient_checkpointing=setup["gradient_checkpointing"]),
+            text_encoder=lambda: BenchTextEncoder(
+                setup["text_dir"], tokenizer=setup["tokenizer_dir"], pretrained=False,
+                max_length=head["text_max_length"], gradient_checkpointing=setup["gradient_checkpointing"]),
+            hidden_dim=head["hidden_dim"], num_heads=head["num_heads"],
+            attention_dropout=head["attention_dropout"], scaled_pooling=head["scaled_pooling"],
+            bottleneck_dim=head["bottleneck_dim"], dropout=head["dropout"],
+            unimodal_leg_input=head["unimodal_leg_input"],
+        )
+        names = head["leg_names"] if with_legs else []
+        self.legs = SupervisionLegs(self.model.tap_dims, names, head["leg_output_dim"])
+        self.leg_loss = ContrastiveLoss(head["contrastive_loss"], head["temperature"])
+        self.wce = WeightedCrossEntropy(len(MELD_CLASSES))
+        device = setup["device"]
+        for module in (self.model, self.legs, self.wce):
+            module.to(device)
+        self.alpha, self.max_grad_norm = head["alpha"], head["max_grad_norm"]
+        wavs = [torch.from_numpy(w) for w in setup["wavs"]]
+        self.wavs = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
+        self.wav_lens = torch.tensor([len(w) / self.wavs.shape[1] for w in wavs], device=device)
+        self.texts = setup["texts"]
+        self.labels = torch.tensor(setup["labels"], device=device)
+        self.optimizers = None
+        self.device_type = torch.device(device).type
+        self.dtype = PRECISIONS[setup["precision"]]
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=setup["precision"] == "fp16")
+
+    def autocast(self):
+        """SpeechBrain's ``--precision``: autocast to bf16 or fp16, nothing for fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def set_reference(self, reference):
+        for encoder in self.model.encoders.values():
+            encoder.reference = reference
+
+    def make_optimizers(self, lr, weight_decay):
+        """One AdamW per group as CrabBrain: each encoder at lr / 10, head and legs at lr."""
+        groups = [(self.model.encoder_parameters("speech"), lr / 10),
+                  (self.model.encoder_parameters("text"), lr / 10),
+                  (self.model.head_parameters() + list(self.legs.parameters()), lr)]
+        fast = fast_optimizer_options(torch.optim.AdamW, self.wavs.device)  # CrabBrain's: fused on CUDA
+        self.optimizers = [torch.optim.AdamW(p, lr=g_lr, weight_decay=weight_decay, **fast)
+                           for p, g_lr in groups if p]
+
+    def train_step(self, with_legs):
+        """CrabBrain's step: WCE + alpha * mean leg loss, backward, clip and step per optimizer."""
+        self.model.train()
+        self.legs.train()
+        with self.autocast():
+            logits, taps = self.model(self.wavs, self.wav_lens, self.texts)
+            ce = self.wce(logits, self.labels)
+            outputs = self.legs(taps) if with_legs else {}
+            loss = total_loss(ce, [self.leg_loss(out, self.labels) for out in outputs.values()], self.alpha)
+        self.scaler.scale(loss).backward()
+        for optimizer in self.optimizers:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], self.max_grad_norm)
+            self.scaler.step(optimizer)
+            optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()
+
+    @torch.no_grad()
+    def infer(self, encoders_only):
+        self.model.eval()
+        with self.autocast():
+            if encoders_only:
+                self.model.encoders["speech"](self.wavs, self.wav_lens)
+                self.model.encoders["text"](self.texts)
+            else:
+                self.model(self.wavs, self.wav_lens, self.texts)
+
+
+def _run_config(bench, name):
+    if name == "train_legs":
+        bench.set_reference(False)
+        bench.train_step(with_legs=True)
+    elif name == "train_ce":
+        bench.set_reference(False)
+        bench.train_step(with_legs=False)
+    elif name == "train_reference":
+        bench.set_reference(True)
+        bench.train_step(with_legs=True)
+    else:
+        bench.set_reference(False)
+        bench.infer(encoders_only=name == "infer_encoders")
+
+
+def _timed(fn, device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_steps(setup):
+    """Seconds per run of every step configuration, interleaved round-robin."""
+    bench = Bench(setup)
+    bench.make_optimizers(setup["head"]["lr"], setup["head"]["weight_decay"])
+    names = list(STEP_ROWS)
+    for _ in range(setup["warmup"]):
+        for name in names:
+            _run_config(bench, name)
+    times = {name: [] for name in names}
+    for round_ in range(setup["repeats"]):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(_timed(lambda: _run_config(bench, name), setup["device"]))
+    cuda = setup["device"].startswith("cuda")
+    return {"times": times, "flops": step_flops(bench), "profile": profile_table(bench, setup),
+            "syncs": count_syncs(bench, setup["device"]),
+            "device_name": torch.cuda.get_device_name(setup["device"]) if cuda else cpu_model()}
+
+
+def peak_tflops(device_name, precision, tf32):
+    """The device's dense peak for ``precision`` (``PEAK_TFLOPS``), or None: unknown
+    device, a CPU, or fp32 without TF32 (no tensor-core peak applies)."""
+    for name, (half, tf32_peak) in PEAK_TFLOPS:
+        if name in device_name:
+            if precision in ("bf16", "fp16"):
+                return half
+            return tf32_peak if tf32 else None
+    return None
+
+
+def step_flops(bench):
+    """FLOPs of one 5-leg training step that torch.utils.flop_counter counts (matmuls,
+    convolutions, attention; forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    bench.set_reference(False)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        bench.train_step(with_legs=True)
+    return counter.get_total_flops()
+
+
+PROFILE_STEPS = 3
+PROFILE_ROWS = 15
+
+
+def profile_table(bench, setup):
+    """The top operators (self time on the device, else on the CPU) of
+    ``PROFILE_STEPS`` 5-leg training steps under torch.profiler, and the number of
+    operator calls (and, on CUDA, kernels) per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = setup["device"].startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    bench.set_reference(False)
+    with profile(activities=activities) as prof:
+        for _ in range(PROFILE_STEPS):
+            bench.train_step(with_legs=True)
+        if cuda:
+            torch.cuda.synchronize(setup["device"])
+    averages = prof.key_averages()
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = averages.table(sort_by=sort_by, row_limit=PROFILE_ROWS, max_name_column_width=50)
+    events = prof.events()
+    ops = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CPU)
+    kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    return {"table": table, "sort_by": sort_by, "ops_per_step": ops / PROFILE_STEPS,
+            "kernels_per_step": kernels / PROFILE_STEPS if cuda else None}
+
+
+def count_syncs(bench, device):
+    """On CUDA, the operations of one 5-leg training step that make the host wait for
+    the device (torch.cuda.set_sync_debug_mode warns on each); None on CPU."""
+    if not device.startswith("cuda"):
+        return None
+    bench.set_reference(False)
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            bench.train_step(with_legs=True)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    found = [w for w in caught if "synchroniz" in str(w.message)]
+    return {"count": len(found),
+            "where": sorted({f"{os.path.relpath(w.filename, ROOT)}:{w.lineno}" for w in found})[:10]}
+
+
+def step_memory(setup, name):
+    """A fresh model for one configuration (legs only where they are trained),
+    run twice: the optimizer state exists from the first step on, so the second
+    holds everything a step holds."""
+    bench = Bench(setup, with_legs=name in ("train_legs", "train_reference"))
+    if name.startswith("train"):
+        bench.make_optimizers(setup["head"]["lr"], setup["head"]["weight_decay"])
+    for _ in range(2):
+        _run_config(bench, name)
+    return {}
+
+
+# ---- d: epochs through CrabBrain, with and without the feature cache ----
+
+def write_corpus(out_dir, count, rng, seconds=AUDIO_SECONDS):
+    """``count`` wav files and a manifest ``train.json``, labels cycling over the classes."""
+    manifest = {}
+    for i, wav in enumerate(make_waveforms(count, rng, seconds)):
+        utt = f"utt{i:04d}"
+        sf.write(os.path.join(out_dir, f"{utt}.wav"), wav, SAMPLE_RATE)
+        manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": len(wav) / SAMPLE_RATE,
+                         "text": SENTENCES[i % len(SENTENCES)], "emo": MELD_CLASSES[i % len(MELD_CLASSES)],
+                         "spk": f"spk{i % 4}"}
+    path = os.path.join(out_dir, "train.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+    return path
+
+
+def _epoch_hparams(setup, output_folder, cache_dir):
+    argv = [setup["hparams_file"], f"--data_root={setup['corpus_dir']}", f"--data_folder={setup['corpus_dir']}",
+            f"--output_folder={output_folder}", f"--classes=[{','.join(MELD_CLASSES)}]",
+            f"--speech_encoder_source={setup['speech_dir']}", f"--text_encoder_source={setup['text_dir']}",
+            f"--tokenizer_source={setup['tokenizer_dir']}", "--pretrained_encoders=false",
+            "--freeze_speech_encoder=true", "--freeze_text_encoder=true",
+            f"--batch_size={setup['batch_size']}", f"--number_of_epochs={1 + setup['epochs']}",
+            f"--feature_cache={cache_dir or 'null'}", f"--device={setup['device']}", "--noprogressbar",
+            f"--precision={setup['precision']}"]
+    _, run_opts, _, hparams = parse_and_load(argv)
+    return hparams, run_opts
+
+
+def extraction(setup):
+    hparams, _ = _epoch_hparams(setup, os.path.join(setup["tmp"], "exp_extract"), setup["cache_dir"])
+    seconds = _timed(lambda: extract(hparams["model"], [setup["manifest"]], setup["cache_dir"],
+                                     setup["corpus_dir"], hparams["max_duration"], setup["batch_size"],
+                                     device=setup["device"]), setup["device"])
+    return {"times": {"extract": [seconds]}}
+
+
+def epochs(setup, cached):
+    """Seconds of every training epoch after the first (a warm-up)."""
+    class TimedBrain(CrabBrain):
+        def on_stage_start(self, stage, epoch=None):
+            super().on_stage_start(stage, epoch)
+            self._epoch_start = time.perf_counter()
+
+        def on_stage_end(self, stage, stage_loss, epoch=None):
+            super().on_stage_end(stage, stage_loss, epoch)
+            self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+
+    name = "epoch_cached" if cached else "epoch_end_to_end"
+    hparams, run_opts = _epoch_hparams(setup, os.path.join(setup["tmp"], f"exp_{name}"),
+                                       setup["cache_dir"] if cached else None)
+    os.makedirs(hparams["save_folder"], exist_ok=True)
+    encoder = prepare_labels_and_weights(hparams)
+    cache = feature_cache(hparams, [setup["manifest"]])
+    train_set = dataset(hparams, setup["manifest"], encoder, cache=cache)
+    brain = TimedBrain(modules=hparams["modules"], hparams=hparams, run_opts=run_opts,
+                       checkpointer=hparams["checkpointer"])
+    brain.epoch_seconds = []
+    brain.fit(hparams["epoch_counter"], train_set, train_loader_kwargs=hparams["train_dataloader_opts"])
+    return {"times": {name: brain.epoch_seconds[1:]}}
+
+
+# ---- processes and memory ----
+
+def _status_kib(field):
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _child(conn, fn, args, setup):
+    try:
+        torch.set_num_threads(setup["threads"])
+        cuda = setup["device"].startswith("cuda")
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = setup["tf32"]
+            torch.cuda.reset_peak_memory_stats(setup["device"])
+        else:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            start_kib, start_file_kib = _status_kib("VmRSS"), _status_kib("RssFile")
+        result = fn(*args)
+        if cuda:
+            result["peak_mib"] = torch.cuda.max_memory_allocated(setup["device"]) / 2**20
+        else:
+            result["peak_mib"] = (_status_kib("VmHWM") - start_kib) / 1024
+            # library code first run here (not copied on fork) is file-backed RSS
+            result["file_mib"] = (_status_kib("RssFile") - start_file_kib) / 1024
+        conn.send(("ok", result))
+    except BaseException:  # noqa: BLE001  (reported by the parent)
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def in_child(name, fn, *args, setup):
+    """Run ``fn(*args)`` in a new process (``setup["start_method"]``: spawn, or fork
+    on CPU); its result dict with ``peak_mib``. Forking after CUDA is initialised
+    fails in the child ("Cannot re-initialize CUDA in forked subprocess"): CUDA runs
+    spawn, and this process never touches the device."""
+    context = multiprocessing.get_context(setup["start_method"])
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(send, fn, args, setup))
+    process.start()
+    send.close()
+    try:
+        status, result = receive.recv()
+    except EOFError:
+        status, result = "error", "the process died without a result (out of memory?)"
+    process.join()
+    if status != "ok":
+        raise RuntimeError(f"benchmark '{name}' failed:\n{result}")
+    return result
+
+
+# ---- report ----
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def ratio_rows(medians):
+    """``[(label, value, target, met)]``; ``met`` is None without a target."""
+    rows = []
+    for label, num, den, target in RATIOS:
+        value = medians[num] / medians[den]
+        rows.append((label, value, target, None if target is None else value <= target))
+    return rows
+
+
+ENCODER_NAMES = {"tiny": "tiny test configs", "base": "WavLM Base + RoBERTa Base configs",
+                 "large": "WavLM Large + RoBERTa Large configs"}
+
+
+def report(args, setup, times, peaks, loads, token_counts, started, analysis):
+    cuda = args.device.startswith("cuda")
+    memory = "peak CUDA allocated MiB" if cuda else "peak RSS growth MiB | of which file pages MiB"
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    seconds = setup["audio_seconds"]
+    lines = [
+        f"# Crab benchmark, {started:%Y-%m-%d %H:%M} UTC: {args.size} size"
+        + (" (quick)" if args.quick else "") + f", {args.precision}",
+        "",
+        f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs ({len(os.sched_getaffinity(0))} usable), "
+        f"device {args.device} ({analysis['device_name']}); torch {torch.__version__}"
+        + (f" (CUDA {torch.version.cuda})" if cuda else "")
+        + f", transformers {transformers.__version__}, {args.threads} torch thread(s)",
+        f"precision {args.precision}" + (f" (autocast{', gradient scaler' if args.precision == 'fp16' else ''})"
+                                         if args.precision != "fp32" else "")
+        + (f"; TF32 {'on' if args.tf32 else 'off'}" if cuda else "")
+        + f"; child processes: {args.start_method}",
+        f"load average (1 min) before {loads[0]:.2f}, after {loads[1]:.2f}",
+        f"encoders: {ENCODER_NAMES[args.size]}, random init"
+        + (", gradient checkpointing" if args.gradient_checkpointing else "") + "; "
+        f"head from {os.path.relpath(args.hparams, ROOT)}",
+        f"batch {args.batch_size}: audio {seconds[0]}-{seconds[1]} s "
+        f"(max {max(len(w) for w in setup['wavs']) / SAMPLE_RATE:.2f} s), text "
+        f"{statistics.mean(token_counts):.1f} tokens on average (max {max(token_counts)}; reference: "
+        f"{setup['head']['text_max_length']})",
+        f"steps: median of {args.repeats} interleaved rounds after {args.warmup} warm-up; epochs: "
+        f"{args.epoch_utterances} utterances, median of {args.epochs} after 1 warm-up",
+        f"memory: each configuration in its own process ({args.start_method}) started before any model exists; "
+        + ("torch.cuda.max_memory_allocated" if cuda else
+           "peak RSS growth = VmHWM (reset through /proc/self/clear_refs) minus the starting "
+           "VmRSS; file pages = growth of RssFile (mostly library code first run in that process)"),
+        "",
+        f"| measurement | median s | min s | max s | {memory} |",
+        "|---|---|---|---|---|" + ("" if cuda else "---|"),
+    ]
+    for name, label in {**STEP_ROWS, **EPOCH_ROWS}.items():
+        values, peak = times[name], peaks[name]
+        memory_cells = f"{peak['peak_mib']:.0f}" + ("" if cuda else f" | {peak['file_mib']:.0f}")
+        lines.append(f"| {label} | {medians[name]:.3f} | {min(values):.3f} | {max(values):.3f} | "
+                     f"{memory_cells} |")
+    lines += ["", "| ratio | value | target | met |", "|---|---|---|---|"]
+    for label, value, target, met in ratio_rows(medians):
+        lines.append(f"| {label} | {value:.3f} | {'-' if target is None else f'<= {target:.2f}'} | "
+                     f"{'-' if met is None else ('yes' if met else 'NO')} |")
+    saving = medians["epoch_end_to_end"] - medians["epoch_cached"]
+    if saving > 0:
+        lines += ["", f"the extraction pays for itself after {medians['extract'] / saving:.1f} epoch(s)"]
+    lines += ["", *analysis_lines(args, analysis, medians["train_legs"], medians["infer_full"])]
+    return "\n".join(lines)
+
+
+def analysis_lines(args, analysis, step_seconds, infer_seconds):
+    """Achieved rate of the 5-leg step against the device's peak, throughput of
+    inference, host waits, and the profile's top operators."""
+    peak = peak_tflops(analysis["device_name"], args.precision, args.tf32)
+    achieved = analysis["flops"] / step_seconds / 1e12
+    profile = analysis["profile"]
+    lines = [
+        "## Where the time goes (train step, 5 legs)",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| counted FLOPs per step (matmul, conv, attention; GRU not counted) | {analysis['flops'] / 1e12:.3f} T |",
+        f"| achieved TFLOP/s (counted FLOPs / median step) | {achieved:.3f} |",
+        f"| device dense peak TFLOP/s, {args.precision}" + (" (TF32)" if args.precision == "fp32" and args.tf32 else "")
+        + f" | {'n/a' if peak is None else f'{peak:.1f}'} |",
+        f"| fraction of peak | {'n/a' if peak is None else f'{achieved / peak:.1%}'} |",
+        f"| inference, utterances/s (full model) | {args.batch_size / infer_seconds:.1f} |",
+        f"| operator calls per step (profiler) | {profile['ops_per_step']:.0f} |",
+    ]
+    if profile["kernels_per_step"] is not None:
+        lines.append(f"| device kernels per step (profiler) | {profile['kernels_per_step']:.0f} |")
+    syncs = analysis["syncs"]
+    if syncs is not None:
+        where = ", ".join(syncs["where"]) or "-"
+        lines.append(f"| host waits for the device in one step (set_sync_debug_mode) | {syncs['count']} ({where}) |")
+    lines += ["", f"top {PROFILE_ROWS} operators of {PROFILE_STEPS} steps by {profile['sort_by']} (torch.profiler):",
+              "", "```", profile["table"].rstrip(), "```"]
+    return lines
+
+
+def token_counts(tokenizer_dir, texts):
+    """Tokens of each text (special tokens included) under the saved tokenizer."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    return [len(ids) for ids in tokenizer(texts)["input_ids"]]
+
+
+def run(args):
+    """Measure everything ``args`` (``crab.bin.benchmark``'s options) asks for; returns the
+    report (markdown). Progress goes to stderr."""
+    started = datetime.datetime.now(datetime.timezone.utc)
+    loads = [os.getloadavg()[0]]
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="crab_benchmark_") as tmp:
+        speech_dir, text_dir, tokenizer_dir = write_encoder_configs(tmp, args.size)
+        # a snapshot: the epoch runs read the yaml that goes with the code imported now
+        hparams_file = shutil.copy(args.hparams, os.path.join(tmp, os.path.basename(args.hparams)))
+        texts = [SENTENCES[i % len(SENTENCES)] for i in range(args.batch_size)]
+        tokens = token_counts(tokenizer_dir, texts)
+        corpus_dir = os.path.join(tmp, "corpus")
+        os.makedirs(corpus_dir)
+        setup = {
+            "tmp": tmp, "device": args.device, "threads": args.threads, "precision": args.precision,
+            "tf32": args.tf32, "start_method": args.start_method, "gradient_checkpointing": args.gradient_checkpointing, "audio_seconds": args.audio_seconds,
+            "speech_dir": speech_dir, "text_dir": text_dir, "tokenizer_dir": tokenizer_dir,
+            "hparams_file": hparams_file, "head": head_settings(hparams_file),
+            "wavs": make_waveforms(args.batch_size, rng, args.audio_seconds), "texts": texts,
+            "labels": rng.integers(0, len(MELD_CLASSES), args.batch_size).tolist(),
+            "batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup,
+            "epochs": args.epochs, "corpus_dir": corpus_dir,
+            "manifest": write_corpus(corpus_dir, args.epoch_utterances, rng, args.audio_seconds),
+            "cache_dir": os.path.join(tmp, "feature_cache"),
+        }
+        times, peaks = {}, {}
+        print(f"timing {len(STEP_ROWS)} step configurations, interleaved ...", file=sys.stderr, flush=True)
+        analysis = in_child("step timing", time_steps, setup, setup=setup)
+        times.update(analysis.pop("times"))
+        print("median s: " + ", ".join(f"{n} {statistics.median(times[n]):.3f}" for n in STEP_ROWS),
+              file=sys.stderr, flush=True)
+        for name in STEP_ROWS:
+            print(f"peak memory of {name} ...", file=sys.stderr, flush=True)
+            peaks[name] = in_child(name, step_memory, setup, name, setup=setup)
+            print(f"  {peaks[name]['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
+        for name, fn, fn_args in (("extract", extraction, (setup,)),
+                                  ("epoch_end_to_end", epochs, (setup, False)),
+                                  ("epoch_cached", epochs, (setup, True))):
+            print(f"{name} ...", file=sys.stderr, flush=True)
+            result = in_child(name, fn, *fn_args, setup=setup)
+            times.update(result.pop("times"))
+            peaks[name] = result
+            print(f"  median {statistics.median(times[name]):.3f} s, {result['peak_mib']:.0f} MiB",
+                  file=sys.stderr, flush=True)
+    loads.append(os.getloadavg()[0])
+    return report(args, setup, times, peaks, loads, tokens, started, analysis)
+

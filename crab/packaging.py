@@ -1,0 +1,330 @@
+"""Packaging a trained run as a self-contained inference model directory (recipe stage 7).
+
+``package(hparams, out, ...)`` writes the directory ``crab.bin.package`` describes:
+model.ckpt, label_encoder.ckpt, class_weights.json, metadata.json, hyperparams.yaml
+(checked by ``crab.inference.check_package_hparams`` when loaded), the encoders'
+configs, custom_interface.py; then loads it back and checks it reproduces the model.
+"""
+
+import datetime
+import json
+import logging
+import os
+import platform
+import shutil
+
+import torch
+
+import crab
+from crab import cli
+from crab.data import label_encoder
+from crab.inference import ENCODER_DIRS, CrabClassifier, load_weights
+from crab.report import git_commit
+
+logger = logging.getLogger(__name__)
+
+TEXT_SOURCES = ("gold", "asr", "unknown")
+METADATA = "metadata.json"
+
+CUSTOM_INTERFACE = '''"""SpeechBrain foreign_class entry point of a packaged Crab model (needs the crab package).
+
+    foreign_class(source=THIS_DIR, pymodule_file="custom_interface.py", classname="CrabClassifier")
+"""
+
+import os
+
+from crab.inference import CrabClassifier, check_package_hparams  # noqa: F401
+
+# foreign_class imports this file before hyperpyyaml loads hyperparams.yaml: refuse a
+# yaml that would run code (checked where this file really is, when the yaml is there)
+_HPARAMS = os.path.join(os.path.dirname(os.path.realpath(__file__)), "hyperparams.yaml")
+if os.path.isfile(_HPARAMS):
+    check_package_hparams(_HPARAMS)
+'''
+
+HPARAMS_TEMPLATE = """# Crab inference hyperparameters, written by crab.bin.package.
+# Load with crab.inference.CrabClassifier.from_hparams(source=<this directory>) or
+# speechbrain.inference.interfaces.foreign_class(source=<this directory>,
+#     pymodule_file="custom_interface.py", classname="CrabClassifier").
+# The encoders are built from the configs in speech_encoder/ and text_encoder/
+# (random init) and get their weights from model.ckpt; metadata.json says where
+# they came from and how the model was trained.
+
+sample_rate: 16000
+classes: {classes}
+max_duration: {max_duration}  # seconds of audio kept per utterance, as in training
+train_text_source: {text_source}  # transcripts the model was trained on
+
+# ---- model ----
+num_classes: {num_classes}
+modality: {modality}  # bimodal | speech | text
+hidden_dim: {hidden_dim}
+num_heads: {num_heads}
+attention_dropout: {attention_dropout}
+scaled_pooling: {scaled_pooling}
+bottleneck_dim: {bottleneck_dim}
+dropout: {dropout}
+unimodal_leg_input: {unimodal_leg_input}
+padding_masks: {padding_masks}
+
+model: !new:crab.inference.PackagedCrab
+    speech_encoder: {speech_encoder}
+    text_encoder: {text_encoder}
+    num_classes: !ref <num_classes>
+    modality: !ref <modality>
+    hidden_dim: !ref <hidden_dim>
+    num_heads: !ref <num_heads>
+    attention_dropout: !ref <attention_dropout>
+    scaled_pooling: !ref <scaled_pooling>
+    bottleneck_dim: !ref <bottleneck_dim>
+    dropout: !ref <dropout>
+    unimodal_leg_input: !ref <unimodal_leg_input>
+    padding_masks: !ref <padding_masks>
+
+label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
+
+modules:
+    model: !ref <model>
+
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        model: !ref <model>
+        label_encoder: !ref <label_encoder>
+"""
+
+
+class PackageError(cli.UserError, RuntimeError):
+    """The run cannot be packaged."""
+
+
+def crab_options(model):
+    """The ``crab.model.Crab`` arguments of a built model (the strict load of the
+    package check proves them right)."""
+    branch = model.branches[0]
+    options = {
+        "num_classes": model.classifier.out.out_features,
+        "modality": model.modality,
+        "hidden_dim": model.unimodal[branch].projection[0].out_features,
+        "num_heads": 1,
+        "attention_dropout": 0.0,
+        "scaled_pooling": model.pooling[branch].scale != 1.0,
+        "bottleneck_dim": model.classifier.bottleneck_dim,
+        "dropout": model.classifier.dropout.p,
+        "unimodal_leg_input": model.unimodal_leg_input,
+        "padding_masks": model.padding_masks,
+    }
+    if model.cross_modal is not None:
+        attention = model.cross_modal.speech_to_text
+        options.update(num_heads=attention.num_heads, attention_dropout=attention.dropout)
+    return options
+
+
+def _source_record(source):
+    """Where an encoder came from: the hub id or path as given, and the absolute path of a local one."""
+    record = {"source": source}
+    if source and os.path.isdir(source):
+        record["path"] = os.path.abspath(source)
+    return record
+
+
+def save_speech_encoder(encoder, out_dir):
+    """Config (and feature extractor) of a ``SpeechEncoder``; returns its yaml options and record."""
+    from transformers import AutoFeatureExtractor
+
+    os.makedirs(out_dir)
+    config = encoder.model.config
+    source = config.name_or_path
+    config.save_pretrained(out_dir)
+    if encoder.is_whisper:
+        encoder.features.save_pretrained(out_dir)
+    else:
+        try:
+            AutoFeatureExtractor.from_pretrained(source).save_pretrained(out_dir)
+        except (OSError, ValueError):  # config-only directories (tiny encoders)
+            pass
+    options = {
+        "source": ENCODER_DIRS["speech"],
+        "layer_weighting": encoder.layer_weighting,
+        "normalize_waveform": encoder.waveform_normalization,  # global: its statistics are in model.ckpt
+        "normalize_states": encoder.state_norm is not None,
+    }
+    return options, {**_source_record(source), "model_type": config.model_type}
+
+
+def save_text_encoder(encoder, out_dir):
+    """Config and tokenizer of a ``TextEncoder``; returns its yaml options and record."""
+    os.makedirs(out_dir)
+    config = encoder.model.config
+    config.save_pretrained(out_dir)
+    encoder.tokenizer.save_pretrained(out_dir)
+    options = {
+        "source": ENCODER_DIRS["text"],
+        "tokenizer": ENCODER_DIRS["text"],
+        "layer_weighting": encoder.layer_weighting,
+        "max_length": encoder.max_length,
+        "padding": encoder.padding,
+        "normalize_states": encoder.state_norm is not None,
+    }
+    record = {
+        **_source_record(config.name_or_path),
+        "model_type": config.model_type,
+        "tokenizer": _source_record(encoder.tokenizer.name_or_path),
+    }
+    return options, record
+
+
+def _flow(value):
+    """A value as one-line YAML (JSON is YAML)."""
+    return json.dumps(value)
+
+
+def write_hparams(path, options, speech, text, classes, max_duration, text_source):
+    values = {k: _flow(v) for k, v in options.items()}
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(HPARAMS_TEMPLATE.format(
+            classes=_flow(list(classes)), max_duration=_flow(max_duration), text_source=text_source,
+            speech_encoder=_flow(speech), text_encoder=_flow(text), **values,
+        ))
+
+
+def class_weights(hparams, checkpoint, classes):
+    """``{class: {"count", "weight"}}``: weights from the checkpoint's wce.ckpt,
+    counts from the run's class_weights.json when there is one."""
+    weights = None
+    if "wce" in checkpoint.paramfiles:
+        weights = load_weights(checkpoint.paramfiles["wce"])["weight"].tolist()
+    saved = {}
+    saved_path = os.path.join(hparams["save_folder"], "class_weights.json")
+    if os.path.isfile(saved_path):
+        with open(saved_path, encoding="utf-8") as f:
+            saved = json.load(f)
+    table = {}
+    for k, c in enumerate(classes):
+        entry = {}
+        if c in saved and "count" in saved[c]:
+            entry["count"] = saved[c]["count"]
+        entry["weight"] = weights[k] if weights is not None else saved.get(c, {}).get("weight")
+        table[c] = entry
+    return table
+
+
+def versions():
+    import speechbrain
+    import transformers
+
+    return {
+        "crab": crab.__version__, "speechbrain": speechbrain.__version__,
+        "transformers": transformers.__version__, "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def check_package(model_dir, model, needs, max_duration=None):
+    """Load ``model_dir`` back and compare its outputs with ``model``'s on a probe input
+    (one second of noise, or ``max_duration`` if shorter, and a short sentence)."""
+    classifier = CrabClassifier.from_hparams(source=model_dir, run_opts={"device": "cpu"})
+    generator = torch.Generator().manual_seed(0)
+    samples = 16000 if max_duration is None else min(16000, int(max_duration * 16000))
+    wavs = 0.1 * torch.randn(2, samples, generator=generator)
+    wav_lens = torch.tensor([1.0, 0.75])
+    texts = ["a probe sentence to check the package", "another one"] if needs["text"] else None
+    model.eval()
+    with torch.no_grad():
+        logits, _ = model(wavs if needs["speech"] else None, wav_lens if needs["speech"] else None, texts)
+    expected = torch.softmax(logits.float(), dim=-1)
+    got = classifier.classify_batch(wavs, texts, wav_lens)[0]
+    if not torch.allclose(got, expected, atol=1e-5):
+        raise PackageError(
+            f"the packaged model in {model_dir} does not reproduce the trained one "
+            f"(max difference {float((got - expected).abs().max()):.3g})"
+        )
+
+
+def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=None, arguments=None):
+    """Write the package of the run ``hparams`` describes to ``out``; returns metadata."""
+    metric = hparams["ckpt_metric"]
+    checkpoint = hparams["checkpointer"].find_checkpoint(max_key=metric)
+    if checkpoint is None:
+        raise PackageError(f"no checkpoint with {metric} in {hparams['save_folder']}: train first")
+    model = hparams["model"]
+    state = load_weights(checkpoint.paramfiles["model"])
+    model.load_state_dict(state, strict=True)
+    classes = list(hparams["classes"])
+    encoder_path = os.path.join(hparams["save_folder"], "label_encoder.txt")
+    labels = label_encoder(classes, encoder_path if os.path.isfile(encoder_path) else None)
+
+    if os.path.exists(out) and not os.path.isfile(os.path.join(out, METADATA)):
+        raise PackageError(f"{out} exists and is not a Crab package: remove it or choose another --out")
+    tmp = out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+
+    shutil.copyfile(checkpoint.paramfiles["model"], os.path.join(tmp, "model.ckpt"))
+    labels.save(os.path.join(tmp, "label_encoder.ckpt"))
+    with open(os.path.join(tmp, "class_weights.json"), "w", encoding="utf-8") as f:
+        json.dump(class_weights(hparams, checkpoint, classes), f, indent=2)
+    encoders, speech, text = {}, None, None
+    if model.speech_encoder is not None:
+        folder = os.path.join(tmp, ENCODER_DIRS["speech"])
+        speech, encoders["speech"] = save_speech_encoder(model.speech_encoder, folder)
+    if model.text_encoder is not None:
+        text, encoders["text"] = save_text_encoder(model.text_encoder, os.path.join(tmp, ENCODER_DIRS["text"]))
+    write_hparams(os.path.join(tmp, "hyperparams.yaml"), crab_options(model), speech, text, classes,
+                  hparams.get("max_duration"), text_source)
+    with open(os.path.join(tmp, "custom_interface.py"), "w", encoding="utf-8") as f:
+        f.write(CUSTOM_INTERFACE)
+    resolved = os.path.join(hparams["output_folder"], "hyperparams.yaml")
+    if os.path.isfile(resolved):
+        shutil.copyfile(resolved, os.path.join(tmp, "train_hyperparams.yaml"))
+    epoch = None
+    if "counter" in checkpoint.paramfiles:
+        with open(checkpoint.paramfiles["counter"], encoding="utf-8") as f:
+            epoch = int(f.read().strip())
+    metadata = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "classes": classes,
+        "modality": model.modality,
+        "training": {
+            "output_folder": os.path.abspath(hparams["output_folder"]),
+            "hparams_file": hparams_file,
+            "arguments": list(arguments or []),
+            "checkpoint": os.path.abspath(checkpoint.path),
+            "epoch": epoch,
+            "ckpt_metric": metric,
+            "valid_scores": {k: v for k, v in checkpoint.meta.items() if k not in ("unixtime", "end-of-epoch")},
+            "text_source": text_source,
+            "asr_model": asr_model if text_source == "asr" else None,
+        },
+        "encoders": encoders,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "git_commit": git_commit(short=False),
+        "versions": versions(),
+    }
+    with open(os.path.join(tmp, METADATA), "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=2)
+
+    needs = {"speech": model.speech_encoder is not None, "text": model.text_encoder is not None}
+    check_package(tmp, model, needs, hparams.get("max_duration"))
+    replace_dir(tmp, out)
+    return metadata
+
+
+def replace_dir(new, out):
+    """Put the directory ``new`` in the place of ``out``: the old one is renamed aside
+    (``out.old``), ``new`` renamed to ``out``, then the old one removed; when the second
+    rename fails, the old one is put back. At no point is there no package (bar a kill
+    between the two renames, which leaves it in ``out.old``)."""
+    old = out.rstrip("/") + ".old"
+    if os.path.exists(old):
+        if not os.path.isfile(os.path.join(old, METADATA)):
+            raise PackageError(f"{old} exists and is not a Crab package: remove it or choose another --out")
+        shutil.rmtree(old)
+    if os.path.exists(out):
+        os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        if os.path.exists(old) and not os.path.exists(out):
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,47 @@
+"""The package's layout: entry points (crab/bin/*) parse arguments and call the library;
+the library never imports crab.bin, and the entry points stay a small part of the package."""
+
+import ast
+import os
+
+from tests.conftest import ROOT
+
+PACKAGE = os.path.join(ROOT, "crab")
+BIN = os.path.join(PACKAGE, "bin")
+
+
+def python_files(folder):
+    for base, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        yield from (os.path.join(base, name) for name in sorted(files) if name.endswith(".py"))
+
+
+def imported_modules(path):
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def test_the_library_never_imports_crab_bin():
+    offenders = [
+        f"{os.path.relpath(path, ROOT)}: {module}"
+        for path in python_files(PACKAGE) if not path.startswith(BIN + os.sep)
+        for module in imported_modules(path) if module == "crab.bin" or module.startswith("crab.bin.")
+    ]
+    assert not offenders, "library modules importing entry points:\n" + "\n".join(offenders)
+
+
+def non_empty_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def test_entry_points_are_under_a_quarter_of_the_package():
+    total = sum(non_empty_lines(path) for path in python_files(PACKAGE))
+    entry_points = sum(non_empty_lines(path) for path in python_files(BIN))
+    assert entry_points < 0.25 * total, f"crab/bin: {entry_points} of {total} non-empty lines"
