@@ -92,6 +92,51 @@ class CrabBrain(sb.Brain):
     taking an optimizer), ``leg_loss``, ``ckpt_metric``, ``train_logger``;
     modules ``model`` (``crab.model.Crab``), ``legs`` (``crab.legs.SupervisionLegs``)
     and ``wce`` (``crab.losses.WeightedCrossEntropy``).
+
+    Arguments
+    ---------
+    modules, opt_class, hparams, run_opts, checkpointer
+        As ``speechbrain.core.Brain``; ``opt_class`` is unused (``init_optimizers``
+        builds one optimizer per parameter group from ``hparams.opt_class``).
+
+    Returns
+    -------
+    ``compute_forward`` returns ``(logits, leg outputs)`` (no leg outputs outside
+    training); ``compute_objectives`` the loss WCE + alpha * mean of the leg losses.
+
+    Example
+    -------
+    The loss of one training batch of a tiny speech-only Crab (``crab.bin.train`` builds the
+    brain from a recipe's yaml and calls ``fit``):
+
+    >>> import os, torch, crab
+    >>> import speechbrain as sb
+    >>> from speechbrain.dataio.batch import PaddedBatch
+    >>> from crab.encoders import SpeechEncoder
+    >>> from crab.legs import SupervisionLegs
+    >>> from crab.losses import ContrastiveLoss, WeightedCrossEntropy
+    >>> from crab.model import Crab
+    >>> wavlm = os.path.join(os.path.dirname(crab.__file__), "..", "egs", "mini", "conf", "wavlm_tiny")
+    >>> _ = torch.manual_seed(0)
+    >>> model = Crab(4, lambda: SpeechEncoder(wavlm, pretrained=False), modality="speech", hidden_dim=8,
+    ...              bottleneck_dim=8)
+    >>> modules = {"model": model, "legs": SupervisionLegs(model.tap_dims, output_dim=8),
+    ...            "wce": WeightedCrossEntropy(num_classes=4)}
+    >>> hparams = {"classes": ["angry", "happy", "neutral", "sad"], "alpha": 2.0,
+    ...            "leg_loss": ContrastiveLoss("mpcl"), "epoch_counter": sb.utils.epoch_loop.EpochCounter(1)}
+    >>> brain = CrabBrain(modules=modules, hparams=hparams, run_opts={"device": "cpu"})
+    >>> batch = PaddedBatch([{"id": f"utt{i}", "sig": torch.randn(8000 - 1000 * i), "text": "",
+    ...                       "emo_encoded": torch.tensor([i % 2])} for i in range(4)])
+    >>> logits, legs = brain.compute_forward(batch, sb.Stage.TRAIN)
+    >>> logits.shape, sorted(legs)
+    (torch.Size([4, 4]), ['fusion', 'speech_pooled', 'speech_unimodal'])
+    >>> loss = brain.compute_objectives((logits, legs), batch, sb.Stage.TRAIN)
+    >>> parts = brain._loss_parts  # this epoch's sums: WCE and each leg's MPCL
+    >>> sorted(parts)
+    ['leg_fusion', 'leg_speech_pooled', 'leg_speech_unimodal', 'wce']
+    >>> legs_mean = (parts["leg_fusion"] + parts["leg_speech_pooled"] + parts["leg_speech_unimodal"]) / 3
+    >>> abs(loss.item() - (parts["wce"] + 2.0 * legs_mean)) < 1e-5
+    True
     """
 
     def __init__(self, *args, **kwargs):

@@ -36,7 +36,8 @@ class Checkpointer(checkpoints.Checkpointer):
     The next save removes what an interrupted one left.
     """
 
-    def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):
+    def save_checkpoint(self, meta=None, end_of_epoch=True, name=None, verbosity=logging.INFO):
+        meta = {} if meta is None else meta  # no dict shared between calls
         if if_main_process():
             for leftover in self.checkpoints_dir.glob(STAGING_PREFIX + "*"):
                 shutil.rmtree(leftover)
@@ -44,7 +45,7 @@ class Checkpointer(checkpoints.Checkpointer):
         ddp_barrier()  # every process has written its files
         checkpoint = None
         if staged is not None:  # the main process
-            path = staged.path.with_name(staged.path.name[len(STAGING_PREFIX):])
+            path = staged.path.with_name(staged.path.name[len(STAGING_PREFIX) :])
             for file in sorted(staged.path.iterdir()):  # every process's files
                 fsync(file)
             fsync(staged.path)
@@ -106,7 +107,9 @@ def _apply(state):
         if torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
         else:
-            logger.warning("The checkpoint holds a CUDA random state, but CUDA is not available: not restored")
+            logger.warning(
+                "The checkpoint holds a CUDA random state, but CUDA is not available: not restored"
+            )
 
 
 @functools.partial(checkpoints.register_checkpoint_hooks, save_on_main_only=False)

@@ -56,7 +56,9 @@ def resample(wav, rate, target=SAMPLE_RATE):
         return wav
     device, dtype = wav.device, wav.dtype
     data = wav.detach().cpu().to(torch.float32).numpy()
-    out = soxr.resample(np.ascontiguousarray(data.T), rate, target, quality="HQ").T  # soxr: (frames, channels)
+    out = soxr.resample(
+        np.ascontiguousarray(data.T), rate, target, quality="HQ"
+    ).T  # soxr: (frames, channels)
     return torch.from_numpy(np.ascontiguousarray(out)).to(device=device, dtype=dtype)
 
 
@@ -138,8 +140,12 @@ def load_manifest(path, data_root=None):
         if data_root is not None and entry["wav"] is not None:  # None: a text-only manifest
             entry["wav"] = entry["wav"].replace("{data_root}", data_root)
     if cleaned["characters"]:
-        logger.warning("%s: cleaned %d control character(s) out of %d transcript(s)",
-                       path, cleaned["characters"], cleaned["transcripts"])
+        logger.warning(
+            "%s: cleaned %d control character(s) out of %d transcript(s)",
+            path,
+            cleaned["characters"],
+            cleaned["transcripts"],
+        )
     return entries
 
 
@@ -172,8 +178,16 @@ def label_encoder(classes, path=None):
     return encoder
 
 
-def make_dataset(manifest_path, encoder, data_root, max_duration=None, sort=False,
-                 audio=True, cache=None, cached_branches=()):
+def make_dataset(
+    manifest_path,
+    encoder,
+    data_root,
+    max_duration=None,
+    sort=False,
+    audio=True,
+    cache=None,
+    cached_branches=(),
+):
     """A DynamicItemDataset providing ``id``, ``text``, ``emo_encoded``, ``sig``
     (the waveform, when ``audio``) and ``<branch>_states`` for each of
     ``cached_branches`` read from ``cache`` (a ``crab.features.FeatureCache``)."""
@@ -215,4 +229,3 @@ def make_dataset(manifest_path, encoder, data_root, max_duration=None, sort=Fals
         keys.append(f"{branch}_states")
     sb.dataio.dataset.set_output_keys([dataset], keys)
     return dataset
-

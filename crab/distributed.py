@@ -48,7 +48,7 @@ def all_gather_rows(tensor):
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.contiguous())
     rank = dist.get_rank()
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sum(sizes[:rank])
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)]), sum(sizes[:rank])
 
 
 class _GatherWithLocalGradient(torch.autograd.Function):

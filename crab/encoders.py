@@ -73,8 +73,10 @@ def from_source(argument, source, load):
         if local:
             detail = f"the directory {source} cannot be loaded: {_one_line(err)}"
         else:
-            detail = (f"'{source}' is neither a local directory nor a model on the hub that could be "
-                      f"loaded: {_one_line(err)}")
+            detail = (
+                f"'{source}' is neither a local directory nor a model on the hub that could be "
+                f"loaded: {_one_line(err)}"
+            )
         raise ModelSourceError(argument, source, detail) from None
 
 
@@ -127,7 +129,9 @@ class StateNormalization(nn.Module):
         """Add the real frames of a ``(batch, time, layers, dim)`` batch."""
         x = states[mask].double()  # (frames, layers, dim)
         sums = (x.shape[0], x.sum(dim=0), (x * x).sum(dim=0))
-        self._sums = sums if self._sums is None else tuple(a + b for a, b in zip(self._sums, sums))
+        self._sums = (
+            sums if self._sums is None else tuple(a + b for a, b in zip(self._sums, sums, strict=True))
+        )
 
     def finish(self):
         count, total, squares = self._sums
@@ -169,7 +173,9 @@ class WaveformNormalization(nn.Module):
         """Add the real samples of a ``(batch, samples)`` batch."""
         x = wavs[mask].double()
         sums = (x.numel(), x.sum(), (x * x).sum())
-        self._sums = sums if self._sums is None else tuple(a + b for a, b in zip(self._sums, sums))
+        self._sums = (
+            sums if self._sums is None else tuple(a + b for a, b in zip(self._sums, sums, strict=True))
+        )
 
     def finish(self):
         count, total, squares = self._sums
@@ -225,9 +231,7 @@ class _Encoder(nn.Module):
         self.num_layers = num_hidden_states - 1
         self._setup_top_layers()
         self.layer_weights = (
-            LayerWeights(num_hidden_states)
-            if self.layer_weighting == "weighted_sum"
-            else None
+            LayerWeights(num_hidden_states) if self.layer_weighting == "weighted_sum" else None
         )
         self.state_norm = (
             StateNormalization(self.num_states, self.output_dim) if self.normalize_states else None
@@ -270,7 +274,9 @@ class _Encoder(nn.Module):
         return self._top_blocks() + ([self._final_norm()] if last else [])
 
     def _blocks(self):
-        raise ValueError(f"finetune_top_layers is implemented for Whisper encoders, not {type(self.model).__name__}")
+        raise ValueError(
+            f"finetune_top_layers is implemented for Whisper encoders, not {type(self.model).__name__}"
+        )
 
     def train(self, mode=True):
         super().train(mode)
@@ -462,7 +468,9 @@ class SpeechEncoder(_Encoder):
     @property
     def normalize_waveform(self):
         """False (raw), True (per utterance) or ``"global"`` (the feature cache's record)."""
-        return {"none": False, "utterance": True}.get(self.waveform_normalization, self.waveform_normalization)
+        return {"none": False, "utterance": True}.get(
+            self.waveform_normalization, self.waveform_normalization
+        )
 
     @property
     def min_samples(self):
@@ -498,7 +506,7 @@ class SpeechEncoder(_Encoder):
     def _encode_whisper(self, wavs, lengths):
         # Log-mel of each utterance over its own samples, padded to the batch max.
         feats = self.features(
-            [w[:n].cpu().numpy() for w, n in zip(wavs, lengths.tolist())],
+            [w[:n].cpu().numpy() for w, n in zip(wavs, lengths.tolist(), strict=True)],
             sampling_rate=16000,
             padding="longest",
             return_tensors="pt",
@@ -586,8 +594,9 @@ def _float_mask_attention(attention):
 
     def forward(hidden_states, attention_mask, gated_position_bias):
         if attention_mask is not None:
-            padding = torch.zeros(attention_mask.shape, dtype=gated_position_bias.dtype,
-                                  device=gated_position_bias.device)
+            padding = torch.zeros(
+                attention_mask.shape, dtype=gated_position_bias.dtype, device=gated_position_bias.device
+            )
             padding = padding.masked_fill(attention_mask.ne(1), float("-inf"))
             # (batch, keys) -> (batch * heads, 1, keys), in the bias's (batch, head) order
             padding = padding.repeat_interleave(attention.num_heads, dim=0).unsqueeze(1)
@@ -679,7 +688,9 @@ class TextEncoder(_Encoder):
             raise ValueError(f"text_padding must be one of {list(TEXT_PADDINGS)}, got '{padding}'")
         self.padding = padding
         self.tokenizer = from_source(
-            "tokenizer" if tokenizer else "text_encoder source", tokenizer or source, AutoTokenizer.from_pretrained
+            "tokenizer" if tokenizer else "text_encoder source",
+            tokenizer or source,
+            AutoTokenizer.from_pretrained,
         )
         self.model = from_source("text_encoder source", source, lambda s: _load(AutoModel, s, pretrained))
         vocab = self.model.config.vocab_size

@@ -35,6 +35,7 @@ below them: the cache holds the hidden state those layers read, its identity
 covers the frozen weights only, and training runs the tuned layers on it.
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -130,8 +131,9 @@ def audio_change(path, recorded):
     if now["size"] != recorded["size"]:
         return f"size {recorded['size']} -> {now['size']} bytes", now
     if now["sha256"] != recorded["sha256"]:
-        return (f"same size, other bytes: sha256 {recorded['sha256'][:12]}... -> "
-                f"{now['sha256'][:12]}..."), now
+        return (
+            f"same size, other bytes: sha256 {recorded['sha256'][:12]}... -> {now['sha256'][:12]}..."
+        ), now
     return None, now
 
 
@@ -167,7 +169,8 @@ def _shard_problem(path, utts, branches, dtype):
                     shape, stored = tensor.get_shape(), tensor.get_dtype()
                     expected = [identity["num_states"], identity["dim"]]
                     if len(shape) != 3 or shape[1:] != expected or stored != SAFETENSORS_DTYPES[dtype]:
-                        return f"{key} is {stored} {shape}, not {SAFETENSORS_DTYPES[dtype]} [time, {', '.join(map(str, expected))}]"
+                        want = f"{SAFETENSORS_DTYPES[dtype]} [time, {', '.join(map(str, expected))}]"
+                        return f"{key} is {stored} {shape}, not {want}"
     except (SafetensorError, OSError) as err:
         return f"unreadable: {err}"
     return None
@@ -188,7 +191,9 @@ class FeatureCache:
     def __init__(self, cache_dir):
         path = os.path.join(cache_dir, INDEX)
         if not os.path.isfile(path):
-            raise FeatureCacheError(f"no feature cache at {cache_dir} ({INDEX} missing): run the extraction first")
+            raise FeatureCacheError(
+                f"no feature cache at {cache_dir} ({INDEX} missing): run the extraction first"
+            )
         with open(path, encoding="utf-8") as f:
             index = json.load(f)
         self.cache_dir = cache_dir
@@ -239,8 +244,11 @@ class FeatureCache:
                 raise FeatureCacheError(
                     f"feature cache {self.cache_dir} holds {branch} states, but the {branch} "
                     f"encoder is not frozen (set freeze_{branch}_encoder: true"
-                    + (", or fine-tune only its top layers with finetune_top_speech_layers)"
-                       if branch == "speech" else ")")
+                    + (
+                        ", or fine-tune only its top layers with finetune_top_speech_layers)"
+                        if branch == "speech"
+                        else ")"
+                    )
                 )
             expected = encoder_identity(encoder, max_duration)
             cached = self.branches[branch]
@@ -270,7 +278,11 @@ class FeatureCache:
                 utts = [u for u in entries if self.shard_of[u] == shard]
                 problem = _shard_problem(os.path.join(self.cache_dir, shard), utts, self.branches, self.dtype)
                 if problem is not None:
-                    raise self._corrupt(os.path.join(self.cache_dir, shard), f"{len(utts)} utterance(s) of {manifest}", problem)
+                    raise self._corrupt(
+                        os.path.join(self.cache_dir, shard),
+                        f"{len(utts)} utterance(s) of {manifest}",
+                        problem,
+                    )
         return sorted(current)
 
     def _check_audio(self, entries, data_root):
@@ -285,9 +297,12 @@ class FeatureCache:
             if what is not None:
                 raise _audio_changed_error(utt, path, what, self.cache_dir)
         if hashed:
-            logger.info("Feature cache %s: hashed %d audio file(s) moved or touched since extraction "
-                        "(same bytes); re-running the extraction records their new stat values",
-                        self.cache_dir, hashed)
+            logger.info(
+                "Feature cache %s: hashed %d audio file(s) moved or touched since extraction "
+                "(same bytes); re-running the extraction records their new stat values",
+                self.cache_dir,
+                hashed,
+            )
 
 
 def _audio_path(entry, data_root):
@@ -328,8 +343,14 @@ def _dump_json(obj, path):
 def _read_index(cache_dir, branches, dtype):
     path = os.path.join(cache_dir, INDEX)
     if not os.path.isfile(path):
-        return {"version": INDEX_VERSION, "branches": branches, "dtype": dtype, "shards": {}, "inputs": {},
-                "audio": {}}
+        return {
+            "version": INDEX_VERSION,
+            "branches": branches,
+            "dtype": dtype,
+            "shards": {},
+            "inputs": {},
+            "audio": {},
+        }
     with open(path, encoding="utf-8") as f:
         index = json.load(f)
     if index["branches"] != branches or index["dtype"] != dtype:
@@ -351,8 +372,13 @@ def _drop_corrupt_shards(cache_dir, index):
         path = os.path.join(cache_dir, shard)
         problem = _shard_problem(path, utts, index["branches"], index["dtype"])
         if problem is not None:
-            logger.warning("Feature cache %s: %s is corrupt (%s): extracting its %d utterance(s) again",
-                           cache_dir, shard, problem, len(utts))
+            logger.warning(
+                "Feature cache %s: %s is corrupt (%s): extracting its %d utterance(s) again",
+                cache_dir,
+                shard,
+                problem,
+                len(utts),
+            )
             del index["shards"][shard]
             for utt in utts:
                 index["inputs"].pop(utt, None)
@@ -362,14 +388,14 @@ def _drop_corrupt_shards(cache_dir, index):
 
 
 def _next_shard(index):
-    numbers = [int(name[len("shard_"):-len(".safetensors")]) for name in index["shards"]]
+    numbers = [int(name[len("shard_") : -len(".safetensors")]) for name in index["shards"]]
     return f"shard_{max(numbers, default=-1) + 1:05d}.safetensors"
 
 
 def _batches(utts, entries, batch_size):
     """Utterances in batches of similar length (less padding)."""
     order = sorted(utts, key=lambda u: (entries[u]["duration"] or len(entries[u]["text"]), u))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @torch.no_grad()
@@ -390,8 +416,17 @@ def _encode_batch(model, branches, utts, entries, max_duration, device):
     return out
 
 
-def extract(model, manifests, cache_dir, data_root=None, max_duration=None, batch_size=8,
-            shard_size=256, dtype="float32", device="cpu"):
+def extract(
+    model,
+    manifests,
+    cache_dir,
+    data_root=None,
+    max_duration=None,
+    batch_size=8,
+    shard_size=256,
+    dtype="float32",
+    device="cpu",
+):
     """Extract the frozen encoders' states of every utterance of ``manifests``
     not yet in ``cache_dir``. Returns the number of utterances extracted."""
     if dtype not in DTYPES:
@@ -429,25 +464,35 @@ def extract(model, manifests, cache_dir, data_root=None, max_duration=None, batc
         if restat:
             _write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
         todo = sorted(entries)
-        logger.info("Feature cache %s: %d utterance(s) cached, %d to extract (%s)",
-                    cache_dir, len(done), len(todo), ", ".join(sorted(branches)))
+        logger.info(
+            "Feature cache %s: %d utterance(s) cached, %d to extract (%s)",
+            cache_dir,
+            len(done),
+            len(todo),
+            ", ".join(sorted(branches)),
+        )
         model.to(device).eval()
         for start in range(0, len(todo), shard_size):
             shard = _next_shard(index)
             tensors = {}
-            for utts in _batches(todo[start:start + shard_size], entries, batch_size):
+            for utts in _batches(todo[start : start + shard_size], entries, batch_size):
                 encoded = _encode_batch(model, sorted(branches), utts, entries, max_duration, device)
                 for utt, states in encoded.items():
                     for branch, value in states.items():
                         tensors[f"{utt}/{branch}"] = value.to(DTYPES[dtype]).contiguous()
-            _write_atomic(os.path.join(cache_dir, shard), lambda p: save_file(tensors, p))
-            index["shards"][shard] = sorted(todo[start:start + shard_size])
+            _write_atomic(os.path.join(cache_dir, shard), functools.partial(save_file, tensors))
+            index["shards"][shard] = sorted(todo[start : start + shard_size])
             problem = _shard_problem(os.path.join(cache_dir, shard), index["shards"][shard], branches, dtype)
             if problem is not None:  # as written: a bug or a failing disk, not to be indexed
                 raise FeatureCacheError(f"{os.path.join(cache_dir, shard)} does not read back: {problem}")
             index["inputs"].update({utt: digests[utt] for utt in index["shards"][shard]})
             index["audio"].update({utt: audio[utt] for utt in index["shards"][shard] if utt in audio})
             _write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
-            logger.info("Feature cache %s: %s written (%d/%d)", cache_dir, shard,
-                        min(start + shard_size, len(todo)), len(todo))
+            logger.info(
+                "Feature cache %s: %s written (%d/%d)",
+                cache_dir,
+                shard,
+                min(start + shard_size, len(todo)),
+                len(todo),
+            )
     return len(todo)

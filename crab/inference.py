@@ -181,6 +181,16 @@ def check_audio(wav, min_samples):
     In order: no samples, fewer than ``min_samples``, NaN or infinite samples, a peak
     beyond ``crab.dataprep.MAX_PEAK`` (float audio lies within [-1, 1]), silence (peak at
     or below ``SILENCE_PEAK``): the limits data prep and training reading apply.
+
+    Example
+    -------
+    >>> import torch
+    >>> check_audio(torch.full((16000,), 0.1), min_samples=400) is None
+    True
+    >>> check_audio(torch.zeros(16000), min_samples=400)
+    'silent audio (peak amplitude 0)'
+    >>> check_audio(torch.full((100,), 0.1), min_samples=400)
+    'audio too short for the speech encoder (100 samples at 16 kHz, need at least 400)'
     """
     if wav.numel() == 0:
         return "empty audio (no samples)"
@@ -323,11 +333,35 @@ class CrabClassifier(Pretrained):
     transcribe explicitly: ``load_asr()`` then ``transcribe_file()`` /
     ``transcribe_batch()`` (what ``crab-infer --text_mode asr`` does).
 
+    Arguments
+    ---------
+    As ``speechbrain.inference.interfaces.Pretrained``; build it with ``from_hparams(source=DIR)``,
+    ``DIR`` a model packaged by stage 8 (``exp/<tag>/<fold>/seed<seed>/model``). Its
+    ``hyperparams.yaml`` is checked before it is loaded (``check_package_hparams``).
+
+    Returns
+    -------
+    ``classify_file(path, text=None)`` and ``classify_batch(wavs, texts=None, wav_lens=None,
+    sample_rate=16000)``: ``(out_prob, score, index, text_lab)`` as above.
+
     Example
     -------
+    Classifying needs a packaged model (skipped here):
+
     >>> classifier = CrabClassifier.from_hparams(source="exp/crab/main/seed42/model")  # doctest: +SKIP
-    >>> classifier.classify_file("angry.wav", text="I told you so")[3]                  # doctest: +SKIP
+    >>> out_prob, score, index, text_lab = classifier.classify_file(  # doctest: +SKIP
+    ...     "angry.wav", text="I told you so"
+    ... )
+    >>> text_lab  # doctest: +SKIP
     ['angry']
+
+    Audio it cannot classify is an ``AudioError`` naming the reason, the one ``check_audio`` gives:
+
+    >>> import torch
+    >>> check_audio(torch.tensor([0.1, float("nan")] * 8000), min_samples=400)
+    'NaN or infinite samples'
+    >>> check_audio(torch.full((16000,), 2000.0), min_samples=400)  # 16-bit integers, not floats
+    'amplitude out of range (peak 2e+03 > 1000; audio should lie within [-1, 1])'
     """
 
     HPARAMS_NEEDED = ["classes", "label_encoder", "modality"]

@@ -33,10 +33,31 @@ class SupervisionLegs(nn.Module):
     fusion_hidden_dim : int or None
         Hidden size of the fusion leg alone; None follows ``hidden_dim``. The
         authors' code uses h (512 -> 512 -> 512), not half its 512-d input.
+
+    Returns
+    -------
+    ``forward(taps)`` returns ``{leg name: (batch, output_dim) tensor}`` for the legs
+    attached (``names``).
+
+    Example
+    -------
+    >>> import torch
+    >>> tap_dims = {"speech_unimodal": 16, "speech_pooled": 16, "fusion": 8}  # a speech-only Crab
+    >>> legs = SupervisionLegs(tap_dims, output_dim=4)
+    >>> legs.names  # the text legs do not apply
+    ['speech_unimodal', 'speech_pooled', 'fusion']
+    >>> legs.legs["fusion"]  # hidden size: half the input
+    Sequential(
+      (0): Linear(in_features=8, out_features=4, bias=True)
+      (1): ReLU()
+      (2): Linear(in_features=4, out_features=4, bias=True)
+    )
+    >>> taps = {name: torch.randn(3, dim) for name, dim in tap_dims.items()}
+    >>> {name: tuple(out.shape) for name, out in legs(taps).items()}
+    {'speech_unimodal': (3, 4), 'speech_pooled': (3, 4), 'fusion': (3, 4)}
     """
 
-    def __init__(self, tap_dims, names=LEG_NAMES, output_dim=512, hidden_dim=None,
-                 fusion_hidden_dim=None):
+    def __init__(self, tap_dims, names=LEG_NAMES, output_dim=512, hidden_dim=None, fusion_hidden_dim=None):
         super().__init__()
         unknown = [n for n in names if n not in LEG_NAMES]
         if unknown:

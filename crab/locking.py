@@ -65,8 +65,10 @@ def folder_lock(folder, what, wait=False):
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         command = shlex.join([sys.executable, *sys.argv]).replace("\n", "\\n")  # one line
-        line = (f"pid {os.getpid()} on {socket.gethostname()} since "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}: {command}\n")
+        line = (
+            f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}: {command}\n"
+        )
         os.pwrite(fd, line.encode("utf-8", "replace"), 0)
         yield path
     finally:

@@ -78,7 +78,29 @@ def scores_from_confusion(matrix):
 
 
 def compute_scores(y_true, y_pred, num_classes):
-    """WAR, UAR, macro-F1 and weighted-F1 of integer label sequences."""
+    """WAR, UAR, macro-F1 and weighted-F1 of integer label sequences.
+
+    Arguments
+    ---------
+    y_true, y_pred : sequence of int
+        Reference and predicted classes, in ``range(num_classes)``.
+    num_classes : int
+
+    Returns
+    -------
+    dict
+        ``{"WAR", "UAR", "macro_F1", "weighted_F1"}`` as floats (module docstring).
+
+    Example
+    -------
+    Three utterances of class 0 (two recognized), one of class 1 (recognized):
+    WAR = 3/4; recalls 2/3 and 1, UAR = 5/6; F1_0 = 2*2 / (3 + 2) = 0.8 and
+    F1_1 = 2*1 / (1 + 2) = 2/3, macro-F1 = 11/15, weighted-F1 = (3*0.8 + 2/3) / 4 = 23/30.
+
+    >>> scores = compute_scores([0, 0, 0, 1], [0, 0, 1, 1], num_classes=2)
+    >>> {name: round(value, 4) for name, value in scores.items()}
+    {'WAR': 0.75, 'UAR': 0.8333, 'macro_F1': 0.7333, 'weighted_F1': 0.7667}
+    """
     if len(y_true) == 0:
         raise ValueError("cannot score an empty set of predictions")
     return scores_from_confusion(confusion_matrix(y_true, y_pred, num_classes))
@@ -98,6 +120,18 @@ def classification_report(y_true, y_pred, classes):
     ``absent_from_references`` (classes with no test utterance: their recall is
     undefined and UAR leaves them out) and ``never_predicted`` (classes with
     references the model never predicted: precision undefined, recall and F1 0).
+
+    Example
+    -------
+    No ``sad`` reference: UAR is the mean recall of ``angry`` (1/2) and ``happy`` (1).
+
+    >>> report = classification_report([0, 0, 1], [0, 2, 1], ["angry", "happy", "sad"])
+    >>> round(report["UAR"], 4), report["absent_from_references"], report["never_predicted"]
+    (0.75, ['sad'], [])
+    >>> report["per_class"]["sad"]
+    {'support': 0, 'predicted': 1, 'precision': 0.0, 'recall': None, 'F1': 0.0}
+    >>> report["confusion_matrix"]
+    [[1, 0, 1], [0, 1, 0], [0, 0, 0]]
     """
     classes = list(classes)
     if len(y_true) == 0:

@@ -5,8 +5,8 @@ The model is exactly what runs at inference. The contrastive supervision legs
 ``forward`` returns, so dropping them leaves this model untouched.
 """
 
-from torch import nn
 import torch
+from torch import nn
 
 from crab.modules import (
     AttentionPooling,
@@ -57,6 +57,35 @@ class Crab(nn.Module):
         does not depend on its batch. False: the authors' code, where the encoders'
         outputs on padded positions enter the GRU, the attention, the pooling and
         the means like real ones.
+
+    Returns
+    -------
+    ``forward`` returns ``(logits, taps)``: the (batch, num_classes) scores and the
+    named (batch, dim) representations the supervision legs read (``tap_dims``).
+
+    Example
+    -------
+    A speech-only Crab on the mini recipe's tiny random-init WavLM:
+
+    >>> import os, torch, crab
+    >>> from crab.encoders import SpeechEncoder
+    >>> wavlm = os.path.join(os.path.dirname(crab.__file__), "..", "egs", "mini", "conf", "wavlm_tiny")
+    >>> _ = torch.manual_seed(0)
+    >>> model = Crab(
+    ...     num_classes=4,
+    ...     speech_encoder=lambda: SpeechEncoder(wavlm, pretrained=False),
+    ...     modality="speech",
+    ...     hidden_dim=8,
+    ...     bottleneck_dim=8,
+    ... ).eval()
+    >>> wavs = torch.randn(2, 8000)  # two 0.5 s utterances at 16 kHz
+    >>> logits, taps = model(wavs, wav_lens=torch.tensor([1.0, 0.5]))
+    >>> logits.shape
+    torch.Size([2, 4])
+    >>> {name: tuple(tap.shape) for name, tap in taps.items()}
+    {'speech_unimodal': (2, 16), 'speech_pooled': (2, 16), 'fusion': (2, 8)}
+    >>> model.tap_dims
+    {'speech_unimodal': 16, 'speech_pooled': 16, 'fusion': 8}
     """
 
     def __init__(
@@ -79,8 +108,7 @@ class Crab(nn.Module):
             raise ValueError(f"modality must be one of {MODALITIES}, got '{modality}'")
         if unimodal_leg_input not in UNIMODAL_LEG_INPUTS:
             raise ValueError(
-                f"unimodal_leg_input must be one of {UNIMODAL_LEG_INPUTS}, "
-                f"got '{unimodal_leg_input}'"
+                f"unimodal_leg_input must be one of {UNIMODAL_LEG_INPUTS}, got '{unimodal_leg_input}'"
             )
         self.modality = modality
         self.unimodal_leg_input = unimodal_leg_input
@@ -98,9 +126,7 @@ class Crab(nn.Module):
             self.unimodal[branch] = UnimodalBlock(encoder.output_dim, hidden_dim)
             self.pooling[branch] = AttentionPooling(2 * hidden_dim, scaled_pooling)
         self.cross_modal = (
-            CrossModalBlock(2 * hidden_dim, num_heads, attention_dropout)
-            if modality == "bimodal"
-            else None
+            CrossModalBlock(2 * hidden_dim, num_heads, attention_dropout) if modality == "bimodal" else None
         )
         self.classifier = ClassifierBlock(
             2 * hidden_dim * len(self.branches), num_classes, bottleneck_dim, dropout
@@ -169,6 +195,4 @@ class Crab(nn.Module):
     def head_parameters(self):
         """Trainable parameters outside the pretrained encoders (layer weights included)."""
         encoder_ids = {id(p) for b in self.branches for p in self.encoder_parameters(b)}
-        return [
-            p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids
-        ]
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids]

@@ -25,20 +25,14 @@ class UnimodalBlock(nn.Module):
 
     def __init__(self, input_dim, hidden_dim=512):
         super().__init__()
-        self.projection = nn.Sequential(
-            nn.Linear(input_dim, hidden_dim), nn.LayerNorm(hidden_dim)
-        )
-        self.gru = nn.GRU(
-            hidden_dim, hidden_dim, batch_first=True, bidirectional=True
-        )
+        self.projection = nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.LayerNorm(hidden_dim))
+        self.gru = nn.GRU(hidden_dim, hidden_dim, batch_first=True, bidirectional=True)
         self.output_dim = 2 * hidden_dim
 
     def forward(self, x, mask):
         projected = self.projection(x)
         lengths = host_lengths(mask)  # kept by the encoders' masks: no wait for the device
-        packed = pack_padded_sequence(
-            projected, lengths, batch_first=True, enforce_sorted=False
-        )
+        packed = pack_padded_sequence(projected, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return projected, out
@@ -53,17 +47,11 @@ class CrossModalBlock(nn.Module):
 
     def __init__(self, dim, num_heads=1, dropout=0.5):
         super().__init__()
-        self.speech_to_text = nn.MultiheadAttention(
-            dim, num_heads, dropout=dropout, batch_first=True
-        )
-        self.text_to_speech = nn.MultiheadAttention(
-            dim, num_heads, dropout=dropout, batch_first=True
-        )
+        self.speech_to_text = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.text_to_speech = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
 
     def forward(self, speech, speech_mask, text, text_mask):
-        s_att, _ = self.speech_to_text(
-            speech, text, text, key_padding_mask=~text_mask, need_weights=False
-        )
+        s_att, _ = self.speech_to_text(speech, text, text, key_padding_mask=~text_mask, need_weights=False)
         t_att, _ = self.text_to_speech(
             text, speech, speech, key_padding_mask=~speech_mask, need_weights=False
         )

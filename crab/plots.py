@@ -42,12 +42,19 @@ def plot_confusion(matrix, classes, path, title=None, mark_below=LOW_RECALL):
         for j in range(n):
             value = normalised[i, j]
             low = i == j and value < mark_below
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9,
-                    color="red" if low else ("white" if value > 0.5 else "black"),
-                    fontweight="bold" if low else "normal")
+            ax.text(
+                j,
+                i,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="red" if low else ("white" if value > 0.5 else "black"),
+                fontweight="bold" if low else "normal",
+            )
             if low:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
-    labels = [f"{c}\n(n={int(s)})" for c, s in zip(classes, counts.sum(axis=1))]
+    labels = [f"{c}\n(n={int(s)})" for c, s in zip(classes, counts.sum(axis=1), strict=True)]
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
     ax.set_yticks(range(n), labels, fontsize=8)
     ax.set_xlabel("predicted")
@@ -68,16 +75,30 @@ def plot_alpha(alphas, means, path, stds=None, baseline=None, title=None):
     x = np.asarray(alphas, dtype=float)[order]
     fig = Figure(figsize=(4.2 * len(means), 3.8))
     axes = fig.subplots(1, len(means), squeeze=False, gridspec_kw={"wspace": 0.35})[0]
-    for ax, colour, (metric, values) in zip(axes, ("tab:blue", "tab:orange", "tab:green", "tab:red"), means.items()):
+    for ax, colour, (metric, values) in zip(  # a colour for each of at most four metrics
+        axes, ("tab:blue", "tab:orange", "tab:green", "tab:red"), means.items(), strict=False
+    ):
         y = np.asarray(values, dtype=float)[order]
         err = None if not stds or metric not in stds else np.asarray(stds[metric], dtype=float)[order]
         ax.errorbar(x, y, yerr=err, marker="o", color=colour, capsize=3, label="MLCS")
         best = int(np.nanargmax(y))
-        ax.annotate(f"{y[best]:.3f}", (x[best], y[best]), textcoords="offset points", xytext=(0, 7),
-                    ha="center", fontsize=8, color=colour)
+        ax.annotate(
+            f"{y[best]:.3f}",
+            (x[best], y[best]),
+            textcoords="offset points",
+            xytext=(0, 7),
+            ha="center",
+            fontsize=8,
+            color=colour,
+        )
         if baseline and metric in baseline:
-            ax.axhline(baseline[metric], color="0.3", linestyle="--", linewidth=1.2,
-                       label=f"CE only ({baseline[metric]:.3f})")
+            ax.axhline(
+                baseline[metric],
+                color="0.3",
+                linestyle="--",
+                linewidth=1.2,
+                label=f"CE only ({baseline[metric]:.3f})",
+            )
         ax.margins(y=0.15)
         ax.set_xlabel("alpha")
         ax.set_ylabel(metric)
@@ -99,20 +120,22 @@ def plot_embeddings(panels, classes, path):
     fig = Figure(figsize=(4.5 * columns + 1.5, 4.6 * rows))
     colours = [f"C{i % 10}" for i in range(len(classes))]
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_axis_off()
-    for ax, (title, points, labels) in zip(axes, panels):
+    for ax, (title, points, labels) in zip(axes, panels, strict=False):  # the grid may have spare axes
         points, labels = np.asarray(points), np.asarray(labels)
         for k, name in enumerate(classes):
             chosen = labels == k
             if chosen.any():
-                ax.scatter(points[chosen, 0], points[chosen, 1], s=12, alpha=0.8, color=colours[k], label=name)
+                ax.scatter(
+                    points[chosen, 0], points[chosen, 1], s=12, alpha=0.8, color=colours[k], label=name
+                )
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     handles, names = [], []
     for ax in axes:
-        for handle, name in zip(*ax.get_legend_handles_labels()):
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
             if name not in names:
                 handles.append(handle)
                 names.append(name)

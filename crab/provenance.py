@@ -65,11 +65,19 @@ def record_run_provenance(output_folder, train_manifest, write=True):
     invocation of a run, so a resumed one too). A run resumed on transcripts from
     another source than it started with is an error. Returns the record."""
     record = read_manifest_provenance(train_manifest) or dict(UNKNOWN)
-    record = {"text_source": record.get("text_source", "unknown"), "asr_model": record.get("asr_model"),
-              "train_manifest": os.path.abspath(train_manifest)}
+    record = {
+        "text_source": record.get("text_source", "unknown"),
+        "asr_model": record.get("asr_model"),
+        "train_manifest": os.path.abspath(train_manifest),
+    }
     before = read_run_provenance(output_folder)
-    if before and before.get("text_source") != "unknown" and (
-        (before.get("text_source"), before.get("asr_model")) != (record["text_source"], record["asr_model"])
+    if (
+        before
+        and before.get("text_source") != "unknown"
+        and (
+            (before.get("text_source"), before.get("asr_model"))
+            != (record["text_source"], record["asr_model"])
+        )
     ):
         raise ProvenanceError(
             f"{os.path.join(output_folder, RUN_FILE)}: the run was trained on {describe(before)}, but "

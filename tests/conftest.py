@@ -8,8 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
-import yaml
 import torch
+import yaml
 
 from crab.encoders import SpeechEncoder, TextEncoder
 from crab.model import Crab
@@ -34,8 +34,10 @@ def pytest_configure(config):
         return
     missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
     if missing:
-        pytest.exit(f"Missing system tool(s) on PATH: {', '.join(missing)}. Run tools/install.sh to install them.",
-                    returncode=pytest.ExitCode.USAGE_ERROR)
+        pytest.exit(
+            f"Missing system tool(s) on PATH: {', '.join(missing)}. Run tools/install.sh to install them.",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +66,9 @@ def make_crab(tokenizer_dir):
     return build
 
 
-def write_tone_corpus(audio_dir, manifest_dir, per_class, classes, lengths=(0.4, 0.9), seed=0,
-                      texts=None, noise=0.0):
+def write_tone_corpus(
+    audio_dir, manifest_dir, per_class, classes, lengths=(0.4, 0.9), seed=0, texts=None, noise=0.0
+):
     """A tiny corpus of one tone per class: wavs in ``audio_dir``, ``<split>.json``
     manifests (``per_class``: split -> utterances per class) and a BPE tokenizer in
     ``manifest_dir``. ``texts`` maps a class to its transcripts (used in turn)."""
@@ -86,8 +89,13 @@ def write_tone_corpus(audio_dir, manifest_dir, per_class, classes, lengths=(0.4,
                 if noise:
                     wav += noise * rng.standard_normal(length)
                 sf.write(audio_dir / f"{utt}.wav", wav.astype("float32"), 16000)
-                manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": length / 16000,
-                                 "text": texts[emo][n % len(texts[emo])], "emo": emo, "spk": f"{split}{n}"}
+                manifest[utt] = {
+                    "wav": f"{{data_root}}/{utt}.wav",
+                    "duration": length / 16000,
+                    "text": texts[emo][n % len(texts[emo])],
+                    "emo": emo,
+                    "spk": f"{split}{n}",
+                }
         (manifest_dir / f"{split}.json").write_text(json.dumps(manifest))
     build_bpe_tokenizer([t for ts in texts.values() for t in ts] * 3, str(manifest_dir / "tokenizer"), 300)
 
@@ -96,9 +104,21 @@ def write_tiny_whisper(path):
     """A config-only Whisper directory (d_model 16, two encoder layers): random-init encoders."""
     from transformers import WhisperConfig
 
-    WhisperConfig(d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                  encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80, vocab_size=100, pad_token_id=0,
-                  bos_token_id=1, eos_token_id=2, decoder_start_token_id=1).save_pretrained(path)
+    WhisperConfig(
+        d_model=16,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        num_mel_bins=80,
+        vocab_size=100,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+    ).save_pretrained(path)
     return path
 
 

@@ -25,7 +25,9 @@ def run_script(recipe, *options, env):
     script = os.path.join(ROOT, "egs", recipe, "local", "cpu_results.sh")
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     result = subprocess.run(
-        ["bash", script, *options], capture_output=True, text=True,
+        ["bash", script, *options],
+        capture_output=True,
+        text=True,
         env={**os.environ, **NO_BYTECODE, "PATH": path, "OMP_NUM_THREADS": "1", **env},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -42,9 +44,24 @@ def test_emodb_cpu_results(tmp_path):
     corpus = make_emodb(tmp_path / "emodb")
     whisper = build_tiny_whisper(tmp_path / "whisper")  # one encoder layer: hidden states 0 and 1
     data, exp = tmp_path / "data", tmp_path / "exp"
-    options = ["--whisper", whisper, "--seeds", "1", "--folds", FOLD, "--layer", "1",
-               "--data_dir", str(data), "--exp_dir", str(exp), "--data_opts", "--pairing sorted --check_counts false",
-               "--extra_opts", "--number_of_epochs=1 --batch_size=8"]
+    options = [
+        "--whisper",
+        whisper,
+        "--seeds",
+        "1",
+        "--folds",
+        FOLD,
+        "--layer",
+        "1",
+        "--data_dir",
+        str(data),
+        "--exp_dir",
+        str(exp),
+        "--data_opts",
+        "--pairing sorted --check_counts false",
+        "--extra_opts",
+        "--number_of_epochs=1 --batch_size=8",
+    ]
     env = {"EMODB": str(corpus)}
     output = run_script("emodb", *options, env=env).stdout
 
@@ -53,8 +70,15 @@ def test_emodb_cpu_results(tmp_path):
     assert re.search(rf"^\| {FOLD} \| [01]\.\d{{3}} \| [01]\.\d{{3}} \|$", probe, re.MULTILINE)
     assert "best layer on valid:" in output
     assert (exp / "features_layer1" / "index.json").is_file()
-    assert sorted(os.listdir(exp)) == ["ablations_test.md", "ce_only", "extract_features", "features_all_layers",
-                                       "features_layer1", "layer_probe.md", "mlcs"]  # no empty run folders
+    assert sorted(os.listdir(exp)) == [
+        "ablations_test.md",
+        "ce_only",
+        "extract_features",
+        "features_all_layers",
+        "features_layer1",
+        "layer_probe.md",
+        "mlcs",
+    ]  # no empty run folders
     assert ablation_rows(exp / "ablations_test.md") == {"ce_only": 1, "mlcs": 1}
     run = exp / "mlcs" / FOLD / "seed1"
     settings = run_settings(run)
@@ -67,7 +91,8 @@ def test_emodb_cpu_results(tmp_path):
     held_out, merged = data / FOLD, tmp_path / "data_trainval" / FOLD
     train = json.loads((merged / "train.json").read_text())
     assert set(train) == set(json.loads((held_out / "train.json").read_text())) | set(
-        json.loads((held_out / "valid.json").read_text()))
+        json.loads((held_out / "valid.json").read_text())
+    )
     assert {e["spk"] for e in train.values()} == {"09", "10", "11", "12", "13", "14", "15", "16"}
     assert (merged / "test.json").read_text() == (held_out / "test.json").read_text()
     assert ablation_rows(tmp_path / "exp_trainval" / "ablations_test.md") == {"ce_only": 1, "mlcs": 1}
@@ -92,9 +117,20 @@ def test_meld_cpu_results_frozen_then_fine_tuned(tmp_path):
     corpus.mkdir()
     for split in ("train", "dev", "test"):
         write_csv(corpus / f"{split}_sent_emo.csv", split_rows(split))
-    options = ["--minilm", build_tiny_text_encoder(tmp_path / "minilm"), "--seeds", "1",
-               "--data_dir", str(tmp_path / "data"), "--data_opts", "--check_counts false",
-               "--ablations", "ce_only mlcs", "--extra_opts", "--number_of_epochs=1 --batch_size=4"]
+    options = [
+        "--minilm",
+        build_tiny_text_encoder(tmp_path / "minilm"),
+        "--seeds",
+        "1",
+        "--data_dir",
+        str(tmp_path / "data"),
+        "--data_opts",
+        "--check_counts false",
+        "--ablations",
+        "ce_only mlcs",
+        "--extra_opts",
+        "--number_of_epochs=1 --batch_size=4",
+    ]
     env = {"MELD": str(corpus)}
     frozen, tuned = tmp_path / "frozen", tmp_path / "tuned"
     output = run_script("meld", *options, "--exp_dir", str(frozen), env=env).stdout

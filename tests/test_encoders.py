@@ -10,9 +10,18 @@ from crab.encoders import SpeechEncoder, TextEncoder
 from tests.conftest import MINI_CONF
 
 WAVLM = os.path.join(MINI_CONF, "wavlm_tiny")
-SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-             conv_dim=[16] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-             feat_extract_norm="layer", do_stable_layer_norm=True, vocab_size=32)
+SMALL = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    conv_dim=[16] * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+    feat_extract_norm="layer",
+    do_stable_layer_norm=True,
+    vocab_size=32,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +30,21 @@ def config_dirs(tmp_path_factory):
     configs = {
         "hubert": HubertConfig(**SMALL),
         "wav2vec2": Wav2Vec2Config(**SMALL),
-        "whisper": WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
-                                 decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                                 num_mel_bins=80, vocab_size=100, pad_token_id=0, bos_token_id=1,
-                                 eos_token_id=2, decoder_start_token_id=1),
+        "whisper": WhisperConfig(
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            num_mel_bins=80,
+            vocab_size=100,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+        ),
     }
     for name, config in configs.items():
         config.save_pretrained(root / name)
@@ -86,19 +106,23 @@ def test_waveform_normalisation_uses_only_real_samples():
 
 
 def test_text_encoder_pads_dynamically_and_truncates(tokenizer_dir):
-    encoder = TextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir,
-                          pretrained=False, max_length=12).eval()
+    encoder = TextEncoder(
+        os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir, pretrained=False, max_length=12
+    ).eval()
     hidden, mask = encoder(["hi", "thank you"])
     assert hidden.shape[1] == mask.shape[1] == max(mask.sum(1)).item() < 12
-    hidden, mask = encoder(["a very long sentence that goes well past twelve tokens, and then goes on some more"])
+    hidden, mask = encoder(
+        ["a very long sentence that goes well past twelve tokens, and then goes on some more"]
+    )
     assert mask.shape[1] == 12
 
 
 def test_tokenizer_larger_than_model_vocabulary_is_an_error(tmp_path, tokenizer_dir):
     from transformers import RobertaConfig
 
-    RobertaConfig(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                  intermediate_size=32).save_pretrained(tmp_path)
+    RobertaConfig(
+        vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="vocabulary of 10"):
         TextEncoder(str(tmp_path), tokenizer=tokenizer_dir, pretrained=False)
 
@@ -115,8 +139,12 @@ def test_state_normalization_uses_real_frames_only_and_is_saved():
     from crab.encoders import StateNormalization
 
     norm = StateNormalization(num_states=2, dim=1)
-    states = torch.tensor([[[[1.0], [10.0]], [[3.0], [30.0]], [[99.0], [99.0]]],
-                           [[[5.0], [50.0]], [[0.0], [0.0]], [[0.0], [0.0]]]])  # (2, 3, 2, 1)
+    states = torch.tensor(
+        [
+            [[[1.0], [10.0]], [[3.0], [30.0]], [[99.0], [99.0]]],
+            [[[5.0], [50.0]], [[0.0], [0.0]], [[0.0], [0.0]]],
+        ]
+    )  # (2, 3, 2, 1)
     mask = torch.tensor([[True, True, False], [True, False, False]])
     norm.accumulate(states[:1], mask[:1])
     norm.accumulate(states[1:], mask[1:])
@@ -142,8 +170,9 @@ def test_one_chosen_hidden_state_is_read(tokenizer_dir):
     assert chosen.num_states == 1 and chosen.layer_weights is None
     torch.testing.assert_close(hidden, states[:, :, 1])
     assert torch.equal(mask, chosen_mask)
-    text = TextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir, pretrained=False,
-                       layer_weighting=0)
+    text = TextEncoder(
+        os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir, pretrained=False, layer_weighting=0
+    )
     embeddings, _ = text(["a short one", "and a longer sentence here"])
     assert embeddings.shape[-1] == text.output_dim
     for bad in (3, -1, True):  # the tiny WavLM has hidden states 0..2
@@ -152,7 +181,9 @@ def test_one_chosen_hidden_state_is_read(tokenizer_dir):
 
 
 @pytest.mark.parametrize("read,k", [(1, 1), (2, 1), (2, 2)])
-def test_whisper_top_layer_finetuning_equals_the_full_encoder_and_trains_only_those_layers(config_dirs, read, k):
+def test_whisper_top_layer_finetuning_equals_the_full_encoder_and_trains_only_those_layers(
+    config_dirs, read, k
+):
     torch.manual_seed(0)
     every = SpeechEncoder(config_dirs["whisper"], pretrained=False, layer_weighting="weighted_sum").eval()
     top = SpeechEncoder(config_dirs["whisper"], pretrained=False, layer_weighting=read, finetune_top_layers=k)
@@ -170,7 +201,9 @@ def test_whisper_top_layer_finetuning_equals_the_full_encoder_and_trains_only_th
     tuned = {f"layers.{i}." for i in range(read - k, read)} | ({"layer_norm."} if read == 2 else set())
     trainable = {n for n, p in top.model.named_parameters() if p.requires_grad}
     assert trainable and all(any(n.startswith(t) for t in tuned) for n in trainable)
-    assert {id(p) for p in top.encoder_parameters()} == {id(p) for p in top.model.parameters() if p.requires_grad}
+    assert {id(p) for p in top.encoder_parameters()} == {
+        id(p) for p in top.model.parameters() if p.requires_grad
+    }
     frozen = top.frozen_parameter_names()
     assert not set(frozen) & trainable and "conv1.weight" in frozen and "embed_positions.weight" in frozen
     # the frozen part stays in eval mode (no dropout), the tuned layers follow train()
@@ -201,8 +234,9 @@ def test_frozen_feature_extractor_builds_no_graph_and_gets_no_gradient():
     """The frozen CNN runs without autograd (transformers' own ``_requires_grad`` flag
     would otherwise make its output require grad and run its backward); the
     transformer layers above it still train."""
-    encoder = SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False,
-                            freeze_feature_extractor=True).train()
+    encoder = SpeechEncoder(
+        os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False, freeze_feature_extractor=True
+    ).train()
     outputs = []
     encoder.model.feature_extractor.register_forward_hook(lambda m, i, out: outputs.append(out))
     hidden, mask = encoder(torch.randn(2, 8000), torch.tensor([1.0, 0.6]))
@@ -223,7 +257,9 @@ def test_encoder_masks_keep_their_lengths_on_the_host(tokenizer_dir):
     _, mask = speech(torch.randn(3, 8000), torch.tensor([1.0, 0.5, 0.25]))
     assert mask.host_lengths.device.type == "cpu" and mask.host_lengths.dtype == torch.long
     assert mask.host_lengths.tolist() == mask.sum(dim=1).tolist()
-    text = TextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir, pretrained=False).eval()
+    text = TextEncoder(
+        os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir, pretrained=False
+    ).eval()
     _, text_mask = text(["a b c d e f", "a"])
     assert text_mask.host_lengths.tolist() == text_mask.sum(dim=1).tolist()
     assert host_lengths(text_mask[:, :]).tolist() == text_mask.sum(dim=1).tolist()  # no copy kept: counted
@@ -233,22 +269,32 @@ def test_encoder_masks_keep_their_lengths_on_the_host(tokenizer_dir):
 def test_gradient_checkpointing_gives_the_same_gradients(which, tokenizer_dir):
     """``gradient_checkpointing: true`` recomputes the layers in the backward pass (each
     layer runs twice) and changes neither the output nor the gradients."""
+
     def build(checkpointing):
         torch.manual_seed(0)
         if which == "speech":
-            return SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False,
-                                 gradient_checkpointing=checkpointing).train()
-        return TextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir,
-                           pretrained=False, gradient_checkpointing=checkpointing).train()
+            return SpeechEncoder(
+                os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False, gradient_checkpointing=checkpointing
+            ).train()
+        return TextEncoder(
+            os.path.join(MINI_CONF, "roberta_tiny"),
+            tokenizer=tokenizer_dir,
+            pretrained=False,
+            gradient_checkpointing=checkpointing,
+        ).train()
 
-    inputs = (torch.randn(2, 8000, generator=torch.Generator().manual_seed(1)), torch.tensor([1.0, 0.7])) \
-        if which == "speech" else (["a b c d e f g", "a b"],)
+    inputs = (
+        (torch.randn(2, 8000, generator=torch.Generator().manual_seed(1)), torch.tensor([1.0, 0.7]))
+        if which == "speech"
+        else (["a b c d e f g", "a b"],)
+    )
     results = []
     for checkpointing in (False, True):
         encoder = build(checkpointing)
         layers = encoder.model.encoder.layers if which == "speech" else encoder.model.encoder.layer
         calls = []
-        layers[0].attention.register_forward_hook(lambda *args: calls.append(1))  # inside the layer
+        # A hook inside the layer counts its forward passes.
+        layers[0].attention.register_forward_hook(lambda *args, calls=calls: calls.append(1))
         torch.manual_seed(2)  # the same dropout masks (checkpointing replays the RNG state)
         hidden, mask = encoder(*inputs)
         (hidden[mask] ** 2).mean().backward()

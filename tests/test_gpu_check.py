@@ -10,8 +10,12 @@ SCRIPT = os.path.join(ROOT, "tools", "gpu_check.sh")
 
 
 def test_cpu_environment_check_and_summary(tmp_path):
-    result = subprocess.run(["bash", SCRIPT, "--device", "cpu", "--quick", "--checks", "env,train_fp16",
-                             "--work", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["bash", SCRIPT, "--device", "cpu", "--quick", "--checks", "env,train_fp16", "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summaries = list(tmp_path.glob("gpu_check_*.md"))
     assert len(summaries) == 1
@@ -22,5 +26,7 @@ def test_cpu_environment_check_and_summary(tmp_path):
 
 def test_unknown_option_and_device_are_errors(tmp_path):
     for args in (["--bogus"], ["--device", "tpu"]):
-        result = subprocess.run(["bash", SCRIPT, *args, "--work", str(tmp_path)], capture_output=True, text=True)
+        result = subprocess.run(
+            ["bash", SCRIPT, *args, "--work", str(tmp_path)], capture_output=True, text=True
+        )
         assert result.returncode == 1 and result.stderr

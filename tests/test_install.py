@@ -44,16 +44,23 @@ def dry_run(tmp_path, *args, torch_state="none", gpu="no", apt="yes", path=None,
     """Run install.sh --dry_run for a venv that does not exist yet; returns the result
     with ``.commands``, the "+ " lines with the venv path written VENV."""
     venv = tmp_path / "venv"
-    full_env = dict(os.environ, CRAB_VENV=str(venv), CRAB_INSTALL_TORCH_STATE=torch_state,
-                    CRAB_INSTALL_GPU=gpu, CRAB_INSTALL_APT=apt)
+    full_env = dict(
+        os.environ,
+        CRAB_VENV=str(venv),
+        CRAB_INSTALL_TORCH_STATE=torch_state,
+        CRAB_INSTALL_GPU=gpu,
+        CRAB_INSTALL_APT=apt,
+    )
     full_env.pop("CRAB_TORCH", None)
     full_env.update(env)
     if path is not None:
         full_env["PATH"] = path
-    result = subprocess.run(["bash", INSTALL, "--dry_run", *args], env=full_env, capture_output=True,
-                            text=True, timeout=60)
-    result.commands = [line[2:].replace(str(venv), "VENV") for line in result.stdout.splitlines()
-                       if line.startswith("+ ")]
+    result = subprocess.run(
+        ["bash", INSTALL, "--dry_run", *args], env=full_env, capture_output=True, text=True, timeout=60
+    )
+    result.commands = [
+        line[2:].replace(str(venv), "VENV") for line in result.stdout.splitlines() if line.startswith("+ ")
+    ]
     return result
 
 
@@ -78,7 +85,13 @@ def test_no_torch_no_gpu_installs_the_cpu_build_configured_pip_first(tmp_path, t
         pip("install", CPU_PIN),
         "(if that fails) " + pip("install", "--index-url", CPU_INDEX, CPU_PIN),
         "echo torch==2.13.0+cpu > VENV/torch-constraint.txt",
-        pip("install", "-c", "VENV/torch-constraint.txt", "-r", os.path.join(ROOT, "tools", "requirements.txt")),
+        pip(
+            "install",
+            "-c",
+            "VENV/torch-constraint.txt",
+            "-r",
+            os.path.join(ROOT, "tools", "requirements.txt"),
+        ),
         pip("install", "-c", "VENV/torch-constraint.txt", "--no-deps", "-e", ROOT),
         "(the stamp) > VENV/.crab-requirements",
     ]
@@ -90,17 +103,22 @@ def test_no_torch_no_gpu_installs_the_cpu_build_configured_pip_first(tmp_path, t
 def test_no_torch_with_gpu_installs_the_cuda_build_from_pypi(tmp_path, tools_present):
     result = dry_run(tmp_path, gpu="yes", path=tools_present)
     assert result.returncode == 0, result.stderr
-    assert torch_commands(result.commands) == [pip("install", f"torch=={CUDA_VERSION}", f"torchaudio=={CUDA_VERSION}")]
+    assert torch_commands(result.commands) == [
+        pip("install", f"torch=={CUDA_VERSION}", f"torchaudio=={CUDA_VERSION}")
+    ]
     assert f"echo torch=={CUDA_VERSION} > VENV/torch-constraint.txt" in result.commands
     assert "--index-url" not in result.stdout and "+cpu" not in result.stdout
 
 
-@pytest.mark.parametrize("state,venv_cmd", [
-    ("venv-cpu", None),
-    ("venv-cuda", None),
-    ("system-cuda", "python3 -m venv --system-site-packages VENV"),
-    ("system-cpu:2.7.1", "python3 -m venv --system-site-packages VENV"),
-])
+@pytest.mark.parametrize(
+    "state,venv_cmd",
+    [
+        ("venv-cpu", None),
+        ("venv-cuda", None),
+        ("system-cuda", "python3 -m venv --system-site-packages VENV"),
+        ("system-cpu:2.7.1", "python3 -m venv --system-site-packages VENV"),
+    ],
+)
 @pytest.mark.parametrize("gpu", ["yes", "no"])
 def test_a_working_torch_is_kept(tmp_path, tools_present, state, venv_cmd, gpu):
     result = dry_run(tmp_path, torch_state=state, gpu=gpu, path=tools_present)
@@ -120,25 +138,34 @@ def test_a_torch_older_than_2_6_is_replaced(tmp_path, tools_present):
     # an old system torch is not shared with the venv either
     result = dry_run(tmp_path, torch_state="system-cuda:2.5.1", gpu="yes", path=tools_present)
     assert result.commands[0] == "python3 -m venv VENV"
-    assert torch_commands(result.commands) == [pip("install", f"torch=={CUDA_VERSION}", f"torchaudio=={CUDA_VERSION}")]
+    assert torch_commands(result.commands) == [
+        pip("install", f"torch=={CUDA_VERSION}", f"torchaudio=={CUDA_VERSION}")
+    ]
 
 
 @pytest.mark.parametrize("how", ["option", "option=", "env"])
 @pytest.mark.parametrize("state", ["none", "venv-cuda", "system-cuda"])
 def test_torch_cpu_forces_the_cpu_build_over_a_gpu(tmp_path, tools_present, how, state):
-    args, env = {"option": (["--torch", "cpu"], {}), "option=": (["--torch=cpu"], {}),
-                 "env": ([], {"CRAB_TORCH": "cpu"})}[how]
+    args, env = {
+        "option": (["--torch", "cpu"], {}),
+        "option=": (["--torch=cpu"], {}),
+        "env": ([], {"CRAB_TORCH": "cpu"}),
+    }[how]
     result = dry_run(tmp_path, *args, torch_state=state, gpu="yes", path=tools_present, **env)
     assert result.returncode == 0, result.stderr
     assert torch_commands(result.commands) == [
-        pip("install", CPU_PIN), "(if that fails) " + pip("install", "--index-url", CPU_INDEX, CPU_PIN)]
+        pip("install", CPU_PIN),
+        "(if that fails) " + pip("install", "--index-url", CPU_INDEX, CPU_PIN),
+    ]
     assert "--system-site-packages" not in result.stdout
 
 
 def test_the_option_overrides_crab_torch(tmp_path, tools_present):
     result = dry_run(tmp_path, "--torch", "cuda", gpu="no", path=tools_present, CRAB_TORCH="cpu")
     assert result.returncode == 0, result.stderr
-    assert torch_commands(result.commands) == [pip("install", f"torch=={CUDA_VERSION}", f"torchaudio=={CUDA_VERSION}")]
+    assert torch_commands(result.commands) == [
+        pip("install", f"torch=={CUDA_VERSION}", f"torchaudio=={CUDA_VERSION}")
+    ]
     assert "no NVIDIA GPU detected" in result.stdout
 
 
@@ -150,12 +177,15 @@ def test_torch_keep_without_a_torch_is_an_error_naming_the_option(tmp_path, tool
     assert torch_commands(result.commands) == [] and " -m venv " not in result.stdout
 
 
-@pytest.mark.parametrize("args,env,message", [
-    (["--torch", "gpu"], {}, "--torch must be auto, cpu, cuda or keep (got 'gpu')"),
-    (["--torch"], {}, "--torch needs a value"),
-    ([], {"CRAB_TORCH": "rocm"}, "CRAB_TORCH must be auto, cpu, cuda or keep (got 'rocm')"),
-    (["--stage", "1"], {}, "unknown option '--stage'"),
-])
+@pytest.mark.parametrize(
+    "args,env,message",
+    [
+        (["--torch", "gpu"], {}, "--torch must be auto, cpu, cuda or keep (got 'gpu')"),
+        (["--torch"], {}, "--torch needs a value"),
+        ([], {"CRAB_TORCH": "rocm"}, "CRAB_TORCH must be auto, cpu, cuda or keep (got 'rocm')"),
+        (["--stage", "1"], {}, "unknown option '--stage'"),
+    ],
+)
 def test_bad_options_are_errors(tmp_path, tools_present, args, env, message):
     result = dry_run(tmp_path, *args, path=tools_present, **env)
     assert result.returncode != 0
@@ -166,8 +196,18 @@ def test_bad_options_are_errors(tmp_path, tools_present, args, env, message):
 def test_help_documents_the_torch_choice():
     result = subprocess.run(["bash", INSTALL, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for text in ("--torch auto|cpu|cuda|keep", "CRAB_TORCH", "--dry_run", CPU_INDEX, "nvidia-smi",
-                 "--system-site-packages", "ffmpeg", "espeak-ng", "CRAB_INSTALL_GPU", "CRAB_INSTALL_TORCH_STATE"):
+    for text in (
+        "--torch auto|cpu|cuda|keep",
+        "CRAB_TORCH",
+        "--dry_run",
+        CPU_INDEX,
+        "nvidia-smi",
+        "--system-site-packages",
+        "ffmpeg",
+        "espeak-ng",
+        "CRAB_INSTALL_GPU",
+        "CRAB_INSTALL_TORCH_STATE",
+    ):
         assert text in result.stdout
 
 
@@ -176,7 +216,9 @@ def test_gpu_detection_uses_nvidia_smi(tmp_path):
     result = dry_run(tmp_path, path=path, CRAB_INSTALL_GPU="")
     assert result.returncode == 0, result.stderr
     assert "NVIDIA GPU: yes" in result.stdout
-    assert torch_commands(result.commands) == [pip("install", f"torch=={CUDA_VERSION}", f"torchaudio=={CUDA_VERSION}")]
+    assert torch_commands(result.commands) == [
+        pip("install", f"torch=={CUDA_VERSION}", f"torchaudio=={CUDA_VERSION}")
+    ]
 
 
 STUB_PYTHON = """#!/bin/bash
@@ -198,8 +240,13 @@ def test_cpu_build_falls_back_to_the_pytorch_index_and_a_second_run_changes_noth
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").write_text(STUB_PYTHON)
     (venv / "bin" / "python").chmod(0o755)
-    env = dict(os.environ, CRAB_VENV=str(venv), CRAB_INSTALL_GPU="no", CRAB_INSTALL_TORCH_STATE="none",
-               PATH=tools_present)
+    env = dict(
+        os.environ,
+        CRAB_VENV=str(venv),
+        CRAB_INSTALL_GPU="no",
+        CRAB_INSTALL_TORCH_STATE="none",
+        PATH=tools_present,
+    )
     result = subprocess.run(["bash", INSTALL], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     calls = (venv / "bin" / "calls.log").read_text().splitlines()
@@ -237,20 +284,27 @@ def test_missing_system_tools_without_root_say_how_to_install_them(tmp_path):
     result = dry_run(tmp_path, torch_state="venv-cpu", apt="no", path=path)
     assert result.returncode == 0, result.stderr
     assert not [c for c in result.commands if "apt-get" in c]
-    assert "ffmpeg: not found and not installed (needs root and apt-get); install it by hand: " \
-           "sudo apt-get install ffmpeg" in result.stdout
+    assert (
+        "ffmpeg: not found and not installed (needs root and apt-get); install it by hand: "
+        "sudo apt-get install ffmpeg" in result.stdout
+    )
     assert "espeak-ng: already present" in result.stdout
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "tools", "venv", ".crab-requirements")),
-                    reason="tools/install.sh has not been run")
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(ROOT, "tools", "venv", ".crab-requirements")),
+    reason="tools/install.sh has not been run",
+)
 def test_installed_environment_is_up_to_date():
     """The real detection on tools/venv: a second install run would change nothing."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRAB_")}
-    result = subprocess.run(["bash", INSTALL, "--dry_run"], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["bash", INSTALL, "--dry_run"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
-    assert [line for line in result.stdout.splitlines() if line.startswith("+ ")] == [], \
+    assert [line for line in result.stdout.splitlines() if line.startswith("+ ")] == [], (
         "tools/venv is out of date: run tools/install.sh"
+    )
     assert "Keeping torch" in result.stdout and "Dependencies and crab already installed" in result.stdout
 
 
@@ -258,8 +312,14 @@ def test_installed_environment_is_up_to_date():
 def test_suite_stops_at_once_naming_a_missing_tool(tmp_path, missing):
     path = path_without(tmp_path, missing=missing)
     target = os.path.join(ROOT, "tests", "test_install.py") + "::test_help_documents_the_torch_choice"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", target],
-                            env=dict(os.environ, PATH=path), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", target],
+        env=dict(os.environ, PATH=path),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = (result.stdout + result.stderr).strip()
     assert result.returncode != 0
     assert output.count("\n") == 0, output  # one line
@@ -271,7 +331,13 @@ def test_suite_stops_at_once_naming_a_missing_tool(tmp_path, missing):
 def test_suite_runs_with_the_tools_present(tmp_path):
     path = path_without(tmp_path, present=REQUIRED_TOOLS)
     target = os.path.join(ROOT, "tests", "test_install.py") + "::test_help_documents_the_torch_choice"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", target],
-                            env=dict(os.environ, PATH=path), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", target],
+        env=dict(os.environ, PATH=path),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout

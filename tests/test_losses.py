@@ -15,7 +15,7 @@ def reference_mpcl(z, y, tau):
     n = len(z)
     total = 0.0
     for i in range(n):
-        sims = {j: sum(a * b for a, b in zip(z[i], z[j])) / tau for j in range(n) if j != i}
+        sims = {j: sum(a * b for a, b in zip(z[i], z[j], strict=True)) / tau for j in range(n) if j != i}
         norm = sum(math.exp(s) for s in sims.values())
         positives = [j for j in sims if y[j] == y[i]]
         for j in positives:
@@ -133,7 +133,9 @@ def test_class_weighting_off_keeps_plain_cross_entropy():
     plain.set_counts([3, 1])
     logits, targets = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
     assert plain.weight.tolist() == [1.0, 1.0]
-    assert plain(logits, targets).item() == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item())
+    assert plain(logits, targets).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, targets).item()
+    )
 
 
 @pytest.mark.parametrize("loss", [mpcl, supcon])

@@ -58,11 +58,27 @@ def test_empty_input_is_an_error():
 def test_per_class_hand_computed():
     # true:  a a a a b b c   predicted: a a a b b c c   (as above)
     report = classification_report([0, 0, 0, 0, 1, 1, 2], [0, 0, 0, 1, 1, 2, 2], ["a", "b", "c"])
-    assert report["per_class"]["a"] == {"support": 4, "predicted": 3, "precision": 1.0, "recall": 0.75,
-                                        "F1": pytest.approx(6 / 7)}
-    assert report["per_class"]["b"] == {"support": 2, "predicted": 2, "precision": 0.5, "recall": 0.5, "F1": 0.5}
-    assert report["per_class"]["c"] == {"support": 1, "predicted": 2, "precision": 0.5, "recall": 1.0,
-                                        "F1": pytest.approx(2 / 3)}
+    assert report["per_class"]["a"] == {
+        "support": 4,
+        "predicted": 3,
+        "precision": 1.0,
+        "recall": 0.75,
+        "F1": pytest.approx(6 / 7),
+    }
+    assert report["per_class"]["b"] == {
+        "support": 2,
+        "predicted": 2,
+        "precision": 0.5,
+        "recall": 0.5,
+        "F1": 0.5,
+    }
+    assert report["per_class"]["c"] == {
+        "support": 1,
+        "predicted": 2,
+        "precision": 0.5,
+        "recall": 1.0,
+        "F1": pytest.approx(2 / 3),
+    }
     assert report["confusion_matrix"] == [[3, 1, 0], [0, 1, 1], [0, 0, 1]]
     assert report["absent_from_references"] == [] and report["never_predicted"] == []
     assert report["num_utterances"] == 7 and report["UAR"] == pytest.approx(0.75)
@@ -75,8 +91,13 @@ def test_class_never_predicted_and_class_never_in_references():
     classes = ["a", "b", "c", "d"]
     report = classification_report([0, 0, 1, 1, 2, 2], [0, 3, 1, 1, 0, 0], classes)
     pc = report["per_class"]
-    assert pc["a"] == {"support": 2, "predicted": 3, "precision": pytest.approx(1 / 3), "recall": 0.5,
-                       "F1": pytest.approx(0.4)}
+    assert pc["a"] == {
+        "support": 2,
+        "predicted": 3,
+        "precision": pytest.approx(1 / 3),
+        "recall": 0.5,
+        "F1": pytest.approx(0.4),
+    }
     assert pc["b"] == {"support": 2, "predicted": 2, "precision": 1.0, "recall": 1.0, "F1": 1.0}
     assert pc["c"] == {"support": 2, "predicted": 0, "precision": None, "recall": 0.0, "F1": 0.0}
     assert pc["d"] == {"support": 0, "predicted": 1, "precision": 0.0, "recall": None, "F1": 0.0}
@@ -88,7 +109,13 @@ def test_class_never_predicted_and_class_never_in_references():
     assert report["weighted_F1"] == pytest.approx((2 * 0.4 + 2 * 1.0) / 6)
     # a class neither true nor predicted is undefined everywhere and left out
     report = classification_report([0, 1], [0, 1], ["a", "b", "c"])
-    assert report["per_class"]["c"] == {"support": 0, "predicted": 0, "precision": None, "recall": None, "F1": None}
+    assert report["per_class"]["c"] == {
+        "support": 0,
+        "predicted": 0,
+        "precision": None,
+        "recall": None,
+        "F1": None,
+    }
     assert report["absent_from_references"] == ["c"] and report["UAR"] == 1.0 and report["macro_F1"] == 1.0
 
 
@@ -106,7 +133,9 @@ def test_agrees_with_scikit_learn_on_random_cases(seed):
     n = int(rng.integers(1, 60))
     # skewed class probabilities, so that some classes go missing from either side
     y_true = rng.choice(num_classes, n, p=rng.dirichlet(np.full(num_classes, 0.5)))
-    y_pred = np.where(rng.random(n) < 0.5, y_true, rng.choice(num_classes, n, p=rng.dirichlet(np.full(num_classes, 0.5))))
+    y_pred = np.where(
+        rng.random(n) < 0.5, y_true, rng.choice(num_classes, n, p=rng.dirichlet(np.full(num_classes, 0.5)))
+    )
     report = classification_report(y_true, y_pred, [f"c{k}" for k in range(num_classes)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn warns about the undefined values we test

@@ -19,10 +19,19 @@ CUT = "--max_duration=1.0"
 
 def run_recipe(tmp, *options, script="run.sh", check=True):
     command = [
-        "bash", os.path.join(RECIPE, script),
-        "--data_root", str(tmp / "corpus"), "--data_dir", str(tmp / "data"),
-        "--exp_dir", str(tmp / "exp"), "--corpus_opts", "--speakers 4 --sentences_per_emotion 8",
-        "--data_opts", "--valid_speakers spk03 --test_speakers spk04", *options,
+        "bash",
+        os.path.join(RECIPE, script),
+        "--data_root",
+        str(tmp / "corpus"),
+        "--data_dir",
+        str(tmp / "data"),
+        "--exp_dir",
+        str(tmp / "exp"),
+        "--corpus_opts",
+        "--speakers 4 --sentences_per_emotion 8",
+        "--data_opts",
+        "--valid_speakers spk03 --test_speakers spk04",
+        *options,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     if check:
@@ -42,7 +51,9 @@ def epoch_losses(train_log):
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     if shutil.which("espeak-ng") is None:
-        pytest.fail("espeak-ng is needed for the mini recipe: run tools/install.sh (or apt-get install espeak-ng)")
+        pytest.fail(
+            "espeak-ng is needed for the mini recipe: run tools/install.sh (or apt-get install espeak-ng)"
+        )
     tmp = tmp_path_factory.mktemp("mini")
     # Train for EPOCHS - 1 epochs, then ask for EPOCHS: the second run must resume.
     # max_duration shorter than most utterances: a later stage that forgot it would differ.
@@ -60,7 +71,9 @@ def test_stages_write_manifests_and_tokenizer(recipe):
         entry = next(iter(manifest.values()))
         assert entry["wav"].startswith("{data_root}/") and entry["duration"] > 0.3
         assert set(entry) >= {"wav", "duration", "text", "emo", "spk", "gender"}
-        assert {e["spk"] for e in manifest.values()} == ({"spk01", "spk02"} if split == "train" else {speaker})
+        assert {e["spk"] for e in manifest.values()} == (
+            {"spk01", "spk02"} if split == "train" else {speaker}
+        )
     assert (tmp / "data" / "main" / "tokenizer" / "tokenizer.json").is_file()
 
 
@@ -106,7 +119,9 @@ def test_rerunning_finished_training_changes_nothing(recipe):
     tmp, _, _ = recipe
     log = tmp / "exp" / "crab_tiny" / "main" / "seed42" / "train_log.txt"
     before = log.read_text()
-    output = run_recipe(tmp, "--stage", "5", "--stop_stage", "5", "--train_opts", f"--number_of_epochs={EPOCHS} {CUT}")
+    output = run_recipe(
+        tmp, "--stage", "5", "--stop_stage", "5", "--train_opts", f"--number_of_epochs={EPOCHS} {CUT}"
+    )
     assert "Going into epoch" not in output
     assert log.read_text() == before
 
@@ -119,7 +134,9 @@ def test_later_stages_use_the_runs_own_configuration(recipe):
     assert (run_dir / "eval_test" / "predictions.csv").read_text() == repeated
     assert read_settings(run_dir / "model" / "hyperparams.yaml")["max_duration"] == 1.0
 
-    refused = run_recipe(tmp, "--stage", "6", "--stop_stage", "6", "--train_opts", "--max_duration=12.0", check=False)
+    refused = run_recipe(
+        tmp, "--stage", "6", "--stop_stage", "6", "--train_opts", "--max_duration=12.0", check=False
+    )
     output = refused.stdout + refused.stderr
     assert refused.returncode != 0 and "Traceback" not in output
     assert "max_duration" in output and "12.0" in output and "1.0" in output
@@ -142,10 +159,14 @@ def test_sweep_trains_each_setting_and_reevaluates_from_the_runs(recipe):
     run_recipe(tmp, *sweep, "--train_opts", f"--number_of_epochs=1 {CUT}", script="sweep.sh")
     table = (exp / "ablations_test.md").read_text()
     assert "ce_only" in table and "mlcs" in table
-    predictions = {name: (exp / name / "main" / "seed42" / "eval_test" / "predictions.csv").read_text()
-                   for name in ("ce_only", "mlcs")}
-    legs = {name: read_settings(exp / name / "main" / "seed42" / "hyperparams.yaml")["leg_names"]
-            for name in ("ce_only", "mlcs")}
+    predictions = {
+        name: (exp / name / "main" / "seed42" / "eval_test" / "predictions.csv").read_text()
+        for name in ("ce_only", "mlcs")
+    }
+    legs = {
+        name: read_settings(exp / name / "main" / "seed42" / "hyperparams.yaml")["leg_names"]
+        for name in ("ce_only", "mlcs")
+    }
     assert legs["ce_only"] == [] and len(legs["mlcs"]) == 5
     run_recipe(tmp, *sweep, "--stage", "6", script="sweep.sh")  # evaluation again, no options
     for name, before in predictions.items():

@@ -113,9 +113,7 @@ def test_last_occurrence_wins(run):
 
 
 def test_positional_arguments_preserved(run):
-    proc, values, positional = run(
-        "first", "--stage", "3", "second arg", "-x", "--stop-stage=4", "last"
-    )
+    proc, values, positional = run("first", "--stage", "3", "second arg", "-x", "--stop-stage=4", "last")
     assert proc.returncode == 0, proc.stderr
     assert values["stage"] == "3" and values["stop_stage"] == "4"
     assert values["nargs"] == "4"

@@ -16,8 +16,15 @@ CLASSES = ("angry", "happy", "neutral", "sad")
 # Per session: dialog -> (turn suffix, raw label). Both speakers talk in every dialog;
 # fru and xxx are not among the four classes, exc is merged into happy.
 TURNS = {
-    "impro01": [("F000", "neu"), ("M000", "ang"), ("F001", "hap"), ("M001", "exc"), ("F002", "sad"),
-                ("M002", "fru"), ("F003", "xxx")],
+    "impro01": [
+        ("F000", "neu"),
+        ("M000", "ang"),
+        ("F001", "hap"),
+        ("M001", "exc"),
+        ("F002", "sad"),
+        ("M002", "fru"),
+        ("F003", "xxx"),
+    ],
     "script01_1": [("F000", "ang"), ("M000", "sad"), ("F001", "exc"), ("M001", "neu")],
 }
 ANNOTATOR_LINES = "C-E2:\tNeutral;\t()\nC-F1:\tNeutral;\t(curious)\nA-E3:\tval 3; act 2; dom  2;\t()\n"
@@ -46,11 +53,13 @@ def corpus(tmp_path):
             name = dialog_name(session, dialog)
             (base / "sentences" / "wav" / name).mkdir(parents=True)
             labels = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n"]
-            lines = [f"M_1 [000.0000-001.0000]: Not an utterance.", f"{name}_MXX0 [001.0-002.0]: [LAUGHTER]"]
+            lines = ["M_1 [000.0000-001.0000]: Not an utterance.", f"{name}_MXX0 [001.0-002.0]: [LAUGHTER]"]
             for k, (turn, label) in enumerate(turns):
                 utt, start = f"{name}_{turn}", 2.0 * k + 3
-                labels.append(f"[{start:.4f} - {start + 1:.4f}]\t{utt}\t{label}\t[2.5000, 2.5000, 2.5000]\n"
-                              + ANNOTATOR_LINES)
+                labels.append(
+                    f"[{start:.4f} - {start + 1:.4f}]\t{utt}\t{label}\t[2.5000, 2.5000, 2.5000]\n"
+                    + ANNOTATOR_LINES
+                )
                 lines.append(f"{utt} [{start:08.4f}-{start + 1:08.4f}]: A {label} sentence\tnumber {k}.")
                 write_tone(base / "sentences" / "wav" / name / f"{utt}.wav", k, rng)
             (evaluation / f"{name}.txt").write_text("\n".join(labels))
@@ -68,7 +77,9 @@ def corpus(tmp_path):
 def run_recipe(corpus_dir, tmp_path, *options, check=True):
     result = subprocess.run(
         ["bash", RUN, "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp"), *options],
-        capture_output=True, text=True, env={**os.environ, "IEMOCAP": str(corpus_dir)},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "IEMOCAP": str(corpus_dir)},
     )
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -76,8 +87,9 @@ def run_recipe(corpus_dir, tmp_path, *options, check=True):
 
 
 def prepare(corpus_dir, tmp_path, data_opts="--check_counts false", check=True):
-    return run_recipe(corpus_dir, tmp_path, "--stage", "1", "--stop_stage", "1", "--data_opts", data_opts,
-                      check=check)
+    return run_recipe(
+        corpus_dir, tmp_path, "--stage", "1", "--stop_stage", "1", "--data_opts", data_opts, check=check
+    )
 
 
 def table(path):
@@ -90,9 +102,15 @@ def test_labels_speakers_and_transcripts(corpus, tmp_path):
     test = tmp_path / "data" / "session1" / "test"
     emo = table(test / "utt2emo")
     assert emo == {
-        "Ses01F_impro01_F000": "neutral", "Ses01F_impro01_M000": "angry", "Ses01F_impro01_F001": "happy",
-        "Ses01F_impro01_M001": "happy", "Ses01F_impro01_F002": "sad", "Ses01M_script01_1_F000": "angry",
-        "Ses01M_script01_1_M000": "sad", "Ses01M_script01_1_F001": "happy", "Ses01M_script01_1_M001": "neutral",
+        "Ses01F_impro01_F000": "neutral",
+        "Ses01F_impro01_M000": "angry",
+        "Ses01F_impro01_F001": "happy",
+        "Ses01F_impro01_M001": "happy",
+        "Ses01F_impro01_F002": "sad",
+        "Ses01M_script01_1_F000": "angry",
+        "Ses01M_script01_1_M000": "sad",
+        "Ses01M_script01_1_F001": "happy",
+        "Ses01M_script01_1_M001": "neutral",
     }
     # The speaker is the session and the letter of the turn, not of the dialog.
     assert table(test / "utt2spk")["Ses01M_script01_1_F000"] == "Ses01F"
@@ -101,7 +119,9 @@ def test_labels_speakers_and_transcripts(corpus, tmp_path):
     types = table(test / "utt2type")
     assert types["Ses01F_impro01_F000"] == "improvised" and types["Ses01M_script01_1_M000"] == "scripted"
     wav = table(test / "wav.scp")["Ses01F_impro01_F000"]
-    assert wav == str(corpus / "Session1" / "sentences" / "wav" / "Ses01F_impro01" / "Ses01F_impro01_F000.wav")
+    assert wav == str(
+        corpus / "Session1" / "sentences" / "wav" / "Ses01F_impro01" / "Ses01F_impro01_F000.wav"
+    )
     text = table(test / "text")
     assert text["Ses01F_impro01_F000"] == "\u201cI\u2019m fine,\u201d she said."  # BOM and CRLF gone
     assert text["Ses01F_impro01_M000"] == "A ang sentence number 1."  # tab collapsed
@@ -116,7 +136,10 @@ def test_folds_of_both_protocols_are_speaker_independent(corpus, tmp_path):
     speakers = [f"Ses0{s}{g}" for s in range(1, 6) for g in "FM"]
     assert sorted(os.listdir(data)) == sorted(sessions + speakers)
     for fold in sessions + speakers:
-        spk = {split: set(table(data / fold / split / "utt2spk").values()) for split in ("train", "valid", "test")}
+        spk = {
+            split: set(table(data / fold / split / "utt2spk").values())
+            for split in ("train", "valid", "test")
+        }
         assert not (spk["train"] & spk["test"] or spk["train"] & spk["valid"] or spk["valid"] & spk["test"])
         assert len(spk["train"] | spk["valid"] | spk["test"]) == 10
     assert table(data / "session1" / "valid" / "utt2spk").popitem()[1] == "Ses02F"
@@ -147,21 +170,39 @@ def test_improvised_only_rewrites_the_data_dirs(corpus, tmp_path):
     assert "improvised" in output and "scripted" in output  # counts of both, before the filter
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda c: os.remove(c / "Session4" / "sentences" / "wav" / "Ses04F_impro01" / "Ses04F_impro01_M001.wav"),
-     "Ses04F_impro01_M001.wav"),
-    (lambda c: os.remove(c / "Session5" / "dialog" / "transcriptions" / "Ses05M_script01_1.txt"),
-     "missing file"),
-    (lambda c: (c / "Session3" / "dialog" / "transcriptions" / "Ses03F_impro01.txt").write_text(
-        "Ses03F_impro01_F000 [003.0000-004.0000]: Only one.\n"),
-     "no transcript line for 4 labelled utterance(s): Ses03F_impro01_M000"),
-    (lambda c: (c / "Session2" / "dialog" / "EmoEvaluation" / "Ses02F_impro01.txt").write_text(
-        "[1.0 - 2.0]\tSes02F_impro01_F000\tneutral\t[2.5, 2.5, 2.5]\n"),
-     "Ses02F_impro01.txt:1: malformed evaluation line"),
-    (lambda c: (c / "Session1" / "dialog" / "transcriptions" / "Ses01M_script01_1.txt").write_text(
-        "Ses01M_script01_1_F000 no times here\n"),
-     "Ses01M_script01_1.txt:1: malformed transcript line"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda c: os.remove(
+                c / "Session4" / "sentences" / "wav" / "Ses04F_impro01" / "Ses04F_impro01_M001.wav"
+            ),
+            "Ses04F_impro01_M001.wav",
+        ),
+        (
+            lambda c: os.remove(c / "Session5" / "dialog" / "transcriptions" / "Ses05M_script01_1.txt"),
+            "missing file",
+        ),
+        (
+            lambda c: (c / "Session3" / "dialog" / "transcriptions" / "Ses03F_impro01.txt").write_text(
+                "Ses03F_impro01_F000 [003.0000-004.0000]: Only one.\n"
+            ),
+            "no transcript line for 4 labelled utterance(s): Ses03F_impro01_M000",
+        ),
+        (
+            lambda c: (c / "Session2" / "dialog" / "EmoEvaluation" / "Ses02F_impro01.txt").write_text(
+                "[1.0 - 2.0]\tSes02F_impro01_F000\tneutral\t[2.5, 2.5, 2.5]\n"
+            ),
+            "Ses02F_impro01.txt:1: malformed evaluation line",
+        ),
+        (
+            lambda c: (c / "Session1" / "dialog" / "transcriptions" / "Ses01M_script01_1.txt").write_text(
+                "Ses01M_script01_1_F000 no times here\n"
+            ),
+            "Ses01M_script01_1.txt:1: malformed transcript line",
+        ),
+    ],
+)
 def test_bad_input_stops_with_a_clear_message(corpus, tmp_path, damage, message):
     damage(corpus)
     result = prepare(corpus, tmp_path, check=False)
@@ -174,8 +215,10 @@ def test_run_sh_checks_root_and_protocol(corpus, tmp_path):
     bad = run_recipe(corpus, tmp_path, "--protocol", "loso3", check=False)
     assert bad.returncode != 0 and "--protocol must be loso5 or loso10" in bad.stderr
     # Stage 7 (scoring) alone stops naming the predictions of every fold it was asked to score.
-    for protocol, folds in (("loso5", [f"session{s}" for s in range(1, 6)]),
-                            ("loso10", [f"Ses0{s}{g}" for s in range(1, 6) for g in "FM"])):
+    for protocol, folds in (
+        ("loso5", [f"session{s}" for s in range(1, 6)]),
+        ("loso10", [f"Ses0{s}{g}" for s in range(1, 6) for g in "FM"]),
+    ):
         result = run_recipe(corpus, tmp_path, "--stage", "7", f"--protocol={protocol}", check=False)
         missing = sorted(set(re.findall(r"crab/(\w+)/seed42/eval_test/predictions.csv", result.stderr)))
         assert result.returncode != 0 and missing == sorted(folds), result.stderr[-2000:]
@@ -183,14 +226,29 @@ def test_run_sh_checks_root_and_protocol(corpus, tmp_path):
 
 def test_stages_1_to_8_on_one_fold(corpus, tmp_path):
     run_recipe(
-        corpus, tmp_path, "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300", "--folds", "session1",
-        "--data_opts", "--check_counts false", "--train_opts", "--number_of_epochs=1 --batch_size=4",
+        corpus,
+        tmp_path,
+        "--config",
+        "conf/crab_tiny.yaml",
+        "--bpe_vocab_size",
+        "300",
+        "--folds",
+        "session1",
+        "--data_opts",
+        "--check_counts false",
+        "--train_opts",
+        "--number_of_epochs=1 --batch_size=4",
     )
     manifest = json.loads((tmp_path / "data" / "session1" / "test.json").read_text())
     assert len(manifest) == 9 and {e["spk"] for e in manifest.values()} == {"Ses01F", "Ses01M"}
     entry = manifest["Ses01F_impro01_M000"]
     assert entry["wav"] == "{data_root}/Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M000.wav"
-    assert (entry["emo"], entry["gender"], entry["session"], entry["type"]) == ("angry", "m", "Session1", "improvised")
+    assert (entry["emo"], entry["gender"], entry["session"], entry["type"]) == (
+        "angry",
+        "m",
+        "Session1",
+        "improvised",
+    )
     eval_dir = tmp_path / "exp" / "crab_tiny" / "session1" / "seed42" / "eval_test"
     assert (eval_dir / "predictions.csv").is_file()
     scores = json.loads((eval_dir / "scores.json").read_text())

@@ -24,14 +24,24 @@ def ser_options():
 def bare_clone(tmp_path):
     """The repository's shell parts copied without tools/venv: nothing installed."""
     for part in ("utils", os.path.join("egs", "TEMPLATE"), os.path.join("egs", "mini")):
-        shutil.copytree(os.path.join(ROOT, part), tmp_path / part, symlinks=True,
-                        ignore=shutil.ignore_patterns("data", "exp"))
+        shutil.copytree(
+            os.path.join(ROOT, part),
+            tmp_path / part,
+            symlinks=True,
+            ignore=shutil.ignore_patterns("data", "exp"),
+        )
     return tmp_path
 
 
 def run(*command, cwd=None, env=None):
-    return subprocess.run(["bash", *command], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        ["bash", *command],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_help_lists_every_option_without_a_venv(bare_clone):
@@ -46,16 +56,19 @@ def test_help_lists_every_option_without_a_venv(bare_clone):
     assert result.stdout.startswith(f"Usage: {bare_clone}/egs/mini/run.sh ")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--stage", "three"], "--stage must be a non-negative integer, got 'three'"),
-    (["--stop_stage=-1"], "--stop_stage must be a non-negative integer, got '-1'"),
-    (["--ngpu", "1.5"], "--ngpu must be a non-negative integer, got '1.5'"),
-    (["--embeddings", "yes"], "--embeddings must be true or false, got 'yes'"),
-    (["--text_only", "1"], "--text_only must be true or false, got '1'"),
-    (["--policy", "ignore"], "--policy must be one of: error skip; got 'ignore'"),
-    (["--text_source", "whisper"], "--text_source must be one of: gold asr; got 'whisper'"),
-    (["--no_such_option", "1"], "unknown option --no_such_option"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--stage", "three"], "--stage must be a non-negative integer, got 'three'"),
+        (["--stop_stage=-1"], "--stop_stage must be a non-negative integer, got '-1'"),
+        (["--ngpu", "1.5"], "--ngpu must be a non-negative integer, got '1.5'"),
+        (["--embeddings", "yes"], "--embeddings must be true or false, got 'yes'"),
+        (["--text_only", "1"], "--text_only must be true or false, got '1'"),
+        (["--policy", "ignore"], "--policy must be one of: error skip; got 'ignore'"),
+        (["--text_source", "whisper"], "--text_source must be one of: gold asr; got 'whisper'"),
+        (["--no_such_option", "1"], "unknown option --no_such_option"),
+    ],
+)
 def test_bad_option_values_are_one_line_errors(bare_clone, args, message):
     result = run(str(bare_clone / "egs" / "mini" / "run.sh"), *args)
     assert result.returncode != 0
@@ -65,11 +78,22 @@ def test_bad_option_values_are_one_line_errors(bare_clone, args, message):
 
 
 def test_stage_5_before_stage_3_names_the_missing_manifest(tmp_path):
-    result = run(os.path.join(ROOT, "egs", "mini", "run.sh"), "--stage", "5", "--data_root", str(tmp_path),
-                 "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp"))
+    result = run(
+        os.path.join(ROOT, "egs", "mini", "run.sh"),
+        "--stage",
+        "5",
+        "--data_root",
+        str(tmp_path),
+        "--data_dir",
+        str(tmp_path / "data"),
+        "--exp_dir",
+        str(tmp_path / "exp"),
+    )
     assert result.returncode != 0
-    assert f"{tmp_path}/data/main/train.json not found: stage 5 reads the manifests of stage 3 (run --stage 3 first)" \
-        in result.stdout
+    assert (
+        f"{tmp_path}/data/main/train.json not found: "
+        "stage 5 reads the manifests of stage 3 (run --stage 3 first)" in result.stdout
+    )
     assert "Traceback" not in result.stdout + result.stderr
 
 

@@ -7,12 +7,12 @@ characters), emotion letter (German initial), version letter.
 
 # Emotion letter -> label. The order of CLASSES is the model's label order.
 EMOTIONS = {
-    "W": "anger",      # Wut / Aerger
-    "L": "boredom",    # Langeweile
-    "E": "disgust",    # Ekel
-    "A": "fear",       # Angst
+    "W": "anger",  # Wut / Aerger
+    "L": "boredom",  # Langeweile
+    "E": "disgust",  # Ekel
+    "A": "fear",  # Angst
     "F": "happiness",  # Freude
-    "T": "sadness",    # Trauer
+    "T": "sadness",  # Trauer
     "N": "neutral",
 }
 CLASSES = list(EMOTIONS.values())

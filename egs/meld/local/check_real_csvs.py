@@ -21,10 +21,10 @@ from collections import Counter
 
 import numpy as np
 import soundfile as sf
-
-from crab.bin.make_manifest import main as make_manifest
 from meld import CLASSES, EXPECTED_COUNTS, SPLITS, read_exclusions, read_split
 from prepare_data import DATA_SPLIT
+
+from crab.bin.make_manifest import main as make_manifest
 
 RECIPE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,7 +50,9 @@ def expected_after_exclusion(csv_dir, excluded):
     expected = {}
     for split in SPLITS:
         counts = Counter(EXPECTED_COUNTS[split])
-        counts.subtract(r.emotion for r in read_split(csv_dir, split, repair=False) if (split, r.clip) in excluded)
+        counts.subtract(
+            r.emotion for r in read_split(csv_dir, split, repair=False) if (split, r.clip) in excluded
+        )
         expected[DATA_SPLIT[split]] = counts
     return expected
 
@@ -67,24 +69,58 @@ def main():
         wav_dir, data_dir = os.path.join(tmp, "wav"), os.path.join(tmp, "data")
         if not args.text_only:
             write_placeholders(csv_dir, wav_dir)
-        subprocess.run(["bash", "local/data.sh", "--meld_root", csv_dir, "--data_root", wav_dir,
-                        "--data_dir", data_dir, "--exclude", exclude, "--text_only", text_only], check=True)
+        subprocess.run(
+            [
+                "bash",
+                "local/data.sh",
+                "--meld_root",
+                csv_dir,
+                "--data_root",
+                wav_dir,
+                "--data_dir",
+                data_dir,
+                "--exclude",
+                exclude,
+                "--text_only",
+                text_only,
+            ],
+            check=True,
+        )
         found = {}
         for split in DATA_SPLIT.values():
             manifest = os.path.join(data_dir, "official", f"{split}.json")
-            make_manifest(["--data_dir", os.path.join(data_dir, "official", split), "--data_root", wav_dir,
-                           "--classes", ",".join(CLASSES), "--text_only", text_only, "--out", manifest])
+            make_manifest(
+                [
+                    "--data_dir",
+                    os.path.join(data_dir, "official", split),
+                    "--data_root",
+                    wav_dir,
+                    "--classes",
+                    ",".join(CLASSES),
+                    "--text_only",
+                    text_only,
+                    "--out",
+                    manifest,
+                ]
+            )
             with open(manifest, encoding="utf-8") as f:
                 found[split] = Counter(entry["emo"] for entry in json.load(f).values())
     expected = expected_after_exclusion(csv_dir, {} if args.text_only else read_exclusions(exclude))
-    print("Manifests (stage 3) against the official counts" + ("" if args.text_only else " less the exclusion list") + ":")
+    print(
+        "Manifests (stage 3) against the official counts"
+        + ("" if args.text_only else " less the exclusion list")
+        + ":"
+    )
     wrong = False
     for split, counts in found.items():
         for c in CLASSES:
             mark = "" if counts[c] == expected[split][c] else "  <- differs"
             wrong |= bool(mark)
             print(f"  {split:6s} {c:9s} expected {expected[split][c]:5d}, found {counts[c]:5d}{mark}")
-        print(f"  {split:6s} {'total':9s} expected {sum(expected[split].values()):5d}, found {sum(counts.values()):5d}")
+        print(
+            f"  {split:6s} {'total':9s} expected {sum(expected[split].values()):5d},"
+            f" found {sum(counts.values()):5d}"
+        )
     print("FAILED: counts differ" if wrong else "OK: every split and class has the expected count")
     sys.exit(1 if wrong else 0)
 

@@ -17,7 +17,7 @@ def main(paths):
     for path in paths:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            header = [c[len("prob_"):] for c in reader.fieldnames if c.startswith("prob_")]
+            header = [c[len("prob_") :] for c in reader.fieldnames if c.startswith("prob_")]
             if classes is not None and header != classes:
                 raise SystemExit(f"{path}: classes {header} differ from {classes}")
             classes = header

@@ -37,8 +37,26 @@ def extract(mp4, wav):
     if not os.path.isfile(mp4):
         return f"no mp4 ({mp4})"
     tmp = wav + ".tmp"
-    command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", mp4,
-               "-vn", "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", "-f", "wav", tmp]
+    command = [
+        "ffmpeg",
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        mp4,
+        "-vn",
+        "-ac",
+        "1",
+        "-ar",
+        "16000",
+        "-c:a",
+        "pcm_s16le",
+        "-f",
+        "wav",
+        tmp,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, errors="replace")
     if result.returncode != 0 or not os.path.isfile(tmp) or os.path.getsize(tmp) <= WAV_HEADER_BYTES:
         if os.path.exists(tmp):
@@ -60,7 +78,7 @@ def extract_split(meld_root, split, out_dir, nj):
     }
     todo = {clip: paths for clip, paths in jobs.items() if not has_wav(paths[1])}
     with ThreadPoolExecutor(max_workers=nj) as pool:
-        reasons = dict(zip(todo, pool.map(lambda paths: extract(*paths), todo.values())))
+        reasons = dict(zip(todo, pool.map(lambda paths: extract(*paths), todo.values()), strict=True))
     failures = {clip: reason for clip, reason in reasons.items() if reason is not None}
     return rows, len(todo) - len(failures), failures
 
@@ -70,23 +88,33 @@ def report(split, rows, extracted, failures, excluded, log_path):
     expected = {clip for clip in failures if (split, clip) in excluded}
     with open(log_path, "w", encoding="utf-8") as f:
         for clip, reason in sorted(failures.items()):
-            note = f"\texpected: on the exclusion list ({excluded[(split, clip)]})" if clip in expected else ""
+            note = (
+                f"\texpected: on the exclusion list ({excluded[(split, clip)]})" if clip in expected else ""
+            )
             f.write(f"{clip}\t{reason}{note}\n")
-    print(f"{split}: {len(rows)} clips: {len(rows) - extracted - len(failures)} already had a wav, "
-          f"{extracted} extracted, {len(failures)} failed ({len(expected)} on the exclusion list)")
+    print(
+        f"{split}: {len(rows)} clips: {len(rows) - extracted - len(failures)} already had a wav, "
+        f"{extracted} extracted, {len(failures)} failed ({len(expected)} on the exclusion list)"
+    )
     for row in rows:
         if (split, row.clip) in excluded and row.clip not in failures:
-            print(f"NOTE: {split} {row.clip} is on the exclusion list but has a wav on this copy: "
-                  "listen to it, and take it off the list if it is sound")
+            print(
+                f"NOTE: {split} {row.clip} is on the exclusion list but has a wav on this copy: "
+                "listen to it, and take it off the list if it is sound"
+            )
     unexpected = sorted(set(failures) - expected)
     if unexpected:
         names = ", ".join(unexpected[:10]) + (" ..." if len(unexpected) > 10 else "")
-        print(f"WARNING: {split}: {len(unexpected)} clip(s) not on the exclusion list failed: {names}. "
-              f"Reasons in {log_path}. Stage 3 will stop on them; --policy skip leaves them out "
-              "(and counts them), or list them in the exclusion list once you have checked them.")
+        print(
+            f"WARNING: {split}: {len(unexpected)} clip(s) not on the exclusion list failed: {names}. "
+            f"Reasons in {log_path}. Stage 3 will stop on them; --policy skip leaves them out "
+            "(and counts them), or list them in the exclusion list once you have checked them."
+        )
     if len(failures) == len(rows):
-        fail(f"{split}: no clip could be extracted (reasons in {log_path}): is ffmpeg built with AAC "
-             "decoding, and are the mp4 files complete?")
+        fail(
+            f"{split}: no clip could be extracted (reasons in {log_path}): is ffmpeg built with AAC "
+            "decoding, and are the mp4 files complete?"
+        )
 
 
 def main():
@@ -94,7 +122,9 @@ def main():
     parser.add_argument("--meld_root", required=True, help="MELD.Raw")
     parser.add_argument("--out_dir", required=True, help="wavs go to <out_dir>/{train,dev,test}/")
     parser.add_argument("--nj", type=int, default=4, help="parallel ffmpeg processes")
-    parser.add_argument("--exclude", default="none", help="exclusion list: its failures are expected (none: no list)")
+    parser.add_argument(
+        "--exclude", default="none", help="exclusion list: its failures are expected (none: no list)"
+    )
     args = parser.parse_args()
     if shutil.which("ffmpeg") is None:
         fail(NO_FFMPEG)

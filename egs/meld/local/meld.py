@@ -23,17 +23,49 @@ SPLITS = {
     "dev": ("dev_sent_emo.csv", "dev_splits_complete"),
     "test": ("test_sent_emo.csv", "output_repeated_splits_test"),
 }
-COLUMNS = ("Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
-           "Season", "Episode", "StartTime", "EndTime")
+COLUMNS = (
+    "Sr No.",
+    "Utterance",
+    "Speaker",
+    "Emotion",
+    "Sentiment",
+    "Dialogue_ID",
+    "Utterance_ID",
+    "Season",
+    "Episode",
+    "StartTime",
+    "EndTime",
+)
 # Rows per class of the official CSVs. train: the spec (the MELD paper's counts);
 # dev and test: counted on the official CSVs (local/check_real_csvs.py).
 EXPECTED_COUNTS = {
-    "train": {"anger": 1109, "disgust": 271, "fear": 268, "joy": 1743, "neutral": 4710, "sadness": 683,
-              "surprise": 1205},
-    "dev": {"anger": 153, "disgust": 22, "fear": 40, "joy": 163, "neutral": 470, "sadness": 111,
-            "surprise": 150},
-    "test": {"anger": 345, "disgust": 68, "fear": 50, "joy": 402, "neutral": 1256, "sadness": 208,
-             "surprise": 281},
+    "train": {
+        "anger": 1109,
+        "disgust": 271,
+        "fear": 268,
+        "joy": 1743,
+        "neutral": 4710,
+        "sadness": 683,
+        "surprise": 1205,
+    },
+    "dev": {
+        "anger": 153,
+        "disgust": 22,
+        "fear": 40,
+        "joy": 163,
+        "neutral": 470,
+        "sadness": 111,
+        "surprise": 150,
+    },
+    "test": {
+        "anger": 345,
+        "disgust": 68,
+        "fear": 50,
+        "joy": 402,
+        "neutral": 1256,
+        "sadness": 208,
+        "surprise": 281,
+    },
 }
 SENTIMENTS = ("negative", "neutral", "positive")
 # A run of non-ASCII characters: where UTF-8 read as Windows-1252 leaves its marks (â€™).
@@ -42,8 +74,8 @@ NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 
 @dataclass
 class Row:
-    split: str      # train | dev | test
-    clip: str       # dia<D>_utt<U>
+    split: str  # train | dev | test
+    clip: str  # dia<D>_utt<U>
     text: str
     speaker: str
     emotion: str
@@ -131,9 +163,17 @@ def parse_row(record, split, where, repair):
         raise MeldError(f"{where}: Sentiment '{sentiment}' is not one of {', '.join(SENTIMENTS)}")
     dialogue = _integer(record["Dialogue_ID"], "Dialogue_ID", where)
     utterance = _integer(record["Utterance_ID"], "Utterance_ID", where)
-    return Row(split=split, clip=f"dia{dialogue}_utt{utterance}", text=text, speaker=speaker,
-               emotion=emotion, sentiment=sentiment, season=_integer(record["Season"], "Season", where),
-               episode=_integer(record["Episode"], "Episode", where), repaired=repaired)
+    return Row(
+        split=split,
+        clip=f"dia{dialogue}_utt{utterance}",
+        text=text,
+        speaker=speaker,
+        emotion=emotion,
+        sentiment=sentiment,
+        season=_integer(record["Season"], "Season", where),
+        episode=_integer(record["Episode"], "Episode", where),
+        repaired=repaired,
+    )
 
 
 def read_split(meld_root, split, repair=True):
@@ -150,7 +190,7 @@ def read_split(meld_root, split, repair=True):
             continue
         if len(record) != len(COLUMNS):
             raise MeldError(f"{where}: {len(record)} fields, expected {len(COLUMNS)} (an unquoted comma?)")
-        row = parse_row(dict(zip(COLUMNS, record)), split, where, repair)
+        row = parse_row(dict(zip(COLUMNS, record, strict=True)), split, where, repair)
         if row.clip in seen:
             raise MeldError(f"{where}: {row.clip} is already on line {seen[row.clip]}")
         seen[row.clip] = reader.line_num
@@ -175,7 +215,9 @@ def read_exclusions(path):
             if not fields:
                 continue
             if len(fields) != 2 or fields[0] not in SPLITS or not re.fullmatch(r"dia\d+_utt\d+", fields[1]):
-                raise MeldError(f"{path}:{lineno}: expected '<train|dev|test> dia<D>_utt<U>  # reason', "
-                                f"got {line.strip()!r}")
+                raise MeldError(
+                    f"{path}:{lineno}: expected '<train|dev|test> dia<D>_utt<U>  # reason', "
+                    f"got {line.strip()!r}"
+                )
             excluded[(fields[0], fields[1])] = reason.strip()
     return excluded

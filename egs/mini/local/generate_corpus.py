@@ -27,15 +27,20 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-
 from sentences import SENTENCES
 
 EMOTIONS = ("angry", "happy", "neutral", "sad")
 # espeak-ng voice+variant per speaker (spk01, spk02, ...); gender from the variant.
 # "en-gb+<variant>" silently drops the variant: British English is "en+<variant>".
 VOICES = (
-    "en-us+m3", "en-us+f2", "en+m1", "en-gb-x-rp+f4",
-    "en-gb-scotland+m4", "en-029+f3", "en-gb-x-gbclan+m6", "en-us-nyc+f1",
+    "en-us+m3",
+    "en-us+f2",
+    "en+m1",
+    "en-gb-x-rp+f4",
+    "en-gb-scotland+m4",
+    "en-029+f3",
+    "en-gb-x-gbclan+m6",
+    "en-us-nyc+f1",
 )
 PARAMS = ("pitch", "range", "rate", "amplitude")
 # (mean, sd) of each of PARAMS: espeak-ng -p (0-99), SSML <prosody range> (0-100),
@@ -61,8 +66,12 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--jobs", type=int, default=2, help="parallel espeak-ng processes")
     parser.add_argument("--speakers", type=int, default=6, help=f"1 to {len(VOICES)}")
-    parser.add_argument("--sentences_per_emotion", type=int, default=None,
-                        help="use only the first N sentences of each emotion (default: all)")
+    parser.add_argument(
+        "--sentences_per_emotion",
+        type=int,
+        default=None,
+        help="use only the first N sentences of each emotion (default: all)",
+    )
     args = parser.parse_args()
     if not 1 <= args.speakers <= len(VOICES):
         parser.error(f"--speakers must be between 1 and {len(VOICES)}")
@@ -78,8 +87,10 @@ def find_espeak():
     """Path of espeak-ng, or exit with how to install it."""
     path = shutil.which("espeak-ng")
     if path is None:
-        sys.exit("ERROR: espeak-ng not found: install it (apt-get install espeak-ng) "
-                 "or run tools/install.sh, which installs it where it can")
+        sys.exit(
+            "ERROR: espeak-ng not found: install it (apt-get install espeak-ng) "
+            "or run tools/install.sh, which installs it where it can"
+        )
     return path
 
 
@@ -101,7 +112,7 @@ def draw_prosody(seed):
 def utterance_prosody(emotion, pitch_offset, rate_scale, noise):
     """espeak-ng parameters of one utterance, as integers within LIMITS."""
     values = {}
-    for name, (mean, sd), z in zip(PARAMS, PROSODY[emotion], noise):
+    for name, (mean, sd), z in zip(PARAMS, PROSODY[emotion], noise, strict=True):
         mean = {"pitch": mean + pitch_offset, "rate": mean * rate_scale}.get(name, mean)
         low, high = LIMITS[name]
         values[name] = int(np.clip(round(mean + sd * z), low, high))
@@ -112,25 +123,43 @@ def plan(args):
     """All utterances: metadata fields plus voice and prosody, sorted by utt_id."""
     pitch_offset, rate_scale, noise = draw_prosody(args.seed)
     utts = []
-    for s, voice in enumerate(VOICES[:args.speakers]):
+    for s, voice in enumerate(VOICES[: args.speakers]):
         speaker, gender = f"spk{s + 1:02d}", voice.split("+")[1][0]
         for e, emotion in enumerate(EMOTIONS):
-            for i, text in enumerate(SENTENCES[emotion][:args.sentences_per_emotion]):
+            for i, text in enumerate(SENTENCES[emotion][: args.sentences_per_emotion]):
                 utt_id = f"{speaker}_{emotion}_{i:03d}"
-                utts.append({
-                    "utt_id": utt_id, "speaker": speaker, "gender": gender,
-                    "emotion": emotion, "text": text, "wav": f"wav/{utt_id}.wav",
-                    "voice": voice,
-                    **utterance_prosody(emotion, pitch_offset[s], rate_scale[s], noise[s, e, i]),
-                })
+                utts.append(
+                    {
+                        "utt_id": utt_id,
+                        "speaker": speaker,
+                        "gender": gender,
+                        "emotion": emotion,
+                        "text": text,
+                        "wav": f"wav/{utt_id}.wav",
+                        "voice": voice,
+                        **utterance_prosody(emotion, pitch_offset[s], rate_scale[s], noise[s, e, i]),
+                    }
+                )
     return sorted(utts, key=lambda u: u["utt_id"])
 
 
 def synthesize(espeak, utt):
     """Run espeak-ng on one utterance; returns (float64 samples, sample rate)."""
     ssml = f'<speak><prosody range="{utt["range"]}">{escape(utt["text"])}</prosody></speak>'
-    cmd = [espeak, "-m", "-v", utt["voice"], "-p", str(utt["pitch"]), "-s", str(utt["rate"]),
-           "-a", str(utt["amplitude"]), "--stdout", ssml]
+    cmd = [
+        espeak,
+        "-m",
+        "-v",
+        utt["voice"],
+        "-p",
+        str(utt["pitch"]),
+        "-s",
+        str(utt["rate"]),
+        "-a",
+        str(utt["amplitude"]),
+        "--stdout",
+        ssml,
+    ]
     result = subprocess.run(cmd, capture_output=True, check=False)
     if result.returncode != 0 or not result.stdout:
         raise RuntimeError(f"{utt['utt_id']}: espeak-ng failed: {result.stderr.decode().strip()}")
@@ -143,7 +172,7 @@ def trim(audio, sample_rate):
     if loud.size == 0:
         return audio
     margin = int(MARGIN_S * sample_rate)
-    return audio[max(loud[0] - margin, 0):loud[-1] + margin + 1]
+    return audio[max(loud[0] - margin, 0) : loud[-1] + margin + 1]
 
 
 def to_pcm16(audio, sample_rate):
@@ -172,11 +201,13 @@ def generate(espeak, out_dir, utt):
 
 def write_metadata(utts, out_dir):
     """metadata.csv (FIELDS columns, rows in utts order)."""
+
     def write(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(utts)
+
     write_atomic(os.path.join(out_dir, "metadata.csv"), write)
 
 
@@ -186,8 +217,10 @@ def summary(utts, results):
     per = {key: " ".join(f"{k}={v}" for k, v in sorted(c.items())) for key, c in counts.items()}
     total = sum(duration for duration, _ in results)
     created = sum(new for _, new in results)
-    return (f"{len(utts)} utterances ({created} created, {len(utts) - created} kept), "
-            f"{total / 60:.1f} min; per emotion: {per['emotion']}; per speaker: {per['speaker']}")
+    return (
+        f"{len(utts)} utterances ({created} created, {len(utts) - created} kept), "
+        f"{total / 60:.1f} min; per emotion: {per['emotion']}; per speaker: {per['speaker']}"
+    )
 
 
 def main():

@@ -43,7 +43,7 @@ def prepare(args):
         fail(f"{len(missing)} of {len(names)} Test3 files missing from {audio}, e.g. {missing[:5]}")
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "wav.scp"), "w", encoding="utf-8") as f:
-        f.writelines(f"{n[:-len('.wav')]} {os.path.abspath(os.path.join(audio, n))}\n" for n in names)
+        f.writelines(f"{n[: -len('.wav')]} {os.path.abspath(os.path.join(audio, n))}\n" for n in names)
     print(f"Test3: {len(names)} files in {args.out_dir}/wav.scp")
 
 
@@ -64,8 +64,10 @@ def submission(args):
     unknown = sorted({c for c in predicted.values() if c not in LETTER_OF})
     problems = []
     if missing:
-        problems.append(f"{len(missing)} Test3 file(s) without a prediction, e.g. {missing[:5]} "
-                        f"(crab-infer lists failures in {args.results}.errors)")
+        problems.append(
+            f"{len(missing)} Test3 file(s) without a prediction, e.g. {missing[:5]} "
+            f"(crab-infer lists failures in {args.results}.errors)"
+        )
     if extra:
         problems.append(f"{len(extra)} prediction(s) of files not in {args.wav_scp}, e.g. {extra[:5]}")
     if unknown:
@@ -82,13 +84,17 @@ def submission(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     steps = parser.add_subparsers(dest="step", required=True)
     prep = steps.add_parser("prepare", help="wav.scp of the Test3 files")
     prep.add_argument("--corpus_dir", required=True, help="the MSP-Podcast directory (Audios/, Labels/)")
     prep.add_argument("--out_dir", required=True)
     prep.add_argument("--labels", default="", help="labels CSV (default: Labels/labels_consensus.csv)")
-    prep.add_argument("--partitions", default="", help="Partitions.txt to use instead of the Split_Set column")
+    prep.add_argument(
+        "--partitions", default="", help="Partitions.txt to use instead of the Split_Set column"
+    )
     sub = steps.add_parser("submission", help="crab-infer results -> FileName,EmoClass CSV")
     sub.add_argument("--wav_scp", required=True, help="the Test3 wav.scp of 'prepare'")
     sub.add_argument("--results", required=True, help="crab-infer's --out (TSV or JSONL)")
