@@ -327,16 +327,40 @@ class CrabBrain(sb.Brain):
         probs = torch.cat([p for _, _, p in self._predictions])
         return ids, targets, probs
 
+    def evaluate(self, test_set, max_key=None, min_key=None, progressbar=None, test_loader_kwargs=None,
+                 eval_folder=None):
+        """``speechbrain.core.Brain.evaluate``, writing ``predictions.csv`` and ``scores.json``
+        to ``eval_folder`` (default: ``self.eval_folder()``, from the hparams)."""
+        self._eval_folder = eval_folder
+        try:
+            return super().evaluate(test_set, max_key=max_key, min_key=min_key, progressbar=progressbar,
+                                    test_loader_kwargs=test_loader_kwargs or {})
+        finally:
+            self._eval_folder = None
+
+    def eval_folder(self):
+        """Where evaluation writes: ``evaluate``'s ``eval_folder``, else the hparams'
+        ``eval_folder``, else ``<output_folder>/eval_<eval_name>`` (``eval_name`` default ``test``)."""
+        hparams = vars(self.hparams)
+        folder = getattr(self, "_eval_folder", None) or hparams.get("eval_folder")
+        if folder:
+            return str(folder)
+        if not hparams.get("output_folder"):
+            raise ValueError("CrabBrain.evaluate: no folder for the predictions: give evaluate(eval_folder=...) "
+                             "or an eval_folder or output_folder hyperparameter")
+        return os.path.join(hparams["output_folder"], f"eval_{hparams.get('eval_name') or 'test'}")
+
     def _write_eval(self, ids, targets, probs, stats):
-        """Write ``predictions.csv`` and ``scores.json`` to ``self.eval_dir``."""
+        """Write ``predictions.csv`` and ``scores.json`` to ``self.eval_folder()``."""
         classes = list(self.hparams.classes)
-        os.makedirs(self.eval_dir, exist_ok=True)
-        with open(os.path.join(self.eval_dir, "predictions.csv"), "w", newline="") as f:
+        eval_dir = self.eval_folder()
+        os.makedirs(eval_dir, exist_ok=True)
+        with open(os.path.join(eval_dir, "predictions.csv"), "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["id", "true", "predicted"] + [f"prob_{c}" for c in classes])
             for utt, target, p in zip(ids, targets, probs.tolist()):
                 predicted = max(range(len(p)), key=p.__getitem__)
                 writer.writerow([utt, classes[target], classes[predicted]] + [f"{x:.6f}" for x in p])
-        with open(os.path.join(self.eval_dir, "scores.json"), "w") as f:
+        with open(os.path.join(eval_dir, "scores.json"), "w") as f:
             json.dump({"num_utterances": len(ids), **{k: stats[k] for k in METRICS}}, f, indent=2)
-        logger.info("Wrote predictions and scores to %s", self.eval_dir)
+        logger.info("Wrote predictions and scores to %s", eval_dir)

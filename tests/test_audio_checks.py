@@ -204,7 +204,6 @@ def test_non_finite_output_in_evaluation_is_no_prediction_of_class_0(data, tmp_p
     from crab.experiment import dataset
 
     brain, hparams, encoder = fit(data, tmp_path / "exp", "--number_of_epochs=1")
-    brain.eval_dir = str(tmp_path / "eval")
     nan_for(monkeypatch, "test_angry_0")  # class 0: a NaN row's argmax would score as correct
     cwd = os.getcwd()
     os.chdir(os.path.join(os.path.dirname(MINI_CONF), "..", "TEMPLATE"))

@@ -74,17 +74,20 @@ def test_best_checkpoint_evaluation_and_saved_class_weights(data, tmp_path):
     state = torch.load(os.path.join(checkpoints[0].path, "wce.ckpt"))
     assert state["weight"].tolist() == [4.0, 4.0, 4.0, 4.0]  # N / N_c = 12 / 3
 
-    brain.eval_dir = str(tmp_path / "eval")
     cwd = os.getcwd()
     os.chdir(os.path.join(ROOT, "egs", "TEMPLATE"))
     try:
-        brain.evaluate(dataset(hparams, hparams["test_manifest"], encoder, sort=True), max_key="macro_F1",
-                       test_loader_kwargs=hparams["eval_dataloader_opts"])
+        test_set = dataset(hparams, hparams["test_manifest"], encoder, sort=True)
+        # nothing set beyond the hparams: <output_folder>/eval_<eval_name>
+        brain.evaluate(test_set, max_key="macro_F1")
+        brain.evaluate(test_set, max_key="macro_F1", test_loader_kwargs=hparams["eval_dataloader_opts"],
+                       eval_folder=tmp_path / "eval")
     finally:
         os.chdir(cwd)
-    scores = json.loads((tmp_path / "eval" / "scores.json").read_text())
-    assert scores["num_utterances"] == 4 and set(scores) >= {"WAR", "UAR", "macro_F1", "weighted_F1"}
-    assert (tmp_path / "eval" / "predictions.csv").read_text().count("\n") == 5
+    for folder in (out / f"eval_{hparams['eval_name']}", tmp_path / "eval"):
+        scores = json.loads((folder / "scores.json").read_text())
+        assert scores["num_utterances"] == 4 and set(scores) >= {"WAR", "UAR", "macro_F1", "weighted_F1"}
+        assert (folder / "predictions.csv").read_text().count("\n") == 5
 
 
 def test_fused_adamw_on_cuda_only():

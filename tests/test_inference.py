@@ -84,7 +84,6 @@ def train(data, out, *extra):
                   dataset(hparams, hparams["valid_manifest"], encoder, sort=True),
                   train_loader_kwargs=hparams["train_dataloader_opts"],
                   valid_loader_kwargs=hparams["eval_dataloader_opts"])
-        brain.eval_dir = str(out / "eval_test")
         brain.evaluate(dataset(hparams, hparams["test_manifest"], encoder, sort=True), max_key="UAR",
                        test_loader_kwargs=hparams["eval_dataloader_opts"])  # loads the best checkpoint
         return brain, hparams

@@ -34,7 +34,6 @@ def main(argv=None):
     brain = make_brain(hparams, run_opts)
     if not brain.checkpointer.find_checkpoints(max_key=hparams["ckpt_metric"]):
         sys.exit(f"No checkpoint with {hparams['ckpt_metric']} in {hparams['save_folder']}: train first.")
-    brain.eval_dir = os.path.join(hparams["output_folder"], f"eval_{hparams['eval_name']}")
     brain.evaluate(
         test_set,
         max_key=hparams["ckpt_metric"],
