@@ -105,8 +105,13 @@ def seq2seq_transcriber(args, device, dtype):
     padding = {"return_attention_mask": True} if model.config.model_type == "whisper" else {"padding": True}
 
     def transcribe(audios):
-        inputs = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt", **padding)
-        inputs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+        inputs = processor.feature_extractor(
+            audios, sampling_rate=SAMPLE_RATE, return_tensors="pt", **padding
+        )
+        inputs = {
+            k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+            for k, v in inputs.items()
+        }
         with torch.inference_mode():
             ids = model.generate(**inputs, **generate)
         return processor.batch_decode(ids, skip_special_tokens=True)
@@ -122,8 +127,13 @@ def ctc_transcriber(args, device, dtype):
     model = AutoModelForCTC.from_pretrained(args.model).to(device=device, dtype=dtype).eval()
 
     def transcribe(audios):
-        inputs = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
-        inputs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+        inputs = processor.feature_extractor(
+            audios, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True
+        )
+        inputs = {
+            k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+            for k, v in inputs.items()
+        }
         with torch.inference_mode():
             ids = model(**inputs).logits.argmax(dim=-1)
         return processor.batch_decode(ids)
@@ -157,7 +167,9 @@ def load_transcriber(args):
     from_source("--model", args.model, AutoConfig.from_pretrained)  # a typo: one line naming it
     backend = detect_backend(args.model) if args.backend == "auto" else args.backend
     dtype = torch_dtype(args.dtype, args.device)
-    logger.info("Loading %s (%s backend, %s on %s)", args.model, backend, str(dtype).split(".")[-1], args.device)
+    logger.info(
+        "Loading %s (%s backend, %s on %s)", args.model, backend, str(dtype).split(".")[-1], args.device
+    )
     return TRANSCRIBERS[backend](args, args.device, dtype)
 
 
@@ -186,7 +198,7 @@ def _transcribe(transcriber, utts, audios):
     outputs = transcriber([audios[utt] for utt in utts])
     if len(outputs) != len(utts):
         raise RuntimeError(f"the model gave {len(outputs)} transcripts for {len(utts)} utterances")
-    return dict(zip(utts, outputs))
+    return dict(zip(utts, outputs, strict=True))
 
 
 def transcribe_batches(todo, wavs, transcriber, out, batch_size):
@@ -196,7 +208,7 @@ def transcribe_batches(todo, wavs, transcriber, out, batch_size):
     results, failed, last_log = {}, {}, time.monotonic()
     with open(out, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+            batch = todo[start : start + batch_size]
             audios = {}
             for utt in batch:
                 try:
@@ -210,14 +222,22 @@ def transcribe_batches(todo, wavs, transcriber, out, batch_size):
                 try:
                     texts = _transcribe(transcriber, usable, audios)
                 except Exception as err:  # noqa: BLE001 - one bad batch must not stop (or poison) the run
-                    logger.warning("the model failed on a batch of %d (%s: %s): one utterance at a time",
-                                   len(usable), type(err).__name__, err)
+                    logger.warning(
+                        "the model failed on a batch of %d (%s: %s): one utterance at a time",
+                        len(usable),
+                        type(err).__name__,
+                        err,
+                    )
                     for utt in usable:
                         try:
                             texts.update(_transcribe(transcriber, [utt], audios))
                         except Exception as err:  # noqa: BLE001
-                            logger.warning("%s: the model failed (%s: %s): not transcribed (tried again next run)",
-                                           utt, type(err).__name__, err)
+                            logger.warning(
+                                "%s: the model failed (%s: %s): not transcribed (tried again next run)",
+                                utt,
+                                type(err).__name__,
+                                err,
+                            )
                             failed[utt] = ("model", f"{type(err).__name__}: {err}")
             written = [utt for utt in batch if utt not in failed]
             for utt in written:

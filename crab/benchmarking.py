@@ -91,10 +91,25 @@ RATIOS = [
     ("c. train step, ours / reference padding", "train_legs", "train_reference", None),
     ("d. epoch, cached / end to end", "epoch_cached", "epoch_end_to_end", None),
 ]
-HEAD_KEYS = ("hidden_dim", "num_heads", "attention_dropout", "scaled_pooling", "bottleneck_dim",
-             "dropout", "unimodal_leg_input", "leg_names", "leg_output_dim", "contrastive_loss",
-             "temperature", "alpha", "lr", "weight_decay", "max_grad_norm", "text_max_length",
-             "freeze_feature_extractor")
+HEAD_KEYS = (
+    "hidden_dim",
+    "num_heads",
+    "attention_dropout",
+    "scaled_pooling",
+    "bottleneck_dim",
+    "dropout",
+    "unimodal_leg_input",
+    "leg_names",
+    "leg_output_dim",
+    "contrastive_loss",
+    "temperature",
+    "alpha",
+    "lr",
+    "weight_decay",
+    "max_grad_norm",
+    "text_max_length",
+    "freeze_feature_extractor",
+)
 
 
 class BenchSpeechEncoder(SpeechEncoder):
@@ -153,11 +168,24 @@ def head_settings(hparams_file):
 # WavLM Large and RoBERTa Large (microsoft/wavlm-large, roberta-large): what differs
 # from the config classes' base-size defaults.
 LARGE = {
-    "speech": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                   feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
-                   num_conv_pos_embedding_groups=16, layer_norm_eps=1e-5),
-    "text": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                 layer_norm_eps=1e-5),
+    "speech": dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        conv_bias=True,
+        num_conv_pos_embedding_groups=16,
+        layer_norm_eps=1e-5,
+    ),
+    "text": dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        layer_norm_eps=1e-5,
+    ),
 }
 
 
@@ -167,12 +195,16 @@ def write_encoder_configs(out_dir, size):
     if size == "tiny":
         speech_dir, text_dir = os.path.join(CONF, "wavlm_tiny"), os.path.join(CONF, "roberta_tiny")
     else:
-        speech_dir, text_dir = os.path.join(out_dir, f"wavlm_{size}"), os.path.join(out_dir, f"roberta_{size}")
+        speech_dir, text_dir = (
+            os.path.join(out_dir, f"wavlm_{size}"),
+            os.path.join(out_dir, f"roberta_{size}"),
+        )
         large = size == "large"
         # layerdrop 0: every step runs all layers, so steps are comparable.
         WavLMConfig(layerdrop=0.0, **(LARGE["speech"] if large else {})).save_pretrained(speech_dir)
-        RobertaConfig(max_position_embeddings=514, type_vocab_size=1,
-                      **(LARGE["text"] if large else {})).save_pretrained(text_dir)
+        RobertaConfig(
+            max_position_embeddings=514, type_vocab_size=1, **(LARGE["text"] if large else {})
+        ).save_pretrained(text_dir)
     tokenizer_dir = os.path.join(out_dir, "tokenizer")
     build_bpe_tokenizer(SENTENCES * 4, tokenizer_dir, vocab_size=1000)
     return speech_dir, text_dir, tokenizer_dir
@@ -194,14 +226,25 @@ class Bench:
         self.model = Crab(
             num_classes=len(MELD_CLASSES),
             speech_encoder=lambda: BenchSpeechEncoder(
-                setup["speech_dir"], pretrained=False, freeze_feature_extractor=head["freeze_feature_extractor"],
-                layerdrop=0.0, gradient_checkpointing=setup["gradient_checkpointing"]),
+                setup["speech_dir"],
+                pretrained=False,
+                freeze_feature_extractor=head["freeze_feature_extractor"],
+                layerdrop=0.0,
+                gradient_checkpointing=setup["gradient_checkpointing"],
+            ),
             text_encoder=lambda: BenchTextEncoder(
-                setup["text_dir"], tokenizer=setup["tokenizer_dir"], pretrained=False,
-                max_length=head["text_max_length"], gradient_checkpointing=setup["gradient_checkpointing"]),
-            hidden_dim=head["hidden_dim"], num_heads=head["num_heads"],
-            attention_dropout=head["attention_dropout"], scaled_pooling=head["scaled_pooling"],
-            bottleneck_dim=head["bottleneck_dim"], dropout=head["dropout"],
+                setup["text_dir"],
+                tokenizer=setup["tokenizer_dir"],
+                pretrained=False,
+                max_length=head["text_max_length"],
+                gradient_checkpointing=setup["gradient_checkpointing"],
+            ),
+            hidden_dim=head["hidden_dim"],
+            num_heads=head["num_heads"],
+            attention_dropout=head["attention_dropout"],
+            scaled_pooling=head["scaled_pooling"],
+            bottleneck_dim=head["bottleneck_dim"],
+            dropout=head["dropout"],
             unimodal_leg_input=head["unimodal_leg_input"],
         )
         names = head["leg_names"] if with_legs else []
@@ -234,12 +277,15 @@ class Bench:
 
     def make_optimizers(self, lr, weight_decay):
         """One AdamW per group as CrabBrain: each encoder at lr / 10, head and legs at lr."""
-        groups = [(self.model.encoder_parameters("speech"), lr / 10),
-                  (self.model.encoder_parameters("text"), lr / 10),
-                  (self.model.head_parameters() + list(self.legs.parameters()), lr)]
+        groups = [
+            (self.model.encoder_parameters("speech"), lr / 10),
+            (self.model.encoder_parameters("text"), lr / 10),
+            (self.model.head_parameters() + list(self.legs.parameters()), lr),
+        ]
         fast = fast_optimizer_options(torch.optim.AdamW, self.wavs.device)  # CrabBrain's: fused on CUDA
-        self.optimizers = [torch.optim.AdamW(p, lr=g_lr, weight_decay=weight_decay, **fast)
-                           for p, g_lr in groups if p]
+        self.optimizers = [
+            torch.optim.AdamW(p, lr=g_lr, weight_decay=weight_decay, **fast) for p, g_lr in groups if p
+        ]
 
     def train_step(self, with_legs):
         """CrabBrain's step: WCE + alpha * mean leg loss, backward, clip and step per optimizer."""
@@ -306,11 +352,15 @@ def time_steps(setup):
     for round_ in range(setup["repeats"]):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            times[name].append(_timed(lambda: _run_config(bench, name), setup["device"]))
+            times[name].append(_timed(lambda name=name: _run_config(bench, name), setup["device"]))
     cuda = setup["device"].startswith("cuda")
-    return {"times": times, "flops": step_flops(bench), "profile": profile_table(bench, setup),
-            "syncs": count_syncs(bench, setup["device"]),
-            "device_name": torch.cuda.get_device_name(setup["device"]) if cuda else cpu_model()}
+    return {
+        "times": times,
+        "flops": step_flops(bench),
+        "profile": profile_table(bench, setup),
+        "syncs": count_syncs(bench, setup["device"]),
+        "device_name": torch.cuda.get_device_name(setup["device"]) if cuda else cpu_model(),
+    }
 
 
 def peak_tflops(device_name, precision, tf32):
@@ -360,8 +410,12 @@ def profile_table(bench, setup):
     events = prof.events()
     ops = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CPU)
     kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-    return {"table": table, "sort_by": sort_by, "ops_per_step": ops / PROFILE_STEPS,
-            "kernels_per_step": kernels / PROFILE_STEPS if cuda else None}
+    return {
+        "table": table,
+        "sort_by": sort_by,
+        "ops_per_step": ops / PROFILE_STEPS,
+        "kernels_per_step": kernels / PROFILE_STEPS if cuda else None,
+    }
 
 
 def count_syncs(bench, device):
@@ -379,8 +433,10 @@ def count_syncs(bench, device):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     found = [w for w in caught if "synchroniz" in str(w.message)]
-    return {"count": len(found),
-            "where": sorted({f"{os.path.relpath(w.filename, ROOT)}:{w.lineno}" for w in found})[:10]}
+    return {
+        "count": len(found),
+        "where": sorted({f"{os.path.relpath(w.filename, ROOT)}:{w.lineno}" for w in found})[:10],
+    }
 
 
 def step_memory(setup, name):
@@ -397,15 +453,20 @@ def step_memory(setup, name):
 
 # ---- d: epochs through CrabBrain, with and without the feature cache ----
 
+
 def write_corpus(out_dir, count, rng, seconds=AUDIO_SECONDS):
     """``count`` wav files and a manifest ``train.json``, labels cycling over the classes."""
     manifest = {}
     for i, wav in enumerate(make_waveforms(count, rng, seconds)):
         utt = f"utt{i:04d}"
         sf.write(os.path.join(out_dir, f"{utt}.wav"), wav, SAMPLE_RATE)
-        manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": len(wav) / SAMPLE_RATE,
-                         "text": SENTENCES[i % len(SENTENCES)], "emo": MELD_CLASSES[i % len(MELD_CLASSES)],
-                         "spk": f"spk{i % 4}"}
+        manifest[utt] = {
+            "wav": f"{{data_root}}/{utt}.wav",
+            "duration": len(wav) / SAMPLE_RATE,
+            "text": SENTENCES[i % len(SENTENCES)],
+            "emo": MELD_CLASSES[i % len(MELD_CLASSES)],
+            "spk": f"spk{i % 4}",
+        }
     path = os.path.join(out_dir, "train.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)
@@ -413,28 +474,49 @@ def write_corpus(out_dir, count, rng, seconds=AUDIO_SECONDS):
 
 
 def _epoch_hparams(setup, output_folder, cache_dir):
-    argv = [setup["hparams_file"], f"--data_root={setup['corpus_dir']}", f"--data_folder={setup['corpus_dir']}",
-            f"--output_folder={output_folder}", f"--classes=[{','.join(MELD_CLASSES)}]",
-            f"--speech_encoder_source={setup['speech_dir']}", f"--text_encoder_source={setup['text_dir']}",
-            f"--tokenizer_source={setup['tokenizer_dir']}", "--pretrained_encoders=false",
-            "--freeze_speech_encoder=true", "--freeze_text_encoder=true",
-            f"--batch_size={setup['batch_size']}", f"--number_of_epochs={1 + setup['epochs']}",
-            f"--feature_cache={cache_dir or 'null'}", f"--device={setup['device']}", "--noprogressbar",
-            f"--precision={setup['precision']}"]
+    argv = [
+        setup["hparams_file"],
+        f"--data_root={setup['corpus_dir']}",
+        f"--data_folder={setup['corpus_dir']}",
+        f"--output_folder={output_folder}",
+        f"--classes=[{','.join(MELD_CLASSES)}]",
+        f"--speech_encoder_source={setup['speech_dir']}",
+        f"--text_encoder_source={setup['text_dir']}",
+        f"--tokenizer_source={setup['tokenizer_dir']}",
+        "--pretrained_encoders=false",
+        "--freeze_speech_encoder=true",
+        "--freeze_text_encoder=true",
+        f"--batch_size={setup['batch_size']}",
+        f"--number_of_epochs={1 + setup['epochs']}",
+        f"--feature_cache={cache_dir or 'null'}",
+        f"--device={setup['device']}",
+        "--noprogressbar",
+        f"--precision={setup['precision']}",
+    ]
     _, run_opts, _, hparams = parse_and_load(argv)
     return hparams, run_opts
 
 
 def extraction(setup):
     hparams, _ = _epoch_hparams(setup, os.path.join(setup["tmp"], "exp_extract"), setup["cache_dir"])
-    seconds = _timed(lambda: extract(hparams["model"], [setup["manifest"]], setup["cache_dir"],
-                                     setup["corpus_dir"], hparams["max_duration"], setup["batch_size"],
-                                     device=setup["device"]), setup["device"])
+    seconds = _timed(
+        lambda: extract(
+            hparams["model"],
+            [setup["manifest"]],
+            setup["cache_dir"],
+            setup["corpus_dir"],
+            hparams["max_duration"],
+            setup["batch_size"],
+            device=setup["device"],
+        ),
+        setup["device"],
+    )
     return {"times": {"extract": [seconds]}}
 
 
 def epochs(setup, cached):
     """Seconds of every training epoch after the first (a warm-up)."""
+
     class TimedBrain(CrabBrain):
         def on_stage_start(self, stage, epoch=None):
             super().on_stage_start(stage, epoch)
@@ -445,20 +527,23 @@ def epochs(setup, cached):
             self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
 
     name = "epoch_cached" if cached else "epoch_end_to_end"
-    hparams, run_opts = _epoch_hparams(setup, os.path.join(setup["tmp"], f"exp_{name}"),
-                                       setup["cache_dir"] if cached else None)
+    hparams, run_opts = _epoch_hparams(
+        setup, os.path.join(setup["tmp"], f"exp_{name}"), setup["cache_dir"] if cached else None
+    )
     os.makedirs(hparams["save_folder"], exist_ok=True)
     encoder = prepare_labels_and_weights(hparams)
     cache = feature_cache(hparams, [setup["manifest"]])
     train_set = dataset(hparams, setup["manifest"], encoder, cache=cache)
-    brain = TimedBrain(modules=hparams["modules"], hparams=hparams, run_opts=run_opts,
-                       checkpointer=hparams["checkpointer"])
+    brain = TimedBrain(
+        modules=hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"]
+    )
     brain.epoch_seconds = []
     brain.fit(hparams["epoch_counter"], train_set, train_loader_kwargs=hparams["train_dataloader_opts"])
     return {"times": {name: brain.epoch_seconds[1:]}}
 
 
 # ---- processes and memory ----
+
 
 def _status_kib(field):
     with open("/proc/self/status", encoding="ascii") as f:
@@ -515,6 +600,7 @@ def in_child(name, fn, *args, setup):
 
 # ---- report ----
 
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -535,8 +621,11 @@ def ratio_rows(medians):
     return rows
 
 
-ENCODER_NAMES = {"tiny": "tiny test configs", "base": "WavLM Base + RoBERTa Base configs",
-                 "large": "WavLM Large + RoBERTa Large configs"}
+ENCODER_NAMES = {
+    "tiny": "tiny test configs",
+    "base": "WavLM Base + RoBERTa Base configs",
+    "large": "WavLM Large + RoBERTa Large configs",
+}
 
 
 def report(args, setup, times, peaks, loads, token_counts, started, analysis):
@@ -546,19 +635,25 @@ def report(args, setup, times, peaks, loads, token_counts, started, analysis):
     seconds = setup["audio_seconds"]
     lines = [
         f"# Crab benchmark, {started:%Y-%m-%d %H:%M} UTC: {args.size} size"
-        + (" (quick)" if args.quick else "") + f", {args.precision}",
+        + (" (quick)" if args.quick else "")
+        + f", {args.precision}",
         "",
         f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs ({len(os.sched_getaffinity(0))} usable), "
         f"device {args.device} ({analysis['device_name']}); torch {torch.__version__}"
         + (f" (CUDA {torch.version.cuda})" if cuda else "")
         + f", transformers {transformers.__version__}, {args.threads} torch thread(s)",
-        f"precision {args.precision}" + (f" (autocast{', gradient scaler' if args.precision == 'fp16' else ''})"
-                                         if args.precision != "fp32" else "")
+        f"precision {args.precision}"
+        + (
+            f" (autocast{', gradient scaler' if args.precision == 'fp16' else ''})"
+            if args.precision != "fp32"
+            else ""
+        )
         + (f"; TF32 {'on' if args.tf32 else 'off'}" if cuda else "")
         + f"; child processes: {args.start_method}",
         f"load average (1 min) before {loads[0]:.2f}, after {loads[1]:.2f}",
         f"encoders: {ENCODER_NAMES[args.size]}, random init"
-        + (", gradient checkpointing" if args.gradient_checkpointing else "") + "; "
+        + (", gradient checkpointing" if args.gradient_checkpointing else "")
+        + "; "
         f"head from {os.path.relpath(args.hparams, ROOT)}",
         f"batch {args.batch_size}: audio {seconds[0]}-{seconds[1]} s "
         f"(max {max(len(w) for w in setup['wavs']) / SAMPLE_RATE:.2f} s), text "
@@ -566,10 +661,14 @@ def report(args, setup, times, peaks, loads, token_counts, started, analysis):
         f"{setup['head']['text_max_length']})",
         f"steps: median of {args.repeats} interleaved rounds after {args.warmup} warm-up; epochs: "
         f"{args.epoch_utterances} utterances, median of {args.epochs} after 1 warm-up",
-        f"memory: each configuration in its own process ({args.start_method}) started before any model exists; "
-        + ("torch.cuda.max_memory_allocated" if cuda else
-           "peak RSS growth = VmHWM (reset through /proc/self/clear_refs) minus the starting "
-           "VmRSS; file pages = growth of RssFile (mostly library code first run in that process)"),
+        f"memory: each configuration in its own process ({args.start_method}) "
+        "started before any model exists; "
+        + (
+            "torch.cuda.max_memory_allocated"
+            if cuda
+            else "peak RSS growth = VmHWM (reset through /proc/self/clear_refs) minus the starting "
+            "VmRSS; file pages = growth of RssFile (mostly library code first run in that process)"
+        ),
         "",
         f"| measurement | median s | min s | max s | {memory} |",
         "|---|---|---|---|---|" + ("" if cuda else "---|"),
@@ -577,12 +676,15 @@ def report(args, setup, times, peaks, loads, token_counts, started, analysis):
     for name, label in {**STEP_ROWS, **EPOCH_ROWS}.items():
         values, peak = times[name], peaks[name]
         memory_cells = f"{peak['peak_mib']:.0f}" + ("" if cuda else f" | {peak['file_mib']:.0f}")
-        lines.append(f"| {label} | {medians[name]:.3f} | {min(values):.3f} | {max(values):.3f} | "
-                     f"{memory_cells} |")
+        lines.append(
+            f"| {label} | {medians[name]:.3f} | {min(values):.3f} | {max(values):.3f} | {memory_cells} |"
+        )
     lines += ["", "| ratio | value | target | met |", "|---|---|---|---|"]
     for label, value, target, met in ratio_rows(medians):
-        lines.append(f"| {label} | {value:.3f} | {'-' if target is None else f'<= {target:.2f}'} | "
-                     f"{'-' if met is None else ('yes' if met else 'NO')} |")
+        lines.append(
+            f"| {label} | {value:.3f} | {'-' if target is None else f'<= {target:.2f}'} | "
+            f"{'-' if met is None else ('yes' if met else 'NO')} |"
+        )
     saving = medians["epoch_end_to_end"] - medians["epoch_cached"]
     if saving > 0:
         lines += ["", f"the extraction pays for itself after {medians['extract'] / saving:.1f} epoch(s)"]
@@ -601,9 +703,11 @@ def analysis_lines(args, analysis, step_seconds, infer_seconds):
         "",
         "| quantity | value |",
         "|---|---|",
-        f"| counted FLOPs per step (matmul, conv, attention; GRU not counted) | {analysis['flops'] / 1e12:.3f} T |",
+        "| counted FLOPs per step (matmul, conv, attention; GRU not counted) | "
+        f"{analysis['flops'] / 1e12:.3f} T |",
         f"| achieved TFLOP/s (counted FLOPs / median step) | {achieved:.3f} |",
-        f"| device dense peak TFLOP/s, {args.precision}" + (" (TF32)" if args.precision == "fp32" and args.tf32 else "")
+        f"| device dense peak TFLOP/s, {args.precision}"
+        + (" (TF32)" if args.precision == "fp32" and args.tf32 else "")
         + f" | {'n/a' if peak is None else f'{peak:.1f}'} |",
         f"| fraction of peak | {'n/a' if peak is None else f'{achieved / peak:.1%}'} |",
         f"| inference, utterances/s (full model) | {args.batch_size / infer_seconds:.1f} |",
@@ -614,9 +718,17 @@ def analysis_lines(args, analysis, step_seconds, infer_seconds):
     syncs = analysis["syncs"]
     if syncs is not None:
         where = ", ".join(syncs["where"]) or "-"
-        lines.append(f"| host waits for the device in one step (set_sync_debug_mode) | {syncs['count']} ({where}) |")
-    lines += ["", f"top {PROFILE_ROWS} operators of {PROFILE_STEPS} steps by {profile['sort_by']} (torch.profiler):",
-              "", "```", profile["table"].rstrip(), "```"]
+        lines.append(
+            f"| host waits for the device in one step (set_sync_debug_mode) | {syncs['count']} ({where}) |"
+        )
+    lines += [
+        "",
+        f"top {PROFILE_ROWS} operators of {PROFILE_STEPS} steps by {profile['sort_by']} (torch.profiler):",
+        "",
+        "```",
+        profile["table"].rstrip(),
+        "```",
+    ]
     return lines
 
 
@@ -641,14 +753,27 @@ def run(args):
         corpus_dir = os.path.join(tmp, "corpus")
         os.makedirs(corpus_dir)
         setup = {
-            "tmp": tmp, "device": args.device, "threads": args.threads, "precision": args.precision,
-            "tf32": args.tf32, "start_method": args.start_method, "gradient_checkpointing": args.gradient_checkpointing, "audio_seconds": args.audio_seconds,
-            "speech_dir": speech_dir, "text_dir": text_dir, "tokenizer_dir": tokenizer_dir,
-            "hparams_file": hparams_file, "head": head_settings(hparams_file),
-            "wavs": make_waveforms(args.batch_size, rng, args.audio_seconds), "texts": texts,
+            "tmp": tmp,
+            "device": args.device,
+            "threads": args.threads,
+            "precision": args.precision,
+            "tf32": args.tf32,
+            "start_method": args.start_method,
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "audio_seconds": args.audio_seconds,
+            "speech_dir": speech_dir,
+            "text_dir": text_dir,
+            "tokenizer_dir": tokenizer_dir,
+            "hparams_file": hparams_file,
+            "head": head_settings(hparams_file),
+            "wavs": make_waveforms(args.batch_size, rng, args.audio_seconds),
+            "texts": texts,
             "labels": rng.integers(0, len(MELD_CLASSES), args.batch_size).tolist(),
-            "batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup,
-            "epochs": args.epochs, "corpus_dir": corpus_dir,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "epochs": args.epochs,
+            "corpus_dir": corpus_dir,
             "manifest": write_corpus(corpus_dir, args.epoch_utterances, rng, args.audio_seconds),
             "cache_dir": os.path.join(tmp, "feature_cache"),
         }
@@ -656,21 +781,28 @@ def run(args):
         print(f"timing {len(STEP_ROWS)} step configurations, interleaved ...", file=sys.stderr, flush=True)
         analysis = in_child("step timing", time_steps, setup, setup=setup)
         times.update(analysis.pop("times"))
-        print("median s: " + ", ".join(f"{n} {statistics.median(times[n]):.3f}" for n in STEP_ROWS),
-              file=sys.stderr, flush=True)
+        print(
+            "median s: " + ", ".join(f"{n} {statistics.median(times[n]):.3f}" for n in STEP_ROWS),
+            file=sys.stderr,
+            flush=True,
+        )
         for name in STEP_ROWS:
             print(f"peak memory of {name} ...", file=sys.stderr, flush=True)
             peaks[name] = in_child(name, step_memory, setup, name, setup=setup)
             print(f"  {peaks[name]['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
-        for name, fn, fn_args in (("extract", extraction, (setup,)),
-                                  ("epoch_end_to_end", epochs, (setup, False)),
-                                  ("epoch_cached", epochs, (setup, True))):
+        for name, fn, fn_args in (
+            ("extract", extraction, (setup,)),
+            ("epoch_end_to_end", epochs, (setup, False)),
+            ("epoch_cached", epochs, (setup, True)),
+        ):
             print(f"{name} ...", file=sys.stderr, flush=True)
             result = in_child(name, fn, *fn_args, setup=setup)
             times.update(result.pop("times"))
             peaks[name] = result
-            print(f"  median {statistics.median(times[name]):.3f} s, {result['peak_mib']:.0f} MiB",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  median {statistics.median(times[name]):.3f} s, {result['peak_mib']:.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
     loads.append(os.getloadavg()[0])
     return report(args, setup, times, peaks, loads, tokens, started, analysis)
-

@@ -47,6 +47,7 @@ def _run(method, rate, seconds, repeats, queue):
 
         def fn():
             return torchaudio.functional.resample(xt, rate, TARGET).numpy()
+
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
@@ -62,8 +63,8 @@ def _run(method, rate, seconds, repeats, queue):
     n = min(len(y), int(seconds * TARGET))
     ref = 0.5 * np.sin(2 * np.pi * FREQ * np.arange(n) / TARGET)
     edge = int(0.1 * TARGET)
-    err = y[edge:n - edge] - ref[edge:n - edge]
-    snr = 10 * np.log10(np.sum(ref[edge:n - edge] ** 2) / max(np.sum(err.astype("float64") ** 2), 1e-30))
+    err = y[edge : n - edge] - ref[edge : n - edge]
+    snr = 10 * np.log10(np.sum(ref[edge : n - edge] ** 2) / max(np.sum(err.astype("float64") ** 2), 1e-30))
     queue.put((statistics.median(times), peak / 1024, snr))
 
 

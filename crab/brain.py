@@ -195,8 +195,10 @@ class CrabBrain(sb.Brain):
         seen = 0
         for batch in sb.dataio.dataloader.make_dataloader(dataset, **loader_kwargs):
             if not hasattr(batch, "sig"):
-                raise ValueError("waveform_normalization: global needs the training audio; "
-                                 "a feature cache holds encoder states only")
+                raise ValueError(
+                    "waveform_normalization: global needs the training audio; "
+                    "a feature cache holds encoder states only"
+                )
             wavs, wav_lens = batch.sig
             lengths = relative_to_absolute(wav_lens, wavs.shape[1])
             norm.accumulate(wavs, lengths_to_mask(lengths, wavs.shape[1]))
@@ -204,8 +206,12 @@ class CrabBrain(sb.Brain):
             if max_utterances and seen >= max_utterances:
                 break
         norm.finish()
-        logger.info("Waveform mean %.6g and std %.6g from %d training utterances",
-                    float(norm.mean), float(norm.std), seen)
+        logger.info(
+            "Waveform mean %.6g and std %.6g from %d training utterances",
+            float(norm.mean),
+            float(norm.std),
+            seen,
+        )
 
     def compute_forward(self, batch, stage):
         logits, taps = self.forward_model(batch)
@@ -218,9 +224,7 @@ class CrabBrain(sb.Brain):
         check_finite_outputs(logits, batch.id, stage, self.hparams.epoch_counter.current, self.step)
         targets = batch.emo_encoded.data.squeeze(1)
         ce = self.modules.wce(logits, targets)
-        leg_losses = {
-            name: self.hparams.leg_loss(out, targets) for name, out in leg_outputs.items()
-        }
+        leg_losses = {name: self.hparams.leg_loss(out, targets) for name, out in leg_outputs.items()}
         loss = total_loss(ce, list(leg_losses.values()), self.hparams.alpha)
         if stage == sb.Stage.TRAIN:
             self._add_parts(batch, {"wce": ce, **{f"leg_{n}": v for n, v in leg_losses.items()}})
@@ -277,8 +281,11 @@ class CrabBrain(sb.Brain):
         }
         hparams = vars(self.hparams)  # runs configured before the floors existed have neither key
         encoder_floor = hparams.get("encoder_lr_floor") or 0.0
-        floors = {"speech_encoder": encoder_floor, "text_encoder": encoder_floor,
-                  "head": hparams.get("lr_floor") or 0.0}
+        floors = {
+            "speech_encoder": encoder_floor,
+            "text_encoder": encoder_floor,
+            "head": hparams.get("lr_floor") or 0.0,
+        }
         self.optimizers_dict, self.schedulers = {}, {}
         for name, (params, lr) in groups.items():
             if not params:  # a frozen or absent encoder
@@ -327,14 +334,26 @@ class CrabBrain(sb.Brain):
         probs = torch.cat([p for _, _, p in self._predictions])
         return ids, targets, probs
 
-    def evaluate(self, test_set, max_key=None, min_key=None, progressbar=None, test_loader_kwargs=None,
-                 eval_folder=None):
+    def evaluate(
+        self,
+        test_set,
+        max_key=None,
+        min_key=None,
+        progressbar=None,
+        test_loader_kwargs=None,
+        eval_folder=None,
+    ):
         """``speechbrain.core.Brain.evaluate``, writing ``predictions.csv`` and ``scores.json``
         to ``eval_folder`` (default: ``self.eval_folder()``, from the hparams)."""
         self._eval_folder = eval_folder
         try:
-            return super().evaluate(test_set, max_key=max_key, min_key=min_key, progressbar=progressbar,
-                                    test_loader_kwargs=test_loader_kwargs or {})
+            return super().evaluate(
+                test_set,
+                max_key=max_key,
+                min_key=min_key,
+                progressbar=progressbar,
+                test_loader_kwargs=test_loader_kwargs or {},
+            )
         finally:
             self._eval_folder = None
 
@@ -346,8 +365,10 @@ class CrabBrain(sb.Brain):
         if folder:
             return str(folder)
         if not hparams.get("output_folder"):
-            raise ValueError("CrabBrain.evaluate: no folder for the predictions: give evaluate(eval_folder=...) "
-                             "or an eval_folder or output_folder hyperparameter")
+            raise ValueError(
+                "CrabBrain.evaluate: no folder for the predictions: give evaluate(eval_folder=...) "
+                "or an eval_folder or output_folder hyperparameter"
+            )
         return os.path.join(hparams["output_folder"], f"eval_{hparams.get('eval_name') or 'test'}")
 
     def _write_eval(self, ids, targets, probs, stats):
@@ -358,7 +379,7 @@ class CrabBrain(sb.Brain):
         with open(os.path.join(eval_dir, "predictions.csv"), "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["id", "true", "predicted"] + [f"prob_{c}" for c in classes])
-            for utt, target, p in zip(ids, targets, probs.tolist()):
+            for utt, target, p in zip(ids, targets, probs.tolist(), strict=True):
                 predicted = max(range(len(p)), key=p.__getitem__)
                 writer.writerow([utt, classes[target], classes[predicted]] + [f"{x:.6f}" for x in p])
         with open(os.path.join(eval_dir, "scores.json"), "w") as f:

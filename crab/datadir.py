@@ -87,7 +87,7 @@ def read_data_dir(data_dir, text_source="gold", text_only=False):
         raise DataPrepError(f"missing {text_file}: run the transcription stage (--asr_model) first")
     tables = {"text": read_table(text_file, required=False)}
     for path in sorted(glob.glob(os.path.join(data_dir, "utt2*"))):
-        tables[os.path.basename(path)[len("utt2"):]] = read_table(path)
+        tables[os.path.basename(path)[len("utt2") :]] = read_table(path)
     for field in ("emo", "spk"):
         if field not in tables:
             raise DataPrepError(f"{data_dir}: missing utt2{field}")
@@ -102,7 +102,9 @@ def read_data_dir(data_dir, text_source="gold", text_only=False):
     extra = sorted(set().union(*tables.values()) - set(wavs))
     if extra:
         listing = "utt2emo" if text_only else "wav.scp"
-        raise DataPrepError(f"{data_dir}: utterances not in {listing}, e.g. '{extra[0]}' ({len(extra)} in all)")
+        raise DataPrepError(
+            f"{data_dir}: utterances not in {listing}, e.g. '{extra[0]}' ({len(extra)} in all)"
+        )
     return entries
 
 
@@ -114,12 +116,21 @@ def parse_wav_scp(path):
         if line.error:
             failures.append(Failure("-", line.lineno, "line is not UTF-8 text"))
         elif not line.value:
-            failures.append(Failure(line.utt, line.lineno, "line does not parse: expected '<utt-id> <audio path>'"))
+            failures.append(
+                Failure(line.utt, line.lineno, "line does not parse: expected '<utt-id> <audio path>'")
+            )
         elif line.value.endswith("|"):
-            failures.append(Failure(line.utt, line.lineno, "piped commands (Kaldi extended filenames) are not "
-                                                           "supported: write the audio to files"))
+            failures.append(
+                Failure(
+                    line.utt,
+                    line.lineno,
+                    "piped commands (Kaldi extended filenames) are not supported: write the audio to files",
+                )
+            )
         elif line.utt in seen:
-            failures.append(Failure(line.utt, line.lineno, f"duplicate utterance id (first on line {seen[line.utt]})"))
+            failures.append(
+                Failure(line.utt, line.lineno, f"duplicate utterance id (first on line {seen[line.utt]})")
+            )
         else:
             seen[line.utt] = line.lineno
             utterances.append(Utterance(line.utt, line.value, line.lineno))
@@ -153,14 +164,22 @@ def read_transcripts(path):
     last_complete = None if not data.endswith(b"\n") else data.count(b"\n")  # None: a cut-off line follows
     for line in lines:
         if not line.ended:
-            logger.warning("%s:%d: the last line is cut off (an interrupted write): dropped, transcribed again",
-                           path, line.lineno)
+            logger.warning(
+                "%s:%d: the last line is cut off (an interrupted write): dropped, transcribed again",
+                path,
+                line.lineno,
+            )
         elif line.error and line.lineno == last_complete:
-            logger.warning("%s:%d: the last line is not UTF-8 (an interrupted write): dropped, transcribed "
-                           "again", path, line.lineno)
+            logger.warning(
+                "%s:%d: the last line is not UTF-8 (an interrupted write): dropped, transcribed again",
+                path,
+                line.lineno,
+            )
         elif line.error:
-            raise DataPrepError(f"{path}:{line.lineno}: not UTF-8 text (a damaged file): repair or delete that "
-                                "line, or pass --overwrite true")
+            raise DataPrepError(
+                f"{path}:{line.lineno}: not UTF-8 text (a damaged file): repair or delete that "
+                "line, or pass --overwrite true"
+            )
         else:
             done[line.utt] = line.value
     return done
@@ -193,15 +212,18 @@ def check_fold(splits, utterances=None, name="fold", speaker_independent=True):
     names = list(splits)
     shared = {}
     for i, first in enumerate(names):
-        for second in names[i + 1:]:
+        for second in names[i + 1 :]:
             both = set(splits[first]) & set(splits[second])
             if both:
-                raise DataPrepError(f"{name}: {len(both)} utterance(s) in both {first} and {second}, "
-                                    f"e.g. '{sorted(both)[0]}'")
+                raise DataPrepError(
+                    f"{name}: {len(both)} utterance(s) in both {first} and {second}, e.g. '{sorted(both)[0]}'"
+                )
             speakers = set(splits[first].values()) & set(splits[second].values())
             if speakers and speaker_independent:
-                raise DataPrepError(f"{name}: speaker(s) {sorted(speakers)[:5]} in both {first} and {second}: "
-                                    "the fold is not speaker-independent")
+                raise DataPrepError(
+                    f"{name}: speaker(s) {sorted(speakers)[:5]} in both {first} and {second}: "
+                    "the fold is not speaker-independent"
+                )
             if speakers:
                 shared[first, second] = speakers
     if utterances is not None:
@@ -211,6 +233,7 @@ def check_fold(splits, utterances=None, name="fold", speaker_independent=True):
             raise DataPrepError(f"{name}: {len(left)} utterance(s) in no split, e.g. '{left[0]}'")
         foreign = sorted(placed - set(utterances))
         if foreign:
-            raise DataPrepError(f"{name}: {len(foreign)} utterance(s) in a split but not in the corpus, "
-                                f"e.g. '{foreign[0]}'")
+            raise DataPrepError(
+                f"{name}: {len(foreign)} utterance(s) in a split but not in the corpus, e.g. '{foreign[0]}'"
+            )
     return shared

@@ -69,7 +69,7 @@ def decode(data, path, fallback="cp1252", first_line=1):
     and column, or (``fallback=None``) a ``DataPrepError`` naming them.
     """
     if first_line == 1 and data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+        data = data[len(codecs.BOM_UTF8) :]
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -77,7 +77,9 @@ def decode(data, path, fallback="cp1252", first_line=1):
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
         where = f"{path}:{line}:{column}: byte 0x{data[err.start]:02x} is not UTF-8"
         if fallback is None:
-            raise DataPrepError(f"{where}; convert the file to UTF-8 (e.g. iconv -f cp1252 -t utf-8)") from None
+            raise DataPrepError(
+                f"{where}; convert the file to UTF-8 (e.g. iconv -f cp1252 -t utf-8)"
+            ) from None
         print(f"WARNING: {where}; the file is read as {fallback}", file=sys.stderr)
         return data.decode(fallback, errors="replace")
 
@@ -87,7 +89,8 @@ def rate_problem(rate, path):
     if MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         return None
     return "bad sample rate", (
-        f"sample rate {rate} Hz outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz (corrupt or mislabelled header): {path}"
+        f"sample rate {rate} Hz outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz "
+        f"(corrupt or mislabelled header): {path}"
     )
 
 
@@ -98,7 +101,8 @@ def peak_problem(peak, path, silence=True):
         return "non-finite samples", f"NaN or infinite samples in {path}"
     if peak > MAX_PEAK:
         return "amplitude out of range", (
-            f"amplitude out of range (peak {peak:.3g} > {MAX_PEAK:g}; audio should lie within [-1, 1]) in {path}"
+            f"amplitude out of range (peak {peak:.3g} > {MAX_PEAK:g}; "
+            f"audio should lie within [-1, 1]) in {path}"
         )
     if silence and peak <= SILENCE_PEAK:
         return "silent audio", f"silent audio (peak amplitude {peak:.2g} <= {SILENCE_PEAK:g}) in {path}"
@@ -146,8 +150,9 @@ def clean_transcript(text):
     return re.sub(" {2,}", " ", text).strip(), count
 
 
-def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES, conversions=None, require_text=True,
-                    read_samples=True):
+def check_utterance(
+    utt, entry, classes, min_samples=MIN_SAMPLES, conversions=None, require_text=True, read_samples=True
+):
     """Return ``(kind, message)`` saying why ``entry`` is unusable, or None.
 
     ``require_text=False`` (data for a speech-only model) keeps an empty transcript.
@@ -197,8 +202,15 @@ def check_utterance(utt, entry, classes, min_samples=MIN_SAMPLES, conversions=No
     return None
 
 
-def validate(entries, classes, policy="error", name="data", min_samples=MIN_SAMPLES, require_text=True,
-             read_samples=True):
+def validate(
+    entries,
+    classes,
+    policy="error",
+    name="data",
+    min_samples=MIN_SAMPLES,
+    require_text=True,
+    read_samples=True,
+):
     """Keep the usable entries of ``entries`` (utt -> dict) according to ``policy``
     (``require_text=False``: empty transcripts are usable, for speech-only models;
     ``read_samples``: see ``check_utterance``)."""
@@ -236,7 +248,7 @@ def write_manifest(entries, path, data_root):
         entry = dict(entry)
         if entry["wav"] is not None:  # None: text-only
             wav = os.path.abspath(entry["wav"])
-            entry["wav"] = "{data_root}/" + wav[len(root):] if wav.startswith(root) else wav
+            entry["wav"] = "{data_root}/" + wav[len(root) :] if wav.startswith(root) else wav
         portable[utt] = entry
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"

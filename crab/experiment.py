@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 
-import speechbrain as sb
 import torch
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import if_main_process, is_distributed_initialized, run_on_main
@@ -87,7 +86,11 @@ def _write_labels_and_weights(hparams, encoder_path, weights_path):
     hparams["wce"].set_counts(counts)
     weights = hparams["wce"].weight.tolist()
     with open(weights_path, "w", encoding="utf-8") as f:
-        json.dump({c: {"count": n, "weight": w} for c, n, w in zip(classes, counts, weights)}, f, indent=2)
+        json.dump(
+            {c: {"count": n, "weight": w} for c, n, w in zip(classes, counts, weights, strict=True)},
+            f,
+            indent=2,
+        )
     logger.info("Class counts %s, weights N/N_c %s", counts, [round(w, 3) for w in weights])
 
 
@@ -106,8 +109,14 @@ def dataset(hparams, manifest, encoder, sort=False, cache=(None, [])):
     cache, cached = cache
     audio = "speech" in hparams["model"].branches and "speech" not in cached
     return make_dataset(
-        manifest, encoder, hparams["data_root"], hparams["max_duration"], sort=sort,
-        audio=audio, cache=cache, cached_branches=cached,
+        manifest,
+        encoder,
+        hparams["data_root"],
+        hparams["max_duration"],
+        sort=sort,
+        audio=audio,
+        cache=cache,
+        cached_branches=cached,
     )
 
 
@@ -116,7 +125,7 @@ def item_lengths(data, max_duration=None):
     seconds (cut at ``max_duration``, as its audio is), or in a text-only manifest
     (every ``duration`` null) the number of characters of its text."""
     entries = [data.data[utt] for utt in data.data_ids]
-    missing = [utt for utt, entry in zip(data.data_ids, entries) if entry["duration"] is None]
+    missing = [utt for utt, entry in zip(data.data_ids, entries, strict=True) if entry["duration"] is None]
     if not missing:
         return [min(e["duration"], max_duration) if max_duration else e["duration"] for e in entries]
     if len(missing) < len(entries):
@@ -141,9 +150,13 @@ def loader_options(hparams, data, train):
     shuffle = opts.pop("shuffle", False)
     opts.pop("batch_size", None)
     opts["batch_sampler"] = DynamicBatchSampler(
-        data, hparams["max_batch_length"], hparams["num_buckets"],
-        lengths_list=item_lengths(data, hparams["max_duration"]), shuffle=shuffle,
-        batch_ordering="random" if shuffle else "ascending", seed=hparams["seed"],
+        data,
+        hparams["max_batch_length"],
+        hparams["num_buckets"],
+        lengths_list=item_lengths(data, hparams["max_duration"]),
+        shuffle=shuffle,
+        batch_ordering="random" if shuffle else "ascending",
+        seed=hparams["seed"],
     )
     return opts
 

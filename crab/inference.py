@@ -36,10 +36,10 @@ import shutil
 
 import soundfile as sf
 import torch
-from torch import nn
 from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_hooks
 from speechbrain.utils.fetching import LocalStrategy
+from torch import nn
 
 from crab.cli import UserError
 from crab.data import SAMPLE_RATE, BadAudioError, read_audio, resample
@@ -57,8 +57,17 @@ ENCODER_DIRS = {"speech": "speech_encoder", "text": "text_encoder"}
 # !include:, !!python/..., another class) is refused before hyperpyyaml sees the file.
 PACKAGE_OBJECTS = {
     "!new:crab.inference.PackagedCrab": {
-        "speech_encoder", "text_encoder", "num_classes", "modality", "hidden_dim", "num_heads",
-        "attention_dropout", "scaled_pooling", "bottleneck_dim", "dropout", "unimodal_leg_input",
+        "speech_encoder",
+        "text_encoder",
+        "num_classes",
+        "modality",
+        "hidden_dim",
+        "num_heads",
+        "attention_dropout",
+        "scaled_pooling",
+        "bottleneck_dim",
+        "dropout",
+        "unimodal_leg_input",
         "padding_masks",
     },
     "!new:speechbrain.dataio.encoder.CategoricalEncoder": set(),
@@ -93,7 +102,8 @@ def check_package_hparams(path):
 
     def refuse(node, what):
         raise UnsafeModelError(
-            f"{path}:{node.start_mark.line + 1}: {what}: refusing to load this model (crab.bin.package writes "
+            f"{path}:{node.start_mark.line + 1}: {what}: refusing to load this model "
+            "(crab.bin.package writes "
             "only plain values, !ref and the objects crab.inference.PACKAGE_OBJECTS lists; loading it "
             "with hyperpyyaml could run code)"
         )
@@ -101,8 +111,10 @@ def check_package_hparams(path):
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.DocumentStartEvent) and (event.tags or event.version):
-                raise UnsafeModelError(f"{path}:{event.start_mark.line + 1}: a %YAML or %TAG directive: "
-                                       "refusing to load this model")
+                raise UnsafeModelError(
+                    f"{path}:{event.start_mark.line + 1}: a %YAML or %TAG directive: "
+                    "refusing to load this model"
+                )
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
         raise UnsafeModelError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
@@ -125,7 +137,11 @@ def check_package_hparams(path):
             if not isinstance(node, yaml.MappingNode):
                 refuse(node, f"tag {tag} with arguments that are not a mapping")
             for key, value in node.value:
-                if not isinstance(key, yaml.ScalarNode) or key.tag != "tag:yaml.org,2002:str" or key.value not in args:
+                if (
+                    not isinstance(key, yaml.ScalarNode)
+                    or key.tag != "tag:yaml.org,2002:str"
+                    or key.value not in args
+                ):
                     refuse(key, f"argument '{getattr(key, 'value', key)}' of {tag}")
                 walk(value)
             return
@@ -153,8 +169,14 @@ def _hparams_path(source, hparams_file, kwargs, local_strategy):
         return os.path.join(str(source), hparams_file)
     from speechbrain.utils.fetching import FetchConfig, fetch
 
-    return fetch(filename=hparams_file, source=source, savedir=kwargs.get("savedir"), save_filename=None,
-                 local_strategy=local_strategy, fetch_config=kwargs.get("fetch_config", FetchConfig()))
+    return fetch(
+        filename=hparams_file,
+        source=source,
+        savedir=kwargs.get("savedir"),
+        save_filename=None,
+        local_strategy=local_strategy,
+        fetch_config=kwargs.get("fetch_config", FetchConfig()),
+    )
 
 
 def load_weights(path):
@@ -278,7 +300,9 @@ class PackagedCrab(nn.Module):
         try:
             self.crab.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise RuntimeError(f"{path} does not fit the model of {model_dir}/hyperparams.yaml: {err}") from None
+            raise RuntimeError(
+                f"{path} does not fit the model of {model_dir}/hyperparams.yaml: {err}"
+            ) from None
 
     def _find_model_dir(self, path):
         """The package directory: where ``path`` is, or where a link to it points."""
@@ -380,7 +404,9 @@ class CrabClassifier(Pretrained):
         self.asr_model = None
 
     @classmethod
-    def from_hparams(cls, source, hparams_file="hyperparams.yaml", local_strategy=LocalStrategy.NO_LINK, **kwargs):
+    def from_hparams(
+        cls, source, hparams_file="hyperparams.yaml", local_strategy=LocalStrategy.NO_LINK, **kwargs
+    ):
         """Load from a package directory; by default in place (``LocalStrategy.NO_LINK``).
 
         With a ``savedir`` and a copying strategy, the encoder folders are copied
@@ -394,8 +420,12 @@ class CrabClassifier(Pretrained):
         if savedir is not None and copying and os.path.isdir(str(source)):
             for folder in ENCODER_DIRS.values():
                 if os.path.isdir(os.path.join(source, folder)):
-                    shutil.copytree(os.path.join(source, folder), os.path.join(savedir, folder), dirs_exist_ok=True)
-        return super().from_hparams(source, hparams_file=hparams_file, local_strategy=local_strategy, **kwargs)
+                    shutil.copytree(
+                        os.path.join(source, folder), os.path.join(savedir, folder), dirs_exist_ok=True
+                    )
+        return super().from_hparams(
+            source, hparams_file=hparams_file, local_strategy=local_strategy, **kwargs
+        )
 
     @property
     def classes(self):
@@ -487,7 +517,9 @@ class CrabClassifier(Pretrained):
         elif wavs.dim() == 3:
             wavs = wavs.mean(dim=-1)
         elif wavs.dim() != 2:
-            raise ValueError(f"wavs must be (batch, time) or (batch, time, channels), got shape {tuple(wavs.shape)}")
+            raise ValueError(
+                f"wavs must be (batch, time) or (batch, time, channels), got shape {tuple(wavs.shape)}"
+            )
         if wav_lens is None:
             wav_lens = torch.ones(wavs.shape[0])
         wav_lens = torch.as_tensor(wav_lens, dtype=torch.float32).cpu()
@@ -500,7 +532,7 @@ class CrabClassifier(Pretrained):
         if self.max_samples is not None and wavs.shape[1] > self.max_samples:
             wavs = wavs[:, : self.max_samples]
             lengths = lengths.clamp(max=self.max_samples)
-        for i, (wav, n) in enumerate(zip(wavs, lengths.tolist())):
+        for i, (wav, n) in enumerate(zip(wavs, lengths.tolist(), strict=True)):
             problem = check_audio(wav[:n], self.min_samples)
             if problem:
                 raise AudioError(f"utterance {i} of the batch: {problem}")
@@ -523,8 +555,17 @@ class CrabClassifier(Pretrained):
             raise ValueError(f"empty transcript for utterance(s) {empty} of the batch")
         return texts
 
-    def load_asr(self, model=DEFAULT_ASR_MODEL, device=None, backend="auto", language=None, task=None,
-                 num_beams=1, max_new_tokens=128, dtype="auto"):
+    def load_asr(
+        self,
+        model=DEFAULT_ASR_MODEL,
+        device=None,
+        backend="auto",
+        language=None,
+        task=None,
+        num_beams=1,
+        max_new_tokens=128,
+        dtype="auto",
+    ):
         """Load an ASR model for ``transcribe_batch`` / ``transcribe_file``.
 
         Any Hugging Face ASR model, through ``crab.asr``'s loaders
@@ -533,8 +574,14 @@ class CrabClassifier(Pretrained):
         from crab.asr import load_transcriber
 
         args = argparse.Namespace(
-            model=model, device=device or self.device, backend=backend, language=language, task=task,
-            num_beams=num_beams, max_new_tokens=max_new_tokens, dtype=dtype,
+            model=model,
+            device=device or self.device,
+            backend=backend,
+            language=language,
+            task=task,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            dtype=dtype,
         )
         self.asr = load_transcriber(args)
         self.asr_model = model
@@ -557,7 +604,7 @@ class CrabClassifier(Pretrained):
             if wav_lens is None:
                 wav_lens = torch.ones(wavs.shape[0])
             lengths = torch.round(torch.as_tensor(wav_lens) * wavs.shape[1]).long().tolist()
-            audios = [wav[:n].cpu().numpy() for wav, n in zip(wavs, lengths)]
+            audios = [wav[:n].cpu().numpy() for wav, n in zip(wavs, lengths, strict=True)]
         for i, audio in enumerate(audios):  # what the classifier refuses, the ASR model does not hear
             problem = check_audio(torch.from_numpy(audio), 1)
             if problem:

@@ -26,7 +26,10 @@ logger = logging.getLogger(__name__)
 TEXT_SOURCES = ("gold", "asr", "unknown")
 METADATA = "metadata.json"
 
-CUSTOM_INTERFACE = '''"""SpeechBrain foreign_class entry point of a packaged Crab model (needs the crab package).
+# the text of custom_interface.py (split in two so that its first line fits the line length)
+CUSTOM_INTERFACE = (
+    '''"""SpeechBrain foreign_class entry point of a packaged Crab model'''
+    + ''' (needs the crab package).
 
     foreign_class(source=THIS_DIR, pymodule_file="custom_interface.py", classname="CrabClassifier")
 """
@@ -41,6 +44,7 @@ _HPARAMS = os.path.join(os.path.dirname(os.path.realpath(__file__)), "hyperparam
 if os.path.isfile(_HPARAMS):
     check_package_hparams(_HPARAMS)
 '''
+)
 
 HPARAMS_TEMPLATE = """# Crab inference hyperparameters, written by crab.bin.package.
 # Load with crab.inference.CrabClassifier.from_hparams(source=<this directory>) or
@@ -181,10 +185,16 @@ def _flow(value):
 def write_hparams(path, options, speech, text, classes, max_duration, text_source):
     values = {k: _flow(v) for k, v in options.items()}
     with open(path, "w", encoding="utf-8") as f:
-        f.write(HPARAMS_TEMPLATE.format(
-            classes=_flow(list(classes)), max_duration=_flow(max_duration), text_source=text_source,
-            speech_encoder=_flow(speech), text_encoder=_flow(text), **values,
-        ))
+        f.write(
+            HPARAMS_TEMPLATE.format(
+                classes=_flow(list(classes)),
+                max_duration=_flow(max_duration),
+                text_source=text_source,
+                speech_encoder=_flow(speech),
+                text_encoder=_flow(text),
+                **values,
+            )
+        )
 
 
 def class_weights(hparams, checkpoint, classes):
@@ -213,8 +223,10 @@ def versions():
     import transformers
 
     return {
-        "crab": crab.__version__, "speechbrain": speechbrain.__version__,
-        "transformers": transformers.__version__, "torch": torch.__version__,
+        "crab": crab.__version__,
+        "speechbrain": speechbrain.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
         "python": platform.python_version(),
     }
 
@@ -268,9 +280,18 @@ def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=No
         folder = os.path.join(tmp, ENCODER_DIRS["speech"])
         speech, encoders["speech"] = save_speech_encoder(model.speech_encoder, folder)
     if model.text_encoder is not None:
-        text, encoders["text"] = save_text_encoder(model.text_encoder, os.path.join(tmp, ENCODER_DIRS["text"]))
-    write_hparams(os.path.join(tmp, "hyperparams.yaml"), crab_options(model), speech, text, classes,
-                  hparams.get("max_duration"), text_source)
+        text, encoders["text"] = save_text_encoder(
+            model.text_encoder, os.path.join(tmp, ENCODER_DIRS["text"])
+        )
+    write_hparams(
+        os.path.join(tmp, "hyperparams.yaml"),
+        crab_options(model),
+        speech,
+        text,
+        classes,
+        hparams.get("max_duration"),
+        text_source,
+    )
     with open(os.path.join(tmp, "custom_interface.py"), "w", encoding="utf-8") as f:
         f.write(CUSTOM_INTERFACE)
     resolved = os.path.join(hparams["output_folder"], "hyperparams.yaml")
@@ -291,7 +312,9 @@ def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=No
             "checkpoint": os.path.abspath(checkpoint.path),
             "epoch": epoch,
             "ckpt_metric": metric,
-            "valid_scores": {k: v for k, v in checkpoint.meta.items() if k not in ("unixtime", "end-of-epoch")},
+            "valid_scores": {
+                k: v for k, v in checkpoint.meta.items() if k not in ("unixtime", "end-of-epoch")
+            },
             "text_source": text_source,
             "asr_model": asr_model if text_source == "asr" else None,
         },

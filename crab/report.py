@@ -41,10 +41,22 @@ def git_commit(path=None, short=True):
     (``train_info.json``, the results tables, a package's metadata.json)."""
     path = path or os.path.dirname(os.path.abspath(__file__))
     try:
-        commit = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], cwd=path,
-                                capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", *(["--short"] if short else []), "HEAD"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("+dirty" if dirty else "")) or None
@@ -62,8 +74,13 @@ def machine(device="cpu"):
     gpus = "none"
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20, check=True).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            ).stdout
             gpus = ", ".join(line.strip() for line in out.splitlines() if line.strip()) or "none"
         except (OSError, subprocess.SubprocessError):
             pass
@@ -150,12 +167,17 @@ def read_ablations(path):
                 continue
             fields = [field.strip() for field in line.split("|")]
             if len(fields) != 4 or not fields[0]:
-                raise ValueError(f"{path}:{number}: expected 'name | method | paper | overrides', got '{line}'")
+                raise ValueError(
+                    f"{path}:{number}: expected 'name | method | paper | overrides', got '{line}'"
+                )
             name, method, paper, overrides = fields
             if name in table:
                 raise ValueError(f"{path}:{number}: ablation '{name}' defined twice")
-            table[name] = {"method": method, "paper": parse_paper_numbers(paper, f"{path}:{number}"),
-                           "overrides": split_overrides(overrides, origin=f"{path}:{number}")}
+            table[name] = {
+                "method": method,
+                "paper": parse_paper_numbers(paper, f"{path}:{number}"),
+                "overrides": split_overrides(overrides, origin=f"{path}:{number}"),
+            }
     return table
 
 
@@ -232,28 +254,50 @@ def results_markdown(summary, title=None):
     ]
     for row in rows:
         cells = [_cell(row[m]) for m in METRICS]
-        lines.append(f"| {row['run']} | {row['num_utterances']} | " + " | ".join(cells)
-                     + f" | {format_duration(row.get('wall_s'))} | {row.get('commit') or 'n/a'} |")
+        lines.append(
+            f"| {row['run']} | {row['num_utterances']} | "
+            + " | ".join(cells)
+            + f" | {format_duration(row.get('wall_s'))} | {row.get('commit') or 'n/a'} |"
+        )
     if len(rows) > 1:
         cells = [_cell(summary["mean"][m], summary["std"][m]) for m in METRICS]
         wall = summary["mean"].get("wall_s")
-        lines.append(f"| mean ± std ({len(rows)} runs) | | " + " | ".join(cells)
-                     + f" | {format_duration(wall)} mean | |")
+        lines.append(
+            f"| mean ± std ({len(rows)} runs) | | "
+            + " | ".join(cells)
+            + f" | {format_duration(wall)} mean | |"
+        )
     if any(k in summary["mean"] for k in EMBEDDING_SCORES):
-        lines += ["", "Fused (fc1) embeddings of the test set: "
-                  + ", ".join(f"{k} {_cell(summary['mean'].get(k), summary['std'].get(k), 3)}"
-                              for k in EMBEDDING_SCORES)
-                  + " (silhouette and Calinski-Harabasz: higher is better; Davies-Bouldin: lower)."]
-    notes = [f"- {row['run']}: no test utterance of {', '.join(row['absent_from_references'])} "
-             f"(UAR over the other classes)" for row in rows if row.get("absent_from_references")]
-    notes += [f"- {row['run']}: never predicted {', '.join(row['never_predicted'])} (recall 0)"
-              for row in rows if row.get("never_predicted")]
+        lines += [
+            "",
+            "Fused (fc1) embeddings of the test set: "
+            + ", ".join(
+                f"{k} {_cell(summary['mean'].get(k), summary['std'].get(k), 3)}" for k in EMBEDDING_SCORES
+            )
+            + " (silhouette and Calinski-Harabasz: higher is better; Davies-Bouldin: lower).",
+        ]
+    notes = [
+        f"- {row['run']}: no test utterance of {', '.join(row['absent_from_references'])} "
+        f"(UAR over the other classes)"
+        for row in rows
+        if row.get("absent_from_references")
+    ]
+    notes += [
+        f"- {row['run']}: never predicted {', '.join(row['never_predicted'])} (recall 0)"
+        for row in rows
+        if row.get("never_predicted")
+    ]
     if notes:
         lines += ["", "Classes:", *notes]
-    lines += ["", "Runs (machine and command of the last training invocation; wall time summed over resumes):"]
+    lines += [
+        "",
+        "Runs (machine and command of the last training invocation; wall time summed over resumes):",
+    ]
     for row in rows:
         if row.get("command"):
-            trained_on = f"; trained on {describe(row)}" if row.get("text_source") not in (None, "unknown") else ""
+            trained_on = (
+                f"; trained on {describe(row)}" if row.get("text_source") not in (None, "unknown") else ""
+            )
             lines.append(f"- {row['run']}: {row.get('machine')}; `{row['command']}`{trained_on}")
         else:
             lines.append(f"- {row['run']}: no {TRAIN_INFO} (trained outside the recipe's stage 4)")
@@ -266,16 +310,24 @@ def per_class_markdown(report, title=None):
     lines += ["| class | support | predicted | precision | recall | F1 |", "|---|---|---|---|---|---|"]
     for name in report["classes"]:
         c = report["per_class"][name]
-        lines.append(f"| {name} | {c['support']} | {c['predicted']} | {_cell(c['precision'])} "
-                     f"| {_cell(c['recall'])} | {_cell(c['F1'])} |")
-    lines.append("| **all** | " + f"{report['num_utterances']} | | | UAR {report['UAR']:.4f} "
-                 f"| macro-F1 {report['macro_F1']:.4f} |")
+        lines.append(
+            f"| {name} | {c['support']} | {c['predicted']} | {_cell(c['precision'])} "
+            f"| {_cell(c['recall'])} | {_cell(c['F1'])} |"
+        )
+    lines.append(
+        "| **all** | " + f"{report['num_utterances']} | | | UAR {report['UAR']:.4f} "
+        f"| macro-F1 {report['macro_F1']:.4f} |"
+    )
     if report["absent_from_references"]:
-        lines.append(f"\nNo test utterance of: {', '.join(report['absent_from_references'])}: "
-                     "recall undefined, left out of UAR.")
+        lines.append(
+            f"\nNo test utterance of: {', '.join(report['absent_from_references'])}: "
+            "recall undefined, left out of UAR."
+        )
     if report["never_predicted"]:
-        lines.append(f"\nNever predicted: {', '.join(report['never_predicted'])}: precision undefined, "
-                     "recall and F1 0.")
+        lines.append(
+            f"\nNever predicted: {', '.join(report['never_predicted'])}: precision undefined, "
+            "recall and F1 0."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -345,7 +397,9 @@ def project_2d(embeddings, method="pca", seed=0):
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30, max(2, (len(embeddings) - 1) // 3)))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(embeddings)
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+            embeddings
+        )
     raise ValueError(f"projection must be pca or tsne, got '{method}'")
 
 
@@ -410,7 +464,9 @@ def main(argv=None):
     over = commands.add_parser("overrides", help="print the yaml overrides of one run")
     over.add_argument("--table", help="ablation table (conf/ablations.txt)")
     over.add_argument("--ablation", help="ablation name in the table")
-    over.add_argument("--opts", default="", help="further --key=value overrides, as shell words in one string")
+    over.add_argument(
+        "--opts", default="", help="further --key=value overrides, as shell words in one string"
+    )
     over.add_argument("extra", nargs="*", help="further --key=value overrides (after --)")
     rec = commands.add_parser("record_training", help="note a training invocation in train_info.json")
     rec.add_argument("--run_dir", required=True)
@@ -423,7 +479,11 @@ def main(argv=None):
             parser.error("--ablation needs --table")
         try:
             extra = [*split_overrides(args.opts), *args.extra]
-            words = ablation_overrides(args.table, args.ablation, extra) if args.ablation else merge_overrides(extra)
+            words = (
+                ablation_overrides(args.table, args.ablation, extra)
+                if args.ablation
+                else merge_overrides(extra)
+            )
         except (KeyError, ValueError, OSError) as err:
             sys.exit(f"ERROR: {err.args[0] if isinstance(err, KeyError) else err}")
         for word in words:

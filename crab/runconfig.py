@@ -19,9 +19,9 @@ import sys
 
 import speechbrain as sb
 import yaml
-from speechbrain.utils.run_opts import RunOptions
 from hyperpyyaml import load_hyperpyyaml
 from hyperpyyaml.core import resolve_references
+from speechbrain.utils.run_opts import RunOptions
 
 from crab.cli import UserError
 from crab.encoders import ModelSourceError
@@ -118,7 +118,9 @@ def _yaml_value(text):
     except yaml.YAMLError:  # "a: b" cannot follow "key: ": a string the user means
         return json.dumps(text)
     value = value.get("k") if isinstance(value, dict) else text
-    if (isinstance(value, str) and value != text) or (value is None and text not in ("null", "Null", "NULL", "~")):
+    if (isinstance(value, str) and value != text) or (
+        value is None and text not in ("null", "Null", "NULL", "~")
+    ):
         return json.dumps(text)  # JSON strings are YAML double-quoted scalars
     return text
 
@@ -225,10 +227,17 @@ def same_value(a, b):
     if _number(a) is not None and _number(b) is not None:
         return _number(a) == _number(b)
     if isinstance(a, str) and isinstance(b, str):  # paths: the same file or directory (links resolved)
-        return a == b or os.path.normpath(a) == os.path.normpath(b) or (
-            os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+        return (
+            a == b
+            or os.path.normpath(a) == os.path.normpath(b)
+            or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+        )
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+        return (
+            type(a) is type(b)
+            and len(a) == len(b)
+            and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+        )
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
     return a == b
@@ -236,7 +245,12 @@ def same_value(a, b):
 
 def show(value):
     """A value as short YAML-like text, for messages."""
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and value[0].startswith("!"):
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and value[0].startswith("!")
+    ):
         return f"{value[0]} {show(value[1])}"
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -259,8 +273,10 @@ def run_folder(hparams_file, overrides):
     try:
         return str(resolved_values(text, overrides)["output_folder"])
     except (ValueError, KeyError) as err:
-        raise ConfigError(f"{hparams_file}: cannot tell the run's output folder ({err}): "
-                          "give --output_folder=<the run's folder>") from None
+        raise ConfigError(
+            f"{hparams_file}: cannot tell the run's output folder ({err}): "
+            "give --output_folder=<the run's folder>"
+        ) from None
 
 
 def check_against_run(run_file, text, overrides, stage_keys):
@@ -311,7 +327,10 @@ def load_run(argv=None, stage_keys=STAGE_KEYS, pretrained_encoders=True):
     folder = run_folder(hparams_file, overrides)
     run_file = os.path.join(folder, RUN_HPARAMS)
     if not os.path.isfile(run_file):
-        raise ConfigError(f"{run_file} not found: no trained run in {folder}; train it first (crab.bin.train, the recipe's training stage)")
+        raise ConfigError(
+            f"{run_file} not found: no trained run in {folder}; "
+            "train it first (crab.bin.train, the recipe's training stage)"
+        )
     with open(run_file, encoding="utf-8") as f:
         text = f.read()
     check_against_run(run_file, text, overrides, stage_keys)
@@ -323,6 +342,9 @@ def load_run(argv=None, stage_keys=STAGE_KEYS, pretrained_encoders=True):
     for key in EVAL_LOADER_KEYS:  # copied into eval_dataloader_opts when the run's file was written
         if key in given and isinstance(hparams.get("eval_dataloader_opts"), dict):
             hparams["eval_dataloader_opts"][key] = hparams[key]
-    logger.info("Run configuration: %s%s", run_file,
-                f" (with {', '.join(f'{k}={v}' for k, v in applied)})" if applied else "")
+    logger.info(
+        "Run configuration: %s%s",
+        run_file,
+        f" (with {', '.join(f'{k}={v}' for k, v in applied)})" if applied else "",
+    )
     return run_file, run_opts, "".join(f"{k}: {v}\n" for k, v in applied), hparams

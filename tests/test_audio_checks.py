@@ -33,13 +33,16 @@ def sine(seconds, rate, freq=1000.0, amplitude=0.5):
 # ------------------------------------------------------------------ check_audio
 
 
-@pytest.mark.parametrize("value, problem", [
-    (float("nan"), "NaN or infinite samples"),
-    (float("inf"), "NaN or infinite samples"),
-    (-float("inf"), "NaN or infinite samples"),
-    (1e30, "amplitude out of range (peak 1e+30 > 1000"),
-    (MAX_PEAK * 1.01, "amplitude out of range"),
-])
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        (float("nan"), "NaN or infinite samples"),
+        (float("inf"), "NaN or infinite samples"),
+        (-float("inf"), "NaN or infinite samples"),
+        (1e30, "amplitude out of range (peak 1e+30 > 1000"),
+        (MAX_PEAK * 1.01, "amplitude out of range"),
+    ],
+)
 def test_check_audio_rejects_non_finite_and_absurd_amplitudes(value, problem):
     wav = torch.from_numpy(sine(0.5, 16000))
     assert check_audio(wav, 400) is None
@@ -48,11 +51,17 @@ def test_check_audio_rejects_non_finite_and_absurd_amplitudes(value, problem):
     assert check_audio(wav, 400).startswith(problem)
 
 
-@pytest.mark.parametrize("write, problem", [
-    (lambda p: sf.write(p, np.full(8000, np.nan, "float32"), 16000, subtype="FLOAT"), "NaN or infinite samples in"),
-    (lambda p: sf.write(p, sine(0.5, 16000) * 1e30, 16000, subtype="FLOAT"), "amplitude out of range"),
-    (lambda p: sf.write(p, sine(0.5, 2000), 2000), "sample rate 2000 Hz outside 4000-384000 Hz"),
-])
+@pytest.mark.parametrize(
+    "write, problem",
+    [
+        (
+            lambda p: sf.write(p, np.full(8000, np.nan, "float32"), 16000, subtype="FLOAT"),
+            "NaN or infinite samples in",
+        ),
+        (lambda p: sf.write(p, sine(0.5, 16000) * 1e30, 16000, subtype="FLOAT"), "amplitude out of range"),
+        (lambda p: sf.write(p, sine(0.5, 2000), 2000), "sample rate 2000 Hz outside 4000-384000 Hz"),
+    ],
+)
 def test_load_audio_file_names_the_file(tmp_path, write, problem):
     path = tmp_path / "bad.wav"
     write(path)
@@ -71,7 +80,7 @@ def _snr(rate):
     ref = sine(2.0, 16000).astype("float64")[: len(y)]
     edge = 1600
     err = y[edge:-edge] - ref[edge:-edge]
-    return 10 * math.log10(np.sum(ref[edge:-edge] ** 2) / np.sum(err ** 2))
+    return 10 * math.log10(np.sum(ref[edge:-edge] ** 2) / np.sum(err**2))
 
 
 @pytest.mark.parametrize("rate", [44100, 8009, 48000])
@@ -132,8 +141,10 @@ class FakeModel(nn.Module):
 def classifier():
     encoder = sb.dataio.encoder.CategoricalEncoder()
     encoder.update_from_iterable(CLASSES)
-    return CrabClassifier(modules={"model": FakeModel()},
-                          hparams={"classes": CLASSES, "label_encoder": encoder, "modality": "speech"})
+    return CrabClassifier(
+        modules={"model": FakeModel()},
+        hparams={"classes": CLASSES, "label_encoder": encoder, "modality": "speech"},
+    )
 
 
 def test_classify_batch_rejects_bad_audio_per_item(classifier):
@@ -154,7 +165,9 @@ def test_classify_batch_rejects_bad_audio_per_item(classifier):
 def test_classify_batch_never_predicts_from_a_non_finite_output(classifier):
     classifier.mods.model.nan_rows = [2]
     wavs = torch.from_numpy(np.stack([sine(0.5, 16000)] * 3))
-    with pytest.raises(NonFiniteOutputError, match=r"^utterance\(s\) \[2\] of the batch: non-finite model output"):
+    with pytest.raises(
+        NonFiniteOutputError, match=r"^utterance\(s\) \[2\] of the batch: non-finite model output"
+    ):
         classifier.classify_batch(wavs)
 
 
@@ -162,8 +175,11 @@ def test_asr_input_gets_the_same_check(classifier):
     classifier.asr = lambda audios: ["hello"] * len(audios)
     good = sine(0.5, 16000)
     assert classifier.transcribe_batch([good, good]) == ["hello", "hello"]
-    for bad, problem in ((np.full(8000, np.nan, "float32"), "NaN or infinite samples"),
-                         (good * 1e30, "amplitude out of range"), (np.zeros(8000, "float32"), "silent audio")):
+    for bad, problem in (
+        (np.full(8000, np.nan, "float32"), "NaN or infinite samples"),
+        (good * 1e30, "amplitude out of range"),
+        (np.zeros(8000, "float32"), "silent audio"),
+    ):
         with pytest.raises(AudioError, match=f"^utterance 1 of the batch: {problem}"):
             classifier.transcribe_batch([good, bad])
 
@@ -194,9 +210,13 @@ def nan_for(monkeypatch, utt):
 
 
 @pytest.mark.parametrize("utt, stage", [("train_sad_0", "training"), ("valid_happy_0", "validation")])
-def test_non_finite_output_in_training_and_validation_names_the_utterance(data, tmp_path, monkeypatch, utt, stage):
+def test_non_finite_output_in_training_and_validation_names_the_utterance(
+    data, tmp_path, monkeypatch, utt, stage
+):
     nan_for(monkeypatch, utt)
-    with pytest.raises(NonFiniteOutputError, match=f"^{stage}: non-finite model output .* utterance\\(s\\) '{utt}'"):
+    with pytest.raises(
+        NonFiniteOutputError, match=f"^{stage}: non-finite model output .* utterance\\(s\\) '{utt}'"
+    ):
         fit(data, tmp_path / "exp", "--number_of_epochs=1")
 
 
@@ -209,8 +229,10 @@ def test_non_finite_output_in_evaluation_is_no_prediction_of_class_0(data, tmp_p
     os.chdir(os.path.join(os.path.dirname(MINI_CONF), "..", "TEMPLATE"))
     try:
         with pytest.raises(NonFiniteOutputError, match="^evaluation: .* utterance\\(s\\) 'test_angry_0'"):
-            brain.evaluate(dataset(hparams, hparams["test_manifest"], encoder, sort=True),
-                           test_loader_kwargs=hparams["eval_dataloader_opts"])
+            brain.evaluate(
+                dataset(hparams, hparams["test_manifest"], encoder, sort=True),
+                test_loader_kwargs=hparams["eval_dataloader_opts"],
+            )
     finally:
         os.chdir(cwd)
     assert not os.path.exists(tmp_path / "eval" / "predictions.csv")
@@ -240,8 +262,18 @@ def test_a_non_utf8_table_is_one_line_naming_file_line_and_column(tmp_path):
     data = write_data_dir(tmp_path, b"b fine\na caf\xe9\n")
     (data / "utt2emo").write_text("a happy\nb sad\n")
     with pytest.raises(SystemExit) as err:
-        make_manifest.main(["--data_dir", str(data), "--data_root", str(tmp_path), "--classes", ",".join(CLASSES),
-                            "--out", str(tmp_path / "train.json")])
+        make_manifest.main(
+            [
+                "--data_dir",
+                str(data),
+                "--data_root",
+                str(tmp_path),
+                "--classes",
+                ",".join(CLASSES),
+                "--out",
+                str(tmp_path / "train.json"),
+            ]
+        )
     message = str(err.value)
     assert message.startswith(f"ERROR: {data}/text:2:6: byte 0xe9 is not UTF-8") and "\n" not in message
     with pytest.raises(DataPrepError, match="text:2:6: byte 0xe9"):
@@ -259,8 +291,9 @@ def test_read_text_falls_back_with_a_warning_naming_the_line(tmp_path, capsys):
 
 
 def test_a_huge_transcript_is_cut_to_characters_before_tokenising(tokenizer_dir):
-    encoder = TextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir, pretrained=False,
-                          max_length=16).eval()
+    encoder = TextEncoder(
+        os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir, pretrained=False, max_length=16
+    ).eval()
     seen = []
     tokenize = encoder.tokenizer.__class__.__call__
 

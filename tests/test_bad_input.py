@@ -36,7 +36,9 @@ def data_dir(tmp_path):
         "zero_bytes": lambda p: p.write_bytes(b""),
         "no_samples": lambda p: sf.write(p, np.zeros(0, "float32"), 16000),
         "too_short": lambda p: sf.write(p, sine(399, 16000), 16000),
-        "stereo": lambda p: sf.write(p, np.stack([sine(8000, 16000), np.full(8000, 0.1, "float32")], 1), 16000),
+        "stereo": lambda p: sf.write(
+            p, np.stack([sine(8000, 16000), np.full(8000, 0.1, "float32")], 1), 16000
+        ),
         "rate8k": lambda p: sf.write(p, sine(4000, 8000), 8000),
         "rate44k": lambda p: sf.write(p, sine(22050, 44100), 44100),
         "nan_samples": lambda p: sf.write(p, np.full(8000, np.nan, "float32"), 16000, subtype="FLOAT"),
@@ -50,7 +52,10 @@ def data_dir(tmp_path):
     for utt, write in files.items():
         write(audio / f"{utt}.wav")
     wavs = {utt: audio / f"{utt}.wav" for utt in files} | {"missing": audio / "missing.wav"}
-    texts = {utt: "a fine sentence" for utt in wavs} | {"control_chars": RAW_TEXT, "only_control_chars": "\x00\x1b"}
+    texts = {utt: "a fine sentence" for utt in wavs} | {
+        "control_chars": RAW_TEXT,
+        "only_control_chars": "\x00\x1b",
+    }
     data = tmp_path / "data" / "train"
     data.mkdir(parents=True)
     (data / "wav.scp").write_text("".join(f"{u} {p}\n" for u, p in wavs.items()))
@@ -62,8 +67,20 @@ def data_dir(tmp_path):
 
 
 def prepare(root, policy):
-    make_manifest.main(["--data_dir", str(root / "data" / "train"), "--data_root", str(root / "db"),
-                        "--classes", ",".join(CLASSES), "--out", str(root / "train.json"), "--policy", policy])
+    make_manifest.main(
+        [
+            "--data_dir",
+            str(root / "data" / "train"),
+            "--data_root",
+            str(root / "db"),
+            "--classes",
+            ",".join(CLASSES),
+            "--out",
+            str(root / "train.json"),
+            "--policy",
+            policy,
+        ]
+    )
     return load_manifest(root / "train.json", str(root / "db"))
 
 
@@ -71,13 +88,27 @@ def test_prep_skip_policy_skips_and_counts_converts_and_counts(data_dir, capsys)
     entries = prepare(data_dir, "skip")
     out = capsys.readouterr().out.splitlines()
     assert sorted(entries) == ["control_chars", "good", "rate4001", "rate44k", "rate8k", "stereo"]
-    counts = {line[:line.index(": {")]: ast.literal_eval(line[line.index("{"):]) for line in out if ": {" in line}
+    counts = {
+        line[: line.index(": {")]: ast.literal_eval(line[line.index("{") :]) for line in out if ": {" in line
+    }
     assert counts["train: skipped 10 of 16 utterances"] == {
-        "unreadable audio": 1, "empty audio file": 1, "audio too short": 2, "missing audio": 1, "empty transcript": 1,
-        "non-finite samples": 1, "amplitude out of range": 1, "silent audio": 1, "bad sample rate": 1}
+        "unreadable audio": 1,
+        "empty audio file": 1,
+        "audio too short": 2,
+        "missing audio": 1,
+        "empty transcript": 1,
+        "non-finite samples": 1,
+        "amplitude out of range": 1,
+        "silent audio": 1,
+        "bad sample rate": 1,
+    }
     assert counts["train: converted, of 6 kept utterances"] == {
-        "2 channels (averaged to mono)": 1, "8000 Hz (resampled to 16 kHz)": 1, "4001 Hz (resampled to 16 kHz)": 1,
-        "44100 Hz (resampled to 16 kHz)": 1, "control characters in transcript (cleaned)": 1}
+        "2 channels (averaged to mono)": 1,
+        "8000 Hz (resampled to 16 kHz)": 1,
+        "4001 Hz (resampled to 16 kHz)": 1,
+        "44100 Hz (resampled to 16 kHz)": 1,
+        "control characters in transcript (cleaned)": 1,
+    }
     # the manifest holds the cleaned transcript; durations at each file's own rate
     assert entries["control_chars"]["text"] == CLEAN_TEXT
     assert entries["rate8k"]["duration"] == entries["rate44k"]["duration"] == 0.5
@@ -89,14 +120,18 @@ def test_prep_error_policy_names_each_utterance_file_and_problem(data_dir):
         prepare(data_dir, "error")
     message = str(err.value)
     db = data_dir / "db"
-    for utt, problem in [("corrupt", "unreadable audio file"), ("zero_bytes", "empty audio file (0 bytes)"),
-                         ("no_samples", "audio too short for the speech encoder (0 samples"),
-                         ("too_short", "audio too short for the speech encoder (399 samples"),
-                         ("missing", "missing audio file"), ("only_control_chars", "empty transcript"),
-                         ("nan_samples", "NaN or infinite samples"),
-                         ("huge_samples", "amplitude out of range (peak 3e+29 > 1000"),
-                         ("silent", "silent audio (peak amplitude 0"),
-                         ("rate2k", "sample rate 2000 Hz outside 4000-384000 Hz")]:
+    for utt, problem in [
+        ("corrupt", "unreadable audio file"),
+        ("zero_bytes", "empty audio file (0 bytes)"),
+        ("no_samples", "audio too short for the speech encoder (0 samples"),
+        ("too_short", "audio too short for the speech encoder (399 samples"),
+        ("missing", "missing audio file"),
+        ("only_control_chars", "empty transcript"),
+        ("nan_samples", "NaN or infinite samples"),
+        ("huge_samples", "amplitude out of range (peak 3e+29 > 1000"),
+        ("silent", "silent audio (peak amplitude 0"),
+        ("rate2k", "sample rate 2000 Hz outside 4000-384000 Hz"),
+    ]:
         line = next(line for line in message.splitlines() if line.strip().startswith(f"{utt}:"))
         assert problem in line and str(db / f"{utt}.wav") in line, line
     assert "10 bad utterance(s)" in message and not os.path.exists(data_dir / "train.json")
@@ -122,17 +157,29 @@ def test_training_reads_converted_audio_and_the_cleaned_text(data_dir):
         assert torch.allclose(sig[500:-500], torch.from_numpy(sine(frames, 16000))[500:-500], atol=2e-3), utt
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (lambda p: p.write_bytes(b"garbage" * 50), "unreadable audio file"),
-    (lambda p: p.write_bytes(b""), "empty audio file (0 bytes)"),
-    (lambda p: sf.write(p, np.zeros(0, "float32"), 16000), "no audio samples in"),
-    (lambda p: os.remove(p), "missing audio file"),
-    (lambda p: sf.write(p, np.full(8000, np.inf, "float32"), 16000, subtype="FLOAT"), "NaN or infinite samples in"),
-    (lambda p: sf.write(p, np.full(8000, np.nan, "float32"), 44100, subtype="FLOAT"), "NaN or infinite samples in"),
-    (lambda p: sf.write(p, sine(8000, 16000) * 1e30, 16000, subtype="FLOAT"), "amplitude out of range (peak 3e+29"),
-    (lambda p: sf.write(p, np.zeros(8000, "float32"), 16000), "silent audio (peak amplitude 0"),
-    (lambda p: sf.write(p, sine(8000, 1000), 1000), "sample rate 1000 Hz outside 4000-384000 Hz"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda p: p.write_bytes(b"garbage" * 50), "unreadable audio file"),
+        (lambda p: p.write_bytes(b""), "empty audio file (0 bytes)"),
+        (lambda p: sf.write(p, np.zeros(0, "float32"), 16000), "no audio samples in"),
+        (lambda p: os.remove(p), "missing audio file"),
+        (
+            lambda p: sf.write(p, np.full(8000, np.inf, "float32"), 16000, subtype="FLOAT"),
+            "NaN or infinite samples in",
+        ),
+        (
+            lambda p: sf.write(p, np.full(8000, np.nan, "float32"), 44100, subtype="FLOAT"),
+            "NaN or infinite samples in",
+        ),
+        (
+            lambda p: sf.write(p, sine(8000, 16000) * 1e30, 16000, subtype="FLOAT"),
+            "amplitude out of range (peak 3e+29",
+        ),
+        (lambda p: sf.write(p, np.zeros(8000, "float32"), 16000), "silent audio (peak amplitude 0"),
+        (lambda p: sf.write(p, sine(8000, 1000), 1000), "sample rate 1000 Hz outside 4000-384000 Hz"),
+    ],
+)
 def test_audio_damaged_after_prep_is_an_error_naming_utterance_and_file(tmp_path, damage, problem):
     path = tmp_path / "u.wav"
     sf.write(path, sine(8000, 16000), 16000)
@@ -151,8 +198,13 @@ def test_training_run_over_a_file_corrupted_after_prep_stops_naming_it(tmp_path)
         for k, emo in enumerate(CLASSES):
             utt = f"{split}_{emo}"
             sf.write(root / f"{utt}.wav", sine(6000, 16000, 100 + 80 * k), 16000)
-            manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": 0.375,
-                             "text": f"I feel {emo}", "emo": emo, "spk": "s"}
+            manifest[utt] = {
+                "wav": f"{{data_root}}/{utt}.wav",
+                "duration": 0.375,
+                "text": f"I feel {emo}",
+                "emo": emo,
+                "spk": "s",
+            }
         (root / f"{split}.json").write_text(json.dumps(manifest))
     build_bpe_tokenizer([f"I feel {e}" for e in CLASSES], str(root / "tokenizer"), 300)
     shutil.copyfile(__file__, root / "train_sad.wav")  # a text file under the wav's name
@@ -161,13 +213,16 @@ def test_training_run_over_a_file_corrupted_after_prep_stops_naming_it(tmp_path)
         fit(root, tmp_path / "exp", "--number_of_epochs=1")
 
 
-@pytest.mark.parametrize("raw, clean, count", [
-    (RAW_TEXT, CLEAN_TEXT, 4),
-    ("a\tb\r\nc", "a b c", 3),
-    ("  two  spaces ", "  two  spaces ", 0),  # no control character: untouched
-    ("zero\u200bwidth", "zero\u200bwidth", 0),  # a format character (Cf), not a control one
-    ("\x7fdel\x85nel ", "del nel", 2),  # DEL dropped, NEL (whitespace) a space
-    ("\x00\x1b", "", 2),
-])
+@pytest.mark.parametrize(
+    "raw, clean, count",
+    [
+        (RAW_TEXT, CLEAN_TEXT, 4),
+        ("a\tb\r\nc", "a b c", 3),
+        ("  two  spaces ", "  two  spaces ", 0),  # no control character: untouched
+        ("zero\u200bwidth", "zero\u200bwidth", 0),  # a format character (Cf), not a control one
+        ("\x7fdel\x85nel ", "del nel", 2),  # DEL dropped, NEL (whitespace) a space
+        ("\x00\x1b", "", 2),
+    ],
+)
 def test_clean_transcript(raw, clean, count):
     assert clean_transcript(raw) == (clean, count)

@@ -12,7 +12,12 @@ import pytest
 import soundfile as sf
 
 from crab.bin import make_manifest
-from tests.test_inference import cli, data, package, trained  # noqa: F401 - fixtures
+from tests import test_inference
+from tests.test_inference import cli
+
+# the fixtures of test_inference, found by pytest under the same names; assigned, not
+# imported, so that the test parameters of that name redefine no unused import (ruff F811)
+data, trained = test_inference.data, test_inference.trained
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
 TEXT = "I feel happy today"
@@ -64,7 +69,11 @@ AUDIO = {
     "missing": (lambda p: None, "missing audio", "missing audio file"),
     "dangling_link": (dangling, "missing audio", "missing audio file"),
     "directory": (lambda p: p.mkdir(), "missing audio", "missing audio file"),
-    "garbage_bytes": (lambda p: p.write_bytes(b"\x13\x37 not a RIFF header" * 40), "unreadable audio", "unreadable"),
+    "garbage_bytes": (
+        lambda p: p.write_bytes(b"\x13\x37 not a RIFF header" * 40),
+        "unreadable audio",
+        "unreadable",
+    ),
     "text_as_wav": (lambda p: p.write_text("hello, not audio\n" * 50), "unreadable audio", "unreadable"),
     "zero_bytes": (lambda p: p.write_bytes(b""), "empty audio file", "unreadable"),
     "no_samples": (wav(np.zeros(0, "float32")), "audio too short", "empty audio"),
@@ -72,14 +81,25 @@ AUDIO = {
     "nan": (wav(filled(np.nan), subtype="FLOAT"), "NaN or infinite samples", "NaN or infinite"),
     "inf": (wav(filled(np.inf), subtype="FLOAT"), "NaN or infinite samples", "NaN or infinite"),
     "minus_inf": (wav(filled(-np.inf), subtype="FLOAT"), "NaN or infinite samples", "NaN or infinite"),
-    "one_nan": (wav(np.where(np.arange(9600) == 100, np.nan, tone()).astype("float32"), subtype="FLOAT"),
-                "NaN or infinite samples", "NaN or infinite"),
+    "one_nan": (
+        wav(np.where(np.arange(9600) == 100, np.nan, tone()).astype("float32"), subtype="FLOAT"),
+        "NaN or infinite samples",
+        "NaN or infinite",
+    ),
     "huge_1e30": (wav(filled(1e30), subtype="FLOAT"), "amplitude out of range", "amplitude out of range"),
-    "huge_5e3": (wav(tone(amplitude=5e3), subtype="FLOAT"), "amplitude out of range", "amplitude out of range"),
+    "huge_5e3": (
+        wav(tone(amplitude=5e3), subtype="FLOAT"),
+        "amplitude out of range",
+        "amplitude out of range",
+    ),
     "silence": (wav(filled(0.0)), "silent audio", "silent"),
     "near_silence": (wav(tone(amplitude=5e-5), subtype="FLOAT"), "silent audio", "silent"),
     "rate2000": (wav(tone(rate=2000), 2000), "2000 Hz outside 4000-384000 Hz", "sample rate 2000 Hz"),
-    "rate500k": (wav(tone(0.1, rate=500000), 500000), "500000 Hz outside 4000-384000 Hz", "sample rate 500000 Hz"),
+    "rate500k": (
+        wav(tone(0.1, rate=500000), 500000),
+        "500000 Hz outside 4000-384000 Hz",
+        "sample rate 500000 Hz",
+    ),
 }
 
 # Transcript kinds (their audio is good): data prep, and crab-infer with --text_mode gold.
@@ -124,8 +144,20 @@ def prepare(root, data_dir, policy="error", **tables):
             f.write(content if isinstance(content, bytes) else content.encode("utf-8"))
     out = root / f"{data_dir.name}.json"
     try:
-        make_manifest.main(["--data_dir", str(data_dir), "--data_root", str(root / "db"),
-                            "--classes", ",".join(CLASSES), "--out", str(out), "--policy", policy])
+        make_manifest.main(
+            [
+                "--data_dir",
+                str(data_dir),
+                "--data_root",
+                str(root / "db"),
+                "--classes",
+                ",".join(CLASSES),
+                "--out",
+                str(out),
+                "--policy",
+                policy,
+            ]
+        )
     except SystemExit as exit_:
         return str(exit_.code), None
     return "", json.loads(out.read_text())
@@ -156,20 +188,30 @@ def test_data_prep_names_each_bad_utterance_and_keeps_the_rest(inputs):
     assert manifest["unicode"]["text"] == TEXTS["unicode"][0]
 
 
-@pytest.mark.parametrize("table, content, message", [
-    ("text", b"pcm16 caf\xe9 au lait\npcm24 fine\n", "text:1:10: byte 0xe9 is not UTF-8"),
-    ("utt2emo", "pcm16 bored\npcm24 happy\n", "bored"),
-    ("utt2spk", "", "utt2spk"),
-    ("wav.scp", "pcm16 {db}/pcm16.wav\npcm16 {db}/pcm24.wav\npcm24 {db}/pcm24.wav\n", "duplicate utterance id 'pcm16'"),
-    ("wav.scp", "pcm16\npcm24 {db}/pcm24.wav\n", "pcm16"),
-])
+@pytest.mark.parametrize(
+    "table, content, message",
+    [
+        ("text", b"pcm16 caf\xe9 au lait\npcm24 fine\n", "text:1:10: byte 0xe9 is not UTF-8"),
+        ("utt2emo", "pcm16 bored\npcm24 happy\n", "bored"),
+        ("utt2spk", "", "utt2spk"),
+        (
+            "wav.scp",
+            "pcm16 {db}/pcm16.wav\npcm16 {db}/pcm24.wav\npcm24 {db}/pcm24.wav\n",
+            "duplicate utterance id 'pcm16'",
+        ),
+        ("wav.scp", "pcm16\npcm24 {db}/pcm24.wav\n", "pcm16"),
+    ],
+)
 def test_data_prep_table_problems_name_the_file(inputs, tmp_path, table, content, message):
     root, data_dir = inputs
     small = tmp_path / "test"
     small.mkdir()
     for name in ("wav.scp", "text", "utt2emo", "utt2spk"):
-        keep = [line for line in (data_dir / name).read_text(encoding="utf-8").splitlines()
-                if line.split()[0] in ("pcm16", "pcm24")]
+        keep = [
+            line
+            for line in (data_dir / name).read_text(encoding="utf-8").splitlines()
+            if line.split()[0] in ("pcm16", "pcm24")
+        ]
         (small / name).write_text("\n".join(keep) + "\n", encoding="utf-8")
     if isinstance(content, str):
         content = content.format(db=root / "db")
@@ -182,7 +224,11 @@ def test_data_prep_reads_a_bom_and_crlf_tables(inputs, tmp_path):
     small = tmp_path / "test"
     small.mkdir()
     for name in ("wav.scp", "text", "utt2emo", "utt2spk"):
-        keep = [line for line in (data_dir / name).read_text(encoding="utf-8").splitlines() if line.startswith("pcm")]
+        keep = [
+            line
+            for line in (data_dir / name).read_text(encoding="utf-8").splitlines()
+            if line.startswith("pcm")
+        ]
         (small / name).write_bytes(b"\xef\xbb\xbf" + "\r\n".join(keep).encode("utf-8") + b"\r\n")
     error, manifest = prepare(root, small)
     assert error == "", error
@@ -196,7 +242,9 @@ def read_results(out):
         return list(csv.DictReader(f, delimiter="\t"))
 
 
-def test_crab_infer_fails_each_bad_utterance_alone_and_keeps_earlier_results(trained, inputs, tmp_path, capsys):  # noqa: F811
+def test_crab_infer_fails_each_bad_utterance_alone_and_keeps_earlier_results(
+    trained, inputs, tmp_path, capsys
+):
     model_dir = trained[2]
     root, data_dir = inputs
     kinds = {**AUDIO, **TEXTS}
@@ -229,5 +277,7 @@ def test_crab_infer_fails_each_bad_utterance_alone_and_keeps_earlier_results(tra
     assert rows["control_chars"]["text"] == "hello world and more"
     assert len(rows) == sum(kind[2] == "ok" for kind in kinds.values())
 
-    again = cli(*common, "--wav_scp", tmp_path / "all.scp", "--skip_errors")  # resumes: nothing lost, nothing doubled
+    again = cli(
+        *common, "--wav_scp", tmp_path / "all.scp", "--skip_errors"
+    )  # resumes: nothing lost, nothing doubled
     assert again == 0 and [r["id"] for r in read_results(out)] == list(rows)

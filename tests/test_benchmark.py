@@ -15,8 +15,9 @@ from tests.conftest import MINI_CONF, ROOT, TEXTS
 
 
 def test_reference_mode_pads_text_to_max_length_and_masks_nothing(tokenizer_dir):
-    text = BenchTextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir,
-                            pretrained=False, max_length=40).eval()
+    text = BenchTextEncoder(
+        os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir, pretrained=False, max_length=40
+    ).eval()
     ours_states, ours_mask = text(TEXTS[:2])
     counts = [len(ids) for ids in text.tokenizer(TEXTS[:2])["input_ids"]]
     assert ours_mask.sum(dim=1).tolist() == counts and ours_states.shape[1] == max(counts) < 40
@@ -45,9 +46,25 @@ def test_quick_run_prints_every_row_and_finite_ratios():
     (the start method CUDA needs), with the FLOP rate and the profile's top operators."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-m", "crab.bin.benchmark", "--quick", "--size", "tiny", "--start_method", "spawn",
-         "--threads", "1", "--repeats", "2"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "crab.bin.benchmark",
+            "--quick",
+            "--size",
+            "tiny",
+            "--start_method",
+            "spawn",
+            "--threads",
+            "1",
+            "--repeats",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -67,7 +84,9 @@ def test_quick_run_prints_every_row_and_finite_ratios():
             assert met == ("yes" if float(value) <= target else "NO")
 
     assert "child processes: spawn" in out and "tiny size (quick), fp32" in out
-    flops = float(_cells(out, "counted FLOPs per step (matmul, conv, attention; GRU not counted)")[0].rstrip(" T"))
+    flops = float(
+        _cells(out, "counted FLOPs per step (matmul, conv, attention; GRU not counted)")[0].rstrip(" T")
+    )
     assert flops > 0 and float(_cells(out, "achieved TFLOP/s (counted FLOPs / median step)")[0]) > 0
     assert _cells(out, "device dense peak TFLOP/s, fp32")[0] == "n/a"  # a CPU
     assert re.search(r"top 15 operators of 3 steps by self_cpu_time_total", out)
@@ -101,7 +120,11 @@ def test_large_configs_have_the_papers_dimensions(tmp_path):
     speech_dir, text_dir, _ = write_encoder_configs(str(tmp_path), "large")
     speech, text = AutoConfig.from_pretrained(speech_dir), AutoConfig.from_pretrained(text_dir)
     for config in (speech, text):
-        assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
-                config.intermediate_size) == (1024, 24, 16, 4096)
+        assert (
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            config.intermediate_size,
+        ) == (1024, 24, 16, 4096)
     assert speech.feat_extract_norm == "layer" and speech.do_stable_layer_norm and speech.layerdrop == 0.0
     assert text.max_position_embeddings == 514 and text.type_vocab_size == 1

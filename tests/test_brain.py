@@ -23,8 +23,15 @@ def data(tmp_path_factory):
 
 
 def load(data, out, *overrides):
-    argv = [CONFIG, f"--data_root={data}", f"--data_folder={data}", f"--output_folder={out}",
-            f"--classes=[{','.join(CLASSES)}]", "--batch_size=2", *overrides]
+    argv = [
+        CONFIG,
+        f"--data_root={data}",
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        f"--classes=[{','.join(CLASSES)}]",
+        "--batch_size=2",
+        *overrides,
+    ]
     os.chdir(os.path.join(ROOT, "egs", "TEMPLATE"))  # conf/ paths are relative to the recipe
     _, run_opts, _, hparams = parse_and_load(argv)
     return hparams, run_opts
@@ -37,18 +44,28 @@ def fit(data, out, *overrides):
         os.makedirs(hparams["save_folder"], exist_ok=True)
         encoder = prepare_labels_and_weights(hparams)
         brain = make_brain(hparams, run_opts)
-        brain.fit(hparams["epoch_counter"], dataset(hparams, hparams["train_manifest"], encoder),
-                  dataset(hparams, hparams["valid_manifest"], encoder, sort=True),
-                  train_loader_kwargs=hparams["train_dataloader_opts"],
-                  valid_loader_kwargs=hparams["eval_dataloader_opts"])
+        brain.fit(
+            hparams["epoch_counter"],
+            dataset(hparams, hparams["train_manifest"], encoder),
+            dataset(hparams, hparams["valid_manifest"], encoder, sort=True),
+            train_loader_kwargs=hparams["train_dataloader_opts"],
+            valid_loader_kwargs=hparams["eval_dataloader_opts"],
+        )
         return brain, hparams, encoder
     finally:
         os.chdir(cwd)
 
 
 def test_hierarchical_lr_cosine_schedule_and_accumulation(data, tmp_path):
-    brain, hparams, _ = fit(data, tmp_path / "exp", "--number_of_epochs=3", "--lr=1e-3",
-                            "--encoder_lr=1e-4", "--grad_accumulation_factor=2", "--freeze_text_encoder=true")
+    brain, hparams, _ = fit(
+        data,
+        tmp_path / "exp",
+        "--number_of_epochs=3",
+        "--lr=1e-3",
+        "--encoder_lr=1e-4",
+        "--grad_accumulation_factor=2",
+        "--freeze_text_encoder=true",
+    )
     # a frozen text encoder gets no optimizer; the others get their own lr
     assert set(brain.optimizers_dict) == {"speech_encoder", "head"}
     head_params = {id(p) for p in brain.optimizers_dict["head"].param_groups[0]["params"]}
@@ -80,8 +97,12 @@ def test_best_checkpoint_evaluation_and_saved_class_weights(data, tmp_path):
         test_set = dataset(hparams, hparams["test_manifest"], encoder, sort=True)
         # nothing set beyond the hparams: <output_folder>/eval_<eval_name>
         brain.evaluate(test_set, max_key="macro_F1")
-        brain.evaluate(test_set, max_key="macro_F1", test_loader_kwargs=hparams["eval_dataloader_opts"],
-                       eval_folder=tmp_path / "eval")
+        brain.evaluate(
+            test_set,
+            max_key="macro_F1",
+            test_loader_kwargs=hparams["eval_dataloader_opts"],
+            eval_folder=tmp_path / "eval",
+        )
     finally:
         os.chdir(cwd)
     for folder in (out / f"eval_{hparams['eval_name']}", tmp_path / "eval"):
@@ -130,14 +151,16 @@ def test_bf16_training_step_through_speechbrain_agrees_with_fp32(data, tmp_path)
             brain = make_brain(hparams, run_opts)
             assert brain.precision == precision
             brain.init_optimizers()
-            loader = make_dataloader(dataset(hparams, hparams["train_manifest"], encoder),
-                                     **{**hparams["train_dataloader_opts"], "shuffle": False})
+            loader = make_dataloader(
+                dataset(hparams, hparams["train_manifest"], encoder),
+                **{**hparams["train_dataloader_opts"], "shuffle": False},
+            )
             batch = next(iter(loader))
             brain.modules.eval()
             before = [p.detach().clone() for p in brain.modules.parameters() if p.requires_grad]
             losses[precision] = brain.fit_batch(batch).item()
             after = [p for p in brain.modules.parameters() if p.requires_grad]
-            changed[precision] = sum(not torch.equal(a, b) for a, b in zip(before, after))
+            changed[precision] = sum(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
     finally:
         os.chdir(cwd)
     assert math.isfinite(losses["bf16"]) and changed["bf16"] == changed["fp32"] > 0

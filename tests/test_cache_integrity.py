@@ -29,8 +29,12 @@ def extract(corpus, cache, *extra):
 
 
 def shards(cache):
-    return {k: v.clone() for s in sorted(os.listdir(cache)) if s.endswith(".safetensors")  # not memory-mapped
-            for k, v in load_file(cache / s).items()}
+    return {
+        k: v.clone()
+        for s in sorted(os.listdir(cache))
+        if s.endswith(".safetensors")  # not memory-mapped
+        for k, v in load_file(cache / s).items()
+    }
 
 
 def test_audio_replaced_in_place_with_the_same_length_is_an_error(corpus, tmp_path):
@@ -46,8 +50,11 @@ def test_audio_replaced_in_place_with_the_same_length_is_an_error(corpus, tmp_pa
     size, subtype = wav.stat().st_size, sf.info(str(wav)).subtype
     sf.write(wav, np.flip(audio).copy(), rate, subtype=subtype)
     assert wav.stat().st_size == size
-    with pytest.raises(FeatureCacheError, match=r"utterance 'train_angry_0': its audio .*train_angry_0\.wav "
-                                                r"changed since .* \(same size, other bytes: sha256"):
+    with pytest.raises(
+        FeatureCacheError,
+        match=r"utterance 'train_angry_0': its audio .*train_angry_0\.wav "
+        r"changed since .* \(same size, other bytes: sha256",
+    ):
         FeatureCache(str(cache)).check(model, duration, [str(corpus / "train.json")], str(corpus))
     # training stops with it (one line), and so does extraction into the same cache
     with pytest.raises(SystemExit, match="ERROR: utterance 'train_angry_0': its audio"):
@@ -67,8 +74,15 @@ def test_cache_without_audio_fingerprints_must_be_extracted_again(corpus, tmp_pa
     del index["audio"], index["version"]  # as an older crab wrote it
     (cache / "index.json").write_text(json.dumps(index))
     with pytest.raises(SystemExit, match="without audio fingerprints.*extract into a new directory"):
-        run(train.main, argv(corpus, tmp_path / "run", f"--feature_cache={cache}",
-                             f"--valid_manifest={corpus / 'train.json'}"))
+        run(
+            train.main,
+            argv(
+                corpus,
+                tmp_path / "run",
+                f"--feature_cache={cache}",
+                f"--valid_manifest={corpus / 'train.json'}",
+            ),
+        )
     with pytest.raises(SystemExit, match="without audio fingerprints.*extract into a new directory"):
         extract(corpus, cache, "--manifests", str(corpus / "train.json"))
 
@@ -95,7 +109,9 @@ def test_corrupt_shard_is_named_on_reading_and_repaired_by_extraction(corpus, tm
     reader = FeatureCache(str(cache))
     fix = r"re-run the extraction \(crab.bin.extract_features with --feature_cache="
     if damage != "missing tensor":
-        with pytest.raises(FeatureCacheError, match=rf"shard {path} \(utterance '{utts[0]}'\) is corrupt .*{fix}"):
+        with pytest.raises(
+            FeatureCacheError, match=rf"shard {path} \(utterance '{utts[0]}'\) is corrupt .*{fix}"
+        ):
             reader.get(utts[0], "speech")
     with pytest.raises(SystemExit, match=rf"ERROR: feature cache shard {path} \(.*\) is corrupt .*{fix}"):
         run(train.main, argv(corpus, tmp_path / "run", f"--feature_cache={cache}"))
@@ -113,7 +129,11 @@ def test_corrupt_shard_is_named_on_reading_and_repaired_by_extraction(corpus, tm
     assert f"{shard} is corrupt" in warning and f"extracting its {len(utts)} utterance(s) again" in warning
     index = json.loads((cache / "index.json").read_text())
     assert shard not in index["shards"] and not path.exists() and len(index["shards"]) == 3
-    assert sorted(u for s in index["shards"].values() for u in s) == sorted(index["inputs"]) == sorted(index["audio"])
+    assert (
+        sorted(u for s in index["shards"].values() for u in s)
+        == sorted(index["inputs"])
+        == sorted(index["audio"])
+    )
     after = shards(cache)
     assert after.keys() == before.keys()
     for key in before:
@@ -153,7 +173,7 @@ def _assert_synced_renames(events, expect):
         assert src in synced_before, f"{src} renamed before fsync"
         if os.path.isdir(dst):  # a staged checkpoint: each of its files too
             assert all(os.path.join(src, f) in synced_before for f in os.listdir(dst)), src
-        assert ("fsync", os.path.dirname(dst)) in events[i + 1:], f"{dst}'s directory not fsynced after"
+        assert ("fsync", os.path.dirname(dst)) in events[i + 1 :], f"{dst}'s directory not fsynced after"
 
 
 def test_shards_index_and_checkpoints_are_fsynced_before_their_rename(corpus, tmp_path, monkeypatch):
@@ -162,7 +182,11 @@ def test_shards_index_and_checkpoints_are_fsynced_before_their_rename(corpus, tm
     extract(corpus, cache, "--shard_size=7", "--manifests", str(corpus / "train.json"))
     # 12 utterances: 2 shards, each followed by the index
     assert [os.path.basename(e[2]) for e in events if e[0] == "rename"] == [
-        "shard_00000.safetensors", "index.json", "shard_00001.safetensors", "index.json"]
+        "shard_00000.safetensors",
+        "index.json",
+        "shard_00001.safetensors",
+        "index.json",
+    ]
     _assert_synced_renames(events, 4)
 
     events.clear()

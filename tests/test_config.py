@@ -150,8 +150,19 @@ def unused_keys(text, py_keys):
 def test_python_reads_are_collected():
     keys = python_reads()
     # A few the code is known to read; guards the regexes above.
-    for key in ("classes", "wce", "save_folder", "train_manifest", "alpha", "leg_loss",
-                "opt_class", "ckpt_metric", "eval_name", "data_root", "max_duration"):
+    for key in (
+        "classes",
+        "wce",
+        "save_folder",
+        "train_manifest",
+        "alpha",
+        "leg_loss",
+        "opt_class",
+        "ckpt_metric",
+        "eval_name",
+        "data_root",
+        "max_duration",
+    ):
         assert key in keys, key
 
 
@@ -228,7 +239,14 @@ def test_check_overrides_valid():
 
 def test_a_repeated_override_takes_its_last_value():
     _, _, overrides = sb.parse_arguments(
-        [MINI_CONFIG, "--lr=0.5", "--alpha=1.0", "--lr=!ref <alpha> / 4", "--leg_names=[fusion]", "--alpha=3.0"]
+        [
+            MINI_CONFIG,
+            "--lr=0.5",
+            "--alpha=1.0",
+            "--lr=!ref <alpha> / 4",
+            "--leg_names=[fusion]",
+            "--alpha=3.0",
+        ]
     )
     merged = last_value_wins(overrides)
     assert sorted(merged.splitlines()) == ["alpha: 3.0", "leg_names: [fusion]", "lr: !ref <alpha> / 4"]
@@ -250,7 +268,11 @@ def test_bimodal_default(tmp_path, tokenizer_dir, monkeypatch):
     assert model.speech_encoder is not None and model.text_encoder is not None
     assert model.cross_modal is not None
     assert hparams["legs"].names == [
-        "speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"
+        "speech_unimodal",
+        "text_unimodal",
+        "speech_pooled",
+        "text_pooled",
+        "fusion",
     ]
     assert hparams["leg_loss"].kind == "mpcl"
 
@@ -264,13 +286,20 @@ def test_paper_config_has_the_paper_settings(tmp_path, tokenizer_dir, monkeypatc
     assert values["speech_encoder_source"] == "microsoft/wavlm-large"
     assert values["text_encoder_source"] == "roberta-large"
     assert float(values["lr"]) == 1e-5 and values["encoder_lr"] == "!ref <lr> / 10"
-    assert (values["number_of_epochs"], values["batch_size"], values["grad_accumulation_factor"]) == ("20", "8", "4")
+    assert (values["number_of_epochs"], values["batch_size"], values["grad_accumulation_factor"]) == (
+        "20",
+        "8",
+        "4",
+    )
     assert (values["alpha"], values["temperature"], values["max_duration"]) == ("2.0", "0.1", "12.0")
     assert (values["hidden_dim"], values["bottleneck_dim"], values["leg_output_dim"]) == ("512", "512", "512")
     assert values["ckpt_metric"] == "UAR" and values["contrastive_loss"] == "mpcl"
     hparams = load(PAPER_CONFIG, tmp_path, tokenizer_dir, monkeypatch)
     assert hparams["encoder_lr"] == pytest.approx(1e-6)
-    assert hparams["model"].speech_encoder.model.feature_extractor.conv_layers[0].conv.weight.requires_grad is False
+    assert (
+        hparams["model"].speech_encoder.model.feature_extractor.conv_layers[0].conv.weight.requires_grad
+        is False
+    )
 
 
 # Raised inside transformers' WavLM attention, not by crab.
@@ -303,8 +332,12 @@ def test_no_legs(tmp_path, tokenizer_dir, monkeypatch):
 
 def test_supcon(tmp_path, tokenizer_dir, monkeypatch):
     hparams = load(
-        MINI_CONFIG, tmp_path, tokenizer_dir, monkeypatch,
-        contrastive_loss="supcon", modality="text",
+        MINI_CONFIG,
+        tmp_path,
+        tokenizer_dir,
+        monkeypatch,
+        contrastive_loss="supcon",
+        modality="text",
     )
     assert hparams["leg_loss"].kind == "supcon"
     assert hparams["model"].speech_encoder is None

@@ -8,7 +8,9 @@ from crab.dataprep import DataPrepError
 
 def test_writer_sorts_by_utterance_and_removes_an_absent_table(tmp_path):
     (tmp_path / "wav.scp").write_text("old\n")
-    write_data_dir(tmp_path, {"text": {"b": "two words", "a": ""}, "utt2spk": {"b": "s2", "a": "s1"}, "wav.scp": None})
+    write_data_dir(
+        tmp_path, {"text": {"b": "two words", "a": ""}, "utt2spk": {"b": "s2", "a": "s1"}, "wav.scp": None}
+    )
     assert (tmp_path / "text").read_text(encoding="utf-8") == "a\nb two words\n"
     assert (tmp_path / "utt2spk").read_text(encoding="utf-8") == "a s1\nb s2\n"
     assert not (tmp_path / "wav.scp").exists()

@@ -148,7 +148,9 @@ def test_text_and_label_messages_name_the_file(tmp_path, bad):
 
 def _mixed_entries(tmp_path):
     good1 = write_wav(tmp_path / "good1.wav", 4000)
-    good2 = write_wav(tmp_path / "good2.wav", 200, samplerate=4000)  # 0.05 s at the lowest usable rate, enough
+    good2 = write_wav(
+        tmp_path / "good2.wav", 200, samplerate=4000
+    )  # 0.05 s at the lowest usable rate, enough
     short = write_wav(tmp_path / "short.wav", 100)
     garbage = tmp_path / "garbage.wav"
     garbage.write_bytes(os.urandom(200))
@@ -196,7 +198,7 @@ def test_validate_skip_keeps_good_and_counts_kinds(tmp_path, capsys):
     assert kept["good1"]["duration"] == pytest.approx(0.25)
     assert kept["good2"]["duration"] == pytest.approx(0.05)
     out = capsys.readouterr().out
-    line = next(l for l in out.splitlines() if l.startswith("valid: skipped"))
+    line = next(x for x in out.splitlines() if x.startswith("valid: skipped"))
     assert "skipped 6 of 8 utterances" in line
     counts = {
         "missing audio": 2,
@@ -315,10 +317,14 @@ def make_data_dir(tmp_path, utts=None):
 def run_make_manifest(data, root, out, *extra):
     return make_manifest.main(
         [
-            "--data_dir", str(data),
-            "--data_root", str(root),
-            "--classes", ",".join(CLASSES),
-            "--out", str(out),
+            "--data_dir",
+            str(data),
+            "--data_root",
+            str(root),
+            "--classes",
+            ",".join(CLASSES),
+            "--out",
+            str(out),
             *extra,
         ]
     )
@@ -326,9 +332,9 @@ def run_make_manifest(data, root, out, *extra):
 
 def count_row(stdout, name):
     lines = stdout.splitlines()
-    header = next(i for i, l in enumerate(lines) if l.split()[:1] == ["split"])
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["split"])
     assert lines[header].split() == ["split"] + CLASSES + ["total"]
-    row = next(l for l in lines[header + 1:] if l.split()[:1] == [name])
+    row = next(line for line in lines[header + 1 :] if line.split()[:1] == [name])
     return [int(x) for x in row.split()[1:]]
 
 
@@ -357,7 +363,7 @@ def test_make_manifest_writes_manifest_and_counts(tmp_path, capsys):
 def test_make_manifest_missing_utt2spk_entry(tmp_path):
     data, root = make_data_dir(tmp_path)
     lines = (data / "utt2spk").read_text().splitlines()
-    (data / "utt2spk").write_text("\n".join(l for l in lines if not l.startswith("u3 ")) + "\n")
+    (data / "utt2spk").write_text("\n".join(line for line in lines if not line.startswith("u3 ")) + "\n")
     out = tmp_path / "train.json"
     with pytest.raises(SystemExit) as exc:
         run_make_manifest(data, root, out)
@@ -426,8 +432,9 @@ def test_make_manifest_missing_wav_skip_policy(tmp_path, capsys):
 def test_make_manifest_skip_everything_is_an_error(tmp_path):
     data, root = make_data_dir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        run_make_manifest(data, root, tmp_path / "train.json", "--policy", "skip",
-                          "--classes", "calm,excited")
+        run_make_manifest(
+            data, root, tmp_path / "train.json", "--policy", "skip", "--classes", "calm,excited"
+        )
     assert "no usable utterances" in str(exc.value.code)
 
 
@@ -486,7 +493,7 @@ def test_make_manifest_tab_separated_tables(tmp_path):
     data, root = make_data_dir(tmp_path)
     for name in ("wav.scp", "utt2emo"):
         lines = (data / name).read_text().splitlines()
-        (data / name).write_text("\n".join(l.replace(" ", "\t", 1) for l in lines) + "\n")
+        (data / name).write_text("\n".join(line.replace(" ", "\t", 1) for line in lines) + "\n")
     out = tmp_path / "train.json"
     run_make_manifest(data, root, out)
     assert list(json.loads(out.read_text())) == ["u1", "u2", "u3", "u4"]

@@ -53,8 +53,12 @@ def labels_and_weights(rank, out_dir, manifest):
         return count_classes(*args)
 
     count_classes, crab.experiment.class_counts = crab.experiment.class_counts, class_counts
-    hparams = {"classes": CLASSES, "save_folder": save, "train_manifest": manifest,
-               "wce": WeightedCrossEntropy(len(CLASSES))}
+    hparams = {
+        "classes": CLASSES,
+        "save_folder": save,
+        "train_manifest": manifest,
+        "wce": WeightedCrossEntropy(len(CLASSES)),
+    }
     encoder = crab.experiment.prepare_labels_and_weights(hparams)
     return {"labels": [encoder.ind2lab[i] for i in range(len(encoder))], "weights": hparams["wce"].weight}
 
@@ -76,8 +80,10 @@ def gathered_losses(rank):
             ddp.module.load_state_dict(layer.state_dict())
             loss_fn(ddp(inputs[rows]), labels[rows]).backward()  # DDP averages the gradients
             results[split, kind] = {
-                "loss": loss.detach(), "embedding_grad": embeddings.grad,
-                "weight_grad": ddp.module.weight.grad, "bias_grad": ddp.module.bias.grad,
+                "loss": loss.detach(),
+                "embedding_grad": embeddings.grad,
+                "weight_grad": ddp.module.weight.grad,
+                "bias_grad": ddp.module.bias.grad,
             }
         results[split, "labels"] = gather_batch(inputs[rows], labels[rows])[1]
     return results
@@ -100,11 +106,15 @@ def ddp_run(tmp_path_factory):
     """What each process of a two-process gloo group computed (``worker``), and its directory."""
     out = tmp_path_factory.mktemp("gloo")
     counts = {"angry": 3, "happy": 1, "neutral": 2, "sad": 2}
-    manifest = {f"{emo}{n}": {"wav": None, "duration": None, "text": "t", "emo": emo, "spk": "s"}
-                for emo, count in counts.items() for n in range(count)}
+    manifest = {
+        f"{emo}{n}": {"wav": None, "duration": None, "text": "t", "emo": emo, "spk": "s"}
+        for emo, count in counts.items()
+        for n in range(count)
+    }
     (out / "train.json").write_text(json.dumps(manifest))
-    group = mp.spawn(worker, args=(str(out / "rendezvous"), str(out), str(out / "train.json")),
-                     nprocs=WORLD, join=False)
+    group = mp.spawn(
+        worker, args=(str(out / "rendezvous"), str(out), str(out / "train.json")), nprocs=WORLD, join=False
+    )
     deadline = time.monotonic() + 180
     while not group.join(timeout=5):  # raises if a process failed
         if time.monotonic() > deadline:
@@ -181,11 +191,26 @@ def recipe_data(tmp_path_factory):
 def test_two_gloo_processes_train_the_tiny_config_through_the_recipe(recipe_data):
     exp = recipe_data / "exp"
     command = [
-        "bash", os.path.join(ROOT, "egs", "mini", "run.sh"), "--stage", "5", "--stop_stage", "5",
-        "--nproc", "2", "--data_root", str(recipe_data / "corpus"), "--data_dir", str(recipe_data / "data"),
-        "--exp_dir", str(exp), "--train_opts", "--number_of_epochs=2 --batch_size=2 --gather_contrastive=true",
+        "bash",
+        os.path.join(ROOT, "egs", "mini", "run.sh"),
+        "--stage",
+        "5",
+        "--stop_stage",
+        "5",
+        "--nproc",
+        "2",
+        "--data_root",
+        str(recipe_data / "corpus"),
+        "--data_dir",
+        str(recipe_data / "data"),
+        "--exp_dir",
+        str(exp),
+        "--train_opts",
+        "--number_of_epochs=2 --batch_size=2 --gather_contrastive=true",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)  # a collective mismatch hangs
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300
+    )  # a collective mismatch hangs
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     run = exp / "crab_tiny" / "main" / "seed42"
     # epoch 2's save deleted epoch 1's checkpoint unless it is the best: the processes agreed
@@ -196,5 +221,8 @@ def test_two_gloo_processes_train_the_tiny_config_through_the_recipe(recipe_data
     assert yaml.safe_load((checkpoints[-1] / "brain.ckpt").read_text())["optimizer_step"] == 4
     weights = json.loads((run / "save" / "class_weights.json").read_text())
     assert [weights[c]["count"] for c in CLASSES] == [2, 2, 2, 2]
-    assert [line.split(",")[0] for line in (run / "train_log.txt").read_text().splitlines()] == ["epoch: 1", "epoch: 2"]
+    assert [line.split(",")[0] for line in (run / "train_log.txt").read_text().splitlines()] == [
+        "epoch: 1",
+        "epoch: 2",
+    ]
     assert "2 processes per node (DDP, gloo)" in json.loads((run / "train_info.json").read_text())["machine"]

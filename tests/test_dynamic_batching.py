@@ -13,8 +13,13 @@ from speechbrain.dataio.sampler import DistributedSamplerWrapper
 from crab.bin import evaluate, train
 from crab.data import label_encoder
 from crab.experiment import dataset, item_lengths, loader_options, prepare_labels_and_weights
+from tests import test_brain
 from tests.conftest import ROOT
-from tests.test_brain import CLASSES, CONFIG, data, load  # noqa: F401 (data: fixture)
+from tests.test_brain import CLASSES, CONFIG, load
+
+# the tiny corpus fixture of test_brain, found by pytest under the same name; assigned, not
+# imported, so that the test parameters of that name redefine no unused import (ruff F811)
+data = test_brain.data
 
 # seconds; 7.5 is longer than MAX_LENGTH and must be alone in its batch
 DURATIONS = [0.5, 0.7, 0.9, 1.2, 1.5, 0.6, 2.4, 3.1, 0.8, 1.1, 7.5, 0.4, 2.0, 1.7, 0.9, 2.8, 1.3, 0.5]
@@ -24,14 +29,23 @@ DYNAMIC = ["--dynamic_batching=true", "--max_batch_length=2.0", "--num_buckets=3
 
 def manifest_dataset(durations, texts=None):
     texts = texts or ["x" * (k + 1) for k in range(len(durations))]
-    entries = {f"utt{k:02d}": {"duration": d, "text": t} for k, (d, t) in enumerate(zip(durations, texts))}
+    entries = {
+        f"utt{k:02d}": {"duration": d, "text": t}
+        for k, (d, t) in enumerate(zip(durations, texts, strict=True))
+    }
     return sb.dataio.dataset.DynamicItemDataset(entries)
 
 
 def options(train=True, **hparams):
-    base = {"train_dataloader_opts": {"batch_size": 8, "shuffle": True, "num_workers": 0},
-            "eval_dataloader_opts": {"batch_size": 8, "num_workers": 0}, "dynamic_batching": True,
-            "max_batch_length": MAX_LENGTH, "num_buckets": 4, "max_duration": 12.0, "seed": 3}
+    base = {
+        "train_dataloader_opts": {"batch_size": 8, "shuffle": True, "num_workers": 0},
+        "eval_dataloader_opts": {"batch_size": 8, "num_workers": 0},
+        "dynamic_batching": True,
+        "max_batch_length": MAX_LENGTH,
+        "num_buckets": 4,
+        "max_duration": 12.0,
+        "seed": 3,
+    }
     return lambda data: loader_options({**base, **hparams}, data, train)
 
 
@@ -115,8 +129,15 @@ def test_a_batch_is_padded_to_its_own_longest_item(data, tmp_path):
 
 def test_training_and_evaluation_with_dynamic_batches(data, tmp_path):
     out = tmp_path / "exp"
-    argv = [CONFIG, f"--data_root={data}", f"--data_folder={data}", f"--output_folder={out}",
-            f"--classes=[{','.join(CLASSES)}]", "--number_of_epochs=2", *DYNAMIC]
+    argv = [
+        CONFIG,
+        f"--data_root={data}",
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        f"--classes=[{','.join(CLASSES)}]",
+        "--number_of_epochs=2",
+        *DYNAMIC,
+    ]
     cwd = os.getcwd()
     os.chdir(os.path.join(ROOT, "egs", "TEMPLATE"))  # conf/ paths are relative to the recipe
     try:

@@ -14,26 +14,40 @@ def data(tmp_path_factory):
 
 
 def train(data, *opts, folder=None):
-    return command("crab.bin.train", CONFIG, f"--data_root={data}", f"--data_folder={folder or data}",
-                   f"--classes=[{','.join(CLASSES)}]", f"--output_folder={data}/exp", "--number_of_epochs=1", *opts)
+    return command(
+        "crab.bin.train",
+        CONFIG,
+        f"--data_root={data}",
+        f"--data_folder={folder or data}",
+        f"--classes=[{','.join(CLASSES)}]",
+        f"--output_folder={data}/exp",
+        "--number_of_epochs=1",
+        *opts,
+    )
 
 
 def test_missing_tokenizer_directory(data):
     result = train(data, folder="data/main")
-    assert_one_line_error(result, "tokenizer_source: no directory data/main/tokenizer; "
-                                  "build it with stage 3 --bpe_vocab_size N")
+    assert_one_line_error(
+        result, "tokenizer_source: no directory data/main/tokenizer; build it with stage 3 --bpe_vocab_size N"
+    )
 
 
 def test_hub_id_that_cannot_be_fetched(data):
     result = train(data, "--speech_encoder_source=openai/whisper-bse")
-    line = assert_one_line_error(result, "speech_encoder_source: 'openai/whisper-bse' is neither a local directory "
-                                         "nor a model on the hub that could be loaded: ")
+    line = assert_one_line_error(
+        result,
+        "speech_encoder_source: 'openai/whisper-bse' is neither a local directory "
+        "nor a model on the hub that could be loaded: ",
+    )
     assert len(line) < 400
 
 
 def test_missing_local_model_directory(data):
     result = train(data, "--speech_encoder_source=../models/wavlm-large")
-    assert_one_line_error(result, "speech_encoder_source: no directory ../models/wavlm-large; give a local directory")
+    assert_one_line_error(
+        result, "speech_encoder_source: no directory ../models/wavlm-large; give a local directory"
+    )
 
 
 def test_missing_manifest_says_which_stage_writes_it(data, tmp_path):
@@ -44,13 +58,17 @@ def test_missing_manifest_says_which_stage_writes_it(data, tmp_path):
 
 def test_unknown_override(data):
     result = train(data, "--hidden_dimm=16")
-    assert_one_line_error(result, "override --hidden_dimm: no top-level key 'hidden_dimm' in conf/crab_tiny.yaml")
+    assert_one_line_error(
+        result, "override --hidden_dimm: no top-level key 'hidden_dimm' in conf/crab_tiny.yaml"
+    )
 
 
 def test_transcribe_model_typo_writes_nothing(data, tmp_path):
     (tmp_path / "wav.scp").write_text(f"u1 {data}/train_sad_0.wav\n")
     result = command("crab.bin.transcribe", "--data_dir", tmp_path, "--model", "openai/whisper-tinyy")
-    assert_one_line_error(result, "--model: 'openai/whisper-tinyy' is neither a local directory nor a model on the hub")
+    assert_one_line_error(
+        result, "--model: 'openai/whisper-tinyy' is neither a local directory nor a model on the hub"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wav.scp"]  # no text.asr.model naming the typo
 
 

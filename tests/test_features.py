@@ -11,19 +11,37 @@ import crab.features
 from crab.bin import evaluate, extract_features, train
 from crab.experiment import parse_and_load
 from crab.features import FeatureCache, FeatureCacheError
+from tests import test_brain
 from tests.conftest import ROOT, write_tiny_whisper
-from tests.test_brain import CLASSES, CONFIG, data  # noqa: F401  (the tiny corpus fixture)
+from tests.test_brain import CLASSES, CONFIG
 
-FROZEN = ["--freeze_speech_encoder=true", "--freeze_text_encoder=true", "--layer_weighting=weighted_sum",
-          "--normalize_encoder_states=true"]
+# the tiny corpus fixture of test_brain, found by pytest under the same name; assigned, not
+# imported, so that the test parameters of that name redefine no unused import (ruff F811)
+data = test_brain.data
+
+FROZEN = [
+    "--freeze_speech_encoder=true",
+    "--freeze_text_encoder=true",
+    "--layer_weighting=weighted_sum",
+    "--normalize_encoder_states=true",
+]
 
 
 def argv(data, out, *extra):
     """Training options (frozen encoders, unless ``extra`` says otherwise)."""
     given = {arg.split("=")[0] for arg in extra}
     frozen = [arg for arg in FROZEN if arg.split("=")[0] not in given]
-    return [CONFIG, f"--data_root={data}", f"--data_folder={data}", f"--output_folder={out}",
-            f"--classes=[{','.join(CLASSES)}]", "--batch_size=4", "--number_of_epochs=2", *frozen, *extra]
+    return [
+        CONFIG,
+        f"--data_root={data}",
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        f"--classes=[{','.join(CLASSES)}]",
+        "--batch_size=4",
+        "--number_of_epochs=2",
+        *frozen,
+        *extra,
+    ]
 
 
 def run(main, args):
@@ -51,7 +69,7 @@ def final_state(out):
     return torch.load(os.path.join(save, latest, "model.ckpt"))
 
 
-def test_cached_training_equals_end_to_end(data, tmp_path):  # noqa: F811
+def test_cached_training_equals_end_to_end(data, tmp_path):
     cache = tmp_path / "cache"
     plain, cached = tmp_path / "plain", tmp_path / "cached"
     run(train.main, argv(data, plain))
@@ -62,6 +80,7 @@ def test_cached_training_equals_end_to_end(data, tmp_path):  # noqa: F811
 
     index = json.loads((cache / "index.json").read_text())
     assert sorted(index["branches"]) == ["speech", "text"] and len(index["shards"]) == 3  # 20 utts / 7
+
     def epochs(out):  # each epoch's losses and validation scores (without the lr)
         lines = (out / "train_log.txt").read_text().splitlines()
         return [line.split("train loss")[1] for line in lines if "train loss" in line]
@@ -74,12 +93,14 @@ def test_cached_training_equals_end_to_end(data, tmp_path):  # noqa: F811
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=2e-4, msg=key)
     assert bool(b["encoders.speech.state_norm.ready"]) and bool(b["encoders.text.state_norm.ready"])
     # the learned layer weights moved, so the cached path trains them
-    assert not torch.equal(b["encoders.speech.layer_weights.logits"], torch.zeros_like(b["encoders.speech.layer_weights.logits"]))
+    assert not torch.equal(
+        b["encoders.speech.layer_weights.logits"], torch.zeros_like(b["encoders.speech.layer_weights.logits"])
+    )
     scores = [json.loads((out / "eval_test" / "scores.json").read_text()) for out in (plain, cached)]
     assert scores[0] == pytest.approx(scores[1])
 
 
-def test_interrupted_extraction_resumes_and_matches(data, tmp_path, monkeypatch):  # noqa: F811
+def test_interrupted_extraction_resumes_and_matches(data, tmp_path, monkeypatch):
     once, resumed = tmp_path / "once", tmp_path / "resumed"
     run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={once}", "--shard_size=5"))
 
@@ -101,25 +122,37 @@ def test_interrupted_extraction_resumes_and_matches(data, tmp_path, monkeypatch)
     index = json.loads((resumed / "index.json").read_text())
     utts = [u for shard in index["shards"].values() for u in shard]
     assert len(utts) == len(set(utts)) == 20
-    tensors = lambda d: {k: v for s in sorted(os.listdir(d)) if s.endswith(".safetensors")  # noqa: E731
-                         for k, v in load_file(d / s).items()}
+
+    def tensors(d):
+        return {
+            k: v
+            for s in sorted(os.listdir(d))
+            if s.endswith(".safetensors")
+            for k, v in load_file(d / s).items()
+        }
+
     first, second = tensors(once), tensors(resumed)
     assert first.keys() == second.keys()
     for key in first:
         torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
 
 
-def test_cache_is_checked_against_the_model_and_manifests(data, tmp_path):  # noqa: F811
+def test_cache_is_checked_against_the_model_and_manifests(data, tmp_path):
     # (a FeatureCacheError ends a command with its message: SystemExit "ERROR: ...")
     cache = tmp_path / "cache"
-    run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={cache}",
-                                    "--manifests", str(data / "train.json")))
+    run(
+        extract_features.main,
+        argv(data, tmp_path / "x", f"--feature_cache={cache}", "--manifests", str(data / "train.json")),
+    )
     # other random weights (another seed): the weights digest differs
     with pytest.raises(SystemExit, match="weights_sha256"):
         run(train.main, argv(data, tmp_path / "a", f"--feature_cache={cache}", "--seed=7"))
     # an encoder that is fine-tuned cannot read cached states
     with pytest.raises(SystemExit, match="speech encoder is not frozen"):
-        run(train.main, argv(data, tmp_path / "b", f"--feature_cache={cache}", "--freeze_speech_encoder=false"))
+        run(
+            train.main,
+            argv(data, tmp_path / "b", f"--feature_cache={cache}", "--freeze_speech_encoder=false"),
+        )
     # utterances of a manifest that was not extracted
     with pytest.raises(SystemExit, match="lacks 4 utterance.*valid.json"):
         run(train.main, argv(data, tmp_path / "c", f"--feature_cache={cache}"))
@@ -130,10 +163,12 @@ def test_cache_is_checked_against_the_model_and_manifests(data, tmp_path):  # no
     (tmp_path / "edited").mkdir()
     (tmp_path / "edited" / "train.json").write_text(json.dumps(edited))
     with pytest.raises(FeatureCacheError, match="1 utterance.*another text or audio.*train_sad_2"):
-        FeatureCache(str(cache)).check(*model_and_duration(data, tmp_path), [str(tmp_path / "edited" / "train.json")])
+        FeatureCache(str(cache)).check(
+            *model_and_duration(data, tmp_path), [str(tmp_path / "edited" / "train.json")]
+        )
 
 
-def test_layer_probe_scores_every_layer_on_validation(data, tmp_path, capsys):  # noqa: F811
+def test_layer_probe_scores_every_layer_on_validation(data, tmp_path, capsys):
     from crab.bin import layer_probe
 
     cache = tmp_path / "cache"
@@ -146,11 +181,18 @@ def test_layer_probe_scores_every_layer_on_validation(data, tmp_path, capsys):  
     assert len(means) == 3 and means[best] == max(means)
 
 
-def test_top_layer_finetuning_trains_on_the_cache_as_end_to_end(data, tmp_path):  # noqa: F811
+def test_top_layer_finetuning_trains_on_the_cache_as_end_to_end(data, tmp_path):
     whisper = write_tiny_whisper(tmp_path / "whisper")
     # batches of one: Whisper's last frames depend on the batch padding, which would differ
-    top = [f"--speech_encoder_source={whisper}", "--modality=speech", "--freeze_speech_encoder=false",
-           "--finetune_top_speech_layers=1", "--layer_weighting=2", "--lr=0.01", "--batch_size=1"]
+    top = [
+        f"--speech_encoder_source={whisper}",
+        "--modality=speech",
+        "--freeze_speech_encoder=false",
+        "--finetune_top_speech_layers=1",
+        "--layer_weighting=2",
+        "--lr=0.01",
+        "--batch_size=1",
+    ]
     cache = tmp_path / "cache"
     plain, cached = tmp_path / "plain", tmp_path / "cached"
     run(train.main, argv(data, plain, *top))
@@ -180,5 +222,14 @@ def test_top_layer_finetuning_trains_on_the_cache_as_end_to_end(data, tmp_path):
     assert scores[0] == pytest.approx(scores[1])
     # another layer setting reads other states: the cache says so
     with pytest.raises(SystemExit, match=r"\(finetune_top_layers, weights_sha256 differ\)"):
-        run(train.main, argv(data, tmp_path / "frozen", *top, "--finetune_top_speech_layers=0",
-                             "--freeze_speech_encoder=true", f"--feature_cache={cache}"))
+        run(
+            train.main,
+            argv(
+                data,
+                tmp_path / "frozen",
+                *top,
+                "--finetune_top_speech_layers=0",
+                "--freeze_speech_encoder=true",
+                f"--feature_cache={cache}",
+            ),
+        )

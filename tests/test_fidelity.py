@@ -43,8 +43,15 @@ def in_template(fn, *args):
 
 
 def argv(config, data, out, *extra):
-    return [config, f"--data_root={data}", f"--data_folder={data}", f"--output_folder={out}",
-            f"--classes=[{','.join(CLASSES)}]", "--batch_size=4", *extra]
+    return [
+        config,
+        f"--data_root={data}",
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        f"--classes=[{','.join(CLASSES)}]",
+        "--batch_size=4",
+        *extra,
+    ]
 
 
 def load(config, data, out, *extra):
@@ -66,10 +73,18 @@ def train(config, data, out, *extra):
     encoder = prepare_labels_and_weights(hparams)
     brain = make_brain(hparams, run_opts)
     train_set = dataset(hparams, hparams["train_manifest"], encoder)
-    brain.fit_state_normalization(train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"])
-    in_template(brain.fit, hparams["epoch_counter"], train_set,
-                dataset(hparams, hparams["valid_manifest"], encoder, sort=True),
-                None, hparams["train_dataloader_opts"], hparams["eval_dataloader_opts"])
+    brain.fit_state_normalization(
+        train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"]
+    )
+    in_template(
+        brain.fit,
+        hparams["epoch_counter"],
+        train_set,
+        dataset(hparams, hparams["valid_manifest"], encoder, sort=True),
+        None,
+        hparams["train_dataloader_opts"],
+        hparams["eval_dataloader_opts"],
+    )
     return brain, hparams
 
 
@@ -82,8 +97,9 @@ def wavs_of(data, names):
 # ---------------------------------------------------------------- the model
 
 
-@pytest.mark.parametrize("config, depends_on_batch", [(DEFAULT, False), (REFERENCE, True)],
-                         ids=["default", "reference"])
+@pytest.mark.parametrize(
+    "config, depends_on_batch", [(DEFAULT, False), (REFERENCE, True)], ids=["default", "reference"]
+)
 def test_padding_a_batch_changes_only_the_reference_output(data, tmp_path, config, depends_on_batch):
     # (global waveform statistics have their own test: raw audio here)
     hparams, _, _ = load(config, data, tmp_path, "--waveform_normalization=none")
@@ -95,7 +111,9 @@ def test_padding_a_batch_changes_only_the_reference_output(data, tmp_path, confi
     assert batched[0].shape[1] > alone[0].shape[1]
     with torch.no_grad():
         out_alone = model(*alone, texts=["I feel angry today"])[0][0]
-        out_batched = model(*batched, texts=["I feel angry today", "and a much longer transcript than that"])[0][0]
+        out_batched = model(*batched, texts=["I feel angry today", "and a much longer transcript than that"])[
+            0
+        ][0]
     close = torch.allclose(out_alone, out_batched, atol=1e-5, rtol=1e-4)
     assert close != depends_on_batch
     # text: padded to the batch's longest (default) or to text_max_length = 128 tokens (reference)
@@ -131,7 +149,9 @@ def test_reference_model_legs_and_pooling(data, tmp_path):
 # ---------------------------------------------------------------- training
 
 
-@pytest.mark.parametrize("config, clipped", [(DEFAULT, True), (REFERENCE, False)], ids=["default", "reference"])
+@pytest.mark.parametrize(
+    "config, clipped", [(DEFAULT, True), (REFERENCE, False)], ids=["default", "reference"]
+)
 def test_gradient_clipping(data, tmp_path, config, clipped):
     brain, _, _ = brain_for(config, data, tmp_path)
     brain.init_optimizers()
@@ -145,7 +165,9 @@ def test_gradient_clipping(data, tmp_path, config, clipped):
     def record(optimizer, *args, **kwargs):
         grads = [p.grad for p in optimizer.param_groups[0]["params"] if p.grad is not None]
         if grads:  # the encoders' optimizers got no gradient here
-            seen[id(optimizer)] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            seen[id(optimizer)] = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g) for g in grads])
+            )
         return step(optimizer, *args, **kwargs)
 
     brain.scaler.step = record
@@ -157,8 +179,9 @@ def test_gradient_clipping(data, tmp_path, config, clipped):
         assert norm == pytest.approx(float(large))  # the large gradient survives
 
 
-@pytest.mark.parametrize("config, floors", [(DEFAULT, (0.0, 0.0)), (REFERENCE, (1e-6, 1e-7))],
-                         ids=["default", "reference"])
+@pytest.mark.parametrize(
+    "config, floors", [(DEFAULT, (0.0, 0.0)), (REFERENCE, (1e-6, 1e-7))], ids=["default", "reference"]
+)
 def test_learning_rate_reaches_its_floor(data, tmp_path, config, floors):
     brain, _ = train(config, data, tmp_path, "--number_of_epochs=2")
     head, encoder = floors
@@ -180,8 +203,13 @@ def test_reference_selects_the_best_macro_f1_checkpoint(data, tmp_path):
         brain.train_stats = {"loss": 0.0}
         for epoch, predicted in epochs.items():
             hparams["epoch_counter"].current = epoch
-            brain._predictions = [([f"u{i}" for i in range(len(targets))], torch.tensor(targets),
-                                   torch.nn.functional.one_hot(torch.tensor(predicted), 4).float())]
+            brain._predictions = [
+                (
+                    [f"u{i}" for i in range(len(targets))],
+                    torch.tensor(targets),
+                    torch.nn.functional.one_hot(torch.tensor(predicted), 4).float(),
+                )
+            ]
             brain.on_stage_end(sb.Stage.VALID, 0.0, epoch)
         hparams["epoch_counter"].current = 0
         brain.on_evaluate_start(max_key=hparams["ckpt_metric"])  # what crab.bin.evaluate and package load
@@ -219,7 +247,9 @@ def hand_supcon(z, labels, tau, anchors, scale):
     """Khosla et al.'s L_out, one view, written out with loops."""
     n = len(z)
     unit = [[v / math.sqrt(sum(c * c for c in row)) for v in row] for row in z]
-    sim = [[sum(a * b for a, b in zip(unit[i], unit[j])) / tau for j in range(n)] for i in range(n)]
+    sim = [
+        [sum(a * b for a, b in zip(unit[i], unit[j], strict=True)) / tau for j in range(n)] for i in range(n)
+    ]
     losses = []
     for i in range(n):
         positives = [j for j in range(n) if j != i and labels[j] == labels[i]]
@@ -240,13 +270,15 @@ def test_supcon_averaging_and_scale_against_hand_computed_values(anchors, scale)
     labels = [0, 0, 1, 2, 1]  # anchor 3 has no positive
     expected = hand_supcon(z, labels, 0.1, anchors, scale)
     loss = ContrastiveLoss("supcon", 0.1, supcon_anchors=anchors, supcon_scale=scale)(
-        torch.tensor(z, dtype=torch.float64), torch.tensor(labels))
+        torch.tensor(z, dtype=torch.float64), torch.tensor(labels)
+    )
     assert float(loss) == pytest.approx(expected, rel=1e-6)
     # the two averages differ by the anchors without a positive: 4 of 5 here
     other = "all" if anchors == "with_positive" else "with_positive"
     assert expected != pytest.approx(hand_supcon(z, labels, 0.1, other, scale))
     assert float(supcon(torch.tensor(z, dtype=torch.float64), torch.tensor(labels), 0.1)) == pytest.approx(
-        hand_supcon(z, labels, 0.1, "with_positive", "tau_ratio"), rel=1e-6)  # the function's own default
+        hand_supcon(z, labels, 0.1, "with_positive", "tau_ratio"), rel=1e-6
+    )  # the function's own default
 
 
 # ---------------------------------------------------------------- packaging
@@ -255,18 +287,29 @@ def test_supcon_averaging_and_scale_against_hand_computed_values(anchors, scale)
 def test_reference_model_with_global_waveform_normalization_packages_and_reloads(data, tmp_path):
     run, model_dir = tmp_path / "run", tmp_path / "model"
     brain, hparams = train(REFERENCE, data, run, "--number_of_epochs=1")
-    in_template(package_cli.main, [*argv(REFERENCE, data, run, "--number_of_epochs=1"),
-                                   "--text_source", "gold", "--out", str(model_dir)])
+    in_template(
+        package_cli.main,
+        [
+            *argv(REFERENCE, data, run, "--number_of_epochs=1"),
+            "--text_source",
+            "gold",
+            "--out",
+            str(model_dir),
+        ],
+    )
     classifier = CrabClassifier.from_hparams(source=str(model_dir))
     packaged = classifier.mods.model.crab
     trained = brain.modules.model.eval()
     assert packaged.speech_encoder.waveform_normalization == "global"
-    assert float(packaged.speech_encoder.waveform_norm.mean) == float(trained.speech_encoder.waveform_norm.mean)
+    assert float(packaged.speech_encoder.waveform_norm.mean) == float(
+        trained.speech_encoder.waveform_norm.mean
+    )
     assert float(packaged.speech_encoder.waveform_norm.std) == float(trained.speech_encoder.waveform_norm.std)
     assert not packaged.padding_masks and packaged.text_encoder.padding == "max_length"
     wavs, lens = wavs_of(data, [f"test_{emo}_0" for emo in CLASSES])
     texts = [f"I feel {emo} today" for emo in CLASSES]
     with torch.no_grad():
         expected = torch.softmax(trained(wavs, lens, texts)[0], dim=-1)
-    torch.testing.assert_close(classifier.classify_batch(wavs, texts=texts, wav_lens=lens)[0], expected,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        classifier.classify_batch(wavs, texts=texts, wav_lens=lens)[0], expected, atol=1e-5, rtol=1e-5
+    )

@@ -18,8 +18,20 @@ from tests.test_transcribe import run as run_transcribe
 
 
 def gold(model_dir, tmp_path, out, *extra, wav_scp="wav.scp", text="text"):
-    return cli("--model", model_dir, "--wav_scp", tmp_path / wav_scp, "--text", tmp_path / text,
-               "--text_mode", "gold", "--out", out, "--skip_errors", *extra)
+    return cli(
+        "--model",
+        model_dir,
+        "--wav_scp",
+        tmp_path / wav_scp,
+        "--text",
+        tmp_path / text,
+        "--text_mode",
+        "gold",
+        "--out",
+        out,
+        "--skip_errors",
+        *extra,
+    )
 
 
 def split_wav_scp(tmp_path):
@@ -101,8 +113,13 @@ def test_out_may_not_be_an_input_or_a_directory(trained, data, tmp_path):  # noq
     before = {name: (tmp_path / name).read_bytes() for name in ("wav.scp", "text")}
     model_before = (model_dir / "hyperparams.yaml").read_bytes()
     os.symlink(tmp_path / "text", tmp_path / "link.tsv")
-    for out in (tmp_path / "wav.scp", tmp_path / "text", tmp_path / "link.tsv", model_dir / "hyperparams.yaml",
-                model_dir / "new.tsv"):
+    for out in (
+        tmp_path / "wav.scp",
+        tmp_path / "text",
+        tmp_path / "link.tsv",
+        model_dir / "hyperparams.yaml",
+        model_dir / "new.tsv",
+    ):
         message = gold(model_dir, tmp_path, out, "--overwrite")
         assert isinstance(message, str) and ("input" in message or "inside --model" in message), message
     assert "is a directory" in gold(model_dir, tmp_path, tmp_path, "--overwrite")
@@ -147,7 +164,7 @@ def test_a_line_cut_inside_a_utf8_character_is_redone(trained, data, tmp_path, c
     assert gold(model_dir, tmp_path, out) == 0
     assert out.read_bytes() == complete
     # a damaged line before the last: an error naming the file and line, nothing thrown away
-    damaged = lines[0] + lines[1][:lines[1].index("é".encode()) + 1] + b"\n" + lines[2]
+    damaged = lines[0] + lines[1][: lines[1].index("é".encode()) + 1] + b"\n" + lines[2]
     out.write_bytes(damaged)
     message = gold(model_dir, tmp_path, out)
     assert f"{out}:2: not UTF-8" in message and "\n" not in message
@@ -184,15 +201,21 @@ def test_transient_transcription_failures_are_not_recorded(tmp_path, monkeypatch
             if any(len(a) == 4000 for a in audios):
                 raise RuntimeError("CUDA out of memory")
             return ["words"] * len(audios)
+
         return transcriber
 
     sf.write(wavs[utts[2]], (0.1 * np.random.default_rng(1).standard_normal(4000)).astype("float32"), 16000)
     monkeypatch.setattr(transcribe, "load_transcriber", flaky)
     with pytest.raises(SystemExit, match="the model failed on 1 utterance"):
         run_transcribe(data_dir, "fake", "--batch_size", "4")
-    assert [line[0] for line in read_lines(data_dir / "text.asr")] == [utts[0], utts[3]]  # the others one by one
+    assert [line[0] for line in read_lines(data_dir / "text.asr")] == [
+        utts[0],
+        utts[3],
+    ]  # the others one by one
     failed = (data_dir / "text.asr.failed").read_text()
-    assert f"{utts[1]}\tunreadable audio" in failed and f"{utts[2]}\tRuntimeError: CUDA out of memory" in failed
+    assert (
+        f"{utts[1]}\tunreadable audio" in failed and f"{utts[2]}\tRuntimeError: CUDA out of memory" in failed
+    )
     assert "2 failed" in capsys.readouterr().out
     # the next run tries exactly the failed ones again
     open(wavs[utts[1]], "wb").write(good)
@@ -200,8 +223,12 @@ def test_transient_transcription_failures_are_not_recorded(tmp_path, monkeypatch
     monkeypatch.setattr(transcribe, "load_transcriber", fake.load)
     run_transcribe(data_dir, "fake", "--batch_size", "4")
     assert fake.batches == [2]
-    assert read_lines(data_dir / "text.asr") == [[utts[0], "words"], [utts[1], "second"], [utts[2], "third"],
-                                                 [utts[3], "words"]]
+    assert read_lines(data_dir / "text.asr") == [
+        [utts[0], "words"],
+        [utts[1], "second"],
+        [utts[2], "third"],
+        [utts[3], "words"],
+    ]
     assert not (data_dir / "text.asr.failed").exists()
 
 
@@ -213,7 +240,11 @@ def test_tsv_text_is_cleaned_and_empty_wav_scp_is_an_error(trained, data, tmp_pa
     out = tmp_path / "r.tsv"
     assert gold(model_dir, tmp_path, out, wav_scp="one.scp") == 0
     row = out.read_text().splitlines()[1].split("\t")
-    assert row[-1] == "I feel[31m angry today" and "\x1b" not in out.read_text() and "\x00" not in out.read_text()
+    assert (
+        row[-1] == "I feel[31m angry today"
+        and "\x1b" not in out.read_text()
+        and "\x00" not in out.read_text()
+    )
 
     (tmp_path / "empty.scp").write_text("")
     message = gold(model_dir, tmp_path, tmp_path / "e.tsv", wav_scp="empty.scp")

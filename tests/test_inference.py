@@ -49,16 +49,28 @@ def data(tmp_path_factory):
                 utt = f"{split}_{emo}_{n}"
                 seconds = rng.uniform(0.4, 0.9)
                 sf.write(root / f"{utt}.wav", tone(seconds, 100 + 80 * k, seed=n), 16000)
-                manifest[utt] = {"wav": f"{{data_root}}/{utt}.wav", "duration": seconds,
-                                 "text": f"I feel {emo} today", "emo": emo, "spk": f"{split}{n}"}
+                manifest[utt] = {
+                    "wav": f"{{data_root}}/{utt}.wav",
+                    "duration": seconds,
+                    "text": f"I feel {emo} today",
+                    "emo": emo,
+                    "spk": f"{split}{n}",
+                }
         (root / f"{split}.json").write_text(json.dumps(manifest))
     build_bpe_tokenizer([f"I feel {e} today" for e in CLASSES] * 3, str(root / "tokenizer"), 300)
     return root
 
 
 def overrides(data, out, *extra):
-    return [f"--data_root={data}", f"--data_folder={data}", f"--output_folder={out}",
-            f"--classes=[{','.join(CLASSES)}]", "--batch_size=4", "--number_of_epochs=2", *extra]
+    return [
+        f"--data_root={data}",
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        f"--classes=[{','.join(CLASSES)}]",
+        "--batch_size=4",
+        "--number_of_epochs=2",
+        *extra,
+    ]
 
 
 def in_template(fn, *args):
@@ -79,13 +91,21 @@ def train(data, out, *extra):
         encoder = prepare_labels_and_weights(hparams)
         brain = make_brain(hparams, run_opts)
         train_set = dataset(hparams, hparams["train_manifest"], encoder)
-        brain.fit_state_normalization(train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"])
-        brain.fit(hparams["epoch_counter"], train_set,
-                  dataset(hparams, hparams["valid_manifest"], encoder, sort=True),
-                  train_loader_kwargs=hparams["train_dataloader_opts"],
-                  valid_loader_kwargs=hparams["eval_dataloader_opts"])
-        brain.evaluate(dataset(hparams, hparams["test_manifest"], encoder, sort=True), max_key="UAR",
-                       test_loader_kwargs=hparams["eval_dataloader_opts"])  # loads the best checkpoint
+        brain.fit_state_normalization(
+            train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"]
+        )
+        brain.fit(
+            hparams["epoch_counter"],
+            train_set,
+            dataset(hparams, hparams["valid_manifest"], encoder, sort=True),
+            train_loader_kwargs=hparams["train_dataloader_opts"],
+            valid_loader_kwargs=hparams["eval_dataloader_opts"],
+        )
+        brain.evaluate(
+            dataset(hparams, hparams["test_manifest"], encoder, sort=True),
+            max_key="UAR",
+            test_loader_kwargs=hparams["eval_dataloader_opts"],
+        )  # loads the best checkpoint
         return brain, hparams
 
     return in_template(fit)
@@ -98,8 +118,10 @@ def save_run_config(config, applied, out):
 
 
 def package(data, out, model_dir, *extra):
-    in_template(package_cli.main, [CONFIG, *overrides(data, out, *extra), "--text_source", "gold",
-                                   "--out", str(model_dir)])
+    in_template(
+        package_cli.main,
+        [CONFIG, *overrides(data, out, *extra), "--text_source", "gold", "--out", str(model_dir)],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +146,16 @@ def tree(path):
 def test_package_is_self_contained_and_has_no_legs(trained, data):
     brain, hparams, model_dir, _ = trained
     files = set(os.listdir(model_dir))
-    assert files >= {"hyperparams.yaml", "model.ckpt", "label_encoder.ckpt", "class_weights.json", "metadata.json",
-                     "custom_interface.py", "speech_encoder", "text_encoder"}
+    assert files >= {
+        "hyperparams.yaml",
+        "model.ckpt",
+        "label_encoder.ckpt",
+        "class_weights.json",
+        "metadata.json",
+        "custom_interface.py",
+        "speech_encoder",
+        "text_encoder",
+    }
     assert "legs.ckpt" not in files
     state = torch.load(model_dir / "model.ckpt")
     assert set(state) == set(hparams["model"].state_dict())  # the Crab alone
@@ -133,7 +163,8 @@ def test_package_is_self_contained_and_has_no_legs(trained, data):
     legs = {id(p) for p in hparams["legs"].parameters()}
     assert not legs & {id(p) for p in hparams["model"].parameters()}
     assert (model_dir / "label_encoder.ckpt").read_text().splitlines()[:4] == [
-        f"'{c}' => {i}" for i, c in enumerate(CLASSES)]
+        f"'{c}' => {i}" for i, c in enumerate(CLASSES)
+    ]
     weights = json.loads((model_dir / "class_weights.json").read_text())
     assert weights == {c: {"count": 2, "weight": 4.0} for c in CLASSES}  # N / N_c = 8 / 2
     meta = json.loads((model_dir / "metadata.json").read_text())
@@ -165,8 +196,9 @@ def test_round_trip_from_hparams_and_foreign_class(trained, data, tmp_path, monk
     before, _ = tree(model_dir)
     audio_before, _ = tree(data)
     by_hparams = CrabClassifier.from_hparams(source=str(model_dir))
-    by_foreign = foreign_class(source=str(model_dir), pymodule_file="custom_interface.py",
-                               classname="CrabClassifier")
+    by_foreign = foreign_class(
+        source=str(model_dir), pymodule_file="custom_interface.py", classname="CrabClassifier"
+    )
     assert type(by_foreign).__name__ == "CrabClassifier" and by_foreign.classes == CLASSES
 
     # the trained model at its best checkpoint (brain.evaluate loaded it) on a padded batch
@@ -181,13 +213,15 @@ def test_round_trip_from_hparams_and_foreign_class(trained, data, tmp_path, monk
     for classifier in (by_hparams, by_foreign):
         out_prob, score, index, text_lab = classifier.classify_batch(padded, texts, lens)
         assert torch.allclose(out_prob, expected, atol=1e-5)
-        assert torch.equal(index, expected.argmax(dim=1)) and torch.allclose(score, expected.max(dim=1).values)
+        assert torch.equal(index, expected.argmax(dim=1)) and torch.allclose(
+            score, expected.max(dim=1).values
+        )
         assert text_lab == [CLASSES[i] for i in expected.argmax(dim=1).tolist()]
 
     # one file at a time gives stage 5's probabilities
     with open(run_dir / "eval_test" / "predictions.csv", newline="") as f:
         rows = {r["id"]: r for r in csv.DictReader(f)}
-    for utt, text in zip(utts, texts):
+    for utt, text in zip(utts, texts, strict=True):
         out_prob, _, _, text_lab = by_hparams.classify_file(str(data / f"{utt}.wav"), text=text)
         assert out_prob.shape == (1, 4)
         stage5 = torch.tensor([float(rows[utt][f"prob_{c}"]) for c in CLASSES])
@@ -207,16 +241,24 @@ def test_any_rate_and_channels_and_bad_audio(trained, data, tmp_path):
     sf.write(tmp_path / "mono.wav", mono, 44100)
     text = "I feel happy today"
     stereo_prob = classifier.classify_file(str(tmp_path / "stereo.wav"), text)[0]
-    assert torch.allclose(stereo_prob, classifier.classify_file(str(tmp_path / "mono.wav"), text)[0], atol=1e-6)
+    assert torch.allclose(
+        stereo_prob, classifier.classify_file(str(tmp_path / "mono.wav"), text)[0], atol=1e-6
+    )
     # a batch at 44.1 kHz, with channels last, is converted the same way
     batch = torch.from_numpy(np.stack([mono, mono], axis=1))[None]
-    assert torch.allclose(classifier.classify_batch(batch, [text], sample_rate=44100)[0], stereo_prob, atol=1e-3)
+    assert torch.allclose(
+        classifier.classify_batch(batch, [text], sample_rate=44100)[0], stereo_prob, atol=1e-3
+    )
 
     sf.write(tmp_path / "silent.wav", np.zeros(16000, dtype="float32"), 16000)
     sf.write(tmp_path / "short.wav", tone(0.01, 200), 16000)
     sf.write(tmp_path / "empty.wav", np.zeros(0, dtype="float32"), 16000)
-    for name, message in (("missing.wav", "missing audio file"), ("silent.wav", "silent audio"),
-                          ("short.wav", "too short"), ("empty.wav", "empty audio")):
+    for name, message in (
+        ("missing.wav", "missing audio file"),
+        ("silent.wav", "silent audio"),
+        ("short.wav", "too short"),
+        ("empty.wav", "empty audio"),
+    ):
         with pytest.raises(AudioError, match=message) as err:
             classifier.classify_file(str(tmp_path / name), text)
         assert name in str(err.value)
@@ -233,15 +275,30 @@ def test_any_rate_and_channels_and_bad_audio(trained, data, tmp_path):
 def write_inputs(tmp_path, data):
     """wav.scp: two good lines, a broken line, a missing file, stereo 44.1 kHz, a silent and an empty file,
     and one utterance with no transcript in text."""
-    sf.write(tmp_path / "stereo.wav", np.stack([tone(0.6, 260, 44100), tone(0.6, 260, 44100, seed=1)], 1), 44100)
+    sf.write(
+        tmp_path / "stereo.wav", np.stack([tone(0.6, 260, 44100), tone(0.6, 260, 44100, seed=1)], 1), 44100
+    )
     sf.write(tmp_path / "silent.wav", np.zeros(8000, dtype="float32"), 16000)
     (tmp_path / "empty.wav").write_bytes(b"")
-    lines = [f"good_a {data}/test_angry_0.wav", f"good_s {data}/test_sad_0.wav", "broken_line_without_path",
-             f"gone {tmp_path}/nowhere.wav", f"stereo {tmp_path}/stereo.wav", f"silent {tmp_path}/silent.wav",
-             f"empty {tmp_path}/empty.wav", f"notext {data}/test_happy_0.wav"]
+    lines = [
+        f"good_a {data}/test_angry_0.wav",
+        f"good_s {data}/test_sad_0.wav",
+        "broken_line_without_path",
+        f"gone {tmp_path}/nowhere.wav",
+        f"stereo {tmp_path}/stereo.wav",
+        f"silent {tmp_path}/silent.wav",
+        f"empty {tmp_path}/empty.wav",
+        f"notext {data}/test_happy_0.wav",
+    ]
     (tmp_path / "wav.scp").write_text("\n".join(lines) + "\n")
-    texts = {"good_a": "I feel angry today", "good_s": "I feel sad today", "stereo": "I feel happy today",
-             "silent": "hello", "empty": "hello", "gone": "hello"}
+    texts = {
+        "good_a": "I feel angry today",
+        "good_s": "I feel sad today",
+        "stereo": "I feel happy today",
+        "silent": "hello",
+        "empty": "hello",
+        "gone": "hello",
+    }
     (tmp_path / "text").write_text("".join(f"{u} {t}\n" for u, t in texts.items()))
     return texts
 
@@ -258,16 +315,35 @@ def test_cli_writes_results_and_reports_bad_input(trained, data, tmp_path, capsy
     _, _, model_dir, _ = trained
     texts = write_inputs(tmp_path, data)
     out = tmp_path / "out" / "results.tsv"
-    args = ["--model", model_dir, "--wav_scp", tmp_path / "wav.scp", "--text", tmp_path / "text",
-            "--text_mode", "gold", "--out", out, "--batch_size", 2]
+    args = [
+        "--model",
+        model_dir,
+        "--wav_scp",
+        tmp_path / "wav.scp",
+        "--text",
+        tmp_path / "text",
+        "--text_mode",
+        "gold",
+        "--out",
+        out,
+        "--batch_size",
+        2,
+    ]
     assert cli(*args) == 1  # failures without --skip_errors
     assert "5 failed" in capsys.readouterr().out
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert [r["id"] for r in rows] == ["good_a", "good_s", "stereo"]  # wav.scp order
-    assert list(rows[0]) == ["id", "predicted", "score"] + [f"prob_{c}" for c in CLASSES] + ["text_source", "text"]
+    assert list(rows[0]) == ["id", "predicted", "score"] + [f"prob_{c}" for c in CLASSES] + [
+        "text_source",
+        "text",
+    ]
     classifier = CrabClassifier.from_hparams(source=str(model_dir))
-    paths = {"good_a": data / "test_angry_0.wav", "good_s": data / "test_sad_0.wav", "stereo": tmp_path / "stereo.wav"}
+    paths = {
+        "good_a": data / "test_angry_0.wav",
+        "good_s": data / "test_sad_0.wav",
+        "stereo": tmp_path / "stereo.wav",
+    }
     for row in rows:
         probs = torch.tensor([float(row[f"prob_{c}"]) for c in CLASSES])
         path = paths[row["id"]]
@@ -292,8 +368,19 @@ def test_cli_resumes_after_an_interruption(trained, data, tmp_path, capsys):
     _, _, model_dir, _ = trained
     write_inputs(tmp_path, data)
     out = tmp_path / "results.jsonl"
-    args = ["--model", model_dir, "--wav_scp", tmp_path / "wav.scp", "--text", tmp_path / "text",
-            "--text_mode", "gold", "--out", out, "--skip_errors"]
+    args = [
+        "--model",
+        model_dir,
+        "--wav_scp",
+        tmp_path / "wav.scp",
+        "--text",
+        tmp_path / "text",
+        "--text_mode",
+        "gold",
+        "--out",
+        out,
+        "--skip_errors",
+    ]
     assert cli(*args) == 0
     complete = out.read_text()
     records = [json.loads(line) for line in complete.splitlines()]
@@ -308,7 +395,8 @@ def test_cli_resumes_after_an_interruption(trained, data, tmp_path, capsys):
     assert out.read_text() == complete
     # another text mode into the same file stops instead of mixing results
     assert "another model or other settings" in str(
-        cli("--model", model_dir, "--wav_scp", tmp_path / "wav.scp", "--text_mode", "asr", "--out", out))
+        cli("--model", model_dir, "--wav_scp", tmp_path / "wav.scp", "--text_mode", "asr", "--out", out)
+    )
 
 
 def test_cli_text_mode_is_explicit(trained, data, tmp_path):
@@ -327,9 +415,27 @@ def test_cli_transcribes_when_asked(trained, data, tmp_path):
     write_inputs(tmp_path, data)
     whisper = build_tiny_whisper(tmp_path / "whisper")
     out = tmp_path / "asr.jsonl"
-    assert cli("--model", model_dir, "--wav_scp", tmp_path / "wav.scp", "--text_mode", "asr",
-               "--asr_model", whisper, "--language", "english", "--max_new_tokens", 6, "--out", out,
-               "--skip_errors", "true") == 0
+    assert (
+        cli(
+            "--model",
+            model_dir,
+            "--wav_scp",
+            tmp_path / "wav.scp",
+            "--text_mode",
+            "asr",
+            "--asr_model",
+            whisper,
+            "--language",
+            "english",
+            "--max_new_tokens",
+            6,
+            "--out",
+            out,
+            "--skip_errors",
+            "true",
+        )
+        == 0
+    )
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in records] == ["good_a", "good_s", "stereo", "notext"]
     assert all(r["text_source"] == "asr" and r["text"] and r["asr_model"] == whisper for r in records)
@@ -342,10 +448,31 @@ def test_speech_only_model_and_stage_7(data, tmp_path):
     (tmp_path / "data").mkdir()
     os.symlink(data, tmp_path / "data" / "main")
     result = subprocess.run(
-        ["bash", "ser.sh", "--stage", "8", "--stop_stage", "8", "--config", "conf/crab_tiny.yaml", "--tag", "speech",
-         "--classes", ",".join(CLASSES), "--data_root", str(data), "--data_dir", str(tmp_path / "data"),
-         "--exp_dir", str(tmp_path / "exp"), "--train_opts", "--modality=speech --batch_size=4 --number_of_epochs=2"],
-        cwd=os.path.join(ROOT, "egs", "mini"), capture_output=True, text=True,
+        [
+            "bash",
+            "ser.sh",
+            "--stage",
+            "8",
+            "--stop_stage",
+            "8",
+            "--config",
+            "conf/crab_tiny.yaml",
+            "--tag",
+            "speech",
+            "--classes",
+            ",".join(CLASSES),
+            "--data_root",
+            str(data),
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--exp_dir",
+            str(tmp_path / "exp"),
+            "--train_opts",
+            "--modality=speech --batch_size=4 --number_of_epochs=2",
+        ],
+        cwd=os.path.join(ROOT, "egs", "mini"),
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "Stage 8" in result.stdout + result.stderr
@@ -353,7 +480,15 @@ def test_speech_only_model_and_stage_7(data, tmp_path):
     assert not (model_dir / "text_encoder").exists()
     assert json.loads((model_dir / "metadata.json").read_text())["modality"] == "speech"
     write_inputs(tmp_path, data)
-    args = ["--model", model_dir, "--wav_scp", tmp_path / "wav.scp", "--out", tmp_path / "r.tsv", "--skip_errors"]
+    args = [
+        "--model",
+        model_dir,
+        "--wav_scp",
+        tmp_path / "wav.scp",
+        "--out",
+        tmp_path / "r.tsv",
+        "--skip_errors",
+    ]
     assert "speech-only" in cli(*args, "--text_mode", "gold", "--text", tmp_path / "text")
     assert cli(*args, "--text_mode", "none") == 0
     with open(tmp_path / "r.tsv", newline="") as f:
@@ -366,8 +501,13 @@ def test_speech_only_model_and_stage_7(data, tmp_path):
 
 def test_package_keeps_state_normalization_and_the_layer_read(data, tmp_path):
     whisper = write_tiny_whisper(tmp_path / "whisper")
-    opts = ["--modality=speech", f"--speech_encoder_source={whisper}", "--layer_weighting=2",
-            "--normalize_encoder_states=true", "--finetune_top_speech_layers=1"]
+    opts = [
+        "--modality=speech",
+        f"--speech_encoder_source={whisper}",
+        "--layer_weighting=2",
+        "--normalize_encoder_states=true",
+        "--finetune_top_speech_layers=1",
+    ]
     brain, _ = train(data, tmp_path / "run", *opts)
     package(data, tmp_path / "run", tmp_path / "model", *opts)
     classifier = CrabClassifier.from_hparams(source=str(tmp_path / "model"))
@@ -377,4 +517,6 @@ def test_package_keeps_state_normalization_and_the_layer_read(data, tmp_path):
     lens = torch.tensor([len(w) for w in wavs]) / padded.shape[1]
     with torch.no_grad():
         expected = torch.softmax(brain.modules.model.eval()(padded, lens)[0], dim=-1)
-    torch.testing.assert_close(classifier.classify_batch(padded, wav_lens=lens)[0], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        classifier.classify_batch(padded, wav_lens=lens)[0], expected, atol=1e-5, rtol=1e-5
+    )

@@ -30,8 +30,10 @@ def imported_modules(path):
 def test_the_library_never_imports_crab_bin():
     offenders = [
         f"{os.path.relpath(path, ROOT)}: {module}"
-        for path in python_files(PACKAGE) if not path.startswith(BIN + os.sep)
-        for module in imported_modules(path) if module == "crab.bin" or module.startswith("crab.bin.")
+        for path in python_files(PACKAGE)
+        if not path.startswith(BIN + os.sep)
+        for module in imported_modules(path)
+        if module == "crab.bin" or module.startswith("crab.bin.")
     ]
     assert not offenders, "library modules importing entry points:\n" + "\n".join(offenders)
 

@@ -10,7 +10,12 @@ import torch
 from speechbrain.inference.interfaces import foreign_class
 
 from crab.inference import CrabClassifier, UnsafeModelError, check_package_hparams, load_weights
-from tests.test_inference import cli, data, trained, write_inputs  # noqa: F401 - fixtures
+from tests import test_inference
+from tests.test_inference import cli, write_inputs
+
+# the fixtures of test_inference, found by pytest under the same names; assigned, not
+# imported, so that the test parameters of that name redefine no unused import (ruff F811)
+data, trained = test_inference.data, test_inference.trained
 
 VARIANTS = {
     "apply": 'evil: !apply:os.system ["touch {marker}"]',
@@ -18,11 +23,12 @@ VARIANTS = {
     "name": "evil: !name:subprocess.run",
     "python_tag": 'evil: !!python/object/apply:os.system ["touch {marker}"]',
     "python_object": "evil: !!python/object:argparse.Namespace {{a: 1}}",
-    "tuple": 'evil: (!!python/object/apply:os.system ["touch {marker}"])',  # hyperpyyaml's !tuple: yaml.Loader
+    # hyperpyyaml's !tuple: yaml.Loader
+    "tuple": 'evil: (!!python/object/apply:os.system ["touch {marker}"])',
     "include": "evil: !include:other.yaml",
     "ref_attribute": "evil: !ref <model.load_package>",
     "pretrainer_paths": "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer\n"
-                        "    paths: {{model: /elsewhere/model.ckpt}}",
+    "    paths: {{model: /elsewhere/model.ckpt}}",
 }
 
 
@@ -46,7 +52,7 @@ def add_line(model, line):
     path = model / "hyperparams.yaml"
     text = path.read_text()
     if line.startswith("pretrainer:"):  # replaces the package's own
-        text = text[:text.index("pretrainer:")]
+        text = text[: text.index("pretrainer:")]
     path.write_text(text + line + "\n")
     return text.count("\n") + line.count("\n") + 1  # the line number of the (last) added line
 
@@ -56,7 +62,7 @@ def test_the_package_yaml_passes(trained):
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_code_in_hyperparams_is_refused(variant, trained, data, tmp_path):  # noqa: F811
+def test_code_in_hyperparams_is_refused(variant, trained, data, tmp_path):
     model = copy_model(trained, tmp_path)
     marker = tmp_path / "MARKER"
     lineno = add_line(model, VARIANTS[variant].format(marker=marker))
@@ -68,8 +74,18 @@ def test_code_in_hyperparams_is_refused(variant, trained, data, tmp_path):  # no
     assert not marker.exists()
 
     write_inputs(tmp_path, data)
-    message = cli("--model", model, "--wav_scp", tmp_path / "wav.scp", "--text", tmp_path / "text",
-                  "--text_mode", "gold", "--out", tmp_path / "r.tsv")
+    message = cli(
+        "--model",
+        model,
+        "--wav_scp",
+        tmp_path / "wav.scp",
+        "--text",
+        tmp_path / "text",
+        "--text_mode",
+        "gold",
+        "--out",
+        tmp_path / "r.tsv",
+    )
     assert isinstance(message, str) and message.startswith("ERROR: ") and f"{yaml_path}:{lineno}:" in message
     assert "\n" not in message and not marker.exists()
     assert not (tmp_path / "r.tsv").exists()  # refused before anything is written
@@ -80,7 +96,7 @@ def test_code_in_hyperparams_is_refused(variant, trained, data, tmp_path):  # no
         assert not marker.exists()
 
 
-def test_pickle_bomb_checkpoint_is_refused(trained, data, tmp_path, monkeypatch):  # noqa: F811
+def test_pickle_bomb_checkpoint_is_refused(trained, data, tmp_path, monkeypatch):
     # even where the environment turns torch.load's weights_only default off
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     model = copy_model(trained, tmp_path)
@@ -98,7 +114,17 @@ def test_pickle_bomb_checkpoint_is_refused(trained, data, tmp_path, monkeypatch)
     assert not marker.exists()
 
     write_inputs(tmp_path, data)
-    message = cli("--model", model, "--wav_scp", tmp_path / "wav.scp", "--text", tmp_path / "text",
-                  "--text_mode", "gold", "--out", tmp_path / "r.tsv")
+    message = cli(
+        "--model",
+        model,
+        "--wav_scp",
+        tmp_path / "wav.scp",
+        "--text",
+        tmp_path / "text",
+        "--text_mode",
+        "gold",
+        "--out",
+        tmp_path / "r.tsv",
+    )
     assert "holds more than weights" in message and "\n" not in message
     assert not marker.exists()

@@ -52,8 +52,19 @@ def write_data_dirs(root, text=True, asr=True):
 
 def manifests(root, out, *options):
     for split in SPLITS:
-        make_manifest.main(["--data_dir", str(root / split), "--data_root", str(root), "--classes",
-                            ",".join(CLASSES), "--out", str(out / f"{split}.json"), *options])
+        make_manifest.main(
+            [
+                "--data_dir",
+                str(root / split),
+                "--data_root",
+                str(root),
+                "--classes",
+                ",".join(CLASSES),
+                "--out",
+                str(out / f"{split}.json"),
+                *options,
+            ]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +85,10 @@ def test_manifest_records_the_asr_model_of_its_transcripts(asr_run):
     root, _ = asr_run
     record = json.loads((root / "data" / "train.json.provenance").read_text())
     assert record["text_source"] == "asr" and record["asr_model"] == ASR_MODEL
-    assert json.loads((root / "data" / "train.json").read_text())["train_angry_0"]["text"] == "i feel angry to day"
+    assert (
+        json.loads((root / "data" / "train.json").read_text())["train_angry_0"]["text"]
+        == "i feel angry to day"
+    )
 
 
 def test_training_info_and_results_record_the_asr_model(asr_run):
@@ -91,13 +105,25 @@ def test_package_records_the_asr_model_that_made_the_transcripts(asr_run, tmp_pa
     root, run = asr_run
     options = [CONFIG, *run_options(root / "corpus", run), f"--data_folder={root / 'data'}"]
     # as ser.sh stage 7 passes them: --asr_model empty (its default) or the recorded one
-    in_recipe(package_cli.main, [*options, "--text_source", "asr", "--asr_model", "", "--out", str(tmp_path / "m")])
+    in_recipe(
+        package_cli.main, [*options, "--text_source", "asr", "--asr_model", "", "--out", str(tmp_path / "m")]
+    )
     meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
     assert meta["training"]["text_source"] == "asr" and meta["training"]["asr_model"] == ASR_MODEL
     assert "train_text_source: asr" in (tmp_path / "m" / "hyperparams.yaml").read_text()
-    result = command("crab.bin.package", *options, "--text_source", "asr", "--asr_model", "openai/whisper-large-v3",
-                     "--out", tmp_path / "m2")
-    assert_one_line_error(result, f"--asr_model openai/whisper-large-v3 contradicts the run's asr_model: {ASR_MODEL}")
+    result = command(
+        "crab.bin.package",
+        *options,
+        "--text_source",
+        "asr",
+        "--asr_model",
+        "openai/whisper-large-v3",
+        "--out",
+        tmp_path / "m2",
+    )
+    assert_one_line_error(
+        result, f"--asr_model openai/whisper-large-v3 contradicts the run's asr_model: {ASR_MODEL}"
+    )
     with pytest.raises(SystemExit, match="--text_source gold contradicts the run's text_source: asr"):
         in_recipe(package_cli.main, [*options, "--text_source", "gold", "--out", str(tmp_path / "m3")])
 
@@ -112,9 +138,20 @@ def test_speech_only_manifest_without_transcripts_trains(tmp_path):
     assert len(entries) == 8 and entries["train_angry_0"]["text"] == "only one"
     assert entries["train_sad_1"]["text"] == "" and entries["train_sad_1"]["duration"] > 0
     run = tmp_path / "exp"
-    train_run(tmp_path / "corpus", run, "--modality=speech", "--number_of_epochs=1", "--batch_size=4",
-              f"--data_folder={tmp_path / 'data'}")  # no tokenizer: a speech-only model builds no text encoder
+    train_run(
+        tmp_path / "corpus",
+        run,
+        "--modality=speech",
+        "--number_of_epochs=1",
+        "--batch_size=4",
+        f"--data_folder={tmp_path / 'data'}",
+    )  # no tokenizer: a speech-only model builds no text encoder
     assert "valid UAR" in (run / "train_log.txt").read_text()
-    evaluate_run(tmp_path / "corpus", run, "test", f"--data_folder={tmp_path / 'data'}",
-                 manifest=tmp_path / "data" / "test.json")
+    evaluate_run(
+        tmp_path / "corpus",
+        run,
+        "test",
+        f"--data_folder={tmp_path / 'data'}",
+        manifest=tmp_path / "data" / "test.json",
+    )
     assert (run / "eval_test" / "predictions.csv").read_text().count("\n") == 5

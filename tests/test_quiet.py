@@ -20,8 +20,13 @@ def test_no_torchvision_message_and_the_figures_are_still_drawn(tmp_path):
         "from crab.plots import plot_confusion\n"
         f"plot_confusion([[2, 0], [1, 1]], ['a', 'b'], {str(tmp_path / 'c.png')!r})\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=ROOT))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     assert result.returncode == 0, result.stderr
     assert "torchvision" not in result.stdout + result.stderr
     assert "epoch: 1" in (tmp_path / "log.txt").read_text()

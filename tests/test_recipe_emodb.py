@@ -83,9 +83,23 @@ def make_full_count_fixture(root):
 
 def run_prep(corpus, out, *options, **env):
     """local/data.sh as ser.sh runs it: in the recipe dir, with the venv's python first on PATH."""
-    command = ["bash", os.path.join(LOCAL, "data.sh"), "--data_root", str(corpus), "--data_dir", str(out), *options]
+    command = [
+        "bash",
+        os.path.join(LOCAL, "data.sh"),
+        "--data_root",
+        str(corpus),
+        "--data_dir",
+        str(out),
+        *options,
+    ]
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
-    return subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, env={**os.environ, **NO_BYTECODE, "PATH": path, **env})
+    return subprocess.run(
+        command,
+        cwd=RECIPE,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **NO_BYTECODE, "PATH": path, **env},
+    )
 
 
 def read_table(path):
@@ -114,9 +128,13 @@ def test_parse_name():
     assert prep.parse_name("03a01Fa.wav") == {"spk": "03", "code": "a01", "emo": "happiness", "version": "a"}
     assert prep.parse_name("16b10Wb.wav")["emo"] == "anger"
     assert prep.parse_name("14a05Lc.wav")["emo"] == "boredom"
-    for name, reason in (("03a01Xa.wav", "unknown emotion letter 'X'"), ("17a01Fa.wav", "unknown speaker '17'"),
-                         ("03a03Fa.wav", "unknown text code 'a03'"), ("03a01Fa.WAV", "not an EmoDB file name"),
-                         ("03a01Fa.wav.bak", "not an EmoDB file name")):
+    for name, reason in (
+        ("03a01Xa.wav", "unknown emotion letter 'X'"),
+        ("17a01Fa.wav", "unknown speaker '17'"),
+        ("03a03Fa.wav", "unknown text code 'a03'"),
+        ("03a01Fa.WAV", "not an EmoDB file name"),
+        ("03a01Fa.wav.bak", "not an EmoDB file name"),
+    ):
         with pytest.raises(ValueError, match=reason):
             prep.parse_name(name)
 
@@ -161,9 +179,19 @@ def test_sorted_pairing_is_issue_7s_folds():
 def test_prep_writes_sorted_pairing_folds(fixture_corpus, tmp_path):
     result = run_prep(fixture_corpus, tmp_path / "data", "--check_counts", "false", "--pairing", "sorted")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert sorted(os.listdir(tmp_path / "data")) == ["fold03_08", "fold09_10", "fold11_12", "fold13_14", "fold15_16"]
+    assert sorted(os.listdir(tmp_path / "data")) == [
+        "fold03_08",
+        "fold09_10",
+        "fold11_12",
+        "fold13_14",
+        "fold15_16",
+    ]
     assert "fold15_16: test 15 16 | valid 03 08 | train 09 10 11 12 13 14" in result.stdout
-    for split, speakers in (("test", {"15", "16"}), ("valid", {"03", "08"}), ("train", {"09", "10", "11", "12", "13", "14"})):
+    for split, speakers in (
+        ("test", {"15", "16"}),
+        ("valid", {"03", "08"}),
+        ("train", {"09", "10", "11", "12", "13", "14"}),
+    ):
         assert set(read_table(tmp_path / "data" / "fold15_16" / split / "utt2spk").values()) == speakers
     result = run_prep(fixture_corpus, tmp_path / "other", "--check_counts", "false", "--pairing", "by_gender")
     assert result.returncode != 0 and "--pairing: invalid choice: 'by_gender'" in result.stderr
@@ -245,20 +273,39 @@ def test_bad_input_is_named(tmp_path):
             os.remove(corpus / "wav" / name)
     os.remove(corpus / "wav" / "03a01Xa.wav")
     os.remove(corpus / "wav" / "08a02Fa.wav")
-    assert "no files of speaker(s) 16" in run_prep(corpus, tmp_path / "data", "--check_counts", "false").stderr
+    assert (
+        "no files of speaker(s) 16" in run_prep(corpus, tmp_path / "data", "--check_counts", "false").stderr
+    )
 
 
 def test_run_sh_needs_the_corpus_root():
-    result = subprocess.run(["bash", os.path.join(RECIPE, "run.sh")], capture_output=True, text=True,
-                            env={**os.environ, "EMODB": ""})
+    result = subprocess.run(
+        ["bash", os.path.join(RECIPE, "run.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EMODB": ""},
+    )
     assert result.returncode != 0 and "set EMODB in db.sh" in result.stderr
 
 
 def test_smoke_run(fixture_corpus, tmp_path):
     command = [
-        "bash", os.path.join(RECIPE, "run.sh"), "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300",
-        "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp"), "--folds", SMOKE_FOLD,
-        "--data_opts", "--check_counts false", "--train_opts", "--number_of_epochs=1 --batch_size=4",
+        "bash",
+        os.path.join(RECIPE, "run.sh"),
+        "--config",
+        "conf/crab_tiny.yaml",
+        "--bpe_vocab_size",
+        "300",
+        "--data_dir",
+        str(tmp_path / "data"),
+        "--exp_dir",
+        str(tmp_path / "exp"),
+        "--folds",
+        SMOKE_FOLD,
+        "--data_opts",
+        "--check_counts false",
+        "--train_opts",
+        "--number_of_epochs=1 --batch_size=4",
     ]
     # One thread: two OpenMP threads on 2 busy cores can make training 10 times slower.
     env = {**os.environ, **NO_BYTECODE, "EMODB": str(fixture_corpus), "OMP_NUM_THREADS": "1"}
@@ -277,18 +324,35 @@ def test_smoke_run(fixture_corpus, tmp_path):
     assert "| run | N | WAR | UAR |" in (tmp_path / "exp" / "crab_tiny" / "results_test.md").read_text()
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("EMODB", ""), "wav")),
-                    reason="set EMODB to a real copy of EmoDB to check it")
+@pytest.mark.skipif(
+    not os.path.isdir(os.path.join(os.environ.get("EMODB", ""), "wav")),
+    reason="set EMODB to a real copy of EmoDB to check it",
+)
 def test_real_corpus_counts():
-    result = subprocess.run(["bash", os.path.join(LOCAL, "check_real_corpus.sh"), os.environ["EMODB"]],
-                            capture_output=True, text=True, env={**os.environ, **NO_BYTECODE})
+    result = subprocess.run(
+        ["bash", os.path.join(LOCAL, "check_real_corpus.sh"), os.environ["EMODB"]],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **NO_BYTECODE},
+    )
     assert result.returncode == 0, result.stderr
     assert "127         81         46         69         71         62         79        535" in result.stdout
     sorted_pairs = subprocess.run(
         ["bash", os.path.join(LOCAL, "check_real_corpus.sh"), os.environ["EMODB"], "--pairing", "sorted"],
-        capture_output=True, text=True, env={**os.environ, **NO_BYTECODE})
+        capture_output=True,
+        text=True,
+        env={**os.environ, **NO_BYTECODE},
+    )
     assert sorted_pairs.returncode == 0, sorted_pairs.stderr
-    totals = re.findall(r"^(fold\S+):.*\n.*\ntrain .* (\d+)\nvalid .* (\d+)\ntest .* (\d+)$", sorted_pairs.stdout, re.MULTILINE)
-    assert totals == [("fold03_08", "347", "81", "107"), ("fold09_10", "364", "90", "81"),
-                      ("fold11_12", "315", "130", "90"), ("fold13_14", "278", "127", "130"),
-                      ("fold15_16", "301", "107", "127")]  # README, Protocol
+    totals = re.findall(
+        r"^(fold\S+):.*\n.*\ntrain .* (\d+)\nvalid .* (\d+)\ntest .* (\d+)$",
+        sorted_pairs.stdout,
+        re.MULTILINE,
+    )
+    assert totals == [
+        ("fold03_08", "347", "81", "107"),
+        ("fold09_10", "364", "90", "81"),
+        ("fold11_12", "315", "130", "90"),
+        ("fold13_14", "278", "127", "130"),
+        ("fold15_16", "301", "107", "127"),
+    ]  # README, Protocol

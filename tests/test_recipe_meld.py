@@ -17,18 +17,42 @@ from tests.conftest import ROOT
 RECIPE = os.path.join(ROOT, "egs", "meld")
 RUN = os.path.join(RECIPE, "run.sh")
 CLASSES = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
-HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
-          "Season", "Episode", "StartTime", "EndTime"]
-SENTIMENT = {"anger": "negative", "disgust": "negative", "fear": "negative", "joy": "positive",
-             "neutral": "neutral", "sadness": "negative", "surprise": "positive"}
+HEADER = [
+    "Sr No.",
+    "Utterance",
+    "Speaker",
+    "Emotion",
+    "Sentiment",
+    "Dialogue_ID",
+    "Utterance_ID",
+    "Season",
+    "Episode",
+    "StartTime",
+    "EndTime",
+]
+SENTIMENT = {
+    "anger": "negative",
+    "disgust": "negative",
+    "fear": "negative",
+    "joy": "positive",
+    "neutral": "neutral",
+    "sadness": "negative",
+    "surprise": "positive",
+}
 # Two lines per class: curly quotes, ellipses, dashes, commas (quoted fields), one
 # line broken inside its quotes, and one mojibake line (UTF-8 read as Windows-1252).
 TEXTS = {
     "anger": ["You had no right\u2014none!\u2014to read my journal.", "Get out, Joey. Now."],
-    "disgust": ["Ew\u2026 that\u2019s the milk from last week?", "That is so gross, I can\u2019t look at it."],
+    "disgust": [
+        "Ew\u2026 that\u2019s the milk from last week?",
+        "That is so gross, I can\u2019t look at it.",
+    ],
     "fear": ["\u201cDid you hear that?\u201d Something\u2019s in the closet\u2026", "Oh God, what do we do?"],
     "joy": ["We\u2019re having a baby!", "Youâ€™re gonna love it, I promise."],
-    "neutral": ["So let\u2019s talk a little bit about your duties.", "It\u2019s on the counter,\nby the keys."],
+    "neutral": [
+        "So let\u2019s talk a little bit about your duties.",
+        "It\u2019s on the counter,\nby the keys.",
+    ],
     "sadness": ["I just\u2026 I miss her, you know?", "He\u2019s gone. He\u2019s really gone."],
     "surprise": ["What?! You\u2019re kidding me!", "Wait \u2013 you two are married?"],
 }
@@ -50,7 +74,8 @@ def split_rows(split):
     per_class = 2 if split == "train" else 1
     rows = [
         (k, u, SPEAKERS[(k + u) % len(SPEAKERS)], emotion, TEXTS[emotion][u])
-        for k, emotion in enumerate(CLASSES) for u in range(per_class)
+        for k, emotion in enumerate(CLASSES)
+        for u in range(per_class)
     ]
     if split in BROKEN:
         clip, emotion = BROKEN[split]
@@ -64,8 +89,21 @@ def write_csv(path, rows):
         writer = csv.writer(f)  # quotes fields with commas, CRLF line ends: as released
         writer.writerow(HEADER)
         for n, (dialogue, utterance, speaker, emotion, text) in enumerate(rows, 1):
-            writer.writerow([n, text, speaker, emotion, SENTIMENT[emotion], dialogue, utterance, 4, 7,
-                             f"00:20:{n:02d},256", f"00:20:{n + 1:02d},049"])
+            writer.writerow(
+                [
+                    n,
+                    text,
+                    speaker,
+                    emotion,
+                    SENTIMENT[emotion],
+                    dialogue,
+                    utterance,
+                    4,
+                    7,
+                    f"00:20:{n:02d},256",
+                    f"00:20:{n + 1:02d},049",
+                ]
+            )
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +112,31 @@ def tones(tmp_path_factory):
     out = tmp_path_factory.mktemp("tones")
     for k, emotion in enumerate(CLASSES):
         subprocess.run(
-            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
-             f"sine=frequency={150 + 60 * k}:sample_rate=48000:duration=0.6", "-f", "lavfi", "-i",
-             "color=c=black:s=16x16:r=5:d=0.6", "-shortest", "-c:v", "libx264", "-c:a", "aac", "-ac", "2",
-             "-b:a", "32k", str(out / f"{emotion}.mp4")],
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"sine=frequency={150 + 60 * k}:sample_rate=48000:duration=0.6",
+                "-f",
+                "lavfi",
+                "-i",
+                "color=c=black:s=16x16:r=5:d=0.6",
+                "-shortest",
+                "-c:v",
+                "libx264",
+                "-c:a",
+                "aac",
+                "-ac",
+                "2",
+                "-b:a",
+                "32k",
+                str(out / f"{emotion}.mp4"),
+            ],
             check=True,
         )
     return out
@@ -102,9 +161,20 @@ def corpus(tmp_path, tones):
 
 def run_recipe(corpus_dir, tmp_path, *options, check=True, env=None):
     result = subprocess.run(
-        ["bash", RUN, "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp"),
-         "--data_root", str(tmp_path / "wav"), *options],
-        capture_output=True, text=True, env={**os.environ, "MELD": str(corpus_dir), **(env or {})},
+        [
+            "bash",
+            RUN,
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--exp_dir",
+            str(tmp_path / "exp"),
+            "--data_root",
+            str(tmp_path / "wav"),
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MELD": str(corpus_dir), **(env or {})},
     )
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -112,14 +182,16 @@ def run_recipe(corpus_dir, tmp_path, *options, check=True, env=None):
 
 
 def extract(corpus_dir, tmp_path, **kwargs):
-    return run_recipe(corpus_dir, tmp_path, "--stage", "0", "--stop_stage", "0", "--corpus_opts", "--nj 2",
-                      **kwargs)
+    return run_recipe(
+        corpus_dir, tmp_path, "--stage", "0", "--stop_stage", "0", "--corpus_opts", "--nj 2", **kwargs
+    )
 
 
 def prepare(corpus_dir, tmp_path, data_opts="--check_counts false", check=True):
     (tmp_path / "wav").mkdir(exist_ok=True)  # stage 1 reads no audio, ser.sh wants data_root
-    return run_recipe(corpus_dir, tmp_path, "--stage", "1", "--stop_stage", "1", "--data_opts", data_opts,
-                      check=check)
+    return run_recipe(
+        corpus_dir, tmp_path, "--stage", "1", "--stop_stage", "1", "--data_opts", data_opts, check=check
+    )
 
 
 def table(path):
@@ -201,7 +273,9 @@ def test_text_labels_and_fields(corpus, tmp_path):
     assert table(train / "utt2sentiment")["train_dia3_utt0"] == "positive"
     assert table(train / "utt2dialogue")["train_dia3_utt1"] == "train_dia3"
     assert table(train / "utt2episode")["train_dia3_utt1"] == "S04E07"
-    assert table(data / "valid" / "wav.scp")["dev_dia6_utt0"] == str(tmp_path / "wav" / "dev" / "dia6_utt0.wav")
+    assert table(data / "valid" / "wav.scp")["dev_dia6_utt0"] == str(
+        tmp_path / "wav" / "dev" / "dia6_utt0.wav"
+    )
     assert set(table(data / "test" / "utt2emo").values()) == set(CLASSES)
     # Speakers recur across the official splits (TV characters): said, not hidden.
     assert "speak in both train and test (TV characters recur" in output
@@ -242,19 +316,34 @@ def test_count_check_names_expected_and_found(corpus, tmp_path):
     assert "--check_counts false" in result.stderr
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda root: (root / "dev_sent_emo.csv").unlink(), "dev_sent_emo.csv not found"),
-    (lambda root: (root / "test_sent_emo.csv").write_text("Utterance,Speaker\n"), "test_sent_emo.csv:1: header is"),
-    (lambda root: (root / "train_sent_emo.csv").write_bytes(
-        (root / "train_sent_emo.csv").read_bytes().replace(b",sadness,", b",sad,", 1)),
-     "train_sent_emo.csv:13: Emotion 'sad' is not one of anger"),  # line 13: row 11 + one quoted line break
-    (lambda root: (root / "test_sent_emo.csv").write_bytes(
-        (root / "test_sent_emo.csv").read_bytes() + b"9,Hi,Ross,joy,positive,x,0,1,1,a,b\r\n"),
-     "test_sent_emo.csv:9: Dialogue_ID 'x' is not a non-negative integer"),
-    (lambda root: (root / "dev_sent_emo.csv").write_bytes(
-        (root / "dev_sent_emo.csv").read_bytes() + b"9,Hi,Ross,joy,positive,0,0,1,1,a,b\r\n"),
-     "dev_sent_emo.csv:10: dia0_utt0 is already on line 2"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda root: (root / "dev_sent_emo.csv").unlink(), "dev_sent_emo.csv not found"),
+        (
+            lambda root: (root / "test_sent_emo.csv").write_text("Utterance,Speaker\n"),
+            "test_sent_emo.csv:1: header is",
+        ),
+        (
+            lambda root: (root / "train_sent_emo.csv").write_bytes(
+                (root / "train_sent_emo.csv").read_bytes().replace(b",sadness,", b",sad,", 1)
+            ),
+            "train_sent_emo.csv:13: Emotion 'sad' is not one of anger",
+        ),  # line 13: row 11 + one quoted line break
+        (
+            lambda root: (root / "test_sent_emo.csv").write_bytes(
+                (root / "test_sent_emo.csv").read_bytes() + b"9,Hi,Ross,joy,positive,x,0,1,1,a,b\r\n"
+            ),
+            "test_sent_emo.csv:9: Dialogue_ID 'x' is not a non-negative integer",
+        ),
+        (
+            lambda root: (root / "dev_sent_emo.csv").write_bytes(
+                (root / "dev_sent_emo.csv").read_bytes() + b"9,Hi,Ross,joy,positive,0,0,1,1,a,b\r\n"
+            ),
+            "dev_sent_emo.csv:10: dia0_utt0 is already on line 2",
+        ),
+    ],
+)
 def test_malformed_input_is_named(corpus, tmp_path, damage, message):
     damage(corpus)
     result = prepare(corpus, tmp_path, check=False)
@@ -270,7 +359,9 @@ def test_nested_release_layout_is_found(corpus, tmp_path):
 
 def test_mojibake_repair_keeps_correct_text():
     fix = load_meld_module().fix_mojibake
-    assert fix("itâ€™s â€œfineâ€\x9d, Ã©tÃ©, waitâ€¦") == "it\u2019s \u201cfine\u201d, \u00e9t\u00e9, wait\u2026"
+    assert (
+        fix("itâ€™s â€œfineâ€\x9d, Ã©tÃ©, waitâ€¦") == "it\u2019s \u201cfine\u201d, \u00e9t\u00e9, wait\u2026"
+    )
     for text in ("it\u2019s", "caf\u00e9", "\u20ac100", "plain", "mixed it\u2019s and don\u2019t \u2014 ok"):
         assert fix(text) == text
     assert fix("it\u2019s and donâ€™t") == "it\u2019s and don\u2019t"
@@ -289,16 +380,28 @@ ABLATIONS = {  # README's Table III / IV rows: yaml overrides of conf/crab*.yaml
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_readme_ablation_overrides_load(name, tmp_path, tokenizer_dir):
-    _, _, _, hparams = parse_and_load([
-        os.path.join(RECIPE, "conf", "crab_tiny.yaml"), f"--data_root={tmp_path}", f"--data_folder={tmp_path}",
-        f"--classes=[{','.join(CLASSES)}]", f"--tokenizer_source={tokenizer_dir}",
-        f"--speech_encoder_source={RECIPE}/conf/wavlm_tiny", f"--text_encoder_source={RECIPE}/conf/roberta_tiny",
-        *ABLATIONS[name],
-    ])
+    _, _, _, hparams = parse_and_load(
+        [
+            os.path.join(RECIPE, "conf", "crab_tiny.yaml"),
+            f"--data_root={tmp_path}",
+            f"--data_folder={tmp_path}",
+            f"--classes=[{','.join(CLASSES)}]",
+            f"--tokenizer_source={tokenizer_dir}",
+            f"--speech_encoder_source={RECIPE}/conf/wavlm_tiny",
+            f"--text_encoder_source={RECIPE}/conf/roberta_tiny",
+            *ABLATIONS[name],
+        ]
+    )
     legs = hparams["legs"].names
-    expected = {"ce": [], "ce_mpcl_fusion": ["fusion"], "speech_only": ["speech_unimodal", "speech_pooled", "fusion"],
-                "text_only": ["text_unimodal", "text_pooled", "fusion"]}
-    assert legs == expected.get(name, ["speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"])
+    expected = {
+        "ce": [],
+        "ce_mpcl_fusion": ["fusion"],
+        "speech_only": ["speech_unimodal", "speech_pooled", "fusion"],
+        "text_only": ["text_unimodal", "text_pooled", "fusion"],
+    }
+    assert legs == expected.get(
+        name, ["speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"]
+    )
     if name == "mls_ce":
         assert hparams["leg_loss"] is hparams["wce"]
         assert hparams["legs"].legs["fusion"][-1].out_features == 7
@@ -306,9 +409,18 @@ def test_readme_ablation_overrides_load(name, tmp_path, tokenizer_dir):
 
 def test_smoke_stages_0_to_8(corpus, tmp_path):
     result = run_recipe(
-        corpus, tmp_path, "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300",
-        "--corpus_opts", "--nj 2", "--data_opts", "--check_counts false",
-        "--train_opts", "--number_of_epochs=1 --batch_size=4",
+        corpus,
+        tmp_path,
+        "--config",
+        "conf/crab_tiny.yaml",
+        "--bpe_vocab_size",
+        "300",
+        "--corpus_opts",
+        "--nj 2",
+        "--data_opts",
+        "--check_counts false",
+        "--train_opts",
+        "--number_of_epochs=1 --batch_size=4",
     )
     run_dir = tmp_path / "exp" / "crab_tiny" / "official" / "seed42"
     with open(run_dir / "eval_test" / "predictions.csv", newline="") as f:
@@ -324,15 +436,32 @@ def test_smoke_stages_0_to_8(corpus, tmp_path):
 
 # ---------------------------------------------------------------- text only (no audio)
 
+
 def test_text_only_data_prep_writes_no_wav_scp_and_null_audio(corpus, tmp_path):
     prepare(corpus, tmp_path)  # an earlier run with audio leaves a wav.scp behind
     data = tmp_path / "data" / "official"
     assert (data / "train" / "wav.scp").exists()
-    result = run_recipe(corpus, tmp_path, "--text_only", "true", "--stage", "1", "--stop_stage", "3",
-                        "--config", "conf/crab_tiny.yaml", "--data_opts", "--check_counts false")
+    result = run_recipe(
+        corpus,
+        tmp_path,
+        "--text_only",
+        "true",
+        "--stage",
+        "1",
+        "--stop_stage",
+        "3",
+        "--config",
+        "conf/crab_tiny.yaml",
+        "--data_opts",
+        "--check_counts false",
+    )
     assert "Text only: no audio, no wav.scp; the exclusion list local/exclude.txt" in result.stdout
     assert "Exclusion list" not in result.stdout
-    for split, count in (("train", 15), ("valid", 8), ("test", 7)):  # every CSV row: exclusions are audio faults
+    for split, count in (
+        ("train", 15),
+        ("valid", 8),
+        ("test", 7),
+    ):  # every CSV row: exclusions are audio faults
         assert not (data / split / "wav.scp").exists()
         manifest = json.loads((data / f"{split}.json").read_text(encoding="utf-8"))
         assert len(manifest) == count
@@ -340,13 +469,26 @@ def test_text_only_data_prep_writes_no_wav_scp_and_null_audio(corpus, tmp_path):
     train = json.loads((data / "train.json").read_text(encoding="utf-8"))
     assert train["train_dia125_utt3"]["text"] == "Oh, no-no-no, see, that-that clock\u2019s fast."
     assert train["train_dia3_utt1"]["emo"] == "joy" and train["train_dia3_utt1"]["episode"] == "S04E07"
-    assert "train 2 2 2 2 3 2 2 15".split() in [line.split() for line in result.stdout.splitlines()]  # stage 3
+    assert "train 2 2 2 2 3 2 2 15".split() in [
+        line.split() for line in result.stdout.splitlines()
+    ]  # stage 3
 
     # stage 3's checks still apply: an empty transcript stops it, naming the utterance
     text = (data / "test" / "text").read_text(encoding="utf-8").splitlines()
     (data / "test" / "text").write_text("\n".join(text[1:]) + "\n", encoding="utf-8")
-    result = run_recipe(corpus, tmp_path, "--text_only", "true", "--stage", "3", "--stop_stage", "3",
-                        "--config", "conf/crab_tiny.yaml", check=False)
+    result = run_recipe(
+        corpus,
+        tmp_path,
+        "--text_only",
+        "true",
+        "--stage",
+        "3",
+        "--stop_stage",
+        "3",
+        "--config",
+        "conf/crab_tiny.yaml",
+        check=False,
+    )
     assert result.returncode != 0
     assert f"{text[0].split()[0]}: empty transcript for {text[0].split()[0]}" in result.stderr
 
@@ -355,8 +497,17 @@ def test_text_only_stages_0_to_7_without_audio(corpus, tmp_path):
     """No wav dir at all (run_recipe's --data_root does not exist): a text model
     trains and is scored; a bimodal one stops, saying the manifest has no audio."""
     common = ("--text_only", "true", "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300")
-    result = run_recipe(corpus, tmp_path, *common, "--stop_stage", "7", "--data_opts", "--check_counts false",
-                        "--train_opts", "--modality=text --number_of_epochs=1 --batch_size=4")
+    result = run_recipe(
+        corpus,
+        tmp_path,
+        *common,
+        "--stop_stage",
+        "7",
+        "--data_opts",
+        "--check_counts false",
+        "--train_opts",
+        "--modality=text --number_of_epochs=1 --batch_size=4",
+    )
     assert "Stage 0: skipped (--text_only true: no audio)" in result.stdout
     assert not (tmp_path / "wav").exists()
     run_dir = tmp_path / "exp" / "crab_tiny" / "official" / "seed42"
@@ -366,8 +517,20 @@ def test_text_only_stages_0_to_7_without_audio(corpus, tmp_path):
     assert scores["num_utterances"] == 7 and 0 <= scores["UAR"] <= 1
     assert "modality: text" in (run_dir / "hyperparams.yaml").read_text()
 
-    result = run_recipe(corpus, tmp_path, *common, "--stage", "5", "--stop_stage", "5", "--tag", "bimodal",
-                        "--train_opts", "--number_of_epochs=1", check=False)
+    result = run_recipe(
+        corpus,
+        tmp_path,
+        *common,
+        "--stage",
+        "5",
+        "--stop_stage",
+        "5",
+        "--tag",
+        "bimodal",
+        "--train_opts",
+        "--number_of_epochs=1",
+        check=False,
+    )
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "train.json: the manifest has no audio (utterance 'train_dia0_utt0' has \"wav\": null" in output
@@ -377,7 +540,9 @@ def test_text_only_stages_0_to_7_without_audio(corpus, tmp_path):
 def test_text_only_option_is_checked(corpus, tmp_path):
     result = run_recipe(corpus, tmp_path, "--text_only", "yes", "--stage", "1", check=False)
     assert result.returncode != 0 and "--text_only must be true or false, got 'yes'" in result.stderr
-    result = run_recipe(corpus, tmp_path, "--text_only", "true", "--asr_model", "openai/whisper-tiny", check=False)
+    result = run_recipe(
+        corpus, tmp_path, "--text_only", "true", "--asr_model", "openai/whisper-tiny", check=False
+    )
     assert result.returncode != 0 and "--asr_model transcribes audio" in result.stderr
 
 
@@ -385,7 +550,8 @@ def test_confusion_table_sums_runs(tmp_path, capsys):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "confusion_table", os.path.join(ROOT, "egs", "meld", "local", "confusion_table.py"))
+        "confusion_table", os.path.join(ROOT, "egs", "meld", "local", "confusion_table.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     header = "id,true,predicted,prob_joy,prob_sadness\n"

@@ -20,8 +20,12 @@ CLASSES = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadn
 CODES = "ACDFHNSU"
 HEADER = "FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set\n"
 # Split_Set -> (speakers, utterances per class): every class in every split.
-PLAN = {"Train": (("11", "12", "Unknown"), 2), "Development": (("21",), 1), "Test1": (("31",), 1),
-        "Test2": (("41", "Unknown"), 1)}
+PLAN = {
+    "Train": (("11", "12", "Unknown"), 2),
+    "Development": (("21",), 1),
+    "Test1": (("31",), 1),
+    "Test2": (("41", "Unknown"), 1),
+}
 SPLIT_OF = {"Train": "train", "Development": "valid", "Test1": "test1", "Test2": "test2"}
 GENDER = {"11": "Male", "12": "Female", "21": "Female", "31": "Male", "41": "Female", "Unknown": "Unknown"}
 
@@ -36,7 +40,9 @@ def corpus_rows():
     rows, podcast = [], 1
     for split, (speakers, per_class) in PLAN.items():
         for n in range(per_class * len(CODES)):
-            rows.append((f"MSP-PODCAST_{podcast:04d}_{n:04d}.wav", CODES[n % 8], speakers[n % len(speakers)], split))
+            rows.append(
+                (f"MSP-PODCAST_{podcast:04d}_{n:04d}.wav", CODES[n % 8], speakers[n % len(speakers)], split)
+            )
         podcast += 1
     rows += [(f"MSP-PODCAST_0009_{n:04d}.wav", code, "11", "Train") for n, code in enumerate("OX")]
     rows.append(("MSP-PODCAST_0010_0000.wav", "N", "51", "Test3"))
@@ -58,7 +64,9 @@ def corpus(tmp_path):
             (root / "Transcripts" / name.replace(".wav", ".txt")).write_text(f"Training sentence {k}.\n")
     (root / "Labels" / "labels_consensus.csv").write_text("".join(lines))
     # Odd encodings: UTF-8 with BOM, curly quotes and a line break; Windows-1252.
-    (root / "Transcripts" / "MSP-PODCAST_0001_0000.txt").write_bytes("\ufeff“Don’t” go,\r\nplease.\r\n".encode())
+    (root / "Transcripts" / "MSP-PODCAST_0001_0000.txt").write_bytes(
+        "\ufeff“Don’t” go,\r\nplease.\r\n".encode()
+    )
     (root / "Transcripts" / "MSP-PODCAST_0001_0001.txt").write_bytes("caf\xe9 au lait".encode("cp1252"))
     return root
 
@@ -66,7 +74,8 @@ def corpus(tmp_path):
 def prepare(corpus_dir, out_dir, *options):
     return subprocess.run(
         [sys.executable, PREPARE, "--corpus_dir", str(corpus_dir), "--out_dir", str(out_dir), *options],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -100,13 +109,18 @@ def test_labels_speakers_and_transcripts(corpus, tmp_path):
     out = result.stdout
     assert "left out: Test3 (labels not public) 1, no agreement (X) 1, other (O) 1" in out
     assert re.search(r"\ntrain" + r"\s+2" * 8 + r"\s+16\n", out)  # the count table
-    assert "train: 2 known speakers, 5 utterances of unknown speaker (kept), 16 of 16 with a gold transcript" in out
+    assert (
+        "train: 2 known speakers, 5 utterances of unknown speaker (kept), 16 of 16 with a gold transcript"
+        in out
+    )
 
 
 def test_official_partitions_share_no_known_speaker(corpus, tmp_path):
     assert prepare(corpus, tmp_path / "data").returncode == 0
-    speakers = {s: set(table(tmp_path / "data" / s / "utt2spk").values()) - {"Unknown"}
-                for s in ("train", "valid", "test1", "test2")}
+    speakers = {
+        s: set(table(tmp_path / "data" / s / "utt2spk").values()) - {"Unknown"}
+        for s in ("train", "valid", "test1", "test2")
+    }
     for test in ("valid", "test1", "test2"):
         assert not speakers["train"] & speakers[test]
 
@@ -125,7 +139,9 @@ def test_partitions_txt_of_releases_without_split_set(corpus, tmp_path):
     assert f"partitions: {corpus / 'Partitions.txt'}" in result.stdout
     for split in ("train", "valid", "test1", "test2"):
         for name in ("wav.scp", "utt2emo", "utt2spk", "text"):
-            assert (tmp_path / "file" / split / name).read_text() == (tmp_path / "column" / split / name).read_text()
+            assert (tmp_path / "file" / split / name).read_text() == (
+                tmp_path / "column" / split / name
+            ).read_text()
     assert set(table(tmp_path / "file" / "valid" / "utt2partition").values()) == {"Validation"}
     # --partitions takes another file; labels in no partition are left out and counted.
     moved = tmp_path / "Partitions_moved.txt"
@@ -136,7 +152,10 @@ def test_partitions_txt_of_releases_without_split_set(corpus, tmp_path):
 
 
 def test_partitions_file_overrides_the_column_and_is_checked(corpus, tmp_path):
-    names = [line.split(",")[0] for line in (corpus / "Labels" / "labels_consensus.csv").read_text().splitlines()[1:]]
+    names = [
+        line.split(",")[0]
+        for line in (corpus / "Labels" / "labels_consensus.csv").read_text().splitlines()[1:]
+    ]
     everything_train = tmp_path / "Partitions.txt"
     everything_train.write_text("".join(f"Train; {name}\n" for name in names))
     result = prepare(corpus, tmp_path / "data", "--partitions", str(everything_train))
@@ -160,18 +179,34 @@ def without_last_column(text):
     return "".join(line.rsplit(",", 1)[0] + "\n" for line in text.splitlines())
 
 
-@pytest.mark.parametrize("damage, message", [
-    (edit_labels(lambda t: t.replace(",SpkrID,", ",Speaker,")),
-     r"missing column\(s\) \['SpkrID'\].*Label files differ between releases"),
-    (edit_labels(without_last_column), "has no Split_Set column and there is no .*Partitions.txt.*--partitions"),
-    (edit_labels(lambda t: t.replace("MSP-PODCAST_0002_0003.wav,F,", "MSP-PODCAST_0002_0003.wav,Fear,")),
-     r"labels_consensus.csv:21: unknown EmoClass 'Fear'"),
-    (edit_labels(lambda t: t.replace("Test2\n", "Test4\n", 1)), "unknown partition 'Test4'"),
-    (lambda root: os.remove(root / "Audios" / "MSP-PODCAST_0003_0002.wav"),
-     r"1 audio file\(s\) missing, e.g.\n  .*MSP-PODCAST_0003_0002.wav\n.*--missing_audio skip"),
-    (lambda root: os.remove(root / "Labels" / "labels_consensus.csv"),
-     "no .*Labels/labels_consensus.csv: is .* the MSP-Podcast directory"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            edit_labels(lambda t: t.replace(",SpkrID,", ",Speaker,")),
+            r"missing column\(s\) \['SpkrID'\].*Label files differ between releases",
+        ),
+        (
+            edit_labels(without_last_column),
+            "has no Split_Set column and there is no .*Partitions.txt.*--partitions",
+        ),
+        (
+            edit_labels(
+                lambda t: t.replace("MSP-PODCAST_0002_0003.wav,F,", "MSP-PODCAST_0002_0003.wav,Fear,")
+            ),
+            r"labels_consensus.csv:21: unknown EmoClass 'Fear'",
+        ),
+        (edit_labels(lambda t: t.replace("Test2\n", "Test4\n", 1)), "unknown partition 'Test4'"),
+        (
+            lambda root: os.remove(root / "Audios" / "MSP-PODCAST_0003_0002.wav"),
+            r"1 audio file\(s\) missing, e.g.\n  .*MSP-PODCAST_0003_0002.wav\n.*--missing_audio skip",
+        ),
+        (
+            lambda root: os.remove(root / "Labels" / "labels_consensus.csv"),
+            "no .*Labels/labels_consensus.csv: is .* the MSP-Podcast directory",
+        ),
+    ],
+)
 def test_bad_input_stops_with_a_clear_message(corpus, tmp_path, damage, message):
     damage(corpus)
     result = prepare(corpus, tmp_path / "data")
@@ -195,7 +230,10 @@ def test_expected_counts_file(corpus, tmp_path):
     result = prepare(corpus, tmp_path / "data", "--expected_counts", str(counts))
     assert result.returncode != 0
     assert "counts differ from" in result.stderr
-    assert "train total: found 16, expected 17" in result.stderr and "valid fear: found 1, expected 2" in result.stderr
+    assert (
+        "train total: found 16, expected 17" in result.stderr
+        and "valid fear: found 1, expected 2" in result.stderr
+    )
     assert "test1 anger" not in result.stderr
     counts.write_text("train joy 3\n")
     result = prepare(corpus, tmp_path / "data", "--expected_counts", str(counts))
@@ -214,8 +252,16 @@ def test_rerun_rewrites_the_same_dirs_and_keeps_asr_transcripts(corpus, tmp_path
 def test_gold_text_leaves_untranscribed_utterances_to_the_manifest_checks(corpus, tmp_path):
     assert prepare(corpus, tmp_path / "data").returncode == 0
     split = tmp_path / "data" / "test1"
-    options = ["--data_dir", str(split), "--data_root", str(corpus), "--classes", ",".join(CLASSES),
-               "--out", str(tmp_path / "test1.json")]
+    options = [
+        "--data_dir",
+        str(split),
+        "--data_root",
+        str(corpus),
+        "--classes",
+        ",".join(CLASSES),
+        "--out",
+        str(tmp_path / "test1.json"),
+    ]
     with pytest.raises(SystemExit, match="(?s)8 bad utterance.*empty transcript"):
         make_manifest.main(options)
     with pytest.raises(SystemExit, match="no usable utterances"):
@@ -223,8 +269,12 @@ def test_gold_text_leaves_untranscribed_utterances_to_the_manifest_checks(corpus
 
 
 def test_run_sh_needs_the_corpus_root(tmp_path):
-    result = subprocess.run(["bash", os.path.join(RECIPE, "run.sh")], capture_output=True, text=True,
-                            env={**os.environ, "MSP_PODCAST": str(tmp_path / "nowhere")})
+    result = subprocess.run(
+        ["bash", os.path.join(RECIPE, "run.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MSP_PODCAST": str(tmp_path / "nowhere")},
+    )
     assert result.returncode == 1
     assert "set MSP_PODCAST in db.sh" in result.stderr
 
@@ -232,11 +282,27 @@ def test_run_sh_needs_the_corpus_root(tmp_path):
 def test_stages_1_to_8_with_asr_transcripts(corpus, tmp_path):
     asr_model = build_tiny_whisper(tmp_path / "tiny_whisper")
     result = subprocess.run(
-        ["bash", os.path.join(RECIPE, "run.sh"), "--config", "conf/crab_tiny.yaml", "--bpe_vocab_size", "300",
-         "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp"),
-         "--asr_model", asr_model, "--asr_opts", "--language english --max_new_tokens 8 --batch_size 8",
-         "--train_opts", "--number_of_epochs=1 --batch_size=4"],
-        capture_output=True, text=True, env={**os.environ, "MSP_PODCAST": str(corpus)},
+        [
+            "bash",
+            os.path.join(RECIPE, "run.sh"),
+            "--config",
+            "conf/crab_tiny.yaml",
+            "--bpe_vocab_size",
+            "300",
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--exp_dir",
+            str(tmp_path / "exp"),
+            "--asr_model",
+            asr_model,
+            "--asr_opts",
+            "--language english --max_new_tokens 8 --batch_size 8",
+            "--train_opts",
+            "--number_of_epochs=1 --batch_size=4",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MSP_PODCAST": str(corpus)},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     data = tmp_path / "data" / "official"
@@ -250,15 +316,29 @@ def test_stages_1_to_8_with_asr_transcripts(corpus, tmp_path):
         run_dir = tmp_path / "exp" / "crab_tiny" / "official" / "seed42"
         assert (run_dir / f"eval_{test}" / "predictions.csv").is_file()
         assert set(json.loads((run_dir / f"eval_{test}" / "scores.json").read_text())) >= {"WAR", "UAR"}
-        assert "| run | N | WAR | UAR |" in (tmp_path / "exp" / "crab_tiny" / f"results_{test}.md").read_text()
+        assert (
+            "| run | N | WAR | UAR |" in (tmp_path / "exp" / "crab_tiny" / f"results_{test}.md").read_text()
+        )
 
     # The package records the ASR model that made the transcripts, also when stage 8 runs
     # later without --asr_model (run.sh's default names another model).
     model_meta = tmp_path / "exp" / "crab_tiny" / "official" / "seed42" / "model" / "metadata.json"
     repackaged = subprocess.run(
-        ["bash", os.path.join(RECIPE, "run.sh"), "--config", "conf/crab_tiny.yaml", "--stage", "8",
-         "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp")],
-        capture_output=True, text=True, env={**os.environ, "MSP_PODCAST": str(corpus)},
+        [
+            "bash",
+            os.path.join(RECIPE, "run.sh"),
+            "--config",
+            "conf/crab_tiny.yaml",
+            "--stage",
+            "8",
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--exp_dir",
+            str(tmp_path / "exp"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MSP_PODCAST": str(corpus)},
     )
     assert repackaged.returncode == 0, repackaged.stdout[-3000:] + repackaged.stderr[-3000:]
     assert "openai/whisper-large-v3" not in model_meta.read_text()
@@ -268,10 +348,23 @@ def test_stages_1_to_8_with_asr_transcripts(corpus, tmp_path):
     model = tmp_path / "exp" / "crab_tiny" / "official" / "seed42" / "model"
     out = tmp_path / "test3.csv"
     result = subprocess.run(
-        ["bash", os.path.join(RECIPE, "local", "test3.sh"), "--model", str(model), "--out", str(out),
-         "--data_dir", str(tmp_path / "data" / "test3"), "--asr_model", asr_model,
-         "--infer_opts", "--language english --max_new_tokens 8"],
-        capture_output=True, text=True, env={**os.environ, "MSP_PODCAST": str(corpus)},
+        [
+            "bash",
+            os.path.join(RECIPE, "local", "test3.sh"),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--data_dir",
+            str(tmp_path / "data" / "test3"),
+            "--asr_model",
+            asr_model,
+            "--infer_opts",
+            "--language english --max_new_tokens 8",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MSP_PODCAST": str(corpus)},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = out.read_text().splitlines()
@@ -291,18 +384,34 @@ def test_test3_files_from_split_set_or_partitions(corpus, tmp_path):
     result = run_test3("prepare", "--corpus_dir", corpus, "--out_dir", tmp_path / "t3")
     assert result.returncode == 0, result.stderr
     assert table(tmp_path / "t3" / "wav.scp") == {
-        "MSP-PODCAST_0010_0000": str(corpus / "Audios" / "MSP-PODCAST_0010_0000.wav")}
+        "MSP-PODCAST_0010_0000": str(corpus / "Audios" / "MSP-PODCAST_0010_0000.wav")
+    }
     # a Partitions.txt lists Test3 files whose labels are withheld
     sf.write(corpus / "Audios" / "MSP-PODCAST_0011_0000.wav", np.full(8000, 0.1, "float32"), 16000)
-    (tmp_path / "Partitions.txt").write_text("Test3; MSP-PODCAST_0010_0000.wav\nTest3; MSP-PODCAST_0011_0000\n"
-                                             "Train; MSP-PODCAST_0001_0000.wav\n")
-    result = run_test3("prepare", "--corpus_dir", corpus, "--out_dir", tmp_path / "t3",
-                   "--partitions", tmp_path / "Partitions.txt")
+    (tmp_path / "Partitions.txt").write_text(
+        "Test3; MSP-PODCAST_0010_0000.wav\nTest3; MSP-PODCAST_0011_0000\nTrain; MSP-PODCAST_0001_0000.wav\n"
+    )
+    result = run_test3(
+        "prepare",
+        "--corpus_dir",
+        corpus,
+        "--out_dir",
+        tmp_path / "t3",
+        "--partitions",
+        tmp_path / "Partitions.txt",
+    )
     assert result.returncode == 0, result.stderr
     assert list(table(tmp_path / "t3" / "wav.scp")) == ["MSP-PODCAST_0010_0000", "MSP-PODCAST_0011_0000"]
     os.remove(corpus / "Audios" / "MSP-PODCAST_0011_0000.wav")
-    result = run_test3("prepare", "--corpus_dir", corpus, "--out_dir", tmp_path / "t3",
-                   "--partitions", tmp_path / "Partitions.txt")
+    result = run_test3(
+        "prepare",
+        "--corpus_dir",
+        corpus,
+        "--out_dir",
+        tmp_path / "t3",
+        "--partitions",
+        tmp_path / "Partitions.txt",
+    )
     assert result.returncode != 0 and "1 of 2 Test3 files missing" in result.stderr
 
 
@@ -310,14 +419,30 @@ def test_test3_submission_is_complete_or_refused(tmp_path):
     (tmp_path / "wav.scp").write_text("a /x/a.wav\nb /x/b.wav\n")
     header = "id\tpredicted\tscore\n"
     (tmp_path / "r.tsv").write_text(header + "b\tcontempt\t0.9\na\tanger\t0.8\n")
-    result = run_test3("submission", "--wav_scp", tmp_path / "wav.scp", "--results", tmp_path / "r.tsv",
-                   "--out", tmp_path / "s.csv")
+    result = run_test3(
+        "submission",
+        "--wav_scp",
+        tmp_path / "wav.scp",
+        "--results",
+        tmp_path / "r.tsv",
+        "--out",
+        tmp_path / "s.csv",
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "s.csv").read_text().splitlines() == ["FileName,EmoClass", "a.wav,A", "b.wav,C"]
-    for content, message in ((header + "a\tanger\t0.8\n", "1 Test3 file(s) without a prediction"),
-                             (header + "a\tanger\t1\nb\tanger\t1\nc\tanger\t1\n", "1 prediction(s) of files not in"),
-                             (header + "a\tangry\t1\nb\tsad\t1\n", "not MSP-Podcast's eight")):
+    for content, message in (
+        (header + "a\tanger\t0.8\n", "1 Test3 file(s) without a prediction"),
+        (header + "a\tanger\t1\nb\tanger\t1\nc\tanger\t1\n", "1 prediction(s) of files not in"),
+        (header + "a\tangry\t1\nb\tsad\t1\n", "not MSP-Podcast's eight"),
+    ):
         (tmp_path / "r.tsv").write_text(content)
-        result = run_test3("submission", "--wav_scp", tmp_path / "wav.scp", "--results", tmp_path / "r.tsv",
-                       "--out", tmp_path / "bad.csv")
+        result = run_test3(
+            "submission",
+            "--wav_scp",
+            tmp_path / "wav.scp",
+            "--results",
+            tmp_path / "r.tsv",
+            "--out",
+            tmp_path / "bad.csv",
+        )
         assert result.returncode != 0 and message in result.stderr and not (tmp_path / "bad.csv").exists()

@@ -19,11 +19,13 @@ from crab.report import (
     TrainLogger,
     ablation_overrides,
     comparison_markdown,
-    main as report_main,
     merge_overrides,
     read_ablations,
     record_training,
     summarise,
+)
+from crab.report import (
+    main as report_main,
 )
 from crab.tokenizer import build_bpe_tokenizer
 from tests.conftest import ROOT
@@ -60,10 +62,14 @@ def two_runs(tmp_path):
     exp = tmp_path / "exp" / "mlcs"
     # seed1: 4 right of 4 -> all metrics 1. seed2: sad never in the references,
     # neutral never predicted: WAR 2/4, UAR (1 + 1 + 0) / 3.
-    write_predictions(exp / "main" / "seed1" / "eval_test" / "predictions.csv",
-                      [("angry", "angry"), ("happy", "happy"), ("neutral", "neutral"), ("sad", "sad")])
-    write_predictions(exp / "main" / "seed2" / "eval_test" / "predictions.csv",
-                      [("angry", "angry"), ("happy", "happy"), ("neutral", "angry"), ("neutral", "sad")])
+    write_predictions(
+        exp / "main" / "seed1" / "eval_test" / "predictions.csv",
+        [("angry", "angry"), ("happy", "happy"), ("neutral", "neutral"), ("sad", "sad")],
+    )
+    write_predictions(
+        exp / "main" / "seed2" / "eval_test" / "predictions.csv",
+        [("angry", "angry"), ("happy", "happy"), ("neutral", "angry"), ("neutral", "sad")],
+    )
     record_training(str(exp / "main" / "seed1"), 60, "./run.sh --seeds '1 2'")
     record_training(str(exp / "main" / "seed2"), 50, "./run.sh --seeds '1 2'")
     record_training(str(exp / "main" / "seed2"), 25, "./run.sh --seeds '1 2' --stage 4")  # a resume adds up
@@ -73,8 +79,22 @@ def two_runs(tmp_path):
 def test_two_runs_aggregate_into_the_expected_table(two_runs, capsys):
     preds = [str(two_runs / "main" / s / "eval_test" / "predictions.csv") for s in ("seed1", "seed2")]
     out, summary_path = two_runs / "results_test.md", two_runs / "results_test.json"
-    score.main(["--per_run", "--tag", "mlcs", "--test_set", "test", "--title", "mlcs on test",
-                "--out", str(out), "--summary", str(summary_path), *preds])
+    score.main(
+        [
+            "--per_run",
+            "--tag",
+            "mlcs",
+            "--test_set",
+            "test",
+            "--title",
+            "mlcs on test",
+            "--out",
+            str(out),
+            "--summary",
+            str(summary_path),
+            *preds,
+        ]
+    )
     table = out.read_text()
     assert table == capsys.readouterr().out.rstrip("\n") + "\n"
     # seed2 by hand: confusion rows angry [1 0 0 0], happy [0 1 0 0], neutral [1 0 0 1], sad [0 0 0 0]
@@ -94,8 +114,12 @@ def test_two_runs_aggregate_into_the_expected_table(two_runs, capsys):
     assert f"- {run2}: no test utterance of sad (UAR over the other classes)" in lines
     assert f"- {run2}: never predicted neutral (recall 0)" in lines
     # provenance of each row: machine and the command of its last training invocation
-    assert any(line.startswith(f"- {run2}: ") and "GPU: " in line and
-               line.endswith("`./run.sh --seeds '1 2' --stage 4`") for line in lines)
+    assert any(
+        line.startswith(f"- {run2}: ")
+        and "GPU: " in line
+        and line.endswith("`./run.sh --seeds '1 2' --stage 4`")
+        for line in lines
+    )
     summary = json.loads(summary_path.read_text())
     assert summary["tag"] == "mlcs" and summary["num_runs"] == 2
     assert summary["mean"]["UAR"] == pytest.approx((1 + uar) / 2)
@@ -123,31 +147,60 @@ def test_one_run_has_no_mean_row_and_missing_info_is_said(tmp_path):
 
 def test_comparison_table_in_the_paper_layout(two_runs, tmp_path):
     def summary(tag, uar, runs=2):
-        rows = [{"run": f"{tag}/{i}", "num_utterances": 4, "WAR": uar + 0.1, "UAR": uar + d,
-                 "macro_F1": uar, "weighted_F1": uar} for i, d in zip(range(runs), (-0.01, 0.01))]
+        rows = [
+            {
+                "run": f"{tag}/{i}",
+                "num_utterances": 4,
+                "WAR": uar + 0.1,
+                "UAR": uar + d,
+                "macro_F1": uar,
+                "weighted_F1": uar,
+            }
+            # runs may be 1 (the first offset only): unequal lengths expected
+            for i, d in zip(range(runs), (-0.01, 0.01), strict=False)
+        ]
         return tag, summarise(rows, tag=tag)
 
     entries = [summary("ce_only", 0.50), summary("mlcs", 0.55), summary("speech_only", 0.30)]
     table = comparison_markdown(entries, ABLATIONS, title="Ablations", corpus="meld").splitlines()
-    assert table[2] == ("| method | tag | runs | WAR | UAR | macro_F1 | weighted_F1 | ΔUAR vs CE "
-                        "| paper UAR (MELD) |")
-    assert table[4] == ("| CE | ce_only | 2 | 0.6000 ± 0.0000 | 0.5000 ± 0.0141 | 0.5000 ± 0.0000 "
-                        "| 0.5000 ± 0.0000 | +0.0000 | .5253 (IV) |")
+    assert table[2] == (
+        "| method | tag | runs | WAR | UAR | macro_F1 | weighted_F1 | ΔUAR vs CE | paper UAR (MELD) |"
+    )
+    assert table[4] == (
+        "| CE | ce_only | 2 | 0.6000 ± 0.0000 | 0.5000 ± 0.0141 | 0.5000 ± 0.0000 "
+        "| 0.5000 ± 0.0000 | +0.0000 | .5253 (IV) |"
+    )
     assert table[5].startswith("| MLCS (Crab) | mlcs | 2 |") and "| +0.0500 | .5565 (IV) |" in table[5]
-    assert table[6].startswith("| speech-only MLCS | speech_only |") and "| -0.2000 | .3176 (III) |" in table[6]
+    assert (
+        table[6].startswith("| speech-only MLCS | speech_only |") and "| -0.2000 | .3176 (III) |" in table[6]
+    )
     # the command line reads the summaries crab.bin.score writes
     for tag, s in entries:
         (tmp_path / tag).mkdir()
         (tmp_path / tag / "results_test.json").write_text(json.dumps(s))
     out = tmp_path / "ablations_test.md"
-    compare.main(["table", "--ablation_table", ABLATIONS, "--title", "Ablations", "--out", str(out),
-                  "--corpus", "meld", *[str(tmp_path / t / "results_test.json") for t, _ in entries]])
+    compare.main(
+        [
+            "table",
+            "--ablation_table",
+            ABLATIONS,
+            "--title",
+            "Ablations",
+            "--out",
+            str(out),
+            "--corpus",
+            "meld",
+            *[str(tmp_path / t / "results_test.json") for t, _ in entries],
+        ]
+    )
     assert out.read_text().splitlines() == table
 
 
 def test_comparison_table_gives_the_papers_number_for_its_corpus():
     def summary(tag):
-        rows = [{"run": tag, "num_utterances": 4, "WAR": 0.5, "UAR": 0.5, "macro_F1": 0.5, "weighted_F1": 0.5}]
+        rows = [
+            {"run": tag, "num_utterances": 4, "WAR": 0.5, "UAR": 0.5, "macro_F1": 0.5, "weighted_F1": 0.5}
+        ]
         return tag, summarise(rows, tag=tag)
 
     entries = [summary("ce_only"), summary("mlcs")]
@@ -157,21 +210,29 @@ def test_comparison_table_gives_the_papers_number_for_its_corpus():
     msp = comparison_markdown(entries, ABLATIONS, corpus="msp_podcast", test_set="test2").splitlines()
     assert msp[0].endswith("| paper UAR (MSP-Podcast test2) |") and msp[3].endswith("| .3382 (VII) |")
     mini = comparison_markdown(entries, ABLATIONS, corpus="mini").splitlines()
-    assert mini[0].endswith("| paper UAR (mini) |") and mini[2].endswith("| n/a |") and mini[3].endswith("| n/a |")
+    assert (
+        mini[0].endswith("| paper UAR (mini) |")
+        and mini[2].endswith("| n/a |")
+        and mini[3].endswith("| n/a |")
+    )
     assert "paper" not in comparison_markdown(entries, ABLATIONS).splitlines()[0]  # no corpus: no column
 
 
 def test_alpha_sweep_table_and_figure(tmp_path):
     def write(tag, war, uar):
         (tmp_path / tag).mkdir()
-        rows = [{"run": tag, "num_utterances": 4, "WAR": war, "UAR": uar, "macro_F1": uar, "weighted_F1": war}]
+        rows = [
+            {"run": tag, "num_utterances": 4, "WAR": war, "UAR": uar, "macro_F1": uar, "weighted_F1": war}
+        ]
         path = tmp_path / tag / "results_test.json"
         path.write_text(json.dumps(summarise(rows, tag=tag)))
         return str(path)
 
     base = write("ce_only", 0.60, 0.52)
-    paths = [write(f"alpha{a}", war, uar) for a, war, uar in
-             (("2.0", 0.62, 0.556), ("0.25", 0.61, 0.53), ("2.75", 0.63, 0.54))]
+    paths = [
+        write(f"alpha{a}", war, uar)
+        for a, war, uar in (("2.0", 0.62, 0.556), ("0.25", 0.61, 0.53), ("2.75", 0.63, 0.54))
+    ]
     out, plot = tmp_path / "alpha_test.md", tmp_path / "alpha_test.png"
     compare.main(["alpha", "--baseline", base, "--plot", str(plot), "--out", str(out), *paths])
     text = out.read_text()
@@ -204,8 +265,17 @@ def test_embedding_dump_scores_and_comparison_figure(tmp_path):
     dump = np.load(tmp_path / "mlcs" / "embeddings.npz")
     assert dump["embeddings"].shape == (40, 8) and list(dump["classes"]) == CLASSES
     plot, out = tmp_path / "both.png", tmp_path / "both.md"
-    compare.main(["embeddings", "--plot", str(plot), "--out", str(out),
-                  f"ce_only={tmp_path / 'ce' / 'embeddings.npz'}", f"mlcs={tmp_path / 'mlcs' / 'embeddings.npz'}"])
+    compare.main(
+        [
+            "embeddings",
+            "--plot",
+            str(plot),
+            "--out",
+            str(out),
+            f"ce_only={tmp_path / 'ce' / 'embeddings.npz'}",
+            f"mlcs={tmp_path / 'mlcs' / 'embeddings.npz'}",
+        ]
+    )
     assert_png(plot, 20000)
     assert f"| mlcs | {good['silhouette']:.3f} |" in out.read_text()
 
@@ -217,14 +287,38 @@ EXPECTED = {  # name: (legs, leg output size, leg loss, encoders, cross-modal bl
     "plain_ce": ([], None, "mpcl", {"speech", "text"}, True, True),
     "ce_only": ([], None, "mpcl", {"speech", "text"}, True, True),
     "ce_mpcl_fusion": (["fusion"], 32, "mpcl", {"speech", "text"}, True, True),
-    "mls_ce": (["speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"], 4, "wce",
-               {"speech", "text"}, True, True),
-    "mlcs_supcon": (["speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"], 32,
-                    "supcon", {"speech", "text"}, True, True),
-    "mlcs_no_hier_lr": (["speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"], 32,
-                        "mpcl", {"speech", "text"}, True, False),
-    "mlcs": (["speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"], 32, "mpcl",
-             {"speech", "text"}, True, True),
+    "mls_ce": (
+        ["speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"],
+        4,
+        "wce",
+        {"speech", "text"},
+        True,
+        True,
+    ),
+    "mlcs_supcon": (
+        ["speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"],
+        32,
+        "supcon",
+        {"speech", "text"},
+        True,
+        True,
+    ),
+    "mlcs_no_hier_lr": (
+        ["speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"],
+        32,
+        "mpcl",
+        {"speech", "text"},
+        True,
+        False,
+    ),
+    "mlcs": (
+        ["speech_unimodal", "text_unimodal", "speech_pooled", "text_pooled", "fusion"],
+        32,
+        "mpcl",
+        {"speech", "text"},
+        True,
+        True,
+    ),
     "speech_only": (["speech_unimodal", "speech_pooled", "fusion"], 32, "mpcl", {"speech"}, False, True),
     "text_only": (["text_unimodal", "text_pooled", "fusion"], 32, "mpcl", {"text"}, False, True),
 }
@@ -240,7 +334,9 @@ def test_ablation_table_lists_the_papers_variants():
 def test_overrides_merge_later_wins(capsys):
     assert merge_overrides(["--a=1", "--b=2"], ["--c=3", "--a=4"]) == ["--b=2", "--c=3", "--a=4"]
     assert ablation_overrides(ABLATIONS, "ce_only", ["--leg_names=[fusion]"]) == ["--leg_names=[fusion]"]
-    report_main(["overrides", "--table", ABLATIONS, "--ablation", "mlcs_no_hier_lr", "--", "--number_of_epochs=2"])
+    report_main(
+        ["overrides", "--table", ABLATIONS, "--ablation", "mlcs_no_hier_lr", "--", "--number_of_epochs=2"]
+    )
     assert capsys.readouterr().out == "--encoder_lr=!ref <lr>\n--number_of_epochs=2\n"
     with pytest.raises(SystemExit, match="no ablation 'ce'"):
         report_main(["overrides", "--table", ABLATIONS, "--ablation", "ce"])
@@ -264,8 +360,13 @@ def tiny_data(tmp_path_factory):
     for k, emo in enumerate(CLASSES):
         wav = 0.3 * np.sin(2 * np.pi * (100 + 80 * k) * np.arange(4000 + 800 * k) / 16000)
         sf.write(root / f"u{k}.wav", wav.astype("float32"), 16000)
-        manifest[f"u{k}"] = {"wav": f"{{data_root}}/u{k}.wav", "duration": len(wav) / 16000,
-                             "text": f"I feel {emo} today", "emo": emo, "spk": "s"}
+        manifest[f"u{k}"] = {
+            "wav": f"{{data_root}}/u{k}.wav",
+            "duration": len(wav) / 16000,
+            "text": f"I feel {emo} today",
+            "emo": emo,
+            "spk": "s",
+        }
     for split in ("train", "valid", "test"):
         (root / f"{split}.json").write_text(json.dumps(manifest))
     build_bpe_tokenizer([f"I feel {e} today" for e in CLASSES] * 3, str(root / "tokenizer"), 300)
@@ -273,8 +374,14 @@ def tiny_data(tmp_path_factory):
 
 
 def ablation_argv(name, data, out):
-    base = [f"--data_root={data}", f"--data_folder={data}", f"--output_folder={out}",
-            f"--classes=[{','.join(CLASSES)}]", "--lr=1e-3", "--encoder_lr=!ref <lr> / 10"]
+    base = [
+        f"--data_root={data}",
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        f"--classes=[{','.join(CLASSES)}]",
+        "--lr=1e-3",
+        "--encoder_lr=!ref <lr> / 10",
+    ]
     return merge_overrides(base, read_ablations(ABLATIONS)[name]["overrides"])
 
 
@@ -292,8 +399,14 @@ def batch_of(data):
     items = []
     for k, emo in enumerate(CLASSES):
         wav, _ = sf.read(data / f"u{k}.wav", dtype="float32")
-        items.append({"id": f"u{k}", "sig": torch.from_numpy(wav), "text": f"I feel {emo} today",
-                      "emo_encoded": torch.LongTensor([k])})
+        items.append(
+            {
+                "id": f"u{k}",
+                "sig": torch.from_numpy(wav),
+                "text": f"I feel {emo} today",
+                "emo_encoded": torch.LongTensor([k]),
+            }
+        )
     return sb.dataio.batch.PaddedBatch(items)
 
 
@@ -321,13 +434,14 @@ def test_ablation_builds_the_intended_model_and_trains_a_step(name, tiny_data, t
     brain = make_brain(hparams, {**run_opts, "noprogressbar": True})
     brain.init_optimizers()
     assert {n: o.param_groups[0]["lr"] for n, o in brain.optimizers_dict.items()} == pytest.approx(
-        {**{f"{b}_encoder": hparams["encoder_lr"] for b in branches}, "head": 1e-3})
+        {**{f"{b}_encoder": hparams["encoder_lr"] for b in branches}, "head": 1e-3}
+    )
     before = [p.detach().clone() for p in model.classifier.parameters()]
     brain.on_stage_start(sb.Stage.TRAIN)
     loss = brain.fit_batch(batch_of(tiny_data))
     assert torch.isfinite(loss)
     assert set(brain._loss_parts) == {"wce", *(f"leg_{n}" for n in legs_expected)}
-    assert any(not torch.equal(b, p) for b, p in zip(before, model.classifier.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.classifier.parameters(), strict=True))
 
 
 @pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
@@ -337,16 +451,26 @@ def test_embeddings_command_dumps_the_fused_layer(tiny_data, tmp_path):
     os.makedirs(hparams["save_folder"], exist_ok=True)
     make_brain(hparams, run_opts).checkpointer.save_checkpoint(meta={"UAR": 0.5})
     # the run's own configuration, as training saves it (crab.bin.embeddings loads the run from it)
-    applied = "".join(f"{w[2:].split('=', 1)[0]}: {w.split('=', 1)[1]}\n" for w in ablation_argv("mlcs", tiny_data,
-                                                                                                tmp_path / "exp"))
+    applied = "".join(
+        f"{w[2:].split('=', 1)[0]}: {w.split('=', 1)[1]}\n"
+        for w in ablation_argv("mlcs", tiny_data, tmp_path / "exp")
+    )
     with open(TINY, encoding="utf-8") as f:
         (tmp_path / "exp" / "hyperparams.yaml").write_text(resolve_references(f, applied).getvalue())
     cwd = os.getcwd()
     os.chdir(TEMPLATE)
     try:
-        embeddings.main([TINY, f"--data_root={tiny_data}", f"--data_folder={tiny_data}",
-                         f"--output_folder={tmp_path / 'exp'}", f"--classes=[{','.join(CLASSES)}]",
-                         "--eval_name=test", "--noprogressbar"])
+        embeddings.main(
+            [
+                TINY,
+                f"--data_root={tiny_data}",
+                f"--data_folder={tiny_data}",
+                f"--output_folder={tmp_path / 'exp'}",
+                f"--classes=[{','.join(CLASSES)}]",
+                "--eval_name=test",
+                "--noprogressbar",
+            ]
+        )
     finally:
         os.chdir(cwd)
     out = tmp_path / "exp" / "eval_test"

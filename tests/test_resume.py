@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import yaml
 
@@ -29,23 +28,37 @@ def data(tmp_path_factory):
     """24 training utterances (6 per class), 4 validation; manifests and tokenizer."""
     root = tmp_path_factory.mktemp("resume_data")
     texts = {emo: [f"I feel {emo} today", f"so {emo} right now", f"this makes me {emo}"] for emo in CLASSES}
-    write_tone_corpus(root, root, {"train": 6, "valid": 1}, CLASSES, lengths=(0.3, 0.5), seed=1,
-                      texts=texts, noise=0.01)
+    write_tone_corpus(
+        root, root, {"train": 6, "valid": 1}, CLASSES, lengths=(0.3, 0.5), seed=1, texts=texts, noise=0.01
+    )
     return root
 
 
 def train_command(data, out):
-    return [sys.executable, "-m", "crab.bin.train", "conf/crab_tiny.yaml", f"--data_root={data}",
-            f"--data_folder={data}", f"--output_folder={out}", f"--classes=[{','.join(CLASSES)}]",
-            "--batch_size=4", "--number_of_epochs=3", "--ckpt_interval_minutes=0",
-            "--ckpt_interval_steps=2", "--noprogressbar"]
+    return [
+        sys.executable,
+        "-m",
+        "crab.bin.train",
+        "conf/crab_tiny.yaml",
+        f"--data_root={data}",
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        f"--classes=[{','.join(CLASSES)}]",
+        "--batch_size=4",
+        "--number_of_epochs=3",
+        "--ckpt_interval_minutes=0",
+        "--ckpt_interval_steps=2",
+        "--noprogressbar",
+    ]
 
 
 def start(data, out, log):
     """The training command as a subprocess, its output to the file ``log``."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
     with open(log, "w") as f:
-        return subprocess.Popen(train_command(data, out), cwd=RECIPE, env=env, stdout=f, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            train_command(data, out), cwd=RECIPE, env=env, stdout=f, stderr=subprocess.STDOUT
+        )
 
 
 def checkpoints(out):
@@ -77,7 +90,7 @@ def assert_same(a, b, where):
             assert_same(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
@@ -90,7 +103,9 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(data, tmp_path)
     victim = start(data, killed_out, logs["killed"])
     deadline = time.time() + 120
     while not any(is_intra_epoch(path, 2) for _, path in checkpoints(killed_out)):
-        assert victim.poll() is None, "ended before a checkpoint inside epoch 2:\n" + logs["killed"].read_text()
+        assert victim.poll() is None, (
+            "ended before a checkpoint inside epoch 2:\n" + logs["killed"].read_text()
+        )
         assert time.time() < deadline, "no intra-epoch checkpoint of epoch 2 within 120 s"
         time.sleep(0.01)
     victim.send_signal(signal.SIGKILL)
@@ -113,7 +128,7 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(data, tmp_path)
     assert [drop(m) for m, _ in ref] == [drop(m) for m, _ in res]
     assert ref[-1][0]["end-of-epoch"] and (ref[-1][1] / "counter.ckpt").read_text() == "3"
     # and the final weights, optimizer and scheduler states and random state: bit for bit equal
-    for (_, ref_path), (_, res_path) in zip(ref, res):
+    for (_, ref_path), (_, res_path) in zip(ref, res, strict=True):
         files = sorted(p.name for p in ref_path.glob("*.ckpt"))
         assert files == sorted(p.name for p in res_path.glob("*.ckpt"))
         assert {"model.ckpt", "legs.ckpt", "optimizer_head.ckpt", "random_state.ckpt"} <= set(files)
@@ -149,7 +164,9 @@ def test_nonfinite_loss_stops_before_the_step_and_keeps_the_checkpoint(data, tmp
 def test_check_finite_losses_names_the_bad_parts():
     check_finite_losses({"wce": 0.5, "leg_fusion": 2.0}, ["a", "b"], 1, 3)  # finite: no error
     with pytest.raises(NonFiniteLossError) as err:
-        check_finite_losses({"wce": 0.5, "leg_fusion": math.inf, "leg_text_pooled": math.nan}, ["u1", "u2"], 4, 7)
+        check_finite_losses(
+            {"wce": 0.5, "leg_fusion": math.inf, "leg_text_pooled": math.nan}, ["u1", "u2"], 4, 7
+        )
     message = str(err.value)
     assert "leg_fusion=inf" in message and "leg_text_pooled=nan" in message and "wce" not in message
     assert "epoch 4, step 7" in message and "u1, u2" in message
@@ -193,6 +210,7 @@ def test_interrupted_save_leaves_no_checkpoint(tmp_path):
 
     def die(obj, path):
         raise KeyboardInterrupt
+
     checkpointer.add_recoverable("dies", _Dies(), custom_save_hook=die)
     with pytest.raises(KeyboardInterrupt):
         checkpointer.save_checkpoint(meta={"n": 2})

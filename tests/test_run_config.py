@@ -21,15 +21,27 @@ TRAIN_OPTS = ["--number_of_epochs=1", "--max_duration=0.5", "--hidden_dim=16", "
 
 def run_options(data, out):
     """What ser.sh passes to every stage of a run (run_opts)."""
-    return [f"--data_root={data}", f"--data_folder={data}", "--seed=42", f"--classes=[{','.join(CLASSES)}]",
-            f"--output_folder={out}", "--device=cpu"]
+    return [
+        f"--data_root={data}",
+        f"--data_folder={data}",
+        "--seed=42",
+        f"--classes=[{','.join(CLASSES)}]",
+        f"--output_folder={out}",
+        "--device=cpu",
+    ]
 
 
 def command(module, *args):
     """``python -m module args`` in the recipe directory; returns the CompletedProcess."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=RECIPE, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=RECIPE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def train_run(data, out, *opts):
@@ -74,14 +86,25 @@ def trained(data, tmp_path_factory):
 
 
 def evaluate_run(data, out, name, *opts, manifest=None):
-    in_recipe(evaluate.main, [CONFIG, *run_options(data, out), f"--test_manifest={manifest or data / 'test.json'}",
-                              f"--eval_name={name}", "--noprogressbar", *opts])
+    in_recipe(
+        evaluate.main,
+        [
+            CONFIG,
+            *run_options(data, out),
+            f"--test_manifest={manifest or data / 'test.json'}",
+            f"--eval_name={name}",
+            "--noprogressbar",
+            *opts,
+        ],
+    )
     return (out / f"eval_{name}" / "predictions.csv").read_text()
 
 
 def test_the_run_saves_its_resolved_hyperparameters(trained):
     saved = resolved_values((trained / "hyperparams.yaml").read_text())
-    assert saved["max_duration"] == 0.5 and saved["hidden_dim"] == 16 and saved["model"][1]["hidden_dim"] == 16
+    assert (
+        saved["max_duration"] == 0.5 and saved["hidden_dim"] == 16 and saved["model"][1]["hidden_dim"] == 16
+    )
 
 
 def test_evaluation_without_the_training_options_is_the_run_with_them(trained, data):
@@ -93,10 +116,17 @@ def test_evaluation_without_the_training_options_is_the_run_with_them(trained, d
 
 
 def test_a_contradicting_option_is_one_line_naming_both_values(trained, data):
-    result = command("crab.bin.evaluate", CONFIG, *run_options(data, trained), f"--test_manifest={data}/test.json",
-                     "--eval_name=x", "--max_duration=12.0")
-    assert_one_line_error(result, f"--max_duration=12.0 contradicts the run's max_duration: 0.5 "
-                                  f"({trained}/hyperparams.yaml)")
+    result = command(
+        "crab.bin.evaluate",
+        CONFIG,
+        *run_options(data, trained),
+        f"--test_manifest={data}/test.json",
+        "--eval_name=x",
+        "--max_duration=12.0",
+    )
+    assert_one_line_error(
+        result, f"--max_duration=12.0 contradicts the run's max_duration: 0.5 ({trained}/hyperparams.yaml)"
+    )
     assert not (trained / "eval_x").exists()
     with pytest.raises(SystemExit, match="--hidden_dim=32 contradicts the run's hidden_dim: 16"):
         evaluate_run(data, trained, "y", "--hidden_dim=32")
@@ -110,24 +140,42 @@ def test_package_builds_the_trained_model_and_records_its_max_duration(trained, 
     meta = json.loads((tmp_path / "model" / "metadata.json").read_text())
     assert meta["training"]["hparams_file"] == str(trained / "hyperparams.yaml")
     # the shape-changing key given again with another value: one line, not a size-mismatch wall
-    result = command("crab.bin.package", CONFIG, *run_options(data, trained), "--hidden_dim=32",
-                     "--out", tmp_path / "model2")
+    result = command(
+        "crab.bin.package",
+        CONFIG,
+        *run_options(data, trained),
+        "--hidden_dim=32",
+        "--out",
+        tmp_path / "model2",
+    )
     assert_one_line_error(result, "--hidden_dim=32 contradicts the run's hidden_dim: 16")
     assert not (tmp_path / "model2").exists()
 
 
 def test_no_saved_configuration_says_to_train_first(data, tmp_path):
-    result = command("crab.bin.evaluate", CONFIG, *run_options(data, tmp_path / "never"),
-                     f"--test_manifest={data}/test.json")
+    result = command(
+        "crab.bin.evaluate",
+        CONFIG,
+        *run_options(data, tmp_path / "never"),
+        f"--test_manifest={data}/test.json",
+    )
     assert_one_line_error(result, f"{tmp_path / 'never'}/hyperparams.yaml not found", "train it first")
 
 
 def test_values_given_again_compare_by_meaning(tmp_path):
-    text = "lr: 0.001\nencoder_lr: 0.0001\nmax_duration: 12.0\nclasses: [a, b]\nfreeze: false\n" \
-           "data_folder: data/main\nloss: !new:collections.Counter\n  a: 1\nother: !new:collections.Counter\n  a: 2\n"
+    text = (
+        "lr: 0.001\nencoder_lr: 0.0001\nmax_duration: 12.0\nclasses: [a, b]\nfreeze: false\n"
+        "data_folder: data/main\nloss: !new:collections.Counter\n  a: 1\n"
+        "other: !new:collections.Counter\n  a: 2\n"
+    )
     run_file = str(tmp_path / "hyperparams.yaml")
-    check_against_run(run_file, text, "lr: 1e-3\nencoder_lr: !ref <lr> / 10\nmax_duration: 12\n"
-                      "classes: [a, b]\nfreeze: false\ndata_folder: ./data/main/\n", ())
+    check_against_run(
+        run_file,
+        text,
+        "lr: 1e-3\nencoder_lr: !ref <lr> / 10\nmax_duration: 12\n"
+        "classes: [a, b]\nfreeze: false\ndata_folder: ./data/main/\n",
+        (),
+    )
     with pytest.raises(ConfigError, match=r"--encoder_lr=!ref <lr> contradicts the run's encoder_lr: 0.0001"):
         check_against_run(run_file, text, "encoder_lr: !ref <lr>\n", ())
     with pytest.raises(ConfigError, match=r"--freeze=true contradicts the run's freeze: false"):
@@ -137,5 +185,9 @@ def test_values_given_again_compare_by_meaning(tmp_path):
     check_against_run(run_file, text, "max_duration: 3.0\n", ("max_duration",))  # a stage key may differ
     assert same_value(True, True) and not same_value(True, 1) and not same_value([1], [1, 2])
     (tmp_path / "real").mkdir()
-    (tmp_path / "link").symlink_to(tmp_path / "real")  # a data folder reached through a link is the same folder
-    assert same_value(str(tmp_path / "link"), str(tmp_path / "real")) and not same_value(str(tmp_path), "data/main")
+    (tmp_path / "link").symlink_to(
+        tmp_path / "real"
+    )  # a data folder reached through a link is the same folder
+    assert same_value(str(tmp_path / "link"), str(tmp_path / "real")) and not same_value(
+        str(tmp_path), "data/main"
+    )

@@ -20,13 +20,17 @@ from tests.test_features import argv, run
 from tests.test_resume import RECIPE, train_command
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
-HOLD = ("import sys, time\nfrom crab.locking import folder_lock\n"
-        "with folder_lock(sys.argv[1], 'training run'):\n    print('held', flush=True)\n    time.sleep(120)\n")
+HOLD = (
+    "import sys, time\nfrom crab.locking import folder_lock\n"
+    "with folder_lock(sys.argv[1], 'training run'):\n    print('held', flush=True)\n    time.sleep(120)\n"
+)
 
 
 def hold(folder):
     """A process holding ``folder``'s lock (until killed)."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], env=ENV, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder)], env=ENV, stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline() == "held\n"
     return holder
 
@@ -102,8 +106,12 @@ def _ddp_job(tmp_path, name, out):
     import torch.multiprocessing as mp
 
     result = tmp_path / name
-    mp.start_processes(_ddp_worker, args=(str(tmp_path / f"{name}.rendezvous"), str(out), str(result)),
-                       nprocs=2, start_method="spawn")
+    mp.start_processes(
+        _ddp_worker,
+        args=(str(tmp_path / f"{name}.rendezvous"), str(out), str(result)),
+        nprocs=2,
+        start_method="spawn",
+    )
     return [(tmp_path / f"{name}.{rank}").read_text() for rank in range(2)]
 
 
@@ -120,13 +128,18 @@ def test_the_processes_of_one_ddp_job_share_the_lock(tmp_path):
     assert f"pid {holder.pid} " in outcomes[0]
 
 
-@pytest.mark.parametrize("name", ["exp=1", "a=b=c", "exp #1", "with space", "a:b", "a: b", "x#y", " padded ", "--x"])
+@pytest.mark.parametrize(
+    "name", ["exp=1", "a=b=c", "exp #1", "with space", "a:b", "a: b", "x#y", " padded ", "--x"]
+)
 def test_paths_reach_the_overrides_unchanged(data, tmp_path, name):  # noqa: F811
     out = str(tmp_path / name)
     cwd = os.getcwd()
     os.chdir(RECIPE)
     try:
-        for args in (argv(data, out), [*argv(data, "unused"), "--output_folder", out]):  # --key=value, --key value
+        for args in (
+            argv(data, out),
+            [*argv(data, "unused"), "--output_folder", out],
+        ):  # --key=value, --key value
             hparams = parse_and_load(args)[3]
             assert hparams["output_folder"] == out
             assert hparams["save_folder"] == os.path.join(out, "save")

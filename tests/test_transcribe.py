@@ -19,16 +19,28 @@ from crab.datadir import read_data_dir
 from crab.dataprep import validate
 
 SPECIAL = [
-    "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|fr|>", "<|translate|>", "<|transcribe|>",
-    "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>",
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|en|>",
+    "<|fr|>",
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nocaptions|>",
+    "<|notimestamps|>",
 ]
 
 
 def build_tiny_whisper(out_dir):
     """A random-init Whisper (d_model 16, one layer each side) with its processor, saved to ``out_dir``."""
     from transformers import (
-        GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
-        WhisperProcessor, WhisperTokenizer,
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
     )
 
     vocab = {chr(b): i for i, b in enumerate(range(33, 127))}  # byte-level BPE: these bytes map to themselves
@@ -38,18 +50,36 @@ def build_tiny_whisper(out_dir):
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL}
     eos, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
     config = WhisperConfig(
-        vocab_size=len(tokenizer), num_mel_bins=80, d_model=16, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        max_target_positions=64, pad_token_id=eos, bos_token_id=eos, eos_token_id=eos, decoder_start_token_id=sot,
+        vocab_size=len(tokenizer),
+        num_mel_bins=80,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_target_positions=64,
+        pad_token_id=eos,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        decoder_start_token_id=sot,
     )
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(config)
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=sot, eos_token_id=eos, pad_token_id=eos, bos_token_id=eos, max_length=64,
-        is_multilingual=True, lang_to_id={"<|en|>": ids["<|en|>"], "<|fr|>": ids["<|fr|>"]},
+        decoder_start_token_id=sot,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        bos_token_id=eos,
+        max_length=64,
+        is_multilingual=True,
+        lang_to_id={"<|en|>": ids["<|en|>"], "<|fr|>": ids["<|fr|>"]},
         task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
-        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
-        suppress_tokens=list(ids.values()) + [vocab["Ġ"]], begin_suppress_tokens=[],
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        prev_sot_token_id=ids["<|startofprev|>"],
+        suppress_tokens=list(ids.values()) + [vocab["Ġ"]],
+        begin_suppress_tokens=[],
     )
     model.save_pretrained(out_dir)
     WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(out_dir)
@@ -59,7 +89,11 @@ def build_tiny_whisper(out_dir):
 def build_tiny_ctc(out_dir):
     """A random-init wav2vec 2.0 CTC model with a letter vocabulary, saved to ``out_dir``."""
     from transformers import (
-        Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor,
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
     )
 
     os.makedirs(out_dir, exist_ok=True)
@@ -70,13 +104,23 @@ def build_tiny_ctc(out_dir):
         json.dump(vocab, f)
     tokenizer = Wav2Vec2CTCTokenizer(vocab_file)
     config = Wav2Vec2Config(
-        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2, pad_token_id=0,
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(16, 16),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        pad_token_id=0,
     )
     torch.manual_seed(0)
     Wav2Vec2ForCTC(config).save_pretrained(out_dir)
-    Wav2Vec2Processor(Wav2Vec2FeatureExtractor(return_attention_mask=True), tokenizer).save_pretrained(out_dir)
+    Wav2Vec2Processor(Wav2Vec2FeatureExtractor(return_attention_mask=True), tokenizer).save_pretrained(
+        out_dir
+    )
     return str(out_dir)
 
 
@@ -182,7 +226,11 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     run(data_dir, "fake", "--batch_size", "2")
     assert second.batches == [2, 1]  # only the 3 missing utterances, the cut-off one included
     assert read_lines(data_dir / "text.asr") == [
-        [utts[0], "words 0"], [utts[1], "words 1"], [utts[2], "third"], [utts[3], "fourth"], [utts[4], "fifth"],
+        [utts[0], "words 0"],
+        [utts[1], "words 1"],
+        [utts[2], "third"],
+        [utts[3], "fourth"],
+        [utts[4], "fifth"],
     ]
 
 

@@ -53,32 +53,65 @@ from crab.benchmarking import AUDIO_SECONDS, CONF, MELD_CLASSES, PRECISIONS, SIZ
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", help="cpu (the target) or cuda[:N]")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
-    parser.add_argument("--epoch_utterances", type=int, default=None,
-                        help="utterances of the epoch corpus (default 32; --quick 8)")
+    parser.add_argument(
+        "--epoch_utterances",
+        type=int,
+        default=None,
+        help="utterances of the epoch corpus (default 32; --quick 8)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs (default 3; --quick 1)")
-    parser.add_argument("--hparams", default=None,
-                        help="recipe config for the head and the epochs (default crab_base.yaml; --quick crab_tiny.yaml)")
-    parser.add_argument("--quick", action="store_true",
-                        help="--size tiny with 2 rounds, 1 epoch of 8 utterances: a smoke check in seconds")
-    parser.add_argument("--size", choices=SIZES, default=None,
-                        help="encoders: tiny (test configs), base (default), large (the paper's)")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                        help="fp32, or autocast to bf16 or fp16 (fp16 with a gradient scaler; CUDA only)")
-    parser.add_argument("--tf32", choices=("true", "false"), default="false",
-                        help="CUDA fp32: TF32 tensor cores for matmuls and convolutions (torch's default: false)")
-    parser.add_argument("--audio_seconds", default=None,
-                        help="audio per utterance: MIN-MAX or one length in seconds (default 2.5-3.5)")
-    parser.add_argument("--gradient_checkpointing", action="store_true",
-                        help="the encoders recompute their activations in the backward pass (less memory)")
-    parser.add_argument("--start_method", choices=("spawn", "fork"), default=None,
-                        help="how the measuring processes start (default spawn; fork only on CPU)")
+    parser.add_argument(
+        "--hparams",
+        default=None,
+        help="recipe config for the head and the epochs (default crab_base.yaml; --quick crab_tiny.yaml)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="--size tiny with 2 rounds, 1 epoch of 8 utterances: a smoke check in seconds",
+    )
+    parser.add_argument(
+        "--size",
+        choices=SIZES,
+        default=None,
+        help="encoders: tiny (test configs), base (default), large (the paper's)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="fp32, or autocast to bf16 or fp16 (fp16 with a gradient scaler; CUDA only)",
+    )
+    parser.add_argument(
+        "--tf32",
+        choices=("true", "false"),
+        default="false",
+        help="CUDA fp32: TF32 tensor cores for matmuls and convolutions (torch's default: false)",
+    )
+    parser.add_argument(
+        "--audio_seconds",
+        default=None,
+        help="audio per utterance: MIN-MAX or one length in seconds (default 2.5-3.5)",
+    )
+    parser.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="the encoders recompute their activations in the backward pass (less memory)",
+    )
+    parser.add_argument(
+        "--start_method",
+        choices=("spawn", "fork"),
+        default=None,
+        help="how the measuring processes start (default spawn; fork only on CPU)",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     if quick and args.size not in (None, "tiny"):

@@ -48,7 +48,9 @@ def alpha_sweep(entries, baseline, plot=None, title=None):
     """Markdown table of the sweep (CE-only first) and, with ``plot``, Figure 3."""
     entries = sorted(entries, key=lambda e: alpha_of(e[0]))
     alphas = [alpha_of(name) for name, _ in entries]
-    rows = ([("CE only", baseline)] if baseline else []) + [(f"{a:g}", s) for a, (_, s) in zip(alphas, entries)]
+    rows = ([("CE only", baseline)] if baseline else []) + [
+        (f"{a:g}", s) for a, (_, s) in zip(alphas, entries, strict=True)
+    ]
     lines = [f"## {title}", ""] if title else []
     lines += ["| alpha | runs | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 2)]
     for name, summary in rows:
@@ -58,7 +60,7 @@ def alpha_sweep(entries, baseline, plot=None, title=None):
             cells.append(f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
         lines.append(f"| {name} | {summary['num_runs']} | " + " | ".join(cells) + " |")
     for metric in ("UAR", "WAR"):
-        best = max(zip(alphas, entries), key=lambda e: e[1][1]["mean"][metric])
+        best = max(zip(alphas, entries, strict=True), key=lambda e: e[1][1]["mean"][metric])
         lines.append(f"\nBest {metric}: {best[1][1]['mean'][metric]:.4f} at alpha {best[0]:g}.")
     if plot:
         from crab.plots import plot_alpha
@@ -82,7 +84,7 @@ def embedding_panels(named_dumps, projection="pca"):
         scores[name] = embedding_scores(dump["embeddings"], dump["labels"])
         text = ", ".join(
             f"{short} {scores[name][key]:.3f}" if scores[name][key] is not None else f"{short} n/a"
-            for short, key in zip(("sil", "CH", "DB"), EMBEDDING_SCORES)
+            for short, key in zip(("sil", "CH", "DB"), EMBEDDING_SCORES, strict=True)
         )
         panels.append((f"{name}\n{text}", project_2d(dump["embeddings"], projection), dump["labels"]))
     return panels, classes, scores
@@ -95,7 +97,9 @@ def main(argv=None):
     table = commands.add_parser("table", help="one row per experiment (paper Tables III/IV)")
     table.add_argument("summaries", nargs="+")
     table.add_argument("--ablation_table", help="conf/ablations.txt: method names and the paper's numbers")
-    table.add_argument("--corpus", help="recipe name (meld, iemocap, ...): the paper's UAR column is this corpus's")
+    table.add_argument(
+        "--corpus", help="recipe name (meld, iemocap, ...): the paper's UAR column is this corpus's"
+    )
     table.add_argument("--test_set", help="test set, for corpora with several (msp_podcast: test1, test2)")
     table.add_argument("--out")
     table.add_argument("--title")
@@ -113,8 +117,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.command == "table":
-        text = comparison_markdown([read_summary(p) for p in args.summaries], args.ablation_table, args.title,
-                                   corpus=args.corpus, test_set=args.test_set)
+        text = comparison_markdown(
+            [read_summary(p) for p in args.summaries],
+            args.ablation_table,
+            args.title,
+            corpus=args.corpus,
+            test_set=args.test_set,
+        )
     elif args.command == "alpha":
         baseline = read_summary(args.baseline)[1] if args.baseline else None
         text = alpha_sweep([read_summary(p) for p in args.summaries], baseline, args.plot, args.title)
@@ -124,9 +133,16 @@ def main(argv=None):
         from crab.plots import plot_embeddings
 
         plot_embeddings(panels, classes, args.plot)
-        lines = ["| experiment | silhouette ↑ | Calinski-Harabasz ↑ | Davies-Bouldin ↓ |", "|---|---|---|---|"]
+        lines = [
+            "| experiment | silhouette ↑ | Calinski-Harabasz ↑ | Davies-Bouldin ↓ |",
+            "|---|---|---|---|",
+        ]
         for name, s in scores.items():
-            lines.append(f"| {name} | " + " | ".join("n/a" if s[k] is None else f"{s[k]:.3f}" for k in EMBEDDING_SCORES) + " |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join("n/a" if s[k] is None else f"{s[k]:.3f}" for k in EMBEDDING_SCORES)
+                + " |"
+            )
         text = "\n".join(lines) + f"\n\n{args.projection.upper()} projections: {args.plot}\n"
     print(text)
     if args.out:

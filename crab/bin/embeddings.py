@@ -31,7 +31,7 @@ import torch
 
 from crab import cli
 from crab.data import label_encoder
-from crab.experiment import dataset, feature_cache, make_brain, load_run
+from crab.experiment import dataset, feature_cache, load_run, make_brain
 from crab.report import embedding_scores, project_2d
 
 logger = logging.getLogger(__name__)
@@ -56,14 +56,22 @@ def write_outputs(out_dir, ids, embeddings, labels, classes, projection="pca", t
     from crab.plots import plot_embeddings
 
     os.makedirs(out_dir, exist_ok=True)
-    np.savez(os.path.join(out_dir, "embeddings.npz"), ids=np.array(ids), embeddings=embeddings,
-             labels=labels, classes=np.array(classes))
+    np.savez(
+        os.path.join(out_dir, "embeddings.npz"),
+        ids=np.array(ids),
+        embeddings=embeddings,
+        labels=labels,
+        classes=np.array(classes),
+    )
     scores = embedding_scores(embeddings, labels)
     with open(os.path.join(out_dir, "embedding_scores.json"), "w", encoding="utf-8") as f:
         json.dump({"num_utterances": len(ids), "dim": int(embeddings.shape[1]), **scores}, f, indent=2)
     text = ", ".join("n/a" if v is None else f"{k} {v:.3f}" for k, v in scores.items())
-    plot_embeddings([(f"{title or out_dir}\n{text}", project_2d(embeddings, projection), labels)], classes,
-                    os.path.join(out_dir, f"embeddings_{projection}.png"))
+    plot_embeddings(
+        [(f"{title or out_dir}\n{text}", project_2d(embeddings, projection), labels)],
+        classes,
+        os.path.join(out_dir, f"embeddings_{projection}.png"),
+    )
     return scores
 
 
@@ -85,8 +93,15 @@ def main(argv=None):
     brain.on_evaluate_start(max_key=hparams["ckpt_metric"])
     ids, embeddings, labels = extract(brain, test_set, hparams["eval_dataloader_opts"])
     out_dir = os.path.join(hparams["output_folder"], f"eval_{hparams['eval_name']}")
-    scores = write_outputs(out_dir, ids, embeddings, labels, classes, args.projection,
-                           title=f"{hparams['output_folder']} on {hparams['eval_name']}")
+    scores = write_outputs(
+        out_dir,
+        ids,
+        embeddings,
+        labels,
+        classes,
+        args.projection,
+        title=f"{hparams['output_folder']} on {hparams['eval_name']}",
+    )
     logger.info("Fused embeddings of %d utterances in %s: %s", len(ids), out_dir, scores)
 
 

@@ -17,8 +17,8 @@ import sys
 import speechbrain as sb
 
 from crab import cli
-from crab.experiment import dataset, feature_cache, loader_options, make_brain, load_run
 from crab.data import label_encoder
+from crab.experiment import dataset, feature_cache, load_run, loader_options, make_brain
 
 
 @cli.entry_point
@@ -26,9 +26,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     _, run_opts, _, hparams = load_run(argv)
     sb.create_experiment_directory(hparams["output_folder"], save_env_desc=False)
-    encoder = label_encoder(
-        hparams["classes"], os.path.join(hparams["save_folder"], "label_encoder.txt")
-    )
+    encoder = label_encoder(hparams["classes"], os.path.join(hparams["save_folder"], "label_encoder.txt"))
     cache = feature_cache(hparams, [hparams["test_manifest"]])
     test_set = dataset(hparams, hparams["test_manifest"], encoder, sort=True, cache=cache)
     brain = make_brain(hparams, run_opts)

@@ -28,18 +28,26 @@ def main(argv=None):
     own.add_argument("--manifests", nargs="+", default=None)
     own.add_argument("--batch_size", type=int, default=8)
     own.add_argument("--shard_size", type=int, default=256)
-    own.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                     help="storage type; float32 keeps cached training identical to uncached")
+    own.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="float32",
+        help="storage type; float32 keeps cached training identical to uncached",
+    )
     args, rest = own.parse_known_args(argv)
     _, run_opts, _, hparams = parse_and_load(rest)
     if not hparams.get("feature_cache"):
         sys.exit("Set --feature_cache=DIR: where to write the cache.")
-    manifests = args.manifests or [
-        hparams[k] for k in ("train_manifest", "valid_manifest", "test_manifest")
-    ]
+    manifests = args.manifests or [hparams[k] for k in ("train_manifest", "valid_manifest", "test_manifest")]
     count = extract(
-        hparams["model"], manifests, hparams["feature_cache"], hparams["data_root"],
-        hparams["max_duration"], args.batch_size, args.shard_size, args.dtype,
+        hparams["model"],
+        manifests,
+        hparams["feature_cache"],
+        hparams["data_root"],
+        hparams["max_duration"],
+        args.batch_size,
+        args.shard_size,
+        args.dtype,
         run_opts.get("device", "cpu"),
     )
     logger.info("Extracted %d utterance(s) into %s", count, hparams["feature_cache"])

@@ -70,7 +70,6 @@ ASR_DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEFAULT_ASR_MODEL = "openai/whisper-large-v3"  # crab.inference.DEFAULT_ASR_MODEL, without importing it
 
 
-
 class UsageError(cli.UserError, ValueError):
     """Options or inputs that make the whole run impossible."""
 
@@ -79,7 +78,9 @@ def read_model_info(model_dir):
     """``classes``, ``modality``, ``max_duration`` and ``train_text_source`` of a package."""
     path = os.path.join(model_dir, "hyperparams.yaml")
     if not os.path.isfile(path):
-        raise UsageError(f"{model_dir} is not a packaged Crab model (no hyperparams.yaml): see crab.bin.package")
+        raise UsageError(
+            f"{model_dir} is not a packaged Crab model (no hyperparams.yaml): see crab.bin.package"
+        )
     from crab.inference import check_package_hparams
     from crab.runconfig import TagTolerantLoader
 
@@ -149,7 +150,9 @@ def model_digest(model_dir):
 
 SETTING_NAMES = {
     "model": "the --model path",
-    "model_sha256": "the model's content (model.ckpt, hyperparams.yaml, label_encoder.ckpt or encoder configs)",
+    "model_sha256": (
+        "the model's content (model.ckpt, hyperparams.yaml, label_encoder.ckpt or encoder configs)"
+    ),
     "classes": "the model's classes",
     "format": "the output format",
     "text_mode": "--text_mode",
@@ -162,9 +165,14 @@ SETTING_NAMES = {
 def run_settings(args, info, fmt):
     """What the results of ``--out`` depend on: the model, the transcripts, the format."""
     settings = {
-        "model": os.path.abspath(args.model), "model_sha256": model_digest(args.model),
-        "classes": list(info["classes"]), "format": fmt, "text_mode": args.text_mode,
-        "text": None, "text_sha256": None, "asr": None,
+        "model": os.path.abspath(args.model),
+        "model_sha256": model_digest(args.model),
+        "classes": list(info["classes"]),
+        "format": fmt,
+        "text_mode": args.text_mode,
+        "text": None,
+        "text_sha256": None,
+        "asr": None,
     }
     if args.text_mode == "gold":
         settings.update(text=os.path.abspath(args.text), text_sha256=tree_digest(args.text))
@@ -174,8 +182,11 @@ def run_settings(args, info, fmt):
             "model": os.path.abspath(args.asr_model) if local else args.asr_model,
             # a local model: its configs and tokenizer by content, its weights by size
             "files_sha256": tree_digest(args.asr_model, limit=16 << 20) if local else None,
-            "backend": args.asr_backend, "language": args.language, "num_beams": args.num_beams,
-            "max_new_tokens": args.max_new_tokens, "dtype": args.asr_dtype,
+            "backend": args.asr_backend,
+            "language": args.language,
+            "num_beams": args.num_beams,
+            "max_new_tokens": args.max_new_tokens,
+            "dtype": args.asr_dtype,
         }
     return settings
 
@@ -198,9 +209,12 @@ class Results:
             values = [utt, self.classes[best], f"{probs[best]:.6f}"] + [f"{p:.6f}" for p in probs]
             return "\t".join(values + [self.text_mode, text]) + "\n"
         record = {
-            "id": utt, "predicted": self.classes[best], "score": round(probs[best], 6),
-            "probs": {c: round(p, 6) for c, p in zip(self.classes, probs)},
-            "text_source": self.text_mode, "text": text,
+            "id": utt,
+            "predicted": self.classes[best],
+            "score": round(probs[best], 6),
+            "probs": {c: round(p, 6) for c, p in zip(self.classes, probs, strict=True)},
+            "text_source": self.text_mode,
+            "text": text,
         }
         if self.asr_model:
             record["asr_model"] = self.asr_model
@@ -218,8 +232,12 @@ class Results:
             parts = f.read().split(b"\n")
         complete, tail = parts[:-1], parts[-1]  # after the last newline: nothing or a cut-off line
         if tail:
-            logger.warning("%s:%d: the last line is cut off (an interrupted write): dropped, its utterance is "
-                           "classified again", self.path, len(parts))
+            logger.warning(
+                "%s:%d: the last line is cut off (an interrupted write): dropped, its utterance is "
+                "classified again",
+                self.path,
+                len(parts),
+            )
         done = {}
         for lineno, raw in enumerate(complete, 1):
             last = lineno == len(complete) and not tail
@@ -229,8 +247,9 @@ class Results:
                 line = None
             if self.fmt == "tsv" and lineno == 1 and line is not None:
                 if line != self.header:
-                    raise UsageError(f"{self.path} has another header (other classes?): "
-                                     "use --overwrite or another --out")
+                    raise UsageError(
+                        f"{self.path} has another header (other classes?): use --overwrite or another --out"
+                    )
                 continue
             if line is not None and not line.strip():
                 continue  # a blank line: nothing to keep
@@ -238,11 +257,18 @@ class Results:
             if utt is None:
                 what = "not UTF-8 text" if line is None else "not a results line"
                 if last:
-                    logger.warning("%s:%d: the last line is %s (an interrupted write): dropped, its utterance "
-                                   "is classified again", self.path, lineno, what)
+                    logger.warning(
+                        "%s:%d: the last line is %s (an interrupted write): dropped, its utterance "
+                        "is classified again",
+                        self.path,
+                        lineno,
+                        what,
+                    )
                     continue
-                raise UsageError(f"{self.path}:{lineno}: {what} (a damaged results file): repair or delete that "
-                                 "line, or use another --out")
+                raise UsageError(
+                    f"{self.path}:{lineno}: {what} (a damaged results file): repair or delete that "
+                    "line, or use another --out"
+                )
             done.setdefault(utt, line)
         return done
 
@@ -273,14 +299,21 @@ def check_settings(marker, settings, out, overwrite):
             except ValueError:
                 previous = None
     if not isinstance(previous, dict):
-        raise UsageError(f"{out} holds results of another model or other settings: {marker} is missing or damaged, "
-                         "so they cannot be told apart: use --overwrite to start over, or another --out")
+        raise UsageError(
+            f"{out} holds results of another model or other settings: {marker} is missing or damaged, "
+            "so they cannot be told apart: use --overwrite to start over, or another --out"
+        )
     differ = [key for key in sorted(set(previous) | set(settings)) if previous.get(key) != settings.get(key)]
     if differ:
-        what = "; ".join(f"{SETTING_NAMES.get(key, key)} ({_short(previous.get(key))} then, {_short(settings.get(key))} "
-                         "now)" for key in differ)
-        raise UsageError(f"{out} holds results of another model or other settings: {what}: "
-                         "use --overwrite to start over, or another --out")
+        what = "; ".join(
+            f"{SETTING_NAMES.get(key, key)} ({_short(previous.get(key))} then, {_short(settings.get(key))} "
+            "now)"
+            for key in differ
+        )
+        raise UsageError(
+            f"{out} holds results of another model or other settings: {what}: "
+            "use --overwrite to start over, or another --out"
+        )
 
 
 def _short(value):
@@ -308,13 +341,17 @@ def check_outputs(args):
         for option, folder in dirs:
             top = os.path.realpath(folder)
             if os.path.commonpath([real, top]) == top:
-                raise UsageError(f"--out {out}: {path} is inside {option} {folder}: write the results elsewhere")
+                raise UsageError(
+                    f"--out {out}: {path} is inside {option} {folder}: write the results elsewhere"
+                )
         if not os.path.exists(path):
             continue
         for option, source in inputs:
             if os.path.exists(source) and os.path.samefile(path, source):
-                raise UsageError(f"--out {out}: {path} is {option} ({source}): the results would replace an "
-                                 "input; choose another --out")
+                raise UsageError(
+                    f"--out {out}: {path} is {option} ({source}): the results would replace an "
+                    "input; choose another --out"
+                )
 
 
 def resolve_device(device):
@@ -334,7 +371,8 @@ def check_text_mode(args, info):
     modality = info["modality"]
     if args.text_mode == "none" and modality != "speech":
         raise UsageError(
-            f"the model is {modality}: it needs transcripts (--text_mode gold --text FILE, or --text_mode asr); "
+            f"the model is {modality}: it needs transcripts "
+            "(--text_mode gold --text FILE, or --text_mode asr); "
             "--text_mode none is for speech-only models"
         )
     if args.text_mode != "none" and modality == "speech":
@@ -347,7 +385,9 @@ def check_text_mode(args, info):
         raise UsageError(f"--text {args.text}: no such file")
     trained = info.get("train_text_source")
     if args.text_mode in ("gold", "asr") and trained in ("gold", "asr") and trained != args.text_mode:
-        logger.warning("The model was trained on %s transcripts and is given %s ones", trained, args.text_mode)
+        logger.warning(
+            "The model was trained on %s transcripts and is given %s ones", trained, args.text_mode
+        )
 
 
 def make_batches(items, batch_size, max_batch_seconds):
@@ -402,16 +442,19 @@ class Runner:
         if self.args.text_mode == "gold":  # checked before: every one has a transcript
             texts = {u.utt: self.texts[u.utt] for u in usable}
         elif self.args.text_mode == "asr" and usable:
+
             def transcribe(group):
                 transcripts = self.classifier.transcribe_batch([audios[u.utt] for u in group])
-                return dict(zip([u.utt for u in group], transcripts))
+                return dict(zip([u.utt for u in group], transcripts, strict=True))
 
             for utt, text in self.isolated(transcribe, usable, "transcription").items():
                 if text:
                     texts[utt] = text
                 else:
-                    self.fail(next(u for u in usable if u.utt == utt),
-                              f"the ASR model ({self.args.asr_model}) gave an empty transcript")
+                    self.fail(
+                        next(u for u in usable if u.utt == utt),
+                        f"the ASR model ({self.args.asr_model}) gave an empty transcript",
+                    )
         if self.args.text_mode != "none":
             usable = [u for u in usable if u.utt in texts]
         if usable:
@@ -424,7 +467,9 @@ class Runner:
             return fn(usable)
         except Exception as err:  # noqa: BLE001 - bad input must not stop the run
             if len(usable) > 1:
-                logger.warning("%s of a batch of %d failed (%s): one utterance at a time", what, len(usable), err)
+                logger.warning(
+                    "%s of a batch of %d failed (%s): one utterance at a time", what, len(usable), err
+                )
             else:
                 self.fail(usable[0], f"{what} failed: {type(err).__name__}: {err}")
                 return {}
@@ -447,13 +492,13 @@ class Runner:
         out_prob = self.classifier.classify_batch(padded, batch_texts, lengths / padded.shape[1])[0]
         lines = [
             self.results.line(u.utt, probs, texts.get(u.utt, ""))
-            for u, probs in zip(usable, out_prob.cpu().tolist())
+            for u, probs in zip(usable, out_prob.cpu().tolist(), strict=True)
         ]
         self.out_file.writelines(lines)
         self.out_file.flush()
         os.fsync(self.out_file.fileno())
-        self.done.update((u.utt, line) for u, line in zip(usable, lines))
-        return dict(zip([u.utt for u in usable], lines))
+        self.done.update((u.utt, line) for u, line in zip(usable, lines, strict=True))
+        return dict(zip([u.utt for u in usable], lines, strict=True))
 
 
 def write_failure(errors_file, wav_scp, failure):
@@ -491,32 +536,64 @@ def audio_seconds(utterance, max_duration):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        prog="crab-infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="crab-infer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument("--model", required=True, help="packaged model directory (crab.bin.package)")
     parser.add_argument("--wav_scp", required=True, help="Kaldi-style '<utt-id> <audio path>' lines")
     parser.add_argument("--out", required=True, help="results file (resumed when it exists)")
-    parser.add_argument("--text_mode", required=True, choices=TEXT_MODES,
-                        help="gold: --text file; asr: transcribe with --asr_model; none: speech-only model")
-    parser.add_argument("--text", default=None,
-                        help="with --text_mode gold: Kaldi text file '<utt-id> <transcript>'")
-    parser.add_argument("--format", choices=FORMATS, default="auto",
-                        help="tsv or jsonl (auto: from --out's extension)")
-    parser.add_argument("--device", default="auto", help="auto (cuda:0 when there is a GPU), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--text_mode",
+        required=True,
+        choices=TEXT_MODES,
+        help="gold: --text file; asr: transcribe with --asr_model; none: speech-only model",
+    )
+    parser.add_argument(
+        "--text", default=None, help="with --text_mode gold: Kaldi text file '<utt-id> <transcript>'"
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, default="auto", help="tsv or jsonl (auto: from --out's extension)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda:0 when there is a GPU), cpu, cuda, cuda:1, ..."
+    )
     parser.add_argument("--batch_size", type=int, default=8, help="utterances per batch (sorted by length)")
-    parser.add_argument("--max_batch_seconds", type=float, default=0.0,
-                        help="> 0: at most this much padded audio per batch (seconds)")
-    parser.add_argument("--asr_model", default=DEFAULT_ASR_MODEL, help="--text_mode asr: hub id or local directory")
+    parser.add_argument(
+        "--max_batch_seconds",
+        type=float,
+        default=0.0,
+        help="> 0: at most this much padded audio per batch (seconds)",
+    )
+    parser.add_argument(
+        "--asr_model", default=DEFAULT_ASR_MODEL, help="--text_mode asr: hub id or local directory"
+    )
     parser.add_argument("--asr_backend", choices=ASR_BACKENDS, default="auto", help="see crab.bin.transcribe")
-    parser.add_argument("--language", default=None, help="Whisper: spoken language, e.g. english (default: detected)")
+    parser.add_argument(
+        "--language", default=None, help="Whisper: spoken language, e.g. english (default: detected)"
+    )
     parser.add_argument("--num_beams", type=int, default=1, help="ASR beam size")
     parser.add_argument("--max_new_tokens", type=int, default=128, help="longest ASR transcript, in tokens")
-    parser.add_argument("--asr_dtype", choices=ASR_DTYPES, default="auto", help="auto: float16 on CUDA, else float32")
-    parser.add_argument("--skip_errors", type=str2bool, nargs="?", const=True, default=False,
-                        help="exit 0 even when some utterances failed (they are still listed in <out>.errors)")
-    parser.add_argument("--overwrite", type=str2bool, nargs="?", const=True, default=False,
-                        help="start over instead of resuming")
+    parser.add_argument(
+        "--asr_dtype", choices=ASR_DTYPES, default="auto", help="auto: float16 on CUDA, else float32"
+    )
+    parser.add_argument(
+        "--skip_errors",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="exit 0 even when some utterances failed (they are still listed in <out>.errors)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="start over instead of resuming",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
@@ -555,7 +632,9 @@ def run(args):
     if texts:
         unknown = len(set(texts) - known)
         if unknown:
-            logger.info("%s: %d transcripts of utterances not in %s (ignored)", args.text, unknown, args.wav_scp)
+            logger.info(
+                "%s: %d transcripts of utterances not in %s (ignored)", args.text, unknown, args.wav_scp
+            )
 
     with open(args.out + ".errors", "w", encoding="utf-8") as errors_file:
         errors_file.write("id\tline\treason\n")
@@ -573,8 +652,14 @@ def run(args):
                 write_failure(errors_file, args.wav_scp, failed[-1])
             else:
                 todo.append((utterance, seconds))
-        logger.info("%s: %d utterances, %d classified before, %d to classify, %d unusable",
-                    args.wav_scp, len(utterances) + len(failures), len(previous), len(todo), len(failed))
+        logger.info(
+            "%s: %d utterances, %d classified before, %d to classify, %d unusable",
+            args.wav_scp,
+            len(utterances) + len(failures),
+            len(previous),
+            len(todo),
+            len(failed),
+        )
         done = {}
         if todo:
             done, more = classify_all(args, device, results, todo, errors_file, texts)
@@ -592,8 +677,15 @@ def classify_all(args, device, results, todo, errors_file, texts):
     logger.info("Loading %s on %s", args.model, device)
     classifier = CrabClassifier.from_hparams(source=args.model, run_opts={"device": device})
     if args.text_mode == "asr":
-        classifier.load_asr(args.asr_model, device=device, backend=args.asr_backend, language=args.language,
-                            num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, dtype=args.asr_dtype)
+        classifier.load_asr(
+            args.asr_model,
+            device=device,
+            backend=args.asr_backend,
+            language=args.language,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+            dtype=args.asr_dtype,
+        )
     batches = make_batches(todo, args.batch_size, args.max_batch_seconds)
     with open(args.out, "a", encoding="utf-8") as out_file:
         runner = Runner(args, classifier, results, out_file, errors_file, texts)
@@ -604,7 +696,9 @@ def classify_all(args, device, results, todo, errors_file, texts):
                 progress.update(len(batch))
                 processed += len(batch)
                 if progress.disable and (time.monotonic() - last_log > 30 or k == len(batches) - 1):
-                    logger.info("%d of %d utterances processed (%d failed)", processed, len(todo), len(runner.failed))
+                    logger.info(
+                        "%d of %d utterances processed (%d failed)", processed, len(todo), len(runner.failed)
+                    )
                     last_log = time.monotonic()
     return runner.done, runner.failed
 
@@ -622,8 +716,11 @@ def main(argv=None):
         summary += f"; {len(failed)} failed, listed in {args.out}.errors"
     print(summary)
     if failed and not args.skip_errors:
-        print(f"ERROR: {len(failed)} utterance(s) failed (e.g. {failed[0].utt}, line {failed[0].line}: "
-              f"{failed[0].reason}); --skip_errors to exit 0", file=sys.stderr)
+        print(
+            f"ERROR: {len(failed)} utterance(s) failed (e.g. {failed[0].utt}, line {failed[0].line}: "
+            f"{failed[0].reason}); --skip_errors to exit 0",
+            file=sys.stderr,
+        )
         sys.exit(1)
 
 

@@ -7,9 +7,10 @@ For every fold (a directory with ``train.json`` and ``valid.json``), fits a
 class-balanced logistic regression on each layer's mean-pooled, standardized
 states of the training utterances and prints each layer's validation UAR, then
 the mean over folds (``--train_splits train valid --eval_split test``: the
-baseline of a layer read on test, for comparison only). Only training and validation data are read, so the layer
-it picks (``layer_weighting: <index>``) is chosen without the test sets. The
-cache must hold every layer (extracted with ``layer_weighting: weighted_sum``).
+baseline of a layer read on test, for comparison only). Only training and
+validation data are read, so the layer it picks (``layer_weighting: <index>``)
+is chosen without the test sets. The cache must hold every layer (extracted
+with ``layer_weighting: weighted_sum``).
 """
 
 import argparse
@@ -52,23 +53,38 @@ def probe_fold(cache, fold_dir, branch, train_splits=("train",), eval_split="val
 
 @cli.entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cache", required=True)
     parser.add_argument("--branch", choices=("speech", "text"), default="speech")
-    parser.add_argument("--fold", action="append", required=True, help="directory with train.json and valid.json")
-    parser.add_argument("--train_splits", nargs="+", default=["train"],
-                        help="manifests the probe trains on (e.g. train valid, as a no-validation baseline)")
-    parser.add_argument("--eval_split", default="valid",
-                        help="manifest it is scored on; anything but valid reads held-out data, not for choosing")
+    parser.add_argument(
+        "--fold", action="append", required=True, help="directory with train.json and valid.json"
+    )
+    parser.add_argument(
+        "--train_splits",
+        nargs="+",
+        default=["train"],
+        help="manifests the probe trains on (e.g. train valid, as a no-validation baseline)",
+    )
+    parser.add_argument(
+        "--eval_split",
+        default="valid",
+        help="manifest it is scored on; anything but valid reads held-out data, not for choosing",
+    )
     args = parser.parse_args(argv)
     cache = FeatureCache(args.cache)
     if args.branch not in cache.branches or cache.branches[args.branch]["layer_weighting"] != "weighted_sum":
-        raise SystemExit(f"{args.cache} must hold every {args.branch} layer (extract with layer_weighting: weighted_sum)")
-    table = np.array([probe_fold(cache, fold, args.branch, args.train_splits, args.eval_split) for fold in args.fold])
+        raise SystemExit(
+            f"{args.cache} must hold every {args.branch} layer (extract with layer_weighting: weighted_sum)"
+        )
+    table = np.array(
+        [probe_fold(cache, fold, args.branch, args.train_splits, args.eval_split) for fold in args.fold]
+    )
     print(f"UAR on {args.eval_split}, probe trained on {' + '.join(args.train_splits)}")
     print("| fold | " + " | ".join(f"layer {i}" for i in range(table.shape[1])) + " |")
     print("|---" * (table.shape[1] + 1) + "|")
-    for fold, row in zip(args.fold, table):
+    for fold, row in zip(args.fold, table, strict=True):
         print(f"| {os.path.basename(fold.rstrip('/'))} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     mean = table.mean(axis=0)
     print("| mean | " + " | ".join(f"{v:.3f}" for v in mean) + " |")

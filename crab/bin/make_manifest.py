@@ -40,17 +40,37 @@ def main(argv=None):
     parser.add_argument("--data_root", required=True, help="written as {data_root} in the manifest")
     parser.add_argument("--classes", required=True, help="comma-separated labels, in order")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--policy", choices=POLICIES, default="error",
-                        help="what a bad utterance does: stop (error) or is left out and counted (skip)")
-    parser.add_argument("--text_source", choices=sorted(TEXT_FILES), default="gold",
-                        help="transcripts from the data dir's text (gold) or text.asr (asr)")
-    parser.add_argument("--min_samples", type=int, default=400,
-                        help="shortest usable audio, in 16 kHz samples (the encoder's receptive field)")
-    parser.add_argument("--text_only", type=str2bool, default=False,
-                        help="true: no audio (wav.scp not read; wav and duration null): for text models")
-    parser.add_argument("--modality", choices=MODALITIES, default="bimodal",
-                        help="the model the data is for: speech (transcripts not required: a missing text file "
-                             "or an empty transcript gives text \"\"), bimodal or text (transcripts required)")
+    parser.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="error",
+        help="what a bad utterance does: stop (error) or is left out and counted (skip)",
+    )
+    parser.add_argument(
+        "--text_source",
+        choices=sorted(TEXT_FILES),
+        default="gold",
+        help="transcripts from the data dir's text (gold) or text.asr (asr)",
+    )
+    parser.add_argument(
+        "--min_samples",
+        type=int,
+        default=400,
+        help="shortest usable audio, in 16 kHz samples (the encoder's receptive field)",
+    )
+    parser.add_argument(
+        "--text_only",
+        type=str2bool,
+        default=False,
+        help="true: no audio (wav.scp not read; wav and duration null): for text models",
+    )
+    parser.add_argument(
+        "--modality",
+        choices=MODALITIES,
+        default="bimodal",
+        help="the model the data is for: speech (transcripts not required: a missing text file "
+        'or an empty transcript gives text ""), bimodal or text (transcripts required)',
+    )
     args = parser.parse_args(argv)
     if args.modality == "speech" and args.text_only:
         parser.error("--modality speech needs audio: it cannot go with --text_only true")

@@ -46,12 +46,19 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--out", required=True, help="the model directory to write")
-    parser.add_argument("--text_source", choices=TEXT_SOURCES, default=None,
-                        help="transcripts the model was trained on (default: the run's record, "
-                             "RUN/text_source.json; given, it must agree with it)")
-    parser.add_argument("--asr_model", default="",
-                        help="the ASR model of those transcripts (default: the run's record; given, "
-                             "it must agree with it; ignored for gold transcripts)")
+    parser.add_argument(
+        "--text_source",
+        choices=TEXT_SOURCES,
+        default=None,
+        help="transcripts the model was trained on (default: the run's record, "
+        "RUN/text_source.json; given, it must agree with it)",
+    )
+    parser.add_argument(
+        "--asr_model",
+        default="",
+        help="the ASR model of those transcripts (default: the run's record; given, "
+        "it must agree with it; ignored for gold transcripts)",
+    )
     args, rest = parser.parse_known_args(argv)
     if not rest or rest[0].startswith("-"):
         parser.error("the first argument must be the training hyperparameters (yaml)")
@@ -61,10 +68,13 @@ def main(argv=None):
     run_file, _, _, hparams = load_run(rest, pretrained_encoders=False)
     text_source, asr_model = package_text_source(hparams["output_folder"], args.text_source, args.asr_model)
     metadata = package(hparams, args.out, text_source, asr_model, os.path.abspath(run_file), arguments)
-    scores = ", ".join(f"{k} {v:.4f}" for k, v in metadata["training"]["valid_scores"].items()
-                       if isinstance(v, (int, float)))
-    print(f"{args.out}: {metadata['modality']} Crab, classes {metadata['classes']}, "
-          f"epoch {metadata['training']['epoch']} (valid {scores})")
+    scores = ", ".join(
+        f"{k} {v:.4f}" for k, v in metadata["training"]["valid_scores"].items() if isinstance(v, (int, float))
+    )
+    print(
+        f"{args.out}: {metadata['modality']} Crab, classes {metadata['classes']}, "
+        f"epoch {metadata['training']['epoch']} (valid {scores})"
+    )
 
 
 if __name__ == "__main__":

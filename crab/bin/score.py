@@ -38,7 +38,7 @@ def read_predictions(path):
     """Class list and (true, predicted) index lists of one predictions file."""
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        classes = [c[len("prob_"):] for c in reader.fieldnames or [] if c.startswith("prob_")]
+        classes = [c[len("prob_") :] for c in reader.fieldnames or [] if c.startswith("prob_")]
         index = {c: i for i, c in enumerate(classes)}
         rows = list(reader)
     try:
@@ -62,10 +62,14 @@ def score_run(path, per_run=False):
     report = classification_report(y_true, y_pred, classes)
     run_dir = run_dir_of(path)
     info = read_train_info(run_dir) or {}
-    row = {"run": run_dir, "num_utterances": report["num_utterances"], **{m: report[m] for m in METRICS},
-           "absent_from_references": report["absent_from_references"],
-           "never_predicted": report["never_predicted"],
-           **{k: info.get(k) for k in ("wall_s", "commit", "machine", "command")}}
+    row = {
+        "run": run_dir,
+        "num_utterances": report["num_utterances"],
+        **{m: report[m] for m in METRICS},
+        "absent_from_references": report["absent_from_references"],
+        "never_predicted": report["never_predicted"],
+        **{k: info.get(k) for k in ("wall_s", "commit", "machine", "command")},
+    }
     transcripts = read_run_provenance(run_dir) or {}  # the run's own record, when train_info.json lacks it
     row.update({k: info.get(k, transcripts.get(k)) for k in ("text_source", "asr_model")})
     emb_path = os.path.join(os.path.dirname(path), "embedding_scores.json")
@@ -85,8 +89,12 @@ def write_run_files(eval_dir, report, name):
     with open(os.path.join(eval_dir, "per_class.md"), "w", encoding="utf-8") as f:
         f.write(per_class_markdown(report, title=f"{name}: per-class scores"))
     scores = ", ".join(f"{m} {report[m]:.4f}" for m in ("WAR", "UAR"))
-    plot_confusion(report["confusion_matrix"], report["classes"], os.path.join(eval_dir, "confusion.png"),
-                   title=f"{name} ({scores})")
+    plot_confusion(
+        report["confusion_matrix"],
+        report["classes"],
+        os.path.join(eval_dir, "confusion.png"),
+        title=f"{name} ({scores})",
+    )
 
 
 def results_table(paths, per_run=False, title=None, **meta):
@@ -101,8 +109,11 @@ def main(argv=None):
     parser.add_argument("predictions", nargs="+")
     parser.add_argument("--out", help="also write the markdown results here")
     parser.add_argument("--summary", help="write mean, std and the runs as JSON here (for crab.bin.compare)")
-    parser.add_argument("--per_run", action="store_true",
-                        help="write scores.json, per_class.md and confusion.png beside each predictions file")
+    parser.add_argument(
+        "--per_run",
+        action="store_true",
+        help="write scores.json, per_class.md and confusion.png beside each predictions file",
+    )
     parser.add_argument("--title", help="heading of the markdown results")
     parser.add_argument("--tag", help="experiment name stored in the summary")
     parser.add_argument("--test_set", help="test set name stored in the summary")
@@ -110,7 +121,9 @@ def main(argv=None):
     missing = [p for p in args.predictions if not os.path.isfile(p)]
     if missing:
         sys.exit(f"ERROR: no predictions at {', '.join(missing)}: run the evaluate stage first")
-    table, summary = results_table(args.predictions, args.per_run, args.title, tag=args.tag, test_set=args.test_set)
+    table, summary = results_table(
+        args.predictions, args.per_run, args.title, tag=args.tag, test_set=args.test_set
+    )
     print(table)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

@@ -52,8 +52,9 @@ def main(argv=None):
 def _train(hparams_file, run_opts, overrides, hparams):
     # the transcripts' source, from the training manifest's record into the run folder
     # (a resumed run on transcripts of another source stops here, before anything is written)
-    record_run_provenance(hparams["output_folder"], hparams["train_manifest"],
-                          write=sb.utils.distributed.if_main_process())
+    record_run_provenance(
+        hparams["output_folder"], hparams["train_manifest"], write=sb.utils.distributed.if_main_process()
+    )
     sb.create_experiment_directory(
         hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )

@@ -35,7 +35,15 @@ import logging
 import os
 
 from crab import cli
-from crab.asr import BACKENDS, DTYPES, check_model, load_transcriber, record_model, transcribe_batches, write_transcripts
+from crab.asr import (
+    BACKENDS,
+    DTYPES,
+    check_model,
+    load_transcriber,
+    record_model,
+    transcribe_batches,
+    write_transcripts,
+)
 from crab.cli import str2bool
 from crab.datadir import read_table, read_transcripts
 
@@ -49,7 +57,9 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu, cuda:0, ...")
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--language", default=None, help="Whisper: spoken language, e.g. english (default: detected)")
+    parser.add_argument(
+        "--language", default=None, help="Whisper: spoken language, e.g. english (default: detected)"
+    )
     parser.add_argument("--task", default=None, choices=("transcribe", "translate"), help="Whisper only")
     parser.add_argument("--num_beams", type=int, default=1, help="beam size (seq2seq, pipeline)")
     parser.add_argument("--max_new_tokens", type=int, default=128, help="longest transcript, in tokens")
@@ -90,17 +100,25 @@ def main(argv=None):
     empty = [utt for utt in wavs if utt in done and not done[utt]]
     if empty:
         logger.warning(
-            "%s: %d of %d empty transcripts (e.g. %s): stage 3 rejects them, or leaves them out with the skip policy",
-            out, len(empty), len(wavs), ", ".join(empty[:5]),
+            "%s: %d of %d empty transcripts (e.g. %s): stage 3 rejects them, "
+            "or leaves them out with the skip policy",
+            out,
+            len(empty),
+            len(wavs),
+            ", ".join(empty[:5]),
         )
     summary = f"{out}: {len(wavs)} utterances, {len(empty)} empty transcripts"
     if failed:
-        summary += f", {len(failed)} failed (not recorded, tried again by the next run; listed in {failed_file})"
+        summary += (
+            f", {len(failed)} failed (not recorded, tried again by the next run; listed in {failed_file})"
+        )
     print(summary)
     model_failures = [utt for utt, (kind, _) in failed.items() if kind == "model"]
     if model_failures:
-        raise cli.UserError(f"the model failed on {len(model_failures)} utterance(s) (e.g. {model_failures[0]}: "
-                            f"{failed[model_failures[0]][1]}): run again to retry them")
+        raise cli.UserError(
+            f"the model failed on {len(model_failures)} utterance(s) (e.g. {model_failures[0]}: "
+            f"{failed[model_failures[0]][1]}): run again to retry them"
+        )
 
 
 if __name__ == "__main__":

@@ -22,10 +22,10 @@ import sys
 from collections import Counter
 
 import soundfile as sf
+from emodb_facts import CLASSES, EMOTIONS, EXPECTED_COUNTS, SENTENCES, SPEAKER_GENDER
+
 from crab.datadir import check_fold, write_data_dir
 from crab.dataprep import DataPrepError, count_table
-
-from emodb_facts import CLASSES, EMOTIONS, EXPECTED_COUNTS, SENTENCES, SPEAKER_GENDER
 
 NAME = re.compile(r"(\d{2})([a-z]\d{2})([A-Z])([a-z])\.wav")
 MAX_LISTED = 20
@@ -67,8 +67,13 @@ def read_utterance(wav_dir, name):
         info = sf.info(path)
     except (RuntimeError, sf.LibsndfileError) as err:
         raise ValueError(f"unreadable audio ({err})") from None
-    row.update(utt=name[: -len(".wav")], wav=path, gender=SPEAKER_GENDER[row["spk"]],
-               text=SENTENCES[row["code"]], sample_rate=info.samplerate)
+    row.update(
+        utt=name[: -len(".wav")],
+        wav=path,
+        gender=SPEAKER_GENDER[row["spk"]],
+        text=SENTENCES[row["code"]],
+        sample_rate=info.samplerate,
+    )
     return row
 
 
@@ -88,12 +93,16 @@ def scan_corpus(corpus_dir):
             problems.append(f"  {os.path.join(wav_dir, name)}: {err}")
     if problems:
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise DataPrepError(f"{len(problems)} bad file(s) in {wav_dir}:\n" + "\n".join(problems[:MAX_LISTED]) + more)
+        raise DataPrepError(
+            f"{len(problems)} bad file(s) in {wav_dir}:\n" + "\n".join(problems[:MAX_LISTED]) + more
+        )
     if hidden:
         print(f"ignored {hidden} hidden file(s) in {wav_dir}")
     missing = sorted(set(SPEAKER_GENDER) - {r["spk"] for r in rows})
     if missing:
-        raise DataPrepError(f"{wav_dir}: no files of speaker(s) {' '.join(missing)}; every fold needs its speakers")
+        raise DataPrepError(
+            f"{wav_dir}: no files of speaker(s) {' '.join(missing)}; every fold needs its speakers"
+        )
     return rows
 
 
@@ -104,7 +113,8 @@ def check_counts(rows, where):
     if differ:
         raise DataPrepError(
             f"{where}: {len(rows)} utterances, expected {sum(EXPECTED_COUNTS.values())}; per class:\n"
-            + "\n".join(differ) + "\nIs the copy complete? (--check_counts false skips this check)"
+            + "\n".join(differ)
+            + "\nIs the copy complete? (--check_counts false skips this check)"
         )
 
 
@@ -117,11 +127,13 @@ def make_folds(num_folds, pairing="balanced"):
         )
     # 10 sorted folds would reuse the names fold03 ... of the balanced ones with other validation speakers
     if pairing != "balanced" and num_folds != 5:
-        raise DataPrepError(f"--pairing {pairing} is for the 5 folds of speaker pairs; "
-                            "--num_folds 10 (one speaker per fold) takes the default pairing")
+        raise DataPrepError(
+            f"--pairing {pairing} is for the 5 folds of speaker pairs; "
+            "--num_folds 10 (one speaker per fold) takes the default pairing"
+        )
     order = PAIRINGS[pairing]
     size = len(order) // num_folds
-    blocks = [sorted(order[i * size:(i + 1) * size]) for i in range(num_folds)]
+    blocks = [sorted(order[i * size : (i + 1) * size]) for i in range(num_folds)]
     folds = []
     for i, test in enumerate(blocks):
         valid = blocks[(i + 1) % num_folds]
@@ -150,10 +162,18 @@ def main():
     parser.add_argument("--corpus_dir", required=True, help="EmoDB folder holding wav/")
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--num_folds", type=int, default=5, help="5 (speaker pairs) or 10 (single speakers)")
-    parser.add_argument("--pairing", choices=sorted(PAIRINGS), default="balanced",
-                        help="speaker pairs of the 5 folds: balanced (male + female, default) or sorted (by id)")
-    parser.add_argument("--check_counts", choices=("true", "false"), default="true",
-                        help="stop unless the per-class counts are the released corpus's")
+    parser.add_argument(
+        "--pairing",
+        choices=sorted(PAIRINGS),
+        default="balanced",
+        help="speaker pairs of the 5 folds: balanced (male + female, default) or sorted (by id)",
+    )
+    parser.add_argument(
+        "--check_counts",
+        choices=("true", "false"),
+        default="true",
+        help="stop unless the per-class counts are the released corpus's",
+    )
     args = parser.parse_args()
     try:
         folds = make_folds(args.num_folds, args.pairing)
@@ -163,8 +183,11 @@ def main():
     except DataPrepError as err:
         sys.exit(f"ERROR: {err}")
     rates = Counter(r["sample_rate"] for r in rows)
-    print("sample rates (Hz: files): " + ", ".join(f"{r}: {n}" for r, n in sorted(rates.items()))
-          + " (read as 16 kHz mono in training)")
+    print(
+        "sample rates (Hz: files): "
+        + ", ".join(f"{r}: {n}" for r, n in sorted(rates.items()))
+        + " (read as 16 kHz mono in training)"
+    )
     print(count_table({"emodb": by_utt(rows)}, CLASSES))
     for name, test, valid, train in folds:
         splits = {
@@ -172,13 +195,18 @@ def main():
             for split, speakers in (("train", train), ("valid", valid), ("test", test))
         }
         try:
-            check_fold({split: {r["utt"]: r["spk"] for r in split_rows} for split, split_rows in splits.items()},
-                       [r["utt"] for r in rows], name)
+            check_fold(
+                {split: {r["utt"]: r["spk"] for r in split_rows} for split, split_rows in splits.items()},
+                [r["utt"] for r in rows],
+                name,
+            )
         except DataPrepError as err:
             sys.exit(f"ERROR: {err}")
         for split, split_rows in splits.items():
-            write_data_dir(os.path.join(args.out_dir, name, split),
-                           {table: {r["utt"]: r[field] for r in split_rows} for table, field in TABLES.items()})
+            write_data_dir(
+                os.path.join(args.out_dir, name, split),
+                {table: {r["utt"]: r[field] for r in split_rows} for table, field in TABLES.items()},
+            )
         print(f"{name}: test {' '.join(test)} | valid {' '.join(valid)} | train {' '.join(train)}")
         print(count_table({split: by_utt(r) for split, r in splits.items()}, CLASSES))
 

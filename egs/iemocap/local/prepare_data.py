@@ -36,8 +36,13 @@ DIALOG = re.compile(r"Ses0[1-5][FM]_(impro|script)[0-9a-z_]*")
 EVALUATION_LINE = re.compile(r"\[[^\]]*\]\s+(\S+)\s+(\S+)(\s+\[.*\])?\s*")
 TRANSCRIPT_LINE = re.compile(r"(\S+)\s+\[[^\]]*\]:\s*(.*)")
 TABLES = {  # Kaldi table -> Utterance attribute
-    "wav.scp": "wav", "text": "text", "utt2emo": "emo", "utt2spk": "speaker",
-    "utt2gender": "gender", "utt2session": "session", "utt2type": "type",
+    "wav.scp": "wav",
+    "text": "text",
+    "utt2emo": "emo",
+    "utt2spk": "speaker",
+    "utt2gender": "gender",
+    "utt2session": "session",
+    "utt2type": "type",
 }
 
 
@@ -45,10 +50,10 @@ TABLES = {  # Kaldi table -> Utterance attribute
 class Utterance:
     utt: str
     dialog: str
-    session: str   # Session1 .. Session5
-    speaker: str   # Ses01F .. Ses05M
-    gender: str    # f | m
-    type: str      # improvised | scripted
+    session: str  # Session1 .. Session5
+    speaker: str  # Ses01F .. Ses05M
+    gender: str  # f | m
+    type: str  # improvised | scripted
     emo: str
     text: str | None = None
     wav: str | None = None
@@ -71,7 +76,8 @@ def dialogs(corpus_dir, session):
     if not os.path.isdir(folder):
         fail(f"missing {folder}: is {corpus_dir} IEMOCAP_full_release (with Session1..Session5)?")
     names = sorted(
-        n[:-4] for n in os.listdir(folder)
+        n[:-4]
+        for n in os.listdir(folder)
         if n.endswith(".txt") and n.startswith(f"Ses0{session}") and DIALOG.fullmatch(n[:-4])
     )
     if not names:
@@ -92,8 +98,10 @@ def read_evaluation(path, dialog, session):
         match = EVALUATION_LINE.fullmatch(line)
         where = f"{path}:{lineno}"
         if match is None or not match.group(1).startswith(dialog + "_") or match.group(2) not in LABELS:
-            fail(f"{where}: malformed evaluation line "
-                 f"(want '[start - end]<TAB>{dialog}_...<TAB>label<TAB>[v, a, d]'): {line!r}")
+            fail(
+                f"{where}: malformed evaluation line "
+                f"(want '[start - end]<TAB>{dialog}_...<TAB>label<TAB>[v, a, d]'): {line!r}"
+            )
         utt, label = match.group(1), match.group(2)
         if utt in seen:
             fail(f"{where}: utterance {utt} labelled twice")
@@ -102,11 +110,17 @@ def read_evaluation(path, dialog, session):
         if gender not in ("F", "M"):
             fail(f"{where}: cannot tell the speaker of {utt} (want ..._F<n> or ..._M<n>)")
         if label in CLASS_OF:
-            utts.append(Utterance(
-                utt=utt, dialog=dialog, session=f"Session{session}", speaker=f"Ses0{session}{gender}",
-                gender=gender.lower(), type="improvised" if "_impro" in dialog else "scripted",
-                emo=CLASS_OF[label],
-            ))
+            utts.append(
+                Utterance(
+                    utt=utt,
+                    dialog=dialog,
+                    session=f"Session{session}",
+                    speaker=f"Ses0{session}{gender}",
+                    gender=gender.lower(),
+                    type="improvised" if "_impro" in dialog else "scripted",
+                    emo=CLASS_OF[label],
+                )
+            )
     return utts
 
 
@@ -167,7 +181,11 @@ def folds():
         result[f"session{s}"] = (speakers - test - valid, valid, test)
     for s in SESSIONS:
         for g, other in (("F", "M"), ("M", "F")):
-            result[f"Ses0{s}{g}"] = (speakers - {f"Ses0{s}F", f"Ses0{s}M"}, {f"Ses0{s}{other}"}, {f"Ses0{s}{g}"})
+            result[f"Ses0{s}{g}"] = (
+                speakers - {f"Ses0{s}F", f"Ses0{s}M"},
+                {f"Ses0{s}{other}"},
+                {f"Ses0{s}{g}"},
+            )
     return result
 
 
@@ -179,20 +197,32 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus_dir", required=True, help="IEMOCAP_full_release")
     parser.add_argument("--out_dir", required=True)
-    parser.add_argument("--improvised_only", type=str2bool, default=False,
-                        help="keep the improvised dialogs only (true|false)")
-    parser.add_argument("--check_counts", type=str2bool, default=True,
-                        help="stop unless the whole corpus has the published 4-class counts (true|false)")
+    parser.add_argument(
+        "--improvised_only",
+        type=str2bool,
+        default=False,
+        help="keep the improvised dialogs only (true|false)",
+    )
+    parser.add_argument(
+        "--check_counts",
+        type=str2bool,
+        default=True,
+        help="stop unless the whole corpus has the published 4-class counts (true|false)",
+    )
     args = parser.parse_args()
 
     utts = [
-        u for s in SESSIONS for dialog, path in dialogs(args.corpus_dir, s)
+        u
+        for s in SESSIONS
+        for dialog, path in dialogs(args.corpus_dir, s)
         for u in read_evaluation(path, dialog, s)
     ]
     if args.check_counts:  # on the whole corpus, so that it also guards --improvised_only
         check_counts(utts, args.corpus_dir)
     print("Four-class utterances of the corpus, by dialog type:")
-    print(count_table({t: by_utt(u for u in utts if u.type == t) for t in ("improvised", "scripted")}, CLASSES))
+    print(
+        count_table({t: by_utt(u for u in utts if u.type == t) for t in ("improvised", "scripted")}, CLASSES)
+    )
     if args.improvised_only:
         utts = [u for u in utts if u.type == "improvised"]
     add_transcripts(utts, args.corpus_dir)
@@ -200,18 +230,23 @@ def main():
 
     for fold, speakers in folds().items():
         splits = {}
-        for split, chosen in zip(("train", "valid", "test"), speakers):
+        for split, chosen in zip(("train", "valid", "test"), speakers, strict=True):
             splits[split] = [u for u in utts if u.speaker in chosen]
             if not splits[split]:
                 fail(f"fold {fold}: no utterances of speaker(s) {', '.join(sorted(chosen))} for {split}")
         try:
-            check_fold({split: {u.utt: u.speaker for u in us} for split, us in splits.items()}, [u.utt for u in utts],
-                       f"fold {fold}")
+            check_fold(
+                {split: {u.utt: u.speaker for u in us} for split, us in splits.items()},
+                [u.utt for u in utts],
+                f"fold {fold}",
+            )
         except DataPrepError as err:
             fail(str(err))
         for split, us in splits.items():
-            write_data_dir(os.path.join(args.out_dir, fold, split),
-                           {name: {u.utt: getattr(u, attribute) for u in us} for name, attribute in TABLES.items()})
+            write_data_dir(
+                os.path.join(args.out_dir, fold, split),
+                {name: {u.utt: getattr(u, attribute) for u in us} for name, attribute in TABLES.items()},
+            )
         print(f"fold {fold}: valid {','.join(sorted(speakers[1]))}, test {','.join(sorted(speakers[2]))}")
         print(count_table({split: by_utt(us) for split, us in splits.items()}, CLASSES))
 

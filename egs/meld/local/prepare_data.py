@@ -18,10 +18,11 @@ import argparse
 import os
 from collections import Counter
 
+from meld import CLASSES, EXPECTED_COUNTS, SPLITS, MeldError, fail, locate, read_exclusions, read_split
+
 from crab.cli import str2bool
 from crab.datadir import check_fold, write_data_dir
 from crab.dataprep import DataPrepError, count_table
-from meld import CLASSES, EXPECTED_COUNTS, SPLITS, MeldError, fail, locate, read_exclusions, read_split
 
 DATA_SPLIT = {"train": "train", "dev": "valid", "test": "test"}  # MELD split -> data dir
 TABLES = {  # Kaldi table -> value of a row (wav.scp is added by tables())
@@ -85,16 +86,31 @@ def tables(rows, wav_dir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--meld_root", required=True, help="MELD.Raw, holding the *_sent_emo.csv files")
-    parser.add_argument("--wav_dir", required=True,
-                        help="stage 0's <wav_dir>/{train,dev,test}/*.wav (not read with --text_only true)")
+    parser.add_argument(
+        "--wav_dir",
+        required=True,
+        help="stage 0's <wav_dir>/{train,dev,test}/*.wav (not read with --text_only true)",
+    )
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--exclude", default="none", help="clips to leave out (none: no list)")
-    parser.add_argument("--check_counts", type=str2bool, default=True,
-                        help="stop unless the CSVs have the official per-class counts (true|false)")
-    parser.add_argument("--fix_mojibake", type=str2bool, default=True,
-                        help="repair UTF-8 text that was read as Windows-1252 (true|false)")
-    parser.add_argument("--text_only", type=str2bool, default=False,
-                        help="true: no audio: no wav.scp, exclusion list not applied (true|false)")
+    parser.add_argument(
+        "--check_counts",
+        type=str2bool,
+        default=True,
+        help="stop unless the CSVs have the official per-class counts (true|false)",
+    )
+    parser.add_argument(
+        "--fix_mojibake",
+        type=str2bool,
+        default=True,
+        help="repair UTF-8 text that was read as Windows-1252 (true|false)",
+    )
+    parser.add_argument(
+        "--text_only",
+        type=str2bool,
+        default=False,
+        help="true: no audio: no wav.scp, exclusion list not applied (true|false)",
+    )
     args = parser.parse_args()
     try:
         excluded = read_exclusions(args.exclude)
@@ -109,27 +125,37 @@ def main():
     repaired = sum(r.repaired for split_rows in rows.values() for r in split_rows)
     print(f"Repaired mojibake in {repaired} row(s)" if args.fix_mojibake else "Mojibake repair off")
     if args.text_only:
-        print(f"Text only: no audio, no wav.scp; the exclusion list {args.exclude} (clips with broken audio) "
-              "is not applied")
+        print(
+            f"Text only: no audio, no wav.scp; the exclusion list {args.exclude} (clips with broken audio) "
+            "is not applied"
+        )
     else:
         rows = apply_exclusions(rows, excluded, args.exclude)
 
     wav_dir = None if args.text_only else args.wav_dir
     try:  # TV characters recur across the official splits: not speaker-independent
-        check_fold({split: {r.utt: r.speaker for r in split_rows} for split, split_rows in rows.items()},
-                   name="MELD's official splits", speaker_independent=False)
+        check_fold(
+            {split: {r.utt: r.speaker for r in split_rows} for split, split_rows in rows.items()},
+            name="MELD's official splits",
+            speaker_independent=False,
+        )
     except DataPrepError as err:
         fail(str(err))
     for split, split_rows in rows.items():
         write_data_dir(os.path.join(args.out_dir, DATA_SPLIT[split]), tables(split_rows, wav_dir))
         missing = 0 if args.text_only else sum(not os.path.isfile(wav_path(wav_dir, r)) for r in split_rows)
         if missing:
-            print(f"WARNING: {split}: {missing} of {len(split_rows)} clip(s) have no wav in "
-                  f"{os.path.join(args.wav_dir, split)}: stage 3 stops on them (--policy skip leaves them out)")
+            print(
+                f"WARNING: {split}: {missing} of {len(split_rows)} clip(s) have no wav in "
+                f"{os.path.join(args.wav_dir, split)}: stage 3 stops on them (--policy skip leaves them out)"
+            )
     speakers = {split: {r.speaker for r in split_rows} for split, split_rows in rows.items()}
     shared = speakers["train"] & speakers["test"]
-    print(f"Speakers: train {len(speakers['train'])}, dev {len(speakers['dev'])}, test {len(speakers['test'])}; "
-          f"{len(shared)} speak in both train and test (TV characters recur: not speaker-independent)")
+    print(
+        f"Speakers: train {len(speakers['train'])}, dev {len(speakers['dev'])}, "
+        f"test {len(speakers['test'])}; "
+        f"{len(shared)} speak in both train and test (TV characters recur: not speaker-independent)"
+    )
     print(f"Data dirs in {args.out_dir} (valid = dev):")
     print(count_table({DATA_SPLIT[split]: by_utt(r) for split, r in rows.items()}, CLASSES))
 

@@ -53,7 +53,9 @@ def main():
     speakers = {r["speaker"] for r in rows}
     for name, chosen in (("valid", valid), ("test", test)):
         if not chosen <= speakers:
-            sys.exit(f"ERROR: --{name}_speakers {sorted(chosen - speakers)} not in the corpus {sorted(speakers)}")
+            sys.exit(
+                f"ERROR: --{name}_speakers {sorted(chosen - speakers)} not in the corpus {sorted(speakers)}"
+            )
     if valid & test:
         sys.exit(f"ERROR: speakers {sorted(valid & test)} are in both valid and test")
     splits = {
@@ -62,8 +64,11 @@ def main():
         "test": [r for r in rows if r["speaker"] in test],
     }
     try:
-        check_fold({name: {r["utt_id"]: r["speaker"] for r in split_rows} for name, split_rows in splits.items()},
-                   [r["utt_id"] for r in rows], args.out_dir)
+        check_fold(
+            {name: {r["utt_id"]: r["speaker"] for r in split_rows} for name, split_rows in splits.items()},
+            [r["utt_id"] for r in rows],
+            args.out_dir,
+        )
     except DataPrepError as err:
         sys.exit(f"ERROR: {err}")
     for name, split_rows in splits.items():

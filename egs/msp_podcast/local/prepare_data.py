@@ -27,20 +27,36 @@ from crab.datadir import check_fold, write_data_dir
 from crab.dataprep import DataPrepError, count_table, read_text
 
 CLASS_OF = {
-    "A": "anger", "C": "contempt", "D": "disgust", "F": "fear",
-    "H": "happiness", "N": "neutral", "S": "sadness", "U": "surprise",
+    "A": "anger",
+    "C": "contempt",
+    "D": "disgust",
+    "F": "fear",
+    "H": "happiness",
+    "N": "neutral",
+    "S": "sadness",
+    "U": "surprise",
 }
 CLASSES = tuple(CLASS_OF.values())
 DROPPED = {"O": "other", "X": "no agreement"}
-SPLIT_OF = {"train": "train", "development": "valid", "validation": "valid", "test1": "test1", "test2": "test2"}
+SPLIT_OF = {
+    "train": "train",
+    "development": "valid",
+    "validation": "valid",
+    "test1": "test1",
+    "test2": "test2",
+}
 HIDDEN_SPLITS = {"test3"}  # labels not public: scored online
 SPLITS = ("train", "valid", "test1", "test2")
 LABEL_FILES = ("labels_consensus.csv", "labels_concensus.csv")  # early releases spell it so
 PARTITION_FILES = ("Partitions.txt", "Partition.txt")
 UNKNOWN = "Unknown"
 TABLES = {  # Kaldi table -> row field
-    "wav.scp": "wav", "text": "text", "utt2emo": "emo", "utt2spk": "spk",
-    "utt2gender": "gender", "utt2partition": "partition",
+    "wav.scp": "wav",
+    "text": "text",
+    "utt2emo": "emo",
+    "utt2spk": "spk",
+    "utt2gender": "gender",
+    "utt2partition": "partition",
 }
 
 
@@ -57,8 +73,10 @@ def find_labels(corpus_dir, labels):
         path = os.path.join(corpus_dir, "Labels", name)
         if os.path.isfile(path):
             return path
-    fail(f"no {os.path.join(corpus_dir, 'Labels', LABEL_FILES[0])}: is {corpus_dir} the MSP-Podcast "
-         "directory (with Audios/ and Labels/)? Another labels file can be given with --labels")
+    fail(
+        f"no {os.path.join(corpus_dir, 'Labels', LABEL_FILES[0])}: is {corpus_dir} the MSP-Podcast "
+        "directory (with Audios/ and Labels/)? Another labels file can be given with --labels"
+    )
 
 
 def read_labels(path):
@@ -117,8 +135,10 @@ def find_partitions(corpus_dir, partitions, labels, columns):
         path = os.path.join(corpus_dir, name)
         if os.path.isfile(path):
             return path
-    fail(f"{labels} has no Split_Set column and there is no {corpus_dir}/{PARTITION_FILES[0]}: "
-         "label files differ between releases; give the partition file with --partitions")
+    fail(
+        f"{labels} has no Split_Set column and there is no {corpus_dir}/{PARTITION_FILES[0]}: "
+        "label files differ between releases; give the partition file with --partitions"
+    )
 
 
 def select(rows, partition_of, audio_dir, transcript_dir, missing_audio):
@@ -134,30 +154,43 @@ def select(rows, partition_of, audio_dir, transcript_dir, missing_audio):
             left_out[f"{partition} (labels not public)"] += 1
             continue
         if partition.lower() not in SPLIT_OF:
-            fail(f"{row['line']}: unknown partition '{partition}' (expected one of Train, Development, "
-                 "Validation, Test1, Test2, Test3)")
+            fail(
+                f"{row['line']}: unknown partition '{partition}' (expected one of Train, Development, "
+                "Validation, Test1, Test2, Test3)"
+            )
         split = SPLIT_OF[partition.lower()]
         code = row["EmoClass"]
         if code in DROPPED:
             left_out[f"{DROPPED[code]} ({code})"] += 1
             continue
         if code not in CLASS_OF:
-            fail(f"{row['line']}: unknown EmoClass '{code}' (expected one of {sorted(CLASS_OF) + sorted(DROPPED)})")
+            fail(
+                f"{row['line']}: unknown EmoClass '{code}' "
+                f"(expected one of {sorted(CLASS_OF) + sorted(DROPPED)})"
+            )
         wav = os.path.join(audio_dir, name)
         if not os.path.isfile(wav):
             missing.append(wav)
             continue
-        utt = name[:-len(".wav")]
+        utt = name[: -len(".wav")]
         transcript = os.path.join(transcript_dir, utt + ".txt")
-        splits[split].append({
-            "utt": utt, "wav": os.path.abspath(wav), "emo": CLASS_OF[code], "partition": partition,
-            "spk": "_".join(row["SpkrID"].split()) or UNKNOWN, "gender": "_".join(row["Gender"].split()) or UNKNOWN,
-            "text": " ".join(read_text(transcript).split()) if os.path.isfile(transcript) else "",
-        })
+        splits[split].append(
+            {
+                "utt": utt,
+                "wav": os.path.abspath(wav),
+                "emo": CLASS_OF[code],
+                "partition": partition,
+                "spk": "_".join(row["SpkrID"].split()) or UNKNOWN,
+                "gender": "_".join(row["Gender"].split()) or UNKNOWN,
+                "text": " ".join(read_text(transcript).split()) if os.path.isfile(transcript) else "",
+            }
+        )
     if missing and missing_audio == "error":
         listing = "\n  ".join(missing[:10])
-        fail(f"{len(missing)} audio file(s) missing, e.g.\n  {listing}\n"
-             "Fix the copy, or pass --missing_audio skip to leave them out")
+        fail(
+            f"{len(missing)} audio file(s) missing, e.g.\n  {listing}\n"
+            "Fix the copy, or pass --missing_audio skip to leave them out"
+        )
     if missing:
         left_out["missing audio"] = len(missing)
     return splits, left_out
@@ -180,8 +213,10 @@ def read_expected_counts(path):
             continue
         known = len(fields) == 3 and fields[0] in SPLITS and fields[1] in CLASSES + ("total",)
         if not (known and fields[2].isdigit()):
-            fail(f"{path}:{lineno}: expected '<split> <class|total> <count>' with split in {SPLITS}, "
-                 f"got '{line.strip()}'")
+            fail(
+                f"{path}:{lineno}: expected '<split> <class|total> <count>' with split in {SPLITS}, "
+                f"got '{line.strip()}'"
+            )
         expected[fields[0], fields[1]] = int(fields[2])
     return expected
 
@@ -194,13 +229,18 @@ def check_counts(splits, expected, path):
         if found != count:
             differences.append(f"  {split} {name}: found {found}, expected {count}")
     if differences:
-        fail(f"counts differ from {path} (another release, or an incomplete copy?):\n" + "\n".join(differences))
+        fail(
+            f"counts differ from {path} (another release, or an incomplete copy?):\n" + "\n".join(differences)
+        )
 
 
 def check_splits(splits):
     for split in SPLITS:
         if not splits.get(split):
-            fail(f"no usable utterances in {split}: is the labels file complete (and the partition file, if any)?")
+            fail(
+                f"no usable utterances in {split}: "
+                "is the labels file complete (and the partition file, if any)?"
+            )
     absent = [c for c in CLASSES if not any(r["emo"] == c for r in splits["train"])]
     if absent:
         fail(f"no training utterances of class(es) {absent}")
@@ -213,26 +253,40 @@ def report(splits, left_out):
         unknown = sum(r["spk"] == UNKNOWN for r in rows)
         gold = sum(bool(r["text"]) for r in rows)
         speakers = len({r["spk"] for r in rows} - {UNKNOWN})
-        print(f"{split}: {speakers} known speakers, {unknown} utterances of unknown speaker (kept), "
-              f"{gold} of {len(rows)} with a gold transcript")
+        print(
+            f"{split}: {speakers} known speakers, {unknown} utterances of unknown speaker (kept), "
+            f"{gold} of {len(rows)} with a gold transcript"
+        )
     if left_out:
         print("left out: " + ", ".join(f"{reason} {n}" for reason, n in sorted(left_out.items())))
     train = {r["spk"] for r in splits["train"]} - {UNKNOWN}
     for split in SPLITS[1:]:
         shared = train & {r["spk"] for r in splits[split]}
         if shared:
-            print(f"note: {len(shared)} known speaker(s) in both train and {split}, e.g. {sorted(shared)[:5]}")
+            print(
+                f"note: {len(shared)} known speaker(s) in both train and {split}, e.g. {sorted(shared)[:5]}"
+            )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus_dir", required=True, help="the MSP-Podcast directory, holding Audios/ and Labels/")
+    parser.add_argument(
+        "--corpus_dir", required=True, help="the MSP-Podcast directory, holding Audios/ and Labels/"
+    )
     parser.add_argument("--out_dir", required=True, help="written as <out_dir>/{train,valid,test1,test2}")
-    parser.add_argument("--labels", default="", help="labels CSV (default: <corpus_dir>/Labels/labels_consensus.csv)")
-    parser.add_argument("--partitions", default="",
-                        help="Partitions.txt-style file to use instead of the labels' Split_Set column")
-    parser.add_argument("--expected_counts", default="none",
-                        help="file of '<split> <class|total> <count>' lines to check; none: only print the counts")
+    parser.add_argument(
+        "--labels", default="", help="labels CSV (default: <corpus_dir>/Labels/labels_consensus.csv)"
+    )
+    parser.add_argument(
+        "--partitions",
+        default="",
+        help="Partitions.txt-style file to use instead of the labels' Split_Set column",
+    )
+    parser.add_argument(
+        "--expected_counts",
+        default="none",
+        help="file of '<split> <class|total> <count>' lines to check; none: only print the counts",
+    )
     parser.add_argument("--missing_audio", choices=("error", "skip"), default="error")
     args = parser.parse_args()
     if not os.path.isdir(args.corpus_dir):
@@ -242,8 +296,11 @@ def main():
     partitions = find_partitions(args.corpus_dir, args.partitions, labels, columns)
     print(f"labels: {labels}; partitions: {partitions or 'Split_Set column'}")
     splits, left_out = select(
-        rows, partition_lookup(partitions), os.path.join(args.corpus_dir, "Audios"),
-        os.path.join(args.corpus_dir, "Transcripts"), args.missing_audio,
+        rows,
+        partition_lookup(partitions),
+        os.path.join(args.corpus_dir, "Audios"),
+        os.path.join(args.corpus_dir, "Transcripts"),
+        args.missing_audio,
     )
     check_splits(splits)
     if args.expected_counts != "none":
@@ -251,13 +308,18 @@ def main():
             fail(f"--expected_counts {args.expected_counts}: no such file")
         check_counts(splits, read_expected_counts(args.expected_counts), args.expected_counts)
     try:  # the official partitions: speakers shared with train are noted (report), not refused
-        check_fold({split: {r["utt"]: r["spk"] for r in splits[split]} for split in SPLITS},
-                   name="MSP-Podcast's partitions", speaker_independent=False)
+        check_fold(
+            {split: {r["utt"]: r["spk"] for r in splits[split]} for split in SPLITS},
+            name="MSP-Podcast's partitions",
+            speaker_independent=False,
+        )
     except DataPrepError as err:
         fail(str(err))
     for split in SPLITS:
-        write_data_dir(os.path.join(args.out_dir, split),
-                       {table: {r["utt"]: r[field] for r in splits[split]} for table, field in TABLES.items()})
+        write_data_dir(
+            os.path.join(args.out_dir, split),
+            {table: {r["utt"]: r[field] for r in splits[split]} for table, field in TABLES.items()},
+        )
     report(splits, left_out)
 
 
