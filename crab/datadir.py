@@ -15,7 +15,7 @@ import logging
 import os
 from collections import namedtuple
 
-from crab.dataprep import DataPrepError, decode
+from crab.dataprep import DataPrepError, clean_transcript, decode
 
 logger = logging.getLogger(__name__)
 
@@ -138,14 +138,16 @@ def parse_wav_scp(path):
 
 
 def read_texts(path):
-    """``utt -> transcript`` (whitespace collapsed) of a Kaldi text file; ids given twice
+    """``utt -> transcript`` of a Kaldi text file, cleaned as data prep cleans it
+    (``clean_transcript``: no control characters, whitespace collapsed); ids given twice
     map to None (ambiguous: the utterance fails, not the run). Non-UTF-8 bytes are a
     ``DataPrepError`` naming the file and line."""
     texts = {}
     for line in table_lines(path):
         if line.error:
             raise line.error
-        texts[line.utt] = None if line.utt in texts else " ".join(line.value.split())
+        text = " ".join(clean_transcript(line.value)[0].split())
+        texts[line.utt] = None if line.utt in texts else text
     return texts
 
 

@@ -105,29 +105,22 @@ class LayerWeights(nn.Module):
         return (weights * states).sum(dim=2)
 
 
-class StateNormalization(nn.Module):
-    """Standardizes each layer's dimensions with fixed statistics of the training
-    data (mean and standard deviation over its real frames), saved with the model.
+class _FixedStandardization(nn.Module):
+    """Mean and standard deviation of a training set, summed over ``accumulate`` calls
+    then fixed by ``finish`` (once, before training) and saved with the model: buffers
+    ``mean``, ``std`` (of ``shape``, at least ``min_std``) and ``ready``."""
 
-    Pretrained speech encoders have a few dimensions with activations two orders
-    of magnitude above the rest; without this a small head trained on frozen
-    states barely learns. Statistics come from ``accumulate`` calls then
-    ``finish``, once before training, so no prediction depends on its batch.
-    """
-
-    def __init__(self, num_states, dim):
+    def __init__(self, shape, min_std):
         super().__init__()
-        self.register_buffer("mean", torch.zeros(num_states, dim))
-        self.register_buffer("std", torch.ones(num_states, dim))
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("std", torch.ones(shape))
         self.register_buffer("ready", torch.tensor(False))
+        self.min_std = min_std
         self._sums = None
 
-    def forward(self, states):
-        return (states - self.mean) / self.std
-
-    def accumulate(self, states, mask):
-        """Add the real frames of a ``(batch, time, layers, dim)`` batch."""
-        x = states[mask].double()  # (frames, layers, dim)
+    def _add(self, x):
+        """Add the rows of ``x`` (``(n, *shape)``), in double precision."""
+        x = x.double()
         sums = (x.shape[0], x.sum(dim=0), (x * x).sum(dim=0))
         self._sums = (
             sums if self._sums is None else tuple(a + b for a, b in zip(self._sums, sums, strict=True))
@@ -138,12 +131,33 @@ class StateNormalization(nn.Module):
         mean = total / count
         var = (squares / count - mean * mean).clamp(min=0.0)
         self.mean.copy_(mean)
-        self.std.copy_(var.sqrt().clamp(min=1e-5))
+        self.std.copy_(var.sqrt().clamp(min=self.min_std))
         self.ready.fill_(True)
         self._sums = None
 
 
-class WaveformNormalization(nn.Module):
+class StateNormalization(_FixedStandardization):
+    """Standardizes each layer's dimensions with fixed statistics of the training
+    data (mean and standard deviation over its real frames), saved with the model.
+
+    Pretrained speech encoders have a few dimensions with activations two orders
+    of magnitude above the rest; without this a small head trained on frozen
+    states barely learns. Statistics come from ``accumulate`` calls then
+    ``finish``, once before training, so no prediction depends on its batch.
+    """
+
+    def __init__(self, num_states, dim):
+        super().__init__((num_states, dim), min_std=1e-5)
+
+    def forward(self, states):
+        return (states - self.mean) / self.std
+
+    def accumulate(self, states, mask):
+        """Add the real frames of a ``(batch, time, layers, dim)`` batch."""
+        self._add(states[mask])  # (frames, layers, dim)
+
+
+class WaveformNormalization(_FixedStandardization):
     """Z-normalises waveforms with one mean and standard deviation of the training
     set's samples (the authors' code), fixed before training and saved with the model.
 
@@ -153,12 +167,8 @@ class WaveformNormalization(nn.Module):
     """
 
     def __init__(self):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(()))
-        self.register_buffer("std", torch.ones(()))
-        self.register_buffer("ready", torch.tensor(False))
+        super().__init__((), min_std=1e-7)
         self.fitted = False  # mirrors ``ready`` without reading the device each batch
-        self._sums = None
 
     def forward(self, wavs):
         if not self.fitted:
@@ -171,20 +181,11 @@ class WaveformNormalization(nn.Module):
 
     def accumulate(self, wavs, mask):
         """Add the real samples of a ``(batch, samples)`` batch."""
-        x = wavs[mask].double()
-        sums = (x.numel(), x.sum(), (x * x).sum())
-        self._sums = (
-            sums if self._sums is None else tuple(a + b for a, b in zip(self._sums, sums, strict=True))
-        )
+        self._add(wavs[mask])
 
     def finish(self):
-        count, total, squares = self._sums
-        mean = total / count
-        var = (squares / count - mean * mean).clamp(min=0.0)
-        self.mean.copy_(mean)
-        self.std.copy_(var.sqrt().clamp(min=1e-7))
-        self.ready.fill_(True)
-        self.fitted, self._sums = True, None
+        super().finish()
+        self.fitted = True
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

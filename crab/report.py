@@ -40,23 +40,14 @@ def git_commit(path=None, short=True):
     when there is no git or no checkout. The one place that asks git for the commit
     (``train_info.json``, the results tables, a package's metadata.json)."""
     path = path or os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args):
+        run = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, check=True, timeout=10)
+        return run.stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", *(["--short"] if short else []), "HEAD"],
-            cwd=path,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=path,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        commit = git("rev-parse", *(["--short"] if short else []), "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("+dirty" if dirty else "")) or None

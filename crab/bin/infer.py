@@ -513,9 +513,7 @@ def transcript_problem(utt, texts, path):
         return f"no transcript in {path}"
     if texts[utt] is None:
         return f"two transcripts in {path}"
-    from crab.dataprep import clean_transcript
-
-    if not clean_transcript(texts[utt])[0].strip():  # nothing but spaces and control characters
+    if not texts[utt]:
         return f"empty transcript in {path}"
     return None
 
