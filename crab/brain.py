@@ -318,7 +318,7 @@ class CrabBrain(sb.Brain):
                 valid_stats=stats,
             )
             self.checkpointer.save_and_keep_only(
-                meta={k: stats[k] for k in METRICS},
+                meta={**{k: stats[k] for k in METRICS}, "epoch": epoch},  # "epoch" keeps the last
                 max_keys=[self.hparams.ckpt_metric],
             )
         else:

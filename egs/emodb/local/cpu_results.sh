@@ -1,31 +1,33 @@
 #!/usr/bin/env bash
-# "CPU results with substitute encoders" (README.md): Crab speech-only on EmoDB with
-# the frozen Whisper-base encoder, on the speaker-pair folds 03+08, 09+10, 11+12,
-# 13+14, 15+16, CE only against MLCS (alpha 2), two seeds each. Needs EMODB (db.sh)
-# and openai/whisper-base (hub access, or --whisper DIR: a local copy in Hugging Face format).
-#   local/cpu_results.sh [--whisper DIR] [--layer N] [--seeds "1 2"] [--stage N] [--parallel true] [--trainval true]
-#                        [--folds "fold03_08 ..."] [--data_dir data/pairs] [--exp_dir exp_cpu_whisper_base]
-#                        [--extra_opts "--key=value ..."]   (appended to the training overrides)
-#                        [--data_opts "--pairing sorted"]   (local/data.sh options of stage 1)
-#                        [--finetune_top_layers N]
-# --trainval true trains on the 8 non-test speakers (train + valid, as the logistic-regression
-# baseline of the README does) for the fixed 10 epochs; the checkpoint is still picked on the
-# validation pair, which is then part of the training data (no held-out choice; the test pair
-# stays unseen). Its data and experiments go to data/pairs_trainval and exp_cpu_whisper_base_trainval.
+# EmoDB speech-only with Whisper-base (README.md, "Results" in RESULTS.md): Crab on the
+# speaker-pair folds 03+08, 09+10, 11+12, 13+14, 15+16, weighted CE against weighted CE + MLCS,
+# every method with the same folds and seeds. Needs EMODB (db.sh) and openai/whisper-base (hub
+# access, or --whisper DIR: a local copy in Hugging Face format).
+#   local/cpu_results.sh [--whisper DIR] [--layer N] [--seeds "1 2"] [--stage N] [--stop_stage N]
+#                        [--ablations "ce_only mlcs"] [--alphas "0.5"] [--jobs N] [--trainval true]
+#                        [--finetune_top_layers N] [--folds "fold03_08 ..."] [--data_dir data/pairs]
+#                        [--exp_dir exp_cpu_whisper_base] [--extra_opts "--key=value ..."]
+#                        [--data_opts "--pairing sorted"]
+# Stages (as ser.sh's): 1-4 data, the encoder's states cached once and the layer probe (it picks
+# --layer on the validation pairs: 3); 5-6 training and evaluation; 7 the tables (sweep.sh).
+# Methods: --ablations (rows of conf/ablations.txt) and --alphas (MLCS with that alpha, tag
+# alpha<a>); --jobs N trains N (method, seed) runs at a time, the cores shared among them.
 # --finetune_top_layers N fine-tunes Whisper's N layers up to the one read (the rest frozen), on a
 # cache of the hidden state below them (exp_dir/features_layer<L>_top<N>); runs go to <exp_dir>_top<N>.
-# --parallel true trains the seeds at the same time (one process each), then scores all.
-# Stages (as ser.sh's): 1-4 data, caches and layer probe; 5-6 training and evaluation; 7 the tables.
-# Stage 4 caches the encoder's states once; --layer picks the one hidden state Crab
-# reads (3: best mean validation UAR of crab.bin.layer_probe over the five folds,
-# printed by stage 4 below; test sets are not read to choose it).
+# --trainval true trains on the 8 non-test speakers (train + valid of the held-out protocol; data in
+# <data_dir>_trainval, runs in <run dir>_trainval). Pass the epochs chosen on the held-out protocol
+# and --ckpt_metric=epoch through --extra_opts, so that the last epoch is kept, not one picked on
+# speakers that were trained on; the test pair stays unseen until evaluation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 whisper=openai/whisper-base   # hub id, or a local directory in Hugging Face format
 layer=3
 seeds="1 2"
 stage=1
-parallel=false
+stop_stage=7
+jobs=1
+ablations="ce_only mlcs"
+alphas=
 trainval=false
 finetune_top_layers=0
 folds="fold03_08 fold09_10 fold11_12 fold13_14 fold15_16"
@@ -58,16 +60,12 @@ if [ "${finetune_top_layers}" -gt 0 ]; then
   encoder="${encoder} --freeze_speech_encoder=false --finetune_top_speech_layers=${finetune_top_layers}"
   cache=${cache}_top${finetune_top_layers} run_dir=${exp_dir}_top${finetune_top_layers}
 fi
-crab() {  # CE only and MLCS over every fold, with the chosen layer's cache: crab SEEDS STAGE STOP_STAGE
-  ./sweep.sh --ablations "ce_only mlcs" --stage "$2" --stop_stage "$3" --config conf/crab_base.yaml \
-    --data_dir "${run_data}" --folds "${folds}" --seeds "$1" --exp_dir "${run_dir}" \
-    --feature_cache "${cache}" --train_opts "${encoder} --layer_weighting=${layer} ${head}"
-}
 if [ "${stage}" -le 4 ]; then  # on the held-out protocol's manifests: --trainval has the same utterances
   ./run.sh --stage 4 --stop_stage 4 --config conf/crab_base.yaml --data_dir "${data_dir}" --folds "${folds}" \
     --seeds "${seeds}" --exp_dir "${run_dir}" --feature_cache "${cache}" \
     --train_opts "${encoder} --layer_weighting=${layer} ${head}"
 fi
+[ "${stop_stage}" -le 4 ] && exit 0
 if [ "${trainval}" = true ]; then
   run_dir=${run_dir}_trainval run_data=${data_dir}_trainval
   mkdir -p "${run_dir}"
@@ -78,15 +76,30 @@ if [ "${trainval}" = true ]; then
     cp "${data_dir}/${f}/valid.json" "${data_dir}/${f}/test.json" "${run_data}/${f}/"
   done
 fi
-if [ "${stage}" -gt 6 ]; then :  # scoring only
-elif [ "${parallel}" = true ]; then
-  # The cores shared among the processes (path.sh gives each all of them): oversubscribed
-  # cores made each epoch ~10x slower here.
-  jobs=$(wc -w <<< "${seeds}")
+methods=${ablations}
+for a in ${alphas}; do methods+=" alpha${a}"; done
+train() {  # stages 5-6 of one method and seed over every fold: train SEED METHOD
+  local setting=(--ablation "$2")
+  [[ $2 != alpha* ]] || setting=(--tag "$2" --train_opts "${encoder} --layer_weighting=${layer} ${head} --alpha=${2#alpha}")
+  [[ $2 == alpha* ]] || setting+=(--train_opts "${encoder} --layer_weighting=${layer} ${head}")
+  ./run.sh --stage 5 --stop_stage 6 --config conf/crab_base.yaml --data_dir "${run_data}" --folds "${folds}" \
+    --seeds "$1" --exp_dir "${run_dir}" --feature_cache "${cache}" "${setting[@]}"
+}
+if [ "${stage}" -le 6 ]; then
+  # One process per method and seed, --jobs at a time, the cores shared among them (path.sh
+  # gives each all of them: oversubscribed cores made each epoch ~10x slower).
   export OMP_NUM_THREADS=$(( $(nproc) > jobs ? $(nproc) / jobs : 1 ))
-  for seed in ${seeds}; do crab "${seed}" 5 6 > "${run_dir}/seed${seed}.log" 2>&1 & done
-  wait
-else
-  crab "${seeds}" 5 6
+  failed=0
+  for seed in ${seeds}; do
+    for m in ${methods}; do
+      while [ "$(jobs -rp | wc -l)" -ge "${jobs}" ]; do wait -n || failed=$((failed + 1)); done
+      echo "training ${m} seed ${seed}: ${run_dir}/${m}_seed${seed}.log"
+      train "${seed}" "${m}" > "${run_dir}/${m}_seed${seed}.log" 2>&1 &
+    done
+  done
+  while [ -n "$(jobs -rp)" ]; do wait -n || failed=$((failed + 1)); done
+  [ "${failed}" -eq 0 ] || { echo "${failed} training job(s) failed: see ${run_dir}/*_seed*.log" >&2; exit 1; }
 fi
-crab "${seeds}" 7 7
+[ "${stop_stage}" -ge 7 ] || exit 0
+./sweep.sh --ablations "${ablations}" ${alphas:+--alphas "${alphas}"} --stage 7 --stop_stage 7 \
+  --config conf/crab_base.yaml --data_dir "${run_data}" --folds "${folds}" --seeds "${seeds}" --exp_dir "${run_dir}"
