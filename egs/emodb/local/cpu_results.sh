@@ -89,16 +89,20 @@ if [ "${stage}" -le 6 ]; then
   # One process per method and seed, --jobs at a time, the cores shared among them (path.sh
   # gives each all of them: oversubscribed cores made each epoch ~10x slower).
   export OMP_NUM_THREADS=$(( $(nproc) > jobs ? $(nproc) / jobs : 1 ))
-  failed=0
+  mkdir -p "${run_dir}"
+  logs=()
   for seed in ${seeds}; do
     for m in ${methods}; do
-      while [ "$(jobs -rp | wc -l)" -ge "${jobs}" ]; do wait -n || failed=$((failed + 1)); done
-      echo "training ${m} seed ${seed}: ${run_dir}/${m}_seed${seed}.log"
-      train "${seed}" "${m}" > "${run_dir}/${m}_seed${seed}.log" 2>&1 &
+      while [ "$(jobs -rp | wc -l)" -ge "${jobs}" ]; do wait -n || true; done
+      log=${run_dir}/${m}_seed${seed}.log
+      logs+=("${log}")
+      echo "training ${m} seed ${seed}: ${log}"
+      (rc=0; train "${seed}" "${m}" > "${log}" 2>&1 || rc=$?; echo "exit status ${rc}" >> "${log}") &
     done
   done
-  while [ -n "$(jobs -rp)" ]; do wait -n || failed=$((failed + 1)); done
-  [ "${failed}" -eq 0 ] || { echo "${failed} training job(s) failed: see ${run_dir}/*_seed*.log" >&2; exit 1; }
+  wait
+  failed=$(for log in "${logs[@]}"; do tail -n 1 "${log}"; done | grep -vc "^exit status 0$" || true)
+  [ "${failed}" -eq 0 ] || { echo "${failed} training job(s) failed: see the ends of ${logs[*]}" >&2; exit 1; }
 fi
 [ "${stop_stage}" -ge 7 ] || exit 0
 ./sweep.sh --ablations "${ablations}" ${alphas:+--alphas "${alphas}"} --stage 7 --stop_stage 7 \
