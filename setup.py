@@ -19,6 +19,7 @@ setup(
         "soxr",  # resampling whose memory does not grow with odd rates (crab.data.resample)
         "matplotlib",
         "scikit-learn",
+        "scipy",  # t quantiles, sign and Wilcoxon tests of crab.paired
     ],
     entry_points={"console_scripts": ["crab-infer=crab.bin.infer:main"]},
 )

@@ -142,3 +142,31 @@ def plot_embeddings(panels, classes, path):
     fig.legend(handles, names, loc="center right", fontsize=8, markerscale=1.5)
     fig.subplots_adjust(right=1 - 1.4 / fig.get_figwidth())
     return _save(fig, path)
+
+
+def plot_paired(panels, path, metric="UAR", baseline_name="baseline"):
+    """One panel per method: each pair's baseline score (x) against the method's (y),
+    the diagonal drawn, points above it where the method won; ``panels`` is a list of
+    ``(method name, baseline scores, method scores, point labels)``."""
+    fig = Figure(figsize=(4.2 * len(panels), 4.4))
+    everything = [v for _, base, meth, _ in panels for v in (*base, *meth)]
+    pad = max(0.01, 0.05 * (max(everything) - min(everything)))
+    low, high = min(everything) - pad, max(everything) + pad
+    for i, (name, base, meth, labels) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.plot([low, high], [low, high], color="0.5", linewidth=1, linestyle="--", label="equal")
+        folds = sorted(set(fold for fold, _ in labels))
+        colours = {fold: f"C{j % 10}" for j, fold in enumerate(folds)}
+        for fold in folds:
+            points = [(b, m) for b, m, (f, _) in zip(base, meth, labels, strict=True) if f == fold]
+            ax.scatter(*zip(*points, strict=True), color=colours[fold], s=28, label=fold)
+        above = sum(m > b for b, m in zip(base, meth, strict=True))
+        ax.set_title(f"{name}: above the diagonal {above} of {len(base)}", fontsize=10)
+        ax.set_xlim(low, high)
+        ax.set_ylim(low, high)
+        ax.set_aspect("equal")
+        ax.set_xlabel(f"{baseline_name} {metric}")
+        ax.set_ylabel(f"{name} {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path)

@@ -7,7 +7,7 @@
 #   - ruff-format  ruff format --check: the formatting of ruff.toml (line length 110)
 #   - shellcheck   shellcheck on every tracked shell script (.shellcheckrc)
 #   - doctests     the >>> examples of the public API: Crab, CrabBrain, CrabClassifier,
-#                  SupervisionLegs, the losses and the metrics
+#                  SupervisionLegs, the losses, the metrics, the paired comparison, the epoch choice
 #
 # Every gate runs, then prints one line, "gate NAME: ok (Ns)" or "gate NAME: FAILED (Ns)", after
 # its findings; the script exits 1 when any gate failed. Fix with: ruff check --fix, ruff format,
@@ -17,7 +17,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${root}" || exit 2
 venv=${CRAB_VENV:-${root}/tools/venv}
 all_gates="ruff-lint ruff-format shellcheck doctests"
-doctest_modules="crab/model.py crab/brain.py crab/inference.py crab/legs.py crab/losses.py crab/metrics.py"
+doctest_modules="crab/model.py crab/brain.py crab/inference.py crab/legs.py crab/losses.py crab/metrics.py crab/paired.py crab/selection.py"
 
 gates=("$@")
 [ ${#gates[@]} -gt 0 ] || read -r -a gates <<< "${all_gates}"

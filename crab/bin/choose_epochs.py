@@ -1,0 +1,49 @@
+"""The number of epochs of one setting, chosen on its runs' validation scores.
+
+    python -m crab.bin.choose_epochs --metric UAR --out exp/mlcs/chosen_epochs \\
+        --table exp/mlcs/valid_curves.md exp/mlcs/*/seed*/train_log.txt
+
+Prints the table of ``crab.selection.curves_markdown`` (each run's validation curve, the
+mean, the chosen epoch); ``--out`` gets the chosen number alone, for the next stage to read.
+"""
+
+import argparse
+import os
+
+from crab import cli
+from crab.metrics import METRICS
+from crab.selection import best_epoch, curves_markdown, valid_curve
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("logs", nargs="+", help="train_log.txt of each run of the setting")
+    parser.add_argument("--metric", default="UAR", choices=METRICS)
+    parser.add_argument("--title")
+    parser.add_argument("--table", help="markdown file for the table")
+    parser.add_argument("--out", help="file for the chosen number of epochs")
+    return parser.parse_args(argv)
+
+
+@cli.entry_point
+def main(argv=None):
+    args = parse_args(argv)
+    # a run is named by its folder under the setting: <fold>/seed<seed>
+    curves = {
+        os.path.join(*os.path.normpath(log).split(os.sep)[-3:-1]): valid_curve(log, args.metric)
+        for log in args.logs
+    }
+    table = curves_markdown(curves, args.metric, args.title)
+    if args.table:
+        with open(args.table, "w", encoding="utf-8") as f:
+            f.write(table)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(f"{best_epoch(curves)[0]}\n")
+    print(table, end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Paired comparisons (crab.paired, crab.bin.paired) and the choice of epochs on
+validation logs (crab.selection, crab.bin.choose_epochs), against hand-computed cases."""
+
+import json
+import math
+
+import pytest
+
+from crab.bin import choose_epochs, paired
+from crab.paired import PairingError, align, load_scores_table, paired_stats, run_pair_key, verdict
+from crab.selection import SelectionError, best_epoch, valid_curve
+
+
+def test_paired_stats_by_hand():
+    # differences +0.01 +0.02 -0.015 +0.03 +0.04 (distinct sizes: no ties in the ranks)
+    base = [0.50, 0.60, 0.70, 0.80, 0.90]
+    meth = [0.51, 0.62, 0.685, 0.83, 0.94]
+    s = paired_stats(base, meth)
+    assert s["n"] == 5 and (s["wins"], s["losses"], s["ties"]) == (4, 1, 0)
+    assert s["mean_diff"] == pytest.approx(0.017)
+    # sum of squared deviations from 0.017: 4.9e-5 + 9e-6 + 1.024e-3 + 1.69e-4 + 5.29e-4 = 1.78e-3
+    assert s["std_diff"] == pytest.approx(math.sqrt(1.78e-3 / 4))
+    half = 2.776445 * math.sqrt(1.78e-3 / 4) / math.sqrt(5)  # t(0.975, 4 df)
+    assert s["t_ci"] == pytest.approx((0.017 - half, 0.017 + half), abs=1e-6)
+    assert s["sign_p"] == pytest.approx(2 * 6 / 32)  # P(X >= 4 | n=5, p=1/2) = 6/32, two-sided
+    # signed ranks: the only negative difference has rank 2; rank sums <= 2: {}, {1}, {2} -> 3/32
+    assert s["wilcoxon_p"] == pytest.approx(2 * 3 / 32)
+    low, high = s["boot_ci"]
+    assert low < s["mean_diff"] < high and paired_stats(base, meth)["boot_ci"] == (low, high)
+    assert verdict(s) == "cannot be told apart"
+
+
+def test_verdict_follows_the_interval_and_zero_differences_are_ties():
+    assert verdict(paired_stats([0.5, 0.6, 0.7, 0.8], [0.6, 0.71, 0.79, 0.905])) == "helped"
+    assert verdict(paired_stats([0.6, 0.71, 0.79, 0.905], [0.5, 0.6, 0.7, 0.8])) == "hurt"
+    same = paired_stats([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])
+    assert same["ties"] == 3 and same["sign_p"] == 1.0 and same["wilcoxon_p"] is None
+
+
+@pytest.mark.parametrize(
+    "base, meth, message",
+    [
+        ([0.5], [0.6], "at least 2 pairs"),
+        ([0.5, 0.6], [0.5], "equal-length"),
+        ([0.5, math.nan], [0.5, 0.6], "finite"),
+    ],
+)
+def test_paired_stats_refuses_what_is_not_a_pairing(base, meth, message):
+    with pytest.raises(PairingError, match=message):
+        paired_stats(base, meth)
+
+
+def test_pairs_are_fold_and_seed_and_unpaired_runs_are_named():
+    assert run_pair_key("exp/mlcs/fold03_08/seed2") == ("fold03_08", "seed2")
+    with pytest.raises(PairingError, match="not a run path"):
+        run_pair_key("exp/mlcs/fold03_08")
+    base = {("f1", "seed1"): 0.5, ("f2", "seed1"): 0.6}
+    with pytest.raises(PairingError, match=r"f2/seed1 \(only ce\)"):
+        align(base, {("f1", "seed1"): 0.7}, "ce", "mlcs")
+    assert align(base, {("f2", "seed1"): 0.9, ("f1", "seed1"): 0.7}) == (
+        [("f1", "seed1"), ("f2", "seed1")],
+        [0.5, 0.6],
+        [0.7, 0.9],
+    )
+
+
+def summary(path, tag, uars):
+    runs = [{"run": f"exp/{tag}/{fold}/seed{seed}", "UAR": u} for (fold, seed), u in uars.items()]
+    path.write_text(json.dumps({"tag": tag, "runs": runs}))
+    return str(path)
+
+
+def test_cli_pairs_summaries_writes_table_and_figure(tmp_path, capsys):
+    keys = [(f, s) for f in ("fold03_08", "fold09_10") for s in (1, 2, 3)]
+    ce = summary(tmp_path / "ce.json", "ce_only", {k: 0.80 + 0.01 * i for i, k in enumerate(keys)})
+    # the method's runs listed in another order: pairing is by fold and seed, not position
+    mlcs = summary(
+        tmp_path / "mlcs.json", "mlcs", {k: 0.82 + 0.01 * i for i, k in reversed(list(enumerate(keys)))}
+    )
+    out, plot = tmp_path / "paired.md", tmp_path / "paired.png"
+    paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--out", str(out), "--plot", str(plot)])
+    text = out.read_text()
+    assert "| mlcs | 6 | 0.8250 | 0.8450 | +0.0200 |" in text and "| 6 / 0 / 0 |" in text
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and text in capsys.readouterr().out
+    short = summary(tmp_path / "short.json", "mlcs", dict.fromkeys(keys[:-1], 0.9))
+    with pytest.raises(SystemExit, match="fold09_10/seed3 .only ce_only."):
+        paired.main(["--baseline", f"ce_only={ce}", f"mlcs={short}"])
+
+
+def test_scores_table_mode_and_its_errors(tmp_path):
+    table = tmp_path / "scores.tsv"
+    table.write_text(
+        "# per-seed test UAR\nsetting\tpair\tUAR\nce\t1\t0.40\nce\t2\t0.44\nmlcs\t2\t0.45\nmlcs\t1\t0.43\n"
+    )
+    assert load_scores_table(str(table), "UAR") == {
+        "ce": {("1",): 0.40, ("2",): 0.44},
+        "mlcs": {("2",): 0.45, ("1",): 0.43},
+    }
+    out = tmp_path / "p.md"
+    paired.main(["--scores", str(table), "--baseline", "ce", "mlcs", "--out", str(out)])
+    assert (
+        "one pair per row pair of the table" in out.read_text()
+        and "| mlcs | 2 | 0.4200 | 0.4400 | +0.0200 |" in out.read_text()
+    )
+    with pytest.raises(SystemExit, match="no setting plain"):
+        paired.main(["--scores", str(table), "--baseline", "ce", "plain"])
+    table.write_text("setting\tpair\tUAR\nce\t1\tx\n")
+    with pytest.raises(PairingError, match=r"scores.tsv, line 2: UAR 'x' is not a number"):
+        load_scores_table(str(table), "UAR")
+    table.write_text("setting\tUAR\nce\t0.4\n")
+    with pytest.raises(PairingError, match="no column 'pair'"):
+        load_scores_table(str(table), "UAR")
+
+
+LOG = (
+    "epoch: 1, lr_head: 1.00e-03 - train loss: 2.0 - valid WAR: 5.00e-01, valid UAR: 4.00e-01\n"
+    "epoch: 2, lr_head: 9.00e-04 - train loss: 1.0 - valid WAR: 8.00e-01, valid UAR: 7.00e-01\n"
+    "epoch: 3, lr_head: 5.00e-04 - train loss: 0.5 - valid WAR: 8.50e-01, valid UAR: 6.00e-01\n"
+)
+
+
+def test_valid_curve_reads_the_log_and_a_resumed_epoch_once(tmp_path):
+    log = tmp_path / "train_log.txt"
+    log.write_text(
+        LOG + LOG.splitlines(keepends=True)[2] + "epoch loaded: 3 - test loss: 1.0, test UAR: 9.99e-01\n"
+    )
+    assert valid_curve(str(log)) == [0.4, 0.7, 0.6]
+    assert valid_curve(str(log), "WAR") == [0.5, 0.8, 0.85]
+    log.write_text(LOG.replace("valid UAR", "valid uar"))
+    with pytest.raises(SelectionError, match="train_log.txt, line 1: no 'valid UAR'"):
+        valid_curve(str(log))
+    log.write_text(LOG.splitlines(keepends=True)[1])
+    with pytest.raises(SelectionError, match=r"epochs \[2\] are not 1..1"):
+        valid_curve(str(log))
+
+
+def test_best_epoch_is_the_best_mean_and_the_earlier_on_ties():
+    assert best_epoch({"a": [0.4, 0.7, 0.6], "b": [0.5, 0.6, 0.7]}) == (2, [0.45, 0.65, 0.65])
+    with pytest.raises(SelectionError, match="different lengths"):
+        best_epoch({"a": [0.4, 0.7], "b": [0.5]})
+
+
+def test_choose_epochs_cli(tmp_path):
+    logs = []
+    for fold, lines in (("fold03_08", LOG), ("fold09_10", LOG.replace("6.00e-01", "9.00e-01"))):
+        run = tmp_path / "mlcs" / fold / "seed1"
+        run.mkdir(parents=True)
+        (run / "train_log.txt").write_text(lines)
+        logs.append(str(run / "train_log.txt"))
+    out, table = tmp_path / "chosen", tmp_path / "curves.md"
+    choose_epochs.main([*logs, "--out", str(out), "--table", str(table)])
+    assert out.read_text() == "3\n"  # means 0.40, 0.70, 0.75
+    assert "| fold09_10/seed1 | 0.400 | 0.700 | 0.900 |" in table.read_text()
+    assert "| mean | 0.400 | 0.700 | **0.750** |" in table.read_text()
