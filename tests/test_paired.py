@@ -97,9 +97,11 @@ def test_scores_table_mode_and_its_errors(tmp_path):
         "mlcs": {("2",): 0.45, ("1",): 0.43},
     }
     out = tmp_path / "p.md"
-    paired.main(["--scores", str(table), "--baseline", "ce", "mlcs", "--out", str(out)])
+    paired.main(
+        ["--scores", str(table), "--baseline", "ce", "mlcs", "--out", str(out), "--pair_unit", "seed"]
+    )
     assert (
-        "one pair per row pair of the table" in out.read_text()
+        "one pair per seed" in out.read_text()
         and "| mlcs | 2 | 0.4200 | 0.4400 | +0.0200 |" in out.read_text()
     )
     with pytest.raises(SystemExit, match="no setting plain"):

@@ -35,6 +35,7 @@ def parse_args(argv=None):
     parser.add_argument("--scores", help="tab-separated table with columns setting, pair and the metric")
     parser.add_argument("--metric", default="UAR", choices=METRICS)
     parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--pair_unit", default="fold and seed", help="what one pair is, for the caption")
     parser.add_argument("--title", help="a line printed above the table")
     parser.add_argument("--out", help="markdown file (default: print)")
     parser.add_argument("--plot", help="PNG of the per-pair scores")
@@ -66,8 +67,7 @@ def run(args):
         keys, base, meth = align(scores[baseline], method, baseline, name)
         rows.append((name, paired_stats(base, meth, confidence=args.confidence)))
         panels.append((name, base, meth, [(k[0], k[-1]) for k in keys]))
-    unit = "row pair of the table" if args.scores else "fold and seed"
-    text = paired_markdown(rows, args.metric, baseline, args.confidence, unit)
+    text = paired_markdown(rows, args.metric, baseline, args.confidence, args.pair_unit)
     if args.title:
         text = f"{args.title}\n\n{text}"
     if args.plot:
