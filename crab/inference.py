@@ -263,7 +263,9 @@ class PackagedCrab(nn.Module):
     speech_encoder, text_encoder : dict or None
         ``crab.encoders.SpeechEncoder`` / ``TextEncoder`` options; ``source`` (and
         ``tokenizer``) are folders of the package directory (or hub ids). Built
-        with ``pretrained=False``: the weights come from ``model.ckpt``.
+        with ``pretrained=False``: the weights come from ``model.ckpt``. As in
+        training, only the encoders of the ``modality`` are built (a package describes
+        both, or, written before the template, gives None for the other).
     **crab_options
         ``crab.model.Crab`` arguments (num_classes, modality, hidden_dim, ...).
     """
@@ -275,9 +277,15 @@ class PackagedCrab(nn.Module):
         self.crab = None
         self.model_dir = None
 
+    def _used_encoders(self):
+        """``{branch: options}`` of the encoders the modality uses."""
+        modality = self.crab_options.get("modality", "bimodal")
+        return {b: o for b, o in self.encoder_options.items() if o and modality in ("bimodal", b)}
+
     def build(self, model_dir):
         """Build the (randomly initialised) Crab from the configs in ``model_dir``."""
-        speech, text = (dict(self.encoder_options[b] or {}) for b in ("speech", "text"))
+        used = {b: dict(o) for b, o in self._used_encoders().items()}
+        speech, text = used.get("speech"), used.get("text")
         if speech:
             speech["source"] = _resolve(model_dir, speech["source"])
         if text:
@@ -306,7 +314,7 @@ class PackagedCrab(nn.Module):
 
     def _find_model_dir(self, path):
         """The package directory: where ``path`` is, or where a link to it points."""
-        needed = [o["source"] for o in self.encoder_options.values() if o]
+        needed = [o["source"] for o in self._used_encoders().values()]
         candidates = [os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))]
         for candidate in candidates:
             if all(os.path.isdir(os.path.join(candidate, s)) or not _is_local_name(s) for s in needed):

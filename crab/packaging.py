@@ -4,20 +4,32 @@
 model.ckpt, label_encoder.ckpt, class_weights.json, metadata.json, hyperparams.yaml
 (checked by ``crab.inference.check_package_hparams`` when loaded), the encoders'
 configs, custom_interface.py; then loads it back and checks it reproduces the model.
+
+hyperparams.yaml is the committed hyperpyyaml template ``crab/templates/inference.yaml``
+(``INFERENCE_TEMPLATE``) with each ``!PLACEHOLDER`` value filled from the run's own
+hyperparams.yaml, the training key of the same name (``train_text_source`` from the run's
+record): nothing is read off the built model. One template serves every config: the paper
+family (crab.yaml, crab_base.yaml, crab_tiny.yaml) and the authors'-code reference family
+(crab_reference.yaml, crab_reference_tiny.yaml) have the same model and encoder keys and
+differ only in their values.
 """
 
 import datetime
+import importlib.resources
 import json
 import logging
 import os
 import platform
+import re
 import shutil
 
 import torch
+import yaml
 
 import crab
 from crab import cli
 from crab.data import label_encoder
+from crab.encoders import waveform_normalization_mode
 from crab.inference import ENCODER_DIRS, CrabClassifier, load_weights
 from crab.report import git_commit
 
@@ -25,6 +37,11 @@ logger = logging.getLogger(__name__)
 
 TEXT_SOURCES = ("gold", "asr", "unknown")
 METADATA = "metadata.json"
+INFERENCE_TEMPLATE = "templates/inference.yaml"  # in the crab package
+# the template's keys that are not training keys: packaging fills them
+PACKAGE_KEYS = ("train_text_source",)
+PLACEHOLDER = re.compile(r"^([A-Za-z_]\w*):[ \t]*!PLACEHOLDER\b", re.MULTILINE)
+WORD = re.compile(r"[A-Za-z_][\w.-]*")
 
 # the text of custom_interface.py (split in two so that its first line fits the line length)
 CUSTOM_INTERFACE = (
@@ -46,81 +63,9 @@ if os.path.isfile(_HPARAMS):
 '''
 )
 
-HPARAMS_TEMPLATE = """# Crab inference hyperparameters, written by crab.bin.package.
-# Load with crab.inference.CrabClassifier.from_hparams(source=<this directory>) or
-# speechbrain.inference.interfaces.foreign_class(source=<this directory>,
-#     pymodule_file="custom_interface.py", classname="CrabClassifier").
-# The encoders are built from the configs in speech_encoder/ and text_encoder/
-# (random init) and get their weights from model.ckpt; metadata.json says where
-# they came from and how the model was trained.
-
-sample_rate: 16000
-classes: {classes}
-max_duration: {max_duration}  # seconds of audio kept per utterance, as in training
-train_text_source: {text_source}  # transcripts the model was trained on
-
-# ---- model ----
-num_classes: {num_classes}
-modality: {modality}  # bimodal | speech | text
-hidden_dim: {hidden_dim}
-num_heads: {num_heads}
-attention_dropout: {attention_dropout}
-scaled_pooling: {scaled_pooling}
-bottleneck_dim: {bottleneck_dim}
-dropout: {dropout}
-unimodal_leg_input: {unimodal_leg_input}
-padding_masks: {padding_masks}
-
-model: !new:crab.inference.PackagedCrab
-    speech_encoder: {speech_encoder}
-    text_encoder: {text_encoder}
-    num_classes: !ref <num_classes>
-    modality: !ref <modality>
-    hidden_dim: !ref <hidden_dim>
-    num_heads: !ref <num_heads>
-    attention_dropout: !ref <attention_dropout>
-    scaled_pooling: !ref <scaled_pooling>
-    bottleneck_dim: !ref <bottleneck_dim>
-    dropout: !ref <dropout>
-    unimodal_leg_input: !ref <unimodal_leg_input>
-    padding_masks: !ref <padding_masks>
-
-label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
-
-modules:
-    model: !ref <model>
-
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables:
-        model: !ref <model>
-        label_encoder: !ref <label_encoder>
-"""
-
 
 class PackageError(cli.UserError, RuntimeError):
     """The run cannot be packaged."""
-
-
-def crab_options(model):
-    """The ``crab.model.Crab`` arguments of a built model (the strict load of the
-    package check proves them right)."""
-    branch = model.branches[0]
-    options = {
-        "num_classes": model.classifier.out.out_features,
-        "modality": model.modality,
-        "hidden_dim": model.unimodal[branch].projection[0].out_features,
-        "num_heads": 1,
-        "attention_dropout": 0.0,
-        "scaled_pooling": model.pooling[branch].scale != 1.0,
-        "bottleneck_dim": model.classifier.bottleneck_dim,
-        "dropout": model.classifier.dropout.p,
-        "unimodal_leg_input": model.unimodal_leg_input,
-        "padding_masks": model.padding_masks,
-    }
-    if model.cross_modal is not None:
-        attention = model.cross_modal.speech_to_text
-        options.update(num_heads=attention.num_heads, attention_dropout=attention.dropout)
-    return options
 
 
 def _source_record(source):
@@ -132,7 +77,7 @@ def _source_record(source):
 
 
 def save_speech_encoder(encoder, out_dir):
-    """Config (and feature extractor) of a ``SpeechEncoder``; returns its yaml options and record."""
+    """Config (and feature extractor) of a ``SpeechEncoder``; returns its record."""
     from transformers import AutoFeatureExtractor
 
     os.makedirs(out_dir)
@@ -146,55 +91,70 @@ def save_speech_encoder(encoder, out_dir):
             AutoFeatureExtractor.from_pretrained(source).save_pretrained(out_dir)
         except (OSError, ValueError):  # config-only directories (tiny encoders)
             pass
-    options = {
-        "source": ENCODER_DIRS["speech"],
-        "layer_weighting": encoder.layer_weighting,
-        "normalize_waveform": encoder.waveform_normalization,  # global: its statistics are in model.ckpt
-        "normalize_states": encoder.state_norm is not None,
-    }
-    return options, {**_source_record(source), "model_type": config.model_type}
+    return {**_source_record(source), "model_type": config.model_type}
 
 
 def save_text_encoder(encoder, out_dir):
-    """Config and tokenizer of a ``TextEncoder``; returns its yaml options and record."""
+    """Config and tokenizer of a ``TextEncoder``; returns its record."""
     os.makedirs(out_dir)
     config = encoder.model.config
     config.save_pretrained(out_dir)
     encoder.tokenizer.save_pretrained(out_dir)
-    options = {
-        "source": ENCODER_DIRS["text"],
-        "tokenizer": ENCODER_DIRS["text"],
-        "layer_weighting": encoder.layer_weighting,
-        "max_length": encoder.max_length,
-        "padding": encoder.padding,
-        "normalize_states": encoder.state_norm is not None,
-    }
-    record = {
+    return {
         **_source_record(config.name_or_path),
         "model_type": config.model_type,
         "tokenizer": _source_record(encoder.tokenizer.name_or_path),
     }
-    return options, record
 
 
-def _flow(value):
-    """A value as one-line YAML (JSON is YAML)."""
-    return json.dumps(value)
+def inference_template():
+    """The text of the inference template, ``INFERENCE_TEMPLATE``."""
+    return importlib.resources.files(crab).joinpath(INFERENCE_TEMPLATE).read_text(encoding="utf-8")
 
 
-def write_hparams(path, options, speech, text, classes, max_duration, text_source):
-    values = {k: _flow(v) for k, v in options.items()}
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(
-            HPARAMS_TEMPLATE.format(
-                classes=_flow(list(classes)),
-                max_duration=_flow(max_duration),
-                text_source=text_source,
-                speech_encoder=_flow(speech),
-                text_encoder=_flow(text),
-                **values,
-            )
+def training_keys(template, speech=True):
+    """The run's training keys that fill ``template``: its ``!PLACEHOLDER`` keys but
+    ``PACKAGE_KEYS``, in order, and with a speech encoder ``speech_encoder_source``, against
+    which ``waveform_normalization: auto`` is resolved."""
+    keys = [k for k in PLACEHOLDER.findall(template) if k not in PACKAGE_KEYS]
+    return (keys + ["speech_encoder_source"]) if speech else keys
+
+
+def _flow(key, value):
+    """A value as one-line YAML: a word as itself where YAML reads it back as that string
+    (``gold``, not ``true`` or ``null``), anything else as JSON (JSON is YAML)."""
+    if isinstance(value, str) and WORD.fullmatch(value) and yaml.safe_load(value) == value:
+        return value
+    try:
+        return json.dumps(value)
+    except TypeError:
+        raise PackageError(f"the run's {key} is not a plain value ({value!r}): cannot package it") from None
+
+
+def package_hparams(hparams, text_source, speech):
+    """The package's hyperparams.yaml: the inference template with each ``key: !PLACEHOLDER``
+    given the run's training key ``key`` (``hparams``), and ``train_text_source: text_source``.
+
+    With a speech encoder (``speech``), ``waveform_normalization: auto`` is written resolved
+    against the training source, as the encoder resolved it: the package keeps the mode it was
+    trained with, whatever preprocessor config its speech_encoder/ holds.
+    """
+    template = inference_template()
+    keys = training_keys(template, speech)
+    missing = [k for k in keys if k not in hparams]
+    if missing:
+        run_file = os.path.join(hparams["output_folder"], "hyperparams.yaml")
+        raise PackageError(
+            f"{run_file} has no {', '.join(missing)}, which the inference template needs: "
+            "add them with the values the run was trained with"
         )
+    values = {k: hparams[k] for k in keys}
+    if speech:
+        values["waveform_normalization"] = waveform_normalization_mode(
+            values["waveform_normalization"], values["speech_encoder_source"]
+        )
+    values["train_text_source"] = text_source
+    return PLACEHOLDER.sub(lambda m: f"{m.group(1)}: {_flow(m.group(1), values[m.group(1)])}", template)
 
 
 def class_weights(hparams, checkpoint, classes):
@@ -264,6 +224,7 @@ def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=No
     classes = list(hparams["classes"])
     encoder_path = os.path.join(hparams["save_folder"], "label_encoder.txt")
     labels = label_encoder(classes, encoder_path if os.path.isfile(encoder_path) else None)
+    hparams_text = package_hparams(hparams, text_source, model.speech_encoder is not None)
 
     if os.path.exists(out) and not os.path.isfile(os.path.join(out, METADATA)):
         raise PackageError(f"{out} exists and is not a Crab package: remove it or choose another --out")
@@ -275,23 +236,14 @@ def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=No
     labels.save(os.path.join(tmp, "label_encoder.ckpt"))
     with open(os.path.join(tmp, "class_weights.json"), "w", encoding="utf-8") as f:
         json.dump(class_weights(hparams, checkpoint, classes), f, indent=2)
-    encoders, speech, text = {}, None, None
+    encoders = {}
     if model.speech_encoder is not None:
         folder = os.path.join(tmp, ENCODER_DIRS["speech"])
-        speech, encoders["speech"] = save_speech_encoder(model.speech_encoder, folder)
+        encoders["speech"] = save_speech_encoder(model.speech_encoder, folder)
     if model.text_encoder is not None:
-        text, encoders["text"] = save_text_encoder(
-            model.text_encoder, os.path.join(tmp, ENCODER_DIRS["text"])
-        )
-    write_hparams(
-        os.path.join(tmp, "hyperparams.yaml"),
-        crab_options(model),
-        speech,
-        text,
-        classes,
-        hparams.get("max_duration"),
-        text_source,
-    )
+        encoders["text"] = save_text_encoder(model.text_encoder, os.path.join(tmp, ENCODER_DIRS["text"]))
+    with open(os.path.join(tmp, "hyperparams.yaml"), "w", encoding="utf-8") as f:
+        f.write(hparams_text)
     with open(os.path.join(tmp, "custom_interface.py"), "w", encoding="utf-8") as f:
         f.write(CUSTOM_INTERFACE)
     resolved = os.path.join(hparams["output_folder"], "hyperparams.yaml")

@@ -8,7 +8,8 @@ Loads the run's own configuration, ``RUN/hyperparams.yaml`` saved by training (a
 again must have the trained value), loads the best checkpoint on ``ckpt_metric`` and
 writes DIR:
 
-    hyperparams.yaml        inference hparams: CrabClassifier.from_hparams(source=DIR)
+    hyperparams.yaml        inference hparams: CrabClassifier.from_hparams(source=DIR); the
+                            template crab/templates/inference.yaml filled with the run's keys
     model.ckpt              the Crab state_dict (encoders and head; no contrastive legs)
     label_encoder.ckpt      the label encoder, in the recipe's fixed class order
     class_weights.json      per-class training counts and WCE weights (from wce.ckpt)
