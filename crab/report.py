@@ -4,11 +4,16 @@ the ablation table, embedding cluster scores, and the training logger.
 Light on imports (numpy; scikit-learn and SpeechBrain only where needed), because
 the recipe calls the small command-line part for every run:
 
-    python -m crab.report overrides [--table conf/ablations.txt --ablation NAME] -- [--key=value ...]
-        print the yaml overrides of one run, one per line: the ablation's, then the
-        given ones; a later value of a key replaces an earlier one
+    python -m crab.report overrides [--tuning FILE] [--table conf/ablations.txt --ablation NAME]
+                                    -- [--key=value ...]
+        print the yaml overrides of one run, one per line: the tuning file's, the
+        ablation's, then the given ones; a later value of a key replaces an earlier one
+    python -m crab.report tuning FILE
+        check a tuning file (conf/tuning/<name>.yaml) and print its base config
     python -m crab.report record_training --run_dir DIR --wall_s S --command CMD [--device D]
-        add S seconds to DIR/train_info.json and note the commit, machine and command
+                                          [--config C --tuning FILE]
+        add S seconds to DIR/train_info.json and note the commit, machine, command,
+        config and tuning file
 """
 
 import argparse
@@ -78,9 +83,10 @@ def machine(device="cpu"):
     return f"{platform.machine()}, {cpu} ({os.cpu_count()} cores), GPU: {gpus}; ran on {device}"
 
 
-def record_training(run_dir, wall_s, command, device="cpu"):
+def record_training(run_dir, wall_s, command, device="cpu", config=None, tuning=None):
     """Add ``wall_s`` seconds of training to ``run_dir/train_info.json`` (a resumed
-    run adds up), with the commit, machine and command of this invocation and the
+    run adds up), with the commit, machine and command of this invocation, the base
+    ``config`` and ``tuning`` file it was given (``ser.sh --tuning``; None: none) and the
     transcripts the run was trained on (``text_source``, ``asr_model``: the run's
     ``text_source.json``, written by training)."""
     path = os.path.join(run_dir, TRAIN_INFO)
@@ -96,6 +102,8 @@ def record_training(run_dir, wall_s, command, device="cpu"):
         text_source=transcripts.get("text_source", "unknown"),  # from training's record (crab.provenance)
         asr_model=transcripts.get("asr_model"),
     )
+    if config is not None or tuning is not None:
+        info.update(config=config, tuning=tuning or None)
     os.makedirs(run_dir, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2)
@@ -289,7 +297,8 @@ def results_markdown(summary, title=None):
             trained_on = (
                 f"; trained on {describe(row)}" if row.get("text_source") not in (None, "unknown") else ""
             )
-            lines.append(f"- {row['run']}: {row.get('machine')}; `{row['command']}`{trained_on}")
+            setting = f"; tuning `{row['tuning']}`" if row.get("tuning") else ""
+            lines.append(f"- {row['run']}: {row.get('machine')}; `{row['command']}`{setting}{trained_on}")
         else:
             lines.append(f"- {row['run']}: no {TRAIN_INFO} (trained outside the recipe's stage 4)")
     return "\n".join(lines) + "\n"
@@ -459,28 +468,38 @@ def main(argv=None):
         "--opts", default="", help="further --key=value overrides, as shell words in one string"
     )
     over.add_argument("extra", nargs="*", help="further --key=value overrides (after --)")
+    over.add_argument("--tuning", help="tuning file (conf/tuning/<name>.yaml): its overrides come first")
+    tun = commands.add_parser("tuning", help="check a tuning file and print its base config")
+    tun.add_argument("file")
     rec = commands.add_parser("record_training", help="note a training invocation in train_info.json")
     rec.add_argument("--run_dir", required=True)
     rec.add_argument("--wall_s", type=float, required=True)
     rec.add_argument("--command", required=True)
     rec.add_argument("--device", default="cpu")
+    rec.add_argument("--config", help="the base config the run was given")
+    rec.add_argument("--tuning", help="the tuning file the run was given (empty: none)")
     args = parser.parse_args(argv)
+    from crab.runconfig import read_tuning  # yaml only
+
     if args.command == "overrides":
         if args.ablation and not args.table:
             parser.error("--ablation needs --table")
         try:
+            first = read_tuning(args.tuning)["overrides"] if args.tuning else []
             extra = [*split_overrides(args.opts), *args.extra]
             words = (
-                ablation_overrides(args.table, args.ablation, extra)
+                merge_overrides(first, ablation_overrides(args.table, args.ablation, extra))
                 if args.ablation
-                else merge_overrides(extra)
+                else merge_overrides(first, extra)
             )
         except (KeyError, ValueError, OSError) as err:
             sys.exit(f"ERROR: {err.args[0] if isinstance(err, KeyError) else err}")
         for word in words:
             print(word)
+    elif args.command == "tuning":
+        print(read_tuning(args.file)["config"])
     else:
-        record_training(args.run_dir, args.wall_s, args.command, args.device)
+        record_training(args.run_dir, args.wall_s, args.command, args.device, args.config, args.tuning)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,13 @@ option given at training need not be repeated, and the model is the one trained.
 Only the keys of ``STAGE_KEYS`` may take another value at those stages; any other
 override given again must equal the trained value, else a ``ConfigError`` names the
 key and both values.
+
+A tuning file (``conf/tuning/<name>.yaml``, ``read_tuning``) is a committed setting: a
+base config and the overrides applied over it (``ser.sh --tuning``), so that a results
+row names a file rather than a long override string.
+
+SpeechBrain, hyperpyyaml's loader and the encoders are imported where they are used:
+the recipe reads tuning files and checks overrides with ``yaml`` alone.
 """
 
 import io
@@ -17,14 +24,9 @@ import os
 import re
 import sys
 
-import speechbrain as sb
 import yaml
-from hyperpyyaml import load_hyperpyyaml
-from hyperpyyaml.core import resolve_references
-from speechbrain.utils.run_opts import RunOptions
 
 from crab.cli import UserError
-from crab.encoders import ModelSourceError
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,9 @@ def parse_arguments(argv):
     ``[a, b]``, ``'quoted'``, ``!ref <x>``); one of those that is not valid YAML
     (``[a, b``) is an error naming its option (``check_overrides``).
     """
+    import speechbrain as sb
+    from speechbrain.utils.run_opts import RunOptions
+
     hparams_file, run_opts, _ = sb.parse_arguments(argv)
     _, rest = RunOptions._create_parser().parse_known_args(argv)  # what SpeechBrain made overrides of
     items = []
@@ -174,6 +179,8 @@ def last_value_wins(overrides):
 def resolved_values(text, overrides=None):
     """Top-level values of a hyperpyyaml text with ``overrides`` applied and every
     ``!ref`` resolved, as plain values (``(tag, value)`` for objects); nothing is built."""
+    from hyperpyyaml.core import resolve_references
+
     resolved = resolve_references(io.StringIO(text), overrides or None).getvalue()
     return yaml.load(resolved, Loader=_ComparableLoader) or {}
 
@@ -181,6 +188,10 @@ def resolved_values(text, overrides=None):
 def load_hparams(hparams_file, overrides=None, text=None):
     """``load_hyperpyyaml`` of a file (or of its ``text``) with ``overrides``; a model
     or tokenizer source that cannot be loaded is named by its yaml key."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    from crab.encoders import ModelSourceError
+
     if text is None:
         with open(hparams_file, encoding="utf-8") as f:
             text = f.read()
@@ -203,6 +214,103 @@ def _source_key(text, overrides, err):
             return choice
     sources = [k for k in keys if k.endswith("_source")]
     return sources[0] if sources else (keys[0] if keys else err.argument)
+
+
+# ---------------------------------------------------------------- tuning files
+
+TUNING_KEYS = ("config", "overrides")
+
+
+def read_tuning(path, recipe_dir=None):
+    """A tuning file: a committed setting (ESPnet's ``conf/tuning/<name>.yaml``)::
+
+        # Fine-tuned MiniLM-L6, text only: weighted CE + MLCS (alpha 2).
+        config: conf/crab_base.yaml      # the base config, relative to the recipe directory
+        overrides:                       # yaml overrides of it, as --key=value on the command line
+          modality: text
+          lr: 5e-4
+          leg_names: [text_encoder, text_pooled]
+
+    Returns ``{"config", "overrides", "description"}``: the base config as written, the
+    overrides as ``--key=value`` words in file order (each value as written: ``1e-3``,
+    ``!ref <lr> / 10``, ``[a, b]``; a block list or mapping in flow style), and the
+    file's leading comment lines. ``recipe_dir`` (default: the current directory) is
+    where ``config`` is found. A missing file, one that is not a mapping of ``config``
+    and ``overrides``, a base config that does not exist, or an override the base
+    config has no top-level key for (``check_overrides``) is a ``ConfigError`` naming
+    the file.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        raise ConfigError(f"tuning file {path}: {err.strerror or err}") from None
+    try:
+        root = yaml.compose(text, Loader=TagTolerantLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"tuning file {path}: not valid YAML{where} ({problem})") from None
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"tuning file {path}: expected a mapping with keys {' and '.join(TUNING_KEYS)}")
+    fields = {}
+    for key, value in root.value:
+        if key.value not in TUNING_KEYS:
+            known = " and ".join(TUNING_KEYS)
+            raise ConfigError(f"tuning file {path}: unknown key '{key.value}' (a tuning file has {known})")
+        fields[key.value] = value
+    config = fields.get("config")
+    if not isinstance(config, yaml.ScalarNode) or not config.value or config.tag != "tag:yaml.org,2002:str":
+        raise ConfigError(f"tuning file {path}: 'config:' must name the base config (conf/<name>.yaml)")
+    config = config.value
+    where = os.path.join(recipe_dir, config) if recipe_dir else config
+    if not os.path.isfile(where):
+        raise ConfigError(
+            f"tuning file {path}: config {config}: no such file in {os.path.abspath(recipe_dir or '.')}"
+        )
+    words = []
+    node = fields.get("overrides")
+    if node is not None and not (isinstance(node, yaml.ScalarNode) and node.value in ("", "null", "~")):
+        if not isinstance(node, yaml.MappingNode):
+            raise ConfigError(f"tuning file {path}: 'overrides:' must be a mapping of yaml keys to values")
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or not key.value:
+                raise ConfigError(f"tuning file {path}: an override's key must be a plain name")
+            words.append(f"--{key.value}={_node_text(text, value, path, key.value)}")
+    try:
+        check_overrides(where, "".join(f"{k}: {v}\n" for k, v in _word_items(words)))
+    except ConfigError as err:
+        raise ConfigError(f"tuning file {path}: {err}") from None
+    description = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        description.append(line.lstrip("#").strip())
+    return {"config": config, "overrides": words, "description": " ".join(filter(None, description))}
+
+
+def _word_items(words):
+    return [word[2:].partition("=")[::2] for word in words]
+
+
+def _node_text(text, node, path, key):
+    """A tuning override's value as written, on one line (collections in flow style)."""
+    written = text[node.start_mark.index : node.end_mark.index].strip()
+    if "\n" not in written:
+        return written
+    if isinstance(node, yaml.ScalarNode):
+        raise ConfigError(f"tuning file {path}: override '{key}': write its value on one line")
+
+    def flow(n):
+        if isinstance(n, (yaml.SequenceNode, yaml.MappingNode)):
+            n.flow_style = True
+            for item in n.value:
+                for sub in item if isinstance(item, tuple) else (item,):
+                    flow(sub)
+
+    flow(node)
+    return yaml.serialize(node, width=1 << 30).strip()
 
 
 # ---------------------------------------------------------------- a trained run's configuration
@@ -321,6 +429,8 @@ def load_run(argv=None, stage_keys=STAGE_KEYS, pretrained_encoders=True):
 
     Returns ``(run_file, run_opts, applied overrides, hparams)``.
     """
+    from hyperpyyaml.core import resolve_references
+
     hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:] if argv is None else argv)
     overrides = last_value_wins(overrides)
     check_overrides(hparams_file, overrides)

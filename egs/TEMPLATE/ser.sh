@@ -3,7 +3,9 @@
 # from the corpus to a packaged model. A recipe's run.sh sets its fixed options and
 # calls this script; the corpus-specific parts live in the recipe's local/: corpus.sh
 # (optional: build or extract the audio), data.sh (Kaldi-style data/<fold>/<split>/).
-# Ablations and the alpha sweep run this pipeline once per setting: sweep.sh.
+# Ablations and the alpha sweep run this pipeline once per setting: sweep.sh. A setting
+# worth keeping is a committed tuning file, conf/tuning/<name>.yaml (its base config and
+# overrides): --tuning conf/tuning/<name>.yaml trains it as exp/<name>/.
 #
 #   0  corpus    local/corpus.sh --data_root DIR ${corpus_opts} (skipped when absent)
 #   1  data      local/data.sh --data_dir DIR --data_root DIR ${data_opts}
@@ -28,8 +30,9 @@ stage=0                 # first stage to run
 stop_stage=100          # last stage to run
 data_dir=data           # data dirs and manifests
 exp_dir=exp             # experiments
-config=                 # hyperparameters (yaml), required
-tag=                    # experiment name under exp_dir (default: the ablation's name, else the config's)
+config=                 # hyperparameters (yaml), required unless --tuning names it
+tuning=                 # conf/tuning/<name>.yaml: a committed setting, its base config and overrides (before --ablation's and --train_opts)
+tag=                    # experiment name under exp_dir (default: the tuning file's name, _<ablation> added with one; else the ablation's; else the config's)
 folds=main              # space-separated fold names: data/<fold>/ for each
 seeds=42                # space-separated seeds
 test_sets="test"        # space-separated test split names
@@ -75,6 +78,21 @@ usage() {  # the header above and every option of the block with its default
 }
 case " $* " in *" --help "*|*" -h "*) usage; exit 0 ;; esac
 
+# The --config given by the user, if any: run.sh passes the recipe's default first, so with
+# --tuning a later one (called directly, without run.sh: any one) must be the tuning's config.
+args=("$@") configs_given=0 given_config=
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    --config=*) configs_given=$((configs_given + 1)) given_config=${args[i]#--config=} ;;
+    --config) configs_given=$((configs_given + 1)) given_config=${args[i + 1]-} i=$((i + 1)) ;;
+    --*=*) ;;
+    --*) i=$((i + 1)) ;;  # every option takes a value
+  esac
+done
+defaults=0; [ -z "${CRAB_COMMAND:-}" ] || defaults=1  # CRAB_COMMAND: called by run.sh
+[ "${configs_given}" -gt "${defaults}" ] || given_config=
+unset args
+
 . utils/parse_options.sh
 . utils/check_options.sh
 check_int stage stop_stage ngpu nproc bpe_vocab_size
@@ -84,10 +102,15 @@ check_choice text_source gold asr
 if [ -z "${data_root}" ] && [ -n "${data_root_var}" ]; then
   echo "$0: ${data_root_var} is empty: set ${data_root_var} in db.sh (or export it) to the corpus directory" >&2; exit 1
 fi
-for required in config classes data_root; do
+for required in classes data_root; do
   [ -n "${!required}" ] || { echo "$0: --${required} is required (./run.sh --help)" >&2; exit 1; }
 done
-[ -f "${config}" ] || { echo "$0: --config ${config}: no such file" >&2; exit 1; }
+[ -n "${config}${tuning}" ] || { echo "$0: --config or --tuning is required (./run.sh --help)" >&2; exit 1; }
+if [ -n "${tuning}" ]; then
+  [ -f "${tuning}" ] || { echo "$0: --tuning ${tuning}: no such file" >&2; exit 1; }
+else
+  [ -f "${config}" ] || { echo "$0: --config ${config}: no such file" >&2; exit 1; }
+fi
 if [ "${text_only}" = true ] && [ -n "${asr_model}" ]; then
   echo "$0: --asr_model transcribes audio, and a --text_only true run has none" >&2; exit 1
 fi
@@ -104,19 +127,31 @@ fi
 
 . ./path.sh
 . utils/log.sh
+if [ -n "${tuning}" ]; then  # the base config of the tuning file (checked whole: one line on an error)
+  tuning_config=$(python -m crab.report tuning "${tuning}")
+  if [ -n "${given_config}" ] && ! [ "${given_config}" -ef "${tuning_config}" ]; then
+    echo "$0: --config ${given_config} contradicts --tuning ${tuning}, whose config is ${tuning_config}: leave --config out" >&2
+    exit 1
+  fi
+  config=${tuning_config}
+fi
 log "$0 $*"
 start=${SECONDS}
 command=${CRAB_COMMAND:-$0 $*}  # as the user typed it (run.sh exports it)
 
-# The yaml overrides of this experiment: the ablation's, then --train_opts (shell words).
+# The yaml overrides of this experiment: the tuning file's, the ablation's, then --train_opts
+# (shell words); a later value of a key wins.
 if [ -z "${ablation_table}" ]; then
   ablation_table=conf/ablations.txt
   [ -f "${ablation_table}" ] || ablation_table=$(dirname "$(readlink -f "$0")")/conf/ablations.txt
 fi
-overrides_text=$(python -m crab.report overrides --opts="${train_opts}" \
+overrides_text=$(python -m crab.report overrides --opts="${train_opts}" ${tuning:+--tuning "${tuning}"} \
   ${ablation:+--table "${ablation_table}" --ablation "${ablation}"})
 overrides=()
 if [ -n "${overrides_text}" ]; then mapfile -t overrides <<< "${overrides_text}"; fi
+if [ -z "${tag}" ] && [ -n "${tuning}" ]; then
+  tag=$(basename "${tuning}" .yaml)${ablation:+_${ablation}}
+fi
 [ -n "${tag}" ] || tag=${ablation:-$(basename "${config}" .yaml)}
 # Stage 3 needs no transcript for a speech-only model.
 modality=$(sed -n 's/^modality: *\([a-z]*\).*/\1/p' "${config}")
@@ -239,7 +274,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
       # epochs were trained; on several nodes, node 0 (the main process's) records them
       if [ "${node_rank}" = 0 ] && [ "$(wc -l < "${out}/train_log.txt")" != "${before}" ]; then
         python -m crab.report record_training --run_dir "${out}" --wall_s $((SECONDS - t0)) \
-          --command "${command}" --device "${train_desc}"
+          --command "${command}" --device "${train_desc}" --config "${config}" --tuning "${tuning}"
       fi
     done
   done
@@ -276,7 +311,7 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
       done
     done
     python -m crab.bin.score --per_run --tag "${tag}" --test_set "${test_set}" \
-      --title "${tag} on ${test_set}" --out "${exp_dir}/${tag}/results_${test_set}.md" \
+      --title "${tag} on ${test_set}${tuning:+ (${tuning})}" --out "${exp_dir}/${tag}/results_${test_set}.md" \
       --summary "${exp_dir}/${tag}/results_${test_set}.json" "${preds[@]}"
   done
 fi

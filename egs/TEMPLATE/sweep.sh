@@ -7,6 +7,7 @@
 #   ./sweep.sh --ablations "ce_only mlcs" --embeddings true   # + fused-embedding scores and plots
 #   ./sweep.sh --alphas "0.25 0.5 1.0 2.0"               # exp/alpha<a>/ and exp/ce_only/ (the baseline),
 #                                                        # exp/alpha_<test>.{md,png}
+#   ./sweep.sh --tunings "conf/tuning/a.yaml conf/tuning/b.yaml"   # exp/a/, exp/b/, in exp/ablations_<test>.md
 #
 # Options of its own (below); every other option goes to run.sh as it is, e.g.
 # --seeds "1 2 3", --folds, --feature_cache, --ngpu.
@@ -15,15 +16,16 @@ set -euo pipefail
 # ---- options: name=default  # description ----
 ablations=          # ablation names of the table, each an experiment exp/<name>/
 alphas=             # alpha values, each an experiment exp/alpha<a>/ (with ce_only as the baseline)
+tunings=            # tuning files (conf/tuning/<name>.yaml), each an experiment exp/<name>/, rows of the ablation table
 ablation_table=     # ablation name -> yaml overrides (default: conf/ablations.txt, else the TEMPLATE's)
-train_opts=         # overrides for every setting, after the ablation's (they win on a clash)
+train_opts=         # overrides for every setting, after the ablation's or tuning file's (they win on a clash)
 exp_dir=exp         # experiments
 stage=5             # first stage of each run
 stop_stage=7        # last stage of each run (the tables need 7)
 # ---- end of options ----
 
 . "$(dirname "$0")/utils/enter_recipe.sh"
-own=" ablations alphas ablation_table train_opts exp_dir stage stop_stage "
+own=" ablations alphas tunings ablation_table train_opts exp_dir stage stop_stage "
 forward=()  # run.sh options: each takes a value
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -41,8 +43,9 @@ while [ $# -gt 0 ]; do
 done
 . utils/check_options.sh
 check_int stage stop_stage
-if [ -z "${ablations}${alphas}" ]; then
-  echo "$0: give --ablations \"name ...\" and/or --alphas \"value ...\" (./sweep.sh --help)" >&2; exit 1
+if [ -z "${ablations}${alphas}${tunings}" ]; then
+  echo "$0: give --ablations \"name ...\", --tunings \"conf/tuning/<name>.yaml ...\" and/or --alphas \"value ...\" (./sweep.sh --help)" >&2
+  exit 1
 fi
 . ./path.sh
 . utils/log.sh
@@ -54,6 +57,15 @@ fi
 for name in ${ablations} ${alphas:+ce_only}; do  # unknown names stop here, before anything trains
   python -m crab.report overrides --table "${ablation_table}" --ablation "${name}" > /dev/null
 done
+tuned=()  # experiment names of the tuning files (a bad file stops here too)
+for file in ${tunings}; do
+  python -m crab.report tuning "${file}" > /dev/null
+  name=$(basename "${file}" .yaml)
+  if [[ " ${ablations} ${tuned[*]-} " == *" ${name} "* ]]; then
+    echo "$0: two settings are named ${name} (exp/${name}/): rename the tuning file ${file}" >&2; exit 1
+  fi
+  tuned+=("${name}")
+done
 
 run() {  # run.sh for one setting: run.sh options in "$@"
   ./run.sh --stage "${stage}" --stop_stage "${stop_stage}" --exp_dir "${exp_dir}" \
@@ -64,7 +76,11 @@ for name in ${ablations}; do runs+=("${name}"); done
 if [ -n "${alphas}" ] && [[ " ${ablations} " != *" ce_only "* ]]; then runs+=(ce_only); fi
 for name in "${runs[@]}"; do
   log "Setting ${name}"
-  run --ablation "${name}" --train_opts "${train_opts}"
+  run --ablation "${name}" --tag "${name}" --train_opts "${train_opts}"
+done
+for file in ${tunings}; do
+  log "Setting ${file}"
+  run --tuning "${file}" --tag "$(basename "${file}" .yaml)" --train_opts "${train_opts}"
 done
 for a in ${alphas}; do
   log "Setting alpha${a}"
@@ -72,21 +88,23 @@ for a in ${alphas}; do
 done
 
 [ "${stop_stage}" -ge 7 ] || exit 0
-first=${runs[0]:-alpha${alphas%% *}}
+settings="${ablations} ${tuned[*]-}"  # the rows of the ablation table
+read -r first _ <<< "${settings}"
+first=${first:-alpha${alphas%% *}}
 for summary in "${exp_dir}/${first}"/results_*.json; do
   test_set=$(basename "${summary}" .json); test_set=${test_set#results_}
   about="${train_opts:+; ${train_opts}}"
-  if [ -n "${ablations}" ]; then
+  if [ -n "${settings// /}" ]; then
     log "Ablation table on ${test_set}: ${exp_dir}/ablations_${test_set}.md"
     summaries=(); dumps=()
-    for name in ${ablations}; do
+    for name in ${settings}; do
       summaries+=("${exp_dir}/${name}/results_${test_set}.json")
       dump=$(find "${exp_dir}/${name}" -path "*/eval_${test_set}/embeddings.npz" | sort | head -n 1)
       [ -z "${dump}" ] || dumps+=("${name}=${dump}")
     done
     python -m crab.bin.compare table --ablation_table "${ablation_table}" \
       --corpus "$(basename "${PWD}")" --test_set "${test_set}" --title "Ablations on ${test_set}${about}" --out "${exp_dir}/ablations_${test_set}.md" "${summaries[@]}"
-    if [ "${#dumps[@]}" -eq "$(wc -w <<< "${ablations}")" ]; then  # the first fold and seed of each
+    if [ "${#dumps[@]}" -eq "$(wc -w <<< "${settings}")" ]; then  # the first fold and seed of each
       python -m crab.bin.compare embeddings --plot "${exp_dir}/ablations_${test_set}_embeddings.png" \
         --out "${exp_dir}/ablations_${test_set}_embeddings.md" "${dumps[@]}"
     fi
