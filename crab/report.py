@@ -1,7 +1,8 @@
-"""Reports: per-run provenance, results tables (mean and std over folds and seeds),
-the ablation table, embedding cluster scores, and the training logger.
+"""Reports: per-run provenance, the scores of predictions files, results tables (mean and
+std over folds and seeds), the ablation table, the alpha sweep, and the training logger.
+The command lines over them are ``crab.bin.score`` and ``crab.bin.compare``.
 
-Light on imports (numpy; scikit-learn and SpeechBrain only where needed), because
+Light on imports (numpy; SpeechBrain and matplotlib only where needed), because
 the recipe calls the small command-line part for every run:
 
     python -m crab.report overrides [--tuning FILE] [--table conf/ablations.txt --ablation NAME]
@@ -17,10 +18,12 @@ the recipe calls the small command-line part for every run:
 """
 
 import argparse
+import csv
 import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -29,11 +32,11 @@ import sys
 import numpy as np
 
 from crab import cli
-from crab.metrics import METRICS
+from crab.embeddings import EMBEDDING_SCORES
+from crab.metrics import METRICS, classification_report
 from crab.provenance import UNKNOWN, describe, read_run_provenance
 
 TRAIN_INFO = "train_info.json"
-EMBEDDING_SCORES = ("silhouette", "calinski_harabasz", "davies_bouldin")
 
 
 # ---------------------------------------------------------------- provenance
@@ -366,41 +369,181 @@ def comparison_markdown(entries, ablation_table=None, title=None, corpus=None, t
     return "\n".join(lines) + "\n"
 
 
-# ---------------------------------------------------------------- embeddings
+def alpha_of(tag):
+    """The alpha of an alpha-sweep experiment, from its tag ``alpha<value>``.
+
+    >>> alpha_of("alpha0.25")
+    0.25
+    """
+    match = re.fullmatch(r"alpha([0-9.]+)", tag)
+    if not match:
+        raise ValueError(f"experiment '{tag}' is not named alpha<value>")
+    return float(match.group(1))
 
 
-def embedding_scores(embeddings, labels):
-    """Silhouette (euclidean), Calinski-Harabasz and Davies-Bouldin scores of
-    embeddings grouped by their true label (None when fewer than 2 labels, or as
-    many labels as points)."""
-    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+def alpha_sweep(entries, baseline, plot=None, title=None):
+    """Markdown table of the alpha sweep (CE-only first) and, with ``plot``, the paper's Figure 3.
 
-    embeddings, labels = np.asarray(embeddings, dtype=np.float64), np.asarray(labels)
-    groups = len(np.unique(labels))
-    if groups < 2 or groups >= len(labels):
-        return dict.fromkeys(EMBEDDING_SCORES)
-    return {
-        "silhouette": float(silhouette_score(embeddings, labels)),
-        "calinski_harabasz": float(calinski_harabasz_score(embeddings, labels)),
-        "davies_bouldin": float(davies_bouldin_score(embeddings, labels)),
+    Parameters
+    ----------
+    entries : list of (str, dict)
+        Each experiment's tag (``alpha<value>``) and summary (``summarise``).
+    baseline : dict or None
+        The summary of the CE-only experiment: a first row, and horizontal lines in the plot.
+    plot : str, optional
+        PNG to draw UAR and WAR against alpha into.
+    title : str, optional
+        Heading of the table and title of the plot.
+
+    Returns
+    -------
+    str
+        The table and the best UAR and WAR with their alpha.
+    """
+    entries = sorted(entries, key=lambda e: alpha_of(e[0]))
+    alphas = [alpha_of(name) for name, _ in entries]
+    rows = ([("CE only", baseline)] if baseline else []) + [
+        (f"{a:g}", s) for a, (_, s) in zip(alphas, entries, strict=True)
+    ]
+    lines = [f"## {title}", ""] if title else []
+    lines += ["| alpha | runs | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 2)]
+    for name, summary in rows:
+        cells = []
+        for m in METRICS:
+            mean, std = summary["mean"][m], summary["std"].get(m)
+            cells.append(f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
+        lines.append(f"| {name} | {summary['num_runs']} | " + " | ".join(cells) + " |")
+    for metric in ("UAR", "WAR"):
+        best = max(zip(alphas, entries, strict=True), key=lambda e: e[1][1]["mean"][metric])
+        lines.append(f"\nBest {metric}: {best[1][1]['mean'][metric]:.4f} at alpha {best[0]:g}.")
+    if plot:
+        from crab.plots import plot_alpha
+
+        means = {m: [s["mean"][m] for _, s in entries] for m in ("UAR", "WAR")}
+        stds = {m: [s["std"].get(m) or 0.0 for _, s in entries] for m in ("UAR", "WAR")}
+        base = {m: baseline["mean"][m] for m in ("UAR", "WAR")} if baseline else None
+        plot_alpha(alphas, means, plot, stds=stds, baseline=base, title=title)
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- scoring runs
+
+
+def read_predictions(path):
+    """Class list and (true, predicted) index lists of one ``predictions.csv``.
+
+    The classes are those of its ``prob_<class>`` columns, in order.
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        classes = [c[len("prob_") :] for c in reader.fieldnames or [] if c.startswith("prob_")]
+        index = {c: i for i, c in enumerate(classes)}
+        rows = list(reader)
+    try:
+        y_true = [index[r["true"]] for r in rows]
+        y_pred = [index[r["predicted"]] for r in rows]
+    except KeyError as err:
+        raise ValueError(f"{path}: label {err} has no prob_ column") from None
+    if not rows:
+        raise ValueError(f"{path}: no predictions")
+    return classes, y_true, y_pred
+
+
+def run_dir_of(path):
+    """The run directory of a predictions file: two levels above it (``exp/<tag>/<fold>/seed<seed>``)."""
+    return os.path.dirname(os.path.dirname(path)) or path
+
+
+def score_run(path, per_run=False):
+    """The scores of one predictions file with its run's provenance: a row of ``summarise``.
+
+    Parameters
+    ----------
+    path : str
+        A ``predictions.csv`` (``CrabBrain.evaluate``).
+    per_run : bool
+        Also write ``scores.json``, ``per_class.md`` and ``confusion.png`` beside it.
+
+    Returns
+    -------
+    dict
+        The run, its metrics and class notes, the training wall time, commit, machine,
+        command and transcripts (``train_info.json``, else the run's provenance), and the
+        embedding cluster scores of ``embedding_scores.json`` beside the predictions.
+    """
+    classes, y_true, y_pred = read_predictions(path)
+    report = classification_report(y_true, y_pred, classes)
+    run_dir = run_dir_of(path)
+    info = read_train_info(run_dir) or {}
+    row = {
+        "run": run_dir,
+        "num_utterances": report["num_utterances"],
+        **{m: report[m] for m in METRICS},
+        "absent_from_references": report["absent_from_references"],
+        "never_predicted": report["never_predicted"],
+        **{k: info.get(k) for k in ("wall_s", "commit", "machine", "command")},
     }
+    transcripts = read_run_provenance(run_dir) or {}  # the run's own record, when train_info.json lacks it
+    row.update({k: info.get(k, transcripts.get(k)) for k in ("text_source", "asr_model")})
+    emb_path = os.path.join(os.path.dirname(path), "embedding_scores.json")
+    if os.path.isfile(emb_path):
+        with open(emb_path, encoding="utf-8") as f:
+            row.update({k: v for k, v in json.load(f).items() if k in EMBEDDING_SCORES})
+    if per_run:
+        write_run_files(os.path.dirname(path), report, run_dir)
+    return row
 
 
-def project_2d(embeddings, method="pca", seed=0):
-    """2-D projection: ``pca`` (deterministic) or ``tsne``."""
-    embeddings = np.asarray(embeddings, dtype=np.float64)
-    if method == "pca":
-        from sklearn.decomposition import PCA
+def write_run_files(eval_dir, report, name):
+    """Write ``scores.json``, ``per_class.md`` and ``confusion.png`` of a classification
+    ``report`` (``crab.metrics.classification_report``) of run ``name`` to ``eval_dir``."""
+    from crab.plots import plot_confusion  # matplotlib only when drawing
 
-        return PCA(n_components=2, random_state=seed).fit_transform(embeddings)
-    if method == "tsne":
-        from sklearn.manifold import TSNE
+    with open(os.path.join(eval_dir, "scores.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(eval_dir, "per_class.md"), "w", encoding="utf-8") as f:
+        f.write(per_class_markdown(report, title=f"{name}: per-class scores"))
+    scores = ", ".join(f"{m} {report[m]:.4f}" for m in ("WAR", "UAR"))
+    plot_confusion(
+        report["confusion_matrix"],
+        report["classes"],
+        os.path.join(eval_dir, "confusion.png"),
+        title=f"{name} ({scores})",
+    )
 
-        perplexity = float(min(30, max(2, (len(embeddings) - 1) // 3)))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
-            embeddings
-        )
-    raise ValueError(f"projection must be pca or tsne, got '{method}'")
+
+def results_table(paths, per_run=False, title=None, **meta):
+    """Score runs and tabulate them.
+
+    Parameters
+    ----------
+    paths : list of str
+        Their ``predictions.csv`` files.
+    per_run : bool
+        Also write the per-run files beside each (``write_run_files``).
+    title : str, optional
+        Heading of the markdown.
+    **meta
+        Stored in the summary (``tag``, ``test_set``).
+
+    Returns
+    -------
+    tuple of (str, dict)
+        The markdown results (``results_markdown``) and the summary (``summarise``), JSON-ready.
+    """
+    summary = summarise([score_run(p, per_run) for p in paths], **meta)
+    return results_markdown(summary, title), summary
+
+
+def read_summary(path):
+    """``(name, summary)`` of a summary written by ``crab.bin.score --summary``; the name is
+    its tag, else the name of its folder."""
+    if not os.path.isfile(path):
+        raise cli.UserError(f"no results summary at {path}: run the score stage (6) for it first")
+    with open(path, encoding="utf-8") as f:
+        summary = json.load(f)
+    summary.setdefault("tag", os.path.basename(os.path.dirname(path)))
+    return summary["tag"] or os.path.basename(os.path.dirname(path)), summary
 
 
 # ---------------------------------------------------------------- training logger

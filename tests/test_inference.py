@@ -6,6 +6,7 @@ probabilities of the trained model (and of stage 5's evaluation) on the same inp
 """
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import torch
 from hyperpyyaml.core import resolve_references
 from speechbrain.inference.interfaces import foreign_class
 
+from crab.batch_inference import InferenceJob
 from crab.bin import infer
 from crab.bin import package as package_cli
 from crab.data import read_audio
@@ -309,6 +311,13 @@ def cli(*args):
     except SystemExit as exit_:
         return exit_.code
     return 0
+
+
+def test_cli_defaults_are_the_library_defaults():
+    required = {"model": "m", "wav_scp": "w", "out": "o", "text_mode": "none"}
+    args = vars(infer.parse_args([word for k, v in required.items() for word in (f"--{k}", v)]))
+    library = dataclasses.asdict(InferenceJob(**required))
+    assert {k: args[k] for k in library} == library
 
 
 def test_cli_writes_results_and_reports_bad_input(trained, data, tmp_path, capsys):

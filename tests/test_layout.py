@@ -1,13 +1,17 @@
 """The package's layout: entry points (crab/bin/*) parse arguments and call the library;
-the library never imports crab.bin, and the entry points stay a small part of the package."""
+the library never imports crab.bin, tests and recipes use crab.bin only as commands, and the
+entry points stay a small part of the package."""
 
 import ast
+import glob
 import os
 
 from tests.conftest import ROOT
 
 PACKAGE = os.path.join(ROOT, "crab")
 BIN = os.path.join(PACKAGE, "bin")
+# what a test or a recipe may take from an entry point: the command and its argument parser
+COMMAND_NAMES = {"main", "parse_args"}
 
 
 def python_files(folder):
@@ -36,6 +40,43 @@ def test_the_library_never_imports_crab_bin():
         if module == "crab.bin" or module.startswith("crab.bin.")
     ]
     assert not offenders, "library modules importing entry points:\n" + "\n".join(offenders)
+
+
+def bin_internals(path):
+    """``(line, name)`` of each use in ``path`` of a name of a crab.bin module other than its command."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "crab.bin":
+            modules.update(alias.asname or alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("crab.bin."):
+            yield from (
+                (node.lineno, f"{node.module}.{a.name}") for a in node.names if a.name not in COMMAND_NAMES
+            )
+        elif isinstance(node, ast.Import):
+            modules.update(a.asname for a in node.names if a.asname and a.name.startswith("crab.bin."))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr not in COMMAND_NAMES
+        ):
+            yield node.lineno, f"{node.value.id}.{node.attr}"
+
+
+def test_tests_and_recipes_use_entry_points_only_as_commands():
+    paths = list(python_files(os.path.join(ROOT, "tests")))
+    paths += sorted(glob.glob(os.path.join(ROOT, "egs", "*", "local", "*.py")))
+    offenders = [
+        f"{os.path.relpath(path, ROOT)}:{line}: {name}"
+        for path in paths
+        for line, name in bin_internals(path)
+    ]
+    assert not offenders, (
+        "crab.bin internals used outside crab/bin (move them to the library):\n" + "\n".join(offenders)
+    )
 
 
 def non_empty_lines(path):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from crab.bin import make_manifest, score
+from crab.bin import make_manifest
 from crab.bin import package as package_cli
-from crab.report import record_training
+from crab.report import record_training, results_table
 from crab.tokenizer import build_bpe_tokenizer
 from tests.test_run_config import (
     CLASSES,
@@ -96,7 +96,7 @@ def test_training_info_and_results_record_the_asr_model(asr_run):
     assert json.loads((run / "text_source.json").read_text())["asr_model"] == ASR_MODEL
     info = record_training(str(run), 1.0, "run.sh --text_source asr")
     assert info["text_source"] == "asr" and info["asr_model"] == ASR_MODEL
-    table, summary = score.results_table([str(run / "eval_test" / "predictions.csv")])
+    table, summary = results_table([str(run / "eval_test" / "predictions.csv")])
     assert summary["runs"][0]["asr_model"] == ASR_MODEL
     assert f"trained on ASR transcripts of '{ASR_MODEL}'" in table
 

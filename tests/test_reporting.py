@@ -14,14 +14,17 @@ import torch
 from hyperpyyaml.core import resolve_references
 
 from crab.bin import compare, embeddings, score
+from crab.embeddings import write_embeddings
 from crab.experiment import make_brain, parse_and_load
 from crab.report import (
     TrainLogger,
     ablation_overrides,
+    alpha_of,
     comparison_markdown,
     merge_overrides,
     read_ablations,
     record_training,
+    results_table,
     summarise,
 )
 from crab.report import (
@@ -139,7 +142,7 @@ def test_two_runs_aggregate_into_the_expected_table(two_runs, capsys):
 def test_one_run_has_no_mean_row_and_missing_info_is_said(tmp_path):
     path = tmp_path / "exp" / "x" / "f" / "seed1" / "eval_test" / "predictions.csv"
     write_predictions(path, [("angry", "angry"), ("sad", "happy")])
-    table, summary = score.results_table([str(path)])
+    table, summary = results_table([str(path)])
     assert "mean ± std" not in table and summary["std"]["WAR"] is None
     assert "| 2 | 0.5000 |" in table and "| n/a | n/a |" in table
     assert "no train_info.json" in table
@@ -241,7 +244,7 @@ def test_alpha_sweep_table_and_figure(tmp_path):
     assert "Best UAR: 0.5560 at alpha 2." in text and "Best WAR: 0.6300 at alpha 2.75." in text
     assert_png(plot)
     with pytest.raises(ValueError, match="alpha<value>"):
-        compare.alpha_of("mlcs")
+        alpha_of("mlcs")
 
 
 # ---------------------------------------------------------------- embeddings
@@ -253,8 +256,8 @@ def test_embedding_dump_scores_and_comparison_figure(tmp_path):
     separated = rng.normal(size=(40, 8)) + 6 * np.eye(4, 8)[labels]
     mixed = rng.normal(size=(40, 8))
     ids = [f"u{i}" for i in range(40)]
-    good = embeddings.write_outputs(str(tmp_path / "mlcs"), ids, separated, labels, CLASSES, title="mlcs")
-    bad = embeddings.write_outputs(str(tmp_path / "ce"), ids, mixed, labels, CLASSES, "tsne", title="ce")
+    good = write_embeddings(str(tmp_path / "mlcs"), ids, separated, labels, CLASSES, title="mlcs")
+    bad = write_embeddings(str(tmp_path / "ce"), ids, mixed, labels, CLASSES, "tsne", title="ce")
     assert good["silhouette"] > 0.5 > bad["silhouette"]
     assert good["calinski_harabasz"] > bad["calinski_harabasz"]
     assert good["davies_bouldin"] < bad["davies_bouldin"]

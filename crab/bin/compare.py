@@ -16,78 +16,11 @@ draws them side by side, coloured by emotion, with their cluster scores.
 """
 
 import argparse
-import json
 import os
-import re
-import sys
-
-import numpy as np
 
 from crab import cli
-from crab.metrics import METRICS
-from crab.report import EMBEDDING_SCORES, comparison_markdown, embedding_scores, project_2d
-
-
-def read_summary(path):
-    if not os.path.isfile(path):
-        sys.exit(f"ERROR: no results summary at {path}: run the score stage (6) for it first")
-    with open(path, encoding="utf-8") as f:
-        summary = json.load(f)
-    summary.setdefault("tag", os.path.basename(os.path.dirname(path)))
-    return summary["tag"] or os.path.basename(os.path.dirname(path)), summary
-
-
-def alpha_of(tag):
-    match = re.fullmatch(r"alpha([0-9.]+)", tag)
-    if not match:
-        raise ValueError(f"experiment '{tag}' is not named alpha<value>")
-    return float(match.group(1))
-
-
-def alpha_sweep(entries, baseline, plot=None, title=None):
-    """Markdown table of the sweep (CE-only first) and, with ``plot``, Figure 3."""
-    entries = sorted(entries, key=lambda e: alpha_of(e[0]))
-    alphas = [alpha_of(name) for name, _ in entries]
-    rows = ([("CE only", baseline)] if baseline else []) + [
-        (f"{a:g}", s) for a, (_, s) in zip(alphas, entries, strict=True)
-    ]
-    lines = [f"## {title}", ""] if title else []
-    lines += ["| alpha | runs | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 2)]
-    for name, summary in rows:
-        cells = []
-        for m in METRICS:
-            mean, std = summary["mean"][m], summary["std"].get(m)
-            cells.append(f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
-        lines.append(f"| {name} | {summary['num_runs']} | " + " | ".join(cells) + " |")
-    for metric in ("UAR", "WAR"):
-        best = max(zip(alphas, entries, strict=True), key=lambda e: e[1][1]["mean"][metric])
-        lines.append(f"\nBest {metric}: {best[1][1]['mean'][metric]:.4f} at alpha {best[0]:g}.")
-    if plot:
-        from crab.plots import plot_alpha
-
-        means = {m: [s["mean"][m] for _, s in entries] for m in ("UAR", "WAR")}
-        stds = {m: [s["std"].get(m) or 0.0 for _, s in entries] for m in ("UAR", "WAR")}
-        base = {m: baseline["mean"][m] for m in ("UAR", "WAR")} if baseline else None
-        plot_alpha(alphas, means, plot, stds=stds, baseline=base, title=title)
-    return "\n".join(lines) + "\n"
-
-
-def embedding_panels(named_dumps, projection="pca"):
-    """Title, 2-D points and labels per dump, the class list, and the scores."""
-    panels, classes, scores = [], None, {}
-    for name, path in named_dumps:
-        dump = np.load(path)
-        dump_classes = [str(c) for c in dump["classes"]]
-        if classes is not None and dump_classes != classes:
-            raise ValueError(f"{path}: classes {dump_classes} differ from {classes}")
-        classes = dump_classes
-        scores[name] = embedding_scores(dump["embeddings"], dump["labels"])
-        text = ", ".join(
-            f"{short} {scores[name][key]:.3f}" if scores[name][key] is not None else f"{short} n/a"
-            for short, key in zip(("sil", "CH", "DB"), EMBEDDING_SCORES, strict=True)
-        )
-        panels.append((f"{name}\n{text}", project_2d(dump["embeddings"], projection), dump["labels"]))
-    return panels, classes, scores
+from crab.embeddings import embedding_panels, scores_markdown
+from crab.report import alpha_sweep, comparison_markdown, read_summary
 
 
 @cli.entry_point
@@ -133,17 +66,7 @@ def main(argv=None):
         from crab.plots import plot_embeddings
 
         plot_embeddings(panels, classes, args.plot)
-        lines = [
-            "| experiment | silhouette ↑ | Calinski-Harabasz ↑ | Davies-Bouldin ↓ |",
-            "|---|---|---|---|",
-        ]
-        for name, s in scores.items():
-            lines.append(
-                f"| {name} | "
-                + " | ".join("n/a" if s[k] is None else f"{s[k]:.3f}" for k in EMBEDDING_SCORES)
-                + " |"
-            )
-        text = "\n".join(lines) + f"\n\n{args.projection.upper()} projections: {args.plot}\n"
+        text = scores_markdown(scores) + f"\n\n{args.projection.upper()} projections: {args.plot}\n"
     print(text)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

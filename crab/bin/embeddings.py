@@ -5,8 +5,9 @@
 
 Runs the model chosen on ``ckpt_metric`` (as ``crab.bin.evaluate`` does) over the
 manifest and keeps the fused bottleneck, the classifier's fc1 output before the
-ReLU (``taps["fusion"]``, the input of the fusion leg). Writes to
-``<output_folder>/eval_<NAME>/``:
+ReLU (``taps["fusion"]``, the input of the fusion leg). Writes beside the predictions
+of ``crab.bin.evaluate``, to the run's evaluation folder (``CrabBrain.eval_folder``:
+``<output_folder>/eval_<NAME>/`` unless ``eval_folder`` is set):
 
 - ``embeddings.npz``: ``ids``, ``embeddings`` (N x bottleneck_dim), ``labels``
   (class indices of the true emotions), ``classes``;
@@ -20,59 +21,18 @@ ReLU (``taps["fusion"]``, the input of the fusion leg). Writes to
 """
 
 import argparse
-import json
 import logging
 import os
 import sys
 
-import numpy as np
 import speechbrain as sb
-import torch
 
 from crab import cli
 from crab.data import label_encoder
+from crab.embeddings import extract_embeddings, write_embeddings
 from crab.experiment import dataset, feature_cache, load_run, make_brain
-from crab.report import embedding_scores, project_2d
 
 logger = logging.getLogger(__name__)
-
-
-def extract(brain, test_set, loader_kwargs):
-    """Utterance ids, fused embeddings and true class indices of a dataset."""
-    loader = brain.make_dataloader(test_set, stage=sb.Stage.TEST, **loader_kwargs)
-    brain.modules.eval()
-    ids, embeddings, labels = [], [], []
-    with torch.no_grad():
-        for batch in loader:
-            _, taps = brain.forward_model(batch)
-            ids.extend(batch.id)
-            embeddings.append(taps["fusion"].float().cpu())
-            labels.append(batch.emo_encoded.data.squeeze(1).cpu())
-    return ids, torch.cat(embeddings).numpy(), torch.cat(labels).numpy()
-
-
-def write_outputs(out_dir, ids, embeddings, labels, classes, projection="pca", title=None):
-    """The npz dump, the scores and the projection plot; returns the scores."""
-    from crab.plots import plot_embeddings
-
-    os.makedirs(out_dir, exist_ok=True)
-    np.savez(
-        os.path.join(out_dir, "embeddings.npz"),
-        ids=np.array(ids),
-        embeddings=embeddings,
-        labels=labels,
-        classes=np.array(classes),
-    )
-    scores = embedding_scores(embeddings, labels)
-    with open(os.path.join(out_dir, "embedding_scores.json"), "w", encoding="utf-8") as f:
-        json.dump({"num_utterances": len(ids), "dim": int(embeddings.shape[1]), **scores}, f, indent=2)
-    text = ", ".join("n/a" if v is None else f"{k} {v:.3f}" for k, v in scores.items())
-    plot_embeddings(
-        [(f"{title or out_dir}\n{text}", project_2d(embeddings, projection), labels)],
-        classes,
-        os.path.join(out_dir, f"embeddings_{projection}.png"),
-    )
-    return scores
 
 
 @cli.entry_point
@@ -91,9 +51,9 @@ def main(argv=None):
     if not brain.checkpointer.find_checkpoints(max_key=hparams["ckpt_metric"]):
         sys.exit(f"No checkpoint with {hparams['ckpt_metric']} in {hparams['save_folder']}: train first.")
     brain.on_evaluate_start(max_key=hparams["ckpt_metric"])
-    ids, embeddings, labels = extract(brain, test_set, hparams["eval_dataloader_opts"])
-    out_dir = os.path.join(hparams["output_folder"], f"eval_{hparams['eval_name']}")
-    scores = write_outputs(
+    ids, embeddings, labels = extract_embeddings(brain, test_set, hparams["eval_dataloader_opts"])
+    out_dir = brain.eval_folder()  # beside the predictions of crab.bin.evaluate
+    scores = write_embeddings(
         out_dir,
         ids,
         embeddings,

@@ -17,90 +17,12 @@ marked, as the paper's Figure 2).
 """
 
 import argparse
-import csv
 import json
 import os
 import sys
 
 from crab import cli
-from crab.metrics import METRICS, classification_report
-from crab.provenance import read_run_provenance
-from crab.report import (
-    EMBEDDING_SCORES,
-    per_class_markdown,
-    read_train_info,
-    results_markdown,
-    summarise,
-)
-
-
-def read_predictions(path):
-    """Class list and (true, predicted) index lists of one predictions file."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        classes = [c[len("prob_") :] for c in reader.fieldnames or [] if c.startswith("prob_")]
-        index = {c: i for i, c in enumerate(classes)}
-        rows = list(reader)
-    try:
-        y_true = [index[r["true"]] for r in rows]
-        y_pred = [index[r["predicted"]] for r in rows]
-    except KeyError as err:
-        raise ValueError(f"{path}: label {err} has no prob_ column") from None
-    if not rows:
-        raise ValueError(f"{path}: no predictions")
-    return classes, y_true, y_pred
-
-
-def run_dir_of(path):
-    return os.path.dirname(os.path.dirname(path)) or path
-
-
-def score_run(path, per_run=False):
-    """The classification report of one predictions file, with the run's
-    provenance; with ``per_run``, also write the per-run files beside it."""
-    classes, y_true, y_pred = read_predictions(path)
-    report = classification_report(y_true, y_pred, classes)
-    run_dir = run_dir_of(path)
-    info = read_train_info(run_dir) or {}
-    row = {
-        "run": run_dir,
-        "num_utterances": report["num_utterances"],
-        **{m: report[m] for m in METRICS},
-        "absent_from_references": report["absent_from_references"],
-        "never_predicted": report["never_predicted"],
-        **{k: info.get(k) for k in ("wall_s", "commit", "machine", "command")},
-    }
-    transcripts = read_run_provenance(run_dir) or {}  # the run's own record, when train_info.json lacks it
-    row.update({k: info.get(k, transcripts.get(k)) for k in ("text_source", "asr_model")})
-    emb_path = os.path.join(os.path.dirname(path), "embedding_scores.json")
-    if os.path.isfile(emb_path):
-        with open(emb_path, encoding="utf-8") as f:
-            row.update({k: v for k, v in json.load(f).items() if k in EMBEDDING_SCORES})
-    if per_run:
-        write_run_files(os.path.dirname(path), report, run_dir)
-    return row
-
-
-def write_run_files(eval_dir, report, name):
-    from crab.plots import plot_confusion  # matplotlib only when drawing
-
-    with open(os.path.join(eval_dir, "scores.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(eval_dir, "per_class.md"), "w", encoding="utf-8") as f:
-        f.write(per_class_markdown(report, title=f"{name}: per-class scores"))
-    scores = ", ".join(f"{m} {report[m]:.4f}" for m in ("WAR", "UAR"))
-    plot_confusion(
-        report["confusion_matrix"],
-        report["classes"],
-        os.path.join(eval_dir, "confusion.png"),
-        title=f"{name} ({scores})",
-    )
-
-
-def results_table(paths, per_run=False, title=None, **meta):
-    """Markdown results of the runs and their summary (a JSON-ready dict)."""
-    summary = summarise([score_run(p, per_run) for p in paths], **meta)
-    return results_markdown(summary, title), summary
+from crab.report import results_table
 
 
 @cli.entry_point

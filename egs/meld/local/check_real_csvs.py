@@ -1,18 +1,17 @@
 """Check the MELD data preparation on the official CSVs, without the audio.
 
-Writes a tiny silent wav for every CSV row into a temporary dir, runs stage 1
-(local/data.sh, with the official count check on) and the stage-3 manifest checks
-(crab.bin.make_manifest) on it, then compares each split's per-class counts with
-the official ones less the exclusion list. Exits 1 on any difference. With
---text_only, stages 1 and 3 run text-only (no placeholder wavs; the exclusion
-list is not applied, so the counts are the official ones).
+Writes a tiny wav (a quiet tone: silence is bad input) for every CSV row into a
+temporary dir, runs stage 1 (local/data.sh, with the official count check on) and the
+stage-3 manifest checks (crab.dataprep.validate, as crab.bin.make_manifest) on it, then
+compares each split's per-class counts with the official ones less the exclusion list.
+Exits 1 on any difference. With --text_only, stages 1 and 3 run text-only (no
+placeholder wavs; the exclusion list is not applied, so the counts are the official ones).
 
     python local/check_real_csvs.py /path/to/MELD.Raw [--text_only]    # a dir with the three CSVs
 """
 
 import argparse
 import io
-import json
 import os
 import subprocess
 import sys
@@ -24,20 +23,24 @@ import soundfile as sf
 from meld import CLASSES, EXPECTED_COUNTS, SPLITS, read_exclusions, read_split
 from prepare_data import DATA_SPLIT
 
-from crab.bin.make_manifest import main as make_manifest
+from crab import cli
+from crab.datadir import read_data_dir
+from crab.dataprep import validate
 
 RECIPE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def silent_wav_bytes(seconds=0.1):
+def placeholder_wav_bytes(seconds=0.1):
+    """A 220 Hz tone at -20 dBFS, 16 kHz 16-bit: audio that data prep accepts."""
+    tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(int(16000 * seconds)) / 16000)
     buffer = io.BytesIO()
-    sf.write(buffer, np.zeros(int(16000 * seconds), dtype="int16"), 16000, format="WAV", subtype="PCM_16")
+    sf.write(buffer, tone, 16000, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
 
 
 def write_placeholders(csv_dir, wav_dir):
-    """A silent wav for every CSV row, where stage 0 would put the real one."""
-    audio = silent_wav_bytes()
+    """A placeholder wav for every CSV row, where stage 0 would put the real one."""
+    audio = placeholder_wav_bytes()
     for split in SPLITS:
         os.makedirs(os.path.join(wav_dir, split))
         for row in read_split(csv_dir, split, repair=False):
@@ -57,12 +60,13 @@ def expected_after_exclusion(csv_dir, excluded):
     return expected
 
 
-def main():
+@cli.entry_point
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("csv_dir", help="directory holding train/dev/test_sent_emo.csv (e.g. MELD.Raw)")
     parser.add_argument("--exclude", default="local/exclude.txt", help="as in stage 1 (none: no list)")
     parser.add_argument("--text_only", action="store_true", help="check the text-only data prep (no audio)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     csv_dir, exclude, text_only = os.path.abspath(args.csv_dir), args.exclude, str(args.text_only).lower()
     os.chdir(RECIPE)
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,23 +92,9 @@ def main():
         )
         found = {}
         for split in DATA_SPLIT.values():
-            manifest = os.path.join(data_dir, "official", f"{split}.json")
-            make_manifest(
-                [
-                    "--data_dir",
-                    os.path.join(data_dir, "official", split),
-                    "--data_root",
-                    wav_dir,
-                    "--classes",
-                    ",".join(CLASSES),
-                    "--text_only",
-                    text_only,
-                    "--out",
-                    manifest,
-                ]
-            )
-            with open(manifest, encoding="utf-8") as f:
-                found[split] = Counter(entry["emo"] for entry in json.load(f).values())
+            entries = read_data_dir(os.path.join(data_dir, "official", split), text_only=args.text_only)
+            kept = validate(entries, CLASSES, name=split)
+            found[split] = Counter(entry["emo"] for entry in kept.values())
     expected = expected_after_exclusion(csv_dir, {} if args.text_only else read_exclusions(exclude))
     print(
         "Manifests (stage 3) against the official counts"

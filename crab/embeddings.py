@@ -1,0 +1,176 @@
+"""Fused embeddings: the classifier's fc1 output before the ReLU (``taps["fusion"]``, the
+input of the fusion leg), extracted from a trained ``CrabBrain``, scored by how well they
+cluster by emotion, projected to 2-D and drawn.
+
+The command lines are ``crab.bin.embeddings`` (one run) and ``crab.bin.compare embeddings``
+(several side by side). Light on imports: numpy; torch, SpeechBrain, scikit-learn and
+matplotlib only where needed.
+"""
+
+import json
+import os
+
+import numpy as np
+
+EMBEDDING_SCORES = ("silhouette", "calinski_harabasz", "davies_bouldin")
+
+
+def extract_embeddings(brain, test_set, loader_kwargs):
+    """The fused embeddings of a dataset, from the brain's current parameters.
+
+    Parameters
+    ----------
+    brain : crab.brain.CrabBrain
+        The model, with the checkpoint to use loaded.
+    test_set : speechbrain.dataio.dataset.DynamicItemDataset
+        The utterances (``crab.experiment.dataset``).
+    loader_kwargs : dict
+        DataLoader options.
+
+    Returns
+    -------
+    tuple of (list of str, numpy.ndarray, numpy.ndarray)
+        Utterance ids, embeddings (N x bottleneck_dim) and true class indices.
+    """
+    import speechbrain as sb
+    import torch
+
+    loader = brain.make_dataloader(test_set, stage=sb.Stage.TEST, **loader_kwargs)
+    brain.modules.eval()
+    ids, embeddings, labels = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            _, taps = brain.forward_model(batch)
+            ids.extend(batch.id)
+            embeddings.append(taps["fusion"].float().cpu())
+            labels.append(batch.emo_encoded.data.squeeze(1).cpu())
+    return ids, torch.cat(embeddings).numpy(), torch.cat(labels).numpy()
+
+
+def embedding_scores(embeddings, labels):
+    """Silhouette (euclidean), Calinski-Harabasz and Davies-Bouldin scores of
+    embeddings grouped by their true label (None when fewer than 2 labels, or as
+    many labels as points)."""
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
+    embeddings, labels = np.asarray(embeddings, dtype=np.float64), np.asarray(labels)
+    groups = len(np.unique(labels))
+    if groups < 2 or groups >= len(labels):
+        return dict.fromkeys(EMBEDDING_SCORES)
+    return {
+        "silhouette": float(silhouette_score(embeddings, labels)),
+        "calinski_harabasz": float(calinski_harabasz_score(embeddings, labels)),
+        "davies_bouldin": float(davies_bouldin_score(embeddings, labels)),
+    }
+
+
+def project_2d(embeddings, method="pca", seed=0):
+    """2-D projection: ``pca`` (deterministic) or ``tsne``."""
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(embeddings)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30, max(2, (len(embeddings) - 1) // 3)))
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+            embeddings
+        )
+    raise ValueError(f"projection must be pca or tsne, got '{method}'")
+
+
+def write_embeddings(out_dir, ids, embeddings, labels, classes, projection="pca", title=None):
+    """Write the dump, its cluster scores and its projection plot to ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : str
+        Folder of ``embeddings.npz`` (``ids``, ``embeddings``, ``labels``, ``classes``),
+        ``embedding_scores.json`` and ``embeddings_<projection>.png``; made when missing.
+    ids : list of str
+        Utterance ids.
+    embeddings : numpy.ndarray
+        N x dim embeddings.
+    labels : numpy.ndarray
+        True class indices.
+    classes : list of str
+        Class names, by index.
+    projection : str
+        ``pca`` or ``tsne``.
+    title : str, optional
+        Plot title (default: ``out_dir``), above the scores.
+
+    Returns
+    -------
+    dict
+        The scores (``embedding_scores``).
+    """
+    from crab.plots import plot_embeddings
+
+    os.makedirs(out_dir, exist_ok=True)
+    np.savez(
+        os.path.join(out_dir, "embeddings.npz"),
+        ids=np.array(ids),
+        embeddings=embeddings,
+        labels=labels,
+        classes=np.array(classes),
+    )
+    scores = embedding_scores(embeddings, labels)
+    with open(os.path.join(out_dir, "embedding_scores.json"), "w", encoding="utf-8") as f:
+        json.dump({"num_utterances": len(ids), "dim": int(embeddings.shape[1]), **scores}, f, indent=2)
+    text = ", ".join("n/a" if v is None else f"{k} {v:.3f}" for k, v in scores.items())
+    plot_embeddings(
+        [(f"{title or out_dir}\n{text}", project_2d(embeddings, projection), labels)],
+        classes,
+        os.path.join(out_dir, f"embeddings_{projection}.png"),
+    )
+    return scores
+
+
+def embedding_panels(named_dumps, projection="pca"):
+    """The panels of several dumps side by side (``crab.plots.plot_embeddings``).
+
+    Parameters
+    ----------
+    named_dumps : list of (str, str)
+        A name and the path of its ``embeddings.npz``.
+    projection : str
+        ``pca`` or ``tsne``.
+
+    Returns
+    -------
+    tuple of (list, list of str, dict)
+        A title (the name and scores), the 2-D points and the labels per dump; the class
+        list, the same in every dump; and ``name -> scores``.
+    """
+    panels, classes, scores = [], None, {}
+    for name, path in named_dumps:
+        dump = np.load(path)
+        dump_classes = [str(c) for c in dump["classes"]]
+        if classes is not None and dump_classes != classes:
+            raise ValueError(f"{path}: classes {dump_classes} differ from {classes}")
+        classes = dump_classes
+        scores[name] = embedding_scores(dump["embeddings"], dump["labels"])
+        text = ", ".join(
+            f"{short} {scores[name][key]:.3f}" if scores[name][key] is not None else f"{short} n/a"
+            for short, key in zip(("sil", "CH", "DB"), EMBEDDING_SCORES, strict=True)
+        )
+        panels.append((f"{name}\n{text}", project_2d(dump["embeddings"], projection), dump["labels"]))
+    return panels, classes, scores
+
+
+def scores_markdown(scores):
+    """Markdown table of the cluster scores of several runs (``name -> scores``), n/a where undefined."""
+    lines = [
+        "| experiment | silhouette ↑ | Calinski-Harabasz ↑ | Davies-Bouldin ↓ |",
+        "|---|---|---|---|",
+    ]
+    for name, s in scores.items():
+        lines.append(
+            f"| {name} | "
+            + " | ".join("n/a" if s[k] is None else f"{s[k]:.3f}" for k in EMBEDDING_SCORES)
+            + " |"
+        )
+    return "\n".join(lines)
