@@ -15,6 +15,9 @@ the recipe calls the small command-line part for every run:
                                           [--config C --tuning FILE]
         add S seconds to DIR/train_info.json and note the commit, machine, command,
         config and tuning file
+    python -m crab.report add_results --results_md RESULTS.md --summary exp/<tag>/results_<test>.json
+                                      --command CMD [--config C --tuning FILE --device D --corpus NAME]
+        prepend an entry (environment, setting, command, results table) to a recipe's RESULTS.md
 """
 
 import argparse
@@ -597,6 +600,125 @@ class TrainLogger:
             self.tensorboard.log_stats(stats_meta, train_stats, valid_stats, test_stats)
 
 
+# ---------------------------------------------------------------- a recipe's RESULTS.md
+
+RESULTS_MARKER = "<!-- stage 7 (ser.sh --results_md) adds each new entry below this line, newest first -->"
+
+
+def package_versions(packages=("torch", "speechbrain", "transformers")):
+    """``torch 2.6.0, speechbrain 1.0.3, ...`` (installed versions, read without importing them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in packages:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} not installed")
+    return ", ".join(found) + f" (python {platform.python_version()})"
+
+
+def results_entry(summary, command, config=None, tuning=None, device="cpu", date=None):
+    """One entry of a recipe's RESULTS.md (icefall / ESPnet style), markdown.
+
+    A heading with the date (UTC) and the experiment, the environment (date, git commit,
+    torch / speechbrain / transformers versions, device), the config and tuning file of
+    the runs and the command, then the results table of ``results_markdown`` (a row per
+    run, mean ± std, each run's machine and training command). ``summary`` is the JSON
+    of ``crab.bin.score --summary``. What the runs' ``train_info.json`` recorded wins over
+    what is given: the config and tuning file they were trained with, and their machine
+    (``machine(device)``, this one, for runs without a record).
+    """
+    from crab.runconfig import ConfigError, read_tuning  # yaml only
+
+    date = date or datetime.datetime.now(datetime.timezone.utc)
+    runs = [dict(row) for row in summary["runs"]]
+    for row in runs:  # what each run was trained with, from its own record
+        info = read_train_info(row["run"]) or {}
+        row.setdefault("tuning", info.get("tuning"))
+        row.setdefault("config", info.get("config"))
+    recorded = {
+        key: sorted({row[key] for row in runs if row.get(key)}) for key in ("tuning", "config", "machine")
+    }
+    tunings = recorded["tuning"] or ([tuning] if tuning else [])
+    configs = recorded["config"] or ([config] if config else [])
+    experiment = f"{summary.get('tag') or 'experiment'} on {summary.get('test_set') or 'test'}"
+    lines = [
+        f"## {date:%Y-%m-%d %H:%M} UTC: {experiment}",
+        "",
+        "Environment:",
+        "",
+        f"- date: {date.isoformat(timespec='seconds')}",
+        f"- git commit: {git_commit() or 'unknown'}",
+        f"- versions: {package_versions()}",
+        f"- device: {'; '.join(recorded['machine']) or machine(device)}",
+        "",
+    ]
+    lines += ["Setting:", ""]
+    for name in tunings:
+        try:
+            about = read_tuning(name)["description"]
+        except ConfigError:  # changed or gone since: the path still names it
+            about = ""
+        lines.append(f"- tuning: `{name}`" + (f": {about}" if about else ""))
+    if configs:
+        lines.append(("- base config: " if tunings else "- config: ") + ", ".join(f"`{c}`" for c in configs))
+    lines += [f"- command: `{command}`", "", ""]
+    return "\n".join(lines) + results_markdown({**summary, "runs": runs})
+
+
+def insert_entry(text, entry, title="Results"):
+    """``text`` (a RESULTS.md, or None) with ``entry`` at the top of its entries: after
+    ``RESULTS_MARKER``, else before its first ``## `` heading, else at its end; a new
+    file gets ``# title``, a line on what it holds and the marker."""
+    entry = entry.rstrip("\n") + "\n"
+    if not text or not text.strip():
+        intro = (
+            "Newest first. Stage 7 of `run.sh` adds an entry per experiment and test set "
+            "(`--results_md`): the environment, the config or tuning file and the command of its "
+            "runs, and the results (mean ± std over folds and seeds)."
+        )
+        return f"# {title}\n\n{intro}\n\n{RESULTS_MARKER}\n\n{entry}"
+    at = text.find(RESULTS_MARKER)
+    if at >= 0:
+        at += len(RESULTS_MARKER)
+        return text[:at].rstrip("\n") + "\n\n" + entry + "\n" + text[at:].lstrip("\n")
+    heading = 0 if text.startswith("## ") else text.find("\n## ")
+    if heading >= 0:
+        heading += 0 if heading == 0 else 1
+        return text[:heading] + entry + "\n" + text[heading:]
+    return text.rstrip("\n") + "\n\n" + entry
+
+
+def add_results_entry(path, summary_path, command, config=None, tuning=None, device="cpu", corpus=None):
+    """Prepend the entry of ``summary_path`` (``results_entry``) to the results file ``path``
+    (created when absent), under a lock on its folder; the file is replaced whole, so a
+    reader never sees half of it. Returns the entry."""
+    import fcntl
+
+    with open(summary_path, encoding="utf-8") as f:
+        summary = json.load(f)
+    entry = results_entry(summary, command, config=config, tuning=tuning, device=device)
+    path = os.path.realpath(path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    title = f"{CORPUS_NAMES.get((corpus or '').lower(), corpus)} results" if corpus else "Results"
+    lock = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one writer at a time (settings of a sweep in parallel)
+        old = None
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                old = f.read()
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(insert_entry(old, entry, title))
+        os.replace(tmp, path)
+    finally:
+        os.close(lock)
+    return entry
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -621,6 +743,14 @@ def main(argv=None):
     rec.add_argument("--device", default="cpu")
     rec.add_argument("--config", help="the base config the run was given")
     rec.add_argument("--tuning", help="the tuning file the run was given (empty: none)")
+    add = commands.add_parser("add_results", help="prepend an entry to a recipe's RESULTS.md")
+    add.add_argument("--results_md", required=True, help="the results file (created when absent)")
+    add.add_argument("--summary", required=True, help="exp/<tag>/results_<test>.json (crab.bin.score)")
+    add.add_argument("--command", dest="typed", required=True, help="the command as typed")
+    add.add_argument("--config", help="the base config")
+    add.add_argument("--tuning", help="the tuning file (empty: none)")
+    add.add_argument("--device", default="cpu", help="the device the runs were trained on")
+    add.add_argument("--corpus", help="the recipe's directory name: the title of a new file")
     args = parser.parse_args(argv)
     from crab.runconfig import read_tuning  # yaml only
 
@@ -641,6 +771,16 @@ def main(argv=None):
             print(word)
     elif args.command == "tuning":
         print(read_tuning(args.file)["config"])
+    elif args.command == "add_results":
+        add_results_entry(
+            args.results_md,
+            args.summary,
+            args.typed,
+            config=args.config,
+            tuning=args.tuning or None,
+            device=args.device,
+            corpus=args.corpus,
+        )
     else:
         record_training(args.run_dir, args.wall_s, args.command, args.device, args.config, args.tuning)
 

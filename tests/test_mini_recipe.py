@@ -31,6 +31,8 @@ def run_recipe(tmp, *options, script="run.sh", check=True):
         "--speakers 4 --sentences_per_emotion 8",
         "--data_opts",
         "--valid_speakers spk03 --test_speakers spk04",
+        "--results_md",
+        str(tmp / "RESULTS.md"),  # never the recipe's own
         *options,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -113,6 +115,9 @@ def test_evaluation_writes_predictions_and_scores(recipe):
     table = (tmp / "exp" / "crab_tiny" / "results_test.md").read_text()
     assert f"{expected['UAR']:.4f}" in table and "| run | N | WAR | UAR |" in table
     assert f"{expected['UAR']:.4f}" in second  # printed at the end of the run
+    results = (tmp / "RESULTS.md").read_text()  # stage 7's entry, with the same table
+    assert results.startswith("# mini results\n") and " UTC: crab_tiny on test\n" in results
+    assert table[table.index("| run |") :].split("\n\nRuns")[0] in results
 
 
 def test_rerunning_finished_training_changes_nothing(recipe):

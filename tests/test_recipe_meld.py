@@ -170,6 +170,8 @@ def run_recipe(corpus_dir, tmp_path, *options, check=True, env=None):
             str(tmp_path / "exp"),
             "--data_root",
             str(tmp_path / "wav"),
+            "--results_md",
+            str(tmp_path / "RESULTS.md"),  # never the recipe's own
             *options,
         ],
         capture_output=True,
@@ -429,6 +431,7 @@ def test_smoke_stages_0_to_8(corpus, tmp_path):
     scores = json.loads((run_dir / "eval_test" / "scores.json").read_text())
     assert 0 <= scores["UAR"] <= 1
     assert "| run | N | WAR | UAR |" in (tmp_path / "exp" / "crab_tiny" / "results_test.md").read_text()
+    assert " UTC: crab_tiny on test\n" in (tmp_path / "RESULTS.md").read_text()
     manifest = json.loads((tmp_path / "data" / "official" / "train.json").read_text())
     assert len(manifest) == 14 and manifest["train_dia0_utt0"]["wav"] == "{data_root}/train/dia0_utt0.wav"
     assert "Stage 0" in result.stdout

@@ -89,6 +89,8 @@ def test_template_copy_runs_end_to_end(tmp_path):
     )
     assert scores["num_utterances"] == 8 and 0.0 <= scores["UAR"] <= 1.0
     assert "| run | N | WAR | UAR |" in (recipe / "exp" / "crab_tiny" / "results_test.md").read_text()
+    # stage 7's entry in the copy's own RESULTS.md (a copy in tmp_path: the repository's stay as they are)
+    assert (recipe / "RESULTS.md").read_text().startswith("# toy results\n")
 
     # Frozen encoders: stage 4 extracts their states once, stages 5-7 read them.
     cache = tmp_path / "cache"

@@ -179,7 +179,7 @@ def test_sweep_runs_tuning_files_as_rows_of_the_table(tuned_run):
     exp = root / "exp_sweep"
     options = [*options[:-1], str(exp)]
     result = run_sh(
-        *options, "--tunings", tuning, "--ablations", "ce_only",
+        *options, "--tunings", tuning, "--ablations", "ce_only", "--results_md", str(root / "RESULTS.md"),
         "--train_opts", "--number_of_epochs=1 --batch_size=4", script="sweep.sh",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -188,3 +188,6 @@ def test_sweep_runs_tuning_files_as_rows_of_the_table(tuned_run):
     assert read_settings(exp / "narrow" / "main" / "seed42" / "hyperparams.yaml")["hidden_dim"] == 8
     assert read_settings(exp / "ce_only" / "main" / "seed42" / "hyperparams.yaml")["hidden_dim"] == 32
     assert f"narrow on test ({tuning})" in (exp / "narrow" / "results_test.md").read_text()
+    results = (root / "RESULTS.md").read_text()  # one entry per setting, the last one first
+    assert results.index(" UTC: narrow on test") < results.index(" UTC: ce_only on test")
+    assert f"- tuning: `{tuning}`: A test setting" in results

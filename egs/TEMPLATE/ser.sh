@@ -20,7 +20,8 @@
 #   6  evaluate  best checkpoint on each test set (--embeddings true: also the fused
 #                test embeddings and their cluster scores)
 #   7  score     per run: scores.json, per_class.md, confusion.png; per test set:
-#                exp/<tag>/results_<test>.{md,json}, mean ± std over folds and seeds
+#                exp/<tag>/results_<test>.{md,json}, mean ± std over folds and seeds, and
+#                an entry at the top of the recipe's RESULTS.md (--results_md)
 #   8  package   each fold and seed as a self-contained inference model
 #                exp/<tag>/<fold>/seed<seed>/model (crab-infer, CrabClassifier)
 set -euo pipefail
@@ -58,6 +59,8 @@ feature_cache=          # frozen-encoder states (stage 4 extracts, stages 5-8 re
                         # --train_opts "--freeze_speech_encoder=true --freeze_text_encoder=true"
 text_only=false         # true: no audio (text-only baselines): stage 0 skipped, data_root need not exist,
                         # local/data.sh gets --text_only true, manifests without audio (--train_opts "--modality=text")
+results_md=RESULTS.md   # stage 7 adds an entry per test set at the top of this file (relative: in the recipe dir);
+                        # empty: none. The environment variable CRAB_RESULTS_MD, when set, replaces the default
 # ---- end of options ----
 
 usage() {  # the header above and every option of the block with its default
@@ -92,6 +95,7 @@ done
 defaults=0; [ -z "${CRAB_COMMAND:-}" ] || defaults=1  # CRAB_COMMAND: called by run.sh
 [ "${configs_given}" -gt "${defaults}" ] || given_config=
 unset args
+if [ -n "${CRAB_RESULTS_MD+x}" ]; then results_md=${CRAB_RESULTS_MD}; fi  # tests: never the recipe's file
 
 . utils/parse_options.sh
 . utils/check_options.sh
@@ -313,6 +317,12 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
     python -m crab.bin.score --per_run --tag "${tag}" --test_set "${test_set}" \
       --title "${tag} on ${test_set}${tuning:+ (${tuning})}" --out "${exp_dir}/${tag}/results_${test_set}.md" \
       --summary "${exp_dir}/${tag}/results_${test_set}.json" "${preds[@]}"
+    if [ -n "${results_md}" ]; then
+      python -m crab.report add_results --results_md "${results_md}" --command "${command}" \
+        --summary "${exp_dir}/${tag}/results_${test_set}.json" --config "${config}" --tuning "${tuning}" \
+        --device "${device}" --corpus "$(basename "${PWD}")"
+      log "Stage 7: ${tag} on ${test_set} added at the top of ${results_md}"
+    fi
   done
 fi
 
