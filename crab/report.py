@@ -471,7 +471,8 @@ def score_run(path, per_run=False):
     -------
     dict
         The run, its metrics and class notes, the training wall time, commit, machine,
-        command and transcripts (``train_info.json``, else the run's provenance), and the
+        command, config and tuning file, and transcripts (``train_info.json``, else the
+        run's provenance), and the
         embedding cluster scores of ``embedding_scores.json`` beside the predictions.
     """
     classes, y_true, y_pred = read_predictions(path)
@@ -484,7 +485,7 @@ def score_run(path, per_run=False):
         **{m: report[m] for m in METRICS},
         "absent_from_references": report["absent_from_references"],
         "never_predicted": report["never_predicted"],
-        **{k: info.get(k) for k in ("wall_s", "commit", "machine", "command")},
+        **{k: info.get(k) for k in ("wall_s", "commit", "machine", "command", "config", "tuning")},
     }
     transcripts = read_run_provenance(run_dir) or {}  # the run's own record, when train_info.json lacks it
     row.update({k: info.get(k, transcripts.get(k)) for k in ("text_source", "asr_model")})

@@ -187,7 +187,8 @@ def test_sweep_runs_tuning_files_as_rows_of_the_table(tuned_run):
     assert "| ce_only | 1 |" in table and "| narrow | narrow | 1 |" in table
     assert read_settings(exp / "narrow" / "main" / "seed42" / "hyperparams.yaml")["hidden_dim"] == 8
     assert read_settings(exp / "ce_only" / "main" / "seed42" / "hyperparams.yaml")["hidden_dim"] == 32
-    assert f"narrow on test ({tuning})" in (exp / "narrow" / "results_test.md").read_text()
+    scored = (exp / "narrow" / "results_test.md").read_text()
+    assert f"narrow on test ({tuning})" in scored and f"`; tuning `{tuning}`" in scored  # each run's
     results = (root / "RESULTS.md").read_text()  # one entry per setting, the last one first
     assert results.index(" UTC: narrow on test") < results.index(" UTC: ce_only on test")
     assert f"- tuning: `{tuning}`: A test setting" in results
