@@ -118,35 +118,56 @@ def test_meld_cpu_results_frozen_then_fine_tuned(tmp_path):
     corpus.mkdir()
     for split in ("train", "dev", "test"):
         write_csv(corpus / f"{split}_sent_emo.csv", split_rows(split))
+    minilm = build_tiny_text_encoder(tmp_path / "minilm")
     options = [
         "--minilm",
-        build_tiny_text_encoder(tmp_path / "minilm"),
+        minilm,
         "--seeds",
         "1",
         "--data_dir",
         str(tmp_path / "data"),
         "--data_opts",
         "--check_counts false",
-        "--ablations",
+        "--settings",
         "ce_only mlcs",
         "--extra_opts",
         "--number_of_epochs=1 --batch_size=4",
     ]
-    env = {"MELD": str(corpus)}
+    results = tmp_path / "RESULTS.md"
+    env = {"MELD": str(corpus), "CRAB_RESULTS_MD": str(results)}
     frozen, tuned = tmp_path / "frozen", tmp_path / "tuned"
     output = run_script("meld", *options, "--exp_dir", str(frozen), env=env).stdout
 
     assert re.search(r"^\| official( \| [01]\.\d{3}){3} \|$", output, re.MULTILINE)  # 3 hidden states
     assert (frozen / "features_all_layers" / "index.json").is_file()
-    assert ablation_rows(frozen / "ablations_test.md") == {"ce_only": 1, "mlcs": 1}
-    settings = run_settings(frozen / "mlcs" / "official" / "seed1")
+    assert ablation_rows(frozen / "ablations_test.md") == {
+        "minilm_frozen_ce_only": 1,
+        "minilm_frozen_mlcs": 1,
+    }
+    settings = run_settings(frozen / "minilm_frozen_mlcs" / "official" / "seed1")
     assert (settings["freeze_text_encoder"], settings["layer_weighting"]) == (True, "weighted_sum")
     assert settings["feature_cache"] == str(frozen / "features_all_layers")
+    assert (settings["text_encoder_source"], settings["number_of_epochs"]) == (minilm, 1)  # over the tuning's
+    assert (
+        settings["leg_names"] != []
+        and run_settings(frozen / "minilm_frozen_ce_only" / "official" / "seed1")["leg_names"] == []
+    )
 
     # Fine-tuned, on the data of the first run: no cache, the encoder trains.
     run_script("meld", *options, "--exp_dir", str(tuned), "--finetune", "true", "--stage", "5", env=env)
-    assert ablation_rows(tuned / "ablations_test.md") == {"ce_only": 1, "mlcs": 1}
-    settings = run_settings(tuned / "mlcs" / "official" / "seed1")
+    assert ablation_rows(tuned / "ablations_test.md") == {"minilm_ft_ce_only": 1, "minilm_ft_mlcs": 1}
+    settings = run_settings(tuned / "minilm_ft_mlcs" / "official" / "seed1")
     assert (settings["freeze_text_encoder"], settings["feature_cache"]) == (False, None)
     assert (settings["layer_weighting"], settings["number_of_epochs"]) == ("last", 1)
     assert not list(tuned.glob("features*"))
+
+    # RESULTS.md: an entry per setting, newest first, each naming its tuning file.
+    headings = [line for line in results.read_text().splitlines() if line.startswith("## ")]
+    assert [h.split(" UTC: ")[1] for h in headings] == [
+        "minilm_ft_mlcs on test",
+        "minilm_ft_ce_only on test",
+        "minilm_frozen_mlcs on test",
+        "minilm_frozen_ce_only on test",
+    ]
+    for name in ("minilm_ft_mlcs", "minilm_frozen_ce_only"):
+        assert f"- tuning: `conf/tuning/{name}.yaml`: " in results.read_text()

@@ -2,6 +2,7 @@
 then the ablation's, then --train_opts; the tag defaults to the file's name; the run
 records the file; a bad file stops with one line naming it."""
 
+import glob
 import json
 import os
 import subprocess
@@ -42,6 +43,17 @@ def write(path, text):
 
 
 # ---------------------------------------------------------------- the file
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(glob.glob(os.path.join(ROOT, "egs", "*", "conf", "tuning", "*.yaml"))),
+    ids=os.path.basename,
+)
+def test_committed_tuning_files_are_valid(path):
+    recipe = os.path.dirname(os.path.dirname(os.path.dirname(path)))
+    tuning = read_tuning(path, recipe_dir=recipe)
+    assert tuning["description"] and tuning["overrides"]  # what the setting is, and what it sets
 
 
 def test_read_tuning_keeps_values_as_written_in_file_order(tmp_path):

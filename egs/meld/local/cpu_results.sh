@@ -1,29 +1,34 @@
 #!/usr/bin/env bash
-# "CPU results with substitute encoders" (README.md): text-only Crab on the official MELD
-# split from the CSVs alone (no audio), with the frozen all-MiniLM-L6-v2 text encoder:
-# plain CE, weighted CE, weighted CE + MLCS (alpha 2), three seeds each, best epoch on dev.
-# --finetune true: the same three settings with MiniLM fine-tuned end to end (last layer,
-# encoder lr = head lr / 10, as the paper's hierarchical lr), no cache; exp_cpu_minilm_ft.
-# Needs MELD (db.sh) pointing at the *_sent_emo.csv files and sentence-transformers/all-MiniLM-L6-v2
-# in Hugging Face format.
+# The CPU results with substitute encoders (RESULTS.md): text-only Crab on the official MELD
+# split from the CSVs alone (no audio), with all-MiniLM-L6-v2 as the text encoder, three seeds
+# per setting, best epoch on dev. Each setting is a tuning file, conf/tuning/minilm_<kind>_<name>.yaml,
+# and an experiment <exp_dir>/minilm_<kind>_<name>/:
+#   frozen (default): the encoder frozen, its states cached once; exp_cpu_minilm
+#   --finetune true:  the encoder fine-tuned end to end (last layer, encoder lr = head lr / 10,
+#                     as the paper's hierarchical lr), no cache; exp_cpu_minilm_ft
+# with settings plain_ce (CE, no class weights), ce_only (weighted CE), mlcs (weighted CE + MLCS,
+# alpha 2), and for --finetune true also mlcs_e5 (5 epochs). Needs MELD (db.sh) pointing at the
+# *_sent_emo.csv files and sentence-transformers/all-MiniLM-L6-v2 (hub access, or --minilm DIR: a
+# local copy in Hugging Face format).
 #   local/cpu_results.sh [--minilm DIR] [--layer N|weighted_sum] [--seeds "1 2 3"] [--stage N] [--parallel true]
-#                        [--finetune true] [--ablations "plain_ce ce_only mlcs"] [--data_dir data]
+#                        [--finetune true] [--settings "plain_ce ce_only mlcs"] [--data_dir data]
 #                        [--exp_dir exp_cpu_minilm, with --finetune exp_cpu_minilm_ft]
-#                        [--extra_opts "--key=value ..."]   (appended to the training overrides)
+#                        [--extra_opts "--key=value ..."]   (after the tuning file's overrides)
 #                        [--data_opts "..."]                (local/data.sh options of stage 1)
 # Stage 4 caches the encoder's states once (every layer) and prints crab.bin.layer_probe's
 # validation UAR per layer (dev only; the test set is not read to choose).
 # --parallel true trains the seeds at the same time (one process each), then scores all.
-# Stages (as ser.sh's): 1-4 data, cache and layer probe; 5-6 training and evaluation; 7 the tables.
+# Stages (as ser.sh's): 1-4 data, cache and layer probe; 5-6 training and evaluation; 7 the tables
+# (<exp_dir>/ablations_test.md, and an entry per setting in RESULTS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-minilm=sentence-transformers/all-MiniLM-L6-v2   # hub id, or a local directory in Hugging Face format
+minilm=sentence-transformers/all-MiniLM-L6-v2   # hub id (the tuning files'), or a local directory in Hugging Face format
 layer=weighted_sum
 seeds="1 2 3"
 stage=1
 parallel=false
 finetune=false
-ablations="plain_ce ce_only mlcs"
+settings="plain_ce ce_only mlcs"
 data_dir=data
 exp_dir=
 extra_opts=
@@ -31,32 +36,35 @@ data_opts=
 . ./path.sh
 . utils/parse_options.sh
 
-exp=${exp_dir:-exp_cpu_minilm}
+kind=frozen exp=${exp_dir:-exp_cpu_minilm}
 cache=${exp}/features_all_layers
-encoder="--modality=text --text_encoder_source=${minilm} --tokenizer_source=${minilm} \
-  --pretrained_encoders=true --freeze_text_encoder=true --layer_weighting=weighted_sum"
-head="--normalize_encoder_states=true --hidden_dim=128 --bottleneck_dim=128 --leg_output_dim=128 \
-  --lr=1e-3 --batch_size=16 --grad_accumulation_factor=1 --number_of_epochs=6 ${extra_opts}"
-if [ "${layer}" != weighted_sum ]; then  # one layer: its own cache
-  cache=${exp}/features_layer${layer}
-  encoder=${encoder/--layer_weighting=weighted_sum/--layer_weighting=${layer}}
-fi
 if [ "${finetune}" = true ]; then  # 3 epochs of ~625 steps, ~3 min each with both cores free
-  exp=${exp_dir:-exp_cpu_minilm_ft} cache=
-  encoder="--modality=text --text_encoder_source=${minilm} --tokenizer_source=${minilm} \
-  --pretrained_encoders=true --freeze_text_encoder=false --layer_weighting=last"
-  head="--hidden_dim=128 --bottleneck_dim=128 --leg_output_dim=128 --lr=5e-4 --encoder_lr=5e-5 \
-  --batch_size=16 --grad_accumulation_factor=1 --number_of_epochs=3 --text_max_length=64 ${extra_opts}"
+  kind=ft exp=${exp_dir:-exp_cpu_minilm_ft} cache=
+fi
+tunings=()
+for name in ${settings}; do
+  tuning=conf/tuning/minilm_${kind}_${name}.yaml
+  [ -f "${tuning}" ] || { echo "$0: --settings ${name}: no ${tuning} (see conf/tuning/minilm_${kind}_*.yaml)" >&2; exit 1; }
+  tunings+=("${tuning}")
+done
+# What differs from the tuning files: a local copy of the encoder, one layer instead of the sum.
+local_opts=
+if [ "${minilm}" != sentence-transformers/all-MiniLM-L6-v2 ]; then
+  local_opts="--text_encoder_source=${minilm} --tokenizer_source=${minilm}"
+fi
+if [ "${layer}" != weighted_sum ] && [ "${finetune}" = false ]; then  # one layer: its own cache
+  cache=${exp}/features_layer${layer} local_opts+=" --layer_weighting=${layer}"
 fi
 
 # text only, on the cached states unless --finetune
-options=(--text_only true --config conf/crab_base.yaml --data_dir "${data_dir}" --exp_dir "${exp}" --feature_cache "${cache}")
-crab() {  # the ablations: crab SEEDS STAGE STOP_STAGE
-  ./sweep.sh --ablations "${ablations}" --stage "$2" --stop_stage "$3" --seeds "$1" "${options[@]}" \
-    --train_opts "${encoder} ${head}"
+options=(--text_only true --data_dir "${data_dir}" --exp_dir "${exp}" --feature_cache "${cache}")
+crab() {  # the settings: crab SEEDS STAGE STOP_STAGE
+  ./sweep.sh --tunings "${tunings[*]}" --stage "$2" --stop_stage "$3" --seeds "$1" "${options[@]}" \
+    --train_opts "${local_opts} ${extra_opts}"
 }
 if [ "${stage}" -le 4 ]; then
-  ./run.sh --stage "${stage}" --stop_stage 4 --seeds "${seeds}" "${options[@]}" --data_opts "${data_opts}" --train_opts "${encoder} ${head}"
+  ./run.sh --stage "${stage}" --stop_stage 4 --seeds "${seeds}" --tuning "${tunings[0]}" "${options[@]}" \
+    --data_opts "${data_opts}" --train_opts "${local_opts} ${extra_opts}"
   if [ -n "${cache}" ] && [ "${layer}" = weighted_sum ]; then
     python -m crab.bin.layer_probe --cache "${cache}" --branch text --fold "${data_dir}/official" | tee "${exp}/layer_probe.md"
   fi
@@ -66,6 +74,7 @@ elif [ "${parallel}" = true ]; then
   # The cores shared among the processes (path.sh gives each all of them): oversubscribed
   # cores made each epoch ~10x slower here.
   jobs=$(wc -w <<< "${seeds}")
+  mkdir -p "${exp}"  # for the logs
   export OMP_NUM_THREADS=$(( $(nproc) > jobs ? $(nproc) / jobs : 1 ))
   for seed in ${seeds}; do crab "${seed}" 5 6 > "${exp}/seed${seed}.log" 2>&1 & done
   wait
