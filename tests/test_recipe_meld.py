@@ -369,7 +369,7 @@ def test_mojibake_repair_keeps_correct_text():
     assert fix("it\u2019s and donâ€™t") == "it\u2019s and don\u2019t"
 
 
-ABLATIONS = {  # README's Table III / IV rows: yaml overrides of conf/crab*.yaml
+ABLATIONS = {  # the Table III / IV rows of RESULTS.md: yaml overrides of conf/crab*.yaml
     "ce": ["--leg_names=[]"],
     "ce_mpcl_fusion": ["--leg_names=[fusion]"],
     "mls_ce": ["--leg_output_dim=7", "--leg_loss=!ref <wce>"],
