@@ -49,7 +49,9 @@ def test_emodb_cpu_results(tmp_path):
         "--whisper",
         whisper,
         "--seeds",
-        "1",
+        "1 2",
+        "--jobs",
+        "2",
         "--folds",
         FOLD,
         "--layer",
@@ -61,7 +63,7 @@ def test_emodb_cpu_results(tmp_path):
         "--data_opts",
         "--pairing sorted --check_counts false",
         "--extra_opts",
-        "--number_of_epochs=1 --batch_size=8",
+        "--number_of_epochs=2 --batch_size=8",
     ]
     env = {"EMODB": str(corpus)}
     output = run_script("emodb", *options, env=env).stdout
@@ -74,16 +76,25 @@ def test_emodb_cpu_results(tmp_path):
     assert sorted(os.listdir(exp)) == [
         "ablations_test.md",
         "ce_only",
+        "ce_only_seed1.log",
+        "ce_only_seed2.log",
         "extract_features",
         "features_all_layers",
         "features_layer1",
         "layer_probe.md",
         "mlcs",
+        "mlcs_seed1.log",
+        "mlcs_seed2.log",
+        "paired_test.md",
+        "paired_test.png",
     ]  # no empty run folders
-    assert ablation_rows(exp / "ablations_test.md") == {"ce_only": 1, "mlcs": 1}
+    assert ablation_rows(exp / "ablations_test.md") == {"ce_only": 2, "mlcs": 2}
+    assert "| mlcs | 2 |" in (exp / "paired_test.md").read_text()  # paired by fold and seed
+    chosen = {m: int((exp / m / "chosen_epochs").read_text()) for m in ("ce_only", "mlcs")}
+    assert set(chosen.values()) <= {1, 2} and "| mean |" in (exp / "mlcs" / "valid_curves.md").read_text()
     run = exp / "mlcs" / FOLD / "seed1"
     settings = run_settings(run)
-    assert (settings["layer_weighting"], settings["number_of_epochs"], settings["alpha"]) == (1, 1, 2.0)
+    assert (settings["layer_weighting"], settings["number_of_epochs"], settings["alpha"]) == (1, 2, 2.0)
     assert settings["feature_cache"] == str(exp / "features_layer1")
     assert (run / "eval_test" / "predictions.csv").is_file()
 
@@ -96,7 +107,10 @@ def test_emodb_cpu_results(tmp_path):
     )
     assert {e["spk"] for e in train.values()} == {"09", "10", "11", "12", "13", "14", "15", "16"}
     assert (merged / "test.json").read_text() == (held_out / "test.json").read_text()
-    assert ablation_rows(tmp_path / "exp_trainval" / "ablations_test.md") == {"ce_only": 1, "mlcs": 1}
+    assert ablation_rows(tmp_path / "exp_trainval" / "ablations_test.md") == {"ce_only": 2, "mlcs": 2}
+    for m in ("ce_only", "mlcs"):  # no <tuning>_8spk.yaml for the frozen setting: the held-out file's
+        settings = run_settings(tmp_path / "exp_trainval" / m / FOLD / "seed2")
+        assert (settings["number_of_epochs"], settings["ckpt_metric"]) == (2, "UAR")
 
 
 def run_settings(run_dir):

@@ -1,35 +1,36 @@
 #!/usr/bin/env bash
-# EmoDB speech-only with Whisper-base (README.md, "Results" in RESULTS.md): Crab on the
-# speaker-pair folds 03+08, 09+10, 11+12, 13+14, 15+16, weighted CE against weighted CE + MLCS,
-# every method with the same folds and seeds. Needs EMODB (db.sh) and openai/whisper-base (hub
-# access, or --whisper DIR: a local copy in Hugging Face format).
-#   local/cpu_results.sh [--whisper DIR] [--layer N] [--seeds "1 2"] [--stage N] [--stop_stage N]
-#                        [--ablations "ce_only mlcs"] [--alphas "0.5"] [--jobs N] [--trainval true]
-#                        [--finetune_top_layers N] [--folds "fold03_08 ..."] [--data_dir data/pairs]
-#                        [--exp_dir exp_cpu_whisper_base] [--extra_opts "--key=value ..."]
-#                        [--data_opts "--pairing sorted"]
-# Stages (as ser.sh's): 1-4 data, the encoder's states cached once and the layer probe (it picks
-# --layer on the validation pairs: 3); 5-6 training and evaluation; 7 the tables (sweep.sh).
-# Methods: --ablations (rows of conf/ablations.txt) and --alphas (MLCS with that alpha, tag
-# alpha<a>); --jobs N trains N (method, seed) runs at a time, the cores shared among them.
-# --finetune_top_layers N fine-tunes Whisper's N layers up to the one read (the rest frozen), on a
-# cache of the hidden state below them (exp_dir/features_layer<L>_top<N>); runs go to <exp_dir>_top<N>.
+# EmoDB speech only with Whisper-base (RESULTS.md): Crab on the speaker-pair folds 03+08, 09+10,
+# 11+12, 13+14, 15+16, weighted CE against weighted CE + MLCS, every method on the same folds and
+# seeds. Needs EMODB (db.sh) and openai/whisper-base (hub access, or --whisper DIR: a local copy in
+# Hugging Face format).
+#   local/cpu_results.sh [--setting frozen|ft1|ft3] [--methods "ce_only mlcs"] [--seeds "1 2"] [--layer 3]
+#                        [--jobs N] [--trainval true] [--stage N] [--stop_stage N] [--whisper DIR]
+#                        [--folds "fold03_08 ..."] [--data_dir data/pairs] [--exp_dir exp_cpu_whisper_base]
+#                        [--extra_opts "--key=value ..."] [--data_opts "--pairing sorted"]
+# Each (setting, method) is a committed tuning file, conf/tuning/whisper_<setting>_<method>.yaml:
+# frozen (layer 3's states cached), ft1 (layer 3 fine-tuned on cached layer-2 states), ft3
+# (layers 1-3 fine-tuned on cached layer-0 states, bf16 autocast). Runs go to <exp_dir> (frozen) or
+# <exp_dir>_top<N>, one experiment per method (exp/<method>/<fold>/seed<seed>).
+# Stages (as ser.sh's): 1-4 data, the encoder's states cached once and the layer probe (it picked
+# layer 3 on the validation pairs, the tuning files' layer_weighting; --layer overrides it); 5-6 training and evaluation, --jobs (method, seed) runs at a time,
+# the cores shared among them; 7 the tables, each method's validation curves and chosen number of
+# epochs (without --trainval), and the paired comparison with ce_only (crab.bin.paired).
 # --trainval true trains on the 8 non-test speakers (train + valid of the held-out protocol; data in
-# <data_dir>_trainval, runs in <run dir>_trainval). Pass the epochs chosen on the held-out protocol
-# and --ckpt_metric=epoch through --extra_opts, so that the last epoch is kept, not one picked on
-# speakers that were trained on; the test pair stays unseen until evaluation.
+# <data_dir>_trainval, runs in <run dir>_trainval), with conf/tuning/whisper_<setting>_<method>_8spk.yaml
+# where it exists (ft3: the epochs chosen on the held-out protocol, the last epoch kept), else with
+# the held-out file (frozen, ft1: best epoch on the validation pair, which is then training data).
+# The test pair stays unseen until evaluation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 whisper=openai/whisper-base   # hub id, or a local directory in Hugging Face format
+setting=frozen
 layer=3
+methods="ce_only mlcs"
 seeds="1 2"
 stage=1
 stop_stage=7
 jobs=1
-ablations="ce_only mlcs"
-alphas=
 trainval=false
-finetune_top_layers=0
 folds="fold03_08 fold09_10 fold11_12 fold13_14 fold15_16"
 data_dir=data/pairs
 exp_dir=exp_cpu_whisper_base
@@ -39,31 +40,39 @@ data_opts="--pairing sorted"
 . utils/parse_options.sh
 . ./db.sh
 
-encoder="--modality=speech --speech_encoder_source=${whisper} --pretrained_encoders=true --freeze_speech_encoder=true"
-head="--normalize_encoder_states=true --hidden_dim=128 --bottleneck_dim=128 --leg_output_dim=128 \
-  --lr=1e-3 --batch_size=16 --grad_accumulation_factor=1 --number_of_epochs=10 ${extra_opts}"
+case ${setting} in
+  frozen) top=0 run_opts= ;;
+  ft1) top=1 run_opts= ;;
+  ft3) top=3 run_opts="--precision=bf16" ;;  # SpeechBrain's option, not a yaml key
+  *) echo "$0: --setting must be frozen, ft1 or ft3, got '${setting}'" >&2; exit 1 ;;
+esac
+tuning_of() {  # the tuning file of a method: tuning_of METHOD
+  local file=conf/tuning/whisper_${setting}_$1
+  if [ "${trainval}" = true ] && [ -f "${file}_8spk.yaml" ]; then file+=_8spk; fi
+  [ -f "${file}.yaml" ] || { echo "$0: no ${file}.yaml for method '$1' of --setting ${setting}" >&2; return 1; }
+  echo "${file}.yaml"
+}
+for m in ${methods}; do tuning_of "${m}" > /dev/null; done
+opts="--speech_encoder_source=${whisper} --layer_weighting=${layer} ${run_opts} ${extra_opts}"
+cache=${exp_dir}/features_layer${layer} run_dir=${exp_dir} run_data=${data_dir}
+if [ "${top}" -gt 0 ]; then cache+=_top${top} run_dir+=_top${top}; fi
 
 if [ "${stage}" -le 4 ]; then
   # Every layer once, for the probe that picks the layer (validation sets only).
   ./run.sh --stage "${stage}" --stop_stage 4 --config conf/crab_base.yaml --data_dir "${data_dir}" \
     --data_opts "${data_opts}" --folds "${folds}" --seeds "${seeds}" --exp_dir "${exp_dir}" \
-    --feature_cache "${exp_dir}/features_all_layers" --train_opts "${encoder} --layer_weighting=weighted_sum"
+    --feature_cache "${exp_dir}/features_all_layers" --train_opts "--modality=speech \
+      --speech_encoder_source=${whisper} --pretrained_encoders=true --freeze_speech_encoder=true \
+      --layer_weighting=weighted_sum"
   fold_opts=()
   for f in ${folds}; do fold_opts+=(--fold "${data_dir}/${f}"); done
   python -m crab.bin.layer_probe --cache "${exp_dir}/features_all_layers" --branch speech \
     "${fold_opts[@]}" | tee "${exp_dir}/layer_probe.md"
-fi
-cache=${exp_dir}/features_layer${layer}
-run_dir=${exp_dir} run_data=${data_dir}
-if [ "${finetune_top_layers}" -gt 0 ]; then
-  # Whisper's layers up to the one read are fine-tuned (encoder_lr) on the cached state below them.
-  encoder="${encoder} --freeze_speech_encoder=false --finetune_top_speech_layers=${finetune_top_layers}"
-  cache=${cache}_top${finetune_top_layers} run_dir=${exp_dir}_top${finetune_top_layers}
-fi
-if [ "${stage}" -le 4 ]; then  # on the held-out protocol's manifests: --trainval has the same utterances
-  ./run.sh --stage 4 --stop_stage 4 --config conf/crab_base.yaml --data_dir "${data_dir}" --folds "${folds}" \
-    --seeds "${seeds}" --exp_dir "${run_dir}" --feature_cache "${cache}" \
-    --train_opts "${encoder} --layer_weighting=${layer} ${head}"
+  # The states the setting starts from (the same for every method and for --trainval's utterances).
+  first=${methods%% *}
+  ./run.sh --stage 4 --stop_stage 4 --tuning "$(tuning_of "${first}")" --data_dir "${data_dir}" \
+    --folds "${folds}" --seeds "${seeds}" --exp_dir "${run_dir}" --tag "${first}" \
+    --feature_cache "${cache}" --train_opts "${opts}"
 fi
 [ "${stop_stage}" -le 4 ] && exit 0
 if [ "${trainval}" = true ]; then
@@ -76,18 +85,12 @@ if [ "${trainval}" = true ]; then
     cp "${data_dir}/${f}/valid.json" "${data_dir}/${f}/test.json" "${run_data}/${f}/"
   done
 fi
-methods=${ablations}
-for a in ${alphas}; do methods+=" alpha${a}"; done
 train() {  # stages 5-6 of one method and seed over every fold: train SEED METHOD
-  local setting=(--ablation "$2")
-  [[ $2 != alpha* ]] || setting=(--tag "$2" --train_opts "${encoder} --layer_weighting=${layer} ${head} --alpha=${2#alpha}")
-  [[ $2 == alpha* ]] || setting+=(--train_opts "${encoder} --layer_weighting=${layer} ${head}")
-  ./run.sh --stage 5 --stop_stage 6 --config conf/crab_base.yaml --data_dir "${run_data}" --folds "${folds}" \
-    --seeds "$1" --exp_dir "${run_dir}" --feature_cache "${cache}" "${setting[@]}"
+  ./run.sh --stage 5 --stop_stage 6 --tuning "$(tuning_of "$2")" --tag "$2" --data_dir "${run_data}" \
+    --folds "${folds}" --seeds "$1" --exp_dir "${run_dir}" --feature_cache "${cache}" --train_opts "${opts}"
 }
 if [ "${stage}" -le 6 ]; then
-  # One process per method and seed, --jobs at a time, the cores shared among them (path.sh
-  # gives each all of them: oversubscribed cores made each epoch ~10x slower).
+  # path.sh gives each process all the cores: oversubscribed cores made each epoch ~10x slower.
   export OMP_NUM_THREADS=$(( $(nproc) > jobs ? $(nproc) / jobs : 1 ))
   mkdir -p "${run_dir}"
   logs=()
@@ -105,5 +108,24 @@ if [ "${stage}" -le 6 ]; then
   [ "${failed}" -eq 0 ] || { echo "${failed} training job(s) failed: see the ends of ${logs[*]}" >&2; exit 1; }
 fi
 [ "${stop_stage}" -ge 7 ] || exit 0
-./sweep.sh --ablations "${ablations}" ${alphas:+--alphas "${alphas}"} --stage 7 --stop_stage 7 \
-  --config conf/crab_base.yaml --data_dir "${run_data}" --folds "${folds}" --seeds "${seeds}" --exp_dir "${run_dir}"
+for m in ${methods}; do
+  ./run.sh --stage 7 --stop_stage 7 --tuning "$(tuning_of "${m}")" --tag "${m}" --data_dir "${run_data}" \
+    --folds "${folds}" --seeds "${seeds}" --exp_dir "${run_dir}"
+  if [ "${trainval}" = false ]; then  # the epochs of the method, on the validation pairs
+    train_logs=()
+    for f in ${folds}; do for s in ${seeds}; do train_logs+=("${run_dir}/${m}/${f}/seed${s}/train_log.txt"); done; done
+    python -m crab.bin.choose_epochs --title "${m}: validation UAR per epoch" \
+      --table "${run_dir}/${m}/valid_curves.md" --out "${run_dir}/${m}/chosen_epochs" "${train_logs[@]}"
+  fi
+done
+summaries=() compared=()
+for m in ${methods}; do
+  summaries+=("${run_dir}/${m}/results_test.json")
+  [ "${m}" = ce_only ] || compared+=("${m}=${run_dir}/${m}/results_test.json")
+done
+python -m crab.bin.compare table --title "EmoDB test, ${setting}" --out "${run_dir}/ablations_test.md" "${summaries[@]}"
+if [[ " ${methods} " == *" ce_only "* ]] && [ ${#compared[@]} -gt 0 ]; then  # paired by fold and seed
+  python -m crab.bin.paired --baseline "ce_only=${run_dir}/ce_only/results_test.json" "${compared[@]}" \
+    --title "Test UAR against weighted CE, ${setting}$([ "${trainval}" = false ] || echo ', 8 training speakers')" \
+    --out "${run_dir}/paired_test.md" --plot "${run_dir}/paired_test.png"
+fi
