@@ -9,7 +9,8 @@
 # Checks (--checks a,b,...; default all):
 #   env         nvidia-smi, torch and CUDA versions, the GPUs torch sees
 #   data        the mini recipe's stages 0-3 on CPU, only when its manifests are missing
-#   train_fp32  mini recipe stages 5-8 (train, evaluate, score, package) on cuda:0
+#   train_fp32  mini recipe stages 5-8 (train, evaluate, score, package) on cuda:0; stage 7's
+#               results entry goes to RESULTS.md in the work folder, never the recipe's
 #   train_bf16  stage 5 with SpeechBrain's --precision=bf16 (through --train_opts)
 #   train_fp16  stage 5 with --precision=fp16 (gradient scaler; CUDA only)
 #   ddp         stage 5 under torchrun, nccl: run.sh --ngpu N with N > 1 GPUs, one
@@ -112,7 +113,9 @@ cd "${RECIPE}" || exit 1
 classes=angry,happy,neutral,sad
 if [ "${quick}" = true ]; then epochs=1; else epochs=3; fi
 recipe_ngpu=1; [ "${device}" = cuda ] || recipe_ngpu=0
-recipe=(./run.sh --exp_dir "${work}/exp" --ngpu "${recipe_ngpu}")
+# stage 7 adds its entries to the work folder's RESULTS.md, never to the recipe's
+export CRAB_RESULTS_MD=${work}/RESULTS.md
+recipe=(./run.sh --exp_dir "${work}/exp" --ngpu "${recipe_ngpu}" --results_md "${CRAB_RESULTS_MD}")
 
 if wanted env; then run_check env 120 bash -c "$(declare -f env_report); env_report ${device}"; fi
 
@@ -195,6 +198,7 @@ fi
   echo "| check | result | seconds | peak GPU memory MiB | log |"
   echo "|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
+  if [ -f "${work}/RESULTS.md" ]; then echo; echo "stage 7's results entries: RESULTS.md (this folder)"; fi
   for name in "${reports[@]+"${reports[@]}"}"; do
     echo
     echo "## ${name}"
