@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 
+import speechbrain as sb
 import torch
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import if_main_process, is_distributed_initialized, run_on_main
@@ -169,3 +170,23 @@ def make_brain(hparams, run_opts):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
+
+
+def load_trained_run(argv=None):
+    """What the stages that run a trained model on a test set share (``crab.bin.evaluate``,
+    ``crab.bin.embeddings``): the run's own configuration (``load_run``), its experiment
+    folder, the sorted dataset of ``test_manifest`` (cached encoder states with
+    ``feature_cache``) and a CrabBrain (``make_brain``). Exits with a message when the run
+    has no checkpoint with ``ckpt_metric``: train first.
+
+    Returns ``(hparams, brain, test_set)``; the brain has not loaded a checkpoint yet.
+    """
+    _, run_opts, _, hparams = load_run(argv)
+    sb.create_experiment_directory(hparams["output_folder"], save_env_desc=False)
+    encoder = label_encoder(hparams["classes"], os.path.join(hparams["save_folder"], "label_encoder.txt"))
+    cache = feature_cache(hparams, [hparams["test_manifest"]])
+    test_set = dataset(hparams, hparams["test_manifest"], encoder, sort=True, cache=cache)
+    brain = make_brain(hparams, run_opts)
+    if not brain.checkpointer.find_checkpoints(max_key=hparams["ckpt_metric"]):
+        sys.exit(f"No checkpoint with {hparams['ckpt_metric']} in {hparams['save_folder']}: train first.")
+    return hparams, brain, test_set

@@ -22,15 +22,11 @@ of ``crab.bin.evaluate``, to the run's evaluation folder (``CrabBrain.eval_folde
 
 import argparse
 import logging
-import os
 import sys
 
-import speechbrain as sb
-
 from crab import cli
-from crab.data import label_encoder
 from crab.embeddings import extract_embeddings, write_embeddings
-from crab.experiment import dataset, feature_cache, load_run, make_brain
+from crab.experiment import load_trained_run
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +37,8 @@ def main(argv=None):
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--projection", choices=("pca", "tsne"), default="pca")
     args, rest = own.parse_known_args(argv)
-    _, run_opts, _, hparams = load_run(rest)  # the run's own configuration, as crab.bin.evaluate
-    sb.create_experiment_directory(hparams["output_folder"], save_env_desc=False)
+    hparams, brain, test_set = load_trained_run(rest)  # the run's own configuration, as crab.bin.evaluate
     classes = list(hparams["classes"])
-    encoder = label_encoder(classes, os.path.join(hparams["save_folder"], "label_encoder.txt"))
-    cache = feature_cache(hparams, [hparams["test_manifest"]])
-    test_set = dataset(hparams, hparams["test_manifest"], encoder, sort=True, cache=cache)
-    brain = make_brain(hparams, run_opts)
-    if not brain.checkpointer.find_checkpoints(max_key=hparams["ckpt_metric"]):
-        sys.exit(f"No checkpoint with {hparams['ckpt_metric']} in {hparams['save_folder']}: train first.")
     brain.on_evaluate_start(max_key=hparams["ckpt_metric"])
     ids, embeddings, labels = extract_embeddings(brain, test_set, hparams["eval_dataloader_opts"])
     out_dir = brain.eval_folder()  # beside the predictions of crab.bin.evaluate

@@ -11,27 +11,16 @@ and one given again must have the trained value (``test_manifest``, ``eval_name`
 ``data_root``, ``feature_cache`` and the batching keys may differ).
 """
 
-import os
 import sys
 
-import speechbrain as sb
-
 from crab import cli
-from crab.data import label_encoder
-from crab.experiment import dataset, feature_cache, load_run, loader_options, make_brain
+from crab.experiment import load_trained_run, loader_options
 
 
 @cli.entry_point
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    _, run_opts, _, hparams = load_run(argv)
-    sb.create_experiment_directory(hparams["output_folder"], save_env_desc=False)
-    encoder = label_encoder(hparams["classes"], os.path.join(hparams["save_folder"], "label_encoder.txt"))
-    cache = feature_cache(hparams, [hparams["test_manifest"]])
-    test_set = dataset(hparams, hparams["test_manifest"], encoder, sort=True, cache=cache)
-    brain = make_brain(hparams, run_opts)
-    if not brain.checkpointer.find_checkpoints(max_key=hparams["ckpt_metric"]):
-        sys.exit(f"No checkpoint with {hparams['ckpt_metric']} in {hparams['save_folder']}: train first.")
+    hparams, brain, test_set = load_trained_run(argv)
     brain.evaluate(
         test_set,
         max_key=hparams["ckpt_metric"],
