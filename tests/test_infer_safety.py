@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from crab.bin import transcribe
+from crab import asr
 from tests.test_inference import cli, data, package, trained, write_inputs  # noqa: F401 - fixtures
 from tests.test_transcribe import FakeModel, make_data_dir, read_lines
 from tests.test_transcribe import run as run_transcribe
@@ -173,13 +173,13 @@ def test_a_line_cut_inside_a_utf8_character_is_redone(trained, data, tmp_path, c
 
 def test_transcripts_cut_inside_a_utf8_character(tmp_path, monkeypatch):
     data_dir, utts = make_data_dir(tmp_path, n=3)
-    monkeypatch.setattr(transcribe, "load_transcriber", FakeModel(texts={0: "é", 1: "é", 2: "é"}).load)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel(texts={0: "é", 1: "é", 2: "é"}).load)
     run_transcribe(data_dir, "fake")
     complete = (data_dir / "text.asr").read_bytes()
     lines = complete.splitlines(keepends=True)
     (data_dir / "text.asr").write_bytes(lines[0] + lines[1][:-2])  # cut inside the é of the second
     fake = FakeModel(texts={0: "é", 1: "é"})
-    monkeypatch.setattr(transcribe, "load_transcriber", fake.load)
+    monkeypatch.setattr(asr, "load_transcriber", fake.load)
     run_transcribe(data_dir, "fake")
     assert fake.batches == [2] and (data_dir / "text.asr").read_bytes() == complete
     (data_dir / "text.asr").write_bytes(lines[0][:-2] + b"\n" + lines[1] + lines[2])
@@ -205,7 +205,7 @@ def test_transient_transcription_failures_are_not_recorded(tmp_path, monkeypatch
         return transcriber
 
     sf.write(wavs[utts[2]], (0.1 * np.random.default_rng(1).standard_normal(4000)).astype("float32"), 16000)
-    monkeypatch.setattr(transcribe, "load_transcriber", flaky)
+    monkeypatch.setattr(asr, "load_transcriber", flaky)
     with pytest.raises(SystemExit, match="the model failed on 1 utterance"):
         run_transcribe(data_dir, "fake", "--batch_size", "4")
     assert [line[0] for line in read_lines(data_dir / "text.asr")] == [
@@ -220,7 +220,7 @@ def test_transient_transcription_failures_are_not_recorded(tmp_path, monkeypatch
     # the next run tries exactly the failed ones again
     open(wavs[utts[1]], "wb").write(good)
     fake = FakeModel(texts={0: "second", 1: "third"})
-    monkeypatch.setattr(transcribe, "load_transcriber", fake.load)
+    monkeypatch.setattr(asr, "load_transcriber", fake.load)
     run_transcribe(data_dir, "fake", "--batch_size", "4")
     assert fake.batches == [2]
     assert read_lines(data_dir / "text.asr") == [

@@ -215,14 +215,14 @@ def test_language_goes_only_to_multilingual_whisper(tiny_whisper):
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     data_dir, utts = make_data_dir(tmp_path, n=5)
     first = FakeModel(fail_on_call=2)
-    monkeypatch.setattr(transcribe, "load_transcriber", first.load)
+    monkeypatch.setattr(asr, "load_transcriber", first.load)
     with pytest.raises(KeyboardInterrupt):
         run(data_dir, "fake", "--batch_size", "2")
     assert [line[0] for line in read_lines(data_dir / "text.asr")] == utts[:2]  # the first batch was kept
     with open(data_dir / "text.asr", "a", encoding="utf-8") as f:
         f.write(f"{utts[2]} cut off mid-li")  # a write cut off by the interruption
     second = FakeModel(texts={0: "third", 1: "fourth", 2: "fifth"})
-    monkeypatch.setattr(transcribe, "load_transcriber", second.load)
+    monkeypatch.setattr(asr, "load_transcriber", second.load)
     run(data_dir, "fake", "--batch_size", "2")
     assert second.batches == [2, 1]  # only the 3 missing utterances, the cut-off one included
     assert read_lines(data_dir / "text.asr") == [
@@ -236,22 +236,22 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 def test_finished_dir_does_not_load_the_model(tmp_path, monkeypatch):
     data_dir, _ = make_data_dir(tmp_path, n=2)
-    monkeypatch.setattr(transcribe, "load_transcriber", FakeModel().load)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
     run(data_dir, "fake")
     before = (data_dir / "text.asr").read_text()
-    monkeypatch.setattr(transcribe, "load_transcriber", lambda args: pytest.fail("model loaded"))
+    monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
     run(data_dir, "fake")
     assert (data_dir / "text.asr").read_text() == before
 
 
 def test_other_model_stops_unless_overwrite(tmp_path, monkeypatch):
     data_dir, _ = make_data_dir(tmp_path, n=2)
-    monkeypatch.setattr(transcribe, "load_transcriber", FakeModel().load)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
     run(data_dir, "model-a")
     with pytest.raises(SystemExit, match="made with 'model-a', not 'model-b'.*--overwrite true"):
         run(data_dir, "model-b")
     fake = FakeModel(texts={0: "new", 1: "new"})
-    monkeypatch.setattr(transcribe, "load_transcriber", fake.load)
+    monkeypatch.setattr(asr, "load_transcriber", fake.load)
     run(data_dir, "model-b", "--overwrite", "true")
     assert fake.batches == [2]
     assert [line[1] for line in read_lines(data_dir / "text.asr")] == ["new", "new"]
@@ -264,7 +264,7 @@ def test_empty_outputs_and_bad_audio_give_empty_transcripts(tmp_path, monkeypatc
     os.remove(wavs[utts[1]])  # missing
     sf.write(wavs[utts[2]], np.zeros(100, dtype="float32"), 16000)  # shorter than the speech encoder's window
     fake = FakeModel(texts={1: "  "})  # utts[0] and utts[3] reach the model; the second comes back blank
-    monkeypatch.setattr(transcribe, "load_transcriber", fake.load)
+    monkeypatch.setattr(asr, "load_transcriber", fake.load)
     run(data_dir, "fake")
     assert fake.batches == [2]
     # the missing file is a failure, not an empty transcript: no line, listed, tried again next run
@@ -282,7 +282,7 @@ def test_transcripts_are_one_utf8_line_and_stale_utterances_go(tmp_path, monkeyp
     data_dir, utts = make_data_dir(tmp_path, n=2)
     (data_dir / "text.asr").write_text("gone already there\n", encoding="utf-8")
     fake = FakeModel(texts={0: "“Curly” — quotes\nand\ttabs ", 1: "é"})
-    monkeypatch.setattr(transcribe, "load_transcriber", fake.load)
+    monkeypatch.setattr(asr, "load_transcriber", fake.load)
     run(data_dir, "fake")
     expected = f"{utts[0]} “Curly” — quotes and tabs\n{utts[1]} é\n"
     assert (data_dir / "text.asr").read_text(encoding="utf-8") == expected

@@ -34,16 +34,8 @@ import argparse
 import logging
 import os
 
-from crab import cli
-from crab.asr import (
-    BACKENDS,
-    DTYPES,
-    check_model,
-    load_transcriber,
-    record_model,
-    transcribe_batches,
-    write_transcripts,
-)
+from crab import asr, cli
+from crab.asr import BACKENDS, DTYPES, check_model, record_model, transcribe_batches, write_transcripts
 from crab.cli import str2bool
 from crab.datadir import read_table, read_transcripts
 
@@ -82,7 +74,7 @@ def main(argv=None):
     done = {utt: text for utt, text in done.items() if utt in wavs}
     todo = [utt for utt in wavs if utt not in done]
     # a model that cannot be loaded (a typo) stops here, before anything is written
-    transcriber = load_transcriber(args) if todo else None
+    transcriber = asr.load_transcriber(args) if todo else None  # through the module: tests patch it there
     record_model(out + ".model", args.model)
     write_transcripts(out, done, wavs)  # drops a cut-off line and utterances no longer in wav.scp
     logger.info("%s: %d utterances, %d already transcribed", args.data_dir, len(wavs), len(done))
