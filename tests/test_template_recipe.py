@@ -79,7 +79,8 @@ def test_template_copy_runs_end_to_end(tmp_path):
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**os.environ, "CORPUS_ROOT": "toy_corpus"},
+        # without CRAB_RESULTS_MD (tests/conftest.py sets it empty): the default, the copy's RESULTS.md
+        env={**{k: v for k, v in os.environ.items() if k != "CRAB_RESULTS_MD"}, "CORPUS_ROOT": "toy_corpus"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     manifest = json.loads((recipe / "data" / "main" / "train.json").read_text())
