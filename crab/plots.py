@@ -169,4 +169,5 @@ def plot_paired(panels, path, metric="UAR", baseline_name="baseline"):
         ax.set_ylabel(f"{name} {metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
+    fig.subplots_adjust(wspace=0.4)  # room for the next panel's axis label
     return _save(fig, path)
