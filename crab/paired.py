@@ -13,7 +13,6 @@ Example
 (0.0125, 3, 1, 0.625)
 """
 
-import json
 import os
 
 import numpy as np
@@ -21,6 +20,7 @@ from scipy import stats as scipy_stats
 
 from crab import cli
 from crab.metrics import METRICS
+from crab.report import read_summary
 
 
 class PairingError(cli.UserError, ValueError):
@@ -105,8 +105,7 @@ def load_summary_scores(path, metric):
     """``{(fold, seed): score}`` of the runs listed in a stage-7 ``results_<test>.json``."""
     if metric not in METRICS:
         raise PairingError(f"metric must be one of {', '.join(METRICS)}, got '{metric}'")
-    with open(path, encoding="utf-8") as f:
-        summary = json.load(f)
+    _, summary = read_summary(path)
     scores = {}
     for run in summary.get("runs", []):
         key = run_pair_key(run["run"])
