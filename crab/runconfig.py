@@ -7,7 +7,8 @@ rebuilds the run's model (``crab.bin.evaluate``, ``crab.bin.embeddings``,
 option given at training need not be repeated, and the model is the one trained.
 Only the keys of ``STAGE_KEYS`` may take another value at those stages; any other
 override given again must equal the trained value, else a ``ConfigError`` names the
-key and both values.
+key and both values. A run copied or moved to another folder is read where it is
+(``--output_folder``): the paths under the folder it was trained in are moved with it.
 
 A tuning file (``conf/tuning/<name>.yaml``, ``read_tuning``) is a committed setting: a
 base config and the overrides applied over it (``ser.sh --tuning``), so that a results
@@ -387,6 +388,14 @@ def run_folder(hparams_file, overrides):
         ) from None
 
 
+def relocated(text, old, new):
+    """The run file's ``text`` with every path value under ``old`` (the output folder the
+    run was trained in) moved under ``new``: a value equal to ``old`` or starting with
+    ``old/``, unquoted, quoted or in a flow list; any other text is left as it is."""
+    path = re.compile(r"(?<=[\s'\"\[,])" + re.escape(old) + r"(?=/|[\s'\"\],]|$)", re.MULTILINE)
+    return path.sub(lambda _: new, text)
+
+
 def check_against_run(run_file, text, overrides, stage_keys):
     """A ``ConfigError`` for the first override, outside ``stage_keys``, whose value
     differs from the run's (``!ref`` values resolved against the run's file)."""
@@ -443,6 +452,14 @@ def load_run(argv=None, stage_keys=STAGE_KEYS, pretrained_encoders=True):
         )
     with open(run_file, encoding="utf-8") as f:
         text = f.read()
+    trained_in = str(resolved_values(text)["output_folder"])
+    if os.path.abspath(trained_in) != os.path.abspath(folder):
+        logger.info(
+            "Run trained in %s, read in %s: its paths under the first are read under the second",
+            trained_in,
+            folder,
+        )
+        text = relocated(text, trained_in, folder)
     check_against_run(run_file, text, overrides, stage_keys)
     applied = [(k, v) for k, v in override_items(overrides) if k in stage_keys]
     loaded = resolve_references(io.StringIO(text), "".join(f"{k}: {v}\n" for k, v in applied) or None)

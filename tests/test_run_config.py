@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 
 from crab.bin import evaluate
 from crab.bin import package as package_cli
-from crab.runconfig import ConfigError, check_against_run, resolved_values, same_value
+from crab.runconfig import ConfigError, check_against_run, load_run, relocated, resolved_values, same_value
 from tests.conftest import ROOT, write_tone_corpus
 
 RECIPE = os.path.join(ROOT, "egs", "TEMPLATE")
@@ -150,6 +151,35 @@ def test_package_builds_the_trained_model_and_records_its_max_duration(trained, 
     )
     assert_one_line_error(result, "--hidden_dim=32 contradicts the run's hidden_dim: 16")
     assert not (tmp_path / "model2").exists()
+
+
+def test_a_moved_run_is_evaluated_and_packaged_where_it_is(trained, data, tmp_path):
+    moved = tmp_path / "copied" / "seed42"
+    shutil.copytree(trained, moved, ignore=shutil.ignore_patterns("eval_*"))
+    (ckpt,) = (moved / "save").glob("CKPT+*")
+    ckpt.rename(moved / "hidden")
+    with pytest.raises(SystemExit, match=f"No checkpoint with .* in {moved / 'save'}"):
+        evaluate_run(data, moved, "moved")  # the checkpoint is looked for in the moved folder only
+    (moved / "hidden").rename(ckpt)
+    assert evaluate_run(data, moved, "moved") == evaluate_run(data, trained, "bare")
+    assert not (trained / "eval_moved").exists()
+    _, _, _, hparams = in_recipe(load_run, [CONFIG, *run_options(data, moved)])
+    assert hparams["save_folder"] == str(moved / "save")
+    assert str(hparams["checkpointer"].checkpoints_dir) == str(moved / "save")
+    in_recipe(package_cli.main, [CONFIG, *run_options(data, moved), "--out", str(tmp_path / "model")])
+    meta = json.loads((tmp_path / "model" / "metadata.json").read_text())
+    assert meta["training"]["hparams_file"] == str(moved / "hyperparams.yaml")
+
+
+def test_relocation_moves_whole_path_values_only():
+    text = (
+        "output_folder: exp/a   # the run\nsave_folder: exp/a/save\nq: 'exp/a/log.txt'\n"
+        "l: [exp/a/x, exp/a]\nother: exp/ab/save\nabs: /data/exp/a/save\nnote: see exp/a\n"
+    )
+    assert relocated(text, "exp/a", "/new/run") == (
+        "output_folder: /new/run   # the run\nsave_folder: /new/run/save\nq: '/new/run/log.txt'\n"
+        "l: [/new/run/x, /new/run]\nother: exp/ab/save\nabs: /data/exp/a/save\nnote: see /new/run\n"
+    )
 
 
 def test_no_saved_configuration_says_to_train_first(data, tmp_path):
