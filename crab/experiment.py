@@ -3,6 +3,7 @@
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 
@@ -12,7 +13,7 @@ from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import if_main_process, is_distributed_initialized, run_on_main
 
 from crab.brain import CrabBrain
-from crab.data import class_counts, label_encoder, make_dataset
+from crab.data import DataError, class_counts, label_encoder, make_dataset
 from crab.features import FeatureCache
 from crab.locking import FolderLockedError, folder_lock
 from crab.runconfig import (  # noqa: F401 (the configuration helpers, imported from here too)
@@ -160,6 +161,36 @@ def loader_options(hparams, data, train):
         seed=hparams["seed"],
     )
     return opts
+
+
+def batches_per_epoch(data, opts):
+    """The training batches of one epoch of one process, as a loader with ``opts``
+    (``loader_options``) makes them from ``data``; under DDP the processes share them."""
+    if "batch_sampler" in opts:
+        batches = len(opts["batch_sampler"])
+    elif opts.get("drop_last"):
+        batches = len(data) // opts.get("batch_size", 1)
+    else:
+        batches = math.ceil(len(data) / opts.get("batch_size", 1))
+    return math.ceil(batches / (torch.distributed.get_world_size() if is_distributed_initialized() else 1))
+
+
+def check_accumulation(batches, factor, manifest):
+    """An error when an epoch of ``batches`` holds no complete accumulation of ``factor``
+    batches: SpeechBrain drops the gradients of an epoch's last, incomplete accumulation,
+    so the model would never be updated. A dropped tail of a longer epoch is logged."""
+    if batches < factor:
+        raise DataError(
+            f"{manifest}: {batches} training batch(es) per epoch, fewer than grad_accumulation_factor "
+            f"{factor}: no optimizer step would ever be taken; lower grad_accumulation_factor or batch_size"
+        )
+    if batches % factor:
+        logger.info(
+            "%d training batches per epoch in accumulations of %d: the last %d of each epoch are dropped",
+            batches,
+            factor,
+            batches % factor,
+        )
 
 
 def make_brain(hparams, run_opts):

@@ -7,7 +7,15 @@ import os
 import pytest
 import torch
 
-from crab.experiment import dataset, make_brain, parse_and_load, prepare_labels_and_weights
+from crab.data import DataError
+from crab.experiment import (
+    batches_per_epoch,
+    check_accumulation,
+    dataset,
+    make_brain,
+    parse_and_load,
+    prepare_labels_and_weights,
+)
 from tests.conftest import ROOT, write_tone_corpus
 
 CONFIG = os.path.join(ROOT, "egs", "TEMPLATE", "conf", "crab_tiny.yaml")
@@ -81,6 +89,22 @@ def test_hierarchical_lr_cosine_schedule_and_accumulation(data, tmp_path):
     log = (tmp_path / "exp" / "train_log.txt").read_text().splitlines()
     lrs = [float(line.split("lr_head: ")[1].split(" ")[0]) for line in log]
     assert lrs == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)], rel=1e-2)
+
+
+def test_an_epoch_without_a_complete_accumulation_is_an_error(caplog):
+    items = list(range(12))
+    assert batches_per_epoch(items, {"batch_size": 5}) == 3
+    assert batches_per_epoch(items, {"batch_size": 5, "drop_last": True}) == 2
+    assert batches_per_epoch(items, {"batch_sampler": [[0, 1]] * 7}) == 7
+    check_accumulation(4, 4, "train.json")
+    with caplog.at_level("INFO", logger="crab.experiment"):
+        check_accumulation(7, 2, "train.json")
+    assert "the last 1 of each epoch are dropped" in caplog.text
+    with pytest.raises(
+        DataError,
+        match=r"train.json: 3 training batch\(es\) per epoch, fewer than grad_accumulation_factor 4",
+    ):
+        check_accumulation(3, 4, "train.json")
 
 
 def test_best_checkpoint_evaluation_and_saved_class_weights(data, tmp_path):

@@ -12,7 +12,14 @@ import torch
 from speechbrain.dataio.dataio import read_audio
 
 import crab.bin.package as package_cli
-from crab.experiment import dataset, make_brain, parse_and_load, prepare_labels_and_weights
+from crab.experiment import (
+    batches_per_epoch,
+    check_accumulation,
+    dataset,
+    make_brain,
+    parse_and_load,
+    prepare_labels_and_weights,
+)
 from crab.inference import CrabClassifier
 from crab.losses import ContrastiveLoss, supcon
 from crab.metrics import compute_scores
@@ -67,12 +74,18 @@ def brain_for(config, data, out, *extra):
 
 
 def train(config, data, out, *extra):
-    """Train as crab.bin.train does (statistics first), saving the run's hyperparams.yaml."""
-    hparams, run_opts, applied = load(config, data, out, *extra)
+    """Train as crab.bin.train does (statistics first), saving the run's hyperparams.yaml;
+    batches of 3, so that the reference's accumulation of 4 updates once per epoch."""
+    hparams, run_opts, applied = load(config, data, out, "--batch_size=3", *extra)
     save_run_config(config, applied, out)
     encoder = prepare_labels_and_weights(hparams)
     brain = make_brain(hparams, run_opts)
     train_set = dataset(hparams, hparams["train_manifest"], encoder)
+    check_accumulation(
+        batches_per_epoch(train_set, hparams["train_dataloader_opts"]),
+        brain.grad_accumulation_factor,
+        hparams["train_manifest"],
+    )
     brain.fit_state_normalization(
         train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"]
     )
@@ -190,6 +203,7 @@ def test_learning_rate_reaches_its_floor(data, tmp_path, config, floors):
         assert brain.optimizers_dict[name].param_groups[0]["lr"] == pytest.approx(encoder, abs=1e-15)
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # epochs without training
 def test_reference_selects_the_best_macro_f1_checkpoint(data, tmp_path):
     """Two epochs whose validation results disagree: UAR prefers epoch 2, macro-F1 epoch 1."""
     targets = [0, 0, 0, 0, 0, 0, 1, 1, 2, 3]

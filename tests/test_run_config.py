@@ -182,6 +182,15 @@ def test_relocation_moves_whole_path_values_only():
     )
 
 
+def test_training_that_would_never_update_is_refused(data, tmp_path):
+    out = tmp_path / "never_updated"
+    result = command(
+        "crab.bin.train", CONFIG, *run_options(data, out), "--batch_size=4", "--grad_accumulation_factor=4"
+    )
+    assert_one_line_error(result, "2 training batch(es) per epoch, fewer than grad_accumulation_factor 4")
+    assert not list(out.glob("save/CKPT+*"))
+
+
 def test_no_saved_configuration_says_to_train_first(data, tmp_path):
     result = command(
         "crab.bin.evaluate",

@@ -27,6 +27,8 @@ from crab import cli
 from crab.data import require_manifest
 from crab.distributed import end_process_group
 from crab.experiment import (
+    batches_per_epoch,
+    check_accumulation,
     dataset,
     feature_cache,
     loader_options,
@@ -64,11 +66,14 @@ def _train(hparams_file, run_opts, overrides, hparams):
     train_set = dataset(hparams, hparams["train_manifest"], encoder, cache=cache)
     valid_set = dataset(hparams, hparams["valid_manifest"], encoder, sort=True, cache=cache)
     brain = make_brain(hparams, run_opts)
+    train_options = loader_options(hparams, train_set, train=True)
+    check_accumulation(
+        batches_per_epoch(train_set, train_options), brain.grad_accumulation_factor, hparams["train_manifest"]
+    )
     if not brain.checkpointer.find_checkpoints():  # a resumed run restores them
         brain.fit_state_normalization(
             train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"]
         )
-    train_options = loader_options(hparams, train_set, train=True)
     if "batch_sampler" in train_options:  # dynamic batches: Brain calls its set_epoch() each epoch
         brain.train_sampler = train_options["batch_sampler"]  # (DDP replaces it by its wrapper)
     brain.fit(
