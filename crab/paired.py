@@ -129,6 +129,31 @@ def align(baseline, method, baseline_name="baseline", method_name="method"):
     return keys, [baseline[k] for k in keys], [method[k] for k in keys]
 
 
+def fold_means(keys, baseline, method):
+    """One pair per fold from ``align``'s (fold, seed) pairs: each fold's scores averaged
+    over its seeds. The seeds of a fold share its test speakers, so their pairs are not
+    independent; fewer, independent pairs give the more conservative comparison.
+
+    >>> fold_means([("f1", "seed1"), ("f1", "seed2"), ("f2", "seed1"), ("f2", "seed2")],
+    ...            [0.5, 0.7, 0.8, 0.8], [0.6, 0.6, 0.9, 0.7])
+    ([('f1',), ('f2',)], [0.6, 0.8], [0.6, 0.8])
+    """
+    folds = sorted({key[0] for key in keys})
+    seeds = {fold: [i for i, key in enumerate(keys) if key[0] == fold] for fold in folds}
+    counts = {len(at) for at in seeds.values()}
+    if len(counts) > 1:
+        raise PairingError(
+            "folds with different numbers of seeds: "
+            + ", ".join(f"{fold} {len(at)}" for fold, at in seeds.items())
+            + "; averaging over seeds needs the same seeds in every fold"
+        )
+
+    def means(values):
+        return [round(float(np.mean([values[i] for i in seeds[fold]])), 12) for fold in folds]
+
+    return [(fold,) for fold in folds], means(baseline), means(method)
+
+
 def _fmt(value, digits=4):
     return "n/a" if value is None else f"{value:.{digits}f}"
 

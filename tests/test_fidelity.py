@@ -203,7 +203,8 @@ def test_learning_rate_reaches_its_floor(data, tmp_path, config, floors):
         assert brain.optimizers_dict[name].param_groups[0]["lr"] == pytest.approx(encoder, abs=1e-15)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # epochs without training
+# the epochs below are validated without being trained: the scheduler steps with no optimizer step
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 def test_reference_selects_the_best_macro_f1_checkpoint(data, tmp_path):
     """Two epochs whose validation results disagree: UAR prefers epoch 2, macro-F1 epoch 1."""
     targets = [0, 0, 0, 0, 0, 0, 1, 1, 2, 3]

@@ -7,7 +7,15 @@ import math
 import pytest
 
 from crab.bin import choose_epochs, paired
-from crab.paired import PairingError, align, load_scores_table, paired_stats, run_pair_key, verdict
+from crab.paired import (
+    PairingError,
+    align,
+    fold_means,
+    load_scores_table,
+    paired_stats,
+    run_pair_key,
+    verdict,
+)
 from crab.selection import SelectionError, best_epoch, valid_curve
 
 
@@ -85,6 +93,17 @@ def test_cli_pairs_summaries_writes_table_and_figure(tmp_path, capsys):
     short = summary(tmp_path / "short.json", "mlcs", dict.fromkeys(keys[:-1], 0.9))
     with pytest.raises(SystemExit, match="fold09_10/seed3 .only ce_only."):
         paired.main(["--baseline", f"ce_only={ce}", f"mlcs={short}"])
+    # one pair per fold, the mean of its 3 seeds: ce 0.81, 0.84; mlcs 0.83, 0.86
+    paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--by_fold", "--out", str(out)])
+    text = out.read_text()
+    assert "one pair per fold (mean over its seeds)" in text
+    assert "| mlcs | 2 | 0.8250 | 0.8450 | +0.0200 | 0.0000 |" in text and "| 2 / 0 / 0 |" in text
+
+
+def test_fold_means_need_the_same_seeds_in_every_fold():
+    keys = [("f1", "seed1"), ("f1", "seed2"), ("f2", "seed1")]
+    with pytest.raises(PairingError, match="folds with different numbers of seeds: f1 2, f2 1"):
+        fold_means(keys, [0.5, 0.6, 0.7], [0.5, 0.6, 0.7])
 
 
 def test_scores_table_mode_and_its_errors(tmp_path):

@@ -6,8 +6,10 @@
     python -m crab.bin.paired --scores per_seed.tsv --baseline ce_only mlcs --out paired.md
 
 Runs are paired by fold and seed (``<tag>/<fold>/seed<seed>`` in the stage-7 summaries);
-with ``--scores`` settings and pairs come from a tab-separated table (columns
-``setting``, ``pair`` and the metric). Writes the table of ``crab.paired.paired_markdown``
+``--by_fold`` averages each fold over its seeds first (one pair per fold: the seeds of a
+fold share its test speakers, so this is the conservative comparison). With ``--scores``
+settings and pairs come from a tab-separated table (columns ``setting``, ``pair`` and the
+metric). Writes the table of ``crab.paired.paired_markdown``
 and, with ``--plot``, one scatter panel per method (baseline against method, diagonal drawn).
 """
 
@@ -15,7 +17,14 @@ import argparse
 
 from crab import cli
 from crab.metrics import METRICS
-from crab.paired import align, load_scores_table, load_summary_scores, paired_markdown, paired_stats
+from crab.paired import (
+    align,
+    fold_means,
+    load_scores_table,
+    load_summary_scores,
+    paired_markdown,
+    paired_stats,
+)
 from crab.plots import plot_paired
 
 
@@ -35,7 +44,10 @@ def parse_args(argv=None):
     parser.add_argument("--scores", help="tab-separated table with columns setting, pair and the metric")
     parser.add_argument("--metric", default="UAR", choices=METRICS)
     parser.add_argument("--confidence", type=float, default=0.95)
-    parser.add_argument("--pair_unit", default="fold and seed", help="what one pair is, for the caption")
+    parser.add_argument(
+        "--by_fold", action="store_true", help="one pair per fold, its scores averaged over the seeds"
+    )
+    parser.add_argument("--pair_unit", help="what one pair is, for the caption (default: fold and seed)")
     parser.add_argument("--title", help="a line printed above the table")
     parser.add_argument("--out", help="markdown file (default: print)")
     parser.add_argument("--plot", help="PNG of the per-pair scores")
@@ -65,9 +77,12 @@ def run(args):
         if name == baseline:
             continue
         keys, base, meth = align(scores[baseline], method, baseline, name)
+        if args.by_fold:
+            keys, base, meth = fold_means(keys, base, meth)
         rows.append((name, paired_stats(base, meth, confidence=args.confidence)))
         panels.append((name, base, meth, [(k[0], k[-1]) for k in keys]))
-    text = paired_markdown(rows, args.metric, baseline, args.confidence, args.pair_unit)
+    unit = args.pair_unit or ("fold (mean over its seeds)" if args.by_fold else "fold and seed")
+    text = paired_markdown(rows, args.metric, baseline, args.confidence, unit)
     if args.title:
         text = f"{args.title}\n\n{text}"
     if args.plot:

@@ -14,7 +14,8 @@
 # Stages (as ser.sh's): 1-4 data, the encoder's states cached once and the layer probe (it picked
 # layer 3 on the validation pairs, the tuning files' layer_weighting; --layer overrides it); 5-6 training and evaluation, --jobs (method, seed) runs at a time,
 # the cores shared among them; 7 the tables, each method's validation curves and chosen number of
-# epochs (without --trainval), and the paired comparison with ce_only (crab.bin.paired).
+# epochs (without --trainval), and the paired comparison with ce_only (crab.bin.paired: by fold and
+# seed, and with several seeds and folds also by fold, each fold's seeds averaged).
 # --trainval true trains on the 8 non-test speakers (train + valid of the held-out protocol; data in
 # <data_dir>_trainval, runs in <run dir>_trainval), with conf/tuning/whisper_<setting>_<method>_8spk.yaml
 # where it exists (ft3: the epochs chosen on the held-out protocol, the last epoch kept), else with
@@ -128,4 +129,8 @@ if [[ " ${methods} " == *" ce_only "* ]] && [ ${#compared[@]} -gt 0 ]; then  # p
   python -m crab.bin.paired --baseline "ce_only=${run_dir}/ce_only/results_test.json" "${compared[@]}" \
     --title "Test UAR against weighted CE, ${setting}$([ "${trainval}" = false ] || echo ', 8 training speakers')" \
     --out "${run_dir}/paired_test.md" --plot "${run_dir}/paired_test.png"
+  if [ "$(wc -w <<< "${seeds}")" -gt 1 ] && [ "$(wc -w <<< "${folds}")" -gt 1 ]; then  # the seeds of a fold averaged
+    python -m crab.bin.paired --baseline "ce_only=${run_dir}/ce_only/results_test.json" "${compared[@]}" \
+      --by_fold --out "${run_dir}/paired_test_by_fold.md"
+  fi
 fi
