@@ -460,6 +460,15 @@ def load_run(argv=None, stage_keys=STAGE_KEYS, pretrained_encoders=True):
             folder,
         )
         text = relocated(text, trained_in, folder)
+        try:
+            moved = str(resolved_values(text)["output_folder"])
+        except Exception as err:  # any parse error of the rewritten text
+            moved = f"unreadable ({err})"
+        if moved != folder:
+            raise ConfigError(
+                f"{run_file}: the run cannot be read in {folder} (its output folder becomes {moved}); "
+                "move it to a folder whose name YAML reads as plain text"
+            )
     check_against_run(run_file, text, overrides, stage_keys)
     applied = [(k, v) for k, v in override_items(overrides) if k in stage_keys]
     loaded = resolve_references(io.StringIO(text), "".join(f"{k}: {v}\n" for k, v in applied) or None)

@@ -169,6 +169,13 @@ def test_a_moved_run_is_evaluated_and_packaged_where_it_is(trained, data, tmp_pa
     in_recipe(package_cli.main, [CONFIG, *run_options(data, moved), "--out", str(tmp_path / "model")])
     meta = json.loads((tmp_path / "model" / "metadata.json").read_text())
     assert meta["training"]["hparams_file"] == str(moved / "hyperparams.yaml")
+    # a folder name that YAML would not read back as the same text: one line, not a wrong path
+    odd = tmp_path / "runs #2" / "seed42"
+    shutil.copytree(trained, odd, ignore=shutil.ignore_patterns("eval_*"))
+    with pytest.raises(
+        ConfigError, match=r"the run cannot be read in .*runs #2/seed42 \(its output folder becomes"
+    ):
+        in_recipe(load_run, [CONFIG, *run_options(data, odd)])
 
 
 def test_relocation_moves_whole_path_values_only():
