@@ -21,7 +21,8 @@ from tests.test_transcribe import build_tiny_whisper
 FOLD = "fold03_08"  # sorted pairing: test 03 + 08, validation 09 + 10
 
 
-def run_script(recipe, *options, env):
+def run_script(recipe, *options, env, status=0):
+    """``local/cpu_results.sh`` of ``recipe``; its exit status must be ``status``."""
     script = os.path.join(ROOT, "egs", recipe, "local", "cpu_results.sh")
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     result = subprocess.run(
@@ -31,7 +32,7 @@ def run_script(recipe, *options, env):
         # CRAB_RESULTS_MD: stage 7 writes no RESULTS.md, unless the test names one (never the recipe's)
         env={**os.environ, **NO_BYTECODE, "PATH": path, "OMP_NUM_THREADS": "1", "CRAB_RESULTS_MD": "", **env},
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == status, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
@@ -174,6 +175,29 @@ def test_meld_cpu_results_frozen_then_fine_tuned(tmp_path):
     assert (settings["freeze_text_encoder"], settings["feature_cache"]) == (False, None)
     assert (settings["layer_weighting"], settings["number_of_epochs"]) == ("last", 1)
     assert not list(tuned.glob("features*"))
+
+    # Seeds trained at the same time: a failed one stops the script before the scoring.
+    before = results.read_text()
+    failed = run_script(
+        "meld",
+        *options,
+        "--exp_dir",
+        str(tuned),
+        "--finetune",
+        "true",
+        "--stage",
+        "5",
+        "--parallel",
+        "true",
+        "--seeds",
+        "1 2",
+        "--extra_opts",
+        "--number_of_epochs=1 --no_such_key=1",
+        env=env,
+        status=1,
+    )
+    assert f"training failed, see the end of: {tuned}/seed1.log {tuned}/seed2.log" in failed.stderr
+    assert "no_such_key" in (tuned / "seed2.log").read_text() and results.read_text() == before
 
     # RESULTS.md: an entry per setting, newest first, each naming its tuning file.
     headings = [line for line in results.read_text().splitlines() if line.startswith("## ")]

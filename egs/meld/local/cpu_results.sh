@@ -76,8 +76,12 @@ elif [ "${parallel}" = true ]; then
   jobs=$(wc -w <<< "${seeds}")
   mkdir -p "${exp}"  # for the logs
   export OMP_NUM_THREADS=$(( $(nproc) > jobs ? $(nproc) / jobs : 1 ))
-  for seed in ${seeds}; do crab "${seed}" 5 6 > "${exp}/seed${seed}.log" 2>&1 & done
-  wait
+  declare -A pid
+  for seed in ${seeds}; do crab "${seed}" 5 6 > "${exp}/seed${seed}.log" 2>&1 & pid[${seed}]=$!; done
+  failed=
+  for seed in ${seeds}; do wait "${pid[${seed}]}" || failed+=" ${exp}/seed${seed}.log"; done
+  # no scoring of what a failed run left from an earlier one
+  [ -z "${failed}" ] || { echo "$0: training failed, see the end of:${failed}" >&2; exit 1; }
 else
   crab "${seeds}" 5 6
 fi
