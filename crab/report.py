@@ -472,8 +472,8 @@ def score_run(path, per_run=False):
     dict
         The run, its metrics and class notes, the training wall time, commit, machine,
         command, config and tuning file, and transcripts (``train_info.json``, else the
-        run's provenance), and the
-        embedding cluster scores of ``embedding_scores.json`` beside the predictions.
+        run's provenance), and the embedding cluster scores of ``embedding_scores.json``
+        beside the predictions.
     """
     classes, y_true, y_pred = read_predictions(path)
     report = classification_report(y_true, y_pred, classes)
@@ -626,18 +626,15 @@ def results_entry(summary, command, config=None, tuning=None, device="cpu", date
     torch / speechbrain / transformers versions, device), the config and tuning file of
     the runs and the command, then the results table of ``results_markdown`` (a row per
     run, mean ± std, each run's machine and training command). ``summary`` is the JSON
-    of ``crab.bin.score --summary``. What the runs' ``train_info.json`` recorded wins over
-    what is given: the config and tuning file they were trained with, and their machine
-    (``machine(device)``, this one, for runs without a record).
+    of ``crab.bin.score --summary``. What the runs' ``train_info.json`` recorded (their
+    rows, ``score_run``) wins over what is given: the config and tuning file they were
+    trained with, and their machine (``machine(device)``, this one, for runs without a
+    record).
     """
     from crab.runconfig import ConfigError, read_tuning  # yaml only
 
     date = date or datetime.datetime.now(datetime.timezone.utc)
-    runs = [dict(row) for row in summary["runs"]]
-    for row in runs:  # what each run was trained with, from its own record
-        info = read_train_info(row["run"]) or {}
-        row.setdefault("tuning", info.get("tuning"))
-        row.setdefault("config", info.get("config"))
+    runs = summary["runs"]
     recorded = {
         key: sorted({row[key] for row in runs if row.get(key)}) for key in ("tuning", "config", "machine")
     }
@@ -665,7 +662,7 @@ def results_entry(summary, command, config=None, tuning=None, device="cpu", date
     if configs:
         lines.append(("- base config: " if tunings else "- config: ") + ", ".join(f"`{c}`" for c in configs))
     lines += [f"- command: `{command}`", "", ""]
-    return "\n".join(lines) + results_markdown({**summary, "runs": runs})
+    return "\n".join(lines) + results_markdown(summary)
 
 
 def insert_entry(text, entry, title="Results"):
@@ -695,18 +692,14 @@ def add_results_entry(path, summary_path, command, config=None, tuning=None, dev
     """Prepend the entry of ``summary_path`` (``results_entry``) to the results file ``path``
     (created when absent), under a lock on its folder; the file is replaced whole, so a
     reader never sees half of it. Returns the entry."""
-    import fcntl
+    from crab.locking import folder_lock
 
-    with open(summary_path, encoding="utf-8") as f:
-        summary = json.load(f)
+    _, summary = read_summary(summary_path)
     entry = results_entry(summary, command, config=config, tuning=tuning, device=device)
     path = os.path.realpath(path)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
     title = f"{CORPUS_NAMES.get((corpus or '').lower(), corpus)} results" if corpus else "Results"
-    lock = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one writer at a time (settings of a sweep in parallel)
+    # one writer at a time (the settings of a sweep run in parallel)
+    with folder_lock(os.path.dirname(path), "results folder", wait=True):
         old = None
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
@@ -715,8 +708,6 @@ def add_results_entry(path, summary_path, command, config=None, tuning=None, dev
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(insert_entry(old, entry, title))
         os.replace(tmp, path)
-    finally:
-        os.close(lock)
     return entry
 
 

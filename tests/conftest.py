@@ -7,7 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 # One thread per process keeps the tiny-model timings steady when the cores are shared.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Tests never write the recipes' RESULTS.md (ser.sh --results_md defaults to CRAB_RESULTS_MD).
-os.environ.setdefault("CRAB_RESULTS_MD", "")
+os.environ["CRAB_RESULTS_MD"] = ""  # whatever the shell running the tests has set
 
 import pytest
 import torch

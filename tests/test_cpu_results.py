@@ -29,8 +29,7 @@ def run_script(recipe, *options, env, status=0):
         ["bash", script, *options],
         capture_output=True,
         text=True,
-        # CRAB_RESULTS_MD: stage 7 writes no RESULTS.md, unless the test names one (never the recipe's)
-        env={**os.environ, **NO_BYTECODE, "PATH": path, "OMP_NUM_THREADS": "1", "CRAB_RESULTS_MD": "", **env},
+        env={**os.environ, **NO_BYTECODE, "PATH": path, "OMP_NUM_THREADS": "1", **env},
     )
     assert result.returncode == status, result.stdout[-3000:] + result.stderr[-3000:]
     return result

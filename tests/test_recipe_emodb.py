@@ -302,8 +302,6 @@ def test_smoke_run(fixture_corpus, tmp_path):
         str(tmp_path / "exp"),
         "--folds",
         SMOKE_FOLD,
-        "--results_md",
-        str(tmp_path / "RESULTS.md"),  # never the recipe's own
         "--data_opts",
         "--check_counts false",
         "--train_opts",

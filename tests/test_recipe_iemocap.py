@@ -76,17 +76,7 @@ def corpus(tmp_path):
 
 def run_recipe(corpus_dir, tmp_path, *options, check=True):
     result = subprocess.run(
-        [
-            "bash",
-            RUN,
-            "--data_dir",
-            str(tmp_path / "data"),
-            "--exp_dir",
-            str(tmp_path / "exp"),
-            "--results_md",
-            str(tmp_path / "RESULTS.md"),
-            *options,
-        ],  # never the recipe's own RESULTS.md
+        ["bash", RUN, "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp"), *options],
         capture_output=True,
         text=True,
         env={**os.environ, "IEMOCAP": str(corpus_dir)},

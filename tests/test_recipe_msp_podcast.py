@@ -293,8 +293,6 @@ def test_stages_1_to_8_with_asr_transcripts(corpus, tmp_path):
             str(tmp_path / "data"),
             "--exp_dir",
             str(tmp_path / "exp"),
-            "--results_md",
-            str(tmp_path / "RESULTS.md"),  # never the recipe's own
             "--asr_model",
             asr_model,
             "--asr_opts",

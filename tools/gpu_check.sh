@@ -114,8 +114,7 @@ classes=angry,happy,neutral,sad
 if [ "${quick}" = true ]; then epochs=1; else epochs=3; fi
 recipe_ngpu=1; [ "${device}" = cuda ] || recipe_ngpu=0
 # stage 7 adds its entries to the work folder's RESULTS.md, never to the recipe's
-export CRAB_RESULTS_MD=${work}/RESULTS.md
-recipe=(./run.sh --exp_dir "${work}/exp" --ngpu "${recipe_ngpu}" --results_md "${CRAB_RESULTS_MD}")
+recipe=(./run.sh --exp_dir "${work}/exp" --ngpu "${recipe_ngpu}" --results_md "${work}/RESULTS.md")
 
 if wanted env; then run_check env 120 bash -c "$(declare -f env_report); env_report ${device}"; fi
 

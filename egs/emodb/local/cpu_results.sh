@@ -125,12 +125,11 @@ for m in ${methods}; do
   [ "${m}" = ce_only ] || compared+=("${m}=${run_dir}/${m}/results_test.json")
 done
 python -m crab.bin.compare table --title "EmoDB test, ${setting}" --out "${run_dir}/ablations_test.md" "${summaries[@]}"
-if [[ " ${methods} " == *" ce_only "* ]] && [ ${#compared[@]} -gt 0 ]; then  # paired by fold and seed
-  python -m crab.bin.paired --baseline "ce_only=${run_dir}/ce_only/results_test.json" "${compared[@]}" \
-    --title "Test UAR against weighted CE, ${setting}$([ "${trainval}" = false ] || echo ', 8 training speakers')" \
-    --out "${run_dir}/paired_test.md" --plot "${run_dir}/paired_test.png"
+if [[ " ${methods} " == *" ce_only "* ]] && [ ${#compared[@]} -gt 0 ]; then
+  paired=(python -m crab.bin.paired --baseline "ce_only=${run_dir}/ce_only/results_test.json" "${compared[@]}")
+  "${paired[@]}" --out "${run_dir}/paired_test.md" --plot "${run_dir}/paired_test.png" \
+    --title "Test UAR against weighted CE, ${setting}$([ "${trainval}" = false ] || echo ', 8 training speakers')"
   if [ "$(wc -w <<< "${seeds}")" -gt 1 ] && [ "$(wc -w <<< "${folds}")" -gt 1 ]; then  # the seeds of a fold averaged
-    python -m crab.bin.paired --baseline "ce_only=${run_dir}/ce_only/results_test.json" "${compared[@]}" \
-      --by_fold --out "${run_dir}/paired_test_by_fold.md"
+    "${paired[@]}" --by_fold --out "${run_dir}/paired_test_by_fold.md"
   fi
 fi
