@@ -1,8 +1,9 @@
 """Checkpoint pieces that make an interrupted training run resume exactly.
 
 ``Checkpointer`` is SpeechBrain's, with checkpoints that appear whole or not at
-all; ``RandomState`` saves and restores the random generators, which SpeechBrain
-checkpoints do not hold (dropout and the speech encoder's time masking draw from them).
+all and that record the training time up to them; ``RandomState`` saves and
+restores the random generators, which SpeechBrain checkpoints do not hold (dropout
+and the speech encoder's time masking draw from them).
 """
 
 import functools
@@ -11,6 +12,7 @@ import os
 import pathlib
 import random
 import shutil
+import time
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ from speechbrain.utils.distributed import ddp_barrier, if_main_process
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".partial-"
+TRAIN_SECONDS = "train_s"  # checkpoint meta: wall time of training up to the checkpoint
 
 
 class Checkpointer(checkpoints.Checkpointer):
@@ -34,10 +37,23 @@ class Checkpointer(checkpoints.Checkpointer):
     directory, before the rename; the rename itself after), so that neither a
     kill nor a power cut leaves a listed checkpoint with missing or empty files.
     The next save removes what an interrupted one left.
+
+    Each checkpoint's meta holds ``train_s``: the wall time of the run up to it,
+    from the checkpointer's creation (the run's yaml loaded) in each process that
+    trained it, the resumed ones adding to the checkpoint they loaded. The time a
+    killed process spent after its last checkpoint is not counted: that work is
+    redone. A run resumed from a checkpoint without ``train_s`` records none.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._started = time.monotonic()
+        self._seconds_before = 0.0  # in the checkpoint this process resumed from; None: unknown
+
     def save_checkpoint(self, meta=None, end_of_epoch=True, name=None, verbosity=logging.INFO):
-        meta = {} if meta is None else meta  # no dict shared between calls
+        meta = {} if meta is None else dict(meta)  # no dict shared between calls
+        if self._seconds_before is not None:
+            meta[TRAIN_SECONDS] = round(self._seconds_before + time.monotonic() - self._started, 1)
         if if_main_process():
             for leftover in self.checkpoints_dir.glob(STAGING_PREFIX + "*"):
                 shutil.rmtree(leftover)
@@ -57,6 +73,10 @@ class Checkpointer(checkpoints.Checkpointer):
         # which old ones to delete, or their lists differ and the deletions deadlock.
         ddp_barrier()
         return checkpoint
+
+    def load_checkpoint(self, checkpoint):
+        super().load_checkpoint(checkpoint)
+        self._seconds_before = checkpoint.meta.get(TRAIN_SECONDS)
 
     def _new_checkpoint_dirpath(self):
         path = super()._new_checkpoint_dirpath()

@@ -23,6 +23,7 @@ the recipe calls the small command-line part for every run:
 import argparse
 import csv
 import datetime
+import glob
 import json
 import os
 import platform
@@ -90,14 +91,17 @@ def machine(device="cpu"):
 
 
 def record_training(run_dir, wall_s, command, device="cpu", config=None, tuning=None):
-    """Add ``wall_s`` seconds of training to ``run_dir/train_info.json`` (a resumed
-    run adds up), with the commit, machine and command of this invocation, the base
+    """Record the training wall time in ``run_dir/train_info.json``: that of its latest
+    checkpoint (``crab.checkpointing.Checkpointer``: over every resume, including
+    processes killed after a checkpoint), else ``wall_s`` seconds added to what an
+    earlier invocation recorded; with the commit, machine and command of this invocation, the base
     ``config`` and ``tuning`` file it was given (``ser.sh --tuning``; None: none) and the
     transcripts the run was trained on (``text_source``, ``asr_model``: the run's
     ``text_source.json``, written by training)."""
     path = os.path.join(run_dir, TRAIN_INFO)
     info = read_train_info(run_dir) or {"wall_s": 0.0, "invocations": 0}
-    info["wall_s"] = float(info["wall_s"]) + float(wall_s)
+    checkpointed = checkpointed_training_seconds(run_dir)
+    info["wall_s"] = checkpointed if checkpointed is not None else float(info["wall_s"]) + float(wall_s)
     info["invocations"] = int(info.get("invocations", 0)) + 1
     transcripts = read_run_provenance(run_dir) or UNKNOWN
     info.update(
@@ -114,6 +118,20 @@ def record_training(run_dir, wall_s, command, device="cpu", config=None, tuning=
     with open(path, "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2)
     return info
+
+
+def checkpointed_training_seconds(run_dir):
+    """``train_s`` of the most recent checkpoint in ``run_dir/save``; None without one."""
+    import yaml  # SpeechBrain's dependency, needed only here
+
+    latest = None
+    for meta_file in glob.glob(os.path.join(glob.escape(run_dir), "save", "CKPT+*", "CKPT.yaml")):
+        with open(meta_file, encoding="utf-8") as f:
+            meta = yaml.safe_load(f) or {}
+        if latest is None or meta.get("unixtime", 0) > latest.get("unixtime", 0):
+            latest = meta
+    seconds = None if latest is None else latest.get("train_s")  # crab.checkpointing.TRAIN_SECONDS
+    return None if seconds is None else float(seconds)
 
 
 def read_train_info(run_dir):
@@ -296,7 +314,8 @@ def results_markdown(summary, title=None):
         lines += ["", "Classes:", *notes]
     lines += [
         "",
-        "Runs (machine and command of the last training invocation; wall time summed over resumes):",
+        "Runs (machine and command of the last training invocation;"
+        " wall time of training up to its last checkpoint, over resumes):",
     ]
     for row in rows:
         if row.get("command"):

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from crab.metrics import compute_scores
+from crab.report import checkpointed_training_seconds
 from tests.conftest import ROOT, read_settings
 
 RECIPE = os.path.join(ROOT, "egs", "mini")
@@ -150,7 +151,9 @@ def test_later_stages_use_the_runs_own_configuration(recipe):
 
 def test_results_record_the_command_as_typed(recipe):
     tmp, _, _ = recipe
-    info = json.loads((tmp / "exp" / "crab_tiny" / "main" / "seed42" / "train_info.json").read_text())
+    run = tmp / "exp" / "crab_tiny" / "main" / "seed42"
+    info = json.loads((run / "train_info.json").read_text())
+    assert 0 < info["wall_s"] == checkpointed_training_seconds(str(run))  # the training's own clock
     assert info["command"].startswith(f"{RECIPE}/run.sh --data_root {tmp}/corpus ")
     assert "--corpus_opts '--speakers 4 --sentences_per_emotion 8'" in info["command"]
     assert info["command"].endswith(f"--stage 5 --train_opts '--number_of_epochs={EPOCHS} {CUT}'")

@@ -17,6 +17,7 @@ import yaml
 from crab.brain import NonFiniteLossError, check_finite_losses
 from crab.checkpointing import Checkpointer, RandomState
 from crab.losses import WeightedCrossEntropy
+from crab.report import record_training
 from tests.conftest import ROOT, write_tone_corpus
 from tests.test_brain import CLASSES, fit
 
@@ -124,7 +125,7 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(data, tmp_path)
     assert log.count("epoch: ") == 3 and (killed_out / "train_log.txt").read_text() == log
     # the same checkpoints kept, with the same validation scores at full precision
     ref, res = checkpoints(tmp_path / "reference"), checkpoints(killed_out)
-    drop = lambda meta: {k: v for k, v in meta.items() if k != "unixtime"}  # noqa: E731
+    drop = lambda meta: {k: v for k, v in meta.items() if k not in ("unixtime", "train_s")}  # noqa: E731
     assert [drop(m) for m, _ in ref] == [drop(m) for m, _ in res]
     assert ref[-1][0]["end-of-epoch"] and (ref[-1][1] / "counter.ckpt").read_text() == "3"
     # and the final weights, optimizer and scheduler states and random state: bit for bit equal
@@ -224,3 +225,24 @@ def test_interrupted_save_leaves_no_checkpoint(tmp_path):
     third = checkpointer.save_and_keep_only(meta={"n": 3})
     assert third is None and not list(tmp_path.glob(".partial-*"))  # leftover removed
     assert [c.meta["n"] for c in checkpointer.list_checkpoints()] == [3]
+
+
+def test_checkpoints_count_training_time_over_resumes(tmp_path, monkeypatch):
+    clock = iter([100.0, 130.0, 500.0, 520.0, 900.0, 905.0])  # monotonic time at each call
+    monkeypatch.setattr("crab.checkpointing.time.monotonic", lambda: next(clock))
+    run, model = tmp_path / "run", torch.nn.Linear(2, 2)
+    assert record_training(str(run), 7, "run.sh")["wall_s"] == 7  # no checkpoint: the invocation's time
+    first = Checkpointer(run / "save", {"model": model})  # made at 100
+    assert first.save_checkpoint(meta={"n": 1}).meta["train_s"] == 30.0  # at 130; then killed
+    resumed = Checkpointer(run / "save", {"model": model})  # a new process, made at 500
+    assert resumed.recover_if_possible().meta["train_s"] == 30.0
+    assert resumed.save_checkpoint(meta={"n": 2}).meta["train_s"] == 50.0  # 30 + (520 - 500)
+    # the run's record takes the latest checkpoint's time, not the invocations'
+    assert record_training(str(run), 7, "run.sh")["wall_s"] == 50.0
+    # resumed from a checkpoint without the time (older code): none recorded, invocations summed
+    old = Checkpointer(run / "save", {"model": model})  # at 900
+    latest = old.find_checkpoint()
+    latest.meta.pop("train_s")
+    old.load_checkpoint(latest)
+    assert "train_s" not in old.save_checkpoint(meta={"n": 3}).meta  # at 905
+    assert record_training(str(run), 7, "run.sh")["wall_s"] == 57.0
