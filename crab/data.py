@@ -26,6 +26,7 @@ from crab.dataprep import (
     probe_audio,
     rate_problem,
 )
+from crab.provenance import check_tables
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +119,11 @@ def read_utterance_audio(utt, path, max_duration=None):
 
 
 def require_manifest(path):
-    """A missing manifest is a ``DataError`` saying which stage writes it."""
+    """A missing manifest is a ``DataError`` saying which stage writes it; one older
+    than the data directory it was made from, a ``ProvenanceError`` (``check_tables``)."""
     if not os.path.isfile(path):
         raise DataError(f"{path} not found: run stage 3 (manifests) first")
+    check_tables(path)
 
 
 def load_manifest(path, data_root=None):

@@ -72,6 +72,13 @@ def read_table(path, required=True):
     return table
 
 
+def tables_read(data_dir, text_source="gold", text_only=False):
+    """The files of ``data_dir`` that ``read_data_dir`` reads, those that exist."""
+    names = ["utt2emo" if text_only else "wav.scp", TEXT_FILES[text_source]]
+    names += [os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(data_dir), "utt2*"))]
+    return sorted({n for n in names if os.path.isfile(os.path.join(data_dir, n))})
+
+
 def read_data_dir(data_dir, text_source="gold", text_only=False):
     """Entries keyed by the utterances of ``wav.scp``; every table must cover them.
 

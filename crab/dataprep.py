@@ -65,8 +65,10 @@ def decode(data, path, fallback="cp1252", first_line=1):
     function of every reader (``read_text``, ``crab.datadir``'s Kaldi-table reader).
 
     UTF-8, a leading byte-order mark dropped (at the start of the file only). Bytes
-    that are not UTF-8: decoded in ``fallback`` with a warning naming the file, line
-    and column, or (``fallback=None``) a ``DataPrepError`` naming them.
+    that are not UTF-8: each line holding some is decoded in ``fallback`` (the
+    other lines stay UTF-8: a file can mix both), with a warning naming the file,
+    the first bad byte's line and column and how many lines; or (``fallback=None``)
+    a ``DataPrepError`` naming them.
     """
     if first_line == 1 and data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
@@ -80,8 +82,15 @@ def decode(data, path, fallback="cp1252", first_line=1):
             raise DataPrepError(
                 f"{where}; convert the file to UTF-8 (e.g. iconv -f cp1252 -t utf-8)"
             ) from None
-        print(f"WARNING: {where}; the file is read as {fallback}", file=sys.stderr)
-        return data.decode(fallback, errors="replace")
+        lines, bad = data.split(b"\n"), 0
+        for i, line in enumerate(lines):
+            try:
+                lines[i] = line.decode("utf-8")
+            except UnicodeDecodeError:
+                lines[i] = line.decode(fallback, errors="replace")
+                bad += 1
+        print(f"WARNING: {where}; {bad} line(s) of the file read as {fallback}", file=sys.stderr)
+        return "\n".join(lines)
 
 
 def rate_problem(rate, path):
@@ -135,17 +144,34 @@ def probe_audio(path):
         return None, ("unreadable audio", f"unreadable audio file {path} ({err})")
 
 
+def _cp1252_of_c1():
+    table = {}
+    for code in range(0x80, 0xA0):
+        try:
+            table[code] = bytes([code]).decode("cp1252")
+        except UnicodeDecodeError:  # 0x81, 0x8d, 0x8f, 0x90, 0x9d: undefined there
+            pass
+    return table
+
+
+C1_AS_CP1252 = _cp1252_of_c1()
+
+
 def clean_transcript(text):
     """``(text, n)``: ``text`` without its ``n`` control characters (Unicode Cc).
 
-    Tab, CR, LF and the other whitespace controls become a space, the rest
-    (NUL, ESC, DEL, ...) are dropped; then, if there were any, runs of spaces
-    are collapsed and the ends stripped. A text without control characters is
-    returned as it is. Data prep and the manifest reader both apply it.
+    A C1 control that Windows-1252 defines is the character it stands for there
+    (U+0092 becomes ’, U+0085 …: Windows-1252 text once decoded as Latin-1, as
+    some corpus releases were). Tab, CR, LF and the other whitespace controls
+    become a space, the rest (NUL, ESC, DEL, ...) are dropped; then, if there
+    were any, runs of spaces are collapsed and the ends stripped. A text without
+    control characters is returned as it is. Data prep, the manifest reader and
+    ``crab-infer`` apply it.
     """
     count = sum(unicodedata.category(ch) == "Cc" for ch in text)
     if not count:
         return text, 0
+    text = text.translate(C1_AS_CP1252)
     text = "".join((" " if ch.isspace() else "") if unicodedata.category(ch) == "Cc" else ch for ch in text)
     return re.sub(" {2,}", " ", text).strip(), count
 

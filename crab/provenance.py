@@ -3,13 +3,17 @@
 Stage 2 (``crab.bin.transcribe``) writes ``text.asr`` and the model that made it,
 ``text.asr.model``, into each data directory. Stage 3 (``crab.bin.make_manifest``)
 records, beside each manifest ``M``, ``M.provenance`` (JSON): the text source, the
-ASR model read from ``text.asr.model``, the data directory. Training copies the
+ASR model read from ``text.asr.model``, the data directory and a digest of each
+table read from it; reading the manifest (``crab.data``) checks that the tables
+have not changed since (``check_tables``: stage 1 or 2 rerun without stage 3).
+Training copies the
 training manifest's record into the run folder (``text_source.json``), where
 ``crab.report record_training`` (``train_info.json``), ``crab.bin.score`` (results
 files) and ``crab.bin.package`` read it: what the run was trained on, not what a
 later command line says.
 """
 
+import hashlib
 import json
 import os
 
@@ -26,7 +30,7 @@ class ProvenanceError(UserError, ValueError):
 
 
 def sidecar(manifest):
-    return manifest + SIDECAR
+    return os.fspath(manifest) + SIDECAR
 
 
 def asr_model_of(data_dir):
@@ -38,16 +42,46 @@ def asr_model_of(data_dir):
         return f.read().strip() or None
 
 
-def write_manifest_provenance(manifest, data_dir, text_source, transcripts_required=True):
+def write_manifest_provenance(manifest, data_dir, text_source, transcripts_required=True, text_only=False):
     """Write ``manifest``'s sidecar; returns the record."""
     record = {
         "text_source": text_source,
         "asr_model": asr_model_of(data_dir) if text_source == "asr" else None,
         "transcripts_required": transcripts_required,
         "data_dir": os.path.abspath(data_dir),
+        "text_only": text_only,
+        "tables": _table_digests(data_dir, text_source, text_only),
     }
     _write_json(sidecar(manifest), record)
     return record
+
+
+def check_tables(manifest):
+    """A ``ProvenanceError`` where a table of the data directory ``manifest`` was made
+    from is no longer what it was (changed, added or removed): the manifest is stale.
+    Nothing to check without a record of the tables (a manifest made before it was
+    recorded, or another way) or where the data directory is no longer there."""
+    record = read_manifest_provenance(manifest) or {}
+    data_dir, before = record.get("data_dir"), record.get("tables")
+    if before is None or not os.path.isdir(data_dir):
+        return
+    now = _table_digests(data_dir, record["text_source"], record.get("text_only", False))
+    changed = sorted(name for name in set(before) | set(now) if before.get(name) != now.get(name))
+    if changed:
+        raise ProvenanceError(
+            f"{manifest} is older than its data: {', '.join(os.path.join(data_dir, n) for n in changed)} "
+            "changed after stage 3 made it (data prep or ASR rerun): run stage 3 again (--stage 3)"
+        )
+
+
+def _table_digests(data_dir, text_source, text_only):
+    from crab.datadir import tables_read  # crab.datadir imports crab.dataprep: only when needed
+
+    digests = {}
+    for name in tables_read(data_dir, text_source, text_only):
+        with open(os.path.join(data_dir, name), "rb") as f:
+            digests[name] = hashlib.file_digest(f, "sha256").hexdigest()
+    return digests
 
 
 def read_manifest_provenance(manifest):

@@ -284,7 +284,18 @@ def test_read_text_falls_back_with_a_warning_naming_the_line(tmp_path, capsys):
     path = tmp_path / "meta.csv"
     path.write_bytes(b"\xef\xbb\xbfid,text\n1,caf\xe9\n")
     assert read_text(str(path)) == "id,text\n1,caf\u00e9\n"
-    assert f"{path}:2:6: byte 0xe9 is not UTF-8; the file is read as cp1252" in capsys.readouterr().err
+    warning = capsys.readouterr().err
+    assert f"{path}:2:6: byte 0xe9 is not UTF-8; 1 line(s) of the file read as cp1252" in warning
+
+
+def test_read_text_falls_back_only_on_the_lines_that_are_not_utf8(tmp_path, capsys):
+    """A file mixing UTF-8 lines with Windows-1252 ones keeps its UTF-8 lines."""
+    path = tmp_path / "meta.csv"
+    utf8 = "\u201cWhat?!\u201d \u00c1lvaro"  # bytes 0x9d and 0x81 in UTF-8: undefined in cp1252
+    path.write_bytes(utf8.encode() + b"\nIt\x92s\n" + utf8.encode() + b"\nok\xe9\n")
+    assert read_text(str(path)) == f"{utf8}\nIt\u2019s\n{utf8}\nok\u00e9\n"
+    warning = capsys.readouterr().err
+    assert f"{path}:2:3: byte 0x92 is not UTF-8; 2 line(s) of the file read as cp1252" in warning
 
 
 # ------------------------------------------------------------------ transcripts

@@ -220,7 +220,9 @@ def test_training_run_over_a_file_corrupted_after_prep_stops_naming_it(tmp_path)
         ("a\tb\r\nc", "a b c", 3),
         ("  two  spaces ", "  two  spaces ", 0),  # no control character: untouched
         ("zero\u200bwidth", "zero\u200bwidth", 0),  # a format character (Cf), not a control one
-        ("\x7fdel\x85nel ", "del nel", 2),  # DEL dropped, NEL (whitespace) a space
+        ("\x7fdel\x0bvt ", "del vt", 2),  # DEL dropped, VT (whitespace) a space
+        # Windows-1252 decoded as Latin-1: its punctuation comes back; 0x81 is undefined there
+        ("It\x92s Joey\x85 now\x97go\x81.", "It\u2019s Joey\u2026 now\u2014go.", 4),
         ("\x00\x1b", "", 2),
     ],
 )

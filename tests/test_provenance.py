@@ -1,6 +1,7 @@
 """ASR provenance from stage 2 to the package and results, and manifests for speech-only models."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ import soundfile as sf
 
 from crab.bin import make_manifest
 from crab.bin import package as package_cli
+from crab.data import load_manifest
+from crab.provenance import ProvenanceError
 from crab.report import record_training, results_table
 from crab.tokenizer import build_bpe_tokenizer
 from tests.test_run_config import (
@@ -155,3 +158,27 @@ def test_speech_only_manifest_without_transcripts_trains(tmp_path):
         manifest=tmp_path / "data" / "test.json",
     )
     assert (run / "eval_test" / "predictions.csv").read_text().count("\n") == 5
+
+
+def test_a_manifest_older_than_its_data_dir_is_refused(tmp_path):
+    write_data_dirs(tmp_path / "corpus")
+    train, data = tmp_path / "data" / "train.json", tmp_path / "corpus" / "train"
+    manifests(tmp_path / "corpus", tmp_path / "data")  # gold transcripts
+    assert len(load_manifest(str(train))) == 8
+    (data / "text.asr").write_text("train_angry_0 other words\n")  # not read by a gold manifest
+    load_manifest(str(train))
+    utt2emo = (data / "utt2emo").read_text()
+    (data / "utt2emo").write_text(utt2emo.replace("train_angry_0 angry", "train_angry_0 sad"))  # stage 1 rerun
+    with pytest.raises(ProvenanceError, match=rf"{train} is older than its data: {data}/utt2emo changed"):
+        load_manifest(str(train))
+    manifests(tmp_path / "corpus", tmp_path / "data")  # stage 3 again
+    assert load_manifest(str(train))["train_angry_0"]["emo"] == "sad"
+    (data / "utt2gender").write_text(utt2emo)  # a table added: the manifest lacks its field
+    with pytest.raises(ProvenanceError, match=rf"{data}/utt2gender changed"):
+        load_manifest(str(train))
+    (data / "utt2gender").unlink()
+    (data / "utt2spk").unlink()  # removed
+    with pytest.raises(ProvenanceError, match=rf"{data}/utt2spk changed"):
+        load_manifest(str(train))
+    os.rename(tmp_path / "corpus", tmp_path / "moved")  # data dir gone: nothing to compare
+    assert len(load_manifest(str(train))) == 8

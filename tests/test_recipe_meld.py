@@ -369,6 +369,14 @@ def test_mojibake_repair_keeps_correct_text():
     assert fix("it\u2019s and donâ€™t") == "it\u2019s and don\u2019t"
 
 
+def test_windows_1252_punctuation_stored_as_c1_controls_is_restored():
+    meld = load_meld_module()
+    record = {"Utterance": "It\x92s Joey\x85 now\x97go, youâ\x80\x99re", "Speaker": "Joey"}
+    ids = {"Dialogue_ID": "0", "Utterance_ID": "0", "Season": "1", "Episode": "1"}
+    row = meld.parse_row({**record, **ids, "Emotion": "anger", "Sentiment": "negative"}, "train", "x", True)
+    assert row.repaired and row.text == "It\u2019s Joey\u2026 now\u2014go, you\u2019re"
+
+
 ABLATIONS = {  # the Table III / IV rows of RESULTS.md: yaml overrides of conf/crab*.yaml
     "ce": ["--leg_names=[]"],
     "ce_mpcl_fusion": ["--leg_names=[fusion]"],

@@ -196,6 +196,18 @@ def without_last_column(text):
             ),
             r"labels_consensus.csv:21: unknown EmoClass 'Fear'",
         ),
+        (  # the line in the file, blank lines counted
+            edit_labels(
+                lambda t: t.replace("\n", "\n\n\n", 1).replace(
+                    "MSP-PODCAST_0002_0003.wav,F,", "MSP-PODCAST_0002_0003.wav,Fear,"
+                )
+            ),
+            r"labels_consensus.csv:23: unknown EmoClass 'Fear'",
+        ),
+        (  # a row cut short (would read as Unknown speaker, no partition)
+            edit_labels(lambda t: re.sub(r"(MSP-PODCAST_0002_0003.wav,F,4.2).*", r"\1", t)),
+            r"labels_consensus.csv:21: 3 field\(s\), the header has 8",
+        ),
         (edit_labels(lambda t: t.replace("Test2\n", "Test4\n", 1)), "unknown partition 'Test4'"),
         (
             lambda root: os.remove(root / "Audios" / "MSP-PODCAST_0003_0002.wav"),

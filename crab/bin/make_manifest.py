@@ -83,7 +83,7 @@ def main(argv=None):
     if not kept:
         sys.exit(f"ERROR: {name}: no usable utterances")
     write_manifest(kept, args.out, args.data_root)
-    write_manifest_provenance(args.out, args.data_dir, args.text_source, require_text)
+    write_manifest_provenance(args.out, args.data_dir, args.text_source, require_text, args.text_only)
     print(count_table({name: kept}, classes))
 
 

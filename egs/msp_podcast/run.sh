@@ -6,7 +6,7 @@
 #   ./run.sh --ngpu 1                                   # everything, Whisper large-v3 transcripts
 #   ./run.sh --ngpu 1 --asr_model /models/whisper-large-v3   # a local copy of the ASR model
 #   ./run.sh --text_source gold --asr_model ""          # gold transcripts (only some files have one)
-#   ./run.sh --data_opts "--partitions /path/to/Partitions.txt --expected_counts my_counts.txt"
+#   ./run.sh --data_opts "--partitions /path/to/Partitions.txt --expected_counts /path/to/my_counts.txt"
 # Every other option goes to ser.sh (./run.sh --help), e.g.
 #   ./run.sh --stage 5 --seeds "42 43 44" --train_opts "--alpha=1.5"
 # --asr_opts replaces the default "--language english --batch_size 16" as a whole.

@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from crab.dataprep import read_text
+from crab.dataprep import C1_AS_CP1252, read_text
 
 CLASSES = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 # MELD split -> (label CSV, clip folder), as published.
@@ -147,7 +147,9 @@ def _integer(value, column, where):
 
 def parse_row(record, split, where, repair):
     """One CSV record (a dict of the columns) as a checked Row."""
-    text, speaker = record["Utterance"], record["Speaker"]
+    # Windows-1252 punctuation stored as C1 controls (U+0092 for ’) first: the repair
+    # then sees the mojibake of Latin-1 copies (â\x80\x99) as that of Windows-1252 ones
+    text, speaker = (record[k].translate(C1_AS_CP1252) for k in ("Utterance", "Speaker"))
     if repair:
         text, speaker = fix_mojibake(text), fix_mojibake(speaker)
     repaired = (text, speaker) != (record["Utterance"], record["Speaker"])

@@ -64,10 +64,15 @@ def fail(message):
     sys.exit(f"ERROR: {message}")
 
 
+def need_file(option, path):
+    if not os.path.isfile(path):
+        where = "" if os.path.isabs(path) else f" in {os.getcwd()} (--data_opts paths: from the recipe)"
+        fail(f"{option} {path}: no such file{where}")
+
+
 def find_labels(corpus_dir, labels):
     if labels:
-        if not os.path.isfile(labels):
-            fail(f"--labels {labels}: no such file")
+        need_file("--labels", labels)
         return labels
     for name in LABEL_FILES:
         path = os.path.join(corpus_dir, "Labels", name)
@@ -82,14 +87,19 @@ def find_labels(corpus_dir, labels):
 def read_labels(path):
     """Column names and rows of the consensus labels CSV (each row with its file:line)."""
     required = ["FileName", "EmoClass", "SpkrID", "Gender"]
-    reader = csv.DictReader(read_text(path).splitlines())
-    found = [c.strip() for c in reader.fieldnames or []]
+    reader = csv.reader(read_text(path).splitlines())
+    found = [c.strip() for c in next(reader, [])]
     missing = [c for c in required if c not in found]
     if missing:
         fail(f"{path}: missing column(s) {missing}; found {found}. Label files differ between releases")
     rows, lines = [], {}
-    for lineno, row in enumerate(reader, 2):
-        row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+    for values in reader:
+        if not values:  # a blank line
+            continue
+        lineno = reader.line_num
+        if len(values) != len(found):  # a cut or damaged row: its columns would shift or read as empty
+            fail(f"{path}:{lineno}: {len(values)} field(s), the header has {len(found)}")
+        row = dict(zip(found, (v.strip() for v in values), strict=True))
         name = row["FileName"]
         if not name:
             fail(f"{path}:{lineno}: empty FileName")
@@ -126,8 +136,7 @@ def read_partitions(path):
 def find_partitions(corpus_dir, partitions, labels, columns):
     """The Partitions.txt to use, or None for the labels' Split_Set column."""
     if partitions:
-        if not os.path.isfile(partitions):
-            fail(f"--partitions {partitions}: no such file")
+        need_file("--partitions", partitions)
         return partitions
     if "Split_Set" in columns:
         return None
@@ -304,8 +313,7 @@ def main():
     )
     check_splits(splits)
     if args.expected_counts != "none":
-        if not os.path.isfile(args.expected_counts):
-            fail(f"--expected_counts {args.expected_counts}: no such file")
+        need_file("--expected_counts", args.expected_counts)
         check_counts(splits, read_expected_counts(args.expected_counts), args.expected_counts)
     try:  # the official partitions: speakers shared with train are noted (report), not refused
         check_fold(
