@@ -6,7 +6,7 @@ setup(
     description="Crab: bimodal speech emotion recognition with Multi Layer Contrastive Supervision",
     packages=find_packages(include=["crab", "crab.*"]),
     package_data={"crab": ["templates/*.yaml"]},  # the packaged model's hyperparams.yaml template
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # the pinned numpy and pandas; hashlib.file_digest
     install_requires=[
         "torch>=2.6",  # torch.load defaults to weights_only=True from 2.6 on
         "torchaudio",

@@ -341,3 +341,15 @@ def test_suite_runs_with_the_tools_present(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+def test_a_python_older_than_3_11_is_refused_before_anything_is_done(tmp_path, tools_present):
+    old = tmp_path / "python3.10"
+    old.write_text('#!/bin/sh\ncase "$1" in -V) echo "Python 3.10.12" ;; *) exit 1 ;; esac\n')
+    old.chmod(0o755)
+    result = dry_run(tmp_path, path=tools_present, PYTHON=str(old))
+    assert result.returncode == 2 and result.commands == []
+    assert f"Python 3.11 or newer is needed, {old} is Python 3.10.12: PYTHON=python3.11" in result.stderr
+    missing = dry_run(tmp_path, path=tools_present, PYTHON=str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "install Python 3.11 or newer, or name it" in missing.stderr
+    assert dry_run(tmp_path, path=tools_present, PYTHON=sys.executable).returncode == 0

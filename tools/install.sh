@@ -29,7 +29,7 @@
 #
 # --dry_run prints the decisions and the commands it would run ("+ " lines) and
 # changes nothing. Other environment variables: CRAB_VENV (the venv, default
-# tools/venv), PYTHON (the python that makes it, default python3). For tests, the
+# tools/venv), PYTHON (the python that makes it, 3.11 or newer, default python3). For tests, the
 # detection can be faked: CRAB_INSTALL_GPU=yes|no (NVIDIA GPU present),
 # CRAB_INSTALL_TORCH_STATE=none|venv-cpu|venv-cuda|system-cpu|system-cuda[:VERSION]
 # (the torch found, default version 2.13.0+cpu or the CUDA pin),
@@ -116,6 +116,17 @@ for tool in ${system_tools}; do
     missing_tools="${missing_tools} ${tool}"
   fi
 done
+
+# ---- Python ---------------------------------------------------------------------
+# The pinned numpy and pandas need Python 3.11 or newer: say so before pip does, obscurely.
+if [ -x "${venv}/bin/python" ]; then venv_python=${venv}/bin/python; else venv_python=${python}; fi
+command -v "${venv_python}" > /dev/null \
+  || die "no ${venv_python}: install Python 3.11 or newer, or name it: PYTHON=/path/to/python3.11 tools/install.sh"
+if ! "${venv_python}" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  if [ "${venv_python}" = "${python}" ]; then hint="PYTHON=python3.11 tools/install.sh (or a newer one)"
+  else hint="remove ${venv} and run PYTHON=python3.11 tools/install.sh (or a newer one)"; fi
+  die "Python 3.11 or newer is needed, ${venv_python} is $("${venv_python}" -V 2>&1): ${hint}"
+fi
 
 # ---- Which torch --------------------------------------------------------------
 # torch_found: "<where> <build> <version>" (where: venv|system, build: cpu|cuda) or "none".
