@@ -6,6 +6,7 @@ and how. ``run(args)`` measures and returns the report.
 
 import contextlib
 import datetime
+import gc
 import json
 import multiprocessing
 import os
@@ -451,6 +452,21 @@ def step_memory(setup, name):
     return {}
 
 
+def cuda_step_memories(setup, names):
+    """Every configuration's peak in one process (CUDA): each is measured from the
+    allocated memory left once the previous one's model and optimizer are freed,
+    which CUDA counts exactly (RSS, on CPU, needs a process each)."""
+    device, peaks = setup["device"], {}
+    for name in names:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step_memory(setup, name)
+        peaks[name] = {"peak_mib": (torch.cuda.max_memory_allocated(device) - before) / 2**20}
+    return {"peaks": peaks}
+
+
 # ---- d: epochs through CrabBrain, with and without the feature cache ----
 
 
@@ -559,6 +575,10 @@ def _child(conn, fn, args, setup):
         cuda = setup["device"].startswith("cuda")
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = setup["tf32"]
+            device = torch.device(setup["device"])
+            if device.index is not None:
+                torch.cuda.set_device(device)
+            torch.cuda.init()  # the peak of an explicit device (cuda:N) resets only once initialised
             torch.cuda.reset_peak_memory_stats(setup["device"])
         else:
             with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
@@ -612,10 +632,13 @@ def cpu_model():
     return "unknown"
 
 
-def ratio_rows(medians):
-    """``[(label, value, target, met)]``; ``met`` is None without a target."""
+def ratio_rows(medians, skip=()):
+    """``[(label, value, target, met)]``; ``met`` is None without a target; none of
+    the measurements ``skip`` (not taken)."""
     rows = []
     for label, num, den, target in RATIOS:
+        if num in skip or den in skip:
+            continue
         value = medians[num] / medians[den]
         rows.append((label, value, target, None if target is None else value <= target))
     return rows
@@ -660,32 +683,37 @@ def report(args, setup, times, peaks, loads, token_counts, started, analysis):
         f"{statistics.mean(token_counts):.1f} tokens on average (max {max(token_counts)}; reference: "
         f"{setup['head']['text_max_length']})",
         f"steps: median of {args.repeats} interleaved rounds after {args.warmup} warm-up; epochs: "
-        f"{args.epoch_utterances} utterances, median of {args.epochs} after 1 warm-up",
-        f"memory: each configuration in its own process ({args.start_method}) "
-        "started before any model exists; "
         + (
+            "not measured (--steps_only)"
+            if args.steps_only
+            else f"{args.epoch_utterances} utterances, median of {args.epochs} after 1 warm-up"
+        ),
+        (
+            "memory: the step configurations one after the other in one process, each from what the "
+            "previous one left allocated once freed, the epochs each in its own; "
             "torch.cuda.max_memory_allocated"
             if cuda
-            else "peak RSS growth = VmHWM (reset through /proc/self/clear_refs) minus the starting "
+            else f"memory: each configuration in its own process ({args.start_method}) started before any "
+            "model exists; peak RSS growth = VmHWM (reset through /proc/self/clear_refs) minus the starting "
             "VmRSS; file pages = growth of RssFile (mostly library code first run in that process)"
         ),
         "",
         f"| measurement | median s | min s | max s | {memory} |",
         "|---|---|---|---|---|" + ("" if cuda else "---|"),
     ]
-    for name, label in {**STEP_ROWS, **EPOCH_ROWS}.items():
+    for name, label in {**STEP_ROWS, **({} if args.steps_only else EPOCH_ROWS)}.items():
         values, peak = times[name], peaks[name]
         memory_cells = f"{peak['peak_mib']:.0f}" + ("" if cuda else f" | {peak['file_mib']:.0f}")
         lines.append(
             f"| {label} | {medians[name]:.3f} | {min(values):.3f} | {max(values):.3f} | {memory_cells} |"
         )
     lines += ["", "| ratio | value | target | met |", "|---|---|---|---|"]
-    for label, value, target, met in ratio_rows(medians):
+    for label, value, target, met in ratio_rows(medians, skip=EPOCH_ROWS if args.steps_only else ()):
         lines.append(
             f"| {label} | {value:.3f} | {'-' if target is None else f'<= {target:.2f}'} | "
             f"{'-' if met is None else ('yes' if met else 'NO')} |"
         )
-    saving = medians["epoch_end_to_end"] - medians["epoch_cached"]
+    saving = 0 if args.steps_only else medians["epoch_end_to_end"] - medians["epoch_cached"]
     if saving > 0:
         lines += ["", f"the extraction pays for itself after {medians['extract'] / saving:.1f} epoch(s)"]
     lines += ["", *analysis_lines(args, analysis, medians["train_legs"], medians["infer_full"])]
@@ -786,15 +814,25 @@ def run(args):
             file=sys.stderr,
             flush=True,
         )
-        for name in STEP_ROWS:
-            print(f"peak memory of {name} ...", file=sys.stderr, flush=True)
-            peaks[name] = in_child(name, step_memory, setup, name, setup=setup)
-            print(f"  {peaks[name]['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
-        for name, fn, fn_args in (
+        if args.device.startswith("cuda"):
+            print("peak memory of each step configuration ...", file=sys.stderr, flush=True)
+            memories = in_child("peak memory", cuda_step_memories, setup, list(STEP_ROWS), setup=setup)
+            peaks.update(memories["peaks"])
+        else:
+            for name in STEP_ROWS:
+                print(f"peak memory of {name} ...", file=sys.stderr, flush=True)
+                peaks[name] = in_child(name, step_memory, setup, name, setup=setup)
+        print(
+            "peak MiB: " + ", ".join(f"{n} {peaks[n]['peak_mib']:.0f}" for n in STEP_ROWS),
+            file=sys.stderr,
+            flush=True,
+        )
+        epoch_runs = (
             ("extract", extraction, (setup,)),
             ("epoch_end_to_end", epochs, (setup, False)),
             ("epoch_cached", epochs, (setup, True)),
-        ):
+        )
+        for name, fn, fn_args in () if args.steps_only else epoch_runs:
             print(f"{name} ...", file=sys.stderr, flush=True)
             result = in_child(name, fn, *fn_args, setup=setup)
             times.update(result.pop("times"))

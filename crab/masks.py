@@ -13,12 +13,21 @@ elsewhere, e.g. read from the feature cache.
 import torch
 
 
+def to_device(tensor, device):
+    """A host tensor on ``device`` without the host waiting for the device: a copy from
+    pageable memory waits for the work queued before it, one from pinned memory does not."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def device_mask(lengths, max_len, device):
     """Boolean ``(batch, max_len)`` mask on ``device``, True where ``position < length``,
     from host (CPU) ``lengths``, which it keeps as ``mask.host_lengths``. The lengths are
     copied without waiting for the device."""
     lengths = lengths.detach().to("cpu", torch.long)
-    on_device = lengths.to(device, non_blocking=True)
+    on_device = to_device(lengths, device)
     mask = torch.arange(max_len, device=device).unsqueeze(0) < on_device.unsqueeze(1)
     mask.host_lengths = lengths
     return mask

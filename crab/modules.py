@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from crab.masks import host_lengths
+from crab.masks import host_lengths, to_device
 
 
 def masked_mean(x, mask):
@@ -32,10 +32,18 @@ class UnimodalBlock(nn.Module):
     def forward(self, x, mask):
         projected = self.projection(x)
         lengths = host_lengths(mask)  # kept by the encoders' masks: no wait for the device
-        packed = pack_padded_sequence(projected, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.gru(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        return projected, out
+        # Sorted by length here, on the host (packing needs it): packing unsorted copies
+        # its order to the device and back, and each copy makes the host wait.
+        order = torch.argsort(lengths, descending=True, stable=True)
+        restore = torch.argsort(order)
+        by_length = projected.index_select(0, to_device(order, projected.device))
+        # The recurrence in fp32 under autocast: rounding in a low-precision state adds
+        # up over hundreds of frames.
+        with torch.autocast(projected.device.type, enabled=False):
+            packed = pack_padded_sequence(by_length.float(), lengths[order], batch_first=True)
+            out, _ = self.gru(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return projected, out.index_select(0, to_device(restore, out.device))
 
 
 class CrossModalBlock(nn.Module):

@@ -93,6 +93,47 @@ def test_quick_run_prints_every_row_and_finite_ratios():
     assert "aten::" in out.split("torch.profiler):", 1)[1]
 
 
+def test_steps_only_measures_the_steps_and_no_epoch():
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    command = ["--quick", "--steps_only", "--start_method", "fork", "--threads", "1", "--repeats", "1"]
+    result = subprocess.run(
+        [sys.executable, "-m", "crab.bin.benchmark", *command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for label in STEP_ROWS.values():
+        assert float(_cells(out, label)[3]) > 0  # its peak memory
+    for label in EPOCH_ROWS.values():
+        assert f"| {label} |" not in out
+    assert [label for label, *_ in RATIOS if f"| {label} |" in out] == [label for label, *_ in RATIOS[:3]]
+    assert "epochs: not measured (--steps_only)" in out and "pays for itself" not in out
+
+
+def test_cuda_memory_of_each_step_is_counted_from_what_the_previous_left(monkeypatch):
+    """All step configurations in one CUDA process: each peak over the memory still
+    allocated when it starts (faked counters: 100 MiB left over, peaks of 10, 20, ...)."""
+    from crab import benchmarking
+
+    mib, state = 2**20, {"allocated": 100 * 2**20, "peak": 0}
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: state.update(peak=state["allocated"]))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: state["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: state["peak"])
+    names = list(STEP_ROWS)
+
+    def step(setup, name):
+        state["peak"] = state["allocated"] + (10 + 10 * names.index(name)) * mib
+
+    monkeypatch.setattr(benchmarking, "step_memory", step)
+    peaks = benchmarking.cuda_step_memories({"device": "cuda:1"}, names)["peaks"]
+    assert {n: p["peak_mib"] for n, p in peaks.items()} == {n: 10.0 + 10 * i for i, n in enumerate(names)}
+
+
 def test_peak_table_and_options():
     from crab.benchmarking import LARGE, peak_tflops
     from crab.bin.benchmark import parse_args

@@ -44,6 +44,32 @@ def test_unimodal_block_padding_does_not_leak():
     assert (batched[:, 3:] == 0).all()
 
 
+def test_unimodal_block_returns_rows_in_their_order_whatever_their_lengths():
+    """Packing sorts the rows by length on the host: the outputs come back in the
+    batch's own order, each as if alone."""
+    torch.manual_seed(0)
+    block = UnimodalBlock(5, 4)
+    lengths = [2, 6, 4, 6, 1]
+    x = torch.randn(len(lengths), 6, 5)
+    mask = torch.arange(6) < torch.tensor(lengths).unsqueeze(1)
+    _, batched = block(x, mask)
+    for i, n in enumerate(lengths):
+        _, alone = block(x[i : i + 1, :n], torch.ones(1, n, dtype=torch.bool))
+        assert torch.allclose(batched[i, :n], alone[0], atol=1e-6) and (batched[i, n:] == 0).all()
+
+
+def test_unimodal_block_runs_its_gru_in_fp32_under_autocast():
+    torch.manual_seed(0)
+    block = UnimodalBlock(5, 4)
+    x, mask = torch.randn(2, 30, 5), torch.arange(30) < torch.tensor([[30], [17]])
+    _, full = block(x, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        projected, out = block(x, mask)
+    assert projected.dtype == torch.bfloat16 and out.dtype == torch.float32
+    # only the projection's bf16 rounding reaches the GRU (its input), nothing of its own
+    assert torch.allclose(out, full, atol=2e-2) and not torch.equal(out, full)
+
+
 def test_cross_modal_block_ignores_padded_keys():
     torch.manual_seed(0)
     block = CrossModalBlock(4, num_heads=1, dropout=0.5).eval()

@@ -18,8 +18,8 @@
 #               torch warns that destroy_process_group() was never called
 #   bench_base  crab.bin.benchmark --size base --precision bf16 (MELD-like 2.5-3.5 s)
 #   bench_large crab.bin.benchmark --size large --precision bf16, 8 x 12 s
-#   bench_large_fp32  the same in fp32 with TF32
-#   bench_large_32    --size large bf16, 32 x 12 s, --gradient_checkpointing
+#   bench_large_fp32  the same in fp32 with TF32, steps only (--steps_only)
+#   bench_large_32    --size large bf16, 32 x 12 s, --gradient_checkpointing, steps only
 # With --quick the benchmarks run --quick (tiny) and training runs 1 epoch.
 set -uo pipefail
 
@@ -174,11 +174,11 @@ else
     bench bench_large --size large --precision bf16 --audio_seconds 12 --epochs 1 --epoch_utterances 16
   fi
   if wanted bench_large_fp32; then
-    bench bench_large_fp32 --size large --precision fp32 --tf32 true --audio_seconds 12 --epochs 1 --epoch_utterances 16
+    bench bench_large_fp32 --size large --precision fp32 --tf32 true --audio_seconds 12 --steps_only
   fi
   if wanted bench_large_32; then
     bench bench_large_32 --size large --precision bf16 --audio_seconds 12 --batch_size 32 \
-      --gradient_checkpointing --repeats 3 --epochs 1 --epoch_utterances 32
+      --gradient_checkpointing --repeats 3 --steps_only
   fi
 fi
 

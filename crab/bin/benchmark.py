@@ -2,7 +2,7 @@
 
     python -m crab.bin.benchmark [--device cpu|cuda[:N]] [--size tiny|base|large]
         [--precision fp32|bf16|fp16] [--audio_seconds 2.5-3.5] [--batch_size 8]
-        [--repeats 5] [--threads N] [--epoch_utterances 32] [--epochs 3] [--quick]
+        [--repeats 5] [--threads N] [--epoch_utterances 32] [--epochs 3] [--steps_only] [--quick]
 
 Encoders with random weights built from configs, no download: ``--size base``
 (default) WavLM Base and RoBERTa Base (transformers' WavLMConfig and RobertaConfig
@@ -23,16 +23,19 @@ c. our step (padding masked everywhere, text padded to the batch's longest
    transcript) against the reference code's: every transcript padded to 128 tokens
    and nothing masked after the encoders (``reference`` mode of the encoders below);
 d. a training epoch with frozen encoders read from the feature cache against one
-   that runs them (CrabBrain on a small corpus of wav files), and the extraction.
+   that runs them (CrabBrain on a small corpus of wav files), and the extraction
+   (not with ``--steps_only``).
 
 Step times are interleaved (round-robin, order rotated every round) in one
 process, so load from other processes hits every configuration alike; the median
 of ``--repeats`` rounds after ``--warmup`` is reported. Peak memory is measured
-separately, each configuration in its own process started before any model exists
-(spawned: a fresh interpreter, which CUDA needs; ``--start_method fork`` on CPU
-saves the imports): on CPU the growth of its peak resident set (VmHWM, reset at the
-start through /proc/self/clear_refs) over its starting RSS; on CUDA
-torch.cuda.max_memory_allocated.
+separately, in processes started before any model exists (spawned: a fresh
+interpreter, which CUDA needs; ``--start_method fork`` on CPU saves the imports): on
+CPU each configuration in its own, the growth of its peak resident set (VmHWM, reset
+at the start through /proc/self/clear_refs) over its starting RSS; on CUDA the step
+configurations one after the other in one process, torch.cuda.max_memory_allocated
+over what the previous one left allocated once freed (CUDA counts it exactly), and
+each epoch run in its own.
 
 Where the time goes, for the 5-leg training step: its matmul, convolution and
 attention FLOPs (torch.utils.flop_counter; the GRU is not counted, so the rate is a
@@ -105,6 +108,12 @@ def parse_args(argv):
         "--gradient_checkpointing",
         action="store_true",
         help="the encoders recompute their activations in the backward pass (less memory)",
+    )
+    parser.add_argument(
+        "--steps_only",
+        action="store_true",
+        help="the train and inference steps only: no feature extraction or epochs "
+        "(each rebuilds the models in a process of its own)",
     )
     parser.add_argument(
         "--start_method",
