@@ -68,12 +68,12 @@ def check_finite_losses(values, ids, epoch, step):
 STAGE_NAMES = {sb.Stage.TRAIN: "training", sb.Stage.VALID: "validation", sb.Stage.TEST: "evaluation"}
 
 
-def check_finite_outputs(logits, ids, stage, epoch, step):
-    """Raise ``NonFiniteOutputError`` naming the utterances whose scores in ``logits``
-    are NaN or infinite: in training before the loss, in validation and evaluation
-    instead of a prediction (``argmax`` of a NaN row is class 0, which may even
-    count as correct and would steer checkpoint selection)."""
-    bad = non_finite_rows(logits)
+def check_finite_outputs(bad, ids, stage, epoch, step):
+    """Raise ``NonFiniteOutputError`` naming the utterances ``bad`` (indices of the
+    batch's rows of scores holding a NaN or an infinity, ``crab.model.non_finite_rows``):
+    in training before the optimizer step, in validation and evaluation instead of a
+    prediction (``argmax`` of a NaN row is class 0, which may even count as correct
+    and would steer checkpoint selection)."""
     if bad:
         names = ", ".join(f"'{ids[i]}'" for i in bad)
         raise NonFiniteOutputError(
@@ -221,23 +221,29 @@ class CrabBrain(sb.Brain):
 
     def compute_objectives(self, predictions, batch, stage):
         logits, leg_outputs = predictions
-        check_finite_outputs(logits, batch.id, stage, self.hparams.epoch_counter.current, self.step)
+        epoch = self.hparams.epoch_counter.current
         targets = batch.emo_encoded.data.squeeze(1)
         ce = self.modules.wce(logits, targets)
         leg_losses = {name: self.hparams.leg_loss(out, targets) for name, out in leg_outputs.items()}
         loss = total_loss(ce, list(leg_losses.values()), self.hparams.alpha)
         if stage == sb.Stage.TRAIN:
-            self._add_parts(batch, {"wce": ce, **{f"leg_{n}": v for n, v in leg_losses.items()}})
+            parts = {"wce": ce, **{f"leg_{n}": v for n, v in leg_losses.items()}}
+            # the step's checks and sums in one copy to the host (each .item() waits for the device)
+            sums = torch.stack([v.detach().float() for v in parts.values()])
+            values = torch.cat([sums, torch.isfinite(logits.detach()).all(dim=-1)]).tolist()
+            bad_rows = [i for i, ok in enumerate(values[len(parts) :]) if not ok]
+            check_finite_outputs(bad_rows, batch.id, stage, epoch, self.step)
+            self._add_parts(batch, dict(zip(parts, values[: len(parts)], strict=True)))
         else:
+            check_finite_outputs(non_finite_rows(logits), batch.id, stage, epoch, self.step)
             self._predictions.append(
                 (batch.id, targets.cpu(), torch.softmax(logits.float(), dim=-1).detach().cpu())
             )
         return loss
 
-    def _add_parts(self, batch, parts):
-        """Add the batch's loss parts to the epoch's sums; a non-finite one stops
-        training here, before ``backward()`` and the optimizer step."""
-        values = {name: value.item() for name, value in parts.items()}
+    def _add_parts(self, batch, values):
+        """Add the batch's loss parts (name -> float) to the epoch's sums; a non-finite
+        one stops training here, before ``backward()`` and the optimizer step."""
         check_finite_losses(values, batch.id, self.hparams.epoch_counter.current, self.step)
         for name, value in values.items():
             self._loss_parts[name] = self._loss_parts.get(name, 0.0) + value
