@@ -258,7 +258,7 @@ class Bench:
         self.alpha, self.max_grad_norm = head["alpha"], head["max_grad_norm"]
         wavs = [torch.from_numpy(w) for w in setup["wavs"]]
         self.wavs = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
-        self.wav_lens = torch.tensor([len(w) / self.wavs.shape[1] for w in wavs], device=device)
+        self.wav_lens = torch.tensor([len(w) / self.wavs.shape[1] for w in wavs])  # on the host, as CrabBrain
         self.texts = setup["texts"]
         self.labels = torch.tensor(setup["labels"], device=device)
         self.optimizers = None

@@ -156,7 +156,8 @@ class CrabBrain(sb.Brain):
         host_lens = batch.sig.lengths if hasattr(batch, "sig") else None
         wavs, wav_lens, texts, states = _model_inputs(batch.to(self.device))
         if host_lens is not None:
-            wav_lens = host_lens.cpu()  # the loader's own tensor: no copy, no wait
+            # the loader's own tensor, as an array: DDP moves a tensor argument to the device
+            wav_lens = host_lens.cpu().numpy()
         return self.modules.model(wavs, wav_lens, texts, states)
 
     @torch.no_grad()

@@ -484,9 +484,10 @@ class SpeechEncoder(_Encoder):
         return n
 
     def _states(self, wavs, wav_lens):
-        """Encode ``wavs`` (batch, samples) with SpeechBrain relative ``wav_lens``."""
-        # lengths on the host (no wait when wav_lens is a CPU tensor), masks on the device
-        lengths = relative_to_absolute(wav_lens.detach().cpu(), wavs.shape[1])
+        """Encode ``wavs`` (batch, samples) with SpeechBrain relative ``wav_lens`` (a
+        tensor, or an array: no wait for the device)."""
+        # lengths on the host (no wait when wav_lens is on the CPU), masks on the device
+        lengths = relative_to_absolute(torch.as_tensor(wav_lens).detach().cpu(), wavs.shape[1])
         sample_mask = device_mask(lengths, wavs.shape[1], wavs.device)
         if self.waveform_normalization == "utterance":
             wavs = _masked_standardize(wavs, sample_mask)

@@ -254,9 +254,13 @@ def test_encoder_masks_keep_their_lengths_on_the_host(tokenizer_dir):
     from crab.masks import host_lengths
 
     speech = SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False).eval()
-    _, mask = speech(torch.randn(3, 8000), torch.tensor([1.0, 0.5, 0.25]))
+    wavs = torch.randn(3, 8000)
+    states, mask = speech(wavs, torch.tensor([1.0, 0.5, 0.25]))
     assert mask.host_lengths.device.type == "cpu" and mask.host_lengths.dtype == torch.long
     assert mask.host_lengths.tolist() == mask.sum(dim=1).tolist()
+    # an array of lengths (what CrabBrain passes: DDP would move a tensor to the device)
+    from_array, array_mask = speech(wavs, torch.tensor([1.0, 0.5, 0.25]).numpy())
+    assert torch.equal(array_mask, mask) and torch.equal(from_array, states)
     text = TextEncoder(
         os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir, pretrained=False
     ).eval()
