@@ -24,8 +24,20 @@ def test_cpu_environment_check_and_summary(tmp_path):
     assert "torch " in text and "cuda available:" in text
 
 
+def test_a_spent_time_budget_skips_the_checks_left(tmp_path):
+    result = subprocess.run(
+        ["bash", SCRIPT, "--device", "cpu", "--checks", "env", "--budget_s", "15", "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [summary] = tmp_path.glob("gpu_check_*.md")
+    assert "| env | skipped (--budget_s 15 spent) |" in summary.read_text()
+
+
 def test_unknown_option_and_device_are_errors(tmp_path):
-    for args in (["--bogus"], ["--device", "tpu"]):
+    for args in (["--bogus"], ["--device", "tpu"], ["--budget_s", "8m"]):
         result = subprocess.run(
             ["bash", SCRIPT, *args, "--work", str(tmp_path)], capture_output=True, text=True
         )

@@ -13,6 +13,7 @@
 #               results entry goes to RESULTS.md in the work folder, never the recipe's
 #   train_bf16  stage 5 with SpeechBrain's --precision=bf16 (through --train_opts)
 #   train_fp16  stage 5 with --precision=fp16 (gradient scaler; CUDA only)
+#   cached      stages 4-6 with frozen encoders: the feature cache extracted on the device
 #   ddp         stage 5 under torchrun, nccl: run.sh --ngpu N with N > 1 GPUs, one
 #               process through torch.distributed.run with one (gloo on CPU); fails if
 #               torch warns that destroy_process_group() was never called
@@ -21,6 +22,8 @@
 #   bench_large_fp32  the same in fp32 with TF32, steps only (--steps_only)
 #   bench_large_32    --size large bf16, 32 x 12 s, --gradient_checkpointing, steps only
 # With --quick the benchmarks run --quick (tiny) and training runs 1 epoch.
+# --budget_s S (default 480) bounds the whole check: each check's own time limit is cut
+# to what is left, and a check with under 20 s left is skipped.
 set -uo pipefail
 
 device=cuda
@@ -28,6 +31,7 @@ quick=false
 checks=all
 work=
 ngpu=
+budget_s=480
 
 usage() { sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0"; }
 while [ $# -gt 0 ]; do
@@ -37,11 +41,14 @@ while [ $# -gt 0 ]; do
     --checks) checks=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;  # where runs, logs and the summary go
     --ngpu) ngpu=$2; shift 2 ;;  # GPUs for the ddp check (default: all that torch sees)
+    --budget_s) budget_s=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "$0: unknown option $1 (--help)" >&2; exit 1 ;;
   esac
 done
 case "${device}" in cuda|cpu) ;; *) echo "$0: --device cuda|cpu, got ${device}" >&2; exit 1 ;; esac
+[[ "${budget_s}" =~ ^[0-9]+$ ]] || { echo "$0: --budget_s takes whole seconds, got ${budget_s}" >&2; exit 1; }
+deadline=$((SECONDS + budget_s))
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RECIPE=${ROOT}/egs/mini
@@ -63,7 +70,9 @@ gpus_seen() { python -c "import torch; print(torch.cuda.device_count() if torch.
 # result, the seconds and, on CUDA, the peak memory used on the GPUs (nvidia-smi, 0.5 s samples)
 run_check() {
   local name=$1 limit=$2; shift 2
-  local log=${work}/logs/${name}.log sampler='' peak=- t0 rc status
+  local log=${work}/logs/${name}.log sampler='' peak=- t0 rc status left=$((deadline - SECONDS))
+  if [ "${left}" -lt 20 ]; then skip "${name}" "--budget_s ${budget_s} spent"; return 0; fi
+  if [ "${left}" -lt "${limit}" ]; then limit=${left}; fi
   echo "== ${name}: $(printf '%s ' "$@" | head -c 300 | head -1)" | tee "${log}"
   if [ "${device}" = cuda ] && command -v nvidia-smi > /dev/null; then
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "${work}/logs/${name}.mem" 2>/dev/null &
@@ -143,6 +152,11 @@ if wanted train_fp16; then
   fi
 fi
 
+if wanted cached; then
+  run_check cached 600 "${recipe[@]}" --stage 4 --stop_stage 6 --tag cached --feature_cache "${work}/cache" \
+    --train_opts "--number_of_epochs=${epochs} --freeze_speech_encoder=true --freeze_text_encoder=true"
+fi
+
 if wanted ddp; then
   if [ "${device}" = cuda ]; then
     n=${ngpu:-$(gpus_seen)}
@@ -185,7 +199,7 @@ fi
 {
   echo "# Crab GPU check, $(date -u '+%Y-%m-%d %H:%M') UTC"
   echo
-  echo "command: tools/gpu_check.sh --device ${device}$([ "${quick}" = true ] && echo " --quick") --checks ${checks}"
+  echo "command: tools/gpu_check.sh --device ${device}$([ "${quick}" = true ] && echo " --quick") --checks ${checks} --budget_s ${budget_s}"
   echo "commit: $(git -C "${ROOT}" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "${ROOT}" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
   echo
   echo '```'
