@@ -575,35 +575,46 @@ def _enable_gradient_checkpointing(model, enabled):
 
 
 def _float_padding_masks(model):
-    """Give WavLM's attention one float mask instead of two masks of different types.
+    """Run WavLM's attention through torch's ``scaled_dot_product_attention``, with its
+    gated relative position bias and the padding as one float mask.
 
-    ``WavLMAttention`` passes torch a boolean ``key_padding_mask`` (the padded frames)
-    with a float ``attn_mask`` (its gated relative position bias), which torch
-    deprecates ("Support for mismatched key_padding_mask and attn_mask"). Torch turns
-    the boolean mask into -inf and adds the two; done here, the padding is added to
-    the bias as -inf and no ``key_padding_mask`` is passed: the same attention, one
-    float mask. Other models are left as they are."""
+    ``WavLMAttention`` calls ``F.multi_head_attention_forward(need_weights=True)``,
+    which keeps every head's softmax probabilities (and dropout mask) for the backward
+    pass: three (batch x heads, frames, frames) tensors per layer where the bias is
+    the only one needed (about 8 GB over WavLM Large's 24 layers for 8 x 12 s). It
+    also passes a boolean ``key_padding_mask`` with the float bias, which torch
+    deprecates. Here the padding is added to the bias as -inf and the attention is
+    the same computation without the probabilities kept (CUDA's memory-efficient
+    kernel takes a float bias). Other models are left as they are."""
     from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
     for module in model.modules():
         if isinstance(module, WavLMAttention) and not getattr(module, "_crab_float_mask", False):
-            module.torch_multi_head_self_attention = _float_mask_attention(module)
+            module.torch_multi_head_self_attention = _sdpa_attention(module)
             module._crab_float_mask = True
 
 
-def _float_mask_attention(attention):
-    original = attention.torch_multi_head_self_attention  # the bound method of this instance
-
+def _sdpa_attention(attention):
     def forward(hidden_states, attention_mask, gated_position_bias):
+        batch, frames, dim = hidden_states.shape
+        heads = attention.num_heads
+
+        def split_heads(projection):
+            return projection(hidden_states).view(batch, frames, heads, dim // heads).transpose(1, 2)
+
+        query, key, value = (split_heads(p) for p in (attention.q_proj, attention.k_proj, attention.v_proj))
+        bias = gated_position_bias.view(batch, heads, frames, frames)  # its (batch, head) order
         if attention_mask is not None:
-            padding = torch.zeros(
-                attention_mask.shape, dtype=gated_position_bias.dtype, device=gated_position_bias.device
-            )
-            padding = padding.masked_fill(attention_mask.ne(1), float("-inf"))
-            # (batch, keys) -> (batch * heads, 1, keys), in the bias's (batch, head) order
-            padding = padding.repeat_interleave(attention.num_heads, dim=0).unsqueeze(1)
-            gated_position_bias = gated_position_bias + padding
-        return original(hidden_states, None, gated_position_bias)
+            padding = torch.zeros(attention_mask.shape, dtype=bias.dtype, device=bias.device)
+            bias = bias + padding.masked_fill(attention_mask.ne(1), float("-inf"))[:, None, None, :]
+        out = nn.functional.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=bias.to(query.dtype),  # autocast runs the projections in bf16 / fp16
+            dropout_p=attention.dropout if attention.training else 0.0,
+        )
+        return attention.out_proj(out.transpose(1, 2).reshape(batch, frames, dim)), None
 
     return forward
 

@@ -121,7 +121,8 @@ def test_cuda_memory_of_each_step_is_counted_from_what_the_previous_left(monkeyp
 
     mib, state = 2**20, {"allocated": 100 * 2**20, "peak": 0}
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: state.update(peak=state["allocated"]))
+    reset = lambda d: state.update(peak=state["allocated"])  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: state["allocated"])
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: state["peak"])
     names = list(STEP_ROWS)

@@ -168,7 +168,8 @@ def test_a_manifest_older_than_its_data_dir_is_refused(tmp_path):
     (data / "text.asr").write_text("train_angry_0 other words\n")  # not read by a gold manifest
     load_manifest(str(train))
     utt2emo = (data / "utt2emo").read_text()
-    (data / "utt2emo").write_text(utt2emo.replace("train_angry_0 angry", "train_angry_0 sad"))  # stage 1 rerun
+    # stage 1 rerun, stage 3 not
+    (data / "utt2emo").write_text(utt2emo.replace("train_angry_0 angry", "train_angry_0 sad"))
     with pytest.raises(ProvenanceError, match=rf"{train} is older than its data: {data}/utt2emo changed"):
         load_manifest(str(train))
     manifests(tmp_path / "corpus", tmp_path / "data")  # stage 3 again

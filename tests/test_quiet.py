@@ -1,4 +1,5 @@
-"""Quiet stages: no torchvision message, no mismatched-mask deprecation from the attention."""
+"""Quiet stages: no torchvision message; WavLM's attention through SDPA, one float mask
+(no mismatched-mask deprecation), the same as transformers' own."""
 
 import os
 import subprocess
@@ -33,7 +34,7 @@ def test_no_torchvision_message_and_the_figures_are_still_drawn(tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_wavlm_attention_gets_one_float_mask_and_the_same_output():
+def test_wavlm_attention_through_sdpa_gives_transformers_states_without_warnings():
     torch.manual_seed(0)
     encoder = SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False).eval()
     wavs, lens = 0.1 * torch.randn(3, 16000), torch.tensor([1.0, 0.6, 0.3])
@@ -49,3 +50,40 @@ def test_wavlm_attention_gets_one_float_mask_and_the_same_output():
         expected = reference(wavs.masked_fill(~samples, 0.0), attention_mask=samples.long()).last_hidden_state
     torch.testing.assert_close(hidden, expected, rtol=0, atol=1e-6)
     assert mask.sum(1).tolist()[0] > mask.sum(1).tolist()[2]
+
+
+def test_wavlm_attention_through_sdpa_trains_as_transformers_own():
+    """Same states and gradients as transformers' WavLM in training mode (dropout, layer
+    drop and time masking off, as they draw random numbers differently), in float64:
+    in fp32 the gradients' summation order alone makes them differ by about 1e-4."""
+    torch.manual_seed(0)
+    encoder = SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False)
+    config = encoder.model.config
+    config.apply_spec_augment, config.layerdrop = False, 0.0
+    for module in encoder.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if hasattr(module, "gru_rel_pos_const"):  # WavLMAttention: its dropout is a probability
+            module.dropout = 0.0
+    reference = AutoModel.from_config(config)
+    reference.load_state_dict(encoder.model.state_dict())
+    for module in reference.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if hasattr(module, "gru_rel_pos_const"):
+            module.dropout = 0.0
+    encoder.double().train(), reference.double().train()
+    wavs, lens = 0.1 * torch.randn(3, 16000, dtype=torch.float64), torch.tensor([1.0, 0.6, 0.3])
+    samples = lengths_to_mask(relative_to_absolute(lens, 16000), 16000)
+    hidden, mask = encoder(wavs, lens)
+    (hidden * mask.unsqueeze(-1)).square().sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = reference(wavs.masked_fill(~samples, 0.0), attention_mask=samples.long()).last_hidden_state
+    (expected * mask.unsqueeze(-1)).square().sum().backward()
+    torch.testing.assert_close(hidden, expected, rtol=0, atol=1e-12)
+    ours = dict(encoder.model.named_parameters())
+    names = [n for n, p in reference.named_parameters() if p.grad is not None and "attention" in n]
+    theirs = torch.cat([reference.get_parameter(n).grad.flatten() for n in names])
+    difference = torch.cat([ours[n].grad.flatten() for n in names]) - theirs
+    assert difference.norm() <= 1e-10 * theirs.norm()
