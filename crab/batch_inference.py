@@ -12,15 +12,23 @@ batch, and ``<out>.model`` records the model, the transcripts and the output set
 (``run_settings``), so that a re-run with other ones stops (``check_settings``) instead
 of mixing results. What makes the whole run impossible (an option, a missing input, a
 results file of other settings) is a ``UsageError`` whose message names the
-``crab-infer`` option to change. The command line, the output format and the resume
-rules are described in ``crab.bin.infer``.
+``crab-infer`` option to change. A run holds ``<out>.lock`` (``output_lock``) from its
+first read of ``out`` to its last write, and loads the model before it writes anything.
+``<out>.sources`` records what each result was classified from (``Source``), so that a
+result whose audio changed is classified again. The command line, the output format and
+the resume rules are described in ``crab.bin.infer``.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import shlex
+import socket
+import stat
 import sys
 import time
 from typing import NamedTuple
@@ -104,12 +112,42 @@ class InferenceJob:
 
 
 class Tally(NamedTuple):
-    """What a run did: utterances in wav.scp, classified before, classified now, and the failures."""
+    """What a run did: utterances in wav.scp, classified before, classified now, the failures,
+    and how many earlier results were dropped to be redone because their audio changed."""
 
     total: int
     before: int
     now: int
     failed: list
+    redone: int
+
+
+class Source(NamedTuple):
+    """What a result was classified from: the audio file's size and modification time (ns),
+    and its path as wav.scp gives it."""
+
+    size: int
+    mtime_ns: int
+    path: str
+
+
+def audio_source(path):
+    """The ``Source`` of the audio file ``path`` as it is now, or None when it cannot be stat'ed."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return Source(info.st_size, info.st_mtime_ns, path)
+
+
+def audio_changed(recorded, path):
+    """Whether the audio of a result classified from ``recorded`` (a ``Source``) is not the
+    file ``path`` as it is now: another path, or another size or modification time. A
+    file gone since cannot be compared: its result stands."""
+    if recorded.path != path:
+        return True
+    now = audio_source(path)
+    return now is not None and now != recorded
 
 
 def read_model_info(model_dir):
@@ -157,9 +195,8 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
-def _hash_file(digest, path, limit=None):
-    """Add ``path``'s size and (all, or when under ``limit`` bytes) content to ``digest``."""
-    size = os.path.getsize(path)
+def _hash_file(digest, path, size, limit=None):
+    """Add ``path``'s ``size`` and (all, or when under ``limit`` bytes) content to ``digest``."""
     digest.update(f"{size}\0".encode())
     if limit is not None and size > limit:
         return
@@ -168,7 +205,24 @@ def _hash_file(digest, path, limit=None):
             digest.update(block)
 
 
-def tree_digest(root, limit=None):
+def readable_stat(path, within=None):
+    """``os.stat`` of ``path``, a regular file or a directory; a ``UsageError`` naming it when it
+    is anything else (a FIFO or device would block or never end), a dangling link, or, with
+    ``within`` (a real path), a link that leads outside ``within``."""
+    if within is not None:
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, within]) != within:
+            raise UsageError(f"{path} is a link to {real}, outside {within}: a package holds its own files")
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise UsageError(f"{path} cannot be read ({err.strerror})") from None
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise UsageError(f"{path} is not a regular file (a FIFO, device or socket): refusing to read it")
+    return info
+
+
+def tree_digest(root, limit=None, within=None):
     """SHA-256 of the names, sizes and contents of the files under ``root``.
 
     Parameters
@@ -177,33 +231,46 @@ def tree_digest(root, limit=None):
         A file or a directory.
     limit : int, optional
         Files over this many bytes count by name and size only.
+    within : str, optional
+        A real path that every file and link under ``root`` must lead into.
 
     Returns
     -------
     str
         The hex digest.
+
+    Raises
+    ------
+    UsageError
+        For an entry that is not a regular file or a directory, or leads outside ``within``
+        (``readable_stat``).
     """
     digest = hashlib.sha256()
-    if os.path.isfile(root):
-        _hash_file(digest, root, limit)
+    info = readable_stat(root, within)
+    if stat.S_ISREG(info.st_mode):
+        _hash_file(digest, root, info.st_size, limit)
         return digest.hexdigest()
     for base, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
+        for name in dirs:  # a link to a folder is not walked into, only checked
+            readable_stat(os.path.join(base, name), within)
         for name in sorted(files):
             path = os.path.join(base, name)
+            size = readable_stat(path, within).st_size
             digest.update(os.path.relpath(path, root).encode("utf-8", "surrogateescape") + b"\0")
-            _hash_file(digest, path, limit)
+            _hash_file(digest, path, size, limit)
     return digest.hexdigest()
 
 
 def model_digest(model_dir):
     """SHA-256 (hex) of what makes a package's predictions: model.ckpt, hyperparams.yaml,
-    label_encoder.ckpt and the encoders' configs and tokenizer (``MODEL_FILES``)."""
+    label_encoder.ckpt and the encoders' configs and tokenizer (``MODEL_FILES``); each a
+    regular file or folder of the package (``tree_digest``)."""
     digest = hashlib.sha256()
+    within = os.path.realpath(model_dir)
     for name in MODEL_FILES:
         path = os.path.join(model_dir, name)
-        if os.path.exists(path):
-            digest.update(f"{name}\0{tree_digest(path)}\0".encode())
+        if os.path.lexists(path):
+            digest.update(f"{name}\0{tree_digest(path, within=within)}\0".encode())
     return digest.hexdigest()
 
 
@@ -296,54 +363,9 @@ class Results:
         return json.dumps(record, ensure_ascii=False) + "\n"
 
     def read(self):
-        """``utt -> line`` of the lines already in the file, in file order.
-
-        A torn last line (no newline, cut inside a UTF-8 character, or not a results
-        line: an interrupted write) is dropped with a warning; a damaged line before
-        it is an error naming the file and line."""
-        if not os.path.isfile(self.path):
-            return {}
-        with open(self.path, "rb") as f:
-            parts = f.read().split(b"\n")
-        complete, tail = parts[:-1], parts[-1]  # after the last newline: nothing or a cut-off line
-        if tail:
-            logger.warning(
-                "%s:%d: the last line is cut off (an interrupted write): dropped, its utterance is "
-                "classified again",
-                self.path,
-                len(parts),
-            )
+        """``utt -> line`` of the lines already in the file, in file order (``read_records``)."""
         done = {}
-        for lineno, raw in enumerate(complete, 1):
-            last = lineno == len(complete) and not tail
-            try:
-                line = raw.decode("utf-8") + "\n"
-            except UnicodeDecodeError:
-                line = None
-            if self.fmt == "tsv" and lineno == 1 and line is not None:
-                if line != self.header:
-                    raise UsageError(
-                        f"{self.path} has another header (other classes?): use --overwrite or another --out"
-                    )
-                continue
-            if line is not None and not line.strip():
-                continue  # a blank line: nothing to keep
-            utt = self._utt(line) if line is not None else None
-            if utt is None:
-                what = "not UTF-8 text" if line is None else "not a results line"
-                if last:
-                    logger.warning(
-                        "%s:%d: the last line is %s (an interrupted write): dropped, its utterance "
-                        "is classified again",
-                        self.path,
-                        lineno,
-                        what,
-                    )
-                    continue
-                raise UsageError(
-                    f"{self.path}:{lineno}: {what} (a damaged results file): repair or delete that "
-                    "line, or use another --out"
-                )
+        for line, utt in read_records(self.path, self._utt, self.header, "results"):
             done.setdefault(utt, line)
         return done
 
@@ -359,6 +381,122 @@ class Results:
     def rewrite(self, lines):
         """Atomically replace the file with the header and ``lines`` (temporary file, fsync, rename)."""
         write_atomic(self.path, self.header + "".join(lines))
+
+
+class Sources:
+    """``<out>.sources``: the ``Source`` of each result, ``id size mtime_ns audio`` lines
+    (tab-separated, after a header), appended before the results lines they describe."""
+
+    header = "id\tsize\tmtime_ns\taudio\n"
+
+    def __init__(self, path):
+        self.path = path
+
+    def line(self, utt, source):
+        """The line recording that ``utt`` was classified from ``source``."""
+        return f"{utt}\t{source.size}\t{source.mtime_ns}\t{source.path}\n"
+
+    def read(self):
+        """``utt -> Source`` of the lines already in the file (the last line of an utterance wins)."""
+        return dict(parsed for _, parsed in read_records(self.path, self._parse, self.header, "sources"))
+
+    @staticmethod
+    def _parse(line):
+        fields = line.rstrip("\n").split("\t", 3)
+        if len(fields) != 4 or not fields[1].isdigit() or not fields[2].isdigit():
+            return None
+        return fields[0], Source(int(fields[1]), int(fields[2]), fields[3])
+
+    def rewrite(self, sources):
+        """Atomically replace the file with the header and ``sources`` (``utt -> Source``)."""
+        write_atomic(self.path, self.header + "".join(self.line(u, s) for u, s in sources.items()))
+
+
+def read_records(path, parse, header, kind):
+    """``(line, parse(line))`` of the complete lines of ``path`` after its ``header``.
+
+    ``parse`` returns None for a line that is not one of the file's (a ``kind`` file:
+    ``results``, ``sources``). A torn last line (no newline, cut inside a UTF-8 character,
+    or one ``parse`` refuses: an interrupted write) is dropped with a warning, and its
+    utterance classified again; a damaged line before it, or another header, is a
+    ``UsageError`` naming the file and line."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, "rb") as f:
+        parts = f.read().split(b"\n")
+    complete, tail = parts[:-1], parts[-1]  # after the last newline: nothing or a cut-off line
+    if tail:
+        logger.warning(
+            "%s:%d: the last line is cut off (an interrupted write): dropped, its utterance is "
+            "classified again",
+            path,
+            len(parts),
+        )
+    records = []
+    for lineno, raw in enumerate(complete, 1):
+        last = lineno == len(complete) and not tail
+        try:
+            line = raw.decode("utf-8") + "\n"
+        except UnicodeDecodeError:
+            line = None
+        if header and lineno == 1 and line is not None:
+            if line != header:
+                raise UsageError(
+                    f"{path} has another header (other classes, or not a {kind} file): use --overwrite "
+                    "or another --out"
+                )
+            continue
+        if line is not None and not line.strip():
+            continue  # a blank line: nothing to keep
+        parsed = parse(line) if line is not None else None
+        if parsed is None:
+            what = "not UTF-8 text" if line is None else f"not a {kind} line"
+            if last:
+                logger.warning(
+                    "%s:%d: the last line is %s (an interrupted write): dropped, its utterance "
+                    "is classified again",
+                    path,
+                    lineno,
+                    what,
+                )
+                continue
+            raise UsageError(
+                f"{path}:{lineno}: {what} (a damaged {kind} file): repair or delete that "
+                "line, or use another --out"
+            )
+        records.append((line, parsed))
+    return records
+
+
+@contextlib.contextmanager
+def output_lock(out):
+    """Hold ``<out>.lock`` (``fcntl.flock``, as ``crab.locking.folder_lock``) inside the block.
+
+    A run holds it from its first read of ``out`` to its last write, so that two runs never
+    rewrite each other's results: a second run on the same ``out`` stops at once, naming
+    the process that holds it. The lock goes with its process, however that ends.
+    """
+    path = out + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's line stays
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            raise UsageError(
+                f"--out {out} is being written by another crab-infer "
+                f"({holder or 'a process that has not yet written its pid'}): wait for it to end, "
+                "or give this run another --out (runs in parallel need one --out each)"
+            ) from None
+        command = shlex.join([sys.executable, *sys.argv]).replace("\n", "\\n")  # one line
+        since = time.strftime("%Y-%m-%d %H:%M:%S %z")
+        line = f"pid {os.getpid()} on {socket.gethostname()} since {since}: {command}\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, line.encode("utf-8", "replace"), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_settings(marker, settings, out, overwrite):
@@ -436,7 +574,7 @@ def check_outputs(job):
     for option, folder in dirs:
         for base, _, files in os.walk(folder):
             inputs += [(f"a file of {option}", os.path.join(base, name)) for name in files]
-    for path in (out, out + ".model", out + ".errors", out + ".tmp"):
+    for path in (out, *(out + suffix for suffix in (".model", ".errors", ".sources", ".lock", ".tmp"))):
         if os.path.isdir(path):
             raise UsageError(f"--out {out}: {path} is a directory")
         real = os.path.realpath(path)
@@ -548,21 +686,23 @@ class Runner:
         The model (with its ASR model loaded for ``text_mode="asr"``).
     results : Results
         Formats the results lines.
-    out_file, errors_file : file
-        Open for appending the results lines and the failures.
+    sources : Sources
+        Formats the lines of what each utterance is classified from.
+    files : dict
+        Open for appending: ``out``, ``sources`` and ``errors`` (the failures).
     texts : dict
         ``utt -> transcript`` with ``text_mode="gold"``.
     """
 
-    def __init__(self, job, classifier, results, out_file, errors_file, texts):
-        self.job, self.classifier, self.results = job, classifier, results
-        self.out_file, self.errors_file, self.texts = out_file, errors_file, texts
-        self.done, self.failed = {}, []
+    def __init__(self, job, classifier, results, sources, files, texts):
+        self.job, self.classifier, self.results, self.sources = job, classifier, results, sources
+        self.files, self.texts = files, texts
+        self.done, self.failed, self.read_from = {}, [], {}
 
     def fail(self, utterance, reason):
         """Record ``utterance`` as failed for ``reason``."""
         self.failed.append(Failure(utterance.utt, utterance.line, reason))
-        write_failure(self.errors_file, self.job.wav_scp, self.failed[-1])
+        write_failure(self.files["errors"], self.job.wav_scp, self.failed[-1])
 
     def run_batch(self, batch):
         """Load, check, transcribe (``text_mode="asr"``) and classify a batch of utterances."""
@@ -572,6 +712,11 @@ class Runner:
         cut = clf.max_samples
         audios = {}
         for utterance in batch:
+            # stat'ed before it is read: a file changed meanwhile is redone by the next run
+            self.read_from[utterance.utt] = audio_source(utterance.path)
+            if self.read_from[utterance.utt] is None:
+                self.fail(utterance, missing_audio(utterance.path))
+                continue
             try:  # ASR hears the whole file, the model its first max_duration seconds (as in training)
                 asr = self.job.text_mode == "asr"
                 wav = load_audio_file(utterance.path) if asr else clf.load_audio(utterance.path)
@@ -628,7 +773,8 @@ class Runner:
         return results
 
     def classify(self, usable, audios, texts):
-        """Classify ``usable`` and append their lines to the results file (flushed, fsync'ed)."""
+        """Classify ``usable`` and append their lines to the sources file, then to the results
+        file (each flushed, fsync'ed: no result is ever there without its source)."""
         import torch
 
         cut = self.classifier.max_samples
@@ -641,11 +787,17 @@ class Runner:
             self.results.line(u.utt, probs, texts.get(u.utt, ""))
             for u, probs in zip(usable, out_prob.cpu().tolist(), strict=True)
         ]
-        self.out_file.writelines(lines)
-        self.out_file.flush()
-        os.fsync(self.out_file.fileno())
+        append(self.files["sources"], [self.sources.line(u.utt, self.read_from[u.utt]) for u in usable])
+        append(self.files["out"], lines)
         self.done.update((u.utt, line) for u, line in zip(usable, lines, strict=True))
         return dict(zip([u.utt for u in usable], lines, strict=True))
+
+
+def append(file, lines):
+    """Append ``lines`` to ``file``, flushed and fsync'ed."""
+    file.writelines(lines)
+    file.flush()
+    os.fsync(file.fileno())
 
 
 def write_failure(errors_file, wav_scp, failure):
@@ -666,6 +818,25 @@ def transcript_problem(utt, texts, path):
     return None
 
 
+def missing_audio(path):
+    """Why ``path`` cannot be read when it is no file: for a relative path, where it was looked for."""
+    where = "" if os.path.isabs(path) else f" (a relative path: looked for in {os.getcwd()})"
+    return f"missing audio file {path}{where}"
+
+
+def check_not_segmented(wav_scp):
+    """Refuse the wav.scp of a Kaldi data directory with a ``segments`` file: its lines are
+    recordings, which ``segments`` cuts into utterances, and crab-infer reads no segments."""
+    segments = os.path.join(os.path.dirname(os.path.abspath(wav_scp)), "segments")
+    if os.path.exists(segments):
+        raise UsageError(
+            f"--wav_scp {wav_scp}: {segments} cuts its recordings into utterances, and crab-infer "
+            "reads no segments file (it would classify the first max_duration seconds of each "
+            "whole recording): write each segment to an audio file and list those, or, to classify "
+            "whole recordings, copy wav.scp to a folder without segments"
+        )
+
+
 def audio_seconds(utterance, max_duration):
     """Duration of ``utterance``'s audio from the file header, for batching.
 
@@ -684,7 +855,7 @@ def audio_seconds(utterance, max_duration):
     import soundfile as sf
 
     if not os.path.isfile(utterance.path):
-        return None, f"missing audio file {utterance.path}"
+        return None, missing_audio(utterance.path)
     try:
         info = sf.info(utterance.path)
     except (RuntimeError, sf.LibsndfileError) as err:
@@ -704,92 +875,188 @@ def classify_wav_scp(job):
     Returns
     -------
     Tally
-        The number of utterances in wav.scp, those classified before and now, and the
-        failures (``crab.datadir.Failure``, also in ``<out>.errors``).
+        The number of utterances in wav.scp, those classified before and now, the
+        failures (``crab.datadir.Failure``, also in ``<out>.errors``), and how many earlier
+        results were dropped to be redone because their audio changed.
 
     Raises
     ------
     UsageError
-        When the options or inputs make the whole run impossible.
+        When the options or inputs make the whole run impossible, or another run holds ``out``.
     """
     info = read_model_info(job.model)
     check_text_mode(job, info)
     if not os.path.isfile(job.wav_scp):
         raise UsageError(f"--wav_scp {job.wav_scp}: no such file")
+    check_not_segmented(job.wav_scp)
     check_outputs(job)
     utterances, failures = parse_wav_scp(job.wav_scp)
     if not utterances and not failures:
         raise UsageError(f"--wav_scp {job.wav_scp}: no utterances (the file is empty)")
     texts = read_texts(job.text) if job.text else {}
-    device = resolve_device(job.device)
-    fmt = output_format(job.format, job.out)
-    asr_model = job.asr_model if job.text_mode == "asr" else None
-    results = Results(job.out, fmt, info["classes"], job.text_mode, asr_model)
-    settings = run_settings(job, info, fmt)
-    marker = job.out + ".model"
-    check_settings(marker, settings, job.out, job.overwrite)
-    kept = {} if job.overwrite else results.read()  # every line there, this wav.scp's or not
-    out_dir = os.path.dirname(os.path.abspath(job.out))
-    os.makedirs(out_dir, exist_ok=True)
-    # the results first (a cut-off line dropped; with --overwrite a new file renamed over the old one),
-    # then the record of what made them
-    results.rewrite(kept.values())
-    write_atomic(marker, json.dumps(settings, indent=2) + "\n")
-
-    order = [u.utt for u in utterances]
-    known = set(order)
-    previous = {utt: line for utt, line in kept.items() if utt in known}
     if texts:
-        unknown = len(set(texts) - known)
+        listed = {u.utt for u in utterances} | {f.utt for f in failures}
+        unknown = len(set(texts) - listed)
         if unknown:
             logger.info(
                 "%s: %d transcripts of utterances not in %s (ignored)", job.text, unknown, job.wav_scp
             )
-
-    with open(job.out + ".errors", "w", encoding="utf-8") as errors_file:
-        errors_file.write("id\tline\treason\n")
-        for failure in failures:
-            write_failure(errors_file, job.wav_scp, failure)
-        todo, failed = [], list(failures)
-        for utterance in utterances:
-            if utterance.utt in previous:
-                continue
-            seconds, problem = audio_seconds(utterance, info.get("max_duration"))
-            if not problem and job.text_mode == "gold":
-                problem = transcript_problem(utterance.utt, texts, job.text)
-            if problem:
-                failed.append(Failure(utterance.utt, utterance.line, problem))
-                write_failure(errors_file, job.wav_scp, failed[-1])
-            else:
-                todo.append((utterance, seconds))
+    device = resolve_device(job.device)
+    fmt = output_format(job.format, job.out)
+    settings = run_settings(job, info, fmt)
+    asr_model = job.asr_model if job.text_mode == "asr" else None
+    results = Results(job.out, fmt, info["classes"], job.text_mode, asr_model)
+    sources = Sources(job.out + ".sources")
+    with output_lock(job.out):
+        check_settings(job.out + ".model", settings, job.out, job.overwrite)
+        kept, read_from = ({}, {}) if job.overwrite else (results.read(), sources.read())
+        previous, redo = resumed(job, utterances, kept, read_from)
+        for utt in redo:
+            del kept[utt]
+        todo, unusable = usable_utterances(job, utterances, previous, texts, info)
         logger.info(
-            "%s: %d utterances, %d classified before, %d to classify, %d unusable",
+            "%s: %d utterances, %d classified before, %d to classify, %d unusable; %d results redone: "
+            "their audio changed",
             job.wav_scp,
             len(utterances) + len(failures),
             len(previous),
             len(todo),
-            len(failed),
+            len(failures) + len(unusable),
+            len(redo),
         )
-        done = {}
-        if todo:
-            done, more = classify_all(job, device, results, todo, errors_file, texts)
-            failed += more
-    # the lines there before stay in place; this run's follow, in wav.scp order
-    results.rewrite(list(kept.values()) + [done[utt] for utt in order if utt in done and utt not in kept])
-    return Tally(len(utterances) + len(failures), len(previous), len(done), failed)
+        # the model is loaded (and so checked) before anything is written; not for a resumed
+        # run with nothing to do, whose files already record this model
+        idle = not todo and not job.overwrite and os.path.exists(job.out)
+        classifier = None if idle else load_classifier(job, device)
+        # the results first (a cut-off line and the results to redo dropped; with --overwrite a new
+        # file renamed over the old one), then the records of what made them
+        results.rewrite(kept.values())
+        sources.rewrite({utt: read_from[utt] for utt in kept if utt in read_from})
+        write_atomic(job.out + ".model", json.dumps(settings, indent=2) + "\n")
+        with open(job.out + ".errors", "w", encoding="utf-8") as errors_file:
+            errors_file.write("id\tline\treason\n")
+            failed = failures + unusable
+            for failure in failed:
+                write_failure(errors_file, job.wav_scp, failure)
+            done = {}
+            if todo:
+                runner = classify_all(job, classifier, results, sources, todo, errors_file, texts)
+                done, failed, read_from = runner.done, failed + runner.failed, read_from | runner.read_from
+        # the lines there before stay in place; this run's follow, in wav.scp order
+        order = list(kept) + [u.utt for u in utterances if u.utt in done]
+        results.rewrite([kept[utt] if utt in kept else done[utt] for utt in order])
+        sources.rewrite({utt: read_from[utt] for utt in order if utt in read_from})
+    return Tally(len(utterances) + len(failures), len(previous), len(done), failed, len(redo))
 
 
-def classify_all(job, device, results, todo, errors_file, texts):
-    """Load the model (and the ASR model) on ``device`` and classify ``todo`` batch by batch.
+def resumed(job, utterances, kept, read_from):
+    """The results of this wav.scp's utterances already in ``out`` that stand, and those to redo.
 
     Parameters
     ----------
     job : InferenceJob
         The run.
-    device : str
-        A torch device (``resolve_device``).
-    results : Results
-        The results file.
+    utterances : list of Utterance
+        The utterances of wav.scp.
+    kept : dict
+        ``utt -> results line`` of ``out`` (``Results.read``).
+    read_from : dict
+        ``utt -> Source`` of ``<out>.sources`` (``Sources.read``).
+
+    Returns
+    -------
+    tuple of (dict, list)
+        ``utt -> results line`` of the results that stand, and the utterances whose audio
+        changed since their result (``audio_changed``). A result without a source (written
+        by a crab-infer that recorded none) stands, with a warning.
+    """
+    previous, redo, unchecked = {}, [], 0
+    for utterance in utterances:
+        utt = utterance.utt
+        if utt not in kept:
+            continue
+        if utt not in read_from:
+            unchecked += 1
+        elif audio_changed(read_from[utt], utterance.path):
+            redo.append(utt)
+            continue
+        previous[utt] = kept[utt]
+    if unchecked:
+        logger.warning(
+            "%s: %d results have no record of the audio they were classified from (an older "
+            "crab-infer wrote them, without %s.sources): kept as they are, not checked against %s",
+            job.out,
+            unchecked,
+            job.out,
+            job.wav_scp,
+        )
+    return previous, redo
+
+
+def usable_utterances(job, utterances, previous, texts, info):
+    """The utterances to classify, with their durations (``audio_seconds``), and the failures
+    of those that cannot be: a missing or unreadable file, no gold transcript."""
+    todo, failed = [], []
+    for utterance in utterances:
+        if utterance.utt in previous:
+            continue
+        seconds, problem = audio_seconds(utterance, info.get("max_duration"))
+        if not problem and job.text_mode == "gold":
+            problem = transcript_problem(utterance.utt, texts, job.text)
+        if problem:
+            failed.append(Failure(utterance.utt, utterance.line, problem))
+        else:
+            todo.append((utterance, seconds))
+    return todo, failed
+
+
+def load_classifier(job, device):
+    """The packaged model (with its ASR model for ``text_mode="asr"``) on ``device``; one that
+    cannot be loaded (a missing or damaged file) is a ``UsageError`` naming it."""
+    from crab.inference import CrabClassifier
+
+    logger.info("Loading %s on %s", job.model, device)
+    try:
+        classifier = CrabClassifier.from_hparams(source=job.model, run_opts={"device": device})
+    except cli.UserError:
+        raise  # its message already names the file
+    except (OSError, RuntimeError, ValueError) as err:
+        raise UsageError(f"--model {job.model} cannot be loaded: {first_line(err)}") from None
+    if job.text_mode == "asr":
+        try:
+            classifier.load_asr(
+                job.asr_model,
+                device=device,
+                backend=job.asr_backend,
+                language=job.language,
+                num_beams=job.num_beams,
+                max_new_tokens=job.max_new_tokens,
+                dtype=job.asr_dtype,
+            )
+        except cli.UserError:
+            raise
+        except (OSError, RuntimeError, ValueError) as err:
+            raise UsageError(f"--asr_model {job.asr_model} cannot be loaded: {first_line(err)}") from None
+    return classifier
+
+
+def first_line(err):
+    """The first line of ``err``'s message, after its type."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def classify_all(job, classifier, results, sources, todo, errors_file, texts):
+    """Classify ``todo`` batch by batch.
+
+    Parameters
+    ----------
+    job : InferenceJob
+        The run.
+    classifier : crab.inference.CrabClassifier
+        The model (``load_classifier``).
+    results, sources : Results, Sources
+        The results file and the record of what they were classified from.
     todo : list of (Utterance, float)
         The utterances to classify, with their durations (``audio_seconds``).
     errors_file : file
@@ -799,28 +1066,15 @@ def classify_all(job, device, results, todo, errors_file, texts):
 
     Returns
     -------
-    tuple of (dict, list)
-        ``utt -> results line`` of the utterances classified, and the failures.
+    Runner
+        Its ``done`` (``utt -> results line``), ``read_from`` (``utt -> Source``) and ``failed``.
     """
     from tqdm import tqdm
 
-    from crab.inference import CrabClassifier
-
-    logger.info("Loading %s on %s", job.model, device)
-    classifier = CrabClassifier.from_hparams(source=job.model, run_opts={"device": device})
-    if job.text_mode == "asr":
-        classifier.load_asr(
-            job.asr_model,
-            device=device,
-            backend=job.asr_backend,
-            language=job.language,
-            num_beams=job.num_beams,
-            max_new_tokens=job.max_new_tokens,
-            dtype=job.asr_dtype,
-        )
     batches = make_batches(todo, job.batch_size, job.max_batch_seconds)
-    with open(job.out, "a", encoding="utf-8") as out_file:
-        runner = Runner(job, classifier, results, out_file, errors_file, texts)
+    with open(job.out, "a", encoding="utf-8") as out_file, open(sources.path, "a", encoding="utf-8") as src:
+        files = {"out": out_file, "sources": src, "errors": errors_file}
+        runner = Runner(job, classifier, results, sources, files, texts)
         last_log, processed = time.monotonic(), 0
         with tqdm(total=len(todo), unit="utt", disable=not sys.stderr.isatty(), file=sys.stderr) as progress:
             for k, batch in enumerate(batches):
@@ -832,4 +1086,4 @@ def classify_all(job, device, results, todo, errors_file, texts):
                         "%d of %d utterances processed (%d failed)", processed, len(todo), len(runner.failed)
                     )
                     last_log = time.monotonic()
-    return runner.done, runner.failed
+    return runner

@@ -5,6 +5,9 @@ transcripts, never an input as --out, torn lines, transient failures, renames.""
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -272,3 +275,146 @@ def test_package_is_renamed_over_the_old_one(trained, data, tmp_path, monkeypatc
     assert (model_dir / "metadata.json").is_file() and not os.path.exists(f"{model_dir}.old")
     package(data, run_dir, model_dir)  # and packaging again works
     assert (model_dir / "model.ckpt").read_bytes() == before and not os.path.exists(f"{model_dir}.old")
+
+
+# ---------------------------------------------------------------- G: one run per --out, redone audio
+
+
+def test_a_second_run_on_the_same_out_stops_naming_the_first(trained, data, tmp_path):  # noqa: F811
+    model_dir = trained[2]
+    write_inputs(tmp_path, data)
+    out = tmp_path / "r.tsv"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OUTPUT_LOCK, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        message = gold(model_dir, tmp_path, out)
+        assert f"--out {out} is being written by another crab-infer (pid {holder.pid} " in message
+        assert "\n" not in message and not out.exists() and not (tmp_path / "r.tsv.model").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert gold(model_dir, tmp_path, out) == 0  # the lock went with its process
+
+
+HOLD_OUTPUT_LOCK = (
+    "import sys, time\nfrom crab.batch_inference import output_lock\n"
+    "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n"
+)
+
+
+def test_a_result_whose_audio_changed_is_redone(trained, data, tmp_path, capsys, caplog):  # noqa: F811
+    model_dir = trained[2]
+    write_inputs(tmp_path, data)
+    out = tmp_path / "r.jsonl"
+    assert gold(model_dir, tmp_path, out) == 0
+    first = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    sources = (tmp_path / "r.jsonl.sources").read_text().splitlines()
+    assert sources[0] == "id\tsize\tmtime_ns\taudio" and sources[1].endswith(f"\t{data}/test_angry_0.wav")
+
+    # the wav.scp line of good_a fixed: same id, another file
+    scp = (tmp_path / "wav.scp").read_text()
+    (tmp_path / "wav.scp").write_text(scp.replace("test_angry_0.wav", "test_happy_0.wav"))
+    capsys.readouterr()
+    assert gold(model_dir, tmp_path, out) == 0
+    assert "(1 now, 2 before); 1 redone: their audio changed" in capsys.readouterr().out
+    again = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert list(again) == ["good_s", "stereo", "good_a"]
+    assert again["good_a"]["probs"] != first["good_a"]["probs"]
+    assert again["stereo"] == first["stereo"]
+
+    # the audio file rewritten in place (here of the same size: its modification time tells)
+    stereo = tmp_path / "stereo.wav"
+    sf.write(stereo, np.zeros((26460, 2), dtype="float32") + 0.2 * np.sin(np.arange(26460))[:, None], 44100)
+    assert gold(model_dir, tmp_path, out) == 0
+    assert "(1 now, 2 before); 1 redone" in capsys.readouterr().out
+    # now broken: redone, fails, and its old result is gone with it
+    stereo.write_bytes(b"not audio")
+    assert gold(model_dir, tmp_path, out) == 0
+    assert "(0 now, 2 before); 1 redone" in capsys.readouterr().out
+    assert [r["id"] for r in map(json.loads, out.read_text().splitlines())] == ["good_s", "good_a"]
+
+    # results written without <out>.sources (an older crab-infer): kept, not checked, with a warning
+    (tmp_path / "r.jsonl.sources").unlink()
+    assert gold(model_dir, tmp_path, out) == 0
+    assert "(0 now, 2 before)" in capsys.readouterr().out
+    assert "2 results have no record of the audio they were classified from" in caplog.text
+
+
+def test_a_damaged_model_writes_nothing_and_the_fixed_one_runs(trained, data, tmp_path):  # noqa: F811
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained[2], model_dir)
+    write_inputs(tmp_path, data)
+    out = tmp_path / "r.tsv"
+    good = (model_dir / "model.ckpt").read_bytes()
+    (model_dir / "model.ckpt").write_bytes(good[: len(good) // 2])
+    message = gold(model_dir, tmp_path, out)
+    assert isinstance(message, str) and str(model_dir) in message and "\n" not in message, message
+    (model_dir / "model.ckpt").unlink()
+    message = gold(model_dir, tmp_path, out)
+    assert isinstance(message, str) and str(model_dir) in message and "\n" not in message, message
+    assert not [p for p in ("r.tsv", "r.tsv.model", "r.tsv.sources") if (tmp_path / p).exists()]
+    (model_dir / "model.ckpt").write_bytes(good)  # fixed: the run goes through
+    assert gold(model_dir, tmp_path, out) == 0
+
+
+def test_package_links_outside_and_special_files_are_refused(trained, data, tmp_path):  # noqa: F811
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained[2], model_dir)
+    write_inputs(tmp_path, data)
+    out = tmp_path / "r.tsv"
+    config = model_dir / "speech_encoder" / "config.json"
+    # a link inside the package to a file of it is read as that file
+    os.rename(config, model_dir / "speech_config.json")
+    os.symlink("../speech_config.json", config)
+    assert gold(model_dir, tmp_path, out) == 0
+
+    def refused(make, expected):
+        make()
+        result = {}
+        thread = threading.Thread(target=lambda: result.update(message=gold(model_dir, tmp_path, out)))
+        thread.daemon = True  # without the check, reading /dev/zero or a FIFO never ends
+        thread.start()
+        thread.join(120)
+        assert not thread.is_alive() and expected in str(result["message"]), result
+        assert "\n" not in result["message"]
+
+    extra = model_dir / "text_encoder" / "extra.json"
+    refused(lambda: os.symlink("/dev/zero", extra), f"{extra} is a link to /dev/zero, outside {model_dir}")
+    extra.unlink()
+    refused(lambda: os.mkfifo(extra), f"{extra} is not a regular file")
+    extra.unlink()
+    refused(lambda: os.symlink("/dev/zero", model_dir / "speech_encoder" / "sub"), "outside")
+
+
+# ---------------------------------------------------------------- H: what crab-infer does not read
+
+
+def test_segments_piped_lines_and_relative_paths(trained, data, tmp_path, monkeypatch, caplog):  # noqa: F811
+    model_dir = trained[2]
+    write_inputs(tmp_path, data)
+    out = tmp_path / "out" / "r.tsv"
+    (tmp_path / "segments").write_text("good_a-seg1 good_a 0.0 0.5\n")
+    message = gold(model_dir, tmp_path, out)
+    assert f"{tmp_path}/segments cuts its recordings into utterances" in message and not out.exists()
+    (tmp_path / "segments").unlink()
+
+    # a piped line fails on its own and is never run; its transcript is one of wav.scp's
+    marker = tmp_path / "ran"
+    with open(tmp_path / "wav.scp", "a") as f:
+        f.write(f"piped touch {marker} |\nrelative audio/nowhere.wav\n")
+    with open(tmp_path / "text", "a") as f:
+        f.write("piped hello\nrelative hello\nelsewhere hello\n")
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level("INFO")
+    assert gold(model_dir, tmp_path, out) == 0
+    errors = {
+        line.split("\t")[0]: line for line in (tmp_path / "out" / "r.tsv.errors").read_text().splitlines()
+    }
+    assert "piped commands" in errors["piped"] and not marker.exists()
+    assert (
+        f"missing audio file audio/nowhere.wav (a relative path: looked for in {tmp_path})"
+        in errors["relative"]
+    )
+    assert "1 transcripts of utterances not in" in caplog.text  # elsewhere only

@@ -25,9 +25,14 @@ as data prep cleans it (``crab.dataprep.clean_transcript``: no control character
 Bad input never stops the run: a line of wav.scp that does not parse, a missing
 or unreadable file, empty or silent audio, audio shorter than the speech
 encoder's receptive field, or a missing or empty transcript fails that
-utterance only. Failures go to ``<out>.errors`` (``id line reason``, the line
+utterance only, and so does a piped line (Kaldi's ``<utt-id> cmd |``), which is
+never run. Failures go to ``<out>.errors`` (``id line reason``, the line
 of wav.scp) and to the log; the exit status is 1 when any utterance failed,
-unless ``--skip_errors``.
+unless ``--skip_errors``. A relative audio path is read from the current
+directory (a missing one says where it was looked for). A ``segments`` file
+beside wav.scp is refused: that wav.scp lists recordings, and crab-infer reads
+no segments (it would classify the first ``max_duration`` seconds of each whole
+recording); write the segments to audio files first.
 
 Resumable: each batch is appended to ``<out>`` and flushed, so an interrupted
 run leaves valid results, and a re-run classifies only the utterances not
@@ -38,13 +43,25 @@ results of several wav.scp files. ``<out>.model`` records the model (its path an
 the SHA-256 of its files), the transcripts (the --text file and its SHA-256, or
 the ASR model and settings) and the output settings; a re-run with others stops,
 saying what differs, instead of mixing results (``--overwrite`` starts over: the
-new results replace the file, by a rename). ``--out`` may not be one of the
-inputs (wav.scp, --text, a file of the model) nor a directory.
+new results replace the file, by a rename). ``<out>.sources`` records what each
+result was classified from (the audio path as wav.scp gives it, the file's size
+and modification time): a re-run classifies again an utterance whose audio
+changed (another path, or the file rewritten) and says how many it redid; results
+with no record there (written by an older crab-infer) are kept, unchecked, with a
+warning. ``--out`` may not be one of the inputs (wav.scp, --text, a file of the
+model) nor a directory.
+
+One run at a time writes an ``--out``: a run holds ``<out>.lock`` throughout, and
+a second run with the same ``--out`` stops at once, naming the process that holds
+it (runs in parallel need one ``--out`` each; to collect the results of several
+wav.scp files in one, run them one after the other). The model is loaded before
+anything is written: a missing or damaged model leaves no results behind.
 
 Loading the model runs nothing from its directory: its hyperparams.yaml is
 checked against what ``crab.bin.package`` writes before hyperpyyaml reads it
 (``crab.inference.check_package_hparams``), and checkpoints are read with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. The model's digest reads the package's regular
+files only: a FIFO, a device or a link leading outside the package is refused.
 """
 
 import argparse
@@ -126,11 +143,22 @@ def parse_args(argv=None):
 
 def run(args):
     """Classify with the options of ``args`` (``crab.batch_inference.classify_wav_scp``); returns
-    ``(number of utterances, done before, done now, failures)``."""
+    its ``Tally``."""
     job = InferenceJob(
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(InferenceJob)}
     )
     return classify_wav_scp(job)
+
+
+def summary(out, tally):
+    """The line that says what a run did (``tally``, a ``crab.batch_inference.Tally``)."""
+    now, before = tally.now, tally.before
+    line = f"{out}: {before + now} of {tally.total} utterances classified ({now} now, {before} before)"
+    if tally.redone:
+        line += f"; {tally.redone} redone: their audio changed (another path, size or modification time)"
+    if tally.failed:
+        line += f"; {len(tally.failed)} failed, listed in {out}.errors"
+    return line
 
 
 @cli.entry_point
@@ -138,13 +166,11 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        total, before, now, failed = run(args)
+        tally = run(args)
     except cli.UserError as err:  # UsageError, and a --text that is not UTF-8 (crab.datadir)
         sys.exit(f"ERROR: {err}")
-    summary = f"{args.out}: {before + now} of {total} utterances classified ({now} now, {before} before)"
-    if failed:
-        summary += f"; {len(failed)} failed, listed in {args.out}.errors"
-    print(summary)
+    print(summary(args.out, tally))
+    failed = tally.failed
     if failed and not args.skip_errors:
         print(
             f"ERROR: {len(failed)} utterance(s) failed (e.g. {failed[0].utt}, line {failed[0].line}: "
