@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from crab.cli import UserError
-from crab.masks import device_mask
+from crab.masks import device_mask, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -461,6 +461,8 @@ class SpeechEncoder(_Encoder):
         _enable_gradient_checkpointing(self.model, gradient_checkpointing)
         self.use_attention_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
         _float_padding_masks(self.model)
+        if hasattr(self.model, "_mask_hidden_states"):
+            self.model._mask_hidden_states = _host_spec_augment(self.model)
         self.waveform_normalization = waveform_normalization_mode(normalize_waveform, source)
         self.waveform_norm = WaveformNormalization() if self.waveform_normalization == "global" else None
         self.output_dim = config.d_model if self.is_whisper else config.hidden_size
@@ -496,12 +498,14 @@ class SpeechEncoder(_Encoder):
         wavs = wavs.masked_fill(~sample_mask, 0.0)
         if self.is_whisper:
             return self._encode_whisper(wavs, lengths)
+        frame_lens = self.model._get_feat_extract_output_lengths(lengths)
+        # the real frames, on the host, for the time masking in training (_host_spec_augment)
+        self.model.crab_frame_lens = frame_lens if self.use_attention_mask else None
         outputs = self.model(
             wavs,
             attention_mask=sample_mask.long() if self.use_attention_mask else None,
             output_hidden_states=self.wants_all_states,
         )
-        frame_lens = self.model._get_feat_extract_output_lengths(lengths)
         states = self._stack(outputs.hidden_states, outputs.last_hidden_state)
         return states, device_mask(frame_lens, states.shape[1], states.device)
 
@@ -618,6 +622,48 @@ def _sdpa_attention(attention):
         return attention.out_proj(out.transpose(1, 2).reshape(batch, frames, dim)), None
 
     return forward
+
+
+def _host_spec_augment(model):
+    """transformers' SpecAugment of wav2vec 2.0-style models (``_mask_hidden_states``,
+    in training when ``mask_time_prob`` or ``mask_feature_prob`` > 0), with the masks
+    drawn from the real frames' lengths on the host (``model.crab_frame_lens``, set
+    before each call) and copied from pinned memory, and applied with ``torch.where``.
+    The draws are transformers' own (``_compute_mask_indices``, NumPy's generator); its
+    version counts the frames on the device and indexes with a boolean mask, each a
+    wait for the device."""
+    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+
+    def mask_hidden_states(hidden_states, mask_time_indices=None, attention_mask=None):
+        config = model.config
+        if not getattr(config, "apply_spec_augment", True) or not model.training:
+            return hidden_states
+        batch, frames, dim = hidden_states.shape
+        lengths = getattr(model, "crab_frame_lens", None)  # None: every frame is real
+        if config.mask_time_prob > 0:
+            real = None if lengths is None else (torch.arange(frames) < lengths.unsqueeze(1)).long()
+            drawn = _compute_mask_indices(
+                (batch, frames),
+                mask_prob=config.mask_time_prob,
+                mask_length=config.mask_time_length,
+                attention_mask=real,
+                min_masks=config.mask_time_min_masks,
+            )
+            masked = to_device(torch.from_numpy(drawn), hidden_states.device).unsqueeze(-1)
+            embed = model.masked_spec_embed.to(hidden_states.dtype)
+            hidden_states = torch.where(masked, embed, hidden_states)
+        if config.mask_feature_prob > 0:
+            drawn = _compute_mask_indices(
+                (batch, dim),
+                mask_prob=config.mask_feature_prob,
+                mask_length=config.mask_feature_length,
+                min_masks=getattr(config, "mask_feature_min_masks", 0),  # WavLMConfig has none
+            )
+            masked = to_device(torch.from_numpy(drawn), hidden_states.device).unsqueeze(1)
+            hidden_states = hidden_states.masked_fill(masked, 0.0)
+        return hidden_states
+
+    return mask_hidden_states
 
 
 def _whisper_features(source, config):

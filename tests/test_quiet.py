@@ -87,3 +87,37 @@ def test_wavlm_attention_through_sdpa_trains_as_transformers_own():
     theirs = torch.cat([reference.get_parameter(n).grad.flatten() for n in names])
     difference = torch.cat([ours[n].grad.flatten() for n in names]) - theirs
     assert difference.norm() <= 1e-10 * theirs.norm()
+
+
+def test_time_and_feature_masking_drawn_on_the_host_are_transformers_own(tmp_path):
+    """SpecAugment in training (``crab.encoders._host_spec_augment``): with NumPy's
+    generator in the same state, the same masks as transformers' own, on padded audio."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    config_dir = tmp_path / "wavlm_masking"
+    shutil.copytree(os.path.join(MINI_CONF, "wavlm_tiny"), config_dir)
+    config = json.loads((config_dir / "config.json").read_text())
+    config.update(mask_time_prob=0.4, mask_time_length=2, mask_feature_prob=0.3, mask_feature_length=3)
+    config.update(mask_feature_min_masks=0)  # WavLMConfig lacks it, which transformers' masking reads
+    config.update(layerdrop=0.0, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    config.update(feat_proj_dropout=0.0, hidden_dropout_prob=0.0)
+    (config_dir / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    encoder = SpeechEncoder(str(config_dir), pretrained=False).train()
+    assert encoder.model._mask_hidden_states.__qualname__.startswith("_host_spec_augment")
+    reference = AutoModel.from_config(encoder.model.config).train()
+    reference.load_state_dict(encoder.model.state_dict())
+    wavs, lens = 0.1 * torch.randn(3, 16000), torch.tensor([1.0, 0.6, 0.3])
+    samples = lengths_to_mask(relative_to_absolute(lens, 16000), 16000)
+    np.random.seed(0)
+    hidden, mask = encoder(wavs, lens)
+    np.random.seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = reference(wavs.masked_fill(~samples, 0.0), attention_mask=samples.long()).last_hidden_state
+    torch.testing.assert_close(hidden, expected, rtol=0, atol=1e-5)
+    unmasked, _ = encoder.eval()(wavs, lens)
+    assert not torch.allclose(hidden, unmasked, atol=1e-3)  # the masks did something
