@@ -21,13 +21,10 @@ the resume rules are described in ``crab.bin.infer``.
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import shlex
-import socket
 import stat
 import sys
 import time
@@ -37,6 +34,7 @@ import yaml
 
 from crab import cli
 from crab.datadir import Failure, parse_wav_scp, read_texts
+from crab.locking import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -470,33 +468,22 @@ def read_records(path, parse, header, kind):
 
 @contextlib.contextmanager
 def output_lock(out):
-    """Hold ``<out>.lock`` (``fcntl.flock``, as ``crab.locking.folder_lock``) inside the block.
+    """Hold ``<out>.lock`` (``crab.locking.file_lock``) inside the block.
 
     A run holds it from its first read of ``out`` to its last write, so that two runs never
     rewrite each other's results: a second run on the same ``out`` stops at once, naming
     the process that holds it. The lock goes with its process, however that ends.
     """
-    path = out + ".lock"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's line stays
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-            raise UsageError(
-                f"--out {out} is being written by another crab-infer "
-                f"({holder or 'a process that has not yet written its pid'}): wait for it to end, "
-                "or give this run another --out (runs in parallel need one --out each)"
-            ) from None
-        command = shlex.join([sys.executable, *sys.argv]).replace("\n", "\\n")  # one line
-        since = time.strftime("%Y-%m-%d %H:%M:%S %z")
-        line = f"pid {os.getpid()} on {socket.gethostname()} since {since}: {command}\n"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, line.encode("utf-8", "replace"), 0)
+
+    def busy(holder):
+        return (
+            f"--out {out} is being written by another crab-infer ({holder}): wait for it to end, "
+            "or give this run another --out (runs in parallel need one --out each)"
+        )
+
+    with file_lock(out + ".lock", busy, error=UsageError):
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def check_settings(marker, settings, out, overwrite):
