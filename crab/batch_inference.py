@@ -53,7 +53,9 @@ SETTING_NAMES = {
     "text": "the --text file",
     "text_sha256": "the --text file's content",
     "asr": "the ASR model or its settings",
+    "precision": "--precision",
 }
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class UsageError(cli.UserError, ValueError):
@@ -81,6 +83,8 @@ class InferenceJob:
         ``tsv``, ``jsonl`` or ``auto`` (from the extension of ``out``).
     device : str
         ``auto`` (``cuda:0`` when there is a GPU), ``cpu``, ``cuda``, ``cuda:1``, ...
+    precision : str
+        ``fp32``, or the model under autocast to ``bf16`` or ``fp16`` (CUDA only).
     batch_size : int
         Utterances per batch (batched by length, longest first).
     max_batch_seconds : float
@@ -98,6 +102,7 @@ class InferenceJob:
     text: str | None = None
     format: str = "auto"
     device: str = "auto"
+    precision: str = "fp32"
     batch_size: int = 8
     max_batch_seconds: float = 0.0
     asr_model: str = DEFAULT_ASR_MODEL
@@ -298,6 +303,7 @@ def run_settings(job, info, fmt):
         "text": None,
         "text_sha256": None,
         "asr": None,
+        "precision": job.precision,
     }
     if job.text_mode == "gold":
         settings.update(text=os.path.abspath(job.text), text_sha256=tree_digest(job.text))
@@ -519,6 +525,7 @@ def check_settings(marker, settings, out, overwrite):
             f"{out} holds results of another model or other settings: {marker} is missing or damaged, "
             "so they cannot be told apart: use --overwrite to start over, or another --out"
         )
+    previous = {"precision": "fp32", **previous}  # recorded before --precision existed: fp32
     differ = [key for key in sorted(set(previous) | set(settings)) if previous.get(key) != settings.get(key)]
     if differ:
         what = "; ".join(
@@ -581,18 +588,31 @@ def check_outputs(job):
                 )
 
 
-def resolve_device(device):
+def resolve_device(device, precision="fp32"):
     """The torch device of ``device``: ``auto`` is ``cuda:0`` with a GPU, else ``cpu``;
-    ``cuda`` is ``cuda:0``; a CUDA device without a GPU is a ``UsageError``."""
+    ``cuda`` is ``cuda:0``; a CUDA device without a GPU, or fp16 ``precision`` off CUDA,
+    is a ``UsageError``."""
     import torch
 
     if device == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         device = "cuda:0"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA GPU is available (use --device cpu or auto)")
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise UsageError(f"--precision fp16 needs a CUDA device, not {device}: use bf16 or fp32")
     return device
+
+
+def autocast(precision, device):
+    """The model's context for ``precision``: autocast to bf16 or fp16, nothing for fp32."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def check_text_mode(job, info):
@@ -769,7 +789,8 @@ class Runner:
         lengths = torch.tensor([len(w) for w in wavs], dtype=torch.float32)
         padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
         batch_texts = [texts[u.utt] for u in usable] if self.job.text_mode != "none" else None
-        out_prob = self.classifier.classify_batch(padded, batch_texts, lengths / padded.shape[1])[0]
+        with autocast(self.job.precision, self.classifier.device):
+            out_prob = self.classifier.classify_batch(padded, batch_texts, lengths / padded.shape[1])[0]
         lines = [
             self.results.line(u.utt, probs, texts.get(u.utt, ""))
             for u, probs in zip(usable, out_prob.cpu().tolist(), strict=True)
@@ -888,7 +909,7 @@ def classify_wav_scp(job):
             logger.info(
                 "%s: %d transcripts of utterances not in %s (ignored)", job.text, unknown, job.wav_scp
             )
-    device = resolve_device(job.device)
+    device = resolve_device(job.device, job.precision)
     fmt = output_format(job.format, job.out)
     settings = run_settings(job, info, fmt)
     asr_model = job.asr_model if job.text_mode == "asr" else None

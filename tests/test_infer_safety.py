@@ -418,3 +418,27 @@ def test_segments_piped_lines_and_relative_paths(trained, data, tmp_path, monkey
         in errors["relative"]
     )
     assert "1 transcripts of utterances not in" in caplog.text  # elsewhere only
+
+
+def test_precision_is_a_setting_of_the_results(trained, data, tmp_path):  # noqa: F811
+    """bf16 autocast gives probabilities near fp32's, in a results file of its own."""
+    write_inputs(tmp_path, data)
+    fp32, bf16 = tmp_path / "fp32.tsv", tmp_path / "bf16.tsv"
+    assert gold(trained[2], tmp_path, fp32, "--device", "cpu") == 0
+    assert gold(trained[2], tmp_path, bf16, "--device", "cpu", "--precision", "bf16") == 0
+
+    def probabilities(path):
+        rows = [line.split("\t") for line in path.read_text().splitlines()]
+        columns = [i for i, name in enumerate(rows[0]) if name.startswith("prob_")]
+        return np.array([[float(row[i]) for i in columns] for row in rows[1:]])
+
+    near, exact = probabilities(bf16), probabilities(fp32)
+    assert near.shape == exact.shape and np.abs(near - exact).max() < 0.05 and not np.array_equal(near, exact)
+    message = gold(trained[2], tmp_path, fp32, "--device", "cpu", "--precision", "bf16")
+    assert '--precision ("fp32" then, "bf16" now)' in message
+    # a results file from before the setting existed holds fp32 results
+    marker = json.loads((tmp_path / "fp32.tsv.model").read_text())
+    del marker["precision"]
+    (tmp_path / "fp32.tsv.model").write_text(json.dumps(marker))
+    assert gold(trained[2], tmp_path, fp32, "--device", "cpu") == 0
+    assert "--precision fp16 needs a CUDA device" in gold(trained[2], tmp_path, fp32, "--precision", "fp16")

@@ -3,7 +3,7 @@
     crab-infer --model exp/crab/main/seed42/model --wav_scp data/test/wav.scp \\
         --text data/test/text --text_mode gold --out results.tsv
 
-``--model`` is a directory written by ``crab.bin.package`` (recipe stage 7).
+``--model`` is a directory written by ``crab.bin.package`` (recipe stage 8).
 ``wav.scp`` holds ``<utt-id> <audio path>`` lines (any sample rate, any channel
 count: the audio is read at 16 kHz mono). Where the transcripts come from is
 always said with ``--text_mode``, never guessed:
@@ -21,6 +21,11 @@ for an ``--out`` ending in .jsonl or .json, else tsv. Utterances are batched by
 length (longest first); the lines of a run are finally sorted in wav.scp order,
 after the lines already in ``--out``. The text column is the transcript cleaned
 as data prep cleans it (``crab.dataprep.clean_transcript``: no control characters).
+
+``--precision bf16`` (or ``fp16``, CUDA only) runs the model under autocast, for
+the GPUs' low-precision throughput; the probabilities then differ from fp32's by
+that rounding. The precision is one of the settings ``<out>.model`` records (a
+results file holds the results of one precision).
 
 Bad input never stops the run: a line of wav.scp that does not parse, a missing
 or unreadable file, empty or silent audio, audio shorter than the speech
@@ -71,7 +76,14 @@ import sys
 
 from crab import cli
 from crab.asr import BACKENDS, DTYPES
-from crab.batch_inference import DEFAULT_ASR_MODEL, FORMATS, TEXT_MODES, InferenceJob, classify_wav_scp
+from crab.batch_inference import (
+    DEFAULT_ASR_MODEL,
+    FORMATS,
+    PRECISIONS,
+    TEXT_MODES,
+    InferenceJob,
+    classify_wav_scp,
+)
 from crab.cli import str2bool
 
 
@@ -99,6 +111,13 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--device", default="auto", help="auto (cuda:0 when there is a GPU), cpu, cuda, cuda:1, ..."
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32, or the model under autocast to bf16 or fp16 (fp16: CUDA only); part of the "
+        "results' settings",
     )
     parser.add_argument("--batch_size", type=int, default=8, help="utterances per batch (sorted by length)")
     parser.add_argument(
