@@ -195,7 +195,7 @@ def test_meld_cpu_results_frozen_then_fine_tuned(tmp_path):
         env=env,
         status=1,
     )
-    assert f"training failed, see the end of: {tuned}/seed1.log {tuned}/seed2.log" in failed.stderr
+    assert f"2 job(s) failed, see the end of: {tuned}/seed1.log {tuned}/seed2.log" in failed.stderr
     assert "no_such_key" in (tuned / "seed2.log").read_text() and results.read_text() == before
 
     # RESULTS.md: an entry per setting, newest first, each naming its tuning file.

@@ -129,3 +129,25 @@ def test_setup_makes_a_recipe_of_links_and_copies(tmp_path):
         assert (target / own).is_file() and not os.path.islink(target / own), own
     again = run(os.path.join(ROOT, "egs", "TEMPLATE", "setup.sh"), str(target))
     assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_parallel_jobs_run_n_at_a_time_and_failures_are_named(tmp_path):
+    script = f"""
+. {ROOT}/utils/parallel.sh
+job() {{ echo "start $1" >> {tmp_path}/events; sleep 0.3; echo "end $1" >> {tmp_path}/events; return "$2"; }}
+parallel_init 2
+echo "threads $OMP_NUM_THREADS"
+for k in 1 2 3 4; do parallel_run {tmp_path}/job$k.log job $k $(( k == 3 ? 7 : 0 )); done
+parallel_wait
+echo "status $?"
+"""
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert f"1 job(s) failed, see the end of: {tmp_path}/job3.log" in result.stderr
+    threads = max(len(os.sched_getaffinity(0)) // 2, 1)  # the cores (nproc) shared by the 2 jobs
+    assert "status 1" in result.stdout and f"threads {threads}" in result.stdout
+    assert (tmp_path / "job3.log").read_text().endswith("exit status 7\n")
+    running, most = 0, 0
+    for event in (tmp_path / "events").read_text().split("\n")[:-1]:
+        running += 1 if event.startswith("start") else -1
+        most = max(most, running)
+    assert most == 2 and running == 0

@@ -39,6 +39,7 @@ extra_opts=
 data_opts="--pairing sorted"
 . ./path.sh
 . utils/parse_options.sh
+. utils/parallel.sh
 . ./db.sh
 
 case ${setting} in
@@ -91,22 +92,15 @@ train() {  # stages 5-6 of one method and seed over every fold: train SEED METHO
     --folds "${folds}" --seeds "$1" --exp_dir "${run_dir}" --feature_cache "${cache}" --train_opts "${opts}"
 }
 if [ "${stage}" -le 6 ]; then
-  # path.sh gives each process all the cores: oversubscribed cores made each epoch ~10x slower.
-  export OMP_NUM_THREADS=$(( $(nproc) > jobs ? $(nproc) / jobs : 1 ))
   mkdir -p "${run_dir}"
-  logs=()
+  parallel_init "${jobs}"
   for seed in ${seeds}; do
     for m in ${methods}; do
-      while [ "$(jobs -rp | wc -l)" -ge "${jobs}" ]; do wait -n || true; done
-      log=${run_dir}/${m}_seed${seed}.log
-      logs+=("${log}")
-      echo "training ${m} seed ${seed}: ${log}"
-      (rc=0; train "${seed}" "${m}" > "${log}" 2>&1 || rc=$?; echo "exit status ${rc}" >> "${log}") &
+      echo "training ${m} seed ${seed}: ${run_dir}/${m}_seed${seed}.log"
+      parallel_run "${run_dir}/${m}_seed${seed}.log" train "${seed}" "${m}"
     done
   done
-  wait
-  failed=$(for log in "${logs[@]}"; do tail -n 1 "${log}"; done | grep -vc "^exit status 0$" || true)
-  [ "${failed}" -eq 0 ] || { echo "${failed} training job(s) failed: see the ends of ${logs[*]}" >&2; exit 1; }
+  parallel_wait || exit 1
 fi
 [ "${stop_stage}" -ge 7 ] || exit 0
 for m in ${methods}; do

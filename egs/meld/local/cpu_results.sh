@@ -35,6 +35,7 @@ extra_opts=
 data_opts=
 . ./path.sh
 . utils/parse_options.sh
+. utils/parallel.sh
 
 kind=frozen exp=${exp_dir:-exp_cpu_minilm}
 cache=${exp}/features_all_layers
@@ -71,17 +72,10 @@ if [ "${stage}" -le 4 ]; then
 fi
 if [ "${stage}" -gt 6 ]; then :  # scoring only
 elif [ "${parallel}" = true ]; then
-  # The cores shared among the processes (path.sh gives each all of them): oversubscribed
-  # cores made each epoch ~10x slower here.
-  jobs=$(wc -w <<< "${seeds}")
   mkdir -p "${exp}"  # for the logs
-  export OMP_NUM_THREADS=$(( $(nproc) > jobs ? $(nproc) / jobs : 1 ))
-  declare -A pid
-  for seed in ${seeds}; do crab "${seed}" 5 6 > "${exp}/seed${seed}.log" 2>&1 & pid[${seed}]=$!; done
-  failed=
-  for seed in ${seeds}; do wait "${pid[${seed}]}" || failed+=" ${exp}/seed${seed}.log"; done
-  # no scoring of what a failed run left from an earlier one
-  [ -z "${failed}" ] || { echo "$0: training failed, see the end of:${failed}" >&2; exit 1; }
+  parallel_init "$(wc -w <<< "${seeds}")"
+  for seed in ${seeds}; do parallel_run "${exp}/seed${seed}.log" crab "${seed}" 5 6; done
+  parallel_wait || exit 1  # no scoring of what a failed run left from an earlier one
 else
   crab "${seeds}" 5 6
 fi
