@@ -759,6 +759,14 @@ class TextEncoder(_Encoder):
                 f"Tokenizer '{tokenizer or source}' has {len(self.tokenizer)} tokens "
                 f"but the model '{source}' has a vocabulary of {vocab}."
             )
+        specials = len(set(self.tokenizer.all_special_tokens))
+        if len(self.tokenizer.get_vocab()) <= specials:  # transformers builds one from a config alone
+            raise ModelSourceError(
+                "tokenizer" if tokenizer else "text_encoder source",
+                tokenizer or source,
+                f"the tokenizer of {tokenizer or source} has no tokens but its {specials} special ones "
+                "(is its tokenizer.json, or vocab.json and merges.txt, missing?)",
+            )
         self.max_length = max_length
         self.output_dim = self.model.config.hidden_size
         _enable_gradient_checkpointing(self.model, gradient_checkpointing)

@@ -1,6 +1,6 @@
 """Inference with a packaged Crab: ``CrabClassifier``, a SpeechBrain ``Pretrained``.
 
-A model directory written by ``crab.bin.package`` (recipe stage 7) loads with
+A model directory written by ``crab.bin.package`` (recipe stage 8) loads with
 
     from crab.inference import CrabClassifier
     classifier = CrabClassifier.from_hparams(source="exp/crab/main/seed42/model")
@@ -9,7 +9,8 @@ A model directory written by ``crab.bin.package`` (recipe stage 7) loads with
 or, without importing crab first, with SpeechBrain's ``foreign_class(source=DIR,
 pymodule_file="custom_interface.py", classname="CrabClassifier")``. The model is
 loaded in place: nothing (no symlink, no copy) is written next to it, unless a
-``savedir`` is asked for.
+``savedir`` is asked for; a ``savedir`` then takes the files of this package, never
+keeping those of an earlier one.
 
 The packaged ``hyperparams.yaml`` builds the encoders from the configs and
 tokenizer stored in the directory (``pretrained: false``): no hub access, no
@@ -24,9 +25,17 @@ Loading runs no code of the model directory through ``CrabClassifier.from_hparam
 ``torch.load(weights_only=True)`` (``load_weights``), ``label_encoder.ckpt`` as text
 (``ast.literal_eval``). ``foreign_class`` imports ``custom_interface.py``, which is
 Python: a package from someone else runs their code that way.
+
+Loading also refuses a damaged package, naming the file: one missing, or differing from
+the record of its files that packaging writes into ``metadata.json``
+(``check_package_files``), a checkpoint that cannot be read, and classes that are not
+the model's outputs.
 """
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -36,9 +45,10 @@ import shutil
 
 import soundfile as sf
 import torch
+from hyperpyyaml import load_hyperpyyaml
 from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_hooks
-from speechbrain.utils.fetching import LocalStrategy
+from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
 from torch import nn
 
 from crab.cli import UserError
@@ -51,6 +61,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ASR_MODEL = "openai/whisper-large-v3"  # as the MSP-Podcast recipe
 ENCODER_DIRS = {"speech": "speech_encoder", "text": "text_encoder"}
+METADATA = "metadata.json"
+WEIGHTS = "model.ckpt"
+LABELS = "label_encoder.ckpt"
+# files every package needs, whether or not its metadata.json records its files
+NEEDED_FILES = ("hyperparams.yaml", WEIGHTS, LABELS)
 
 # What crab.bin.package writes into hyperparams.yaml, and nothing else: the tags, and for
 # each object the arguments it may get. Any other tag (!apply:, !name:, !module:,
@@ -81,12 +96,17 @@ class UnsafeModelError(UserError, ValueError):
     """A packaged model whose files would run code, or that crab.bin.package did not write."""
 
 
+class ModelFileError(UserError, ValueError):
+    """A packaged model with a missing, damaged or changed file, or files that disagree."""
+
+
 def check_package_hparams(path):
     """Refuse a hyperparams.yaml that holds anything crab.bin.package does not write.
 
     The file is parsed (not constructed) with PyYAML and every node checked: only plain
     scalars, lists and mappings, the objects of ``PACKAGE_OBJECTS`` with their own
-    arguments, and ``!ref <key>`` to a top-level key. Nothing of the file is executed.
+    arguments, and ``!ref <key>`` to a top-level key; no anchor or alias. Nothing of the
+    file is executed.
     Raises ``UnsafeModelError`` naming the file, line and tag.
     """
     import yaml
@@ -114,6 +134,12 @@ def check_package_hparams(path):
                 raise UnsafeModelError(
                     f"{path}:{event.start_mark.line + 1}: a %YAML or %TAG directive: "
                     "refusing to load this model"
+                )
+            # an alias repeats a node without copying it: a few lines can stand for billions
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise UnsafeModelError(
+                    f"{path}:{event.start_mark.line + 1}: a YAML anchor or alias: refusing to load this "
+                    "model (crab.bin.package writes none)"
                 )
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
@@ -163,31 +189,105 @@ def check_package_hparams(path):
     return text
 
 
-def _hparams_path(source, hparams_file, kwargs, local_strategy):
-    """The local path of ``hparams_file`` of ``source`` (fetched as SpeechBrain would)."""
-    if os.path.isdir(str(source)):
-        return os.path.join(str(source), hparams_file)
-    from speechbrain.utils.fetching import FetchConfig, fetch
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    return fetch(
-        filename=hparams_file,
-        source=source,
-        savedir=kwargs.get("savedir"),
-        save_filename=None,
-        local_strategy=local_strategy,
-        fetch_config=kwargs.get("fetch_config", FetchConfig()),
-    )
+
+def package_files(model_dir):
+    """The record of the files of ``model_dir`` that packaging writes into metadata.json:
+    ``{relative path: {"size": bytes, "sha256": hex}}``, metadata.json itself aside."""
+    record = {}
+    for base, dirs, files in os.walk(model_dir):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(base, name)
+            relative = os.path.relpath(path, model_dir).replace(os.sep, "/")
+            if relative != METADATA:
+                record[relative] = {"size": os.path.getsize(path), "sha256": file_sha256(path)}
+    return record
+
+
+def _recorded_files(model_dir):
+    """The record of metadata.json's ``files``, or None for a package made before it."""
+    path = os.path.join(model_dir, METADATA)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f).get("files")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ModelFileError(f"{path}: not a JSON object ({err}): the package is damaged") from None
+    if record is None:
+        return None
+    if not isinstance(record, dict) or not all(
+        isinstance(e, dict) and isinstance(e.get("size"), int) and isinstance(e.get("sha256"), str)
+        for e in record.values()
+    ):
+        raise ModelFileError(f"{path}: 'files' is not a record of sizes and sha256: the package is damaged")
+    unsafe = [r for r in record if os.path.isabs(r) or os.path.normpath(r).split(os.sep)[0] == ".."]
+    if unsafe:
+        raise ModelFileError(f"{path}: 'files' names {unsafe[0]}, outside the package")
+    return record
+
+
+def check_package_files(model_dir):
+    """Refuse a package with a missing file, or one that differs from its record.
+
+    A package made before the record (no ``files`` in metadata.json) needs ``NEEDED_FILES``.
+    Otherwise every recorded file must be there with its size and, but for the weights
+    (GBs for a real model, read whole by ``torch.load`` anyway), its sha256; and the
+    encoder folders, which transformers reads whole, may hold no other file. Raises
+    ``ModelFileError`` naming the file.
+    """
+    record = _recorded_files(model_dir)
+    for name in NEEDED_FILES if record is None else sorted(record):
+        path = os.path.join(model_dir, name)
+        if not os.path.isfile(path):
+            raise ModelFileError(f"{path} is missing: the package is incomplete (copy it whole)")
+        if record is None:
+            continue
+        size, expected = os.path.getsize(path), record[name]
+        if size != expected["size"]:
+            raise ModelFileError(
+                f"{path} has {size} bytes, but the package was made with {expected['size']} "
+                f"({METADATA}): the file is truncated or changed"
+            )
+        if name != WEIGHTS and file_sha256(path) != expected["sha256"]:
+            raise ModelFileError(
+                f"{path} is not the file the package was made with (its sha256 differs from "
+                f"{METADATA}'s): the file is damaged or changed"
+            )
+    for folder in ENCODER_DIRS.values() if record is not None else ():
+        for base, _, files in os.walk(os.path.join(model_dir, folder)):
+            for name in files:
+                relative = os.path.relpath(os.path.join(base, name), model_dir).replace(os.sep, "/")
+                if relative not in record:
+                    raise ModelFileError(
+                        f"{os.path.join(model_dir, relative)} is not a file of this package ({METADATA} "
+                        "lists them), and transformers would read it: remove it"
+                    )
 
 
 def load_weights(path):
     """``torch.load(path, weights_only=True)``: tensors and plain containers only, never a pickled
-    object that runs code; such a file is refused naming it."""
+    object that runs code; such a file is refused naming it, as is a missing or unreadable one."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeModelError(
             f"{path} holds more than weights (a pickled object that loading would run): refusing to load it "
             f"({str(err).splitlines()[0][:200]})"
+        ) from None
+    except FileNotFoundError:
+        raise ModelFileError(f"{path} is missing") from None
+    except (RuntimeError, EOFError, LookupError, ValueError, OSError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise ModelFileError(
+            f"{path} is not a readable PyTorch checkpoint: truncated or damaged ({first})"
         ) from None
 
 
@@ -308,14 +408,15 @@ class PackagedCrab(nn.Module):
         try:
             self.crab.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise RuntimeError(
-                f"{path} does not fit the model of {model_dir}/hyperparams.yaml: {err}"
+            raise ModelFileError(
+                f"{path} does not fit the model of {model_dir}/hyperparams.yaml: {' '.join(str(err).split())}"
             ) from None
 
     def _find_model_dir(self, path):
-        """The package directory: where ``path`` is, or where a link to it points."""
+        """The package directory: where a link ``path`` points (never a folder left next to the
+        link by an earlier model), or where it is."""
         needed = [o["source"] for o in self._used_encoders().values()]
-        candidates = [os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))]
+        candidates = [os.path.dirname(os.path.realpath(path)), os.path.dirname(os.path.abspath(path))]
         for candidate in candidates:
             if all(os.path.isdir(os.path.join(candidate, s)) or not _is_local_name(s) for s in needed):
                 return candidate
@@ -347,6 +448,23 @@ class PackagedCrab(nn.Module):
         return self._model()(wavs, wav_lens, texts)
 
 
+def _check_present(folder, names):
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise ModelFileError(f"{path} is missing: the package is incomplete (copy it whole)")
+
+
+def _copy_encoder_folders(source, savedir):
+    """Replace the encoder folders of ``savedir`` with copies of the package's ``source``."""
+    if os.path.realpath(source) == os.path.realpath(savedir):
+        return
+    for folder in ENCODER_DIRS.values():
+        shutil.rmtree(os.path.join(savedir, folder), ignore_errors=True)
+        if os.path.isdir(os.path.join(source, folder)):
+            shutil.copytree(os.path.join(source, folder), os.path.join(savedir, folder))
+
+
 def _is_local_name(source):
     """A package folder name (``speech_encoder``), as opposed to a hub id or absolute path."""
     return not os.path.isabs(source) and "/" not in source
@@ -369,7 +487,8 @@ class CrabClassifier(Pretrained):
     ---------
     As ``speechbrain.inference.interfaces.Pretrained``; build it with ``from_hparams(source=DIR)``,
     ``DIR`` a model packaged by stage 8 (``exp/<tag>/<fold>/seed<seed>/model``). Its
-    ``hyperparams.yaml`` is checked before it is loaded (``check_package_hparams``).
+    ``hyperparams.yaml`` (``check_package_hparams``) and files (``check_package_files``)
+    are checked before it is loaded.
 
     Returns
     -------
@@ -401,11 +520,20 @@ class CrabClassifier(Pretrained):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        model_dir = self.mods.model.model_dir
         encoder = self.hparams.label_encoder
         labels = [encoder.ind2lab[i] for i in range(len(encoder))] if len(encoder) else []
         if labels != list(self.hparams.classes):
-            raise ValueError(
-                f"label_encoder.ckpt holds {labels}, but hyperparams.yaml says {list(self.hparams.classes)}"
+            raise ModelFileError(
+                f"{os.path.join(model_dir, LABELS)} holds {labels}, but hyperparams.yaml says "
+                f"{list(self.hparams.classes)}"
+            )
+        outputs = self.mods.model.crab_options.get("num_classes")
+        if len(labels) != outputs:
+            raise ModelFileError(
+                f"{os.path.join(model_dir, 'hyperparams.yaml')}: {len(labels)} classes {labels}, but the "
+                f"model ({WEIGHTS}, num_classes) gives {outputs} scores: its probabilities would be "
+                "misnamed"
             )
         encoder.expect_len(len(labels))
         self.asr = None
@@ -413,27 +541,60 @@ class CrabClassifier(Pretrained):
 
     @classmethod
     def from_hparams(
-        cls, source, hparams_file="hyperparams.yaml", local_strategy=LocalStrategy.NO_LINK, **kwargs
+        cls,
+        source,
+        hparams_file="hyperparams.yaml",
+        local_strategy=LocalStrategy.NO_LINK,
+        overrides=None,
+        overrides_must_match=True,
+        savedir=None,
+        download_only=False,
+        fetch_config=None,
+        **kwargs,
     ):
         """Load from a package directory; by default in place (``LocalStrategy.NO_LINK``).
 
-        With a ``savedir`` and a copying strategy, the encoder folders are copied
-        there too, so that the copy is complete.
+        As SpeechBrain's ``Pretrained.from_hparams``, but the yaml built is the text that
+        ``check_package_hparams`` checked, and a package directory is checked
+        (``check_package_files``) before anything of it is loaded. With a ``savedir``, each
+        file is fetched again from the package (one left there by another model is not
+        used), and with a copying strategy the encoder folders are copied there too, so
+        that the copy is complete.
         """
+        fetch_config = fetch_config or FetchConfig()
+        local = os.path.isdir(str(source))
+        if local:
+            _check_present(str(source), [hparams_file, WEIGHTS, LABELS])
+            if savedir is not None:
+                fetch_config = dataclasses.replace(fetch_config, overwrite=True)
+        hparams_path = fetch(
+            filename=hparams_file,
+            source=source,
+            savedir=savedir,
+            save_filename=None,
+            local_strategy=local_strategy,
+            fetch_config=fetch_config,
+        )
         # refuse a yaml that would run anything but the package's own classes (hyperpyyaml
         # runs any !apply:, !new:, !name: it is given)
-        check_package_hparams(_hparams_path(source, hparams_file, kwargs, local_strategy))
-        savedir = kwargs.get("savedir")
-        copying = local_strategy in (LocalStrategy.COPY, LocalStrategy.COPY_SKIP_CACHE)
-        if savedir is not None and copying and os.path.isdir(str(source)):
-            for folder in ENCODER_DIRS.values():
-                if os.path.isdir(os.path.join(source, folder)):
-                    shutil.copytree(
-                        os.path.join(source, folder), os.path.join(savedir, folder), dirs_exist_ok=True
-                    )
-        return super().from_hparams(
-            source, hparams_file=hparams_file, local_strategy=local_strategy, **kwargs
+        text = check_package_hparams(hparams_path)
+        if local:
+            check_package_files(str(source))
+            if savedir is not None and local_strategy in (LocalStrategy.COPY, LocalStrategy.COPY_SKIP_CACHE):
+                _copy_encoder_folders(str(source), str(savedir))
+        hparams = load_hyperpyyaml(text, overrides or {}, overrides_must_match)
+        hparams["savedir"] = savedir
+        pretrainer = hparams["pretrainer"]
+        pretrainer.set_collect_in(savedir)
+        paths = pretrainer.collect_files(
+            default_source=source, local_strategy=local_strategy, fetch_config=fetch_config
         )
+        for path in paths.values():  # SpeechBrain loads a missing label encoder as an empty one
+            _check_present(os.path.dirname(str(path)), [os.path.basename(str(path))])
+        if download_only:
+            return None
+        pretrainer.load_collected()
+        return cls(modules=hparams["modules"], hparams=hparams, **kwargs)
 
     @property
     def classes(self):

@@ -1,9 +1,11 @@
-"""Packaging a trained run as a self-contained inference model directory (recipe stage 7).
+"""Packaging a trained run as a self-contained inference model directory (recipe stage 8).
 
 ``package(hparams, out, ...)`` writes the directory ``crab.bin.package`` describes:
 model.ckpt, label_encoder.ckpt, class_weights.json, metadata.json, hyperparams.yaml
 (checked by ``crab.inference.check_package_hparams`` when loaded), the encoders'
 configs, custom_interface.py; then loads it back and checks it reproduces the model.
+metadata.json records every other file with its size and sha256
+(``crab.inference.package_files``): loading refuses a package that lost or changed one.
 
 hyperparams.yaml is the committed hyperpyyaml template ``crab/templates/inference.yaml``
 (``INFERENCE_TEMPLATE``) with each ``!PLACEHOLDER`` value filled from the run's own
@@ -30,13 +32,12 @@ import crab
 from crab import cli
 from crab.data import label_encoder
 from crab.encoders import waveform_normalization_mode
-from crab.inference import ENCODER_DIRS, CrabClassifier, load_weights
+from crab.inference import ENCODER_DIRS, METADATA, CrabClassifier, load_weights, package_files
 from crab.report import git_commit
 
 logger = logging.getLogger(__name__)
 
 TEXT_SOURCES = ("gold", "asr", "unknown")
-METADATA = "metadata.json"
 INFERENCE_TEMPLATE = "templates/inference.yaml"  # in the crab package
 # the template's keys that are not training keys: packaging fills them
 PACKAGE_KEYS = ("train_text_source",)
@@ -53,13 +54,16 @@ CUSTOM_INTERFACE = (
 
 import os
 
-from crab.inference import CrabClassifier, check_package_hparams  # noqa: F401
+from crab.inference import CrabClassifier, check_package_files, check_package_hparams  # noqa: F401
 
 # foreign_class imports this file before hyperpyyaml loads hyperparams.yaml: refuse a
-# yaml that would run code (checked where this file really is, when the yaml is there)
-_HPARAMS = os.path.join(os.path.dirname(os.path.realpath(__file__)), "hyperparams.yaml")
-if os.path.isfile(_HPARAMS):
-    check_package_hparams(_HPARAMS)
+# yaml that would run code (checked where this file really is, when the yaml is there),
+# and a package that lost or changed a file (when its metadata.json is there)
+_DIR = os.path.dirname(os.path.realpath(__file__))
+if os.path.isfile(os.path.join(_DIR, "hyperparams.yaml")):
+    check_package_hparams(os.path.join(_DIR, "hyperparams.yaml"))
+if os.path.isfile(os.path.join(_DIR, "metadata.json")):
+    check_package_files(_DIR)
 '''
 )
 
@@ -274,6 +278,7 @@ def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=No
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "git_commit": git_commit(short=False),
         "versions": versions(),
+        "files": package_files(tmp),
     }
     with open(os.path.join(tmp, METADATA), "w", encoding="utf-8") as f:
         json.dump(metadata, f, indent=2)

@@ -1,4 +1,4 @@
-"""Packaging (stage 7), CrabClassifier and the crab-infer CLI, on a tiny model trained here.
+"""Packaging (stage 8), CrabClassifier and the crab-infer CLI, on a tiny model trained here.
 
 The round trip: train the tiny config for two epochs, package the best checkpoint,
 load the package with ``from_hparams`` and with ``foreign_class``, and get the
@@ -9,6 +9,8 @@ import csv
 import dataclasses
 import json
 import os
+import re
+import shutil
 import subprocess
 
 import numpy as np
@@ -22,8 +24,9 @@ from crab.batch_inference import InferenceJob
 from crab.bin import infer
 from crab.bin import package as package_cli
 from crab.data import read_audio
+from crab.encoders import ModelSourceError
 from crab.experiment import dataset, make_brain, parse_and_load, prepare_labels_and_weights
-from crab.inference import AudioError, CrabClassifier
+from crab.inference import AudioError, CrabClassifier, ModelFileError, file_sha256
 from crab.tokenizer import build_bpe_tokenizer
 from tests.conftest import ROOT, write_tiny_whisper
 from tests.test_transcribe import build_tiny_whisper
@@ -178,6 +181,132 @@ def test_package_is_self_contained_and_has_no_legs(trained, data):
     assert (model_dir / "speech_encoder" / "config.json").is_file()
     hparams_text = (model_dir / "hyperparams.yaml").read_text()
     assert str(data) not in hparams_text and "PLACEHOLDER" not in hparams_text  # needs no training data
+
+
+def test_the_package_records_its_files(trained):
+    model_dir = trained[2]
+    files = json.loads((model_dir / "metadata.json").read_text())["files"]
+    on_disk = {
+        os.path.relpath(os.path.join(base, name), model_dir)
+        for base, _, names in os.walk(model_dir)
+        for name in names
+    }
+    assert set(files) == on_disk - {"metadata.json"} and "text_encoder/tokenizer.json" in files
+    for name, entry in files.items():
+        path = model_dir / name
+        assert entry == {"size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def copy_package(trained, tmp_path, recorded=True):
+    """A copy of the trained package; without the record of its files (``recorded=False``),
+    as packaged before the record existed."""
+    model = tmp_path / "model"
+    shutil.copytree(trained[2], model)
+    if not recorded:
+        meta = json.loads((model / "metadata.json").read_text())
+        del meta["files"]
+        (model / "metadata.json").write_text(json.dumps(meta))
+    return model
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def refused(model, error, message):
+    """``from_hparams`` and crab-infer both refuse ``model`` with one line matching ``message``."""
+    with pytest.raises(error, match=message) as err:
+        CrabClassifier.from_hparams(source=str(model))
+    assert "\n" not in str(err.value)
+    out, scp, text = (model.parent / name for name in ("r.tsv", "wav.scp", "text"))
+    sf.write(model.parent / "u.wav", tone(0.5, 200), 16000)
+    scp.write_text(f"u {model.parent}/u.wav\n")
+    text.write_text("u hello\n")
+    answer = cli("--model", model, "--wav_scp", scp, "--text", text, "--text_mode", "gold", "--out", out)
+    assert isinstance(answer, str) and answer.startswith("ERROR: ") and "\n" not in answer
+    assert re.search(message, answer)
+
+
+DAMAGES = {
+    "missing_tokenizer": (
+        lambda m: (m / "text_encoder" / "tokenizer.json").unlink(),
+        "text_encoder/tokenizer.json is missing",
+    ),
+    "truncated_weights": (
+        lambda m: truncate(m / "model.ckpt"),
+        r"model.ckpt has \d+ bytes, but the package was made with \d+",
+    ),
+    "changed_config": (
+        lambda m: (m / "speech_encoder" / "config.json").write_text(
+            (m / "speech_encoder" / "config.json").read_text().replace("  ", "\t")
+        ),
+        "speech_encoder/config.json (has|is not the file)",
+    ),
+    "extra_file": (
+        lambda m: (m / "text_encoder" / "vocab.json").write_text("{}"),
+        "text_encoder/vocab.json is not a file of this package",
+    ),
+    "missing_class_weights": (lambda m: (m / "class_weights.json").unlink(), "class_weights.json is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_package_unlike_its_record_is_refused_naming_the_file(damage, trained, tmp_path):
+    model = copy_package(trained, tmp_path)
+    harm, message = DAMAGES[damage]
+    harm(model)
+    refused(model, ModelFileError, message)
+
+
+def test_a_package_made_before_the_record_still_loads(trained, tmp_path):
+    model = copy_package(trained, tmp_path, recorded=False)
+    wavs = 0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    expected = CrabClassifier.from_hparams(source=str(trained[2])).classify_batch(wavs, ["hello"])[0]
+    got = CrabClassifier.from_hparams(source=str(model)).classify_batch(wavs, ["hello"])[0]
+    assert torch.equal(got, expected)
+
+
+OLD_DAMAGES = {
+    "missing_tokenizer": (
+        lambda m: (m / "text_encoder" / "tokenizer.json").unlink(),
+        ModelSourceError,
+        "has no tokens but its 5 special ones",
+    ),
+    "truncated_weights": (
+        lambda m: truncate(m / "model.ckpt"),
+        ModelFileError,
+        "model.ckpt is not a readable PyTorch checkpoint: truncated or damaged",
+    ),
+    "missing_weights": (lambda m: (m / "model.ckpt").unlink(), ModelFileError, "model.ckpt is missing"),
+    "missing_labels": (
+        lambda m: (m / "label_encoder.ckpt").unlink(),
+        ModelFileError,
+        "label_encoder.ckpt is missing",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(OLD_DAMAGES))
+def test_a_damaged_package_without_a_record_is_refused_naming_the_file(damage, trained, tmp_path):
+    model = copy_package(trained, tmp_path, recorded=False)
+    harm, error, message = OLD_DAMAGES[damage]
+    harm(model)
+    refused(model, error, message)
+
+
+def test_classes_that_are_not_the_model_outputs_are_refused(trained, tmp_path):
+    model = copy_package(trained, tmp_path, recorded=False)
+    yaml_path = model / "hyperparams.yaml"
+    text = yaml_path.read_text()
+    yaml_path.write_text(re.sub(r"(?m)^classes:.*$", "classes: [angry, happy, neutral]", text))
+    (model / "label_encoder.ckpt").write_text(
+        "'angry' => 0\n'happy' => 1\n'neutral' => 2\n================\n'starting_index' => 0\n"
+    )
+    refused(model, ModelFileError, f"{yaml_path}: 3 classes .* gives 4 scores")
+
+    yaml_path.write_text(re.sub(r"(?m)^num_classes:.*$", "num_classes: 3", yaml_path.read_text()))
+    sizes = r"Size\(\[4, \d+\]\) from checkpoint, the shape in current model is torch.Size\(\[3, \d+\]\)"
+    refused(model, ModelFileError, f"model.ckpt does not fit the model .*{sizes}")
 
 
 def test_packaging_again_gives_the_same_package(trained, data, tmp_path):
@@ -450,7 +579,7 @@ def test_cli_transcribes_when_asked(trained, data, tmp_path):
     assert all(r["text_source"] == "asr" and r["text"] and r["asr_model"] == whisper for r in records)
 
 
-def test_speech_only_model_and_stage_7(data, tmp_path):
+def test_speech_only_model_and_stage_8(data, tmp_path):
     run = tmp_path / "exp" / "speech" / "main" / "seed42"
     train(data, run, "--modality=speech")
     # ser.sh stage 8 packages every fold and seed into <exp>/<tag>/<fold>/seed<seed>/model

@@ -1,15 +1,25 @@
 """Loading a packaged model runs nothing from its directory (crab-infer, from_hparams,
 the crab-written custom_interface.py of foreign_class): hyperparams.yaml is checked
-against what crab.bin.package writes, checkpoints are read with weights_only=True."""
+against what crab.bin.package writes, checkpoints are read with weights_only=True, and
+the yaml built is the one checked, whatever a savedir holds."""
 
+import json
 import os
 import shutil
+import time
 
 import pytest
 import torch
 from speechbrain.inference.interfaces import foreign_class
+from speechbrain.utils.fetching import LocalStrategy
 
-from crab.inference import CrabClassifier, UnsafeModelError, check_package_hparams, load_weights
+from crab.inference import (
+    CrabClassifier,
+    UnsafeModelError,
+    check_package_hparams,
+    load_weights,
+    package_files,
+)
 from tests import test_inference
 from tests.test_inference import cli, write_inputs
 
@@ -46,6 +56,18 @@ def copy_model(trained, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained[2], model)
     return model
+
+
+def record_files(model):
+    """Write the record of the package's files anew, as a tamperer would."""
+    meta = json.loads((model / "metadata.json").read_text())
+    meta["files"] = package_files(model)
+    (model / "metadata.json").write_text(json.dumps(meta))
+
+
+def probe(classifier):
+    wavs = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(0))
+    return classifier.classify_batch(wavs, ["a probe sentence", "another one"])[0]
 
 
 def add_line(model, line):
@@ -104,6 +126,7 @@ def test_pickle_bomb_checkpoint_is_refused(trained, data, tmp_path, monkeypatch)
     state = torch.load(model / "model.ckpt", weights_only=True)
     state["bomb"] = Bomb(marker)
     torch.save(state, model / "model.ckpt")
+    record_files(model)  # the record of the files is no defence: it is as easy to rewrite
 
     with pytest.raises(UnsafeModelError, match="model.ckpt holds more than weights") as err:
         CrabClassifier.from_hparams(source=str(model))
@@ -128,3 +151,60 @@ def test_pickle_bomb_checkpoint_is_refused(trained, data, tmp_path, monkeypatch)
     )
     assert "holds more than weights" in message and "\n" not in message
     assert not marker.exists()
+
+
+STRATEGIES = [LocalStrategy.NO_LINK, LocalStrategy.SYMLINK, LocalStrategy.COPY, LocalStrategy.COPY_SKIP_CACHE]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.name)
+def test_a_yaml_left_in_savedir_is_not_built(strategy, trained, tmp_path):
+    model = copy_model(trained, tmp_path)
+    marker = tmp_path / "MARKER"
+    savedir = tmp_path / "save"
+    savedir.mkdir()
+    evil = (model / "hyperparams.yaml").read_text() + f'evil: !apply:os.system ["touch {marker}"]\n'
+    (savedir / "hyperparams.yaml").write_text(evil)
+
+    loaded = CrabClassifier.from_hparams(source=str(model), savedir=str(savedir), local_strategy=strategy)
+    assert not marker.exists()
+    assert torch.equal(probe(loaded), probe(CrabClassifier.from_hparams(source=str(model))))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.name)
+def test_a_savedir_reused_loads_the_model_asked_for(strategy, trained, tmp_path):
+    first = copy_model(trained, tmp_path)
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    state = torch.load(second / "model.ckpt", weights_only=True)
+    for key in state:
+        if key.startswith("classifier."):
+            state[key] = -state[key]
+    torch.save(state, second / "model.ckpt")
+    record_files(second)
+    savedir = tmp_path / "save"
+
+    CrabClassifier.from_hparams(source=str(first), savedir=str(savedir), local_strategy=LocalStrategy.COPY)
+    loaded = CrabClassifier.from_hparams(source=str(second), savedir=str(savedir), local_strategy=strategy)
+    expected = probe(CrabClassifier.from_hparams(source=str(second)))
+    assert not torch.allclose(expected, probe(CrabClassifier.from_hparams(source=str(first))))
+    assert torch.equal(probe(loaded), expected)
+
+
+def test_yaml_anchors_and_aliases_are_refused(trained, tmp_path):
+    model = copy_model(trained, tmp_path)
+    lineno = add_line(model, "shared: &sizes [1, 2]\nagain: *sizes")
+    with pytest.raises(UnsafeModelError, match="anchor or alias") as err:
+        CrabClassifier.from_hparams(source=str(model))
+    assert f"{model / 'hyperparams.yaml'}:{lineno - 1}:" in str(err.value)
+
+
+def test_a_billion_laughs_yaml_is_refused_at_once(tmp_path):
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for level in range(1, 10):
+        lines.append(f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 10)}]")
+    path = tmp_path / "hyperparams.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    start = time.monotonic()
+    with pytest.raises(UnsafeModelError, match=f"{path}:1: a YAML anchor or alias"):
+        check_package_hparams(str(path))
+    assert time.monotonic() - start < 5

@@ -1,4 +1,4 @@
-"""Package a trained Crab as a self-contained inference model directory (stage 7).
+"""Package a trained Crab as a self-contained inference model directory (stage 8).
 
     python -m crab.bin.package hparams.yaml --output_folder=RUN [--key=value ...] --out DIR \\
         [--text_source gold|asr] [--asr_model ID]
@@ -14,7 +14,8 @@ writes DIR:
     label_encoder.ckpt      the label encoder, in the recipe's fixed class order
     class_weights.json      per-class training counts and WCE weights (from wce.ckpt)
     metadata.json           the run, checkpoint and its validation scores, encoder
-                            sources (hub ids or paths), transcripts used, versions
+                            sources (hub ids or paths), transcripts used, versions, and
+                            every other file with its size and sha256 (checked when loaded)
     train_hyperparams.yaml  the run's resolved training hyperparameters
     speech_encoder/         config (and feature extractor) of the speech encoder
     text_encoder/           config and tokenizer of the text encoder
