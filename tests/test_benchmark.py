@@ -41,25 +41,11 @@ def _cells(stdout, label):
     return [cell.strip() for cell in rows[0].strip("|").split("|")[1:]]
 
 
-def test_quick_run_prints_every_row_and_finite_ratios():
-    """``--size tiny`` (``--quick``) end to end, each measurement in a spawned process
-    (the start method CUDA needs), with the FLOP rate and the profile's top operators."""
+def benchmark(*options):
+    """The report of ``crab.bin.benchmark`` run with ``options`` (one thread, offline)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "crab.bin.benchmark",
-            "--quick",
-            "--size",
-            "tiny",
-            "--start_method",
-            "spawn",
-            "--threads",
-            "1",
-            "--repeats",
-            "2",
-        ],
+        [sys.executable, "-m", "crab.bin.benchmark", *options],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -67,7 +53,13 @@ def test_quick_run_prints_every_row_and_finite_ratios():
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+    return result.stdout
+
+
+def test_quick_run_prints_every_row_and_finite_ratios():
+    """``--size tiny`` (``--quick``) end to end, each measurement in a spawned process
+    (the start method CUDA needs), with the FLOP rate and the profile's top operators."""
+    out = benchmark("--quick", "--start_method", "spawn", "--threads", "1", "--repeats", "2")  # --size tiny
     assert re.search(r"^machine: .+, \d+ logical CPUs", out, re.MULTILINE), out
     assert "load average (1 min) before" in out and "torch " + torch.__version__ in out
     for label in {**STEP_ROWS, **EPOCH_ROWS}.values():
@@ -94,18 +86,7 @@ def test_quick_run_prints_every_row_and_finite_ratios():
 
 
 def test_steps_only_measures_the_steps_and_no_epoch():
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    command = ["--quick", "--steps_only", "--start_method", "fork", "--threads", "1", "--repeats", "1"]
-    result = subprocess.run(
-        [sys.executable, "-m", "crab.bin.benchmark", *command],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+    out = benchmark("--quick", "--steps_only", "--start_method", "fork", "--threads", "1", "--repeats", "1")
     for label in STEP_ROWS.values():
         assert float(_cells(out, label)[3]) > 0  # its peak memory
     for label in EPOCH_ROWS.values():
