@@ -124,6 +124,7 @@ class FakeModel(nn.Module):
     """A PackagedCrab stand-in: mean amplitude as the score of class 0, NaN where asked."""
 
     needs_speech, needs_text, min_samples = True, False, 400
+    model_dir, crab_options = "fake_package", {"num_classes": len(CLASSES)}
 
     def __init__(self):
         super().__init__()
