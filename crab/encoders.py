@@ -499,13 +499,18 @@ class SpeechEncoder(_Encoder):
         if self.is_whisper:
             return self._encode_whisper(wavs, lengths)
         frame_lens = self.model._get_feat_extract_output_lengths(lengths)
-        # the real frames, on the host, for the time masking in training (_host_spec_augment)
-        self.model.crab_frame_lens = frame_lens if self.use_attention_mask else None
-        outputs = self.model(
-            wavs,
-            attention_mask=sample_mask.long() if self.use_attention_mask else None,
-            output_hidden_states=self.wants_all_states,
-        )
+        # the real frames before any adapter, on the host, for the masking in training
+        # (_host_spec_augment); this call's only
+        masked_lens = lengths_before_adapter(self.model, lengths)
+        self.model.crab_frame_lens = masked_lens if self.use_attention_mask else None
+        try:
+            outputs = self.model(
+                wavs,
+                attention_mask=sample_mask.long() if self.use_attention_mask else None,
+                output_hidden_states=self.wants_all_states,
+            )
+        finally:
+            self.model.crab_frame_lens = None
         states = self._stack(outputs.hidden_states, outputs.last_hidden_state)
         return states, device_mask(frame_lens, states.shape[1], states.device)
 
@@ -624,14 +629,23 @@ def _sdpa_attention(attention):
     return forward
 
 
+def lengths_before_adapter(model, lengths):
+    """The frames of the CNN (what SpecAugment masks) for ``lengths`` samples: with
+    ``add_adapter`` the model's output is shorter, after its adapter."""
+    if getattr(model.config, "add_adapter", False):
+        return model._get_feat_extract_output_lengths(lengths, add_adapter=False)
+    return model._get_feat_extract_output_lengths(lengths)
+
+
 def _host_spec_augment(model):
     """transformers' SpecAugment of wav2vec 2.0-style models (``_mask_hidden_states``,
     in training when ``mask_time_prob`` or ``mask_feature_prob`` > 0), with the masks
     drawn from the real frames' lengths on the host (``model.crab_frame_lens``, set
-    before each call) and copied from pinned memory, and applied with ``torch.where``.
-    The draws are transformers' own (``_compute_mask_indices``, NumPy's generator); its
-    version counts the frames on the device and indexes with a boolean mask, each a
-    wait for the device."""
+    for each call) and copied from pinned memory, and applied with ``torch.where``.
+    The draws are transformers' own (``_compute_mask_indices``, NumPy's generator), over
+    the real frames only: the same masks as transformers' WavLM and wav2vec 2.0 (HuBERT's
+    draws over the padding too). Their version counts the frames on the device and
+    indexes with a boolean mask, each a wait for the device."""
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
     def mask_hidden_states(hidden_states, mask_time_indices=None, attention_mask=None):

@@ -702,8 +702,8 @@ class CrabClassifier(Pretrained):
             problem = check_audio(wav[:n], self.min_samples)
             if problem:
                 raise AudioError(f"utterance {i} of the batch: {problem}")
-        wav_lens = lengths.float() / wavs.shape[1]
-        return wavs.to(self.device), wav_lens.to(self.device)
+        wav_lens = lengths.float() / wavs.shape[1]  # stays on the host: the encoder reads it there
+        return wavs.to(self.device), wav_lens
 
     def _prepare_texts(self, texts, batch):
         if not self.needs_text:

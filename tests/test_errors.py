@@ -63,6 +63,12 @@ def test_unknown_override(data):
     )
 
 
+def test_data_parallel_is_refused_for_ddp(data):
+    result = train(data, "--data_parallel_backend")
+    message = "--data_parallel_backend (DataParallel) is not supported"
+    assert_one_line_error(result, message, "run.sh --ngpu N")
+
+
 def test_transcribe_model_typo_writes_nothing(data, tmp_path):
     (tmp_path / "wav.scp").write_text(f"u1 {data}/train_sad_0.wav\n")
     result = command("crab.bin.transcribe", "--data_dir", tmp_path, "--model", "openai/whisper-tinyy")

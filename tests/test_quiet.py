@@ -6,6 +6,7 @@ import subprocess
 import sys
 import warnings
 
+import pytest
 import torch
 from transformers import AutoModel
 
@@ -89,24 +90,41 @@ def test_wavlm_attention_through_sdpa_trains_as_transformers_own():
     assert difference.norm() <= 1e-10 * theirs.norm()
 
 
-def test_time_and_feature_masking_drawn_on_the_host_are_transformers_own(tmp_path):
+MASKING = dict(mask_time_prob=0.4, mask_time_length=2, mask_feature_prob=0.3, mask_feature_length=3)
+NO_DROPOUT = dict(layerdrop=0.0, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+
+
+def masking_config(kind, folder):
+    """A tiny WavLM, or wav2vec 2.0 with an adapter (its output shorter than what is
+    masked), with time and feature masking on and no dropout."""
+    import json
+
+    from transformers import Wav2Vec2Config
+
+    from tests.test_encoders import SMALL
+
+    if kind == "wavlm":
+        config = json.loads(open(os.path.join(MINI_CONF, "wavlm_tiny", "config.json")).read())
+        config.update(mask_feature_min_masks=0)  # WavLMConfig lacks it, which transformers' masking reads
+        config.update(MASKING, **NO_DROPOUT, feat_proj_dropout=0.0)
+        os.makedirs(folder)
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(config, f)
+    else:
+        adapter = dict(add_adapter=True, num_adapter_layers=1, adapter_stride=2, output_hidden_size=32)
+        config = Wav2Vec2Config(**SMALL, **MASKING, **NO_DROPOUT, feat_proj_dropout=0.0, **adapter)
+        config.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("kind", ["wavlm", "wav2vec2_adapter"])
+def test_time_and_feature_masking_drawn_on_the_host_are_transformers_own(kind, tmp_path):
     """SpecAugment in training (``crab.encoders._host_spec_augment``): with NumPy's
     generator in the same state, the same masks as transformers' own, on padded audio."""
-    import json
-    import shutil
-
     import numpy as np
 
-    config_dir = tmp_path / "wavlm_masking"
-    shutil.copytree(os.path.join(MINI_CONF, "wavlm_tiny"), config_dir)
-    config = json.loads((config_dir / "config.json").read_text())
-    config.update(mask_time_prob=0.4, mask_time_length=2, mask_feature_prob=0.3, mask_feature_length=3)
-    config.update(mask_feature_min_masks=0)  # WavLMConfig lacks it, which transformers' masking reads
-    config.update(layerdrop=0.0, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
-    config.update(feat_proj_dropout=0.0, hidden_dropout_prob=0.0)
-    (config_dir / "config.json").write_text(json.dumps(config))
     torch.manual_seed(0)
-    encoder = SpeechEncoder(str(config_dir), pretrained=False).train()
+    encoder = SpeechEncoder(masking_config(kind, tmp_path / kind), pretrained=False).train()
     assert encoder.model._mask_hidden_states.__qualname__.startswith("_host_spec_augment")
     reference = AutoModel.from_config(encoder.model.config).train()
     reference.load_state_dict(encoder.model.state_dict())
@@ -114,6 +132,7 @@ def test_time_and_feature_masking_drawn_on_the_host_are_transformers_own(tmp_pat
     samples = lengths_to_mask(relative_to_absolute(lens, 16000), 16000)
     np.random.seed(0)
     hidden, mask = encoder(wavs, lens)
+    assert encoder.model.crab_frame_lens is None  # the lengths were this call's only
     np.random.seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -71,9 +71,9 @@ gpus_seen() { python -c "import torch; print(torch.cuda.device_count() if torch.
 # result, the seconds and, on CUDA, the peak memory used on the GPUs (nvidia-smi, 0.5 s samples)
 run_check() {
   local name=$1 limit=$2; shift 2
-  local log=${work}/logs/${name}.log sampler='' peak=- t0 rc status left=$((deadline - SECONDS))
+  local log=${work}/logs/${name}.log sampler='' peak=- t0 rc status left=$((deadline - SECONDS)) cut=''
   if [ "${left}" -lt 20 ]; then skip "${name}" "--budget_s ${budget_s} spent"; return 0; fi
-  if [ "${left}" -lt "${limit}" ]; then limit=${left}; fi
+  if [ "${left}" -lt "${limit}" ]; then limit=${left}; cut=", cut by --budget_s"; fi
   echo "== ${name}: $(printf '%s ' "$@" | head -c 300 | head -1)" | tee "${log}"
   if [ "${device}" = cuda ] && command -v nvidia-smi > /dev/null; then
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "${work}/logs/${name}.mem" 2>/dev/null &
@@ -88,7 +88,7 @@ run_check() {
     kill "${sampler}" 2>/dev/null; wait "${sampler}" 2>/dev/null
     peak=$(sort -n "${work}/logs/${name}.mem" | tail -1); peak=${peak:--}
   fi
-  if [ "${rc}" = 0 ]; then status=pass; elif [ "${rc}" = 124 ]; then status="FAIL (timeout ${limit} s)"; else status="FAIL (exit ${rc})"; fi
+  if [ "${rc}" = 0 ]; then status=pass; elif [ "${rc}" = 124 ]; then status="FAIL (timeout ${limit} s${cut})"; else status="FAIL (exit ${rc})"; fi
   if [ "${rc}" = 0 ] && grep -q "destroy_process_group() was never called" "${log}"; then
     status="FAIL (destroy_process_group() was never called)"
   fi

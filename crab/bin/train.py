@@ -38,11 +38,19 @@ from crab.experiment import (
     run_lock,
 )
 from crab.provenance import record_run_provenance
+from crab.runconfig import ConfigError
 
 
 @cli.entry_point
 def main(argv=None):
     hparams_file, run_opts, overrides, hparams = parse_and_load(argv)
+    if run_opts.get("data_parallel_backend"):
+        # DataParallel hands each replica the whole batch's host-side lengths, and the
+        # encoders' patched attention and masking keep the first device's modules
+        raise ConfigError(
+            "--data_parallel_backend (DataParallel) is not supported: train on several GPUs with "
+            "DDP (run.sh --ngpu N, or torchrun with --distributed_backend=nccl)"
+        )
     for key in ("train_manifest", "valid_manifest"):  # before anything is written
         require_manifest(hparams[key])
     sb.utils.distributed.ddp_init_group(run_opts)  # nothing without torchrun
