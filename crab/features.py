@@ -91,8 +91,20 @@ def encoder_identity(encoder, max_duration=None):
     if hasattr(encoder, "normalize_waveform"):
         identity.update(normalize_waveform=encoder.normalize_waveform, max_duration=max_duration)
     else:
-        identity.update(max_length=encoder.max_length, vocab=len(encoder.tokenizer))
+        identity.update(
+            max_length=encoder.max_length,
+            vocab=len(encoder.tokenizer),
+            tokenizer_sha256=tokenizer_digest(encoder.tokenizer),  # the same size, other tokens
+        )
     return identity
+
+
+def tokenizer_digest(tokenizer):
+    """SHA-256 of what a tokenizer maps text to: the whole of a fast tokenizer (vocabulary,
+    merges, normalisation), else its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def input_digest(entry, branches):

@@ -415,6 +415,51 @@ def check_against_run(run_file, text, overrides, stage_keys):
         raise ConfigError(f"--{key}={raw} contradicts the run's {key}: {show(saved[key])} ({run_file})")
 
 
+# Keys a resumed training may give another value than the run started with: where
+# things are now, and how often checkpoints are written; nothing of what is trained.
+RESUME_KEYS = {
+    "data_root": "where the audio is now",
+    "feature_cache": "where the frozen-encoder states are now (checked against the model)",
+    "num_workers": "data-loading processes",
+    "ckpt_interval_minutes": "how often a checkpoint is written inside an epoch",
+    "ckpt_interval_steps": "how often a checkpoint is written inside an epoch",
+}
+
+
+def check_resume(hparams_file, overrides, folder, save_folder):
+    """A ``ConfigError`` when a training would go on, in ``folder``, with other settings
+    than the run it holds was trained with (its ``hyperparams.yaml`` and a checkpoint in
+    ``save_folder``): it would train the old weights on, and rewrite the run's record.
+    Keys of both configurations are compared, once resolved, but ``RESUME_KEYS``; a key
+    only one of them has (a newer or older yaml) is not a setting of both."""
+    import glob
+
+    run_file = os.path.join(folder, RUN_HPARAMS)
+    if not os.path.isfile(run_file) or not glob.glob(os.path.join(glob.escape(save_folder), "CKPT+*")):
+        return
+    with open(run_file, encoding="utf-8") as f:
+        saved_text = f.read()
+    trained_in = str(resolved_values(saved_text)["output_folder"])
+    if os.path.abspath(trained_in) != os.path.abspath(folder):
+        saved_text = relocated(saved_text, trained_in, folder)
+    saved = resolved_values(saved_text)
+    with open(hparams_file, encoding="utf-8") as f:
+        given = resolved_values(f.read(), overrides)
+    differ = [
+        key
+        for key in saved
+        if key in given and key not in RESUME_KEYS and not same_value(given[key], saved[key])
+    ]
+    if differ:
+        shown = "; ".join(f"{k}: {show(saved[k])} then, {show(given[k])} now" for k in differ[:4])
+        more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
+        raise ConfigError(
+            f"{folder} holds a run trained with other settings ({shown}{more}; {run_file}): "
+            "resuming would train its weights on under these. Train a new run (another --tag or "
+            "output_folder), or resume with the run's own settings"
+        )
+
+
 def _no_download(values):
     """Overrides that build the encoders from their configs alone (their weights then
     come from the checkpoint): ``pretrained: false`` wherever the run's file has it."""

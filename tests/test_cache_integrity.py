@@ -194,3 +194,23 @@ def test_shards_index_and_checkpoints_are_fsynced_before_their_rename(corpus, tm
     checkpoint = checkpointer.save_checkpoint(meta={"n": 1})
     assert [e[2] for e in events if e[0] == "rename"] == [str(checkpoint.path)]
     _assert_synced_renames(events, 1)
+
+
+def test_text_states_are_keyed_by_the_tokenizer_not_its_size(tmp_path):
+    """Two folds' BPE tokenizers of one size map text to other ids: their text states
+    are not each other's (the cache identity holds the tokenizer's digest)."""
+    from crab.encoders import TextEncoder
+    from crab.features import encoder_identity
+    from crab.tokenizer import build_bpe_tokenizer
+    from tests.conftest import MINI_CONF
+
+    def identity(tokenizer_dir):
+        torch.manual_seed(0)  # the same random weights
+        source = os.path.join(MINI_CONF, "roberta_tiny")
+        return encoder_identity(TextEncoder(source, tokenizer=str(tokenizer_dir), pretrained=False))
+
+    build_bpe_tokenizer(["I feel angry today", "so happy right now"] * 4, str(tmp_path / "a"), 300)
+    build_bpe_tokenizer(["this makes me sad", "calm and neutral here"] * 4, str(tmp_path / "b"), 300)
+    a, b = identity(tmp_path / "a"), identity(tmp_path / "b")
+    assert a["vocab"] == b["vocab"] and a["tokenizer_sha256"] != b["tokenizer_sha256"]
+    assert identity(tmp_path / "a") == a  # loaded again: the same

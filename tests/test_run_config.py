@@ -133,6 +133,27 @@ def test_a_contradicting_option_is_one_line_naming_both_values(trained, data):
         evaluate_run(data, trained, "y", "--hidden_dim=32")
 
 
+def test_training_resumed_with_other_settings_is_refused_before_anything_is_written(trained, data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    record = (run / "hyperparams.yaml").read_text()
+    result = command(
+        "crab.bin.train", CONFIG, *run_options(data, run), *TRAIN_OPTS, "--alpha=0.5", "--hidden_dim=64"
+    )
+    assert_one_line_error(
+        result,
+        f"{run} holds a run trained with other settings",
+        "alpha: 2.0 then, 0.5 now",
+        "hidden_dim: 16 then",
+    )
+    assert (run / "hyperparams.yaml").read_text() == record
+    # the same settings resume (here: nothing left to train); where things are and checkpoint
+    # intervals may change, and a key only the recipe's yaml has is none of the run's
+    (run / "hyperparams.yaml").write_text(record.replace("\nnum_workers:", "\nnum_workerz:"))
+    train_run(data, run, *TRAIN_OPTS, "--ckpt_interval_minutes=5")
+    assert "num_workers" in (run / "hyperparams.yaml").read_text()
+
+
 def test_package_builds_the_trained_model_and_records_its_max_duration(trained, data, tmp_path):
     in_recipe(package_cli.main, [CONFIG, *run_options(data, trained), "--out", str(tmp_path / "model")])
     packaged = (tmp_path / "model" / "hyperparams.yaml").read_text()

@@ -38,7 +38,7 @@ from crab.experiment import (
     run_lock,
 )
 from crab.provenance import record_run_provenance
-from crab.runconfig import ConfigError
+from crab.runconfig import ConfigError, check_resume
 
 
 @cli.entry_point
@@ -60,6 +60,8 @@ def main(argv=None):
 
 
 def _train(hparams_file, run_opts, overrides, hparams):
+    # a run resumed with other settings stops here, before its record is rewritten
+    check_resume(hparams_file, overrides, hparams["output_folder"], hparams["save_folder"])
     # the transcripts' source, from the training manifest's record into the run folder
     # (a resumed run on transcripts of another source stops here, before anything is written)
     record_run_provenance(
