@@ -352,14 +352,15 @@ def same_value(a, b):
     return a == b
 
 
+def _is_object(value):
+    """A resolved ``!new:`` / ``!name:`` / ``!apply:`` value (``resolved_values``'s (tag, args))."""
+    tagged = isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str)
+    return tagged and value[0].startswith("!")
+
+
 def show(value):
     """A value as short YAML-like text, for messages."""
-    if (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and value[0].startswith("!")
-    ):
+    if _is_object(value):
         return f"{value[0]} {show(value[1])}"
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -431,7 +432,9 @@ def check_resume(hparams_file, overrides, folder, save_folder):
     than the run it holds was trained with (its ``hyperparams.yaml`` and a checkpoint in
     ``save_folder``): it would train the old weights on, and rewrite the run's record.
     Keys of both configurations are compared, once resolved, but ``RESUME_KEYS``; a key
-    only one of them has (a newer or older yaml) is not a setting of both."""
+    only one of them has (a newer or older yaml) is not a setting of both. More epochs
+    (``number_of_epochs``, and what is built from it) train on, with a warning: the
+    checkpoint's learning-rate schedule was made for the epochs first asked for."""
     import glob
 
     run_file = os.path.join(folder, RUN_HPARAMS)
@@ -444,20 +447,38 @@ def check_resume(hparams_file, overrides, folder, save_folder):
         saved_text = relocated(saved_text, trained_in, folder)
     saved = resolved_values(saved_text)
     with open(hparams_file, encoding="utf-8") as f:
-        given = resolved_values(f.read(), overrides)
+        text = f.read()
+    given = resolved_values(text, overrides)
+    epochs = saved.get("number_of_epochs"), given.get("number_of_epochs")
+    if None not in epochs and not same_value(*epochs):
+        logger.warning(
+            "%s: number_of_epochs %s, trained with %s: training goes on, under the learning-rate "
+            "schedule of its checkpoint (made for %s epochs); train a new run for a schedule over %s",
+            folder,
+            show(epochs[1]),
+            show(epochs[0]),
+            show(epochs[0]),
+            show(epochs[1]),
+        )
+        given = resolved_values(text, last_value_wins((overrides or "") + f"number_of_epochs: {epochs[0]}\n"))
     differ = [
         key
         for key in saved
         if key in given and key not in RESUME_KEYS and not same_value(given[key], saved[key])
     ]
-    if differ:
-        shown = "; ".join(f"{k}: {show(saved[k])} then, {show(given[k])} now" for k in differ[:4])
-        more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
-        raise ConfigError(
-            f"{folder} holds a run trained with other settings ({shown}{more}; {run_file}): "
-            "resuming would train its weights on under these. Train a new run (another --tag or "
-            "output_folder), or resume with the run's own settings"
-        )
+    if not differ:
+        return
+    settings = [k for k in differ if not _is_object(saved[k]) and not _is_object(given[k])]
+    shown = "; ".join(f"{k}: {show(saved[k])} then, {show(given[k])} now" for k in settings[:4])
+    built = [k for k in differ if k not in settings]
+    if built:
+        objects = ", ".join(built[:6]) + (" ..." if len(built) > 6 else "")
+        shown += ("; " if shown else "") + f"the objects {objects}"
+    raise ConfigError(
+        f"{folder} holds a run trained with other settings ({shown}; {run_file}): resuming would train "
+        "its weights on under these. Train a new run (another --tag or output_folder), or resume with "
+        "the run's own settings"
+    )
 
 
 def _no_download(values):

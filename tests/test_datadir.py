@@ -47,3 +47,29 @@ def test_fold_validator():
         check_fold({**fold, "valid": {"a": "s3"}})
     with pytest.raises(DataPrepError, match=r"1 utterance\(s\) in no split, e.g. 'e'"):
         check_fold(fold, "abcde")
+
+
+def test_stage_3_fold_check_refuses_an_utterance_or_a_recording_in_two_splits(tmp_path, capsys):
+    from crab.bin import check_fold as check_fold_cli
+
+    def split(name, rows):  # rows: (utt, speaker, audio)
+        write_data_dir(
+            tmp_path / name,
+            {
+                "wav.scp": {u: a for u, _, a in rows},
+                "utt2spk": {u: s for u, s, _ in rows},
+                "utt2emo": {u: "sad" for u, _, _ in rows},
+            },
+        )
+        return str(tmp_path / name)
+
+    def run(*dirs):
+        check_fold_cli.main(["--fold", "f1", *dirs])
+
+    train = split("train", [("a", "s1", "/db/a.wav"), ("b", "s2", "/db/b.wav")])
+    run(train, split("test", [("c", "s2", "/db/c.wav")]))  # a shared speaker is allowed, and said
+    assert "f1: train and test share 1 speaker(s) (not speaker-independent)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="f1: 1 utterance\\(s\\) in both train and test, e.g. 'b'"):
+        run(train, split("test", [("b", "s2", "/db/b.wav")]))
+    with pytest.raises(SystemExit, match="f1: /db/a.wav is the audio of 'a' in train and of 'x' in test"):
+        run(train, split("test", [("x", "s9", "/db/./a.wav")]))

@@ -129,6 +129,11 @@ def test_setup_makes_a_recipe_of_links_and_copies(tmp_path):
         assert (target / own).is_file() and not os.path.islink(target / own), own
     again = run(os.path.join(ROOT, "egs", "TEMPLATE", "setup.sh"), str(target))
     assert again.returncode != 0 and "exists" in again.stderr
+    # outside egs/, its environment is found through its utils link
+    env = subprocess.run(
+        ["bash", "-c", f". {target}/path.sh && echo $CRAB_ROOT"], capture_output=True, text=True
+    )
+    assert env.returncode == 0 and env.stdout.strip() == ROOT, env.stderr
 
 
 def test_parallel_jobs_run_n_at_a_time_and_failures_are_named(tmp_path):

@@ -241,6 +241,8 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
         --data_root "${data_root}" --classes "${classes}" --policy "${policy}" --modality "${modality}" \
         --text_source "${text_source}" --text_only "${text_only}" --out "${data_dir}/${fold}/${split}.json"
     done
+    split_dirs=(); for split in ${splits}; do split_dirs+=("${data_dir}/${fold}/${split}"); done
+    python -m crab.bin.check_fold --fold "${fold}" --text_only "${text_only}" "${split_dirs[@]}"
     if [ "${bpe_vocab_size}" -gt 0 ]; then
       python -m crab.tokenizer --manifest "${data_dir}/${fold}/train.json" \
         --out_dir "${data_dir}/${fold}/tokenizer" --vocab_size "${bpe_vocab_size}"

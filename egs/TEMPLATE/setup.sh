@@ -23,6 +23,6 @@ cp "${template}"/{run.sh,db.sh,path.sh,README.md} "${target}/"
 cp "${template}/local/data.sh" "${target}/local/"
 link "${template}/ser.sh" "${target}/ser.sh"
 link "${template}/sweep.sh" "${target}/sweep.sh"
-link "$(realpath -s "${template}/../../utils")" "${target}/utils"
+link "$(readlink -f "${template}/utils")" "${target}/utils"
 for f in "${template}"/conf/*; do link "${f}" "${target}/conf/$(basename "${f}")"; done
 echo "Created ${target}: set the corpus variable in db.sh, write local/data.sh, set --classes and --folds in run.sh (README.md)"
