@@ -99,6 +99,12 @@ def encoder_identity(encoder, max_duration=None):
     return identity
 
 
+def model_tokenizer_digest(model):
+    """``tokenizer_digest`` of a Crab's text encoder, None without a text branch."""
+    encoder = model.text_encoder
+    return None if encoder is None else tokenizer_digest(encoder.tokenizer)
+
+
 def tokenizer_digest(tokenizer):
     """SHA-256 of what a tokenizer maps text to: the whole of a fast tokenizer (vocabulary,
     merges, normalisation), else its vocabulary."""

@@ -94,17 +94,20 @@ def read_run_provenance(run_dir):
     return _read_json(os.path.join(run_dir, RUN_FILE))
 
 
-def record_run_provenance(output_folder, train_manifest, write=True):
+def record_run_provenance(output_folder, train_manifest, write=True, tokenizer_sha256=None):
     """Copy the training manifest's transcript source into the run folder (every
-    invocation of a run, so a resumed one too). A run resumed on transcripts from
-    another source than it started with is an error. Returns the record."""
+    invocation of a run, so a resumed one too), with the digest of the text encoder's
+    tokenizer (None: no text branch). A run resumed on transcripts from another source,
+    or with another tokenizer, than it started with is an error. Returns the record."""
     record = read_manifest_provenance(train_manifest) or dict(UNKNOWN)
     record = {
         "text_source": record.get("text_source", "unknown"),
         "asr_model": record.get("asr_model"),
         "train_manifest": os.path.abspath(train_manifest),
+        "tokenizer_sha256": tokenizer_sha256,
     }
     before = read_run_provenance(output_folder)
+    check_tokenizer(output_folder, tokenizer_sha256, before)
     if (
         before
         and before.get("text_source") != "unknown"
@@ -120,6 +123,21 @@ def record_run_provenance(output_folder, train_manifest, write=True):
     if write:
         _write_json(os.path.join(output_folder, RUN_FILE), record)
     return record
+
+
+def check_tokenizer(run_dir, tokenizer_sha256, record=None):
+    """A ``ProvenanceError`` when the run in ``run_dir`` was trained with another tokenizer
+    than ``tokenizer_sha256`` (``crab.features.tokenizer_digest``): token ids are part of
+    the trained model, and a fold's BPE tokenizer is rebuilt by each stage 3. ``record``:
+    the run's record, read here when not given; a run recorded without one is not checked."""
+    record = read_run_provenance(run_dir) if record is None else record
+    trained = (record or {}).get("tokenizer_sha256")
+    if trained and tokenizer_sha256 and trained != tokenizer_sha256:
+        raise ProvenanceError(
+            f"{os.path.join(run_dir, RUN_FILE)}: the run was trained with another tokenizer than it reads "
+            f"now (sha256 {trained[:12]}... then, {tokenizer_sha256[:12]}... now; was stage 3 run again?): "
+            "train the run again, or restore the tokenizer it was trained with"
+        )
 
 
 def describe(record):

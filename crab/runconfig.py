@@ -540,6 +540,11 @@ def load_run(argv=None, stage_keys=STAGE_KEYS, pretrained_encoders=True):
     loaded = resolve_references(io.StringIO(text), "".join(f"{k}: {v}\n" for k, v in applied) or None)
     extra = {} if pretrained_encoders else _no_download(resolved_values(text))
     hparams = load_hparams(run_file, extra or None, text=loaded.getvalue())
+    if "model" in hparams:  # the tokenizer it reads now is the one it was trained with
+        from crab.features import model_tokenizer_digest
+        from crab.provenance import check_tokenizer
+
+        check_tokenizer(folder, model_tokenizer_digest(hparams["model"]))
     given = dict(applied)
     for key in EVAL_LOADER_KEYS:  # copied into eval_dataloader_opts when the run's file was written
         if key in given and isinstance(hparams.get("eval_dataloader_opts"), dict):

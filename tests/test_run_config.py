@@ -159,6 +159,27 @@ def test_training_resumed_with_other_settings_is_refused_before_anything_is_writ
     assert "num_workers" in (run / "hyperparams.yaml").read_text()
 
 
+def test_a_run_reads_only_the_tokenizer_it_was_trained_with(data, tmp_path):
+    """A fold's BPE tokenizer rebuilt (stage 3 again) maps text to other ids: evaluating,
+    packaging or training the run on with it is one line naming the run's record."""
+    from crab.tokenizer import build_bpe_tokenizer
+
+    data_copy, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(data, data_copy)
+    train_run(data_copy, run, *TRAIN_OPTS)
+    assert len(json.loads((run / "text_source.json").read_text())["tokenizer_sha256"]) == 64
+    shutil.rmtree(data_copy / "tokenizer")
+    build_bpe_tokenizer(
+        ["other words entirely", "a new vocabulary here"] * 4, str(data_copy / "tokenizer"), 300
+    )
+    evaluation = command(
+        "crab.bin.evaluate", CONFIG, *run_options(data_copy, run), f"--test_manifest={data_copy}/test.json"
+    )
+    assert_one_line_error(evaluation, f"{run}/text_source.json: the run was trained with another tokenizer")
+    training = command("crab.bin.train", CONFIG, *run_options(data_copy, run), *TRAIN_OPTS)
+    assert_one_line_error(training, "the run was trained with another tokenizer")
+
+
 def test_package_builds_the_trained_model_and_records_its_max_duration(trained, data, tmp_path):
     in_recipe(package_cli.main, [CONFIG, *run_options(data, trained), "--out", str(tmp_path / "model")])
     packaged = (tmp_path / "model" / "hyperparams.yaml").read_text()

@@ -37,6 +37,7 @@ from crab.experiment import (
     prepare_labels_and_weights,
     run_lock,
 )
+from crab.features import model_tokenizer_digest
 from crab.provenance import record_run_provenance
 from crab.runconfig import ConfigError, check_resume
 
@@ -65,7 +66,10 @@ def _train(hparams_file, run_opts, overrides, hparams):
     # the transcripts' source, from the training manifest's record into the run folder
     # (a resumed run on transcripts of another source stops here, before anything is written)
     record_run_provenance(
-        hparams["output_folder"], hparams["train_manifest"], write=sb.utils.distributed.if_main_process()
+        hparams["output_folder"],
+        hparams["train_manifest"],
+        write=sb.utils.distributed.if_main_process(),
+        tokenizer_sha256=model_tokenizer_digest(hparams["model"]),
     )
     sb.create_experiment_directory(
         hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
