@@ -97,6 +97,22 @@ def test_stage_5_before_stage_3_names_the_missing_manifest(tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_a_later_stage_without_runs_of_its_tag_names_the_tags_there(tmp_path):
+    (tmp_path / "exp" / "crab_tiny").mkdir(parents=True)
+    common = (
+        "--data_root",
+        str(tmp_path),
+        "--data_dir",
+        str(tmp_path / "data"),
+        "--exp_dir",
+        str(tmp_path / "exp"),
+    )
+    result = run(os.path.join(ROOT, "egs", "mini", "run.sh"), "--stage", "6", "--tag", "mlcs", *common)
+    assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr
+    assert f"no runs in {tmp_path}/exp/mlcs (tag mlcs, from --tag" in result.stdout
+    assert f"{tmp_path}/exp holds: crab_tiny" in result.stdout
+
+
 def test_corpus_variable_relative_to_the_users_directory(tmp_path):
     (tmp_path / "here").mkdir()
     run_sh = os.path.join(ROOT, "egs", "emodb", "run.sh")
