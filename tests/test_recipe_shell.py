@@ -97,7 +97,7 @@ def test_stage_5_before_stage_3_names_the_missing_manifest(tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_a_later_stage_without_runs_of_its_tag_names_the_tags_there(tmp_path):
+def test_a_later_stage_without_runs_of_its_tag_notes_the_tags_there(tmp_path):
     (tmp_path / "exp" / "crab_tiny").mkdir(parents=True)
     common = (
         "--data_root",
