@@ -77,11 +77,9 @@ def test_bad_option_values_are_one_line_errors(bare_clone, args, message):
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
-def test_stage_5_before_stage_3_names_the_missing_manifest(tmp_path):
-    result = run(
-        os.path.join(ROOT, "egs", "mini", "run.sh"),
-        "--stage",
-        "5",
+def run_mini(tmp_path, *options):
+    """The mini recipe's run.sh with its corpus, data and experiments under ``tmp_path``."""
+    folders = (
         "--data_root",
         str(tmp_path),
         "--data_dir",
@@ -89,6 +87,11 @@ def test_stage_5_before_stage_3_names_the_missing_manifest(tmp_path):
         "--exp_dir",
         str(tmp_path / "exp"),
     )
+    return run(os.path.join(ROOT, "egs", "mini", "run.sh"), *options, *folders)
+
+
+def test_stage_5_before_stage_3_names_the_missing_manifest(tmp_path):
+    result = run_mini(tmp_path, "--stage", "5")
     assert result.returncode != 0
     assert (
         f"{tmp_path}/data/main/train.json not found: "
@@ -99,15 +102,7 @@ def test_stage_5_before_stage_3_names_the_missing_manifest(tmp_path):
 
 def test_a_later_stage_without_runs_of_its_tag_notes_the_tags_there(tmp_path):
     (tmp_path / "exp" / "crab_tiny").mkdir(parents=True)
-    common = (
-        "--data_root",
-        str(tmp_path),
-        "--data_dir",
-        str(tmp_path / "data"),
-        "--exp_dir",
-        str(tmp_path / "exp"),
-    )
-    result = run(os.path.join(ROOT, "egs", "mini", "run.sh"), "--stage", "6", "--tag", "mlcs", *common)
+    result = run_mini(tmp_path, "--stage", "6", "--tag", "mlcs")
     assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr
     assert f"no runs in {tmp_path}/exp/mlcs (tag mlcs, from --tag" in result.stdout
     assert f"{tmp_path}/exp holds: crab_tiny" in result.stdout

@@ -290,8 +290,9 @@ fi
 # overrides given again must agree with it.
 if [ "${stage}" -ge 6 ] && [ "${stage}" -le 8 ] && [ ! -d "${exp_dir}/${tag}" ]; then
   # a later stage run alone: the tag comes from --tag, else from --config / --tuning's name
-  others=$(find "${exp_dir}" -mindepth 1 -maxdepth 1 -type d -printf '%f ' 2>/dev/null || true)
-  log "Note: no runs in ${exp_dir}/${tag} (tag ${tag}, from --tag or the name of --config or --tuning)${others:+; ${exp_dir} holds: ${others% }}"
+  others=
+  for dir in "${exp_dir}"/*/; do [ ! -d "${dir}" ] || others+=" $(basename "${dir}")"; done
+  log "Note: no runs in ${exp_dir}/${tag} (tag ${tag}, from --tag or the name of --config or --tuning)${others:+; ${exp_dir} holds:${others}}"
 fi
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
   tools=(crab.bin.evaluate); [ "${embeddings}" = false ] || tools+=(crab.bin.embeddings)
