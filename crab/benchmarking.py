@@ -80,6 +80,7 @@ STEP_ROWS = {
     "infer_full": "inference, full model",
     "infer_encoders": "inference, the two encoders only",
 }
+INFER_ROWS = ("infer_full", "infer_encoders")  # --infer_only
 EPOCH_ROWS = {
     "extract": "feature extraction (paid once per corpus)",
     "epoch_end_to_end": "epoch, frozen encoders, end to end",
@@ -342,10 +343,13 @@ def _timed(fn, device):
 
 
 def time_steps(setup):
-    """Seconds per run of every step configuration, interleaved round-robin."""
-    bench = Bench(setup)
-    bench.make_optimizers(setup["head"]["lr"], setup["head"]["weight_decay"])
-    names = list(STEP_ROWS)
+    """Seconds per run of each of ``setup["steps"]``, interleaved round-robin, and the
+    analysis of the first (the 5-leg training step, or full inference)."""
+    names = setup["steps"]
+    training = any(name.startswith("train") for name in names)
+    bench = Bench(setup, with_legs=training)
+    if training:
+        bench.make_optimizers(setup["head"]["lr"], setup["head"]["weight_decay"])
     for _ in range(setup["warmup"]):
         for name in names:
             _run_config(bench, name)
@@ -357,9 +361,9 @@ def time_steps(setup):
     cuda = setup["device"].startswith("cuda")
     return {
         "times": times,
-        "flops": step_flops(bench),
-        "profile": profile_table(bench, setup),
-        "syncs": count_syncs(bench, setup["device"]),
+        "flops": step_flops(bench, names[0]),
+        "profile": profile_table(bench, setup, names[0]),
+        "syncs": count_syncs(bench, setup["device"], names[0]),
         "device_name": torch.cuda.get_device_name(setup["device"]) if cuda else cpu_model(),
     }
 
@@ -375,15 +379,14 @@ def peak_tflops(device_name, precision, tf32):
     return None
 
 
-def step_flops(bench):
-    """FLOPs of one 5-leg training step that torch.utils.flop_counter counts (matmuls,
-    convolutions, attention; forward and backward)."""
+def step_flops(bench, name):
+    """FLOPs of one run of step configuration ``name`` that torch.utils.flop_counter
+    counts (matmuls, convolutions, attention; forward and, in training, backward)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    bench.set_reference(False)
     counter = FlopCounterMode(display=False)
     with counter:
-        bench.train_step(with_legs=True)
+        _run_config(bench, name)
     return counter.get_total_flops()
 
 
@@ -391,18 +394,17 @@ PROFILE_STEPS = 3
 PROFILE_ROWS = 15
 
 
-def profile_table(bench, setup):
+def profile_table(bench, setup, name):
     """The top operators (self time on the device, else on the CPU) of
-    ``PROFILE_STEPS`` 5-leg training steps under torch.profiler, and the number of
-    operator calls (and, on CUDA, kernels) per step."""
+    ``PROFILE_STEPS`` runs of step configuration ``name`` under torch.profiler, and the
+    number of operator calls (and, on CUDA, kernels) per step."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = setup["device"].startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    bench.set_reference(False)
     with profile(activities=activities) as prof:
         for _ in range(PROFILE_STEPS):
-            bench.train_step(with_legs=True)
+            _run_config(bench, name)
         if cuda:
             torch.cuda.synchronize(setup["device"])
     averages = prof.key_averages()
@@ -419,18 +421,17 @@ def profile_table(bench, setup):
     }
 
 
-def count_syncs(bench, device):
-    """On CUDA, the operations of one 5-leg training step that make the host wait for
-    the device (torch.cuda.set_sync_debug_mode warns on each); None on CPU."""
+def count_syncs(bench, device, name):
+    """On CUDA, the operations of one run of step configuration ``name`` that make the
+    host wait for the device (torch.cuda.set_sync_debug_mode warns on each); None on CPU."""
     if not device.startswith("cuda"):
         return None
-    bench.set_reference(False)
     torch.cuda.synchronize(device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            bench.train_step(with_legs=True)
+            _run_config(bench, name)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     found = [w for w in caught if "synchroniz" in str(w.message)]
@@ -632,12 +633,12 @@ def cpu_model():
     return "unknown"
 
 
-def ratio_rows(medians, skip=()):
-    """``[(label, value, target, met)]``; ``met`` is None without a target; none of
-    the measurements ``skip`` (not taken)."""
+def ratio_rows(medians):
+    """``[(label, value, target, met)]`` of the ratios whose two measurements were
+    taken; ``met`` is None without a target."""
     rows = []
     for label, num, den, target in RATIOS:
-        if num in skip or den in skip:
+        if num not in medians or den not in medians:
             continue
         value = medians[num] / medians[den]
         rows.append((label, value, target, None if target is None else value <= target))
@@ -684,7 +685,7 @@ def report(args, setup, times, peaks, loads, token_counts, started, analysis):
         f"{setup['head']['text_max_length']})",
         f"steps: median of {args.repeats} interleaved rounds after {args.warmup} warm-up; epochs: "
         + (
-            "not measured (--steps_only)"
+            f"not measured ({'--infer_only' if args.infer_only else '--steps_only'})"
             if args.steps_only
             else f"{args.epoch_utterances} utterances, median of {args.epochs} after 1 warm-up"
         ),
@@ -701,14 +702,16 @@ def report(args, setup, times, peaks, loads, token_counts, started, analysis):
         f"| measurement | median s | min s | max s | {memory} |",
         "|---|---|---|---|---|" + ("" if cuda else "---|"),
     ]
-    for name, label in {**STEP_ROWS, **({} if args.steps_only else EPOCH_ROWS)}.items():
+    for name, label in {**STEP_ROWS, **EPOCH_ROWS}.items():
+        if name not in times:
+            continue
         values, peak = times[name], peaks[name]
         memory_cells = f"{peak['peak_mib']:.0f}" + ("" if cuda else f" | {peak['file_mib']:.0f}")
         lines.append(
             f"| {label} | {medians[name]:.3f} | {min(values):.3f} | {max(values):.3f} | {memory_cells} |"
         )
     lines += ["", "| ratio | value | target | met |", "|---|---|---|---|"]
-    for label, value, target, met in ratio_rows(medians, skip=EPOCH_ROWS if args.steps_only else ()):
+    for label, value, target, met in ratio_rows(medians):
         lines.append(
             f"| {label} | {value:.3f} | {'-' if target is None else f'<= {target:.2f}'} | "
             f"{'-' if met is None else ('yes' if met else 'NO')} |"
@@ -716,18 +719,19 @@ def report(args, setup, times, peaks, loads, token_counts, started, analysis):
     saving = 0 if args.steps_only else medians["epoch_end_to_end"] - medians["epoch_cached"]
     if saving > 0:
         lines += ["", f"the extraction pays for itself after {medians['extract'] / saving:.1f} epoch(s)"]
-    lines += ["", *analysis_lines(args, analysis, medians["train_legs"], medians["infer_full"])]
+    lines += ["", *analysis_lines(args, analysis, setup["steps"][0], medians)]
     return "\n".join(lines)
 
 
-def analysis_lines(args, analysis, step_seconds, infer_seconds):
-    """Achieved rate of the 5-leg step against the device's peak, throughput of
-    inference, host waits, and the profile's top operators."""
+def analysis_lines(args, analysis, name, medians):
+    """Achieved rate of step configuration ``name`` (the 5-leg training step, or full
+    inference) against the device's peak, throughput of inference, host waits, and the
+    profile's top operators."""
     peak = peak_tflops(analysis["device_name"], args.precision, args.tf32)
-    achieved = analysis["flops"] / step_seconds / 1e12
+    achieved = analysis["flops"] / medians[name] / 1e12
     profile = analysis["profile"]
     lines = [
-        "## Where the time goes (train step, 5 legs)",
+        f"## Where the time goes ({STEP_ROWS[name]})",
         "",
         "| quantity | value |",
         "|---|---|",
@@ -738,7 +742,7 @@ def analysis_lines(args, analysis, step_seconds, infer_seconds):
         + (" (TF32)" if args.precision == "fp32" and args.tf32 else "")
         + f" | {'n/a' if peak is None else f'{peak:.1f}'} |",
         f"| fraction of peak | {'n/a' if peak is None else f'{achieved / peak:.1%}'} |",
-        f"| inference, utterances/s (full model) | {args.batch_size / infer_seconds:.1f} |",
+        f"| inference, utterances/s (full model) | {args.batch_size / medians['infer_full']:.1f} |",
         f"| operator calls per step (profiler) | {profile['ops_per_step']:.0f} |",
     ]
     if profile["kernels_per_step"] is not None:
@@ -804,26 +808,28 @@ def run(args):
             "corpus_dir": corpus_dir,
             "manifest": write_corpus(corpus_dir, args.epoch_utterances, rng, args.audio_seconds),
             "cache_dir": os.path.join(tmp, "feature_cache"),
+            "steps": list(INFER_ROWS if args.infer_only else STEP_ROWS),
         }
         times, peaks = {}, {}
-        print(f"timing {len(STEP_ROWS)} step configurations, interleaved ...", file=sys.stderr, flush=True)
+        steps = setup["steps"]
+        print(f"timing {len(steps)} step configurations, interleaved ...", file=sys.stderr, flush=True)
         analysis = in_child("step timing", time_steps, setup, setup=setup)
         times.update(analysis.pop("times"))
         print(
-            "median s: " + ", ".join(f"{n} {statistics.median(times[n]):.3f}" for n in STEP_ROWS),
+            "median s: " + ", ".join(f"{n} {statistics.median(times[n]):.3f}" for n in setup["steps"]),
             file=sys.stderr,
             flush=True,
         )
         if args.device.startswith("cuda"):
             print("peak memory of each step configuration ...", file=sys.stderr, flush=True)
-            memories = in_child("peak memory", cuda_step_memories, setup, list(STEP_ROWS), setup=setup)
+            memories = in_child("peak memory", cuda_step_memories, setup, setup["steps"], setup=setup)
             peaks.update(memories["peaks"])
         else:
-            for name in STEP_ROWS:
+            for name in setup["steps"]:
                 print(f"peak memory of {name} ...", file=sys.stderr, flush=True)
                 peaks[name] = in_child(name, step_memory, setup, name, setup=setup)
         print(
-            "peak MiB: " + ", ".join(f"{n} {peaks[n]['peak_mib']:.0f}" for n in STEP_ROWS),
+            "peak MiB: " + ", ".join(f"{n} {peaks[n]['peak_mib']:.0f}" for n in setup["steps"]),
             file=sys.stderr,
             flush=True,
         )

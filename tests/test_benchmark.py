@@ -95,6 +95,17 @@ def test_steps_only_measures_the_steps_and_no_epoch():
     assert "epochs: not measured (--steps_only)" in out and "pays for itself" not in out
 
 
+def test_infer_only_measures_inference_and_analyses_it():
+    out = benchmark("--quick", "--infer_only", "--start_method", "fork", "--threads", "1", "--repeats", "1")
+    measured = [label for label in {**STEP_ROWS, **EPOCH_ROWS}.values() if f"| {label} |" in out]
+    assert measured == [STEP_ROWS["infer_full"], STEP_ROWS["infer_encoders"]]
+    assert float(_cells(out, STEP_ROWS["infer_full"])[3]) > 0  # its peak memory
+    assert [label for label, *_ in RATIOS if f"| {label} |" in out] == [RATIOS[1][0]]
+    assert f"## Where the time goes ({STEP_ROWS['infer_full']})" in out
+    assert float(_cells(out, "counted FLOPs per step (matmul, conv, attention; GRU not counted)")[0][:-2]) > 0
+    assert "epochs: not measured (--infer_only)" in out
+
+
 def test_cuda_memory_of_each_step_is_counted_from_what_the_previous_left(monkeypatch):
     """All step configurations in one CUDA process: each peak over the memory still
     allocated when it starts (faked counters: 100 MiB left over, peaks of 10, 20, ...)."""

@@ -19,7 +19,7 @@
 #               torch warns that destroy_process_group() was never called
 #   bench_base  crab.bin.benchmark --size base --precision bf16 (MELD-like 2.5-3.5 s)
 #   bench_large crab.bin.benchmark --size large --precision bf16, 8 x 12 s
-#   bench_large_infer --size large bf16, 64 x 3 s, steps only: the inference rate
+#   bench_large_infer --size large bf16, 64 x 3 s, inference only (--infer_only): the rate
 #   bench_large_fp32  8 x 12 s in fp32 with TF32, steps only (--steps_only)
 #   bench_large_32    --size large bf16, 32 x 12 s, --gradient_checkpointing, steps only
 # With --quick the benchmarks run --quick (tiny) and training runs 1 epoch.
@@ -189,7 +189,7 @@ else
     bench bench_large --size large --precision bf16 --audio_seconds 12 --epochs 1 --epoch_utterances 16
   fi
   if wanted bench_large_infer; then  # the inference rate of 3 s utterances, at batch 64
-    bench bench_large_infer --size large --precision bf16 --audio_seconds 3 --batch_size 64 --repeats 3 --steps_only
+    bench bench_large_infer --size large --precision bf16 --audio_seconds 3 --batch_size 64 --repeats 3 --infer_only
   fi
   if wanted bench_large_fp32; then
     bench bench_large_fp32 --size large --precision fp32 --tf32 true --audio_seconds 12 --steps_only

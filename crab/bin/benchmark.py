@@ -2,7 +2,8 @@
 
     python -m crab.bin.benchmark [--device cpu|cuda[:N]] [--size tiny|base|large]
         [--precision fp32|bf16|fp16] [--audio_seconds 2.5-3.5] [--batch_size 8]
-        [--repeats 5] [--threads N] [--epoch_utterances 32] [--epochs 3] [--steps_only] [--quick]
+        [--repeats 5] [--threads N] [--epoch_utterances 32] [--epochs 3]
+        [--steps_only | --infer_only] [--quick]
 
 Encoders with random weights built from configs, no download: ``--size base``
 (default) WavLM Base and RoBERTa Base (transformers' WavLMConfig and RobertaConfig
@@ -26,6 +27,9 @@ d. a training epoch with frozen encoders read from the feature cache against one
    that runs them (CrabBrain on a small corpus of wav files), and the extraction
    (not with ``--steps_only``).
 
+``--infer_only`` measures b. alone (no optimizer, no legs), and analyses full
+inference instead of the training step.
+
 Step times are interleaved (round-robin, order rotated every round) in one
 process, so load from other processes hits every configuration alike; the median
 of ``--repeats`` rounds after ``--warmup`` is reported. Peak memory is measured
@@ -37,11 +41,12 @@ configurations one after the other in one process, torch.cuda.max_memory_allocat
 over what the previous one left allocated once freed (CUDA counts it exactly), and
 each epoch run in its own.
 
-Where the time goes, for the 5-leg training step: its matmul, convolution and
-attention FLOPs (torch.utils.flop_counter; the GRU is not counted, so the rate is a
-lower bound) over its median time, next to the device's dense peak for the
-precision (``PEAK_TFLOPS``; n/a for an unknown device or a CPU), and the top
-operators of a short torch.profiler run. On CUDA also the number of operations
+Where the time goes, for the 5-leg training step (full inference with
+``--infer_only``): its matmul, convolution and attention FLOPs
+(torch.utils.flop_counter; the GRU is not counted, so the rate is a lower bound)
+over its median time, next to the device's dense peak for the precision
+(``PEAK_TFLOPS``; n/a for an unknown device or a CPU), and the top operators of a
+short torch.profiler run. On CUDA also the number of operations
 that made the host wait for the device in one step (torch.cuda.set_sync_debug_mode).
 """
 
@@ -116,12 +121,18 @@ def parse_args(argv):
         "(each rebuilds the models in a process of its own)",
     )
     parser.add_argument(
+        "--infer_only",
+        action="store_true",
+        help="the two inference steps only (implies --steps_only); the analysis is of full inference",
+    )
+    parser.add_argument(
         "--start_method",
         choices=("spawn", "fork"),
         default=None,
         help="how the measuring processes start (default spawn; fork only on CPU)",
     )
     args = parser.parse_args(argv)
+    args.steps_only = args.steps_only or args.infer_only
     quick = args.quick
     if quick and args.size not in (None, "tiny"):
         parser.error("--quick is --size tiny")
