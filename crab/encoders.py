@@ -796,15 +796,30 @@ class TextEncoder(_Encoder):
             max_length=self.max_length,
             return_tensors="pt",
         )
-        # copied without waiting for the device (a blocking copy waits for the speech
-        # encoder queued before); the mask keeps its lengths on the host (crab.masks)
-        input_ids = tokens["input_ids"].to(device, non_blocking=True)
-        attention_mask = tokens["attention_mask"].to(device, non_blocking=True)
-        mask = attention_mask.bool()
+        # copied without waiting for the device (a copy from pageable memory waits for
+        # the speech encoder queued before); the mask keeps its lengths on the host
+        input_ids = to_device(tokens["input_ids"], device)
+        mask = to_device(tokens["attention_mask"], device).bool()
         mask.host_lengths = tokens["attention_mask"].sum(dim=1)
         outputs = self.model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=self._model_mask(mask),
             output_hidden_states=self.wants_all_states,
         )
         return self._stack(outputs.hidden_states, outputs.last_hidden_state), mask
+
+    def _model_mask(self, mask):
+        """The attention mask the model is given. Given a 2-D mask, transformers' SDPA
+        path asks the device whether any token is padded (the host waits for the device)
+        before it builds the 4-D one; the host knows the answer: no mask without padding
+        (as transformers then), else the 4-D boolean mask, broadcast over heads and
+        queries, that SDPA reads as it is. Other attention implementations, or models
+        that do not build their masks through ``transformers.masking_utils``, get the
+        2-D mask."""
+        if self.model.config._attn_implementation != "sdpa" or not hasattr(
+            self.model, "_create_attention_masks"
+        ):
+            return mask.long()
+        if bool((mask.host_lengths == mask.shape[1]).all()):
+            return None
+        return mask[:, None, None, :]

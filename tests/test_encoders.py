@@ -117,6 +117,37 @@ def test_text_encoder_pads_dynamically_and_truncates(tokenizer_dir):
     assert mask.shape[1] == 12
 
 
+@pytest.mark.parametrize("texts", [["a b c d e f", "a"], ["a b", "c d"]], ids=["padded", "unpadded"])
+def test_text_encoder_gives_sdpa_the_mask_without_asking_the_device(monkeypatch, tokenizer_dir, texts):
+    """transformers' SDPA path would ask the device whether any token is padded (a
+    host wait on a GPU); the encoder's own mask gives the same states and gradients."""
+    import transformers.masking_utils
+
+    torch.manual_seed(0)
+    encoder = TextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir, pretrained=False)
+    encoder.eval().double()  # float64: the two paths agree to rounding
+    assert encoder.model.config._attn_implementation == "sdpa"
+
+    def run():
+        encoder.zero_grad()
+        states, mask = encoder(texts)
+        (states * mask[..., None]).pow(2).sum().backward()
+        return states.detach(), [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
+
+    with monkeypatch.context() as patch:  # transformers' own mask creation from the 2-D mask
+        patch.setattr(TextEncoder, "_model_mask", lambda self, mask: mask.long())
+        their_states, their_grads = run()
+
+    def no_device_check(*args, **kwargs):
+        raise AssertionError("transformers checked the padding on the device")
+
+    monkeypatch.setattr(transformers.masking_utils, "_ignore_bidirectional_mask_sdpa", no_device_check)
+    states, grads = run()
+    assert torch.allclose(states, their_states, rtol=1e-10, atol=1e-12)
+    assert len(grads) == len(their_grads) > 0
+    assert all(torch.allclose(a, b, rtol=1e-8, atol=1e-12) for a, b in zip(grads, their_grads, strict=True))
+
+
 def test_tokenizer_larger_than_model_vocabulary_is_an_error(tmp_path, tokenizer_dir):
     from transformers import RobertaConfig
 
