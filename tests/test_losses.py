@@ -77,6 +77,15 @@ def test_supcon_hand_computed():
     assert scaled == pytest.approx(2 * expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("anchors", ["with_positive", "all"])
+def test_supcon_is_zero_with_a_graph_without_positives(anchors):
+    z = torch.randn(5, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    for labels in (torch.arange(5), torch.tensor([3])):
+        loss = supcon(z[: len(labels)], labels, anchors=anchors)
+        loss.backward()
+        assert loss.item() == 0.0 and torch.equal(z.grad, torch.zeros_like(z))
+
+
 def test_supcon_equals_scaled_mpcl_when_every_anchor_has_a_positive():
     torch.manual_seed(2)
     z = torch.randn(8, 3)
