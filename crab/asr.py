@@ -15,6 +15,7 @@ import soundfile as sf
 
 from crab.cli import UserError
 from crab.dataprep import MIN_SAMPLES
+from crab.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +30,8 @@ def format_line(utt, text):
 
 def write_transcripts(path, transcripts, order):
     """Atomically write the transcripts of the utterances in ``order`` that have one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(format_line(utt, transcripts[utt]) for utt in order if utt in transcripts)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    lines = (format_line(utt, transcripts[utt]) for utt in order if utt in transcripts)
+    write_text_atomic(path, "".join(lines))
 
 
 def check_model(marker, model, overwrite):
@@ -51,12 +48,7 @@ def check_model(marker, model, overwrite):
 
 def record_model(marker, model):
     """Record ``model`` as the one that makes the transcripts (stage 3 reads it: ``crab.provenance``)."""
-    tmp = marker + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(model + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, marker)
+    write_text_atomic(marker, model + "\n")
 
 
 def torch_dtype(name, device):

@@ -34,6 +34,7 @@ import yaml
 
 from crab import cli
 from crab.datadir import Failure, parse_wav_scp, read_texts
+from crab.fileio import write_text_atomic
 from crab.locking import file_lock
 
 logger = logging.getLogger(__name__)
@@ -186,16 +187,6 @@ def output_format(fmt, out):
     if fmt != "auto":
         return fmt
     return "jsonl" if out.lower().endswith((".jsonl", ".json", ".ndjson")) else "tsv"
-
-
-def write_atomic(path, text):
-    """Write ``text`` to ``path`` through a temporary file, fsync'ed, then renamed over it."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _hash_file(digest, path, size, limit=None):
@@ -384,7 +375,7 @@ class Results:
 
     def rewrite(self, lines):
         """Atomically replace the file with the header and ``lines`` (temporary file, fsync, rename)."""
-        write_atomic(self.path, self.header + "".join(lines))
+        write_text_atomic(self.path, self.header + "".join(lines))
 
 
 class Sources:
@@ -413,7 +404,7 @@ class Sources:
 
     def rewrite(self, sources):
         """Atomically replace the file with the header and ``sources`` (``utt -> Source``)."""
-        write_atomic(self.path, self.header + "".join(self.line(u, s) for u, s in sources.items()))
+        write_text_atomic(self.path, self.header + "".join(self.line(u, s) for u, s in sources.items()))
 
 
 def read_records(path, parse, header, kind):
@@ -940,7 +931,7 @@ def classify_wav_scp(job):
         # file renamed over the old one), then the records of what made them
         results.rewrite(kept.values())
         sources.rewrite({utt: read_from[utt] for utt in kept if utt in read_from})
-        write_atomic(job.out + ".model", json.dumps(settings, indent=2) + "\n")
+        write_text_atomic(job.out + ".model", json.dumps(settings, indent=2) + "\n")
         with open(job.out + ".errors", "w", encoding="utf-8") as errors_file:
             errors_file.write("id\tline\treason\n")
             failed = failures + unusable

@@ -19,6 +19,8 @@ import torch
 from speechbrain.utils import checkpoints
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
+from crab.fileio import fsync
+
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".partial-"
@@ -85,15 +87,6 @@ class Checkpointer(checkpoints.Checkpointer):
     def _custom_checkpoint_dirpath(self, name):
         path = super()._custom_checkpoint_dirpath(name)
         return path.with_name(STAGING_PREFIX + path.name)
-
-
-def fsync(path):
-    """Flush a file's or a directory's data and metadata to disk."""
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _rank():

@@ -22,6 +22,7 @@ import numpy as np
 import soundfile as sf
 
 from crab.cli import UserError
+from crab.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -277,10 +278,7 @@ def write_manifest(entries, path, data_root):
             entry["wav"] = "{data_root}/" + wav[len(root) :] if wav.startswith(root) else wav
         portable[utt] = entry
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(portable, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(portable, indent=2, ensure_ascii=False))
 
 
 def count_table(splits, classes):

@@ -14,15 +14,16 @@ cache directory:
     shard_00000.safetensors ...  tensors named ``<utt>/<branch>``
 
 Each shard is written to a temporary name, fsynced and renamed, then the index is
-rewritten the same way, so an interrupted extraction (or a power cut) loses at most
-the shard in progress and re-running it extracts only what is missing. Re-running
-also checks every listed shard (it opens, and holds its utterances' tensors with
-the cache's dtype and trailing shape); a shard that does not is dropped from the
-index, with a warning, and its utterances extracted again. Utterances of new
-manifests (another fold) are added to the same cache. The index records a digest
-of the encoder weights: reading a cache with other weights (another checkpoint,
-another random seed) or with changed inputs (an edited transcript, an audio file
-replaced in place) is an error, never a silent mismatch.
+rewritten the same way (``crab.fileio``), so an interrupted extraction (or a power cut)
+loses at most the shard in progress and re-running it extracts only what is missing
+(and removes the temporary file it left). Re-running also checks every listed shard
+(it opens, and holds its utterances' tensors with the cache's dtype and trailing
+shape); a shard that does not is dropped from the index, with a warning, and its
+utterances extracted again. Utterances of new manifests (another fold) are added to
+the same cache. The index records a digest of the encoder weights: reading a cache
+with other weights (another checkpoint, another random seed) or with changed inputs
+(an edited transcript, an audio file replaced in place) is an error, never a silent
+mismatch.
 
 Audio files are compared by content: a file whose size and stat times (mtime,
 ctime, inode) are those recorded is taken as unchanged; any other is hashed again
@@ -45,10 +46,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from crab.checkpointing import fsync
 from crab.cli import UserError
 from crab.data import load_manifest, read_utterance_audio
 from crab.encoders import lengths_to_mask, relative_to_absolute
+from crab.fileio import remove_temps, write_atomic
 from crab.locking import folder_lock
 
 logger = logging.getLogger(__name__)
@@ -343,16 +344,6 @@ def cached_states(batch):
     return out
 
 
-def _write_atomic(path, write):
-    """``write(tmp)``, then on disk (fsync) before the rename, then the rename on disk:
-    after a crash or power cut ``path`` is the old file or the whole new one."""
-    tmp = path + ".tmp"
-    write(tmp)
-    fsync(tmp)
-    os.replace(tmp, path)
-    fsync(os.path.dirname(os.path.abspath(path)))
-
-
 def _dump_json(obj, path):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1)
@@ -453,6 +444,7 @@ def extract(
     if not branches:
         raise FeatureCacheError("no encoder of this model is frozen: there is nothing to cache")
     with folder_lock(cache_dir, "feature cache", wait=True):  # one extraction per cache at a time
+        remove_temps(cache_dir)  # of an extraction killed while writing
         index = _read_index(cache_dir, branches, dtype)
         _drop_corrupt_shards(cache_dir, index)
         done = {utt for utts in index["shards"].values() for utt in utts}
@@ -480,7 +472,7 @@ def extract(
                         entry["wav"] = entry["wav"].replace("{data_root}", data_root)
                     entries[utt] = entry
         if restat:
-            _write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
+            write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
         todo = sorted(entries)
         logger.info(
             "Feature cache %s: %d utterance(s) cached, %d to extract (%s)",
@@ -498,14 +490,14 @@ def extract(
                 for utt, states in encoded.items():
                     for branch, value in states.items():
                         tensors[f"{utt}/{branch}"] = value.to(DTYPES[dtype]).contiguous()
-            _write_atomic(os.path.join(cache_dir, shard), functools.partial(save_file, tensors))
+            write_atomic(os.path.join(cache_dir, shard), functools.partial(save_file, tensors))
             index["shards"][shard] = sorted(todo[start : start + shard_size])
             problem = _shard_problem(os.path.join(cache_dir, shard), index["shards"][shard], branches, dtype)
             if problem is not None:  # as written: a bug or a failing disk, not to be indexed
                 raise FeatureCacheError(f"{os.path.join(cache_dir, shard)} does not read back: {problem}")
             index["inputs"].update({utt: digests[utt] for utt in index["shards"][shard]})
             index["audio"].update({utt: audio[utt] for utt in index["shards"][shard] if utt in audio})
-            _write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
+            write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
             logger.info(
                 "Feature cache %s: %s written (%d/%d)",
                 cache_dir,

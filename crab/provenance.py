@@ -18,6 +18,7 @@ import json
 import os
 
 from crab.cli import UserError
+from crab.fileio import write_text_atomic
 
 SIDECAR = ".provenance"
 RUN_FILE = "text_source.json"
@@ -180,7 +181,4 @@ def _read_json(path):
 
 def _write_json(path, record):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(record, indent=2))

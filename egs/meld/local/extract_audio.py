@@ -12,12 +12,15 @@ others make stage 3 stop (or, with --policy skip, be left out and counted).
 """
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 from meld import SPLITS, MeldError, fail, locate, read_exclusions, read_split
+
+from crab.fileio import write_atomic
 
 WAV_HEADER_BYTES = 44  # a wav no larger than its header holds no audio
 NO_FFMPEG = (
@@ -32,11 +35,8 @@ def has_wav(path):
     return os.path.isfile(path) and os.path.getsize(path) > 0
 
 
-def extract(mp4, wav):
-    """Write ``wav`` from ``mp4``; return None, or why it failed."""
-    if not os.path.isfile(mp4):
-        return f"no mp4 ({mp4})"
-    tmp = wav + ".tmp"
+def decode(mp4, wav):
+    """Write ``mp4``'s audio to ``wav``; a ``MeldError`` says why it could not."""
     command = [
         "ffmpeg",
         "-nostdin",
@@ -55,15 +55,23 @@ def extract(mp4, wav):
         "pcm_s16le",
         "-f",
         "wav",
-        tmp,
+        wav,
     ]
     result = subprocess.run(command, capture_output=True, text=True, errors="replace")
-    if result.returncode != 0 or not os.path.isfile(tmp) or os.path.getsize(tmp) <= WAV_HEADER_BYTES:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    if result.returncode != 0 or not os.path.isfile(wav) or os.path.getsize(wav) <= WAV_HEADER_BYTES:
         detail = " | ".join(result.stderr.strip().splitlines()[-3:]) or "no audio written"
-        return f"ffmpeg failed on {mp4}: {detail}"
-    os.replace(tmp, wav)
+        raise MeldError(f"ffmpeg failed on {mp4}: {detail}")
+
+
+def extract(mp4, wav):
+    """Write ``wav`` from ``mp4``, under a temporary name renamed once complete; return
+    None, or why it failed."""
+    if not os.path.isfile(mp4):
+        return f"no mp4 ({mp4})"
+    try:
+        write_atomic(wav, functools.partial(decode, mp4))
+    except MeldError as err:
+        return str(err)
     return None
 
 

@@ -29,6 +29,8 @@ import torch
 import torchaudio
 from sentences import SENTENCES
 
+from crab.fileio import write_atomic
+
 EMOTIONS = ("angry", "happy", "neutral", "sad")
 # espeak-ng voice+variant per speaker (spk01, spk02, ...); gender from the variant.
 # "en-gb+<variant>" silently drops the variant: British English is "en+<variant>".
@@ -179,13 +181,6 @@ def to_pcm16(audio, sample_rate):
     """Resample to SAMPLE_RATE and quantise to 16-bit integers."""
     resampled = torchaudio.functional.resample(torch.from_numpy(audio), sample_rate, SAMPLE_RATE)
     return np.clip(np.round(resampled.numpy() * 32768), -32768, 32767).astype(np.int16)
-
-
-def write_atomic(path, write):
-    """Call write(tmp_path) then rename tmp_path to path."""
-    tmp = f"{path}.part"
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def generate(espeak, out_dir, utt):

@@ -16,6 +16,8 @@ import sys
 
 from prepare_data import CLASS_OF, fail, find_labels, find_partitions, read_labels, read_partitions, wav_name
 
+from crab.fileio import write_atomic, write_text_atomic
+
 LETTER_OF = {name: letter for letter, name in CLASS_OF.items()}
 TEST3 = "test3"
 
@@ -42,8 +44,8 @@ def prepare(args):
     if missing:
         fail(f"{len(missing)} of {len(names)} Test3 files missing from {audio}, e.g. {missing[:5]}")
     os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "wav.scp"), "w", encoding="utf-8") as f:
-        f.writelines(f"{n[: -len('.wav')]} {os.path.abspath(os.path.join(audio, n))}\n" for n in names)
+    lines = (f"{n[: -len('.wav')]} {os.path.abspath(os.path.join(audio, n))}\n" for n in names)
+    write_text_atomic(os.path.join(args.out_dir, "wav.scp"), "".join(lines))
     print(f"Test3: {len(names)} files in {args.out_dir}/wav.scp")
 
 
@@ -74,12 +76,14 @@ def submission(args):
         problems.append(f"classes that are not MSP-Podcast's eight: {unknown} (a model of another corpus?)")
     if problems:
         fail(f"{args.results}: not a complete Test3 submission:\n  " + "\n  ".join(problems))
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["FileName", "EmoClass"])
-        writer.writerows((f"{u}.wav", LETTER_OF[predicted[u]]) for u in utts)
-    os.replace(tmp, args.out)
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["FileName", "EmoClass"])
+            writer.writerows((f"{u}.wav", LETTER_OF[predicted[u]]) for u in utts)
+
+    write_atomic(args.out, write)
     print(f"{args.out}: {len(utts)} Test3 predictions (FileName,EmoClass), every file once")
 
 

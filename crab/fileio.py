@@ -1,0 +1,81 @@
+"""Atomic file writes, for every file that must survive a kill or a power cut.
+
+A file is written to a temporary file beside it, flushed to disk (fsync), renamed
+over the old one, and the rename flushed too: a reader finds the old file or the
+whole new one, never a torn one. A temporary name is hidden and unique to its
+writer (``.<name>.<pid>.<random>.tmp``): two processes never write the same one,
+and no glob of a folder's files (``utt2*``, ``*.wav``) sees it. A ``write`` that
+raises leaves nothing behind; a kill leaves its temporary file, which a writer
+holding the folder (a lock) may remove (``remove_temps``).
+"""
+
+import glob
+import os
+import secrets
+
+TEMP_SUFFIX = ".tmp"
+
+
+def fsync(path):
+    """Flush a file's or a directory's data and metadata to disk."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_path(path):
+    """A new temporary name beside ``path``, hidden, unique to this process and call."""
+    folder, name = os.path.split(os.fspath(path))
+    return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def remove_temps(folder):
+    """Remove the temporary files that killed writers left in ``folder``. Only for a
+    writer that holds the folder: another one's temporary files would go too."""
+    for tmp in glob.glob(os.path.join(glob.escape(folder), f".*{TEMP_SUFFIX}")):
+        os.remove(tmp)
+
+
+def stage(writes):
+    """Write each ``(path, write)`` of ``writes`` to a temporary file, ``write(tmp)``,
+    flushed to disk; returns the ``(tmp, path)`` pairs, for ``commit``. If one raises,
+    every temporary file written so far is removed."""
+    staged = []
+    try:
+        for path, write in writes:
+            tmp = temp_path(path)
+            staged.append((tmp, path))
+            write(tmp)
+            fsync(tmp)
+    except BaseException:  # a KeyboardInterrupt too
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise
+    return staged
+
+
+def commit(staged):
+    """Rename each staged ``(tmp, path)`` over its ``path``, then flush the renames to disk."""
+    for tmp, path in staged:
+        os.replace(tmp, path)
+    for folder in dict.fromkeys(os.path.dirname(os.path.abspath(path)) for _, path in staged):
+        fsync(folder)
+
+
+def write_atomic(path, write):
+    """Replace ``path`` with what ``write(tmp)`` writes to a temporary file: after a
+    kill or a power cut ``path`` is the old file or the whole new one."""
+    commit(stage([(path, write)]))
+
+
+def write_text_atomic(path, text, newline=None):
+    """``write_atomic`` of ``text``, UTF-8 (``newline`` as ``open``'s)."""
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+            f.write(text)
+
+    write_atomic(path, write)
