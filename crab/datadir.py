@@ -10,12 +10,14 @@ bad line (``read_table``: stop; ``parse_wav_scp``: fail that utterance;
 ``read_transcripts``: drop a line cut off by an interrupted write).
 """
 
+import functools
 import glob
 import logging
 import os
 from collections import namedtuple
 
 from crab.dataprep import DataPrepError, clean_transcript, decode
+from crab.fileio import commit, stage, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ Utterance = namedtuple("Utterance", ["utt", "path", "line"])
 Failure = namedtuple("Failure", ["utt", "line", "reason"])
 
 TEXT_FILES = {"gold": "text", "asr": "text.asr"}
+WRITING = ".writing"  # in a data directory while write_data_dir replaces its tables
 
 
 def table_lines(path):
@@ -80,11 +83,19 @@ def tables_read(data_dir, text_source="gold", text_only=False):
 
 
 def read_data_dir(data_dir, text_source="gold", text_only=False):
-    """Entries keyed by the utterances of ``wav.scp``; every table must cover them.
+    """Entries keyed by the utterances of ``wav.scp``; every ``utt2*`` table must cover
+    them, and no table may hold another (a missing transcript is an empty one).
 
     ``text_source`` picks the transcripts: ``text`` (gold) or ``text.asr``.
     ``text_only``: keyed by the utterances of ``utt2emo`` instead, each ``wav`` None.
+    A directory that ``write_data_dir`` did not finish (``WRITING``) is refused: its
+    tables may be a mix of old and new ones.
     """
+    if os.path.exists(os.path.join(data_dir, WRITING)):
+        raise DataPrepError(
+            f"{data_dir}: data prep stopped while writing its tables ({WRITING} is there), which may "
+            "be a mix of old and new ones: run data prep (stage 1) again"
+        )
     if text_only:
         wavs = dict.fromkeys(read_table(os.path.join(data_dir, "utt2emo")))
     else:
@@ -106,12 +117,14 @@ def read_data_dir(data_dir, text_source="gold", text_only=False):
                 raise DataPrepError(f"{data_dir}/utt2{field}: no entry for utterance '{utt}'")
             entry[field] = table.get(utt, "")
         entries[utt] = entry
-    extra = sorted(set().union(*tables.values()) - set(wavs))
-    if extra:
-        listing = "utt2emo" if text_only else "wav.scp"
-        raise DataPrepError(
-            f"{data_dir}: utterances not in {listing}, e.g. '{extra[0]}' ({len(extra)} in all)"
-        )
+    for field, table in tables.items():
+        extra = sorted(set(table) - set(wavs))
+        if extra:
+            name = TEXT_FILES[text_source] if field == "text" else f"utt2{field}"
+            listing = "utt2emo" if text_only else "wav.scp"
+            raise DataPrepError(
+                f"{data_dir}/{name}: utterances not in {listing}, e.g. '{extra[0]}' ({len(extra)} in all)"
+            )
     return entries
 
 
@@ -197,16 +210,29 @@ def read_transcripts(path):
 def write_data_dir(out_dir, tables):
     """Write the Kaldi tables ``{name: {utt: value}}`` into ``out_dir``: one ``utt value``
     line per utterance, sorted by utterance id, UTF-8 (an empty value gives ``utt``).
-    A table given as None is absent: an old file of that name is removed."""
+    A table given as None is absent: an old file of that name is removed.
+
+    A kill leaves the old tables or a directory that ``read_data_dir`` refuses: every
+    table is written to a temporary file first, and only once all are on disk are the
+    old ones replaced, while a marker file (``WRITING``) says so."""
     os.makedirs(out_dir, exist_ok=True)
+    staged = stage(
+        (os.path.join(out_dir, name), functools.partial(_write_table, rows))
+        for name, rows in tables.items()
+        if rows is not None
+    )
+    marker = os.path.join(out_dir, WRITING)
+    write_text_atomic(marker, "data prep is writing these tables: if it is not running, run it again\n")
     for name, rows in tables.items():
-        path = os.path.join(out_dir, name)
-        if rows is None:
-            if os.path.exists(path):
-                os.remove(path)
-            continue
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(f"{utt} {rows[utt]}".rstrip() + "\n" for utt in sorted(rows))
+        if rows is None and os.path.exists(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
+    commit(staged)  # the removals are flushed to disk with the renames
+    os.remove(marker)
+
+
+def _write_table(rows, path):
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(f"{utt} {rows[utt]}".rstrip() + "\n" for utt in sorted(rows))
 
 
 def check_fold(splits, utterances=None, name="fold", speaker_independent=True):

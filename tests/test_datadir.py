@@ -1,9 +1,33 @@
 """crab.datadir: the one Kaldi-table reader, data-dir writer and fold validator."""
 
+import os
+
 import pytest
 
-from crab.datadir import check_fold, parse_wav_scp, read_table, read_texts, read_transcripts, write_data_dir
+from crab.bin import make_manifest
+from crab.datadir import (
+    check_fold,
+    parse_wav_scp,
+    read_data_dir,
+    read_table,
+    read_texts,
+    read_transcripts,
+    write_data_dir,
+)
 from crab.dataprep import DataPrepError
+
+OLD = {"wav.scp": {"a": "/db/a.wav", "b": "/db/b.wav"}, "utt2spk": {"a": "s1", "b": "s2"}}
+OLD_TABLES = {**OLD, "utt2emo": {"a": "sad", "b": "happy"}, "text": {"a": "one", "b": "two"}}
+NEW_TABLES = {
+    "wav.scp": {"a": "/db/a.wav", "c": "/db/c.wav"},
+    "utt2spk": {"a": "s1", "c": "s3"},
+    "utt2emo": {"a": "angry", "c": "sad"},
+    "text": {"a": "uno", "c": "tres"},
+}
+
+
+def contents(folder):
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
 
 
 def test_writer_sorts_by_utterance_and_removes_an_absent_table(tmp_path):
@@ -15,6 +39,58 @@ def test_writer_sorts_by_utterance_and_removes_an_absent_table(tmp_path):
     assert (tmp_path / "utt2spk").read_text(encoding="utf-8") == "a s1\nb s2\n"
     assert not (tmp_path / "wav.scp").exists()
     assert read_table(str(tmp_path / "text")) == {"a": "", "b": "two words"}
+    assert sorted(os.listdir(tmp_path)) == ["text", "utt2spk"]  # no temporary file, no marker
+
+
+class Interrupted(dict):
+    """A table whose writing is interrupted (Ctrl-C)."""
+
+    def __iter__(self):
+        raise KeyboardInterrupt
+
+
+def test_a_writer_stopped_before_its_renames_leaves_the_old_tables(tmp_path):
+    write_data_dir(tmp_path, OLD_TABLES)
+    before = contents(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        write_data_dir(tmp_path, {**NEW_TABLES, "utt2spk": Interrupted(NEW_TABLES["utt2spk"])})
+    assert contents(tmp_path) == before  # every old table, and nothing else
+    assert list(read_data_dir(str(tmp_path))) == ["a", "b"]
+
+
+def test_a_writer_killed_among_its_renames_leaves_a_directory_stage_3_refuses(tmp_path, monkeypatch):
+    write_data_dir(tmp_path, OLD_TABLES)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(dst) == "utt2emo":
+            raise SystemExit("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(SystemExit):
+        write_data_dir(tmp_path, {**OLD_TABLES, "utt2emo": {"a": "angry", "b": "sad"}})
+    monkeypatch.undo()
+    # the same utterances in every table: only the marker tells the new labels from the old
+    with pytest.raises(DataPrepError, match=r"data prep stopped while writing its tables \(\.writing"):
+        read_data_dir(str(tmp_path))
+    write_data_dir(tmp_path, NEW_TABLES)  # run again
+    assert read_data_dir(str(tmp_path))["c"]["emo"] == "sad"
+
+
+@pytest.mark.parametrize(
+    "table, rows, message",
+    [
+        ("utt2emo", {"a": "sad"}, r"/utt2emo: no entry for utterance 'b'"),
+        ("utt2emo", {**OLD_TABLES["utt2emo"], "c": "sad"}, r"/utt2emo: utterances not in wav.scp, e.g. 'c'"),
+        ("text", {**OLD_TABLES["text"], "c": "tres"}, r"/text: utterances not in wav.scp, e.g. 'c'"),
+    ],
+)
+def test_stage_3_refuses_tables_of_other_utterances_whatever_the_policy(tmp_path, table, rows, message):
+    write_data_dir(tmp_path / "train", {**OLD_TABLES, table: rows})
+    argv = ["--data_dir", str(tmp_path / "train"), "--data_root", "/db", "--classes", "sad,happy"]
+    with pytest.raises(SystemExit, match=message):
+        make_manifest.main([*argv, "--out", str(tmp_path / "train.json"), "--policy", "skip"])
 
 
 def test_one_reader_many_policies(tmp_path):
