@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Run one command as a Slurm job and wait for it: a --cmd for ser.sh on a Slurm cluster.
+#
+#   utils/slurm.sh [--gpus N] [--cpus N] [--mem SIZE] [--time LIMIT] [--partition NAME]
+#                  [--sbatch_opts "OPTIONS"] LOG COMMAND [ARG ...]
+#
+# e.g. ./run.sh --stage 4 --ngpu 1 --nj 10 --cmd "utils/slurm.sh --partition gpu --time 1-00:00:00"
+#
+# The job runs COMMAND in the current directory with the current environment (sbatch's
+# default --export=ALL: the venv that path.sh activated, CRAB_COMMAND); its output goes
+# to LOG. The job script is kept beside LOG as LOG.sbatch, to read or resubmit. This
+# script waits for the job (sbatch --wait), cancels it when interrupted, and exits with
+# the job's status. --gpus 0 asks for no GPU. Site settings (account, QoS, constraints)
+# go in --sbatch_opts or in Slurm's SBATCH_* environment variables.
+set -euo pipefail
+
+gpus=0 cpus='' mem='' time_limit='' partition='' sbatch_opts=''
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
+die() { echo "$0: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --help|-h) usage; exit 0 ;;
+    --gpus|--cpus|--mem|--time|--partition|--sbatch_opts)
+      [ $# -ge 2 ] || die "$1 needs a value"
+      case "$1" in
+        --gpus) gpus=$2 ;; --cpus) cpus=$2 ;; --mem) mem=$2 ;; --time) time_limit=$2 ;;
+        --partition) partition=$2 ;; --sbatch_opts) sbatch_opts=$2 ;;
+      esac
+      shift 2 ;;
+    --*) die "unknown option '$1' (--help lists them)" ;;
+    *) break ;;
+  esac
+done
+[ $# -ge 2 ] || die "needs a LOG and a COMMAND (--help)"
+[[ ${gpus} =~ ^[0-9]+$ ]] || die "--gpus must be a whole number, not '${gpus}'"
+[ -z "${cpus}" ] || [[ ${cpus} =~ ^[1-9][0-9]*$ ]] || die "--cpus must be a positive whole number, not '${cpus}'"
+command -v sbatch > /dev/null || die "sbatch not found: Slurm's commands must be on PATH (or run without --cmd)"
+log_file=$1
+shift
+mkdir -p "$(dirname "${log_file}")"
+
+# The job script: bash, the command's words quoted as given.
+script=${log_file}.sbatch
+{
+  echo "#!/usr/bin/env bash"
+  echo "# $(date '+%Y-%m-%dT%H:%M:%S') submitted by $0 from $(pwd)"
+  printf 'cd %q\n' "$(pwd)"
+  printf 'exec'
+  printf ' %q' "$@"
+  printf '\n'
+} > "${script}"
+
+read -r -a site_opts <<< "${sbatch_opts}"
+opts=(--parsable --wait --job-name "crab:$(basename "${log_file}" .log)" --output "${log_file}")
+[ "${gpus}" -eq 0 ] || opts+=(--gres "gpu:${gpus}")
+[ -z "${cpus}" ] || opts+=(--cpus-per-task "${cpus}")
+[ -z "${mem}" ] || opts+=(--mem "${mem}")
+[ -z "${time_limit}" ] || opts+=(--time "${time_limit}")
+[ -z "${partition}" ] || opts+=(--partition "${partition}")
+
+# sbatch --parsable prints the job id on submission, then waits: in the background, so
+# that an interrupt here cancels the job instead of leaving it running.
+id_file=$(mktemp)
+trap 'rm -f "${id_file}"' EXIT
+cancel() {
+  local id
+  id=$(cut -d';' -f1 "${id_file}" | head -n 1)
+  [ -z "${id}" ] || scancel "${id}" || true
+  echo "$0: interrupted; job ${id:-(not yet submitted)} cancelled" >&2
+  exit 130
+}
+trap cancel INT TERM
+sbatch "${opts[@]}" "${site_opts[@]+"${site_opts[@]}"}" "${script}" > "${id_file}" &
+status=0
+wait $! || status=$?
+id=$(cut -d';' -f1 "${id_file}" | head -n 1)
+if [ "${status}" -ne 0 ]; then
+  echo "$0: job ${id:-(not submitted)} failed (status ${status}); its output: ${log_file}" >&2
+  exit "${status}"
+fi
+echo "job ${id} done; its output: ${log_file}"
