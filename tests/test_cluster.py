@@ -5,6 +5,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 
 import pytest
@@ -120,3 +121,62 @@ def test_without_slurm_it_says_so(tmp_path):
     env = dict(os.environ, PATH="/usr/bin:/bin")
     result = slurm(env, tmp_path, str(tmp_path / "job.log"), "true")
     assert result.returncode == 2 and "sbatch not found" in result.stderr
+
+
+def jobs(script, env=None):
+    """``script`` run by bash after sourcing utils/jobs.sh, with the venv's python first
+    on PATH (as path.sh puts it for ser.sh)."""
+    env = env or dict(os.environ)
+    env["PATH"] = f"{os.path.dirname(sys.executable)}:{env['PATH']}"
+    return subprocess.run(
+        ["bash", "-c", f"set -euo pipefail; . {ROOT}/utils/jobs.sh; {script}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("visible", "nj", "ngpu", "expected"),
+    [("0,1,2,3", 2, 2, ["0,1", "2,3"]), ("3,5,7", 3, 1, ["3", "5", "7"]), ("0,1,2", 2, 1, ["0", "1"])],
+)
+def test_local_workers_get_gpus_of_their_own(visible, nj, ngpu, expected):
+    result = jobs(f"jobs_devices {nj} {ngpu}", env=dict(os.environ, CUDA_VISIBLE_DEVICES=visible))
+    assert result.returncode == 0 and result.stdout.splitlines() == expected
+
+
+def test_too_few_gpus_for_the_local_workers_is_an_error():
+    result = jobs("jobs_devices 2 2", env=dict(os.environ, CUDA_VISIBLE_DEVICES="0,1,2"))
+    assert result.returncode == 1
+    assert "--nj 2 jobs of --ngpu 2 GPU(s) each need 4 GPUs at once; found 3" in result.stderr
+
+
+BUILD = """
+build() {  # job i: prints where it ran, sleeps a little, fails for c
+  local names=(a b c d e)
+  local run='echo "job $0 on GPUs ${CUDA_VISIBLE_DEVICES:-none}"; sleep 0.2; [ "$0" != c ] || exit 4'
+  job=(bash -c "$run" "${names[$1]}")
+}
+"""
+
+
+def test_local_jobs_run_n_at_a_time_each_on_its_workers_gpus(tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="6,7")
+    result = jobs(f"{BUILD} jobs_run 2 '' 1 {tmp_path} build a b c d e", env=env)
+    assert result.returncode == 1
+    assert f"1 of 5 job(s) failed, see the end of: {tmp_path}/c.log" in result.stderr
+    for name, gpu in zip("abcde", "67676", strict=True):  # worker 0: a, c, e; worker 1: b, d
+        status = 4 if name == "c" else 0
+        assert (tmp_path / f"{name}.log").read_text() == f"job {name} on GPUs {gpu}\nexit status {status}\n"
+
+
+def test_jobs_through_a_launcher(tmp_path, slurm_env):
+    launcher = f"{SLURM} --time '1:00:00'"
+    result = jobs(f'{BUILD} jobs_run 3 "{launcher}" 1 {tmp_path}/log build a b c', env=slurm_env)
+    assert result.returncode == 1 and f"see the end of: {tmp_path}/log/c.log" in result.stderr
+    a = (tmp_path / "log" / "a.log").read_text().splitlines()
+    assert a == ["job a on GPUs none", f"job 4242 done; its output: {tmp_path}/log/a.log", "exit status 0"]
+    c = (tmp_path / "log" / "c.log").read_text()
+    assert c.endswith(f"job 4242 failed (status 4); its output: {tmp_path}/log/c.log\nexit status 4\n")
+    assert (tmp_path / "log" / "a.log.sbatch").exists()

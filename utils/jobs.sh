@@ -1,0 +1,67 @@
+# shellcheck shell=bash
+# Source me: a stage's runs as jobs (ser.sh --nj, --cmd), each with its own log.
+#   jobs_run NJ CMD NGPU LOGDIR BUILD NAME...
+#       job i is named NAME_i; the function BUILD, called as BUILD i, leaves its command
+#       in the array `job`. NJ workers run the jobs, worker w jobs w, w + NJ, ... one after
+#       another. CMD empty: here, worker w on its own NGPU GPUs (CUDA_VISIBLE_DEVICES,
+#       jobs_devices); else through the launcher CMD (shell words), called as
+#       CMD --gpus NGPU LOG COMMAND... (utils/slurm.sh). Each job's output goes to
+#       LOGDIR/NAME.log, which ends with "exit status N" (the launcher's own messages
+#       before it). Status 1, naming the failed logs, when any job failed.
+#   jobs_devices NJ NGPU
+#       the GPUs of each of NJ workers, a comma-separated line each, from
+#       CUDA_VISIBLE_DEVICES, else nvidia-smi; an error when there are fewer than NJ x NGPU.
+
+jobs_devices() {
+  local nj=$1 ngpu=$2 all=() w
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+    IFS=, read -r -a all <<< "${CUDA_VISIBLE_DEVICES}"
+  elif command -v nvidia-smi > /dev/null; then
+    mapfile -t all < <(nvidia-smi --query-gpu=index --format=csv,noheader)
+  fi
+  if [ "${#all[@]}" -lt $((nj * ngpu)) ]; then
+    echo "--nj ${nj} jobs of --ngpu ${ngpu} GPU(s) each need $((nj * ngpu)) GPUs at once; found ${#all[@]}" \
+      "(CUDA_VISIBLE_DEVICES, else nvidia-smi): lower --nj, or run them through a scheduler (--cmd)" >&2
+    return 1
+  fi
+  for ((w = 0; w < nj; w++)); do
+    (IFS=,; echo "${all[*]:w * ngpu:ngpu}")
+  done
+}
+
+jobs_run() {
+  local nj=$1 cmd=$2 ngpu=$3 logdir=$4 build=$5
+  shift 5
+  local names=("$@") devices=() launcher=() failed=() w name lines
+  if [ -n "${cmd}" ]; then
+    mapfile -t launcher < <(python -c 'import shlex, sys; print(*shlex.split(sys.argv[1]), sep="\n")' "${cmd}")
+  elif [ "${ngpu}" -gt 0 ]; then
+    lines=$(jobs_devices "$((nj < ${#names[@]} ? nj : ${#names[@]}))" "${ngpu}") || return 1
+    mapfile -t devices <<< "${lines}"
+  fi
+  mkdir -p "${logdir}"
+  for ((w = 0; w < nj && w < ${#names[@]}; w++)); do
+    (
+      [ "${#devices[@]}" -eq 0 ] || export CUDA_VISIBLE_DEVICES=${devices[w]}
+      for ((i = w; i < ${#names[@]}; i += nj)); do
+        local job=()
+        "${build}" "${i}"  # sets job
+        local log_file=${logdir}/${names[i]}.log rc=0 out
+        if [ "${#launcher[@]}" -gt 0 ]; then
+          out=$("${launcher[@]}" --gpus "${ngpu}" "${log_file}" "${job[@]}" 2>&1) || rc=$?
+          [ -z "${out}" ] || echo "${out}" >> "${log_file}"
+        else
+          "${job[@]}" > "${log_file}" 2>&1 || rc=$?
+        fi
+        echo "exit status ${rc}" >> "${log_file}"
+      done
+    ) &
+  done
+  wait
+  for name in "${names[@]}"; do
+    [ "$(tail -n 1 "${logdir}/${name}.log" 2> /dev/null)" = "exit status 0" ] || failed+=("${logdir}/${name}.log")
+  done
+  [ "${#failed[@]}" -eq 0 ] && return 0
+  echo "${#failed[@]} of ${#names[@]} job(s) failed, see the end of: ${failed[*]}" >&2
+  return 1
+}
