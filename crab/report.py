@@ -18,6 +18,11 @@ the recipe calls the small command-line part for every run:
     python -m crab.report add_results --results_md RESULTS.md --summary exp/<tag>/results_<test>.json
                                       --command CMD [--config C --tuning FILE --device D --corpus NAME]
         prepend an entry (environment, setting, command, results table) to a recipe's RESULTS.md
+    python -m crab.report results_name --test_set TEST PREDICTIONS...
+        print the name stage 7 gives the results of these runs: results_<TEST>, or, when they
+        leave out runs of their experiment evaluated on TEST, results_<TEST>.<folds>.seed<seeds>
+    python -m crab.report latest_results exp/<tag> TEST
+        print the results summary (.json) stage 7 wrote last for the experiment on TEST
 """
 
 import argparse
@@ -254,10 +259,58 @@ def mean_std(values):
     return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else None)
 
 
+def runs_covered(runs):
+    """The folds and seeds of run directories ``<tag>/<fold>/seed<seed>``, each in the order
+    first seen; other paths are passed over."""
+    folds, seeds = {}, {}
+    for run in runs:
+        parts = os.path.normpath(run).split(os.sep)
+        if len(parts) >= 2 and parts[-1].startswith("seed") and len(parts[-1]) > len("seed"):
+            folds[parts[-2]] = seeds[parts[-1][len("seed") :]] = None
+    return list(folds), list(seeds)
+
+
+def _folds_and_seeds(runs):
+    folds, seeds = runs_covered(runs)
+    return f"folds {' '.join(folds)}, seeds {' '.join(seeds)}" if folds else ""
+
+
+def coverage(summary):
+    """``(covered, left_out)`` in words: the folds and seeds of a summary's runs ("folds a b,
+    seeds 1 2"; "" when its runs are not ``<fold>/seed<seed>`` folders) and, when it is a
+    subset, the runs of its experiment it leaves out (``left_out_runs``; "" for none)."""
+    left_out = summary.get("left_out") or []
+    on = summary.get("test_set") or "the same test set"
+    others = f"{len(left_out)} other run(s) evaluated on {on} left out ({_folds_and_seeds(left_out)})"
+    return _folds_and_seeds(row["run"] for row in summary["runs"]), others if left_out else ""
+
+
+def comparison_about(entries):
+    """The configs, folds and seeds of the experiments of a comparison (``(name, summary)``
+    pairs), in words for its title; folds and seeds per experiment where they differ."""
+    configs = sorted({row["config"] for _, s in entries for row in s["runs"] if row.get("config")})
+    about = [("config " if len(configs) == 1 else "configs ") + ", ".join(configs)] if configs else []
+    covered = {name: coverage(summary)[0] for name, summary in entries}
+    if len(set(covered.values())) > 1:
+        about.append("not the same runs: " + "; ".join(f"{n} {c or 'n/a'}" for n, c in covered.items()))
+    elif any(covered.values()):
+        about.append(next(iter(covered.values())))
+    return "; ".join(about)
+
+
 def summarise(rows, **meta):
-    """Summary of scored runs: ``meta``, the rows, mean and std per metric (and per
-    embedding score, where the runs have them)."""
-    summary = {**meta, "num_runs": len(rows), "runs": rows, "mean": {}, "std": {}}
+    """Summary of scored runs: ``meta``, the folds and seeds of the runs (``runs_covered``),
+    the rows, mean and std per metric (and per embedding score, where the runs have them)."""
+    folds, seeds = runs_covered(row["run"] for row in rows)
+    summary = {
+        **meta,
+        "folds": folds,
+        "seeds": seeds,
+        "num_runs": len(rows),
+        "runs": rows,
+        "mean": {},
+        "std": {},
+    }
     for key in METRICS + EMBEDDING_SCORES + ("wall_s",):
         values = [row.get(key) for row in rows]
         if any(v is not None for v in values):
@@ -266,11 +319,14 @@ def summarise(rows, **meta):
 
 
 def results_markdown(summary, title=None):
-    """Markdown results of one experiment on one test set: a row per run with its
+    """Markdown results of one experiment on one test set: the ``title`` with the folds and
+    seeds of the runs (and the runs a subset leaves out: ``coverage``), a row per run with its
     training wall time and commit, mean ± std over the runs, then each run's
     machine and command, and notes on classes absent from the test data."""
     rows = summary["runs"]
-    lines = [f"## {title}", ""] if title else []
+    covered, left_out = coverage(summary)
+    heading = "; ".join(filter(None, (f"{title}: {covered}" if covered else title, left_out)))
+    lines = [f"## {heading}", ""] if title else []
     lines += [
         "| run | N | " + " | ".join(METRICS) + " | train wall time | commit |",
         "|" + "---|" * (len(METRICS) + 4),
@@ -363,7 +419,8 @@ def comparison_markdown(entries, ablation_table=None, title=None, corpus=None, t
     ablation table when it knows the name, and with a ``corpus`` (the recipe's
     directory name) so does the paper's UAR on that corpus (and ``test_set``), n/a
     where the paper has none. With a ``ce_only`` entry, a column gives each UAR
-    minus the CE-only UAR.
+    minus the CE-only UAR. The heading is ``title`` with the experiments' configs, folds
+    and seeds (``comparison_about``).
     """
     table = read_ablations(ablation_table) if ablation_table else {}
     base = dict(entries).get("ce_only")
@@ -375,7 +432,8 @@ def comparison_markdown(entries, ablation_table=None, title=None, corpus=None, t
     if show_paper:
         where = CORPUS_NAMES.get(corpus.lower(), corpus) + (f" {test_set}" if test_set else "")
         header.append(f"paper UAR ({where})")
-    lines = [f"## {title}", ""] if title else []
+    heading = "; ".join(filter(None, (title, comparison_about(entries))))
+    lines = [f"## {heading}", ""] if heading else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, summary in entries:
         mean, std = summary["mean"], summary["std"]
@@ -415,7 +473,8 @@ def alpha_sweep(entries, baseline, plot=None, title=None):
     plot : str, optional
         PNG to draw UAR and WAR against alpha into.
     title : str, optional
-        Heading of the table and title of the plot.
+        Heading of the table, with the experiments' configs, folds and seeds
+        (``comparison_about``), and title of the plot.
 
     Returns
     -------
@@ -427,7 +486,9 @@ def alpha_sweep(entries, baseline, plot=None, title=None):
     rows = ([("CE only", baseline)] if baseline else []) + [
         (f"{a:g}", s) for a, (_, s) in zip(alphas, entries, strict=True)
     ]
-    lines = [f"## {title}", ""] if title else []
+    compared = entries + ([("ce_only", baseline)] if baseline else [])
+    heading = "; ".join(filter(None, (title, comparison_about(compared))))
+    lines = [f"## {heading}", ""] if heading else []
     lines += ["| alpha | runs | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 2)]
     for name, summary in rows:
         cells = []
@@ -474,6 +535,48 @@ def read_predictions(path):
 def run_dir_of(path):
     """The run directory of a predictions file: two levels above it (``exp/<tag>/<fold>/seed<seed>``)."""
     return os.path.dirname(os.path.dirname(path)) or path
+
+
+def left_out_runs(paths):
+    """The runs of the experiments of ``paths`` (predictions files) that have predictions on
+    the same test set but are not among them (``exp/<tag>/*/seed*/eval_<test>/``), as run
+    directories: what makes scoring ``paths`` a subset (``results_name``)."""
+    given = {os.path.abspath(p) for p in paths}
+    found = set()
+    for path in paths:
+        experiment = os.path.dirname(os.path.dirname(run_dir_of(path)))
+        eval_dir, name = os.path.split(path)
+        pattern = os.path.join(
+            glob.escape(experiment), "*", "seed*", glob.escape(os.path.basename(eval_dir)), name
+        )
+        found.update(p for p in glob.glob(pattern) if os.path.abspath(p) not in given)
+    return sorted(run_dir_of(p) for p in found)
+
+
+def results_name(paths, test_set):
+    """The file name (no extension) of the results of the runs of ``paths`` on ``test_set``:
+    ``results_<test_set>``; for a subset (other runs of the experiment have predictions on it:
+    ``left_out_runs``) ``results_<test_set>.<fold>+<fold>.seed<seed>+<seed>``, so that scoring
+    some of the folds or seeds never replaces the results of all of them.
+
+    The folders on disk decide, not a recipe's list of folds (which ``ser.sh`` does not know):
+    the first folds scored, before the others are trained, are the experiment's results until
+    more are scored together.
+    """
+    if not left_out_runs(paths):
+        return f"results_{test_set}"
+    folds, seeds = runs_covered(run_dir_of(p) for p in paths)
+    return f"results_{test_set}.{'+'.join(folds)}.seed{'+'.join(seeds)}"
+
+
+def latest_results(experiment, test_set):
+    """The summary stage 7 wrote last for ``experiment`` (``exp/<tag>``) on ``test_set``: that
+    of all its runs, ``results_<test_set>.json``, or a subset's (``results_name``); the former
+    when there is none (``read_summary`` says so)."""
+    plain = os.path.join(experiment, f"results_{test_set}.json")
+    pattern = os.path.join(glob.escape(experiment), f"results_{glob.escape(test_set)}.*.json")
+    found = ([plain] if os.path.isfile(plain) else []) + glob.glob(pattern)
+    return max(found, key=os.path.getmtime, default=plain)
 
 
 def score_run(path, per_run=False):
@@ -552,9 +655,10 @@ def results_table(paths, per_run=False, title=None, **meta):
     Returns
     -------
     tuple of (str, dict)
-        The markdown results (``results_markdown``) and the summary (``summarise``), JSON-ready.
+        The markdown results (``results_markdown``) and the summary (``summarise``, with the
+        runs of the experiment left out, ``left_out_runs``), JSON-ready.
     """
-    summary = summarise([score_run(p, per_run) for p in paths], **meta)
+    summary = summarise([score_run(p, per_run) for p in paths], left_out=left_out_runs(paths), **meta)
     return results_markdown(summary, title), summary
 
 
@@ -641,9 +745,10 @@ def package_versions(packages=("torch", "speechbrain", "transformers")):
 def results_entry(summary, command, config=None, tuning=None, device="cpu", date=None):
     """One entry of a recipe's RESULTS.md (icefall / ESPnet style), markdown.
 
-    A heading with the date (UTC) and the experiment, the environment (date, git commit,
-    torch / speechbrain / transformers versions, device), the config and tuning file of
-    the runs and the command, then the results table of ``results_markdown`` (a row per
+    A heading with the date (UTC) and the experiment (and, for a subset, its folds and
+    seeds), the environment (date, git commit, torch / speechbrain / transformers versions,
+    device), the config and tuning file of the runs, their folds and seeds (``coverage``)
+    and the command, then the results table of ``results_markdown`` (a row per
     run, mean ± std, each run's machine and training command). ``summary`` is the JSON
     of ``crab.bin.score --summary``. What the runs' ``train_info.json`` recorded (their
     rows, ``score_run``) wins over what is given: the config and tuning file they were
@@ -660,6 +765,9 @@ def results_entry(summary, command, config=None, tuning=None, device="cpu", date
     tunings = recorded["tuning"] or ([tuning] if tuning else [])
     configs = recorded["config"] or ([config] if config else [])
     experiment = f"{summary.get('tag') or 'experiment'} on {summary.get('test_set') or 'test'}"
+    covered, left_out = coverage(summary)
+    if left_out:
+        experiment += f" (a subset: {covered})"
     lines = [
         f"## {date:%Y-%m-%d %H:%M} UTC: {experiment}",
         "",
@@ -680,6 +788,8 @@ def results_entry(summary, command, config=None, tuning=None, device="cpu", date
         lines.append(f"- tuning: `{name}`" + (f": {about}" if about else ""))
     if configs:
         lines.append(("- base config: " if tunings else "- config: ") + ", ".join(f"`{c}`" for c in configs))
+    if covered:
+        lines.append(f"- runs: {covered}" + (f"; {left_out}" if left_out else ""))
     lines += [f"- command: `{command}`", "", ""]
     return "\n".join(lines) + results_markdown(summary)
 
@@ -762,6 +872,12 @@ def main(argv=None):
     add.add_argument("--tuning", help="the tuning file (empty: none)")
     add.add_argument("--device", default="cpu", help="the device the runs were trained on")
     add.add_argument("--corpus", help="the recipe's directory name: the title of a new file")
+    name = commands.add_parser("results_name", help="print the name of the results of some runs")
+    name.add_argument("--test_set", required=True)
+    name.add_argument("predictions", nargs="+", help="the runs' predictions.csv files")
+    latest = commands.add_parser("latest_results", help="print the summary stage 7 wrote last")
+    latest.add_argument("experiment", help="exp/<tag>")
+    latest.add_argument("test_set")
     args = parser.parse_args(argv)
     from crab.runconfig import read_tuning  # yaml only
 
@@ -782,6 +898,10 @@ def main(argv=None):
             print(word)
     elif args.command == "tuning":
         print(read_tuning(args.file)["config"])
+    elif args.command == "results_name":
+        print(results_name(args.predictions, args.test_set))
+    elif args.command == "latest_results":
+        print(latest_results(args.experiment, args.test_set))
     elif args.command == "add_results":
         add_results_entry(
             args.results_md,

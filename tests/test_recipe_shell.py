@@ -108,6 +108,40 @@ def test_a_later_stage_without_runs_of_its_tag_notes_the_tags_there(tmp_path):
     assert f"{tmp_path}/exp holds: crab_tiny" in result.stdout
 
 
+def test_the_first_log_line_is_the_command_line_to_paste_back(tmp_path):
+    result = run_mini(tmp_path, "--stage", "6", "--train_opts", "--alpha=1.5 --name='a b'")
+    assert result.returncode != 0  # no manifests: the command line was logged before
+    first = result.stdout.splitlines()[0]
+    assert " ./ser.sh --config conf/crab_tiny.yaml --classes angry,happy,neutral,sad --data_root " in first
+    quoted = "'--alpha=1.5 --name='\\''a b'\\'''"  # as bash's ${word@Q}
+    assert first.endswith(
+        f" --stage 6 --train_opts {quoted} --data_root {tmp_path} --data_dir {tmp_path}/data "
+        f"--exp_dir {tmp_path}/exp"
+    )
+    words = first.split(") ", 1)[1]  # after log's time stamp and caller
+    pasted = subprocess.run(["bash", "-c", f'printf "%s\\n" {words}'], capture_output=True, text=True)
+    assert "--alpha=1.5 --name='a b'" in pasted.stdout.splitlines()
+
+
+def test_stage_3_names_the_fold_of_each_count_table(tmp_path):
+    for fold, split in [(f, s) for f in ("main", "other") for s in ("train", "valid", "test")]:
+        data = tmp_path / "data" / fold / split  # text only: no audio needed
+        data.mkdir(parents=True)
+        utts = [f"{fold}_{split}_{emotion}" for emotion in ("angry", "sad")]
+        for name, value in (
+            ("utt2emo", lambda u: u.split("_")[-1]),
+            ("utt2spk", lambda u: u),
+            ("text", lambda u: "a transcript"),
+        ):
+            (data / name).write_text("".join(f"{u} {value(u)}\n" for u in utts))
+    result = run_mini(tmp_path, "--stage", "3", "--stop_stage", "3", "--text_only", "true",
+                      "--bpe_vocab_size", "0", "--folds", "main other")  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    captions = [(line, lines[i + 2].split()[0]) for i, line in enumerate(lines) if line.startswith("fold ")]
+    assert captions == [(f"fold {f}:", s) for f in ("main", "other") for s in ("train", "valid", "test")]
+
+
 def test_corpus_variable_relative_to_the_users_directory(tmp_path):
     (tmp_path / "here").mkdir()
     run_sh = os.path.join(ROOT, "egs", "emodb", "run.sh")

@@ -107,7 +107,7 @@ def test_two_runs_aggregate_into_the_expected_table(two_runs, capsys):
     lines = table.splitlines()
     run1, run2 = (str(two_runs / "main" / s) for s in ("seed1", "seed2"))
     commit = lines[4].split(" | ")[-1].rstrip(" |")
-    assert lines[0] == "## mlcs on test"
+    assert lines[0] == "## mlcs on test: folds main, seeds 1 2"  # the runs it covers
     assert lines[2] == "| run | N | WAR | UAR | macro_F1 | weighted_F1 | train wall time | commit |"
     assert lines[4] == f"| {run1} | 4 | 1.0000 | 1.0000 | 1.0000 | 1.0000 | 1m 00s | {commit} |"
     assert lines[5] == f"| {run2} | 4 | 0.5000 | 0.6667 | 0.4167 | 0.4167 | 1m 15s | {commit} |"
@@ -125,6 +125,7 @@ def test_two_runs_aggregate_into_the_expected_table(two_runs, capsys):
     )
     summary = json.loads(summary_path.read_text())
     assert summary["tag"] == "mlcs" and summary["num_runs"] == 2
+    assert (summary["folds"], summary["seeds"], summary["left_out"]) == (["main"], ["1", "2"], [])
     assert summary["mean"]["UAR"] == pytest.approx((1 + uar) / 2)
     assert summary["std"]["WAR"] == pytest.approx(np.std([1, war], ddof=1))
     assert summary["runs"][1]["wall_s"] == 75
@@ -197,6 +198,18 @@ def test_comparison_table_in_the_paper_layout(two_runs, tmp_path):
         ]
     )
     assert out.read_text().splitlines() == table
+
+
+def test_comparison_titles_name_the_config_folds_and_seeds(two_runs):
+    preds = [str(two_runs / "main" / s / "eval_test" / "predictions.csv") for s in ("seed1", "seed2")]
+    record_training(str(two_runs / "main" / "seed1"), 1, "./run.sh", config="conf/crab.yaml")
+    both, one = results_table(preds)[1], results_table(preds[:1])[1]
+    assert one["left_out"] == [str(two_runs / "main" / "seed2")]  # a subset
+    table = comparison_markdown([("ce_only", both), ("mlcs", both)], title="Ablations; --alpha=1")
+    assert table.startswith("## Ablations; --alpha=1; config conf/crab.yaml; folds main, seeds 1 2\n")
+    table = comparison_markdown([("ce_only", both), ("mlcs", one)])
+    runs = "not the same runs: ce_only folds main, seeds 1 2; mlcs folds main, seeds 1"
+    assert table.startswith(f"## config conf/crab.yaml; {runs}\n")
 
 
 def test_comparison_table_gives_the_papers_number_for_its_corpus():

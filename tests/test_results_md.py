@@ -1,5 +1,7 @@
 """Stage 7 writes the recipe's RESULTS.md: a new entry (environment, setting, command,
-results table) at the top, older entries kept; tests never write the repository's."""
+results table) at the top, older entries kept; tests never write the repository's. A
+subset of the folds and seeds scored keeps apart from the results of all, and the
+tables of a sweep name the config, folds and seeds of their runs."""
 
 import csv
 import hashlib
@@ -42,10 +44,10 @@ def test_insert_entry_puts_the_newest_first():
     assert insert_entry("# R\n\nintro\n", "## B\n") == "# R\n\nintro\n\n## B\n"
 
 
-def write_runs(exp, tag, seeds, tuning):
-    """Two scored-ready runs: predictions and train_info.json (as stages 5-6 leave them)."""
+def write_runs(exp, tag, seeds, tuning, fold="main"):
+    """Scored-ready runs of a fold: predictions and train_info.json (as stages 5-6 leave them)."""
     for k, seed in enumerate(seeds):
-        run = exp / tag / "main" / f"seed{seed}"
+        run = exp / tag / fold / f"seed{seed}"
         (run / "eval_test").mkdir(parents=True)
         with open(run / "eval_test" / "predictions.csv", "w", newline="") as f:
             writer = csv.writer(f)
@@ -132,3 +134,60 @@ def test_recipe_tests_leave_the_repository_alone(scored, tmp_path):
     result = stage_7(tmp_path, "--results_md", "", env={"CRAB_RESULTS_MD": str(tmp_path / "unused.md")})
     assert result.returncode == 0 and not (tmp_path / "unused.md").exists()
     assert fingerprint() == before
+
+
+def test_a_subset_of_the_folds_keeps_apart_from_the_results_of_all(tmp_path):
+    exp = tmp_path / "exp" / "crab_tiny"
+    for fold in ("main", "other"):
+        write_runs(tmp_path / "exp", "crab_tiny", (1, 2), None, fold=fold)
+    results = tmp_path / "RESULTS.md"
+    every = stage_7(tmp_path, "--folds", "main other", "--results_md", str(results))
+    assert every.returncode == 0, every.stdout[-3000:] + every.stderr[-3000:]
+    table = (exp / "results_test.md").read_text()
+    assert table.startswith("## crab_tiny on test: folds main other, seeds 1 2\n")
+    summary = json.loads((exp / "results_test.json").read_text())
+    assert (summary["folds"], summary["seeds"], summary["left_out"]) == (["main", "other"], ["1", "2"], [])
+
+    subset = stage_7(tmp_path, "--folds", "main", "--results_md", str(results))
+    assert subset.returncode == 0, subset.stdout[-3000:] + subset.stderr[-3000:]
+    assert (exp / "results_test.md").read_text() == table  # the results of every fold stay
+    assert f"a subset, into {exp}/results_test.main.seed1+2.{{md,json}}" in subset.stdout
+    left_out = "2 other run(s) evaluated on test left out (folds other, seeds 1 2)"
+    heading = (exp / "results_test.main.seed1+2.md").read_text().splitlines()[0]
+    assert heading == f"## crab_tiny on test: folds main, seeds 1 2; {left_out}"
+    summary = json.loads((exp / "results_test.main.seed1+2.json").read_text())
+    assert (summary["folds"], summary["seeds"], summary["num_runs"]) == (["main"], ["1", "2"], 2)
+    assert summary["left_out"] == [str(exp / "other" / f"seed{seed}") for seed in (1, 2)]
+    text = results.read_text()
+    entries = [line for line in text.splitlines() if line.startswith("## ")]
+    assert entries[0].endswith(" UTC: crab_tiny on test (a subset: folds main, seeds 1 2)")
+    assert entries[1].endswith(" UTC: crab_tiny on test")
+    assert f"- runs: folds main, seeds 1 2; {left_out}" in text
+    assert "- runs: folds main other, seeds 1 2\n" in text
+
+
+def test_sweep_tables_name_the_config_folds_and_seeds_of_their_runs(tmp_path):
+    for tag in ("ce_only", "mlcs"):
+        for fold in ("main", "other"):
+            write_runs(tmp_path / "exp", tag, (1, 2), None, fold=fold)
+
+    def sweep(folds):
+        result = subprocess.run(
+            [
+                "bash", os.path.join(RECIPE, "sweep.sh"), "--ablations", "ce_only mlcs", "--stage", "7",
+                "--data_root", str(tmp_path), "--exp_dir", str(tmp_path / "exp"), "--results_md", "",
+                "--seeds", "1 2", "--folds", folds, "--train_opts", "--alpha=0.5",
+            ],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return (tmp_path / "exp" / "ablations_test.md").read_text().splitlines()
+
+    title = "## Ablations on test; --alpha=0.5; config conf/crab_tiny.yaml; folds"
+    table = sweep("main other")
+    assert table[0] == f"{title} main other, seeds 1 2"
+    assert table[5].startswith("| MLCS (Crab) | mlcs | 4 |")
+    table = sweep("main")  # the subset this sweep scored, not the results of every fold
+    assert table[0] == f"{title} main, seeds 1 2"
+    assert table[5].startswith("| MLCS (Crab) | mlcs | 2 |")
+    assert json.loads((tmp_path / "exp" / "mlcs" / "results_test.json").read_text())["num_runs"] == 4

@@ -3,7 +3,8 @@
 A data directory holds ``wav.scp`` (utt path), ``text`` (utt transcript),
 ``utt2emo`` and ``utt2spk``; any other ``utt2<field>`` file (utt2gender,
 utt2session, ...) becomes a manifest field too. Every utterance is checked
-(``crab.dataprep``) and the per-class counts are printed. With ``--text_only
+(``crab.dataprep``) and the per-class counts are printed (under ``--fold``'s name,
+when given). With ``--text_only
 true`` the utterances are those of ``utt2emo``, ``wav.scp`` is not read, and
 every entry has ``"wav": null`` and ``"duration": null`` (text models only). With
 ``--modality speech`` (data for a speech-only model) transcripts are not required: a
@@ -15,7 +16,7 @@ model of ``text.asr`` (from ``text.asr.model``, written by ``crab.bin.transcribe
 and the data directory: training copies it into the run folder (``crab.provenance``).
 
     python -m crab.bin.make_manifest --data_dir data/train --data_root DB \\
-        --classes angry,happy,neutral,sad --out data/train.json [--policy skip] \\
+        --classes angry,happy,neutral,sad --out data/train.json [--fold main] [--policy skip] \\
         [--text_source gold|asr] [--text_only true] [--modality bimodal|speech|text]
 """
 
@@ -40,6 +41,7 @@ def main(argv=None):
     parser.add_argument("--data_root", required=True, help="written as {data_root} in the manifest")
     parser.add_argument("--classes", required=True, help="comma-separated labels, in order")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--fold", help="the fold of the data directory, named above its counts (stage 3)")
     parser.add_argument(
         "--policy",
         choices=POLICIES,
@@ -84,6 +86,8 @@ def main(argv=None):
         sys.exit(f"ERROR: {name}: no usable utterances")
     write_manifest(kept, args.out, args.data_root)
     write_manifest_provenance(args.out, args.data_dir, args.text_source, require_text, args.text_only)
+    if args.fold:
+        print(f"fold {args.fold}:")
     print(count_table({name: kept}, classes))
 
 

@@ -7,8 +7,11 @@ Scores are recomputed from the predictions with ``crab.metrics``; the class list
 comes from the ``prob_<class>`` columns. A run is the directory two levels above
 its predictions file (``exp/<tag>/<fold>/seed<seed>``); its training wall time,
 commit, machine, command and transcripts (``text_source``, ``asr_model``) come from
-the ``train_info.json`` there (written by the recipe's stage 4), and its embedding cluster scores from
-``embedding_scores.json`` next to the predictions (``crab.bin.embeddings``).
+the ``train_info.json`` there (written by the recipe's stage 5), and its embedding cluster scores from
+``embedding_scores.json`` next to the predictions (``crab.bin.embeddings``). The heading
+(``--title``) and the summary name the folds and seeds of the runs, and the runs of the
+same experiment with predictions on the same test set that were not given (a subset:
+``crab.report.left_out_runs``).
 
 With ``--per_run``, each predictions file's directory also gets ``scores.json``
 (metrics, per-class precision / recall / F1, confusion matrix, absent classes),

@@ -21,7 +21,9 @@
 #                test embeddings and their cluster scores)
 #   7  score     per run: scores.json, per_class.md, confusion.png; per test set:
 #                exp/<tag>/results_<test>.{md,json}, mean ± std over folds and seeds, and
-#                an entry at the top of the recipe's RESULTS.md (--results_md)
+#                an entry at the top of the recipe's RESULTS.md (--results_md); folds and
+#                seeds that leave out runs of exp/<tag>/ evaluated on the test set (a subset)
+#                go to exp/<tag>/results_<test>.<folds>.seed<seeds>.{md,json} instead
 #   8  package   each fold and seed as a self-contained inference model
 #                exp/<tag>/<fold>/seed<seed>/model (crab-infer, CrabClassifier)
 set -euo pipefail
@@ -81,6 +83,16 @@ usage() {  # the header above and every option of the block with its default
 }
 case " $* " in *" --help "*|*" -h "*) usage; exit 0 ;; esac
 
+quote_words() {  # "$@" as one line to paste back into a shell: words quoted where they need it
+  local word line=
+  for word in "$@"; do
+    [[ ${word} =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]] || word=${word@Q}
+    line+=" ${word}"
+  done
+  echo "${line# }"
+}
+invocation=$(quote_words "$0" "$@")  # logged first: parse_options.sh consumes "$@"
+
 # The --config given by the user, if any: run.sh passes the recipe's default first, so with
 # --tuning a later one (called directly, without run.sh: any one) must be the tuning's config.
 args=("$@") configs_given=0 given_config=
@@ -139,9 +151,9 @@ if [ -n "${tuning}" ]; then  # the base config of the tuning file (checked whole
   fi
   config=${tuning_config}
 fi
-log "$0 $*"
+log "${invocation}"
 start=${SECONDS}
-command=${CRAB_COMMAND:-$0 $*}  # as the user typed it (run.sh exports it)
+command=${CRAB_COMMAND:-${invocation}}  # as the user typed it (run.sh exports it)
 
 # The yaml overrides of this experiment: the tuning file's, the ablation's, then --train_opts
 # (shell words); a later value of a key wins.
@@ -237,7 +249,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   log "Stage 3: checked manifests (policy: ${policy}, text: ${text_source}, modality: ${modality})"
   for fold in ${folds}; do
     for split in ${splits}; do
-      python -m crab.bin.make_manifest --data_dir "${data_dir}/${fold}/${split}" \
+      python -m crab.bin.make_manifest --data_dir "${data_dir}/${fold}/${split}" --fold "${fold}" \
         --data_root "${data_root}" --classes "${classes}" --policy "${policy}" --modality "${modality}" \
         --text_source "${text_source}" --text_only "${text_only}" --out "${data_dir}/${fold}/${split}.json"
     done
@@ -322,12 +334,17 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
         preds+=("${exp_dir}/${tag}/${fold}/seed${seed}/eval_${test_set}/predictions.csv")
       done
     done
+    # a subset of the runs evaluated on the test set is named by its folds and seeds: it
+    # never replaces the table of them all
+    results=${exp_dir}/${tag}/$(python -m crab.report results_name --test_set "${test_set}" "${preds[@]}")
+    [ "${results}" = "${exp_dir}/${tag}/results_${test_set}" ] ||
+      log "Stage 7: folds (${folds}) and seeds (${seeds}) leave out runs of ${tag} evaluated on ${test_set}: a subset, into ${results}.{md,json}"
     python -m crab.bin.score --per_run --tag "${tag}" --test_set "${test_set}" \
-      --title "${tag} on ${test_set}${tuning:+ (${tuning})}" --out "${exp_dir}/${tag}/results_${test_set}.md" \
-      --summary "${exp_dir}/${tag}/results_${test_set}.json" "${preds[@]}"
+      --title "${tag} on ${test_set}${tuning:+ (${tuning})}" --out "${results}.md" \
+      --summary "${results}.json" "${preds[@]}"
     if [ -n "${results_md}" ]; then
       python -m crab.report add_results --results_md "${results_md}" --command "${command}" \
-        --summary "${exp_dir}/${tag}/results_${test_set}.json" --config "${config}" --tuning "${tuning}" \
+        --summary "${results}.json" --config "${config}" --tuning "${tuning}" \
         --device "${device}" --corpus "$(basename "${PWD}")"
       log "Stage 7: ${tag} on ${test_set} added at the top of ${results_md}"
     fi

@@ -91,14 +91,23 @@ done
 settings="${ablations} ${tuned[*]-}"  # the rows of the ablation table
 read -r first _ <<< "${settings}"
 first=${first:-alpha${alphas%% *}}
+scored() {  # the summary of experiment $1 on test set $2 that stage 7 wrote last: of the folds
+  # and seeds of this sweep, also when they are a subset of the experiment's runs
+  python -m crab.report latest_results "${exp_dir}/$1" "$2"
+}
+test_sets=" "  # those of the first setting's summaries (a subset's: results_<test>.<folds>.seed<seeds>.json)
 for summary in "${exp_dir}/${first}"/results_*.json; do
-  test_set=$(basename "${summary}" .json); test_set=${test_set#results_}
-  about="${train_opts:+; ${train_opts}}"
+  test_set=$(basename "${summary}" .json); test_set=${test_set#results_}; test_set=${test_set%%.*}
+  [[ ${test_sets} == *" ${test_set} "* ]] || test_sets+="${test_set} "
+done
+# The tables' titles name train_opts; crab.bin.compare adds the config, folds and seeds of the runs.
+about="${train_opts:+; ${train_opts}}"
+for test_set in ${test_sets}; do
   if [ -n "${settings// /}" ]; then
     log "Ablation table on ${test_set}: ${exp_dir}/ablations_${test_set}.md"
     summaries=(); dumps=()
     for name in ${settings}; do
-      summaries+=("${exp_dir}/${name}/results_${test_set}.json")
+      summaries+=("$(scored "${name}" "${test_set}")")
       dump=$(find "${exp_dir}/${name}" -path "*/eval_${test_set}/embeddings.npz" | sort | head -n 1)
       [ -z "${dump}" ] || dumps+=("${name}=${dump}")
     done
@@ -111,8 +120,8 @@ for summary in "${exp_dir}/${first}"/results_*.json; do
   fi
   if [ -n "${alphas}" ]; then
     log "Alpha sweep on ${test_set}: ${exp_dir}/alpha_${test_set}.{md,png}"
-    summaries=(); for a in ${alphas}; do summaries+=("${exp_dir}/alpha${a}/results_${test_set}.json"); done
-    python -m crab.bin.compare alpha --baseline "${exp_dir}/ce_only/results_${test_set}.json" \
+    summaries=(); for a in ${alphas}; do summaries+=("$(scored "alpha${a}" "${test_set}")"); done
+    python -m crab.bin.compare alpha --baseline "$(scored ce_only "${test_set}")" \
       --title "UAR and WAR against alpha on ${test_set}${about}" \
       --plot "${exp_dir}/alpha_${test_set}.png" --out "${exp_dir}/alpha_${test_set}.md" "${summaries[@]}"
   fi

@@ -113,14 +113,16 @@ for m in ${methods}; do
       --table "${run_dir}/${m}/valid_curves.md" --out "${run_dir}/${m}/chosen_epochs" "${train_logs[@]}"
   fi
 done
-summaries=() compared=()
+summaries=() compared=() baseline=
 for m in ${methods}; do
-  summaries+=("${run_dir}/${m}/results_test.json")
-  [ "${m}" = ce_only ] || compared+=("${m}=${run_dir}/${m}/results_test.json")
+  # what stage 7 just wrote: a subset's summary when other seeds of the method are in run_dir
+  summary=$(python -m crab.report latest_results "${run_dir}/${m}" test)
+  summaries+=("${summary}")
+  if [ "${m}" = ce_only ]; then baseline=${summary}; else compared+=("${m}=${summary}"); fi
 done
 python -m crab.bin.compare table --title "EmoDB test, ${setting}" --out "${run_dir}/ablations_test.md" "${summaries[@]}"
-if [[ " ${methods} " == *" ce_only "* ]] && [ ${#compared[@]} -gt 0 ]; then
-  paired=(python -m crab.bin.paired --baseline "ce_only=${run_dir}/ce_only/results_test.json" "${compared[@]}")
+if [ -n "${baseline}" ] && [ ${#compared[@]} -gt 0 ]; then
+  paired=(python -m crab.bin.paired --baseline "ce_only=${baseline}" "${compared[@]}")
   "${paired[@]}" --out "${run_dir}/paired_test.md" --plot "${run_dir}/paired_test.png" \
     --title "Test UAR against weighted CE, ${setting}$([ "${trainval}" = false ] || echo ', 8 training speakers')"
   if [ "$(wc -w <<< "${seeds}")" -gt 1 ] && [ "$(wc -w <<< "${folds}")" -gt 1 ]; then  # the seeds of a fold averaged
