@@ -12,13 +12,14 @@ import pytest
 from crab.metrics import compute_scores
 from crab.report import checkpointed_training_seconds
 from tests.conftest import ROOT, read_settings
+from tests.test_cluster import FAKE_SBATCH
 
 RECIPE = os.path.join(ROOT, "egs", "mini")
 EPOCHS = 4
 CUT = "--max_duration=1.0"
 
 
-def run_recipe(tmp, *options, script="run.sh", check=True):
+def run_recipe(tmp, *options, script="run.sh", check=True, env=None):
     command = [
         "bash",
         os.path.join(RECIPE, script),
@@ -36,7 +37,7 @@ def run_recipe(tmp, *options, script="run.sh", check=True):
         str(tmp / "RESULTS.md"),  # never the recipe's own
         *options,
     ]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
         return result.stdout + result.stderr
@@ -179,3 +180,40 @@ def test_sweep_trains_each_setting_and_reevaluates_from_the_runs(recipe):
     run_recipe(tmp, *sweep, "--stage", "6", script="sweep.sh")  # evaluation again, no options
     for name, before in predictions.items():
         assert (exp / name / "main" / "seed42" / "eval_test" / "predictions.csv").read_text() == before
+
+
+def test_runs_as_jobs_through_a_scheduler_and_failed_jobs_are_named(recipe, tmp_path):
+    """Stages 5 and 6 with --nj 2 --cmd utils/slurm.sh (a stand-in sbatch runs each job
+    script at once): one job per seed, each the recipe's own stage with the options
+    given, the user's command recorded; a failed job stops the stage, naming its log."""
+    tmp, _, _ = recipe
+    (tmp_path / "sbatch").write_text(FAKE_SBATCH)
+    (tmp_path / "sbatch").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", FAKE_SBATCH_ARGS=str(tmp_path / "args"))
+    exp = tmp / "exp_jobs"
+    train_opts = f"--number_of_epochs=1 {CUT}"
+    launcher = "utils/slurm.sh --time 1:00:00"
+    jobs = ("--exp_dir", str(exp), "--nj", "2")
+    output = run_recipe(
+        tmp, "--stage", "5", "--stop_stage", "6", *jobs, "--seeds", "1 2", "--cmd", launcher,
+        "--train_opts", train_opts, env=env,
+    )  # fmt: skip
+    logs = exp / "crab_tiny" / "log"
+    assert f"Stage 5: 2 job(s), at most 2 at once, each through {launcher}; their logs: {logs}/" in output
+    for seed in (1, 2):
+        run_dir = exp / "crab_tiny" / "main" / f"seed{seed}"
+        settings = read_settings(run_dir / "hyperparams.yaml")
+        assert (settings["seed"], settings["number_of_epochs"], settings["max_duration"]) == (seed, 1, 1.0)
+        assert (run_dir / "eval_test" / "predictions.csv").is_file()
+        info = json.loads((run_dir / "train_info.json").read_text())
+        assert info["command"].startswith(f"{RECIPE}/run.sh ") and "--nj 2" in info["command"]
+        for stage in (5, 6):
+            log = (logs / f"stage{stage}.main.seed{seed}.log").read_text()
+            assert log.endswith("exit status 0\n") and f"--stage {stage} --stop_stage {stage}" in log
+            assert (logs / f"stage{stage}.main.seed{seed}.log.sbatch").is_file()
+    assert "--job-name\ncrab:stage6.main.seed" in (tmp_path / "args").read_text()
+
+    failed = run_recipe(tmp, "--stage", "6", "--stop_stage", "6", *jobs, "--seeds", "1 99", check=False)
+    assert failed.returncode != 0
+    assert f"1 of 2 job(s) failed, see the end of: {logs}/stage6.main.seed99.log" in failed.stderr
+    assert (logs / "stage6.main.seed1.log").read_text().endswith("exit status 0\n")

@@ -93,7 +93,8 @@ def test_template_copy_runs_end_to_end(tmp_path):
     # stage 7's entry in the copy's own RESULTS.md (a copy in tmp_path: the repository's stay as they are)
     assert (recipe / "RESULTS.md").read_text().startswith("# toy results\n")
 
-    # Frozen encoders: stage 4 extracts their states once, stages 5-7 read them.
+    # Frozen encoders: stage 4 extracts their states once, stages 5-7 read them; stages 4-6
+    # as jobs (--nj 2: stage 4 one job, 5 and 6 one per run) in exp/cached/log/.
     cache = tmp_path / "cache"
     frozen = "--number_of_epochs=1 --batch_size=4 --freeze_speech_encoder=true --freeze_text_encoder=true"
     result = subprocess.run(
@@ -114,6 +115,8 @@ def test_template_copy_runs_end_to_end(tmp_path):
             str(cache),
             "--train_opts",
             frozen,
+            "--nj",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -123,3 +126,10 @@ def test_template_copy_runs_end_to_end(tmp_path):
     index = json.loads((cache / "index.json").read_text())
     assert sum(len(utts) for utts in index["shards"].values()) == 32
     assert "cached" in (recipe / "exp" / "cached" / "results_test.md").read_text()
+    logs = recipe / "exp" / "cached" / "log"
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "stage4.log",
+        "stage5.main.seed42.log",
+        "stage6.main.seed42.log",
+    ]
+    assert all(p.read_text().endswith("exit status 0\n") for p in logs.iterdir())

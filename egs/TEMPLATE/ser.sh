@@ -26,6 +26,10 @@
 #                go to exp/<tag>/results_<test>.<folds>.seed<seeds>.{md,json} instead
 #   8  package   each fold and seed as a self-contained inference model
 #                exp/<tag>/<fold>/seed<seed>/model (crab-infer, CrabClassifier)
+#
+# With --nj N > 1 or --cmd, stages 4-6 run as jobs (utils/jobs.sh): each job is this
+# script for its stage and (5, 6) one fold and seed, N at once, here on GPUs of its own
+# or through a scheduler (--cmd "utils/slurm.sh ..."), logged to exp/<tag>/log/.
 set -euo pipefail
 
 # ---- options: name=default  # description (--help prints this block) ----
@@ -56,6 +60,10 @@ ngpu=0                  # 0: CPU; 1: cuda:0; N > 1: stage 5 trains on N GPUs (DD
 nproc=1                 # with --ngpu 0, N > 1: stage 5 trains with N CPU processes (DDP, gloo)
 torchrun_opts=          # torchrun options of a DDP stage 5 (empty: one node, --standalone); for 2 nodes, on each:
                         # "--nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500" (exp_dir shared)
+nj=1                    # stages 4-6 as jobs, at most N at once (5 and 6: one per fold and seed; 4: one, the folds
+                        # share the cache), each logged to exp/<tag>/log/; here, each job on --ngpu GPUs of its own
+cmd=                    # stages 4-6 as jobs, each through this launcher: "utils/slurm.sh [options]" on Slurm,
+                        # e.g. "utils/slurm.sh --partition gpu --time 1-00:00:00"; empty: in this shell
 embeddings=false        # stage 6: also dump and score the fused (fc1) test embeddings (true | false)
 feature_cache=          # frozen-encoder states (stage 4 extracts, stages 5-8 read); needs
                         # --train_opts "--freeze_speech_encoder=true --freeze_text_encoder=true"
@@ -92,6 +100,7 @@ quote_words() {  # "$@" as one line to paste back into a shell: words quoted whe
   echo "${line# }"
 }
 invocation=$(quote_words "$0" "$@")  # logged first: parse_options.sh consumes "$@"
+script_args=("$@")                   # a job of stages 4-6 is this script with these options (--nj, --cmd)
 
 # The --config given by the user, if any: run.sh passes the recipe's default first, so with
 # --tuning a later one (called directly, without run.sh: any one) must be the tuning's config.
@@ -111,7 +120,8 @@ if [ -n "${CRAB_RESULTS_MD+x}" ]; then results_md=${CRAB_RESULTS_MD}; fi  # test
 
 . utils/parse_options.sh
 . utils/check_options.sh
-check_int stage stop_stage ngpu nproc bpe_vocab_size
+check_int stage stop_stage ngpu nproc bpe_vocab_size nj
+[ "${nj}" -ge 1 ] || { echo "$0: --nj must be at least 1" >&2; exit 1; }
 check_bool embeddings text_only
 check_choice policy error skip
 check_choice text_source gold asr
@@ -143,6 +153,7 @@ fi
 
 . ./path.sh
 . utils/log.sh
+. utils/jobs.sh
 if [ -n "${tuning}" ]; then  # the base config of the tuning file (checked whole: one line on an error)
   tuning_config=$(python -m crab.report tuning "${tuning}")
   if [ -n "${given_config}" ] && ! [ "${given_config}" -ef "${tuning_config}" ]; then
@@ -153,7 +164,8 @@ if [ -n "${tuning}" ]; then  # the base config of the tuning file (checked whole
 fi
 log "${invocation}"
 start=${SECONDS}
-command=${CRAB_COMMAND:-${invocation}}  # as the user typed it (run.sh exports it)
+# as the user typed it (run.sh exports it); a job of stages 4-6 records the command that started it
+command=${CRAB_JOB_COMMAND:-${CRAB_COMMAND:-${invocation}}}
 
 # The yaml overrides of this experiment: the tuning file's, the ablation's, then --train_opts
 # (shell words); a later value of a key wins.
@@ -203,6 +215,39 @@ run_opts() {  # options of every run of fold $1, seed $2 (device $3: default ${d
   echo --data_root="${data_root}" --data_folder="${data_dir}/$1" --seed="$2" --classes="[${classes}]" \
     --output_folder="${exp_dir}/${tag}/$1/seed$2" ${run_device:+--device="${run_device}"} \
     ${feature_cache:+--feature_cache="${feature_cache}"}
+}
+
+# Stages 4-6 as jobs (--nj > 1 or --cmd): each job is this script, with the options given
+# here, for one stage and (stages 5, 6) one fold and seed, run by utils/jobs.sh.
+as_jobs() { [ "${nj}" -gt 1 ] || [ -n "${cmd}" ]; }
+
+stage_as_jobs() {  # stage_as_jobs S UNIT...: stage S as one job per UNIT, "FOLD SEED" ("" for all)
+  job_stage=$1
+  shift
+  job_units=("$@")
+  local unit fold_ seed_ names=()
+  for unit in "$@"; do
+    read -r fold_ seed_ <<< "${unit}"
+    names+=("stage${job_stage}${fold_:+.${fold_}.seed${seed_}}")
+  done
+  log "Stage ${job_stage}: ${#names[@]} job(s), at most ${nj} at once${cmd:+, each through ${cmd}}; their logs: ${exp_dir}/${tag}/log/"
+  export CRAB_JOB_COMMAND=${command}
+  if ! jobs_run "${nj}" "${cmd}" "${ngpu}" "${exp_dir}/${tag}/log" stage_job "${names[@]}"; then
+    log "Error: stage ${job_stage} failed (the end of each failed job's log says why)"
+    exit 1
+  fi
+}
+
+stage_job() {  # job $1 of stage_as_jobs, into the array job
+  local fold_ seed_
+  read -r fold_ seed_ <<< "${job_units[$1]}"
+  job=("$0" "${script_args[@]}" --stage "${job_stage}" --stop_stage "${job_stage}" --nj 1 --cmd "")
+  [ -z "${fold_}" ] || job+=(--folds "${fold_}" --seeds "${seed_}")
+}
+
+runs() {  # "FOLD SEED" of every run, a line each
+  local fold seed
+  for fold in ${folds}; do for seed in ${seeds}; do echo "${fold} ${seed}"; done; done
 }
 
 need_manifests() {  # stage $1 reads the manifests of stage 3 of the splits $2...
@@ -266,36 +311,45 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ -n "${feature_cache}" 
   # shellcheck disable=SC2086
   need_manifests 4 ${splits}
   read -r first_seed _ <<< "${seeds}"
-  for fold in ${folds}; do
-    log "Stage 4: frozen-encoder states of fold ${fold} into ${feature_cache} (re-running extracts only what is missing)"
-    manifests=(); for split in ${splits}; do manifests+=("${data_dir}/${fold}/${split}.json"); done
-    # The yaml's checkpointer makes its folder on load: exp/extract_features/<fold>, not a run's.
-    # shellcheck disable=SC2046
-    python -m crab.bin.extract_features "${config}" $(run_opts "${fold}" "${first_seed}") \
-      "${overrides[@]+"${overrides[@]}"}" --output_folder="${exp_dir}/extract_features/${fold}" \
-      --manifests "${manifests[@]}"
-  done
+  if as_jobs; then
+    stage_as_jobs 4 ""
+  else
+    for fold in ${folds}; do
+      log "Stage 4: frozen-encoder states of fold ${fold} into ${feature_cache} (re-running extracts only what is missing)"
+      manifests=(); for split in ${splits}; do manifests+=("${data_dir}/${fold}/${split}.json"); done
+      # The yaml's checkpointer makes its folder on load: exp/extract_features/<fold>, not a run's.
+      # shellcheck disable=SC2046
+      python -m crab.bin.extract_features "${config}" $(run_opts "${fold}" "${first_seed}") \
+        "${overrides[@]+"${overrides[@]}"}" --output_folder="${exp_dir}/extract_features/${fold}" \
+        --manifests "${manifests[@]}"
+    done
+  fi
 fi
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   need_manifests 5 train valid
-  for fold in ${folds}; do
-    for seed in ${seeds}; do
-      log "Stage 5: train ${tag}, fold ${fold}, seed ${seed} (re-running resumes)"
-      out=${exp_dir}/${tag}/${fold}/seed${seed}
-      before=0
-      if [ -f "${out}/train_log.txt" ]; then before=$(wc -l < "${out}/train_log.txt"); fi
-      t0=${SECONDS}
-      # shellcheck disable=SC2046
-      "${train_launcher[@]}" -m crab.bin.train "${config}" $(run_opts "${fold}" "${seed}" "${train_device}") \
-        "${ddp_opts[@]+"${ddp_opts[@]}"}" "${overrides[@]+"${overrides[@]}"}"
-      # epochs were trained; on several nodes, node 0 (the main process's) records them
-      if [ "${node_rank}" = 0 ] && [ "$(wc -l < "${out}/train_log.txt")" != "${before}" ]; then
-        python -m crab.report record_training --run_dir "${out}" --wall_s $((SECONDS - t0)) \
-          --command "${command}" --device "${train_desc}" --config "${config}" --tuning "${tuning}"
-      fi
+  if as_jobs; then
+    mapfile -t units < <(runs)
+    stage_as_jobs 5 "${units[@]}"
+  else
+    for fold in ${folds}; do
+      for seed in ${seeds}; do
+        log "Stage 5: train ${tag}, fold ${fold}, seed ${seed} (re-running resumes)"
+        out=${exp_dir}/${tag}/${fold}/seed${seed}
+        before=0
+        if [ -f "${out}/train_log.txt" ]; then before=$(wc -l < "${out}/train_log.txt"); fi
+        t0=${SECONDS}
+        # shellcheck disable=SC2046
+        "${train_launcher[@]}" -m crab.bin.train "${config}" $(run_opts "${fold}" "${seed}" "${train_device}") \
+          "${ddp_opts[@]+"${ddp_opts[@]}"}" "${overrides[@]+"${overrides[@]}"}"
+        # epochs were trained; on several nodes, node 0 (the main process's) records them
+        if [ "${node_rank}" = 0 ] && [ "$(wc -l < "${out}/train_log.txt")" != "${before}" ]; then
+          python -m crab.report record_training --run_dir "${out}" --wall_s $((SECONDS - t0)) \
+            --command "${command}" --device "${train_desc}" --config "${config}" --tuning "${tuning}"
+        fi
+      done
     done
-  done
+  fi
 fi
 
 # Stages 6-8 rebuild each run from its own hyperparams.yaml (saved by stage 5); the
@@ -310,19 +364,24 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
   tools=(crab.bin.evaluate); [ "${embeddings}" = false ] || tools+=(crab.bin.embeddings)
   # shellcheck disable=SC2086
   need_manifests 6 ${test_sets}
-  for fold in ${folds}; do
-    for seed in ${seeds}; do
-      for test_set in ${test_sets}; do
-        log "Stage 6: evaluate ${tag}, fold ${fold}, seed ${seed} on ${test_set} (${tools[*]})"
-        for tool in "${tools[@]}"; do
-          # shellcheck disable=SC2046
-          python -m "${tool}" "${config}" $(run_opts "${fold}" "${seed}") \
-            --test_manifest="${data_dir}/${fold}/${test_set}.json" --eval_name="${test_set}" \
-            "${overrides[@]+"${overrides[@]}"}"
+  if as_jobs; then
+    mapfile -t units < <(runs)
+    stage_as_jobs 6 "${units[@]}"
+  else
+    for fold in ${folds}; do
+      for seed in ${seeds}; do
+        for test_set in ${test_sets}; do
+          log "Stage 6: evaluate ${tag}, fold ${fold}, seed ${seed} on ${test_set} (${tools[*]})"
+          for tool in "${tools[@]}"; do
+            # shellcheck disable=SC2046
+            python -m "${tool}" "${config}" $(run_opts "${fold}" "${seed}") \
+              --test_manifest="${data_dir}/${fold}/${test_set}.json" --eval_name="${test_set}" \
+              "${overrides[@]+"${overrides[@]}"}"
+          done
         done
       done
     done
-  done
+  fi
 fi
 
 if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
