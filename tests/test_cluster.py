@@ -155,28 +155,35 @@ def test_too_few_gpus_for_the_local_workers_is_an_error():
 BUILD = """
 build() {  # job i: prints where it ran, sleeps a little, fails for c
   local names=(a b c d e)
-  local run='echo "job $0 on GPUs ${CUDA_VISIBLE_DEVICES:-none}"; sleep 0.2; [ "$0" != c ] || exit 4'
+  local run='echo "job $0 on GPUs ${CUDA_VISIBLE_DEVICES:-none}, $OMP_NUM_THREADS threads"; sleep 0.2
+    [ "$0" != c ] || exit 4'
   job=(bash -c "$run" "${names[$1]}")
 }
 """
 
 
 def test_local_jobs_run_n_at_a_time_each_on_its_workers_gpus(tmp_path):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="6,7")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="6,7", OMP_NUM_THREADS="5")
     result = jobs(f"{BUILD} jobs_run 2 '' 1 {tmp_path} build a b c d e", env=env)
     assert result.returncode == 1
     assert f"1 of 5 job(s) failed, see the end of: {tmp_path}/c.log" in result.stderr
     for name, gpu in zip("abcde", "67676", strict=True):  # worker 0: a, c, e; worker 1: b, d
         status = 4 if name == "c" else 0
-        assert (tmp_path / f"{name}.log").read_text() == f"job {name} on GPUs {gpu}\nexit status {status}\n"
+        log = (tmp_path / f"{name}.log").read_text()
+        assert log == f"job {name} on GPUs {gpu}, 2 threads\nexit status {status}\n"  # 5 cores / 2
 
 
 def test_jobs_through_a_launcher(tmp_path, slurm_env):
     launcher = f"{SLURM} --time '1:00:00'"
-    result = jobs(f'{BUILD} jobs_run 3 "{launcher}" 1 {tmp_path}/log build a b c', env=slurm_env)
+    env = dict(slurm_env, OMP_NUM_THREADS="99")  # a scheduler's job: the cores it has, not this count
+    result = jobs(f'{BUILD} jobs_run 3 "{launcher}" 1 {tmp_path}/log build a b c', env=env)
     assert result.returncode == 1 and f"see the end of: {tmp_path}/log/c.log" in result.stderr
     a = (tmp_path / "log" / "a.log").read_text().splitlines()
-    assert a == ["job a on GPUs none", f"job 4242 done; its output: {tmp_path}/log/a.log", "exit status 0"]
+    assert a == [
+        f"job a on GPUs none, {len(os.sched_getaffinity(0))} threads",
+        f"job 4242 done; its output: {tmp_path}/log/a.log",
+        "exit status 0",
+    ]
     c = (tmp_path / "log" / "c.log").read_text()
     assert c.endswith(f"job 4242 failed (status 4); its output: {tmp_path}/log/c.log\nexit status 4\n")
     assert (tmp_path / "log" / "a.log.sbatch").exists()

@@ -4,7 +4,8 @@
 #       job i is named NAME_i; the function BUILD, called as BUILD i, leaves its command
 #       in the array `job`. NJ workers run the jobs, worker w jobs w, w + NJ, ... one after
 #       another. CMD empty: here, worker w on its own NGPU GPUs (CUDA_VISIBLE_DEVICES,
-#       jobs_devices); else through the launcher CMD (shell words), called as
+#       jobs_devices) and its share of the cores (OMP_NUM_THREADS: oversubscribed, CPU
+#       training ran ~10x slower); else through the launcher CMD (shell words), called as
 #       CMD --gpus NGPU LOG COMMAND... (utils/slurm.sh). Each job's output goes to
 #       LOGDIR/NAME.log, which ends with "exit status N" (the launcher's own messages
 #       before it). Status 1, naming the failed logs, when any job failed.
@@ -32,7 +33,8 @@ jobs_devices() {
 jobs_run() {
   local nj=$1 cmd=$2 ngpu=$3 logdir=$4 build=$5
   shift 5
-  local names=("$@") devices=() launcher=() failed=() w name lines
+  local names=("$@") devices=() launcher=() failed=() w name lines threads
+  threads=$(( ${OMP_NUM_THREADS:-$(nproc)} / nj )); [ "${threads}" -ge 1 ] || threads=1
   if [ -n "${cmd}" ]; then
     mapfile -t launcher < <(python -c 'import shlex, sys; print(*shlex.split(sys.argv[1]), sep="\n")' "${cmd}")
   elif [ "${ngpu}" -gt 0 ]; then
@@ -43,6 +45,7 @@ jobs_run() {
   for ((w = 0; w < nj && w < ${#names[@]}; w++)); do
     (
       [ "${#devices[@]}" -eq 0 ] || export CUDA_VISIBLE_DEVICES=${devices[w]}
+      [ "${#launcher[@]}" -gt 0 ] || export OMP_NUM_THREADS=${threads}
       for ((i = w; i < ${#names[@]}; i += nj)); do
         local job=()
         "${build}" "${i}"  # sets job

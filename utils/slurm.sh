@@ -7,10 +7,10 @@
 # e.g. ./run.sh --stage 4 --ngpu 1 --nj 10 --cmd "utils/slurm.sh --partition gpu --time 1-00:00:00"
 #
 # The job runs COMMAND in the current directory with the current environment (sbatch's
-# default --export=ALL: the venv that path.sh activated, CRAB_COMMAND); its output goes
-# to LOG. The job script is kept beside LOG as LOG.sbatch, to read or resubmit. This
-# script waits for the job (sbatch --wait), cancels it when interrupted, and exits with
-# the job's status. --gpus 0 asks for no GPU. Site settings (account, QoS, constraints)
+# default --export=ALL: the venv that path.sh activated, CRAB_COMMAND), except the core
+# count (OMP_NUM_THREADS: the job's own, nproc); its output goes to LOG. The job script
+# is kept beside LOG as LOG.sbatch, to read or resubmit. This script waits for the job
+# (sbatch --wait), cancels it when interrupted, and exits with the job's status. --gpus 0 asks for no GPU. Site settings (account, QoS, constraints)
 # go in --sbatch_opts or in Slurm's SBATCH_* environment variables.
 set -euo pipefail
 
@@ -45,6 +45,9 @@ script=${log_file}.sbatch
   echo "#!/usr/bin/env bash"
   echo "# $(date '+%Y-%m-%dT%H:%M:%S') submitted by $0 from $(pwd)"
   printf 'cd %q\n' "$(pwd)"
+  # the cores of this job, not those of the submitting shell (nproc would print its count)
+  # shellcheck disable=SC2016
+  echo 'unset OMP_NUM_THREADS; export OMP_NUM_THREADS=$(nproc)'
   printf 'exec'
   printf ' %q' "$@"
   printf '\n'
