@@ -44,8 +44,8 @@ jobs_run() {
   mkdir -p "${logdir}"
   for ((w = 0; w < nj && w < ${#names[@]}; w++)); do
     (
-      [ "${#devices[@]}" -eq 0 ] || export CUDA_VISIBLE_DEVICES=${devices[w]}
-      [ "${#launcher[@]}" -gt 0 ] || export OMP_NUM_THREADS=${threads}
+      local here=(OMP_NUM_THREADS="${threads}")  # a local job's environment
+      [ "${#devices[@]}" -eq 0 ] || here+=(CUDA_VISIBLE_DEVICES="${devices[w]}")
       for ((i = w; i < ${#names[@]}; i += nj)); do
         local job=()
         "${build}" "${i}"  # sets job
@@ -54,7 +54,7 @@ jobs_run() {
           out=$("${launcher[@]}" --gpus "${ngpu}" "${log_file}" "${job[@]}" 2>&1) || rc=$?
           [ -z "${out}" ] || echo "${out}" >> "${log_file}"
         else
-          "${job[@]}" > "${log_file}" 2>&1 || rc=$?
+          env "${here[@]}" "${job[@]}" > "${log_file}" 2>&1 || rc=$?
         fi
         echo "exit status ${rc}" >> "${log_file}"
       done
