@@ -6,17 +6,9 @@
 #   CRAB_COMMAND   the command as typed, shell-quoted: results record it
 # then changes into the recipe directory.
 if [ -z "${CRAB_COMMAND:-}" ]; then
-  CRAB_COMMAND=$0
-  for _crab_arg in "$@"; do
-    if [[ ${_crab_arg} =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then
-      CRAB_COMMAND+=" ${_crab_arg}"
-    else  # a string to read and paste into a shell, not to execute from here
-      # shellcheck disable=SC2089,SC2090
-      CRAB_COMMAND+=" '${_crab_arg//\'/\'\\\'\'}'"
-    fi
-  done
-  unset _crab_arg
-  # shellcheck disable=SC2090
+  # shellcheck source=utils/log.sh
+  . "$(dirname "${BASH_SOURCE[0]}")/log.sh"
+  CRAB_COMMAND=$(quote_words "$0" "$@")  # a string to read and paste into a shell
   export CRAB_COMMAND
 fi
 export CRAB_USER_CWD=${CRAB_USER_CWD:-${PWD}}

@@ -91,14 +91,7 @@ usage() {  # the header above and every option of the block with its default
 }
 case " $* " in *" --help "*|*" -h "*) usage; exit 0 ;; esac
 
-quote_words() {  # "$@" as one line to paste back into a shell: words quoted where they need it
-  local word line=
-  for word in "$@"; do
-    [[ ${word} =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]] || word=${word@Q}
-    line+=" ${word}"
-  done
-  echo "${line# }"
-}
+. utils/log.sh
 invocation=$(quote_words "$0" "$@")  # logged first: parse_options.sh consumes "$@"
 script_args=("$@")                   # a job of stages 4-6 is this script with these options (--nj, --cmd)
 
@@ -152,7 +145,6 @@ if [ "${text_only}" = false ] && [ ! -d "${data_root}" ] && { [ "${stage}" -gt 0
 fi
 
 . ./path.sh
-. utils/log.sh
 . utils/jobs.sh
 if [ -n "${tuning}" ]; then  # the base config of the tuning file (checked whole: one line on an error)
   tuning_config=$(python -m crab.report tuning "${tuning}")
