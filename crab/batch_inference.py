@@ -536,7 +536,7 @@ def _short(value):
 
 
 def check_outputs(job):
-    """Refuse an ``out`` (or ``<out>.model``, ``.errors``, ``.tmp``) that is a directory or one
+    """Refuse an ``out`` (or ``<out>.model``, ``.errors``, ...) that is a directory or one
     of the inputs: wav.scp, the text file, a file of the model (or of the local ASR model).
 
     Parameters
@@ -559,7 +559,7 @@ def check_outputs(job):
     for option, folder in dirs:
         for base, _, files in os.walk(folder):
             inputs += [(f"a file of {option}", os.path.join(base, name)) for name in files]
-    for path in (out, *(out + suffix for suffix in (".model", ".errors", ".sources", ".lock", ".tmp"))):
+    for path in (out, *(out + suffix for suffix in (".model", ".errors", ".sources", ".lock"))):
         if os.path.isdir(path):
             raise UsageError(f"--out {out}: {path} is a directory")
         real = os.path.realpath(path)

@@ -42,6 +42,7 @@ import numpy as np
 
 from crab import cli
 from crab.embeddings import EMBEDDING_SCORES
+from crab.fileio import write_text_atomic
 from crab.metrics import METRICS, classification_report
 from crab.provenance import UNKNOWN, describe, read_run_provenance
 
@@ -833,10 +834,7 @@ def add_results_entry(path, summary_path, command, config=None, tuning=None, dev
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 old = f.read()
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(insert_entry(old, entry, title))
-        os.replace(tmp, path)
+        write_text_atomic(path, insert_entry(old, entry, title))
     return entry
 
 
