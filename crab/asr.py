@@ -36,14 +36,42 @@ def write_transcripts(path, transcripts, order):
 
 def check_model(marker, model, overwrite):
     """Stop when the existing transcripts came from another model."""
-    if os.path.isfile(marker) and not overwrite:
-        with open(marker, encoding="utf-8") as f:
-            previous = f.read().strip()
+    previous = recorded_model(marker)
+    if previous is not None and not overwrite:
         if previous != model:
             raise UserError(
                 f"{os.path.dirname(marker)}/text.asr was made with '{previous}', not '{model}': "
                 "remove it, or pass --overwrite true to transcribe again"
             )
+
+
+def recorded_model(marker):
+    """The model ``record_model`` wrote into ``marker``, or None without one."""
+    if not os.path.isfile(marker):
+        return None
+    with open(marker, encoding="utf-8") as f:
+        return f.read().strip()
+
+
+def reusable_transcripts(utts, wavs, model, data_dirs):
+    """Transcripts of ``utts`` already made by ``model`` in other data directories
+    (``data_dirs``), for the same audio: the same ``wav.scp`` entry. A corpus's folds
+    hold each utterance once per fold; it is transcribed once."""
+    from crab.datadir import read_table, read_transcripts
+
+    found = {}
+    for data_dir in data_dirs:
+        if len(found) == len(utts):
+            break
+        out = os.path.join(data_dir, "text.asr")
+        if recorded_model(out + ".model") != model:
+            continue
+        their_wavs = read_table(os.path.join(data_dir, "wav.scp"))
+        theirs = read_transcripts(out)
+        for utt in utts:
+            if utt not in found and utt in theirs and their_wavs.get(utt) == wavs[utt]:
+                found[utt] = theirs[utt]
+    return found
 
 
 def record_model(marker, model):

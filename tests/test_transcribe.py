@@ -244,6 +244,38 @@ def test_finished_dir_does_not_load_the_model(tmp_path, monkeypatch):
     assert (data_dir / "text.asr").read_text() == before
 
 
+def test_utterances_of_other_folds_are_taken_from_their_transcripts(tmp_path, monkeypatch):
+    """--reuse: an utterance transcribed by the same model in another fold's data
+    directory, from the same wav.scp entry, is not transcribed again."""
+    fold1, utts = make_data_dir(tmp_path / "fold1", n=4)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
+    run(fold1, "model-a")
+    theirs = dict(read_lines(fold1 / "text.asr"))
+    other_model, _ = make_data_dir(tmp_path / "other", n=4)
+    (other_model / "wav.scp").write_text((fold1 / "wav.scp").read_text())
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel(texts={0: "from model-b"}).load)
+    run(other_model, "model-b")
+    fold2 = tmp_path / "fold2"
+    fold2.mkdir()
+    entries = dict(line.split() for line in (fold1 / "wav.scp").read_text().splitlines())
+    moved = tmp_path / "elsewhere.wav"
+    moved.write_bytes(open(entries[utts[1]], "rb").read())
+    # utts[0] as in fold1, utts[1] from other audio, utts[2] no longer in fold1's wav.scp
+    (fold2 / "wav.scp").write_text(
+        f"{utts[0]} {entries[utts[0]]}\n{utts[1]} {moved}\n{utts[2]} {entries[utts[2]]}\n"
+    )
+    (fold1 / "wav.scp").write_text(f"{utts[0]} {entries[utts[0]]}\n{utts[1]} {entries[utts[1]]}\n")
+    fake = FakeModel(texts={0: "new 0", 1: "new 1"})
+    monkeypatch.setattr(asr, "load_transcriber", fake.load)
+    run(fold2, "model-a", "--reuse", str(other_model), str(fold1))
+    assert fake.batches == [2]  # utts[1] and utts[2]; utts[0] taken from fold1, not from model-b's
+    assert read_lines(fold2 / "text.asr") == [
+        [utts[0], theirs[utts[0]]],
+        [utts[1], "new 0"],
+        [utts[2], "new 1"],
+    ]
+
+
 def test_other_model_stops_unless_overwrite(tmp_path, monkeypatch):
     data_dir, _ = make_data_dir(tmp_path, n=2)
     monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)

@@ -19,9 +19,11 @@ re-run transcribes only the utterances not there yet (a finished directory costs
 nothing, not even loading the model); at the end the file is rewritten atomically
 in ``wav.scp`` order. The model's name is kept in ``text.asr.model``: a re-run
 with another model stops instead of mixing transcripts (``--overwrite true``
-starts over). An empty ASR output, or audio too short for the speech encoder,
-gives an empty transcript, counted and logged: the manifest checks of stage 3
-then stop on it or, with the skip policy, leave it out. A failure that may pass
+starts over). ``--reuse DIR ...`` takes the transcripts that the same model made in
+other data directories (a corpus's other folds) for the same ``wav.scp`` entries.
+An empty ASR output, or audio too short for the speech encoder, gives an empty
+transcript, counted and logged: the manifest checks of stage 3 then stop on it or,
+with the skip policy, leave it out. A failure that may pass
 (missing or unreadable audio, the model raising on a batch: each of its
 utterances is then tried alone) is not recorded: the utterance gets no line, is
 listed in ``text.asr.failed`` (``utt reason``) and tried again by the next run;
@@ -57,6 +59,14 @@ def parse_args(argv=None):
     parser.add_argument("--max_new_tokens", type=int, default=128, help="longest transcript, in tokens")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: float16 on CUDA, else float32")
     parser.add_argument("--overwrite", type=str2bool, default=False, help="true: transcribe everything again")
+    parser.add_argument(
+        "--reuse",
+        nargs="*",
+        default=[],
+        metavar="DATA_DIR",
+        help="other data directories whose text.asr, made by the same --model, gives the "
+        "transcripts of utterances with the same wav.scp entry (stage 2: a corpus's other folds)",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
@@ -73,11 +83,20 @@ def main(argv=None):
     done = {} if args.overwrite else read_transcripts(out)
     done = {utt: text for utt, text in done.items() if utt in wavs}
     todo = [utt for utt in wavs if utt not in done]
+    reused = asr.reusable_transcripts(todo, wavs, args.model, args.reuse)
+    done.update(reused)
+    todo = [utt for utt in todo if utt not in reused]
     # a model that cannot be loaded (a typo) stops here, before anything is written
     transcriber = asr.load_transcriber(args) if todo else None  # through the module: tests patch it there
     record_model(out + ".model", args.model)
     write_transcripts(out, done, wavs)  # drops a cut-off line and utterances no longer in wav.scp
-    logger.info("%s: %d utterances, %d already transcribed", args.data_dir, len(wavs), len(done))
+    logger.info(
+        "%s: %d utterances, %d already transcribed (%d of them in --reuse directories)",
+        args.data_dir,
+        len(wavs),
+        len(done),
+        len(reused),
+    )
     failed = {}
     if todo:
         new, failed = transcribe_batches(todo, wavs, transcriber, out, args.batch_size)

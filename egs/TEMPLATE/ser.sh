@@ -27,7 +27,7 @@
 #   8  package   each fold and seed as a self-contained inference model
 #                exp/<tag>/<fold>/seed<seed>/model (crab-infer, CrabClassifier)
 #
-# With --nj N > 1 or --cmd, stages 4-6 run as jobs (utils/jobs.sh): each job is this
+# With --nj N > 1 or --cmd, stages 2 and 4-6 run as jobs (utils/jobs.sh): each job is this
 # script for its stage and (5, 6) one fold and seed, N at once, here on GPUs of its own
 # or through a scheduler (--cmd "utils/slurm.sh ..."), logged to exp/<tag>/log/.
 set -euo pipefail
@@ -60,9 +60,9 @@ ngpu=0                  # 0: CPU; 1: cuda:0; N > 1: stage 5 trains on N GPUs (DD
 nproc=1                 # with --ngpu 0, N > 1: stage 5 trains with N CPU processes (DDP, gloo)
 torchrun_opts=          # torchrun options of a DDP stage 5 (empty: one node, --standalone); for 2 nodes, on each:
                         # "--nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500" (exp_dir shared)
-nj=1                    # stages 4-6 as jobs, at most N at once (5 and 6: one per fold and seed; 4: one, the folds
-                        # share the cache), each logged to exp/<tag>/log/; here, each job on --ngpu GPUs of its own
-cmd=                    # stages 4-6 as jobs, each through this launcher: "utils/slurm.sh [options]" on Slurm,
+nj=1                    # stages 2, 4-6 as jobs, at most N at once (5, 6: one per fold and seed; 2, 4: one, the folds
+                        # share the transcripts, the cache), each logged to exp/<tag>/log/; here, on --ngpu GPUs each
+cmd=                    # stages 2, 4-6 as jobs, each through this launcher: "utils/slurm.sh [options]" on Slurm,
                         # e.g. "utils/slurm.sh --partition gpu --time 1-00:00:00"; empty: in this shell
 embeddings=false        # stage 6: also dump and score the fused (fc1) test embeddings (true | false)
 feature_cache=          # frozen-encoder states (stage 4 extracts, stages 5-8 read); needs
@@ -93,7 +93,7 @@ case " $* " in *" --help "*|*" -h "*) usage; exit 0 ;; esac
 
 . utils/log.sh
 invocation=$(quote_words "$0" "$@")  # logged first: parse_options.sh consumes "$@"
-script_args=("$@")                   # a job of stages 4-6 is this script with these options (--nj, --cmd)
+script_args=("$@")                   # a job of stages 2, 4-6 is this script with these options (--nj, --cmd)
 
 # The --config given by the user, if any: run.sh passes the recipe's default first, so with
 # --tuning a later one (called directly, without run.sh: any one) must be the tuning's config.
@@ -156,7 +156,7 @@ if [ -n "${tuning}" ]; then  # the base config of the tuning file (checked whole
 fi
 log "${invocation}"
 start=${SECONDS}
-# as the user typed it (run.sh exports it); a job of stages 4-6 records the command that started it
+# as the user typed it (run.sh exports it); a job of stages 2, 4-6 records the command that started it
 command=${CRAB_JOB_COMMAND:-${CRAB_COMMAND:-${invocation}}}
 
 # The yaml overrides of this experiment: the tuning file's, the ablation's, then --train_opts
@@ -209,7 +209,7 @@ run_opts() {  # options of every run of fold $1, seed $2 (device $3: default ${d
     ${feature_cache:+--feature_cache="${feature_cache}"}
 }
 
-# Stages 4-6 as jobs (--nj > 1 or --cmd): each job is this script, with the options given
+# Stages 2, 4-6 as jobs (--nj > 1 or --cmd): each job is this script, with the options given
 # here, for one stage and (stages 5, 6) one fold and seed, run by utils/jobs.sh.
 as_jobs() { [ "${nj}" -gt 1 ] || [ -n "${cmd}" ]; }
 
@@ -273,13 +273,20 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
 fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ] && [ -n "${asr_model}" ]; then
-  log "Stage 2: ASR transcripts with ${asr_model}"
-  for fold in ${folds}; do
-    for split in ${splits}; do
-      python -m crab.bin.transcribe --data_dir "${data_dir}/${fold}/${split}" \
-        --model "${asr_model}" --device "${device}" "${asr_extra[@]+"${asr_extra[@]}"}"
+  if as_jobs; then
+    stage_as_jobs 2 ""
+  else
+    log "Stage 2: ASR transcripts with ${asr_model} (an utterance in several folds is transcribed once)"
+    transcribed=()
+    for fold in ${folds}; do
+      for split in ${splits}; do
+        python -m crab.bin.transcribe --data_dir "${data_dir}/${fold}/${split}" \
+          --model "${asr_model}" --device "${device}" "${asr_extra[@]+"${asr_extra[@]}"}" \
+          --reuse "${transcribed[@]+"${transcribed[@]}"}"
+        transcribed+=("${data_dir}/${fold}/${split}")
+      done
     done
-  done
+  fi
 fi
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
