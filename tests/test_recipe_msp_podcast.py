@@ -311,12 +311,21 @@ def test_stages_1_to_8_with_asr_transcripts(corpus, tmp_path):
             "--language english --max_new_tokens 8 --batch_size 8",
             "--train_opts",
             "--number_of_epochs=1 --batch_size=4",
+            "--nj",
+            "2",  # stages 2, 5 and 6 as jobs
         ],
         capture_output=True,
         text=True,
         env={**os.environ, "MSP_PODCAST": str(corpus)},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    logs = tmp_path / "exp" / "crab_tiny" / "log"
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "stage2.log",
+        "stage5.official.seed42.log",
+        "stage6.official.seed42.log",
+    ]
+    assert all(p.read_text().endswith("exit status 0\n") for p in logs.iterdir())
     data = tmp_path / "data" / "official"
     for split, n in (("train", 16), ("valid", 8), ("test1", 8), ("test2", 8)):
         asr = table(data / split / "text.asr")
