@@ -173,6 +173,14 @@ def test_local_jobs_run_n_at_a_time_each_on_its_workers_gpus(tmp_path):
         assert log == f"job {name} on GPUs {gpu}, 2 threads\nexit status {status}\n"  # 5 cores / 2
 
 
+def test_a_launcher_that_is_not_shell_words_is_an_error(tmp_path):
+    result = jobs(f'{BUILD} jobs_run 1 "utils/slurm.sh --partition \'gpu" 0 {tmp_path} build a')
+    assert (
+        result.returncode == 1 and "--cmd 'utils/slurm.sh --partition 'gpu': not shell words" in result.stderr
+    )
+    assert not (tmp_path / "a.log").exists()  # nothing ran here instead
+
+
 def test_jobs_through_a_launcher(tmp_path, slurm_env):
     launcher = f"{SLURM} --time '1:00:00'"
     env = dict(slurm_env, OMP_NUM_THREADS="99")  # a scheduler's job: the cores it has, not this count

@@ -36,7 +36,11 @@ jobs_run() {
   local names=("$@") devices=() launcher=() failed=() w name lines threads
   threads=$(( ${OMP_NUM_THREADS:-$(nproc)} / nj )); [ "${threads}" -ge 1 ] || threads=1
   if [ -n "${cmd}" ]; then
-    mapfile -t launcher < <(python -c 'import shlex, sys; print(*shlex.split(sys.argv[1]), sep="\n")' "${cmd}")
+    if ! lines=$(python -c 'import shlex, sys; print(*shlex.split(sys.argv[1]), sep="\n")' "${cmd}" 2>&1); then
+      echo "--cmd '${cmd}': not shell words (${lines##*: })" >&2
+      return 1
+    fi
+    mapfile -t launcher <<< "${lines}"
   elif [ "${ngpu}" -gt 0 ]; then
     lines=$(jobs_devices "$((nj < ${#names[@]} ? nj : ${#names[@]}))" "${ngpu}") || return 1
     mapfile -t devices <<< "${lines}"
