@@ -181,6 +181,12 @@ def test_a_launcher_that_is_not_shell_words_is_an_error(tmp_path):
     assert not (tmp_path / "a.log").exists()  # nothing ran here instead
 
 
+def test_a_launcher_that_is_not_found_is_an_error(tmp_path):
+    result = jobs(f"{BUILD} jobs_run 1 'utils/slurmm.sh --time 1:00' 0 {tmp_path} build a")
+    assert result.returncode == 1
+    assert "--cmd 'utils/slurmm.sh --time 1:00': no program utils/slurmm.sh" in result.stderr
+
+
 def test_jobs_through_a_launcher(tmp_path, slurm_env):
     launcher = f"{SLURM} --time '1:00:00'"
     env = dict(slurm_env, OMP_NUM_THREADS="99")  # a scheduler's job: the cores it has, not this count

@@ -67,6 +67,7 @@ def test_help_lists_every_option_without_a_venv(bare_clone):
         (["--policy", "ignore"], "--policy must be one of: error skip; got 'ignore'"),
         (["--text_source", "whisper"], "--text_source must be one of: gold asr; got 'whisper'"),
         (["--no_such_option", "1"], "unknown option --no_such_option"),
+        (["--nj", "0"], "--nj must be at least 1"),
     ],
 )
 def test_bad_option_values_are_one_line_errors(bare_clone, args, message):
@@ -88,6 +89,12 @@ def run_mini(tmp_path, *options):
         str(tmp_path / "exp"),
     )
     return run(os.path.join(ROOT, "egs", "mini", "run.sh"), *options, *folders)
+
+
+def test_a_launcher_that_is_not_found_stops_before_the_first_stage(tmp_path):
+    result = run_mini(tmp_path, "--stage", "1", "--cmd", "utils/nosuch.sh --time 1:00")
+    assert result.returncode == 1 and "no program utils/nosuch.sh" in result.stderr
+    assert "Stage 1" not in result.stdout + result.stderr
 
 
 def test_stage_5_before_stage_3_names_the_missing_manifest(tmp_path):

@@ -9,9 +9,25 @@
 #       CMD --gpus NGPU LOG COMMAND... (utils/slurm.sh). Each job's output goes to
 #       LOGDIR/NAME.log, which ends with "exit status N" (the launcher's own messages
 #       before it). Status 1, naming the failed logs, when any job failed.
+#   jobs_launcher CMD
+#       the words of the launcher CMD, a line each; an error when CMD is not shell words or
+#       its program is not found (ser.sh checks --cmd with it before its first stage).
 #   jobs_devices NJ NGPU
 #       the GPUs of each of NJ workers, a comma-separated line each, from
 #       CUDA_VISIBLE_DEVICES, else nvidia-smi; an error when there are fewer than NJ x NGPU.
+
+jobs_launcher() {
+  local words
+  if ! words=$(python -c 'import shlex, sys; print(*shlex.split(sys.argv[1]), sep="\n")' "$1" 2>&1); then
+    echo "--cmd '$1': not shell words (${words##*: })" >&2
+    return 1
+  fi
+  if ! command -v "${words%%$'\n'*}" > /dev/null; then
+    echo "--cmd '$1': no program ${words%%$'\n'*} (a path from the recipe directory, or on PATH)" >&2
+    return 1
+  fi
+  echo "${words}"
+}
 
 jobs_devices() {
   local nj=$1 ngpu=$2 all=() w
@@ -36,10 +52,7 @@ jobs_run() {
   local names=("$@") devices=() launcher=() failed=() w name lines threads
   threads=$(( ${OMP_NUM_THREADS:-$(nproc)} / nj )); [ "${threads}" -ge 1 ] || threads=1
   if [ -n "${cmd}" ]; then
-    if ! lines=$(python -c 'import shlex, sys; print(*shlex.split(sys.argv[1]), sep="\n")' "${cmd}" 2>&1); then
-      echo "--cmd '${cmd}': not shell words (${lines##*: })" >&2
-      return 1
-    fi
+    lines=$(jobs_launcher "${cmd}") || return 1
     mapfile -t launcher <<< "${lines}"
   elif [ "${ngpu}" -gt 0 ]; then
     lines=$(jobs_devices "$((nj < ${#names[@]} ? nj : ${#names[@]}))" "${ngpu}") || return 1

@@ -146,6 +146,7 @@ fi
 
 . ./path.sh
 . utils/jobs.sh
+if [ -n "${cmd}" ]; then jobs_launcher "${cmd}" > /dev/null || exit 1; fi  # before the first stage
 if [ -n "${tuning}" ]; then  # the base config of the tuning file (checked whole: one line on an error)
   tuning_config=$(python -m crab.report tuning "${tuning}")
   if [ -n "${given_config}" ] && ! [ "${given_config}" -ef "${tuning_config}" ]; then
