@@ -13,6 +13,7 @@ import yaml
 from crab.checkpointing import RandomState
 from crab.encoders import lengths_to_mask, relative_to_absolute
 from crab.features import cached_states
+from crab.fileio import commit, stage
 from crab.losses import total_loss
 from crab.metrics import METRICS, compute_scores
 from crab.model import NonFiniteOutputError, non_finite_rows
@@ -379,16 +380,31 @@ class CrabBrain(sb.Brain):
         return os.path.join(hparams["output_folder"], f"eval_{hparams.get('eval_name') or 'test'}")
 
     def _write_eval(self, ids, targets, probs, stats):
-        """Write ``predictions.csv`` and ``scores.json`` to ``self.eval_folder()``."""
+        """Write ``predictions.csv`` and ``scores.json`` to ``self.eval_folder()``, each whole
+        (``crab.fileio``: a kill leaves the old ones; a cut predictions.csv would be scored
+        as a smaller test set)."""
         classes = list(self.hparams.classes)
         eval_dir = self.eval_folder()
         os.makedirs(eval_dir, exist_ok=True)
-        with open(os.path.join(eval_dir, "predictions.csv"), "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "true", "predicted"] + [f"prob_{c}" for c in classes])
-            for utt, target, p in zip(ids, targets, probs.tolist(), strict=True):
-                predicted = max(range(len(p)), key=p.__getitem__)
-                writer.writerow([utt, classes[target], classes[predicted]] + [f"{x:.6f}" for x in p])
-        with open(os.path.join(eval_dir, "scores.json"), "w") as f:
-            json.dump({"num_utterances": len(ids), **{k: stats[k] for k in METRICS}}, f, indent=2)
+
+        def predictions(path):
+            with open(path, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(["id", "true", "predicted"] + [f"prob_{c}" for c in classes])
+                for utt, target, p in zip(ids, targets, probs.tolist(), strict=True):
+                    predicted = max(range(len(p)), key=p.__getitem__)
+                    writer.writerow([utt, classes[target], classes[predicted]] + [f"{x:.6f}" for x in p])
+
+        def scores(path):
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump({"num_utterances": len(ids), **{k: stats[k] for k in METRICS}}, f, indent=2)
+
+        commit(
+            stage(
+                [
+                    (os.path.join(eval_dir, "predictions.csv"), predictions),
+                    (os.path.join(eval_dir, "scores.json"), scores),
+                ]
+            )
+        )
         logger.info("Wrote predictions and scores to %s", eval_dir)

@@ -15,6 +15,7 @@ from speechbrain.utils.distributed import if_main_process, is_distributed_initia
 from crab.brain import CrabBrain
 from crab.data import DataError, class_counts, label_encoder, make_dataset
 from crab.features import FeatureCache
+from crab.fileio import write_text_atomic
 from crab.locking import FolderLockedError, folder_lock
 from crab.runconfig import (  # noqa: F401 (the configuration helpers, imported from here too)
     TOP_LEVEL_KEY,
@@ -87,12 +88,8 @@ def _write_labels_and_weights(hparams, encoder_path, weights_path):
     counts = class_counts(hparams["train_manifest"], classes)
     hparams["wce"].set_counts(counts)
     weights = hparams["wce"].weight.tolist()
-    with open(weights_path, "w", encoding="utf-8") as f:
-        json.dump(
-            {c: {"count": n, "weight": w} for c, n, w in zip(classes, counts, weights, strict=True)},
-            f,
-            indent=2,
-        )
+    saved = {c: {"count": n, "weight": w} for c, n, w in zip(classes, counts, weights, strict=True)}
+    write_text_atomic(weights_path, json.dumps(saved, indent=2))
     logger.info("Class counts %s, weights N/N_c %s", counts, [round(w, 3) for w in weights])
 
 

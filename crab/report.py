@@ -121,8 +121,7 @@ def record_training(run_dir, wall_s, command, device="cpu", config=None, tuning=
     if config is not None or tuning is not None:
         info.update(config=config, tuning=tuning or None)
     os.makedirs(run_dir, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
+    write_text_atomic(path, json.dumps(info, indent=2))
     return info
 
 
@@ -626,10 +625,10 @@ def write_run_files(eval_dir, report, name):
     ``report`` (``crab.metrics.classification_report``) of run ``name`` to ``eval_dir``."""
     from crab.plots import plot_confusion  # matplotlib only when drawing
 
-    with open(os.path.join(eval_dir, "scores.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(eval_dir, "per_class.md"), "w", encoding="utf-8") as f:
-        f.write(per_class_markdown(report, title=f"{name}: per-class scores"))
+    write_text_atomic(os.path.join(eval_dir, "scores.json"), json.dumps(report, indent=2))
+    write_text_atomic(
+        os.path.join(eval_dir, "per_class.md"), per_class_markdown(report, title=f"{name}: per-class scores")
+    )
     scores = ", ".join(f"{m} {report[m]:.4f}" for m in ("WAR", "UAR"))
     plot_confusion(
         report["confusion_matrix"],

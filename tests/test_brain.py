@@ -189,3 +189,29 @@ def test_bf16_training_step_through_speechbrain_agrees_with_fp32(data, tmp_path)
         os.chdir(cwd)
     assert math.isfinite(losses["bf16"]) and changed["bf16"] == changed["fp32"] > 0
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=BF16_LOSS_RTOL), losses
+
+
+def test_an_evaluation_cut_short_leaves_the_previous_predictions(tmp_path, monkeypatch):
+    """predictions.csv and scores.json are replaced together, each whole: a failure while
+    writing them (a kill) leaves the previous pair, not a shorter test set to score."""
+    from types import SimpleNamespace
+
+    from crab.brain import CrabBrain
+
+    stand_in = SimpleNamespace(hparams=SimpleNamespace(classes=["a", "b"]), eval_folder=lambda: str(tmp_path))
+    stats = {"WAR": 0.5, "UAR": 0.5, "macro_F1": 0.5, "weighted_F1": 0.5}
+    CrabBrain._write_eval(stand_in, ["u1", "u2"], [0, 1], torch.tensor([[0.9, 0.1], [0.2, 0.8]]), stats)
+    before = {name: (tmp_path / name).read_text() for name in ("predictions.csv", "scores.json")}
+    assert before["predictions.csv"].splitlines()[1:] == [
+        "u1,a,a,0.900000,0.100000",
+        "u2,b,b,0.200000,0.800000",
+    ]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", killed)  # scores.json, written after predictions.csv
+    with pytest.raises(KeyboardInterrupt):
+        CrabBrain._write_eval(stand_in, ["u3"], [0], torch.tensor([[0.6, 0.4]]), stats)
+    assert {name: (tmp_path / name).read_text() for name in before} == before
+    assert sorted(os.listdir(tmp_path)) == ["predictions.csv", "scores.json"]  # no temporary file left

@@ -25,6 +25,7 @@ import os
 import sys
 
 from crab import cli
+from crab.fileio import write_text_atomic
 from crab.report import results_table
 
 
@@ -51,11 +52,9 @@ def main(argv=None):
     )
     print(table)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(table)
+        write_text_atomic(args.out, table)
     if args.summary:
-        with open(args.summary, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
+        write_text_atomic(args.summary, json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
