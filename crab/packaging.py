@@ -3,9 +3,10 @@
 ``package(hparams, out, ...)`` writes the directory ``crab.bin.package`` describes:
 model.ckpt, label_encoder.ckpt, class_weights.json, metadata.json, hyperparams.yaml
 (checked by ``crab.inference.check_package_hparams`` when loaded), the encoders'
-configs, custom_interface.py; then loads it back and checks it reproduces the model.
-metadata.json records every other file with its size and sha256
-(``crab.inference.package_files``): loading refuses a package that lost or changed one.
+configs, custom_interface.py, README.md (``crab.model_card``); then loads it back and
+checks it reproduces the model. metadata.json records every other file but README.md
+with its size and sha256 (``crab.inference.package_files``): loading refuses a package
+that lost or changed one.
 
 hyperparams.yaml is the committed hyperpyyaml template ``crab/templates/inference.yaml``
 (``INFERENCE_TEMPLATE``) with each ``!PLACEHOLDER`` value filled from the run's own
@@ -33,6 +34,7 @@ from crab import cli
 from crab.data import label_encoder
 from crab.encoders import waveform_normalization_mode
 from crab.inference import ENCODER_DIRS, METADATA, CrabClassifier, load_weights, package_files
+from crab.model_card import CARD, model_card
 from crab.report import git_commit
 
 logger = logging.getLogger(__name__)
@@ -282,6 +284,8 @@ def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=No
     }
     with open(os.path.join(tmp, METADATA), "w", encoding="utf-8") as f:
         json.dump(metadata, f, indent=2)
+    with open(os.path.join(tmp, CARD), "w", encoding="utf-8") as f:  # after the record: its owner may edit it
+        f.write(model_card(metadata, hparams.get("max_duration")))
 
     needs = {"speech": model.speech_encoder is not None, "text": model.text_encoder is not None}
     check_package(tmp, model, needs, hparams.get("max_duration"))

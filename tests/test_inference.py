@@ -191,10 +191,71 @@ def test_the_package_records_its_files(trained):
         for base, _, names in os.walk(model_dir)
         for name in names
     }
-    assert set(files) == on_disk - {"metadata.json"} and "text_encoder/tokenizer.json" in files
+    assert set(files) == on_disk - {"metadata.json", "README.md"} and "text_encoder/tokenizer.json" in files
     for name, entry in files.items():
         path = model_dir / name
         assert entry == {"size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def test_the_model_card_says_what_the_model_expects_and_may_be_edited(trained, tmp_path):
+    model_dir = copy_package(trained, tmp_path)
+    card = (model_dir / "README.md").read_text()
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert card.startswith("---\nlibrary_name: speechbrain\npipeline_tag: audio-classification\n")
+    assert f"| classes (output order) | {', '.join(CLASSES)} |" in card
+    assert "| transcripts | trained on human (gold) transcripts: give it those" in card
+    assert "| speech encoder | `conf/wavlm_tiny` (wavlm) |" in card
+    validation = ", ".join(f"{k} {v:.4f}" for k, v in meta["training"]["valid_scores"].items())
+    assert f"| validation | {validation} |" in card
+    assert str(trained[3]) not in card  # the trainer's paths stay in metadata.json
+    (model_dir / "README.md").write_text("# our emotion model\n")  # the owner's own card
+    assert CrabClassifier.from_hparams(source=str(model_dir)).classes == CLASSES
+
+
+@pytest.mark.parametrize(
+    ("modality", "text_source", "asr_model", "expected"),
+    [
+        (
+            "bimodal",
+            "asr",
+            "openai/whisper-large-v3",
+            "`crab-infer --text_mode asr --asr_model openai/whisper-large-v3`",
+        ),
+        ("text", "gold", None, "pipeline_tag: text-classification"),
+        ("speech", "unknown", None, 'clf.classify_file("utt.wav")\n'),
+    ],
+)
+def test_the_model_card_of_each_modality_and_transcript_source(modality, text_source, asr_model, expected):
+    from crab.model_card import model_card
+
+    encoders = {"speech": {"source": "microsoft/wavlm-large", "model_type": "wavlm"}}
+    encoders["text"] = {
+        "source": "roberta-large",
+        "model_type": "roberta",
+        "tokenizer": {"source": "roberta-large"},
+    }
+    metadata = {
+        "created": "2026-11-30T00:00:00+00:00",
+        "classes": ["angry", "sad"],
+        "modality": modality,
+        "training": {
+            "output_folder": "/home/someone/exp/crab/session1/seed42",
+            "epoch": 7,
+            "ckpt_metric": "UAR",
+            "valid_scores": {"UAR": 0.7},
+            "text_source": text_source,
+            "asr_model": asr_model,
+        },
+        "encoders": {b: e for b, e in encoders.items() if modality in ("bimodal", b)},
+        "num_parameters": 600_000_000,
+        "versions": {"crab": "0.1.0", "torch": "2.11"},
+    }
+    card = model_card(metadata, max_duration=12.0)
+    assert expected in card
+    assert "from the run `crab/session1/seed42`" in card and "/home/someone" not in card
+    assert ("| text encoder |" in card) == (modality != "speech")
+    assert ("the first 12 s of each utterance" in card) == (modality != "text")
+    assert "| checkpoint | epoch 7, best validation UAR |" in card and "| parameters | 600,000,000 |" in card
 
 
 def copy_package(trained, tmp_path, recorded=True):

@@ -20,6 +20,8 @@ writes DIR:
     speech_encoder/         config (and feature extractor) of the speech encoder
     text_encoder/           config and tokenizer of the text encoder
     custom_interface.py     for SpeechBrain's foreign_class
+    README.md               the model card (classes, expected inputs, encoders, training,
+                            validation scores, how to load it): not in the record, to edit
 
 The transcripts the model was trained on (gold, or ASR and the ASR model that made
 them) are the run's record, ``RUN/text_source.json`` (``crab.provenance``, written by
