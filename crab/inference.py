@@ -445,6 +445,33 @@ class PackagedCrab(nn.Module):
         return self._model()(wavs, wav_lens, texts)
 
 
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def package_dir(source, savedir=None, revision=None, allow_network=True):
+    """The local directory of the package ``source``: ``source`` itself, or, for a Hugging
+    Face Hub id (``owner/name``, not a directory here), the whole repository downloaded as
+    plain files (no links into the hub's cache) into ``savedir``, else into
+    ``<hub cache>/crab_packages/owner--name``. A package from the hub is then checked like
+    any other (``check_package_files``: every file against metadata.json's record)."""
+    source = str(source)
+    if os.path.isdir(source):
+        return source
+    if not HUB_ID.fullmatch(source) or not allow_network:
+        raise ModelFileError(f"{source} is not a directory (a package directory, or a Hugging Face Hub id)")
+    from huggingface_hub import constants, snapshot_download
+
+    target = savedir or os.path.join(constants.HF_HUB_CACHE, "crab_packages", source.replace("/", "--"))
+    try:
+        return snapshot_download(repo_id=source, revision=revision, local_dir=str(target))
+    except (OSError, ValueError) as err:  # offline, no such repository, no access
+        first = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise ModelFileError(
+            f"{source} is not a directory here and could not be downloaded from the Hugging Face Hub "
+            f"({type(err).__name__}: {first}): give a package directory"
+        ) from None
+
+
 def _check_present(folder, names):
     for name in names:
         path = os.path.join(folder, name)
@@ -549,7 +576,8 @@ class CrabClassifier(Pretrained):
         fetch_config=None,
         **kwargs,
     ):
-        """Load from a package directory; by default in place (``LocalStrategy.NO_LINK``).
+        """Load from a package directory, or a Hugging Face Hub id (``package_dir``: the whole
+        repository downloaded first); by default in place (``LocalStrategy.NO_LINK``).
 
         As SpeechBrain's ``Pretrained.from_hparams``, but the yaml built is the text that
         ``check_package_hparams`` checked, and a package directory is checked
@@ -559,11 +587,12 @@ class CrabClassifier(Pretrained):
         that the copy is complete.
         """
         fetch_config = fetch_config or FetchConfig()
-        local = os.path.isdir(str(source))
-        if local:
-            _check_present(str(source), [hparams_file, WEIGHTS, LABELS])
-            if savedir is not None:
-                fetch_config = dataclasses.replace(fetch_config, overwrite=True)
+        if not os.path.isdir(str(source)):  # a hub id: the whole package, then loaded in place
+            source = package_dir(source, savedir, fetch_config.revision, fetch_config.allow_network)
+            savedir = None
+        _check_present(str(source), [hparams_file, WEIGHTS, LABELS])
+        if savedir is not None:
+            fetch_config = dataclasses.replace(fetch_config, overwrite=True)
         hparams_path = fetch(
             filename=hparams_file,
             source=source,
@@ -575,10 +604,9 @@ class CrabClassifier(Pretrained):
         # refuse a yaml that would run anything but the package's own classes (hyperpyyaml
         # runs any !apply:, !new:, !name: it is given)
         text = check_package_hparams(hparams_path)
-        if local:
-            check_package_files(str(source))
-            if savedir is not None and local_strategy in (LocalStrategy.COPY, LocalStrategy.COPY_SKIP_CACHE):
-                _copy_encoder_folders(str(source), str(savedir))
+        check_package_files(str(source))
+        if savedir is not None and local_strategy in (LocalStrategy.COPY, LocalStrategy.COPY_SKIP_CACHE):
+            _copy_encoder_folders(str(source), str(savedir))
         hparams = load_hyperpyyaml(text, overrides or {}, overrides_must_match)
         hparams["savedir"] = savedir
         pretrainer = hparams["pretrainer"]

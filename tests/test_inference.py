@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -380,6 +381,65 @@ def test_packaging_again_gives_the_same_package(trained, data, tmp_path):
     (tmp_path / "notes").mkdir()
     with pytest.raises(SystemExit, match="not a Crab package"):
         package(data, run_dir, tmp_path / "notes")
+
+
+class StandInHub:
+    """``huggingface_hub.snapshot_download`` that copies ``package`` (after ``damage``) into
+    ``local_dir``, or raises ``error``; its calls are recorded."""
+
+    def __init__(self, package=None, damage=None, error=None):
+        self.package, self.damage, self.error, self.calls = package, damage, error, []
+
+    def __call__(self, repo_id, revision=None, local_dir=None, **kwargs):
+        self.calls.append((repo_id, local_dir))
+        if self.error:
+            raise self.error
+        shutil.copytree(self.package, local_dir, dirs_exist_ok=True)
+        if self.damage:
+            self.damage(Path(local_dir))
+        return local_dir
+
+
+def test_a_package_on_the_hub_is_downloaded_whole_then_checked(trained, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub = StandInHub(trained[2])
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    assert (
+        CrabClassifier.from_hparams(source="someone/crab-model", savedir=str(tmp_path / "dl")).classes
+        == CLASSES
+    )
+    cached = tmp_path / "hub" / "crab_packages" / "someone--crab-model"
+    out, scp, text = (tmp_path / name for name in ("r.tsv", "wav.scp", "text"))
+    sf.write(tmp_path / "u.wav", tone(0.5, 200), 16000)
+    scp.write_text(f"u {tmp_path}/u.wav\n")
+    text.write_text("u hello\n")
+    args = ("--wav_scp", scp, "--text", text, "--text_mode", "gold", "--out", out)
+    assert cli("--model", "someone/crab-model", *args) == 0
+    assert hub.calls == [("someone/crab-model", str(tmp_path / "dl")), ("someone/crab-model", str(cached))]
+    assert out.read_text().splitlines()[1].startswith("u\t")
+
+    # checked like a directory: a repository that lost a file is refused, naming it
+    hub.damage = lambda m: (m / "text_encoder" / "tokenizer.json").unlink()
+    with pytest.raises(ModelFileError, match="text_encoder/tokenizer.json is missing"):
+        CrabClassifier.from_hparams(source="someone/crab-model", savedir=str(tmp_path / "dl2"))
+
+
+def test_a_model_that_is_neither_here_nor_on_the_hub_is_a_one_line_error(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", StandInHub(error=OSError("no connection\nmore"))
+    )
+    message = "someone/crab-model is not a directory here and could not be downloaded.*OSError: no connection"
+    for error, source in ((message, "someone/crab-model"), ("is not a directory", str(tmp_path / "gone"))):
+        with pytest.raises(ModelFileError, match=error) as err:
+            CrabClassifier.from_hparams(source=source)
+        assert "\n" not in str(err.value)
+    answer = cli("--model", "someone/crab-model", "--wav_scp", tmp_path / "w", "--out", tmp_path / "o",
+                 "--text_mode", "none")  # fmt: skip
+    assert re.match(f"ERROR: {message}", answer) and not (tmp_path / "o").exists()
 
 
 def test_round_trip_from_hparams_and_foreign_class(trained, data, tmp_path, monkeypatch):

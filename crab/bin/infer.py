@@ -3,7 +3,9 @@
     crab-infer --model exp/crab/main/seed42/model --wav_scp data/test/wav.scp \\
         --text data/test/text --text_mode gold --out results.tsv
 
-``--model`` is a directory written by ``crab.bin.package`` (recipe stage 8).
+``--model`` is a directory written by ``crab.bin.package`` (recipe stage 8), or the
+Hugging Face Hub id of one (``owner/name``: the repository is downloaded whole, as plain
+files, under the hub's cache, then checked like a directory: ``crab.inference.package_dir``).
 ``wav.scp`` holds ``<utt-id> <audio path>`` lines (any sample rate, any channel
 count: the audio is read at 16 kHz mono). Where the transcripts come from is
 always said with ``--text_mode``, never guessed:
@@ -94,7 +96,11 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--model", required=True, help="packaged model directory (crab.bin.package)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="packaged model directory (crab.bin.package), or its Hugging Face Hub id (downloaded whole)",
+    )
     parser.add_argument("--wav_scp", required=True, help="Kaldi-style '<utt-id> <audio path>' lines")
     parser.add_argument("--out", required=True, help="results file (resumed when it exists)")
     parser.add_argument(
@@ -163,10 +169,11 @@ def parse_args(argv=None):
 def run(args):
     """Classify with the options of ``args`` (``crab.batch_inference.classify_wav_scp``); returns
     its ``Tally``."""
-    job = InferenceJob(
-        **{field.name: getattr(args, field.name) for field in dataclasses.fields(InferenceJob)}
-    )
-    return classify_wav_scp(job)
+    from crab.inference import package_dir  # torch and SpeechBrain: not for --help
+
+    options = {field.name: getattr(args, field.name) for field in dataclasses.fields(InferenceJob)}
+    options["model"] = package_dir(args.model)  # a hub id: downloaded whole first
+    return classify_wav_scp(InferenceJob(**options))
 
 
 def summary(out, tally):
