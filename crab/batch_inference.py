@@ -831,8 +831,9 @@ def check_not_segmented(wav_scp):
         raise UsageError(
             f"--wav_scp {wav_scp}: {segments} cuts its recordings into utterances, and crab-infer "
             "reads no segments file (it would classify the first max_duration seconds of each "
-            "whole recording): write each segment to an audio file and list those, or, to classify "
-            "whole recordings, copy wav.scp to a folder without segments"
+            "whole recording): cut them into files first (python -m crab.bin.cut_segments "
+            f"--data_dir {os.path.dirname(os.path.abspath(wav_scp))} --out_dir DIR, then --wav_scp "
+            "DIR/wav.scp), or, to classify whole recordings, copy wav.scp to a folder without segments"
         )
 
 

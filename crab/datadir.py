@@ -91,6 +91,12 @@ def read_data_dir(data_dir, text_source="gold", text_only=False):
     A directory that ``write_data_dir`` did not finish (``WRITING``) is refused: its
     tables may be a mix of old and new ones.
     """
+    if os.path.exists(os.path.join(data_dir, "segments")):
+        raise DataPrepError(
+            f"{data_dir}/segments: its utterances are spans of the recordings of wav.scp, and a "
+            f"manifest lists one audio file per utterance: cut them first (python -m "
+            f"crab.bin.cut_segments --data_dir {data_dir} --out_dir DIR) and prepare DIR"
+        )
     if os.path.exists(os.path.join(data_dir, WRITING)):
         raise DataPrepError(
             f"{data_dir}: data prep stopped while writing its tables ({WRITING} is there), which may "

@@ -93,6 +93,16 @@ def test_stage_3_refuses_tables_of_other_utterances_whatever_the_policy(tmp_path
         make_manifest.main([*argv, "--out", str(tmp_path / "train.json"), "--policy", "skip"])
 
 
+def test_stage_3_sends_a_segmented_data_directory_to_be_cut(tmp_path):
+    write_data_dir(tmp_path / "dev", {**OLD_TABLES, "segments": {"a": "rec 0 1", "b": "rec 1 2"}})
+    argv = ["--data_dir", str(tmp_path / "dev"), "--data_root", "/db", "--classes", "sad,happy"]
+    message = (
+        rf"{tmp_path}/dev/segments: its utterances are spans.*crab.bin.cut_segments --data_dir {tmp_path}/dev"
+    )
+    with pytest.raises(SystemExit, match=message):
+        make_manifest.main([*argv, "--out", str(tmp_path / "dev.json")])
+
+
 def test_one_reader_many_policies(tmp_path):
     table = tmp_path / "t"
     table.write_bytes(b"\xef\xbb\xbfu1 a.wav\n\nu2  b c \nu1 again\nu3 cmd |\nu4\n")

@@ -398,6 +398,7 @@ def test_segments_piped_lines_and_relative_paths(trained, data, tmp_path, monkey
     (tmp_path / "segments").write_text("good_a-seg1 good_a 0.0 0.5\n")
     message = gold(model_dir, tmp_path, out)
     assert f"{tmp_path}/segments cuts its recordings into utterances" in message and not out.exists()
+    assert f"python -m crab.bin.cut_segments --data_dir {tmp_path} --out_dir DIR" in message
     (tmp_path / "segments").unlink()
 
     # a piped line fails on its own and is never run; its transcript is one of wav.scp's

@@ -39,7 +39,7 @@ unless ``--skip_errors``. A relative audio path is read from the current
 directory (a missing one says where it was looked for). A ``segments`` file
 beside wav.scp is refused: that wav.scp lists recordings, and crab-infer reads
 no segments (it would classify the first ``max_duration`` seconds of each whole
-recording); write the segments to audio files first.
+recording); cut them into audio files first with ``python -m crab.bin.cut_segments``.
 
 Resumable: each batch is appended to ``<out>`` and flushed, so an interrupted
 run leaves valid results, and a re-run classifies only the utterances not

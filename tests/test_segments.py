@@ -1,0 +1,81 @@
+"""Cutting a segmented Kaldi data directory into one wav per utterance (crab.segments,
+crab.bin.cut_segments): samples unchanged, bad segments listed, crab-infer pointed to it."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from crab.bin import cut_segments
+from crab.segments import cut_segments as cut
+
+RATE = 8000
+
+
+@pytest.fixture
+def segmented(tmp_path):
+    """A data dir: a 2 s stereo 16-bit recording 'rec' (samples = their own index), a
+    missing one, and segments of every kind."""
+    data = tmp_path / "data"
+    data.mkdir()
+    samples = np.stack([np.arange(2 * RATE), -np.arange(2 * RATE)], axis=1).astype(np.int16)
+    sf.write(tmp_path / "rec.wav", samples, RATE, subtype="PCM_16")
+    (data / "wav.scp").write_text(f"rec {tmp_path}/rec.wav\ngone {tmp_path}/gone.wav\n")
+    (data / "segments").write_text(
+        "u1 rec 0.0 0.5\n"
+        "u2 rec 0.5 1.25\n"
+        "u3 rec 1.5 -1\n"  # to the end
+        "u4 rec 1.75 2.3\n"  # 0.3 s past the end: cut there
+        "u5 rec 1.0 3.0\n"  # 1 s past the end
+        "u6 other 0 1\n"
+        "u7 gone 0 1\n"
+        "u8 rec 1.0 0.5\n"
+        "u9 rec zero 1\n"
+        "u1 rec 0 1\n"
+    )
+    (data / "text").write_text("u1 first\nu2 second\nu5 fifth\n")
+    (data / "utt2emo").write_text("u1 angry\nu2 sad\nu3 sad\nu4 happy\n")
+    return data, samples
+
+
+def test_each_segment_becomes_a_wav_of_its_samples(segmented, tmp_path):
+    data, samples = segmented
+    out = tmp_path / "cut"
+    written, failures = cut(str(data), str(out))
+    assert written == 4
+    for utt, (start, end) in {
+        "u1": (0, 4000),
+        "u2": (4000, 10000),
+        "u3": (12000, 16000),
+        "u4": (14000, 16000),
+    }.items():
+        got, rate = sf.read(out / "audio" / f"{utt}.wav", dtype="int16", always_2d=True)
+        assert rate == RATE and sf.info(out / "audio" / f"{utt}.wav").subtype == "PCM_16"
+        assert np.array_equal(got, samples[start:end]), utt
+    assert (out / "wav.scp").read_text() == "".join(
+        f"{u} {out}/audio/{u}.wav\n" for u in ("u1", "u2", "u3", "u4")
+    )
+    assert (out / "text").read_text() == "u1 first\nu2 second\n"  # the utterances written
+    assert (out / "utt2emo").read_text() == "u1 angry\nu2 sad\nu3 sad\nu4 happy\n"
+    reasons = {f.utt + str(f.line): f.reason for f in failures}
+    assert "more than 0.5 s after the recording's end (2 s)" in reasons["u55"]
+    assert reasons["u66"] == "recording 'other' is not in wav.scp"
+    assert reasons["u77"].startswith(f"recording {tmp_path}/gone.wav cannot be read")
+    assert reasons["u88"].startswith("expected '<utt-id> <recording-id> <start> <end>'") and "u99" in reasons
+    assert reasons["u110"] == "duplicate utterance id (first on line 1)"
+    errors = (out / "segments.errors").read_text().splitlines()
+    assert len(errors) == 6 and errors[0].startswith("u8\t8\texpected")
+
+
+def test_the_command_lists_failures_and_fails(segmented, tmp_path, capsys):
+    data, _ = segmented
+    with pytest.raises(SystemExit, match=r"ERROR: 6 segment\(s\) could not be cut \(e.g. u8, line 8"):
+        cut_segments.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "cut")])
+    assert "4 utterances cut, 6 failed" in capsys.readouterr().out
+    (data / "segments").write_text("u1 rec 0.0 0.5\n")
+    cut_segments.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "cut")])
+    assert not (tmp_path / "cut" / "segments.errors").exists()  # the old list goes
+    assert (tmp_path / "cut" / "wav.scp").read_text().count("\n") == 1
+    with pytest.raises(SystemExit, match="elsewhere than"):
+        cut_segments.main(["--data_dir", str(data), "--out_dir", str(data)])
+    with pytest.raises(SystemExit, match="segments: no such file"):
+        cut_segments.main(["--data_dir", str(tmp_path / "cut"), "--out_dir", str(tmp_path / "x")])
