@@ -135,3 +135,12 @@ def read_settings(path):
     """The plain values of a hyperpyyaml file (a run's or a package's hyperparams.yaml)."""
     with open(path, encoding="utf-8") as f:
         return yaml.load(f, Loader=_TagsAsNone)
+
+
+def finished_jobs(log_dir):
+    """The names of the job logs in ``log_dir`` (ser.sh --nj, --cmd), each checked to end
+    with the job's success."""
+    logs = sorted(p for p in log_dir.iterdir() if p.suffix == ".log")
+    failed = [p.name for p in logs if not p.read_text().endswith("exit status 0\n")]
+    assert not failed, f"jobs that did not succeed: {failed}"
+    return [p.name for p in logs]
