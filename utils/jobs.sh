@@ -8,7 +8,8 @@
 #       training ran ~10x slower); else through the launcher CMD (shell words), called as
 #       CMD --gpus NGPU LOG COMMAND... (utils/slurm.sh). Each job's output goes to
 #       LOGDIR/NAME.log, which ends with "exit status N" (the launcher's own messages
-#       before it). Status 1, naming the failed logs, when any job failed.
+#       before it); a line on standard output says when each starts and ends. Status 1,
+#       naming the failed logs, when any job failed.
 #   jobs_launcher CMD
 #       the words of the launcher CMD, a line each; an error when CMD is not shell words or
 #       its program is not found (ser.sh checks --cmd with it before its first stage).
@@ -66,7 +67,8 @@ jobs_run() {
       for ((i = w; i < ${#names[@]}; i += nj)); do
         local job=()
         "${build}" "${i}"  # sets job
-        local log_file=${logdir}/${names[i]}.log rc=0 out
+        local log_file=${logdir}/${names[i]}.log rc=0 out t0=${SECONDS}
+        echo "$(date '+%Y-%m-%dT%H:%M:%S') job ${names[i]}: started (log: ${log_file})"
         if [ "${#launcher[@]}" -gt 0 ]; then
           out=$("${launcher[@]}" --gpus "${ngpu}" "${log_file}" "${job[@]}" 2>&1) || rc=$?
           [ -z "${out}" ] || echo "${out}" >> "${log_file}"
@@ -74,6 +76,7 @@ jobs_run() {
           env "${here[@]}" "${job[@]}" > "${log_file}" 2>&1 || rc=$?
         fi
         echo "exit status ${rc}" >> "${log_file}"
+        echo "$(date '+%Y-%m-%dT%H:%M:%S') job ${names[i]}: exit status ${rc} after $((SECONDS - t0)) s"
       done
     ) &
   done
