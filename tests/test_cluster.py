@@ -167,7 +167,7 @@ def test_local_jobs_run_n_at_a_time_each_on_its_workers_gpus(tmp_path):
     result = jobs(f"{BUILD} jobs_run 2 '' 1 {tmp_path} build a b c d e", env=env)
     assert result.returncode == 1
     progress = [line.split(" ", 1)[1] for line in result.stdout.splitlines()]
-    assert f"job c: started (log: {tmp_path}/c.log)" in progress
+    assert f"job c: started on GPUs 6 (log: {tmp_path}/c.log)" in progress
     assert any(line.startswith("job c: exit status 4 after ") for line in progress) and len(progress) == 10
     assert f"1 of 5 job(s) failed, see the end of: {tmp_path}/c.log" in result.stderr
     for name, gpu in zip("abcde", "67676", strict=True):  # worker 0: a, c, e; worker 1: b, d

@@ -17,6 +17,9 @@
 #   ddp         stage 5 under torchrun, nccl: run.sh --ngpu N with N > 1 GPUs, one
 #               process through torch.distributed.run with one (gloo on CPU); fails if
 #               torch warns that destroy_process_group() was never called
+#   jobs        stages 5-6 of two seeds as jobs, --nj 2: on CUDA with 2 or more GPUs, a GPU
+#               each (their start lines must name different ones; skipped with one GPU),
+#               on CPU two processes
 #   bench_base  crab.bin.benchmark --size base --precision bf16 (MELD-like 2.5-3.5 s)
 #   bench_large crab.bin.benchmark --size large --precision bf16, 8 x 12 s
 #   bench_large_infer --size large bf16, 64 x 3 s, inference only (--infer_only): the rate
@@ -173,6 +176,20 @@ if wanted ddp; then
       -m crab.bin.train conf/crab_tiny.yaml --data_root="${RECIPE}/data/corpus" --data_folder=data/main \
       --seed=42 "--classes=[${classes}]" --output_folder="${work}/exp/ddp1/main/seed42" \
       --distributed_backend="${backend}" "${device_opt[@]}" --number_of_epochs="${epochs}"
+  fi
+fi
+
+if wanted jobs; then
+  if [ "${device}" = cuda ] && [ "${ngpu:-$(gpus_seen)}" -lt 2 ]; then
+    skip jobs "needs 2 GPUs (a GPU per job)"
+  else
+    jobs_gpus=0; [ "${device}" = cpu ] || jobs_gpus=1
+    run_check jobs 600 "${recipe[@]}" --stage 5 --stop_stage 6 --ngpu "${jobs_gpus}" --nj 2 --seeds "1 2" \
+      --tag jobs --train_opts "--number_of_epochs=${epochs}"
+    if [ "${jobs_gpus}" = 1 ]; then  # the two jobs' start lines name two GPUs
+      run_check jobs_two_gpus 10 bash -c \
+        "[ \$(grep -o 'started on GPUs [^ ]*' '${work}/logs/jobs.log' | sort -u | wc -l) -ge 2 ]"
+    fi
   fi
 fi
 

@@ -68,7 +68,7 @@ jobs_run() {
         local job=()
         "${build}" "${i}"  # sets job
         local log_file=${logdir}/${names[i]}.log rc=0 out t0=${SECONDS}
-        echo "$(date '+%Y-%m-%dT%H:%M:%S') job ${names[i]}: started (log: ${log_file})"
+        echo "$(date '+%Y-%m-%dT%H:%M:%S') job ${names[i]}: started${devices[w]:+ on GPUs ${devices[w]}} (log: ${log_file})"
         if [ "${#launcher[@]}" -gt 0 ]; then
           out=$("${launcher[@]}" --gpus "${ngpu}" "${log_file}" "${job[@]}" 2>&1) || rc=$?
           [ -z "${out}" ] || echo "${out}" >> "${log_file}"
