@@ -177,9 +177,14 @@ def test_sweep_trains_each_setting_and_reevaluates_from_the_runs(recipe):
         for name in ("ce_only", "mlcs")
     }
     assert legs["ce_only"] == [] and len(legs["mlcs"]) == 5
-    run_recipe(tmp, *sweep, "--stage", "6", script="sweep.sh")  # evaluation again, no options
+    # evaluation again, no options; the two settings at once
+    run_recipe(tmp, *sweep, "--stage", "6", "--settings_nj", "2", script="sweep.sh")
     for name, before in predictions.items():
         assert (exp / name / "main" / "seed42" / "eval_test" / "predictions.csv").read_text() == before
+        assert (exp / f"{name}.sweep.log").read_text().endswith("exit status 0\n")
+    assert (exp / "ablations_test.md").read_text().split("\n", 1)[1] == table.split("\n", 1)[
+        1
+    ]  # but the title
 
 
 def test_runs_as_jobs_through_a_scheduler_and_failed_jobs_are_named(recipe, tmp_path):

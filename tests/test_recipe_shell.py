@@ -167,7 +167,11 @@ def test_sweep_needs_a_setting_and_checks_names(tmp_path):
     assert result.returncode != 0 and "no ablation 'no_such_ablation'" in result.stdout + result.stderr
     assert not (tmp_path / "exp").exists()  # nothing trained
     result = run(sweep, "--help")
-    assert result.returncode == 0 and "--alphas" in result.stdout
+    assert result.returncode == 0 and "--alphas" in result.stdout and "--settings_nj" in result.stdout
+    result = run(
+        sweep, "--ablations", "ce_only mlcs", "--settings_nj", "2", "--ngpu=1", "--exp_dir", str(tmp_path)
+    )
+    assert result.returncode == 1 and "the settings would share the GPUs; give --cmd" in result.stderr
 
 
 def test_setup_makes_a_recipe_of_links_and_copies(tmp_path):

@@ -10,7 +10,10 @@
 #   ./sweep.sh --tunings "conf/tuning/a.yaml conf/tuning/b.yaml"   # exp/a/, exp/b/, in exp/ablations_<test>.md
 #
 # Options of its own (below); every other option goes to run.sh as it is, e.g.
-# --seeds "1 2 3", --folds, --feature_cache, --ngpu.
+# --seeds "1 2 3", --folds, --feature_cache, --ngpu, --nj, --cmd. With --settings_nj N,
+# N settings run at once, each logged to exp/<name>.sweep.log: through a scheduler
+# (--cmd) all their jobs are submitted together; on GPUs here they would share them,
+# so that needs --cmd (on CPU the cores are shared out).
 set -euo pipefail
 
 # ---- options: name=default  # description ----
@@ -22,10 +25,11 @@ train_opts=         # overrides for every setting, after the ablation's or tunin
 exp_dir=exp         # experiments
 stage=5             # first stage of each run
 stop_stage=7        # last stage of each run (the tables need 7)
+settings_nj=1       # settings at once (see above)
 # ---- end of options ----
 
 . "$(dirname "$0")/utils/enter_recipe.sh"
-own=" ablations alphas tunings ablation_table train_opts exp_dir stage stop_stage "
+own=" ablations alphas tunings ablation_table train_opts exp_dir stage stop_stage settings_nj "
 forward=()  # run.sh options: each takes a value
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,7 +46,17 @@ while [ $# -gt 0 ]; do
   if [[ ${own} == *" ${name} "* ]]; then printf -v "${name}" '%s' "${value}"; else forward+=("--${name}" "${value}"); fi
 done
 . utils/check_options.sh
-check_int stage stop_stage
+check_int stage stop_stage settings_nj
+[ "${settings_nj}" -ge 1 ] || { echo "$0: --settings_nj must be at least 1" >&2; exit 1; }
+given() {  # the last value of run.sh option --$1 among those forwarded, else $2
+  local i value=$2
+  for ((i = 0; i < ${#forward[@]}; i += 2)); do [ "${forward[i]}" != "--$1" ] || value=${forward[i + 1]}; done
+  echo "${value}"
+}
+if [ "${settings_nj}" -gt 1 ] && [ "$(given ngpu 0)" != 0 ] && [ -z "$(given cmd '')" ]; then
+  echo "$0: --settings_nj ${settings_nj} with --ngpu here: the settings would share the GPUs; give --cmd (a scheduler), or run them one at a time" >&2
+  exit 1
+fi
 if [ -z "${ablations}${alphas}${tunings}" ]; then
   echo "$0: give --ablations \"name ...\", --tunings \"conf/tuning/<name>.yaml ...\" and/or --alphas \"value ...\" (./sweep.sh --help)" >&2
   exit 1
@@ -71,21 +85,36 @@ run() {  # run.sh for one setting: run.sh options in "$@"
   ./run.sh --stage "${stage}" --stop_stage "${stop_stage}" --exp_dir "${exp_dir}" \
     --ablation_table "${ablation_table}" "${forward[@]+"${forward[@]}"}" "$@"
 }
+setting() {  # setting NAME RUN.SH-OPTIONS...: one after the other, or --settings_nj at once
+  local name=$1
+  shift
+  if [ "${settings_nj}" -eq 1 ]; then
+    log "Setting ${name}"
+    run "$@"
+  else
+    mkdir -p "${exp_dir}"
+    log "Setting ${name}: ${exp_dir}/${name}.sweep.log"
+    parallel_run "${exp_dir}/${name}.sweep.log" run "$@"
+  fi
+}
+[ "${settings_nj}" -eq 1 ] || { . utils/parallel.sh; parallel_init "${settings_nj}"; }
 runs=()
 for name in ${ablations}; do runs+=("${name}"); done
 if [ -n "${alphas}" ] && [[ " ${ablations} " != *" ce_only "* ]]; then runs+=(ce_only); fi
 for name in "${runs[@]}"; do
-  log "Setting ${name}"
-  run --ablation "${name}" --tag "${name}" --train_opts "${train_opts}"
+  setting "${name}" --ablation "${name}" --tag "${name}" --train_opts "${train_opts}"
 done
 for file in ${tunings}; do
-  log "Setting ${file}"
-  run --tuning "${file}" --tag "$(basename "${file}" .yaml)" --train_opts "${train_opts}"
+  name=$(basename "${file}" .yaml)
+  setting "${name}" --tuning "${file}" --tag "${name}" --train_opts "${train_opts}"
 done
 for a in ${alphas}; do
-  log "Setting alpha${a}"
-  run --tag "alpha${a}" --train_opts "${train_opts} --alpha=${a}"
+  setting "alpha${a}" --tag "alpha${a}" --train_opts "${train_opts} --alpha=${a}"
 done
+if [ "${settings_nj}" -gt 1 ] && ! parallel_wait; then
+  log "Error: a setting failed (the end of its .sweep.log says why)"
+  exit 1
+fi
 
 [ "${stop_stage}" -ge 7 ] || exit 0
 settings="${ablations} ${tuned[*]-}"  # the rows of the ablation table
