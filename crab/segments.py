@@ -65,7 +65,7 @@ def _span(segment, info):
 def _write_wav(path, recording, span, info):
     """The frames ``span`` of ``recording`` into the wav ``path``, samples unchanged where WAV
     holds the recording's sample format (else 32-bit float)."""
-    data, rate = sf.read(recording, start=span[0], stop=span[1], dtype="float32", always_2d=True)
+    data, rate = sf.read(recording, start=span[0], stop=span[1], dtype="float64", always_2d=True)
     subtype = info.subtype if sf.check_format("WAV", info.subtype) else "FLOAT"
     write_atomic(path, lambda tmp: sf.write(tmp, data, rate, subtype=subtype, format="WAV"))
 
@@ -107,6 +107,8 @@ def cut_segments(data_dir, out_dir, audio_dir=None):
     done, infos = {}, {}
     for segment in segments:
         path, info, span, reason = _locate(segment, paths, unusable, infos)
+        if "/" in segment.utt or segment.utt.startswith("."):
+            reason = "the utterance id cannot name a file (a '/' in it, or a leading '.')"
         if reason:
             failures.append(Failure(segment.utt, segment.line, reason))
             continue

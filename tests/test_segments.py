@@ -31,6 +31,7 @@ def segmented(tmp_path):
         "u8 rec 1.0 0.5\n"
         "u9 rec zero 1\n"
         "u1 rec 0 1\n"
+        "../u11 rec 0 1\n"
     )
     (data / "text").write_text("u1 first\nu2 second\nu5 fifth\n")
     (data / "utt2emo").write_text("u1 angry\nu2 sad\nu3 sad\nu4 happy\n")
@@ -62,15 +63,16 @@ def test_each_segment_becomes_a_wav_of_its_samples(segmented, tmp_path):
     assert reasons["u77"].startswith(f"recording {tmp_path}/gone.wav cannot be read")
     assert reasons["u88"].startswith("expected '<utt-id> <recording-id> <start> <end>'") and "u99" in reasons
     assert reasons["u110"] == "duplicate utterance id (first on line 1)"
+    assert reasons["../u1111"].startswith("the utterance id cannot name a file")
     errors = (out / "segments.errors").read_text().splitlines()
-    assert len(errors) == 6 and errors[0].startswith("u8\t8\texpected")
+    assert len(errors) == 7 and errors[0].startswith("u8\t8\texpected")
 
 
 def test_the_command_lists_failures_and_fails(segmented, tmp_path, capsys):
     data, _ = segmented
-    with pytest.raises(SystemExit, match=r"ERROR: 6 segment\(s\) could not be cut \(e.g. u8, line 8"):
+    with pytest.raises(SystemExit, match=r"ERROR: 7 segment\(s\) could not be cut \(e.g. u8, line 8"):
         cut_segments.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "cut")])
-    assert "4 utterances cut, 6 failed" in capsys.readouterr().out
+    assert "4 utterances cut, 7 failed" in capsys.readouterr().out
     (data / "segments").write_text("u1 rec 0.0 0.5\n")
     cut_segments.main(["--data_dir", str(data), "--out_dir", str(tmp_path / "cut")])
     assert not (tmp_path / "cut" / "segments.errors").exists()  # the old list goes
@@ -79,3 +81,23 @@ def test_the_command_lists_failures_and_fails(segmented, tmp_path, capsys):
         cut_segments.main(["--data_dir", str(data), "--out_dir", str(data)])
     with pytest.raises(SystemExit, match="segments: no such file"):
         cut_segments.main(["--data_dir", str(tmp_path / "cut"), "--out_dir", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("subtype, dtype", [("PCM_32", "int32"), ("PCM_24", "int32"), ("FLOAT", "float32")])
+def test_every_sample_format_is_kept_exactly(tmp_path, subtype, dtype):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    if dtype == "int32":
+        samples = rng.integers(-(2**31), 2**31 - 1, size=RATE, dtype=np.int64).astype(np.int32)
+        if subtype == "PCM_24":
+            samples &= ~0xFF  # 24 bits, left-aligned as soundfile reads them
+    else:
+        samples = rng.standard_normal(RATE).astype(np.float32)
+    sf.write(tmp_path / "rec.wav", samples, RATE, subtype=subtype)
+    (data / "wav.scp").write_text(f"rec {tmp_path}/rec.wav\n")
+    (data / "segments").write_text("u rec 0.25 0.5\n")
+    assert cut(str(data), str(tmp_path / "cut"))[0] == 1
+    got, _ = sf.read(tmp_path / "cut" / "audio" / "u.wav", dtype=dtype)
+    assert sf.info(tmp_path / "cut" / "audio" / "u.wav").subtype == subtype
+    assert np.array_equal(got, samples[2000:4000])
