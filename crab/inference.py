@@ -457,7 +457,7 @@ def package_dir(source, savedir=None, revision=None, allow_network=True):
     source = str(source)
     if os.path.isdir(source):
         return source
-    if not HUB_ID.fullmatch(source) or not allow_network:
+    if os.path.exists(source) or not HUB_ID.fullmatch(source) or not allow_network:
         raise ModelFileError(f"{source} is not a directory (a package directory, or a Hugging Face Hub id)")
     from huggingface_hub import constants, snapshot_download
 

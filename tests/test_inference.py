@@ -433,7 +433,10 @@ def test_a_model_that_is_neither_here_nor_on_the_hub_is_a_one_line_error(tmp_pat
         huggingface_hub, "snapshot_download", StandInHub(error=OSError("no connection\nmore"))
     )
     message = "someone/crab-model is not a directory here and could not be downloaded.*OSError: no connection"
-    for error, source in ((message, "someone/crab-model"), ("is not a directory", str(tmp_path / "gone"))):
+    (tmp_path / "model.yaml").write_text("classes: [a]\n")  # a file: not looked for on the hub
+    monkeypatch.chdir(tmp_path.parent)
+    cases = ((message, "someone/crab-model"), ("is not a directory", str(tmp_path / "gone")))
+    for error, source in (*cases, (r"model.yaml is not a directory \(", f"{tmp_path.name}/model.yaml")):
         with pytest.raises(ModelFileError, match=error) as err:
             CrabClassifier.from_hparams(source=source)
         assert "\n" not in str(err.value)
