@@ -20,6 +20,13 @@ from crab.model import NonFiniteOutputError, non_finite_rows
 
 logger = logging.getLogger(__name__)
 
+EVALUATED_CHECKPOINT = "checkpoint.txt"  # in an evaluation's folder: the checkpoint its scores are of
+
+
+def _write_text(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
 
 def _unwrap(module):
     """The module inside a DistributedDataParallel wrapper, if any."""
@@ -342,6 +349,13 @@ class CrabBrain(sb.Brain):
         probs = torch.cat([p for _, _, p in self._predictions])
         return ids, targets, probs
 
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        """SpeechBrain's (the best checkpoint on ``max_key`` / ``min_key`` loaded), noting which
+        one: ``_write_eval`` records it beside the scores."""
+        found = self.checkpointer and self.checkpointer.find_checkpoint(max_key=max_key, min_key=min_key)
+        self._evaluated = os.path.basename(found.path) if found else "none"
+        super().on_evaluate_start(max_key=max_key, min_key=min_key)
+
     def evaluate(
         self,
         test_set,
@@ -380,7 +394,8 @@ class CrabBrain(sb.Brain):
         return os.path.join(hparams["output_folder"], f"eval_{hparams.get('eval_name') or 'test'}")
 
     def _write_eval(self, ids, targets, probs, stats):
-        """Write ``predictions.csv`` and ``scores.json`` to ``self.eval_folder()``, each whole
+        """Write ``predictions.csv``, ``scores.json`` and ``checkpoint.txt`` (the name of the
+        checkpoint evaluated, or ``none``) to ``self.eval_folder()``, each whole
         (``crab.fileio``: a kill leaves the old ones; a cut predictions.csv would be scored
         as a smaller test set)."""
         classes = list(self.hparams.classes)
@@ -404,6 +419,10 @@ class CrabBrain(sb.Brain):
                 [
                     (os.path.join(eval_dir, "predictions.csv"), predictions),
                     (os.path.join(eval_dir, "scores.json"), scores),
+                    (
+                        os.path.join(eval_dir, EVALUATED_CHECKPOINT),
+                        lambda path: _write_text(path, getattr(self, "_evaluated", "none") + "\n"),
+                    ),
                 ]
             )
         )

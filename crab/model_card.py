@@ -2,8 +2,9 @@
 
 What someone who did not train the model needs before running it: the classes in output
 order, the inputs it expects (16 kHz audio cut to ``max_duration``; gold or which ASR
-model's transcripts), the encoders, how it was trained and how it scored on validation,
-and the lines that load it. Packaging writes it beside metadata.json and leaves it out of
+model's transcripts), the encoders, how it was trained, how it scored on validation and
+on the test sets evaluated with the same checkpoint (``crab.packaging.test_scores``), and
+the lines that load it. Packaging writes it beside metadata.json and leaves it out of
 the record of files, so an owner may edit it before sharing the model.
 """
 
@@ -34,6 +35,10 @@ def _transcripts(training):
             f"(`crab-infer --text_mode asr --asr_model {asr}`)"
         )
     return "not recorded (a run from before the record): ask whoever trained it"
+
+
+def _scores(scores):
+    return ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if k != "num_utterances")
 
 
 def _run_name(output_folder):
@@ -85,7 +90,11 @@ def model_card(metadata, max_duration=None):
             "checkpoint",
             (f"epoch {epoch}, " if epoch is not None else "") + f"best validation {training['ckpt_metric']}",
         ),
-        _row("validation", ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "not recorded"),
+        _row("validation", _scores(scores) or "not recorded"),
+        *(
+            _row(f"test set {name} ({s.get('num_utterances', '?')} utterances)", _scores(s))
+            for name, s in (training.get("test_scores") or {}).items()
+        ),
         _row("code", f"crab {versions.get('crab', '?')}, commit {metadata.get('git_commit') or '?'}"),
         _row("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if k != "crab")),
         "",

@@ -18,6 +18,7 @@ differ only in their values.
 """
 
 import datetime
+import glob
 import importlib.resources
 import json
 import logging
@@ -31,9 +32,11 @@ import yaml
 
 import crab
 from crab import cli
+from crab.brain import EVALUATED_CHECKPOINT
 from crab.data import label_encoder
 from crab.encoders import waveform_normalization_mode
 from crab.inference import ENCODER_DIRS, METADATA, CrabClassifier, load_weights, package_files
+from crab.metrics import METRICS
 from crab.model_card import CARD, model_card
 from crab.report import git_commit
 
@@ -218,6 +221,25 @@ def check_package(model_dir, model, needs, max_duration=None):
         )
 
 
+def test_scores(output_folder, checkpoint):
+    """``{test set: scores}`` of the run's evaluations (``eval_<name>/scores.json``) made with
+    ``checkpoint`` (their ``checkpoint.txt`` names it): those of another checkpoint, or of
+    none recorded, are left out."""
+    found = {}
+    for eval_dir in sorted(glob.glob(os.path.join(glob.escape(output_folder), "eval_*"))):
+        try:
+            with open(os.path.join(eval_dir, EVALUATED_CHECKPOINT), encoding="utf-8") as f:
+                evaluated = f.read().strip()
+            with open(os.path.join(eval_dir, "scores.json"), encoding="utf-8") as f:
+                scores = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if evaluated == os.path.basename(checkpoint.path) and isinstance(scores, dict):
+            keys = ("num_utterances", *METRICS)
+            found[os.path.basename(eval_dir)[len("eval_") :]] = {k: scores[k] for k in keys if k in scores}
+    return found
+
+
 def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=None, arguments=None):
     """Write the package of the run ``hparams`` describes to ``out``; returns metadata."""
     metric = hparams["ckpt_metric"]
@@ -275,6 +297,7 @@ def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=No
             },
             "text_source": text_source,
             "asr_model": asr_model if text_source == "asr" else None,
+            "test_scores": test_scores(hparams["output_folder"], checkpoint),
         },
         "encoders": encoders,
         "num_parameters": sum(p.numel() for p in model.parameters()),

@@ -214,4 +214,8 @@ def test_an_evaluation_cut_short_leaves_the_previous_predictions(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         CrabBrain._write_eval(stand_in, ["u3"], [0], torch.tensor([[0.6, 0.4]]), stats)
     assert {name: (tmp_path / name).read_text() for name in before} == before
-    assert sorted(os.listdir(tmp_path)) == ["predictions.csv", "scores.json"]  # no temporary file left
+    assert sorted(os.listdir(tmp_path)) == [
+        "checkpoint.txt",
+        "predictions.csv",
+        "scores.json",
+    ]  # no temporary

@@ -208,9 +208,27 @@ def test_the_model_card_says_what_the_model_expects_and_may_be_edited(trained, t
     assert "| speech encoder | `conf/wavlm_tiny` (wavlm) |" in card
     validation = ", ".join(f"{k} {v:.4f}" for k, v in meta["training"]["valid_scores"].items())
     assert f"| validation | {validation} |" in card
+    scores = json.loads((trained[3] / "eval_test" / "scores.json").read_text())  # the fixture's evaluation
+    assert meta["training"]["test_scores"] == {"test": scores}
+    test = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if k != "num_utterances")
+    assert f"| test set test (4 utterances) | {test} |" in card
     assert str(trained[3]) not in card  # the trainer's paths stay in metadata.json
     (model_dir / "README.md").write_text("# our emotion model\n")  # the owner's own card
     assert CrabClassifier.from_hparams(source=str(model_dir)).classes == CLASSES
+
+
+def test_only_evaluations_of_the_packaged_checkpoint_reach_the_card(tmp_path):
+    from types import SimpleNamespace
+
+    from crab.packaging import test_scores
+
+    for name, evaluated in (("same", "CKPT+1\n"), ("other", "CKPT+0\n"), ("unrecorded", None)):
+        (tmp_path / f"eval_{name}").mkdir()
+        (tmp_path / f"eval_{name}" / "scores.json").write_text('{"num_utterances": 3, "UAR": 0.5, "loss": 1}')
+        if evaluated:
+            (tmp_path / f"eval_{name}" / "checkpoint.txt").write_text(evaluated)
+    checkpoint = SimpleNamespace(path=str(tmp_path / "save" / "CKPT+1"))
+    assert test_scores(str(tmp_path), checkpoint) == {"same": {"num_utterances": 3, "UAR": 0.5}}
 
 
 @pytest.mark.parametrize(

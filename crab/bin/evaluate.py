@@ -2,8 +2,10 @@
 
 ``python -m crab.bin.evaluate hparams.yaml --output_folder=RUN --test_manifest=M
 --eval_name=NAME [--key=value ...]`` writes ``<output_folder>/eval_<NAME>/predictions.csv`` (id,
-true, predicted, per-class probabilities) and ``scores.json`` (WAR, UAR,
-macro-F1, weighted-F1). The best checkpoint is chosen on ``ckpt_metric``.
+true, predicted, per-class probabilities), ``scores.json`` (WAR, UAR,
+macro-F1, weighted-F1) and ``checkpoint.txt`` (the checkpoint evaluated: packaging puts
+these scores on the model card of that checkpoint). The best checkpoint is chosen on
+``ckpt_metric``.
 
 The model is the run's own: its configuration is ``RUN/hyperparams.yaml``, saved by
 training (``crab.runconfig.load_run``); an option of training need not be given again,

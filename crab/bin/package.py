@@ -13,7 +13,8 @@ writes DIR:
     model.ckpt              the Crab state_dict (encoders and head; no contrastive legs)
     label_encoder.ckpt      the label encoder, in the recipe's fixed class order
     class_weights.json      per-class training counts and WCE weights (from wce.ckpt)
-    metadata.json           the run, checkpoint and its validation scores, encoder
+    metadata.json           the run, checkpoint and its validation scores (and test scores
+                            of evaluations of that checkpoint), encoder
                             sources (hub ids or paths), transcripts used, versions, and
                             every other file with its size and sha256 (checked when loaded)
     train_hyperparams.yaml  the run's resolved training hyperparameters
@@ -21,7 +22,8 @@ writes DIR:
     text_encoder/           config and tokenizer of the text encoder
     custom_interface.py     for SpeechBrain's foreign_class
     README.md               the model card (classes, expected inputs, encoders, training,
-                            validation scores, how to load it): not in the record, to edit
+                            validation scores, test scores of the same checkpoint, how to
+                            load it): not in the record, to edit
 
 The transcripts the model was trained on (gold, or ASR and the ASR model that made
 them) are the run's record, ``RUN/text_source.json`` (``crab.provenance``, written by
