@@ -10,6 +10,8 @@ the record of files, so an owner may edit it before sharing the model.
 
 import os
 
+from crab.metrics import METRICS
+
 CARD = "README.md"
 
 
@@ -38,7 +40,8 @@ def _transcripts(training):
 
 
 def _scores(scores):
-    return ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if k != "num_utterances")
+    """The metrics of ``scores`` (a checkpoint's meta also holds its epoch), in words."""
+    return ", ".join(f"{k} {scores[k]:.4f}" for k in METRICS if isinstance(scores.get(k), (int, float)))
 
 
 def _run_name(output_folder):
