@@ -816,20 +816,20 @@ def run(args):
         analysis = in_child("step timing", time_steps, setup, setup=setup)
         times.update(analysis.pop("times"))
         print(
-            "median s: " + ", ".join(f"{n} {statistics.median(times[n]):.3f}" for n in setup["steps"]),
+            "median s: " + ", ".join(f"{n} {statistics.median(times[n]):.3f}" for n in steps),
             file=sys.stderr,
             flush=True,
         )
         if args.device.startswith("cuda"):
             print("peak memory of each step configuration ...", file=sys.stderr, flush=True)
-            memories = in_child("peak memory", cuda_step_memories, setup, setup["steps"], setup=setup)
+            memories = in_child("peak memory", cuda_step_memories, setup, steps, setup=setup)
             peaks.update(memories["peaks"])
         else:
-            for name in setup["steps"]:
+            for name in steps:
                 print(f"peak memory of {name} ...", file=sys.stderr, flush=True)
                 peaks[name] = in_child(name, step_memory, setup, name, setup=setup)
         print(
-            "peak MiB: " + ", ".join(f"{n} {peaks[n]['peak_mib']:.0f}" for n in setup["steps"]),
+            "peak MiB: " + ", ".join(f"{n} {peaks[n]['peak_mib']:.0f}" for n in steps),
             file=sys.stderr,
             flush=True,
         )

@@ -13,7 +13,7 @@ import yaml
 from crab.checkpointing import RandomState
 from crab.encoders import lengths_to_mask, relative_to_absolute
 from crab.features import cached_states
-from crab.fileio import commit, stage
+from crab.fileio import commit, stage, text_writer
 from crab.losses import total_loss
 from crab.metrics import METRICS, compute_scores
 from crab.model import NonFiniteOutputError, non_finite_rows
@@ -21,11 +21,6 @@ from crab.model import NonFiniteOutputError, non_finite_rows
 logger = logging.getLogger(__name__)
 
 EVALUATED_CHECKPOINT = "checkpoint.txt"  # in an evaluation's folder: the checkpoint its scores are of
-
-
-def _write_text(path, text):
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 def _unwrap(module):
@@ -350,11 +345,10 @@ class CrabBrain(sb.Brain):
         return ids, targets, probs
 
     def on_evaluate_start(self, max_key=None, min_key=None):
-        """SpeechBrain's (the best checkpoint on ``max_key`` / ``min_key`` loaded), noting which
-        one: ``_write_eval`` records it beside the scores."""
-        found = self.checkpointer and self.checkpointer.find_checkpoint(max_key=max_key, min_key=min_key)
+        """As SpeechBrain's (the best checkpoint on ``max_key`` / ``min_key`` loaded), noting
+        which one: ``_write_eval`` records it beside the scores."""
+        found = self.checkpointer and self.checkpointer.recover_if_possible(max_key=max_key, min_key=min_key)
         self._evaluated = os.path.basename(found.path) if found else "none"
-        super().on_evaluate_start(max_key=max_key, min_key=min_key)
 
     def evaluate(
         self,
@@ -421,7 +415,7 @@ class CrabBrain(sb.Brain):
                     (os.path.join(eval_dir, "scores.json"), scores),
                     (
                         os.path.join(eval_dir, EVALUATED_CHECKPOINT),
-                        lambda path: _write_text(path, getattr(self, "_evaluated", "none") + "\n"),
+                        text_writer(getattr(self, "_evaluated", "none") + "\n"),
                     ),
                 ]
             )

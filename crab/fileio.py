@@ -71,11 +71,17 @@ def write_atomic(path, write):
     commit(stage([(path, write)]))
 
 
-def write_text_atomic(path, text, newline=None):
-    """``write_atomic`` of ``text``, UTF-8 (``newline`` as ``open``'s)."""
+def text_writer(text, newline=None):
+    """A ``write(tmp)`` of ``text``, UTF-8 (``newline`` as ``open``'s), for ``stage`` and
+    ``write_atomic``."""
 
     def write(tmp):
         with open(tmp, "w", encoding="utf-8", newline=newline) as f:
             f.write(text)
 
-    write_atomic(path, write)
+    return write
+
+
+def write_text_atomic(path, text, newline=None):
+    """``write_atomic`` of ``text``, UTF-8 (``newline`` as ``open``'s)."""
+    write_atomic(path, text_writer(text, newline))

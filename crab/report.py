@@ -542,14 +542,14 @@ def left_out_runs(paths):
     the same test set but are not among them (``exp/<tag>/*/seed*/eval_<test>/``), as run
     directories: what makes scoring ``paths`` a subset (``results_name``)."""
     given = {os.path.abspath(p) for p in paths}
-    found = set()
+    patterns = set()  # one per experiment and test set, however many of its runs are given
     for path in paths:
         experiment = os.path.dirname(os.path.dirname(run_dir_of(path)))
         eval_dir, name = os.path.split(path)
-        pattern = os.path.join(
-            glob.escape(experiment), "*", "seed*", glob.escape(os.path.basename(eval_dir)), name
+        patterns.add(
+            os.path.join(glob.escape(experiment), "*", "seed*", glob.escape(os.path.basename(eval_dir)), name)
         )
-        found.update(p for p in glob.glob(pattern) if os.path.abspath(p) not in given)
+    found = {p for pattern in patterns for p in glob.glob(pattern) if os.path.abspath(p) not in given}
     return sorted(run_dir_of(p) for p in found)
 
 

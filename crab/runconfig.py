@@ -18,6 +18,7 @@ SpeechBrain, hyperpyyaml's loader and the encoders are imported where they are u
 the recipe reads tuning files and checks overrides with ``yaml`` alone.
 """
 
+import glob
 import io
 import json
 import logging
@@ -397,6 +398,33 @@ def relocated(text, old, new):
     return path.sub(lambda _: new, text)
 
 
+def run_text(run_file, folder):
+    """The text of a run's ``run_file`` (its hyperparams.yaml) read in ``folder``: for a run
+    copied or moved there from the folder it was trained in, its paths under that folder are
+    read under ``folder`` (``relocated``); a folder name YAML would not read back is an error."""
+    with open(run_file, encoding="utf-8") as f:
+        text = f.read()
+    trained_in = str(resolved_values(text)["output_folder"])
+    if os.path.abspath(trained_in) == os.path.abspath(folder):
+        return text
+    logger.info(
+        "Run trained in %s, read in %s: its paths under the first are read under the second",
+        trained_in,
+        folder,
+    )
+    text = relocated(text, trained_in, folder)
+    try:
+        moved = str(resolved_values(text)["output_folder"])
+    except Exception as err:  # any parse error of the rewritten text
+        moved = f"unreadable ({err})"
+    if moved != folder:
+        raise ConfigError(
+            f"{run_file}: the run cannot be read in {folder} (its output folder becomes {moved}); "
+            "move it to a folder whose name YAML reads as plain text"
+        )
+    return text
+
+
 def check_against_run(run_file, text, overrides, stage_keys):
     """A ``ConfigError`` for the first override, outside ``stage_keys``, whose value
     differs from the run's (``!ref`` values resolved against the run's file)."""
@@ -435,17 +463,10 @@ def check_resume(hparams_file, overrides, folder, save_folder):
     only one of them has (a newer or older yaml) is not a setting of both. More epochs
     (``number_of_epochs``, and what is built from it) train on, with a warning: the
     checkpoint's learning-rate schedule was made for the epochs first asked for."""
-    import glob
-
     run_file = os.path.join(folder, RUN_HPARAMS)
     if not os.path.isfile(run_file) or not glob.glob(os.path.join(glob.escape(save_folder), "CKPT+*")):
         return
-    with open(run_file, encoding="utf-8") as f:
-        saved_text = f.read()
-    trained_in = str(resolved_values(saved_text)["output_folder"])
-    if os.path.abspath(trained_in) != os.path.abspath(folder):
-        saved_text = relocated(saved_text, trained_in, folder)
-    saved = resolved_values(saved_text)
+    saved = resolved_values(run_text(run_file, folder))
     with open(hparams_file, encoding="utf-8") as f:
         text = f.read()
     given = resolved_values(text, overrides)
@@ -516,25 +537,7 @@ def load_run(argv=None, stage_keys=STAGE_KEYS, pretrained_encoders=True):
             f"{run_file} not found: no trained run in {folder}; "
             "train it first (crab.bin.train, the recipe's training stage)"
         )
-    with open(run_file, encoding="utf-8") as f:
-        text = f.read()
-    trained_in = str(resolved_values(text)["output_folder"])
-    if os.path.abspath(trained_in) != os.path.abspath(folder):
-        logger.info(
-            "Run trained in %s, read in %s: its paths under the first are read under the second",
-            trained_in,
-            folder,
-        )
-        text = relocated(text, trained_in, folder)
-        try:
-            moved = str(resolved_values(text)["output_folder"])
-        except Exception as err:  # any parse error of the rewritten text
-            moved = f"unreadable ({err})"
-        if moved != folder:
-            raise ConfigError(
-                f"{run_file}: the run cannot be read in {folder} (its output folder becomes {moved}); "
-                "move it to a folder whose name YAML reads as plain text"
-            )
+    text = run_text(run_file, folder)
     check_against_run(run_file, text, overrides, stage_keys)
     applied = [(k, v) for k, v in override_items(overrides) if k in stage_keys]
     loaded = resolve_references(io.StringIO(text), "".join(f"{k}: {v}\n" for k, v in applied) or None)

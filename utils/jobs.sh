@@ -1,5 +1,7 @@
 # shellcheck shell=bash
 # Source me: a stage's runs as jobs (ser.sh --nj, --cmd), each with its own log.
+# shellcheck source=utils/parallel.sh
+. "$(dirname "${BASH_SOURCE[0]}")/parallel.sh"  # failed_logs
 #   jobs_run NJ CMD NGPU LOGDIR BUILD NAME...
 #       job i is named NAME_i; the function BUILD, called as BUILD i, leaves its command
 #       in the array `job`. NJ workers run the jobs, worker w jobs w, w + NJ, ... one after
@@ -50,7 +52,7 @@ jobs_devices() {
 jobs_run() {
   local nj=$1 cmd=$2 ngpu=$3 logdir=$4 build=$5
   shift 5
-  local names=("$@") devices=() launcher=() failed=() w name lines threads
+  local names=("$@") devices=() launcher=() failed=() logs=() w name lines threads
   threads=$(( ${OMP_NUM_THREADS:-$(nproc)} / nj )); [ "${threads}" -ge 1 ] || threads=1
   if [ -n "${cmd}" ]; then
     lines=$(jobs_launcher "${cmd}") || return 1
@@ -81,9 +83,8 @@ jobs_run() {
     ) &
   done
   wait
-  for name in "${names[@]}"; do
-    [ "$(tail -n 1 "${logdir}/${name}.log" 2> /dev/null)" = "exit status 0" ] || failed+=("${logdir}/${name}.log")
-  done
+  for name in "${names[@]}"; do logs+=("${logdir}/${name}.log"); done
+  mapfile -t failed < <(failed_logs "${logs[@]}")
   [ "${#failed[@]}" -eq 0 ] && return 0
   echo "${#failed[@]} of ${#names[@]} job(s) failed, see the end of: ${failed[*]}" >&2
   return 1

@@ -4,6 +4,7 @@
 #                            gives every process all the cores: oversubscribed, epochs ran ~10x slower)
 #   parallel_run LOG CMD...  start CMD with its output to LOG, once fewer than N run
 #   parallel_wait            wait for all; status 1, naming the logs, when any failed
+#   failed_logs LOG...       the logs of those that failed (also for utils/jobs.sh's jobs)
 # Each log ends with "exit status N": the status of a job that `wait -n` reaped is not
 # kept by every bash, the log's line is.
 _parallel_max=1
@@ -24,12 +25,17 @@ parallel_run() {
 }
 
 parallel_wait() {
-  local log failed=()
+  local failed=()
   wait
-  for log in "${_parallel_logs[@]}"; do
-    [ "$(tail -n 1 "${log}")" = "exit status 0" ] || failed+=("${log}")
-  done
+  mapfile -t failed < <(failed_logs "${_parallel_logs[@]}")
   [ "${#failed[@]}" -eq 0 ] && return 0
   echo "${#failed[@]} job(s) failed, see the end of: ${failed[*]}" >&2
   return 1
+}
+
+failed_logs() {  # LOG...: those that do not end with "exit status 0" (a job's success), a line each
+  local log
+  for log in "$@"; do
+    [ "$(tail -n 1 "${log}" 2> /dev/null)" = "exit status 0" ] || echo "${log}"
+  done
 }

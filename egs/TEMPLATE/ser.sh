@@ -214,12 +214,15 @@ run_opts() {  # options of every run of fold $1, seed $2 (device $3: default ${d
 # here, for one stage and (stages 5, 6) one fold and seed, run by utils/jobs.sh.
 as_jobs() { [ "${nj}" -gt 1 ] || [ -n "${cmd}" ]; }
 
-stage_as_jobs() {  # stage_as_jobs S UNIT...: stage S as one job per UNIT, "FOLD SEED" ("" for all)
+stage_as_jobs() {  # stage_as_jobs S: stage S as jobs, one per run ("FOLD SEED") at stages 5 and 6, else one ("")
   job_stage=$1
-  shift
-  job_units=("$@")
+  job_units=("")
   local unit fold_ seed_ names=()
-  for unit in "$@"; do
+  if [ "${job_stage}" -ge 5 ]; then
+    job_units=()
+    for fold_ in ${folds}; do for seed_ in ${seeds}; do job_units+=("${fold_} ${seed_}"); done; done
+  fi
+  for unit in "${job_units[@]}"; do
     read -r fold_ seed_ <<< "${unit}"
     names+=("stage${job_stage}${fold_:+.${fold_}.seed${seed_}}")
   done
@@ -236,11 +239,6 @@ stage_job() {  # job $1 of stage_as_jobs, into the array job
   read -r fold_ seed_ <<< "${job_units[$1]}"
   job=("$0" "${script_args[@]}" --stage "${job_stage}" --stop_stage "${job_stage}" --nj 1 --cmd "")
   [ -z "${fold_}" ] || job+=(--folds "${fold_}" --seeds "${seed_}")
-}
-
-runs() {  # "FOLD SEED" of every run, a line each
-  local fold seed
-  for fold in ${folds}; do for seed in ${seeds}; do echo "${fold} ${seed}"; done; done
 }
 
 need_manifests() {  # stage $1 reads the manifests of stage 3 of the splits $2...
@@ -275,7 +273,7 @@ fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ] && [ -n "${asr_model}" ]; then
   if as_jobs; then
-    stage_as_jobs 2 ""
+    stage_as_jobs 2
   else
     log "Stage 2: ASR transcripts with ${asr_model} (an utterance in several folds is transcribed once)"
     transcribed=()
@@ -312,7 +310,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ -n "${feature_cache}" 
   need_manifests 4 ${splits}
   read -r first_seed _ <<< "${seeds}"
   if as_jobs; then
-    stage_as_jobs 4 ""
+    stage_as_jobs 4
   else
     for fold in ${folds}; do
       log "Stage 4: frozen-encoder states of fold ${fold} into ${feature_cache} (re-running extracts only what is missing)"
@@ -329,8 +327,7 @@ fi
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   need_manifests 5 train valid
   if as_jobs; then
-    mapfile -t units < <(runs)
-    stage_as_jobs 5 "${units[@]}"
+    stage_as_jobs 5
   else
     for fold in ${folds}; do
       for seed in ${seeds}; do
@@ -365,8 +362,7 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
   # shellcheck disable=SC2086
   need_manifests 6 ${test_sets}
   if as_jobs; then
-    mapfile -t units < <(runs)
-    stage_as_jobs 6 "${units[@]}"
+    stage_as_jobs 6
   else
     for fold in ${folds}; do
       for seed in ${seeds}; do
