@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from crab.fileio import commit, stage, text_writer
+
 EMBEDDING_SCORES = ("silhouette", "calinski_harabasz", "davies_bouldin")
 
 
@@ -110,16 +112,21 @@ def write_embeddings(out_dir, ids, embeddings, labels, classes, projection="pca"
     from crab.plots import plot_embeddings
 
     os.makedirs(out_dir, exist_ok=True)
-    np.savez(
-        os.path.join(out_dir, "embeddings.npz"),
-        ids=np.array(ids),
-        embeddings=embeddings,
-        labels=labels,
-        classes=np.array(classes),
-    )
     scores = embedding_scores(embeddings, labels)
-    with open(os.path.join(out_dir, "embedding_scores.json"), "w", encoding="utf-8") as f:
-        json.dump({"num_utterances": len(ids), "dim": int(embeddings.shape[1]), **scores}, f, indent=2)
+
+    def write_dump(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez adds .npz to a name
+            np.savez(f, ids=np.array(ids), embeddings=embeddings, labels=labels, classes=np.array(classes))
+
+    saved = {"num_utterances": len(ids), "dim": int(embeddings.shape[1]), **scores}
+    commit(  # both whole (stage 7 reads the scores beside the predictions), or neither replaced
+        stage(
+            [
+                (os.path.join(out_dir, "embeddings.npz"), write_dump),
+                (os.path.join(out_dir, "embedding_scores.json"), text_writer(json.dumps(saved, indent=2))),
+            ]
+        )
+    )
     text = ", ".join("n/a" if v is None else f"{k} {v:.3f}" for k, v in scores.items())
     plot_embeddings(
         [(f"{title or out_dir}\n{text}", project_2d(embeddings, projection), labels)],

@@ -23,6 +23,10 @@ the recipe calls the small command-line part for every run:
         leave out runs of their experiment evaluated on TEST, results_<TEST>.<folds>.seed<seeds>
     python -m crab.report latest_results exp/<tag> TEST
         print the results summary (.json) stage 7 wrote last for the experiment on TEST
+    python -m crab.report test_sets exp/<tag>
+        print the test sets the experiment has results summaries of, one per line
+    python -m crab.report embeddings exp/<tag>/results_<test>[...].json
+        print the embeddings.npz of the summary's first run that has one (nothing if none)
 """
 
 import argparse
@@ -569,14 +573,46 @@ def results_name(paths, test_set):
     return f"results_{test_set}.{'+'.join(folds)}.seed{'+'.join(seeds)}"
 
 
+def summary_test_set(path):
+    """The test set of a results summary: the ``test_set`` it stores (stage 7 always gives
+    one), else the part of its file name after ``results_`` up to the first dot."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            stored = json.load(f).get("test_set")
+    except (OSError, ValueError, AttributeError):
+        stored = None
+    return stored or os.path.basename(path)[len("results_") :].split(".")[0]
+
+
+def test_sets(experiment):
+    """The test sets that ``experiment`` (``exp/<tag>``) has results summaries of, sorted. A
+    test set's name may hold dots: each summary's own ``test_set`` decides, not its file name."""
+    summaries = glob.glob(os.path.join(glob.escape(experiment), "results_*.json"))
+    return sorted({summary_test_set(p) for p in summaries})
+
+
 def latest_results(experiment, test_set):
     """The summary stage 7 wrote last for ``experiment`` (``exp/<tag>``) on ``test_set``: that
     of all its runs, ``results_<test_set>.json``, or a subset's (``results_name``); the former
-    when there is none (``read_summary`` says so)."""
+    when there is none (``read_summary`` says so). A subset's file of another test set whose
+    name begins the same (``test`` and ``test.v2``) is told apart by the test set it stores."""
     plain = os.path.join(experiment, f"results_{test_set}.json")
     pattern = os.path.join(glob.escape(experiment), f"results_{glob.escape(test_set)}.*.json")
-    found = ([plain] if os.path.isfile(plain) else []) + glob.glob(pattern)
+    subsets = [p for p in glob.glob(pattern) if summary_test_set(p) == test_set]
+    found = ([plain] if os.path.isfile(plain) else []) + subsets
     return max(found, key=os.path.getmtime, default=plain)
+
+
+def summary_embeddings(path):
+    """The fused embeddings (``eval_<test>/embeddings.npz``) of the first run of a results
+    summary that has them, or None: a sweep's plot shows runs that its tables score."""
+    _, summary = read_summary(path)
+    test_set = summary_test_set(path)
+    for row in summary.get("runs", []):
+        dump = os.path.join(row["run"], f"eval_{test_set}", "embeddings.npz")
+        if os.path.isfile(dump):
+            return dump
+    return None
 
 
 def score_run(path, per_run=False):
@@ -666,7 +702,7 @@ def read_summary(path):
     """``(name, summary)`` of a summary written by ``crab.bin.score --summary``; the name is
     its tag, else the name of its folder."""
     if not os.path.isfile(path):
-        raise cli.UserError(f"no results summary at {path}: run the score stage (6) for it first")
+        raise cli.UserError(f"no results summary at {path}: run the score stage (7) for it first")
     with open(path, encoding="utf-8") as f:
         summary = json.load(f)
     summary.setdefault("tag", os.path.basename(os.path.dirname(path)))
@@ -875,6 +911,10 @@ def main(argv=None):
     latest = commands.add_parser("latest_results", help="print the summary stage 7 wrote last")
     latest.add_argument("experiment", help="exp/<tag>")
     latest.add_argument("test_set")
+    sets = commands.add_parser("test_sets", help="print the test sets an experiment has summaries of")
+    sets.add_argument("experiment", help="exp/<tag>")
+    emb = commands.add_parser("embeddings", help="print the embeddings.npz of a summary's first run")
+    emb.add_argument("summary", help="exp/<tag>/results_<test>[...].json")
     args = parser.parse_args(argv)
     from crab.runconfig import read_tuning  # yaml only
 
@@ -899,6 +939,10 @@ def main(argv=None):
         print(results_name(args.predictions, args.test_set))
     elif args.command == "latest_results":
         print(latest_results(args.experiment, args.test_set))
+    elif args.command == "test_sets":
+        print("\n".join(test_sets(args.experiment)))
+    elif args.command == "embeddings":
+        print(summary_embeddings(args.summary) or "")
     elif args.command == "add_results":
         add_results_entry(
             args.results_md,

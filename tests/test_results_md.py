@@ -1,7 +1,8 @@
 """Stage 7 writes the recipe's RESULTS.md: a new entry (environment, setting, command,
 results table) at the top, older entries kept; tests never write the repository's. A
-subset of the folds and seeds scored keeps apart from the results of all, and the
-tables of a sweep name the config, folds and seeds of their runs."""
+subset of the folds and seeds scored keeps apart from the results of all (and a test set's
+from another whose name begins the same), and the tables and embedding plots of a sweep are
+of the runs they name."""
 
 import csv
 import hashlib
@@ -9,9 +10,18 @@ import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 
-from crab.report import RESULTS_MARKER, insert_entry, record_training
+from crab.embeddings import embedding_scores
+from crab.report import (
+    RESULTS_MARKER,
+    insert_entry,
+    latest_results,
+    record_training,
+    summary_test_set,
+    test_sets,
+)
 from tests.conftest import ROOT
 
 RECIPE = os.path.join(ROOT, "egs", "mini")
@@ -44,18 +54,19 @@ def test_insert_entry_puts_the_newest_first():
     assert insert_entry("# R\n\nintro\n", "## B\n") == "# R\n\nintro\n\n## B\n"
 
 
-def write_runs(exp, tag, seeds, tuning, fold="main"):
+def write_runs(exp, tag, seeds, tuning, fold="main", test_sets=("test",)):
     """Scored-ready runs of a fold: predictions and train_info.json (as stages 5-6 leave them)."""
     for k, seed in enumerate(seeds):
         run = exp / tag / fold / f"seed{seed}"
-        (run / "eval_test").mkdir(parents=True)
-        with open(run / "eval_test" / "predictions.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "true", "predicted"] + [f"prob_{c}" for c in CLASSES])
-            for i, true in enumerate(CLASSES * 2):
-                predicted = true if (i + k) % 3 else CLASSES[(i + 1) % 4]
-                probs = [0.7 if c == predicted else 0.1 for c in CLASSES]
-                writer.writerow([f"utt{i}", true, predicted, *probs])
+        for test_set in test_sets:
+            (run / f"eval_{test_set}").mkdir(parents=True)
+            with open(run / f"eval_{test_set}" / "predictions.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["id", "true", "predicted"] + [f"prob_{c}" for c in CLASSES])
+                for i, true in enumerate(CLASSES * 2):
+                    predicted = true if (i + k) % 3 else CLASSES[(i + 1) % 4]
+                    probs = [0.7 if c == predicted else 0.1 for c in CLASSES]
+                    writer.writerow([f"utt{i}", true, predicted, *probs])
         record_training(
             str(run), 12.0, f"./run.sh --seeds {seed}", config="conf/crab_tiny.yaml", tuning=tuning
         )
@@ -166,10 +177,36 @@ def test_a_subset_of_the_folds_keeps_apart_from_the_results_of_all(tmp_path):
     assert "- runs: folds main other, seeds 1 2\n" in text
 
 
+def test_a_test_set_named_with_a_dot_keeps_apart_from_another(tmp_path):
+    exp = tmp_path / "exp" / "crab_tiny"
+    for fold in ("main", "other"):
+        write_runs(tmp_path / "exp", "crab_tiny", (1, 2), None, fold=fold, test_sets=("test", "test.v2"))
+    for folds in ("main other", "main"):
+        result = stage_7(tmp_path, "--folds", folds, "--test_sets", "test test.v2", "--results_md", "")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    newest = exp / "results_test.v2.main.seed1+2.json"
+    os.utime(newest, (newest.stat().st_mtime + 10,) * 2)  # test.v2's subset scored last
+    assert test_sets(str(exp)) == ["test", "test.v2"]
+    assert latest_results(str(exp), "test") == str(exp / "results_test.main.seed1+2.json")
+    assert latest_results(str(exp), "test.v2") == str(newest)
+    assert summary_test_set(str(exp / "results_test.v2.json")) == "test.v2"
+
+
 def test_sweep_tables_name_the_config_folds_and_seeds_of_their_runs(tmp_path):
     for tag in ("ce_only", "mlcs"):
         for fold in ("main", "other"):
             write_runs(tmp_path / "exp", tag, (1, 2), None, fold=fold)
+            for seed in (1, 2):  # each run's fused embeddings: its fold's cluster separation
+                rng = np.random.default_rng(seed)
+                labels = np.repeat(np.arange(4), 5)
+                spread = 6 if fold == "main" else 0.5
+                np.savez(
+                    tmp_path / "exp" / tag / fold / f"seed{seed}" / "eval_test" / "embeddings.npz",
+                    ids=np.array([f"u{i}" for i in range(20)]),
+                    embeddings=rng.normal(size=(20, 8)) + spread * np.eye(4, 8)[labels],
+                    labels=labels,
+                    classes=np.array(CLASSES),
+                )
 
     def sweep(folds):
         result = subprocess.run(
@@ -191,3 +228,13 @@ def test_sweep_tables_name_the_config_folds_and_seeds_of_their_runs(tmp_path):
     assert table[0] == f"{title} main, seeds 1 2"
     assert table[5].startswith("| MLCS (Crab) | mlcs | 2 |")
     assert json.loads((tmp_path / "exp" / "mlcs" / "results_test.json").read_text())["num_runs"] == 4
+
+    def silhouette(fold):  # of the embeddings table, the row of mlcs
+        sweep(fold)
+        row = (tmp_path / "exp" / "ablations_test_embeddings.md").read_text().split("| mlcs | ")[1]
+        return float(row.split(" |")[0])
+
+    dump = np.load(tmp_path / "exp" / "mlcs" / "other" / "seed1" / "eval_test" / "embeddings.npz")
+    expected = embedding_scores(dump["embeddings"], dump["labels"])["silhouette"]
+    assert silhouette("other") == pytest.approx(expected, abs=5e-4)  # a run of the fold scored
+    assert silhouette("main") > 0.5 > expected

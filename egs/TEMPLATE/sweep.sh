@@ -124,11 +124,7 @@ scored() {  # the summary of experiment $1 on test set $2 that stage 7 wrote las
   # and seeds of this sweep, also when they are a subset of the experiment's runs
   python -m crab.report latest_results "${exp_dir}/$1" "$2"
 }
-test_sets=" "  # those of the first setting's summaries (a subset's: results_<test>.<folds>.seed<seeds>.json)
-for summary in "${exp_dir}/${first}"/results_*.json; do
-  test_set=$(basename "${summary}" .json); test_set=${test_set#results_}; test_set=${test_set%%.*}
-  [[ ${test_sets} == *" ${test_set} "* ]] || test_sets+="${test_set} "
-done
+test_sets=$(python -m crab.report test_sets "${exp_dir}/${first}")  # of the first setting's summaries
 # The tables' titles name train_opts; crab.bin.compare adds the config, folds and seeds of the runs.
 about="${train_opts:+; ${train_opts}}"
 for test_set in ${test_sets}; do
@@ -137,12 +133,12 @@ for test_set in ${test_sets}; do
     summaries=(); dumps=()
     for name in ${settings}; do
       summaries+=("$(scored "${name}" "${test_set}")")
-      dump=$(find "${exp_dir}/${name}" -path "*/eval_${test_set}/embeddings.npz" | sort | head -n 1)
+      dump=$(python -m crab.report embeddings "${summaries[-1]}")  # of a run the table scores
       [ -z "${dump}" ] || dumps+=("${name}=${dump}")
     done
     python -m crab.bin.compare table --ablation_table "${ablation_table}" \
       --corpus "$(basename "${PWD}")" --test_set "${test_set}" --title "Ablations on ${test_set}${about}" --out "${exp_dir}/ablations_${test_set}.md" "${summaries[@]}"
-    if [ "${#dumps[@]}" -eq "$(wc -w <<< "${settings}")" ]; then  # the first fold and seed of each
+    if [ "${#dumps[@]}" -eq "$(wc -w <<< "${settings}")" ]; then  # the first run of each with embeddings
       python -m crab.bin.compare embeddings --plot "${exp_dir}/ablations_${test_set}_embeddings.png" \
         --out "${exp_dir}/ablations_${test_set}_embeddings.md" "${dumps[@]}"
     fi
