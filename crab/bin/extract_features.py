@@ -5,7 +5,8 @@
         [--dtype float32] [--device cpu] [--key=value ...]
 
 Takes the same yaml and overrides as training (the encoders must be frozen:
-``freeze_speech_encoder`` / ``freeze_text_encoder``); manifests default to the
+``freeze_speech_encoder`` / ``freeze_text_encoder``, or, for the speech encoder, only
+its top layers fine-tuned: ``finetune_top_speech_layers``); manifests default to the
 yaml's train, valid and test manifests. Re-running extracts only what is
 missing; training with ``--feature_cache=DIR`` then reads the cache.
 """

@@ -65,8 +65,9 @@ nj=1                    # stages 2, 4-6 as jobs, at most N at once (5, 6: one pe
 cmd=                    # stages 2, 4-6 as jobs, each through this launcher: "utils/slurm.sh [options]" on Slurm,
                         # e.g. "utils/slurm.sh --partition gpu --time 1-00:00:00"; empty: in this shell
 embeddings=false        # stage 6: also dump and score the fused (fc1) test embeddings (true | false)
-feature_cache=          # frozen-encoder states (stage 4 extracts, stages 5-8 read); needs
-                        # --train_opts "--freeze_speech_encoder=true --freeze_text_encoder=true"
+feature_cache=          # frozen-encoder states (stage 4 extracts, stages 5-8 read); needs frozen encoders,
+                        # --train_opts "--freeze_speech_encoder=true --freeze_text_encoder=true" (or the
+                        # speech encoder's top layers fine-tuned: --finetune_top_speech_layers=K)
 text_only=false         # true: no audio (text-only baselines): stage 0 skipped, data_root need not exist,
                         # local/data.sh gets --text_only true, manifests without audio (--train_opts "--modality=text")
 results_md=RESULTS.md   # stage 7 adds an entry per test set at the top of this file (relative: in the recipe dir);

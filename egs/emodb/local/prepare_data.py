@@ -36,7 +36,7 @@ MAX_LISTED = 20
 # then by the largest sum over pairs of each pair's smallest class count.
 SPEAKER_ORDER = ["03", "13", "10", "16", "11", "09", "12", "14", "15", "08"]
 # --pairing: the speaker order whose consecutive blocks are the folds. "sorted" is
-# the pairing of the issue-7 baselines (not gender-balanced: 11 12 are both male,
+# the pairing of the CPU baselines of RESULTS.md (2026-11-24) (not gender-balanced: 11 12 are both male,
 # 13 14 both female; 03 08 has one disgust utterance).
 PAIRINGS = {"balanced": SPEAKER_ORDER, "sorted": sorted(SPEAKER_ORDER)}
 
