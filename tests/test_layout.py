@@ -1,8 +1,9 @@
 """The package's layout: entry points (crab/bin/*) parse arguments and call the library;
 the library never imports crab.bin, tests and recipes use crab.bin only as commands, and the
-entry points stay a small part of the package."""
+entry points stay a small part of the package; the README's layout names every module."""
 
 import ast
+import fnmatch
 import glob
 import os
 
@@ -88,3 +89,12 @@ def test_entry_points_are_under_a_quarter_of_the_package():
     total = sum(non_empty_lines(path) for path in python_files(PACKAGE))
     entry_points = sum(non_empty_lines(path) for path in python_files(BIN))
     assert entry_points < 0.25 * total, f"crab/bin: {entry_points} of {total} non-empty lines"
+
+
+def test_the_readme_layout_names_every_module():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    layout = readme.split("## Layout", 1)[1]
+    words = set(layout.replace("`", " ").split())
+    modules = {os.path.basename(p) for p in glob.glob(os.path.join(PACKAGE, "*.py"))} - {"__init__.py"}
+    named = {m for m in modules for word in words if fnmatch.fnmatchcase(m, word)}  # benchmarking*.py too
+    assert sorted(modules - named) == []
