@@ -78,11 +78,8 @@ def check_tables(manifest):
 def _table_digests(data_dir, text_source, text_only):
     from crab.datadir import tables_read  # crab.datadir imports crab.dataprep: only when needed
 
-    digests = {}
-    for name in tables_read(data_dir, text_source, text_only):
-        with open(os.path.join(data_dir, name), "rb") as f:
-            digests[name] = hashlib.file_digest(f, "sha256").hexdigest()
-    return digests
+    names = tables_read(data_dir, text_source, text_only)
+    return {name: _file_digest(os.path.join(data_dir, name)) for name in names}
 
 
 def read_manifest_provenance(manifest):
@@ -95,17 +92,26 @@ def read_run_provenance(run_dir):
     return _read_json(os.path.join(run_dir, RUN_FILE))
 
 
-def record_run_provenance(output_folder, train_manifest, write=True, tokenizer_sha256=None):
+def record_run_provenance(
+    output_folder, train_manifest, write=True, tokenizer_sha256=None, valid_manifest=None, resumed=False
+):
     """Copy the training manifest's transcript source into the run folder (every
     invocation of a run, so a resumed one too), with the digest of the text encoder's
-    tokenizer (None: no text branch). A run resumed on transcripts from another source,
-    or with another tokenizer, than it started with is an error. Returns the record."""
+    tokenizer (None: no text branch) and of the training and validation manifests. A
+    run resumed (``resumed``: it has a checkpoint) on transcripts from another source,
+    with another tokenizer, or on manifests that changed since it started (stage 3 run
+    again on other data) is an error. Returns the record."""
     record = read_manifest_provenance(train_manifest) or dict(UNKNOWN)
     record = {
         "text_source": record.get("text_source", "unknown"),
         "asr_model": record.get("asr_model"),
         "train_manifest": os.path.abspath(train_manifest),
         "tokenizer_sha256": tokenizer_sha256,
+        "manifests_sha256": {
+            split: _file_digest(path)
+            for split, path in (("train", train_manifest), ("valid", valid_manifest))
+            if path is not None
+        },
     }
     before = read_run_provenance(output_folder)
     check_tokenizer(output_folder, tokenizer_sha256, before)
@@ -121,9 +127,31 @@ def record_run_provenance(output_folder, train_manifest, write=True, tokenizer_s
             f"{os.path.join(output_folder, RUN_FILE)}: the run was trained on {describe(before)}, but "
             f"{train_manifest} now holds {describe(record)}: train a new run (another --tag or output_folder)"
         )
+    if resumed:
+        _check_manifests(output_folder, before, record, {"train": train_manifest, "valid": valid_manifest})
     if write:
         _write_json(os.path.join(output_folder, RUN_FILE), record)
     return record
+
+
+def _check_manifests(run_dir, before, record, paths):
+    """A ``ProvenanceError`` when a manifest a resumed run was trained on has changed (a run
+    recorded without the digests is not checked): its weights would train on other data."""
+    trained = (before or {}).get("manifests_sha256") or {}
+    now = record["manifests_sha256"]
+    changed = [split for split in trained if split in now and trained[split] != now[split]]
+    if changed:
+        names = ", ".join(f"{paths[split]} ({split})" for split in changed)
+        raise ProvenanceError(
+            f"{os.path.join(run_dir, RUN_FILE)}: {names} changed since the run started (stage 3 run "
+            "again on other data?): resuming would train its weights on other utterances or labels. "
+            "Train a new run (another --tag or output_folder)"
+        )
+
+
+def _file_digest(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def check_tokenizer(run_dir, tokenizer_sha256, record=None):

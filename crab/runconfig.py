@@ -455,6 +455,11 @@ RESUME_KEYS = {
 }
 
 
+def has_checkpoint(save_folder):
+    """Does a training in ``save_folder`` resume (a SpeechBrain ``CKPT+*`` there)?"""
+    return bool(glob.glob(os.path.join(glob.escape(save_folder), "CKPT+*")))
+
+
 def check_resume(hparams_file, overrides, folder, save_folder):
     """A ``ConfigError`` when a training would go on, in ``folder``, with other settings
     than the run it holds was trained with (its ``hyperparams.yaml`` and a checkpoint in
@@ -464,7 +469,7 @@ def check_resume(hparams_file, overrides, folder, save_folder):
     (``number_of_epochs``, and what is built from it) train on, with a warning: the
     checkpoint's learning-rate schedule was made for the epochs first asked for."""
     run_file = os.path.join(folder, RUN_HPARAMS)
-    if not os.path.isfile(run_file) or not glob.glob(os.path.join(glob.escape(save_folder), "CKPT+*")):
+    if not os.path.isfile(run_file) or not has_checkpoint(save_folder):
         return
     saved = resolved_values(run_text(run_file, folder))
     with open(hparams_file, encoding="utf-8") as f:

@@ -180,6 +180,30 @@ def test_a_run_reads_only_the_tokenizer_it_was_trained_with(data, tmp_path):
     assert_one_line_error(training, "the run was trained with another tokenizer")
 
 
+def test_training_resumed_on_changed_manifests_is_refused(data, tmp_path):
+    """Stage 3 run again on other labels: the run's weights would train on other data."""
+    data_copy, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(data, data_copy)
+    train_run(data_copy, run, *TRAIN_OPTS)
+    digests = json.loads((run / "text_source.json").read_text())["manifests_sha256"]
+    assert sorted(digests) == ["train", "valid"] and all(len(d) == 64 for d in digests.values())
+    manifest = json.loads((data_copy / "train.json").read_text())
+    first = next(iter(manifest))
+    manifest[first]["emo"] = next(c for c in CLASSES if c != manifest[first]["emo"])
+    (data_copy / "train.json").write_text(json.dumps(manifest, indent=2))
+    record = (run / "text_source.json").read_text()
+    more = command(
+        "crab.bin.train", CONFIG, *run_options(data_copy, run), *TRAIN_OPTS, "--number_of_epochs=2"
+    )
+    assert_one_line_error(
+        more, f"{run}/text_source.json: {data_copy}/train.json (train) changed since the run"
+    )
+    assert (run / "text_source.json").read_text() == record
+    shutil.rmtree(run / "save")  # no checkpoint: a new training, on the manifests as they are now
+    train_run(data_copy, run, *TRAIN_OPTS)
+    assert json.loads((run / "text_source.json").read_text())["manifests_sha256"]["train"] != digests["train"]
+
+
 def test_package_builds_the_trained_model_and_records_its_max_duration(trained, data, tmp_path):
     in_recipe(package_cli.main, [CONFIG, *run_options(data, trained), "--out", str(tmp_path / "model")])
     packaged = (tmp_path / "model" / "hyperparams.yaml").read_text()

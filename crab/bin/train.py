@@ -39,7 +39,7 @@ from crab.experiment import (
 )
 from crab.features import model_tokenizer_digest
 from crab.provenance import record_run_provenance
-from crab.runconfig import ConfigError, check_resume
+from crab.runconfig import ConfigError, check_resume, has_checkpoint
 
 
 @cli.entry_point
@@ -63,13 +63,15 @@ def main(argv=None):
 def _train(hparams_file, run_opts, overrides, hparams):
     # a run resumed with other settings stops here, before its record is rewritten
     check_resume(hparams_file, overrides, hparams["output_folder"], hparams["save_folder"])
-    # the transcripts' source, from the training manifest's record into the run folder
-    # (a resumed run on transcripts of another source stops here, before anything is written)
+    # the transcripts' source, from the training manifest's record into the run folder (a run
+    # resumed on other transcripts, tokenizer or manifests stops here, before anything is written)
     record_run_provenance(
         hparams["output_folder"],
         hparams["train_manifest"],
         write=sb.utils.distributed.if_main_process(),
         tokenizer_sha256=model_tokenizer_digest(hparams["model"]),
+        valid_manifest=hparams["valid_manifest"],
+        resumed=has_checkpoint(hparams["save_folder"]),
     )
     sb.create_experiment_directory(
         hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
