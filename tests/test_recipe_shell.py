@@ -107,6 +107,19 @@ def test_stage_5_before_stage_3_names_the_missing_manifest(tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_a_mistyped_fold_names_the_folds_there(tmp_path):
+    (tmp_path / "data" / "main").mkdir(parents=True)
+    (tmp_path / "data" / "main" / "test.json").write_text("{}")
+    result = run_mini(tmp_path, "--stage", "6", "--folds", "mian")
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    assert f"no fold mian in {tmp_path}/data; the folds with manifests there: main (--folds" in result.stdout
+
+
+def test_a_stage_after_the_stop_stage_is_an_error(tmp_path):
+    result = run_mini(tmp_path, "--stage", "5", "--stop_stage", "3")
+    assert result.returncode == 1 and "--stage 5 comes after --stop_stage 3: no stage to run" in result.stderr
+
+
 def test_a_later_stage_without_runs_of_its_tag_notes_the_tags_there(tmp_path):
     (tmp_path / "exp" / "crab_tiny").mkdir(parents=True)
     result = run_mini(tmp_path, "--stage", "6", "--tag", "mlcs")

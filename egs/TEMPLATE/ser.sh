@@ -115,6 +115,7 @@ if [ -n "${CRAB_RESULTS_MD+x}" ]; then results_md=${CRAB_RESULTS_MD}; fi  # test
 . utils/parse_options.sh
 . utils/check_options.sh
 check_int stage stop_stage ngpu nproc bpe_vocab_size nj
+[ "${stage}" -le "${stop_stage}" ] || { echo "$0: --stage ${stage} comes after --stop_stage ${stop_stage}: no stage to run" >&2; exit 1; }
 [ "${nj}" -ge 1 ] || { echo "$0: --nj must be at least 1" >&2; exit 1; }
 check_bool embeddings text_only
 check_choice policy error skip
@@ -246,6 +247,15 @@ need_manifests() {  # stage $1 reads the manifests of stage 3 of the splits $2..
   local fold split stage_=$1
   shift
   for fold in ${folds}; do
+    if [ ! -d "${data_dir}/${fold}" ]; then  # a fold name mistyped, when other folds are there
+      local made
+      made=$(find "${data_dir}" -mindepth 2 -maxdepth 2 -name "*.json" -printf '%h\n' 2>/dev/null \
+        | xargs -r -n 1 basename | sort -u | tr '\n' ' ' || true)
+      if [ -n "${made}" ]; then
+        log "Error: no fold ${fold} in ${data_dir}; the folds with manifests there: ${made% } (--folds names them)"
+        exit 1
+      fi
+    fi
     for split in "$@"; do
       if [ ! -f "${data_dir}/${fold}/${split}.json" ]; then
         log "Error: ${data_dir}/${fold}/${split}.json not found: stage ${stage_} reads the manifests of stage 3 (run --stage 3 first)"
