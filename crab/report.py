@@ -17,7 +17,8 @@ the recipe calls the small command-line part for every run:
         config and tuning file
     python -m crab.report add_results --results_md RESULTS.md --summary exp/<tag>/results_<test>.json
                                       --command CMD [--config C --tuning FILE --device D --corpus NAME]
-        prepend an entry (environment, setting, command, results table) to a recipe's RESULTS.md
+        prepend an entry (environment, setting, the commands that trained and scored the runs,
+        results table) to a recipe's RESULTS.md, unless its newest entry on the experiment holds the same
     python -m crab.report results_name --test_set TEST PREDICTIONS...
         print the name stage 7 gives the results of these runs: results_<TEST>, or, when they
         leave out runs of their experiment evaluated on TEST, results_<TEST>.<folds>.seed<seeds>
@@ -58,21 +59,24 @@ TRAIN_INFO = "train_info.json"
 
 def git_commit(path=None, short=True):
     """The commit of the git checkout holding ``path`` (default: the crab package), short
-    or (``short=False``) full, with ``+dirty`` when tracked files differ from it; None
-    when there is no git or no checkout. The one place that asks git for the commit
-    (``train_info.json``, the results tables, a package's metadata.json)."""
+    (7 hex digits) or (``short=False``) full, with ``+dirty`` when the working tree differs
+    from it: a tracked file changed, or a file neither committed nor ignored (a new recipe's
+    scripts); None when there is no git, no checkout or no commit. The one place that asks
+    git for the commit (``train_info.json``, the results tables, a package's metadata.json),
+    in one ``git status``: it does not look into ignored folders (``exp*/``, ``data/``) and
+    takes no lock (a recipe's jobs ask at the same time as the user's git commands)."""
     path = path or os.path.dirname(os.path.abspath(__file__))
-
-    def git(*args):
-        run = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, check=True, timeout=10)
-        return run.stdout.strip()
-
+    status = "git --no-optional-locks status --porcelain=v2 --branch --no-ahead-behind -unormal".split()
     try:
-        commit = git("rev-parse", *(["--short"] if short else []), "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        run = subprocess.run(status, cwd=path, capture_output=True, text=True, check=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return (commit + ("+dirty" if dirty else "")) or None
+    lines = run.stdout.splitlines()
+    commit = next((line.split()[-1] for line in lines if line.startswith("# branch.oid ")), "(initial)")
+    if commit == "(initial)":  # no commit yet
+        return None
+    dirty = any(not line.startswith("# ") for line in lines)
+    return (commit[:7] if short else commit) + ("+dirty" if dirty else "")
 
 
 def machine(device="cpu"):
@@ -778,26 +782,37 @@ def package_versions(packages=("torch", "speechbrain", "transformers")):
     return ", ".join(found) + f" (python {platform.python_version()})"
 
 
+def _by_run(label, rows, key, show=str):
+    """Markdown list lines of the values of ``key`` over a summary's ``rows``, each once
+    (``show(value)``; rows without one: not recorded): ``- label: value``, or where they
+    differ one item per value, after its runs (``<fold>/seed<seed>``)."""
+    runs = {}
+    for row in rows:
+        parts = os.path.normpath(row["run"]).split(os.sep)
+        runs.setdefault(row.get(key) or None, []).append(os.path.join(*parts[-2:]))
+    shown = {(show(v) if v else f"not recorded (no {TRAIN_INFO})"): names for v, names in runs.items()}
+    if len(shown) == 1:
+        return [f"- {label}: {next(iter(shown))}"]
+    return [f"- {label}:", *(f"  - {', '.join(names)}: {value}" for value, names in shown.items())]
+
+
 def results_entry(summary, command, config=None, tuning=None, device="cpu", date=None):
     """One entry of a recipe's RESULTS.md (icefall / ESPnet style), markdown.
 
     A heading with the date (UTC) and the experiment (and, for a subset, its folds and
-    seeds), the environment (date, git commit, torch / speechbrain / transformers versions,
-    device), the config and tuning file of the runs, their folds and seeds (``coverage``)
-    and the command, then the results table of ``results_markdown`` (a row per
-    run, mean ± std, each run's machine and training command). ``summary`` is the JSON
+    seeds), the environment, the config and tuning file of the runs, their folds and seeds
+    (``coverage``), the commands that trained them and ``command``, the one that scored
+    them (stage 7), then the results table of ``results_markdown``. ``summary`` is the JSON
     of ``crab.bin.score --summary``. What the runs' ``train_info.json`` recorded (their
-    rows, ``score_run``) wins over what is given: the config and tuning file they were
-    trained with, and their machine (``machine(device)``, this one, for runs without a
-    record).
+    rows, ``score_run``) is what trained them: the command, commit, machine, config and
+    tuning file (the given ``config`` and ``tuning`` only where none is recorded); the
+    date, versions and ``machine(device)`` are of the scoring, with its commit.
     """
     from crab.runconfig import ConfigError, read_tuning  # yaml only
 
     date = date or datetime.datetime.now(datetime.timezone.utc)
     runs = summary["runs"]
-    recorded = {
-        key: sorted({row[key] for row in runs if row.get(key)}) for key in ("tuning", "config", "machine")
-    }
+    recorded = {key: sorted({row[key] for row in runs if row.get(key)}) for key in ("tuning", "config")}
     tunings = recorded["tuning"] or ([tuning] if tuning else [])
     configs = recorded["config"] or ([config] if config else [])
     experiment = f"{summary.get('tag') or 'experiment'} on {summary.get('test_set') or 'test'}"
@@ -807,12 +822,14 @@ def results_entry(summary, command, config=None, tuning=None, device="cpu", date
     lines = [
         f"## {date:%Y-%m-%d %H:%M} UTC: {experiment}",
         "",
-        "Environment:",
+        f"Environment (of the training: the runs' {TRAIN_INFO}; of the scoring: stage 7):",
         "",
-        f"- date: {date.isoformat(timespec='seconds')}",
-        f"- git commit: {git_commit() or 'unknown'}",
-        f"- versions: {package_versions()}",
-        f"- device: {'; '.join(recorded['machine']) or machine(device)}",
+        *_by_run("git commit (training)", runs, "commit"),
+        *_by_run("device (training)", runs, "machine"),
+        f"- date (scoring): {date.isoformat(timespec='seconds')}",
+        f"- git commit (scoring): {git_commit() or 'unknown'}",
+        f"- device (scoring): {machine(device)}",
+        f"- versions (scoring; {TRAIN_INFO} does not record them): {package_versions()}",
         "",
     ]
     lines += ["Setting:", ""]
@@ -826,8 +843,33 @@ def results_entry(summary, command, config=None, tuning=None, device="cpu", date
         lines.append(("- base config: " if tunings else "- config: ") + ", ".join(f"`{c}`" for c in configs))
     if covered:
         lines.append(f"- runs: {covered}" + (f"; {left_out}" if left_out else ""))
-    lines += [f"- command: `{command}`", "", ""]
+    lines += [
+        *_by_run("trained by", runs, "command", lambda c: f"`{c}`"),
+        f"- scored by: `{command}`",
+        "",
+        "",
+    ]
     return "\n".join(lines) + results_markdown(summary)
+
+
+def _experiment_and_result(entry):
+    """``(experiment, result)`` of a RESULTS.md entry written by ``results_entry``: its heading
+    after the date, and all from its setting on (the commands and the table); None otherwise."""
+    heading, _, body = entry.partition("\n")
+    _, utc, experiment = heading.partition(" UTC: ")
+    _, setting, result = body.partition("\nSetting:\n")
+    return (experiment, result.strip()) if utc and setting else None
+
+
+def _newest_entry(text, entry):
+    """The newest entry of the RESULTS.md ``text`` on the experiment of ``entry`` (its tag,
+    test set and, for a subset, folds and seeds), or None."""
+    experiment = _experiment_and_result(entry)[0]
+    for old in re.split(r"^(?=## )", text or "", flags=re.M)[1:]:
+        found = _experiment_and_result(old)
+        if found and found[0] == experiment:
+            return old
+    return None
 
 
 def insert_entry(text, entry, title="Results"):
@@ -838,8 +880,8 @@ def insert_entry(text, entry, title="Results"):
     if not text or not text.strip():
         intro = (
             "Newest first. Stage 7 of `run.sh` adds an entry per experiment and test set "
-            "(`--results_md`): the environment, the config or tuning file and the command of its "
-            "runs, and the results (mean ± std over folds and seeds)."
+            "(`--results_md`): the environment, the config or tuning file of its runs, the commands "
+            "that trained and scored them, and the results (mean ± std over folds and seeds)."
         )
         return f"# {title}\n\n{intro}\n\n{RESULTS_MARKER}\n\n{entry}"
     at = text.find(RESULTS_MARKER)
@@ -856,7 +898,9 @@ def insert_entry(text, entry, title="Results"):
 def add_results_entry(path, summary_path, command, config=None, tuning=None, device="cpu", corpus=None):
     """Prepend the entry of ``summary_path`` (``results_entry``) to the results file ``path``
     (created when absent), under a lock on its folder; the file is replaced whole, so a
-    reader never sees half of it. Returns the entry."""
+    reader never sees half of it. Scoring again what the newest entry of the experiment
+    holds (the same commands and table: ``_newest_entry``) adds nothing. Returns the
+    entry, and whether it was added."""
     from crab.locking import folder_lock
 
     _, summary = read_summary(summary_path)
@@ -869,8 +913,11 @@ def add_results_entry(path, summary_path, command, config=None, tuning=None, dev
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 old = f.read()
+        newest = _newest_entry(old, entry)
+        if newest and _experiment_and_result(newest) == _experiment_and_result(entry):
+            return newest, False
         write_text_atomic(path, insert_entry(old, entry, title))
-    return entry
+    return entry, True
 
 
 # ---------------------------------------------------------------- command line
@@ -900,10 +947,10 @@ def main(argv=None):
     add = commands.add_parser("add_results", help="prepend an entry to a recipe's RESULTS.md")
     add.add_argument("--results_md", required=True, help="the results file (created when absent)")
     add.add_argument("--summary", required=True, help="exp/<tag>/results_<test>.json (crab.bin.score)")
-    add.add_argument("--command", dest="typed", required=True, help="the command as typed")
+    add.add_argument("--command", dest="typed", required=True, help="the scoring command as typed")
     add.add_argument("--config", help="the base config")
     add.add_argument("--tuning", help="the tuning file (empty: none)")
-    add.add_argument("--device", default="cpu", help="the device the runs were trained on")
+    add.add_argument("--device", default="cpu", help="the device of the scoring (train_info.json: the runs')")
     add.add_argument("--corpus", help="the recipe's directory name: the title of a new file")
     name = commands.add_parser("results_name", help="print the name of the results of some runs")
     name.add_argument("--test_set", required=True)
@@ -944,7 +991,7 @@ def main(argv=None):
     elif args.command == "embeddings":
         print(summary_embeddings(args.summary) or "")
     elif args.command == "add_results":
-        add_results_entry(
+        entry, added = add_results_entry(
             args.results_md,
             args.summary,
             args.typed,
@@ -953,6 +1000,11 @@ def main(argv=None):
             device=args.device,
             corpus=args.corpus,
         )
+        heading = entry.split("\n", 1)[0][len("## ") :]
+        if added:
+            print(f"{args.results_md}: added at the top: {heading}")
+        else:
+            print(f"{args.results_md}: '{heading}' has the same commands and table: no entry added")
     else:
         record_training(args.run_dir, args.wall_s, args.command, args.device, args.config, args.tuning)
 

@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -11,8 +13,9 @@ from crab.bin import make_manifest
 from crab.bin import package as package_cli
 from crab.data import load_manifest
 from crab.provenance import ProvenanceError
-from crab.report import record_training, results_table
+from crab.report import git_commit, record_training, results_table
 from crab.tokenizer import build_bpe_tokenizer
+from tests.conftest import ROOT
 from tests.test_run_config import (
     CLASSES,
     CONFIG,
@@ -183,3 +186,45 @@ def test_a_manifest_older_than_its_data_dir_is_refused(tmp_path):
         load_manifest(str(train))
     os.rename(tmp_path / "corpus", tmp_path / "moved")  # data dir gone: nothing to compare
     assert len(load_manifest(str(train))) == 8
+
+
+def test_the_recorded_commit_is_dirty_with_files_neither_committed_nor_ignored(tmp_path):
+    """A new recipe's scripts, not yet added, make the commit +dirty; what the recipes write
+    (data, exp* folders, the results file's lock) and the environment are ignored."""
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True
+        )
+
+    git("init", "-q")
+    assert git_commit(str(tmp_path)) is None  # no commit yet
+    shutil.copy(os.path.join(ROOT, ".gitignore"), tmp_path / ".gitignore")
+    (tmp_path / "egs" / "new").mkdir(parents=True)
+    (tmp_path / "egs" / "new" / "RESULTS.md").write_text("# new results\n")
+    git("add", ".")
+    git("commit", "-qm", "a recipe")
+    full = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True
+    ).stdout.strip()
+    written = [
+        "egs/new/data/main/wav.scp",
+        "egs/new/exp/t/log/train.log",
+        "egs/new/exp_gpu/t/save/x",
+        "egs/new/.lock",
+    ]
+    for path in [*written, "tools/venv/bin/python", "crab/__pycache__/report.pyc", ".pytest_cache/v"]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("")
+    assert (git_commit(str(tmp_path)), git_commit(str(tmp_path), short=False)) == (full[:7], full)
+    (tmp_path / "egs" / "new" / "local").mkdir()
+    (tmp_path / "egs" / "new" / "local" / "data.py").write_text("")
+    assert git_commit(str(tmp_path / "egs" / "new")) == full[:7] + "+dirty"
+    assert git_commit(str(tmp_path), short=False) == full + "+dirty"
+    git("add", "egs/new/local/data.py")
+    git("commit", "-qm", "its data prep")
+    (tmp_path / "egs" / "new" / "RESULTS.md").write_text("# changed\n")  # a tracked file changed
+    assert git_commit(str(tmp_path)).endswith("+dirty")
+    outside = tmp_path.parent / f"{tmp_path.name}_not_a_checkout"
+    outside.mkdir()
+    assert git_commit(str(outside)) is None

@@ -16,12 +16,17 @@ import pytest
 from crab.embeddings import embedding_scores
 from crab.report import (
     RESULTS_MARKER,
+    TRAIN_INFO,
+    add_results_entry,
     insert_entry,
     latest_results,
+    main,
     record_training,
+    results_entry,
+    results_table,
     summary_test_set,
-    test_sets,
 )
+from crab.report import test_sets as sets_scored  # not collected as a test
 from tests.conftest import ROOT
 
 RECIPE = os.path.join(ROOT, "egs", "mini")
@@ -119,13 +124,25 @@ def test_stage_7_adds_the_entry_at_the_top_and_keeps_older_ones(scored):
 def test_the_entry_has_environment_setting_command_and_table(scored):
     tmp, tuning, text, _ = scored
     entry = text.split("## ")[1]
-    for line in ("- date: 20", "- git commit: ", "- device: ", "; ran on cpu"):
+    for line in (
+        "- date (scoring): 20",
+        "- git commit (training): ",
+        "- git commit (scoring): ",
+        "; ran on cpu",
+    ):
         assert line in entry, line
-    versions = next(line for line in entry.splitlines() if line.startswith("- versions: "))
+    for line in ("- device (training): ", "- device (scoring): "):
+        assert line in entry, line
+    versions = next(line for line in entry.splitlines() if line.startswith("- versions (scoring"))
     assert all(name in versions for name in ("torch ", "speechbrain ", "transformers "))
     assert f"- tuning: `{tuning}`: A narrower head." in entry
     assert "- base config: `conf/crab_tiny.yaml`" in entry
-    assert f"- command: `{RECIPE}/run.sh --stage 7 --stop_stage 7 " in entry and f"--tuning {tuning}" in entry
+    assert (
+        f"- scored by: `{RECIPE}/run.sh --stage 7 --stop_stage 7 " in entry and f"--tuning {tuning}" in entry
+    )
+    assert (
+        "- trained by:\n  - main/seed1: `./run.sh --seeds 1`\n  - main/seed2: `./run.sh --seeds 2`\n" in entry
+    )
     summary = json.loads((tmp / "exp" / "narrow" / "results_test.json").read_text())
     mean, std = summary["mean"]["UAR"], summary["std"]["UAR"]
     assert "| run | N | WAR | UAR | macro_F1 | weighted_F1 | train wall time | commit |" in entry
@@ -145,6 +162,66 @@ def test_recipe_tests_leave_the_repository_alone(scored, tmp_path):
     result = stage_7(tmp_path, "--results_md", "", env={"CRAB_RESULTS_MD": str(tmp_path / "unused.md")})
     assert result.returncode == 0 and not (tmp_path / "unused.md").exists()
     assert fingerprint() == before
+
+
+def summary_of(exp, tag, path):
+    """Score the runs of ``exp/tag`` (``crab.bin.score --summary``) into ``path``."""
+    paths = sorted(str(p) for p in (exp / tag).glob("*/seed*/eval_test/predictions.csv"))
+    _, summary = results_table(paths, tag=tag, test_set="test")
+    path.write_text(json.dumps(summary))
+    return summary
+
+
+def test_the_entry_names_what_trained_the_runs_and_what_scored_them(tmp_path):
+    write_runs(tmp_path / "exp", "crab_tiny", (1, 2, 3), None)
+    trained = "./run.sh --train_opts --alpha=1.0 --bpe_vocab_size 500"
+    for seed in (1, 2):
+        info_path = tmp_path / "exp" / "crab_tiny" / "main" / f"seed{seed}" / TRAIN_INFO
+        info = json.loads(info_path.read_text())
+        info.update(command=trained, commit="0123abc", machine="gpubox; ran on cuda:0")
+        info_path.write_text(json.dumps(info))
+    (tmp_path / "exp" / "crab_tiny" / "main" / "seed3" / TRAIN_INFO).unlink()
+    scoring = "./run.sh --stage 7 --stop_stage 7"
+    entry = results_entry(summary_of(tmp_path / "exp", "crab_tiny", tmp_path / "s.json"), scoring)
+    unrecorded = f"  - main/seed3: not recorded (no {TRAIN_INFO})\n"
+    assert f"- trained by:\n  - main/seed1, main/seed2: `{trained}`\n{unrecorded}" in entry
+    assert f"- scored by: `{scoring}`\n" in entry and entry.count(scoring) == 1
+    assert f"- git commit (training):\n  - main/seed1, main/seed2: 0123abc\n{unrecorded}" in entry
+    assert f"- device (training):\n  - main/seed1, main/seed2: gpubox; ran on cuda:0\n{unrecorded}" in entry
+    assert "- date (scoring): 20" in entry and "- device (scoring): " in entry
+    (tmp_path / "exp" / "crab_tiny" / "main" / "seed3").rename(tmp_path / "seed3")  # the same command: once
+    entry = results_entry(summary_of(tmp_path / "exp", "crab_tiny", tmp_path / "s.json"), scoring)
+    assert f"- trained by: `{trained}`\n" in entry and "- git commit (training): 0123abc\n" in entry
+
+
+def test_scoring_again_adds_no_entry_unless_the_results_changed(tmp_path, capsys):
+    exp, summary = tmp_path / "exp", tmp_path / "results_test.json"
+    results = tmp_path / "RESULTS.md"
+    write_runs(exp, "crab_tiny", (1, 2), None)
+    write_runs(exp, "other", (1,), None)
+    summary_of(exp, "crab_tiny", summary)
+    scoring = "./run.sh --stage 7 --stop_stage 7"
+    entry, added = add_results_entry(str(results), str(summary), scoring)
+    assert added and results.read_text().count(" UTC: crab_tiny on test") == 1
+    summary_of(exp, "other", tmp_path / "other.json")  # another experiment's entry in between
+    assert add_results_entry(str(results), str(tmp_path / "other.json"), scoring)[1]
+    before = results.read_text()
+    main(["add_results", "--results_md", str(results), "--summary", str(summary), "--command", scoring])
+    assert results.read_text() == before
+    heading = entry.splitlines()[0][len("## ") :]
+    assert (
+        capsys.readouterr().out == f"{results}: '{heading}' has the same commands and table: no entry added\n"
+    )
+
+    # another scoring command, or a run trained again, adds an entry at the top
+    assert add_results_entry(str(results), str(summary), scoring + " --seeds '1 2'")[1]
+    predictions = exp / "crab_tiny" / "main" / "seed2" / "eval_test" / "predictions.csv"
+    predictions.write_text(predictions.read_text().replace("utt0,angry,angry,", "utt0,angry,sad,"))
+    summary_of(exp, "crab_tiny", summary)
+    main(["add_results", "--results_md", str(results), "--summary", str(summary), "--command", scoring])
+    assert capsys.readouterr().out.startswith(f"{results}: added at the top: ")
+    headings = [line.split(" UTC: ")[1] for line in results.read_text().splitlines() if " UTC: " in line]
+    assert headings == ["crab_tiny on test"] * 2 + ["other on test", "crab_tiny on test"]
 
 
 def test_a_subset_of_the_folds_keeps_apart_from_the_results_of_all(tmp_path):
@@ -186,7 +263,7 @@ def test_a_test_set_named_with_a_dot_keeps_apart_from_another(tmp_path):
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     newest = exp / "results_test.v2.main.seed1+2.json"
     os.utime(newest, (newest.stat().st_mtime + 10,) * 2)  # test.v2's subset scored last
-    assert test_sets(str(exp)) == ["test", "test.v2"]
+    assert sets_scored(str(exp)) == ["test", "test.v2"]
     assert latest_results(str(exp), "test") == str(exp / "results_test.main.seed1+2.json")
     assert latest_results(str(exp), "test.v2") == str(newest)
     assert summary_test_set(str(exp / "results_test.v2.json")) == "test.v2"
