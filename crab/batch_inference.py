@@ -580,17 +580,15 @@ def check_outputs(job):
 
 
 def resolve_device(device, precision="fp32"):
-    """The torch device of ``device``: ``auto`` is ``cuda:0`` with a GPU, else ``cpu``;
-    ``cuda`` is ``cuda:0``; a CUDA device without a GPU, or fp16 ``precision`` off CUDA,
-    is a ``UsageError``."""
-    import torch
+    """The torch device of ``device`` (``crab.inference.torch_device``); a CUDA device this
+    machine lacks (``crab.inference.cuda_problem``), or fp16 ``precision`` off CUDA, is a
+    ``UsageError``."""
+    from crab.inference import cuda_problem, torch_device  # torch, once a model is to be loaded
 
-    if device == "auto":
-        device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = "cuda:0"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA GPU is available (use --device cpu or auto)")
+    device = torch_device(device)
+    problem = cuda_problem(device)
+    if problem:
+        raise UsageError(f"--device {device}: {problem} (use --device cpu or auto)")
     if precision == "fp16" and not device.startswith("cuda"):
         raise UsageError(f"--precision fp16 needs a CUDA device, not {device}: use bf16 or fp32")
     return device

@@ -288,6 +288,36 @@ def load_weights(path):
         ) from None
 
 
+class DeviceError(UserError, ValueError):
+    """A device that this machine does not have (a CUDA device without a GPU)."""
+
+
+def torch_device(device):
+    """``device`` as torch names it: ``auto`` is ``cuda:0`` when there is a GPU, else ``cpu``;
+    ``cuda`` is ``cuda:0``; any other name is kept."""
+    device = str(device)
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return "cuda:0" if device == "cuda" else device
+
+
+def cuda_problem(device):
+    """Why the CUDA device ``device`` cannot be used here, or None (also for any other device)."""
+    device = str(device)
+    if not device.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is available"
+    try:
+        index = torch.device(device).index
+    except RuntimeError:
+        return "not a device name (cuda or cuda:<index>)"
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        return f"there are {count} CUDA GPU(s) here (cuda:0 to cuda:{count - 1})"
+    return None
+
+
 class AudioError(ValueError):
     """Audio that the model cannot classify: missing, unreadable, empty, silent, too short,
     non-finite (NaN or infinite samples), out of range (amplitude beyond ``MAX_PEAK``, or a
@@ -343,6 +373,27 @@ def load_audio_file(path, max_duration=None):
         raise AudioError(str(err)) from None
     except (OSError, RuntimeError, sf.LibsndfileError) as err:
         raise AudioError(f"unreadable audio file {path} ({err})") from None
+
+
+def _check_texts_type(texts):
+    """Refuse ``texts`` unless None or a list (or tuple) of str: SpeechBrain's
+    ``classify_batch(wavs, wav_lens)`` would put the lengths there, and a single string
+    would be read character by character."""
+    usage = (
+        "CrabClassifier.classify_batch(wavs, texts=None, wav_lens=None, sample_rate=16000) takes a list "
+        "of transcripts (str, one per utterance) second, and relative lengths by keyword: "
+        "classify_batch(wavs, texts, wav_lens=lens), or classify_batch(wavs, wav_lens=lens) for a "
+        "speech-only model"
+    )
+    if texts is None:
+        return
+    if isinstance(texts, str):
+        raise TypeError(f"texts is one str, not a list of them: {usage} (for one utterance: [text])")
+    if not isinstance(texts, (list, tuple)):
+        raise TypeError(f"texts is a {type(texts).__name__}, not a list of str: {usage}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str: {usage}")
 
 
 def _resolve(model_dir, source):
@@ -585,7 +636,24 @@ class CrabClassifier(Pretrained):
         file is fetched again from the package (one left there by another model is not
         used), and with a copying strategy the encoder folders are copied there too, so
         that the copy is complete.
+
+        ``run_opts={"device": ...}`` takes ``cpu``, ``cuda``, ``cuda:<index>`` or ``auto`` (a GPU
+        when there is one); a CUDA device this machine lacks is a ``DeviceError``.
         """
+        run_opts = kwargs.get("run_opts")
+        if run_opts is not None:
+            is_dict = isinstance(run_opts, dict)
+            device = run_opts.get("device") if is_dict else getattr(run_opts, "device", None)
+            if device is not None:
+                resolved = torch_device(device)
+                problem = cuda_problem(resolved)
+                if problem:
+                    raise DeviceError(
+                        f"run_opts device {device!r}: {problem}: use 'cpu', or 'auto' (a GPU when there "
+                        "is one)"
+                    )
+                if is_dict:  # SpeechBrain knows no 'auto', and warns on 'cuda' without an index
+                    kwargs["run_opts"] = {**run_opts, "device": resolved}
         fetch_config = fetch_config or FetchConfig()
         if not os.path.isdir(str(source)):  # a hub id: the whole package, then loaded in place
             source = package_dir(source, savedir, fetch_config.revision, fetch_config.allow_network)
@@ -645,27 +713,51 @@ class CrabClassifier(Pretrained):
         return load_audio_file(path, getattr(self.hparams, "max_duration", None))
 
     def classify_file(self, path, text=None):
-        """Classify one audio file (any sample rate, any channel count)."""
+        """Classify one audio file (any sample rate, any channel count). Audio longer than the
+        model's ``max_duration`` is cut to it, as in training, with a warning."""
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"text must be the transcript (a str) of {path}, not a {type(text).__name__}")
         wav = self.load_audio(path) if self.mods.model.needs_speech else torch.zeros(0)
         if self.mods.model.needs_speech:
             problem = check_audio(wav, self.min_samples)
             if problem:
                 raise AudioError(f"{path}: {problem}")
+            max_duration = getattr(self.hparams, "max_duration", None)
+            seconds = sf.info(path).duration  # the header: the file was read up to max_duration only
+            if max_duration is not None and seconds > max_duration:
+                logger.warning(
+                    "%s: %.1f s of audio, longer than the model's max_duration: only its first %g s "
+                    "are classified (cut it into segments to classify the rest)",
+                    path,
+                    seconds,
+                    max_duration,
+                )
         texts = None if text is None else [text]
         return self.classify_batch(wav.unsqueeze(0), texts)
 
     def classify_batch(self, wavs, texts=None, wav_lens=None, sample_rate=SAMPLE_RATE):
         """Classify a batch.
 
+        Note the order: transcripts come second, so relative lengths go by keyword,
+        ``classify_batch(wavs, wav_lens=lens)``, not second as in SpeechBrain's
+        ``EncoderClassifier.classify_batch(wavs, wav_lens)`` (a tensor there is a ``TypeError``).
+
         Arguments
         ---------
         wavs : torch.Tensor
-            ``(batch, time)`` mono waveforms, or ``(batch, time, channels)``
-            (averaged to mono), or one ``(time,)`` waveform; padded at the end.
+            Mono waveforms ``(batch, time)``, padded at the end; or ``(batch, time,
+            channels)`` (averaged to mono); or one ``(time,)`` waveform. A 2-D tensor is
+            always ``(batch, time)``: torchaudio's ``(channels, time)`` would be a batch of
+            channels, so mix it down first (``wav.mean(0)``) or use ``classify_file``, which
+            reads any channel count. A padded length shorter than the speech encoder reads
+            (``min_samples`` at 16 kHz), as a ``(time, channels)`` tensor has, is an ``AudioError``.
+            Utterances longer than the model's ``max_duration`` are cut to it, as in training,
+            with one warning per batch. None for a text model.
         texts : list of str or None
-            One transcript per utterance (ignored by a speech-only model).
+            One transcript per utterance; a list of str is ignored by a speech-only model.
         wav_lens : torch.Tensor or None
-            SpeechBrain relative lengths (1.0 = the padded length); None: all full.
+            SpeechBrain relative lengths in (0, 1]: each utterance's samples over the padded
+            length (1.0 = all of it); None: all full. Lengths in samples are a ``ValueError``.
         sample_rate : int
             Rate of ``wavs``; resampled to 16 kHz when different.
 
@@ -675,6 +767,8 @@ class CrabClassifier(Pretrained):
 
         Raises
         ------
+        TypeError
+            ``texts`` is not a list of str (a tensor of lengths, one string).
         AudioError
             An utterance's audio cannot be classified (``check_audio``), or
             ``sample_rate`` is outside ``MIN_SAMPLE_RATE``-``MAX_SAMPLE_RATE``;
@@ -683,6 +777,7 @@ class CrabClassifier(Pretrained):
             The model gave NaN or infinite scores for an utterance: ``utterance(s)
             [i, ...] of the batch: non-finite model output ...``. Never a prediction.
         """
+        _check_texts_type(texts)
         wavs, wav_lens = self._prepare_audio(wavs, wav_lens, sample_rate)
         batch = wavs.shape[0] if wavs is not None else len(texts or [])
         texts = self._prepare_texts(texts, batch)
@@ -706,24 +801,41 @@ class CrabClassifier(Pretrained):
         if not self.mods.model.needs_speech:
             return None, None
         wavs = torch.as_tensor(wavs, dtype=torch.float32)
+        shape, layout = tuple(wavs.shape), "(batch, time)"
         if wavs.dim() == 1:
-            wavs = wavs.unsqueeze(0)
+            wavs, layout = wavs.unsqueeze(0), None  # one waveform: too short is check_audio's
         elif wavs.dim() == 3:
-            wavs = wavs.mean(dim=-1)
+            wavs, layout = wavs.mean(dim=-1), "(batch, time, channels)"
         elif wavs.dim() != 2:
             raise ValueError(
                 f"wavs must be (batch, time) or (batch, time, channels), got shape {tuple(wavs.shape)}"
             )
-        if wav_lens is None:
-            wav_lens = torch.ones(wavs.shape[0])
-        wav_lens = torch.as_tensor(wav_lens, dtype=torch.float32).cpu()
         if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
             raise AudioError(
                 f"sample rate {sample_rate} Hz outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz: not resampled"
             )
+        # before resampling: soxr takes a (time, channels) tensor's time as its channels and fails
+        if layout and wavs.shape[1] * SAMPLE_RATE < self.min_samples * sample_rate:
+            raise AudioError(
+                f"wavs of shape {shape} read as {layout}: {wavs.shape[1]} samples per utterance at "
+                f"{sample_rate} Hz, fewer than the speech encoder reads ({self.min_samples} at 16 kHz). "
+                "classify_batch takes mono (batch, time) waveforms, or (batch, time, channels): mix a "
+                "(time, channels) tensor down first (wav.mean(-1)), put the channels of a (batch, "
+                "channels, time) one last, or use classify_file, which reads any channel count"
+            )
+        wav_lens = self._check_wav_lens(wav_lens, wavs)
         wavs = resample(wavs, sample_rate, SAMPLE_RATE)  # soxr: memory does not grow with odd rates
         lengths = torch.round(wav_lens * wavs.shape[1]).long().clamp(0, wavs.shape[1])
         if self.max_samples is not None and wavs.shape[1] > self.max_samples:
+            cut = int((lengths > self.max_samples).sum())
+            if cut:
+                logger.warning(
+                    "%d of the %d utterances of the batch are longer than the model's max_duration: "
+                    "only their first %g s are classified",
+                    cut,
+                    len(lengths),
+                    self.max_samples / SAMPLE_RATE,
+                )
             wavs = wavs[:, : self.max_samples]
             lengths = lengths.clamp(max=self.max_samples)
         for i, (wav, n) in enumerate(zip(wavs, lengths.tolist(), strict=True)):
@@ -733,6 +845,27 @@ class CrabClassifier(Pretrained):
         wav_lens = lengths.float() / wavs.shape[1]  # stays on the host: the encoder reads it there
         return wavs.to(self.device), wav_lens
 
+    @staticmethod
+    def _check_wav_lens(wav_lens, wavs):
+        """``wav_lens`` as a float tensor on the host (all ones for None); refused unless one
+        relative length per row of ``wavs``, each within [0, 1] (0 is check_audio's empty audio)."""
+        if wav_lens is None:
+            return torch.ones(wavs.shape[0])
+        wav_lens = torch.as_tensor(wav_lens, dtype=torch.float32).cpu()
+        if wav_lens.shape != (wavs.shape[0],):
+            raise ValueError(
+                f"wav_lens has shape {tuple(wav_lens.shape)} for {wavs.shape[0]} utterances: give one "
+                "relative length per utterance"
+            )
+        if not bool(((wav_lens >= 0) & (wav_lens <= 1 + 1e-5)).all()):  # NaN fails both
+            raise ValueError(
+                f"wav_lens must be relative lengths in (0, 1] (SpeechBrain's: each utterance's samples "
+                f"over the padded length, 1.0 = all of it), but the largest is {float(wav_lens.max()):g}"
+                f" and the smallest {float(wav_lens.min()):g}: for lengths in samples, divide them by "
+                f"wavs.shape[1] ({wavs.shape[1]})"
+            )
+        return wav_lens
+
     def _prepare_texts(self, texts, batch):
         if not self.needs_text:
             return None
@@ -741,9 +874,12 @@ class CrabClassifier(Pretrained):
                 f"this {self.hparams.modality} model needs a transcript per utterance: pass texts "
                 "(or transcribe with load_asr() and transcribe_batch())"
             )
-        texts = [clean_transcript(str(t))[0] for t in texts]  # as data prep and training do
+        texts = [clean_transcript(t)[0] for t in texts]  # as data prep and training do
         if len(texts) != batch:
-            raise ValueError(f"{len(texts)} transcripts for {batch} utterances")
+            raise ValueError(
+                f"{len(texts)} transcripts for {batch} utterances: give one per row of wavs, which is "
+                "(batch, time) (mix a (channels, time) waveform down first: wav.mean(0))"
+            )
         empty = [i for i, t in enumerate(texts) if not t.strip()]
         if empty:
             raise ValueError(f"empty transcript for utterance(s) {empty} of the batch")

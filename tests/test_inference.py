@@ -547,6 +547,127 @@ def test_any_rate_and_channels_and_bad_audio(trained, data, tmp_path):
         classifier.classify_file(str(tmp_path / "mono.wav"), "\x00\x1b")
 
 
+@pytest.fixture(scope="module")
+def speech_only(data, tmp_path_factory):
+    """A packaged speech-only model: the directory."""
+    tmp = tmp_path_factory.mktemp("speech_only")
+    train(data, tmp / "run", "--modality=speech")
+    package(data, tmp / "run", tmp / "model", "--modality=speech")
+    return tmp / "model"
+
+
+def padded_test_batch(data):
+    wavs = [read_audio(str(data / f"test_{emo}_0.wav")) for emo in CLASSES]
+    padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    return padded, torch.tensor([len(w) for w in wavs]) / padded.shape[1]
+
+
+def test_lengths_given_second_as_in_speechbrain_are_refused(trained, speech_only, data):
+    padded, lens = padded_test_batch(data)
+    texts = [f"I feel {emo} today" for emo in CLASSES]
+    bimodal = CrabClassifier.from_hparams(source=str(trained[2]))
+    speech = CrabClassifier.from_hparams(source=str(speech_only))
+    for classifier in (bimodal, speech):
+        # SpeechBrain's classify_batch(wavs, wav_lens): the lengths would be read as transcripts
+        # (bimodal) or dropped (speech-only, which then classifies the padding)
+        with pytest.raises(TypeError, match=r"texts is a Tensor.*wav_lens=lens"):
+            classifier.classify_batch(padded, lens)
+        with pytest.raises(TypeError, match=r"texts\[0\] is a Tensor"):
+            classifier.classify_batch(padded, list(lens))
+    # one string as long as the batch was read character by character
+    with pytest.raises(TypeError, match=r"texts is one str.*\[text\]"):
+        bimodal.classify_batch(padded, "abcd", lens)
+    with pytest.raises(TypeError, match="text must be the transcript"):
+        bimodal.classify_file(str(data / "test_sad_0.wav"), text=texts)
+    # a speech-only model still ignores transcripts
+    expected = speech.classify_batch(padded, wav_lens=lens)[0]
+    torch.testing.assert_close(speech.classify_batch(padded, texts, lens)[0], expected)
+
+
+def test_wav_lens_must_be_relative(trained, data):
+    classifier = CrabClassifier.from_hparams(source=str(trained[2]))
+    padded, lens = padded_test_batch(data)
+    texts = [f"I feel {emo} today" for emo in CLASSES]
+    samples = torch.round(lens * padded.shape[1])
+    largest = int(samples.max())
+    with pytest.raises(ValueError, match=rf"relative lengths in \(0, 1\].*the largest is {largest}\b"):
+        classifier.classify_batch(padded, texts, samples)
+    with pytest.raises(ValueError, match="one relative length per utterance"):
+        classifier.classify_batch(padded, texts, lens[:2])
+    exact = classifier.classify_batch(padded, texts, lens)[0]
+    torch.testing.assert_close(classifier.classify_batch(padded, texts, lens * (1 + 1e-7))[0], exact)
+
+
+def test_a_tensor_of_channels_is_refused_with_the_layout_it_needs(speech_only, tmp_path):
+    classifier = CrabClassifier.from_hparams(source=str(speech_only))
+    stereo = torch.from_numpy(np.stack([tone(0.5, 180, 44100), tone(0.5, 180, 44100, seed=1)], axis=1))
+    # (time, channels), as soundfile reads it: the resampler failed on 22050 "channels"
+    with pytest.raises(
+        AudioError, match=r"shape \(22050, 2\) read as \(batch, time\): 2 samples.*classify_file"
+    ):
+        classifier.classify_batch(stereo, sample_rate=44100)
+    # (batch, channels, time): channels last is the 3-D layout
+    with pytest.raises(AudioError, match=r"read as \(batch, time, channels\): 2 samples"):
+        classifier.classify_batch(stereo.T[None], sample_rate=44100)
+    assert classifier.classify_batch(stereo[None], sample_rate=44100)[0].shape == (1, 4)
+
+
+def test_a_bimodal_model_names_the_layout_of_a_batch_of_channels(trained):
+    classifier = CrabClassifier.from_hparams(source=str(trained[2]))
+    channels = torch.from_numpy(np.stack([tone(0.7, 180), tone(0.7, 180, seed=1)]))
+    with pytest.raises(ValueError, match=r"1 transcripts for 2 utterances.*\(batch, time\).*wav.mean\(0\)"):
+        classifier.classify_batch(channels, ["I feel happy today"])
+
+
+def test_a_cuda_device_without_a_gpu_is_a_clear_error(trained, monkeypatch):
+    from crab.batch_inference import UsageError, resolve_device
+    from crab.inference import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(
+            DeviceError, match=f"run_opts device '{device}': no CUDA GPU is available: use 'cpu'"
+        ):
+            CrabClassifier.from_hparams(source=str(trained[2]), run_opts={"device": device})
+    with pytest.raises(UsageError, match=r"--device cuda:0: no CUDA GPU is available \(use --device cpu"):
+        resolve_device("cuda")
+    assert CrabClassifier.from_hparams(source=str(trained[2]), run_opts={"device": "auto"}).device == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DeviceError, match=r"'cuda:1': there are 1 CUDA GPU\(s\) here \(cuda:0 to cuda:0\)"):
+        CrabClassifier.from_hparams(source=str(trained[2]), run_opts={"device": "cuda:1"})
+    with pytest.raises(UsageError, match="--device cuda:1: there are 1 CUDA GPU"):
+        resolve_device("cuda:1")
+
+
+def test_audio_longer_than_max_duration_is_cut_with_a_warning(speech_only, tmp_path, caplog):
+    classifier = CrabClassifier.from_hparams(source=str(speech_only))
+    assert classifier.hparams.max_duration == 12.0
+    long_wav = tone(13.5, 180)
+    sf.write(tmp_path / "long.wav", long_wav, 16000)
+    with caplog.at_level("WARNING", logger="crab.inference"):
+        cut = classifier.classify_file(str(tmp_path / "long.wav"))[0]
+    assert [r.getMessage() for r in caplog.records if r.name == "crab.inference"] == [
+        f"{tmp_path / 'long.wav'}: 13.5 s of audio, longer than the model's max_duration: only its first "
+        "12 s are classified (cut it into segments to classify the rest)"
+    ]
+    torch.testing.assert_close(
+        cut, classifier.classify_batch(read_audio(str(tmp_path / "long.wav"))[: 12 * 16000])[0]
+    )
+    caplog.clear()
+    # one warning per batch; the padding of a short utterance is not counted
+    short = np.pad(tone(1, 180), (0, len(long_wav) - 16000))
+    with caplog.at_level("WARNING", logger="crab.inference"):
+        classifier.classify_batch(
+            torch.from_numpy(np.stack([long_wav, long_wav, short])),
+            wav_lens=torch.tensor([1.0, 1.0, 16000 / len(long_wav)]),
+        )
+    assert [r.getMessage() for r in caplog.records if r.name == "crab.inference"] == [
+        "2 of the 3 utterances of the batch are longer than the model's max_duration: only their first "
+        "12 s are classified"
+    ]
+
+
 def write_inputs(tmp_path, data):
     """wav.scp: two good lines, a broken line, a missing file, stereo 44.1 kHz, a silent and an empty file,
     and one utterance with no transcript in text."""
