@@ -57,6 +57,7 @@ SETTING_NAMES = {
     "precision": "--precision",
 }
 PRECISIONS = ("fp32", "bf16", "fp16")
+PATH_SETTINGS = ("model", "text")  # recorded for information only
 
 
 class UsageError(cli.UserError, ValueError):
@@ -199,24 +200,22 @@ def _hash_file(digest, path, size, limit=None):
             digest.update(block)
 
 
-def readable_stat(path, within=None):
-    """``os.stat`` of ``path``, a regular file or a directory; a ``UsageError`` naming it when it
-    is anything else (a FIFO or device would block or never end), a dangling link, or, with
-    ``within`` (a real path), a link that leads outside ``within``."""
-    if within is not None:
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, within]) != within:
-            raise UsageError(f"{path} is a link to {real}, outside {within}: a package holds its own files")
+def readable_stat(path):
+    """``os.stat`` of ``path`` (links followed, as loading the package follows them: a Hugging
+    Face cache's snapshot links each file to its blob), a regular file or a directory; a
+    ``UsageError`` naming it when it is anything else (a FIFO or device would block or never
+    end: it is never opened) or a dangling link."""
     try:
         info = os.stat(path)
     except OSError as err:
         raise UsageError(f"{path} cannot be read ({err.strerror})") from None
     if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
-        raise UsageError(f"{path} is not a regular file (a FIFO, device or socket): refusing to read it")
+        what = f"{path} is a link to {os.path.realpath(path)}, which" if os.path.islink(path) else path
+        raise UsageError(f"{what} is not a regular file (a FIFO, device or socket): refusing to read it")
     return info
 
 
-def tree_digest(root, limit=None, within=None):
+def tree_digest(root, limit=None):
     """SHA-256 of the names, sizes and contents of the files under ``root``.
 
     Parameters
@@ -225,8 +224,6 @@ def tree_digest(root, limit=None, within=None):
         A file or a directory.
     limit : int, optional
         Files over this many bytes count by name and size only.
-    within : str, optional
-        A real path that every file and link under ``root`` must lead into.
 
     Returns
     -------
@@ -236,20 +233,19 @@ def tree_digest(root, limit=None, within=None):
     Raises
     ------
     UsageError
-        For an entry that is not a regular file or a directory, or leads outside ``within``
-        (``readable_stat``).
+        For an entry that is not a regular file or a directory (``readable_stat``).
     """
     digest = hashlib.sha256()
-    info = readable_stat(root, within)
+    info = readable_stat(root)
     if stat.S_ISREG(info.st_mode):
         _hash_file(digest, root, info.st_size, limit)
         return digest.hexdigest()
     for base, dirs, files in sorted(os.walk(root)):
         for name in dirs:  # a link to a folder is not walked into, only checked
-            readable_stat(os.path.join(base, name), within)
+            readable_stat(os.path.join(base, name))
         for name in sorted(files):
             path = os.path.join(base, name)
-            size = readable_stat(path, within).st_size
+            size = readable_stat(path).st_size
             digest.update(os.path.relpath(path, root).encode("utf-8", "surrogateescape") + b"\0")
             _hash_file(digest, path, size, limit)
     return digest.hexdigest()
@@ -257,14 +253,13 @@ def tree_digest(root, limit=None, within=None):
 
 def model_digest(model_dir):
     """SHA-256 (hex) of what makes a package's predictions: model.ckpt, hyperparams.yaml,
-    label_encoder.ckpt and the encoders' configs and tokenizer (``MODEL_FILES``); each a
-    regular file or folder of the package (``tree_digest``)."""
+    label_encoder.ckpt and the encoders' configs and tokenizer (``MODEL_FILES``), by content
+    (``tree_digest``): the same package elsewhere, or as links to the same files, has the same."""
     digest = hashlib.sha256()
-    within = os.path.realpath(model_dir)
     for name in MODEL_FILES:
         path = os.path.join(model_dir, name)
         if os.path.lexists(path):
-            digest.update(f"{name}\0{tree_digest(path, within=within)}\0".encode())
+            digest.update(f"{name}\0{tree_digest(path)}\0".encode())
     return digest.hexdigest()
 
 
@@ -517,7 +512,11 @@ def check_settings(marker, settings, out, overwrite):
             "so they cannot be told apart: use --overwrite to start over, or another --out"
         )
     previous = {"precision": "fp32", **previous}  # recorded before --precision existed: fp32
-    differ = [key for key in sorted(set(previous) | set(settings)) if previous.get(key) != settings.get(key)]
+    # the package and --text file by content (model_sha256, text_sha256): moved, they resume
+    differ, moved = [], []
+    for key in sorted(set(previous) | set(settings)):
+        if previous.get(key) != settings.get(key):
+            (moved if key in PATH_SETTINGS else differ).append(key)
     if differ:
         what = "; ".join(
             f"{SETTING_NAMES.get(key, key)} ({_short(previous.get(key))} then, {_short(settings.get(key))} "
@@ -527,6 +526,14 @@ def check_settings(marker, settings, out, overwrite):
         raise UsageError(
             f"{out} holds results of another model or other settings: {what}: "
             "use --overwrite to start over, or another --out"
+        )
+    for key in moved:
+        logger.info(
+            "%s: %s changed (%s then, %s now), its content is the same: resumed",
+            out,
+            SETTING_NAMES[key],
+            json.dumps(previous.get(key), ensure_ascii=False),
+            json.dumps(settings.get(key), ensure_ascii=False),
         )
 
 
@@ -835,15 +842,13 @@ def check_not_segmented(wav_scp):
         )
 
 
-def audio_seconds(utterance, max_duration):
-    """Duration of ``utterance``'s audio from the file header, for batching.
+def audio_seconds(utterance):
+    """Duration of ``utterance``'s audio from the file header.
 
     Parameters
     ----------
     utterance : crab.datadir.Utterance
         The utterance and its audio path.
-    max_duration : float or None
-        When set, the model hears at most this many seconds: the duration is capped to it.
 
     Returns
     -------
@@ -858,8 +863,7 @@ def audio_seconds(utterance, max_duration):
         info = sf.info(utterance.path)
     except (RuntimeError, sf.LibsndfileError) as err:
         return None, f"unreadable audio file {utterance.path} ({err})"
-    seconds = info.frames / info.samplerate if info.samplerate else 0.0
-    return (min(seconds, max_duration) if max_duration else seconds), None
+    return (info.frames / info.samplerate if info.samplerate else 0.0), None
 
 
 def classify_wav_scp(job):
@@ -911,7 +915,7 @@ def classify_wav_scp(job):
         previous, redo = resumed(job, utterances, kept, read_from)
         for utt in redo:
             del kept[utt]
-        todo, unusable = usable_utterances(job, utterances, previous, texts, info)
+        todo, unusable, longer = usable_utterances(job, utterances, previous, texts, info)
         logger.info(
             "%s: %d utterances, %d classified before, %d to classify, %d unusable; %d results redone: "
             "their audio changed",
@@ -944,6 +948,15 @@ def classify_wav_scp(job):
         order = list(kept) + [u.utt for u in utterances if u.utt in done]
         results.rewrite([kept[utt] if utt in kept else done[utt] for utt in order])
         sources.rewrite({utt: read_from[utt] for utt in order if utt in read_from})
+    cut = len(longer.intersection(done))
+    if cut:
+        logger.warning(
+            "%d utterances longer than %g s: classified from their first %g s%s",
+            cut,
+            info["max_duration"],
+            info["max_duration"],
+            " (their transcripts are of the whole audio)" if job.text_mode == "asr" else "",
+        )
     return Tally(len(utterances) + len(failures), len(previous), len(done), failed, len(redo))
 
 
@@ -992,25 +1005,32 @@ def resumed(job, utterances, kept, read_from):
 
 
 def usable_utterances(job, utterances, previous, texts, info):
-    """The utterances to classify, with their durations (``audio_seconds``), and the failures
-    of those that cannot be: a missing or unreadable file, no gold transcript."""
-    todo, failed = [], []
+    """The utterances to classify, with the seconds of their audio the model hears (all of it,
+    or its first ``max_duration``: ``audio_seconds``); the failures of those that cannot be (a
+    missing or unreadable file, no gold transcript); and the set of those longer than
+    ``max_duration``."""
+    todo, failed, longer = [], [], set()
+    max_duration = info.get("max_duration")
     for utterance in utterances:
         if utterance.utt in previous:
             continue
-        seconds, problem = audio_seconds(utterance, info.get("max_duration"))
+        seconds, problem = audio_seconds(utterance)
         if not problem and job.text_mode == "gold":
             problem = transcript_problem(utterance.utt, texts, job.text)
         if problem:
             failed.append(Failure(utterance.utt, utterance.line, problem))
-        else:
-            todo.append((utterance, seconds))
-    return todo, failed
+            continue
+        if max_duration and seconds > max_duration:
+            longer.add(utterance.utt)
+            seconds = max_duration
+        todo.append((utterance, seconds))
+    return todo, failed, longer
 
 
 def load_classifier(job, device):
     """The packaged model (with its ASR model for ``text_mode="asr"``) on ``device``; one that
     cannot be loaded (a missing or damaged file) is a ``UsageError`` naming it."""
+    from crab.encoders import ModelSourceError
     from crab.inference import CrabClassifier
 
     logger.info("Loading %s on %s", job.model, device)
@@ -1031,6 +1051,8 @@ def load_classifier(job, device):
                 max_new_tokens=job.max_new_tokens,
                 dtype=job.asr_dtype,
             )
+        except ModelSourceError as err:  # it names load_asr's argument
+            raise UsageError(f"--asr_model: {err.detail}") from None
         except cli.UserError:
             raise
         except (OSError, RuntimeError, ValueError) as err:

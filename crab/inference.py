@@ -913,7 +913,7 @@ class CrabClassifier(Pretrained):
             max_new_tokens=max_new_tokens,
             dtype=dtype,
         )
-        self.asr = load_transcriber(args)
+        self.asr = load_transcriber(args, option="model")
         self.asr_model = model
         return self
 

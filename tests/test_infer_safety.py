@@ -66,7 +66,7 @@ def test_results_of_another_wav_scp_are_kept(trained, data, tmp_path, capsys):  
 # ---------------------------------------------------------------- B: the resume identity
 
 
-def test_resume_identity_covers_model_and_text_content(trained, data, tmp_path):  # noqa: F811
+def test_resume_identity_covers_model_and_text_content(trained, data, tmp_path, caplog):  # noqa: F811
     model_dir = tmp_path / "model"
     shutil.copytree(trained[2], model_dir)
     write_inputs(tmp_path, data)
@@ -83,10 +83,14 @@ def test_resume_identity_covers_model_and_text_content(trained, data, tmp_path):
     assert "--text file's content" in message and "another model or other settings" in message
     assert "\n" not in message and "Traceback" not in message
     (tmp_path / "text").write_text((tmp_path / "text").read_text().replace("furious", "angry"))
-    # the same content under another name
+    # the same content under another name: resumed, the new name logged
     shutil.copy(tmp_path / "text", tmp_path / "text2")
-    message = gold(model_dir, tmp_path, out, text="text2")
-    assert "the --text file (" in message and "content" not in message
+    caplog.set_level("INFO")
+    assert gold(model_dir, tmp_path, out, text="text2") == 0
+    assert out.read_text() == results
+    assert f'the --text file changed ("{tmp_path}/text" then, "{tmp_path}/text2" now)' in caplog.text
+    assert json.loads((tmp_path / "r.tsv.model").read_text())["text"] == str(tmp_path / "text2")
+    assert gold(model_dir, tmp_path, out) == 0
 
     # the model re-packaged in place (here: a changed weight and a changed yaml)
     state = torch.load(model_dir / "model.ckpt", weights_only=True)
@@ -359,7 +363,7 @@ def test_a_damaged_model_writes_nothing_and_the_fixed_one_runs(trained, data, tm
     assert gold(model_dir, tmp_path, out) == 0
 
 
-def test_package_links_outside_and_special_files_are_refused(trained, data, tmp_path):  # noqa: F811
+def test_package_links_to_special_files_are_refused(trained, data, tmp_path):  # noqa: F811
     model_dir = tmp_path / "model"
     shutil.copytree(trained[2], model_dir)
     write_inputs(tmp_path, data)
@@ -380,12 +384,21 @@ def test_package_links_outside_and_special_files_are_refused(trained, data, tmp_
         assert not thread.is_alive() and expected in str(result["message"]), result
         assert "\n" not in result["message"]
 
+    # links are followed (as loading follows them), never to a device or FIFO
     extra = model_dir / "text_encoder" / "extra.json"
-    refused(lambda: os.symlink("/dev/zero", extra), f"{extra} is a link to /dev/zero, outside {model_dir}")
+    refused(
+        lambda: os.symlink("/dev/zero", extra), f"{extra} is a link to /dev/zero, which is not a regular file"
+    )
     extra.unlink()
     refused(lambda: os.mkfifo(extra), f"{extra} is not a regular file")
     extra.unlink()
-    refused(lambda: os.symlink("/dev/zero", model_dir / "speech_encoder" / "sub"), "outside")
+    os.mkfifo(tmp_path / "fifo")
+    refused(
+        lambda: os.symlink(tmp_path / "fifo", extra),
+        f"{extra} is a link to {tmp_path / 'fifo'}, which is not",
+    )
+    extra.unlink()
+    refused(lambda: os.symlink("/dev/zero", model_dir / "speech_encoder" / "sub"), "/dev/zero, which is not")
 
 
 # ---------------------------------------------------------------- H: what crab-infer does not read

@@ -323,3 +323,32 @@ def test_transcripts_are_one_utf8_line_and_stale_utterances_go(tmp_path, monkeyp
 def test_missing_wav_scp_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="missing .*wav.scp"):
         run(tmp_path, "fake")
+
+
+def test_a_hub_model_neither_cached_nor_reachable_says_how_to_fail_at_once(monkeypatch):
+    import argparse
+
+    import transformers
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from crab.encoders import ModelSourceError
+
+    def unreachable(model):  # what transformers raises once huggingface_hub's retries are spent
+        try:
+            raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub")
+        except LocalEntryNotFoundError as err:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files") from err
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", staticmethod(unreachable))
+    args = argparse.Namespace(model="openai/whisper-tiny")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ModelSourceError) as err:
+        asr.load_transcriber(args)
+    assert str(err.value).startswith("--model: 'openai/whisper-tiny' is neither a local directory")
+    assert "not in the Hugging Face cache (the hub cannot be reached: offline, HF_HUB_OFFLINE=1" in str(
+        err.value
+    )
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelSourceError, match=r"^--asr_model: .*\(HF_HUB_OFFLINE is set\): give a local"):
+        asr.load_transcriber(args, option="--asr_model")

@@ -23,6 +23,8 @@ for an ``--out`` ending in .jsonl or .json, else tsv. Utterances are batched by
 length (longest first); the lines of a run are finally sorted in wav.scp order,
 after the lines already in ``--out``. The text column is the transcript cleaned
 as data prep cleans it (``crab.dataprep.clean_transcript``: no control characters).
+The model hears the first ``max_duration`` seconds of each utterance (its
+hyperparams.yaml; as in training); the log's last lines say how many were longer.
 
 ``--precision bf16`` (or ``fp16``, CUDA only) runs the model under autocast, for
 the GPUs' low-precision throughput; the probabilities then differ from fp32's by
@@ -50,25 +52,30 @@ results of several wav.scp files. ``<out>.model`` records the model (its path an
 the SHA-256 of its files), the transcripts (the --text file and its SHA-256, or
 the ASR model and settings) and the output settings; a re-run with others stops,
 saying what differs, instead of mixing results (``--overwrite`` starts over: the
-new results replace the file, by a rename). ``<out>.sources`` records what each
-result was classified from (the audio path as wav.scp gives it, the file's size
-and modification time): a re-run classifies again an utterance whose audio
-changed (another path, or the file rewritten) and says how many it redid; results
-with no record there (written by an older crab-infer) are kept, unchecked, with a
-warning. ``--out`` may not be one of the inputs (wav.scp, --text, a file of the
+new results replace the file, by a rename). The model and the --text file count by
+content: moved, copied or linked elsewhere, they resume (the new path is logged).
+``<out>.sources`` records what each result was classified from (the audio path as
+wav.scp gives it, the file's size and modification time): a re-run classifies again
+an utterance whose audio changed (another path, or the file rewritten) and says how
+many it redid; results with no record there (written by an older crab-infer) are
+kept, unchecked, with a warning. ``--out`` may not be one of the inputs (wav.scp, --text, a file of the
 model) nor a directory.
 
 One run at a time writes an ``--out``: a run holds ``<out>.lock`` throughout, and
 a second run with the same ``--out`` stops at once, naming the process that holds
 it (runs in parallel need one ``--out`` each; to collect the results of several
-wav.scp files in one, run them one after the other). The model is loaded before
+wav.scp files in one, run them one after the other). The lock file stays after the
+run, holding the last run's pid: the lock is ``flock`` on it, released when that
+process ends (``crab.locking``), and a file removed at exit could let two runs hold
+it at once. The model is loaded before
 anything is written: a missing or damaged model leaves no results behind.
 
 Loading the model runs nothing from its directory: its hyperparams.yaml is
 checked against what ``crab.bin.package`` writes before hyperpyyaml reads it
 (``crab.inference.check_package_hparams``), and checkpoints are read with
 ``torch.load(weights_only=True)``. The model's digest reads the package's regular
-files only: a FIFO, a device or a link leading outside the package is refused.
+files only, following links as loading does (a Hugging Face cache's snapshot links
+each file to its blob): a FIFO, a device or a socket, or a link to one, is refused.
 """
 
 import argparse
