@@ -309,7 +309,9 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     done
     split_dirs=(); for split in ${splits}; do split_dirs+=("${data_dir}/${fold}/${split}"); done
     python -m crab.bin.check_fold --fold "${fold}" --text_only "${text_only}" "${split_dirs[@]}"
-    if [ "${bpe_vocab_size}" -gt 0 ]; then
+    if [ "${bpe_vocab_size}" -gt 0 ] && [ "${modality}" = speech ]; then
+      log "Stage 3: no BPE tokenizer for fold ${fold}: a speech-only model reads no text (--bpe_vocab_size ignored)"
+    elif [ "${bpe_vocab_size}" -gt 0 ]; then
       python -m crab.tokenizer --manifest "${data_dir}/${fold}/train.json" \
         --out_dir "${data_dir}/${fold}/tokenizer" --vocab_size "${bpe_vocab_size}"
     fi
@@ -411,8 +413,7 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
     if [ -n "${results_md}" ]; then
       python -m crab.report add_results --results_md "${results_md}" --command "${command}" \
         --summary "${results}.json" --config "${config}" --tuning "${tuning}" \
-        --device "${device}" --corpus "$(basename "${PWD}")"
-      log "Stage 7: ${tag} on ${test_set} added at the top of ${results_md}"
+        --device "${device}" --corpus "$(basename "${PWD}")"  # says whether it added an entry
     fi
   done
 fi
