@@ -281,12 +281,36 @@ def write_manifest(entries, path, data_root):
     write_text_atomic(path, json.dumps(portable, indent=2, ensure_ascii=False))
 
 
+def missing_classes(entries, classes):
+    """The labels of ``classes`` that no entry of ``entries`` (utt -> dict) has, in order."""
+    present = {e["emo"] for e in entries.values()}
+    return [c for c in classes if c not in present]
+
+
 def count_table(splits, classes):
-    """Per-split, per-class counts as printable text (``splits``: name -> entries)."""
-    width = max(len(c) for c in list(classes) + ["total"]) + 2
-    lines = ["split".ljust(12) + "".join(c.rjust(width) for c in classes) + "total".rjust(width)]
-    for name, entries in splits.items():
-        counts = Counter(e["emo"] for e in entries.values())
-        row = [counts[c] for c in classes]
-        lines.append(name.ljust(12) + "".join(str(n).rjust(width) for n in row) + str(sum(row)).rjust(width))
+    """Per-split, per-class counts as printable text.
+
+    ``splits``: ``{split name: {utt: {"emo": label, ...}}}`` (a manifest's entries, or
+    any dict with an ``"emo"`` label per utterance). The total counts every utterance;
+    labels not in ``classes`` (a typo, a case, a class left out) are counted in an
+    ``other`` column (``(other)`` when a class is called other) and listed below the
+    table, one line per split that has some.
+    """
+    counts = {name: Counter(e["emo"] for e in entries.values()) for name, entries in splits.items()}
+    known = set(classes)
+    others = {
+        name: {k: n for k, n in sorted(c.items(), key=lambda kv: str(kv[0])) if k not in known}
+        for name, c in counts.items()
+    }
+    other = "(other)" if "other" in known else "other"
+    columns = list(classes) + ([other] if any(others.values()) else [])
+    width = max(len(c) for c in columns + ["total"]) + 2
+    lines = ["split".ljust(12) + "".join(c.rjust(width) for c in columns) + "total".rjust(width)]
+    for name, c in counts.items():
+        row = [c[label] for label in classes] + ([sum(others[name].values())] if other in columns else [])
+        lines.append(name.ljust(12) + "".join(str(n).rjust(width) for n in row) + str(c.total()).rjust(width))
+    for name, labels in others.items():
+        if labels:
+            listing = ", ".join(f"'{label}' {n}" for label, n in labels.items())
+            lines.append(f"{name}: other labels (not in {list(classes)}): {listing}")
     return "\n".join(lines)

@@ -38,6 +38,10 @@ class ModelSourceError(UserError, OSError):
         self.argument, self.source, self.detail = argument, source, detail
 
 
+class VocabularyError(ModelSourceError, ValueError):
+    """A tokenizer with more tokens than the text encoder's vocabulary."""
+
+
 HINTS = {
     "tokenizer": "build it with stage 3 --bpe_vocab_size N (crab.tokenizer), or give a hub id",
 }
@@ -767,11 +771,19 @@ class TextEncoder(_Encoder):
             AutoTokenizer.from_pretrained,
         )
         self.model = from_source("text_encoder source", source, lambda s: _load(AutoModel, s, pretrained))
-        vocab = self.model.config.vocab_size
-        if len(self.tokenizer) > vocab:
-            raise ValueError(
-                f"Tokenizer '{tokenizer or source}' has {len(self.tokenizer)} tokens "
-                f"but the model '{source}' has a vocabulary of {vocab}."
+        vocab, tokens = self.model.config.vocab_size, len(self.tokenizer)
+        if tokens > vocab:  # token ids past the embedding table: an index error later
+            raise VocabularyError(
+                "tokenizer" if tokenizer else "text_encoder source",
+                tokenizer or source,
+                f"the tokenizer {tokenizer or source} has {tokens} tokens but the text encoder {source} "
+                f"has a vocabulary of {vocab}: "
+                + (
+                    f"build the tokenizer with --bpe_vocab_size {vocab} or less (stage 3), or "
+                    if tokenizer
+                    else ""
+                )
+                + f"use a text encoder with a vocabulary of {tokens} or more",
             )
         specials = len(set(self.tokenizer.all_special_tokens))
         if len(self.tokenizer.get_vocab()) <= specials:  # transformers builds one from a config alone

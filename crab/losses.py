@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crab.cli import UserError
 from crab.distributed import gather_batch
 
 
@@ -169,17 +170,31 @@ class ContrastiveLoss(nn.Module):
         return self.KINDS[self.kind](embeddings, labels, self.temperature, **self.kwargs)
 
 
-def class_weights(counts):
-    """w_c = N / N_c from per-class training counts (a list ordered like the labels).
+class ClassCountError(UserError, ValueError):
+    """A class without training examples: its weight N / N_c would be infinite."""
+
+
+def class_weights(counts, classes=None):
+    """w_c = N / N_c from per-class training counts (a list ordered like the labels,
+    or a ``{class: count}`` mapping). A count of 0 is a ``ClassCountError`` naming the
+    class (by ``classes``, the mapping's keys, or else by index).
 
     Example
     -------
     >>> [round(w, 4) for w in class_weights([3, 1]).tolist()]  # N = 4: 4/3, 4/1
     [1.3333, 4.0]
     """
+    if isinstance(counts, dict):
+        classes, counts = list(counts), list(counts.values())
     counts = torch.as_tensor(counts, dtype=torch.float)
-    if (counts <= 0).any():
-        raise ValueError(f"every class needs training examples; counts are {counts.tolist()}")
+    empty = (counts <= 0).nonzero().flatten().tolist()
+    if empty:
+        names = [f"'{classes[i]}'" if classes is not None else f"class {i}" for i in empty]
+        of = f" of {list(classes)}" if classes is not None else ""
+        raise ClassCountError(
+            f"no training examples of {', '.join(names)} (counts {[int(n) for n in counts.tolist()]}{of}): "
+            "every class needs some in the training manifest; add them, or leave the class out of the classes"
+        )
     return counts.sum() / counts
 
 

@@ -14,6 +14,8 @@ from crab import cli
 from crab.data import load_manifest
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0-4
+# Byte-level BPE keeps all 256 byte tokens whatever vocab_size asks for.
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 
 
 def build_bpe_tokenizer(texts, out_dir, vocab_size=1000, model_max_length=128):
@@ -44,6 +46,12 @@ def main(argv=None):
         texts += [entry["text"] for entry in load_manifest(path).values()]
     tokenizer = build_bpe_tokenizer(texts, args.out_dir, args.vocab_size)
     print(f"Tokenizer with {len(tokenizer)} tokens from {len(texts)} transcripts in {args.out_dir}")
+    if args.vocab_size < MIN_VOCAB_SIZE:
+        print(
+            f"Note: vocab_size {args.vocab_size} (ser.sh --bpe_vocab_size) is below the byte-level BPE "
+            f"minimum of {MIN_VOCAB_SIZE} (256 bytes and {len(SPECIAL_TOKENS)} special tokens): "
+            f"the tokenizer has {len(tokenizer)}"
+        )
 
 
 if __name__ == "__main__":

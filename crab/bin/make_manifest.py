@@ -11,6 +11,11 @@ every entry has ``"wav": null`` and ``"duration": null`` (text models only). Wit
 data directory without ``text``, or an empty transcript, gives ``"text": ""``
 (bimodal and text models reject empty transcripts).
 
+Every class of ``--classes`` needs training examples: with ``--fold`` (stage 3), a
+``train`` data directory left without an utterance of some class (none there, or
+``--policy skip`` removed the last ones) is an error naming the class; another split
+without one gets a warning (its scores leave the class out, ``crab.metrics``).
+
 Beside the manifest ``M``, ``M.provenance`` (JSON) records the text source, the ASR
 model of ``text.asr`` (from ``text.asr.model``, written by ``crab.bin.transcribe``)
 and the data directory: training copies it into the run folder (``crab.provenance``).
@@ -24,11 +29,12 @@ import argparse
 import logging
 import os
 import sys
+from collections import Counter
 
 from crab import cli
 from crab.cli import str2bool
 from crab.datadir import TEXT_FILES, read_data_dir
-from crab.dataprep import POLICIES, count_table, validate, write_manifest
+from crab.dataprep import POLICIES, DataPrepError, count_table, missing_classes, validate, write_manifest
 from crab.provenance import write_manifest_provenance
 
 MODALITIES = ("bimodal", "speech", "text")  # as crab.model.MODALITIES, whose import loads torch
@@ -84,11 +90,35 @@ def main(argv=None):
     kept = validate(entries, classes, args.policy, name, args.min_samples, require_text=require_text)
     if not kept:
         sys.exit(f"ERROR: {name}: no usable utterances")
+    check_classes(kept, entries, classes, args)
     write_manifest(kept, args.out, args.data_root)
     write_manifest_provenance(args.out, args.data_dir, args.text_source, require_text, args.text_only)
     if args.fold:
         print(f"fold {args.fold}:")
     print(count_table({name: kept}, classes))
+
+
+TRAIN_SPLIT = "train"  # the split stage 5 trains on (ser.sh: data/<fold>/train.json)
+
+
+def check_classes(kept, entries, classes, args):
+    """Stop (``--fold``'s train split) or warn (any other) where ``kept`` has no
+    utterance of some class; one that ``--policy skip`` emptied is said so."""
+    missing = missing_classes(kept, classes)
+    if not missing:
+        return
+    before = Counter(entry.get("emo") for entry in entries.values())
+    named = ", ".join(
+        f"'{c}'" + (f" (all {before[c]} skipped as bad input)" if before[c] else "") for c in missing
+    )
+    split = os.path.basename(os.path.normpath(args.data_dir))
+    where = f"fold {args.fold}: {args.data_dir}" if args.fold else args.data_dir
+    if args.fold and split == TRAIN_SPLIT:
+        raise DataPrepError(
+            f"{where} has no utterance of {named}, but {args.out} is the fold's training manifest and "
+            "every class of --classes needs training examples: add some, or leave the class out of --classes"
+        )
+    logging.warning("%s has no utterance of %s: scores on it leave the class out", where, named)
 
 
 if __name__ == "__main__":

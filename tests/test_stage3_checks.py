@@ -1,0 +1,118 @@
+"""Stage 3's checks of what training needs: every class in a fold's train split, a BPE
+tokenizer the text encoder can embed, counts that show every label."""
+
+import json
+
+import pytest
+
+from crab import tokenizer as crab_tokenizer
+from crab.bin import make_manifest
+from crab.cli import UserError
+from crab.dataprep import count_table
+from crab.encoders import TextEncoder
+from crab.losses import class_weights
+
+CLASSES = ["angry", "happy", "neutral", "sad"]
+
+
+def write_split(root, fold, split, labels, texts=None):
+    """A text-only data directory ``root/data/<fold>/<split>`` (no audio needed)."""
+    data = root / "data" / fold / split
+    data.mkdir(parents=True)
+    utts = [f"{split}{i}" for i in range(len(labels))]
+    texts = texts or ["some words"] * len(labels)
+    for name, values in (("utt2emo", labels), ("utt2spk", utts), ("text", texts)):
+        (data / name).write_text("".join(f"{u} {v}\n" for u, v in zip(utts, values, strict=True)))
+    return data
+
+
+def stage_3(data, *extra):
+    """make_manifest as ser.sh's stage 3 calls it; returns the manifest path."""
+    out = data.parent / f"{data.name}.json"
+    argv = ["--data_dir", str(data), "--fold", data.parent.name, "--data_root", str(data.parent)]
+    make_manifest.main(
+        [*argv, "--classes", ",".join(CLASSES), "--text_only", "true", "--out", str(out), *extra]
+    )
+    return out
+
+
+def test_a_train_split_without_a_class_stops_stage_3_naming_it(tmp_path):
+    data = write_split(tmp_path, "main", "train", ["angry", "happy", "sad", "sad"])
+    with pytest.raises(SystemExit) as stop:
+        stage_3(data)
+    message = str(stop.value.code)
+    assert message.startswith(f"ERROR: fold main: {data} has no utterance of 'neutral', but {data}.json")
+    assert "\n" not in message and "--classes" in message
+    assert not (tmp_path / "data" / "main" / "train.json").exists()
+
+
+def test_a_skip_that_removes_the_last_of_a_class_stops_stage_3(tmp_path):
+    data = write_split(tmp_path, "main", "train", CLASSES, ["w", "w", "", "w"])  # neutral's transcript empty
+    with pytest.raises(SystemExit, match=r"no utterance of 'neutral' \(all 1 skipped as bad input\)"):
+        stage_3(data, "--policy", "skip")
+
+
+def test_a_valid_or_test_split_without_a_class_is_a_warning(tmp_path, caplog):
+    data = write_split(tmp_path, "main", "valid", ["angry", "sad"])
+    out = stage_3(data)
+    assert sorted(json.loads(out.read_text())) == ["valid0", "valid1"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"fold main: {data} has no utterance of 'happy', 'neutral': scores on it leave the class out"
+    ]
+
+
+def test_class_weights_of_a_class_without_examples_is_a_user_error_naming_it():
+    with pytest.raises(UserError, match=r"^no training examples of class 0 \(counts \[0, 16, 8, 8\]\)"):
+        class_weights([0, 16, 8, 8])
+    with pytest.raises(
+        UserError, match=r"^no training examples of 'angry', 'sad' \(counts \[0, 16, 8, 0\] of"
+    ):
+        class_weights([0, 16, 8, 0], CLASSES)
+    with pytest.raises(ValueError, match="no training examples of 'happy'"):  # still a ValueError
+        class_weights(dict(zip(CLASSES, [3, 0, 1, 1], strict=True)))
+    assert class_weights(dict(zip(CLASSES, [1, 1, 2, 4], strict=True))).tolist() == [8.0, 8.0, 4.0, 2.0]
+
+
+def test_a_tokenizer_larger_than_the_text_encoder_is_a_user_error_naming_the_option(tmp_path, tokenizer_dir):
+    from transformers import RobertaConfig
+
+    RobertaConfig(
+        vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    ).save_pretrained(tmp_path)
+    with pytest.raises(UserError) as err:
+        TextEncoder(str(tmp_path), tokenizer=tokenizer_dir, pretrained=False)
+    message = str(err.value)
+    assert message.startswith(f"tokenizer: the tokenizer {tokenizer_dir} has ")
+    assert f"the text encoder {tmp_path} has a vocabulary of 100: " in message
+    assert "--bpe_vocab_size 100 or less" in message and "\n" not in message
+
+
+def test_a_vocab_size_below_the_byte_level_minimum_says_so(tmp_path, capsys):
+    data = write_split(tmp_path, "main", "train", CLASSES)
+    manifest = stage_3(data)
+    capsys.readouterr()
+    crab_tokenizer.main(
+        ["--manifest", str(manifest), "--out_dir", str(tmp_path / "tok"), "--vocab_size", "100"]
+    )
+    out = capsys.readouterr().out
+    assert "vocab_size 100 (ser.sh --bpe_vocab_size) is below the byte-level BPE minimum of 261" in out
+    crab_tokenizer.main(
+        ["--manifest", str(manifest), "--out_dir", str(tmp_path / "tok2"), "--vocab_size", "300"]
+    )
+    assert "minimum" not in capsys.readouterr().out
+
+
+def test_count_table_counts_every_utterance_and_shows_unknown_labels():
+    labels = ["angry", "Angry", "frustrated", "sad", "frustrated"]
+    splits = {
+        "all": {f"u{i}": {"emo": label} for i, label in enumerate(labels)},
+        "test": {"t": {"emo": "sad"}},
+    }
+    lines = count_table(splits, CLASSES).splitlines()
+    assert lines[0].split() == ["split", *CLASSES, "other", "total"]
+    assert lines[1].split() == ["all", "1", "0", "0", "1", "3", "5"]
+    assert lines[2].split() == ["test", "0", "0", "0", "1", "0", "1"]
+    assert lines[3] == f"all: other labels (not in {CLASSES}): 'Angry' 1, 'frustrated' 2"
+    assert len(lines) == 4
+    assert count_table(splits, [*CLASSES, "other"]).splitlines()[0].split()[-2:] == ["(other)", "total"]
