@@ -17,6 +17,7 @@ from crab.data import DataError, class_counts, label_encoder, make_dataset
 from crab.features import FeatureCache
 from crab.fileio import write_text_atomic
 from crab.locking import FolderLockedError, folder_lock
+from crab.losses import ClassCountError
 from crab.runconfig import (  # noqa: F401 (the configuration helpers, imported from here too)
     TOP_LEVEL_KEY,
     ConfigError,
@@ -86,7 +87,10 @@ def _write_labels_and_weights(hparams, encoder_path, weights_path):
     classes = list(hparams["classes"])
     label_encoder(classes, encoder_path)
     counts = class_counts(hparams["train_manifest"], classes)
-    hparams["wce"].set_counts(counts)
+    try:
+        hparams["wce"].set_counts(dict(zip(classes, counts, strict=True)))  # errors name the class
+    except ClassCountError as err:
+        raise ClassCountError(f"{hparams['train_manifest']}: {err}") from None
     weights = hparams["wce"].weight.tolist()
     saved = {c: {"count": n, "weight": w} for c, n, w in zip(classes, counts, weights, strict=True)}
     write_text_atomic(weights_path, json.dumps(saved, indent=2))

@@ -74,6 +74,27 @@ def test_class_weights_of_a_class_without_examples_is_a_user_error_naming_it():
     assert class_weights(dict(zip(CLASSES, [1, 1, 2, 4], strict=True))).tolist() == [8.0, 8.0, 4.0, 2.0]
 
 
+def test_training_on_a_manifest_without_a_class_names_the_manifest_and_class(tmp_path):
+    """A hand-made manifest never seen by stage 3: training's class weights say what is wrong."""
+    from crab.experiment import prepare_labels_and_weights
+    from crab.losses import WeightedCrossEntropy
+
+    manifest = tmp_path / "train.json"
+    labels = ["angry", "happy", "happy", "sad"]
+    entry = {"wav": "{data_root}/a.wav", "duration": 1.0, "spk": "s", "text": "words"}
+    manifest.write_text(json.dumps({f"u{i}": {**entry, "emo": e} for i, e in enumerate(labels)}))
+    hparams = {
+        "classes": CLASSES,
+        "train_manifest": str(manifest),
+        "save_folder": str(tmp_path),
+        "wce": WeightedCrossEntropy(len(CLASSES)),
+    }
+    with pytest.raises(
+        UserError, match=rf"^{manifest}: no training examples of 'neutral' \(counts \[1, 2, 0, 1\]"
+    ):
+        prepare_labels_and_weights(hparams)
+
+
 def test_a_tokenizer_larger_than_the_text_encoder_is_a_user_error_naming_the_option(tmp_path, tokenizer_dir):
     from transformers import RobertaConfig
 
