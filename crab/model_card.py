@@ -40,7 +40,7 @@ def _transcripts(training):
 
 
 def _scores(scores):
-    """The metrics of ``scores`` (a checkpoint's meta also holds its epoch), in words."""
+    """The metrics of ``scores`` in words (a test set's also hold its num_utterances)."""
     return ", ".join(f"{k} {scores[k]:.4f}" for k in METRICS if isinstance(scores.get(k), (int, float)))
 
 

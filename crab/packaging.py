@@ -8,6 +8,10 @@ checks it reproduces the model. metadata.json records every other file but READM
 with its size and sha256 (``crab.inference.package_files``): loading refuses a package
 that lost or changed one.
 
+Nothing shipped names the training machine's folders (``portable``): an absolute path in
+the run's folder is written ``.../<tag>/<fold>/seed<seed>/...``, any other ``.../<its last
+part>`` (``--data_root``, a local encoder or ASR model); the checkpoint is named by its folder.
+
 hyperparams.yaml is the committed hyperpyyaml template ``crab/templates/inference.yaml``
 (``INFERENCE_TEMPLATE``) with each ``!PLACEHOLDER`` value filled from the run's own
 hyperparams.yaml, the training key of the same name (``train_text_source`` from the run's
@@ -33,6 +37,7 @@ import yaml
 import crab
 from crab import cli
 from crab.brain import EVALUATED_CHECKPOINT
+from crab.checkpointing import TRAIN_SECONDS
 from crab.data import label_encoder
 from crab.encoders import waveform_normalization_mode
 from crab.inference import ENCODER_DIRS, METADATA, CrabClassifier, load_weights, package_files
@@ -48,6 +53,10 @@ INFERENCE_TEMPLATE = "templates/inference.yaml"  # in the crab package
 PACKAGE_KEYS = ("train_text_source",)
 PLACEHOLDER = re.compile(r"^([A-Za-z_]\w*):[ \t]*!PLACEHOLDER\b", re.MULTILINE)
 WORD = re.compile(r"[A-Za-z_][\w.-]*")
+# an absolute path: a slash after no name (conf/x, ./x, .../x, <tag>/x, {data_root}/x) and
+# not a URL's (https://), up to a space, quote, comma or bracket
+PATH_START, PATH_CHARS = r"(?<![\w.~/:>})\]-])", r"[^\s'\",()\[\]{}]"
+ABSOLUTE_PATH = re.compile(PATH_START + "/" + PATH_CHARS + "+")
 
 # the text of custom_interface.py (split in two so that its first line fits the line length)
 CUSTOM_INTERFACE = (
@@ -59,16 +68,26 @@ CUSTOM_INTERFACE = (
 
 import os
 
-from crab.inference import CrabClassifier, check_package_files, check_package_hparams  # noqa: F401
+from crab.inference import (  # noqa: F401
+    CrabClassifier,
+    ModelFileError,
+    check_package_files,
+    check_package_hparams,
+)
 
 # foreign_class imports this file before hyperpyyaml loads hyperparams.yaml: refuse a
-# yaml that would run code (checked where this file really is, when the yaml is there),
-# and a package that lost or changed a file (when its metadata.json is there)
+# package that is not whole where this file really is (a copying savedir holds this file
+# alone), a yaml that would run code, and a package that lost or changed a file
 _DIR = os.path.dirname(os.path.realpath(__file__))
+if not os.path.isfile(os.path.join(_DIR, "metadata.json")):
+    raise ModelFileError(
+        f"{os.path.join(_DIR, 'metadata.json')} is missing: the package's record of its files, which "
+        "checks them; give foreign_class the whole package directory and no copying savedir "
+        "(CrabClassifier.from_hparams copies a package whole)"
+    )
 if os.path.isfile(os.path.join(_DIR, "hyperparams.yaml")):
     check_package_hparams(os.path.join(_DIR, "hyperparams.yaml"))
-if os.path.isfile(os.path.join(_DIR, "metadata.json")):
-    check_package_files(_DIR)
+check_package_files(_DIR)
 '''
 )
 
@@ -77,12 +96,26 @@ class PackageError(cli.UserError, RuntimeError):
     """The run cannot be packaged."""
 
 
-def _source_record(source):
-    """Where an encoder came from: the hub id or path as given, and the absolute path of a local one."""
-    record = {"source": source}
-    if source and os.path.isdir(source):
-        record["path"] = os.path.abspath(source)
-    return record
+def run_name(output_folder):
+    """``<tag>/<fold>/seed<seed>``: the last three parts of the run's folder."""
+    return "/".join([p for p in os.path.abspath(output_folder).split(os.sep) if p][-3:])
+
+
+def portable(text, output_folder):
+    """``text`` (or each string of a JSON value) without the training machine's absolute
+    paths: one in ``output_folder`` as ``.../<tag>/<fold>/seed<seed>/...``, any other as
+    ``.../<its last part>`` (a path with a space: its part before the space)."""
+    if isinstance(text, dict):
+        return {k: portable(v, output_folder) for k, v in text.items()}
+    if isinstance(text, list):
+        return [portable(v, output_folder) for v in text]
+    if not isinstance(text, str):
+        return text
+    run = ".../" + run_name(output_folder)
+    roots = sorted({os.path.abspath(output_folder), os.path.realpath(output_folder)}, key=len, reverse=True)
+    for root in roots:  # the run's folder, or its subfolders
+        text = re.sub(PATH_START + re.escape(root) + f"(?=/|(?!{PATH_CHARS}))", lambda _: run, text)
+    return ABSOLUTE_PATH.sub(lambda m: ".../" + os.path.basename(m.group().rstrip("/")), text)
 
 
 def save_speech_encoder(encoder, out_dir):
@@ -100,7 +133,7 @@ def save_speech_encoder(encoder, out_dir):
             AutoFeatureExtractor.from_pretrained(source).save_pretrained(out_dir)
         except (OSError, ValueError):  # config-only directories (tiny encoders)
             pass
-    return {**_source_record(source), "model_type": config.model_type}
+    return {"source": source, "model_type": config.model_type}
 
 
 def save_text_encoder(encoder, out_dir):
@@ -110,9 +143,9 @@ def save_text_encoder(encoder, out_dir):
     config.save_pretrained(out_dir)
     encoder.tokenizer.save_pretrained(out_dir)
     return {
-        **_source_record(config.name_or_path),
+        "source": config.name_or_path,
         "model_type": config.model_type,
-        "tokenizer": _source_record(encoder.tokenizer.name_or_path),
+        "tokenizer": {"source": encoder.tokenizer.name_or_path},
     }
 
 
@@ -240,8 +273,9 @@ def test_scores(output_folder, checkpoint):
     return found
 
 
-def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=None, arguments=None):
-    """Write the package of the run ``hparams`` describes to ``out``; returns metadata."""
+def package(hparams, out, text_source="unknown", asr_model=None, arguments=None):
+    """Write the package of the run ``hparams`` describes to ``out`` (its training ``arguments``
+    recorded); returns metadata."""
     metric = hparams["ckpt_metric"]
     checkpoint = hparams["checkpointer"].find_checkpoint(max_key=metric)
     if checkpoint is None:
@@ -274,10 +308,17 @@ def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=No
         f.write(hparams_text)
     with open(os.path.join(tmp, "custom_interface.py"), "w", encoding="utf-8") as f:
         f.write(CUSTOM_INTERFACE)
-    resolved = os.path.join(hparams["output_folder"], "hyperparams.yaml")
+    folder = hparams["output_folder"]
+    resolved = os.path.join(folder, "hyperparams.yaml")
+    hparams_file = None
     if os.path.isfile(resolved):
-        shutil.copyfile(resolved, os.path.join(tmp, "train_hyperparams.yaml"))
-    epoch = None
+        hparams_file = "train_hyperparams.yaml"
+        with open(resolved, encoding="utf-8") as f:
+            text = portable(f.read(), folder)
+        with open(os.path.join(tmp, hparams_file), "w", encoding="utf-8") as f:
+            f.write(text)
+    meta = checkpoint.meta
+    epoch = meta.get("epoch")
     if "counter" in checkpoint.paramfiles:
         with open(checkpoint.paramfiles["counter"], encoding="utf-8") as f:
             epoch = int(f.read().strip())
@@ -286,25 +327,24 @@ def package(hparams, out, text_source="unknown", asr_model=None, hparams_file=No
         "classes": classes,
         "modality": model.modality,
         "training": {
-            "output_folder": os.path.abspath(hparams["output_folder"]),
+            "output_folder": os.path.abspath(folder),
             "hparams_file": hparams_file,
             "arguments": list(arguments or []),
-            "checkpoint": os.path.abspath(checkpoint.path),
+            "checkpoint": os.path.basename(checkpoint.path),
             "epoch": epoch,
+            "train_s": meta.get(TRAIN_SECONDS),
             "ckpt_metric": metric,
-            "valid_scores": {
-                k: v for k, v in checkpoint.meta.items() if k not in ("unixtime", "end-of-epoch")
-            },
+            "valid_scores": {k: meta[k] for k in METRICS if k in meta},
             "text_source": text_source,
             "asr_model": asr_model if text_source == "asr" else None,
-            "test_scores": test_scores(hparams["output_folder"], checkpoint),
+            "test_scores": test_scores(folder, checkpoint),
         },
         "encoders": encoders,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "git_commit": git_commit(short=False),
         "versions": versions(),
-        "files": package_files(tmp),
     }
+    metadata = {**portable(metadata, folder), "files": package_files(tmp)}
     with open(os.path.join(tmp, METADATA), "w", encoding="utf-8") as f:
         json.dump(metadata, f, indent=2)
     with open(os.path.join(tmp, CARD), "w", encoding="utf-8") as f:  # after the record: its owner may edit it

@@ -13,10 +13,11 @@ writes DIR:
     model.ckpt              the Crab state_dict (encoders and head; no contrastive legs)
     label_encoder.ckpt      the label encoder, in the recipe's fixed class order
     class_weights.json      per-class training counts and WCE weights (from wce.ckpt)
-    metadata.json           the run, checkpoint and its validation scores (and test scores
-                            of evaluations of that checkpoint), encoder
-                            sources (hub ids or paths), transcripts used, versions, and
-                            every other file with its size and sha256 (checked when loaded)
+    metadata.json           the run, its arguments, the checkpoint (epoch, train_s) and its
+                            validation scores (and test scores of evaluations of that
+                            checkpoint), encoder sources (hub ids or paths), transcripts
+                            used, versions, and every other file with its size and sha256
+                            (checked when loaded)
     train_hyperparams.yaml  the run's resolved training hyperparameters
     speech_encoder/         config (and feature extractor) of the speech encoder
     text_encoder/           config and tokenizer of the text encoder
@@ -30,6 +31,10 @@ them) are the run's record, ``RUN/text_source.json`` (``crab.provenance``, writt
 training from the manifest's); ``--text_source`` and ``--asr_model`` are needed only
 for runs trained before it existed, and given, must agree with it.
 
+No file of DIR names the training machine's folders (``crab.packaging.portable``): an
+absolute path is written ``.../<tag>/<fold>/seed<seed>/...`` in the run's folder, else
+``.../<its last part>``.
+
 The encoders are rebuilt from their configs (``pretrained: false``) and get their
 weights from model.ckpt, so DIR needs neither the training data nor the hub.
 The package is checked before it replaces DIR: loaded back with CrabClassifier,
@@ -38,7 +43,6 @@ it must give the trained model's outputs. Re-running rewrites DIR the same way.
 
 import argparse
 import logging
-import os
 import sys
 
 from crab import cli
@@ -71,15 +75,15 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     arguments = list(rest[1:])
     # the encoders from their configs alone: the weights come from the checkpoint
-    run_file, _, _, hparams = load_run(rest, pretrained_encoders=False)
+    _, _, _, hparams = load_run(rest, pretrained_encoders=False)
     text_source, asr_model = package_text_source(hparams["output_folder"], args.text_source, args.asr_model)
-    metadata = package(hparams, args.out, text_source, asr_model, os.path.abspath(run_file), arguments)
-    scores = ", ".join(
-        f"{k} {v:.4f}" for k, v in metadata["training"]["valid_scores"].items() if isinstance(v, (int, float))
-    )
+    metadata = package(hparams, args.out, text_source, asr_model, arguments)
+    training = metadata["training"]
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in training["valid_scores"].items())
+    trained = f", {training['train_s']:.0f} s of training" if training["train_s"] is not None else ""
     print(
         f"{args.out}: {metadata['modality']} Crab, classes {metadata['classes']}, "
-        f"epoch {metadata['training']['epoch']} (valid {scores})"
+        f"checkpoint of epoch {training['epoch']}{trained} (valid {scores})"
     )
 
 

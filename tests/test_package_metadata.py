@@ -1,0 +1,124 @@
+"""What a package says of its run: metadata.json keeps the checkpoint's epoch and training time
+apart from its validation scores, no file names the training machine's folders, and the
+custom_interface.py of foreign_class loads a package only where it is whole."""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+
+import pytest
+from speechbrain.inference.interfaces import foreign_class
+from speechbrain.utils.fetching import LocalStrategy
+
+from crab.bin import package as package_cli
+from crab.experiment import parse_and_load, prepare_labels_and_weights
+from crab.inference import CrabClassifier, ModelFileError
+from crab.packaging import portable
+from tests import test_inference
+from tests.conftest import ROOT
+from tests.test_inference import CONFIG, in_template, overrides, save_run_config
+
+# the fixture of test_inference, found by pytest under the same name (see test_model_security)
+data = test_inference.data
+
+SCORES = {"WAR": 0.5, "UAR": 0.475, "macro_F1": 0.3, "weighted_F1": 0.31}
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    """A run's checkpoint at epoch 3 (untrained weights), trained on the transcripts of an ASR
+    model in a local folder, packaged by crab.bin.package; what it printed, the checkpoint's
+    training time (the checkpointer records it)."""
+    tmp = tmp_path_factory.mktemp("metadata_run")
+    run_dir = tmp / "exp" / "crab_tiny" / "main" / "seed42"
+    asr_model = tmp / "models" / "whisper-local"
+
+    def save_checkpoint():
+        _, _, applied, hparams = parse_and_load([CONFIG, *overrides(data, run_dir)])
+        os.makedirs(hparams["save_folder"], exist_ok=True)
+        save_run_config(CONFIG, applied, run_dir)
+        prepare_labels_and_weights(hparams)
+        hparams["epoch_counter"].current = 3
+        return hparams["checkpointer"].save_checkpoint(meta={**SCORES, "epoch": 3}).meta["train_s"]
+
+    train_s = in_template(save_checkpoint)
+    argv = [CONFIG, *overrides(data, run_dir), "--text_source", "asr", "--asr_model", str(asr_model)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        in_template(package_cli.main, [*argv, "--out", str(run_dir / "model")])
+    return run_dir / "model", printed.getvalue(), train_s
+
+
+def test_the_epoch_and_training_time_are_not_scores(run):
+    model_dir, printed, train_s = run
+    training = json.loads((model_dir / "metadata.json").read_text())["training"]
+    assert training["valid_scores"] == SCORES
+    assert (training["epoch"], training["train_s"]) == (3, train_s) and train_s is not None
+    assert printed.endswith(
+        f"checkpoint of epoch 3, {train_s:.0f} s of training "
+        "(valid WAR 0.5000, UAR 0.4750, macro_F1 0.3000, weighted_F1 0.3100)\n"
+    )
+    assert "| checkpoint | epoch 3, best validation UAR |" in (model_dir / "README.md").read_text()
+
+
+def test_no_file_names_the_training_machines_folders(run, tmp_path_factory):
+    model_dir = run[0]
+    trainer = (str(tmp_path_factory.getbasetemp()), ROOT)  # the run, the data, the recipe
+    for base, _, names in os.walk(model_dir):
+        for name in names:
+            content = (model_dir / base / name).read_bytes()
+            assert not any(folder.encode() in content for folder in trainer), os.path.join(base, name)
+    training = json.loads((model_dir / "metadata.json").read_text())["training"]
+    assert training["output_folder"] == ".../crab_tiny/main/seed42"
+    assert training["checkpoint"].startswith("CKPT+") and training["hparams_file"] == "train_hyperparams.yaml"
+    assert training["asr_model"] == ".../whisper-local"
+    assert "--data_root=.../inference_data0" in training["arguments"]
+    assert "from the run `crab_tiny/main/seed42`" in (model_dir / "README.md").read_text()
+    assert "data_root: .../inference_data0\n" in (model_dir / "train_hyperparams.yaml").read_text()
+    assert CrabClassifier.from_hparams(source=str(model_dir)).classes == test_inference.CLASSES
+
+
+def test_portable_keeps_names_and_urls():
+    run = "/home/someone/recipe/exp/crab/session1/seed42"
+    text = (
+        f"output_folder: {run}  # exp/<tag>/<fold>/seed<seed>, {{data_root}}/wav\n"
+        f"save_folder: {run}/save\nother: {run}0/x\nsource: https://huggingface.co/a/b\n"
+        "lr: 1.0e-4  # lr / 10\nlist: [/data/corpus, '/opt/models/wavlm-large']\n"
+    )
+    assert portable(text, run) == (
+        "output_folder: .../crab/session1/seed42  # exp/<tag>/<fold>/seed<seed>, {data_root}/wav\n"
+        "save_folder: .../crab/session1/seed42/save\nother: .../x\nsource: https://huggingface.co/a/b\n"
+        "lr: 1.0e-4  # lr / 10\nlist: [.../corpus, '.../wavlm-large']\n"
+    )
+
+
+def test_foreign_class_needs_the_whole_package_where_it_is(run, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(run[0], model)
+    savedir = tmp_path / "save"
+    with pytest.raises(
+        ModelFileError, match=f"{savedir}/metadata.json is missing: the package's record"
+    ) as err:
+        foreign_class(
+            source=str(model),
+            pymodule_file="custom_interface.py",
+            classname="CrabClassifier",
+            savedir=str(savedir),
+            local_strategy=LocalStrategy.COPY,
+        )
+    assert "\n" not in str(err.value) and os.listdir(savedir) == ["custom_interface.py"]  # nothing built
+
+    linked = foreign_class(
+        source=str(model),
+        pymodule_file="custom_interface.py",
+        classname="CrabClassifier",
+        savedir=str(tmp_path / "linked"),
+        local_strategy=LocalStrategy.SYMLINK,
+    )
+    assert linked.classes == test_inference.CLASSES
+
+    (model / "metadata.json").unlink()  # its record is what checks the other files
+    with pytest.raises(ModelFileError, match=f"{model}/metadata.json is missing"):
+        foreign_class(source=str(model), pymodule_file="custom_interface.py", classname="CrabClassifier")
