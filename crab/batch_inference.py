@@ -2,8 +2,9 @@
 
     from crab.batch_inference import InferenceJob, classify_wav_scp
 
-    job = InferenceJob(model="exp/crab/main/seed42/model", wav_scp="data/test/wav.scp",
-                       out="results.tsv", text_mode="gold", text="data/test/text")
+    # in egs/mini: relative paths are read from the current directory
+    job = InferenceJob(model="exp/crab_tiny/main/seed42/model", wav_scp="data/main/test/wav.scp",
+                       out="results.tsv", text_mode="gold", text="data/main/test/text")
     total, before, now, failed = classify_wav_scp(job)
 
 Bad input fails the utterance, never the run: each failure is a ``crab.datadir.Failure``

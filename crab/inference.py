@@ -3,14 +3,15 @@
 A model directory written by ``crab.bin.package`` (recipe stage 8) loads with
 
     from crab.inference import CrabClassifier
-    classifier = CrabClassifier.from_hparams(source="exp/crab/main/seed42/model")
+    classifier = CrabClassifier.from_hparams(source="exp/crab_tiny/main/seed42/model")
     out_prob, score, index, text_lab = classifier.classify_file("a.wav", text="I told you so")
 
 or, without importing crab first, with SpeechBrain's ``foreign_class(source=DIR,
-pymodule_file="custom_interface.py", classname="CrabClassifier")``. The model is
-loaded in place: nothing (no symlink, no copy) is written next to it, unless a
+pymodule_file="custom_interface.py", classname="CrabClassifier")``. ``from_hparams``
+loads the model in place: nothing (no symlink, no copy) is written next to it, unless a
 ``savedir`` is asked for; a ``savedir`` then takes the files of this package, never
-keeping those of an earlier one.
+keeping those of an earlier one. (``foreign_class`` imports custom_interface.py, for
+which Python writes ``__pycache__`` into the package unless bytecode writing is off.)
 
 The packaged ``hyperparams.yaml`` builds the encoders from the configs and
 tokenizer stored in the directory (``pretrained: false``): no hub access, no
@@ -66,6 +67,8 @@ WEIGHTS = "model.ckpt"
 LABELS = "label_encoder.ckpt"
 # files every package needs, whether or not its metadata.json records its files
 NEEDED_FILES = ("hyperparams.yaml", WEIGHTS, LABELS)
+# the first line of every hyperparams.yaml that crab.bin.package wrote (each with a metadata.json)
+PACKAGED_YAML = "# Crab inference hyperparameters, written by crab.bin.package"
 
 # What crab.bin.package writes into hyperparams.yaml, and nothing else: the tags, and for
 # each object the arguments it may get. Any other tag (!apply:, !name:, !module:,
@@ -231,15 +234,33 @@ def _recorded_files(model_dir):
     return record
 
 
+def _packaged(model_dir):
+    """Whether crab.bin.package wrote the hyperparams.yaml of ``model_dir``."""
+    try:
+        with open(os.path.join(model_dir, "hyperparams.yaml"), encoding="utf-8") as f:
+            return f.readline().startswith(PACKAGED_YAML)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def check_package_files(model_dir):
     """Refuse a package with a missing file, or one that differs from its record.
 
-    A package made before the record (no ``files`` in metadata.json) needs ``NEEDED_FILES``.
+    A package whose hyperparams.yaml crab.bin.package wrote needs its metadata.json; one put
+    together by hand, without it, loads with a warning that its files are unchecked. A
+    package made before the record (no ``files`` in metadata.json) needs ``NEEDED_FILES``.
     Otherwise every recorded file must be there with its size and, but for the weights
     (GBs for a real model, read whole by ``torch.load`` anyway), its sha256; and the
     encoder folders, which transformers reads whole, may hold no other file. Raises
     ``ModelFileError`` naming the file.
     """
+    if not os.path.isfile(os.path.join(model_dir, METADATA)):
+        if _packaged(model_dir):
+            raise ModelFileError(
+                f"{os.path.join(model_dir, METADATA)} is missing: crab.bin.package wrote it with this "
+                "package, and its record of the files is what checks them (copy the package whole)"
+            )
+        logger.warning("%s has no %s: its files are not checked", model_dir, METADATA)
     record = _recorded_files(model_dir)
     for name in NEEDED_FILES if record is None else sorted(record):
         path = os.path.join(model_dir, name)
@@ -574,7 +595,7 @@ class CrabClassifier(Pretrained):
     -------
     Classifying needs a packaged model (skipped here):
 
-    >>> classifier = CrabClassifier.from_hparams(source="exp/crab/main/seed42/model")  # doctest: +SKIP
+    >>> classifier = CrabClassifier.from_hparams(source="exp/crab_tiny/main/seed42/model")  # doctest: +SKIP
     >>> out_prob, score, index, text_lab = classifier.classify_file(  # doctest: +SKIP
     ...     "angry.wav", text="I told you so"
     ... )

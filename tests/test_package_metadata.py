@@ -5,6 +5,7 @@ custom_interface.py of foreign_class loads a package only where it is whole."""
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 
@@ -122,3 +123,19 @@ def test_foreign_class_needs_the_whole_package_where_it_is(run, tmp_path):
     (model / "metadata.json").unlink()  # its record is what checks the other files
     with pytest.raises(ModelFileError, match=f"{model}/metadata.json is missing"):
         foreign_class(source=str(model), pymodule_file="custom_interface.py", classname="CrabClassifier")
+
+
+def test_a_package_without_its_metadata_is_refused_unless_put_together_by_hand(run, tmp_path, caplog):
+    model = tmp_path / "model"
+    shutil.copytree(run[0], model)
+    (model / "metadata.json").unlink()
+    with pytest.raises(
+        ModelFileError, match=f"{model}/metadata.json is missing: crab.bin.package wrote"
+    ) as err:
+        CrabClassifier.from_hparams(source=str(model))
+    assert "\n" not in str(err.value)
+    yaml = model / "hyperparams.yaml"  # a yaml of one's own: the package's with another first line
+    yaml.write_text("# my model\n" + yaml.read_text().split("\n", 1)[1])
+    with caplog.at_level(logging.WARNING, logger="crab.inference"):
+        assert CrabClassifier.from_hparams(source=str(model)).classes == test_inference.CLASSES
+    assert f"{model} has no metadata.json: its files are not checked" in caplog.text

@@ -1,7 +1,7 @@
 """Classify the utterances of a Kaldi-style wav.scp with a packaged Crab (``crab-infer``).
 
-    crab-infer --model exp/crab/main/seed42/model --wav_scp data/test/wav.scp \\
-        --text data/test/text --text_mode gold --out results.tsv
+    crab-infer --model exp/crab_tiny/main/seed42/model --wav_scp data/main/test/wav.scp \\
+        --text data/main/test/text --text_mode gold --out results.tsv   # in egs/mini
 
 ``--model`` is a directory written by ``crab.bin.package`` (recipe stage 8), or the
 Hugging Face Hub id of one (``owner/name``: the repository is downloaded whole, as plain
