@@ -5,7 +5,7 @@
     # in egs/mini: relative paths are read from the current directory
     job = InferenceJob(model="exp/crab_tiny/main/seed42/model", wav_scp="data/main/test/wav.scp",
                        out="results.tsv", text_mode="gold", text="data/main/test/text")
-    total, before, now, failed = classify_wav_scp(job)
+    tally = classify_wav_scp(job)  # total, before, now, failed, redone
 
 Bad input fails the utterance, never the run: each failure is a ``crab.datadir.Failure``
 in ``<out>.errors`` and in the log. The run is resumable: results are appended batch by
