@@ -268,15 +268,32 @@ def validate(
 
 
 def write_manifest(entries, path, data_root):
-    """Write a JSON manifest with ``data_root`` replaced by ``{data_root}``."""
+    """Write a JSON manifest with ``data_root`` replaced by ``{data_root}``. Audio outside
+    ``data_root`` keeps its absolute path, with a warning counting it and naming the first:
+    such a manifest does not move with the corpus, and may read another corpus's files."""
     root = os.path.abspath(data_root).rstrip("/") + "/"
-    portable = {}
+    portable, outside = {}, []
     for utt, entry in entries.items():
         entry = dict(entry)
         if entry["wav"] is not None:  # None: text-only
             wav = os.path.abspath(entry["wav"])
-            entry["wav"] = "{data_root}/" + wav[len(root) :] if wav.startswith(root) else wav
+            if wav.startswith(root):
+                entry["wav"] = "{data_root}/" + wav[len(root) :]
+            else:
+                entry["wav"] = wav
+                outside.append(utt)
         portable[utt] = entry
+    if outside:
+        logger.warning(
+            "%s: %d of %d utterances have audio outside --data_root %s (e.g. %s: %s); their absolute "
+            "paths are kept, so the manifest does not follow the corpus if it moves",
+            path,
+            len(outside),
+            len(entries),
+            os.path.abspath(data_root),
+            outside[0],
+            portable[outside[0]]["wav"],
+        )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_text_atomic(path, json.dumps(portable, indent=2, ensure_ascii=False))
 

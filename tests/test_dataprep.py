@@ -227,7 +227,7 @@ def test_validate_rejects_unknown_policy(tmp_path):
 # ---------------------------------------------------------------- manifests
 
 
-def test_write_manifest_portable_and_load_restores(tmp_path):
+def test_write_manifest_portable_and_load_restores(tmp_path, caplog):
     root = tmp_path / "corpus"
     wav_in = write_wav(root / "wav" / "spk1" / "a.wav", 4000)
     outside = write_wav(tmp_path / "elsewhere" / "b.wav", 4000)
@@ -243,7 +243,12 @@ def test_write_manifest_portable_and_load_restores(tmp_path):
 
     raw = json.loads(out.read_text())
     assert raw["a"]["wav"] == "{data_root}/wav/spk1/a.wav"
-    assert raw["b"]["wav"] == outside  # outside data_root: left absolute
+    assert raw["b"]["wav"] == outside  # outside data_root: left absolute, and said
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [
+        f"{out}: 1 of 2 utterances have audio outside --data_root {root} (e.g. b: {outside}); "
+        "their absolute paths are kept, so the manifest does not follow the corpus if it moves"
+    ]
     assert "corpus" not in raw["a"]["wav"]
 
     moved = tmp_path / "moved_corpus"
