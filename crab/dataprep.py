@@ -136,6 +136,8 @@ def scan_samples(path, block_frames=1 << 18):
 def probe_audio(path):
     """``(info, None)`` for an audio file soundfile can open, else ``(None, (kind, message))``."""
     if not os.path.isfile(path):
+        if path.rstrip().endswith("|"):  # Kaldi's "<utt> cmd |": never run
+            return None, ("missing audio", f"a piped command, not an audio file (it is not run): {path}")
         return None, ("missing audio", f"missing audio file {path}")
     if os.path.getsize(path) == 0:
         return None, ("empty audio file", f"empty audio file (0 bytes) {path}")

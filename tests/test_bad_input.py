@@ -228,3 +228,17 @@ def test_training_run_over_a_file_corrupted_after_prep_stops_naming_it(tmp_path)
 )
 def test_clean_transcript(raw, clean, count):
     assert clean_transcript(raw) == (clean, count)
+
+
+def test_a_piped_wav_scp_line_is_named_as_such_and_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wav.scp").write_text(f"piped touch {marker} |\n")
+    for name, value in (("text", "a fine sentence"), ("utt2emo", "happy"), ("utt2spk", "spk1")):
+        (data / name).write_text(f"piped {value}\n")
+    argv = ["--data_dir", str(data), "--data_root", str(tmp_path), "--classes", ",".join(CLASSES)]
+    with pytest.raises(SystemExit) as err:
+        make_manifest.main([*argv, "--out", str(tmp_path / "train.json")])
+    assert f"piped: a piped command, not an audio file (it is not run): touch {marker} |" in str(err.value)
+    assert not marker.exists()
