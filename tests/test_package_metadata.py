@@ -64,7 +64,7 @@ def test_the_epoch_and_training_time_are_not_scores(run):
     assert "| checkpoint | epoch 3, best validation UAR |" in (model_dir / "README.md").read_text()
 
 
-def test_no_file_names_the_training_machines_folders(run, tmp_path_factory):
+def test_no_file_names_the_training_machines_folders(run, data, tmp_path_factory):
     model_dir = run[0]
     trainer = (str(tmp_path_factory.getbasetemp()), ROOT)  # the run, the data, the recipe
     for base, _, names in os.walk(model_dir):
@@ -75,9 +75,9 @@ def test_no_file_names_the_training_machines_folders(run, tmp_path_factory):
     assert training["output_folder"] == ".../crab_tiny/main/seed42"
     assert training["checkpoint"].startswith("CKPT+") and training["hparams_file"] == "train_hyperparams.yaml"
     assert training["asr_model"] == ".../whisper-local"
-    assert "--data_root=.../inference_data0" in training["arguments"]
+    assert f"--data_root=.../{data.name}" in training["arguments"]  # inference_data<N>
     assert "from the run `crab_tiny/main/seed42`" in (model_dir / "README.md").read_text()
-    assert "data_root: .../inference_data0\n" in (model_dir / "train_hyperparams.yaml").read_text()
+    assert f"data_root: .../{data.name}\n" in (model_dir / "train_hyperparams.yaml").read_text()
     assert CrabClassifier.from_hparams(source=str(model_dir)).classes == test_inference.CLASSES
 
 
