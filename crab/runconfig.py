@@ -22,6 +22,7 @@ import glob
 import io
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -460,6 +461,27 @@ def has_checkpoint(save_folder):
     return bool(glob.glob(os.path.join(glob.escape(save_folder), "CKPT+*")))
 
 
+def _beyond_schedule(saved, epochs):
+    """What the head's cosine schedule (``CosineAnnealingLR``, ``T_max`` = the run's epochs)
+    gives the epochs past its end, in words: it goes on as a cosine, to the floor and back up."""
+    try:
+        total, lr, floor = (
+            int(saved["number_of_epochs"]),
+            float(saved["lr"]),
+            float(saved.get("lr_floor") or 0),
+        )
+    except (KeyError, TypeError, ValueError):
+        return ""
+    rates = [
+        floor + (lr - floor) * (1 + math.cos(math.pi * e / total)) / 2 for e in range(total, int(epochs))
+    ]
+    if not rates:
+        return ""
+    shown = ", ".join(f"{r:.2e}" for r in rates[:4]) + (", ..." if len(rates) > 4 else "")
+    which = f"epoch {total + 1} gets" if len(rates) == 1 else f"epochs {total + 1}-{int(epochs)} get"
+    return f": {which} head lr {shown}, the cosine past its end"
+
+
 def check_resume(hparams_file, overrides, folder, save_folder):
     """A ``ConfigError`` when a training would go on, in ``folder``, with other settings
     than the run it holds was trained with (its ``hyperparams.yaml`` and a checkpoint in
@@ -479,11 +501,12 @@ def check_resume(hparams_file, overrides, folder, save_folder):
     if None not in epochs and not same_value(*epochs):
         logger.warning(
             "%s: number_of_epochs %s, trained with %s: training goes on, under the learning-rate "
-            "schedule of its checkpoint (made for %s epochs); train a new run for a schedule over %s",
+            "schedule of its checkpoint (made for %s epochs%s); train a new run for a schedule over %s",
             folder,
             show(epochs[1]),
             show(epochs[0]),
             show(epochs[0]),
+            _beyond_schedule(saved, epochs[1]),
             show(epochs[1]),
         )
         given = resolved_values(text, last_value_wins((overrides or "") + f"number_of_epochs: {epochs[0]}\n"))

@@ -151,6 +151,7 @@ def test_training_resumed_with_other_settings_is_refused_before_anything_is_writ
     # more epochs train on (with a warning: the checkpoint's schedule was made for fewer)
     more = command("crab.bin.train", CONFIG, *run_options(data, run), *TRAIN_OPTS, "--number_of_epochs=2")
     assert more.returncode == 0 and "number_of_epochs 2, trained with 1: training goes on" in more.stderr
+    assert "(made for 1 epochs: epoch 2 gets head lr 0.00e+00, the cosine past its end)" in more.stderr
     assert "epoch: 2," in (run / "train_log.txt").read_text()
     # the same settings resume (here: nothing left to train); where things are and checkpoint
     # intervals may change, and a key only the recipe's yaml has is none of the run's
