@@ -384,7 +384,9 @@ def results_markdown(summary, title=None):
     for row in rows:
         if row.get("command"):
             trained_on = (
-                f"; trained on {describe(row)}" if row.get("text_source") not in (None, "unknown") else ""
+                f"; trained on {describe(row)}"
+                if row.get("text_source") not in (None, "unknown", "none")
+                else ""
             )
             setting = f"; tuning `{row['tuning']}`" if row.get("tuning") else ""
             lines.append(f"- {row['run']}: {row.get('machine')}; `{row['command']}`{setting}{trained_on}")
@@ -651,6 +653,8 @@ def score_run(path, per_run=False):
     }
     transcripts = read_run_provenance(run_dir) or {}  # the run's own record, when train_info.json lacks it
     row.update({k: info.get(k, transcripts.get(k)) for k in ("text_source", "asr_model")})
+    if "tokenizer_sha256" in transcripts and transcripts["tokenizer_sha256"] is None:
+        row.update(text_source="none", asr_model=None)  # no text branch: the model read no transcript
     emb_path = os.path.join(os.path.dirname(path), "embedding_scores.json")
     if os.path.isfile(emb_path):
         with open(emb_path, encoding="utf-8") as f:

@@ -13,7 +13,7 @@ from crab.bin import make_manifest
 from crab.bin import package as package_cli
 from crab.data import load_manifest
 from crab.provenance import ProvenanceError
-from crab.report import git_commit, record_training, results_table
+from crab.report import git_commit, record_training, results_table, score_run
 from crab.tokenizer import build_bpe_tokenizer
 from tests.conftest import ROOT
 from tests.test_run_config import (
@@ -161,6 +161,9 @@ def test_speech_only_manifest_without_transcripts_trains(tmp_path):
         manifest=tmp_path / "data" / "test.json",
     )
     assert (run / "eval_test" / "predictions.csv").read_text().count("\n") == 5
+    # its results say no transcript was read (the manifest's gold ones were not)
+    row = score_run(str(run / "eval_test" / "predictions.csv"))
+    assert (row["text_source"], row["asr_model"]) == ("none", None)
 
 
 def test_a_manifest_older_than_its_data_dir_is_refused(tmp_path):
