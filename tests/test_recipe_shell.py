@@ -1,7 +1,6 @@
 """The recipe shell explains itself: --help before anything is installed, validated
 options, one-line errors, the user's relative paths, setup.sh and sweep.sh options."""
 
-import json
 import os
 import re
 import shutil
@@ -9,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, write_tone_corpus
+from tests.conftest import ROOT
 
 SER = os.path.join(ROOT, "egs", "TEMPLATE", "ser.sh")
 
@@ -161,27 +160,6 @@ def test_stage_3_names_the_fold_of_each_count_table(tmp_path):
     lines = result.stdout.splitlines()
     captions = [(line, lines[i + 2].split()[0]) for i, line in enumerate(lines) if line.startswith("fold ")]
     assert captions == [(f"fold {f}:", s) for f in ("main", "other") for s in ("train", "valid", "test")]
-
-
-def test_stage_3_builds_no_tokenizer_for_a_speech_only_model(tmp_path):
-    classes = ["angry", "happy", "neutral", "sad"]
-    write_tone_corpus(tmp_path, tmp_path, {"train": 1, "valid": 1, "test": 1}, classes)
-    for split in ("train", "valid", "test"):
-        data = tmp_path / "data" / "main" / split
-        data.mkdir(parents=True)
-        utts = sorted(json.loads((tmp_path / f"{split}.json").read_text()))
-        for name, value in (
-            ("wav.scp", lambda u: tmp_path / f"{u}.wav"),
-            ("utt2emo", lambda u: u.split("_")[1]),
-            ("utt2spk", lambda u: u),
-            ("text", lambda u: "a transcript"),
-        ):
-            (data / name).write_text("".join(f"{u} {value(u)}\n" for u in utts))
-    result = run_mini(tmp_path, "--stage", "3", "--stop_stage", "3", "--train_opts", "--modality=speech")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "no BPE tokenizer for fold main: a speech-only model reads no text" in result.stdout
-    assert (tmp_path / "data" / "main" / "train.json").is_file()
-    assert not (tmp_path / "data" / "main" / "tokenizer").exists()
 
 
 def test_corpus_variable_relative_to_the_users_directory(tmp_path):

@@ -309,9 +309,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     done
     split_dirs=(); for split in ${splits}; do split_dirs+=("${data_dir}/${fold}/${split}"); done
     python -m crab.bin.check_fold --fold "${fold}" --text_only "${text_only}" "${split_dirs[@]}"
-    if [ "${bpe_vocab_size}" -gt 0 ] && [ "${modality}" = speech ]; then
-      log "Stage 3: no BPE tokenizer for fold ${fold}: a speech-only model reads no text (--bpe_vocab_size ignored)"
-    elif [ "${bpe_vocab_size}" -gt 0 ]; then
+    if [ "${bpe_vocab_size}" -gt 0 ]; then  # also for a speech-only model: the fold's experiments share it
       python -m crab.tokenizer --manifest "${data_dir}/${fold}/train.json" \
         --out_dir "${data_dir}/${fold}/tokenizer" --vocab_size "${bpe_vocab_size}"
     fi
