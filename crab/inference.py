@@ -551,14 +551,50 @@ def _check_present(folder, names):
             raise ModelFileError(f"{path} is missing: the package is incomplete (copy it whole)")
 
 
-def _copy_encoder_folders(source, savedir):
-    """Replace the encoder folders of ``savedir`` with copies of the package's ``source``."""
+def _bring_rest_of_package(source, savedir, local_strategy):
+    """Put the package's files and folders that SpeechBrain does not fetch (metadata.json,
+    the encoder folders, the card, ...) into ``savedir`` as it put the others: copies, or
+    links (``LocalStrategy.SYMLINK``), replacing what an earlier model left there; so that
+    the savedir is a whole package, which loads (and is checked) as one."""
     if os.path.realpath(source) == os.path.realpath(savedir):
         return
-    for folder in ENCODER_DIRS.values():
-        shutil.rmtree(os.path.join(savedir, folder), ignore_errors=True)
-        if os.path.isdir(os.path.join(source, folder)):
-            shutil.copytree(os.path.join(source, folder), os.path.join(savedir, folder))
+    fetched = set(NEEDED_FILES)  # hyperparams.yaml (fetched first) and the pretrainer's two
+    for name in sorted(os.listdir(source)):
+        if name in fetched or name == "__pycache__":
+            continue
+        origin, target = os.path.join(source, name), os.path.join(savedir, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            os.remove(target)
+        if local_strategy == LocalStrategy.SYMLINK:
+            os.symlink(os.path.abspath(origin), target)
+        elif os.path.isdir(origin):
+            shutil.copytree(origin, target)
+        else:
+            shutil.copy2(origin, target)
+
+
+def check_interface_package(interface_file):
+    """Check the package of the ``custom_interface.py`` that ``foreign_class`` imports, before
+    hyperpyyaml builds its yaml; returns the package directory. That is the file's own folder
+    when it holds the package's metadata.json (in place, or a Hugging Face cache snapshot whose
+    files are links into ``blobs/``), else the folder the file links to (a savedir of links).
+    A folder without metadata.json (a copying savedir holds custom_interface.py alone) is a
+    ``ModelFileError``; then ``check_package_hparams`` and ``check_package_files``."""
+    here = os.path.dirname(os.path.abspath(interface_file))
+    folders = dict.fromkeys([here, os.path.dirname(os.path.realpath(interface_file))])
+    package = next((f for f in folders if os.path.isfile(os.path.join(f, METADATA))), None)
+    if package is None:
+        raise ModelFileError(
+            f"{os.path.join(here, METADATA)} is missing: the package's record of its files, which "
+            "checks them; give foreign_class the whole package directory and no copying savedir "
+            "(CrabClassifier.from_hparams copies a package whole)"
+        )
+    if os.path.isfile(os.path.join(package, "hyperparams.yaml")):
+        check_package_hparams(os.path.join(package, "hyperparams.yaml"))
+    check_package_files(package)
+    return package
 
 
 def _is_local_name(source):
@@ -694,8 +730,8 @@ class CrabClassifier(Pretrained):
         # runs any !apply:, !new:, !name: it is given)
         text = check_package_hparams(hparams_path)
         check_package_files(str(source))
-        if savedir is not None and local_strategy in (LocalStrategy.COPY, LocalStrategy.COPY_SKIP_CACHE):
-            _copy_encoder_folders(str(source), str(savedir))
+        if savedir is not None and local_strategy != LocalStrategy.NO_LINK:
+            _bring_rest_of_package(str(source), str(savedir), local_strategy)
         hparams = load_hyperpyyaml(text, overrides or {}, overrides_must_match)
         hparams["savedir"] = savedir
         pretrainer = hparams["pretrainer"]

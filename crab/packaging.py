@@ -66,28 +66,11 @@ CUSTOM_INTERFACE = (
     foreign_class(source=THIS_DIR, pymodule_file="custom_interface.py", classname="CrabClassifier")
 """
 
-import os
-
-from crab.inference import (  # noqa: F401
-    CrabClassifier,
-    ModelFileError,
-    check_package_files,
-    check_package_hparams,
-)
+from crab.inference import CrabClassifier, check_interface_package  # noqa: F401
 
 # foreign_class imports this file before hyperpyyaml loads hyperparams.yaml: refuse a
-# package that is not whole where this file really is (a copying savedir holds this file
-# alone), a yaml that would run code, and a package that lost or changed a file
-_DIR = os.path.dirname(os.path.realpath(__file__))
-if not os.path.isfile(os.path.join(_DIR, "metadata.json")):
-    raise ModelFileError(
-        f"{os.path.join(_DIR, 'metadata.json')} is missing: the package's record of its files, which "
-        "checks them; give foreign_class the whole package directory and no copying savedir "
-        "(CrabClassifier.from_hparams copies a package whole)"
-    )
-if os.path.isfile(os.path.join(_DIR, "hyperparams.yaml")):
-    check_package_hparams(os.path.join(_DIR, "hyperparams.yaml"))
-check_package_files(_DIR)
+# package that is not whole, a yaml that would run code, a file lost or changed
+check_interface_package(__file__)
 '''
 )
 

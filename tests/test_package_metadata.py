@@ -19,6 +19,7 @@ from crab.inference import CrabClassifier, ModelFileError
 from crab.packaging import portable
 from tests import test_inference
 from tests.conftest import ROOT
+from tests.test_infer_paths import hf_snapshot
 from tests.test_inference import CONFIG, in_template, overrides, save_run_config
 
 # the fixture of test_inference, found by pytest under the same name (see test_model_security)
@@ -123,6 +124,23 @@ def test_foreign_class_needs_the_whole_package_where_it_is(run, tmp_path):
     (model / "metadata.json").unlink()  # its record is what checks the other files
     with pytest.raises(ModelFileError, match=f"{model}/metadata.json is missing"):
         foreign_class(source=str(model), pymodule_file="custom_interface.py", classname="CrabClassifier")
+
+
+@pytest.mark.parametrize("strategy", [LocalStrategy.COPY, LocalStrategy.SYMLINK], ids=lambda s: s.name)
+def test_a_savedir_is_a_whole_package_that_loads_again(strategy, run, tmp_path):
+    savedir = tmp_path / "save"
+    loaded = CrabClassifier.from_hparams(source=str(run[0]), savedir=str(savedir), local_strategy=strategy)
+    assert sorted(os.listdir(savedir)) == sorted(n for n in os.listdir(run[0]) if n != "__pycache__")
+    again = CrabClassifier.from_hparams(source=str(savedir))  # checked as a package: metadata.json there
+    assert again.classes == loaded.classes == test_inference.CLASSES
+
+
+def test_foreign_class_loads_a_hub_cache_snapshot(run, tmp_path):
+    snapshot = hf_snapshot(run[0], tmp_path / "models--me--crab")  # every file a link into blobs/
+    loaded = foreign_class(
+        source=str(snapshot), pymodule_file="custom_interface.py", classname="CrabClassifier"
+    )
+    assert loaded.classes == test_inference.CLASSES
 
 
 def test_a_package_without_its_metadata_is_refused_unless_put_together_by_hand(run, tmp_path, caplog):
