@@ -60,8 +60,9 @@ TRAIN_INFO = "train_info.json"
 def git_commit(path=None, short=True):
     """The commit of the git checkout holding ``path`` (default: the crab package), short
     (7 hex digits) or (``short=False``) full, with ``+dirty`` when the working tree differs
-    from it: a tracked file changed, or a file neither committed nor ignored (a new recipe's
-    scripts); None when there is no git, no checkout or no commit. The one place that asks
+    from it: a tracked file changed, or code or configuration neither committed nor ignored
+    (a new recipe's scripts: ``_untracked_code``); None when there is no git, no checkout or
+    no commit. The one place that asks
     git for the commit (``train_info.json``, the results tables, a package's metadata.json),
     in one ``git status``: it does not look into ignored folders (``exp*/``, ``data/``) and
     takes no lock (a recipe's jobs ask at the same time as the user's git commands)."""
@@ -75,8 +76,20 @@ def git_commit(path=None, short=True):
     commit = next((line.split()[-1] for line in lines if line.startswith("# branch.oid ")), "(initial)")
     if commit == "(initial)":  # no commit yet
         return None
-    dirty = any(not line.startswith("# ") for line in lines)
+    dirty = any(not line.startswith(("# ", "? ")) or _untracked_code(line[2:]) for line in lines)
     return (commit[:7] if short else commit) + ("+dirty" if dirty else "")
+
+
+# untracked files that change what a run does (a new recipe's scripts and configs), unlike what
+# commands write beside them (crab-infer's results.tsv, its .lock, logs)
+CODE_SUFFIXES = (".py", ".sh", ".yaml", ".yml", ".txt", ".cfg", ".toml")
+
+
+def _untracked_code(path):
+    """Is an untracked entry of ``git status`` code or configuration? A folder (git names a
+    new folder, not its files) is counted: it may hold a whole new recipe."""
+    path = path.strip('"')  # git quotes names with special characters
+    return path.endswith("/") or path.endswith(CODE_SUFFIXES)
 
 
 def machine(device="cpu"):

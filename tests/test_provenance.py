@@ -192,8 +192,8 @@ def test_a_manifest_older_than_its_data_dir_is_refused(tmp_path):
 
 
 def test_the_recorded_commit_is_dirty_with_files_neither_committed_nor_ignored(tmp_path):
-    """A new recipe's scripts, not yet added, make the commit +dirty; what the recipes write
-    (data, exp* folders, the results file's lock) and the environment are ignored."""
+    """A new recipe's scripts or configs, not yet added, make the commit +dirty; what the recipes
+    and crab-infer write (data, exp* folders, locks, results files) and the environment do not."""
 
     def git(*args):
         return subprocess.run(
@@ -215,11 +215,17 @@ def test_the_recorded_commit_is_dirty_with_files_neither_committed_nor_ignored(t
         "egs/new/exp/t/log/train.log",
         "egs/new/exp_gpu/t/save/x",
         "egs/new/.lock",
+        "egs/new/results.tsv",  # crab-infer's output beside the recipe, and its companions
+        "egs/new/results.tsv.lock",
+        "egs/new/results.tsv.model",
     ]
     for path in [*written, "tools/venv/bin/python", "crab/__pycache__/report.pyc", ".pytest_cache/v"]:
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("")
     assert (git_commit(str(tmp_path)), git_commit(str(tmp_path), short=False)) == (full[:7], full)
+    (tmp_path / "egs" / "new" / "conf.yaml").write_text("")  # an untracked config
+    assert git_commit(str(tmp_path)) == full[:7] + "+dirty"
+    (tmp_path / "egs" / "new" / "conf.yaml").unlink()
     (tmp_path / "egs" / "new" / "local").mkdir()
     (tmp_path / "egs" / "new" / "local" / "data.py").write_text("")
     assert git_commit(str(tmp_path / "egs" / "new")) == full[:7] + "+dirty"
