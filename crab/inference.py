@@ -310,7 +310,7 @@ def load_weights(path):
 
 
 class DeviceError(UserError, ValueError):
-    """A device that this machine does not have (a CUDA device without a GPU)."""
+    """A device that is not there (a CUDA device without a GPU, or an index past the last GPU)."""
 
 
 def torch_device(device):
@@ -695,7 +695,7 @@ class CrabClassifier(Pretrained):
         that the copy is complete.
 
         ``run_opts={"device": ...}`` takes ``cpu``, ``cuda``, ``cuda:<index>`` or ``auto`` (a GPU
-        when there is one); a CUDA device this machine lacks is a ``DeviceError``.
+        when there is one); a CUDA device that is not there is a ``DeviceError``.
         """
         run_opts = kwargs.get("run_opts")
         if run_opts is not None:
