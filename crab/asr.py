@@ -175,34 +175,6 @@ def pipeline_transcriber(args, device, dtype):
     return transcribe
 
 
-def hub_config(model):
-    """``AutoConfig.from_pretrained(model)``; a hub id neither in the Hugging Face cache nor
-    reachable is an ``OSError`` saying so in one line, and how to fail at once offline."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import LocalEntryNotFoundError
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(model)
-    except OSError as err:
-        cause, seen = err, set()
-        while cause is not None and id(cause) not in seen and not isinstance(cause, LocalEntryNotFoundError):
-            seen.add(id(cause))
-            cause = cause.__cause__ or cause.__context__
-        if not isinstance(cause, LocalEntryNotFoundError) or os.path.isdir(model):
-            raise
-        # huggingface_hub retries for about 30 s before it gives up on a file it has not cached
-        why = (
-            "HF_HUB_OFFLINE is set"
-            if constants.HF_HUB_OFFLINE
-            else "the hub cannot be reached: offline, HF_HUB_OFFLINE=1 skips its retries"
-        )
-        raise OSError(
-            f"not in the Hugging Face cache ({why}): give a local directory, or download it "
-            "where there is a network"
-        ) from None
-
-
 TRANSCRIBERS = {"seq2seq": seq2seq_transcriber, "ctc": ctc_transcriber, "pipeline": pipeline_transcriber}
 
 
@@ -210,9 +182,11 @@ def load_transcriber(args, option="--model"):
     """A function from a list of 16 kHz float32 arrays to their transcripts; ``option`` is what
     the caller's user gave ``args.model`` as, for the one-line error of a model that cannot be
     loaded (``crab.encoders.ModelSourceError``)."""
+    from transformers import AutoConfig
+
     from crab.encoders import from_source
 
-    from_source(option, args.model, hub_config)  # a typo: one line naming it
+    from_source(option, args.model, AutoConfig.from_pretrained)  # a typo: one line naming it
     backend = detect_backend(args.model) if args.backend == "auto" else args.backend
     dtype = torch_dtype(args.dtype, args.device)
     logger.info(

@@ -79,9 +79,33 @@ def from_source(argument, source, load):
         else:
             detail = (
                 f"'{source}' is neither a local directory nor a model on the hub that could be "
-                f"loaded: {_one_line(err)}"
+                f"loaded: {_uncached(err) or _one_line(err)}"
             )
         raise ModelSourceError(argument, source, detail) from None
+
+
+def _uncached(err):
+    """What to say of a hub id that is neither in the Hugging Face cache nor reachable (a
+    ``LocalEntryNotFoundError`` in ``err``'s chain, after huggingface_hub's ~30 s of retries
+    unless offline is set), or None for any other error."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cause, seen = err, set()
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, LocalEntryNotFoundError):
+            why = (
+                "HF_HUB_OFFLINE is set"
+                if constants.HF_HUB_OFFLINE
+                else "the hub cannot be reached: offline, HF_HUB_OFFLINE=1 skips its retries"
+            )
+            return (
+                f"not in the Hugging Face cache ({why}): give a local directory, or download it where "
+                "there is a network"
+            )
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def lengths_to_mask(lengths, max_len=None):

@@ -44,9 +44,9 @@ def _scores(scores):
     return ", ".join(f"{k} {scores[k]:.4f}" for k in METRICS if isinstance(scores.get(k), (int, float)))
 
 
-def _run_name(output_folder):
-    """``<tag>/<fold>/seed<seed>``: the end of the training folder, not the trainer's paths."""
-    return "/".join(os.path.normpath(output_folder).split(os.sep)[-3:])
+def run_name(output_folder):
+    """``<tag>/<fold>/seed<seed>``: the last three parts of the run's folder, not the trainer's paths."""
+    return "/".join([p for p in os.path.abspath(output_folder).split(os.sep) if p][-3:])
 
 
 def model_card(metadata, max_duration=None):
@@ -73,7 +73,7 @@ def model_card(metadata, max_duration=None):
         f"# Crab emotion recognition: {len(metadata['classes'])} classes, {modality}",
         "",
         f"A Crab model ({inputs} in, one emotion out), packaged {metadata['created']} from the run "
-        f"`{_run_name(training['output_folder'])}` by `crab.bin.package`.",
+        f"`{run_name(training['output_folder'])}` by `crab.bin.package`.",
         "",
         "| | |",
         "|---|---|",

@@ -42,7 +42,7 @@ from crab.data import label_encoder
 from crab.encoders import waveform_normalization_mode
 from crab.inference import ENCODER_DIRS, METADATA, CrabClassifier, load_weights, package_files
 from crab.metrics import METRICS
-from crab.model_card import CARD, model_card
+from crab.model_card import CARD, model_card, run_name
 from crab.report import git_commit
 
 logger = logging.getLogger(__name__)
@@ -77,11 +77,6 @@ check_interface_package(__file__)
 
 class PackageError(cli.UserError, RuntimeError):
     """The run cannot be packaged."""
-
-
-def run_name(output_folder):
-    """``<tag>/<fold>/seed<seed>``: the last three parts of the run's folder."""
-    return "/".join([p for p in os.path.abspath(output_folder).split(os.sep) if p][-3:])
 
 
 def portable(text, output_folder):

@@ -626,7 +626,7 @@ def summary_embeddings(path):
     """The fused embeddings (``eval_<test>/embeddings.npz``) of the first run of a results
     summary that has them, or None: a sweep's plot shows runs that its tables score."""
     _, summary = read_summary(path)
-    test_set = summary_test_set(path)
+    test_set = summary.get("test_set") or summary_test_set(path)  # the file's name, without one
     for row in summary.get("runs", []):
         dump = os.path.join(row["run"], f"eval_{test_set}", "embeddings.npz")
         if os.path.isfile(dump):
