@@ -127,7 +127,8 @@ classes=angry,happy,neutral,sad
 if [ "${quick}" = true ]; then epochs=1; else epochs=3; fi
 recipe_ngpu=1; [ "${device}" = cuda ] || recipe_ngpu=0
 # stage 7 adds its entries to the work folder's RESULTS.md, never to the recipe's
-recipe=(./run.sh --exp_dir "${work}/exp" --ngpu "${recipe_ngpu}" --results_md "${work}/RESULTS.md")
+# (--ngpu is each check's own: the ddp and jobs checks take other counts)
+recipe=(./run.sh --exp_dir "${work}/exp" --results_md "${work}/RESULTS.md")
 
 if wanted env; then run_check env 120 bash -c "$(declare -f env_report); env_report ${device}"; fi
 
@@ -140,16 +141,16 @@ if wanted data; then
 fi
 
 if wanted train_fp32; then
-  run_check train_fp32 900 "${recipe[@]}" --stage 5 --stop_stage 8 --tag fp32 \
+  run_check train_fp32 900 "${recipe[@]}" --stage 5 --stop_stage 8 --ngpu "${recipe_ngpu}" --tag fp32 \
     --train_opts "--number_of_epochs=${epochs}"
 fi
 if wanted train_bf16; then
-  run_check train_bf16 600 "${recipe[@]}" --stage 5 --stop_stage 5 --tag bf16 \
+  run_check train_bf16 600 "${recipe[@]}" --stage 5 --stop_stage 5 --ngpu "${recipe_ngpu}" --tag bf16 \
     --train_opts "--number_of_epochs=${epochs} --precision=bf16"
 fi
 if wanted train_fp16; then
   if [ "${device}" = cuda ]; then
-    run_check train_fp16 600 "${recipe[@]}" --stage 5 --stop_stage 5 --tag fp16 \
+    run_check train_fp16 600 "${recipe[@]}" --stage 5 --stop_stage 5 --ngpu "${recipe_ngpu}" --tag fp16 \
       --train_opts "--number_of_epochs=${epochs} --precision=fp16"
   else
     skip train_fp16 "fp16 needs CUDA"
@@ -157,7 +158,7 @@ if wanted train_fp16; then
 fi
 
 if wanted cached; then
-  run_check cached 600 "${recipe[@]}" --stage 4 --stop_stage 6 --tag cached --feature_cache "${work}/cache" \
+  run_check cached 600 "${recipe[@]}" --stage 4 --stop_stage 6 --ngpu "${recipe_ngpu}" --tag cached --feature_cache "${work}/cache" \
     --train_opts "--number_of_epochs=${epochs} --freeze_speech_encoder=true --freeze_text_encoder=true"
 fi
 
