@@ -1,5 +1,5 @@
-"""Jobs through a cluster's scheduler: utils/slurm.sh against a stand-in ``sbatch``
-that runs the job script at once and records its options."""
+"""Jobs through a cluster's scheduler: utils/slurm.sh and utils/sge.sh against stand-ins for
+``sbatch`` and ``qsub`` that run the job script at once and record their options."""
 
 import os
 import signal
@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import pytest
 
@@ -14,79 +15,124 @@ from tests.conftest import ROOT
 
 SLURM = os.path.join(ROOT, "utils", "slurm.sh")
 
-# sbatch's options as slurm.sh passes them; the job runs here, its output to --output.
-FAKE_SBATCH = """#!/usr/bin/env bash
-printf '%s\\n' "$@" > "$FAKE_SBATCH_ARGS"
-while [ $# -gt 1 ]; do
-  case "$1" in --output) out=$2; shift 2 ;; --parsable|--wait) shift ;; *) shift 2 ;; esac
+# A submitter's options as the launcher passes them; the job runs here, its output to the
+# file after OUTPUT_OPTION. It prints the job id first (sbatch --parsable: "ID;CLUSTER"),
+# then, as qsub -sync y does, a line after the job; it exits with the job's status.
+FAKE_SUBMIT = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$FAKE_SUBMIT_ARGS"
+args=("$@")
+for ((i = 0; i < ${#args[@]} - 1; i++)); do
+  [ "${args[i]}" != "$OUTPUT_OPTION" ] || out=${args[i + 1]}
 done
-echo "4242"
-bash "$1" > "$out" 2>&1
+echo "4242$ID_SUFFIX"
+rc=0
+bash "${args[-1]}" > "$out" 2>&1 || rc=$?
+echo "Job 4242 exited with exit code $rc."
+exit $rc
 """
 
 
-@pytest.fixture
-def slurm_env(tmp_path):
+@dataclass
+class Scheduler:
+    launcher: str  # the script
+    submit: str  # the program it submits with
+    script_suffix: str  # of the job script kept beside the log
+    env: dict
+
+    def run(self, cwd, *args):
+        return subprocess.run(
+            ["bash", self.launcher, *args], env=self.env, cwd=cwd, capture_output=True, text=True, timeout=60
+        )
+
+
+SCHEDULERS = {  # launcher, submitter, cancel command, output option, job script suffix, id suffix
+    "slurm": (SLURM, "sbatch", "scancel", "--output", ".sbatch", ";cluster1"),
+    "sge": (os.path.join(ROOT, "utils", "sge.sh"), "qsub", "qdel", "-o", ".qsub", ""),
+}
+
+
+def stand_in(path, text):
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+@pytest.fixture(params=sorted(SCHEDULERS))
+def scheduler(request, tmp_path):
+    launcher, submit, cancel, output_option, suffix, id_suffix = SCHEDULERS[request.param]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    sbatch = bin_dir / "sbatch"
-    sbatch.write_text(FAKE_SBATCH)
-    sbatch.chmod(sbatch.stat().st_mode | stat.S_IXUSR)
-    scancel = bin_dir / "scancel"
-    scancel.write_text(f'#!/usr/bin/env bash\necho "$@" > {tmp_path}/cancelled\n')
-    scancel.chmod(scancel.stat().st_mode | stat.S_IXUSR)
-    return dict(
-        os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_SBATCH_ARGS=str(tmp_path / "sbatch_args")
+    stand_in(bin_dir / submit, FAKE_SUBMIT)
+    stand_in(bin_dir / cancel, f'#!/usr/bin/env bash\necho "$@" > {tmp_path}/cancelled\n')
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        FAKE_SUBMIT_ARGS=str(tmp_path / "submit_args"),
+        OUTPUT_OPTION=output_option,
+        ID_SUFFIX=id_suffix,
     )
+    return Scheduler(launcher, submit, suffix, env)
 
 
-def slurm(env, cwd, *args):
-    return subprocess.run(
-        ["bash", SLURM, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
-    )
+REQUESTS = {  # what each launcher asks its scheduler for, from the same options
+    "sbatch": (
+        ["--time", "1:00:00", "--partition", "gpu", "--sbatch_opts", "--account lab --qos high"],
+        ["--wait", "--output {log}", "--job-name crab:train.session1.seed42", "--gres gpu:2",
+         "--cpus-per-task 8", "--mem 64G", "--time 1:00:00", "--partition gpu", "--account lab --qos high"],
+    ),
+    "qsub": (
+        ["--time", "1:00:00", "--queue", "g.q", "--pe", "mpi", "--qsub_opts", "-P lab -l h_vmem=80G"],
+        ["-sync y", "-V", "-S /bin/bash", "-j y", "-o {log}", "-N crab.train.session1.seed42",
+         "-l gpu=2", "-pe mpi 8", "-l mem_free=64G", "-l h_rt=1:00:00", "-q g.q", "-P lab -l h_vmem=80G"],
+    ),
+}  # fmt: skip
 
 
-def test_a_job_runs_its_command_as_given_and_asks_for_what_it_needs(tmp_path, slurm_env):
+def test_a_job_runs_its_command_as_given_and_asks_for_what_it_needs(tmp_path, scheduler):
     log = tmp_path / "logs" / "train.session1.seed42.log"
     word = 'it\'s a "word" with $HOME; spaces'
-    result = slurm(
-        slurm_env, tmp_path, "--gpus", "2", "--time", "1:00:00", "--partition", "gpu",
-        "--sbatch_opts", "--account lab --qos high", str(log), "printf", "%s|%s\\n", word, "$PWD",
-    )  # fmt: skip
+    own, expected = REQUESTS[scheduler.submit]
+    result = scheduler.run(
+        tmp_path,
+        "--gpus",
+        "2",
+        "--cpus",
+        "8",
+        "--mem",
+        "64G",
+        *own,
+        str(log),
+        "printf",
+        "%s|%s\\n",
+        word,
+        "$PWD",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"job 4242 done; its output: {log}"
     assert log.read_text() == f"{word}|$PWD\n"  # each word reaches the command unchanged
-    args = (tmp_path / "sbatch_args").read_text().splitlines()
-    assert args[-1] == f"{log}.sbatch"
+    args = (tmp_path / "submit_args").read_text().splitlines()
+    script = f"{log}{scheduler.script_suffix}"
+    assert args[-1] == script
     options = " ".join(args[:-1])
-    for expected in (
-        "--wait",
-        f"--output {log}",
-        "--job-name crab:train.session1.seed42",
-        "--gres gpu:2",
-        "--time 1:00:00",
-        "--partition gpu",
-        "--account lab --qos high",
-    ):
-        assert expected in options
-    assert f"cd {tmp_path}" in (tmp_path / "logs" / "train.session1.seed42.log.sbatch").read_text()
+    for option in expected:
+        assert option.format(log=log) in options
+    assert f"cd {tmp_path}" in open(script).read()
 
 
-def test_a_failed_job_fails_with_its_status_and_names_its_output(tmp_path, slurm_env):
+def test_a_failed_job_fails_with_its_status_and_names_its_output(tmp_path, scheduler):
     log = tmp_path / "job.log"
-    result = slurm(slurm_env, tmp_path, str(log), "bash", "-c", "echo broken; exit 3")
+    result = scheduler.run(tmp_path, str(log), "bash", "-c", "echo broken; exit 3")
     assert result.returncode == 3
     assert f"job 4242 failed (status 3); its output: {log}" in result.stderr
     assert log.read_text() == "broken\n"
-    assert "--gres" not in (tmp_path / "sbatch_args").read_text()  # --gpus 0 by default
+    assert "gpu" not in (tmp_path / "submit_args").read_text()  # --gpus 0 by default
 
 
-def test_an_interrupt_cancels_the_job(tmp_path, slurm_env):
+def test_an_interrupt_cancels_the_job(tmp_path, scheduler):
     log, stderr = tmp_path / "job.log", tmp_path / "stderr"
     with open(stderr, "w") as stderr_file:  # not a pipe: the stand-in's job would hold it open
         process = subprocess.Popen(
-            ["bash", SLURM, str(log), "bash", "-c", "echo started; sleep 20"],
-            env=slurm_env,
+            ["bash", scheduler.launcher, str(log), "bash", "-c", "echo started; sleep 20"],
+            env=scheduler.env,
             cwd=tmp_path,
             stderr=stderr_file,
             start_new_session=True,
@@ -99,7 +145,7 @@ def test_an_interrupt_cancels_the_job(tmp_path, slurm_env):
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the stand-in's job, which a real scancel would end
+        os.killpg(process.pid, signal.SIGKILL)  # the stand-in's job, which a real scancel / qdel would end
     assert process.returncode == 130 and "job 4242 cancelled" in stderr.read_text()
     assert (tmp_path / "cancelled").read_text().strip() == "4242"
 
@@ -108,19 +154,34 @@ def test_an_interrupt_cancels_the_job(tmp_path, slurm_env):
     ("args", "message"),
     [
         (["--gpus", "one", "log", "true"], "--gpus must be a whole number, not 'one'"),
+        (["--cpus", "0", "log", "true"], "--cpus must be a positive whole number, not '0'"),
         (["--nodes", "2", "log", "true"], "unknown option '--nodes'"),
+        (["--time"], "--time needs a value"),
         (["log"], "needs a LOG and a COMMAND"),
     ],
 )
-def test_bad_options_are_one_line_errors(tmp_path, slurm_env, args, message):
-    result = slurm(slurm_env, tmp_path, *args)
+def test_bad_options_are_one_line_errors(tmp_path, scheduler, args, message):
+    result = scheduler.run(tmp_path, *args)
     assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "submit_args").exists()
 
 
-def test_without_slurm_it_says_so(tmp_path):
-    env = dict(os.environ, PATH="/usr/bin:/bin")
-    result = slurm(env, tmp_path, str(tmp_path / "job.log"), "true")
-    assert result.returncode == 2 and "sbatch not found" in result.stderr
+@pytest.mark.parametrize("scheduler", ["sge"], indirect=True)
+def test_a_log_path_that_qsub_would_read_as_a_host_is_an_error(tmp_path, scheduler):
+    result = scheduler.run(tmp_path, str(tmp_path / "fold:1.log"), "true")
+    assert result.returncode == 2 and "must not hold ':'" in result.stderr
+    assert not (tmp_path / "submit_args").exists()
+
+
+def test_without_the_scheduler_it_says_so(tmp_path, scheduler):
+    env = dict(scheduler.env, PATH="/usr/bin:/bin")
+    result = subprocess.run(
+        ["bash", scheduler.launcher, str(tmp_path / "job.log"), "true"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and f"{scheduler.submit} not found" in result.stderr
 
 
 def jobs(script, env=None):
@@ -190,9 +251,9 @@ def test_a_launcher_that_is_not_found_is_an_error(tmp_path):
     assert "--cmd 'utils/slurmm.sh --time 1:00': no program utils/slurmm.sh" in result.stderr
 
 
-def test_jobs_through_a_launcher(tmp_path, slurm_env):
-    launcher = f"{SLURM} --time '1:00:00'"
-    env = dict(slurm_env, OMP_NUM_THREADS="99")  # a scheduler's job: the cores it has, not this count
+def test_jobs_through_a_launcher(tmp_path, scheduler):
+    launcher = f"{scheduler.launcher} --time '1:00:00'"
+    env = dict(scheduler.env, OMP_NUM_THREADS="99")  # a scheduler's job: the cores it has, not this count
     result = jobs(f'{BUILD} jobs_run 3 "{launcher}" 1 {tmp_path}/log build a b c', env=env)
     assert result.returncode == 1 and f"see the end of: {tmp_path}/log/c.log" in result.stderr
     a = (tmp_path / "log" / "a.log").read_text().splitlines()
@@ -203,4 +264,4 @@ def test_jobs_through_a_launcher(tmp_path, slurm_env):
     ]
     c = (tmp_path / "log" / "c.log").read_text()
     assert c.endswith(f"job 4242 failed (status 4); its output: {tmp_path}/log/c.log\nexit status 4\n")
-    assert (tmp_path / "log" / "a.log.sbatch").exists()
+    assert (tmp_path / "log" / f"a.log{scheduler.script_suffix}").exists()

@@ -8,7 +8,7 @@
 #       another. CMD empty: here, worker w on its own NGPU GPUs (CUDA_VISIBLE_DEVICES,
 #       jobs_devices) and its share of the cores (OMP_NUM_THREADS: oversubscribed, CPU
 #       training ran ~10x slower); else through the launcher CMD (shell words), called as
-#       CMD --gpus NGPU LOG COMMAND... (utils/slurm.sh). Each job's output goes to
+#       CMD --gpus NGPU LOG COMMAND... (utils/slurm.sh, utils/sge.sh). Each job's output goes to
 #       LOGDIR/NAME.log, which ends with "exit status N" (the launcher's own messages
 #       before it); a line on standard output says when each starts and ends. Status 1,
 #       naming the failed logs, when any job failed.

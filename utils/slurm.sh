@@ -13,6 +13,8 @@
 # (sbatch --wait), cancels it when interrupted, and exits with the job's status. --gpus 0 asks for no GPU. Site settings (account, QoS, constraints)
 # go in --sbatch_opts or in Slurm's SBATCH_* environment variables.
 set -euo pipefail
+# shellcheck source=utils/scheduler.sh
+. "$(dirname "${BASH_SOURCE[0]}")/scheduler.sh"
 
 gpus=0 cpus='' mem='' time_limit='' partition='' sbatch_opts=''
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
@@ -39,19 +41,8 @@ log_file=$1
 shift
 mkdir -p "$(dirname "${log_file}")"
 
-# The job script: bash, the command's words quoted as given.
 script=${log_file}.sbatch
-{
-  echo "#!/usr/bin/env bash"
-  echo "# $(date '+%Y-%m-%dT%H:%M:%S') submitted by $0 from $(pwd)"
-  printf 'cd %q\n' "$(pwd)"
-  # the cores of this job, not those of the submitting shell (nproc would print its count)
-  # shellcheck disable=SC2016
-  echo 'unset OMP_NUM_THREADS; export OMP_NUM_THREADS=$(nproc)'
-  printf 'exec'
-  printf ' %q' "$@"
-  printf '\n'
-} > "${script}"
+write_job_script "${script}" "$@"
 
 read -r -a site_opts <<< "${sbatch_opts}"
 opts=(--parsable --wait --job-name "crab:$(basename "${log_file}" .log)" --output "${log_file}")
@@ -61,24 +52,4 @@ opts=(--parsable --wait --job-name "crab:$(basename "${log_file}" .log)" --outpu
 [ -z "${time_limit}" ] || opts+=(--time "${time_limit}")
 [ -z "${partition}" ] || opts+=(--partition "${partition}")
 
-# sbatch --parsable prints the job id on submission, then waits: in the background, so
-# that an interrupt here cancels the job instead of leaving it running.
-id_file=$(mktemp)
-trap 'rm -f "${id_file}"' EXIT
-cancel() {
-  local id
-  id=$(cut -d';' -f1 "${id_file}" | head -n 1)
-  [ -z "${id}" ] || scancel "${id}" || true
-  echo "$0: interrupted; job ${id:-(not yet submitted)} cancelled" >&2
-  exit 130
-}
-trap cancel INT TERM
-sbatch "${opts[@]}" "${site_opts[@]+"${site_opts[@]}"}" "${script}" > "${id_file}" &
-status=0
-wait $! || status=$?
-id=$(cut -d';' -f1 "${id_file}" | head -n 1)
-if [ "${status}" -ne 0 ]; then
-  echo "$0: job ${id:-(not submitted)} failed (status ${status}); its output: ${log_file}" >&2
-  exit "${status}"
-fi
-echo "job ${id} done; its output: ${log_file}"
+submit_and_wait scancel "${log_file}" sbatch "${opts[@]}" "${site_opts[@]+"${site_opts[@]}"}" "${script}"

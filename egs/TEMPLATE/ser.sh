@@ -29,7 +29,7 @@
 #
 # With --nj N > 1 or --cmd, stages 2 and 4-6 run as jobs (utils/jobs.sh): each job is this
 # script for its stage and (5, 6) one fold and seed, N at once, here on GPUs of its own
-# or through a scheduler (--cmd "utils/slurm.sh ..."), logged to exp/<tag>/log/.
+# or through a scheduler (--cmd "utils/slurm.sh ..." or "utils/sge.sh ..."), logged to exp/<tag>/log/.
 set -euo pipefail
 
 # ---- options: name=default  # description (--help prints this block) ----
@@ -63,7 +63,8 @@ torchrun_opts=          # torchrun options of a DDP stage 5 (empty: one node, --
 nj=1                    # stages 2, 4-6 as jobs, at most N at once (5, 6: one per fold and seed; 2, 4: one, the folds
                         # share the transcripts, the cache), each logged to exp/<tag>/log/; here, on --ngpu GPUs each
 cmd=                    # stages 2, 4-6 as jobs, each through this launcher: "utils/slurm.sh [options]" on Slurm,
-                        # e.g. "utils/slurm.sh --partition gpu --time 1-00:00:00"; empty: in this shell
+                        # e.g. "utils/slurm.sh --partition gpu --time 1-00:00:00", "utils/sge.sh [options]" on
+                        # Grid Engine; empty: in this shell
 embeddings=false        # stage 6: also dump and score the fused (fc1) test embeddings (true | false)
 feature_cache=          # frozen-encoder states (stage 4 extracts, stages 5-8 read); needs frozen encoders,
                         # --train_opts "--freeze_speech_encoder=true --freeze_text_encoder=true" (or the

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Run one command as a Grid Engine job (SGE, UGE, OGE) and wait for it: a --cmd for ser.sh.
+#
+#   utils/sge.sh [--gpus N] [--cpus N] [--mem SIZE] [--time LIMIT] [--queue NAME]
+#                [--gpu_resource NAME] [--pe NAME] [--qsub_opts "OPTIONS"] LOG COMMAND [ARG ...]
+#
+# e.g. ./run.sh --stage 4 --ngpu 1 --nj 10 --cmd "utils/sge.sh --queue g.q --mem 32G"
+#
+# The job runs COMMAND in the current directory with the current environment (qsub -V:
+# the venv that path.sh activated, CRAB_COMMAND), except the core count (OMP_NUM_THREADS:
+# the job's own, nproc); its output (stdout and stderr) goes to LOG. The job script is
+# kept beside LOG as LOG.qsub, to read or resubmit. This script waits for the job
+# (qsub -sync y), cancels it (qdel) when interrupted, and exits with the job's status.
+# Requests: --gpus N as -l GPU_RESOURCE=N (--gpu_resource, default gpu; --gpus 0 asks for
+# none), --cpus N as -pe PE N (--pe, default smp), --mem as -l mem_free=SIZE, --time as
+# -l h_rt=LIMIT, --queue as -q. Resource and environment names differ between sites: other
+# settings (project, h_vmem, ...) go in --qsub_opts. Which GPU a job uses is the site's
+# choice (most set CUDA_VISIBLE_DEVICES for the job).
+set -euo pipefail
+# shellcheck source=utils/scheduler.sh
+. "$(dirname "${BASH_SOURCE[0]}")/scheduler.sh"
+
+gpus=0 cpus='' mem='' time_limit='' queue='' gpu_resource=gpu pe=smp qsub_opts=''
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
+die() { echo "$0: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --help|-h) usage; exit 0 ;;
+    --gpus|--cpus|--mem|--time|--queue|--gpu_resource|--pe|--qsub_opts)
+      [ $# -ge 2 ] || die "$1 needs a value"
+      case "$1" in
+        --gpus) gpus=$2 ;; --cpus) cpus=$2 ;; --mem) mem=$2 ;; --time) time_limit=$2 ;;
+        --queue) queue=$2 ;; --gpu_resource) gpu_resource=$2 ;; --pe) pe=$2 ;; --qsub_opts) qsub_opts=$2 ;;
+      esac
+      shift 2 ;;
+    --*) die "unknown option '$1' (--help lists them)" ;;
+    *) break ;;
+  esac
+done
+[ $# -ge 2 ] || die "needs a LOG and a COMMAND (--help)"
+[[ ${gpus} =~ ^[0-9]+$ ]] || die "--gpus must be a whole number, not '${gpus}'"
+[ -z "${cpus}" ] || [[ ${cpus} =~ ^[1-9][0-9]*$ ]] || die "--cpus must be a positive whole number, not '${cpus}'"
+command -v qsub > /dev/null || die "qsub not found: Grid Engine's commands must be on PATH (or run without --cmd)"
+log_file=$1
+shift
+# qsub reads "host:path" in -o
+case "${log_file}" in *:*) die "the log path must not hold ':' (qsub reads it as host:path): ${log_file}" ;; esac
+mkdir -p "$(dirname "${log_file}")"
+
+script=${log_file}.qsub
+write_job_script "${script}" "$@"
+
+# A job name must not hold / : @ \ * ? or white space.
+name=crab.$(basename "${log_file}" .log | tr '/:@\\*? \t' '_')
+read -r -a site_opts <<< "${qsub_opts}"
+opts=(-terse -sync y -V -S /bin/bash -cwd -j y -o "${log_file}" -N "${name}")
+[ "${gpus}" -eq 0 ] || opts+=(-l "${gpu_resource}=${gpus}")
+[ -z "${cpus}" ] || opts+=(-pe "${pe}" "${cpus}")
+[ -z "${mem}" ] || opts+=(-l "mem_free=${mem}")
+[ -z "${time_limit}" ] || opts+=(-l "h_rt=${time_limit}")
+[ -z "${queue}" ] || opts+=(-q "${queue}")
+
+submit_and_wait qdel "${log_file}" qsub "${opts[@]}" "${site_opts[@]+"${site_opts[@]}"}" "${script}"
