@@ -1,10 +1,23 @@
 # shellcheck shell=bash
 # What the scheduler launchers (utils/slurm.sh, utils/sge.sh) share; source me.
 #
+#   usage, die                                --help from the script's head; a one-line error
+#   check_request NARGS GPUS CPUS SUBMITTER SCHEDULER
+#                                             the arguments left once the options are read
 #   write_job_script FILE COMMAND [ARG ...]   bash that runs COMMAND here, its words as given
 #   submit_and_wait CANCEL LOG SUBMIT ...     run SUBMIT (it prints the job id on its first
 #                                             line, then waits for the job); an interrupt
 #                                             runs CANCEL ID; exits with the job's status
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
+die() { echo "$0: $*" >&2; exit 2; }
+
+check_request() {
+  [ "$1" -ge 2 ] || die "needs a LOG and a COMMAND (--help)"
+  [[ $2 =~ ^[0-9]+$ ]] || die "--gpus must be a whole number, not '$2'"
+  [ -z "$3" ] || [[ $3 =~ ^[1-9][0-9]*$ ]] || die "--cpus must be a positive whole number, not '$3'"
+  command -v "$4" > /dev/null || die "$4 not found: $5's commands must be on PATH (or run without --cmd)"
+}
 
 write_job_script() {
   local file=$1

@@ -21,8 +21,6 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/scheduler.sh"
 
 gpus=0 cpus='' mem='' time_limit='' queue='' gpu_resource=gpu pe=smp qsub_opts=''
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
-die() { echo "$0: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h) usage; exit 0 ;;
@@ -37,10 +35,7 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
-[ $# -ge 2 ] || die "needs a LOG and a COMMAND (--help)"
-[[ ${gpus} =~ ^[0-9]+$ ]] || die "--gpus must be a whole number, not '${gpus}'"
-[ -z "${cpus}" ] || [[ ${cpus} =~ ^[1-9][0-9]*$ ]] || die "--cpus must be a positive whole number, not '${cpus}'"
-command -v qsub > /dev/null || die "qsub not found: Grid Engine's commands must be on PATH (or run without --cmd)"
+check_request "$#" "${gpus}" "${cpus}" qsub "Grid Engine"
 log_file=$1
 shift
 # qsub reads "host:path" in -o

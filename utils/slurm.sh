@@ -17,8 +17,6 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/scheduler.sh"
 
 gpus=0 cpus='' mem='' time_limit='' partition='' sbatch_opts=''
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
-die() { echo "$0: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h) usage; exit 0 ;;
@@ -33,10 +31,7 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
-[ $# -ge 2 ] || die "needs a LOG and a COMMAND (--help)"
-[[ ${gpus} =~ ^[0-9]+$ ]] || die "--gpus must be a whole number, not '${gpus}'"
-[ -z "${cpus}" ] || [[ ${cpus} =~ ^[1-9][0-9]*$ ]] || die "--cpus must be a positive whole number, not '${cpus}'"
-command -v sbatch > /dev/null || die "sbatch not found: Slurm's commands must be on PATH (or run without --cmd)"
+check_request "$#" "${gpus}" "${cpus}" sbatch "Slurm"
 log_file=$1
 shift
 mkdir -p "$(dirname "${log_file}")"
