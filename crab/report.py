@@ -135,6 +135,7 @@ def record_training(run_dir, wall_s, command, device="cpu", config=None, tuning=
         command=command,
         commit=git_commit() or "unknown",
         machine=machine(device),
+        versions=package_versions(),
         finished=datetime.datetime.now().isoformat(timespec="seconds"),
         text_source=transcripts.get("text_source", "unknown"),  # from training's record (crab.provenance)
         asr_model=transcripts.get("asr_model"),
@@ -662,7 +663,9 @@ def score_run(path, per_run=False):
         **{m: report[m] for m in METRICS},
         "absent_from_references": report["absent_from_references"],
         "never_predicted": report["never_predicted"],
-        **{k: info.get(k) for k in ("wall_s", "commit", "machine", "command", "config", "tuning")},
+        **{
+            k: info.get(k) for k in ("wall_s", "commit", "machine", "versions", "command", "config", "tuning")
+        },
     }
     transcripts = read_run_provenance(run_dir) or {}  # the run's own record, when train_info.json lacks it
     row.update({k: info.get(k, transcripts.get(k)) for k in ("text_source", "asr_model")})
@@ -799,15 +802,15 @@ def package_versions(packages=("torch", "speechbrain", "transformers")):
     return ", ".join(found) + f" (python {platform.python_version()})"
 
 
-def _by_run(label, rows, key, show=str):
+def _by_run(label, rows, key, show=str, missing=f"not recorded (no {TRAIN_INFO})"):
     """Markdown list lines of the values of ``key`` over a summary's ``rows``, each once
-    (``show(value)``; rows without one: not recorded): ``- label: value``, or where they
+    (``show(value)``; rows without one: ``missing``): ``- label: value``, or where they
     differ one item per value, after its runs (``<fold>/seed<seed>``)."""
     runs = {}
     for row in rows:
         parts = os.path.normpath(row["run"]).split(os.sep)
         runs.setdefault(row.get(key) or None, []).append(os.path.join(*parts[-2:]))
-    shown = {(show(v) if v else f"not recorded (no {TRAIN_INFO})"): names for v, names in runs.items()}
+    shown = {(show(v) if v else missing): names for v, names in runs.items()}
     if len(shown) == 1:
         return [f"- {label}: {next(iter(shown))}"]
     return [f"- {label}:", *(f"  - {', '.join(names)}: {value}" for value, names in shown.items())]
@@ -822,8 +825,8 @@ def results_entry(summary, command, config=None, tuning=None, device="cpu", date
     them (stage 7), then the results table of ``results_markdown``. ``summary`` is the JSON
     of ``crab.bin.score --summary``. What the runs' ``train_info.json`` recorded (their
     rows, ``score_run``) is what trained them: the command, commit, machine, config and
-    tuning file (the given ``config`` and ``tuning`` only where none is recorded); the
-    date, versions and ``machine(device)`` are of the scoring, with its commit.
+    tuning file, package versions (the given ``config`` and ``tuning`` only where none is
+    recorded); the date, versions and ``machine(device)`` of the scoring follow, with its commit.
     """
     from crab.runconfig import ConfigError, read_tuning  # yaml only
 
@@ -843,10 +846,11 @@ def results_entry(summary, command, config=None, tuning=None, device="cpu", date
         "",
         *_by_run("git commit (training)", runs, "commit"),
         *_by_run("device (training)", runs, "machine"),
+        *_by_run("versions (training)", runs, "versions", missing="not recorded"),
         f"- date (scoring): {date.isoformat(timespec='seconds')}",
         f"- git commit (scoring): {git_commit() or 'unknown'}",
         f"- device (scoring): {machine(device)}",
-        f"- versions (scoring; {TRAIN_INFO} does not record them): {package_versions()}",
+        f"- versions (scoring): {package_versions()}",
         "",
     ]
     lines += ["Setting:", ""]

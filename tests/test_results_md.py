@@ -133,8 +133,9 @@ def test_the_entry_has_environment_setting_command_and_table(scored):
         assert line in entry, line
     for line in ("- device (training): ", "- device (scoring): "):
         assert line in entry, line
-    versions = next(line for line in entry.splitlines() if line.startswith("- versions (scoring"))
-    assert all(name in versions for name in ("torch ", "speechbrain ", "transformers "))
+    for of in ("training", "scoring"):
+        versions = next(line for line in entry.splitlines() if line.startswith(f"- versions ({of}): "))
+        assert all(name in versions for name in ("torch ", "speechbrain ", "transformers ")), versions
     assert f"- tuning: `{tuning}`: A narrower head." in entry
     assert "- base config: `conf/crab_tiny.yaml`" in entry
     assert (
@@ -179,6 +180,8 @@ def test_the_entry_names_what_trained_the_runs_and_what_scored_them(tmp_path):
         info_path = tmp_path / "exp" / "crab_tiny" / "main" / f"seed{seed}" / TRAIN_INFO
         info = json.loads(info_path.read_text())
         info.update(command=trained, commit="0123abc", machine="gpubox; ran on cuda:0")
+        if seed == 2:
+            del info["versions"]  # recorded by an older release
         info_path.write_text(json.dumps(info))
     (tmp_path / "exp" / "crab_tiny" / "main" / "seed3" / TRAIN_INFO).unlink()
     scoring = "./run.sh --stage 7 --stop_stage 7"
@@ -189,6 +192,13 @@ def test_the_entry_names_what_trained_the_runs_and_what_scored_them(tmp_path):
     assert f"- git commit (training):\n  - main/seed1, main/seed2: 0123abc\n{unrecorded}" in entry
     assert f"- device (training):\n  - main/seed1, main/seed2: gpubox; ran on cuda:0\n{unrecorded}" in entry
     assert "- date (scoring): 20" in entry and "- device (scoring): " in entry
+    versions = json.loads((tmp_path / "exp" / "crab_tiny" / "main" / "seed1" / TRAIN_INFO).read_text())[
+        "versions"
+    ]
+    assert versions.startswith("torch ") and "transformers " in versions
+    assert (
+        f"- versions (training):\n  - main/seed1: {versions}\n  - main/seed2, main/seed3: not recorded\n"
+    ) in entry
     (tmp_path / "exp" / "crab_tiny" / "main" / "seed3").rename(tmp_path / "seed3")  # the same command: once
     entry = results_entry(summary_of(tmp_path / "exp", "crab_tiny", tmp_path / "s.json"), scoring)
     assert f"- trained by: `{trained}`\n" in entry and "- git commit (training): 0123abc\n" in entry
