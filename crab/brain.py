@@ -45,6 +45,26 @@ def fast_optimizer_options(opt_class, device):
     return {}
 
 
+UPDATE_KERNEL_KEYS = ("fused", "foreach")
+
+
+def keep_update_kernel(optimizer, state_dict):
+    """``Optimizer.load_state_dict`` pre-hook: the checkpoint's parameter groups with this
+    optimizer's ``fused`` and ``foreach``, which ``fast_optimizer_options`` chose for this
+    device, in place of those of the machine that saved it. A run saved on CPU and resumed
+    on CUDA would otherwise step unfused, and under fp16 fail at its first step (the
+    gradient scaler hands its inf check to an optimizer built fused, which then runs
+    torch's unfused update); one saved on CUDA would step fused on CPU."""
+    current = optimizer.param_groups
+    if len(current) != len(state_dict["param_groups"]):
+        return None  # torch's own error names the mismatch
+    groups = [
+        {**saved, **{k: group[k] for k in UPDATE_KERNEL_KEYS if k in group}}
+        for saved, group in zip(state_dict["param_groups"], current, strict=True)
+    ]
+    return {**state_dict, "param_groups": groups}
+
+
 def _model_inputs(batch):
     """Crab's inputs from a batch: waveforms (None without audio), texts, cached states."""
     wavs, wav_lens = batch.sig if hasattr(batch, "sig") else (None, None)
@@ -302,6 +322,7 @@ class CrabBrain(sb.Brain):
                 continue
             fast = fast_optimizer_options(self.hparams.opt_class, self.device)  # fused on CUDA
             optimizer = self.hparams.opt_class(params, lr=lr, **fast)
+            optimizer.register_load_state_dict_pre_hook(keep_update_kernel)  # resumed elsewhere
             floor = {"eta_min": floors[name]} if floors[name] else {}
             scheduler = self.hparams.scheduler_class(optimizer, **floor)
             self.optimizers_dict[name], self.schedulers[name] = optimizer, scheduler

@@ -151,6 +151,42 @@ def test_fused_adamw_on_cuda_only():
     assert fast_optimizer_options(functools.partial(torch.optim.AdamW, fused=False), "cuda:0") == {}
 
 
+def test_a_run_resumed_on_another_device_keeps_that_devices_optimizer_update(data, tmp_path, monkeypatch):
+    """A checkpoint's optimizer groups name the update kernel of the machine that saved
+    it (fused on CUDA). A run saved on CPU and resumed on CUDA steps fused, also under
+    fp16's gradient scaler (before: torch's unfused update got the scaler's inf check and
+    failed at the first step); one saved on CUDA and resumed on CPU steps as CPU runs do.
+    CUDA is stood in for by CPU's fused AdamW and a CPU gradient scaler."""
+    from speechbrain.dataio.dataloader import make_dataloader
+
+    import crab.brain
+
+    fit(data, tmp_path / "cpu", "--number_of_epochs=1")
+    monkeypatch.setattr(crab.brain, "fast_optimizer_options", lambda *args: {"fused": True})
+    _, hparams, _ = fit(data, tmp_path / "cuda", "--number_of_epochs=1")
+
+    cwd = os.getcwd()
+    try:
+        hparams, run_opts = load(data, tmp_path / "cpu", "--number_of_epochs=2")
+        encoder = prepare_labels_and_weights(hparams)
+        brain = make_brain(hparams, run_opts)
+        brain.init_optimizers()
+        assert brain.checkpointer.recover_if_possible() is not None
+        assert all(opt.param_groups[0]["fused"] for opt in brain.optimizers_dict.values())
+        brain.scaler = torch.GradScaler("cpu")  # SpeechBrain's for fp16 on CUDA
+        loader = make_dataloader(dataset(hparams, hparams["train_manifest"], encoder), batch_size=2)
+        assert math.isfinite(brain.fit_batch(next(iter(loader))).item())
+
+        monkeypatch.setattr(crab.brain, "fast_optimizer_options", lambda *args: {})
+        hparams, run_opts = load(data, tmp_path / "cuda", "--number_of_epochs=2")
+        brain = make_brain(hparams, run_opts)
+        brain.init_optimizers()
+        assert brain.checkpointer.recover_if_possible() is not None
+        assert not any(opt.param_groups[0]["fused"] for opt in brain.optimizers_dict.values())
+    finally:
+        os.chdir(cwd)
+
+
 # bf16 autocast against fp32 on the first training step of the tiny model (2 utterances):
 # a relative difference of the loss of 2.3e-4 measured (1.50864 fp32, 1.50829 bf16;
 # torch 2.13 CPU); the tolerance leaves room for other CPUs' bf16 kernels
