@@ -339,6 +339,25 @@ def cuda_problem(device):
     return None
 
 
+def resolve_run_opts(run_opts):
+    """``run_opts`` (a dict or SpeechBrain's ``RunOptions``, or None) with its ``device`` as
+    torch names it (``torch_device``): SpeechBrain knows no ``auto`` and warns on ``cuda``
+    without an index. A CUDA device that is not there is a ``DeviceError``."""
+    is_dict = isinstance(run_opts, dict)
+    device = run_opts.get("device") if is_dict else getattr(run_opts, "device", None)
+    if device is None:
+        return run_opts
+    resolved = torch_device(device)
+    problem = cuda_problem(resolved)
+    if problem:
+        raise DeviceError(
+            f"run_opts device {device!r}: {problem}: use 'cpu', or 'auto' (a GPU when there is one)"
+        )
+    if is_dict:
+        return {**run_opts, "device": resolved}
+    return dataclasses.replace(run_opts, device=resolved)
+
+
 class AudioError(ValueError):
     """Audio that the model cannot classify: missing, unreadable, empty, silent, too short,
     non-finite (NaN or infinite samples), out of range (amplitude beyond ``MAX_PEAK``, or a
@@ -650,8 +669,9 @@ class CrabClassifier(Pretrained):
     HPARAMS_NEEDED = ["classes", "label_encoder", "modality"]
     MODULES_NEEDED = ["model"]
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, modules=None, hparams=None, run_opts=None, freeze_params=True):
+        # here too, not only in from_hparams: foreign_class builds the class directly
+        super().__init__(modules, hparams, resolve_run_opts(run_opts), freeze_params)
         model_dir = self.mods.model.model_dir
         encoder = self.hparams.label_encoder
         labels = [encoder.ind2lab[i] for i in range(len(encoder))] if len(encoder) else []
@@ -697,20 +717,8 @@ class CrabClassifier(Pretrained):
         ``run_opts={"device": ...}`` takes ``cpu``, ``cuda``, ``cuda:<index>`` or ``auto`` (a GPU
         when there is one); a CUDA device that is not there is a ``DeviceError``.
         """
-        run_opts = kwargs.get("run_opts")
-        if run_opts is not None:
-            is_dict = isinstance(run_opts, dict)
-            device = run_opts.get("device") if is_dict else getattr(run_opts, "device", None)
-            if device is not None:
-                resolved = torch_device(device)
-                problem = cuda_problem(resolved)
-                if problem:
-                    raise DeviceError(
-                        f"run_opts device {device!r}: {problem}: use 'cpu', or 'auto' (a GPU when there "
-                        "is one)"
-                    )
-                if is_dict:  # SpeechBrain knows no 'auto', and warns on 'cuda' without an index
-                    kwargs["run_opts"] = {**run_opts, "device": resolved}
+        if kwargs.get("run_opts") is not None:  # a device that is not there: before loading
+            kwargs["run_opts"] = resolve_run_opts(kwargs["run_opts"])
         fetch_config = fetch_config or FetchConfig()
         if not os.path.isdir(str(source)):  # a hub id: the whole package, then loaded in place
             source = package_dir(source, savedir, fetch_config.revision, fetch_config.allow_network)

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -637,6 +638,33 @@ def test_a_cuda_device_without_a_gpu_is_a_clear_error(trained, monkeypatch):
         CrabClassifier.from_hparams(source=str(trained[2]), run_opts={"device": "cuda:1"})
     with pytest.raises(UsageError, match="--device cuda:1: there are 1 CUDA GPU"):
         resolve_device("cuda:1")
+
+
+def test_foreign_class_and_run_options_take_the_same_device_names(trained, monkeypatch):
+    """``foreign_class`` builds CrabClassifier without ``from_hparams``, and SpeechBrain's
+    ``RunOptions`` is no dict: both take ``auto`` and refuse a missing GPU as ``from_hparams``
+    does with a dict (before: ``auto`` reached torch as a device name, ``cuda`` failed
+    inside torch)."""
+    from speechbrain.utils.run_opts import RunOptions
+
+    from crab.inference import DeviceError
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # nothing written into the package
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def by_foreign(device):
+        return foreign_class(
+            source=str(trained[2]),
+            pymodule_file="custom_interface.py",
+            classname="CrabClassifier",
+            run_opts={"device": device},
+        )
+
+    assert by_foreign("auto").device == "cpu"
+    with pytest.raises(DeviceError, match="run_opts device 'cuda': no CUDA GPU is available"):
+        by_foreign("cuda")
+    options = RunOptions.from_dictionary({"device": "auto"})
+    assert CrabClassifier.from_hparams(source=str(trained[2]), run_opts=options).device == "cpu"
 
 
 def test_audio_longer_than_max_duration_is_cut_with_a_warning(speech_only, tmp_path, caplog):
