@@ -12,7 +12,7 @@ import yaml
 
 from crab.checkpointing import RandomState
 from crab.encoders import lengths_to_mask, relative_to_absolute
-from crab.features import cached_states
+from crab.features import BRANCHES, cached_states
 from crab.fileio import commit, stage, text_writer
 from crab.losses import total_loss
 from crab.metrics import METRICS, compute_scores
@@ -65,10 +65,18 @@ def keep_update_kernel(optimizer, state_dict):
     return {**state_dict, "param_groups": groups}
 
 
-def _model_inputs(batch):
-    """Crab's inputs from a batch: waveforms (None without audio), texts, cached states."""
-    wavs, wav_lens = batch.sig if hasattr(batch, "sig") else (None, None)
-    return wavs, wav_lens, batch.text, cached_states(batch)
+def _model_inputs(batch, device):
+    """Crab's inputs from a loader's batch (moved to ``device``, in place): waveforms (None
+    without audio), texts, cached states. The relative lengths stay on the host: the audio's
+    as an array (DDP moves a tensor argument to the device), the cached states' in their
+    masks; the encoders and the GRU's packing read them without waiting for the device
+    (``crab.masks``)."""
+    audio_lens = batch.sig.lengths if hasattr(batch, "sig") else None
+    state_lens = {b: getattr(batch, f"{b}_states").lengths for b in BRANCHES if hasattr(batch, f"{b}_states")}
+    batch = batch.to(device)
+    wavs = None if audio_lens is None else batch.sig.data
+    wav_lens = None if audio_lens is None else audio_lens.cpu().numpy()
+    return wavs, wav_lens, batch.text, cached_states(batch, state_lens)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -173,15 +181,8 @@ class CrabBrain(sb.Brain):
             self.checkpointer.add_recoverable("random_state", self.random_state, optional_load=True)
 
     def forward_model(self, batch):
-        """Crab's ``(logits, taps)`` on a batch of waveforms or cached encoder states.
-        The relative lengths of the audio stay on the host: the encoders make their
-        masks from them without waiting for the device (``crab.masks``)."""
-        host_lens = batch.sig.lengths if hasattr(batch, "sig") else None
-        wavs, wav_lens, texts, states = _model_inputs(batch.to(self.device))
-        if host_lens is not None:
-            # the loader's own tensor, as an array: DDP moves a tensor argument to the device
-            wav_lens = host_lens.cpu().numpy()
-        return self.modules.model(wavs, wav_lens, texts, states)
+        """Crab's ``(logits, taps)`` on a batch of waveforms or cached encoder states."""
+        return self.modules.model(*_model_inputs(batch, self.device))
 
     @torch.no_grad()
     def fit_state_normalization(self, dataset, loader_kwargs, max_utterances=None):
@@ -202,7 +203,7 @@ class CrabBrain(sb.Brain):
         was_training, seen = model.training, 0
         model.eval()
         for batch in loader:
-            states = model.encoder_states(*_model_inputs(batch.to(self.device)))
+            states = model.encoder_states(*_model_inputs(batch, self.device))
             for branch, norm in norms.items():
                 norm.accumulate(model.encoders[branch].readout(*states[branch]), states[branch][1])
             seen += len(batch.id)

@@ -48,9 +48,10 @@ from safetensors.torch import save_file
 
 from crab.cli import UserError
 from crab.data import load_manifest, read_utterance_audio
-from crab.encoders import lengths_to_mask, relative_to_absolute
+from crab.encoders import relative_to_absolute
 from crab.fileio import remove_temps, write_atomic
 from crab.locking import folder_lock
+from crab.masks import device_mask
 
 logger = logging.getLogger(__name__)
 
@@ -333,14 +334,21 @@ def _audio_path(entry, data_root):
     return path
 
 
-def cached_states(batch):
-    """``{branch: (states, mask)}`` from a PaddedBatch's ``<branch>_states`` items."""
+BRANCHES = ("speech", "text")  # a batch's cached states: <branch>_states
+
+
+def cached_states(batch, host_lengths=None):
+    """``{branch: (states, mask)}`` from a PaddedBatch's ``<branch>_states`` items. Each mask
+    keeps its lengths on the host (``crab.masks.device_mask``), from ``host_lengths``
+    (``{branch: relative lengths}`` read before the batch went to the device) where given,
+    so that the GRU's packing does not wait for the device."""
     out = {}
-    for branch in ("speech", "text"):
+    for branch in BRANCHES:
         if hasattr(batch, f"{branch}_states"):
             states, lens = getattr(batch, f"{branch}_states")
+            lens = (host_lengths or {}).get(branch, lens)
             frames = states.shape[1]
-            out[branch] = (states, lengths_to_mask(relative_to_absolute(lens, frames), frames))
+            out[branch] = (states, device_mask(relative_to_absolute(lens, frames), frames, states.device))
     return out
 
 

@@ -7,7 +7,7 @@ it (the encoders). The encoders know the lengths on the host already (SpeechBrai
 relative lengths, the tokenizer's attention mask), so their masks carry them:
 ``device_mask`` builds a mask on the device from host lengths and keeps them, and
 ``host_lengths`` returns them, or counts (one device-to-host copy) for a mask made
-elsewhere, e.g. read from the feature cache.
+elsewhere. The feature cache's masks are made from the loader's lengths, on the host.
 """
 
 import torch

@@ -233,3 +233,24 @@ def test_top_layer_finetuning_trains_on_the_cache_as_end_to_end(data, tmp_path):
                 f"--feature_cache={cache}",
             ),
         )
+
+
+def test_cached_states_masks_keep_their_lengths_on_the_host():
+    """A training batch of cached states goes to the device with masks that keep their
+    lengths on the host, so that the GRU's packing does not wait for the device (it
+    counted each mask there). The ``meta`` device stands in for CUDA: nothing on it can
+    be read back."""
+    from types import SimpleNamespace
+
+    from speechbrain.dataio.batch import PaddedBatch
+
+    from crab.brain import CrabBrain
+    from crab.masks import host_lengths
+
+    brain = SimpleNamespace(device="meta", modules=SimpleNamespace(model=lambda *inputs: inputs))
+    items = [{"id": f"u{i}", "text": "a", "speech_states": torch.randn(5 - 2 * i, 2, 3)} for i in range(2)]
+    wavs, wav_lens, _, states = CrabBrain.forward_model(brain, PaddedBatch(items))
+    assert wavs is None and wav_lens is None
+    cached, mask = states["speech"]
+    assert cached.device.type == mask.device.type == "meta" and mask.shape == (2, 5)
+    assert host_lengths(mask).tolist() == [5, 3]
