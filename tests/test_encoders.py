@@ -74,6 +74,20 @@ def test_whisper_encoder_runs_on_short_audio_without_30s_padding(config_dirs):
     assert torch.allclose(hidden[1, :48], alone[0, :48], atol=1e-4)
 
 
+def test_whisper_log_mel_stays_fp32_under_cpu_bf16_autocast(config_dirs):
+    """``--precision=bf16`` on CPU (training, or crab-infer): transformers computes Whisper's
+    log-mel with torch, which CPU autocast ran in bf16 and then could not hand to numpy
+    (TypeError). The features are the fp32 ones; the layers above run in bf16."""
+    encoder = SpeechEncoder(config_dirs["whisper"], pretrained=False).eval()
+    wavs, lens = torch.randn(2, 16000) * 0.1, torch.tensor([1.0, 0.5])
+    with torch.no_grad():
+        fp32, mask = encoder(wavs, lens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16, _ = encoder(wavs, lens)
+    assert bf16.shape == fp32.shape and mask.sum(1).tolist() == [50, 25]
+    assert torch.allclose(bf16.float()[mask], fp32[mask], atol=2e-2)  # 4e-4 measured
+
+
 def test_weighted_sum_of_layers_is_learned_and_disables_layerdrop():
     encoder = SpeechEncoder(WAVLM, pretrained=False, layer_weighting="weighted_sum", layerdrop=0.5)
     assert encoder.model.config.layerdrop == 0.0
