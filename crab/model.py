@@ -8,6 +8,7 @@ The model is exactly what runs at inference. The contrastive supervision legs
 import torch
 from torch import nn
 
+from crab.masks import device_mask
 from crab.modules import (
     AttentionPooling,
     ClassifierBlock,
@@ -161,7 +162,8 @@ class Crab(nn.Module):
             mask = states[branch][1]
             hidden = self.encoders[branch].select(states[branch][0], mask)
             if not self.padding_masks:  # the authors' code: no mask after the encoders
-                mask = torch.ones_like(mask)
+                batch, frames = mask.shape
+                mask = device_mask(torch.full((batch,), frames), frames, mask.device)
             projected, seq = self.unimodal[branch](hidden, mask)
             leg_input = seq if self.unimodal_leg_input == "gru" else projected
             taps[f"{branch}_unimodal"] = masked_mean(leg_input, mask)

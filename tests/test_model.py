@@ -98,6 +98,25 @@ def test_prediction_does_not_depend_on_batch(make_crab, modality):
         assert torch.allclose(taps_alone[name][0], taps_batched[name][0], atol=1e-5), name
 
 
+def test_unmasked_model_gives_its_gru_host_lengths(make_crab, monkeypatch):
+    """``padding_masks: false`` (the authors' code) hands the GRU masks of full lengths
+    that keep them on the host (``crab.masks``): counting a CUDA mask made the host wait
+    for the device in every forward pass."""
+    import crab.modules
+
+    counted = []
+    real = crab.modules.host_lengths
+    monkeypatch.setattr(
+        crab.modules,
+        "host_lengths",
+        lambda mask: counted.append(getattr(mask, "host_lengths", None) is None) or real(mask),
+    )
+    model = make_crab(padding_masks=False).eval()
+    with torch.no_grad():
+        model(torch.randn(2, 16000) * 0.1, torch.tensor([1.0, 0.5]), ["I am fine.", "A longer one here."])
+    assert counted == [False, False]  # speech and text: neither counted on the device
+
+
 def test_legs_leave_the_inference_model_unchanged(make_crab):
     with_legs = make_crab(seed=3)
     legs = SupervisionLegs(with_legs.tap_dims, LEG_NAMES, output_dim=8)
