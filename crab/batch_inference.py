@@ -264,7 +264,7 @@ def model_digest(model_dir):
     return digest.hexdigest()
 
 
-def run_settings(job, info, fmt):
+def run_settings(job, info, fmt, device):
     """What the results of a run depend on: the model, the transcripts, the format.
 
     Parameters
@@ -275,6 +275,9 @@ def run_settings(job, info, fmt):
         The model's hyperparameters (``read_model_info``).
     fmt : str
         The output format, ``tsv`` or ``jsonl``.
+    device : str
+        The torch device the run uses (``resolve_device``): the ASR dtype ``auto`` is
+        recorded as what it is there, float16 on CUDA, float32 elsewhere.
 
     Returns
     -------
@@ -304,9 +307,16 @@ def run_settings(job, info, fmt):
             "language": job.language,
             "num_beams": job.num_beams,
             "max_new_tokens": job.max_new_tokens,
-            "dtype": job.asr_dtype,
+            "dtype": asr_dtype_name(job.asr_dtype, device),
         }
     return settings
+
+
+def asr_dtype_name(name, device):
+    """The ASR model's dtype ``name`` (``auto``, ``float32``, ...) as it is on ``device``."""
+    from crab.asr import torch_dtype  # torch, once a model is to be loaded
+
+    return str(torch_dtype(name, device)).removeprefix("torch.")
 
 
 class Results:
@@ -513,17 +523,17 @@ def check_settings(marker, settings, out, overwrite):
             "so they cannot be told apart: use --overwrite to start over, or another --out"
         )
     previous = {"precision": "fp32", **previous}  # recorded before --precision existed: fp32
+    asr = previous.get("asr")
+    if isinstance(asr, dict) and asr.get("dtype") == "auto" and isinstance(settings.get("asr"), dict):
+        # recorded unresolved before the device counted: taken as this run's
+        previous["asr"] = {**asr, "dtype": settings["asr"]["dtype"]}
     # the package and --text file by content (model_sha256, text_sha256): moved, they resume
     differ, moved = [], []
     for key in sorted(set(previous) | set(settings)):
         if previous.get(key) != settings.get(key):
             (moved if key in PATH_SETTINGS else differ).append(key)
     if differ:
-        what = "; ".join(
-            f"{SETTING_NAMES.get(key, key)} ({_short(previous.get(key))} then, {_short(settings.get(key))} "
-            "now)"
-            for key in differ
-        )
+        what = "; ".join(_difference(key, previous.get(key), settings.get(key)) for key in differ)
         raise UsageError(
             f"{out} holds results of another model or other settings: {what}: "
             "use --overwrite to start over, or another --out"
@@ -536,6 +546,17 @@ def check_settings(marker, settings, out, overwrite):
             json.dumps(previous.get(key), ensure_ascii=False),
             json.dumps(settings.get(key), ensure_ascii=False),
         )
+
+
+def _difference(key, then, now):
+    """A setting's two values, in words; of a group of settings (the ASR's), those that differ."""
+    name = SETTING_NAMES.get(key, key)
+    if isinstance(then, dict) and isinstance(now, dict):
+        keys = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+        return f"{name}: " + ", ".join(
+            f"{k} ({_short(then.get(k))} then, {_short(now.get(k))} now)" for k in keys
+        )
+    return f"{name} ({_short(then)} then, {_short(now)} now)"
 
 
 def _short(value):
@@ -906,7 +927,7 @@ def classify_wav_scp(job):
             )
     device = resolve_device(job.device, job.precision)
     fmt = output_format(job.format, job.out)
-    settings = run_settings(job, info, fmt)
+    settings = run_settings(job, info, fmt, device)
     asr_model = job.asr_model if job.text_mode == "asr" else None
     results = Results(job.out, fmt, info["classes"], job.text_mode, asr_model)
     sources = Sources(job.out + ".sources")

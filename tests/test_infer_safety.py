@@ -456,3 +456,24 @@ def test_precision_is_a_setting_of_the_results(trained, data, tmp_path):  # noqa
     (tmp_path / "fp32.tsv.model").write_text(json.dumps(marker))
     assert gold(trained[2], tmp_path, fp32, "--device", "cpu") == 0
     assert "--precision fp16 needs a CUDA device" in gold(trained[2], tmp_path, fp32, "--precision", "fp16")
+
+
+def test_the_asr_dtype_is_recorded_as_it_is_on_the_device(tmp_path):
+    """``--asr_dtype auto`` is float16 on CUDA and float32 elsewhere: a run begun on a GPU and
+    resumed on a CPU (or the other way) would add transcripts of the other precision to the
+    same file, so ``<out>.model`` records the dtype the ASR model ran in. A record from
+    before, which says ``auto``, is taken as this run's."""
+    from crab.batch_inference import InferenceJob, UsageError, check_settings, run_settings
+
+    out, marker = tmp_path / "r.tsv", tmp_path / "r.tsv.model"
+    job = InferenceJob(model=str(tmp_path / "m"), wav_scp="wav.scp", out=str(out), text_mode="asr")
+    on_gpu, on_cpu = (run_settings(job, {"classes": ["a", "b"]}, "tsv", d) for d in ("cuda:0", "cpu"))
+    assert (on_gpu["asr"]["dtype"], on_cpu["asr"]["dtype"]) == ("float16", "float32")
+    out.write_text("id\tpredicted\n")
+    marker.write_text(json.dumps(on_gpu))
+    with pytest.raises(
+        UsageError, match=r'the ASR model or its settings: dtype \("float16" then, "float32" now\):'
+    ):
+        check_settings(str(marker), on_cpu, str(out), overwrite=False)
+    marker.write_text(json.dumps({**on_gpu, "asr": {**on_gpu["asr"], "dtype": "auto"}}))
+    check_settings(str(marker), on_cpu, str(out), overwrite=False)
