@@ -19,12 +19,14 @@ import torch
 from speechbrain.utils import checkpoints
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
+from crab.distributed import world_size
 from crab.fileio import fsync
 
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".partial-"
 TRAIN_SECONDS = "train_s"  # checkpoint meta: wall time of training up to the checkpoint
+PROCESSES = "processes"  # checkpoint meta: the processes of the run that saved it (DDP: several)
 
 
 class Checkpointer(checkpoints.Checkpointer):
@@ -56,6 +58,7 @@ class Checkpointer(checkpoints.Checkpointer):
         meta = {} if meta is None else dict(meta)  # no dict shared between calls
         if self._seconds_before is not None:
             meta[TRAIN_SECONDS] = round(self._seconds_before + time.monotonic() - self._started, 1)
+        meta[PROCESSES] = world_size()
         if if_main_process():
             for leftover in self.checkpoints_dir.glob(STAGING_PREFIX + "*"):
                 shutil.rmtree(leftover)
@@ -79,6 +82,17 @@ class Checkpointer(checkpoints.Checkpointer):
     def load_checkpoint(self, checkpoint):
         super().load_checkpoint(checkpoint)
         self._seconds_before = checkpoint.meta.get(TRAIN_SECONDS)
+        saved = checkpoint.meta.get(PROCESSES)
+        if not checkpoint.meta.get("end-of-epoch", True) and saved not in (None, world_size()):
+            # each process's loader resumes at its own count of batches of its share of the data
+            logger.warning(
+                "%s was saved in the middle of an epoch by %d process(es) and is resumed by %d: the "
+                "rest of this epoch is not the rest of the interrupted one (some utterances are seen "
+                "twice, others not at all); the later epochs are whole",
+                checkpoint.path,
+                saved,
+                world_size(),
+            )
 
     def _new_checkpoint_dirpath(self):
         path = super()._new_checkpoint_dirpath()

@@ -246,3 +246,24 @@ def test_checkpoints_count_training_time_over_resumes(tmp_path, monkeypatch):
     old.load_checkpoint(latest)
     assert "train_s" not in old.save_checkpoint(meta={"n": 3}).meta  # at 905
     assert record_training(str(run), 7, "run.sh")["wall_s"] == 57.0
+
+
+def test_a_mid_epoch_checkpoint_resumed_by_another_number_of_processes_warns(tmp_path, monkeypatch, caplog):
+    """Each DDP process's loader saves its position in its own share of the epoch: resumed
+    by another number of processes (4 GPUs, then one, or a CPU), the rest of that epoch is
+    not the rest of the interrupted one. That is said; an end-of-epoch checkpoint resumes
+    silently."""
+    import crab.checkpointing
+
+    model = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(crab.checkpointing, "world_size", lambda: 4)
+    saver = Checkpointer(tmp_path, {"model": model})
+    mid = saver.save_checkpoint(end_of_epoch=False)
+    end = saver.save_checkpoint(end_of_epoch=True)
+    assert mid.meta["processes"] == end.meta["processes"] == 4
+    monkeypatch.setattr(crab.checkpointing, "world_size", lambda: 1)
+    with caplog.at_level("WARNING", logger="crab.checkpointing"):
+        Checkpointer(tmp_path, {"model": model}).load_checkpoint(end)
+        assert "middle of an epoch" not in caplog.text
+        Checkpointer(tmp_path, {"model": model}).load_checkpoint(mid)
+    assert "saved in the middle of an epoch by 4 process(es) and is resumed by 1" in caplog.text
