@@ -50,7 +50,8 @@ with a warning and done again). Results already in ``<out>`` are kept in place,
 also those of utterances not in this wav.scp: one ``--out`` can collect the
 results of several wav.scp files. ``<out>.model`` records the model (its path and
 the SHA-256 of its files), the transcripts (the --text file and its SHA-256, or
-the ASR model and settings) and the output settings; a re-run with others stops,
+the ASR model and settings, ``--asr_dtype auto`` as the dtype it ran in on the device)
+and the output settings; a re-run with others stops,
 saying what differs, instead of mixing results (``--overwrite`` starts over: the
 new results replace the file, by a rename). The model and the --text file count by
 content: moved, copied or linked elsewhere, they resume (the new path is logged).
