@@ -272,7 +272,9 @@ def package(hparams, out, text_source="unknown", asr_model=None, arguments=None)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
 
-    shutil.copyfile(checkpoint.paramfiles["model"], os.path.join(tmp, "model.ckpt"))
+    # saved again from the CPU copy: a run trained on a GPU tags its tensors cuda, which a
+    # plain torch.load on a machine without one refuses
+    torch.save(state, os.path.join(tmp, "model.ckpt"))
     labels.save(os.path.join(tmp, "label_encoder.ckpt"))
     with open(os.path.join(tmp, "class_weights.json"), "w", encoding="utf-8") as f:
         json.dump(class_weights(hparams, checkpoint, classes), f, indent=2)

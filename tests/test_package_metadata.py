@@ -8,8 +8,10 @@ import json
 import logging
 import os
 import shutil
+from unittest import mock
 
 import pytest
+import torch
 from speechbrain.inference.interfaces import foreign_class
 from speechbrain.utils.fetching import LocalStrategy
 
@@ -80,6 +82,28 @@ def test_no_file_names_the_training_machines_folders(run, data, tmp_path_factory
     assert "from the run `crab_tiny/main/seed42`" in (model_dir / "README.md").read_text()
     assert f"data_root: .../{data.name}\n" in (model_dir / "train_hyperparams.yaml").read_text()
     assert CrabClassifier.from_hparams(source=str(model_dir)).classes == test_inference.CLASSES
+
+
+def test_a_gpu_trained_checkpoint_is_packaged_with_cpu_tensors(run, data, tmp_path):
+    """The checkpoint of a run trained on a GPU tags its tensors cuda:0 (stood in for here); the
+    package's model.ckpt holds the same weights on the CPU, so a plain ``torch.load`` (a user's
+    own code) reads it on a machine without a GPU."""
+    run_dir = tmp_path / "exp" / "crab_tiny" / "main" / "seed42"
+    shutil.copytree(run[0].parent, run_dir, ignore=shutil.ignore_patterns("model"))
+    (ckpt,) = run_dir.glob("save/CKPT+*/model.ckpt")
+    weights = torch.load(ckpt, weights_only=True)
+    with mock.patch.object(torch.serialization, "location_tag", lambda storage: "cuda:0"):
+        torch.save(weights, ckpt)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(ckpt, weights_only=True)
+    argv = [CONFIG, *overrides(data, run_dir), "--out", str(run_dir / "model")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        in_template(package_cli.main, argv)
+    packaged = torch.load(run_dir / "model" / "model.ckpt", weights_only=True)
+    assert packaged.keys() == weights.keys()
+    assert all(packaged[k].device.type == "cpu" and torch.equal(packaged[k], weights[k]) for k in weights)
+    assert CrabClassifier.from_hparams(source=str(run_dir / "model")).classes == test_inference.CLASSES
 
 
 def test_portable_keeps_names_and_urls():
