@@ -7,6 +7,7 @@ HuBERT, ... with greedy decoding) and ``pipeline`` (``pipeline("automatic-speech
 The command line is ``crab.bin.transcribe``.
 """
 
+import json
 import logging
 import os
 import time
@@ -34,15 +35,37 @@ def write_transcripts(path, transcripts, order):
     write_text_atomic(path, "".join(lines))
 
 
-def check_model(marker, model, overwrite):
-    """Stop when the existing transcripts came from another model."""
-    previous = recorded_model(marker)
-    if previous is not None and not overwrite:
-        if previous != model:
-            raise UserError(
-                f"{os.path.dirname(marker)}/text.asr was made with '{previous}', not '{model}': "
-                "remove it, or pass --overwrite true to transcribe again"
-            )
+DECODING = ("backend", "language", "task", "num_beams", "max_new_tokens")  # crab.bin.transcribe's options
+
+
+def decoding_settings(args):
+    """What the transcripts depend on besides the model: the decoding options of ``args``
+    (``crab.bin.transcribe``'s) and the dtype as it runs on ``args.device``."""
+    return {**{key: getattr(args, key) for key in DECODING}, "dtype": dtype_name(args.dtype, args.device)}
+
+
+def check_model(out, model, settings, overwrite):
+    """Stop when the transcripts ``out`` (``text.asr``) came from another model, or from the
+    same with other ``decoding_settings`` (none recorded: made before they were, not checked)."""
+    if overwrite:
+        return
+    previous = recorded_model(out + ".model")
+    if previous is not None and previous != model:
+        raise UserError(
+            f"{out} was made with '{previous}', not '{model}': "
+            "remove it, or pass --overwrite true to transcribe again"
+        )
+    before = recorded_settings(out)
+    if previous is not None and before is not None and before != settings:
+        differ = ", ".join(
+            f"{key} {before.get(key)!r} then, {settings.get(key)!r} now"
+            for key in sorted(set(before) | set(settings))
+            if before.get(key) != settings.get(key)
+        )
+        raise UserError(
+            f"{out} was made with other decoding settings ({differ}; float16 is the dtype on CUDA, "
+            f"float32 elsewhere): run with those, or pass --overwrite true to transcribe again"
+        )
 
 
 def recorded_model(marker):
@@ -53,10 +76,22 @@ def recorded_model(marker):
         return f.read().strip()
 
 
-def reusable_transcripts(utts, wavs, model, data_dirs):
-    """Transcripts of ``utts`` already made by ``model`` in other data directories
-    (``data_dirs``), for the same audio: the same ``wav.scp`` entry. A corpus's folds
-    hold each utterance once per fold; it is transcribed once."""
+def recorded_settings(out):
+    """The decoding settings ``record_model`` kept beside the transcripts ``out``, or None."""
+    path = out + ".settings"
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError:
+        raise UserError(f"{path} is not the JSON stage 2 writes: remove it, or --overwrite true") from None
+
+
+def reusable_transcripts(utts, wavs, model, settings, data_dirs):
+    """Transcripts of ``utts`` already made by ``model`` with the same decoding ``settings``
+    in other data directories (``data_dirs``), for the same audio: the same ``wav.scp``
+    entry. A corpus's folds hold each utterance once per fold; it is transcribed once."""
     from crab.datadir import read_table, read_transcripts
 
     found = {}
@@ -64,7 +99,7 @@ def reusable_transcripts(utts, wavs, model, data_dirs):
         if len(found) == len(utts):
             break
         out = os.path.join(data_dir, "text.asr")
-        if recorded_model(out + ".model") != model:
+        if recorded_model(out + ".model") != model or recorded_settings(out) != settings:
             continue
         their_wavs = read_table(os.path.join(data_dir, "wav.scp"))
         theirs = read_transcripts(out)
@@ -74,17 +109,25 @@ def reusable_transcripts(utts, wavs, model, data_dirs):
     return found
 
 
-def record_model(marker, model):
-    """Record ``model`` as the one that makes the transcripts (stage 3 reads it: ``crab.provenance``)."""
-    write_text_atomic(marker, model + "\n")
+def record_model(out, model, settings):
+    """Record ``model`` as the one that makes the transcripts ``out`` (in ``out.model``: stage 3
+    reads it, ``crab.provenance``) with its decoding ``settings`` (``out.settings``, JSON)."""
+    write_text_atomic(out + ".settings", json.dumps(settings, sort_keys=True) + "\n")
+    write_text_atomic(out + ".model", model + "\n")
+
+
+def dtype_name(name, device):
+    """The dtype ``name`` (``auto``, ``float32``, ...) as it runs on ``device``: ``auto`` is
+    float16 on CUDA, float32 elsewhere."""
+    if name == "auto":
+        return "float16" if str(device).startswith("cuda") else "float32"
+    return name
 
 
 def torch_dtype(name, device):
     import torch
 
-    if name == "auto":
-        name = "float16" if str(device).startswith("cuda") else "float32"
-    return getattr(torch, name)
+    return getattr(torch, dtype_name(name, device))
 
 
 def detect_backend(model):

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import yaml
 
 from crab import cli
+from crab.asr import dtype_name
 from crab.datadir import Failure, parse_wav_scp, read_texts
 from crab.fileio import write_text_atomic
 from crab.locking import file_lock
@@ -307,16 +308,9 @@ def run_settings(job, info, fmt, device):
             "language": job.language,
             "num_beams": job.num_beams,
             "max_new_tokens": job.max_new_tokens,
-            "dtype": asr_dtype_name(job.asr_dtype, device),
+            "dtype": dtype_name(job.asr_dtype, device),
         }
     return settings
-
-
-def asr_dtype_name(name, device):
-    """The ASR model's dtype ``name`` (``auto``, ``float32``, ...) as it is on ``device``."""
-    from crab.asr import torch_dtype  # torch, once a model is to be loaded
-
-    return str(torch_dtype(name, device)).removeprefix("torch.")
 
 
 class Results:

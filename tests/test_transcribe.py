@@ -290,6 +290,56 @@ def test_other_model_stops_unless_overwrite(tmp_path, monkeypatch):
     assert (data_dir / "text.asr.model").read_text().strip() == "model-b"
 
 
+def test_other_decoding_settings_stop_unless_overwrite(tmp_path, monkeypatch):
+    """A run begun on a GPU (dtype auto: float16) and resumed on the CPU (float32), or with
+    other decoding options, would mix transcripts of two settings in one text.asr."""
+    data_dir, utts = make_data_dir(tmp_path, n=3)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel(fail_on_call=2).load)
+    with pytest.raises(KeyboardInterrupt):
+        run(data_dir, "model-a", "--device", "cuda:0", "--batch_size", "2")
+    recorded = json.loads((data_dir / "text.asr.settings").read_text())
+    assert recorded["dtype"] == "float16" and recorded["num_beams"] == 1
+    monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
+    with pytest.raises(SystemExit, match=r"other decoding settings \(dtype 'float16' then, 'float32' now;"):
+        run(data_dir, "model-a", "--device", "cpu")
+    with pytest.raises(SystemExit, match="num_beams 1 then, 4 now"):
+        run(data_dir, "model-a", "--device", "cuda:0", "--num_beams", "4")
+    fake = FakeModel()
+    monkeypatch.setattr(asr, "load_transcriber", fake.load)
+    run(data_dir, "model-a", "--device", "cuda:0", "--dtype", "float16", "--batch_size", "2")  # the same
+    assert fake.batches == [1]
+    run(data_dir, "model-a", "--device", "cpu", "--overwrite", "true")
+    assert fake.batches == [1, 3] and len(read_lines(data_dir / "text.asr")) == 3
+    assert json.loads((data_dir / "text.asr.settings").read_text())["dtype"] == "float32"
+
+
+def test_transcripts_of_an_older_release_resume_and_get_their_settings(tmp_path, monkeypatch):
+    data_dir, utts = make_data_dir(tmp_path, n=2)
+    (data_dir / "text.asr").write_text(f"{utts[0]} made before settings were kept\n")
+    (data_dir / "text.asr.model").write_text("model-a\n")
+    fake = FakeModel()
+    monkeypatch.setattr(asr, "load_transcriber", fake.load)
+    run(data_dir, "model-a")
+    assert fake.batches == [1] and read_lines(data_dir / "text.asr")[0][1] == "made before settings were kept"
+    assert json.loads((data_dir / "text.asr.settings").read_text())["dtype"] == "float32"
+
+
+def test_other_folds_transcripts_of_other_settings_are_not_reused(tmp_path, monkeypatch):
+    fold1, utts = make_data_dir(tmp_path / "fold1", n=2)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
+    run(fold1, "model-a", "--num_beams", "4")
+    fold2 = tmp_path / "fold2"
+    fold2.mkdir()
+    (fold2 / "wav.scp").write_text((fold1 / "wav.scp").read_text())
+    fake = FakeModel(texts={0: "greedy 0", 1: "greedy 1"})
+    monkeypatch.setattr(asr, "load_transcriber", fake.load)
+    run(fold2, "model-a", "--reuse", str(fold1))
+    assert fake.batches == [2] and read_lines(fold2 / "text.asr") == [
+        [utts[0], "greedy 0"],
+        [utts[1], "greedy 1"],
+    ]
+
+
 def test_empty_outputs_and_bad_audio_give_empty_transcripts(tmp_path, monkeypatch, capsys):
     data_dir, utts = make_data_dir(tmp_path, n=4)
     wavs = dict(line.split() for line in (data_dir / "wav.scp").read_text().splitlines())

@@ -17,10 +17,13 @@ corpora such as MSP-Podcast.
 Resumable: each batch is appended to ``text.asr`` as soon as it is decoded, and a
 re-run transcribes only the utterances not there yet (a finished directory costs
 nothing, not even loading the model); at the end the file is rewritten atomically
-in ``wav.scp`` order. The model's name is kept in ``text.asr.model``: a re-run
-with another model stops instead of mixing transcripts (``--overwrite true``
-starts over). ``--reuse DIR ...`` takes the transcripts that the same model made in
-other data directories (a corpus's other folds) for the same ``wav.scp`` entries.
+in ``wav.scp`` order. The model's name is kept in ``text.asr.model``, its decoding
+settings (backend, language, task, beams, longest output, and the dtype as it ran:
+``auto`` is float16 on CUDA, float32 elsewhere) in ``text.asr.settings``: a re-run with
+another model or other settings (a run begun on a GPU, resumed on a CPU) stops instead
+of mixing transcripts (``--overwrite true`` starts over). ``--reuse DIR ...`` takes the
+transcripts that the same model made with the same settings in other data directories
+(a corpus's other folds) for the same ``wav.scp`` entries.
 An empty ASR output, or audio too short for the speech encoder, gives an empty
 transcript, counted and logged: the manifest checks of stage 3 then stop on it or,
 with the skip policy, leave it out. A failure that may pass
@@ -37,7 +40,15 @@ import logging
 import os
 
 from crab import asr, cli
-from crab.asr import BACKENDS, DTYPES, check_model, record_model, transcribe_batches, write_transcripts
+from crab.asr import (
+    BACKENDS,
+    DTYPES,
+    check_model,
+    decoding_settings,
+    record_model,
+    transcribe_batches,
+    write_transcripts,
+)
 from crab.cli import str2bool
 from crab.datadir import read_table, read_transcripts
 
@@ -79,16 +90,17 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out = os.path.join(args.data_dir, "text.asr")
     wavs = read_table(os.path.join(args.data_dir, "wav.scp"))
-    check_model(out + ".model", args.model, args.overwrite)
+    settings = decoding_settings(args)
+    check_model(out, args.model, settings, args.overwrite)
     done = {} if args.overwrite else read_transcripts(out)
     done = {utt: text for utt, text in done.items() if utt in wavs}
     todo = [utt for utt in wavs if utt not in done]
-    reused = asr.reusable_transcripts(todo, wavs, args.model, args.reuse)
+    reused = asr.reusable_transcripts(todo, wavs, args.model, settings, args.reuse)
     done.update(reused)
     todo = [utt for utt in todo if utt not in reused]
     # a model that cannot be loaded (a typo) stops here, before anything is written
     transcriber = asr.load_transcriber(args) if todo else None  # through the module: tests patch it there
-    record_model(out + ".model", args.model)
+    record_model(out, args.model, settings)
     write_transcripts(out, done, wavs)  # drops a cut-off line and utterances no longer in wav.scp
     logger.info(
         "%s: %d utterances, %d already transcribed (%d of them in --reuse directories)",
