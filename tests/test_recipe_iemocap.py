@@ -174,12 +174,6 @@ def test_improvised_only_rewrites_the_data_dirs(corpus, tmp_path):
     "damage, message",
     [
         (
-            lambda c: os.remove(
-                c / "Session4" / "sentences" / "wav" / "Ses04F_impro01" / "Ses04F_impro01_M001.wav"
-            ),
-            "Ses04F_impro01_M001.wav",
-        ),
-        (
             lambda c: os.remove(c / "Session5" / "dialog" / "transcriptions" / "Ses05M_script01_1.txt"),
             "missing file",
         ),
@@ -207,6 +201,24 @@ def test_bad_input_stops_with_a_clear_message(corpus, tmp_path, damage, message)
     damage(corpus)
     result = prepare(corpus, tmp_path, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_bad_audio_is_left_to_stage_3_and_its_policy(corpus, tmp_path):
+    wav_dir = corpus / "Session1" / "sentences" / "wav"
+    (wav_dir / "Ses01F_impro01" / "Ses01F_impro01_M000.wav").unlink()
+    (wav_dir / "Ses01M_script01_1" / "Ses01M_script01_1_F000.wav").write_bytes(b"")
+    output = prepare(corpus, tmp_path).stdout
+    assert "WARNING: 1 of 45 labelled utterance(s) have no audio:" in output
+    assert "Ses01F_impro01_M000.wav" in output
+    manifests = ("--stage", "3", "--stop_stage", "3", "--config", "conf/crab_tiny.yaml", "--folds", "session1")
+    result = run_recipe(corpus, tmp_path, *manifests, check=False)
+    assert result.returncode != 0
+    assert "test: 2 bad utterance(s)" in result.stderr
+    assert "Ses01F_impro01_M000: missing audio file" in result.stderr
+    assert "Ses01M_script01_1_F000: empty audio file" in result.stderr
+    output = run_recipe(corpus, tmp_path, *manifests, "--policy", "skip").stdout
+    assert "test: skipped 2 of 9 utterances: {'missing audio': 1, 'empty audio file': 1}" in output
+    assert len(json.loads((tmp_path / "data" / "session1" / "test.json").read_text())) == 7
 
 
 def test_run_sh_checks_root_and_protocol(corpus, tmp_path):
