@@ -245,6 +245,22 @@ def test_failure_off_the_exclusion_list_is_counted_then_stops_stage_3(corpus, tm
     assert "test: skipped 1 of 7 utterances: {'missing audio': 1}" in result.stdout
 
 
+def test_mp4_that_decodes_in_part_is_a_failure(corpus, tmp_path):
+    # moov atom first, then cut: ffmpeg decodes the first part and, without -xerror, exits 0
+    clip = corpus / "output_repeated_splits_test" / "dia2_utt0.mp4"
+    whole = tmp_path / "faststart.mp4"
+    remux = ["-c", "copy", "-movflags", "+faststart", str(whole)]
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(clip), *remux], check=True)
+    data = whole.read_bytes()
+    clip.write_bytes(data[: len(data) * 7 // 10])
+    output = extract(corpus, tmp_path).stdout
+    assert "test: 7 clips: 0 already had a wav, 6 extracted, 1 failed (0 on the exclusion list)" in output
+    assert "WARNING: test: 1 clip(s) not on the exclusion list failed: dia2_utt0." in output
+    assert "dia2_utt0\tffmpeg failed on " in (tmp_path / "wav" / "log" / "failed_test.txt").read_text()
+    assert not (tmp_path / "wav" / "test" / "dia2_utt0.wav").exists()
+    assert not list((tmp_path / "wav").rglob("*.tmp"))
+
+
 def test_missing_ffmpeg_is_named(corpus, tmp_path):
     bin_dir = tmp_path / "bin"  # every command on PATH but ffmpeg
     bin_dir.mkdir()

@@ -4,7 +4,8 @@ For every row of the three CSVs, <clip folder>/dia<D>_utt<U>.mp4 becomes
 <out_dir>/<split>/dia<D>_utt<U>.wav (ffmpeg, --nj in parallel). Resumable: an
 existing non-empty wav is kept, and each wav is written under a temporary name and
 renamed once complete, so an interrupted run leaves no truncated wav. Clips whose
-mp4 is missing or does not decode are counted and listed in
+mp4 is missing or does not decode whole (ffmpeg reports an error, as it does for a
+cut or damaged mp4 it can decode in part) are counted and listed in
 <out_dir>/log/failed_<split>.txt; those on the exclusion list are expected, the
 others make stage 3 stop (or, with --policy skip, be left out and counted).
 
@@ -43,6 +44,7 @@ def decode(mp4, wav):
         "-hide_banner",
         "-loglevel",
         "error",
+        "-xerror",
         "-y",
         "-i",
         mp4,
@@ -58,8 +60,12 @@ def decode(mp4, wav):
         wav,
     ]
     result = subprocess.run(command, capture_output=True, text=True, errors="replace")
-    if result.returncode != 0 or not os.path.isfile(wav) or os.path.getsize(wav) <= WAV_HEADER_BYTES:
-        detail = " | ".join(result.stderr.strip().splitlines()[-3:]) or "no audio written"
+    # A cut or damaged mp4 can decode in part with exit status 0 (a shorter wav, or one
+    # with gaps): -xerror stops at the first decoding error, and any error is a failure.
+    errors = result.stderr.strip()
+    written = os.path.isfile(wav) and os.path.getsize(wav) > WAV_HEADER_BYTES
+    if result.returncode != 0 or errors or not written:
+        detail = " | ".join(errors.splitlines()[-3:]) or "no audio written"
         raise MeldError(f"ffmpeg failed on {mp4}: {detail}")
 
 
