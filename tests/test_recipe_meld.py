@@ -360,6 +360,13 @@ def test_count_check_names_expected_and_found(corpus, tmp_path):
             ),
             "dev_sent_emo.csv:10: dia0_utt0 is already on line 2",
         ),
+        (  # a quote left open takes the next line into the record: named from its first line
+            lambda root: (root / "dev_sent_emo.csv").write_bytes(
+                (root / "dev_sent_emo.csv").read_bytes()
+                + b'9,"Hi,Ross,joy,positive,0,8,1,1,a,b\r\n10,Hey,Ross,joy,positive,0,9,1,1,a,b\r\n'
+            ),
+            "dev_sent_emo.csv:10-11: 2 fields, expected 11 (a quote left open?)",
+        ),
     ],
 )
 def test_malformed_input_is_named(corpus, tmp_path, damage, message):

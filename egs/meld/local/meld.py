@@ -185,17 +185,20 @@ def read_split(meld_root, split, repair=True):
     header = next(reader, None)
     if header is None or tuple(h.strip() for h in header) != COLUMNS:
         raise MeldError(f"{path}:1: header is {header}, expected {list(COLUMNS)}")
-    rows, seen = [], {}
+    rows, seen, end = [], {}, reader.line_num
     for record in reader:
-        where = f"{path}:{reader.line_num}"
+        # a record can span lines (a line break inside quotes, or a quote left open)
+        first, end = end + 1, reader.line_num
+        where = f"{path}:{first}" + (f"-{end}" if end > first else "")
         if not any(field.strip() for field in record):
             continue
         if len(record) != len(COLUMNS):
-            raise MeldError(f"{where}: {len(record)} fields, expected {len(COLUMNS)} (an unquoted comma?)")
+            hint = "a quote left open?" if end > first else "an unquoted comma?"
+            raise MeldError(f"{where}: {len(record)} fields, expected {len(COLUMNS)} ({hint})")
         row = parse_row(dict(zip(COLUMNS, record, strict=True)), split, where, repair)
         if row.clip in seen:
             raise MeldError(f"{where}: {row.clip} is already on line {seen[row.clip]}")
-        seen[row.clip] = reader.line_num
+        seen[row.clip] = first
         rows.append(row)
     return rows
 
