@@ -103,6 +103,8 @@ def read_labels(path):
         name = row["FileName"]
         if not name:
             fail(f"{path}:{lineno}: empty FileName")
+        if len(name.split()) > 1:  # the utterance id: a Kaldi table's first word
+            fail(f"{path}:{lineno}: FileName '{name}' holds whitespace, which an utterance id cannot")
         if name in lines:
             fail(f"{path}:{lineno}: {name} already on line {lines[name]}")
         lines[name] = lineno
