@@ -214,10 +214,6 @@ def without_last_column(text):
             r"labels_consensus.csv:21: FileName 'MSP-PODCAST_0002 0003.wav' holds whitespace",
         ),
         (
-            lambda root: os.remove(root / "Audios" / "MSP-PODCAST_0003_0002.wav"),
-            r"1 audio file\(s\) missing, e.g.\n  .*MSP-PODCAST_0003_0002.wav\n.*--missing_audio skip",
-        ),
-        (
             lambda root: os.remove(root / "Labels" / "labels_consensus.csv"),
             "no .*Labels/labels_consensus.csv: is .* the MSP-Podcast directory",
         ),
@@ -228,6 +224,38 @@ def test_bad_input_stops_with_a_clear_message(corpus, tmp_path, damage, message)
     result = prepare(corpus, tmp_path / "data")
     assert result.returncode != 0
     assert re.search(message, result.stderr), result.stderr
+
+
+def test_missing_audio_is_left_to_stage_3_or_stops_stage_1(corpus, tmp_path):
+    os.remove(corpus / "Audios" / "MSP-PODCAST_0003_0002.wav")
+    result = prepare(corpus, tmp_path / "data")
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        r"WARNING: 1 audio file\(s\) missing, e.g.\n  .*MSP-PODCAST_0003_0002.wav\n", result.stdout
+    )
+    assert "MSP-PODCAST_0003_0002" in table(tmp_path / "data" / "test1" / "wav.scp")
+    manifest = [
+        sys.executable,
+        "-m",
+        "crab.bin.make_manifest",
+        "--data_dir",
+        str(tmp_path / "data" / "test1"),
+    ]
+    manifest += ["--data_root", str(corpus), "--classes", ",".join(CLASSES), "--modality", "speech"]
+    result = subprocess.run(
+        [*manifest, "--out", str(tmp_path / "test1.json")], capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "MSP-PODCAST_0003_0002: missing audio file" in result.stderr
+    result = subprocess.run(
+        [*manifest, "--out", str(tmp_path / "test1.json"), "--policy", "skip"], capture_output=True, text=True
+    )
+    assert "test1: skipped 1 of 8 utterances: {'missing audio': 1}" in result.stdout, result.stderr
+    result = prepare(corpus, tmp_path / "data", "--missing_audio", "error")
+    assert result.returncode != 0
+    assert re.search(
+        r"1 audio file\(s\) missing, e.g.\n  .*MSP-PODCAST_0003_0002.wav\n.*--missing_audio skip",
+        result.stderr,
+    )
 
 
 def test_missing_audio_can_be_skipped(corpus, tmp_path):

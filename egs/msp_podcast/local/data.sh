@@ -8,7 +8,7 @@ labels=                 # labels CSV; default: <data_root>/Labels/labels_consens
 partitions=             # Partitions.txt-style file ("Train; <FileName>" lines) to use instead of
                         # the labels' Split_Set column (read from <data_root> when the column is absent)
 expected_counts=none    # file of "<split> <class|total> <count>" lines to check; none: only print counts
-missing_audio=error     # error: stop on a labelled file missing from Audios/ | skip: leave it out, counted
+missing_audio=keep      # a labelled file missing from Audios/: keep (left to stage 3's --policy) | error: stop | skip: leave it out, counted
 . utils/parse_options.sh
 
 python local/prepare_data.py --corpus_dir "${data_root}" --out_dir "${data_dir}/official" \

@@ -182,7 +182,8 @@ def select(rows, partition_of, audio_dir, transcript_dir, missing_audio):
         wav = os.path.join(audio_dir, name)
         if not os.path.isfile(wav):
             missing.append(wav)
-            continue
+            if missing_audio != "keep":
+                continue
         utt = name[: -len(".wav")]
         transcript = os.path.join(transcript_dir, utt + ".txt")
         splits[split].append(
@@ -196,14 +197,19 @@ def select(rows, partition_of, audio_dir, transcript_dir, missing_audio):
                 "text": " ".join(read_text(transcript).split()) if os.path.isfile(transcript) else "",
             }
         )
+    listing = "\n  ".join(missing[:10])
     if missing and missing_audio == "error":
-        listing = "\n  ".join(missing[:10])
         fail(
             f"{len(missing)} audio file(s) missing, e.g.\n  {listing}\n"
             "Fix the copy, or pass --missing_audio skip to leave them out"
         )
-    if missing:
+    if missing and missing_audio == "skip":
         left_out["missing audio"] = len(missing)
+    if missing and missing_audio == "keep":
+        print(
+            f"WARNING: {len(missing)} audio file(s) missing, e.g.\n  {listing}\n"
+            "Stage 3 stops on them (--policy skip leaves them out and counts them)."
+        )
     return splits, left_out
 
 
@@ -298,7 +304,13 @@ def main():
         default="none",
         help="file of '<split> <class|total> <count>' lines to check; none: only print the counts",
     )
-    parser.add_argument("--missing_audio", choices=("error", "skip"), default="error")
+    parser.add_argument(
+        "--missing_audio",
+        choices=("keep", "error", "skip"),
+        default="keep",
+        help="a labelled file missing from Audios/: keep (written, left to stage 3's --policy), "
+        "error (stop here) or skip (left out here, counted)",
+    )
     args = parser.parse_args()
     if not os.path.isdir(args.corpus_dir):
         fail(f"{args.corpus_dir} is not a directory: set MSP_PODCAST in db.sh")
