@@ -321,6 +321,12 @@ def test_exclusion_list_is_applied_and_counted(corpus, tmp_path):
     assert result.returncode != 0
     assert f"{bad_list}:3: expected '<train|dev|test> dia<D>_utt<U>  # reason'" in result.stderr
 
+    edited = tmp_path / "edited.txt"  # as Notepad saves it: a byte-order mark, CRLF, Windows-1252
+    edited.write_bytes(b"\xef\xbb\xbftrain dia1_utt0  # caf\xe9 noise\r\n\r\ndev dia2_utt0\r\n")
+    output = prepare(corpus, tmp_path, data_opts=f"--check_counts false --exclude {edited}").stdout
+    assert "Exclusion list " + str(edited) + ": 2 clip(s) left out" in output
+    assert "train dia1_utt0 (disgust): caf\u00e9 noise" in output
+
 
 def test_count_check_names_expected_and_found(corpus, tmp_path):
     result = prepare(corpus, tmp_path, data_opts="", check=False)

@@ -206,23 +206,22 @@ def read_split(meld_root, split, repair=True):
 def read_exclusions(path):
     """``(split, clip) -> reason`` from an exclusion list (``none`` or empty: no list).
 
-    Lines read ``<split> <clip>  # reason``; blank and comment-only lines are skipped.
+    Lines read ``<split> <clip>  # reason``; blank and comment-only lines are skipped. An
+    edited list may have a byte-order mark, CRLF line ends or Windows-1252 bytes (``read_text``).
     """
     if path in ("", "none"):
         return {}
     if not os.path.isfile(path):
         raise MeldError(f"exclusion list {path} not found (--exclude none for no list)")
     excluded = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            entry, _, reason = line.partition("#")
-            fields = entry.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or fields[0] not in SPLITS or not re.fullmatch(r"dia\d+_utt\d+", fields[1]):
-                raise MeldError(
-                    f"{path}:{lineno}: expected '<train|dev|test> dia<D>_utt<U>  # reason', "
-                    f"got {line.strip()!r}"
-                )
-            excluded[(fields[0], fields[1])] = reason.strip()
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        entry, _, reason = line.partition("#")
+        fields = entry.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[0] not in SPLITS or not re.fullmatch(r"dia\d+_utt\d+", fields[1]):
+            raise MeldError(
+                f"{path}:{lineno}: expected '<train|dev|test> dia<D>_utt<U>  # reason', got {line.strip()!r}"
+            )
+        excluded[(fields[0], fields[1])] = reason.strip()
     return excluded
