@@ -210,7 +210,8 @@ def test_bad_audio_is_left_to_stage_3_and_its_policy(corpus, tmp_path):
     output = prepare(corpus, tmp_path).stdout
     assert "WARNING: 1 of 45 labelled utterance(s) have no audio:" in output
     assert "Ses01F_impro01_M000.wav" in output
-    manifests = ("--stage", "3", "--stop_stage", "3", "--config", "conf/crab_tiny.yaml", "--folds", "session1")
+    manifests = ("--stage", "3", "--stop_stage", "3", "--config", "conf/crab_tiny.yaml")
+    manifests += ("--folds", "session1")
     result = run_recipe(corpus, tmp_path, *manifests, check=False)
     assert result.returncode != 0
     assert "test: 2 bad utterance(s)" in result.stderr
