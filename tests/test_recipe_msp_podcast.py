@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -255,6 +256,15 @@ def test_missing_audio_is_left_to_stage_3_or_stops_stage_1(corpus, tmp_path):
     assert re.search(
         r"1 audio file\(s\) missing, e.g.\n  .*MSP-PODCAST_0003_0002.wav\n.*--missing_audio skip",
         result.stderr,
+    )
+
+
+def test_no_audio_at_all_stops_stage_1(corpus, tmp_path):
+    shutil.rmtree(corpus / "Audios")
+    result = prepare(corpus, tmp_path / "data")
+    assert result.returncode != 0
+    assert re.search(r"none of the 40 labelled audio files is in .*Audios, e.g.\n", result.stderr), (
+        result.stderr
     )
 
 

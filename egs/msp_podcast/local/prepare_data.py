@@ -154,7 +154,7 @@ def find_partitions(corpus_dir, partitions, labels, columns):
 
 def select(rows, partition_of, audio_dir, transcript_dir, missing_audio):
     """Utterances per split, and what was left out, by reason."""
-    splits, left_out, missing = defaultdict(list), Counter(), []
+    splits, left_out, missing, labelled = defaultdict(list), Counter(), [], 0
     for row in rows:
         name = wav_name(row["FileName"])
         partition = partition_of(row, name)
@@ -180,6 +180,7 @@ def select(rows, partition_of, audio_dir, transcript_dir, missing_audio):
                 f"(expected one of {sorted(CLASS_OF) + sorted(DROPPED)})"
             )
         wav = os.path.join(audio_dir, name)
+        labelled += 1
         if not os.path.isfile(wav):
             missing.append(wav)
             if missing_audio != "keep":
@@ -198,6 +199,11 @@ def select(rows, partition_of, audio_dir, transcript_dir, missing_audio):
             }
         )
     listing = "\n  ".join(missing[:10])
+    if missing and len(missing) == labelled:
+        fail(
+            f"none of the {labelled} labelled audio files is in {audio_dir}, e.g.\n  {listing}\n"
+            "Is --data_root (MSP_PODCAST in db.sh) the MSP-Podcast directory, and is Audios/ unpacked?"
+        )
     if missing and missing_audio == "error":
         fail(
             f"{len(missing)} audio file(s) missing, e.g.\n  {listing}\n"
