@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 
 import numpy as np
@@ -220,6 +221,10 @@ def test_bad_audio_is_left_to_stage_3_and_its_policy(corpus, tmp_path):
     output = run_recipe(corpus, tmp_path, *manifests, "--policy", "skip").stdout
     assert "test: skipped 2 of 9 utterances: {'missing audio': 1, 'empty audio file': 1}" in output
     assert len(json.loads((tmp_path / "data" / "session1" / "test.json").read_text())) == 7
+    for session in range(1, 6):
+        shutil.rmtree(corpus / f"Session{session}" / "sentences")
+    result = prepare(corpus, tmp_path, check=False)
+    assert result.returncode != 0 and "none of the 45 labelled utterances has its wav" in result.stderr
 
 
 def test_run_sh_checks_root_and_protocol(corpus, tmp_path):

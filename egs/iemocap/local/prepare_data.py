@@ -169,6 +169,11 @@ def add_audio(utts, corpus_dir):
     if missing:
         listing = "\n".join(f"  {path}" for path in missing[:10])
         more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        if len(missing) == len(utts):
+            fail(
+                f"none of the {len(utts)} labelled utterances has its wav:\n{listing}{more}\n"
+                f"Is {corpus_dir} a whole IEMOCAP_full_release, with Session<N>/sentences/wav/ unpacked?"
+            )
         print(
             f"WARNING: {len(missing)} of {len(utts)} labelled utterance(s) have no audio:\n{listing}{more}\n"
             "Stage 3 stops on them (--policy skip leaves them out and counts them)."
