@@ -373,6 +373,12 @@ def test_count_check_names_expected_and_found(corpus, tmp_path):
             ),
             "dev_sent_emo.csv:10-11: 2 fields, expected 11 (a quote left open?)",
         ),
+        (  # more than the csv module takes in one field
+            lambda root: (root / "dev_sent_emo.csv").write_bytes(
+                (root / "dev_sent_emo.csv").read_bytes() + b'9,"' + b"x" * 140000 + b",Ross,joy\r\n"
+            ),
+            "dev_sent_emo.csv:10: the row that starts here does not parse (field larger than field limit",
+        ),
     ],
 )
 def test_malformed_input_is_named(corpus, tmp_path, damage, message):

@@ -178,6 +178,24 @@ def parse_row(record, split, where, repair):
     )
 
 
+def _records(reader, path):
+    """``(first line, last line, record)`` of each record of the CSV ``reader`` of ``path``: a
+    record can span lines (a line break inside quotes, or a quote left open). A record the
+    csv module refuses is a ``MeldError`` naming its first line."""
+    end = reader.line_num
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise MeldError(
+                f"{path}:{end + 1}: the row that starts here does not parse ({err}): a quote left open?"
+            ) from None
+        first, end = end + 1, reader.line_num
+        yield first, end, record
+
+
 def read_split(meld_root, split, repair=True):
     """The checked rows of one split's CSV, in file order."""
     path = locate(meld_root, SPLITS[split][0])
@@ -185,10 +203,8 @@ def read_split(meld_root, split, repair=True):
     header = next(reader, None)
     if header is None or tuple(h.strip() for h in header) != COLUMNS:
         raise MeldError(f"{path}:1: header is {header}, expected {list(COLUMNS)}")
-    rows, seen, end = [], {}, reader.line_num
-    for record in reader:
-        # a record can span lines (a line break inside quotes, or a quote left open)
-        first, end = end + 1, reader.line_num
+    rows, seen = [], {}
+    for first, end, record in _records(reader, path):
         where = f"{path}:{first}" + (f"-{end}" if end > first else "")
         if not any(field.strip() for field in record):
             continue
