@@ -210,6 +210,10 @@ def without_last_column(text):
             r"labels_consensus.csv:21: 3 field\(s\), the header has 8",
         ),
         (edit_labels(lambda t: t.replace("Test2\n", "Test4\n", 1)), "unknown partition 'Test4'"),
+        (  # a quote left open takes the rest of the file into the row: named from its first line
+            edit_labels(lambda t: t.replace("MSP-PODCAST_0002_0003.wav,F,", '"MSP-PODCAST_0002_0003.wav,F,')),
+            r"labels_consensus.csv:21-\d+: 1 field\(s\), the header has 8",
+        ),
         (  # the utterance id would be cut at the space in every Kaldi table
             edit_labels(lambda t: t.replace("MSP-PODCAST_0002_0003.wav", "MSP-PODCAST_0002 0003.wav")),
             r"labels_consensus.csv:21: FileName 'MSP-PODCAST_0002 0003.wav' holds whitespace",

@@ -19,6 +19,7 @@ surprise; O (other) and X (no agreement) are left out and counted.
 
 import argparse
 import csv
+import io
 import os
 import sys
 from collections import Counter, defaultdict
@@ -84,31 +85,49 @@ def find_labels(corpus_dir, labels):
     )
 
 
+def _records(reader, path):
+    """``(first line, last line, record)`` of each record of the CSV ``reader`` of ``path`` (a
+    quote left open makes a record span lines); a record the csv module refuses stops,
+    naming its first line."""
+    end = reader.line_num
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            fail(f"{path}:{end + 1}: the row that starts here does not parse ({err}): a quote left open?")
+        first, end = end + 1, reader.line_num
+        yield first, end, record
+
+
 def read_labels(path):
     """Column names and rows of the consensus labels CSV (each row with its file:line)."""
     required = ["FileName", "EmoClass", "SpkrID", "Gender"]
-    reader = csv.reader(read_text(path).splitlines())
-    found = [c.strip() for c in next(reader, [])]
+    # lines end at CR and LF only (str.splitlines also breaks at U+0085, U+2028 ...)
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    records = _records(reader, path)
+    found = [c.strip() for c in next(records, (1, 1, []))[2]]
     missing = [c for c in required if c not in found]
     if missing:
         fail(f"{path}: missing column(s) {missing}; found {found}. Label files differ between releases")
     rows, lines = [], {}
-    for values in reader:
+    for first, end, values in records:
         if not values:  # a blank line
             continue
-        lineno = reader.line_num
+        where = f"{path}:{first}" + (f"-{end}" if end > first else "")
         if len(values) != len(found):  # a cut or damaged row: its columns would shift or read as empty
-            fail(f"{path}:{lineno}: {len(values)} field(s), the header has {len(found)}")
+            fail(f"{where}: {len(values)} field(s), the header has {len(found)}")
         row = dict(zip(found, (v.strip() for v in values), strict=True))
         name = row["FileName"]
         if not name:
-            fail(f"{path}:{lineno}: empty FileName")
+            fail(f"{where}: empty FileName")
         if len(name.split()) > 1:  # the utterance id: a Kaldi table's first word
-            fail(f"{path}:{lineno}: FileName '{name}' holds whitespace, which an utterance id cannot")
+            fail(f"{where}: FileName '{name}' holds whitespace, which an utterance id cannot")
         if name in lines:
-            fail(f"{path}:{lineno}: {name} already on line {lines[name]}")
-        lines[name] = lineno
-        row["line"] = f"{path}:{lineno}"
+            fail(f"{where}: {name} already on line {lines[name]}")
+        lines[name] = first
+        row["line"] = where
         rows.append(row)
     if not rows:
         fail(f"{path}: no rows")
