@@ -130,6 +130,18 @@ def test_labels_speakers_and_transcripts(corpus, tmp_path):
     assert windows_1252["Ses02M_script01_1_M000"] == "It\u2019s sad number 1."
 
 
+def test_windows_1252_punctuation_stored_as_c1_controls_is_restored(corpus, tmp_path):
+    # U+0085 (a Windows-1252 ellipsis once decoded as Latin-1) is a line break to str.splitlines
+    # and whitespace to str.split: the transcript was cut there
+    transcript = corpus / "Session3" / "dialog" / "transcriptions" / "Ses03F_impro01.txt"
+    text = transcript.read_text().replace("A ang sentence", "Well\u0085 wait, it\u0092s")
+    transcript.write_text(text, encoding="utf-8")
+    prepare(corpus, tmp_path)
+    assert table(tmp_path / "data" / "session3" / "test" / "text")["Ses03F_impro01_M000"] == (
+        "Well\u2026 wait, it\u2019s number 1."
+    )
+
+
 def test_folds_of_both_protocols_are_speaker_independent(corpus, tmp_path):
     prepare(corpus, tmp_path)
     data = tmp_path / "data"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from crab.cli import str2bool
 from crab.datadir import check_fold, write_data_dir
-from crab.dataprep import DataPrepError, count_table, read_text
+from crab.dataprep import C1_AS_CP1252, DataPrepError, count_table, read_text
 
 CLASSES = ("angry", "happy", "neutral", "sad")
 CLASS_OF = {"ang": "angry", "hap": "happy", "exc": "happy", "neu": "neutral", "sad": "sad"}
@@ -64,10 +64,12 @@ def fail(message):
 
 
 def read_lines(path):
-    """Lines of a text file: UTF-8 (BOM allowed), else Windows-1252 with a warning."""
+    """Lines of a text file: UTF-8 (BOM allowed), else Windows-1252 with a warning. Lines
+    end at LF (CRLF too) only: str.splitlines also ends them at U+0085, which is how a
+    Windows-1252 ellipsis reads once decoded as Latin-1."""
     if not os.path.isfile(path):
         fail(f"missing file {path}")
-    return read_text(path).splitlines()
+    return [line.removesuffix("\r") for line in read_text(path).split("\n")]
 
 
 def dialogs(corpus_dir, session):
@@ -152,7 +154,8 @@ def add_transcripts(utts, corpus_dir):
                 fail(f"{path}:{lineno}: malformed transcript line (want '{utt} [start-end]: text'): {line!r}")
             if wanted[utt].text is not None:
                 fail(f"{path}:{lineno}: second transcript for {utt}")
-            wanted[utt].text = " ".join(match.group(2).split())
+            # C1 controls first: U+0085 (an ellipsis, see read_lines) is whitespace to split()
+            wanted[utt].text = " ".join(match.group(2).translate(C1_AS_CP1252).split())
         missing = [u for u in wanted.values() if u.text is None]
         if missing:
             names = ", ".join(u.utt for u in missing[:10])
