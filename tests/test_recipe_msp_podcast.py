@@ -116,6 +116,15 @@ def test_labels_speakers_and_transcripts(corpus, tmp_path):
     )
 
 
+def test_windows_1252_punctuation_stored_as_c1_controls_is_restored(corpus, tmp_path):
+    transcript = corpus / "Transcripts" / "MSP-PODCAST_0001_0002.txt"
+    transcript.write_text("Well\u0085 it\u0092s fine.\n", encoding="utf-8")
+    assert prepare(corpus, tmp_path / "data").returncode == 0
+    assert (
+        table(tmp_path / "data" / "train" / "text")["MSP-PODCAST_0001_0002"] == "Well\u2026 it\u2019s fine."
+    )
+
+
 def test_official_partitions_share_no_known_speaker(corpus, tmp_path):
     assert prepare(corpus, tmp_path / "data").returncode == 0
     speakers = {

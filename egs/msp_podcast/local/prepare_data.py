@@ -25,7 +25,7 @@ import sys
 from collections import Counter, defaultdict
 
 from crab.datadir import check_fold, write_data_dir
-from crab.dataprep import DataPrepError, count_table, read_text
+from crab.dataprep import C1_AS_CP1252, DataPrepError, count_table, read_text
 
 CLASS_OF = {
     "A": "anger",
@@ -171,6 +171,14 @@ def find_partitions(corpus_dir, partitions, labels, columns):
     )
 
 
+def gold_text(path):
+    """The transcript in ``path``, whitespace collapsed; "" when there is none. C1 controls
+    first: U+0085 (a Windows-1252 ellipsis decoded as Latin-1) is whitespace to split()."""
+    if not os.path.isfile(path):
+        return ""
+    return " ".join(read_text(path).translate(C1_AS_CP1252).split())
+
+
 def select(rows, partition_of, audio_dir, transcript_dir, missing_audio):
     """Utterances per split, and what was left out, by reason."""
     splits, left_out, missing, labelled = defaultdict(list), Counter(), [], 0
@@ -214,7 +222,7 @@ def select(rows, partition_of, audio_dir, transcript_dir, missing_audio):
                 "partition": partition,
                 "spk": "_".join(row["SpkrID"].split()) or UNKNOWN,
                 "gender": "_".join(row["Gender"].split()) or UNKNOWN,
-                "text": " ".join(read_text(transcript).split()) if os.path.isfile(transcript) else "",
+                "text": gold_text(transcript),
             }
         )
     listing = "\n  ".join(missing[:10])
