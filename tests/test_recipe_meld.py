@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from crab.experiment import parse_and_load
+from crab.locking import folder_lock
 from tests.conftest import ROOT
 
 RECIPE = os.path.join(ROOT, "egs", "meld")
@@ -258,6 +259,18 @@ def test_mp4_that_decodes_in_part_is_a_failure(corpus, tmp_path):
     assert "WARNING: test: 1 clip(s) not on the exclusion list failed: dia2_utt0." in output
     assert "dia2_utt0\tffmpeg failed on " in (tmp_path / "wav" / "log" / "failed_test.txt").read_text()
     assert not (tmp_path / "wav" / "test" / "dia2_utt0.wav").exists()
+    assert not list((tmp_path / "wav").rglob("*.tmp"))
+
+
+def test_a_killed_runs_temporary_files_go_and_two_runs_are_refused(corpus, tmp_path):
+    (tmp_path / "wav" / "test").mkdir(parents=True)
+    stale = tmp_path / "wav" / "test" / ".dia2_utt0.wav.4242.0badc0de.tmp"  # write_atomic's, of a killed run
+    stale.write_bytes(b"RIFF cut")
+    with folder_lock(str(tmp_path / "wav"), "test"):
+        result = extract(corpus, tmp_path, check=False)
+    assert result.returncode != 0 and "MELD wav folder" in result.stderr and "in use" in result.stderr
+    assert stale.exists() and not (tmp_path / "wav" / "test" / "dia2_utt0.wav").exists()
+    assert "test: 7 clips: 0 already had a wav, 7 extracted" in extract(corpus, tmp_path).stdout
     assert not list((tmp_path / "wav").rglob("*.tmp"))
 
 

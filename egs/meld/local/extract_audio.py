@@ -3,7 +3,8 @@
 For every row of the three CSVs, <clip folder>/dia<D>_utt<U>.mp4 becomes
 <out_dir>/<split>/dia<D>_utt<U>.wav (ffmpeg, --nj in parallel). Resumable: an
 existing non-empty wav is kept, and each wav is written under a temporary name and
-renamed once complete, so an interrupted run leaves no truncated wav. Clips whose
+renamed once complete, so an interrupted run leaves no truncated wav (a killed run's
+temporary files are removed by the next; two runs on one <out_dir> are refused). Clips whose
 mp4 is missing or does not decode whole (ffmpeg reports an error, as it does for a
 cut or damaged mp4 it can decode in part) are counted and listed in
 <out_dir>/log/failed_<split>.txt; those on the exclusion list are expected, the
@@ -21,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from meld import SPLITS, MeldError, fail, locate, read_exclusions, read_split
 
-from crab.fileio import write_atomic
+from crab.fileio import remove_temps, write_atomic
+from crab.locking import FolderLockedError, folder_lock
 
 WAV_HEADER_BYTES = 44  # a wav no larger than its header holds no audio
 NO_FFMPEG = (
@@ -145,11 +147,13 @@ def main():
     os.makedirs(os.path.join(args.out_dir, "log"), exist_ok=True)
     try:
         excluded = read_exclusions(args.exclude)
-        for split in SPLITS:
-            rows, extracted, failures = extract_split(args.meld_root, split, args.out_dir, args.nj)
-            log_path = os.path.join(args.out_dir, "log", f"failed_{split}.txt")
-            report(split, rows, extracted, failures, excluded, log_path)
-    except MeldError as err:
+        with folder_lock(args.out_dir, "MELD wav folder"):
+            for split in SPLITS:
+                remove_temps(os.path.join(args.out_dir, split))  # of a killed run
+                rows, extracted, failures = extract_split(args.meld_root, split, args.out_dir, args.nj)
+                log_path = os.path.join(args.out_dir, "log", f"failed_{split}.txt")
+                report(split, rows, extracted, failures, excluded, log_path)
+    except (MeldError, FolderLockedError) as err:
         fail(str(err))
 
 
