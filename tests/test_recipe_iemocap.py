@@ -220,6 +220,8 @@ def test_bad_audio_is_left_to_stage_3_and_its_policy(corpus, tmp_path):
     wav_dir = corpus / "Session1" / "sentences" / "wav"
     (wav_dir / "Ses01F_impro01" / "Ses01F_impro01_M000.wav").unlink()
     (wav_dir / "Ses01M_script01_1" / "Ses01M_script01_1_F000.wav").write_bytes(b"")
+    training = corpus / "Session3" / "sentences" / "wav" / "Ses03M_script01_1" / "Ses03M_script01_1_F000.wav"
+    training.write_bytes(b"")  # of fold session1's train split
     output = prepare(corpus, tmp_path).stdout
     assert "WARNING: 1 of 45 labelled utterance(s) have no audio:" in output
     assert "Ses01F_impro01_M000.wav" in output
@@ -227,9 +229,11 @@ def test_bad_audio_is_left_to_stage_3_and_its_policy(corpus, tmp_path):
     manifests += ("--folds", "session1")
     result = run_recipe(corpus, tmp_path, *manifests, check=False)
     assert result.returncode != 0
-    assert "test: 2 bad utterance(s)" in result.stderr
+    assert "session1/test: 2 bad utterance(s)" in result.stderr
     assert "Ses01F_impro01_M000: missing audio file" in result.stderr
     assert "Ses01M_script01_1_F000: empty audio file" in result.stderr
+    assert "session1/train: 1 bad utterance(s)" in result.stderr  # every split listed at once
+    assert "stage 3: no manifest for session1/train session1/test (see above)" in result.stderr
     output = run_recipe(corpus, tmp_path, *manifests, "--policy", "skip").stdout
     assert "test: skipped 2 of 9 utterances: {'missing audio': 1, 'empty audio file': 1}" in output
     assert len(json.loads((tmp_path / "data" / "session1" / "test.json").read_text())) == 7

@@ -87,9 +87,10 @@ def main(argv=None):
     name = os.path.basename(os.path.normpath(args.data_dir))
     require_text = args.modality != "speech"
     entries = read_data_dir(args.data_dir, args.text_source, args.text_only)
-    kept = validate(entries, classes, args.policy, name, args.min_samples, require_text=require_text)
+    where = f"{args.fold}/{name}" if args.fold else name  # in messages: the fold's split
+    kept = validate(entries, classes, args.policy, where, args.min_samples, require_text=require_text)
     if not kept:
-        sys.exit(f"ERROR: {name}: no usable utterances")
+        sys.exit(f"ERROR: {where}: no usable utterances")
     check_classes(kept, entries, classes, args)
     write_manifest(kept, args.out, args.data_root)
     write_manifest_provenance(args.out, args.data_dir, args.text_source, require_text, args.text_only)

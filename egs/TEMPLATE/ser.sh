@@ -303,11 +303,16 @@ fi
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   log "Stage 3: checked manifests (policy: ${policy}, text: ${text_source}, modality: ${modality})"
   for fold in ${folds}; do
+    failed=()  # every split of the fold is checked before stopping: one listing of its bad input
     for split in ${splits}; do
       python -m crab.bin.make_manifest --data_dir "${data_dir}/${fold}/${split}" --fold "${fold}" \
         --data_root "${data_root}" --classes "${classes}" --policy "${policy}" --modality "${modality}" \
-        --text_source "${text_source}" --text_only "${text_only}" --out "${data_dir}/${fold}/${split}.json"
+        --text_source "${text_source}" --text_only "${text_only}" --out "${data_dir}/${fold}/${split}.json" \
+        || failed+=("${fold}/${split}")
     done
+    if [ "${#failed[@]}" -gt 0 ]; then
+      echo "$0: stage 3: no manifest for ${failed[*]} (see above)" >&2; exit 1
+    fi
     split_dirs=(); for split in ${splits}; do split_dirs+=("${data_dir}/${fold}/${split}"); done
     python -m crab.bin.check_fold --fold "${fold}" --text_only "${text_only}" "${split_dirs[@]}"
     if [ "${bpe_vocab_size}" -gt 0 ]; then  # also for a speech-only model: the fold's experiments share it
