@@ -9,6 +9,7 @@ printed (docs/bad_input.md).
 """
 
 import codecs
+import csv
 import json
 import logging
 import math
@@ -47,6 +48,24 @@ SILENCE_PEAK = 1e-4
 
 class DataPrepError(UserError, RuntimeError):
     """Data preparation found utterances it cannot use."""
+
+
+def csv_records(reader, path):
+    """``(first line, last line, record)`` of each record of the ``csv.reader`` ``reader`` of
+    ``path``: a record spans lines where a quote is left open (or a field holds a line
+    break). One the csv module refuses is a ``DataPrepError`` naming its first line."""
+    end = reader.line_num
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise DataPrepError(
+                f"{path}:{end + 1}: the row that starts here does not parse ({err}): a quote left open?"
+            ) from None
+        first, end = end + 1, reader.line_num
+        yield first, end, record
 
 
 def read_text(path, fallback="cp1252"):

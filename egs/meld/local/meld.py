@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from crab.dataprep import C1_AS_CP1252, read_text
+from crab.dataprep import C1_AS_CP1252, DataPrepError, csv_records, read_text
 
 CLASSES = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 # MELD split -> (label CSV, clip folder), as published.
@@ -178,22 +178,12 @@ def parse_row(record, split, where, repair):
     )
 
 
-def _records(reader, path):
-    """``(first line, last line, record)`` of each record of the CSV ``reader`` of ``path``: a
-    record can span lines (a line break inside quotes, or a quote left open). A record the
-    csv module refuses is a ``MeldError`` naming its first line."""
-    end = reader.line_num
-    while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as err:
-            raise MeldError(
-                f"{path}:{end + 1}: the row that starts here does not parse ({err}): a quote left open?"
-            ) from None
-        first, end = end + 1, reader.line_num
-        yield first, end, record
+def records(reader, path):
+    """``crab.dataprep.csv_records``, a row that does not parse as a ``MeldError``."""
+    try:
+        yield from csv_records(reader, path)
+    except DataPrepError as err:
+        raise MeldError(str(err)) from None
 
 
 def read_split(meld_root, split, repair=True):
@@ -204,7 +194,7 @@ def read_split(meld_root, split, repair=True):
     if header is None or tuple(h.strip() for h in header) != COLUMNS:
         raise MeldError(f"{path}:1: header is {header}, expected {list(COLUMNS)}")
     rows, seen = [], {}
-    for first, end, record in _records(reader, path):
+    for first, end, record in records(reader, path):
         where = f"{path}:{first}" + (f"-{end}" if end > first else "")
         if not any(field.strip() for field in record):
             continue

@@ -25,7 +25,7 @@ import sys
 from collections import Counter, defaultdict
 
 from crab.datadir import check_fold, write_data_dir
-from crab.dataprep import C1_AS_CP1252, DataPrepError, count_table, read_text
+from crab.dataprep import C1_AS_CP1252, DataPrepError, count_table, csv_records, read_text
 
 CLASS_OF = {
     "A": "anger",
@@ -85,28 +85,12 @@ def find_labels(corpus_dir, labels):
     )
 
 
-def _records(reader, path):
-    """``(first line, last line, record)`` of each record of the CSV ``reader`` of ``path`` (a
-    quote left open makes a record span lines); a record the csv module refuses stops,
-    naming its first line."""
-    end = reader.line_num
-    while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as err:
-            fail(f"{path}:{end + 1}: the row that starts here does not parse ({err}): a quote left open?")
-        first, end = end + 1, reader.line_num
-        yield first, end, record
-
-
 def read_labels(path):
     """Column names and rows of the consensus labels CSV (each row with its file:line)."""
     required = ["FileName", "EmoClass", "SpkrID", "Gender"]
     # lines end at CR and LF only (str.splitlines also breaks at U+0085, U+2028 ...)
     reader = csv.reader(io.StringIO(read_text(path), newline=""))
-    records = _records(reader, path)
+    records = csv_records(reader, path)
     found = [c.strip() for c in next(records, (1, 1, []))[2]]
     missing = [c for c in required if c not in found]
     if missing:
@@ -348,7 +332,10 @@ def main():
     if not os.path.isdir(args.corpus_dir):
         fail(f"{args.corpus_dir} is not a directory: set MSP_PODCAST in db.sh")
     labels = find_labels(args.corpus_dir, args.labels)
-    columns, rows = read_labels(labels)
+    try:
+        columns, rows = read_labels(labels)
+    except DataPrepError as err:  # a row that does not parse
+        fail(str(err))
     partitions = find_partitions(args.corpus_dir, args.partitions, labels, columns)
     print(f"labels: {labels}; partitions: {partitions or 'Split_Set column'}")
     splits, left_out = select(
