@@ -12,7 +12,7 @@ import pytest
 from crab.metrics import compute_scores
 from crab.report import checkpointed_training_seconds
 from tests.conftest import ROOT, read_settings
-from tests.test_cluster import FAKE_SBATCH
+from tests.test_cluster import FAKE_SUBMIT
 
 RECIPE = os.path.join(ROOT, "egs", "mini")
 EPOCHS = 4
@@ -192,9 +192,15 @@ def test_runs_as_jobs_through_a_scheduler_and_failed_jobs_are_named(recipe, tmp_
     script at once): one job per seed, each the recipe's own stage with the options
     given, the user's command recorded; a failed job stops the stage, naming its log."""
     tmp, _, _ = recipe
-    (tmp_path / "sbatch").write_text(FAKE_SBATCH)
+    (tmp_path / "sbatch").write_text(FAKE_SUBMIT)
     (tmp_path / "sbatch").chmod(0o755)
-    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", FAKE_SBATCH_ARGS=str(tmp_path / "args"))
+    env = dict(
+        os.environ,
+        PATH=f"{tmp_path}:{os.environ['PATH']}",
+        FAKE_SUBMIT_ARGS=str(tmp_path / "args"),
+        OUTPUT_OPTION="--output",
+        ID_SUFFIX="",
+    )
     exp = tmp / "exp_jobs"
     train_opts = f"--number_of_epochs=1 {CUT}"
     launcher = "utils/slurm.sh --time 1:00:00"
