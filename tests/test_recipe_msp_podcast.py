@@ -267,7 +267,8 @@ def test_missing_audio_is_left_to_stage_3_or_stops_stage_1(corpus, tmp_path):
     result = prepare(corpus, tmp_path / "data", "--missing_audio", "error")
     assert result.returncode != 0
     assert re.search(
-        r"1 audio file\(s\) missing, e.g.\n  .*MSP-PODCAST_0003_0002.wav\n.*--missing_audio skip",
+        r"1 audio file\(s\) missing, e.g.\n  .*MSP-PODCAST_0003_0002.wav\n.*--missing_audio skip "
+        r"\(run.sh --data_opts \"--missing_audio skip\"\)",
         result.stderr,
     )
 

@@ -218,7 +218,8 @@ def select(rows, partition_of, audio_dir, transcript_dir, missing_audio):
     if missing and missing_audio == "error":
         fail(
             f"{len(missing)} audio file(s) missing, e.g.\n  {listing}\n"
-            "Fix the copy, or pass --missing_audio skip to leave them out"
+            "Fix the copy, or leave them out with --missing_audio skip "
+            '(run.sh --data_opts "--missing_audio skip"), or to stage 3 with --missing_audio keep'
         )
     if missing and missing_audio == "skip":
         left_out["missing audio"] = len(missing)
