@@ -26,6 +26,8 @@ the recipe calls the small command-line part for every run:
         print the results summary (.json) stage 7 wrote last for the experiment on TEST
     python -m crab.report test_sets exp/<tag>
         print the test sets the experiment has results summaries of, one per line
+    python -m crab.report check_trained --stage N exp/<tag>/<fold>/seed<seed>...
+        an error naming each run whose training stopped before its number_of_epochs
     python -m crab.report embeddings exp/<tag>/results_<test>[...].json
         print the embeddings.npz of the summary's first run that has one (nothing if none)
 """
@@ -147,18 +149,67 @@ def record_training(run_dir, wall_s, command, device="cpu", config=None, tuning=
     return info
 
 
-def checkpointed_training_seconds(run_dir):
-    """``train_s`` of the most recent checkpoint in ``run_dir/save``; None without one."""
+def latest_checkpoint(run_dir):
+    """``(folder, meta)`` of the most recent checkpoint in ``run_dir/save``; None without one."""
     import yaml  # SpeechBrain's dependency, needed only here
 
     latest = None
     for meta_file in glob.glob(os.path.join(glob.escape(run_dir), "save", "CKPT+*", "CKPT.yaml")):
         with open(meta_file, encoding="utf-8") as f:
             meta = yaml.safe_load(f) or {}
-        if latest is None or meta.get("unixtime", 0) > latest.get("unixtime", 0):
-            latest = meta
-    seconds = None if latest is None else latest.get("train_s")  # crab.checkpointing.TRAIN_SECONDS
+        if latest is None or meta.get("unixtime", 0) > latest[1].get("unixtime", 0):
+            latest = os.path.dirname(meta_file), meta
+    return latest
+
+
+def checkpointed_training_seconds(run_dir):
+    """``train_s`` of the most recent checkpoint in ``run_dir/save``; None without one."""
+    latest = latest_checkpoint(run_dir)
+    seconds = None if latest is None else latest[1].get("train_s")  # crab.checkpointing.TRAIN_SECONDS
     return None if seconds is None else float(seconds)
+
+
+def unfinished_training(run_dir):
+    """``(epochs trained, number_of_epochs, latest checkpoint)`` of a run in ``run_dir`` whose
+    training stopped before its ``number_of_epochs`` (its hyperparams.yaml, which each training
+    invocation rewrites: more epochs asked for count); None when it finished, or when there is
+    nothing to tell it by (no checkpoint, no hyperparams.yaml)."""
+    from crab.runconfig import RUN_HPARAMS, TagTolerantLoader  # yaml only
+
+    latest = latest_checkpoint(run_dir)
+    hparams_file = os.path.join(run_dir, RUN_HPARAMS)
+    if latest is None or not os.path.isfile(hparams_file):
+        return None
+    import yaml
+
+    with open(hparams_file, encoding="utf-8") as f:
+        wanted = (yaml.load(f, Loader=TagTolerantLoader) or {}).get("number_of_epochs")
+    folder, meta = latest
+    counter = os.path.join(folder, "counter.ckpt")  # the epoch counter: the epoch under way or done
+    if os.path.isfile(counter):
+        with open(counter, encoding="utf-8") as f:
+            trained = int(f.read().strip()) - (0 if meta.get("end-of-epoch", True) else 1)
+    else:
+        trained = meta.get("epoch")
+    if not isinstance(wanted, int) or not isinstance(trained, int) or trained >= wanted:
+        return None
+    return trained, wanted, folder
+
+
+def check_trained(run_dirs, stage):
+    """A ``UserError`` naming each run of ``run_dirs`` whose training stopped before its last
+    epoch (``unfinished_training``): recipe stage ``stage`` would evaluate, score or package
+    an interrupted run as if it were the finished one."""
+    unfinished = [(run, unfinished_training(run)) for run in run_dirs if os.path.isdir(run)]
+    lines = [
+        f"{run}: trained {trained} of its {wanted} epochs (latest checkpoint {folder})"
+        for run, (trained, wanted, folder) in ((r, u) for r, u in unfinished if u)
+    ]
+    if lines:
+        raise cli.UserError(
+            f"stage {stage} needs finished runs, and training stopped early in: {'; '.join(lines)}. "
+            "Finish them first: rerun stage 5 with the options they were trained with (it resumes)"
+        )
 
 
 def read_train_info(run_dir):
@@ -981,6 +1032,9 @@ def main(argv=None):
     latest.add_argument("test_set")
     sets = commands.add_parser("test_sets", help="print the test sets an experiment has summaries of")
     sets.add_argument("experiment", help="exp/<tag>")
+    done = commands.add_parser("check_trained", help="an error naming the runs whose training stopped early")
+    done.add_argument("--stage", required=True, help="the recipe stage that needs them finished")
+    done.add_argument("run_dirs", nargs="*", help="exp/<tag>/<fold>/seed<seed>")
     emb = commands.add_parser("embeddings", help="print the embeddings.npz of a summary's first run")
     emb.add_argument("summary", help="exp/<tag>/results_<test>[...].json")
     args = parser.parse_args(argv)
@@ -1009,6 +1063,8 @@ def main(argv=None):
         print(latest_results(args.experiment, args.test_set))
     elif args.command == "test_sets":
         print("\n".join(test_sets(args.experiment)))
+    elif args.command == "check_trained":
+        check_trained(args.run_dirs, args.stage)
     elif args.command == "embeddings":
         print(summary_embeddings(args.summary) or "")
     elif args.command == "add_results":

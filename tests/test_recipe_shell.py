@@ -128,6 +128,45 @@ def test_a_later_stage_without_runs_of_its_tag_notes_the_tags_there(tmp_path):
     assert f"{tmp_path}/exp holds: crab_tiny" in result.stdout
 
 
+def interrupted_run(run, trained, epochs, end_of_epoch=True):
+    """A run folder as a training killed after ``trained`` of ``epochs`` epochs leaves it."""
+    checkpoint = run / "save" / "CKPT+2026-01-01+00-00-00+00"
+    checkpoint.mkdir(parents=True)
+    (run / "hyperparams.yaml").write_text(
+        f"seed: 42\nnumber_of_epochs: {epochs}\nmodel: !new:crab.model.Crab\n"
+    )
+    (checkpoint / "CKPT.yaml").write_text(f"end-of-epoch: {str(end_of_epoch).lower()}\nunixtime: 1.0\n")
+    (checkpoint / "counter.ckpt").write_text(str(trained if end_of_epoch else trained + 1))
+
+
+@pytest.mark.parametrize("stage", ["6", "7", "8"])
+def test_a_later_stage_of_an_interrupted_training_names_the_run(tmp_path, stage):
+    (tmp_path / "data" / "main").mkdir(parents=True)
+    (tmp_path / "data" / "main" / "test.json").write_text("{}")
+    run = tmp_path / "exp" / "crab_tiny" / "main" / "seed42"
+    interrupted_run(run, 1, 2)
+    result = run_mini(tmp_path, "--stage", stage, "--results_md", "")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output
+    assert (
+        f"stage {stage} needs finished runs, and training stopped early in: {tmp_path}/exp/crab_tiny"
+        in output
+    )
+    assert "seed42: trained 1 of its 2 epochs (latest checkpoint " in output and "rerun stage 5" in output
+    assert sorted(p.name for p in run.iterdir()) == ["hyperparams.yaml", "save"]  # nothing evaluated
+
+
+def test_unfinished_training_is_told_by_the_latest_checkpoint(tmp_path):
+    from crab.report import unfinished_training
+
+    interrupted_run(tmp_path / "mid", 1, 3, end_of_epoch=False)  # killed in epoch 2
+    assert unfinished_training(str(tmp_path / "mid"))[:2] == (1, 3)
+    interrupted_run(tmp_path / "done", 3, 3)
+    assert unfinished_training(str(tmp_path / "done")) is None
+    (tmp_path / "none").mkdir()  # no checkpoint, no hyperparams.yaml: nothing to tell
+    assert unfinished_training(str(tmp_path / "none")) is None
+
+
 def test_the_first_log_line_is_the_command_line_to_paste_back(tmp_path):
     result = run_mini(tmp_path, "--stage", "6", "--train_opts", "--alpha=1.5 --name='a b'")
     assert result.returncode != 0  # no manifests: the command line was logged before

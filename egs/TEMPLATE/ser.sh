@@ -266,6 +266,12 @@ need_manifests() {  # stage $1 reads the manifests of stage 3 of the splits $2..
   done
 }
 
+need_trained() {  # stage $1 evaluates, scores or packages the runs of the folds and seeds: finished ones
+  local fold seed runs=()
+  for fold in ${folds}; do for seed in ${seeds}; do runs+=("${exp_dir}/${tag}/${fold}/seed${seed}"); done; done
+  python -m crab.report check_trained --stage "$1" "${runs[@]}"
+}
+
 if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ] && [ -x local/corpus.sh ]; then
   if [ "${text_only}" = true ]; then
     log "Stage 0: skipped (--text_only true: no audio)"
@@ -378,6 +384,7 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
   tools=(crab.bin.evaluate); [ "${embeddings}" = false ] || tools+=(crab.bin.embeddings)
   # shellcheck disable=SC2086
   need_manifests 6 ${test_sets}
+  need_trained 6
   if as_jobs; then
     stage_as_jobs 6
   else
@@ -398,6 +405,7 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
 fi
 
 if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
+  need_trained 7
   for test_set in ${test_sets}; do
     log "Stage 7: results of ${tag} on ${test_set} over folds (${folds}) and seeds (${seeds})"
     preds=()
@@ -423,6 +431,7 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
 fi
 
 if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 8 ]; then
+  need_trained 8
   for fold in ${folds}; do
     for seed in ${seeds}; do
       # the transcripts' source and ASR model come from the run's own record
