@@ -456,7 +456,7 @@ def results_markdown(summary, title=None):
             setting = f"; tuning `{row['tuning']}`" if row.get("tuning") else ""
             lines.append(f"- {row['run']}: {row.get('machine')}; `{row['command']}`{setting}{trained_on}")
         else:
-            lines.append(f"- {row['run']}: no {TRAIN_INFO} (trained outside the recipe's stage 4)")
+            lines.append(f"- {row['run']}: no {TRAIN_INFO} (trained outside the recipe's stage 5)")
     return "\n".join(lines) + "\n"
 
 

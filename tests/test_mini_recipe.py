@@ -133,6 +133,24 @@ def test_rerunning_finished_training_changes_nothing(recipe):
     assert log.read_text() == before
 
 
+def test_a_training_killed_before_it_was_recorded_is_recorded_by_the_next_stage_5(recipe):
+    tmp, _, _ = recipe
+    info = tmp / "exp" / "crab_tiny" / "main" / "seed42" / "train_info.json"
+    recorded = info.read_text()
+    info.unlink()  # as a kill after the last checkpoint, before the recipe recorded the training
+    try:
+        run_recipe(
+            tmp, "--stage", "5", "--stop_stage", "5", "--train_opts", f"--number_of_epochs={EPOCHS} {CUT}"
+        )
+        again = json.loads(info.read_text())
+        assert again["wall_s"] == json.loads(recorded)["wall_s"] and again["invocations"] == 1
+        assert again["command"].endswith(
+            f"--stage 5 --stop_stage 5 --train_opts '--number_of_epochs={EPOCHS} {CUT}'"
+        )
+    finally:
+        info.write_text(recorded)
+
+
 def test_later_stages_use_the_runs_own_configuration(recipe):
     tmp, _, _ = recipe
     run_dir = tmp / "exp" / "crab_tiny" / "main" / "seed42"

@@ -362,8 +362,10 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         # shellcheck disable=SC2046
         "${train_launcher[@]}" -m crab.bin.train "${config}" $(run_opts "${fold}" "${seed}" "${train_device}") \
           "${ddp_opts[@]+"${ddp_opts[@]}"}" "${overrides[@]+"${overrides[@]}"}"
-        # epochs were trained; on several nodes, node 0 (the main process's) records them
-        if [ "${node_rank}" = 0 ] && [ "$(wc -l < "${out}/train_log.txt")" != "${before}" ]; then
+        # epochs were trained, or an interrupted invocation trained them and was not recorded;
+        # on several nodes, node 0 (the main process's) records them
+        if [ "${node_rank}" = 0 ] && { [ "$(wc -l < "${out}/train_log.txt")" != "${before}" ] ||
+          [ ! -f "${out}/train_info.json" ]; }; then
           python -m crab.report record_training --run_dir "${out}" --wall_s $((SECONDS - t0)) \
             --command "${command}" --device "${train_desc}" --config "${config}" --tuning "${tuning}"
         fi
