@@ -17,10 +17,9 @@ from crab.fileio import commit, stage, text_writer
 from crab.losses import total_loss
 from crab.metrics import METRICS, compute_scores
 from crab.model import NonFiniteOutputError, non_finite_rows
+from crab.report import EVALUATED_CHECKPOINT
 
 logger = logging.getLogger(__name__)
-
-EVALUATED_CHECKPOINT = "checkpoint.txt"  # in an evaluation's folder: the checkpoint its scores are of
 
 
 def _unwrap(module):

@@ -36,14 +36,13 @@ import yaml
 
 import crab
 from crab import cli
-from crab.brain import EVALUATED_CHECKPOINT
 from crab.checkpointing import TRAIN_SECONDS
 from crab.data import label_encoder
 from crab.encoders import waveform_normalization_mode
 from crab.inference import ENCODER_DIRS, METADATA, CrabClassifier, load_weights, package_files
 from crab.metrics import METRICS
 from crab.model_card import CARD, model_card, run_name
-from crab.report import git_commit
+from crab.report import EVALUATED_CHECKPOINT, git_commit
 
 logger = logging.getLogger(__name__)
 

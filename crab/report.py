@@ -54,6 +54,7 @@ from crab.metrics import METRICS, classification_report
 from crab.provenance import UNKNOWN, describe, read_run_provenance
 
 TRAIN_INFO = "train_info.json"
+EVALUATED_CHECKPOINT = "checkpoint.txt"  # in an evaluation's folder: the checkpoint its scores are of
 
 
 # ---------------------------------------------------------------- provenance
@@ -707,6 +708,7 @@ def score_run(path, per_run=False):
     classes, y_true, y_pred = read_predictions(path)
     report = classification_report(y_true, y_pred, classes)
     run_dir = run_dir_of(path)
+    check_evaluated_checkpoint(path, run_dir)
     info = read_train_info(run_dir) or {}
     row = {
         "run": run_dir,
@@ -729,6 +731,25 @@ def score_run(path, per_run=False):
     if per_run:
         write_run_files(os.path.dirname(path), report, run_dir)
     return row
+
+
+def check_evaluated_checkpoint(path, run_dir):
+    """A ``UserError`` when the predictions ``path`` are of a checkpoint (their folder's
+    ``checkpoint.txt``) that the run's ``save/`` no longer holds while it holds others: the
+    run trained on after it was evaluated, and its best checkpoint replaced that one. Nothing
+    to tell without the record or without checkpoints (an older evaluation, a cleaned run)."""
+    record = os.path.join(os.path.dirname(path), EVALUATED_CHECKPOINT)
+    if not os.path.isfile(record):
+        return
+    with open(record, encoding="utf-8") as f:
+        evaluated = f.read().strip()
+    held = [os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(run_dir), "save", "CKPT+*"))]
+    if held and evaluated not in held:
+        raise cli.UserError(
+            f"{path}: predictions of checkpoint {evaluated}, which {os.path.join(run_dir, 'save')} no longer "
+            f"holds (it holds {', '.join(sorted(held))}): the run trained on after it was evaluated. "
+            "Evaluate it again (stage 6)"
+        )
 
 
 def write_run_files(eval_dir, report, name):

@@ -149,6 +149,23 @@ def test_one_run_has_no_mean_row_and_missing_info_is_said(tmp_path):
     assert "no train_info.json" in table
 
 
+def test_predictions_of_a_checkpoint_the_run_no_longer_holds_are_refused(tmp_path, capsys):
+    run = tmp_path / "exp" / "x" / "main" / "seed1"
+    path = run / "eval_test" / "predictions.csv"
+    write_predictions(path, [("angry", "angry"), ("sad", "happy")])
+    (run / "eval_test" / "checkpoint.txt").write_text("CKPT+epoch2\n")
+    (run / "save" / "CKPT+epoch2").mkdir(parents=True)
+    score.main([str(path)])  # the checkpoint evaluated is the run's
+    (run / "save" / "CKPT+epoch2").rename(run / "save" / "CKPT+epoch4")  # trained on: a better one
+    with pytest.raises(SystemExit) as stale:
+        score.main([str(path), "--out", str(tmp_path / "results.md")])
+    assert str(stale.value) == (
+        f"ERROR: {path}: predictions of checkpoint CKPT+epoch2, which {run / 'save'} no longer holds "
+        "(it holds CKPT+epoch4): the run trained on after it was evaluated. Evaluate it again (stage 6)"
+    )
+    assert not (tmp_path / "results.md").exists()
+
+
 def test_comparison_table_in_the_paper_layout(two_runs, tmp_path):
     def summary(tag, uar, runs=2):
         rows = [

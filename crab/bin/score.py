@@ -11,7 +11,8 @@ the ``train_info.json`` there (written by the recipe's stage 5), and its embeddi
 ``embedding_scores.json`` next to the predictions (``crab.bin.embeddings``). The heading
 (``--title``) and the summary name the folds and seeds of the runs, and the runs of the
 same experiment with predictions on the same test set that were not given (a subset:
-``crab.report.left_out_runs``).
+``crab.report.left_out_runs``). Predictions of a checkpoint that their run's ``save/`` no longer
+holds (the run trained on after it was evaluated) are an error: evaluate it again.
 
 With ``--per_run``, each predictions file's directory also gets ``scores.json``
 (metrics, per-class precision / recall / F1, confusion matrix, absent classes),
