@@ -22,6 +22,7 @@ from crab.runconfig import (  # noqa: F401 (the configuration helpers, imported 
     TOP_LEVEL_KEY,
     ConfigError,
     check_overrides,
+    has_checkpoint,
     last_value_wins,
     load_hparams,
     load_run,
@@ -85,6 +86,8 @@ def prepare_labels_and_weights(hparams):
 
 def _write_labels_and_weights(hparams, encoder_path, weights_path):
     classes = list(hparams["classes"])
+    if os.path.isfile(encoder_path) and not has_checkpoint(hparams["save_folder"]):
+        os.remove(encoder_path)  # of a training killed before its first checkpoint: this one starts over
     label_encoder(classes, encoder_path)
     counts = class_counts(hparams["train_manifest"], classes)
     try:

@@ -135,6 +135,25 @@ def test_best_checkpoint_evaluation_and_saved_class_weights(data, tmp_path):
         assert (folder / "predictions.csv").read_text().count("\n") == 5
 
 
+def test_a_run_without_a_checkpoint_takes_the_classes_it_starts_with(data, tmp_path):
+    from crab.losses import WeightedCrossEntropy
+
+    save = tmp_path / "save"
+    save.mkdir()
+
+    def labels(classes):
+        hparams = {"classes": classes, "save_folder": str(save), "wce": WeightedCrossEntropy(num_classes=4)}
+        encoder = prepare_labels_and_weights({**hparams, "train_manifest": str(data / "train.json")})
+        return [encoder.ind2lab[i] for i in range(4)]
+
+    assert labels(CLASSES) == CLASSES  # a training killed before its first checkpoint
+    reordered = ["happy", "angry", "neutral", "sad"]
+    assert labels(reordered) == reordered  # starts over, as with any other setting
+    (save / "CKPT+1").mkdir()  # a checkpoint: the label order is the trained model's
+    with pytest.raises(DataError, match="holds labels"):
+        labels(CLASSES)
+
+
 def test_fused_adamw_on_cuda_only():
     """Adam/AdamW from the yaml (``!name:`` partials) are fused on CUDA; nothing changes
     on CPU, for other optimizers, or when the yaml chooses the implementation."""
