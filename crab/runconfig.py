@@ -179,6 +179,11 @@ def last_value_wins(overrides):
     return "\n".join(lines.values()) + "\n"
 
 
+def override_keys(overrides):
+    """The keys an override YAML text sets."""
+    return {line.partition(":")[0].strip() for line in (overrides or "").splitlines() if line.strip()}
+
+
 def resolved_values(text, overrides=None):
     """Top-level values of a hyperpyyaml text with ``overrides`` applied and every
     ``!ref`` resolved, as plain values (``(tag, value)`` for objects); nothing is built."""
@@ -488,8 +493,10 @@ def check_resume(hparams_file, overrides, folder, save_folder):
     ``save_folder``): it would train the old weights on, and rewrite the run's record.
     Keys of both configurations are compared, once resolved, but ``RESUME_KEYS``; a key
     only one of them has (a newer or older yaml) is not a setting of both. More epochs
-    (``number_of_epochs``, and what is built from it) train on, with a warning: the
-    checkpoint's learning-rate schedule was made for the epochs first asked for."""
+    (``number_of_epochs``, and what is built from it), given as an override, train on,
+    with a warning: the checkpoint's learning-rate schedule was made for the epochs first
+    asked for; another number from the yaml alone is an error (the run's own overrides
+    forgotten)."""
     run_file = os.path.join(folder, RUN_HPARAMS)
     if not os.path.isfile(run_file) or not has_checkpoint(save_folder):
         return
@@ -499,6 +506,14 @@ def check_resume(hparams_file, overrides, folder, save_folder):
     given = resolved_values(text, overrides)
     epochs = saved.get("number_of_epochs"), given.get("number_of_epochs")
     if None not in epochs and not same_value(*epochs):
+        if "number_of_epochs" not in override_keys(overrides):
+            # the yaml's default, not a choice: an interrupted run rerun without its --train_opts
+            raise ConfigError(
+                f"{folder} holds a run trained for {show(epochs[0])} epochs ({run_file}), and "
+                f"{hparams_file} gives {show(epochs[1])}: resume it with --number_of_epochs="
+                f"{show(epochs[0])} (the command it was started with), or train it on to "
+                f"{show(epochs[1])} with --number_of_epochs={show(epochs[1])}"
+            )
         logger.warning(
             "%s: number_of_epochs %s, trained with %s: training goes on, under the learning-rate "
             "schedule of its checkpoint (made for %s epochs%s); train a new run for a schedule over %s",

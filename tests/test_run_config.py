@@ -148,7 +148,17 @@ def test_training_resumed_with_other_settings_is_refused_before_anything_is_writ
     )
     assert (run / "hyperparams.yaml").read_text() == record
     assert "hidden_dim: 16 then, 64 now" in result.stderr and "the objects model, legs" in result.stderr
-    # more epochs train on (with a warning: the checkpoint's schedule was made for fewer)
+    # the yaml's 10 epochs, not asked for (the run's --number_of_epochs=1 forgotten): refused
+    forgot = [opt for opt in TRAIN_OPTS if not opt.startswith("--number_of_epochs")]
+    result = command("crab.bin.train", CONFIG, *run_options(data, run), *forgot)
+    assert_one_line_error(
+        result,
+        f"{run} holds a run trained for 1 epochs ({run}/hyperparams.yaml), and {CONFIG} gives 10",
+        "resume it with --number_of_epochs=1",
+        "train it on to 10 with --number_of_epochs=10",
+    )
+    assert (run / "hyperparams.yaml").read_text() == record
+    # more epochs asked for train on (with a warning: the checkpoint's schedule was made for fewer)
     more = command("crab.bin.train", CONFIG, *run_options(data, run), *TRAIN_OPTS, "--number_of_epochs=2")
     assert more.returncode == 0 and "number_of_epochs 2, trained with 1: training goes on" in more.stderr
     assert "(made for 1 epochs: epoch 2 gets head lr 0.00e+00, the cosine past its end)" in more.stderr
