@@ -44,19 +44,21 @@ def decoding_settings(args):
     return {**{key: getattr(args, key) for key in DECODING}, "dtype": dtype_name(args.dtype, args.device)}
 
 
-def check_model(out, model, settings, overwrite):
-    """Stop when the transcripts ``out`` (``text.asr``) came from another model, or from the
-    same with other ``decoding_settings`` (none recorded: made before they were, not checked)."""
-    if overwrite:
-        return
+def check_model(out, model, overwrite):
+    """Stop when the transcripts ``out`` (``text.asr``) came from another model."""
     previous = recorded_model(out + ".model")
-    if previous is not None and previous != model:
+    if previous is not None and previous != model and not overwrite:
         raise UserError(
             f"{out} was made with '{previous}', not '{model}': "
             "remove it, or pass --overwrite true to transcribe again"
         )
+
+
+def check_settings(out, settings):
+    """Stop when transcripts are to be added to ``out`` that its recorded decoding settings
+    (``decoding_settings``; none recorded: made before they were, not checked) differ from."""
     before = recorded_settings(out)
-    if previous is not None and before is not None and before != settings:
+    if before is not None and before != settings:
         differ = ", ".join(
             f"{key} {before.get(key)!r} then, {settings.get(key)!r} now"
             for key in sorted(set(before) | set(settings))
@@ -64,7 +66,8 @@ def check_model(out, model, settings, overwrite):
         )
         raise UserError(
             f"{out} was made with other decoding settings ({differ}; float16 is the dtype on CUDA, "
-            f"float32 elsewhere): run with those, or pass --overwrite true to transcribe again"
+            f"float32 elsewhere), and utterances are left to transcribe: run with those, or pass "
+            "--overwrite true to transcribe again"
         )
 
 

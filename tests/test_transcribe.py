@@ -313,6 +313,31 @@ def test_other_decoding_settings_stop_unless_overwrite(tmp_path, monkeypatch):
     assert json.loads((data_dir / "text.asr.settings").read_text())["dtype"] == "float32"
 
 
+def test_a_finished_dir_reruns_on_another_device_and_keeps_its_record(tmp_path, monkeypatch):
+    data_dir, _ = make_data_dir(tmp_path, n=2)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
+    run(data_dir, "model-a", "--device", "cuda:0")
+    before = (data_dir / "text.asr").read_text()
+    monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
+    run(data_dir, "model-a", "--device", "cpu")  # nothing left to decode: nothing mixed
+    assert (data_dir / "text.asr").read_text() == before
+    assert json.loads((data_dir / "text.asr.settings").read_text())["dtype"] == "float16"
+
+
+def test_missing_audio_alone_loads_no_model(tmp_path, monkeypatch, capsys):
+    data_dir, utts = make_data_dir(tmp_path, n=3)
+    wavs = dict(line.split() for line in (data_dir / "wav.scp").read_text().splitlines())
+    os.remove(wavs[utts[1]])
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
+    run(data_dir, "model-a")
+    monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
+    run(data_dir, "model-a")  # the copy still lacks the file: listed again, no model loaded
+    failed = (data_dir / "text.asr.failed").read_text()
+    assert failed == f"{utts[1]}\tmissing audio file {wavs[utts[1]]}\n"
+    assert "3 utterances, 0 empty transcripts, 1 failed" in capsys.readouterr().out
+    assert len(read_lines(data_dir / "text.asr")) == 2
+
+
 def test_transcripts_of_an_older_release_resume_and_get_their_settings(tmp_path, monkeypatch):
     data_dir, utts = make_data_dir(tmp_path, n=2)
     (data_dir / "text.asr").write_text(f"{utts[0]} made before settings were kept\n")

@@ -20,8 +20,10 @@ nothing, not even loading the model); at the end the file is rewritten atomicall
 in ``wav.scp`` order. The model's name is kept in ``text.asr.model``, its decoding
 settings (backend, language, task, beams, longest output, and the dtype as it ran:
 ``auto`` is float16 on CUDA, float32 elsewhere) in ``text.asr.settings``: a re-run with
-another model or other settings (a run begun on a GPU, resumed on a CPU) stops instead
-of mixing transcripts (``--overwrite true`` starts over). ``--reuse DIR ...`` takes the
+another model stops, one with other settings (a run begun on a GPU, resumed on a CPU)
+stops where utterances are left to transcribe, instead of mixing transcripts
+(``--overwrite true`` starts over). Missing audio files are listed without loading the
+model. ``--reuse DIR ...`` takes the
 transcripts that the same model made with the same settings in other data directories
 (a corpus's other folds) for the same ``wav.scp`` entries.
 An empty ASR output, or audio too short for the speech encoder, gives an empty
@@ -44,8 +46,10 @@ from crab.asr import (
     BACKENDS,
     DTYPES,
     check_model,
+    check_settings,
     decoding_settings,
     record_model,
+    recorded_model,
     transcribe_batches,
     write_transcripts,
 )
@@ -91,16 +95,28 @@ def main(argv=None):
     out = os.path.join(args.data_dir, "text.asr")
     wavs = read_table(os.path.join(args.data_dir, "wav.scp"))
     settings = decoding_settings(args)
-    check_model(out, args.model, settings, args.overwrite)
+    check_model(out, args.model, args.overwrite)
     done = {} if args.overwrite else read_transcripts(out)
     done = {utt: text for utt, text in done.items() if utt in wavs}
     todo = [utt for utt in wavs if utt not in done]
     reused = asr.reusable_transcripts(todo, wavs, args.model, settings, args.reuse)
     done.update(reused)
-    todo = [utt for utt in todo if utt not in reused]
+    # missing audio fails without the model (a corpus copy that lacks files loads no ASR model)
+    failed = {
+        utt: ("audio", f"missing audio file {wavs[utt]}")
+        for utt in todo
+        if utt not in reused and not os.path.isfile(wavs[utt])
+    }
+    for utt, (_, reason) in failed.items():
+        logger.warning("%s: %s: not transcribed (tried again next run)", utt, reason)
+    todo = [utt for utt in todo if utt not in reused and utt not in failed]
+    if todo or reused:  # transcripts are added: the same settings as those there
+        if not args.overwrite:
+            check_settings(out, settings)
     # a model that cannot be loaded (a typo) stops here, before anything is written
     transcriber = asr.load_transcriber(args) if todo else None  # through the module: tests patch it there
-    record_model(out, args.model, settings)
+    if todo or reused or recorded_model(out + ".model") is None:  # else the record of what is there stays
+        record_model(out, args.model, settings)
     write_transcripts(out, done, wavs)  # drops a cut-off line and utterances no longer in wav.scp
     logger.info(
         "%s: %d utterances, %d already transcribed (%d of them in --reuse directories)",
@@ -109,10 +125,10 @@ def main(argv=None):
         len(done),
         len(reused),
     )
-    failed = {}
     if todo:
-        new, failed = transcribe_batches(todo, wavs, transcriber, out, args.batch_size)
+        new, failed_now = transcribe_batches(todo, wavs, transcriber, out, args.batch_size)
         done.update(new)
+        failed.update(failed_now)
     write_transcripts(out, done, wavs)
     failed_file = out + ".failed"
     if failed:
