@@ -12,9 +12,10 @@ the recipe calls the small command-line part for every run:
     python -m crab.report tuning FILE
         check a tuning file (conf/tuning/<name>.yaml) and print its base config
     python -m crab.report record_training --run_dir DIR --wall_s S --command CMD [--device D]
-                                          [--config C --tuning FILE]
+                                          [--config C --tuning FILE] [--trained_now false]
         add S seconds to DIR/train_info.json and note the commit, machine, command,
-        config and tuning file
+        config and tuning file (--trained_now false: a run this invocation trained nothing
+        of, recorded only where its latest checkpoint holds the training time)
     python -m crab.report add_results --results_md RESULTS.md --summary exp/<tag>/results_<test>.json
                                       --command CMD [--config C --tuning FILE --device D --corpus NAME]
         prepend an entry (environment, setting, the commands that trained and scored the runs,
@@ -1037,6 +1038,14 @@ def main(argv=None):
     rec.add_argument("--device", default="cpu")
     rec.add_argument("--config", help="the base config the run was given")
     rec.add_argument("--tuning", help="the tuning file the run was given (empty: none)")
+    rec.add_argument(
+        "--trained_now",
+        type=cli.str2bool,
+        default=True,
+        help="false: this invocation trained nothing (a run an interrupted one finished): recorded only "
+        "where its latest checkpoint holds the training time, not a run an older release or a hand-run "
+        "trained",
+    )
     add = commands.add_parser("add_results", help="prepend an entry to a recipe's RESULTS.md")
     add.add_argument("--results_md", required=True, help="the results file (created when absent)")
     add.add_argument("--summary", required=True, help="exp/<tag>/results_<test>.json (crab.bin.score)")
@@ -1103,8 +1112,13 @@ def main(argv=None):
             print(f"{args.results_md}: added at the top: {heading}")
         else:
             print(f"{args.results_md}: '{heading}' has the same commands and table: no entry added")
-    else:
+    elif args.trained_now or checkpointed_training_seconds(args.run_dir) is not None:
         record_training(args.run_dir, args.wall_s, args.command, args.device, args.config, args.tuning)
+    else:
+        print(
+            f"{args.run_dir}: no {TRAIN_INFO}, and its checkpoint does not record the training time "
+            "(trained by an older release, or outside the recipe): left unrecorded"
+        )
 
 
 if __name__ == "__main__":

@@ -511,8 +511,9 @@ def check_resume(hparams_file, overrides, folder, save_folder):
             raise ConfigError(
                 f"{folder} holds a run trained for {show(epochs[0])} epochs ({run_file}), and "
                 f"{hparams_file} gives {show(epochs[1])}: resume it with --number_of_epochs="
-                f"{show(epochs[0])} (the command it was started with), or train it on to "
-                f"{show(epochs[1])} with --number_of_epochs={show(epochs[1])}"
+                f"{show(epochs[0])} (the command it was started with; run.sh: --train_opts "
+                f'"--number_of_epochs={show(epochs[0])}"), or train it on to {show(epochs[1])} with '
+                f"--number_of_epochs={show(epochs[1])}"
             )
         logger.warning(
             "%s: number_of_epochs %s, trained with %s: training goes on, under the learning-rate "

@@ -531,3 +531,20 @@ def test_train_logger_writes_the_file_log_and_asks_for_tensorboard(tmp_path):
         logger = TrainLogger(str(tmp_path / "log2.txt"), str(tmp_path / "tb"), use_tensorboard=True)
         logger.log_stats({"epoch": 1}, train_stats={"loss": 1.5})
         assert os.listdir(tmp_path / "tb")
+
+
+def test_a_run_trained_by_no_invocation_of_this_release_is_left_unrecorded(tmp_path, capsys):
+    """Stage 5 rerun on a finished run without train_info.json records it only where its
+    checkpoint holds the training time (an invocation killed before it recorded); a run an
+    older release or a hand-run trained would get this do-nothing invocation's time and command."""
+    checkpoint = tmp_path / "run" / "save" / "CKPT+old"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "CKPT.yaml").write_text("end-of-epoch: true\nunixtime: 1.0\n")
+    rerun = ["record_training", "--run_dir", str(tmp_path / "run"), "--wall_s", "3", "--command", "./run.sh"]
+    report_main([*rerun, "--trained_now", "false"])
+    assert not (tmp_path / "run" / "train_info.json").exists()
+    assert "does not record the training time" in capsys.readouterr().out
+    (checkpoint / "CKPT.yaml").write_text("end-of-epoch: true\nunixtime: 1.0\ntrain_s: 41.5\n")
+    report_main([*rerun, "--trained_now", "false"])
+    info = json.loads((tmp_path / "run" / "train_info.json").read_text())
+    assert (info["wall_s"], info["command"]) == (41.5, "./run.sh")

@@ -364,10 +364,11 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
           "${ddp_opts[@]+"${ddp_opts[@]}"}" "${overrides[@]+"${overrides[@]}"}"
         # epochs were trained, or an interrupted invocation trained them and was not recorded;
         # on several nodes, node 0 (the main process's) records them
-        if [ "${node_rank}" = 0 ] && { [ "$(wc -l < "${out}/train_log.txt")" != "${before}" ] ||
-          [ ! -f "${out}/train_info.json" ]; }; then
+        trained_now=true; [ "$(wc -l < "${out}/train_log.txt")" != "${before}" ] || trained_now=false
+        if [ "${node_rank}" = 0 ] && { [ "${trained_now}" = true ] || [ ! -f "${out}/train_info.json" ]; }; then
           python -m crab.report record_training --run_dir "${out}" --wall_s $((SECONDS - t0)) \
-            --command "${command}" --device "${train_desc}" --config "${config}" --tuning "${tuning}"
+            --command "${command}" --device "${train_desc}" --config "${config}" --tuning "${tuning}" \
+            --trained_now "${trained_now}"
         fi
       done
     done
