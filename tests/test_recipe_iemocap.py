@@ -134,11 +134,15 @@ def test_windows_1252_punctuation_stored_as_c1_controls_is_restored(corpus, tmp_
     # U+0085 (a Windows-1252 ellipsis once decoded as Latin-1) is a line break to str.splitlines
     # and whitespace to str.split: the transcript was cut there
     transcript = corpus / "Session3" / "dialog" / "transcriptions" / "Ses03F_impro01.txt"
-    text = transcript.read_text().replace("A ang sentence", "Well\u0085 wait, it\u0092s")
+    lines = transcript.read_text().split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("Ses03F_impro01_M000 "))
+    assert lines[at].endswith(": A ang sentence\tnumber 1.")
+    lines[at] = lines[at].replace("A ang sentence", "\u0085Well\u0085 wait, it\u0092s") + "\u0085"
+    text = "\n".join(lines)
     transcript.write_text(text, encoding="utf-8")
     prepare(corpus, tmp_path)
     assert table(tmp_path / "data" / "session3" / "test" / "text")["Ses03F_impro01_M000"] == (
-        "Well\u2026 wait, it\u2019s number 1."
+        "\u2026Well\u2026 wait, it\u2019s number 1.\u2026"
     )
 
 

@@ -146,6 +146,9 @@ def add_transcripts(utts, corpus_dir):
     for (session, dialog), wanted in by_dialog.items():
         path = os.path.join(corpus_dir, session, "dialog", "transcriptions", dialog + ".txt")
         for lineno, line in enumerate(read_lines(path), 1):
+            # C1 controls first: U+0085 (an ellipsis, see read_lines) is whitespace to strip(),
+            # split() and the pattern's \s, which would drop one at either end
+            line = line.translate(C1_AS_CP1252)
             utt = (line.split(maxsplit=1) or [""])[0]
             if utt not in wanted:
                 continue
@@ -154,8 +157,7 @@ def add_transcripts(utts, corpus_dir):
                 fail(f"{path}:{lineno}: malformed transcript line (want '{utt} [start-end]: text'): {line!r}")
             if wanted[utt].text is not None:
                 fail(f"{path}:{lineno}: second transcript for {utt}")
-            # C1 controls first: U+0085 (an ellipsis, see read_lines) is whitespace to split()
-            wanted[utt].text = " ".join(match.group(2).translate(C1_AS_CP1252).split())
+            wanted[utt].text = " ".join(match.group(2).split())
         missing = [u for u in wanted.values() if u.text is None]
         if missing:
             names = ", ".join(u.utt for u in missing[:10])
