@@ -118,13 +118,28 @@ def test_a_job_runs_its_command_as_given_and_asks_for_what_it_needs(tmp_path, sc
     assert f"cd {tmp_path}" in open(script).read()
 
 
+@pytest.mark.parametrize(
+    ("granted", "threads"), [({"NSLOTS": "3"}, "3"), ({"SLURM_CPUS_PER_TASK": "5"}, "5"), ({}, None)]
+)
+def test_a_jobs_threads_are_what_the_scheduler_granted_it(tmp_path, scheduler, granted, threads):
+    """Grid Engine's slots, Slurm's CPUs per task, else the cores the job may run on: not the
+    submitting shell's count, nor a whole node's that Grid Engine did not bind the job to."""
+    scheduler.env.update(granted, OMP_NUM_THREADS="99")
+    log = tmp_path / "job.log"
+    log.write_text("the output of an earlier attempt\n")
+    result = scheduler.run(tmp_path, str(log), "printenv", "OMP_NUM_THREADS")
+    assert result.returncode == 0, result.stderr
+    assert log.read_text() == f"{threads or len(os.sched_getaffinity(0))}\n"  # this attempt's alone
+
+
 def test_a_failed_job_fails_with_its_status_and_names_its_output(tmp_path, scheduler):
     log = tmp_path / "job.log"
     result = scheduler.run(tmp_path, str(log), "bash", "-c", "echo broken; exit 3")
     assert result.returncode == 3
     assert f"job 4242 failed (status 3); its output: {log}" in result.stderr
     assert log.read_text() == "broken\n"
-    assert "gpu" not in (tmp_path / "submit_args").read_text()  # --gpus 0 by default
+    options = (tmp_path / "submit_args").read_text().splitlines()[:-1]
+    assert not any("gpu" in option for option in options)  # --gpus 0 by default
 
 
 def test_an_interrupt_cancels_the_job(tmp_path, scheduler):

@@ -26,9 +26,11 @@ write_job_script() {
     echo "#!/usr/bin/env bash"
     echo "# $(date '+%Y-%m-%dT%H:%M:%S') submitted by $0 from $(pwd)"
     printf 'cd %q\n' "$(pwd)"
-    # the cores of this job, not those of the submitting shell (nproc would print its count)
+    # the cores of this job, not those of the submitting shell: Grid Engine's slots, Slurm's
+    # CPUs per task, else those the job may run on (Grid Engine often binds none: nproc would
+    # count the whole node's; nproc reads OMP_NUM_THREADS)
     # shellcheck disable=SC2016
-    echo 'unset OMP_NUM_THREADS; export OMP_NUM_THREADS=$(nproc)'
+    echo 'unset OMP_NUM_THREADS; export OMP_NUM_THREADS=${NSLOTS:-${SLURM_CPUS_PER_TASK:-$(nproc)}}'
     printf 'exec'
     printf ' %q' "$@"
     printf '\n'

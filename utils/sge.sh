@@ -8,13 +8,15 @@
 #
 # The job runs COMMAND in the current directory with the current environment (qsub -V:
 # the venv that path.sh activated, CRAB_COMMAND), except the core count (OMP_NUM_THREADS:
-# the job's own, nproc); its output (stdout and stderr) goes to LOG. The job script is
+# the job's slots, NSLOTS); its output (stdout and stderr) goes to LOG, started anew. The job script is
 # kept beside LOG as LOG.qsub, to read or resubmit. This script waits for the job
 # (qsub -sync y), cancels it (qdel) when interrupted, and exits with the job's status.
 # Requests: --gpus N as -l GPU_RESOURCE=N (--gpu_resource, default gpu; --gpus 0 asks for
 # none), --cpus N as -pe PE N (--pe, default smp), --mem as -l mem_free=SIZE, --time as
 # -l h_rt=LIMIT, --queue as -q. Resource and environment names differ between sites: other
-# settings (project, h_vmem, ...) go in --qsub_opts. Which GPU a job uses is the site's
+# settings (project, h_vmem, ...) go in --qsub_opts. Where the site's GPU resource is
+# consumable per slot, Grid Engine multiplies it by --cpus (-l gpu=1 -pe smp 8 asks for 8
+# GPUs): leave --cpus out, or name a per-job resource. Which GPU a job uses is the site's
 # choice (most set CUDA_VISIBLE_DEVICES for the job).
 set -euo pipefail
 # shellcheck source=utils/scheduler.sh
@@ -41,6 +43,7 @@ shift
 # qsub reads "host:path" in -o
 case "${log_file}" in *:*) die "the log path must not hold ':' (qsub reads it as host:path): ${log_file}" ;; esac
 mkdir -p "$(dirname "${log_file}")"
+: > "${log_file}"  # qsub -o appends: a rerun's log holds this attempt only
 
 script=${log_file}.qsub
 write_job_script "${script}" "$@"

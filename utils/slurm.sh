@@ -8,7 +8,7 @@
 #
 # The job runs COMMAND in the current directory with the current environment (sbatch's
 # default --export=ALL: the venv that path.sh activated, CRAB_COMMAND), except the core
-# count (OMP_NUM_THREADS: the job's own, nproc); its output goes to LOG. The job script
+# count (OMP_NUM_THREADS: the job's own, SLURM_CPUS_PER_TASK else nproc); its output goes to LOG. The job script
 # is kept beside LOG as LOG.sbatch, to read or resubmit. This script waits for the job
 # (sbatch --wait), cancels it when interrupted, and exits with the job's status. --gpus 0 asks for no GPU. Site settings (account, QoS, constraints)
 # go in --sbatch_opts or in Slurm's SBATCH_* environment variables.
