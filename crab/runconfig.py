@@ -165,23 +165,28 @@ def override_items(overrides):
     return items
 
 
+def _override_lines(overrides):
+    """``{key: its last line}`` of an override YAML text, in the order of those lines."""
+    lines = {}
+    for line in (overrides or "").splitlines():
+        if line.strip():
+            key = line.partition(":")[0].strip()
+            lines.pop(key, None)
+            lines[key] = line
+    return lines
+
+
 def last_value_wins(overrides):
     """The override YAML text with each key once, at its last value: ``--lr=1 --lr=2``
     sets lr to 2, as repeated command-line options do (hyperpyyaml rejects a repeated key)."""
     if not overrides:
         return overrides
-    lines = {}
-    for line in overrides.splitlines():
-        if line.strip():
-            key = line.partition(":")[0].strip()
-            lines.pop(key, None)
-            lines[key] = line
-    return "\n".join(lines.values()) + "\n"
+    return "\n".join(_override_lines(overrides).values()) + "\n"
 
 
 def override_keys(overrides):
     """The keys an override YAML text sets."""
-    return {line.partition(":")[0].strip() for line in (overrides or "").splitlines() if line.strip()}
+    return set(_override_lines(overrides))
 
 
 def resolved_values(text, overrides=None):
