@@ -202,11 +202,12 @@ def check_trained(run_dirs, stage):
     """A ``UserError`` naming each run of ``run_dirs`` whose training stopped before its last
     epoch (``unfinished_training``): recipe stage ``stage`` would evaluate, score or package
     an interrupted run as if it were the finished one."""
-    unfinished = [(run, unfinished_training(run)) for run in run_dirs if os.path.isdir(run)]
-    lines = [
-        f"{run}: trained {trained} of its {wanted} epochs (latest checkpoint {folder})"
-        for run, (trained, wanted, folder) in ((r, u) for r, u in unfinished if u)
-    ]
+    lines = []
+    for run in run_dirs:
+        found = unfinished_training(run) if os.path.isdir(run) else None
+        if found:
+            trained, wanted, folder = found
+            lines.append(f"{run}: trained {trained} of its {wanted} epochs (latest checkpoint {folder})")
     if lines:
         raise cli.UserError(
             f"stage {stage} needs finished runs, and training stopped early in: {'; '.join(lines)}. "

@@ -110,9 +110,8 @@ def main(argv=None):
     for utt, (_, reason) in failed.items():
         logger.warning("%s: %s: not transcribed (tried again next run)", utt, reason)
     todo = [utt for utt in todo if utt not in reused and utt not in failed]
-    if todo or reused:  # transcripts are added: the same settings as those there
-        if not args.overwrite:
-            check_settings(out, settings)
+    if (todo or reused) and not args.overwrite:  # transcripts are added: the settings of those there
+        check_settings(out, settings)
     # a model that cannot be loaded (a typo) stops here, before anything is written
     transcriber = asr.load_transcriber(args) if todo else None  # through the module: tests patch it there
     if todo or reused or recorded_model(out + ".model") is None:  # else the record of what is there stays

@@ -383,11 +383,12 @@ if [ "${stage}" -ge 6 ] && [ "${stage}" -le 8 ] && [ ! -d "${exp_dir}/${tag}" ];
   for dir in "${exp_dir}"/*/; do [ ! -d "${dir}" ] || others+=" $(basename "${dir}")"; done
   log "Note: no runs in ${exp_dir}/${tag} (tag ${tag}, from --tag or the name of --config or --tuning)${others:+; ${exp_dir} holds:${others}}"
 fi
+# ... and need it finished: checked once, for the first of them that runs
+if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 6 ]; then need_trained $((stage > 6 ? stage : 6)); fi
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
   tools=(crab.bin.evaluate); [ "${embeddings}" = false ] || tools+=(crab.bin.embeddings)
   # shellcheck disable=SC2086
   need_manifests 6 ${test_sets}
-  need_trained 6
   if as_jobs; then
     stage_as_jobs 6
   else
@@ -408,7 +409,6 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
 fi
 
 if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
-  need_trained 7
   for test_set in ${test_sets}; do
     log "Stage 7: results of ${tag} on ${test_set} over folds (${folds}) and seeds (${seeds})"
     preds=()
@@ -434,7 +434,6 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
 fi
 
 if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 8 ]; then
-  need_trained 8
   for fold in ${folds}; do
     for seed in ${seeds}; do
       # the transcripts' source and ASR model come from the run's own record
