@@ -80,7 +80,9 @@ def git_commit(path=None, short=True):
     commit = next((line.split()[-1] for line in lines if line.startswith("# branch.oid ")), "(initial)")
     if commit == "(initial)":  # no commit yet
         return None
-    dirty = any(not line.startswith(("# ", "? ")) or _untracked_code(line[2:]) for line in lines)
+    dirty = any(
+        _untracked_code(line[2:]) if line.startswith("? ") else not line.startswith("# ") for line in lines
+    )
     return (commit[:7] if short else commit) + ("+dirty" if dirty else "")
 
 

@@ -223,6 +223,8 @@ def test_the_recorded_commit_is_dirty_with_files_neither_committed_nor_ignored(t
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("")
     assert (git_commit(str(tmp_path)), git_commit(str(tmp_path), short=False)) == (full[:7], full)
+    git("checkout", "-q", "-b", "bump-conf.yaml")  # a branch named like a config: no file of the checkout
+    assert git_commit(str(tmp_path)) == full[:7]
     (tmp_path / "egs" / "new" / "conf.yaml").write_text("")  # an untracked config
     assert git_commit(str(tmp_path)) == full[:7] + "+dirty"
     (tmp_path / "egs" / "new" / "conf.yaml").unlink()
