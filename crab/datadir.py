@@ -16,7 +16,7 @@ import logging
 import os
 from collections import namedtuple
 
-from crab.dataprep import DataPrepError, clean_transcript, decode
+from crab.dataprep import DataPrepError, clean_transcript, decode, is_piped
 from crab.fileio import commit, stage, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def parse_wav_scp(path):
             failures.append(
                 Failure(line.utt, line.lineno, "line does not parse: expected '<utt-id> <audio path>'")
             )
-        elif line.value.endswith("|"):
+        elif is_piped(line.value):
             failures.append(
                 Failure(
                     line.utt,

@@ -50,6 +50,11 @@ class DataPrepError(UserError, RuntimeError):
     """Data preparation found utterances it cannot use."""
 
 
+def is_piped(value):
+    """Is a ``wav.scp`` value a piped command (Kaldi's extended filename ``<utt> cmd |``)?"""
+    return value.rstrip().endswith("|")
+
+
 def csv_records(reader, path):
     """``(first line, last line, record)`` of each record of the ``csv.reader`` ``reader`` of
     ``path``: a record spans lines where a quote is left open (or a field holds a line
@@ -155,7 +160,7 @@ def scan_samples(path, block_frames=1 << 18):
 def probe_audio(path):
     """``(info, None)`` for an audio file soundfile can open, else ``(None, (kind, message))``."""
     if not os.path.isfile(path):
-        if path.rstrip().endswith("|"):  # Kaldi's "<utt> cmd |": never run
+        if is_piped(path):  # never run
             return None, ("missing audio", f"a piped command, not an audio file (it is not run): {path}")
         return None, ("missing audio", f"missing audio file {path}")
     if os.path.getsize(path) == 0:
