@@ -169,6 +169,16 @@ def check_tokenizer(run_dir, tokenizer_sha256, record=None):
         )
 
 
+def trained_text_source(record):
+    """``(text_source, asr_model)`` the run of ``record`` (its ``text_source.json``) read:
+    ``("none", None)`` for a model without a text branch (recorded tokenizer None), which
+    read none of its manifest's transcripts."""
+    record = record or UNKNOWN
+    if "tokenizer_sha256" in record and record["tokenizer_sha256"] is None:
+        return "none", None
+    return record.get("text_source", "unknown"), record.get("asr_model")
+
+
 def describe(record):
     """``gold transcripts``, ``ASR transcripts of 'M'``, ..."""
     source = (record or {}).get("text_source", "unknown")
@@ -181,12 +191,11 @@ def package_text_source(run_dir, text_source=None, asr_model=None):
     """``(text_source, asr_model)`` of the run in ``run_dir`` for its package: the
     recorded ones; a given ``text_source`` or ``asr_model`` must agree with them
     (without a record, the given ones, as before the record existed)."""
-    recorded = read_run_provenance(run_dir)
     where = os.path.join(run_dir, RUN_FILE)
-    if not recorded or recorded.get("text_source", "unknown") == "unknown":
+    source, model = trained_text_source(read_run_provenance(run_dir))
+    if source == "unknown":
         source = text_source or "unknown"
         return source, (asr_model or None) if source == "asr" else None
-    source, model = recorded["text_source"], recorded.get("asr_model")
     if text_source and text_source != source:
         raise ProvenanceError(
             f"--text_source {text_source} contradicts the run's text_source: {source} ({where}); "

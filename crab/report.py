@@ -52,7 +52,7 @@ from crab import cli
 from crab.embeddings import EMBEDDING_SCORES
 from crab.fileio import write_text_atomic
 from crab.metrics import METRICS, classification_report
-from crab.provenance import UNKNOWN, describe, read_run_provenance
+from crab.provenance import describe, read_run_provenance, trained_text_source
 
 TRAIN_INFO = "train_info.json"
 EVALUATED_CHECKPOINT = "checkpoint.txt"  # in an evaluation's folder: the checkpoint its scores are of
@@ -136,15 +136,15 @@ def record_training(run_dir, wall_s, command, device="cpu", config=None, tuning=
     checkpointed = checkpointed_training_seconds(run_dir)
     info["wall_s"] = checkpointed if checkpointed is not None else float(info["wall_s"]) + float(wall_s)
     info["invocations"] = int(info.get("invocations", 0)) + 1
-    transcripts = read_run_provenance(run_dir) or UNKNOWN
+    text_source, asr_model = trained_text_source(read_run_provenance(run_dir))
     info.update(
         command=command,
         commit=git_commit() or "unknown",
         machine=machine(device),
         versions=package_versions(),
         finished=datetime.datetime.now().isoformat(timespec="seconds"),
-        text_source=transcripts.get("text_source", "unknown"),  # from training's record (crab.provenance)
-        asr_model=transcripts.get("asr_model"),
+        text_source=text_source,  # from training's record (crab.provenance)
+        asr_model=asr_model,
     )
     if config is not None or tuning is not None:
         info.update(config=config, tuning=tuning or None)
@@ -724,10 +724,10 @@ def score_run(path, per_run=False):
             k: info.get(k) for k in ("wall_s", "commit", "machine", "versions", "command", "config", "tuning")
         },
     }
-    transcripts = read_run_provenance(run_dir) or {}  # the run's own record, when train_info.json lacks it
-    row.update({k: info.get(k, transcripts.get(k)) for k in ("text_source", "asr_model")})
-    if "tokenizer_sha256" in transcripts and transcripts["tokenizer_sha256"] is None:
-        row.update(text_source="none", asr_model=None)  # no text branch: the model read no transcript
+    source, asr_model = trained_text_source(read_run_provenance(run_dir))  # the run's own record
+    if source != "none":  # a train_info.json from before speech-only runs were told apart says gold
+        source, asr_model = info.get("text_source", source), info.get("asr_model", asr_model)
+    row.update(text_source=source, asr_model=asr_model)
     emb_path = os.path.join(os.path.dirname(path), "embedding_scores.json")
     if os.path.isfile(emb_path):
         with open(emb_path, encoding="utf-8") as f:

@@ -164,6 +164,21 @@ def test_speech_only_manifest_without_transcripts_trains(tmp_path):
     # its results say no transcript was read (the manifest's gold ones were not)
     row = score_run(str(run / "eval_test" / "predictions.csv"))
     assert (row["text_source"], row["asr_model"]) == ("none", None)
+    # and so do its training record and its package
+    info = record_training(str(run), 1.0, "run.sh --modality speech")
+    assert (info["text_source"], info["asr_model"]) == ("none", None)
+    options = [
+        CONFIG,
+        *run_options(tmp_path / "corpus", run),
+        "--modality=speech",
+        f"--data_folder={tmp_path / 'data'}",
+    ]
+    in_recipe(package_cli.main, [*options, "--out", str(tmp_path / "model")])
+    meta = json.loads((tmp_path / "model" / "metadata.json").read_text())
+    assert (meta["training"]["text_source"], meta["training"]["asr_model"]) == ("none", None)
+    assert "train_text_source: none" in (tmp_path / "model" / "hyperparams.yaml").read_text()
+    with pytest.raises(SystemExit, match="--text_source gold contradicts the run's text_source: none"):
+        in_recipe(package_cli.main, [*options, "--text_source", "gold", "--out", str(tmp_path / "model2")])
 
 
 def test_a_manifest_older_than_its_data_dir_is_refused(tmp_path):
