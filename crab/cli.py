@@ -14,8 +14,9 @@ class UserError(Exception):
 def entry_point(main):
     """Decorate a command's ``main(argv=None)``: a ``UserError`` raised anywhere below
     it ends the command with ``ERROR: <message>`` and exit status 1 (``SystemExit``
-    with that message), instead of a traceback. Every ``python -m crab...`` command
-    has it, so none needs its own try/except."""
+    with that message), instead of a traceback; Ctrl-C ends it with one line and status
+    130, as the shell reports a command killed by SIGINT. Every ``python -m crab...``
+    command has it, so none needs its own try/except."""
 
     @functools.wraps(main)
     def wrapped(argv=None):
@@ -23,6 +24,10 @@ def entry_point(main):
             return main(argv)
         except UserError as err:
             sys.exit(f"ERROR: {err}")
+        except KeyboardInterrupt:
+            spec = main.__globals__.get("__spec__")  # run as ``python -m``: __module__ is __main__
+            print(f"{spec.name if spec else main.__module__}: interrupted", file=sys.stderr)
+            sys.exit(130)
 
     return wrapped
 
