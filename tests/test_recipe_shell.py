@@ -182,6 +182,14 @@ def test_the_first_log_line_is_the_command_line_to_paste_back(tmp_path):
     assert "--alpha=1.5 --name='a b'" in pasted.stdout.splitlines()
 
 
+def test_backslashes_are_logged_as_typed(tmp_path):
+    result = run_mini(tmp_path, "--stage", "6", "--tag", "C:\\new\\corpus")  # \c would end echo -e's output
+    assert result.returncode != 0
+    first = result.stdout.splitlines()[0]
+    folders = f"--data_root {tmp_path} --data_dir {tmp_path}/data --exp_dir {tmp_path}/exp"
+    assert first.endswith(f"--stage 6 --tag 'C:\\new\\corpus' {folders}")
+
+
 def test_stage_3_names_the_fold_of_each_count_table(tmp_path):
     for fold, split in [(f, s) for f in ("main", "other") for s in ("train", "valid", "test")]:
         data = tmp_path / "data" / fold / split  # text only: no audio needed

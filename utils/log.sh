@@ -3,7 +3,7 @@
 # quote_words, a command line as one line to read and paste back into a shell.
 log() {
   local fname=${BASH_SOURCE[1]##*/}
-  echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+  printf '%s (%s:%s:%s) %s\n' "$(date '+%Y-%m-%dT%H:%M:%S')" "${fname}" "${BASH_LINENO[0]}" "${FUNCNAME[1]}" "$*"
 }
 
 quote_words() {  # "$@" as one line to paste back into a shell: words quoted where they need it
