@@ -1,6 +1,7 @@
 """The recipe shell explains itself: --help before anything is installed, validated
 options, one-line errors, the user's relative paths, setup.sh and sweep.sh options."""
 
+import glob
 import os
 import re
 import shutil
@@ -76,6 +77,34 @@ def test_bad_option_values_are_one_line_errors(bare_clone, args, message):
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+# the scripts a user starts (and utils/path.sh, which a user sources)
+BASH_ENTRY_POINTS = sorted(
+    {
+        os.path.relpath(path, ROOT)
+        for pattern in ("egs/*/run.sh", "egs/TEMPLATE/*.sh", "tools/*.sh")
+        for path in glob.glob(os.path.join(ROOT, pattern))
+        if not path.endswith(("db.sh", "path.sh"))
+    }
+)
+
+
+@pytest.mark.skipif(shutil.which("dash") is None, reason="needs dash, a POSIX sh that is not bash")
+@pytest.mark.parametrize("script", BASH_ENTRY_POINTS)
+def test_run_by_sh_a_script_says_it_needs_bash(script):
+    result = subprocess.run(["dash", script, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == f"{script} needs bash: run it as bash {script}\n"
+
+
+@pytest.mark.skipif(shutil.which("dash") is None, reason="needs dash, a POSIX sh that is not bash")
+def test_path_sh_sourced_by_sh_says_it_needs_bash():
+    result = subprocess.run(
+        ["dash", "-c", ". utils/path.sh"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 1 and "utils/path.sh needs bash" in result.stderr
+    assert "No environment" not in result.stderr
 
 
 def run_mini(tmp_path, *options):

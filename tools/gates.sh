@@ -12,6 +12,7 @@
 # Every gate runs, then prints one line, "gate NAME: ok (Ns)" or "gate NAME: FAILED (Ns)", after
 # its findings; the script exits 1 when any gate failed. Fix with: ruff check --fix, ruff format,
 # and by hand for shellcheck and the doctests. Needs tools/install.sh (ruff in the venv, shellcheck).
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${root}" || exit 2

@@ -28,6 +28,7 @@
 # With --quick the benchmarks run --quick (tiny) and training runs 1 epoch.
 # --budget_s S (default 480) bounds the whole check: each check's own time limit is cut
 # to what is left, and a check with under 20 s left is skipped.
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -uo pipefail
 
 device=cuda
@@ -37,7 +38,7 @@ work=
 ngpu=
 budget_s=480
 
-usage() { sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0"; }
+usage() { sed -n '2,/^set -uo/{/^#/!d;s/^# \{0,1\}//;p}' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device=$2; shift 2 ;;

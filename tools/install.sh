@@ -34,6 +34,7 @@
 # CRAB_INSTALL_TORCH_STATE=none|venv-cpu|venv-cuda|system-cpu|system-cuda[:VERSION]
 # (the torch found, default version 2.13.0+cpu or the CUDA pin),
 # CRAB_INSTALL_APT=yes|no (root with apt-get).
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 
 tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -48,7 +49,7 @@ cuda_torch_version=$(sed -n 's/^torchaudio==\([^ ]*\).*/\1/p' "${tools_dir}/requ
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (install.sh:${BASH_LINENO[0]}) $*"; }
 die() { echo "install.sh: $*" >&2; exit 2; }
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,/^set -euo/{/^#/!d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
 torch_mode=${CRAB_TORCH:-auto}
 torch_mode_from="CRAB_TORCH"

@@ -1,5 +1,10 @@
 # shellcheck shell=bash
 # Source me: activates the repository's virtual environment (tools/install.sh).
+if [ -z "${BASH_VERSION:-}" ]; then  # this file finds itself through bash's BASH_SOURCE
+  echo "utils/path.sh needs bash (in another shell: . tools/venv/bin/activate)" >&2
+  # shellcheck disable=SC2317
+  return 1 2>/dev/null || exit 1
+fi
 CRAB_ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 if [ ! -f "${CRAB_ROOT}/tools/venv/bin/activate" ]; then
   echo "No environment at ${CRAB_ROOT}/tools/venv: run ${CRAB_ROOT}/tools/install.sh first" >&2

@@ -30,6 +30,7 @@
 # With --nj N > 1 or --cmd, stages 2 and 4-6 run as jobs (utils/jobs.sh): each job is this
 # script for its stage and (5, 6) one fold and seed, N at once, here on GPUs of its own
 # or through a scheduler (--cmd "utils/slurm.sh ..." or "utils/sge.sh ..."), logged to exp/<tag>/log/.
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 
 # ---- options: name=default  # description (--help prints this block) ----
@@ -81,7 +82,7 @@ usage() {  # the header above and every option of the block with its default
   local command=${CRAB_COMMAND:-$0}
   echo "Usage: ${command%% *} [--option value ...]   (--option=value works too)"
   echo
-  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${self}"
+  sed -n '2,/^set -euo/{/^#/!d;s/^# \{0,1\}//;p}' "${self}"
   echo "Options (default in brackets):"
   awk '/^# ---- end of options/{exit}
        f && /^[a-z_]+=/ {

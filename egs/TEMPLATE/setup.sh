@@ -4,6 +4,7 @@
 # Copies what a corpus edits (run.sh, db.sh, path.sh, local/data.sh, README.md) and links
 # what every recipe shares (ser.sh, sweep.sh, utils/, the configs and ablation table),
 # so that fixes to the shared stages reach the new recipe. Then follow its README.md.
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 if [ $# -ne 1 ] || [[ $1 == -* ]]; then
   echo "Usage: $0 NEW_RECIPE_DIR   (e.g. $0 egs/mycorpus)"

@@ -14,6 +14,7 @@
 # N settings run at once, each logged to exp/<name>.sweep.log: through a scheduler
 # (--cmd) all their jobs are submitted together; on GPUs here they would share them,
 # so that needs --cmd (on CPU the cores are shared out).
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 
 # ---- options: name=default  # description ----
@@ -34,7 +35,7 @@ forward=()  # run.sh options: each takes a value
 while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h)
-      sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$(readlink -f "$0")"
+      sed -n '2,/^set -euo/{/^#/!d;s/^# \{0,1\}//;p}' "$(readlink -f "$0")"
       sed -n '/^# ---- options/,/^# ---- end/{/^# ----/d;s/^/  --/;p}' "$(readlink -f "$0")"
       echo "run.sh options: ./run.sh --help"; exit 0 ;;
     --*=*) name=${1%%=*}; value=${1#*=}; shift ;;

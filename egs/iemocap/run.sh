@@ -8,6 +8,7 @@
 #   ./run.sh --data_opts "--improvised_only true" --data_dir data_impro --tag crab_impro
 # Every other option goes to ser.sh (./run.sh --help), e.g.
 #   ./run.sh --stage 5 --seeds "42 43 44" --train_opts "--alpha=1.5"
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 . "$(dirname "$0")/utils/enter_recipe.sh"
 . ./db.sh

@@ -10,6 +10,7 @@
 # Every other option goes to ser.sh (./run.sh --help), e.g.
 #   ./run.sh --stage 5 --seeds "42 43 44" --train_opts "--alpha=1.5"
 # --asr_opts replaces the default "--language english --batch_size 16" as a whole.
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 . "$(dirname "$0")/utils/enter_recipe.sh"
 . ./db.sh
