@@ -4,6 +4,7 @@ options, one-line errors, the user's relative paths, setup.sh and sweep.sh optio
 import glob
 import os
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -105,6 +106,22 @@ def test_path_sh_sourced_by_sh_says_it_needs_bash():
     )
     assert result.returncode == 1 and "utils/path.sh needs bash" in result.stderr
     assert "No environment" not in result.stderr
+
+
+def test_path_sh_imports_this_checkouts_crab_before_the_users_pythonpath(tmp_path):
+    other = tmp_path / "other_checkout"  # another checkout of crab on the user's PYTHONPATH
+    (other / "crab").mkdir(parents=True)
+    (other / "crab" / "__init__.py").write_text("")
+    script = f". {shlex.quote(ROOT)}/utils/path.sh && python -c 'import crab; print(crab.__file__)'"
+    result = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(other)},
+        timeout=60,
+    )
+    assert result.stdout == os.path.join(ROOT, "crab", "__init__.py") + "\n", result.stderr
 
 
 def run_mini(tmp_path, *options):

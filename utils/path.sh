@@ -14,5 +14,7 @@ if [ ! -f "${CRAB_ROOT}/tools/venv/bin/activate" ]; then
 fi
 # shellcheck disable=SC1091
 . "${CRAB_ROOT}/tools/venv/bin/activate"
+# this checkout's crab, not another one's that the user's PYTHONPATH names
+export PYTHONPATH=${CRAB_ROOT}${PYTHONPATH:+:${PYTHONPATH}}
 export PYTHONUNBUFFERED=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
