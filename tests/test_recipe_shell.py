@@ -298,6 +298,28 @@ def test_setup_makes_a_recipe_of_links_and_copies(tmp_path):
     assert env.returncode == 0 and env.stdout.strip() == ROOT, env.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["egs/mini/run.sh", "--help"], ["tools/install.sh", "--dry_run"], ["egs/TEMPLATE/setup.sh", "NEW"]],
+)
+def test_a_relative_cd_ignores_the_users_cdpath(tmp_path, command):
+    decoy = tmp_path / "decoy"  # another checkout's folders of the same names, on CDPATH
+    for folder in ("egs/mini", "egs/TEMPLATE", "tools"):
+        (decoy / folder).mkdir(parents=True)
+    command = [str(tmp_path / "new") if word == "NEW" else word for word in command]
+    fake = {"CRAB_VENV": str(tmp_path / "venv"), "CRAB_INSTALL_TORCH_STATE": "none", "CRAB_INSTALL_GPU": "no"}
+    result = subprocess.run(
+        ["bash", *command],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **fake, "CDPATH": str(decoy)},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert str(decoy) not in result.stdout + result.stderr
+
+
 def test_parallel_jobs_run_n_at_a_time_and_failures_are_named(tmp_path):
     script = f"""
 . {ROOT}/utils/parallel.sh

@@ -14,6 +14,7 @@
 # and by hand for shellcheck and the doctests. Needs tools/install.sh (ruff in the venv, shellcheck).
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -uo pipefail
+unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${root}" || exit 2
 venv=${CRAB_VENV:-${root}/tools/venv}

@@ -30,6 +30,7 @@
 # to what is left, and a check with under 20 s left is skipped.
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -uo pipefail
+unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 
 device=cuda
 quick=false

@@ -36,6 +36,7 @@
 # CRAB_INSTALL_APT=yes|no (root with apt-get).
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
+unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 
 tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "${tools_dir}")

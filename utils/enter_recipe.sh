@@ -12,4 +12,5 @@ if [ -z "${CRAB_COMMAND:-}" ]; then
   export CRAB_COMMAND
 fi
 export CRAB_USER_CWD=${CRAB_USER_CWD:-${PWD}}
+unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 cd "$(dirname "$0")" || exit 1

@@ -6,6 +6,7 @@
 # so that fixes to the shared stages reach the new recipe. Then follow its README.md.
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
+unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 if [ $# -ne 1 ] || [[ $1 == -* ]]; then
   echo "Usage: $0 NEW_RECIPE_DIR   (e.g. $0 egs/mycorpus)"
   [ "${1:-}" = --help ] || [ "${1:-}" = -h ]; exit

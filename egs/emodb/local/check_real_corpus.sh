@@ -6,6 +6,7 @@
 #   local/check_real_corpus.sh /path/to/emodb                     # the folder holding wav/
 #   local/check_real_corpus.sh /path/to/emodb --pairing sorted    # the CPU results' folds
 set -euo pipefail
+unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 if [ $# -lt 1 ] || [ ! -d "$1" ]; then
   echo "Usage: $0 EMODB_DIR [local/data.sh options] (EMODB_DIR: the EmoDB folder holding wav/)" >&2
   exit 1

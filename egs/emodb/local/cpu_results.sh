@@ -22,6 +22,7 @@
 # the held-out file (frozen, ft1: best epoch on the validation pair, which is then training data).
 # The test pair stays unseen until evaluation.
 set -euo pipefail
+unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 cd "$(dirname "$0")/.."
 whisper=openai/whisper-base   # hub id, or a local directory in Hugging Face format
 setting=frozen

@@ -21,6 +21,7 @@
 # Stages (as ser.sh's): 1-4 data, cache and layer probe; 5-6 training and evaluation; 7 the tables
 # (<exp_dir>/ablations_test.md, and an entry per setting in RESULTS.md).
 set -euo pipefail
+unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 cd "$(dirname "$0")/.."
 minilm=sentence-transformers/all-MiniLM-L6-v2   # hub id (the tuning files'), or a local directory in Hugging Face format
 layer=weighted_sum

@@ -6,6 +6,7 @@
 #   local/test3.sh --model exp/crab/official/seed42/model --out exp/test3_seed42.csv
 #   local/test3.sh --model DIR --text_mode none ...          # a speech-only model
 set -euo pipefail
+unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 cd "$(dirname "$0")/.."
 model=                            # packaged model directory (stage 8), required
 out=                              # the CSV to submit, required
