@@ -58,6 +58,22 @@ def test_help_lists_every_option_without_a_venv(bare_clone):
     assert result.stdout.startswith(f"Usage: {bare_clone}/egs/mini/run.sh ")
 
 
+def test_run_options_reach_python_as_given(bare_clone):
+    """A folder with two spaces in a row: ser.sh passes each option of a run as one word."""
+    venv_bin = bare_clone / "tools" / "venv" / "bin"  # a stand-in python that records its arguments
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "activate").write_text(f'PATH="{venv_bin}:$PATH"\n')
+    (venv_bin / "python").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> "{bare_clone}/argv"\n')
+    (venv_bin / "python").chmod(0o755)
+    corpus, exp_dir = bare_clone / "my  corpus", bare_clone / "x  y" / "exp"
+    corpus.mkdir()
+    options = ("--stage", "8", "--data_root", str(corpus), "--exp_dir", str(exp_dir))
+    result = run(str(bare_clone / "egs" / "mini" / "run.sh"), *options)
+    assert result.returncode == 0, result.stderr
+    argv = (bare_clone / "argv").read_text().splitlines()
+    assert f"--data_root={corpus}" in argv and f"--output_folder={exp_dir}/crab_tiny/main/seed42" in argv
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -207,11 +207,12 @@ fi
 read -r -a asr_extra <<< "${asr_opts}"
 splits="train valid ${test_sets}"
 
-run_opts() {  # options of every run of fold $1, seed $2 (device $3: default ${device}, empty: none)
+run_opts() {  # sets the array opts: the options of every run of fold $1, seed $2 (device $3: default ${device}, empty: none)
   local run_device=${3-${device}}
-  echo --data_root="${data_root}" --data_folder="${data_dir}/$1" --seed="$2" --classes="[${classes}]" \
-    --output_folder="${exp_dir}/${tag}/$1/seed$2" ${run_device:+--device="${run_device}"} \
-    ${feature_cache:+--feature_cache="${feature_cache}"}
+  opts=(--data_root="${data_root}" --data_folder="${data_dir}/$1" --seed="$2" --classes="[${classes}]"
+    --output_folder="${exp_dir}/${tag}/$1/seed$2")
+  [ -z "${run_device}" ] || opts+=(--device="${run_device}")
+  [ -z "${feature_cache}" ] || opts+=(--feature_cache="${feature_cache}")
 }
 
 # Stages 2, 4-6 as jobs (--nj > 1 or --cmd): each job is this script, with the options given
@@ -340,8 +341,8 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ -n "${feature_cache}" 
       log "Stage 4: frozen-encoder states of fold ${fold} into ${feature_cache} (re-running extracts only what is missing)"
       manifests=(); for split in ${splits}; do manifests+=("${data_dir}/${fold}/${split}.json"); done
       # The yaml's checkpointer makes its folder on load: exp/extract_features/<fold>, not a run's.
-      # shellcheck disable=SC2046
-      python -m crab.bin.extract_features "${config}" $(run_opts "${fold}" "${first_seed}") \
+      run_opts "${fold}" "${first_seed}"
+      python -m crab.bin.extract_features "${config}" "${opts[@]}" \
         "${overrides[@]+"${overrides[@]}"}" --output_folder="${exp_dir}/extract_features/${fold}" \
         --manifests "${manifests[@]}"
     done
@@ -360,8 +361,8 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         before=0
         if [ -f "${out}/train_log.txt" ]; then before=$(wc -l < "${out}/train_log.txt"); fi
         t0=${SECONDS}
-        # shellcheck disable=SC2046
-        "${train_launcher[@]}" -m crab.bin.train "${config}" $(run_opts "${fold}" "${seed}" "${train_device}") \
+        run_opts "${fold}" "${seed}" "${train_device}"
+        "${train_launcher[@]}" -m crab.bin.train "${config}" "${opts[@]}" \
           "${ddp_opts[@]+"${ddp_opts[@]}"}" "${overrides[@]+"${overrides[@]}"}"
         # epochs were trained, or an interrupted invocation trained them and was not recorded;
         # on several nodes, node 0 (the main process's) records them
@@ -398,8 +399,8 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
         for test_set in ${test_sets}; do
           log "Stage 6: evaluate ${tag}, fold ${fold}, seed ${seed} on ${test_set} (${tools[*]})"
           for tool in "${tools[@]}"; do
-            # shellcheck disable=SC2046
-            python -m "${tool}" "${config}" $(run_opts "${fold}" "${seed}") \
+            run_opts "${fold}" "${seed}"
+            python -m "${tool}" "${config}" "${opts[@]}" \
               --test_manifest="${data_dir}/${fold}/${test_set}.json" --eval_name="${test_set}" \
               "${overrides[@]+"${overrides[@]}"}"
           done
@@ -439,8 +440,8 @@ if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 8 ]; then
     for seed in ${seeds}; do
       # the transcripts' source and ASR model come from the run's own record
       log "Stage 8: package ${tag}, fold ${fold}, seed ${seed} into ${exp_dir}/${tag}/${fold}/seed${seed}/model"
-      # shellcheck disable=SC2046
-      python -m crab.bin.package "${config}" $(run_opts "${fold}" "${seed}") \
+      run_opts "${fold}" "${seed}"
+      python -m crab.bin.package "${config}" "${opts[@]}" \
         "${overrides[@]+"${overrides[@]}"}" --out "${exp_dir}/${tag}/${fold}/seed${seed}/model"
     done
   done
