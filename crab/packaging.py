@@ -56,6 +56,11 @@ WORD = re.compile(r"[A-Za-z_][\w.-]*")
 # not a URL's (https://), up to a space, quote, comma or bracket
 PATH_START, PATH_CHARS = r"(?<![\w.~/:>})\]-])", r"[^\s'\",()\[\]{}]"
 ABSOLUTE_PATH = re.compile(PATH_START + "/" + PATH_CHARS + "+")
+# one with spaces: the rest of its line (a yaml value, one argument), up to a comment
+SPACED_PATH = re.compile(
+    PATH_START + "/" + PATH_CHARS + r"[^\n'\",()\[\]{}]*?" + PATH_CHARS + r"(?=[ \t]*(?:[ \t]#[^\n]*)?$)",
+    re.MULTILINE,
+)
 
 # the text of custom_interface.py (split in two so that its first line fits the line length)
 CUSTOM_INTERFACE = (
@@ -81,7 +86,7 @@ class PackageError(cli.UserError, RuntimeError):
 def portable(text, output_folder):
     """``text`` (or each string of a JSON value) without the training machine's absolute
     paths: one in ``output_folder`` as ``.../<tag>/<fold>/seed<seed>/...``, any other as
-    ``.../<its last part>`` (a path with a space: its part before the space)."""
+    ``.../<its last part>`` (a path with a space: one that ends its line, or a comment)."""
     if isinstance(text, dict):
         return {k: portable(v, output_folder) for k, v in text.items()}
     if isinstance(text, list):
@@ -92,7 +97,9 @@ def portable(text, output_folder):
     roots = sorted({os.path.abspath(output_folder), os.path.realpath(output_folder)}, key=len, reverse=True)
     for root in roots:  # the run's folder, or its subfolders
         text = re.sub(PATH_START + re.escape(root) + f"(?=/|(?!{PATH_CHARS}))", lambda _: run, text)
-    return ABSOLUTE_PATH.sub(lambda m: ".../" + os.path.basename(m.group().rstrip("/")), text)
+    for path in (SPACED_PATH, ABSOLUTE_PATH):
+        text = path.sub(lambda m: ".../" + os.path.basename(m.group().rstrip("/")), text)
+    return text
 
 
 def save_speech_encoder(encoder, out_dir):

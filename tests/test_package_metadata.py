@@ -120,6 +120,19 @@ def test_portable_keeps_names_and_urls():
     )
 
 
+def test_portable_names_no_folder_of_a_path_with_spaces():
+    run = "/home/Jane Doe/my recipe/exp/crab/main/seed42"
+    text = (
+        "# Generated from:\n# /home/Jane Doe/my recipe/conf/crab.yaml\n"
+        "data_root: /home/Jane Doe/my  corpus/wav files\nsource: /opt/my models/wavlm  # local\n"
+    )
+    assert portable(text, run) == (
+        "# Generated from:\n# .../crab.yaml\ndata_root: .../wav files\nsource: .../wavlm  # local\n"
+    )
+    arguments = ["--data_root=/home/Jane Doe/corpus", f"--output_folder={run}"]
+    assert portable(arguments, run) == ["--data_root=.../corpus", "--output_folder=.../crab/main/seed42"]
+
+
 def test_foreign_class_needs_the_whole_package_where_it_is(run, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(run[0], model)
