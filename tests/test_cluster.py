@@ -2,6 +2,7 @@
 ``sbatch`` and ``qsub`` that run the job script at once and record their options."""
 
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -205,7 +206,7 @@ def jobs(script, env=None):
     env = env or dict(os.environ)
     env["PATH"] = f"{os.path.dirname(sys.executable)}:{env['PATH']}"
     return subprocess.run(
-        ["bash", "-c", f"set -euo pipefail; . {ROOT}/utils/jobs.sh; {script}"],
+        ["bash", "-c", f"set -euo pipefail; . {shlex.quote(ROOT)}/utils/jobs.sh; {script}"],
         env=env,
         capture_output=True,
         text=True,
@@ -267,7 +268,7 @@ def test_a_launcher_that_is_not_found_is_an_error(tmp_path):
 
 
 def test_jobs_through_a_launcher(tmp_path, scheduler):
-    launcher = f"{scheduler.launcher} --time '1:00:00'"
+    launcher = f"{shlex.quote(scheduler.launcher)} --time '1:00:00'"
     env = dict(scheduler.env, OMP_NUM_THREADS="99")  # a scheduler's job: the cores it has, not this count
     result = jobs(f'{BUILD} jobs_run 3 "{launcher}" 1 {tmp_path}/log build a b c', env=env)
     assert result.returncode == 1 and f"see the end of: {tmp_path}/log/c.log" in result.stderr

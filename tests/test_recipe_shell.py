@@ -338,7 +338,7 @@ def test_a_relative_cd_ignores_the_users_cdpath(tmp_path, command):
 
 def test_parallel_jobs_run_n_at_a_time_and_failures_are_named(tmp_path):
     script = f"""
-. {ROOT}/utils/parallel.sh
+. {shlex.quote(ROOT)}/utils/parallel.sh
 job() {{ echo "start $1" >> {tmp_path}/events; sleep 0.3; echo "end $1" >> {tmp_path}/events; return "$2"; }}
 parallel_init 2
 echo "threads $OMP_NUM_THREADS"

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 
 import numpy as np
@@ -139,7 +140,8 @@ def test_the_entry_has_environment_setting_command_and_table(scored):
     assert f"- tuning: `{tuning}`: A narrower head." in entry
     assert "- base config: `conf/crab_tiny.yaml`" in entry
     assert (
-        f"- scored by: `{RECIPE}/run.sh --stage 7 --stop_stage 7 " in entry and f"--tuning {tuning}" in entry
+        f"- scored by: `{shlex.quote(RECIPE + '/run.sh')} --stage 7 --stop_stage 7 " in entry
+        and f"--tuning {tuning}" in entry
     )
     assert (
         "- trained by:\n  - main/seed1: `./run.sh --seeds 1`\n  - main/seed2: `./run.sh --seeds 2`\n" in entry
