@@ -6,14 +6,21 @@ whole new one, never a torn one. A temporary name is hidden and unique to its
 writer (``.<name>.<pid>.<random>.tmp``): two processes never write the same one,
 and no glob of a folder's files (``utt2*``, ``*.wav``) sees it. A ``write`` that
 raises leaves nothing behind; a kill leaves its temporary file, which a writer
-holding the folder (a lock) may remove (``remove_temps``).
+holding the folder (a lock) may remove (``remove_temps``). A write the system refuses
+(a full disk, a quota) is a ``WriteError`` naming the file, which is left as it was.
 """
 
 import glob
 import os
 import secrets
 
+from crab.cli import UserError
+
 TEMP_SUFFIX = ".tmp"
+
+
+class WriteError(UserError, OSError):
+    """A file could not be written (a full disk, a quota exceeded): the message names it."""
 
 
 def fsync(path):
@@ -41,7 +48,8 @@ def remove_temps(folder):
 def stage(writes):
     """Write each ``(path, write)`` of ``writes`` to a temporary file, ``write(tmp)``,
     flushed to disk; returns the ``(tmp, path)`` pairs, for ``commit``. If one raises,
-    every temporary file written so far is removed."""
+    every temporary file written so far is removed (an ``OSError`` becomes a ``WriteError``
+    naming its ``path``)."""
     staged = []
     try:
         for path, write in writes:
@@ -49,10 +57,13 @@ def stage(writes):
             staged.append((tmp, path))
             write(tmp)
             fsync(tmp)
-    except BaseException:  # a KeyboardInterrupt too
+    except BaseException as err:  # a KeyboardInterrupt too
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.remove(tmp)
+        if staged and isinstance(err, OSError) and not isinstance(err, WriteError):
+            path, why = staged[-1][1], err.strerror or err
+            raise WriteError(err.errno, f"cannot write {path} ({why}): it is left as it was") from err
         raise
     return staged
 

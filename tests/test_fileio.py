@@ -1,9 +1,11 @@
 """crab.fileio: the one atomic write (temporary file, fsync, rename, fsync of the folder)."""
 
+import errno
 import os
 
 import pytest
 
+from crab.cli import UserError
 from crab.fileio import remove_temps, temp_path, write_atomic, write_text_atomic
 
 
@@ -20,6 +22,22 @@ def test_a_write_that_raises_leaves_the_old_file_and_no_temporary_file(tmp_path)
         write_atomic(str(path), torn)
     assert path.read_text() == "old\n"
     assert os.listdir(tmp_path) == ["table"]
+
+
+def test_a_full_disk_is_an_error_naming_the_file_which_keeps_its_old_content(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text("old\n")
+
+    def full(tmp):
+        with open(tmp, "w") as f:
+            f.write("half of the ne")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(UserError, match=f"cannot write {path} \\(No space left on device\\)") as err:
+        write_atomic(str(path), full)
+    assert isinstance(err.value, OSError) and err.value.errno == errno.ENOSPC  # still an OSError
+    assert path.read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["RESULTS.md"]
 
 
 def test_two_writers_of_one_file_never_share_a_temporary_file(tmp_path):
