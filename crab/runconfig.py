@@ -18,6 +18,7 @@ SpeechBrain, hyperpyyaml's loader and the encoders are imported where they are u
 the recipe reads tuning files and checks overrides with ``yaml`` alone.
 """
 
+import datetime
 import glob
 import io
 import json
@@ -30,6 +31,7 @@ import sys
 import yaml
 
 from crab.cli import UserError
+from crab.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -407,6 +409,19 @@ def relocated(text, old, new):
     ``old/``, unquoted, quoted or in a flow list; any other text is left as it is."""
     path = re.compile(r"(?<=[\s'\"\[,])" + re.escape(old) + r"(?=/|[\s'\"\],]|$)", re.MULTILINE)
     return path.sub(lambda _: new, text)
+
+
+def write_run_hparams(hparams_file, overrides, folder):
+    """Write ``<folder>/hyperparams.yaml``: ``hparams_file`` with ``overrides``, references
+    resolved, as SpeechBrain's ``create_experiment_directory`` writes it, but atomically:
+    every training invocation rewrites it, a resumed one too, and a full disk or a kill
+    must leave the run's record whole for its resume and for stages 6-8."""
+    from hyperpyyaml.core import resolve_references
+
+    with open(hparams_file, encoding="utf-8") as f:
+        resolved = resolve_references(f, overrides).getvalue()
+    header = f"# Generated {datetime.date.today()} from:\n# {os.path.abspath(hparams_file)}\n"
+    write_text_atomic(os.path.join(folder, RUN_HPARAMS), header + "# yamllint disable\n" + resolved)
 
 
 def run_text(run_file, folder):

@@ -1,14 +1,17 @@
 """Every stage after training reads the run's own configuration (<output_folder>/hyperparams.yaml)."""
 
+import builtins
+import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from crab.bin import evaluate
+from crab.bin import evaluate, train
 from crab.bin import package as package_cli
 from crab.runconfig import ConfigError, check_against_run, load_run, relocated, resolved_values, same_value
 from tests.conftest import ROOT, write_tone_corpus
@@ -168,6 +171,49 @@ def test_training_resumed_with_other_settings_is_refused_before_anything_is_writ
     (run / "hyperparams.yaml").write_text(record.replace("\nnum_workers:", "\nnum_workerz:"))
     train_run(data, run, *TRAIN_OPTS, "--ckpt_interval_minutes=5")
     assert "num_workers" in (run / "hyperparams.yaml").read_text()
+
+
+class FullDisk:
+    """A file open for writing on a disk that fills up: its first write lands in part, then fails."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def write(self, text):
+        self.file.write(text[: len(text) // 2])
+        self.file.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def test_a_full_disk_when_training_resumes_keeps_the_runs_record(trained, data, tmp_path, monkeypatch):
+    """Every training invocation rewrites the run's hyperparams.yaml: the disk filling up then
+    must leave it whole, for stages 6-8 and the next resume, and say which file it could not write."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    record = (run / "hyperparams.yaml").read_text()
+    real_open = builtins.open
+
+    def open_on_full_disk(file, mode="r", *args, **kwargs):
+        opened = real_open(file, mode, *args, **kwargs)
+        writing = "w" in mode and "hyperparams.yaml" in os.path.basename(str(file))
+        return FullDisk(opened) if writing else opened
+
+    monkeypatch.setattr(builtins, "open", open_on_full_disk)
+    full = re.escape(f"cannot write {run}/hyperparams.yaml (No space left on device)")
+    with pytest.raises(SystemExit, match=full):
+        in_recipe(train.main, [CONFIG, *run_options(data, run), *TRAIN_OPTS, "--noprogressbar"])
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert (run / "hyperparams.yaml").read_text() == record
+    assert evaluate_run(data, run, "after") == evaluate_run(data, trained, "before")
 
 
 def test_a_run_reads_only_the_tokenizer_it_was_trained_with(data, tmp_path):

@@ -39,7 +39,7 @@ from crab.experiment import (
 )
 from crab.features import model_tokenizer_digest
 from crab.provenance import record_run_provenance
-from crab.runconfig import ConfigError, check_resume, has_checkpoint
+from crab.runconfig import ConfigError, check_resume, has_checkpoint, write_run_hparams
 
 
 @cli.entry_point
@@ -73,9 +73,9 @@ def _train(hparams_file, run_opts, overrides, hparams):
         valid_manifest=hparams["valid_manifest"],
         resumed=has_checkpoint(hparams["save_folder"]),
     )
-    sb.create_experiment_directory(
-        hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
-    )
+    if sb.utils.distributed.if_main_process():
+        write_run_hparams(hparams_file, overrides, hparams["output_folder"])
+    sb.create_experiment_directory(hparams["output_folder"])
     os.makedirs(hparams["save_folder"], exist_ok=True)
     encoder = prepare_labels_and_weights(hparams)
     cache = feature_cache(hparams, [hparams["train_manifest"], hparams["valid_manifest"]])
