@@ -19,6 +19,7 @@ import torch
 from speechbrain.utils import checkpoints
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
+from crab.cli import UserError
 from crab.distributed import world_size
 from crab.fileio import fsync
 
@@ -27,6 +28,10 @@ logger = logging.getLogger(__name__)
 STAGING_PREFIX = ".partial-"
 TRAIN_SECONDS = "train_s"  # checkpoint meta: wall time of training up to the checkpoint
 PROCESSES = "processes"  # checkpoint meta: the processes of the run that saved it (DDP: several)
+
+
+class CheckpointSaveError(UserError, RuntimeError):
+    """A checkpoint could not be written (a full disk, a quota): the earlier ones are kept."""
 
 
 class Checkpointer(checkpoints.Checkpointer):
@@ -40,7 +45,8 @@ class Checkpointer(checkpoints.Checkpointer):
     into place once every file is written and on disk (fsynced, files and
     directory, before the rename; the rename itself after), so that neither a
     kill nor a power cut leaves a listed checkpoint with missing or empty files.
-    The next save removes what an interrupted one left.
+    The next save removes what an interrupted one left; a save that fails (a full disk)
+    removes it at once and is a ``CheckpointSaveError`` naming the checkpoint.
 
     Each checkpoint's meta holds ``train_s``: the wall time of the run up to it,
     from the checkpointer's creation (the run's yaml loaded) in each process that
@@ -59,18 +65,22 @@ class Checkpointer(checkpoints.Checkpointer):
         if self._seconds_before is not None:
             meta[TRAIN_SECONDS] = round(self._seconds_before + time.monotonic() - self._started, 1)
         meta[PROCESSES] = world_size()
-        if if_main_process():
-            for leftover in self.checkpoints_dir.glob(STAGING_PREFIX + "*"):
-                shutil.rmtree(leftover)
-        staged = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
+        self._remove_partial()
+        try:
+            staged = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
+        except (OSError, RuntimeError) as err:  # torch.save's writer fails with a RuntimeError
+            raise self._save_failed(err) from err
         ddp_barrier()  # every process has written its files
         checkpoint = None
         if staged is not None:  # the main process
             path = staged.path.with_name(staged.path.name[len(STAGING_PREFIX) :])
-            for file in sorted(staged.path.iterdir()):  # every process's files
-                fsync(file)
-            fsync(staged.path)
-            os.rename(staged.path, path)
+            try:
+                for file in sorted(staged.path.iterdir()):  # every process's files
+                    fsync(file)
+                fsync(staged.path)
+                os.rename(staged.path, path)
+            except OSError as err:
+                raise self._save_failed(err) from err
             fsync(path.parent)
             paramfiles = {key: path / file.name for key, file in staged.paramfiles.items()}
             checkpoint = checkpoints.Checkpoint(path, staged.meta, paramfiles)
@@ -78,6 +88,23 @@ class Checkpointer(checkpoints.Checkpointer):
         # which old ones to delete, or their lists differ and the deletions deadlock.
         ddp_barrier()
         return checkpoint
+
+    def _remove_partial(self):
+        """Remove the hidden folders of saves that did not finish."""
+        if if_main_process():
+            for leftover in self.checkpoints_dir.glob(STAGING_PREFIX + "*"):
+                shutil.rmtree(leftover)
+
+    def _save_failed(self, err):
+        """The ``CheckpointSaveError`` of a save that failed with ``err``; what it wrote is removed,
+        which frees its space at once."""
+        self._remove_partial()
+        lines = str(err).strip().splitlines()
+        return CheckpointSaveError(
+            f"cannot save a checkpoint in {self.checkpoints_dir} ({type(err).__name__}: "
+            f"{lines[0] if lines else ''}; a full disk or quota?): the earlier checkpoints are kept, "
+            "and running the training again resumes from the latest"
+        )
 
     def load_checkpoint(self, checkpoint):
         super().load_checkpoint(checkpoint)

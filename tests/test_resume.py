@@ -16,6 +16,7 @@ import yaml
 
 from crab.brain import NonFiniteLossError, check_finite_losses
 from crab.checkpointing import Checkpointer, RandomState
+from crab.cli import UserError
 from crab.losses import WeightedCrossEntropy
 from crab.report import record_training
 from tests.conftest import ROOT, write_tone_corpus
@@ -225,6 +226,23 @@ def test_interrupted_save_leaves_no_checkpoint(tmp_path):
     third = checkpointer.save_and_keep_only(meta={"n": 3})
     assert third is None and not list(tmp_path.glob(".partial-*"))  # leftover removed
     assert [c.meta["n"] for c in checkpointer.list_checkpoints()] == [3]
+
+
+def test_a_save_on_a_full_disk_is_an_error_naming_the_checkpoints_and_keeps_the_earlier_ones(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    checkpointer = Checkpointer(tmp_path, {"model": model})
+    checkpointer.save_checkpoint(meta={"n": 1})
+
+    def full(obj, path):
+        path.write_bytes(b"PK\x03\x04 the start of a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 627328 vs 627220")
+
+    checkpointer.add_recoverable("fills_the_disk", _Dies(), custom_save_hook=full)
+    with pytest.raises(UserError, match=f"cannot save a checkpoint in {tmp_path} .*a full disk or quota"):
+        checkpointer.save_checkpoint(meta={"n": 2})
+    assert not list(tmp_path.glob(".partial-*"))  # its space is freed at once
+    del checkpointer.recoverables["fills_the_disk"]
+    assert checkpointer.recover_if_possible().meta["n"] == 1
 
 
 def test_checkpoints_count_training_time_over_resumes(tmp_path, monkeypatch):
