@@ -36,7 +36,7 @@ import yaml
 from crab import cli
 from crab.asr import dtype_name
 from crab.datadir import Failure, parse_wav_scp, read_texts
-from crab.fileio import write_text_atomic
+from crab.fileio import WriteError, write_text_atomic
 from crab.locking import file_lock
 
 logger = logging.getLogger(__name__)
@@ -768,7 +768,8 @@ class Runner:
         if self.job.text_mode != "none":
             usable = [u for u in usable if u.utt in texts]
         if usable:
-            self.isolated(lambda group: self.classify(group, audios, texts), usable, "classification")
+            lines = self.isolated(lambda group: self.classify(group, audios, texts), usable, "classification")
+            self.record(lines)  # not isolated: a file that cannot be written stops the run
 
     def isolated(self, fn, usable, what):
         """``fn(usable)`` (a dict); when it raises, ``fn`` on each utterance alone, so that
@@ -792,8 +793,7 @@ class Runner:
         return results
 
     def classify(self, usable, audios, texts):
-        """Classify ``usable`` and append their lines to the sources file, then to the results
-        file (each flushed, fsync'ed: no result is ever there without its source)."""
+        """Classify ``usable``: ``utt -> results line``."""
         import torch
 
         cut = self.classifier.max_samples
@@ -803,28 +803,41 @@ class Runner:
         batch_texts = [texts[u.utt] for u in usable] if self.job.text_mode != "none" else None
         with autocast(self.job.precision, self.classifier.device):
             out_prob = self.classifier.classify_batch(padded, batch_texts, lengths / padded.shape[1])[0]
-        lines = [
-            self.results.line(u.utt, probs, texts.get(u.utt, ""))
+        return {
+            u.utt: self.results.line(u.utt, probs, texts.get(u.utt, ""))
             for u, probs in zip(usable, out_prob.cpu().tolist(), strict=True)
-        ]
-        append(self.files["sources"], [self.sources.line(u.utt, self.read_from[u.utt]) for u in usable])
-        append(self.files["out"], lines)
-        self.done.update((u.utt, line) for u, line in zip(usable, lines, strict=True))
-        return dict(zip([u.utt for u in usable], lines, strict=True))
+        }
+
+    def record(self, lines):
+        """Append the classified ``lines`` (``utt -> results line``) to the sources file, then
+        to the results file: no result is ever there without its source."""
+        append(self.files["sources"], [self.sources.line(utt, self.read_from[utt]) for utt in lines])
+        append(self.files["out"], list(lines.values()))
+        self.done.update(lines)
 
 
 def append(file, lines):
-    """Append ``lines`` to ``file``, flushed and fsync'ed."""
-    file.writelines(lines)
-    file.flush()
-    os.fsync(file.fileno())
+    """Append ``lines`` to ``file``, fsync'ed. Written past the file's buffer, which a write that
+    fails (a full disk) would leave for closing to write again: the failure is one ``WriteError``
+    naming the file, and the next run drops a cut-off last line and classifies the rest."""
+    data = memoryview("".join(lines).encode("utf-8"))
+    try:
+        file.flush()
+        while data:
+            data = data[os.write(file.fileno(), data) :]
+        os.fsync(file.fileno())
+    except OSError as err:
+        raise WriteError(
+            err.errno,
+            f"cannot write {file.name} ({err.strerror or err}): what it holds is kept, and the same "
+            "command run again (once there is room) classifies the rest",
+        ) from err
 
 
 def write_failure(errors_file, wav_scp, failure):
-    """Log ``failure`` (a ``Failure`` of ``wav_scp``) and append it to ``errors_file``, flushed."""
+    """Log ``failure`` (a ``Failure`` of ``wav_scp``) and append it to ``errors_file``."""
     logger.warning("%s:%d: %s: %s", wav_scp, failure.line, failure.utt, failure.reason)
-    errors_file.write(f"{failure.utt}\t{failure.line}\t{failure.reason}\n")
-    errors_file.flush()
+    append(errors_file, [f"{failure.utt}\t{failure.line}\t{failure.reason}\n"])
 
 
 def transcript_problem(utt, texts, path):
@@ -952,7 +965,7 @@ def classify_wav_scp(job):
         sources.rewrite({utt: read_from[utt] for utt in kept if utt in read_from})
         write_text_atomic(job.out + ".model", json.dumps(settings, indent=2) + "\n")
         with open(job.out + ".errors", "w", encoding="utf-8") as errors_file:
-            errors_file.write("id\tline\treason\n")
+            append(errors_file, ["id\tline\treason\n"])
             failed = failures + unusable
             for failure in failed:
                 write_failure(errors_file, job.wav_scp, failure)

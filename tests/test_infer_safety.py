@@ -2,6 +2,7 @@
 results of other wav.scp files, resumes only into results of the same model and
 transcripts, never an input as --out, torn lines, transient failures, renames."""
 
+import errno
 import json
 import os
 import shutil
@@ -192,6 +193,30 @@ def test_transcripts_cut_inside_a_utf8_character(tmp_path, monkeypatch):
     (data_dir / "text.asr").write_bytes(lines[0][:-2] + b"\n" + lines[1] + lines[2])
     with pytest.raises(SystemExit, match=r"text.asr:1: not UTF-8"):
         run_transcribe(data_dir, "fake")
+
+
+def test_a_full_disk_stops_the_run_naming_the_results_file(trained, data, tmp_path, monkeypatch):  # noqa: F811
+    """A results file that cannot be written is no utterance's failure (with --skip_errors, one the
+    run would have gone on past, classifying the rest for nothing): the run stops naming it, and
+    the same command, once there is room, classifies the rest."""
+    model_dir = trained[2]
+    write_inputs(tmp_path, data)
+    out = tmp_path / "r.tsv"
+    assert gold(model_dir, tmp_path, tmp_path / "whole.tsv") == 0
+    real_fsync = os.fsync
+
+    def full_disk(fd):  # a network file system reports a full disk when the data is flushed
+        if os.readlink(f"/proc/self/fd/{fd}") == str(out):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    message = gold(model_dir, tmp_path, out)
+    assert isinstance(message, str) and f"cannot write {out} (No space left on device)" in message
+    assert "\n" not in message
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert gold(model_dir, tmp_path, out) == 0
+    assert sorted(out.read_text().splitlines()) == sorted((tmp_path / "whole.tsv").read_text().splitlines())
 
 
 # ---------------------------------------------------------------- F: smaller ones
