@@ -6,12 +6,14 @@ recipes use the pretrained encoder's own tokenizer.
 
 import argparse
 import os
+import shutil
 
 from tokenizers import ByteLevelBPETokenizer
 from transformers import RobertaTokenizerFast
 
 from crab import cli
 from crab.data import load_manifest
+from crab.fileio import fsync, temp_path
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0-4
 # Byte-level BPE keeps all 256 byte tokens whatever vocab_size asks for.
@@ -19,18 +21,41 @@ MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 
 
 def build_bpe_tokenizer(texts, out_dir, vocab_size=1000, model_max_length=128):
-    """Train on ``texts`` and save a ``RobertaTokenizerFast`` to ``out_dir``."""
+    """Train on ``texts`` and save a ``RobertaTokenizerFast`` to ``out_dir``.
+
+    Its files are written into a hidden folder beside ``out_dir``, renamed into place once all
+    are on disk: a build that fails (a full disk, a quota) leaves the old tokenizer whole, not
+    its files mixed with cut-off new ones that would load as another tokenizer."""
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
         list(texts), vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS
     )
     vocab = bpe.get_vocab()
-    os.makedirs(out_dir, exist_ok=True)
-    bpe.save_model(out_dir)
-    with open(os.path.join(out_dir, "merges.txt"), encoding="utf-8") as f:
-        merges = [tuple(line.split()) for line in f if line.strip() and not line.startswith("#")]
-    tokenizer = RobertaTokenizerFast(vocab=vocab, merges=merges, model_max_length=model_max_length)
-    tokenizer.save_pretrained(out_dir)
+    out_dir = os.path.normpath(out_dir)
+    tmp = temp_path(out_dir)
+    try:
+        os.makedirs(tmp)
+        bpe.save_model(tmp)
+        with open(os.path.join(tmp, "merges.txt"), encoding="utf-8") as f:
+            merges = [tuple(line.split()) for line in f if line.strip() and not line.startswith("#")]
+        tokenizer = RobertaTokenizerFast(vocab=vocab, merges=merges, model_max_length=model_max_length)
+        tokenizer.save_pretrained(tmp)
+        for name in os.listdir(tmp):
+            fsync(os.path.join(tmp, name))
+    except BaseException as err:  # a KeyboardInterrupt too
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Exception):  # the tokenizers library's write errors are plain Exceptions
+            raise cli.UserError(
+                f"cannot write the tokenizer {out_dir} ({err}): it is left as it was"
+            ) from err
+        raise
+    old = temp_path(out_dir) if os.path.isdir(out_dir) else None
+    if old:
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    if old:
+        shutil.rmtree(old)
+    fsync(os.path.dirname(os.path.abspath(out_dir)))
     return tokenizer
 
 

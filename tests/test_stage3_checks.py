@@ -1,7 +1,9 @@
 """Stage 3's checks of what training needs: every class in a fold's train split, a BPE
 tokenizer the text encoder can embed, counts that show every label."""
 
+import errno
 import json
+import os
 
 import pytest
 
@@ -122,6 +124,25 @@ def test_a_vocab_size_below_the_byte_level_minimum_says_so(tmp_path, capsys):
         ["--manifest", str(manifest), "--out_dir", str(tmp_path / "tok2"), "--vocab_size", "300"]
     )
     assert "minimum" not in capsys.readouterr().out
+
+
+def test_a_tokenizer_rebuilt_on_a_full_disk_is_left_as_it_was(tmp_path, monkeypatch):
+    """Stage 3 run again rebuilds the fold's tokenizer: a disk that fills up midway must not leave
+    the new vocabulary and merges beside the old tokenizer files (another tokenizer, loaded as good)."""
+    out = tmp_path / "tokenizer"
+    crab_tokenizer.build_bpe_tokenizer(["I feel angry today", "so sad right now"] * 3, str(out), 300)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+
+    def full_disk(self, path, *args, **kwargs):
+        with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+            f.write('{"add_prefix_sp')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(crab_tokenizer.RobertaTokenizerFast, "save_pretrained", full_disk)
+    with pytest.raises(UserError, match=f"cannot write the tokenizer {out} .*No space left on device"):
+        crab_tokenizer.build_bpe_tokenizer(["other words", "of another fold"] * 3, str(out), 300)
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    assert os.listdir(tmp_path) == ["tokenizer"]
 
 
 def test_count_table_counts_every_utterance_and_shows_unknown_labels():
