@@ -498,11 +498,18 @@ def extract(
                 for utt, states in encoded.items():
                     for branch, value in states.items():
                         tensors[f"{utt}/{branch}"] = value.to(DTYPES[dtype]).contiguous()
-            write_atomic(os.path.join(cache_dir, shard), functools.partial(save_file, tensors))
+            path = os.path.join(cache_dir, shard)
+            try:
+                write_atomic(path, functools.partial(save_file, tensors))
+            except SafetensorError as err:  # its write errors (a full disk) are no OSError
+                raise FeatureCacheError(
+                    f"cannot write {path} ({err}): the shards written before are kept, and the same "
+                    "extraction run again (once there is room) goes on from them"
+                ) from err
             index["shards"][shard] = sorted(todo[start : start + shard_size])
-            problem = _shard_problem(os.path.join(cache_dir, shard), index["shards"][shard], branches, dtype)
+            problem = _shard_problem(path, index["shards"][shard], branches, dtype)
             if problem is not None:  # as written: a bug or a failing disk, not to be indexed
-                raise FeatureCacheError(f"{os.path.join(cache_dir, shard)} does not read back: {problem}")
+                raise FeatureCacheError(f"{path} does not read back: {problem}")
             index["inputs"].update({utt: digests[utt] for utt in index["shards"][shard]})
             index["audio"].update({utt: audio[utt] for utt in index["shards"][shard] if utt in audio})
             write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import crab.features
@@ -139,6 +140,32 @@ def test_corrupt_shard_is_named_on_reading_and_repaired_by_extraction(corpus, tm
     for key in before:
         torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
     FeatureCache(str(cache)).check(model, duration, [str(corpus / "train.json")], str(corpus))
+
+
+def test_a_full_disk_stops_extraction_naming_the_shard_and_the_rerun_goes_on(corpus, tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    extract(corpus, whole, "--shard_size=7")
+    cache = tmp_path / "cache"
+    real_save = crab.features.save_file
+    written = []
+
+    def full_after_one(tensors, path):
+        if written:
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        written.append(os.path.basename(path))
+        real_save(tensors, path)
+
+    monkeypatch.setattr(crab.features, "save_file", full_after_one)
+    full = rf"ERROR: cannot write {cache}/shard_00001.safetensors \(.*No space left on device"
+    with pytest.raises(SystemExit, match=full):
+        extract(corpus, cache, "--shard_size=7")
+    assert sorted(os.listdir(cache)) == [".lock", "index.json", "shard_00000.safetensors"]
+    monkeypatch.setattr(crab.features, "save_file", real_save)
+    extract(corpus, cache, "--shard_size=7")
+    after, before = shards(cache), shards(whole)
+    assert after.keys() == before.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
 
 
 def _fsync_log(monkeypatch, module):
