@@ -276,65 +276,74 @@ def package(hparams, out, text_source="unknown", asr_model=None, arguments=None)
         raise PackageError(f"{out} exists and is not a Crab package: remove it or choose another --out")
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    try:
+        os.makedirs(tmp)
 
-    # saved again from the CPU copy: a run trained on a GPU tags its tensors cuda, which a
-    # plain torch.load on a machine without one refuses
-    torch.save(state, os.path.join(tmp, "model.ckpt"))
-    labels.save(os.path.join(tmp, "label_encoder.ckpt"))
-    with open(os.path.join(tmp, "class_weights.json"), "w", encoding="utf-8") as f:
-        json.dump(class_weights(hparams, checkpoint, classes), f, indent=2)
-    encoders = {}
-    if model.speech_encoder is not None:
-        folder = os.path.join(tmp, ENCODER_DIRS["speech"])
-        encoders["speech"] = save_speech_encoder(model.speech_encoder, folder)
-    if model.text_encoder is not None:
-        encoders["text"] = save_text_encoder(model.text_encoder, os.path.join(tmp, ENCODER_DIRS["text"]))
-    with open(os.path.join(tmp, "hyperparams.yaml"), "w", encoding="utf-8") as f:
-        f.write(hparams_text)
-    with open(os.path.join(tmp, "custom_interface.py"), "w", encoding="utf-8") as f:
-        f.write(CUSTOM_INTERFACE)
-    folder = hparams["output_folder"]
-    resolved = os.path.join(folder, "hyperparams.yaml")
-    hparams_file = None
-    if os.path.isfile(resolved):
-        hparams_file = "train_hyperparams.yaml"
-        with open(resolved, encoding="utf-8") as f:
-            text = portable(f.read(), folder)
-        with open(os.path.join(tmp, hparams_file), "w", encoding="utf-8") as f:
-            f.write(text)
-    meta = checkpoint.meta
-    epoch = meta.get("epoch")
-    if "counter" in checkpoint.paramfiles:
-        with open(checkpoint.paramfiles["counter"], encoding="utf-8") as f:
-            epoch = int(f.read().strip())
-    metadata = {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "classes": classes,
-        "modality": model.modality,
-        "training": {
-            "output_folder": os.path.abspath(folder),
-            "hparams_file": hparams_file,
-            "arguments": list(arguments or []),
-            "checkpoint": os.path.basename(checkpoint.path),
-            "epoch": epoch,
-            "train_s": meta.get(TRAIN_SECONDS),
-            "ckpt_metric": metric,
-            "valid_scores": {k: meta[k] for k in METRICS if k in meta},
-            "text_source": text_source,
-            "asr_model": asr_model if text_source == "asr" else None,
-            "test_scores": test_scores(folder, checkpoint),
-        },
-        "encoders": encoders,
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "git_commit": git_commit(short=False),
-        "versions": versions(),
-    }
-    metadata = {**portable(metadata, folder), "files": package_files(tmp)}
-    with open(os.path.join(tmp, METADATA), "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=2)
-    with open(os.path.join(tmp, CARD), "w", encoding="utf-8") as f:  # after the record: its owner may edit it
-        f.write(model_card(metadata, hparams.get("max_duration")))
+        # saved again from the CPU copy: a run trained on a GPU tags its tensors cuda, which a
+        # plain torch.load on a machine without one refuses
+        torch.save(state, os.path.join(tmp, "model.ckpt"))
+        labels.save(os.path.join(tmp, "label_encoder.ckpt"))
+        with open(os.path.join(tmp, "class_weights.json"), "w", encoding="utf-8") as f:
+            json.dump(class_weights(hparams, checkpoint, classes), f, indent=2)
+        encoders = {}
+        if model.speech_encoder is not None:
+            folder = os.path.join(tmp, ENCODER_DIRS["speech"])
+            encoders["speech"] = save_speech_encoder(model.speech_encoder, folder)
+        if model.text_encoder is not None:
+            encoders["text"] = save_text_encoder(model.text_encoder, os.path.join(tmp, ENCODER_DIRS["text"]))
+        with open(os.path.join(tmp, "hyperparams.yaml"), "w", encoding="utf-8") as f:
+            f.write(hparams_text)
+        with open(os.path.join(tmp, "custom_interface.py"), "w", encoding="utf-8") as f:
+            f.write(CUSTOM_INTERFACE)
+        folder = hparams["output_folder"]
+        resolved = os.path.join(folder, "hyperparams.yaml")
+        hparams_file = None
+        if os.path.isfile(resolved):
+            hparams_file = "train_hyperparams.yaml"
+            with open(resolved, encoding="utf-8") as f:
+                text = portable(f.read(), folder)
+            with open(os.path.join(tmp, hparams_file), "w", encoding="utf-8") as f:
+                f.write(text)
+        meta = checkpoint.meta
+        epoch = meta.get("epoch")
+        if "counter" in checkpoint.paramfiles:
+            with open(checkpoint.paramfiles["counter"], encoding="utf-8") as f:
+                epoch = int(f.read().strip())
+        metadata = {
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "classes": classes,
+            "modality": model.modality,
+            "training": {
+                "output_folder": os.path.abspath(folder),
+                "hparams_file": hparams_file,
+                "arguments": list(arguments or []),
+                "checkpoint": os.path.basename(checkpoint.path),
+                "epoch": epoch,
+                "train_s": meta.get(TRAIN_SECONDS),
+                "ckpt_metric": metric,
+                "valid_scores": {k: meta[k] for k in METRICS if k in meta},
+                "text_source": text_source,
+                "asr_model": asr_model if text_source == "asr" else None,
+                "test_scores": test_scores(folder, checkpoint),
+            },
+            "encoders": encoders,
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "git_commit": git_commit(short=False),
+            "versions": versions(),
+        }
+        metadata = {**portable(metadata, folder), "files": package_files(tmp)}
+        with open(os.path.join(tmp, METADATA), "w", encoding="utf-8") as f:
+            json.dump(metadata, f, indent=2)
+        # after the record: its owner may edit it
+        with open(os.path.join(tmp, CARD), "w", encoding="utf-8") as f:
+            f.write(model_card(metadata, hparams.get("max_duration")))
+    except (OSError, RuntimeError) as err:  # torch.save's writer fails with a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)  # its space is freed at once
+        lines = str(err).strip().splitlines()
+        raise PackageError(
+            f"cannot write the package {out} into {tmp} ({type(err).__name__}: "
+            f"{lines[0] if lines else ''}; a full disk or quota?): {out} is left as it was"
+        ) from err
 
     needs = {"speech": model.speech_encoder is not None, "text": model.text_encoder is not None}
     check_package(tmp, model, needs, hparams.get("max_duration"))

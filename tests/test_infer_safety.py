@@ -306,6 +306,27 @@ def test_package_is_renamed_over_the_old_one(trained, data, tmp_path, monkeypatc
     assert (model_dir / "model.ckpt").read_bytes() == before and not os.path.exists(f"{model_dir}.old")
 
 
+def test_a_package_written_on_a_full_disk_is_an_error_naming_it(trained, data, tmp_path, monkeypatch):  # noqa: F811
+    _, _, _, run_dir = trained
+    model_dir = tmp_path / "model"
+    package(data, run_dir, model_dir)
+    before = (model_dir / "model.ckpt").read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, path, *args, **kwargs):
+        if str(path).endswith("model.ckpt"):
+            with open(path, "wb") as f:
+                f.write(before[:100])
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 449856 vs 449808")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(SystemExit, match=f"cannot write the package {model_dir} .*a full disk or quota"):
+        package(data, run_dir, model_dir)
+    assert (model_dir / "model.ckpt").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # no partial package left taking the space
+
+
 # ---------------------------------------------------------------- G: one run per --out, redone audio
 
 
