@@ -16,7 +16,7 @@ import soundfile as sf
 
 from crab.cli import UserError
 from crab.dataprep import MIN_SAMPLES
-from crab.fileio import write_text_atomic
+from crab.fileio import append_lines, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -310,9 +310,7 @@ def transcribe_batches(todo, wavs, transcriber, out, batch_size):
             written = [utt for utt in batch if utt not in failed]
             for utt in written:
                 results[utt] = " ".join(texts.get(utt, "").split())  # one line, single spaces
-            f.writelines(format_line(utt, results[utt]) for utt in written)
-            f.flush()
-            os.fsync(f.fileno())
+            append_lines(f, [format_line(utt, results[utt]) for utt in written])
             if time.monotonic() - last_log > 60 or start + batch_size >= len(todo):
                 logger.info("%d of %d utterances transcribed", min(start + batch_size, len(todo)), len(todo))
                 last_log = time.monotonic()

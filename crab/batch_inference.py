@@ -36,7 +36,7 @@ import yaml
 from crab import cli
 from crab.asr import dtype_name
 from crab.datadir import Failure, parse_wav_scp, read_texts
-from crab.fileio import WriteError, write_text_atomic
+from crab.fileio import append_lines, write_text_atomic
 from crab.locking import file_lock
 
 logger = logging.getLogger(__name__)
@@ -811,33 +811,15 @@ class Runner:
     def record(self, lines):
         """Append the classified ``lines`` (``utt -> results line``) to the sources file, then
         to the results file: no result is ever there without its source."""
-        append(self.files["sources"], [self.sources.line(utt, self.read_from[utt]) for utt in lines])
-        append(self.files["out"], list(lines.values()))
+        append_lines(self.files["sources"], [self.sources.line(utt, self.read_from[utt]) for utt in lines])
+        append_lines(self.files["out"], list(lines.values()))
         self.done.update(lines)
-
-
-def append(file, lines):
-    """Append ``lines`` to ``file``, fsync'ed. Written past the file's buffer, which a write that
-    fails (a full disk) would leave for closing to write again: the failure is one ``WriteError``
-    naming the file, and the next run drops a cut-off last line and classifies the rest."""
-    data = memoryview("".join(lines).encode("utf-8"))
-    try:
-        file.flush()
-        while data:
-            data = data[os.write(file.fileno(), data) :]
-        os.fsync(file.fileno())
-    except OSError as err:
-        raise WriteError(
-            err.errno,
-            f"cannot write {file.name} ({err.strerror or err}): what it holds is kept, and the same "
-            "command run again (once there is room) classifies the rest",
-        ) from err
 
 
 def write_failure(errors_file, wav_scp, failure):
     """Log ``failure`` (a ``Failure`` of ``wav_scp``) and append it to ``errors_file``."""
     logger.warning("%s:%d: %s: %s", wav_scp, failure.line, failure.utt, failure.reason)
-    append(errors_file, [f"{failure.utt}\t{failure.line}\t{failure.reason}\n"])
+    append_lines(errors_file, [f"{failure.utt}\t{failure.line}\t{failure.reason}\n"])
 
 
 def transcript_problem(utt, texts, path):
@@ -965,7 +947,7 @@ def classify_wav_scp(job):
         sources.rewrite({utt: read_from[utt] for utt in kept if utt in read_from})
         write_text_atomic(job.out + ".model", json.dumps(settings, indent=2) + "\n")
         with open(job.out + ".errors", "w", encoding="utf-8") as errors_file:
-            append(errors_file, ["id\tline\treason\n"])
+            append_lines(errors_file, ["id\tline\treason\n"])
             failed = failures + unusable
             for failure in failed:
                 write_failure(errors_file, job.wav_scp, failure)

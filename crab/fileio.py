@@ -20,7 +20,12 @@ TEMP_SUFFIX = ".tmp"
 
 
 class WriteError(UserError, OSError):
-    """A file could not be written (a full disk, a quota exceeded): the message names it."""
+    """A file could not be written (a full disk, a quota exceeded): the message names it; ``errno``
+    is the failed write's."""
+
+    def __init__(self, errno, message):
+        super().__init__(message)
+        self.errno = errno
 
 
 def fsync(path):
@@ -80,6 +85,25 @@ def write_atomic(path, write):
     """Replace ``path`` with what ``write(tmp)`` writes to a temporary file: after a
     kill or a power cut ``path`` is the old file or the whole new one."""
     commit(stage([(path, write)]))
+
+
+def append_lines(file, lines):
+    """Append ``lines`` to ``file`` (open in text mode, appending), fsync'ed. Written past the
+    file's buffer, which a write that fails (a full disk) would leave for closing to write
+    again: the failure is one ``WriteError`` naming the file, whose earlier lines stay (and a
+    cut-off last one, for its reader to drop)."""
+    data = memoryview("".join(lines).encode(file.encoding))
+    try:
+        file.flush()
+        while data:
+            data = data[os.write(file.fileno(), data) :]
+        os.fsync(file.fileno())
+    except OSError as err:
+        raise WriteError(
+            err.errno,
+            f"cannot write {file.name} ({err.strerror or err}): its lines before are kept, and the "
+            "same command run again (once there is room) goes on from them",
+        ) from err
 
 
 def text_writer(text, newline=None):

@@ -5,6 +5,7 @@ generation config suppresses the special tokens and the space, so that every
 transcript is non-empty; the CTC model is a tiny wav2vec 2.0 with a letter vocabulary.
 """
 
+import errno
 import json
 import os
 
@@ -232,6 +233,28 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
         [utts[3], "fourth"],
         [utts[4], "fifth"],
     ]
+
+
+def test_a_full_disk_stops_naming_the_transcripts_and_the_rerun_goes_on(tmp_path, monkeypatch):
+    data_dir, utts = make_data_dir(tmp_path, n=5)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
+    out, real_fsync, synced = data_dir / "text.asr", os.fsync, []
+
+    def full_after_one_batch(fd):  # a network file system reports a full disk when data is flushed
+        if os.readlink(f"/proc/self/fd/{fd}") == str(out):
+            if synced:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_after_one_batch)
+    with pytest.raises(SystemExit, match=f"ERROR: cannot write {out} \\(No space left on device\\)"):
+        run(data_dir, "fake", "--batch_size", "2")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    second = FakeModel(texts={0: "third", 1: "fourth", 2: "fifth"})
+    monkeypatch.setattr(asr, "load_transcriber", second.load)
+    run(data_dir, "fake", "--batch_size", "2")
+    assert [line[0] for line in read_lines(out)] == utts and read_lines(out)[0] == [utts[0], "words 0"]
 
 
 def test_finished_dir_does_not_load_the_model(tmp_path, monkeypatch):
