@@ -23,6 +23,7 @@ import sys
 import time
 
 from crab.cli import UserError
+from crab.fileio import WriteError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ def file_lock(path, busy, error=FolderLockedError, wait=False):
             f"pid {os.getpid()} on {socket.gethostname()} since "
             f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}: {command}\n"
         )
-        os.pwrite(fd, line.encode("utf-8", "replace"), 0)
+        try:
+            os.pwrite(fd, line.encode("utf-8", "replace"), 0)
+        except OSError as err:  # a full disk: said here, before the holder starts its work
+            raise WriteError(err.errno, f"cannot write {path} ({err.strerror or err})") from err
         yield path
     finally:
         os.close(fd)  # releases the lock

@@ -2,6 +2,7 @@
 lock dies with its process (kill -9); every process of one DDP job shares it. Paths
 with '=', '#', ':' or spaces reach SpeechBrain's overrides unchanged."""
 
+import errno
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import time
 import pytest
 
 from crab.bin import train
+from crab.cli import UserError
 from crab.experiment import parse_and_load
 from crab.locking import FolderLockedError, folder_lock
 from tests.conftest import ROOT
@@ -126,6 +128,17 @@ def test_the_processes_of_one_ddp_job_share_the_lock(tmp_path):
         holder.wait()
     assert outcomes[0] == outcomes[1] and outcomes[0].startswith(f"locked: training run {out} is in use")
     assert f"pid {holder.pid} " in outcomes[0]
+
+
+def test_a_lock_on_a_full_disk_is_an_error_naming_its_file(tmp_path, monkeypatch):
+    def full_disk(fd, line, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full_disk)
+    lock = tmp_path / "run" / ".lock"
+    with pytest.raises(UserError, match=f"cannot write {lock} \\(No space left on device\\)"):
+        with folder_lock(str(tmp_path / "run"), "training run"):
+            pass
 
 
 @pytest.mark.parametrize(
