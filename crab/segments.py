@@ -14,7 +14,7 @@ import soundfile as sf
 
 from crab.datadir import Failure, parse_wav_scp, read_table, table_lines
 from crab.dataprep import DataPrepError
-from crab.fileio import write_atomic, write_text_atomic
+from crab.fileio import WriteError, write_atomic, write_text_atomic
 
 MAX_OVERSHOOT = 0.5  # seconds an end may pass the recording's end
 Segment = collections.namedtuple("Segment", ["utt", "recording", "start", "end", "line"])
@@ -62,12 +62,18 @@ def _span(segment, info):
     return (round(segment.start * info.samplerate), min(round(end * info.samplerate), info.frames)), None
 
 
-def _write_wav(path, recording, span, info):
-    """The frames ``span`` of ``recording`` into the wav ``path``, samples unchanged where WAV
-    holds the recording's sample format (else 32-bit float)."""
+def _read_span(recording, span, info):
+    """``(samples, rate, WAV subtype)`` of the frames ``span`` of ``recording``: its sample format
+    where WAV holds it (else 32-bit float)."""
     data, rate = sf.read(recording, start=span[0], stop=span[1], dtype="float64", always_2d=True)
-    subtype = info.subtype if sf.check_format("WAV", info.subtype) else "FLOAT"
-    write_atomic(path, lambda tmp: sf.write(tmp, data, rate, subtype=subtype, format="WAV"))
+    return data, rate, info.subtype if sf.check_format("WAV", info.subtype) else "FLOAT"
+
+
+def _write_wav(path, data, rate, subtype):
+    try:
+        write_atomic(path, lambda tmp: sf.write(tmp, data, rate, subtype=subtype, format="WAV"))
+    except sf.LibsndfileError as err:  # libsndfile's write errors (a full disk) are no OSError
+        raise WriteError(None, f"cannot write {path} ({err}): it is left as it was") from err
 
 
 def _locate(segment, paths, unusable, infos):
@@ -114,12 +120,14 @@ def cut_segments(data_dir, out_dir, audio_dir=None):
             continue
         wav = os.path.join(audio_dir, f"{segment.utt}.wav")
         try:
-            _write_wav(wav, path, span, info)
+            data, rate, subtype = _read_span(path, span, info)
         except (OSError, RuntimeError, sf.LibsndfileError) as err:
             failures.append(
                 Failure(segment.utt, segment.line, f"cannot cut {path}: {str(err).splitlines()[0]}")
             )
             continue
+        # not a segment's failure: a full disk stops here, the tables of an earlier cut left whole
+        _write_wav(wav, data, rate, subtype)
         done[segment.utt] = os.path.abspath(wav)
     _write_tables(data_dir, out_dir, done)
     errors = os.path.join(out_dir, "segments.errors")

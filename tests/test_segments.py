@@ -101,3 +101,20 @@ def test_every_sample_format_is_kept_exactly(tmp_path, subtype, dtype):
     got, _ = sf.read(tmp_path / "cut" / "audio" / "u.wav", dtype=dtype)
     assert sf.info(tmp_path / "cut" / "audio" / "u.wav").subtype == subtype
     assert np.array_equal(got, samples[2000:4000])
+
+
+def test_a_full_disk_stops_the_cut_and_keeps_the_earlier_one(segmented, tmp_path, monkeypatch):
+    """A wav that cannot be written is no segment's failure: cutting again on a full disk must
+    not list every segment as failed and rewrite the tables of the earlier cut without them."""
+    data, _ = segmented
+    out = tmp_path / "cut"
+    cut(str(data), str(out))
+    before = {name: (out / name).read_text() for name in ("wav.scp", "text", "utt2emo", "segments.errors")}
+
+    def full_disk(*args, **kwargs):
+        raise sf.LibsndfileError(2, "")  # libsndfile's SF_ERR_SYSTEM: "System error."
+
+    monkeypatch.setattr(sf, "write", full_disk)
+    with pytest.raises(SystemExit, match=f"ERROR: cannot write {out}/audio/u1.wav \\(System error"):
+        cut_segments.main(["--data_dir", str(data), "--out_dir", str(out)])
+    assert {name: (out / name).read_text() for name in before} == before
