@@ -5,7 +5,8 @@ Stage 2 (``crab.bin.transcribe``) writes ``text.asr`` and the model that made it
 records, beside each manifest ``M``, ``M.provenance`` (JSON): the text source, the
 ASR model read from ``text.asr.model``, the data directory and a digest of each
 table read from it; reading the manifest (``crab.data``) checks that the tables
-have not changed since (``check_tables``: stage 1 or 2 rerun without stage 3).
+have not changed since (``check_tables``: stage 1 or 2 rerun without stage 3), in the
+data directory where it lies from the manifest (a recipe's data/ moved or copied whole).
 Training copies the
 training manifest's record into the run folder (``text_source.json``), where
 ``crab.report record_training`` (``train_info.json``), ``crab.bin.score`` (results
@@ -50,6 +51,7 @@ def write_manifest_provenance(manifest, data_dir, text_source, transcripts_requi
         "asr_model": asr_model_of(data_dir) if text_source == "asr" else None,
         "transcripts_required": transcripts_required,
         "data_dir": os.path.abspath(data_dir),
+        "data_dir_from_manifest": os.path.relpath(data_dir, os.path.dirname(os.path.abspath(manifest))),
         "text_only": text_only,
         "tables": _table_digests(data_dir, text_source, text_only),
     }
@@ -63,7 +65,7 @@ def check_tables(manifest):
     Nothing to check without a record of the tables (a manifest made before it was
     recorded, or another way) or where the data directory is no longer there."""
     record = read_manifest_provenance(manifest) or {}
-    data_dir, before = record.get("data_dir"), record.get("tables")
+    data_dir, before = _recorded_data_dir(manifest, record), record.get("tables")
     if before is None or not os.path.isdir(data_dir):
         return
     now = _table_digests(data_dir, record["text_source"], record.get("text_only", False))
@@ -73,6 +75,18 @@ def check_tables(manifest):
             f"{manifest} is older than its data: {', '.join(os.path.join(data_dir, n) for n in changed)} "
             "changed after stage 3 made it (data prep or ASR rerun): run stage 3 again (--stage 3)"
         )
+
+
+def _recorded_data_dir(manifest, record):
+    """The data directory ``manifest`` was made from: where it lies from the manifest, as when
+    it was made (both moved or copied together: a copy's manifest is checked against the copy's
+    tables, not the original's), else where it was."""
+    relative = record.get("data_dir_from_manifest")
+    if relative is not None:
+        beside = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(manifest)), relative))
+        if os.path.isdir(beside):
+            return beside
+    return record.get("data_dir")
 
 
 def _table_digests(data_dir, text_source, text_only):

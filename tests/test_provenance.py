@@ -206,6 +206,22 @@ def test_a_manifest_older_than_its_data_dir_is_refused(tmp_path):
     assert len(load_manifest(str(train))) == 8
 
 
+def test_a_copied_manifest_is_checked_against_the_copied_data_dir(tmp_path):
+    """data/ rsynced elsewhere (the original left in place) and stage 1 rerun there without
+    stage 3: the copy's manifest is stale, whatever the original's tables say."""
+    write_data_dirs(tmp_path / "recipe" / "corpus")
+    manifests(tmp_path / "recipe" / "corpus", tmp_path / "recipe" / "data")
+    shutil.copytree(tmp_path / "recipe", tmp_path / "copy")
+    train, data = tmp_path / "copy" / "data" / "train.json", tmp_path / "copy" / "corpus" / "train"
+    utt2emo = (data / "utt2emo").read_text()
+    (data / "utt2emo").write_text(utt2emo.replace("train_angry_0 angry", "train_angry_0 sad"))
+    with pytest.raises(ProvenanceError, match=rf"{train} is older than its data: {data}/utt2emo changed"):
+        load_manifest(str(train))
+    assert len(load_manifest(str(tmp_path / "recipe" / "data" / "train.json"))) == 8  # the original's
+    os.rename(tmp_path / "copy" / "corpus", tmp_path / "copy" / "moved")  # not beside it: where it was
+    assert len(load_manifest(str(train))) == 8
+
+
 def test_the_recorded_commit_is_dirty_with_files_neither_committed_nor_ignored(tmp_path):
     """A new recipe's scripts or configs, not yet added, make the commit +dirty; what the recipes
     and crab-infer write (data, exp* folders, locks, results files) and the environment do not."""
