@@ -50,7 +50,7 @@ import numpy as np
 
 from crab import cli
 from crab.embeddings import EMBEDDING_SCORES
-from crab.fileio import write_text_atomic
+from crab.fileio import WriteError, write_text_atomic
 from crab.metrics import METRICS, classification_report
 from crab.provenance import describe, read_run_provenance, trained_text_source
 
@@ -855,7 +855,14 @@ class TrainLogger:
             self.tensorboard = TensorboardLogger(tensorboard_dir)
 
     def log_stats(self, stats_meta, train_stats=None, valid_stats=None, test_stats=None, verbose=True):
-        self.file_logger.log_stats(stats_meta, train_stats, valid_stats, test_stats, verbose=verbose)
+        try:
+            self.file_logger.log_stats(stats_meta, train_stats, valid_stats, test_stats, verbose=verbose)
+        except OSError as err:  # a full disk, before the epoch's checkpoint: it is trained again
+            raise WriteError(
+                err.errno,
+                f"cannot write {self.file_logger.save_file} ({err.strerror or err}): the run's latest "
+                "checkpoint is kept, and running the training again resumes from it",
+            ) from err
         if self.tensorboard is not None:
             self.tensorboard.log_stats(stats_meta, train_stats, valid_stats, test_stats)
 

@@ -3,6 +3,7 @@ alpha sweep, the figures, embedding dumps, the ablation configs (each builds the
 intended model and trains one step), and the training logger."""
 
 import csv
+import errno
 import json
 import os
 
@@ -14,6 +15,7 @@ import torch
 from hyperpyyaml.core import resolve_references
 
 from crab.bin import compare, embeddings, score
+from crab.cli import UserError
 from crab.embeddings import write_embeddings
 from crab.experiment import make_brain, parse_and_load
 from crab.report import (
@@ -516,6 +518,18 @@ def test_embeddings_command_dumps_the_fused_layer(tiny_data, tmp_path):
 
 
 # ---------------------------------------------------------------- training logger
+
+
+def test_a_training_log_on_a_full_disk_is_an_error_naming_it(tmp_path, monkeypatch):
+    logger = TrainLogger(str(tmp_path / "train_log.txt"), str(tmp_path / "tb"))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("builtins.print", full_disk)  # how SpeechBrain's FileTrainLogger writes the line
+    full = f"cannot write {tmp_path}/train_log.txt \\(No space left on device\\)"
+    with pytest.raises(UserError, match=full):
+        logger.log_stats({"epoch": 1}, train_stats={"loss": 1.5}, valid_stats={"UAR": 0.5})
 
 
 def test_train_logger_writes_the_file_log_and_asks_for_tensorboard(tmp_path):
