@@ -819,7 +819,7 @@ class Runner:
 def write_failure(errors_file, wav_scp, failure):
     """Log ``failure`` (a ``Failure`` of ``wav_scp``) and append it to ``errors_file``."""
     logger.warning("%s:%d: %s: %s", wav_scp, failure.line, failure.utt, failure.reason)
-    append_lines(errors_file, [f"{failure.utt}\t{failure.line}\t{failure.reason}\n"])
+    append_lines(errors_file, [f"{failure.utt}\t{failure.line}\t{failure.reason}\n"], sync=False)
 
 
 def transcript_problem(utt, texts, path):
@@ -947,7 +947,7 @@ def classify_wav_scp(job):
         sources.rewrite({utt: read_from[utt] for utt in kept if utt in read_from})
         write_text_atomic(job.out + ".model", json.dumps(settings, indent=2) + "\n")
         with open(job.out + ".errors", "w", encoding="utf-8") as errors_file:
-            append_lines(errors_file, ["id\tline\treason\n"])
+            append_lines(errors_file, ["id\tline\treason\n"], sync=False)
             failed = failures + unusable
             for failure in failed:
                 write_failure(errors_file, job.wav_scp, failure)

@@ -87,17 +87,18 @@ def write_atomic(path, write):
     commit(stage([(path, write)]))
 
 
-def append_lines(file, lines):
-    """Append ``lines`` to ``file`` (open in text mode, appending), fsync'ed. Written past the
-    file's buffer, which a write that fails (a full disk) would leave for closing to write
-    again: the failure is one ``WriteError`` naming the file, whose earlier lines stay (and a
-    cut-off last one, for its reader to drop)."""
+def append_lines(file, lines, sync=True):
+    """Append ``lines`` to ``file`` (open in text mode for writing), fsync'ed with ``sync``.
+    Written past the file's buffer, which a write that fails (a full disk) would leave for
+    closing to write again: the failure is one ``WriteError`` naming the file, whose earlier
+    lines stay (and a cut-off last one, for its reader to drop)."""
     data = memoryview("".join(lines).encode(file.encoding))
     try:
         file.flush()
         while data:
             data = data[os.write(file.fileno(), data) :]
-        os.fsync(file.fileno())
+        if sync:
+            os.fsync(file.fileno())
     except OSError as err:
         raise WriteError(
             err.errno,
