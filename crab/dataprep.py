@@ -279,10 +279,14 @@ def validate(
     if problems and policy == "error":
         listing = "\n".join(f"  {utt}: {message}" for utt, (_, message) in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DataPrepError(
-            f"{name}: {len(problems)} bad utterance(s):\n{listing}{more}\n"
-            "Fix them, or re-run with the skip policy to leave them out."
-        )
+        if len(problems) == len(entries) and all(kind == "missing audio" for _, (kind, _) in problems):
+            advice = (  # skipping would leave nothing
+                "None of its audio files is there: if the corpus moved, run data preparation "
+                "(stage 1) again with its new path (db.sh)."
+            )
+        else:
+            advice = "Fix them, or re-run with the skip policy to leave them out."
+        raise DataPrepError(f"{name}: {len(problems)} bad utterance(s):\n{listing}{more}\n{advice}")
     for utt, (_, message) in problems:
         logger.warning("%s: skipping %s: %s", name, utt, message)
     if problems:

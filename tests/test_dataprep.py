@@ -189,6 +189,16 @@ def test_validate_error_truncates_long_listing(tmp_path):
     assert "25 bad utterance(s)" in message
     assert "... and 5 more" in message
     assert "u019:" in message and "u020:" not in message
+    # every audio file missing: the corpus moved, and skipping them would leave nothing
+    assert "if the corpus moved, run data preparation (stage 1) again" in message
+    assert "skip policy" not in message
+
+
+def test_validate_error_offers_the_skip_policy_when_some_audio_is_there(tmp_path):
+    entries = _mixed_entries(tmp_path)
+    with pytest.raises(DataPrepError, match="re-run with the skip policy") as err:
+        validate({k: entries[k] for k in ("good1", "missing")}, CLASSES, policy="error")
+    assert "corpus moved" not in str(err.value)
 
 
 def test_validate_skip_keeps_good_and_counts_kinds(tmp_path, capsys):
