@@ -42,6 +42,33 @@ class VocabularyError(ModelSourceError, ValueError):
     """A tokenizer with more tokens than the text encoder's vocabulary."""
 
 
+class UnsupportedModelError(ModelSourceError, ValueError):
+    """A model of a family the encoder cannot run (a text model as the speech encoder, say)."""
+
+
+# transformers' models whose waveform goes through a convolutional feature encoder
+# (``feature_extractor``) then transformer layers: what SpeechEncoder runs besides Whisper
+CNN_SPEECH_MODELS = (
+    "wav2vec2, wavlm, hubert, data2vec-audio, unispeech, unispeech-sat, wav2vec2-conformer, sew, sew-d"
+)
+
+
+def check_speech_model(source, config):
+    """Refuse a config that ``SpeechEncoder`` cannot run, naming the source and what it runs."""
+    # the models of CNN_SPEECH_MODELS are the encoder-only configs with conv_stride (SpeechT5
+    # has one too, but it is an encoder-decoder with the CNN in its prenet)
+    if isinstance(config, WhisperConfig) or (
+        hasattr(config, "conv_stride") and not getattr(config, "is_encoder_decoder", False)
+    ):
+        return
+    raise UnsupportedModelError(
+        "speech_encoder source",
+        source,
+        f"{source} is of model type {config.model_type}, which is not a supported speech encoder: "
+        f"Whisper, or a model with a convolutional waveform encoder ({CNN_SPEECH_MODELS})",
+    )
+
+
 HINTS = {
     "tokenizer": "build it with stage 3 --bpe_vocab_size N (crab.tokenizer), or give a hub id",
 }
@@ -401,9 +428,10 @@ def _load(model_cls, source, pretrained, **config_overrides):
 class SpeechEncoder(_Encoder):
     """A Hugging Face speech encoder on 16 kHz waveforms.
 
-    WavLM, HuBERT, wav2vec 2.0 (any ``AutoModel`` with a convolutional feature
-    encoder) and the Whisper encoder are supported. Whisper is run on log-mel
-    features of the batch's own length, not padded to 30 s.
+    The Whisper encoder and the models with a convolutional waveform encoder
+    (``CNN_SPEECH_MODELS``: WavLM, HuBERT, wav2vec 2.0 and XLS-R, data2vec-audio, ...)
+    are supported; any other source is refused (``UnsupportedModelError``). Whisper
+    is run on log-mel features of the batch's own length, not padded to 30 s.
 
     Arguments
     ---------
@@ -457,6 +485,7 @@ class SpeechEncoder(_Encoder):
     ):
         super().__init__(freeze, layer_weighting, normalize_states, finetune_top_layers)
         config = from_source("speech_encoder source", source, AutoConfig.from_pretrained)
+        check_speech_model(source, config)
         self.is_whisper = isinstance(config, WhisperConfig)
         overrides = {}
         if layer_weighting != "last":  # layerdrop would shift the hidden-state indices

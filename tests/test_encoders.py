@@ -4,7 +4,15 @@ import os
 
 import pytest
 import torch
-from transformers import HubertConfig, Wav2Vec2Config, WhisperConfig
+from transformers import (
+    AutoConfig,
+    Data2VecAudioConfig,
+    HubertConfig,
+    UniSpeechSatConfig,
+    Wav2Vec2Config,
+    Wav2Vec2ConformerConfig,
+    WhisperConfig,
+)
 
 from crab.encoders import SpeechEncoder, TextEncoder
 from tests.conftest import MINI_CONF
@@ -30,6 +38,9 @@ def config_dirs(tmp_path_factory):
     configs = {
         "hubert": HubertConfig(**SMALL),
         "wav2vec2": Wav2Vec2Config(**SMALL),
+        "wav2vec2-conformer": Wav2Vec2ConformerConfig(**SMALL),
+        "data2vec-audio": Data2VecAudioConfig(**{**SMALL, "num_conv_pos_embeddings": 2}),
+        "unispeech-sat": UniSpeechSatConfig(**SMALL),
         "whisper": WhisperConfig(
             d_model=32,
             encoder_layers=2,
@@ -51,7 +62,9 @@ def config_dirs(tmp_path_factory):
     return {name: str(root / name) for name in configs}
 
 
-@pytest.mark.parametrize("kind", ["wavlm", "hubert", "wav2vec2"])
+@pytest.mark.parametrize(
+    "kind", ["wavlm", "hubert", "wav2vec2", "wav2vec2-conformer", "data2vec-audio", "unispeech-sat"]
+)
 def test_ssl_encoders_shapes_and_frame_mask(config_dirs, kind):
     source = WAVLM if kind == "wavlm" else config_dirs[kind]
     encoder = SpeechEncoder(source, pretrained=False).eval()
@@ -60,6 +73,18 @@ def test_ssl_encoders_shapes_and_frame_mask(config_dirs, kind):
     assert hidden.shape[:2] == mask.shape and hidden.shape[-1] == encoder.output_dim
     assert mask.sum(1).tolist() == [49, 24]  # 20 ms frames of 1 s and 0.5 s
     assert encoder.min_samples == 400
+
+
+@pytest.mark.parametrize("model_type", ["wav2vec2-bert", "audio-spectrogram-transformer", "speecht5", "bert"])
+def test_a_speech_encoder_of_another_family_is_refused_naming_the_source(tmp_path, model_type):
+    """Models without a convolutional waveform encoder (w2v-BERT 2.0 and AST read
+    spectrograms, SpeechT5 is an encoder-decoder, BERT reads text) are refused at once, not
+    with an AttributeError inside the encoder; the config is read, no model is built."""
+    from crab.encoders import UnsupportedModelError
+
+    AutoConfig.for_model(model_type).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match=f"{tmp_path} is of model type {model_type}.*Whisper, or"):
+        SpeechEncoder(str(tmp_path), pretrained=False)
 
 
 def test_whisper_encoder_runs_on_short_audio_without_30s_padding(config_dirs):
