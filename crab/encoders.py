@@ -329,11 +329,6 @@ class _Encoder(nn.Module):
         last = self.top_range.stop == self.num_layers
         return self._top_blocks() + ([self._final_norm()] if last else [])
 
-    def _blocks(self):
-        raise ValueError(
-            f"finetune_top_layers is implemented for Whisper encoders, not {type(self.model).__name__}"
-        )
-
     def train(self, mode=True):
         super().train(mode)
         if self.frozen_states:
@@ -609,7 +604,15 @@ class SpeechEncoder(_Encoder):
         return self._stack(states, states[-1]), mask
 
     def _blocks(self):
-        return self.model.layers if self.is_whisper else super()._blocks()
+        if not self.is_whisper:
+            config = self.model.config
+            raise UnsupportedModelError(
+                "speech_encoder source",
+                config.name_or_path,
+                f"finetune_top_layers is implemented for Whisper encoders, not {config.name_or_path} "
+                f"(model type {config.model_type}): set it to 0",
+            )
+        return self.model.layers
 
     def _final_norm(self):
         return self.model.layer_norm

@@ -14,6 +14,7 @@ from transformers import (
     WhisperConfig,
 )
 
+from crab.cli import UserError
 from crab.encoders import SpeechEncoder, TextEncoder
 from tests.conftest import MINI_CONF
 
@@ -296,8 +297,34 @@ def test_top_layer_finetuning_is_checked(config_dirs):
         SpeechEncoder(whisper, pretrained=False, freeze=True, finetune_top_layers=1)
     with pytest.raises(ValueError, match=">= 0"):
         SpeechEncoder(whisper, pretrained=False, finetune_top_layers=-1)
-    with pytest.raises(ValueError, match="implemented for Whisper encoders, not HubertModel"):
+    with pytest.raises(ValueError, match="implemented for Whisper encoders, not .*hubert"):
         SpeechEncoder(config_dirs["hubert"], pretrained=False, finetune_top_layers=1)
+
+
+def test_top_layer_finetuning_of_another_family_is_one_line_naming_the_key(tmp_path):
+    """``finetune_top_speech_layers`` with a HuBERT source: the command's one-line error
+    names the source's key and the model type, not a ValueError traceback."""
+    from crab.runconfig import load_hparams
+    from tests.conftest import ROOT
+
+    HubertConfig(**SMALL).save_pretrained(tmp_path / "hubert")
+    config = os.path.join(ROOT, "egs", "TEMPLATE", "conf", "crab_tiny.yaml")
+    overrides = {
+        "data_root": str(tmp_path),
+        "data_folder": str(tmp_path),
+        "output_folder": str(tmp_path / "run"),
+        "classes": ["a", "b"],
+        "modality": "speech",
+        "speech_encoder_source": str(tmp_path / "hubert"),
+        "finetune_top_speech_layers": 1,
+        "layer_weighting": 2,
+    }
+    with pytest.raises(
+        UserError,
+        match="^speech_encoder_source: finetune_top_layers is implemented for Whisper "
+        f"encoders, not {tmp_path}/hubert \\(model type hubert\\)",
+    ):
+        load_hparams(config, overrides)
 
 
 def test_frozen_feature_extractor_builds_no_graph_and_gets_no_gradient():
