@@ -782,6 +782,24 @@ def truncate_characters(texts, max_length):
 
 
 TEXT_PADDINGS = {"dynamic": "longest", "max_length": "max_length"}
+TEXT_MODELS = "roberta, bert, deberta-v2, xlm-roberta, electra, modernbert, distilbert, ..."
+
+
+def check_text_model(source, config):
+    """Refuse a config whose model ``TextEncoder`` cannot run on token ids alone: an
+    encoder-decoder (T5, BART) or a model of other inputs (speech, images)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    model_class = MODEL_MAPPING[type(config)] if type(config) in MODEL_MAPPING else None
+    reads_tokens = model_class is None or model_class.main_input_name == "input_ids"
+    if reads_tokens and not getattr(config, "is_encoder_decoder", False):
+        return  # an unknown config: AutoModel names it
+    raise UnsupportedModelError(
+        "text_encoder source",
+        source,
+        f"{source} is of model type {config.model_type}, which is not a supported text encoder: "
+        f"a model of token ids, not an encoder-decoder ({TEXT_MODELS})",
+    )
 
 
 class TextEncoder(_Encoder):
@@ -829,6 +847,14 @@ class TextEncoder(_Encoder):
             tokenizer or source,
             AutoTokenizer.from_pretrained,
         )
+        check_text_model(source, from_source("text_encoder source", source, AutoConfig.from_pretrained))
+        if self.tokenizer.pad_token is None:  # a decoder-only model's (GPT-2's): batches are padded
+            raise ModelSourceError(
+                "tokenizer" if tokenizer else "text_encoder source",
+                tokenizer or source,
+                f"the tokenizer of {tokenizer or source} has no padding token: save it with one "
+                "(tokenizer.pad_token = tokenizer.eos_token, then save_pretrained)",
+            )
         self.model = from_source("text_encoder source", source, lambda s: _load(AutoModel, s, pretrained))
         vocab, tokens = self.model.config.vocab_size, len(self.tokenizer)
         if tokens > vocab:  # token ids past the embedding table: an index error later

@@ -198,6 +198,35 @@ def test_tokenizer_larger_than_model_vocabulary_is_an_error(tmp_path, tokenizer_
         TextEncoder(str(tmp_path), tokenizer=tokenizer_dir, pretrained=False)
 
 
+@pytest.mark.parametrize("model_type", ["t5", "bart", "wavlm", "audio-spectrogram-transformer"])
+def test_a_text_encoder_of_another_family_is_refused_naming_the_source(tmp_path, tokenizer_dir, model_type):
+    """An encoder-decoder (T5 stopped at its first batch, BART gave its decoder's states)
+    or a model of audio is refused when built, naming the source."""
+    from crab.encoders import UnsupportedModelError
+
+    AutoConfig.for_model(model_type).save_pretrained(tmp_path)
+    with pytest.raises(
+        UnsupportedModelError, match=f"{tmp_path} is of model type {model_type}.*not an encoder-"
+    ):
+        TextEncoder(str(tmp_path), tokenizer=tokenizer_dir, pretrained=False)
+
+
+def test_a_tokenizer_without_a_padding_token_is_refused(tmp_path, tokenizer_dir):
+    """A GPT-2-style tokenizer has no padding token: refused when built, not at the first
+    batch of two transcripts (transformers' 'Asking to pad' ValueError)."""
+    from transformers import AutoTokenizer
+
+    from crab.encoders import ModelSourceError
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(
+        ModelSourceError, match=f"^tokenizer: the tokenizer of {tmp_path} has no padding token"
+    ):
+        TextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=str(tmp_path), pretrained=False)
+
+
 def test_whisper_frontend_freezes_with_the_feature_extractor_flag(config_dirs):
     encoder = SpeechEncoder(config_dirs["whisper"], pretrained=False)
     assert not any(p.requires_grad for p in encoder.model.conv1.parameters())
