@@ -889,6 +889,7 @@ class TextEncoder(_Encoder):
         tokens = self.tokenizer(
             truncate_characters(texts, self.max_length),
             padding=TEXT_PADDINGS[self.padding],
+            padding_side="right",  # the masks' lengths (GRU packing) count real tokens from the start
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",

@@ -227,6 +227,34 @@ def test_a_tokenizer_without_a_padding_token_is_refused(tmp_path, tokenizer_dir)
         TextEncoder(os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=str(tmp_path), pretrained=False)
 
 
+def test_a_left_padding_tokenizer_gives_the_prediction_of_the_transcript_alone(tmp_path, tokenizer_dir):
+    """A tokenizer saved to pad on the left (XLNet's, many decoder-only models') is still
+    padded on the right: the GRU packs each transcript from its first token, so left
+    padding read the padding as the transcript and changed a prediction with its batch."""
+    from transformers import AutoTokenizer
+
+    from crab.model import Crab
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, padding_side="left")
+    tokenizer.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    model = Crab(
+        num_classes=4,
+        text_encoder=lambda: TextEncoder(
+            os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=str(tmp_path), pretrained=False
+        ),
+        modality="text",
+        hidden_dim=8,
+        bottleneck_dim=8,
+    ).eval()
+    assert model.text_encoder.tokenizer.padding_side == "left"
+    texts = ["a much longer transcript than the other one", "short"]
+    with torch.no_grad():
+        batch, _ = model(texts=texts)
+        alone, _ = model(texts=texts[1:])
+    torch.testing.assert_close(batch[1], alone[0], rtol=1e-5, atol=1e-6)
+
+
 def test_whisper_frontend_freezes_with_the_feature_extractor_flag(config_dirs):
     encoder = SpeechEncoder(config_dirs["whisper"], pretrained=False)
     assert not any(p.requires_grad for p in encoder.model.conv1.parameters())
