@@ -14,6 +14,7 @@ setup(
         "hyperpyyaml>=1.2",
         "transformers>=5",
         "sentencepiece",
+        "protobuf",  # with sentencepiece: a tokenizer saved as a sentencepiece model alone (DeBERTa-v3)
         "pandas",
         "numpy",
         "soundfile",

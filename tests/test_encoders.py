@@ -255,6 +255,49 @@ def test_a_left_padding_tokenizer_gives_the_prediction_of_the_transcript_alone(t
     torch.testing.assert_close(batch[1], alone[0], rtol=1e-5, atol=1e-6)
 
 
+def test_a_sentencepiece_only_tokenizer_loads(tmp_path):
+    """A DeBERTa-v3 directory holds its tokenizer as spm.model alone (no tokenizer.json):
+    transformers converts it with sentencepiece and protobuf (tools/requirements.txt), and
+    without protobuf said only that `tiktoken` was required."""
+    import sentencepiece
+    from transformers import DebertaV2Config
+
+    from tests.conftest import TEXTS
+
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXTS * 4),
+        model_prefix=str(tmp_path / "spm"),
+        vocab_size=40,
+        pad_id=0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=3,
+        pad_piece="[PAD]",
+        bos_piece="[CLS]",
+        eos_piece="[SEP]",
+        unk_piece="[UNK]",
+        minloglevel=2,
+    )
+    (tmp_path / "spm.vocab").unlink()
+    DebertaV2Config(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        relative_attention=True,
+        position_buckets=8,
+        pos_att_type=["p2c", "c2p"],
+        type_vocab_size=0,
+        pad_token_id=0,
+    ).save_pretrained(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "spm.model"]
+    encoder = TextEncoder(str(tmp_path), pretrained=False).eval()
+    hidden, mask = encoder(["I feel happy today", "a"])
+    assert encoder.tokenizer.pad_token_id == 0 and mask.sum(1).tolist()[1] < mask.shape[1]
+    assert hidden.shape[:2] == mask.shape
+
+
 def test_whisper_frontend_freezes_with_the_feature_extractor_flag(config_dirs):
     encoder = SpeechEncoder(config_dirs["whisper"], pretrained=False)
     assert not any(p.requires_grad for p in encoder.model.conv1.parameters())
