@@ -48,17 +48,18 @@ class UnsupportedModelError(ModelSourceError, ValueError):
 
 # transformers' models whose waveform goes through a convolutional feature encoder
 # (``feature_extractor``) then transformer layers: what SpeechEncoder runs besides Whisper
-CNN_SPEECH_MODELS = (
-    "wav2vec2, wavlm, hubert, data2vec-audio, unispeech, unispeech-sat, wav2vec2-conformer, sew, sew-d"
-)
+CNN_SPEECH_MODELS = "wav2vec2, wavlm, hubert, data2vec-audio, unispeech, unispeech-sat, wav2vec2-conformer"
 
 
 def check_speech_model(source, config):
     """Refuse a config that ``SpeechEncoder`` cannot run, naming the source and what it runs."""
     # the models of CNN_SPEECH_MODELS are the encoder-only configs with conv_stride (SpeechT5
-    # has one too, but it is an encoder-decoder with the CNN in its prenet)
+    # has one too, but it is an encoder-decoder with the CNN in its prenet); SEW and SEW-D
+    # (squeeze_factor) run their layers at a lower frame rate than the CNN's output lengths
     if isinstance(config, WhisperConfig) or (
-        hasattr(config, "conv_stride") and not getattr(config, "is_encoder_decoder", False)
+        hasattr(config, "conv_stride")
+        and not getattr(config, "is_encoder_decoder", False)
+        and not hasattr(config, "squeeze_factor")
     ):
         return
     raise UnsupportedModelError(

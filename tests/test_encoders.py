@@ -76,11 +76,15 @@ def test_ssl_encoders_shapes_and_frame_mask(config_dirs, kind):
     assert encoder.min_samples == 400
 
 
-@pytest.mark.parametrize("model_type", ["wav2vec2-bert", "audio-spectrogram-transformer", "speecht5", "bert"])
+@pytest.mark.parametrize(
+    "model_type", ["wav2vec2-bert", "audio-spectrogram-transformer", "speecht5", "bert", "sew", "sew-d"]
+)
 def test_a_speech_encoder_of_another_family_is_refused_naming_the_source(tmp_path, model_type):
     """Models without a convolutional waveform encoder (w2v-BERT 2.0 and AST read
     spectrograms, SpeechT5 is an encoder-decoder, BERT reads text) are refused at once, not
-    with an AttributeError inside the encoder; the config is read, no model is built."""
+    with an AttributeError inside the encoder; so are SEW and SEW-D, whose layers run at half
+    the frame rate of the CNN (every hidden state but the upsampled last: masks twice too
+    long). The config is read, no model is built."""
     from crab.encoders import UnsupportedModelError
 
     AutoConfig.for_model(model_type).save_pretrained(tmp_path)
