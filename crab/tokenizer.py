@@ -18,6 +18,14 @@ from crab.fileio import fsync, temp_path
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0-4
 # Byte-level BPE keeps all 256 byte tokens whatever vocab_size asks for.
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
+# what a build writes (and older transformers wrote): a rebuild replaces a folder of these only
+TOKENIZER_FILES = {
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+}
 
 
 def build_bpe_tokenizer(texts, out_dir, vocab_size=1000, model_max_length=128):
@@ -25,7 +33,15 @@ def build_bpe_tokenizer(texts, out_dir, vocab_size=1000, model_max_length=128):
 
     Its files are written into a hidden folder beside ``out_dir``, renamed into place once all
     are on disk: a build that fails (a full disk, a quota) leaves the old tokenizer whole, not
-    its files mixed with cut-off new ones that would load as another tokenizer."""
+    its files mixed with cut-off new ones that would load as another tokenizer. An ``out_dir``
+    holding other files is refused: the rebuild replaces the folder whole."""
+    others = sorted(set(os.listdir(out_dir)) - TOKENIZER_FILES) if os.path.isdir(out_dir) else []
+    if others:
+        raise cli.UserError(
+            f"--out_dir {out_dir} holds files that are not a tokenizer's ({', '.join(others[:5])}"
+            f"{', ...' if len(others) > 5 else ''}): a rebuild replaces the folder whole; give the "
+            "tokenizer a folder of its own"
+        )
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
         list(texts), vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS
@@ -46,7 +62,7 @@ def build_bpe_tokenizer(texts, out_dir, vocab_size=1000, model_max_length=128):
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, Exception):  # the tokenizers library's write errors are plain Exceptions
             raise cli.UserError(
-                f"cannot write the tokenizer {out_dir} ({err}): it is left as it was"
+                f"cannot build the tokenizer {out_dir} ({type(err).__name__}: {err}): it is left as it was"
             ) from err
         raise
     old = temp_path(out_dir) if os.path.isdir(out_dir) else None

@@ -139,10 +139,20 @@ def test_a_tokenizer_rebuilt_on_a_full_disk_is_left_as_it_was(tmp_path, monkeypa
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(crab_tokenizer.RobertaTokenizerFast, "save_pretrained", full_disk)
-    with pytest.raises(UserError, match=f"cannot write the tokenizer {out} .*No space left on device"):
+    with pytest.raises(UserError, match=f"cannot build the tokenizer {out} .*No space left on device"):
         crab_tokenizer.build_bpe_tokenizer(["other words", "of another fold"] * 3, str(out), 300)
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
     assert os.listdir(tmp_path) == ["tokenizer"]
+
+
+def test_a_tokenizer_is_not_built_into_a_folder_of_other_files(tmp_path):
+    """A rebuild replaces its folder whole: a fold's folder, with its manifests, is refused."""
+    (tmp_path / "train.json").write_text("{}")
+    with pytest.raises(
+        UserError, match=f"--out_dir {tmp_path} holds files that are not a tokenizer's \\(train.json\\)"
+    ):
+        crab_tokenizer.build_bpe_tokenizer(["I feel angry today"] * 3, str(tmp_path), 300)
+    assert os.listdir(tmp_path) == ["train.json"]
 
 
 def test_count_table_counts_every_utterance_and_shows_unknown_labels():
