@@ -1050,7 +1050,7 @@ def load_classifier(job, device):
     except cli.UserError:
         raise  # its message already names the file
     except (OSError, RuntimeError, ValueError) as err:
-        raise UsageError(f"--model {job.model} cannot be loaded: {first_line(err)}") from None
+        raise UsageError(f"--model {job.model} cannot be loaded: {cli.first_line(err)}") from None
     if job.text_mode == "asr":
         try:
             classifier.load_asr(
@@ -1067,14 +1067,8 @@ def load_classifier(job, device):
         except cli.UserError:
             raise
         except (OSError, RuntimeError, ValueError) as err:
-            raise UsageError(f"--asr_model {job.asr_model} cannot be loaded: {first_line(err)}") from None
+            raise UsageError(f"--asr_model {job.asr_model} cannot be loaded: {cli.first_line(err)}") from None
     return classifier
-
-
-def first_line(err):
-    """The first line of ``err``'s message, after its type."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def classify_all(job, classifier, results, sources, todo, errors_file, texts):

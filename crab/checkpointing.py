@@ -19,9 +19,9 @@ import torch
 from speechbrain.utils import checkpoints
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
-from crab.cli import UserError
+from crab.cli import UserError, first_line
 from crab.distributed import world_size
-from crab.fileio import fsync
+from crab.fileio import fsync, is_write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,10 @@ class Checkpointer(checkpoints.Checkpointer):
         self._remove_partial()
         try:
             staged = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
-        except (OSError, RuntimeError) as err:  # torch.save's writer fails with a RuntimeError
+        except (OSError, RuntimeError) as err:
+            if not is_write_failure(err):
+                self._remove_partial()
+                raise
             raise self._save_failed(err) from err
         ddp_barrier()  # every process has written its files
         checkpoint = None
@@ -99,10 +102,9 @@ class Checkpointer(checkpoints.Checkpointer):
         """The ``CheckpointSaveError`` of a save that failed with ``err``; what it wrote is removed,
         which frees its space at once."""
         self._remove_partial()
-        lines = str(err).strip().splitlines()
         return CheckpointSaveError(
-            f"cannot save a checkpoint in {self.checkpoints_dir} ({type(err).__name__}: "
-            f"{lines[0] if lines else ''}; a full disk or quota?): the earlier checkpoints are kept, "
+            f"cannot save a checkpoint in {self.checkpoints_dir} ({first_line(err)}; "
+            "a full disk or quota?): the earlier checkpoints are kept, "
             "and running the training again resumes from the latest"
         )
 

@@ -32,6 +32,12 @@ def entry_point(main):
     return wrapped
 
 
+def first_line(err):
+    """``<type>: <first line of its message>`` of the exception ``err``."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
 def str2bool(value):
     """argparse type for the Kaldi-style ``true`` / ``false`` option values."""
     if value.lower() not in ("true", "false"):

@@ -19,6 +19,17 @@ from crab.cli import UserError
 TEMP_SUFFIX = ".tmp"
 
 
+# torch.save's writer reports a failed write (a full disk) as a RuntimeError saying one of these
+TORCH_WRITE_ERRORS = ("PytorchStreamWriter", "unexpected pos")
+
+
+def is_write_failure(err):
+    """Whether ``err`` is a write the system refused: an ``OSError``, or torch's writer's."""
+    return isinstance(err, OSError) or (
+        isinstance(err, RuntimeError) and any(text in str(err) for text in TORCH_WRITE_ERRORS)
+    )
+
+
 class WriteError(UserError, OSError):
     """A file could not be written (a full disk, a quota exceeded): the message names it; ``errno``
     is the failed write's."""

@@ -39,6 +39,7 @@ from crab import cli
 from crab.checkpointing import TRAIN_SECONDS
 from crab.data import label_encoder
 from crab.encoders import waveform_normalization_mode
+from crab.fileio import is_write_failure
 from crab.inference import ENCODER_DIRS, METADATA, CrabClassifier, load_weights, package_files
 from crab.metrics import METRICS
 from crab.model_card import CARD, model_card, run_name
@@ -337,12 +338,13 @@ def package(hparams, out, text_source="unknown", asr_model=None, arguments=None)
         # after the record: its owner may edit it
         with open(os.path.join(tmp, CARD), "w", encoding="utf-8") as f:
             f.write(model_card(metadata, hparams.get("max_duration")))
-    except (OSError, RuntimeError) as err:  # torch.save's writer fails with a RuntimeError
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)  # its space is freed at once
-        lines = str(err).strip().splitlines()
+        if not is_write_failure(err):
+            raise
         raise PackageError(
-            f"cannot write the package {out} into {tmp} ({type(err).__name__}: "
-            f"{lines[0] if lines else ''}; a full disk or quota?): {out} is left as it was"
+            f"cannot write the package {out} into {tmp} ({cli.first_line(err)}; a full disk or quota?): "
+            f"{out} is left as it was"
         ) from err
 
     needs = {"speech": model.speech_encoder is not None, "text": model.text_encoder is not None}

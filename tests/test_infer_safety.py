@@ -325,6 +325,13 @@ def test_a_package_written_on_a_full_disk_is_an_error_naming_it(trained, data, t
         package(data, run_dir, model_dir)
     assert (model_dir / "model.ckpt").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no partial package left taking the space
+    # an error that is not a refused write is its own, with its traceback
+    monkeypatch.setattr(
+        torch, "save", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("CUDA error"))
+    )
+    with pytest.raises(RuntimeError, match="^CUDA error"):
+        package(data, run_dir, model_dir)
+    assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
 # ---------------------------------------------------------------- G: one run per --out, redone audio

@@ -244,6 +244,14 @@ def test_a_save_on_a_full_disk_is_an_error_naming_the_checkpoints_and_keeps_the_
     del checkpointer.recoverables["fills_the_disk"]
     assert checkpointer.recover_if_possible().meta["n"] == 1
 
+    def broken(obj, path):  # not a write the system refused: its own error, not a full disk's
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    checkpointer.add_recoverable("breaks", _Dies(), custom_save_hook=broken)
+    with pytest.raises(RuntimeError, match="^CUDA error") as err:
+        checkpointer.save_checkpoint(meta={"n": 3})
+    assert not isinstance(err.value, UserError) and not list(tmp_path.glob(".partial-*"))
+
 
 def test_checkpoints_count_training_time_over_resumes(tmp_path, monkeypatch):
     clock = iter([100.0, 130.0, 500.0, 520.0, 900.0, 905.0])  # monotonic time at each call
