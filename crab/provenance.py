@@ -211,9 +211,13 @@ def package_text_source(run_dir, text_source=None, asr_model=None):
         source = text_source or "unknown"
         return source, (asr_model or None) if source == "asr" else None
     if text_source and text_source != source:
+        fix = (
+            "it has no text branch: leave it out"
+            if source == "none"
+            else f"leave it out or give --text_source {source}"
+        )
         raise ProvenanceError(
-            f"--text_source {text_source} contradicts the run's text_source: {source} ({where}); "
-            f"leave it out or give --text_source {source}"
+            f"--text_source {text_source} contradicts the run's text_source: {source} ({where}); {fix}"
         )
     if source == "asr" and asr_model and model and asr_model != model:
         raise ProvenanceError(
