@@ -57,9 +57,15 @@ WORD = re.compile(r"[A-Za-z_][\w.-]*")
 # not a URL's (https://), up to a space, quote, comma or bracket
 PATH_START, PATH_CHARS = r"(?<![\w.~/:>})\]-])", r"[^\s'\",()\[\]{}]"
 ABSOLUTE_PATH = re.compile(PATH_START + "/" + PATH_CHARS + "+")
-# one with spaces: the rest of its line (a yaml value, one argument), up to a comment
+# one with spaces: the rest of its line (a yaml value, one argument), up to a comment; a space
+# before a slash or a dash starts another word (a second path, an option), not this path's
 SPACED_PATH = re.compile(
-    PATH_START + "/" + PATH_CHARS + r"[^\n'\",()\[\]{}]*?" + PATH_CHARS + r"(?=[ \t]*(?:[ \t]#[^\n]*)?$)",
+    PATH_START
+    + "/"
+    + PATH_CHARS
+    + r"(?:[^\s'\",()\[\]{}]|[ \t](?![ \t]*[/-]))*?"
+    + PATH_CHARS
+    + r"(?=[ \t]*(?:[ \t]#[^\n]*)?$)",
     re.MULTILINE,
 )
 

@@ -131,6 +131,11 @@ def test_portable_names_no_folder_of_a_path_with_spaces():
     )
     arguments = ["--data_root=/home/Jane Doe/corpus", f"--output_folder={run}"]
     assert portable(arguments, run) == ["--data_root=.../corpus", "--output_folder=.../crab/main/seed42"]
+    # two paths, or a path and options, on one line: each path on its own, the words between kept
+    assert portable("cmd: python /a/train.py /a/hp.yaml --seed 1\n", run) == (
+        "cmd: python .../train.py .../hp.yaml --seed 1\n"
+    )
+    assert portable("a: /x/y <- copied from /z/w\n", run) == "a: .../y <- copied from .../w\n"
 
 
 def test_foreign_class_needs_the_whole_package_where_it_is(run, tmp_path):
