@@ -828,6 +828,18 @@ def _quiet_image_saver():
         log.addFilter(_no_torchvision_message)
 
 
+def _drop_torn_line(path):
+    """Cut the last line of ``path`` when it has no newline: an epoch's line whose write failed
+    (a full disk, before the epoch's checkpoint), which the resumed run logs again whole."""
+    try:
+        with open(path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
+
+
 class TrainLogger:
     """SpeechBrain's ``FileTrainLogger`` (per-epoch stats in ``save_file``), and the
     same stats in TensorBoard when ``use_tensorboard`` is true.
@@ -840,6 +852,7 @@ class TrainLogger:
         _quiet_image_saver()
         from speechbrain.utils.train_logger import FileTrainLogger
 
+        _drop_torn_line(save_file)
         self.file_logger = FileTrainLogger(save_file, precision=precision)
         self.tensorboard = None
         if use_tensorboard:

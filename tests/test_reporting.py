@@ -32,6 +32,7 @@ from crab.report import (
 from crab.report import (
     main as report_main,
 )
+from crab.selection import valid_curve
 from crab.tokenizer import build_bpe_tokenizer
 from tests.conftest import ROOT
 
@@ -530,6 +531,14 @@ def test_a_training_log_on_a_full_disk_is_an_error_naming_it(tmp_path, monkeypat
     full = f"cannot write {tmp_path}/train_log.txt \\(No space left on device\\)"
     with pytest.raises(UserError, match=full):
         logger.log_stats({"epoch": 1}, train_stats={"loss": 1.5}, valid_stats={"UAR": 0.5})
+
+
+def test_a_line_the_disk_cut_short_is_dropped_when_the_run_resumes(tmp_path):
+    log = tmp_path / "train_log.txt"
+    log.write_text("epoch: 1, lr: 1e-05 - valid UAR: 4.00e-01\nepoch: 2, lr: 1e-05 - valid U")
+    TrainLogger(str(log)).log_stats({"epoch": 2, "lr": 1e-05}, valid_stats={"UAR": 0.5})
+    assert log.read_text().splitlines()[1:] == ["epoch: 2, lr: 1.00e-05 - valid UAR: 5.00e-01"]
+    assert valid_curve(str(log)) == [0.4, 0.5]
 
 
 def test_train_logger_writes_the_file_log_and_asks_for_tensorboard(tmp_path):
