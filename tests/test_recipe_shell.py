@@ -100,7 +100,7 @@ def test_bad_option_values_are_one_line_errors(bare_clone, args, message):
 BASH_ENTRY_POINTS = sorted(
     {
         os.path.relpath(path, ROOT)
-        for pattern in ("egs/*/run.sh", "egs/TEMPLATE/*.sh", "tools/*.sh")
+        for pattern in ("egs/*/run.sh", "egs/TEMPLATE/*.sh", "egs/*/local/*.sh", "tools/*.sh")
         for path in glob.glob(os.path.join(ROOT, pattern))
         if not path.endswith(("db.sh", "path.sh"))
     }

@@ -6,6 +6,7 @@
 # utt2<field> (utt2gender, utt2session) becomes a manifest field. Paths should sit
 # under --data_root so manifests are portable. Check what you found against what
 # the corpus must contain and stop with a clear message when it differs.
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 # Options (parse_options.sh sets them from --data_dir, --data_root); the code you write here uses them.
 # shellcheck disable=SC2034

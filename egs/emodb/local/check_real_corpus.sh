@@ -5,6 +5,7 @@
 # Options after the folder go to local/data.sh.
 #   local/check_real_corpus.sh /path/to/emodb                     # the folder holding wav/
 #   local/check_real_corpus.sh /path/to/emodb --pairing sorted    # the CPU results' folds
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 if [ $# -lt 1 ] || [ ! -d "$1" ]; then

@@ -21,6 +21,7 @@
 # where it exists (ft3: the epochs chosen on the held-out protocol, the last epoch kept), else with
 # the held-out file (frozen, ft1: best epoch on the validation pair, which is then training data).
 # The test pair stays unseen until evaluation.
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 cd "$(dirname "$0")/.."

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stage 1 of the EmoDB recipe: speaker-independent folds as Kaldi-style data dirs
 # <data_dir>/<fold>/{train,valid,test}/ (see local/prepare_data.py and README.md).
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 data_dir=data
 data_root=                  # EmoDB folder holding wav/

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stage 1 of the IEMOCAP recipe: Kaldi-style data dirs <data_dir>/<fold>/{train,valid,test}
 # for every fold of both protocols (folds session1..session5 and Ses01F..Ses05M).
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 data_dir=data
 data_root=               # IEMOCAP_full_release, holding Session1..Session5

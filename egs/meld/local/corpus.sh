@@ -3,6 +3,7 @@
 # files to <data_root>/{train,dev,test}/dia<D>_utt<U>.wav (16 kHz mono 16-bit) with
 # ffmpeg. Resumable: existing wavs are kept. Failures are listed in
 # <data_root>/log/failed_<split>.txt (local/extract_audio.py).
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 . ./db.sh
 data_root=${MELD_WAV}      # output wav dir

@@ -20,6 +20,7 @@
 # --parallel true trains the seeds at the same time (one process each), then scores all.
 # Stages (as ser.sh's): 1-4 data, cache and layer probe; 5-6 training and evaluation; 7 the tables
 # (<exp_dir>/ablations_test.md, and an entry per setting in RESULTS.md).
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 cd "$(dirname "$0")/.."

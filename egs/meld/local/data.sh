@@ -3,6 +3,7 @@
 # <data_dir>/official/{train,valid,test} (valid = MELD's dev), from MELD.Raw's CSVs;
 # the wavs are those of stage 0 under <data_root> (local/prepare_data.py, README.md);
 # with --text_only true, from the CSVs alone: no wav.scp, no audio read.
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 . ./db.sh
 data_dir=data

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Stage 0 of the mini recipe: generate the synthetic corpus with espeak-ng.
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 data_root=data/corpus       # output: wav/ and metadata.csv
 seed=42

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stage 1 of the mini recipe: a speaker-independent split into Kaldi-style data
 # dirs <data_dir>/main/{train,valid,test}.
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 data_dir=data
 data_root=data/corpus

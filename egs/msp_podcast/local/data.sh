@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stage 1 of the MSP-Podcast recipe: Kaldi-style data dirs <data_dir>/official/{train,valid,test1,test2}
 # from the official partitions, eight classes (local/prepare_data.py says how).
+[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 data_dir=data
 data_root=              # the MSP-Podcast directory, holding Audios/ and Labels/
