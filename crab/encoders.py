@@ -62,10 +62,13 @@ def check_speech_model(source, config):
         and not hasattr(config, "squeeze_factor")
     ):
         return
+    why = (
+        " (its layers run at a lower frame rate than its CNN's)" if hasattr(config, "squeeze_factor") else ""
+    )
     raise UnsupportedModelError(
         "speech_encoder source",
         source,
-        f"{source} is of model type {config.model_type}, which is not a supported speech encoder: "
+        f"{source} is of model type {config.model_type}, which is not a supported speech encoder{why}: "
         f"Whisper, or a model with a convolutional waveform encoder ({CNN_SPEECH_MODELS})",
     )
 

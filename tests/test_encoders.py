@@ -88,8 +88,11 @@ def test_a_speech_encoder_of_another_family_is_refused_naming_the_source(tmp_pat
     from crab.encoders import UnsupportedModelError
 
     AutoConfig.for_model(model_type).save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedModelError, match=f"{tmp_path} is of model type {model_type}.*Whisper, or"):
+    with pytest.raises(
+        UnsupportedModelError, match=f"{tmp_path} is of model type {model_type}.*Whisper, or"
+    ) as err:
         SpeechEncoder(str(tmp_path), pretrained=False)
+    assert ("lower frame rate" in str(err.value)) == model_type.startswith("sew")
 
 
 def test_whisper_encoder_runs_on_short_audio_without_30s_padding(config_dirs):
