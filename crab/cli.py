@@ -2,6 +2,7 @@
 
 import argparse
 import functools
+import os
 import sys
 
 
@@ -25,11 +26,20 @@ def entry_point(main):
         except UserError as err:
             sys.exit(f"ERROR: {err}")
         except KeyboardInterrupt:
-            spec = main.__globals__.get("__spec__")  # run as ``python -m``: __module__ is __main__
-            print(f"{spec.name if spec else main.__module__}: interrupted", file=sys.stderr)
+            print(f"{command_name(main)}: interrupted", file=sys.stderr)
             sys.exit(130)
 
     return wrapped
+
+
+def command_name(main):
+    """How the user called ``main``'s command: ``crab-infer`` for a console script, the
+    module for ``python -m`` (whose ``__module__`` is then ``__main__``)."""
+    program = os.path.basename(sys.argv[0])
+    if program.startswith("crab") and not program.endswith(".py"):
+        return program
+    spec = main.__globals__.get("__spec__")
+    return spec.name if spec else main.__module__
 
 
 def first_line(err):
