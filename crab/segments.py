@@ -127,7 +127,14 @@ def cut_segments(data_dir, out_dir, audio_dir=None):
             )
             continue
         # not a segment's failure: a full disk stops here, the tables of an earlier cut left whole
-        _write_wav(wav, data, rate, subtype)
+        try:
+            _write_wav(wav, data, rate, subtype)
+        except WriteError as err:
+            raise WriteError(
+                err.errno,
+                f"{err}; the wavs cut before it are this cut's, the tables still an earlier one's: "
+                "cut again once there is room",
+            ) from err
         done[segment.utt] = os.path.abspath(wav)
     _write_tables(data_dir, out_dir, done)
     errors = os.path.join(out_dir, "segments.errors")
