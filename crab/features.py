@@ -98,6 +98,8 @@ def encoder_identity(encoder, max_duration=None):
             vocab=len(encoder.tokenizer),
             tokenizer_sha256=tokenizer_digest(encoder.tokenizer),  # the same size, other tokens
         )
+        if encoder.tokenizer.padding_side == "left":  # cached padded on the left before it was overridden
+            identity["padding_side"] = "right"
     return identity
 
 

@@ -226,6 +226,8 @@ def test_shards_index_and_checkpoints_are_fsynced_before_their_rename(corpus, tm
 def test_text_states_are_keyed_by_the_tokenizer_not_its_size(tmp_path):
     """Two folds' BPE tokenizers of one size map text to other ids: their text states
     are not each other's (the cache identity holds the tokenizer's digest)."""
+    from transformers import AutoTokenizer
+
     from crab.encoders import TextEncoder
     from crab.features import encoder_identity
     from crab.tokenizer import build_bpe_tokenizer
@@ -241,3 +243,8 @@ def test_text_states_are_keyed_by_the_tokenizer_not_its_size(tmp_path):
     a, b = identity(tmp_path / "a"), identity(tmp_path / "b")
     assert a["vocab"] == b["vocab"] and a["tokenizer_sha256"] != b["tokenizer_sha256"]
     assert identity(tmp_path / "a") == a  # loaded again: the same
+    # a tokenizer saved to pad on the left, padded on the right since: not its older cached states
+    AutoTokenizer.from_pretrained(tmp_path / "a", padding_side="left").save_pretrained(tmp_path / "left")
+    left = identity(tmp_path / "left")
+    assert left["padding_side"] == "right" and "padding_side" not in a
+    assert {k: v for k, v in left.items() if k != "padding_side"} == a
