@@ -38,6 +38,15 @@ class WriteError(UserError, OSError):
         super().__init__(message)
         self.errno = errno
 
+    @classmethod
+    def of(cls, path, err, then=None):
+        """``cannot write <path> (<why>)[: <then>]`` for ``err``, the failed write of ``path``;
+        ``then``: what is kept, and what to do."""
+        why = getattr(err, "strerror", None) or err
+        return cls(
+            getattr(err, "errno", None), f"cannot write {path} ({why})" + (f": {then}" if then else "")
+        )
+
 
 def fsync(path):
     """Flush a file's or a directory's data and metadata to disk."""
@@ -78,8 +87,7 @@ def stage(writes):
             if os.path.exists(tmp):
                 os.remove(tmp)
         if staged and isinstance(err, OSError) and not isinstance(err, WriteError):
-            path, why = staged[-1][1], err.strerror or err
-            raise WriteError(err.errno, f"cannot write {path} ({why}): it is left as it was") from err
+            raise WriteError.of(staged[-1][1], err, "it is left as it was") from err
         raise
     return staged
 
@@ -111,10 +119,11 @@ def append_lines(file, lines, sync=True):
         if sync:
             os.fsync(file.fileno())
     except OSError as err:
-        raise WriteError(
-            err.errno,
-            f"cannot write {file.name} ({err.strerror or err}): its lines before are kept, and the "
-            "same command run again (once there is room) goes on from them",
+        raise WriteError.of(
+            file.name,
+            err,
+            "its lines before are kept, and the same command run again (once there is room) goes on "
+            "from them",
         ) from err
 
 

@@ -63,7 +63,7 @@ def file_lock(path, busy, error=FolderLockedError, wait=False):
         try:
             os.pwrite(fd, line.encode("utf-8", "replace"), 0)
         except OSError as err:  # a full disk: said here, before the holder starts its work
-            raise WriteError(err.errno, f"cannot write {path} ({err.strerror or err})") from err
+            raise WriteError.of(path, err) from err
         yield path
     finally:
         os.close(fd)  # releases the lock

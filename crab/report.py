@@ -871,10 +871,10 @@ class TrainLogger:
         try:
             self.file_logger.log_stats(stats_meta, train_stats, valid_stats, test_stats, verbose=verbose)
         except OSError as err:  # a full disk, before the epoch's checkpoint: it is trained again
-            raise WriteError(
-                err.errno,
-                f"cannot write {self.file_logger.save_file} ({err.strerror or err}): the run's latest "
-                "checkpoint is kept, and running the training again resumes from it",
+            raise WriteError.of(
+                self.file_logger.save_file,
+                err,
+                "the run's latest checkpoint is kept, and running the training again resumes from it",
             ) from err
         if self.tensorboard is not None:
             self.tensorboard.log_stats(stats_meta, train_stats, valid_stats, test_stats)

@@ -73,7 +73,7 @@ def _write_wav(path, data, rate, subtype):
     try:
         write_atomic(path, lambda tmp: sf.write(tmp, data, rate, subtype=subtype, format="WAV"))
     except sf.LibsndfileError as err:  # libsndfile's write errors (a full disk) are no OSError
-        raise WriteError(None, f"cannot write {path} ({err}): it is left as it was") from err
+        raise WriteError.of(path, err, "it is left as it was") from err
 
 
 def _locate(segment, paths, unusable, infos):
