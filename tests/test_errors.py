@@ -127,10 +127,12 @@ def test_ctrl_c_ends_a_command_with_one_line_and_status_130(data, tmp_path):
 
 
 def test_the_interrupted_command_is_named_as_it_was_called(monkeypatch):
-    from crab.bin import infer
     from crab.cli import command_name
 
-    monkeypatch.setattr(sys, "argv", ["/home/me/venv/bin/crab-infer", "--model", "m"])
-    assert command_name(infer.main.__wrapped__) == "crab-infer"
-    monkeypatch.setattr(sys, "argv", [infer.__file__, "--model", "m"])  # python -m crab.bin.infer
-    assert command_name(infer.main.__wrapped__) == "crab.bin.infer"
+    def main(argv=None):
+        pass
+
+    monkeypatch.setattr(sys, "argv", ["/home/me/venv/bin/crab-infer", "--model", "m"])  # a console script
+    assert command_name(main) == "crab-infer"
+    monkeypatch.setattr(sys, "argv", [__file__, "--model", "m"])  # python -m: the module's file
+    assert command_name(main) == __spec__.name  # this module, as python -m names it
