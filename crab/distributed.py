@@ -80,4 +80,5 @@ def end_process_group():
     """End the DDP process group at the end of a run started by torchrun (torch warns
     at exit when a group is never destroyed); nothing without one."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # none tears its connections down while another still uses them
         dist.destroy_process_group()

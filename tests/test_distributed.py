@@ -15,7 +15,7 @@ import yaml
 from torch import nn
 
 import crab.experiment
-from crab.distributed import gather_batch
+from crab.distributed import end_process_group, gather_batch
 from crab.losses import ContrastiveLoss, WeightedCrossEntropy, mpcl, supcon
 from tests.conftest import ROOT, write_tone_corpus
 from tests.test_brain import CLASSES
@@ -155,6 +155,20 @@ def test_gathered_loss_and_gradients_equal_the_global_batch(gathered, split, kin
 def test_labels_are_gathered_in_rank_order(gathered, split):
     for rank in range(WORLD):
         assert gathered[rank][split, "labels"].tolist() == LABELS
+
+
+def test_a_process_group_ends_after_every_process_got_there(tmp_path, monkeypatch):
+    """A process tearing its gloo connections down while another still used them aborted
+    that one at exit ('terminate called without an active exception'), failing a finished run."""
+    calls = []
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: calls.append("barrier"))
+    real_destroy = dist.destroy_process_group
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy") or real_destroy())
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    end_process_group()
+    assert calls == ["barrier", "destroy"] and not dist.is_initialized()
+    end_process_group()  # none left: nothing
+    assert calls == ["barrier", "destroy"]
 
 
 def test_without_a_process_group_gathering_changes_nothing():
