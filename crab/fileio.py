@@ -13,6 +13,7 @@ holding the folder (a lock) may remove (``remove_temps``). A write the system re
 import glob
 import os
 import secrets
+import shutil
 
 from crab.cli import UserError
 
@@ -104,6 +105,22 @@ def write_atomic(path, write):
     """Replace ``path`` with what ``write(tmp)`` writes to a temporary file: after a
     kill or a power cut ``path`` is the old file or the whole new one."""
     commit(stage([(path, write)]))
+
+
+def replace_dir(new, out, old):
+    """Put the directory ``new`` in the place of ``out``: the old one is renamed to ``old``,
+    ``new`` renamed to ``out``, then ``old`` removed; when the second rename fails, the old
+    one is put back. At no point is there no ``out`` (bar a kill between the two renames,
+    which leaves it at ``old``)."""
+    if os.path.exists(out):
+        os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        if os.path.exists(old) and not os.path.exists(out):
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def append_lines(file, lines, sync=True):

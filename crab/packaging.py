@@ -39,7 +39,7 @@ from crab import cli
 from crab.checkpointing import TRAIN_SECONDS
 from crab.data import label_encoder
 from crab.encoders import waveform_normalization_mode
-from crab.fileio import is_write_failure
+from crab.fileio import is_write_failure, replace_dir
 from crab.inference import ENCODER_DIRS, METADATA, CrabClassifier, load_weights, package_files
 from crab.metrics import METRICS
 from crab.model_card import CARD, model_card, run_name
@@ -355,26 +355,16 @@ def package(hparams, out, text_source="unknown", asr_model=None, arguments=None)
 
     needs = {"speech": model.speech_encoder is not None, "text": model.text_encoder is not None}
     check_package(tmp, model, needs, hparams.get("max_duration"))
-    replace_dir(tmp, out)
+    replace_package(tmp, out)
     return metadata
 
 
-def replace_dir(new, out):
-    """Put the directory ``new`` in the place of ``out``: the old one is renamed aside
-    (``out.old``), ``new`` renamed to ``out``, then the old one removed; when the second
-    rename fails, the old one is put back. At no point is there no package (bar a kill
-    between the two renames, which leaves it in ``out.old``)."""
+def replace_package(new, out):
+    """``crab.fileio.replace_dir`` of the package ``new`` into ``out``, the old one renamed
+    aside to ``out.old`` (where a kill between the two renames leaves it)."""
     old = out.rstrip("/") + ".old"
     if os.path.exists(old):
         if not os.path.isfile(os.path.join(old, METADATA)):
             raise PackageError(f"{old} exists and is not a Crab package: remove it or choose another --out")
         shutil.rmtree(old)
-    if os.path.exists(out):
-        os.replace(out, old)
-    try:
-        os.replace(new, out)
-    except BaseException:
-        if os.path.exists(old) and not os.path.exists(out):
-            os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(new, out, old)

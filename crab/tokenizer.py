@@ -13,7 +13,7 @@ from transformers import RobertaTokenizerFast
 
 from crab import cli
 from crab.data import load_manifest
-from crab.fileio import fsync, temp_path
+from crab.fileio import fsync, replace_dir, temp_path
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0-4
 # Byte-level BPE keeps all 256 byte tokens whatever vocab_size asks for.
@@ -65,12 +65,7 @@ def build_bpe_tokenizer(texts, out_dir, vocab_size=1000, model_max_length=128):
                 f"cannot build the tokenizer {out_dir} ({type(err).__name__}: {err}): it is left as it was"
             ) from err
         raise
-    old = temp_path(out_dir) if os.path.isdir(out_dir) else None
-    if old:
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old:
-        shutil.rmtree(old)
+    replace_dir(tmp, out_dir, temp_path(out_dir))
     fsync(os.path.dirname(os.path.abspath(out_dir)))
     return tokenizer
 
