@@ -46,6 +46,10 @@ class UnsupportedModelError(ModelSourceError, ValueError):
     """A model of a family the encoder cannot run (a text model as the speech encoder, say)."""
 
 
+class TextLengthError(UserError, ValueError):
+    """A ``text_max_length`` beyond the text encoder's table of positions."""
+
+
 # transformers' models whose waveform goes through a convolutional feature encoder
 # (``feature_extractor``) then transformer layers: what SpeechEncoder runs besides Whisper
 CNN_SPEECH_MODELS = "wav2vec2, wavlm, hubert, data2vec-audio, unispeech, unispeech-sat, wav2vec2-conformer"
@@ -806,6 +810,17 @@ def check_text_model(source, config):
     )
 
 
+def position_capacity(model):
+    """Tokens that the text ``model``'s table of absolute positions numbers, or None for
+    a model without one (relative or rotary positions: DeBERTa-v3, ModernBERT)."""
+    table = getattr(getattr(model, "embeddings", None), "position_embeddings", None)
+    if not isinstance(table, nn.Embedding):
+        return None
+    # RoBERTa's family numbers the positions of real tokens from padding_idx + 1 on
+    first = 0 if table.padding_idx is None else table.padding_idx + 1
+    return table.num_embeddings - first
+
+
 class TextEncoder(_Encoder):
     """A Hugging Face text encoder and its tokenizer (RoBERTa by default).
 
@@ -881,6 +896,12 @@ class TextEncoder(_Encoder):
                 tokenizer or source,
                 f"the tokenizer of {tokenizer or source} has no tokens but its {specials} special ones "
                 "(is its tokenizer.json, or vocab.json and merges.txt, missing?)",
+            )
+        capacity = position_capacity(self.model)
+        if capacity is not None and max_length > capacity:  # else an index error at the first long transcript
+            raise TextLengthError(
+                f"text_max_length: {max_length} tokens, but the text encoder {source} numbers "
+                f"{capacity} positions: set text_max_length to {capacity} or less"
             )
         self.max_length = max_length
         self.output_dim = self.model.config.hidden_size

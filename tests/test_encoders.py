@@ -164,6 +164,48 @@ def test_text_encoder_pads_dynamically_and_truncates(tokenizer_dir):
     assert mask.shape[1] == 12
 
 
+def test_text_max_length_beyond_the_position_table_is_refused_when_built(tokenizer_dir):
+    """The tiny RoBERTa numbers 130 positions from padding_idx + 1 = 2: 128 tokens fit
+    (a long transcript truncated there encodes); 129 failed with an index error at the
+    first transcript that long, possibly epochs into training."""
+    from crab.encoders import TextLengthError
+
+    source = os.path.join(MINI_CONF, "roberta_tiny")
+    encoder = TextEncoder(source, tokenizer=tokenizer_dir, pretrained=False, max_length=128).eval()
+    _, mask = encoder(["word " * 300])
+    assert mask.shape == (1, 128) and bool(mask.all())
+    with pytest.raises(
+        TextLengthError, match=f"^text_max_length: 129 tokens, but .*{source} numbers 128 positions"
+    ):
+        TextEncoder(source, tokenizer=tokenizer_dir, pretrained=False, max_length=129)
+
+
+@pytest.mark.parametrize(
+    "model_type, extra, capacity",
+    [
+        ("bert", {}, 512),
+        ("roberta", {}, 510),
+        ("distilbert", {}, 512),
+        ("deberta-v2", {}, 512),
+        ("deberta-v2", {"position_biased_input": False}, None),
+    ],
+)
+def test_position_capacity_counts_the_absolute_positions_a_model_numbers(model_type, extra, capacity):
+    """max_position_embeddings 512 each; RoBERTa's positions start at padding_idx + 1 = 2;
+    DeBERTa-v3 (relative positions only) has no table and no limit."""
+    from transformers import AutoModel
+
+    from crab.encoders import position_capacity
+
+    small = dict(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50
+    )
+    if model_type == "distilbert":
+        small = dict(dim=16, n_layers=1, n_heads=2, hidden_dim=32, vocab_size=50)
+    config = AutoConfig.for_model(model_type, max_position_embeddings=512, **small, **extra)
+    assert position_capacity(AutoModel.from_config(config)) == capacity
+
+
 @pytest.mark.parametrize("texts", [["a b c d e f", "a"], ["a b", "c d"]], ids=["padded", "unpadded"])
 def test_text_encoder_gives_sdpa_the_mask_without_asking_the_device(monkeypatch, tokenizer_dir, texts):
     """transformers' SDPA path would ask the device whether any token is padded (a
