@@ -810,6 +810,36 @@ def check_text_model(source, config):
     )
 
 
+def has_tokens(tokenizer):
+    """Has ``tokenizer`` tokens besides its special ones? transformers builds a tokenizer of
+    special tokens alone from a directory that holds a model's config but no tokenizer."""
+    return len(tokenizer.get_vocab()) > len(set(tokenizer.all_special_tokens))
+
+
+def check_own_tokenizer(source, tokenizer_source, tokenizer):
+    """Refuse a ``tokenizer`` whose vocabulary differs from that of the tokenizer saved with
+    the pretrained text encoder ``source``: its ids would name other tokens' embeddings (the
+    corpus's own BPE tokenizer of stage 3 with a pretrained RoBERTa trains on noise). A source
+    without a tokenizer of its own is not checked."""
+    try:
+        own = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        logger.debug("%s has no tokenizer to compare %s with: %s", source, tokenizer_source, _one_line(err))
+        return
+    theirs, ours = own.get_vocab(), tokenizer.get_vocab()
+    if theirs == ours or not has_tokens(own):
+        return
+    differ = sum(theirs.get(token) != index for token, index in ours.items())
+    raise ModelSourceError(
+        "tokenizer",
+        tokenizer_source,
+        f"the tokenizer {tokenizer_source} has another vocabulary than the one saved with the "
+        f"pretrained text encoder {source} ({differ} of its {len(ours)} tokens are missing there or "
+        f"have other ids; {len(theirs)} tokens there): the encoder's embeddings are indexed by the "
+        f"ids of its own tokenizer, so set tokenizer_source to {source}",
+    )
+
+
 def position_capacity(model):
     """Tokens that the text ``model``'s table of absolute positions numbers, or None for
     a model without one (relative or rotary positions: DeBERTa-v3, ModernBERT)."""
@@ -874,6 +904,8 @@ class TextEncoder(_Encoder):
                 f"the tokenizer of {tokenizer or source} has no padding token: save it with one "
                 "(tokenizer.pad_token = tokenizer.eos_token, then save_pretrained)",
             )
+        if pretrained and tokenizer and os.path.realpath(tokenizer) != os.path.realpath(source):
+            check_own_tokenizer(source, tokenizer, self.tokenizer)
         self.model = from_source("text_encoder source", source, lambda s: _load(AutoModel, s, pretrained))
         vocab, tokens = self.model.config.vocab_size, len(self.tokenizer)
         if tokens > vocab:  # token ids past the embedding table: an index error later
@@ -889,12 +921,12 @@ class TextEncoder(_Encoder):
                 )
                 + f"use a text encoder with a vocabulary of {tokens} or more",
             )
-        specials = len(set(self.tokenizer.all_special_tokens))
-        if len(self.tokenizer.get_vocab()) <= specials:  # transformers builds one from a config alone
+        if not has_tokens(self.tokenizer):
             raise ModelSourceError(
                 "tokenizer" if tokenizer else "text_encoder source",
                 tokenizer or source,
-                f"the tokenizer of {tokenizer or source} has no tokens but its {specials} special ones "
+                f"the tokenizer of {tokenizer or source} has no tokens but its "
+                f"{len(set(self.tokenizer.all_special_tokens))} special ones "
                 "(is its tokenizer.json, or vocab.json and merges.txt, missing?)",
             )
         capacity = position_capacity(self.model)

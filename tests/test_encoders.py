@@ -247,6 +247,32 @@ def test_tokenizer_larger_than_model_vocabulary_is_an_error(tmp_path, tokenizer_
         TextEncoder(str(tmp_path), tokenizer=tokenizer_dir, pretrained=False)
 
 
+def test_a_pretrained_text_encoder_refuses_a_tokenizer_of_another_vocabulary(tmp_path, tokenizer_dir):
+    """A pretrained encoder saved with its tokenizer, given another one of no more tokens
+    (the corpus's stage-3 BPE tokenizer with a pretrained RoBERTa): its ids named other
+    tokens' embeddings, silently. A copy of its own tokenizer, or a source saved without
+    one, is taken."""
+    import shutil
+
+    from transformers import AutoModel, AutoTokenizer
+
+    from crab.encoders import ModelSourceError
+    from crab.tokenizer import build_bpe_tokenizer
+
+    config = AutoConfig.from_pretrained(os.path.join(MINI_CONF, "roberta_tiny"))
+    bare, model = tmp_path / "bare", tmp_path / "model"
+    AutoModel.from_config(config).save_pretrained(bare)
+    shutil.copytree(bare, model)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(model)
+    other = tmp_path / "other"
+    build_bpe_tokenizer(["completely different words here, and more of them"] * 8, str(other), vocab_size=280)
+    with pytest.raises(ModelSourceError, match=f"^tokenizer: the tokenizer {other} has another vocabulary"):
+        TextEncoder(str(model), tokenizer=str(other), pretrained=True)
+    TextEncoder(str(model), tokenizer=tokenizer_dir, pretrained=True)
+    TextEncoder(str(bare), tokenizer=str(other), pretrained=True)
+    TextEncoder(str(model), tokenizer=str(other), pretrained=False)  # random weights: any tokenizer
+
+
 @pytest.mark.parametrize("model_type", ["t5", "bart", "wavlm", "audio-spectrogram-transformer"])
 def test_a_text_encoder_of_another_family_is_refused_naming_the_source(tmp_path, tokenizer_dir, model_type):
     """An encoder-decoder (T5 stopped at its first batch, BART gave its decoder's states)
