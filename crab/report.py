@@ -153,12 +153,14 @@ def record_training(run_dir, wall_s, command, device="cpu", config=None, tuning=
     return info
 
 
-def latest_checkpoint(run_dir):
-    """``(folder, meta)`` of the most recent checkpoint in ``run_dir/save``; None without one."""
+def latest_checkpoint(run_dir, save_folder=None):
+    """``(folder, meta)`` of the most recent checkpoint in ``save_folder`` (``run_dir/save``);
+    None without one."""
     import yaml  # SpeechBrain's dependency, needed only here
 
+    save_folder = save_folder or os.path.join(run_dir, "save")
     latest = None
-    for meta_file in glob.glob(os.path.join(glob.escape(run_dir), "save", "CKPT+*", "CKPT.yaml")):
+    for meta_file in glob.glob(os.path.join(glob.escape(save_folder), "CKPT+*", "CKPT.yaml")):
         with open(meta_file, encoding="utf-8") as f:
             meta = yaml.safe_load(f) or {}
         if latest is None or meta.get("unixtime", 0) > latest[1].get("unixtime", 0):
@@ -173,21 +175,12 @@ def checkpointed_training_seconds(run_dir):
     return None if seconds is None else float(seconds)
 
 
-def unfinished_training(run_dir):
-    """``(epochs trained, number_of_epochs, latest checkpoint)`` of a run in ``run_dir`` whose
-    training stopped before its ``number_of_epochs`` (its hyperparams.yaml, which each training
-    invocation rewrites: more epochs asked for count); None when it finished, or when there is
-    nothing to tell it by (no checkpoint, no hyperparams.yaml)."""
-    from crab.runconfig import RUN_HPARAMS, TagTolerantLoader  # yaml only
-
-    latest = latest_checkpoint(run_dir)
-    hparams_file = os.path.join(run_dir, RUN_HPARAMS)
-    if latest is None or not os.path.isfile(hparams_file):
+def epochs_trained(run_dir, save_folder=None):
+    """``(epochs done, latest checkpoint)`` of the training in ``run_dir`` (its checkpoints in
+    ``save_folder``, ``run_dir/save``); None without a checkpoint (or one that does not tell)."""
+    latest = latest_checkpoint(run_dir, save_folder)
+    if latest is None:
         return None
-    import yaml
-
-    with open(hparams_file, encoding="utf-8") as f:
-        wanted = (yaml.load(f, Loader=TagTolerantLoader) or {}).get("number_of_epochs")
     folder, meta = latest
     counter = os.path.join(folder, "counter.ckpt")  # the epoch counter: the epoch under way or done
     if os.path.isfile(counter):
@@ -195,7 +188,26 @@ def unfinished_training(run_dir):
             trained = int(f.read().strip()) - (0 if meta.get("end-of-epoch", True) else 1)
     else:
         trained = meta.get("epoch")
-    if not isinstance(wanted, int) or not isinstance(trained, int) or trained >= wanted:
+    return (trained, folder) if isinstance(trained, int) else None
+
+
+def unfinished_training(run_dir):
+    """``(epochs trained, number_of_epochs, latest checkpoint)`` of a run in ``run_dir`` whose
+    training stopped before its ``number_of_epochs`` (its hyperparams.yaml, which each training
+    invocation rewrites: more epochs asked for count); None when it finished, or when there is
+    nothing to tell it by (no checkpoint, no hyperparams.yaml)."""
+    from crab.runconfig import RUN_HPARAMS, TagTolerantLoader  # yaml only
+
+    done = epochs_trained(run_dir)
+    hparams_file = os.path.join(run_dir, RUN_HPARAMS)
+    if done is None or not os.path.isfile(hparams_file):
+        return None
+    import yaml
+
+    with open(hparams_file, encoding="utf-8") as f:
+        wanted = (yaml.load(f, Loader=TagTolerantLoader) or {}).get("number_of_epochs")
+    trained, folder = done
+    if not isinstance(wanted, int) or trained >= wanted:
         return None
     return trained, wanted, folder
 
@@ -213,7 +225,9 @@ def check_trained(run_dirs, stage):
     if lines:
         raise cli.UserError(
             f"stage {stage} needs finished runs, and training stopped early in: {'; '.join(lines)}. "
-            "Finish them first: rerun stage 5 with the options they were trained with (it resumes)"
+            "Finish them first: rerun stage 5 with the options they were trained with (it resumes); "
+            "or end one where it stands: rerun stage 5 with those options and --number_of_epochs=N, "
+            "N its epochs trained"
         )
 
 

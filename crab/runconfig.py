@@ -507,16 +507,38 @@ def _beyond_schedule(saved, epochs):
     return f": {which} head lr {shown}, the cosine past its end"
 
 
+def _end_early(folder, save_folder, epochs):
+    """Fewer epochs asked for than the run in ``folder`` was started with: it ends there (a
+    run stopped by a time limit, kept as it stands), unless it has trained more already."""
+    from crab.report import epochs_trained
+
+    done = epochs_trained(folder, save_folder)
+    if done is not None and done[0] > float(epochs[1]):
+        raise ConfigError(
+            f"{folder} has trained {done[0]} epochs ({done[1]}): --number_of_epochs={show(epochs[1])} "
+            f"would record fewer than its weights had; give {done[0]} or more"
+        )
+    logger.warning(
+        "%s: number_of_epochs %s, started with %s: the run ends at epoch %s, under the learning-rate "
+        "schedule of its checkpoint (made for %s epochs)",
+        folder,
+        show(epochs[1]),
+        show(epochs[0]),
+        show(epochs[1]),
+        show(epochs[0]),
+    )
+
+
 def check_resume(hparams_file, overrides, folder, save_folder):
     """A ``ConfigError`` when a training would go on, in ``folder``, with other settings
     than the run it holds was trained with (its ``hyperparams.yaml`` and a checkpoint in
     ``save_folder``): it would train the old weights on, and rewrite the run's record.
     Keys of both configurations are compared, once resolved, but ``RESUME_KEYS``; a key
-    only one of them has (a newer or older yaml) is not a setting of both. More epochs
-    (``number_of_epochs``, and what is built from it), given as an override, train on,
-    with a warning: the checkpoint's learning-rate schedule was made for the epochs first
-    asked for; another number from the yaml alone is an error (the run's own overrides
-    forgotten)."""
+    only one of them has (a newer or older yaml) is not a setting of both. Another
+    ``number_of_epochs`` (and what is built from it), given as an override, trains on to it,
+    or ends the run there (not before the epochs it has trained), with a warning: the
+    checkpoint's learning-rate schedule was made for the epochs first asked for; another
+    number from the yaml alone is an error (the run's own overrides forgotten)."""
     run_file = os.path.join(folder, RUN_HPARAMS)
     if not os.path.isfile(run_file) or not has_checkpoint(save_folder):
         return
@@ -535,16 +557,19 @@ def check_resume(hparams_file, overrides, folder, save_folder):
                 f'"--number_of_epochs={show(epochs[0])}"), or train it on to {show(epochs[1])} with '
                 f"--number_of_epochs={show(epochs[1])}"
             )
-        logger.warning(
-            "%s: number_of_epochs %s, trained with %s: training goes on, under the learning-rate "
-            "schedule of its checkpoint (made for %s epochs%s); train a new run for a schedule over %s",
-            folder,
-            show(epochs[1]),
-            show(epochs[0]),
-            show(epochs[0]),
-            _beyond_schedule(saved, epochs[1]),
-            show(epochs[1]),
-        )
+        if float(epochs[1]) < float(epochs[0]):
+            _end_early(folder, save_folder, epochs)
+        else:
+            logger.warning(
+                "%s: number_of_epochs %s, trained with %s: training goes on, under the learning-rate "
+                "schedule of its checkpoint (made for %s epochs%s); train a new run for a schedule over %s",
+                folder,
+                show(epochs[1]),
+                show(epochs[0]),
+                show(epochs[0]),
+                _beyond_schedule(saved, epochs[1]),
+                show(epochs[1]),
+            )
         given = resolved_values(text, last_value_wins((overrides or "") + f"number_of_epochs: {epochs[0]}\n"))
     differ = [
         key

@@ -173,6 +173,34 @@ def test_training_resumed_with_other_settings_is_refused_before_anything_is_writ
     assert "num_workers" in (run / "hyperparams.yaml").read_text()
 
 
+def test_fewer_epochs_end_a_stopped_run_where_it_stands(trained, data, tmp_path):
+    """A run stopped by a time limit (1 of its 2 epochs) ends there when asked for 1 epoch:
+    later stages then take it as finished. Fewer epochs than it has trained are refused."""
+    from crab.report import unfinished_training
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    more = [opt for opt in TRAIN_OPTS if not opt.startswith("--number_of_epochs")]
+    assert (
+        command("crab.bin.train", CONFIG, *run_options(data, run), *more, "--number_of_epochs=2").returncode
+        == 0
+    )
+    record = (run / "hyperparams.yaml").read_text()
+    result = command("crab.bin.train", CONFIG, *run_options(data, run), *TRAIN_OPTS)
+    assert_one_line_error(
+        result, f"{run} has trained 2 epochs (", "--number_of_epochs=1 would record fewer", "give 2 or more"
+    )
+    assert (run / "hyperparams.yaml").read_text() == record
+    (counter,) = run.glob("save/CKPT+*/counter.ckpt")
+    counter.write_text("1")  # as if killed after epoch 1 of 2
+    assert unfinished_training(str(run))[:2] == (1, 2)
+    log = (run / "train_log.txt").read_text()
+    ended = command("crab.bin.train", CONFIG, *run_options(data, run), *TRAIN_OPTS)
+    assert ended.returncode == 0, ended.stderr
+    assert "number_of_epochs 1, started with 2: the run ends at epoch 1" in ended.stderr
+    assert unfinished_training(str(run)) is None and (run / "train_log.txt").read_text() == log
+
+
 class FullDisk:
     """A file open for writing on a disk that fills up: its first write lands in part, then fails."""
 
