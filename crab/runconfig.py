@@ -507,26 +507,16 @@ def _beyond_schedule(saved, epochs):
     return f": {which} head lr {shown}, the cosine past its end"
 
 
-def _end_early(folder, save_folder, epochs):
-    """Fewer epochs asked for than the run in ``folder`` was started with: it ends there (a
-    run stopped by a time limit, kept as it stands), unless it has trained more already."""
+def _check_epochs_trained(folder, save_folder, epochs):
+    """A ``ConfigError`` when the run in ``folder`` has trained more than ``epochs``."""
     from crab.report import epochs_trained
 
     done = epochs_trained(folder, save_folder)
-    if done is not None and done[0] > float(epochs[1]):
+    if done is not None and done[0] > float(epochs):
         raise ConfigError(
-            f"{folder} has trained {done[0]} epochs ({done[1]}): --number_of_epochs={show(epochs[1])} "
+            f"{folder} has trained {done[0]} epochs ({done[1]}): --number_of_epochs={show(epochs)} "
             f"would record fewer than its weights had; give {done[0]} or more"
         )
-    logger.warning(
-        "%s: number_of_epochs %s, started with %s: the run ends at epoch %s, under the learning-rate "
-        "schedule of its checkpoint (made for %s epochs)",
-        folder,
-        show(epochs[1]),
-        show(epochs[0]),
-        show(epochs[1]),
-        show(epochs[0]),
-    )
 
 
 def check_resume(hparams_file, overrides, folder, save_folder):
@@ -557,19 +547,24 @@ def check_resume(hparams_file, overrides, folder, save_folder):
                 f'"--number_of_epochs={show(epochs[0])}"), or train it on to {show(epochs[1])} with '
                 f"--number_of_epochs={show(epochs[1])}"
             )
-        if float(epochs[1]) < float(epochs[0]):
-            _end_early(folder, save_folder, epochs)
+        beyond, advice = "", ""
+        if float(epochs[1]) < float(epochs[0]):  # a stopped run kept as it stands
+            _check_epochs_trained(folder, save_folder, epochs[1])
+            what = f"started with {show(epochs[0])}: the run ends at epoch {show(epochs[1])}"
         else:
-            logger.warning(
-                "%s: number_of_epochs %s, trained with %s: training goes on, under the learning-rate "
-                "schedule of its checkpoint (made for %s epochs%s); train a new run for a schedule over %s",
-                folder,
-                show(epochs[1]),
-                show(epochs[0]),
-                show(epochs[0]),
-                _beyond_schedule(saved, epochs[1]),
-                show(epochs[1]),
-            )
+            what = f"trained with {show(epochs[0])}: training goes on"
+            beyond = _beyond_schedule(saved, epochs[1])
+            advice = f"; train a new run for a schedule over {show(epochs[1])}"
+        logger.warning(
+            "%s: number_of_epochs %s, %s, under the learning-rate schedule of its checkpoint "
+            "(made for %s epochs%s)%s",
+            folder,
+            show(epochs[1]),
+            what,
+            show(epochs[0]),
+            beyond,
+            advice,
+        )
         given = resolved_values(text, last_value_wins((overrides or "") + f"number_of_epochs: {epochs[0]}\n"))
     differ = [
         key
