@@ -476,7 +476,11 @@ def test_ablation_builds_the_intended_model_and_trains_a_step(name, tiny_data, t
     brain.on_stage_start(sb.Stage.TRAIN)
     loss = brain.fit_batch(batch_of(tiny_data))
     assert torch.isfinite(loss)
-    assert set(brain._loss_parts) == {"wce", *(f"leg_{n}" for n in legs_expected)}
+    parts = brain._loss_parts
+    assert set(parts) == {"wce", *(f"leg_{n}" for n in legs_expected)}
+    # eq. 8 for every row, the CE heads of "MLS + CE" included: WCE + alpha * mean over the legs
+    legs_mean = sum(parts[f"leg_{n}"] for n in legs_expected) / len(legs_expected) if legs_expected else 0.0
+    assert float(loss) == pytest.approx(parts["wce"] + hparams["alpha"] * legs_mean, rel=1e-5)
     assert any(not torch.equal(b, p) for b, p in zip(before, model.classifier.parameters(), strict=True))
 
 
