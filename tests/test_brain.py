@@ -5,6 +5,7 @@ import math
 import os
 
 import pytest
+import soundfile as sf
 import torch
 
 from crab.data import DataError
@@ -89,6 +90,22 @@ def test_hierarchical_lr_cosine_schedule_and_accumulation(data, tmp_path):
     log = (tmp_path / "exp" / "train_log.txt").read_text().splitlines()
     lrs = [float(line.split("lr_head: ")[1].split(" ")[0]) for line in log]
     assert lrs == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)], rel=1e-2)
+
+
+def test_every_split_reads_the_first_max_duration_seconds(data, tmp_path):
+    cwd = os.getcwd()
+    try:
+        hparams, _ = load(data, tmp_path, "--max_duration=0.25")
+        os.makedirs(hparams["save_folder"], exist_ok=True)
+        encoder = prepare_labels_and_weights(hparams)
+        for split in ("train", "valid", "test"):
+            items = dataset(hparams, hparams[f"{split}_manifest"], encoder)
+            for i, utt in enumerate(items.data_ids):
+                wav, _ = sf.read(str(data / f"{utt}.wav"), dtype="float32")
+                assert len(wav) > 4000  # every file is longer than 0.25 s
+                torch.testing.assert_close(items[i]["sig"], torch.from_numpy(wav[:4000]))
+    finally:
+        os.chdir(cwd)
 
 
 def test_an_epoch_without_a_complete_accumulation_is_an_error(caplog):
