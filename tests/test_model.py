@@ -117,6 +117,46 @@ def test_unmasked_model_gives_its_gru_host_lengths(make_crab, monkeypatch):
     assert counted == [False, False]  # speech and text: neither counted on the device
 
 
+def test_forward_wires_the_blocks_as_the_paper_describes(make_crab):
+    """Each representation recomputed from the blocks in the paper's order, on a padded batch:
+    projection (Linear + LayerNorm) -> bi-GRU; speech queries attend to text and text to
+    speech, each output added to its queries (no FFN); pooling softmax(r . m / sqrt(D)) over
+    real frames; LayerNorm -> fc1 (the fusion leg's input, before ReLU) -> ReLU -> out."""
+    model = make_crab(seed=4).eval()
+    wavs, lens = torch.randn(2, 16000) * 0.1, torch.tensor([0.6, 1.0])
+    texts = ["so happy", "this one is a good deal longer"]
+    with torch.no_grad():
+        logits, taps = model(wavs, lens, texts)
+        seqs, masks = {}, {}
+        for branch, inputs in (("speech", (wavs, lens)), ("text", (texts,))):
+            encoder, block = model.encoders[branch], model.unimodal[branch]
+            states, mask = encoder.states(*inputs)
+            assert not mask.all()  # one row padded
+            hidden = encoder.select(states, mask)
+            projected = block.projection[1](block.projection[0](hidden))
+            n = int(mask[0].sum())
+            seq = block.gru(projected[:1, :n])[0]  # the first row alone, without its padding
+            torch.testing.assert_close(block(hidden, mask)[1][:1, :n], seq, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(taps[f"{branch}_unimodal"][:1], seq.mean(dim=1), atol=1e-5, rtol=1e-4)
+            seqs[branch], masks[branch] = block(hidden, mask)[1], mask
+        s, t = seqs["speech"], seqs["text"]
+        cross = model.cross_modal
+        attended = {
+            "speech": s + cross.speech_to_text(s, t, t, key_padding_mask=~masks["text"])[0],
+            "text": t + cross.text_to_speech(t, s, s, key_padding_mask=~masks["speech"])[0],
+        }
+        pooled = []
+        for branch in ("speech", "text"):
+            x, mask, query = attended[branch], masks[branch], model.pooling[branch].query
+            scores = (x @ query / math.sqrt(x.shape[-1])).masked_fill(~mask, float("-inf"))
+            pooled.append((torch.softmax(scores, dim=1).unsqueeze(-1) * x).sum(dim=1))
+            torch.testing.assert_close(taps[f"{branch}_pooled"], pooled[-1], atol=1e-5, rtol=1e-4)
+        classifier = model.classifier
+        fused = classifier.fc1(classifier.norm(torch.cat(pooled, dim=-1)))
+        torch.testing.assert_close(taps["fusion"], fused, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(logits, classifier.out(torch.relu(fused)), atol=1e-5, rtol=1e-4)
+
+
 def test_legs_leave_the_inference_model_unchanged(make_crab):
     with_legs = make_crab(seed=3)
     legs = SupervisionLegs(with_legs.tap_dims, LEG_NAMES, output_dim=8)
