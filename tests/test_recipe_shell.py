@@ -56,6 +56,9 @@ def test_help_lists_every_option_without_a_venv(bare_clone):
         assert re.search(rf"^  --{name} +\[{re.escape(default)}\] +\S", result.stdout, re.MULTILINE), name
     assert "5  train" in result.stdout and "8  package" in result.stdout  # the stages
     assert result.stdout.startswith(f"Usage: {bare_clone}/egs/mini/run.sh ")
+    # the recipe's own settings, which replace the defaults (its config, classes, BPE tokenizer)
+    given = result.stdout.split("replace the defaults above")[1]
+    assert "--config conf/crab_tiny.yaml" in given and "--bpe_vocab_size 1000" in given
 
 
 def test_run_options_reach_python_as_given(bare_clone):

@@ -91,8 +91,15 @@ usage() {  # the header above and every option of the block with its default
          printf "  --%-15s %-7s %s\n", name, "[" value "]", text; next }
        f && /^ +#/ { text=$0; sub(/^ +# */, "", text); printf "  %-25s %s\n", "", text }
        /^# ---- options/{f=1}' "${self}"
+  local given=() word
+  for word in "$@"; do case "${word}" in --help|-h) ;; *) given+=("${word}") ;; esac; done
+  [ "${#given[@]}" -eq 0 ] && return
+  # shellcheck source=utils/log.sh
+  . utils/log.sh
+  echo "This call's options, which replace the defaults above (the recipe's run.sh's, then yours):"
+  echo "  $(quote_words "${given[@]}")"
 }
-case " $* " in *" --help "*|*" -h "*) usage; exit 0 ;; esac
+case " $* " in *" --help "*|*" -h "*) usage "$@"; exit 0 ;; esac
 
 . utils/log.sh
 invocation=$(quote_words "$0" "$@")  # logged first: parse_options.sh consumes "$@"
