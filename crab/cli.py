@@ -53,3 +53,19 @@ def str2bool(value):
     if value.lower() not in ("true", "false"):
         raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
     return value.lower() == "true"
+
+
+def exit_on_run_help(argv, doc):
+    """``-h`` or ``--help`` in ``argv`` of a command that takes a yaml and SpeechBrain's run
+    options (``crab.bin.train``, ``crab.bin.evaluate``): print its ``doc`` (its usage first),
+    then SpeechBrain's run options, and exit 0. SpeechBrain's own help names the script
+    ``train.py`` and says nothing of the command or its ``--key=value`` overrides."""
+    if "-h" not in argv and "--help" not in argv:
+        return
+    from speechbrain.utils.run_opts import RunOptions
+
+    options = RunOptions._create_parser().format_help().split("\noptions:\n", 1)[-1]
+    print(
+        f"{doc.strip()}\n\nSpeechBrain's run options, given like the overrides (--device=cuda:0):\n{options}"
+    )
+    sys.exit(0)

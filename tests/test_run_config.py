@@ -393,3 +393,16 @@ def test_values_given_again_compare_by_meaning(tmp_path):
     assert same_value(str(tmp_path / "link"), str(tmp_path / "real")) and not same_value(
         str(tmp_path), "data/main"
     )
+
+
+@pytest.mark.parametrize(
+    "name, main", [("train", train.main), ("evaluate", evaluate.main), ("package", package_cli.main)]
+)
+def test_help_gives_the_commands_usage(name, main, capsys):
+    """SpeechBrain's own help named the script train.py, with none of the command's arguments."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert (
+        exit_.value.code == 0 and f"python -m crab.bin.{name} hparams.yaml" in out and "train.py" not in out
+    )

@@ -22,6 +22,7 @@ from crab.experiment import load_trained_run, loader_options
 @cli.entry_point
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    cli.exit_on_run_help(argv, __doc__)
     hparams, brain, test_set = load_trained_run(argv)
     brain.evaluate(
         test_set,

@@ -54,7 +54,13 @@ from crab.runconfig import load_run
 @cli.entry_point
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="python -m crab.bin.package",
+        usage="%(prog)s hparams.yaml --output_folder=RUN [--key=value ...] --out DIR [options]",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
     parser.add_argument("--out", required=True, help="the model directory to write")
     parser.add_argument(
         "--text_source",

@@ -20,6 +20,7 @@ ends, even on ``kill -9``, so re-running an interrupted training needs no clean-
 """
 
 import os
+import sys
 
 import speechbrain as sb
 
@@ -44,6 +45,8 @@ from crab.runconfig import ConfigError, check_resume, has_checkpoint, write_run_
 
 @cli.entry_point
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    cli.exit_on_run_help(argv, __doc__)
     hparams_file, run_opts, overrides, hparams = parse_and_load(argv)
     if run_opts.get("data_parallel_backend"):
         # DataParallel hands each replica the whole batch's host-side lengths, and the
