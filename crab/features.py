@@ -13,17 +13,19 @@ cache directory:
                            bytes, and the stat values they were taken at)
     shard_00000.safetensors ...  tensors named ``<utt>/<branch>``
 
-Each shard is written to a temporary name, fsynced and renamed, then the index is
-rewritten the same way (``crab.fileio``), so an interrupted extraction (or a power cut)
-loses at most the shard in progress and re-running it extracts only what is missing
-(and removes the temporary file it left). Re-running also checks every listed shard
-(it opens, and holds its utterances' tensors with the cache's dtype and trailing
-shape); a shard that does not is dropped from the index, with a warning, and its
-utterances extracted again. Utterances of new manifests (another fold) are added to
-the same cache. The index records a digest of the encoder weights: reading a cache
-with other weights (another checkpoint, another random seed) or with changed inputs
-(an edited transcript, an audio file replaced in place) is an error, never a silent
-mismatch.
+Each shard is written to a temporary name, fsynced and renamed, and the index is
+rewritten the same way (``crab.fileio``) at most once a minute (``INDEX_INTERVAL_S``), when
+the extraction ends, and when an error or Ctrl-C stops it: the index grows with the
+corpus, and rewriting it after every shard made an extraction quadratic in its size. A
+kill or a power cut loses at most the last minute's shards; re-running extracts only
+what is missing (and removes the shards and the temporary file the kill left).
+Re-running also checks every listed shard (it opens, and holds its utterances' tensors
+with the cache's dtype and trailing shape); a shard that does not is dropped from the
+index, with a warning, and its utterances extracted again. Utterances of new manifests
+(another fold) are added to the same cache. The index records a digest of the encoder
+weights: reading a cache with other weights (another checkpoint, another random seed) or
+with changed inputs (an edited transcript, an audio file replaced in place) is an error,
+never a silent mismatch.
 
 Audio files are compared by content: a file whose size and stat times (mtime,
 ctime, inode) are those recorded is taken as unchanged; any other is hashed again
@@ -41,6 +43,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -61,6 +64,7 @@ SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 # 2: audio fingerprints ("audio"); a cache without them (1) holding speech states is
 # not trusted: its audio may have changed unseen.
 INDEX_VERSION = 2
+INDEX_INTERVAL_S = 60  # extraction rewrites index.json at most this often (and when it stops)
 
 
 class FeatureCacheError(UserError, ValueError):
@@ -406,6 +410,14 @@ def _drop_corrupt_shards(cache_dir, index):
                 os.remove(path)
 
 
+def _remove_unindexed_shards(cache_dir, index):
+    """Remove the shards that a killed extraction wrote after its last index write: never
+    read, their utterances are extracted again."""
+    for name in os.listdir(cache_dir):
+        if name.startswith("shard_") and name.endswith(".safetensors") and name not in index["shards"]:
+            os.remove(os.path.join(cache_dir, name))
+
+
 def _next_shard(index):
     numbers = [int(name[len("shard_") : -len(".safetensors")]) for name in index["shards"]]
     return f"shard_{max(numbers, default=-1) + 1:05d}.safetensors"
@@ -457,6 +469,7 @@ def extract(
         remove_temps(cache_dir)  # of an extraction killed while writing
         index = _read_index(cache_dir, branches, dtype)
         _drop_corrupt_shards(cache_dir, index)
+        _remove_unindexed_shards(cache_dir, index)
         done = {utt for utts in index["shards"].values() for utt in utts}
         entries, digests, audio, restat = {}, {}, {}, False
         for manifest in manifests:
@@ -481,8 +494,6 @@ def extract(
                     if data_root is not None and entry["wav"]:
                         entry["wav"] = entry["wav"].replace("{data_root}", data_root)
                     entries[utt] = entry
-        if restat:
-            write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
         todo = sorted(entries)
         logger.info(
             "Feature cache %s: %d utterance(s) cached, %d to extract (%s)",
@@ -492,34 +503,43 @@ def extract(
             ", ".join(sorted(branches)),
         )
         model.to(device).eval()
-        for start in range(0, len(todo), shard_size):
-            shard = _next_shard(index)
-            tensors = {}
-            for utts in _batches(todo[start : start + shard_size], entries, batch_size):
-                encoded = _encode_batch(model, sorted(branches), utts, entries, max_duration, device)
-                for utt, states in encoded.items():
-                    for branch, value in states.items():
-                        tensors[f"{utt}/{branch}"] = value.to(DTYPES[dtype]).contiguous()
-            path = os.path.join(cache_dir, shard)
-            try:
-                write_atomic(path, functools.partial(save_file, tensors))
-            except SafetensorError as err:  # its write errors (a full disk) are no OSError
-                raise FeatureCacheError(
-                    f"cannot write {path} ({err}): the shards written before are kept, and the same "
-                    "extraction run again (once there is room) goes on from them"
-                ) from err
-            index["shards"][shard] = sorted(todo[start : start + shard_size])
-            problem = _shard_problem(path, index["shards"][shard], branches, dtype)
-            if problem is not None:  # as written: a bug or a failing disk, not to be indexed
-                raise FeatureCacheError(f"{path} does not read back: {problem}")
-            index["inputs"].update({utt: digests[utt] for utt in index["shards"][shard]})
-            index["audio"].update({utt: audio[utt] for utt in index["shards"][shard] if utt in audio})
-            write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
-            logger.info(
-                "Feature cache %s: %s written (%d/%d)",
-                cache_dir,
-                shard,
-                min(start + shard_size, len(todo)),
-                len(todo),
-            )
+        unsaved, saved_at = restat, time.monotonic()
+        try:
+            for start in range(0, len(todo), shard_size):
+                shard = _next_shard(index)
+                utts = todo[start : start + shard_size]
+                tensors = {}
+                for batch in _batches(utts, entries, batch_size):
+                    encoded = _encode_batch(model, sorted(branches), batch, entries, max_duration, device)
+                    for utt, states in encoded.items():
+                        for branch, value in states.items():
+                            tensors[f"{utt}/{branch}"] = value.to(DTYPES[dtype]).contiguous()
+                path = os.path.join(cache_dir, shard)
+                try:
+                    write_atomic(path, functools.partial(save_file, tensors))
+                except SafetensorError as err:  # its write errors (a full disk) are no OSError
+                    raise FeatureCacheError(
+                        f"cannot write {path} ({err}): the shards written before are kept, and the same "
+                        "extraction run again (once there is room) goes on from them"
+                    ) from err
+                problem = _shard_problem(path, utts, branches, dtype)
+                if problem is not None:  # as written: a bug or a failing disk, not to be indexed
+                    raise FeatureCacheError(f"{path} does not read back: {problem}")
+                index["shards"][shard] = utts
+                index["inputs"].update({utt: digests[utt] for utt in utts})
+                index["audio"].update({utt: audio[utt] for utt in utts if utt in audio})
+                unsaved = True
+                if time.monotonic() - saved_at >= INDEX_INTERVAL_S:
+                    write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
+                    unsaved, saved_at = False, time.monotonic()
+                logger.info(
+                    "Feature cache %s: %s written (%d/%d)",
+                    cache_dir,
+                    shard,
+                    min(start + shard_size, len(todo)),
+                    len(todo),
+                )
+        finally:  # the shards written so far, also when an error or Ctrl-C stops the extraction
+            if unsaved:
+                write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
     return len(todo)

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -168,6 +169,43 @@ def test_a_full_disk_stops_extraction_naming_the_shard_and_the_rerun_goes_on(cor
         torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
 
 
+def index_writes(events):
+    return sum(e[0] == "rename" and os.path.basename(e[2]) == "index.json" for e in events)
+
+
+def test_extraction_rewrites_its_index_once_a_minute_not_after_every_shard(corpus, tmp_path, monkeypatch):
+    # the index grows with the corpus: rewritten after each of its shards, it made an
+    # extraction quadratic in the number of utterances
+    events = _fsync_log(monkeypatch, crab.features)
+    now = [0.0]
+    monkeypatch.setattr(crab.features, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    extract(corpus, tmp_path / "quick", "--shard_size=3")  # 20 utterances: 7 shards within a minute
+    assert index_writes(events) == 1
+    events.clear()
+
+    def a_minute_per_call():
+        now[0] += crab.features.INDEX_INTERVAL_S
+        return now[0]
+
+    monkeypatch.setattr(crab.features, "time", types.SimpleNamespace(monotonic=a_minute_per_call))
+    extract(corpus, tmp_path / "slow", "--shard_size=3")
+    assert index_writes(events) == 7
+
+
+def test_shards_a_killed_extraction_left_unindexed_are_removed(corpus, tmp_path):
+    cache = tmp_path / "cache"
+    extract(corpus, cache, "--shard_size=7")
+    before = shards(cache)
+    shutil.copy(cache / "shard_00000.safetensors", cache / "shard_00003.safetensors")  # not in the index
+    extract(corpus, cache, "--shard_size=7")
+    assert sorted(os.listdir(cache)) == [
+        ".lock",
+        "index.json",
+        *(f"shard_0000{i}.safetensors" for i in range(3)),
+    ]
+    assert shards(cache).keys() == before.keys()
+
+
 def _fsync_log(monkeypatch, module):
     """Record fsync and rename calls, by path, in order."""
     events = []
@@ -207,14 +245,13 @@ def test_shards_index_and_checkpoints_are_fsynced_before_their_rename(corpus, tm
     cache = tmp_path / "cache"
     events = _fsync_log(monkeypatch, crab.features)
     extract(corpus, cache, "--shard_size=7", "--manifests", str(corpus / "train.json"))
-    # 12 utterances: 2 shards, each followed by the index
+    # 12 utterances: 2 shards, then the index (within a minute: written once)
     assert [os.path.basename(e[2]) for e in events if e[0] == "rename"] == [
         "shard_00000.safetensors",
-        "index.json",
         "shard_00001.safetensors",
         "index.json",
     ]
-    _assert_synced_renames(events, 4)
+    _assert_synced_renames(events, 3)
 
     events.clear()
     checkpointer = Checkpointer(tmp_path / "save", {"model": torch.nn.Linear(2, 2)})
