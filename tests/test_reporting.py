@@ -14,9 +14,10 @@ import speechbrain as sb
 import torch
 from hyperpyyaml.core import resolve_references
 
+import crab.embeddings
 from crab.bin import compare, embeddings, score
 from crab.cli import UserError
-from crab.embeddings import write_embeddings
+from crab.embeddings import embedding_scores, write_embeddings
 from crab.experiment import make_brain, parse_and_load
 from crab.report import (
     TrainLogger,
@@ -281,6 +282,24 @@ def test_alpha_sweep_table_and_figure(tmp_path):
 
 
 # ---------------------------------------------------------------- embeddings
+
+
+def test_the_silhouette_of_a_large_test_set_is_that_of_a_fixed_sample(monkeypatch):
+    # it compares every pair of points: minutes on 100,000s of test utterances
+    import sklearn.metrics
+
+    scored, real = [], sklearn.metrics.silhouette_score
+    monkeypatch.setattr(sklearn.metrics, "silhouette_score", lambda x, y: scored.append(len(x)) or real(x, y))
+    monkeypatch.setattr(crab.embeddings, "SILHOUETTE_SAMPLE", 30)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 10)
+    points = rng.normal(size=(40, 8)) + 6 * np.eye(4, 8)[labels]
+    first, again = embedding_scores(points, labels), embedding_scores(points, labels)
+    assert scored == [30, 30] and first == again and first["silhouette"] > 0.5
+    embedding_scores(points[:30], labels[:30])
+    assert scored[-1] == 30  # every point of a set no larger than the sample
+    monkeypatch.setattr(crab.embeddings, "SILHOUETTE_SAMPLE", 1)  # a sample of one group: no silhouette
+    assert embedding_scores(points, labels)["silhouette"] is None
 
 
 def test_embedding_dump_scores_and_comparison_figure(tmp_path):

@@ -12,7 +12,8 @@ of ``crab.bin.evaluate``, to the run's evaluation folder (``CrabBrain.eval_folde
 - ``embeddings.npz``: ``ids``, ``embeddings`` (N x bottleneck_dim), ``labels``
   (class indices of the true emotions), ``classes``;
 - ``embedding_scores.json``: silhouette (euclidean), Calinski-Harabasz and
-  Davies-Bouldin scores of the embeddings grouped by true emotion (scikit-learn);
+  Davies-Bouldin scores of the embeddings grouped by true emotion (scikit-learn; the
+  silhouette of a test set over 10,000 utterances is that of a fixed random 10,000);
 - ``embeddings_<projection>.png``: their 2-D PCA (default) or t-SNE projection,
   coloured by emotion.
 
