@@ -300,8 +300,10 @@ class FeatureCache:
                 )
             if "speech" in current:
                 self._check_audio(entries, data_root)
-            for shard in sorted({self.shard_of[u] for u in entries}):
-                utts = [u for u in entries if self.shard_of[u] == shard]
+            by_shard = {}
+            for utt in entries:
+                by_shard.setdefault(self.shard_of[utt], []).append(utt)
+            for shard, utts in sorted(by_shard.items()):
                 problem = _shard_problem(os.path.join(self.cache_dir, shard), utts, self.branches, self.dtype)
                 if problem is not None:
                     raise self._corrupt(

@@ -192,6 +192,24 @@ def test_extraction_rewrites_its_index_once_a_minute_not_after_every_shard(corpu
     assert index_writes(events) == 7
 
 
+def test_checking_a_cache_looks_each_utterance_up_once_whatever_the_number_of_shards(corpus, tmp_path):
+    # each shard's utterances found by a pass over the manifest: shards x utterances lookups
+    cache = tmp_path / "cache"
+    extract(corpus, cache, "--shard_size=1")
+    lookups = []
+
+    class Counted(dict):
+        def __getitem__(self, utt):
+            lookups.append(utt)
+            return super().__getitem__(utt)
+
+    reader = FeatureCache(str(cache))
+    reader.shard_of = Counted(reader.shard_of)
+    model, duration = model_and_duration(corpus, tmp_path)
+    reader.check(model, duration, [str(corpus / "train.json")], str(corpus))
+    assert sorted(lookups) == sorted(json.loads((corpus / "train.json").read_text()))
+
+
 def test_shards_a_killed_extraction_left_unindexed_are_removed(corpus, tmp_path):
     cache = tmp_path / "cache"
     extract(corpus, cache, "--shard_size=7")
