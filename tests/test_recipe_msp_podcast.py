@@ -505,6 +505,22 @@ def test_test3_submission_is_complete_or_refused(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "s.csv").read_text().splitlines() == ["FileName,EmoClass", "a.wav,A", "b.wav,C"]
+    # crab-infer's text column, unquoted: an ASR transcript may open a quote it never closes
+    text = "id\tpredicted\tscore\ttext_source\ttext\n"
+    (tmp_path / "r.tsv").write_text(
+        text + 'a\tanger\t0.8\tasr\t"I told him, no\nb\tcontempt\t0.9\tasr\t"fine"\n'
+    )
+    result = run_test3(
+        "submission",
+        "--wav_scp",
+        tmp_path / "wav.scp",
+        "--results",
+        tmp_path / "r.tsv",
+        "--out",
+        tmp_path / "s.csv",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "s.csv").read_text().splitlines() == ["FileName,EmoClass", "a.wav,A", "b.wav,C"]
     for content, message in (
         (header + "a\tanger\t0.8\n", "1 Test3 file(s) without a prediction"),
         (header + "a\tanger\t1\nb\tanger\t1\nc\tanger\t1\n", "1 prediction(s) of files not in"),

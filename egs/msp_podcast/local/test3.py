@@ -54,7 +54,10 @@ def read_predictions(path):
     with open(path, encoding="utf-8", newline="") as f:
         if path.endswith((".jsonl", ".json", ".ndjson")):
             return {r["id"]: r["predicted"] for r in map(json.loads, filter(str.strip, f))}
-        return {row["id"]: row["predicted"] for row in csv.DictReader(f, delimiter="\t")}
+        # crab-infer's TSV quotes nothing: a transcript that opens a quote (ASR output such as
+        # '"I told him, no') would otherwise read on into the lines after it, losing them
+        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return {row["id"]: row["predicted"] for row in rows}
 
 
 def submission(args):
