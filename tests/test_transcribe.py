@@ -361,6 +361,18 @@ def test_missing_audio_alone_loads_no_model(tmp_path, monkeypatch, capsys):
     assert len(read_lines(data_dir / "text.asr")) == 2
 
 
+def test_many_missing_audio_files_log_ten_lines_and_a_count(tmp_path, monkeypatch, caplog):
+    # a corpus copy that lacks 1000s of files: one warning each flooded the log
+    data_dir, utts = make_data_dir(tmp_path, n=13)
+    for path in dict(line.split() for line in (data_dir / "wav.scp").read_text().splitlines()).values():
+        os.remove(path)
+    monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
+    run(data_dir, "model-a")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 11 and warnings[-1].startswith("... and 3 more missing audio files")
+    assert len((data_dir / "text.asr.failed").read_text().splitlines()) == 13
+
+
 def test_transcripts_of_an_older_release_resume_and_get_their_settings(tmp_path, monkeypatch):
     data_dir, utts = make_data_dir(tmp_path, n=2)
     (data_dir / "text.asr").write_text(f"{utts[0]} made before settings were kept\n")

@@ -57,6 +57,7 @@ from crab.cli import str2bool
 from crab.datadir import read_table, read_transcripts
 
 logger = logging.getLogger(__name__)
+LISTED = 10  # missing audio files logged one by one
 
 
 def parse_args(argv=None):
@@ -107,8 +108,10 @@ def main(argv=None):
         for utt in todo
         if utt not in reused and not os.path.isfile(wavs[utt])
     }
-    for utt, (_, reason) in failed.items():
+    for utt, (_, reason) in list(failed.items())[:LISTED]:
         logger.warning("%s: %s: not transcribed (tried again next run)", utt, reason)
+    if len(failed) > LISTED:  # an incomplete copy of a corpus: 1000s of them, all in text.asr.failed
+        logger.warning("... and %d more missing audio files: not transcribed either", len(failed) - LISTED)
     todo = [utt for utt in todo if utt not in reused and utt not in failed]
     if (todo or reused) and not args.overwrite:  # transcripts are added: the settings of those there
         check_settings(out, settings)
