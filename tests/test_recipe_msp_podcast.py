@@ -227,6 +227,10 @@ def without_last_column(text):
             edit_labels(lambda t: t.replace("MSP-PODCAST_0002_0003.wav", "MSP-PODCAST_0002 0003.wav")),
             r"labels_consensus.csv:21: FileName 'MSP-PODCAST_0002 0003.wav' holds whitespace",
         ),
+        (  # the same file with and without .wav: one utterance id, a row silently lost
+            edit_labels(lambda t: t + "MSP-PODCAST_0002_0003,N,4.2,3.8,4.0,21,Female,Development\n"),
+            r"labels_consensus.csv:\d+: MSP-PODCAST_0002_0003 already on line 21",
+        ),
         (
             lambda root: os.remove(root / "Labels" / "labels_consensus.csv"),
             "no .*Labels/labels_consensus.csv: is .* the MSP-Podcast directory",

@@ -108,9 +108,10 @@ def read_labels(path):
             fail(f"{where}: empty FileName")
         if len(name.split()) > 1:  # the utterance id: a Kaldi table's first word
             fail(f"{where}: FileName '{name}' holds whitespace, which an utterance id cannot")
-        if name in lines:
-            fail(f"{where}: {name} already on line {lines[name]}")
-        lines[name] = first
+        utt = wav_name(name)  # X and X.wav are one file, one utterance id
+        if utt in lines:
+            fail(f"{where}: {name} already on line {lines[utt]}" + (f" (as {utt})" if utt != name else ""))
+        lines[utt] = first
         row["line"] = where
         rows.append(row)
     if not rows:
