@@ -228,7 +228,7 @@ echo "$*" >> "$(dirname "$0")/calls.log"
 case "$*" in
   "-m pip "*--index-url*) ;;
   "-m pip "*"install torch==2.13.0+cpu") echo "ERROR: No matching distribution found" >&2; exit 1 ;;
-  "-c import torch; print(torch.__version__)") echo 2.13.0+cpu ;;
+  "-c from importlib.metadata import version; print(version('torch'))") echo 2.13.0+cpu ;;
 esac
 exit 0
 """
@@ -267,6 +267,42 @@ def test_cpu_build_falls_back_to_the_pytorch_index_and_a_second_run_changes_noth
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Dependencies and crab already installed" in result.stdout
     assert not [c for c in (venv / "bin" / "calls.log").read_text().splitlines() if c.startswith("-m pip")]
+
+
+STUB_PYTHON_PYPI_CUDA = """#!/bin/bash
+# A venv python after PyPI's CUDA torch: torch.__version__ has a local label (+cu130) that
+# the installed distribution's version, the one pip compares pins with, does not have.
+echo "$*" >> "$(dirname "$0")/calls.log"
+case "$*" in
+  "-c import torch; print(torch.__version__)") echo "${CUDA_VERSION}+cu130" ;;
+  "-c from importlib.metadata import version; print(version('torch'))") echo "${CUDA_VERSION}" ;;
+  -) if grep -q "version('torch')" -; then echo "cuda ${CUDA_VERSION}"
+     else echo "cuda ${CUDA_VERSION}+cu130"; fi ;;
+esac
+exit 0
+"""
+
+
+def test_the_cuda_build_from_pypi_is_pinned_by_its_installed_version(tmp_path, tools_present):
+    """pip reads a pin of torch.__version__ (2.11.0+cu130) as a torch that is not installed,
+    and the requirements fail to resolve; the pin is the distribution's version."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(STUB_PYTHON_PYPI_CUDA)
+    (venv / "bin" / "python").chmod(0o755)
+    env = dict(os.environ, CRAB_VENV=str(venv), CRAB_INSTALL_GPU="no", PATH=tools_present)
+    env.update(CUDA_VERSION=CUDA_VERSION, CRAB_INSTALL_TORCH_STATE="none")
+    result = subprocess.run(
+        ["bash", INSTALL, "--torch", "cuda"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (venv / "torch-constraint.txt").read_text() == f"torch=={CUDA_VERSION}\n"
+
+    del env["CRAB_INSTALL_TORCH_STATE"]  # the real probe of the venv's torch
+    result = subprocess.run(["bash", INSTALL], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"torch: {CUDA_VERSION} (cuda build) found in the venv python" in result.stdout
+    assert "Dependencies and crab already installed" in result.stdout
 
 
 def test_missing_system_tools_are_installed_with_apt_get(tmp_path):
