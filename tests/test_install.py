@@ -269,6 +269,24 @@ def test_cpu_build_falls_back_to_the_pytorch_index_and_a_second_run_changes_noth
     assert not [c for c in (venv / "bin" / "calls.log").read_text().splitlines() if c.startswith("-m pip")]
 
 
+def test_a_cpu_build_found_nowhere_points_to_the_cuda_build_from_pypi(tmp_path, tools_present):
+    """PyTorch's CPU index out of reach (and the CPU torch not on pip's own sources): the
+    error says what installs a torch from PyPI alone, after pip's own error."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    stub = '#!/bin/bash\ncase "$*" in *"install"*"torch==2.13.0+cpu") exit 1 ;; esac\nexit 0\n'
+    (venv / "bin" / "python").write_text(stub)
+    (venv / "bin" / "python").chmod(0o755)
+    env = dict(os.environ, CRAB_VENV=str(venv), CRAB_INSTALL_GPU="no", CRAB_INSTALL_TORCH_STATE="none")
+    result = subprocess.run(
+        ["bash", INSTALL], env=dict(env, PATH=tools_present), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert f"torch==2.13.0+cpu could not be installed from {CPU_INDEX} either" in result.stderr
+    assert "tools/install.sh --torch cuda installs the CUDA build from PyPI" in result.stderr
+    assert not (venv / ".crab-requirements").exists()
+
+
 STUB_PYTHON_PYPI_CUDA = """#!/bin/bash
 # A venv python after PyPI's CUDA torch: torch.__version__ has a local label (+cu130) that
 # the installed distribution's version, the one pip compares pins with, does not have.

@@ -19,7 +19,8 @@
 #         CPU build elsewhere.
 #   cpu   the CPU build, torch==2.13.0+cpu (an existing CPU build >= 2.6 is kept):
 #         first from the indexes / wheel folders pip is configured with, then from
-#         PyTorch's CPU index https://download.pytorch.org/whl/cpu.
+#         PyTorch's CPU index https://download.pytorch.org/whl/cpu (where that index
+#         cannot be reached, --torch cuda gets a torch from PyPI, which runs on the CPU too).
 #   cuda  the CUDA build from PyPI, torch==X with torchaudio==X, X the torchaudio
 #         pin of tools/requirements.txt (an existing working CUDA build is kept).
 #   keep  keep the existing torch; an error if there is none.
@@ -233,7 +234,10 @@ case "${torch_action}" in
       echo "+ (if that fails) ${pip_cmd[*]} ${fallback[*]}"
     elif ! "${pip_cmd[@]}" install "torch==${torch_pin}" > "${venv}/pip-torch.log" 2>&1; then
       log "torch==${torch_pin} is not on pip's configured sources (${venv}/pip-torch.log): trying ${cpu_index}"
-      "${pip_cmd[@]}" "${fallback[@]}"
+      "${pip_cmd[@]}" "${fallback[@]}" || die "torch==${torch_pin} could not be installed from" \
+        "${cpu_index} either (see pip's error above). Where PyTorch's index cannot be reached," \
+        "tools/install.sh --torch cuda installs the CUDA build from PyPI instead (a few GB), which" \
+        "runs on the CPU too"
     fi ;;
   cuda)
     torch_pin=${cuda_torch_version}
