@@ -407,3 +407,40 @@ def test_a_python_older_than_3_11_is_refused_before_anything_is_done(tmp_path, t
     missing = dry_run(tmp_path, path=tools_present, PYTHON=str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "install Python 3.11 or newer, or name it" in missing.stderr
     assert dry_run(tmp_path, path=tools_present, PYTHON=sys.executable).returncode == 0
+
+
+def python_without_ensurepip(tmp_path):
+    """The test's python, but without ensurepip (Debian and Ubuntu without pythonX.Y-venv)."""
+    stub = tmp_path / "python3"
+    stub.write_text(f'#!/bin/bash\n[ "$*" = "-c import ensurepip" ] && exit 1\nexec {sys.executable} "$@"\n')
+    stub.chmod(0o755)
+    return str(stub)
+
+
+def test_a_python_without_ensurepip_gets_its_venv_package_with_apt_get(tmp_path, tools_present):
+    """python -m venv would stop halfway, leaving a venv without pip."""
+    package = "python{}.{}-venv".format(*sys.version_info[:2])
+    result = dry_run(tmp_path, path=tools_present, PYTHON=python_without_ensurepip(tmp_path))
+    assert result.returncode == 0, result.stderr
+    install = f"apt-get install -y -q --no-install-recommends {package}"
+    assert result.commands[:2] == [install, f"(if that fails) apt-get update -q && {install}"]
+    assert "has no ensurepip module): installing the Debian package" in result.stdout
+
+
+def test_a_python_without_ensurepip_and_no_apt_get_is_refused_naming_the_package(tmp_path, tools_present):
+    package = "python{}.{}-venv".format(*sys.version_info[:2])
+    result = dry_run(tmp_path, path=tools_present, apt="no", PYTHON=python_without_ensurepip(tmp_path))
+    assert result.returncode == 2 and result.commands == []
+    assert "cannot make a virtual environment with pip" in result.stderr
+    assert f"sudo apt-get install {package}" in result.stderr
+
+
+def test_a_venv_left_without_pip_is_named_with_how_to_start_again(tmp_path, tools_present):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text('#!/bin/bash\n[ "$*" = "-c import pip" ] && exit 1\nexit 0\n')
+    (venv / "bin" / "python").chmod(0o755)
+    env = dict(os.environ, CRAB_VENV=str(venv), CRAB_INSTALL_GPU="no", PATH=tools_present)
+    result = subprocess.run(["bash", INSTALL], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"{venv} has no pip (python -m venv stopped halfway): remove it, rm -r {venv}" in result.stderr

@@ -9,7 +9,8 @@
 # System tools: ffmpeg (MELD recipe, mp4 -> wav), espeak-ng (mini recipe corpus), and
 # the shell gate of tools/gates.sh, shellcheck, are installed with apt-get where we are
 # root (apt-get update first if the install fails); elsewhere the log says how to install
-# them by hand.
+# them by hand. So is pythonX.Y-venv where the python has no ensurepip (Debian, Ubuntu), which
+# python -m venv needs.
 #
 # torch (--torch, or the environment variable CRAB_TORCH; default auto):
 #   auto  keep a working torch >= 2.6 (CPU or CUDA build) found in the venv, or in
@@ -129,6 +130,22 @@ if ! "${venv_python}" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; the
   if [ "${venv_python}" = "${python}" ]; then hint="PYTHON=python3.11 tools/install.sh (or a newer one)"
   else hint="remove ${venv} and run PYTHON=python3.11 tools/install.sh (or a newer one)"; fi
   die "Python 3.11 or newer is needed, ${venv_python} is $("${venv_python}" -V 2>&1): ${hint}"
+fi
+# Debian and Ubuntu ship venv's pip bootstrap, ensurepip, apart (pythonX.Y-venv, not installed with
+# python3 on Ubuntu 24.04): without it python -m venv stops halfway, leaving a venv without pip.
+if [ ! -x "${venv}/bin/python" ] && ! "${python}" -c 'import ensurepip' 2>/dev/null; then
+  venv_pkg=$("${python}" -c 'import sys; print("python%d.%d-venv" % sys.version_info[:2])')
+  no_venv="${python} cannot make a virtual environment with pip (it has no ensurepip module)"
+  [ "${can_apt}" = yes ] || die "${no_venv}: install the package ${venv_pkg}" \
+    "(sudo apt-get install ${venv_pkg} on Debian/Ubuntu), or name another python: PYTHON=/path/to/python3 tools/install.sh"
+  log "${no_venv}: installing the Debian package ${venv_pkg}"
+  if ! install_tool "${venv_pkg}" || ! { ${dry_run} || "${python}" -c 'import ensurepip' 2>/dev/null; }; then
+    die "${no_venv}, and apt-get install ${venv_pkg} did not bring it: name another python:" \
+      "PYTHON=/path/to/python3 tools/install.sh"
+  fi
+fi
+if [ -x "${venv}/bin/python" ] && ! "${venv}/bin/python" -c 'import pip' 2>/dev/null; then
+  die "${venv} has no pip (python -m venv stopped halfway): remove it, rm -r ${venv}, and run tools/install.sh again"
 fi
 
 # ---- Which torch --------------------------------------------------------------
