@@ -773,7 +773,7 @@ def token_counts(tokenizer_dir, texts):
 def run(args):
     """Measure everything ``args`` (``crab.bin.benchmark``'s options) asks for; returns the
     report (markdown). Progress goes to stderr."""
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     loads = [os.getloadavg()[0]]
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="crab_benchmark_") as tmp:

@@ -317,7 +317,7 @@ def package(hparams, out, text_source="unknown", asr_model=None, arguments=None)
             with open(checkpoint.paramfiles["counter"], encoding="utf-8") as f:
                 epoch = int(f.read().strip())
         metadata = {
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "classes": classes,
             "modality": model.modality,
             "training": {

@@ -940,7 +940,7 @@ def results_entry(summary, command, config=None, tuning=None, device="cpu", date
     """
     from crab.runconfig import ConfigError, read_tuning  # yaml only
 
-    date = date or datetime.datetime.now(datetime.timezone.utc)
+    date = date or datetime.datetime.now(datetime.UTC)
     runs = summary["runs"]
     recorded = {key: sorted({row[key] for row in runs if row.get(key)}) for key in ("tuning", "config")}
     tunings = recorded["tuning"] or ([tuning] if tuning else [])
