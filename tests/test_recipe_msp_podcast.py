@@ -497,31 +497,20 @@ def test_test3_files_from_split_set_or_partitions(corpus, tmp_path):
 def test_test3_submission_is_complete_or_refused(tmp_path):
     (tmp_path / "wav.scp").write_text("a /x/a.wav\nb /x/b.wav\n")
     header = "id\tpredicted\tscore\n"
-    (tmp_path / "r.tsv").write_text(header + "b\tcontempt\t0.9\na\tanger\t0.8\n")
-    result = run_test3(
-        "submission",
-        "--wav_scp",
-        tmp_path / "wav.scp",
-        "--results",
-        tmp_path / "r.tsv",
-        "--out",
-        tmp_path / "s.csv",
-    )
+
+    def submit(results, out):
+        (tmp_path / "r.tsv").write_text(results)
+        return run_test3(
+            "submission", "--wav_scp", tmp_path / "wav.scp", "--results", tmp_path / "r.tsv", "--out", out
+        )
+
+    result = submit(header + "b\tcontempt\t0.9\na\tanger\t0.8\n", tmp_path / "s.csv")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "s.csv").read_text().splitlines() == ["FileName,EmoClass", "a.wav,A", "b.wav,C"]
     # crab-infer's text column, unquoted: an ASR transcript may open a quote it never closes
     text = "id\tpredicted\tscore\ttext_source\ttext\n"
-    (tmp_path / "r.tsv").write_text(
-        text + 'a\tanger\t0.8\tasr\t"I told him, no\nb\tcontempt\t0.9\tasr\t"fine"\n'
-    )
-    result = run_test3(
-        "submission",
-        "--wav_scp",
-        tmp_path / "wav.scp",
-        "--results",
-        tmp_path / "r.tsv",
-        "--out",
-        tmp_path / "s.csv",
+    result = submit(
+        text + 'a\tanger\t0.8\tasr\t"I told him, no\nb\tcontempt\t0.9\tasr\t"fine"\n', tmp_path / "s.csv"
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "s.csv").read_text().splitlines() == ["FileName,EmoClass", "a.wav,A", "b.wav,C"]
@@ -530,14 +519,5 @@ def test_test3_submission_is_complete_or_refused(tmp_path):
         (header + "a\tanger\t1\nb\tanger\t1\nc\tanger\t1\n", "1 prediction(s) of files not in"),
         (header + "a\tangry\t1\nb\tsad\t1\n", "not MSP-Podcast's eight"),
     ):
-        (tmp_path / "r.tsv").write_text(content)
-        result = run_test3(
-            "submission",
-            "--wav_scp",
-            tmp_path / "wav.scp",
-            "--results",
-            tmp_path / "r.tsv",
-            "--out",
-            tmp_path / "bad.csv",
-        )
+        result = submit(content, tmp_path / "bad.csv")
         assert result.returncode != 0 and message in result.stderr and not (tmp_path / "bad.csv").exists()
