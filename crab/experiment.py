@@ -179,6 +179,19 @@ def batches_per_epoch(data, opts):
     return math.ceil(batches / (torch.distributed.get_world_size() if is_distributed_initialized() else 1))
 
 
+def optimizer_batch(opts, factor):
+    """What one optimizer step of a training with loader ``opts`` and accumulation ``factor``
+    averages over, in words: under DDP each process has its batches and its accumulation."""
+    processes = torch.distributed.get_world_size() if is_distributed_initialized() else 1
+    if "batch_sampler" in opts:
+        return f"{processes} process(es) x dynamic batches x accumulation {factor}"
+    size = opts.get("batch_size", 1)
+    return (
+        f"{processes} process(es) x batches of {size} x accumulation {factor} = "
+        f"{processes * size * factor} utterances"
+    )
+
+
 def check_accumulation(batches, factor, manifest):
     """An error when an epoch of ``batches`` holds no complete accumulation of ``factor``
     batches: SpeechBrain drops the gradients of an epoch's last, incomplete accumulation,

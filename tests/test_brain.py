@@ -14,6 +14,7 @@ from crab.experiment import (
     check_accumulation,
     dataset,
     make_brain,
+    optimizer_batch,
     parse_and_load,
     prepare_labels_and_weights,
 )
@@ -122,6 +123,24 @@ def test_an_epoch_without_a_complete_accumulation_is_an_error(caplog):
         match=r"train.json: 3 training batch\(es\) per epoch, fewer than grad_accumulation_factor 4",
     ):
         check_accumulation(3, 4, "train.json")
+
+
+def test_the_optimizer_batch_counts_every_process(monkeypatch):
+    """Under DDP each process has its batches and its accumulation: the paper's 8 x 4 on
+    four processes steps over 128 utterances, not 32."""
+    import crab.experiment
+
+    assert (
+        optimizer_batch({"batch_size": 8}, 4)
+        == "1 process(es) x batches of 8 x accumulation 4 = 32 utterances"
+    )
+    monkeypatch.setattr(crab.experiment, "is_distributed_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    assert (
+        optimizer_batch({"batch_size": 8}, 4)
+        == "4 process(es) x batches of 8 x accumulation 4 = 128 utterances"
+    )
+    assert optimizer_batch({"batch_sampler": []}, 2) == "4 process(es) x dynamic batches x accumulation 2"
 
 
 def test_best_checkpoint_evaluation_and_saved_class_weights(data, tmp_path):

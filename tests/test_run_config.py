@@ -198,6 +198,7 @@ def test_fewer_epochs_end_a_stopped_run_where_it_stands(trained, data, tmp_path)
     ended = command("crab.bin.train", CONFIG, *run_options(data, run), *TRAIN_OPTS)
     assert ended.returncode == 0, ended.stderr
     assert "number_of_epochs 1, started with 2: the run ends at epoch 1" in ended.stderr
+    assert "Optimizer step: 1 process(es) x batches of 4 x accumulation" in (run / "log.txt").read_text()
     assert unfinished_training(str(run)) is None and (run / "train_log.txt").read_text() == log
 
 

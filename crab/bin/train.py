@@ -19,6 +19,7 @@ one line naming the holder. The operating system drops the lock when the process
 ends, even on ``kill -9``, so re-running an interrupted training needs no clean-up.
 """
 
+import logging
 import os
 import sys
 
@@ -34,6 +35,7 @@ from crab.experiment import (
     feature_cache,
     loader_options,
     make_brain,
+    optimizer_batch,
     parse_and_load,
     prepare_labels_and_weights,
     run_lock,
@@ -41,6 +43,8 @@ from crab.experiment import (
 from crab.features import model_tokenizer_digest
 from crab.provenance import record_run_provenance
 from crab.runconfig import ConfigError, check_resume, has_checkpoint, write_run_hparams
+
+logger = logging.getLogger(__name__)
 
 
 @cli.entry_point
@@ -89,6 +93,7 @@ def _train(hparams_file, run_opts, overrides, hparams):
     check_accumulation(
         batches_per_epoch(train_set, train_options), brain.grad_accumulation_factor, hparams["train_manifest"]
     )
+    logger.info("Optimizer step: %s", optimizer_batch(train_options, brain.grad_accumulation_factor))
     if not brain.checkpointer.find_checkpoints():  # a resumed run restores them
         brain.fit_state_normalization(
             train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"]
