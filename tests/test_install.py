@@ -291,9 +291,11 @@ STUB_PYTHON_PYPI_CUDA = """#!/bin/bash
 # A venv python after PyPI's CUDA torch: torch.__version__ has a local label (+cu130) that
 # the installed distribution's version, the one pip compares pins with, does not have.
 echo "$*" >> "$(dirname "$0")/calls.log"
-case "$*" in
-  "-c import torch; print(torch.__version__)") echo "${CUDA_VERSION}+cu130" ;;
-  "-c from importlib.metadata import version; print(version('torch'))") echo "${CUDA_VERSION}" ;;
+case "$1" in  # code that asks for the distribution's version gets it, else torch.__version__
+  -c) case "$2" in
+        *"version('torch')"*) echo "${CUDA_VERSION}" ;;
+        *"torch.__version__"*) echo "${CUDA_VERSION}+cu130" ;;
+      esac ;;
   -) if grep -q "version('torch')" -; then echo "cuda ${CUDA_VERSION}"
      else echo "cuda ${CUDA_VERSION}+cu130"; fi ;;
 esac
@@ -321,6 +323,25 @@ def test_the_cuda_build_from_pypi_is_pinned_by_its_installed_version(tmp_path, t
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"torch: {CUDA_VERSION} (cuda build) found in the venv python" in result.stdout
     assert "Dependencies and crab already installed" in result.stdout
+
+
+def test_a_torch_without_package_metadata_is_probed_by_its_own_version(tmp_path):
+    """A torch from a module system or a source tree on PYTHONPATH has no dist-info: its
+    version is torch.__version__, and it is kept (it was read as no version, 'older than 2.6')."""
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import types\n__version__ = '2.7.0'\nversion = types.SimpleNamespace(cuda='12.6')\n"
+        "def zeros(n):\n    return types.SimpleNamespace(add=lambda x: None)\n"
+    )
+    python = tmp_path / "python3"  # without site-packages: no torch metadata anywhere
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    python.chmod(0o755)
+    result = dry_run(tmp_path, torch_state="", PYTHON=str(python), PYTHONPATH=str(tmp_path / "site"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "torch: 2.7.0 (cuda build) found in the system python" in result.stdout
+    assert "not kept" not in result.stdout
+    assert result.commands.count("echo torch==2.7.0 > VENV/torch-constraint.txt") == 1  # kept, pinned
 
 
 def test_missing_system_tools_are_installed_with_apt_get(tmp_path):

@@ -154,13 +154,18 @@ venv_exists=false
 if [ -x "${venv}/bin/python" ]; then venv_exists=true; fi
 # The version is the installed distribution's, which pip compares pins with: PyPI's CUDA
 # build reports torch.__version__ 2.11.0+cu130 but is installed as 2.11.0.
-torch_dist_version="from importlib.metadata import version; print(version('torch'))"
+# A torch without package metadata (a module system's, a source tree on PYTHONPATH) gives its own.
+torch_dist_version="
+import importlib.metadata, torch
+try:
+    installed = importlib.metadata.version('torch')
+except importlib.metadata.PackageNotFoundError:
+    installed = torch.__version__"
 probe_torch() {  # PYTHON -> "<build> <version>", or nothing when no torch works there
   "$1" - <<PY 2>/dev/null || true
-import torch
-torch.zeros(2).add(1)  # imports and computes
-print("cuda" if torch.version.cuda else "cpu", end=" ")
 ${torch_dist_version}
+torch.zeros(2).add(1)  # imports and computes
+print("cuda" if torch.version.cuda else "cpu", installed)
 PY
 }
 if [ -n "${CRAB_INSTALL_TORCH_STATE:-}" ]; then
@@ -266,7 +271,8 @@ case "${torch_action}" in
       pip install --no-deps --force-reinstall "torchaudio==${torch_pin}"
     fi ;;
 esac
-if ! ${dry_run}; then torch_pin=$("${py}" -c "${torch_dist_version}"); fi
+if ! ${dry_run}; then torch_pin=$("${py}" -c "${torch_dist_version}
+print(installed)"); fi
 
 # ---- Pinned dependencies and crab -----------------------------------------------
 stamp="${venv}/.crab-requirements"
