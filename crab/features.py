@@ -541,7 +541,13 @@ def extract(
                     min(start + shard_size, len(todo)),
                     len(todo),
                 )
-        finally:  # the shards written so far, also when an error or Ctrl-C stops the extraction
+        except BaseException:  # an error or Ctrl-C: the shards written so far are indexed
             if unsaved:
-                write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
+                try:
+                    write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
+                except OSError as err:  # a full disk: the error that stopped the extraction says more
+                    logger.warning("%s: the shards written since it was last saved are extracted again", err)
+            raise
+        if unsaved:
+            write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
     return len(todo)

@@ -16,6 +16,7 @@ import crab.features
 from crab.bin import extract_features, train
 from crab.checkpointing import Checkpointer
 from crab.features import FeatureCache, FeatureCacheError
+from crab.fileio import WriteError
 from tests.test_brain import data  # noqa: F401  (the tiny corpus fixture)
 from tests.test_features import argv, model_and_duration, run
 
@@ -161,6 +162,21 @@ def test_a_full_disk_stops_extraction_naming_the_shard_and_the_rerun_goes_on(cor
     with pytest.raises(SystemExit, match=full):
         extract(corpus, cache, "--shard_size=7")
     assert sorted(os.listdir(cache)) == [".lock", "index.json", "shard_00000.safetensors"]
+    # the index cannot be written either: the shard's error is the one told, the index's a warning
+    real_write = crab.features.write_atomic
+
+    def index_full(path, write):
+        if os.path.basename(path) == "index.json":
+            raise WriteError.of(path, OSError(28, "No space left on device"), "it is left as it was")
+        return real_write(path, write)
+
+    monkeypatch.setattr(crab.features, "write_atomic", index_full)
+    (cache / "index.json").unlink()  # shard 0 is extracted again, shard 1 fails as before
+    written.clear()
+    with pytest.raises(SystemExit, match=full):
+        extract(corpus, cache, "--shard_size=7")
+    assert "index.json" not in os.listdir(cache)
+    monkeypatch.setattr(crab.features, "write_atomic", real_write)
     monkeypatch.setattr(crab.features, "save_file", real_save)
     extract(corpus, cache, "--shard_size=7")
     after, before = shards(cache), shards(whole)
