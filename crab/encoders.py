@@ -817,8 +817,8 @@ def has_tokens(tokenizer):
 
 
 def check_own_tokenizer(source, tokenizer_source, tokenizer):
-    """Refuse a ``tokenizer`` whose vocabulary differs from that of the tokenizer saved with
-    the pretrained text encoder ``source``: its ids would name other tokens' embeddings (the
+    """Refuse a ``tokenizer`` with tokens that the tokenizer saved with the pretrained text
+    encoder ``source`` lacks or numbers otherwise: its ids would name other tokens' embeddings (the
     corpus's own BPE tokenizer of stage 3 with a pretrained RoBERTa trains on noise). A source
     without a tokenizer of its own is not checked."""
     try:
@@ -827,9 +827,9 @@ def check_own_tokenizer(source, tokenizer_source, tokenizer):
         logger.debug("%s has no tokenizer to compare %s with: %s", source, tokenizer_source, _one_line(err))
         return
     theirs, ours = own.get_vocab(), tokenizer.get_vocab()
-    if theirs == ours or not has_tokens(own):
-        return
     differ = sum(theirs.get(token) != index for token, index in ours.items())
+    if not differ or not has_tokens(own):  # the same ids (its own, or a part of it)
+        return
     raise ModelSourceError(
         "tokenizer",
         tokenizer_source,

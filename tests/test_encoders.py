@@ -269,6 +269,10 @@ def test_a_pretrained_text_encoder_refuses_a_tokenizer_of_another_vocabulary(tmp
     with pytest.raises(ModelSourceError, match=f"^tokenizer: the tokenizer {other} has another vocabulary"):
         TextEncoder(str(model), tokenizer=str(other), pretrained=True)
     TextEncoder(str(model), tokenizer=tokenizer_dir, pretrained=True)
+    extended = AutoTokenizer.from_pretrained(tokenizer_dir)  # saved with a token more: same ids
+    extended.add_tokens(["<laugh>"])
+    extended.save_pretrained(model)
+    TextEncoder(str(model), tokenizer=tokenizer_dir, pretrained=True)
     TextEncoder(str(bare), tokenizer=str(other), pretrained=True)
     TextEncoder(str(model), tokenizer=str(other), pretrained=False)  # random weights: any tokenizer
 
