@@ -216,18 +216,22 @@ def check_trained(run_dirs, stage):
     """A ``UserError`` naming each run of ``run_dirs`` whose training stopped before its last
     epoch (``unfinished_training``): recipe stage ``stage`` would evaluate, score or package
     an interrupted run as if it were the finished one."""
-    lines = []
+    lines, example = [], None
     for run in run_dirs:
         found = unfinished_training(run) if os.path.isdir(run) else None
         if found:
             trained, wanted, folder = found
             lines.append(f"{run}: trained {trained} of its {wanted} epochs (latest checkpoint {folder})")
+            fold, seed = os.path.basename(os.path.dirname(run)), os.path.basename(run).removeprefix("seed")
+            example = example or (
+                f"--stage 5 --stop_stage 5 --folds {fold} --seeds {seed} --train_opts "
+                f'"<its options> --number_of_epochs={trained}"'
+            )
     if lines:
         raise cli.UserError(
             f"stage {stage} needs finished runs, and training stopped early in: {'; '.join(lines)}. "
             "Finish them first: rerun stage 5 with the options they were trained with (it resumes); "
-            "or end one where it stands: rerun stage 5 with those options and --number_of_epochs=N, "
-            "N its epochs trained"
+            f"or end one where it stands, at the epochs it has trained: run.sh {example}"
         )
 
 

@@ -218,7 +218,10 @@ def test_a_later_stage_of_an_interrupted_training_names_the_run(tmp_path, stage)
         in output
     )
     assert "seed42: trained 1 of its 2 epochs (latest checkpoint " in output and "rerun stage 5" in output
-    assert "or end one where it stands: rerun stage 5 with those options and --number_of_epochs=N" in output
+    assert (
+        "or end one where it stands, at the epochs it has trained: run.sh --stage 5 --stop_stage 5 "
+        '--folds main --seeds 42 --train_opts "<its options> --number_of_epochs=1"' in output
+    )
     assert sorted(p.name for p in run.iterdir()) == ["hyperparams.yaml", "save"]  # nothing evaluated
 
 
