@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from crab.bin import evaluate, train
+from crab.bin import embeddings, evaluate, extract_features, train
 from crab.bin import package as package_cli
 from crab.runconfig import ConfigError, check_against_run, load_run, relocated, resolved_values, same_value
 from tests.conftest import ROOT, write_tone_corpus
@@ -397,7 +397,14 @@ def test_values_given_again_compare_by_meaning(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, main", [("train", train.main), ("evaluate", evaluate.main), ("package", package_cli.main)]
+    "name, main",
+    [
+        ("train", train.main),
+        ("evaluate", evaluate.main),
+        ("package", package_cli.main),
+        ("embeddings", embeddings.main),
+        ("extract_features", extract_features.main),
+    ],
 )
 def test_help_gives_the_commands_usage(name, main, capsys):
     """SpeechBrain's own help named the script train.py, with none of the command's arguments."""

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 @cli.entry_point
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    cli.exit_on_run_help(argv, __doc__)
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--manifests", nargs="+", default=None)
     own.add_argument("--batch_size", type=int, default=8)

@@ -110,8 +110,9 @@ def read_labels(path):
             fail(f"{where}: FileName '{name}' holds whitespace, which an utterance id cannot")
         utt = wav_name(name)  # X and X.wav are one file, one utterance id
         if utt in lines:
-            fail(f"{where}: {name} already on line {lines[utt]}" + (f" (as {utt})" if utt != name else ""))
-        lines[utt] = first
+            line, spelled = lines[utt]
+            fail(f"{where}: {name} already on line {line}" + (f" (as {spelled})" if spelled != name else ""))
+        lines[utt] = first, name
         row["line"] = where
         rows.append(row)
     if not rows:
