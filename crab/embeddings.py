@@ -15,9 +15,10 @@ import numpy as np
 from crab.fileio import commit, stage, text_writer
 
 EMBEDDING_SCORES = ("silhouette", "calinski_harabasz", "davies_bouldin")
-# The silhouette compares every pair of points: 12 s over 20,000 test utterances, 4 min
-# over 100,000 (one thread). A larger set is scored on a fixed random sample of this many
-# (as scikit-learn's ``sample_size`` does; the other two scores are linear).
+# The silhouette compares every pair of points: its time and memory grow with the square of
+# the test set (minutes and GBs at MSP-Podcast's size). A larger set is scored on a fixed
+# random sample of this many (as scikit-learn's ``sample_size`` does; the other two scores
+# are linear).
 SILHOUETTE_SAMPLE = 10000
 
 
