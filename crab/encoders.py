@@ -891,17 +891,15 @@ class TextEncoder(_Encoder):
         if padding not in TEXT_PADDINGS:
             raise ValueError(f"text_padding must be one of {list(TEXT_PADDINGS)}, got '{padding}'")
         self.padding = padding
-        self.tokenizer = from_source(
-            "tokenizer" if tokenizer else "text_encoder source",
-            tokenizer or source,
-            AutoTokenizer.from_pretrained,
-        )
+        # the tokenizer's own source, else the model's: what its errors name
+        tok_argument, tok_source = ("tokenizer", tokenizer) if tokenizer else ("text_encoder source", source)
+        self.tokenizer = from_source(tok_argument, tok_source, AutoTokenizer.from_pretrained)
         check_text_model(source, from_source("text_encoder source", source, AutoConfig.from_pretrained))
         if self.tokenizer.pad_token is None:  # a decoder-only model's (GPT-2's): batches are padded
             raise ModelSourceError(
-                "tokenizer" if tokenizer else "text_encoder source",
-                tokenizer or source,
-                f"the tokenizer of {tokenizer or source} has no padding token: save it with one "
+                tok_argument,
+                tok_source,
+                f"the tokenizer of {tok_source} has no padding token: save it with one "
                 "(tokenizer.pad_token = tokenizer.eos_token, then save_pretrained)",
             )
         if pretrained and tokenizer and os.path.realpath(tokenizer) != os.path.realpath(source):
@@ -910,9 +908,9 @@ class TextEncoder(_Encoder):
         vocab, tokens = self.model.config.vocab_size, len(self.tokenizer)
         if tokens > vocab:  # token ids past the embedding table: an index error later
             raise VocabularyError(
-                "tokenizer" if tokenizer else "text_encoder source",
-                tokenizer or source,
-                f"the tokenizer {tokenizer or source} has {tokens} tokens but the text encoder {source} "
+                tok_argument,
+                tok_source,
+                f"the tokenizer {tok_source} has {tokens} tokens but the text encoder {source} "
                 f"has a vocabulary of {vocab}: "
                 + (
                     f"build the tokenizer with --bpe_vocab_size {vocab} or less (stage 3), or "
@@ -923,9 +921,9 @@ class TextEncoder(_Encoder):
             )
         if not has_tokens(self.tokenizer):
             raise ModelSourceError(
-                "tokenizer" if tokenizer else "text_encoder source",
-                tokenizer or source,
-                f"the tokenizer of {tokenizer or source} has no tokens but its "
+                tok_argument,
+                tok_source,
+                f"the tokenizer of {tok_source} has no tokens but its "
                 f"{len(set(self.tokenizer.all_special_tokens))} special ones "
                 "(is its tokenizer.json, or vocab.json and merges.txt, missing?)",
             )

@@ -14,6 +14,7 @@ from speechbrain.utils.distributed import if_main_process, is_distributed_initia
 
 from crab.brain import CrabBrain
 from crab.data import DataError, class_counts, label_encoder, make_dataset
+from crab.distributed import world_size
 from crab.features import FeatureCache
 from crab.fileio import write_text_atomic
 from crab.locking import FolderLockedError, folder_lock
@@ -176,13 +177,13 @@ def batches_per_epoch(data, opts):
         batches = len(data) // opts.get("batch_size", 1)
     else:
         batches = math.ceil(len(data) / opts.get("batch_size", 1))
-    return math.ceil(batches / (torch.distributed.get_world_size() if is_distributed_initialized() else 1))
+    return math.ceil(batches / world_size())
 
 
 def optimizer_batch(opts, factor):
     """What one optimizer step of a training with loader ``opts`` and accumulation ``factor``
     averages over, in words: under DDP each process has its batches and its accumulation."""
-    processes = torch.distributed.get_world_size() if is_distributed_initialized() else 1
+    processes = world_size()
     if "batch_sampler" in opts:
         return f"{processes} process(es) x dynamic batches x accumulation {factor}"
     size = opts.get("batch_size", 1)

@@ -505,6 +505,10 @@ def extract(
             ", ".join(sorted(branches)),
         )
         model.to(device).eval()
+
+        def save_index():
+            write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
+
         unsaved, saved_at = restat, time.monotonic()
         try:
             for start in range(0, len(todo), shard_size):
@@ -532,7 +536,7 @@ def extract(
                 index["audio"].update({utt: audio[utt] for utt in utts if utt in audio})
                 unsaved = True
                 if time.monotonic() - saved_at >= INDEX_INTERVAL_S:
-                    write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
+                    save_index()
                     unsaved, saved_at = False, time.monotonic()
                 logger.info(
                     "Feature cache %s: %s written (%d/%d)",
@@ -544,10 +548,10 @@ def extract(
         except BaseException:  # an error or Ctrl-C: the shards written so far are indexed
             if unsaved:
                 try:
-                    write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
+                    save_index()
                 except OSError as err:  # a full disk: the error that stopped the extraction says more
                     logger.warning("%s: the shards written since it was last saved are extracted again", err)
             raise
         if unsaved:
-            write_atomic(os.path.join(cache_dir, INDEX), lambda p: _dump_json(index, p))
+            save_index()
     return len(todo)

@@ -62,7 +62,7 @@ def build_bpe_tokenizer(texts, out_dir, vocab_size=1000, model_max_length=128):
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, Exception):  # the tokenizers library's write errors are plain Exceptions
             raise cli.UserError(
-                f"cannot build the tokenizer {out_dir} ({type(err).__name__}: {err}): it is left as it was"
+                f"cannot build the tokenizer {out_dir} ({cli.first_line(err)}): it is left as it was"
             ) from err
         raise
     replace_dir(tmp, out_dir, temp_path(out_dir))

@@ -134,8 +134,7 @@ def test_the_optimizer_batch_counts_every_process(monkeypatch):
         optimizer_batch({"batch_size": 8}, 4)
         == "1 process(es) x batches of 8 x accumulation 4 = 32 utterances"
     )
-    monkeypatch.setattr(crab.experiment, "is_distributed_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    monkeypatch.setattr(crab.experiment, "world_size", lambda: 4)
     assert (
         optimizer_batch({"batch_size": 8}, 4)
         == "4 process(es) x batches of 8 x accumulation 4 = 128 utterances"
