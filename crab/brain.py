@@ -5,10 +5,12 @@ import json
 import logging
 import math
 import os
+import time
 
 import speechbrain as sb
 import torch
 import yaml
+from speechbrain.utils.distributed import if_main_process, is_distributed_initialized
 
 from crab.checkpointing import RandomState
 from crab.encoders import lengths_to_mask, relative_to_absolute
@@ -18,6 +20,7 @@ from crab.losses import total_loss
 from crab.metrics import METRICS, compute_scores
 from crab.model import NonFiniteOutputError, non_finite_rows
 from crab.report import EVALUATED_CHECKPOINT
+from crab.signals import DeferredSigterm, Terminated
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +178,8 @@ class CrabBrain(sb.Brain):
             self.max_grad_norm = float("inf")  # SpeechBrain clips every step: to an infinite norm, a no-op
         self._loss_parts, self._loss_parts_count = {}, 0
         self.random_state = RandomState()
+        self._sigterm = DeferredSigterm()
+        self._stop_after_save = False
         if self.checkpointer is not None:
             # optional: checkpoints written before it existed still load
             self.checkpointer.add_recoverable("random_state", self.random_state, optional_load=True)
@@ -277,6 +282,48 @@ class CrabBrain(sb.Brain):
         self._predictions = []
         if stage != sb.Stage.TRAIN or self.step == 0:  # step > 0: resumed mid-epoch, sums restored
             self._loss_parts, self._loss_parts_count = {}, 0
+
+    def _fit_train(self, train_set, epoch, enable):
+        """SpeechBrain's training epoch, in which SIGTERM (a scheduler's time limit or
+        ``scancel``) does not stop the process at once: it ends at the next optimizer step,
+        after saving a checkpoint there (``_should_save_intra_epoch_ckpt``)."""
+        with self._sigterm:
+            super()._fit_train(train_set, epoch, enable)
+        if self._sigterm.requested:  # after the epoch's last check: nothing saved since it
+            raise Terminated
+
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+        """SpeechBrain's choice of a checkpoint inside the epoch (every ``ckpt_interval_minutes``
+        or ``ckpt_interval_steps``), or SIGTERM received, taken only where an optimizer step has
+        just been made: the gradients summed over part of an accumulation are in no checkpoint,
+        so a run resumed from one saved there would step on fewer batches than it should. Under
+        DDP the main process's clock decides, and a SIGTERM received by any process stops all."""
+        if self.step % self.grad_accumulation_factor:
+            return False
+        minutes = (time.time() - last_ckpt_time) / 60
+        due = 0 < self.ckpt_interval_minutes < minutes or 0 < self.ckpt_interval_steps <= steps_since_ckpt
+        decision = [float(due and if_main_process()), float(self._sigterm.requested)]
+        if is_distributed_initialized():
+            flags = torch.tensor(decision, device=self.device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            decision = flags.tolist()
+        due, stop = (bool(flag) for flag in decision)
+        if stop and self.checkpointer is None:
+            raise Terminated
+        self._stop_after_save = stop
+        return self.checkpointer is not None and (due or stop)
+
+    def _save_intra_epoch_ckpt(self):
+        super()._save_intra_epoch_ckpt()
+        if self._stop_after_save:
+            epoch = self.hparams.epoch_counter.current
+            logger.info(
+                "SIGTERM: saved a checkpoint at epoch %d, step %d in %s; the same command resumes from it",
+                epoch,
+                self.step,
+                self.checkpointer.checkpoints_dir,
+            )
+            raise Terminated
 
     def on_fit_batch_start(self, batch, should_step):
         self.random_state.restore_pending()  # after resuming from an intra-epoch checkpoint

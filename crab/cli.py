@@ -5,6 +5,8 @@ import functools
 import os
 import sys
 
+from crab.signals import EXIT_STATUS, Terminated, raise_on_sigterm
+
 
 class UserError(Exception):
     """A problem with what the user gave (a file, an option, a configuration, a model
@@ -16,15 +18,20 @@ def entry_point(main):
     """Decorate a command's ``main(argv=None)``: a ``UserError`` raised anywhere below
     it ends the command with ``ERROR: <message>`` and exit status 1 (``SystemExit``
     with that message), instead of a traceback; Ctrl-C ends it with one line and status
-    130, as the shell reports a command killed by SIGINT. Every ``python -m crab...``
+    130, as the shell reports a command killed by SIGINT, and SIGTERM (``crab.signals``)
+    likewise with status 143, after the clean-up that Ctrl-C runs. Every ``python -m crab...``
     command has it, so none needs its own try/except."""
 
     @functools.wraps(main)
     def wrapped(argv=None):
         try:
-            return main(argv)
+            with raise_on_sigterm():
+                return main(argv)
         except UserError as err:
             sys.exit(f"ERROR: {err}")
+        except Terminated:
+            print(f"{command_name(main)}: terminated (SIGTERM)", file=sys.stderr)
+            sys.exit(EXIT_STATUS)
         except KeyboardInterrupt:
             print(f"{command_name(main)}: interrupted", file=sys.stderr)
             sys.exit(130)

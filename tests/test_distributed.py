@@ -5,6 +5,7 @@ two-process gloo run of the tiny config trains through ser.sh."""
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -240,3 +241,60 @@ def test_two_gloo_processes_train_the_tiny_config_through_the_recipe(recipe_data
         "epoch: 2",
     ]
     assert "2 processes per node (DDP, gloo)" in json.loads((run / "train_info.json").read_text())["machine"]
+
+
+SIGTERM_ONE_RANK = """
+import os, signal, sys
+from crab.brain import CrabBrain
+from crab.bin.train import main
+
+start = CrabBrain.on_fit_batch_start
+
+def on_fit_batch_start(self, batch, should_step):  # SIGTERM to rank 1 alone, in its first batch
+    start(self, batch, should_step)
+    if os.environ["RANK"] == "1" and self.step == 1 and not os.path.exists(sys.argv[-1] + ".sent"):
+        open(sys.argv[-1] + ".sent", "w").close()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+CrabBrain.on_fit_batch_start = on_fit_batch_start
+main(sys.argv[1:-1])
+"""
+
+
+def test_a_sigterm_to_one_process_stops_every_process_after_a_saved_step(recipe_data, tmp_path):
+    script = tmp_path / "train_sigterm.py"
+    script.write_text(SIGTERM_ONE_RANK)
+    out = tmp_path / "exp"
+    data = recipe_data / "data" / "main"
+    command = [
+        *(
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+        ),
+        os.path.join(ROOT, "egs", "TEMPLATE", "conf", "crab_tiny.yaml"),
+        f"--data_root={recipe_data / 'corpus'}",
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        f"--classes=[{','.join(CLASSES)}]",
+        *("--number_of_epochs=2", "--batch_size=2", "--distributed_backend=gloo", "--noprogressbar"),
+        str(tmp_path / "signal"),  # the script's marker: one SIGTERM in all
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
+    cwd = os.path.join(ROOT, "egs", "TEMPLATE")
+    stopped = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    output = stopped.stdout[-3000:] + stopped.stderr[-5000:]
+    assert stopped.returncode != 0 and (tmp_path / "signal.sent").exists(), output
+    # both processes stopped after step 1 of epoch 1, with the checkpoint of that step
+    assert "SIGTERM: saved a checkpoint at epoch 1, step 1" in output
+    assert output.count("crab.bin.train: terminated (SIGTERM)") == 2, output
+    [checkpoint] = (out / "save").glob("CKPT+*")
+    assert yaml.safe_load((checkpoint / "CKPT.yaml").read_text())["brain_intra_epoch_ckpt"]
+    assert yaml.safe_load((checkpoint / "brain.ckpt").read_text())["step"] == 1
+    resumed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    assert (out / "train_log.txt").read_text().count("epoch: ") == 2

@@ -1,6 +1,9 @@
 """User errors are one line naming the key or option, the path and the fix: no traceback."""
 
+import os
+import signal
 import sys
+import time
 
 import pytest
 
@@ -102,6 +105,46 @@ def test_ctrl_c_ends_a_command_with_one_line_and_status_130(monkeypatch, capsys)
         main([])
     assert stop.value.code == 130  # as the shell reports a command killed by SIGINT
     assert capsys.readouterr().err == "crab-infer: interrupted\n"  # one line, no traceback
+
+
+def test_sigterm_ends_a_command_after_its_clean_up_with_one_line_and_status_143(monkeypatch, capsys):
+    from crab import cli
+
+    cleaned_up = []
+
+    @cli.entry_point
+    def main(argv=None):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's time limit midway
+            time.sleep(30)  # the handler raises here
+        finally:
+            cleaned_up.append(True)  # as the feature cache saves its index
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(sys, "argv", ["/home/me/venv/bin/crab-infer"])
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as stop:
+        main([])
+    assert time.monotonic() - started < 20 and cleaned_up == [True]
+    assert stop.value.code == 143  # as the shell reports a command killed by SIGTERM
+    assert capsys.readouterr().err == "crab-infer: terminated (SIGTERM)\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_deferred_sigterm_is_only_noted_until_the_block_ends():
+    from crab.signals import DeferredSigterm, Terminated, raise_on_sigterm
+
+    deferred = DeferredSigterm()
+    with raise_on_sigterm():
+        with deferred:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)  # the handler has run: it raised nothing
+            assert deferred.requested
+        with pytest.raises(Terminated):  # the command's handler is back
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        with deferred:
+            assert not deferred.requested  # a new block starts clear
 
 
 def test_the_interrupted_command_is_named_as_it_was_called(monkeypatch):

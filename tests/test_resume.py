@@ -14,11 +14,12 @@ import pytest
 import torch
 import yaml
 
-from crab.brain import NonFiniteLossError, check_finite_losses
+from crab.brain import CrabBrain, NonFiniteLossError, check_finite_losses
 from crab.checkpointing import Checkpointer, RandomState
 from crab.cli import UserError
 from crab.losses import WeightedCrossEntropy
 from crab.report import record_training
+from crab.signals import Terminated, raise_on_sigterm
 from tests.conftest import ROOT, write_tone_corpus
 from tests.test_brain import CLASSES, fit
 
@@ -139,6 +140,92 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(data, tmp_path)
                 assert (ref_path / name).read_text() == (res_path / name).read_text(), name
             else:
                 assert_same(torch.load(ref_path / name), torch.load(res_path / name), name)
+
+
+def test_mid_epoch_checkpoints_are_saved_only_after_an_optimizer_step(data, tmp_path, monkeypatch):
+    saved_at = []
+    save = CrabBrain._save_intra_epoch_ckpt
+    monkeypatch.setattr(
+        CrabBrain, "_save_intra_epoch_ckpt", lambda self: saved_at.append(self.step) or save(self)
+    )
+    # a checkpoint due after every batch; an optimizer step after every third
+    overrides = ("--batch_size=4", "--grad_accumulation_factor=3", "--ckpt_interval_minutes=0")
+    fit(data, tmp_path / "exp", "--number_of_epochs=1", *overrides, "--ckpt_interval_steps=1")
+    assert saved_at == [3, 6]  # 24 utterances: 6 batches, 2 accumulations
+
+
+def sigterm_at(monkeypatch, epoch, step):
+    """SIGTERM to this process as the training batch ``step`` of ``epoch`` starts."""
+    start = CrabBrain.on_fit_batch_start
+
+    def on_fit_batch_start(self, batch, should_step):
+        start(self, batch, should_step)
+        if (self.hparams.epoch_counter.current, self.step) == (epoch, step):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(CrabBrain, "on_fit_batch_start", on_fit_batch_start)
+
+
+def test_sigterm_saves_at_the_next_optimizer_step_and_the_rerun_ends_as_an_uninterrupted_run(
+    data, tmp_path, monkeypatch, caplog
+):
+    overrides = (
+        "--number_of_epochs=2",
+        "--batch_size=4",
+        "--grad_accumulation_factor=2",
+        "--ckpt_interval_minutes=0",
+    )
+    fit(data, tmp_path / "reference", *overrides)
+    out = tmp_path / "stopped"
+    sigterm_at(monkeypatch, epoch=2, step=3)  # inside the second accumulation of epoch 2
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated), caplog.at_level("INFO", logger="crab.brain"):
+        fit(data, out, *overrides)
+    assert signal.getsignal(signal.SIGTERM) is before  # the training's handler is gone
+    monkeypatch.undo()
+    # saved after batch 4, the step that ended the accumulation, and nothing trained since
+    meta, path = checkpoints(out)[-1]
+    assert meta["brain_intra_epoch_ckpt"] and (path / "counter.ckpt").read_text() == "2"
+    assert yaml.safe_load((path / "brain.ckpt").read_text())["step"] == 4
+    assert f"SIGTERM: saved a checkpoint at epoch 2, step 4 in {out / 'save'}" in caplog.text
+    fit(data, out, *overrides)  # the same command again
+    (_, ref_path), (_, res_path) = checkpoints(tmp_path / "reference")[-1], checkpoints(out)[-1]
+    for name in ("model.ckpt", "legs.ckpt", "optimizer_head.ckpt"):
+        assert_same(torch.load(ref_path / name), torch.load(res_path / name), name)
+
+
+def test_a_training_command_stopped_by_sigterm_exits_143_and_resumes(data, tmp_path):
+    out, log = tmp_path / "exp", tmp_path / "train.log"
+    run = start(data, out, log)
+    deadline = time.time() + 120
+    while not checkpoints(out):
+        assert run.poll() is None, "ended before its first checkpoint:\n" + log.read_text()
+        assert time.time() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.01)
+    run.send_signal(signal.SIGTERM)  # as Slurm at the time limit
+    assert run.wait(timeout=120) == 143, log.read_text()
+    assert log.read_text().splitlines()[-1] == "crab.bin.train: terminated (SIGTERM)"
+    train_log = out / "train_log.txt"
+    assert not train_log.exists() or train_log.read_text().count("epoch: ") < 3  # stopped midway
+    resumed = start(data, out, tmp_path / "resumed.log")  # the same command again
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()
+    assert "Loading a checkpoint" in (tmp_path / "resumed.log").read_text()
+    assert (out / "train_log.txt").read_text().count("epoch: ") == 3
+
+
+def test_a_sigterm_outside_the_training_batches_stops_at_once(data, tmp_path, monkeypatch):
+    evaluate = CrabBrain.evaluate_batch
+
+    def evaluate_batch(self, batch, stage):
+        os.kill(os.getpid(), signal.SIGTERM)  # during validation: the handler raises here
+        time.sleep(10)
+        return evaluate(self, batch, stage)
+
+    monkeypatch.setattr(CrabBrain, "evaluate_batch", evaluate_batch)
+    started = time.monotonic()
+    with pytest.raises(Terminated), raise_on_sigterm():  # as every command has it (crab.cli)
+        fit(data, tmp_path / "exp", "--number_of_epochs=1", "--ckpt_interval_minutes=0")
+    assert time.monotonic() - started < 60 and not checkpoints(tmp_path / "exp")
 
 
 def test_nonfinite_loss_stops_before_the_step_and_keeps_the_checkpoint(data, tmp_path, monkeypatch):
