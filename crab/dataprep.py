@@ -3,7 +3,8 @@
 Each candidate utterance is checked (audio readable, long enough for the speech
 encoder, transcript non-empty, label known). The policy decides what a bad one
 does: ``error`` stops with every problem listed by utterance and file; ``skip``
-leaves it out, logs it, and prints how many were skipped and why. What reading a
+leaves it out, lists it in ``M.skipped`` beside the manifest ``M`` (``write_skipped``),
+logs the first ``LOGGED_SKIPS`` and prints how many were skipped and why. What reading a
 usable one converts (channels, sample rate, control characters) is counted and
 printed (docs/bad_input.md).
 """
@@ -44,6 +45,15 @@ MAX_PEAK = 1e3
 # it carries no speech, crab-infer refuses to classify it, so training or scoring on
 # it would teach and measure a case the deployed classifier never sees.
 SILENCE_PEAK = 1e-4
+# With a skipped list (``M.skipped``), the log names the first skipped utterances only:
+# a large corpus can skip thousands.
+LOGGED_SKIPS = 10
+SKIPPED = ".skipped"
+SKIPPED_HEADER = ("utt", "kind", "message")
+# what a field of a tab-separated line cannot hold: a tab, a line break (Unicode's too),
+# another control character, and the backslash that escapes them
+_TSV_SPECIAL = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_TSV_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 class DataPrepError(UserError, RuntimeError):
@@ -263,10 +273,17 @@ def validate(
     min_samples=MIN_SAMPLES,
     require_text=True,
     read_samples=True,
+    skipped_file=None,
 ):
     """Keep the usable entries of ``entries`` (utt -> dict) according to ``policy``
     (``require_text=False``: empty transcripts are usable, for speech-only models;
-    ``read_samples``: see ``check_utterance``)."""
+    ``read_samples``: see ``check_utterance``).
+
+    ``skipped_file`` (``skipped_list`` of the manifest to be written): once the entries
+    pass (``error``: none bad; ``skip``), it lists the skipped ones, or is removed when
+    none is (``write_skipped``), and the log names the first ``LOGGED_SKIPS`` of them and
+    then the file; without it, the log names every one. A failing ``error`` leaves it as it
+    was, beside the manifest it was written with."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got '{policy}'")
     kept, problems, conversions = {}, [], Counter()
@@ -287,14 +304,56 @@ def validate(
         else:
             advice = "Fix them, or re-run with the skip policy to leave them out."
         raise DataPrepError(f"{name}: {len(problems)} bad utterance(s):\n{listing}{more}\n{advice}")
-    for utt, (_, message) in problems:
+    if skipped_file is not None:
+        write_skipped(skipped_file, problems)
+    logged = problems if skipped_file is None else problems[:LOGGED_SKIPS]
+    for utt, (_, message) in logged:
         logger.warning("%s: skipping %s: %s", name, utt, message)
+    if len(logged) < len(problems):
+        more = len(problems) - len(logged)
+        logger.warning("%s: ... and %d more; all %d in %s", name, more, len(problems), skipped_file)
+    elif problems and skipped_file is not None:
+        logger.warning("%s: all %d listed in %s", name, len(problems), skipped_file)
     if problems:
         kinds = Counter(kind for _, (kind, _) in problems)
         print(f"{name}: skipped {len(problems)} of {len(entries)} utterances: {dict(kinds)}")
     if conversions:
         print(f"{name}: converted, of {len(kept)} kept utterances: {dict(conversions)}")
     return kept
+
+
+def skipped_list(manifest):
+    """The list of the utterances that data prep left out of ``manifest``: ``M.skipped``."""
+    return os.fspath(manifest) + SKIPPED
+
+
+def tsv_field(value):
+    r"""``value`` as one field of a tab-separated line: a backslash, a tab, a line break or
+    another control character is written as its backslash escape, so that no field holds a
+    tab and no record spans two lines.
+
+    >>> tsv_field("bad\theader\nin C:\\db\x1b")
+    'bad\\theader\\nin C:\\\\db\\x1b'
+    """
+    return _TSV_SPECIAL.sub(lambda m: _TSV_ESCAPES.get(m[0]) or _code_escape(m[0]), str(value))
+
+
+def _code_escape(ch):
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def write_skipped(path, problems):
+    """Write ``problems`` (``(utt, (kind, message))`` of the skipped utterances) to ``path``,
+    one tab-separated line each (``SKIPPED_HEADER``, each field through ``tsv_field``),
+    replacing the file whole (``crab.fileio``); with no problems, remove an old one."""
+    if not problems:
+        if os.path.lexists(path):
+            os.remove(path)
+        return
+    rows = [SKIPPED_HEADER] + [(utt, kind, message) for utt, (kind, message) in problems]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_text_atomic(path, "".join("\t".join(tsv_field(f) for f in row) + "\n" for row in rows))
 
 
 def write_manifest(entries, path, data_root):

@@ -17,6 +17,7 @@ from crab.dataprep import (
     count_table,
     validate,
     write_manifest,
+    write_skipped,
 )
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
@@ -458,6 +459,129 @@ def test_make_manifest_rejects_unknown_policy(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run_make_manifest(data, root, tmp_path / "train.json", "--policy", "ignore")
     assert exc.value.code == 2
+
+
+def add_missing_audio(data, root, utts, label="happy"):
+    """Append utterances whose audio is not there to the data dir ``data``."""
+    for name, value in [("wav.scp", None), ("text", "no audio here"), ("utt2emo", label)]:
+        with open(data / name, "a", encoding="utf-8") as f:
+            f.writelines(f"{u} {value or root / 'gone' / f'{u}.wav'}\n" for u in utts)
+    for name, value in [("utt2spk", "spk9"), ("utt2gender", "f")]:
+        with open(data / name, "a", encoding="utf-8") as f:
+            f.writelines(f"{u} {value}\n" for u in utts)
+
+
+def read_skipped(path):
+    """The rows of a skipped list, each split at its tabs: every line must be one whole row."""
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("\n")
+    return [line.split("\t") for line in text[:-1].split("\n")]
+
+
+def test_make_manifest_skip_lists_every_skipped_utterance_beside_the_manifest(tmp_path, capsys):
+    data, root = make_data_dir(tmp_path)
+    (root / "spk2" / "u3.wav").unlink()
+    lines = (data / "utt2emo").read_text().replace("u4 sad", "u4 bored")
+    (data / "utt2emo").write_text(lines)
+    out = tmp_path / "train.json"
+    run_make_manifest(data, root, out, "--policy", "skip")
+    assert list(json.loads(out.read_text())) == ["u1", "u2"]
+    rows = read_skipped(tmp_path / "train.json.skipped")
+    assert rows[0] == ["utt", "kind", "message"]
+    assert [row[:2] for row in rows[1:]] == [["u3", "missing audio"], ["u4", "unknown label"]]
+    assert rows[1][2] == f"missing audio file {root / 'spk2' / 'u3.wav'}"
+    assert "'bored'" in rows[2][2]
+    assert "train: skipped 2 of 4 utterances" in capsys.readouterr().out
+
+
+def test_make_manifest_skip_logs_the_first_ten_and_where_all_are(tmp_path, caplog, capsys):
+    data, root = make_data_dir(tmp_path)
+    bad = [f"x{i:02d}" for i in range(25)]
+    add_missing_audio(data, root, bad)
+    out = tmp_path / "train.json"
+    run_make_manifest(data, root, out, "--policy", "skip")
+    skipped = tmp_path / "train.json.skipped"
+    assert [row[0] for row in read_skipped(skipped)[1:]] == bad
+    warnings = [r.getMessage() for r in caplog.records if r.name == "crab.dataprep"]
+    named = [m for m in warnings if ": skipping " in m]
+    assert [m.split(": skipping ")[1].split(":")[0] for m in named] == bad[:10]
+    assert f"missing audio file {root / 'gone' / 'x09.wav'}" in named[-1]
+    assert not any("x10" in m for m in warnings)
+    assert f"train: ... and 15 more; all 25 in {skipped}" in warnings
+    assert "train: skipped 25 of 29 utterances: {'missing audio': 25}" in capsys.readouterr().out
+
+
+def test_make_manifest_skip_few_logs_each_and_names_the_list(tmp_path, caplog):
+    data, root = make_data_dir(tmp_path)
+    add_missing_audio(data, root, ["x1", "x2"])
+    out = tmp_path / "train.json"
+    run_make_manifest(data, root, out, "--policy", "skip")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "crab.dataprep"]
+    assert sum(": skipping " in m for m in warnings) == 2
+    assert f"train: all 2 listed in {out}.skipped" in warnings
+    assert not any("more;" in m for m in warnings)
+
+
+def test_make_manifest_rerun_replaces_or_removes_the_skipped_list(tmp_path):
+    data, root = make_data_dir(tmp_path)
+    pristine = {name: (data / name).read_text() for name in os.listdir(data)}
+    add_missing_audio(data, root, ["x1", "x2", "x3"])
+    out = tmp_path / "train.json"
+    skipped = tmp_path / "train.json.skipped"
+    run_make_manifest(data, root, out, "--policy", "skip")
+    assert [row[0] for row in read_skipped(skipped)[1:]] == ["x1", "x2", "x3"]
+    # fewer bad ones: the list is replaced, not appended to
+    for name, text in pristine.items():
+        (data / name).write_text(text)
+    add_missing_audio(data, root, ["x2"])
+    run_make_manifest(data, root, out, "--policy", "skip")
+    assert [row[0] for row in read_skipped(skipped)[1:]] == ["x2"]
+    # a failing error policy writes no manifest, and leaves the list of the one there
+    with pytest.raises(SystemExit):
+        run_make_manifest(data, root, out, "--policy", "error")
+    assert [row[0] for row in read_skipped(skipped)[1:]] == ["x2"]
+    # none bad: no stale list beside the new manifest, whichever the policy
+    for name, text in pristine.items():
+        (data / name).write_text(text)
+    run_make_manifest(data, root, out, "--policy", "skip")
+    assert list(json.loads(out.read_text())) == ["u1", "u2", "u3", "u4"]
+    assert not skipped.exists()
+    add_missing_audio(data, root, ["x1"])
+    run_make_manifest(data, root, out, "--policy", "skip")
+    assert skipped.exists()
+    for name, text in pristine.items():
+        (data / name).write_text(text)
+    run_make_manifest(data, root, out, "--policy", "error")
+    assert not skipped.exists()
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
+def test_make_manifest_skipped_list_escapes_tabs_in_a_message(tmp_path):
+    data, root = make_data_dir(tmp_path)
+    (data / "wav.scp").write_text((data / "wav.scp").read_text().replace("u3.wav", "u3\tx.wav"))
+    (data / "utt2emo").write_text((data / "utt2emo").read_text().replace("u4 sad", "u4 so\tsad"))
+    out = tmp_path / "train.json"
+    run_make_manifest(data, root, out, "--policy", "skip")
+    rows = read_skipped(tmp_path / "train.json.skipped")
+    assert [len(row) for row in rows] == [3, 3, 3]
+    assert [row[:2] for row in rows[1:]] == [["u3", "missing audio"], ["u4", "unknown label"]]
+    assert rows[1][2] == f"missing audio file {root / 'spk2' / 'u3'}\\tx.wav"
+    assert "'so\\tsad'" in rows[2][2]
+
+
+def test_write_skipped_keeps_one_row_per_utterance(tmp_path):
+    path = tmp_path / "m.json.skipped"
+    message = "line one\nline two\r\n\tend \\t C:\\db \x1b \u2028."
+    write_skipped(path, [("a\\b", ("unreadable audio", message)), ("c", ("missing audio", "plain"))])
+    rows = read_skipped(path)
+    assert rows == [
+        ["utt", "kind", "message"],
+        ["a\\\\b", "unreadable audio", "line one\\nline two\\r\\n\\tend \\\\t C:\\\\db \\x1b \\u2028."],
+        ["c", "missing audio", "plain"],
+    ]
+    write_skipped(path, [])
+    assert not path.exists()
+    write_skipped(path, [])  # none there: nothing to do
 
 
 # ---------------------------------------------------------------- labels

@@ -19,6 +19,10 @@ without one gets a warning (its scores leave the class out, ``crab.metrics``).
 Beside the manifest ``M``, ``M.provenance`` (JSON) records the text source, the ASR
 model of ``text.asr`` (from ``text.asr.model``, written by ``crab.bin.transcribe``)
 and the data directory: training copies it into the run folder (``crab.provenance``).
+``M.skipped`` lists the utterances that ``--policy skip`` left out (``utt``, ``kind``,
+``message``, tab-separated, with a header; ``crab.dataprep.write_skipped``); the log names
+the first 10. It is written before the manifest (so it is there when stage 3 then stops
+for want of a kept utterance or class), and removed by a run that finds no bad utterance.
 
     python -m crab.bin.make_manifest --data_dir data/train --data_root DB \\
         --classes angry,happy,neutral,sad --out data/train.json [--fold main] [--policy skip] \\
@@ -34,7 +38,15 @@ from collections import Counter
 from crab import cli
 from crab.cli import str2bool
 from crab.datadir import TEXT_FILES, read_data_dir
-from crab.dataprep import POLICIES, DataPrepError, count_table, missing_classes, validate, write_manifest
+from crab.dataprep import (
+    POLICIES,
+    DataPrepError,
+    count_table,
+    missing_classes,
+    skipped_list,
+    validate,
+    write_manifest,
+)
 from crab.provenance import write_manifest_provenance
 
 MODALITIES = ("bimodal", "speech", "text")  # as crab.model.MODALITIES, whose import loads torch
@@ -52,7 +64,8 @@ def main(argv=None):
         "--policy",
         choices=POLICIES,
         default="error",
-        help="what a bad utterance does: stop (error) or is left out and counted (skip)",
+        help="what a bad utterance does: stop (error), or is left out, counted and listed in "
+        "OUT.skipped (skip)",
     )
     parser.add_argument(
         "--text_source",
@@ -88,7 +101,15 @@ def main(argv=None):
     require_text = args.modality != "speech"
     entries = read_data_dir(args.data_dir, args.text_source, args.text_only)
     where = f"{args.fold}/{name}" if args.fold else name  # in messages: the fold's split
-    kept = validate(entries, classes, args.policy, where, args.min_samples, require_text=require_text)
+    kept = validate(
+        entries,
+        classes,
+        args.policy,
+        where,
+        args.min_samples,
+        require_text=require_text,
+        skipped_file=skipped_list(args.out),
+    )
     if not kept:
         sys.exit(f"ERROR: {where}: no usable utterances")
     check_classes(kept, entries, classes, args)
