@@ -523,7 +523,8 @@ def check_resume(hparams_file, overrides, folder, save_folder):
     """A ``ConfigError`` when a training would go on, in ``folder``, with other settings
     than the run it holds was trained with (its ``hyperparams.yaml`` and a checkpoint in
     ``save_folder``): it would train the old weights on, and rewrite the run's record.
-    Keys of both configurations are compared, once resolved, but ``RESUME_KEYS``; a key
+    Keys of both configurations are compared, once resolved with the run's own values of
+    ``RESUME_KEYS`` (so neither they nor what is built from them count); a key
     only one of them has (a newer or older yaml) is not a setting of both. Another
     ``number_of_epochs`` (and what is built from it), given as an override, trains on to it,
     or ends the run there (not before the epochs it has trained), with a warning: the
@@ -537,6 +538,9 @@ def check_resume(hparams_file, overrides, folder, save_folder):
         text = f.read()
     given = resolved_values(text, overrides)
     epochs = saved.get("number_of_epochs"), given.get("number_of_epochs")
+    # compared at the run's own values, so that what is built from them (num_workers in the
+    # loaders' options) compares equal too
+    as_saved = {k: saved[k] for k in RESUME_KEYS if k in saved and k in given}
     if None not in epochs and not same_value(*epochs):
         if "number_of_epochs" not in override_keys(overrides):
             # the yaml's default, not a choice: an interrupted run rerun without its --train_opts
@@ -565,11 +569,13 @@ def check_resume(hparams_file, overrides, folder, save_folder):
             beyond,
             advice,
         )
-        given = resolved_values(text, last_value_wins((overrides or "") + f"number_of_epochs: {epochs[0]}\n"))
+        as_saved["number_of_epochs"] = epochs[0]
+    if as_saved:
+        given = resolved_values(text, last_value_wins((overrides or "") + yaml.safe_dump(as_saved)))
     differ = [
         key
         for key in saved
-        if key in given and key not in RESUME_KEYS and not same_value(given[key], saved[key])
+        if key in given and not same_value(given[key], saved[key])
     ]
     if not differ:
         return
