@@ -8,6 +8,8 @@ everything since its last checkpoint (up to ``ckpt_interval_minutes``).
 """
 
 import contextlib
+import functools
+import os
 import signal
 import threading
 
@@ -46,9 +48,7 @@ def raise_on_sigterm():
 class DeferredSigterm:
     """Context manager: SIGTERM only sets ``requested``, for the code inside to stop
     where its state can be saved (training: at the end of an optimizer step). Entering
-    clears ``requested``. Data-loading processes forked inside inherit the handler, so a
-    signal sent to the whole job (Slurm signals every process of it) leaves them
-    serving the batches up to that point."""
+    clears ``requested``. The data-loading processes need ``worker_init``."""
 
     def __init__(self):
         self.requested = False
@@ -66,3 +66,28 @@ class DeferredSigterm:
     def __exit__(self, *exc):
         block, self._block = self._block, None
         return block.__exit__(*exc)
+
+
+def _ignore_once(signum, frame):
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(signum, frame):
+    os._exit(0)  # as torch's workers end on their parent's SIGTERM: a signal death is an error there
+
+
+def _init_worker(user_init, worker_id):
+    signal.signal(signal.SIGTERM, _ignore_once)
+    if user_init is not None:
+        user_init(worker_id)
+
+
+def worker_init(user_init=None):
+    """A DataLoader ``worker_init_fn`` (calling ``user_init``, if any, after it) with which
+    a data-loading process ignores its first SIGTERM. torch's workers die on a SIGTERM
+    that their parent did not send, and the parent then raises at once (its SIGCHLD
+    handler): a signal sent to every process of a job, as Slurm sends it, would stop
+    training before it saved its step, and any command with a traceback. With it the
+    workers serve the batches up to that step and end when their loader stops them, or
+    at the next SIGTERM (Python's multiprocessing sends one to its children at exit)."""
+    return functools.partial(_init_worker, user_init)

@@ -131,22 +131,6 @@ def test_sigterm_ends_a_command_after_its_clean_up_with_one_line_and_status_143(
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_a_deferred_sigterm_is_only_noted_until_the_block_ends():
-    from crab.signals import DeferredSigterm, Terminated, raise_on_sigterm
-
-    deferred = DeferredSigterm()
-    with raise_on_sigterm():
-        with deferred:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.1)  # the handler has run: it raised nothing
-            assert deferred.requested
-        with pytest.raises(Terminated):  # the command's handler is back
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(30)
-        with deferred:
-            assert not deferred.requested  # a new block starts clear
-
-
 def test_the_interrupted_command_is_named_as_it_was_called(monkeypatch):
     from crab.cli import command_name
 

@@ -55,12 +55,18 @@ def train_command(data, out):
     ]
 
 
-def start(data, out, log):
-    """The training command as a subprocess, its output to the file ``log``."""
+def start(data, out, log, *options, session=False):
+    """The training command (with ``options``) as a subprocess, its output to the file
+    ``log``; ``session``: in a process group of its own, as a scheduler's job."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
     with open(log, "w") as f:
         return subprocess.Popen(
-            train_command(data, out), cwd=RECIPE, env=env, stdout=f, stderr=subprocess.STDOUT
+            train_command(data, out) + list(options),
+            cwd=RECIPE,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=session,
         )
 
 
@@ -194,17 +200,18 @@ def test_sigterm_saves_at_the_next_optimizer_step_and_the_rerun_ends_as_an_unint
         assert_same(torch.load(ref_path / name), torch.load(res_path / name), name)
 
 
-def test_a_training_command_stopped_by_sigterm_exits_143_and_resumes(data, tmp_path):
+def test_a_training_job_stopped_by_sigterm_exits_143_and_resumes(data, tmp_path):
     out, log = tmp_path / "exp", tmp_path / "train.log"
-    run = start(data, out, log)
+    run = start(data, out, log, "--num_workers=2", session=True)  # data-loading processes too
     deadline = time.time() + 120
     while not checkpoints(out):
         assert run.poll() is None, "ended before its first checkpoint:\n" + log.read_text()
         assert time.time() < deadline, "no checkpoint within 120 s"
         time.sleep(0.01)
-    run.send_signal(signal.SIGTERM)  # as Slurm at the time limit
+    os.killpg(run.pid, signal.SIGTERM)  # as Slurm at the time limit: every process of the job
     assert run.wait(timeout=120) == 143, log.read_text()
     assert log.read_text().splitlines()[-1] == "crab.bin.train: terminated (SIGTERM)"
+    assert "Traceback" not in log.read_text()  # no data-loading process died of it
     train_log = out / "train_log.txt"
     assert not train_log.exists() or train_log.read_text().count("epoch: ") < 3  # stopped midway
     resumed = start(data, out, tmp_path / "resumed.log")  # the same command again
