@@ -572,11 +572,7 @@ def check_resume(hparams_file, overrides, folder, save_folder):
         as_saved["number_of_epochs"] = epochs[0]
     if as_saved:
         given = resolved_values(text, last_value_wins((overrides or "") + yaml.safe_dump(as_saved)))
-    differ = [
-        key
-        for key in saved
-        if key in given and not same_value(given[key], saved[key])
-    ]
+    differ = [key for key in saved if key in given and not same_value(given[key], saved[key])]
     if not differ:
         return
     settings = [k for k in differ if not _is_object(saved[k]) and not _is_object(given[k])]
