@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 
 import speechbrain as sb
@@ -13,6 +14,7 @@ import yaml
 from speechbrain.utils.distributed import if_main_process, is_distributed_initialized
 
 from crab.checkpointing import RandomState
+from crab.cli import UserError
 from crab.encoders import lengths_to_mask, relative_to_absolute
 from crab.features import BRANCHES, cached_states
 from crab.fileio import commit, stage, text_writer
@@ -99,6 +101,57 @@ def check_finite_losses(values, ids, epoch, step):
 
 
 STAGE_NAMES = {sb.Stage.TRAIN: "training", sb.Stage.VALID: "validation", sb.Stage.TEST: "evaluation"}
+
+
+class GPUMemoryError(UserError, RuntimeError):
+    """A batch did not fit in the GPU's memory (torch's ``OutOfMemoryError``)."""
+
+
+def out_of_memory_message(err, stage, epoch, step, batch, device, hparams):
+    """What ran out of GPU memory (the stage, the batch and its padded audio, the device's
+    memory and this process's peak) and what lowers the memory a step needs, in one line."""
+    ids = list(batch.id)
+    shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+    what = f"a batch of {len(ids)} utterance(s) ({shown})"
+    if hasattr(batch, "sig"):
+        what += f", audio padded to {batch.sig.data.shape[-1] / 16000:.1f} s"
+    asked = re.search(r"Tried to allocate [\d.]+ [KMGT]i?B", str(err))
+    memory = f" (t{asked[0][1:]})" if asked else ""
+    if torch.device(device).type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        name = torch.cuda.get_device_name(device)
+        memory += f": {name} has {total:.1f} GiB, this process's tensors peaked at {peak:.1f} GiB"
+    where = f"{STAGE_NAMES.get(stage, stage)}: out of GPU memory at epoch {epoch}, step {step}"
+    return f"{where}, on {what}{memory}. Lower the memory it needs: {_memory_advice(stage, hparams)}"
+
+
+def _memory_advice(stage, hparams):
+    if stage == sb.Stage.TEST:
+        return (
+            "a smaller --batch_size (an evaluation may change it: a prediction does not depend on its "
+            "batch), or --eval_precision=bf16"
+        )
+    if stage == sb.Stage.VALID:  # no gradients: only its batch and precision matter
+        return (
+            "--eval_precision=bf16 (validation in bf16; the run resumes with it), or a shorter "
+            f"max_duration (now {hparams.get('max_duration')} s) in a new run"
+        )
+    advice = [
+        "--gradient_checkpointing=true (the encoders recompute their activations in the backward pass: "
+        "the same gradients; the run resumes with it)"
+    ]
+    if hparams.get("dynamic_batching"):
+        advice.append(f"a new run with a lower max_batch_length (now {hparams['max_batch_length']} s)")
+    elif int(hparams.get("batch_size", 1)) > 1:
+        size, factor = int(hparams["batch_size"]), int(hparams.get("grad_accumulation_factor", 1))
+        advice.append(
+            f"a new run with --batch_size={size // 2} --grad_accumulation_factor={factor * 2} (an optimizer "
+            "batch as large; the contrastive losses compare fewer utterances at once)"
+        )
+    advice.append(f"a shorter max_duration (now {hparams.get('max_duration')} s) in a new run")
+    advice.append("--precision=bf16")
+    return "; or ".join(advice)
 
 
 def check_finite_outputs(bad, ids, stage, epoch, step):
@@ -241,6 +294,27 @@ class CrabBrain(sb.Brain):
             float(norm.std),
             seen,
         )
+
+    def fit_batch(self, batch):
+        try:
+            return super().fit_batch(batch)
+        except torch.OutOfMemoryError as err:
+            raise self._out_of_memory(err, batch, sb.Stage.TRAIN) from err
+
+    def evaluate_batch(self, batch, stage):
+        try:
+            return super().evaluate_batch(batch, stage)
+        except torch.OutOfMemoryError as err:
+            raise self._out_of_memory(err, batch, stage) from err
+
+    def _out_of_memory(self, err, batch, stage):
+        epoch = self.hparams.epoch_counter.current
+        settings = {
+            **vars(self.hparams),
+            "grad_accumulation_factor": self.grad_accumulation_factor,
+        }  # a run option too
+        message = out_of_memory_message(err, stage, epoch, self.step, batch, self.device, settings)
+        return GPUMemoryError(message)
 
     def compute_forward(self, batch, stage):
         logits, taps = self.forward_model(batch)

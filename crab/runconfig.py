@@ -471,11 +471,13 @@ def check_against_run(run_file, text, overrides, stage_keys):
 
 
 # Keys a resumed training may give another value than the run started with: where
-# things are now, and how often checkpoints are written; nothing of what is trained.
+# things are now, how much memory a step takes, and how often checkpoints are written;
+# nothing of what is trained.
 RESUME_KEYS = {
     "data_root": "where the audio is now",
     "feature_cache": "where the frozen-encoder states are now (checked against the model)",
     "num_workers": "data-loading processes",
+    "gradient_checkpointing": "memory: the encoders' activations recomputed, the same gradients",
     "ckpt_interval_minutes": "how often a checkpoint is written inside an epoch",
     "ckpt_interval_steps": "how often a checkpoint is written inside an epoch",
 }

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 
 import pytest
 import soundfile as sf
@@ -309,3 +310,83 @@ def test_an_evaluation_cut_short_leaves_the_previous_predictions(tmp_path, monke
         "predictions.csv",
         "scores.json",
     ]  # no temporary
+
+
+TORCH_OOM = (
+    "CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of 23.54 GiB of which "
+    "1.02 GiB is free. Including non-PyTorch memory, this process has 22.50 GiB memory in use."
+)
+
+
+def out_of_memory_at(monkeypatch, stage, step):
+    """torch's CUDA out-of-memory error from the forward pass of batch ``step`` of ``stage``."""
+    from crab.brain import CrabBrain
+
+    forward, raised_at = CrabBrain.compute_forward, (stage, step)
+
+    def compute_forward(self, batch, stage):
+        if (stage, self.step) == raised_at:
+            raise torch.OutOfMemoryError(TORCH_OOM)
+        return forward(self, batch, stage)
+
+    monkeypatch.setattr(CrabBrain, "compute_forward", compute_forward)
+
+
+def test_out_of_gpu_memory_names_the_batch_and_what_lowers_the_memory(data, tmp_path, monkeypatch):
+    import speechbrain as sb
+
+    from crab.brain import GPUMemoryError
+    from crab.cli import UserError
+
+    out_of_memory_at(monkeypatch, sb.Stage.TRAIN, 2)
+    with pytest.raises(GPUMemoryError) as err:
+        fit(data, tmp_path / "exp", "--number_of_epochs=1", "--grad_accumulation_factor=2")
+    message = str(err.value)
+    assert isinstance(err.value, UserError) and "\n" not in message  # one line through crab.cli
+    assert message.startswith(
+        "training: out of GPU memory at epoch 1, step 2, on a batch of 2 utterance(s) ("
+    )
+    assert re.search(
+        r"\), audio padded to 0\.\d s \(tried to allocate 2\.50 GiB\)\. Lower the memory it needs: ", message
+    )
+    assert "--gradient_checkpointing=true (" in message and "the run resumes with it" in message
+    assert "--batch_size=1 --grad_accumulation_factor=4 (an optimizer batch as large" in message
+    assert "a shorter max_duration (now 12.0 s)" in message and message.endswith("--precision=bf16")
+    assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
+
+    monkeypatch.undo()
+    out_of_memory_at(monkeypatch, sb.Stage.VALID, 1)
+    with pytest.raises(
+        GPUMemoryError, match=r"^validation: out of GPU memory at epoch 1, step 1, .*--eval_precision"
+    ):
+        fit(data, tmp_path / "valid", "--number_of_epochs=1")
+
+
+def test_out_of_gpu_memory_on_cuda_says_the_device_s_memory_and_the_peak(monkeypatch):
+    from types import SimpleNamespace
+
+    import speechbrain as sb
+
+    from crab.brain import out_of_memory_message
+
+    properties = SimpleNamespace(total_memory=24 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: properties)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA GeForce RTX 4090")
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 21.25 * 2**30)
+    batch = SimpleNamespace(id=["u1", "u2", "u3", "u4"])  # cached encoder states: no audio
+    hparams = {"batch_size": 4, "dynamic_batching": True, "max_batch_length": 96.0, "max_duration": 12.0}
+    message = out_of_memory_message(
+        torch.OutOfMemoryError("CUDA out of memory."), sb.Stage.TRAIN, 3, 7, batch, "cuda:0", hparams
+    )
+    assert message.startswith(
+        "training: out of GPU memory at epoch 3, step 7, on a batch of 4 utterance(s) (u1, u2, u3, ...): "
+        "NVIDIA GeForce RTX 4090 has 24.0 GiB, this process's tensors peaked at 21.2 GiB. "
+    )
+    assert "a new run with a lower max_batch_length (now 96.0 s)" in message and "--batch_size" not in message
+    test = out_of_memory_message(
+        torch.OutOfMemoryError("CUDA out of memory."), sb.Stage.TEST, 1, 2, batch, "cuda:0", hparams
+    )
+    assert test.startswith("evaluation: ") and test.endswith(
+        "a smaller --batch_size (an evaluation may change it: a prediction does not depend on its batch), "
+        "or --eval_precision=bf16"
+    )

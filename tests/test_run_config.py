@@ -166,9 +166,16 @@ def test_training_resumed_with_other_settings_is_refused_before_anything_is_writ
     assert more.returncode == 0 and "number_of_epochs 2, trained with 1: training goes on" in more.stderr
     assert "(made for 1 epochs: epoch 2 gets head lr 0.00e+00, the cosine past its end)" in more.stderr
     assert "epoch: 2," in (run / "train_log.txt").read_text()
-    # the same settings resume (here: nothing left to train); where things are, the data-loading
-    # processes (which the loaders' options hold too) and checkpoint intervals may change
-    train_run(data, run, *TRAIN_OPTS, "--number_of_epochs=2", "--ckpt_interval_minutes=5", "--num_workers=2")
+    # where things are, the data-loading processes (which the loaders' options hold too), the
+    # encoders' gradient checkpointing, the evaluation precision and checkpoint intervals may change
+    resumed = (
+        "--ckpt_interval_minutes=5",
+        "--num_workers=2",
+        "--gradient_checkpointing=true",
+        "--eval_precision=bf16",
+    )
+    train_run(data, run, *TRAIN_OPTS, "--number_of_epochs=3", *resumed)
+    assert "epoch: 3," in (run / "train_log.txt").read_text()
     # and a key only the recipe's yaml has is none of the run's
     (run / "hyperparams.yaml").write_text(record.replace("\nnum_workers:", "\nnum_workerz:"))
     train_run(data, run, *TRAIN_OPTS, "--ckpt_interval_minutes=5")
