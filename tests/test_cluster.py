@@ -281,3 +281,76 @@ def test_jobs_through_a_launcher(tmp_path, scheduler):
     c = (tmp_path / "log" / "c.log").read_text()
     assert c.endswith(f"job 4242 failed (status 4); its output: {tmp_path}/log/c.log\nexit status 4\n")
     assert (tmp_path / "log" / f"a.log{scheduler.script_suffix}").exists()
+
+
+# A command that stops on its own on SIGTERM, as training does: it saves (a second), then exits 143.
+STOPS_ON_TERM = """
+import pathlib, signal, sys, time
+mark = pathlib.Path(sys.argv[1])
+def stop(signum, frame):
+    time.sleep(1)
+    mark.with_suffix(".saved").write_text("")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+mark.with_suffix(".started").write_text("")
+time.sleep(60)
+"""
+
+
+def sigterm_to_the_job(tmp_path, script, started):
+    """``script`` (bash, after sourcing utils/jobs.sh and utils/wait_on_term.sh, as ser.sh does)
+    as a job in a process group of its own, sent SIGTERM as a scheduler sends it (to every
+    process of the job) once the files ``started`` exist: its status, and whether any of its
+    processes outlived it."""
+    stub = tmp_path / "stub.py"
+    stub.write_text(STOPS_ON_TERM)
+    env = dict(os.environ, STUB=f"{sys.executable} {stub}")
+    sourced = f". {shlex.quote(ROOT)}/utils/jobs.sh; . {shlex.quote(ROOT)}/utils/wait_on_term.sh"
+    job = subprocess.Popen(
+        ["bash", "-c", f"set -euo pipefail; {sourced}; {script}"],
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while not all((tmp_path / name).exists() for name in started):
+        assert job.poll() is None and time.time() < deadline, "the job's commands did not start"
+        time.sleep(0.01)
+    os.killpg(job.pid, signal.SIGTERM)
+    status = job.wait(timeout=30)
+    try:
+        os.killpg(job.pid, 0)
+        outlived = True
+    except ProcessLookupError:
+        outlived = False
+    if outlived:
+        os.killpg(job.pid, signal.SIGKILL)
+    return status, outlived
+
+
+def test_on_sigterm_a_stage_waits_for_its_command_to_stop_and_runs_nothing_after_it(tmp_path):
+    status, outlived = sigterm_to_the_job(tmp_path, "$STUB a.x; touch next_stage", ["a.started"])
+    assert status == 143 and not outlived  # the shell ended after its command, not before
+    assert (tmp_path / "a.saved").exists() and not (tmp_path / "next_stage").exists()
+
+
+def test_on_sigterm_local_jobs_stop_and_no_other_starts(tmp_path):
+    build = 'build() { local names=(a b c d); job=($STUB "${names[$1]}.x"); }'
+    script = f"{build}; jobs_run 2 '' 0 {tmp_path}/log build a b c d"
+    status, outlived = sigterm_to_the_job(tmp_path, script, ["a.started", "b.started"])
+    assert status == 143 and not outlived
+    for name in "ab":  # worker 0 ran a (then c), worker 1 b (then d)
+        assert (tmp_path / f"{name}.saved").exists()
+        assert (tmp_path / "log" / f"{name}.log").read_text().endswith("exit status 143\n")
+    assert not (tmp_path / "log" / "c.log").exists() and not (tmp_path / "log" / "d.log").exists()
+
+
+def test_on_sigterm_parallel_commands_stop_and_their_status_is_written(tmp_path):
+    script = "parallel_init 2; parallel_run a.log $STUB a.x; parallel_run b.log $STUB b.x; parallel_wait"
+    status, outlived = sigterm_to_the_job(tmp_path, script, ["a.started", "b.started"])
+    assert status == 143 and not outlived
+    for name in "ab":
+        assert (tmp_path / f"{name}.saved").exists()
+        assert (tmp_path / f"{name}.log").read_text() == "exit status 143\n"

@@ -11,6 +11,8 @@ if [ -z "${CRAB_COMMAND:-}" ]; then
   CRAB_COMMAND=$(quote_words "$0" "$@")  # a string to read and paste into a shell
   export CRAB_COMMAND
 fi
+# shellcheck source=utils/wait_on_term.sh
+. "$(dirname "${BASH_SOURCE[0]}")/wait_on_term.sh"  # SIGTERM: wait for the commands running
 export CRAB_USER_CWD=${CRAB_USER_CWD:-${PWD}}
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 cd "$(dirname "$0")" || exit 1

@@ -64,7 +64,8 @@ jobs_run() {
   mkdir -p "${logdir}"
   for ((w = 0; w < nj && w < ${#names[@]}; w++)); do
     (
-      local here=(OMP_NUM_THREADS="${threads}")  # a local job's environment
+      trap 'stopped=1' TERM  # SIGTERM: the running job stops on its own, no other starts
+      local here=(OMP_NUM_THREADS="${threads}") stopped=  # a local job's environment
       [ "${#devices[@]}" -eq 0 ] || here+=(CUDA_VISIBLE_DEVICES="${devices[w]}")
       for ((i = w; i < ${#names[@]}; i += nj)); do
         local job=()
@@ -79,6 +80,7 @@ jobs_run() {
         fi
         echo "exit status ${rc}" >> "${log_file}"
         echo "$(date '+%Y-%m-%dT%H:%M:%S') job ${names[i]}: exit status ${rc} after $((SECONDS - t0)) s"
+        [ -z "${stopped}" ] || break
       done
     ) &
   done

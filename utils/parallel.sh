@@ -21,7 +21,8 @@ parallel_run() {
   shift
   while [ "$(jobs -rp | wc -l)" -ge "${_parallel_max}" ]; do wait -n || true; done
   _parallel_logs+=("${log}")
-  (rc=0; "$@" > "${log}" 2>&1 || rc=$?; echo "exit status ${rc}" >> "${log}") &
+  # SIGTERM: the job's status is still written once its command has stopped
+  (trap : TERM; rc=0; "$@" > "${log}" 2>&1 || rc=$?; echo "exit status ${rc}" >> "${log}") &
 }
 
 parallel_wait() {

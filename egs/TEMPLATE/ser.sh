@@ -102,6 +102,7 @@ usage() {  # the header above and every option of the block with its default
 case " $* " in *" --help "*|*" -h "*) usage "$@"; exit 0 ;; esac
 
 . utils/log.sh
+. utils/wait_on_term.sh  # SIGTERM: the stage's commands stop on their own, this script after them
 invocation=$(quote_words "$0" "$@")  # logged first: parse_options.sh consumes "$@"
 script_args=("$@")                   # a job of stages 2, 4-6 is this script with these options (--nj, --cmd)
 
