@@ -309,10 +309,8 @@ class CrabBrain(sb.Brain):
 
     def _out_of_memory(self, err, batch, stage):
         epoch = self.hparams.epoch_counter.current
-        settings = {
-            **vars(self.hparams),
-            "grad_accumulation_factor": self.grad_accumulation_factor,
-        }  # a run option too
+        # grad_accumulation_factor is a run option too: the brain's value is the one in use
+        settings = {**vars(self.hparams), "grad_accumulation_factor": self.grad_accumulation_factor}
         message = out_of_memory_message(err, stage, epoch, self.step, batch, self.device, settings)
         return GPUMemoryError(message)
 
@@ -390,13 +388,13 @@ class CrabBrain(sb.Brain):
     def _save_intra_epoch_ckpt(self):
         super()._save_intra_epoch_ckpt()
         if self._stop_after_save:
-            epoch = self.hparams.epoch_counter.current
-            logger.info(
-                "SIGTERM: saved a checkpoint at epoch %d, step %d in %s; the same command resumes from it",
-                epoch,
-                self.step,
-                self.checkpointer.checkpoints_dir,
-            )
+            if if_main_process():
+                logger.info(
+                    "SIGTERM: saved a checkpoint at epoch %d, step %d in %s; the same command resumes there",
+                    self.hparams.epoch_counter.current,
+                    self.step,
+                    self.checkpointer.checkpoints_dir,
+                )
             raise Terminated
 
     def on_fit_batch_start(self, batch, should_step):
