@@ -117,6 +117,35 @@ def load_summary_scores(path, metric):
     return scores
 
 
+def check_same_test_data(named_paths):
+    """A ``PairingError`` unless the summaries (``(name, results_<test>.json)`` pairs) score
+    the same test data: the same test set (the ``test_set`` each stores) and, for each fold
+    and seed, the same number of test utterances (``num_utterances`` of its run). Runs of
+    another test set, or of another data directory of the same fold name, would pair
+    silently otherwise. Summaries that do not record them are not told apart."""
+    test_sets, counts = {}, {}
+    for name, path in named_paths:
+        _, summary = read_summary(path)
+        if summary.get("test_set"):
+            test_sets[name] = summary["test_set"]
+        for run in summary.get("runs", []):
+            if run.get("num_utterances") is not None:
+                counts.setdefault(run_pair_key(run["run"]), {})[name] = run["num_utterances"]
+    if len(set(test_sets.values())) > 1:
+        raise PairingError(
+            "scored on different test sets: "
+            + ", ".join(f"{name} {test_set}" for name, test_set in test_sets.items())
+            + "; compare the summaries of one test set"
+        )
+    for key, by_name in sorted(counts.items()):
+        if len(set(by_name.values())) > 1:
+            raise PairingError(
+                f"fold {key[0]}, {key[1]} was scored on different test data: "
+                + ", ".join(f"{name} {n} utterances" for name, n in by_name.items())
+                + "; pair runs of the same data directory"
+            )
+
+
 def align(baseline, method, baseline_name="baseline", method_name="method"):
     """The pairs present in both ``{key: score}`` maps, sorted; an error names the unpaired ones."""
     missing = sorted(set(baseline) ^ set(method))

@@ -100,6 +100,34 @@ def test_cli_pairs_summaries_writes_table_and_figure(tmp_path, capsys):
     assert "| mlcs | 2 | 0.8250 | 0.8450 | +0.0200 | 0.0000 |" in text and "| 2 / 0 / 0 |" in text
 
 
+def test_cli_pairs_only_runs_of_the_same_test_data(tmp_path):
+    """Summaries of two test sets, or a fold and seed scored on another number of utterances,
+    pair by fold and seed all the same: an error names them, not a table of mismatched pairs."""
+
+    def scored(name, tag, test_set, counts):
+        runs = [
+            {"run": f"exp/{tag}/main/seed{seed}", "UAR": 0.5 + 0.01 * seed, "num_utterances": n}
+            for seed, n in counts.items()
+        ]
+        path = tmp_path / name
+        path.write_text(json.dumps({"tag": tag, "test_set": test_set, "runs": runs}))
+        return str(path)
+
+    ce = scored("ce.json", "ce_only", "test", {1: 80, 2: 80})
+    mlcs = scored("mlcs.json", "mlcs", "test", {1: 80, 2: 80})
+    on_valid = scored("mlcs_valid.json", "mlcs", "valid", {1: 80, 2: 80})
+    fewer = scored("mlcs_fewer.json", "mlcs", "test", {1: 80, 2: 78})
+    paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--out", str(tmp_path / "ok.md")])
+    assert "| mlcs | 2 |" in (tmp_path / "ok.md").read_text()
+    with pytest.raises(SystemExit, match="different test sets: ce_only test, mlcs valid"):
+        paired.main(["--baseline", f"ce_only={ce}", f"mlcs={on_valid}"])
+    with pytest.raises(
+        SystemExit,
+        match="fold main, seed2 was scored on different test data: ce_only 80 utterances, mlcs 78 utterances",
+    ):
+        paired.main(["--baseline", f"ce_only={ce}", f"mlcs={fewer}"])
+
+
 def test_fold_means_need_the_same_seeds_in_every_fold():
     keys = [("f1", "seed1"), ("f1", "seed2"), ("f2", "seed1")]
     with pytest.raises(PairingError, match="folds with different numbers of seeds: f1 2, f2 1"):

@@ -5,7 +5,9 @@
         mlcs=exp/mlcs/results_test.json alpha0.5=exp/alpha0.5/results_test.json
     python -m crab.bin.paired --scores per_seed.tsv --baseline ce_only mlcs --out paired.md
 
-Runs are paired by fold and seed (``<tag>/<fold>/seed<seed>`` in the stage-7 summaries);
+Runs are paired by fold and seed (``<tag>/<fold>/seed<seed>`` in the stage-7 summaries),
+of one test set: summaries of different test sets, or a fold and seed scored on different
+numbers of utterances (another data directory), are an error;
 ``--by_fold`` averages each fold over its seeds first (one pair per fold: the seeds of a
 fold share its test speakers, so this is the conservative comparison). With ``--scores``
 settings and pairs come from a tab-separated table (columns ``setting``, ``pair`` and the
@@ -19,6 +21,7 @@ from crab import cli
 from crab.metrics import METRICS
 from crab.paired import (
     align,
+    check_same_test_data,
     fold_means,
     load_scores_table,
     load_summary_scores,
@@ -67,7 +70,9 @@ def load(args):
         entries = [named(args.baseline)] + [named(m) for m in args.methods]
     except argparse.ArgumentTypeError as err:
         raise cli.UserError(str(err)) from None
-    return entries[0][0], {name: load_summary_scores(path, args.metric) for name, path in entries}
+    scores = {name: load_summary_scores(path, args.metric) for name, path in entries}
+    check_same_test_data(entries)
+    return entries[0][0], scores
 
 
 def run(args):
