@@ -93,7 +93,9 @@ def project_2d(embeddings, method="pca", seed=0):
     raise ValueError(f"projection must be pca or tsne, got '{method}'")
 
 
-def write_embeddings(out_dir, ids, embeddings, labels, classes, projection="pca", title=None):
+def write_embeddings(
+    out_dir, ids, embeddings, labels, classes, projection="pca", title=None, checkpoint=None
+):
     """Write the dump, its cluster scores and its projection plot to ``out_dir``.
 
     Parameters
@@ -113,6 +115,9 @@ def write_embeddings(out_dir, ids, embeddings, labels, classes, projection="pca"
         ``pca`` or ``tsne``.
     title : str, optional
         Plot title (default: ``out_dir``), above the scores.
+    checkpoint : str, optional
+        The checkpoint embedded (its folder's name), recorded in ``embedding_scores.json``:
+        stage 7 uses the scores only beside predictions of the same checkpoint.
 
     Returns
     -------
@@ -129,6 +134,8 @@ def write_embeddings(out_dir, ids, embeddings, labels, classes, projection="pca"
             np.savez(f, ids=np.array(ids), embeddings=embeddings, labels=labels, classes=np.array(classes))
 
     saved = {"num_utterances": len(ids), "dim": int(embeddings.shape[1]), **scores}
+    if checkpoint:
+        saved["checkpoint"] = checkpoint
     commit(  # both whole (stage 7 reads the scores beside the predictions), or neither replaced
         stage(
             [

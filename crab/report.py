@@ -699,12 +699,14 @@ def latest_results(experiment, test_set):
 
 def summary_embeddings(path):
     """The fused embeddings (``eval_<test>/embeddings.npz``) of the first run of a results
-    summary that has them, or None: a sweep's plot shows runs that its tables score."""
+    summary that has them, of the checkpoint of its predictions (``embeddings_of_another_checkpoint``),
+    or None: a sweep's plot shows runs that its tables score."""
     _, summary = read_summary(path)
     test_set = summary.get("test_set") or summary_test_set(path)  # the file's name, without one
     for row in summary.get("runs", []):
-        dump = os.path.join(row["run"], f"eval_{test_set}", "embeddings.npz")
-        if os.path.isfile(dump):
+        eval_dir = os.path.join(row["run"], f"eval_{test_set}")
+        dump = os.path.join(eval_dir, "embeddings.npz")
+        if os.path.isfile(dump) and not embeddings_of_another_checkpoint(eval_dir):
             return dump
     return None
 
@@ -746,13 +748,46 @@ def score_run(path, per_run=False):
     if source != "none":  # a train_info.json from before speech-only runs were told apart says gold
         source, asr_model = info.get("text_source", source), info.get("asr_model", asr_model)
     row.update(text_source=source, asr_model=asr_model)
-    emb_path = os.path.join(os.path.dirname(path), "embedding_scores.json")
-    if os.path.isfile(emb_path):
-        with open(emb_path, encoding="utf-8") as f:
-            row.update({k: v for k, v in json.load(f).items() if k in EMBEDDING_SCORES})
+    embedded = current_embedding_scores(os.path.dirname(path))
+    if embedded:
+        row.update({k: v for k, v in embedded.items() if k in EMBEDDING_SCORES})
     if per_run:
         write_run_files(os.path.dirname(path), report, run_dir)
     return row
+
+
+def embeddings_of_another_checkpoint(eval_dir):
+    """Are the embeddings of an evaluation folder (``crab.bin.embeddings``: ``embedding_scores.json``
+    names the checkpoint embedded) of another checkpoint than the predictions beside them (their
+    ``checkpoint.txt``)? Then the run trained on after it was embedded, and a table would put the
+    old model's cluster scores beside the new model's metrics: said on stderr. Scores or
+    predictions that name no checkpoint (an older release) are taken as the same."""
+    path = os.path.join(eval_dir, "embedding_scores.json")
+    record = os.path.join(eval_dir, EVALUATED_CHECKPOINT)
+    if not (os.path.isfile(path) and os.path.isfile(record)):
+        return False
+    with open(path, encoding="utf-8") as f:
+        embedded = json.load(f).get("checkpoint")
+    with open(record, encoding="utf-8") as f:
+        evaluated = f.read().strip()
+    if not embedded or embedded == evaluated:
+        return False
+    print(
+        f"Note: {path} is of checkpoint {embedded}, the predictions beside it of {evaluated}: its "
+        "embeddings are left out (stage 6 with --embeddings true makes them again)",
+        file=sys.stderr,
+    )
+    return True
+
+
+def current_embedding_scores(eval_dir):
+    """The ``embedding_scores.json`` of an evaluation folder, or None when there is none or it
+    is of another checkpoint than the predictions (``embeddings_of_another_checkpoint``)."""
+    path = os.path.join(eval_dir, "embedding_scores.json")
+    if not os.path.isfile(path) or embeddings_of_another_checkpoint(eval_dir):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def check_evaluated_checkpoint(path, run_dir):

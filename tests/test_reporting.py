@@ -4,6 +4,7 @@ intended model and trains one step), and the training logger."""
 
 import csv
 import errno
+import glob
 import json
 import os
 
@@ -29,6 +30,7 @@ from crab.report import (
     record_training,
     results_table,
     summarise,
+    summary_embeddings,
 )
 from crab.report import (
     main as report_main,
@@ -168,6 +170,32 @@ def test_predictions_of_a_checkpoint_the_run_no_longer_holds_are_refused(tmp_pat
         "(it holds CKPT+epoch4): the run trained on after it was evaluated. Evaluate it again (stage 6)"
     )
     assert not (tmp_path / "results.md").exists()
+
+
+def test_embeddings_of_another_checkpoint_than_the_predictions_are_left_out(tmp_path, capsys):
+    """A run embedded, then trained on and evaluated again without --embeddings: its old
+    embeddings are not scored beside the new predictions, nor drawn by the sweep."""
+    run = tmp_path / "exp" / "mlcs" / "main" / "seed1"
+    eval_dir = run / "eval_test"
+    path = eval_dir / "predictions.csv"
+    write_predictions(path, [("angry", "angry"), ("sad", "happy")])
+    (run / "save" / "CKPT+epoch1").mkdir(parents=True)
+    (eval_dir / "checkpoint.txt").write_text("CKPT+epoch1\n")
+    ids, labels = ["utt0", "utt1", "utt2", "utt3"], np.array([0, 0, 3, 3])
+    points = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    scores = write_embeddings(str(eval_dir), ids, points, labels, CLASSES, checkpoint="CKPT+epoch1")
+    assert json.loads((eval_dir / "embedding_scores.json").read_text())["checkpoint"] == "CKPT+epoch1"
+    _, summary = results_table([str(path)], tag="mlcs", test_set="test")
+    assert summary["runs"][0]["silhouette"] == pytest.approx(scores["silhouette"])
+    (tmp_path / "results_test.json").write_text(json.dumps(summary))
+    assert summary_embeddings(str(tmp_path / "results_test.json")) == str(eval_dir / "embeddings.npz")
+    (run / "save" / "CKPT+epoch1").rename(run / "save" / "CKPT+epoch3")  # trained on, evaluated again
+    (eval_dir / "checkpoint.txt").write_text("CKPT+epoch3\n")
+    capsys.readouterr()
+    _, summary = results_table([str(path)], tag="mlcs", test_set="test")
+    assert "silhouette" not in summary["runs"][0] and "silhouette" not in summary["mean"]
+    assert "is of checkpoint CKPT+epoch1, the predictions beside it of CKPT+epoch3" in capsys.readouterr().err
+    assert summary_embeddings(str(tmp_path / "results_test.json")) is None
 
 
 def test_comparison_table_in_the_paper_layout(two_runs, tmp_path):
@@ -538,7 +566,9 @@ def test_embeddings_command_dumps_the_fused_layer(tiny_data, tmp_path):
     assert sorted(dump["ids"]) == ["u0", "u1", "u2", "u3"]
     assert sorted(dump["labels"].tolist()) == [0, 1, 2, 3]
     assert_png(out / "embeddings_pca.png")
-    assert set(json.loads((out / "embedding_scores.json").read_text())) >= {"silhouette", "davies_bouldin"}
+    saved = json.loads((out / "embedding_scores.json").read_text())
+    assert set(saved) >= {"silhouette", "davies_bouldin"}
+    assert saved["checkpoint"] == os.path.basename(glob.glob(hparams["save_folder"] + "/CKPT+*")[0])
 
 
 # ---------------------------------------------------------------- training logger

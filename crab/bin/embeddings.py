@@ -13,7 +13,9 @@ of ``crab.bin.evaluate``, to the run's evaluation folder (``CrabBrain.eval_folde
   (class indices of the true emotions), ``classes``;
 - ``embedding_scores.json``: silhouette (euclidean), Calinski-Harabasz and
   Davies-Bouldin scores of the embeddings grouped by true emotion (scikit-learn; the
-  silhouette of a test set over 10,000 utterances is that of a fixed random 10,000);
+  silhouette of a test set over 10,000 utterances is that of a fixed random 10,000),
+  and the checkpoint embedded (stage 7 and ``sweep.sh`` use embeddings of the checkpoint
+  of the predictions beside them only: a run trained on since is embedded again);
 - ``embeddings_<projection>.png``: their 2-D PCA (default) or t-SNE projection,
   coloured by emotion.
 
@@ -52,6 +54,7 @@ def main(argv=None):
         classes,
         args.projection,
         title=f"{hparams['output_folder']} on {hparams['eval_name']}",
+        checkpoint=getattr(brain, "_evaluated", None),
     )
     logger.info("Fused embeddings of %d utterances in %s: %s", len(ids), out_dir, scores)
 

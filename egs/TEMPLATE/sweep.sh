@@ -142,6 +142,8 @@ for test_set in ${test_sets}; do
     if [ "${#dumps[@]}" -eq "$(wc -w <<< "${settings}")" ]; then  # the first run of each with embeddings
       python -m crab.bin.compare embeddings --plot "${exp_dir}/ablations_${test_set}_embeddings.png" \
         --out "${exp_dir}/ablations_${test_set}_embeddings.md" "${dumps[@]}"
+    else  # not those of an earlier sweep beside this table
+      rm -f "${exp_dir}/ablations_${test_set}_embeddings.png" "${exp_dir}/ablations_${test_set}_embeddings.md"
     fi
   fi
   if [ -n "${alphas}" ]; then
