@@ -303,6 +303,67 @@ def test_sweep_needs_a_setting_and_checks_names(tmp_path):
     assert result.returncode == 1 and "the settings would share the GPUs; give --cmd" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (("--alphas", "0.5 abc"), "--alphas: 'abc' is not a number"),
+        (("--alphas", "1e-1"), "--alphas: '1e-1' is not a number"),
+        (("--alphas", "-1"), "--alphas: '-1' is not a number"),
+        (("--alphas", "1 0.5 1.0"), "--alphas gives alpha 1 twice"),
+        (("--ablations", "ce_only mlcs ce_only"), "--ablations names ce_only twice"),
+    ],
+)
+def test_sweep_refuses_bad_alphas_and_repeated_settings_before_training(tmp_path, given, message):
+    """An alpha that is not a plain number would train every setting before it, then stop the
+    table (its experiment alpha<a> names no alpha); a setting given twice would be a row twice."""
+    sweep = os.path.join(ROOT, "egs", "mini", "sweep.sh")
+    result = run(sweep, *given, "--exp_dir", str(tmp_path / "exp"), "--stage", "7")  # never trains
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "exp").exists()  # nothing trained
+
+
+def test_sweep_refuses_train_opts_that_undo_an_ablation_before_training(tmp_path):
+    """--train_opts come after a setting's ablation: one giving another value of its key would
+    make the CE-only baseline of the alpha sweep, or an ablation's row, another setting."""
+    sweep = os.path.join(ROOT, "egs", "mini", "sweep.sh")
+    exp = str(tmp_path / "exp")
+    result = run(
+        sweep, "--alphas", "0.5", "--train_opts", "--leg_names=[fusion]", "--exp_dir", exp, "--stage", "7"
+    )
+    assert result.returncode == 1 and (
+        "--train_opts gives --leg_names=[fusion], and ablation ce_only is --leg_names=[]: its row would "
+        "not be ce_only" in result.stderr
+    ), result.stderr
+    result = run(
+        sweep,
+        "--ablations",
+        "mlcs mlcs_no_hier_lr",
+        "--train_opts",
+        "--encoder_lr=1e-5",
+        "--exp_dir",
+        exp,
+        "--stage",
+        "7",
+    )
+    assert result.returncode == 1 and "ablation mlcs_no_hier_lr is --encoder_lr=!ref <lr>" in result.stderr
+    assert not (tmp_path / "exp").exists()  # nothing trained
+    # the same value is the ablation's own: no clash (stage 7 alone then finds nothing to score)
+    result = run(
+        sweep,
+        "--ablations",
+        "speech_only",
+        "--train_opts",
+        "--modality=speech",
+        "--exp_dir",
+        exp,
+        "--stage",
+        "7",
+        "--data_root",
+        str(tmp_path),  # the corpus need not be there
+    )
+    assert "would not be" not in result.stderr and "no predictions at" in result.stdout + result.stderr
+
+
 def test_setup_makes_a_recipe_of_links_and_copies(tmp_path):
     target = tmp_path / "egs" / "mycorpus"
     result = run(os.path.join(ROOT, "egs", "TEMPLATE", "setup.sh"), str(target))

@@ -22,7 +22,7 @@ ablations=          # ablation names of the table, each an experiment exp/<name>
 alphas=             # alpha values, each an experiment exp/alpha<a>/ (with ce_only as the baseline)
 tunings=            # tuning files (conf/tuning/<name>.yaml), each an experiment exp/<name>/, rows of the ablation table
 ablation_table=     # ablation name -> yaml overrides (default: conf/ablations.txt, else the TEMPLATE's)
-train_opts=         # overrides for every setting, after the ablation's or tuning file's (they win on a clash)
+train_opts=         # overrides for every setting, after the tuning file's (they win on a clash); another value of an ablation's key is an error
 exp_dir=exp         # experiments
 stage=5             # first stage of each run
 stop_stage=7        # last stage of each run (the tables need 7)
@@ -62,6 +62,20 @@ if [ -z "${ablations}${alphas}${tunings}" ]; then
   echo "$0: give --ablations \"name ...\", --tunings \"conf/tuning/<name>.yaml ...\" and/or --alphas \"value ...\" (./sweep.sh --help)" >&2
   exit 1
 fi
+seen=" "  # each setting once, each alpha a plain number (its experiment is exp/alpha<a>/), before anything trains
+for name in ${ablations}; do
+  [[ ${seen} != *" ${name} "* ]] || { echo "$0: --ablations names ${name} twice" >&2; exit 1; }
+  seen+="${name} "
+done
+seen=" "
+for a in ${alphas}; do
+  if ! [[ ${a} =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]]; then
+    echo "$0: --alphas: '${a}' is not a number of the form 0.5 or 2 (alpha >= 0)" >&2; exit 1
+  fi
+  value=$(awk -v a="${a}" 'BEGIN { print a + 0 }')
+  [[ ${seen} != *" ${value} "* ]] || { echo "$0: --alphas gives alpha ${value} twice (${alphas})" >&2; exit 1; }
+  seen+="${value} "
+done
 . ./path.sh
 . utils/log.sh
 log "${CRAB_COMMAND}"
@@ -69,8 +83,16 @@ if [ -z "${ablation_table}" ]; then
   ablation_table=conf/ablations.txt
   [ -f "${ablation_table}" ] || ablation_table=$(dirname "$(readlink -f "$0")")/conf/ablations.txt
 fi
+given_opts=$(python -m crab.report overrides --opts="${train_opts}")  # bad --train_opts stop here too
 for name in ${ablations} ${alphas:+ce_only}; do  # unknown names stop here, before anything trains
-  python -m crab.report overrides --table "${ablation_table}" --ablation "${name}" > /dev/null
+  own_opts=$(python -m crab.report overrides --table "${ablation_table}" --ablation "${name}")
+  while IFS= read -r word; do  # a row named by an ablation has its overrides
+    clash=$(awk -v key="${word%%=*}=" 'index($0, key) == 1 { print; exit }' <<< "${given_opts}")
+    if [ -n "${word}" ] && [ -n "${clash}" ] && [ "${clash}" != "${word}" ]; then
+      echo "$0: --train_opts gives ${clash}, and ablation ${name} is ${word}: its row would not be ${name}; leave ${word%%=*} out of --train_opts" >&2
+      exit 1
+    fi
+  done <<< "${own_opts}"
 done
 tuned=()  # experiment names of the tuning files (a bad file stops here too)
 for file in ${tunings}; do
