@@ -25,8 +25,8 @@ the recipe calls the small command-line part for every run:
         leave out runs of their experiment evaluated on TEST, results_<TEST>.<folds>.seed<seeds>
     python -m crab.report latest_results exp/<tag> TEST
         print the results summary (.json) stage 7 wrote last for the experiment on TEST
-    python -m crab.report test_sets exp/<tag>
-        print the test sets the experiment has results summaries of, one per line
+    python -m crab.report test_sets exp/<tag> [--since EPOCH_S]
+        print the test sets the experiment has results summaries of (written since), one per line
     python -m crab.report check_trained --stage N exp/<tag>/<fold>/seed<seed>...
         an error naming each run whose training stopped before its number_of_epochs
     python -m crab.report embeddings exp/<tag>/results_<test>[...].json
@@ -678,10 +678,14 @@ def summary_test_set(path):
     return stored or os.path.basename(path)[len("results_") :].split(".")[0]
 
 
-def test_sets(experiment):
+def test_sets(experiment, since=None):
     """The test sets that ``experiment`` (``exp/<tag>``) has results summaries of, sorted. A
-    test set's name may hold dots: each summary's own ``test_set`` decides, not its file name."""
+    test set's name may hold dots: each summary's own ``test_set`` decides, not its file name.
+    With ``since`` (seconds since the epoch), only summaries written then or later count: the
+    test sets a sweep scored, not those of an older scoring of the experiment."""
     summaries = glob.glob(os.path.join(glob.escape(experiment), "results_*.json"))
+    if since is not None:
+        summaries = [p for p in summaries if os.path.getmtime(p) >= since]
     return sorted({summary_test_set(p) for p in summaries})
 
 
@@ -1138,6 +1142,7 @@ def main(argv=None):
     latest.add_argument("test_set")
     sets = commands.add_parser("test_sets", help="print the test sets an experiment has summaries of")
     sets.add_argument("experiment", help="exp/<tag>")
+    sets.add_argument("--since", type=float, help="only summaries written at or after this time (epoch s)")
     done = commands.add_parser("check_trained", help="an error naming the runs whose training stopped early")
     done.add_argument("--stage", required=True, help="the recipe stage that needs them finished")
     done.add_argument("run_dirs", nargs="*", help="exp/<tag>/<fold>/seed<seed>")
@@ -1168,7 +1173,7 @@ def main(argv=None):
     elif args.command == "latest_results":
         print(latest_results(args.experiment, args.test_set))
     elif args.command == "test_sets":
-        print("\n".join(test_sets(args.experiment)))
+        print("\n".join(test_sets(args.experiment, args.since)))
     elif args.command == "check_trained":
         check_trained(args.run_dirs, args.stage)
     elif args.command == "embeddings":

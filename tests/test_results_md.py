@@ -281,6 +281,36 @@ def test_a_test_set_named_with_a_dot_keeps_apart_from_another(tmp_path):
     assert summary_test_set(str(exp / "results_test.v2.json")) == "test.v2"
 
 
+def test_sweep_tables_only_the_test_sets_it_scored(tmp_path):
+    """Summaries of a test set that an earlier scoring wrote are not tabulated again under this
+    sweep's title: the table of another test set would be of older runs, or stop the sweep."""
+    for tag in ("ce_only", "mlcs"):
+        write_runs(tmp_path / "exp", tag, (1, 2), None, test_sets=("test", "valid"))
+
+    def sweep(test_sets):
+        result = subprocess.run(
+            [
+                "bash", os.path.join(RECIPE, "sweep.sh"), "--ablations", "ce_only mlcs", "--stage", "7",
+                "--data_root", str(tmp_path), "--exp_dir", str(tmp_path / "exp"), "--results_md", "",
+                "--seeds", "1 2", "--test_sets", test_sets,
+            ],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    sweep("test valid")
+    assert sorted(p.name for p in (tmp_path / "exp").glob("ablations_*.md")) == [
+        "ablations_test.md",
+        "ablations_valid.md",
+    ]
+    (tmp_path / "exp" / "ablations_valid.md").unlink()
+    (tmp_path / "exp" / "mlcs" / "results_valid.json").unlink()  # mlcs was never scored on valid
+    for summary in (tmp_path / "exp").glob("*/results_*.json"):  # an earlier scoring
+        os.utime(summary, (summary.stat().st_mtime - 60,) * 2)
+    sweep("test")
+    assert [p.name for p in (tmp_path / "exp").glob("ablations_*.md")] == ["ablations_test.md"]
+
+
 def test_sweep_tables_name_the_config_folds_and_seeds_of_their_runs(tmp_path):
     for tag in ("ce_only", "mlcs"):
         for fold in ("main", "other"):

@@ -104,6 +104,9 @@ for file in ${tunings}; do
   tuned+=("${name}")
 done
 
+mkdir -p "${exp_dir}"  # the summaries this sweep's stage 7 writes are not older (the file system's clock)
+stamp=$(mktemp "${exp_dir}/.sweep.XXXXXX") && started=$(stat -c %Y "${stamp}") && rm -f "${stamp}"
+
 run() {  # run.sh for one setting: run.sh options in "$@"
   ./run.sh --stage "${stage}" --stop_stage "${stop_stage}" --exp_dir "${exp_dir}" \
     --ablation_table "${ablation_table}" "${forward[@]+"${forward[@]}"}" "$@"
@@ -147,7 +150,8 @@ scored() {  # the summary of experiment $1 on test set $2 that stage 7 wrote las
   # and seeds of this sweep, also when they are a subset of the experiment's runs
   python -m crab.report latest_results "${exp_dir}/$1" "$2"
 }
-test_sets=$(python -m crab.report test_sets "${exp_dir}/${first}")  # of the first setting's summaries
+# the test sets this sweep scored: of the first setting's summaries, those written since it started
+test_sets=$(python -m crab.report test_sets --since "${started}" "${exp_dir}/${first}")
 # The tables' titles name train_opts; crab.bin.compare adds the config, folds and seeds of the runs.
 about="${train_opts:+; ${train_opts}}"
 for test_set in ${test_sets}; do
