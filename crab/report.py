@@ -64,8 +64,9 @@ EVALUATED_CHECKPOINT = "checkpoint.txt"  # in an evaluation's folder: the checkp
 def git_commit(path=None, short=True):
     """The commit of the git checkout holding ``path`` (default: the crab package), short
     (7 hex digits) or (``short=False``) full, with ``+dirty`` when the working tree differs
-    from it: a tracked file changed, or code or configuration neither committed nor ignored
-    (a new recipe's scripts: ``_untracked_code``); None when there is no git, no checkout or
+    from it: a tracked file changed (but a ``RESULTS.md``, which stage 7 writes), or code or
+    configuration neither committed nor ignored (a new recipe's scripts: ``_untracked_code``);
+    None when there is no git, no checkout or
     no commit. The one place that asks
     git for the commit (``train_info.json``, the results tables, a package's metadata.json),
     in one ``git status``: it does not look into ignored folders (``exp*/``, ``data/``) and
@@ -81,9 +82,19 @@ def git_commit(path=None, short=True):
     if commit == "(initial)":  # no commit yet
         return None
     dirty = any(
-        _untracked_code(line[2:]) if line.startswith("? ") else not line.startswith("# ") for line in lines
+        _untracked_code(line[2:])
+        if line.startswith("? ")
+        else not (line.startswith("# ") or _results_file(line))
+        for line in lines
     )
     return (commit[:7] if short else commit) + ("+dirty" if dirty else "")
+
+
+def _results_file(line):
+    """Is a changed tracked entry of ``git status --porcelain=v2`` a recipe's ``RESULTS.md``? Stage
+    7 adds its entries there: a sweep's later settings, or any run after a scoring, are of the
+    commit all the same."""
+    return line.startswith("1 ") and os.path.basename(line.split(" ", 8)[-1]) == "RESULTS.md"
 
 
 # untracked files that change what a run does (a new recipe's scripts and configs), unlike what
