@@ -322,6 +322,15 @@ def test_sweep_refuses_bad_alphas_and_repeated_settings_before_training(tmp_path
     assert not (tmp_path / "exp").exists()  # nothing trained
 
 
+@pytest.mark.parametrize("option", ["--tag", "--ablation"])
+def test_sweep_refuses_run_options_that_each_setting_sets(tmp_path, option):
+    """run.sh takes each setting's --tag and --ablation after the forwarded ones: a --tag would be
+    ignored, an --ablation applied to the alpha settings alone (not their CE-only baseline)."""
+    sweep = os.path.join(ROOT, "egs", "mini", "sweep.sh")
+    result = run(sweep, "--alphas", "0.5", option, "mlcs_supcon", "--exp_dir", str(tmp_path), "--stage", "7")
+    assert result.returncode == 1 and f"{option} is not a sweep's" in result.stderr, result.stderr
+
+
 def test_sweep_refuses_train_opts_that_undo_an_ablation_before_training(tmp_path):
     """--train_opts come after a setting's ablation: one giving another value of its key would
     make the CE-only baseline of the alpha sweep, or an ablation's row, another setting."""

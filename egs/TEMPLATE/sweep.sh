@@ -10,8 +10,9 @@
 #   ./sweep.sh --tunings "conf/tuning/a.yaml conf/tuning/b.yaml"   # exp/a/, exp/b/, in exp/ablations_<test>.md
 #
 # Options of its own (below); every other option goes to run.sh as it is, e.g.
-# --seeds "1 2 3", --folds, --feature_cache, --ngpu, --nj, --cmd. With --settings_nj N,
-# N settings run at once, each logged to exp/<name>.sweep.log: through a scheduler
+# --seeds "1 2 3", --folds, --feature_cache, --ngpu, --nj, --cmd (not --tag or --ablation: each
+# setting sets them). With --settings_nj N, N settings run at once, each logged to
+# exp/<name>.sweep.log: through a scheduler
 # (--cmd) all their jobs are submitted together; on GPUs here they would share them,
 # so that needs --cmd (on CPU the cores are shared out).
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
@@ -54,6 +55,12 @@ given() {  # the last value of run.sh option --$1 among those forwarded, else $2
   for ((i = 0; i < ${#forward[@]}; i += 2)); do [ "${forward[i]}" != "--$1" ] || value=${forward[i + 1]}; done
   echo "${value}"
 }
+for name in tag ablation; do  # each setting's own: run.sh would take the setting's, or this one for some settings only
+  if [ -n "$(given "${name}" '')" ]; then
+    echo "$0: --${name} is not a sweep's: each setting is its own experiment, exp/<name>/ with its ablation (--exp_dir puts them elsewhere; --ablations, --alphas, --train_opts say what they train)" >&2
+    exit 1
+  fi
+done
 if [ "${settings_nj}" -gt 1 ] && [ "$(given ngpu 0)" != 0 ] && [ -z "$(given cmd '')" ]; then
   echo "$0: --settings_nj ${settings_nj} with --ngpu here: the settings would share the GPUs; give --cmd (a scheduler), or run them one at a time" >&2
   exit 1
