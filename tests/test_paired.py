@@ -128,6 +128,22 @@ def test_cli_pairs_only_runs_of_the_same_test_data(tmp_path):
         paired.main(["--baseline", f"ce_only={ce}", f"mlcs={fewer}"])
 
 
+def test_cli_refuses_a_name_given_twice(tmp_path):
+    """Scores are kept by name: a second one of a name replaced the first (an empty table, or a
+    method's row dropped) without a word."""
+    keys = [("main", 1), ("main", 2)]
+    ce = summary(tmp_path / "ce.json", "ce_only", dict(zip(keys, (0.5, 0.6), strict=True)))
+    mlcs = summary(tmp_path / "mlcs.json", "mlcs", dict(zip(keys, (0.6, 0.8), strict=True)))
+    with pytest.raises(SystemExit, match="ERROR: ce given twice"):
+        paired.main(["--baseline", f"ce={ce}", f"ce={mlcs}"])
+    with pytest.raises(SystemExit, match="ERROR: m given twice"):
+        paired.main(["--baseline", f"ce={ce}", f"m={mlcs}", f"m={ce}"])
+    table = tmp_path / "scores.tsv"
+    table.write_text("setting\tpair\tUAR\nce\t1\t0.5\nce\t2\t0.6\nm\t1\t0.6\nm\t2\t0.8\n")
+    with pytest.raises(SystemExit, match="ERROR: m given twice"):
+        paired.main(["--scores", str(table), "--baseline", "ce", "m", "m"])
+
+
 def test_fold_means_need_the_same_seeds_in_every_fold():
     keys = [("f1", "seed1"), ("f1", "seed2"), ("f2", "seed1")]
     with pytest.raises(PairingError, match="folds with different numbers of seeds: f1 2, f2 1"):

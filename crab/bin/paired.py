@@ -57,11 +57,21 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def distinct(names):
+    """A ``UserError`` naming what is given twice: one of them would replace the other's scores."""
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise cli.UserError(
+            f"{', '.join(twice)} given twice (the baseline and each method need a name of their own)"
+        )
+
+
 def load(args):
     """``(baseline name, {name: scores})`` with scores keyed by pair."""
     if args.scores:
         table = load_scores_table(args.scores, args.metric)
         wanted = [args.baseline, *args.methods]
+        distinct(wanted)
         unknown = [name for name in wanted if name not in table]
         if unknown:
             raise cli.UserError(f"{args.scores}: no setting {', '.join(unknown)} (has {', '.join(table)})")
@@ -70,6 +80,7 @@ def load(args):
         entries = [named(args.baseline)] + [named(m) for m in args.methods]
     except argparse.ArgumentTypeError as err:
         raise cli.UserError(str(err)) from None
+    distinct([name for name, _ in entries])
     scores = {name: load_summary_scores(path, args.metric) for name, path in entries}
     check_same_test_data(entries)
     return entries[0][0], scores
