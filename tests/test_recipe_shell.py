@@ -322,6 +322,19 @@ def test_sweep_refuses_bad_alphas_and_repeated_settings_before_training(tmp_path
     assert not (tmp_path / "exp").exists()  # nothing trained
 
 
+@pytest.mark.parametrize("name", ["ce_only", "alpha0.5"])
+def test_sweep_refuses_a_tuning_file_named_as_an_alpha_setting(tmp_path, name):
+    """The alpha sweep's experiments are exp/ce_only/ and exp/alpha<a>/: a tuning file of that
+    name would train into the same folder."""
+    tuning = tmp_path / f"{name}.yaml"
+    tuning.write_text("config: conf/crab_tiny.yaml\noverrides:\n  hidden_dim: 8\n")
+    sweep = os.path.join(ROOT, "egs", "mini", "sweep.sh")
+    exp = tmp_path / "exp"
+    result = run(sweep, "--alphas", "0.5", "--tunings", str(tuning), "--exp_dir", str(exp), "--stage", "7")
+    assert result.returncode == 1 and f"two settings are named {name} (exp/{name}/)" in result.stderr
+    assert not exp.exists()
+
+
 @pytest.mark.parametrize("option", ["--tag", "--ablation"])
 def test_sweep_refuses_run_options_that_each_setting_sets(tmp_path, option):
     """run.sh takes each setting's --tag and --ablation after the forwarded ones: a --tag would be

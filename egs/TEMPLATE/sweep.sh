@@ -102,10 +102,11 @@ for name in ${ablations} ${alphas:+ce_only}; do  # unknown names stop here, befo
   done <<< "${own_opts}"
 done
 tuned=()  # experiment names of the tuning files (a bad file stops here too)
+alpha_names=(${alphas:+ce_only}); for a in ${alphas}; do alpha_names+=("alpha${a}"); done
 for file in ${tunings}; do
   python -m crab.report tuning "${file}" > /dev/null
   name=$(basename "${file}" .yaml)
-  if [[ " ${ablations} ${tuned[*]-} " == *" ${name} "* ]]; then
+  if [[ " ${ablations} ${alpha_names[*]-} ${tuned[*]-} " == *" ${name} "* ]]; then
     echo "$0: two settings are named ${name} (exp/${name}/): rename the tuning file ${file}" >&2; exit 1
   fi
   tuned+=("${name}")
