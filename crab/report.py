@@ -588,7 +588,7 @@ def alpha_sweep(entries, baseline, plot=None, title=None):
     Returns
     -------
     str
-        The table and the best UAR and WAR with their alpha.
+        The table and the best UAR and WAR with their alpha (and their difference from CE only).
     """
     entries = sorted(entries, key=lambda e: alpha_of(e[0]))
     alphas = [alpha_of(name) for name, _ in entries]
@@ -607,7 +607,13 @@ def alpha_sweep(entries, baseline, plot=None, title=None):
         lines.append(f"| {name} | {summary['num_runs']} | " + " | ".join(cells) + " |")
     for metric in ("UAR", "WAR"):
         best = max(zip(alphas, entries, strict=True), key=lambda e: e[1][1]["mean"][metric])
-        lines.append(f"\nBest {metric}: {best[1][1]['mean'][metric]:.4f} at alpha {best[0]:g}.")
+        value = best[1][1]["mean"][metric]
+        line = f"\nBest {metric}: {value:.4f} at alpha {best[0]:g}"
+        if baseline:  # said either way: CE only may be the best of all
+            line += (
+                f" ({value - baseline['mean'][metric]:+.4f} against CE only's {baseline['mean'][metric]:.4f})"
+            )
+        lines.append(line + ".")
     if plot:
         from crab.plots import plot_alpha
 

@@ -303,7 +303,12 @@ def test_alpha_sweep_table_and_figure(tmp_path):
     text = out.read_text()
     rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows == ["| alpha", "| CE only", "| 0.25", "| 2", "| 2.75"]  # sorted by alpha, CE first
-    assert "Best UAR: 0.5560 at alpha 2." in text and "Best WAR: 0.6300 at alpha 2.75." in text
+    assert "Best UAR: 0.5560 at alpha 2 (+0.0360 against CE only's 0.5200)." in text
+    assert "Best WAR: 0.6300 at alpha 2.75 (+0.0300 against CE only's 0.6000)." in text
+    # CE only above every alpha: the best alpha's line says it is below
+    higher = write("ce_only_higher", 0.70, 0.60)
+    compare.main(["alpha", "--baseline", higher, "--out", str(out), *paths])
+    assert "Best UAR: 0.5560 at alpha 2 (-0.0440 against CE only's 0.6000)." in out.read_text()
     assert_png(plot)
     with pytest.raises(ValueError, match="alpha<value>"):
         alpha_of("mlcs")
