@@ -15,6 +15,7 @@ from speechbrain.utils.distributed import if_main_process, is_distributed_initia
 
 from crab.checkpointing import RandomState
 from crab.cli import UserError
+from crab.data import SAMPLE_RATE
 from crab.encoders import lengths_to_mask, relative_to_absolute
 from crab.features import BRANCHES, cached_states
 from crab.fileio import commit, stage, text_writer
@@ -114,7 +115,7 @@ def out_of_memory_message(err, stage, epoch, step, batch, device, hparams):
     shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
     what = f"a batch of {len(ids)} utterance(s) ({shown})"
     if hasattr(batch, "sig"):
-        what += f", audio padded to {batch.sig.data.shape[-1] / 16000:.1f} s"
+        what += f", audio padded to {batch.sig.data.shape[-1] / SAMPLE_RATE:.1f} s"
     asked = re.search(r"Tried to allocate [\d.]+ [KMGT]i?B", str(err))
     memory = f" (t{asked[0][1:]})" if asked else ""
     if torch.device(device).type == "cuda":

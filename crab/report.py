@@ -5,10 +5,11 @@ The command lines over them are ``crab.bin.score`` and ``crab.bin.compare``.
 Light on imports (numpy; SpeechBrain and matplotlib only where needed), because
 the recipe calls the small command-line part for every run:
 
-    python -m crab.report overrides [--tuning FILE] [--table conf/ablations.txt --ablation NAME]
-                                    -- [--key=value ...]
+    python -m crab.report overrides [--tuning FILE] [--table conf/ablations.txt --ablation NAME
+                                    [--keep_ablation]] [--opts "..."] -- [--key=value ...]
         print the yaml overrides of one run, one per line: the tuning file's, the
         ablation's, then the given ones; a later value of a key replaces an earlier one
+        (--keep_ablation: another value of a key the ablation sets is an error, for sweep.sh)
     python -m crab.report tuning FILE
         check a tuning file (conf/tuning/<name>.yaml) and print its base config
     python -m crab.report record_training --run_dir DIR --wall_s S --command CMD [--device D]
@@ -322,10 +323,15 @@ def merge_overrides(*groups):
     merged = {}
     for group in groups:
         for word in group:
-            key = word.split("=", 1)[0] if word.startswith("--") else word
+            key = override_key(word)
             merged.pop(key, None)
             merged[key] = word
     return list(merged.values())
+
+
+def override_key(word):
+    """The ``--key`` of an override word ``--key=value``."""
+    return word.split("=", 1)[0] if word.startswith("--") else word
 
 
 def split_overrides(text, origin="--train_opts"):
@@ -341,10 +347,21 @@ def split_overrides(text, origin="--train_opts"):
     return words
 
 
-def ablation_overrides(table_path, name, extra=()):
+def ablation_overrides(table_path, name, extra=(), keep=False):
+    """The overrides of ablation ``name`` followed by ``extra``. With ``keep`` (a sweep's
+    settings), another value in ``extra`` of a key the ablation sets is a ValueError: the run
+    would not be the ablation it is named after."""
     table = read_ablations(table_path)
     if name not in table:
         raise KeyError(f"no ablation '{name}' in {table_path}; known: {' '.join(table)}")
+    own = {override_key(word): word for word in table[name]["overrides"]}
+    for word in extra if keep else ():
+        mine = own.get(override_key(word))
+        if mine is not None and mine != word:
+            raise ValueError(
+                f"--train_opts gives {word}, and ablation {name} is {mine}: its row would not be {name}; "
+                f"leave {override_key(word)} out of --train_opts"
+            )
     return merge_overrides(table[name]["overrides"], extra)
 
 
@@ -720,14 +737,16 @@ def latest_results(experiment, test_set):
 
 def summary_embeddings(path):
     """The fused embeddings (``eval_<test>/embeddings.npz``) of the first run of a results
-    summary that has them, of the checkpoint of its predictions (``embeddings_of_another_checkpoint``),
+    summary that has them, of the checkpoint of its predictions (``current_embedding_scores``),
     or None: a sweep's plot shows runs that its tables score."""
     _, summary = read_summary(path)
     test_set = summary.get("test_set") or summary_test_set(path)  # the file's name, without one
     for row in summary.get("runs", []):
         eval_dir = os.path.join(row["run"], f"eval_{test_set}")
         dump = os.path.join(eval_dir, "embeddings.npz")
-        if os.path.isfile(dump) and not embeddings_of_another_checkpoint(eval_dir):
+        scored = os.path.isfile(os.path.join(eval_dir, "embedding_scores.json"))
+        # a dump without its scores names no checkpoint: taken as of the predictions'
+        if os.path.isfile(dump) and (not scored or current_embedding_scores(eval_dir) is not None):
             return dump
     return None
 
@@ -777,38 +796,31 @@ def score_run(path, per_run=False):
     return row
 
 
-def embeddings_of_another_checkpoint(eval_dir):
-    """Are the embeddings of an evaluation folder (``crab.bin.embeddings``: ``embedding_scores.json``
-    names the checkpoint embedded) of another checkpoint than the predictions beside them (their
-    ``checkpoint.txt``)? Then the run trained on after it was embedded, and a table would put the
-    old model's cluster scores beside the new model's metrics: said on stderr. Scores or
-    predictions that name no checkpoint (an older release) are taken as the same."""
+def current_embedding_scores(eval_dir):
+    """The ``embedding_scores.json`` of an evaluation folder, or None when there is none or it
+    names another checkpoint than the predictions beside it (their ``checkpoint.txt``): the run
+    trained on after it was embedded, and a table would put the old model's cluster scores beside
+    the new model's metrics (said on stderr). Scores or predictions that name no checkpoint (an
+    older release) are taken as of the same one."""
     path = os.path.join(eval_dir, "embedding_scores.json")
-    record = os.path.join(eval_dir, EVALUATED_CHECKPOINT)
-    if not (os.path.isfile(path) and os.path.isfile(record)):
-        return False
+    if not os.path.isfile(path):
+        return None
     with open(path, encoding="utf-8") as f:
-        embedded = json.load(f).get("checkpoint")
+        scores = json.load(f)
+    record = os.path.join(eval_dir, EVALUATED_CHECKPOINT)
+    embedded = scores.get("checkpoint")
+    if not embedded or not os.path.isfile(record):
+        return scores
     with open(record, encoding="utf-8") as f:
         evaluated = f.read().strip()
-    if not embedded or embedded == evaluated:
-        return False
+    if embedded == evaluated:
+        return scores
     print(
         f"Note: {path} is of checkpoint {embedded}, the predictions beside it of {evaluated}: its "
         "embeddings are left out (stage 6 with --embeddings true makes them again)",
         file=sys.stderr,
     )
-    return True
-
-
-def current_embedding_scores(eval_dir):
-    """The ``embedding_scores.json`` of an evaluation folder, or None when there is none or it
-    is of another checkpoint than the predictions (``embeddings_of_another_checkpoint``)."""
-    path = os.path.join(eval_dir, "embedding_scores.json")
-    if not os.path.isfile(path) or embeddings_of_another_checkpoint(eval_dir):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return None
 
 
 def check_evaluated_checkpoint(path, run_dir):
@@ -1126,6 +1138,11 @@ def main(argv=None):
     )
     over.add_argument("extra", nargs="*", help="further --key=value overrides (after --)")
     over.add_argument("--tuning", help="tuning file (conf/tuning/<name>.yaml): its overrides come first")
+    over.add_argument(
+        "--keep_ablation",
+        action="store_true",
+        help="an error when the further overrides give another value of a key the ablation sets",
+    )
     tun = commands.add_parser("tuning", help="check a tuning file and print its base config")
     tun.add_argument("file")
     rec = commands.add_parser("record_training", help="note a training invocation in train_info.json")
@@ -1175,7 +1192,9 @@ def main(argv=None):
             first = read_tuning(args.tuning)["overrides"] if args.tuning else []
             extra = [*split_overrides(args.opts), *args.extra]
             words = (
-                merge_overrides(first, ablation_overrides(args.table, args.ablation, extra))
+                merge_overrides(
+                    first, ablation_overrides(args.table, args.ablation, extra, args.keep_ablation)
+                )
                 if args.ablation
                 else merge_overrides(first, extra)
             )

@@ -90,16 +90,10 @@ if [ -z "${ablation_table}" ]; then
   ablation_table=conf/ablations.txt
   [ -f "${ablation_table}" ] || ablation_table=$(dirname "$(readlink -f "$0")")/conf/ablations.txt
 fi
-given_opts=$(python -m crab.report overrides --opts="${train_opts}")  # bad --train_opts stop here too
-for name in ${ablations} ${alphas:+ce_only}; do  # unknown names stop here, before anything trains
-  own_opts=$(python -m crab.report overrides --table "${ablation_table}" --ablation "${name}")
-  while IFS= read -r word; do  # a row named by an ablation has its overrides
-    clash=$(awk -v key="${word%%=*}=" 'index($0, key) == 1 { print; exit }' <<< "${given_opts}")
-    if [ -n "${word}" ] && [ -n "${clash}" ] && [ "${clash}" != "${word}" ]; then
-      echo "$0: --train_opts gives ${clash}, and ablation ${name} is ${word}: its row would not be ${name}; leave ${word%%=*} out of --train_opts" >&2
-      exit 1
-    fi
-  done <<< "${own_opts}"
+python -m crab.report overrides --opts="${train_opts}" > /dev/null  # bad --train_opts stop here
+for name in ${ablations} ${alphas:+ce_only}; do  # unknown names, and --train_opts undoing one, stop here
+  python -m crab.report overrides --table "${ablation_table}" --ablation "${name}" \
+    --opts="${train_opts}" --keep_ablation > /dev/null
 done
 tuned=()  # experiment names of the tuning files (a bad file stops here too)
 alpha_names=(${alphas:+ce_only}); for a in ${alphas}; do alpha_names+=("alpha${a}"); done
