@@ -13,6 +13,7 @@ import torch
 import yaml
 from speechbrain.utils.distributed import if_main_process, is_distributed_initialized
 
+from crab import evalrecord
 from crab.checkpointing import RandomState
 from crab.cli import UserError
 from crab.data import SAMPLE_RATE
@@ -529,13 +530,27 @@ class CrabBrain(sb.Brain):
         return os.path.join(hparams["output_folder"], f"eval_{hparams.get('eval_name') or 'test'}")
 
     def _write_eval(self, ids, targets, probs, stats):
-        """Write ``predictions.csv``, ``scores.json`` and ``checkpoint.txt`` (the name of the
-        checkpoint evaluated, or ``none``) to ``self.eval_folder()``, each whole
+        """Write ``predictions.csv``, ``scores.json``, ``checkpoint.txt`` (the name of the
+        checkpoint evaluated, or ``none``) and, with ``eval_inputs`` set (``crab.bin.evaluate``),
+        their record (``crab.evalrecord``) to ``self.eval_folder()``, each whole
         (``crab.fileio``: a kill leaves the old ones; a cut predictions.csv would be scored
         as a smaller test set)."""
         classes = list(self.hparams.classes)
         eval_dir = self.eval_folder()
         os.makedirs(eval_dir, exist_ok=True)
+        # renamed last, after the outputs; an older record goes first (a kill between leaves none)
+        evalrecord.forget(eval_dir, evalrecord.PREDICTIONS_RECORD)
+        inputs = getattr(self, "eval_inputs", None)
+        inputs_record = (
+            [
+                (
+                    os.path.join(eval_dir, evalrecord.PREDICTIONS_RECORD),
+                    text_writer(json.dumps(inputs, indent=2)),
+                )
+            ]
+            if inputs
+            else []
+        )
 
         def predictions(path):
             with open(path, "w", newline="", encoding="utf-8") as f:
@@ -559,6 +574,7 @@ class CrabBrain(sb.Brain):
                         text_writer(getattr(self, "_evaluated", "none") + "\n"),
                     ),
                 ]
+                + inputs_record
             )
         )
         logger.info("Wrote predictions and scores to %s", eval_dir)

@@ -7,6 +7,11 @@ import sys
 
 from crab.signals import EXIT_STATUS, Terminated, raise_on_sigterm
 
+# the advice of the errors that refuse to train a run on (crab.runconfig, crab.provenance)
+NEW_RUN = (
+    "train a new run (the recipe: another --tag, or --exp_dir in a sweep; by hand: another output_folder)"
+)
+
 
 class UserError(Exception):
     """A problem with what the user gave (a file, an option, a configuration, a model

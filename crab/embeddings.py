@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from crab.fileio import commit, stage, text_writer
+from crab import evalrecord
+from crab.fileio import commit, stage, text_writer, write_text_atomic
 
 EMBEDDING_SCORES = ("silhouette", "calinski_harabasz", "davies_bouldin")
 # The silhouette compares every pair of points: its time and memory grow with the square of
@@ -94,7 +95,7 @@ def project_2d(embeddings, method="pca", seed=0):
 
 
 def write_embeddings(
-    out_dir, ids, embeddings, labels, classes, projection="pca", title=None, checkpoint=None
+    out_dir, ids, embeddings, labels, classes, projection="pca", title=None, checkpoint=None, inputs=None
 ):
     """Write the dump, its cluster scores and its projection plot to ``out_dir``.
 
@@ -118,6 +119,10 @@ def write_embeddings(
     checkpoint : str, optional
         The checkpoint embedded (its folder's name), recorded in ``embedding_scores.json``:
         stage 7 uses the scores only beside predictions of the same checkpoint.
+    inputs : dict, optional
+        What they were computed from (``crab.evalrecord.inputs``), written to
+        ``embeddings.inputs.json`` after the dump, scores and plot (an older record is removed
+        first).
 
     Returns
     -------
@@ -136,6 +141,7 @@ def write_embeddings(
     saved = {"num_utterances": len(ids), "dim": int(embeddings.shape[1]), **scores}
     if checkpoint:
         saved["checkpoint"] = checkpoint
+    evalrecord.forget(out_dir, evalrecord.EMBEDDINGS_RECORD)  # a kill before the new one leaves none
     commit(  # both whole (stage 7 reads the scores beside the predictions), or neither replaced
         stage(
             [
@@ -150,6 +156,8 @@ def write_embeddings(
         classes,
         os.path.join(out_dir, f"embeddings_{projection}.png"),
     )
+    if inputs:
+        write_text_atomic(os.path.join(out_dir, evalrecord.EMBEDDINGS_RECORD), json.dumps(inputs, indent=2))
     return scores
 
 

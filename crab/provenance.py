@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 
-from crab.cli import UserError
+from crab.cli import NEW_RUN, UserError
 from crab.fileio import write_text_atomic
 
 SIDECAR = ".provenance"
@@ -93,7 +93,7 @@ def _table_digests(data_dir, text_source, text_only):
     from crab.datadir import tables_read  # crab.datadir imports crab.dataprep: only when needed
 
     names = tables_read(data_dir, text_source, text_only)
-    return {name: _file_digest(os.path.join(data_dir, name)) for name in names}
+    return {name: file_digest(os.path.join(data_dir, name)) for name in names}
 
 
 def read_manifest_provenance(manifest):
@@ -122,7 +122,7 @@ def record_run_provenance(
         "train_manifest": os.path.abspath(train_manifest),
         "tokenizer_sha256": tokenizer_sha256,
         "manifests_sha256": {
-            split: _file_digest(path)
+            split: file_digest(path)
             for split, path in (("train", train_manifest), ("valid", valid_manifest))
             if path is not None
         },
@@ -139,7 +139,7 @@ def record_run_provenance(
     ):
         raise ProvenanceError(
             f"{os.path.join(output_folder, RUN_FILE)}: the run was trained on {describe(before)}, but "
-            f"{train_manifest} now holds {describe(record)}: train a new run (another --tag or output_folder)"
+            f"{train_manifest} now holds {describe(record)}: {NEW_RUN}"
         )
     if resumed:
         _check_manifests(output_folder, before, record, {"train": train_manifest, "valid": valid_manifest})
@@ -158,12 +158,13 @@ def _check_manifests(run_dir, before, record, paths):
         names = ", ".join(f"{paths[split]} ({split})" for split in changed)
         raise ProvenanceError(
             f"{os.path.join(run_dir, RUN_FILE)}: {names} changed since the run started (stage 3 run "
-            "again on other data?): resuming would train its weights on other utterances or labels. "
-            "Train a new run (another --tag or output_folder)"
+            "again on other data?): resuming would train its weights on other utterances or labels; "
+            + NEW_RUN
         )
 
 
-def _file_digest(path):
+def file_digest(path):
+    """The sha256 of ``path``'s bytes, in hex."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 

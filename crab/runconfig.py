@@ -30,7 +30,7 @@ import sys
 
 import yaml
 
-from crab.cli import UserError
+from crab.cli import NEW_RUN, UserError
 from crab.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -585,8 +585,7 @@ def check_resume(hparams_file, overrides, folder, save_folder):
         shown += ("; " if shown else "") + f"the objects {objects}"
     raise ConfigError(
         f"{folder} holds a run trained with other settings ({shown}; {run_file}): resuming would train "
-        "its weights on under these. Train a new run (another --tag or output_folder), or resume with "
-        "the run's own settings"
+        f"its weights on under these: {NEW_RUN}, or resume with the run's own settings"
     )
 
 

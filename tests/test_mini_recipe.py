@@ -154,9 +154,12 @@ def test_a_training_killed_before_it_was_recorded_is_recorded_by_the_next_stage_
 def test_later_stages_use_the_runs_own_configuration(recipe):
     tmp, _, _ = recipe
     run_dir = tmp / "exp" / "crab_tiny" / "main" / "seed42"
-    repeated = (run_dir / "eval_test" / "predictions.csv").read_text()  # options given again
-    run_recipe(tmp, "--stage", "6", "--stop_stage", "8")  # not given: the run's hyperparams.yaml
-    assert (run_dir / "eval_test" / "predictions.csv").read_text() == repeated
+    predictions = run_dir / "eval_test" / "predictions.csv"
+    repeated, inode = predictions.read_text(), predictions.stat().st_ino  # options given again
+    output = run_recipe(tmp, "--stage", "6", "--stop_stage", "6")  # the same inputs: kept
+    assert f"{predictions} is current (checkpoint CKPT+" in output and predictions.stat().st_ino == inode
+    run_recipe(tmp, "--stage", "6", "--stop_stage", "8", "--reevaluate", "true")  # the run's hyperparams.yaml
+    assert predictions.stat().st_ino != inode and predictions.read_text() == repeated
     assert read_settings(run_dir / "model" / "hyperparams.yaml")["max_duration"] == 1.0
 
     refused = run_recipe(
@@ -196,7 +199,7 @@ def test_sweep_trains_each_setting_and_reevaluates_from_the_runs(recipe):
     }
     assert legs["ce_only"] == [] and len(legs["mlcs"]) == 5
     # evaluation again, no options; the two settings at once
-    run_recipe(tmp, *sweep, "--stage", "6", "--settings_nj", "2", script="sweep.sh")
+    run_recipe(tmp, *sweep, "--stage", "6", "--settings_nj", "2", "--reevaluate", "true", script="sweep.sh")
     for name, before in predictions.items():
         assert (exp / name / "main" / "seed42" / "eval_test" / "predictions.csv").read_text() == before
         assert (exp / f"{name}.sweep.log").read_text().endswith("exit status 0\n")

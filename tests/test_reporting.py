@@ -549,23 +549,36 @@ def test_embeddings_command_dumps_the_fused_layer(tiny_data, tmp_path):
     )
     with open(TINY, encoding="utf-8") as f:
         (tmp_path / "exp" / "hyperparams.yaml").write_text(resolve_references(f, applied).getvalue())
-    cwd = os.getcwd()
-    os.chdir(TEMPLATE)
-    try:
-        embeddings.main(
-            [
-                TINY,
-                f"--data_root={tiny_data}",
-                f"--data_folder={tiny_data}",
-                f"--output_folder={tmp_path / 'exp'}",
-                f"--classes=[{','.join(CLASSES)}]",
-                "--eval_name=test",
-                "--noprogressbar",
-            ]
-        )
-    finally:
-        os.chdir(cwd)
     out = tmp_path / "exp" / "eval_test"
+
+    def embed(*opts):
+        """Whether crab.bin.embeddings replaced embeddings.npz."""
+        before = (out / "embeddings.npz").stat().st_ino if (out / "embeddings.npz").exists() else None
+        cwd = os.getcwd()
+        os.chdir(TEMPLATE)
+        try:
+            embeddings.main(
+                [
+                    TINY,
+                    f"--data_root={tiny_data}",
+                    f"--data_folder={tiny_data}",
+                    f"--output_folder={tmp_path / 'exp'}",
+                    f"--classes=[{','.join(CLASSES)}]",
+                    "--eval_name=test",
+                    "--noprogressbar",
+                    *opts,
+                ]
+            )
+        finally:
+            os.chdir(cwd)
+        return (out / "embeddings.npz").stat().st_ino != before
+
+    assert embed("--skip_if_current")
+    # the same inputs: kept (the recipe's stage 6); without its plot, or without the flag: made again
+    assert not embed("--skip_if_current")
+    (out / "embeddings_pca.png").unlink()
+    assert embed("--skip_if_current") and embed()
+    record = json.loads((out / "embeddings.inputs.json").read_text())
     dump = np.load(out / "embeddings.npz")
     assert dump["embeddings"].shape == (4, hparams["bottleneck_dim"])
     assert sorted(dump["ids"]) == ["u0", "u1", "u2", "u3"]
@@ -573,7 +586,11 @@ def test_embeddings_command_dumps_the_fused_layer(tiny_data, tmp_path):
     assert_png(out / "embeddings_pca.png")
     saved = json.loads((out / "embedding_scores.json").read_text())
     assert set(saved) >= {"silhouette", "davies_bouldin"}
-    assert saved["checkpoint"] == os.path.basename(glob.glob(hparams["save_folder"] + "/CKPT+*")[0])
+    assert (
+        saved["checkpoint"]
+        == record["checkpoint"]
+        == os.path.basename(glob.glob(hparams["save_folder"] + "/CKPT+*")[0])
+    )
 
 
 # ---------------------------------------------------------------- training logger

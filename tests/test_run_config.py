@@ -119,6 +119,47 @@ def test_evaluation_without_the_training_options_is_the_run_with_them(trained, d
     assert evaluate_run(data, trained, "batch1", "--batch_size=1") == bare
 
 
+def test_an_evaluation_of_the_same_inputs_is_kept_and_one_of_changed_inputs_is_redone(
+    trained, data, tmp_path
+):
+    """--skip_if_current (the recipe's stage 6) keeps an evaluation whose record of inputs is
+    this one's; a changed input, a missing output or no flag evaluates again."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("eval_*"))
+    eval_dir = run / "eval_kept"
+    predictions, record = eval_dir / "predictions.csv", eval_dir / "predictions.inputs.json"
+
+    def evaluate_and_tell(*opts, manifest=None):
+        """(was predictions.csv replaced, its rows)"""
+        before = predictions.stat().st_ino if predictions.exists() else None
+        rows = evaluate_run(data, run, "kept", *opts, manifest=manifest).count("\n") - 1
+        return predictions.stat().st_ino != before, rows
+
+    assert evaluate_and_tell("--skip_if_current") == (True, 4)  # nothing to keep yet
+    inputs = json.loads(record.read_text())
+    checkpoint = (eval_dir / "checkpoint.txt").read_text().strip()
+    assert inputs["checkpoint"] == checkpoint and checkpoint.startswith("CKPT+")
+    assert inputs["eval_precision"] == "fp32" and inputs["device_type"] == "cpu"
+    assert inputs["data_root"] == str(data) and len(inputs["code_sha256"]) == 64
+    assert evaluate_and_tell("--skip_if_current") == (False, 4)
+    assert evaluate_and_tell("--skip_if_current", "--batch_size=1") == (False, 4)  # no effect on predictions
+    assert evaluate_and_tell() == (True, 4)  # asked for without the flag
+    # the manifest's contents (not its name), the checkpoint, the code: each evaluates again
+    fewer = tmp_path / "test_3.json"
+    entries = json.loads((data / "test.json").read_text())
+    fewer.write_text(json.dumps(dict(list(entries.items())[:3])))
+    assert evaluate_and_tell("--skip_if_current", manifest=fewer) == (True, 3)
+    assert evaluate_and_tell("--skip_if_current", manifest=fewer) == (False, 3)
+    for key, value in (("checkpoint", "CKPT+older"), ("code_sha256", "0" * 64), ("data_root", "/elsewhere")):
+        record.write_text(json.dumps({**json.loads(record.read_text()), key: value}))
+        assert evaluate_and_tell("--skip_if_current", manifest=fewer) == (True, 3), key
+        assert json.loads(record.read_text())[key] != value
+    (eval_dir / "scores.json").unlink()
+    assert evaluate_and_tell("--skip_if_current", manifest=fewer) == (True, 3)
+    record.write_text("{not json")
+    assert evaluate_and_tell("--skip_if_current", manifest=fewer) == (True, 3)
+
+
 def test_a_contradicting_option_is_one_line_naming_both_values(trained, data):
     result = command(
         "crab.bin.evaluate",

@@ -1,7 +1,7 @@
 """Fused embeddings of a test set from the best checkpoint, and how well they cluster.
 
     python -m crab.bin.embeddings hparams.yaml [--key=value ...] --test_manifest=M \\
-        --eval_name=NAME [--projection pca|tsne]
+        --eval_name=NAME [--projection pca|tsne] [--skip_if_current]
 
 Runs the model chosen on ``ckpt_metric`` (as ``crab.bin.evaluate`` does) over the
 manifest and keeps the fused bottleneck, the classifier's fc1 output before the
@@ -19,6 +19,10 @@ of ``crab.bin.evaluate``, to the run's evaluation folder (``CrabBrain.eval_folde
 - ``embeddings_<projection>.png``: their 2-D PCA (default) or t-SNE projection,
   coloured by emotion.
 
+With ``--skip_if_current`` (the recipe's stage 6), embeddings whose record of inputs
+(``embeddings.inputs.json``, as ``crab.bin.evaluate``'s) equals this run's, with the plot of
+``--projection``, are kept as they are.
+
 ``python -m crab.bin.compare embeddings`` draws several runs side by side
 (CE only against MLCS).
 """
@@ -27,7 +31,7 @@ import argparse
 import logging
 import sys
 
-from crab import cli
+from crab import cli, evalrecord
 from crab.embeddings import extract_embeddings, write_embeddings
 from crab.experiment import load_trained_run
 
@@ -38,11 +42,18 @@ logger = logging.getLogger(__name__)
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cli.exit_on_run_help(argv, __doc__)
-    own = argparse.ArgumentParser(add_help=False)
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     own.add_argument("--projection", choices=("pca", "tsne"), default="pca")
+    own.add_argument("--skip_if_current", action="store_true")
     args, rest = own.parse_known_args(argv)
     hparams, brain, test_set = load_trained_run(rest)  # the run's own configuration, as crab.bin.evaluate
     classes = list(hparams["classes"])
+    inputs = evalrecord.inputs(hparams, brain)
+    outputs = ("embeddings.npz", "embedding_scores.json", f"embeddings_{args.projection}.png")
+    if args.skip_if_current and evalrecord.is_current(
+        brain.eval_folder(), evalrecord.EMBEDDINGS_RECORD, inputs, outputs
+    ):
+        return
     brain.on_evaluate_start(max_key=hparams["ckpt_metric"])
     ids, embeddings, labels = extract_embeddings(brain, test_set, hparams["eval_dataloader_opts"])
     out_dir = brain.eval_folder()  # beside the predictions of crab.bin.evaluate
@@ -55,6 +66,7 @@ def main(argv=None):
         args.projection,
         title=f"{hparams['output_folder']} on {hparams['eval_name']}",
         checkpoint=getattr(brain, "_evaluated", None),
+        inputs=inputs,
     )
     logger.info("Fused embeddings of %d utterances in %s: %s", len(ids), out_dir, scores)
 

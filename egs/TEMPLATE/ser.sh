@@ -18,7 +18,8 @@
 #                hyperparams.yaml is what stages 6-8 use); with --ngpu N > 1 (or
 #                --nproc N > 1 on CPU) N DDP processes (torchrun)
 #   6  evaluate  best checkpoint on each test set (--embeddings true: also the fused
-#                test embeddings and their cluster scores)
+#                test embeddings and their cluster scores); an evaluation of the same
+#                checkpoint and inputs is kept (--reevaluate true: done again)
 #   7  score     per run: scores.json, per_class.md, confusion.png; per test set:
 #                exp/<tag>/results_<test>.{md,json}, mean ± std over folds and seeds, and
 #                an entry at the top of the recipe's RESULTS.md (--results_md); folds and
@@ -67,6 +68,8 @@ cmd=                    # stages 2, 4-6 as jobs, each through this launcher: "ut
                         # e.g. "utils/slurm.sh --partition gpu --time 1-00:00:00", "utils/sge.sh [options]" on
                         # Grid Engine; empty: in this shell
 embeddings=false        # stage 6: also dump and score the fused (fc1) test embeddings (true | false)
+reevaluate=false        # stage 6: true evaluates again what is current (false keeps an evaluation of the same
+                        # checkpoint, test manifest, data_root, precision, device type and code)
 feature_cache=          # frozen-encoder states (stage 4 extracts, stages 5-8 read); needs frozen encoders,
                         # --train_opts "--freeze_speech_encoder=true --freeze_text_encoder=true" (or the
                         # speech encoder's top layers fine-tuned: --finetune_top_speech_layers=K)
@@ -127,7 +130,7 @@ if [ -n "${CRAB_RESULTS_MD+x}" ]; then results_md=${CRAB_RESULTS_MD}; fi  # test
 check_int stage stop_stage ngpu nproc bpe_vocab_size nj
 [ "${stage}" -le "${stop_stage}" ] || { echo "$0: --stage ${stage} comes after --stop_stage ${stop_stage}: no stage to run" >&2; exit 1; }
 [ "${nj}" -ge 1 ] || { echo "$0: --nj must be at least 1" >&2; exit 1; }
-check_bool embeddings text_only
+check_bool embeddings text_only reevaluate
 check_choice policy error skip
 check_choice text_source gold asr
 if [ -z "${data_root}" ] && [ -n "${data_root_var}" ]; then
@@ -397,6 +400,7 @@ fi
 if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 6 ]; then need_trained $((stage > 6 ? stage : 6)); fi
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
   tools=(crab.bin.evaluate); [ "${embeddings}" = false ] || tools+=(crab.bin.embeddings)
+  current=(--skip_if_current); [ "${reevaluate}" = false ] || current=()
   # shellcheck disable=SC2086
   need_manifests 6 ${test_sets}
   if as_jobs; then
@@ -410,7 +414,7 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
             run_opts "${fold}" "${seed}"
             python -m "${tool}" "${config}" "${opts[@]}" \
               --test_manifest="${data_dir}/${fold}/${test_set}.json" --eval_name="${test_set}" \
-              "${overrides[@]+"${overrides[@]}"}"
+              "${current[@]+"${current[@]}"}" "${overrides[@]+"${overrides[@]}"}"
           done
         done
       done

@@ -1,0 +1,110 @@
+"""What an evaluation was computed from, so that a stage 6 run again keeps what is current.
+
+``crab.bin.evaluate`` and ``crab.bin.embeddings`` write, in the same commit as their outputs,
+a record of their inputs (``inputs``): the checkpoint, a digest of the test manifest, where
+the audio was read from (``data_root``), the evaluation precision and device type, and the
+code (a digest of the crab package's sources and the versions of the libraries that compute
+the model). Given ``--skip_if_current`` (the recipe's stage 6, unless ``--reevaluate true``), a
+tool whose record equals what it would record now, with its outputs present, writes nothing
+and says so; otherwise it names what changed and evaluates.
+
+Everything else a prediction depends on was fixed by training (the run's own
+``hyperparams.yaml``) or does not change it (batch size and workers: padding is masked; the
+feature cache is checked against the model). The audio files are taken to be the manifest's:
+a corpus replaced in place under the same manifest and ``data_root`` needs ``--reevaluate true``.
+"""
+
+import glob
+import hashlib
+import json
+import logging
+import os
+from importlib import metadata
+
+from crab.provenance import file_digest
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_RECORD = "predictions.inputs.json"  # beside predictions.csv (crab.bin.evaluate)
+EMBEDDINGS_RECORD = "embeddings.inputs.json"  # beside embeddings.npz (crab.bin.embeddings)
+LIBRARIES = ("torch", "torchaudio", "transformers", "speechbrain")
+_CODE = {}  # the package's digest, once per process
+
+
+def code_digest():
+    """sha256 over the crab package's Python sources (relative path and bytes of each)."""
+    if "digest" not in _CODE:
+        root = os.path.dirname(os.path.abspath(__file__))
+        digest = hashlib.sha256()
+        for path in sorted(glob.glob(os.path.join(glob.escape(root), "**", "*.py"), recursive=True)):
+            digest.update(os.path.relpath(path, root).encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(f.read() + b"\0")
+        _CODE["digest"] = digest.hexdigest()
+    return _CODE["digest"]
+
+
+def inputs(hparams, brain):
+    """The record of an evaluation of ``brain``'s best checkpoint on ``ckpt_metric`` over
+    ``hparams['test_manifest']``, before it runs (the checkpoint is found, not loaded)."""
+    found = brain.checkpointer.find_checkpoint(max_key=hparams["ckpt_metric"])
+    return {
+        "checkpoint": os.path.basename(found.path) if found else "none",
+        "test_manifest_sha256": file_digest(hparams["test_manifest"]),
+        "data_root": os.path.abspath(str(hparams["data_root"])) if hparams.get("data_root") else None,
+        "eval_precision": brain.eval_precision,
+        "device_type": str(brain.device).split(":")[0],
+        "code_sha256": code_digest(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+    }
+
+
+def _version(name):
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def is_current(eval_dir, record, wanted, outputs):
+    """Whether ``eval_dir/record`` equals ``wanted`` and every one of ``outputs`` (names in
+    ``eval_dir``) exists; logs the decision: kept, or which inputs changed."""
+    path = os.path.join(eval_dir, record)
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as err:
+        logger.info("%s unreadable (%s): evaluating again", path, err)
+        return False
+    missing = [name for name in outputs if not os.path.isfile(os.path.join(eval_dir, name))]
+    changed = (
+        [key for key in wanted if recorded.get(key) != wanted[key]] if isinstance(recorded, dict) else ["all"]
+    )
+    if missing or changed:
+        logger.info(
+            "Evaluating %s again: %s",
+            eval_dir,
+            "; ".join(
+                ([f"changed since the last evaluation: {', '.join(changed)}"] if changed else [])
+                + ([f"missing: {', '.join(missing)}"] if missing else [])
+            ),
+        )
+        return False
+    logger.info(
+        "%s is current (checkpoint %s, the same test manifest, data_root, precision, device type and code): "
+        "kept; run without --skip_if_current (the recipe: --reevaluate true) to evaluate again",
+        os.path.join(eval_dir, outputs[0]),
+        wanted["checkpoint"],
+    )
+    return True
+
+
+def forget(eval_dir, record):
+    """Remove ``eval_dir/record`` before outputs are replaced without a new one: a kill between
+    their replacement and the record's then leaves no record, never an old one."""
+    try:
+        os.unlink(os.path.join(eval_dir, record))
+    except FileNotFoundError:
+        pass
