@@ -361,11 +361,31 @@ def time_steps(setup):
     cuda = setup["device"].startswith("cuda")
     return {
         "times": times,
+        "checkpoint_bytes": checkpoint_bytes(bench) if training else None,
         "flops": step_flops(bench, names[0]),
         "profile": profile_table(bench, setup, names[0]),
         "syncs": count_syncs(bench, setup["device"], names[0]),
         "device_name": torch.cuda.get_device_name(setup["device"]) if cuda else cpu_model(),
     }
+
+
+def tensor_bytes(state):
+    """Bytes of the tensors in ``state``, a tensor or nested dicts, lists and tuples of them."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(value) for value in state.values())
+    if isinstance(state, list | tuple):
+        return sum(tensor_bytes(value) for value in state)
+    return 0
+
+
+def checkpoint_bytes(bench):
+    """``(weights, optimizer)``: the bytes of the tensors a training checkpoint of ``bench``
+    holds, the model's and legs' weights and buffers, and its optimizers' state (after a
+    step: AdamW's two moments of every trained weight)."""
+    weights = tensor_bytes(bench.model.state_dict()) + tensor_bytes(bench.legs.state_dict())
+    return weights, sum(tensor_bytes(optimizer.state_dict()["state"]) for optimizer in bench.optimizers)
 
 
 def peak_tflops(device_name, precision, tf32):
@@ -745,6 +765,12 @@ def analysis_lines(args, analysis, name, medians):
         f"| inference, utterances/s (full model) | {args.batch_size / medians['infer_full']:.1f} |",
         f"| operator calls per step (profiler) | {profile['ops_per_step']:.0f} |",
     ]
+    if analysis["checkpoint_bytes"] is not None:
+        weights, optimizer = analysis["checkpoint_bytes"]
+        lines.append(
+            "| a training checkpoint's tensors: weights and buffers + optimizer state | "
+            f"{weights / 1e6:.1f} + {optimizer / 1e6:.1f} = {(weights + optimizer) / 1e6:.1f} MB |"
+        )
     if profile["kernels_per_step"] is not None:
         lines.append(f"| device kernels per step (profiler) | {profile['kernels_per_step']:.0f} |")
     syncs = analysis["syncs"]

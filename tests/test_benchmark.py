@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -81,8 +82,30 @@ def test_quick_run_prints_every_row_and_finite_ratios():
     )
     assert flops > 0 and float(_cells(out, "achieved TFLOP/s (counted FLOPs / median step)")[0]) > 0
     assert _cells(out, "device dense peak TFLOP/s, fp32")[0] == "n/a"  # a CPU
+    weights, optimizer, total = map(
+        float,
+        re.findall(
+            r"[\d.]+",
+            _cells(out, "a training checkpoint's tensors: weights and buffers + optimizer state")[0],
+        ),
+    )
+    assert weights > 0 and optimizer > 0 and total == pytest.approx(weights + optimizer, abs=0.11)
     assert re.search(r"top 15 operators of 3 steps by self_cpu_time_total", out)
     assert "aten::" in out.split("torch.profiler):", 1)[1]
+
+
+def test_checkpoint_bytes_are_the_weights_buffers_and_adamw_state():
+    from crab.benchmarking import checkpoint_bytes
+
+    bench = types.SimpleNamespace(model=torch.nn.BatchNorm1d(3), legs=torch.nn.Linear(3, 2))
+    bench.optimizers = [torch.optim.AdamW(bench.legs.parameters())]
+    # BatchNorm1d(3): weight, bias, running mean and var (4 x 3 floats), num_batches_tracked
+    # (one int64); Linear(3, 2): 6 + 2 floats
+    assert checkpoint_bytes(bench) == (4 * 3 * 4 + 8 + 8 * 4, 0)
+    bench.legs(torch.ones(1, 3)).sum().backward()
+    bench.optimizers[0].step()
+    # per weight tensor: exp_avg and exp_avg_sq of its shape and a float32 step count
+    assert checkpoint_bytes(bench)[1] == 2 * 8 * 4 + 2 * 4
 
 
 def test_steps_only_measures_the_steps_and_no_epoch():
