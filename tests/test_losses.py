@@ -110,10 +110,38 @@ def test_contrastive_loss_module_selects_kind():
         ContrastiveLoss("ntxent")
 
 
+def test_contrastive_loss_module_passes_the_supcon_choices():
+    # Z, Y at tau = 1: anchors 1 and 2 lose log(1 + 1/e) each; anchor 3 has no positive
+    anchor = math.log(1 + math.exp(-1))
+
+    def loss(**choices):
+        return ContrastiveLoss("supcon", 1.0, base_temperature=0.5, **choices)(Z, Y).item()
+
+    assert loss() == pytest.approx(2 * anchor, rel=1e-6)  # tau / tau_base = 2, mean over 2 anchors
+    assert loss(supcon_scale="none") == pytest.approx(anchor, rel=1e-6)
+    assert loss(supcon_anchors="all") == pytest.approx(2 * 2 * anchor / 3, rel=1e-6)  # anchor 3 counts
+
+
+@pytest.mark.parametrize("choice", [{"anchors": "every"}, {"scale": "paper"}])
+def test_unknown_supcon_choices_are_errors(choice):
+    with pytest.raises(ValueError, match=next(iter(choice))):
+        supcon(Z, Y, **choice)
+    with pytest.raises(ValueError, match=f"supcon_{next(iter(choice))}"):  # when built, before a batch
+        ContrastiveLoss("supcon", **{f"supcon_{k}": v for k, v in choice.items()})
+
+
 def test_class_weights_are_n_over_nc():
     assert class_weights([1, 3, 4]).tolist() == pytest.approx([8.0, 8 / 3, 2.0])
     with pytest.raises(ValueError, match="every class"):
         class_weights([3, 0, 2])
+
+
+@pytest.mark.parametrize("class_weighting", [True, False])
+def test_weighted_ce_refuses_counts_of_another_number_of_classes(class_weighting):
+    wce = WeightedCrossEntropy(2, class_weighting=class_weighting)
+    for counts in ([5], [1, 2, 3]):  # a single count would broadcast over both weights
+        with pytest.raises(ValueError, match=f"{len(counts)} class counts for a 2-class loss"):
+            wce.set_counts(counts)
 
 
 def test_weighted_ce_hand_computed_and_constant_free():
