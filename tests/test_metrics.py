@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import sklearn.metrics as skm
 
-from crab.metrics import classification_report, compute_scores, confusion_matrix, row_normalised
+from crab.metrics import (
+    classification_report,
+    compute_scores,
+    confusion_matrix,
+    row_normalised,
+    scores_from_confusion,
+)
 
 
 def test_confusion_matrix_rows_are_true_classes():
@@ -50,6 +56,8 @@ def test_class_absent_from_references():
 def test_empty_input_is_an_error():
     with pytest.raises(ValueError):
         compute_scores([], [], 2)
+    with pytest.raises(ValueError, match="empty confusion matrix"):
+        scores_from_confusion(np.zeros((3, 3), dtype=np.int64))
 
 
 # ---------------------------------------------------------------- per class, absent classes
@@ -117,6 +125,7 @@ def test_class_never_predicted_and_class_never_in_references():
         "F1": None,
     }
     assert report["absent_from_references"] == ["c"] and report["UAR"] == 1.0 and report["macro_F1"] == 1.0
+    assert report["never_predicted"] == []  # c has no references to miss
 
 
 def test_row_normalised_confusion():
@@ -154,3 +163,5 @@ def test_agrees_with_scikit_learn_on_random_cases(seed):
         for ours, theirs in ((c["precision"], precision[k]), (c["recall"], recall[k]), (c["F1"], f1[k])):
             assert (ours is None and np.isnan(theirs)) or ours == pytest.approx(theirs)
     assert report["absent_from_references"] == [f"c{k}" for k in labels if support[k] == 0]
+    predicted = set(y_pred.tolist())
+    assert report["never_predicted"] == [f"c{k}" for k in labels if support[k] > 0 and k not in predicted]
