@@ -30,6 +30,8 @@ def test_masked_mean_ignores_padding():
     x = torch.tensor([[[1.0], [3.0], [50.0]], [[2.0], [4.0], [6.0]]])
     mask = torch.tensor([[True, True, False], [True, True, True]])
     assert masked_mean(x, mask).squeeze(1).tolist() == [2.0, 4.0]
+    # a row without a real frame has mean 0, not 0 / 0
+    assert masked_mean(x, torch.tensor([[False] * 3, [True] * 3])).squeeze(1).tolist() == [0.0, 4.0]
 
 
 def test_unimodal_block_padding_does_not_leak():
@@ -194,6 +196,38 @@ def test_legs_follow_the_modality_and_input_choice(make_crab):
     assert legs.legs["text_unimodal"][0].out_features == 8  # hidden = input / 2
     with pytest.raises(ValueError, match="unknown leg"):
         SupervisionLegs(projection.tap_dims, ["speech_pooled", "audio"])
+
+
+def test_legs_take_the_hidden_sizes_asked():
+    tap_dims = {"speech_unimodal": 8, "speech_pooled": 6, "fusion": 4}
+    hidden = lambda legs: {n: leg[0].out_features for n, leg in legs.legs.items()}  # noqa: E731
+    assert hidden(SupervisionLegs(tap_dims, list(tap_dims), 2)) == {
+        "speech_unimodal": 4,
+        "speech_pooled": 3,
+        "fusion": 2,
+    }
+    assert hidden(SupervisionLegs(tap_dims, list(tap_dims), 2, hidden_dim=5)) == dict.fromkeys(tap_dims, 5)
+    # the fusion leg's own width (the authors' 512 -> 512 -> 512) leaves the others alone
+    assert hidden(SupervisionLegs(tap_dims, list(tap_dims), 2, fusion_hidden_dim=7)) == {
+        "speech_unimodal": 4,
+        "speech_pooled": 3,
+        "fusion": 7,
+    }
+
+
+def test_a_leg_is_fc_relu_fc_and_passes_gradients_to_its_representation():
+    legs = SupervisionLegs({"fusion": 2}, ["fusion"], output_dim=1, hidden_dim=2)
+    first, second = legs.legs["fusion"][0], legs.legs["fusion"][-1]
+    with torch.no_grad():
+        first.weight.copy_(torch.eye(2)), first.bias.zero_()
+        second.weight.copy_(torch.tensor([[1.0, 1.0]])), second.bias.fill_(-1.0)
+    fused = torch.tensor([[3.0, -2.0], [-3.0, -2.0]], requires_grad=True)
+    out = legs({"fusion": fused})["fusion"]
+    # hidden relu([3, -2]) = [3, 0] -> 3 - 1 = 2; relu([-3, -2]) = [0, 0] -> -1 (no ReLU after the last FC)
+    assert out.tolist() == [[2.0], [-1.0]]
+    # the leg's loss reaches the model through its input: d out / d input = [1, 1] * relu'(h)
+    out.sum().backward()
+    assert fused.grad.tolist() == [[1.0, 0.0], [0.0, 0.0]]
 
 
 def test_parameter_groups_split_encoders_from_head(make_crab):
