@@ -1,6 +1,7 @@
 """Paired comparisons (crab.paired, crab.bin.paired) and the choice of epochs on
 validation logs (crab.selection, crab.bin.choose_epochs), against hand-computed cases."""
 
+import itertools
 import json
 import math
 
@@ -36,6 +37,29 @@ def test_paired_stats_by_hand():
     low, high = s["boot_ci"]
     assert low < s["mean_diff"] < high and paired_stats(base, meth)["boot_ci"] == (low, high)
     assert verdict(s) == "cannot be told apart"
+
+
+def test_bootstrap_interval_is_the_percentiles_of_the_resampled_means():
+    """The exact bootstrap distribution of the mean of 5 differences (all 5^5 equally likely
+    resamples, every mean a multiple of 0.001): the seeded 10000 resamples find its 2.5% and
+    97.5% quantiles, to one step of 0.001."""
+    base = [0.50, 0.60, 0.70, 0.80, 0.90]
+    meth = [0.51, 0.62, 0.685, 0.83, 0.94]
+    diffs = [m - b for b, m in zip(base, meth, strict=True)]
+    means = sorted(sum(sample) / 5 for sample in itertools.product(diffs, repeat=5))
+    quantile = lambda p: means[math.ceil(p * len(means)) - 1]  # noqa: E731
+    assert (quantile(0.025), quantile(0.975)) == pytest.approx((-0.001, 0.032), abs=1e-9)
+    assert paired_stats(base, meth)["boot_ci"] == pytest.approx((-0.001, 0.032), abs=1.5e-3)
+    # a 90% interval: the 5% and 95% quantiles
+    assert (quantile(0.05), quantile(0.95)) == pytest.approx((0.002, 0.030), abs=1e-9)
+    assert paired_stats(base, meth, confidence=0.9)["boot_ci"] == pytest.approx((0.002, 0.030), abs=1.5e-3)
+
+
+def test_ties_are_dropped_from_the_sign_and_signed_rank_tests():
+    # differences +0.01 +0.02 +0.03 0: 3 wins of 3 untied pairs, P = 2 (1/2)^3 for both tests
+    s = paired_stats([0.50, 0.60, 0.70, 0.80], [0.51, 0.62, 0.73, 0.80])
+    assert (s["wins"], s["losses"], s["ties"]) == (3, 0, 1)
+    assert s["sign_p"] == pytest.approx(0.25) and s["wilcoxon_p"] == pytest.approx(0.25)
 
 
 def test_verdict_follows_the_interval_and_zero_differences_are_ties():
@@ -144,6 +168,14 @@ def test_cli_refuses_a_name_given_twice(tmp_path):
         paired.main(["--scores", str(table), "--baseline", "ce", "m", "m"])
 
 
+def test_fold_means_average_each_folds_seeds():
+    keys = [(fold, f"seed{n}") for fold in ("f1", "f2") for n in (1, 2, 3)]
+    folds, base, meth = fold_means(keys, [0.1, 0.2, 0.6, 0.3, 0.3, 0.9], [0.5, 0.5, 0.5, 0.0, 0.3, 0.3])
+    # means, not medians (0.2, 0.3 and 0.5, 0.3)
+    assert folds == [("f1",), ("f2",)]
+    assert base == pytest.approx([0.3, 0.5]) and meth == pytest.approx([0.5, 0.2])
+
+
 def test_fold_means_need_the_same_seeds_in_every_fold():
     keys = [("f1", "seed1"), ("f1", "seed2"), ("f2", "seed1")]
     with pytest.raises(PairingError, match="folds with different numbers of seeds: f1 2, f2 1"):
@@ -191,6 +223,10 @@ def test_valid_curve_reads_the_log_and_a_resumed_epoch_once(tmp_path):
     )
     assert valid_curve(str(log)) == [0.4, 0.7, 0.6]
     assert valid_curve(str(log), "WAR") == [0.5, 0.8, 0.85]
+    # the epoch run again after a resume scored otherwise: its last line is the saved model's
+    again = LOG.splitlines(keepends=True)[2].replace("valid UAR: 6.00e-01", "valid UAR: 6.50e-01")
+    log.write_text(LOG + again)
+    assert valid_curve(str(log)) == [0.4, 0.7, 0.65]
     log.write_text(LOG.replace("valid UAR", "valid uar"))
     with pytest.raises(SelectionError, match="train_log.txt, line 1: no 'valid UAR'"):
         valid_curve(str(log))
