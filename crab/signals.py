@@ -9,6 +9,7 @@ everything since its last checkpoint (up to ``ckpt_interval_minutes``).
 
 import contextlib
 import functools
+import multiprocessing.context
 import os
 import signal
 import threading
@@ -50,6 +51,8 @@ class DeferredSigterm:
     where its state can be saved (training: at the end of an optimizer step). Entering
     clears ``requested``. The data-loading processes need ``worker_init``."""
 
+    active = None  # the block the main thread is in, if any (read by a forked worker_init)
+
     def __init__(self):
         self.requested = False
         self._block = None
@@ -61,10 +64,12 @@ class DeferredSigterm:
         self.requested = False
         self._block = _sigterm_handler(self._request)
         self._block.__enter__()
+        DeferredSigterm.active = self
         return self
 
     def __exit__(self, *exc):
         block, self._block = self._block, None
+        DeferredSigterm.active = None
         return block.__exit__(*exc)
 
 
@@ -77,7 +82,12 @@ def _exit_quietly(signum, frame):
 
 
 def _init_worker(user_init, worker_id):
-    signal.signal(signal.SIGTERM, _ignore_once)
+    # Forked from training, a worker has its copy of the deferring block: a SIGTERM noted there
+    # came to training before the fork, so the next is the one that ends the worker; ignored,
+    # its loader's exit would wait for it forever.
+    noted = DeferredSigterm.active is not None and DeferredSigterm.active.requested
+    signal.signal(signal.SIGTERM, _exit_quietly if noted else _ignore_once)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # one held since the fork comes now
     if user_init is not None:
         user_init(worker_id)
 
@@ -89,5 +99,27 @@ def worker_init(user_init=None):
     handler): a signal sent to every process of a job, as Slurm sends it, would stop
     training before it saved its step, and any command with a traceback. With it the
     workers serve the batches up to that step and end when their loader stops them, or
-    at the next SIGTERM (Python's multiprocessing sends one to its children at exit)."""
+    at the next SIGTERM (Python's multiprocessing sends one to its children at exit).
+    Use it with ``WORKER_CONTEXT``."""
     return functools.partial(_init_worker, user_init)
+
+
+class _SigtermHeldForkProcess(multiprocessing.context.ForkProcess):
+    @staticmethod
+    def _Popen(process_obj):
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            return multiprocessing.context.ForkProcess._Popen(process_obj)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _SigtermHeldForkContext(multiprocessing.context.ForkContext):
+    Process = _SigtermHeldForkProcess
+
+
+# The DataLoader ``multiprocessing_context`` of ``worker_init``: forked workers start with
+# SIGTERM blocked, until ``worker_init`` has set its handler. torch sets its own (death on a
+# SIGTERM from elsewhere) before it calls the init: a job's SIGTERM as the workers start (an
+# epoch's first batch) killed one, and training stopped on the loader's error, unsaved.
+WORKER_CONTEXT = _SigtermHeldForkContext()

@@ -78,7 +78,8 @@ REQUESTS = {  # what each launcher asks its scheduler for, from the same options
     "sbatch": (
         ["--time", "1:00:00", "--partition", "gpu", "--sbatch_opts", "--account lab --qos high"],
         ["--wait", "--output {log}", "--job-name crab:train.session1.seed42", "--gres gpu:2",
-         "--cpus-per-task 8", "--mem 64G", "--time 1:00:00", "--partition gpu", "--account lab --qos high"],
+         "--cpus-per-task 8", "--mem 64G", "--time 1:00:00", "--partition gpu", "--signal=B:USR1@300",
+         "--account lab --qos high"],
     ),
     "qsub": (
         ["--time", "1:00:00", "--queue", "g.q", "--pe", "mpi", "--qsub_opts", "-P lab -l h_vmem=80G"],
@@ -354,3 +355,76 @@ def test_on_sigterm_parallel_commands_stop_and_their_status_is_written(tmp_path)
     for name in "ab":
         assert (tmp_path / f"{name}.saved").exists()
         assert (tmp_path / f"{name}.log").read_text() == "exit status 143\n"
+
+
+# sbatch as Slurm runs a job with --signal=B:USR1@N: the job script leads a process group of
+# its own, and the warning goes to it alone, here once the command has started (not N
+# seconds before a time limit).
+WARNING_SBATCH = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$FAKE_SUBMIT_ARGS"
+args=("$@")
+for ((i = 0; i < ${#args[@]} - 1; i++)); do
+  [ "${args[i]}" != --output ] || out=${args[i + 1]}
+  case "${args[i]}" in --signal=B:USR1@*) warned=1 ;; esac
+done
+echo "4242;cluster1"
+lead='import os, sys; os.setsid(); os.execvp("bash", ["bash", sys.argv[1]])'
+"$PYTHON" -c "$lead" "${args[-1]}" > "$out" 2>&1 &
+job=$!
+echo "$job" > "$JOB_PID"
+if [ -n "${warned-}" ]; then
+  while [ ! -e "$STARTED" ]; do sleep 0.05; done
+  kill -USR1 "$job"
+fi
+rc=0
+wait "$job" || rc=$?
+exit $rc
+"""
+
+
+def test_slurms_warning_before_the_time_limit_stops_the_job_as_sigterm_does(tmp_path):
+    """--stop_before (default 300 s): Slurm's USR1 to the job script becomes SIGTERM to every
+    process of the job, so a recipe stage stops after its command has saved, with time to spare."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in(bin_dir / "sbatch", WARNING_SBATCH)
+    stub = tmp_path / "stub.py"
+    stub.write_text(STOPS_ON_TERM)
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        PYTHON=sys.executable,
+        FAKE_SUBMIT_ARGS=str(tmp_path / "submit_args"),
+        JOB_PID=str(tmp_path / "job_pid"),
+        STARTED=str(tmp_path / "a.started"),
+    )
+    stage = f". {shlex.quote(ROOT)}/utils/wait_on_term.sh; {sys.executable} {stub} a.x; touch next_stage"
+    log = tmp_path / "job.log"
+    result = subprocess.run(
+        ["bash", SLURM, "--time", "1:00:00", str(log), "bash", "-c", stage],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 143, result.stderr + log.read_text()
+    assert f"job 4242 failed (status 143); its output: {log}" in result.stderr
+    assert (tmp_path / "a.saved").exists() and not (tmp_path / "next_stage").exists()
+    with pytest.raises(ProcessLookupError):  # no process of the job outlived it
+        os.killpg(int((tmp_path / "job_pid").read_text()), 0)
+
+    # --stop_before 0: no warning asked for, and the job script is the command (exec)
+    result = subprocess.run(
+        ["bash", SLURM, "--stop_before", "0", str(log), "true"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert not any(a.startswith("--signal") for a in (tmp_path / "submit_args").read_text().splitlines())
+    assert open(f"{log}.sbatch").read().splitlines()[-1] == "exec true"
+    result = subprocess.run(
+        ["bash", SLURM, "--stop_before", "5m", str(log), "true"], env=env, capture_output=True, text=True
+    )
+    assert (
+        result.returncode == 2
+        and "--stop_before must be a whole number of seconds, not '5m'" in result.stderr
+    )

@@ -4,7 +4,11 @@
 #   usage, die                                --help from the script's head; a one-line error
 #   check_request NARGS GPUS CPUS SUBMITTER SCHEDULER
 #                                             the arguments left once the options are read
-#   write_job_script FILE COMMAND [ARG ...]   bash that runs COMMAND here, its words as given
+#   write_job_script [--warned_by SIG] FILE COMMAND [ARG ...]
+#                                             bash that runs COMMAND here, its words as given;
+#                                             on SIG (the scheduler's warning before the time
+#                                             limit, to the job script alone) it sends SIGTERM
+#                                             to the job's processes
 #   submit_and_wait CANCEL LOG SUBMIT ...     run SUBMIT (it prints the job id on its first
 #                                             line, then waits for the job); an interrupt
 #                                             runs CANCEL ID; exits with the job's status
@@ -20,6 +24,8 @@ check_request() {
 }
 
 write_job_script() {
+  local warned_by=
+  if [ "$1" = --warned_by ]; then warned_by=$2; shift 2; fi
   local file=$1
   shift
   {
@@ -31,10 +37,45 @@ write_job_script() {
     # count the whole node's; nproc reads OMP_NUM_THREADS)
     # shellcheck disable=SC2016
     echo 'unset OMP_NUM_THREADS; export OMP_NUM_THREADS=${NSLOTS:-${SLURM_CPUS_PER_TASK:-$(nproc)}}'
-    printf 'exec'
-    printf ' %q' "$@"
-    printf '\n'
+    if [ -z "${warned_by}" ]; then
+      printf 'exec'
+      printf ' %q' "$@"
+      printf '\n'
+    else
+      _warned_job "${warned_by}" "$@"
+    fi
   } > "${file}"
+}
+
+# The job script stays (the command in the background) to hear the warning, which the
+# scheduler sends to it alone: it sends SIGTERM to its process group (the job's processes:
+# the scheduler made the script its leader; were it not, to the command alone), and they stop
+# as at the time limit, a training after saving its step. A SIGTERM from the scheduler
+# (the limit, a cancel) reaches every process itself: the script waits for the command and
+# exits with its status.
+_warned_job() {
+  local signal=$1
+  shift
+  cat << 'EOF'
+_warned() {  # once: SIGTERM to the process group this script leads (else to the command)
+  trap "" "$1"
+  local pgrp
+  pgrp=$(< "/proc/$$/stat")
+  read -r _ _ pgrp _ <<< "${pgrp##*) }"  # after "PID (NAME) ": state, parent, process group
+  if [ "${pgrp}" = "$$" ]; then kill -TERM 0; else kill -TERM "${command_pid}"; fi
+}
+trap ":" TERM  # not "" (ignored): the command would inherit that
+EOF
+  printf 'trap "_warned %s" %s\n' "${signal}" "${signal}"
+  printf '%q ' "$@"
+  printf '&\n'
+  cat << 'EOF'
+command_pid=$!
+status=0
+wait "${command_pid}" || status=$?  # early on a trapped signal: then again, until it has ended
+while kill -0 "${command_pid}" 2> /dev/null; do status=0; wait "${command_pid}" || status=$?; done
+exit "${status}"
+EOF
 }
 
 # The submitter runs in the background, so that an interrupt here cancels the job instead

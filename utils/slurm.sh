@@ -2,7 +2,7 @@
 # Run one command as a Slurm job and wait for it: a --cmd for ser.sh on a Slurm cluster.
 #
 #   utils/slurm.sh [--gpus N] [--cpus N] [--mem SIZE] [--time LIMIT] [--partition NAME]
-#                  [--sbatch_opts "OPTIONS"] LOG COMMAND [ARG ...]
+#                  [--stop_before SECONDS] [--sbatch_opts "OPTIONS"] LOG COMMAND [ARG ...]
 #
 # e.g. ./run.sh --stage 4 --ngpu 1 --nj 10 --cmd "utils/slurm.sh --partition gpu --time 1-00:00:00"
 #
@@ -12,19 +12,24 @@
 # is kept beside LOG as LOG.sbatch, to read or resubmit. This script waits for the job
 # (sbatch --wait), cancels it when interrupted, and exits with the job's status. --gpus 0 asks for no GPU. Site settings (account, QoS, constraints)
 # go in --sbatch_opts or in Slurm's SBATCH_* environment variables.
+#
+# --stop_before SECONDS (default 300; 0: none) stops the job that long before its time limit
+# (sbatch --signal=B:USR1@SECONDS, which Slurm may send up to a minute earlier): its processes
+# get SIGTERM, as at the limit, but with time to spare, so that a training saves its step
+# (a paper-size checkpoint is 8 GB) before Slurm's KillWait runs out; the same command resumes.
 set -euo pipefail
 # shellcheck source=utils/scheduler.sh
 . "$(dirname "${BASH_SOURCE[0]}")/scheduler.sh"
 
-gpus=0 cpus='' mem='' time_limit='' partition='' sbatch_opts=''
+gpus=0 cpus='' mem='' time_limit='' partition='' stop_before=300 sbatch_opts=''
 while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h) usage; exit 0 ;;
-    --gpus|--cpus|--mem|--time|--partition|--sbatch_opts)
+    --gpus|--cpus|--mem|--time|--partition|--stop_before|--sbatch_opts)
       [ $# -ge 2 ] || die "$1 needs a value"
       case "$1" in
         --gpus) gpus=$2 ;; --cpus) cpus=$2 ;; --mem) mem=$2 ;; --time) time_limit=$2 ;;
-        --partition) partition=$2 ;; --sbatch_opts) sbatch_opts=$2 ;;
+        --partition) partition=$2 ;; --stop_before) stop_before=$2 ;; --sbatch_opts) sbatch_opts=$2 ;;
       esac
       shift 2 ;;
     --*) die "unknown option '$1' (--help lists them)" ;;
@@ -32,12 +37,17 @@ while [ $# -gt 0 ]; do
   esac
 done
 check_request "$#" "${gpus}" "${cpus}" sbatch "Slurm"
+[[ ${stop_before} =~ ^[0-9]+$ ]] || die "--stop_before must be a whole number of seconds, not '${stop_before}'"
 log_file=$1
 shift
 mkdir -p "$(dirname "${log_file}")"
 
 script=${log_file}.sbatch
-write_job_script "${script}" "$@"
+if [ "${stop_before}" -gt 0 ]; then
+  write_job_script --warned_by USR1 "${script}" "$@"
+else
+  write_job_script "${script}" "$@"
+fi
 
 read -r -a site_opts <<< "${sbatch_opts}"
 opts=(--parsable --wait --job-name "crab:$(basename "${log_file}" .log)" --output "${log_file}")
@@ -46,5 +56,6 @@ opts=(--parsable --wait --job-name "crab:$(basename "${log_file}" .log)" --outpu
 [ -z "${mem}" ] || opts+=(--mem "${mem}")
 [ -z "${time_limit}" ] || opts+=(--time "${time_limit}")
 [ -z "${partition}" ] || opts+=(--partition "${partition}")
+[ "${stop_before}" -eq 0 ] || opts+=("--signal=B:USR1@${stop_before}")
 
 submit_and_wait scancel "${log_file}" sbatch "${opts[@]}" "${site_opts[@]+"${site_opts[@]}"}" "${script}"
