@@ -348,6 +348,20 @@ def test_on_sigterm_local_jobs_stop_and_no_other_starts(tmp_path):
     assert not (tmp_path / "log" / "c.log").exists() and not (tmp_path / "log" / "d.log").exists()
 
 
+def test_jobs_stopped_by_sigterm_are_named_as_such(tmp_path):
+    """Jobs elsewhere stopped (a Slurm time limit or its warning, a cancel) while the recipe
+    ran on: the same command resumes them."""
+    build = 'build() { local codes=(0 143 1); job=(bash -c "exit ${codes[$1]}"); }'
+    script = f". {shlex.quote(ROOT)}/utils/jobs.sh; {build}; jobs_run 3 '' 0 {tmp_path}/log build a b c"
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "2 of 3 job(s) failed" in result.stderr
+    assert (
+        "1 of them stopped on SIGTERM (a time limit, a cancel): the same command resumes them"
+        in result.stderr
+    )
+
+
 def test_on_sigterm_parallel_commands_stop_and_their_status_is_written(tmp_path):
     script = "parallel_init 2; parallel_run a.log $STUB a.x; parallel_run b.log $STUB b.x; parallel_wait"
     status, outlived = sigterm_to_the_job(tmp_path, script, ["a.started", "b.started"])

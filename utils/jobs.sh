@@ -89,5 +89,9 @@ jobs_run() {
   mapfile -t failed < <(failed_logs "${logs[@]}")
   [ "${#failed[@]}" -eq 0 ] && return 0
   echo "${#failed[@]} of ${#names[@]} job(s) failed, see the end of: ${failed[*]}" >&2
+  local log stopped=0
+  for log in "${failed[@]}"; do [ "$(tail -n 1 "${log}")" != "exit status 143" ] || stopped=$((stopped + 1)); done
+  [ "${stopped}" -eq 0 ] ||
+    echo "${stopped} of them stopped on SIGTERM (a time limit, a cancel): the same command resumes them" >&2
   return 1
 }
