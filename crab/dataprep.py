@@ -167,6 +167,46 @@ def scan_samples(path, block_frames=1 << 18):
     return peak
 
 
+class PeakCache:
+    """Peak amplitudes (``scan_samples``) of the audio files read before, kept in a JSON file
+    by path with the size and modification time each had: stage 3 reads a file's samples once
+    however many folds, splits and reruns list it, and again only once the file has changed
+    (its size or time: a file rewritten in place with both kept, as ``rsync -a`` of the same
+    audio does, is taken as unchanged). An unreadable cache is read as empty, with a warning."""
+
+    VERSION = 1  # of what a peak is (scan_samples): a new one drops the old entries
+
+    def __init__(self, path):
+        self.path, self.entries, self.changed = os.fspath(path), {}, False
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                saved = json.load(f)
+            if saved.get("version") == self.VERSION:
+                self.entries = dict(saved["files"])
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+            logger.warning("%s unreadable (%s): every audio file is read again", self.path, err)
+
+    def peak(self, wav):
+        """``scan_samples(wav)``, from the cache while the file is as it was."""
+        stat = os.stat(wav)
+        key, stamp = os.path.abspath(wav), [stat.st_size, stat.st_mtime_ns]
+        entry = self.entries.get(key)
+        if isinstance(entry, list) and entry[:2] == stamp:
+            return float("nan") if entry[2] is None else entry[2]
+        peak = scan_samples(wav)
+        self.entries[key] = stamp + [peak if math.isfinite(peak) else None]
+        self.changed = True
+        return peak
+
+    def save(self):
+        if self.changed:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            write_text_atomic(self.path, json.dumps({"version": self.VERSION, "files": self.entries}))
+            self.changed = False
+
+
 def probe_audio(path):
     """``(info, None)`` for an audio file soundfile can open, else ``(None, (kind, message))``."""
     if not os.path.isfile(path):
@@ -214,7 +254,14 @@ def clean_transcript(text):
 
 
 def check_utterance(
-    utt, entry, classes, min_samples=MIN_SAMPLES, conversions=None, require_text=True, read_samples=True
+    utt,
+    entry,
+    classes,
+    min_samples=MIN_SAMPLES,
+    conversions=None,
+    require_text=True,
+    read_samples=True,
+    peaks=None,
 ):
     """Return ``(kind, message)`` saying why ``entry`` is unusable, or None.
 
@@ -224,7 +271,8 @@ def check_utterance(
     and enough samples; then (``read_samples``, last, as the costliest check) its
     samples are read to find NaN or infinite ones (float WAVs can hold them), an
     amplitude beyond ``MAX_PEAK`` and digital silence (``SILENCE_PEAK``): what
-    training reading and inference reject too.
+    training reading and inference reject too; ``peaks`` (a ``PeakCache``) keeps what was
+    read before.
 
     Cleans the transcript (``clean_transcript``) and fills in ``duration`` (s).
     For a usable entry, counts in ``conversions`` (a Counter) what reading it
@@ -250,7 +298,7 @@ def check_utterance(
         return "unknown label", f"label '{entry.get('emo')}' of {wav or utt} not in {list(classes)}"
     if info is not None and read_samples:
         try:
-            problem = peak_problem(scan_samples(wav), wav)
+            problem = peak_problem(peaks.peak(wav) if peaks else scan_samples(wav), wav)
         except (RuntimeError, sf.LibsndfileError) as err:  # a header fine, the data not
             problem = ("unreadable audio", f"unreadable audio file {wav} ({err})")
         if problem:
@@ -274,10 +322,11 @@ def validate(
     require_text=True,
     read_samples=True,
     skipped_file=None,
+    peaks=None,
 ):
     """Keep the usable entries of ``entries`` (utt -> dict) according to ``policy``
     (``require_text=False``: empty transcripts are usable, for speech-only models;
-    ``read_samples``: see ``check_utterance``).
+    ``read_samples``, ``peaks``: see ``check_utterance``).
 
     ``skipped_file`` (``skipped_list`` of the manifest to be written): once the entries
     pass (``error``: none bad; ``skip``), it lists the skipped ones, or is removed when
@@ -288,7 +337,9 @@ def validate(
         raise ValueError(f"policy must be one of {POLICIES}, got '{policy}'")
     kept, problems, conversions = {}, [], Counter()
     for utt, entry in entries.items():
-        reason = check_utterance(utt, entry, classes, min_samples, conversions, require_text, read_samples)
+        reason = check_utterance(
+            utt, entry, classes, min_samples, conversions, require_text, read_samples, peaks
+        )
         if reason is None:
             kept[utt] = entry
         else:

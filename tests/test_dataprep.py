@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from crab import dataprep
 from crab.bin import make_manifest
 from crab.data import class_counts, label_encoder, load_manifest
 from crab.dataprep import (
     MIN_SAMPLES,
     DataPrepError,
+    PeakCache,
     check_utterance,
     count_table,
     validate,
@@ -34,6 +36,42 @@ def write_wav(path, frames, samplerate=16000, seed=0):
 
 def entry(wav, text="hello there", emo="happy", spk="spk01"):
     return {"wav": str(wav), "text": text, "emo": emo, "spk": spk}
+
+
+# ---------------------------------------------------------------- the peak cache
+
+
+def test_the_peak_cache_reads_each_file_once_until_it_changes(tmp_path, monkeypatch):
+    read = []
+    real = dataprep.scan_samples
+    monkeypatch.setattr(
+        dataprep, "scan_samples", lambda path: read.append(os.path.basename(path)) or real(path)
+    )
+    good = write_wav(tmp_path / "good.wav", 1600)
+    loud = tmp_path / "loud.wav"
+    sf.write(str(loud), np.full(1600, 2e3, dtype="float32"), 16000, subtype="FLOAT")
+    nan = tmp_path / "nan.wav"
+    sf.write(str(nan), np.array([0.1, np.nan] * 800, dtype="float32"), 16000, subtype="FLOAT")
+    entries = {"g": entry(good), "l": entry(loud), "n": entry(nan)}
+    cache = tmp_path / "data" / "audio_peaks.json"
+
+    def checked():
+        peaks = PeakCache(cache)
+        kept = validate({k: dict(v) for k, v in entries.items()}, CLASSES, "skip", peaks=peaks)
+        peaks.save()
+        return sorted(kept)
+
+    assert checked() == ["g"] and sorted(read) == ["good.wav", "loud.wav", "nan.wav"]
+    read.clear()
+    assert checked() == ["g"] and read == []  # the same verdicts, from the cache: NaN, loud, good
+    assert json.loads(cache.read_text())["files"][str(nan)][2] is None  # JSON has no NaN
+    silent = np.zeros(1600, dtype="float32")
+    sf.write(good, silent, 16000, subtype="PCM_16")  # the same size: a new modification time
+    os.utime(good, ns=(0, os.stat(loud).st_mtime_ns + 1))
+    assert checked() == [] and read == ["good.wav"]
+    cache.write_text("{not json")
+    read.clear()
+    assert checked() == [] and sorted(read) == ["good.wav", "loud.wav", "nan.wav"]
 
 
 # ---------------------------------------------------------------- check_utterance

@@ -79,6 +79,8 @@ def test_stages_write_manifests_and_tokenizer(recipe):
             {"spk01", "spk02"} if split == "train" else {speaker}
         )
     assert (tmp / "data" / "main" / "tokenizer" / "tokenizer.json").is_file()
+    peaks = json.loads((tmp / "data" / "audio_peaks.json").read_text())["files"]
+    assert len(peaks) == 64 + 32 + 32 and all(0 < peak <= 1 for _, _, peak in peaks.values())
 
 
 def test_training_loss_goes_down_and_resume_continues(recipe):

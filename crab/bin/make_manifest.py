@@ -26,7 +26,12 @@ for want of a kept utterance or class), and removed by a run that finds no bad u
 
     python -m crab.bin.make_manifest --data_dir data/train --data_root DB \\
         --classes angry,happy,neutral,sad --out data/train.json [--fold main] [--policy skip] \\
-        [--text_source gold|asr] [--text_only true] [--modality bimodal|speech|text]
+        [--text_source gold|asr] [--text_only true] [--modality bimodal|speech|text] \\
+        [--peak_cache data/audio_peaks.json]
+
+With ``--peak_cache`` the audio samples read for the amplitude checks are read once: the
+peaks are kept there by file, size and modification time (``crab.dataprep.PeakCache``;
+stage 3 keeps one for all folds and splits).
 """
 
 import argparse
@@ -41,6 +46,7 @@ from crab.datadir import TEXT_FILES, read_data_dir
 from crab.dataprep import (
     POLICIES,
     DataPrepError,
+    PeakCache,
     count_table,
     missing_classes,
     skipped_list,
@@ -92,6 +98,10 @@ def main(argv=None):
         help="the model the data is for: speech (transcripts not required: a missing text file "
         'or an empty transcript gives text ""), bimodal or text (transcripts required)',
     )
+    parser.add_argument(
+        "--peak_cache",
+        help="JSON file of the peak amplitudes read before, by audio file (made when missing)",
+    )
     args = parser.parse_args(argv)
     if args.modality == "speech" and args.text_only:
         parser.error("--modality speech needs audio: it cannot go with --text_only true")
@@ -101,15 +111,21 @@ def main(argv=None):
     require_text = args.modality != "speech"
     entries = read_data_dir(args.data_dir, args.text_source, args.text_only)
     where = f"{args.fold}/{name}" if args.fold else name  # in messages: the fold's split
-    kept = validate(
-        entries,
-        classes,
-        args.policy,
-        where,
-        args.min_samples,
-        require_text=require_text,
-        skipped_file=skipped_list(args.out),
-    )
+    peaks = PeakCache(args.peak_cache) if args.peak_cache else None
+    try:
+        kept = validate(
+            entries,
+            classes,
+            args.policy,
+            where,
+            args.min_samples,
+            require_text=require_text,
+            skipped_file=skipped_list(args.out),
+            peaks=peaks,
+        )
+    finally:  # what was read is kept, whatever stops the checks
+        if peaks:
+            peaks.save()
     if not kept:
         sys.exit(f"ERROR: {where}: no usable utterances")
     check_classes(kept, entries, classes, args)

@@ -327,7 +327,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
       python -m crab.bin.make_manifest --data_dir "${data_dir}/${fold}/${split}" --fold "${fold}" \
         --data_root "${data_root}" --classes "${classes}" --policy "${policy}" --modality "${modality}" \
         --text_source "${text_source}" --text_only "${text_only}" --out "${data_dir}/${fold}/${split}.json" \
-        || failed+=("${fold}/${split}")
+        --peak_cache "${data_dir}/audio_peaks.json" || failed+=("${fold}/${split}")
     done
     if [ "${#failed[@]}" -gt 0 ]; then
       echo "$0: stage 3: no manifest for ${failed[*]} (see above)" >&2; exit 1
