@@ -21,6 +21,7 @@ EMBEDDING_SCORES = ("silhouette", "calinski_harabasz", "davies_bouldin")
 # random sample of this many (as scikit-learn's ``sample_size`` does; the other two scores
 # are linear).
 SILHOUETTE_SAMPLE = 10000
+PROJECTIONS = ("pca", "tsne")  # project_2d's methods; embeddings_<projection>.png
 
 
 def extract_embeddings(brain, test_set, loader_kwargs):
@@ -121,8 +122,8 @@ def write_embeddings(
         stage 7 uses the scores only beside predictions of the same checkpoint.
     inputs : dict, optional
         What they were computed from (``crab.evalrecord.inputs``), written to
-        ``embeddings.inputs.json`` after the dump, scores and plot (an older record is removed
-        first).
+        ``embeddings.inputs.json`` after the dump, scores and plot (an older record, and the
+        plots of the dump replaced, whichever projection, are removed first).
 
     Returns
     -------
@@ -142,6 +143,8 @@ def write_embeddings(
     if checkpoint:
         saved["checkpoint"] = checkpoint
     evalrecord.forget(out_dir, evalrecord.EMBEDDINGS_RECORD)  # a kill before the new one leaves none
+    for drawn in PROJECTIONS:  # plots of the dump replaced: the new record must not vouch for them
+        evalrecord.forget(out_dir, f"embeddings_{drawn}.png")
     commit(  # both whole (stage 7 reads the scores beside the predictions), or neither replaced
         stage(
             [

@@ -198,6 +198,16 @@ def test_embeddings_of_another_checkpoint_than_the_predictions_are_left_out(tmp_
     assert summary_embeddings(str(tmp_path / "results_test.json")) is None
 
 
+def test_new_embeddings_leave_no_plot_of_the_old_ones(tmp_path):
+    """A plot of another projection is of the dump it was drawn from: one drawn before the
+    dump was replaced goes with it, so that --skip_if_current never keeps it as current."""
+    ids, labels = [f"u{i}" for i in range(8)], np.repeat(np.arange(4), 2)
+    rng = np.random.default_rng(0)
+    write_embeddings(str(tmp_path), ids, rng.normal(size=(8, 4)), labels, CLASSES, "pca")
+    write_embeddings(str(tmp_path), ids, rng.normal(size=(8, 4)), labels, CLASSES, "tsne")
+    assert (tmp_path / "embeddings_tsne.png").exists() and not (tmp_path / "embeddings_pca.png").exists()
+
+
 def test_comparison_table_in_the_paper_layout(two_runs, tmp_path):
     def summary(tag, uar, runs=2):
         rows = [

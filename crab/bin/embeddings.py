@@ -32,7 +32,7 @@ import logging
 import sys
 
 from crab import cli, evalrecord
-from crab.embeddings import extract_embeddings, write_embeddings
+from crab.embeddings import PROJECTIONS, extract_embeddings, write_embeddings
 from crab.experiment import load_trained_run
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cli.exit_on_run_help(argv, __doc__)
     own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    own.add_argument("--projection", choices=("pca", "tsne"), default="pca")
+    own.add_argument("--projection", choices=PROJECTIONS, default="pca")
     own.add_argument("--skip_if_current", action="store_true")
     args, rest = own.parse_known_args(argv)
     hparams, brain, test_set = load_trained_run(rest)  # the run's own configuration, as crab.bin.evaluate
