@@ -101,6 +101,28 @@ def is_current(eval_dir, record, wanted, outputs):
     return True
 
 
+def read(eval_dir, record):
+    """The record ``eval_dir/record`` as a dict; None when there is none or it is unreadable."""
+    try:
+        with open(os.path.join(eval_dir, record), encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def other_inputs(eval_dir):
+    """The inputs (record keys) in which the embeddings of ``eval_dir`` and the predictions
+    beside them were computed from other data or code, sorted; empty when they agree or either
+    has no readable record (an older release)."""
+    embedded, evaluated = read(eval_dir, EMBEDDINGS_RECORD), read(eval_dir, PREDICTIONS_RECORD)
+    if embedded is None or evaluated is None:
+        return []
+    return sorted(
+        key for key in embedded.keys() | evaluated.keys() if embedded.get(key) != evaluated.get(key)
+    )
+
+
 def forget(eval_dir, record):
     """Remove ``eval_dir/record`` before outputs are replaced without a new one: a kill between
     their replacement and the record's then leaves no record, never an old one."""

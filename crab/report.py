@@ -49,7 +49,7 @@ import sys
 
 import numpy as np
 
-from crab import cli
+from crab import cli, evalrecord
 from crab.embeddings import EMBEDDING_SCORES
 from crab.fileio import WriteError, write_text_atomic
 from crab.metrics import METRICS, classification_report
@@ -800,8 +800,10 @@ def current_embedding_scores(eval_dir):
     """The ``embedding_scores.json`` of an evaluation folder, or None when there is none or it
     names another checkpoint than the predictions beside it (their ``checkpoint.txt``): the run
     trained on after it was embedded, and a table would put the old model's cluster scores beside
-    the new model's metrics (said on stderr). Scores or predictions that name no checkpoint (an
-    older release) are taken as of the same one."""
+    the new model's metrics (said on stderr). So too when their records (``crab.evalrecord``)
+    differ: the same checkpoint evaluated again on another test manifest or with other code
+    (stage 6 without --embeddings). Scores or predictions that name no checkpoint or have no
+    record (an older release) are taken as of the same one."""
     path = os.path.join(eval_dir, "embedding_scores.json")
     if not os.path.isfile(path):
         return None
@@ -809,15 +811,22 @@ def current_embedding_scores(eval_dir):
         scores = json.load(f)
     record = os.path.join(eval_dir, EVALUATED_CHECKPOINT)
     embedded = scores.get("checkpoint")
-    if not embedded or not os.path.isfile(record):
-        return scores
-    with open(record, encoding="utf-8") as f:
-        evaluated = f.read().strip()
-    if embedded == evaluated:
-        return scores
+    if embedded and os.path.isfile(record):
+        with open(record, encoding="utf-8") as f:
+            evaluated = f.read().strip()
+        if embedded != evaluated:
+            return _left_out(path, f"is of checkpoint {embedded}, the predictions beside it of {evaluated}")
+    changed = evalrecord.other_inputs(eval_dir)
+    if changed:
+        return _left_out(
+            path, f"was computed from other inputs ({', '.join(changed)}) than the predictions beside it"
+        )
+    return scores
+
+
+def _left_out(path, why):
     print(
-        f"Note: {path} is of checkpoint {embedded}, the predictions beside it of {evaluated}: its "
-        "embeddings are left out (stage 6 with --embeddings true makes them again)",
+        f"Note: {path} {why}: its embeddings are left out (stage 6 with --embeddings true makes them again)",
         file=sys.stderr,
     )
     return None

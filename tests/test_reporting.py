@@ -198,6 +198,35 @@ def test_embeddings_of_another_checkpoint_than_the_predictions_are_left_out(tmp_
     assert summary_embeddings(str(tmp_path / "results_test.json")) is None
 
 
+def test_embeddings_of_other_inputs_than_the_predictions_are_left_out(tmp_path, capsys):
+    """Embedded, then the test manifest changed and stage 6 run again without --embeddings:
+    the predictions are new, the embeddings of the old manifest (same checkpoint) are not
+    scored beside them. Records of the same inputs, or none (an older release), are."""
+    run = tmp_path / "exp" / "mlcs" / "main" / "seed1"
+    eval_dir = run / "eval_test"
+    path = eval_dir / "predictions.csv"
+    write_predictions(path, [("angry", "angry"), ("sad", "happy")])
+    (run / "save" / "CKPT+epoch1").mkdir(parents=True)
+    (eval_dir / "checkpoint.txt").write_text("CKPT+epoch1\n")
+    inputs = {"checkpoint": "CKPT+epoch1", "test_manifest_sha256": "a" * 64}
+    ids, labels = ["utt0", "utt1", "utt2", "utt3"], np.array([0, 0, 3, 3])
+    points = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    write_embeddings(str(eval_dir), ids, points, labels, CLASSES, checkpoint="CKPT+epoch1", inputs=inputs)
+    assert "silhouette" in results_table([str(path)])[1]["runs"][0]  # no record of the predictions
+    (eval_dir / "predictions.inputs.json").write_text(json.dumps(inputs))
+    assert "silhouette" in results_table([str(path)])[1]["runs"][0]  # the same inputs
+    (eval_dir / "predictions.inputs.json").write_text(
+        json.dumps({**inputs, "test_manifest_sha256": "b" * 64})
+    )
+    capsys.readouterr()
+    _, summary = results_table([str(path)], tag="mlcs", test_set="test")
+    assert "silhouette" not in summary["runs"][0]
+    err = capsys.readouterr().err
+    assert (
+        f"{eval_dir / 'embedding_scores.json'} was computed from other inputs (test_manifest_sha256)" in err
+    )
+
+
 def test_new_embeddings_leave_no_plot_of_the_old_ones(tmp_path):
     """A plot of another projection is of the dump it was drawn from: one drawn before the
     dump was replaced goes with it, so that --skip_if_current never keeps it as current."""
