@@ -2,16 +2,18 @@
 
 ``crab.bin.evaluate`` and ``crab.bin.embeddings`` write, in the same commit as their outputs,
 a record of their inputs (``inputs``): the checkpoint, a digest of the test manifest, where
-the audio was read from (``data_root``), the evaluation precision and device type, and the
-code (a digest of the crab package's sources and the versions of the libraries that compute
-the model). Given ``--skip_if_current`` (the recipe's stage 6, unless ``--reevaluate true``), a
-tool whose record equals what it would record now, with its outputs present, writes nothing
-and says so; otherwise it names what changed and evaluates.
+the audio was read from (``data_root``), the evaluation precision and device type, the encoder
+states read from a feature cache (their branches and dtype), and the code (a digest of the crab
+package's sources and the versions of the libraries that compute the model). Given
+``--skip_if_current`` (the recipe's stage 6, unless ``--reevaluate true``), a tool whose record
+equals what it would record now, with its outputs present, writes nothing and says so;
+otherwise it names what changed and evaluates.
 
 Everything else a prediction depends on was fixed by training (the run's own
 ``hyperparams.yaml``) or does not change it (batch size and workers: padding is masked; the
-feature cache is checked against the model). The audio files are taken to be the manifest's:
-a corpus replaced in place under the same manifest and ``data_root`` needs ``--reevaluate true``.
+feature cache's states are checked against the model and the manifest). The audio files are
+taken to be the manifest's: a corpus replaced in place under the same manifest and
+``data_root`` needs ``--reevaluate true``.
 """
 
 import glob
@@ -44,9 +46,10 @@ def code_digest():
     return _CODE["digest"]
 
 
-def inputs(hparams, brain):
+def inputs(hparams, brain, cache=(None, [])):
     """The record of an evaluation of ``brain``'s best checkpoint on ``ckpt_metric`` over
-    ``hparams['test_manifest']``, before it runs (the checkpoint is found, not loaded)."""
+    ``hparams['test_manifest']``, before it runs (the checkpoint is found, not loaded), reading
+    the encoder states of ``cache`` (``crab.experiment.feature_cache``)."""
     found = brain.checkpointer.find_checkpoint(max_key=hparams["ckpt_metric"])
     return {
         "checkpoint": os.path.basename(found.path) if found else "none",
@@ -54,9 +57,17 @@ def inputs(hparams, brain):
         "data_root": os.path.abspath(str(hparams["data_root"])) if hparams.get("data_root") else None,
         "eval_precision": brain.eval_precision,
         "device_type": str(brain.device).split(":")[0],
+        "feature_cache": _cached_states(*cache),
         "code_sha256": code_digest(),
         "libraries": {name: _version(name) for name in LIBRARIES},
     }
+
+
+def _cached_states(cache, branches):
+    """The branches read from a feature cache and the dtype of its states (None: none read).
+    The cache is checked against the model and the manifest, but states stored in float16, or
+    computed at extraction rather than by the encoders now, give other predictions."""
+    return {"branches": sorted(branches), "dtype": cache.dtype} if cache is not None and branches else None
 
 
 def _version(name):
@@ -93,7 +104,8 @@ def is_current(eval_dir, record, wanted, outputs):
         )
         return False
     logger.info(
-        "%s is current (checkpoint %s, the same test manifest, data_root, precision, device type and code): "
+        "%s is current (checkpoint %s, the same test manifest, data_root, precision, device type, cached "
+        "states and code): "
         "kept; run without --skip_if_current (the recipe: --reevaluate true) to evaluate again",
         os.path.join(eval_dir, outputs[0]),
         wanted["checkpoint"],

@@ -233,7 +233,8 @@ def load_trained_run(argv=None):
     ``feature_cache``) and a CrabBrain (``make_brain``). Exits with a message when the run
     has no checkpoint with ``ckpt_metric``: train first.
 
-    Returns ``(hparams, brain, test_set)``; the brain has not loaded a checkpoint yet.
+    Returns ``(hparams, brain, test_set, cache)``, ``cache`` the ``(FeatureCache, branches)``
+    read (``feature_cache``); the brain has not loaded a checkpoint yet.
     """
     _, run_opts, _, hparams = load_run(argv)
     sb.create_experiment_directory(hparams["output_folder"], save_env_desc=False)
@@ -243,4 +244,4 @@ def load_trained_run(argv=None):
     brain = make_brain(hparams, run_opts)
     if not brain.checkpointer.find_checkpoints(max_key=hparams["ckpt_metric"]):
         sys.exit(f"No checkpoint with {hparams['ckpt_metric']} in {hparams['save_folder']}: train first.")
-    return hparams, brain, test_set
+    return hparams, brain, test_set, cache

@@ -100,6 +100,29 @@ def test_cached_training_equals_end_to_end(data, tmp_path):
     assert scores[0] == pytest.approx(scores[1])
 
 
+def test_an_evaluation_from_cached_states_is_kept_only_from_states_of_the_same_type(data, tmp_path):
+    """Predictions from a float16 cache are not those of the encoders run on the audio (nor of a
+    float32 cache): stage 6 run again without --feature_cache (the cache deleted to free the
+    disk, say) evaluates again rather than keep them."""
+    out, half = tmp_path / "run", tmp_path / "half"
+    run(train.main, argv(data, out))
+    run(extract_features.main, argv(data, out, f"--feature_cache={half}", "--dtype=float16"))
+    predictions = out / "eval_test" / "predictions.csv"
+
+    def evaluate_and_tell(*opts):
+        """(was predictions.csv replaced, its text)"""
+        before = predictions.stat().st_ino if predictions.exists() else None
+        run(evaluate.main, argv(data, out, "--skip_if_current", *opts))
+        return predictions.stat().st_ino != before, predictions.read_text()
+
+    replaced, from_half = evaluate_and_tell(f"--feature_cache={half}")
+    assert replaced and evaluate_and_tell(f"--feature_cache={half}") == (False, from_half)
+    replaced, from_audio = evaluate_and_tell()
+    assert replaced and from_audio != from_half
+    record = json.loads((out / "eval_test" / "predictions.inputs.json").read_text())
+    assert record["feature_cache"] is None
+
+
 def test_interrupted_extraction_resumes_and_matches(data, tmp_path, monkeypatch):
     once, resumed = tmp_path / "once", tmp_path / "resumed"
     run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={once}", "--shard_size=5"))

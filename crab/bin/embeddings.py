@@ -46,9 +46,10 @@ def main(argv=None):
     own.add_argument("--projection", choices=PROJECTIONS, default="pca")
     own.add_argument("--skip_if_current", action="store_true")
     args, rest = own.parse_known_args(argv)
-    hparams, brain, test_set = load_trained_run(rest)  # the run's own configuration, as crab.bin.evaluate
+    # the run's own configuration, as crab.bin.evaluate
+    hparams, brain, test_set, cache = load_trained_run(rest)
     classes = list(hparams["classes"])
-    inputs = evalrecord.inputs(hparams, brain)
+    inputs = evalrecord.inputs(hparams, brain, cache)
     outputs = ("embeddings.npz", "embedding_scores.json", f"embeddings_{args.projection}.png")
     if args.skip_if_current and evalrecord.is_current(
         brain.eval_folder(), evalrecord.EMBEDDINGS_RECORD, inputs, outputs

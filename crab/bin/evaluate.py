@@ -34,8 +34,8 @@ def main(argv=None):
     own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     own.add_argument("--skip_if_current", action="store_true")
     args, rest = own.parse_known_args(argv)
-    hparams, brain, test_set = load_trained_run(rest)
-    brain.eval_inputs = evalrecord.inputs(hparams, brain)
+    hparams, brain, test_set, cache = load_trained_run(rest)
+    brain.eval_inputs = evalrecord.inputs(hparams, brain, cache)
     if args.skip_if_current and evalrecord.is_current(
         brain.eval_folder(), evalrecord.PREDICTIONS_RECORD, brain.eval_inputs, OUTPUTS
     ):

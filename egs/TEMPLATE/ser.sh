@@ -69,7 +69,7 @@ cmd=                    # stages 2, 4-6 as jobs, each through this launcher: "ut
                         # Grid Engine; empty: in this shell
 embeddings=false        # stage 6: also dump and score the fused (fc1) test embeddings (true | false)
 reevaluate=false        # stage 6: true evaluates again what is current (false keeps an evaluation of the same
-                        # checkpoint, test manifest, data_root, precision, device type and code)
+                        # checkpoint, test manifest, data_root, precision, device type, cached states and code)
 feature_cache=          # frozen-encoder states (stage 4 extracts, stages 5-8 read); needs frozen encoders,
                         # --train_opts "--freeze_speech_encoder=true --freeze_text_encoder=true" (or the
                         # speech encoder's top layers fine-tuned: --finetune_top_speech_layers=K)
