@@ -536,6 +536,15 @@ class SpeechEncoder(_Encoder):
         )
 
     @property
+    def padding_dependent(self):
+        """Whether an utterance's states depend on the padding of its batch (docs/training.md):
+        Whisper's last frames (30 s windows), the group-norm models (run without an attention
+        mask, on zero-padded audio), data2vec-audio (its positional convolutions)."""
+        return (
+            self.is_whisper or not self.use_attention_mask or self.model.config.model_type == "data2vec-audio"
+        )
+
+    @property
     def min_samples(self):
         """Shortest input (samples) that yields at least one output frame."""
         if self.is_whisper:

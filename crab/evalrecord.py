@@ -10,7 +10,8 @@ equals what it would record now, with its outputs present, writes nothing and sa
 otherwise it names what changed and evaluates.
 
 Everything else a prediction depends on was fixed by training (the run's own
-``hyperparams.yaml``) or does not change it (batch size and workers: padding is masked; the
+``hyperparams.yaml``) or does not change it (workers; batching, padding being masked, except
+for the speech encoders whose states depend on the padding, whose batching is recorded; the
 feature cache's states are checked against the model and the manifest). The audio files are
 taken to be the manifest's: a corpus replaced in place under the same manifest and
 ``data_root`` needs ``--reevaluate true``.
@@ -58,6 +59,7 @@ def inputs(hparams, brain, cache=(None, [])):
         "eval_precision": brain.eval_precision,
         "device_type": str(brain.device).split(":")[0],
         "feature_cache": _cached_states(*cache),
+        "batching": _batching(hparams, cache[1]),
         "code_sha256": code_digest(),
         "libraries": {name: _version(name) for name in LIBRARIES},
     }
@@ -68,6 +70,20 @@ def _cached_states(cache, branches):
     The cache is checked against the model and the manifest, but states stored in float16, or
     computed at extraction rather than by the encoders now, give other predictions."""
     return {"branches": sorted(branches), "dtype": cache.dtype} if cache is not None and branches else None
+
+
+def _batching(hparams, cached):
+    """The evaluation batching where a prediction depends on it: a speech encoder run now (not
+    read from the cache: ``cached`` branches) whose states depend on the batch padding; else None."""
+    encoder = hparams["model"].speech_encoder
+    if encoder is None or "speech" in cached or not encoder.padding_dependent:
+        return None
+    batching = {"batch_size": hparams["eval_dataloader_opts"].get("batch_size")}
+    if hparams.get("dynamic_batching"):
+        batching.update(
+            {key: hparams[key] for key in ("dynamic_batching", "max_batch_length", "num_buckets")}
+        )
+    return batching
 
 
 def _version(name):
@@ -105,7 +121,7 @@ def is_current(eval_dir, record, wanted, outputs):
         return False
     logger.info(
         "%s is current (checkpoint %s, the same test manifest, data_root, precision, device type, cached "
-        "states and code): "
+        "states, batching where it matters and code): "
         "kept; run without --skip_if_current (the recipe: --reevaluate true) to evaluate again",
         os.path.join(eval_dir, outputs[0]),
         wanted["checkpoint"],

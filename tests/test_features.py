@@ -123,6 +123,28 @@ def test_an_evaluation_from_cached_states_is_kept_only_from_states_of_the_same_t
     assert record["feature_cache"] is None
 
 
+def test_an_evaluation_by_a_padding_dependent_encoder_is_kept_only_at_the_same_batching(data, tmp_path):
+    """Whisper's last frames depend on the batch padding (so do the group-norm speech encoders',
+    run without an attention mask): its predictions at --batch_size=1 are not those of batches of
+    4, and stage 6 run again with another evaluation batching evaluates again."""
+    speech = [f"--speech_encoder_source={write_tiny_whisper(tmp_path / 'whisper')}", "--modality=speech"]
+    out = tmp_path / "run"
+    run(train.main, argv(data, out, *speech))
+    predictions = out / "eval_test" / "predictions.csv"
+
+    def evaluate_and_tell(*opts):
+        """(was predictions.csv replaced, its text)"""
+        before = predictions.stat().st_ino if predictions.exists() else None
+        run(evaluate.main, argv(data, out, *speech, "--skip_if_current", *opts))
+        return predictions.stat().st_ino != before, predictions.read_text()
+
+    replaced, batched = evaluate_and_tell()
+    assert replaced and evaluate_and_tell() == (False, batched)
+    replaced, alone = evaluate_and_tell("--batch_size=1")
+    assert replaced and alone != batched
+    assert evaluate_and_tell("--batch_size=1", "--num_workers=1") == (False, alone)  # workers: no matter
+
+
 def test_interrupted_extraction_resumes_and_matches(data, tmp_path, monkeypatch):
     once, resumed = tmp_path / "once", tmp_path / "resumed"
     run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={once}", "--shard_size=5"))
