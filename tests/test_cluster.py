@@ -372,8 +372,8 @@ def test_on_sigterm_parallel_commands_stop_and_their_status_is_written(tmp_path)
 
 
 # sbatch as Slurm runs a job with --signal=B:USR1@N: the job script leads a process group of
-# its own, and the warning goes to it alone, here once the command has started (not N
-# seconds before a time limit).
+# its own, and the warning goes to it alone, here (with WARN set) once the command has started,
+# not N seconds before a time limit.
 WARNING_SBATCH = """#!/usr/bin/env bash
 printf '%s\\n' "$@" > "$FAKE_SUBMIT_ARGS"
 args=("$@")
@@ -386,7 +386,7 @@ lead='import os, sys; os.setsid(); os.execvp("bash", ["bash", sys.argv[1]])'
 "$PYTHON" -c "$lead" "${args[-1]}" > "$out" 2>&1 &
 job=$!
 echo "$job" > "$JOB_PID"
-if [ -n "${warned-}" ]; then
+if [ -n "${warned-}" ] && [ -n "${WARN-}" ]; then
   while [ ! -e "$STARTED" ]; do sleep 0.05; done
   kill -USR1 "$job"
 fi
@@ -411,6 +411,7 @@ def test_slurms_warning_before_the_time_limit_stops_the_job_as_sigterm_does(tmp_
         FAKE_SUBMIT_ARGS=str(tmp_path / "submit_args"),
         JOB_PID=str(tmp_path / "job_pid"),
         STARTED=str(tmp_path / "a.started"),
+        WARN="1",
     )
     stage = f". {shlex.quote(ROOT)}/utils/wait_on_term.sh; {sys.executable} {stub} a.x; touch next_stage"
     log = tmp_path / "job.log"
@@ -428,6 +429,15 @@ def test_slurms_warning_before_the_time_limit_stops_the_job_as_sigterm_does(tmp_
     with pytest.raises(ProcessLookupError):  # no process of the job outlived it
         os.killpg(int((tmp_path / "job_pid").read_text()), 0)
 
+    # a limit no longer than twice the time asked for: no early stop (it would come at once)
+    env["WARN"] = ""  # what is asked for, not what comes
+    for time_limit, early in (("10", False), ("0-0:10:01", True), ("UNLIMITED", True)):
+        result = subprocess.run(
+            ["bash", SLURM, "--time", time_limit, str(log), "true"], env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        asked = "--signal=B:USR1@300" in (tmp_path / "submit_args").read_text().splitlines()
+        assert asked == early and ("is not stopped early" not in result.stderr) == early, time_limit
     # --stop_before 0: no warning asked for, and the job script is the command (exec)
     result = subprocess.run(
         ["bash", SLURM, "--stop_before", "0", str(log), "true"], env=env, capture_output=True, text=True

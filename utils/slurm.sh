@@ -17,6 +17,7 @@
 # (sbatch --signal=B:USR1@SECONDS, which Slurm may send up to a minute earlier): its processes
 # get SIGTERM, as at the limit, but with time to spare, so that a training saves its step
 # (a paper-size checkpoint is 8 GB) before Slurm's KillWait runs out; the same command resumes.
+# A --time no longer than twice SECONDS is not stopped early (the warning would come at once).
 set -euo pipefail
 # shellcheck source=utils/scheduler.sh
 . "$(dirname "${BASH_SOURCE[0]}")/scheduler.sh"
@@ -38,6 +39,24 @@ while [ $# -gt 0 ]; do
 done
 check_request "$#" "${gpus}" "${cpus}" sbatch "Slurm"
 [[ ${stop_before} =~ ^[0-9]+$ ]] || die "--stop_before must be a whole number of seconds, not '${stop_before}'"
+
+seconds_of() {  # Slurm's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; nothing if not one
+  local days=0 parts
+  if [[ $1 =~ ^([0-9]+)-(.+)$ ]]; then days=${BASH_REMATCH[1]}; IFS=: read -r -a parts <<< "${BASH_REMATCH[2]}"
+    parts+=(0 0); parts=("${parts[@]:0:3}")  # D-H[:M[:S]]
+  else
+    IFS=: read -r -a parts <<< "$1"
+    case ${#parts[@]} in 1) parts=(0 "${parts[0]}" 0) ;; 2) parts=(0 "${parts[@]}") ;; esac  # M, M:S
+  fi
+  [ "${#parts[@]}" -eq 3 ] || return 0
+  local p; for p in "${parts[@]}"; do [[ ${p} =~ ^[0-9]+$ ]] || return 0; done
+  echo $(( ((days * 24 + 10#${parts[0]}) * 60 + 10#${parts[1]}) * 60 + 10#${parts[2]} ))
+}
+limit=$(seconds_of "${time_limit}")
+if [ "${stop_before}" -gt 0 ] && [ -n "${limit}" ] && [ $((2 * stop_before)) -ge "${limit}" ]; then
+  echo "$0: --stop_before ${stop_before} s is half of --time ${time_limit} or more: the job is not stopped early" >&2
+  stop_before=0
+fi
 log_file=$1
 shift
 mkdir -p "$(dirname "${log_file}")"
