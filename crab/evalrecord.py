@@ -140,15 +140,20 @@ def read(eval_dir, record):
 
 
 def other_inputs(eval_dir):
-    """The inputs (record keys) in which the embeddings of ``eval_dir`` and the predictions
-    beside them were computed from other data or code, sorted; empty when they agree or either
-    has no readable record (an older release)."""
+    """The inputs (record keys of both) in which the embeddings of ``eval_dir`` and the
+    predictions beside them were computed from other data or code, sorted; empty when they
+    agree or either has no readable record (an older release). A key of one record alone (the
+    embeddings' ``projection_library``) is of what the other does not compute."""
     embedded, evaluated = read(eval_dir, EMBEDDINGS_RECORD), read(eval_dir, PREDICTIONS_RECORD)
     if embedded is None or evaluated is None:
         return []
-    return sorted(
-        key for key in embedded.keys() | evaluated.keys() if embedded.get(key) != evaluated.get(key)
-    )
+    return sorted(key for key in embedded.keys() & evaluated.keys() if embedded[key] != evaluated[key])
+
+
+def projection_library():
+    """What draws the embeddings' 2-D projection (scikit-learn's PCA and t-SNE: a new release
+    may flip or move the points), for the embeddings' record."""
+    return {"scikit-learn": _version("scikit-learn")}
 
 
 def forget(eval_dir, record):

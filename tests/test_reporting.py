@@ -5,6 +5,7 @@ intended model and trains one step), and the training logger."""
 import csv
 import errno
 import glob
+import importlib.metadata
 import json
 import os
 
@@ -215,6 +216,9 @@ def test_embeddings_of_other_inputs_than_the_predictions_are_left_out(tmp_path, 
     assert "silhouette" in results_table([str(path)])[1]["runs"][0]  # no record of the predictions
     (eval_dir / "predictions.inputs.json").write_text(json.dumps(inputs))
     assert "silhouette" in results_table([str(path)])[1]["runs"][0]  # the same inputs
+    record = eval_dir / "embeddings.inputs.json"  # and what only the embeddings use
+    record.write_text(json.dumps({**inputs, "projection_library": {"scikit-learn": "1.5.0"}}))
+    assert "silhouette" in results_table([str(path)])[1]["runs"][0]
     (eval_dir / "predictions.inputs.json").write_text(
         json.dumps({**inputs, "test_manifest_sha256": "b" * 64})
     )
@@ -625,6 +629,7 @@ def test_embeddings_command_dumps_the_fused_layer(tiny_data, tmp_path):
     assert_png(out / "embeddings_pca.png")
     saved = json.loads((out / "embedding_scores.json").read_text())
     assert set(saved) >= {"silhouette", "davies_bouldin"}
+    assert record["projection_library"]["scikit-learn"] == importlib.metadata.version("scikit-learn")
     assert (
         saved["checkpoint"]
         == record["checkpoint"]
