@@ -173,18 +173,27 @@ def test_predictions_of_a_checkpoint_the_run_no_longer_holds_are_refused(tmp_pat
     assert not (tmp_path / "results.md").exists()
 
 
+def evaluated_and_embedded(tmp_path, inputs=None):
+    """A run's evaluation at checkpoint CKPT+epoch1 with embeddings of two clusters beside it:
+    ``(run folder, predictions.csv, embedding scores)``."""
+    run = tmp_path / "exp" / "mlcs" / "main" / "seed1"
+    path = run / "eval_test" / "predictions.csv"
+    write_predictions(path, [("angry", "angry"), ("sad", "happy")])
+    (run / "save" / "CKPT+epoch1").mkdir(parents=True)
+    (path.parent / "checkpoint.txt").write_text("CKPT+epoch1\n")
+    ids, labels = ["utt0", "utt1", "utt2", "utt3"], np.array([0, 0, 3, 3])
+    points = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    scores = write_embeddings(
+        str(path.parent), ids, points, labels, CLASSES, checkpoint="CKPT+epoch1", inputs=inputs
+    )
+    return run, path, scores
+
+
 def test_embeddings_of_another_checkpoint_than_the_predictions_are_left_out(tmp_path, capsys):
     """A run embedded, then trained on and evaluated again without --embeddings: its old
     embeddings are not scored beside the new predictions, nor drawn by the sweep."""
-    run = tmp_path / "exp" / "mlcs" / "main" / "seed1"
-    eval_dir = run / "eval_test"
-    path = eval_dir / "predictions.csv"
-    write_predictions(path, [("angry", "angry"), ("sad", "happy")])
-    (run / "save" / "CKPT+epoch1").mkdir(parents=True)
-    (eval_dir / "checkpoint.txt").write_text("CKPT+epoch1\n")
-    ids, labels = ["utt0", "utt1", "utt2", "utt3"], np.array([0, 0, 3, 3])
-    points = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
-    scores = write_embeddings(str(eval_dir), ids, points, labels, CLASSES, checkpoint="CKPT+epoch1")
+    run, path, scores = evaluated_and_embedded(tmp_path)
+    eval_dir = path.parent
     assert json.loads((eval_dir / "embedding_scores.json").read_text())["checkpoint"] == "CKPT+epoch1"
     _, summary = results_table([str(path)], tag="mlcs", test_set="test")
     assert summary["runs"][0]["silhouette"] == pytest.approx(scores["silhouette"])
@@ -203,16 +212,9 @@ def test_embeddings_of_other_inputs_than_the_predictions_are_left_out(tmp_path, 
     """Embedded, then the test manifest changed and stage 6 run again without --embeddings:
     the predictions are new, the embeddings of the old manifest (same checkpoint) are not
     scored beside them. Records of the same inputs, or none (an older release), are."""
-    run = tmp_path / "exp" / "mlcs" / "main" / "seed1"
-    eval_dir = run / "eval_test"
-    path = eval_dir / "predictions.csv"
-    write_predictions(path, [("angry", "angry"), ("sad", "happy")])
-    (run / "save" / "CKPT+epoch1").mkdir(parents=True)
-    (eval_dir / "checkpoint.txt").write_text("CKPT+epoch1\n")
     inputs = {"checkpoint": "CKPT+epoch1", "test_manifest_sha256": "a" * 64}
-    ids, labels = ["utt0", "utt1", "utt2", "utt3"], np.array([0, 0, 3, 3])
-    points = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
-    write_embeddings(str(eval_dir), ids, points, labels, CLASSES, checkpoint="CKPT+epoch1", inputs=inputs)
+    _, path, _ = evaluated_and_embedded(tmp_path, inputs)
+    eval_dir = path.parent
     assert "silhouette" in results_table([str(path)])[1]["runs"][0]  # no record of the predictions
     (eval_dir / "predictions.inputs.json").write_text(json.dumps(inputs))
     assert "silhouette" in results_table([str(path)])[1]["runs"][0]  # the same inputs
