@@ -541,16 +541,8 @@ class CrabBrain(sb.Brain):
         # renamed last, after the outputs; an older record goes first (a kill between leaves none)
         evalrecord.forget(eval_dir, evalrecord.PREDICTIONS_RECORD)
         inputs = getattr(self, "eval_inputs", None)
-        inputs_record = (
-            [
-                (
-                    os.path.join(eval_dir, evalrecord.PREDICTIONS_RECORD),
-                    text_writer(json.dumps(inputs, indent=2)),
-                )
-            ]
-            if inputs
-            else []
-        )
+        record = os.path.join(eval_dir, evalrecord.PREDICTIONS_RECORD)
+        inputs_record = [(record, text_writer(json.dumps(inputs, indent=2)))] if inputs else []
 
         def predictions(path):
             with open(path, "w", newline="", encoding="utf-8") as f:

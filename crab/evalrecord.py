@@ -17,6 +17,7 @@ taken to be the manifest's: a corpus replaced in place under the same manifest a
 ``data_root`` needs ``--reevaluate true``.
 """
 
+import functools
 import glob
 import hashlib
 import json
@@ -31,20 +32,18 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_RECORD = "predictions.inputs.json"  # beside predictions.csv (crab.bin.evaluate)
 EMBEDDINGS_RECORD = "embeddings.inputs.json"  # beside embeddings.npz (crab.bin.embeddings)
 LIBRARIES = ("torch", "torchaudio", "transformers", "speechbrain")
-_CODE = {}  # the package's digest, once per process
 
 
+@functools.cache
 def code_digest():
     """sha256 over the crab package's Python sources (relative path and bytes of each)."""
-    if "digest" not in _CODE:
-        root = os.path.dirname(os.path.abspath(__file__))
-        digest = hashlib.sha256()
-        for path in sorted(glob.glob(os.path.join(glob.escape(root), "**", "*.py"), recursive=True)):
-            digest.update(os.path.relpath(path, root).encode() + b"\0")
-            with open(path, "rb") as f:
-                digest.update(f.read() + b"\0")
-        _CODE["digest"] = digest.hexdigest()
-    return _CODE["digest"]
+    root = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(glob.escape(root), "**", "*.py"), recursive=True)):
+        digest.update(os.path.relpath(path, root).encode() + b"\0")
+        with open(path, "rb") as f:
+            digest.update(f.read() + b"\0")
+    return digest.hexdigest()
 
 
 def inputs(hparams, brain, cache=(None, [])):
@@ -97,18 +96,14 @@ def is_current(eval_dir, record, wanted, outputs):
     """Whether ``eval_dir/record`` equals ``wanted`` and every one of ``outputs`` (names in
     ``eval_dir``) exists; logs the decision: kept, or which inputs changed."""
     path = os.path.join(eval_dir, record)
-    try:
-        with open(path, encoding="utf-8") as f:
-            recorded = json.load(f)
-    except FileNotFoundError:
+    if not os.path.exists(path):
         return False
-    except (OSError, ValueError) as err:
-        logger.info("%s unreadable (%s): evaluating again", path, err)
+    recorded = read(eval_dir, record)
+    if recorded is None:
+        logger.info("%s unreadable: evaluating again", path)
         return False
     missing = [name for name in outputs if not os.path.isfile(os.path.join(eval_dir, name))]
-    changed = (
-        [key for key in wanted if recorded.get(key) != wanted[key]] if isinstance(recorded, dict) else ["all"]
-    )
+    changed = [key for key in wanted if recorded.get(key) != wanted[key]]
     if missing or changed:
         logger.info(
             "Evaluating %s again: %s",

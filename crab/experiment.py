@@ -29,7 +29,7 @@ from crab.runconfig import (  # noqa: F401 (the configuration helpers, imported 
     load_run,
     parse_arguments,
 )
-from crab.signals import WORKER_CONTEXT, worker_init
+from crab.signals import worker_loader_options
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +152,10 @@ def loader_options(hparams, data, train):
     item longer than that makes a batch of its own). Shuffled batches when the options
     shuffle (new ones each epoch: SpeechBrain calls ``set_epoch`` on the Brain's
     ``train_sampler``), in ascending length otherwise. Data-loading processes ignore
-    the first SIGTERM (``crab.signals.worker_init``, ``WORKER_CONTEXT``)."""
+    the first SIGTERM (``crab.signals.worker_loader_options``)."""
     opts = dict(hparams["train_dataloader_opts" if train else "eval_dataloader_opts"])
     if opts.get("num_workers"):  # a SIGTERM to the whole job is the main process's to handle
-        opts["worker_init_fn"] = worker_init(opts.get("worker_init_fn"))
-        opts["multiprocessing_context"] = WORKER_CONTEXT
+        opts.update(worker_loader_options(opts.get("worker_init_fn")))
     if not hparams.get("dynamic_batching"):  # absent from the hyperparams.yaml of older runs
         return opts
     shuffle = opts.pop("shuffle", False)

@@ -43,7 +43,7 @@ from crab.fileio import is_write_failure, replace_dir
 from crab.inference import ENCODER_DIRS, METADATA, CrabClassifier, load_weights, package_files
 from crab.metrics import METRICS
 from crab.model_card import CARD, model_card, run_name
-from crab.report import EVALUATED_CHECKPOINT, git_commit
+from crab.report import evaluated_checkpoint, git_commit
 
 logger = logging.getLogger(__name__)
 
@@ -252,8 +252,7 @@ def test_scores(output_folder, checkpoint):
     found = {}
     for eval_dir in sorted(glob.glob(os.path.join(glob.escape(output_folder), "eval_*"))):
         try:
-            with open(os.path.join(eval_dir, EVALUATED_CHECKPOINT), encoding="utf-8") as f:
-                evaluated = f.read().strip()
+            evaluated = evaluated_checkpoint(eval_dir)
             with open(os.path.join(eval_dir, "scores.json"), encoding="utf-8") as f:
                 scores = json.load(f)
         except (OSError, ValueError):

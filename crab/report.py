@@ -809,13 +809,9 @@ def current_embedding_scores(eval_dir):
         return None
     with open(path, encoding="utf-8") as f:
         scores = json.load(f)
-    record = os.path.join(eval_dir, EVALUATED_CHECKPOINT)
-    embedded = scores.get("checkpoint")
-    if embedded and os.path.isfile(record):
-        with open(record, encoding="utf-8") as f:
-            evaluated = f.read().strip()
-        if embedded != evaluated:
-            return _left_out(path, f"is of checkpoint {embedded}, the predictions beside it of {evaluated}")
+    embedded, evaluated = scores.get("checkpoint"), evaluated_checkpoint(eval_dir)
+    if embedded and evaluated and embedded != evaluated:
+        return _left_out(path, f"is of checkpoint {embedded}, the predictions beside it of {evaluated}")
     changed = evalrecord.other_inputs(eval_dir)
     if changed:
         return _left_out(
@@ -832,16 +828,24 @@ def _left_out(path, why):
     return None
 
 
+def evaluated_checkpoint(eval_dir):
+    """The checkpoint an evaluation folder's predictions are of (its ``checkpoint.txt``), or None
+    where it records none (an older release)."""
+    try:
+        with open(os.path.join(eval_dir, EVALUATED_CHECKPOINT), encoding="utf-8") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
 def check_evaluated_checkpoint(path, run_dir):
     """A ``UserError`` when the predictions ``path`` are of a checkpoint (their folder's
     ``checkpoint.txt``) that the run's ``save/`` no longer holds while it holds others: the
     run trained on after it was evaluated, and its best checkpoint replaced that one. Nothing
     to tell without the record or without checkpoints (an older evaluation, a cleaned run)."""
-    record = os.path.join(os.path.dirname(path), EVALUATED_CHECKPOINT)
-    if not os.path.isfile(record):
+    evaluated = evaluated_checkpoint(os.path.dirname(path))
+    if evaluated is None:
         return
-    with open(record, encoding="utf-8") as f:
-        evaluated = f.read().strip()
     held = [os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(run_dir), "save", "CKPT+*"))]
     if held and evaluated not in held:
         raise cli.UserError(

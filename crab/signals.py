@@ -123,3 +123,9 @@ class _SigtermHeldForkContext(multiprocessing.context.ForkContext):
 # SIGTERM from elsewhere) before it calls the init: a job's SIGTERM as the workers start (an
 # epoch's first batch) killed one, and training stopped on the loader's error, unsaved.
 WORKER_CONTEXT = _SigtermHeldForkContext()
+
+
+def worker_loader_options(user_init=None):
+    """The DataLoader options of data-loading processes that outlive a job's first SIGTERM:
+    ``worker_init`` (over ``user_init``) and ``WORKER_CONTEXT``."""
+    return {"worker_init_fn": worker_init(user_init), "multiprocessing_context": WORKER_CONTEXT}
