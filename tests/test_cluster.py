@@ -371,37 +371,52 @@ def test_on_sigterm_parallel_commands_stop_and_their_status_is_written(tmp_path)
         assert (tmp_path / f"{name}.log").read_text() == "exit status 143\n"
 
 
-# sbatch as Slurm runs a job with --signal=B:USR1@N: the job script leads a process group of
-# its own, and the warning goes to it alone, here (with WARN set) once the command has started,
-# not N seconds before a time limit.
-WARNING_SBATCH = """#!/usr/bin/env bash
+# A submitter that runs the job as the scheduler does when a warning before the time limit is
+# asked for (sbatch --signal=B:USR1@N, qsub -l s_rt=N): the job script leads a process group
+# of its own, and the warning comes, here (with WARN set) once the command has started, not N
+# seconds before the limit, to the job script alone (Slurm's B:, WARN_TO "") or to every
+# process of the job (Grid Engine, WARN_TO "-": the process group).
+WARNING_SUBMIT = """#!/usr/bin/env bash
 printf '%s\\n' "$@" > "$FAKE_SUBMIT_ARGS"
 args=("$@")
 for ((i = 0; i < ${#args[@]} - 1; i++)); do
-  [ "${args[i]}" != --output ] || out=${args[i + 1]}
-  case "${args[i]}" in --signal=B:USR1@*) warned=1 ;; esac
+  [ "${args[i]}" != "$OUTPUT_OPTION" ] || out=${args[i + 1]}
+  case "${args[i]}" in --signal=B:USR1@*|s_rt=*) warned=1 ;; esac
 done
-echo "4242;cluster1"
+echo "4242$ID_SUFFIX"
 lead='import os, sys; os.setsid(); os.execvp("bash", ["bash", sys.argv[1]])'
 "$PYTHON" -c "$lead" "${args[-1]}" > "$out" 2>&1 &
 job=$!
 echo "$job" > "$JOB_PID"
 if [ -n "${warned-}" ] && [ -n "${WARN-}" ]; then
   while [ ! -e "$STARTED" ]; do sleep 0.05; done
-  kill -USR1 "$job"
+  kill -USR1 -- "$WARN_TO$job"
 fi
 rc=0
 wait "$job" || rc=$?
 exit $rc
 """
 
+# per scheduler: to whom the warning goes; what asks for it at --time 1:00:00 (300 s before);
+# at other limits (None: no early stop): no longer than twice 300 s, longer, one it cannot read
+EARLY_STOP = {
+    "slurm": ("", "--signal=B:USR1@300", [("10", None), ("0-0:10:01", "--signal=B:USR1@300"),
+                                          ("UNLIMITED", "--signal=B:USR1@300")]),
+    "sge": ("-", "s_rt=3300", [("600", None), ("0:10:01", "s_rt=301"), ("INFINITY", None)]),
+}  # fmt: skip
+WARNING_OPTIONS = ("--signal", "s_rt")
 
-def test_slurms_warning_before_the_time_limit_stops_the_job_as_sigterm_does(tmp_path):
-    """--stop_before (default 300 s): Slurm's USR1 to the job script becomes SIGTERM to every
-    process of the job, so a recipe stage stops after its command has saved, with time to spare."""
+
+@pytest.mark.parametrize("name", sorted(EARLY_STOP))
+def test_the_schedulers_warning_before_the_time_limit_stops_the_job_as_sigterm_does(tmp_path, name):
+    """--stop_before (default 300 s): the scheduler's USR1 becomes SIGTERM to every process of
+    the job, so a recipe stage stops after its command has saved, with time to spare; where
+    Grid Engine sends USR1 to every process, none dies of it unsaved."""
+    launcher, submit, _, output_option, suffix, id_suffix = SCHEDULERS[name]
+    warn_to, asked_option, limits = EARLY_STOP[name]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    stand_in(bin_dir / "sbatch", WARNING_SBATCH)
+    stand_in(bin_dir / submit, WARNING_SUBMIT)
     stub = tmp_path / "stub.py"
     stub.write_text(STOPS_ON_TERM)
     env = dict(
@@ -409,45 +424,42 @@ def test_slurms_warning_before_the_time_limit_stops_the_job_as_sigterm_does(tmp_
         PATH=f"{bin_dir}:{os.environ['PATH']}",
         PYTHON=sys.executable,
         FAKE_SUBMIT_ARGS=str(tmp_path / "submit_args"),
+        OUTPUT_OPTION=output_option,
+        ID_SUFFIX=id_suffix,
         JOB_PID=str(tmp_path / "job_pid"),
         STARTED=str(tmp_path / "a.started"),
         WARN="1",
+        WARN_TO=warn_to,
     )
     stage = f". {shlex.quote(ROOT)}/utils/wait_on_term.sh; {sys.executable} {stub} a.x; touch next_stage"
     log = tmp_path / "job.log"
-    result = subprocess.run(
-        ["bash", SLURM, "--time", "1:00:00", str(log), "bash", "-c", stage],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def submitted(*args):
+        result = subprocess.run(
+            ["bash", launcher, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        return result, (tmp_path / "submit_args").read_text().splitlines() if result.returncode != 2 else []
+
+    result, options = submitted("--time", "1:00:00", str(log), "bash", "-c", stage)
     assert result.returncode == 143, result.stderr + log.read_text()
+    assert asked_option in options
     assert f"job 4242 failed (status 143); its output: {log}" in result.stderr
     assert (tmp_path / "a.saved").exists() and not (tmp_path / "next_stage").exists()
     with pytest.raises(ProcessLookupError):  # no process of the job outlived it
         os.killpg(int((tmp_path / "job_pid").read_text()), 0)
 
-    # a limit no longer than twice the time asked for: no early stop (it would come at once)
     env["WARN"] = ""  # what is asked for, not what comes
-    for time_limit, early in (("10", False), ("0-0:10:01", True), ("UNLIMITED", True)):
-        result = subprocess.run(
-            ["bash", SLURM, "--time", time_limit, str(log), "true"], env=env, capture_output=True, text=True
-        )
+    for time_limit, asked in limits:
+        result, options = submitted("--time", time_limit, str(log), "true")
         assert result.returncode == 0, result.stderr
-        asked = "--signal=B:USR1@300" in (tmp_path / "submit_args").read_text().splitlines()
-        assert asked == early and ("is not stopped early" not in result.stderr) == early, time_limit
+        assert (asked in options) if asked else not any(a.startswith(WARNING_OPTIONS) for a in options)
+        assert ("is not stopped early" in result.stderr) == (asked is None), time_limit
     # --stop_before 0: no warning asked for, and the job script is the command (exec)
-    result = subprocess.run(
-        ["bash", SLURM, "--stop_before", "0", str(log), "true"], env=env, capture_output=True, text=True
-    )
+    result, options = submitted("--time", "1:00:00", "--stop_before", "0", str(log), "true")
     assert result.returncode == 0, result.stderr
-    assert not any(a.startswith("--signal") for a in (tmp_path / "submit_args").read_text().splitlines())
-    assert open(f"{log}.sbatch").read().splitlines()[-1] == "exec true"
-    result = subprocess.run(
-        ["bash", SLURM, "--stop_before", "5m", str(log), "true"], env=env, capture_output=True, text=True
-    )
+    assert not any(a.startswith(WARNING_OPTIONS) for a in options)
+    assert open(f"{log}{suffix}").read().splitlines()[-1] == "exec true"
+    result, _ = submitted("--stop_before", "5m", str(log), "true")
     assert (
         result.returncode == 2
         and "--stop_before must be a whole number of seconds, not '5m'" in result.stderr

@@ -7,8 +7,11 @@
 #   write_job_script [--warned_by SIG] FILE COMMAND [ARG ...]
 #                                             bash that runs COMMAND here, its words as given;
 #                                             on SIG (the scheduler's warning before the time
-#                                             limit, to the job script alone) it sends SIGTERM
-#                                             to the job's processes
+#                                             limit) it sends SIGTERM to the job's processes
+#   early_stop STOP_BEFORE LIMIT TIME       the seconds to stop a job before its time limit
+#                                             (LIMIT seconds, given as --time TIME; LIMIT may be
+#                                             empty): STOP_BEFORE, or 0 where the limit is not
+#                                             more than twice that (it would stop at once)
 #   submit_and_wait CANCEL LOG SUBMIT ...     run SUBMIT (it prints the job id on its first
 #                                             line, then waits for the job); an interrupt
 #                                             runs CANCEL ID; exits with the job's status
@@ -21,6 +24,16 @@ check_request() {
   [[ $2 =~ ^[0-9]+$ ]] || die "--gpus must be a whole number, not '$2'"
   [ -z "$3" ] || [[ $3 =~ ^[1-9][0-9]*$ ]] || die "--cpus must be a positive whole number, not '$3'"
   command -v "$4" > /dev/null || die "$4 not found: $5's commands must be on PATH (or run without --cmd)"
+}
+
+early_stop() {
+  [[ $1 =~ ^[0-9]+$ ]] || die "--stop_before must be a whole number of seconds, not '$1'"
+  if [ "$1" -gt 0 ] && [ -n "$2" ] && [ $((2 * $1)) -ge "$2" ]; then
+    echo "$0: --stop_before $1 s is half of --time $3 or more: the job is not stopped early" >&2
+    echo 0
+  else
+    echo "$1"
+  fi
 }
 
 write_job_script() {
@@ -47,12 +60,13 @@ write_job_script() {
   } > "${file}"
 }
 
-# The job script stays (the command in the background) to hear the warning, which the
-# scheduler sends to it alone: it sends SIGTERM to its process group (the job's processes:
-# the scheduler made the script its leader; were it not, to the command alone), and they stop
-# as at the time limit, a training after saving its step. A SIGTERM from the scheduler
-# (the limit, a cancel) reaches every process itself: the script waits for the command and
-# exits with its status.
+# The job script stays (the command in the background) to hear the warning: it sends SIGTERM
+# to its process group (the job's processes: the scheduler made the script its leader; were
+# it not, to the command alone), and they stop as at the time limit, a training after saving
+# its step. Slurm sends the warning to the script alone, Grid Engine to every process of the
+# job, where it would kill them unsaved (USR1's default): the command starts with it ignored,
+# and its processes inherit that. A SIGTERM from the scheduler (the limit, a cancel) reaches
+# every process itself: the script waits for the command and exits with its status.
 _warned_job() {
   local signal=$1
   shift
@@ -66,11 +80,12 @@ _warned() {  # once: SIGTERM to the process group this script leads (else to the
 }
 trap ":" TERM  # not "" (ignored): the command would inherit that
 EOF
-  printf 'trap "_warned %s" %s\n' "${signal}" "${signal}"
+  printf 'trap "" %s  # the command inherits the warning ignored\n' "${signal}"
   printf '%q ' "$@"
   printf '&\n'
+  printf 'command_pid=$!\n'
+  printf 'trap "_warned %s" %s\n' "${signal}" "${signal}"
   cat << 'EOF'
-command_pid=$!
 status=0
 wait "${command_pid}" || status=$?  # early on a trapped signal: then again, until it has ended
 while kill -0 "${command_pid}" 2> /dev/null; do status=0; wait "${command_pid}" || status=$?; done

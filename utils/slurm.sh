@@ -38,7 +38,6 @@ while [ $# -gt 0 ]; do
   esac
 done
 check_request "$#" "${gpus}" "${cpus}" sbatch "Slurm"
-[[ ${stop_before} =~ ^[0-9]+$ ]] || die "--stop_before must be a whole number of seconds, not '${stop_before}'"
 
 seconds_of() {  # Slurm's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; nothing if not one
   local days=0 parts
@@ -52,11 +51,7 @@ seconds_of() {  # Slurm's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; noth
   local p; for p in "${parts[@]}"; do [[ ${p} =~ ^[0-9]+$ ]] || return 0; done
   echo $(( ((days * 24 + 10#${parts[0]}) * 60 + 10#${parts[1]}) * 60 + 10#${parts[2]} ))
 }
-limit=$(seconds_of "${time_limit}")
-if [ "${stop_before}" -gt 0 ] && [ -n "${limit}" ] && [ $((2 * stop_before)) -ge "${limit}" ]; then
-  echo "$0: --stop_before ${stop_before} s is half of --time ${time_limit} or more: the job is not stopped early" >&2
-  stop_before=0
-fi
+stop_before=$(early_stop "${stop_before}" "$(seconds_of "${time_limit}")" "${time_limit}") || exit
 log_file=$1
 shift
 mkdir -p "$(dirname "${log_file}")"
