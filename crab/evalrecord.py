@@ -2,9 +2,10 @@
 
 ``crab.bin.evaluate`` and ``crab.bin.embeddings`` write, in the same commit as their outputs,
 a record of their inputs (``inputs``): the checkpoint, a digest of the test manifest, where
-the audio was read from (``data_root``), the evaluation precision and device type, the encoder
-states read from a feature cache (their branches and dtype), and the code (a digest of the crab
-package's sources and the versions of the libraries that compute the model). Given
+the audio was read from (``data_root``), the precision (of the predictions: embeddings are
+extracted in float32) and the device type, the encoder states read from a feature cache
+(their branches and dtype), and the code (a digest of the crab package's sources and the
+versions of the libraries that compute the model). Given
 ``--skip_if_current`` (the recipe's stage 6, unless ``--reevaluate true``), a tool whose record
 equals what it would record now, with its outputs present, writes nothing and says so;
 otherwise it names what changed and evaluates.
@@ -115,11 +116,11 @@ def is_current(eval_dir, record, wanted, outputs):
         )
         return False
     logger.info(
-        "%s is current (checkpoint %s, the same test manifest, data_root, precision, device type, cached "
-        "states, batching where it matters and code): "
+        "%s is current (checkpoint %s, its other inputs as %s records them): "
         "kept; run without --skip_if_current (the recipe: --reevaluate true) to evaluate again",
         os.path.join(eval_dir, outputs[0]),
         wanted["checkpoint"],
+        path,
     )
     return True
 
@@ -145,10 +146,14 @@ def other_inputs(eval_dir):
     return sorted(key for key in embedded.keys() & evaluated.keys() if embedded[key] != evaluated[key])
 
 
-def projection_library():
-    """What draws the embeddings' 2-D projection (scikit-learn's PCA and t-SNE: a new release
-    may flip or move the points), for the embeddings' record."""
-    return {"scikit-learn": _version("scikit-learn")}
+def embeddings_inputs(hparams, brain, cache=(None, [])):
+    """The record of the fused embeddings of that evaluation (``crab.bin.embeddings``): its
+    inputs less the evaluation precision (embeddings are extracted in float32), plus what draws
+    their 2-D projection (scikit-learn's PCA and t-SNE: a new release may flip or move the points)."""
+    record = inputs(hparams, brain, cache)
+    del record["eval_precision"]
+    record["projection_library"] = {"scikit-learn": _version("scikit-learn")}
+    return record
 
 
 def forget(eval_dir, record):

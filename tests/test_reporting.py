@@ -621,6 +621,7 @@ def test_embeddings_command_dumps_the_fused_layer(tiny_data, tmp_path):
     assert embed("--skip_if_current")
     # the same inputs: kept (the recipe's stage 6); without its plot, or without the flag: made again
     assert not embed("--skip_if_current")
+    assert not embed("--skip_if_current", "--eval_precision=bf16")  # embeddings are float32 whatever it is
     (out / "embeddings_pca.png").unlink()
     assert embed("--skip_if_current") and embed()
     record = json.loads((out / "embeddings.inputs.json").read_text())
@@ -632,6 +633,7 @@ def test_embeddings_command_dumps_the_fused_layer(tiny_data, tmp_path):
     saved = json.loads((out / "embedding_scores.json").read_text())
     assert set(saved) >= {"silhouette", "davies_bouldin"}
     assert record["projection_library"]["scikit-learn"] == importlib.metadata.version("scikit-learn")
+    assert "eval_precision" not in record
     assert (
         saved["checkpoint"]
         == record["checkpoint"]

@@ -49,10 +49,7 @@ def main(argv=None):
     # the run's own configuration, as crab.bin.evaluate
     hparams, brain, test_set, cache = load_trained_run(rest)
     classes = list(hparams["classes"])
-    inputs = {
-        **evalrecord.inputs(hparams, brain, cache),
-        "projection_library": evalrecord.projection_library(),
-    }
+    inputs = evalrecord.embeddings_inputs(hparams, brain, cache)
     outputs = ("embeddings.npz", "embedding_scores.json", f"embeddings_{args.projection}.png")
     if args.skip_if_current and evalrecord.is_current(
         brain.eval_folder(), evalrecord.EMBEDDINGS_RECORD, inputs, outputs
