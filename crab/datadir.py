@@ -220,7 +220,14 @@ def write_data_dir(out_dir, tables):
 
     A kill leaves the old tables or a directory that ``read_data_dir`` refuses: every
     table is written to a temporary file first, and only once all are on disk are the
-    old ones replaced, while a marker file (``WRITING``) says so."""
+    old ones replaced, while a marker file (``WRITING``) says so.
+
+    An utterance id that is empty or holds whitespace, or a value that holds a line break,
+    would not read back as written (a table line is ``utt value``, one per line): a
+    ``DataPrepError`` naming the table and the utterance, before anything is written."""
+    for name, rows in tables.items():
+        if rows is not None:
+            _check_table(os.path.join(out_dir, name), rows)
     os.makedirs(out_dir, exist_ok=True)
     staged = stage(
         (os.path.join(out_dir, name), functools.partial(_write_table, rows))
@@ -234,6 +241,20 @@ def write_data_dir(out_dir, tables):
             os.remove(os.path.join(out_dir, name))
     commit(staged)  # the removals are flushed to disk with the renames
     os.remove(marker)
+
+
+def _check_table(path, rows):
+    for utt in rows:
+        if f"{utt}".split() != [f"{utt}"]:
+            raise DataPrepError(
+                f"{path}: utterance id {utt!r} is empty or holds whitespace: a Kaldi table's "
+                "first word is the id (replace the whitespace, e.g. by '_')"
+            )
+        if "\n" in f"{rows[utt]}":
+            raise DataPrepError(
+                f"{path}: the value of utterance '{utt}' holds a line break, {rows[utt]!r}: "
+                "each utterance is one line (join its lines, e.g. ' '.join(value.split()))"
+            )
 
 
 def _write_table(rows, path):

@@ -42,6 +42,25 @@ def test_writer_sorts_by_utterance_and_removes_an_absent_table(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["text", "utt2spk"]  # no temporary file, no marker
 
 
+@pytest.mark.parametrize(
+    "table, rows, message",
+    [
+        ("wav.scp", {"spk1 sad 0": "/db/a.wav"}, r"/wav.scp: utterance id 'spk1 sad 0' is empty or holds"),
+        ("utt2spk", {"": "s1"}, r"/utt2spk: utterance id '' is empty or holds whitespace"),
+        ("text", {"a": "line one,\nline two"}, r"/text: the value of utterance 'a' holds a line break"),
+    ],
+)
+def test_writer_refuses_what_would_not_read_back_and_writes_nothing(tmp_path, table, rows, message):
+    # a corpus CSV's id with spaces, or a quoted transcript over two lines, written as they
+    # are, read back at stage 3 as other utterances ('spk1' with audio 'sad 0 /db/a.wav';
+    # 'line' in text and not in wav.scp), far from their cause
+    write_data_dir(tmp_path, OLD_TABLES)
+    before = contents(tmp_path)
+    with pytest.raises(DataPrepError, match=message):
+        write_data_dir(tmp_path, {**OLD_TABLES, table: rows})
+    assert contents(tmp_path) == before
+
+
 class Interrupted(dict):
     """A table whose writing is interrupted (Ctrl-C)."""
 
