@@ -67,7 +67,8 @@ class Checkpointer(checkpoints.Checkpointer):
         meta[PROCESSES] = world_size()
         self._remove_partial()
         try:
-            staged = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
+            # SpeechBrain logs the save in the hidden folder: logged below once it has its name
+            staged = super().save_checkpoint(meta, end_of_epoch, name, logging.DEBUG)
         except (OSError, RuntimeError) as err:
             if not is_write_failure(err):
                 self._remove_partial()
@@ -85,6 +86,8 @@ class Checkpointer(checkpoints.Checkpointer):
             except OSError as err:
                 raise self._save_failed(err) from err
             fsync(path.parent)
+            kind = "end-of-epoch" if end_of_epoch else "intra-epoch"
+            logger.log(verbosity, "Saved an %s checkpoint in %s", kind, path)
             paramfiles = {key: path / file.name for key, file in staged.paramfiles.items()}
             checkpoint = checkpoints.Checkpoint(path, staged.meta, paramfiles)
         # Every process must see the renamed checkpoint before deciding (collectively)

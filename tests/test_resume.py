@@ -1,6 +1,7 @@
 """Checkpoints survive failures: kill -9 mid-epoch resumes exactly, a non-finite loss
 stops training before it reaches a checkpoint, an interrupted save leaves no checkpoint."""
 
+import logging
 import math
 import os
 import random
@@ -297,12 +298,16 @@ class _Dies:
     """A recoverable whose save fails, as a process killed in the middle of a save."""
 
 
-def test_interrupted_save_leaves_no_checkpoint(tmp_path):
+def test_interrupted_save_leaves_no_checkpoint(tmp_path, caplog):
     model = torch.nn.Linear(2, 2)
     checkpointer = Checkpointer(tmp_path, {"model": model})
-    first = checkpointer.save_checkpoint(meta={"n": 1})
+    with caplog.at_level(logging.INFO):
+        first = checkpointer.save_checkpoint(meta={"n": 1}, end_of_epoch=False)
     assert first.path.name.startswith("CKPT+") and (first.path / "model.ckpt").exists()
     assert first.paramfiles["model"] == first.path / "model.ckpt"
+    # the log names the checkpoint where it is, not the hidden folder it was written in
+    saved = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Saved")]
+    assert saved == [f"Saved an intra-epoch checkpoint in {first.path}"]
 
     def die(obj, path):
         raise KeyboardInterrupt
