@@ -288,6 +288,25 @@ def test_corpus_variable_relative_to_the_users_directory(tmp_path):
     assert empty.returncode != 0 and "EMODB is empty: set EMODB in db.sh (or export it)" in empty.stderr
 
 
+def test_a_relative_config_is_read_in_the_recipe_else_in_the_users_directory(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "conf").mkdir()
+    text_only = "modality: text\n"  # what stage 3 reads of the config, and says
+    (tmp_path / "conf" / "mine.yaml").write_text(text_only)
+    (tmp_path / "conf" / "crab_tiny.yaml").write_text(text_only)  # a namesake of the recipe's
+    run_sh = os.path.join(ROOT, "egs", "emodb", "run.sh")
+
+    def stage_3(config):
+        result = run(run_sh, "--stage", "3", "--stop_stage", "3", "--config", config, cwd=tmp_path,
+                     env={"EMODB": "corpus"})  # fmt: skip
+        return result.stderr + result.stdout
+
+    assert "modality: text" in stage_3("conf/mine.yaml")
+    assert "modality: bimodal" in stage_3("conf/crab_tiny.yaml")  # the recipe's own first
+    recipe_dir = os.path.join(ROOT, "egs", "emodb")
+    assert f"--config conf/nosuch.yaml: no such file in {recipe_dir} or {tmp_path}" in stage_3("conf/nosuch.yaml")
+
+
 def test_sweep_needs_a_setting_and_checks_names(tmp_path):
     sweep = os.path.join(ROOT, "egs", "mini", "sweep.sh")
     result = run(sweep)

@@ -39,7 +39,7 @@ stage=0                 # first stage to run
 stop_stage=100          # last stage to run
 data_dir=data           # data dirs and manifests
 exp_dir=exp             # experiments
-config=                 # hyperparameters (yaml), required unless --tuning names it
+config=                 # hyperparameters (yaml), required unless --tuning names it (a relative path: in the recipe, else where you run the command)
 tuning=                 # conf/tuning/<name>.yaml: a committed setting, its base config and overrides (before --ablation's and --train_opts)
 tag=                    # experiment name under exp_dir (default: the tuning file's name, _<ablation> added with one; else the ablation's; else the config's)
 folds=main              # space-separated fold names: data/<fold>/ for each
@@ -140,10 +140,26 @@ for required in classes data_root; do
   [ -n "${!required}" ] || { echo "$0: --${required} is required (./run.sh --help)" >&2; exit 1; }
 done
 [ -n "${config}${tuning}" ] || { echo "$0: --config or --tuning is required (./run.sh --help)" >&2; exit 1; }
+# a relative --config or --tuning is read in the recipe directory, else where the command was run
+for opt in config tuning given_config; do
+  path=${!opt}
+  if [ -n "${path}" ] && [[ ${path} != /* ]] && [ ! -e "${path}" ] && [ -e "${CRAB_USER_CWD:-${PWD}}/${path}" ]; then
+    printf -v "${opt}" '%s' "${CRAB_USER_CWD:-${PWD}}/${path}"
+  fi
+done
+no_file() {  # OPTION PATH
+  local where=""
+  if [[ $2 != /* ]]; then
+    where=" in ${PWD}"
+    [ "${CRAB_USER_CWD:-${PWD}}" = "${PWD}" ] || where=" in ${PWD} or ${CRAB_USER_CWD}"
+  fi
+  echo "$0: --$1 $2: no such file${where}" >&2
+  exit 1
+}
 if [ -n "${tuning}" ]; then
-  [ -f "${tuning}" ] || { echo "$0: --tuning ${tuning}: no such file" >&2; exit 1; }
+  [ -f "${tuning}" ] || no_file tuning "${tuning}"
 else
-  [ -f "${config}" ] || { echo "$0: --config ${config}: no such file" >&2; exit 1; }
+  [ -f "${config}" ] || no_file config "${config}"
 fi
 if [ "${text_only}" = true ] && [ -n "${asr_model}" ]; then
   echo "$0: --asr_model transcribes audio, and a --text_only true run has none" >&2; exit 1
