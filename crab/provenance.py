@@ -180,7 +180,7 @@ def check_tokenizer(run_dir, tokenizer_sha256, record=None):
         raise ProvenanceError(
             f"{os.path.join(run_dir, RUN_FILE)}: the run was trained with another tokenizer than it reads "
             f"now (sha256 {trained[:12]}... then, {tokenizer_sha256[:12]}... now; was stage 3 run again?): "
-            "train the run again, or restore the tokenizer it was trained with"
+            f"{NEW_RUN}, or restore the tokenizer it was trained with (the same stage 3 options)"
         )
 
 
