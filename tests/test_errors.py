@@ -2,6 +2,7 @@
 
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -105,6 +106,22 @@ def test_ctrl_c_ends_a_command_with_one_line_and_status_130(monkeypatch, capsys)
         main([])
     assert stop.value.code == 130  # as the shell reports a command killed by SIGINT
     assert capsys.readouterr().err == "crab-infer: interrupted\n"  # one line, no traceback
+
+
+@pytest.mark.parametrize(
+    ("argv0", "command"), [("-m", True), ("/home/me/venv/bin/crab-infer", True), ("notebook.py", False)]
+)
+def test_ctrl_c_while_a_command_loads_its_libraries_is_one_line(argv0, command):
+    """Before the command's entry point runs (its imports take seconds): python -m crab...
+    (argv[0] is "-m" while the package loads) and crab-infer say one line; a program that
+    imports crab as a library keeps Python's traceback."""
+    interrupted = f"import sys; sys.argv[0] = {argv0!r}; import crab; raise KeyboardInterrupt"
+    result = subprocess.run([sys.executable, "-c", interrupted], capture_output=True, text=True, timeout=60)
+    assert result.returncode in (130, -signal.SIGINT)  # killed by SIGINT, as Python ends on Ctrl-C
+    if command:
+        assert result.stderr.count("\n") == 1 and result.stderr.endswith(": interrupted\n"), result.stderr
+    else:
+        assert result.stderr.startswith("Traceback") and "KeyboardInterrupt" in result.stderr
 
 
 def test_sigterm_ends_a_command_after_its_clean_up_with_one_line_and_status_143(monkeypatch, capsys):

@@ -304,7 +304,8 @@ def test_a_relative_config_is_read_in_the_recipe_else_in_the_users_directory(tmp
     assert "modality: text" in stage_3("conf/mine.yaml")
     assert "modality: bimodal" in stage_3("conf/crab_tiny.yaml")  # the recipe's own first
     recipe_dir = os.path.join(ROOT, "egs", "emodb")
-    assert f"--config conf/nosuch.yaml: no such file in {recipe_dir} or {tmp_path}" in stage_3("conf/nosuch.yaml")
+    missing = stage_3("conf/nosuch.yaml")
+    assert f"--config conf/nosuch.yaml: no such file in {recipe_dir} or {tmp_path}" in missing
 
 
 def test_sweep_needs_a_setting_and_checks_names(tmp_path):

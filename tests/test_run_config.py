@@ -314,7 +314,9 @@ def test_a_run_reads_only_the_tokenizer_it_was_trained_with(data, tmp_path):
     assert_one_line_error(evaluation, f"{run}/text_source.json: the run was trained with another tokenizer")
     training = command("crab.bin.train", CONFIG, *run_options(data_copy, run), *TRAIN_OPTS)
     # how to go on, not only what is wrong
-    assert_one_line_error(training, "the run was trained with another tokenizer", "train a new run (the recipe")
+    assert_one_line_error(
+        training, "the run was trained with another tokenizer", "train a new run (the recipe"
+    )
 
 
 def test_training_resumed_on_changed_manifests_is_refused(data, tmp_path):
