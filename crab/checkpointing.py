@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 STAGING_PREFIX = ".partial-"
 TRAIN_SECONDS = "train_s"  # checkpoint meta: wall time of training up to the checkpoint
 PROCESSES = "processes"  # checkpoint meta: the processes of the run that saved it (DDP: several)
+INVOCATIONS = "invocations"  # checkpoint meta: the trainings (launches) whose work it holds
 
 
 class CheckpointSaveError(UserError, RuntimeError):
@@ -53,17 +54,22 @@ class Checkpointer(checkpoints.Checkpointer):
     trained it, the resumed ones adding to the checkpoint they loaded. The time a
     killed process spent after its last checkpoint is not counted: that work is
     redone. A run resumed from a checkpoint without ``train_s`` records none.
+    It holds ``invocations`` alike: the trainings (launches of the training command) that
+    saved a checkpoint of the run up to it, this one included.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._started = time.monotonic()
         self._seconds_before = 0.0  # in the checkpoint this process resumed from; None: unknown
+        self._invocations_before = 0  # likewise
 
     def save_checkpoint(self, meta=None, end_of_epoch=True, name=None, verbosity=logging.INFO):
         meta = {} if meta is None else dict(meta)  # no dict shared between calls
         if self._seconds_before is not None:
             meta[TRAIN_SECONDS] = round(self._seconds_before + time.monotonic() - self._started, 1)
+        if self._invocations_before is not None:
+            meta[INVOCATIONS] = self._invocations_before + 1
         meta[PROCESSES] = world_size()
         self._remove_partial()
         try:
@@ -114,6 +120,7 @@ class Checkpointer(checkpoints.Checkpointer):
     def load_checkpoint(self, checkpoint):
         super().load_checkpoint(checkpoint)
         self._seconds_before = checkpoint.meta.get(TRAIN_SECONDS)
+        self._invocations_before = checkpoint.meta.get(INVOCATIONS)
         saved = checkpoint.meta.get(PROCESSES)
         if not checkpoint.meta.get("end-of-epoch", True) and saved not in (None, world_size()):
             # each process's loader resumes at its own count of batches of its share of the data

@@ -139,15 +139,20 @@ def record_training(run_dir, wall_s, command, device="cpu", config=None, tuning=
     """Record the training wall time in ``run_dir/train_info.json``: that of its latest
     checkpoint (``crab.checkpointing.Checkpointer``: over every resume, including
     processes killed after a checkpoint), else ``wall_s`` seconds added to what an
-    earlier invocation recorded; with the commit, machine and command of this invocation, the base
+    earlier invocation recorded; the trainings that made it (``invocations``: the latest
+    checkpoint's count of them, every resume that saved one included; else one more than
+    recorded); with the commit, machine and command of this invocation, the base
     ``config`` and ``tuning`` file it was given (``ser.sh --tuning``; None: none) and the
     transcripts the run was trained on (``text_source``, ``asr_model``: the run's
     ``text_source.json``, written by training)."""
     path = os.path.join(run_dir, TRAIN_INFO)
     info = read_train_info(run_dir) or {"wall_s": 0.0, "invocations": 0}
-    checkpointed = checkpointed_training_seconds(run_dir)
-    info["wall_s"] = checkpointed if checkpointed is not None else float(info["wall_s"]) + float(wall_s)
-    info["invocations"] = int(info.get("invocations", 0)) + 1
+    latest = latest_checkpoint(run_dir)
+    meta = latest[1] if latest else {}
+    seconds = meta.get("train_s")  # crab.checkpointing.TRAIN_SECONDS, INVOCATIONS
+    info["wall_s"] = float(seconds) if seconds is not None else float(info["wall_s"]) + float(wall_s)
+    invocations = meta.get("invocations")
+    info["invocations"] = int(invocations) if invocations is not None else int(info.get("invocations", 0)) + 1
     text_source, asr_model = trained_text_source(read_run_provenance(run_dir))
     info.update(
         command=command,

@@ -92,6 +92,7 @@ def test_training_loss_goes_down_and_resume_continues(recipe):
     assert losses[EPOCHS] < losses[1]
     assert "Going into epoch 1" in first and "Going into epoch 1" not in second
     assert f"Going into epoch {EPOCHS}" in second
+    assert json.loads((run_dir / "train_info.json").read_text())["invocations"] == 2
     save = run_dir / "save"
     assert (save / "label_encoder.txt").is_file()
     weights = json.loads((save / "class_weights.json").read_text())
@@ -145,7 +146,8 @@ def test_a_training_killed_before_it_was_recorded_is_recorded_by_the_next_stage_
             tmp, "--stage", "5", "--stop_stage", "5", "--train_opts", f"--number_of_epochs={EPOCHS} {CUT}"
         )
         again = json.loads(info.read_text())
-        assert again["wall_s"] == json.loads(recorded)["wall_s"] and again["invocations"] == 1
+        # the training's own record, from its latest checkpoint: its time, and its two trainings
+        assert again["wall_s"] == json.loads(recorded)["wall_s"] and again["invocations"] == 2
         assert again["command"].endswith(
             f"--stage 5 --stop_stage 5 --train_opts '--number_of_epochs={EPOCHS} {CUT}'"
         )

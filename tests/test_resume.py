@@ -134,8 +134,9 @@ def test_kill_9_mid_epoch_then_rerun_equals_an_uninterrupted_run(data, tmp_path)
     assert log.count("epoch: ") == 3 and (killed_out / "train_log.txt").read_text() == log
     # the same checkpoints kept, with the same validation scores at full precision
     ref, res = checkpoints(tmp_path / "reference"), checkpoints(killed_out)
-    drop = lambda meta: {k: v for k, v in meta.items() if k not in ("unixtime", "train_s")}  # noqa: E731
+    drop = lambda meta: {k: v for k, v in meta.items() if k not in ("unixtime", "train_s", "invocations")}  # noqa: E731
     assert [drop(m) for m, _ in ref] == [drop(m) for m, _ in res]
+    assert (ref[-1][0]["invocations"], res[-1][0]["invocations"]) == (1, 2)  # the resume counted
     assert ref[-1][0]["end-of-epoch"] and (ref[-1][1] / "counter.ckpt").read_text() == "3"
     # and the final weights, optimizer and scheduler states and random state: bit for bit equal
     for (_, ref_path), (_, res_path) in zip(ref, res, strict=True):
@@ -358,19 +359,24 @@ def test_checkpoints_count_training_time_over_resumes(tmp_path, monkeypatch):
     run, model = tmp_path / "run", torch.nn.Linear(2, 2)
     assert record_training(str(run), 7, "run.sh")["wall_s"] == 7  # no checkpoint: the invocation's time
     first = Checkpointer(run / "save", {"model": model})  # made at 100
-    assert first.save_checkpoint(meta={"n": 1}).meta["train_s"] == 30.0  # at 130; then killed
+    first_meta = first.save_checkpoint(meta={"n": 1}).meta  # at 130; then killed
+    assert (first_meta["train_s"], first_meta["invocations"]) == (30.0, 1)
     resumed = Checkpointer(run / "save", {"model": model})  # a new process, made at 500
     assert resumed.recover_if_possible().meta["train_s"] == 30.0
-    assert resumed.save_checkpoint(meta={"n": 2}).meta["train_s"] == 50.0  # 30 + (520 - 500)
-    # the run's record takes the latest checkpoint's time, not the invocations'
-    assert record_training(str(run), 7, "run.sh")["wall_s"] == 50.0
-    # resumed from a checkpoint without the time (older code): none recorded, invocations summed
+    resumed_meta = resumed.save_checkpoint(meta={"n": 2}).meta  # 30 + (520 - 500)
+    assert (resumed_meta["train_s"], resumed_meta["invocations"]) == (50.0, 2)
+    # the run's record takes the latest checkpoint's time and count, not the invocations it saw
+    recorded = record_training(str(run), 7, "run.sh")
+    assert (recorded["wall_s"], recorded["invocations"]) == (50.0, 2)
+    # resumed from a checkpoint without them (older code): none recorded, invocations summed
     old = Checkpointer(run / "save", {"model": model})  # at 900
     latest = old.find_checkpoint()
     latest.meta.pop("train_s")
+    latest.meta.pop("invocations")
     old.load_checkpoint(latest)
-    assert "train_s" not in old.save_checkpoint(meta={"n": 3}).meta  # at 905
-    assert record_training(str(run), 7, "run.sh")["wall_s"] == 57.0
+    assert not {"train_s", "invocations"} & set(old.save_checkpoint(meta={"n": 3}).meta)  # at 905
+    recorded = record_training(str(run), 7, "run.sh")
+    assert (recorded["wall_s"], recorded["invocations"]) == (57.0, 3)
 
 
 def test_a_mid_epoch_checkpoint_resumed_by_another_number_of_processes_warns(tmp_path, monkeypatch, caplog):
