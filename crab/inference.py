@@ -177,9 +177,12 @@ def check_package_hparams(path):
         if tag not in PLAIN_TAGS:
             refuse(node, f"tag {tag}")
         if isinstance(node, yaml.ScalarNode):
-            # hyperpyyaml reads a plain '(...)' scalar as a !tuple, with yaml's unsafe Loader
-            if node.style is None and node.value.lstrip().startswith("("):
-                refuse(node, f"plain value '{node.value[:40]}' (hyperpyyaml would load it as a !tuple)")
+            # hyperpyyaml reads a plain '(...)' scalar as a !tuple, with yaml's unsafe Loader; a
+            # quoted one too: it dumps the file with ruamel.yaml before loading it, which writes a
+            # string '(...)' without its quotes
+            if node.value.lstrip().startswith("("):
+                style = "plain" if node.style is None else "quoted"
+                refuse(node, f"{style} value '{node.value[:40]}' (hyperpyyaml would load it as a !tuple)")
             return
         for item in node.value:
             if isinstance(item, tuple):

@@ -6,6 +6,8 @@ the yaml built is the one checked, whatever a savedir holds."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -35,6 +37,8 @@ VARIANTS = {
     "python_object": "evil: !!python/object:argparse.Namespace {{a: 1}}",
     # hyperpyyaml's !tuple: yaml.Loader
     "tuple": 'evil: (!!python/object/apply:os.system ["touch {marker}"])',
+    # quoted too: hyperpyyaml dumps the yaml with ruamel.yaml, without the quotes, then loads it
+    "tuple_quoted": "evil: \"(!!python/object/apply:os.system ['touch {marker}'])\"",
     "include": "evil: !include:other.yaml",
     "ref_attribute": "evil: !ref <model.load_package>",
     "pretrainer_paths": "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer\n"
@@ -208,3 +212,27 @@ def test_a_billion_laughs_yaml_is_refused_at_once(tmp_path):
     with pytest.raises(UnsafeModelError, match=f"{path}:1: a YAML anchor or alias"):
         check_package_hparams(str(path))
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "evil: \"(!!python/object/apply:os.system ['touch {marker}'])\"",
+        "evil: '(!!python/object/apply:os.system [\"touch {marker}\"])'",
+        "\"(!!python/object/apply:os.system ['touch {marker}'])\": 1",
+    ],
+    ids=["double_quoted", "single_quoted", "quoted_key"],
+)
+def test_a_quoted_tuple_is_refused(line, tmp_path):
+    # hyperpyyaml round-trips the yaml through ruamel.yaml, which writes a quoted '(...)' string
+    # plain, then loads it as a !tuple with yaml's unsafe Loader: the first load of a process
+    # (later ones quote it again) runs the command
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "hyperparams.yaml"
+    path.write_text("sample_rate: 16000\n" + line.format(marker="MARKER") + "\n")  # short: a key over
+    # 128 characters is written differently
+    with pytest.raises(UnsafeModelError, match=f"{path}:2: quoted value"):
+        check_package_hparams(str(path))
+    load = "import sys; from hyperpyyaml import load_hyperpyyaml; load_hyperpyyaml(open(sys.argv[1]).read())"
+    subprocess.run([sys.executable, "-c", load, str(path)], cwd=tmp_path, capture_output=True, timeout=120)
+    assert marker.exists()  # the test's premise: what loading it would do
