@@ -603,13 +603,13 @@ def check_outputs(job):
 
 
 def resolve_device(device, precision="fp32"):
-    """The torch device of ``device`` (``crab.inference.torch_device``); a CUDA device this
-    machine lacks (``crab.inference.cuda_problem``), or fp16 ``precision`` off CUDA, is a
+    """The torch device of ``device`` (``crab.inference.torch_device``); a device this machine
+    lacks or torch does not know (``crab.inference.device_problem``), or fp16 ``precision`` off CUDA, is a
     ``UsageError``."""
-    from crab.inference import cuda_problem, torch_device  # torch, once a model is to be loaded
+    from crab.inference import device_problem, torch_device  # torch, once a model is to be loaded
 
     device = torch_device(device)
-    problem = cuda_problem(device)
+    problem = device_problem(device)
     if problem:
         raise UsageError(f"--device {device}: {problem} (use --device cpu or auto)")
     if precision == "fp16" and not device.startswith("cuda"):

@@ -342,6 +342,21 @@ def cuda_problem(device):
     return None
 
 
+def device_problem(device):
+    """Why the torch device ``device`` cannot be used here, or None: a CUDA device that is not
+    there (``cuda_problem``), or a name torch does not know or this torch cannot use (``gpu``,
+    ``mps`` without Metal)."""
+    device = str(device)
+    if device.startswith("cuda"):
+        return cuda_problem(device)
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        return f"not a device this torch can use ({first})"
+    return None
+
+
 def resolve_run_opts(run_opts):
     """``run_opts`` (a dict or SpeechBrain's ``RunOptions``, or None) with its ``device`` as
     torch names it (``torch_device``): SpeechBrain knows no ``auto`` and warns on ``cuda``
@@ -351,7 +366,7 @@ def resolve_run_opts(run_opts):
     if device is None:
         return run_opts
     resolved = torch_device(device)
-    problem = cuda_problem(resolved)
+    problem = device_problem(resolved)
     if problem:
         raise DeviceError(
             f"run_opts device {device!r}: {problem}: use 'cpu', or 'auto' (a GPU when there is one)"

@@ -640,6 +640,19 @@ def test_a_cuda_device_without_a_gpu_is_a_clear_error(trained, monkeypatch):
         resolve_device("cuda:1")
 
 
+@pytest.mark.parametrize("device", ["gpu", "cpu:x"])
+def test_a_device_name_torch_cannot_use_is_a_clear_error(device):
+    # before: crab-infer said "--model DIR cannot be loaded: RuntimeError: Expected one of cpu, ..."
+    from crab.batch_inference import UsageError, resolve_device
+    from crab.inference import DeviceError, resolve_run_opts
+
+    with pytest.raises(UsageError, match=f"^--device {re.escape(device)}: not a device this torch can use"):
+        resolve_device(device)
+    with pytest.raises(DeviceError, match=f"run_opts device '{re.escape(device)}': not a device"):
+        resolve_run_opts({"device": device})
+    assert resolve_device("cpu") == "cpu"
+
+
 def test_foreign_class_and_run_options_take_the_same_device_names(trained, monkeypatch):
     """``foreign_class`` builds CrabClassifier without ``from_hparams``, and SpeechBrain's
     ``RunOptions`` is no dict: both take ``auto`` and refuse a missing GPU as ``from_hparams``
