@@ -252,8 +252,8 @@ def check_package_files(model_dir):
     A package whose hyperparams.yaml crab.bin.package wrote needs its metadata.json; one put
     together by hand, without it, loads with a warning that its files are unchecked. A
     package made before the record (no ``files`` in metadata.json) needs ``NEEDED_FILES``.
-    Otherwise every recorded file must be there with its size and, but for the weights
-    (GBs for a real model, read whole by ``torch.load`` anyway), its sha256; and the
+    Otherwise every recorded file must be there with its size and its sha256 (the weights
+    too: a changed byte loads, and predicts otherwise; about 2 s for a paper-size model); and the
     encoder folders, which transformers reads whole, may hold no other file. Raises
     ``ModelFileError`` naming the file.
     """
@@ -277,7 +277,7 @@ def check_package_files(model_dir):
                 f"{path} has {size} bytes, but the package was made with {expected['size']} "
                 f"({METADATA}): the file is truncated or changed"
             )
-        if name != WEIGHTS and file_sha256(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             raise ModelFileError(
                 f"{path} is not the file the package was made with (its sha256 differs from "
                 f"{METADATA}'s): the file is damaged or changed"

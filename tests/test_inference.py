@@ -295,6 +295,14 @@ def truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def flip_bytes(path):
+    """Four bytes in the middle of ``path`` changed, its size kept (a weight file still loads)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4] = bytes(b ^ 0xFF for b in data[middle : middle + 4])
+    path.write_bytes(bytes(data))
+
+
 def refused(model, error, message):
     """``from_hparams`` and crab-infer both refuse ``model`` with one line matching ``message``."""
     with pytest.raises(error, match=message) as err:
@@ -317,6 +325,10 @@ DAMAGES = {
     "truncated_weights": (
         lambda m: truncate(m / "model.ckpt"),
         r"model.ckpt has \d+ bytes, but the package was made with \d+",
+    ),
+    "changed_weights": (
+        lambda m: flip_bytes(m / "model.ckpt"),
+        "model.ckpt is not the file the package was made with",
     ),
     "changed_config": (
         lambda m: (m / "speech_encoder" / "config.json").write_text(
