@@ -342,6 +342,17 @@ def test_sweep_refuses_bad_alphas_and_repeated_settings_before_training(tmp_path
     assert not (tmp_path / "exp").exists()  # nothing trained
 
 
+def test_sweep_refuses_an_alpha_in_train_opts_with_alphas(tmp_path):
+    """Each alpha setting's --alpha comes after --train_opts: an --alpha there would train none of
+    them, yet the alpha table's title would name it."""
+    sweep = os.path.join(ROOT, "egs", "mini", "sweep.sh")
+    exp = tmp_path / "exp"
+    result = run(sweep, "--alphas", "0.5 2", "--train_opts", "--lr=0.01 --alpha=3", "--exp_dir", str(exp),
+                 "--stage", "7")  # fmt: skip
+    assert result.returncode == 1 and "--train_opts gives --alpha=3, and --alphas sets alpha" in result.stderr
+    assert not exp.exists()  # nothing trained
+
+
 @pytest.mark.parametrize("name", ["ce_only", "alpha0.5"])
 def test_sweep_refuses_a_tuning_file_named_as_an_alpha_setting(tmp_path, name):
     """The alpha sweep's experiments are exp/ce_only/ and exp/alpha<a>/: a tuning file of that

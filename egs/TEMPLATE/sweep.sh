@@ -90,7 +90,11 @@ if [ -z "${ablation_table}" ]; then
   ablation_table=conf/ablations.txt
   [ -f "${ablation_table}" ] || ablation_table=$(dirname "$(readlink -f "$0")")/conf/ablations.txt
 fi
-python -m crab.report overrides --opts="${train_opts}" > /dev/null  # bad --train_opts stop here
+given_opts=$(python -m crab.report overrides --opts="${train_opts}")  # bad --train_opts stop here
+if [ -n "${alphas}" ] && grep -q '^--alpha=' <<< "${given_opts}"; then  # each alpha setting's own
+  echo "$0: --train_opts gives $(grep '^--alpha=' <<< "${given_opts}" | tail -n 1), and --alphas sets alpha per setting: it would apply to none of them (each setting's --alpha wins) while the tables' titles name it; leave --alpha out of --train_opts" >&2
+  exit 1
+fi
 for name in ${ablations} ${alphas:+ce_only}; do  # unknown names, and --train_opts undoing one, stop here
   python -m crab.report overrides --table "${ablation_table}" --ablation "${name}" \
     --opts="${train_opts}" --keep_ablation > /dev/null
