@@ -1198,6 +1198,9 @@ def main(argv=None):
     done = commands.add_parser("check_trained", help="an error naming the runs whose training stopped early")
     done.add_argument("--stage", required=True, help="the recipe stage that needs them finished")
     done.add_argument("run_dirs", nargs="*", help="exp/<tag>/<fold>/seed<seed>")
+    agree = commands.add_parser("check_agree", help="an error naming an option that contradicts a run")
+    agree.add_argument("--overrides", default="", help="--key=value words, one per line")
+    agree.add_argument("run_dirs", nargs="*", help="exp/<tag>/<fold>/seed<seed>")
     emb = commands.add_parser("embeddings", help="print the embeddings.npz of a summary's first run")
     emb.add_argument("summary", help="exp/<tag>/results_<test>[...].json")
     args = parser.parse_args(argv)
@@ -1230,6 +1233,10 @@ def main(argv=None):
         print("\n".join(test_sets(args.experiment, args.since)))
     elif args.command == "check_trained":
         check_trained(args.run_dirs, args.stage)
+    elif args.command == "check_agree":
+        from crab.runconfig import check_runs_agree
+
+        check_runs_agree(args.run_dirs, args.overrides.splitlines())
     elif args.command == "embeddings":
         print(summary_embeddings(args.summary) or "")
     elif args.command == "add_results":

@@ -470,6 +470,19 @@ def check_against_run(run_file, text, overrides, stage_keys):
         raise ConfigError(f"--{key}={raw} contradicts the run's {key}: {show(saved[key])} ({run_file})")
 
 
+def check_runs_agree(run_dirs, overrides):
+    """A ``ConfigError`` for the first of ``overrides`` (``--key=value`` words: the recipe's
+    ``--train_opts``, tuning file and ablation) outside ``STAGE_KEYS`` that contradicts a run of
+    ``run_dirs`` (its own ``hyperparams.yaml``): stage 7 scores the runs as they were trained,
+    and its tables' titles name what was given."""
+    _, _, text = parse_arguments([RUN_HPARAMS, *overrides])
+    text = last_value_wins(text)
+    for folder in run_dirs:
+        run_file = os.path.join(folder, RUN_HPARAMS)
+        if os.path.isfile(run_file):
+            check_against_run(run_file, run_text(run_file, folder), text, STAGE_KEYS)
+
+
 # Keys a resumed training may give another value than the run started with: where
 # things are now, how much memory a step takes, and how often checkpoints are written;
 # nothing of what is trained.

@@ -173,6 +173,14 @@ def test_later_stages_use_the_runs_own_configuration(recipe):
     assert refused.returncode != 0 and "Traceback" not in output
     assert "max_duration" in output and "12.0" in output and "1.0" in output
     assert (run_dir / "eval_test" / "predictions.csv").read_text() == repeated
+    # nor does stage 7 score the runs under a title naming settings they were not trained with
+    results = tmp / "exp" / "crab_tiny" / "results_test.md"
+    table = results.read_text()
+    refused = run_recipe(tmp, "--stage", "7", "--train_opts", "--max_duration=12.0", check=False)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "Traceback" not in output
+    assert "--max_duration=12.0 contradicts the run's max_duration: 1.0" in output
+    assert results.read_text() == table
 
 
 def test_results_record_the_command_as_typed(recipe):

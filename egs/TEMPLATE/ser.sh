@@ -439,14 +439,14 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
 fi
 
 if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
+  runs=()
+  for fold in ${folds}; do for seed in ${seeds}; do runs+=("${exp_dir}/${tag}/${fold}/seed${seed}"); done; done
+  # an option given again must agree with the runs, as at stages 6 and 8: a table names them
+  python -m crab.report check_agree --overrides="${overrides_text}" "${runs[@]}"
   for test_set in ${test_sets}; do
     log "Stage 7: results of ${tag} on ${test_set} over folds (${folds}) and seeds (${seeds})"
     preds=()
-    for fold in ${folds}; do
-      for seed in ${seeds}; do
-        preds+=("${exp_dir}/${tag}/${fold}/seed${seed}/eval_${test_set}/predictions.csv")
-      done
-    done
+    for run in "${runs[@]}"; do preds+=("${run}/eval_${test_set}/predictions.csv"); done
     # a subset of the runs evaluated on the test set is named by its folds and seeds: it
     # never replaces the table of them all
     results=${exp_dir}/${tag}/$(python -m crab.report results_name --test_set "${test_set}" "${preds[@]}")
