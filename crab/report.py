@@ -1199,7 +1199,7 @@ def main(argv=None):
     done.add_argument("--stage", required=True, help="the recipe stage that needs them finished")
     done.add_argument("run_dirs", nargs="*", help="exp/<tag>/<fold>/seed<seed>")
     agree = commands.add_parser("check_agree", help="an error naming an option that contradicts a run")
-    agree.add_argument("--overrides", default="", help="--key=value words, one per line")
+    agree.add_argument("--opts", default="", help="ser.sh --train_opts")
     agree.add_argument("run_dirs", nargs="*", help="exp/<tag>/<fold>/seed<seed>")
     emb = commands.add_parser("embeddings", help="print the embeddings.npz of a summary's first run")
     emb.add_argument("summary", help="exp/<tag>/results_<test>[...].json")
@@ -1236,7 +1236,11 @@ def main(argv=None):
     elif args.command == "check_agree":
         from crab.runconfig import check_runs_agree
 
-        check_runs_agree(args.run_dirs, args.overrides.splitlines())
+        try:
+            words = split_overrides(args.opts)
+        except ValueError as err:
+            sys.exit(f"ERROR: {err}")
+        check_runs_agree(args.run_dirs, words)
     elif args.command == "embeddings":
         print(summary_embeddings(args.summary) or "")
     elif args.command == "add_results":

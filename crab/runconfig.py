@@ -472,9 +472,10 @@ def check_against_run(run_file, text, overrides, stage_keys):
 
 def check_runs_agree(run_dirs, overrides):
     """A ``ConfigError`` for the first of ``overrides`` (``--key=value`` words: the recipe's
-    ``--train_opts``, tuning file and ablation) outside ``STAGE_KEYS`` that contradicts a run of
-    ``run_dirs`` (its own ``hyperparams.yaml``): stage 7 scores the runs as they were trained,
-    and its tables' titles name what was given."""
+    ``--train_opts``) outside ``STAGE_KEYS`` that contradicts a run of ``run_dirs`` (its own
+    ``hyperparams.yaml``): stage 7 scores the runs as they were trained, and its tables' titles
+    name what was given. A tuning file's or an ablation's own values are not given again: a run
+    may have been trained with them overridden (a local copy of the hub's encoder)."""
     _, _, text = parse_arguments([RUN_HPARAMS, *overrides])
     text = last_value_wins(text)
     for folder in run_dirs:
