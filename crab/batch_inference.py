@@ -603,9 +603,9 @@ def check_outputs(job):
 
 
 def resolve_device(device, precision="fp32"):
-    """The torch device of ``device`` (``crab.inference.torch_device``); a device this machine
-    lacks or torch does not know (``crab.inference.device_problem``), or fp16 ``precision`` off CUDA, is a
-    ``UsageError``."""
+    """The torch device of ``device`` (``crab.inference.torch_device``); a device that is not
+    there or that torch does not know (``crab.inference.device_problem``), or fp16 ``precision``
+    off CUDA, is a ``UsageError``."""
     from crab.inference import device_problem, torch_device  # torch, once a model is to be loaded
 
     device = torch_device(device)

@@ -442,7 +442,7 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
   runs=()
   for fold in ${folds}; do for seed in ${seeds}; do runs+=("${exp_dir}/${tag}/${fold}/seed${seed}"); done; done
   # --train_opts given again must agree with the runs, as at stages 6 and 8: a table names them
-  python -m crab.report check_agree --opts="${train_opts}" "${runs[@]}"
+  [ -z "${train_opts}" ] || python -m crab.report check_agree --opts="${train_opts}" "${runs[@]}"
   for test_set in ${test_sets}; do
     log "Stage 7: results of ${tag} on ${test_set} over folds (${folds}) and seeds (${seeds})"
     preds=()
