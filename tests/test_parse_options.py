@@ -154,3 +154,24 @@ def test_help_prints_usage(run):
 def test_environment_variable_is_not_an_option(run):
     proc, _, _ = run("--CRAB_TEST_UNDECLARED", "x", env={"CRAB_TEST_UNDECLARED": "1"})
     assert proc.returncode != 0
+
+
+@pytest.mark.parametrize("args", [["--config", "--stop_stage", "4"], ["--train_opts", "--stop-stage", "4"]])
+def test_an_option_for_a_value_is_an_error(run, args):
+    """A forgotten value would take the next option's name ('--config --stop_stage 4': a
+    config file named --stop_stage, and 4 left as an argument)."""
+    proc, values, _ = run(*args)
+    assert proc.returncode != 0
+    assert f"option {args[0]} needs a value: it is followed by the option {args[1]}" in proc.stderr
+    assert "reached" not in values
+
+
+@pytest.mark.parametrize(
+    "args", [["--train_opts", "--alpha=2"], ["--train_opts", "--debug"], ["--config=--stage"]]
+)
+def test_a_value_like_an_option_is_kept(run, args):
+    """Overrides begin with --; a value that names no option, or is given with '=', is a value."""
+    proc, values, _ = run(*args)
+    assert proc.returncode == 0, proc.stderr
+    name, _, value = "=".join(args).partition("=")
+    assert values[name[2:]] == value

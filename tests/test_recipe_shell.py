@@ -331,6 +331,10 @@ def test_sweep_needs_a_setting_and_checks_names(tmp_path):
         (("--alphas", "-1"), "--alphas: '-1' is not a number"),
         (("--alphas", "1 0.5 1.0"), "--alphas gives alpha 1 twice"),
         (("--ablations", "ce_only mlcs ce_only"), "--ablations names ce_only twice"),
+        (
+            ("--alphas", "0.5", "--exp_dir", "--stage"),
+            "option --exp_dir needs a value: it is followed by the option --stage",
+        ),
     ],
 )
 def test_sweep_refuses_bad_alphas_and_repeated_settings_before_training(tmp_path, given, message):

@@ -39,12 +39,15 @@ while [ $# -gt 0 ]; do
       sed -n '2,/^set -euo/{/^#/!d;s/^# \{0,1\}//;p}' "$(readlink -f "$0")"
       sed -n '/^# ---- options/,/^# ---- end/{/^# ----/d;s/^/  --/;p}' "$(readlink -f "$0")"
       echo "run.sh options: ./run.sh --help"; exit 0 ;;
-    --*=*) name=${1%%=*}; value=${1#*=}; shift ;;
+    --*=*) name=${1%%=*}; value=${1#*=}; spaced=; shift ;;
     --*) [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 1; }
-         name=$1; value=$2; shift 2 ;;
+         name=$1; value=$2; spaced=1; shift 2 ;;
     *) echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 1 ;;
   esac
   name=${name#--}; name=${name//-/_}
+  if [ -n "${spaced}" ] && [ "${name}" != train_opts ] && [[ ${own} == *" ${name} "* && ${value} =~ ^--[A-Za-z_][A-Za-z0-9_-]*$ ]]; then
+    echo "$0: option --${name} needs a value: it is followed by the option ${value}" >&2; exit 1
+  fi
   if [[ ${own} == *" ${name} "* ]]; then printf -v "${name}" '%s' "${value}"; else forward+=("--${name}" "${value}"); fi
 done
 . utils/check_options.sh
