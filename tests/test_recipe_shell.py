@@ -357,15 +357,17 @@ def test_sweep_refuses_an_alpha_in_train_opts_with_alphas(tmp_path):
     assert not exp.exists()  # nothing trained
 
 
-@pytest.mark.parametrize("name", ["ce_only", "alpha0.5"])
-def test_sweep_refuses_a_tuning_file_named_as_an_alpha_setting(tmp_path, name):
-    """The alpha sweep's experiments are exp/ce_only/ and exp/alpha<a>/: a tuning file of that
-    name would train into the same folder."""
+@pytest.mark.parametrize(
+    "name, alphas", [("ce_only", "0.5"), ("alpha0.5", "0.5"), ("alpha0.5", ".50"), ("alpha2", "2.0")]
+)
+def test_sweep_refuses_a_tuning_file_named_as_an_alpha_setting(tmp_path, name, alphas):
+    """The alpha sweep's experiments are exp/ce_only/ and exp/alpha<a>/, <a> written one way
+    (2.0 is alpha2): a tuning file of that name would train into the same folder."""
     tuning = tmp_path / f"{name}.yaml"
     tuning.write_text("config: conf/crab_tiny.yaml\noverrides:\n  hidden_dim: 8\n")
     sweep = os.path.join(ROOT, "egs", "mini", "sweep.sh")
     exp = tmp_path / "exp"
-    result = run(sweep, "--alphas", "0.5", "--tunings", str(tuning), "--exp_dir", str(exp), "--stage", "7")
+    result = run(sweep, "--alphas", alphas, "--tunings", str(tuning), "--exp_dir", str(exp), "--stage", "7")
     assert result.returncode == 1 and f"two settings are named {name} (exp/{name}/)" in result.stderr
     assert not exp.exists()
 

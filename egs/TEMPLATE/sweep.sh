@@ -82,10 +82,12 @@ for a in ${alphas}; do
   if ! [[ ${a} =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]]; then
     echo "$0: --alphas: '${a}' is not a number of the form 0.5 or 2 (alpha >= 0)" >&2; exit 1
   fi
-  value=$(awk -v a="${a}" 'BEGIN { print a + 0 }')
+  # written one way (2.0, 2 and 02 are 2; .50 is 0.5): one experiment exp/alpha<a>/ whichever is given
+  value=$(sed -E 's/^0+([0-9])/\1/; s/^\./0./; /\./s/0+$//; s/\.$//' <<< "${a}")
   [[ ${seen} != *" ${value} "* ]] || { echo "$0: --alphas gives alpha ${value} twice (${alphas})" >&2; exit 1; }
   seen+="${value} "
 done
+alphas=${seen# }; alphas=${alphas% }
 . ./path.sh
 . utils/log.sh
 log "${CRAB_COMMAND}"
