@@ -85,6 +85,13 @@ def _model_inputs(batch, device):
     return wavs, wav_lens, batch.text, cached_states(batch, state_lens)
 
 
+def _rows_to_keep(batch_size, seen, max_utterances):
+    """How many rows of a batch the training-set statistics take: all of them, or those
+    up to ``max_utterances`` utterances in all (``seen`` already taken), not the whole
+    batch that holds the last one."""
+    return batch_size if not max_utterances else max(0, min(batch_size, max_utterances - seen))
+
+
 class NonFiniteLossError(FloatingPointError):
     """A training loss is NaN or infinite."""
 
@@ -263,9 +270,11 @@ class CrabBrain(sb.Brain):
         model.eval()
         for batch in loader:
             states = model.encoder_states(*_model_inputs(batch, self.device))
+            keep = _rows_to_keep(len(batch.id), seen, max_utterances)
             for branch, norm in norms.items():
-                norm.accumulate(model.encoders[branch].readout(*states[branch]), states[branch][1])
-            seen += len(batch.id)
+                hidden, mask = states[branch]
+                norm.accumulate(model.encoders[branch].readout(hidden, mask)[:keep], mask[:keep])
+            seen += keep
             if max_utterances and seen >= max_utterances:
                 break
         for norm in norms.values():
@@ -284,9 +293,10 @@ class CrabBrain(sb.Brain):
                     "a feature cache holds encoder states only"
                 )
             wavs, wav_lens = batch.sig
+            keep = _rows_to_keep(len(batch.id), seen, max_utterances)
             lengths = relative_to_absolute(wav_lens, wavs.shape[1])
-            norm.accumulate(wavs, lengths_to_mask(lengths, wavs.shape[1]))
-            seen += len(batch.id)
+            norm.accumulate(wavs[:keep], lengths_to_mask(lengths, wavs.shape[1])[:keep])
+            seen += keep
             if max_utterances and seen >= max_utterances:
                 break
         norm.finish()

@@ -249,6 +249,40 @@ def test_global_waveform_statistics_are_the_training_sets(data, tmp_path):
     assert default.waveform_normalization == "none" and default.waveform_norm is None
 
 
+@pytest.mark.parametrize("sample", [1, 2, 3])
+def test_global_waveform_statistics_use_exactly_state_norm_utterances(data, tmp_path, sample):
+    """``state_norm_utterances: k`` fits the statistics on the first k training utterances,
+    not on every utterance of the batches that hold them (batches of 4 here)."""
+    brain, hparams, encoder = brain_for(REFERENCE, data, tmp_path, f"--state_norm_utterances={sample}")
+    train_set = dataset(hparams, hparams["train_manifest"], encoder)
+    brain.fit_state_normalization(
+        train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"]
+    )
+    samples = np.concatenate([train_set[i]["sig"].numpy() for i in range(sample)]).astype(np.float64)
+    norm = hparams["model"].speech_encoder.waveform_norm
+    assert float(norm.mean) == pytest.approx(samples.mean(), rel=1e-5, abs=1e-8)
+    assert float(norm.std) == pytest.approx(samples.std(), rel=1e-5)
+
+
+def test_encoder_state_statistics_use_exactly_state_norm_utterances(data, tmp_path):
+    """The same for ``normalize_encoder_states``: the text encoder's statistics come from the
+    first 2 training transcripts' tokens, not the batch of 4 that holds them."""
+    brain, hparams, encoder = brain_for(
+        DEFAULT, data, tmp_path, "--normalize_encoder_states=true", "--state_norm_utterances=2"
+    )
+    train_set = dataset(hparams, hparams["train_manifest"], encoder)
+    brain.fit_state_normalization(
+        train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"]
+    )
+    model = hparams["model"].eval()
+    with torch.no_grad():
+        frames = torch.cat(
+            [model.text_encoder.states([train_set[i]["text"]])[0][0] for i in range(2)]
+        ).double()  # (tokens, layers, dim), every token real: one transcript per batch
+    norm = model.text_encoder.state_norm
+    torch.testing.assert_close(norm.mean.double(), frames.mean(dim=0), rtol=1e-4, atol=1e-5)
+
+
 def test_global_waveform_normalization_needs_its_statistics(data, tmp_path):
     hparams, _, _ = load(DEFAULT, data, tmp_path, "--waveform_normalization=global")
     with pytest.raises(RuntimeError, match="no statistics yet"):
