@@ -323,6 +323,25 @@ def test_sweep_needs_a_setting_and_checks_names(tmp_path):
     assert result.returncode == 1 and "the settings would share the GPUs; give --cmd" in result.stderr
 
 
+def test_sweep_by_a_relative_path_prints_its_help_and_finds_the_templates_table(tmp_path):
+    # from the repository root, as egs/mini/run.sh is run: sweep.sh enters the recipe first
+    result = run(os.path.join("egs", "mini", "sweep.sh"), "--help", cwd=ROOT)
+    assert result.returncode == 0 and "--alphas" in result.stdout, result.stderr
+    result = run(
+        os.path.join("egs", "mini", "sweep.sh"),
+        "--ablations",
+        "no_such_ablation",
+        "--exp_dir",
+        str(tmp_path),
+        cwd=ROOT,
+    )
+    table = os.path.join(ROOT, "egs", "TEMPLATE", "conf", "ablations.txt")
+    assert (
+        result.returncode != 0
+        and f"no ablation 'no_such_ablation' in {table}" in result.stdout + result.stderr
+    )
+
+
 @pytest.mark.parametrize(
     "given, message",
     [

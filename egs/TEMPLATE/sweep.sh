@@ -30,14 +30,15 @@ stop_stage=7        # last stage of each run (the tables need 7)
 settings_nj=1       # settings at once (see above)
 # ---- end of options ----
 
+self=$(readlink -f "$0")  # before enter_recipe.sh changes into the recipe: $0 may be relative
 . "$(dirname "$0")/utils/enter_recipe.sh"
 own=" ablations alphas tunings ablation_table train_opts exp_dir stage stop_stage settings_nj "
 forward=()  # run.sh options: each takes a value
 while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h)
-      sed -n '2,/^set -euo/{/^#/!d;s/^# \{0,1\}//;p}' "$(readlink -f "$0")"
-      sed -n '/^# ---- options/,/^# ---- end/{/^# ----/d;s/^/  --/;p}' "$(readlink -f "$0")"
+      sed -n '2,/^set -euo/{/^#/!d;s/^# \{0,1\}//;p}' "${self}"
+      sed -n '/^# ---- options/,/^# ---- end/{/^# ----/d;s/^/  --/;p}' "${self}"
       echo "run.sh options: ./run.sh --help"; exit 0 ;;
     --*=*) name=${1%%=*}; value=${1#*=}; spaced=; shift ;;
     --*) [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 1; }
@@ -93,7 +94,7 @@ alphas=${seen# }; alphas=${alphas% }
 log "${CRAB_COMMAND}"
 if [ -z "${ablation_table}" ]; then
   ablation_table=conf/ablations.txt
-  [ -f "${ablation_table}" ] || ablation_table=$(dirname "$(readlink -f "$0")")/conf/ablations.txt
+  [ -f "${ablation_table}" ] || ablation_table=$(dirname "${self}")/conf/ablations.txt
 fi
 given_opts=$(python -m crab.report overrides --opts="${train_opts}")  # bad --train_opts stop here
 if [ -n "${alphas}" ] && grep -q '^--alpha=' <<< "${given_opts}"; then  # each alpha setting's own
