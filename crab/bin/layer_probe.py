@@ -1,7 +1,7 @@
 """Which encoder layer to read: a linear probe per layer on cached states.
 
     python -m crab.bin.layer_probe --cache DIR --branch speech \\
-        --fold data/fold1 [--fold data/fold2 ...] [--classes a,b,c]
+        --fold data/fold1 [--fold data/fold2 ...]
 
 For every fold (a directory with ``train.json`` and ``valid.json``), fits a
 class-balanced logistic regression on each layer's mean-pooled, standardized
