@@ -259,6 +259,20 @@ def test_backslashes_are_logged_as_typed(tmp_path):
     assert first.endswith(f"--stage 6 --tag 'C:\\new\\corpus' {folders}")
 
 
+@pytest.mark.parametrize("locale", ["C", "C.UTF-8"])
+def test_a_non_ascii_path_is_logged_readable_in_any_locale(locale):
+    # in the C locale ${word@Q} wrote ü as $'\\303\\274' (a docker shell, cron)
+    words = ["/home/jürgen/My Projects/crab/run.sh", "it's", "tab\there"]
+    script = '. utils/log.sh; quote_words "$@"'
+    env = {**os.environ, "LC_ALL": locale}
+    line = subprocess.run(
+        ["bash", "-c", script, "bash", *words], capture_output=True, text=True, cwd=ROOT, env=env
+    ).stdout
+    assert line.startswith("'/home/jürgen/My Projects/crab/run.sh' 'it'\\''s' $'tab\\there'"), line
+    pasted = subprocess.run(["bash", "-c", f'printf "%s\\n" {line}'], capture_output=True, text=True, env=env)
+    assert pasted.stdout.splitlines() == words
+
+
 def test_stage_3_names_the_fold_of_each_count_table(tmp_path):
     for fold, split in [(f, s) for f in ("main", "other") for s in ("train", "valid", "test")]:
         data = tmp_path / "data" / fold / split  # text only: no audio needed

@@ -9,7 +9,11 @@ log() {
 quote_words() {  # "$@" as one line to paste back into a shell: words quoted where they need it
   local word line=
   for word in "$@"; do
-    [[ ${word} =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]] || word=${word@Q}
+    if [[ ${word} =~ [[:cntrl:]] ]]; then
+      word=${word@Q}  # $'...'; not for the rest: in a non-UTF-8 locale (C) it writes ü as $'\303\274'
+    elif ! [[ ${word} =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then
+      word="'${word//\'/\'\\\'\'}'"
+    fi
     line+=" ${word}"
   done
   echo "${line# }"
