@@ -273,6 +273,19 @@ def test_a_non_ascii_path_is_logged_readable_in_any_locale(locale):
     assert pasted.stdout.splitlines() == words
 
 
+def test_a_mistyped_fold_names_the_folds_of_a_data_dir_with_spaces(tmp_path):
+    data = tmp_path / "My data"
+    (data / "main").mkdir(parents=True)
+    (data / "main" / "test.json").write_text("{}")
+    result = run(
+        os.path.join(ROOT, "egs", "mini", "run.sh"),
+        *("--stage", "6", "--folds", "mian", "--data_root", str(tmp_path), "--data_dir", str(data)),
+        *("--exp_dir", str(tmp_path / "exp")),
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    assert f"no fold mian in {data}; the folds with manifests there: main (--folds" in result.stdout
+
+
 def test_stage_3_names_the_fold_of_each_count_table(tmp_path):
     for fold, split in [(f, s) for f in ("main", "other") for s in ("train", "valid", "test")]:
         data = tmp_path / "data" / fold / split  # text only: no audio needed

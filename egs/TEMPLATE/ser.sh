@@ -280,7 +280,7 @@ need_manifests() {  # stage $1 reads the manifests of stage 3 of the splits $2..
     if [ ! -d "${data_dir}/${fold}" ]; then  # a fold name mistyped, when other folds are there
       local made
       made=$(find "${data_dir}" -mindepth 2 -maxdepth 2 -name "*.json" -printf '%h\n' 2>/dev/null \
-        | xargs -r -n 1 basename | sort -u | tr '\n' ' ' || true)
+        | xargs -r -d '\n' -n 1 basename | sort -u | tr '\n' ' ' || true)
       if [ -n "${made}" ]; then
         log "Error: no fold ${fold} in ${data_dir}; the folds with manifests there: ${made% } (--folds names them)"
         exit 1
