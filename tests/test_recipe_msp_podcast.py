@@ -312,6 +312,21 @@ def test_expected_counts_file(corpus, tmp_path):
     assert "counts.txt:1: expected '<split> <class|total> <count>'" in result.stderr
 
 
+def test_data_opts_are_shell_words_a_path_with_spaces_quoted(corpus, tmp_path):
+    # the README's --data_opts "--expected_counts $PWD/my_counts.txt", $PWD holding a space
+    counts = tmp_path / "My Projects" / "my counts.txt"
+    counts.parent.mkdir()
+    counts.write_text("train total 17\n")
+    result = subprocess.run(
+        ["bash", os.path.join(RECIPE, "run.sh"), "--stage", "1", "--stop_stage", "1"]
+        + ["--data_dir", str(tmp_path / "data"), "--data_opts", f"--expected_counts '{counts}'"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MSP_PODCAST": str(corpus)},
+    )
+    assert result.returncode != 0 and "train total: found 16, expected 17" in result.stderr, result.stderr
+
+
 def test_rerun_rewrites_the_same_dirs_and_keeps_asr_transcripts(corpus, tmp_path):
     assert prepare(corpus, tmp_path / "data").returncode == 0
     first = {p: p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}

@@ -48,8 +48,8 @@ test_sets="test"        # space-separated test split names
 classes=                # comma-separated labels in the config's order, required
 data_root=              # the corpus audio, written as {data_root} in manifests, required; relative: from where you ran the command
 data_root_var=          # the db.sh variable that sets data_root, named in errors (set by run.sh)
-corpus_opts=            # options for local/corpus.sh (stage 0)
-data_opts=              # options for local/data.sh (stage 1)
+corpus_opts=            # options for local/corpus.sh (stage 0; shell words: quote values with spaces)
+data_opts=              # options for local/data.sh (stage 1; shell words: quote values with spaces)
 policy=error            # bad utterances at stage 3: error (stop) | skip (count, leave out, list in data/<fold>/<split>.json.skipped)
 asr_model=              # stage 2: Hugging Face ASR model (hub id or directory); empty: no stage 2
 asr_opts=               # extra options for crab.bin.transcribe
@@ -178,6 +178,15 @@ fi
 . ./path.sh
 . utils/jobs.sh
 if [ -n "${cmd}" ]; then jobs_launcher "${cmd}" > /dev/null || exit 1; fi  # before the first stage
+shell_words() {  # shell_words ARRAY OPTION VALUE: VALUE, of --OPTION, as shell words (quotes honoured) into ARRAY
+  local words
+  words=$(python -c 'import shlex, sys; print(*shlex.split(sys.argv[1]), sep="\n")' "$3" 2>&1) ||
+    { echo "$0: --$2 '$3': not shell words (${words##*: })" >&2; exit 1; }
+  [ -z "${words}" ] || mapfile -t "$1" <<< "${words}"
+}
+corpus_words=() data_words=()  # a quoted path with spaces stays one word: --data_opts "--labels '/My corpus/l.csv'"
+shell_words corpus_words corpus_opts "${corpus_opts}"
+shell_words data_words data_opts "${data_opts}"
 if [ -n "${tuning}" ]; then  # the base config of the tuning file (checked whole: one line on an error)
   tuning_config=$(python -m crab.report tuning "${tuning}")
   if [ -n "${given_config}" ] && ! [ "${given_config}" -ef "${tuning_config}" ]; then
@@ -306,16 +315,15 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ] && [ -x local/corpus.sh ]; 
     log "Stage 0: skipped (--text_only true: no audio)"
   else
     log "Stage 0: corpus preparation (local/corpus.sh)"
-    # shellcheck disable=SC2086
-    local/corpus.sh --data_root "${data_root}" ${corpus_opts}
+    local/corpus.sh --data_root "${data_root}" "${corpus_words[@]+"${corpus_words[@]}"}"
   fi
 fi
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   log "Stage 1: data preparation (local/data.sh) into ${data_dir}"
   text_only_opts=(); [ "${text_only}" = false ] || text_only_opts=(--text_only true)
-  # shellcheck disable=SC2086
-  local/data.sh --data_dir "${data_dir}" --data_root "${data_root}" "${text_only_opts[@]+"${text_only_opts[@]}"}" ${data_opts}
+  local/data.sh --data_dir "${data_dir}" --data_root "${data_root}" "${text_only_opts[@]+"${text_only_opts[@]}"}" \
+    "${data_words[@]+"${data_words[@]}"}"
 fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ] && [ -n "${asr_model}" ]; then
