@@ -61,6 +61,22 @@ def test_help_lists_every_option_without_a_venv(bare_clone):
     assert "--config conf/crab_tiny.yaml" in given and "--bpe_vocab_size 1000" in given
 
 
+def test_help_names_a_run_sh_whose_path_has_spaces(tmp_path):
+    clone = tmp_path / "My Projects" / "crab"
+    for part in ("utils", os.path.join("egs", "TEMPLATE"), os.path.join("egs", "mini")):
+        shutil.copytree(
+            os.path.join(ROOT, part),
+            clone / part,
+            symlinks=True,
+            ignore=shutil.ignore_patterns("data", "exp"),
+        )
+    result = run(str(clone / "egs" / "mini" / "run.sh"), "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Usage: '{clone}/egs/mini/run.sh' [--option value ...]"), result.stdout[
+        :200
+    ]
+
+
 def test_run_options_reach_python_as_given(bare_clone):
     """A folder with two spaces in a row: ser.sh passes each option of a run as one word."""
     venv_bin = bare_clone / "tools" / "venv" / "bin"  # a stand-in python that records its arguments

@@ -83,7 +83,7 @@ usage() {  # the header above and every option of the block with its default
   local self
   self=$(readlink -f "${BASH_SOURCE[0]}")
   local command=${CRAB_COMMAND:-$0}
-  echo "Usage: ${command%% *} [--option value ...]   (--option=value works too)"
+  echo "Usage: ${command%% -*} [--option value ...]   (--option=value works too)"  # up to the first option: a quoted path has spaces
   echo
   sed -n '2,/^set -euo/{/^#/!d;s/^# \{0,1\}//;p}' "${self}"
   echo "Options (default in brackets):"
