@@ -22,17 +22,21 @@ def ser_options():
     return {name: value.strip('"') for name, value in re.findall(r"^([a-z_]+)=(\S*)", block, re.MULTILINE)}
 
 
-@pytest.fixture
-def bare_clone(tmp_path):
-    """The repository's shell parts copied without tools/venv: nothing installed."""
+def copy_shell_parts(clone):
+    """The repository's shell parts copied into ``clone`` without tools/venv: nothing installed."""
     for part in ("utils", os.path.join("egs", "TEMPLATE"), os.path.join("egs", "mini")):
         shutil.copytree(
             os.path.join(ROOT, part),
-            tmp_path / part,
+            clone / part,
             symlinks=True,
             ignore=shutil.ignore_patterns("data", "exp"),
         )
-    return tmp_path
+    return clone
+
+
+@pytest.fixture
+def bare_clone(tmp_path):
+    return copy_shell_parts(tmp_path)
 
 
 def run(*command, cwd=None, env=None):
@@ -62,14 +66,7 @@ def test_help_lists_every_option_without_a_venv(bare_clone):
 
 
 def test_help_names_a_run_sh_whose_path_has_spaces(tmp_path):
-    clone = tmp_path / "My Projects" / "crab"
-    for part in ("utils", os.path.join("egs", "TEMPLATE"), os.path.join("egs", "mini")):
-        shutil.copytree(
-            os.path.join(ROOT, part),
-            clone / part,
-            symlinks=True,
-            ignore=shutil.ignore_patterns("data", "exp"),
-        )
+    clone = copy_shell_parts(tmp_path / "My Projects" / "crab")
     result = run(str(clone / "egs" / "mini" / "run.sh"), "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"Usage: '{clone}/egs/mini/run.sh' [--option value ...]"), result.stdout[
