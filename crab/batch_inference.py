@@ -471,7 +471,6 @@ def output_lock(out):
     rewrite each other's results: a second run on the same ``out`` stops at once, naming
     the process that holds it. The lock goes with its process, however that ends.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
     def busy(holder):
         return (

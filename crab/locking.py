@@ -41,9 +41,14 @@ def file_lock(path, busy, error=FolderLockedError, wait=False):
 
     Held by another process: ``wait`` blocks until it is released (logging who holds
     it), otherwise ``error(busy(holder))`` is raised at once, ``holder`` being the line
-    the other process wrote.
+    the other process wrote. A lock file that cannot be created (a read-only folder) is a
+    ``WriteError`` naming it.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's line stays
+    try:  # a folder that cannot be written (read-only, not there): said here, before any work
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's line stays
+    except OSError as err:
+        raise WriteError.of(path, err) from err
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -77,8 +82,7 @@ def folder_lock(folder, what, wait=False):
     Held by another process: ``wait`` blocks until it is released (logging who holds
     it), otherwise a ``FolderLockedError`` says who holds it, at once.
     """
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, LOCK_FILE)
+    path = os.path.join(folder, LOCK_FILE)  # the folder is made by file_lock
 
     def busy(holder):
         return (

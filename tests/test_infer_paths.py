@@ -91,3 +91,14 @@ def test_an_asr_model_that_cannot_be_loaded_is_named_by_its_option(trained, data
     classifier = CrabClassifier.from_hparams(source=str(trained[2]))
     with pytest.raises(ModelSourceError, match=r"^model: 'nobody/no-such-asr' is neither"):
         classifier.load_asr("nobody/no-such-asr")
+
+
+def test_an_out_that_cannot_be_written_is_one_line_naming_it(trained, data, tmp_path):  # noqa: F811
+    write_inputs(tmp_path, data)
+    (tmp_path / "a_file").write_text("not a folder\n")
+    outs = [tmp_path / "a_file" / "r.tsv", tmp_path / "a_file" / "sub" / "r.tsv"]
+    if os.path.isdir("/proc/self"):  # unwritable even for root
+        outs.append("/proc/self/r.tsv")
+    for out in outs:
+        message = gold(trained[2], tmp_path, out)
+        assert message.startswith(f"ERROR: cannot write {out}.lock (") and "\n" not in message

@@ -164,3 +164,11 @@ def test_a_value_yaml_cannot_read_is_refused_naming_the_option(data, tmp_path): 
     with pytest.raises(SystemExit, match=r"ERROR: override --classes: value '\[a, b' is not valid YAML"):
         run(train.main, [*argv(data, tmp_path / "run"), "--classes=[a, b"])
     assert not (tmp_path / "run").exists()
+
+
+def test_a_lock_in_a_folder_that_cannot_be_written_is_a_write_error_naming_it(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder\n")
+    for folder in (tmp_path / "a_file", tmp_path / "a_file" / "run"):
+        with pytest.raises(UserError, match=rf"^cannot write {folder}/\.lock \("):
+            with folder_lock(str(folder), "training run"):
+                pass
