@@ -83,6 +83,13 @@ def _locate(segment, paths, unusable, infos):
     if segment.recording in unusable or path is None:
         why = unusable.get(segment.recording, f"recording '{segment.recording}' is not in wav.scp")
         return None, None, None, why
+    if segment.recording not in infos and not os.path.isfile(path):  # a FIFO would block sf.info
+        what = (
+            "not a regular file: a directory, FIFO or device, not opened"
+            if os.path.exists(path)
+            else "no such file"
+        )
+        infos[segment.recording] = f"recording {path} cannot be read ({what})"
     if segment.recording not in infos:
         try:
             infos[segment.recording] = sf.info(path)

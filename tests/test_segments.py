@@ -1,6 +1,9 @@
 """Cutting a segmented Kaldi data directory into one wav per utterance (crab.segments,
 crab.bin.cut_segments): samples unchanged, bad segments listed, crab-infer pointed to it."""
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -120,3 +123,37 @@ def test_a_full_disk_stops_the_cut_and_keeps_the_earlier_one(segmented, tmp_path
     ):
         cut_segments.main(["--data_dir", str(data), "--out_dir", str(out)])
     assert {name: (out / name).read_text() for name in before} == before
+
+
+def test_a_recording_that_is_a_fifo_device_or_folder_fails_its_segments_unread(tmp_path):
+    """A FIFO would block reading its header for ever: it, a device and a folder are never opened."""
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(tmp_path / "rec.wav", np.zeros((RATE, 1), dtype=np.int16) + 100, RATE, subtype="PCM_16")
+    os.mkfifo(tmp_path / "fifo.wav")
+    recordings = {
+        "fifo": tmp_path / "fifo.wav",
+        "dev": "/dev/zero",
+        "dir": tmp_path,
+        "rec": tmp_path / "rec.wav",
+    }
+    (data / "wav.scp").write_text("".join(f"{r} {p}\n" for r, p in recordings.items()))
+    (data / "segments").write_text("".join(f"u_{r} {r} 0 0.5\n" for r in recordings))
+
+    def blocked(signum, frame):
+        raise AssertionError("cut_segments blocked on opening the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(20)
+    try:
+        written, failures = cut(str(data), str(tmp_path / "cut"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert written == 1
+    reasons = {f.utt: f.reason for f in failures}
+    for rec in ("fifo", "dev", "dir"):
+        assert reasons[f"u_{rec}"] == (
+            f"recording {recordings[rec]} cannot be read (not a regular file: a directory, FIFO or "
+            "device, not opened)"
+        )
