@@ -130,16 +130,27 @@ def load_manifest(path, data_root=None):
     """Read a manifest, check its fields, substitute ``{data_root}``, and clean
     control characters out of the transcripts as data prep does."""
     require_manifest(path)
-    with open(path, encoding="utf-8") as f:
-        entries = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+    except ValueError as err:  # not JSON (a hand-written one), or not UTF-8
+        raise DataError(f"{path}: not a JSON manifest ({err})") from None
+    if not isinstance(entries, dict):
+        raise DataError(
+            f"{path}: a manifest is a JSON object keyed by utterance id, not a {type(entries).__name__}"
+        )
     cleaned = Counter()
     for utt, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise DataError(f"{path}: utterance '{utt}' is a {type(entry).__name__}, not an object of fields")
         missing = [k for k in REQUIRED_FIELDS if k not in entry]
         if missing:
             raise DataError(f"{path}: utterance '{utt}' lacks field(s) {missing}")
-        if isinstance(entry["text"], str):
-            entry["text"], removed = clean_transcript(entry["text"])
-            cleaned.update({"transcripts": bool(removed), "characters": removed})
+        problem = _field_problem(entry)
+        if problem:
+            raise DataError(f"{path}: utterance '{utt}': {problem}")
+        entry["text"], removed = clean_transcript(entry["text"])
+        cleaned.update({"transcripts": bool(removed), "characters": removed})
         if data_root is not None and entry["wav"] is not None:  # None: a text-only manifest
             entry["wav"] = entry["wav"].replace("{data_root}", data_root)
     if cleaned["characters"]:
@@ -150,6 +161,27 @@ def load_manifest(path, data_root=None):
             cleaned["transcripts"],
         )
     return entries
+
+
+def _field_problem(entry):
+    """Why a manifest entry's fields cannot be read (a hand-written manifest), or None: ``wav`` a
+    path, ``duration`` its seconds (both null in a text-only manifest), ``text`` and ``emo`` strings."""
+    wav, duration = entry["wav"], entry["duration"]
+    if wav is not None and not isinstance(wav, str):
+        return f'"wav" is {json.dumps(wav)}, not an audio path (a string; null in a text-only manifest)'
+    if (wav is None) != (duration is None):
+        return (
+            f'"wav" is {json.dumps(wav)} and "duration" {json.dumps(duration)}: both are given, '
+            "or both null (text-only)"
+        )
+    if duration is not None and (
+        isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 <= duration < math.inf
+    ):
+        return f'"duration" is {json.dumps(duration)}, not seconds (a number, at least 0)'
+    for key in ("text", "emo"):
+        if not isinstance(entry[key], str):
+            return f'"{key}" is {json.dumps(entry[key])}, not a string'
+    return None
 
 
 def class_counts(manifest_path, classes):

@@ -12,7 +12,14 @@ import soundfile as sf
 import torch
 
 from crab.bin import make_manifest
-from crab.data import AudioReadError, label_encoder, load_manifest, make_dataset, read_utterance_audio
+from crab.data import (
+    AudioReadError,
+    DataError,
+    label_encoder,
+    load_manifest,
+    make_dataset,
+    read_utterance_audio,
+)
 from crab.dataprep import clean_transcript
 from crab.tokenizer import build_bpe_tokenizer
 from tests.test_brain import CLASSES, fit
@@ -242,3 +249,50 @@ def test_a_piped_wav_scp_line_is_named_as_such_and_never_run(tmp_path):
         make_manifest.main([*argv, "--out", str(tmp_path / "train.json")])
     assert f"piped: a piped command, not an audio file (it is not run): touch {marker} |" in str(err.value)
     assert not marker.exists()
+
+
+GOOD_ENTRY = {"wav": "{data_root}/u.wav", "duration": 0.5, "text": "hi", "emo": "happy", "spk": "s1"}
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b'{"u1": {"wav": "u.wav",}', "not a JSON manifest (Expecting property name"),  # a trailing comma
+        (b"", "not a JSON manifest (Expecting value: line 1 column 1"),
+        (json.dumps(GOOD_ENTRY).replace("hi", "caf\xe9").encode("latin-1"), "not a JSON manifest ('utf-8'"),
+        (json.dumps([GOOD_ENTRY]).encode(), "a manifest is a JSON object keyed by utterance id, not a list"),
+        (json.dumps({"u1": "u.wav"}).encode(), "utterance 'u1' is a str, not an object of fields"),
+        (json.dumps({"u1": dict(GOOD_ENTRY, wav=3)}).encode(), "utterance 'u1': \"wav\" is 3, not an audio"),
+        (
+            json.dumps({"u1": dict(GOOD_ENTRY, duration=None)}).encode(),
+            'utterance \'u1\': "wav" is "{data_root}/u.wav" ' + 'and "duration" null: both are',
+        ),
+        (
+            json.dumps({"u1": dict(GOOD_ENTRY, duration="0.5")}).encode(),
+            "utterance 'u1': " + '"duration" is "0.5", not seconds',
+        ),
+        (
+            json.dumps({"u1": dict(GOOD_ENTRY, duration=-1)}).encode(),
+            "utterance 'u1': " + '"duration" is -1, not seconds',
+        ),
+        (
+            json.dumps({"u1": dict(GOOD_ENTRY, emo=["happy"])}).encode(),
+            "utterance 'u1': " + '"emo" is ["happy"], not a string',
+        ),
+        (
+            json.dumps({"u1": dict(GOOD_ENTRY, text=None)}).encode(),
+            "utterance 'u1': " + '"text" is null, not a string',
+        ),
+    ],
+)
+def test_a_hand_written_manifest_that_does_not_parse_is_an_error_naming_it(tmp_path, content, problem):
+    """Not a raw JSONDecodeError, AttributeError or TypeError from sorting or the tokenizer."""
+    sf.write(tmp_path / "u.wav", sine(8000, 16000), 16000)
+    manifest = tmp_path / "train.json"
+    manifest.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        make_dataset(manifest, label_encoder(CLASSES), str(tmp_path), sort=True)
+    assert str(err.value).startswith(f"{manifest}: {problem}") and "\n" not in str(err.value)
+    text_only = dict(GOOD_ENTRY, wav=None, duration=None)  # still read
+    manifest.write_text(json.dumps({"u1": text_only, "u2": text_only}))
+    assert len(make_dataset(manifest, label_encoder(CLASSES), str(tmp_path), sort=True, audio=False)) == 2
