@@ -15,7 +15,7 @@ import time
 import soundfile as sf
 
 from crab.cli import UserError
-from crab.dataprep import MIN_SAMPLES
+from crab.dataprep import MIN_SAMPLES, missing_file
 from crab.fileio import append_lines, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def load_audio(utt, path):
     from crab.data import read_audio  # imports speechbrain: only when there is work
 
     if not os.path.isfile(path):
-        raise AudioFailure(f"missing audio file {path}")
+        raise AudioFailure(missing_file(path))
     try:
         audio = read_audio(path).numpy()
     except (OSError, RuntimeError, sf.LibsndfileError) as err:

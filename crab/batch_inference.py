@@ -36,6 +36,7 @@ import yaml
 from crab import cli
 from crab.asr import dtype_name
 from crab.datadir import Failure, parse_wav_scp, read_texts
+from crab.dataprep import missing_file
 from crab.fileio import append_lines, write_text_atomic
 from crab.locking import file_lock
 
@@ -835,7 +836,7 @@ def transcript_problem(utt, texts, path):
 def missing_audio(path):
     """Why ``path`` cannot be read when it is no file: for a relative path, where it was looked for."""
     where = "" if os.path.isabs(path) else f" (a relative path: looked for in {os.getcwd()})"
-    return f"missing audio file {path}{where}"
+    return f"{missing_file(path)}{where}"
 
 
 def check_not_segmented(wav_scp):

@@ -207,12 +207,22 @@ class PeakCache:
             self.changed = False
 
 
+def missing_file(path):
+    """``missing audio file <path>``, saying what is there when something is that is not a
+    regular file: a directory, or a FIFO, device or socket (never opened: a FIFO would block)."""
+    if not os.path.exists(path):
+        return f"missing audio file {path}"
+    if os.path.isdir(path):
+        return f"missing audio file {path}: it is a directory"
+    return f"missing audio file {path}: it is a FIFO, device or socket, not a regular file (never opened)"
+
+
 def probe_audio(path):
     """``(info, None)`` for an audio file soundfile can open, else ``(None, (kind, message))``."""
     if not os.path.isfile(path):
         if is_piped(path):  # never run
             return None, ("missing audio", f"a piped command, not an audio file (it is not run): {path}")
-        return None, ("missing audio", f"missing audio file {path}")
+        return None, ("missing audio", missing_file(path))
     if os.path.getsize(path) == 0:
         return None, ("empty audio file", f"empty audio file (0 bytes) {path}")
     try:

@@ -54,7 +54,14 @@ from torch import nn
 
 from crab.cli import UserError
 from crab.data import SAMPLE_RATE, BadAudioError, read_audio, resample
-from crab.dataprep import MAX_PEAK, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SILENCE_PEAK, clean_transcript
+from crab.dataprep import (
+    MAX_PEAK,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    SILENCE_PEAK,
+    clean_transcript,
+    missing_file,
+)
 from crab.encoders import SpeechEncoder, TextEncoder
 from crab.model import Crab, NonFiniteOutputError, non_finite_rows
 
@@ -424,7 +431,7 @@ def load_audio_file(path, max_duration=None):
     ``MIN_SAMPLE_RATE``-``MAX_SAMPLE_RATE`` (``crab.data.read_audio``).
     """
     if not os.path.isfile(path):
-        raise AudioError(f"missing audio file {path}")
+        raise AudioError(missing_file(path))
     try:
         return read_audio(path, max_duration)
     except BadAudioError as err:  # its message names the file

@@ -68,7 +68,7 @@ AUDIO = {
     "truncated_data": (truncated, "ok", "ok"),
     "missing": (lambda p: None, "missing audio", "missing audio file"),
     "dangling_link": (dangling, "missing audio", "missing audio file"),
-    "directory": (lambda p: p.mkdir(), "missing audio", "missing audio file"),
+    "directory": (lambda p: p.mkdir(), "it is a directory", "it is a directory"),
     "garbage_bytes": (
         lambda p: p.write_bytes(b"\x13\x37 not a RIFF header" * 40),
         "unreadable audio",
@@ -281,3 +281,31 @@ def test_crab_infer_fails_each_bad_utterance_alone_and_keeps_earlier_results(
         *common, "--wav_scp", tmp_path / "all.scp", "--skip_errors"
     )  # resumes: nothing lost, nothing doubled
     assert again == 0 and [r["id"] for r in read_results(out)] == list(rows)
+
+
+def test_a_fifo_or_a_device_where_audio_is_expected_is_named_as_such_and_never_opened(trained, tmp_path):
+    """Not "missing" with no more said, when the file is there: opening a FIFO would block until
+    something writes to it, /dev/zero never ends; neither is opened."""
+    db = tmp_path / "db"
+    db.mkdir()
+    sf.write(db / "good.wav", tone(), 16000)
+    os.mkfifo(db / "fifo.wav")
+    os.symlink("/dev/zero", db / "device_link.wav")
+    data_dir = tmp_path / "test"
+    data_dir.mkdir()
+    utts = ("good", "fifo", "device_link")
+    (data_dir / "wav.scp").write_text("".join(f"{u} {db}/{u}.wav\n" for u in utts))
+    (data_dir / "text").write_text("".join(f"{u} {TEXT}\n" for u in utts))
+    (data_dir / "utt2emo").write_text("".join(f"{u} happy\n" for u in utts))
+    (data_dir / "utt2spk").write_text("".join(f"{u} spk1\n" for u in utts))
+    message, _ = prepare(tmp_path, data_dir, "error")
+    for utt in ("fifo", "device_link"):
+        assert f"  {utt}: missing audio file {db}/{utt}.wav: it is a FIFO, device or socket" in message
+    out = tmp_path / "r.tsv"
+    common = ["--model", trained[2], "--text", data_dir / "text", "--text_mode", "gold", "--out", out]
+    assert cli(*common, "--wav_scp", data_dir / "wav.scp") == 1
+    with open(f"{out}.errors", newline="", encoding="utf-8") as f:
+        errors = {row["id"]: row["reason"] for row in csv.DictReader(f, delimiter="\t")}
+    assert sorted(errors) == ["device_link", "fifo"] and [r["id"] for r in read_results(out)] == ["good"]
+    for utt in ("fifo", "device_link"):
+        assert errors[utt].startswith(f"missing audio file {db}/{utt}.wav: it is a FIFO, device or socket")
