@@ -75,9 +75,8 @@ def read_audio(path, max_duration=None):
     problem = rate_problem(info.samplerate, path)
     if problem:
         raise BadAudioError(*problem)
-    frames = -1 if max_duration is None else math.ceil(max_duration * info.samplerate)
-    data, rate = sf.read(path, frames=frames, dtype="float32", always_2d=True)
-    mono = data.mean(axis=1)
+    frames = None if max_duration is None else math.ceil(max_duration * info.samplerate)
+    mono, rate = _read_mono(path, frames), info.samplerate
     problem = peak_problem(float(np.max(np.abs(mono))) if mono.size else 0.0, path, silence=False)
     if problem:
         raise BadAudioError(*problem)
@@ -85,6 +84,22 @@ def read_audio(path, max_duration=None):
     if max_duration is not None:
         wav = wav[: int(max_duration * SAMPLE_RATE)]
     return wav
+
+
+def _read_mono(path, frames=None, block=1 << 20):
+    """The first ``frames`` (None: all) of ``path``, the mean of its channels, float32, read
+    ``block`` frames at a time: memory follows the samples there, never the header's frame
+    count, which a damaged header can put at billions (a FLAC's: ``sf.read`` would allocate
+    hundreds of GB for it first), nor the channels of a multichannel file."""
+    parts, left = [], math.inf if frames is None else frames
+    with sf.SoundFile(path) as f:
+        while left > 0:
+            data = f.read(int(min(block, left)), dtype="float32", always_2d=True)
+            if not len(data):
+                break
+            parts.append(data.mean(axis=1))
+            left -= len(data)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype="float32")
 
 
 class AudioReadError(UserError, RuntimeError):

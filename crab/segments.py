@@ -10,6 +10,7 @@ end up to ``MAX_OVERSHOOT`` seconds past it is cut there (as Kaldi's extract-seg
 import collections
 import os
 
+import numpy as np
 import soundfile as sf
 
 from crab.datadir import Failure, parse_wav_scp, read_table, table_lines
@@ -17,6 +18,7 @@ from crab.dataprep import DataPrepError
 from crab.fileio import WriteError, write_atomic, write_text_atomic
 
 MAX_OVERSHOOT = 0.5  # seconds an end may pass the recording's end
+BLOCK_FRAMES = 1 << 20  # frames read at a time
 Segment = collections.namedtuple("Segment", ["utt", "recording", "start", "end", "line"])
 
 
@@ -65,8 +67,17 @@ def _span(segment, info):
 def _read_span(recording, span, info):
     """``(samples, rate, WAV subtype)`` of the frames ``span`` of ``recording``: its sample format
     where WAV holds it (else 32-bit float)."""
-    data, rate = sf.read(recording, start=span[0], stop=span[1], dtype="float64", always_2d=True)
-    return data, rate, info.subtype if sf.check_format("WAV", info.subtype) else "FLOAT"
+    parts, left = [], span[1] - span[0]
+    with sf.SoundFile(recording) as f:  # by blocks: a damaged header's frame count is never allocated
+        f.seek(span[0])
+        while left > 0:
+            data = f.read(min(BLOCK_FRAMES, left), dtype="float64", always_2d=True)
+            if not len(data):
+                break
+            parts.append(data)
+            left -= len(data)
+    data = np.concatenate(parts) if parts else np.zeros((0, info.channels))
+    return data, info.samplerate, info.subtype if sf.check_format("WAV", info.subtype) else "FLOAT"
 
 
 def _write_wav(path, data, rate, subtype):

@@ -23,6 +23,7 @@ from crab.data import (
 from crab.dataprep import clean_transcript
 from crab.tokenizer import build_bpe_tokenizer
 from tests.test_brain import CLASSES, fit
+from tests.test_segments import flac_claiming_billions_of_frames
 
 RAW_TEXT = "hello\x00 wor\x1bld\tand\rmore"  # NUL, ESC, tab and a stray CR
 CLEAN_TEXT = "hello world and more"
@@ -185,6 +186,10 @@ def test_training_reads_converted_audio_and_the_cleaned_text(data_dir):
         ),
         (lambda p: sf.write(p, np.zeros(8000, "float32"), 16000), "silent audio (peak amplitude 0"),
         (lambda p: sf.write(p, sine(8000, 1000), 1000), "sample rate 1000 Hz outside 4000-384000 Hz"),
+        (  # not a MemoryError: read by what it holds, never allocated by its header (256 GB)
+            lambda p: flac_claiming_billions_of_frames(p, sine(8000, 16000), 16000),
+            "unreadable audio file",
+        ),
     ],
 )
 def test_audio_damaged_after_prep_is_an_error_naming_utterance_and_file(tmp_path, damage, problem):

@@ -14,6 +14,18 @@ from crab.segments import cut_segments as cut
 RATE = 8000
 
 
+def flac_claiming_billions_of_frames(path, samples, rate):
+    """A FLAC of ``samples`` whose header (STREAMINFO's total samples) claims 2**36 - 1 frames,
+    as a damaged one can: ``sf.info`` reports them, reading stops where the samples do."""
+    sf.write(path, samples, rate, format="FLAC")
+    data = bytearray(path.read_bytes())
+    at = 18  # 'fLaC', the block header, 10 bytes of block sizes; then rate, channels, bits, total
+    fields = int.from_bytes(data[at : at + 8], "big") | ((1 << 36) - 1)
+    data[at : at + 8] = fields.to_bytes(8, "big")
+    path.write_bytes(data)
+    assert sf.info(path).frames == (1 << 36) - 1
+
+
 @pytest.fixture
 def segmented(tmp_path):
     """A data dir: a 2 s stereo 16-bit recording 'rec' (samples = their own index), a
@@ -157,3 +169,20 @@ def test_a_recording_that_is_a_fifo_device_or_folder_fails_its_segments_unread(t
             f"recording {recordings[rec]} cannot be read (not a regular file: a directory, FIFO or "
             "device, not opened)"
         )
+
+
+def test_a_recording_whose_header_claims_billions_of_frames_is_read_by_what_it_holds(tmp_path):
+    """Not ``sf.read``'s 512 GB allocation of the claimed frames first (a MemoryError traceback)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    samples = (np.arange(RATE) % 200 + 100).astype(np.int16)
+    flac_claiming_billions_of_frames(tmp_path / "rec.flac", samples, RATE)
+    (data / "wav.scp").write_text(f"rec {tmp_path}/rec.flac\n")
+    (data / "segments").write_text("whole rec 0 -1\nhalf rec 0 0.5\n")
+    written, failures = cut(str(data), str(tmp_path / "cut"))
+    assert written == 1
+    got, _ = sf.read(tmp_path / "cut" / "audio" / "half.wav", dtype="int16")
+    assert np.array_equal(got, samples[: RATE // 2])
+    assert [f.utt for f in failures] == ["whole"] and failures[0].reason.startswith(
+        f"cannot cut {tmp_path}/rec.flac: "
+    )
