@@ -183,6 +183,14 @@ def read_model_info(model_dir):
     info = yaml.load(check_package_hparams(path), Loader=TagTolerantLoader)
     if not isinstance(info, dict) or "classes" not in info or "modality" not in info:
         raise UsageError(f"{path} lacks classes or modality: not written by crab.bin.package")
+    max_duration = info.get("max_duration")  # read before loading checks the package's files
+    if max_duration is not None and (
+        isinstance(max_duration, bool) or not isinstance(max_duration, (int, float)) or not max_duration > 0
+    ):
+        raise UsageError(
+            f"{path}: max_duration is {max_duration!r}, not seconds (a number above 0, or null for "
+            "all of the audio): an edited package? see crab.bin.package"
+        )
     return info
 
 

@@ -102,3 +102,25 @@ def test_an_out_that_cannot_be_written_is_one_line_naming_it(trained, data, tmp_
     for out in outs:
         message = gold(trained[2], tmp_path, out)
         assert message.startswith(f"ERROR: cannot write {out}.lock (") and "\n" not in message
+
+
+@pytest.mark.parametrize("value", ["twelve", "30s", "-5", ".nan", "true"])
+def test_a_max_duration_that_is_not_seconds_is_one_line(trained, data, tmp_path, value):  # noqa: F811
+    """An edited package: max_duration is read (to count the long utterances) before loading
+    checks the package's files, and a string there was a TypeError traceback."""
+    write_inputs(tmp_path, data)
+    model = tmp_path / "model"
+    shutil.copytree(trained[2], model)
+    yaml_file = model / "hyperparams.yaml"
+    text = yaml_file.read_text(encoding="utf-8")
+    assert "\nmax_duration: " in text
+    yaml_file.write_text(
+        "\n".join(
+            f"max_duration: {value}" if line.startswith("max_duration:") else line
+            for line in text.split("\n")
+        ),
+        encoding="utf-8",
+    )
+    message = gold(model, tmp_path, tmp_path / "r.tsv")
+    assert message.startswith(f"ERROR: {yaml_file}: max_duration is ") and "not seconds" in message
+    assert "\n" not in message and not (tmp_path / "r.tsv").exists()
