@@ -21,6 +21,7 @@ from crab.cli import UserError
 from crab.dataprep import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
+    classes_problem,
     clean_transcript,
     peak_problem,
     probe_audio,
@@ -215,6 +216,8 @@ def label_encoder(classes, path=None):
     A saved encoder whose labels differ from ``classes`` is an error: the label
     order is part of the trained model.
     """
+    if classes_problem(classes):
+        raise DataError(f"classes {list(classes)}: {classes_problem(classes)}")
     encoder = sb.dataio.encoder.CategoricalEncoder()
     if path is not None and encoder.load_if_possible(path):
         saved = [encoder.ind2lab[i] for i in range(len(encoder))]

@@ -128,6 +128,20 @@ def decode(data, path, fallback="cp1252", first_line=1):
         return "\n".join(lines)
 
 
+def classes_problem(classes):
+    """Why ``classes`` (the labels, in the model's output order) cannot be used, or None: a label
+    given twice (the label encoder would keep one, and every class after it would be reported
+    under its neighbour's name), or an empty one or one with spaces around it (``--classes
+    "a,b,"``, ``"a, b"``: no table label is)."""
+    for label in classes:
+        if not str(label).strip() or str(label) != str(label).strip():
+            return f"label {label!r} is empty or has spaces around it"
+    twice = sorted({label for label in classes if list(classes).count(label) > 1})
+    if twice:
+        return f"label {twice[0]!r} is given twice: each class once, in the model's output order"
+    return None
+
+
 def rate_problem(rate, path):
     """``(kind, message)`` when ``rate`` (Hz) is outside the usable range, else None."""
     if MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:

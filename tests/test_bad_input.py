@@ -301,3 +301,28 @@ def test_a_hand_written_manifest_that_does_not_parse_is_an_error_naming_it(tmp_p
     text_only = dict(GOOD_ENTRY, wav=None, duration=None)  # still read
     manifest.write_text(json.dumps({"u1": text_only, "u2": text_only}))
     assert len(make_dataset(manifest, label_encoder(CLASSES), str(tmp_path), sort=True, audio=False)) == 2
+
+
+@pytest.mark.parametrize(
+    "classes, problem",
+    [
+        ("angry,happy,sad,happy", "label 'happy' is given twice"),
+        ("angry,happy,neutral,sad,", "label '' is empty or has spaces around it"),
+        ("angry, happy", "label ' happy' is empty or has spaces around it"),
+    ],
+)
+def test_classes_given_twice_or_empty_are_refused_at_data_prep_and_training(
+    data_dir, capsys, classes, problem
+):
+    """Not silently: a label given twice left the label encoder one class short of the model's
+    outputs, and every class after it reported under its neighbour's name."""
+    with pytest.raises(SystemExit) as exit_:
+        make_manifest.main(
+            ["--data_dir", str(data_dir / "data" / "train"), "--data_root", str(data_dir / "db")]
+            + ["--classes", classes]
+            + ["--out", str(data_dir / "train.json")]
+        )
+    assert exit_.value.code == 2 and not (data_dir / "train.json").exists()
+    assert f"--classes {classes!r}: {problem}" in capsys.readouterr().err
+    with pytest.raises(DataError, match=f"^classes .*: {re.escape(problem)}"):
+        label_encoder(classes.split(","))

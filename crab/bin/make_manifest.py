@@ -47,6 +47,7 @@ from crab.dataprep import (
     POLICIES,
     DataPrepError,
     PeakCache,
+    classes_problem,
     count_table,
     missing_classes,
     skipped_list,
@@ -107,6 +108,8 @@ def main(argv=None):
         parser.error("--modality speech needs audio: it cannot go with --text_only true")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     classes = args.classes.split(",")
+    if classes_problem(classes):
+        parser.error(f"--classes {args.classes!r}: {classes_problem(classes)}")
     name = os.path.basename(os.path.normpath(args.data_dir))
     require_text = args.modality != "speech"
     entries = read_data_dir(args.data_dir, args.text_source, args.text_only)
