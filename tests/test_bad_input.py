@@ -326,3 +326,18 @@ def test_classes_given_twice_or_empty_are_refused_at_data_prep_and_training(
     assert f"--classes {classes!r}: {problem}" in capsys.readouterr().err
     with pytest.raises(DataError, match=f"^classes .*: {re.escape(problem)}"):
         label_encoder(classes.split(","))
+
+
+@pytest.mark.parametrize("out", [".", "text", "wav.scp", "utt2emo.json"])
+def test_a_manifest_out_that_is_a_directory_or_a_table_of_its_data_is_refused(data_dir, capsys, out):
+    """Not an IsADirectoryError traceback, nor transcripts replaced by the manifest (a lost table),
+    nor a manifest beside the tables that the next data prep would read as one (utt2*)."""
+    train = data_dir / "data" / "train"
+    before = {p.name: p.read_bytes() for p in train.iterdir()}
+    with pytest.raises(SystemExit) as exit_:
+        make_manifest.main(
+            ["--data_dir", str(train), "--data_root", str(data_dir / "db"), "--classes", ",".join(CLASSES)]
+            + ["--out", str(train / out)]
+        )
+    assert exit_.value.code == 2 and f"--out {train / out}" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in train.iterdir()} == before

@@ -42,7 +42,7 @@ from collections import Counter
 
 from crab import cli
 from crab.cli import str2bool
-from crab.datadir import TEXT_FILES, read_data_dir
+from crab.datadir import TEXT_FILES, read_data_dir, tables_read
 from crab.dataprep import (
     POLICIES,
     DataPrepError,
@@ -112,6 +112,7 @@ def main(argv=None):
         parser.error(f"--classes {args.classes!r}: {classes_problem(classes)}")
     name = os.path.basename(os.path.normpath(args.data_dir))
     require_text = args.modality != "speech"
+    check_out(parser, args)
     entries = read_data_dir(args.data_dir, args.text_source, args.text_only)
     where = f"{args.fold}/{name}" if args.fold else name  # in messages: the fold's split
     peaks = PeakCache(args.peak_cache) if args.peak_cache else None
@@ -140,6 +141,27 @@ def main(argv=None):
 
 
 TRAIN_SPLIT = "train"  # the split stage 5 trains on (ser.sh: data/<fold>/train.json)
+
+
+def check_out(parser, args):
+    """Refuse an ``--out`` that is a directory, or one of the files of the data directory (or
+    a file beside the manifest) that would be replaced: its tables are the input."""
+    if os.path.isdir(args.out):
+        parser.error(f"--out {args.out} is a directory: give the manifest's file name (e.g. train.json)")
+    tables = [
+        os.path.join(args.data_dir, n) for n in tables_read(args.data_dir, args.text_source, args.text_only)
+    ]
+    for path in (args.out, skipped_list(args.out), args.out + ".provenance"):
+        for table in tables:
+            if os.path.exists(path) and os.path.samefile(path, table):
+                parser.error(
+                    f"--out {args.out} would replace {table}, an input: write the manifest elsewhere"
+                )
+    beside = os.path.realpath(os.path.dirname(os.path.abspath(args.out))) == os.path.realpath(args.data_dir)
+    if beside and os.path.basename(args.out).startswith("utt2"):
+        parser.error(
+            f"--out {args.out}: in {args.data_dir}, a utt2* file is read as a table: write it elsewhere"
+        )
 
 
 def check_classes(kept, entries, classes, args):
