@@ -665,7 +665,7 @@ def check_text_mode(job, info):
     if job.text_mode != "gold" and job.text:
         raise UsageError(f"--text is for --text_mode gold; with --text_mode {job.text_mode} leave it out")
     if job.text and not os.path.isfile(job.text):
-        raise UsageError(f"--text {job.text}: no such file")
+        raise UsageError(f"--text {job.text}: {not_a_file(job.text)}")
     trained = info.get("train_text_source")
     if job.text_mode in ("gold", "asr") and trained in ("gold", "asr") and trained != job.text_mode:
         logger.warning("The model was trained on %s transcripts and is given %s ones", trained, job.text_mode)
@@ -847,6 +847,19 @@ def missing_audio(path):
     return f"{missing_file(path)}{where}"
 
 
+def not_a_file(path):
+    """Why the input file ``path`` (not a regular file) cannot be read: none is there, or what is.
+    A pipe (``<(...)``, a FIFO) is not read: a run reads its input twice (its digest, its lines)."""
+    if not os.path.exists(path):
+        return "no such file"
+    if os.path.isdir(path):
+        return "a directory, not a file"
+    return (
+        "not a regular file (a pipe, e.g. the shell's <(...), a FIFO or a device), which a run would "
+        "read twice: write it to a file"
+    )
+
+
 def check_not_segmented(wav_scp):
     """Refuse the wav.scp of a Kaldi data directory with a ``segments`` file: its lines are
     recordings, which ``segments`` cuts into utterances, and crab-infer reads no segments."""
@@ -908,7 +921,7 @@ def classify_wav_scp(job):
     info = read_model_info(job.model)
     check_text_mode(job, info)
     if not os.path.isfile(job.wav_scp):
-        raise UsageError(f"--wav_scp {job.wav_scp}: no such file")
+        raise UsageError(f"--wav_scp {job.wav_scp}: {not_a_file(job.wav_scp)}")
     check_not_segmented(job.wav_scp)
     check_outputs(job)
     utterances, failures = parse_wav_scp(job.wav_scp)

@@ -124,3 +124,20 @@ def test_a_max_duration_that_is_not_seconds_is_one_line(trained, data, tmp_path,
     message = gold(model, tmp_path, tmp_path / "r.tsv")
     assert message.startswith(f"ERROR: {yaml_file}: max_duration is ") and "not seconds" in message
     assert "\n" not in message and not (tmp_path / "r.tsv").exists()
+
+
+def test_a_pipe_or_folder_given_as_wav_scp_or_text_is_named_as_such(trained, data, tmp_path):  # noqa: F811
+    """Not "no such file" for a path that is there: the shell's <(...) gives a pipe, which a
+    run would read twice (its digest, then its lines), so it is refused, and said to be one."""
+    write_inputs(tmp_path, data)
+    os.mkfifo(tmp_path / "fifo")
+    out = tmp_path / "r.tsv"
+    for option, reason in (
+        ("wav_scp", "not a regular file (a pipe, e.g. the shell's <(...)"),
+        ("text", "not a regular file (a pipe, e.g. the shell's <(...)"),
+    ):
+        message = gold(trained[2], tmp_path, out, **{option: "fifo"})
+        assert message.startswith(f"ERROR: --{option} {tmp_path / 'fifo'}: {reason}") and "\n" not in message
+    message = gold(trained[2], tmp_path, out, text=".")
+    assert message == f"ERROR: --text {tmp_path / '.'}: a directory, not a file"
+    assert gold(trained[2], tmp_path, out, text="nowhere").endswith(": no such file") and not out.exists()
