@@ -127,7 +127,16 @@ def cut_segments(data_dir, out_dir, audio_dir=None):
     paths = {r.utt: r.path for r in recordings}
     unusable = {f.utt: f"wav.scp line {f.line}: {f.reason}" for f in bad_lines}
     audio_dir = audio_dir or os.path.join(out_dir, "audio")
+    sources = {os.path.realpath(p) for p in paths.values()}
+    for segment in segments:  # a segment named as its recording, cut beside it, would replace it
+        wav = os.path.join(audio_dir, f"{segment.utt}.wav")
+        if os.path.realpath(wav) in sources:
+            raise DataPrepError(
+                f"{wav}, segment '{segment.utt}' (segments line {segment.line}), would replace a recording "
+                f"of {os.path.join(data_dir, 'wav.scp')}: write the cut audio elsewhere (another --audio_dir)"
+            )
     os.makedirs(audio_dir, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     done, infos = {}, {}
     for segment in segments:
         path, info, span, reason = _locate(segment, paths, unusable, infos)

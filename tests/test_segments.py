@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 
 from crab.bin import cut_segments
+from crab.dataprep import DataPrepError
 from crab.segments import cut_segments as cut
 
 RATE = 8000
@@ -186,3 +187,28 @@ def test_a_recording_whose_header_claims_billions_of_frames_is_read_by_what_it_h
     assert [f.utt for f in failures] == ["whole"] and failures[0].reason.startswith(
         f"cannot cut {tmp_path}/rec.flac: "
     )
+
+
+def test_an_audio_dir_of_its_own_cuts_and_never_replaces_a_recording(tmp_path):
+    """--audio_dir elsewhere: out_dir is made too (its wav.scp was a 'cannot write' error). A
+    segment named as its recording (Kaldi's one-segment recordings), cut into the recordings'
+    folder, replaced the recording, and the next segment of it was cut from what was left
+    (0 samples here); now the cut stops first, naming both, and nothing is written."""
+    data, recordings = tmp_path / "data", tmp_path / "recordings"
+    data.mkdir()
+    recordings.mkdir()
+    samples = (np.arange(RATE) % 200 + 100).astype(np.int16)
+    sf.write(recordings / "rec1.wav", samples, RATE, subtype="PCM_16")
+    (data / "wav.scp").write_text(f"rec1 {recordings}/rec1.wav\n")
+    (data / "segments").write_text("c1 rec1 0 0.5\nc2 rec1 0.5 1.0\n")
+    assert cut(str(data), str(tmp_path / "cut"), str(tmp_path / "wavs")) == (2, [])
+    assert (tmp_path / "cut" / "wav.scp").read_text() == "".join(
+        f"c{i} {tmp_path}/wavs/c{i}.wav\n" for i in (1, 2)
+    )
+
+    (data / "segments").write_text("rec1 rec1 0 0.5\nc2 rec1 0.5 1.0\n")
+    before = (recordings / "rec1.wav").read_bytes()
+    with pytest.raises(DataPrepError, match=r"rec1\.wav, segment 'rec1' \(segments line 1\), would replace"):
+        cut(str(data), str(tmp_path / "cut2"), str(recordings))
+    assert (recordings / "rec1.wav").read_bytes() == before and sorted(os.listdir(recordings)) == ["rec1.wav"]
+    assert not (tmp_path / "cut2").exists()
