@@ -465,3 +465,28 @@ def test_a_venv_left_without_pip_is_named_with_how_to_start_again(tmp_path, tool
     result = subprocess.run(["bash", INSTALL], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"{venv} has no pip (python -m venv stopped halfway): remove it, rm -r {venv}" in result.stderr
+
+
+def fake_venv(venv, made_in):
+    """A venv whose python passes install.sh's checks, made (its activate says) in ``made_in``."""
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("#!/bin/bash\nexit 0\n")
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / "bin" / "activate").write_text(f'VIRTUAL_ENV="{made_in}"\nexport VIRTUAL_ENV\n')
+
+
+def test_a_venv_moved_with_its_checkout_is_made_again(tmp_path, tools_present):
+    venv = tmp_path / "venv"
+    fake_venv(venv, tmp_path / "old_checkout" / "tools" / "venv")  # the checkout was mv'd since
+    result = dry_run(tmp_path, torch_state="venv-cpu", path=tools_present)
+    assert result.returncode == 0, result.stderr
+    assert f"{venv} was made in {tmp_path}/old_checkout/tools/venv (moved or copied since)" in result.stdout
+    assert "rm -rf VENV" in result.commands
+
+
+def test_a_venv_made_where_it_is_is_kept(tmp_path, tools_present):
+    venv = tmp_path / "venv"
+    fake_venv(venv, venv)
+    result = dry_run(tmp_path, torch_state="venv-cpu", path=tools_present)
+    assert result.returncode == 0, result.stderr
+    assert "made in" not in result.stdout and "rm -rf VENV" not in result.commands

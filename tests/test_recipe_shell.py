@@ -140,6 +140,24 @@ def test_path_sh_sourced_by_sh_says_it_needs_bash():
     assert "No environment" not in result.stderr
 
 
+def test_path_sh_in_a_moved_checkout_says_to_make_the_venv_again(tmp_path):
+    checkout = tmp_path / "moved"  # mv old moved: the venv's activate still names old/
+    (checkout / "utils").mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "utils", "path.sh"), checkout / "utils" / "path.sh")
+    (checkout / "tools" / "venv" / "bin").mkdir(parents=True)
+    (checkout / "tools" / "venv" / "bin" / "activate").write_text(
+        f'VIRTUAL_ENV="{tmp_path}/old/tools/venv"\nexport VIRTUAL_ENV\nPATH="$VIRTUAL_ENV/bin:$PATH"\n'
+    )
+    script = f". {shlex.quote(str(checkout))}/utils/path.sh && echo activated"
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 1 and "activated" not in result.stdout
+    assert (
+        f"{checkout}/tools/venv was made in {tmp_path}/old/tools/venv (the checkout was moved or copied)"
+        in result.stderr
+    )
+    assert f"run {checkout}/tools/install.sh, which makes it again here" in result.stderr
+
+
 def test_path_sh_imports_this_checkouts_crab_before_the_users_pythonpath(tmp_path):
     other = tmp_path / "other_checkout"  # another checkout of crab on the user's PYTHONPATH
     (other / "crab").mkdir(parents=True)

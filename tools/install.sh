@@ -4,7 +4,8 @@
 #
 #   tools/install.sh [--torch auto|cpu|cuda|keep] [--dry_run] [--help]
 #
-# A second run checks and changes nothing.
+# A second run checks and changes nothing. A venv moved or copied with the checkout
+# (its scripts name the folder it was made in) is made again.
 #
 # System tools: ffmpeg (MELD recipe, mp4 -> wav), espeak-ng (mini recipe corpus), and
 # the shell gate of tools/gates.sh, shellcheck, are installed with apt-get where we are
@@ -122,6 +123,16 @@ for tool in ${system_tools}; do
 done
 
 # ---- Python ---------------------------------------------------------------------
+# A venv holds its own path (activate's VIRTUAL_ENV, its scripts' #! lines, crab's editable
+# link): one moved or copied with the checkout does not work here, so it is made again.
+if [ -x "${venv}/bin/python" ] && [ -f "${venv}/bin/activate" ]; then
+  # shellcheck disable=SC1091
+  made_in=$(. "${venv}/bin/activate" > /dev/null 2>&1 && echo "${VIRTUAL_ENV:-}")
+  if ! [ "${made_in}" -ef "${venv}" ]; then
+    log "${venv} was made in ${made_in:-another folder} (moved or copied since), and a virtual environment does not move: making it again"
+    run rm -rf "${venv}"
+  fi
+fi
 # The pinned numpy and pandas need Python 3.11 or newer: say so before pip does, obscurely.
 if [ -x "${venv}/bin/python" ]; then venv_python=${venv}/bin/python; else venv_python=${python}; fi
 command -v "${venv_python}" > /dev/null \

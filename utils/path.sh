@@ -12,6 +12,17 @@ if [ ! -f "${CRAB_ROOT}/tools/venv/bin/activate" ]; then
   # shellcheck disable=SC2317
   return 1 2>/dev/null || exit 1
 fi
+# A venv holds its own path (activate's VIRTUAL_ENV, its scripts' #! lines): moved or copied
+# with the checkout, it would put a folder that is gone (or another checkout's) first on PATH.
+# shellcheck disable=SC1091
+made_in=$(. "${CRAB_ROOT}/tools/venv/bin/activate" > /dev/null 2>&1 && echo "${VIRTUAL_ENV:-}")
+if ! [ "${made_in}" -ef "${CRAB_ROOT}/tools/venv" ]; then
+  echo "${CRAB_ROOT}/tools/venv was made in ${made_in:-another folder} (the checkout was moved or copied)," \
+    "and a virtual environment does not move: run ${CRAB_ROOT}/tools/install.sh, which makes it again here" >&2
+  # shellcheck disable=SC2317
+  return 1 2>/dev/null || exit 1
+fi
+unset made_in
 # shellcheck disable=SC1091
 . "${CRAB_ROOT}/tools/venv/bin/activate"
 # this checkout's crab, not another one's that the user's PYTHONPATH names
