@@ -217,8 +217,13 @@ class FeatureCache:
     def __init__(self, cache_dir):
         path = os.path.join(cache_dir, INDEX)
         if not os.path.isfile(path):
+            # a run's hyperparams.yaml names the cache it was last trained with: deleted or
+            # moved since, the user needs every way on, not only the extraction
             raise FeatureCacheError(
-                f"no feature cache at {cache_dir} ({INDEX} missing): run the extraction first"
+                f"no feature cache at {cache_dir} ({INDEX} missing; a relative path is read from "
+                f"{os.getcwd()}): extract it (the recipe's stage 4 with --feature_cache {cache_dir}), "
+                "give the folder it was moved to (--feature_cache DIR), or run the encoders instead "
+                '(--feature_cache=null; the recipe: --train_opts "--feature_cache=null")'
             )
         with open(path, encoding="utf-8") as f:
             index = json.load(f)
