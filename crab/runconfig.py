@@ -9,6 +9,7 @@ Only the keys of ``STAGE_KEYS`` may take another value at those stages; any othe
 override given again must equal the trained value, else a ``ConfigError`` names the
 key and both values. A run copied or moved to another folder is read where it is
 (``--output_folder``): the paths under the folder it was trained in are moved with it.
+So is a data folder (``--data_folder``: manifests and tokenizer) moved since training.
 
 A tuning file (``conf/tuning/<name>.yaml``, ``read_tuning``) is a committed setting: a
 base config and the overrides applied over it (``ser.sh --tuning``), so that a results
@@ -44,6 +45,8 @@ STAGE_KEYS = {
     "test_manifest": "what to evaluate",
     "eval_name": "where the evaluation is written (<output_folder>/eval_<name>)",
     "data_root": "where the audio is now (manifests hold {data_root}); the audio itself is the manifest's",
+    "data_folder": "where the manifests and the tokenizer are now (the run's paths under it move with it); "
+    "the tokenizer is checked against the run's, the test manifest is given",
     "feature_cache": "where the frozen-encoder states are now; the cache is checked against the model",
     # Evaluation batching: every padded position is masked, so a prediction does not
     # depend on its batch (only on memory and speed; Whisper's last frames excepted,
@@ -489,6 +492,7 @@ def check_runs_agree(run_dirs, overrides):
 # nothing of what is trained.
 RESUME_KEYS = {
     "data_root": "where the audio is now",
+    "data_folder": "where the manifests and the tokenizer are now (checked: their sha256)",
     "feature_cache": "where the frozen-encoder states are now (checked against the model)",
     "num_workers": "data-loading processes",
     "gradient_checkpointing": "memory: the encoders' activations recomputed, the same gradients",
@@ -615,6 +619,23 @@ def _no_download(values):
     return extra
 
 
+def _moved_data_folder(text, overrides):
+    """The run file's ``text`` with its paths under its ``data_folder`` moved under the one
+    ``overrides`` give, where that is another folder (data/ copied or moved since training:
+    the tokenizer and training manifests are then read there)."""
+    given = dict(override_items(overrides)).get("data_folder")
+    saved = resolved_values(text).get("data_folder")
+    if not given or given.startswith("!") or not saved:
+        return text
+    given = str(yaml.safe_load(given))
+    if os.path.abspath(given) == os.path.abspath(str(saved)):
+        return text
+    logger.info(
+        "Run's data folder %s, read in %s: its paths under the first are read under the second", saved, given
+    )
+    return relocated(text, str(saved), given)
+
+
 def load_run(argv=None, stage_keys=STAGE_KEYS, pretrained_encoders=True):
     """Parse ``hparams.yaml [--run_opt ...] [--key=value ...]`` of a stage after training
     and load the run's own ``<output_folder>/hyperparams.yaml``.
@@ -639,6 +660,7 @@ def load_run(argv=None, stage_keys=STAGE_KEYS, pretrained_encoders=True):
             "train it first (crab.bin.train, the recipe's training stage)"
         )
     text = run_text(run_file, folder)
+    text = _moved_data_folder(text, overrides)
     check_against_run(run_file, text, overrides, stage_keys)
     applied = [(k, v) for k, v in override_items(overrides) if k in stage_keys]
     loaded = resolve_references(io.StringIO(text), "".join(f"{k}: {v}\n" for k, v in applied) or None)

@@ -14,7 +14,7 @@ device type, code; ``crab.evalrecord``) equals this evaluation's is kept as it i
 The model is the run's own: its configuration is ``RUN/hyperparams.yaml``, saved by
 training (``crab.runconfig.load_run``); an option of training need not be given again,
 and one given again must have the trained value (``test_manifest``, ``eval_name``,
-``data_root``, ``feature_cache`` and the batching keys may differ).
+``data_root``, ``data_folder``, ``feature_cache`` and the batching keys may differ).
 """
 
 import argparse
