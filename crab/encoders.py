@@ -580,7 +580,7 @@ class SpeechEncoder(_Encoder):
             )
         finally:
             self.model.crab_frame_lens = None
-        states = self._stack(outputs.hidden_states, outputs.last_hidden_state)
+        states = self._stack(_encoder_hidden_states(self.model, outputs), outputs.last_hidden_state)
         return states, device_mask(frame_lens, states.shape[1], states.device)
 
     def _encode_whisper(self, wavs, lengths):
@@ -648,6 +648,23 @@ class SpeechEncoder(_Encoder):
             if outputs is not None:
                 outputs.append(x)
         return x
+
+
+def _encoder_hidden_states(model, outputs):
+    """``outputs.hidden_states`` with the last one the encoder's output. transformers
+    records the stable-layer-norm models' (``do_stable_layer_norm``: WavLM Large, HuBERT
+    Large, wav2vec 2.0 Large-LV60 and XLS-R, UniSpeech(-SAT)) and wav2vec2-conformer's
+    last hidden state before their encoder's final layer norm, so index N and
+    ``weighted_sum`` would not read the output that ``last`` reads."""
+    hidden = outputs.hidden_states
+    config = model.config
+    final_norm = getattr(config, "do_stable_layer_norm", False) or config.model_type == "wav2vec2-conformer"
+    if hidden is None or not final_norm:
+        return hidden
+    last = hidden[-1]
+    if last.shape == outputs.last_hidden_state.shape:  # no adapter after the encoder
+        return (*hidden[:-1], outputs.last_hidden_state)
+    return (*hidden[:-1], model.encoder.layer_norm(last))
 
 
 def _enable_gradient_checkpointing(model, enabled):

@@ -591,3 +591,25 @@ def test_gradient_checkpointing_gives_the_same_gradients(which, tokenizer_dir):
 def test_gradient_checkpointing_must_be_a_boolean():
     with pytest.raises(ValueError, match="gradient_checkpointing must be true or false"):
         SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False, gradient_checkpointing="yes")
+
+
+@pytest.mark.parametrize("kind", ["hubert", "wav2vec2", "wav2vec2-conformer", "unispeech-sat", "wavlm"])
+def test_the_last_hidden_state_index_reads_the_encoder_output(config_dirs, kind):
+    """``layer_weighting: N`` (and the last of ``weighted_sum``'s states) is the output that
+    ``last`` reads: for the stable-layer-norm models and the conformer, after the
+    encoder's final layer norm, which transformers records the last hidden state before."""
+    source = WAVLM if kind == "wavlm" else config_dirs[kind]
+    wavs, lens = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0)), torch.tensor([1.0, 0.6])
+    torch.manual_seed(0)
+    last = SpeechEncoder(source, pretrained=False).eval()
+    with torch.no_grad():
+        last.model.encoder.layer_norm.weight.mul_(3.0)  # a final norm that is not the identity
+        expected, mask = last(wavs, lens)
+    num_layers = last.num_layers
+    for choice in (num_layers, "weighted_sum"):
+        encoder = SpeechEncoder(source, pretrained=False, layer_weighting=choice).eval()
+        encoder.model.load_state_dict(last.model.state_dict())
+        with torch.no_grad():
+            states, states_mask = encoder.states(wavs, lens)
+        assert torch.equal(states_mask, mask)
+        torch.testing.assert_close(states[:, :, -1][mask], expected[mask], msg=str(choice))
