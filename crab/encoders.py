@@ -581,6 +581,8 @@ class SpeechEncoder(_Encoder):
         finally:
             self.model.crab_frame_lens = None
         states = self._stack(_encoder_hidden_states(self.model, outputs), outputs.last_hidden_state)
+        if states.shape[1] != outputs.last_hidden_state.shape[1]:  # hidden states before an adapter
+            frame_lens = masked_lens
         return states, device_mask(frame_lens, states.shape[1], states.device)
 
     def _encode_whisper(self, wavs, lengths):

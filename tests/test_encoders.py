@@ -613,3 +613,22 @@ def test_the_last_hidden_state_index_reads_the_encoder_output(config_dirs, kind)
             states, states_mask = encoder.states(wavs, lens)
         assert torch.equal(states_mask, mask)
         torch.testing.assert_close(states[:, :, -1][mask], expected[mask], msg=str(choice))
+
+
+@pytest.mark.parametrize("choice", [1, "weighted_sum"])
+def test_hidden_states_before_an_adapter_get_the_mask_of_their_frames(tmp_path, choice):
+    """With ``add_adapter`` the output has fewer frames than the hidden states: a chosen
+    layer or the weighted sum (before the adapter) is masked by the CNN's frame lengths,
+    so an utterance gives the same states alone as padded in a batch."""
+    Wav2Vec2Config(**SMALL, add_adapter=True, output_hidden_size=32, num_adapter_layers=1).save_pretrained(
+        tmp_path
+    )
+    encoder = SpeechEncoder(str(tmp_path), pretrained=False, layer_weighting=choice).eval()
+    short = torch.randn(8000, generator=torch.Generator().manual_seed(0))
+    batch = torch.stack([torch.nn.functional.pad(short, (0, 24000)), torch.randn(32000)])
+    with torch.no_grad():
+        alone, alone_mask = encoder.states(short[None], torch.tensor([1.0]))
+        batched, mask = encoder.states(batch, torch.tensor([0.25, 1.0]))
+    frames = int(encoder.model._get_feat_extract_output_lengths(8000, add_adapter=False))
+    assert alone.shape[1] == frames and alone_mask.sum() == frames and mask[0].sum() == frames
+    torch.testing.assert_close(batched[0, :frames], alone[0], rtol=1e-4, atol=1e-5)
