@@ -539,9 +539,13 @@ class SpeechEncoder(_Encoder):
     def padding_dependent(self):
         """Whether an utterance's states depend on the padding of its batch (docs/training.md):
         Whisper's last frames (30 s windows), the group-norm models (run without an attention
-        mask, on zero-padded audio), data2vec-audio (its positional convolutions)."""
+        mask, on zero-padded audio), data2vec-audio (its positional convolutions),
+        wav2vec2-conformer (the convolution module of each layer reads the padded frames)."""
+        model_type = None if self.is_whisper else self.model.config.model_type
         return (
-            self.is_whisper or not self.use_attention_mask or self.model.config.model_type == "data2vec-audio"
+            self.is_whisper
+            or not self.use_attention_mask
+            or model_type in ("data2vec-audio", "wav2vec2-conformer")
         )
 
     @property

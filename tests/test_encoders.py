@@ -632,3 +632,17 @@ def test_hidden_states_before_an_adapter_get_the_mask_of_their_frames(tmp_path, 
     frames = int(encoder.model._get_feat_extract_output_lengths(8000, add_adapter=False))
     assert alone.shape[1] == frames and alone_mask.sum() == frames and mask[0].sum() == frames
     torch.testing.assert_close(batched[0, :frames], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_conformer_is_marked_padding_dependent(config_dirs):
+    """wav2vec2-conformer's convolution modules read the padded frames despite the mask:
+    its states depend on the batch, which ``padding_dependent`` (the evaluation record's
+    batching) says."""
+    encoder = SpeechEncoder(config_dirs["wav2vec2-conformer"], pretrained=False).eval()
+    short = torch.randn(8000, generator=torch.Generator().manual_seed(0))
+    batch = torch.stack([torch.nn.functional.pad(short, (0, 24000)), torch.randn(32000)])
+    with torch.no_grad():
+        alone, _ = encoder(short[None], torch.tensor([1.0]))
+        batched, _ = encoder(batch, torch.tensor([0.25, 1.0]))
+    assert not torch.allclose(batched[0, : alone.shape[1]], alone[0], atol=1e-4)
+    assert encoder.padding_dependent
