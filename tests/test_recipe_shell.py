@@ -78,7 +78,7 @@ def test_run_options_reach_python_as_given(bare_clone):
     """A folder with two spaces in a row: ser.sh passes each option of a run as one word."""
     venv_bin = bare_clone / "tools" / "venv" / "bin"  # a stand-in python that records its arguments
     venv_bin.mkdir(parents=True)
-    (venv_bin / "activate").write_text(f'PATH="{venv_bin}:$PATH"\n')
+    (venv_bin / "activate").write_text(f'VIRTUAL_ENV="{venv_bin.parent}"\nPATH="{venv_bin}:$PATH"\n')
     (venv_bin / "python").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> "{bare_clone}/argv"\n')
     (venv_bin / "python").chmod(0o755)
     corpus, exp_dir = bare_clone / "my  corpus", bare_clone / "x  y" / "exp"
