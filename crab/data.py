@@ -23,6 +23,7 @@ from crab.dataprep import (
     MIN_SAMPLE_RATE,
     classes_problem,
     clean_transcript,
+    frame_blocks,
     peak_problem,
     probe_audio,
     rate_problem,
@@ -87,19 +88,11 @@ def read_audio(path, max_duration=None):
     return wav
 
 
-def _read_mono(path, frames=None, block=1 << 20):
+def _read_mono(path, frames=None):
     """The first ``frames`` (None: all) of ``path``, the mean of its channels, float32, read
-    ``block`` frames at a time: memory follows the samples there, never the header's frame
-    count, which a damaged header can put at billions (a FLAC's: ``sf.read`` would allocate
-    hundreds of GB for it first), nor the channels of a multichannel file."""
-    parts, left = [], math.inf if frames is None else frames
+    by blocks (``frame_blocks``): nor does memory follow the channels of a multichannel file."""
     with sf.SoundFile(path) as f:
-        while left > 0:
-            data = f.read(int(min(block, left)), dtype="float32", always_2d=True)
-            if not len(data):
-                break
-            parts.append(data.mean(axis=1))
-            left -= len(data)
+        parts = [data.mean(axis=1) for data in frame_blocks(f, frames, "float32")]
     return np.concatenate(parts) if parts else np.zeros(0, dtype="float32")
 
 
@@ -216,8 +209,9 @@ def label_encoder(classes, path=None):
     A saved encoder whose labels differ from ``classes`` is an error: the label
     order is part of the trained model.
     """
-    if classes_problem(classes):
-        raise DataError(f"classes {list(classes)}: {classes_problem(classes)}")
+    problem = classes_problem(classes)
+    if problem:
+        raise DataError(f"classes {list(classes)}: {problem}")
     encoder = sb.dataio.encoder.CategoricalEncoder()
     if path is not None and encoder.load_if_possible(path):
         saved = [encoder.ind2lab[i] for i in range(len(encoder))]

@@ -221,6 +221,20 @@ class PeakCache:
             self.changed = False
 
 
+def frame_blocks(sound_file, frames, dtype, block=1 << 20):
+    """The next ``frames`` frames (None: to the end) of an open ``sf.SoundFile``, as 2-D
+    arrays of at most ``block`` frames: memory follows the samples there, never the header's
+    frame count, which a damaged header can put at billions (a FLAC's: ``sf.read`` would
+    allocate hundreds of GB for it first)."""
+    left = math.inf if frames is None else frames
+    while left > 0:
+        data = sound_file.read(int(min(block, left)), dtype=dtype, always_2d=True)
+        if not len(data):
+            return
+        yield data
+        left -= len(data)
+
+
 def missing_file(path):
     """``missing audio file <path>``, saying what is there when something is that is not a
     regular file: a directory, or a FIFO, device or socket (never opened: a FIFO would block)."""

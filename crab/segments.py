@@ -14,11 +14,10 @@ import numpy as np
 import soundfile as sf
 
 from crab.datadir import Failure, parse_wav_scp, read_table, table_lines
-from crab.dataprep import DataPrepError
+from crab.dataprep import DataPrepError, frame_blocks
 from crab.fileio import WriteError, write_atomic, write_text_atomic
 
 MAX_OVERSHOOT = 0.5  # seconds an end may pass the recording's end
-BLOCK_FRAMES = 1 << 20  # frames read at a time
 Segment = collections.namedtuple("Segment", ["utt", "recording", "start", "end", "line"])
 
 
@@ -67,15 +66,9 @@ def _span(segment, info):
 def _read_span(recording, span, info):
     """``(samples, rate, WAV subtype)`` of the frames ``span`` of ``recording``: its sample format
     where WAV holds it (else 32-bit float)."""
-    parts, left = [], span[1] - span[0]
-    with sf.SoundFile(recording) as f:  # by blocks: a damaged header's frame count is never allocated
+    with sf.SoundFile(recording) as f:
         f.seek(span[0])
-        while left > 0:
-            data = f.read(min(BLOCK_FRAMES, left), dtype="float64", always_2d=True)
-            if not len(data):
-                break
-            parts.append(data)
-            left -= len(data)
+        parts = list(frame_blocks(f, span[1] - span[0], "float64"))
     data = np.concatenate(parts) if parts else np.zeros((0, info.channels))
     return data, info.samplerate, info.subtype if sf.check_format("WAV", info.subtype) else "FLOAT"
 

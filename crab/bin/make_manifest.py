@@ -108,8 +108,9 @@ def main(argv=None):
         parser.error("--modality speech needs audio: it cannot go with --text_only true")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     classes = args.classes.split(",")
-    if classes_problem(classes):
-        parser.error(f"--classes {args.classes!r}: {classes_problem(classes)}")
+    problem = classes_problem(classes)
+    if problem:
+        parser.error(f"--classes {args.classes!r}: {problem}")
     name = os.path.basename(os.path.normpath(args.data_dir))
     require_text = args.modality != "speech"
     check_out(parser, args)
