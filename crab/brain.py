@@ -19,7 +19,7 @@ from crab.cli import UserError
 from crab.data import SAMPLE_RATE
 from crab.encoders import lengths_to_mask, relative_to_absolute
 from crab.features import BRANCHES, cached_states
-from crab.fileio import commit, stage, text_writer
+from crab.fileio import commit, make_dirs, stage, text_writer
 from crab.losses import total_loss
 from crab.metrics import METRICS, compute_scores
 from crab.model import NonFiniteOutputError, non_finite_rows
@@ -547,7 +547,7 @@ class CrabBrain(sb.Brain):
         as a smaller test set)."""
         classes = list(self.hparams.classes)
         eval_dir = self.eval_folder()
-        os.makedirs(eval_dir, exist_ok=True)
+        make_dirs(eval_dir)
         # renamed last, after the outputs; an older record goes first (a kill between leaves none)
         evalrecord.forget(eval_dir, evalrecord.PREDICTIONS_RECORD)
         inputs = getattr(self, "eval_inputs", None)

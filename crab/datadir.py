@@ -17,7 +17,7 @@ import os
 from collections import namedtuple
 
 from crab.dataprep import DataPrepError, clean_transcript, decode, is_piped
-from crab.fileio import commit, stage, write_text_atomic
+from crab.fileio import commit, make_dirs, stage, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def write_data_dir(out_dir, tables):
     for name, rows in tables.items():
         if rows is not None:
             _check_table(os.path.join(out_dir, name), rows)
-    os.makedirs(out_dir, exist_ok=True)
+    make_dirs(out_dir)
     staged = stage(
         (os.path.join(out_dir, name), functools.partial(_write_table, rows))
         for name, rows in tables.items()

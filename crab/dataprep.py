@@ -24,7 +24,7 @@ import numpy as np
 import soundfile as sf
 
 from crab.cli import UserError
-from crab.fileio import write_text_atomic
+from crab.fileio import make_dirs, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class PeakCache:
 
     def save(self):
         if self.changed:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            make_dirs(os.path.dirname(os.path.abspath(self.path)))
             write_text_atomic(self.path, json.dumps({"version": self.VERSION, "files": self.entries}))
             self.changed = False
 
@@ -441,7 +441,7 @@ def write_skipped(path, problems):
             os.remove(path)
         return
     rows = [SKIPPED_HEADER] + [(utt, kind, message) for utt, (kind, message) in problems]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    make_dirs(os.path.dirname(os.path.abspath(path)))
     write_text_atomic(path, "".join("\t".join(tsv_field(f) for f in row) + "\n" for row in rows))
 
 
@@ -472,7 +472,7 @@ def write_manifest(entries, path, data_root):
             outside[0],
             portable[outside[0]]["wav"],
         )
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    make_dirs(os.path.dirname(os.path.abspath(path)))
     write_text_atomic(path, json.dumps(portable, indent=2, ensure_ascii=False))
 
 

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from crab import evalrecord
-from crab.fileio import commit, stage, text_writer, write_text_atomic
+from crab.fileio import commit, make_dirs, stage, text_writer, write_text_atomic
 
 EMBEDDING_SCORES = ("silhouette", "calinski_harabasz", "davies_bouldin")
 # The silhouette compares every pair of points: its time and memory grow with the square of
@@ -132,7 +132,7 @@ def write_embeddings(
     """
     from crab.plots import plot_embeddings
 
-    os.makedirs(out_dir, exist_ok=True)
+    make_dirs(out_dir)
     scores = embedding_scores(embeddings, labels)
 
     def write_dump(tmp):

@@ -7,7 +7,8 @@ writer (``.<name>.<pid>.<random>.tmp``): two processes never write the same one,
 and no glob of a folder's files (``utt2*``, ``*.wav``) sees it. A ``write`` that
 raises leaves nothing behind; a kill leaves its temporary file, which a writer
 holding the folder (a lock) may remove (``remove_temps``). A write the system refuses
-(a full disk, a quota) is a ``WriteError`` naming the file, which is left as it was.
+(a full disk, a quota) is a ``WriteError`` naming the file, which is left as it was;
+an output folder that cannot be made (``make_dirs``) is one naming the folder and why.
 """
 
 import glob
@@ -47,6 +48,29 @@ class WriteError(UserError, OSError):
         return cls(
             getattr(err, "errno", None), f"cannot write {path} ({why})" + (f": {then}" if then else "")
         )
+
+
+def make_dirs(path, exist_ok=True):
+    """``os.makedirs(path, exist_ok=exist_ok)`` for an output folder: one that cannot be made is a
+    ``WriteError`` naming it and why (a file in the way of one of its folders, no permission, a
+    full disk)."""
+    try:
+        os.makedirs(path, exist_ok=exist_ok)
+    except OSError as err:
+        blocker = file_in_the_way(path)
+        why = f"a file named {blocker} is in the way" if blocker else err.strerror or err
+        raise WriteError(err.errno, f"cannot create output folder {path}: {why}") from err
+
+
+def file_in_the_way(path):
+    """The first of ``path``'s folders, ``path`` included, that is there but is not a folder (a
+    file, a dangling link), or None."""
+    parts = os.path.normpath(path).split(os.sep)
+    for end in range(1, len(parts) + 1):
+        folder = os.sep.join(parts[:end]) or os.sep
+        if os.path.lexists(folder) and not os.path.isdir(folder):
+            return folder
+    return None
 
 
 def fsync(path):

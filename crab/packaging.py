@@ -39,7 +39,7 @@ from crab import cli
 from crab.checkpointing import TRAIN_SECONDS
 from crab.data import label_encoder
 from crab.encoders import waveform_normalization_mode
-from crab.fileio import is_write_failure, replace_dir
+from crab.fileio import is_write_failure, make_dirs, replace_dir
 from crab.inference import ENCODER_DIRS, METADATA, CrabClassifier, load_weights, package_files
 from crab.metrics import METRICS
 from crab.model_card import CARD, model_card, run_name
@@ -282,9 +282,8 @@ def package(hparams, out, text_source="unknown", asr_model=None, arguments=None)
         raise PackageError(f"{out} exists and is not a Crab package: remove it or choose another --out")
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    make_dirs(tmp, exist_ok=False)
     try:
-        os.makedirs(tmp)
-
         # saved again from the CPU copy: a run trained on a GPU tags its tensors cuda, which a
         # plain torch.load on a machine without one refuses
         torch.save(state, os.path.join(tmp, "model.ckpt"))

@@ -19,7 +19,7 @@ import json
 import os
 
 from crab.cli import NEW_RUN, UserError
-from crab.fileio import write_text_atomic
+from crab.fileio import make_dirs, write_text_atomic
 
 SIDECAR = ".provenance"
 RUN_FILE = "text_source.json"
@@ -236,5 +236,5 @@ def _read_json(path):
 
 
 def _write_json(path, record):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    make_dirs(os.path.dirname(os.path.abspath(path)))
     write_text_atomic(path, json.dumps(record, indent=2))

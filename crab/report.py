@@ -51,7 +51,7 @@ import numpy as np
 
 from crab import cli, evalrecord
 from crab.embeddings import EMBEDDING_SCORES
-from crab.fileio import WriteError, write_text_atomic
+from crab.fileio import WriteError, make_dirs, write_text_atomic
 from crab.metrics import METRICS, classification_report
 from crab.provenance import describe, read_run_provenance, trained_text_source
 
@@ -165,7 +165,7 @@ def record_training(run_dir, wall_s, command, device="cpu", config=None, tuning=
     )
     if config is not None or tuning is not None:
         info.update(config=config, tuning=tuning or None)
-    os.makedirs(run_dir, exist_ok=True)
+    make_dirs(run_dir)
     write_text_atomic(path, json.dumps(info, indent=2))
     return info
 

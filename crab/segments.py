@@ -15,7 +15,7 @@ import soundfile as sf
 
 from crab.datadir import Failure, parse_wav_scp, read_table, table_lines
 from crab.dataprep import DataPrepError, frame_blocks
-from crab.fileio import WriteError, write_atomic, write_text_atomic
+from crab.fileio import WriteError, make_dirs, write_atomic, write_text_atomic
 
 MAX_OVERSHOOT = 0.5  # seconds an end may pass the recording's end
 Segment = collections.namedtuple("Segment", ["utt", "recording", "start", "end", "line"])
@@ -128,8 +128,8 @@ def cut_segments(data_dir, out_dir, audio_dir=None):
                 f"{wav}, segment '{segment.utt}' (segments line {segment.line}), would replace a recording "
                 f"of {os.path.join(data_dir, 'wav.scp')}: write the cut audio elsewhere (another --audio_dir)"
             )
-    os.makedirs(audio_dir, exist_ok=True)
-    os.makedirs(out_dir, exist_ok=True)
+    make_dirs(audio_dir)
+    make_dirs(out_dir)
     done, infos = {}, {}
     for segment in segments:
         path, info, span, reason = _locate(segment, paths, unusable, infos)

@@ -13,7 +13,7 @@ from transformers import RobertaTokenizerFast
 
 from crab import cli
 from crab.data import load_manifest
-from crab.fileio import fsync, replace_dir, temp_path
+from crab.fileio import fsync, make_dirs, replace_dir, temp_path
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0-4
 # Byte-level BPE keeps all 256 byte tokens whatever vocab_size asks for.
@@ -48,6 +48,7 @@ def build_bpe_tokenizer(texts, out_dir, vocab_size=1000, model_max_length=128):
     )
     vocab = bpe.get_vocab()
     out_dir = os.path.normpath(out_dir)
+    make_dirs(os.path.dirname(out_dir) or os.curdir)
     tmp = temp_path(out_dir)
     try:
         os.makedirs(tmp)

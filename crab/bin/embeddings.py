@@ -34,6 +34,7 @@ import sys
 from crab import cli, evalrecord
 from crab.embeddings import PROJECTIONS, extract_embeddings, write_embeddings
 from crab.experiment import load_trained_run
+from crab.fileio import make_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def main(argv=None):
         brain.eval_folder(), evalrecord.EMBEDDINGS_RECORD, inputs, outputs
     ):
         return
+    make_dirs(brain.eval_folder())  # before the work: a folder that cannot be made is said at once
     brain.on_evaluate_start(max_key=hparams["ckpt_metric"])
     ids, embeddings, labels = extract_embeddings(brain, test_set, hparams["eval_dataloader_opts"])
     out_dir = brain.eval_folder()  # beside the predictions of crab.bin.evaluate

@@ -22,6 +22,7 @@ import sys
 
 from crab import cli, evalrecord
 from crab.experiment import load_trained_run, loader_options
+from crab.fileio import make_dirs
 from crab.report import EVALUATED_CHECKPOINT
 
 OUTPUTS = ("predictions.csv", "scores.json", EVALUATED_CHECKPOINT)
@@ -40,6 +41,7 @@ def main(argv=None):
         brain.eval_folder(), evalrecord.PREDICTIONS_RECORD, brain.eval_inputs, OUTPUTS
     ):
         return
+    make_dirs(brain.eval_folder())  # before the work: a folder that cannot be made is said at once
     brain.evaluate(
         test_set,
         max_key=hparams["ckpt_metric"],

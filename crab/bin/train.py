@@ -20,7 +20,6 @@ ends, even on ``kill -9``, so re-running an interrupted training needs no clean-
 """
 
 import logging
-import os
 import sys
 
 import speechbrain as sb
@@ -41,6 +40,7 @@ from crab.experiment import (
     run_lock,
 )
 from crab.features import model_tokenizer_digest
+from crab.fileio import make_dirs
 from crab.provenance import record_run_provenance
 from crab.runconfig import ConfigError, check_resume, has_checkpoint, write_run_hparams
 
@@ -83,7 +83,7 @@ def _train(hparams_file, run_opts, overrides, hparams):
     if sb.utils.distributed.if_main_process():
         write_run_hparams(hparams_file, overrides, hparams["output_folder"])
     sb.create_experiment_directory(hparams["output_folder"])
-    os.makedirs(hparams["save_folder"], exist_ok=True)
+    make_dirs(hparams["save_folder"])
     encoder = prepare_labels_and_weights(hparams)
     cache = feature_cache(hparams, [hparams["train_manifest"], hparams["valid_manifest"]])
     train_set = dataset(hparams, hparams["train_manifest"], encoder, cache=cache)

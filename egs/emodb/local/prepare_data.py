@@ -24,6 +24,7 @@ from collections import Counter
 import soundfile as sf
 from emodb_facts import CLASSES, EMOTIONS, EXPECTED_COUNTS, SENTENCES, SPEAKER_GENDER
 
+from crab import cli
 from crab.datadir import check_fold, write_data_dir
 from crab.dataprep import DataPrepError, count_table
 
@@ -157,7 +158,8 @@ def by_utt(rows):
     return {r["utt"]: r for r in rows}
 
 
-def main():
+@cli.entry_point  # a write error (a file where --out_dir goes) is one line
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus_dir", required=True, help="EmoDB folder holding wav/")
     parser.add_argument("--out_dir", required=True)
@@ -174,7 +176,7 @@ def main():
         default="true",
         help="stop unless the per-class counts are the released corpus's",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         folds = make_folds(args.num_folds, args.pairing)
         rows = scan_corpus(args.corpus_dir)

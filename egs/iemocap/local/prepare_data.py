@@ -21,6 +21,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 
+from crab import cli
 from crab.cli import str2bool
 from crab.datadir import check_fold, write_data_dir
 from crab.dataprep import C1_AS_CP1252, DataPrepError, count_table, read_text
@@ -207,7 +208,8 @@ def by_utt(utts):
     return {u.utt: {"emo": u.emo} for u in utts}
 
 
-def main():
+@cli.entry_point  # a write error (a file where --out_dir goes) is one line
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus_dir", required=True, help="IEMOCAP_full_release")
     parser.add_argument("--out_dir", required=True)
@@ -223,7 +225,7 @@ def main():
         default=True,
         help="stop unless the whole corpus has the published 4-class counts (true|false)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     utts = [
         u

@@ -20,6 +20,7 @@ from collections import Counter
 
 from meld import CLASSES, EXPECTED_COUNTS, SPLITS, MeldError, fail, locate, read_exclusions, read_split
 
+from crab import cli
 from crab.cli import str2bool
 from crab.datadir import check_fold, write_data_dir
 from crab.dataprep import DataPrepError, count_table
@@ -83,7 +84,8 @@ def tables(rows, wav_dir):
     return {"wav.scp": None if wav_dir is None else {r.utt: wav_path(wav_dir, r) for r in rows}, **values}
 
 
-def main():
+@cli.entry_point  # a write error (a file where --out_dir goes) is one line
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--meld_root", required=True, help="MELD.Raw, holding the *_sent_emo.csv files")
     parser.add_argument(
@@ -111,7 +113,7 @@ def main():
         default=False,
         help="true: no audio: no wav.scp, exclusion list not applied (true|false)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         excluded = read_exclusions(args.exclude)
         rows = {split: read_split(args.meld_root, split, args.fix_mojibake) for split in SPLITS}

@@ -11,6 +11,7 @@ import csv
 import os
 import sys
 
+from crab import cli
 from crab.datadir import check_fold, write_data_dir
 from crab.dataprep import DataPrepError
 
@@ -41,13 +42,14 @@ def tables(rows, corpus_dir):
     return {name: {r["utt_id"]: value(r) for r in rows} for name, value in values.items()}
 
 
-def main():
+@cli.entry_point  # a write error (a file where --out_dir goes) is one line
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus_dir", required=True)
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--valid_speakers", default="spk05", help="comma-separated")
     parser.add_argument("--test_speakers", default="spk06", help="comma-separated")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = read_metadata(args.corpus_dir)
     valid, test = set(args.valid_speakers.split(",")), set(args.test_speakers.split(","))
     speakers = {r["speaker"] for r in rows}

@@ -24,6 +24,7 @@ import os
 import sys
 from collections import Counter, defaultdict
 
+from crab import cli
 from crab.datadir import check_fold, write_data_dir
 from crab.dataprep import C1_AS_CP1252, DataPrepError, count_table, csv_records, read_text
 
@@ -305,7 +306,8 @@ def report(splits, left_out):
             )
 
 
-def main():
+@cli.entry_point  # a write error (a file where --out_dir goes) is one line
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--corpus_dir", required=True, help="the MSP-Podcast directory, holding Audios/ and Labels/"
@@ -331,7 +333,7 @@ def main():
         help="a labelled file missing from Audios/: keep (written, left to stage 3's --policy), "
         "error (stop here) or skip (left out here, counted)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not os.path.isdir(args.corpus_dir):
         fail(f"{args.corpus_dir} is not a directory: set MSP_PODCAST in db.sh")
     labels = find_labels(args.corpus_dir, args.labels)
