@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -74,20 +75,95 @@ def test_help_names_a_run_sh_whose_path_has_spaces(tmp_path):
     ]
 
 
-def test_run_options_reach_python_as_given(bare_clone):
-    """A folder with two spaces in a row: ser.sh passes each option of a run as one word."""
-    venv_bin = bare_clone / "tools" / "venv" / "bin"  # a stand-in python that records its arguments
+def stand_in_venv(clone):
+    """``clone``'s tools/venv with a stand-in python: ``python -c CODE`` runs in this python (ser.sh
+    reads its shell-word options so), any other call only records its arguments (``calls``)."""
+    venv_bin = clone / "tools" / "venv" / "bin"
     venv_bin.mkdir(parents=True)
     (venv_bin / "activate").write_text(f'VIRTUAL_ENV="{venv_bin.parent}"\nPATH="{venv_bin}:$PATH"\n')
-    (venv_bin / "python").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> "{bare_clone}/argv"\n')
+    (venv_bin / "python").write_text(
+        f'#!/bin/sh\n[ "$1" != -c ] || exec {shlex.quote(sys.executable)} "$@"\n'
+        f'printf "%s\\n" "$ python" "$@" >> "{clone}/argv"\n'
+    )
     (venv_bin / "python").chmod(0o755)
+
+
+def calls(clone):
+    """The arguments of each call of the stand-in python of ``clone`` (``stand_in_venv``)."""
+    argv = (clone / "argv").read_text().split("$ python\n")[1:] if (clone / "argv").exists() else []
+    return [call.splitlines() for call in argv]
+
+
+def holds(call, words):
+    """Whether ``words`` are in ``call`` (a list of arguments), one after the other."""
+    return any(call[i : i + len(words)] == words for i in range(len(call)))
+
+
+def test_run_options_reach_python_as_given(bare_clone):
+    """A folder with two spaces in a row: ser.sh passes each option of a run as one word."""
+    stand_in_venv(bare_clone)
     corpus, exp_dir = bare_clone / "my  corpus", bare_clone / "x  y" / "exp"
     corpus.mkdir()
     options = ("--stage", "8", "--data_root", str(corpus), "--exp_dir", str(exp_dir))
     result = run(str(bare_clone / "egs" / "mini" / "run.sh"), *options)
     assert result.returncode == 0, result.stderr
-    argv = (bare_clone / "argv").read_text().splitlines()
+    argv = [word for call in calls(bare_clone) for word in call]
     assert f"--data_root={corpus}" in argv and f"--output_folder={exp_dir}/crab_tiny/main/seed42" in argv
+
+
+def test_asr_opts_are_shell_words(bare_clone):
+    stand_in_venv(bare_clone)
+    (bare_clone / "corpus").mkdir()
+    options = ["--stage", "2", "--stop_stage", "2", "--data_root", str(bare_clone / "corpus")]
+    options += ["--asr_model", "/models/whisper", "--asr_opts", "--language 'old english' --max_new_tokens 8"]
+    result = run(str(bare_clone / "egs" / "mini" / "run.sh"), *options)
+    assert result.returncode == 0, result.stderr
+    transcribe = [call for call in calls(bare_clone) if call[:2] == ["-m", "crab.bin.transcribe"]]
+    assert len(transcribe) == 3  # train, valid, test
+    words = ["--language", "old english", "--max_new_tokens", "8"]
+    assert all(holds(call, words) for call in transcribe), transcribe
+
+
+@pytest.mark.parametrize(
+    "torchrun_opts, node_rank",
+    [
+        ("--nnodes 2 --node_rank=1 --log_dir '/scratch/my logs'", 1),
+        ("--nnodes 2 --node-rank 1 --log_dir '/scratch/my logs'", 1),
+        ("--nnodes 2 --node_rank 0 --log_dir '/scratch/my logs'", 0),
+        ("--log_dir '/scratch/my logs'", 0),
+    ],
+)
+def test_torchrun_opts_are_shell_words_and_tell_the_node_rank(bare_clone, torchrun_opts, node_rank):
+    """Stage 5 under torchrun, the options as given; the node of rank 0 records the run."""
+    stand_in_venv(bare_clone)
+    (bare_clone / "corpus").mkdir()
+    for split in ("train", "valid"):
+        (bare_clone / "data" / "main").mkdir(parents=True, exist_ok=True)
+        (bare_clone / "data" / "main" / f"{split}.json").write_text("{}")
+    run_dir = bare_clone / "exp" / "crab_tiny" / "main" / "seed42"
+    run_dir.mkdir(parents=True)
+    (run_dir / "train_log.txt").write_text("epoch: 1\n")
+    options = ["--stage", "5", "--stop_stage", "5", "--data_root", str(bare_clone / "corpus"), "--nproc", "2"]
+    options += ["--data_dir", str(bare_clone / "data"), "--exp_dir", str(bare_clone / "exp")]
+    result = run(str(bare_clone / "egs" / "mini" / "run.sh"), *options, "--torchrun_opts", torchrun_opts)
+    assert result.returncode == 0, result.stderr
+    launched = [call for call in calls(bare_clone) if call[:2] == ["-m", "torch.distributed.run"]]
+    assert len(launched) == 1 and holds(
+        launched[0], ["--log_dir", "/scratch/my logs", "-m", "crab.bin.train"]
+    )
+    recorded = [call for call in calls(bare_clone) if call[:3] == ["-m", "crab.report", "record_training"]]
+    assert len(recorded) == (node_rank == 0), calls(bare_clone)
+
+
+@pytest.mark.parametrize("torchrun_opts", ["--nnodes 2 --node_rank --master_addr HOST", "--node_rank=x"])
+def test_a_node_rank_that_is_not_a_number_is_an_error(bare_clone, torchrun_opts):
+    stand_in_venv(bare_clone)
+    (bare_clone / "corpus").mkdir()
+    options = ["--data_root", str(bare_clone / "corpus"), "--nproc", "2", "--torchrun_opts", torchrun_opts]
+    result = run(str(bare_clone / "egs" / "mini" / "run.sh"), *options)
+    assert result.returncode == 1 and "--torchrun_opts: --node_rank '" in result.stderr, result.stderr
+    assert "is not a number" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not [call for call in calls(bare_clone) if "crab.bin" in call[1]]  # no stage ran
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ corpus_opts=            # options for local/corpus.sh (stage 0; shell words: quo
 data_opts=              # options for local/data.sh (stage 1; shell words: quote values with spaces)
 policy=error            # bad utterances at stage 3: error (stop) | skip (count, leave out, list in data/<fold>/<split>.json.skipped)
 asr_model=              # stage 2: Hugging Face ASR model (hub id or directory); empty: no stage 2
-asr_opts=               # extra options for crab.bin.transcribe
+asr_opts=               # extra options for crab.bin.transcribe (shell words: quote values with spaces)
 text_source=gold        # manifests' text: gold (data dir's text) | asr (text.asr from stage 2)
 bpe_vocab_size=0        # > 0: build data/<fold>/tokenizer at stage 3 (tiny configs)
 ablation=               # one row of the ablation table: its overrides come before --train_opts
@@ -60,8 +60,9 @@ ablation_table=         # ablation name -> yaml overrides (default: conf/ablatio
 train_opts=             # --key=value overrides of the yaml (shell words: quote values with spaces)
 ngpu=0                  # 0: CPU; 1: cuda:0; N > 1: stage 5 trains on N GPUs (DDP, nccl), later stages on cuda:0
 nproc=1                 # with --ngpu 0, N > 1: stage 5 trains with N CPU processes (DDP, gloo)
-torchrun_opts=          # torchrun options of a DDP stage 5 (empty: one node, --standalone); for 2 nodes, on each:
-                        # "--nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500" (exp_dir shared)
+torchrun_opts=          # torchrun options of a DDP stage 5 (empty: one node, --standalone; shell words: quote values
+                        # with spaces); for 2 nodes, on each (exp_dir shared):
+                        # "--nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500"
 nj=1                    # stages 2, 4-6 as jobs, at most N at once (5, 6: one per fold and seed; 2, 4: one, the folds
                         # share the transcripts, the cache), each logged to exp/<tag>/log/; here, on --ngpu GPUs each
 cmd=                    # stages 2, 4-6 as jobs, each through this launcher: "utils/slurm.sh [options]" on Slurm,
@@ -184,9 +185,12 @@ shell_words() {  # shell_words ARRAY OPTION VALUE: VALUE, of --OPTION, as shell 
     { echo "$0: --$2 '$3': not shell words (${words##*: })" >&2; exit 1; }
   [ -z "${words}" ] || mapfile -t "$1" <<< "${words}"
 }
-corpus_words=() data_words=()  # a quoted path with spaces stays one word: --data_opts "--labels '/My corpus/l.csv'"
+# a quoted path with spaces stays one word: --data_opts "--labels '/My corpus/l.csv'"
+corpus_words=() data_words=() asr_words=() launch_opts=()
 shell_words corpus_words corpus_opts "${corpus_opts}"
 shell_words data_words data_opts "${data_opts}"
+shell_words asr_words asr_opts "${asr_opts}"
+shell_words launch_opts torchrun_opts "${torchrun_opts:---standalone}"
 if [ -n "${tuning}" ]; then  # the base config of the tuning file (checked whole: one line on an error)
   tuning_config=$(python -m crab.report tuning "${tuning}")
   if [ -n "${given_config}" ] && ! [ "${given_config}" -ef "${tuning_config}" ]; then
@@ -226,10 +230,16 @@ train_launcher=(python)  # stage 5: one process, or torchrun with the DDP option
 train_device=${device}
 train_desc=${device}     # how train_info.json records the device
 ddp_opts=()
-node_rank=0
+node_rank=0  # torchrun's --node_rank (or --node-rank), given as --NAME N or --NAME=N
+for ((i = 0; i < ${#launch_opts[@]}; i++)); do
+  case "${launch_opts[i]}" in
+    --node[_-]rank=*) node_rank=${launch_opts[i]#*=} ;;
+    --node[_-]rank) node_rank=${launch_opts[i + 1]-} ;;
+  esac
+done
+[[ ${node_rank} =~ ^[0-9]+$ ]] || { echo "$0: --torchrun_opts: --node_rank '${node_rank}' is not a number" >&2; exit 1; }
+node_rank=$((10#${node_rank}))
 if [ "${ngpu}" -gt 1 ] || [ "${nproc}" -gt 1 ]; then
-  read -r -a launch_opts <<< "${torchrun_opts:---standalone}"
-  if [[ " ${torchrun_opts} " =~ [[:space:]]--node[_-]rank[=[:space:]]+([0-9]+) ]]; then node_rank=${BASH_REMATCH[1]}; fi
   if [ "${ngpu}" -gt 1 ]; then
     train_launcher=(python -m torch.distributed.run --nproc_per_node "${ngpu}" "${launch_opts[@]}")
     train_device=  # each process takes cuda:LOCAL_RANK
@@ -240,7 +250,6 @@ if [ "${ngpu}" -gt 1 ] || [ "${nproc}" -gt 1 ]; then
     train_desc="cpu, ${nproc} processes per node (DDP, gloo)"; ddp_opts=(--distributed_backend=gloo)
   fi
 fi
-read -r -a asr_extra <<< "${asr_opts}"
 splits="train valid ${test_sets}"
 
 run_opts() {  # sets the array opts: the options of every run of fold $1, seed $2 (device $3: default ${device}, empty: none)
@@ -335,7 +344,7 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ] && [ -n "${asr_model}" ]; t
     for fold in ${folds}; do
       for split in ${splits}; do
         python -m crab.bin.transcribe --data_dir "${data_dir}/${fold}/${split}" \
-          --model "${asr_model}" --device "${device}" "${asr_extra[@]+"${asr_extra[@]}"}" \
+          --model "${asr_model}" --device "${device}" "${asr_words[@]+"${asr_words[@]}"}" \
           --reuse "${transcribed[@]+"${transcribed[@]}"}"
         transcribed+=("${data_dir}/${fold}/${split}")
       done
