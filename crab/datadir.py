@@ -30,6 +30,9 @@ Utterance = namedtuple("Utterance", ["utt", "path", "line"])
 Failure = namedtuple("Failure", ["utt", "line", "reason"])
 
 TEXT_FILES = {"gold": "text", "asr": "text.asr"}
+# an empty speaker would be one speaker shared by every utterance without one, in every split
+NO_SPEAKER = "no speaker: give it one (an unknown speaker is, as in Kaldi, the utterance id itself)"
+NO_VALUE = {"utt2spk": NO_SPEAKER}  # the tables whose values may not be empty, and the error
 WRITING = ".writing"  # in a data directory while write_data_dir replaces its tables
 
 
@@ -54,12 +57,13 @@ def table_lines(path):
     return lines
 
 
-def read_table(path, required=True):
+def read_table(path, required=True, no_value=None):
     """``utt value`` lines to a dict; the value is the rest of the line.
 
     UTF-8 (a leading byte-order mark is dropped); other bytes, or an utterance given
     twice, are a ``DataPrepError`` naming the file and line. A missing file is one too
-    (``required``) or an empty table.
+    (``required``) or an empty table. With ``no_value`` (``NO_VALUE``), so is a line with the
+    utterance id alone: ``<path>:<line>: utterance '<utt>' has <no_value>``.
     """
     table = {}
     if not os.path.isfile(path):
@@ -71,6 +75,8 @@ def read_table(path, required=True):
             raise line.error
         if line.utt in table:
             raise DataPrepError(f"{path}:{line.lineno}: duplicate utterance id '{line.utt}'")
+        if no_value and not line.value:
+            raise DataPrepError(f"{path}:{line.lineno}: utterance '{line.utt}' has {no_value}")
         table[line.utt] = line.value
     return table
 
@@ -111,7 +117,9 @@ def read_data_dir(data_dir, text_source="gold", text_only=False):
         raise DataPrepError(f"missing {text_file}: run the transcription stage (--asr_model) first")
     tables = {"text": read_table(text_file, required=False)}
     for path in sorted(glob.glob(os.path.join(data_dir, "utt2*"))):
-        tables[os.path.basename(path)[len("utt2") :]] = read_table(path)
+        tables[os.path.basename(path)[len("utt2") :]] = read_table(
+            path, no_value=NO_VALUE.get(os.path.basename(path))
+        )
     for field in ("emo", "spk"):
         if field not in tables:
             raise DataPrepError(f"{data_dir}: missing utt2{field}")
@@ -265,12 +273,16 @@ def _write_table(rows, path):
 def check_fold(splits, utterances=None, name="fold", speaker_independent=True):
     """Check one fold: ``splits`` is ``{split: {utt: speaker}}``.
 
-    Every utterance is in exactly one split, and (``utterances`` given) every one of
-    ``utterances`` is in one; with ``speaker_independent``, no speaker is in two
-    splits. A failure is a ``DataPrepError`` naming the fold, the splits and an
+    Every utterance has a speaker and is in exactly one split, and (``utterances`` given)
+    every one of ``utterances`` is in one; with ``speaker_independent``, no speaker is in
+    two splits. A failure is a ``DataPrepError`` naming the fold, the splits and an
     example. Returns ``{(split_a, split_b): speakers in both}`` for the pairs of
     splits that share speakers (empty when speaker-independent), for a recipe to note.
     """
+    for split, speakers in splits.items():
+        unknown = [utt for utt, speaker in speakers.items() if not str(speaker or "").strip()]
+        if unknown:
+            raise DataPrepError(f"{name}: utterance '{unknown[0]}' of {split} has {NO_SPEAKER}")
     names = list(splits)
     shared = {}
     for i, first in enumerate(names):

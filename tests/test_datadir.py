@@ -1,10 +1,14 @@
 """crab.datadir: the one Kaldi-table reader, data-dir writer and fold validator."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from crab.bin import make_manifest
+from crab.data import load_manifest
 from crab.datadir import (
     check_fold,
     parse_wav_scp,
@@ -15,6 +19,7 @@ from crab.datadir import (
     write_data_dir,
 )
 from crab.dataprep import DataPrepError
+from tests.conftest import ROOT
 
 OLD = {"wav.scp": {"a": "/db/a.wav", "b": "/db/b.wav"}, "utt2spk": {"a": "s1", "b": "s2"}}
 OLD_TABLES = {**OLD, "utt2emo": {"a": "sad", "b": "happy"}, "text": {"a": "one", "b": "two"}}
@@ -152,6 +157,46 @@ def test_fold_validator():
         check_fold({**fold, "valid": {"a": "s3"}})
     with pytest.raises(DataPrepError, match=r"1 utterance\(s\) in no split, e.g. 'e'"):
         check_fold(fold, "abcde")
+
+
+def test_an_utterance_without_a_speaker_is_an_error_naming_the_file_and_line(tmp_path):
+    """A utt2spk line with the utterance id alone (or a trailing space) was the speaker '': one
+    speaker of every utterance without one, in every split, which the fold check counted as a
+    speaker shared by the splits, and the manifests kept."""
+    for split in ("train", "test"):
+        write_data_dir(
+            tmp_path / split,
+            {**OLD_TABLES, "wav.scp": {"a": f"/db/{split}_a.wav", "b": f"/db/{split}_b.wav"}},
+        )
+    message = f"{tmp_path}/test/utt2spk:2: utterance 'b' has no speaker: give it one"
+    for line in ("b", "b "):
+        (tmp_path / "test" / "utt2spk").write_text(f"a s1\n{line}\n")
+        with pytest.raises(DataPrepError, match=f"^{message}"):
+            read_data_dir(str(tmp_path / "test"))
+
+    def run(module, *args):
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env)
+
+    argv = ["--data_dir", str(tmp_path / "test"), "--data_root", "/db", "--classes", "sad,happy"]
+    for result in (
+        run("crab.bin.make_manifest", *argv, "--out", str(tmp_path / "test.json"), "--policy", "skip"),
+        run("crab.bin.check_fold", "--fold", "f1", str(tmp_path / "train"), str(tmp_path / "test")),
+    ):
+        assert result.returncode == 1 and result.stderr.startswith(f"ERROR: {message}"), result.stderr
+        assert "Traceback" not in result.stderr and "share" not in result.stdout
+    assert not (tmp_path / "test.json").exists()
+    # a recipe's data prep checks its folds with the speakers of its corpus
+    with pytest.raises(DataPrepError, match="^f: utterance 'd' of test has no speaker: give it one"):
+        check_fold({"train": {"a": "s1"}, "test": {"c": "s2", "d": " "}}, name="f", speaker_independent=False)
+
+
+def test_a_hand_made_manifest_may_leave_the_speaker_empty(tmp_path):
+    """Training reads no speaker: a manifest's "spk" need only be there."""
+    manifest = tmp_path / "train.json"
+    entry = {"wav": "{data_root}/a.wav", "duration": 1.0, "text": "one", "emo": "sad", "spk": ""}
+    manifest.write_text(json.dumps({"a": entry}))
+    assert load_manifest(str(manifest), "/db")["a"]["spk"] == ""
 
 
 def test_stage_3_fold_check_refuses_an_utterance_or_a_recording_in_two_splits(tmp_path, capsys):

@@ -15,14 +15,14 @@ import os
 
 from crab import cli
 from crab.cli import str2bool
-from crab.datadir import check_fold, read_table
+from crab.datadir import NO_SPEAKER, check_fold, read_table
 from crab.dataprep import DataPrepError
 
 
 def split_tables(data_dir, text_only):
     """``({utt: speaker}, {audio path: utt})`` of one split's data directory."""
     listing = read_table(os.path.join(data_dir, "utt2emo" if text_only else "wav.scp"))
-    speakers = read_table(os.path.join(data_dir, "utt2spk"))
+    speakers = read_table(os.path.join(data_dir, "utt2spk"), no_value=NO_SPEAKER)
     audio = {} if text_only else {os.path.normpath(path): utt for utt, path in listing.items()}
     return {utt: speakers.get(utt, utt) for utt in listing}, audio  # one missing: its own speaker
 
