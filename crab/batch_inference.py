@@ -5,19 +5,20 @@
     # in egs/mini: relative paths are read from the current directory
     job = InferenceJob(model="exp/crab_tiny/main/seed42/model", wav_scp="data/main/test/wav.scp",
                        out="results.tsv", text_mode="gold", text="data/main/test/text")
-    tally = classify_wav_scp(job)  # total, before, now, failed, redone
+    tally = classify_wav_scp(job)  # total, before, now, failed, redone, text_changed
 
 Bad input fails the utterance, never the run: each failure is a ``crab.datadir.Failure``
 in ``<out>.errors`` and in the log. The run is resumable: results are appended batch by
 batch, and ``<out>.model`` records the model, the transcripts and the output settings
 (``run_settings``), so that a re-run with other ones stops (``check_settings``) instead
-of mixing results. What makes the whole run impossible (an option, a missing input, a
-results file of other settings) is a ``UsageError`` whose message names the
-``crab-infer`` option to change. A run holds ``<out>.lock`` (``output_lock``) from its
-first read of ``out`` to its last write, and loads the model before it writes anything.
-``<out>.sources`` records what each result was classified from (``Source``), so that a
-result whose audio changed is classified again. The command line, the output format and
-the resume rules are described in ``crab.bin.infer``.
+of mixing results (a --text file is checked result by result instead). What makes the
+whole run impossible (an option, a missing input, a results file of other settings) is a
+``UsageError`` whose message names the ``crab-infer`` option to change. A run holds
+``<out>.lock`` (``output_lock``) from its first read of ``out`` to its last write, and
+loads the model before it writes anything. ``<out>.sources`` records what each result was
+classified from (``Source``), so that a result whose audio changed is classified again,
+and so is one whose transcript in --text changed (``resumed``). The command line, the
+output format and the resume rules are described in ``crab.bin.infer``.
 """
 
 import contextlib
@@ -61,6 +62,8 @@ SETTING_NAMES = {
 }
 PRECISIONS = ("fp32", "bf16", "fp16")
 PATH_SETTINGS = ("model", "text")  # recorded for information only
+# checked result by result (``resumed``): a result whose transcript changed is classified again
+PER_RESULT_SETTINGS = ("text_sha256",)
 
 
 class UsageError(cli.UserError, ValueError):
@@ -121,13 +124,15 @@ class InferenceJob:
 
 class Tally(NamedTuple):
     """What a run did: utterances in wav.scp, classified before, classified now, the failures,
-    and how many earlier results were dropped to be redone because their audio changed."""
+    and how many earlier results were dropped to be redone because their audio changed
+    (``redone``), or their transcript (``text_changed``)."""
 
     total: int
     before: int
     now: int
     failed: list
     redone: int
+    text_changed: int
 
 
 class Source(NamedTuple):
@@ -345,12 +350,18 @@ class Results:
         columns = ["id", "predicted", "score"] + [f"prob_{c}" for c in self.classes] + ["text_source", "text"]
         self.header = "\t".join(columns) + "\n" if fmt == "tsv" else ""
 
-    def line(self, utt, probs, text):
-        """The results line of ``utt``: its class probabilities ``probs`` and transcript ``text``."""
+    @staticmethod
+    def clean(text):
+        """``text`` as the text column holds it: no control characters (ESC, NUL, ...), one space
+        between words."""
         from crab.dataprep import clean_transcript
 
+        return " ".join(clean_transcript(text or "")[0].split())
+
+    def line(self, utt, probs, text):
+        """The results line of ``utt``: its class probabilities ``probs`` and transcript ``text``."""
         best = max(range(len(probs)), key=probs.__getitem__)
-        text = " ".join(clean_transcript(text or "")[0].split())  # no control characters (ESC, NUL, ...)
+        text = self.clean(text)
         if self.fmt == "tsv":
             values = [utt, self.classes[best], f"{probs[best]:.6f}"] + [f"{p:.6f}" for p in probs]
             return "\t".join(values + [self.text_mode, text]) + "\n"
@@ -372,6 +383,10 @@ class Results:
         for line, utt in read_records(self.path, self._utt, self.header, "results"):
             done.setdefault(utt, line)
         return done
+
+    def text(self, line):
+        """The transcript a results ``line`` (one that ``read`` kept) was classified from."""
+        return line.rstrip("\n").split("\t")[-1] if self.fmt == "tsv" else json.loads(line)["text"]
 
     def _utt(self, line):
         if self.fmt == "tsv":
@@ -494,6 +509,9 @@ def output_lock(out):
 def check_settings(marker, settings, out, overwrite):
     """Stop when ``out`` holds results of another model, other transcripts or other settings.
 
+    Transcripts of another source (``--text_mode``) or ASR model stop it; a ``--text`` file
+    whose content changed does not: ``resumed`` checks its transcripts result by result.
+
     Parameters
     ----------
     marker : str
@@ -530,10 +548,11 @@ def check_settings(marker, settings, out, overwrite):
         # recorded unresolved before the device counted: taken as this run's
         previous["asr"] = {**asr, "dtype": settings["asr"]["dtype"]}
     # the package and --text file by content (model_sha256, text_sha256): moved, they resume
-    differ, moved = [], []
+    differ, moved, per_result = [], [], []
     for key in sorted(set(previous) | set(settings)):
         if previous.get(key) != settings.get(key):
-            (moved if key in PATH_SETTINGS else differ).append(key)
+            group = moved if key in PATH_SETTINGS else per_result if key in PER_RESULT_SETTINGS else differ
+            group.append(key)
     if differ:
         what = "; ".join(_difference(key, previous.get(key), settings.get(key)) for key in differ)
         raise UsageError(
@@ -542,11 +561,18 @@ def check_settings(marker, settings, out, overwrite):
         )
     for key in moved:
         logger.info(
-            "%s: %s changed (%s then, %s now), its content is the same: resumed",
+            "%s: %s changed (%s then, %s now)%s: resumed",
             out,
             SETTING_NAMES[key],
             json.dumps(previous.get(key), ensure_ascii=False),
             json.dumps(settings.get(key), ensure_ascii=False),
+            "" if f"{key}_sha256" in per_result else ", its content is the same",
+        )
+    for key in per_result:
+        logger.info(
+            "%s: %s changed: the results whose transcript changed are classified again",
+            out,
+            SETTING_NAMES[key],
         )
 
 
@@ -911,7 +937,7 @@ def classify_wav_scp(job):
     Tally
         The number of utterances in wav.scp, those classified before and now, the
         failures (``crab.datadir.Failure``, also in ``<out>.errors``), and how many earlier
-        results were dropped to be redone because their audio changed.
+        results were dropped to be redone because their audio or their transcript changed.
 
     Raises
     ------
@@ -944,19 +970,20 @@ def classify_wav_scp(job):
     with output_lock(job.out):
         check_settings(job.out + ".model", settings, job.out, job.overwrite)
         kept, read_from = ({}, {}) if job.overwrite else (results.read(), sources.read())
-        previous, redo = resumed(job, utterances, kept, read_from)
-        for utt in redo:
+        previous, redo, retext = resumed(job, utterances, kept, read_from, texts, results)
+        for utt in redo + retext:
             del kept[utt]
         todo, unusable, longer = usable_utterances(job, utterances, previous, texts, info)
         logger.info(
-            "%s: %d utterances, %d classified before, %d to classify, %d unusable; %d results redone: "
-            "their audio changed",
+            "%s: %d utterances, %d classified before, %d to classify, %d unusable; results redone: %d "
+            "their audio changed, %d their transcript",
             job.wav_scp,
             len(utterances) + len(failures),
             len(previous),
             len(todo),
             len(failures) + len(unusable),
             len(redo),
+            len(retext),
         )
         # the model is loaded (and so checked) before anything is written; not for a resumed
         # run with nothing to do, whose files already record this model
@@ -989,10 +1016,10 @@ def classify_wav_scp(job):
             info["max_duration"],
             " (their transcripts are of the whole audio)" if job.text_mode == "asr" else "",
         )
-    return Tally(len(utterances) + len(failures), len(previous), len(done), failed, len(redo))
+    return Tally(len(utterances) + len(failures), len(previous), len(done), failed, len(redo), len(retext))
 
 
-def resumed(job, utterances, kept, read_from):
+def resumed(job, utterances, kept, read_from, texts, results):
     """The results of this wav.scp's utterances already in ``out`` that stand, and those to redo.
 
     Parameters
@@ -1005,15 +1032,21 @@ def resumed(job, utterances, kept, read_from):
         ``utt -> results line`` of ``out`` (``Results.read``).
     read_from : dict
         ``utt -> Source`` of ``<out>.sources`` (``Sources.read``).
+    texts : dict
+        ``utt -> transcript`` of ``--text`` (``text_mode="gold"``; else empty).
+    results : Results
+        The results file, which reads a results line's transcript.
 
     Returns
     -------
-    tuple of (dict, list)
-        ``utt -> results line`` of the results that stand, and the utterances whose audio
-        changed since their result (``audio_changed``). A result without a source (written
-        by a crab-infer that recorded none) stands, with a warning.
+    tuple of (dict, list, list)
+        ``utt -> results line`` of the results that stand; the utterances whose audio changed
+        since their result (``audio_changed``); those whose transcript in ``texts`` is not the
+        one their result was classified from. A result without a source (written by a
+        crab-infer that recorded none) is not checked for its audio, with a warning; one whose
+        audio or transcript is gone (no file, no line in ``texts``) stands.
     """
-    previous, redo, unchecked = {}, [], 0
+    previous, redo, retext, unchecked = {}, [], [], 0
     for utterance in utterances:
         utt = utterance.utt
         if utt not in kept:
@@ -1022,6 +1055,9 @@ def resumed(job, utterances, kept, read_from):
             unchecked += 1
         elif audio_changed(read_from[utt], utterance.path):
             redo.append(utt)
+            continue
+        if texts.get(utt) is not None and results.clean(texts[utt]) != results.text(kept[utt]):
+            retext.append(utt)
             continue
         previous[utt] = kept[utt]
     if unchecked:
@@ -1033,7 +1069,7 @@ def resumed(job, utterances, kept, read_from):
             job.out,
             job.wav_scp,
         )
-    return previous, redo
+    return previous, redo, retext
 
 
 def usable_utterances(job, utterances, previous, texts, info):

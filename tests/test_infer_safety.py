@@ -16,6 +16,8 @@ import soundfile as sf
 import torch
 
 from crab import asr
+from crab.batch_inference import InferenceJob, classify_wav_scp
+from tests.conftest import ROOT
 from tests.test_inference import cli, data, package, trained, write_inputs  # noqa: F401 - fixtures
 from tests.test_transcribe import FakeModel, make_data_dir, read_lines
 from tests.test_transcribe import run as run_transcribe
@@ -78,12 +80,6 @@ def test_resume_identity_covers_model_and_text_content(trained, data, tmp_path, 
     assert len(marker["model_sha256"]) == 64 and len(marker["text_sha256"]) == 64
     assert not [name for name in os.listdir(tmp_path) if ".tmp" in name]  # written by temp + rename
 
-    # another --text with the same path
-    (tmp_path / "text").write_text((tmp_path / "text").read_text().replace("angry", "furious"))
-    message = gold(model_dir, tmp_path, out)
-    assert "--text file's content" in message and "another model or other settings" in message
-    assert "\n" not in message and "Traceback" not in message
-    (tmp_path / "text").write_text((tmp_path / "text").read_text().replace("furious", "angry"))
     # the same content under another name: resumed, the new name logged
     shutil.copy(tmp_path / "text", tmp_path / "text2")
     caplog.set_level("INFO")
@@ -110,6 +106,53 @@ def test_resume_identity_covers_model_and_text_content(trained, data, tmp_path, 
     # a damaged marker: a clear error, not a crash
     (tmp_path / "r.tsv.model").write_text('{"model": ')
     assert "missing or damaged" in gold(model_dir, tmp_path, out)
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
+def test_a_result_whose_transcript_changed_is_redone(trained, data, tmp_path, fmt):  # noqa: F811
+    """A transcript of --text corrected after a run: resuming redoes that utterance alone, and
+    says so (the resume used to stop, --overwrite its only way on: everything classified again)."""
+    write_inputs(tmp_path, data)
+    text, out = tmp_path / "text", tmp_path / f"r.{fmt}"
+    options = {
+        "model": trained[2],
+        "wav_scp": tmp_path / "wav.scp",
+        "out": out,
+        "text_mode": "gold",
+        "text": text,
+    }
+    job = InferenceJob(**{key: str(value) for key, value in options.items()}, device="cpu")
+    assert classify_wav_scp(job).now == 3  # good_a, good_s, stereo
+    before = out.read_text().splitlines()
+
+    text.write_text(text.read_text().replace("I feel angry today", "I feel furious today"))
+    argv = [f"--{key}={value}" for key, value in options.items()]
+    result = subprocess.run(
+        [sys.executable, "-m", "crab.bin.infer", *argv, "--device=cpu", "--skip_errors"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(1 now, 2 before); 1 redone: their transcript in --text changed" in result.stdout
+    assert "the --text file's content changed: the results whose transcript changed are classified again" in (
+        result.stderr
+    )
+    after = out.read_text().splitlines()
+    assert after[:-1] == [line for line in before if "angry today" not in line]  # the others kept in place
+    assert "good_a" in after[-1] and "I feel furious today" in after[-1]
+
+    # a change that cleaning undoes (an ESC, a double space) is the same transcript; a line gone
+    # from --text leaves its result, as a result whose audio is gone
+    text.write_text(text.read_text().replace("I feel sad today", "I feel  sad\x1b today"))
+    tally = classify_wav_scp(job)
+    assert (tally.before, tally.now, tally.text_changed) == (3, 0, 0)
+    text.write_text(
+        "".join(line for line in text.read_text().splitlines(True) if not line.startswith("good_a "))
+    )
+    tally = classify_wav_scp(job)
+    assert (tally.before, tally.now, tally.text_changed) == (3, 0, 0)
+    assert out.read_text().splitlines() == after
 
 
 # ---------------------------------------------------------------- D: --out is never an input

@@ -54,7 +54,10 @@ the ASR model and settings, ``--asr_dtype auto`` as the dtype it ran in on the d
 and the output settings; a re-run with others stops,
 saying what differs, instead of mixing results (``--overwrite`` starts over: the
 new results replace the file, by a rename). The model and the --text file count by
-content: moved, copied or linked elsewhere, they resume (the new path is logged).
+content: moved, copied or linked elsewhere, they resume (the new path is logged). A
+--text file whose content changed is checked result by result: a result whose
+transcript (its text column) is not the one --text now gives is classified again, and
+the run says how many; one whose utterance --text no longer lists is kept.
 ``<out>.sources`` records what each result was classified from (the audio path as
 wav.scp gives it, the file's size and modification time): a re-run classifies again
 an utterance whose audio changed (another path, or the file rewritten) and says how
@@ -190,6 +193,8 @@ def summary(out, tally):
     line = f"{out}: {before + now} of {tally.total} utterances classified ({now} now, {before} before)"
     if tally.redone:
         line += f"; {tally.redone} redone: their audio changed (another path, size or modification time)"
+    if tally.text_changed:
+        line += f"; {tally.text_changed} redone: their transcript in --text changed"
     if tally.failed:
         line += f"; {len(tally.failed)} failed, listed in {out}.errors"
     return line
