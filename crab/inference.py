@@ -158,7 +158,7 @@ def check_package_hparams(path):
         raise UnsafeModelError(f"{path}: not a mapping of hyperparameters: not written by crab.bin.package")
     keys = {k.value for k, _ in root.value if isinstance(k, yaml.ScalarNode)}
 
-    def walk(node, allowed_args=None):
+    def walk(node):
         tag = node.tag
         if tag == "!ref":
             if not isinstance(node, yaml.ScalarNode) or not REF.fullmatch(node.value.strip()):
