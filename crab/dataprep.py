@@ -298,7 +298,6 @@ def check_utterance(
     min_samples=MIN_SAMPLES,
     conversions=None,
     require_text=True,
-    read_samples=True,
     peaks=None,
 ):
     """Return ``(kind, message)`` saying why ``entry`` is unusable, or None.
@@ -306,11 +305,10 @@ def check_utterance(
     ``require_text=False`` (data for a speech-only model) keeps an empty transcript.
 
     The audio's header must give a rate within ``MIN_SAMPLE_RATE``-``MAX_SAMPLE_RATE``
-    and enough samples; then (``read_samples``, last, as the costliest check) its
-    samples are read to find NaN or infinite ones (float WAVs can hold them), an
-    amplitude beyond ``MAX_PEAK`` and digital silence (``SILENCE_PEAK``): what
-    training reading and inference reject too; ``peaks`` (a ``PeakCache``) keeps what was
-    read before.
+    and enough samples; then (last, as the costliest check) its samples are read to find
+    NaN or infinite ones (float WAVs can hold them), an amplitude beyond ``MAX_PEAK`` and
+    digital silence (``SILENCE_PEAK``): what training reading and inference reject too;
+    ``peaks`` (a ``PeakCache``) keeps what was read before.
 
     Cleans the transcript (``clean_transcript``) and fills in ``duration`` (s).
     For a usable entry, counts in ``conversions`` (a Counter) what reading it
@@ -334,7 +332,7 @@ def check_utterance(
         return "empty transcript", f"empty transcript for {wav or utt}"
     if entry.get("emo") not in classes:
         return "unknown label", f"label '{entry.get('emo')}' of {wav or utt} not in {list(classes)}"
-    if info is not None and read_samples:
+    if info is not None:
         try:
             problem = peak_problem(peaks.peak(wav) if peaks else scan_samples(wav), wav)
         except (RuntimeError, sf.LibsndfileError) as err:  # a header fine, the data not
@@ -358,13 +356,12 @@ def validate(
     name="data",
     min_samples=MIN_SAMPLES,
     require_text=True,
-    read_samples=True,
     skipped_file=None,
     peaks=None,
 ):
     """Keep the usable entries of ``entries`` (utt -> dict) according to ``policy``
     (``require_text=False``: empty transcripts are usable, for speech-only models;
-    ``read_samples``, ``peaks``: see ``check_utterance``).
+    ``peaks``: see ``check_utterance``).
 
     ``skipped_file`` (``skipped_list`` of the manifest to be written): once the entries
     pass (``error``: none bad; ``skip``), it lists the skipped ones, or is removed when
@@ -375,9 +372,7 @@ def validate(
         raise ValueError(f"policy must be one of {POLICIES}, got '{policy}'")
     kept, problems, conversions = {}, [], Counter()
     for utt, entry in entries.items():
-        reason = check_utterance(
-            utt, entry, classes, min_samples, conversions, require_text, read_samples, peaks
-        )
+        reason = check_utterance(utt, entry, classes, min_samples, conversions, require_text, peaks)
         if reason is None:
             kept[utt] = entry
         else:
