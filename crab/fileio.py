@@ -168,17 +168,16 @@ def append_lines(file, lines, sync=True):
         ) from err
 
 
-def text_writer(text, newline=None):
-    """A ``write(tmp)`` of ``text``, UTF-8 (``newline`` as ``open``'s), for ``stage`` and
-    ``write_atomic``."""
+def text_writer(text):
+    """A ``write(tmp)`` of ``text``, UTF-8, for ``stage`` and ``write_atomic``."""
 
     def write(tmp):
-        with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
     return write
 
 
-def write_text_atomic(path, text, newline=None):
-    """``write_atomic`` of ``text``, UTF-8 (``newline`` as ``open``'s)."""
-    write_atomic(path, text_writer(text, newline))
+def write_text_atomic(path, text):
+    """``write_atomic`` of ``text``, UTF-8."""
+    write_atomic(path, text_writer(text))
