@@ -636,12 +636,12 @@ def _moved_data_folder(text, overrides):
     return relocated(text, str(saved), given)
 
 
-def load_run(argv=None, stage_keys=STAGE_KEYS, pretrained_encoders=True):
+def load_run(argv=None, pretrained_encoders=True):
     """Parse ``hparams.yaml [--run_opt ...] [--key=value ...]`` of a stage after training
     and load the run's own ``<output_folder>/hyperparams.yaml``.
 
     ``hparams.yaml`` is the recipe's yaml (or the run's file itself): it only tells the
-    run's folder (``--output_folder``) and which keys exist. Overrides of ``stage_keys``
+    run's folder (``--output_folder``) and which keys exist. Overrides of ``STAGE_KEYS``
     apply; any other must equal the trained value. ``pretrained_encoders=False`` builds
     the encoders from their configs alone (packaging: the weights are the checkpoint's).
 
@@ -661,8 +661,8 @@ def load_run(argv=None, stage_keys=STAGE_KEYS, pretrained_encoders=True):
         )
     text = run_text(run_file, folder)
     text = _moved_data_folder(text, overrides)
-    check_against_run(run_file, text, overrides, stage_keys)
-    applied = [(k, v) for k, v in override_items(overrides) if k in stage_keys]
+    check_against_run(run_file, text, overrides, STAGE_KEYS)
+    applied = [(k, v) for k, v in override_items(overrides) if k in STAGE_KEYS]
     loaded = resolve_references(io.StringIO(text), "".join(f"{k}: {v}\n" for k, v in applied) or None)
     extra = {} if pretrained_encoders else _no_download(resolved_values(text))
     hparams = load_hparams(run_file, extra or None, text=loaded.getvalue())
