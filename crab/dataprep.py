@@ -83,16 +83,14 @@ def csv_records(reader, path):
         yield first, end, record
 
 
-def read_text(path, fallback="cp1252"):
+def read_text(path):
     """A text file's content, decoded as UTF-8 with a leading byte-order mark removed.
 
-    Bytes that are not UTF-8: with ``fallback`` (an encoding; corpus releases mix
-    encodings), the file is read in it with a warning naming the file and line;
-    with ``fallback=None`` (Kaldi tables, which data prep writes in UTF-8), a
-    ``DataPrepError`` naming the file, line and column of the first bad byte.
+    A line with bytes that are not UTF-8 (corpus releases mix encodings) is read as
+    Windows-1252, with a warning naming the file and line (``decode``).
     """
     with open(path, "rb") as f:
-        return decode(f.read(), path, fallback)
+        return decode(f.read(), path)
 
 
 def decode(data, path, fallback="cp1252", first_line=1):
