@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 
+from crab.asr import recorded_model
 from crab.cli import NEW_RUN, UserError
 from crab.fileio import make_dirs, write_text_atomic
 
@@ -37,11 +38,7 @@ def sidecar(manifest):
 
 def asr_model_of(data_dir):
     """The ASR model stage 2 recorded in ``data_dir/text.asr.model``, or None."""
-    path = os.path.join(data_dir, ASR_MARKER)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return f.read().strip() or None
+    return recorded_model(os.path.join(data_dir, ASR_MARKER)) or None
 
 
 def write_manifest_provenance(manifest, data_dir, text_source, transcripts_required=True, text_only=False):
