@@ -273,11 +273,10 @@ def check_package_files(model_dir):
         logger.warning("%s has no %s: its files are not checked", model_dir, METADATA)
     record = _recorded_files(model_dir)
     for name in NEEDED_FILES if record is None else sorted(record):
-        path = os.path.join(model_dir, name)
-        if not os.path.isfile(path):
-            raise ModelFileError(f"{path} is missing: the package is incomplete (copy it whole)")
+        _check_present(model_dir, [name])
         if record is None:
             continue
+        path = os.path.join(model_dir, name)
         size, expected = os.path.getsize(path), record[name]
         if size != expected["size"]:
             raise ModelFileError(
