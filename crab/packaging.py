@@ -278,8 +278,7 @@ def package(hparams, out, text_source="unknown", asr_model=None, arguments=None)
     labels = label_encoder(classes, encoder_path if os.path.isfile(encoder_path) else None)
     hparams_text = package_hparams(hparams, text_source, model.speech_encoder is not None)
 
-    if os.path.exists(out) and not os.path.isfile(os.path.join(out, METADATA)):
-        raise PackageError(f"{out} exists and is not a Crab package: remove it or choose another --out")
+    _refuse_other_folder(out)
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     make_dirs(tmp, exist_ok=False)
@@ -361,8 +360,14 @@ def replace_package(new, out):
     """``crab.fileio.replace_dir`` of the package ``new`` into ``out``, the old one renamed
     aside to ``out.old`` (where a kill between the two renames leaves it)."""
     old = out.rstrip("/") + ".old"
+    _refuse_other_folder(old)
     if os.path.exists(old):
-        if not os.path.isfile(os.path.join(old, METADATA)):
-            raise PackageError(f"{old} exists and is not a Crab package: remove it or choose another --out")
         shutil.rmtree(old)
     replace_dir(new, out, old)
+
+
+def _refuse_other_folder(path):
+    """A ``PackageError`` when ``path`` exists and is not a Crab package (no metadata.json),
+    which packaging would replace."""
+    if os.path.exists(path) and not os.path.isfile(os.path.join(path, METADATA)):
+        raise PackageError(f"{path} exists and is not a Crab package: remove it or choose another --out")
