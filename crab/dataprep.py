@@ -165,14 +165,14 @@ def peak_problem(peak, path, silence=True):
     return None
 
 
-def scan_samples(path, block_frames=1 << 18):
+def scan_samples(path):
     """Peak amplitude of ``path``'s mono mix (the mean of its channels, as training
-    reads it), read block by block; NaN as soon as a block holds a NaN or infinity."""
+    reads it), read block by block (``frame_blocks``); NaN as soon as a block holds a NaN
+    or infinity."""
     peak = 0.0
-    for block in sf.blocks(path, blocksize=block_frames, dtype="float32", always_2d=True):
-        mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
-        if mono.size:
-            block_peak = float(np.max(np.abs(mono)))
+    with sf.SoundFile(path) as f:
+        for block in frame_blocks(f, None, "float32"):
+            block_peak = float(np.max(np.abs(block.mean(axis=1))))
             if not math.isfinite(block_peak):
                 return float("nan")
             peak = max(peak, block_peak)
