@@ -19,9 +19,7 @@ from crab.features import FeatureCache
 from crab.fileio import write_text_atomic
 from crab.locking import FolderLockedError, folder_lock
 from crab.losses import ClassCountError
-from crab.runconfig import (  # noqa: F401 (the configuration helpers, imported from here too)
-    TOP_LEVEL_KEY,
-    ConfigError,
+from crab.runconfig import (
     check_overrides,
     has_checkpoint,
     last_value_wins,

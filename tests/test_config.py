@@ -10,7 +10,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.run_opts import RunOptions
 
-from crab.experiment import ConfigError, check_overrides, last_value_wins
+from crab.runconfig import ConfigError, check_overrides, last_value_wins
 from crab.tokenizer import build_bpe_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
