@@ -17,9 +17,11 @@ rate (4001, 8009, 44101 Hz) costs gigabytes; cases whose kernel alone would pass
 
 import argparse
 
+from crab import cli
 from crab.benchmarking_resample import FREQ, TARGET, measure, torchaudio_kernel_bytes
 
 
+@cli.entry_point
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rates", default="44100,8000,8009,4001,48000,44101")
