@@ -4,8 +4,10 @@ one case (method, input rate) measured in a forked process: median time, peak me
 
 import math
 import multiprocessing
+import queue
 import statistics
 import time
+import traceback
 
 import numpy as np
 
@@ -68,12 +70,28 @@ def _run(method, rate, seconds, repeats, queue):
     queue.put((statistics.median(times), peak / 1024, snr))
 
 
+def _run_reporting(method, rate, seconds, repeats, queue):
+    try:
+        _run(method, rate, seconds, repeats, queue)
+    except BaseException:  # noqa: BLE001  (reported by the parent)
+        queue.put(traceback.format_exc())
+
+
 def measure(method, rate, seconds, repeats):
-    """``(median seconds, peak MiB, SNR dB)`` of one case, in a forked process."""
+    """``(median seconds, peak MiB, SNR dB)`` of one case, in a forked process; a
+    RuntimeError naming the case where that process fails or dies."""
     ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_run, args=(method, rate, seconds, repeats, queue))
+    results = ctx.Queue()
+    proc = ctx.Process(target=_run_reporting, args=(method, rate, seconds, repeats, results))
     proc.start()
-    result = queue.get()
+    result = None
+    while result is None:
+        try:
+            result = results.get(timeout=1)
+        except queue.Empty:
+            if not proc.is_alive():
+                result = f"the process died without a result (exit status {proc.exitcode}; out of memory?)"
     proc.join()
+    if isinstance(result, str):
+        raise RuntimeError(f"resampling case {method} at {rate} Hz failed:\n{result}")
     return result
