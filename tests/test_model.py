@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from crab.legs import LEG_NAMES, SupervisionLegs
-from crab.modules import AttentionPooling, CrossModalBlock, UnimodalBlock, masked_mean
+from crab.model import non_finite_rows
+from crab.modules import AttentionPooling, ClassifierBlock, CrossModalBlock, UnimodalBlock, masked_mean
 
 
 def test_attention_pooling_hand_computed_with_mask():
@@ -60,6 +61,38 @@ def test_unimodal_block_returns_rows_in_their_order_whatever_their_lengths():
         assert torch.allclose(batched[i, :n], alone[0], atol=1e-6) and (batched[i, n:] == 0).all()
 
 
+def test_unimodal_block_output_keeps_the_input_length_when_no_row_fills_the_batch():
+    """``pad_packed_sequence`` pads to the longest real row; the block pads to the input's
+    length, so its output lines up with the mask (and the cross-modal key masks) also when
+    every row is padded (relative lengths all below 1)."""
+    torch.manual_seed(0)
+    block = UnimodalBlock(5, 4)
+    x = torch.randn(2, 6, 5)
+    mask = torch.arange(6) < torch.tensor([[4], [2]])  # longest real row: 4 of 6 frames
+    projected, out = block(x, mask)
+    assert projected.shape == (2, 6, 4) and out.shape == (2, 6, 8)
+    assert (out[0, 4:] == 0).all() and (out[1, 2:] == 0).all()
+    _, alone = block(x[:1, :4], torch.ones(1, 4, dtype=torch.bool))
+    assert torch.allclose(out[0, :4], alone[0], atol=1e-6)
+
+
+def test_unimodal_projection_is_linear_then_layer_norm():
+    # Linear = identity (weight I, bias 0), LayerNorm at its initial scale 1 and shift 0: each
+    # frame comes out standardised over its features, (x - mean) / sqrt(var + 1e-5), var the
+    # population variance. [1, 2, 3, 4]: mean 2.5, var (2.25 + 0.25 + 0.25 + 2.25) / 4 = 1.25;
+    # [2, 2, 2, 6]: mean 3, var (1 + 1 + 1 + 9) / 4 = 3.
+    block = UnimodalBlock(4, 4)
+    with torch.no_grad():
+        block.projection[0].weight.copy_(torch.eye(4)), block.projection[0].bias.zero_()
+    x = torch.tensor([[[1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 6.0]]])
+    projected, _ = block(x, torch.ones(1, 2, dtype=torch.bool))
+    expected = [
+        [(v - 2.5) / math.sqrt(1.25 + 1e-5) for v in (1, 2, 3, 4)],  # -1.3416 -0.4472 0.4472 1.3416
+        [(v - 3.0) / math.sqrt(3.0 + 1e-5) for v in (2, 2, 2, 6)],  # -0.5774 x 3, 1.7320
+    ]
+    assert torch.allclose(projected[0], torch.tensor(expected), atol=1e-5)
+
+
 def test_unimodal_block_runs_its_gru_in_fp32_under_autocast():
     torch.manual_seed(0)
     block = UnimodalBlock(5, 4)
@@ -83,6 +116,48 @@ def test_cross_modal_block_ignores_padded_keys():
     s_out2, t_out2 = block(s, ones(3), t_pad, t_mask)
     assert torch.allclose(s_out, s_out2, atol=1e-5)
     assert torch.allclose(t_out, t_out2[:, :2], atol=1e-5)
+
+
+def test_cross_modal_attention_applies_its_dropout_in_training():
+    """Dropout 1 drops every attention weight in training: each attention output is then its
+    output projection's bias alone, added to the queries (residual). In evaluation nothing is
+    dropped (the wiring test below)."""
+    torch.manual_seed(0)
+    block = CrossModalBlock(2, num_heads=1, dropout=1.0).train()
+    bias = torch.tensor([0.25, -0.5])
+    with torch.no_grad():
+        block.speech_to_text.out_proj.bias.copy_(bias), block.text_to_speech.out_proj.bias.copy_(bias)
+    s, t = torch.randn(1, 3, 2), torch.randn(1, 2, 2)
+    s_out, t_out = block(s, torch.ones(1, 3, dtype=torch.bool), t, torch.ones(1, 2, dtype=torch.bool))
+    assert torch.allclose(s_out, s + bias, atol=1e-6) and torch.allclose(t_out, t + bias, atol=1e-6)
+
+
+def test_classifier_is_layer_norm_fc1_relu_dropout_out():
+    # x = [1, 2, 3]: LayerNorm -> (x - 2) / sqrt(2/3 + 1e-5) = [-1.2247, 0, 1.2247];
+    # fc1 rows [1 0 0], [0 0 1] -> fused [-1.2247, 1.2247] (the fusion leg's input, before ReLU);
+    # ReLU -> [0, 1.2247]; out rows [1 1], [2 -1], bias [0.5, -0.5] -> [1.7247, -1.7247].
+    # In training, dropout 1 zeroes the ReLU output: the logits are the bias; fused is unchanged.
+    block = ClassifierBlock(3, 2, bottleneck_dim=2, dropout=1.0)
+    with torch.no_grad():
+        block.fc1.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])), block.fc1.bias.zero_()
+        block.out.weight.copy_(torch.tensor([[1.0, 1.0], [2.0, -1.0]]))
+        block.out.bias.copy_(torch.tensor([0.5, -0.5]))
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    a = 1 / math.sqrt(2 / 3 + 1e-5)
+    logits, fused = block.eval()(x)
+    assert torch.allclose(fused, torch.tensor([[-a, a]]), atol=1e-5)
+    assert torch.allclose(logits, torch.tensor([[0.5 + a, -0.5 - a]]), atol=1e-5)
+    logits, fused = block.train()(x)
+    assert torch.allclose(fused, torch.tensor([[-a, a]]), atol=1e-5)
+    assert torch.equal(logits, torch.tensor([[0.5, -0.5]]))
+
+
+def test_non_finite_rows_are_the_rows_holding_any_nan_or_infinity():
+    # argmax of a row with one NaN is that NaN's class: a row is bad as soon as one score is
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor([[0.0, 1.0], [nan, 2.0], [3.0, -inf], [inf, -inf], [nan, nan], [-1e30, 1e30]])
+    assert non_finite_rows(logits) == [1, 2, 3, 4]
+    assert non_finite_rows(torch.zeros(3, 4)) == []
 
 
 @pytest.mark.parametrize("modality", ["bimodal", "speech", "text"])
