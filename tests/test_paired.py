@@ -69,6 +69,16 @@ def test_verdict_follows_the_interval_and_zero_differences_are_ties():
     assert same["ties"] == 3 and same["sign_p"] == 1.0 and same["wilcoxon_p"] is None
 
 
+def test_an_interval_touching_zero_is_no_verdict():
+    """Identical scores: every difference 0, std 0, so both intervals are exactly [0, 0]; an
+    interval that reaches 0 does not exclude it, so neither it nor one ending at 0 is a verdict."""
+    same = paired_stats([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])
+    assert same["t_ci"] == (0.0, 0.0) and same["boot_ci"] == (0.0, 0.0)
+    assert verdict(same) == "cannot be told apart"
+    assert verdict({"t_ci": (0.0, 0.02)}) == verdict({"t_ci": (-0.02, 0.0)}) == "cannot be told apart"
+    assert verdict({"t_ci": (1e-9, 0.02)}) == "helped" and verdict({"t_ci": (-0.02, -1e-9)}) == "hurt"
+
+
 @pytest.mark.parametrize(
     "base, meth, message",
     [
