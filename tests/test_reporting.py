@@ -7,6 +7,7 @@ import errno
 import glob
 import importlib.metadata
 import json
+import math
 import os
 
 import numpy as np
@@ -26,6 +27,7 @@ from crab.report import (
     ablation_overrides,
     alpha_of,
     comparison_markdown,
+    mean_std,
     merge_overrides,
     read_ablations,
     record_training,
@@ -154,6 +156,28 @@ def test_one_run_has_no_mean_row_and_missing_info_is_said(tmp_path):
     assert "mean ± std" not in table and summary["std"]["WAR"] is None
     assert "| 2 | 0.5000 |" in table and "| n/a | n/a |" in table
     assert "no train_info.json" in table
+
+
+def test_mean_std_is_over_the_values_present():
+    # 0.1, 0.2, 0.6 (None left out, not counted as 0): mean 0.3 (the median would be 0.2);
+    # deviations -0.2, -0.1, 0.3, squares 0.04 + 0.01 + 0.09 = 0.14, sample std sqrt(0.14 / 2)
+    mean, std = mean_std([0.1, None, 0.2, 0.6])
+    assert mean == pytest.approx(0.3) and std == pytest.approx(math.sqrt(0.07))
+    assert mean_std([None, 0.4]) == (0.4, None)  # one value: no std
+    assert mean_std([None, None]) == (None, None)
+
+
+def test_summary_of_a_score_some_runs_lack_is_over_the_runs_that_have_it():
+    rows = [
+        {"run": f"exp/x/f/seed{i}", "WAR": war, "silhouette": sil}
+        for i, (war, sil) in enumerate([(0.5, 0.2), (0.6, None), (0.7, 0.4)], 1)
+    ]
+    summary = summarise(rows)
+    assert summary["mean"]["WAR"] == pytest.approx(0.6) and summary["std"]["WAR"] == pytest.approx(0.1)
+    # silhouette of runs 1 and 3: mean 0.3, std sqrt((0.1^2 + 0.1^2) / 1)
+    assert summary["mean"]["silhouette"] == pytest.approx(0.3)
+    assert summary["std"]["silhouette"] == pytest.approx(math.sqrt(0.02))
+    assert "davies_bouldin" not in summary["mean"]  # no run has it
 
 
 def test_predictions_of_a_checkpoint_the_run_no_longer_holds_are_refused(tmp_path, capsys):
