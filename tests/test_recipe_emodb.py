@@ -28,6 +28,9 @@ _spec = importlib.util.spec_from_file_location("emodb_prepare_data", os.path.joi
 prep = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(prep)
 facts = sys.modules["emodb_facts"]
+_spec = importlib.util.spec_from_file_location("emodb_text_control", os.path.join(LOCAL, "text_control.py"))
+text_control = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(text_control)
 sys.dont_write_bytecode = _write_bytecode
 
 SPEAKERS = sorted(facts.SPEAKER_GENDER)
@@ -275,6 +278,44 @@ def test_bad_input_is_named(tmp_path):
     os.remove(corpus / "wav" / "08a02Fa.wav")
     assert (
         "no files of speaker(s) 16" in run_prep(corpus, tmp_path / "data", "--check_counts", "false").stderr
+    )
+
+
+def _toy_fold(data_dir, fold, train, test):
+    """data/<fold>/{train,test}.json from (sentence, label) pairs."""
+    os.makedirs(data_dir / fold)
+    for split, pairs in (("train", train), ("test", test)):
+        entries = {f"{fold}_{split}{i}": {"text": text, "emo": emo} for i, (text, emo) in enumerate(pairs)}
+        (data_dir / fold / f"{split}.json").write_text(json.dumps(entries))
+
+
+def test_text_control_predictors(tmp_path, capsys):
+    # Fold A trains on s1: a a b, s2: b c (prior a 2, b 2, c 1; majority a, first of the tie).
+    # ratio n(s, c) / n(c): s1 a 1, b 1/2 -> a; s2 b 1/2, c 1 -> c. mode: s1 a; s2 b (tie b c).
+    # Test s1 b, s2 c, s3 (unseen: majority) a: ratio a c a (WAR 2/3, recalls 1 0 1: UAR 2/3),
+    # mode a b a (1/3; 1 0 0: 1/3), majority a a a (1/3; 1/3).
+    _toy_fold(tmp_path, "foldA", [("s1", "a"), ("s1", "a"), ("s1", "b"), ("s2", "b"), ("s2", "c")],
+              [("s1", "b"), ("s2", "c"), ("s3", "a")])  # fmt: skip
+    # Fold B trains on s1: c c a, s2: a b (prior a 2, b 1, c 2; majority a, first of the tie).
+    # ratio: s1 a 1/2, c 1 -> c; s2 a 1/2, b 1 -> b. mode: s1 c; s2 a (tie a b).
+    # Test s1 c, s2 b, s2 a, s1 a: ratio c b b c (WAR 1/2, recalls 0 1 1: UAR 2/3),
+    # mode c a a c (1/2; 1/2 0 1: 1/2), majority a a a a (1/2; 1 0 0: 1/3).
+    _toy_fold(tmp_path, "foldB", [("s1", "c"), ("s1", "c"), ("s1", "a"), ("s2", "a"), ("s2", "b")],
+              [("s1", "c"), ("s2", "b"), ("s2", "a"), ("s1", "a")])  # fmt: skip
+    train = json.loads((tmp_path / "foldA" / "train.json").read_text())
+    test = json.loads((tmp_path / "foldA" / "test.json").read_text())
+    scores = text_control.score_fold(train, test, ["a", "b", "c"])
+    expected = {"ratio": [2 / 3, 2 / 3], "mode": [1 / 3, 1 / 3], "majority": [1 / 3, 1 / 3]}  # WAR, UAR
+    assert [scores[p][m] for p in expected for m in ("WAR", "UAR")] == pytest.approx(
+        sum(expected.values(), [])
+    )
+    text_control.main(["--data_dir", str(tmp_path), "--folds", "foldA foldB", "--classes", "a,b,c"])
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[3] == "| foldB | 0.500 | 0.667 | 0.500 | 0.500 | 0.500 | 0.333 |"
+    # means of the two folds; std ddof 1 of two values: their difference / sqrt(2) (1/6: 0.118)
+    assert rows[4] == (
+        "| mean ± std (ddof 1), 2 folds | 0.583 ± 0.118 | 0.667 ± 0.000 | 0.417 ± 0.118 | 0.417 ± 0.118 "
+        "| 0.417 ± 0.118 | 0.333 ± 0.000 |"
     )
 
 
