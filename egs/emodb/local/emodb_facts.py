@@ -30,7 +30,8 @@ EXPECTED_COUNTS = {
 
 # Speaker -> gender. Not in the distributed erklaerung.txt; from the corpus web
 # documentation (speaker table with ages), and consistent with the median F0 of
-# each speaker's neutral and bored speech (males 101-145 Hz, females 168-198 Hz).
+# each speaker's neutral and bored speech (males 101-144 Hz, females 168-198 Hz:
+# README.md, with the command).
 SPEAKER_GENDER = {
     "03": "male",
     "08": "female",
