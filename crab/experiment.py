@@ -1,6 +1,7 @@
 """What the train and evaluate entry points share: command line, hparams, data."""
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from crab.fileio import write_text_atomic
 from crab.locking import FolderLockedError, folder_lock
 from crab.losses import ClassCountError
 from crab.runconfig import (
+    ConfigError,
     check_overrides,
     has_checkpoint,
     last_value_wins,
@@ -213,6 +215,55 @@ def check_accumulation(batches, factor, manifest):
         )
 
 
+def run_option(run_opts, hparams, name):
+    """A SpeechBrain run option as ``Brain`` resolves it: given on the command line, else the
+    yaml's key of that name, else SpeechBrain's default."""
+    from speechbrain.utils.run_opts import RunOptions
+
+    if name in getattr(run_opts, "overridden_args", ()):
+        return run_opts[name]
+    return hparams[name] if name in hparams else RunOptions()[name]
+
+
+def check_precision(run_opts, hparams):
+    """A ``ConfigError`` for fp16 (``--precision`` or ``--eval_precision``) on a device other than
+    CUDA: SpeechBrain refuses it there with a traceback, after the run's record is written."""
+    device = run_option(run_opts, hparams, "device") or sb.utils.distributed.infer_device()
+    if torch.device(device).type == "cuda":
+        return
+    for key in ("precision", "eval_precision"):
+        if run_option(run_opts, hparams, key) == "fp16":
+            why = (
+                " (a run trained in fp16 resumes in either: its weights are float32, and its gradient "
+                "scaler is used in fp16 alone)"
+                if key == "precision"
+                else ""
+            )
+            raise ConfigError(
+                f"--{key}=fp16: fp16 autocast needs a CUDA device, and this runs on {device}: "
+                f"give --{key}=bf16 or fp32{why}"
+            )
+
+
+def evaluation_run_options(run_opts, hparams):
+    """``run_opts`` of a stage that only evaluates a trained run, checked (``check_precision``):
+    training's ``--precision`` set to fp32, since evaluation runs in ``--eval_precision``, and a
+    training precision given again with the run's options (the recipe passes ``--train_opts`` to
+    every stage) must not stop it where it could not train, on a CPU."""
+    trained = run_option(run_opts, hparams, "precision")
+    if trained != "fp32":
+        logger.info(
+            "--precision=%s is training's: evaluation runs in --eval_precision=%s",
+            trained,
+            run_option(run_opts, hparams, "eval_precision"),
+        )
+        run_opts = dataclasses.replace(
+            run_opts, precision="fp32", overridden_args=run_opts.overridden_args | {"precision"}
+        )
+    check_precision(run_opts, hparams)
+    return run_opts
+
+
 def make_brain(hparams, run_opts):
     """A CrabBrain over the modules and checkpointer the hparams declare."""
     return CrabBrain(
@@ -235,6 +286,7 @@ def load_trained_run(argv=None):
     """
     _, run_opts, _, hparams = load_run(argv)
     sb.create_experiment_directory(hparams["output_folder"], save_env_desc=False)
+    run_opts = evaluation_run_options(run_opts, hparams)
     encoder = label_encoder(hparams["classes"], os.path.join(hparams["save_folder"], "label_encoder.txt"))
     cache = feature_cache(hparams, [hparams["test_manifest"]])
     test_set = dataset(hparams, hparams["test_manifest"], encoder, sort=True, cache=cache)
