@@ -11,8 +11,10 @@ import logging
 import os
 import pathlib
 import random
+import re
 import shutil
 import time
+from importlib import metadata
 
 import numpy as np
 import torch
@@ -29,6 +31,45 @@ STAGING_PREFIX = ".partial-"
 TRAIN_SECONDS = "train_s"  # checkpoint meta: wall time of training up to the checkpoint
 PROCESSES = "processes"  # checkpoint meta: the processes of the run that saved it (DDP: several)
 INVOCATIONS = "invocations"  # checkpoint meta: the trainings (launches) whose work it holds
+VERSIONS = "versions"  # checkpoint meta: the releases of the libraries that computed it
+MODEL_LIBRARIES = ("torch", "transformers", "speechbrain")  # what computes a model's outputs
+
+
+def library_versions():
+    """``{library: installed version}`` of ``MODEL_LIBRARIES`` (None: not installed)."""
+    found = {}
+    for name in MODEL_LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _release(version):
+    """A version's ``major.minor`` (``2.6.0+cu124`` and ``2.6.1+cpu``: ``2.6``)."""
+    match = re.match(r"\d+(\.\d+)?", str(version or ""))
+    return match.group() if match else version
+
+
+def warn_version_drift(recorded, what):
+    """Log a warning naming each library of ``recorded`` (``library_versions`` of where ``what``,
+    a checkpoint or package, was made; None: not recorded) whose release is now another one:
+    the same weights may give other outputs. Patch releases and builds (``+cu124``, ``+cpu``)
+    are not compared; nothing is refused."""
+    now = library_versions()
+    drift = [
+        f"{name} {then} then, {now[name]} now"
+        for name, then in (recorded or {}).items()
+        if name in now and _release(then) != _release(now[name])
+    ]
+    if drift:
+        logger.warning(
+            "%s with other library releases (%s): the same weights may give other outputs here; "
+            "install those releases to reproduce its results exactly",
+            what,
+            "; ".join(drift),
+        )
 
 
 class CheckpointSaveError(UserError, RuntimeError):
@@ -55,7 +96,9 @@ class Checkpointer(checkpoints.Checkpointer):
     killed process spent after its last checkpoint is not counted: that work is
     redone. A run resumed from a checkpoint without ``train_s`` records none.
     It holds ``invocations`` alike: the trainings (launches of the training command) that
-    saved a checkpoint of the run up to it, this one included.
+    saved a checkpoint of the run up to it, this one included; and ``versions``, the releases
+    of torch, transformers and speechbrain that computed it: loading it (a resumed training,
+    an evaluation) where they are others logs a warning naming both (``warn_version_drift``).
     """
 
     def __init__(self, *args, **kwargs):
@@ -71,6 +114,7 @@ class Checkpointer(checkpoints.Checkpointer):
         if self._invocations_before is not None:
             meta[INVOCATIONS] = self._invocations_before + 1
         meta[PROCESSES] = world_size()
+        meta[VERSIONS] = library_versions()
         self._remove_partial()
         try:
             # SpeechBrain logs the save in the hidden folder: logged below once it has its name
@@ -121,6 +165,7 @@ class Checkpointer(checkpoints.Checkpointer):
         super().load_checkpoint(checkpoint)
         self._seconds_before = checkpoint.meta.get(TRAIN_SECONDS)
         self._invocations_before = checkpoint.meta.get(INVOCATIONS)
+        warn_version_drift(checkpoint.meta.get(VERSIONS), f"{checkpoint.path} was saved")
         saved = checkpoint.meta.get(PROCESSES)
         if not checkpoint.meta.get("end-of-epoch", True) and saved not in (None, world_size()):
             # each process's loader resumes at its own count of batches of its share of the data

@@ -52,6 +52,7 @@ from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_
 from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
 from torch import nn
 
+from crab.checkpointing import warn_version_drift
 from crab.cli import UserError
 from crab.data import SAMPLE_RATE, BadAudioError, read_audio, resample
 from crab.dataprep import (
@@ -242,6 +243,16 @@ def _recorded_files(model_dir):
     if unsafe:
         raise ModelFileError(f"{path}: 'files' names {unsafe[0]}, outside the package")
     return record
+
+
+def _recorded_versions(model_dir):
+    """metadata.json's ``versions`` (those packaging checked the package's outputs with), or None."""
+    try:
+        with open(os.path.join(model_dir, METADATA), encoding="utf-8") as f:
+            versions = json.load(f).get("versions")
+    except (OSError, ValueError, AttributeError):  # none, or refused by check_package_files
+        return None
+    return versions if isinstance(versions, dict) else None
 
 
 def _packaged(model_dir):
@@ -762,6 +773,7 @@ class CrabClassifier(Pretrained):
         # runs any !apply:, !new:, !name: it is given)
         text = check_package_hparams(hparams_path)
         check_package_files(str(source))
+        warn_version_drift(_recorded_versions(str(source)), f"{source} was packaged")
         if savedir is not None and local_strategy != LocalStrategy.NO_LINK:
             _bring_rest_of_package(str(source), str(savedir), local_strategy)
         hparams = load_hyperpyyaml(text, overrides or {}, overrides_must_match)

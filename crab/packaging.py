@@ -36,7 +36,7 @@ import yaml
 
 import crab
 from crab import cli
-from crab.checkpointing import TRAIN_SECONDS
+from crab.checkpointing import TRAIN_SECONDS, VERSIONS, warn_version_drift
 from crab.data import label_encoder
 from crab.encoders import waveform_normalization_mode
 from crab.fileio import is_write_failure, make_dirs, replace_dir
@@ -270,6 +270,7 @@ def package(hparams, out, text_source="unknown", asr_model=None, arguments=None)
     checkpoint = hparams["checkpointer"].find_checkpoint(max_key=metric)
     if checkpoint is None:
         raise PackageError(f"no checkpoint with {metric} in {hparams['save_folder']}: train first")
+    warn_version_drift(checkpoint.meta.get(VERSIONS), f"{checkpoint.path} was saved")
     model = hparams["model"]
     state = load_weights(checkpoint.paramfiles["model"])
     model.load_state_dict(state, strict=True)
@@ -324,6 +325,7 @@ def package(hparams, out, text_source="unknown", asr_model=None, arguments=None)
                 "checkpoint": os.path.basename(checkpoint.path),
                 "epoch": epoch,
                 "train_s": meta.get(TRAIN_SECONDS),
+                "versions": meta.get(VERSIONS),  # of the training; "versions" below: of the packaging
                 "ckpt_metric": metric,
                 "valid_scores": {k: meta[k] for k in METRICS if k in meta},
                 "text_source": text_source,

@@ -1,13 +1,20 @@
 """A run trained on one machine, evaluated, resumed or packaged on another: a CPU-only one after
 a GPU (mixed precision), or with other library versions."""
 
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
+import yaml
 
+from crab.checkpointing import Checkpointer, library_versions
 from crab.experiment import make_brain, parse_and_load, prepare_labels_and_weights
+from crab.inference import CrabClassifier
 from crab.runconfig import write_run_hparams
 from tests.conftest import ROOT, write_tone_corpus
 
@@ -103,3 +110,49 @@ def test_resuming_an_fp16_run_on_a_cpu_is_one_line_before_anything_is_written(ru
     )
     assert (run_dir / "hyperparams.yaml").read_text() == record
     assert len(list((run_dir / "save").glob("CKPT+*"))) == 1
+
+
+def test_a_checkpoint_records_its_library_versions_and_loading_it_under_others_warns(tmp_path, caplog):
+    """A run evaluated or resumed after an upgrade (another transformers release) is told so, with
+    both versions; another build of the same release (torch +cu124 then, +cpu now) is not."""
+    model = torch.nn.Linear(2, 2)
+    saved = Checkpointer(tmp_path, {"model": model}).save_checkpoint(meta={"UAR": 0.5})
+    assert saved.meta["versions"] == library_versions()
+    now = library_versions()
+    torch_build = re.match(r"\d+\.\d+", now["torch"]).group() + ".99+cu124"
+    meta_file = saved.path / "CKPT.yaml"
+    meta = yaml.safe_load(meta_file.read_text())
+    meta["versions"] = {**now, "transformers": "4.57.1", "torch": torch_build}
+    meta_file.write_text(yaml.safe_dump(meta))
+    with caplog.at_level("WARNING", logger="crab.checkpointing"):
+        loader = Checkpointer(tmp_path, {"model": model})
+        loader.load_checkpoint(loader.find_checkpoint())
+    assert f"was saved with other library releases (transformers 4.57.1 then, {now['transformers']} now)" in (
+        caplog.text
+    )
+    assert "torch" not in caplog.text.partition("releases")[2].partition(")")[0]
+
+
+def test_packaging_and_loading_a_package_under_other_library_releases_warn(run, tmp_path, caplog):
+    """Packaging names the releases the checkpoint was trained with (metadata.json's training
+    versions, beside packaging's own), and loading the package under other releases warns."""
+    root, trained = run
+    run_dir = tmp_path / "seed42"
+    shutil.copytree(trained, run_dir, ignore=shutil.ignore_patterns("eval_*"))
+    (meta_file,) = run_dir.glob("save/CKPT+*/CKPT.yaml")
+    meta = yaml.safe_load(meta_file.read_text())
+    meta["versions"] = {**meta["versions"], "transformers": "4.57.1"}
+    meta_file.write_text(yaml.safe_dump(meta))
+    packaged = crab_command("crab.bin.package", *options(root, run_dir), "--out", str(tmp_path / "model"))
+    assert packaged.returncode == 0, packaged.stderr[-3000:]
+    assert "was saved with other library releases (transformers 4.57.1 then" in packaged.stderr
+    metadata_file = tmp_path / "model" / "metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    assert metadata["training"]["versions"]["transformers"] == "4.57.1"
+    assert metadata["versions"]["transformers"] == library_versions()["transformers"]
+    metadata["versions"]["speechbrain"] = "0.5.16"  # not a file the record checks
+    metadata_file.write_text(json.dumps(metadata))
+    with caplog.at_level("WARNING", logger="crab.checkpointing"):
+        classifier = CrabClassifier.from_hparams(source=str(tmp_path / "model"))
+    assert classifier.classes == CLASSES
+    assert "model was packaged with other library releases (speechbrain 0.5.16 then" in caplog.text
