@@ -17,6 +17,7 @@ from crab import evalrecord
 from crab.checkpointing import RandomState
 from crab.cli import UserError
 from crab.data import SAMPLE_RATE
+from crab.distributed import world_size
 from crab.encoders import lengths_to_mask, relative_to_absolute
 from crab.features import BRANCHES, cached_states
 from crab.fileio import commit, make_dirs, stage, text_writer
@@ -178,6 +179,27 @@ def check_finite_outputs(bad, ids, stage, epoch, step):
         )
 
 
+OPTIMIZER_BATCH = "optimizer_batch"  # brain.ckpt: the processes and accumulation of an optimizer step
+
+
+def optimizer_batch_change(saved, processes, factor):
+    """The warning, or None, for a training of ``processes`` x accumulation ``factor`` that resumes
+    a checkpoint whose optimizer step averaged ``saved`` (``{"processes", "grad_accumulation_factor"}``)."""
+    then = saved["processes"] * saved["grad_accumulation_factor"]
+    if then == processes * factor:
+        return None
+    keep = (
+        f"--grad_accumulation_factor={then // processes} keeps it (the recipe: in --train_opts)"
+        if then % processes == 0
+        else f"no --grad_accumulation_factor keeps it on {processes} process(es)"
+    )
+    return (
+        f"Resuming a checkpoint trained with optimizer steps over {saved['processes']} process(es) x "
+        f"accumulation {saved['grad_accumulation_factor']} batches, now over {processes} x {factor}: "
+        f"each step averages {processes * factor / then:g} times as many utterances as before; {keep}"
+    )
+
+
 @sb.utils.checkpoints.register_checkpoint_hooks
 class CrabBrain(sb.Brain):
     """Trains Crab with weighted CE plus alpha * mean of the leg losses.
@@ -239,6 +261,7 @@ class CrabBrain(sb.Brain):
         if self.max_grad_norm is None or self.max_grad_norm <= 0:  # max_grad_norm: null, no clipping
             self.max_grad_norm = float("inf")  # SpeechBrain clips every step: to an infinite norm, a no-op
         self._loss_parts, self._loss_parts_count = {}, 0
+        self._saved_step = None  # brain.ckpt's optimizer_batch, once a checkpoint is loaded
         self.random_state = RandomState()
         self._sigterm = DeferredSigterm()
         self._stop_after_save = False
@@ -414,11 +437,14 @@ class CrabBrain(sb.Brain):
 
     @sb.utils.checkpoints.mark_as_saver
     def _save(self, path):
-        """Brain's counters, then the epoch's loss-part sums (for the log of a resumed epoch)."""
+        """Brain's counters, then the epoch's loss-part sums (for the log of a resumed epoch) and
+        what an optimizer step averaged over (processes and accumulation; ``batch_size`` is the
+        run's setting, which a resumed training checks)."""
         super()._save(path)
         with open(path, "a", encoding="utf-8") as f:
             sums = {"loss_parts": self._loss_parts, "loss_parts_count": self._loss_parts_count}
-            yaml.dump(sums, f, sort_keys=False)
+            step = {"processes": world_size(), "grad_accumulation_factor": self.grad_accumulation_factor}
+            yaml.dump({**sums, OPTIMIZER_BATCH: step}, f, sort_keys=False)
 
     @sb.utils.checkpoints.mark_as_loader
     def _recover(self, path, end_of_epoch):
@@ -427,6 +453,18 @@ class CrabBrain(sb.Brain):
             saved = yaml.safe_load(f)
         self._loss_parts = saved.get("loss_parts", {})
         self._loss_parts_count = saved.get("loss_parts_count", 0)
+        self._saved_step = saved.get(OPTIMIZER_BATCH)  # None: a checkpoint of an older release
+
+    def on_fit_start(self):
+        """SpeechBrain's (the latest checkpoint loaded), then a warning where the optimizer step of
+        the training it resumes averaged over another number of batches: DDP on another number of
+        processes (a node with other GPUs), or another ``--grad_accumulation_factor``."""
+        self._saved_step = None
+        super().on_fit_start()
+        if self._saved_step:
+            warning = optimizer_batch_change(self._saved_step, world_size(), self.grad_accumulation_factor)
+            if warning and if_main_process():
+                logger.warning(warning)
 
     def init_optimizers(self):
         """AdamW per parameter group: speech encoder, text encoder (at

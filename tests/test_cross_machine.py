@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from crab.brain import optimizer_batch_change
 from crab.checkpointing import Checkpointer, library_versions
 from crab.experiment import make_brain, parse_and_load, prepare_labels_and_weights
 from crab.inference import CrabClassifier
@@ -156,3 +157,35 @@ def test_packaging_and_loading_a_package_under_other_library_releases_warn(run, 
         classifier = CrabClassifier.from_hparams(source=str(tmp_path / "model"))
     assert classifier.classes == CLASSES
     assert "model was packaged with other library releases (speechbrain 0.5.16 then" in caplog.text
+
+
+def test_resuming_with_another_optimizer_batch_warns_with_the_accumulation_that_keeps_it(run, tmp_path):
+    """A run resumed on a node with other GPUs (another number of DDP processes), or with another
+    --grad_accumulation_factor (a run option, which the run's settings do not hold), took optimizer
+    steps over another number of utterances without a word; now a warning says how many."""
+    root, _ = run
+    run_dir = tmp_path / "seed42"
+    first = crab_command("crab.bin.train", *options(root, run_dir), "--device=cpu", "--noprogressbar")
+    assert first.returncode == 0, first.stderr[-3000:]
+    args = [*options(root, run_dir), "--number_of_epochs=2", "--device=cpu", "--noprogressbar"]
+    resumed = crab_command("crab.bin.train", *args, "--grad_accumulation_factor=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (
+        "Resuming a checkpoint trained with optimizer steps over 1 process(es) x accumulation 1 batches, "
+        "now over 1 x 2: each step averages 2 times as many utterances as before; "
+        "--grad_accumulation_factor=1 keeps it"
+    ) in resumed.stdout
+    assert (run_dir / "train_log.txt").read_text().count("epoch: ") == 2
+
+
+def test_the_accumulation_that_keeps_the_optimizer_batch_on_other_processes():
+    four_gpus = {"processes": 4, "grad_accumulation_factor": 4}
+    assert optimizer_batch_change(four_gpus, 4, 4) is None
+    assert optimizer_batch_change(four_gpus, 8, 2) is None  # the same 32 batches a step
+    assert optimizer_batch_change(four_gpus, 2, 4).endswith(
+        "now over 2 x 4: each step averages 0.5 times as many utterances as before; "
+        "--grad_accumulation_factor=8 keeps it (the recipe: in --train_opts)"
+    )
+    assert optimizer_batch_change(four_gpus, 3, 4).endswith(
+        "no --grad_accumulation_factor keeps it on 3 process(es)"
+    )
