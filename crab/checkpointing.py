@@ -217,10 +217,8 @@ def _apply(state):
     if state["cuda"] is not None:
         if torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
-        else:
-            logger.warning(
-                "The checkpoint holds a CUDA random state, but CUDA is not available: not restored"
-            )
+        else:  # saved on a GPU, loaded where nothing draws from a CUDA generator (a CPU)
+            logger.info("The checkpoint's CUDA random state is not restored: no CUDA device here")
 
 
 @functools.partial(checkpoints.register_checkpoint_hooks, save_on_main_only=False)
@@ -247,7 +245,7 @@ class RandomState:
         if not path.exists():  # resumed with more processes than were saved
             logger.warning("No random state for this process in %s: not restored", path.parent)
             return
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         if end_of_epoch:
             _apply(state)
         else:

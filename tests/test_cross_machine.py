@@ -2,6 +2,7 @@
 a GPU (mixed precision), or with other library versions."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ import torch
 import yaml
 
 from crab.brain import optimizer_batch_change
-from crab.checkpointing import Checkpointer, library_versions
+from crab.checkpointing import Checkpointer, RandomState, library_versions
 from crab.experiment import make_brain, parse_and_load, prepare_labels_and_weights
 from crab.inference import CrabClassifier
 from crab.runconfig import write_run_hparams
@@ -189,3 +190,22 @@ def test_the_accumulation_that_keeps_the_optimizer_batch_on_other_processes():
     assert optimizer_batch_change(four_gpus, 3, 4).endswith(
         "no --grad_accumulation_factor keeps it on 3 process(es)"
     )
+
+
+def test_a_gpu_runs_random_state_loads_on_a_cpu_without_a_warning(tmp_path, monkeypatch, caplog):
+    """A checkpoint of a GPU run holds the CUDA generator's state (a CPU tensor, as torch gives it),
+    which nothing draws from on a CPU: evaluating the run on a laptop warned that it was "not
+    restored", as if something had gone wrong."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = tmp_path / "random_state.ckpt"
+    torch.manual_seed(0)
+    RandomState()._save(path)
+    expected = torch.rand(3)
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "cuda": torch.zeros(16, dtype=torch.uint8)}, path)
+    torch.manual_seed(1)
+    with caplog.at_level("INFO", logger="crab.checkpointing"):
+        RandomState()._recover(path, end_of_epoch=True)
+    assert torch.equal(torch.rand(3), expected)  # the CPU generator is the checkpoint's
+    assert "CUDA random state is not restored: no CUDA device here" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
