@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -76,17 +77,33 @@ def crab_command(module, *args):
     return subprocess.run(command, cwd=RECIPE, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_a_run_trained_in_fp16_evaluates_on_a_cpu_with_its_training_options(run):
+def as_saved_on_a_gpu(run_dir):
+    """Rewrite the torch files of the run's checkpoints as a run on a GPU writes them: every
+    tensor tagged cuda:0 (the random state aside: torch gives the CUDA generator's on the CPU)."""
+    for path in run_dir.glob("save/CKPT+*/*.ckpt"):
+        if path.stem in ("model", "legs", "wce"):
+            state = torch.load(path, weights_only=True)
+            with mock.patch.object(torch.serialization, "location_tag", lambda storage: "cuda:0"):
+                torch.save(state, path)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(next(run_dir.glob("save/CKPT+*/model.ckpt")), weights_only=True)
+
+
+def test_a_run_trained_in_fp16_on_a_gpu_evaluates_on_a_cpu_with_its_training_options(run, tmp_path):
     """The recipe gives every stage the run's --train_opts: --precision=fp16, training's, which
     evaluation does not use (it runs in --eval_precision), stopped stage 6 on a CPU with
     SpeechBrain's traceback ("fp16 ... not yet supported on CPU")."""
-    root, run_dir = run
+    root, trained = run
+    run_dir = tmp_path / "seed42"
+    shutil.copytree(trained, run_dir, ignore=shutil.ignore_patterns("eval_*"))
+    as_saved_on_a_gpu(run_dir)
     test = root / "data" / "test.json"
     args = [*options(root, run_dir), f"--test_manifest={test}", "--eval_name=test", "--device=cpu"]
     evaluated = crab_command("crab.bin.evaluate", *args, "--precision=fp16")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "--precision=fp16 is training's: evaluation runs in --eval_precision=fp32" in evaluated.stdout
-    assert (run_dir / "eval_test" / "predictions.csv").is_file()
+    assert len((run_dir / "eval_test" / "predictions.csv").read_text().splitlines()) == 1 + len(CLASSES)
     # an evaluation precision the CPU cannot run is one line, no traceback
     refused = crab_command("crab.bin.evaluate", *args, "--eval_precision=fp16")
     assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
