@@ -8,8 +8,9 @@
     tally = classify_wav_scp(job)  # total, before, now, failed, redone, text_changed
 
 Bad input fails the utterance, never the run: each failure is a ``crab.datadir.Failure``
-in ``<out>.errors`` and in the log. The run is resumable: results are appended batch by
-batch, and ``<out>.model`` records the model, the transcripts and the output settings
+in ``<out>.errors``; the log names the first ``LOGGED_FAILURES`` and counts the rest
+(``FailureLog``). The run is resumable: results are appended batch by batch, and
+``<out>.model`` records the model, the transcripts and the output settings
 (``run_settings``), so that a re-run with other ones stops (``check_settings``) instead
 of mixing results (a --text file is checked result by result instead). What makes the
 whole run impossible (an option, a missing input, a results file of other settings) is a
@@ -64,6 +65,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 PATH_SETTINGS = ("model", "text")  # recorded for information only
 # checked result by result (``resumed``): a result whose transcript changed is classified again
 PER_RESULT_SETTINGS = ("text_sha256",)
+# failures named one by one in the log: a large corpus can fail thousands, all in <out>.errors
+LOGGED_FAILURES = 10
 
 
 class UsageError(cli.UserError, ValueError):
@@ -742,7 +745,7 @@ class Runner:
     sources : Sources
         Formats the lines of what each utterance is classified from.
     files : dict
-        Open for appending: ``out``, ``sources`` and ``errors`` (the failures).
+        Open for appending: ``out`` and ``sources``; and ``errors``, the ``FailureLog``.
     texts : dict
         ``utt -> transcript`` with ``text_mode="gold"``.
     """
@@ -755,7 +758,7 @@ class Runner:
     def fail(self, utterance, reason):
         """Record ``utterance`` as failed for ``reason``."""
         self.failed.append(Failure(utterance.utt, utterance.line, reason))
-        write_failure(self.files["errors"], self.job.wav_scp, self.failed[-1])
+        self.files["errors"].write(self.failed[-1])
 
     def run_batch(self, batch):
         """Load, check, transcribe (``text_mode="asr"``) and classify a batch of utterances."""
@@ -850,10 +853,32 @@ class Runner:
         self.done.update(lines)
 
 
-def write_failure(errors_file, wav_scp, failure):
-    """Log ``failure`` (a ``Failure`` of ``wav_scp``) and append it to ``errors_file``."""
-    logger.warning("%s:%d: %s: %s", wav_scp, failure.line, failure.utt, failure.reason)
-    append_lines(errors_file, [f"{failure.utt}\t{failure.line}\t{failure.reason}\n"], sync=False)
+class FailureLog:
+    """``<out>.errors`` (``file``, open for writing) and the log of the failures of ``wav_scp``:
+    every failure is appended to the file, the first ``LOGGED_FAILURES`` are logged one by one,
+    and ``close`` logs how many more there were, not one line each."""
+
+    def __init__(self, file, wav_scp):
+        self.file, self.wav_scp, self.count = file, wav_scp, 0
+        append_lines(file, ["id\tline\treason\n"], sync=False)
+
+    def write(self, failure):
+        """Append ``failure`` (a ``Failure`` of ``wav_scp``) to the file; log it if among the first."""
+        self.count += 1
+        if self.count <= LOGGED_FAILURES:
+            logger.warning("%s:%d: %s: %s", self.wav_scp, failure.line, failure.utt, failure.reason)
+        append_lines(self.file, [f"{failure.utt}\t{failure.line}\t{failure.reason}\n"], sync=False)
+
+    def close(self):
+        """Log the count of the failures not logged one by one."""
+        if self.count > LOGGED_FAILURES:
+            logger.warning(
+                "%s: ... and %d more failed utterances; all %d listed in %s",
+                self.wav_scp,
+                self.count - LOGGED_FAILURES,
+                self.count,
+                self.file.name,
+            )
 
 
 def transcript_problem(utt, texts, path):
@@ -995,14 +1020,15 @@ def classify_wav_scp(job):
         sources.rewrite({utt: read_from[utt] for utt in kept if utt in read_from})
         write_text_atomic(job.out + ".model", json.dumps(settings, indent=2) + "\n")
         with open(job.out + ".errors", "w", encoding="utf-8") as errors_file:
-            append_lines(errors_file, ["id\tline\treason\n"], sync=False)
+            errors = FailureLog(errors_file, job.wav_scp)
             failed = failures + unusable
             for failure in failed:
-                write_failure(errors_file, job.wav_scp, failure)
+                errors.write(failure)
             done = {}
             if todo:
-                runner = classify_all(job, classifier, results, sources, todo, errors_file, texts)
+                runner = classify_all(job, classifier, results, sources, todo, errors, texts)
                 done, failed, read_from = runner.done, failed + runner.failed, read_from | runner.read_from
+            errors.close()
         # the lines there before stay in place; this run's follow, in wav.scp order
         order = list(kept) + [u.utt for u in utterances if u.utt in done]
         results.rewrite([kept[utt] if utt in kept else done[utt] for utt in order])
@@ -1128,7 +1154,7 @@ def load_classifier(job, device):
     return classifier
 
 
-def classify_all(job, classifier, results, sources, todo, errors_file, texts):
+def classify_all(job, classifier, results, sources, todo, errors, texts):
     """Classify ``todo`` batch by batch.
 
     Parameters
@@ -1141,8 +1167,8 @@ def classify_all(job, classifier, results, sources, todo, errors_file, texts):
         The results file and the record of what they were classified from.
     todo : list of (Utterance, float)
         The utterances to classify, with their durations (``audio_seconds``).
-    errors_file : file
-        Open for appending the failures.
+    errors : FailureLog
+        Where the failures go (``<out>.errors`` and the log).
     texts : dict
         ``utt -> transcript`` with ``text_mode="gold"``.
 
@@ -1155,7 +1181,7 @@ def classify_all(job, classifier, results, sources, todo, errors_file, texts):
 
     batches = make_batches(todo, job.batch_size, job.max_batch_seconds)
     with open(job.out, "a", encoding="utf-8") as out_file, open(sources.path, "a", encoding="utf-8") as src:
-        files = {"out": out_file, "sources": src, "errors": errors_file}
+        files = {"out": out_file, "sources": src, "errors": errors}
         runner = Runner(job, classifier, results, sources, files, texts)
         last_log, processed = time.monotonic(), 0
         with tqdm(total=len(todo), unit="utt", disable=not sys.stderr.isatty(), file=sys.stderr) as progress:

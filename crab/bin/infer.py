@@ -36,8 +36,8 @@ or unreadable file, empty or silent audio, audio shorter than the speech
 encoder's receptive field, or a missing or empty transcript fails that
 utterance only, and so does a piped line (Kaldi's ``<utt-id> cmd |``), which is
 never run. Failures go to ``<out>.errors`` (``id line reason``, the line
-of wav.scp) and to the log; the exit status is 1 when any utterance failed,
-unless ``--skip_errors``. A relative audio path is read from the current
+of wav.scp); the log names the first 10 and counts the rest. The exit status
+is 1 when any utterance failed, unless ``--skip_errors``. A relative audio path is read from the current
 directory (a missing one says where it was looked for). A ``segments`` file
 beside wav.scp is refused: that wav.scp lists recordings, and crab-infer reads
 no segments (it would classify the first ``max_duration`` seconds of each whole
