@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "seq2seq", "ctc", "pipeline")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 SAMPLE_RATE = 16000  # as crab.data.SAMPLE_RATE, whose import loads speechbrain
+# warnings of single utterances (or batches) logged one by one, the others counted: a large corpus
+# can have thousands of unreadable or too short files
+LOGGED = 10
 
 
 def format_line(utt, text):
@@ -245,9 +248,8 @@ class AudioFailure(Exception):
     """Audio that could not be read this time (missing or unreadable file): retried next run."""
 
 
-def load_audio(utt, path):
-    """The 16 kHz waveform as a numpy array, or None (logged) when too short to transcribe;
-    ``AudioFailure`` when it cannot be read."""
+def load_audio(path):
+    """The 16 kHz waveform as a numpy array; ``AudioFailure`` when it cannot be read."""
     from crab.data import read_audio  # imports speechbrain: only when there is work
 
     if not os.path.isfile(path):
@@ -256,9 +258,6 @@ def load_audio(utt, path):
         audio = read_audio(path).numpy()
     except (OSError, RuntimeError, sf.LibsndfileError) as err:
         raise AudioFailure(f"unreadable audio {path} ({err})") from None
-    if len(audio) < MIN_SAMPLES:
-        logger.warning("%s: audio too short (%d samples) %s: empty transcript", utt, len(audio), path)
-        return None
     return audio
 
 
@@ -272,25 +271,41 @@ def _transcribe(transcriber, utts, audios):
 def transcribe_batches(todo, wavs, transcriber, out, batch_size):
     """Transcribe ``todo`` in batches, appending each batch to ``out``; returns
     ``(utt -> text, utt -> (kind, reason))``: the failures (kind ``audio`` or ``model``)
-    are not written, so that the next run tries them again."""
-    results, failed, last_log = {}, {}, time.monotonic()
+    are not written, so that the next run tries them again. The first ``LOGGED`` warnings
+    (a failure, audio too short) are logged, the others counted at the end."""
+    results, failed, last_log, warnings = {}, {}, time.monotonic(), [0]
+
+    def warn(message, *args):
+        warnings[0] += 1
+        if warnings[0] <= LOGGED:
+            logger.warning(message, *args)
+
     with open(out, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             audios = {}
             for utt in batch:
                 try:
-                    audios[utt] = load_audio(utt, wavs[utt])
+                    audios[utt] = load_audio(wavs[utt])
                 except AudioFailure as err:
-                    logger.warning("%s: %s: not transcribed (tried again next run)", utt, err)
+                    warn("%s: %s: not transcribed (tried again next run)", utt, err)
                     failed[utt] = ("audio", str(err))
+                    continue
+                if len(audios[utt]) < MIN_SAMPLES:
+                    warn(
+                        "%s: audio too short (%d samples) %s: empty transcript",
+                        utt,
+                        len(audios[utt]),
+                        wavs[utt],
+                    )
+                    audios[utt] = None
             usable = [utt for utt in batch if audios.get(utt) is not None]
             texts = {}
             if usable:
                 try:
                     texts = _transcribe(transcriber, usable, audios)
                 except Exception as err:  # noqa: BLE001 - one bad batch must not stop (or poison) the run
-                    logger.warning(
+                    warn(
                         "the model failed on a batch of %d (%s: %s): one utterance at a time",
                         len(usable),
                         type(err).__name__,
@@ -300,7 +315,7 @@ def transcribe_batches(todo, wavs, transcriber, out, batch_size):
                         try:
                             texts.update(_transcribe(transcriber, [utt], audios))
                         except Exception as err:  # noqa: BLE001
-                            logger.warning(
+                            warn(
                                 "%s: the model failed (%s: %s): not transcribed (tried again next run)",
                                 utt,
                                 type(err).__name__,
@@ -314,4 +329,11 @@ def transcribe_batches(todo, wavs, transcriber, out, batch_size):
             if time.monotonic() - last_log > 60 or start + batch_size >= len(todo):
                 logger.info("%d of %d utterances transcribed", min(start + batch_size, len(todo)), len(todo))
                 last_log = time.monotonic()
+    if warnings[0] > LOGGED:
+        logger.warning(
+            "%s: ... and %d more warnings like these (utterances not transcribed, or too short: "
+            "the summary counts them)",
+            out,
+            warnings[0] - LOGGED,
+        )
     return results, failed

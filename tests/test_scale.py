@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 
 import crab.batch_inference as batch_inference
+from crab import asr
 from crab.batch_inference import LOGGED_FAILURES, InferenceJob, classify_wav_scp
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
@@ -73,3 +74,24 @@ def test_crab_infer_logs_the_first_failures_and_counts_the_rest(tmp_path, monkey
         ), run
         listed = (tmp_path / "results.tsv.errors").read_text().splitlines()
         assert listed[0] == "id\tline\treason" and len(listed) == 1 + failures, run
+
+
+def test_transcription_logs_the_first_warnings_and_counts_the_rest(tmp_path, caplog):
+    """Stage 2: unreadable and too short audio, one warning each for the first ``asr.LOGGED``."""
+    sf.write(tmp_path / "good.wav", (0.3 * np.sin(np.arange(8000) / 5)).astype("float32"), 16000)
+    sf.write(tmp_path / "short.wav", np.full(100, 0.1, dtype="float32"), 16000)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF, but no audio" * 10)
+    unreadable, short = asr.LOGGED + 2, 3
+    wavs = {f"bad{i:02d}": str(tmp_path / "bad.wav") for i in range(unreadable)}
+    wavs |= {f"short{i}": str(tmp_path / "short.wav") for i in range(short)}
+    wavs |= {f"good{i}": str(tmp_path / "good.wav") for i in range(2)}
+    out = str(tmp_path / "text.asr")
+    with caplog.at_level(logging.WARNING, logger="crab.asr"):
+        done, failed = asr.transcribe_batches(
+            list(wavs), wavs, lambda audios: ["words"] * len(audios), out, 4
+        )
+    assert len(failed) == unreadable and sorted(done.values()) == [""] * short + ["words"] * 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    more = unreadable + short - asr.LOGGED
+    assert len(warnings) == asr.LOGGED + 1
+    assert warnings[-1].startswith(f"{out}: ... and {more} more warnings like these")

@@ -32,9 +32,10 @@ with the skip policy, leave it out. A failure that may pass
 (missing or unreadable audio, the model raising on a batch: each of its
 utterances is then tried alone) is not recorded: the utterance gets no line, is
 listed in ``text.asr.failed`` (``utt reason``) and tried again by the next run;
-the exit status is 1 when the model failed on any. A line of ``text.asr`` cut
-inside a UTF-8 character by an interruption is dropped (the last line, with a
-warning) or reported with its line number (a damaged line before the last).
+the exit status is 1 when the model failed on any. The log names the first 10 missing
+files, and the first 10 other failures and audio too short, and counts the rest. A line
+of ``text.asr`` cut inside a UTF-8 character by an interruption is dropped (the last line,
+with a warning) or reported with its line number (a damaged line before the last).
 """
 
 import argparse
@@ -57,7 +58,7 @@ from crab.cli import str2bool
 from crab.datadir import read_table, read_transcripts
 
 logger = logging.getLogger(__name__)
-LISTED = 10  # missing audio files logged one by one
+LISTED = asr.LOGGED  # missing audio files logged one by one
 
 
 def parse_args(argv=None):
