@@ -43,6 +43,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 
 import torch
@@ -436,6 +437,34 @@ def _batches(utts, entries, batch_size):
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def _extent(utts, entries, max_duration, speech):
+    """How much input ``utts`` are, to extrapolate a shard's size: with the ``speech`` encoder's
+    states, the seconds of audio (each cut at ``max_duration``), else the number of utterances."""
+    durations = [entries[u]["duration"] for u in utts]
+    if not speech or any(d is None for d in durations):
+        return len(utts)
+    return sum(min(d, max_duration or d) for d in durations)
+
+
+def _check_room(cache_dir, shard_bytes, shard_extent, rest_extent):
+    """Log the size the rest of the extraction will take, from the first shard's, and warn when
+    the disk of ``cache_dir`` has less free space (the extraction stops there, keeping what
+    it wrote)."""
+    need = shard_bytes * rest_extent / max(shard_extent, 1e-9)
+    free = shutil.disk_usage(cache_dir).free
+    logger.info("Feature cache %s: about %.3g GB more to write (from its first shard)", cache_dir, need / 1e9)
+    if need > free:
+        logger.warning(
+            "Feature cache %s: the rest of the extraction needs about %.3g GB, the disk has %.3g GB "
+            "free: it will stop when the disk is full (the shards written are kept). Make room, "
+            "or extract to another --feature_cache, in float16 (--dtype float16: half the size), "
+            "or of the last layer only (layer_weighting: last)",
+            cache_dir,
+            need / 1e9,
+            free / 1e9,
+        )
+
+
 @torch.no_grad()
 def _encode_batch(model, branches, utts, entries, max_duration, device):
     """``{utt: {branch: (time, layers, dim) tensor}}`` for one batch."""
@@ -536,6 +565,11 @@ def extract(
                 problem = _shard_problem(path, utts, branches, dtype)
                 if problem is not None:  # as written: a bug or a failing disk, not to be indexed
                     raise FeatureCacheError(f"{path} does not read back: {problem}")
+                if start == 0 and len(todo) > shard_size:
+                    speech = "speech" in branches
+                    done_now = _extent(utts, entries, max_duration, speech)
+                    rest = _extent(todo[shard_size:], entries, max_duration, speech)
+                    _check_room(cache_dir, os.path.getsize(path), done_now, rest)
                 index["shards"][shard] = utts
                 index["inputs"].update({utt: digests[utt] for utt in utts})
                 index["audio"].update({utt: audio[utt] for utt in utts if utt in audio})

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -299,3 +300,24 @@ def test_cached_states_masks_keep_their_lengths_on_the_host():
     cached, mask = states["speech"]
     assert cached.device.type == mask.device.type == "meta" and mask.shape == (2, 5)
     assert host_lengths(mask).tolist() == [5, 3]
+
+
+def test_extraction_estimates_its_size_from_the_first_shard_and_warns_of_a_small_disk(
+    data, tmp_path, monkeypatch, caplog
+):
+    cache = tmp_path / "cache"
+    free = type("Usage", (), {"free": 10_000})  # bytes: less than the 3 shards still to write
+    monkeypatch.setattr(crab.features.shutil, "disk_usage", lambda path: free)
+    with caplog.at_level("INFO", logger="crab.features"):
+        run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={cache}", "--shard_size=5"))
+    shards = sorted(cache.glob("shard_*.safetensors"))
+    rest = sum(s.stat().st_size for s in shards[1:])
+    estimate = re.search(r"about ([\d.e+]+) GB more to write", caplog.text)
+    # first shard's bytes per second of audio x the seconds left: within 30% of what was written
+    assert len(shards) == 4 and abs(float(estimate.group(1)) * 1e9 / rest - 1) < 0.3, (estimate, rest)
+    warning = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "free" in r.getMessage()
+    ]
+    assert (
+        len(warning) == 1 and "the disk has 1e-05 GB free" in warning[0] and "--dtype float16" in warning[0]
+    )

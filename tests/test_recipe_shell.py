@@ -636,3 +636,18 @@ echo "status $?"
         running += 1 if event.startswith("start") else -1
         most = max(most, running)
     assert most == 2 and running == 0
+
+
+def test_feature_opts_reach_the_extraction(bare_clone):
+    stand_in_venv(bare_clone)
+    (bare_clone / "corpus").mkdir()
+    (bare_clone / "data" / "main").mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        (bare_clone / "data" / "main" / f"{split}.json").write_text("{}")
+    options = ["--stage", "4", "--stop_stage", "4", "--data_root", str(bare_clone / "corpus")]
+    options += ["--data_dir", str(bare_clone / "data"), "--feature_cache", "cache"]
+    options += ["--feature_opts", "--dtype float16 --shard_size 64"]
+    result = run(str(bare_clone / "egs" / "mini" / "run.sh"), *options)
+    assert result.returncode == 0, result.stderr
+    extract = [call for call in calls(bare_clone) if call[:2] == ["-m", "crab.bin.extract_features"]]
+    assert len(extract) == 1 and holds(extract[0], ["--dtype", "float16", "--shard_size", "64"]), extract

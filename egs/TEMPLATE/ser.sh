@@ -74,6 +74,8 @@ reevaluate=false        # stage 6: true evaluates again what is current (false k
 feature_cache=          # frozen-encoder states (stage 4 extracts, stages 5-8 read); needs frozen encoders,
                         # --train_opts "--freeze_speech_encoder=true --freeze_text_encoder=true" (or the
                         # speech encoder's top layers fine-tuned: --finetune_top_speech_layers=K)
+feature_opts=           # stage 4: options for crab.bin.extract_features (shell words): --dtype float16 (half
+                        # the disk), --shard_size N (utterances held in memory per shard), --batch_size N
 text_only=false         # true: no audio (text-only baselines): stage 0 skipped, data_root need not exist,
                         # local/data.sh gets --text_only true, manifests without audio (--train_opts "--modality=text")
 results_md=RESULTS.md   # stage 7 adds an entry per test set at the top of this file (relative: in the recipe dir);
@@ -186,10 +188,11 @@ shell_words() {  # shell_words ARRAY OPTION VALUE: VALUE, of --OPTION, as shell 
   [ -z "${words}" ] || mapfile -t "$1" <<< "${words}"
 }
 # a quoted path with spaces stays one word: --data_opts "--labels '/My corpus/l.csv'"
-corpus_words=() data_words=() asr_words=() launch_opts=()
+corpus_words=() data_words=() asr_words=() feature_words=() launch_opts=()
 shell_words corpus_words corpus_opts "${corpus_opts}"
 shell_words data_words data_opts "${data_opts}"
 shell_words asr_words asr_opts "${asr_opts}"
+shell_words feature_words feature_opts "${feature_opts}"
 shell_words launch_opts torchrun_opts "${torchrun_opts:---standalone}"
 if [ -n "${tuning}" ]; then  # the base config of the tuning file (checked whole: one line on an error)
   tuning_config=$(python -m crab.report tuning "${tuning}")
@@ -388,7 +391,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ -n "${feature_cache}" 
       run_opts "${fold}" "${first_seed}"
       python -m crab.bin.extract_features "${config}" "${opts[@]}" \
         "${overrides[@]+"${overrides[@]}"}" --output_folder="${exp_dir}/extract_features/${fold}" \
-        --manifests "${manifests[@]}"
+        --manifests "${manifests[@]}" "${feature_words[@]+"${feature_words[@]}"}"
     done
   fi
 fi
