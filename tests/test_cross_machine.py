@@ -20,6 +20,7 @@ from crab.experiment import make_brain, parse_and_load, prepare_labels_and_weigh
 from crab.inference import CrabClassifier
 from crab.runconfig import write_run_hparams
 from tests.conftest import ROOT, write_tone_corpus
+from tests.test_run_config import in_recipe  # egs/TEMPLATE, where the config's relative paths lead
 
 RECIPE = os.path.join(ROOT, "egs", "TEMPLATE")
 CONFIG = os.path.join(RECIPE, "conf", "crab_tiny.yaml")
@@ -36,16 +37,6 @@ def options(root, run_dir):
         "--batch_size=4",
         "--number_of_epochs=1",
     ]
-
-
-def in_recipe(fn, *args):
-    """``fn(*args)`` in egs/TEMPLATE, where the config's relative paths lead."""
-    cwd = os.getcwd()
-    os.chdir(RECIPE)
-    try:
-        return fn(*args)
-    finally:
-        os.chdir(cwd)
 
 
 @pytest.fixture(scope="module")
