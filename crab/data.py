@@ -21,6 +21,7 @@ from crab.cli import UserError
 from crab.dataprep import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
+    MIN_SAMPLES,
     classes_problem,
     clean_transcript,
     frame_blocks,
@@ -105,10 +106,10 @@ class DataError(UserError, ValueError):
 
 
 def read_utterance_audio(utt, path, max_duration=None):
-    """``read_audio`` for a dataset item: a missing, empty, unreadable, sample-less,
-    non-finite, out-of-range (rate or amplitude) or silent file (``crab.dataprep``'s
-    limits, as data prep checks them) is an ``AudioReadError`` naming the utterance
-    and the file."""
+    """``read_audio`` for a dataset item: a missing, empty, unreadable, sample-less, too
+    short (fewer than ``MIN_SAMPLES`` at 16 kHz), non-finite, out-of-range (rate or
+    amplitude) or silent file (``crab.dataprep``'s limits, as data prep checks them) is an
+    ``AudioReadError`` naming the utterance and the file."""
     _, problem = probe_audio(path)
     if problem is None:
         try:
@@ -120,6 +121,9 @@ def read_utterance_audio(utt, path, max_duration=None):
         else:
             if wav.numel() == 0:
                 problem = ("no samples", f"no audio samples in {path}")
+            elif wav.numel() < MIN_SAMPLES:  # else the speech encoder fails on it with no name
+                need = f"{wav.numel()} samples at 16 kHz, need {MIN_SAMPLES}"
+                problem = ("audio too short", f"audio too short for the speech encoder ({need}): {path}")
             else:  # finite and in range (read_audio): silence, as data prep and inference reject it
                 problem = peak_problem(float(wav.abs().max()), path)
     if problem is not None:

@@ -171,6 +171,14 @@ def test_training_reads_converted_audio_and_the_cleaned_text(data_dir):
         (lambda p: p.write_bytes(b"garbage" * 50), "unreadable audio file"),
         (lambda p: p.write_bytes(b""), "empty audio file (0 bytes)"),
         (lambda p: sf.write(p, np.zeros(0, "float32"), 16000), "no audio samples in"),
+        (  # a hand-written manifest, or a file rewritten after prep: not the encoder's traceback
+            lambda p: sf.write(p, sine(399, 16000), 16000),
+            "audio too short for the speech encoder (399 samples at 16 kHz, need 400)",
+        ),
+        (  # 1100 frames at 44.1 kHz: 399 at 16 kHz
+            lambda p: sf.write(p, sine(1100, 44100), 44100),
+            "audio too short for the speech encoder (399 samples at 16 kHz, need 400)",
+        ),
         (lambda p: os.remove(p), "missing audio file"),
         (
             lambda p: sf.write(p, np.full(8000, np.inf, "float32"), 16000, subtype="FLOAT"),
