@@ -129,10 +129,16 @@ def decode(data, path, fallback="cp1252", first_line=1):
 def classes_problem(classes):
     """Why ``classes`` (the labels, in the model's output order) cannot be used, or None: a label
     given twice (the label encoder would keep one, and every class after it would be reported
-    under its neighbour's name), or an empty one or one with spaces around it (``--classes
-    "a,b,"``, ``"a, b"``: no table label is)."""
+    under its neighbour's name), an empty one or one with spaces around it (``--classes
+    "a,b,"``, ``"a, b"``: no table label is), or one that is not a string (an unquoted
+    YAML ``--classes=[0,1]``)."""
     for label in classes:
-        if not str(label).strip() or str(label) != str(label).strip():
+        if not isinstance(label, str):  # no table label equals it: each utterance's would be unknown
+            return (
+                f"label {label!r} was read as {type(label).__name__}, not text (YAML reads an unquoted 0, "
+                f"1.5, true or null so): quote each label, --classes=\"['0','1']\""
+            )
+        if not label.strip() or label != label.strip():
             return f"label {label!r} is empty or has spaces around it"
     twice = sorted({label for label in classes if list(classes).count(label) > 1})
     if twice:

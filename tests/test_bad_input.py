@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
 
 from crab.bin import make_manifest
 from crab.data import (
@@ -334,6 +335,16 @@ def test_classes_given_twice_or_empty_are_refused_at_data_prep_and_training(
     assert f"--classes {classes!r}: {problem}" in capsys.readouterr().err
     with pytest.raises(DataError, match=f"^classes .*: {re.escape(problem)}"):
         label_encoder(classes.split(","))
+
+
+@pytest.mark.parametrize("override", ["[0,1,2,3]", "[angry,true,1.5,null]"])
+def test_classes_that_yaml_reads_as_numbers_or_null_are_refused_at_training(override):
+    """Not 'labels ['0', ...] are not in classes [0, ...]' from the training manifest's counts."""
+    classes = yaml.safe_load(override)  # as the override reaches the hparams
+    with pytest.raises(
+        DataError, match=r"^classes .*: label \S+ was read as \w+, not text .*quote each label"
+    ):
+        label_encoder(classes)
 
 
 @pytest.mark.parametrize("out", [".", "text", "wav.scp", "utt2emo.json"])

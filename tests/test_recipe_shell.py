@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT
 
@@ -109,6 +110,20 @@ def test_run_options_reach_python_as_given(bare_clone):
     assert result.returncode == 0, result.stderr
     argv = [word for call in calls(bare_clone) for word in call]
     assert f"--data_root={corpus}" in argv and f"--output_folder={exp_dir}/crab_tiny/main/seed42" in argv
+
+
+def test_classes_reach_the_yaml_as_strings(bare_clone):
+    """Labels such as 0 or null, unquoted in --classes=[...], were read by the yaml as numbers or
+    null, which no label of the manifests equals."""
+    stand_in_venv(bare_clone)
+    (bare_clone / "corpus").mkdir()
+    options = ("--stage", "8", "--data_root", str(bare_clone / "corpus"), "--classes", "0,1.5,null,it's")
+    result = run(str(bare_clone / "egs" / "mini" / "run.sh"), *options)
+    assert result.returncode == 0, result.stderr
+    given = [
+        word.split("=", 1)[1] for call in calls(bare_clone) for word in call if word.startswith("--classes=")
+    ]
+    assert given and all(yaml.safe_load(value) == ["0", "1.5", "null", "it's"] for value in given), given
 
 
 def test_asr_opts_are_shell_words(bare_clone):

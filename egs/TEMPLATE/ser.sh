@@ -255,9 +255,15 @@ if [ "${ngpu}" -gt 1 ] || [ "${nproc}" -gt 1 ]; then
 fi
 splits="train valid ${test_sets}"
 
+# the labels as a YAML list of quoted strings: unquoted, YAML reads 0, 1.5, true or null as
+# numbers, booleans or null, which no label of a data directory equals
+sq="'"
+classes_yaml=${classes//${sq}/${sq}${sq}}
+classes_yaml="['${classes_yaml//,/${sq},${sq}}']"
+
 run_opts() {  # sets the array opts: the options of every run of fold $1, seed $2 (device $3: default ${device}, empty: none)
   local run_device=${3-${device}}
-  opts=(--data_root="${data_root}" --data_folder="${data_dir}/$1" --seed="$2" --classes="[${classes}]"
+  opts=(--data_root="${data_root}" --data_folder="${data_dir}/$1" --seed="$2" --classes="${classes_yaml}"
     --output_folder="${exp_dir}/${tag}/$1/seed$2")
   [ -z "${run_device}" ] || opts+=(--device="${run_device}")
   [ -z "${feature_cache}" ] || opts+=(--feature_cache="${feature_cache}")
