@@ -504,6 +504,7 @@ class CrabBrain(sb.Brain):
             count = max(self._loss_parts_count, 1)
             self.train_stats = {"loss": stage_loss}
             self.train_stats.update({k: v / count for k, v in self._loss_parts.items()})
+            self._check_legs_trained(epoch)
             return
         ids, targets, probs = self._gather_predictions()
         stats = {"loss": stage_loss}
@@ -527,6 +528,27 @@ class CrabBrain(sb.Brain):
                 test_stats=stats,
             )
             self._write_eval(ids, targets, probs, stats)
+
+    def _check_legs_trained(self, epoch):
+        """A warning when every leg loss of the epoch summed to exactly 0: MPCL (and SupCon) is 0
+        for a batch in which no utterance shares its class with another (a batch of one, or of
+        distinct classes), so the legs got no gradient and the loss was weighted CE alone."""
+        legs = [v for k, v in self._loss_parts.items() if k.startswith("leg_")]
+        if legs and not any(legs) and self.hparams.alpha and if_main_process():
+            hparams = vars(self.hparams)
+            batches = (
+                "dynamic batches"
+                if hparams.get("dynamic_batching")
+                else f"batch_size {hparams.get('batch_size')}"
+            )
+            logger.warning(
+                "Epoch %s: every contrastive leg loss was 0: no training batch held two utterances of one "
+                "class (%s), so MLCS added nothing to the cross-entropy. Give the legs pairs with larger "
+                "batches (a smaller grad_accumulation_factor keeps the optimizer batch), or say that this is "
+                "cross-entropy alone (--leg_names=[], the ce_only ablation)",
+                epoch,
+                batches,
+            )
 
     def _gather_predictions(self):
         ids = [utt for batch_ids, _, _ in self._predictions for utt in batch_ids]

@@ -391,3 +391,18 @@ def test_out_of_gpu_memory_on_cuda_says_the_device_s_memory_and_the_peak(monkeyp
         "a smaller --batch_size (an evaluation may change it: a prediction does not depend on its batch), "
         "or --eval_precision=bf16"
     )
+
+
+@pytest.mark.parametrize("batch_size, warned", [(1, True), (6, False)])  # 6 of 4 classes: a pair
+def test_an_epoch_whose_batches_hold_no_pair_of_a_class_says_mlcs_added_nothing(
+    data, tmp_path, caplog, batch_size, warned
+):
+    """A batch of one utterance has no positive pair: its MPCL is 0 (paper's convention), and an
+    epoch of such batches trains the cross-entropy alone, which the log said only as 0.00e+00."""
+    with caplog.at_level("WARNING", logger="crab.brain"):
+        brain, _, _ = fit(data, tmp_path, "--number_of_epochs=1", f"--batch_size={batch_size}")
+    legs = [v for k, v in brain.train_stats.items() if k.startswith("leg_")]
+    assert len(legs) == 5 and (not any(legs)) == warned
+    message = "Epoch 1: every contrastive leg loss was 0: no training batch held two utterances of one class"
+    assert (message in caplog.text) == warned
+    assert not warned or f"(batch_size {batch_size})" in caplog.text
