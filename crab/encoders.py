@@ -549,6 +549,12 @@ class SpeechEncoder(_Encoder):
         )
 
     @property
+    def max_seconds(self):
+        """Longest audio the encoder reads (Whisper: its 1500 positions, 30 s; its feature
+        extractor cuts what is longer), or None: no limit."""
+        return self.model.embed_positions.num_embeddings * 2 * 160 / 16000 if self.is_whisper else None
+
+    @property
     def min_samples(self):
         """Shortest input (samples) that yields at least one output frame."""
         if self.is_whisper:

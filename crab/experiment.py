@@ -215,6 +215,22 @@ def check_accumulation(batches, factor, manifest):
         )
 
 
+def check_max_duration(hparams):
+    """A ``ConfigError`` for a ``max_duration`` (null: none) beyond what the speech encoder reads:
+    Whisper's feature extractor would cut every longer utterance at 30 s, unsaid."""
+    speech = hparams["model"].speech_encoder
+    limit = speech.max_seconds if speech is not None else None
+    if limit is None:
+        return
+    duration = hparams.get("max_duration")
+    if duration is None or duration > limit:
+        source = hparams.get("speech_encoder_source")
+        raise ConfigError(
+            f"max_duration: {duration}, but the speech encoder {source} reads at most {limit:g} s of "
+            f"audio (longer utterances would be cut there): set max_duration to {limit:g} or less"
+        )
+
+
 def run_option(run_opts, hparams, name):
     """A SpeechBrain run option as ``Brain`` resolves it: given on the command line, else the
     yaml's key of that name, else SpeechBrain's default."""

@@ -16,7 +16,9 @@ from transformers import (
 
 from crab.cli import UserError
 from crab.encoders import SpeechEncoder, TextEncoder
-from tests.conftest import MINI_CONF
+from crab.experiment import check_max_duration
+from crab.runconfig import ConfigError
+from tests.conftest import MINI_CONF, write_tiny_whisper
 
 WAVLM = os.path.join(MINI_CONF, "wavlm_tiny")
 SMALL = dict(
@@ -646,3 +648,24 @@ def test_a_conformer_is_marked_padding_dependent(config_dirs):
         batched, _ = encoder(batch, torch.tensor([0.25, 1.0]))
     assert not torch.allclose(batched[0, : alone.shape[1]], alone[0], atol=1e-4)
     assert encoder.padding_dependent
+
+
+def test_a_max_duration_beyond_whisper_s_30_s_is_refused_before_training(tmp_path):
+    """Whisper's feature extractor cuts audio at 30 s: a 60 s max_duration (or none) trained every
+    longer utterance on its first 30 s, while the run recorded 60."""
+    whisper = SpeechEncoder(str(write_tiny_whisper(tmp_path / "whisper")), pretrained=False)
+    wav = 0.1 * torch.randn(1, 31 * 16000)
+    _, cut = whisper.states(wav, torch.ones(1))
+    _, full = whisper.states(wav[:, : 30 * 16000], torch.ones(1))
+    assert cut.shape == full.shape == (1, 1500)  # 31 s read as 30 s
+    assert whisper.max_seconds == 30.0
+    model = lambda encoder: type("Model", (), {"speech_encoder": encoder})()  # noqa: E731
+    for duration in (60.0, 30.5, None):
+        with pytest.raises(
+            ConfigError, match=f"^max_duration: {duration}, .* reads at most 30 s .* to 30 or less"
+        ):
+            check_max_duration({"model": model(whisper), "max_duration": duration})
+    check_max_duration({"model": model(whisper), "max_duration": 30.0})
+    wavlm = SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False)
+    check_max_duration({"model": model(wavlm), "max_duration": None})  # no limit
+    check_max_duration({"model": model(None), "max_duration": None})  # text-only

@@ -30,6 +30,7 @@ from crab.distributed import end_process_group
 from crab.experiment import (
     batches_per_epoch,
     check_accumulation,
+    check_max_duration,
     check_precision,
     dataset,
     feature_cache,
@@ -54,6 +55,7 @@ def main(argv=None):
     cli.exit_on_run_help(argv, __doc__)
     hparams_file, run_opts, overrides, hparams = parse_and_load(argv)
     check_precision(run_opts, hparams)  # before anything is written
+    check_max_duration(hparams)
     if run_opts.get("data_parallel_backend"):
         # DataParallel hands each replica the whole batch's host-side lengths, and the
         # encoders' patched attention and masking keep the first device's modules
