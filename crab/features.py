@@ -65,6 +65,7 @@ SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 # 2: audio fingerprints ("audio"); a cache without them (1) holding speech states is
 # not trusted: its audio may have changed unseen.
 INDEX_VERSION = 2
+INDEX_KEYS = ("branches", "dtype", "shards", "inputs")  # read by every use of a cache
 INDEX_INTERVAL_S = 60  # extraction rewrites index.json at most this often (and when it stops)
 
 
@@ -178,6 +179,26 @@ def _old_index_error(cache_dir):
     )
 
 
+def _load_index(cache_dir):
+    """The cache's index.json, one with every key this crab reads; else a ``FeatureCacheError``
+    naming it (an index written before the per-utterance input digests, or damaged)."""
+    path = os.path.join(cache_dir, INDEX)
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except ValueError as err:
+        problem = f"is not JSON ({err})"
+    else:
+        missing = [key for key in INDEX_KEYS if not isinstance(index, dict) or key not in index]
+        if not missing:
+            return index
+        problem = f"lacks {', '.join(missing)} (written by an older crab, or damaged)"
+    raise FeatureCacheError(
+        f"feature cache index {path} {problem}: extract into a new directory "
+        "(or delete this one and extract it again)"
+    )
+
+
 def _shard_problem(path, utts, branches, dtype):
     """Why the shard at ``path`` cannot serve ``utts`` (``None`` if it can): it must
     open and hold ``<utt>/<branch>`` of each, ``(time, layers, dim)`` of the
@@ -226,8 +247,7 @@ class FeatureCache:
                 "give the folder it was moved to (--feature_cache DIR), or run the encoders instead "
                 '(--feature_cache=null; the recipe: --train_opts "--feature_cache=null")'
             )
-        with open(path, encoding="utf-8") as f:
-            index = json.load(f)
+        index = _load_index(cache_dir)
         self.cache_dir = cache_dir
         self.branches = index["branches"]
         self.dtype = index["dtype"]
@@ -382,8 +402,7 @@ def _read_index(cache_dir, branches, dtype):
             "inputs": {},
             "audio": {},
         }
-    with open(path, encoding="utf-8") as f:
-        index = json.load(f)
+    index = _load_index(cache_dir)
     if index["branches"] != branches or index["dtype"] != dtype:
         raise FeatureCacheError(
             f"{cache_dir} already holds features of other encoders or dtype "

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import types
 
@@ -319,3 +320,20 @@ def test_text_states_are_keyed_by_the_tokenizer_not_its_size(tmp_path):
     left = identity(tmp_path / "left")
     assert left["padding_side"] == "right" and "padding_side" not in a
     assert {k: v for k, v in left.items() if k != "padding_side"} == a
+
+
+@pytest.mark.parametrize(
+    "index, problem",
+    [
+        # the first caches' index: no per-utterance input digests, no version, no fingerprints
+        ({"branches": {}, "dtype": "float32", "shards": {"shard_00000.safetensors": ["u1"]}}, "lacks inputs"),
+        ("{not json", "is not JSON"),
+        ([], "lacks branches, dtype, shards, inputs"),
+    ],
+)
+def test_an_index_this_crab_cannot_read_is_named_with_the_way_on(tmp_path, index, problem):
+    text = index if isinstance(index, str) else json.dumps(index)
+    (tmp_path / "index.json").write_text(text)
+    named = re.escape(f"{tmp_path / 'index.json'} {problem}")
+    with pytest.raises(FeatureCacheError, match=f"{named}.*extract into a new directory"):
+        FeatureCache(str(tmp_path))
