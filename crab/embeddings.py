@@ -8,12 +8,15 @@ matplotlib only where needed.
 """
 
 import json
+import logging
 import os
 
 import numpy as np
 
 from crab import evalrecord
 from crab.fileio import commit, make_dirs, stage, text_writer, write_text_atomic
+
+logger = logging.getLogger(__name__)
 
 EMBEDDING_SCORES = ("silhouette", "calinski_harabasz", "davies_bouldin")
 # The silhouette compares every pair of points: its time and memory grow with the square of
@@ -22,6 +25,9 @@ EMBEDDING_SCORES = ("silhouette", "calinski_harabasz", "davies_bouldin")
 # are linear).
 SILHOUETTE_SAMPLE = 10000
 PROJECTIONS = ("pca", "tsne")  # project_2d's methods; embeddings_<projection>.png
+PROJECTION_NAMES = {"pca": "PCA", "tsne": "t-SNE"}
+# PCA: two components need two points; t-SNE: its perplexity (at least 2) below the number of points
+PROJECTION_MIN_POINTS = {"pca": 2, "tsne": 3}
 
 
 def extract_embeddings(brain, test_set, loader_kwargs):
@@ -95,6 +101,24 @@ def project_2d(embeddings, method="pca", seed=0):
     raise ValueError(f"projection must be pca or tsne, got '{method}'")
 
 
+def projected(embeddings, method, what):
+    """The 2-D points of ``project_2d`` and None; or, for embeddings that ``method`` cannot
+    project, None and why, logged as a warning naming ``what`` (a plot draws an empty panel)."""
+    why = unprojectable(embeddings, method)
+    if why is None:
+        return project_2d(embeddings, method), None
+    logger.warning("%s projection of the embeddings of %s skipped: %s", PROJECTION_NAMES[method], what, why)
+    return None, why
+
+
+def unprojectable(embeddings, method):
+    """Why ``method`` cannot project these embeddings to 2-D (None: it can)."""
+    name, needed = PROJECTION_NAMES[method], PROJECTION_MIN_POINTS[method]
+    if len(embeddings) < needed:
+        return f"{len(embeddings)} utterance(s), {name} needs at least {needed}"
+    return None
+
+
 def write_embeddings(
     out_dir, ids, embeddings, labels, classes, projection="pca", title=None, checkpoint=None, inputs=None
 ):
@@ -104,7 +128,8 @@ def write_embeddings(
     ----------
     out_dir : str
         Folder of ``embeddings.npz`` (``ids``, ``embeddings``, ``labels``, ``classes``),
-        ``embedding_scores.json`` and ``embeddings_<projection>.png``; made when missing.
+        ``embedding_scores.json`` and ``embeddings_<projection>.png`` (an empty panel saying
+        why where the projection cannot be made: too few utterances); made when missing.
     ids : list of str
         Utterance ids.
     embeddings : numpy.ndarray
@@ -154,8 +179,9 @@ def write_embeddings(
         )
     )
     text = ", ".join("n/a" if v is None else f"{k} {v:.3f}" for k, v in scores.items())
+    points, why = projected(embeddings, projection, out_dir)
     plot_embeddings(
-        [(f"{title or out_dir}\n{text}", project_2d(embeddings, projection), labels)],
+        [(_panel_title(f"{title or out_dir}\n{text}", why), points, labels)],
         classes,
         os.path.join(out_dir, f"embeddings_{projection}.png"),
     )
@@ -192,8 +218,14 @@ def embedding_panels(named_dumps, projection="pca"):
             f"{short} {scores[name][key]:.3f}" if scores[name][key] is not None else f"{short} n/a"
             for short, key in zip(("sil", "CH", "DB"), EMBEDDING_SCORES, strict=True)
         )
-        panels.append((f"{name}\n{text}", project_2d(dump["embeddings"], projection), dump["labels"]))
+        points, why = projected(dump["embeddings"], projection, path)
+        panels.append((_panel_title(f"{name}\n{text}", why), points, dump["labels"]))
     return panels, classes, scores
+
+
+def _panel_title(title, skipped):
+    """A panel's title, with why its projection was skipped (None: it was not)."""
+    return title if skipped is None else f"{title}\nprojection skipped: {skipped}"
 
 
 def scores_markdown(scores):

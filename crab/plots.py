@@ -113,7 +113,8 @@ def plot_alpha(alphas, means, path, stds=None, baseline=None, title=None):
 def plot_embeddings(panels, classes, path):
     """Scatter plots of 2-D projections side by side (4 per row), coloured by emotion.
 
-    ``panels`` is a list of ``(title, points (n, 2), labels (n,) class indices)``.
+    ``panels`` is a list of ``(title, points (n, 2), labels (n,) class indices)``; a panel whose
+    points are None (a projection skipped) is drawn empty, its title saying why.
     """
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
@@ -123,13 +124,8 @@ def plot_embeddings(panels, classes, path):
     for ax in axes[len(panels) :]:
         ax.set_axis_off()
     for ax, (title, points, labels) in zip(axes, panels, strict=False):  # the grid may have spare axes
-        points, labels = np.asarray(points), np.asarray(labels)
-        for k, name in enumerate(classes):
-            chosen = labels == k
-            if chosen.any():
-                ax.scatter(
-                    points[chosen, 0], points[chosen, 1], s=12, alpha=0.8, color=colours[k], label=name
-                )
+        if points is not None:
+            _scatter_classes(ax, np.asarray(points), np.asarray(labels), classes, colours)
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -142,6 +138,13 @@ def plot_embeddings(panels, classes, path):
     fig.legend(handles, names, loc="center right", fontsize=8, markerscale=1.5)
     fig.subplots_adjust(right=1 - 1.4 / fig.get_figwidth())
     return _save(fig, path)
+
+
+def _scatter_classes(ax, points, labels, classes, colours):
+    for k, name in enumerate(classes):
+        chosen = labels == k
+        if chosen.any():
+            ax.scatter(points[chosen, 0], points[chosen, 1], s=12, alpha=0.8, color=colours[k], label=name)
 
 
 def plot_paired(panels, path, metric="UAR", baseline_name="baseline"):

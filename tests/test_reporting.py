@@ -437,6 +437,36 @@ def test_embedding_dump_scores_and_comparison_figure(tmp_path):
     assert f"| mlcs | {good['silhouette']:.3f} |" in out.read_text()
 
 
+@pytest.mark.parametrize("projection, size, needed", [("pca", 1, 2), ("tsne", 1, 3), ("tsne", 2, 3)])
+def test_a_test_set_too_small_to_project_gets_an_empty_panel_saying_why(
+    tmp_path, caplog, projection, size, needed
+):
+    """scikit-learn refuses PCA of one point and t-SNE of fewer points than its perplexity: the
+    plot is optional, so the dump and scores are written and the panel says why it is empty."""
+    rng = np.random.default_rng(0)
+    ids, labels, points = [f"u{i}" for i in range(size)], np.arange(size), rng.normal(size=(size, 4))
+    name = {"pca": "PCA", "tsne": "t-SNE"}[projection]
+    why = f"{size} utterance(s), {name} needs at least {needed}"
+    scores = write_embeddings(str(tmp_path / "tiny"), ids, points, labels, CLASSES, projection)
+    assert scores == dict.fromkeys(scores)  # one utterance per class: undefined
+    assert f"{name} projection of the embeddings of {tmp_path / 'tiny'} skipped: {why}" in caplog.text
+    assert_png(tmp_path / "tiny" / f"embeddings_{projection}.png", 1000)
+    write_embeddings(
+        str(tmp_path / "big"),
+        [f"v{i}" for i in range(8)],
+        rng.normal(size=(8, 4)),
+        np.repeat(np.arange(4), 2),
+        CLASSES,
+        projection,
+    )
+    plot, out = tmp_path / "both.png", tmp_path / "both.md"
+    dumps = [f"{run}={tmp_path / run / 'embeddings.npz'}" for run in ("tiny", "big")]
+    compare.main(["embeddings", "--projection", projection, "--plot", str(plot), "--out", str(out), *dumps])
+    assert_png(plot)
+    assert "| tiny | n/a | n/a | n/a |" in out.read_text()
+    assert f"{tmp_path / 'tiny' / 'embeddings.npz'} skipped: {why}" in caplog.text
+
+
 # ---------------------------------------------------------------- ablations
 
 

@@ -17,7 +17,8 @@ of ``crab.bin.evaluate``, to the run's evaluation folder (``CrabBrain.eval_folde
   and the checkpoint embedded (stage 7 and ``sweep.sh`` use embeddings of the checkpoint
   of the predictions beside them only: a run trained on since is embedded again);
 - ``embeddings_<projection>.png``: their 2-D PCA (default) or t-SNE projection,
-  coloured by emotion.
+  coloured by emotion (a test set too small to project: one utterance for PCA, fewer than
+  3 for t-SNE, gets an empty panel saying why, and a warning).
 
 With ``--skip_if_current`` (the recipe's stage 6), embeddings whose record of inputs
 (``embeddings.inputs.json``, as ``crab.bin.evaluate``'s) equals this run's, with the plot of
