@@ -65,14 +65,43 @@ def extract_embeddings(brain, test_set, loader_kwargs):
 def embedding_scores(embeddings, labels):
     """Silhouette (euclidean), Calinski-Harabasz and Davies-Bouldin scores of
     embeddings grouped by their true label (None when fewer than 2 labels, or as
-    many labels as points). The silhouette of more than ``SILHOUETTE_SAMPLE`` points is
-    that of a fixed random sample of them (the same points for every run of a test set)."""
-    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
-
+    many labels as points; with a warning, those the embeddings leave undefined: all of
+    them when the embeddings are one point, a collapsed model). The silhouette of more than
+    ``SILHOUETTE_SAMPLE`` points is that of a fixed random sample of them (the same points
+    for every run of a test set)."""
     embeddings, labels = np.asarray(embeddings, dtype=np.float64), np.asarray(labels)
     groups = len(np.unique(labels))
     if groups < 2 or groups >= len(labels):
         return dict.fromkeys(EMBEDDING_SCORES)
+    undefined = _undefined_scores(embeddings, labels)
+    for key, why in undefined.items():
+        logger.warning("Embedding score %s undefined (n/a): %s", key, why)
+    return {**_scores(embeddings, labels), **dict.fromkeys(undefined)}
+
+
+def _undefined_scores(embeddings, labels):
+    """The scores that these embeddings leave undefined (a division by zero), each with why,
+    where scikit-learn gives a number: every one when all embeddings are one point (a collapsed
+    model: Davies-Bouldin 0, the best, and Calinski-Harabasz 1), Calinski-Harabasz when each
+    class is one point (no spread within classes: 1 where it is infinite)."""
+    scale = np.abs(embeddings).max()
+    if _one_point(embeddings, scale):
+        return dict.fromkeys(
+            EMBEDDING_SCORES, f"all {len(embeddings)} embeddings are one point (a collapsed model)"
+        )
+    if all(_one_point(embeddings[labels == k], scale) for k in np.unique(labels)):
+        return {"calinski_harabasz": "the embeddings of each class are one point (no spread within classes)"}
+    return {}
+
+
+def _one_point(points, scale):
+    """Whether ``points`` are one point up to float32 rounding of values of ``scale``."""
+    return float(np.ptp(points, axis=0).max()) <= 1e-5 * scale
+
+
+def _scores(embeddings, labels):
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
     sample = slice(None)
     if len(labels) > SILHOUETTE_SAMPLE:
         sample = np.sort(np.random.default_rng(0).choice(len(labels), SILHOUETTE_SAMPLE, replace=False))
@@ -116,6 +145,8 @@ def unprojectable(embeddings, method):
     name, needed = PROJECTION_NAMES[method], PROJECTION_MIN_POINTS[method]
     if len(embeddings) < needed:
         return f"{len(embeddings)} utterance(s), {name} needs at least {needed}"
+    if _one_point(embeddings, np.abs(embeddings).max()):  # t-SNE of them crashes the process
+        return f"all {len(embeddings)} embeddings are one point (a collapsed model)"
     return None
 
 
@@ -129,7 +160,8 @@ def write_embeddings(
     out_dir : str
         Folder of ``embeddings.npz`` (``ids``, ``embeddings``, ``labels``, ``classes``),
         ``embedding_scores.json`` and ``embeddings_<projection>.png`` (an empty panel saying
-        why where the projection cannot be made: too few utterances); made when missing.
+        why where the projection cannot be made: too few utterances, or all one point); made
+        when missing.
     ids : list of str
         Utterance ids.
     embeddings : numpy.ndarray

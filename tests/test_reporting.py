@@ -9,6 +9,8 @@ import importlib.metadata
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from hyperpyyaml.core import resolve_references
 import crab.embeddings
 from crab.bin import compare, embeddings, score
 from crab.cli import UserError
-from crab.embeddings import embedding_scores, write_embeddings
+from crab.embeddings import EMBEDDING_SCORES, embedding_scores, write_embeddings
 from crab.experiment import make_brain, parse_and_load
 from crab.report import (
     TrainLogger,
@@ -465,6 +467,31 @@ def test_a_test_set_too_small_to_project_gets_an_empty_panel_saying_why(
     assert_png(plot)
     assert "| tiny | n/a | n/a | n/a |" in out.read_text()
     assert f"{tmp_path / 'tiny' / 'embeddings.npz'} skipped: {why}" in caplog.text
+
+
+def test_collapsed_embeddings_have_undefined_scores_and_no_projection(tmp_path, caplog):
+    """Every embedding one point: scikit-learn's Davies-Bouldin 0 would read as the best
+    clustering and Calinski-Harabasz 1 as a number, and t-SNE of them kills the process."""
+    labels = np.repeat(np.arange(4), 3)
+    collapsed = np.full((12, 8), 0.25, dtype=np.float32) + np.float32(1e-9)  # float32 rounding
+    ids, out = [f"u{i}" for i in range(12)], tmp_path / "collapsed"
+    assert write_embeddings(str(out), ids, collapsed, labels, CLASSES) == dict.fromkeys(EMBEDDING_SCORES)
+    why = "all 12 embeddings are one point (a collapsed model)"
+    assert f"Embedding score davies_bouldin undefined (n/a): {why}" in caplog.text
+    assert f"PCA projection of the embeddings of {out} skipped: {why}" in caplog.text
+    assert json.loads((out / "embedding_scores.json").read_text())["davies_bouldin"] is None
+    plot, table = tmp_path / "tsne.png", tmp_path / "tsne.md"
+    compare_embeddings = [sys.executable, "-m", "crab.bin.compare", "embeddings", "--projection", "tsne"]
+    run = [*compare_embeddings, "--plot", str(plot), "--out", str(table), f"c={out / 'embeddings.npz'}"]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120)  # a crash is a status
+    assert done.returncode == 0, done.stderr
+    assert f"t-SNE projection of the embeddings of {out / 'embeddings.npz'} skipped: {why}" in done.stderr
+    assert "| c | n/a | n/a | n/a |" in table.read_text()
+    assert_png(plot, 1000)
+    # each class one point, the classes apart: Calinski-Harabasz is infinite, not scikit-learn's 1
+    points = np.eye(4, 8)[labels]
+    scores = embedding_scores(points, labels)
+    assert scores["calinski_harabasz"] is None and scores["davies_bouldin"] == 0 and scores["silhouette"] == 1
 
 
 # ---------------------------------------------------------------- ablations

@@ -13,12 +13,13 @@ of ``crab.bin.evaluate``, to the run's evaluation folder (``CrabBrain.eval_folde
   (class indices of the true emotions), ``classes``;
 - ``embedding_scores.json``: silhouette (euclidean), Calinski-Harabasz and
   Davies-Bouldin scores of the embeddings grouped by true emotion (scikit-learn; the
-  silhouette of a test set over 10,000 utterances is that of a fixed random 10,000),
+  silhouette of a test set over 10,000 utterances is that of a fixed random 10,000;
+  null, with a warning, where undefined: embeddings all one point, a collapsed model),
   and the checkpoint embedded (stage 7 and ``sweep.sh`` use embeddings of the checkpoint
   of the predictions beside them only: a run trained on since is embedded again);
 - ``embeddings_<projection>.png``: their 2-D PCA (default) or t-SNE projection,
   coloured by emotion (a test set too small to project: one utterance for PCA, fewer than
-  3 for t-SNE, gets an empty panel saying why, and a warning).
+  3 for t-SNE, or a collapsed model's, gets an empty panel saying why, and a warning).
 
 With ``--skip_if_current`` (the recipe's stage 6), embeddings whose record of inputs
 (``embeddings.inputs.json``, as ``crab.bin.evaluate``'s) equals this run's, with the plot of
