@@ -151,9 +151,10 @@ def _memory_advice(stage, hparams):
         "--gradient_checkpointing=true (the encoders recompute their activations in the backward pass: "
         "the same gradients; the run resumes with it)"
     ]
+    legs_need_pairs = _legs_need_the_batch(hparams)
     if hparams.get("dynamic_batching"):
         advice.append(f"a new run with a lower max_batch_length (now {hparams['max_batch_length']} s)")
-    elif int(hparams.get("batch_size", 1)) > 1:
+    elif int(hparams.get("batch_size", 1)) > 1 and not legs_need_pairs:
         size, factor = int(hparams["batch_size"]), int(hparams.get("grad_accumulation_factor", 1))
         advice.append(
             f"a new run with --batch_size={size // 2} --grad_accumulation_factor={factor * 2} (an optimizer "
@@ -161,7 +162,19 @@ def _memory_advice(stage, hparams):
         )
     advice.append(f"a shorter max_duration (now {hparams.get('max_duration')} s) in a new run")
     advice.append("--precision=bf16")
-    return "; or ".join(advice)
+    note = (
+        ". Not --batch_size=1: a batch of one utterance never holds two of one class, which the "
+        "contrastive legs (MLCS) need, so they would add nothing to the cross-entropy"
+    )
+    return "; or ".join(advice) + (note if legs_need_pairs else "")
+
+
+def _legs_need_the_batch(hparams):
+    """Whether halving the batch_size would leave batches of one utterance to contrastive legs
+    that train (unless they gather the batches of every process)."""
+    batch_size = int(hparams.get("batch_size", 1))
+    legs = hparams.get("leg_names") and hparams.get("alpha") and not hparams.get("gather_contrastive")
+    return bool(legs) and not hparams.get("dynamic_batching") and batch_size // 2 == 1
 
 
 def check_finite_outputs(bad, ids, stage, epoch, step):

@@ -351,8 +351,13 @@ def test_out_of_gpu_memory_names_the_batch_and_what_lowers_the_memory(data, tmp_
         r"\), audio padded to 0\.\d s \(tried to allocate 2\.50 GiB\)\. Lower the memory it needs: ", message
     )
     assert "--gradient_checkpointing=true (" in message and "the run resumes with it" in message
-    assert "--batch_size=1 --grad_accumulation_factor=4 (an optimizer batch as large" in message
-    assert "a shorter max_duration (now 12.0 s)" in message and message.endswith("--precision=bf16")
+    assert (
+        "a shorter max_duration (now 12.0 s) in a new run; or --precision=bf16. Not --batch_size=1: "
+        in message
+    )
+    assert message.endswith(
+        "the contrastive legs (MLCS) need, so they would add nothing to the cross-entropy"
+    )
     assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
 
     monkeypatch.undo()
@@ -391,6 +396,46 @@ def test_out_of_gpu_memory_on_cuda_says_the_device_s_memory_and_the_peak(monkeyp
         "a smaller --batch_size (an evaluation may change it: a prediction does not depend on its batch), "
         "or --eval_precision=bf16"
     )
+
+
+@pytest.mark.parametrize(
+    "batch_size, settings, halved",
+    [
+        (2, {}, None),  # batches of 1: the legs would never see a pair of one class
+        (3, {}, None),
+        (4, {}, "--batch_size=2 --grad_accumulation_factor=2 "),
+        (2, {"leg_names": []}, "--batch_size=1 --grad_accumulation_factor=2 "),  # CE only
+        (2, {"alpha": 0.0}, "--batch_size=1 --grad_accumulation_factor=2 "),
+        (2, {"gather_contrastive": True}, "--batch_size=1 --grad_accumulation_factor=2 "),  # global batch
+    ],
+)
+def test_out_of_memory_advice_never_leaves_the_contrastive_legs_batches_of_one(batch_size, settings, halved):
+    from types import SimpleNamespace
+
+    import speechbrain as sb
+
+    from crab.brain import out_of_memory_message
+
+    hparams = {
+        "batch_size": batch_size,
+        "max_duration": 12.0,
+        "alpha": 2.0,
+        "leg_names": ["fusion"],
+        **settings,
+    }
+    batch = SimpleNamespace(id=["u1", "u2"])
+    message = out_of_memory_message(
+        torch.OutOfMemoryError("CUDA out of memory."), sb.Stage.TRAIN, 1, 1, batch, "cpu", hparams
+    )
+    assert "--gradient_checkpointing=true" in message and "--precision=bf16" in message
+    if halved:
+        assert f"a new run with {halved}" in message and message.endswith("--precision=bf16")
+    else:
+        assert "a new run with --batch_size" not in message
+        assert message.endswith(
+            "or --precision=bf16. Not --batch_size=1: a batch of one utterance never holds two of one class, "
+            "which the contrastive legs (MLCS) need, so they would add nothing to the cross-entropy"
+        )
 
 
 @pytest.mark.parametrize("batch_size, warned", [(1, True), (6, False)])  # 6 of 4 classes: a pair
