@@ -111,10 +111,26 @@ def load_summary_scores(path, metric):
         key = run_pair_key(run["run"])
         if key in scores:
             raise PairingError(f"{path}: two runs for fold {key[0]}, {key[1]}")
-        scores[key] = float(run[metric])
+        scores[key] = _score(run.get(metric), f"{path}: {run['run']}: {metric}")
     if not scores:
         raise PairingError(f"{path}: no runs")
     return scores
+
+
+def _score(value, where):
+    """``value`` as a finite float, else a ``PairingError`` saying ``where``: a pair whose score
+    is missing, null or NaN is neither dropped (the other pairs would stand for fewer runs than
+    the tables say) nor left to fail later without naming its run."""
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        score = None
+    if score is None or not np.isfinite(score):
+        raise PairingError(
+            f"{where} '{value}' is not a number: every pair needs a score of both methods "
+            "(score the run again, stage 7, or leave its pair out of both)"
+        )
+    return score
 
 
 def check_same_test_data(named_paths):
@@ -236,10 +252,7 @@ def load_scores_table(path, metric):
     for n, cells in rows[1:]:
         if len(cells) != len(header):
             raise PairingError(f"{path}, line {n}: {len(cells)} cells, the header has {len(header)}")
-        try:
-            score = float(cells[at[metric]])
-        except ValueError:
-            raise PairingError(f"{path}, line {n}: {metric} '{cells[at[metric]]}' is not a number") from None
+        score = _score(cells[at[metric]], f"{path}, line {n}: {metric}")
         scores = table.setdefault(cells[at["setting"]], {})
         key = (cells[at["pair"]],)
         if key in scores:

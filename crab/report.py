@@ -381,11 +381,27 @@ def _cell(mean, std=None, digits=4):
 
 def mean_std(values):
     """Mean and sample standard deviation (ddof 1; None for fewer than 2 values),
-    ignoring missing values; (None, None) when there is none."""
+    ignoring missing values; (None, None) when there is none. The tables say how many
+    runs a mean covers where some lack the value (``runs_note``)."""
     values = np.array([v for v in values if v is not None], dtype=float)
     if len(values) == 0:
         return None, None
     return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else None)
+
+
+def runs_note(summary, key):
+    """`` (k of n runs)`` when only k of a summary's n runs have a value of ``key`` (runs never
+    embedded, a collapsed model's undefined cluster scores, runs without a ``train_info.json``),
+    which ``mean_std`` leaves out; "" when all or none have one."""
+    rows = summary["runs"]
+    have = sum(row.get(key) is not None for row in rows)
+    return f" ({have} of {len(rows)} runs)" if 0 < have < len(rows) else ""
+
+
+def mean_cell(summary, key, digits=4):
+    """``mean ± std`` of ``key`` over a summary's runs, with the runs it covers where it
+    covers fewer than all (``runs_note``)."""
+    return _cell(summary["mean"].get(key), summary["std"].get(key), digits) + runs_note(summary, key)
 
 
 def runs_covered(runs):
@@ -450,8 +466,9 @@ def summarise(rows, **meta):
 def results_markdown(summary, title=None):
     """Markdown results of one experiment on one test set: the ``title`` with the folds and
     seeds of the runs (and the runs a subset leaves out: ``coverage``), a row per run with its
-    training wall time and commit, mean ± std over the runs, then each run's
-    machine and command, and notes on classes absent from the test data."""
+    training wall time and commit, mean ± std over the runs (each mean that some runs lack a
+    value of says over how many: ``mean_cell``), then each run's machine and command, and
+    notes on classes absent from the test data."""
     rows = summary["runs"]
     covered, left_out = coverage(summary)
     heading = "; ".join(filter(None, (f"{title}: {covered}" if covered else title, left_out)))
@@ -468,20 +485,14 @@ def results_markdown(summary, title=None):
             + f" | {format_duration(row.get('wall_s'))} | {row.get('commit') or 'n/a'} |"
         )
     if len(rows) > 1:
-        cells = [_cell(summary["mean"][m], summary["std"][m]) for m in METRICS]
-        wall = summary["mean"].get("wall_s")
-        lines.append(
-            f"| mean ± std ({len(rows)} runs) | | "
-            + " | ".join(cells)
-            + f" | {format_duration(wall)} mean | |"
-        )
+        cells = [mean_cell(summary, m) for m in METRICS]
+        wall = format_duration(summary["mean"].get("wall_s")) + " mean" + runs_note(summary, "wall_s")
+        lines.append(f"| mean ± std ({len(rows)} runs) | | " + " | ".join(cells) + f" | {wall} | |")
     if any(k in summary["mean"] for k in EMBEDDING_SCORES):
         lines += [
             "",
             "Fused (fc1) embeddings of the test set: "
-            + ", ".join(
-                f"{k} {_cell(summary['mean'].get(k), summary['std'].get(k), 3)}" for k in EMBEDDING_SCORES
-            )
+            + ", ".join(f"{k} {mean_cell(summary, k, 3)}" for k in EMBEDDING_SCORES)
             + " (silhouette and Calinski-Harabasz: higher is better; Davies-Bouldin: lower).",
         ]
     notes = [
@@ -551,7 +562,8 @@ def comparison_markdown(entries, ablation_table=None, title=None, corpus=None, t
     directory name) so does the paper's UAR on that corpus (and ``test_set``), n/a
     where the paper has none. With a ``ce_only`` entry, a column gives each UAR
     minus the CE-only UAR. The heading is ``title`` with the experiments' configs, folds
-    and seeds (``comparison_about``).
+    and seeds (``comparison_about``). A cell over fewer runs than its row's ``runs`` says so
+    (``mean_cell``).
     """
     table = read_ablations(ablation_table) if ablation_table else {}
     base = dict(entries).get("ce_only")
@@ -567,13 +579,13 @@ def comparison_markdown(entries, ablation_table=None, title=None, corpus=None, t
     lines = [f"## {heading}", ""] if heading else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, summary in entries:
-        mean, std = summary["mean"], summary["std"]
+        mean = summary["mean"]
         cells = [table.get(name, {}).get("method", name), name, str(summary["num_runs"])]
-        cells += [_cell(mean.get(m), std.get(m)) for m in METRICS]
+        cells += [mean_cell(summary, m) for m in METRICS]
         if base:
             cells.append(f"{mean['UAR'] - base['mean']['UAR']:+.4f}")
         if has_embeddings:
-            cells += [_cell(mean.get(k), std.get(k), 3) for k in EMBEDDING_SCORES]
+            cells += [mean_cell(summary, k, 3) for k in EMBEDDING_SCORES]
         if show_paper:
             cells.append(paper_number(table.get(name, {}).get("paper", {}), corpus, test_set))
         lines.append("| " + " | ".join(cells) + " |")
@@ -622,10 +634,7 @@ def alpha_sweep(entries, baseline, plot=None, title=None):
     lines = [f"## {heading}", ""] if heading else []
     lines += ["| alpha | runs | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 2)]
     for name, summary in rows:
-        cells = []
-        for m in METRICS:
-            mean, std = summary["mean"][m], summary["std"].get(m)
-            cells.append(f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
+        cells = [mean_cell(summary, m) for m in METRICS]
         lines.append(f"| {name} | {summary['num_runs']} | " + " | ".join(cells) + " |")
     for metric in ("UAR", "WAR"):
         best = max(zip(alphas, entries, strict=True), key=lambda e: e[1][1]["mean"][metric])

@@ -162,6 +162,21 @@ def test_cli_pairs_only_runs_of_the_same_test_data(tmp_path):
         paired.main(["--baseline", f"ce_only={ce}", f"mlcs={fewer}"])
 
 
+def test_a_run_without_a_score_is_named_not_paired(tmp_path):
+    """A null (or NaN) score of one run: an error naming it, not a comparison of the other
+    pairs, nor a bare TypeError."""
+    keys = [("main", 1), ("main", 2), ("main", 3)]
+    ce = summary(tmp_path / "ce.json", "ce_only", dict.fromkeys(keys, 0.5))
+    for bad in (None, math.nan):
+        mlcs = summary(tmp_path / "mlcs.json", "mlcs", {**dict.fromkeys(keys, 0.6), ("main", 2): bad})
+        with pytest.raises(SystemExit, match=f"mlcs.json: exp/mlcs/main/seed2: UAR '{bad}' is not a number"):
+            paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}"])
+    table = tmp_path / "scores.tsv"
+    table.write_text("setting\tpair\tUAR\nce\t1\t0.4\nce\t2\tnan\nmlcs\t1\t0.5\nmlcs\t2\t0.5\n")
+    with pytest.raises(SystemExit, match=r"scores.tsv, line 3: UAR 'nan' is not a number"):
+        paired.main(["--scores", str(table), "--baseline", "ce", "mlcs"])
+
+
 def test_cli_refuses_a_name_given_twice(tmp_path):
     """Scores are kept by name: a second one of a name replaced the first (an empty table, or a
     method's row dropped) without a word."""

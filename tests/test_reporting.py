@@ -33,6 +33,7 @@ from crab.report import (
     merge_overrides,
     read_ablations,
     record_training,
+    results_markdown,
     results_table,
     summarise,
     summary_embeddings,
@@ -180,6 +181,49 @@ def test_summary_of_a_score_some_runs_lack_is_over_the_runs_that_have_it():
     assert summary["mean"]["silhouette"] == pytest.approx(0.3)
     assert summary["std"]["silhouette"] == pytest.approx(math.sqrt(0.02))
     assert "davies_bouldin" not in summary["mean"]  # no run has it
+
+
+def test_a_mean_over_fewer_runs_than_its_row_says_how_many(tmp_path):
+    """Runs never embedded, a collapsed model's null cluster scores, a run without its
+    training time: the mean leaves them out, and every table that shows it says so."""
+
+    def rows(tag, silhouettes, uars=(0.5, 0.6, 0.7)):
+        return [
+            {
+                "run": f"exp/{tag}/f/seed{i}",
+                "num_utterances": 4,
+                **dict.fromkeys(("WAR", "macro_F1", "weighted_F1"), 0.5),
+                "UAR": uar,
+                "wall_s": 60.0 if i == 1 else None,
+                **dict.fromkeys(EMBEDDING_SCORES, sil),
+            }
+            for i, (uar, sil) in enumerate(zip(uars, silhouettes, strict=True), 1)
+        ]
+
+    some = summarise(rows("mlcs", [0.2, None, 0.4]), tag="mlcs")  # seed2 collapsed
+    every = summarise(rows("ce_only", [0.1, 0.1, 0.1]), tag="ce_only")
+    lines = results_markdown(some).splitlines()
+    assert lines[5] == (
+        "| mean ± std (3 runs) | | 0.5000 ± 0.0000 | 0.6000 ± 0.1000 | 0.5000 ± 0.0000 | 0.5000 ± 0.0000 "
+        "| 1m 00s mean (1 of 3 runs) | |"
+    )
+    some_runs = "0.300 ± 0.141 (2 of 3 runs)"
+    assert f"silhouette {some_runs}, calinski_harabasz {some_runs}, davies_bouldin {some_runs} (" in lines[7]
+    assert "(3 of 3" not in results_markdown(every)  # all runs: no note
+    table = comparison_markdown([("ce_only", every), ("mlcs", some)]).splitlines()
+    assert table[4].endswith("| +0.0000 | 0.100 ± 0.000 | 0.100 ± 0.000 | 0.100 ± 0.000 |")
+    assert table[5].endswith(f"| +0.0000 | {some_runs} | {some_runs} | {some_runs} |")
+    # the alpha sweep, with a UAR one run lacks (a summary from elsewhere)
+    paths = []
+    for tag, uars in (("ce_only", (0.5, 0.6, 0.7)), ("alpha2", (0.5, None, 0.7))):
+        (tmp_path / tag).mkdir()
+        paths.append(tmp_path / tag / "results_test.json")
+        paths[-1].write_text(json.dumps(summarise(rows(tag, [0.1] * 3, uars), tag=tag)))
+    out = tmp_path / "alpha_test.md"
+    compare.main(["alpha", "--baseline", str(paths[0]), "--out", str(out), str(paths[1])])
+    text = out.read_text()
+    assert "| CE only | 3 | 0.5000 ± 0.0000 | 0.6000 ± 0.1000 | 0.5000 ± 0.0000 |" in text
+    assert "| 2 | 3 | 0.5000 ± 0.0000 | 0.6000 ± 0.1414 (2 of 3 runs) | 0.5000 ± 0.0000 |" in text
 
 
 def test_predictions_of_a_checkpoint_the_run_no_longer_holds_are_refused(tmp_path, capsys):

@@ -167,6 +167,21 @@ def test_recipe_tests_leave_the_repository_alone(scored, tmp_path):
     assert fingerprint() == before
 
 
+def test_stage_7_says_when_a_mean_is_over_fewer_runs(tmp_path):
+    """One of two runs embedded (the other never was, or its model collapsed): the cluster
+    scores are of that run alone, and the table and the entry say so."""
+    write_runs(tmp_path / "exp", "crab_tiny", (1, 2), None)
+    scores = {"silhouette": 0.25, "calinski_harabasz": 3.0, "davies_bouldin": 1.5}
+    (tmp_path / "exp" / "crab_tiny" / "main" / "seed1" / "eval_test" / "embedding_scores.json").write_text(
+        json.dumps(scores)
+    )
+    result = stage_7(tmp_path, "--results_md", str(tmp_path / "RESULTS.md"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    embedded = "silhouette 0.250 (1 of 2 runs), calinski_harabasz 3.000 (1 of 2 runs)"
+    assert embedded in (tmp_path / "exp" / "crab_tiny" / "results_test.md").read_text()
+    assert embedded in (tmp_path / "RESULTS.md").read_text()
+
+
 def summary_of(exp, tag, path):
     """Score the runs of ``exp/tag`` (``crab.bin.score --summary``) into ``path``."""
     paths = sorted(str(p) for p in (exp / tag).glob("*/seed*/eval_test/predictions.csv"))

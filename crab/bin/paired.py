@@ -7,7 +7,8 @@
 
 Runs are paired by fold and seed (``<tag>/<fold>/seed<seed>`` in the stage-7 summaries),
 of one test set: summaries of different test sets, or a fold and seed scored on different
-numbers of utterances (another data directory), are an error;
+numbers of utterances (another data directory), are an error, as is a run without a finite
+score of the metric (null, NaN: it is named, not left out);
 ``--by_fold`` averages each fold over its seeds first (one pair per fold: the seeds of a
 fold share its test speakers, so this is the conservative comparison). With ``--scores``
 settings and pairs come from a tab-separated table (columns ``setting``, ``pair`` and the

@@ -8,7 +8,8 @@ comes from the ``prob_<class>`` columns. A run is the directory two levels above
 its predictions file (``exp/<tag>/<fold>/seed<seed>``); its training wall time,
 commit, machine, command and transcripts (``text_source``, ``asr_model``) come from
 the ``train_info.json`` there (written by the recipe's stage 5), and its embedding cluster scores from
-``embedding_scores.json`` next to the predictions (``crab.bin.embeddings``). The heading
+``embedding_scores.json`` next to the predictions (``crab.bin.embeddings``); a mean that some
+runs have no value of is over the others, and says so (``(1 of 2 runs)``). The heading
 (``--title``) and the summary name the folds and seeds of the runs, and the runs of the
 same experiment with predictions on the same test set that were not given (a subset:
 ``crab.report.left_out_runs``). Predictions of a checkpoint that their run's ``save/`` no longer
