@@ -6,7 +6,8 @@ given manifests, the states the encoder's ``select`` reads (``(time, layers,
 dim)``: the last layer, or every layer for ``layer_weighting: weighted_sum``) to a
 cache directory:
 
-    index.json             what was extracted (encoder identity, weights digest,
+    index.json             its layout's version (another one is refused), what was
+                           extracted (encoder identity, weights digest,
                            dtype), which shard holds each utterance, a digest of
                            each utterance's input (text, audio path, duration) and
                            the fingerprint of its audio file (size, SHA-256 of its
@@ -63,7 +64,8 @@ INDEX = "index.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 # 2: audio fingerprints ("audio"); a cache without them (1) holding speech states is
-# not trusted: its audio may have changed unseen.
+# not trusted: its audio may have changed unseen. An index of another version is refused
+# (``_load_index``), so a new layout needs a new number.
 INDEX_VERSION = 2
 INDEX_KEYS = ("branches", "dtype", "shards", "inputs")  # read by every use of a cache
 INDEX_INTERVAL_S = 60  # extraction rewrites index.json at most this often (and when it stops)
@@ -180,8 +182,9 @@ def _old_index_error(cache_dir):
 
 
 def _load_index(cache_dir):
-    """The cache's index.json, one with every key this crab reads; else a ``FeatureCacheError``
-    naming it (an index written before the per-utterance input digests, or damaged)."""
+    """The cache's index.json, one with every key this crab reads, of its ``INDEX_VERSION`` or of
+    none (written before the versions); else a ``FeatureCacheError`` naming it (an index of a
+    newer crab's layout, one written before the per-utterance input digests, or damaged)."""
     path = os.path.join(cache_dir, INDEX)
     try:
         with open(path, encoding="utf-8") as f:
@@ -189,6 +192,13 @@ def _load_index(cache_dir):
     except ValueError as err:
         problem = f"is not JSON ({err})"
     else:
+        version = index.get("version") if isinstance(index, dict) else None
+        if version not in (None, INDEX_VERSION):  # before the keys: another layout may lack them
+            raise FeatureCacheError(
+                f"feature cache index {path} is of version {json.dumps(version)}, a layout this crab "
+                f"(version {INDEX_VERSION}) does not know, written by another (a newer) crab: read the "
+                "cache with the crab that wrote it, or extract into a new directory"
+            )
         missing = [key for key in INDEX_KEYS if not isinstance(index, dict) or key not in index]
         if not missing:
             return index

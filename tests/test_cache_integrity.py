@@ -91,6 +91,31 @@ def test_cache_without_audio_fingerprints_must_be_extracted_again(corpus, tmp_pa
         extract(corpus, cache, "--manifests", str(corpus / "train.json"))
 
 
+def test_a_cache_of_another_version_is_refused_and_one_without_a_version_read_as_before(corpus, tmp_path):
+    """A newer crab's cache layout is not read as this one's; an index from before the
+    versions (audio fingerprints and all) is."""
+    cache, train_json = tmp_path / "cache", str(corpus / "train.json")
+    extract(corpus, cache, "--manifests", train_json)
+    path, model_duration = cache / "index.json", model_and_duration(corpus, tmp_path)
+    index = json.loads(path.read_text())
+    assert index["version"] == crab.features.INDEX_VERSION
+    path.write_text(json.dumps({k: v for k, v in index.items() if k != "version"}))
+    FeatureCache(str(cache)).check(*model_duration, [train_json], str(corpus))
+    path.write_text(json.dumps({**index, "version": 3}))
+    newer = re.escape(f"{path} is of version 3, a layout this crab (version 2) does not know")
+    way_on = "read the cache with the crab that wrote it, or extract into a new directory"
+    with pytest.raises(FeatureCacheError, match=f"{newer}.*{way_on}"):
+        FeatureCache(str(cache))
+    with pytest.raises(SystemExit, match=f"ERROR: feature cache index {newer}"):
+        run(
+            train.main,
+            argv(corpus, tmp_path / "run", f"--feature_cache={cache}", f"--valid_manifest={train_json}"),
+        )
+    with pytest.raises(SystemExit, match=f"ERROR: feature cache index {newer}"):
+        extract(corpus, cache, "--manifests", train_json)
+    assert json.loads(path.read_text())["version"] == 3  # left as it was
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing tensor"])
 def test_corrupt_shard_is_named_on_reading_and_repaired_by_extraction(corpus, tmp_path, damage):
     cache = tmp_path / "cache"
@@ -329,6 +354,12 @@ def test_text_states_are_keyed_by_the_tokenizer_not_its_size(tmp_path):
         ({"branches": {}, "dtype": "float32", "shards": {"shard_00000.safetensors": ["u1"]}}, "lacks inputs"),
         ("{not json", "is not JSON"),
         ([], "lacks branches, dtype, shards, inputs"),
+        # a newer crab's layout, which may lack what this one reads: its version is the problem
+        ({"version": 3, "states": {}}, "is of version 3, a layout this crab"),
+        (
+            {"version": "2", "branches": {}, "dtype": "float32", "shards": {}, "inputs": {}},
+            'is of version "2"',
+        ),
     ],
 )
 def test_an_index_this_crab_cannot_read_is_named_with_the_way_on(tmp_path, index, problem):
