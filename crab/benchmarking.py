@@ -363,7 +363,7 @@ def time_steps(setup):
         "times": times,
         "checkpoint_bytes": checkpoint_bytes(bench) if training else None,
         "flops": step_flops(bench, names[0]),
-        "profile": profile_table(bench, setup, names[0]),
+        "profile": profile_table(bench, setup, names[0]) if setup["profile_steps"] else None,
         "syncs": count_syncs(bench, setup["device"], names[0]),
         "device_name": torch.cuda.get_device_name(setup["device"]) if cuda else cpu_model(),
     }
@@ -410,20 +410,20 @@ def step_flops(bench, name):
     return counter.get_total_flops()
 
 
-PROFILE_STEPS = 3
 PROFILE_ROWS = 15
 
 
 def profile_table(bench, setup, name):
     """The top operators (self time on the device, else on the CPU) of
-    ``PROFILE_STEPS`` runs of step configuration ``name`` under torch.profiler, and the
+    ``setup["profile_steps"]`` runs of step configuration ``name`` under torch.profiler, and the
     number of operator calls (and, on CUDA, kernels) per step."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = setup["device"].startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    steps = setup["profile_steps"]
     with profile(activities=activities) as prof:
-        for _ in range(PROFILE_STEPS):
+        for _ in range(steps):
             _run_config(bench, name)
         if cuda:
             torch.cuda.synchronize(setup["device"])
@@ -436,8 +436,9 @@ def profile_table(bench, setup, name):
     return {
         "table": table,
         "sort_by": sort_by,
-        "ops_per_step": ops / PROFILE_STEPS,
-        "kernels_per_step": kernels / PROFILE_STEPS if cuda else None,
+        "steps": steps,
+        "ops_per_step": ops / steps,
+        "kernels_per_step": kernels / steps if cuda else None,
     }
 
 
@@ -763,15 +764,16 @@ def analysis_lines(args, analysis, name, medians):
         + f" | {'n/a' if peak is None else f'{peak:.1f}'} |",
         f"| fraction of peak | {'n/a' if peak is None else f'{achieved / peak:.1%}'} |",
         f"| inference, utterances/s (full model) | {args.batch_size / medians['infer_full']:.1f} |",
-        f"| operator calls per step (profiler) | {profile['ops_per_step']:.0f} |",
     ]
+    if profile is not None:
+        lines.append(f"| operator calls per step (profiler) | {profile['ops_per_step']:.0f} |")
     if analysis["checkpoint_bytes"] is not None:
         weights, optimizer = analysis["checkpoint_bytes"]
         lines.append(
             "| a training checkpoint's tensors: weights and buffers + optimizer state | "
             f"{weights / 1e6:.1f} + {optimizer / 1e6:.1f} = {(weights + optimizer) / 1e6:.1f} MB |"
         )
-    if profile["kernels_per_step"] is not None:
+    if profile is not None and profile["kernels_per_step"] is not None:
         lines.append(f"| device kernels per step (profiler) | {profile['kernels_per_step']:.0f} |")
     syncs = analysis["syncs"]
     if syncs is not None:
@@ -779,9 +781,12 @@ def analysis_lines(args, analysis, name, medians):
         lines.append(
             f"| host waits for the device in one step (set_sync_debug_mode) | {syncs['count']} ({where}) |"
         )
+    if profile is None:
+        return [*lines, "", "no profile (--profile_steps 0)"]
     lines += [
         "",
-        f"top {PROFILE_ROWS} operators of {PROFILE_STEPS} steps by {profile['sort_by']} (torch.profiler):",
+        f"top {PROFILE_ROWS} operators of {profile['steps']} step(s) by {profile['sort_by']} "
+        "(torch.profiler):",
         "",
         "```",
         profile["table"].rstrip(),
@@ -830,6 +835,7 @@ def run(args):
             "batch_size": args.batch_size,
             "repeats": args.repeats,
             "warmup": args.warmup,
+            "profile_steps": args.profile_steps,
             "epochs": args.epochs,
             "corpus_dir": corpus_dir,
             "manifest": write_corpus(corpus_dir, args.epoch_utterances, rng, args.audio_seconds),

@@ -32,6 +32,9 @@ REQUIRED_TOOLS = ("ffmpeg", "espeak-ng", "shellcheck")
 def pytest_configure(config):
     """Stop at once, with one line, when a required system tool is missing (in
     pytest_configure, before the terminal reporter starts, pytest prints the line once)."""
+    config.addinivalue_line(
+        "markers", "slow: an end-to-end run of half a minute or more (-m 'not slow' skips)"
+    )
     if config.option.help or config.option.version:
         return
     missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
@@ -40,6 +43,26 @@ def pytest_configure(config):
             f"Missing system tool(s) on PATH: {', '.join(missing)}. Run tools/install.sh to install them.",
             returncode=pytest.ExitCode.USAGE_ERROR,
         )
+
+
+def pytest_collection_modifyitems(items):
+    """The modules with a slow test first (a stable sort: each module's tests stay together,
+    in their order): scheduled as below, the long runs start first and short tests fill the end."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own
+def pytest_xdist_make_scheduler(config, log):
+    """With -n, each module runs whole on one worker, in the order above: a module-scoped fixture
+    (a trained tiny run, the mini recipe's corpus) is built once, not on every worker its tests
+    reach. An explicit --dist other than load is kept."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    if config.getvalue("dist") != "load":
+        return None
+    config.option.loadscopereorder = False
+    return LoadScopeScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

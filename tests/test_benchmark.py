@@ -57,6 +57,7 @@ def benchmark(*options):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_quick_run_prints_every_row_and_finite_ratios():
     """``--size tiny`` (``--quick``) end to end, each measurement in a forked process (a
     spawned one, which CUDA needs: below), with the FLOP rate and the profile's top operators."""
@@ -90,7 +91,7 @@ def test_quick_run_prints_every_row_and_finite_ratios():
         ),
     )
     assert weights > 0 and optimizer > 0 and total == pytest.approx(weights + optimizer, abs=0.11)
-    assert re.search(r"top 15 operators of 3 steps by self_cpu_time_total", out)
+    assert re.search(r"top 15 operators of 1 step\(s\) by self_cpu_time_total", out)  # --quick: 1
     assert "aten::" in out.split("torch.profiler):", 1)[1]
 
 
@@ -108,16 +109,30 @@ def test_checkpoint_bytes_are_the_weights_buffers_and_adamw_state():
     assert checkpoint_bytes(bench)[1] == 2 * 8 * 4 + 2 * 4
 
 
+@pytest.mark.slow
 def test_steps_only_measures_the_steps_and_no_epoch():
-    out = benchmark("--quick", "--steps_only", "--start_method", "fork", "--threads", "1", "--repeats", "1")
+    out = benchmark(
+        "--quick",
+        "--steps_only",
+        "--start_method",
+        "fork",
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+        "--profile_steps",
+        "0",
+    )
     for label in STEP_ROWS.values():
         assert float(_cells(out, label)[3]) > 0  # its peak memory
     for label in EPOCH_ROWS.values():
         assert f"| {label} |" not in out
     assert [label for label, *_ in RATIOS if f"| {label} |" in out] == [label for label, *_ in RATIOS[:3]]
     assert "epochs: not measured (--steps_only)" in out and "pays for itself" not in out
+    assert out.rstrip().endswith("no profile (--profile_steps 0)") and "operator calls per step" not in out
 
 
+@pytest.mark.slow
 def test_infer_only_measures_inference_and_analyses_it():
     """Each measurement in a spawned process, the start method CUDA needs."""
     out = benchmark("--quick", "--infer_only", "--start_method", "spawn", "--threads", "1", "--repeats", "1")
@@ -164,8 +179,17 @@ def test_peak_table_and_options():
     assert LARGE["speech"]["hidden_size"] == LARGE["text"]["hidden_size"] == 1024
     args = parse_args(["--size", "large", "--precision", "bf16", "--audio_seconds", "12"])
     assert args.audio_seconds == (12.0, 12.0) and args.hparams.endswith("crab.yaml")
-    assert args.start_method == "spawn"
-    for bad in (["--precision", "fp16"], ["--audio_seconds", "x"], ["--quick", "--size", "large"]):
+    assert (
+        args.start_method == "spawn"
+        and args.profile_steps == 3
+        and parse_args(["--quick"]).profile_steps == 1
+    )
+    for bad in (
+        ["--precision", "fp16"],
+        ["--audio_seconds", "x"],
+        ["--quick", "--size", "large"],
+        ["--profile_steps", "-1"],
+    ):
         with pytest.raises(SystemExit):
             parse_args(bad)
 

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from transformers import AutoConfig, AutoModel
 
 from crab.tokenizer import build_bpe_tokenizer
@@ -17,6 +18,8 @@ from tests.test_recipe_emodb import make_fixture as make_emodb
 from tests.test_recipe_meld import TEXTS as MELD_TEXTS
 from tests.test_recipe_meld import split_rows, write_csv
 from tests.test_transcribe import build_tiny_whisper
+
+pytestmark = pytest.mark.slow  # end-to-end recipe runs
 
 FOLD = "fold03_08"  # sorted pairing: test 03 + 08, validation 09 + 10
 

@@ -168,6 +168,7 @@ def test_packaging_and_loading_a_package_under_other_library_releases_warn(run, 
     assert "model was packaged with other library releases (speechbrain 0.5.16 then" in caplog.text
 
 
+@pytest.mark.slow
 def test_resuming_with_another_optimizer_batch_warns_with_the_accumulation_that_keeps_it(run, tmp_path):
     """A run resumed on a node with other GPUs (another number of DDP processes), or with another
     --grad_accumulation_factor (a run option, which the run's settings do not hold), took optimizer

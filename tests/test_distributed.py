@@ -261,6 +261,7 @@ main(sys.argv[1:-1])
 """
 
 
+@pytest.mark.slow
 def test_a_sigterm_to_one_process_stops_every_process_after_a_saved_step(recipe_data, tmp_path):
     script = tmp_path / "train_sigterm.py"
     script.write_text(SIGTERM_ONE_RANK)

@@ -14,6 +14,8 @@ from crab.report import checkpointed_training_seconds
 from tests.conftest import ROOT, read_settings
 from tests.test_cluster import FAKE_SUBMIT
 
+pytestmark = pytest.mark.slow  # end-to-end recipe runs
+
 RECIPE = os.path.join(ROOT, "egs", "mini")
 EPOCHS = 4
 CUT = "--max_duration=1.0"

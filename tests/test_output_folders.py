@@ -113,6 +113,7 @@ def test_a_recipe_data_prep(blocker, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_evaluate_and_package(data, blocker, tmp_path):
     run = tmp_path / "exp" / "seed42"
     train_run(data, run, *TRAIN_OPTS)

@@ -329,6 +329,7 @@ def test_run_sh_needs_the_corpus_root():
     assert result.returncode != 0 and "set EMODB in db.sh" in result.stderr
 
 
+@pytest.mark.slow
 def test_smoke_run(fixture_corpus, tmp_path):
     command = [
         "bash",

@@ -262,6 +262,7 @@ def test_run_sh_checks_root_and_protocol(corpus, tmp_path):
         assert result.returncode != 0 and missing == sorted(folds), result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_stages_1_to_8_on_one_fold(corpus, tmp_path):
     run_recipe(
         corpus,

@@ -465,6 +465,7 @@ def test_readme_ablation_overrides_load(name, tmp_path, tokenizer_dir):
         assert hparams["legs"].legs["fusion"][-1].out_features == 7
 
 
+@pytest.mark.slow
 def test_smoke_stages_0_to_8(corpus, tmp_path):
     result = run_recipe(
         corpus,
@@ -552,6 +553,7 @@ def test_text_only_data_prep_writes_no_wav_scp_and_null_audio(corpus, tmp_path):
     assert f"{text[0].split()[0]}: empty transcript for {text[0].split()[0]}" in result.stderr
 
 
+@pytest.mark.slow
 def test_text_only_stages_0_to_7_without_audio(corpus, tmp_path):
     """No wav dir at all (run_recipe's --data_root does not exist): a text model
     trains and is scored; a bimodal one stops, saying the manifest has no audio."""

@@ -366,6 +366,7 @@ def test_run_sh_needs_the_corpus_root(tmp_path):
     assert "set MSP_PODCAST in db.sh" in result.stderr
 
 
+@pytest.mark.slow
 def test_stages_1_to_8_with_asr_transcripts(corpus, tmp_path):
     asr_model = build_tiny_whisper(tmp_path / "tiny_whisper")
     result = subprocess.run(

@@ -326,6 +326,7 @@ def test_sweep_tables_only_the_test_sets_it_scored(tmp_path):
     assert [p.name for p in (tmp_path / "exp").glob("ablations_*.md")] == ["ablations_test.md"]
 
 
+@pytest.mark.slow
 def test_sweep_tables_name_the_config_folds_and_seeds_of_their_runs(tmp_path):
     for tag in ("ce_only", "mlcs"):
         for fold in ("main", "other"):

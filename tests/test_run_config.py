@@ -177,6 +177,7 @@ def test_a_contradicting_option_is_one_line_naming_both_values(trained, data):
         evaluate_run(data, trained, "y", "--hidden_dim=32")
 
 
+@pytest.mark.slow
 def test_training_resumed_with_other_settings_is_refused_before_anything_is_written(trained, data, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run)

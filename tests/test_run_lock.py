@@ -117,6 +117,7 @@ def _ddp_job(tmp_path, name, out):
     return [(tmp_path / f"{name}.{rank}").read_text() for rank in range(2)]
 
 
+@pytest.mark.slow
 def test_the_processes_of_one_ddp_job_share_the_lock(tmp_path):
     out = tmp_path / "run"
     assert _ddp_job(tmp_path, "free", out) == ["ran", "ran"]

@@ -5,9 +5,12 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from tests.conftest import ROOT, finished_jobs
+
+pytestmark = pytest.mark.slow  # end-to-end recipe runs
 
 TOY_PREP = r"""#!/usr/bin/env bash
 # Toy corpus: <root>/<spk>_<emo>_<n>.wav with <root>/labels.tsv "file<TAB>emotion<TAB>text".

@@ -186,6 +186,7 @@ def test_the_run_records_its_tuning_file(tuned_run):
     assert f"--tuning {tuning}" in info["command"]
 
 
+@pytest.mark.slow
 def test_sweep_runs_tuning_files_as_rows_of_the_table(tuned_run):
     root, tuning, options = tuned_run
     exp = root / "exp_sweep"

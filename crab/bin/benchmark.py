@@ -3,7 +3,7 @@
     python -m crab.bin.benchmark [--device cpu|cuda[:N]] [--size tiny|base|large]
         [--precision fp32|bf16|fp16] [--audio_seconds 2.5-3.5] [--batch_size 8]
         [--repeats 5] [--threads N] [--epoch_utterances 32] [--epochs 3]
-        [--steps_only | --infer_only] [--quick]
+        [--steps_only | --infer_only] [--profile_steps 3] [--quick]
 
 Encoders with random weights built from configs, no download: ``--size base``
 (default) WavLM Base and RoBERTa Base (transformers' WavLMConfig and RobertaConfig
@@ -84,7 +84,7 @@ def parse_args(argv):
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="--size tiny with 2 rounds, 1 epoch of 8 utterances: a smoke check in seconds",
+        help="--size tiny with 2 rounds, 1 epoch of 8 utterances, 1 profiled step: a smoke check",
     )
     parser.add_argument(
         "--size",
@@ -126,6 +126,13 @@ def parse_args(argv):
         help="the two inference steps only (implies --steps_only); the analysis is of full inference",
     )
     parser.add_argument(
+        "--profile_steps",
+        type=int,
+        default=None,
+        help="runs of the analysed step under torch.profiler, for its top operators (default 3; --quick "
+        "1; 0: no profile); reading the trace back takes seconds per step on a CPU",
+    )
+    parser.add_argument(
         "--start_method",
         choices=("spawn", "fork"),
         default=None,
@@ -140,6 +147,8 @@ def parse_args(argv):
     args.tf32 = args.tf32 == "true"
     args.repeats = args.repeats or (2 if quick else 5)
     args.epochs = args.epochs or (1 if quick else 3)
+    if args.profile_steps is None:
+        args.profile_steps = 1 if quick else 3
     args.epoch_utterances = args.epoch_utterances or (8 if quick else 32)
     default_hparams = {"tiny": "crab_tiny.yaml", "base": "crab_base.yaml", "large": "crab.yaml"}[args.size]
     args.hparams = args.hparams or os.path.join(CONF, default_hparams)
@@ -158,8 +167,13 @@ def parse_args(argv):
         parser.error("--precision fp16 needs CUDA (SpeechBrain refuses it on CPU); use bf16")
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
-    if min(args.batch_size, args.repeats, args.epochs, args.threads) < 1 or args.warmup < 0:
-        parser.error("--batch_size, --repeats, --epochs and --threads must be positive, --warmup >= 0")
+    if (
+        min(args.batch_size, args.repeats, args.epochs, args.threads) < 1
+        or min(args.warmup, args.profile_steps) < 0
+    ):
+        parser.error(
+            "--batch_size, --repeats, --epochs, --threads must be positive; --warmup, --profile_steps >= 0"
+        )
     if args.epoch_utterances < len(MELD_CLASSES):
         parser.error(f"--epoch_utterances must be at least {len(MELD_CLASSES)} (one per class)")
     return args
