@@ -45,26 +45,6 @@ def pytest_configure(config):
         )
 
 
-def pytest_collection_modifyitems(items):
-    """The modules with a slow test first (a stable sort: each module's tests stay together,
-    in their order): scheduled as below, the long runs start first and short tests fill the end."""
-    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own
-def pytest_xdist_make_scheduler(config, log):
-    """With -n, each module runs whole on one worker, in the order above: a module-scoped fixture
-    (a trained tiny run, the mini recipe's corpus) is built once, not on every worker its tests
-    reach. An explicit --dist other than load is kept."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    if config.getvalue("dist") != "load":
-        return None
-    config.option.loadscopereorder = False
-    return LoadScopeScheduling(config, log)
-
-
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tokenizer")
