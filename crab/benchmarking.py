@@ -656,12 +656,13 @@ def cpu_model():
 
 def ratio_rows(medians):
     """``[(label, value, target, met)]`` of the ratios whose two measurements were
-    taken; ``met`` is None without a target."""
+    taken, each value rounded to the 3 decimals the report prints (so that no row reads
+    "1.100 <= 1.10 NO"); ``met`` is None without a target."""
     rows = []
     for label, num, den, target in RATIOS:
         if num not in medians or den not in medians:
             continue
-        value = medians[num] / medians[den]
+        value = round(medians[num] / medians[den], 3)
         rows.append((label, value, target, None if target is None else value <= target))
     return rows
 

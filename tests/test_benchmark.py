@@ -95,6 +95,16 @@ def test_quick_run_prints_every_row_and_finite_ratios():
     assert "aten::" in out.split("torch.profiler):", 1)[1]
 
 
+def test_a_ratio_is_judged_against_its_target_as_printed():
+    from crab.benchmarking import RATIOS, ratio_rows
+
+    label, num, den, target = RATIOS[1]  # b. inference, full model / encoders only: <= 1.10
+    rows = {row[0]: row for row in ratio_rows({num: 1.1004 * 0.25, den: 0.25})}
+    assert rows[label][1:] == (1.1, target, True)  # printed 1.100: met
+    rows = {row[0]: row for row in ratio_rows({num: 1.1006 * 0.25, den: 0.25})}
+    assert rows[label][1:] == (1.101, target, False)
+
+
 def test_checkpoint_bytes_are_the_weights_buffers_and_adamw_state():
     from crab.benchmarking import checkpoint_bytes
 
