@@ -14,7 +14,7 @@ import time
 
 import soundfile as sf
 
-from crab.cli import UserError
+from crab.cli import CappedWarnings, UserError
 from crab.dataprep import MIN_SAMPLES, missing_file
 from crab.fileio import append_lines, write_text_atomic
 
@@ -273,12 +273,9 @@ def transcribe_batches(todo, wavs, transcriber, out, batch_size):
     ``(utt -> text, utt -> (kind, reason))``: the failures (kind ``audio`` or ``model``)
     are not written, so that the next run tries them again. The first ``LOGGED`` warnings
     (a failure, audio too short) are logged, the others counted at the end."""
-    results, failed, last_log, warnings = {}, {}, time.monotonic(), [0]
-
-    def warn(message, *args):
-        warnings[0] += 1
-        if warnings[0] <= LOGGED:
-            logger.warning(message, *args)
+    results, failed, last_log = {}, {}, time.monotonic()
+    warnings = CappedWarnings(logger, LOGGED)
+    warn = warnings.warning
 
     with open(out, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch_size):
@@ -329,11 +326,11 @@ def transcribe_batches(todo, wavs, transcriber, out, batch_size):
             if time.monotonic() - last_log > 60 or start + batch_size >= len(todo):
                 logger.info("%d of %d utterances transcribed", min(start + batch_size, len(todo)), len(todo))
                 last_log = time.monotonic()
-    if warnings[0] > LOGGED:
+    if warnings.unlogged:
         logger.warning(
             "%s: ... and %d more warnings like these (utterances not transcribed, or too short: "
             "the summary counts them)",
             out,
-            warnings[0] - LOGGED,
+            warnings.unlogged,
         )
     return results, failed

@@ -859,24 +859,23 @@ class FailureLog:
     and ``close`` logs how many more there were, not one line each."""
 
     def __init__(self, file, wav_scp):
-        self.file, self.wav_scp, self.count = file, wav_scp, 0
+        self.file, self.wav_scp = file, wav_scp
+        self.log = cli.CappedWarnings(logger, LOGGED_FAILURES)
         append_lines(file, ["id\tline\treason\n"], sync=False)
 
     def write(self, failure):
         """Append ``failure`` (a ``Failure`` of ``wav_scp``) to the file; log it if among the first."""
-        self.count += 1
-        if self.count <= LOGGED_FAILURES:
-            logger.warning("%s:%d: %s: %s", self.wav_scp, failure.line, failure.utt, failure.reason)
+        self.log.warning("%s:%d: %s: %s", self.wav_scp, failure.line, failure.utt, failure.reason)
         append_lines(self.file, [f"{failure.utt}\t{failure.line}\t{failure.reason}\n"], sync=False)
 
     def close(self):
         """Log the count of the failures not logged one by one."""
-        if self.count > LOGGED_FAILURES:
+        if self.log.unlogged:
             logger.warning(
                 "%s: ... and %d more failed utterances; all %d listed in %s",
                 self.wav_scp,
-                self.count - LOGGED_FAILURES,
-                self.count,
+                self.log.unlogged,
+                self.log.count,
                 self.file.name,
             )
 

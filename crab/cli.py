@@ -13,6 +13,25 @@ NEW_RUN = (
 )
 
 
+class CappedWarnings:
+    """``warning`` logs the first ``limit`` calls through ``logger`` one by one and counts the
+    rest (``unlogged``): a large corpus can fail thousands of utterances, each of them listed in
+    a file besides, which the log need not repeat line by line."""
+
+    def __init__(self, logger, limit):
+        self.logger, self.limit, self.count = logger, limit, 0
+
+    def warning(self, message, *args):
+        self.count += 1
+        if self.count <= self.limit:
+            self.logger.warning(message, *args)
+
+    @property
+    def unlogged(self):
+        """The warnings counted but not logged."""
+        return max(self.count - self.limit, 0)
+
+
 class UserError(Exception):
     """A problem with what the user gave (a file, an option, a configuration, a model
     source) that its message explains: an ``entry_point`` prints it as one
