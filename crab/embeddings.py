@@ -145,6 +145,9 @@ def unprojectable(embeddings, method):
     name, needed = PROJECTION_NAMES[method], PROJECTION_MIN_POINTS[method]
     if len(embeddings) < needed:
         return f"{len(embeddings)} utterance(s), {name} needs at least {needed}"
+    if embeddings.shape[1] < 2:  # scikit-learn's PCA (t-SNE's initialisation too) refuses it
+        dim = embeddings.shape[1]
+        return f"{dim}-dimensional embeddings (bottleneck_dim), {name} to 2-D needs at least 2"
     if _one_point(embeddings, np.abs(embeddings).max()):  # t-SNE of them crashes the process
         return f"all {len(embeddings)} embeddings are one point (a collapsed model)"
     return None
@@ -160,7 +163,7 @@ def write_embeddings(
     out_dir : str
         Folder of ``embeddings.npz`` (``ids``, ``embeddings``, ``labels``, ``classes``),
         ``embedding_scores.json`` and ``embeddings_<projection>.png`` (an empty panel saying
-        why where the projection cannot be made: too few utterances, or all one point); made
+        why where the projection cannot be made: too few utterances, one dimension, or all one point); made
         when missing.
     ids : list of str
         Utterance ids.

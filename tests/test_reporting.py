@@ -513,6 +513,21 @@ def test_a_test_set_too_small_to_project_gets_an_empty_panel_saying_why(
     assert f"{tmp_path / 'tiny' / 'embeddings.npz'} skipped: {why}" in caplog.text
 
 
+@pytest.mark.parametrize("projection", ["pca", "tsne"])
+def test_one_dimensional_embeddings_get_an_empty_panel_saying_why(tmp_path, caplog, projection):
+    """bottleneck_dim 1: scikit-learn's PCA (and t-SNE's PCA initialisation) refuses to
+    project one feature to 2-D; the scores are defined and written."""
+    labels = np.repeat(np.arange(4), 3)
+    points = labels[:, None] + np.random.default_rng(0).normal(scale=0.1, size=(12, 1))
+    out = tmp_path / "narrow"
+    scores = write_embeddings(str(out), [f"u{i}" for i in range(12)], points, labels, CLASSES, projection)
+    assert scores["silhouette"] > 0.5 and scores["davies_bouldin"] is not None
+    name = {"pca": "PCA", "tsne": "t-SNE"}[projection]
+    why = f"1-dimensional embeddings (bottleneck_dim), {name} to 2-D needs at least 2"
+    assert f"{name} projection of the embeddings of {out} skipped: {why}" in caplog.text
+    assert_png(out / f"embeddings_{projection}.png", 1000)
+
+
 def test_collapsed_embeddings_have_undefined_scores_and_no_projection(tmp_path, caplog):
     """Every embedding one point: scikit-learn's Davies-Bouldin 0 would read as the best
     clustering and Calinski-Harabasz 1 as a number, and t-SNE of them kills the process."""
