@@ -28,16 +28,23 @@ from crab.runconfig import (
     load_hparams,
     load_run,
     parse_arguments,
+    run_options_as_overrides,
 )
 from crab.signals import worker_loader_options
 
 logger = logging.getLogger(__name__)
 
 
-def parse_and_load(argv=None):
+def parse_and_load(argv=None, record_run_options=False):
     """Parse ``hparams.yaml [--run_opt ...] [--key=value ...]`` and load the hparams
-    (a key given twice takes its last value)."""
+    (a key given twice takes its last value). ``record_run_options`` (training): a run
+    option given on the command line that the yaml also has as a key
+    (``--grad_accumulation_factor``, ``--max_grad_norm``: SpeechBrain takes the command
+    line's) becomes an override too, so that the run's hyperparams.yaml records the value
+    it trains with rather than the yaml's."""
     hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:] if argv is None else argv)
+    if record_run_options:
+        overrides = (overrides + "\n" if overrides else "") + run_options_as_overrides(hparams_file, run_opts)
     overrides = last_value_wins(overrides)
     check_overrides(hparams_file, overrides)
     return hparams_file, run_opts, overrides, load_hparams(hparams_file, overrides)

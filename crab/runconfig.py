@@ -121,6 +121,17 @@ def parse_arguments(argv):
     return hparams_file, run_opts, "\n".join(f"{k}: {_yaml_value(' '.join(v))}" for k, v in items)
 
 
+def run_options_as_overrides(hparams_file, run_opts):
+    """Override YAML text (``key: value`` lines) of the run options given on the command line
+    whose names are top-level keys of ``hparams_file`` too: SpeechBrain's Brain takes the
+    command line's value, and a run's hyperparams.yaml, written from the overrides, would
+    record the yaml's."""
+    with open(hparams_file, encoding="utf-8") as f:
+        keys = yaml.load(f, Loader=TagTolerantLoader) or {}
+    given = sorted(set(getattr(run_opts, "overridden_args", ())) & set(keys))
+    return "".join(f"{key}: {json.dumps(run_opts[key])}\n" for key in given)
+
+
 def _yaml_value(text):
     """``text`` as the YAML of an override value: as given, or quoted where YAML would
     read it as another string (see ``parse_arguments``)."""
@@ -488,8 +499,8 @@ def check_runs_agree(run_dirs, overrides):
 
 
 # Keys a resumed training may give another value than the run started with: where
-# things are now, how much memory a step takes, and how often checkpoints are written;
-# nothing of what is trained.
+# things are now, how much memory a step takes, how often checkpoints are written, and
+# how many processes and batches an optimizer step averages over; nothing of what is trained.
 RESUME_KEYS = {
     "data_root": "where the audio is now",
     "data_folder": "where the manifests and the tokenizer are now (checked: their sha256)",
@@ -497,6 +508,9 @@ RESUME_KEYS = {
     "num_workers": "data-loading processes",
     "gradient_checkpointing": "memory: the encoders' activations recomputed, the same gradients",
     "ckpt_interval_minutes": "how often a checkpoint is written inside an epoch",
+    "grad_accumulation_factor": "the optimizer batch: another one is warned about (crab.brain), "
+    "and can keep the batch on another number of processes",
+    "find_unused_parameters": "a DDP setting (a model with parameters a step does not use)",
     "ckpt_interval_steps": "how often a checkpoint is written inside an epoch",
 }
 

@@ -171,7 +171,7 @@ def test_packaging_and_loading_a_package_under_other_library_releases_warn(run, 
 @pytest.mark.slow
 def test_resuming_with_another_optimizer_batch_warns_with_the_accumulation_that_keeps_it(run, tmp_path):
     """A run resumed on a node with other GPUs (another number of DDP processes), or with another
-    --grad_accumulation_factor (a run option, which the run's settings do not hold), took optimizer
+    --grad_accumulation_factor (a run option, which a resumed run may change), took optimizer
     steps over another number of utterances without a word; now a warning says how many."""
     root, _ = run
     run_dir = tmp_path / "seed42"

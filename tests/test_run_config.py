@@ -19,8 +19,16 @@ from tests.conftest import ROOT, write_tone_corpus
 RECIPE = os.path.join(ROOT, "egs", "TEMPLATE")
 CONFIG = "conf/crab_tiny.yaml"
 CLASSES = ["angry", "happy", "neutral", "sad"]
-# what the run is trained with beyond the recipe's yaml: a shorter max_duration and a shape-changing key
-TRAIN_OPTS = ["--number_of_epochs=1", "--max_duration=0.5", "--hidden_dim=16", "--batch_size=4"]
+# what the run is trained with beyond the recipe's yaml: a shorter max_duration, a shape-changing
+# key, and SpeechBrain run options that are keys of the yaml too (its values: 1 and 5.0)
+TRAIN_OPTS = [
+    "--number_of_epochs=1",
+    "--max_duration=0.5",
+    "--hidden_dim=16",
+    "--batch_size=4",
+    "--grad_accumulation_factor=2",
+    "--max_grad_norm=2.5",
+]
 
 
 def run_options(data, out):
@@ -109,14 +117,24 @@ def test_the_run_saves_its_resolved_hyperparameters(trained):
     assert (
         saved["max_duration"] == 0.5 and saved["hidden_dim"] == 16 and saved["model"][1]["hidden_dim"] == 16
     )
+    # the run options it trained with, not the yaml's values
+    assert saved["grad_accumulation_factor"] == 2 and saved["max_grad_norm"] == 2.5
+    assert "x batches of 4 x accumulation 2 = 8 utterances" in (trained / "log.txt").read_text()
 
 
 def test_evaluation_without_the_training_options_is_the_run_with_them(trained, data):
     bare = evaluate_run(data, trained, "bare")
     repeated = evaluate_run(data, trained, "repeated", *TRAIN_OPTS)
     assert bare == repeated and bare.count("\n") == 5
-    # another evaluation batch size is allowed (predictions do not depend on the batch)
-    assert evaluate_run(data, trained, "batch1", "--batch_size=1") == bare
+    # another evaluation batch size is allowed (predictions do not depend on the batch, up to
+    # float rounding: batched and single matrix products may differ in the last bits)
+    alone, batched = (
+        [line.split(",") for line in text.splitlines()]
+        for text in (evaluate_run(data, trained, "batch1", "--batch_size=1"), bare)
+    )
+    assert [row[:3] for row in alone] == [row[:3] for row in batched]  # ids, labels, predictions
+    probs = [float(p) for row in alone[1:] for p in row[3:]]
+    assert probs == pytest.approx([float(p) for row in batched[1:] for p in row[3:]], abs=2e-6)
 
 
 def test_an_evaluation_of_the_same_inputs_is_kept_and_one_of_changed_inputs_is_redone(
@@ -209,15 +227,19 @@ def test_training_resumed_with_other_settings_is_refused_before_anything_is_writ
     assert "(made for 1 epochs: epoch 2 gets head lr 0.00e+00, the cosine past its end)" in more.stderr
     assert "epoch: 2," in (run / "train_log.txt").read_text()
     # where things are, the data-loading processes (which the loaders' options hold too), the
-    # encoders' gradient checkpointing, the evaluation precision and checkpoint intervals may change
+    # encoders' gradient checkpointing, the evaluation precision, checkpoint intervals and the
+    # accumulation (with a warning: another optimizer batch) may change
     resumed = (
         "--ckpt_interval_minutes=5",
+        "--grad_accumulation_factor=1",
         "--num_workers=2",
         "--gradient_checkpointing=true",
         "--eval_precision=bf16",
     )
-    train_run(data, run, *TRAIN_OPTS, "--number_of_epochs=3", *resumed)
+    result = train_run(data, run, *TRAIN_OPTS, "--number_of_epochs=3", *resumed)
     assert "epoch: 3," in (run / "train_log.txt").read_text()
+    assert "accumulation 2 batches, now over 1 x 1" in result.stdout
+    assert resolved_values((run / "hyperparams.yaml").read_text())["grad_accumulation_factor"] == 1
     # and a key only the recipe's yaml has is none of the run's
     (run / "hyperparams.yaml").write_text(record.replace("\nnum_workers:", "\nnum_workerz:"))
     train_run(data, run, *TRAIN_OPTS, "--ckpt_interval_minutes=5")

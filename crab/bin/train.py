@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cli.exit_on_run_help(argv, __doc__)
-    hparams_file, run_opts, overrides, hparams = parse_and_load(argv)
+    hparams_file, run_opts, overrides, hparams = parse_and_load(argv, record_run_options=True)
     check_precision(run_opts, hparams)  # before anything is written
     check_max_duration(hparams)
     if run_opts.get("data_parallel_backend"):
