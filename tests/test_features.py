@@ -183,6 +183,26 @@ def test_interrupted_extraction_resumes_and_matches(data, tmp_path, monkeypatch)
         torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
 
 
+def test_a_shard_is_written_once_its_states_reach_shard_mib(data, tmp_path):
+    """The states of a shard are held in memory until it is written: with a size limit
+    below one batch's states, each batch (4 utterances: --batch_size=4, in order of length)
+    is its own shard; the cache holds the same states as one of 256-utterance shards."""
+    whole, small = tmp_path / "whole", tmp_path / "small"
+    run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={whole}"))
+    run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={small}", "--shard_mib=0.001"))
+    shards = json.loads((small / "index.json").read_text())["shards"]
+    assert [len(utts) for utts in shards.values()] == [4] * 5
+    assert len(json.loads((whole / "index.json").read_text())["shards"]) == 1
+
+    def tensors(d):
+        return {k: v for s in sorted(d.glob("*.safetensors")) for k, v in load_file(s).items()}
+
+    first, second = tensors(whole), tensors(small)
+    assert first.keys() == second.keys() and len(first) == 40  # 20 utterances x speech, text
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+
+
 def test_cache_is_checked_against_the_model_and_manifests(data, tmp_path):
     # (a FeatureCacheError ends a command with its message: SystemExit "ERROR: ...")
     cache = tmp_path / "cache"

@@ -2,13 +2,16 @@
 
     python -m crab.bin.extract_features hparams.yaml --feature_cache=DIR \\
         [--manifests a.json b.json ...] [--batch_size 8] [--shard_size 256] \\
-        [--dtype float32] [--device cpu] [--key=value ...]
+        [--shard_mib 1024] [--dtype float32] [--device cpu] [--key=value ...]
 
 Takes the same yaml and overrides as training (the encoders must be frozen:
 ``freeze_speech_encoder`` / ``freeze_text_encoder``, or, for the speech encoder, only
 its top layers fine-tuned: ``finetune_top_speech_layers``); manifests default to the
 yaml's train, valid and test manifests. Re-running extracts only what is
-missing; training with ``--feature_cache=DIR`` then reads the cache.
+missing; training with ``--feature_cache=DIR`` then reads the cache. A shard's states
+are held in memory until it is written: at most ``--shard_size`` utterances, and it is
+written early once they reach ``--shard_mib`` MiB (all 25 hidden states of WavLM Large
+are about 5 MB per second of audio in float32).
 """
 
 import argparse
@@ -17,7 +20,7 @@ import sys
 
 from crab import cli
 from crab.experiment import parse_and_load
-from crab.features import DTYPES, extract
+from crab.features import DTYPES, SHARD_MIB, extract
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,12 @@ def main(argv=None):
     own.add_argument("--manifests", nargs="+", default=None)
     own.add_argument("--batch_size", type=int, default=8)
     own.add_argument("--shard_size", type=int, default=256)
+    own.add_argument(
+        "--shard_mib",
+        type=float,
+        default=SHARD_MIB,
+        help="a shard is written once its states reach this many MiB (they are held in memory until then)",
+    )
     own.add_argument(
         "--dtype",
         choices=sorted(DTYPES),
@@ -51,6 +60,7 @@ def main(argv=None):
         args.shard_size,
         args.dtype,
         run_opts.get("device", "cpu"),
+        args.shard_mib,
     )
     logger.info("Extracted %d utterance(s) into %s", count, hparams["feature_cache"])
 

@@ -75,7 +75,8 @@ feature_cache=          # frozen-encoder states (stage 4 extracts, stages 5-8 re
                         # --train_opts "--freeze_speech_encoder=true --freeze_text_encoder=true" (or the
                         # speech encoder's top layers fine-tuned: --finetune_top_speech_layers=K)
 feature_opts=           # stage 4: options for crab.bin.extract_features (shell words): --dtype float16 (half
-                        # the disk), --shard_size N (utterances held in memory per shard), --batch_size N
+                        # the disk), --shard_size N (utterances per shard), --shard_mib M (a shard is written
+                        # once its states, held in memory until then, reach M MiB; 1024), --batch_size N
 text_only=false         # true: no audio (text-only baselines): stage 0 skipped, data_root need not exist,
                         # local/data.sh gets --text_only true, manifests without audio (--train_opts "--modality=text")
 results_md=RESULTS.md   # stage 7 adds an entry per test set at the top of this file (relative: in the recipe dir);
