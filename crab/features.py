@@ -122,9 +122,19 @@ def model_tokenizer_digest(model):
 
 def tokenizer_digest(tokenizer):
     """SHA-256 of what a tokenizer maps text to: the whole of a fast tokenizer (vocabulary,
-    merges, normalisation), else its vocabulary."""
+    merges, normalisation), else its vocabulary. A fast tokenizer's serialisation also holds
+    the truncation and padding its last call set (transformers leaves them there): they are
+    taken as unset, so a tokenizer digests the same before and after it is used."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is None:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    else:
+        from tokenizers import Tokenizer
+
+        unset = Tokenizer.from_str(backend.to_str())
+        unset.no_truncation()
+        unset.no_padding()
+        text = unset.to_str()
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -341,3 +341,24 @@ def test_extraction_estimates_its_size_from_the_first_shard_and_warns_of_a_small
     assert (
         len(warning) == 1 and "the disk has 1e-05 GB free" in warning[0] and "--dtype float16" in warning[0]
     )
+
+
+def test_a_tokenizer_digests_the_same_after_a_padded_truncated_call(tokenizer_dir, tmp_path):
+    """transformers leaves the truncation and padding of a fast tokenizer's last call in its
+    serialisation: a run's or cache's recorded digest must not depend on whether the tokenizer
+    was used before it was taken. A fresh tokenizer digests as before (recorded runs match)."""
+    import hashlib
+
+    from transformers import AutoTokenizer
+
+    from crab.features import tokenizer_digest
+    from crab.tokenizer import build_bpe_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    fresh = tokenizer_digest(tokenizer)
+    assert fresh == hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+    tokenizer(["a long sentence to cut", "short"], padding=True, truncation=True, max_length=3)
+    assert tokenizer.backend_tokenizer.truncation is not None  # the state the digest leaves out
+    assert tokenizer_digest(tokenizer) == fresh
+    build_bpe_tokenizer(["other words entirely"] * 8, str(tmp_path / "other"), vocab_size=120)
+    assert tokenizer_digest(AutoTokenizer.from_pretrained(tmp_path / "other")) != fresh
