@@ -100,6 +100,19 @@ def test_no_torch_no_gpu_installs_the_cpu_build_configured_pip_first(tmp_path, t
     assert not (tmp_path / "venv").exists()
 
 
+def test_another_system_than_linux_is_refused_before_anything_is_done(tmp_path, tools_present):
+    uname = tmp_path / "bin" / "uname"
+    uname.unlink()  # a link to the system's uname: written through, it would replace that
+    uname.write_text("#!/bin/sh\necho Darwin\n")
+    uname.chmod(0o755)
+    result = dry_run(tmp_path, path=tools_present)
+    assert result.returncode == 2 and result.commands == [], result.stdout
+    assert result.stderr == (
+        "install.sh: Crab runs on Linux only (the recipes use GNU coreutils and /proc), "
+        "and this is Darwin: macOS and Windows are not supported\n"
+    )
+
+
 def test_no_torch_with_gpu_installs_the_cuda_build_from_pypi(tmp_path, tools_present):
     result = dry_run(tmp_path, gpu="yes", path=tools_present)
     assert result.returncode == 0, result.stderr

@@ -68,6 +68,9 @@ while [ $# -gt 0 ]; do
     *) die "unknown option '$1' (see tools/install.sh --help)" ;;
   esac
 done
+# Said here, before a pip error on a torch build the platform does not have.
+[ "$(uname -s)" = Linux ] || die "Crab runs on Linux only (the recipes use GNU coreutils and /proc)," \
+  "and this is $(uname -s): macOS and Windows are not supported"
 case "${torch_mode}" in
   auto|cpu|cuda|keep) ;;
   *) die "${torch_mode_from} must be auto, cpu, cuda or keep (got '${torch_mode}')" ;;
