@@ -146,6 +146,18 @@ def test_an_evaluation_by_a_padding_dependent_encoder_is_kept_only_at_the_same_b
     assert evaluate_and_tell("--batch_size=1", "--num_workers=1") == (False, alone)  # workers: no matter
 
 
+def assert_same_states(cache, other):
+    """The two caches hold the same states, bit for bit, whatever their shards; returns how many."""
+    first, second = (
+        {k: v for shard in sorted(d.glob("*.safetensors")) for k, v in load_file(shard).items()}
+        for d in (cache, other)
+    )
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+    return len(first)
+
+
 def test_interrupted_extraction_resumes_and_matches(data, tmp_path, monkeypatch):
     once, resumed = tmp_path / "once", tmp_path / "resumed"
     run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={once}", "--shard_size=5"))
@@ -169,18 +181,7 @@ def test_interrupted_extraction_resumes_and_matches(data, tmp_path, monkeypatch)
     utts = [u for shard in index["shards"].values() for u in shard]
     assert len(utts) == len(set(utts)) == 20
 
-    def tensors(d):
-        return {
-            k: v
-            for s in sorted(os.listdir(d))
-            if s.endswith(".safetensors")
-            for k, v in load_file(d / s).items()
-        }
-
-    first, second = tensors(once), tensors(resumed)
-    assert first.keys() == second.keys()
-    for key in first:
-        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+    assert_same_states(once, resumed)
 
 
 def test_a_shard_is_written_once_its_states_reach_shard_mib(data, tmp_path):
@@ -193,14 +194,7 @@ def test_a_shard_is_written_once_its_states_reach_shard_mib(data, tmp_path):
     shards = json.loads((small / "index.json").read_text())["shards"]
     assert [len(utts) for utts in shards.values()] == [4] * 5
     assert len(json.loads((whole / "index.json").read_text())["shards"]) == 1
-
-    def tensors(d):
-        return {k: v for s in sorted(d.glob("*.safetensors")) for k, v in load_file(s).items()}
-
-    first, second = tensors(whole), tensors(small)
-    assert first.keys() == second.keys() and len(first) == 40  # 20 utterances x speech, text
-    for key in first:
-        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+    assert assert_same_states(whole, small) == 40  # 20 utterances x speech, text
 
 
 def test_cache_is_checked_against_the_model_and_manifests(data, tmp_path):
