@@ -159,6 +159,13 @@ def test_reference_model_legs_and_pooling(data, tmp_path):
     torch.testing.assert_close(pooled, (weights.unsqueeze(-1) * x).sum(dim=1))
 
 
+def test_reference_fusion_leg_is_h_wide_at_any_hidden_dim(data, tmp_path):
+    # the authors' fusion leg is bottleneck -> h -> output: it follows --hidden_dim
+    reference = load(REFERENCE, data, tmp_path, "--waveform_normalization=none", "--hidden_dim=16")[0]
+    fusion = reference["legs"].legs["fusion"]
+    assert (fusion[0].in_features, fusion[0].out_features) == (32, 16)  # bottleneck_dim 32, h 16
+
+
 # ---------------------------------------------------------------- training
 
 
