@@ -3,6 +3,7 @@ each checked by its effect: docs/fidelity.md lists them."""
 
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -105,6 +106,45 @@ def wavs_of(data, names):
     wavs = [read_audio(str(data / f"{n}.wav")) for n in names]
     padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
     return padded, torch.tensor([len(w) for w in wavs], dtype=torch.float) / padded.shape[1]
+
+
+# ---------------------------------------------------------------- the table
+
+
+def fidelity_keys():
+    """``[(keys, defaults, references)]`` of docs/fidelity.md's "key: default / reference" cells
+    (`a`, `b`: `x` / `y`, `z`); a default given once holds for every key of its cell."""
+    with open(os.path.join(ROOT, "docs", "fidelity.md"), encoding="utf-8") as f:
+        rows = [line for line in f if line.startswith("| ") and not line.startswith("| behaviour")]
+    found = []
+    for row in rows:
+        for part in row.strip().strip("|").split(" | ")[4].split("; "):
+            match = re.match(r"^((?:`\w+`(?:, )?)+): (.+ / .+)$", part.strip())
+            if match:
+                keys = re.findall(r"`(\w+)`", match[1])
+                default, reference = (
+                    re.findall(r"`([^`]+)`", side.split(" (")[0]) for side in match[2].split(" / ", 1)
+                )
+                found.append((keys, default * len(keys) if len(default) == 1 else default, reference))
+    return found
+
+
+def config_values(name):
+    with open(os.path.join(TEMPLATE, "conf", name), encoding="utf-8") as f:
+        return dict(re.findall(r"^(\w+):[ \t]*([^#\n]*?)[ \t]*(?:#.*)?$", f.read(), re.MULTILINE))
+
+
+def test_every_documented_difference_is_set_as_docs_fidelity_says():
+    table = fidelity_keys()
+    assert len(table) >= 12  # the table's rows were read
+    paper, base, reference = (
+        config_values(c) for c in ("crab.yaml", "crab_base.yaml", "crab_reference.yaml")
+    )
+    tiny = [config_values(c) for c in ("crab_tiny.yaml", "crab_reference_tiny.yaml")]
+    for keys, defaults, references in table:
+        assert [paper[k] for k in keys] == [base[k] for k in keys] == defaults, keys
+        assert [reference[k] for k in keys] == references, keys
+        assert all(k in values for k in keys for values in tiny), keys
 
 
 # ---------------------------------------------------------------- the model
