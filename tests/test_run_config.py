@@ -463,6 +463,7 @@ def test_values_given_again_compare_by_meaning(tmp_path):
         check_against_run(run_file, text, "loss: !ref <other>\n", ())
     check_against_run(run_file, text, "max_duration: 3.0\n", ("max_duration",))  # a stage key may differ
     assert same_value(True, True) and not same_value(True, 1) and not same_value([1], [1, 2])
+    assert same_value({"a": 1}, {"a": 1.0}) and not same_value({"a": 1}, {"a": 1, "b": 2})
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(
         tmp_path / "real"
@@ -490,3 +491,72 @@ def test_help_gives_the_commands_usage(name, main, capsys):
     assert (
         exit_.value.code == 0 and f"python -m crab.bin.{name} hparams.yaml" in out and "train.py" not in out
     )
+
+
+def write_run(run, text):
+    """A run folder as training leaves it: its hyperparams.yaml and a checkpoint."""
+    (run / "save" / "CKPT+2026-01-01+00-00-00+00").mkdir(parents=True)
+    (run / "hyperparams.yaml").write_text(f"output_folder: {run}\n" + text)
+
+
+def test_a_resumed_training_is_checked_against_the_run_but_where_things_are_may_change(tmp_path):
+    """What check_resume compares, on a run written by hand: any setting of both files but
+    those of RESUME_KEYS (and what is built from them); another number_of_epochs from the
+    yaml alone (the run's own option forgotten) is an error, one given trains on."""
+    from crab.runconfig import check_resume
+
+    run = tmp_path / "run"
+    settings = (
+        "save_folder: !ref <output_folder>/save\ndata_root: /data\nnumber_of_epochs: 1\nlr: 0.001\n"
+        "num_workers: 0\n"
+        "loader: {num_workers: !ref <num_workers>, shuffle: true}\n"
+    )
+    write_run(run, settings)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"output_folder: {run}\n" + settings)
+    save = str(run / "save")
+    check_resume(str(recipe), "", str(run), save)
+    check_resume(str(recipe), "num_workers: 4\ndata_root: /elsewhere\n", str(run), save)
+    with pytest.raises(
+        ConfigError, match=re.escape(f"other settings (lr: 0.001 then, 0.01 now; {run}/hyperparams")
+    ):
+        check_resume(str(recipe), "lr: 0.01\n", str(run), save)
+    recipe.write_text(f"output_folder: {run}\n" + settings.replace("shuffle: true", "shuffle: false"))
+    with pytest.raises(
+        ConfigError,
+        match=r"loader: \{num_workers: 0, shuffle: true\} then, \{num_workers: 0, shuffle: false\} now",
+    ):
+        check_resume(str(recipe), "", str(run), save)
+    recipe.write_text(
+        f"output_folder: {run}\n" + settings.replace("number_of_epochs: 1", "number_of_epochs: 10")
+    )
+    with pytest.raises(
+        ConfigError, match=r"trained for 1 epochs .* gives 10: resume it with --number_of_epochs=1"
+    ):
+        check_resume(str(recipe), "", str(run), save)
+    check_resume(str(recipe), "number_of_epochs: 1\n", str(run), save)
+    check_resume(str(recipe), "number_of_epochs: 3\n", str(run), save)  # trains on, with a warning
+    # a key of the recipe's yaml alone (a newer crab's) is no setting of the run
+    recipe.write_text(f"output_folder: {run}\n" + settings + "new_option: 3\n")
+    check_resume(str(recipe), "", str(run), save)
+
+
+def test_an_override_of_a_key_the_run_lacks_is_named(tmp_path):
+    run_file = str(tmp_path / "hyperparams.yaml")
+    with pytest.raises(
+        ConfigError, match=rf"override --new_option: the run's {run_file} has no key 'new_option'"
+    ):
+        check_against_run(run_file, "lr: 0.001\n", "new_option: 3\n", ())
+
+
+def test_a_run_moved_to_a_folder_yaml_cannot_read_back_is_an_error(tmp_path):
+    from crab.runconfig import run_text
+
+    (tmp_path / "exp").mkdir()
+    run_file = tmp_path / "exp" / "hyperparams.yaml"
+    run_file.write_text("output_folder: /trained/here\nsave_folder: /trained/here/save\n")
+    assert "save_folder: /moved/run/save" in run_text(str(run_file), "/moved/run")
+    with pytest.raises(
+        ConfigError, match=r"cannot be read in /moved/run #1 \(its output folder becomes /moved/run\)"
+    ):
+        run_text(str(run_file), "/moved/run #1")
