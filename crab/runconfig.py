@@ -605,7 +605,8 @@ def check_resume(hparams_file, overrides, folder, save_folder):
         )
         as_saved["number_of_epochs"] = epochs[0]
     if as_saved:
-        given = resolved_values(text, last_value_wins((overrides or "") + yaml.safe_dump(as_saved)))
+        # on a line of their own: an override text need not end with a newline (parse_arguments')
+        given = resolved_values(text, last_value_wins(f"{overrides or ''}\n{yaml.safe_dump(as_saved)}"))
     differ = [key for key in saved if key in given and not same_value(given[key], saved[key])]
     if not differ:
         return

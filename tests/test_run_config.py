@@ -517,6 +517,7 @@ def test_a_resumed_training_is_checked_against_the_run_but_where_things_are_may_
     save = str(run / "save")
     check_resume(str(recipe), "", str(run), save)
     check_resume(str(recipe), "num_workers: 4\ndata_root: /elsewhere\n", str(run), save)
+    check_resume(str(recipe), "lr: 0.001", str(run), save)  # no last newline, as parse_arguments gives it
     with pytest.raises(
         ConfigError, match=re.escape(f"other settings (lr: 0.001 then, 0.01 now; {run}/hyperparams")
     ):
