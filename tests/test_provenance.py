@@ -276,3 +276,55 @@ def test_the_recorded_commit_is_dirty_with_files_neither_committed_nor_ignored(t
     outside = tmp_path.parent / f"{tmp_path.name}_not_a_checkout"
     outside.mkdir()
     assert git_commit(str(outside)) is None
+
+
+def hand_made_manifests(root, asr_model):
+    """train.json and valid.json with the sidecar stage 3 writes for ASR transcripts of ``asr_model``."""
+    root.mkdir(exist_ok=True)
+    for split in ("train", "valid"):
+        (root / f"{split}.json").write_text(json.dumps({f"{split}_0": {"text": "hi", "emo": "sad"}}))
+        (root / f"{split}.json.provenance").write_text(
+            json.dumps({"text_source": "asr", "asr_model": asr_model})
+        )
+    return root / "train.json", root / "valid.json"
+
+
+def test_a_resumed_run_refuses_another_asr_model_and_changed_manifests(tmp_path):
+    from crab.provenance import record_run_provenance
+
+    run = tmp_path / "run"
+    train, valid = hand_made_manifests(tmp_path / "data", ASR_MODEL)
+    record_run_provenance(str(run), str(train), valid_manifest=str(valid))
+    record_run_provenance(str(run), str(train), valid_manifest=str(valid), resumed=True)  # the same
+    hand_made_manifests(tmp_path / "data", "tiny-asr-B")
+    with pytest.raises(
+        ProvenanceError, match=f"of '{ASR_MODEL}', but .*train.json now holds ASR transcripts of 'tiny-asr-B'"
+    ):
+        record_run_provenance(str(run), str(train), valid_manifest=str(valid), resumed=True)
+    train, valid = hand_made_manifests(tmp_path / "data", ASR_MODEL)
+    valid.write_text(json.dumps({"valid_0": {"text": "hi", "emo": "happy"}}))  # the validation set only
+    with pytest.raises(ProvenanceError, match=rf"{valid} \(valid\) changed since the run started"):
+        record_run_provenance(str(run), str(train), valid_manifest=str(valid), resumed=True)
+    record_run_provenance(
+        str(run), str(train), valid_manifest=str(valid), write=False
+    )  # a new start: not checked
+
+
+def test_a_package_takes_the_runs_transcript_source_and_refuses_another(tmp_path):
+    from crab.provenance import package_text_source, trained_text_source
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert package_text_source(str(run), "gold") == ("gold", None)  # no record: as given
+    (run / "text_source.json").write_text(json.dumps({"text_source": "asr", "asr_model": ASR_MODEL}))
+    assert package_text_source(str(run)) == ("asr", ASR_MODEL)
+    assert package_text_source(str(run), "asr", ASR_MODEL) == ("asr", ASR_MODEL)
+    with pytest.raises(ProvenanceError, match="--text_source gold contradicts the run's text_source: asr"):
+        package_text_source(str(run), "gold")
+    with pytest.raises(
+        ProvenanceError, match=f"--asr_model tiny-asr-B contradicts the run's asr_model: {ASR_MODEL}"
+    ):
+        package_text_source(str(run), "asr", "tiny-asr-B")
+    # recorded before the tokenizer was: its transcript source; recorded without a text branch: none
+    assert trained_text_source({"text_source": "gold", "asr_model": None}) == ("gold", None)
+    assert trained_text_source({"text_source": "gold", "tokenizer_sha256": None}) == ("none", None)
