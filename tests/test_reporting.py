@@ -834,3 +834,51 @@ def test_a_run_trained_by_no_invocation_of_this_release_is_left_unrecorded(tmp_p
     report_main([*rerun, "--trained_now", "false"])
     info = json.loads((tmp_path / "run" / "train_info.json").read_text())
     assert (info["wall_s"], info["command"]) == (41.5, "./run.sh")
+
+
+def test_a_kept_evaluation_needs_its_record_its_outputs_the_same_device_type_and_cache_dtype(tmp_path):
+    """is_current: an evaluation is kept only with a readable record equal to the inputs now and
+    every output present; the record names the device type (not its index: cuda:1 is cuda)."""
+    from types import SimpleNamespace
+
+    from crab import evalrecord
+
+    manifest = tmp_path / "test.json"
+    manifest.write_text("{}")
+    hparams = {
+        "ckpt_metric": "UAR",
+        "test_manifest": str(manifest),
+        "model": SimpleNamespace(speech_encoder=None),
+    }
+    brain = SimpleNamespace(
+        checkpointer=SimpleNamespace(find_checkpoint=lambda max_key: None),
+        eval_precision="fp32",
+        device="cuda:1",
+    )
+    wanted = evalrecord.inputs(hparams, brain)
+    assert wanted["device_type"] == "cuda"
+    record, outputs = evalrecord.PREDICTIONS_RECORD, ["predictions.csv", "metrics.json"]
+    for name in outputs:
+        (tmp_path / name).write_text("x")
+    (tmp_path / record).write_text(json.dumps(wanted))
+    assert evalrecord.is_current(str(tmp_path), record, wanted, outputs)
+    assert not evalrecord.is_current(
+        str(tmp_path),
+        record,
+        evalrecord.inputs(hparams, SimpleNamespace(**{**vars(brain), "device": "cpu"})),
+        outputs,
+    )
+    (tmp_path / "metrics.json").unlink()
+    assert not evalrecord.is_current(str(tmp_path), record, wanted, outputs)
+    (tmp_path / "metrics.json").write_text("x")
+    (tmp_path / record).write_text("{")  # cut short
+    assert not evalrecord.is_current(str(tmp_path), record, wanted, outputs)
+    # states read from a float16 cache are not those of a float32 one
+    half, full = (
+        evalrecord.inputs(hparams, brain, (SimpleNamespace(dtype=d), ["text"]))
+        for d in ("float16", "float32")
+    )
+    assert half["feature_cache"] == {"branches": ["text"], "dtype": "float16"}
+    (tmp_path / record).write_text(json.dumps(half))
+    assert evalrecord.is_current(str(tmp_path), record, half, outputs)
+    assert not evalrecord.is_current(str(tmp_path), record, full, outputs)
