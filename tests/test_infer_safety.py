@@ -573,3 +573,23 @@ def test_the_asr_dtype_is_recorded_as_it_is_on_the_device(tmp_path):
         check_settings(str(marker), on_cpu, str(out), overwrite=False)
     marker.write_text(json.dumps({**on_gpu, "asr": {**on_gpu["asr"], "dtype": "auto"}}))
     check_settings(str(marker), on_cpu, str(out), overwrite=False)
+
+
+def test_a_results_source_is_its_path_size_and_modification_time(tmp_path):
+    """audio_changed, by hand: another path, size or mtime is a changed audio; a file gone
+    since cannot be compared, and its result stands."""
+    from crab.batch_inference import audio_changed, audio_source
+
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"\0" * 100)
+    then = audio_source(str(wav))
+    assert not audio_changed(then, str(wav))
+    assert audio_changed(then, str(tmp_path / "b.wav"))
+    os.utime(wav, ns=(then.mtime_ns, then.mtime_ns + 10**9))
+    assert audio_changed(then, str(wav))  # the same size, rewritten
+    os.utime(wav, ns=(then.mtime_ns, then.mtime_ns))
+    wav.write_bytes(b"\0" * 101)
+    os.utime(wav, ns=(then.mtime_ns, then.mtime_ns))
+    assert audio_changed(then, str(wav))  # another size, its mtime set back
+    wav.unlink()
+    assert not audio_changed(then, str(wav))
