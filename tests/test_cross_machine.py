@@ -218,3 +218,16 @@ def test_a_gpu_runs_random_state_loads_on_a_cpu_without_a_warning(tmp_path, monk
     assert torch.equal(torch.rand(3), expected)  # the CPU generator is the checkpoint's
     assert "CUDA random state is not restored: no CUDA device here" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_another_minor_release_warns_and_another_patch_release_does_not(monkeypatch, caplog):
+    from crab import checkpointing
+
+    monkeypatch.setattr(
+        checkpointing, "library_versions", lambda: {"torch": "2.6.1+cpu", "transformers": "4.57.0"}
+    )
+    with caplog.at_level("WARNING", logger="crab.checkpointing"):
+        checkpointing.warn_version_drift({"torch": "2.6.0+cu124", "transformers": "4.57.3"}, "x")
+        assert not caplog.text
+        checkpointing.warn_version_drift({"torch": "2.5.1", "transformers": "4.57.3"}, "x")
+    assert "x with other library releases (torch 2.5.1 then, 2.6.1+cpu now)" in caplog.text
