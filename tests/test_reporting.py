@@ -882,3 +882,10 @@ def test_a_kept_evaluation_needs_its_record_its_outputs_the_same_device_type_and
     (tmp_path / record).write_text(json.dumps(half))
     assert evalrecord.is_current(str(tmp_path), record, half, outputs)
     assert not evalrecord.is_current(str(tmp_path), record, full, outputs)
+    # a speech encoder whose states depend on the padding: its batching counts, unless read from a cache
+    hparams.update(model=SimpleNamespace(speech_encoder=SimpleNamespace(padding_dependent=True)))
+    hparams["eval_dataloader_opts"] = {"batch_size": 4}
+    assert evalrecord.inputs(hparams, brain)["batching"] == {"batch_size": 4}
+    assert (
+        evalrecord.inputs(hparams, brain, (SimpleNamespace(dtype="float32"), ["speech"]))["batching"] is None
+    )

@@ -420,6 +420,7 @@ def test_relocation_moves_whole_path_values_only():
         "output_folder: /new/run   # the run\nsave_folder: /new/run/save\nq: '/new/run/log.txt'\n"
         "l: [/new/run/x, /new/run]\nother: exp/ab/save\nabs: /data/exp/a/save\nnote: see /new/run\n"
     )
+    assert relocated("l: [x,exp/a/y]\n", "exp/a", "/r") == "l: [x,/r/y]\n"  # a flow list without spaces
 
 
 def test_training_that_would_never_update_is_refused(data, tmp_path):
