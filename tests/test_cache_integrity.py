@@ -368,3 +368,54 @@ def test_an_index_this_crab_cannot_read_is_named_with_the_way_on(tmp_path, index
     named = re.escape(f"{tmp_path / 'index.json'} {problem}")
     with pytest.raises(FeatureCacheError, match=f"{named}.*extract into a new directory"):
         FeatureCache(str(tmp_path))
+
+
+def test_audio_rewritten_with_its_modification_time_set_back_is_an_error(corpus, tmp_path):
+    """Other bytes of the same size with the recorded mtime restored (as rsync -t or a copy
+    keeping times does): the change time, which cannot be set back, has it hashed again."""
+    cache = tmp_path / "cache"
+    extract(corpus, cache, "--manifests", str(corpus / "train.json"))
+    wav = corpus / "train_angry_0.wav"
+    before = wav.stat()
+    audio, rate = sf.read(wav, dtype="float32")
+    sf.write(wav, np.flip(audio).copy(), rate, subtype=sf.info(str(wav)).subtype)
+    os.utime(wav, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (wav.stat().st_size, wav.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    model, duration = model_and_duration(corpus, tmp_path)
+    with pytest.raises(FeatureCacheError, match=r"train_angry_0.*\(same size, other bytes"):
+        FeatureCache(str(cache)).check(model, duration, [str(corpus / "train.json")], str(corpus))
+
+
+def test_a_changed_duration_or_transcript_or_another_dtype_is_refused_by_the_cache(corpus, tmp_path):
+    """An utterance's cached states were computed from its audio up to its duration and its
+    transcript: a manifest that gives another one is refused on reading and by an extraction
+    into the same cache; so is an extraction of another dtype than the cache holds."""
+    cache, train_json = tmp_path / "cache", corpus / "train.json"
+    extract(corpus, cache, "--manifests", str(train_json))
+    entries = json.loads(train_json.read_text())
+    model, duration = model_and_duration(corpus, tmp_path)
+    entries["train_sad_1"]["duration"] += 0.5
+    train_json.write_text(json.dumps(entries))
+    with pytest.raises(FeatureCacheError, match="1 utterance.*another text or audio.*train_sad_1"):
+        FeatureCache(str(cache)).check(model, duration, [str(train_json)], str(corpus))
+    entries["train_sad_1"]["duration"] -= 0.5
+    entries["train_sad_1"]["text"] = "I feel very sad today"
+    train_json.write_text(json.dumps(entries))
+    with pytest.raises(SystemExit, match="utterance 'train_sad_1' has another text or audio"):
+        extract(corpus, cache, "--manifests", str(train_json))
+    with pytest.raises(SystemExit, match="already holds features of other encoders or dtype"):
+        extract(corpus, cache, "--manifests", str(corpus / "valid.json"), "--dtype=float16")
+
+
+def test_a_cache_whose_identity_lacks_a_key_the_model_has_is_refused(corpus, tmp_path):
+    """Written before the identity held the tokenizer's digest (or padding side, or the tuned
+    top layers): what the missing key would say is unknown, so the cache is not read."""
+    cache, train_json = tmp_path / "cache", str(corpus / "train.json")
+    extract(corpus, cache, "--manifests", train_json)
+    model, duration = model_and_duration(corpus, tmp_path)
+    path = cache / "index.json"
+    index = json.loads(path.read_text())
+    del index["branches"]["text"]["tokenizer_sha256"]
+    path.write_text(json.dumps(index))
+    with pytest.raises(FeatureCacheError, match=r"another text encoder setting \(tokenizer_sha256 differ\)"):
+        FeatureCache(str(cache)).check(model, duration, [train_json], str(corpus))
