@@ -27,7 +27,8 @@ from tests.test_run_config import (
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("output_folders_data")
-    write_tone_corpus(root, root, {"train": 1, "valid": 1, "test": 1}, CLASSES)
+    # two batches of 4: TRAIN_OPTS accumulate 2 (an epoch of fewer batches is refused)
+    write_tone_corpus(root, root, {"train": 2, "valid": 1, "test": 1}, CLASSES)
     return root
 
 
