@@ -100,6 +100,16 @@ def test_no_torch_no_gpu_installs_the_cpu_build_configured_pip_first(tmp_path, t
     assert not (tmp_path / "venv").exists()
 
 
+def test_the_torch_of_an_active_virtual_environment_is_not_kept(tmp_path, tools_present):
+    """A venv made from a venv's python sees the base interpreter's packages: keeping the
+    active venv's torch (--system-site-packages) left the new venv without one."""
+    assert sys.prefix != sys.base_prefix  # the tests run in tools/venv
+    result = dry_run(tmp_path, torch_state="", PYTHON=sys.executable, path=tools_present)
+    assert result.returncode == 0, result.stderr
+    assert "is a virtual environment's python (one is active?): its torch cannot be kept" in result.stdout
+    assert result.commands[:2] == [f"{sys.executable} -m venv VENV", pip("install", CPU_PIN)]
+
+
 def test_another_system_than_linux_is_refused_before_anything_is_done(tmp_path, tools_present):
     uname = tmp_path / "bin" / "uname"
     uname.unlink()  # a link to the system's uname: written through, it would replace that

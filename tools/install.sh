@@ -196,6 +196,9 @@ if [ -n "${CRAB_INSTALL_TORCH_STATE:-}" ]; then
   esac
 elif ${venv_exists}; then
   found=$(probe_torch "${venv}/bin/python"); torch_found=${found:+venv ${found}}
+elif "${python}" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' 2>/dev/null; then
+  # a venv made from a venv's python sees the base interpreter's packages, not that venv's
+  log "${python} is a virtual environment's python (one is active?): its torch cannot be kept"
 else
   found=$(probe_torch "${python}"); torch_found=${found:+system ${found}}
 fi
