@@ -628,8 +628,8 @@ def extract(
                     encoded = _encode_batch(model, sorted(branches), batch, entries, max_duration, device)
                     for utt, states in encoded.items():
                         for branch, value in states.items():
-                            tensors[f"{utt}/{branch}"] = value.to(DTYPES[dtype]).contiguous()
-                            held += tensors[f"{utt}/{branch}"].nbytes
+                            tensor = tensors[f"{utt}/{branch}"] = value.to(DTYPES[dtype]).contiguous()
+                            held += tensor.nbytes
                     utts += batch
                     if held >= shard_mib * 2**20:
                         write_shard(utts, tensors)
