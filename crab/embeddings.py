@@ -64,34 +64,48 @@ def extract_embeddings(brain, test_set, loader_kwargs):
 
 def embedding_scores(embeddings, labels):
     """Silhouette (euclidean), Calinski-Harabasz and Davies-Bouldin scores of
-    embeddings grouped by their true label (None when fewer than 2 labels, or as
-    many labels as points; with a warning, those the embeddings leave undefined: all of
-    them when the embeddings are one point, a collapsed model). The silhouette of more than
-    ``SILHOUETTE_SAMPLE`` points is that of a fixed random sample of them (the same points
-    for every run of a test set)."""
+    embeddings grouped by their true label; None where undefined (``undefined_scores``), each
+    with a warning. The silhouette of more than ``SILHOUETTE_SAMPLE`` points is that of a fixed
+    random sample of them (the same points for every run of a test set)."""
+    return _scores_and_why(embeddings, labels)[0]
+
+
+def _scores_and_why(embeddings, labels):
+    """``embedding_scores`` and ``undefined_scores``, computed once."""
+    embeddings, labels = np.asarray(embeddings, dtype=np.float64), np.asarray(labels)
+    undefined = undefined_scores(embeddings, labels)
+    for why in dict.fromkeys(undefined.values()):  # one warning per reason
+        keys = [key for key, reason in undefined.items() if reason == why]
+        logger.warning("Embedding score%s %s undefined (n/a): %s", "s"[: len(keys) > 1], ", ".join(keys), why)
+    return _scores(embeddings, labels, undefined), undefined
+
+
+def undefined_scores(embeddings, labels):
+    """The scores these embeddings and labels leave undefined, each with why: all of them for
+    fewer than 2 labels or as many labels as points, and where scikit-learn would divide by zero
+    yet give a number: every one when all embeddings are one point (a collapsed model:
+    Davies-Bouldin 0, the best, and Calinski-Harabasz 1), Calinski-Harabasz when each class is
+    one point (no spread within classes: 1 where it is infinite); the silhouette when its sample
+    of ``SILHOUETTE_SAMPLE`` points holds one label."""
     embeddings, labels = np.asarray(embeddings, dtype=np.float64), np.asarray(labels)
     groups = len(np.unique(labels))
-    if groups < 2 or groups >= len(labels):
-        return dict.fromkeys(EMBEDDING_SCORES)
-    undefined = _undefined_scores(embeddings, labels)
-    for key, why in undefined.items():
-        logger.warning("Embedding score %s undefined (n/a): %s", key, why)
-    return {**_scores(embeddings, labels), **dict.fromkeys(undefined)}
-
-
-def _undefined_scores(embeddings, labels):
-    """The scores that these embeddings leave undefined (a division by zero), each with why,
-    where scikit-learn gives a number: every one when all embeddings are one point (a collapsed
-    model: Davies-Bouldin 0, the best, and Calinski-Harabasz 1), Calinski-Harabasz when each
-    class is one point (no spread within classes: 1 where it is infinite)."""
+    if groups < 2:
+        return dict.fromkeys(EMBEDDING_SCORES, f"{groups} label(s) among the {len(labels)} utterances")
+    if groups >= len(labels):
+        return dict.fromkeys(EMBEDDING_SCORES, f"each of the {len(labels)} utterances has a label of its own")
     scale = np.abs(embeddings).max()
     if _one_point(embeddings, scale):
         return dict.fromkeys(
             EMBEDDING_SCORES, f"all {len(embeddings)} embeddings are one point (a collapsed model)"
         )
+    undefined = {}
     if all(_one_point(embeddings[labels == k], scale) for k in np.unique(labels)):
-        return {"calinski_harabasz": "the embeddings of each class are one point (no spread within classes)"}
-    return {}
+        undefined["calinski_harabasz"] = (
+            "the embeddings of each class are one point (no spread within classes)"
+        )
+    if len(np.unique(labels[_silhouette_sample(len(labels))])) < 2:
+        undefined["silhouette"] = f"its sample of {SILHOUETTE_SAMPLE} utterances holds one label"
+    return undefined
 
 
 def _one_point(points, scale):
@@ -99,18 +113,24 @@ def _one_point(points, scale):
     return float(np.ptp(points, axis=0).max()) <= 1e-5 * scale
 
 
-def _scores(embeddings, labels):
+def _silhouette_sample(n):
+    """The points the silhouette of ``n`` points is taken over: a fixed sample of large sets."""
+    if n <= SILHOUETTE_SAMPLE:
+        return slice(None)
+    return np.sort(np.random.default_rng(0).choice(n, SILHOUETTE_SAMPLE, replace=False))
+
+
+def _scores(embeddings, labels, undefined):
+    """The scores that ``undefined`` leaves out, and None for those it names."""
     from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
-    sample = slice(None)
-    if len(labels) > SILHOUETTE_SAMPLE:
-        sample = np.sort(np.random.default_rng(0).choice(len(labels), SILHOUETTE_SAMPLE, replace=False))
-    one_group = len(np.unique(labels[sample])) < 2  # a sample of a set with a tiny second group
-    return {
-        "silhouette": None if one_group else float(silhouette_score(embeddings[sample], labels[sample])),
-        "calinski_harabasz": float(calinski_harabasz_score(embeddings, labels)),
-        "davies_bouldin": float(davies_bouldin_score(embeddings, labels)),
+    sample = _silhouette_sample(len(labels))
+    score = {
+        "silhouette": lambda: silhouette_score(embeddings[sample], labels[sample]),
+        "calinski_harabasz": lambda: calinski_harabasz_score(embeddings, labels),
+        "davies_bouldin": lambda: davies_bouldin_score(embeddings, labels),
     }
+    return {key: None if key in undefined else float(score[key]()) for key in EMBEDDING_SCORES}
 
 
 def project_2d(embeddings, method="pca", seed=0):
@@ -193,13 +213,15 @@ def write_embeddings(
     from crab.plots import plot_embeddings
 
     make_dirs(out_dir)
-    scores = embedding_scores(embeddings, labels)
+    scores, undefined = _scores_and_why(embeddings, labels)
 
     def write_dump(tmp):
         with open(tmp, "wb") as f:  # a file object: np.savez adds .npz to a name
             np.savez(f, ids=np.array(ids), embeddings=embeddings, labels=labels, classes=np.array(classes))
 
     saved = {"num_utterances": len(ids), "dim": int(embeddings.shape[1]), **scores}
+    if undefined:
+        saved["undefined"] = undefined  # why a score is null
     if checkpoint:
         saved["checkpoint"] = checkpoint
     evalrecord.forget(out_dir, evalrecord.EMBEDDINGS_RECORD)  # a kill before the new one leaves none

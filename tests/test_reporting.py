@@ -536,9 +536,13 @@ def test_collapsed_embeddings_have_undefined_scores_and_no_projection(tmp_path, 
     ids, out = [f"u{i}" for i in range(12)], tmp_path / "collapsed"
     assert write_embeddings(str(out), ids, collapsed, labels, CLASSES) == dict.fromkeys(EMBEDDING_SCORES)
     why = "all 12 embeddings are one point (a collapsed model)"
-    assert f"Embedding score davies_bouldin undefined (n/a): {why}" in caplog.text
+    assert (
+        f"Embedding scores silhouette, calinski_harabasz, davies_bouldin undefined (n/a): {why}"
+        in caplog.text
+    )
     assert f"PCA projection of the embeddings of {out} skipped: {why}" in caplog.text
-    assert json.loads((out / "embedding_scores.json").read_text())["davies_bouldin"] is None
+    saved = json.loads((out / "embedding_scores.json").read_text())
+    assert saved["davies_bouldin"] is None and saved["undefined"] == dict.fromkeys(EMBEDDING_SCORES, why)
     plot, table = tmp_path / "tsne.png", tmp_path / "tsne.md"
     compare_embeddings = [sys.executable, "-m", "crab.bin.compare", "embeddings", "--projection", "tsne"]
     run = [*compare_embeddings, "--plot", str(plot), "--out", str(table), f"c={out / 'embeddings.npz'}"]
@@ -551,6 +555,33 @@ def test_collapsed_embeddings_have_undefined_scores_and_no_projection(tmp_path, 
     points = np.eye(4, 8)[labels]
     scores = embedding_scores(points, labels)
     assert scores["calinski_harabasz"] is None and scores["davies_bouldin"] == 0 and scores["silhouette"] == 1
+
+
+def test_the_scores_file_says_why_each_null_score_is_undefined(tmp_path, monkeypatch, caplog):
+    rng, ids = np.random.default_rng(0), [f"u{i}" for i in range(6)]
+    points = rng.normal(size=(6, 8))
+
+    def written(labels, n=6):
+        out = tmp_path / str(len(os.listdir(tmp_path)))
+        write_embeddings(str(out), ids[:n], points[:n], np.array(labels), CLASSES)
+        return json.loads((out / "embedding_scores.json").read_text())
+
+    one_label = written([2] * 6)
+    assert one_label["undefined"] == dict.fromkeys(EMBEDDING_SCORES, "1 label(s) among the 6 utterances")
+    assert one_label["silhouette"] is None and one_label["davies_bouldin"] is None
+    own_labels = written([0, 1, 2, 3], n=4)
+    assert own_labels["undefined"] == dict.fromkeys(
+        EMBEDDING_SCORES, "each of the 4 utterances has a label of its own"
+    )
+    assert "undefined" not in written([0, 0, 1, 1, 2, 2])  # every score a number
+    monkeypatch.setattr(crab.embeddings, "SILHOUETTE_SAMPLE", 1)  # of 6: a sample of one label
+    sampled = written([0, 0, 1, 1, 2, 2])
+    assert sampled["undefined"] == {"silhouette": "its sample of 1 utterances holds one label"}
+    assert sampled["silhouette"] is None and sampled["davies_bouldin"] > 0
+    assert (
+        "Embedding score silhouette undefined (n/a): its sample of 1 utterances holds one label"
+        in caplog.text
+    )
 
 
 # ---------------------------------------------------------------- ablations
