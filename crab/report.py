@@ -637,14 +637,8 @@ def alpha_sweep(entries, baseline, plot=None, title=None):
         cells = [mean_cell(summary, m) for m in METRICS]
         lines.append(f"| {name} | {summary['num_runs']} | " + " | ".join(cells) + " |")
     for metric in ("UAR", "WAR"):
-        best = max(zip(alphas, entries, strict=True), key=lambda e: e[1][1]["mean"][metric])
-        value = best[1][1]["mean"][metric]
-        line = f"\nBest {metric}: {value:.4f} at alpha {best[0]:g}"
-        if baseline:  # said either way: CE only may be the best of all
-            line += (
-                f" ({value - baseline['mean'][metric]:+.4f} against CE only's {baseline['mean'][metric]:.4f})"
-            )
-        lines.append(line + ".")
+        alpha, (_, best) = max(zip(alphas, entries, strict=True), key=lambda e: e[1][1]["mean"][metric])
+        lines.append("\n" + best_alpha_line(metric, alpha, best, baseline))
     if plot:
         from crab.plots import plot_alpha
 
@@ -653,6 +647,25 @@ def alpha_sweep(entries, baseline, plot=None, title=None):
         base = {m: baseline["mean"][m] for m in ("UAR", "WAR")} if baseline else None
         plot_alpha(alphas, means, plot, stds=stds, baseline=base, title=title)
     return "\n".join(lines) + "\n"
+
+
+def best_alpha_line(metric, alpha, best, baseline):
+    """The sweep's best mean of ``metric`` (at ``alpha``, summary ``best``) with its std and
+    runs, and its difference from CE only's (said either way: CE only may be the best of all),
+    and whether that difference exceeds the larger of their seed-to-seed stds."""
+    value = best["mean"][metric]
+    line = f"Best {metric}: {mean_cell(best, metric)} at alpha {alpha:g} ({_runs(best)}"
+    if baseline:
+        base, stds = baseline["mean"][metric], [s["std"].get(metric) for s in (best, baseline)]
+        line += f"; {value - base:+.4f} against CE only's {mean_cell(baseline, metric)}, {_runs(baseline)}"
+        if None not in stds:
+            within = "more than" if abs(value - base) > max(stds) else "within"
+            line += f": {within} the larger std, {max(stds):.4f}; paired by fold and seed: crab.bin.paired"
+    return line + ")."
+
+
+def _runs(summary):
+    return f"{summary['num_runs']} run{'s' * (summary['num_runs'] != 1)}"
 
 
 # ---------------------------------------------------------------- scoring runs

@@ -28,6 +28,7 @@ from crab.report import (
     TrainLogger,
     ablation_overrides,
     alpha_of,
+    best_alpha_line,
     comparison_markdown,
     mean_std,
     merge_overrides,
@@ -418,15 +419,30 @@ def test_alpha_sweep_table_and_figure(tmp_path):
     text = out.read_text()
     rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows == ["| alpha", "| CE only", "| 0.25", "| 2", "| 2.75"]  # sorted by alpha, CE first
-    assert "Best UAR: 0.5560 at alpha 2 (+0.0360 against CE only's 0.5200)." in text
-    assert "Best WAR: 0.6300 at alpha 2.75 (+0.0300 against CE only's 0.6000)." in text
+    assert "Best UAR: 0.5560 at alpha 2 (1 run; +0.0360 against CE only's 0.5200, 1 run)." in text
+    assert "Best WAR: 0.6300 at alpha 2.75 (1 run; +0.0300 against CE only's 0.6000, 1 run)." in text
     # CE only above every alpha: the best alpha's line says it is below
     higher = write("ce_only_higher", 0.70, 0.60)
     compare.main(["alpha", "--baseline", higher, "--out", str(out), *paths])
-    assert "Best UAR: 0.5560 at alpha 2 (-0.0440 against CE only's 0.6000)." in out.read_text()
+    assert "Best UAR: 0.5560 at alpha 2 (1 run; -0.0440 against CE only's 0.6000, 1 run)." in out.read_text()
     assert_png(plot)
     with pytest.raises(ValueError, match="alpha<value>"):
         alpha_of("mlcs")
+
+
+def test_the_best_alpha_is_told_against_the_spread_of_its_runs():
+    def summary(tag, *uars):
+        rows = [{"run": f"{tag}/f/seed{i}", "num_utterances": 4, "UAR": u} for i, u in enumerate(uars)]
+        return summarise([{**r, "WAR": r["UAR"], "macro_F1": 0, "weighted_F1": 0} for r in rows], tag=tag)
+
+    base = summary("ce_only", 0.50, 0.54)  # mean 0.52, std 0.0283
+    near, far = summary("alpha2", 0.52, 0.56), summary("alpha2", 0.60, 0.62)
+    assert best_alpha_line("UAR", 2.0, near, base) == (
+        "Best UAR: 0.5400 ± 0.0283 at alpha 2 (2 runs; +0.0200 against CE only's 0.5200 ± 0.0283, 2 runs: "
+        "within the larger std, 0.0283; paired by fold and seed: crab.bin.paired)."
+    )
+    assert ": more than the larger std, 0.0283;" in best_alpha_line("UAR", 2.0, far, base)
+    assert best_alpha_line("UAR", 2.0, far, None) == "Best UAR: 0.6100 ± 0.0141 at alpha 2 (2 runs)."
 
 
 # ---------------------------------------------------------------- embeddings
