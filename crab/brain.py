@@ -390,6 +390,11 @@ class CrabBrain(sb.Brain):
             )
         return loss
 
+    def check_loss_isfinite(self, loss):
+        """Nothing: ``compute_objectives`` has stopped training on a non-finite loss part, from
+        the values it copied to the host. SpeechBrain's check would read the loss on the host
+        once more, a second wait for the device before the backward pass."""
+
     def _add_parts(self, batch, values):
         """Add the batch's loss parts (name -> float) to the epoch's sums; a non-finite
         one stops training here, before ``backward()`` and the optimizer step."""

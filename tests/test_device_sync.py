@@ -1,0 +1,148 @@
+"""Device placement and host waits of the training, evaluation and inference steps, checked
+without a GPU: the tiny model and its inputs on PyTorch's "meta" device, which has shapes and
+no data. A tensor made on the CPU inside a step meets the meta ones there and fails as it would
+on CUDA ("Expected all tensors to be on the same device"). Reading a device tensor's values on
+the host (``.item()``, ``.tolist()``, ``.cpu()``, ``nonzero``) makes the host wait for
+everything queued on the GPU; on meta ``HostWaits`` records each such read, with the function
+that made it, and returns a stand-in value so that the step goes on. Each test pins the waits
+of its step."""
+
+import os
+import sys
+
+import pytest
+import speechbrain as sb
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from crab.brain import CrabBrain
+from crab.runconfig import load_hparams
+from tests.conftest import MINI_CONF, ROOT, TEXTS
+
+CONF = os.path.join(ROOT, "egs", "TEMPLATE", "conf")
+CLASSES = ["angry", "happy", "neutral", "sad"]
+BATCH = 4
+aten = torch.ops.aten
+
+
+class HostWaits(TorchDispatchMode):
+    """Records every read of a meta tensor's values by the host as ``(module, function)`` of its
+    innermost caller in crab or SpeechBrain, and stands in ``fill`` for the values (no row for
+    ``nonzero``)."""
+
+    def __init__(self, fill=1):
+        super().__init__()
+        self.fill, self.waits = fill, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not any(isinstance(a, torch.Tensor) and a.is_meta for a in args):
+            return func(*args, **kwargs)
+        if func is aten._local_scalar_dense.default:
+            return self._wait(args[0].dtype is torch.bool or self.fill)
+        if func is aten._to_copy.default and torch.device(kwargs.get("device") or "meta").type == "cpu":
+            return self._wait(
+                torch.full(args[0].shape, self.fill, dtype=kwargs.get("dtype") or args[0].dtype)
+            )
+        if func is aten.copy_.default and not args[0].is_meta:
+            return self._wait(args[0].fill_(self.fill))
+        if func is aten.nonzero.default:
+            return self._wait(args[0].new_empty((0, args[0].dim()), dtype=torch.long))
+        return func(*args, **kwargs)
+
+    def _wait(self, value):
+        frame = sys._getframe(1)
+        while frame is not None and not frame.f_globals.get("__name__", "").startswith(
+            ("crab.", "speechbrain.")
+        ):
+            frame = frame.f_back
+        self.waits.append((frame.f_globals["__name__"], frame.f_code.co_name) if frame else ("?", "?"))
+        return value
+
+
+class _MetaAutocast(torch.autocast):
+    """torch keeps no autocast state for the meta device (``torch.autocast("meta")`` fails):
+    the CPU's stands in, which leaves meta tensors alone."""
+
+    def __init__(self, device_type, *args, **kwargs):
+        super().__init__("cpu" if device_type == "meta" else device_type, *args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def meta_autocast(monkeypatch):
+    monkeypatch.setattr(torch, "autocast", _MetaAutocast)
+
+
+def tiny_hparams(tokenizer_dir, tmp_path, config="crab_tiny.yaml", **overrides):
+    """A template config with the mini recipe's tiny encoders and no data."""
+    return load_hparams(
+        os.path.join(CONF, config),
+        {
+            "data_root": str(tmp_path),
+            "data_folder": str(tmp_path),
+            "output_folder": str(tmp_path / "exp"),
+            "classes": CLASSES,
+            "speech_encoder_source": os.path.join(MINI_CONF, "wavlm_tiny"),
+            "text_encoder_source": os.path.join(MINI_CONF, "roberta_tiny"),
+            "tokenizer_source": tokenizer_dir,
+            **overrides,
+        },
+    )
+
+
+def meta_brain(hparams):
+    brain = CrabBrain(modules=hparams["modules"], hparams=hparams, run_opts={"device": "meta"})
+    speech = brain.modules.model.speech_encoder
+    if speech is not None and speech.waveform_norm is not None:  # as fitted before training
+        speech.waveform_norm.fitted = True
+    brain.init_optimizers()
+    return brain
+
+
+def batch_of(model, cached=()):
+    """A batch of ``BATCH`` utterances of two classes, each of its own length; the ``cached``
+    branches as encoder states (a feature cache's items)."""
+    items = []
+    for i in range(BATCH):
+        item = {"id": f"utt{i}", "sig": 0.1 * torch.randn(8000 - 1000 * i), "text": TEXTS[i]}
+        item["emo_encoded"] = torch.tensor([i % 2])
+        for branch in cached:
+            dim = model.encoders[branch].output_dim
+            item[f"{branch}_states"] = torch.randn(12 - 2 * i, model.encoders[branch].num_states, dim)
+        items.append(item)
+    return PaddedBatch(items)
+
+
+ONE_COPY = ("crab.brain", "compute_objectives")  # the loss parts and the finite check, to the host
+LOSS = ("speechbrain.core", "fit_batch")  # SpeechBrain's running average of the loss
+
+STEPS = {
+    "default": ("crab_tiny.yaml", {}, ()),
+    "reference": ("crab_reference_tiny.yaml", {}, ()),
+    "speech_only": ("crab_tiny.yaml", {"modality": "speech"}, ()),
+    "text_only": ("crab_tiny.yaml", {"modality": "text"}, ()),
+    "no_legs": ("crab_tiny.yaml", {"leg_names": []}, ()),
+    "supcon": ("crab_tiny.yaml", {"contrastive_loss": "supcon"}, ()),
+    "weighted_sum": (
+        "crab_tiny.yaml",
+        {"layer_weighting": "weighted_sum", "normalize_encoder_states": True},
+        (),
+    ),
+    "cached": (
+        "crab_tiny.yaml",
+        {"freeze_speech_encoder": True, "freeze_text_encoder": True, "layer_weighting": "weighted_sum"},
+        ("speech", "text"),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(STEPS))
+def test_a_training_step_waits_for_the_device_once_before_its_backward_pass(name, tokenizer_dir, tmp_path):
+    config, overrides, cached = STEPS[name]
+    brain = meta_brain(tiny_hparams(tokenizer_dir, tmp_path, config, **overrides))
+    brain.on_stage_start(sb.Stage.TRAIN, 1)
+    brain.modules.train()
+    with HostWaits() as recorded:
+        brain.fit_batch(batch_of(brain.modules.model, cached))
+    assert recorded.waits == [ONE_COPY, LOSS]
