@@ -892,7 +892,8 @@ class CrabClassifier(Pretrained):
             )
         out_prob = torch.softmax(logits.float(), dim=-1)
         score, index = torch.max(out_prob, dim=-1)
-        text_lab = self.hparams.label_encoder.decode_torch(index)
+        # from one copy to the host: decode_torch reads each index on its own, a wait for the device each
+        text_lab = self.hparams.label_encoder.decode_ndim(index.tolist())
         return out_prob, score, index, text_lab
 
     def forward(self, wavs, texts=None, wav_lens=None):

@@ -27,8 +27,10 @@ class NonFiniteOutputError(FloatingPointError):
 
 
 def non_finite_rows(logits):
-    """Indices of the rows of ``logits`` (batch x classes) holding a NaN or an infinity."""
-    return (~torch.isfinite(logits.detach()).all(dim=-1)).nonzero().flatten().tolist()
+    """Indices of the rows of ``logits`` (batch x classes) holding a NaN or an infinity, from
+    one copy of a flag per row to the host (``nonzero`` on a GPU waits for it, then the copy)."""
+    finite = torch.isfinite(logits.detach()).all(dim=-1).tolist()
+    return [row for row, ok in enumerate(finite) if not ok]
 
 
 class Crab(nn.Module):

@@ -14,9 +14,11 @@ import pytest
 import speechbrain as sb
 import torch
 from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.dataio.encoder import CategoricalEncoder
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from crab.brain import CrabBrain
+from crab.inference import CrabClassifier, PackagedCrab
 from crab.runconfig import load_hparams
 from tests.conftest import MINI_CONF, ROOT, TEXTS
 
@@ -146,3 +148,38 @@ def test_a_training_step_waits_for_the_device_once_before_its_backward_pass(name
     with HostWaits() as recorded:
         brain.fit_batch(batch_of(brain.modules.model, cached))
     assert recorded.waits == [ONE_COPY, LOSS]
+
+
+def test_an_evaluation_step_waits_for_the_finite_check_and_the_predictions(tokenizer_dir, tmp_path):
+    brain = meta_brain(tiny_hparams(tokenizer_dir, tmp_path))
+    brain.on_stage_start(sb.Stage.VALID, 1)
+    with HostWaits() as recorded:
+        brain.evaluate_batch(batch_of(brain.modules.model), sb.Stage.VALID)
+    assert recorded.waits == [
+        ("crab.model", "non_finite_rows"),
+        ONE_COPY,  # the targets
+        ONE_COPY,  # the probabilities
+        ("speechbrain.core", "evaluate_batch"),  # the loss
+    ]
+
+
+def test_classifying_a_batch_waits_for_the_finite_check_and_the_labels(tokenizer_dir):
+    packaged = PackagedCrab(
+        speech_encoder={"source": os.path.join(MINI_CONF, "wavlm_tiny")},
+        text_encoder={"source": os.path.join(MINI_CONF, "roberta_tiny"), "tokenizer": tokenizer_dir},
+        num_classes=4,
+        hidden_dim=16,
+        bottleneck_dim=16,
+    )
+    packaged.build(MINI_CONF)
+    labels = CategoricalEncoder()
+    labels.update_from_iterable(CLASSES)
+    hparams = {"classes": CLASSES, "label_encoder": labels, "modality": "bimodal"}
+    classifier = CrabClassifier(modules={"model": packaged}, hparams=hparams, run_opts={"device": "meta"})
+    wavs = 0.1 * torch.randn(BATCH, 8000) + 0.2  # on the host, as a caller has them
+    with HostWaits() as recorded:
+        _, _, _, predicted = classifier.classify_batch(
+            wavs, TEXTS[:BATCH], wav_lens=torch.tensor([1.0, 0.9, 0.8, 0.7])
+        )
+    assert len(predicted) == BATCH
+    assert recorded.waits == [("crab.model", "non_finite_rows"), ("crab.inference", "classify_batch")]
