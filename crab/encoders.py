@@ -598,14 +598,17 @@ class SpeechEncoder(_Encoder):
     def _encode_whisper(self, wavs, lengths):
         # Log-mel of each utterance over its own samples, padded to the batch max; on the
         # host in fp32 under bf16 autocast on CPU too (transformers computes it with torch:
-        # the spectrogram would be rounded to bf16, which numpy cannot take)
+        # the spectrogram would be rounded to bf16, which numpy cannot take). The batch goes
+        # to the host in one copy (one wait for the device, not one per utterance).
+        host = wavs.float().cpu()
         with torch.autocast("cpu", enabled=False):
             feats = self.features(
-                [w[:n].float().cpu().numpy() for w, n in zip(wavs, lengths.tolist(), strict=True)],
+                [w[:n].numpy() for w, n in zip(host, lengths.tolist(), strict=True)],
                 sampling_rate=16000,
                 padding="longest",
                 return_tensors="pt",
-            ).input_features.to(wavs.device)
+            ).input_features
+        feats = to_device(feats, wavs.device)
         enc = self.model
         x = nn.functional.gelu(enc.conv1(feats))
         x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)

@@ -18,9 +18,11 @@ from speechbrain.dataio.encoder import CategoricalEncoder
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from crab.brain import CrabBrain
+from crab.encoders import SpeechEncoder
 from crab.inference import CrabClassifier, PackagedCrab
+from crab.model import Crab
 from crab.runconfig import load_hparams
-from tests.conftest import MINI_CONF, ROOT, TEXTS
+from tests.conftest import MINI_CONF, ROOT, TEXTS, write_tiny_whisper
 
 CONF = os.path.join(ROOT, "egs", "TEMPLATE", "conf")
 CLASSES = ["angry", "happy", "neutral", "sad"]
@@ -161,6 +163,19 @@ def test_an_evaluation_step_waits_for_the_finite_check_and_the_predictions(token
         ONE_COPY,  # the probabilities
         ("speechbrain.core", "evaluate_batch"),  # the loss
     ]
+
+
+def test_a_whisper_step_copies_its_waveforms_to_the_host_once(tmp_path):
+    whisper = write_tiny_whisper(str(tmp_path / "whisper"))
+    model = Crab(
+        4, lambda: SpeechEncoder(whisper, pretrained=False), modality="speech", hidden_dim=8, bottleneck_dim=8
+    )
+    model.to("meta").train()
+    wavs = torch.randn(BATCH, 8000, device="meta")
+    with HostWaits() as recorded:
+        logits, _ = model(wavs, wav_lens=torch.tensor([1.0, 0.9, 0.8, 0.7]))
+        logits.sum().backward()
+    assert recorded.waits == [("crab.encoders", "_encode_whisper")]  # the log-mel is computed there
 
 
 def test_classifying_a_batch_waits_for_the_finite_check_and_the_labels(tokenizer_dir):
