@@ -56,7 +56,7 @@ from crab.data import load_manifest, read_utterance_audio
 from crab.encoders import relative_to_absolute
 from crab.fileio import remove_temps, write_atomic
 from crab.locking import folder_lock
-from crab.masks import device_mask
+from crab.masks import device_mask, host_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -509,19 +509,22 @@ def _check_room(cache_dir, shard_bytes, shard_extent, rest_extent):
 
 @torch.no_grad()
 def _encode_batch(model, branches, utts, entries, max_duration, device):
-    """``{utt: {branch: (time, layers, dim) tensor}}`` for one batch."""
+    """``{utt: {branch: (time, layers, dim) tensor}}`` for one batch. Each branch's states come
+    to the host in one copy, cut there at the lengths its mask keeps on the host (reading a
+    length or copying a row from a GPU would wait for it, once per utterance)."""
     out = {utt: {} for utt in utts}
     for branch in branches:
         encoder = model.encoders[branch]
         if branch == "speech":
             wavs = [read_utterance_audio(u, entries[u]["wav"], max_duration) for u in utts]
             batch = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
-            lens = torch.tensor([len(w) / batch.shape[1] for w in wavs], device=device)
+            lens = torch.tensor([len(w) / batch.shape[1] for w in wavs])
             states, mask = encoder.states(batch, lens)
         else:
             states, mask = encoder.states([entries[u]["text"] for u in utts])
-        for i, utt in enumerate(utts):
-            out[utt][branch] = states[i, : int(mask[i].sum())].cpu()
+        states = states.cpu()
+        for utt, row, length in zip(utts, states, host_lengths(mask).tolist(), strict=True):
+            out[utt][branch] = row[:length].clone()  # not a view holding the whole batch
     return out
 
 

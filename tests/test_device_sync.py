@@ -19,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from crab.brain import CrabBrain
 from crab.encoders import SpeechEncoder
+from crab.features import _encode_batch
 from crab.inference import CrabClassifier, PackagedCrab
 from crab.model import Crab
 from crab.runconfig import load_hparams
@@ -198,3 +199,22 @@ def test_classifying_a_batch_waits_for_the_finite_check_and_the_labels(tokenizer
         )
     assert len(predicted) == BATCH
     assert recorded.waits == [("crab.model", "non_finite_rows"), ("crab.inference", "classify_batch")]
+
+
+def test_feature_extraction_copies_each_batch_to_the_host_once(tokenizer_dir, tmp_path, monkeypatch):
+    hparams = tiny_hparams(tokenizer_dir, tmp_path, freeze_speech_encoder=True, freeze_text_encoder=True)
+    model = hparams["model"].eval()
+    wavs = {f"utt{i}": 0.1 * torch.randn(8000 - 1000 * i) for i in range(BATCH)}
+    entries = {utt: {"wav": utt, "text": TEXTS[i]} for i, utt in enumerate(wavs)}
+    monkeypatch.setattr("crab.features.read_utterance_audio", lambda utt, path, max_duration: wavs[utt])
+
+    def shapes(device):
+        states = _encode_batch(model.to(device), ["speech", "text"], list(wavs), entries, None, device)
+        return {
+            utt: {branch: s.shape for branch, s in by_branch.items()} for utt, by_branch in states.items()
+        }
+
+    on_cpu = shapes("cpu")
+    with HostWaits() as recorded:
+        assert shapes("meta") == on_cpu  # each utterance cut at its own length
+    assert recorded.waits == [("crab.features", "_encode_batch")] * 2  # one per branch
