@@ -25,24 +25,33 @@ otherwise it is the mean of the local means.
 import torch
 import torch.distributed as dist
 
+from crab.masks import to_device
+
 
 def world_size():
     """Number of processes of the DDP run (1 without one)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def all_gather_rows(tensor):
+def gather_sizes(tensor):
+    """Every process's number of rows of ``tensor``, in rank order: one wait for the device
+    (each size read on its own would be one per process)."""
+    size = to_device(torch.tensor([tensor.shape[0]]), tensor.device)  # no wait to send it
+    sizes = [torch.empty_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    return torch.cat(sizes).tolist()
+
+
+def all_gather_rows(tensor, sizes=None):
     """Every process's ``tensor``, concatenated along dim 0 in rank order, and the
     offset of this process's rows. Sizes along dim 0 may differ between processes
-    (exchanged first; each tensor is padded to the largest, gathered, trimmed).
-    No gradient: see ``gather_batch``."""
+    (``sizes``, else exchanged first; each tensor is padded to the largest, gathered,
+    trimmed). No gradient: see ``gather_batch``."""
     world = world_size()
     if world == 1:
         return tensor, 0
-    size = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.empty_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    sizes = [int(s) for s in sizes]
+    if sizes is None:
+        sizes = gather_sizes(tensor)
     padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
     parts = [torch.empty_like(padded) for _ in range(world)]
@@ -56,24 +65,26 @@ class _GatherWithLocalGradient(torch.autograd.Function):
     gradient of the local rows (module docstring) and nothing to the others."""
 
     @staticmethod
-    def forward(ctx, local):
-        gathered, offset = all_gather_rows(local.detach())
+    def forward(ctx, local, sizes):
+        gathered, offset = all_gather_rows(local.detach(), sizes)
         ctx.rows = slice(offset, offset + local.shape[0])
         ctx.world = world_size()
         return gathered
 
     @staticmethod
     def backward(ctx, grad):
-        return grad[ctx.rows] * ctx.world
+        return grad[ctx.rows] * ctx.world, None
 
 
 def gather_batch(embeddings, labels):
     """``(embeddings, labels)`` of every process of a DDP run, in rank order, with
     gradients flowing to this process's embeddings only, scaled for DDP's
-    averaging (module docstring). Unchanged without a DDP run."""
+    averaging (module docstring). Unchanged without a DDP run. The sizes are
+    exchanged once for both (one row of each per utterance)."""
     if world_size() == 1:
         return embeddings, labels
-    return _GatherWithLocalGradient.apply(embeddings), all_gather_rows(labels)[0]
+    sizes = gather_sizes(embeddings)
+    return _GatherWithLocalGradient.apply(embeddings, sizes), all_gather_rows(labels, sizes)[0]
 
 
 def end_process_group():

@@ -13,10 +13,12 @@ import sys
 import pytest
 import speechbrain as sb
 import torch
+import torch.distributed as dist
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.encoder import CategoricalEncoder
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from crab import distributed
 from crab.brain import CrabBrain
 from crab.encoders import SpeechEncoder
 from crab.features import _encode_batch
@@ -119,6 +121,13 @@ def batch_of(model, cached=()):
     return PaddedBatch(items)
 
 
+def fake_two_processes(monkeypatch):
+    """This process as rank 0 of 2 whose all_gather gives every process this one's tensor."""
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "all_gather", lambda outputs, tensor: [out.copy_(tensor) for out in outputs])
+
+
 ONE_COPY = ("crab.brain", "compute_objectives")  # the loss parts and the finite check, to the host
 LOSS = ("speechbrain.core", "fit_batch")  # SpeechBrain's running average of the loss
 
@@ -151,6 +160,19 @@ def test_a_training_step_waits_for_the_device_once_before_its_backward_pass(name
     with HostWaits() as recorded:
         brain.fit_batch(batch_of(brain.modules.model, cached))
     assert recorded.waits == [ONE_COPY, LOSS]
+
+
+def test_a_contrastive_loss_over_every_process_exchanges_the_batch_sizes_once_per_leg(
+    tokenizer_dir, tmp_path, monkeypatch
+):
+    fake_two_processes(monkeypatch)
+    hparams = tiny_hparams(tokenizer_dir, tmp_path, gather_contrastive=True, leg_names=["fusion"])
+    brain = meta_brain(hparams)
+    brain.on_stage_start(sb.Stage.TRAIN, 1)
+    with HostWaits(fill=BATCH) as recorded:  # each process's size: BATCH rows
+        brain.fit_batch(batch_of(brain.modules.model))
+    sizes = ("crab.distributed", "gather_sizes")  # once for the leg's embeddings and the labels
+    assert recorded.waits == [sizes, ONE_COPY, LOSS]
 
 
 def test_an_evaluation_step_waits_for_the_finite_check_and_the_predictions(tokenizer_dir, tmp_path):
