@@ -235,6 +235,30 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     ]
 
 
+class Killed(BaseException):
+    """Stands in for a kill -9: nothing after the call that raises it runs."""
+
+
+def test_a_kill_once_the_new_model_is_recorded_leaves_none_of_the_old_transcripts(tmp_path, monkeypatch):
+    data_dir, _ = make_data_dir(tmp_path, n=2)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel(texts={0: "old", 1: "old"}).load)
+    run(data_dir, "model-a")
+    real_replace = os.replace
+
+    def killed_once_recorded(src, dst):
+        real_replace(src, dst)
+        if str(dst).endswith("text.asr.model"):
+            raise Killed
+
+    monkeypatch.setattr(os, "replace", killed_once_recorded)
+    with pytest.raises(Killed):
+        run(data_dir, "model-b", "--overwrite", "true")
+    monkeypatch.setattr(os, "replace", real_replace)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel(texts={0: "new", 1: "new"}).load)
+    run(data_dir, "model-b")  # run again, resuming: model-a's transcripts are not taken as model-b's
+    assert [line[1] for line in read_lines(data_dir / "text.asr")] == ["new", "new"]
+
+
 def test_a_full_disk_stops_naming_the_transcripts_and_the_rerun_goes_on(tmp_path, monkeypatch):
     data_dir, utts = make_data_dir(tmp_path, n=5)
     monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)

@@ -118,9 +118,12 @@ def main(argv=None):
         check_settings(out, settings)
     # a model that cannot be loaded (a typo) stops here, before anything is written
     transcriber = asr.load_transcriber(args) if todo else None  # through the module: tests patch it there
+    # drops a cut-off line, utterances no longer in wav.scp and, with --overwrite, every transcript:
+    # before the new record, so that a kill between them never leaves old transcripts recorded
+    # as the new model's or settings'
+    write_transcripts(out, done, wavs)
     if todo or reused or recorded_model(out + ".model") is None:  # else the record of what is there stays
         record_model(out, args.model, settings)
-    write_transcripts(out, done, wavs)  # drops a cut-off line and utterances no longer in wav.scp
     logger.info(
         "%s: %d utterances, %d already transcribed (%d of them in --reuse directories)",
         args.data_dir,
