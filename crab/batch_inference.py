@@ -404,6 +404,14 @@ class Results:
         """Atomically replace the file with the header and ``lines`` (temporary file, fsync, rename)."""
         write_text_atomic(self.path, self.header + "".join(lines))
 
+    def holds_lines(self):
+        """Whether the file has a line besides its header (and blank ones). A run killed after
+        making it and before recording its settings (``<out>.model``) left it without."""
+        if not os.path.isfile(self.path):
+            return False
+        with open(self.path, "rb") as f:
+            return any(line.strip() and line != self.header.encode("utf-8") for line in f)
+
 
 class Sources:
     """``<out>.sources``: the ``Source`` of each result, ``id size mtime_ns audio`` lines
@@ -992,7 +1000,8 @@ def classify_wav_scp(job):
     results = Results(job.out, fmt, info["classes"], job.text_mode, asr_model)
     sources = Sources(job.out + ".sources")
     with output_lock(job.out):
-        check_settings(job.out + ".model", settings, job.out, job.overwrite)
+        if results.holds_lines():  # else none of another model or other settings to keep apart
+            check_settings(job.out + ".model", settings, job.out, job.overwrite)
         kept, read_from = ({}, {}) if job.overwrite else (results.read(), sources.read())
         previous, redo, retext = resumed(job, utterances, kept, read_from, texts, results)
         for utt in redo + retext:

@@ -109,6 +109,21 @@ def test_resume_identity_covers_model_and_text_content(trained, data, tmp_path, 
 
 
 @pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
+def test_a_run_killed_before_recording_its_settings_resumes(trained, data, tmp_path, fmt):  # noqa: F811
+    """A run killed after making its results file (a tsv's header) and before writing
+    <out>.model left no result to keep apart from others: the same command goes on."""
+    model_dir = trained[2]
+    write_inputs(tmp_path, data)
+    out = tmp_path / f"r.{fmt}"
+    assert gold(model_dir, tmp_path, out) == 0
+    whole = out.read_text()
+    out.write_text(whole.splitlines(keepends=True)[0] if fmt == "tsv" else "")
+    (tmp_path / f"r.{fmt}.model").unlink()
+    assert gold(model_dir, tmp_path, out) == 0
+    assert out.read_text() == whole
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
 def test_a_result_whose_transcript_changed_is_redone(trained, data, tmp_path, fmt):  # noqa: F811
     """A transcript of --text corrected after a run: resuming redoes that utterance alone, and
     says so (the resume used to stop, --overwrite its only way on: everything classified again)."""
