@@ -1037,8 +1037,8 @@ def classify_wav_scp(job):
                 runner = classify_all(job, classifier, results, sources, todo, errors, texts)
                 done, failed, read_from = runner.done, failed + runner.failed, read_from | runner.read_from
             errors.close()
-        # the lines there before stay in place; this run's follow, in wav.scp order
-        order = list(kept) + [u.utt for u in utterances if u.utt in done]
+        # the lines there before stay in place, this run's follow; this wav.scp's in its order
+        order = in_wav_scp_order(list(kept) + [u.utt for u in utterances if u.utt in done], utterances)
         results.rewrite([kept[utt] if utt in kept else done[utt] for utt in order])
         sources.rewrite({utt: read_from[utt] for utt in order if utt in read_from})
     cut = len(longer.intersection(done))
@@ -1051,6 +1051,16 @@ def classify_wav_scp(job):
             " (their transcripts are of the whole audio)" if job.text_mode == "asr" else "",
         )
     return Tally(len(utterances) + len(failures), len(previous), len(done), failed, len(redo), len(retext))
+
+
+def in_wav_scp_order(slots, utterances):
+    """``slots`` (utterance ids) with those of ``utterances`` (a wav.scp's) sorted into wav.scp
+    order among the places they take, the others left where they are. An interrupted run
+    appended its results batch by batch, by length: resumed, it writes what an uninterrupted
+    run writes."""
+    rank = {u.utt: n for n, u in enumerate(utterances)}
+    ours = iter(sorted((utt for utt in slots if utt in rank), key=rank.__getitem__))
+    return [next(ours) if utt in rank else utt for utt in slots]
 
 
 def resumed(job, utterances, kept, read_from, texts, results):

@@ -15,11 +15,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from crab import asr
+from crab import asr, batch_inference
 from crab.batch_inference import InferenceJob, classify_wav_scp
 from tests.conftest import ROOT
 from tests.test_inference import cli, data, package, trained, write_inputs  # noqa: F401 - fixtures
-from tests.test_transcribe import FakeModel, make_data_dir, read_lines
+from tests.test_transcribe import FakeModel, Killed, make_data_dir, read_lines
 from tests.test_transcribe import run as run_transcribe
 
 
@@ -108,6 +108,30 @@ def test_resume_identity_covers_model_and_text_content(trained, data, tmp_path, 
     assert "missing or damaged" in gold(model_dir, tmp_path, out)
 
 
+def test_a_run_killed_mid_way_resumes_to_an_uninterrupted_runs_file(trained, data, tmp_path, monkeypatch):  # noqa: F811
+    """The results are appended batch by batch, by length; the run resumed after a kill puts
+    them in wav.scp order, as an uninterrupted run does (they used to stay first, by length)."""
+    write_inputs(tmp_path, data)
+    whole, out = tmp_path / "whole.tsv", tmp_path / "r.tsv"
+    assert gold(trained[2], tmp_path, whole, "--batch_size", "1") == 0
+    real_append, appended = batch_inference.append_lines, []
+
+    def killed_after_two_results(file, lines, sync=True):
+        real_append(file, lines, sync)
+        if file.name == str(out):
+            appended.append(lines)
+            if len(appended) == 2:
+                raise Killed
+
+    monkeypatch.setattr(batch_inference, "append_lines", killed_after_two_results)
+    with pytest.raises(Killed):
+        gold(trained[2], tmp_path, out, "--batch_size", "1")
+    monkeypatch.setattr(batch_inference, "append_lines", real_append)
+    assert gold(trained[2], tmp_path, out, "--batch_size", "1") == 0
+    assert out.read_text() == whole.read_text()
+    assert (tmp_path / "r.tsv.sources").read_text() == (tmp_path / "whole.tsv.sources").read_text()
+
+
 @pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
 def test_a_run_killed_before_recording_its_settings_resumes(trained, data, tmp_path, fmt):  # noqa: F811
     """A run killed after making its results file (a tsv's header) and before writing
@@ -154,8 +178,11 @@ def test_a_result_whose_transcript_changed_is_redone(trained, data, tmp_path, fm
         result.stderr
     )
     after = out.read_text().splitlines()
-    assert after[:-1] == [line for line in before if "angry today" not in line]  # the others kept in place
-    assert "good_a" in after[-1] and "I feel furious today" in after[-1]
+    redone = [n for n, line in enumerate(after) if "good_a" in line and "I feel furious today" in line]
+    assert redone == [n for n, line in enumerate(before) if "good_a" in line]  # in its wav.scp place
+    assert [line for n, line in enumerate(after) if n not in redone] == [  # the others kept
+        line for line in before if "angry today" not in line
+    ]
 
     # a change that cleaning undoes (an ESC, a double space) is the same transcript; a line gone
     # from --text leaves its result, as a result whose audio is gone
@@ -435,7 +462,7 @@ def test_a_result_whose_audio_changed_is_redone(trained, data, tmp_path, capsys,
     assert gold(model_dir, tmp_path, out) == 0
     assert "(1 now, 2 before); 1 redone: their audio changed" in capsys.readouterr().out
     again = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
-    assert list(again) == ["good_s", "stereo", "good_a"]
+    assert list(again) == ["good_a", "good_s", "stereo"]  # the redone result in its wav.scp place
     assert again["good_a"]["probs"] != first["good_a"]["probs"]
     assert again["stereo"] == first["stereo"]
 
@@ -448,7 +475,7 @@ def test_a_result_whose_audio_changed_is_redone(trained, data, tmp_path, capsys,
     stereo.write_bytes(b"not audio")
     assert gold(model_dir, tmp_path, out) == 0
     assert "(0 now, 2 before); 1 redone" in capsys.readouterr().out
-    assert [r["id"] for r in map(json.loads, out.read_text().splitlines())] == ["good_s", "good_a"]
+    assert [r["id"] for r in map(json.loads, out.read_text().splitlines())] == ["good_a", "good_s"]
 
     # results written without <out>.sources (an older crab-infer): kept, not checked, with a warning
     (tmp_path / "r.jsonl.sources").unlink()

@@ -21,7 +21,8 @@ every class probability, the transcript source and the transcript used.
 text_source text``) or ``jsonl`` (one JSON object a line); ``auto`` picks jsonl
 for an ``--out`` ending in .jsonl or .json, else tsv. Utterances are batched by
 length (longest first); the lines of a run are finally sorted in wav.scp order,
-after the lines already in ``--out``. The text column is the transcript cleaned
+after the lines already in ``--out`` (those of its wav.scp among them too: a resumed run
+writes the file an uninterrupted one writes). The text column is the transcript cleaned
 as data prep cleans it (``crab.dataprep.clean_transcript``: no control characters).
 The model hears the first ``max_duration`` seconds of each utterance (its
 hyperparams.yaml; as in training); the log's last lines say how many were longer.
