@@ -48,6 +48,19 @@ from crab.report import evaluated_checkpoint, git_commit
 logger = logging.getLogger(__name__)
 
 TEXT_SOURCES = ("gold", "asr", "unknown")
+# what a package holds at its top (foreign_class's loading may add __pycache__)
+PACKAGE_ENTRIES = {
+    METADATA,
+    CARD,
+    "model.ckpt",
+    "label_encoder.ckpt",
+    "class_weights.json",
+    "hyperparams.yaml",
+    "train_hyperparams.yaml",
+    "custom_interface.py",
+    "__pycache__",
+    *ENCODER_DIRS.values(),
+}
 INFERENCE_TEMPLATE = "templates/inference.yaml"  # in the crab package
 # the template's keys that are not training keys: packaging fills them
 PACKAGE_KEYS = ("train_text_source",)
@@ -360,12 +373,21 @@ def package(hparams, out, text_source="unknown", asr_model=None, arguments=None)
 
 def replace_package(new, out):
     """``crab.fileio.replace_dir`` of the package ``new`` into ``out``, the old one renamed
-    aside to ``out.old`` (where a kill between the two renames leaves it)."""
+    aside to ``out.old`` (where a kill between the two renames leaves it, or a kill while
+    removing it a part of it)."""
     old = out.rstrip("/") + ".old"
-    _refuse_other_folder(old)
+    if not _package_remains(old):
+        _refuse_other_folder(old)
     if os.path.exists(old):
         shutil.rmtree(old)
     replace_dir(new, out, old)
+
+
+def _package_remains(path):
+    """Whether ``path`` is a folder of a package's entries alone (``PACKAGE_ENTRIES``), its
+    metadata.json among them or not: the removal of an old package takes its files in no set
+    order, and a kill during it leaves any part of them."""
+    return os.path.isdir(path) and set(os.listdir(path)) <= PACKAGE_ENTRIES
 
 
 def _refuse_other_folder(path):

@@ -391,6 +391,30 @@ def test_package_is_renamed_over_the_old_one(trained, data, tmp_path, monkeypatc
     assert (model_dir / "model.ckpt").read_bytes() == before and not os.path.exists(f"{model_dir}.old")
 
 
+def test_a_package_killed_while_removing_the_old_one_is_packaged_again(trained, data, tmp_path, monkeypatch):  # noqa: F811
+    """A kill while the old package is removed (model.old, after the new one took its place)
+    leaves part of it, metadata.json gone or not: packaging again goes on (it used to stop,
+    taking model.old for a folder that is not a package)."""
+    _, _, _, run_dir = trained
+    model_dir = tmp_path / "model"
+    package(data, run_dir, model_dir)
+    before = (model_dir / "model.ckpt").read_bytes()
+    real_rmtree = shutil.rmtree
+
+    def killed_while_removing(path, *args, **kwargs):
+        if str(path).endswith("model.old"):
+            os.remove(os.path.join(path, "metadata.json"))
+            raise Killed
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", killed_while_removing)
+    with pytest.raises(Killed):
+        package(data, run_dir, model_dir)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    package(data, run_dir, model_dir)
+    assert (model_dir / "model.ckpt").read_bytes() == before and not os.path.exists(f"{model_dir}.old")
+
+
 def test_a_package_written_on_a_full_disk_is_an_error_naming_it(trained, data, tmp_path, monkeypatch):  # noqa: F811
     _, _, _, run_dir = trained
     model_dir = tmp_path / "model"
