@@ -5,19 +5,25 @@ Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no display, no
 global backend change), so they work on headless machines and inside training jobs.
 """
 
+import os
+
+import matplotlib as mpl
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from crab.fileio import write_atomic
 from crab.metrics import row_normalised
 
 LOW_RECALL = 0.2  # diagonal cells below this are marked (paper Fig. 2)
 
 
 def _save(fig, path, dpi=150):
+    """Write ``fig`` to ``path`` whole (``crab.fileio``), in the format its extension names."""
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    fmt = os.path.splitext(path)[1][1:] or mpl.rcParams["savefig.format"]  # not the temporary name's
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
     return path
 
 

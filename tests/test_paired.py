@@ -4,6 +4,7 @@ validation logs (crab.selection, crab.bin.choose_epochs), against hand-computed 
 import itertools
 import json
 import math
+import os
 
 import pytest
 
@@ -278,3 +279,35 @@ def test_choose_epochs_cli(tmp_path):
     assert out.read_text() == "3\n"  # means 0.40, 0.70, 0.75
     assert "| fold09_10/seed1 | 0.400 | 0.700 | 0.900 |" in table.read_text()
     assert "| mean | 0.400 | 0.700 | **0.750** |" in table.read_text()
+
+
+class Killed(BaseException):
+    """Stands in for a kill -9: nothing after the call that raises it runs."""
+
+
+def test_a_killed_comparison_or_choice_leaves_the_old_tables_and_figure_whole(tmp_path, monkeypatch):
+    """Tables and figures are written whole (crab.fileio): a kill while writing them leaves the old
+    ones, never a cut-off table read as the comparison."""
+    keys = [(f, s) for f in ("fold03_08", "fold09_10") for s in (1, 2)]
+    ce = summary(tmp_path / "ce.json", "ce_only", dict.fromkeys(keys, 0.8))
+    mlcs = summary(tmp_path / "mlcs.json", "mlcs", dict.fromkeys(keys, 0.9))
+    run = tmp_path / "mlcs" / "fold03_08" / "seed1"
+    run.mkdir(parents=True)
+    (run / "train_log.txt").write_text(LOG)
+    outputs = [tmp_path / name for name in ("paired.md", "paired.png", "chosen", "curves.md")]
+    for path in outputs:
+        path.write_text("old\n")
+
+    def killed(src, dst):
+        raise Killed
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(Killed):
+        paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--out", str(outputs[0])])
+    with pytest.raises(Killed):
+        paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--plot", str(outputs[1])])
+    with pytest.raises(Killed):
+        choose_epochs.main([str(run / "train_log.txt"), "--out", str(outputs[2])])
+    with pytest.raises(Killed):
+        choose_epochs.main([str(run / "train_log.txt"), "--table", str(outputs[3])])
+    assert [path.read_text() for path in outputs] == ["old\n"] * 4

@@ -11,6 +11,7 @@ import argparse
 import os
 
 from crab import cli
+from crab.fileio import write_text_atomic
 from crab.metrics import METRICS
 from crab.selection import best_epoch, curves_markdown, valid_curve
 
@@ -37,11 +38,9 @@ def main(argv=None):
     }
     table = curves_markdown(curves, args.metric, args.title)
     if args.table:
-        with open(args.table, "w", encoding="utf-8") as f:
-            f.write(table)
+        write_text_atomic(args.table, table)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(f"{best_epoch(curves)[0]}\n")
+        write_text_atomic(args.out, f"{best_epoch(curves)[0]}\n")
     print(table, end="")
 
 

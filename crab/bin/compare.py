@@ -20,6 +20,7 @@ import os
 
 from crab import cli
 from crab.embeddings import embedding_panels, scores_markdown
+from crab.fileio import write_text_atomic
 from crab.report import alpha_sweep, comparison_markdown, read_summary
 
 
@@ -69,8 +70,7 @@ def main(argv=None):
         text = scores_markdown(scores) + f"\n\n{args.projection.upper()} projections: {args.plot}\n"
     print(text)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
+        write_text_atomic(args.out, text)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ and, with ``--plot``, one scatter panel per method (baseline against method, dia
 import argparse
 
 from crab import cli
+from crab.fileio import write_text_atomic
 from crab.metrics import METRICS
 from crab.paired import (
     align,
@@ -106,8 +107,7 @@ def run(args):
         plot_paired(panels, args.plot, args.metric, baseline)
         text += f"\nFigure: {args.plot}\n"
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
+        write_text_atomic(args.out, text)
     print(text, end="")
 
 

@@ -56,6 +56,7 @@ from crab.asr import (
 )
 from crab.cli import str2bool
 from crab.datadir import read_table, read_transcripts
+from crab.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 LISTED = asr.LOGGED  # missing audio files logged one by one
@@ -138,8 +139,7 @@ def main(argv=None):
     write_transcripts(out, done, wavs)
     failed_file = out + ".failed"
     if failed:
-        with open(failed_file, "w", encoding="utf-8") as f:
-            f.writelines(f"{utt}\t{reason}\n" for utt, (_, reason) in failed.items())
+        write_text_atomic(failed_file, "".join(f"{utt}\t{reason}\n" for utt, (_, reason) in failed.items()))
     elif os.path.exists(failed_file):
         os.remove(failed_file)
     empty = [utt for utt in wavs if utt in done and not done[utt]]
