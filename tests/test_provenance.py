@@ -97,6 +97,30 @@ def test_manifest_records_the_asr_model_of_its_transcripts(asr_run):
     )
 
 
+class Killed(BaseException):
+    """Stands in for a kill -9: nothing after the call that raises it runs."""
+
+
+def test_a_manifest_killed_half_written_is_never_beside_another_ones_provenance(tmp_path, monkeypatch):
+    """Stage 3 run again on ASR transcripts, killed between the manifest and its provenance:
+    no manifest is left that its provenance says is of the gold transcripts (the next stage asks
+    for stage 3 again)."""
+    write_data_dirs(tmp_path / "corpus")
+    manifests(tmp_path / "corpus", tmp_path / "data")
+    manifest, real_replace = tmp_path / "data" / "train.json", os.replace
+
+    def killed_after_the_first(src, dst):
+        real_replace(src, dst)
+        if str(dst).startswith(str(manifest)):
+            raise Killed
+
+    monkeypatch.setattr(os, "replace", killed_after_the_first)
+    with pytest.raises(Killed):
+        manifests(tmp_path / "corpus", tmp_path / "data", "--text_source", "asr")
+    if manifest.exists():
+        assert json.loads((tmp_path / "data" / "train.json.provenance").read_text())["text_source"] == "asr"
+
+
 def test_training_info_and_results_record_the_asr_model(asr_run):
     _, run = asr_run
     assert json.loads((run / "text_source.json").read_text())["asr_model"] == ASR_MODEL

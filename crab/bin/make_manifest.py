@@ -18,7 +18,9 @@ without one gets a warning (its scores leave the class out, ``crab.metrics``).
 
 Beside the manifest ``M``, ``M.provenance`` (JSON) records the text source, the ASR
 model of ``text.asr`` (from ``text.asr.model``, written by ``crab.bin.transcribe``)
-and the data directory: training copies it into the run folder (``crab.provenance``).
+and the data directory: training copies it into the run folder (``crab.provenance``). The old
+manifest is removed before it is written, and the new one written after it: a run killed
+between them leaves no manifest, never one beside the record of another.
 ``M.skipped`` lists the utterances that ``--policy skip`` left out (``utt``, ``kind``,
 ``message``, tab-separated, with a header; ``crab.dataprep.write_skipped``); the log names
 the first 10. It is written before the manifest (so it is there when stage 3 then stops
@@ -134,8 +136,12 @@ def main(argv=None):
     if not kept:
         sys.exit(f"ERROR: {where}: no usable utterances")
     check_classes(kept, entries, classes, args)
-    write_manifest(kept, args.out, args.data_root)
+    # the old manifest goes first, the new one comes last: a kill between leaves none (the
+    # next stage asks for stage 3), never a manifest beside the provenance of another
+    if os.path.lexists(args.out):
+        os.remove(args.out)
     write_manifest_provenance(args.out, args.data_dir, args.text_source, require_text, args.text_only)
+    write_manifest(kept, args.out, args.data_root)
     if args.fold:
         print(f"fold {args.fold}:")
     print(count_table({name: kept}, classes))
