@@ -5,7 +5,8 @@ or on a file (``crab-infer``'s results).
 of a ``with`` block and writes who holds it (pid, host, start time, command) into the
 file. The operating system releases the lock when the process ends, however it ends
 (``kill -9`` included), so no stale lock is ever left to remove by hand; the file
-itself stays, with the last holder's line, and means nothing once unlocked.
+itself stays, emptied on release (a killed holder's line stays, and means nothing once
+unlocked): a line found in a locked file is then its holder's, once written.
 ``file_lock(path, ...)`` is the same on a lock file of the caller's choosing.
 
 flock is advisory and per open file: it excludes other processes on the same host,
@@ -17,6 +18,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shlex
 import socket
 import sys
@@ -53,13 +55,12 @@ def file_lock(path, busy, error=FolderLockedError, wait=False):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-            holder = holder or "a process that has not yet written its pid"
+            holder = _holder(fd)
             if not wait:
                 raise error(busy(holder)) from None
             logger.info("Waiting for %s, held by %s", path, holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
+        os.ftruncate(fd, 0)  # a killed holder's line
         command = shlex.join([sys.executable, *sys.argv]).replace("\n", "\\n")  # one line
         line = (
             f"pid {os.getpid()} on {socket.gethostname()} since "
@@ -69,9 +70,42 @@ def file_lock(path, busy, error=FolderLockedError, wait=False):
             os.pwrite(fd, line.encode("utf-8", "replace"), 0)
         except OSError as err:  # a full disk: said here, before the holder starts its work
             raise WriteError.of(path, err) from err
-        yield path
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(OSError):  # emptied: the next holder's line is the only one
+                os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the lock
+
+
+HOLDER_WAIT_S = 1.0  # how long a holder may take to write its line once it has the lock
+
+
+def _holder(fd):
+    """The line the holder of the lock on ``fd`` wrote. The holder writes it just after taking
+    the lock: until then the file is empty, or holds the line of a holder that was killed; so
+    such a line is read again for up to ``HOLDER_WAIT_S``."""
+    deadline = time.monotonic() + HOLDER_WAIT_S
+    while True:
+        line = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        if (line and not _ended(line)) or time.monotonic() > deadline:
+            return line or "a process that has not yet written its pid"
+        time.sleep(0.02)
+
+
+def _ended(line):
+    """Whether the process a holder's ``line`` names ran on this host and has ended."""
+    found = re.match(r"pid (\d+) on (\S+) since ", line)
+    if not found or found[2] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(found[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's: it runs
+        pass
+    return False
 
 
 @contextlib.contextmanager

@@ -173,3 +173,30 @@ def test_a_lock_in_a_folder_that_cannot_be_written_is_a_write_error_naming_it(tm
         with pytest.raises(UserError, match=rf"^cannot write {folder}/\.lock \("):
             with folder_lock(str(folder), "training run"):
                 pass
+
+
+SLOW_HOLDER = (  # takes the lock, then is slow to replace a killed holder's line with its own
+    "import os, sys, time\nfrom crab.locking import folder_lock\nreal = os.ftruncate\n"
+    "def slow(fd, size):\n    print('locked', flush=True)\n    time.sleep(0.5)\n    real(fd, size)\n"
+    "os.ftruncate = slow\nwith folder_lock(sys.argv[1], 'training run'):\n    time.sleep(120)\n"
+)
+
+
+def test_a_lock_just_taken_is_said_to_be_its_new_holders(tmp_path):
+    """The second of two trainings started together names the process that holds the lock,
+    not one killed while it held it (its line still in the file), nor 'no pid yet'."""
+    killed = hold(tmp_path)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert f"pid {killed.pid} " in (tmp_path / ".lock").read_text()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", SLOW_HOLDER, str(tmp_path)], env=ENV, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(FolderLockedError, match=f"in use by another process \\(pid {holder.pid} on "):
+            with folder_lock(tmp_path, "training run"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()

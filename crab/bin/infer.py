@@ -70,7 +70,7 @@ One run at a time writes an ``--out``: a run holds ``<out>.lock`` throughout, an
 a second run with the same ``--out`` stops at once, naming the process that holds
 it (runs in parallel need one ``--out`` each; to collect the results of several
 wav.scp files in one, run them one after the other). The lock file stays after the
-run, holding the last run's pid: the lock is ``flock`` on it, released when that
+run, emptied: the lock is ``flock`` on it, released when that
 process ends (``crab.locking``), and a file removed at exit could let two runs hold
 it at once. The model is loaded before
 anything is written: a missing or damaged model leaves no results behind.
