@@ -17,7 +17,8 @@ import os
 from collections import namedtuple
 
 from crab.dataprep import DataPrepError, clean_transcript, decode, is_piped
-from crab.fileio import commit, make_dirs, stage, write_text_atomic
+from crab.fileio import WriteError, commit, make_dirs, stage, write_text_atomic
+from crab.locking import folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ TEXT_FILES = {"gold": "text", "asr": "text.asr"}
 NO_SPEAKER = "no speaker: give it one (an unknown speaker is, as in Kaldi, the utterance id itself)"
 NO_VALUE = {"utt2spk": NO_SPEAKER}  # the tables whose values may not be empty, and the error
 WRITING = ".writing"  # in a data directory while write_data_dir replaces its tables
+DATA_DIR = "data directory"  # what folder_lock calls it in messages
 
 
 def table_lines(path):
@@ -103,6 +105,8 @@ def read_data_dir(data_dir, text_source="gold", text_only=False):
             f"manifest lists one audio file per utterance: cut them first (python -m "
             f"crab.bin.cut_segments --data_dir {data_dir} --out_dir DIR) and prepare DIR"
         )
+    if os.path.exists(os.path.join(data_dir, WRITING)):
+        _wait_for_writer(data_dir)
     if os.path.exists(os.path.join(data_dir, WRITING)):
         raise DataPrepError(
             f"{data_dir}: data prep stopped while writing its tables ({WRITING} is there), which may "
@@ -224,7 +228,8 @@ def read_transcripts(path):
 def write_data_dir(out_dir, tables):
     """Write the Kaldi tables ``{name: {utt: value}}`` into ``out_dir``: one ``utt value``
     line per utterance, sorted by utterance id, UTF-8 (an empty value gives ``utt``).
-    A table given as None is absent: an old file of that name is removed.
+    A table given as None is absent: an old file of that name is removed. Two writers of
+    one directory at once (two experiments' stage 1) take turns: ``out_dir/.lock``.
 
     A kill leaves the old tables or a directory that ``read_data_dir`` refuses: every
     table is written to a temporary file first, and only once all are on disk are the
@@ -237,6 +242,12 @@ def write_data_dir(out_dir, tables):
         if rows is not None:
             _check_table(os.path.join(out_dir, name), rows)
     make_dirs(out_dir)
+    with folder_lock(out_dir, DATA_DIR, wait=True):
+        _replace_tables(out_dir, tables)
+
+
+def _replace_tables(out_dir, tables):
+    """``write_data_dir``'s writes, under its lock."""
     staged = stage(
         (os.path.join(out_dir, name), functools.partial(_write_table, rows))
         for name, rows in tables.items()
@@ -249,6 +260,17 @@ def write_data_dir(out_dir, tables):
             os.remove(os.path.join(out_dir, name))
     commit(staged)  # the removals are flushed to disk with the renames
     os.remove(marker)
+
+
+def _wait_for_writer(data_dir):
+    """Wait for a ``write_data_dir`` of ``data_dir`` still running in another process (stage 1 of
+    another experiment); one that was killed leaves its marker, which the caller refuses. A folder
+    that cannot be locked (read-only) has no writer."""
+    try:
+        with folder_lock(data_dir, DATA_DIR, wait=True):
+            pass
+    except WriteError:
+        pass
 
 
 def _check_table(path, rows):

@@ -58,7 +58,8 @@ def file_lock(path, busy, error=FolderLockedError, wait=False):
             holder = _holder(fd)
             if not wait:
                 raise error(busy(holder)) from None
-            logger.info("Waiting for %s, held by %s", path, holder)
+            # a warning: said also by tools that configure no logging (Python's last resort)
+            logger.warning("Waiting for %s, held by %s", path, holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)  # a killed holder's line
         command = shlex.join([sys.executable, *sys.argv]).replace("\n", "\\n")  # one line

@@ -1,7 +1,12 @@
 """Shared fixtures: tiny random-init encoders from the mini recipe's configs."""
 
+import contextlib
 import os
 import shutil
+import subprocess
+import sys
+import threading
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 # One thread per process keeps the tiny-model timings steady when the cores are shared.
@@ -43,6 +48,52 @@ def pytest_configure(config):
             f"Missing system tool(s) on PATH: {', '.join(missing)}. Run tools/install.sh to install them.",
             returncode=pytest.ExitCode.USAGE_ERROR,
         )
+
+
+HOLD_LOCK = (
+    "import sys, time\nfrom crab.locking import file_lock\n"
+    "with file_lock(sys.argv[1], str):\n    print('held', flush=True)\n    time.sleep(120)\n"
+)
+
+
+@contextlib.contextmanager
+def waiting_for_lock(lock, call, caplog):
+    """Inside the block, ``call()`` runs in a thread while another process holds the lock file
+    ``lock`` (``crab.locking.file_lock``), and waits for it, having logged so with that process's
+    pid. At the block's end that process is killed (its lock goes with it) and ``call`` finishes:
+    the dict yielded then holds what it returned, ``"result"``."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock)],
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    done = {}
+
+    def run():
+        try:
+            done["result"] = call()
+        except BaseException as err:  # noqa: BLE001 - raised again by the test's thread
+            done["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        thread.start()
+        while thread.is_alive() and f"Waiting for {lock}" not in caplog.text:
+            time.sleep(0.05)
+        if "error" in done:
+            raise done["error"]
+        assert thread.is_alive(), f"it did not wait for the process holding {lock}"
+        assert f"held by pid {holder.pid} on " in caplog.text
+        yield done
+    finally:
+        holder.kill()
+        holder.wait()
+    thread.join(120)
+    assert not thread.is_alive()
+    if "error" in done:
+        raise done["error"]
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 from crab.bin import make_manifest
 from crab.data import load_manifest
 from crab.datadir import (
+    WRITING,
     check_fold,
     parse_wav_scp,
     read_data_dir,
@@ -19,7 +20,7 @@ from crab.datadir import (
     write_data_dir,
 )
 from crab.dataprep import DataPrepError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, waiting_for_lock
 
 OLD = {"wav.scp": {"a": "/db/a.wav", "b": "/db/b.wav"}, "utt2spk": {"a": "s1", "b": "s2"}}
 OLD_TABLES = {**OLD, "utt2emo": {"a": "sad", "b": "happy"}, "text": {"a": "one", "b": "two"}}
@@ -44,7 +45,8 @@ def test_writer_sorts_by_utterance_and_removes_an_absent_table(tmp_path):
     assert (tmp_path / "utt2spk").read_text(encoding="utf-8") == "a s1\nb s2\n"
     assert not (tmp_path / "wav.scp").exists()
     assert read_table(str(tmp_path / "text")) == {"a": "", "b": "two words"}
-    assert sorted(os.listdir(tmp_path)) == ["text", "utt2spk"]  # no temporary file, no marker
+    # no temporary file, no marker; the writers' lock (crab.locking) stays, unlocked
+    assert sorted(os.listdir(tmp_path)) == [".lock", "text", "utt2spk"]
 
 
 @pytest.mark.parametrize(
@@ -100,6 +102,25 @@ def test_a_writer_killed_among_its_renames_leaves_a_directory_stage_3_refuses(tm
         read_data_dir(str(tmp_path))
     write_data_dir(tmp_path, NEW_TABLES)  # run again
     assert read_data_dir(str(tmp_path))["c"]["emo"] == "sad"
+
+
+def test_two_writers_of_a_data_directory_take_turns(tmp_path, caplog):
+    """Stage 1 of two experiments at once: the second waits for the first (which would
+    otherwise remove the other's marker under it), then writes."""
+    write_data_dir(tmp_path, OLD_TABLES)
+    with waiting_for_lock(tmp_path / ".lock", lambda: write_data_dir(tmp_path, NEW_TABLES), caplog):
+        assert list(read_data_dir(str(tmp_path))) == ["a", "b"]  # not yet written
+    assert list(read_data_dir(str(tmp_path))) == ["a", "c"]
+
+
+def test_stage_3_waits_for_a_writer_of_its_data_directory_still_running(tmp_path, caplog):
+    """A marker of a writer that runs (it holds the lock) is waited for, not taken for a killed one's."""
+    write_data_dir(tmp_path, OLD_TABLES)
+    marker = tmp_path / WRITING
+    marker.write_text("")
+    with waiting_for_lock(tmp_path / ".lock", lambda: read_data_dir(str(tmp_path)), caplog) as read:
+        marker.unlink()  # the writer is done
+    assert list(read["result"]) == ["a", "b"]
 
 
 @pytest.mark.parametrize(
