@@ -8,6 +8,7 @@ transcript is non-empty; the CTC model is a tiny wav2vec 2.0 with a letter vocab
 import errno
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from crab import asr
 from crab.bin import transcribe
 from crab.datadir import read_data_dir
 from crab.dataprep import validate
+from tests.conftest import waiting_for_lock
 
 SPECIAL = [
     "<|endoftext|>",
@@ -289,6 +291,23 @@ def test_finished_dir_does_not_load_the_model(tmp_path, monkeypatch):
     monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
     run(data_dir, "fake")
     assert (data_dir / "text.asr").read_text() == before
+
+
+def test_a_second_run_on_a_data_dir_waits_and_takes_the_firsts_transcripts(tmp_path, monkeypatch, caplog):
+    """Stage 2 of two experiments at once: the second waits for the first, then finds the
+    transcripts made instead of making them again."""
+    data_dir, _ = make_data_dir(tmp_path, n=2)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
+    with waiting_for_lock(data_dir / ".lock", lambda: run(data_dir, "fake"), caplog):
+        assert sorted(p.name for p in data_dir.iterdir()) == [".lock", "wav.scp"]  # nothing begun
+        first = tmp_path / "first"  # what the first run writes, made beside
+        first.mkdir()
+        shutil.copy(data_dir / "wav.scp", first)
+        run(first, "fake")
+        for name in ("text.asr", "text.asr.model", "text.asr.settings"):
+            shutil.copy(first / name, data_dir)
+        monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("transcribed again"))
+    assert (data_dir / "text.asr").read_text() == (first / "text.asr").read_text()
 
 
 def test_utterances_of_other_folds_are_taken_from_their_transcripts(tmp_path, monkeypatch):

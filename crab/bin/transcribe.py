@@ -36,6 +36,8 @@ the exit status is 1 when the model failed on any. The log names the first 10 mi
 files, and the first 10 other failures and audio too short, and counts the rest. A line
 of ``text.asr`` cut inside a UTF-8 character by an interruption is dropped (the last line,
 with a warning) or reported with its line number (a damaged line before the last).
+One run at a time writes a data directory (``<data_dir>/.lock``, as data prep's
+``write_data_dir``): a second one, of another experiment, waits for it, saying so.
 """
 
 import argparse
@@ -55,8 +57,9 @@ from crab.asr import (
     write_transcripts,
 )
 from crab.cli import str2bool
-from crab.datadir import read_table, read_transcripts
+from crab.datadir import DATA_DIR, read_table, read_transcripts
 from crab.fileio import write_text_atomic
+from crab.locking import folder_lock
 
 logger = logging.getLogger(__name__)
 LISTED = asr.LOGGED  # missing audio files logged one by one
@@ -95,8 +98,16 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    wavs = read_table(os.path.join(args.data_dir, "wav.scp"))  # a missing one: said before locking
+    # stage 2 of another experiment on this data directory waits, then finds the transcripts
+    # made rather than making them again (and its appends are never lost to the other's rename)
+    with folder_lock(args.data_dir, DATA_DIR, wait=True):
+        transcribe_data_dir(args, wavs)
+
+
+def transcribe_data_dir(args, wavs):
+    """``main``'s work, under the data directory's lock: transcribe ``wavs`` into text.asr."""
     out = os.path.join(args.data_dir, "text.asr")
-    wavs = read_table(os.path.join(args.data_dir, "wav.scp"))
     settings = decoding_settings(args)
     check_model(out, args.model, args.overwrite)
     done = {} if args.overwrite else read_transcripts(out)
