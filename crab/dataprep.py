@@ -25,6 +25,7 @@ import soundfile as sf
 
 from crab.cli import UserError
 from crab.fileio import make_dirs, write_text_atomic
+from crab.locking import beside_lock
 
 logger = logging.getLogger(__name__)
 
@@ -190,21 +191,29 @@ class PeakCache:
     by path with the size and modification time each had: stage 3 reads a file's samples once
     however many folds, splits and reruns list it, and again only once the file has changed
     (its size or time: a file rewritten in place with both kept, as ``rsync -a`` of the same
-    audio does, is taken as unchanged). An unreadable cache is read as empty, with a warning."""
+    audio does, is taken as unchanged). An unreadable cache is read as empty, with a warning.
+
+    Stage 3 of several folds or experiments at once shares the file: ``save`` adds this
+    process's peaks to what the file holds then, under a lock on it, so that none is lost."""
 
     VERSION = 1  # of what a peak is (scan_samples): a new one drops the old entries
 
     def __init__(self, path):
-        self.path, self.entries, self.changed = os.fspath(path), {}, False
+        self.path, self.scanned = os.fspath(path), {}
+        self.entries = self._read("every audio file is read again")
+
+    def _read(self, then):
+        """The entries of the file (none when it is not there, or unreadable: said, with ``then``)."""
         try:
             with open(self.path, encoding="utf-8") as f:
                 saved = json.load(f)
             if saved.get("version") == self.VERSION:
-                self.entries = dict(saved["files"])
+                return dict(saved["files"])
         except FileNotFoundError:
             pass
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
-            logger.warning("%s unreadable (%s): every audio file is read again", self.path, err)
+            logger.warning("%s unreadable (%s): %s", self.path, err, then)
+        return {}
 
     def peak(self, wav):
         """``scan_samples(wav)``, from the cache while the file is as it was."""
@@ -214,15 +223,17 @@ class PeakCache:
         if isinstance(entry, list) and entry[:2] == stamp:
             return float("nan") if entry[2] is None else entry[2]
         peak = scan_samples(wav)
-        self.entries[key] = stamp + [peak if math.isfinite(peak) else None]
-        self.changed = True
+        self.entries[key] = self.scanned[key] = stamp + [peak if math.isfinite(peak) else None]
         return peak
 
     def save(self):
-        if self.changed:
+        """Add the peaks read since the last save to the file (made when missing)."""
+        if self.scanned:
             make_dirs(os.path.dirname(os.path.abspath(self.path)))
-            write_text_atomic(self.path, json.dumps({"version": self.VERSION, "files": self.entries}))
-            self.changed = False
+            with beside_lock(self.path, "audio peak cache", wait=True):
+                self.entries = {**self._read("it is written again"), **self.scanned}
+                write_text_atomic(self.path, json.dumps({"version": self.VERSION, "files": self.entries}))
+            self.scanned = {}
 
 
 def frame_blocks(sound_file, frames, dtype, block=1 << 20):

@@ -7,7 +7,9 @@ file. The operating system releases the lock when the process ends, however it e
 (``kill -9`` included), so no stale lock is ever left to remove by hand; the file
 itself stays, emptied on release (a killed holder's line stays, and means nothing once
 unlocked): a line found in a locked file is then its holder's, once written.
-``file_lock(path, ...)`` is the same on a lock file of the caller's choosing.
+``file_lock(path, ...)`` is the same on a lock file of the caller's choosing, and
+``beside_lock(path)`` on ``<path>.lock``, for a file or folder that is replaced whole (a
+lock inside a folder would be replaced with it).
 
 flock is advisory and per open file: it excludes other processes on the same host,
 and on network file systems where the kernel maps it to a byte-range lock (NFS v4,
@@ -127,3 +129,26 @@ def folder_lock(folder, what, wait=False):
 
     with file_lock(path, busy, wait=wait):
         yield path
+
+
+@contextlib.contextmanager
+def beside_lock(path, what, wait=False):
+    """Hold ``<path>.lock`` inside the block: for a file or folder ``path`` that is replaced
+    whole (a tokenizer, a package, a cache file read and written again), whose writers would
+    otherwise interleave their renames or lose each other's entries.
+
+    ``what`` says what ``path`` is, for messages. Held by another process: ``wait`` blocks
+    until it is released (logging who holds it), otherwise a ``FolderLockedError`` says who
+    holds it, at once.
+    """
+    path = os.path.normpath(path)
+    lock = path + ".lock"
+
+    def busy(holder):
+        return (
+            f"{what} {path} is being written by another process ({holder}): wait for it to end, "
+            f"or write another one (lock: {lock})"
+        )
+
+    with file_lock(lock, busy, wait=wait):
+        yield lock

@@ -21,6 +21,7 @@ from crab.dataprep import (
     write_manifest,
     write_skipped,
 )
+from tests.conftest import waiting_for_lock
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
 
@@ -72,6 +73,23 @@ def test_the_peak_cache_reads_each_file_once_until_it_changes(tmp_path, monkeypa
     cache.write_text("{not json")
     read.clear()
     assert checked() == [] and sorted(read) == ["good.wav", "loud.wav", "nan.wav"]
+
+
+def test_two_stage_3s_at_once_keep_each_others_peaks(tmp_path, caplog):
+    """Two folds' (or experiments') stage 3 read the cache, then each saves what it read: the
+    second save adds to the first's instead of replacing it, and waits for a save under way."""
+    cache = tmp_path / "audio_peaks.json"
+    one, other = PeakCache(cache), PeakCache(cache)  # both read it empty
+    one.peak(write_wav(tmp_path / "one.wav", 1600))
+    other.peak(write_wav(tmp_path / "other.wav", 1600, seed=1))
+    one.save()
+    with waiting_for_lock(f"{cache}.lock", other.save, caplog):
+        assert len(json.loads(cache.read_text())["files"]) == 1  # not yet written
+    assert sorted(os.path.basename(f) for f in json.loads(cache.read_text())["files"]) == [
+        "one.wav",
+        "other.wav",
+    ]
+    assert PeakCache(cache).entries == other.entries
 
 
 # ---------------------------------------------------------------- check_utterance
