@@ -14,6 +14,7 @@ from transformers import RobertaTokenizerFast
 from crab import cli
 from crab.data import load_manifest
 from crab.fileio import fsync, make_dirs, replace_dir, temp_path
+from crab.locking import beside_lock
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0-4
 # Byte-level BPE keeps all 256 byte tokens whatever vocab_size asks for.
@@ -34,7 +35,14 @@ def build_bpe_tokenizer(texts, out_dir, vocab_size=1000, model_max_length=128):
     Its files are written into a hidden folder beside ``out_dir``, renamed into place once all
     are on disk: a build that fails (a full disk, a quota) leaves the old tokenizer whole, not
     its files mixed with cut-off new ones that would load as another tokenizer. An ``out_dir``
-    holding other files is refused: the rebuild replaces the folder whole."""
+    holding other files is refused: the rebuild replaces the folder whole. Two builds of one
+    ``out_dir`` at once (stage 3 of two experiments) take turns: ``<out_dir>.lock``."""
+    with beside_lock(out_dir, "tokenizer", wait=True):
+        return _build(texts, out_dir, vocab_size, model_max_length)
+
+
+def _build(texts, out_dir, vocab_size, model_max_length):
+    """``build_bpe_tokenizer``'s work, under its lock."""
     others = sorted(set(os.listdir(out_dir)) - TOKENIZER_FILES) if os.path.isdir(out_dir) else []
     if others:
         raise cli.UserError(

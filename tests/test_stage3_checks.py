@@ -2,6 +2,7 @@
 tokenizer the text encoder can embed, counts that show every label."""
 
 import errno
+import functools
 import json
 import os
 
@@ -13,6 +14,7 @@ from crab.cli import UserError
 from crab.dataprep import count_table
 from crab.encoders import TextEncoder
 from crab.losses import class_weights
+from tests.conftest import waiting_for_lock
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
 
@@ -142,7 +144,22 @@ def test_a_tokenizer_rebuilt_on_a_full_disk_is_left_as_it_was(tmp_path, monkeypa
     with pytest.raises(UserError, match=f"cannot build the tokenizer {out} .*No space left on device"):
         crab_tokenizer.build_bpe_tokenizer(["other words", "of another fold"] * 3, str(out), 300)
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
-    assert os.listdir(tmp_path) == ["tokenizer"]
+    assert sorted(os.listdir(tmp_path)) == ["tokenizer", "tokenizer.lock"]  # the lock: unlocked
+
+
+def test_two_builds_of_one_tokenizer_take_turns(tmp_path, caplog):
+    """Stage 3 of two experiments at once: the second build waits for the first (whose renames
+    it would otherwise cross: one of them failing, the old tokenizer left in a hidden folder)."""
+    out = tmp_path / "tokenizer"
+    texts = ["I feel angry today", "so sad right now"] * 3
+    crab_tokenizer.build_bpe_tokenizer(texts, str(out), 300)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    build = functools.partial(crab_tokenizer.build_bpe_tokenizer, texts, str(out), 300)
+    with waiting_for_lock(f"{out}.lock", build, caplog):
+        assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+        assert sorted(os.listdir(tmp_path)) == ["tokenizer", "tokenizer.lock"]  # nothing begun
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before  # the same texts
+    assert sorted(os.listdir(tmp_path)) == ["tokenizer", "tokenizer.lock"]
 
 
 def test_a_tokenizer_is_not_built_into_a_folder_of_other_files(tmp_path):
