@@ -41,6 +41,7 @@ from crab.data import label_encoder
 from crab.encoders import waveform_normalization_mode
 from crab.fileio import is_write_failure, make_dirs, replace_dir
 from crab.inference import ENCODER_DIRS, METADATA, CrabClassifier, load_weights, package_files
+from crab.locking import beside_lock
 from crab.metrics import METRICS
 from crab.model_card import CARD, model_card, run_name
 from crab.report import evaluated_checkpoint, git_commit
@@ -278,7 +279,14 @@ def test_scores(output_folder, checkpoint):
 
 def package(hparams, out, text_source="unknown", asr_model=None, arguments=None):
     """Write the package of the run ``hparams`` describes to ``out`` (its training ``arguments``
-    recorded); returns metadata."""
+    recorded); returns metadata. Two packagings of one ``out`` at once (stage 8 run twice) take
+    turns, ``<out>.lock``: they share ``out.tmp`` and ``out.old``."""
+    with beside_lock(out, "package", wait=True):
+        return _package(hparams, out, text_source, asr_model, arguments)
+
+
+def _package(hparams, out, text_source, asr_model, arguments):
+    """``package``'s work, under its lock."""
     metric = hparams["ckpt_metric"]
     checkpoint = hparams["checkpointer"].find_checkpoint(max_key=metric)
     if checkpoint is None:

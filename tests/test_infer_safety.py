@@ -17,7 +17,7 @@ import torch
 
 from crab import asr, batch_inference
 from crab.batch_inference import InferenceJob, classify_wav_scp
-from tests.conftest import ROOT
+from tests.conftest import ROOT, waiting_for_lock
 from tests.test_inference import cli, data, package, trained, write_inputs  # noqa: F401 - fixtures
 from tests.test_transcribe import FakeModel, Killed, make_data_dir, read_lines
 from tests.test_transcribe import run as run_transcribe
@@ -415,6 +415,17 @@ def test_a_package_killed_while_removing_the_old_one_is_packaged_again(trained, 
     assert (model_dir / "model.ckpt").read_bytes() == before and not os.path.exists(f"{model_dir}.old")
 
 
+def test_two_packagings_of_one_model_take_turns(trained, data, tmp_path, caplog):  # noqa: F811
+    """Stage 8 run twice at once: the second waits for the first (they share model.tmp, which
+    it would otherwise remove under the first), then writes the package again."""
+    _, _, _, run_dir = trained
+    model_dir = tmp_path / "model"
+    with waiting_for_lock(f"{model_dir}.lock", lambda: package(data, run_dir, model_dir), caplog):
+        assert sorted(os.listdir(tmp_path)) == ["model.lock"]  # nothing begun
+    assert (model_dir / "metadata.json").is_file()
+    assert sorted(os.listdir(tmp_path)) == ["model", "model.lock"]
+
+
 def test_a_package_written_on_a_full_disk_is_an_error_naming_it(trained, data, tmp_path, monkeypatch):  # noqa: F811
     _, _, _, run_dir = trained
     model_dir = tmp_path / "model"
@@ -433,14 +444,15 @@ def test_a_package_written_on_a_full_disk_is_an_error_naming_it(trained, data, t
     with pytest.raises(SystemExit, match=f"cannot write the package {model_dir} .*a full disk or quota"):
         package(data, run_dir, model_dir)
     assert (model_dir / "model.ckpt").read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["model"]  # no partial package left taking the space
+    # no partial package left taking the space (the lock stays, unlocked)
+    assert sorted(os.listdir(tmp_path)) == ["model", "model.lock"]
     # an error that is not a refused write is its own, with its traceback
     monkeypatch.setattr(
         torch, "save", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("CUDA error"))
     )
     with pytest.raises(RuntimeError, match="^CUDA error"):
         package(data, run_dir, model_dir)
-    assert sorted(os.listdir(tmp_path)) == ["model"]
+    assert sorted(os.listdir(tmp_path)) == ["model", "model.lock"]
 
 
 # ---------------------------------------------------------------- G: one run per --out, redone audio
