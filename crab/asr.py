@@ -39,6 +39,9 @@ def write_transcripts(path, transcripts, order):
 
 
 DECODING = ("backend", "language", "task", "num_beams", "max_new_tokens")  # crab.bin.transcribe's options
+# the settings record's count of transcripts of unknown settings: made before stage 2 kept a record,
+# then added to with the settings recorded beside it
+UNRECORDED = "unrecorded_transcripts"
 
 
 def decoding_settings(args):
@@ -61,6 +64,8 @@ def check_settings(out, settings):
     """Stop when transcripts are to be added to ``out`` that its recorded decoding settings
     (``decoding_settings``; none recorded: made before they were, not checked) differ from."""
     before = recorded_settings(out)
+    if before is not None:
+        before = {key: value for key, value in before.items() if key != UNRECORDED}
     if before is not None and before != settings:
         differ = ", ".join(
             f"{key} {before.get(key)!r} then, {settings.get(key)!r} now"
@@ -74,6 +79,16 @@ def check_settings(out, settings):
         )
 
 
+def unrecorded_transcripts(out, kept):
+    """How many of the transcripts ``kept`` in ``out`` have decoding settings that are not known:
+    without a settings record (transcripts made before stage 2 kept one), all of them; else
+    as many as the record counts (at most as many as are kept)."""
+    before = recorded_settings(out)
+    if before is None:
+        return len(kept)
+    return min(before.get(UNRECORDED, 0), len(kept))
+
+
 def recorded_model(marker):
     """The model ``record_model`` wrote into ``marker``, or None without one."""
     if not os.path.isfile(marker):
@@ -83,7 +98,8 @@ def recorded_model(marker):
 
 
 def recorded_settings(out):
-    """The decoding settings ``record_model`` kept beside the transcripts ``out``, or None."""
+    """The decoding settings ``record_model`` kept beside the transcripts ``out`` (with
+    ``UNRECORDED`` where some of them are of unknown settings), or None."""
     path = out + ".settings"
     if not os.path.isfile(path):
         return None
@@ -105,6 +121,7 @@ def reusable_transcripts(utts, wavs, model, settings, data_dirs):
         if len(found) == len(utts):
             break
         out = os.path.join(data_dir, "text.asr")
+        # a record counting transcripts of unknown settings differs too: none of them is taken
         if recorded_model(out + ".model") != model or recorded_settings(out) != settings:
             continue
         their_wavs = read_table(os.path.join(data_dir, "wav.scp"))
@@ -115,10 +132,12 @@ def reusable_transcripts(utts, wavs, model, settings, data_dirs):
     return found
 
 
-def record_model(out, model, settings):
+def record_model(out, model, settings, unrecorded=0):
     """Record ``model`` as the one that makes the transcripts ``out`` (in ``out.model``: stage 3
-    reads it, ``crab.provenance``) with its decoding ``settings`` (``out.settings``, JSON)."""
-    write_text_atomic(out + ".settings", json.dumps(settings, sort_keys=True) + "\n")
+    reads it, ``crab.provenance``) with its decoding ``settings`` (``out.settings``, JSON), and
+    that ``unrecorded`` transcripts there are of unknown settings (``UNRECORDED``)."""
+    record = {**settings, UNRECORDED: unrecorded} if unrecorded else settings
+    write_text_atomic(out + ".settings", json.dumps(record, sort_keys=True) + "\n")
     write_text_atomic(out + ".model", model + "\n")
 
 

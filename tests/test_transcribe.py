@@ -416,15 +416,39 @@ def test_many_missing_audio_files_log_ten_lines_and_a_count(tmp_path, monkeypatc
     assert len((data_dir / "text.asr.failed").read_text().splitlines()) == 13
 
 
-def test_transcripts_of_an_older_release_resume_and_get_their_settings(tmp_path, monkeypatch):
-    data_dir, utts = make_data_dir(tmp_path, n=2)
+def test_transcripts_of_an_older_release_resume_and_are_recorded_as_of_unknown_settings(
+    tmp_path, monkeypatch, caplog
+):
+    """text.asr of a release that kept no settings record, completed now: the record says that
+    its older transcripts' settings are unknown (it claimed the current ones for them), so that
+    no other fold takes them; the transcripts added are still checked against the record."""
+    data_dir, utts = make_data_dir(tmp_path / "fold1", n=3)
     (data_dir / "text.asr").write_text(f"{utts[0]} made before settings were kept\n")
     (data_dir / "text.asr.model").write_text("model-a\n")
+    fake = FakeModel(fail_on_call=2)
+    monkeypatch.setattr(asr, "load_transcriber", fake.load)
+    with pytest.raises(SystemExit, match="^130$"):
+        run(data_dir, "model-a", "--batch_size", "1")
+    assert read_lines(data_dir / "text.asr")[0][1] == "made before settings were kept"
+    record = json.loads((data_dir / "text.asr.settings").read_text())
+    assert record["dtype"] == "float32" and record["unrecorded_transcripts"] == 1
+    assert "1 transcripts made before stage 2 recorded its decoding settings" in caplog.text
+    with pytest.raises(SystemExit, match="dtype 'float32' then, 'float16' now"):
+        run(data_dir, "model-a", "--device", "cuda:0")
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
+    run(data_dir, "model-a")  # resumed with the same settings: the count stays
+    assert len(read_lines(data_dir / "text.asr")) == 3
+    assert json.loads((data_dir / "text.asr.settings").read_text())["unrecorded_transcripts"] == 1
+    fold2 = tmp_path / "fold2"
+    fold2.mkdir()
+    (fold2 / "wav.scp").write_text((data_dir / "wav.scp").read_text())
     fake = FakeModel()
     monkeypatch.setattr(asr, "load_transcriber", fake.load)
-    run(data_dir, "model-a")
-    assert fake.batches == [1] and read_lines(data_dir / "text.asr")[0][1] == "made before settings were kept"
-    assert json.loads((data_dir / "text.asr.settings").read_text())["dtype"] == "float32"
+    run(fold2, "model-a", "--reuse", str(data_dir))
+    assert fake.batches == [3]  # none taken from a text.asr of partly unknown settings
+    assert "unrecorded_transcripts" not in json.loads((fold2 / "text.asr.settings").read_text())
+    run(data_dir, "model-a", "--overwrite", "true")
+    assert "unrecorded_transcripts" not in json.loads((data_dir / "text.asr.settings").read_text())
 
 
 def test_other_folds_transcripts_of_other_settings_are_not_reused(tmp_path, monkeypatch):

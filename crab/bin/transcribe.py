@@ -25,7 +25,9 @@ stops where utterances are left to transcribe, instead of mixing transcripts
 (``--overwrite true`` starts over). Missing audio files are listed without loading the
 model. ``--reuse DIR ...`` takes the
 transcripts that the same model made with the same settings in other data directories
-(a corpus's other folds) for the same ``wav.scp`` entries.
+(a corpus's other folds) for the same ``wav.scp`` entries. Transcripts made before stage 2
+kept a settings record are of unknown settings: a run that adds to them records its settings
+with their count (``unrecorded_transcripts``), which no ``--reuse`` takes from.
 An empty ASR output, or audio too short for the speech encoder, gives an empty
 transcript, counted and logged: the manifest checks of stage 3 then stop on it or,
 with the skip policy, leave it out. A failure that may pass
@@ -113,6 +115,7 @@ def transcribe_data_dir(args, wavs):
     done = {} if args.overwrite else read_transcripts(out)
     done = {utt: text for utt, text in done.items() if utt in wavs}
     todo = [utt for utt in wavs if utt not in done]
+    unrecorded = asr.unrecorded_transcripts(out, done)
     reused = asr.reusable_transcripts(todo, wavs, args.model, settings, args.reuse)
     done.update(reused)
     # missing audio fails without the model (a corpus copy that lacks files loads no ASR model)
@@ -135,7 +138,16 @@ def transcribe_data_dir(args, wavs):
     # as the new model's or settings'
     write_transcripts(out, done, wavs)
     if todo or reused or recorded_model(out + ".model") is None:  # else the record of what is there stays
-        record_model(out, args.model, settings)
+        if unrecorded:
+            logger.warning(
+                "%s: %d transcripts made before stage 2 recorded its decoding settings: recorded as of "
+                "unknown settings in %s.settings (no --reuse takes them; --overwrite true transcribes "
+                "them again)",
+                out,
+                unrecorded,
+                out,
+            )
+        record_model(out, args.model, settings, unrecorded)
     logger.info(
         "%s: %d utterances, %d already transcribed (%d of them in --reuse directories)",
         args.data_dir,
