@@ -121,10 +121,12 @@ def out_of_memory_message(err, stage, epoch, step, batch, device, hparams):
     """What ran out of GPU memory (the stage, the batch and its padded audio, the device's
     memory and this process's peak) and what lowers the memory a step needs, in one line."""
     ids = list(batch.id)
+    alone = len(ids) == 1
     shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
-    what = f"a batch of {len(ids)} utterance(s) ({shown})"
+    what = f"a batch of one utterance, {ids[0]}" if alone else f"a batch of {len(ids)} utterance(s) ({shown})"
     if hasattr(batch, "sig"):
-        what += f", audio padded to {batch.sig.data.shape[-1] / SAMPLE_RATE:.1f} s"
+        seconds = batch.sig.data.shape[-1] / SAMPLE_RATE
+        what += f", its audio {seconds:.1f} s long" if alone else f", audio padded to {seconds:.1f} s"
     asked = re.search(r"Tried to allocate [\d.]+ [KMGT]i?B", str(err))
     memory = f" (t{asked[0][1:]})" if asked else ""
     if torch.device(device).type == "cuda":
@@ -133,11 +135,15 @@ def out_of_memory_message(err, stage, epoch, step, batch, device, hparams):
         name = torch.cuda.get_device_name(device)
         memory += f": {name} has {total:.1f} GiB, this process's tensors peaked at {peak:.1f} GiB"
     where = f"{STAGE_NAMES.get(stage, stage)}: out of GPU memory at epoch {epoch}, step {step}"
-    return f"{where}, on {what}{memory}. Lower the memory it needs: {_memory_advice(stage, hparams)}"
+    return f"{where}, on {what}{memory}. Lower the memory it needs: {_memory_advice(stage, hparams, alone)}"
 
 
-def _memory_advice(stage, hparams):
+def _memory_advice(stage, hparams, alone):
+    """What lowers the memory of a step of ``stage``; ``alone``: its batch is one utterance, which
+    no smaller batch (``batch_size``, ``max_batch_length``) helps."""
     if stage == sb.Stage.TEST:
+        if alone:
+            return "--eval_precision=bf16 (the batch is one utterance: a smaller --batch_size cannot help)"
         return (
             "a smaller --batch_size (an evaluation may change it: a prediction does not depend on its "
             "batch), or --eval_precision=bf16"
@@ -151,30 +157,55 @@ def _memory_advice(stage, hparams):
         "--gradient_checkpointing=true (the encoders recompute their activations in the backward pass: "
         "the same gradients; the run resumes with it)"
     ]
-    legs_need_pairs = _legs_need_the_batch(hparams)
+    if not alone:
+        advice += _smaller_batches(hparams)
+    cut = ": every utterance's audio, this one's too, is cut there" if alone else ""
+    advice.append(f"a shorter max_duration (now {hparams.get('max_duration')} s{cut}) in a new run")
+    advice.append("--precision=bf16")
+    return "; or ".join(advice) + _smaller_batch_note(hparams, alone)
+
+
+def _smaller_batches(hparams):
+    """The advice, if any, of a training with smaller batches than ``hparams``'s."""
     if hparams.get("dynamic_batching"):
-        advice.append(f"a new run with a lower max_batch_length (now {hparams['max_batch_length']} s)")
-    elif int(hparams.get("batch_size", 1)) > 1 and not legs_need_pairs:
+        lower = f"a new run with a lower max_batch_length (now {hparams['max_batch_length']} s)"
+        if _legs_train_on_the_batch(hparams):  # MPCL and SupCon are 0 on a batch of one
+            lower += (
+                ": more of the longest utterances then come alone, and a batch of one utterance gives "
+                "the contrastive legs (MLCS) nothing"
+            )
+        return [lower]
+    if int(hparams.get("batch_size", 1)) > 1 and not _legs_need_the_batch(hparams):
         size, factor = int(hparams["batch_size"]), int(hparams.get("grad_accumulation_factor", 1))
-        advice.append(
+        return [
             f"a new run with --batch_size={size // 2} --grad_accumulation_factor={factor * 2} (an optimizer "
             "batch as large; the contrastive losses compare fewer utterances at once)"
+        ]
+    return []
+
+
+def _smaller_batch_note(hparams, alone):
+    """Why the advice says nothing of smaller batches, where that is not obvious."""
+    if alone:
+        return ". Not a smaller batch (--batch_size, max_batch_length): this one is a single utterance"
+    if _legs_need_the_batch(hparams):
+        return (
+            ". Not --batch_size=1: a batch of one utterance never holds two of one class, which the "
+            "contrastive legs (MLCS) need, so they would add nothing to the cross-entropy"
         )
-    advice.append(f"a shorter max_duration (now {hparams.get('max_duration')} s) in a new run")
-    advice.append("--precision=bf16")
-    note = (
-        ". Not --batch_size=1: a batch of one utterance never holds two of one class, which the "
-        "contrastive legs (MLCS) need, so they would add nothing to the cross-entropy"
-    )
-    return "; or ".join(advice) + (note if legs_need_pairs else "")
+    return ""
+
+
+def _legs_train_on_the_batch(hparams):
+    """Whether contrastive legs train on each process's batch alone (not gathered over processes)."""
+    return bool(hparams.get("leg_names") and hparams.get("alpha") and not hparams.get("gather_contrastive"))
 
 
 def _legs_need_the_batch(hparams):
     """Whether halving the batch_size would leave batches of one utterance to contrastive legs
     that train (unless they gather the batches of every process)."""
     batch_size = int(hparams.get("batch_size", 1))
-    legs = hparams.get("leg_names") and hparams.get("alpha") and not hparams.get("gather_contrastive")
-    return bool(legs) and not hparams.get("dynamic_batching") and batch_size // 2 == 1
+    return _legs_train_on_the_batch(hparams) and not hparams.get("dynamic_batching") and batch_size // 2 == 1
 
 
 def check_finite_outputs(bad, ids, stage, epoch, step):

@@ -438,6 +438,73 @@ def test_out_of_memory_advice_never_leaves_the_contrastive_legs_batches_of_one(b
         )
 
 
+def single_utterance_batch(seconds):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(id=["Ses01F_long"], sig=SimpleNamespace(data=torch.zeros(1, int(seconds * 16000))))
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_out_of_memory_on_one_utterance_names_it_and_advises_no_smaller_batch(dynamic):
+    """A batch of one long utterance (dynamic batching puts one longer than max_batch_length alone,
+    the last batch of an epoch may hold one): a smaller batch is the same batch."""
+    import speechbrain as sb
+
+    from crab.brain import out_of_memory_message
+
+    hparams = {"batch_size": 8, "max_duration": 30.0, "alpha": 2.0, "leg_names": ["fusion"]}
+    if dynamic:
+        hparams.update(dynamic_batching=True, max_batch_length=24.0)
+    oom = torch.OutOfMemoryError("CUDA out of memory.")
+    message = out_of_memory_message(oom, sb.Stage.TRAIN, 2, 5, single_utterance_batch(30.0), "cpu", hparams)
+    assert message.startswith(
+        "training: out of GPU memory at epoch 2, step 5, on a batch of one utterance, Ses01F_long, "
+        "its audio 30.0 s long. Lower the memory it needs: --gradient_checkpointing=true ("
+    )
+    assert "max_batch_length (now" not in message and "--batch_size=" not in message
+    assert message.endswith(
+        "; or a shorter max_duration (now 30.0 s: every utterance's audio, this one's too, is cut there) "
+        "in a new run; or --precision=bf16. Not a smaller batch (--batch_size, max_batch_length): this one "
+        "is a single utterance"
+    )
+    test = out_of_memory_message(oom, sb.Stage.TEST, 2, 5, single_utterance_batch(30.0), "cpu", hparams)
+    assert test.endswith(
+        "--eval_precision=bf16 (the batch is one utterance: a smaller --batch_size cannot help)"
+    )
+
+
+@pytest.mark.parametrize(
+    "settings, warned", [({}, True), ({"leg_names": []}, False), ({"alpha": 0.0}, False)]
+)
+def test_out_of_memory_advice_of_dynamic_batching_says_a_lower_max_batch_length_leaves_legs_singles(
+    settings, warned
+):
+    from types import SimpleNamespace
+
+    import speechbrain as sb
+
+    from crab.brain import out_of_memory_message
+
+    hparams = {
+        "dynamic_batching": True,
+        "max_batch_length": 96.0,
+        "max_duration": 12.0,
+        "alpha": 2.0,
+        "leg_names": ["fusion"],
+        **settings,
+    }
+    batch = SimpleNamespace(id=["u1", "u2", "u3"])
+    message = out_of_memory_message(
+        torch.OutOfMemoryError("CUDA out of memory."), sb.Stage.TRAIN, 1, 1, batch, "cpu", hparams
+    )
+    legs = (
+        "a new run with a lower max_batch_length (now 96.0 s): more of the longest utterances then come "
+        "alone, and a batch of one utterance gives the contrastive legs (MLCS) nothing; or "
+    )
+    assert (legs in message) == warned
+    assert "a new run with a lower max_batch_length (now 96.0 s)" in message
+
+
 @pytest.mark.parametrize("batch_size, warned", [(1, True), (6, False)])  # 6 of 4 classes: a pair
 def test_an_epoch_whose_batches_hold_no_pair_of_a_class_says_mlcs_added_nothing(
     data, tmp_path, caplog, batch_size, warned
