@@ -451,6 +451,14 @@ def test_transcripts_of_an_older_release_resume_and_are_recorded_as_of_unknown_s
     assert "unrecorded_transcripts" not in json.loads((data_dir / "text.asr.settings").read_text())
 
 
+def test_a_finished_text_asr_without_any_record_is_recorded_as_of_unknown_settings(tmp_path, monkeypatch):
+    data_dir, utts = make_data_dir(tmp_path, n=2)
+    (data_dir / "text.asr").write_text("".join(f"{utt} made elsewhere\n" for utt in utts))
+    monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
+    run(data_dir, "model-a")
+    assert json.loads((data_dir / "text.asr.settings").read_text())["unrecorded_transcripts"] == 2
+
+
 def test_other_folds_transcripts_of_other_settings_are_not_reused(tmp_path, monkeypatch):
     fold1, utts = make_data_dir(tmp_path / "fold1", n=2)
     monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
