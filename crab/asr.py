@@ -103,11 +103,16 @@ def recorded_settings(out):
     path = out + ".settings"
     if not os.path.isfile(path):
         return None
+    broken = UserError(f"{path} is not the JSON stage 2 writes: remove it, or --overwrite true")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            record = json.load(f)
     except ValueError:
-        raise UserError(f"{path} is not the JSON stage 2 writes: remove it, or --overwrite true") from None
+        raise broken from None
+    count = record.get(UNRECORDED, 0) if isinstance(record, dict) else None
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise broken
+    return record
 
 
 def reusable_transcripts(utts, wavs, model, settings, data_dirs):

@@ -379,6 +379,17 @@ def test_other_decoding_settings_stop_unless_overwrite(tmp_path, monkeypatch):
     assert json.loads((data_dir / "text.asr.settings").read_text())["dtype"] == "float32"
 
 
+@pytest.mark.parametrize("record", ["{not json", '["float16"]', '{"unrecorded_transcripts": -1}', "null"])
+def test_a_broken_settings_record_is_named_before_any_model_loads(tmp_path, monkeypatch, record):
+    """A hand-edited text.asr.settings that is JSON but no record of stage 2's (a list, a
+    negative count) stopped with a traceback; like one that is no JSON, it is named."""
+    data_dir, _ = make_data_dir(tmp_path, n=2)
+    (data_dir / "text.asr.settings").write_text(record + "\n")
+    monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
+    with pytest.raises(SystemExit, match=r"text\.asr\.settings is not the JSON stage 2 writes"):
+        run(data_dir, "model-a")
+
+
 def test_a_finished_dir_reruns_on_another_device_and_keeps_its_record(tmp_path, monkeypatch):
     data_dir, _ = make_data_dir(tmp_path, n=2)
     monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
