@@ -390,6 +390,26 @@ def test_a_broken_settings_record_is_named_before_any_model_loads(tmp_path, monk
         run(data_dir, "model-a")
 
 
+def test_a_run_cut_off_before_its_first_transcript_binds_no_model_or_settings(tmp_path, monkeypatch):
+    """Stopped in its first batch (or an --overwrite run, in the moment after it emptied text.asr),
+    stage 2 left the record of a model and settings with no transcript of theirs: a run with
+    another model or on another device stopped as if it would mix transcripts."""
+    data_dir, _ = make_data_dir(tmp_path, n=3)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel(fail_on_call=1).load)
+    with pytest.raises(SystemExit, match="^130$"):
+        run(data_dir, "model-a", "--device", "cuda:0")
+    assert (data_dir / "text.asr.model").read_text().strip() == "model-a"
+    assert read_lines(data_dir / "text.asr") == []
+    fake = FakeModel()
+    monkeypatch.setattr(asr, "load_transcriber", fake.load)
+    run(data_dir, "model-b", "--device", "cpu")
+    assert fake.batches == [3] and len(read_lines(data_dir / "text.asr")) == 3
+    assert (data_dir / "text.asr.model").read_text().strip() == "model-b"
+    assert json.loads((data_dir / "text.asr.settings").read_text())["dtype"] == "float32"
+    with pytest.raises(SystemExit, match="was made with 'model-b', not 'model-a'"):  # now it would mix
+        run(data_dir, "model-a", "--device", "cpu")
+
+
 def test_a_finished_dir_reruns_on_another_device_and_keeps_its_record(tmp_path, monkeypatch):
     data_dir, _ = make_data_dir(tmp_path, n=2)
     monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)

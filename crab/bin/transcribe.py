@@ -111,9 +111,11 @@ def transcribe_data_dir(args, wavs):
     """``main``'s work, under the data directory's lock: transcribe ``wavs`` into text.asr."""
     out = os.path.join(args.data_dir, "text.asr")
     settings = decoding_settings(args)
-    check_model(out, args.model, args.overwrite)
-    done = {} if args.overwrite else read_transcripts(out)
-    done = {utt: text for utt, text in done.items() if utt in wavs}
+    there = {} if args.overwrite else read_transcripts(out)
+    # none there (a run killed before its first transcript): another model or settings mix nothing
+    if there:
+        check_model(out, args.model, args.overwrite)
+    done = {utt: text for utt, text in there.items() if utt in wavs}
     todo = [utt for utt in wavs if utt not in done]
     unrecorded = asr.unrecorded_transcripts(out, done)
     reused = asr.reusable_transcripts(todo, wavs, args.model, settings, args.reuse)
@@ -129,7 +131,7 @@ def transcribe_data_dir(args, wavs):
     if len(failed) > LISTED:  # an incomplete copy of a corpus: 1000s of them, all in text.asr.failed
         logger.warning("... and %d more missing audio files: not transcribed either", len(failed) - LISTED)
     todo = [utt for utt in todo if utt not in reused and utt not in failed]
-    if (todo or reused) and not args.overwrite:  # transcripts are added: the settings of those there
+    if (todo or reused) and there:  # transcripts are added to those there: their settings
         check_settings(out, settings)
     # a model that cannot be loaded (a typo) stops here, before anything is written
     transcriber = asr.load_transcriber(args) if todo else None  # through the module: tests patch it there
