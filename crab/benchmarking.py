@@ -583,12 +583,30 @@ def epochs(setup, cached):
 # ---- processes and memory ----
 
 
-def _status_kib(field):
+def _status_kib():
+    """``VmRSS``, ``VmHWM``, ``RssAnon``, ``RssFile`` and ``RssShmem`` of /proc/self/status, KiB,
+    from one read: in it VmHWM is at least VmRSS, the sum of the other three."""
+    fields = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
     with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
+        found = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f) if k in fields}
+    missing = [field for field in fields if field not in found]
+    if missing:
+        raise RuntimeError(f"no {', '.join(missing)} in /proc/self/status")
+    return found
+
+
+def rss_growth(start, end):
+    """The memory of a process between two ``_status_kib`` readings, MiB: ``peak_mib``, the
+    peak resident set's growth (VmHWM, reset at ``start``, over the starting VmRSS); ``file_mib``
+    and ``anon_mib``, the file pages and the anonymous (and shared) pages added by ``end``. The
+    peak holds at least their sum. The file pages are not always within it: a process that frees
+    memory it started with (inherited on fork) ends with anonymous pages below their start."""
+    anon = (end["RssAnon"] + end["RssShmem"]) - (start["RssAnon"] + start["RssShmem"])
+    return {
+        "peak_mib": (end["VmHWM"] - start["VmRSS"]) / 1024,
+        "file_mib": (end["RssFile"] - start["RssFile"]) / 1024,
+        "anon_mib": anon / 1024,
+    }
 
 
 def _child(conn, fn, args, setup):
@@ -605,14 +623,13 @@ def _child(conn, fn, args, setup):
         else:
             with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
                 f.write("5")  # resets VmHWM to the current RSS
-            start_kib, start_file_kib = _status_kib("VmRSS"), _status_kib("RssFile")
+            start = _status_kib()
         result = fn(*args)
         if cuda:
             result["peak_mib"] = torch.cuda.max_memory_allocated(setup["device"]) / 2**20
         else:
-            result["peak_mib"] = (_status_kib("VmHWM") - start_kib) / 1024
             # library code first run here (not copied on fork) is file-backed RSS
-            result["file_mib"] = (_status_kib("RssFile") - start_file_kib) / 1024
+            result.update(rss_growth(start, _status_kib()))
         conn.send(("ok", result))
     except BaseException:  # noqa: BLE001  (reported by the parent)
         conn.send(("error", traceback.format_exc()))
@@ -674,9 +691,19 @@ ENCODER_NAMES = {
 }
 
 
+CPU_MEMORY_COLUMNS = "peak RSS growth MiB | file pages added MiB | anonymous pages added MiB"
+
+
+def memory_cells(peak, cuda):
+    """The memory cells of a row: the peak, and on CPU the pages added (``rss_growth``)."""
+    if cuda:
+        return f"{peak['peak_mib']:.0f}"
+    return " | ".join(f"{peak[key]:.0f}" for key in ("peak_mib", "file_mib", "anon_mib"))
+
+
 def report(args, setup, times, peaks, loads, token_counts, started, analysis):
     cuda = args.device.startswith("cuda")
-    memory = "peak CUDA allocated MiB" if cuda else "peak RSS growth MiB | of which file pages MiB"
+    memory = "peak CUDA allocated MiB" if cuda else CPU_MEMORY_COLUMNS
     medians = {name: statistics.median(values) for name, values in times.items()}
     seconds = setup["audio_seconds"]
     lines = [
@@ -718,19 +745,21 @@ def report(args, setup, times, peaks, loads, token_counts, started, analysis):
             if cuda
             else f"memory: each configuration in its own process ({args.start_method}) started before any "
             "model exists; peak RSS growth = VmHWM (reset through /proc/self/clear_refs) minus the starting "
-            "VmRSS; file pages = growth of RssFile (mostly library code first run in that process)"
+            "VmRSS; file / anonymous pages added = growth of RssFile (mostly library code first run in "
+            "that process) / of RssAnon + RssShmem (below 0 where it freed memory it started with) from "
+            "start to end; the peak growth is at least their sum"
         ),
         "",
         f"| measurement | median s | min s | max s | {memory} |",
-        "|---|---|---|---|---|" + ("" if cuda else "---|"),
+        "|---|---|---|---|---|" + ("" if cuda else "---|---|"),
     ]
     for name, label in {**STEP_ROWS, **EPOCH_ROWS}.items():
         if name not in times:
             continue
         values, peak = times[name], peaks[name]
-        memory_cells = f"{peak['peak_mib']:.0f}" + ("" if cuda else f" | {peak['file_mib']:.0f}")
         lines.append(
-            f"| {label} | {medians[name]:.3f} | {min(values):.3f} | {max(values):.3f} | {memory_cells} |"
+            f"| {label} | {medians[name]:.3f} | {min(values):.3f} | {max(values):.3f} | "
+            f"{memory_cells(peak, cuda)} |"
         )
     lines += ["", "| ratio | value | target | met |", "|---|---|---|---|"]
     for label, value, target, met in ratio_rows(medians):

@@ -36,7 +36,9 @@ of ``--repeats`` rounds after ``--warmup`` is reported. Peak memory is measured
 separately, in processes started before any model exists (spawned: a fresh
 interpreter, which CUDA needs; ``--start_method fork`` on CPU saves the imports): on
 CPU each configuration in its own, the growth of its peak resident set (VmHWM, reset
-at the start through /proc/self/clear_refs) over its starting RSS; on CUDA the step
+at the start through /proc/self/clear_refs) over its starting RSS, and the file and the
+anonymous pages it added by its end (the peak holds at least their sum; the file pages
+alone may exceed it where it freed memory it started with); on CUDA the step
 configurations one after the other in one process, torch.cuda.max_memory_allocated
 over what the previous one left allocated once freed (CUDA counts it exactly), and
 each epoch run in its own.
