@@ -6,6 +6,13 @@ dominates speaker-independent results, cancels in the differences. For the diffe
 bootstrap interval of the mean, the wins/losses/ties, an exact two-sided sign test
 (ties dropped) and the Wilcoxon signed-rank test (scipy; zero differences dropped).
 
+The runs of a pair must differ only in what is compared. ``compared_settings`` reads each
+run's records (``hyperparams.yaml``, ``text_source.json``, its evaluation's
+``predictions.inputs.json``): the settings in which every pair's two runs differ are what is
+compared, and are listed with the table; one in which only some pairs differ is an error
+naming the two runs, as is a run whose training stopped early or whose score the summary
+holds no longer (evaluated again since stage 7 scored it).
+
 Example
 -------
 >>> stats = paired_stats([0.90, 0.80, 0.85, 0.70], [0.91, 0.82, 0.84, 0.73])
@@ -13,14 +20,53 @@ Example
 (0.0125, 3, 1, 0.625)
 """
 
+import json
 import os
 
 import numpy as np
 from scipy import stats as scipy_stats
 
 from crab import cli
-from crab.metrics import METRICS
-from crab.report import read_summary
+from crab.evalrecord import PREDICTIONS_RECORD
+from crab.metrics import METRICS, classification_report
+from crab.provenance import read_run_provenance, trained_text_source
+from crab.report import (
+    check_evaluated_checkpoint,
+    read_predictions,
+    read_summary,
+    summary_test_set,
+    unfinished_training,
+)
+from crab.runconfig import RUN_HPARAMS, _is_object, resolved_values, same_value, show
+
+# Keys of a run's hyperparams.yaml that say where its files are or how fast it reads them,
+# not what it learns or is tested on: left out of the comparison of two runs, at any depth
+# (the loaders' num_workers). The data themselves are compared by their digests.
+NOT_SETTINGS = frozenset(
+    {
+        "output_folder",
+        "data_root",
+        "data_folder",
+        "feature_cache",
+        "test_manifest",
+        "eval_name",
+        "num_workers",
+        "gradient_checkpointing",
+        "ckpt_interval_minutes",
+        "ckpt_interval_steps",
+        "find_unused_parameters",
+        "use_tensorboard",
+    }
+)
+# Settings that are data, not method: warned about when the runs of a pair differ in them.
+DATA_SETTINGS = (
+    "text_source",
+    "asr_model",
+    "train manifest (sha256)",
+    "valid manifest (sha256)",
+    "tokenizer (sha256)",
+    "test manifest (sha256)",
+)
 
 
 class PairingError(cli.UserError, ValueError):
@@ -133,6 +179,160 @@ def _score(value, where):
     return score
 
 
+def run_folder(summary_path, run):
+    """The folder of a summary's ``run`` that holds its records: beside the summary, as stage 7
+    writes them (``exp/<tag>/results_<test>.json``, ``exp/<tag>/<fold>/seed<seed>``), else the
+    path the summary names; None where neither has a ``hyperparams.yaml`` (a summary alone)."""
+    fold, seed = run_pair_key(run)
+    for folder in (os.path.join(os.path.dirname(os.path.abspath(summary_path)), fold, seed), run):
+        if os.path.isfile(os.path.join(folder, RUN_HPARAMS)):
+            return folder
+    return None
+
+
+def summary_runs(path, metric):
+    """``{(fold, seed): (run, settings)}`` of the runs of a summary: the run as it names it and
+    what it was trained and tested with (``run_settings``; None without its folder). Each run
+    found is checked (``check_run``)."""
+    _, summary = read_summary(path)
+    test_set = summary.get("test_set") or summary_test_set(path)
+    runs = {}
+    for row in summary.get("runs", []):
+        folder = run_folder(path, row["run"])
+        if folder is not None:
+            check_run(path, row, folder, test_set, metric)
+        runs[run_pair_key(row["run"])] = (row["run"], folder and run_settings(folder, test_set))
+    return runs
+
+
+def check_run(path, row, folder, test_set, metric):
+    """A ``PairingError`` naming a run of the summary ``path`` (its ``row``, found in ``folder``)
+    whose training stopped before its epochs, or whose predictions on ``test_set`` now score
+    otherwise than the summary says: evaluated again (or trained on) since stage 7 scored it."""
+    unfinished = unfinished_training(folder)
+    if unfinished:
+        raise PairingError(
+            f"{path}: {row['run']} trained {unfinished[0]} of its {unfinished[1]} epochs: finish it "
+            "(stage 5 resumes it) and score it again (stage 7), or leave its pair out of both"
+        )
+    predictions = os.path.join(folder, f"eval_{test_set}", "predictions.csv")
+    if not os.path.isfile(predictions):
+        return
+    check_evaluated_checkpoint(predictions, folder)
+    classes, y_true, y_pred = read_predictions(predictions)
+    now = classification_report(y_true, y_pred, classes)[metric]
+    if not np.isclose(now, float(row[metric]), rtol=0, atol=1e-9):
+        raise PairingError(
+            f"{path}: {row['run']}: {metric} {row[metric]}, but its predictions ({predictions}) now score "
+            f"{now:.6f}: evaluated again since stage 7 scored it; score it again (stage 7)"
+        )
+
+
+def run_settings(folder, test_set):
+    """What the run in ``folder`` was trained and tested with, ``{setting: value}``: the keys
+    of its ``hyperparams.yaml`` less ``NOT_SETTINGS`` (paths under its output and data folders
+    written alike), the source of its transcripts and the digests of its training and validation
+    manifests and tokenizer (``text_source.json``), and the digest of its test manifest and the
+    precision of its evaluation on ``test_set`` (``predictions.inputs.json``), where recorded."""
+    with open(os.path.join(folder, RUN_HPARAMS), encoding="utf-8") as f:
+        values = resolved_values(f.read())
+    roots = [(str(values[key]), f"<{key}>") for key in ("output_folder", "data_folder") if values.get(key)]
+    settings = {key: _alike(value, roots) for key, value in values.items() if key not in NOT_SETTINGS}
+    record = read_run_provenance(folder)
+    if record:
+        settings["text_source"], settings["asr_model"] = trained_text_source(record)
+        digests = record.get("manifests_sha256") or {}
+        for split in ("train", "valid"):
+            if split in digests:
+                settings[f"{split} manifest (sha256)"] = digests[split]
+        if "tokenizer_sha256" in record:
+            settings["tokenizer (sha256)"] = record["tokenizer_sha256"]
+    evaluation = os.path.join(folder, f"eval_{test_set}", PREDICTIONS_RECORD)
+    if os.path.isfile(evaluation):
+        with open(evaluation, encoding="utf-8") as f:
+            inputs = json.load(f)
+        settings["test manifest (sha256)"] = inputs.get("test_manifest_sha256")
+        settings["eval_precision"] = inputs.get("eval_precision")
+    return settings
+
+
+def _alike(value, roots):
+    """``value`` with ``NOT_SETTINGS`` keys left out at any depth and each path under a root
+    of ``roots`` (``(root, name)``) written under its name."""
+    if isinstance(value, dict):
+        return {k: _alike(v, roots) for k, v in value.items() if k not in NOT_SETTINGS}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_alike(v, roots) for v in value)
+    if isinstance(value, str):
+        for root, name in roots:
+            if value == root or value.startswith(root.rstrip("/") + "/"):
+                return name + value[len(root.rstrip("/")) :]
+    return value
+
+
+NOT_SET = object()
+
+
+def _shown(value, width=100):
+    text = "not set" if value is NOT_SET else show(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def compared_settings(baseline, method, baseline_name="baseline", method_name="method"):
+    """What the method's runs differ in from the baseline's (``summary_runs`` of both, the same
+    pairs): the settings in which the two runs of every pair differ, in words, and the pairs
+    without the records of both runs (not checked). A setting in which the runs of only some
+    pairs differ is a ``PairingError`` naming them: the pairs would compare different things."""
+    keys = sorted(baseline)
+    checked = [k for k in keys if baseline[k][1] is not None and method[k][1] is not None]
+    unchecked = [k for k in keys if k not in checked]
+
+    def values(key, setting):
+        return baseline[key][1].get(setting, NOT_SET), method[key][1].get(setting, NOT_SET)
+
+    def differ(key):
+        both = set(baseline[key][1]) | set(method[key][1])
+        return {s for s in both if NOT_SET in values(key, s) or not same_value(*values(key, s))}
+
+    differing = {key: differ(key) for key in checked}
+    for key in checked:
+        if "seed" in differing[key]:  # what pairs them
+            raise PairingError(
+                f"{baseline[key][0]} and {method[key][0]}, paired as {'/'.join(key)}, were trained with "
+                f"seeds {_shown(values(key, 'seed')[0])} and {_shown(values(key, 'seed')[1])}: a pair is "
+                "one seed of both"
+            )
+    everywhere = set.intersection(*differing.values()) if checked else set()
+    for setting in sorted(set().union(*differing.values()) - everywhere):
+        odd = next(k for k in checked if setting in differing[k])
+        alike = next(k for k in checked if setting not in differing[k])
+        (b, m), same = values(odd, setting), values(alike, setting)[0]
+        raise PairingError(
+            f"{baseline_name} and {method_name} differ in {setting} in some pairs only: "
+            f"{baseline[odd][0]} has {_shown(b)}, {method[odd][0]} {_shown(m)}, while both runs of "
+            f"{'/'.join(alike)} have {_shown(same)}: compare runs that differ in the same settings in "
+            "every pair (train them alike, or leave the odd pairs out of both)"
+        )
+    compared = {setting: [values(k, setting) for k in checked] for setting in sorted(everywhere)}
+    built = [s for s, pairs in compared.items() if any(_is_built(v) for pair in pairs for v in pair)]
+    shown = [_compared(s, pairs) for s, pairs in compared.items() if s not in built]
+    return shown + ([f"the objects built from them: {', '.join(built)}"] if built else []), unchecked
+
+
+def _is_built(value):
+    return _is_object(value) or isinstance(value, dict)
+
+
+def _compared(setting, pairs):
+    """``setting: <baseline's> vs <method's>``, each side's values over the pairs (``30 vs 20,
+    25``: the method's runs differ among themselves), or, for a digest of each fold's data,
+    ``setting: other in every pair``."""
+    if setting.endswith("(sha256)"):
+        return f"{setting}: other in every pair"
+    sides = [", ".join({_shown(v): None for v in side}) for side in zip(*pairs, strict=True)]
+    return f"{setting}: {sides[0]} vs {sides[1]}"
+
+
 def check_same_test_data(named_paths):
     """A ``PairingError`` unless the summaries (``(name, results_<test>.json)`` pairs) score
     the same test data: the same test set (the ``test_set`` each stores) and, for each fold
@@ -203,12 +403,28 @@ def _fmt(value, digits=4):
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def paired_markdown(rows, metric, baseline_name, confidence=0.95, pair_unit="fold and seed"):
-    """Markdown table: one row per method against the baseline, from ``paired_stats`` results."""
+def settings_lines(compared, baseline_name):
+    """Markdown lines of what each method's pairs compare (``{method: compared_settings(...)}``)."""
+    lines = ["Settings compared (the runs of every pair differ in these, and in nothing else they record):"]
+    for name, (shown, unchecked) in compared.items():
+        parts = list(shown)
+        if unchecked:
+            pairs = ", ".join("/".join(key) for key in unchecked)
+            parts.append(f"NOT CHECKED: {pairs} (no run folder with its {RUN_HPARAMS})")
+        elif not shown:
+            parts.append("nothing: the runs of each pair were trained and tested alike")
+        lines.append(f"- {name} against {baseline_name}: {'; '.join(parts)}")
+    return lines + [""]
+
+
+def paired_markdown(rows, metric, baseline_name, confidence=0.95, pair_unit="fold and seed", compared=None):
+    """Markdown table: one row per method against the baseline, from ``paired_stats`` results,
+    after what each compares (``settings_lines``, where ``compared`` is given)."""
     pct = f"{confidence * 100:g}%"
     lines = [
         f"Paired {metric} differences (method - {baseline_name}), one pair per {pair_unit}.",
         "",
+        *(settings_lines(compared, baseline_name) if compared else []),
         f"| method | pairs | {baseline_name} mean | method mean | mean difference | std of differences | "
         f"{pct} CI (t) | {pct} CI (bootstrap) | wins / losses / ties | sign test p | Wilcoxon p | "
         "verdict |",

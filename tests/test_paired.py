@@ -311,3 +311,173 @@ def test_a_killed_comparison_or_choice_leaves_the_old_tables_and_figure_whole(tm
     with pytest.raises(Killed):
         choose_epochs.main([str(run / "train_log.txt"), "--table", str(outputs[3])])
     assert [path.read_text() for path in outputs] == ["old\n"] * 4
+
+
+RUN_HPARAMS = """# Generated from a recipe's yaml
+seed: {seed}
+output_folder: {out}
+save_folder: {out}/save
+train_log: {out}/train_log.txt
+data_folder: {data}
+train_manifest: {data}/train.json
+num_workers: {num_workers}
+number_of_epochs: {number_of_epochs}
+alpha: {alpha}
+leg_names: {leg_names}
+legs: !new:crab.legs.SupervisionLegs
+    names: {leg_names}
+train_dataloader_opts:
+    batch_size: 8
+    num_workers: {num_workers}
+"""
+TRAINED = {"number_of_epochs": 30, "alpha": 0.0, "leg_names": "[]", "num_workers": 0, "data": "data"}
+PAIRS = [("f1", 1), ("f1", 2), ("f2", 1), ("f2", 2)]
+
+
+def experiment(root, tag, wrong, runs=None, **settings):
+    """``root/exp/<tag>/``: a run per pair of ``PAIRS`` (trained with ``TRAINED``, ``settings``
+    and, for a pair, ``runs[pair]``; ``wrong[i]`` of its 4 test utterances mispredicted), with its
+    records as training and evaluation write them, and the stage-7 summary of them all."""
+    rows = []
+    for i, (fold, seed) in enumerate(PAIRS):
+        out = root / "exp" / tag / fold / f"seed{seed}"
+        (out / "eval_test").mkdir(parents=True)
+        given = {**TRAINED, **settings, **(runs or {}).get((fold, seed), {})}
+        data = f"{root}/{given['data']}/{fold}"
+        (out / "hyperparams.yaml").write_text(
+            RUN_HPARAMS.format(out=out, **{"seed": seed, **given, "data": data})
+        )
+        (out / "text_source.json").write_text(
+            json.dumps(
+                {
+                    "text_source": given.get("text_source", "gold"),
+                    "asr_model": given.get("asr_model"),
+                    "tokenizer_sha256": f"tok-{fold}",
+                    "manifests_sha256": {
+                        "train": given.get("train", f"train-{fold}"),
+                        "valid": f"valid-{fold}",
+                    },
+                }
+            )
+        )
+        (out / "eval_test" / "predictions.inputs.json").write_text(
+            json.dumps(
+                {"checkpoint": "CKPT+1", "test_manifest_sha256": f"test-{fold}", "eval_precision": "fp32"}
+            )
+        )
+        true = ["a", "a", "b", "b"]
+        predicted = [("b" if t == "a" else "a") if n < wrong[i] else t for n, t in enumerate(true)]
+        lines = ["utt,true,predicted,prob_a,prob_b"] + [
+            f"u{n},{t},{p},0.5,0.5" for n, (t, p) in enumerate(zip(true, predicted, strict=True))
+        ]
+        (out / "eval_test" / "predictions.csv").write_text("\n".join(lines) + "\n")
+        rows.append({"run": f"exp/{tag}/{fold}/seed{seed}", "UAR": 1 - wrong[i] / 4, "num_utterances": 4})
+    path = root / "exp" / tag / "results_test.json"
+    path.write_text(json.dumps({"tag": tag, "test_set": "test", "runs": rows}))
+    return str(path)
+
+
+def test_the_settings_compared_are_listed_with_the_table(tmp_path, capsys):
+    """What every pair's runs differ in is what is compared, listed above the table; where the
+    runs are, where their data folder is and how many loader workers they had are not settings."""
+    ce = experiment(tmp_path, "ce_only", [1, 2, 1, 1])
+    mlcs = experiment(
+        tmp_path, "mlcs", [0, 1, 0, 1], alpha=2.0, leg_names="[fusion]", num_workers=4, data="data_copy"
+    )
+    out = tmp_path / "paired.md"
+    paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--out", str(out)])
+    text = out.read_text()
+    assert (
+        "- mlcs against ce_only: alpha: 0.0 vs 2.0; leg_names: [] vs [fusion]; "
+        "the objects built from them: legs\n" in text
+    )
+    assert "| mlcs | 4 | 0.6875 | 0.8750 | +0.1875 |" in text and "WARNING" not in capsys.readouterr().err
+    # a setting every pair differs in, whichever value each run has, is compared
+    epochs = experiment(
+        tmp_path / "epochs",
+        "epochs",
+        [0, 1, 0, 1],
+        runs={("f2", 1): {"number_of_epochs": 25}},
+        number_of_epochs=20,
+    )
+    paired.main(["--baseline", f"ce_only={ce}", f"epochs={epochs}", "--out", str(out)])
+    assert "- epochs against ce_only: number_of_epochs: 30 vs 20, 25\n" in out.read_text()
+    # the same settings: nothing compared but chance, and said so
+    again = experiment(tmp_path / "again", "ce_again", [0, 2, 1, 1])
+    paired.main(["--baseline", f"ce_only={ce}", f"ce_again={again}", "--out", str(out)])
+    assert "- ce_again against ce_only: nothing: the runs of each pair were trained and tested alike" in (
+        out.read_text()
+    )
+
+
+def test_other_data_are_compared_only_where_every_pair_has_them_and_are_warned_about(tmp_path, capsys):
+    ce = experiment(tmp_path, "ce_only", [1, 2, 1, 1])
+    asr = experiment(tmp_path, "asr", [1, 1, 0, 1], text_source="asr", asr_model="whisper", train="asr-text")
+    paired.main(["--baseline", f"ce_only={ce}", f"asr={asr}", "--out", str(tmp_path / "paired.md")])
+    text = (tmp_path / "paired.md").read_text()
+    assert (
+        "- asr against ce_only: asr_model: null vs whisper; text_source: gold vs asr; "
+        "train manifest (sha256): other in every pair\n" in text
+    )
+    assert (
+        "WARNING: asr and ce_only were trained or tested on other data: asr_model" in capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    "odd, message",
+    [
+        (
+            {"number_of_epochs": 20},
+            "ce_only and mlcs differ in number_of_epochs in some pairs only: exp/ce_only/f2/seed1 has 30, "
+            "exp/mlcs/f2/seed1 20, while both runs of f1/seed1 have 30",
+        ),
+        (
+            {"text_source": "asr"},
+            "ce_only and mlcs differ in text_source in some pairs only: .* has gold, .* asr",
+        ),
+        ({"train": "other"}, r"differ in train manifest \(sha256\) in some pairs only"),
+        (
+            {"seed": 7},
+            "exp/ce_only/f2/seed1 and exp/mlcs/f2/seed1, paired as f2/seed1, were trained with seeds 1 and 7",
+        ),
+    ],
+)
+def test_a_setting_only_some_pairs_differ_in_is_an_error_naming_their_runs(tmp_path, odd, message):
+    """One method run trained for other epochs, or on other transcripts or data: its pair would
+    compare something the others do not."""
+    ce = experiment(tmp_path, "ce_only", [1, 2, 1, 1])
+    mlcs = experiment(tmp_path, "mlcs", [0, 1, 0, 1], runs={("f2", 1): odd}, alpha=2.0)
+    with pytest.raises(SystemExit, match=message):
+        paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}"])
+
+
+def test_an_unfinished_run_or_a_stale_score_is_named_not_paired(tmp_path):
+    ce = experiment(tmp_path, "ce_only", [1, 2, 1, 1])
+    mlcs = experiment(tmp_path, "mlcs", [0, 1, 0, 1], alpha=2.0)
+    run = tmp_path / "exp" / "mlcs" / "f1" / "seed2"
+    predictions = run / "eval_test" / "predictions.csv"
+    predictions.write_text(predictions.read_text().replace("u0,a,b", "u0,a,a"))  # evaluated again: UAR 1.0
+    with pytest.raises(
+        SystemExit, match="exp/mlcs/f1/seed2: UAR 0.75, but its predictions .* now score 1.000000"
+    ):
+        paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}"])
+    checkpoint = run / "save" / "CKPT+2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "CKPT.yaml").write_text("end-of-epoch: true\nunixtime: 2\n")
+    (checkpoint / "counter.ckpt").write_text("12\n")
+    with pytest.raises(SystemExit, match="exp/mlcs/f1/seed2 trained 12 of its 30 epochs"):
+        paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}"])
+
+
+def test_runs_without_their_folders_are_said_not_checked(tmp_path, capsys):
+    ce = summary(tmp_path / "ce.json", "ce_only", {("f1", 1): 0.5, ("f1", 2): 0.6})
+    mlcs = summary(tmp_path / "mlcs.json", "mlcs", {("f1", 1): 0.6, ("f1", 2): 0.8})
+    paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--out", str(tmp_path / "p.md")])
+    assert (
+        "- mlcs against ce_only: NOT CHECKED: f1/seed1, f1/seed2 (no run folder"
+        in (tmp_path / "p.md").read_text()
+    )
+    assert (
+        "WARNING: mlcs against ce_only: the settings of 2 pair(s) are not checked" in capsys.readouterr().err
+    )

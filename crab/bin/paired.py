@@ -8,7 +8,23 @@
 Runs are paired by fold and seed (``<tag>/<fold>/seed<seed>`` in the stage-7 summaries),
 of one test set: summaries of different test sets, or a fold and seed scored on different
 numbers of utterances (another data directory), are an error, as is a run without a finite
-score of the metric (null, NaN: it is named, not left out);
+score of the metric (null, NaN: it is named, not left out).
+
+The two runs of a pair must differ only in what is compared. Each run's folder (beside the
+summary, ``exp/<tag>/<fold>/seed<seed>``, else where the summary names it) holds what it was
+trained and tested with: its ``hyperparams.yaml`` (less where its files are and how fast it
+reads them: ``crab.paired.NOT_SETTINGS``), its transcripts and the digests of its manifests
+and tokenizer (``text_source.json``), its test manifest and precision
+(``eval_<test>/predictions.inputs.json``). The settings in which the runs of every pair
+differ are what is compared: listed above the table (``alpha: 0.0 vs 2.0``; objects built
+from them by name), with a warning on stderr where they include data (transcripts,
+manifests, tokenizer). A setting in which only some pairs differ (a run trained for other
+epochs, on other transcripts or another fold layout) is an error naming the two runs and
+both values, as are two runs of a pair with other seeds, a run whose training stopped
+before its epochs, and a score that its run's predictions no longer give (evaluated again
+since stage 7: score it again). Pairs without their folders are said NOT CHECKED, above the
+table and on stderr; ``--scores`` tables are not checked.
+
 ``--by_fold`` averages each fold over its seeds first (one pair per fold: the seeds of a
 fold share its test speakers, so this is the conservative comparison). With ``--scores``
 settings and pairs come from a tab-separated table (columns ``setting``, ``pair`` and the
@@ -17,20 +33,25 @@ and, with ``--plot``, one scatter panel per method (baseline against method, dia
 """
 
 import argparse
+import sys
 
 from crab import cli
 from crab.fileio import write_text_atomic
 from crab.metrics import METRICS
 from crab.paired import (
+    DATA_SETTINGS,
     align,
     check_same_test_data,
+    compared_settings,
     fold_means,
     load_scores_table,
     load_summary_scores,
     paired_markdown,
     paired_stats,
+    summary_runs,
 )
 from crab.plots import plot_paired
+from crab.runconfig import RUN_HPARAMS
 
 
 def named(value):
@@ -77,7 +98,7 @@ def load(args):
         unknown = [name for name in wanted if name not in table]
         if unknown:
             raise cli.UserError(f"{args.scores}: no setting {', '.join(unknown)} (has {', '.join(table)})")
-        return args.baseline, {name: table[name] for name in wanted}
+        return args.baseline, {name: table[name] for name in wanted}, None
     try:
         entries = [named(args.baseline)] + [named(m) for m in args.methods]
     except argparse.ArgumentTypeError as err:
@@ -85,11 +106,34 @@ def load(args):
     distinct([name for name, _ in entries])
     scores = {name: load_summary_scores(path, args.metric) for name, path in entries}
     check_same_test_data(entries)
-    return entries[0][0], scores
+    return entries[0][0], scores, {name: summary_runs(path, args.metric) for name, path in entries}
+
+
+def warn(message):
+    print(f"WARNING: {message}", file=sys.stderr)
+
+
+def compare_settings(baseline, runs):
+    """``{method: compared_settings}`` of each method against the baseline; what is not checked,
+    and data the runs of a pair differ in, are warned about on stderr too."""
+    compared = {}
+    for name, method in runs.items():
+        if name == baseline:
+            continue
+        shown, unchecked = compared[name] = compared_settings(runs[baseline], method, baseline, name)
+        if unchecked:
+            warn(
+                f"{name} against {baseline}: the settings of {len(unchecked)} pair(s) are not checked "
+                f"(no run folder with its {RUN_HPARAMS} beside the summary or where it names the run)"
+            )
+        data = [line for line in shown if line.startswith(DATA_SETTINGS)]
+        if data:
+            warn(f"{name} and {baseline} were trained or tested on other data: {'; '.join(data)}")
+    return compared
 
 
 def run(args):
-    baseline, scores = load(args)
+    baseline, scores, runs = load(args)
     rows, panels = [], []
     for name, method in scores.items():
         if name == baseline:
@@ -100,7 +144,8 @@ def run(args):
         rows.append((name, paired_stats(base, meth, confidence=args.confidence)))
         panels.append((name, base, meth, [(k[0], k[-1]) for k in keys]))
     unit = args.pair_unit or ("fold (mean over its seeds)" if args.by_fold else "fold and seed")
-    text = paired_markdown(rows, args.metric, baseline, args.confidence, unit)
+    compared = runs and compare_settings(baseline, runs)
+    text = paired_markdown(rows, args.metric, baseline, args.confidence, unit, compared)
     if args.title:
         text = f"{args.title}\n\n{text}"
     if args.plot:
