@@ -37,7 +37,7 @@ from crab.report import (
     summary_test_set,
     unfinished_training,
 )
-from crab.runconfig import RUN_HPARAMS, _is_object, resolved_values, same_value, show
+from crab.runconfig import RUN_HPARAMS, is_object, resolved_values, same_value, show
 
 # Keys of a run's hyperparams.yaml that say where its files are or how fast it reads them,
 # not what it learns or is tested on: left out of the comparison of two runs, at any depth
@@ -320,7 +320,7 @@ def compared_settings(baseline, method, baseline_name="baseline", method_name="m
 
 
 def _is_built(value):
-    return _is_object(value) or isinstance(value, dict)
+    return is_object(value) or isinstance(value, dict)
 
 
 def _compared(setting, pairs):

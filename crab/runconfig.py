@@ -380,7 +380,7 @@ def same_value(a, b):
     return a == b
 
 
-def _is_object(value):
+def is_object(value):
     """A resolved ``!new:`` / ``!name:`` / ``!apply:`` value (``resolved_values``'s (tag, args))."""
     tagged = isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str)
     return tagged and value[0].startswith("!")
@@ -388,7 +388,7 @@ def _is_object(value):
 
 def show(value):
     """A value as short YAML-like text, for messages."""
-    if _is_object(value):
+    if is_object(value):
         return f"{value[0]} {show(value[1])}"
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -610,7 +610,7 @@ def check_resume(hparams_file, overrides, folder, save_folder):
     differ = [key for key in saved if key in given and not same_value(given[key], saved[key])]
     if not differ:
         return
-    settings = [k for k in differ if not _is_object(saved[k]) and not _is_object(given[k])]
+    settings = [k for k in differ if not is_object(saved[k]) and not is_object(given[k])]
     shown = "; ".join(f"{k}: {show(saved[k])} then, {show(given[k])} now" for k in settings[:4])
     built = [k for k in differ if k not in settings]
     if built:
