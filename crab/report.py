@@ -1104,15 +1104,32 @@ def _experiment_and_result(entry):
     return (experiment, result.strip()) if utc and setting else None
 
 
-def _newest_entry(text, entry):
-    """The newest entry of the RESULTS.md ``text`` on the experiment of ``entry`` (its tag,
-    test set and, for a subset, folds and seeds), or None."""
+def _newest_entry(parts, entry):
+    """The index in ``parts`` (a RESULTS.md split at its ``## `` headings) of the newest entry on
+    the experiment of ``entry`` (its tag, test set and, for a subset, folds and seeds), or None."""
     experiment = _experiment_and_result(entry)[0]
-    for old in re.split(r"^(?=## )", text or "", flags=re.M)[1:]:
+    for at, old in enumerate(parts[1:], 1):
         found = _experiment_and_result(old)
         if found and found[0] == experiment:
-            return old
+            return at
     return None
+
+
+# a tuning file's line in an entry's setting: its name, then its description (free text)
+TUNING_LINE = re.compile(r"^(- tuning: `[^`\n]*`)(?:: .*)?$", re.M)
+
+
+def _without_descriptions(entry):
+    """``_experiment_and_result`` of an entry without its tuning files' descriptions: their
+    comment edited, the runs, commands and numbers are what the entry already holds."""
+    experiment, result = _experiment_and_result(entry)
+    return experiment, TUNING_LINE.sub(r"\1", result)
+
+
+def _with_descriptions_of(old, entry):
+    """The RESULTS.md entry ``old`` with the tuning lines (names and descriptions) of ``entry``."""
+    lines = iter(match.group(0) for match in TUNING_LINE.finditer(entry))
+    return TUNING_LINE.sub(lambda _: next(lines), old)
 
 
 def insert_entry(text, entry, title="Results"):
@@ -1142,8 +1159,10 @@ def add_results_entry(path, summary_path, command, config=None, tuning=None, dev
     """Prepend the entry of ``summary_path`` (``results_entry``) to the results file ``path``
     (created when absent), under a lock on its folder; the file is replaced whole, so a
     reader never sees half of it. Scoring again what the newest entry of the experiment
-    holds (the same commands and table: ``_newest_entry``) adds nothing. Returns the
-    entry, and whether it was added."""
+    holds (the same commands and table: ``_newest_entry``) adds nothing, and where only the
+    descriptions of its tuning files differ (their comment edited) they replace that entry's.
+    Returns the entry as the file has it, and what was done: "added", "described" (the
+    descriptions replaced) or None."""
     from crab.locking import folder_lock
 
     _, summary = read_summary(summary_path)
@@ -1156,11 +1175,16 @@ def add_results_entry(path, summary_path, command, config=None, tuning=None, dev
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 old = f.read()
-        newest = _newest_entry(old, entry)
-        if newest and _experiment_and_result(newest) == _experiment_and_result(entry):
-            return newest, False
+        parts = re.split(r"^(?=## )", old or "", flags=re.M)
+        at = _newest_entry(parts, entry)
+        if at is not None and _experiment_and_result(parts[at]) == _experiment_and_result(entry):
+            return parts[at], None
+        if at is not None and _without_descriptions(parts[at]) == _without_descriptions(entry):
+            parts[at] = _with_descriptions_of(parts[at], entry)
+            write_text_atomic(path, "".join(parts))
+            return parts[at], "described"
         write_text_atomic(path, insert_entry(old, entry, title))
-    return entry, True
+    return entry, "added"
 
 
 # ---------------------------------------------------------------- command line
@@ -1266,7 +1290,7 @@ def main(argv=None):
     elif args.command == "embeddings":
         print(summary_embeddings(args.summary) or "")
     elif args.command == "add_results":
-        entry, added = add_results_entry(
+        entry, done = add_results_entry(
             args.results_md,
             args.summary,
             args.typed,
@@ -1276,8 +1300,13 @@ def main(argv=None):
             corpus=args.corpus,
         )
         heading = entry.split("\n", 1)[0][len("## ") :]
-        if added:
+        if done == "added":
             print(f"{args.results_md}: added at the top: {heading}")
+        elif done == "described":
+            print(
+                f"{args.results_md}: '{heading}' has the same commands and table: "
+                "its tuning file's description replaced, no entry added"
+            )
         else:
             print(f"{args.results_md}: '{heading}' has the same commands and table: no entry added")
     elif args.trained_now or checkpointed_training_seconds(args.run_dir) is not None:

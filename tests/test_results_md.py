@@ -251,6 +251,46 @@ def test_scoring_again_adds_no_entry_unless_the_results_changed(tmp_path, capsys
     assert headings == ["crab_tiny on test"] * 2 + ["other on test", "crab_tiny on test"]
 
 
+def test_scoring_again_after_a_tuning_files_comment_changed_replaces_its_description(
+    tmp_path, capsys, monkeypatch
+):
+    """The description of a tuning file is free text: edited, and the same runs scored again by
+    the same command, the entry's description is replaced where it is, and no entry is added."""
+    monkeypatch.chdir(RECIPE)  # where stage 7 reads the tuning file's config
+    exp, summary, results = tmp_path / "exp", tmp_path / "results_test.json", tmp_path / "RESULTS.md"
+    tuning = tmp_path / "narrow.yaml"
+    tuning.write_text("# A narrower head.\nconfig: conf/crab_tiny.yaml\noverrides:\n  hidden_dim: 8\n")
+    write_runs(exp, "narrow", (1, 2), str(tuning))
+    write_runs(exp, "other", (1,), None)
+    scoring = f"./run.sh --stage 7 --stop_stage 7 --tuning {tuning}"
+    summary_of(exp, "narrow", summary)
+    add_results_entry(str(results), str(summary), scoring)
+    summary_of(exp, "other", tmp_path / "other.json")  # another experiment's entry above it
+    add_results_entry(str(results), str(tmp_path / "other.json"), scoring)
+    before = results.read_text()
+    tuning.write_text(tuning.read_text().replace("A narrower head.", "A narrower head (8 units)."))
+    main(["add_results", "--results_md", str(results), "--summary", str(summary), "--command", scoring])
+    text = results.read_text()
+    assert (
+        text == before.replace(f"`{tuning}`: A narrower head.\n", f"`{tuning}`: A narrower head (8 units).\n")
+        and text != before
+    )
+    heading = next(line for line in text.splitlines() if line.endswith(" UTC: narrow on test"))[3:]
+    assert capsys.readouterr().out == (
+        f"{results}: '{heading}' has the same commands and table: its tuning file's description "
+        "replaced, no entry added\n"
+    )
+    # other numbers with another description: an entry of its own, the older one as it was
+    predictions = exp / "narrow" / "main" / "seed2" / "eval_test" / "predictions.csv"
+    predictions.write_text(predictions.read_text().replace("utt0,angry,angry,", "utt0,angry,sad,"))
+    summary_of(exp, "narrow", summary)
+    tuning.write_text(tuning.read_text().replace("(8 units)", "(8 units, again)"))
+    assert add_results_entry(str(results), str(summary), scoring)[1] == "added"
+    headings = [line.split(" UTC: ")[1] for line in results.read_text().splitlines() if " UTC: " in line]
+    assert headings == ["narrow on test", "other on test", "narrow on test"]
+    assert results.read_text().endswith(text.split(RESULTS_MARKER)[1].lstrip("\n"))
+
+
 def test_a_subset_of_the_folds_keeps_apart_from_the_results_of_all(tmp_path):
     exp = tmp_path / "exp" / "crab_tiny"
     for fold in ("main", "other"):
