@@ -640,13 +640,57 @@ def alpha_sweep(entries, baseline, plot=None, title=None):
         alpha, (_, best) = max(zip(alphas, entries, strict=True), key=lambda e: e[1][1]["mean"][metric])
         lines.append("\n" + best_alpha_line(metric, alpha, best, baseline))
     if plot:
-        from crab.plots import plot_alpha
-
-        means = {m: [s["mean"][m] for _, s in entries] for m in ("UAR", "WAR")}
-        stds = {m: [s["std"].get(m) or 0.0 for _, s in entries] for m in ("UAR", "WAR")}
-        base = {m: baseline["mean"][m] for m in ("UAR", "WAR")} if baseline else None
-        plot_alpha(alphas, means, plot, stds=stds, baseline=base, title=title)
+        alpha_figure(entries, baseline, plot, title)
     return "\n".join(lines) + "\n"
+
+
+def alpha_figure(entries, baseline, plot, title=None):
+    """Draw the alpha sweep of ``entries`` (``alpha_sweep``'s) into the PNG ``plot``: UAR and WAR
+    against alpha with their stds, CE only's as horizontal lines (the paper's Figure 3)."""
+    from crab.plots import plot_alpha
+
+    entries = sorted(entries, key=lambda e: alpha_of(e[0]))
+    means = {m: [s["mean"][m] for _, s in entries] for m in ("UAR", "WAR")}
+    stds = {m: [s["std"].get(m) or 0.0 for _, s in entries] for m in ("UAR", "WAR")}
+    base = {m: baseline["mean"][m] for m in ("UAR", "WAR")} if baseline else None
+    plot_alpha([alpha_of(name) for name, _ in entries], means, plot, stds=stds, baseline=base, title=title)
+
+
+def table_setting(text):
+    """What a sweep's table (``comparison_markdown``, ``alpha_sweep``) is of, not its numbers: its
+    heading (test set, ``--train_opts``, the runs' config, folds and seeds) and the first two cells
+    of each row (the setting: method and tag, or alpha and runs)."""
+    lines = text.splitlines()
+    heading = next((line for line in lines if line.startswith("## ")), "")
+    rows = [line.strip("|").split("|")[:2] for line in lines if line.startswith("|") and "---|" not in line]
+    return heading, [[cell.strip() for cell in row] for row in rows]
+
+
+def keep_other_sweeps_table(out, text, companions=()):
+    """Before the table ``text`` is written to ``out``: when ``out`` holds the table of another
+    setting (``table_setting``: other settings, runs or ``--train_opts``), rename it and those of
+    ``companions`` (its figure, its embedding plot) that exist to ``<name>.<date>.<ext>``, the date
+    (UTC) it was written, so that a second sweep into the same folder keeps the first's; the same
+    sweep run again replaces its own. Returns the new name of ``out``, or None."""
+    if not os.path.isfile(out):
+        return None
+    with open(out, encoding="utf-8", errors="replace") as f:
+        if table_setting(f.read()) == table_setting(text):
+            return None
+    written = datetime.datetime.fromtimestamp(os.path.getmtime(out), datetime.UTC)
+    moved = [path for path in (out, *companions) if path and os.path.isfile(path)]
+    stamp, n = f"{written:%Y-%m-%d_%H-%M-%S}", 1
+    while any(os.path.lexists(_dated(path, stamp)) for path in moved):  # two sweeps in one second
+        n += 1
+        stamp = f"{written:%Y-%m-%d_%H-%M-%S}_{n}"
+    for path in moved:
+        os.replace(path, _dated(path, stamp))
+    return _dated(out, stamp)
+
+
+def _dated(path, stamp):
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.{stamp}{ext}"
 
 
 def best_alpha_line(metric, alpha, best, baseline):

@@ -430,6 +430,65 @@ def test_alpha_sweep_table_and_figure(tmp_path):
         alpha_of("mlcs")
 
 
+def test_a_sweep_of_other_settings_keeps_the_table_it_would_replace(tmp_path, capsys):
+    """A second sweep into the same folder (another alpha grid, other runs, other --train_opts)
+    renames the first's table and its figures to <name>.<date written>.<ext> instead of replacing
+    them; the same sweep again, with other numbers, replaces its own."""
+    out, plot = tmp_path / "alpha_test.md", tmp_path / "alpha_test.png"
+    title = "UAR and WAR against alpha on test"
+    kept = "alpha_test.2026-01-01_00-00-00"
+
+    def summary(tag, uar=0.5):
+        rows = [{"run": f"{tag}/main/seed1", "num_utterances": 4, "WAR": 0.6, "UAR": uar}]
+        rows[0].update(macro_F1=uar, weighted_F1=0.6)
+        path = tmp_path / f"{tag}.json"
+        path.write_text(json.dumps(summarise(rows, tag=tag)))
+        return str(path)
+
+    def sweep(alphas, uar=0.5, about=""):
+        if out.exists():
+            os.utime(out, (1767225600, 1767225600))  # written 2026-01-01 00:00:00 UTC
+        paths = [summary(f"alpha{a}", uar) for a in alphas]
+        options = ["--plot", str(plot), "--out", str(out), "--title", title + about]
+        compare.main(["alpha", "--baseline", summary("ce_only"), *options, *paths])
+        return out.read_text()
+
+    def folder(pattern):  # the tables and figures, not the lock of their writer
+        return sorted(p.name for p in tmp_path.glob(pattern) if p.suffix != ".lock")
+
+    first = sweep(["0.5", "2"])
+    assert sweep(["0.5", "2"], uar=0.9) != first  # the same sweep, its settings trained again
+    assert folder("alpha_test*") == ["alpha_test.md", "alpha_test.png"]
+    again = out.read_text()
+    sweep(["0.5"])  # another grid
+    assert folder("alpha_test*") == [f"{kept}.md", f"{kept}.png", "alpha_test.md", "alpha_test.png"]
+    assert (tmp_path / f"{kept}.md").read_text() == again
+    assert f"{out} is the table of another sweep" in capsys.readouterr().err
+    sweep(["0.5"], about="; --lr=0.01")  # other --train_opts, written in the same second
+    assert (tmp_path / f"{kept}_2.md").exists() and (tmp_path / f"{kept}_2.png").exists()
+
+    # the ablation table takes its embedding plot and scores with it
+    table = tmp_path / "ablations_test.md"
+    embeddings = [tmp_path / "ablations_test_embeddings.png", tmp_path / "ablations_test_embeddings.md"]
+    for tags in (["ce_only", "mlcs"], ["ce_only", "speech_only"]):
+        if table.exists():
+            os.utime(table, (1767225600, 1767225600))
+        paths = [summary(tag) for tag in tags]
+        compare.main(["table", "--out", str(table), "--companions", *map(str, embeddings), "--", *paths])
+        embeddings[0].write_bytes(PNG)  # what sweep.sh draws after the table
+        embeddings[1].write_text(f"scores of {tags[1]}")
+    assert folder("ablations_*") == [
+        "ablations_test.2026-01-01_00-00-00.md",
+        "ablations_test.md",
+        "ablations_test_embeddings.2026-01-01_00-00-00.md",
+        "ablations_test_embeddings.2026-01-01_00-00-00.png",
+        "ablations_test_embeddings.md",
+        "ablations_test_embeddings.png",
+    ]
+    assert "| mlcs |" in (tmp_path / "ablations_test.2026-01-01_00-00-00.md").read_text()
+    assert (tmp_path / "ablations_test_embeddings.2026-01-01_00-00-00.md").read_text() == "scores of mlcs"
+
+
 def test_the_best_alpha_is_told_against_the_spread_of_its_runs():
     def summary(tag, *uars):
         rows = [{"run": f"{tag}/f/seed{i}", "num_utterances": 4, "UAR": u} for i, u in enumerate(uars)]

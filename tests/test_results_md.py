@@ -401,6 +401,12 @@ def test_sweep_tables_name_the_config_folds_and_seeds_of_their_runs(tmp_path):
     assert table[5].startswith("| MLCS (Crab) | mlcs | 4 |")
     table = sweep("main")  # the subset this sweep scored, not the results of every fold
     assert table[0] == f"{title} main, seeds 1 2"
+    # the first sweep's table, of other runs, is kept with its embedding plot and scores
+    (kept,) = (tmp_path / "exp").glob("ablations_test.*.md")
+    assert kept.read_text().splitlines()[0] == f"{title} main other, seeds 1 2"
+    stamp = kept.name.split(".")[1]
+    for name in ("ablations_test_embeddings.{}.md", "ablations_test_embeddings.{}.png"):
+        assert (tmp_path / "exp" / name.format(stamp)).is_file()
     assert table[5].startswith("| MLCS (Crab) | mlcs | 2 |")
     assert json.loads((tmp_path / "exp" / "mlcs" / "results_test.json").read_text())["num_runs"] == 4
 

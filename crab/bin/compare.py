@@ -13,15 +13,22 @@
 UAR and WAR against alpha with the CE-only result as horizontal lines (paper
 Fig. 3). ``embeddings`` projects each ``crab.bin.embeddings`` dump to 2-D and
 draws them side by side, coloured by emotion, with their cluster scores.
+
+``table`` and ``alpha`` keep the table another sweep wrote to ``--out`` (other settings,
+runs or title: ``crab.report.table_setting``): it is renamed with its figure (``--plot``,
+``--companions``) to ``<name>.<date written>.<ext>`` before the new one is written.
 """
 
 import argparse
+import functools
 import os
+import sys
 
 from crab import cli
 from crab.embeddings import embedding_panels, scores_markdown
 from crab.fileio import write_text_atomic
-from crab.report import alpha_sweep, comparison_markdown, read_summary
+from crab.locking import beside_lock
+from crab.report import alpha_figure, alpha_sweep, comparison_markdown, keep_other_sweeps_table, read_summary
 
 
 @cli.entry_point
@@ -37,6 +44,13 @@ def main(argv=None):
     table.add_argument("--test_set", help="test set, for corpora with several (msp_podcast: test1, test2)")
     table.add_argument("--out")
     table.add_argument("--title")
+    table.add_argument(
+        "--companions",
+        nargs="*",
+        default=[],
+        help="files of the table in --out (its embedding plot and scores): renamed with it when it is "
+        "another sweep's",
+    )
     alpha = commands.add_parser("alpha", help="metrics against alpha (paper Fig. 3)")
     alpha.add_argument("summaries", nargs="+")
     alpha.add_argument("--baseline", help="summary of the CE-only experiment")
@@ -50,6 +64,17 @@ def main(argv=None):
     emb.add_argument("--out", help="markdown table of the cluster scores")
     args = parser.parse_args(argv)
 
+    if args.command == "embeddings":
+        named = [d.split("=", 1) if "=" in d else (os.path.basename(d), d) for d in args.dumps]
+        panels, classes, scores = embedding_panels(named, args.projection)
+        from crab.plots import plot_embeddings
+
+        plot_embeddings(panels, classes, args.plot)
+        text = scores_markdown(scores) + f"\n\n{args.projection.upper()} projections: {args.plot}\n"
+        print(text)
+        if args.out:
+            write_text_atomic(args.out, text)
+        return
     if args.command == "table":
         text = comparison_markdown(
             [read_summary(p) for p in args.summaries],
@@ -58,19 +83,34 @@ def main(argv=None):
             corpus=args.corpus,
             test_set=args.test_set,
         )
-    elif args.command == "alpha":
-        baseline = read_summary(args.baseline)[1] if args.baseline else None
-        text = alpha_sweep([read_summary(p) for p in args.summaries], baseline, args.plot, args.title)
+        companions, draw = args.companions, None
     else:
-        named = [d.split("=", 1) if "=" in d else (os.path.basename(d), d) for d in args.dumps]
-        panels, classes, scores = embedding_panels(named, args.projection)
-        from crab.plots import plot_embeddings
-
-        plot_embeddings(panels, classes, args.plot)
-        text = scores_markdown(scores) + f"\n\n{args.projection.upper()} projections: {args.plot}\n"
+        baseline = read_summary(args.baseline)[1] if args.baseline else None
+        entries = [read_summary(p) for p in args.summaries]
+        text = alpha_sweep(entries, baseline, title=args.title)
+        companions = [args.plot]
+        draw = args.plot and functools.partial(alpha_figure, entries, baseline, args.plot, args.title)
     print(text)
-    if args.out:
-        write_text_atomic(args.out, text)
+    write_sweep_table(args.out, text, companions, draw)
+
+
+def write_sweep_table(out, text, companions, draw=None):
+    """Write the table ``text`` to ``out`` and ``draw`` its figure, one sweep at a time; a table of
+    another sweep there is first renamed with its ``companions`` (``keep_other_sweeps_table``)."""
+    if not out:
+        if draw:
+            draw()
+        return
+    with beside_lock(out, "sweep table", wait=True):
+        kept = keep_other_sweeps_table(out, text, companions)
+        if kept:
+            print(
+                f"{out} is the table of another sweep (its heading and rows say which): kept as {kept}",
+                file=sys.stderr,
+            )
+        if draw:
+            draw()
+        write_text_atomic(out, text)
 
 
 if __name__ == "__main__":

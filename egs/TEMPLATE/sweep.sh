@@ -9,6 +9,8 @@
 #                                                        # exp/alpha_<test>.{md,png}
 #   ./sweep.sh --tunings "conf/tuning/a.yaml conf/tuning/b.yaml"   # exp/a/, exp/b/, in exp/ablations_<test>.md
 #
+# A table of another sweep there (other settings, runs or --train_opts) is renamed with its
+# figures to <name>.<date written>.<ext>, not replaced; the same sweep again replaces its own.
 # Options of its own (below); every other option goes to run.sh as it is, e.g.
 # --seeds "1 2 3", --folds, --feature_cache, --ngpu, --nj, --cmd (not --tag or --ablation: each
 # setting sets them). With --settings_nj N, N settings run at once, each logged to
@@ -175,8 +177,10 @@ for test_set in ${test_sets}; do
       dump=$(python -m crab.report embeddings "${summaries[-1]}")  # of a run the table scores
       [ -z "${dump}" ] || dumps+=("${name}=${dump}")
     done
+    # a table of another sweep there is renamed with its embedding plot, not replaced
     python -m crab.bin.compare table --ablation_table "${ablation_table}" \
-      --corpus "$(basename "${PWD}")" --test_set "${test_set}" --title "Ablations on ${test_set}${about}" --out "${exp_dir}/ablations_${test_set}.md" "${summaries[@]}"
+      --corpus "$(basename "${PWD}")" --test_set "${test_set}" --title "Ablations on ${test_set}${about}" --out "${exp_dir}/ablations_${test_set}.md" \
+      --companions "${exp_dir}/ablations_${test_set}_embeddings.png" "${exp_dir}/ablations_${test_set}_embeddings.md" -- "${summaries[@]}"
     if [ "${#dumps[@]}" -eq "$(wc -w <<< "${settings}")" ]; then  # the first run of each with embeddings
       python -m crab.bin.compare embeddings --plot "${exp_dir}/ablations_${test_set}_embeddings.png" \
         --out "${exp_dir}/ablations_${test_set}_embeddings.md" "${dumps[@]}"

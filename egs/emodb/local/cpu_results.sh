@@ -122,7 +122,9 @@ for m in ${methods}; do
   summaries+=("${summary}")
   if [ "${m}" = ce_only ]; then baseline=${summary}; else compared+=("${m}=${summary}"); fi
 done
-python -m crab.bin.compare table --title "EmoDB test, ${setting}" --out "${run_dir}/ablations_test.md" "${summaries[@]}"
+# a table of other runs there is kept (renamed with the paired comparisons written after it)
+python -m crab.bin.compare table --title "EmoDB test, ${setting}" --out "${run_dir}/ablations_test.md" \
+  --companions "${run_dir}"/paired_test{.md,.png,_by_fold.md} -- "${summaries[@]}"
 if [ -n "${baseline}" ] && [ ${#compared[@]} -gt 0 ]; then
   paired=(python -m crab.bin.paired --baseline "ce_only=${baseline}" "${compared[@]}")
   "${paired[@]}" --out "${run_dir}/paired_test.md" --plot "${run_dir}/paired_test.png" \
