@@ -21,6 +21,7 @@ the recipe calls the small command-line part for every run:
                                       --command CMD [--config C --tuning FILE --device D --corpus NAME]
         prepend an entry (environment, setting, the commands that trained and scored the runs,
         results table) to a recipe's RESULTS.md, unless its newest entry on the experiment holds the same
+        (where only its tuning file's description differs, that entry's is replaced)
     python -m crab.report results_name --test_set TEST PREDICTIONS...
         print the name stage 7 gives the results of these runs: results_<TEST>, or, when they
         leave out runs of their experiment evaluated on TEST, results_<TEST>.<folds>.seed<seeds>
