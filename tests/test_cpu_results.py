@@ -78,6 +78,7 @@ def test_emodb_cpu_results(tmp_path):
     assert (exp / "features_layer1" / "index.json").is_file()
     assert sorted(os.listdir(exp)) == [
         "ablations_test.md",
+        "ablations_test.md.lock",  # its writer's, one at a time
         "ce_only",
         "ce_only_seed1.log",
         "ce_only_seed2.log",
