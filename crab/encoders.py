@@ -311,18 +311,21 @@ class _Encoder(nn.Module):
         ``select`` runs them."""
         k = self.finetune_top_layers
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"finetune_top_layers must be a number of layers >= 0, got '{k}'")
+            raise ValueError(f"finetune_top_speech_layers must be a number of layers >= 0, got '{k}'")
         self.top_range = None
         if k == 0:
             return
         read = self.num_layers if self.layer_weighting == "last" else self.layer_index
         if read is None or not 1 <= k <= read:
             raise ValueError(
-                f"finetune_top_layers: {k} needs one layer read (layer_weighting 'last' or an "
+                f"finetune_top_speech_layers: {k} needs one layer read (layer_weighting 'last' or an "
                 f"index) with at least {k} layers below it, got layer_weighting '{self.layer_weighting}'"
             )
         if self.freeze:
-            raise ValueError("finetune_top_layers > 0 fine-tunes part of the encoder: it needs freeze: false")
+            raise ValueError(
+                "finetune_top_speech_layers > 0 fine-tunes part of the encoder: it needs "
+                "freeze_speech_encoder: false"
+            )
         self.top_range = range(read - k, read)
         self.model.requires_grad_(False)
         for module in self._top_modules():
@@ -641,7 +644,7 @@ class SpeechEncoder(_Encoder):
             raise UnsupportedModelError(
                 "speech_encoder source",
                 config.name_or_path,
-                f"finetune_top_layers is implemented for Whisper encoders, not {config.name_or_path} "
+                f"finetune_top_speech_layers is implemented for Whisper encoders, not {config.name_or_path} "
                 f"(model type {config.model_type}): set it to 0",
             )
         return self.model.layers

@@ -474,7 +474,7 @@ def test_top_layer_finetuning_is_checked(config_dirs):
         SpeechEncoder(whisper, pretrained=False, layer_weighting="weighted_sum", finetune_top_layers=1)
     with pytest.raises(ValueError, match="at least 2 layers below"):
         SpeechEncoder(whisper, pretrained=False, layer_weighting=1, finetune_top_layers=2)
-    with pytest.raises(ValueError, match="needs freeze: false"):
+    with pytest.raises(ValueError, match="needs freeze_speech_encoder: false"):
         SpeechEncoder(whisper, pretrained=False, freeze=True, finetune_top_layers=1)
     with pytest.raises(ValueError, match=">= 0"):
         SpeechEncoder(whisper, pretrained=False, finetune_top_layers=-1)
@@ -484,7 +484,8 @@ def test_top_layer_finetuning_is_checked(config_dirs):
 
 def test_top_layer_finetuning_of_another_family_is_one_line_naming_the_key(tmp_path):
     """``finetune_top_speech_layers`` with a HuBERT source: the command's one-line error
-    names the source's key and the model type, not a ValueError traceback."""
+    names the source's key, the model type and the yaml key to set (not the encoder's argument
+    ``finetune_top_layers``, which no yaml has), not a ValueError traceback."""
     from crab.runconfig import load_hparams
     from tests.conftest import ROOT
 
@@ -502,7 +503,7 @@ def test_top_layer_finetuning_of_another_family_is_one_line_naming_the_key(tmp_p
     }
     with pytest.raises(
         UserError,
-        match="^speech_encoder_source: finetune_top_layers is implemented for Whisper "
+        match="^speech_encoder_source: finetune_top_speech_layers is implemented for Whisper "
         f"encoders, not {tmp_path}/hubert \\(model type hubert\\)",
     ):
         load_hparams(config, overrides)
