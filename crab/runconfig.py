@@ -61,6 +61,10 @@ STAGE_KEYS = {
 EVAL_LOADER_KEYS = ("batch_size", "num_workers")
 
 
+# hyperpyyaml's error for a ``key: !PLACEHOLDER`` that no override filled
+UNSET_PLACEHOLDER = re.compile(r"'(\w+)' is a !PLACEHOLDER and must be replaced\.")
+
+
 class ConfigError(UserError, ValueError):
     """A yaml file or a command-line override is not usable."""
 
@@ -228,6 +232,13 @@ def load_hparams(hparams_file, overrides=None, text=None):
         return load_hyperpyyaml(text, overrides)
     except ModelSourceError as err:
         raise ModelSourceError(_source_key(text, overrides, err), err.source, err.detail) from None
+    except ValueError as err:
+        unset = UNSET_PLACEHOLDER.fullmatch(str(err))
+        if unset is None:
+            raise
+        key = unset.group(1)
+        where = hparams_file or "the yaml"
+        raise ConfigError(f"{where}: {key} is a !PLACEHOLDER with no value: give --{key}=VALUE") from None
 
 
 def _source_key(text, overrides, err):

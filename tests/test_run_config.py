@@ -562,3 +562,16 @@ def test_a_run_moved_to_a_folder_yaml_cannot_read_back_is_an_error(tmp_path):
         ConfigError, match=r"cannot be read in /moved/run #1 \(its output folder becomes /moved/run\)"
     ):
         run_text(str(run_file), "/moved/run #1")
+
+
+def test_a_placeholder_without_value_is_one_line_naming_the_override():
+    """A recipe yaml run by hand without one of its ``!PLACEHOLDER`` keys (``data_root``)
+    names the key and the override that fills it, not hyperpyyaml's traceback."""
+    from crab.runconfig import ConfigError, load_hparams
+
+    config = os.path.join(ROOT, "egs", "TEMPLATE", "conf", "crab_tiny.yaml")
+    with pytest.raises(
+        ConfigError,
+        match=r"crab_tiny\.yaml: data_root is a !PLACEHOLDER with no value: give --data_root=VALUE",
+    ):
+        load_hparams(config, {})
