@@ -52,7 +52,11 @@ def _build(texts, out_dir, vocab_size, model_max_length):
         )
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
-        list(texts), vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS
+        list(texts),
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,  # off a terminal its progress bar is blank lines in stage 3's log
     )
     vocab = bpe.get_vocab()
     out_dir = os.path.normpath(out_dir)

@@ -162,6 +162,15 @@ def test_two_builds_of_one_tokenizer_take_turns(tmp_path, caplog):
     assert sorted(os.listdir(tmp_path)) == ["tokenizer", "tokenizer.lock"]
 
 
+def test_building_a_tokenizer_prints_nothing(tmp_path, capfd):
+    """The BPE trainer's progress bar, written by its Rust code straight to stdout, was three
+    blank lines in every stage 3 log."""
+    crab_tokenizer.build_bpe_tokenizer(
+        ["I feel angry today", "so sad right now"] * 3, str(tmp_path / "t"), 300
+    )
+    assert capfd.readouterr() == ("", "")
+
+
 def test_a_tokenizer_is_not_built_into_a_folder_of_other_files(tmp_path):
     """A rebuild replaces its folder whole: a fold's folder, with its manifests, is refused."""
     (tmp_path / "train.json").write_text("{}")
