@@ -27,7 +27,7 @@ import sys
 import time
 
 from crab.cli import UserError
-from crab.fileio import WriteError
+from crab.fileio import WriteError, make_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ def file_lock(path, busy, error=FolderLockedError, wait=False):
     the other process wrote. A lock file that cannot be created (a read-only folder) is a
     ``WriteError`` naming it.
     """
-    try:  # a folder that cannot be written (read-only, not there): said here, before any work
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    make_dirs(os.path.dirname(os.path.abspath(path)))  # a file in the way of its folder: named
+    try:  # a folder that cannot be written (read-only): said here, before any work
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's line stays
     except OSError as err:
         raise WriteError.of(path, err) from err

@@ -96,12 +96,14 @@ def test_an_asr_model_that_cannot_be_loaded_is_named_by_its_option(trained, data
 def test_an_out_that_cannot_be_written_is_one_line_naming_it(trained, data, tmp_path):  # noqa: F811
     write_inputs(tmp_path, data)
     (tmp_path / "a_file").write_text("not a folder\n")
-    outs = [tmp_path / "a_file" / "r.tsv", tmp_path / "a_file" / "sub" / "r.tsv"]
-    if os.path.isdir("/proc/self"):  # unwritable even for root
-        outs.append("/proc/self/r.tsv")
-    for out in outs:
+    blocker = tmp_path / "a_file"
+    for out in (blocker / "r.tsv", blocker / "sub" / "r.tsv"):
         message = gold(trained[2], tmp_path, out)
-        assert message.startswith(f"ERROR: cannot write {out}.lock (") and "\n" not in message
+        folder = os.path.dirname(out)
+        assert message == f"ERROR: cannot create output folder {folder}: a file named {blocker} is in the way"
+    if os.path.isdir("/proc/self"):  # unwritable even for root
+        message = gold(trained[2], tmp_path, "/proc/self/r.tsv")
+        assert message.startswith("ERROR: cannot write /proc/self/r.tsv.lock (") and "\n" not in message
 
 
 @pytest.mark.parametrize("value", ["twelve", "30s", "-5", ".nan", "true"])

@@ -134,6 +134,7 @@ def test_evaluate_and_package(data, blocker, tmp_path):
     result = command(
         "crab.bin.package", CONFIG, *run_options(data, run), "--text_source", "gold", "--out", out
     )
+    # the package's lock, beside it, is the first thing made there
     assert_one_line_error(
-        result, f"cannot create output folder {out}.tmp: a file named {blocker} is in the way"
+        result, f"cannot create output folder {blocker}: a file named {blocker} is in the way"
     )

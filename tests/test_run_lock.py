@@ -167,10 +167,12 @@ def test_a_value_yaml_cannot_read_is_refused_naming_the_option(data, tmp_path): 
     assert not (tmp_path / "run").exists()
 
 
-def test_a_lock_in_a_folder_that_cannot_be_written_is_a_write_error_naming_it(tmp_path):
-    (tmp_path / "a_file").write_text("not a folder\n")
-    for folder in (tmp_path / "a_file", tmp_path / "a_file" / "run"):
-        with pytest.raises(UserError, match=rf"^cannot write {folder}/\.lock \("):
+def test_a_lock_in_a_folder_that_cannot_be_made_is_a_write_error_naming_what_is_in_the_way(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    for folder in (blocker, blocker / "run"):
+        in_the_way = rf"^cannot create output folder {folder}: a file named {blocker} is in the way$"
+        with pytest.raises(UserError, match=in_the_way):
             with folder_lock(str(folder), "training run"):
                 pass
 
