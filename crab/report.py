@@ -605,20 +605,18 @@ def alpha_of(tag):
     return float(match.group(1))
 
 
-def alpha_sweep(entries, baseline, plot=None, title=None):
-    """Markdown table of the alpha sweep (CE-only first) and, with ``plot``, the paper's Figure 3.
+def alpha_sweep(entries, baseline, title=None):
+    """Markdown table of the alpha sweep (CE-only first); ``alpha_figure`` draws the paper's Figure 3.
 
     Parameters
     ----------
     entries : list of (str, dict)
         Each experiment's tag (``alpha<value>``) and summary (``summarise``).
     baseline : dict or None
-        The summary of the CE-only experiment: a first row, and horizontal lines in the plot.
-    plot : str, optional
-        PNG to draw UAR and WAR against alpha into.
+        The summary of the CE-only experiment: a first row.
     title : str, optional
         Heading of the table, with the experiments' configs, folds and seeds
-        (``comparison_about``), and title of the plot.
+        (``comparison_about``).
 
     Returns
     -------
@@ -640,8 +638,6 @@ def alpha_sweep(entries, baseline, plot=None, title=None):
     for metric in ("UAR", "WAR"):
         alpha, (_, best) = max(zip(alphas, entries, strict=True), key=lambda e: e[1][1]["mean"][metric])
         lines.append("\n" + best_alpha_line(metric, alpha, best, baseline))
-    if plot:
-        alpha_figure(entries, baseline, plot, title)
     return "\n".join(lines) + "\n"
 
 
