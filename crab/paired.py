@@ -11,7 +11,10 @@ run's records (``hyperparams.yaml``, ``text_source.json``, its evaluation's
 ``predictions.inputs.json``): the settings in which every pair's two runs differ are what is
 compared, and are listed with the table; one in which only some pairs differ is an error
 naming the two runs, as is a run whose training stopped early or whose score the summary
-holds no longer (evaluated again since stage 7 scored it).
+holds no longer (evaluated again since stage 7 scored it). The code that trained the runs (the git
+commit and library versions of each one's ``train_info.json``) is listed too where it is not one
+clean commit and one set of versions for all (``code_differences``), never an error: a comparison
+of runs trained by other code includes what changed between them.
 
 Example
 -------
@@ -22,6 +25,7 @@ Example
 
 import json
 import os
+from collections import Counter
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -34,6 +38,7 @@ from crab.report import (
     check_evaluated_checkpoint,
     read_predictions,
     read_summary,
+    read_train_info,
     summary_test_set,
     unfinished_training,
 )
@@ -191,9 +196,9 @@ def run_folder(summary_path, run):
 
 
 def summary_runs(path, metric):
-    """``{(fold, seed): (run, settings)}`` of the runs of a summary: the run as it names it and
-    what it was trained and tested with (``run_settings``; None without its folder). Each run
-    found is checked (``check_run``)."""
+    """``{(fold, seed): (run, settings, code)}`` of the runs of a summary: the run as it names it,
+    what it was trained and tested with (``run_settings``) and the code that trained it
+    (``run_code``); both None without its folder. Each run found is checked (``check_run``)."""
     _, summary = read_summary(path)
     test_set = summary.get("test_set") or summary_test_set(path)
     runs = {}
@@ -201,8 +206,20 @@ def summary_runs(path, metric):
         folder = run_folder(path, row["run"])
         if folder is not None:
             check_run(path, row, folder, test_set, metric)
-        runs[run_pair_key(row["run"])] = (row["run"], folder and run_settings(folder, test_set))
+        runs[run_pair_key(row["run"])] = (
+            row["run"],
+            folder and run_settings(folder, test_set),
+            folder and run_code(folder),
+        )
     return runs
+
+
+def run_code(folder):
+    """``{"code": git commit, "libraries": versions}`` of the last training of the run in
+    ``folder`` (its ``train_info.json``; None values where it has none): what computed it,
+    besides its settings."""
+    info = read_train_info(folder) or {}
+    return {"code": info.get("commit"), "libraries": info.get("versions")}
 
 
 def check_run(path, row, folder, test_set, metric):
@@ -319,6 +336,32 @@ def compared_settings(baseline, method, baseline_name="baseline", method_name="m
     return shown + ([f"the objects built from them: {', '.join(built)}"] if built else []), unchecked
 
 
+def code_differences(baseline, method):
+    """Lines on the code and libraries that trained the runs of both methods (``summary_runs``
+    of both, the same pairs), where they are not one clean commit and one set of versions for
+    every run: ``code: abc1234 (4 runs) vs def5678 (3 runs), abc1234 (1 run)``. A commit with
+    ``+dirty`` (uncommitted changes) is not known to be the code of another run. Runs recorded
+    by none (trained before ``train_info.json``) say nothing."""
+    lines = []
+    for what, label in (("code", "code (git commit)"), ("libraries", "libraries")):
+        sides = [
+            [runs[k][2][what] if runs[k][2] else None for k in sorted(runs)] for runs in (baseline, method)
+        ]
+        values = set(sides[0]) | set(sides[1])
+        dirty = any(str(v).endswith("+dirty") for v in values)
+        if values == {None} or (len(values) == 1 and not dirty):
+            continue
+        note = " (+dirty: with uncommitted changes)" if dirty else ""
+        lines.append(f"{label}: {_tally(sides[0])} vs {_tally(sides[1])}{note}")
+    return lines
+
+
+def _tally(values):
+    """``a (3 runs), b (1 run)``: each value with its count, the most frequent first."""
+    counts = Counter("not recorded" if v is None else v for v in values).most_common()
+    return ", ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in counts)
+
+
 def _is_built(value):
     return is_object(value) or isinstance(value, dict)
 
@@ -404,16 +447,23 @@ def _fmt(value, digits=4):
 
 
 def settings_lines(compared, baseline_name):
-    """Markdown lines of what each method's pairs compare (``{method: compared_settings(...)}``)."""
+    """Markdown lines of what each method's pairs compare (``{method: (shown, unchecked, code)}``:
+    ``compared_settings`` and ``code_differences`` of its runs against the baseline's), the code
+    that trained them under it where it is not one for all."""
     lines = ["Settings compared (the runs of every pair differ in these, and in nothing else they record):"]
-    for name, (shown, unchecked) in compared.items():
+    for name, (shown, unchecked, code) in compared.items():
         parts = list(shown)
         if unchecked:
             pairs = ", ".join("/".join(key) for key in unchecked)
             parts.append(f"NOT CHECKED: {pairs} (no run folder with its {RUN_HPARAMS})")
         elif not shown:
-            parts.append("nothing: the runs of each pair were trained and tested alike")
+            parts.append(
+                "no setting (the code differs: below)"
+                if code
+                else "nothing: the runs of each pair were trained and tested alike"
+            )
         lines.append(f"- {name} against {baseline_name}: {'; '.join(parts)}")
+        lines += [f"  - {line}: the differences may include what changed between them" for line in code]
     return lines + [""]
 
 

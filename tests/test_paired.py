@@ -481,3 +481,46 @@ def test_runs_without_their_folders_are_said_not_checked(tmp_path, capsys):
     assert (
         "WARNING: mlcs against ce_only: the settings of 2 pair(s) are not checked" in capsys.readouterr().err
     )
+
+
+def trained_by(root, tag, commits, versions="torch 2.6.0"):
+    """Give the runs of ``root/exp/<tag>`` (``experiment``) the ``train_info.json`` of a training at
+    ``commits[i]`` (pair ``i`` of ``PAIRS``)."""
+    for (fold, seed), commit in zip(PAIRS, commits, strict=True):
+        info = {"wall_s": 1.0, "invocations": 1, "commit": commit, "versions": versions}
+        (root / "exp" / tag / fold / f"seed{seed}" / "train_info.json").write_text(json.dumps(info))
+
+
+def test_runs_trained_by_other_code_are_listed_and_warned_about_not_refused(tmp_path, capsys):
+    """A pair's runs trained at other commits compare the code's changes too: said under the
+    settings and on stderr, whichever pairs it is; one clean commit for every run says nothing."""
+    ce = experiment(tmp_path, "ce_only", [1, 2, 1, 1])
+    mlcs = experiment(tmp_path, "mlcs", [0, 1, 0, 1], alpha=2.0)
+    out = tmp_path / "paired.md"
+    trained_by(tmp_path, "ce_only", ["abc1234"] * 4)
+    trained_by(tmp_path, "mlcs", ["abc1234"] * 4)
+    paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--out", str(out)])
+    assert "code" not in out.read_text() and "WARNING" not in capsys.readouterr().err
+    trained_by(tmp_path, "mlcs", ["abc1234", "def5678", "def5678", "def5678"])
+    paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--out", str(out)])
+    line = "code (git commit): abc1234 (4 runs) vs def5678 (3 runs), abc1234 (1 run)"
+    assert f"- mlcs against ce_only: alpha: 0.0 vs 2.0\n  - {line}: the differences may include" in (
+        out.read_text()
+    )
+    assert (
+        f"WARNING: mlcs and ce_only were not all trained by the same code: {line}" in capsys.readouterr().err
+    )
+    # uncommitted changes are not known to be alike, other library versions are other code
+    trained_by(tmp_path, "mlcs", ["abc1234+dirty"] * 4, versions="torch 2.7.0")
+    paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--out", str(out)])
+    text = out.read_text()
+    assert "code (git commit): abc1234 (4 runs) vs abc1234+dirty (4 runs) (+dirty: with uncommitted" in text
+    assert "  - libraries: torch 2.6.0 (4 runs) vs torch 2.7.0 (4 runs): the differences" in text
+    # the same settings, other code: no setting compared, and the code below
+    again = experiment(tmp_path / "again", "ce_again", [0, 2, 1, 1])
+    trained_by(tmp_path / "again", "ce_again", ["abc1234"] * 3 + [None])
+    paired.main(["--baseline", f"ce_only={ce}", f"ce_again={again}", "--out", str(out)])
+    assert (
+        "- ce_again against ce_only: no setting (the code differs: below)\n"
+        "  - code (git commit): abc1234 (4 runs) vs abc1234 (3 runs), not recorded (1 run)"
+    ) in out.read_text()

@@ -23,7 +23,10 @@ epochs, on other transcripts or another fold layout) is an error naming the two 
 both values, as are two runs of a pair with other seeds, a run whose training stopped
 before its epochs, and a score that its run's predictions no longer give (evaluated again
 since stage 7: score it again). Pairs without their folders are said NOT CHECKED, above the
-table and on stderr; ``--scores`` tables are not checked.
+table and on stderr; ``--scores`` tables are not checked. Runs trained by other code (git
+commits, library versions: each run's ``train_info.json``), or by a commit with uncommitted
+changes (``+dirty``), are listed under the settings and warned about on stderr: their
+differences may include what changed in the code.
 
 ``--by_fold`` averages each fold over its seeds first (one pair per fold: the seeds of a
 fold share its test speakers, so this is the conservative comparison). With ``--scores``
@@ -42,6 +45,7 @@ from crab.paired import (
     DATA_SETTINGS,
     align,
     check_same_test_data,
+    code_differences,
     compared_settings,
     fold_means,
     load_scores_table,
@@ -120,7 +124,9 @@ def compare_settings(baseline, runs):
     for name, method in runs.items():
         if name == baseline:
             continue
-        shown, unchecked = compared[name] = compared_settings(runs[baseline], method, baseline, name)
+        shown, unchecked = compared_settings(runs[baseline], method, baseline, name)
+        code = code_differences(runs[baseline], method)
+        compared[name] = shown, unchecked, code
         if unchecked:
             warn(
                 f"{name} against {baseline}: the settings of {len(unchecked)} pair(s) are not checked "
@@ -129,6 +135,8 @@ def compare_settings(baseline, runs):
         data = [line for line in shown if line.startswith(DATA_SETTINGS)]
         if data:
             warn(f"{name} and {baseline} were trained or tested on other data: {'; '.join(data)}")
+        if code:
+            warn(f"{name} and {baseline} were not all trained by the same code: {'; '.join(code)}")
     return compared
 
 
