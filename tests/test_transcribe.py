@@ -482,12 +482,48 @@ def test_transcripts_of_an_older_release_resume_and_are_recorded_as_of_unknown_s
     assert "unrecorded_transcripts" not in json.loads((data_dir / "text.asr.settings").read_text())
 
 
-def test_a_finished_text_asr_without_any_record_is_recorded_as_of_unknown_settings(tmp_path, monkeypatch):
+def test_transcripts_no_record_names_the_model_of_are_not_taken_as_the_given_models(tmp_path, monkeypatch):
+    """A text.asr written by hand or copied without its .model: recording --model as their maker
+    would be a guess that stage 3 passes on to every run; the user names the model."""
     data_dir, utts = make_data_dir(tmp_path, n=2)
     (data_dir / "text.asr").write_text("".join(f"{utt} made elsewhere\n" for utt in utts))
     monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
+    with pytest.raises(SystemExit, match=r"text.asr holds transcripts and no .*text.asr.model saying which"):
+        run(data_dir, "model-a")
+    assert not (data_dir / "text.asr.model").exists() and not (data_dir / "text.asr.settings").exists()
+    # named by hand: kept; a run that adds to them records them as of unknown decoding settings
+    (data_dir / "text.asr.model").write_text("model-a\n")
+    (data_dir / "text.asr").write_text(f"{utts[0]} made elsewhere\n")
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
     run(data_dir, "model-a")
-    assert json.loads((data_dir / "text.asr.settings").read_text())["unrecorded_transcripts"] == 2
+    assert json.loads((data_dir / "text.asr.settings").read_text())["unrecorded_transcripts"] == 1
+    assert read_lines(data_dir / "text.asr") == [[utts[0], "made elsewhere"], [utts[1], "words 0"]]
+
+
+def test_a_run_killed_after_writing_reused_transcripts_resumes(tmp_path, monkeypatch):
+    """The first run records its model before it writes a transcript: a kill just after the
+    transcripts taken from another fold leaves no text.asr without its record."""
+    fold1, utts = make_data_dir(tmp_path / "fold1", n=2)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
+    run(fold1, "model-a")
+    fold2 = tmp_path / "fold2"
+    fold2.mkdir()
+    (fold2 / "wav.scp").write_text((fold1 / "wav.scp").read_text())
+
+    real_write = transcribe.write_transcripts
+
+    def write_then_die(*args, **kwargs):
+        real_write(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
+    monkeypatch.setattr(transcribe, "write_transcripts", write_then_die)
+    with pytest.raises(SystemExit):  # the interrupt, as the command line ends on it
+        run(fold2, "model-a", "--reuse", str(fold1))
+    assert read_lines(fold2 / "text.asr") == read_lines(fold1 / "text.asr")
+    monkeypatch.setattr(transcribe, "write_transcripts", real_write)
+    run(fold2, "model-a", "--reuse", str(fold1))
+    assert (fold2 / "text.asr.model").read_text() == "model-a\n"
 
 
 def test_other_folds_transcripts_of_other_settings_are_not_reused(tmp_path, monkeypatch):

@@ -27,7 +27,9 @@ model. ``--reuse DIR ...`` takes the
 transcripts that the same model made with the same settings in other data directories
 (a corpus's other folds) for the same ``wav.scp`` entries. Transcripts made before stage 2
 kept a settings record are of unknown settings: a run that adds to them records its settings
-with their count (``unrecorded_transcripts``), which no ``--reuse`` takes from.
+with their count (``unrecorded_transcripts``), which no ``--reuse`` takes from. Transcripts
+that no ``text.asr.model`` names (written by hand, or copied without it) stop the run: the
+model that made them is not guessed from ``--model``; write its name there to keep them.
 An empty ASR output, or audio too short for the speech encoder, gives an empty
 transcript, counted and logged: the manifest checks of stage 3 then stop on it or,
 with the skip policy, leave it out. A failure that may pass
@@ -111,11 +113,18 @@ def transcribe_data_dir(args, wavs):
     """``main``'s work, under the data directory's lock: transcribe ``wavs`` into text.asr."""
     out = os.path.join(args.data_dir, "text.asr")
     settings = decoding_settings(args)
-    there = {} if args.overwrite else read_transcripts(out)
+    held = read_transcripts(out)
+    there = {} if args.overwrite else held
     # none there (a run killed before its first transcript): another model or settings mix nothing
     if there:
         check_model(out, args.model, args.overwrite)
     done = {utt: text for utt, text in there.items() if utt in wavs}
+    if done and recorded_model(out + ".model") is None:  # recording --model as their maker: a guess
+        raise cli.UserError(
+            f"{out} holds transcripts and no {out}.model saying which model made them (written by "
+            f"hand, or copied without it): write that model's name into {out}.model (a hub id, or a "
+            "name of your own) to keep them, or pass --overwrite true to transcribe again"
+        )
     todo = [utt for utt in wavs if utt not in done]
     unrecorded = asr.unrecorded_transcripts(out, done)
     reused = asr.reusable_transcripts(todo, wavs, args.model, settings, args.reuse)
@@ -135,6 +144,8 @@ def transcribe_data_dir(args, wavs):
         check_settings(out, settings)
     # a model that cannot be loaded (a typo) stops here, before anything is written
     transcriber = asr.load_transcriber(args) if todo else None  # through the module: tests patch it there
+    if not held:  # nothing there to mislabel: recorded first, so no transcript below is ever unrecorded
+        record_model(out, args.model, settings)
     # drops a cut-off line, utterances no longer in wav.scp and, with --overwrite, every transcript:
     # before the new record, so that a kill between them never leaves old transcripts recorded
     # as the new model's or settings'
