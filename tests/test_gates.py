@@ -4,6 +4,7 @@ failed gate fails the script; the shell scripts pass shellcheck."""
 import os
 import subprocess
 
+import pytest
 from conftest import ROOT
 
 GATES = os.path.join(ROOT, "tools", "gates.sh")
@@ -41,3 +42,13 @@ def test_unknown_gate_is_an_error():
     result = run_gates("pylint")
     assert result.returncode == 2
     assert "unknown gate 'pylint'" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_the_gates(flag):
+    result = run_gates(flag)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("The quality gates CI runs")
+    for gate in ("ruff-lint", "ruff-format", "shellcheck", "doctests"):
+        assert f"  - {gate} " in result.stdout
+    assert "gates ok" not in result.stdout and "gates FAILED" not in result.stdout  # no gate ran

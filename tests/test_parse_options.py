@@ -151,6 +151,46 @@ def test_help_prints_usage(run):
     assert "reached" not in values
 
 
+WITHOUT_HELP_MESSAGE = """\
+#!/usr/bin/env bash
+# Stage 1 of a corpus: its data dirs.
+set -euo pipefail
+data_dir=data
+num_folds=5                 # 5: a speaker pair per fold
+partitions=                 # a partitions file to use instead of the
+                            # labels' column
+unset CDPATH
+cd "$(dirname "$0")"
+. "{parse_options}"
+late=1                      # not an option: declared after the parser
+"""
+
+
+@pytest.mark.parametrize("where", ["here", "elsewhere"])
+def test_help_without_help_message_lists_the_options(tmp_path, where):
+    """A stage script without its own help_message lists its header and every option it
+    declares, with default and meaning, also when it changed into its folder first."""
+    folder = tmp_path / "recipe" / "local"
+    folder.mkdir(parents=True)
+    script = folder / "data.sh"
+    script.write_text(WITHOUT_HELP_MESSAGE.format(parse_options=PARSE_OPTIONS))
+    cwd = folder if where == "here" else tmp_path
+    name = "./data.sh" if where == "here" else "recipe/local/data.sh"
+    proc = subprocess.run([BASH, name, "--help"], capture_output=True, text=True, timeout=20, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"Usage: {name} ")
+    assert "Stage 1 of a corpus: its data dirs." in lines
+    assert "  --data_dir        [data]" in lines
+    assert "  --num_folds       [5]     5: a speaker pair per fold" in lines
+    assert "  --partitions      []      a partitions file to use instead of the" in lines
+    assert (
+        "labels' column"
+        in lines[lines.index("  --partitions      []      a partitions file to use instead of the") + 1]
+    )
+    assert "late" not in proc.stdout and "#!" not in proc.stdout and not proc.stderr
+
+
 def test_environment_variable_is_not_an_option(run):
     proc, _, _ = run("--CRAB_TEST_UNDECLARED", "x", env={"CRAB_TEST_UNDECLARED": "1"})
     assert proc.returncode != 0

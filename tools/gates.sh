@@ -21,6 +21,9 @@ venv=${CRAB_VENV:-${root}/tools/venv}
 all_gates="ruff-lint ruff-format shellcheck doctests"
 doctest_modules="crab/model.py crab/brain.py crab/inference.py crab/legs.py crab/losses.py crab/metrics.py crab/paired.py crab/selection.py"
 
+case " $* " in
+  *" --help "*|*" -h "*) sed -n '2,/^\[ -n/{/^#/!d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+esac
 gates=("$@")
 [ ${#gates[@]} -gt 0 ] || read -r -a gates <<< "${all_gates}"
 for gate in "${gates[@]}"; do

@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # Source me after declaring option variables with defaults; parses "--name value"
 # and "--name=value" into those variables ("-" and "_" are interchangeable in names).
-# An option without a declared variable is an error. "--help" prints the usage
-# from the calling script's ${help_message}. Positional arguments are left in "$@".
+# An option without a declared variable is an error. "--help" prints the calling script's
+# ${help_message}, else its header comment and its options: the "name=default  # meaning" lines
+# above the line that sources this file. Positional arguments are left in "$@".
 
 _crab_is_option() {  # $1 is a declared, unexported variable of the script
   local flags
@@ -10,11 +11,28 @@ _crab_is_option() {  # $1 is a declared, unexported variable of the script
   flags=$(declare -p "$1"); flags=${flags#declare -}
   [[ ${flags%% *} != *x* ]]
 }
+_crab_usage() {  # the header comment and options of script $1, which sources this file
+  local self=$1
+  # a script that changed directory first (into its recipe) is found from where it was run
+  [ -r "${self}" ] || [[ ${self} == /* ]] || self=${OLDPWD:-.}/${self}
+  echo "Usage: $1 [--option value ...]   (--option=value works too)"
+  echo
+  sed -n '2,/^[^#]/{/^#/!d;s/^# \{0,1\}//;p}' "${self}"
+  awk '/^[^#]*utils\/parse_options\.sh/ {exit}
+       /^[a-z][a-z0-9_]*=/ {
+         name=$0; sub(/=.*/, "", name); value=$0; sub(/^[a-z0-9_]+=/, "", value); sub(/ *#.*/, "", value); gsub(/"/, "", value)
+         text=""; if ($0 ~ /#/) { text=$0; sub(/^[^#]*# */, "", text) }
+         line=sprintf("  --%-15s %-7s %s", name, "[" value "]", text); sub(/ +$/, "", line)
+         if (!n++) print "\nOptions (default in brackets):"
+         print line; more=1; next }
+       more && /^ +#/ { text=$0; sub(/^ +# */, "", text); printf "  %-25s %s\n", "", text; next }
+       { more=0 }' "${self}"
+}
 _crab_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h)
-      echo "${help_message:-Usage: $0 [--option value ...]}"
+      if [ -n "${help_message:-}" ]; then echo "${help_message}"; else _crab_usage "${BASH_SOURCE[1]:-$0}"; fi
       exit 0 ;;
     --*=*)
       _crab_name=${1%%=*}; _crab_value=${1#*=}; _crab_spaced=; shift ;;
@@ -40,4 +58,4 @@ while [ $# -gt 0 ]; do
 done
 set -- "${_crab_args[@]+"${_crab_args[@]}"}"
 unset _crab_args _crab_name _crab_value _crab_spaced _crab_next
-unset -f _crab_is_option
+unset -f _crab_is_option _crab_usage
