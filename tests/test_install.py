@@ -513,3 +513,30 @@ def test_a_venv_made_where_it_is_is_kept(tmp_path, tools_present):
     result = dry_run(tmp_path, torch_state="venv-cpu", path=tools_present)
     assert result.returncode == 0, result.stderr
     assert "made in" not in result.stdout and "rm -rf VENV" not in result.commands
+
+
+def test_the_torch_just_installed_is_pinned_without_importing_it(tmp_path, tools_present):
+    """Just installed, before numpy, torch warns 'Failed to initialize NumPy' on import: the pin
+    is read from its package metadata, and the install's log has no such warning."""
+    site = tmp_path / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text(
+        "import warnings\nwarnings.warn(\"Failed to initialize NumPy: No module named 'numpy'\")\n"
+    )
+    (site / "torch-2.13.0+cpu.dist-info").mkdir()
+    (site / "torch-2.13.0+cpu.dist-info" / "METADATA").write_text("Name: torch\nVersion: 2.13.0+cpu\n")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(  # pip and the final imports stubbed, the rest real
+        '#!/bin/bash\ncase "$1 $2" in\n'
+        '  "-m pip"*|*"import pip"|*"import torchaudio"|*"import crab"*) exit 0 ;;\nesac\n'
+        f'PYTHONPATH={site} exec {sys.executable} -S "$@"\n'
+    )
+    (venv / "bin" / "python").chmod(0o755)
+    env = dict(os.environ, CRAB_VENV=str(venv), CRAB_INSTALL_GPU="no", CRAB_INSTALL_TORCH_STATE="none")
+    result = subprocess.run(
+        ["bash", INSTALL], env=dict(env, PATH=tools_present), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (venv / "torch-constraint.txt").read_text() == "torch==2.13.0+cpu\n"
+    assert "NumPy" not in result.stdout + result.stderr

@@ -169,15 +169,18 @@ if [ -x "${venv}/bin/python" ]; then venv_exists=true; fi
 # The version is the installed distribution's, which pip compares pins with: PyPI's CUDA
 # build reports torch.__version__ 2.11.0+cu130 but is installed as 2.11.0.
 # A torch without package metadata (a module system's, a source tree on PYTHONPATH) gives its own.
+# torch is imported only then: just installed, before numpy, it warns "Failed to initialize NumPy".
 torch_dist_version="
-import importlib.metadata, torch
+import importlib.metadata
 try:
     installed = importlib.metadata.version('torch')
 except importlib.metadata.PackageNotFoundError:
+    import torch
     installed = torch.__version__"
 probe_torch() {  # PYTHON -> "<build> <version>", or nothing when no torch works there
   "$1" - <<PY 2>/dev/null || true
 ${torch_dist_version}
+import torch
 torch.zeros(2).add(1)  # imports and computes
 print("cuda" if torch.version.cuda else "cpu", installed)
 PY
