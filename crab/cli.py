@@ -79,6 +79,21 @@ def first_line(err):
     return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The ``--help`` of the command-line tools: the description as written, and each option's
+    default, where it has one and its help does not say it already."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS or default in ("", [])
+        if unset or "default" in help_text or not action.option_strings:
+            return help_text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(map(str, default))
+        return f"{help_text} (default: {str(default).replace('%', '%%')})".lstrip()
+
+
 def str2bool(value):
     """argparse type for the Kaldi-style ``true`` / ``false`` option values."""
     if value.lower() not in ("true", "false"):
@@ -86,17 +101,23 @@ def str2bool(value):
     return value.lower() == "true"
 
 
-def exit_on_run_help(argv, doc):
+def exit_on_run_help(argv, doc, own=None):
     """``-h`` or ``--help`` in ``argv`` of a command that takes a yaml and SpeechBrain's run
     options (``crab.bin.train``, ``crab.bin.evaluate``): print its ``doc`` (its usage first),
-    then SpeechBrain's run options, and exit 0. SpeechBrain's own help names the script
+    the options of its own parser ``own`` (an ``argparse.ArgumentParser`` without help), then
+    SpeechBrain's run options, and exit 0. SpeechBrain's own help names the script
     ``train.py`` and says nothing of the command or its ``--key=value`` overrides."""
     if "-h" not in argv and "--help" not in argv:
         return
     from speechbrain.utils.run_opts import RunOptions
 
-    options = RunOptions._create_parser().format_help().split("\noptions:\n", 1)[-1]
+    def options(parser):
+        return parser.format_help().split("\noptions:\n", 1)[-1]
+
+    own_text = f"\n\nOptions of this command:\n{options(own).rstrip()}" if own is not None else ""
+    run_text = options(RunOptions._create_parser())
     print(
-        f"{doc.strip()}\n\nSpeechBrain's run options, given like the overrides (--device=cuda:0):\n{options}"
+        f"{doc.strip()}{own_text}\n\nSpeechBrain's run options, given like the overrides (--device=cuda:0):\n"
+        f"{run_text}"
     )
     sys.exit(0)

@@ -23,11 +23,18 @@ from crab.benchmarking_resample import FREQ, TARGET, measure, torchaudio_kernel_
 
 @cli.entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rates", default="44100,8000,8009,4001,48000,44101")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--torchaudio_max_kernel_gb", type=float, default=1.5)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser.add_argument(
+        "--rates", default="44100,8000,8009,4001,48000,44101", help="comma-separated rates (Hz)"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the sine resampled")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs, of which the median")
+    parser.add_argument(
+        "--torchaudio_max_kernel_gb",
+        type=float,
+        default=1.5,
+        help="torchaudio is not run at a rate whose kernel alone is larger (GiB)",
+    )
     args = parser.parse_args(argv)
     print(f"{args.seconds:g} s of a {FREQ:g} Hz sine to {TARGET} Hz, one thread, median of {args.repeats}")
     print(f"{'rate':>7} {'method':>11} {'time ms':>9} {'peak MiB':>9} {'SNR dB':>7}")

@@ -63,14 +63,17 @@ from crab.benchmarking import AUDIO_SECONDS, CONF, MELD_CLASSES, PRECISIONS, SIZ
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu (the target) or cuda[:N]")
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=8, help="utterances per step")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch threads (default: the cores this process may use)",
+    )
     parser.add_argument(
         "--epoch_utterances",
         type=int,

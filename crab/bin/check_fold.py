@@ -29,7 +29,7 @@ def split_tables(data_dir, text_only):
 
 @cli.entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
     parser.add_argument("--fold", required=True, help="the fold's name, for messages")
     parser.add_argument("--text_only", type=str2bool, default=False, help="true: no wav.scp (utt2emo lists)")
     parser.add_argument("data_dirs", nargs="+", help="the fold's split data directories")

@@ -17,12 +17,12 @@ from crab.selection import best_epoch, curves_markdown, valid_curve
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     parser.add_argument("logs", nargs="+", help="train_log.txt of each run of the setting")
-    parser.add_argument("--metric", default="UAR", choices=METRICS)
-    parser.add_argument("--title")
+    parser.add_argument(
+        "--metric", default="UAR", choices=METRICS, help="validation score the epoch is chosen on"
+    )
+    parser.add_argument("--title", help="heading of the table")
     parser.add_argument("--table", help="markdown file for the table")
     parser.add_argument("--out", help="file for the chosen number of epochs")
     return parser.parse_args(argv)

@@ -23,7 +23,7 @@ from crab.segments import cut_segments
 
 @cli.entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
     parser.add_argument("--data_dir", required=True, help="holds wav.scp (recordings) and segments")
     parser.add_argument("--out_dir", required=True, help="the data directory of the cut utterances")
     parser.add_argument("--audio_dir", default=None, help="where the wavs go (default: <out_dir>/audio)")

@@ -44,10 +44,17 @@ logger = logging.getLogger(__name__)
 @cli.entry_point
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    cli.exit_on_run_help(argv, __doc__)
-    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    own.add_argument("--projection", choices=PROJECTIONS, default="pca")
-    own.add_argument("--skip_if_current", action="store_true")
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False, formatter_class=cli.HelpFormatter)
+    own.add_argument(
+        "--projection",
+        choices=PROJECTIONS,
+        default="pca",
+        help="the projection of the 2-D plot (default: pca)",
+    )
+    own.add_argument(
+        "--skip_if_current", action="store_true", help="keep embeddings of the same inputs (stage 6)"
+    )
+    cli.exit_on_run_help(argv, __doc__, own)
     args, rest = own.parse_known_args(argv)
     # the run's own configuration, as crab.bin.evaluate
     hparams, brain, test_set, cache = load_trained_run(rest)

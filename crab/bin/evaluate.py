@@ -31,9 +31,11 @@ OUTPUTS = ("predictions.csv", "scores.json", EVALUATED_CHECKPOINT)
 @cli.entry_point
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    cli.exit_on_run_help(argv, __doc__)
-    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    own.add_argument("--skip_if_current", action="store_true")
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False, formatter_class=cli.HelpFormatter)
+    own.add_argument(
+        "--skip_if_current", action="store_true", help="keep an evaluation of the same inputs (stage 6)"
+    )
+    cli.exit_on_run_help(argv, __doc__, own)
     args, rest = own.parse_known_args(argv)
     hparams, brain, test_set, cache = load_trained_run(rest)
     brain.eval_inputs = evalrecord.inputs(hparams, brain, cache)

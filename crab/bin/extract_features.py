@@ -28,23 +28,31 @@ logger = logging.getLogger(__name__)
 @cli.entry_point
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    cli.exit_on_run_help(argv, __doc__)
-    own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--manifests", nargs="+", default=None)
-    own.add_argument("--batch_size", type=int, default=8)
-    own.add_argument("--shard_size", type=int, default=256)
+    own = argparse.ArgumentParser(add_help=False, formatter_class=cli.HelpFormatter)
+    own.add_argument(
+        "--manifests",
+        nargs="+",
+        default=None,
+        help="manifests to extract (default: the yaml's train, valid and test manifests)",
+    )
+    own.add_argument("--batch_size", type=int, default=8, help="utterances per encoder batch (default: 8)")
+    own.add_argument(
+        "--shard_size", type=int, default=256, help="utterances per shard at most (default: 256)"
+    )
     own.add_argument(
         "--shard_mib",
         type=float,
         default=SHARD_MIB,
-        help="a shard is written once its states reach this many MiB (they are held in memory until then)",
+        help="a shard is written once its states, held in memory until then, reach this many MiB "
+        f"(default: {SHARD_MIB:g})",
     )
     own.add_argument(
         "--dtype",
         choices=sorted(DTYPES),
         default="float32",
-        help="storage type; float32 keeps cached training identical to uncached",
+        help="storage type; float32, the default, keeps cached training identical to uncached",
     )
+    cli.exit_on_run_help(argv, __doc__, own)
     args, rest = own.parse_known_args(argv)
     _, run_opts, _, hparams = parse_and_load(rest)
     if not hparams.get("feature_cache"):

@@ -105,7 +105,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="crab-infer",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=cli.HelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument(
@@ -142,7 +142,7 @@ def parse_args(argv=None):
         "--max_batch_seconds",
         type=float,
         default=0.0,
-        help="> 0: at most this much padded audio per batch (seconds)",
+        help="> 0: at most this much padded audio per batch, in seconds; 0: no limit",
     )
     parser.add_argument(
         "--asr_model", default=DEFAULT_ASR_MODEL, help="--text_mode asr: hub id or local directory"

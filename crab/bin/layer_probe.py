@@ -53,11 +53,13 @@ def probe_fold(cache, fold_dir, branch, train_splits=("train",), eval_split="val
 
 @cli.entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    parser.add_argument(
+        "--cache", required=True, help="feature cache holding every layer (crab.bin.extract_features)"
     )
-    parser.add_argument("--cache", required=True)
-    parser.add_argument("--branch", choices=("speech", "text"), default="speech")
+    parser.add_argument(
+        "--branch", choices=("speech", "text"), default="speech", help="encoder whose layers are probed"
+    )
     parser.add_argument(
         "--fold", action="append", required=True, help="directory with train.json and valid.json"
     )

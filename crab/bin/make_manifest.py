@@ -63,11 +63,13 @@ MODALITIES = ("bimodal", "speech", "text")  # as crab.model.MODALITIES, whose im
 
 @cli.entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", required=True)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser.add_argument(
+        "--data_dir", required=True, help="Kaldi-style data directory (wav.scp, text, utt2emo, ...)"
+    )
     parser.add_argument("--data_root", required=True, help="written as {data_root} in the manifest")
     parser.add_argument("--classes", required=True, help="comma-separated labels, in order")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="the manifest (JSON) to write")
     parser.add_argument("--fold", help="the fold of the data directory, named above its counts (stage 3)")
     parser.add_argument(
         "--policy",

@@ -58,7 +58,7 @@ def main(argv=None):
         prog="python -m crab.bin.package",
         usage="%(prog)s hparams.yaml --output_folder=RUN [--key=value ...] --out DIR [options]",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=cli.HelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument("--out", required=True, help="the model directory to write")

@@ -66,14 +66,12 @@ def named(value):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     parser.add_argument("--baseline", required=True, help="NAME=RESULTS_JSON, or a setting of --scores")
     parser.add_argument("methods", nargs="+", help="NAME=RESULTS_JSON, or settings of --scores")
     parser.add_argument("--scores", help="tab-separated table with columns setting, pair and the metric")
-    parser.add_argument("--metric", default="UAR", choices=METRICS)
-    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--metric", default="UAR", choices=METRICS, help="score compared")
+    parser.add_argument("--confidence", type=float, default=0.95, help="level of the confidence intervals")
     parser.add_argument(
         "--by_fold", action="store_true", help="one pair per fold, its scores averaged over the seeds"
     )

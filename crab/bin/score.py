@@ -33,8 +33,8 @@ from crab.report import results_table
 
 @cli.entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("predictions", nargs="+")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
+    parser.add_argument("predictions", nargs="+", help="predictions.csv of each run (crab.bin.evaluate)")
     parser.add_argument("--out", help="also write the markdown results here")
     parser.add_argument("--summary", help="write mean, std and the runs as JSON here (for crab.bin.compare)")
     parser.add_argument(

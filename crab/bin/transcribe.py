@@ -70,16 +70,26 @@ LISTED = asr.LOGGED  # missing audio files logged one by one
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
     parser.add_argument("--data_dir", required=True, help="holds wav.scp; text.asr is written there")
     parser.add_argument("--model", required=True, help="Hugging Face hub id or local directory")
     parser.add_argument("--device", default="cpu", help="cpu, cuda:0, ...")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto")
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="seq2seq, ctc or pipeline; auto: picked from the model's config",
+    )
+    parser.add_argument("--batch_size", type=int, default=8, help="utterances per batch")
     parser.add_argument(
         "--language", default=None, help="Whisper: spoken language, e.g. english (default: detected)"
     )
-    parser.add_argument("--task", default=None, choices=("transcribe", "translate"), help="Whisper only")
+    parser.add_argument(
+        "--task",
+        default=None,
+        choices=("transcribe", "translate"),
+        help="Whisper only (default: the model's own, transcribe)",
+    )
     parser.add_argument("--num_beams", type=int, default=1, help="beam size (seq2seq, pipeline)")
     parser.add_argument("--max_new_tokens", type=int, default=128, help="longest transcript, in tokens")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: float16 on CUDA, else float32")
