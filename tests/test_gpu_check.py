@@ -2,6 +2,7 @@
 --quick`` dry run trains the mini recipe and takes minutes: run it by hand)."""
 
 import os
+import re
 import subprocess
 
 from tests.conftest import ROOT
@@ -42,3 +43,13 @@ def test_unknown_option_and_device_are_errors(tmp_path):
             ["bash", SCRIPT, *args, "--work", str(tmp_path)], capture_output=True, text=True
         )
         assert result.returncode == 1 and result.stderr
+
+
+def test_help_describes_every_option():
+    result = subprocess.run(["bash", SCRIPT, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    with open(SCRIPT) as f:
+        accepted = re.findall(r"^ +(--[a-z_]+)\)", f.read(), re.M)
+    assert set(accepted) >= {"--device", "--quick", "--checks", "--work", "--ngpu", "--budget_s"}
+    for option in accepted:
+        assert option in result.stdout, f"--help does not describe {option}"

@@ -28,6 +28,8 @@
 # With --quick the benchmarks run --quick (tiny) and training runs 1 epoch.
 # --budget_s S (default 480) bounds the whole check: each check's own time limit is cut
 # to what is left, and a check with under 20 s left is skipped.
+# --work DIR: where the runs, logs and summary go (default egs/mini/exp_gpu_check/<date>_<time>);
+# --ngpu N: the GPUs the ddp check trains on, and the jobs check counts (default: all that torch sees).
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -uo pipefail
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
@@ -45,8 +47,8 @@ while [ $# -gt 0 ]; do
     --device) device=$2; shift 2 ;;
     --quick) quick=true; shift ;;
     --checks) checks=$2; shift 2 ;;
-    --work) work=$2; shift 2 ;;  # where runs, logs and the summary go
-    --ngpu) ngpu=$2; shift 2 ;;  # GPUs for the ddp check (default: all that torch sees)
+    --work) work=$2; shift 2 ;;
+    --ngpu) ngpu=$2; shift 2 ;;
     --budget_s) budget_s=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "$0: unknown option $1 (--help)" >&2; exit 1 ;;
