@@ -408,7 +408,7 @@ def test_a_mistyped_fold_names_the_folds_of_a_data_dir_with_spaces(tmp_path):
     assert f"no fold mian in {data}; the folds with manifests there: main (--folds" in result.stdout
 
 
-def test_stage_3_names_the_fold_of_each_count_table(tmp_path):
+def test_stage_3_prints_one_count_table_per_fold(tmp_path):
     for fold, split in [(f, s) for f in ("main", "other") for s in ("train", "valid", "test")]:
         data = tmp_path / "data" / fold / split  # text only: no audio needed
         data.mkdir(parents=True)
@@ -423,8 +423,11 @@ def test_stage_3_names_the_fold_of_each_count_table(tmp_path):
                       "--bpe_vocab_size", "0", "--folds", "main other", "--classes", "angry,sad")  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    captions = [(line, lines[i + 2].split()[0]) for i, line in enumerate(lines) if line.startswith("fold ")]
-    assert captions == [(f"fold {f}:", s) for f in ("main", "other") for s in ("train", "valid", "test")]
+    tables = [lines[i : i + 5] for i, line in enumerate(lines) if line.startswith("fold ")]
+    assert [table[0] for table in tables] == ["fold main:", "fold other:"]
+    for table in tables:  # the column names once, then a row per split
+        assert table[1].split() == ["split", "angry", "sad", "total"]
+        assert [row.split() for row in table[2:]] == [[s, "1", "1", "2"] for s in ("train", "valid", "test")]
 
 
 def test_corpus_variable_relative_to_the_users_directory(tmp_path):

@@ -4,7 +4,8 @@ A data directory holds ``wav.scp`` (utt path), ``text`` (utt transcript),
 ``utt2emo`` and ``utt2spk``; any other ``utt2<field>`` file (utt2gender,
 utt2session, ...) becomes a manifest field too. Every utterance is checked
 (``crab.dataprep``) and the per-class counts are printed (under ``--fold``'s name,
-when given). With ``--text_only
+when given, and the column names; ``--table_header false``: the row alone, as stage 3
+prints the splits of a fold after the first). With ``--text_only
 true`` the utterances are those of ``utt2emo``, ``wav.scp`` is not read, and
 every entry has ``"wav": null`` and ``"duration": null`` (text models only). With
 ``--modality speech`` (data for a speech-only model) transcripts are not required: a
@@ -71,6 +72,12 @@ def main(argv=None):
     parser.add_argument("--classes", required=True, help="comma-separated labels, in order")
     parser.add_argument("--out", required=True, help="the manifest (JSON) to write")
     parser.add_argument("--fold", help="the fold of the data directory, named above its counts (stage 3)")
+    parser.add_argument(
+        "--table_header",
+        type=str2bool,
+        default=True,
+        help="false: the counts' row alone, without the fold's name and the column names above it",
+    )
     parser.add_argument(
         "--policy",
         choices=POLICIES,
@@ -144,9 +151,12 @@ def main(argv=None):
         os.remove(args.out)
     write_manifest_provenance(args.out, args.data_dir, args.text_source, require_text, args.text_only)
     write_manifest(kept, args.out, args.data_root)
-    if args.fold:
+    table = count_table({name: kept}, classes)
+    if not args.table_header:
+        table = table.split("\n", 1)[1]
+    elif args.fold:
         print(f"fold {args.fold}:")
-    print(count_table({name: kept}, classes))
+    print(table)
 
 
 TRAIN_SPLIT = "train"  # the split stage 5 trains on (ser.sh: data/<fold>/train.json)

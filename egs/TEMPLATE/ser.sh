@@ -366,11 +366,13 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   log "Stage 3: checked manifests (policy: ${policy}, text: ${text_source}, modality: ${modality})"
   for fold in ${folds}; do
     failed=()  # every split of the fold is checked before stopping: one listing of its bad input
+    header=true  # one count table per fold: the fold's name and the column names above its first row
     for split in ${splits}; do
       python -m crab.bin.make_manifest --data_dir "${data_dir}/${fold}/${split}" --fold "${fold}" \
         --data_root "${data_root}" --classes "${classes}" --policy "${policy}" --modality "${modality}" \
         --text_source "${text_source}" --text_only "${text_only}" --out "${data_dir}/${fold}/${split}.json" \
-        --peak_cache "${data_dir}/audio_peaks.json" || failed+=("${fold}/${split}")
+        --peak_cache "${data_dir}/audio_peaks.json" --table_header "${header}" && header=false ||
+        failed+=("${fold}/${split}")
     done
     if [ "${#failed[@]}" -gt 0 ]; then
       echo "$0: stage 3: no manifest for ${failed[*]} (see above)" >&2; exit 1
