@@ -85,10 +85,19 @@ def _build(texts, out_dir, vocab_size, model_max_length):
 
 @cli.entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Build a BPE tokenizer from manifest transcripts.")
-    parser.add_argument("--manifest", required=True, action="append", help="repeatable")
-    parser.add_argument("--out_dir", required=True)
-    parser.add_argument("--vocab_size", type=int, default=1000)
+    parser = argparse.ArgumentParser(
+        description="Build a BPE tokenizer from manifest transcripts.", formatter_class=cli.HelpFormatter
+    )
+    parser.add_argument(
+        "--manifest", required=True, action="append", help="manifest whose transcripts it learns; repeatable"
+    )
+    parser.add_argument("--out_dir", required=True, help="the tokenizer's directory (replaced)")
+    parser.add_argument(
+        "--vocab_size",
+        type=int,
+        default=1000,
+        help="size of the vocabulary, bytes and special tokens included",
+    )
     args = parser.parse_args(argv)
     texts = []
     for path in args.manifest:  # read as training reads them (control characters cleaned)
