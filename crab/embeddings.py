@@ -271,13 +271,22 @@ def embedding_panels(named_dumps, projection="pca"):
             raise ValueError(f"{path}: classes {dump_classes} differ from {classes}")
         classes = dump_classes
         scores[name] = embedding_scores(dump["embeddings"], dump["labels"])
-        text = ", ".join(
-            f"{short} {scores[name][key]:.3f}" if scores[name][key] is not None else f"{short} n/a"
-            for short, key in zip(("sil", "CH", "DB"), EMBEDDING_SCORES, strict=True)
-        )
+        text = scores_line(scores[name], names=("sil", "CH", "DB"))
         points, why = projected(dump["embeddings"], projection, path)
         panels.append((_panel_title(f"{name}\n{text}", why), points, dump["labels"]))
     return panels, classes, scores
+
+
+def scores_line(scores, names=("silhouette", "Calinski-Harabasz", "Davies-Bouldin")):
+    """The cluster scores on one line, each under its name in ``names``, n/a where undefined.
+
+    >>> scores_line({"silhouette": 0.08626644, "calinski_harabasz": 121.0762, "davies_bouldin": None})
+    'silhouette 0.086, Calinski-Harabasz 121.076, Davies-Bouldin n/a'
+    """
+    return ", ".join(
+        f"{name} n/a" if scores[key] is None else f"{name} {scores[key]:.3f}"
+        for name, key in zip(names, EMBEDDING_SCORES, strict=True)
+    )
 
 
 def _panel_title(title, skipped):

@@ -34,7 +34,7 @@ import logging
 import sys
 
 from crab import cli, evalrecord
-from crab.embeddings import PROJECTIONS, extract_embeddings, write_embeddings
+from crab.embeddings import PROJECTIONS, extract_embeddings, scores_line, write_embeddings
 from crab.experiment import load_trained_run
 from crab.fileio import make_dirs
 
@@ -80,7 +80,7 @@ def main(argv=None):
         checkpoint=getattr(brain, "_evaluated", None),
         inputs=inputs,
     )
-    logger.info("Fused embeddings of %d utterances in %s: %s", len(ids), out_dir, scores)
+    logger.info("Fused embeddings of %d utterances in %s: %s", len(ids), out_dir, scores_line(scores))
 
 
 if __name__ == "__main__":

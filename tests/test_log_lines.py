@@ -1,0 +1,29 @@
+"""What the commands log, read as a user reads it."""
+
+import logging
+import types
+
+import crab.bin.embeddings as embeddings_cli
+
+
+def test_embeddings_log_their_scores_rounded_and_named(monkeypatch, tmp_path, caplog):
+    hparams = {"classes": ["a", "b"], "output_folder": str(tmp_path), "eval_name": "test"}
+    hparams.update(ckpt_metric="UAR", eval_dataloader_opts={})
+    brain = types.SimpleNamespace(
+        eval_folder=lambda: str(tmp_path / "eval_test"), on_evaluate_start=lambda **_: None
+    )
+    scores = {
+        "silhouette": 0.08626644814561815,
+        "calinski_harabasz": 121.07621199347157,
+        "davies_bouldin": None,
+    }
+    monkeypatch.setattr(embeddings_cli, "load_trained_run", lambda rest: (hparams, brain, None, None))
+    monkeypatch.setattr(embeddings_cli.evalrecord, "embeddings_inputs", lambda *args: {})
+    monkeypatch.setattr(embeddings_cli, "extract_embeddings", lambda *args: (["u1", "u2"], None, None))
+    monkeypatch.setattr(embeddings_cli, "write_embeddings", lambda *args, **kwargs: scores)
+    with caplog.at_level(logging.INFO, logger=embeddings_cli.__name__):
+        embeddings_cli.main([])
+    assert caplog.messages[-1] == (
+        f"Fused embeddings of 2 utterances in {tmp_path / 'eval_test'}: "
+        "silhouette 0.086, Calinski-Harabasz 121.076, Davies-Bouldin n/a"
+    )
