@@ -2,6 +2,7 @@
 
 import argparse
 import functools
+import logging
 import os
 import sys
 
@@ -61,6 +62,12 @@ def entry_point(main):
             sys.exit(130)
 
     return wrapped
+
+
+def module_logger(name, spec):
+    """The logger of a command's module (its ``__name__`` and ``__spec__``): named after the
+    module, ``crab.bin.train``, also when ``python -m`` runs it as ``__main__``."""
+    return logging.getLogger(spec.name if spec else name)
 
 
 def command_name(main):

@@ -1,7 +1,11 @@
 """What the commands log, read as a user reads it."""
 
+import importlib.util
 import logging
+import sys
 import types
+
+import pytest
 
 import crab.bin.embeddings as embeddings_cli
 
@@ -27,3 +31,15 @@ def test_embeddings_log_their_scores_rounded_and_named(monkeypatch, tmp_path, ca
         f"Fused embeddings of 2 utterances in {tmp_path / 'eval_test'}: "
         "silhouette 0.086, Calinski-Harabasz 121.076, Davies-Bouldin n/a"
     )
+
+
+@pytest.mark.parametrize("command", ["embeddings", "extract_features", "train", "transcribe"])
+def test_a_command_run_with_python_m_logs_under_its_own_name(monkeypatch, capsys, command):
+    """python -m runs the module as __main__: its log lines still name it ('crab.bin.train - ...')."""
+    spec = importlib.util.find_spec(f"crab.bin.{command}")
+    module = types.ModuleType("__main__")
+    module.__spec__ = spec
+    monkeypatch.setattr(sys, "argv", [spec.origin, "--help"])
+    with pytest.raises(SystemExit):
+        exec(spec.loader.get_code(spec.name), module.__dict__)  # as python -m does: main() prints its help
+    assert module.logger.name == f"crab.bin.{command}"

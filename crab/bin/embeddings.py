@@ -30,7 +30,6 @@ With ``--skip_if_current`` (the recipe's stage 6), embeddings whose record of in
 """
 
 import argparse
-import logging
 import sys
 
 from crab import cli, evalrecord
@@ -38,7 +37,7 @@ from crab.embeddings import PROJECTIONS, extract_embeddings, scores_line, write_
 from crab.experiment import load_trained_run
 from crab.fileio import make_dirs
 
-logger = logging.getLogger(__name__)
+logger = cli.module_logger(__name__, __spec__)
 
 
 @cli.entry_point

@@ -22,7 +22,7 @@ from crab import cli
 from crab.experiment import parse_and_load
 from crab.features import DTYPES, SHARD_MIB, extract
 
-logger = logging.getLogger(__name__)
+logger = cli.module_logger(__name__, __spec__)
 
 
 @cli.entry_point

@@ -19,7 +19,6 @@ one line naming the holder. The operating system drops the lock when the process
 ends, even on ``kill -9``, so re-running an interrupted training needs no clean-up.
 """
 
-import logging
 import sys
 
 import speechbrain as sb
@@ -46,7 +45,7 @@ from crab.fileio import make_dirs
 from crab.provenance import record_run_provenance
 from crab.runconfig import ConfigError, check_resume, has_checkpoint, write_run_hparams
 
-logger = logging.getLogger(__name__)
+logger = cli.module_logger(__name__, __spec__)
 
 
 @cli.entry_point

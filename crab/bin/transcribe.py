@@ -65,7 +65,7 @@ from crab.datadir import DATA_DIR, read_table, read_transcripts
 from crab.fileio import write_text_atomic
 from crab.locking import folder_lock
 
-logger = logging.getLogger(__name__)
+logger = cli.module_logger(__name__, __spec__)
 LISTED = asr.LOGGED  # missing audio files logged one by one
 
 
