@@ -293,3 +293,11 @@ def test_stages_1_to_8_on_one_fold(corpus, tmp_path):
     scores = json.loads((eval_dir / "scores.json").read_text())
     assert scores["num_utterances"] == 9 and 0.0 <= scores["UAR"] <= 1.0
     assert "| run | N | WAR | UAR |" in (tmp_path / "exp" / "crab_tiny" / "results_test.md").read_text()
+
+
+def test_help_begins_with_the_usage_and_describes_protocol():
+    result = subprocess.run([RUN, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Usage: ")
+    assert "  --protocol        [loso5] loso5 | loso10: the folds to run (a --folds given wins)" in lines

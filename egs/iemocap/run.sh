@@ -15,11 +15,12 @@ set -euo pipefail
 
 protocol=loso5   # loso5 | loso10
 args=()          # everything else, for ser.sh (its options all take a value)
+help=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --protocol) protocol=${2:?--protocol needs a value}; shift 2 ;;
     --protocol=*) protocol=${1#*=}; shift ;;
-    --help|-h) echo "  --protocol loso5 | loso10: the folds to run (default: loso5; README.md)"; args+=("$1"); shift ;;
+    --help|-h) help=true; args+=("$1"); shift ;;
     --*=*) args+=("$1"); shift ;;
     --*) args+=("${@:1:2}"); shift $(($# > 1 ? 2 : 1)) ;;
     *) args+=("$1"); shift ;;
@@ -39,3 +40,7 @@ esac
   --folds "${folds}" \
   --test_sets test \
   "${args[@]+"${args[@]}"}"
+if [ "${help}" = true ]; then  # after ser.sh's usage: the option of this run.sh alone
+  echo "This recipe's own option (README.md):"
+  echo "  --protocol        [loso5] loso5 | loso10: the folds to run (a --folds given wins)"
+fi
