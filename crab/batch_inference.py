@@ -1209,7 +1209,10 @@ def classify_all(job, classifier, results, sources, todo, errors, texts):
                 processed += len(batch)
                 if progress.disable and (time.monotonic() - last_log > 30 or k == len(batches) - 1):
                     logger.info(
-                        "%d of %d utterances processed (%d failed)", processed, len(todo), len(runner.failed)
+                        "%d of %d utterances to classify processed (%d failed)",
+                        processed,
+                        len(todo),
+                        len(runner.failed),
                     )
                     last_log = time.monotonic()
     return runner

@@ -769,7 +769,7 @@ def test_cli_defaults_are_the_library_defaults():
     assert {k: args[k] for k in library} == library
 
 
-def test_cli_writes_results_and_reports_bad_input(trained, data, tmp_path, capsys):
+def test_cli_writes_results_and_reports_bad_input(trained, data, tmp_path, capsys, caplog):
     _, _, model_dir, _ = trained
     texts = write_inputs(tmp_path, data)
     out = tmp_path / "out" / "results.tsv"
@@ -787,8 +787,14 @@ def test_cli_writes_results_and_reports_bad_input(trained, data, tmp_path, capsy
         "--batch_size",
         2,
     ]
-    assert cli(*args) == 1  # failures without --skip_errors
+    with caplog.at_level("INFO", logger="crab.batch_inference"):
+        assert cli(*args) == 1  # failures without --skip_errors
     assert "5 failed" in capsys.readouterr().out
+    # the progress counts the utterances classified, not those unusable before (failed above)
+    progress = [m for m in caplog.messages if " processed (" in m]
+    assert progress and all(
+        re.fullmatch(r"\d+ of 4 utterances to classify processed \(\d+ failed\)", m) for m in progress
+    )
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert [r["id"] for r in rows] == ["good_a", "good_s", "stereo"]  # wav.scp order
