@@ -669,3 +669,20 @@ def test_feature_opts_reach_the_extraction(bare_clone):
     assert result.returncode == 0, result.stderr
     extract = [call for call in calls(bare_clone) if call[:2] == ["-m", "crab.bin.extract_features"]]
     assert len(extract) == 1 and holds(extract[0], ["--dtype", "float16", "--shard_size", "64"]), extract
+
+
+def test_a_stage_with_nothing_to_do_says_so(tmp_path):
+    """Stages 2 and 4 without their option, and stage 0 of a recipe without local/corpus.sh,
+    are named in the log with why they do nothing, not left out of it."""
+    result = run_mini(tmp_path, "--stage", "2", "--stop_stage", "2")
+    assert result.returncode == 0, result.stderr
+    assert "Stage 2: skipped (no --asr_model: no ASR transcripts)" in result.stdout
+    result = run_mini(tmp_path, "--stage", "4", "--stop_stage", "4")
+    assert result.returncode == 0, result.stderr
+    assert "Stage 4: skipped (no --feature_cache: training runs the encoders)" in result.stdout
+    emodb = os.path.join(ROOT, "egs", "emodb", "run.sh")
+    result = run(emodb, "--stage", "0", "--stop_stage", "0", "--data_root", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "Stage 0: nothing to do (this recipe has no local/corpus.sh: the corpus is read where it is)" in (
+        result.stdout
+    )

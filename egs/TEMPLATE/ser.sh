@@ -329,8 +329,10 @@ need_trained() {  # stage $1 evaluates, scores or packages the runs of the folds
   python -m crab.report check_trained --stage "$1" "${runs[@]}"
 }
 
-if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ] && [ -x local/corpus.sh ]; then
-  if [ "${text_only}" = true ]; then
+if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
+  if [ ! -x local/corpus.sh ]; then
+    log "Stage 0: nothing to do (this recipe has no local/corpus.sh: the corpus is read where it is)"
+  elif [ "${text_only}" = true ]; then
     log "Stage 0: skipped (--text_only true: no audio)"
   else
     log "Stage 0: corpus preparation (local/corpus.sh)"
@@ -345,7 +347,9 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     "${data_words[@]+"${data_words[@]}"}"
 fi
 
-if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ] && [ -n "${asr_model}" ]; then
+if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ] && [ -z "${asr_model}" ]; then
+  log "Stage 2: skipped (no --asr_model: no ASR transcripts)"
+elif [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
   if as_jobs; then
     stage_as_jobs 2
   else
@@ -386,7 +390,9 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   done
 fi
 
-if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ -n "${feature_cache}" ]; then
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && [ -z "${feature_cache}" ]; then
+  log "Stage 4: skipped (no --feature_cache: training runs the encoders)"
+elif [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
   # shellcheck disable=SC2086
   need_manifests 4 ${splits}
   read -r first_seed _ <<< "${seeds}"
