@@ -469,6 +469,9 @@ def test_sweep_needs_a_setting_and_checks_names(tmp_path):
     assert not (tmp_path / "exp").exists()  # nothing trained
     result = run(sweep, "--help")
     assert result.returncode == 0 and "--alphas" in result.stdout and "--settings_nj" in result.stdout
+    # its options as run.sh --help lists its own: name, default, meaning
+    assert "Options (default in brackets):" in result.stdout
+    assert "  --exp_dir         [exp]   experiments" in result.stdout.splitlines()
     result = run(
         sweep, "--ablations", "ce_only mlcs", "--settings_nj", "2", "--ngpu=1", "--exp_dir", str(tmp_path)
     )

@@ -18,15 +18,11 @@ _crab_usage() {  # the header comment and options of script $1, which sources th
   echo "Usage: $1 [--option value ...]   (--option=value works too)"
   echo
   sed -n '2,/^[^#]/{/^#/!d;s/^# \{0,1\}//;p}' "${self}"
-  awk '/^[^#]*utils\/parse_options\.sh/ {exit}
-       /^[a-z][a-z0-9_]*=/ {
-         name=$0; sub(/=.*/, "", name); value=$0; sub(/^[a-z0-9_]+=/, "", value); sub(/ *#.*/, "", value); gsub(/"/, "", value)
-         text=""; if ($0 ~ /#/) { text=$0; sub(/^[^#]*# */, "", text) }
-         line=sprintf("  --%-15s %-7s %s", name, "[" value "]", text); sub(/ +$/, "", line)
-         if (!n++) print "\nOptions (default in brackets):"
-         print line; more=1; next }
-       more && /^ +#/ { text=$0; sub(/^ +# */, "", text); printf "  %-25s %s\n", "", text; next }
-       { more=0 }' "${self}"
+  # shellcheck source=utils/log.sh
+  . "$(dirname "${BASH_SOURCE[0]}")/log.sh"
+  local options
+  options=$(options_help "${self}" "" "^[^#]*utils/parse_options[.]sh")
+  [ -z "${options}" ] || printf '\nOptions (default in brackets):\n%s\n' "${options}"
 }
 _crab_args=()
 while [ $# -gt 0 ]; do

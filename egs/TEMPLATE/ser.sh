@@ -90,19 +90,14 @@ usage() {  # the header above and every option of the block with its default
   echo "Usage: ${command%% -*} [--option value ...]   (--option=value works too)"  # up to the first option: a quoted path has spaces
   echo
   sed -n '2,/^set -euo/{/^#/!d;s/^# \{0,1\}//;p}' "${self}"
+  # shellcheck source=utils/log.sh
+  . utils/log.sh
+  echo
   echo "Options (default in brackets):"
-  awk '/^# ---- end of options/{exit}
-       f && /^[a-z_]+=/ {
-         name=$0; sub(/=.*/, "", name); value=$0; sub(/^[a-z_]+=/, "", value); sub(/ *#.*/, "", value); gsub(/"/, "", value)
-         text=$0; sub(/^[^#]*# */, "", text)
-         printf "  --%-15s %-7s %s\n", name, "[" value "]", text; next }
-       f && /^ +#/ { text=$0; sub(/^ +# */, "", text); printf "  %-25s %s\n", "", text }
-       /^# ---- options/{f=1}' "${self}"
+  options_help "${self}" "^# ---- options" "^# ---- end of options"
   local given=() word
   for word in "$@"; do case "${word}" in --help|-h) ;; *) given+=("${word}") ;; esac; done
   [ "${#given[@]}" -eq 0 ] && return
-  # shellcheck source=utils/log.sh
-  . utils/log.sh
   echo "This call's options, which replace the defaults above (the recipe's run.sh's, then yours):"
   echo "  $(quote_words "${given[@]}")"
 }

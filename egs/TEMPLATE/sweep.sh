@@ -40,7 +40,10 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h)
       sed -n '2,/^set -euo/{/^#/!d;s/^# \{0,1\}//;p}' "${self}"
-      sed -n '/^# ---- options/,/^# ---- end/{/^# ----/d;s/^/  --/;p}' "${self}"
+      # shellcheck source=utils/log.sh
+      . utils/log.sh
+      printf '\nOptions (default in brackets):\n'
+      options_help "${self}" "^# ---- options" "^# ---- end of options"
       echo "run.sh options: ./run.sh --help"; exit 0 ;;
     --*=*) name=${1%%=*}; value=${1#*=}; spaced=; shift ;;
     --*) [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 1; }
