@@ -464,3 +464,16 @@ def test_the_schedulers_warning_before_the_time_limit_stops_the_job_as_sigterm_d
         result.returncode == 2
         and "--stop_before must be a whole number of seconds, not '5m'" in result.stderr
     )
+
+
+@pytest.mark.parametrize("launcher", ["slurm.sh", "sge.sh"])
+def test_help_says_where_the_gpu_count_comes_from(launcher):
+    """--gpus has a default, and a stage run as jobs replaces it with --ngpu's: a --gpus in --cmd
+    is not what the jobs get."""
+    result = subprocess.run(
+        ["bash", os.path.join(ROOT, "utils", launcher), "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "ser.sh's jobs give --ngpu's value, which replaces one in --cmd" in text
+    assert "left out are the site's defaults" in text

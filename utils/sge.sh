@@ -12,9 +12,10 @@
 # the job's slots, NSLOTS); its output (stdout and stderr) goes to LOG, started anew. The job script is
 # kept beside LOG as LOG.qsub, to read or resubmit. This script waits for the job
 # (qsub -sync y), cancels it (qdel) when interrupted, and exits with the job's status.
-# Requests: --gpus N as -l GPU_RESOURCE=N (--gpu_resource, default gpu; --gpus 0 asks for
-# none), --cpus N as -pe PE N (--pe, default smp), --mem as -l mem_free=SIZE, --time as
-# -l h_rt=LIMIT, --queue as -q. Resource and environment names differ between sites: other
+# Requests: --gpus N as -l GPU_RESOURCE=N (--gpu_resource, default gpu; --gpus 0, the default,
+# asks for none; ser.sh's jobs give --ngpu's value, which replaces one in --cmd), --cpus N as
+# -pe PE N (--pe, default smp), --mem as -l mem_free=SIZE, --time as -l h_rt=LIMIT, --queue
+# as -q; those left out are the site's defaults. Resource and environment names differ between sites: other
 # settings (project, h_vmem, ...) go in --qsub_opts. Where the site's GPU resource is
 # consumable per slot, Grid Engine multiplies it by --cpus (-l gpu=1 -pe smp 8 asks for 8
 # GPUs): leave --cpus out, or name a per-job resource. Which GPU a job uses is the site's

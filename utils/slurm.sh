@@ -10,8 +10,10 @@
 # default --export=ALL: the venv that path.sh activated, CRAB_COMMAND), except the core
 # count (OMP_NUM_THREADS: the job's own, SLURM_CPUS_PER_TASK else nproc); its output goes to LOG. The job script
 # is kept beside LOG as LOG.sbatch, to read or resubmit. This script waits for the job
-# (sbatch --wait), cancels it when interrupted, and exits with the job's status. --gpus 0 asks for no GPU. Site settings (account, QoS, constraints)
-# go in --sbatch_opts or in Slurm's SBATCH_* environment variables.
+# (sbatch --wait), cancels it when interrupted, and exits with the job's status. --gpus N
+# (default 0: no GPU; ser.sh's jobs give --ngpu's value, which replaces one in --cmd) asks for
+# --gres gpu:N; --cpus, --mem, --time and --partition left out are the site's defaults. Site
+# settings (account, QoS, constraints) go in --sbatch_opts or in Slurm's SBATCH_* environment variables.
 #
 # --stop_before SECONDS (default 300; 0: none) stops the job that long before its time limit
 # (sbatch --signal=B:USR1@SECONDS, which Slurm may send up to a minute earlier): its processes
