@@ -27,7 +27,7 @@ def main(argv=None):
     parser.add_argument(
         "--rates", default="44100,8000,8009,4001,48000,44101", help="comma-separated rates (Hz)"
     )
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of the sine resampled")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds of sine resampled")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs, of which the median")
     parser.add_argument(
         "--torchaudio_max_kernel_gb",
