@@ -106,7 +106,14 @@ def _write_labels_and_weights(hparams, encoder_path, weights_path):
     weights = hparams["wce"].weight.tolist()
     saved = {c: {"count": n, "weight": w} for c, n, w in zip(classes, counts, weights, strict=True)}
     write_text_atomic(weights_path, json.dumps(saved, indent=2))
-    logger.info("Class counts %s, weights N/N_c %s", counts, [round(w, 3) for w in weights])
+    logger.info(
+        "Training class counts: %s", ", ".join(f"{c} {n}" for c, n in zip(classes, counts, strict=True))
+    )
+    if hparams["wce"].class_weighting:
+        named = ", ".join(f"{c} {w:.3g}" for c, w in zip(classes, weights, strict=True))
+        logger.info("Class weights of the cross-entropy (N/N_c): %s", named)
+    else:
+        logger.info("No class weights (class_weighting: false): plain cross-entropy")
 
 
 def feature_cache(hparams, manifests):

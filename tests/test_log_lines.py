@@ -1,6 +1,7 @@
 """What the commands log, read as a user reads it."""
 
 import importlib.util
+import json
 import logging
 import sys
 import types
@@ -8,6 +9,8 @@ import types
 import pytest
 
 import crab.bin.embeddings as embeddings_cli
+from crab.experiment import prepare_labels_and_weights
+from crab.losses import WeightedCrossEntropy
 
 
 def test_embeddings_log_their_scores_rounded_and_named(monkeypatch, tmp_path, caplog):
@@ -43,3 +46,27 @@ def test_a_command_run_with_python_m_logs_under_its_own_name(monkeypatch, capsys
     with pytest.raises(SystemExit):
         exec(spec.loader.get_code(spec.name), module.__dict__)  # as python -m does: main() prints its help
     assert module.logger.name == f"crab.bin.{command}"
+
+
+@pytest.mark.parametrize("weighting", [True, False])
+def test_training_logs_its_class_counts_and_weights_by_class(tmp_path, caplog, weighting):
+    """The counts and weights are named by class, and a plain cross-entropy says it has none
+    (it logged 'weights N/N_c [1.0, 1.0]', weights it does not have)."""
+    entries = {
+        f"u{i}": {"wav": None, "duration": None, "text": "x", "emo": e, "spk": "s"}
+        for i, e in enumerate("aaab")
+    }
+    (tmp_path / "train.json").write_text(json.dumps(entries))
+    hparams = {
+        "classes": ["a", "b"],
+        "save_folder": str(tmp_path),
+        "train_manifest": str(tmp_path / "train.json"),
+    }
+    hparams["wce"] = WeightedCrossEntropy(num_classes=2, class_weighting=weighting)
+    with caplog.at_level(logging.INFO, logger="crab.experiment"):
+        prepare_labels_and_weights(hparams)
+    weights = "Class weights of the cross-entropy (N/N_c): a 1.33, b 4"
+    assert caplog.messages == [
+        "Training class counts: a 3, b 1",
+        weights if weighting else "No class weights (class_weighting: false): plain cross-entropy",
+    ]
