@@ -6,7 +6,10 @@ so the inference model has exactly the parameters of a model trained without the
 
 import logging
 
+import torch
 from torch import nn
+
+from crab.seeds import stream_seed
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,14 @@ class SupervisionLegs(nn.Module):
     fusion_hidden_dim : int or None
         Hidden size of the fusion leg alone; None follows ``hidden_dim``. The
         authors' code uses h (512 -> 512 -> 512), not half its 512-d input.
+    seed : int or None
+        Each leg's initial weights are drawn from a stream of its own
+        (``crab.seeds.stream_seed(seed, "leg <name>")``), not from torch's generator:
+        building the legs leaves the run's random stream (dropout, the next modules'
+        weights) as it was, so a run with other legs or none (CE only) draws the same
+        dropout masks, and a leg's weights do not depend on which other legs are built.
+        None: the seed torch's generator was last seeded with (a recipe yaml's ``seed``,
+        by its ``seed_everything``).
 
     Returns
     -------
@@ -57,8 +68,11 @@ class SupervisionLegs(nn.Module):
     {'speech_unimodal': (3, 4), 'speech_pooled': (3, 4), 'fusion': (3, 4)}
     """
 
-    def __init__(self, tap_dims, names=LEG_NAMES, output_dim=512, hidden_dim=None, fusion_hidden_dim=None):
+    def __init__(
+        self, tap_dims, names=LEG_NAMES, output_dim=512, hidden_dim=None, fusion_hidden_dim=None, seed=None
+    ):
         super().__init__()
+        seed = torch.initial_seed() if seed is None else seed
         unknown = [n for n in names if n not in LEG_NAMES]
         if unknown:
             raise ValueError(f"unknown leg name(s) {unknown}; choose from {LEG_NAMES}")
@@ -73,9 +87,11 @@ class SupervisionLegs(nn.Module):
             hidden = hidden_dim or in_dim // 2
             if name == "fusion" and fusion_hidden_dim:
                 hidden = fusion_hidden_dim
-            self.legs[name] = nn.Sequential(
-                nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, output_dim)
-            )
+            with torch.random.fork_rng(devices=[]):  # torch's CPU generator restored afterwards
+                torch.default_generator.manual_seed(stream_seed(seed, f"leg {name}"))  # CUDA's untouched
+                self.legs[name] = nn.Sequential(
+                    nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, output_dim)
+                )
 
     @property
     def names(self):

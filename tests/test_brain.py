@@ -94,6 +94,17 @@ def test_hierarchical_lr_cosine_schedule_and_accumulation(data, tmp_path):
     assert lrs == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)], rel=1e-2)
 
 
+def test_ce_only_and_mlcs_at_alpha_0_train_the_same_weights(data, tmp_path):
+    """The legs draw nothing from the run's random stream: a run without them has the same
+    initial weights, data order and dropout masks, so at alpha 0 the same model, bit for bit."""
+    options = ("--number_of_epochs=1", "--dropout=0.5", "--ckpt_metric=epoch")
+    ce, _, _ = fit(data, tmp_path / "ce_only", "--leg_names=[]", *options)
+    mlcs, _, _ = fit(data, tmp_path / "mlcs", "--alpha=0.0", *options)
+    assert len(mlcs.modules.legs.legs) == 5 and len(ce.modules.legs.legs) == 0
+    ce_weights, mlcs_weights = ce.modules.model.state_dict(), mlcs.modules.model.state_dict()
+    assert [k for k, v in ce_weights.items() if not torch.equal(v, mlcs_weights[k])] == []
+
+
 def test_every_split_reads_the_first_max_duration_seconds(data, tmp_path):
     cwd = os.getcwd()
     try:

@@ -290,6 +290,21 @@ def test_legs_take_the_hidden_sizes_asked():
     }
 
 
+def test_legs_draw_their_weights_apart_from_the_run_s_random_stream():
+    tap_dims = {"speech_pooled": 6, "fusion": 4}
+    torch.manual_seed(42)
+    before = torch.get_rng_state()
+    all_legs = SupervisionLegs(tap_dims, list(tap_dims), 2)
+    # the run's stream (dropout masks, later weights) is where a run without legs (CE only) has it
+    assert torch.equal(torch.get_rng_state(), before)
+    # a leg's weights depend on the run's seed and its name, not on the other legs built
+    fusion = SupervisionLegs(tap_dims, ["fusion"], 2).legs["fusion"].state_dict()
+    assert all(torch.equal(v, all_legs.legs["fusion"].state_dict()[k]) for k, v in fusion.items())
+    same = SupervisionLegs(tap_dims, ["fusion"], 2, seed=42).legs["fusion"][0].weight
+    other = SupervisionLegs(tap_dims, ["fusion"], 2, seed=43).legs["fusion"][0].weight
+    assert torch.equal(same, fusion["0.weight"]) and not torch.equal(other, same)
+
+
 def test_a_leg_is_fc_relu_fc_and_passes_gradients_to_its_representation():
     legs = SupervisionLegs({"fusion": 2}, ["fusion"], output_dim=1, hidden_dim=2)
     first, second = legs.legs["fusion"][0], legs.legs["fusion"][-1]

@@ -7,7 +7,8 @@
 #   - ruff-format  ruff format --check: the formatting of ruff.toml (line length 110)
 #   - shellcheck   shellcheck on every tracked shell script (.shellcheckrc)
 #   - doctests     the >>> examples of the public API: Crab, CrabBrain, CrabClassifier,
-#                  SupervisionLegs, the losses, the metrics, the paired comparison, the epoch choice
+#                  SupervisionLegs, the losses, the metrics, the paired comparison, the random streams
+#                  of their own, the epoch choice
 #
 # Every gate runs, then prints one line, "gate NAME: ok (Ns)" or "gate NAME: FAILED (Ns)", after
 # its findings; the script exits 1 when any gate failed. Fix with: ruff check --fix, ruff format,
@@ -19,7 +20,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${root}" || exit 2
 venv=${CRAB_VENV:-${root}/tools/venv}
 all_gates="ruff-lint ruff-format shellcheck doctests"
-doctest_modules="crab/model.py crab/brain.py crab/inference.py crab/legs.py crab/losses.py crab/metrics.py crab/paired.py crab/selection.py"
+doctest_modules="crab/model.py crab/brain.py crab/inference.py crab/legs.py crab/losses.py crab/metrics.py crab/paired.py crab/seeds.py crab/selection.py"
 
 case " $* " in
   *" --help "*|*" -h "*) sed -n '2,/^\[ -n/{/^#/!d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
