@@ -32,6 +32,7 @@ TRAIN_SECONDS = "train_s"  # checkpoint meta: wall time of training up to the ch
 PROCESSES = "processes"  # checkpoint meta: the processes of the run that saved it (DDP: several)
 INVOCATIONS = "invocations"  # checkpoint meta: the trainings (launches) whose work it holds
 VERSIONS = "versions"  # checkpoint meta: the releases of the libraries that computed it
+DATA_ORDER_SEED = "data_order_seed"  # checkpoint meta: the seed of the run's training data order
 MODEL_LIBRARIES = ("torch", "transformers", "speechbrain")  # what computes a model's outputs
 
 
@@ -99,6 +100,8 @@ class Checkpointer(checkpoints.Checkpointer):
     saved a checkpoint of the run up to it, this one included; and ``versions``, the releases
     of torch, transformers and speechbrain that computed it: loading it (a resumed training,
     an evaluation) where they are others logs a warning naming both (``warn_version_drift``).
+    A training's also hold ``data_order_seed`` (``crab.experiment.data_order_seed``), which a
+    resumed run shuffles its data with.
     """
 
     def __init__(self, *args, **kwargs):
@@ -106,6 +109,7 @@ class Checkpointer(checkpoints.Checkpointer):
         self._started = time.monotonic()
         self._seconds_before = 0.0  # in the checkpoint this process resumed from; None: unknown
         self._invocations_before = 0  # likewise
+        self.data_order_seed = None  # set by the training: recorded in each checkpoint's meta
 
     def save_checkpoint(self, meta=None, end_of_epoch=True, name=None, verbosity=logging.INFO):
         meta = {} if meta is None else dict(meta)  # no dict shared between calls
@@ -115,6 +119,8 @@ class Checkpointer(checkpoints.Checkpointer):
             meta[INVOCATIONS] = self._invocations_before + 1
         meta[PROCESSES] = world_size()
         meta[VERSIONS] = library_versions()
+        if self.data_order_seed is not None:
+            meta[DATA_ORDER_SEED] = self.data_order_seed
         self._remove_partial()
         try:
             # SpeechBrain logs the save in the hidden folder: logged below once it has its name

@@ -10,10 +10,11 @@ import sys
 
 import speechbrain as sb
 import torch
-from speechbrain.dataio.sampler import DynamicBatchSampler
+from speechbrain.dataio.sampler import DynamicBatchSampler, ReproducibleRandomSampler
 from speechbrain.utils.distributed import if_main_process, is_distributed_initialized, run_on_main
 
 from crab.brain import CrabBrain
+from crab.checkpointing import DATA_ORDER_SEED
 from crab.data import DataError, class_counts, label_encoder, make_dataset
 from crab.distributed import world_size
 from crab.features import FeatureCache
@@ -30,6 +31,7 @@ from crab.runconfig import (
     parse_arguments,
     run_options_as_overrides,
 )
+from crab.seeds import stream_seed
 from crab.signals import worker_loader_options
 
 logger = logging.getLogger(__name__)
@@ -158,21 +160,39 @@ def item_lengths(data, max_duration=None):
     return [len(entry["text"]) for entry in entries]
 
 
-def loader_options(hparams, data, train):
+def data_order_seed(seed, checkpoint=None):
+    """The seed of the training data's order in a run of ``seed``: a stream of its own
+    (``crab.seeds``). SpeechBrain's samplers shuffle each epoch with their seed + the epoch,
+    so with the run's seed itself the orders of seed 43 were those of seed 42 one epoch
+    later. A run resumed from ``checkpoint`` keeps the order it started with: its meta's
+    ``data_order_seed``, or None for a checkpoint of an earlier release, which has none
+    (SpeechBrain's own shuffling, ``loader_options``)."""
+    if checkpoint is None:
+        return stream_seed(seed, "data order", bits=62)  # + the epoch stays within torch's 64 bits
+    return checkpoint.meta.get(DATA_ORDER_SEED)
+
+
+def loader_options(hparams, data, train, order_seed=None):
     """DataLoader options for ``data``: ``train_dataloader_opts`` (``train``) or
     ``eval_dataloader_opts``. With ``dynamic_batching``, a DynamicBatchSampler over
     ``num_buckets`` length buckets replaces ``batch_size``: a batch holds at most
     ``max_batch_length`` seconds (characters) once padded to its longest item (an
-    item longer than that makes a batch of its own). Shuffled batches when the options
-    shuffle (new ones each epoch: SpeechBrain calls ``set_epoch`` on the Brain's
-    ``train_sampler``), in ascending length otherwise. Data-loading processes ignore
-    the first SIGTERM (``crab.signals.worker_loader_options``)."""
+    item longer than that makes a batch of its own). Batches in ascending length, or
+    shuffled when the options shuffle: by a sampler seeded with ``order_seed``
+    (``data_order_seed``), which the training steps to each epoch (the Brain's
+    ``train_sampler``); None: SpeechBrain's own shuffling, as earlier releases had it (the
+    run's seed + the epoch; under DDP, fixed batches by 0 + the epoch). Data-loading
+    processes ignore the first SIGTERM (``crab.signals.worker_loader_options``)."""
     opts = dict(hparams["train_dataloader_opts" if train else "eval_dataloader_opts"])
     if opts.get("num_workers"):  # a SIGTERM to the whole job is the main process's to handle
         opts.update(worker_loader_options(opts.get("worker_init_fn")))
-    if not hparams.get("dynamic_batching"):  # absent from the hyperparams.yaml of older runs
+    dynamic = hparams.get("dynamic_batching")  # absent from the hyperparams.yaml of older runs
+    if not dynamic and (order_seed is None or not opts.get("shuffle")):
         return opts
     shuffle = opts.pop("shuffle", False)
+    if not dynamic:
+        opts["sampler"] = ReproducibleRandomSampler(data, seed=order_seed)
+        return opts
     opts.pop("batch_size", None)
     opts["batch_sampler"] = DynamicBatchSampler(
         data,
@@ -181,7 +201,7 @@ def loader_options(hparams, data, train):
         lengths_list=item_lengths(data, hparams["max_duration"]),
         shuffle=shuffle,
         batch_ordering="random" if shuffle else "ascending",
-        seed=hparams["seed"],
+        seed=hparams["seed"] if order_seed is None else order_seed,
     )
     return opts
 

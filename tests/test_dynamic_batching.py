@@ -8,7 +8,7 @@ import os
 import pytest
 import speechbrain as sb
 import yaml
-from speechbrain.dataio.sampler import DistributedSamplerWrapper
+from speechbrain.dataio.sampler import DistributedSamplerWrapper, ReproducibleRandomSampler
 
 from crab.bin import evaluate, train
 from crab.data import label_encoder
@@ -36,7 +36,7 @@ def manifest_dataset(durations, texts=None):
     return sb.dataio.dataset.DynamicItemDataset(entries)
 
 
-def options(train=True, **hparams):
+def options(train=True, order_seed=None, **hparams):
     base = {
         "train_dataloader_opts": {"batch_size": 8, "shuffle": True, "num_workers": 0},
         "eval_dataloader_opts": {"batch_size": 8, "num_workers": 0},
@@ -46,7 +46,7 @@ def options(train=True, **hparams):
         "max_duration": 12.0,
         "seed": 3,
     }
-    return lambda data: loader_options({**base, **hparams}, data, train)
+    return lambda data: loader_options({**base, **hparams}, data, train, order_seed)
 
 
 def epoch(sampler, number):
@@ -61,9 +61,13 @@ def test_item_lengths_are_durations_cut_at_max_duration_or_characters_without_au
         item_lengths(manifest_dataset([1.0, None]))
 
 
-def test_without_dynamic_batching_the_options_are_the_yaml_ones():
+def test_without_dynamic_batching_the_options_are_the_yaml_ones_shuffled_by_the_run_s_sampler():
     opts = options(dynamic_batching=False)(manifest_dataset(DURATIONS))
-    assert opts == {"batch_size": 8, "shuffle": True, "num_workers": 0}
+    assert opts == {"batch_size": 8, "shuffle": True, "num_workers": 0}  # SpeechBrain's own shuffling
+    seeded = options(dynamic_batching=False, order_seed=5)(manifest_dataset(DURATIONS))
+    sampler = seeded.pop("sampler")  # in place of shuffle: true
+    assert seeded == {"batch_size": 8, "num_workers": 0}
+    assert isinstance(sampler, ReproducibleRandomSampler) and sampler.seed == 5
 
 
 def test_batches_respect_max_batch_length_and_cover_every_utterance_once_per_epoch():

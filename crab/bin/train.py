@@ -31,6 +31,7 @@ from crab.experiment import (
     check_accumulation,
     check_max_duration,
     check_precision,
+    data_order_seed,
     dataset,
     feature_cache,
     loader_options,
@@ -92,7 +93,10 @@ def _train(hparams_file, run_opts, overrides, hparams):
     train_set = dataset(hparams, hparams["train_manifest"], encoder, cache=cache)
     valid_set = dataset(hparams, hparams["valid_manifest"], encoder, sort=True, cache=cache)
     brain = make_brain(hparams, run_opts)
-    train_options = loader_options(hparams, train_set, train=True)
+    # the data order of the run's seed, or of the checkpoint a resumed run loads (recorded in each)
+    order_seed = data_order_seed(hparams["seed"], brain.checkpointer.find_checkpoint())
+    brain.checkpointer.data_order_seed = order_seed
+    train_options = loader_options(hparams, train_set, train=True, order_seed=order_seed)
     check_accumulation(
         batches_per_epoch(train_set, train_options), brain.grad_accumulation_factor, hparams["train_manifest"]
     )
@@ -101,8 +105,9 @@ def _train(hparams_file, run_opts, overrides, hparams):
         brain.fit_state_normalization(
             train_set, hparams["eval_dataloader_opts"], hparams["state_norm_utterances"]
         )
-    if "batch_sampler" in train_options:  # dynamic batches: Brain calls its set_epoch() each epoch
-        brain.train_sampler = train_options["batch_sampler"]  # (DDP replaces it by its wrapper)
+    sampler = train_options.get("batch_sampler", train_options.get("sampler"))
+    if sampler is not None:  # shuffled or dynamic batches: Brain calls its set_epoch() each epoch
+        brain.train_sampler = sampler  # (DDP replaces it by its wrapper)
     brain.fit(
         hparams["epoch_counter"],
         train_set,
