@@ -29,7 +29,9 @@ from crab.runconfig import (
     load_hparams,
     load_run,
     parse_arguments,
+    resolved_values,
     run_options_as_overrides,
+    show,
 )
 from crab.seeds import stream_seed
 from crab.signals import worker_loader_options
@@ -49,7 +51,19 @@ def parse_and_load(argv=None, record_run_options=False):
         overrides = (overrides + "\n" if overrides else "") + run_options_as_overrides(hparams_file, run_opts)
     overrides = last_value_wins(overrides)
     check_overrides(hparams_file, overrides)
+    check_seed(hparams_file, overrides)
     return hparams_file, run_opts, overrides, load_hparams(hparams_file, overrides)
+
+
+def check_seed(hparams_file, overrides):
+    """A ``ConfigError`` for a ``seed`` that SpeechBrain's ``seed_everything`` does not take as it
+    is: one outside NumPy's range it takes as 0 (a run of seed 0 again), one that is no integer
+    stops it with a traceback."""
+    with open(hparams_file, encoding="utf-8") as f:
+        values = resolved_values(f.read(), overrides)
+    seed = values.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"{hparams_file}: seed: {show(seed)}: a seed is an integer from 0 to 4294967295")
 
 
 @contextlib.contextmanager

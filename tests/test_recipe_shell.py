@@ -193,6 +193,15 @@ def test_a_node_rank_that_is_not_a_number_is_an_error(bare_clone, torchrun_opts)
         (["--text_source", "whisper"], "--text_source must be one of: gold asr; got 'whisper'"),
         (["--no_such_option", "1"], "unknown option --no_such_option"),
         (["--nj", "0"], "--nj must be at least 1"),
+        (["--seeds", "42 42"], "--seeds gives 42 twice (its runs would count twice)"),
+        (
+            ["--seeds", "42 042"],
+            "--seeds must be integers from 0 to 4294967295 without leading zeros, got '042'",
+        ),
+        (["--seeds=4294967296"], "without leading zeros, got '4294967296'"),  # seed_everything: seed 0
+        (["--seeds=-1"], "without leading zeros, got '-1'"),
+        (["--seeds", " "], "--seeds names no seed"),
+        (["--folds", "f1 f2 f1"], "--folds gives f1 twice"),
     ],
 )
 def test_bad_option_values_are_one_line_errors(bare_clone, args, message):

@@ -9,7 +9,8 @@ import yaml
 
 from crab.bin import train
 from crab.brain import CrabBrain
-from crab.experiment import data_order_seed
+from crab.experiment import data_order_seed, parse_and_load
+from crab.runconfig import ConfigError
 from tests import test_brain
 from tests.conftest import ROOT
 from tests.test_brain import CLASSES, CONFIG
@@ -60,3 +61,14 @@ def test_a_resumed_run_keeps_the_data_order_it_started_with():
     assert data_order_seed(42, SimpleNamespace(meta={"data_order_seed": 7})) == 7
     # a checkpoint of an earlier release: SpeechBrain's own shuffling, as the run started
     assert data_order_seed(42, SimpleNamespace(meta={"end-of-epoch": True})) is None
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "abc"])
+def test_a_seed_numpy_cannot_take_is_an_error_before_anything_runs(seed, tmp_path, monkeypatch):
+    """SpeechBrain's seed_everything takes a seed outside 0 to 2**32 - 1 as 0 (a run of seed 0
+    again, under another name) and stops with a traceback on one that is no integer."""
+    monkeypatch.chdir(os.path.join(ROOT, "egs", "TEMPLATE"))
+    argv = [CONFIG, f"--data_root={tmp_path}", f"--data_folder={tmp_path}", f"--output_folder={tmp_path}/exp"]
+    with pytest.raises(ConfigError, match=f"seed: {seed}: a seed is an integer from 0 to 4294967295"):
+        parse_and_load([*argv, f"--classes=[{','.join(CLASSES)}]", f"--seed={seed}"])
+    assert not (tmp_path / "exp").exists()

@@ -4,6 +4,8 @@
 #   check_int stage stop_stage ngpu      # non-negative integers
 #   check_bool embeddings text_only      # true | false
 #   check_choice policy error skip       # one of the listed values
+#   check_seeds seeds                    # seeds numpy takes as they are, each once
+#   check_distinct folds                 # each word once
 
 _option_error() {
   echo "$0: --$1 $2" >&2
@@ -34,4 +36,25 @@ check_choice() {
     [ "${!name}" = "${value}" ] && return 0
   done
   _option_error "${name}" "must be one of: $*; got '${!name}'"
+}
+
+check_seeds() {  # the seeds of --$1: at least one, each once, as SpeechBrain's seed_everything takes it
+  local name=$1 word seen=" "
+  [ -n "${!name// /}" ] || _option_error "${name}" "names no seed"
+  for word in ${!name}; do
+    # numpy's range; seed_everything takes any other seed as 0. No leading zero: seed042 would be seed 42 again
+    if ! [[ ${word} =~ ^(0|[1-9][0-9]{0,9})$ ]] || [ "${word}" -gt 4294967295 ]; then
+      _option_error "${name}" "must be integers from 0 to 4294967295 without leading zeros, got '${word}'"
+    fi
+    [[ ${seen} != *" ${word} "* ]] || _option_error "${name}" "gives ${word} twice (its runs would count twice)"
+    seen+="${word} "
+  done
+}
+
+check_distinct() {  # each word of --$1 once
+  local name=$1 word seen=" "
+  for word in ${!name}; do
+    [[ ${seen} != *" ${word} "* ]] || _option_error "${name}" "gives ${word} twice (its runs would count twice)"
+    seen+="${word} "
+  done
 }

@@ -43,7 +43,7 @@ config=                 # hyperparameters (yaml), required unless --tuning names
 tuning=                 # conf/tuning/<name>.yaml: a committed setting, its base config and overrides (before --ablation's and --train_opts)
 tag=                    # experiment name under exp_dir (default: the tuning file's name, _<ablation> added with one; else the ablation's; else the config's)
 folds=main              # space-separated fold names: data/<fold>/ for each
-seeds=42                # space-separated seeds
+seeds=42                # space-separated seeds, each once (integers from 0 to 4294967295)
 test_sets="test"        # space-separated test split names
 classes=                # comma-separated labels in the config's order, required
 data_root=              # the corpus audio, written as {data_root} in manifests, required; relative: from where you ran the command
@@ -132,6 +132,8 @@ check_int stage stop_stage ngpu nproc bpe_vocab_size nj
 check_bool embeddings text_only reevaluate
 check_choice policy error skip
 check_choice text_source gold asr
+check_seeds seeds
+check_distinct folds
 if [ -z "${data_root}" ] && [ -n "${data_root_var}" ]; then
   echo "$0: ${data_root_var} is empty: set ${data_root_var} in db.sh (or export it) to the corpus directory" >&2; exit 1
 fi
