@@ -25,10 +25,10 @@ def test_embeddings_log_their_scores_rounded_and_named(monkeypatch, tmp_path, ca
         "davies_bouldin": None,
     }
     monkeypatch.setattr(embeddings_cli, "load_trained_run", lambda rest: (hparams, brain, None, None))
-    monkeypatch.setattr(embeddings_cli.evalrecord, "embeddings_inputs", lambda *args: {})
+    monkeypatch.setattr("crab.evalrecord.embeddings_inputs", lambda *args: {})
     monkeypatch.setattr(embeddings_cli, "extract_embeddings", lambda *args: (["u1", "u2"], None, None))
     monkeypatch.setattr(embeddings_cli, "write_embeddings", lambda *args, **kwargs: scores)
-    with caplog.at_level(logging.INFO, logger=embeddings_cli.__name__):
+    with caplog.at_level(logging.INFO, logger="crab.bin.embeddings"):
         embeddings_cli.main([])
     assert caplog.messages[-1] == (
         f"Fused embeddings of 2 utterances in {tmp_path / 'eval_test'}: "

@@ -510,18 +510,19 @@ def test_a_run_killed_after_writing_reused_transcripts_resumes(tmp_path, monkeyp
     fold2.mkdir()
     (fold2 / "wav.scp").write_text((fold1 / "wav.scp").read_text())
 
-    real_write = transcribe.write_transcripts
+    real_write = asr.write_text_atomic
 
-    def write_then_die(*args, **kwargs):
-        real_write(*args, **kwargs)
-        raise KeyboardInterrupt
+    def write_then_die(path, text):
+        real_write(path, text)
+        if path.endswith("text.asr"):
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
-    monkeypatch.setattr(transcribe, "write_transcripts", write_then_die)
+    monkeypatch.setattr(asr, "write_text_atomic", write_then_die)
     with pytest.raises(SystemExit):  # the interrupt, as the command line ends on it
         run(fold2, "model-a", "--reuse", str(fold1))
     assert read_lines(fold2 / "text.asr") == read_lines(fold1 / "text.asr")
-    monkeypatch.setattr(transcribe, "write_transcripts", real_write)
+    monkeypatch.setattr(asr, "write_text_atomic", real_write)
     run(fold2, "model-a", "--reuse", str(fold1))
     assert (fold2 / "text.asr.model").read_text() == "model-a\n"
 
