@@ -1,5 +1,6 @@
 """The IEMOCAP recipe on a fixture in the corpus's layout: labels, folds, checks, stages 1-8."""
 
+import importlib.util
 import json
 import os
 import re
@@ -245,6 +246,100 @@ def test_bad_audio_is_left_to_stage_3_and_its_policy(corpus, tmp_path):
         shutil.rmtree(corpus / f"Session{session}" / "sentences")
     result = prepare(corpus, tmp_path, check=False)
     assert result.returncode != 0 and "none of the 45 labelled utterances has its wav" in result.stderr
+
+
+def load_prep():
+    """The recipe's local/prepare_data.py, for the tests of its parts."""
+    spec = importlib.util.spec_from_file_location(
+        "iemocap_prepare_data", os.path.join(ROOT, "egs", "iemocap", "local", "prepare_data.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+prep = load_prep()
+
+
+def utterance(utt, emo="neutral"):
+    return prep.Utterance(utt, utt.rsplit("_", 1)[0], "Session1", "Ses01F", "f", "improvised", emo)
+
+
+def test_dialogs_with_a_letter_suffix_are_read(tmp_path):
+    # IEMOCAP names some dialogs so: Ses03M_impro05a, Ses03M_impro08b, Ses05M_script01_1b
+    folder = tmp_path / "Session3" / "dialog" / "EmoEvaluation"
+    (folder / "Categorical").mkdir(parents=True)
+    for dialog in ("Ses03M_impro05a", "Ses03M_impro05b", "Ses03F_script01_1"):
+        (folder / f"{dialog}.txt").write_text(f"[1.0 - 2.0]\t{dialog}_F000\tneu\t[2.5, 2.5, 2.5]\n")
+    found = prep.dialogs(str(tmp_path), 3)
+    assert [dialog for dialog, _ in found] == ["Ses03F_script01_1", "Ses03M_impro05a", "Ses03M_impro05b"]
+    (u,) = prep.read_evaluation(found[1][1], "Ses03M_impro05a", 3)
+    assert (u.utt, u.speaker, u.type, u.emo) == ("Ses03M_impro05a_F000", "Ses03F", "improvised", "neutral")
+
+
+def test_evaluation_lines_with_spaces_for_tabs_are_read(tmp_path):
+    # a copy saved by an editor that turns tabs into spaces: the turns are still there
+    path = tmp_path / "Ses01F_impro01.txt"
+    path.write_text(
+        "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+        "[6.2901 - 8.2357]    Ses01F_impro01_F000    exc    [2.5000, 2.5000, 2.5000]\n"
+        "C-E2:    Excited;    ()\n"
+    )
+    (u,) = prep.read_evaluation(str(path), "Ses01F_impro01", 1)
+    assert (u.utt, u.emo) == ("Ses01F_impro01_F000", "happy")
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (  # which label holds? Neither is taken
+            ["Ses01F_impro01_F000\tneu", "Ses01F_impro01_F000\tang"],
+            r"Ses01F_impro01.txt:4: utterance Ses01F_impro01_F000 labelled twice",
+        ),
+        (  # a turn of another dialog: its wav and transcript are not in this one's folders
+            ["Ses01F_impro01_F000\tneu", "Ses01F_impro02_F001\tang"],
+            r"Ses01F_impro01.txt:4: malformed evaluation line",
+        ),
+    ],
+)
+def test_an_evaluation_line_that_would_mislabel_stops(tmp_path, lines, message):
+    path = tmp_path / "Ses01F_impro01.txt"
+    turns = [f"[{k}.0 - {k}.5]\t{line}\t[2.5, 2.5, 2.5]" for k, line in enumerate(lines)]
+    path.write_text("% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n" + "\n".join(turns) + "\n")
+    with pytest.raises(SystemExit, match=message):
+        prep.read_evaluation(str(path), "Ses01F_impro01", 1)
+
+
+def test_a_second_transcript_of_an_utterance_stops(tmp_path):
+    folder = tmp_path / "Session1" / "dialog" / "transcriptions"
+    folder.mkdir(parents=True)
+    (folder / "Ses01F_impro01.txt").write_text(
+        "Ses01F_impro01_F000 [001.0-002.0]: First.\nSes01F_impro01_F000 [001.0-002.0]: Which one?\n"
+    )
+    with pytest.raises(SystemExit, match=r"Ses01F_impro01.txt:2: second transcript for Ses01F_impro01_F000"):
+        prep.add_transcripts([utterance("Ses01F_impro01_F000")], str(tmp_path))
+
+
+def test_count_check_compares_each_class_not_only_the_total():
+    def utts(counts):
+        return [utterance(f"Ses01F_impro01_F{c}{i}", c) for c, n in counts.items() for i in range(n)]
+
+    prep.check_counts(utts(prep.EXPECTED_COUNTS), "IEMOCAP_full_release")
+    swapped = {**prep.EXPECTED_COUNTS, "angry": 1084, "sad": 1103}  # the same 5531 in all
+    with pytest.raises(SystemExit, match=r"angry    expected  1103, found  1084"):
+        prep.check_counts(utts(swapped), "IEMOCAP_full_release")
+
+
+def test_session_folds_validate_on_a_female_then_a_male_speaker():
+    folds = prep.folds()
+    valid = {f"session{s}": folds[f"session{s}"][1] for s in range(1, 6)}
+    assert valid == {
+        "session1": {"Ses02F"},
+        "session2": {"Ses03M"},
+        "session3": {"Ses04F"},
+        "session4": {"Ses05M"},
+        "session5": {"Ses01F"},
+    }
 
 
 def test_run_sh_checks_root_and_protocol(corpus, tmp_path):
