@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import soundfile as sf
@@ -423,6 +424,90 @@ def test_windows_1252_punctuation_stored_as_c1_controls_is_restored():
     ids = {"Dialogue_ID": "0", "Utterance_ID": "0", "Season": "1", "Episode": "1"}
     row = meld.parse_row({**record, **ids, "Emotion": "anger", "Sentiment": "negative"}, "train", "x", True)
     assert row.repaired and row.text == "It\u2019s Joey\u2026 now\u2014go, you\u2019re"
+
+
+def load_local(name):
+    """A script of the recipe's local/ as a module (its ``from meld import`` read there)."""
+    local = os.path.join(RECIPE, "local")
+    if local not in sys.path:
+        sys.path.insert(0, local)
+    spec = importlib.util.spec_from_file_location(f"meld_{name}", os.path.join(local, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def meld_rows(split, clips, emotions=None):
+    """A Row per clip of ``clips`` (labelled ``emotions``, else joy)."""
+    row = load_meld_module().Row
+    emotions = emotions or ["joy"] * len(clips)
+    labelled = zip(clips, emotions, strict=True)
+    return [row(split, clip, "Hi.", "Ross", emotion, "neutral", 1, 1, False) for clip, emotion in labelled]
+
+
+def test_an_excluded_clip_keeps_the_clips_of_that_name_in_the_other_splits(capsys):
+    # the official test split has a dia125_utt3 and a dia110_utt7 of its own
+    prepare_data = load_local("prepare_data")
+    rows = {split: meld_rows(split, ["dia125_utt3", "dia110_utt7"]) for split in CLIP_FOLDERS}
+    excluded = {("train", "dia125_utt3"): "corrupt", ("dev", "dia110_utt7"): "no mp4"}
+    kept = prepare_data.apply_exclusions(rows, excluded, "exclude.txt")
+    assert {split: [r.clip for r in split_rows] for split, split_rows in kept.items()} == {
+        "train": ["dia110_utt7"],
+        "dev": ["dia125_utt3"],
+        "test": ["dia125_utt3", "dia110_utt7"],
+    }
+    assert "2 clip(s) left out" in capsys.readouterr().out
+
+
+def test_a_failed_clip_is_expected_only_in_the_split_the_exclusion_list_names(tmp_path, capsys):
+    extract_audio = load_local("extract_audio")
+    rows = meld_rows("test", ["dia125_utt3", "dia0_utt0"])
+    excluded = {("train", "dia125_utt3"): "corrupt"}
+    extract_audio.report("test", rows, 1, {"dia125_utt3": "no mp4"}, excluded, tmp_path / "failed_test.txt")
+    out = capsys.readouterr().out
+    assert "1 extracted, 1 failed (0 on the exclusion list)" in out
+    assert "WARNING: test: 1 clip(s) not on the exclusion list failed: dia125_utt3." in out
+
+
+def test_count_check_compares_each_class_not_only_the_total(tmp_path):
+    prepare_data = load_local("prepare_data")
+    for split in CLIP_FOLDERS:
+        (tmp_path / f"{split}_sent_emo.csv").write_text(",".join(HEADER) + "\n")
+
+    def rows(split, counts):
+        labels = [emotion for emotion, n in counts.items() for _ in range(n)]
+        return meld_rows(split, [f"dia{i}_utt0" for i in range(len(labels))], labels)
+
+    official = {split: rows(split, counts) for split, counts in prepare_data.EXPECTED_COUNTS.items()}
+    prepare_data.check_counts(official, str(tmp_path))
+    swapped = {**prepare_data.EXPECTED_COUNTS["test"], "disgust": 50, "fear": 68}  # 2610 in all
+    with pytest.raises(SystemExit, match=r"disgust   expected    68, found    50"):
+        prepare_data.check_counts({**official, "test": rows("test", swapped)}, str(tmp_path))
+
+
+def test_mojibake_in_a_speaker_name_is_repaired():
+    # the official train CSV has a speaker "Richard’s Date"; a copy read as Windows-1252 spells it so
+    record = {"Utterance": "Hi.", "Speaker": "Richardâ€™s Date", "Emotion": "joy", "Sentiment": "positive"}
+    ids = {"Dialogue_ID": "0", "Utterance_ID": "0", "Season": "1", "Episode": "1"}
+    row = load_meld_module().parse_row({**record, **ids}, "train", "x", True)
+    assert row.repaired and row.speaker == "Richard\u2019s_Date"
+
+
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(os.environ.get("MELD", ""), "train_sent_emo.csv")),
+    reason="set MELD to a copy of MELD.Raw (its CSVs are enough) to check them",
+)
+def test_real_csvs_have_the_official_counts():
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    check = os.path.join(RECIPE, "local", "check_real_csvs.py")
+    result = subprocess.run(
+        [sys.executable, check, os.environ["MELD"], "--text_only"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": path},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "OK: every split and class has the expected count" in result.stdout
 
 
 ABLATIONS = {  # the Table III / IV rows of RESULTS.md: yaml overrides of conf/crab*.yaml
