@@ -244,6 +244,27 @@ def test_bad_input_stops_with_a_clear_message(corpus, tmp_path, damage, message)
     assert re.search(message, result.stderr), result.stderr
 
 
+def test_empty_speaker_gender_or_partition_and_transcripts_outside_train(corpus, tmp_path):
+    labels = corpus / "Labels" / "labels_consensus.csv"
+    text = labels.read_text()
+    for row, edited in (  # an unknown speaker and gender; a row in no partition (left out, counted)
+        ("_0002_0003.wav,F,4.2,3.8,4.0,21,Female,Development", "_0002_0003.wav,F,4.2,3.8,4.0,,,Development"),
+        ("_0003_0001.wav,C,4.2,3.8,4.0,31,Male,Test1", "_0003_0001.wav,C,4.2,3.8,4.0,31,Male,"),
+    ):
+        assert text.count(row) == 1
+        text = text.replace(row, edited)
+    labels.write_text(text)
+    (corpus / "Transcripts" / "MSP-PODCAST_0002_0000.txt").write_text("A development sentence.\n")
+    result = prepare(corpus, tmp_path / "data")
+    assert result.returncode == 0, result.stderr
+    valid = tmp_path / "data" / "valid"
+    assert table(valid / "utt2spk")["MSP-PODCAST_0002_0003"] == "Unknown"
+    assert table(valid / "utt2gender")["MSP-PODCAST_0002_0003"] == "Unknown"
+    assert table(valid / "text")["MSP-PODCAST_0002_0000"] == "A development sentence."
+    assert "MSP-PODCAST_0003_0001" not in table(tmp_path / "data" / "test1" / "utt2emo")
+    assert "in no partition 1" in result.stdout
+
+
 def test_missing_audio_is_left_to_stage_3_or_stops_stage_1(corpus, tmp_path):
     os.remove(corpus / "Audios" / "MSP-PODCAST_0003_0002.wav")
     result = prepare(corpus, tmp_path / "data")
