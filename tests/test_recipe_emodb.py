@@ -261,6 +261,38 @@ def test_published_counts_pass_and_a_missing_file_fails(tmp_path):
     assert "fear: expected 69, found 68" in str(err.value) and "anger" not in str(err.value)
 
 
+def test_every_sentence_is_the_documented_one():
+    # the corpus documentation's sentences (text codes of the file names); a wrong one is a wrong transcript
+    assert facts.SENTENCES == {
+        "a01": "Der Lappen liegt auf dem Eisschrank.",
+        "a02": "Das will sie am Mittwoch abgeben.",
+        "a04": "Heute abend könnte ich es ihm sagen.",
+        "a05": "Das schwarze Stück Papier befindet sich da oben neben dem Holzstück.",
+        "a07": "In sieben Stunden wird es soweit sein.",
+        "b01": "Was sind denn das für Tüten, die da unter dem Tisch stehen?",
+        "b02": "Sie haben es gerade hochgetragen und jetzt gehen sie wieder runter.",
+        "b03": "An den Wochenenden bin ich jetzt immer nach Hause gefahren und habe Agnes besucht.",
+        "b09": "Ich will das eben wegbringen und dann mit Karl was trinken gehen.",
+        "b10": "Die wird auf dem Platz sein, wo wir sie immer hinlegen.",
+    }
+
+
+def test_hidden_files_of_a_copy_are_ignored(tmp_path):
+    corpus = make_fixture(tmp_path / "emodb")  # with an AppleDouble ._03a01Wa.wav
+    (corpus / "wav" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")  # left by macOS Finder
+    assert len(prep.scan_corpus(str(corpus))) == 70
+
+
+def test_count_check_compares_each_class_not_only_the_total(tmp_path):
+    corpus = make_full_count_fixture(tmp_path / "full")
+    # 535 in all, a fear file named as anger
+    os.rename(corpus / "wav" / "03a01Aa.wav", corpus / "wav" / "03a01Wz.wav")
+    with pytest.raises(DataPrepError, match=r"535 utterances, expected 535") as err:
+        prep.check_counts(prep.scan_corpus(str(corpus)), "full")
+    assert "anger: expected 127, found 128" in str(err.value)
+    assert "fear: expected 69, found 68" in str(err.value)
+
+
 def test_bad_input_is_named(tmp_path):
     assert "no directory" in run_prep(tmp_path / "nowhere", tmp_path / "data").stderr
     corpus = make_fixture(tmp_path / "emodb")
