@@ -178,6 +178,8 @@ def test_fold_validator():
         check_fold({**fold, "valid": {"a": "s3"}})
     with pytest.raises(DataPrepError, match=r"1 utterance\(s\) in no split, e.g. 'e'"):
         check_fold(fold, "abcde")
+    with pytest.raises(DataPrepError, match=r"1 utterance\(s\) in a split but not in the corpus, e.g. 'd'"):
+        check_fold(fold, "abc")
 
 
 def test_an_utterance_without_a_speaker_is_an_error_naming_the_file_and_line(tmp_path):

@@ -190,6 +190,8 @@ def test_unknown_label(tmp_path):
     assert kind == "unknown label"
     assert "surprised" in message
     assert "duration" not in e
+    e = entry(wav, emo="Sad")  # a label differing in case only is another label (as the encoder reads it)
+    assert check_utterance("u1", e, CLASSES)[0] == "unknown label"
 
 
 @pytest.mark.parametrize("bad", ["text", "label"])
