@@ -408,6 +408,29 @@ def test_nested_release_layout_is_found(corpus, tmp_path):
     assert len(table(tmp_path / "data" / "official" / "train" / "text")) == 14
 
 
+def test_a_csv_with_its_columns_in_another_order_or_a_layout_found_twice_is_refused(tmp_path):
+    meld = load_meld_module()
+    reordered = [*HEADER[:3], "Sentiment", "Emotion", *HEADER[5:]]  # as a re-export may write them
+    (tmp_path / "train_sent_emo.csv").write_text(
+        ",".join(reordered) + "\n1,Hi.,Ross,positive,joy,0,0,1,1,a,b\n"
+    )
+    with pytest.raises(meld.MeldError, match=r"train_sent_emo.csv:1: header is .*, expected"):
+        meld.read_split(str(tmp_path), "train")
+    for copy in ("a", "b"):  # two nested copies: which one is the corpus?
+        (tmp_path / copy).mkdir()
+        write_csv(tmp_path / copy / "dev_sent_emo.csv", [])
+    with pytest.raises(meld.MeldError, match=r"dev_sent_emo.csv not found in several places"):
+        meld.read_split(str(tmp_path), "dev")
+
+
+def test_an_exclusion_line_with_a_reason_outside_its_comment_is_refused(tmp_path):
+    meld = load_meld_module()
+    path = tmp_path / "exclude.txt"
+    path.write_text("train dia125_utt3 corrupt mp4\n")
+    with pytest.raises(meld.MeldError, match=r"exclude.txt:1: expected '<train\|dev\|test> dia<D>_utt<U>"):
+        meld.read_exclusions(str(path))
+
+
 def test_mojibake_repair_keeps_correct_text():
     fix = load_meld_module().fix_mojibake
     assert (
