@@ -175,6 +175,28 @@ def test_partitions_file_overrides_the_column_and_is_checked(corpus, tmp_path):
     assert f"Partitions.txt:3: expected '<Partition>; <FileName>', got 'Train {names[1]}'" in result.stderr
 
 
+def test_early_release_spellings_and_a_file_given_two_partitions(corpus, tmp_path):
+    labels = corpus / "Labels" / "labels_consensus.csv"
+    labels.rename(corpus / "Labels" / "labels_concensus.csv")  # as early releases spell it
+    result = prepare(corpus, tmp_path / "data")
+    assert result.returncode == 0, result.stderr
+    assert "labels_concensus.csv" in result.stdout
+    names = [
+        line.split(",")[0] for line in (corpus / "Labels" / "labels_concensus.csv").read_text().splitlines()
+    ]
+    partitions = tmp_path / "Partitions.txt"
+    partitions.write_text(f"Train; {names[1]}\nTest1; {names[1]}\n")  # which one holds?
+    result = prepare(corpus, tmp_path / "data", "--partitions", str(partitions))
+    assert result.returncode != 0 and f"Partitions.txt:2: {names[1]} is in the file twice" in result.stderr
+
+
+def test_a_class_without_training_utterances_stops(corpus, tmp_path):
+    labels = corpus / "Labels" / "labels_consensus.csv"
+    labels.write_text(re.sub(r"(_0001_\d+\.wav),C,", r"\1,N,", labels.read_text()))  # no Train contempt
+    result = prepare(corpus, tmp_path / "data")
+    assert result.returncode != 0 and "no training utterances of class(es) ['contempt']" in result.stderr
+
+
 def edit_labels(edit):
     """A damage that rewrites labels_consensus.csv through ``edit`` (text -> text)."""
 
