@@ -289,6 +289,14 @@ def test_evaluation_lines_with_spaces_for_tabs_are_read(tmp_path):
     assert (u.utt, u.emo) == ("Ses01F_impro01_F000", "happy")
 
 
+def test_a_labelled_turn_numbered_xx_is_kept(tmp_path):
+    # turns that the corpus numbers XX (Ses03F_impro06_FXX0) are turns of their speaker like any other
+    path = tmp_path / "Ses03F_impro06.txt"
+    path.write_text("[1.0 - 2.0]\tSes03F_impro06_FXX0\tsad\t[2.5, 2.5, 2.5]\n")
+    (u,) = prep.read_evaluation(str(path), "Ses03F_impro06", 3)
+    assert (u.utt, u.speaker, u.emo) == ("Ses03F_impro06_FXX0", "Ses03F", "sad")
+
+
 @pytest.mark.parametrize(
     "lines, message",
     [
