@@ -227,6 +227,22 @@ def test_a_mean_over_fewer_runs_than_its_row_says_how_many(tmp_path):
     assert "| 2 | 3 | 0.5000 ± 0.0000 | 0.6000 ± 0.1414 (2 of 3 runs) | 0.5000 ± 0.0000 |" in text
 
 
+def test_predictions_given_twice_are_refused_not_counted_twice(tmp_path):
+    """The same run twice (a seed or fold listed twice, a path written two ways) would weigh double
+    in the mean and shrink the std: an error naming it, before anything is written."""
+    path = tmp_path / "exp" / "x" / "main" / "seed1" / "eval_test" / "predictions.csv"
+    write_predictions(path, [("angry", "angry"), ("sad", "happy")])
+    other = tmp_path / "exp" / "x" / "main" / "seed2" / "eval_test" / "predictions.csv"
+    write_predictions(other, [("angry", "angry"), ("sad", "sad")])
+    again = tmp_path / "exp" / "x" / "main" / "seed2" / ".." / "seed1" / "eval_test" / "predictions.csv"
+    with pytest.raises(SystemExit) as err:
+        score.main([str(path), str(other), str(again), "--out", str(tmp_path / "results.md")])
+    assert str(err.value) == f"ERROR: predictions given more than once: {again}"
+    assert not (tmp_path / "results.md").exists()
+    score.main([str(path), str(other), "--out", str(tmp_path / "results.md")])
+    assert "2 runs" in (tmp_path / "results.md").read_text()
+
+
 def test_predictions_of_a_checkpoint_the_run_no_longer_holds_are_refused(tmp_path, capsys):
     run = tmp_path / "exp" / "x" / "main" / "seed1"
     path = run / "eval_test" / "predictions.csv"

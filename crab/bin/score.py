@@ -12,8 +12,10 @@ the ``train_info.json`` there (written by the recipe's stage 5), and its embeddi
 runs have no value of is over the others, and says so (``(1 of 2 runs)``). The heading
 (``--title``) and the summary name the folds and seeds of the runs, and the runs of the
 same experiment with predictions on the same test set that were not given (a subset:
-``crab.report.left_out_runs``). Predictions of a checkpoint that their run's ``save/`` no longer
-holds (the run trained on after it was evaluated) are an error: evaluate it again.
+``crab.report.left_out_runs``). A predictions file given twice (or under two paths) is an
+error: its run would count twice in the mean and std. Predictions of a checkpoint that their
+run's ``save/`` no longer holds (the run trained on after it was evaluated) are an error:
+evaluate it again.
 
 With ``--per_run``, each predictions file's directory also gets ``scores.json``
 (metrics, per-class precision / recall / F1, confusion matrix, absent classes),
@@ -29,6 +31,18 @@ import sys
 from crab import cli
 from crab.fileio import write_text_atomic
 from crab.report import results_table
+
+
+def repeated_files(paths):
+    """The paths of ``paths`` that name a file named before (by another path too: ``a/../b``,
+    a link)."""
+    seen, repeated = set(), []
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:
+            repeated.append(path)
+        seen.add(real)
+    return repeated
 
 
 @cli.entry_point
@@ -49,6 +63,9 @@ def main(argv=None):
     missing = [p for p in args.predictions if not os.path.isfile(p)]
     if missing:
         sys.exit(f"ERROR: no predictions at {', '.join(missing)}: run the evaluate stage first")
+    repeated = repeated_files(args.predictions)
+    if repeated:  # one run counted twice: its score weighs double in the mean and shrinks the std
+        sys.exit(f"ERROR: predictions given more than once: {', '.join(repeated)}")
     table, summary = results_table(
         args.predictions, args.per_run, args.title, tag=args.tag, test_set=args.test_set
     )
