@@ -575,3 +575,8 @@ def test_a_placeholder_without_value_is_one_line_naming_the_override():
         match=r"crab_tiny\.yaml: data_root is a !PLACEHOLDER with no value: give --data_root=VALUE",
     ):
         load_hparams(config, {})
+    # so too through a command's own parsing (a training's seed check reads the yaml first)
+    from crab.experiment import parse_and_load
+
+    with pytest.raises(ConfigError, match=r"data_root is a !PLACEHOLDER with no value: give --data_root"):
+        parse_and_load([config, "--output_folder=/nowhere/run"], record_run_options=True)
