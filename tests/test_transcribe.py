@@ -491,6 +491,10 @@ def test_transcripts_no_record_names_the_model_of_are_not_taken_as_the_given_mod
     with pytest.raises(SystemExit, match=r"text.asr holds transcripts and no .*text.asr.model saying which"):
         run(data_dir, "model-a")
     assert not (data_dir / "text.asr.model").exists() and not (data_dir / "text.asr.settings").exists()
+    # named by hand as another system's: kept for stage 3, and stage 2 with --model adds nothing to them
+    (data_dir / "text.asr.model").write_text("my-own-asr\n")
+    with pytest.raises(SystemExit, match=r"text.asr was made with 'my-own-asr', not 'model-a'"):
+        run(data_dir, "model-a")
     # named by hand: kept; a run that adds to them records them as of unknown decoding settings
     (data_dir / "text.asr.model").write_text("model-a\n")
     (data_dir / "text.asr").write_text(f"{utts[0]} made elsewhere\n")
@@ -500,21 +504,25 @@ def test_transcripts_no_record_names_the_model_of_are_not_taken_as_the_given_mod
     assert read_lines(data_dir / "text.asr") == [[utts[0], "made elsewhere"], [utts[1], "words 0"]]
 
 
-def test_a_run_killed_after_writing_reused_transcripts_resumes(tmp_path, monkeypatch):
-    """The first run records its model before it writes a transcript: a kill just after the
-    transcripts taken from another fold leaves no text.asr without its record."""
+@pytest.mark.parametrize("there", ["", "gone made elsewhere\n"])
+def test_a_run_killed_after_writing_reused_transcripts_resumes(tmp_path, monkeypatch, there):
+    """A run that keeps no transcript there (none, or only of utterances no longer in wav.scp and
+    no record) records its model before it writes one: a kill just after the transcripts taken
+    from another fold leaves no text.asr without its record."""
     fold1, utts = make_data_dir(tmp_path / "fold1", n=2)
     monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
     run(fold1, "model-a")
     fold2 = tmp_path / "fold2"
     fold2.mkdir()
     (fold2 / "wav.scp").write_text((fold1 / "wav.scp").read_text())
+    if there:
+        (fold2 / "text.asr").write_text(there)
 
     real_write = asr.write_text_atomic
 
     def write_then_die(path, text):
         real_write(path, text)
-        if path.endswith("text.asr"):
+        if path.endswith("text.asr") and text:  # killed once transcripts are written
             raise KeyboardInterrupt
 
     monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))

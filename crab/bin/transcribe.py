@@ -29,7 +29,8 @@ transcripts that the same model made with the same settings in other data direct
 kept a settings record are of unknown settings: a run that adds to them records its settings
 with their count (``unrecorded_transcripts``), which no ``--reuse`` takes from. Transcripts
 that no ``text.asr.model`` names (written by hand, or copied without it) stop the run: the
-model that made them is not guessed from ``--model``; write its name there to keep them.
+model that made them is not guessed from ``--model``. To keep them, write its name there (a run
+adds to them only with that ``--model``), or leave stage 2 out: stage 3 reads ``text.asr`` as it is.
 An empty ASR output, or audio too short for the speech encoder, gives an empty
 transcript, counted and logged: the manifest checks of stage 3 then stop on it or,
 with the skip policy, leave it out. A failure that may pass
@@ -132,9 +133,11 @@ def transcribe_data_dir(args, wavs):
     if done and recorded_model(out + ".model") is None:  # recording --model as their maker: a guess
         raise cli.UserError(
             f"{out} holds transcripts and no {out}.model saying which model made them (written by "
-            f"hand, or copied without it): write that model's name into {out}.model (a hub id, or a "
-            "name of your own) to keep them, or pass --overwrite true to transcribe again"
+            f"hand, or copied without it): to keep them, write that model's name into {out}.model "
+            "(stage 2 adds to them only with that --model), or leave stage 2 out (no --asr_model: "
+            "stage 3 reads text.asr as it is); or pass --overwrite true to transcribe again"
         )
+    kept = bool(done)
     todo = [utt for utt in wavs if utt not in done]
     unrecorded = asr.unrecorded_transcripts(out, done)
     reused = asr.reusable_transcripts(todo, wavs, args.model, settings, args.reuse)
@@ -154,7 +157,9 @@ def transcribe_data_dir(args, wavs):
         check_settings(out, settings)
     # a model that cannot be loaded (a typo) stops here, before anything is written
     transcriber = asr.load_transcriber(args) if todo else None  # through the module: tests patch it there
-    if not held:  # nothing there to mislabel: recorded first, so no transcript below is ever unrecorded
+    if not kept:  # none there is kept: emptied, then recorded, so no transcript below is ever unrecorded
+        if held:
+            write_transcripts(out, {}, wavs)
         record_model(out, args.model, settings)
     # drops a cut-off line, utterances no longer in wav.scp and, with --overwrite, every transcript:
     # before the new record, so that a kill between them never leaves old transcripts recorded
