@@ -98,6 +98,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return help_text
         if isinstance(default, (list, tuple)):
             default = " ".join(map(str, default))
+        elif isinstance(default, bool):  # the Kaldi-style true / false the options take (str2bool)
+            default = str(default).lower()
         return f"{help_text} (default: {str(default).replace('%', '%%')})".lstrip()
 
 

@@ -340,8 +340,10 @@ def code_differences(baseline, method):
     """Lines on the code and libraries that trained the runs of both methods (``summary_runs``
     of both, the same pairs), where they are not one clean commit and one set of versions for
     every run: ``code: abc1234 (4 runs) vs def5678 (3 runs), abc1234 (1 run)``. A commit with
-    ``+dirty`` (uncommitted changes) is not known to be the code of another run. Runs recorded
-    by none (trained before ``train_info.json``) say nothing."""
+    ``+dirty`` (uncommitted changes), or ``unknown`` (trained outside a git checkout), is not
+    known to be the code of another run. The libraries are torch, speechbrain and transformers,
+    with the python that ran them. Runs recorded by none (trained before ``train_info.json``)
+    say nothing."""
     lines = []
     for what, label in (("code", "code (git commit)"), ("libraries", "libraries")):
         sides = [
@@ -349,7 +351,7 @@ def code_differences(baseline, method):
         ]
         values = set(sides[0]) | set(sides[1])
         dirty = any(str(v).endswith("+dirty") for v in values)
-        if values == {None} or (len(values) == 1 and not dirty):
+        if values == {None} or (len(values) == 1 and not dirty and values != {"unknown"}):
             continue
         note = " (+dirty: with uncommitted changes)" if dirty else ""
         lines.append(f"{label}: {_tally(sides[0])} vs {_tally(sides[1])}{note}")

@@ -516,6 +516,12 @@ def test_runs_trained_by_other_code_are_listed_and_warned_about_not_refused(tmp_
     text = out.read_text()
     assert "code (git commit): abc1234 (4 runs) vs abc1234+dirty (4 runs) (+dirty: with uncommitted" in text
     assert "  - libraries: torch 2.6.0 (4 runs) vs torch 2.7.0 (4 runs): the differences" in text
+    # trained outside a git checkout: not known to be one code
+    trained_by(tmp_path, "ce_only", ["unknown"] * 4)
+    trained_by(tmp_path, "mlcs", ["unknown"] * 4)
+    paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--out", str(out)])
+    assert "  - code (git commit): unknown (4 runs) vs unknown (4 runs): the differences" in out.read_text()
+    trained_by(tmp_path, "ce_only", ["abc1234"] * 4)
     # the same settings, other code: no setting compared, and the code below
     again = experiment(tmp_path / "again", "ce_again", [0, 2, 1, 1])
     trained_by(tmp_path / "again", "ce_again", ["abc1234"] * 3 + [None])

@@ -201,6 +201,9 @@ def test_a_node_rank_that_is_not_a_number_is_an_error(bare_clone, torchrun_opts)
         (["--seeds=4294967296"], "without leading zeros, got '4294967296'"),  # seed_everything: seed 0
         (["--seeds=-1"], "without leading zeros, got '-1'"),
         (["--seeds", " "], "--seeds names no seed"),
+        (["--seeds", "\t"], "--seeds names no seed"),
+        (["--seeds", "*"], "without leading zeros, got '*'"),  # a value, not the recipe's file names
+        (["--seeds", "42\n42"], "--seeds gives 42 twice"),
         (["--folds", "f1 f2 f1"], "--folds gives f1 twice"),
     ],
 )

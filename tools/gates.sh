@@ -20,7 +20,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${root}" || exit 2
 venv=${CRAB_VENV:-${root}/tools/venv}
 all_gates="ruff-lint ruff-format shellcheck doctests"
-doctest_modules="crab/model.py crab/brain.py crab/inference.py crab/legs.py crab/losses.py crab/metrics.py crab/paired.py crab/seeds.py crab/selection.py"
+doctest_modules="crab/model.py crab/brain.py crab/inference.py crab/legs.py crab/losses.py crab/metrics.py crab/paired.py crab/embeddings.py crab/seeds.py crab/selection.py"
 
 case " $* " in
   *" --help "*|*" -h "*) sed -n '2,/^\[ -n/{/^#/!d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;

@@ -39,9 +39,10 @@ check_choice() {
 }
 
 check_seeds() {  # the seeds of --$1: at least one, each once, as SpeechBrain's seed_everything takes it
-  local name=$1 word seen=" "
-  [ -n "${!name// /}" ] || _option_error "${name}" "names no seed"
-  for word in ${!name}; do
+  local name=$1 word words seen=" "
+  read -ra words -d '' <<< "${!name}" || true  # every line, split at blanks; '*' is a value, no file
+  [ ${#words[@]} -gt 0 ] || _option_error "${name}" "names no seed"
+  for word in "${words[@]}"; do
     # numpy's range; seed_everything takes any other seed as 0. No leading zero: seed042 would be seed 42 again
     if ! [[ ${word} =~ ^(0|[1-9][0-9]{0,9})$ ]] || [ "${word}" -gt 4294967295 ]; then
       _option_error "${name}" "must be integers from 0 to 4294967295 without leading zeros, got '${word}'"
@@ -52,8 +53,9 @@ check_seeds() {  # the seeds of --$1: at least one, each once, as SpeechBrain's 
 }
 
 check_distinct() {  # each word of --$1 once
-  local name=$1 word seen=" "
-  for word in ${!name}; do
+  local name=$1 word words seen=" "
+  read -ra words -d '' <<< "${!name}" || true
+  for word in "${words[@]}"; do
     [[ ${seen} != *" ${word} "* ]] || _option_error "${name}" "gives ${word} twice (its runs would count twice)"
     seen+="${word} "
   done

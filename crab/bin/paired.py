@@ -24,9 +24,10 @@ both values, as are two runs of a pair with other seeds, a run whose training st
 before its epochs, and a score that its run's predictions no longer give (evaluated again
 since stage 7: score it again). Pairs without their folders are said NOT CHECKED, above the
 table and on stderr; ``--scores`` tables are not checked. Runs trained by other code (git
-commits, library versions: each run's ``train_info.json``), or by a commit with uncommitted
-changes (``+dirty``), are listed under the settings and warned about on stderr: their
-differences may include what changed in the code.
+commits, torch / transformers / speechbrain and python versions: each run's ``train_info.json``),
+by a commit with uncommitted changes (``+dirty``) or outside git (``unknown``), are listed
+under the settings and warned about on stderr: their differences may include what changed in
+the code.
 
 ``--by_fold`` averages each fold over its seeds first (one pair per fold: the seeds of a
 fold share its test speakers, so this is the conservative comparison). With ``--scores``
@@ -116,8 +117,9 @@ def warn(message):
 
 
 def compare_settings(baseline, runs):
-    """``{method: compared_settings}`` of each method against the baseline; what is not checked,
-    and data the runs of a pair differ in, are warned about on stderr too."""
+    """``{method: (shown, unchecked, code)}`` of each method against the baseline
+    (``compared_settings`` and ``code_differences``); what is not checked, data the runs of a
+    pair differ in and code that is not one for all are warned about on stderr too."""
     compared = {}
     for name, method in runs.items():
         if name == baseline:
