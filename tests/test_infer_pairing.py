@@ -1,9 +1,11 @@
 """Which probability is which: each results line of crab-infer names the utterance it
 classified, with that utterance's transcript and unpadded audio, and its probabilities
-under the model's classes (on a stand-in model, no training); the classifier pairs each
-transcript with its audio, names its classes in the label encoder's order, and its ASR
-model hears each utterance unpadded."""
+under the model's classes (most on a stand-in model, without training); the classifier pairs
+each transcript with its audio, names its classes in the label encoder's order, and its ASR
+model hears each utterance unpadded; packaging refuses a package that does not give the
+trained model's probabilities."""
 
+import copy
 import csv
 import json
 from types import SimpleNamespace
@@ -16,6 +18,7 @@ import torch
 from crab import batch_inference
 from crab.batch_inference import InferenceJob, classify_wav_scp, make_batches
 from crab.inference import PACKAGED_YAML, AudioError, CrabClassifier, ModelFileError, load_audio_file
+from crab.packaging import PackageError, check_package
 from tests.test_inference import copy_package, data, refused, trained  # noqa: F401 - fixtures
 
 # not in alphabetical order: a column or label sorted by name would show
@@ -119,6 +122,18 @@ def test_each_line_has_the_transcript_of_its_own_audio(inputs):
         assert_probs(row, classifier.alone(path, row["text"]))
 
 
+def test_an_empty_asr_transcript_fails_its_utterance_once(inputs, monkeypatch):
+    tmp_path, classifier, _ = inputs
+
+    def nothing_heard_in_u5(wavs):
+        return ["" if len(wav) == 8000 else "words" for wav in wavs]
+
+    monkeypatch.setattr(classifier, "transcribe_batch", nothing_heard_in_u5)
+    tally = classify_wav_scp(job(tmp_path, text_mode="asr", text=None, batch_size=8))
+    assert tally.now == 4 and [f.utt for f in tally.failed] == ["u5"]
+    assert "empty transcript" in tally.failed[0].reason
+
+
 def test_overwrite_classifies_everything_again(inputs, monkeypatch):
     tmp_path, classifier, texts = inputs
     classify_wav_scp(job(tmp_path))
@@ -211,3 +226,13 @@ def test_results_with_the_classes_in_another_order_are_not_resumed(tmp_path):
     out.write_text(other.header + other.line("u1", [0.2, 0.3, 0.5], "words"))
     with pytest.raises(batch_inference.UsageError, match="another header"):
         batch_inference.Results(str(out), "tsv", CLASSES, "gold").read()
+
+
+def test_a_package_that_does_not_give_the_trained_models_probabilities_is_refused(trained):  # noqa: F811
+    brain, _, model_dir, _ = trained
+    other = copy.deepcopy(brain.modules.model)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.mul_(1.5)
+    with pytest.raises(PackageError, match="does not reproduce the trained one"):
+        check_package(str(model_dir), other, {"speech": True, "text": True})
