@@ -103,6 +103,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{help_text} (default: {str(default).replace('%', '%%')})".lstrip()
 
 
+def add_command(subparsers, name, help_text):
+    """A subcommand of ``subparsers`` (``add_subparsers``) whose ``--help`` is ``HelpFormatter``'s."""
+    return subparsers.add_parser(name, formatter_class=HelpFormatter, help=help_text)
+
+
 def str2bool(value):
     """argparse type for the Kaldi-style ``true`` / ``false`` option values."""
     if value.lower() not in ("true", "false"):

@@ -1235,9 +1235,7 @@ def add_results_entry(path, summary_path, command, config=None, tuning=None, dev
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    over = commands.add_parser(
-        "overrides", formatter_class=cli.HelpFormatter, help="print the yaml overrides of one run"
-    )
+    over = cli.add_command(commands, "overrides", "print the yaml overrides of one run")
     over.add_argument("--table", help="ablation table (conf/ablations.txt)")
     over.add_argument("--ablation", help="ablation name in the table")
     over.add_argument(
@@ -1250,15 +1248,9 @@ def main(argv=None):
         action="store_true",
         help="an error when the further overrides give another value of a key the ablation sets",
     )
-    tun = commands.add_parser(
-        "tuning", formatter_class=cli.HelpFormatter, help="check a tuning file and print its base config"
-    )
+    tun = cli.add_command(commands, "tuning", "check a tuning file and print its base config")
     tun.add_argument("file", help="conf/tuning/<name>.yaml")
-    rec = commands.add_parser(
-        "record_training",
-        formatter_class=cli.HelpFormatter,
-        help="note a training invocation in train_info.json",
-    )
+    rec = cli.add_command(commands, "record_training", "note a training invocation in train_info.json")
     rec.add_argument("--run_dir", required=True, help="exp/<tag>/<fold>/seed<seed>")
     rec.add_argument("--wall_s", type=float, required=True, help="the invocation's wall time, in seconds")
     rec.add_argument("--command", required=True, help="the command as typed")
@@ -1273,9 +1265,7 @@ def main(argv=None):
         "where its latest checkpoint holds the training time, not a run an older release or a hand-run "
         "trained",
     )
-    add = commands.add_parser(
-        "add_results", formatter_class=cli.HelpFormatter, help="prepend an entry to a recipe's RESULTS.md"
-    )
+    add = cli.add_command(commands, "add_results", "prepend an entry to a recipe's RESULTS.md")
     add.add_argument("--results_md", required=True, help="the results file (created when absent)")
     add.add_argument("--summary", required=True, help="exp/<tag>/results_<test>.json (crab.bin.score)")
     add.add_argument("--command", dest="typed", required=True, help="the scoring command as typed")
@@ -1283,42 +1273,22 @@ def main(argv=None):
     add.add_argument("--tuning", help="the tuning file (empty: none)")
     add.add_argument("--device", default="cpu", help="the device of the scoring (train_info.json: the runs')")
     add.add_argument("--corpus", help="the recipe's directory name: the title of a new file")
-    name = commands.add_parser(
-        "results_name", formatter_class=cli.HelpFormatter, help="print the name of the results of some runs"
-    )
+    name = cli.add_command(commands, "results_name", "print the name of the results of some runs")
     name.add_argument("--test_set", required=True, help="the test set's name")
     name.add_argument("predictions", nargs="+", help="the runs' predictions.csv files")
-    latest = commands.add_parser(
-        "latest_results", formatter_class=cli.HelpFormatter, help="print the summary stage 7 wrote last"
-    )
+    latest = cli.add_command(commands, "latest_results", "print the summary stage 7 wrote last")
     latest.add_argument("experiment", help="exp/<tag>")
     latest.add_argument("test_set", help="the test set's name")
-    sets = commands.add_parser(
-        "test_sets",
-        formatter_class=cli.HelpFormatter,
-        help="print the test sets an experiment has summaries of",
-    )
+    sets = cli.add_command(commands, "test_sets", "print the test sets an experiment has summaries of")
     sets.add_argument("experiment", help="exp/<tag>")
     sets.add_argument("--since", type=float, help="only summaries written at or after this time (epoch s)")
-    done = commands.add_parser(
-        "check_trained",
-        formatter_class=cli.HelpFormatter,
-        help="an error naming the runs whose training stopped early",
-    )
+    done = cli.add_command(commands, "check_trained", "an error naming the runs whose training stopped early")
     done.add_argument("--stage", required=True, help="the recipe stage that needs them finished")
     done.add_argument("run_dirs", nargs="*", help="exp/<tag>/<fold>/seed<seed>")
-    agree = commands.add_parser(
-        "check_agree",
-        formatter_class=cli.HelpFormatter,
-        help="an error naming an option that contradicts a run",
-    )
+    agree = cli.add_command(commands, "check_agree", "an error naming an option that contradicts a run")
     agree.add_argument("--opts", default="", help="ser.sh --train_opts")
     agree.add_argument("run_dirs", nargs="*", help="exp/<tag>/<fold>/seed<seed>")
-    emb = commands.add_parser(
-        "embeddings",
-        formatter_class=cli.HelpFormatter,
-        help="print the embeddings.npz of a summary's first run",
-    )
+    emb = cli.add_command(commands, "embeddings", "print the embeddings.npz of a summary's first run")
     emb.add_argument("summary", help="exp/<tag>/results_<test>[...].json")
     args = parser.parse_args(argv)
     from crab.runconfig import read_tuning  # yaml only

@@ -39,7 +39,7 @@ check_choice() {
 }
 
 check_seeds() {  # the seeds of --$1: at least one, each once, as SpeechBrain's seed_everything takes it
-  local name=$1 word words seen=" "
+  local name=$1 word words
   read -ra words -d '' <<< "${!name}" || true  # every line, split at blanks; '*' is a value, no file
   [ ${#words[@]} -gt 0 ] || _option_error "${name}" "names no seed"
   for word in "${words[@]}"; do
@@ -47,15 +47,14 @@ check_seeds() {  # the seeds of --$1: at least one, each once, as SpeechBrain's 
     if ! [[ ${word} =~ ^(0|[1-9][0-9]{0,9})$ ]] || [ "${word}" -gt 4294967295 ]; then
       _option_error "${name}" "must be integers from 0 to 4294967295 without leading zeros, got '${word}'"
     fi
-    [[ ${seen} != *" ${word} "* ]] || _option_error "${name}" "gives ${word} twice (its runs would count twice)"
-    seen+="${word} "
   done
+  check_distinct "${name}"
 }
 
 check_distinct() {  # each word of --$1 once
   local name=$1 word words seen=" "
   read -ra words -d '' <<< "${!name}" || true
-  for word in "${words[@]}"; do
+  for word in "${words[@]+"${words[@]}"}"; do
     [[ ${seen} != *" ${word} "* ]] || _option_error "${name}" "gives ${word} twice (its runs would count twice)"
     seen+="${word} "
   done

@@ -35,9 +35,7 @@ from crab.report import alpha_figure, alpha_sweep, comparison_markdown, keep_oth
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=cli.HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    table = commands.add_parser(
-        "table", formatter_class=cli.HelpFormatter, help="one row per experiment (paper Tables III/IV)"
-    )
+    table = cli.add_command(commands, "table", "one row per experiment (paper Tables III/IV)")
     table.add_argument("summaries", nargs="+", help="results_<test>.json of each experiment (stage 7)")
     table.add_argument("--ablation_table", help="conf/ablations.txt: method names and the paper's numbers")
     table.add_argument(
@@ -53,19 +51,13 @@ def main(argv=None):
         help="files of the table in --out (its embedding plot and scores): renamed with it when it is "
         "another sweep's",
     )
-    alpha = commands.add_parser(
-        "alpha", formatter_class=cli.HelpFormatter, help="metrics against alpha (paper Fig. 3)"
-    )
+    alpha = cli.add_command(commands, "alpha", "metrics against alpha (paper Fig. 3)")
     alpha.add_argument("summaries", nargs="+", help="results_<test>.json of each alpha's experiment")
     alpha.add_argument("--baseline", help="summary of the CE-only experiment")
     alpha.add_argument("--plot", help="PNG to draw")
     alpha.add_argument("--out", help="markdown file of the table (default: printed only)")
     alpha.add_argument("--title", help="the table's and the figure's heading")
-    emb = commands.add_parser(
-        "embeddings",
-        formatter_class=cli.HelpFormatter,
-        help="2-D projections of fused embeddings side by side",
-    )
+    emb = cli.add_command(commands, "embeddings", "2-D projections of fused embeddings side by side")
     emb.add_argument("dumps", nargs="+", help="name=embeddings.npz")
     emb.add_argument("--plot", required=True, help="PNG to draw")
     emb.add_argument("--projection", choices=("pca", "tsne"), default="pca", help="2-D projection")
