@@ -91,14 +91,22 @@ def test_labels_speakers_and_transcripts(corpus, tmp_path):
     data = tmp_path / "data"
     assert sorted(os.listdir(data)) == ["test1", "test2", "train", "valid"]
     expected = {split: {} for split in SPLIT_OF.values()}
+    genders = {}
     for name, code, spk, split in corpus_rows():
         if code in CODES and split in SPLIT_OF:
-            expected[SPLIT_OF[split]][name[:-4]] = (CLASSES[CODES.index(code)], spk, split)
+            utt = name[:-4]
+            # an unknown speaker is the utterance's own (Kaldi's way), not one speaker "Unknown"
+            expected[SPLIT_OF[split]][utt] = (
+                CLASSES[CODES.index(code)],
+                utt if spk == "Unknown" else spk,
+                split,
+            )
+            genders[utt] = GENDER[spk]
     for split, utts in expected.items():
         emo, spk = table(data / split / "utt2emo"), table(data / split / "utt2spk")
         gender, partition = table(data / split / "utt2gender"), table(data / split / "utt2partition")
         assert {u: (emo[u], spk[u], partition[u]) for u in emo} == utts
-        assert all(gender[u] == GENDER[spk[u]] for u in utts)
+        assert all(gender[u] == genders[u] for u in utts)
         wavs = table(data / split / "wav.scp")
         assert all(wavs[u] == str(corpus / "Audios" / f"{u}.wav") for u in utts)
     text = table(data / "train" / "text")
@@ -125,14 +133,22 @@ def test_windows_1252_punctuation_stored_as_c1_controls_is_restored(corpus, tmp_
     )
 
 
-def test_official_partitions_share_no_known_speaker(corpus, tmp_path):
-    assert prepare(corpus, tmp_path / "data").returncode == 0
-    speakers = {
-        s: set(table(tmp_path / "data" / s / "utt2spk").values()) - {"Unknown"}
-        for s in ("train", "valid", "test1", "test2")
-    }
+def test_official_partitions_share_no_speaker_and_stage_3_says_none(corpus, tmp_path):
+    """train and test2 both have segments of unknown speaker: they are no speaker in common."""
+    data = tmp_path / "data"
+    assert prepare(corpus, data).returncode == 0
+    splits = ("train", "valid", "test1", "test2")
+    speakers = {s: set(table(data / s / "utt2spk").values()) for s in splits}
     for test in ("valid", "test1", "test2"):
         assert not speakers["train"] & speakers[test]
+    check = subprocess.run(
+        [sys.executable, "-m", "crab.bin.check_fold", "--fold", "official", *(str(data / s) for s in splits)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert check.returncode == 0, check.stderr
+    assert "share" not in check.stdout
 
 
 def test_partitions_txt_of_releases_without_split_set(corpus, tmp_path):
@@ -280,7 +296,7 @@ def test_empty_speaker_gender_or_partition_and_transcripts_outside_train(corpus,
     result = prepare(corpus, tmp_path / "data")
     assert result.returncode == 0, result.stderr
     valid = tmp_path / "data" / "valid"
-    assert table(valid / "utt2spk")["MSP-PODCAST_0002_0003"] == "Unknown"
+    assert table(valid / "utt2spk")["MSP-PODCAST_0002_0003"] == "MSP-PODCAST_0002_0003"
     assert table(valid / "utt2gender")["MSP-PODCAST_0002_0003"] == "Unknown"
     assert table(valid / "text")["MSP-PODCAST_0002_0000"] == "A development sentence."
     assert "MSP-PODCAST_0003_0001" not in table(tmp_path / "data" / "test1" / "utt2emo")

@@ -201,13 +201,17 @@ def select(rows, partition_of, audio_dir, transcript_dir, missing_audio):
                 continue
         utt = name[: -len(".wav")]
         transcript = os.path.join(transcript_dir, utt + ".txt")
+        speaker = "_".join(row["SpkrID"].split())  # the releases write Unknown, or leave it empty
+        known = speaker not in ("", UNKNOWN)
         splits[split].append(
             {
                 "utt": utt,
                 "wav": os.path.abspath(wav),
                 "emo": CLASS_OF[code],
                 "partition": partition,
-                "spk": "_".join(row["SpkrID"].split()) or UNKNOWN,
+                # an unannotated speaker is the segment's own (Kaldi's way): no two are one speaker
+                "spk": speaker if known else utt,
+                "known_spk": known,
                 "gender": "_".join(row["Gender"].split()) or UNKNOWN,
                 "text": gold_text(transcript),
             }
@@ -284,22 +288,26 @@ def check_splits(splits):
         fail(f"no training utterances of class(es) {absent}")
 
 
+def known_speakers(rows):
+    return {r["spk"] for r in rows if r["known_spk"]}
+
+
 def report(splits, left_out):
     print(count_table({s: {r["utt"]: r for r in splits[s]} for s in SPLITS}, CLASSES))
     for split in SPLITS:
         rows = splits[split]
-        unknown = sum(r["spk"] == UNKNOWN for r in rows)
+        unknown = sum(not r["known_spk"] for r in rows)
         gold = sum(bool(r["text"]) for r in rows)
-        speakers = len({r["spk"] for r in rows} - {UNKNOWN})
+        speakers = len(known_speakers(rows))
         print(
             f"{split}: {speakers} known speakers, {unknown} utterances of unknown speaker (kept), "
             f"{gold} of {len(rows)} with a gold transcript"
         )
     if left_out:
         print("left out: " + ", ".join(f"{reason} {n}" for reason, n in sorted(left_out.items())))
-    train = {r["spk"] for r in splits["train"]} - {UNKNOWN}
+    train = known_speakers(splits["train"])
     for split in SPLITS[1:]:
-        shared = train & {r["spk"] for r in splits[split]}
+        shared = train & known_speakers(splits[split])
         if shared:
             print(
                 f"note: {len(shared)} known speaker(s) in both train and {split}, e.g. {sorted(shared)[:5]}"
