@@ -226,6 +226,32 @@ BASH_ENTRY_POINTS = sorted(
 )
 
 
+# the stage scripts ser.sh runs from the recipe directory
+STAGE_SCRIPTS = sorted(
+    os.path.relpath(path, ROOT)
+    for name in ("data.sh", "corpus.sh")
+    for path in glob.glob(os.path.join(ROOT, "egs", "*", "local", name))
+)
+
+
+@pytest.mark.parametrize("script", STAGE_SCRIPTS)
+def test_a_stage_script_run_from_elsewhere_says_where_to_run_it(script):
+    """From the repository root a stage script would read the root's db.sh and utils/ and
+    write data/ there; it stops with one line naming its recipe directory instead."""
+    recipe = os.path.dirname(os.path.dirname(os.path.join(ROOT, script)))
+    result = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    where = os.path.realpath(recipe)
+    assert (
+        result.stderr
+        == f"{script}: run it from its recipe directory, as the recipe's run.sh does: cd {where}\n"
+    )
+    local = os.path.relpath(script, os.path.relpath(recipe, ROOT))
+    result = subprocess.run(["bash", local, "--help"], capture_output=True, text=True, cwd=recipe, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Usage: {local} ")
+
+
 @pytest.mark.skipif(shutil.which("dash") is None, reason="needs dash, a POSIX sh that is not bash")
 @pytest.mark.parametrize("script", BASH_ENTRY_POINTS)
 def test_run_by_sh_a_script_says_it_needs_bash(script):

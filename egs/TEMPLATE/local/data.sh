@@ -8,6 +8,7 @@
 # the corpus must contain and stop with a clear message when it differs.
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
+. "$(dirname "$0")/../utils/in_recipe_dir.sh"
 # Options (parse_options.sh sets them from --data_dir, --data_root); the code you write here uses them.
 # shellcheck disable=SC2034
 data_dir=data

@@ -3,6 +3,7 @@
 # <data_dir>/<fold>/{train,valid,test}/ (see local/prepare_data.py and README.md).
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
+. "$(dirname "$0")/../utils/in_recipe_dir.sh"
 data_dir=data
 data_root=                  # EmoDB folder holding wav/
 num_folds=5                 # 5: a speaker pair per fold; 10: one speaker per fold

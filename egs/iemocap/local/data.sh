@@ -3,6 +3,7 @@
 # for every fold of both protocols (folds session1..session5 and Ses01F..Ses05M).
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
+. "$(dirname "$0")/../utils/in_recipe_dir.sh"
 data_dir=data
 data_root=               # IEMOCAP_full_release, holding Session1..Session5
 improvised_only=false    # true: improvised dialogs only (scripted sentences repeat across speakers)

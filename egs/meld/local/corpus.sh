@@ -5,6 +5,7 @@
 # <data_root>/log/failed_<split>.txt (local/extract_audio.py).
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
+. "$(dirname "$0")/../utils/in_recipe_dir.sh"
 . ./db.sh
 data_root=${MELD_WAV}      # output wav dir
 meld_root=${MELD}          # MELD.Raw

@@ -5,6 +5,7 @@
 # with --text_only true, from the CSVs alone: no wav.scp, no audio read.
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
+. "$(dirname "$0")/../utils/in_recipe_dir.sh"
 . ./db.sh
 data_dir=data
 data_root=${MELD_WAV}      # wav dir of stage 0: <data_root>/{train,dev,test}/dia<D>_utt<U>.wav

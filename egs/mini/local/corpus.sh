@@ -2,6 +2,7 @@
 # Stage 0 of the mini recipe: generate the synthetic corpus with espeak-ng.
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
+. "$(dirname "$0")/../utils/in_recipe_dir.sh"
 data_root=data/corpus       # output: wav/ and metadata.csv
 seed=42
 nj=2                        # parallel espeak-ng processes

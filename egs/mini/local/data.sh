@@ -3,6 +3,7 @@
 # dirs <data_dir>/main/{train,valid,test}.
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
+. "$(dirname "$0")/../utils/in_recipe_dir.sh"
 data_dir=data
 data_root=data/corpus
 valid_speakers=spk05        # comma-separated

@@ -3,6 +3,7 @@
 # from the official partitions, eight classes (local/prepare_data.py says how).
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
+. "$(dirname "$0")/../utils/in_recipe_dir.sh"
 data_dir=data
 data_root=              # the MSP-Podcast directory, holding Audios/ and Labels/
 labels=                 # labels CSV; default: <data_root>/Labels/labels_consensus.csv
