@@ -527,6 +527,30 @@ def test_stages_1_to_8_with_asr_transcripts(corpus, tmp_path):
     assert name == "MSP-PODCAST_0010_0000.wav" and letter in CODES
 
 
+def test_test3_reads_the_paths_it_is_given_from_where_it_was_run(corpus, tmp_path):
+    """Run from another folder, test3.sh (which works in its recipe directory) reads --model,
+    --labels and MSP_PODCAST from the user's folder, not from the recipe's."""
+    labels = tmp_path / "labels.csv"
+    shutil.copy(corpus / "Labels" / "labels_consensus.csv", labels)
+    result = subprocess.run(
+        [
+            "bash",
+            os.path.join(RECIPE, "local", "test3.sh"),
+            *("--model", "models/crab", "--out", "test3.csv", "--labels", "labels.csv"),
+            *("--data_dir", str(tmp_path / "t3")),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MSP_PODCAST": os.path.relpath(corpus, tmp_path)},
+    )
+    assert result.returncode != 0  # there is no model, after the Test3 list was made
+    assert table(tmp_path / "t3" / "wav.scp") == {
+        "MSP-PODCAST_0010_0000": str(corpus / "Audios" / "MSP-PODCAST_0010_0000.wav")
+    }
+    assert str(tmp_path / "models" / "crab") in result.stderr, result.stderr
+
+
 TEST3 = os.path.join(RECIPE, "local", "test3.py")
 
 
