@@ -183,10 +183,15 @@ def to_pcm16(audio, sample_rate):
     return np.clip(np.round(resampled.numpy() * 32768), -32768, 32767).astype(np.int16)
 
 
+def made(out_dir, utt):
+    path = os.path.join(out_dir, utt["wav"])
+    return os.path.isfile(path) and os.path.getsize(path) > 0
+
+
 def generate(espeak, out_dir, utt):
     """Create one utterance's wav unless it exists; returns (its duration in s, created)."""
     path = os.path.join(out_dir, utt["wav"])
-    if os.path.isfile(path) and os.path.getsize(path) > 0:
+    if made(out_dir, utt):
         return sf.info(path).duration, False
     audio, sample_rate = synthesize(espeak, utt)
     pcm = to_pcm16(trim(audio, sample_rate), sample_rate)
@@ -220,10 +225,11 @@ def summary(utts, results):
 
 def main():
     args = parse_args()
-    espeak = find_espeak()
     torch.set_num_threads(1)
     os.makedirs(os.path.join(args.out_dir, "wav"), exist_ok=True)
     utts = plan(args)
+    # a corpus made elsewhere and copied complete (to a GPU machine, say) needs no espeak-ng
+    espeak = None if all(made(args.out_dir, u) for u in utts) else find_espeak()
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda u: generate(espeak, args.out_dir, u), utts))
     write_metadata(utts, args.out_dir)
