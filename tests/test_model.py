@@ -303,6 +303,9 @@ def test_legs_draw_their_weights_apart_from_the_run_s_random_stream():
     same = SupervisionLegs(tap_dims, ["fusion"], 2, seed=42).legs["fusion"][0].weight
     other = SupervisionLegs(tap_dims, ["fusion"], 2, seed=43).legs["fusion"][0].weight
     assert torch.equal(same, fusion["0.weight"]) and not torch.equal(other, same)
+    # legs of the same sizes (the two pooled legs) start from weights of their own
+    pooled = SupervisionLegs({"speech_pooled": 6, "text_pooled": 6}, ["speech_pooled", "text_pooled"], 2)
+    assert not torch.equal(pooled.legs["speech_pooled"][0].weight, pooled.legs["text_pooled"][0].weight)
 
 
 def test_a_leg_is_fc_relu_fc_and_passes_gradients_to_its_representation():
@@ -333,3 +336,29 @@ def test_parameter_groups_split_encoders_from_head(make_crab):
     frozen = list(model.speech_encoder.model.feature_extractor.parameters())
     assert all(not p.requires_grad for p in frozen)
     assert make_crab(modality="text").encoder_parameters("speech") == []
+
+
+def test_unmasked_model_reads_every_padded_frame_as_the_authors_code_does(make_crab):
+    """``padding_masks: false``: the GRU runs over each row's padded frames too and the
+    unimodal legs average every frame (the authors' code), not the real frames alone."""
+    model = make_crab(padding_masks=False).eval()
+    wavs, lens = torch.randn(2, 16000) * 0.1, torch.tensor([0.5, 1.0])
+    texts = ["so happy", "this one is a good deal longer"]
+    with torch.no_grad():
+        _, taps = model(wavs, lens, texts)
+        for branch, inputs in (("speech", (wavs, lens)), ("text", (texts,))):
+            encoder, block = model.encoders[branch], model.unimodal[branch]
+            states, mask = encoder.states(*inputs)
+            assert not mask.all()  # one row padded
+            projected = block.projection(encoder.select(states, mask))
+            seq = block.gru(projected)[0]  # every frame of every row, padded ones included
+            torch.testing.assert_close(taps[f"{branch}_unimodal"], seq.mean(dim=1), atol=1e-5, rtol=1e-4)
+
+
+def test_unmasked_model_refuses_cached_states(make_crab):
+    """A feature cache holds each utterance's real frames only: a model of ``padding_masks:
+    false`` would read the zeros its batch is padded with as encoder outputs."""
+    model = make_crab(padding_masks=False, modality="speech").eval()
+    states = model.encoder_states(torch.randn(2, 8000) * 0.1, torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match="padding_masks: false .* without --feature_cache"):
+        model(states=states)
