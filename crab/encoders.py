@@ -460,8 +460,9 @@ class SpeechEncoder(_Encoder):
         ``auto`` or None: the model's feature-extractor ``do_normalize`` when it
         has a preprocessor config (``utterance`` or ``none``), else ``none``.
     layerdrop : float or None
-        Overrides the config's layerdrop; forced to 0 with ``weighted_sum`` since
-        layerdrop makes the number of hidden states vary.
+        Overrides the config's layerdrop; forced to 0 unless ``layer_weighting`` is
+        ``last``: a dropped layer records no hidden state, so ``weighted_sum`` and a
+        layer index would read other layers.
     normalize_states : bool
         Standardize each layer's states with training-set statistics
         (``StateNormalization``) before the layer selection.

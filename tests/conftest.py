@@ -156,8 +156,9 @@ def write_tone_corpus(
     build_bpe_tokenizer([t for ts in texts.values() for t in ts] * 3, str(manifest_dir / "tokenizer"), 300)
 
 
-def write_tiny_whisper(path):
-    """A config-only Whisper directory (d_model 16, two encoder layers): random-init encoders."""
+def write_tiny_whisper(path, **overrides):
+    """A config-only Whisper directory (d_model 16, two encoder layers; ``overrides``: other
+    config values): random-init encoders."""
     from transformers import WhisperConfig
 
     WhisperConfig(
@@ -174,6 +175,7 @@ def write_tiny_whisper(path):
         bos_token_id=1,
         eos_token_id=2,
         decoder_start_token_id=1,
+        **overrides,
     ).save_pretrained(path)
     return path
 

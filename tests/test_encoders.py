@@ -132,6 +132,10 @@ def test_weighted_sum_of_layers_is_learned_and_disables_layerdrop():
     assert encoder.layer_weights.logits.grad is not None
     with pytest.raises(ValueError, match="layer_weighting"):
         SpeechEncoder(WAVLM, pretrained=False, layer_weighting="first")
+    # a dropped layer records no hidden state: a layer index would read another layer
+    for choice, layerdrop in (("last", 0.5), (1, 0.0)):
+        encoder = SpeechEncoder(WAVLM, pretrained=False, layer_weighting=choice, layerdrop=0.5)
+        assert encoder.model.config.layerdrop == layerdrop, choice
 
 
 def test_frozen_encoder_has_no_trainable_parameters_and_stays_in_eval():
@@ -468,6 +472,26 @@ def test_whisper_top_layer_finetuning_equals_the_full_encoder_and_trains_only_th
     assert all(p.grad is None for n, p in top.model.named_parameters() if n not in trainable)
 
 
+def test_state_normalization_applies_to_the_output_of_the_tuned_top_layers(config_dirs):
+    """With ``finetune_top_layers`` and ``normalize_states``, the statistics are those of the
+    tuned layers' output (``readout``, what ``fit_state_normalization`` accumulates): they
+    standardize that output, not the cached state below the layers."""
+    torch.manual_seed(0)
+    encoder = SpeechEncoder(
+        config_dirs["whisper"],
+        pretrained=False,
+        layer_weighting=2,
+        finetune_top_layers=1,
+        normalize_states=True,
+    ).eval()
+    wavs, lens = torch.randn(2, 16000) * 0.1, torch.tensor([1.0, 0.55])
+    with torch.no_grad():
+        encoder.state_norm.mean.fill_(0.5), encoder.state_norm.std.fill_(2.0)
+        states, mask = encoder.states(wavs, lens)
+        expected = (encoder.readout(states, mask)[:, :, 0] - 0.5) / 2.0
+        torch.testing.assert_close(encoder.select(states, mask), expected)
+
+
 def test_top_layer_finetuning_is_checked(config_dirs):
     whisper = config_dirs["whisper"]
     with pytest.raises(ValueError, match="needs one layer read"):
@@ -670,3 +694,73 @@ def test_a_max_duration_beyond_whisper_s_30_s_is_refused_before_training(tmp_pat
     wavlm = SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False)
     check_max_duration({"model": model(wavlm), "max_duration": None})  # no limit
     check_max_duration({"model": model(None), "max_duration": None})  # text-only
+
+
+def test_relative_lengths_give_back_every_length():
+    """SpeechBrain's relative lengths (``n / max`` in float32, as ``PaddedBatch`` makes them)
+    turn back into ``n`` for every ``n`` (rounded: a float32 ratio times ``max`` falls just
+    below or above the integer)."""
+    from speechbrain.dataio.batch import PaddedBatch
+
+    from crab.encoders import relative_to_absolute
+
+    for longest in (7, 49, 601, 1499, 16000):
+        lengths = list(range(1, longest + 1))
+        items = [{"x": torch.zeros(n)} for n in lengths]
+        relative = PaddedBatch(items).x.lengths
+        assert relative_to_absolute(relative, longest).tolist() == lengths, longest
+
+
+def test_weighted_sum_of_layers_is_the_softmax_weighted_sum():
+    from crab.encoders import LayerWeights
+
+    weights = LayerWeights(3)
+    with torch.no_grad():
+        weights.logits.copy_(torch.log(torch.tensor([1.0, 2.0, 5.0])))  # softmax: 0.125, 0.25, 0.625
+    states = torch.tensor([1.0, 10.0, 100.0]).view(1, 1, 3, 1)
+    assert weights(states).item() == pytest.approx(0.125 + 2.5 + 62.5)
+
+
+def test_a_group_norm_model_reads_its_batch_zero_padded_without_an_attention_mask(tmp_path):
+    """A speech encoder whose CNN is group-normalised (wav2vec 2.0 Base) was trained without an
+    attention mask, on zero-padded audio (transformers' documentation): it is given its batch
+    so, each waveform normalised over its own samples, the padding zeros after that."""
+    Wav2Vec2Config(**{**SMALL, "feat_extract_norm": "group", "do_stable_layer_norm": False}).save_pretrained(
+        tmp_path
+    )
+    encoder = SpeechEncoder(str(tmp_path), pretrained=False, normalize_waveform="utterance").eval()
+    assert encoder.padding_dependent
+    generator = torch.Generator().manual_seed(0)
+    wavs = [torch.randn(8000, generator=generator) * 0.3 + 0.1, torch.randn(16000, generator=generator)]
+    batch = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    expected_input = torch.nn.utils.rnn.pad_sequence(
+        [(w - w.mean()) / torch.sqrt(w.var(unbiased=False) + 1e-7) for w in wavs], batch_first=True
+    )
+    with torch.no_grad():
+        hidden, mask = encoder(batch, torch.tensor([0.5, 1.0]))
+        expected = encoder.model(expected_input).last_hidden_state
+    torch.testing.assert_close(hidden[mask], expected[mask], rtol=1e-4, atol=1e-4)
+
+
+def test_whisper_encoder_is_transformers_one_and_masks_every_frame_of_an_utterance(tmp_path):
+    """The Whisper encoder run on the batch's own length gives transformers' WhisperEncoder output
+    (final layer norm included) where that one reads its whole window (here 1 s), and an
+    utterance's mask covers each of its frames, also for an odd number of log-mel frames (the
+    second convolution's stride 2 rounds up), alone and padded in a batch with a longer one."""
+    write_tiny_whisper(tmp_path, max_source_positions=50)  # a window of 1 s
+    torch.manual_seed(0)
+    encoder = SpeechEncoder(str(tmp_path), pretrained=False).eval()
+    with torch.no_grad():
+        encoder.model.layer_norm.weight.mul_(3.0)  # a final norm that is not the identity
+    wav = 0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hidden, _ = encoder(wav, torch.ones(1))
+        features = encoder.features(
+            [wav[0].numpy()], sampling_rate=16000, padding="longest", return_tensors="pt"
+        ).input_features
+        torch.testing.assert_close(hidden, encoder.model(features).last_hidden_state)
+        for samples in (8800, 9120):  # 55 and 57 log-mel frames: 28 and 29 encoder frames
+            alone, alone_mask = encoder(wav[:, :samples], torch.ones(1))
+            assert alone_mask.sum() == alone.shape[1] == (samples // 160 + 1) // 2
+            batched, mask = encoder(wav, torch.tensor([samples / 16000, 1.0]))
+            assert mask[0].sum() == alone.shape[1]
