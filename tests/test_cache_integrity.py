@@ -419,3 +419,42 @@ def test_a_cache_whose_identity_lacks_a_key_the_model_has_is_refused(corpus, tmp
     path.write_text(json.dumps(index))
     with pytest.raises(FeatureCacheError, match=r"another text encoder setting \(tokenizer_sha256 differ\)"):
         FeatureCache(str(cache)).check(model, duration, [train_json], str(corpus))
+
+
+@pytest.mark.parametrize(
+    "branch, setting, key",
+    [
+        ("speech", {"layer_weighting": 1}, "layer_weighting"),
+        ("speech", {"normalize_waveform": "utterance"}, "normalize_waveform"),
+        ("speech", {"max_duration": 3.0}, "max_duration"),
+        ("text", {"layer_weighting": 1}, "layer_weighting"),
+        ("text", {"max_length": 8}, "max_length"),
+    ],
+)
+def test_a_cache_of_another_encoder_setting_is_refused(tmp_path, tokenizer_dir, branch, setting, key):
+    """Each setting that changes a frozen encoder's states (the layer read, the waveform's
+    normalisation, where the audio is cut, where the text is truncated) is part of the cache's
+    identity: the same weights with another setting do not read the cache."""
+    from crab.encoders import SpeechEncoder, TextEncoder
+    from crab.features import INDEX_VERSION, encoder_identity
+    from tests.conftest import MINI_CONF
+
+    options = dict(setting)
+    max_duration = options.pop("max_duration", 2.0)
+
+    def encoder(**options):
+        torch.manual_seed(0)  # the same random weights
+        if branch == "speech":
+            source = os.path.join(MINI_CONF, "wavlm_tiny")
+            return SpeechEncoder(
+                source, pretrained=False, freeze=True, **{"normalize_waveform": "none", **options}
+            )
+        source = os.path.join(MINI_CONF, "roberta_tiny")
+        return TextEncoder(source, tokenizer=tokenizer_dir, pretrained=False, freeze=True, **options)
+
+    index = {"version": INDEX_VERSION, "dtype": "float32", "shards": {}, "inputs": {}, "audio": {}}
+    index["branches"] = {branch: encoder_identity(encoder(), 2.0)}
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    model = types.SimpleNamespace(branches=[branch], encoders={branch: encoder(**options)})
+    with pytest.raises(FeatureCacheError, match=rf"another {branch} encoder setting \({key} differ\)"):
+        FeatureCache(str(tmp_path)).check(model, max_duration)

@@ -108,6 +108,7 @@ def test_an_evaluation_from_cached_states_is_kept_only_from_states_of_the_same_t
     out, half = tmp_path / "run", tmp_path / "half"
     run(train.main, argv(data, out))
     run(extract_features.main, argv(data, out, f"--feature_cache={half}", "--dtype=float16"))
+    assert FeatureCache(str(half)).get("train_angry_0", "speech").dtype == torch.float32  # read as float32
     predictions = out / "eval_test" / "predictions.csv"
 
     def evaluate_and_tell(*opts):
