@@ -112,6 +112,19 @@ def test_odd_sample_rate_resamples_in_little_memory(tmp_path):
     assert result == ("ok", (16000,))
 
 
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100])
+def test_max_duration_cuts_every_file_to_the_same_number_of_samples(tmp_path, rate):
+    """``max_duration`` keeps the first ``int(max_duration * 16000)`` samples at 16 kHz whatever
+    the file's rate: the resampler's rounding adds none (one more at 8 kHz, unless cut)."""
+    path = str(tmp_path / "a.wav")
+    wav = sine(1.0, rate, freq=200.0)
+    sf.write(path, wav, rate, subtype="FLOAT")
+    for seconds in (0.30001, 1 / 3, 0.5):
+        assert read_audio(path, seconds).shape == (int(seconds * 16000),), seconds
+    if rate == 16000:
+        assert torch.equal(read_audio(path, 0.5), torch.from_numpy(wav[:8000]))
+
+
 def test_resample_rejects_rates_out_of_range():
     with pytest.raises(ValueError, match="sample rate 400001 Hz outside"):
         resample(torch.zeros(100), 400001)

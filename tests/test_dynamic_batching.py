@@ -11,7 +11,7 @@ import yaml
 from speechbrain.dataio.sampler import DistributedSamplerWrapper, ReproducibleRandomSampler
 
 from crab.bin import evaluate, train
-from crab.data import label_encoder
+from crab.data import label_encoder, load_manifest, make_dataset
 from crab.experiment import dataset, item_lengths, loader_options, prepare_labels_and_weights
 from tests import test_brain
 from tests.conftest import ROOT
@@ -109,6 +109,18 @@ def test_ddp_processes_share_the_dynamic_batches_of_an_epoch():
     assert all(batch in received for batch in all_batches)
     # a batch is repeated only to give both processes as many batches
     assert len(received) - len(all_batches) == len(all_batches) % 2
+
+
+def test_a_dataset_reads_audio_up_to_max_duration_and_sorts_by_duration_when_asked(data):
+    """Each waveform is read up to ``max_duration``, and an evaluation set (``sort``) comes in
+    ascending duration, which keeps its batches' padding small (docs/training.md)."""
+    manifest = str(data / "train.json")
+    durations = {utt: entry["duration"] for utt, entry in load_manifest(manifest).items()}
+    assert min(durations.values()) < 0.5 < max(durations.values())
+    items = list(make_dataset(manifest, label_encoder(CLASSES), str(data), max_duration=0.5, sort=True))
+    assert [durations[item["id"]] for item in items] == sorted(durations.values())
+    for item in items:
+        assert item["sig"].shape == (min(round(durations[item["id"]] * 16000), 8000),), item["id"]
 
 
 def test_a_batch_is_padded_to_its_own_longest_item(data, tmp_path):

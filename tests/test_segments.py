@@ -84,6 +84,22 @@ def test_each_segment_becomes_a_wav_of_its_samples(segmented, tmp_path):
     assert len(errors) == 7 and errors[0].startswith("u8\t8\texpected")
 
 
+def test_times_round_to_the_nearest_sample_and_a_segment_without_samples_fails(tmp_path):
+    """A time between two samples is cut at the nearer one (not always the earlier); a segment
+    that ends where it starts, or starts at the recording's end, holds no sample: a failure, not
+    an empty wav."""
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(tmp_path / "rec.wav", np.arange(RATE, dtype=np.int16), RATE, subtype="PCM_16")
+    (data / "wav.scp").write_text(f"rec {tmp_path}/rec.wav\n")
+    # 0.10009 s is sample 800.72, 0.2 s sample 1600
+    (data / "segments").write_text("a rec 0.10009 0.2\nempty rec 0.5 0.5\nlast rec 1.0 -1\n")
+    written, failures = cut(str(data), str(tmp_path / "cut"))
+    got, _ = sf.read(tmp_path / "cut" / "audio" / "a.wav", dtype="int16")
+    assert written == 1 and np.array_equal(got, np.arange(801, 1600))
+    assert [(f.utt, f.line) for f in failures] == [("empty", 2), ("last", 3)]
+
+
 def test_the_command_lists_failures_and_fails(segmented, tmp_path, capsys):
     data, _ = segmented
     with pytest.raises(SystemExit, match=r"ERROR: 7 segment\(s\) could not be cut \(e.g. u8, line 8"):
