@@ -401,6 +401,7 @@ exit $rc
 # at other limits (None: no early stop): no longer than twice 300 s, longer, one it cannot read
 EARLY_STOP = {
     "slurm": ("", "--signal=B:USR1@300", [("10", None), ("0-0:10:01", "--signal=B:USR1@300"),
+                                          ("1-00:00", "--signal=B:USR1@300"),  # a day
                                           ("UNLIMITED", "--signal=B:USR1@300")]),
     "sge": ("-", "s_rt=3300", [("600", None), ("0:10:01", "s_rt=301"), ("INFINITY", None)]),
 }  # fmt: skip

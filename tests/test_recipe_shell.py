@@ -78,13 +78,15 @@ def test_help_names_a_run_sh_whose_path_has_spaces(tmp_path):
 
 def stand_in_venv(clone):
     """``clone``'s tools/venv with a stand-in python: ``python -c CODE`` runs in this python (ser.sh
-    reads its shell-word options so), any other call only records its arguments (``calls``)."""
+    reads its shell-word options so), any other call only records its arguments (``calls``), and
+    fails with status 3 where one of them is the environment's STAND_IN_FAIL."""
     venv_bin = clone / "tools" / "venv" / "bin"
     venv_bin.mkdir(parents=True)
     (venv_bin / "activate").write_text(f'VIRTUAL_ENV="{venv_bin.parent}"\nPATH="{venv_bin}:$PATH"\n')
     (venv_bin / "python").write_text(
         f'#!/bin/sh\n[ "$1" != -c ] || exec {shlex.quote(sys.executable)} "$@"\n'
         f'printf "%s\\n" "$ python" "$@" >> "{clone}/argv"\n'
+        'for word; do [ -z "${STAND_IN_FAIL-}" ] || [ "$word" != "$STAND_IN_FAIL" ] || exit 3; done\n'
     )
     (venv_bin / "python").chmod(0o755)
 
@@ -370,7 +372,7 @@ def test_a_later_stage_of_an_interrupted_training_names_the_run(tmp_path, stage)
     (tmp_path / "data" / "main" / "test.json").write_text("{}")
     run = tmp_path / "exp" / "crab_tiny" / "main" / "seed42"
     interrupted_run(run, 1, 2)
-    result = run_mini(tmp_path, "--stage", stage, "--results_md", "")
+    result = run_mini(tmp_path, "--stage", stage, "--stop_stage", stage, "--results_md", "")  # alone
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output
     assert (
