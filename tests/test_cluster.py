@@ -120,6 +120,15 @@ def test_a_job_runs_its_command_as_given_and_asks_for_what_it_needs(tmp_path, sc
     assert f"cd {tmp_path}" in open(script).read()
 
 
+def test_a_job_not_stopped_early_runs_its_command_as_given(tmp_path, scheduler):
+    """--stop_before 0: the job script is the command itself (exec), each word as given."""
+    log = tmp_path / "job.log"
+    word = 'it\'s a "word" with $HOME; spaces'
+    result = scheduler.run(tmp_path, "--stop_before", "0", str(log), "printf", "%s|\\n", word)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text() == f"{word}|\n"
+
+
 @pytest.mark.parametrize(
     ("granted", "threads"), [({"NSLOTS": "3"}, "3"), ({"SLURM_CPUS_PER_TASK": "5"}, "5"), ({}, None)]
 )

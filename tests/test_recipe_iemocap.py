@@ -356,11 +356,12 @@ def test_run_sh_checks_root_and_protocol(corpus, tmp_path):
     bad = run_recipe(corpus, tmp_path, "--protocol", "loso3", check=False)
     assert bad.returncode != 0 and "--protocol must be loso5 or loso10" in bad.stderr
     # Stage 7 (scoring) alone stops naming the predictions of every fold it was asked to score.
-    for protocol, folds in (
-        ("loso5", [f"session{s}" for s in range(1, 6)]),
-        ("loso10", [f"Ses0{s}{g}" for s in range(1, 6) for g in "FM"]),
+    for options, folds in (
+        (["--protocol=loso5"], [f"session{s}" for s in range(1, 6)]),
+        (["--protocol=loso10"], [f"Ses0{s}{g}" for s in range(1, 6) for g in "FM"]),
+        (["--protocol", "loso10", "--folds", "session2 Ses01M"], ["Ses01M", "session2"]),  # a --folds wins
     ):
-        result = run_recipe(corpus, tmp_path, "--stage", "7", f"--protocol={protocol}", check=False)
+        result = run_recipe(corpus, tmp_path, "--stage", "7", *options, check=False)
         missing = sorted(set(re.findall(r"crab/(\w+)/seed42/eval_test/predictions.csv", result.stderr)))
         assert result.returncode != 0 and missing == sorted(folds), result.stderr[-2000:]
 

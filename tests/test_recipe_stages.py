@@ -4,6 +4,7 @@ only; every run gets its own fold, seed, folders, test set and device; a stage r
 sweep runs each setting in its exp_dir with its overrides, and stops on a failed one."""
 
 import os
+import shlex
 
 import pytest
 
@@ -197,6 +198,9 @@ def test_a_sweep_runs_each_setting_in_its_exp_dir_with_its_overrides_and_stages(
     assert len(stage_calls(clone, 7)) == 3 and not stage_calls(clone, 8)  # stages 5-7, the default
     tables = [call for call in calls(clone) if call[:3] == ["-m", "crab.report", "test_sets"]]
     assert len(tables) == 1 and tables[0][-1] == f"{exp}/mlcs"  # what the tables read
+    records = [call for call in calls(clone) if call[:3] == ["-m", "crab.report", "record_training"]]
+    commands = {call[call.index("--command") + 1] for call in records}  # the sweep's, as typed
+    assert len(records) == 3 and commands == {shlex.join(result.args[1:])}
 
 
 def test_a_sweep_stops_on_a_failed_setting_run_at_once(sweep):
