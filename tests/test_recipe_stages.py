@@ -240,3 +240,23 @@ def test_training_on_gpus_names_the_device_of_one_process_only(recipe, ngpu, lau
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     [train] = [call for call in calls(clone) if "crab.bin.train" in call]
     assert train[1] == launched and options_of(train, "device") == (device,)
+
+
+@pytest.mark.parametrize("reevaluate, kept", [("false", True), ("true", False)])
+def test_stage_6_keeps_a_current_evaluation_unless_asked_to_evaluate_again(recipe, reevaluate, kept):
+    clone, run_sh = recipe
+    result = run_sh("--stage", "6", "--stop_stage", "6", "--reevaluate", reevaluate)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    evaluated = stage_calls(clone, 6)
+    assert len(evaluated) == 8 and all(("--skip_if_current" in call) == kept for call in evaluated)
+
+
+def test_stage_7_checks_train_opts_given_again_against_every_run_it_scores(recipe):
+    clone, run_sh = recipe
+    runs = [f"{clone}/exp/crab_tiny/{fold}/seed{seed}" for fold in FOLDS for seed in SEEDS]
+    for train_opts, checked in (("", []), ("--alpha=1.5", [["--opts=--alpha=1.5", *runs]])):
+        result = run_sh("--stage", "7", "--stop_stage", "7", "--train_opts", train_opts)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert [
+            call[3:] for call in calls(clone) if call[:3] == ["-m", "crab.report", "check_agree"]
+        ] == checked
