@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from crab.brain import CrabBrain
 from crab.data import DataError
 from crab.experiment import (
     batches_per_epoch,
@@ -92,6 +93,39 @@ def test_hierarchical_lr_cosine_schedule_and_accumulation(data, tmp_path):
     log = (tmp_path / "exp" / "train_log.txt").read_text().splitlines()
     lrs = [float(line.split("lr_head: ")[1].split(" ")[0]) for line in log]
     assert lrs == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)], rel=1e-2)
+
+
+def test_each_encoder_trains_at_encoder_lr_and_the_head_at_lr_down_to_their_floors(data, tmp_path):
+    cwd = os.getcwd()
+    try:
+        floors = ("--lr_floor=1e-5", "--encoder_lr_floor=1e-6")
+        hparams, run_opts = load(data, tmp_path, "--lr=1e-3", "--encoder_lr=1e-4", *floors)
+        brain = make_brain(hparams, run_opts)
+        brain.init_optimizers()
+    finally:
+        os.chdir(cwd)
+    lrs = {
+        name: (opt.param_groups[0]["lr"], brain.schedulers[name].eta_min)
+        for name, opt in brain.optimizers_dict.items()
+    }
+    assert lrs == {"speech_encoder": (1e-4, 1e-6), "text_encoder": (1e-4, 1e-6), "head": (1e-3, 1e-5)}
+
+
+def test_the_log_gives_each_loss_part_s_mean_over_the_epoch_s_batches(data, tmp_path, monkeypatch):
+    seen = []
+    add_parts = CrabBrain._add_parts
+
+    def recording(self, batch, values):
+        seen.append(values)
+        return add_parts(self, batch, values)
+
+    monkeypatch.setattr(CrabBrain, "_add_parts", recording)
+    fit(data, tmp_path / "exp", "--number_of_epochs=1", "--batch_size=4")
+    assert len(seen) == 3  # 12 utterances in batches of 4
+    (line,) = (tmp_path / "exp" / "train_log.txt").read_text().splitlines()
+    for part in seen[0]:
+        logged = float(re.search(rf"train {part}: ([-+0-9.eE]+)", line).group(1))
+        assert logged == pytest.approx(sum(values[part] for values in seen) / 3, rel=5e-3), part
 
 
 def test_ce_only_and_mlcs_at_alpha_0_train_the_same_weights(data, tmp_path):

@@ -160,6 +160,11 @@ def test_mid_epoch_checkpoints_are_saved_only_after_an_optimizer_step(data, tmp_
     overrides = ("--batch_size=4", "--grad_accumulation_factor=3", "--ckpt_interval_minutes=0")
     fit(data, tmp_path / "exp", "--number_of_epochs=1", *overrides, "--ckpt_interval_steps=1")
     assert saved_at == [3, 6]  # 24 utterances: 6 batches, 2 accumulations
+    # without accumulation, every ckpt_interval_steps optimizer steps
+    saved_at.clear()
+    overrides = ("--batch_size=4", "--grad_accumulation_factor=1", "--ckpt_interval_minutes=0")
+    fit(data, tmp_path / "every2", "--number_of_epochs=1", *overrides, "--ckpt_interval_steps=2")
+    assert saved_at == [2, 4, 6]
 
 
 def sigterm_at(monkeypatch, epoch, step):
