@@ -11,6 +11,7 @@ Example
 (3, [0.55, 0.75, 0.8])
 """
 
+import os
 import re
 
 from crab import cli
@@ -41,6 +42,20 @@ def valid_curve(train_log, metric="UAR"):
     if sorted(curve) != list(range(1, len(curve) + 1)):
         raise SelectionError(f"{train_log}: epochs {sorted(curve)} are not 1..{len(curve)}")
     return [curve[e] for e in sorted(curve)]
+
+
+def run_curves(logs, metric="UAR"):
+    """``{run: valid_curve}`` of each training log, a run named by its folders under the setting
+    (``<fold>/seed<seed>``). Two logs of one name are a ``SelectionError`` naming both: one curve
+    would replace the other, and the epochs be chosen on fewer runs than given."""
+    curves, named = {}, {}
+    for log in logs:
+        run = os.path.join(*os.path.normpath(log).split(os.sep)[-3:-1])
+        if run in named and os.path.realpath(named[run]) != os.path.realpath(log):
+            raise SelectionError(f"{named[run]} and {log} are both run {run}: give the runs of one setting")
+        named[run] = log
+        curves[run] = valid_curve(log, metric)
+    return curves
 
 
 def best_epoch(curves):

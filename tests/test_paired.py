@@ -281,6 +281,22 @@ def test_choose_epochs_cli(tmp_path):
     assert "| mean | 0.400 | 0.700 | **0.750** |" in table.read_text()
 
 
+def test_choose_epochs_refuses_two_runs_of_one_name(tmp_path):
+    """Two settings' logs of one fold and seed: one curve replaced the other, and the epochs were
+    chosen on fewer runs than given, without a word. The same log given twice is one run."""
+    logs = []
+    for setting in ("ce_only", "mlcs"):
+        run = tmp_path / setting / "main" / "seed1"
+        run.mkdir(parents=True)
+        (run / "train_log.txt").write_text(LOG)
+        logs.append(str(run / "train_log.txt"))
+    with pytest.raises(SystemExit, match=f"ERROR: {logs[0]} and {logs[1]} are both run main/seed1"):
+        choose_epochs.main(logs)
+    out = tmp_path / "chosen"
+    choose_epochs.main([logs[0], logs[0], "--out", str(out)])
+    assert out.read_text() == "2\n"
+
+
 class Killed(BaseException):
     """Stands in for a kill -9: nothing after the call that raises it runs."""
 

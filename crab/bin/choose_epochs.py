@@ -5,15 +5,15 @@
 
 Prints the table of ``crab.selection.curves_markdown`` (each run's validation curve, the
 mean, the chosen epoch); ``--out`` gets the chosen number alone, for the next stage to read.
+A run is named by its folders ``<fold>/seed<seed>``: two logs of one name are an error.
 """
 
 import argparse
-import os
 
 from crab import cli
 from crab.fileio import write_text_atomic
 from crab.metrics import METRICS
-from crab.selection import best_epoch, curves_markdown, valid_curve
+from crab.selection import best_epoch, curves_markdown, run_curves
 
 
 def parse_args(argv=None):
@@ -31,11 +31,7 @@ def parse_args(argv=None):
 @cli.entry_point
 def main(argv=None):
     args = parse_args(argv)
-    # a run is named by its folder under the setting: <fold>/seed<seed>
-    curves = {
-        os.path.join(*os.path.normpath(log).split(os.sep)[-3:-1]): valid_curve(log, args.metric)
-        for log in args.logs
-    }
+    curves = run_curves(args.logs, args.metric)
     table = curves_markdown(curves, args.metric, args.title)
     if args.table:
         write_text_atomic(args.table, table)
