@@ -8,6 +8,7 @@ import re
 import pytest
 import soundfile as sf
 import torch
+import yaml
 
 from crab.brain import CrabBrain
 from crab.data import DataError
@@ -90,6 +91,10 @@ def test_hierarchical_lr_cosine_schedule_and_accumulation(data, tmp_path):
         assert brain.optimizers_dict[name].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     # 12 utterances in batches of 2 = 6 batches per epoch; one update per 2 batches
     assert brain.optimizer_step == 3 * 3
+    # what a step averaged over, which a resumed training compares with its own
+    for checkpoint in (tmp_path / "exp" / "save").glob("CKPT+*"):
+        saved = yaml.safe_load((checkpoint / "brain.ckpt").read_text())
+        assert saved["optimizer_batch"] == {"processes": 1, "grad_accumulation_factor": 2}
     log = (tmp_path / "exp" / "train_log.txt").read_text().splitlines()
     lrs = [float(line.split("lr_head: ")[1].split(" ")[0]) for line in log]
     assert lrs == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)], rel=1e-2)
@@ -356,6 +361,38 @@ def test_an_evaluation_cut_short_leaves_the_previous_predictions(tmp_path, monke
         "predictions.csv",
         "scores.json",
     ]  # no temporary
+
+
+def test_an_evaluation_killed_between_its_renames_leaves_no_record_of_other_inputs(tmp_path, monkeypatch):
+    """The record of inputs goes first and comes back last: a kill after predictions.csv is
+    replaced leaves no record (evaluated again), never the previous one beside new predictions."""
+    from types import SimpleNamespace
+
+    from crab import evalrecord
+    from crab.brain import CrabBrain
+
+    def stand_in(manifest):
+        hparams = SimpleNamespace(classes=["a", "b"])
+        return SimpleNamespace(hparams=hparams, eval_folder=lambda: str(tmp_path), eval_inputs=manifest)
+
+    stats = {"WAR": 1.0, "UAR": 1.0, "macro_F1": 1.0, "weighted_F1": 1.0}
+    CrabBrain._write_eval(
+        stand_in({"test_manifest_sha256": "old"}), ["u1"], [0], torch.tensor([[0.9, 0.1]]), stats
+    )
+    assert evalrecord.read(str(tmp_path), evalrecord.PREDICTIONS_RECORD) == {"test_manifest_sha256": "old"}
+    replace = os.replace
+
+    def killed_after_the_first_rename(src, dst):
+        replace(src, dst)
+        raise KeyboardInterrupt
+
+    new = stand_in({"test_manifest_sha256": "new"})
+    monkeypatch.setattr(os, "replace", killed_after_the_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        CrabBrain._write_eval(new, ["u2"], [1], torch.tensor([[0.2, 0.8]]), stats)
+    monkeypatch.undo()
+    assert "u2,b,b" in (tmp_path / "predictions.csv").read_text()
+    assert evalrecord.read(str(tmp_path), evalrecord.PREDICTIONS_RECORD) is None
 
 
 TORCH_OOM = (
