@@ -68,6 +68,10 @@ def test_without_dynamic_batching_the_options_are_the_yaml_ones_shuffled_by_the_
     sampler = seeded.pop("sampler")  # in place of shuffle: true
     assert seeded == {"batch_size": 8, "num_workers": 0}
     assert isinstance(sampler, ReproducibleRandomSampler) and sampler.seed == 5
+    # shuffle: false keeps the manifest's order, data-order seed or not
+    in_order = {"batch_size": 8, "shuffle": False, "num_workers": 0}
+    unshuffled = options(dynamic_batching=False, order_seed=5, train_dataloader_opts=in_order)
+    assert unshuffled(manifest_dataset(DURATIONS)) == in_order
 
 
 def test_batches_respect_max_batch_length_and_cover_every_utterance_once_per_epoch():
