@@ -178,6 +178,14 @@ def test_an_evaluation_of_the_same_inputs_is_kept_and_one_of_changed_inputs_is_r
     assert evaluate_and_tell("--skip_if_current", manifest=fewer) == (True, 3)
 
 
+def test_an_evaluation_batch_size_given_again_is_its_loaders(trained, data):
+    """The run's file has copied its batch_size and num_workers into eval_dataloader_opts: an
+    evaluation that gives others (a smaller batch for the GPU's memory) loads with them."""
+    overrides = ["--batch_size=1", "--num_workers=1"]
+    _, _, _, hparams = in_recipe(load_run, [CONFIG, *run_options(data, trained), *overrides])
+    assert hparams["eval_dataloader_opts"] == {"batch_size": 1, "num_workers": 1}
+
+
 def test_a_contradicting_option_is_one_line_naming_both_values(trained, data):
     result = command(
         "crab.bin.evaluate",
@@ -509,7 +517,7 @@ def test_a_resumed_training_is_checked_against_the_run_but_where_things_are_may_
     run = tmp_path / "run"
     settings = (
         "save_folder: !ref <output_folder>/save\ndata_root: /data\nnumber_of_epochs: 1\nlr: 0.001\n"
-        "num_workers: 0\n"
+        "num_workers: 0\ngrad_accumulation_factor: 2\n"
         "loader: {num_workers: !ref <num_workers>, shuffle: true}\n"
     )
     write_run(run, settings)
@@ -518,6 +526,7 @@ def test_a_resumed_training_is_checked_against_the_run_but_where_things_are_may_
     save = str(run / "save")
     check_resume(str(recipe), "", str(run), save)
     check_resume(str(recipe), "num_workers: 4\ndata_root: /elsewhere\n", str(run), save)
+    check_resume(str(recipe), "grad_accumulation_factor: 1\n", str(run), save)  # warned of by the brain
     check_resume(str(recipe), "lr: 0.001", str(run), save)  # no last newline, as parse_arguments gives it
     with pytest.raises(
         ConfigError, match=re.escape(f"other settings (lr: 0.001 then, 0.01 now; {run}/hyperparams")
