@@ -550,6 +550,9 @@ def test_a_resumed_training_is_checked_against_the_run_but_where_things_are_may_
     # a key of the recipe's yaml alone (a newer crab's) is no setting of the run
     recipe.write_text(f"output_folder: {run}\n" + settings + "new_option: 3\n")
     check_resume(str(recipe), "", str(run), save)
+    # a training killed before its first checkpoint trained nothing: it starts over with other settings
+    (run / "save" / "CKPT+2026-01-01+00-00-00+00").rmdir()
+    check_resume(str(recipe), "lr: 0.01\n", str(run), save)
 
 
 def test_an_override_of_a_key_the_run_lacks_is_named(tmp_path):
