@@ -207,6 +207,18 @@ def test_sigterm_saves_at_the_next_optimizer_step_and_the_rerun_ends_as_an_unint
         assert_same(torch.load(ref_path / name), torch.load(res_path / name), name)
 
 
+def test_a_sigterm_after_the_epoch_s_last_optimizer_step_stops_at_the_epoch_s_end(
+    data, tmp_path, monkeypatch
+):
+    """24 utterances in batches of 4, accumulations of 4: batches 5 and 6 are the epoch's dropped
+    tail, after its last optimizer step; a SIGTERM there stops the run before validation."""
+    sigterm_at(monkeypatch, epoch=1, step=5)
+    overrides = ("--batch_size=4", "--grad_accumulation_factor=4", "--ckpt_interval_minutes=0")
+    with pytest.raises(Terminated):
+        fit(data, tmp_path / "exp", "--number_of_epochs=2", *overrides)
+    assert checkpoints(tmp_path / "exp") == [] and not (tmp_path / "exp" / "train_log.txt").exists()
+
+
 def test_a_training_job_stopped_by_sigterm_exits_143_and_resumes(data, tmp_path):
     out, log = tmp_path / "exp", tmp_path / "train.log"
     run = start(data, out, log, "--num_workers=2", session=True)  # data-loading processes too
