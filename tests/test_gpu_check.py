@@ -53,3 +53,55 @@ def test_help_describes_every_option():
     assert set(accepted) >= {"--device", "--quick", "--checks", "--work", "--ngpu", "--budget_s"}
     for option in accepted:
         assert option in result.stdout, f"--help does not describe {option}"
+
+
+FAKE_TIMEOUT = """#!/usr/bin/env bash
+# timeout LIMIT COMMAND...: runs nothing; once the GPU sampler wrote, prints FAKE_OUTPUT, exits FAKE_RC
+for _ in $(seq 100); do [ -s "${FAKE_SAMPLES}" ] && break; sleep 0.1; done
+echo "${FAKE_OUTPUT}"
+exit "${FAKE_RC}"
+"""
+# two GPUs' memory.used, a line each per 0.5 s sample: the peak is 12000 MiB (9000 sorts last as text)
+FAKE_NVIDIA_SMI = """#!/usr/bin/env bash
+case "$*" in *--query-gpu=memory.used*-lms*) printf '%s\\n' 9000 350 12000 800; exec sleep 60 ;; esac
+exit 1
+"""
+
+
+def fake_cuda_check(tmp_path, rc, output="", budget_s=480):
+    """gpu_check.sh --device cuda --checks env, with a ``timeout`` that stands for the check
+    (exit ``rc`` after printing ``output``) and an ``nvidia-smi`` of made-up samples: the
+    exit status and the summary's row."""
+    bin_dir, work = tmp_path / "bin", tmp_path / f"work_{rc}"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in (("timeout", FAKE_TIMEOUT), ("nvidia-smi", FAKE_NVIDIA_SMI)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        FAKE_RC=str(rc),
+        FAKE_OUTPUT=output,
+        FAKE_SAMPLES=str(work / "logs" / "env.mem"),
+    )
+    command = ["bash", SCRIPT, "--device", "cuda", "--checks", "env", "--budget_s", str(budget_s)]
+    result = subprocess.run(
+        [*command, "--work", str(work)], capture_output=True, text=True, timeout=120, env=env
+    )
+    [summary] = work.glob("gpu_check_*.md")
+    [row] = [line for line in summary.read_text().splitlines() if line.startswith("| env |")]
+    return result.returncode, [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def test_a_check_passes_on_exit_0_with_the_peak_of_the_busiest_gpu(tmp_path):
+    rc, (_, status, seconds, peak, log) = fake_cuda_check(tmp_path, 0)
+    assert (rc, status, peak, log) == (0, "pass", "12000", "logs/env.log") and float(seconds) >= 0
+
+
+def test_a_failed_check_fails_the_whole_check(tmp_path):
+    rc, row = fake_cuda_check(tmp_path, 3)
+    assert (rc, row[1]) == (1, "FAIL (exit 3)")
+    rc, row = fake_cuda_check(tmp_path, 0, "Warning: destroy_process_group() was never called")
+    assert (rc, row[1]) == (1, "FAIL (destroy_process_group() was never called)")
+    rc, row = fake_cuda_check(tmp_path, 124, budget_s=100)  # env's own limit, 120 s, cut to what is left
+    assert rc == 1 and re.fullmatch(r"FAIL \(timeout (99|100) s, cut by --budget_s\)", row[1]), row
