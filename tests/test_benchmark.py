@@ -8,6 +8,7 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -224,6 +225,13 @@ def test_peak_table_and_options():
         and args.profile_steps == 3
         and parse_args(["--quick"]).profile_steps == 1
     )
+    defaults = parse_args([])
+    assert (defaults.size, os.path.basename(defaults.hparams), defaults.tf32) == (
+        "base",
+        "crab_base.yaml",
+        False,
+    )
+    assert parse_args(["--infer_only"]).steps_only and parse_args(["--tf32", "true"]).tf32
     for bad in (
         ["--precision", "fp16"],
         ["--audio_seconds", "x"],
@@ -251,3 +259,231 @@ def test_large_configs_have_the_papers_dimensions(tmp_path):
         ) == (1024, 24, 16, 4096)
     assert speech.feat_extract_norm == "layer" and speech.do_stable_layer_norm and speech.layerdrop == 0.0
     assert text.max_position_embeddings == 514 and text.type_vocab_size == 1
+    base_dirs = write_encoder_configs(str(tmp_path / "base"), "base")[:2]
+    for config in map(AutoConfig.from_pretrained, base_dirs):
+        assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 12)
+
+
+def test_rates_are_counted_flops_over_seconds_and_utterances_over_seconds():
+    """Made-up measurements: 2 TFLOPs in a 0.5 s median step on an H200 in bf16 (peak 989.5),
+    full inference of 8 utterances in 0.25 s."""
+    from crab.benchmarking import analysis_lines
+
+    args = types.SimpleNamespace(precision="bf16", tf32=False, batch_size=8)
+    analysis = {"device_name": "NVIDIA H200", "flops": 2e12, "profile": None, "checkpoint_bytes": None}
+    medians = {"train_legs": 0.5, "infer_full": 0.25}
+    text = "\n".join(analysis_lines(args, {**analysis, "syncs": None}, "train_legs", medians))
+    assert _cells(text, "counted FLOPs per step (matmul, conv, attention; GRU not counted)") == ["2.000 T"]
+    assert _cells(text, "achieved TFLOP/s (counted FLOPs / median step)") == ["4.000"]
+    assert _cells(text, "device dense peak TFLOP/s, bf16") == ["989.5"]
+    assert _cells(text, "fraction of peak") == ["0.4%"]
+    assert _cells(text, "inference, utterances/s (full model)") == ["32.0"]
+
+
+def test_a_cuda_step_is_timed_to_the_end_of_its_work(monkeypatch):
+    """CUDA runs the step's kernels after the call returns: the clock stops after a
+    synchronize, not at the return."""
+    from crab.benchmarking import _timed
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device: calls.append(("synchronize", device)))
+    _timed(lambda: calls.append("step"), "cuda:1")
+    assert calls == [("synchronize", "cuda:1"), "step", ("synchronize", "cuda:1")]
+
+
+def test_a_cuda_child_applies_tf32_and_reports_the_peak_allocated(monkeypatch):
+    """The measuring process sets TF32 as asked and reports torch.cuda.max_memory_allocated
+    (faked counters: 300 MiB peak, 100 MiB still allocated at the end)."""
+    from crab import benchmarking
+
+    mib = 2**20
+    for name in ("set_device", "init", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 300 * mib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 100 * mib)
+    sent = []
+    conn = types.SimpleNamespace(send=sent.append, close=lambda: None)
+    setup = {"device": "cuda:1", "threads": torch.get_num_threads(), "tf32": True}
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:  # a flag of torch's backends: not monkeypatch's to restore
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        benchmarking._child(conn, lambda: {}, (), setup)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert sent == [("ok", {"peak_mib": 300.0})]
+
+
+def bench_setup(tokenizer_dir, **overrides):
+    """A ``crab.benchmarking`` setup of the tiny encoders on CPU: two utterances, fp32."""
+    from crab.benchmarking import head_settings
+
+    setup = {
+        "head": head_settings(os.path.join(MINI_CONF, "crab_tiny.yaml")),
+        "speech_dir": os.path.join(MINI_CONF, "wavlm_tiny"),
+        "text_dir": os.path.join(MINI_CONF, "roberta_tiny"),
+        "tokenizer_dir": tokenizer_dir,
+        "gradient_checkpointing": False,
+        "device": "cpu",
+        "wavs": [np.zeros(1600, dtype="float32")] * 2,
+        "texts": TEXTS[:2],
+        "labels": [0, 1],
+        "precision": "fp32",
+    }
+    return {**setup, **overrides}
+
+
+@pytest.mark.parametrize(
+    "precision, half", [("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)]
+)
+def test_the_steps_run_in_the_precision_asked(precision, half, tokenizer_dir):
+    """Under autocast to bf16 or fp16, nothing for fp32; fp16 with a gradient scaler."""
+    from crab.benchmarking import Bench
+
+    setup = bench_setup(tokenizer_dir, precision=precision)
+    bench = Bench(setup)
+    with bench.autocast():
+        assert torch.is_autocast_enabled("cpu") == (half is not None)
+        if half is not None:
+            assert torch.get_autocast_dtype("cpu") == half
+    assert bench.scaler.is_enabled() == (precision == "fp16")
+
+
+def test_report_rows_are_median_min_max_and_the_payback_is_extraction_over_the_epoch_saving():
+    import datetime
+
+    from crab.benchmarking import report
+
+    args = types.SimpleNamespace(
+        device="cuda:0",
+        size="base",
+        quick=False,
+        precision="bf16",
+        tf32=False,
+        start_method="spawn",
+        threads=4,
+        gradient_checkpointing=False,
+        hparams=os.path.join(ROOT, "crab_base.yaml"),
+        batch_size=8,
+        repeats=3,
+        warmup=1,
+        steps_only=False,
+        infer_only=False,
+        epoch_utterances=32,
+        epochs=3,
+    )
+    setup = {"audio_seconds": (3.0, 3.0), "wavs": [np.zeros(48000)], "head": {"text_max_length": 128}}
+    times = {name: [1.0, 2.0, 6.0] for name in STEP_ROWS}  # median 2, mean 3
+    times.update(extract=[4.0], epoch_end_to_end=[3.0, 3.0, 3.0], epoch_cached=[1.0, 1.0, 1.0])
+    peaks = {name: {"peak_mib": 500.0} for name in times}
+    analysis = {"device_name": "GPU", "flops": 1e12, "profile": None, "checkpoint_bytes": None, "syncs": None}
+    out = report(
+        args,
+        {**setup, "steps": list(STEP_ROWS)},
+        times,
+        peaks,
+        [0.0, 0.0],
+        [10],
+        datetime.datetime.now(),
+        analysis,
+    )
+    assert _cells(out, STEP_ROWS["train_legs"]) == ["2.000", "1.000", "6.000", "500"]
+    assert _cells(out, EPOCH_ROWS["epoch_cached"]) == ["1.000", "1.000", "1.000", "500"]
+    assert "the extraction pays for itself after 2.0 epoch(s)" in out
+
+
+def test_steps_are_timed_in_rotated_rounds_and_the_first_is_analysed(monkeypatch, tokenizer_dir):
+    """One warm-up round, then each round starts one configuration further on; the FLOPs
+    and the profile are of the first configuration (full inference with --infer_only)."""
+    from crab import benchmarking
+
+    ran = []
+    monkeypatch.setattr(benchmarking, "_run_config", lambda bench, name: ran.append(name))
+    monkeypatch.setattr(benchmarking, "step_flops", lambda bench, name: f"flops of {name}")
+    monkeypatch.setattr(benchmarking, "profile_table", lambda bench, setup, name: f"profile of {name}")
+    steps = list(benchmarking.INFER_ROWS)
+    setup = bench_setup(tokenizer_dir, steps=steps, warmup=1, repeats=2, profile_steps=1)
+    result = benchmarking.time_steps(setup)
+    assert ran == [*steps, *steps, *reversed(steps)]
+    assert {name: len(times) for name, times in result["times"].items()} == dict.fromkeys(steps, 2)
+    assert (result["flops"], result["profile"]) == ("flops of infer_full", "profile of infer_full")
+
+
+def test_memory_of_a_step_is_its_peak_not_what_it_holds_at_the_end():
+    """A child that fills 64 MiB and frees it before it returns: its peak holds them."""
+    from crab.benchmarking import in_child
+
+    def fill_and_free():
+        block = bytearray(64 * 2**20)
+        block[::4096] = b"x" * len(block[::4096])  # every page written: resident
+        del block
+        return {}
+
+    setup = {"start_method": "fork", "device": "cpu", "threads": 1}
+    assert in_child("fills", fill_and_free, setup=setup)["peak_mib"] > 60
+
+
+def test_a_step_memory_builds_legs_only_for_the_steps_that_train_them_and_runs_twice(monkeypatch):
+    """Twice: the optimizer state exists from the first step on."""
+    from crab import benchmarking
+
+    built, ran = [], []
+
+    class FakeBench:
+        def __init__(self, setup, with_legs):
+            built.append(with_legs)
+
+        def make_optimizers(self, lr, weight_decay):
+            pass
+
+    monkeypatch.setattr(benchmarking, "Bench", FakeBench)
+    monkeypatch.setattr(benchmarking, "_run_config", lambda bench, name: ran.append(name))
+    setup = {"head": {"lr": 1e-4, "weight_decay": 0.0}}
+    for name in STEP_ROWS:
+        benchmarking.step_memory(setup, name)
+    assert built == [name in ("train_legs", "train_reference") for name in STEP_ROWS]
+    assert ran == [name for name in STEP_ROWS for _ in range(2)]
+
+
+def test_the_first_epoch_is_a_warm_up_left_out_of_the_times(monkeypatch, tmp_path):
+    """Three epochs, the first slow (0.2 s): the times are of the two after it."""
+    import time
+
+    from crab import benchmarking
+
+    class FakeBrain:
+        def __init__(self, **kwargs):
+            pass
+
+        def on_stage_start(self, stage, epoch=None):
+            pass
+
+        def on_stage_end(self, stage, stage_loss, epoch=None):
+            pass
+
+        def fit(self, epoch_counter, train_set, train_loader_kwargs):
+            for seconds in (0.2, 0.0, 0.0):
+                self.on_stage_start("train")
+                time.sleep(seconds)
+                self.on_stage_end("train", 0.0)
+
+    hparams = dict.fromkeys(("modules", "checkpointer", "epoch_counter", "train_dataloader_opts"))
+    monkeypatch.setattr(benchmarking, "CrabBrain", FakeBrain)
+    monkeypatch.setattr(
+        benchmarking, "_epoch_hparams", lambda *args: ({**hparams, "save_folder": str(tmp_path)}, {})
+    )
+    for name in ("prepare_labels_and_weights", "feature_cache", "dataset"):
+        monkeypatch.setattr(benchmarking, name, lambda *args, **kwargs: None)
+    setup = {"tmp": str(tmp_path), "manifest": None, "cache_dir": None}
+    [times] = benchmarking.epochs(setup, cached=False)["times"].values()
+    assert len(times) == 2 and max(times) < 0.15
+
+
+def test_cuda_measures_in_spawned_processes_only(monkeypatch, capsys):
+    from crab.bin.benchmark import parse_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert parse_args(["--device", "cuda"]).start_method == "spawn"
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cuda", "--start_method", "fork"])
+    assert "CUDA cannot be used in a forked process" in capsys.readouterr().err
