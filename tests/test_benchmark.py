@@ -189,7 +189,8 @@ def test_infer_only_measures_inference_and_analyses_it():
 
 def test_cuda_memory_of_each_step_is_counted_from_what_the_previous_left(monkeypatch):
     """All step configurations in one CUDA process: each peak over the memory still
-    allocated when it starts (faked counters: 100 MiB left over, peaks of 10, 20, ...)."""
+    allocated when it starts, reset before it (faked counters: 100 MiB left over, peaks
+    of 50, 40, ...)."""
     from crab import benchmarking
 
     mib, state = 2**20, {"allocated": 100 * 2**20, "peak": 0}
@@ -201,11 +202,11 @@ def test_cuda_memory_of_each_step_is_counted_from_what_the_previous_left(monkeyp
     names = list(STEP_ROWS)
 
     def step(setup, name):
-        state["peak"] = state["allocated"] + (10 + 10 * names.index(name)) * mib
+        state["peak"] = max(state["peak"], state["allocated"] + (50 - 10 * names.index(name)) * mib)
 
     monkeypatch.setattr(benchmarking, "step_memory", step)
     peaks = benchmarking.cuda_step_memories({"device": "cuda:1"}, names)["peaks"]
-    assert {n: p["peak_mib"] for n, p in peaks.items()} == {n: 10.0 + 10 * i for i, n in enumerate(names)}
+    assert {n: p["peak_mib"] for n, p in peaks.items()} == {n: 50.0 - 10 * i for i, n in enumerate(names)}
 
 
 def test_peak_table_and_options():
@@ -487,3 +488,37 @@ def test_cuda_measures_in_spawned_processes_only(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--device", "cuda", "--start_method", "fork"])
     assert "CUDA cannot be used in a forked process" in capsys.readouterr().err
+
+
+def test_a_failed_measurement_is_an_error_with_its_traceback():
+    from crab.benchmarking import in_child
+
+    def fail():
+        raise ValueError("no such configuration")
+
+    setup = {"start_method": "fork", "device": "cpu", "threads": 1}
+    with pytest.raises(RuntimeError, match="benchmark 'broken' failed:(.|\\n)*no such configuration"):
+        in_child("broken", fail, setup=setup)
+
+
+def test_operator_calls_are_counted_per_profiled_step(monkeypatch):
+    from crab import benchmarking
+
+    monkeypatch.setattr(benchmarking, "_run_config", lambda bench, name: torch.ones(3).add(1).sum())
+    per_step = [
+        benchmarking.profile_table(None, {"device": "cpu", "profile_steps": steps}, "train_legs")[
+            "ops_per_step"
+        ]
+        for steps in (1, 3)
+    ]
+    assert per_step[0] == per_step[1] > 0
+
+
+def test_the_bench_optimizers_take_crabbrains_update_kernel(monkeypatch, tokenizer_dir):
+    """fast_optimizer_options: fused on CUDA, as CrabBrain's (here faked: foreach off)."""
+    from crab import benchmarking
+
+    monkeypatch.setattr(benchmarking, "fast_optimizer_options", lambda opt_class, device: {"foreach": False})
+    bench = benchmarking.Bench(bench_setup(tokenizer_dir))
+    bench.make_optimizers(1e-4, 0.0)
+    assert bench.optimizers and all(opt.defaults["foreach"] is False for opt in bench.optimizers)
