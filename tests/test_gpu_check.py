@@ -38,7 +38,9 @@ def test_a_spent_time_budget_skips_the_checks_left(tmp_path):
 
 
 def test_unknown_option_and_device_are_errors(tmp_path):
-    for args in (["--bogus"], ["--device", "tpu"], ["--budget_s", "8m"]):
+    # --budget_s 0 skips every check: a bad value that got through would exit 0 at once
+    bad_ngpu = [["--budget_s", "0", "--ngpu", count] for count in ("two", "0")]
+    for args in (["--bogus"], ["--device", "tpu"], ["--budget_s", "8m"], *bad_ngpu):
         result = subprocess.run(
             ["bash", SCRIPT, *args, "--work", str(tmp_path)], capture_output=True, text=True
         )

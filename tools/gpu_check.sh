@@ -56,6 +56,7 @@ while [ $# -gt 0 ]; do
 done
 case "${device}" in cuda|cpu) ;; *) echo "$0: --device cuda|cpu, got ${device}" >&2; exit 1 ;; esac
 [[ "${budget_s}" =~ ^[0-9]+$ ]] || { echo "$0: --budget_s takes whole seconds, got ${budget_s}" >&2; exit 1; }
+[ -z "${ngpu}" ] || [[ "${ngpu}" =~ ^[1-9][0-9]*$ ]] || { echo "$0: --ngpu takes a GPU count, got ${ngpu}" >&2; exit 1; }
 deadline=$((SECONDS + budget_s))
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
