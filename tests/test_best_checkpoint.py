@@ -39,6 +39,18 @@ def scripted_validation(monkeypatch):
     return scored
 
 
+def run_argv(data, out):
+    """The train and evaluate commands' arguments for a run of ``data`` in ``out``."""
+    return [
+        CONFIG,
+        f"--data_root={data}",
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        f"--classes=[{','.join(CLASSES)}]",
+        "--noprogressbar",
+    ]
+
+
 def checkpoint_epochs(save):
     """``{epoch: checkpoint name}`` of the end-of-epoch checkpoints in ``save``."""
     metas = {path.name: yaml.safe_load((path / "CKPT.yaml").read_text()) for path in save.glob("CKPT+*")}
@@ -53,14 +65,7 @@ def test_the_evaluation_is_of_the_checkpoint_ckpt_metric_chooses(
 ):
     """Through the commands: the best on validation UAR (not the last), or with ``epoch`` the last."""
     out = tmp_path / "run"
-    argv = [
-        CONFIG,
-        f"--data_root={data}",
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        f"--classes=[{','.join(CLASSES)}]",
-        "--noprogressbar",
-    ]
+    argv = run_argv(data, out)
     scored = scripted_validation(monkeypatch)
     monkeypatch.chdir(os.path.join(ROOT, "egs", "TEMPLATE"))  # conf/ paths are relative to the recipe
     train.main([*argv, "--batch_size=4", "--number_of_epochs=3", f"--ckpt_metric={ckpt_metric}"])
@@ -76,14 +81,7 @@ def test_the_evaluation_is_of_the_checkpoint_ckpt_metric_chooses(
 
 def test_the_predictions_are_the_manifests_utterances_and_the_scores_theirs(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    argv = [
-        CONFIG,
-        f"--data_root={data}",
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        f"--classes=[{','.join(CLASSES)}]",
-        "--noprogressbar",
-    ]
+    argv = run_argv(data, out)
     monkeypatch.chdir(os.path.join(ROOT, "egs", "TEMPLATE"))
     train.main([*argv, "--batch_size=4", "--number_of_epochs=1"])
     evaluate.main(argv)
