@@ -233,7 +233,7 @@ fi
   sed -n '/^date (UTC)/,$p' "${work}/logs/env.log" 2>/dev/null | grep -v '^   \(pass\|FAIL\)'
   echo '```'
   echo
-  echo "peak GPU memory: the most nvidia-smi showed in use during the check (all processes, 0.5 s samples)"
+  echo "peak GPU memory: the most nvidia-smi showed in use on one GPU during the check (the busiest GPU; all processes, 0.5 s samples)"
   echo
   echo "| check | result | seconds | peak GPU memory MiB | log |"
   echo "|---|---|---|---|---|"
