@@ -18,7 +18,7 @@ import torch
 from crab import asr
 from crab.bin import transcribe
 from crab.datadir import read_data_dir
-from crab.dataprep import validate
+from crab.dataprep import MIN_SAMPLES, validate
 from tests.conftest import waiting_for_lock
 
 SPECIAL = [
@@ -213,6 +213,19 @@ def test_language_goes_only_to_multilingual_whisper(tiny_whisper):
 
 
 # ---------------------------------------------------------------- resume and bookkeeping (fake model)
+
+
+def test_audio_as_short_as_stage_3_accepts_reaches_the_model(tmp_path, monkeypatch):
+    """``MIN_SAMPLES`` samples is long enough (stage 3 keeps it); one fewer gets an empty transcript."""
+    data_dir, utts = make_data_dir(tmp_path, n=2)
+    wavs = dict(line.split() for line in (data_dir / "wav.scp").read_text().splitlines())
+    sf.write(wavs[utts[0]], np.full(MIN_SAMPLES, 0.1, dtype="float32"), 16000)
+    sf.write(wavs[utts[1]], np.full(MIN_SAMPLES - 1, 0.1, dtype="float32"), 16000)
+    fake = FakeModel()
+    monkeypatch.setattr(asr, "load_transcriber", fake.load)
+    run(data_dir, "fake")
+    assert fake.batches == [1]
+    assert read_lines(data_dir / "text.asr") == [[utts[0], "words 0"], [utts[1]]]
 
 
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
@@ -549,6 +562,43 @@ def test_other_folds_transcripts_of_other_settings_are_not_reused(tmp_path, monk
         [utts[0], "greedy 0"],
         [utts[1], "greedy 1"],
     ]
+
+
+def test_reused_transcripts_are_not_added_to_ones_of_other_settings(tmp_path, monkeypatch):
+    """All that is left taken from another fold (of the settings of this run) would join
+    transcripts of other settings: it stops as a run that transcribes them would."""
+    fold1, _ = make_data_dir(tmp_path / "fold1", n=3)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
+    run(fold1, "model-a", "--device", "cpu")
+    fold2 = tmp_path / "fold2"
+    fold2.mkdir()
+    (fold2 / "wav.scp").write_text((fold1 / "wav.scp").read_text())
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel(fail_on_call=2).load)
+    with pytest.raises(SystemExit, match="^130$"):  # the first batch of two, made on a GPU, is kept
+        run(fold2, "model-a", "--device", "cuda:0", "--batch_size", "2")
+    monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
+    with pytest.raises(SystemExit, match=r"other decoding settings \(dtype 'float16' then, 'float32' now;"):
+        run(fold2, "model-a", "--device", "cpu", "--reuse", str(fold1))
+    assert json.loads((fold2 / "text.asr.settings").read_text())["dtype"] == "float16"
+    assert len(read_lines(fold2 / "text.asr")) == 2
+
+
+def test_a_transcript_taken_from_another_fold_needs_no_audio(tmp_path, monkeypatch, capsys):
+    """An utterance whose transcript --reuse takes is not transcribed: its audio, gone since,
+    is no failure."""
+    fold1, utts = make_data_dir(tmp_path / "fold1", n=2)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
+    run(fold1, "model-a")
+    fold2 = tmp_path / "fold2"
+    fold2.mkdir()
+    (fold2 / "wav.scp").write_text((fold1 / "wav.scp").read_text())
+    os.remove(dict(read_lines(fold1 / "wav.scp"))[utts[0]])
+    monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
+    capsys.readouterr()
+    run(fold2, "model-a", "--reuse", str(fold1))
+    assert read_lines(fold2 / "text.asr") == read_lines(fold1 / "text.asr")
+    assert not (fold2 / "text.asr.failed").exists()
+    assert "2 utterances, 0 empty transcripts\n" in capsys.readouterr().out
 
 
 def test_empty_outputs_and_bad_audio_give_empty_transcripts(tmp_path, monkeypatch, capsys):
