@@ -138,6 +138,24 @@ def test_stage_3_refuses_tables_of_other_utterances_whatever_the_policy(tmp_path
         make_manifest.main([*argv, "--out", str(tmp_path / "train.json"), "--policy", "skip"])
 
 
+@pytest.mark.parametrize(
+    "absent, text_source, message",
+    [
+        ("utt2spk", "gold", r"/train: missing utt2spk"),
+        ("utt2emo", "gold", r"/train: missing utt2emo"),
+        ("text.asr", "asr", r"missing .*/train/text\.asr: run the transcription stage \(--asr_model\) first"),
+    ],
+)
+def test_stage_3_names_a_table_the_data_directory_lacks(tmp_path, absent, text_source, message):
+    """Not a manifest without speakers, or with empty transcripts where stage 2 was not run."""
+    tables = {**OLD_TABLES, "text.asr": OLD_TABLES["text"], absent: None}
+    write_data_dir(tmp_path / "train", tables)
+    argv = ["--data_dir", str(tmp_path / "train"), "--data_root", "/db", "--classes", "sad,happy"]
+    with pytest.raises(SystemExit, match=message):
+        make_manifest.main([*argv, "--out", str(tmp_path / "train.json"), "--text_source", text_source])
+    assert not (tmp_path / "train.json").exists()
+
+
 def test_stage_3_sends_a_segmented_data_directory_to_be_cut(tmp_path):
     write_data_dir(tmp_path / "dev", {**OLD_TABLES, "segments": {"a": "rec 0 1", "b": "rec 1 2"}})
     argv = ["--data_dir", str(tmp_path / "dev"), "--data_root", "/db", "--classes", "sad,happy"]

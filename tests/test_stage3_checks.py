@@ -56,6 +56,42 @@ def test_a_skip_that_removes_the_last_of_a_class_stops_stage_3(tmp_path):
         stage_3(data, "--policy", "skip")
 
 
+def test_a_text_model_gets_no_empty_transcript(tmp_path):
+    """Only a speech-only model goes without transcripts: a text model's manifest needs them."""
+    data = write_split(tmp_path, "main", "test", CLASSES, ["w", "w", "", "w"])
+    with pytest.raises(SystemExit, match=r"test2.*empty transcript"):
+        stage_3(data, "--modality", "text")
+    assert not (tmp_path / "data" / "main" / "test.json").exists()
+
+
+def test_a_stage_3_stopped_before_its_new_manifest_leaves_no_old_one(tmp_path, monkeypatch):
+    """The old manifest is not left beside the provenance record of the new one."""
+    data = write_split(tmp_path, "main", "test", CLASSES)
+    out = stage_3(data)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(make_manifest, "write_manifest", killed)
+    with pytest.raises(SystemExit, match="^130$"):
+        stage_3(data)
+    assert not out.exists() and os.path.exists(f"{out}.provenance")
+
+
+def test_a_manifest_named_utt2_outside_its_data_directory_is_written(tmp_path):
+    data = write_split(tmp_path, "main", "test", CLASSES)
+    argv = ["--data_dir", str(data), "--data_root", str(data.parent), "--classes", ",".join(CLASSES)]
+    make_manifest.main([*argv, "--text_only", "true", "--out", str(tmp_path / "utt2emo.json")])
+    assert len(json.loads((tmp_path / "utt2emo.json").read_text())) == len(CLASSES)
+
+
+def test_a_split_whose_every_utterance_is_skipped_stops_stage_3(tmp_path):
+    data = write_split(tmp_path, "main", "test", CLASSES, [""] * len(CLASSES))
+    with pytest.raises(SystemExit, match=r"^ERROR: main/test: no usable utterances$"):
+        stage_3(data, "--policy", "skip")
+    assert not (tmp_path / "data" / "main" / "test.json").exists()
+
+
 def test_a_valid_or_test_split_without_a_class_is_a_warning(tmp_path, caplog):
     data = write_split(tmp_path, "main", "valid", ["angry", "sad"])
     out = stage_3(data)
@@ -126,6 +162,20 @@ def test_a_vocab_size_below_the_byte_level_minimum_says_so(tmp_path, capsys):
         ["--manifest", str(manifest), "--out_dir", str(tmp_path / "tok2"), "--vocab_size", "300"]
     )
     assert "minimum" not in capsys.readouterr().out
+
+
+def test_a_tokenizer_learns_the_transcripts_of_every_manifest(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    train = stage_3(write_split(tmp_path, "main", "train", CLASSES, ["zebras"] * len(CLASSES)))
+    valid = stage_3(write_split(tmp_path, "main", "valid", CLASSES, ["walrus"] * len(CLASSES)))
+    capsys.readouterr()
+    crab_tokenizer.main(
+        ["--manifest", str(train), "--manifest", str(valid), "--out_dir", str(tmp_path / "tok")]
+    )
+    assert "from 8 transcripts" in capsys.readouterr().out
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert [len(tokenizer.tokenize(word)) for word in ("zebras", "walrus")] == [1, 1]
 
 
 def test_a_tokenizer_rebuilt_on_a_full_disk_is_left_as_it_was(tmp_path, monkeypatch):
