@@ -4,7 +4,6 @@ intended model and trains one step), and the training logger."""
 
 import csv
 import errno
-import glob
 import importlib.metadata
 import json
 import math
@@ -558,6 +557,9 @@ def test_embedding_dump_scores_and_comparison_figure(tmp_path):
     assert saved["num_utterances"] == 40 and saved["dim"] == 8
     dump = np.load(tmp_path / "mlcs" / "embeddings.npz")
     assert dump["embeddings"].shape == (40, 8) and list(dump["classes"]) == CLASSES
+    # row i of the dump is that of ids[i] (u0, u1, ..., u10: not in sorted order)
+    assert list(dump["ids"]) == ids and np.array_equal(dump["embeddings"], separated)
+    assert np.array_equal(dump["labels"], labels)
     plot, out = tmp_path / "both.png", tmp_path / "both.md"
     compare.main(
         [
@@ -617,6 +619,54 @@ def test_one_dimensional_embeddings_get_an_empty_panel_saying_why(tmp_path, capl
     why = f"1-dimensional embeddings (bottleneck_dim), {name} to 2-D needs at least 2"
     assert f"{name} projection of the embeddings of {out} skipped: {why}" in caplog.text
     assert_png(out / f"embeddings_{projection}.png", 1000)
+
+
+def test_extracted_embeddings_keep_each_utterance_with_its_id_and_label():
+    """Over several batches, row i of the embeddings and labels is that of the i-th id."""
+    from types import SimpleNamespace
+
+    batches = [
+        SimpleNamespace(
+            id=[f"u{i}" for i in ids],
+            fusion=torch.tensor([[float(i), -float(i)] for i in ids]),
+            emo_encoded=SimpleNamespace(data=torch.tensor([[i % 4] for i in ids])),
+        )
+        for ids in ([3, 0], [2], [1, 4])
+    ]
+    brain = SimpleNamespace(
+        modules=torch.nn.Module(),
+        make_dataloader=lambda test_set, stage, **kwargs: batches,
+        forward_model=lambda batch: (None, {"fusion": batch.fusion}),
+    )
+    ids, points, labels = crab.embeddings.extract_embeddings(brain, None, {})
+    order = [3, 0, 2, 1, 4]
+    assert ids == [f"u{i}" for i in order]
+    assert points.tolist() == [[float(i), -float(i)] for i in order]
+    assert labels.tolist() == [i % 4 for i in order]
+
+
+def test_embeddings_stopped_before_their_record_leave_none_of_the_old_ones(tmp_path, monkeypatch):
+    """The record of the old inputs must not vouch for the new dump (stage 6 would keep it)."""
+    import crab.plots
+
+    labels = np.repeat(np.arange(4), 3)
+    points = np.random.default_rng(0).normal(size=(12, 8))
+    ids, out = [f"u{i}" for i in range(12)], tmp_path / "eval"
+    write_embeddings(str(out), ids, points, labels, CLASSES, inputs={"checkpoint": "old"})
+    assert (out / "embeddings.inputs.json").exists()
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(crab.plots, "plot_embeddings", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_embeddings(str(out), ids, points + 1, labels, CLASSES, inputs={"checkpoint": "new"})
+    assert not (out / "embeddings.inputs.json").exists()
+
+
+def test_embeddings_all_zero_have_undefined_scores():
+    labels = np.repeat(np.arange(4), 3)
+    assert embedding_scores(np.zeros((12, 8)), labels) == dict.fromkeys(EMBEDDING_SCORES)
 
 
 def test_collapsed_embeddings_have_undefined_scores_and_no_projection(tmp_path, caplog):
@@ -848,7 +898,9 @@ def test_embeddings_command_dumps_the_fused_layer(tiny_data, tmp_path):
     """crab.bin.embeddings on a saved (untrained) checkpoint: fc1 outputs of every utterance."""
     hparams, run_opts = load_ablation("mlcs", tiny_data, tmp_path / "exp")
     os.makedirs(hparams["save_folder"], exist_ok=True)
-    make_brain(hparams, run_opts).checkpointer.save_checkpoint(meta={"UAR": 0.5})
+    checkpointer = make_brain(hparams, run_opts).checkpointer
+    best = checkpointer.save_checkpoint(meta={"UAR": 0.5}).path
+    checkpointer.save_checkpoint(meta={"UAR": 0.25})  # newer, worse on ckpt_metric: not the one embedded
     # the run's own configuration, as training saves it (crab.bin.embeddings loads the run from it)
     applied = "".join(
         f"{w[2:].split('=', 1)[0]}: {w.split('=', 1)[1]}\n"
@@ -896,11 +948,7 @@ def test_embeddings_command_dumps_the_fused_layer(tiny_data, tmp_path):
     assert set(saved) >= {"silhouette", "davies_bouldin"}
     assert record["projection_library"]["scikit-learn"] == importlib.metadata.version("scikit-learn")
     assert "eval_precision" not in record
-    assert (
-        saved["checkpoint"]
-        == record["checkpoint"]
-        == os.path.basename(glob.glob(hparams["save_folder"] + "/CKPT+*")[0])
-    )
+    assert saved["checkpoint"] == record["checkpoint"] == os.path.basename(best)
 
 
 # ---------------------------------------------------------------- training logger
