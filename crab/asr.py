@@ -50,10 +50,10 @@ def decoding_settings(args):
     return {**{key: getattr(args, key) for key in DECODING}, "dtype": dtype_name(args.dtype, args.device)}
 
 
-def check_model(out, model, overwrite):
+def check_model(out, model):
     """Stop when the transcripts ``out`` (``text.asr``) came from another model."""
     previous = recorded_model(out + ".model")
-    if previous is not None and previous != model and not overwrite:
+    if previous is not None and previous != model:
         raise UserError(
             f"{out} was made with '{previous}', not '{model}': "
             "remove it, or pass --overwrite true to transcribe again"

@@ -128,7 +128,7 @@ def transcribe_data_dir(args, wavs):
     there = {} if args.overwrite else held
     # none there (a run killed before its first transcript): another model or settings mix nothing
     if there:
-        check_model(out, args.model, args.overwrite)
+        check_model(out, args.model)
     done = {utt: text for utt, text in there.items() if utt in wavs}
     if done and recorded_model(out + ".model") is None:  # recording --model as their maker: a guess
         raise cli.UserError(
@@ -165,7 +165,7 @@ def transcribe_data_dir(args, wavs):
     # before the new record, so that a kill between them never leaves old transcripts recorded
     # as the new model's or settings'
     write_transcripts(out, done, wavs)
-    if todo or reused or recorded_model(out + ".model") is None:  # else the record of what is there stays
+    if todo or reused:  # else the record of what is there stays (a model is recorded: checked above)
         if unrecorded:
             logger.warning(
                 "%s: %d transcripts made before stage 2 recorded its decoding settings: recorded as of "
