@@ -19,13 +19,16 @@ import torch
 from hyperpyyaml.core import resolve_references
 
 import crab.embeddings
+import crab.plots
 from crab.bin import compare, embeddings, score
 from crab.cli import UserError
 from crab.embeddings import EMBEDDING_SCORES, embedding_scores, write_embeddings
 from crab.experiment import make_brain, parse_and_load
+from crab.metrics import METRICS
 from crab.report import (
     TrainLogger,
     ablation_overrides,
+    alpha_figure,
     alpha_of,
     best_alpha_line,
     comparison_markdown,
@@ -170,6 +173,21 @@ def test_mean_std_is_over_the_values_present():
     assert mean_std([None, None]) == (None, None)
 
 
+def test_a_score_of_zero_is_a_value_not_a_missing_one():
+    """A run that got every utterance wrong scores 0.0: in the mean and std like any other, and
+    not said to lack the value."""
+    # 0.0 and 0.6: mean 0.3, deviations -0.3 and 0.3, sample std sqrt(0.18 / 1)
+    assert mean_std([0.0, 0.6]) == pytest.approx((0.3, math.sqrt(0.18)))
+    rows = [
+        {"run": f"exp/x/f/seed{i}", "num_utterances": 4, **dict.fromkeys(METRICS, score), "wall_s": 60.0}
+        for i, score in ((1, 0.0), (2, 0.6))
+    ]
+    lines = results_markdown(summarise(rows)).splitlines()
+    assert lines[4] == (
+        "| mean ± std (2 runs) | | " + " | ".join(["0.3000 ± 0.4243"] * 4) + " | 1m 00s mean | |"
+    )
+
+
 def test_summary_of_a_score_some_runs_lack_is_over_the_runs_that_have_it():
     rows = [
         {"run": f"exp/x/f/seed{i}", "WAR": war, "silhouette": sil}
@@ -237,6 +255,11 @@ def test_predictions_given_twice_are_refused_not_counted_twice(tmp_path):
     with pytest.raises(SystemExit) as err:
         score.main([str(path), str(other), str(again), "--out", str(tmp_path / "results.md")])
     assert str(err.value) == f"ERROR: predictions given more than once: {again}"
+    (tmp_path / "linked").symlink_to(tmp_path / "exp")  # the same file through a link
+    linked = tmp_path / "linked" / "x" / "main" / "seed1" / "eval_test" / "predictions.csv"
+    with pytest.raises(SystemExit) as err:
+        score.main([str(path), str(other), str(linked)])
+    assert str(err.value) == f"ERROR: predictions given more than once: {linked}"
     assert not (tmp_path / "results.md").exists()
     score.main([str(path), str(other), "--out", str(tmp_path / "results.md")])
     assert "2 runs" in (tmp_path / "results.md").read_text()
@@ -414,6 +437,38 @@ def test_comparison_table_gives_the_papers_number_for_its_corpus():
     assert "paper" not in comparison_markdown(entries, ABLATIONS).splitlines()[0]  # no corpus: no column
 
 
+def test_comparison_table_numbers_by_hand(tmp_path):
+    """ΔUAR is of UAR (WAR moves otherwise), the paper's number is the test set's where the table
+    has one beside the corpus's (its corpus names in any case), and without a CE-only experiment
+    there is no Δ column."""
+    table = tmp_path / "ablations.txt"
+    table.write_text(
+        "ce_only | CE   | IEMOCAP=.70 (II); iemocap/s5=.65 (II) | --leg_names=[]\n"
+        "mlcs    | MLCS | iemocap=.75 (II); iemocap/s5=.72 (II) |\n"
+    )
+
+    def summary(tag, war, uar):
+        row = {"run": f"exp/{tag}/s5/seed1", "num_utterances": 4, "WAR": war, "UAR": uar}
+        return tag, summarise([{**row, "macro_F1": uar, "weighted_F1": war}], tag=tag)
+
+    entries = [summary("ce_only", 0.60, 0.50), summary("mlcs", 0.62, 0.56)]  # ΔWAR +0.02, ΔUAR +0.06
+    lines = comparison_markdown(entries, str(table), corpus="iemocap", test_set="s5").splitlines()
+    assert lines[5] == "| MLCS | mlcs | 1 | 0.6200 | 0.5600 | 0.5600 | 0.6200 | +0.0600 | .72 (II) |"
+    lines = comparison_markdown(entries, str(table), corpus="iemocap").splitlines()
+    assert lines[4].endswith("| +0.0000 | .70 (II) |") and lines[5].endswith("| +0.0600 | .75 (II) |")
+    assert "ΔUAR" not in comparison_markdown(entries[1:])  # no CE-only experiment to subtract
+    # the command line passes the test set on
+    paths = []
+    for tag, s in entries:
+        (tmp_path / tag).mkdir()
+        paths.append(tmp_path / tag / "results_s5.json")
+        paths[-1].write_text(json.dumps(s))
+    out = tmp_path / "ablations_s5.md"
+    options = ["--ablation_table", str(table), "--corpus", "iemocap", "--test_set", "s5", "--out", str(out)]
+    compare.main(["table", *options, *map(str, paths)])
+    assert out.read_text().splitlines()[5].endswith("| +0.0600 | .72 (II) |")
+
+
 def test_alpha_sweep_table_and_figure(tmp_path):
     def write(tag, war, uar):
         (tmp_path / tag).mkdir()
@@ -443,6 +498,62 @@ def test_alpha_sweep_table_and_figure(tmp_path):
     assert_png(plot)
     with pytest.raises(ValueError, match="alpha<value>"):
         alpha_of("mlcs")
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures crab.plots draws, kept instead of written."""
+    figures = []
+    monkeypatch.setattr(crab.plots, "_save", lambda fig, path, dpi=150: figures.append(fig) or path)
+    return figures
+
+
+def test_figures_draw_each_value_where_it_belongs(drawn, monkeypatch):
+    """Alphas given in any order are drawn in order with their own values and stds, the best one
+    annotated; the paired panels put the baseline on x; the confusion matrix has the true class on
+    rows, and marks a recall under 0.2, not one of 0.2."""
+    crab.plots.plot_alpha(
+        [2.0, 0.25, 1.0], {"UAR": [0.50, 0.60, 0.55]}, "a.png", stds={"UAR": [0.01, 0.02, 0.03]}
+    )
+    (line, _, (bars,)), annotation = drawn[0].axes[0].containers[0], drawn[0].axes[0].texts[0]
+    assert line.get_xydata().tolist() == [[0.25, 0.60], [1.0, 0.55], [2.0, 0.50]]
+    assert [tuple(np.round(s[:, 1], 6)) for s in bars.get_segments()] == [
+        (0.58, 0.62),
+        (0.52, 0.58),
+        (0.49, 0.51),
+    ]
+    assert annotation.get_text() == "0.600" and annotation.xy == (0.25, 0.60)
+
+    crab.plots.plot_paired([("mlcs", [0.5, 0.6], [0.7, 0.6], [("f1", "seed1"), ("f1", "seed2")])], "p.png")
+    ax = drawn[1].axes[0]
+    assert ax.collections[0].get_offsets().tolist() == [[0.5, 0.7], [0.6, 0.6]]
+    assert ax.get_title() == "mlcs: above the diagonal 1 of 2"  # a tie is not above
+
+    # true angry: 1 of 5 right (recall 0.2: not under it); true sad: 1 of 10 (0.1: marked)
+    crab.plots.plot_confusion([[1, 4], [9, 1]], ["angry", "sad"], "c.png")
+    cells = {text.get_position(): text for text in drawn[2].axes[0].texts}
+    assert [cells[(j, i)].get_text() for i in (0, 1) for j in (0, 1)] == ["0.20", "0.80", "0.90", "0.10"]
+    assert cells[(0, 0)].get_color() == "black" and cells[(1, 1)].get_color() == "red"
+
+    def plot_alpha(alphas, means, path, stds, baseline, title):
+        drawn.append((alphas, means, stds, baseline))
+
+    monkeypatch.setattr(crab.plots, "plot_alpha", plot_alpha)
+
+    def summary(uar, war, uar_std, war_std):
+        return {"mean": {"UAR": uar, "WAR": war}, "std": {"UAR": uar_std, "WAR": war_std}}
+
+    alpha_figure(
+        [("alpha2", summary(0.5, 0.6, 0.01, 0.02)), ("alpha0.5", summary(0.55, 0.65, 0.03, None))],
+        summary(0.4, 0.45, 0.0, 0.0),
+        "alpha.png",
+    )
+    assert drawn[3] == (
+        [0.5, 2.0],
+        {"UAR": [0.55, 0.5], "WAR": [0.65, 0.6]},
+        {"UAR": [0.03, 0.01], "WAR": [0.0, 0.02]},
+        {"UAR": 0.4, "WAR": 0.45},
+    )
 
 
 def test_a_sweep_of_other_settings_keeps_the_table_it_would_replace(tmp_path, capsys):
@@ -516,7 +627,17 @@ def test_the_best_alpha_is_told_against_the_spread_of_its_runs():
         "within the larger std, 0.0283; paired by fold and seed: crab.bin.paired)."
     )
     assert ": more than the larger std, 0.0283;" in best_alpha_line("UAR", 2.0, far, base)
+    below = summary("alpha2", 0.40, 0.44)  # CE only the best of all, by 0.1000
+    assert "-0.1000 against CE only's 0.5200 ± 0.0283, 2 runs: more than the larger std, 0.0283;" in (
+        best_alpha_line("UAR", 2.0, below, base)
+    )
     assert best_alpha_line("UAR", 2.0, far, None) == "Best UAR: 0.6100 ± 0.0141 at alpha 2 (2 runs)."
+    # stds 0.0566 and 0.0141 (0.08 / sqrt 2, 0.02 / sqrt 2): +0.0500 is within the larger one
+    wide = summary("alpha2", 0.52, 0.60)
+    assert best_alpha_line("UAR", 2.0, wide, summary("ce_only", 0.50, 0.52)).endswith(
+        "+0.0500 against CE only's 0.5100 ± 0.0141, 2 runs: within the larger std, 0.0566; "
+        "paired by fold and seed: crab.bin.paired)."
+    )
 
 
 # ---------------------------------------------------------------- embeddings
