@@ -14,6 +14,8 @@ from crab.paired import (
     align,
     fold_means,
     load_scores_table,
+    load_summary_scores,
+    paired_markdown,
     paired_stats,
     run_pair_key,
     verdict,
@@ -38,6 +40,24 @@ def test_paired_stats_by_hand():
     low, high = s["boot_ci"]
     assert low < s["mean_diff"] < high and paired_stats(base, meth)["boot_ci"] == (low, high)
     assert verdict(s) == "cannot be told apart"
+
+
+def test_the_table_row_puts_each_statistic_in_its_column():
+    """The by-hand case above as the table shows it: means, std, the t interval (half-width
+    2.776445 * 0.021095 / sqrt 5 = 0.026193) before the bootstrap one, the sign test's p before
+    Wilcoxon's."""
+    s = paired_stats([0.50, 0.60, 0.70, 0.80, 0.90], [0.51, 0.62, 0.685, 0.83, 0.94])
+    lines = paired_markdown([("mlcs", s)], "UAR", "ce", confidence=0.95).splitlines()
+    assert lines[2].startswith(
+        "| method | pairs | ce mean | method mean | mean difference | std of differences "
+    )
+    assert "| 95% CI (t) | 95% CI (bootstrap) | wins / losses / ties | sign test p | Wilcoxon p |" in lines[2]
+    boot = "[{:+.4f}, {:+.4f}]".format(*s["boot_ci"])
+    assert lines[4] == (
+        f"| mlcs | 5 | 0.7000 | 0.7170 | +0.0170 | 0.0211 | [-0.0092, +0.0432] | {boot} | 4 / 1 / 0 "
+        "| 0.375 | 0.188 | cannot be told apart |"
+    )
+    assert boot != "[-0.0092, +0.0432]"
 
 
 def test_bootstrap_interval_is_the_percentiles_of_the_resampled_means():
@@ -133,6 +153,36 @@ def test_cli_pairs_summaries_writes_table_and_figure(tmp_path, capsys):
     text = out.read_text()
     assert "one pair per fold (mean over its seeds)" in text
     assert "| mlcs | 2 | 0.8250 | 0.8450 | +0.0200 | 0.0000 |" in text and "| 2 / 0 / 0 |" in text
+
+
+def test_cli_rows_are_the_methods_at_the_confidence_asked(tmp_path):
+    """--confidence sets the intervals, not only their heading; the baseline gets no row of
+    itself against itself."""
+    keys = [("main", s) for s in (1, 2, 3, 4, 5)]
+    ce = summary(
+        tmp_path / "ce.json", "ce_only", dict(zip(keys, [0.50, 0.60, 0.70, 0.80, 0.90], strict=True))
+    )
+    mlcs = summary(
+        tmp_path / "mlcs.json", "mlcs", dict(zip(keys, [0.51, 0.62, 0.685, 0.83, 0.94], strict=True))
+    )
+    out = tmp_path / "paired.md"
+    paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--confidence", "0.9", "--out", str(out)])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 2 and rows[1].startswith("| mlcs | 5 |") and "| 90% CI (t) |" in rows[0]
+    # t(0.95, 4 df) = 2.131847: half-width 2.131847 * 0.021095 / sqrt 5 = 0.020112
+    assert "| [-0.0031, +0.0371] |" in rows[1]
+
+
+def test_a_pair_given_twice_is_an_error_not_one_score_replacing_the_other(tmp_path):
+    path = tmp_path / "ce.json"
+    runs = [{"run": "exp/ce/main/seed1", "UAR": 0.5}, {"run": "other/ce/main/seed1", "UAR": 0.7}]
+    path.write_text(json.dumps({"tag": "ce", "runs": runs}))
+    with pytest.raises(PairingError, match="ce.json: two runs for fold main, seed1"):
+        load_summary_scores(str(path), "UAR")
+    table = tmp_path / "scores.tsv"
+    table.write_text("setting\tpair\tUAR\nce\t1\t0.4\nce\t1\t0.5\n")
+    with pytest.raises(PairingError, match="scores.tsv, line 3: pair '1' of 'ce' given twice"):
+        load_scores_table(str(table), "UAR")
 
 
 def test_cli_pairs_only_runs_of_the_same_test_data(tmp_path):
@@ -484,6 +534,28 @@ def test_an_unfinished_run_or_a_stale_score_is_named_not_paired(tmp_path):
     (checkpoint / "counter.ckpt").write_text("12\n")
     with pytest.raises(SystemExit, match="exp/mlcs/f1/seed2 trained 12 of its 30 epochs"):
         paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}"])
+
+
+def test_a_score_is_checked_against_its_predictions_in_the_metric_compared(tmp_path):
+    """Classes of unequal size: UAR (2/3 + 1) / 2 = 5/6 and WAR 3/4 differ; the summary's UAR is the
+    one its predictions give, and pairs."""
+    ce = experiment(tmp_path, "ce_only", [1, 2, 1, 1])
+    mlcs = experiment(tmp_path, "mlcs", [0, 1, 0, 1], alpha=2.0)
+    lines = [
+        "utt,true,predicted,prob_a,prob_b",
+        "u0,a,a,.5,.5",
+        "u1,a,a,.5,.5",
+        "u2,a,b,.5,.5",
+        "u3,b,b,.5,.5",
+    ]
+    (tmp_path / "exp" / "mlcs" / "f1" / "seed1" / "eval_test" / "predictions.csv").write_text(
+        "\n".join(lines)
+    )
+    scored = json.loads(open(mlcs).read())
+    scored["runs"][0]["UAR"] = (2 / 3 + 1) / 2
+    (tmp_path / "exp" / "mlcs" / "results_test.json").write_text(json.dumps(scored))
+    paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--out", str(tmp_path / "paired.md")])
+    assert "| mlcs | 4 | 0.6875 | 0.8333 | +0.1458 |" in (tmp_path / "paired.md").read_text()
 
 
 def test_runs_without_their_folders_are_said_not_checked(tmp_path, capsys):
