@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from crab.embeddings import embedding_scores
+from crab.metrics import METRICS
 from crab.report import (
     RESULTS_MARKER,
     TRAIN_INFO,
@@ -25,6 +26,7 @@ from crab.report import (
     record_training,
     results_entry,
     results_table,
+    summarise,
     summary_test_set,
 )
 from crab.report import test_sets as sets_scored  # not collected as a test
@@ -221,6 +223,18 @@ def test_the_entry_names_what_trained_the_runs_and_what_scored_them(tmp_path):
     assert f"- trained by: `{trained}`\n" in entry and "- git commit (training): 0123abc\n" in entry
 
 
+def test_the_entry_names_the_tuning_file_and_config_the_runs_were_trained_with():
+    """What the runs' train_info.json recorded trained them; the tuning file and config stage 7
+    was given stand only for runs that record none."""
+    row = {"run": "exp/x/main/seed1", "num_utterances": 4, **dict.fromkeys(METRICS, 0.5)}
+    trained = summarise([{**row, "tuning": "conf/tuning/a.yaml", "config": "conf/a.yaml"}], tag="x")
+    given = {"config": "conf/b.yaml", "tuning": "conf/tuning/b.yaml"}
+    entry = results_entry(trained, "./run.sh --stage 7", **given)
+    assert "- tuning: `conf/tuning/a.yaml`\n- base config: `conf/a.yaml`\n" in entry and "b.yaml" not in entry
+    entry = results_entry(summarise([row], tag="x"), "./run.sh --stage 7", **given)
+    assert "- tuning: `conf/tuning/b.yaml`\n- base config: `conf/b.yaml`\n" in entry
+
+
 def test_scoring_again_adds_no_entry_unless_the_results_changed(tmp_path, capsys):
     exp, summary = tmp_path / "exp", tmp_path / "results_test.json"
     results = tmp_path / "RESULTS.md"
@@ -249,6 +263,10 @@ def test_scoring_again_adds_no_entry_unless_the_results_changed(tmp_path, capsys
     assert capsys.readouterr().out.startswith(f"{results}: added at the top: ")
     headings = [line.split(" UTC: ")[1] for line in results.read_text().splitlines() if " UTC: " in line]
     assert headings == ["crab_tiny on test"] * 2 + ["other on test", "crab_tiny on test"]
+    # the first results again: the newest entry of the experiment holds others, an older one these
+    predictions.write_text(predictions.read_text().replace("utt0,angry,sad,", "utt0,angry,angry,"))
+    summary_of(exp, "crab_tiny", summary)
+    assert add_results_entry(str(results), str(summary), scoring)[1] == "added"
 
 
 def test_scoring_again_after_a_tuning_files_comment_changed_replaces_its_description(
