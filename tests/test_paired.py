@@ -421,7 +421,7 @@ def experiment(root, tag, wrong, runs=None, **settings):
                     "tokenizer_sha256": f"tok-{fold}",
                     "manifests_sha256": {
                         "train": given.get("train", f"train-{fold}"),
-                        "valid": f"valid-{fold}",
+                        "valid": given.get("valid", f"valid-{fold}"),
                     },
                 }
             )
@@ -503,6 +503,7 @@ def test_other_data_are_compared_only_where_every_pair_has_them_and_are_warned_a
             "ce_only and mlcs differ in text_source in some pairs only: .* has gold, .* asr",
         ),
         ({"train": "other"}, r"differ in train manifest \(sha256\) in some pairs only"),
+        ({"valid": "other"}, r"differ in valid manifest \(sha256\) in some pairs only"),
         (
             {"seed": 7},
             "exp/ce_only/f2/seed1 and exp/mlcs/f2/seed1, paired as f2/seed1, were trained with seeds 1 and 7",

@@ -244,6 +244,22 @@ def test_a_mean_over_fewer_runs_than_its_row_says_how_many(tmp_path):
     assert "| 2 | 3 | 0.5000 ± 0.0000 | 0.6000 ± 0.1414 (2 of 3 runs) | 0.5000 ± 0.0000 |" in text
 
 
+def test_a_row_says_the_transcripts_its_run_was_trained_on(tmp_path):
+    """A speech-only run (its text_source.json records no tokenizer) read no transcripts, whatever an
+    older train_info.json says; another run's transcripts are those its train_info.json records."""
+    sources = []
+    for seed, tokenizer in ((1, None), (2, "abc")):
+        run = tmp_path / "exp" / "x" / "main" / f"seed{seed}"
+        write_predictions(run / "eval_test" / "predictions.csv", [("angry", "angry"), ("sad", "happy")])
+        record = {"text_source": "gold", "asr_model": None, "tokenizer_sha256": tokenizer}
+        (run / "text_source.json").write_text(json.dumps(record))
+        info = {"wall_s": 1.0, "command": "./run.sh", "text_source": "asr", "asr_model": "whisper"}
+        (run / "train_info.json").write_text(json.dumps(info))
+        row = results_table([str(run / "eval_test" / "predictions.csv")])[1]["runs"][0]
+        sources.append((row["text_source"], row["asr_model"]))
+    assert sources == [("none", None), ("asr", "whisper")]
+
+
 def test_predictions_given_twice_are_refused_not_counted_twice(tmp_path):
     """The same run twice (a seed or fold listed twice, a path written two ways) would weigh double
     in the mean and shrink the std: an error naming it, before anything is written."""
@@ -280,6 +296,9 @@ def test_predictions_of_a_checkpoint_the_run_no_longer_holds_are_refused(tmp_pat
         "(it holds CKPT+epoch4): the run trained on after it was evaluated. Evaluate it again (stage 6)"
     )
     assert not (tmp_path / "results.md").exists()
+    (run / "save" / "CKPT+epoch4").rmdir()  # a cleaned run: no checkpoint to tell by, scored as it is
+    score.main([str(path), "--out", str(tmp_path / "results.md")])
+    assert (tmp_path / "results.md").exists()
 
 
 def evaluated_and_embedded(tmp_path, inputs=None):
