@@ -519,6 +519,17 @@ def test_a_setting_only_some_pairs_differ_in_is_an_error_naming_their_runs(tmp_p
         paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}"])
 
 
+def test_the_runs_beside_a_summary_are_the_ones_compared(tmp_path, monkeypatch):
+    """A summary's runs are read beside it first: an older copy of the experiment where the summary
+    names its runs (a relative path, here from the working directory) is not what it scored."""
+    ce = experiment(tmp_path, "ce_only", [1, 2, 1, 1])
+    mlcs = experiment(tmp_path, "mlcs", [0, 1, 0, 1], alpha=2.0)
+    experiment(tmp_path / "old", "mlcs", [0, 1, 0, 1], alpha=5.0)
+    monkeypatch.chdir(tmp_path / "old")
+    paired.main(["--baseline", f"ce_only={ce}", f"mlcs={mlcs}", "--out", str(tmp_path / "paired.md")])
+    assert "- mlcs against ce_only: alpha: 0.0 vs 2.0\n" in (tmp_path / "paired.md").read_text()
+
+
 def test_an_unfinished_run_or_a_stale_score_is_named_not_paired(tmp_path):
     ce = experiment(tmp_path, "ce_only", [1, 2, 1, 1])
     mlcs = experiment(tmp_path, "mlcs", [0, 1, 0, 1], alpha=2.0)
