@@ -7,7 +7,9 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -18,7 +20,7 @@ from speechbrain.utils.fetching import LocalStrategy
 from crab.bin import package as package_cli
 from crab.experiment import parse_and_load, prepare_labels_and_weights
 from crab.inference import CrabClassifier, ModelFileError
-from crab.packaging import portable
+from crab.packaging import class_weights, portable
 from tests import test_inference
 from tests.conftest import ROOT
 from tests.test_infer_paths import hf_snapshot
@@ -104,6 +106,42 @@ def test_a_gpu_trained_checkpoint_is_packaged_with_cpu_tensors(run, data, tmp_pa
     assert packaged.keys() == weights.keys()
     assert all(packaged[k].device.type == "cpu" and torch.equal(packaged[k], weights[k]) for k in weights)
     assert CrabClassifier.from_hparams(source=str(run_dir / "model")).classes == test_inference.CLASSES
+
+
+def test_a_run_whose_label_order_is_not_its_classes_is_refused(run, data, tmp_path):
+    """The run's saved label encoder is the model's output order: one that disagrees with the
+    run's classes stops packaging, naming it, rather than labelling the outputs in another order."""
+    run_dir = tmp_path / "exp" / "crab_tiny" / "main" / "seed42"
+    shutil.copytree(run[0].parent, run_dir, ignore=shutil.ignore_patterns("model"))
+    encoder = run_dir / "save" / "label_encoder.txt"
+    first, second = test_inference.CLASSES[:2]
+    swapped = {f"'{first}' =>": f"'{second}' =>", f"'{second}' =>": f"'{first}' =>"}
+    text = encoder.read_text()
+    encoder.write_text(re.sub("|".join(map(re.escape, swapped)), lambda m: swapped[m.group()], text))
+    argv = [CONFIG, *overrides(data, run_dir), "--out", str(run_dir / "model")]
+    with pytest.raises(SystemExit, match=f"{re.escape(str(encoder))} holds labels \\['{second}', '{first}'"):
+        in_template(package_cli.main, argv)
+    assert not (run_dir / "model").exists()
+
+
+def test_each_class_keeps_its_own_weight_and_count(tmp_path):
+    """class_weights.json pairs each class with its own weight (wce.ckpt, in the classes' order)
+    and training count (the run's class_weights.json), or the run's weight without a wce.ckpt."""
+    torch.save({"weight": torch.tensor([1.0, 2.0, 4.0])}, tmp_path / "wce.ckpt")
+    counts = {"ang": {"count": 8, "weight": 0.5}, "hap": {"count": 4, "weight": 0.25}, "sad": {"count": 2}}
+    (tmp_path / "class_weights.json").write_text(json.dumps(counts))
+    hparams, classes = {"save_folder": str(tmp_path)}, ["ang", "hap", "sad"]
+    checkpoint = SimpleNamespace(paramfiles={"wce": str(tmp_path / "wce.ckpt")})
+    assert class_weights(hparams, checkpoint, classes) == {
+        "ang": {"count": 8, "weight": 1.0},
+        "hap": {"count": 4, "weight": 2.0},
+        "sad": {"count": 2, "weight": 4.0},
+    }
+    assert class_weights(hparams, SimpleNamespace(paramfiles={}), classes) == {
+        "ang": {"count": 8, "weight": 0.5},
+        "hap": {"count": 4, "weight": 0.25},
+        "sad": {"count": 2, "weight": None},
+    }
 
 
 def test_portable_keeps_names_and_urls():
