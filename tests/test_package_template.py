@@ -14,7 +14,7 @@ import yaml
 
 from crab.experiment import parse_and_load, prepare_labels_and_weights
 from crab.inference import CrabClassifier, UnsafeModelError, check_package_hparams
-from crab.packaging import PACKAGE_KEYS, inference_template, training_keys
+from crab.packaging import PACKAGE_KEYS, _flow, inference_template, training_keys
 from crab.runconfig import TagTolerantLoader
 from tests import test_inference
 from tests.test_inference import CONFIG, TEMPLATE, in_template, overrides, package, save_run_config
@@ -148,6 +148,15 @@ def test_every_template_key_is_a_training_key_of_each_config(config):
     needed = training_keys(inference_template())
     assert "hidden_dim" in needed and not set(needed) - keys
     assert not set(PACKAGE_KEYS) & keys  # packaging's own keys shadow no training key
+
+
+@pytest.mark.parametrize(
+    "value", ["longest", "gold", "true", "null", "no", "1e-3", "12", "~", "a b", ["x", "y"]]
+)
+def test_a_filled_value_reads_back_as_itself(value):
+    """A word YAML reads as another value (true, null, a number) is written quoted: the package
+    would otherwise build its model with a bool, a None or a number in the place of a string."""
+    assert yaml.safe_load(f"key: {_flow('key', value)}")["key"] == value
 
 
 def test_an_unfilled_template_is_refused(tmp_path):
