@@ -340,6 +340,7 @@ def test_a_package_takes_the_runs_transcript_source_and_refuses_another(tmp_path
     run = tmp_path / "run"
     run.mkdir()
     assert package_text_source(str(run), "gold") == ("gold", None)  # no record: as given
+    assert package_text_source(str(run), "gold", ASR_MODEL) == ("gold", None)  # --asr_model ignored
     (run / "text_source.json").write_text(json.dumps({"text_source": "asr", "asr_model": ASR_MODEL}))
     assert package_text_source(str(run)) == ("asr", ASR_MODEL)
     assert package_text_source(str(run), "asr", ASR_MODEL) == ("asr", ASR_MODEL)
@@ -349,6 +350,8 @@ def test_a_package_takes_the_runs_transcript_source_and_refuses_another(tmp_path
         ProvenanceError, match=f"--asr_model tiny-asr-B contradicts the run's asr_model: {ASR_MODEL}"
     ):
         package_text_source(str(run), "asr", "tiny-asr-B")
+    (run / "text_source.json").write_text(json.dumps({"text_source": "gold", "asr_model": None}))
+    assert package_text_source(str(run), None, ASR_MODEL) == ("gold", None)  # --asr_model ignored
     # recorded before the tokenizer was: its transcript source; recorded without a text branch: none
     assert trained_text_source({"text_source": "gold", "asr_model": None}) == ("gold", None)
     assert trained_text_source({"text_source": "gold", "tokenizer_sha256": None}) == ("none", None)
