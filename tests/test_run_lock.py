@@ -15,7 +15,7 @@ import pytest
 from crab.bin import train
 from crab.cli import UserError
 from crab.experiment import parse_and_load
-from crab.locking import FolderLockedError, folder_lock
+from crab.locking import FolderLockedError, beside_lock, folder_lock
 from tests.conftest import ROOT
 from tests.test_brain import data  # noqa: F401  (the tiny corpus fixture)
 from tests.test_features import argv, run
@@ -202,3 +202,11 @@ def test_a_lock_just_taken_is_said_to_be_its_new_holders(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_lock_of_a_folder_named_with_a_slash_is_beside_it(tmp_path):
+    """``--out model/`` is locked by model.lock beside the folder, as ``--out model``: a lock in
+    it would make the folder, which packaging then refuses to replace as no package of its own."""
+    with beside_lock(f"{tmp_path / 'model'}/", "package") as lock:
+        assert lock == str(tmp_path / "model.lock")
+    assert os.listdir(tmp_path) == ["model.lock"]
