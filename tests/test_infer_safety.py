@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from crab import asr, batch_inference
+from crab import asr, batch_inference, packaging
 from crab.batch_inference import InferenceJob, classify_wav_scp
 from tests.conftest import ROOT, waiting_for_lock
 from tests.test_inference import cli, data, package, trained, write_inputs  # noqa: F401 - fixtures
@@ -389,6 +389,22 @@ def test_package_is_renamed_over_the_old_one(trained, data, tmp_path, monkeypatc
     assert (model_dir / "metadata.json").is_file() and not os.path.exists(f"{model_dir}.old")
     package(data, run_dir, model_dir)  # and packaging again works
     assert (model_dir / "model.ckpt").read_bytes() == before and not os.path.exists(f"{model_dir}.old")
+
+
+def test_a_package_that_fails_its_check_leaves_the_old_one_in_place(trained, data, tmp_path, monkeypatch):  # noqa: F811
+    """A new package that does not reproduce the trained model never takes the old one's place."""
+    _, _, _, run_dir = trained
+    model_dir = tmp_path / "model"
+    package(data, run_dir, model_dir)
+    before = os.stat(model_dir / "model.ckpt").st_ino
+
+    def does_not_reproduce(checked, *args):
+        raise packaging.PackageError(f"the packaged model in {checked} does not reproduce the trained one")
+
+    monkeypatch.setattr(packaging, "check_package", does_not_reproduce)
+    with pytest.raises(SystemExit, match="does not reproduce"):
+        package(data, run_dir, model_dir)
+    assert os.stat(model_dir / "model.ckpt").st_ino == before and not os.path.exists(f"{model_dir}.old")
 
 
 def test_a_package_killed_while_removing_the_old_one_is_packaged_again(trained, data, tmp_path, monkeypatch):  # noqa: F811
