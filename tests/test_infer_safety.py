@@ -431,6 +431,20 @@ def test_a_package_killed_while_removing_the_old_one_is_packaged_again(trained, 
     assert (model_dir / "model.ckpt").read_bytes() == before and not os.path.exists(f"{model_dir}.old")
 
 
+def test_a_folder_named_like_the_old_package_that_is_not_one_is_kept(trained, data, tmp_path):  # noqa: F811
+    """model.old is where packaging puts the old package aside: a folder of the user's of that name
+    (no package, nor a part of one) is refused, never removed."""
+    _, _, _, run_dir = trained
+    model_dir = tmp_path / "model"
+    package(data, run_dir, model_dir)
+    (tmp_path / "model.old").mkdir()
+    (tmp_path / "model.old" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="model.old exists and is not a Crab package"):
+        package(data, run_dir, model_dir)
+    assert (tmp_path / "model.old" / "notes.txt").read_text() == "mine"
+    assert (model_dir / "metadata.json").is_file()
+
+
 def test_two_packagings_of_one_model_take_turns(trained, data, tmp_path, caplog):  # noqa: F811
     """Stage 8 run twice at once: the second waits for the first (they share model.tmp, which
     it would otherwise remove under the first), then writes the package again."""
