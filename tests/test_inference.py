@@ -269,14 +269,20 @@ def test_the_model_card_of_each_modality_and_transcript_source(modality, text_so
         },
         "encoders": {b: e for b, e in encoders.items() if modality in ("bimodal", b)},
         "num_parameters": 600_000_000,
+        "git_commit": "0123abcd",
         "versions": {"crab": "0.1.0", "torch": "2.11"},
     }
     card = model_card(metadata, max_duration=12.0)
     assert expected in card
     assert "from the run `crab/session1/seed42`" in card and "/home/someone" not in card
-    assert ("| text encoder |" in card) == (modality != "speech")
+    assert ("| text encoder | `roberta-large` (roberta) |" in card) == (modality != "speech")
+    assert "| code | crab 0.1.0, commit 0123abcd |" in card
     assert ("the first 12 s of each utterance" in card) == (modality != "text")
     assert "| checkpoint | epoch 7, best validation UAR |" in card and "| parameters | 600,000,000 |" in card
+    if modality != "speech":  # a tokenizer other than the encoder's own (a fold's BPE) is named
+        metadata["encoders"]["text"]["tokenizer"] = {"source": ".../tokenizer"}
+        row = "| text encoder | `roberta-large` (roberta), tokenizer `.../tokenizer` |"
+        assert row in model_card(metadata)
 
 
 def copy_package(trained, tmp_path, recorded=True):
