@@ -148,6 +148,22 @@ def make_data_dir(root, n=5, seconds=0.5):
     return data_dir, utts
 
 
+def transcribed_fold(tmp_path, monkeypatch, n, *args):
+    """fold1's data dir of ``n`` utterances, transcribed by a fake model-a with ``args``."""
+    fold1, utts = make_data_dir(tmp_path / "fold1", n=n)
+    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
+    run(fold1, "model-a", *args)
+    return fold1, utts
+
+
+def another_fold(tmp_path, data_dir):
+    """fold2: a data dir of ``data_dir``'s wav.scp alone."""
+    fold2 = tmp_path / "fold2"
+    fold2.mkdir()
+    (fold2 / "wav.scp").write_text((data_dir / "wav.scp").read_text())
+    return fold2
+
+
 def read_lines(path):
     return [line.split(maxsplit=1) for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -483,9 +499,7 @@ def test_transcripts_of_an_older_release_resume_and_are_recorded_as_of_unknown_s
     run(data_dir, "model-a")  # resumed with the same settings: the count stays
     assert len(read_lines(data_dir / "text.asr")) == 3
     assert json.loads((data_dir / "text.asr.settings").read_text())["unrecorded_transcripts"] == 1
-    fold2 = tmp_path / "fold2"
-    fold2.mkdir()
-    (fold2 / "wav.scp").write_text((data_dir / "wav.scp").read_text())
+    fold2 = another_fold(tmp_path, data_dir)
     fake = FakeModel()
     monkeypatch.setattr(asr, "load_transcriber", fake.load)
     run(fold2, "model-a", "--reuse", str(data_dir))
@@ -522,12 +536,8 @@ def test_a_run_killed_after_writing_reused_transcripts_resumes(tmp_path, monkeyp
     """A run that keeps no transcript there (none, or only of utterances no longer in wav.scp and
     no record) records its model before it writes one: a kill just after the transcripts taken
     from another fold leaves no text.asr without its record."""
-    fold1, utts = make_data_dir(tmp_path / "fold1", n=2)
-    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
-    run(fold1, "model-a")
-    fold2 = tmp_path / "fold2"
-    fold2.mkdir()
-    (fold2 / "wav.scp").write_text((fold1 / "wav.scp").read_text())
+    fold1, utts = transcribed_fold(tmp_path, monkeypatch, 2)
+    fold2 = another_fold(tmp_path, fold1)
     if there:
         (fold2 / "text.asr").write_text(there)
 
@@ -549,12 +559,8 @@ def test_a_run_killed_after_writing_reused_transcripts_resumes(tmp_path, monkeyp
 
 
 def test_other_folds_transcripts_of_other_settings_are_not_reused(tmp_path, monkeypatch):
-    fold1, utts = make_data_dir(tmp_path / "fold1", n=2)
-    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
-    run(fold1, "model-a", "--num_beams", "4")
-    fold2 = tmp_path / "fold2"
-    fold2.mkdir()
-    (fold2 / "wav.scp").write_text((fold1 / "wav.scp").read_text())
+    fold1, utts = transcribed_fold(tmp_path, monkeypatch, 2, "--num_beams", "4")
+    fold2 = another_fold(tmp_path, fold1)
     fake = FakeModel(texts={0: "greedy 0", 1: "greedy 1"})
     monkeypatch.setattr(asr, "load_transcriber", fake.load)
     run(fold2, "model-a", "--reuse", str(fold1))
@@ -567,12 +573,8 @@ def test_other_folds_transcripts_of_other_settings_are_not_reused(tmp_path, monk
 def test_reused_transcripts_are_not_added_to_ones_of_other_settings(tmp_path, monkeypatch):
     """All that is left taken from another fold (of the settings of this run) would join
     transcripts of other settings: it stops as a run that transcribes them would."""
-    fold1, _ = make_data_dir(tmp_path / "fold1", n=3)
-    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
-    run(fold1, "model-a", "--device", "cpu")
-    fold2 = tmp_path / "fold2"
-    fold2.mkdir()
-    (fold2 / "wav.scp").write_text((fold1 / "wav.scp").read_text())
+    fold1, _ = transcribed_fold(tmp_path, monkeypatch, 3, "--device", "cpu")
+    fold2 = another_fold(tmp_path, fold1)
     monkeypatch.setattr(asr, "load_transcriber", FakeModel(fail_on_call=2).load)
     with pytest.raises(SystemExit, match="^130$"):  # the first batch of two, made on a GPU, is kept
         run(fold2, "model-a", "--device", "cuda:0", "--batch_size", "2")
@@ -586,12 +588,8 @@ def test_reused_transcripts_are_not_added_to_ones_of_other_settings(tmp_path, mo
 def test_a_transcript_taken_from_another_fold_needs_no_audio(tmp_path, monkeypatch, capsys):
     """An utterance whose transcript --reuse takes is not transcribed: its audio, gone since,
     is no failure."""
-    fold1, utts = make_data_dir(tmp_path / "fold1", n=2)
-    monkeypatch.setattr(asr, "load_transcriber", FakeModel().load)
-    run(fold1, "model-a")
-    fold2 = tmp_path / "fold2"
-    fold2.mkdir()
-    (fold2 / "wav.scp").write_text((fold1 / "wav.scp").read_text())
+    fold1, utts = transcribed_fold(tmp_path, monkeypatch, 2)
+    fold2 = another_fold(tmp_path, fold1)
     os.remove(dict(read_lines(fold1 / "wav.scp"))[utts[0]])
     monkeypatch.setattr(asr, "load_transcriber", lambda args: pytest.fail("model loaded"))
     capsys.readouterr()
