@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -210,3 +211,27 @@ def test_the_lock_of_a_folder_named_with_a_slash_is_beside_it(tmp_path):
     with beside_lock(f"{tmp_path / 'model'}/", "package") as lock:
         assert lock == str(tmp_path / "model.lock")
     assert os.listdir(tmp_path) == ["model.lock"]
+
+
+def test_a_process_that_waited_for_the_lock_holds_it_once_it_goes_on(tmp_path):
+    """``wait=True`` (packaging): the waiter goes on only once the lock is released, and
+    then holds it itself, so that a third process finds it busy."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def waiter():
+        with folder_lock(tmp_path, "package", wait=True):  # an open file of its own: flock excludes it
+            entered.set()
+            leave.wait(30)
+
+    with folder_lock(tmp_path, "package"):
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        assert not entered.wait(0.5)
+    try:
+        assert entered.wait(30)
+        with pytest.raises(FolderLockedError, match="in use by another process"):
+            with folder_lock(tmp_path, "package"):
+                pass
+    finally:
+        leave.set()
+        thread.join(30)
