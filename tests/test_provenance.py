@@ -247,6 +247,10 @@ def test_a_copied_manifest_is_checked_against_the_copied_data_dir(tmp_path):
     assert len(load_manifest(str(tmp_path / "recipe" / "data" / "train.json"))) == 8  # the original's
     os.rename(tmp_path / "copy" / "corpus", tmp_path / "copy" / "moved")  # not beside it: where it was
     assert len(load_manifest(str(train))) == 8
+    original = tmp_path / "recipe" / "corpus" / "train"
+    (original / "utt2emo").write_text(utt2emo.replace("train_angry_0 angry", "train_angry_0 sad"))
+    with pytest.raises(ProvenanceError, match=rf"{train} is older than its data: {original}/utt2emo changed"):
+        load_manifest(str(train))
 
 
 def test_the_recorded_commit_is_dirty_with_files_neither_committed_nor_ignored(tmp_path):
