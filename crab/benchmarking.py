@@ -671,17 +671,38 @@ def cpu_model():
     return "unknown"
 
 
-def ratio_rows(medians):
-    """``[(label, value, target, met)]`` of the ratios whose two measurements were
-    taken, each value rounded to the 3 decimals the report prints (so that no row reads
-    "1.100 <= 1.10 NO"); ``met`` is None without a target."""
+def ratio_rows(times):
+    """``[(label, value, rounds, target, met)]`` of the ratios whose two measurements were
+    taken. ``value`` is the ratio of the medians; ``rounds`` the lowest and highest ratio of
+    the two runs of one round, for the step configurations (interleaved, so each round's pair
+    ran under the same load), None for the epochs (each configuration in its own process).
+    ``met`` is None without a target, else ``(value <= target, rounds on the other side,
+    rounds)``. Every ratio is rounded to the 3 decimals the report prints (so that no row
+    reads "1.100 <= 1.10 NO")."""
     rows = []
     for label, num, den, target in RATIOS:
-        if num not in medians or den not in medians:
+        if num not in times or den not in times:
             continue
-        value = round(medians[num] / medians[den], 3)
-        rows.append((label, value, target, None if target is None else value <= target))
+        value = round(statistics.median(times[num]) / statistics.median(times[den]), 3)
+        paired = num in STEP_ROWS and den in STEP_ROWS
+        per_round = [round(a / b, 3) for a, b in zip(times[num], times[den], strict=True)] if paired else []
+        met = None
+        if target is not None:
+            other_side = sum((r <= target) != (value <= target) for r in per_round)
+            met = (value <= target, other_side, len(per_round))
+        rows.append((label, value, (min(per_round), max(per_round)) if paired else None, target, met))
     return rows
+
+
+def met_cell(met):
+    """``yes`` or ``NO``, and how many rounds fell on the other side of the target."""
+    if met is None:
+        return "-"
+    ok, other_side, rounds = met
+    verdict = "yes" if ok else "NO"
+    if other_side:
+        verdict += f" ({other_side} of {rounds} rounds {'above' if ok else 'within'})"
+    return verdict
 
 
 ENCODER_NAMES = {
@@ -761,12 +782,17 @@ def report(args, setup, times, peaks, loads, token_counts, started, analysis):
             f"| {label} | {medians[name]:.3f} | {min(values):.3f} | {max(values):.3f} | "
             f"{memory_cells(peak, cuda)} |"
         )
-    lines += ["", "| ratio | value | target | met |", "|---|---|---|---|"]
-    for label, value, target, met in ratio_rows(medians):
+    lines += ["", "| ratio | value | rounds min-max | target | met |", "|---|---|---|---|---|"]
+    for label, value, rounds, target, met in ratio_rows(times):
         lines.append(
-            f"| {label} | {value:.3f} | {'-' if target is None else f'<= {target:.2f}'} | "
-            f"{'-' if met is None else ('yes' if met else 'NO')} |"
+            f"| {label} | {value:.3f} | {'-' if rounds is None else f'{rounds[0]:.3f}-{rounds[1]:.3f}'} | "
+            f"{'-' if target is None else f'<= {target:.2f}'} | {met_cell(met)} |"
         )
+    lines += [
+        "",
+        "value: the ratio of the medians; rounds: the two steps' ratio within each round. Where "
+        "rounds fall on both sides of a target, one run does not settle it: more --repeats do.",
+    ]
     saving = 0 if args.steps_only else medians["epoch_end_to_end"] - medians["epoch_cached"]
     if saving > 0:
         lines += ["", f"the extraction pays for itself after {medians['extract'] / saving:.1f} epoch(s)"]

@@ -70,14 +70,19 @@ def test_quick_run_prints_every_row_and_finite_ratios():
         assert 0 < low <= median <= high and math.isfinite(high)
         # VmHWM >= VmRSS: the peak growth holds the pages added by the end (each cell rounded)
         assert peak > 0 and file_pages + anon_pages <= peak + 1.5
-    for label, _, _, target in RATIOS:
-        value, shown_target, met = _cells(out, label)
+    for label, num, _, target in RATIOS:
+        value, rounds, shown_target, met = _cells(out, label)
         assert math.isfinite(float(value)) and float(value) > 0
+        if num in STEP_ROWS:  # two rounds, each pair measured side by side
+            low, high = (float(r) for r in rounds.split("-"))
+            assert 0 < low <= high
+        else:
+            assert rounds == "-"
         if target is None:
             assert (shown_target, met) == ("-", "-")
         else:
             assert shown_target == f"<= {target:.2f}"
-            assert met == ("yes" if float(value) <= target else "NO")
+            assert met.split(" (")[0] == ("yes" if float(value) <= target else "NO")
 
     assert "child processes: fork" in out and "tiny size (quick), fp32" in out
     flops = float(
@@ -130,10 +135,37 @@ def test_a_ratio_is_judged_against_its_target_as_printed():
     from crab.benchmarking import RATIOS, ratio_rows
 
     label, num, den, target = RATIOS[1]  # b. inference, full model / encoders only: <= 1.10
-    rows = {row[0]: row for row in ratio_rows({num: 1.1004 * 0.25, den: 0.25})}
-    assert rows[label][1:] == (1.1, target, True)  # printed 1.100: met
-    rows = {row[0]: row for row in ratio_rows({num: 1.1006 * 0.25, den: 0.25})}
-    assert rows[label][1:] == (1.101, target, False)
+    rows = {row[0]: row for row in ratio_rows({num: [1.1004 * 0.25], den: [0.25]})}
+    assert rows[label][1:] == (1.1, (1.1, 1.1), target, (True, 0, 1))  # printed 1.100: met
+    rows = {row[0]: row for row in ratio_rows({num: [1.1006 * 0.25], den: [0.25]})}
+    assert rows[label][1:] == (1.101, (1.101, 1.101), target, (False, 0, 1))
+
+
+def test_a_ratio_shows_its_rounds_and_those_on_the_other_side_of_the_target():
+    """The ratio of the medians, and the ratio within each round: a target that rounds fall
+    on both sides of is not settled by the median alone."""
+    from crab.benchmarking import RATIOS, met_cell, ratio_rows
+
+    label, num, den, target = RATIOS[1]  # <= 1.10
+    # rounds 1.05, 1.20, 1.08; medians 3.78 / 3.5 = 1.08, under the target with one round above
+    times = {num: [4.2, 3.6, 3.78], den: [4.0, 3.0, 3.5]}
+    (row,) = [r for r in ratio_rows(times) if r[0] == label]
+    assert row[1:] == (1.08, (1.05, 1.2), target, (True, 1, 3))
+    assert met_cell(row[4]) == "yes (1 of 3 rounds above)"
+    times = {num: [4.4, 4.2, 3.78], den: [4.0, 3.0, 3.5]}  # rounds 1.10, 1.40, 1.08; medians 4.2 / 3.5
+    (row,) = [r for r in ratio_rows(times) if r[0] == label]
+    assert row[1:] == (1.2, (1.08, 1.4), target, (False, 2, 3))
+    assert met_cell(row[4]) == "NO (2 of 3 rounds within)"
+    assert met_cell((True, 0, 3)) == "yes" and met_cell(None) == "-"
+
+
+def test_the_epoch_ratio_has_no_rounds():
+    """The epochs run each configuration in its own process: no round pairs them."""
+    from crab.benchmarking import RATIOS, ratio_rows
+
+    label, num, den, _ = RATIOS[3]  # d. epoch, cached / end to end
+    (row,) = ratio_rows({num: [1.0, 2.0, 3.0], den: [4.0, 4.0, 4.0]})
+    assert row == (label, 0.5, None, None, None)
 
 
 def test_checkpoint_bytes_are_the_weights_buffers_and_adamw_state():
