@@ -15,7 +15,7 @@ from crab.experiment import prepare_labels_and_weights
 from crab.losses import WeightedCrossEntropy
 from tests import test_brain
 from tests.conftest import ROOT
-from tests.test_brain import CLASSES, CONFIG
+from tests.test_brain import CLASSES, CONFIG, corpus_options
 
 data = test_brain.data  # 12 training utterances (3 per class), 4 validation, 4 test
 
@@ -43,10 +43,7 @@ def run_argv(data, out):
     """The train and evaluate commands' arguments for a run of ``data`` in ``out``."""
     return [
         CONFIG,
-        f"--data_root={data}",
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        f"--classes=[{','.join(CLASSES)}]",
+        *corpus_options(data, out),
         "--noprogressbar",
     ]
 

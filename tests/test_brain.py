@@ -27,6 +27,17 @@ CONFIG = os.path.join(ROOT, "egs", "TEMPLATE", "conf", "crab_tiny.yaml")
 CLASSES = ["angry", "happy", "neutral", "sad"]
 
 
+def corpus_options(data_root, out, folder=None):
+    """The options that point a run at a tone corpus (audio under ``data_root``, manifests
+    in ``folder``, by default the same) with ``CLASSES``, and at its output folder ``out``."""
+    return [
+        f"--data_root={data_root}",
+        f"--data_folder={folder or data_root}",
+        f"--output_folder={out}",
+        f"--classes=[{','.join(CLASSES)}]",
+    ]
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """12 training utterances (3 per class), 4 validation, 4 test; manifests and tokenizer."""
@@ -38,10 +49,7 @@ def data(tmp_path_factory):
 def load(data, out, *overrides):
     argv = [
         CONFIG,
-        f"--data_root={data}",
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        f"--classes=[{','.join(CLASSES)}]",
+        *corpus_options(data, out),
         "--batch_size=2",
         *overrides,
     ]

@@ -20,6 +20,7 @@ from crab.experiment import make_brain, parse_and_load, prepare_labels_and_weigh
 from crab.inference import CrabClassifier
 from crab.runconfig import write_run_hparams
 from tests.conftest import ROOT, write_tone_corpus
+from tests.test_brain import corpus_options
 from tests.test_run_config import in_recipe  # egs/TEMPLATE, where the config's relative paths lead
 
 RECIPE = os.path.join(ROOT, "egs", "TEMPLATE")
@@ -30,10 +31,7 @@ CLASSES = ["angry", "happy", "neutral", "sad"]
 def options(root, run_dir):
     data = root / "data"
     return [
-        f"--data_root={root / 'corpus'}",
-        f"--data_folder={data}",
-        f"--output_folder={run_dir}",
-        f"--classes=[{','.join(CLASSES)}]",
+        *corpus_options(root / "corpus", run_dir, data),
         "--batch_size=4",
         "--number_of_epochs=1",
     ]

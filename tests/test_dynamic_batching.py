@@ -15,7 +15,7 @@ from crab.data import label_encoder, load_manifest, make_dataset
 from crab.experiment import dataset, item_lengths, loader_options, prepare_labels_and_weights
 from tests import test_brain
 from tests.conftest import ROOT
-from tests.test_brain import CLASSES, CONFIG, load
+from tests.test_brain import CLASSES, CONFIG, corpus_options, load
 
 # the tiny corpus fixture of test_brain, found by pytest under the same name; assigned, not
 # imported, so that the test parameters of that name redefine no unused import (ruff F811)
@@ -151,10 +151,7 @@ def test_training_and_evaluation_with_dynamic_batches(data, tmp_path):
     out = tmp_path / "exp"
     argv = [
         CONFIG,
-        f"--data_root={data}",
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        f"--classes=[{','.join(CLASSES)}]",
+        *corpus_options(data, out),
         "--number_of_epochs=2",
         *DYNAMIC,
     ]

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from crab.encoders import ModelSourceError, from_source
+from tests.test_brain import corpus_options
 from tests.test_run_config import CLASSES, CONFIG, assert_one_line_error, command, write_tone_corpus
 
 
@@ -23,10 +24,7 @@ def train(data, *opts, folder=None):
     return command(
         "crab.bin.train",
         CONFIG,
-        f"--data_root={data}",
-        f"--data_folder={folder or data}",
-        f"--classes=[{','.join(CLASSES)}]",
-        f"--output_folder={data}/exp",
+        *corpus_options(data, f"{data}/exp", folder),
         "--number_of_epochs=1",
         *opts,
     )

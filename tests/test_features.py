@@ -14,7 +14,7 @@ from crab.experiment import parse_and_load
 from crab.features import FeatureCache, FeatureCacheError
 from tests import test_brain
 from tests.conftest import ROOT, write_tiny_whisper
-from tests.test_brain import CLASSES, CONFIG
+from tests.test_brain import CONFIG, corpus_options
 
 # the tiny corpus fixture of test_brain, found by pytest under the same name; assigned, not
 # imported, so that the test parameters of that name redefine no unused import (ruff F811)
@@ -34,10 +34,7 @@ def argv(data, out, *extra):
     frozen = [arg for arg in FROZEN if arg.split("=")[0] not in given]
     return [
         CONFIG,
-        f"--data_root={data}",
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        f"--classes=[{','.join(CLASSES)}]",
+        *corpus_options(data, out),
         "--batch_size=4",
         "--number_of_epochs=2",
         *frozen,

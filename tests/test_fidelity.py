@@ -25,6 +25,7 @@ from crab.inference import CrabClassifier
 from crab.losses import ContrastiveLoss, supcon
 from crab.metrics import compute_scores
 from tests.conftest import ROOT, write_tone_corpus
+from tests.test_brain import corpus_options
 from tests.test_inference import save_run_config
 
 TEMPLATE = os.path.join(ROOT, "egs", "TEMPLATE")
@@ -53,10 +54,7 @@ def in_template(fn, *args):
 def argv(config, data, out, *extra):
     return [
         config,
-        f"--data_root={data}",
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        f"--classes=[{','.join(CLASSES)}]",
+        *corpus_options(data, out),
         "--batch_size=4",
         *extra,
     ]

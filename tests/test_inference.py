@@ -31,6 +31,7 @@ from crab.experiment import dataset, make_brain, parse_and_load, prepare_labels_
 from crab.inference import AudioError, CrabClassifier, ModelFileError, file_sha256
 from crab.tokenizer import build_bpe_tokenizer
 from tests.conftest import ROOT, write_tiny_whisper
+from tests.test_brain import corpus_options
 from tests.test_transcribe import build_tiny_whisper
 
 TEMPLATE = os.path.join(ROOT, "egs", "TEMPLATE")
@@ -70,10 +71,7 @@ def data(tmp_path_factory):
 
 def overrides(data, out, *extra):
     return [
-        f"--data_root={data}",
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        f"--classes=[{','.join(CLASSES)}]",
+        *corpus_options(data, out),
         "--batch_size=4",
         "--number_of_epochs=2",
         *extra,

@@ -47,6 +47,7 @@ from crab.report import (
 from crab.selection import valid_curve
 from crab.tokenizer import build_bpe_tokenizer
 from tests.conftest import ROOT
+from tests.test_brain import corpus_options
 
 TEMPLATE = os.path.join(ROOT, "egs", "TEMPLATE")
 TINY = os.path.join(TEMPLATE, "conf", "crab_tiny.yaml")
@@ -960,10 +961,7 @@ def tiny_data(tmp_path_factory):
 
 def ablation_argv(name, data, out):
     base = [
-        f"--data_root={data}",
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        f"--classes=[{','.join(CLASSES)}]",
+        *corpus_options(data, out),
         "--lr=1e-3",
         "--encoder_lr=!ref <lr> / 10",
     ]

@@ -22,7 +22,7 @@ from crab.losses import WeightedCrossEntropy
 from crab.report import record_training
 from crab.signals import Terminated, raise_on_sigterm
 from tests.conftest import ROOT, write_tone_corpus
-from tests.test_brain import CLASSES, fit
+from tests.test_brain import CLASSES, corpus_options, fit
 
 RECIPE = os.path.join(ROOT, "egs", "TEMPLATE")
 
@@ -44,10 +44,7 @@ def train_command(data, out):
         "-m",
         "crab.bin.train",
         "conf/crab_tiny.yaml",
-        f"--data_root={data}",
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        f"--classes=[{','.join(CLASSES)}]",
+        *corpus_options(data, out),
         "--batch_size=4",
         "--number_of_epochs=3",
         "--ckpt_interval_minutes=0",

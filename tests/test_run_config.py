@@ -15,6 +15,7 @@ from crab.bin import embeddings, evaluate, extract_features, train
 from crab.bin import package as package_cli
 from crab.runconfig import ConfigError, check_against_run, load_run, relocated, resolved_values, same_value
 from tests.conftest import ROOT, write_tone_corpus
+from tests.test_brain import corpus_options
 
 RECIPE = os.path.join(ROOT, "egs", "TEMPLATE")
 CONFIG = "conf/crab_tiny.yaml"
@@ -34,11 +35,8 @@ TRAIN_OPTS = [
 def run_options(data, out):
     """What ser.sh passes to every stage of a run (run_opts)."""
     return [
-        f"--data_root={data}",
-        f"--data_folder={data}",
+        *corpus_options(data, out),
         "--seed=42",
-        f"--classes=[{','.join(CLASSES)}]",
-        f"--output_folder={out}",
         "--device=cpu",
     ]
 

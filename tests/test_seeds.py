@@ -13,7 +13,7 @@ from crab.experiment import data_order_seed, parse_and_load
 from crab.runconfig import ConfigError
 from tests import test_brain
 from tests.conftest import ROOT
-from tests.test_brain import CLASSES, CONFIG
+from tests.test_brain import CLASSES, CONFIG, corpus_options
 from tests.test_dynamic_batching import DYNAMIC
 
 data = test_brain.data  # the tiny corpus fixture of test_brain (12 training utterances)
@@ -28,13 +28,11 @@ def trained_orders(data, out, monkeypatch, *options):
         orders.setdefault(self.hparams.epoch_counter.current, []).append(list(batch.id))
         return fit_batch(self, batch)
 
-    argv = [CONFIG, f"--data_root={data}", f"--data_folder={data}", f"--output_folder={out}"]
+    argv = [CONFIG, *corpus_options(data, out)]
     with monkeypatch.context() as patched:
         patched.setattr(CrabBrain, "fit_batch", recording)
         patched.chdir(os.path.join(ROOT, "egs", "TEMPLATE"))  # conf/ paths are relative to the recipe
-        train.main(
-            [*argv, f"--classes=[{','.join(CLASSES)}]", "--batch_size=4", "--number_of_epochs=2", *options]
-        )
+        train.main([*argv, "--batch_size=4", "--number_of_epochs=2", *options])
     return orders
 
 
