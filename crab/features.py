@@ -7,9 +7,10 @@ dim)``: the last layer, or every layer for ``layer_weighting: weighted_sum``) to
 cache directory:
 
     index.json             its layout's version (another one is refused), what was
-                           extracted (encoder identity, weights digest,
-                           dtype), which shard holds each utterance, a digest of
-                           each utterance's input (text, audio path, duration) and
+                           extracted (encoder identity, weights digest, the
+                           config entries that shape the states, dtype), which
+                           shard holds each utterance, a digest of each
+                           utterance's input (text, audio path, duration) and
                            the fingerprint of its audio file (size, SHA-256 of its
                            bytes, and the stat values they were taken at)
     shard_00000.safetensors ...  tensors named ``<utt>/<branch>``
@@ -90,6 +91,53 @@ def weights_digest(module, names=None):
     return digest.hexdigest()
 
 
+# Config entries that leave an encoder's states in evaluation as they are: regularisation in
+# training (dropout, layer drop, SpecAugment masks) and records of how the model was saved.
+# Runs that share a cache may set them otherwise.
+_UNCACHED_CONFIG_KEYS = {
+    "_name_or_path",
+    "architectures",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "id2label",
+    "label2id",
+    "apply_spec_augment",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "use_cache",
+}
+
+
+def states_config(config):
+    """The entries of a transformers ``config`` that shape the states its model computes in
+    evaluation, as JSON reads them back: an edit of ``config.json`` that keeps the weights
+    (attention heads, activation, a norm's epsilon) changes them."""
+    kept = {
+        key: value
+        for key, value in config.to_dict().items()
+        if key not in _UNCACHED_CONFIG_KEYS
+        and "dropout" not in key
+        and not key.endswith("layerdrop")
+        and not key.startswith("mask_")
+    }
+    return json.loads(json.dumps(kept, default=str))
+
+
+def identity_differences(cached, expected):
+    """The keys whose values differ between a cache's recorded encoder identity and an
+    encoder's, a key one of them lacks included; and ``config.<entry>`` for each config entry
+    both record with other values. Entries one transformers version has and another lacks
+    are not compared: an upgrade that adds one does not refuse every cache."""
+    keys = (expected.keys() | cached.keys()) - {"config"}
+    differ = sorted(k for k in keys if cached.get(k) != expected.get(k))
+    old, new = cached.get("config"), expected.get("config")
+    if old is None or new is None:
+        return differ + ([] if old is new else ["config"])
+    return differ + [f"config.{key}" for key in sorted(old.keys() & new.keys()) if old[key] != new[key]]
+
+
 def encoder_identity(encoder, max_duration=None):
     """What determines an encoder's cached states (compared on every read)."""
     identity = {
@@ -98,6 +146,7 @@ def encoder_identity(encoder, max_duration=None):
         "num_states": encoder.num_states,
         "dim": encoder.output_dim,
         "weights_sha256": weights_digest(encoder.model, set(encoder.frozen_parameter_names())),
+        "config": states_config(encoder.model.config),
     }
     if encoder.finetune_top_layers:  # the cache holds the hidden state below the tuned layers
         identity["finetune_top_layers"] = encoder.finetune_top_layers
@@ -325,9 +374,7 @@ class FeatureCache:
                         else ")"
                     )
                 )
-            expected = encoder_identity(encoder, max_duration)
-            cached = self.branches[branch]
-            differ = sorted(k for k in expected.keys() | cached.keys() if cached.get(k) != expected.get(k))
+            differ = identity_differences(self.branches[branch], encoder_identity(encoder, max_duration))
             if differ:
                 raise FeatureCacheError(
                     f"feature cache {self.cache_dir} was extracted with another {branch} encoder "
@@ -426,7 +473,12 @@ def _read_index(cache_dir, branches, dtype):
             "audio": {},
         }
     index = _load_index(cache_dir)
-    if index["branches"] != branches or index["dtype"] != dtype:
+    cached = index["branches"]
+    if (
+        cached.keys() != branches.keys()
+        or any(identity_differences(cached[b], branches[b]) for b in branches)
+        or index["dtype"] != dtype
+    ):
         raise FeatureCacheError(
             f"{cache_dir} already holds features of other encoders or dtype "
             f"({index['dtype']}, {sorted(index['branches'])}): extract into a new directory"

@@ -419,6 +419,11 @@ def test_a_cache_whose_identity_lacks_a_key_the_model_has_is_refused(corpus, tmp
     path.write_text(json.dumps(index))
     with pytest.raises(FeatureCacheError, match=r"another text encoder setting \(tokenizer_sha256 differ\)"):
         FeatureCache(str(cache)).check(model, duration, [train_json], str(corpus))
+    index = json.loads(path.read_text())
+    del index["branches"]["speech"]["config"]  # before the config was recorded
+    path.write_text(json.dumps(index))
+    with pytest.raises(FeatureCacheError, match=r"another speech encoder setting \(config differ\)"):
+        FeatureCache(str(cache)).check(model, duration, [train_json], str(corpus))
 
 
 @pytest.mark.parametrize(
@@ -458,3 +463,51 @@ def test_a_cache_of_another_encoder_setting_is_refused(tmp_path, tokenizer_dir, 
     model = types.SimpleNamespace(branches=[branch], encoders={branch: encoder(**options)})
     with pytest.raises(FeatureCacheError, match=rf"another {branch} encoder setting \({key} differ\)"):
         FeatureCache(str(tmp_path)).check(model, max_duration)
+
+
+def test_identity_differences_name_each_config_entry_and_skip_those_one_side_lacks():
+    from crab.features import identity_differences
+
+    cached = {"class": "SpeechEncoder", "dim": 64, "config": {"hidden_act": "gelu", "num_attention_heads": 2}}
+    assert identity_differences(cached, json.loads(json.dumps(cached))) == []
+    edited = {**cached, "config": {"hidden_act": "relu", "num_attention_heads": 2}}
+    assert identity_differences(cached, edited) == ["config.hidden_act"]
+    # an entry a newer transformers adds (or an older one lacks) is not compared
+    newer = {**cached, "config": {**cached["config"], "new_option": True}}
+    assert identity_differences(cached, newer) == []
+    older = {k: v for k, v in cached.items() if k != "config"}  # recorded before the config
+    assert identity_differences(older, cached) == ["config"]
+    assert identity_differences({**older, "dim": 32}, cached) == ["dim", "config"]
+
+
+def test_a_cache_of_an_encoder_whose_config_was_edited_is_refused(tmp_path):
+    """The same weights under another config.json (another activation) compute other
+    states: the cache names the entry. Training-only entries (layer drop, dropout, SpecAugment)
+    may differ between the runs that share a cache."""
+    from crab.encoders import SpeechEncoder
+    from crab.features import INDEX_VERSION, encoder_identity
+    from tests.conftest import MINI_CONF
+
+    source = tmp_path / "wavlm"
+    torch.manual_seed(0)
+    SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False).model.save_pretrained(source)
+    edited = tmp_path / "wavlm_edited"
+    shutil.copytree(source, edited)
+    config = json.loads((edited / "config.json").read_text())
+    assert config["hidden_act"] == "gelu"
+    config.update(hidden_act="relu", layerdrop=0.3, hidden_dropout=0.2)
+    (edited / "config.json").write_text(json.dumps(config))
+
+    def encoder(folder, **options):
+        return SpeechEncoder(str(folder), freeze=True, normalize_waveform="none", **options)
+
+    index = {"version": INDEX_VERSION, "dtype": "float32", "shards": {}, "inputs": {}, "audio": {}}
+    index["branches"] = {"speech": encoder_identity(encoder(source), 2.0)}
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    model = types.SimpleNamespace(branches=["speech"], encoders={"speech": encoder(edited)})
+    with pytest.raises(
+        FeatureCacheError, match=r"another speech encoder setting \(config\.hidden_act differ\)"
+    ):
+        FeatureCache(str(tmp_path)).check(model, 2.0)
+    model.encoders["speech"] = encoder(source, layerdrop=0.3)
+    assert FeatureCache(str(tmp_path)).check(model, 2.0) == ["speech"]
