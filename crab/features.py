@@ -8,11 +8,12 @@ cache directory:
 
     index.json             its layout's version (another one is refused), what was
                            extracted (encoder identity, weights digest, the
-                           config entries that shape the states, dtype), which
-                           shard holds each utterance, a digest of each
-                           utterance's input (text, audio path, duration) and
-                           the fingerprint of its audio file (size, SHA-256 of its
-                           bytes, and the stat values they were taken at)
+                           config entries that shape the states, dtype, the
+                           releases of torch, transformers and SpeechBrain), which shard holds
+                           each utterance, a digest of each utterance's input
+                           (text, audio path, duration) and the fingerprint of
+                           its audio file (size, SHA-256 of its bytes, and the
+                           stat values they were taken at)
     shard_00000.safetensors ...  tensors named ``<utt>/<branch>``
 
 Each shard is written to a temporary name, fsynced and renamed, and the index is
@@ -52,6 +53,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from crab.checkpointing import library_versions, warn_version_drift
 from crab.cli import UserError
 from crab.data import load_manifest, read_utterance_audio
 from crab.encoders import relative_to_absolute
@@ -326,6 +328,7 @@ class FeatureCache:
         self.shard_of = {utt: shard for shard, utts in index["shards"].items() for utt in utts}
         self.inputs = index["inputs"]
         self.audio = index.get("audio")  # None: a cache written before audio fingerprints
+        self.versions = index.get("versions")  # None: a cache written before they were recorded
         self._open = {}
 
     def __contains__(self, utt):
@@ -380,6 +383,7 @@ class FeatureCache:
                     f"feature cache {self.cache_dir} was extracted with another {branch} encoder "
                     f"setting ({', '.join(differ)} differ): extract into a new directory"
                 )
+        warn_version_drift(self.versions, f"feature cache {self.cache_dir} was extracted")
         for manifest in manifests:
             entries = load_manifest(manifest)
             missing = [utt for utt in entries if utt not in self]
@@ -471,6 +475,7 @@ def _read_index(cache_dir, branches, dtype):
             "shards": {},
             "inputs": {},
             "audio": {},
+            "versions": library_versions(),  # of the extraction that started it
         }
     index = _load_index(cache_dir)
     cached = index["branches"]
@@ -487,6 +492,7 @@ def _read_index(cache_dir, branches, dtype):
         if "speech" in branches and index["shards"]:
             raise _old_index_error(cache_dir)
         index.update(version=INDEX_VERSION, audio={})
+    warn_version_drift(index.get("versions"), f"feature cache {cache_dir} was extracted")
     return index
 
 

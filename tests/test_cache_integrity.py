@@ -511,3 +511,32 @@ def test_a_cache_of_an_encoder_whose_config_was_edited_is_refused(tmp_path):
         FeatureCache(str(tmp_path)).check(model, 2.0)
     model.encoders["speech"] = encoder(source, layerdrop=0.3)
     assert FeatureCache(str(tmp_path)).check(model, 2.0) == ["speech"]
+
+
+def test_a_cache_extracted_with_other_library_releases_is_read_with_a_warning(corpus, tmp_path, caplog):
+    """The same weights and config may compute other states under another transformers (or
+    torch) release, which the identity cannot see: training and a further extraction say so."""
+    from crab.checkpointing import library_versions
+
+    cache, train_json = tmp_path / "cache", str(corpus / "train.json")
+    extract(corpus, cache, "--manifests", train_json)
+    path = cache / "index.json"
+    index = json.loads(path.read_text())
+    assert index["versions"] == library_versions()
+    model, duration = model_and_duration(corpus, tmp_path)
+    with caplog.at_level("WARNING", logger="crab"):
+        FeatureCache(str(cache)).check(model, duration, [train_json], str(corpus))
+    assert "other library releases" not in caplog.text
+    index["versions"]["transformers"] = "4.30.2"
+    path.write_text(json.dumps(index))
+    with caplog.at_level("WARNING", logger="crab"):
+        assert FeatureCache(str(cache)).check(model, duration, [train_json], str(corpus)) == [
+            "speech",
+            "text",
+        ]
+        extract(corpus, cache, "--manifests", str(corpus / "valid.json"))
+    drift = [r.getMessage() for r in caplog.records if "other library releases" in r.getMessage()]
+    assert len(drift) == 2, caplog.text
+    for message in drift:
+        assert message.startswith(f"feature cache {cache} was extracted with other library releases")
+        assert f"transformers 4.30.2 then, {library_versions()['transformers']} now" in message
