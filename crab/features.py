@@ -479,14 +479,19 @@ def _read_index(cache_dir, branches, dtype):
         }
     index = _load_index(cache_dir)
     cached = index["branches"]
-    if (
-        cached.keys() != branches.keys()
-        or any(identity_differences(cached[b], branches[b]) for b in branches)
-        or index["dtype"] != dtype
-    ):
+    differ = (
+        [] if cached.keys() == branches.keys() else [f"branches {sorted(cached)}, not {sorted(branches)}"]
+    )
+    for branch in sorted(cached.keys() & branches.keys()):
+        keys = identity_differences(cached[branch], branches[branch])
+        if keys:
+            differ.append(f"{branch} encoder: {', '.join(keys)} differ")
+    if index["dtype"] != dtype:
+        differ.append(f"dtype {index['dtype']}, not {dtype}")
+    if differ:
         raise FeatureCacheError(
-            f"{cache_dir} already holds features of other encoders or dtype "
-            f"({index['dtype']}, {sorted(index['branches'])}): extract into a new directory"
+            f"{cache_dir} already holds features of other encoders or dtype ({'; '.join(differ)}): "
+            "extract into a new directory, or delete this one and extract it again"
         )
     if "audio" not in index:
         if "speech" in branches and index["shards"]:

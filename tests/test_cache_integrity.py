@@ -403,8 +403,20 @@ def test_a_changed_duration_or_transcript_or_another_dtype_is_refused_by_the_cac
     train_json.write_text(json.dumps(entries))
     with pytest.raises(SystemExit, match="utterance 'train_sad_1' has another text or audio"):
         extract(corpus, cache, "--manifests", str(train_json))
-    with pytest.raises(SystemExit, match="already holds features of other encoders or dtype"):
+    with pytest.raises(
+        SystemExit, match=r"already holds features of other encoders or dtype \(dtype float32, not float16\)"
+    ):
         extract(corpus, cache, "--manifests", str(corpus / "valid.json"), "--dtype=float16")
+    path = cache / "index.json"
+    index = json.loads(path.read_text())
+    index["branches"]["speech"]["config"]["hidden_act"] = (
+        "relu"  # the model folder's config.json since edited
+    )
+    path.write_text(json.dumps(index))
+    with pytest.raises(
+        SystemExit, match=r"other encoders or dtype \(speech encoder: config\.hidden_act differ\)"
+    ):
+        extract(corpus, cache, "--manifests", str(corpus / "valid.json"))
 
 
 def test_a_cache_whose_identity_lacks_a_key_the_model_has_is_refused(corpus, tmp_path):
