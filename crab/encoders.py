@@ -798,9 +798,19 @@ def _host_spec_augment(model):
 
 def _whisper_features(source, config):
     try:
-        return WhisperFeatureExtractor.from_pretrained(source)
+        features = WhisperFeatureExtractor.from_pretrained(source)
     except OSError:  # a config-only directory (tests, tiny recipes)
         return WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+    # the frame lengths, min_samples and max_seconds count 10 ms frames of 16 kHz audio
+    if (features.sampling_rate, features.hop_length) != (16000, 160):
+        raise ModelSourceError(
+            "speech_encoder source",
+            source,
+            f"the feature extractor of {source} (preprocessor_config.json) reads "
+            f"{features.sampling_rate} Hz audio with a hop of {features.hop_length} samples; "
+            "Crab's Whisper path needs 16000 Hz and 160 (every Whisper checkpoint's)",
+        )
+    return features
 
 
 def _default_normalize(source):

@@ -98,6 +98,9 @@ def weights_digest(module, names=None):
 # Runs that share a cache may set them otherwise.
 _UNCACHED_CONFIG_KEYS = {
     "_name_or_path",
+    "feature_extractor_type",
+    "processor_class",
+    "mel_filters",
     "architectures",
     "transformers_version",
     "dtype",
@@ -113,9 +116,10 @@ _UNCACHED_CONFIG_KEYS = {
 
 
 def states_config(config):
-    """The entries of a transformers ``config`` that shape the states its model computes in
-    evaluation, as JSON reads them back: an edit of ``config.json`` that keeps the weights
-    (attention heads, activation, a norm's epsilon) changes them."""
+    """The entries of a transformers ``config`` (or feature extractor) that shape the states its
+    model computes in evaluation, as JSON reads them back: an edit of ``config.json`` that keeps
+    the weights (attention heads, activation, a norm's epsilon) changes them, as one of
+    ``preprocessor_config.json`` (Whisper's FFT window, mel bins, dither) does."""
     kept = {
         key: value
         for key, value in config.to_dict().items()
@@ -127,17 +131,26 @@ def states_config(config):
     return json.loads(json.dumps(kept, default=str))
 
 
+# Identity keys that hold a config's entries (states_config), compared entry by entry.
+_CONFIG_KEYS = ("config", "features")
+
+
 def identity_differences(cached, expected):
     """The keys whose values differ between a cache's recorded encoder identity and an
-    encoder's, a key one of them lacks included; and ``config.<entry>`` for each config entry
-    both record with other values. Entries one transformers version has and another lacks
-    are not compared: an upgrade that adds one does not refuse every cache."""
-    keys = (expected.keys() | cached.keys()) - {"config"}
+    encoder's, a key one of them lacks included; and ``config.<entry>`` (``features.<entry>``)
+    for each entry of the model's (feature extractor's) config both record with other values.
+    Entries one transformers version has and another lacks are not compared: an upgrade that
+    adds one does not refuse every cache."""
+    keys = (expected.keys() | cached.keys()) - set(_CONFIG_KEYS)
     differ = sorted(k for k in keys if cached.get(k) != expected.get(k))
-    old, new = cached.get("config"), expected.get("config")
-    if old is None or new is None:
-        return differ + ([] if old is new else ["config"])
-    return differ + [f"config.{key}" for key in sorted(old.keys() & new.keys()) if old[key] != new[key]]
+    for key in _CONFIG_KEYS:
+        old, new = cached.get(key), expected.get(key)
+        if old is None or new is None:
+            differ += [] if old is new else [key]
+        else:
+            both = sorted(old.keys() & new.keys())
+            differ += [f"{key}.{entry}" for entry in both if old[entry] != new[entry]]
+    return differ
 
 
 def encoder_identity(encoder, max_duration=None):
@@ -152,6 +165,8 @@ def encoder_identity(encoder, max_duration=None):
     }
     if encoder.finetune_top_layers:  # the cache holds the hidden state below the tuned layers
         identity["finetune_top_layers"] = encoder.finetune_top_layers
+    if getattr(encoder, "features", None) is not None:  # Whisper's log-mel
+        identity["features"] = states_config(encoder.features)
     if hasattr(encoder, "normalize_waveform"):
         identity.update(normalize_waveform=encoder.normalize_waveform, max_duration=max_duration)
     else:

@@ -18,6 +18,7 @@ from crab.bin import extract_features, train
 from crab.checkpointing import Checkpointer
 from crab.features import FeatureCache, FeatureCacheError
 from crab.fileio import WriteError
+from tests.conftest import write_tiny_whisper
 from tests.test_brain import data  # noqa: F401  (the tiny corpus fixture)
 from tests.test_features import argv, model_and_duration, run
 
@@ -490,6 +491,12 @@ def test_identity_differences_name_each_config_entry_and_skip_those_one_side_lac
     older = {k: v for k, v in cached.items() if k != "config"}  # recorded before the config
     assert identity_differences(older, cached) == ["config"]
     assert identity_differences({**older, "dim": 32}, cached) == ["dim", "config"]
+    # a feature extractor's config (Whisper's log-mel), entry by entry the same way
+    whisper = {**cached, "features": {"n_fft": 400, "hop_length": 160}}
+    assert identity_differences(whisper, {**whisper, "features": {"n_fft": 512, "hop_length": 160}}) == [
+        "features.n_fft"
+    ]
+    assert identity_differences(cached, whisper) == ["features"]  # recorded before the features
 
 
 def test_a_cache_of_an_encoder_whose_config_was_edited_is_refused(tmp_path):
@@ -523,6 +530,44 @@ def test_a_cache_of_an_encoder_whose_config_was_edited_is_refused(tmp_path):
         FeatureCache(str(tmp_path)).check(model, 2.0)
     model.encoders["speech"] = encoder(source, layerdrop=0.3)
     assert FeatureCache(str(tmp_path)).check(model, 2.0) == ["speech"]
+
+
+def test_a_whisper_cache_of_another_log_mel_is_refused_and_an_unsupported_hop_named(tmp_path):
+    """Whisper's states start from the feature extractor's log-mel: the same weights with another
+    ``preprocessor_config.json`` (FFT window, dither) compute other states, so the cache names
+    the entry. A hop or sampling rate other than Whisper's own is refused on loading."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    from crab.encoders import ModelSourceError, SpeechEncoder
+    from crab.features import INDEX_VERSION, encoder_identity
+
+    source = tmp_path / "whisper"
+    write_tiny_whisper(source)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(source)
+    WhisperModel(WhisperConfig.from_pretrained(source)).save_pretrained(source)  # weights to load
+
+    def edited(name, **entries):
+        folder = tmp_path / name
+        shutil.copytree(source, folder)
+        path = folder / "preprocessor_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **entries}))
+        return folder
+
+    def encoder(folder):
+        return SpeechEncoder(str(folder), freeze=True, normalize_waveform="none")
+
+    index = {"version": INDEX_VERSION, "dtype": "float32", "shards": {}, "inputs": {}, "audio": {}}
+    index["branches"] = {"speech": encoder_identity(encoder(source), 2.0)}
+    assert index["branches"]["speech"]["features"]["n_fft"] == 400
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    model = types.SimpleNamespace(branches=["speech"], encoders={"speech": encoder(source)})
+    assert FeatureCache(str(tmp_path)).check(model, 2.0) == ["speech"]
+    model.encoders["speech"] = encoder(edited("n_fft", n_fft=512))
+    with pytest.raises(FeatureCacheError, match=r"another speech encoder setting \(features\.n_fft differ\)"):
+        FeatureCache(str(tmp_path)).check(model, 2.0)
+    hop = r"preprocessor_config\.json\) reads 16000 Hz audio with a hop of 320 samples"
+    with pytest.raises(ModelSourceError, match=hop):
+        encoder(edited("hop", hop_length=320))
 
 
 def test_a_cache_extracted_with_other_library_releases_is_read_with_a_warning(corpus, tmp_path, caplog):
