@@ -24,14 +24,15 @@ pytestmark = pytest.mark.slow  # end-to-end recipe runs
 FOLD = "fold03_08"  # sorted pairing: test 03 + 08, validation 09 + 10
 
 
-def run_script(recipe, *options, env, status=0):
-    """``local/cpu_results.sh`` of ``recipe``; its exit status must be ``status``."""
+def run_script(recipe, *options, env, status=0, cwd=None):
+    """``local/cpu_results.sh`` of ``recipe``, run from ``cwd``; its exit status must be ``status``."""
     script = os.path.join(ROOT, "egs", recipe, "local", "cpu_results.sh")
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     result = subprocess.run(
         ["bash", script, *options],
         capture_output=True,
         text=True,
+        cwd=cwd,
         env={**os.environ, **NO_BYTECODE, "PATH": path, "OMP_NUM_THREADS": "1", **env},
     )
     assert result.returncode == status, result.stdout[-3000:] + result.stderr[-3000:]
@@ -102,8 +103,10 @@ def test_emodb_cpu_results(tmp_path):
     assert settings["feature_cache"] == str(exp / "features_layer1")
     assert (run / "eval_test" / "predictions.csv").is_file()
 
-    # --trainval: train = train + valid of the held-out protocol, valid and test unchanged.
-    run_script("emodb", *options, "--trainval", "true", "--stage", "5", env=env)
+    # --trainval: train = train + valid of the held-out protocol, valid and test unchanged. Run
+    # from elsewhere, with the encoder and the corpus given relative to there.
+    relative = [v if v != whisper else "whisper" for v in options]
+    run_script("emodb", *relative, "--trainval", "true", "--stage", "5", env={"EMODB": "emodb"}, cwd=tmp_path)
     held_out, merged = data / FOLD, tmp_path / "data_trainval" / FOLD
     train = json.loads((merged / "train.json").read_text())
     assert set(train) == set(json.loads((held_out / "train.json").read_text())) | set(

@@ -6,6 +6,7 @@
 #   check_choice policy error skip       # one of the listed values
 #   check_seeds seeds                    # seeds numpy takes as they are, each once
 #   check_distinct folds                 # each word once
+#   resolve_user_path config tuning      # a relative path: in the recipe directory, else where the command ran
 
 _option_error() {
   echo "$0: --$1 $2" >&2
@@ -57,5 +58,15 @@ check_distinct() {  # each word of --$1 once
   for word in "${words[@]+"${words[@]}"}"; do
     [[ ${seen} != *" ${word} "* ]] || _option_error "${name}" "gives ${word} twice (its runs would count twice)"
     seen+="${word} "
+  done
+}
+
+resolve_user_path() {  # a relative path missing here but present in CRAB_USER_CWD becomes that one
+  local name path
+  for name in "$@"; do
+    path=${!name}
+    if [ -n "${path}" ] && [[ ${path} != /* ]] && [ ! -e "${path}" ] && [ -e "${CRAB_USER_CWD:-${PWD}}/${path}" ]; then
+      printf -v "${name}" '%s' "${CRAB_USER_CWD:-${PWD}}/${path}"
+    fi
   done
 }

@@ -141,13 +141,7 @@ for required in classes data_root; do
   [ -n "${!required}" ] || { echo "$0: --${required} is required (./run.sh --help)" >&2; exit 1; }
 done
 [ -n "${config}${tuning}" ] || { echo "$0: --config or --tuning is required (./run.sh --help)" >&2; exit 1; }
-# a relative --config or --tuning is read in the recipe directory, else where the command was run
-for opt in config tuning given_config; do
-  path=${!opt}
-  if [ -n "${path}" ] && [[ ${path} != /* ]] && [ ! -e "${path}" ] && [ -e "${CRAB_USER_CWD:-${PWD}}/${path}" ]; then
-    printf -v "${opt}" '%s' "${CRAB_USER_CWD:-${PWD}}/${path}"
-  fi
-done
+resolve_user_path config tuning given_config  # read in the recipe directory, else where the command ran
 no_file() {  # OPTION PATH
   local where=""
   if [[ $2 != /* ]]; then

@@ -23,6 +23,8 @@
 # The test pair stays unseen until evaluation.
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
+# relative paths given to it (--whisper, the corpus variable) are read from where it was run
+export CRAB_USER_CWD=${CRAB_USER_CWD:-${PWD}}
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 cd "$(dirname "$0")/.."
 whisper=openai/whisper-base   # hub id, or a local directory in Hugging Face format
@@ -41,6 +43,8 @@ extra_opts=
 data_opts="--pairing sorted"
 . ./path.sh
 . utils/parse_options.sh
+. utils/check_options.sh
+resolve_user_path whisper
 . utils/parallel.sh
 . ./db.sh
 

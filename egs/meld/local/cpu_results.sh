@@ -22,6 +22,8 @@
 # (<exp_dir>/ablations_test.md, and an entry per setting in RESULTS.md).
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
+# relative paths given to it (--minilm, the corpus variable) are read from where it was run
+export CRAB_USER_CWD=${CRAB_USER_CWD:-${PWD}}
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 cd "$(dirname "$0")/.."
 minilm=sentence-transformers/all-MiniLM-L6-v2   # hub id (the tuning files'), or a local directory in Hugging Face format
@@ -37,6 +39,8 @@ extra_opts=
 data_opts=
 . ./path.sh
 . utils/parse_options.sh
+. utils/check_options.sh
+resolve_user_path minilm
 . utils/parallel.sh
 
 kind=frozen exp=${exp_dir:-exp_cpu_minilm}
