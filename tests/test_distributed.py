@@ -252,6 +252,8 @@ start = CrabBrain.on_fit_batch_start
 
 def on_fit_batch_start(self, batch, should_step):  # SIGTERM to rank 1 alone, in its first batch
     start(self, batch, should_step)
+    with open(f"{sys.argv[-1]}.rank{os.environ['RANK']}", "a") as seen:  # what each process trained on
+        print(self.hparams.epoch_counter.current, *batch.id, file=seen)
     if os.environ["RANK"] == "1" and self.step == 1 and not os.path.exists(sys.argv[-1] + ".sent"):
         open(sys.argv[-1] + ".sent", "w").close()
         os.kill(os.getpid(), signal.SIGTERM)
@@ -299,3 +301,13 @@ def test_a_sigterm_to_one_process_stops_every_process_after_a_saved_step(recipe_
     resumed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
     assert (out / "train_log.txt").read_text().count("epoch: ") == 2
+    # each epoch, across the interruption, the two processes trained on disjoint halves of one new
+    # order of the 8 utterances: none twice, none left out
+    train_ids = sorted(json.loads((data / "train.json").read_text()))
+    orders = {}
+    for rank in range(2):
+        for line in (tmp_path / f"signal.rank{rank}").read_text().splitlines():
+            epoch, *ids = line.split()
+            orders.setdefault(int(epoch), []).extend(ids)
+    assert sorted(orders) == [1, 2] and all(sorted(ids) == train_ids for ids in orders.values()), orders
+    assert orders[1] != orders[2]
