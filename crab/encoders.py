@@ -810,6 +810,14 @@ def _whisper_features(source, config):
             f"{features.sampling_rate} Hz audio with a hop of {features.hop_length} samples; "
             "Crab's Whisper path needs 16000 Hz and 160 (every Whisper checkpoint's)",
         )
+    if getattr(features, "dither", 0.0):  # transformers adds it in every mode, evaluation included
+        logger.warning(
+            "the feature extractor of %s adds dither %s (preprocessor_config.json): Whisper's "
+            "log-mel features are random, so evaluation and inference vary from run to run and a "
+            "feature cache keeps one draw; set dither to 0.0 for repeatable results",
+            source,
+            features.dither,
+        )
     return features
 
 

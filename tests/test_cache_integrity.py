@@ -532,10 +532,11 @@ def test_a_cache_of_an_encoder_whose_config_was_edited_is_refused(tmp_path):
     assert FeatureCache(str(tmp_path)).check(model, 2.0) == ["speech"]
 
 
-def test_a_whisper_cache_of_another_log_mel_is_refused_and_an_unsupported_hop_named(tmp_path):
+def test_a_whisper_cache_of_another_log_mel_is_refused_and_an_unsupported_hop_named(tmp_path, caplog):
     """Whisper's states start from the feature extractor's log-mel: the same weights with another
     ``preprocessor_config.json`` (FFT window, dither) compute other states, so the cache names
-    the entry. A hop or sampling rate other than Whisper's own is refused on loading."""
+    the entry. A hop or sampling rate other than Whisper's own is refused on loading; a dither,
+    which makes the features random, is warned about."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
     from crab.encoders import ModelSourceError, SpeechEncoder
@@ -568,6 +569,9 @@ def test_a_whisper_cache_of_another_log_mel_is_refused_and_an_unsupported_hop_na
     hop = r"preprocessor_config\.json\) reads 16000 Hz audio with a hop of 320 samples"
     with pytest.raises(ModelSourceError, match=hop):
         encoder(edited("hop", hop_length=320))
+    assert "dither" not in caplog.text  # every encoder above had Whisper's dither 0.0
+    encoder(edited("dither", dither=0.5))
+    assert "adds dither 0.5 (preprocessor_config.json): Whisper's log-mel features are random" in caplog.text
 
 
 def test_a_cache_extracted_with_other_library_releases_is_read_with_a_warning(corpus, tmp_path, caplog):
