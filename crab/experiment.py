@@ -314,6 +314,27 @@ def check_precision(run_opts, hparams):
             )
 
 
+def check_compile(run_opts, hparams):
+    """A ``ConfigError`` for ``--jit`` on every module, and for ``--compile`` without
+    ``--compile_using_dynamic_shape_tracing``. TorchScript cannot script the Hugging Face encoders
+    (SpeechBrain would stop with a traceback as training starts). SpeechBrain compiles for static
+    shapes by default, and batches of speech are padded to a new length nearly every step:
+    torch.compile then recompiles at each one until its recompile limit, and runs eagerly after."""
+    if run_option(run_opts, hparams, "jit") and not run_option(run_opts, hparams, "jit_module_keys"):
+        raise ConfigError(
+            "--jit scripts every module, and TorchScript cannot script the Hugging Face encoders "
+            "(module 'model'): leave --jit out"
+        )
+    if run_option(run_opts, hparams, "compile") and not run_option(
+        run_opts, hparams, "compile_using_dynamic_shape_tracing"
+    ):
+        raise ConfigError(
+            "--compile without --compile_using_dynamic_shape_tracing compiles for one padded length, "
+            "and batches of speech come in many: torch.compile would recompile at nearly every step; "
+            "add --compile_using_dynamic_shape_tracing, or leave --compile out (docs/training.md)"
+        )
+
+
 def evaluation_run_options(run_opts, hparams):
     """``run_opts`` of a stage that only evaluates a trained run, checked (``check_precision``):
     training's ``--precision`` set to fp32, since evaluation runs in ``--eval_precision``, and a

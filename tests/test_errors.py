@@ -9,6 +9,8 @@ import time
 import pytest
 
 from crab.encoders import ModelSourceError, from_source
+from crab.experiment import check_compile
+from crab.runconfig import ConfigError, parse_arguments
 from tests.test_brain import corpus_options
 from tests.test_run_config import CLASSES, CONFIG, assert_one_line_error, command, write_tone_corpus
 
@@ -71,6 +73,37 @@ def test_data_parallel_is_refused_for_ddp(data):
     result = train(data, "--data_parallel_backend")
     message = "--data_parallel_backend (DataParallel) is not supported"
     assert_one_line_error(result, message, "run.sh --ngpu N")
+
+
+def test_compile_needs_dynamic_shapes(data):
+    result = train(data, "--compile")
+    message = "--compile without --compile_using_dynamic_shape_tracing compiles for one padded length"
+    assert_one_line_error(result, message, "add --compile_using_dynamic_shape_tracing")
+
+
+def test_jit_of_every_module_is_refused(data):
+    result = train(data, "--jit")
+    assert_one_line_error(result, "--jit scripts every module", "leave --jit out")
+
+
+@pytest.mark.parametrize(
+    ("opts", "hparams", "refused"),
+    [
+        (["--compile", "--compile_using_dynamic_shape_tracing"], {}, None),
+        ([], {"compile": True}, "--compile without"),  # a run option can be a key of the yaml
+        (["--compile"], {"compile_using_dynamic_shape_tracing": True}, None),
+        (["--jit", "--jit_module_keys", "wce"], {}, None),  # modules that TorchScript can script
+        ([], {"jit": True}, "--jit scripts every module"),
+        ([], {}, None),
+    ],
+)
+def test_compile_and_jit_options(opts, hparams, refused):
+    _, run_opts, _ = parse_arguments(["hparams.yaml", *opts])
+    if refused is None:
+        check_compile(run_opts, hparams)
+    else:
+        with pytest.raises(ConfigError, match=refused):
+            check_compile(run_opts, hparams)
 
 
 def test_transcribe_model_typo_writes_nothing(data, tmp_path):

@@ -29,6 +29,7 @@ from crab.distributed import end_process_group
 from crab.experiment import (
     batches_per_epoch,
     check_accumulation,
+    check_compile,
     check_max_duration,
     check_precision,
     data_order_seed,
@@ -55,6 +56,7 @@ def main(argv=None):
     cli.exit_on_run_help(argv, __doc__)
     hparams_file, run_opts, overrides, hparams = parse_and_load(argv, record_run_options=True)
     check_precision(run_opts, hparams)  # before anything is written
+    check_compile(run_opts, hparams)
     check_max_duration(hparams)
     if run_opts.get("data_parallel_backend"):
         # DataParallel hands each replica the whole batch's host-side lengths, and the
