@@ -341,16 +341,28 @@ def override_key(word):
 
 
 def split_overrides(text, origin="--train_opts"):
-    """``--key=value`` words of a shell-quoted string (``--a=1 --b='!ref <lr>'``);
-    anything else is a ValueError naming ``origin``."""
+    """``--key=value`` words of a shell-quoted string (``--a=1 --b='!ref <lr>'``), and
+    SpeechBrain's run options that are flags (``--compile``, ``--noprogressbar``); anything
+    else is a ValueError naming ``origin``."""
     try:
         words = shlex.split(text)
     except ValueError as err:
         raise ValueError(f"{origin}: {err} in '{text}'") from None
     bad = [w for w in words if not (w.startswith("--") and "=" in w)]
+    if bad:  # SpeechBrain is imported only here: ser.sh calls this for every stage
+        bad = [w for w in bad if w not in run_option_flags()]
     if bad:
-        raise ValueError(f"{origin}: overrides must be --key=value, got {bad}")
+        raise ValueError(
+            f"{origin}: overrides must be --key=value (or a SpeechBrain flag: --compile, ...), got {bad}"
+        )
     return words
+
+
+def run_option_flags():
+    """SpeechBrain's run options given without a value (``--compile``): its booleans."""
+    from speechbrain.utils.run_opts import RunOptions
+
+    return {f"--{key}" for key, value in RunOptions().as_dict().items() if value is False}
 
 
 def ablation_overrides(table_path, name, extra=(), keep=False):

@@ -198,6 +198,21 @@ def test_results_record_the_command_as_typed(recipe):
     assert "ser.sh" not in info["command"]
 
 
+def test_speechbrains_flags_go_through_the_recipe(recipe):
+    tmp, _, _ = recipe
+    opts = f"--number_of_epochs=1 {CUT} --compile"
+    refused = run_recipe(
+        tmp, "--stage", "5", "--stop_stage", "5", "--tag", "compiled", "--train_opts", opts, check=False
+    )
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "Traceback" not in output
+    assert "ERROR: --compile without --compile_using_dynamic_shape_tracing" in output  # training's own check
+    assert not (tmp / "exp" / "compiled" / "main" / "seed42" / "train_info.json").exists()
+    # a flag given again to a later stage is a run option there, not a setting the runs must agree with
+    output = run_recipe(tmp, "--stage", "6", "--stop_stage", "6", "--train_opts", "--noprogressbar")
+    assert "predictions.csv is current (checkpoint CKPT+" in output
+
+
 def test_sweep_trains_each_setting_and_reevaluates_from_the_runs(recipe):
     tmp, _, _ = recipe
     exp = tmp / "exp_sweep"

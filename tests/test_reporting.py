@@ -38,6 +38,7 @@ from crab.report import (
     record_training,
     results_markdown,
     results_table,
+    split_overrides,
     summarise,
     summary_embeddings,
 )
@@ -936,6 +937,16 @@ def test_bad_ablation_table(tmp_path):
     bad.write_text("y | Y | | alpha=1\n")
     with pytest.raises(ValueError, match="--key=value"):
         read_ablations(bad)
+
+
+def test_train_opts_take_speechbrains_flags():
+    words = split_overrides("--alpha=1 --compile --compile_using_dynamic_shape_tracing --noprogressbar")
+    assert words == ["--alpha=1", "--compile", "--compile_using_dynamic_shape_tracing", "--noprogressbar"]
+    # a flag's key is itself: given twice, it stays once
+    assert merge_overrides(["--compile"], ["--compile", "--a=1"]) == ["--compile", "--a=1"]
+    for bad in ("--alpha", "--device", "--compiled", "alpha=1"):  # --device takes a value
+        with pytest.raises(ValueError, match=rf"--train_opts: overrides must be --key=value .*'{bad}'"):
+            split_overrides(f"--a=1 {bad}")
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,8 @@ text_source=gold        # manifests' text: gold (data dir's text) | asr (text.as
 bpe_vocab_size=0        # > 0: build data/<fold>/tokenizer at stage 3 (tiny configs)
 ablation=               # one row of the ablation table: its overrides come before --train_opts
 ablation_table=         # ablation name -> yaml overrides (default: conf/ablations.txt, else the TEMPLATE's)
-train_opts=             # --key=value overrides of the yaml (shell words: quote values with spaces)
+train_opts=             # --key=value overrides of the yaml (shell words: quote values with spaces), and
+                        # SpeechBrain's run options (--precision=bf16; flags: --compile, --noprogressbar)
 ngpu=0                  # 0: CPU; 1: cuda:0; N > 1: stage 5 trains on N GPUs (DDP, nccl), later stages on cuda:0
 nproc=1                 # with --ngpu 0, N > 1: stage 5 trains with N CPU processes (DDP, gloo)
 torchrun_opts=          # torchrun options of a DDP stage 5 (empty: one node, --standalone; shell words: quote values
