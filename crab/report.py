@@ -350,7 +350,8 @@ def split_overrides(text, origin="--train_opts"):
         raise ValueError(f"{origin}: {err} in '{text}'") from None
     bad = [w for w in words if not (w.startswith("--") and "=" in w)]
     if bad:  # SpeechBrain is imported only here: ser.sh calls this for every stage
-        bad = [w for w in bad if w not in run_option_flags()]
+        flags = run_option_flags()
+        bad = [w for w in bad if w not in flags]
     if bad:
         raise ValueError(
             f"{origin}: overrides must be --key=value (or a SpeechBrain flag: --compile, ...), got {bad}"
