@@ -522,6 +522,9 @@ class SpeechEncoder(_Encoder):
                 # frozen CNN builds no autograd graph and its backward never runs
                 if hasattr(module, "_freeze_parameters"):
                     module._freeze_parameters()
+                    # under torch.compile it runs eagerly: inductor (torch 2.13) fails on the
+                    # attention above a frozen CNN compiled for dynamic lengths (ValueRangeError)
+                    module.forward = torch.compiler.disable(module.forward)
         _enable_gradient_checkpointing(self.model, gradient_checkpointing)
         self.use_attention_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
         _float_padding_masks(self.model)
@@ -1003,6 +1006,19 @@ class TextEncoder(_Encoder):
 
     def _states(self, texts):
         """Encode a list of strings."""
+        input_ids, mask, model_mask = self._tokens(texts)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=model_mask,
+            output_hidden_states=self.wants_all_states,
+        )
+        return self._stack(outputs.hidden_states, outputs.last_hidden_state), mask
+
+    @torch.compiler.disable  # host work: compiled, each batch's strings would be compiled again
+    def _tokens(self, texts):
+        """``(input_ids, mask, model_mask)`` of ``texts`` on the model's device: the mask
+        keeps its lengths on the host (``host_lengths``); ``model_mask`` is what the model
+        is given (``_model_mask``)."""
         device = next(self.model.parameters()).device
         tokens = self.tokenizer(
             truncate_characters(texts, self.max_length),
@@ -1013,16 +1029,11 @@ class TextEncoder(_Encoder):
             return_tensors="pt",
         )
         # copied without waiting for the device (a copy from pageable memory waits for
-        # the speech encoder queued before); the mask keeps its lengths on the host
+        # the speech encoder queued before)
         input_ids = to_device(tokens["input_ids"], device)
         mask = to_device(tokens["attention_mask"], device).bool()
         mask.host_lengths = tokens["attention_mask"].sum(dim=1)
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=self._model_mask(mask),
-            output_hidden_states=self.wants_all_states,
-        )
-        return self._stack(outputs.hidden_states, outputs.last_hidden_state), mask
+        return input_ids, mask, self._model_mask(mask)
 
     def _model_mask(self, mask):
         """The attention mask the model is given. Given a 2-D mask, transformers' SDPA

@@ -551,6 +551,56 @@ def test_frozen_feature_extractor_builds_no_graph_and_gets_no_gradient():
     assert any(g.abs().sum() > 0 for g in layer_grads)
 
 
+@pytest.mark.parametrize("frozen", [True, False])
+def test_torch_compile_leaves_only_the_frozen_feature_extractor_eager(frozen):
+    """``--compile``: dynamo skips the frozen CNN (it runs eagerly, as without compile)
+    and still traces a trained one."""
+    from torch._dynamo.testing import CompileCounter
+
+    encoder = SpeechEncoder(WAVLM, pretrained=False, freeze_feature_extractor=frozen).train()
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    features = torch.compile(encoder.model.feature_extractor, backend=counter)(torch.randn(2, 8000))
+    assert features.shape[-1] == 24
+    assert (counter.frame_count == 0) == frozen
+
+
+def test_torch_compile_does_not_compile_the_text_encoder_again_for_new_transcripts(tokenizer_dir):
+    """``--compile``: the tokenization runs eagerly, so the compiled code sees tensors,
+    not strings; traced, each batch's strings were guarded on and compiled again, until
+    dynamo's recompile limit left the text encoder eager."""
+    from torch._dynamo.testing import CompileCounter
+
+    encoder = TextEncoder(
+        os.path.join(MINI_CONF, "roberta_tiny"), tokenizer=tokenizer_dir, pretrained=False
+    ).train()
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    states = torch.compile(lambda texts: encoder.states(texts)[0], backend=counter, dynamic=True)
+    states(["what a wonderful day", "leave me alone"])
+    compiled = counter.frame_count
+    for texts in (["I am so sad today", "no"], ["get out of here", "fine, thanks a lot"]):
+        assert states(texts).shape[:2] == encoder.states(texts)[0].shape[:2]
+    assert compiled > 0 and counter.frame_count == compiled
+
+
+@pytest.mark.slow
+def test_speech_encoder_with_frozen_feature_extractor_compiles_for_dynamic_lengths():
+    """SpeechBrain's ``--compile --compile_using_dynamic_shape_tracing`` on a speech
+    encoder with its CNN frozen (the paper's configs): training steps of two lengths
+    through inductor. With the CNN compiled too, inductor (torch 2.13) failed at
+    the first step (ValueRangeError)."""
+    encoder = SpeechEncoder(WAVLM, pretrained=False, freeze_feature_extractor=True, layerdrop=0.0).train()
+    torch._dynamo.reset()
+    states = torch.compile(lambda wavs, lens: encoder.states(wavs, lens)[0], dynamic=True)
+    for samples in (16000, 12164):
+        out = states(torch.randn(4, samples), torch.tensor([1.0, 0.9, 0.8, 0.7]))
+        out.sum().backward()
+        assert out.shape[1] == encoder.model._get_feat_extract_output_lengths(samples)
+    assert all(p.grad is None for p in encoder.model.feature_extractor.parameters())
+    assert all(p.grad is not None for p in encoder.model.encoder.layers.parameters())
+
+
 def test_encoder_masks_keep_their_lengths_on_the_host(tokenizer_dir):
     """The GRU's packing reads the lengths from the host copy (``crab.masks``), which
     agrees with the mask, for CPU and device-side relative lengths alike."""
