@@ -1,6 +1,7 @@
 """Speech and text encoder wrappers, built from configs with random weights."""
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -585,6 +586,10 @@ def test_torch_compile_does_not_compile_the_text_encoder_again_for_new_transcrip
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX") or "g++") is None,
+    reason="torch.compile's CPU code is built with a C++ compiler (g++, or $CXX): none found",
+)
 def test_speech_encoder_with_frozen_feature_extractor_compiles_for_dynamic_lengths():
     """SpeechBrain's ``--compile --compile_using_dynamic_shape_tracing`` on a speech
     encoder with its CNN frozen (the paper's configs): training steps of two lengths
