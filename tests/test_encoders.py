@@ -590,6 +590,9 @@ def test_torch_compile_does_not_compile_the_text_encoder_again_for_new_transcrip
     shutil.which(os.environ.get("CXX") or "g++") is None,
     reason="torch.compile's CPU code is built with a C++ compiler (g++, or $CXX): none found",
 )
+# torch's own, as inductor loads and traces transformers
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
 def test_speech_encoder_with_frozen_feature_extractor_compiles_for_dynamic_lengths():
     """SpeechBrain's ``--compile --compile_using_dynamic_shape_tracing`` on a speech
     encoder with its CNN frozen (the paper's configs): training steps of two lengths
