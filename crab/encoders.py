@@ -514,17 +514,20 @@ class SpeechEncoder(_Encoder):
             self.features = None
             num_layers = config.num_hidden_layers
             frontend = [self.model.feature_extractor]
-        if freeze_feature_extractor:
-            for module in frontend:
+        for module in frontend:
+            if freeze_feature_extractor:
                 module.requires_grad_(False)
-                # transformers' CNN marks its input as requiring grad (for gradient
-                # checkpointing) unless frozen through _freeze_parameters: with it, the
-                # frozen CNN builds no autograd graph and its backward never runs
-                if hasattr(module, "_freeze_parameters"):
-                    module._freeze_parameters()
-                    # under torch.compile it runs eagerly: inductor (torch 2.13) fails on the
-                    # attention above a frozen CNN compiled for dynamic lengths (ValueRangeError)
-                    module.forward = torch.compiler.disable(module.forward)
+            if not hasattr(module, "_requires_grad"):  # Whisper's convolutions
+                continue
+            # transformers' CNN (wav2vec 2.0 family) makes the waveform require grad (for
+            # reentrant checkpointing, not used here) unless the flag is off: a frozen CNN
+            # would build an autograd graph and run its backward, a trained one compute
+            # the waveform's gradient, which nothing reads
+            module._requires_grad = False
+            # under torch.compile it runs eagerly: compiled for dynamic lengths in one graph
+            # with the layers above, inductor (torch 2.13) fails on their attention
+            # (ValueRangeError)
+            module.forward = torch.compiler.disable(module.forward)
         _enable_gradient_checkpointing(self.model, gradient_checkpointing)
         self.use_attention_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
         _float_padding_masks(self.model)
