@@ -15,11 +15,18 @@ import torch
 
 def to_device(tensor, device):
     """A host tensor on ``device`` without the host waiting for the device: a copy from
-    pageable memory waits for the work queued before it, one from pinned memory does not."""
+    pageable memory waits for the work queued before it, one from pinned memory does not.
+    Traced by torch.compile, the copy is the compiled graph's own (dynamo cannot trace
+    ``pin_memory``)."""
     device = torch.device(device)
-    if device.type == "cuda":
+    if pins_first(device):
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
+
+
+def pins_first(device):
+    """Whether ``to_device`` pins the host tensor before copying it to ``device``."""
+    return device.type == "cuda" and not torch.compiler.is_compiling()
 
 
 def device_mask(lengths, max_len, device):

@@ -604,6 +604,19 @@ def test_torch_compile_does_not_compile_the_text_encoder_again_for_new_transcrip
     assert compiled > 0 and counter.frame_count == compiled
 
 
+def test_torch_compile_copies_host_tensors_to_the_gpu_without_pinning():
+    """``--compile`` on CUDA: eagerly, a host tensor is pinned before its copy to the GPU;
+    traced, it is not (dynamo cannot trace ``pin_memory``: the first training step failed
+    with "NYI: aten._pin_memory.default")."""
+    from crab.masks import pins_first
+
+    cuda = torch.device("cuda")
+    traced = torch.compile(lambda t: t + int(pins_first(cuda)), backend="eager", fullgraph=True)
+    torch._dynamo.reset()
+    assert pins_first(cuda) and not pins_first(torch.device("cpu"))
+    assert traced(torch.zeros(1)).item() == 0
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which(os.environ.get("CXX") or "g++") is None,
