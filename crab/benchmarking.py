@@ -223,8 +223,25 @@ class Bench:
     """One Crab, its legs and losses, and one batch, on ``device``."""
 
     def __init__(self, setup, with_legs=True):
-        head = setup["head"]
+        head, device = setup["head"], setup["device"]
         torch.manual_seed(0)
+        # random weights drawn where they run: drawn on the CPU, WavLM Large and RoBERTa
+        # Large took seconds each, and a benchmark builds the model up to nine times
+        with torch.device(device):
+            self._build(setup, head, with_legs)
+        self.alpha, self.max_grad_norm = head["alpha"], head["max_grad_norm"]
+        wavs = [torch.from_numpy(w) for w in setup["wavs"]]
+        self.wavs = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
+        self.wav_lens = torch.tensor([len(w) / self.wavs.shape[1] for w in wavs])  # on the host, as CrabBrain
+        self.texts = setup["texts"]
+        self.labels = torch.tensor(setup["labels"], device=device)
+        self.optimizers = None
+        self.device_type = torch.device(device).type
+        self.dtype = PRECISIONS[setup["precision"]]
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=setup["precision"] == "fp16")
+
+    def _build(self, setup, head, with_legs):
+        """The model, its legs and losses, on the default device."""
         self.model = Crab(
             num_classes=len(MELD_CLASSES),
             speech_encoder=lambda: BenchSpeechEncoder(
@@ -253,19 +270,6 @@ class Bench:
         self.legs = SupervisionLegs(self.model.tap_dims, names, head["leg_output_dim"])
         self.leg_loss = ContrastiveLoss(head["contrastive_loss"], head["temperature"])
         self.wce = WeightedCrossEntropy(len(MELD_CLASSES))
-        device = setup["device"]
-        for module in (self.model, self.legs, self.wce):
-            module.to(device)
-        self.alpha, self.max_grad_norm = head["alpha"], head["max_grad_norm"]
-        wavs = [torch.from_numpy(w) for w in setup["wavs"]]
-        self.wavs = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
-        self.wav_lens = torch.tensor([len(w) / self.wavs.shape[1] for w in wavs])  # on the host, as CrabBrain
-        self.texts = setup["texts"]
-        self.labels = torch.tensor(setup["labels"], device=device)
-        self.optimizers = None
-        self.device_type = torch.device(device).type
-        self.dtype = PRECISIONS[setup["precision"]]
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=setup["precision"] == "fp16")
 
     def autocast(self):
         """SpeechBrain's ``--precision``: autocast to bf16 or fp16, nothing for fp32."""

@@ -382,6 +382,34 @@ def test_the_steps_run_in_the_precision_asked(precision, half, tokenizer_dir):
     assert bench.scaler.is_enabled() == (precision == "fp16")
 
 
+def test_the_bench_draws_its_weights_on_its_device(tokenizer_dir):
+    """The random weights are made where they run (here "meta", as CUDA: shapes, no data),
+    not drawn on the CPU and copied."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from crab.benchmarking import Bench
+
+    class HostElements(TorchDispatchMode):
+        made = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.device.type == "cpu":
+                HostElements.made += out.numel()
+            return out
+
+    setup = bench_setup(tokenizer_dir, device="meta")
+    with HostElements():
+        bench = Bench(setup)
+    tensors = [*bench.model.parameters(), *bench.model.buffers(), *bench.legs.parameters()]
+    assert tensors and all(t.is_meta for t in tensors)
+    assert bench.wav_lens.device.type == "cpu"  # lengths stay on the host, as CrabBrain's
+    # on the host: the waveforms, their padded batch and its lengths, a few times each
+    # (copies, views), far fewer elements than the weights
+    waveforms = sum(len(w) for w in setup["wavs"])
+    assert HostElements.made <= 8 * waveforms < sum(t.numel() for t in tensors)
+
+
 def test_report_rows_are_median_min_max_and_the_payback_is_extraction_over_the_epoch_saving():
     import datetime
 
