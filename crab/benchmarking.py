@@ -30,7 +30,7 @@ from crab.encoders import SpeechEncoder, TextEncoder
 from crab.experiment import dataset, feature_cache, parse_and_load, prepare_labels_and_weights
 from crab.features import extract
 from crab.legs import SupervisionLegs
-from crab.losses import ContrastiveLoss, WeightedCrossEntropy, total_loss
+from crab.losses import ContrastiveLoss, WeightedCrossEntropy, leg_losses, total_loss
 from crab.model import Crab
 from crab.runconfig import TagTolerantLoader
 from crab.tokenizer import build_bpe_tokenizer
@@ -301,7 +301,7 @@ class Bench:
             logits, taps = self.model(self.wavs, self.wav_lens, self.texts)
             ce = self.wce(logits, self.labels)
             outputs = self.legs(taps) if with_legs else {}
-            loss = total_loss(ce, [self.leg_loss(out, self.labels) for out in outputs.values()], self.alpha)
+            loss = total_loss(ce, list(leg_losses(self.leg_loss, outputs, self.labels).values()), self.alpha)
         self.scaler.scale(loss).backward()
         for optimizer in self.optimizers:
             self.scaler.unscale_(optimizer)

@@ -21,7 +21,7 @@ from crab.distributed import world_size
 from crab.encoders import lengths_to_mask, relative_to_absolute
 from crab.features import BRANCHES, cached_states
 from crab.fileio import commit, make_dirs, stage, text_writer
-from crab.losses import total_loss
+from crab.losses import leg_losses, total_loss
 from crab.metrics import METRICS, compute_scores
 from crab.model import NonFiniteOutputError, non_finite_rows
 from crab.report import EVALUATED_CHECKPOINT
@@ -404,10 +404,10 @@ class CrabBrain(sb.Brain):
         epoch = self.hparams.epoch_counter.current
         targets = batch.emo_encoded.data.squeeze(1)
         ce = self.modules.wce(logits, targets)
-        leg_losses = {name: self.hparams.leg_loss(out, targets) for name, out in leg_outputs.items()}
-        loss = total_loss(ce, list(leg_losses.values()), self.hparams.alpha)
+        by_leg = leg_losses(self.hparams.leg_loss, leg_outputs, targets)
+        loss = total_loss(ce, list(by_leg.values()), self.hparams.alpha)
         if stage == sb.Stage.TRAIN:
-            parts = {"wce": ce, **{f"leg_{n}": v for n, v in leg_losses.items()}}
+            parts = {"wce": ce, **{f"leg_{n}": v for n, v in by_leg.items()}}
             # the step's checks and sums in one copy to the host (each .item() waits for the device)
             sums = torch.stack([v.detach().float() for v in parts.values()])
             values = torch.cat([sums, torch.isfinite(logits.detach()).all(dim=-1)]).tolist()

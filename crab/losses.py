@@ -10,18 +10,22 @@ from crab.distributed import gather_batch
 
 
 def _similarities(embeddings, labels, temperature):
-    """Cosine similarities / tau with the self pair removed, and the positive mask.
+    """Log-softmax of the cosine similarities / tau with the self pair removed,
+    ``(batch, batch)``, or ``(legs, batch, batch)`` for ``(batch, legs, dim)`` embeddings,
+    and the positive mask, ``(batch, batch)``.
 
     Computed in fp32, also under autocast (``--precision bf16|fp16``): the cosines are
     divided by tau (0.1) before the softmax, and in bf16 (8 significant bits) a cosine
     near 1 is off by up to 0.002, a logit by up to 0.02."""
     with torch.autocast(embeddings.device.type, enabled=False):
         z = F.normalize(embeddings.float(), dim=-1)
-        logits = z @ z.T / temperature
-        eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+        if z.dim() == 3:
+            z = z.transpose(0, 1)
+        logits = z @ z.mT / temperature
+        eye = torch.eye(len(labels), dtype=torch.bool, device=z.device)
         logits = logits.masked_fill(eye, float("-inf"))
         positives = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~eye
-        log_q = torch.log_softmax(logits, dim=1).masked_fill(eye, 0.0)
+        log_q = torch.log_softmax(logits, dim=-1).masked_fill(eye, 0.0)
     return log_q, positives.to(log_q.dtype)
 
 
@@ -35,7 +39,8 @@ def mpcl(embeddings, labels, temperature=0.1):
     Arguments
     ---------
     embeddings : torch.Tensor
-        (batch, dim) leg outputs; normalized to unit length here.
+        (batch, dim) leg outputs, or (batch, legs, dim): several legs' at once;
+        normalized to unit length here.
     labels : torch.Tensor
         (batch,) integer classes: same class, positive pair.
     temperature : float
@@ -44,7 +49,7 @@ def mpcl(embeddings, labels, temperature=0.1):
     Returns
     -------
     torch.Tensor
-        The scalar loss (0 for a batch of fewer than 2).
+        The scalar loss, or one per leg, (legs,) (0 for a batch of fewer than 2).
 
     Example
     -------
@@ -61,10 +66,10 @@ def mpcl(embeddings, labels, temperature=0.1):
     0.2757
     """
     if len(embeddings) < 2:
-        return embeddings.sum() * 0.0
+        return embeddings.sum(dim=(0, -1)) * 0.0
     log_q, positives = _similarities(embeddings, labels, temperature)
     target = positives / positives.sum(dim=1, keepdim=True).clamp(min=1.0)
-    return -(target * log_q).sum(dim=1).mean()
+    return -(target * log_q).sum(dim=-1).mean(dim=-1)
 
 
 SUPCON_ANCHORS = ("with_positive", "all")
@@ -87,7 +92,8 @@ def supcon(
     Arguments
     ---------
     embeddings : torch.Tensor
-        (batch, dim) leg outputs; normalized to unit length here.
+        (batch, dim) leg outputs, or (batch, legs, dim): several legs' at once;
+        normalized to unit length here.
     labels : torch.Tensor
         (batch,) integer classes.
     temperature, base_temperature : float
@@ -100,7 +106,7 @@ def supcon(
     Returns
     -------
     torch.Tensor
-        The scalar loss (0 when no anchor has a positive).
+        The scalar loss, or one per leg, (legs,) (0 when no anchor has a positive).
 
     Example
     -------
@@ -128,9 +134,9 @@ def supcon(
     counts = positives.sum(dim=1)
     # an anchor without a positive has per_anchor 0; counted on the device, without
     # asking the host (a host wait per leg on a GPU)
-    per_anchor = (positives * log_q).sum(dim=1) / counts.clamp(min=1.0)
-    averaged = (counts > 0).sum().clamp(min=1) if anchors == "with_positive" else len(per_anchor)
-    mean = per_anchor.sum() / averaged
+    per_anchor = (positives * log_q).sum(dim=-1) / counts.clamp(min=1.0)
+    averaged = (counts > 0).sum().clamp(min=1) if anchors == "with_positive" else len(counts)
+    mean = per_anchor.sum(dim=-1) / averaged
     factor = temperature / base_temperature if scale == "tau_ratio" else 1.0
     return -factor * mean
 
@@ -165,9 +171,25 @@ class ContrastiveLoss(nn.Module):
         self.kind, self.temperature, self.gather, self.kwargs = kind, temperature, gather, kwargs
 
     def forward(self, embeddings, labels):
+        """The loss of ``(batch, dim)`` embeddings, or each leg's of ``(batch, legs, dim)``."""
         if self.gather:
             embeddings, labels = gather_batch(embeddings, labels)
         return self.KINDS[self.kind](embeddings, labels, self.temperature, **self.kwargs)
+
+
+def leg_losses(criterion, outputs, labels):
+    """``{leg name: loss}`` of the legs' ``outputs`` (``{name: (batch, dim)}``). A
+    ``ContrastiveLoss`` takes the legs of one output size in one batch: one similarity
+    matrix product and softmax for all (a few hundred kernel launches fewer per training
+    step on a GPU for five legs; with ``gather``, one exchange between processes, not
+    one per leg). Any other criterion is called on each leg."""
+    if not outputs:
+        return {}
+    shapes = {out.shape for out in outputs.values()}
+    if not isinstance(criterion, ContrastiveLoss) or len(shapes) > 1:
+        return {name: criterion(out, labels) for name, out in outputs.items()}
+    losses = criterion(torch.stack(list(outputs.values()), dim=1), labels)
+    return dict(zip(outputs, losses.unbind(), strict=True))
 
 
 class ClassCountError(UserError, ValueError):

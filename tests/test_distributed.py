@@ -17,7 +17,7 @@ from torch import nn
 
 import crab.experiment
 from crab.distributed import end_process_group, gather_batch
-from crab.losses import ContrastiveLoss, WeightedCrossEntropy, mpcl, supcon
+from crab.losses import ContrastiveLoss, WeightedCrossEntropy, leg_losses, mpcl, supcon
 from tests.conftest import ROOT, write_tone_corpus
 from tests.test_brain import CLASSES
 
@@ -86,8 +86,17 @@ def gathered_losses(rank):
                 "weight_grad": ddp.module.weight.grad,
                 "bias_grad": ddp.module.bias.grad,
             }
+            legs = {name: z.detach().requires_grad_() for name, z in two_legs(layer(inputs[rows])).items()}
+            by_leg = leg_losses(loss_fn, legs, labels[rows])  # the legs in one batch: one exchange
+            sum(by_leg.values()).backward()
+            results[split, kind, "legs"] = {n: (by_leg[n].detach(), legs[n].grad) for n in legs}
         results[split, "labels"] = gather_batch(inputs[rows], labels[rows])[1]
     return results
+
+
+def two_legs(embeddings):
+    """Two legs' outputs, one of them the embeddings."""
+    return {"first": embeddings, "second": 2.0 * embeddings.flip(-1) + 1.0}
 
 
 def worker(rank, rendezvous, out_dir, manifest):
@@ -150,6 +159,22 @@ def test_gathered_loss_and_gradients_equal_the_global_batch(gathered, split, kin
         torch.testing.assert_close(got["weight_grad"], layer.weight.grad)
         torch.testing.assert_close(got["bias_grad"], layer.bias.grad)
         assert got["embedding_grad"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("split", SPLITS)
+def test_legs_gathered_in_one_batch_equal_each_legs_global_batch(gathered, split, kind):
+    inputs, labels, layer = global_batch()
+    loss_fn, temperature = KINDS[kind]
+    legs = {name: z.detach().requires_grad_() for name, z in two_legs(layer(inputs)).items()}
+    for name, embeddings in legs.items():
+        loss_fn(embeddings, labels, temperature).backward()
+        start = 0
+        for rank, size in enumerate(SPLITS[split]):
+            loss, grad = gathered[rank][split, kind, "legs"][name]
+            assert loss.item() == pytest.approx(loss_fn(embeddings, labels, temperature).item(), rel=1e-6)
+            torch.testing.assert_close(grad / WORLD, embeddings.grad[start : start + size])
+            start += size
 
 
 @pytest.mark.parametrize("split", SPLITS)

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from crab.losses import ContrastiveLoss, WeightedCrossEntropy, class_weights, mpcl, supcon, total_loss
+from crab.losses import (
+    ContrastiveLoss,
+    WeightedCrossEntropy,
+    class_weights,
+    leg_losses,
+    mpcl,
+    supcon,
+    total_loss,
+)
 
 
 def reference_mpcl(z, y, tau):
@@ -190,3 +198,43 @@ def test_contrastive_similarities_are_fp32_under_bf16_autocast(loss):
     assert mixed.item() == pytest.approx(exact.item(), rel=1e-6)
     mixed.backward()
     assert embeddings.grad.dtype == torch.bfloat16 and torch.isfinite(embeddings.grad.float()).all()
+
+
+@pytest.mark.parametrize(
+    "criterion",
+    [
+        ContrastiveLoss("mpcl", 0.1),
+        ContrastiveLoss("supcon", 0.1),
+        ContrastiveLoss("supcon", 0.1, supcon_anchors="all", supcon_scale="none"),
+    ],
+)
+@pytest.mark.parametrize("batch", [6, 1])
+def test_the_legs_in_one_batch_equal_each_legs_own_loss_and_gradient(criterion, batch):
+    """``leg_losses`` stacks the legs of one size into one computation: per leg, the same
+    loss and gradient as the leg alone (label 3 has no positive; a batch of one gives 0)."""
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1, 0, 2, 1, 3])[:batch]
+    outputs = {name: torch.randn(batch, 8, requires_grad=True) for name in ("a", "b", "c")}
+    together = leg_losses(criterion, outputs, labels)
+    assert list(together) == ["a", "b", "c"]
+    sum(together.values()).backward()
+    for name, out in outputs.items():
+        alone = out.detach().requires_grad_()
+        loss = criterion(alone, labels)
+        loss.backward()
+        assert together[name].item() == pytest.approx(loss.item(), rel=1e-6, abs=1e-7)
+        torch.testing.assert_close(out.grad, alone.grad)
+    assert (batch == 1) == all(v.item() == 0.0 for v in together.values())
+
+
+def test_legs_of_other_sizes_or_another_criterion_are_computed_one_by_one():
+    labels = torch.tensor([0, 1, 0, 1])
+    outputs = {"a": torch.randn(4, 8), "b": torch.randn(4, 3)}
+    got = leg_losses(ContrastiveLoss("mpcl", 0.1), outputs, labels)
+    assert {n: v.item() for n, v in got.items()} == pytest.approx(
+        {n: mpcl(out, labels, 0.1).item() for n, out in outputs.items()}
+    )
+    calls = []
+    got = leg_losses(lambda out, y: calls.append(out.shape) or out.sum(), outputs, labels)
+    assert calls == [(4, 8), (4, 3)] and list(got) == ["a", "b"]
+    assert leg_losses(ContrastiveLoss("mpcl", 0.1), {}, labels) == {}
