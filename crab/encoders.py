@@ -531,8 +531,11 @@ class SpeechEncoder(_Encoder):
         _enable_gradient_checkpointing(self.model, gradient_checkpointing)
         self.use_attention_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
         _float_padding_masks(self.model)
+        _device_position_buckets(self.model)
         if hasattr(self.model, "_mask_hidden_states"):
             self.model._mask_hidden_states = _host_spec_augment(self.model)
+        if hasattr(self.model, "_get_feature_vector_attention_mask"):
+            self.model._get_feature_vector_attention_mask = _host_frame_mask(self.model)
         self.waveform_normalization = waveform_normalization_mode(normalize_waveform, source)
         self.waveform_norm = WaveformNormalization() if self.waveform_normalization == "global" else None
         self.output_dim = config.d_model if self.is_whisper else config.hidden_size
@@ -592,6 +595,7 @@ class SpeechEncoder(_Encoder):
         # (_host_spec_augment); this call's only
         masked_lens = lengths_before_adapter(self.model, lengths)
         self.model.crab_frame_lens = masked_lens if self.use_attention_mask else None
+        self.model.crab_sample_lens = lengths if self.use_attention_mask else None
         try:
             outputs = self.model(
                 wavs,
@@ -599,7 +603,7 @@ class SpeechEncoder(_Encoder):
                 output_hidden_states=self.wants_all_states,
             )
         finally:
-            self.model.crab_frame_lens = None
+            self.model.crab_frame_lens = self.model.crab_sample_lens = None
         states = self._stack(_encoder_hidden_states(self.model, outputs), outputs.last_hidden_state)
         if states.shape[1] != outputs.last_hidden_state.shape[1]:  # hidden states before an adapter
             frame_lens = masked_lens
@@ -749,6 +753,47 @@ def _sdpa_attention(attention):
         return attention.out_proj(out.transpose(1, 2).reshape(batch, frames, dim)), None
 
     return forward
+
+
+def _device_position_buckets(model):
+    """WavLM's relative position bias with the bucket of each frame pair computed on the
+    device: transformers computes it on the host and copies it from pageable memory
+    (a wait for the device in every forward pass). The same buckets, the same bias."""
+    from transformers.models.wavlm.modeling_wavlm import WavLMAttention
+
+    for module in model.modules():
+        if isinstance(module, WavLMAttention) and hasattr(module, "rel_attn_embed"):
+            module.compute_bias = _position_bias(module)
+
+
+def _position_bias(attention):
+    def compute_bias(query_length, key_length):
+        device = attention.rel_attn_embed.weight.device
+        context = torch.arange(query_length, dtype=torch.long, device=device)[:, None]
+        memory = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
+        buckets = attention._relative_positions_bucket(memory - context)
+        return attention.rel_attn_embed(buckets).permute([2, 0, 1])
+
+    return compute_bias
+
+
+def _host_frame_mask(model):
+    """transformers' frame mask of wav2vec 2.0-style models
+    (``_get_feature_vector_attention_mask``) from the samples' lengths on the host
+    (``model.crab_sample_lens``, set for each call): theirs counts the samples on the
+    device and indexes with the result (a wait for the device). The same mask, True on
+    the frames before each utterance's output length."""
+    original = model._get_feature_vector_attention_mask
+
+    def get_feature_vector_attention_mask(feature_vector_length, attention_mask, *adapter, **by_name):
+        lengths = getattr(model, "crab_sample_lens", None)
+        if lengths is None:
+            return original(feature_vector_length, attention_mask, *adapter, **by_name)
+        # add_adapter, where the model has one, as the caller gave it
+        frames = model._get_feat_extract_output_lengths(lengths, *adapter, **by_name).to(torch.long)
+        return device_mask(frames, feature_vector_length, attention_mask.device)
+
+    return get_feature_vector_attention_mask
 
 
 def lengths_before_adapter(model, lengths):

@@ -641,6 +641,56 @@ def test_speech_encoder_with_frozen_feature_extractor_compiles_for_dynamic_lengt
     assert all(p.grad is not None for p in encoder.model.encoder.layers.parameters())
 
 
+def test_wavlm_position_bias_is_transformers_own_computed_on_the_device():
+    """The bucket of each frame pair is computed where the bias is (transformers builds it
+    on the host and copies it: a wait for the device); the same bias, near and beyond the
+    largest bucketed distance."""
+    from transformers.models.wavlm.modeling_wavlm import WavLMAttention
+
+    encoder = SpeechEncoder(WAVLM, pretrained=False)
+    biased = [
+        m for m in encoder.model.modules() if isinstance(m, WavLMAttention) and hasattr(m, "rel_attn_embed")
+    ]
+    assert biased
+    for attention in biased:
+        for frames in (1, 7, attention.max_distance + 30):
+            torch.testing.assert_close(
+                attention.compute_bias(frames, frames),
+                WavLMAttention.compute_bias(attention, frames, frames),
+                rtol=0,
+                atol=0,
+            )
+
+
+def test_wavlm_frame_mask_comes_from_the_host_lengths():
+    """The frame mask the encoder's layers get is transformers' own, computed from the
+    samples' lengths on the host (theirs counts them on the device, then indexes: a wait
+    for the device); with no lengths given (another caller), transformers' own runs."""
+    encoder = SpeechEncoder(WAVLM, pretrained=False)
+    model = encoder.model
+    samples = torch.tensor([16000, 12345, 401, 16000])
+    sample_mask = (torch.arange(16000) < samples.unsqueeze(1)).long()
+    frames = int(model._get_feat_extract_output_lengths(16000))
+    theirs = type(model)._get_feature_vector_attention_mask(model, frames, sample_mask, add_adapter=False)
+    model.crab_sample_lens = samples
+    try:
+        ours = model._get_feature_vector_attention_mask(frames, sample_mask, add_adapter=False)
+    finally:
+        model.crab_sample_lens = None
+    assert ours.dtype == torch.bool and torch.equal(ours, theirs) and not theirs.all()
+    assert torch.equal(
+        model._get_feature_vector_attention_mask(frames, sample_mask, add_adapter=False), theirs
+    )
+    # in a forward pass: the states of the real frames do not depend on the padding
+    encoder.eval()
+    wavs = torch.randn(2, 16000)
+    batch, mask = encoder(wavs, torch.tensor([1.0, 0.5]))
+    alone, _ = encoder(wavs[1:, :8000], torch.tensor([1.0]))
+    n = int(mask[1].sum())
+    assert n == alone.shape[1] and not mask[1].all()
+    torch.testing.assert_close(batch[1, :n], alone[0], rtol=1e-4, atol=1e-5)
+
+
 def test_encoder_masks_keep_their_lengths_on_the_host(tokenizer_dir):
     """The GRU's packing reads the lengths from the host copy (``crab.masks``), which
     agrees with the mask, for CPU and device-side relative lengths alike."""
