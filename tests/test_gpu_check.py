@@ -11,11 +11,17 @@ SCRIPT = os.path.join(ROOT, "tools", "gpu_check.sh")
 
 
 def test_cpu_environment_check_and_summary(tmp_path):
+    """The summary names the crab it measured: this checkout's, before another one on the
+    user's PYTHONPATH (an editable install of another checkout)."""
+    other = tmp_path / "other_checkout"
+    (other / "crab").mkdir(parents=True)
+    (other / "crab" / "__init__.py").write_text("")
     result = subprocess.run(
         ["bash", SCRIPT, "--device", "cpu", "--quick", "--checks", "env,train_fp16", "--work", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "PYTHONPATH": str(other)},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summaries = list(tmp_path.glob("gpu_check_*.md"))
@@ -23,6 +29,7 @@ def test_cpu_environment_check_and_summary(tmp_path):
     text = summaries[0].read_text()
     assert "| env | pass |" in text and "| train_fp16 | skipped (fp16 needs CUDA) |" in text
     assert "torch " in text and "cuda available:" in text
+    assert f"crab: {os.path.join(ROOT, 'crab')}\n" in text
 
 
 def test_a_spent_time_budget_skips_the_checks_left(tmp_path):

@@ -64,6 +64,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RECIPE=${ROOT}/egs/mini
 if [ -x "${ROOT}/tools/venv/bin/python" ]; then export PATH="${ROOT}/tools/venv/bin:${PATH}"; fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # everything is local: configs, tokenizer, data
+# this checkout's crab, also for the benchmarks, which do not go through the recipe's path.sh
+# (the venv's editable install may be another checkout's)
+export PYTHONPATH=${ROOT}${PYTHONPATH:+:${PYTHONPATH}}
 stamp=$(date -u +%Y%m%d_%H%M%S)
 work=${work:-${RECIPE}/exp_gpu_check/${stamp}}
 mkdir -p "${work}/logs"
@@ -119,6 +122,8 @@ env_report() {
   python - "$1" <<'EOF'
 import sys
 import torch, transformers, speechbrain
+import crab
+print(f"crab: {crab.__path__[0]}")
 print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN "
       f"{torch.backends.cudnn.version()}), transformers {transformers.__version__}, speechbrain {speechbrain.__version__}")
 print(f"cuda available: {torch.cuda.is_available()}, devices: "
