@@ -707,6 +707,10 @@ def _enable_gradient_checkpointing(model, enabled):
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if getattr(model.config, "use_cache", False):
+            # an encoder keeps no cache; left on, transformers logs in every run that
+            # caching is incompatible with checkpointing (RoBERTa's config has it on)
+            model.config.use_cache = False
 
 
 def _float_padding_masks(model):

@@ -35,6 +35,30 @@ def test_no_torchvision_message_and_the_figures_are_still_drawn(tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_checkpointed_text_encoder_trains_without_the_cache_message(tokenizer_dir):
+    """RoBERTa's config caches by default; with gradient checkpointing transformers logged
+    that caching is incompatible with it, once per run (a fresh process: it logs once)."""
+    code = (
+        "import torch\n"
+        "from crab.encoders import TextEncoder\n"
+        f"encoder = TextEncoder({os.path.join(MINI_CONF, 'roberta_tiny')!r}, tokenizer={tokenizer_dir!r},"
+        " pretrained=False, gradient_checkpointing=True).train()\n"
+        "states, mask = encoder(['what a day', 'no'])\n"
+        "states[mask].sum().backward()\n"
+        "print('trained', encoder.model.config.use_cache)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "trained False"
+    assert "use_cache" not in result.stderr and "Caching" not in result.stderr
+
+
 def test_wavlm_attention_through_sdpa_gives_transformers_states_without_warnings():
     torch.manual_seed(0)
     encoder = SpeechEncoder(os.path.join(MINI_CONF, "wavlm_tiny"), pretrained=False).eval()
