@@ -14,6 +14,18 @@ from crab.encoders import SpeechEncoder, lengths_to_mask, relative_to_absolute
 from tests.conftest import MINI_CONF, ROOT
 
 
+def run_fresh(code):
+    """``code`` in a new interpreter (messages logged once per process show there), with
+    this checkout's crab."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+
+
 def test_no_torchvision_message_and_the_figures_are_still_drawn(tmp_path):
     code = (
         "import logging, sys; logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)\n"
@@ -22,13 +34,7 @@ def test_no_torchvision_message_and_the_figures_are_still_drawn(tmp_path):
         "from crab.plots import plot_confusion\n"
         f"plot_confusion([[2, 0], [1, 1]], ['a', 'b'], {str(tmp_path / 'c.png')!r})\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-    )
+    result = run_fresh(code)
     assert result.returncode == 0, result.stderr
     assert "torchvision" not in result.stdout + result.stderr
     assert "epoch: 1" in (tmp_path / "log.txt").read_text()
@@ -47,13 +53,7 @@ def test_a_checkpointed_text_encoder_trains_without_the_cache_message(tokenizer_
         "states[mask].sum().backward()\n"
         "print('trained', encoder.model.config.use_cache)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-    )
+    result = run_fresh(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "trained False"
     assert "use_cache" not in result.stderr and "Caching" not in result.stderr
