@@ -527,7 +527,12 @@ class SpeechEncoder(_Encoder):
             # under torch.compile it runs eagerly: compiled for dynamic lengths in one graph
             # with the layers above, inductor (torch 2.13) fails on their attention
             # (ValueRangeError)
-            module.forward = torch.compiler.disable(module.forward)
+            _eager_under_compile(module)
+        if not self.is_whisper:
+            # so does the positional convolution: inductor's lowering of its input gradient
+            # fixes the number of frames (torch 2.13), and each new batch length was compiled
+            # again until dynamo's recompile limit left the encoder's layers eager
+            _eager_under_compile(self.model.encoder.pos_conv_embed)
         _enable_gradient_checkpointing(self.model, gradient_checkpointing)
         self.use_attention_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
         _float_padding_masks(self.model)
@@ -806,6 +811,11 @@ def lengths_before_adapter(model, lengths):
     if getattr(model.config, "add_adapter", False):
         return model._get_feat_extract_output_lengths(lengths, add_adapter=False)
     return model._get_feat_extract_output_lengths(lengths)
+
+
+def _eager_under_compile(module):
+    """``module`` runs eagerly inside code that torch.compile traces (a graph break)."""
+    module.forward = torch.compiler.disable(module.forward)
 
 
 def _host_spec_augment(model):

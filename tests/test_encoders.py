@@ -627,16 +627,29 @@ def test_torch_compile_copies_host_tensors_to_the_gpu_without_pinning():
 @pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
 def test_speech_encoder_with_frozen_feature_extractor_compiles_for_dynamic_lengths():
     """SpeechBrain's ``--compile --compile_using_dynamic_shape_tracing`` on a speech
-    encoder with its CNN frozen (the paper's configs): training steps of two lengths
-    through inductor. With the CNN compiled in one graph with the layers above,
-    inductor (torch 2.13) failed at the first step (ValueRangeError)."""
+    encoder with its CNN frozen (the paper's configs): training steps of three lengths and
+    two batch sizes through inductor, compiled at the first step only. With the CNN
+    compiled in one graph with the layers above, inductor (torch 2.13) failed at the first
+    step (ValueRangeError); with the positional convolution compiled, each new length
+    was compiled again (its input gradient's lowering fixed the number of frames)."""
+    from torch._inductor.compile_fx import compile_fx
+
     encoder = SpeechEncoder(WAVLM, pretrained=False, freeze_feature_extractor=True, layerdrop=0.0).train()
+    graphs = []
+
+    def inductor(graph, example_inputs):
+        graphs.append(graph)
+        return compile_fx(graph, example_inputs)
+
     torch._dynamo.reset()
-    states = torch.compile(lambda wavs, lens: encoder.states(wavs, lens)[0], dynamic=True)
-    for samples in (16000, 12164):
-        out = states(torch.randn(4, samples), torch.tensor([1.0, 0.9, 0.8, 0.7]))
+    states = torch.compile(lambda wavs, lens: encoder.states(wavs, lens)[0], backend=inductor, dynamic=True)
+    compiled = []
+    for batch, samples in ((4, 16000), (4, 12164), (3, 14000)):
+        out = states(torch.randn(batch, samples), torch.linspace(1.0, 0.7, batch))
         out.sum().backward()
         assert out.shape[1] == encoder.model._get_feat_extract_output_lengths(samples)
+        compiled.append(len(graphs))
+    assert compiled[0] > 0 and compiled == compiled[:1] * 3
     assert all(p.grad is None for p in encoder.model.feature_extractor.parameters())
     assert all(p.grad is not None for p in encoder.model.encoder.layers.parameters())
 
