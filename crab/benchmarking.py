@@ -6,6 +6,7 @@ and how. ``run(args)`` measures and returns the report.
 
 import contextlib
 import datetime
+import functools
 import gc
 import json
 import multiprocessing
@@ -81,6 +82,7 @@ STEP_ROWS = {
     "infer_encoders": "inference, the two encoders only",
 }
 INFER_ROWS = ("infer_full", "infer_encoders")  # --infer_only
+COMPILE_ROWS = ("train_legs", "train_ce")  # --compile: each configuration compiles in each process
 EPOCH_ROWS = {
     "extract": "feature extraction (paid once per corpus)",
     "epoch_end_to_end": "epoch, frozen encoders, end to end",
@@ -236,6 +238,9 @@ class Bench:
         self.texts = setup["texts"]
         self.labels = torch.tensor(setup["labels"], device=device)
         self.optimizers = None
+        self.encoders = dict(self.model.encoders)  # encoders-only inference
+        if setup.get("compile"):
+            self._compile(setup["compile"])
         self.device_type = torch.device(device).type
         self.dtype = PRECISIONS[setup["precision"]]
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=setup["precision"] == "fp16")
@@ -270,6 +275,16 @@ class Bench:
         self.legs = SupervisionLegs(self.model.tap_dims, names, head["leg_output_dim"])
         self.leg_loss = ContrastiveLoss(head["contrastive_loss"], head["temperature"])
         self.wce = WeightedCrossEntropy(len(MELD_CLASSES))
+
+    def _compile(self, mode):
+        """SpeechBrain's ``--compile --compile_using_dynamic_shape_tracing --compile_mode=mode``:
+        each module through torch.compile for dynamic shapes; the encoders also on their
+        own, for encoders-only inference. Compiled at their first run."""
+        compiled = functools.partial(torch.compile, mode=mode, dynamic=True)
+        self.model, self.legs, self.leg_loss, self.wce = (
+            compiled(module) for module in (self.model, self.legs, self.leg_loss, self.wce)
+        )
+        self.encoders = {name: compiled(encoder) for name, encoder in self.encoders.items()}
 
     def autocast(self):
         """SpeechBrain's ``--precision``: autocast to bf16 or fp16, nothing for fp32."""
@@ -315,8 +330,8 @@ class Bench:
         self.model.eval()
         with self.autocast():
             if encoders_only:
-                self.model.encoders["speech"](self.wavs, self.wav_lens)
-                self.model.encoders["text"](self.texts)
+                self.encoders["speech"](self.wavs, self.wav_lens)
+                self.encoders["text"](self.texts)
             else:
                 self.model(self.wavs, self.wav_lens, self.texts)
 
@@ -354,9 +369,11 @@ def time_steps(setup):
     bench = Bench(setup, with_legs=training)
     if training:
         bench.make_optimizers(setup["head"]["lr"], setup["head"]["weight_decay"])
+    first_runs = {}  # seconds of each configuration's first run (compiled there, under --compile)
     for _ in range(setup["warmup"]):
         for name in names:
-            _run_config(bench, name)
+            seconds = _timed(lambda name=name: _run_config(bench, name), setup["device"])
+            first_runs.setdefault(name, seconds)
     times = {name: [] for name in names}
     for round_ in range(setup["repeats"]):
         shift = round_ % len(names)
@@ -365,6 +382,7 @@ def time_steps(setup):
     cuda = setup["device"].startswith("cuda")
     return {
         "times": times,
+        "first_runs": first_runs,
         "checkpoint_bytes": checkpoint_bytes(bench) if training else None,
         "flops": step_flops(bench, names[0]),
         "profile": profile_table(bench, setup, names[0]) if setup["profile_steps"] else None,
@@ -405,11 +423,16 @@ def peak_tflops(device_name, precision, tf32):
 
 def step_flops(bench, name):
     """FLOPs of one run of step configuration ``name`` that torch.utils.flop_counter
-    counts (matmuls, convolutions, attention; forward and, in training, backward)."""
+    counts (matmuls, convolutions, attention; forward and, in training, backward), run
+    eagerly (compiled, the same step does the same arithmetic)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter:
+    # eagerly under --compile: the count does not depend on which operators compiled code calls
+    with counter, torch.compiler.set_stance("force_eager"), warnings.catch_warnings():
+        # the counter's module hooks run once more for a compiled module's wrapper: no operator
+        # is counted twice (torch warns that they would fire twice)
+        warnings.filterwarnings("ignore", "Using `torch.compile\\(module\\)` when there are global hooks")
         _run_config(bench, name)
     return counter.get_total_flops()
 
@@ -747,6 +770,11 @@ def report(args, setup, times, peaks, loads, token_counts, started, analysis):
             else ""
         )
         + (f"; TF32 {'on' if args.tf32 else 'off'}" if cuda else "")
+        + (
+            f"; torch.compile of the model, legs and losses (dynamic shapes, mode {args.compile_mode})"
+            if args.compile
+            else ""
+        )
         + f"; child processes: {args.start_method}",
         f"load average (1 min) before {loads[0]:.2f}, after {loads[1]:.2f}",
         f"encoders: {ENCODER_NAMES[args.size]}, random init"
@@ -823,8 +851,14 @@ def analysis_lines(args, analysis, name, medians):
         + (" (TF32)" if args.precision == "fp32" and args.tf32 else "")
         + f" | {'n/a' if peak is None else f'{peak:.1f}'} |",
         f"| fraction of peak | {'n/a' if peak is None else f'{achieved / peak:.1%}'} |",
-        f"| inference, utterances/s (full model) | {args.batch_size / medians['infer_full']:.1f} |",
     ]
+    if "infer_full" in medians:
+        lines.append(
+            f"| inference, utterances/s (full model) | {args.batch_size / medians['infer_full']:.1f} |"
+        )
+    if args.compile:
+        first = ", ".join(f"{name} {seconds:.1f}" for name, seconds in analysis["first_runs"].items())
+        lines.append(f"| first run of each configuration, compiling (s) | {first} |")
     if profile is not None:
         lines.append(f"| operator calls per step (profiler) | {profile['ops_per_step']:.0f} |")
     if analysis["checkpoint_bytes"] is not None:
@@ -883,6 +917,7 @@ def run(args):
             "tf32": args.tf32,
             "start_method": args.start_method,
             "gradient_checkpointing": args.gradient_checkpointing,
+            "compile": args.compile_mode if args.compile else None,
             "audio_seconds": args.audio_seconds,
             "speech_dir": speech_dir,
             "text_dir": text_dir,
@@ -900,7 +935,7 @@ def run(args):
             "corpus_dir": corpus_dir,
             "manifest": write_corpus(corpus_dir, args.epoch_utterances, rng, args.audio_seconds),
             "cache_dir": os.path.join(tmp, "feature_cache"),
-            "steps": list(INFER_ROWS if args.infer_only else STEP_ROWS),
+            "steps": list(INFER_ROWS if args.infer_only else COMPILE_ROWS if args.compile else STEP_ROWS),
         }
         times, peaks = {}, {}
         steps = setup["steps"]

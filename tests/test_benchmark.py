@@ -4,6 +4,7 @@
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import types
@@ -265,7 +266,10 @@ def test_peak_table_and_options():
         False,
     )
     assert parse_args(["--infer_only"]).steps_only and parse_args(["--tf32", "true"]).tf32
+    compiled = parse_args(["--compile", "--compile_mode", "reduce-overhead"])
+    assert compiled.steps_only and compiled.compile_mode == "reduce-overhead"
     for bad in (
+        ["--compile_mode", "max-autotune"],  # without --compile
         ["--precision", "fp16"],
         ["--audio_seconds", "x"],
         ["--quick", "--size", "large"],
@@ -302,7 +306,7 @@ def test_rates_are_counted_flops_over_seconds_and_utterances_over_seconds():
     full inference of 8 utterances in 0.25 s."""
     from crab.benchmarking import analysis_lines
 
-    args = types.SimpleNamespace(precision="bf16", tf32=False, batch_size=8)
+    args = types.SimpleNamespace(precision="bf16", tf32=False, batch_size=8, compile=False)
     analysis = {"device_name": "NVIDIA H200", "flops": 2e12, "profile": None, "checkpoint_bytes": None}
     medians = {"train_legs": 0.5, "infer_full": 0.25}
     text = "\n".join(analysis_lines(args, {**analysis, "syncs": None}, "train_legs", medians))
@@ -311,6 +315,14 @@ def test_rates_are_counted_flops_over_seconds_and_utterances_over_seconds():
     assert _cells(text, "device dense peak TFLOP/s, bf16") == ["989.5"]
     assert _cells(text, "fraction of peak") == ["0.4%"]
     assert _cells(text, "inference, utterances/s (full model)") == ["32.0"]
+    assert "compiling" not in text
+    # --compile: the training steps only, and the seconds of each one's first (compiling) run
+    args.compile, medians = True, {"train_legs": 0.5, "train_ce": 0.4}
+    analysis.update(syncs=None, first_runs={"train_legs": 61.2, "train_ce": 20.0})
+    text = "\n".join(analysis_lines(args, analysis, "train_legs", medians))
+    first = "train_legs 61.2, train_ce 20.0"
+    assert _cells(text, "first run of each configuration, compiling (s)") == [first]
+    assert "inference, utterances/s" not in text
 
 
 def test_a_cuda_step_is_timed_to_the_end_of_its_work(monkeypatch):
@@ -424,6 +436,7 @@ def test_report_rows_are_median_min_max_and_the_payback_is_extraction_over_the_e
         start_method="spawn",
         threads=4,
         gradient_checkpointing=False,
+        compile=False,
         hparams=os.path.join(ROOT, "crab_base.yaml"),
         batch_size=8,
         repeats=3,
@@ -582,3 +595,30 @@ def test_the_bench_optimizers_take_crabbrains_update_kernel(monkeypatch, tokeniz
     bench = benchmarking.Bench(bench_setup(tokenizer_dir))
     bench.make_optimizers(1e-4, 0.0)
     assert bench.optimizers and all(opt.defaults["foreach"] is False for opt in bench.optimizers)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX") or "g++") is None,
+    reason="torch.compile's CPU code is built with a C++ compiler (g++, or $CXX): none found",
+)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
+def test_compiled_steps_run_compiled_code_and_count_the_eager_flops(tokenizer_dir):
+    """``--compile``: the timed steps run what torch.compile made (the training step:
+    model, legs and losses, forward and backward); the FLOPs are those of the eager step;
+    the first run of each configuration, where it compiles, is kept apart."""
+    from torch._dynamo.utils import counters
+
+    from crab import benchmarking
+
+    setup = bench_setup(tokenizer_dir, steps=["train_legs"], warmup=1, repeats=1, profile_steps=0)
+    bench = benchmarking.Bench(setup)
+    bench.make_optimizers(1e-3, 0.0)
+    eager = benchmarking.step_flops(bench, "train_legs")
+    torch._dynamo.reset()
+    counters.clear()
+    result = benchmarking.time_steps({**setup, "compile": "default"})
+    assert counters["stats"]["unique_graphs"] > 0
+    assert eager > 0 and result["flops"] == eager
+    assert list(result["first_runs"]) == ["train_legs"] and len(result["times"]["train_legs"]) == 1

@@ -112,5 +112,9 @@ def test_a_failed_check_fails_the_whole_check(tmp_path):
     assert (rc, row[1]) == (1, "FAIL (exit 3)")
     rc, row = fake_cuda_check(tmp_path, 0, "Warning: destroy_process_group() was never called")
     assert (rc, row[1]) == (1, "FAIL (destroy_process_group() was never called)")
+    compiled = tmp_path / "compiled"  # another exit-0 run: a work folder of its own
+    compiled.mkdir()
+    rc, row = fake_cuda_check(compiled, 0, "W1204 torch._dynamo hit config.recompile_limit (8)")
+    assert (rc, row[1]) == (1, "FAIL (torch.compile hit its recompile limit)")
     rc, row = fake_cuda_check(tmp_path, 124, budget_s=100)  # env's own limit, 120 s, cut to what is left
     assert rc == 1 and re.fullmatch(r"FAIL \(timeout (99|100) s, cut by --budget_s\)", row[1]), row

@@ -13,6 +13,9 @@
 #               results entry goes to RESULTS.md in the work folder, never the recipe's
 #   train_bf16  stage 5 with SpeechBrain's --precision=bf16 (through --train_opts)
 #   train_fp16  stage 5 with --precision=fp16 (gradient scaler; CUDA only)
+#   train_compile stage 5 with --compile --compile_using_dynamic_shape_tracing (bf16 on
+#               CUDA): fails where torch.compile hit its recompile limit (dynamo gave up
+#               on a function, which ran eagerly from then on); compare with train_bf16
 #   cached      stages 4-6 with frozen encoders: the feature cache extracted on the device
 #   ddp         stage 5 under torchrun, nccl: run.sh --ngpu N with N > 1 GPUs, one
 #               process through torch.distributed.run with one (gloo on CPU); fails if
@@ -25,6 +28,7 @@
 #   bench_large_infer --size large bf16, 64 x 3 s, inference only (--infer_only): the rate
 #   bench_large_fp32  8 x 12 s in fp32 with TF32, steps only (--steps_only)
 #   bench_large_32    --size large bf16, 32 x 12 s, --gradient_checkpointing, steps only
+#   bench_large_compile --size large bf16, 8 x 12 s, the steps through torch.compile
 # With --quick the benchmarks run --quick (tiny) and training runs 1 epoch.
 # --budget_s S (default 1200) bounds the whole check: each check's own time limit is cut
 # to what is left, and a check with under 20 s left is skipped (the large-size benchmarks,
@@ -104,6 +108,9 @@ run_check() {
   if [ "${rc}" = 0 ] && grep -q "destroy_process_group() was never called" "${log}"; then
     status="FAIL (destroy_process_group() was never called)"
   fi
+  if [ "${rc}" = 0 ] && grep -q "torch._dynamo hit config\." "${log}"; then
+    status="FAIL (torch.compile hit its recompile limit)"
+  fi
   echo "   ${status}, ${seconds} s, peak GPU memory ${peak} MiB" | tee -a "${log}"
   rows+=("| ${name} | ${status} | ${seconds} | ${peak} | logs/${name}.log |")
   return 0
@@ -168,6 +175,12 @@ if wanted train_fp16; then
   fi
 fi
 
+if wanted train_compile; then
+  precision=''; [ "${device}" = cuda ] && precision=' --precision=bf16'
+  run_check train_compile 900 "${recipe[@]}" --stage 5 --stop_stage 5 --ngpu "${recipe_ngpu}" --tag compile \
+    --train_opts "--number_of_epochs=${epochs}${precision} --compile --compile_using_dynamic_shape_tracing"
+fi
+
 if wanted cached; then
   run_check cached 600 "${recipe[@]}" --stage 4 --stop_stage 6 --ngpu "${recipe_ngpu}" --tag cached --feature_cache "${work}/cache" \
     --train_opts "--number_of_epochs=${epochs} --freeze_speech_encoder=true --freeze_text_encoder=true"
@@ -226,6 +239,9 @@ else
   if wanted bench_large_32; then
     bench bench_large_32 --size large --precision bf16 --audio_seconds 12 --batch_size 32 \
       --gradient_checkpointing --repeats 3 --steps_only
+  fi
+  if wanted bench_large_compile; then
+    bench bench_large_compile --size large --precision bf16 --audio_seconds 12 --compile --repeats 3
   fi
 fi
 

@@ -3,7 +3,8 @@
     python -m crab.bin.benchmark [--device cpu|cuda[:N]] [--size tiny|base|large]
         [--precision fp32|bf16|fp16] [--audio_seconds 2.5-3.5] [--batch_size 8]
         [--repeats 5] [--threads N] [--epoch_utterances 32] [--epochs 3]
-        [--steps_only | --infer_only] [--profile_steps 3] [--quick]
+        [--steps_only | --infer_only] [--compile [--compile_mode default]]
+        [--profile_steps 3] [--quick]
 
 Encoders with random weights built from configs, no download: ``--size base``
 (default) WavLM Base and RoBERTa Base (transformers' WavLMConfig and RobertaConfig
@@ -28,7 +29,12 @@ d. a training epoch with frozen encoders read from the feature cache against one
    (not with ``--steps_only``).
 
 ``--infer_only`` measures b. alone (no optimizer, no legs), and analyses full
-inference instead of the training step.
+inference instead of the training step. ``--compile`` measures a. alone (b. too with
+``--infer_only``, the encoders then also compiled on their own) through torch.compile,
+as SpeechBrain's ``--compile --compile_using_dynamic_shape_tracing`` does
+(``--compile_mode`` as its own); the first (warm-up) run of each configuration
+compiles it, and the report gives its seconds. The FLOPs are counted on an eager run
+of the same step.
 
 Step times are interleaved (round-robin, order rotated every round) in one
 process, so load from other processes hits every configuration alike; the median
@@ -120,6 +126,20 @@ def parse_args(argv):
         help="the encoders recompute their activations in the backward pass (less memory)",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="the training steps, 5 legs and CE only (or with --infer_only inference), through "
+        "torch.compile as SpeechBrain's --compile --compile_using_dynamic_shape_tracing (implies "
+        "--steps_only)",
+    )
+    parser.add_argument(
+        "--compile_mode",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        default="default",
+        help="with --compile: torch.compile's mode (SpeechBrain's --compile_mode; reduce-overhead: "
+        "CUDA graphs)",
+    )
+    parser.add_argument(
         "--steps_only",
         action="store_true",
         help="the train and inference steps only: no feature extraction or epochs "
@@ -144,7 +164,7 @@ def parse_args(argv):
         help="how the measuring processes start (default spawn; fork only on CPU)",
     )
     args = parser.parse_args(argv)
-    args.steps_only = args.steps_only or args.infer_only
+    args.steps_only = args.steps_only or args.infer_only or args.compile
     quick = args.quick
     if quick and args.size not in (None, "tiny"):
         parser.error("--quick is --size tiny")
@@ -168,6 +188,8 @@ def parse_args(argv):
     args.start_method = args.start_method or "spawn"
     if cuda and args.start_method == "fork":
         parser.error("--start_method fork: CUDA cannot be used in a forked process; use spawn")
+    if args.compile_mode != "default" and not args.compile:
+        parser.error("--compile_mode needs --compile")
     if args.precision == "fp16" and not cuda:
         parser.error("--precision fp16 needs CUDA (SpeechBrain refuses it on CPU); use bf16")
     if cuda and not torch.cuda.is_available():
