@@ -4,7 +4,6 @@
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import types
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from crab.benchmarking import EPOCH_ROWS, RATIOS, STEP_ROWS, BenchSpeechEncoder, BenchTextEncoder
-from tests.conftest import MINI_CONF, ROOT, TEXTS
+from tests.conftest import MINI_CONF, ROOT, TEXTS, compiles_on_cpu
 
 
 def test_reference_mode_pads_text_to_max_length_and_masks_nothing(tokenizer_dir):
@@ -597,13 +596,7 @@ def test_the_bench_optimizers_take_crabbrains_update_kernel(monkeypatch, tokeniz
     assert bench.optimizers and all(opt.defaults["foreach"] is False for opt in bench.optimizers)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX") or "g++") is None,
-    reason="torch.compile's CPU code is built with a C++ compiler (g++, or $CXX): none found",
-)
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
-@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
+@compiles_on_cpu
 def test_compiled_steps_run_compiled_code_and_count_the_eager_flops(tokenizer_dir):
     """``--compile``: the timed steps run what torch.compile made (the training step:
     model, legs and losses, forward and backward); the FLOPs are those of the eager step;
