@@ -269,6 +269,7 @@ def test_peak_table_and_options():
     assert compiled.steps_only and compiled.compile_mode == "reduce-overhead"
     for bad in (
         ["--compile_mode", "max-autotune"],  # without --compile
+        ["--compile", "--warmup", "0"],  # the compiling run would be timed
         ["--precision", "fp16"],
         ["--audio_seconds", "x"],
         ["--quick", "--size", "large"],

@@ -190,6 +190,8 @@ def parse_args(argv):
         parser.error("--start_method fork: CUDA cannot be used in a forked process; use spawn")
     if args.compile_mode != "default" and not args.compile:
         parser.error("--compile_mode needs --compile")
+    if args.compile and args.warmup < 1:
+        parser.error("--compile needs --warmup 1 or more: the first run of each step compiles it")
     if args.precision == "fp16" and not cuda:
         parser.error("--precision fp16 needs CUDA (SpeechBrain refuses it on CPU); use bf16")
     if cuda and not torch.cuda.is_available():
