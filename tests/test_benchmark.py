@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from crab.benchmarking import EPOCH_ROWS, RATIOS, STEP_ROWS, BenchSpeechEncoder, BenchTextEncoder
-from tests.conftest import MINI_CONF, ROOT, TEXTS, compiles_on_cpu
+from tests.conftest import MINI_CONF, ROOT, TEXTS
 
 
 def test_reference_mode_pads_text_to_max_length_and_masks_nothing(tokenizer_dir):
@@ -597,11 +597,14 @@ def test_the_bench_optimizers_take_crabbrains_update_kernel(monkeypatch, tokeniz
     assert bench.optimizers and all(opt.defaults["foreach"] is False for opt in bench.optimizers)
 
 
-@compiles_on_cpu
-def test_compiled_steps_run_compiled_code_and_count_the_eager_flops(tokenizer_dir):
-    """``--compile``: the timed steps run what torch.compile made (the training step:
-    model, legs and losses, forward and backward); the FLOPs are those of the eager step;
-    the first run of each configuration, where it compiles, is kept apart."""
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")  # in transformers
+def test_compiled_steps_run_compiled_code_and_count_the_eager_flops(monkeypatch, tokenizer_dir):
+    """``--compile``: every module of the step goes through torch.compile as SpeechBrain's
+    ``--compile --compile_using_dynamic_shape_tracing`` (dynamic shapes, the mode asked),
+    the timed steps run what it made (here dynamo with the eager backend: inductor's C++
+    build would take a minute), the FLOPs are those of the eager step, and the first run
+    of each configuration, where it compiles, is kept apart."""
     from torch._dynamo.utils import counters
 
     from crab import benchmarking
@@ -610,9 +613,18 @@ def test_compiled_steps_run_compiled_code_and_count_the_eager_flops(tokenizer_di
     bench = benchmarking.Bench(setup)
     bench.make_optimizers(1e-3, 0.0)
     eager = benchmarking.step_flops(bench, "train_legs")
+    calls, compile_ = [], torch.compile
+
+    def eager_backend(module, **options):
+        calls.append(options)
+        return compile_(module, backend="eager", dynamic=options["dynamic"])
+
+    monkeypatch.setattr(torch, "compile", eager_backend)
     torch._dynamo.reset()
     counters.clear()
-    result = benchmarking.time_steps({**setup, "compile": "default"})
+    result = benchmarking.time_steps({**setup, "compile": "max-autotune"})
+    # the model, the legs, the two losses, and each encoder on its own
+    assert calls == [{"mode": "max-autotune", "dynamic": True}] * 6
     assert counters["stats"]["unique_graphs"] > 0
     assert eager > 0 and result["flops"] == eager
     assert list(result["first_runs"]) == ["train_legs"] and len(result["times"]["train_legs"]) == 1
