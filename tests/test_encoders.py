@@ -643,7 +643,8 @@ def test_speech_encoder_with_frozen_feature_extractor_compiles_for_dynamic_lengt
         compiled.append(len(graphs))
     assert compiled[0] > 0 and compiled == compiled[:1] * 3
     assert all(p.grad is None for p in encoder.model.feature_extractor.parameters())
-    assert all(p.grad is not None for p in encoder.model.encoder.layers.parameters())
+    trained = [*encoder.model.encoder.layers.parameters(), *encoder.model.encoder.pos_conv_embed.parameters()]
+    assert all(p.grad is not None for p in trained)
 
 
 def test_wavlm_position_bias_is_transformers_own_computed_on_the_device():
