@@ -34,23 +34,6 @@ TEXTS = [
 REQUIRED_TOOLS = ("ffmpeg", "espeak-ng", "shellcheck")
 
 
-def compiles_on_cpu(test):
-    """Marks a test that runs torch.compile's inductor on the CPU: slow, skipped without a
-    C++ compiler, torch's own warnings ignored (as inductor loads and traces transformers)."""
-    marks = (
-        pytest.mark.slow,
-        pytest.mark.skipif(
-            shutil.which(os.environ.get("CXX") or "g++") is None,
-            reason="torch.compile's CPU code is built with a C++ compiler (g++, or $CXX): none found",
-        ),
-        pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated"),
-        pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`"),
-    )
-    for mark in marks:
-        test = mark(test)
-    return test
-
-
 def pytest_configure(config):
     """Stop at once, with one line, when a required system tool is missing (in
     pytest_configure, before the terminal reporter starts, pytest prints the line once)."""
