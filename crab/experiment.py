@@ -15,6 +15,7 @@ from speechbrain.utils.distributed import if_main_process, is_distributed_initia
 
 from crab.brain import CrabBrain
 from crab.checkpointing import DATA_ORDER_SEED
+from crab.compilers import compiler_missing
 from crab.data import DataError, class_counts, label_encoder, make_dataset
 from crab.distributed import world_size
 from crab.features import FeatureCache
@@ -294,10 +295,15 @@ def run_option(run_opts, hparams, name):
     return hparams[name] if name in hparams else RunOptions()[name]
 
 
+def run_device(run_opts, hparams):
+    """The device the run trains on, as ``Brain`` resolves it."""
+    return run_option(run_opts, hparams, "device") or sb.utils.distributed.infer_device()
+
+
 def check_precision(run_opts, hparams):
     """A ``ConfigError`` for fp16 (``--precision`` or ``--eval_precision``) on a device other than
     CUDA: SpeechBrain refuses it there with a traceback, after the run's record is written."""
-    device = run_option(run_opts, hparams, "device") or sb.utils.distributed.infer_device()
+    device = run_device(run_opts, hparams)
     if torch.device(device).type == "cuda":
         return
     for key in ("precision", "eval_precision"):
@@ -315,8 +321,9 @@ def check_precision(run_opts, hparams):
 
 
 def check_compile(run_opts, hparams):
-    """A ``ConfigError`` for ``--jit`` on every module, and for ``--compile`` without
-    ``--compile_using_dynamic_shape_tracing``. TorchScript cannot script the Hugging Face encoders
+    """A ``ConfigError`` for ``--jit`` on every module, for ``--compile`` without
+    ``--compile_using_dynamic_shape_tracing``, and for ``--compile`` where the compiler it builds
+    with is missing (``crab.compilers``). TorchScript cannot script the Hugging Face encoders
     (SpeechBrain would stop with a traceback as training starts). SpeechBrain compiles for static
     shapes by default, and batches of speech are padded to a new length nearly every step:
     torch.compile then recompiles at each one until its recompile limit, and runs eagerly after."""
@@ -333,6 +340,10 @@ def check_compile(run_opts, hparams):
             "and batches of speech come in many: torch.compile would recompile at nearly every step; "
             "add --compile_using_dynamic_shape_tracing, or leave --compile out (docs/training.md)"
         )
+    if run_option(run_opts, hparams, "compile"):
+        missing = compiler_missing(run_device(run_opts, hparams))
+        if missing:
+            raise ConfigError(f"--compile: {missing}")
 
 
 def evaluation_run_options(run_opts, hparams):

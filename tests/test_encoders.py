@@ -1,7 +1,6 @@
 """Speech and text encoder wrappers, built from configs with random weights."""
 
 import os
-import shutil
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from transformers import (
 )
 
 from crab.cli import UserError
+from crab.compilers import compiler_missing
 from crab.encoders import SpeechEncoder, TextEncoder
 from crab.experiment import check_max_duration
 from crab.runconfig import ConfigError
@@ -618,10 +618,7 @@ def test_torch_compile_copies_host_tensors_to_the_gpu_without_pinning():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX") or "g++") is None,
-    reason="torch.compile's CPU code is built with a C++ compiler (g++, or $CXX): none found",
-)
+@pytest.mark.skipif(compiler_missing("cpu") is not None, reason=str(compiler_missing("cpu")))
 # torch's own, as inductor loads and traces transformers
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
 @pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")

@@ -81,6 +81,13 @@ def test_compile_needs_dynamic_shapes(data):
     assert_one_line_error(result, message, "add --compile_using_dynamic_shape_tracing")
 
 
+def test_compile_without_its_compiler_is_refused_before_training(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no_such_g++"))  # inductor's compiler for CPU code
+    result = train(data, "--compile", "--compile_using_dynamic_shape_tracing")
+    message = "--compile: torch.compile on cpu builds C++ code, and no C++ compiler is found"
+    assert_one_line_error(result, message, "name it with CXX, or leave --compile out")
+
+
 def test_jit_of_every_module_is_refused(data):
     result = train(data, "--jit")
     assert_one_line_error(result, "--jit scripts every module", "leave --jit out")
@@ -97,7 +104,8 @@ def test_jit_of_every_module_is_refused(data):
         ([], {}, None),
     ],
 )
-def test_compile_and_jit_options(opts, hparams, refused):
+def test_compile_and_jit_options(opts, hparams, refused, monkeypatch):
+    monkeypatch.setattr("crab.experiment.compiler_missing", lambda device: None)  # tests/test_compilers.py
     _, run_opts, _ = parse_arguments(["hparams.yaml", *opts])
     if refused is None:
         check_compile(run_opts, hparams)

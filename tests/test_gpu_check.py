@@ -12,16 +12,19 @@ SCRIPT = os.path.join(ROOT, "tools", "gpu_check.sh")
 
 def test_cpu_environment_check_and_summary(tmp_path):
     """The summary names the crab it measured: this checkout's, before another one on the
-    user's PYTHONPATH (an editable install of another checkout)."""
+    user's PYTHONPATH (an editable install of another checkout). Without the compiler
+    torch.compile builds with (here a CXX that names none), the compiled check is skipped
+    and says why."""
     other = tmp_path / "other_checkout"
     (other / "crab").mkdir(parents=True)
     (other / "crab" / "__init__.py").write_text("")
     result = subprocess.run(
-        ["bash", SCRIPT, "--device", "cpu", "--quick", "--checks", "env,train_fp16", "--work", str(tmp_path)],
+        ["bash", SCRIPT, "--device", "cpu", "--quick", "--checks", "env,train_fp16,train_compile"]
+        + ["--work", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(other)},
+        env={**os.environ, "PYTHONPATH": str(other), "CXX": str(tmp_path / "no_such_g++")},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summaries = list(tmp_path.glob("gpu_check_*.md"))
@@ -30,6 +33,10 @@ def test_cpu_environment_check_and_summary(tmp_path):
     assert "| env | pass |" in text and "| train_fp16 | skipped (fp16 needs CUDA) |" in text
     assert "torch " in text and "cuda available:" in text
     assert f"crab: {os.path.join(ROOT, 'crab')}\n" in text
+    missing = "torch.compile on cpu builds C++ code, and no C++ compiler is found"
+    missing += f" (looked for {tmp_path}/no_such_g++ on PATH)"
+    assert f"torch.compile: {missing}" in text  # the environment's report
+    assert f"| train_compile | skipped ({missing}" in text
 
 
 def test_a_spent_time_budget_skips_the_checks_left(tmp_path):

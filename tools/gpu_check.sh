@@ -15,7 +15,9 @@
 #   train_fp16  stage 5 with --precision=fp16 (gradient scaler; CUDA only)
 #   train_compile stage 5 with --compile --compile_using_dynamic_shape_tracing (bf16 on
 #               CUDA): fails where torch.compile hit its recompile limit (dynamo gave up
-#               on a function, which ran eagerly from then on); compare with train_bf16
+#               on a function, which ran eagerly from then on); compare with train_bf16;
+#               skipped, with the reason, where the compiler torch.compile needs is missing
+#               (Triton's C compiler on CUDA, a C++ compiler on CPU; so is bench_large_compile)
 #   cached      stages 4-6 with frozen encoders: the feature cache extracted on the device
 #   ddp         stage 5 under torchrun, nccl: run.sh --ngpu N with N > 1 GPUs, one
 #               process through torch.distributed.run with one (gloo on CPU); fails if
@@ -135,6 +137,8 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.
       f"{torch.backends.cudnn.version()}), transformers {transformers.__version__}, speechbrain {speechbrain.__version__}")
 print(f"cuda available: {torch.cuda.is_available()}, devices: "
       + ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))
+from crab.compilers import compiler_missing
+print(f"torch.compile: {compiler_missing(sys.argv[1]) or 'its compiler is found'}")
 if sys.argv[1] == "cuda" and not torch.cuda.is_available():
     sys.exit("--device cuda: torch sees no GPU")
 EOF
@@ -175,7 +179,13 @@ if wanted train_fp16; then
   fi
 fi
 
-if wanted train_compile; then
+# why torch.compile cannot build code on the device here (no compiler), or nothing
+compile_blocker() {
+  python -c 'import sys; from crab.compilers import compiler_missing; print(compiler_missing(sys.argv[1]) or "")' "${device}"
+}
+if wanted train_compile && [ -n "$(compile_blocker)" ]; then
+  skip train_compile "$(compile_blocker)"
+elif wanted train_compile; then
   precision=''; [ "${device}" = cuda ] && precision=' --precision=bf16'
   run_check train_compile 900 "${recipe[@]}" --stage 5 --stop_stage 5 --ngpu "${recipe_ngpu}" --tag compile \
     --train_opts "--number_of_epochs=${epochs}${precision} --compile --compile_using_dynamic_shape_tracing"
@@ -240,7 +250,9 @@ else
     bench bench_large_32 --size large --precision bf16 --audio_seconds 12 --batch_size 32 \
       --gradient_checkpointing --repeats 3 --steps_only
   fi
-  if wanted bench_large_compile; then
+  if wanted bench_large_compile && [ -n "$(compile_blocker)" ]; then
+    skip bench_large_compile "$(compile_blocker)"
+  elif wanted bench_large_compile; then
     bench bench_large_compile --size large --precision bf16 --audio_seconds 12 --compile --repeats 3
   fi
 fi

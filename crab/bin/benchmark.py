@@ -66,6 +66,7 @@ import torch
 
 from crab import cli
 from crab.benchmarking import AUDIO_SECONDS, CONF, MELD_CLASSES, PRECISIONS, SIZES, run
+from crab.compilers import compiler_missing
 
 
 def parse_args(argv):
@@ -192,6 +193,8 @@ def parse_args(argv):
         parser.error("--compile_mode needs --compile")
     if args.compile and args.warmup < 1:
         parser.error("--compile needs --warmup 1 or more: the first run of each step compiles it")
+    if args.compile and (missing := compiler_missing(args.device)):
+        parser.error(f"--compile: {missing}")
     if args.precision == "fp16" and not cuda:
         parser.error("--precision fp16 needs CUDA (SpeechBrain refuses it on CPU); use bf16")
     if cuda and not torch.cuda.is_available():

@@ -1,0 +1,54 @@
+"""Whether torch.compile can build code here. Inductor writes C++ for the CPU and builds it
+with the compiler its ``cpp.cxx`` setting names (``$CXX``, else ``g++``); on CUDA it writes
+Triton kernels, and Triton builds their launchers with a C compiler (``$CC``, else ``gcc``,
+else ``clang``). Without one, the first compiled step stops with an error from deep inside
+torch, after the data and the model were loaded; asking before saves that wait."""
+
+import os
+import shutil
+
+import torch
+
+INSTALL_HINT = (
+    "install one (Debian, Ubuntu: apt-get install gcc g++), name it with {var}, or leave --compile out"
+)
+
+
+def _cpp_compilers():
+    """The C++ compilers inductor looks for, in its order (``torch._inductor.config.cpp.cxx``,
+    without its ``None`` entry: an opt-in download of gcc through conda, not done here)."""
+    from torch._inductor import config
+
+    candidates = config.cpp.cxx if isinstance(config.cpp.cxx, list | tuple) else (config.cpp.cxx,)
+    return [name for name in candidates if name]
+
+
+def _triton_c_compiler():
+    """The C compiler Triton would use (``$CC``, else gcc, else clang), or None."""
+    named = os.environ.get("CC")
+    if named:
+        return shutil.which(named)
+    return shutil.which("gcc") or shutil.which("clang")
+
+
+def compiler_missing(device):
+    """Why torch.compile cannot build code for ``device`` (``"cpu"``, ``"cuda:0"``, ...) on
+    this machine, or None when the compiler it needs is found (or ``device`` is neither)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        if _triton_c_compiler() is None:
+            named = os.environ.get("CC")
+            found = f"$CC names {named!r}, not found" if named else "no gcc or clang on PATH"
+            return (
+                f"torch.compile on {device} builds Triton kernels, and Triton needs a C compiler: "
+                f"{found}; " + INSTALL_HINT.format(var="CC")
+            )
+        return None
+    if kind == "cpu":
+        wanted = _cpp_compilers()
+        if not any(shutil.which(name) for name in wanted):
+            return (
+                f"torch.compile on {device} builds C++ code, and no C++ compiler is found "
+                f"(looked for {', '.join(wanted)} on PATH); " + INSTALL_HINT.format(var="CXX")
+            )
+    return None
