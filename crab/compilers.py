@@ -31,24 +31,31 @@ def _triton_c_compiler():
     return shutil.which("gcc") or shutil.which("clang")
 
 
+def compiler_for(device):
+    """The path of the compiler torch.compile would build code for ``device`` with, or None
+    (not found, or a device other than the CPU and CUDA)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return _triton_c_compiler()
+    if kind == "cpu":
+        return next(filter(None, map(shutil.which, _cpp_compilers())), None)
+    return None
+
+
 def compiler_missing(device):
     """Why torch.compile cannot build code for ``device`` (``"cpu"``, ``"cuda:0"``, ...) on
     this machine, or None when the compiler it needs is found (or ``device`` is neither)."""
     kind = torch.device(device).type
-    if kind == "cuda":
-        if _triton_c_compiler() is None:
-            named = os.environ.get("CC")
-            found = f"$CC names {named!r}, not found" if named else "no gcc or clang on PATH"
-            return (
-                f"torch.compile on {device} builds Triton kernels, and Triton needs a C compiler: "
-                f"{found}; " + INSTALL_HINT.format(var="CC")
-            )
+    if kind not in ("cpu", "cuda") or compiler_for(device):
         return None
-    if kind == "cpu":
-        wanted = _cpp_compilers()
-        if not any(shutil.which(name) for name in wanted):
-            return (
-                f"torch.compile on {device} builds C++ code, and no C++ compiler is found "
-                f"(looked for {', '.join(wanted)} on PATH); " + INSTALL_HINT.format(var="CXX")
-            )
-    return None
+    if kind == "cuda":
+        named = os.environ.get("CC")
+        found = f"$CC names {named!r}, not found" if named else "no gcc or clang on PATH"
+        return (
+            f"torch.compile on {device} builds Triton kernels, and Triton needs a C compiler: "
+            f"{found}; " + INSTALL_HINT.format(var="CC")
+        )
+    return (
+        f"torch.compile on {device} builds C++ code, and no C++ compiler is found "
+        f"(looked for {', '.join(_cpp_compilers())} on PATH); " + INSTALL_HINT.format(var="CXX")
+    )

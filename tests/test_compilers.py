@@ -7,7 +7,7 @@ import pytest
 from torch._inductor import config as inductor_config
 
 from crab.bin.benchmark import parse_args
-from crab.compilers import compiler_missing
+from crab.compilers import compiler_for, compiler_missing
 from crab.experiment import check_compile
 from crab.runconfig import ConfigError, parse_arguments
 
@@ -35,8 +35,8 @@ def test_cuda_needs_the_c_compiler_triton_builds_with(bare_path, monkeypatch):
     missing = compiler_missing("cuda:0")
     assert "Triton needs a C compiler: no gcc or clang on PATH" in missing
     assert "apt-get install gcc g++), name it with CC, or leave --compile out" in missing
-    fake_program(bare_path, "clang")
-    assert compiler_missing("cuda") is None
+    clang = fake_program(bare_path, "clang")
+    assert compiler_missing("cuda") is None and compiler_for("cuda") == str(clang)
     monkeypatch.setenv("CC", "/opt/cross/bin/cc")  # Triton takes CC as it is, gcc on PATH or not
     assert "$CC names '/opt/cross/bin/cc', not found" in compiler_missing("cuda")
     monkeypatch.setenv("CC", str(fake_program(bare_path, "cc")))
@@ -47,12 +47,12 @@ def test_cpu_needs_the_cpp_compiler_inductor_is_set_to(bare_path):
     missing = compiler_missing("cpu")
     assert "no C++ compiler is found (looked for g++ on PATH)" in missing
     assert "name it with CXX" in missing
-    fake_program(bare_path, "g++")
-    assert compiler_missing("cpu") is None
+    gxx = fake_program(bare_path, "g++")
+    assert compiler_missing("cpu") is None and compiler_for("cpu") == str(gxx)
     # inductor reads CXX once, into its setting: the setting is what is searched
     with inductor_config.patch({"cpp.cxx": (None, "clang++")}):
         assert "(looked for clang++ on PATH)" in compiler_missing("cpu")
-    assert compiler_missing("meta") is None  # nothing is built for other devices
+    assert compiler_missing("meta") is None and compiler_for("meta") is None  # nothing built there
 
 
 def test_compiled_training_is_refused_before_it_starts_without_a_compiler(bare_path):

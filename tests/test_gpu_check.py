@@ -54,11 +54,24 @@ def test_a_spent_time_budget_skips_the_checks_left(tmp_path):
 def test_unknown_option_and_device_are_errors(tmp_path):
     # --budget_s 0 skips every check: a bad value that got through would exit 0 at once
     bad_ngpu = [["--budget_s", "0", "--ngpu", count] for count in ("two", "0")]
-    for args in (["--bogus"], ["--device", "tpu"], ["--budget_s", "8m"], *bad_ngpu):
+    typo = ["--checks", "env,train_bf61"]  # would run env alone, and pass
+    for args in (["--bogus"], ["--device", "tpu"], ["--budget_s", "8m"], *bad_ngpu, typo):
         result = subprocess.run(
             ["bash", SCRIPT, *args, "--work", str(tmp_path)], capture_output=True, text=True
         )
         assert result.returncode == 1 and result.stderr
+
+
+def test_help_names_every_check_and_marks_the_default_ones():
+    with open(SCRIPT) as f:
+        script = f.read()
+    default = re.search(r"^default_checks=(\S+)$", script, re.M).group(1).split(",")
+    others = re.search(r'^known_checks="\$\{default_checks\},(\S+)"$', script, re.M).group(1).split(",")
+    result = subprocess.run(["bash", SCRIPT, "--help"], capture_output=True, text=True, timeout=60)
+    described = {name: mark for mark, name in re.findall(r"^(\*| ) (\w+) ", result.stdout, re.M)}
+    assert described == {**{name: "*" for name in default}, **{name: " " for name in others}}
+    # each check the script runs is one of them
+    assert set(re.findall(r"wanted (\w+)", script)) == set(default) | set(others)
 
 
 def test_help_describes_every_option():

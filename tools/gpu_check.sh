@@ -3,38 +3,40 @@
 # no network needed. Writes one summary (markdown) with each check's result, seconds
 # and peak GPU memory, followed by the benchmark reports.
 #
-#   tools/gpu_check.sh                      # cuda: every check (PERFORMANCE.md: times on one H200)
+#   tools/gpu_check.sh                      # cuda: the default checks (*), meant to take under 8 minutes
+#   tools/gpu_check.sh --checks all         # every check (PERFORMANCE.md: times on one H200)
 #   tools/gpu_check.sh --device cpu --quick # the same steps on CPU, tiny: a dry run
 #
-# Checks (--checks a,b,...; default all):
-#   env         nvidia-smi, torch and CUDA versions, the GPUs torch sees
-#   data        the mini recipe's stages 0-3 on CPU, only when its manifests are missing
-#   train_fp32  mini recipe stages 5-8 (train, evaluate, score, package) on cuda:0; stage 7's
+# Checks (--checks a,b,... of these, default: those marked *; or all):
+# * env         nvidia-smi, torch and CUDA versions, the GPUs torch sees
+# * data        the mini recipe's stages 0-3 on CPU, only when its manifests are missing
+# * train_fp32  mini recipe stages 5-8 (train, evaluate, score, package) on cuda:0; stage 7's
 #               results entry goes to RESULTS.md in the work folder, never the recipe's
-#   train_bf16  stage 5 with SpeechBrain's --precision=bf16 (through --train_opts)
-#   train_fp16  stage 5 with --precision=fp16 (gradient scaler; CUDA only)
+# * train_bf16  stage 5 with SpeechBrain's --precision=bf16 (through --train_opts)
+# * train_fp16  stage 5 with --precision=fp16 (gradient scaler; CUDA only)
 #   train_compile stage 5 with --compile --compile_using_dynamic_shape_tracing (bf16 on
 #               CUDA): fails where torch.compile hit its recompile limit (dynamo gave up
 #               on a function, which ran eagerly from then on); compare with train_bf16;
 #               skipped, with the reason, where the compiler torch.compile needs is missing
 #               (Triton's C compiler on CUDA, a C++ compiler on CPU; so is bench_large_compile)
 #   cached      stages 4-6 with frozen encoders: the feature cache extracted on the device
-#   ddp         stage 5 under torchrun, nccl: run.sh --ngpu N with N > 1 GPUs, one
+# * ddp         stage 5 under torchrun, nccl: run.sh --ngpu N with N > 1 GPUs, one
 #               process through torch.distributed.run with one (gloo on CPU); fails if
 #               torch warns that destroy_process_group() was never called
 #   jobs        stages 5-6 of two seeds as jobs, --nj 2: on CUDA with 2 or more GPUs, a GPU
 #               each (their start lines must name different ones; skipped with one GPU),
 #               on CPU two processes
-#   bench_base  crab.bin.benchmark --size base --precision bf16 (MELD-like 2.5-3.5 s)
-#   bench_large crab.bin.benchmark --size large --precision bf16, 8 x 12 s
+# * bench_base  crab.bin.benchmark --size base --precision bf16 (MELD-like 2.5-3.5 s)
+# * bench_large crab.bin.benchmark --size large --precision bf16, 8 x 12 s, steps only
 #   bench_large_infer --size large bf16, 64 x 3 s, inference only (--infer_only): the rate
 #   bench_large_fp32  8 x 12 s in fp32 with TF32, steps only (--steps_only)
 #   bench_large_32    --size large bf16, 32 x 12 s, --gradient_checkpointing, steps only
 #   bench_large_compile --size large bf16, 8 x 12 s, the steps through torch.compile
-# With --quick the benchmarks run --quick (tiny) and training runs 1 epoch.
+# train_fp32 trains 3 epochs, the other training checks 1. With --quick the benchmarks run
+# --quick (tiny) and train_fp32 1 epoch.
 # --budget_s S (default 1200) bounds the whole check: each check's own time limit is cut
 # to what is left, and a check with under 20 s left is skipped (the large-size benchmarks,
-# last, first: on one H200 the first two took 207 s and 81 s).
+# last, first).
 # --work DIR: where the runs, logs and summary go (default egs/mini/exp_gpu_check/<date>_<time>);
 # --ngpu N: the GPUs the ddp check trains on, and the jobs check counts (default: all that torch sees).
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
@@ -43,7 +45,11 @@ unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPAT
 
 device=cuda
 quick=false
-checks=all
+checks=default
+# the default checks: the recipe trained on the GPU (fp32, bf16, fp16, DDP) and the benchmark
+# at base and large size (training steps only at large size)
+default_checks=env,data,train_fp32,train_bf16,train_fp16,ddp,bench_base,bench_large
+known_checks="${default_checks},train_compile,cached,jobs,bench_large_infer,bench_large_fp32,bench_large_32,bench_large_compile"
 work=
 ngpu=
 budget_s=1200
@@ -64,6 +70,14 @@ done
 case "${device}" in cuda|cpu) ;; *) echo "$0: --device cuda|cpu, got ${device}" >&2; exit 1 ;; esac
 [[ "${budget_s}" =~ ^[0-9]+$ ]] || { echo "$0: --budget_s takes whole seconds, got ${budget_s}" >&2; exit 1; }
 [ -z "${ngpu}" ] || [[ "${ngpu}" =~ ^[1-9][0-9]*$ ]] || { echo "$0: --ngpu takes a GPU count, got ${ngpu}" >&2; exit 1; }
+checks_given=${checks}  # for the summary
+[ "${checks}" = default ] && checks=${default_checks}
+if [ "${checks}" != all ]; then
+  for name in ${checks//,/ }; do
+    [[ ",${known_checks}," == *",${name},"* ]] \
+      || { echo "$0: --checks: no check '${name}'; the checks: all or ${known_checks}" >&2; exit 1; }
+  done
+fi
 deadline=$((SECONDS + budget_s))
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -137,8 +151,8 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.
       f"{torch.backends.cudnn.version()}), transformers {transformers.__version__}, speechbrain {speechbrain.__version__}")
 print(f"cuda available: {torch.cuda.is_available()}, devices: "
       + ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))
-from crab.compilers import compiler_missing
-print(f"torch.compile: {compiler_missing(sys.argv[1]) or 'its compiler is found'}")
+from crab.compilers import compiler_for, compiler_missing
+print(f"torch.compile: {compiler_missing(sys.argv[1]) or f'builds with {compiler_for(sys.argv[1])}'}")
 if sys.argv[1] == "cuda" and not torch.cuda.is_available():
     sys.exit("--device cuda: torch sees no GPU")
 EOF
@@ -146,6 +160,8 @@ EOF
 
 cd "${RECIPE}" || exit 1
 classes=angry,happy,neutral,sad
+# the recipe's run (train_fp32) trains 3 epochs, 1 with --quick; the other paths train one:
+# what they check is that the path trains
 if [ "${quick}" = true ]; then epochs=1; else epochs=3; fi
 recipe_ngpu=1; [ "${device}" = cuda ] || recipe_ngpu=0
 # stage 7 adds its entries to the work folder's RESULTS.md, never to the recipe's
@@ -168,12 +184,12 @@ if wanted train_fp32; then
 fi
 if wanted train_bf16; then
   run_check train_bf16 600 "${recipe[@]}" --stage 5 --stop_stage 5 --ngpu "${recipe_ngpu}" --tag bf16 \
-    --train_opts "--number_of_epochs=${epochs} --precision=bf16"
+    --train_opts "--number_of_epochs=1 --precision=bf16"
 fi
 if wanted train_fp16; then
   if [ "${device}" = cuda ]; then
     run_check train_fp16 600 "${recipe[@]}" --stage 5 --stop_stage 5 --ngpu "${recipe_ngpu}" --tag fp16 \
-      --train_opts "--number_of_epochs=${epochs} --precision=fp16"
+      --train_opts "--number_of_epochs=1 --precision=fp16"
   else
     skip train_fp16 "fp16 needs CUDA"
   fi
@@ -188,12 +204,12 @@ if wanted train_compile && [ -n "$(compile_blocker)" ]; then
 elif wanted train_compile; then
   precision=''; [ "${device}" = cuda ] && precision=' --precision=bf16'
   run_check train_compile 900 "${recipe[@]}" --stage 5 --stop_stage 5 --ngpu "${recipe_ngpu}" --tag compile \
-    --train_opts "--number_of_epochs=${epochs}${precision} --compile --compile_using_dynamic_shape_tracing"
+    --train_opts "--number_of_epochs=1${precision} --compile --compile_using_dynamic_shape_tracing"
 fi
 
 if wanted cached; then
   run_check cached 600 "${recipe[@]}" --stage 4 --stop_stage 6 --ngpu "${recipe_ngpu}" --tag cached --feature_cache "${work}/cache" \
-    --train_opts "--number_of_epochs=${epochs} --freeze_speech_encoder=true --freeze_text_encoder=true"
+    --train_opts "--number_of_epochs=1 --freeze_speech_encoder=true --freeze_text_encoder=true"
 fi
 
 if wanted ddp; then
@@ -204,13 +220,13 @@ if wanted ddp; then
   fi
   if [ "${device}" = cuda ] && [ "${n}" -gt 1 ]; then
     run_check "ddp_nccl_${n}" 900 "${recipe[@]}" --stage 5 --stop_stage 5 --ngpu "${n}" --tag "ddp${n}" \
-      --train_opts "--number_of_epochs=${epochs}"
+      --train_opts "--number_of_epochs=1"
   else
     backend=nccl; device_opt=(); [ "${device}" = cuda ] || { backend=gloo; device_opt=(--device=cpu); }
     run_check "ddp_${backend}_1" 600 python -m torch.distributed.run --standalone --nproc_per_node 1 \
       -m crab.bin.train conf/crab_tiny.yaml --data_root="${RECIPE}/data/corpus" --data_folder=data/main \
       --seed=42 "--classes=[${classes}]" --output_folder="${work}/exp/ddp1/main/seed42" \
-      --distributed_backend="${backend}" "${device_opt[@]}" --number_of_epochs="${epochs}"
+      --distributed_backend="${backend}" "${device_opt[@]}" --number_of_epochs=1
   fi
 fi
 
@@ -220,7 +236,7 @@ if wanted jobs; then
   else
     jobs_gpus=0; [ "${device}" = cpu ] || jobs_gpus=1
     run_check jobs 600 "${recipe[@]}" --stage 5 --stop_stage 6 --ngpu "${jobs_gpus}" --nj 2 --seeds "1 2" \
-      --tag jobs --train_opts "--number_of_epochs=${epochs}"
+      --tag jobs --train_opts "--number_of_epochs=1"
     if [ "${jobs_gpus}" = 1 ]; then  # the two jobs' start lines name two GPUs
       run_check jobs_two_gpus 10 bash -c \
         "[ \$(grep -o 'started on GPUs [^ ]*' '${work}/logs/jobs.log' | sort -u | wc -l) -ge 2 ]"
@@ -238,7 +254,7 @@ if [ "${quick}" = true ]; then
 else
   if wanted bench_base; then bench bench_base --size base --precision bf16 --epochs 1; fi
   if wanted bench_large; then
-    bench bench_large --size large --precision bf16 --audio_seconds 12 --epochs 1 --epoch_utterances 16
+    bench bench_large --size large --precision bf16 --audio_seconds 12 --steps_only
   fi
   if wanted bench_large_infer; then  # the inference rate of 3 s utterances, at batch 64
     bench bench_large_infer --size large --precision bf16 --audio_seconds 3 --batch_size 64 --repeats 3 --infer_only
@@ -260,7 +276,7 @@ fi
 {
   echo "# Crab GPU check, $(date -u '+%Y-%m-%d %H:%M') UTC"
   echo
-  echo "command: tools/gpu_check.sh --device ${device}$([ "${quick}" = true ] && echo " --quick") --checks ${checks} --budget_s ${budget_s}"
+  echo "command: tools/gpu_check.sh --device ${device}$([ "${quick}" = true ] && echo " --quick") --checks ${checks_given} --budget_s ${budget_s}"
   echo "commit: $(git -C "${ROOT}" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "${ROOT}" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
   echo
   echo '```'
