@@ -366,21 +366,25 @@ def time_steps(setup):
     analysis of the first (the 5-leg training step, or full inference)."""
     names = setup["steps"]
     training = any(name.startswith("train") for name in names)
+    phases, lap = {}, _stopwatch()
     bench = Bench(setup, with_legs=training)
     if training:
         bench.make_optimizers(setup["head"]["lr"], setup["head"]["weight_decay"])
+    phases["model build"] = lap()
     first_runs = {}  # seconds of each configuration's first run (compiled there, under --compile)
     for _ in range(setup["warmup"]):
         for name in names:
             seconds = _timed(lambda name=name: _run_config(bench, name), setup["device"])
             first_runs.setdefault(name, seconds)
+    phases["warm-up"] = lap()
     times = {name: [] for name in names}
     for round_ in range(setup["repeats"]):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             times[name].append(_timed(lambda name=name: _run_config(bench, name), setup["device"]))
+    phases["timed rounds"] = lap()
     cuda = setup["device"].startswith("cuda")
-    return {
+    result = {
         "times": times,
         "first_runs": first_runs,
         "checkpoint_bytes": checkpoint_bytes(bench) if training else None,
@@ -389,6 +393,20 @@ def time_steps(setup):
         "syncs": count_syncs(bench, setup["device"], names[0]),
         "device_name": torch.cuda.get_device_name(setup["device"]) if cuda else cpu_model(),
     }
+    phases["FLOP count, profile, host waits"] = lap()
+    return {**result, "phases": phases}
+
+
+def _stopwatch():
+    """A function returning the seconds since it was last called (first: since this call)."""
+    last = [time.perf_counter()]
+
+    def lap():
+        now = time.perf_counter()
+        seconds, last[0] = now - last[0], now
+        return seconds
+
+    return lap
 
 
 def tensor_bytes(state):
@@ -636,7 +654,7 @@ def rss_growth(start, end):
     }
 
 
-def _child(conn, fn, args, setup):
+def _child(conn, fn, args, setup, launched):
     try:
         torch.set_num_threads(setup["threads"])
         cuda = setup["device"].startswith("cuda")
@@ -651,7 +669,9 @@ def _child(conn, fn, args, setup):
             with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
                 f.write("5")  # resets VmHWM to the current RSS
             start = _status_kib()
+        started_s = time.time() - launched  # the interpreter's start, the imports, the device's set-up
         result = fn(*args)
+        result["started_s"] = started_s
         if cuda:
             result["peak_mib"] = torch.cuda.max_memory_allocated(setup["device"]) / 2**20
         else:
@@ -666,12 +686,14 @@ def _child(conn, fn, args, setup):
 
 def in_child(name, fn, *args, setup):
     """Run ``fn(*args)`` in a new process (``setup["start_method"]``: spawn, or fork
-    on CPU); its result dict with ``peak_mib``. Forking after CUDA is initialised
+    on CPU); its result dict with ``peak_mib``, ``wall_s`` (from the start to the end of the
+    process) and ``started_s`` (until ``fn`` began). Forking after CUDA is initialised
     fails in the child ("Cannot re-initialize CUDA in forked subprocess"): CUDA runs
     spawn, and this process never touches the device."""
     context = multiprocessing.get_context(setup["start_method"])
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(send, fn, args, setup))
+    launched = time.time()  # wall clock: read again in the child
+    process = context.Process(target=_child, args=(send, fn, args, setup, launched))
     process.start()
     send.close()
     try:
@@ -681,6 +703,7 @@ def in_child(name, fn, *args, setup):
     process.join()
     if status != "ok":
         raise RuntimeError(f"benchmark '{name}' failed:\n{result}")
+    result["wall_s"] = time.time() - launched
     return result
 
 
@@ -829,6 +852,8 @@ def report(args, setup, times, peaks, loads, token_counts, started, analysis):
     if saving > 0:
         lines += ["", f"the extraction pays for itself after {medians['extract'] / saving:.1f} epoch(s)"]
     lines += ["", *analysis_lines(args, analysis, setup["steps"][0], medians)]
+    if "wall" in analysis:
+        lines += ["", analysis["wall"]]
     return "\n".join(lines)
 
 
@@ -898,7 +923,7 @@ def token_counts(tokenizer_dir, texts):
 def run(args):
     """Measure everything ``args`` (``crab.bin.benchmark``'s options) asks for; returns the
     report (markdown). Progress goes to stderr."""
-    started = datetime.datetime.now(datetime.UTC)
+    started, clock = datetime.datetime.now(datetime.UTC), time.perf_counter()
     loads = [os.getloadavg()[0]]
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="crab_benchmark_") as tmp:
@@ -941,6 +966,7 @@ def run(args):
         steps = setup["steps"]
         print(f"timing {len(steps)} step configurations, interleaved ...", file=sys.stderr, flush=True)
         analysis = in_child("step timing", time_steps, setup, setup=setup)
+        walls = [("step timing", analysis)]  # each measuring process, for where the time went
         times.update(analysis.pop("times"))
         print(
             "median s: " + ", ".join(f"{n} {statistics.median(times[n]):.3f}" for n in steps),
@@ -950,11 +976,13 @@ def run(args):
         if args.device.startswith("cuda"):
             print("peak memory of each step configuration ...", file=sys.stderr, flush=True)
             memories = in_child("peak memory", cuda_step_memories, setup, steps, setup=setup)
+            walls.append(("peak memory", memories))
             peaks.update(memories["peaks"])
         else:
             for name in steps:
                 print(f"peak memory of {name} ...", file=sys.stderr, flush=True)
                 peaks[name] = in_child(name, step_memory, setup, name, setup=setup)
+                walls.append(("peak memory", peaks[name]))
         print(
             "peak MiB: " + ", ".join(f"{n} {peaks[n]['peak_mib']:.0f}" for n in steps),
             file=sys.stderr,
@@ -968,6 +996,7 @@ def run(args):
         for name, fn, fn_args in () if args.steps_only else epoch_runs:
             print(f"{name} ...", file=sys.stderr, flush=True)
             result = in_child(name, fn, *fn_args, setup=setup)
+            walls.append((name, result))
             times.update(result.pop("times"))
             peaks[name] = result
             print(
@@ -976,4 +1005,26 @@ def run(args):
                 flush=True,
             )
     loads.append(os.getloadavg()[0])
+    analysis["wall"] = wall_line(time.perf_counter() - clock, walls, analysis.pop("phases"))
     return report(args, setup, times, peaks, loads, tokens, started, analysis)
+
+
+def wall_line(total_s, walls, phases):
+    """Where the benchmark's own time went: each kind of measuring process (``walls``: what,
+    and its ``in_child`` result), its start (interpreter, imports, device set-up) apart, and
+    the step timing's ``phases``."""
+    groups = {}
+    for what, result in walls:
+        count, wall, start = groups.get(what, (0, 0.0, 0.0))
+        groups[what] = (count + 1, wall + result["wall_s"], start + result["started_s"])
+    parts = []
+    for what, (count, wall, start) in groups.items():
+        inner = [f"start {start:.1f}"]
+        if what == "step timing":
+            inner += [f"{phase} {seconds:.1f}" for phase, seconds in phases.items()]
+        processes = f" ({count} processes)" if count > 1 else ""
+        parts.append(f"{what}{processes} {wall:.1f} ({', '.join(inner)})")
+    return (
+        f"wall time of this benchmark: {total_s:.1f} s; its measuring processes, s (start: the "
+        "interpreter, imports and device set-up): " + "; ".join(parts)
+    )

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -202,7 +203,10 @@ def test_steps_only_measures_the_steps_and_no_epoch():
         assert f"| {label} |" not in out
     assert [label for label, *_ in RATIOS if f"| {label} |" in out] == [label for label, *_ in RATIOS[:3]]
     assert "epochs: not measured (--steps_only)" in out and "pays for itself" not in out
-    assert out.rstrip().endswith("no profile (--profile_steps 0)") and "operator calls per step" not in out
+    *_, no_profile, _, wall = out.rstrip().split("\n")
+    assert no_profile.endswith("no profile (--profile_steps 0)") and "operator calls per step" not in out
+    # the processes: the step timing, one per step configuration for its memory (on CPU)
+    assert wall.startswith("wall time of this benchmark: ") and "; peak memory (5 processes) " in wall
 
 
 @pytest.mark.slow
@@ -351,11 +355,12 @@ def test_a_cuda_child_applies_tf32_and_reports_the_peak_allocated(monkeypatch):
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:  # a flag of torch's backends: not monkeypatch's to restore
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        benchmarking._child(conn, lambda: {}, (), setup)
+        benchmarking._child(conn, lambda: {}, (), setup, time.time())
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-    assert sent == [("ok", {"peak_mib": 300.0})]
+    [(status, result)] = sent
+    assert status == "ok" and result["peak_mib"] == 300.0 and 0 <= result["started_s"] < 60
 
 
 def bench_setup(tokenizer_dir, **overrides):
@@ -480,6 +485,8 @@ def test_steps_are_timed_in_rotated_rounds_and_the_first_is_analysed(monkeypatch
     assert ran == [*steps, *steps, *reversed(steps)]
     assert {name: len(times) for name, times in result["times"].items()} == dict.fromkeys(steps, 2)
     assert (result["flops"], result["profile"]) == ("flops of infer_full", "profile of infer_full")
+    phases = ["model build", "warm-up", "timed rounds", "FLOP count, profile, host waits"]
+    assert list(result["phases"]) == phases and min(result["phases"].values()) >= 0
 
 
 def test_memory_of_a_step_is_its_peak_not_what_it_holds_at_the_end():
@@ -493,7 +500,24 @@ def test_memory_of_a_step_is_its_peak_not_what_it_holds_at_the_end():
         return {}
 
     setup = {"start_method": "fork", "device": "cpu", "threads": 1}
-    assert in_child("fills", fill_and_free, setup=setup)["peak_mib"] > 60
+    result = in_child("fills", fill_and_free, setup=setup)
+    assert result["peak_mib"] > 60
+    assert 0 < result["started_s"] < result["wall_s"]  # the process's start, within its whole time
+
+
+def test_the_wall_line_says_where_the_benchmarks_own_time_went():
+    """Made-up processes: the step timing (its phases listed), two memory processes added up."""
+    from crab.benchmarking import wall_line
+
+    walls = [
+        ("step timing", {"wall_s": 40.04, "started_s": 6.2}),
+        ("peak memory", {"wall_s": 20.0, "started_s": 5.0}),
+        ("peak memory", {"wall_s": 22.5, "started_s": 5.5}),
+    ]
+    line = wall_line(95.26, walls, {"model build": 8.0, "warm-up": 5.04})
+    assert line.startswith("wall time of this benchmark: 95.3 s; its measuring processes, s (start: ")
+    timing = "step timing 40.0 (start 6.2, model build 8.0, warm-up 5.0)"
+    assert line.endswith(f"{timing}; peak memory (2 processes) 42.5 (start 10.5)")
 
 
 def test_a_step_memory_builds_legs_only_for_the_steps_that_train_them_and_runs_twice(monkeypatch):
