@@ -55,7 +55,8 @@ def test_unknown_option_and_device_are_errors(tmp_path):
     # --budget_s 0 skips every check: a bad value that got through would exit 0 at once
     bad_ngpu = [["--budget_s", "0", "--ngpu", count] for count in ("two", "0")]
     typo = ["--checks", "env,train_bf61"]  # would run env alone, and pass
-    for args in (["--bogus"], ["--device", "tpu"], ["--budget_s", "8m"], *bad_ngpu, typo):
+    bad_checks = [typo, ["--checks", ""], ["--checks", ","]]  # would run nothing, and pass
+    for args in (["--bogus"], ["--device", "tpu"], ["--budget_s", "8m"], *bad_ngpu, *bad_checks):
         result = subprocess.run(
             ["bash", SCRIPT, *args, "--work", str(tmp_path)], capture_output=True, text=True
         )

@@ -73,6 +73,7 @@ case "${device}" in cuda|cpu) ;; *) echo "$0: --device cuda|cpu, got ${device}" 
 checks_given=${checks}  # for the summary
 [ "${checks}" = default ] && checks=${default_checks}
 if [ "${checks}" != all ]; then
+  [ -n "${checks//,/}" ] || { echo "$0: --checks: no check named; the checks: all or ${known_checks}" >&2; exit 1; }
   for name in ${checks//,/ }; do
     [[ ",${known_checks}," == *",${name},"* ]] \
       || { echo "$0: --checks: no check '${name}'; the checks: all or ${known_checks}" >&2; exit 1; }
