@@ -648,10 +648,10 @@ def check_outputs(job):
 
 
 def resolve_device(device, precision="fp32"):
-    """The torch device of ``device`` (``crab.inference.torch_device``); a device that is not
-    there or that torch does not know (``crab.inference.device_problem``), or fp16 ``precision``
+    """The torch device of ``device`` (``crab.devices.torch_device``); a device that is not
+    there or that torch does not know (``crab.devices.device_problem``), or fp16 ``precision``
     off CUDA, is a ``UsageError``."""
-    from crab.inference import device_problem, torch_device  # torch, once a model is to be loaded
+    from crab.devices import device_problem, torch_device  # torch, once a model is to be loaded
 
     device = torch_device(device)
     problem = device_problem(device)

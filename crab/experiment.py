@@ -17,6 +17,7 @@ from crab.brain import CrabBrain
 from crab.checkpointing import DATA_ORDER_SEED
 from crab.compilers import compiler_missing
 from crab.data import DataError, class_counts, label_encoder, make_dataset
+from crab.devices import device_problem
 from crab.distributed import world_size
 from crab.features import FeatureCache
 from crab.fileio import write_text_atomic
@@ -300,6 +301,21 @@ def run_device(run_opts, hparams):
     return run_option(run_opts, hparams, "device") or sb.utils.distributed.infer_device()
 
 
+def check_device(run_opts, hparams):
+    """A ``ConfigError`` for a device that is not here (``crab.devices.device_problem``): a CUDA
+    device where torch sees no GPU, or past the last one. SpeechBrain would stop with a traceback
+    from inside torch, once the run's folder is made."""
+    device = run_device(run_opts, hparams)
+    problem = device_problem(device)
+    if problem:
+        cpu_only = device.startswith("cuda") and not torch.version.cuda
+        cpu_build = " (this torch is a CPU-only build)" if cpu_only else ""
+        raise ConfigError(
+            f"--device={device}: {problem}{cpu_build}; give --device=cpu (a recipe: --ngpu 0), "
+            "or run it where the GPU is"
+        )
+
+
 def check_precision(run_opts, hparams):
     """A ``ConfigError`` for fp16 (``--precision`` or ``--eval_precision``) on a device other than
     CUDA: SpeechBrain refuses it there with a traceback, after the run's record is written."""
@@ -361,6 +377,7 @@ def evaluation_run_options(run_opts, hparams):
         run_opts = dataclasses.replace(
             run_opts, precision="fp32", overridden_args=run_opts.overridden_args | {"precision"}
         )
+    check_device(run_opts, hparams)
     check_precision(run_opts, hparams)
     return run_opts
 

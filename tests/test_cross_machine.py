@@ -120,6 +120,47 @@ def test_resuming_an_fp16_run_on_a_cpu_is_one_line_before_anything_is_written(ru
     assert len(list((run_dir / "save").glob("CKPT+*"))) == 1
 
 
+def test_a_gpu_that_is_not_here_is_one_line_before_anything_is_written(run, tmp_path):
+    """A recipe's --ngpu 1 (--device=cuda:0) on a machine where torch sees no GPU stopped inside
+    torch with a traceback (a CPU-only torch: "module 'torch._C' has no attribute
+    '_cuda_setDevice'"). cuda:99: past the last GPU on a machine with GPUs, none here."""
+    root, trained = run
+    run_dir = tmp_path / "seed42"
+    shutil.copytree(trained, run_dir)
+    record = (run_dir / "hyperparams.yaml").read_text()
+    test = root / "data" / "test.json"
+    resumed = [*options(root, run_dir), "--number_of_epochs=2", "--device=cuda:99"]
+    evaluated = [*options(root, run_dir), f"--test_manifest={test}", "--eval_name=test", "--device=cuda:99"]
+    extracted = [*options(root, run_dir), f"--feature_cache={tmp_path / 'cache'}", "--device=cuda:99"]
+    commands = (("crab.bin.train", resumed), ("crab.bin.evaluate", evaluated))
+    for module, args in (*commands, ("crab.bin.extract_features", extracted)):
+        refused = crab_command(module, *args)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+        last = refused.stderr.strip().splitlines()[-1]
+        assert last.startswith("ERROR: --device=cuda:99: ") and last.endswith(
+            "; give --device=cpu (a recipe: --ngpu 0), or run it where the GPU is"
+        )
+    assert (run_dir / "hyperparams.yaml").read_text() == record
+    assert not (run_dir / "eval_test").exists() and not (tmp_path / "cache").exists()
+    assert len(list((run_dir / "save").glob("CKPT+*"))) == 1
+
+
+def test_a_cuda_device_on_a_cpu_only_torch_says_so(monkeypatch):
+    from crab.experiment import check_device
+    from crab.runconfig import ConfigError, parse_arguments
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _, run_opts, _ = parse_arguments(["hparams.yaml", "--device=cuda:0"])
+    for build, note in (("12.8", ""), (None, " (this torch is a CPU-only build)")):
+        monkeypatch.setattr(torch.version, "cuda", build)
+        with pytest.raises(
+            ConfigError, match=re.escape(f"--device=cuda:0: no CUDA GPU is available{note}; give")
+        ):
+            check_device(run_opts, {})
+    _, run_opts, _ = parse_arguments(["hparams.yaml", "--device=cpu"])
+    check_device(run_opts, {})
+
+
 def test_a_checkpoint_records_its_library_versions_and_loading_it_under_others_warns(tmp_path, caplog):
     """A run evaluated or resumed after an upgrade (another transformers release) is told so, with
     both versions; another build of the same release (torch +cu124 then, +cpu now) is not."""

@@ -172,6 +172,31 @@ def run(data_dir, model, *options):
     transcribe.main(["--data_dir", str(data_dir), "--model", str(model), *options])
 
 
+@pytest.fixture(autouse=True)
+def one_gpu(monkeypatch):
+    """The tests' runs on cuda:0 (fake models) as on a machine where torch sees one GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def test_a_gpu_that_is_not_here_stops_before_the_model_is_loaded(tmp_path, monkeypatch, capsys):
+    data_dir, _ = make_data_dir(tmp_path, n=1)
+    fake = FakeModel()
+    monkeypatch.setattr(asr, "load_transcriber", fake.load)
+    with pytest.raises(SystemExit):
+        run(data_dir, "model-a", "--device", "cuda:1")
+    assert "--device cuda:1: there are 1 CUDA GPU(s) here (cuda:0 to cuda:0) (use --device cpu" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        run(data_dir, "model-a", "--device", "cuda:0")
+    assert "--device cuda:0: no CUDA GPU is available (use --device cpu; a recipe: --ngpu 0)" in (
+        capsys.readouterr().err
+    )
+    assert fake.batches == [] and not (data_dir / "text.asr").exists()
+
+
 class FakeModel:
     """Stands in for ``load_transcriber``: the n-th utterance it hears gets ``texts[n]``
     (default ``words <n>``); batch sizes are recorded; call ``fail_on_call`` is cut off."""

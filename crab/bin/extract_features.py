@@ -19,7 +19,7 @@ import logging
 import sys
 
 from crab import cli
-from crab.experiment import parse_and_load
+from crab.experiment import check_device, parse_and_load
 from crab.features import DTYPES, SHARD_MIB, extract
 
 logger = cli.module_logger(__name__, __spec__)
@@ -55,6 +55,7 @@ def main(argv=None):
     cli.exit_on_run_help(argv, __doc__, own)
     args, rest = own.parse_known_args(argv)
     _, run_opts, _, hparams = parse_and_load(rest)
+    check_device(run_opts, hparams)
     if not hparams.get("feature_cache"):
         sys.exit("Set --feature_cache=DIR: where to write the cache.")
     manifests = args.manifests or [hparams[k] for k in ("train_manifest", "valid_manifest", "test_manifest")]

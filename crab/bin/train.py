@@ -30,6 +30,7 @@ from crab.experiment import (
     batches_per_epoch,
     check_accumulation,
     check_compile,
+    check_device,
     check_max_duration,
     check_precision,
     data_order_seed,
@@ -55,7 +56,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cli.exit_on_run_help(argv, __doc__)
     hparams_file, run_opts, overrides, hparams = parse_and_load(argv, record_run_options=True)
-    check_precision(run_opts, hparams)  # before anything is written
+    check_device(run_opts, hparams)  # before anything is written
+    check_precision(run_opts, hparams)
     check_compile(run_opts, hparams)
     check_max_duration(hparams)
     if run_opts.get("data_parallel_backend"):

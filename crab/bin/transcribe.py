@@ -63,6 +63,7 @@ from crab.asr import (
 )
 from crab.cli import str2bool
 from crab.datadir import DATA_DIR, read_table, read_transcripts
+from crab.devices import device_problem
 from crab.fileio import write_text_atomic
 from crab.locking import folder_lock
 
@@ -106,6 +107,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
+    if problem := device_problem(args.device):  # before the model is loaded
+        parser.error(f"--device {args.device}: {problem} (use --device cpu; a recipe: --ngpu 0)")
     return args
 
 

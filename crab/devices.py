@@ -1,0 +1,46 @@
+"""Which torch device a run asks for, and why it cannot be used here: a CUDA device on a
+machine without a GPU (or a CPU-only build of torch), an index past the last GPU, a name
+torch does not know. Asked before a model is loaded or anything is written."""
+
+import torch
+
+
+def torch_device(device):
+    """``device`` as torch names it: ``auto`` is ``cuda:0`` when there is a GPU, else ``cpu``;
+    ``cuda`` is ``cuda:0``; any other name is kept."""
+    device = str(device)
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return "cuda:0" if device == "cuda" else device
+
+
+def cuda_problem(device):
+    """Why the CUDA device ``device`` cannot be used here, or None (also for any other device)."""
+    device = str(device)
+    if not device.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is available"
+    try:
+        index = torch.device(device).index
+    except RuntimeError:
+        return "not a device name (cuda or cuda:<index>)"
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        return f"there are {count} CUDA GPU(s) here (cuda:0 to cuda:{count - 1})"
+    return None
+
+
+def device_problem(device):
+    """Why the torch device ``device`` cannot be used here, or None: a CUDA device that is not
+    there (``cuda_problem``), or a name torch does not know or this torch cannot use (``gpu``,
+    ``mps`` without Metal)."""
+    device = str(device)
+    if device.startswith("cuda"):
+        return cuda_problem(device)
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        return f"not a device this torch can use ({first})"
+    return None
