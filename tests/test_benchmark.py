@@ -584,6 +584,10 @@ def test_cuda_measures_in_spawned_processes_only(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--device", "cuda", "--start_method", "fork"])
     assert "CUDA cannot be used in a forked process" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cuda:1"])  # measured in a child, it failed there with a traceback
+    assert "--device cuda:1: there are 1 CUDA GPU(s) here (cuda:0 to cuda:0)" in capsys.readouterr().err
 
 
 def test_a_failed_measurement_is_an_error_with_its_traceback():

@@ -62,11 +62,10 @@ import argparse
 import os
 import sys
 
-import torch
-
 from crab import cli
 from crab.benchmarking import AUDIO_SECONDS, CONF, MELD_CLASSES, PRECISIONS, SIZES, run
 from crab.compilers import compiler_missing
+from crab.devices import device_problem
 
 
 def parse_args(argv):
@@ -193,12 +192,12 @@ def parse_args(argv):
         parser.error("--compile_mode needs --compile")
     if args.compile and args.warmup < 1:
         parser.error("--compile needs --warmup 1 or more: the first run of each step compiles it")
+    if problem := device_problem(args.device):
+        parser.error(f"--device {args.device}: {problem}")
     if args.compile and (missing := compiler_missing(args.device)):
         parser.error(f"--compile: {missing}")
     if args.precision == "fp16" and not cuda:
         parser.error("--precision fp16 needs CUDA (SpeechBrain refuses it on CPU); use bf16")
-    if cuda and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available")
     if (
         min(args.batch_size, args.repeats, args.epochs, args.threads) < 1
         or min(args.warmup, args.profile_steps) < 0
