@@ -650,8 +650,8 @@ def check_outputs(job):
 def resolve_device(device, precision="fp32"):
     """The torch device of ``device`` (``crab.devices.torch_device``); a device that is not
     there or that torch does not know (``crab.devices.device_problem``), or fp16 ``precision``
-    off CUDA, is a ``UsageError``."""
-    from crab.devices import device_problem, torch_device  # torch, once a model is to be loaded
+    off CUDA, is a ``UsageError``; bf16 on a GPU without bf16 tensor cores, a warning."""
+    from crab.devices import bf16_without_tensor_cores, device_problem, torch_device  # torch, once needed
 
     device = torch_device(device)
     problem = device_problem(device)
@@ -659,6 +659,8 @@ def resolve_device(device, precision="fp32"):
         raise UsageError(f"--device {device}: {problem} (use --device cpu or auto)")
     if precision == "fp16" and not device.startswith("cuda"):
         raise UsageError(f"--precision fp16 needs a CUDA device, not {device}: use bf16 or fp32")
+    if precision == "bf16" and (slow := bf16_without_tensor_cores(device)):
+        logger.warning("--precision bf16: %s", slow)
     return device
 
 

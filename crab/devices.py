@@ -44,3 +44,18 @@ def device_problem(device):
         first = (str(err).splitlines() or [type(err).__name__])[0][:160]
         return f"not a device this torch can use ({first})"
     return None
+
+
+def bf16_without_tensor_cores(device):
+    """Why bf16 autocast on ``device`` is slow, or None: a CUDA GPU older than Ampere (compute
+    capability below 8.0) has no bf16 tensor cores, and torch runs bf16 there without them."""
+    if not str(device).startswith("cuda") or torch.version.hip:
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    if major >= 8:
+        return None
+    return (
+        f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no bf16 tensor "
+        "cores (they came with 8.0, Ampere): bf16 autocast runs without them, slower than fp16; "
+        "fp16 (with its gradient scaler) is this GPU's mixed precision"
+    )

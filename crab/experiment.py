@@ -17,7 +17,7 @@ from crab.brain import CrabBrain
 from crab.checkpointing import DATA_ORDER_SEED
 from crab.compilers import compiler_missing
 from crab.data import DataError, class_counts, label_encoder, make_dataset
-from crab.devices import device_problem
+from crab.devices import bf16_without_tensor_cores, device_problem
 from crab.distributed import world_size
 from crab.features import FeatureCache
 from crab.fileio import write_text_atomic
@@ -318,9 +318,13 @@ def check_device(run_opts, hparams):
 
 def check_precision(run_opts, hparams):
     """A ``ConfigError`` for fp16 (``--precision`` or ``--eval_precision``) on a device other than
-    CUDA: SpeechBrain refuses it there with a traceback, after the run's record is written."""
+    CUDA: SpeechBrain refuses it there with a traceback, after the run's record is written. A
+    warning for bf16 on a GPU without bf16 tensor cores (``crab.devices``)."""
     device = run_device(run_opts, hparams)
     if torch.device(device).type == "cuda":
+        for key in ("precision", "eval_precision"):
+            if run_option(run_opts, hparams, key) == "bf16" and (slow := bf16_without_tensor_cores(device)):
+                logger.warning("--%s=bf16: %s", key, slow)
         return
     for key in ("precision", "eval_precision"):
         if run_option(run_opts, hparams, key) == "fp16":

@@ -270,3 +270,36 @@ def test_another_minor_release_warns_and_another_patch_release_does_not(monkeypa
         assert not caplog.text
         checkpointing.warn_version_drift({"torch": "2.5.1", "transformers": "4.57.3"}, "x")
     assert "x with other library releases (torch 2.5.1 then, 2.6.1+cpu now)" in caplog.text
+
+
+@pytest.mark.parametrize(("capability", "warned"), [((7, 0), True), ((8, 0), False)])
+def test_bf16_on_a_gpu_without_bf16_tensor_cores_is_a_warning(monkeypatch, caplog, capability, warned):
+    """A V100 or T4 (compute capability 7.x) runs bf16 autocast without tensor cores: slower than
+    fp16, and nothing said so. Training, evaluation and crab-infer warn; an A100 (8.0) is quiet."""
+    from crab.batch_inference import resolve_device
+    from crab.experiment import check_precision
+    from crab.runconfig import parse_arguments
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla V100-SXM2-16GB")
+    monkeypatch.setattr(torch.version, "hip", None)
+    for opts in (["--precision=bf16"], ["--eval_precision=bf16"], ["--precision=fp32"]):
+        caplog.clear()
+        _, run_opts, _ = parse_arguments(["hparams.yaml", "--device=cuda:0", *opts])
+        check_precision(run_opts, {})
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        expected = warned and opts != ["--precision=fp32"]
+        assert warnings == (
+            [
+                f"{opts[0]}: Tesla V100-SXM2-16GB (compute capability 7.0) has no bf16 tensor cores (they "
+                "came with 8.0, Ampere): bf16 autocast runs without them, slower than fp16; fp16 (with "
+                "its gradient scaler) is this GPU's mixed precision"
+            ]
+            if expected
+            else []
+        )
+    caplog.clear()
+    assert resolve_device("cuda", "bf16") == "cuda:0"
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == (["--precision bf16"] if warned else [])
