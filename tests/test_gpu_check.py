@@ -5,6 +5,8 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from tests.conftest import ROOT
 
 SCRIPT = os.path.join(ROOT, "tools", "gpu_check.sh")
@@ -37,6 +39,24 @@ def test_cpu_environment_check_and_summary(tmp_path):
     missing += f" (looked for {tmp_path}/no_such_g++ on PATH)"
     assert f"torch.compile: {missing}" in text  # the environment's report
     assert f"| train_compile | skipped ({missing}" in text
+
+
+@pytest.mark.parametrize("checks", ["env,train_bf16,bench_large", "train_bf16,bench_large"])
+def test_without_a_gpu_the_cuda_checks_are_skipped_and_the_check_fails(tmp_path, checks):
+    """Each would fail in turn, the benchmarks after loading a large model (on a machine without
+    a GPU, or whose CUDA_VISIBLE_DEVICES hides them); env says so, or, not asked for, torch."""
+    result = subprocess.run(
+        ["bash", SCRIPT, "--checks", checks, "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    [summary] = tmp_path.glob("gpu_check_*.md")
+    text = summary.read_text()
+    assert "| train_bf16 | skipped (torch sees no GPU) |" in text
+    assert "| bench_large | skipped (torch sees no GPU) |" in text
 
 
 def test_a_spent_time_budget_skips_the_checks_left(tmp_path):

@@ -37,6 +37,8 @@
 # --budget_s S (default 1200) bounds the whole check: each check's own time limit is cut
 # to what is left, and a check with under 20 s left is skipped (the large-size benchmarks,
 # last, first).
+# Where torch sees no GPU (--device cuda), the checks after env are skipped, saying so, and
+# the check fails.
 # --work DIR: where the runs, logs and summary go (default egs/mini/exp_gpu_check/<date>_<time>);
 # --ngpu N: the GPUs the ddp check trains on, and the jobs check counts (default: all that torch sees).
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
@@ -105,6 +107,7 @@ gpus_seen() { python -c "import torch; print(torch.cuda.device_count() if torch.
 run_check() {
   local name=$1 limit=$2; shift 2
   local log=${work}/logs/${name}.log sampler='' peak=- t0 rc status left=$((deadline - SECONDS)) cut=''
+  if [ -n "${no_device}" ]; then skip "${name}" "${no_device}"; return 0; fi
   if [ "${left}" -lt 20 ]; then skip "${name}" "--budget_s ${budget_s} spent"; return 0; fi
   if [ "${left}" -lt "${limit}" ]; then limit=${left}; cut=", cut by --budget_s"; fi
   echo "== ${name}: $(printf '%s ' "$@" | head -c 300 | head -1)" | tee "${log}"
@@ -169,7 +172,15 @@ recipe_ngpu=1; [ "${device}" = cuda ] || recipe_ngpu=0
 # (--ngpu is each check's own: the ddp and jobs checks take other counts)
 recipe=(./run.sh --exp_dir "${work}/exp" --results_md "${work}/RESULTS.md")
 
-if wanted env; then run_check env 120 bash -c "$(declare -f env_report); env_report ${device}"; fi
+# without a GPU every check on CUDA would fail, one after the other: they are skipped (and
+# the check fails)
+no_device=''
+if wanted env; then
+  run_check env 120 bash -c "$(declare -f env_report); env_report ${device}"
+  if grep -q "^--device cuda: torch sees no GPU" "${work}/logs/env.log"; then no_device="torch sees no GPU"; fi
+elif [ "${device}" = cuda ] && [ "$(gpus_seen)" = 0 ]; then
+  no_device="torch sees no GPU"
+fi
 
 if wanted data; then
   if [ -f data/main/train.json ] && [ -f data/main/valid.json ] && [ -f data/main/test.json ]; then
@@ -299,4 +310,4 @@ fi
 } > "${summary}"
 echo
 echo "summary: ${summary}"
-if printf '%s\n' "${rows[@]}" | grep -q "| FAIL"; then exit 1; fi
+if [ -n "${no_device}" ] || printf '%s\n' "${rows[@]}" | grep -q "| FAIL"; then exit 1; fi
