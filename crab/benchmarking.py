@@ -393,6 +393,11 @@ def time_steps(setup):
         "syncs": count_syncs(bench, setup["device"], names[0]),
         "device_name": torch.cuda.get_device_name(setup["device"]) if cuda else cpu_model(),
     }
+    if setup.get("compile"):
+        from torch._dynamo.utils import counters
+
+        # compiled graphs inductor ran without CUDA graphs (reduce-overhead), reasons in its log
+        result["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"]
     phases["FLOP count, profile, host waits"] = lap()
     return {**result, "phases": phases}
 
@@ -884,6 +889,9 @@ def analysis_lines(args, analysis, name, medians):
     if args.compile:
         first = ", ".join(f"{name} {seconds:.1f}" for name, seconds in analysis["first_runs"].items())
         lines.append(f"| first run of each configuration, compiling (s) | {first} |")
+        if args.compile_mode == "reduce-overhead":
+            skips = analysis["cudagraph_skips"]
+            lines.append(f"| compiled graphs without CUDA graphs (TORCH_LOGS=cudagraphs: why) | {skips} |")
     if profile is not None:
         lines.append(f"| operator calls per step (profiler) | {profile['ops_per_step']:.0f} |")
     if analysis["checkpoint_bytes"] is not None:

@@ -309,7 +309,9 @@ def test_rates_are_counted_flops_over_seconds_and_utterances_over_seconds():
     full inference of 8 utterances in 0.25 s."""
     from crab.benchmarking import analysis_lines
 
-    args = types.SimpleNamespace(precision="bf16", tf32=False, batch_size=8, compile=False)
+    args = types.SimpleNamespace(
+        precision="bf16", tf32=False, batch_size=8, compile=False, compile_mode="default"
+    )
     analysis = {"device_name": "NVIDIA H200", "flops": 2e12, "profile": None, "checkpoint_bytes": None}
     medians = {"train_legs": 0.5, "infer_full": 0.25}
     text = "\n".join(analysis_lines(args, {**analysis, "syncs": None}, "train_legs", medians))
@@ -325,7 +327,11 @@ def test_rates_are_counted_flops_over_seconds_and_utterances_over_seconds():
     text = "\n".join(analysis_lines(args, analysis, "train_legs", medians))
     first = "train_legs 61.2, train_ce 20.0"
     assert _cells(text, "first run of each configuration, compiling (s)") == [first]
-    assert "inference, utterances/s" not in text
+    assert "inference, utterances/s" not in text and "CUDA graphs" not in text
+    # reduce-overhead: the compiled graphs inductor could not run as CUDA graphs
+    args.compile_mode, analysis["cudagraph_skips"] = "reduce-overhead", 2
+    text = "\n".join(analysis_lines(args, analysis, "train_legs", medians))
+    assert _cells(text, "compiled graphs without CUDA graphs (TORCH_LOGS=cudagraphs: why)") == ["2"]
 
 
 def test_a_cuda_step_is_timed_to_the_end_of_its_work(monkeypatch):
@@ -655,3 +661,4 @@ def test_compiled_steps_run_compiled_code_and_count_the_eager_flops(monkeypatch,
     assert counters["stats"]["unique_graphs"] > 0
     assert eager > 0 and result["flops"] == eager
     assert list(result["first_runs"]) == ["train_legs"] and len(result["times"]["train_legs"]) == 1
+    assert result["cudagraph_skips"] == 0  # inductor's count: no inductor here

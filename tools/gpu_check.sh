@@ -18,7 +18,7 @@
 #               CUDA): fails where torch.compile hit its recompile limit (dynamo gave up
 #               on a function, which ran eagerly from then on); compare with train_bf16;
 #               skipped, with the reason, where the compiler torch.compile needs is missing
-#               (Triton's C compiler on CUDA, a C++ compiler on CPU; so is bench_large_compile)
+#               (Triton's C compiler on CUDA, a C++ compiler on CPU; so are the compiled benchmarks)
 #   cached      stages 4-6 with frozen encoders: the feature cache extracted on the device
 # * ddp         stage 5 under torchrun, nccl: run.sh --ngpu N with N > 1 GPUs, one
 #               process through torch.distributed.run with one (gloo on CPU); fails if
@@ -32,6 +32,8 @@
 #   bench_large_fp32  8 x 12 s in fp32 with TF32, steps only (--steps_only)
 #   bench_large_32    --size large bf16, 32 x 12 s, --gradient_checkpointing, steps only
 #   bench_large_compile --size large bf16, 8 x 12 s, the steps through torch.compile
+#   bench_large_cudagraphs  the same with --compile_mode reduce-overhead (CUDA graphs: the
+#               step's kernels launched as graphs, not one by one)
 # train_fp32 trains 3 epochs, the other training checks 1. With --quick the benchmarks run
 # --quick (tiny) and train_fp32 1 epoch.
 # --budget_s S (default 1200) bounds the whole check: each check's own time limit is cut
@@ -51,7 +53,7 @@ checks=default
 # the default checks: the recipe trained on the GPU (fp32, bf16, fp16, DDP) and the benchmark
 # at base and large size (training steps only at large size)
 default_checks=env,data,train_fp32,train_bf16,train_fp16,ddp,bench_base,bench_large
-known_checks="${default_checks},train_compile,cached,jobs,bench_large_infer,bench_large_fp32,bench_large_32,bench_large_compile"
+known_checks="${default_checks},train_compile,cached,jobs,bench_large_infer,bench_large_fp32,bench_large_32,bench_large_compile,bench_large_cudagraphs"
 work=
 ngpu=
 budget_s=1200
@@ -278,11 +280,12 @@ else
     bench bench_large_32 --size large --precision bf16 --audio_seconds 12 --batch_size 32 \
       --gradient_checkpointing --repeats 3 --steps_only
   fi
-  if wanted bench_large_compile && [ -n "$(compile_blocker)" ]; then
-    skip bench_large_compile "$(compile_blocker)"
-  elif wanted bench_large_compile; then
-    bench bench_large_compile --size large --precision bf16 --audio_seconds 12 --compile --repeats 3
-  fi
+  compiled_bench() {  # compiled_bench NAME MODE: 8 x 12 s bf16 through torch.compile in MODE
+    if [ -n "$(compile_blocker)" ]; then skip "$1" "$(compile_blocker)"; return 0; fi
+    bench "$1" --size large --precision bf16 --audio_seconds 12 --compile --compile_mode "$2" --repeats 3
+  }
+  if wanted bench_large_compile; then compiled_bench bench_large_compile default; fi
+  if wanted bench_large_cudagraphs; then compiled_bench bench_large_cudagraphs reduce-overhead; fi
 fi
 
 {
