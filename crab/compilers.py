@@ -1,11 +1,14 @@
 """Whether torch.compile can build code here. Inductor writes C++ for the CPU and builds it
 with the compiler its ``cpp.cxx`` setting names (``$CXX``, else ``g++``); on CUDA it writes
 Triton kernels, and Triton builds their launchers with a C compiler (``$CC``, else ``gcc``,
-else ``clang``). Without one, the first compiled step stops with an error from deep inside
-torch, after the data and the model were loaded; asking before saves that wait."""
+else ``clang``) against Python's headers. Without them, the first compiled step stops with an
+error from deep inside torch, after the data and the model were loaded; asking before saves
+that wait."""
 
 import os
 import shutil
+import sys
+import sysconfig
 
 import torch
 
@@ -42,10 +45,24 @@ def compiler_for(device):
     return None
 
 
+def _python_headers_missing():
+    """The folder where Python's headers should be, when it has no Python.h (Debian and Ubuntu
+    ship them apart, in pythonX.Y-dev), else None."""
+    include = sysconfig.get_paths()["include"]
+    return None if os.path.exists(os.path.join(include, "Python.h")) else include
+
+
 def compiler_missing(device):
     """Why torch.compile cannot build code for ``device`` (``"cpu"``, ``"cuda:0"``, ...) on
     this machine, or None when the compiler it needs is found (or ``device`` is neither)."""
     kind = torch.device(device).type
+    if kind == "cuda" and compiler_for(device) and (include := _python_headers_missing()):
+        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        return (
+            f"torch.compile on {device} builds Triton kernels, whose launchers Triton compiles "
+            f"against Python's headers, and there is no Python.h in {include}: install them "
+            f"(Debian, Ubuntu: apt-get install {version}-dev), or leave --compile out"
+        )
     if kind not in ("cpu", "cuda") or compiler_for(device):
         return None
     if kind == "cuda":

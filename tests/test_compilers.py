@@ -2,6 +2,7 @@
 one-line error naming it, not an error from inside torch at the first step."""
 
 import stat
+import sysconfig
 
 import pytest
 from torch._inductor import config as inductor_config
@@ -21,9 +22,14 @@ def fake_program(folder, name):
 
 @pytest.fixture
 def bare_path(tmp_path, monkeypatch):
-    """A PATH with no compiler on it, and neither CC nor CXX set."""
+    """A PATH with no compiler on it, neither CC nor CXX set, and Python's headers in
+    ``tmp_path / "include"``."""
     folder = tmp_path / "bin"
     folder.mkdir()
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "Python.h").write_text("")
+    real = sysconfig.get_paths()
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {**real, "include": str(tmp_path / "include")})
     monkeypatch.setenv("PATH", str(folder))
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.delenv("CXX", raising=False)
@@ -41,6 +47,22 @@ def test_cuda_needs_the_c_compiler_triton_builds_with(bare_path, monkeypatch):
     assert "$CC names '/opt/cross/bin/cc', not found" in compiler_missing("cuda")
     monkeypatch.setenv("CC", str(fake_program(bare_path, "cc")))
     assert compiler_missing("cuda") is None
+
+
+def test_cuda_needs_pythons_headers_too(bare_path, tmp_path):
+    """Triton compiles its launchers against Python.h, which Debian and Ubuntu ship apart."""
+    fake_program(bare_path, "gcc")
+    include = tmp_path / "include"
+    (include / "Python.h").unlink()
+    missing = compiler_missing("cuda:0")
+    assert (
+        f"whose launchers Triton compiles against Python's headers, and there is no Python.h in {include}"
+        in (missing)
+    )
+    assert "apt-get install python3." in missing and "-dev), or leave --compile out" in missing
+    assert compiler_missing("cpu") is not None and "Python.h" not in compiler_missing("cpu")  # g++ is missing
+    (include / "Python.h").write_text("")
+    assert compiler_missing("cuda:0") is None
 
 
 def test_cpu_needs_the_cpp_compiler_inductor_is_set_to(bare_path):
