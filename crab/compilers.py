@@ -54,7 +54,7 @@ def _python_headers_missing():
 
 def compiler_missing(device):
     """Why torch.compile cannot build code for ``device`` (``"cpu"``, ``"cuda:0"``, ...) on
-    this machine, or None when the compiler it needs is found (or ``device`` is neither)."""
+    the machine it runs on, or None when the compiler it needs is found (or ``device`` is neither)."""
     kind = torch.device(device).type
     if kind == "cuda" and compiler_for(device) and (include := _python_headers_missing()):
         version = f"python{sys.version_info.major}.{sys.version_info.minor}"
