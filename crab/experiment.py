@@ -321,13 +321,12 @@ def check_precision(run_opts, hparams):
     CUDA: SpeechBrain refuses it there with a traceback, after the run's record is written. A
     warning for bf16 on a GPU without bf16 tensor cores (``crab.devices``)."""
     device = run_device(run_opts, hparams)
-    if torch.device(device).type == "cuda":
-        for key in ("precision", "eval_precision"):
-            if run_option(run_opts, hparams, key) == "bf16" and (slow := bf16_without_tensor_cores(device)):
-                logger.warning("--%s=bf16: %s", key, slow)
-        return
+    cuda = torch.device(device).type == "cuda"
     for key in ("precision", "eval_precision"):
-        if run_option(run_opts, hparams, key) == "fp16":
+        precision = run_option(run_opts, hparams, key)
+        if cuda and precision == "bf16" and (slow := bf16_without_tensor_cores(device)):
+            logger.warning("--%s=bf16: %s", key, slow)
+        if not cuda and precision == "fp16":
             why = (
                 " (a run trained in fp16 resumes in either: its weights are float32, and its gradient "
                 "scaler is used in fp16 alone)"

@@ -209,16 +209,23 @@ if wanted train_fp16; then
   fi
 fi
 
-# why torch.compile cannot build code on the device here (no compiler), or nothing
-compile_blocker() {
-  python -c 'import sys; from crab.compilers import compiler_missing; print(compiler_missing(sys.argv[1]) or "")' "${device}"
+# why torch.compile cannot build code on the device here (no compiler), or empty; asked once,
+# by the first compiled check
+compile_blocker=unknown
+find_compile_blocker() {
+  [ "${compile_blocker}" = unknown ] || return 0
+  compile_blocker=$(python -c 'import sys; from crab.compilers import compiler_missing
+print(compiler_missing(sys.argv[1]) or "")' "${device}")
 }
-if wanted train_compile && [ -n "$(compile_blocker)" ]; then
-  skip train_compile "$(compile_blocker)"
-elif wanted train_compile; then
-  precision=''; [ "${device}" = cuda ] && precision=' --precision=bf16'
-  run_check train_compile 900 "${recipe[@]}" --stage 5 --stop_stage 5 --ngpu "${recipe_ngpu}" --tag compile \
-    --train_opts "--number_of_epochs=1${precision} --compile --compile_using_dynamic_shape_tracing"
+if wanted train_compile; then
+  find_compile_blocker
+  if [ -n "${compile_blocker}" ]; then
+    skip train_compile "${compile_blocker}"
+  else
+    precision=''; [ "${device}" = cuda ] && precision=' --precision=bf16'
+    run_check train_compile 900 "${recipe[@]}" --stage 5 --stop_stage 5 --ngpu "${recipe_ngpu}" --tag compile \
+      --train_opts "--number_of_epochs=1${precision} --compile --compile_using_dynamic_shape_tracing"
+  fi
 fi
 
 if wanted cached; then
@@ -281,7 +288,8 @@ else
       --gradient_checkpointing --repeats 3 --steps_only
   fi
   compiled_bench() {  # compiled_bench NAME MODE: 8 x 12 s bf16 through torch.compile in MODE
-    if [ -n "$(compile_blocker)" ]; then skip "$1" "$(compile_blocker)"; return 0; fi
+    find_compile_blocker
+    if [ -n "${compile_blocker}" ]; then skip "$1" "${compile_blocker}"; return 0; fi
     bench "$1" --size large --precision bf16 --audio_seconds 12 --compile --compile_mode "$2" --repeats 3
   }
   if wanted bench_large_compile; then compiled_bench bench_large_compile default; fi
