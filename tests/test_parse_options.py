@@ -1,6 +1,7 @@
 """utils/parse_options.sh: --name value / --name=value into declared variables."""
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -215,3 +216,47 @@ def test_a_value_like_an_option_is_kept(run, args):
     assert proc.returncode == 0, proc.stderr
     name, _, value = "=".join(args).partition("=")
     assert values[name[2:]] == value
+
+
+def test_an_internal_variable_is_not_an_option(tmp_path):
+    script = tmp_path / "script.sh"
+    script.write_text(f'stage=0\n_seen=1  # the script\'s own\n. "{PARSE_OPTIONS}"\necho "seen=$_seen"\n')
+    for name in ("--_seen", "---seen"):
+        proc = subprocess.run([BASH, str(script), name, "2"], capture_output=True, text=True, timeout=20)
+        assert proc.returncode != 0 and "unknown option" in proc.stderr and "seen=" not in proc.stdout
+
+
+def _scripts_with_options():
+    """(folder to run from, script) of each script that parses its options with the parser."""
+    listed = subprocess.run(
+        ["git", "grep", "-l", "utils/parse_options.sh", "--", "*.sh", ":!utils/*"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    # a recipe's local/ script runs from its recipe folder
+    return [
+        (os.path.join(REPO, path.split("/local/")[0]), "local/" + path.split("/local/")[1])
+        if "/local/" in path
+        else (REPO, path)
+        for path in listed
+    ]
+
+
+@pytest.mark.parametrize("cwd, script", _scripts_with_options(), ids=lambda value: value.replace(REPO, "."))
+def test_every_option_a_script_accepts_is_in_its_help(cwd, script):
+    """A variable the script sets before parsing its options and does not list in --help
+    (its own bookkeeping) must not be settable from the command line."""
+    text = open(os.path.join(cwd, script)).read()
+    before = re.split(r"^[^#\n]*utils/parse_options\.sh", text, maxsplit=1, flags=re.M)[0]
+    assigned = set(re.findall(r"(?:^|[\s;(&|])([a-z][a-z0-9_]*)=", before, flags=re.M))
+    shown = subprocess.run([BASH, script, "--help"], cwd=cwd, capture_output=True, text=True, timeout=60)
+    listed = set(re.findall(r"^\s+--([a-z0-9_]+)", shown.stdout, flags=re.M))
+    assert shown.returncode == 0 and listed, shown.stderr
+    for name in sorted(assigned - listed):
+        # "--zz_last" without a value stops the parser after it took --name, if it did
+        proc = subprocess.run(
+            [BASH, script, f"--{name}", "x", "--zz_last"], cwd=cwd, capture_output=True, text=True, timeout=60
+        )
+        assert f"unknown option --{name}" in proc.stderr, (script, name, proc.stderr[-500:])

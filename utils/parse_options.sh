@@ -1,13 +1,14 @@
 # shellcheck shell=bash
 # Source me after declaring option variables with defaults; parses "--name value"
 # and "--name=value" into those variables ("-" and "_" are interchangeable in names).
-# An option without a declared variable is an error. "--help" prints the calling script's
+# An option without a declared variable is an error; so is one named like the script's
+# internal variables (a leading "_"), which are never options. "--help" prints the calling script's
 # ${help_message}, else its header comment and its options: the "name=default  # meaning" lines
 # above the line that sources this file. Positional arguments are left in "$@".
 
-_crab_is_option() {  # $1 is a declared, unexported variable of the script
+_crab_is_option() {  # $1 is a declared, unexported variable of the script, not an internal one
   local flags
-  [[ $1 =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] && [ -n "${!1+x}" ] || return 1
+  [[ $1 =~ ^[A-Za-z][A-Za-z0-9_]*$ ]] && [ -n "${!1+x}" ] || return 1
   flags=$(declare -p "$1"); flags=${flags#declare -}
   [[ ${flags%% *} != *x* ]]
 }

@@ -90,7 +90,8 @@ def parse_args(argv):
     parser.add_argument(
         "--hparams",
         default=None,
-        help="recipe config for the head and the epochs (default crab_base.yaml; --quick crab_tiny.yaml)",
+        help="recipe config for the head and the epochs (default by --size: crab_tiny.yaml, "
+        "crab_base.yaml, crab.yaml)",
     )
     parser.add_argument(
         "--quick",

@@ -106,23 +106,23 @@ case " $* " in *" --help "*|*" -h "*) usage "$@"; exit 0 ;; esac
 
 . utils/log.sh
 . utils/wait_on_term.sh  # SIGTERM: the stage's commands stop on their own, this script after them
-invocation=$(quote_words "$0" "$@")  # logged first: parse_options.sh consumes "$@"
-script_args=("$@")                   # a job of stages 2, 4-6 is this script with these options (--nj, --cmd)
+_invocation=$(quote_words "$0" "$@")  # logged first: parse_options.sh consumes "$@"
+_script_args=("$@")                   # a job of stages 2, 4-6 is this script with these options (--nj, --cmd)
 
 # The --config given by the user, if any: run.sh passes the recipe's default first, so with
 # --tuning a later one (called directly, without run.sh: any one) must be the tuning's config.
-args=("$@") configs_given=0 given_config=
-for ((i = 0; i < ${#args[@]}; i++)); do
-  case "${args[i]}" in
-    --config=*) configs_given=$((configs_given + 1)) given_config=${args[i]#--config=} ;;
-    --config) configs_given=$((configs_given + 1)) given_config=${args[i + 1]-} i=$((i + 1)) ;;
+_args=("$@") _configs_given=0 _given_config=
+for ((_i = 0; _i < ${#_args[@]}; _i++)); do
+  case "${_args[_i]}" in
+    --config=*) _configs_given=$((_configs_given + 1)) _given_config=${_args[_i]#--config=} ;;
+    --config) _configs_given=$((_configs_given + 1)) _given_config=${_args[_i + 1]-} _i=$((_i + 1)) ;;
     --*=*) ;;
-    --*) i=$((i + 1)) ;;  # every option takes a value
+    --*) _i=$((_i + 1)) ;;  # every option takes a value
   esac
 done
-defaults=0; [ -z "${CRAB_COMMAND:-}" ] || defaults=1  # CRAB_COMMAND: called by run.sh
-[ "${configs_given}" -gt "${defaults}" ] || given_config=
-unset args
+_defaults=0; [ -z "${CRAB_COMMAND:-}" ] || _defaults=1  # CRAB_COMMAND: called by run.sh
+[ "${_configs_given}" -gt "${_defaults}" ] || _given_config=
+unset _args _i _configs_given _defaults
 if [ -n "${CRAB_RESULTS_MD+x}" ]; then results_md=${CRAB_RESULTS_MD}; fi  # tests: never the recipe's file
 
 . utils/parse_options.sh
@@ -142,7 +142,7 @@ for required in classes data_root; do
   [ -n "${!required}" ] || { echo "$0: --${required} is required (./run.sh --help)" >&2; exit 1; }
 done
 [ -n "${config}${tuning}" ] || { echo "$0: --config or --tuning is required (./run.sh --help)" >&2; exit 1; }
-resolve_user_path config tuning given_config  # read in the recipe directory, else where the command ran
+resolve_user_path config tuning _given_config  # read in the recipe directory, else where the command ran
 no_file() {  # OPTION PATH
   local where=""
   if [[ $2 != /* ]]; then
@@ -189,16 +189,16 @@ shell_words feature_words feature_opts "${feature_opts}"
 shell_words launch_opts torchrun_opts "${torchrun_opts:---standalone}"
 if [ -n "${tuning}" ]; then  # the base config of the tuning file (checked whole: one line on an error)
   tuning_config=$(python -m crab.report tuning "${tuning}")
-  if [ -n "${given_config}" ] && ! [ "${given_config}" -ef "${tuning_config}" ]; then
-    echo "$0: --config ${given_config} contradicts --tuning ${tuning}, whose config is ${tuning_config}: leave --config out" >&2
+  if [ -n "${_given_config}" ] && ! [ "${_given_config}" -ef "${tuning_config}" ]; then
+    echo "$0: --config ${_given_config} contradicts --tuning ${tuning}, whose config is ${tuning_config}: leave --config out" >&2
     exit 1
   fi
   config=${tuning_config}
 fi
-log "${invocation}"
+log "${_invocation}"
 start=${SECONDS}
 # as the user typed it (run.sh exports it); a job of stages 2, 4-6 records the command that started it
-command=${CRAB_JOB_COMMAND:-${CRAB_COMMAND:-${invocation}}}
+command=${CRAB_JOB_COMMAND:-${CRAB_COMMAND:-${_invocation}}}
 
 # The yaml overrides of this experiment: the tuning file's, the ablation's, then --train_opts
 # (shell words); a later value of a key wins.
@@ -289,7 +289,7 @@ stage_as_jobs() {  # stage_as_jobs S: stage S as jobs, one per run ("FOLD SEED")
 stage_job() {  # job $1 of stage_as_jobs, into the array job
   local fold_ seed_
   read -r fold_ seed_ <<< "${job_units[$1]}"
-  job=("$0" "${script_args[@]}" --stage "${job_stage}" --stop_stage "${job_stage}" --nj 1 --cmd "")
+  job=("$0" "${_script_args[@]}" --stage "${job_stage}" --stop_stage "${job_stage}" --nj 1 --cmd "")
   [ -z "${fold_}" ] || job+=(--folds "${fold_}" --seeds "${seed_}")
 }
 

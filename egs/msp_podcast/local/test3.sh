@@ -8,7 +8,7 @@
 [ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
 set -euo pipefail
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
-user_cwd=${PWD}
+export CRAB_USER_CWD=${CRAB_USER_CWD:-${PWD}}  # the user's directory (not an option)
 cd "$(dirname "$0")/.."
 model=                            # packaged model directory (stage 8), required
 out=                              # the CSV to submit, required
@@ -26,7 +26,7 @@ check_choice text_mode asr none
 # the files named on the command line (and MSP_PODCAST) are read from where it was run;
 # --data_dir is the recipe's, as run.sh's is
 for opt in model out labels partitions MSP_PODCAST; do
-  [[ -z ${!opt} || ${!opt} == /* ]] || printf -v "${opt}" '%s' "${user_cwd}/${!opt}"
+  [[ -z ${!opt} || ${!opt} == /* ]] || printf -v "${opt}" '%s' "${CRAB_USER_CWD}/${!opt}"
 done
 for required in model out; do
   [ -n "${!required}" ] || { echo "$0: --${required} is required" >&2; exit 1; }
