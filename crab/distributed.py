@@ -22,6 +22,9 @@ batches are equal in size (for the class-weighted mean, when their weight sums a
 otherwise it is the mean of the local means.
 """
 
+import dataclasses
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -93,3 +96,21 @@ def end_process_group():
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # none tears its connections down while another still uses them
         dist.destroy_process_group()
+
+
+def short_torchrun_grace():
+    """Under a torchrun that kills its processes 30 s after it is stopped (a time limit's SIGTERM,
+    ``scancel``) whatever ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` says (torch before 2.12), a warning
+    that a training's step saved then may not be written in time; else None."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    from torch.distributed.launcher.api import LaunchConfig
+
+    if any(field.name == "shutdown_timeout" for field in dataclasses.fields(LaunchConfig)):
+        return None
+    return (
+        f"torch {torch.__version__}: torchrun kills its processes 30 s after it is stopped (a time "
+        "limit's SIGTERM, scancel): a step's checkpoint not written by then is lost, and the run "
+        "resumes from the one before (torch 2.12 or newer waits TORCH_ELASTIC_SHUTDOWN_TIMEOUT "
+        "seconds, which run.sh sets to 300)"
+    )

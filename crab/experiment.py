@@ -304,7 +304,16 @@ def run_device(run_opts, hparams):
 def check_device(run_opts, hparams):
     """A ``ConfigError`` for a device that is not here (``crab.devices.device_problem``): a CUDA
     device where torch sees no GPU, or past the last one. SpeechBrain would stop with a traceback
-    from inside torch, once the run's folder is made."""
+    from inside torch, once the run's folder is made. Under torchrun, a CUDA device given for
+    several processes of a node: they would all train on that GPU (NCCL refuses it, once the
+    model is built), where each takes cuda:LOCAL_RANK without one."""
+    given = run_option(run_opts, hparams, "device")
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if given and processes > 1 and torch.device(given).type == "cuda":
+        raise ConfigError(
+            f"--device={given}: all {processes} processes of this node would train on it; leave "
+            "--device out under torchrun, and each process takes cuda:LOCAL_RANK"
+        )
     device = run_device(run_opts, hparams)
     problem = device_problem(device)
     if problem:

@@ -657,11 +657,12 @@ def extract(
                     entries[utt] = entry
         todo = sorted(entries)
         logger.info(
-            "Feature cache %s: %d utterance(s) cached, %d to extract (%s)",
+            "Feature cache %s: %d utterance(s) cached, %d to extract (%s) on %s",
             cache_dir,
             len(done),
             len(todo),
             ", ".join(sorted(branches)),
+            device,
         )
         model.to(device).eval()
 

@@ -161,6 +161,29 @@ def test_a_cuda_device_on_a_cpu_only_torch_says_so(monkeypatch):
     check_device(run_opts, {})
 
 
+def test_one_cuda_device_for_several_processes_of_a_node_is_refused(monkeypatch):
+    """torchrun's processes of a node given the same --device would all train on one GPU (NCCL
+    refuses it once the model is built); without one, each takes cuda:LOCAL_RANK."""
+    from crab.experiment import check_device
+    from crab.runconfig import ConfigError, parse_arguments
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    for device in ("cuda:0", "cuda"):
+        _, run_opts, _ = parse_arguments(["hparams.yaml", f"--device={device}"])
+        with pytest.raises(
+            ConfigError,
+            match=re.escape(f"--device={device}: all 4 processes of this node would train on it;"),
+        ):
+            check_device(run_opts, {})
+    _, run_opts, _ = parse_arguments(["hparams.yaml", "--device=cpu"])  # gloo on the CPU
+    check_device(run_opts, {})
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process may take a GPU of its choice
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    _, run_opts, _ = parse_arguments(["hparams.yaml", "--device=cuda:1"])
+    check_device(run_opts, {})
+
+
 def test_a_checkpoint_records_its_library_versions_and_loading_it_under_others_warns(tmp_path, caplog):
     """A run evaluated or resumed after an upgrade (another transformers release) is told so, with
     both versions; another build of the same release (torch +cu124 then, +cpu now) is not."""

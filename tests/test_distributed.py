@@ -2,6 +2,7 @@
 batch (value and gradients), labels and class weights are written once, and a
 two-process gloo run of the tiny config trains through ser.sh."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -336,3 +337,28 @@ def test_a_sigterm_to_one_process_stops_every_process_after_a_saved_step(recipe_
             orders.setdefault(int(epoch), []).extend(ids)
     assert sorted(orders) == [1, 2] and all(sorted(ids) == train_ids for ids in orders.values()), orders
     assert orders[1] != orders[2]
+
+
+def test_a_torchrun_that_kills_its_processes_30_s_after_a_stop_is_named(monkeypatch):
+    """torch before 2.12: torchrun sends SIGKILL 30 s after passing a stop on, whatever
+    TORCH_ELASTIC_SHUTDOWN_TIMEOUT says, so a step's checkpoint at the paper's size may be lost."""
+    import torch.distributed.launcher.api as launcher
+
+    from crab.distributed import short_torchrun_grace
+
+    @dataclasses.dataclass
+    class OldLaunchConfig:  # torch 2.11's fields, in part
+        min_nodes: int
+        max_nodes: int
+
+    @dataclasses.dataclass
+    class NewLaunchConfig(OldLaunchConfig):  # torch 2.12 on
+        shutdown_timeout: int | None = None
+
+    monkeypatch.setattr(launcher, "LaunchConfig", OldLaunchConfig)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert short_torchrun_grace() is None  # not under torchrun
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    assert "torchrun kills its processes 30 s after it is stopped" in short_torchrun_grace()
+    monkeypatch.setattr(launcher, "LaunchConfig", NewLaunchConfig)
+    assert short_torchrun_grace() is None

@@ -354,3 +354,13 @@ def test_a_tokenizer_digests_the_same_after_a_padded_truncated_call(tokenizer_di
     assert tokenizer_digest(tokenizer) == fresh
     build_bpe_tokenizer(["other words entirely"] * 8, str(tmp_path / "other"), vocab_size=120)
     assert tokenizer_digest(AutoTokenizer.from_pretrained(tmp_path / "other")) != fresh
+
+
+def test_extraction_runs_on_trainings_device_without_a_device_option(data, tmp_path, caplog):
+    """No ``--device``: the device training would take (SpeechBrain's guess: the first GPU where
+    there is one), not no device at all, which left the encoders where they were built (the CPU)."""
+    cache = tmp_path / "cache"
+    with caplog.at_level("INFO", logger="crab.features"):
+        run(extract_features.main, argv(data, tmp_path / "x", f"--feature_cache={cache}"))
+    [line] = [r.getMessage() for r in caplog.records if "to extract" in r.getMessage()]
+    assert line.endswith(" on cpu"), line

@@ -87,6 +87,8 @@ def stand_in_venv(clone):
         f'#!/bin/sh\n[ "$1" != -c ] || exec {shlex.quote(sys.executable)} "$@"\n'
         f'printf "%s\\n" "$ python" "$@" >> "{clone}/argv"\n'
         'for word; do [ -z "${STAND_IN_FAIL-}" ] || [ "$word" != "$STAND_IN_FAIL" ] || exit 3; done\n'
+        '[ -z "${TORCH_ELASTIC_SHUTDOWN_TIMEOUT+x}" ] || '
+        f'echo "$2 $TORCH_ELASTIC_SHUTDOWN_TIMEOUT" >> "{clone}/shutdown_timeouts"\n'
     )
     (venv_bin / "python").chmod(0o755)
 
@@ -141,6 +143,36 @@ def test_asr_opts_are_shell_words(bare_clone):
     assert all(holds(call, words) for call in transcribe), transcribe
 
 
+def stage_5_options(clone):
+    """run.sh's options for stage 5 alone in ``clone`` (stand-in python, manifests, one run)."""
+    stand_in_venv(clone)
+    (clone / "corpus").mkdir()
+    for split in ("train", "valid"):
+        (clone / "data" / "main").mkdir(parents=True, exist_ok=True)
+        (clone / "data" / "main" / f"{split}.json").write_text("{}")
+    run_dir = clone / "exp" / "crab_tiny" / "main" / "seed42"
+    run_dir.mkdir(parents=True)
+    (run_dir / "train_log.txt").write_text("epoch: 1\n")
+    options = ["--stage", "5", "--stop_stage", "5", "--data_root", str(clone / "corpus"), "--nproc", "2"]
+    return options + ["--data_dir", str(clone / "data"), "--exp_dir", str(clone / "exp")]
+
+
+@pytest.mark.parametrize("given, granted", [(None, "300"), ("900", "900")])
+def test_torchrun_gives_its_processes_time_to_save_when_stopped(bare_clone, monkeypatch, given, granted):
+    """Stopped (a time limit's SIGTERM, scancel), torchrun passes the signal on and kills its
+    processes TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds later (30 by default; torch 2.12 on): a
+    training saving its step at the paper's size needs more. The user's value is kept."""
+    monkeypatch.delenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", raising=False)
+    env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": given} if given else {}
+    result = run(str(bare_clone / "egs" / "mini" / "run.sh"), *stage_5_options(bare_clone), env=env)
+    assert result.returncode == 0, result.stderr
+    seen = (bare_clone / "shutdown_timeouts").read_text().splitlines()
+    assert [line for line in seen if line.startswith("torch.distributed.run ")] == [
+        f"torch.distributed.run {granted}"
+    ]
+    assert given or len(seen) == 1  # the default is torchrun's alone
+
+
 @pytest.mark.parametrize(
     "torchrun_opts, node_rank",
     [
@@ -152,16 +184,7 @@ def test_asr_opts_are_shell_words(bare_clone):
 )
 def test_torchrun_opts_are_shell_words_and_tell_the_node_rank(bare_clone, torchrun_opts, node_rank):
     """Stage 5 under torchrun, the options as given; the node of rank 0 records the run."""
-    stand_in_venv(bare_clone)
-    (bare_clone / "corpus").mkdir()
-    for split in ("train", "valid"):
-        (bare_clone / "data" / "main").mkdir(parents=True, exist_ok=True)
-        (bare_clone / "data" / "main" / f"{split}.json").write_text("{}")
-    run_dir = bare_clone / "exp" / "crab_tiny" / "main" / "seed42"
-    run_dir.mkdir(parents=True)
-    (run_dir / "train_log.txt").write_text("epoch: 1\n")
-    options = ["--stage", "5", "--stop_stage", "5", "--data_root", str(bare_clone / "corpus"), "--nproc", "2"]
-    options += ["--data_dir", str(bare_clone / "data"), "--exp_dir", str(bare_clone / "exp")]
+    options = stage_5_options(bare_clone)
     result = run(str(bare_clone / "egs" / "mini" / "run.sh"), *options, "--torchrun_opts", torchrun_opts)
     assert result.returncode == 0, result.stderr
     launched = [call for call in calls(bare_clone) if call[:2] == ["-m", "torch.distributed.run"]]
@@ -259,7 +282,39 @@ def test_a_stage_script_run_from_elsewhere_says_where_to_run_it(script):
 def test_run_by_sh_a_script_says_it_needs_bash(script):
     result = subprocess.run(["dash", script, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr == f"{script} needs bash: run it as bash {script}\n"
+    assert result.stderr == f"{script} needs bash 4.4 or newer: run it as bash {script}\n"
+    # an older bash (CentOS 7's 4.2, macOS's 3.2) is refused by name: its "${a[@]}" of an empty
+    # array is an "unbound variable" under set -u, which the scripts use
+    old = subprocess.run(
+        ["dash", script, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "BASH_VERSION": "4.2.46(2)-release"},
+    )
+    assert old.returncode == 1 and old.stdout == ""
+    assert (
+        old.stderr
+        == f"{script} needs bash 4.4 or newer (this is bash 4.2.46(2)-release): run it as bash {script}\n"
+    )
+
+
+@pytest.mark.skipif(shutil.which("dash") is None, reason="needs dash, a POSIX sh that is not bash")
+@pytest.mark.parametrize(
+    "version, passes",
+    [("3.2.57(1)-release", False), ("4.3.48", False), ("4.4.20", True), ("5.2.15", True), ("10.0", True)],
+)
+def test_the_bash_version_check(version, passes):
+    with open(os.path.join(ROOT, "egs", "TEMPLATE", "run.sh")) as f:
+        [guard] = [line for line in f if "needs bash" in line]
+    result = subprocess.run(
+        ["dash", "-c", f"BASH_VERSION='{version}'\n{guard}echo passed"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.stdout == "passed\n") == passes and (result.returncode == 0) == passes, result.stderr
 
 
 @pytest.mark.skipif(shutil.which("dash") is None, reason="needs dash, a POSIX sh that is not bash")

@@ -13,7 +13,7 @@
 # Every gate runs, then prints one line, "gate NAME: ok (Ns)" or "gate NAME: FAILED (Ns)", after
 # its findings; the script exits 1 when any gate failed. Fix with: ruff check --fix, ruff format,
 # and by hand for shellcheck and the doctests. Needs tools/install.sh (ruff in the venv, shellcheck).
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -uo pipefail
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -43,7 +43,7 @@
 # the check fails.
 # --work DIR: where the runs, logs and summary go (default egs/mini/exp_gpu_check/<date>_<time>);
 # --ngpu N: the GPUs the ddp check trains on, and the jobs check counts (default: all that torch sees).
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -uo pipefail
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 

@@ -37,7 +37,7 @@
 # CRAB_INSTALL_TORCH_STATE=none|venv-cpu|venv-cuda|system-cpu|system-cuda[:VERSION]
 # (the torch found, default version 2.13.0+cpu or the CUDA pin),
 # CRAB_INSTALL_APT=yes|no (root with apt-get).
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 

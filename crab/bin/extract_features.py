@@ -2,13 +2,14 @@
 
     python -m crab.bin.extract_features hparams.yaml --feature_cache=DIR \\
         [--manifests a.json b.json ...] [--batch_size 8] [--shard_size 256] \\
-        [--shard_mib 1024] [--dtype float32] [--device cpu] [--key=value ...]
+        [--shard_mib 1024] [--dtype float32] [--device DEVICE] [--key=value ...]
 
 Takes the same yaml and overrides as training (the encoders must be frozen:
 ``freeze_speech_encoder`` / ``freeze_text_encoder``, or, for the speech encoder, only
 its top layers fine-tuned: ``finetune_top_speech_layers``); manifests default to the
 yaml's train, valid and test manifests. Re-running extracts only what is
-missing; training with ``--feature_cache=DIR`` then reads the cache. A shard's states
+missing; training with ``--feature_cache=DIR`` then reads the cache. The device is
+training's: ``--device``, else the first GPU where torch sees one, else the CPU. A shard's states
 are held in memory until it is written: at most ``--shard_size`` utterances, and it is
 written early once they reach ``--shard_mib`` MiB (all 25 hidden states of WavLM Large
 are about 5 MB per second of audio in float32).
@@ -19,7 +20,7 @@ import logging
 import sys
 
 from crab import cli
-from crab.experiment import check_device, parse_and_load
+from crab.experiment import check_device, parse_and_load, run_device
 from crab.features import DTYPES, SHARD_MIB, extract
 
 logger = cli.module_logger(__name__, __spec__)
@@ -68,7 +69,7 @@ def main(argv=None):
         args.batch_size,
         args.shard_size,
         args.dtype,
-        run_opts.get("device", "cpu"),
+        run_device(run_opts, hparams),
         args.shard_mib,
     )
     logger.info("Extracted %d utterance(s) into %s", count, hparams["feature_cache"])

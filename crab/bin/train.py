@@ -25,7 +25,7 @@ import speechbrain as sb
 
 from crab import cli
 from crab.data import require_manifest
-from crab.distributed import end_process_group
+from crab.distributed import end_process_group, short_torchrun_grace
 from crab.experiment import (
     batches_per_epoch,
     check_accumulation,
@@ -70,6 +70,8 @@ def main(argv=None):
     for key in ("train_manifest", "valid_manifest"):  # before anything is written
         require_manifest(hparams[key])
     sb.utils.distributed.ddp_init_group(run_opts)  # nothing without torchrun
+    if sb.utils.distributed.if_main_process() and (short := short_torchrun_grace()):
+        logger.warning(short)
     with run_lock(hparams["output_folder"]):  # one training per output folder at a time
         _train(hparams_file, run_opts, overrides, hparams)
     end_process_group()  # DDP: every process got here; nothing without torchrun

@@ -4,7 +4,7 @@
 #   ./run.sh --stage 5 --seeds "42 43 44"     # train, evaluate, score, package for 3 seeds
 #   ./run.sh --train_opts "--alpha=1.5"       # any yaml key
 #   ./sweep.sh --ablations "ce_only mlcs"     # one experiment per ablation, then the table
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 . "$(dirname "$0")/utils/enter_recipe.sh"
 . ./db.sh

@@ -31,7 +31,7 @@
 # With --nj N > 1 or --cmd, stages 2 and 4-6 run as jobs (utils/jobs.sh): each job is this
 # script for its stage and (5, 6) one fold and seed, N at once, here on GPUs of its own
 # or through a scheduler (--cmd "utils/slurm.sh ..." or "utils/sge.sh ..."), logged to exp/<tag>/log/.
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 
 # ---- options: name=default  # description (--help prints this block) ----
@@ -235,14 +235,18 @@ for ((i = 0; i < ${#launch_opts[@]}; i++)); do
 done
 [[ ${node_rank} =~ ^[0-9]+$ ]] || { echo "$0: --torchrun_opts: --node_rank '${node_rank}' is not a number" >&2; exit 1; }
 node_rank=$((10#${node_rank}))
+# Stopped (a time limit's SIGTERM, scancel), torchrun passes the signal to its processes and
+# kills them TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds later (torch >= 2.12; 30 s by default, and
+# always before): a training saving its step at the paper's size needs more.
+shutdown_grace=TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}
 if [ "${ngpu}" -gt 1 ] || [ "${nproc}" -gt 1 ]; then
   if [ "${ngpu}" -gt 1 ]; then
-    train_launcher=(python -m torch.distributed.run --nproc_per_node "${ngpu}" "${launch_opts[@]}")
+    train_launcher=(env "${shutdown_grace}" python -m torch.distributed.run --nproc_per_node "${ngpu}" "${launch_opts[@]}")
     train_device=  # each process takes cuda:LOCAL_RANK
     train_desc="${ngpu} GPUs per node (DDP, nccl)"; ddp_opts=(--distributed_backend=nccl)
   else  # the cores shared among the processes
     threads=$(( ${OMP_NUM_THREADS:-$(nproc)} / nproc )); [ "${threads}" -ge 1 ] || threads=1
-    train_launcher=(env OMP_NUM_THREADS="${threads}" python -m torch.distributed.run --nproc_per_node "${nproc}" "${launch_opts[@]}")
+    train_launcher=(env OMP_NUM_THREADS="${threads}" "${shutdown_grace}" python -m torch.distributed.run --nproc_per_node "${nproc}" "${launch_opts[@]}")
     train_desc="cpu, ${nproc} processes per node (DDP, gloo)"; ddp_opts=(--distributed_backend=gloo)
   fi
 fi

@@ -4,7 +4,7 @@
 # Copies what a corpus edits (run.sh, db.sh, path.sh, local/data.sh, README.md) and links
 # what every recipe shares (ser.sh, sweep.sh, utils/, the configs and ablation table),
 # so that fixes to the shared stages reach the new recipe. Then follow its README.md.
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 if [ $# -ne 1 ] || [[ $1 == -* ]]; then

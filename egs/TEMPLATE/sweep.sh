@@ -17,7 +17,7 @@
 # exp/<name>.sweep.log: through a scheduler
 # (--cmd) all their jobs are submitted together; on GPUs here they would share them,
 # so that needs --cmd (on CPU the cores are shared out).
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 
 # ---- options: name=default  # description ----

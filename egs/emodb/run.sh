@@ -7,7 +7,7 @@
 #   ./run.sh                                                         # bimodal control
 #   ./run.sh --data_opts "--num_folds 10" --folds "fold03 fold08 fold09 fold10 fold11 fold12 fold13 fold14 fold15 fold16"
 #   ./run.sh --data_opts "--pairing sorted" --folds "fold03_08 fold09_10 fold11_12 fold13_14 fold15_16"  # the CPU results' pairs
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 . "$(dirname "$0")/utils/enter_recipe.sh"
 . ./db.sh

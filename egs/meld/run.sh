@@ -9,7 +9,7 @@
 #   ./run.sh --data_opts "--exclude none"                      # keep the clips of local/exclude.txt
 #   ./run.sh --text_only true --tag text --train_opts "--modality=text"   # text only, from the CSVs
 #                                                              # alone: no mp4, no MELD_WAV (README.md)
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 . "$(dirname "$0")/utils/enter_recipe.sh"
 . ./db.sh

@@ -10,7 +10,7 @@
 # Every other option goes to ser.sh (./run.sh --help), e.g.
 #   ./run.sh --stage 5 --seeds "42 43 44" --train_opts "--alpha=1.5"
 # --asr_opts replaces the default "--language english --batch_size 16" as a whole.
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 . "$(dirname "$0")/utils/enter_recipe.sh"
 . ./db.sh

@@ -6,7 +6,7 @@
 # utt2<field> (utt2gender, utt2session) becomes a manifest field. Paths should sit
 # under --data_root so manifests are portable. Check what you found against what
 # the corpus must contain and stop with a clear message when it differs.
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 . "$(dirname "$0")/../utils/in_recipe_dir.sh"
 # Options (parse_options.sh sets them from --data_dir, --data_root); the code you write here uses them.

@@ -5,7 +5,7 @@
 # Options after the folder go to local/data.sh.
 #   local/check_real_corpus.sh /path/to/emodb                     # the folder holding wav/
 #   local/check_real_corpus.sh /path/to/emodb --pairing sorted    # the CPU results' folds
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 if [ $# -lt 1 ] || [ ! -d "$1" ]; then

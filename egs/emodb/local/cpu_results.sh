@@ -21,7 +21,7 @@
 # where it exists (ft3: the epochs chosen on the held-out protocol, the last epoch kept), else with
 # the held-out file (frozen, ft1: best epoch on the validation pair, which is then training data).
 # The test pair stays unseen until evaluation.
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 # relative paths given to it (--whisper, the corpus variable) are read from where it was run
 export CRAB_USER_CWD=${CRAB_USER_CWD:-${PWD}}

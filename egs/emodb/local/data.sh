@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage 1 of the EmoDB recipe: speaker-independent folds as Kaldi-style data dirs
 # <data_dir>/<fold>/{train,valid,test}/ (see local/prepare_data.py and README.md).
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 . "$(dirname "$0")/../utils/in_recipe_dir.sh"
 data_dir=data

@@ -3,7 +3,7 @@
 # files to <data_root>/{train,dev,test}/dia<D>_utt<U>.wav (16 kHz mono 16-bit) with
 # ffmpeg. Resumable: existing wavs are kept. Failures are listed in
 # <data_root>/log/failed_<split>.txt (local/extract_audio.py).
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 . "$(dirname "$0")/../utils/in_recipe_dir.sh"
 . ./db.sh

@@ -20,7 +20,7 @@
 # --parallel true trains the seeds at the same time (one process each), then scores all.
 # Stages (as ser.sh's): 1-4 data, cache and layer probe; 5-6 training and evaluation; 7 the tables
 # (<exp_dir>/ablations_test.md, and an entry per setting in RESULTS.md).
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 # relative paths given to it (--minilm, the corpus variable) are read from where it was run
 export CRAB_USER_CWD=${CRAB_USER_CWD:-${PWD}}

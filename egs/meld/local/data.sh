@@ -3,7 +3,7 @@
 # <data_dir>/official/{train,valid,test} (valid = MELD's dev), from MELD.Raw's CSVs;
 # the wavs are those of stage 0 under <data_root> (local/prepare_data.py, README.md);
 # with --text_only true, from the CSVs alone: no wav.scp, no audio read.
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 . "$(dirname "$0")/../utils/in_recipe_dir.sh"
 . ./db.sh

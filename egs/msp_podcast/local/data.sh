@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage 1 of the MSP-Podcast recipe: Kaldi-style data dirs <data_dir>/official/{train,valid,test1,test2}
 # from the official partitions, eight classes (local/prepare_data.py says how).
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 . "$(dirname "$0")/../utils/in_recipe_dir.sh"
 data_dir=data

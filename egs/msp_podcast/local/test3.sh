@@ -5,7 +5,7 @@
 # complete (local/test3.py). Re-running resumes crab-infer where it stopped.
 #   local/test3.sh --model exp/crab/official/seed42/model --out exp/test3_seed42.csv
 #   local/test3.sh --model DIR --text_mode none ...          # a speech-only model
-[ -n "${BASH_VERSION:-}" ] || { echo "$0 needs bash: run it as bash $0" >&2; exit 1; }
+case ${BASH_VERSION:-} in 4.[4-9]* | [5-9].* | [1-9][0-9].*) ;; *) echo "$0 needs bash 4.4 or newer${BASH_VERSION:+ (this is bash ${BASH_VERSION})}: run it as bash $0" >&2; exit 1 ;; esac
 set -euo pipefail
 unset CDPATH  # a relative cd goes here, never to a namesake on the user's CDPATH
 export CRAB_USER_CWD=${CRAB_USER_CWD:-${PWD}}  # the user's directory (not an option)
