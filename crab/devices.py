@@ -14,13 +14,28 @@ def torch_device(device):
     return "cuda:0" if device == "cuda" else device
 
 
+def _cuda_init_error():
+    """torch's own reason, on a CUDA build, why it sees no GPU: no NVIDIA driver, a driver too old
+    for the CUDA it was built with, ``CUDA_VISIBLE_DEVICES`` naming none. None on a CPU-only build."""
+    if not torch.version.cuda:
+        return None
+    try:
+        torch.cuda.init()
+    except RuntimeError as err:
+        return str(err).strip().split(". ")[0]  # the rest is a download page
+    except Exception:  # a build without CUDA whose version says otherwise: nothing to add
+        return None
+    return None
+
+
 def cuda_problem(device):
     """Why the CUDA device ``device`` cannot be used here, or None (also for any other device)."""
     device = str(device)
     if not device.startswith("cuda"):
         return None
     if not torch.cuda.is_available():
-        return "no CUDA GPU is available"
+        why = _cuda_init_error()
+        return "no CUDA GPU is available" + (f" (torch: {why})" if why else "")
     try:
         index = torch.device(device).index
     except RuntimeError:
@@ -58,4 +73,24 @@ def bf16_without_tensor_cores(device):
         f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no bf16 tensor "
         "cores (they came with 8.0, Ampere): bf16 autocast runs without them, slower than fp16; "
         "fp16 (with its gradient scaler) is this GPU's mixed precision"
+    )
+
+
+def gpu_use():
+    """For ``tools/install.sh`` where an NVIDIA GPU is present: one line saying whether this torch
+    can use it, and what to install where it cannot."""
+    problem = cuda_problem("cuda:0")
+    if problem is None:
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return f"torch {torch.__version__} uses the GPU(s): {', '.join(names)}"
+    if not torch.version.cuda:
+        fix = "tools/install.sh --torch cuda installs the CUDA build"
+    else:
+        fix = (
+            "install a torch built for this machine's NVIDIA driver into tools/venv (PyTorch's install "
+            "page gives the pip command), then run tools/install.sh --torch keep"
+        )
+    build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return (
+        f"WARNING: torch {torch.__version__} ({build}) cannot use this machine's NVIDIA GPU: {problem}; {fix}"
     )

@@ -161,6 +161,48 @@ def test_a_cuda_device_on_a_cpu_only_torch_says_so(monkeypatch):
     check_device(run_opts, {})
 
 
+TOO_OLD = (
+    "The NVIDIA driver on your system is too old (found version 12020). Please update your GPU driver "
+    "by downloading and installing a new version from the URL: http://www.nvidia.com/Download/index.aspx"
+)
+
+
+def test_a_gpu_torch_cannot_use_names_torchs_reason(monkeypatch):
+    """A CUDA torch on a machine whose driver is older than its CUDA sees no GPU: saying only "no
+    CUDA GPU is available" on a GPU machine points nowhere; torch's own first sentence does."""
+    from crab.devices import cuda_problem, gpu_use
+    from crab.experiment import check_device
+    from crab.runconfig import ConfigError, parse_arguments
+
+    def init():
+        raise RuntimeError(TOO_OLD)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "init", init)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    reason = (
+        "no CUDA GPU is available (torch: The NVIDIA driver on your system is too old (found version 12020))"
+    )
+    assert cuda_problem("cuda:0") == reason
+    _, run_opts, _ = parse_arguments(["hparams.yaml", "--device=cuda:0"])
+    with pytest.raises(ConfigError, match=re.escape(f"--device=cuda:0: {reason}; give --device=cpu")):
+        check_device(run_opts, {})
+    assert gpu_use() == (
+        f"WARNING: torch {torch.__version__} (built for CUDA 13.0) cannot use this machine's NVIDIA GPU: "
+        f"{reason}; install a torch built for this machine's NVIDIA driver into tools/venv (PyTorch's "
+        "install page gives the pip command), then run tools/install.sh --torch keep"
+    )
+    monkeypatch.setattr(torch.version, "cuda", None)  # a CPU build kept where there is a GPU
+    assert gpu_use().endswith(
+        "(a CPU-only build) cannot use this machine's NVIDIA GPU: no CUDA GPU is available; "
+        "tools/install.sh --torch cuda installs the CUDA build"
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"NVIDIA H200 #{index}")
+    assert gpu_use() == f"torch {torch.__version__} uses the GPU(s): NVIDIA H200 #0, NVIDIA H200 #1"
+
+
 def test_one_cuda_device_for_several_processes_of_a_node_is_refused(monkeypatch):
     """torchrun's processes of a node given the same --device would all train on one GPU (NCCL
     refuses it once the model is built); without one, each takes cuda:LOCAL_RANK."""

@@ -540,3 +540,23 @@ def test_the_torch_just_installed_is_pinned_without_importing_it(tmp_path, tools
     assert result.returncode == 0, result.stdout + result.stderr
     assert (venv / "torch-constraint.txt").read_text() == "torch==2.13.0+cpu\n"
     assert "NumPy" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("gpu", ["yes", "no"])
+def test_where_there_is_a_gpu_the_install_ends_saying_whether_torch_uses_it(tmp_path, tools_present, gpu):
+    """A CUDA torch that cannot use the GPU (a driver too old for its CUDA) installs and imports
+    fine, and the first training stops on its device: the install says so where it can be fixed."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    answer = '  -c) case "$2" in *gpu_use*) echo "WARNING: stub torch cannot use the GPU" ;; esac ;;\n'
+    (venv / "bin" / "python").write_text(
+        STUB_PYTHON_PYPI_CUDA.replace('case "$1" in', 'case "$1" in\n' + answer, 1)
+    )
+    (venv / "bin" / "python").chmod(0o755)
+    env = dict(os.environ, CRAB_VENV=str(venv), CRAB_INSTALL_GPU=gpu, PATH=tools_present)
+    env.update(CUDA_VERSION=CUDA_VERSION, CRAB_INSTALL_TORCH_STATE="none")
+    result = subprocess.run(["bash", INSTALL], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    asked = [call for call in (venv / "bin" / "calls.log").read_text().splitlines() if "gpu_use" in call]
+    assert len(asked) == (gpu == "yes")
+    assert ("WARNING: stub torch cannot use the GPU" in result.stdout) == (gpu == "yes")

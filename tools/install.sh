@@ -325,6 +325,9 @@ if ${dry_run}; then
   exit 0
 fi
 "${py}" -c "import crab, speechbrain, transformers, torch; print('crab', crab.__version__, '| torch', torch.__version__, '| speechbrain', speechbrain.__version__, '| transformers', transformers.__version__)"
+if [ "${gpu}" = yes ]; then  # a torch that cannot use the GPU (a driver too old for its CUDA) says so here
+  log "$("${py}" -c "from crab.devices import gpu_use; print(gpu_use())")"
+fi
 if [ -n "${missing_tools}" ]; then
   log "Still missing system tools:${missing_tools} (see above); the tests stop at once without them"
 fi
