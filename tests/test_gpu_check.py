@@ -57,6 +57,11 @@ def test_without_a_gpu_the_cuda_checks_are_skipped_and_the_check_fails(tmp_path,
     text = summary.read_text()
     assert "| train_bf16 | skipped (torch sees no GPU) |" in text
     assert "| bench_large | skipped (torch sees no GPU) |" in text
+    if checks.startswith("env"):  # with torch's reason where it has one (a CUDA build)
+        assert (
+            "--device cuda: torch sees no GPU: no CUDA GPU is available"
+            in (tmp_path / "logs" / "env.log").read_text()
+        )
 
 
 def test_a_spent_time_budget_skips_the_checks_left(tmp_path):

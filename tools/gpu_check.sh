@@ -160,7 +160,8 @@ print(f"cuda available: {torch.cuda.is_available()}, devices: "
 from crab.compilers import compiler_for, compiler_missing
 print(f"torch.compile: {compiler_missing(sys.argv[1]) or f'builds with {compiler_for(sys.argv[1])}'}")
 if sys.argv[1] == "cuda" and not torch.cuda.is_available():
-    sys.exit("--device cuda: torch sees no GPU")
+    from crab.devices import cuda_problem
+    sys.exit(f"--device cuda: torch sees no GPU: {cuda_problem('cuda:0')}")
 EOF
 }
 
