@@ -306,7 +306,7 @@ def check_device(run_opts, hparams):
     device where torch sees no GPU, or past the last one. SpeechBrain would stop with a traceback
     from inside torch, once the run's folder is made. Under torchrun, a CUDA device given for
     several processes of a node: they would all train on that GPU (NCCL refuses it, once the
-    model is built), where each takes cuda:LOCAL_RANK without one."""
+    model is built), where each takes cuda:LOCAL_RANK without one; more processes than GPUs."""
     given = run_option(run_opts, hparams, "device")
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if given and processes > 1 and torch.device(given).type == "cuda":
@@ -316,6 +316,11 @@ def check_device(run_opts, hparams):
         )
     device = run_device(run_opts, hparams)
     problem = device_problem(device)
+    if problem and not given and processes > 1 and torch.cuda.is_available():  # cuda:LOCAL_RANK
+        raise ConfigError(
+            f"{device}: {processes} processes on this node (run.sh --ngpu, torchrun's --nproc_per_node), "
+            f"a GPU each, and {problem}: ask for at most {torch.cuda.device_count()}"
+        )
     if problem:
         cpu_only = device.startswith("cuda") and not torch.version.cuda
         cpu_build = " (this torch is a CPU-only build)" if cpu_only else ""

@@ -11,6 +11,7 @@ import sys
 from unittest import mock
 
 import pytest
+import speechbrain as sb
 import torch
 import yaml
 
@@ -219,9 +220,18 @@ def test_one_cuda_device_for_several_processes_of_a_node_is_refused(monkeypatch)
             check_device(run_opts, {})
     _, run_opts, _ = parse_arguments(["hparams.yaml", "--device=cpu"])  # gloo on the CPU
     check_device(run_opts, {})
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process may take a GPU of its choice
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    # without one, the process of LOCAL_RANK 3 takes cuda:3 (SpeechBrain), not on a 2-GPU machine
+    monkeypatch.setattr(sb.utils.distributed, "infer_device", lambda: "cuda:3")
+    _, run_opts, _ = parse_arguments(["hparams.yaml"])
+    with pytest.raises(ConfigError) as refused:
+        check_device(run_opts, {})
+    assert str(refused.value) == (
+        "cuda:3: 4 processes on this node (run.sh --ngpu, torchrun's --nproc_per_node), a GPU each, and "
+        "there are 2 CUDA GPU(s) here (cuda:0 to cuda:1): ask for at most 2"
+    )
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process may take a GPU of its choice
     _, run_opts, _ = parse_arguments(["hparams.yaml", "--device=cuda:1"])
     check_device(run_opts, {})
 
