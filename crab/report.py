@@ -54,7 +54,7 @@ from crab import cli, evalrecord
 from crab.embeddings import EMBEDDING_SCORES
 from crab.fileio import WriteError, make_dirs, write_text_atomic
 from crab.metrics import METRICS, classification_report
-from crab.provenance import describe, read_run_provenance, trained_text_source
+from crab.provenance import describe, file_digest, read_run_provenance, trained_text_source
 
 TRAIN_INFO = "train_info.json"
 EVALUATED_CHECKPOINT = "checkpoint.txt"  # in an evaluation's folder: the checkpoint its scores are of
@@ -832,7 +832,7 @@ def summary_embeddings(path):
     return None
 
 
-def score_run(path, per_run=False):
+def score_run(path, per_run=False, test_manifest=None):
     """The scores of one predictions file with its run's provenance: a row of ``summarise``.
 
     Parameters
@@ -841,6 +841,8 @@ def score_run(path, per_run=False):
         A ``predictions.csv`` (``CrabBrain.evaluate``).
     per_run : bool
         Also write ``scores.json``, ``per_class.md`` and ``confusion.png`` beside it.
+    test_manifest : str, optional
+        The test manifest the predictions must be of (``check_test_manifest``).
 
     Returns
     -------
@@ -854,6 +856,8 @@ def score_run(path, per_run=False):
     report = classification_report(y_true, y_pred, classes)
     run_dir = run_dir_of(path)
     check_evaluated_checkpoint(path, run_dir)
+    if test_manifest is not None:
+        check_test_manifest(path, test_manifest)
     info = read_train_info(run_dir) or {}
     row = {
         "run": run_dir,
@@ -936,6 +940,24 @@ def check_evaluated_checkpoint(path, run_dir):
         )
 
 
+def check_test_manifest(path, manifest):
+    """A ``UserError`` when the predictions ``path`` were computed from another test manifest than
+    ``manifest`` holds now (the digest their evaluation recorded, ``crab.evalrecord``): an
+    utterance added, removed or relabelled since, or stage 3 run again; their scores are of the
+    old test set. Nothing to tell without the record (an older release); without the manifest
+    (results scored where the data folder is not) it says so on stderr."""
+    if not os.path.isfile(manifest):
+        print(f"Note: {path}: not checked against its test manifest: none at {manifest}", file=sys.stderr)
+        return
+    record = evalrecord.read(os.path.dirname(path), evalrecord.PREDICTIONS_RECORD) or {}
+    evaluated = record.get("test_manifest_sha256")
+    if evaluated is not None and evaluated != file_digest(manifest):
+        raise cli.UserError(
+            f"{path}: predictions of another {manifest} than the one there now (it changed after they "
+            "were made). Evaluate it again (stage 6)"
+        )
+
+
 def write_run_files(eval_dir, report, name):
     """Write ``scores.json``, ``per_class.md`` and ``confusion.png`` of a classification
     ``report`` (``crab.metrics.classification_report``) of run ``name`` to ``eval_dir``."""
@@ -954,7 +976,7 @@ def write_run_files(eval_dir, report, name):
     )
 
 
-def results_table(paths, per_run=False, title=None, **meta):
+def results_table(paths, per_run=False, title=None, test_manifests=None, **meta):
     """Score runs and tabulate them.
 
     Parameters
@@ -963,6 +985,8 @@ def results_table(paths, per_run=False, title=None, **meta):
         Their ``predictions.csv`` files.
     per_run : bool
         Also write the per-run files beside each (``write_run_files``).
+    test_manifests : list of str, optional
+        The test manifest of each, which its predictions must be of (``check_test_manifest``).
     title : str, optional
         Heading of the markdown.
     **meta
@@ -974,7 +998,9 @@ def results_table(paths, per_run=False, title=None, **meta):
         The markdown results (``results_markdown``) and the summary (``summarise``, with the
         runs of the experiment left out, ``left_out_runs``), JSON-ready.
     """
-    summary = summarise([score_run(p, per_run) for p in paths], left_out=left_out_runs(paths), **meta)
+    manifests = test_manifests or [None] * len(paths)
+    rows = [score_run(p, per_run, m) for p, m in zip(paths, manifests, strict=True)]
+    summary = summarise(rows, left_out=left_out_runs(paths), **meta)
     return results_markdown(summary, title), summary
 
 

@@ -107,8 +107,13 @@ def test_every_run_gets_its_own_fold_seed_folders_and_test_set(recipe):
         for test_set in TEST_SETS
     )
     for test_set, call in zip(TEST_SETS, stage_calls(clone, 7), strict=True):  # every run's predictions
-        predictions = sorted(word for word in call if word.endswith("predictions.csv"))
-        assert predictions == sorted(f"{out}/eval_{test_set}/predictions.csv" for out in runs.values())
+        predictions = [word for word in call if word.endswith("predictions.csv")]
+        assert sorted(predictions) == sorted(
+            f"{out}/eval_{test_set}/predictions.csv" for out in runs.values()
+        )
+        # each checked against the test manifest of its fold, given in the same order
+        given = call[call.index("--test_manifests") + 1 :][: len(predictions)]
+        assert given == [f"{clone}/data/{path.split('/')[-4]}/{test_set}.json" for path in predictions]
     packaged = sorted(
         (*options_of(call, *names), call[call.index("--out") + 1]) for call in stage_calls(clone, 8)
     )

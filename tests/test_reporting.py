@@ -25,6 +25,7 @@ from crab.cli import UserError
 from crab.embeddings import EMBEDDING_SCORES, embedding_scores, write_embeddings
 from crab.experiment import make_brain, parse_and_load
 from crab.metrics import METRICS
+from crab.provenance import file_digest
 from crab.report import (
     TrainLogger,
     ablation_overrides,
@@ -1211,3 +1212,34 @@ def test_a_kept_evaluation_needs_its_record_its_outputs_the_same_device_type_and
     assert (
         evalrecord.inputs(hparams, brain, (SimpleNamespace(dtype="float32"), ["speech"]))["batching"] is None
     )
+
+
+def test_predictions_of_another_version_of_the_test_manifest_are_refused(tmp_path, capsys):
+    """An utterance removed or relabelled after stage 6 (the manifest edited, stage 3 run again):
+    the old predictions score the old test set, and a table would mix them with new ones."""
+    run = tmp_path / "exp" / "x" / "main" / "seed1"
+    path = run / "eval_test" / "predictions.csv"
+    write_predictions(path, [("angry", "angry"), ("sad", "happy")])
+    manifest = tmp_path / "data" / "main" / "test.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"utt0": {"emo": "angry"}, "utt1": {"emo": "sad"}}')
+    record = {"test_manifest_sha256": file_digest(str(manifest))}
+    (path.parent / "predictions.inputs.json").write_text(json.dumps(record))
+    score.main([str(path), "--test_manifests", str(manifest)])  # the manifest they were made from
+    manifest.write_text('{"utt0": {"emo": "angry"}, "utt1": {"emo": "happy"}}')  # relabelled
+    with pytest.raises(SystemExit) as stale:
+        score.main(
+            ["--test_manifests", str(manifest), "--out", str(tmp_path / "results.md"), "--", str(path)]
+        )
+    assert str(stale.value) == (
+        f"ERROR: {path}: predictions of another {manifest} than the one there now (it changed after they "
+        "were made). Evaluate it again (stage 6)"
+    )
+    assert not (tmp_path / "results.md").exists()
+    score.main([str(path)])  # not asked: scored as they are
+    manifest.unlink()  # scored where the data folder is not: said, not refused
+    capsys.readouterr()
+    score.main([str(path), "--test_manifests", str(manifest)])
+    assert f"not checked against its test manifest: none at {manifest}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one manifest per predictions file
+        score.main([str(path), str(path), "--test_manifests", str(manifest)])

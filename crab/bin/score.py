@@ -15,7 +15,8 @@ same experiment with predictions on the same test set that were not given (a sub
 ``crab.report.left_out_runs``). A predictions file given twice (or under two paths) is an
 error: its run would count twice in the mean and std. Predictions of a checkpoint that their
 run's ``save/`` no longer holds (the run trained on after it was evaluated) are an error:
-evaluate it again.
+evaluate it again. So are, with ``--test_manifests``, predictions of another version of their
+test manifest than the one there now (the recipe's stage 7 gives them).
 
 With ``--per_run``, each predictions file's directory also gets ``scores.json``
 (metrics, per-class precision / recall / F1, confusion matrix, absent classes),
@@ -56,6 +57,12 @@ def main(argv=None):
         action="store_true",
         help="write scores.json, per_class.md and confusion.png beside each predictions file",
     )
+    parser.add_argument(
+        "--test_manifests",
+        nargs="+",
+        help="the test manifest of each predictions file, in their order: predictions made from "
+        "another version of it are an error",
+    )
     parser.add_argument("--title", help="heading of the markdown results")
     parser.add_argument("--tag", help="experiment name stored in the summary")
     parser.add_argument("--test_set", help="test set name stored in the summary")
@@ -63,11 +70,20 @@ def main(argv=None):
     missing = [p for p in args.predictions if not os.path.isfile(p)]
     if missing:
         sys.exit(f"ERROR: no predictions at {', '.join(missing)}: run the evaluate stage first")
+    if args.test_manifests and len(args.test_manifests) != len(args.predictions):
+        parser.error(
+            f"--test_manifests: {len(args.test_manifests)} for {len(args.predictions)} predictions files"
+        )
     repeated = repeated_files(args.predictions)
     if repeated:  # one run counted twice: its score weighs double in the mean and shrinks the std
         sys.exit(f"ERROR: predictions given more than once: {', '.join(repeated)}")
     table, summary = results_table(
-        args.predictions, args.per_run, args.title, tag=args.tag, test_set=args.test_set
+        args.predictions,
+        args.per_run,
+        args.title,
+        test_manifests=args.test_manifests,
+        tag=args.tag,
+        test_set=args.test_set,
     )
     print(table)
     if args.out:

@@ -476,14 +476,17 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
   [ -z "${train_opts}" ] || python -m crab.report check_agree --opts="${train_opts}" "${runs[@]}"
   for test_set in ${test_sets}; do
     log "Stage 7: results of ${tag} on ${test_set} over folds (${folds}) and seeds (${seeds})"
-    preds=()
-    for run in "${runs[@]}"; do preds+=("${run}/eval_${test_set}/predictions.csv"); done
+    preds=() manifests=()  # each run's predictions, and the test manifest they must be of
+    for run in "${runs[@]}"; do
+      preds+=("${run}/eval_${test_set}/predictions.csv")
+      manifests+=("${data_dir}/$(basename "$(dirname "${run}")")/${test_set}.json")
+    done
     # a subset of the runs evaluated on the test set is named by its folds and seeds: it
     # never replaces the table of them all
     results=${exp_dir}/${tag}/$(python -m crab.report results_name --test_set "${test_set}" "${preds[@]}")
     [ "${results}" = "${exp_dir}/${tag}/results_${test_set}" ] ||
       log "Stage 7: folds (${folds}) and seeds (${seeds}) leave out runs of ${tag} evaluated on ${test_set}: a subset, into ${results}.{md,json}"
-    python -m crab.bin.score --per_run --tag "${tag}" --test_set "${test_set}" \
+    python -m crab.bin.score --test_manifests "${manifests[@]}" --per_run --tag "${tag}" --test_set "${test_set}" \
       --title "${tag} on ${test_set}${tuning:+ (${tuning})}" --out "${results}.md" \
       --summary "${results}.json" "${preds[@]}"
     if [ -n "${results_md}" ]; then
