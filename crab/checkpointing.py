@@ -10,10 +10,12 @@ import functools
 import logging
 import os
 import pathlib
+import pickle
 import random
 import re
 import shutil
 import time
+import zipfile
 from importlib import metadata
 
 import numpy as np
@@ -75,6 +77,35 @@ def warn_version_drift(recorded, what):
 
 class CheckpointSaveError(UserError, RuntimeError):
     """A checkpoint could not be written (a full disk, a quota): the earlier ones are kept."""
+
+
+class CheckpointLoadError(UserError, RuntimeError):
+    """A checkpoint whose files cannot be read (cut short or damaged: a copy that stopped, a bad disk)."""
+
+
+def _damaged_files(checkpoint):
+    """``path (why)`` of each file of ``checkpoint`` that is empty, or that is a torch archive
+    (a zip) whose index, at its end, cannot be read: a file cut short. Reads the ends of the
+    archives only."""
+    damaged = []
+    for path in checkpoint.paramfiles.values():
+        try:
+            with open(path, "rb") as f:
+                start = f.read(4)
+            if not start:
+                damaged.append(f"{path} (empty)")
+            elif start == b"PK\x03\x04":
+                zipfile.ZipFile(path).close()
+        except (OSError, zipfile.BadZipFile) as err:
+            damaged.append(f"{path} ({first_line(err)})")
+    return damaged
+
+
+def _unreadable(checkpoint, what):
+    return CheckpointLoadError(
+        f"{checkpoint.path} cannot be loaded: {what}. Move that folder out of save/ (the run then "
+        "resumes, or is evaluated, from the checkpoint kept before it, if any), or train the run again"
+    )
 
 
 class Checkpointer(checkpoints.Checkpointer):
@@ -168,7 +199,17 @@ class Checkpointer(checkpoints.Checkpointer):
         )
 
     def load_checkpoint(self, checkpoint):
-        super().load_checkpoint(checkpoint)
+        """SpeechBrain's, with a ``CheckpointLoadError`` naming the checkpoint, and its file where
+        that is cut short or empty, for a file that torch cannot read (a traceback from inside it)."""
+        damaged = _damaged_files(checkpoint)
+        if damaged:
+            raise _unreadable(checkpoint, f"{', '.join(damaged)}: cut short or damaged")
+        try:
+            super().load_checkpoint(checkpoint)
+        except UserError:  # a recoverable's own, which says what to do
+            raise
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            raise _unreadable(checkpoint, first_line(err)) from err
         self._seconds_before = checkpoint.meta.get(TRAIN_SECONDS)
         self._invocations_before = checkpoint.meta.get(INVOCATIONS)
         warn_version_drift(checkpoint.meta.get(VERSIONS), f"{checkpoint.path} was saved")

@@ -146,6 +146,35 @@ def test_a_gpu_that_is_not_here_is_one_line_before_anything_is_written(run, tmp_
     assert len(list((run_dir / "save").glob("CKPT+*"))) == 1
 
 
+@pytest.mark.parametrize("cut", ["half", "empty"])
+def test_a_checkpoint_cut_short_is_one_line_naming_its_file(run, tmp_path, cut):
+    """A checkpoint file cut short (a copy that stopped, a full disk outside the training): resuming
+    and evaluating stopped with a traceback from inside torch that named no file."""
+    root, trained = run
+    run_dir = tmp_path / "seed42"
+    shutil.copytree(trained, run_dir)
+    [model] = run_dir.glob("save/CKPT+*/model.ckpt")
+    with open(model, "r+b") as f:
+        f.truncate(model.stat().st_size // 2 if cut == "half" else 0)
+    test = root / "data" / "test.json"
+    resumed = [*options(root, run_dir), "--device=cpu"]
+    evaluated = [*resumed, f"--test_manifest={test}", "--eval_name=test"]  # first: resuming records 2 epochs
+    for module, args in (
+        ("crab.bin.evaluate", evaluated),
+        ("crab.bin.train", [*resumed, "--number_of_epochs=2"]),
+    ):
+        refused = crab_command(module, *args)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+        last = refused.stderr.strip().splitlines()[-1]
+        why = "empty" if cut == "empty" else "BadZipFile: File is not a zip file"
+        assert last == (
+            f"ERROR: {model.parent} cannot be loaded: {model} ({why}): cut short or damaged. Move that "
+            "folder out of save/ (the run then resumes, or is evaluated, from the checkpoint kept before "
+            "it, if any), or train the run again"
+        ), last
+    assert not list((run_dir / "eval_test").glob("predictions*"))
+
+
 def test_a_cuda_device_on_a_cpu_only_torch_says_so(monkeypatch):
     from crab.experiment import check_device
     from crab.runconfig import ConfigError, parse_arguments
