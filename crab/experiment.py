@@ -21,7 +21,7 @@ from crab.devices import bf16_without_tensor_cores, device_problem
 from crab.distributed import world_size
 from crab.features import FeatureCache
 from crab.fileio import write_text_atomic
-from crab.locking import FolderLockedError, folder_lock
+from crab.locking import FolderLockedError, folder_lock, holder_now
 from crab.losses import ClassCountError
 from crab.runconfig import (
     ConfigError,
@@ -427,5 +427,9 @@ def load_trained_run(argv=None):
     test_set = dataset(hparams, hparams["test_manifest"], encoder, sort=True, cache=cache)
     brain = make_brain(hparams, run_opts)
     if not brain.checkpointer.find_checkpoints(max_key=hparams["ckpt_metric"]):
-        sys.exit(f"No checkpoint with {hparams['ckpt_metric']} in {hparams['save_folder']}: train first.")
+        holder = holder_now(hparams["output_folder"])
+        then = "train first"
+        if holder:
+            then = f"its training is running ({holder}): evaluate it once that has ended"
+        sys.exit(f"No checkpoint with {hparams['ckpt_metric']} in {hparams['save_folder']}: {then}.")
     return hparams, brain, test_set, cache

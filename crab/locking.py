@@ -111,6 +111,18 @@ def _ended(line):
     return False
 
 
+def holder_now(folder):
+    """The line of the process that holds ``<folder>/.lock`` now, as far as its file tells
+    without taking the lock (which could make a holder starting at that moment fail): a line
+    whose process runs, or ran on another host; None without one."""
+    try:
+        with open(os.path.join(folder, LOCK_FILE), encoding="utf-8", errors="replace") as f:
+            line = f.read(4096).strip()
+    except OSError:
+        return None
+    return line if line and not _ended(line) else None
+
+
 @contextlib.contextmanager
 def folder_lock(folder, what, wait=False):
     """Hold ``<folder>/.lock`` (created, with ``folder``) inside the block.

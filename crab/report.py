@@ -53,6 +53,7 @@ import numpy as np
 from crab import cli, evalrecord
 from crab.embeddings import EMBEDDING_SCORES
 from crab.fileio import WriteError, make_dirs, write_text_atomic
+from crab.locking import holder_now
 from crab.metrics import METRICS, classification_report
 from crab.provenance import describe, file_digest, read_run_provenance, trained_text_source
 
@@ -234,10 +235,12 @@ def check_trained(run_dirs, stage):
     """A ``UserError`` naming each run of ``run_dirs`` whose training stopped before its last
     epoch (``unfinished_training``): recipe stage ``stage`` would evaluate, score or package
     an interrupted run as if it were the finished one."""
-    lines, example = [], None
+    lines, example, training = [], None, []
     for run in run_dirs:
         found = unfinished_training(run) if os.path.isdir(run) else None
-        if found:
+        if found and (holder := holder_now(run)):  # not stopped: it trains now
+            training.append(f"{run}: {found[0]} of its {found[1]} epochs so far, trained by {holder}")
+        elif found:
             trained, wanted, folder = found
             lines.append(f"{run}: trained {trained} of its {wanted} epochs (latest checkpoint {folder})")
             fold, seed = os.path.basename(os.path.dirname(run)), os.path.basename(run).removeprefix("seed")
@@ -245,6 +248,11 @@ def check_trained(run_dirs, stage):
                 f"--stage 5 --stop_stage 5 --folds {fold} --seeds {seed} --train_opts "
                 f'"<its options> --number_of_epochs={trained}"'
             )
+    if training:
+        raise cli.UserError(
+            f"stage {stage} needs finished runs, and these are still training: {'; '.join(training)}. "
+            "Run it once their training has ended"
+        )
     if lines:
         raise cli.UserError(
             f"stage {stage} needs finished runs, and training stopped early in: {'; '.join(lines)}. "

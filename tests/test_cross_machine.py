@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from unittest import mock
@@ -173,6 +174,26 @@ def test_a_checkpoint_cut_short_is_one_line_naming_its_file(run, tmp_path, cut):
             "it, if any), or train the run again"
         ), last
     assert not list((run_dir / "eval_test").glob("predictions*"))
+
+
+def test_evaluating_a_run_before_its_training_saved_a_checkpoint_names_the_training(run, tmp_path):
+    root, trained = run
+    run_dir = tmp_path / "seed42"
+    shutil.copytree(trained, run_dir)
+    for checkpoint in run_dir.glob("save/CKPT+*"):
+        shutil.rmtree(checkpoint)
+    test = root / "data" / "test.json"
+    evaluated = [*options(root, run_dir), f"--test_manifest={test}", "--eval_name=test", "--device=cpu"]
+    refused = crab_command("crab.bin.evaluate", *evaluated)
+    assert refused.stderr.strip().splitlines()[-1].endswith(": train first.")
+    since = "since 2026-01-01 00:00:00 +0000"
+    line = f"pid {os.getpid()} on {socket.gethostname()} {since}: python -m crab.bin.train"
+    (run_dir / ".lock").write_text(line + "\n")  # this test's process, which runs: as a training would
+    refused = crab_command("crab.bin.evaluate", *evaluated)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1] == (
+        f"No checkpoint with UAR in {run_dir / 'save'}: its training is running ({line}): evaluate it once "
+        "that has ended."
+    )
 
 
 def test_a_cuda_device_on_a_cpu_only_torch_says_so(monkeypatch):

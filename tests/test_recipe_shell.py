@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -440,6 +441,33 @@ def test_a_later_stage_of_an_interrupted_training_names_the_run(tmp_path, stage)
         '--folds main --seeds 42 --train_opts "<its options> --number_of_epochs=1"' in output
     )
     assert sorted(p.name for p in run.iterdir()) == ["hyperparams.yaml", "save"]  # nothing evaluated
+
+
+@pytest.mark.parametrize("holder", ["running", "ended"])
+def test_a_later_stage_of_a_run_that_trains_now_says_so(tmp_path, holder):
+    """Stage 6 run beside a stage 5 that still trains: "stopped early" and "rerun stage 5" point
+    the wrong way (a second training is refused); a holder that ended (killed) left its line."""
+    (tmp_path / "data" / "main").mkdir(parents=True)
+    (tmp_path / "data" / "main" / "test.json").write_text("{}")
+    run = tmp_path / "exp" / "crab_tiny" / "main" / "seed42"
+    interrupted_run(run, 1, 3)
+    pid = os.getpid()  # this test runs
+    if holder == "ended":
+        done = subprocess.Popen(["true"])
+        done.wait()
+        pid = done.pid
+    line = f"pid {pid} on {socket.gethostname()} since 2026-01-01 00:00:00 +0000: python -m crab.bin.train x"
+    (run / ".lock").write_text(line + "\n")
+    result = run_mini(tmp_path, "--stage", "6", "--stop_stage", "6", "--results_md", "")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output
+    if holder == "running":
+        assert (
+            f"stage 6 needs finished runs, and these are still training: {run}: 1 of its 3 epochs so far, "
+            f"trained by {line}. Run it once their training has ended" in output
+        )
+    else:
+        assert "training stopped early in" in output and "still training" not in output
 
 
 def test_unfinished_training_is_told_by_the_latest_checkpoint(tmp_path):
