@@ -719,6 +719,13 @@ class CrabClassifier(Pretrained):
             source = package_dir(source, savedir, fetch_config.revision, fetch_config.allow_network)
             savedir = None
         _check_present(str(source), [hparams_file, WEIGHTS, LABELS])
+        if savedir is not None and local_strategy == LocalStrategy.NO_LINK:
+            logger.warning(
+                "savedir %s: nothing is put there with local_strategy NO_LINK (the default): %s loads in "
+                "place; LocalStrategy.COPY or SYMLINK puts the package there",
+                savedir,
+                source,
+            )
         if savedir is not None:
             fetch_config = dataclasses.replace(fetch_config, overwrite=True)
         hparams_path = fetch(

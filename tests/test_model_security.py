@@ -161,7 +161,7 @@ STRATEGIES = [LocalStrategy.NO_LINK, LocalStrategy.SYMLINK, LocalStrategy.COPY, 
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.name)
-def test_a_yaml_left_in_savedir_is_not_built(strategy, trained, tmp_path):
+def test_a_yaml_left_in_savedir_is_not_built(strategy, trained, tmp_path, caplog):
     model = copy_model(trained, tmp_path)
     marker = tmp_path / "MARKER"
     savedir = tmp_path / "save"
@@ -169,9 +169,14 @@ def test_a_yaml_left_in_savedir_is_not_built(strategy, trained, tmp_path):
     evil = (model / "hyperparams.yaml").read_text() + f'evil: !apply:os.system ["touch {marker}"]\n'
     (savedir / "hyperparams.yaml").write_text(evil)
 
-    loaded = CrabClassifier.from_hparams(source=str(model), savedir=str(savedir), local_strategy=strategy)
+    with caplog.at_level("WARNING", logger="crab.inference"):
+        loaded = CrabClassifier.from_hparams(source=str(model), savedir=str(savedir), local_strategy=strategy)
     assert not marker.exists()
     assert torch.equal(probe(loaded), probe(CrabClassifier.from_hparams(source=str(model))))
+    # a savedir that NO_LINK leaves as it is: said, as the caller asked for one
+    assert ("nothing is put there with local_strategy NO_LINK" in caplog.text) == (
+        strategy == LocalStrategy.NO_LINK
+    )
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.name)

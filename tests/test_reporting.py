@@ -1243,3 +1243,19 @@ def test_predictions_of_another_version_of_the_test_manifest_are_refused(tmp_pat
     assert f"not checked against its test manifest: none at {manifest}" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one manifest per predictions file
         score.main([str(path), str(path), "--test_manifests", str(manifest)])
+
+
+def test_missing_predictions_say_whether_to_evaluate_or_to_train(tmp_path):
+    """A run without predictions but with a checkpoint is evaluated (stage 6); one without a
+    checkpoint (a seed never trained, or given by mistake) cannot be: stage 6 would say so again."""
+    trained = tmp_path / "exp" / "x" / "main" / "seed1"
+    (trained / "save" / "CKPT+epoch2").mkdir(parents=True)
+    never = tmp_path / "exp" / "x" / "main" / "seed9"
+    paths = [str(run / "eval_test" / "predictions.csv") for run in (trained, never)]
+    with pytest.raises(SystemExit) as missing:
+        score.main(paths)
+    assert str(missing.value) == (
+        f"ERROR: no predictions at {paths[0]}: run the evaluate stage (6) first; no predictions at "
+        f"{paths[1]}, and {never} holds no trained checkpoint: train it (stage 5), or leave its fold or "
+        "seed out (--folds, --seeds)"
+    )

@@ -25,13 +25,14 @@ marked, as the paper's Figure 2).
 """
 
 import argparse
+import glob
 import json
 import os
 import sys
 
 from crab import cli
 from crab.fileio import write_text_atomic
-from crab.report import results_table
+from crab.report import results_table, run_dir_of
 
 
 def repeated_files(paths):
@@ -44,6 +45,18 @@ def repeated_files(paths):
             repeated.append(path)
         seen.add(real)
     return repeated
+
+
+def why_missing(path):
+    """What to do about predictions ``path`` that are not there: evaluate its run, or, where the
+    run has no checkpoint (never trained, or a seed or fold given by mistake), train it."""
+    run = run_dir_of(path)
+    if glob.glob(os.path.join(glob.escape(run), "save", "CKPT+*")):
+        return f"no predictions at {path}: run the evaluate stage (6) first"
+    return (
+        f"no predictions at {path}, and {run} holds no trained checkpoint: train it (stage 5), or "
+        "leave its fold or seed out (--folds, --seeds)"
+    )
 
 
 @cli.entry_point
@@ -69,7 +82,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     missing = [p for p in args.predictions if not os.path.isfile(p)]
     if missing:
-        sys.exit(f"ERROR: no predictions at {', '.join(missing)}: run the evaluate stage first")
+        sys.exit("ERROR: " + "; ".join(why_missing(p) for p in missing))
     if args.test_manifests and len(args.test_manifests) != len(args.predictions):
         parser.error(
             f"--test_manifests: {len(args.test_manifests)} for {len(args.predictions)} predictions files"
