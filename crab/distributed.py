@@ -23,6 +23,7 @@ otherwise it is the mean of the local means.
 """
 
 import dataclasses
+import gc
 import os
 
 import torch
@@ -91,11 +92,18 @@ def gather_batch(embeddings, labels):
 
 
 def end_process_group():
-    """End the DDP process group at the end of a run started by torchrun (torch warns
-    at exit when a group is never destroyed); nothing without one."""
+    """End the DDP process group at the end of a run started by torchrun (torch warns at exit
+    when a group is never destroyed), its threads with it; nothing without one.
+
+    Destroying the group only unlists it: DDP's modules hold it, and its gloo threads run on
+    until they are freed. Freed at the interpreter's exit, a thread still dropping the last
+    collective's tensors needs the GIL then, and the process aborts ("terminate called without
+    an active exception"), after a finished training. So the caller drops its references to the
+    trained modules first, and the collection here frees them, and the group, while Python runs."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # none tears its connections down while another still uses them
         dist.destroy_process_group()
+        gc.collect()  # the modules' reference cycles (a brain and its checkpointer): the group ends
 
 
 def short_torchrun_grace():

@@ -74,7 +74,8 @@ def main(argv=None):
         logger.warning(short)
     with run_lock(hparams["output_folder"]):  # one training per output folder at a time
         _train(hparams_file, run_opts, overrides, hparams)
-    end_process_group()  # DDP: every process got here; nothing without torchrun
+    del hparams  # its checkpointer holds the brain, whose DDP modules hold the process group
+    end_process_group()  # DDP: every process got here; the group and its threads end
 
 
 def _train(hparams_file, run_opts, overrides, hparams):
