@@ -531,6 +531,25 @@ def has_checkpoint(save_folder):
     return bool(glob.glob(os.path.join(glob.escape(save_folder), "CKPT+*")))
 
 
+def warn_if_trained_before(train_log, save_folder):
+    """Log a warning where ``train_log`` records trained epochs and ``save_folder`` holds no
+    checkpoint to resume from (removed by hand, or the run's folder copied without it): the
+    run trains again from its first epoch, which a rerun would otherwise do without a word."""
+    try:
+        with open(train_log, encoding="utf-8", errors="replace") as f:
+            epochs = sum(1 for line in f if line.startswith("epoch: "))
+    except (FileNotFoundError, TypeError):  # no log yet, or a yaml without train_log
+        return
+    if epochs:
+        logger.warning(
+            "%s records %d trained epoch(s), and %s holds no checkpoint to resume from: the run "
+            "trains again from epoch 1",
+            train_log,
+            epochs,
+            save_folder,
+        )
+
+
 def _beyond_schedule(saved, epochs):
     """What the head's cosine schedule (``CosineAnnealingLR``, ``T_max`` = the run's epochs)
     gives the epochs past its end, in words: it goes on as a cosine, to the floor and back up."""

@@ -414,3 +414,21 @@ def test_a_mid_epoch_checkpoint_resumed_by_another_number_of_processes_warns(tmp
         assert "middle of an epoch" not in caplog.text
         Checkpointer(tmp_path, {"model": model}).load_checkpoint(mid)
     assert "saved in the middle of an epoch by 4 process(es) and is resumed by 1" in caplog.text
+
+
+def test_a_run_whose_checkpoints_were_removed_says_it_trains_again(tmp_path, caplog):
+    """Rerun with its save/ emptied, a finished run trained again from epoch 1 without a word."""
+    from crab.runconfig import warn_if_trained_before
+
+    log, save = tmp_path / "train_log.txt", tmp_path / "save"
+    with caplog.at_level("WARNING", logger="crab.runconfig"):
+        warn_if_trained_before(str(log), str(save))  # a new run: no log
+        log.write_text("")
+        warn_if_trained_before(str(log), str(save))  # nothing trained yet
+        assert not caplog.records
+        log.write_text("epoch: 1, lr: 1.0 - train loss: 2.0\nepoch: 2, lr: 0.5 - train loss: 1.0\n")
+        warn_if_trained_before(str(log), str(save))
+    assert caplog.records[-1].getMessage() == (
+        f"{log} records 2 trained epoch(s), and {save} holds no checkpoint to resume from: the run trains "
+        "again from epoch 1"
+    )

@@ -46,7 +46,13 @@ from crab.experiment import (
 from crab.features import model_tokenizer_digest
 from crab.fileio import make_dirs
 from crab.provenance import record_run_provenance
-from crab.runconfig import ConfigError, check_resume, has_checkpoint, write_run_hparams
+from crab.runconfig import (
+    ConfigError,
+    check_resume,
+    has_checkpoint,
+    warn_if_trained_before,
+    write_run_hparams,
+)
 
 logger = cli.module_logger(__name__, __spec__)
 
@@ -81,6 +87,8 @@ def main(argv=None):
 def _train(hparams_file, run_opts, overrides, hparams):
     # a run resumed with other settings stops here, before its record is rewritten
     check_resume(hparams_file, overrides, hparams["output_folder"], hparams["save_folder"])
+    if sb.utils.distributed.if_main_process() and not has_checkpoint(hparams["save_folder"]):
+        warn_if_trained_before(hparams.get("train_log"), hparams["save_folder"])
     # the transcripts' source, from the training manifest's record into the run folder (a run
     # resumed on other transcripts, tokenizer or manifests stops here, before anything is written)
     record_run_provenance(
