@@ -95,15 +95,18 @@ def end_process_group():
     """End the DDP process group at the end of a run started by torchrun (torch warns at exit
     when a group is never destroyed), its threads with it; nothing without one.
 
-    Destroying the group only unlists it: DDP's modules hold it, and its gloo threads run on
-    until they are freed. Freed at the interpreter's exit, a thread still dropping the last
-    collective's tensors needs the GIL then, and the process aborts ("terminate called without
-    an active exception"), after a finished training. So the caller drops its references to the
-    trained modules first, and the collection here frees them, and the group, while Python runs."""
+    Destroying the group only unlists it while DDP's modules hold it, and its gloo threads run
+    on. Left to the interpreter's exit, a thread still freeing the last collective's tensors needs
+    the GIL then, and the process aborts ("terminate called without an active exception") after
+    a finished training. Freed from DDP's reducer, which keeps the GIL, the group would wait for
+    that thread, which waits for the GIL: a hang. So the caller drops its references to the
+    trained modules, the collection here frees them while the group is still listed, and
+    destroying the group drops its last reference through its Python object, which lets go of
+    the GIL while the group ends its threads."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # the modules' reference cycles (a brain and its checkpointer), DDP's reducer with them
         dist.barrier()  # none tears its connections down while another still uses them
         dist.destroy_process_group()
-        gc.collect()  # the modules' reference cycles (a brain and its checkpointer): the group ends
 
 
 def short_torchrun_grace():
