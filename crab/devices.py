@@ -87,10 +87,8 @@ def gpu_use():
         fix = "tools/install.sh --torch cuda installs the CUDA build"
     else:
         fix = (
-            "install a torch built for this machine's NVIDIA driver into tools/venv (PyTorch's install "
+            "install a torch built for the NVIDIA driver here into tools/venv (PyTorch's install "
             "page gives the pip command), then run tools/install.sh --torch keep"
         )
     build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-    return (
-        f"WARNING: torch {torch.__version__} ({build}) cannot use this machine's NVIDIA GPU: {problem}; {fix}"
-    )
+    return f"WARNING: torch {torch.__version__} ({build}) cannot use the NVIDIA GPU here: {problem}; {fix}"

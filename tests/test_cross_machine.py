@@ -239,13 +239,13 @@ def test_a_gpu_torch_cannot_use_names_torchs_reason(monkeypatch):
     with pytest.raises(ConfigError, match=re.escape(f"--device=cuda:0: {reason}; give --device=cpu")):
         check_device(run_opts, {})
     assert gpu_use() == (
-        f"WARNING: torch {torch.__version__} (built for CUDA 13.0) cannot use this machine's NVIDIA GPU: "
-        f"{reason}; install a torch built for this machine's NVIDIA driver into tools/venv (PyTorch's "
+        f"WARNING: torch {torch.__version__} (built for CUDA 13.0) cannot use the NVIDIA GPU here: "
+        f"{reason}; install a torch built for the NVIDIA driver here into tools/venv (PyTorch's "
         "install page gives the pip command), then run tools/install.sh --torch keep"
     )
     monkeypatch.setattr(torch.version, "cuda", None)  # a CPU build kept where there is a GPU
     assert gpu_use().endswith(
-        "(a CPU-only build) cannot use this machine's NVIDIA GPU: no CUDA GPU is available; "
+        "(a CPU-only build) cannot use the NVIDIA GPU here: no CUDA GPU is available; "
         "tools/install.sh --torch cuda installs the CUDA build"
     )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

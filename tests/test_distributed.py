@@ -269,6 +269,32 @@ def test_two_gloo_processes_train_the_tiny_config_through_the_recipe(recipe_data
     assert "2 processes per node (DDP, gloo)" in json.loads((run / "train_info.json").read_text())["machine"]
 
 
+def torchrun_tiny(script, recipe_data, out, epochs, last):
+    """Run ``script`` (which calls crab.bin.train's main) as 2 gloo processes under torchrun on
+    the recipe's data, the tiny config, ``epochs`` epochs into ``out``, ``last`` its last argument."""
+    command = [
+        *(
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+        ),
+        os.path.join(ROOT, "egs", "TEMPLATE", "conf", "crab_tiny.yaml"),
+        f"--data_root={recipe_data / 'corpus'}",
+        f"--data_folder={recipe_data / 'data' / 'main'}",
+        f"--output_folder={out}",
+        f"--classes=[{','.join(CLASSES)}]",
+        *(f"--number_of_epochs={epochs}", "--batch_size=2", "--distributed_backend=gloo", "--noprogressbar"),
+        last,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
+    cwd = os.path.join(ROOT, "egs", "TEMPLATE")
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
 GLOO_THREADS_AT_EXIT = """
 import atexit, os, sys
 from crab.bin.train import main
@@ -295,28 +321,7 @@ def test_a_ddp_training_ends_its_process_group_threads_before_exit(recipe_data, 
     had finished (about 1 run in 20 on a loaded 2-core machine), and torchrun failed the stage."""
     script = tmp_path / "train_threads.py"
     script.write_text(GLOO_THREADS_AT_EXIT)
-    data = recipe_data / "data" / "main"
-    command = [
-        *(
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-        ),
-        os.path.join(ROOT, "egs", "TEMPLATE", "conf", "crab_tiny.yaml"),
-        f"--data_root={recipe_data / 'corpus'}",
-        f"--data_folder={data}",
-        f"--output_folder={tmp_path / 'exp'}",
-        f"--classes=[{','.join(CLASSES)}]",
-        *("--number_of_epochs=1", "--batch_size=2", "--distributed_backend=gloo", "--noprogressbar"),
-        str(tmp_path / "threads"),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
-    cwd = os.path.join(ROOT, "egs", "TEMPLATE")
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun_tiny(script, recipe_data, tmp_path / "exp", 1, str(tmp_path / "threads"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     for rank in range(2):
         assert (tmp_path / f"threads.rank{rank}").read_text().strip() == ""  # none left
@@ -347,28 +352,11 @@ def test_a_sigterm_to_one_process_stops_every_process_after_a_saved_step(recipe_
     script = tmp_path / "train_sigterm.py"
     script.write_text(SIGTERM_ONE_RANK)
     out = tmp_path / "exp"
-    data = recipe_data / "data" / "main"
-    command = [
-        *(
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-        ),
-        os.path.join(ROOT, "egs", "TEMPLATE", "conf", "crab_tiny.yaml"),
-        f"--data_root={recipe_data / 'corpus'}",
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        f"--classes=[{','.join(CLASSES)}]",
-        *("--number_of_epochs=2", "--batch_size=2", "--distributed_backend=gloo", "--noprogressbar"),
-        str(tmp_path / "signal"),  # the script's marker: one SIGTERM in all
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
-    cwd = os.path.join(ROOT, "egs", "TEMPLATE")
-    stopped = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+    def rerun():  # the script's last argument, its marker: one SIGTERM in all
+        return torchrun_tiny(script, recipe_data, out, 2, str(tmp_path / "signal"))
+
+    stopped = rerun()
     output = stopped.stdout[-3000:] + stopped.stderr[-5000:]
     assert stopped.returncode != 0 and (tmp_path / "signal.sent").exists(), output
     # both processes stopped after step 1 of epoch 1, with the checkpoint of that step
@@ -377,12 +365,12 @@ def test_a_sigterm_to_one_process_stops_every_process_after_a_saved_step(recipe_
     [checkpoint] = (out / "save").glob("CKPT+*")
     assert yaml.safe_load((checkpoint / "CKPT.yaml").read_text())["brain_intra_epoch_ckpt"]
     assert yaml.safe_load((checkpoint / "brain.ckpt").read_text())["step"] == 1
-    resumed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    resumed = rerun()
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
     assert (out / "train_log.txt").read_text().count("epoch: ") == 2
     # each epoch, across the interruption, the two processes trained on disjoint halves of one new
     # order of the 8 utterances: none twice, none left out
-    train_ids = sorted(json.loads((data / "train.json").read_text()))
+    train_ids = sorted(json.loads((recipe_data / "data" / "main" / "train.json").read_text()))
     orders = {}
     for rank in range(2):
         for line in (tmp_path / f"signal.rank{rank}").read_text().splitlines():
