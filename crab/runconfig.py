@@ -538,7 +538,7 @@ def warn_if_trained_before(train_log, save_folder):
     try:
         with open(train_log, encoding="utf-8", errors="replace") as f:
             epochs = sum(1 for line in f if line.startswith("epoch: "))
-    except (FileNotFoundError, TypeError):  # no log yet, or a yaml without train_log
+    except FileNotFoundError:  # a new run
         return
     if epochs:
         logger.warning(

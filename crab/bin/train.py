@@ -87,8 +87,9 @@ def main(argv=None):
 def _train(hparams_file, run_opts, overrides, hparams):
     # a run resumed with other settings stops here, before its record is rewritten
     check_resume(hparams_file, overrides, hparams["output_folder"], hparams["save_folder"])
-    if sb.utils.distributed.if_main_process() and not has_checkpoint(hparams["save_folder"]):
-        warn_if_trained_before(hparams.get("train_log"), hparams["save_folder"])
+    resumed = has_checkpoint(hparams["save_folder"])
+    if sb.utils.distributed.if_main_process() and not resumed and hparams.get("train_log"):
+        warn_if_trained_before(hparams["train_log"], hparams["save_folder"])
     # the transcripts' source, from the training manifest's record into the run folder (a run
     # resumed on other transcripts, tokenizer or manifests stops here, before anything is written)
     record_run_provenance(
@@ -97,7 +98,7 @@ def _train(hparams_file, run_opts, overrides, hparams):
         write=sb.utils.distributed.if_main_process(),
         tokenizer_sha256=model_tokenizer_digest(hparams["model"]),
         valid_manifest=hparams["valid_manifest"],
-        resumed=has_checkpoint(hparams["save_folder"]),
+        resumed=resumed,
     )
     if sb.utils.distributed.if_main_process():
         write_run_hparams(hparams_file, overrides, hparams["output_folder"])

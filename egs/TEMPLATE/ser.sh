@@ -470,16 +470,18 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
 fi
 
 if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
-  runs=()
-  for fold in ${folds}; do for seed in ${seeds}; do runs+=("${exp_dir}/${tag}/${fold}/seed${seed}"); done; done
+  runs=() run_folds=()
+  for fold in ${folds}; do
+    for seed in ${seeds}; do runs+=("${exp_dir}/${tag}/${fold}/seed${seed}") run_folds+=("${fold}"); done
+  done
   # --train_opts given again must agree with the runs, as at stages 6 and 8: a table names them
   [ -z "${train_opts}" ] || python -m crab.report check_agree --opts="${train_opts}" "${runs[@]}"
   for test_set in ${test_sets}; do
     log "Stage 7: results of ${tag} on ${test_set} over folds (${folds}) and seeds (${seeds})"
     preds=() manifests=()  # each run's predictions, and the test manifest they must be of
-    for run in "${runs[@]}"; do
-      preds+=("${run}/eval_${test_set}/predictions.csv")
-      manifests+=("${data_dir}/$(basename "$(dirname "${run}")")/${test_set}.json")
+    for i in "${!runs[@]}"; do
+      preds+=("${runs[i]}/eval_${test_set}/predictions.csv")
+      manifests+=("${data_dir}/${run_folds[i]}/${test_set}.json")
     done
     # a subset of the runs evaluated on the test set is named by its folds and seeds: it
     # never replaces the table of them all
