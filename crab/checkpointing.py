@@ -101,6 +101,14 @@ def _damaged_files(checkpoint):
     return damaged
 
 
+def check_readable(checkpoint):
+    """A ``CheckpointLoadError`` naming each file of ``checkpoint`` that is empty or cut short
+    (``_damaged_files``): before a resumed training rewrites the run's record, and before loading."""
+    damaged = _damaged_files(checkpoint)
+    if damaged:
+        raise _unreadable(checkpoint, f"{', '.join(damaged)}: cut short or damaged")
+
+
 def _unreadable(checkpoint, what):
     return CheckpointLoadError(
         f"{checkpoint.path} cannot be loaded: {what}. Move that folder out of save/ (the run then "
@@ -201,9 +209,7 @@ class Checkpointer(checkpoints.Checkpointer):
     def load_checkpoint(self, checkpoint):
         """SpeechBrain's, with a ``CheckpointLoadError`` naming the checkpoint, and its file where
         that is cut short or empty, for a file that torch cannot read (a traceback from inside it)."""
-        damaged = _damaged_files(checkpoint)
-        if damaged:
-            raise _unreadable(checkpoint, f"{', '.join(damaged)}: cut short or damaged")
+        check_readable(checkpoint)
         try:
             super().load_checkpoint(checkpoint)
         except UserError:  # a recoverable's own, which says what to do

@@ -150,19 +150,21 @@ def test_a_gpu_that_is_not_here_is_one_line_before_anything_is_written(run, tmp_
 @pytest.mark.parametrize("cut", ["half", "empty"])
 def test_a_checkpoint_cut_short_is_one_line_naming_its_file(run, tmp_path, cut):
     """A checkpoint file cut short (a copy that stopped, a full disk outside the training): resuming
-    and evaluating stopped with a traceback from inside torch that named no file."""
+    and evaluating stopped with a traceback from inside torch that named no file, and the resume
+    had already recorded its --number_of_epochs in the run's hyperparams.yaml."""
     root, trained = run
     run_dir = tmp_path / "seed42"
     shutil.copytree(trained, run_dir)
     [model] = run_dir.glob("save/CKPT+*/model.ckpt")
     with open(model, "r+b") as f:
         f.truncate(model.stat().st_size // 2 if cut == "half" else 0)
+    record = (run_dir / "hyperparams.yaml").read_text()
     test = root / "data" / "test.json"
     resumed = [*options(root, run_dir), "--device=cpu"]
-    evaluated = [*resumed, f"--test_manifest={test}", "--eval_name=test"]  # first: resuming records 2 epochs
+    evaluated = [*resumed, f"--test_manifest={test}", "--eval_name=test"]
     for module, args in (
+        ("crab.bin.train", [*resumed, "--number_of_epochs=2"]),  # another count: not recorded
         ("crab.bin.evaluate", evaluated),
-        ("crab.bin.train", [*resumed, "--number_of_epochs=2"]),
     ):
         refused = crab_command(module, *args)
         assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
@@ -173,6 +175,7 @@ def test_a_checkpoint_cut_short_is_one_line_naming_its_file(run, tmp_path, cut):
             "folder out of save/ (the run then resumes, or is evaluated, from the checkpoint kept before "
             "it, if any), or train the run again"
         ), last
+    assert (run_dir / "hyperparams.yaml").read_text() == record
     assert not list((run_dir / "eval_test").glob("predictions*"))
 
 

@@ -24,6 +24,7 @@ import sys
 import speechbrain as sb
 
 from crab import cli
+from crab.checkpointing import check_readable
 from crab.data import require_manifest
 from crab.distributed import end_process_group, short_torchrun_grace
 from crab.experiment import (
@@ -88,6 +89,8 @@ def _train(hparams_file, run_opts, overrides, hparams):
     # a run resumed with other settings stops here, before its record is rewritten
     check_resume(hparams_file, overrides, hparams["output_folder"], hparams["save_folder"])
     resumed = has_checkpoint(hparams["save_folder"])
+    if resumed:  # a checkpoint cut short stops the resume before the run's record is rewritten
+        check_readable(hparams["checkpointer"].find_checkpoint())
     if sb.utils.distributed.if_main_process() and not resumed and hparams.get("train_log"):
         warn_if_trained_before(hparams["train_log"], hparams["save_folder"])
     # the transcripts' source, from the training manifest's record into the run folder (a run
