@@ -3,6 +3,7 @@ test suite's own precondition (tests/conftest.py stops at once without a system 
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -560,3 +561,35 @@ def test_where_there_is_a_gpu_the_install_ends_saying_whether_torch_uses_it(tmp_
     asked = [call for call in (venv / "bin" / "calls.log").read_text().splitlines() if "gpu_use" in call]
     assert len(asked) == (gpu == "yes")
     assert ("WARNING: stub torch cannot use the GPU" in result.stdout) == (gpu == "yes")
+
+
+def test_a_pip_install_of_the_checkout_holds_every_file_of_the_package(tmp_path):
+    """``pip install <checkout>`` into another environment (to load a shared model with
+    ``foreign_class``): the installed crab holds every file git tracks under crab/, its
+    inference template among them, and its packaging reads that template from there."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "setup.py", "crab"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    source, site = tmp_path / "checkout", tmp_path / "site"
+    for name in tracked:  # a copy: pip builds in the source tree (its build/ folder)
+        os.makedirs(source / os.path.dirname(name), exist_ok=True)
+        shutil.copy(os.path.join(ROOT, name), source / name)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    subprocess.run([*pip, "--target", str(site), str(source)], check=True, capture_output=True, timeout=300)
+    installed = {
+        os.path.relpath(os.path.join(folder, name), site)
+        for folder, dirs, names in os.walk(site / "crab")
+        for name in names
+        if "__pycache__" not in folder
+    }
+    assert installed == {name for name in tracked if name.startswith("crab/")}
+    probe = "import crab, crab.packaging as p; print(crab.__file__); print(len(p.inference_template()))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out[0] == str(site / "crab" / "__init__.py") and int(out[1]) > 0
