@@ -740,7 +740,8 @@ def _float_padding_masks(model):
 
 
 def _sdpa_attention(attention):
-    def forward(hidden_states, attention_mask, gated_position_bias):
+    def forward(hidden_states, attention_mask, gated_position_bias, output_attentions=False):
+        # output_attentions: passed positionally (here ignored) by transformers 5.0-5.15
         batch, frames, dim = hidden_states.shape
         heads = attention.num_heads
 
