@@ -11,6 +11,8 @@ import logging
 import os
 
 import torch
+import transformers
+from packaging.version import Version
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -26,6 +28,9 @@ from crab.cli import UserError
 from crab.masks import device_mask, to_device
 
 logger = logging.getLogger(__name__)
+# transformers before 5.23 draws a LayerDrop number (torch.rand) in every layer of wav2vec 2.0-style
+# encoders even in eval mode, which moves the CPU RNG: SpeechEncoder.states puts it back when frozen
+_LAYERDROP_DRAWS_IN_EVAL = Version(transformers.__version__) < Version("5.23")
 
 
 class ModelSourceError(UserError, OSError):
@@ -406,7 +411,16 @@ class _Encoder(nn.Module):
         of it below the fine-tuned top layers) is frozen. This is what the
         frozen-feature cache (``crab.features``) stores."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_states):
-            return self._states(*inputs)
+            frozen_eval = self.frozen_states and not any(m.training for m in self.model.modules())
+            if not (_LAYERDROP_DRAWS_IN_EVAL and frozen_eval):
+                return self._states(*inputs)
+            # else the CPU RNG (the head's dropout) would move, and a feature-cached training
+            # would differ from the same one end to end
+            cpu_rng = torch.get_rng_state()
+            try:
+                return self._states(*inputs)
+            finally:
+                torch.set_rng_state(cpu_rng)
 
     def encoder_parameters(self):
         """Trainable parameters of the pretrained network (not the layer weights)."""
