@@ -46,3 +46,18 @@ def test_a_complete_corpus_needs_no_espeak_ng_and_a_missing_wav_does(tmp_path):
     missing = generate(corpus, str(bare))
     assert missing.returncode == 1
     assert "espeak-ng not found" in missing.stderr
+
+
+def test_a_killed_generation_leaves_no_temporary_wav_after_the_next_run(tmp_path):
+    # SIGKILL or SIGTERM while a wav is written (crab.fileio.write_atomic) leaves its hidden
+    # temporary file in wav/: the next run removes it, so a rerun leaves the corpus clean
+    corpus = tmp_path / "corpus"
+    (corpus / "wav").mkdir(parents=True)
+    left = corpus / "wav" / ".spk01_angry_000.wav.12345.0a1b2c3d.tmp"
+    left.write_bytes(b"RIFF cut short")
+    made = generate(corpus, os.environ["PATH"])
+    assert made.returncode == 0, made.stderr
+    assert not left.exists()
+    assert sorted(p.name for p in (corpus / "wav").iterdir()) == [
+        f"spk01_{e}_000.wav" for e in ("angry", "happy", "neutral", "sad")
+    ]

@@ -29,7 +29,8 @@ import torch
 import torchaudio
 from sentences import SENTENCES
 
-from crab.fileio import write_atomic
+from crab.fileio import remove_temps, write_atomic
+from crab.locking import folder_lock
 
 EMOTIONS = ("angry", "happy", "neutral", "sad")
 # espeak-ng voice+variant per speaker (spk01, spk02, ...); gender from the variant.
@@ -228,11 +229,15 @@ def main():
     torch.set_num_threads(1)
     os.makedirs(os.path.join(args.out_dir, "wav"), exist_ok=True)
     utts = plan(args)
-    # a corpus made elsewhere and copied complete (to a GPU machine, say) needs no espeak-ng
-    espeak = None if all(made(args.out_dir, u) for u in utts) else find_espeak()
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda u: generate(espeak, args.out_dir, u), utts))
-    write_metadata(utts, args.out_dir)
+    # one generation of a corpus at a time: the temporary wavs a killed one left (SIGKILL, or
+    # SIGTERM, which ends this script at once) are its, and removed
+    with folder_lock(args.out_dir, "corpus", wait=True):
+        remove_temps(os.path.join(args.out_dir, "wav"))
+        # a corpus made elsewhere and copied complete (to a GPU machine, say) needs no espeak-ng
+        espeak = None if all(made(args.out_dir, u) for u in utts) else find_espeak()
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(lambda u: generate(espeak, args.out_dir, u), utts))
+        write_metadata(utts, args.out_dir)
     print(summary(utts, results))
 
 
