@@ -915,3 +915,42 @@ def test_whisper_encoder_is_transformers_one_and_masks_every_frame_of_an_utteran
             assert alone_mask.sum() == alone.shape[1] == (samples // 160 + 1) // 2
             batched, mask = encoder(wav, torch.tensor([samples / 16000, 1.0]))
             assert mask[0].sum() == alone.shape[1]
+
+
+def test_the_wavlm_attention_takes_the_output_attentions_argument_of_older_transformers():
+    """transformers 5.0-5.15 call WavLM's attention with a fourth positional argument
+    (``output_attentions``), which the replaced attention refused with a TypeError."""
+    from transformers.models.wavlm.modeling_wavlm import WavLMAttention
+
+    torch.manual_seed(0)
+    encoder = SpeechEncoder(WAVLM, pretrained=False).eval()
+    wavs, lens = torch.randn(2, 8000) * 0.1, torch.tensor([1.0, 0.6])
+    with torch.no_grad():
+        expected, _ = encoder.states(wavs, lens)
+        for module in encoder.model.modules():
+            if isinstance(module, WavLMAttention):
+                attend = module.torch_multi_head_self_attention
+                module.torch_multi_head_self_attention = lambda h, m, b, f=attend: f(h, m, b, False)
+        older, _ = encoder.states(wavs, lens)
+    assert torch.equal(older, expected)
+
+
+@pytest.mark.parametrize("draws", [True, False])
+def test_a_frozen_encoder_leaves_the_cpu_rng_where_it_was(monkeypatch, draws):
+    """Before 5.23 transformers drew a LayerDrop number in every WavLM layer in eval mode too:
+    a frozen encoder moved the RNG of the head's dropout, so a training on cached states
+    differed from the same training end to end. Then the encoder puts the RNG back."""
+    import crab.encoders
+
+    monkeypatch.setattr(crab.encoders, "_LAYERDROP_DRAWS_IN_EVAL", draws)
+    encoder = SpeechEncoder(WAVLM, pretrained=False, freeze=True).eval()
+
+    def layerdrop_draw(*_):  # as the old LayerDrop did
+        torch.rand(1)
+
+    encoder.model.register_forward_pre_hook(layerdrop_draw)
+    wavs, lens = torch.randn(2, 8000) * 0.1, torch.tensor([1.0, 0.6])
+    before = torch.get_rng_state()
+    with torch.no_grad():
+        encoder.states(wavs, lens)
+    assert torch.equal(torch.get_rng_state(), before) == draws
