@@ -411,8 +411,11 @@ class _Encoder(nn.Module):
         of it below the fine-tuned top layers) is frozen. This is what the
         frozen-feature cache (``crab.features``) stores."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_states):
-            frozen_eval = self.frozen_states and not any(m.training for m in self.model.modules())
-            if not (_LAYERDROP_DRAWS_IN_EVAL and frozen_eval):
+            if not (
+                _LAYERDROP_DRAWS_IN_EVAL
+                and self.frozen_states
+                and not any(m.training for m in self.model.modules())
+            ):
                 return self._states(*inputs)
             # else the CPU RNG (the head's dropout) would move, and a feature-cached training
             # would differ from the same one end to end
